@@ -1,0 +1,180 @@
+#include "common/sr_util.h"
+#include "common/sr_err.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+int sr_split_hostport(const char *s, char *hostbuf, size_t hostlen, uint16_t *port,
+		      int default_port)
+{
+	const char *colon = NULL, *hs = s, *he;
+	char *end;
+	long p;
+
+	if (!s || !*s)
+		return SR_EINVAL;
+	if (*s == '[') {
+		he = strchr(s, ']');
+		if (!he)
+			return SR_EINVAL;
+		hs = s + 1;
+		if (he[1] == ':')
+			colon = he + 1;
+		else if (he[1] != '\0')
+			return SR_EINVAL;
+	} else {
+		colon = strrchr(s, ':');
+		if (colon && strchr(s, ':') != colon)
+			return SR_EINVAL; /* bare IPv6 needs brackets */
+		he = colon ? colon : s + strlen(s);
+	}
+	if (he == hs || (size_t)(he - hs) >= hostlen)
+		return SR_EINVAL;
+	memcpy(hostbuf, hs, (size_t)(he - hs));
+	hostbuf[he - hs] = '\0';
+	if (!colon) {
+		if (default_port <= 0)
+			return SR_EINVAL;
+		*port = (uint16_t)default_port;
+		return 0;
+	}
+	errno = 0;
+	p = strtol(colon + 1, &end, 10);
+	if (errno || end == colon + 1 || *end || p < 1 || p > 65535)
+		return SR_EINVAL;
+	*port = (uint16_t)p;
+	return 0;
+}
+
+int sr_parse_addr(const char *host, uint16_t port, struct sockaddr_storage *ss,
+		  socklen_t *len)
+{
+	memset(ss, 0, sizeof(*ss));
+	struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+
+	if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
+		in4->sin_family = AF_INET;
+		in4->sin_port = htons(port);
+		*len = sizeof(*in4);
+		return 0;
+	}
+	if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons(port);
+		*len = sizeof(*in6);
+		return 0;
+	}
+	return SR_EINVAL;
+}
+
+char *sr_format_addr(const struct sockaddr *sa, char *buf, size_t len)
+{
+	char host[INET6_ADDRSTRLEN];
+
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *in4 = (const struct sockaddr_in *)sa;
+		inet_ntop(AF_INET, &in4->sin_addr, host, sizeof(host));
+		snprintf(buf, len, "%s:%u", host, ntohs(in4->sin_port));
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+		inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+		snprintf(buf, len, "[%s]:%u", host, ntohs(in6->sin6_port));
+	} else {
+		snprintf(buf, len, "?");
+	}
+	return buf;
+}
+
+uint16_t sr_addr_port(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET)
+		return ntohs(((const struct sockaddr_in *)sa)->sin_port);
+	if (sa->sa_family == AF_INET6)
+		return ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+	return 0;
+}
+
+void sr_sock_nodelay(int fd)
+{
+	int one = 1;
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+void sr_sock_set_reset_on_close(int fd)
+{
+	struct linger lg = {.l_onoff = 1, .l_linger = 0};
+	(void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
+
+uint64_t sr_now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+int sr_random_bytes(void *buf, size_t len)
+{
+	return RAND_bytes(buf, (int)len) == 1 ? 0 : SR_EIO;
+}
+
+int sr_random_hex(char *out, size_t nbytes)
+{
+	static const char hex[] = "0123456789abcdef";
+	unsigned char raw[64];
+
+	if (nbytes > sizeof(raw) || sr_random_bytes(raw, nbytes) != 0)
+		return SR_EINVAL;
+	for (size_t i = 0; i < nbytes; i++) {
+		out[2 * i] = hex[raw[i] >> 4];
+		out[2 * i + 1] = hex[raw[i] & 15];
+	}
+	out[2 * nbytes] = '\0';
+	return 0;
+}
+
+uint32_t sr_rand_below(uint32_t n)
+{
+	static uint64_t state;
+	if (n == 0)
+		return 0;
+	if (state == 0 && sr_random_bytes(&state, sizeof(state)) != 0)
+		state = sr_now_us() | 1;
+	/* xorshift64*: jitter only, never secrets. */
+	state ^= state >> 12;
+	state ^= state << 25;
+	state ^= state >> 27;
+	return (uint32_t)(((state * 2685821657736338717ull) >> 32) % n);
+}
+
+long sr_raise_nofile(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+		return -1;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		(void)setrlimit(RLIMIT_NOFILE, &rl);
+		(void)getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	return (long)rl.rlim_cur;
+}
+
+int sr_secret_eq(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	if (la != lb)
+		return 0;
+	return CRYPTO_memcmp(a, b, la) == 0;
+}

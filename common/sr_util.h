@@ -1,0 +1,48 @@
+/* Small helpers shared by every module: addresses, sockets, time, randomness. */
+#ifndef SR_UTIL_H
+#define SR_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#define SR_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define SR_ADDRSTRLEN 64 /* "[v6]:port" */
+
+/* Split "host:port", "[v6]:port" or "host" (then *port = default_port).
+ * host is written NUL-terminated into hostbuf. Returns 0 or SR_EINVAL. */
+int sr_split_hostport(const char *s, char *hostbuf, size_t hostlen, uint16_t *port,
+		      int default_port);
+
+/* Parse a numeric address (no DNS) plus port into ss. Returns 0 or SR_EINVAL. */
+int sr_parse_addr(const char *host, uint16_t port, struct sockaddr_storage *ss,
+		  socklen_t *len);
+
+/* "1.2.3.4:5" or "[::1]:5" into buf (at least SR_ADDRSTRLEN). Returns buf. */
+char *sr_format_addr(const struct sockaddr *sa, char *buf, size_t len);
+
+/* The port of an AF_INET or AF_INET6 address, 0 otherwise. */
+uint16_t sr_addr_port(const struct sockaddr *sa);
+
+/* TCP_NODELAY on; every socket of ours carries latency-sensitive RPC. */
+void sr_sock_nodelay(int fd);
+/* Close so that the peer sees a TCP RST (SO_LINGER 0): carries a reset. */
+void sr_sock_set_reset_on_close(int fd);
+
+/* Monotonic clock in microseconds. */
+uint64_t sr_now_us(void);
+
+/* Fill buf with cryptographically random bytes. Returns 0 or SR_EIO. */
+int sr_random_bytes(void *buf, size_t len);
+/* Hex token of 2*nbytes characters (out must hold 2*nbytes+1). */
+int sr_random_hex(char *out, size_t nbytes);
+/* Uniform in [0, n) from a non-crypto generator (jitter). */
+uint32_t sr_rand_below(uint32_t n);
+
+/* Raise RLIMIT_NOFILE to its hard limit; returns the soft limit now in force. */
+long sr_raise_nofile(void);
+
+/* Constant-time string equality for secrets. */
+int sr_secret_eq(const char *a, const char *b);
+
+#endif

@@ -1,0 +1,66 @@
+/* The sidecar role: dials the relay, registers the driver, writes the Spark
+ * settings, and connects every tunnelled stream to 127.0.0.1:<leased port>. */
+#ifndef SIDECAR_H
+#define SIDECAR_H
+
+#include <stdint.h>
+
+#include "tunnel/tun_conn.h"
+
+struct event_base;
+struct sidecar;
+
+#define SIDECAR_MAX_RELAYS 16
+
+struct sidecar_opts {
+	char *relays[SIDECAR_MAX_RELAYS]; /* "host:port"; names may resolve to many addresses */
+	unsigned nrelays;
+	char *server_name;      /* name verified in the relay certificate; default: the host */
+	char *ca_file;          /* CA bundle for the relay certificate (required) */
+	char *cert_file;        /* optional client certificate (mTLS) */
+	char *key_file;
+	char *token;            /* optional bearer token */
+	char *app_name;
+	int want_ui;            /* also lease a port for spark.ui.port */
+	char *spark_conf_path;  /* spark-defaults.conf fragment written on lease */
+	char *spark_json_path;  /* the same settings as JSON */
+	char *state_path;       /* resume token kept here across restarts */
+	uint32_t backoff_initial_ms;
+	uint32_t backoff_max_ms;
+	uint32_t dial_timeout_ms;        /* TCP connect plus TLS handshake to a relay */
+	uint32_t driver_connect_timeout_ms;
+	uint32_t release_timeout_ms;     /* wait for "released" on shutdown */
+	struct tun_conn_opts tun;
+};
+
+void sidecar_opts_defaults(struct sidecar_opts *o);
+
+/* What the sidecar learnt from its lease (for the demo and status). */
+struct sidecar_lease_info {
+	int have_lease;
+	char lease[TUN_CTL_LEASE_MAX];
+	char host[TUN_CTL_HOST_MAX];
+	uint16_t ports[TUN_PORT_MAX];
+	uint32_t ttl_s;
+	uint64_t reconnects;
+};
+
+typedef void (*sidecar_lease_cb)(struct sidecar *s, const struct sidecar_lease_info *info,
+				 void *arg);
+
+/* opts is borrowed and must outlive the sidecar. Starts dialling at once.
+ * on_lease (may be NULL) is called whenever a lease is granted or resumed. */
+struct sidecar *sidecar_new(struct event_base *base, const struct sidecar_opts *opts,
+			    sidecar_lease_cb on_lease, void *arg, char *err, size_t errlen);
+void sidecar_free(struct sidecar *s);
+
+/* Release the lease and break the loop when done (or after release_timeout_ms). */
+void sidecar_shutdown(struct sidecar *s);
+void sidecar_get_lease(const struct sidecar *s, struct sidecar_lease_info *info);
+
+/* Write the Spark settings for info as a spark-defaults.conf fragment and as
+ * JSON (atomically: temp file + rename). Either path may be NULL. */
+int sidecar_write_spark_conf(const struct sidecar_lease_info *info, const char *conf_path,
+			     const char *json_path, char *err, size_t errlen);
+
+#endif

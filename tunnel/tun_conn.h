@@ -1,0 +1,112 @@
+/* One tunnel: an HTTP/2 session (nghttp2) over a bufferevent, usually TLS.
+ *
+ * The relay is the HTTP/2 client (TUN_ROLE_RELAY): it opens the control
+ * stream at once and then one CONNECT stream per executor connection, sending
+ * the executor's first bytes right behind the HEADERS (no round trip). The
+ * sidecar is the HTTP/2 server (TUN_ROLE_SIDECAR): it answers the control
+ * stream, and for each CONNECT asks its owner for a socket to the driver.
+ *
+ * Streams and their sockets are bridged by tun_stream.c with manual flow
+ * control: a WINDOW_UPDATE is sent only once bytes have left for the far
+ * socket, so a stalled socket holds at most its stream window in memory.
+ *
+ * Objects are never freed inside nghttp2 or libevent callbacks of their own:
+ * finished streams are reaped, and the owner's on_closed is called, from a
+ * deferred event, where the owner may call tun_conn_free(). */
+#ifndef TUN_CONN_H
+#define TUN_CONN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tunnel/tun_ctl.h"
+
+struct bufferevent;
+struct event_base;
+struct tun_conn;
+
+enum tun_role {
+	TUN_ROLE_RELAY = 0,   /* HTTP/2 client, opens streams */
+	TUN_ROLE_SIDECAR = 1, /* HTTP/2 server, dials the driver */
+};
+
+struct tun_conn_opts {
+	uint32_t stream_window;    /* bytes, per stream, advertised to the peer */
+	uint32_t conn_window;      /* bytes, whole tunnel */
+	uint32_t ping_interval_ms; /* PING when nothing was received for this long */
+	uint32_t ping_timeout_ms;  /* peer is dead after this long without a frame */
+	uint32_t ctl_max;          /* control message cap, bytes */
+	uint32_t out_high;         /* stop generating frames above this many queued bytes */
+	uint32_t sock_read_high;   /* read high watermark of each bridged socket */
+	uint32_t max_streams;      /* concurrent streams (sidecar advertises it) */
+};
+
+/* Defaults used when a field is 0. */
+void tun_conn_opts_defaults(struct tun_conn_opts *o);
+
+/* A new stream that the sidecar side must connect to the driver. */
+struct tun_connect_req {
+	uint16_t port;      /* from :authority, 127.0.0.1:<port> */
+	const char *lease;  /* sparkrelay-lease header ("" if absent) */
+	uint64_t conn_id;   /* sparkrelay-conn header, relay-assigned */
+	const char *peer;   /* sparkrelay-peer header: the executor's address */
+};
+
+struct tun_conn_cbs {
+	/* A control message arrived. msg is borrowed for the call. */
+	void (*on_ctl)(struct tun_conn *c, const struct tun_ctl_msg *msg, void *arg);
+	/* Sidecar only: the control stream is open, register now. */
+	void (*on_ctl_open)(struct tun_conn *c, void *arg);
+	/* Sidecar only: return a socket bufferevent that is connecting to the
+	 * driver (the stream takes ownership), or NULL to refuse the stream,
+	 * which is then reset with REFUSED_STREAM. */
+	struct bufferevent *(*on_connect)(struct tun_conn *c,
+					  const struct tun_connect_req *req, void *arg);
+	/* The tunnel is over (err is an SR_E* code, or 0 for a clean end). Called
+	 * once, from a deferred event; the owner may tun_conn_free(c) in it. */
+	void (*on_closed)(struct tun_conn *c, int err, void *arg);
+};
+
+struct tun_conn_stats {
+	uint64_t streams_opened;
+	uint64_t streams_closed;
+	uint64_t streams_reset;
+	uint64_t bytes_to_tunnel;   /* payload read from sockets, sent as DATA */
+	uint64_t bytes_from_tunnel; /* payload received as DATA, written to sockets */
+	size_t streams_active;
+	uint64_t last_rtt_us;       /* of the last PING round trip, 0 if none */
+};
+
+/* Takes ownership of bev (it is freed with the conn). logctx is copied and
+ * prefixes every log line ("lease=L-3 peer=10.0.0.3:5123"). Returns NULL on
+ * allocation or nghttp2 failure (bev is then freed too). */
+struct tun_conn *tun_conn_new(struct event_base *base, struct bufferevent *bev,
+			      enum tun_role role, const struct tun_conn_opts *opts,
+			      const struct tun_conn_cbs *cbs, void *arg, const char *logctx);
+void tun_conn_free(struct tun_conn *c);
+
+/* Replace the log context (e.g. once the lease is known). */
+void tun_conn_set_logctx(struct tun_conn *c, const char *logctx);
+const char *tun_conn_logctx(const struct tun_conn *c);
+
+/* Queue a control message. Relay: the control stream is opened by
+ * tun_conn_new. Returns 0, SR_ECLOSED, SR_ENOMEM. */
+int tun_conn_send_ctl(struct tun_conn *c, const struct tun_ctl_msg *msg);
+
+/* Relay only: open a CONNECT stream for an accepted executor socket. Takes
+ * ownership of sock in every case (it is closed on failure). Returns 0 or
+ * SR_ECLOSED / SR_EBUSY / SR_ENOMEM. */
+int tun_conn_open_stream(struct tun_conn *c, struct bufferevent *sock, uint16_t port,
+			 const char *lease, uint64_t conn_id, const char *peer);
+
+/* Graceful end: send GOAWAY; no new streams are accepted or opened. Open
+ * streams continue. */
+void tun_conn_goaway(struct tun_conn *c);
+/* End the tunnel now: pending output is flushed best-effort, every open
+ * stream's socket is reset, and on_closed follows (err as given). */
+void tun_conn_close(struct tun_conn *c, int err);
+
+size_t tun_conn_nstreams(const struct tun_conn *c);
+void tun_conn_get_stats(const struct tun_conn *c, struct tun_conn_stats *st);
+
+#endif

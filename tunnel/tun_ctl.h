@@ -1,0 +1,101 @@
+/* Control-stream messages of tunnel protocol v1.
+ *
+ * The control stream is the first stream of a tunnel, opened by the relay
+ * (POST /sparkrelay/v1/control). Both directions carry a sequence of frames:
+ *
+ *     u32 length (network byte order) | JSON object of `length` bytes
+ *
+ * Every object has "v": 1 and "type". Frames longer than the configured cap
+ * (TUN_CTL_MAX_DEFAULT unless configured) are a protocol error, detected from
+ * the length prefix before the body is buffered.
+ *
+ *   sidecar -> relay   {"v":1,"type":"register","app":"..","roles":["driver","blockManager"],
+ *                       "resume":"<token>"?, "token":"<bearer>"?}
+ *   relay -> sidecar   {"v":1,"type":"lease","lease":"L-..","host":"..",
+ *                       "ports":{"driver":40001,"blockManager":40002},"ttl":300,
+ *                       "resume":"<token>"}
+ *   relay -> sidecar   {"v":1,"type":"error","code":"no_ports","message":".."}
+ *   sidecar -> relay   {"v":1,"type":"release"}
+ *   relay -> sidecar   {"v":1,"type":"released"}
+ *   relay -> sidecar   {"v":1,"type":"drain"}
+ *
+ * This module does not touch sockets: it reads and writes evbuffers. */
+#ifndef TUN_CTL_H
+#define TUN_CTL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct evbuffer;
+
+#define TUN_CTL_VERSION 1
+#define TUN_CTL_MAX_DEFAULT (64 * 1024)
+#define TUN_CTL_PATH "/sparkrelay/v1/control"
+
+/* The ports a lease can hold, by the Spark setting they serve. */
+enum tun_port_role {
+	TUN_PORT_DRIVER = 0,       /* spark.driver.port */
+	TUN_PORT_BLOCKMANAGER = 1, /* spark.driver.blockManager.port */
+	TUN_PORT_UI = 2,           /* spark.ui.port */
+	TUN_PORT_MAX = 3,
+};
+#define TUN_ROLE_BIT(r) (1u << (r))
+
+enum tun_ctl_type {
+	TUN_CTL_REGISTER = 1,
+	TUN_CTL_LEASE,
+	TUN_CTL_ERROR,
+	TUN_CTL_RELEASE,
+	TUN_CTL_RELEASED,
+	TUN_CTL_DRAIN,
+};
+
+/* Field sizes bound what a peer can make us store. */
+#define TUN_CTL_APP_MAX 128
+#define TUN_CTL_TOKEN_MAX 256
+#define TUN_CTL_RESUME_MAX 80
+#define TUN_CTL_LEASE_MAX 48
+#define TUN_CTL_HOST_MAX 256
+#define TUN_CTL_CODE_MAX 32
+#define TUN_CTL_TEXT_MAX 256
+
+struct tun_ctl_msg {
+	enum tun_ctl_type type;
+	/* register */
+	char app[TUN_CTL_APP_MAX];
+	unsigned roles; /* TUN_ROLE_BIT set; register: requested, lease: granted */
+	char token[TUN_CTL_TOKEN_MAX];   /* bearer token, "" if none */
+	char resume[TUN_CTL_RESUME_MAX]; /* register: token to resume, lease: new token */
+	/* lease */
+	char lease[TUN_CTL_LEASE_MAX];
+	char host[TUN_CTL_HOST_MAX];
+	uint16_t ports[TUN_PORT_MAX]; /* by role; 0 = not granted */
+	uint32_t ttl_s;
+	/* error */
+	char code[TUN_CTL_CODE_MAX];
+	char message[TUN_CTL_TEXT_MAX];
+};
+
+/* "driver", "blockManager", "ui"; NULL for an unknown role. */
+const char *tun_port_role_name(enum tun_port_role role);
+/* Role for a name, or -1. */
+int tun_port_role_from_name(const char *name);
+const char *tun_ctl_type_name(enum tun_ctl_type type);
+
+/* Parse one JSON object (the frame body). Unknown keys are ignored for
+ * forward compatibility; missing required keys, wrong types, values over the
+ * field sizes, or "v" != 1 are errors. Returns 0, SR_EPROTO, or SR_EVERSION;
+ * on error a reason is written to err (may be NULL). */
+int tun_ctl_parse(const void *body, size_t len, struct tun_ctl_msg *msg, char *err,
+		  size_t errlen);
+
+/* Append one framed message to out. Returns 0, SR_ENOMEM or SR_EINVAL. */
+int tun_ctl_encode(const struct tun_ctl_msg *msg, struct evbuffer *out);
+
+/* Take one frame from in if complete. Returns 1 and drains it when a message
+ * was parsed into msg, 0 when more bytes are needed, or a negative error
+ * (SR_ETOOBIG when the length prefix exceeds max, SR_EPROTO, SR_EVERSION). */
+int tun_ctl_decode(struct evbuffer *in, size_t max, struct tun_ctl_msg *msg, char *err,
+		   size_t errlen);
+
+#endif

@@ -1,0 +1,31 @@
+/* TLS contexts for the tunnel: TLS 1.3 only, ALPN "h2", verification on. */
+#ifndef TUN_TLS_H
+#define TUN_TLS_H
+
+#include <stddef.h>
+
+#include <openssl/ssl.h>
+
+#define TUN_ALPN "h2"
+
+/* Relay side. client_ca may be NULL (no client certificates asked). With
+ * require_client_cert a sidecar without a verified certificate fails the
+ * handshake. Returns NULL with a reason in err. */
+SSL_CTX *tun_tls_server_ctx(const char *cert_file, const char *key_file,
+			    const char *client_ca, int require_client_cert, char *err,
+			    size_t errlen);
+
+/* Sidecar side. ca_file is required; cert/key are optional (both or none). */
+SSL_CTX *tun_tls_client_ctx(const char *ca_file, const char *cert_file,
+			    const char *key_file, char *err, size_t errlen);
+
+/* After the handshake: 0 if ALPN chose "h2", SR_EPROTO otherwise. */
+int tun_tls_check_alpn(SSL *ssl);
+
+/* Subject CN of the verified peer certificate into buf; "" if none. */
+void tun_tls_peer_name(SSL *ssl, char *buf, size_t len);
+
+/* Drain OpenSSL's error queue into buf as one line; returns buf. */
+char *tun_tls_errors(char *buf, size_t len);
+
+#endif
