@@ -50,7 +50,7 @@ int sr_split_hostport(const char *s, char *hostbuf, size_t hostlen, uint16_t *po
 	}
 	errno = 0;
 	p = strtol(colon + 1, &end, 10);
-	if (errno || end == colon + 1 || *end || p < 1 || p > 65535)
+	if (errno || end == colon + 1 || *end || p < 0 || p > 65535)
 		return SR_EINVAL;
 	*port = (uint16_t)p;
 	return 0;

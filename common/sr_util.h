@@ -10,6 +10,7 @@
 #define SR_ADDRSTRLEN 64 /* "[v6]:port" */
 
 /* Split "host:port", "[v6]:port" or "host" (then *port = default_port).
+ * Port 0 is accepted (listen on any port); dialers must refuse it.
  * host is written NUL-terminated into hostbuf. Returns 0 or SR_EINVAL. */
 int sr_split_hostport(const char *s, char *hostbuf, size_t hostlen, uint16_t *port,
 		      int default_port);

@@ -1,0 +1,502 @@
+/* `sparkrelay demo`: the whole path in one process and one event loop, on
+ * loopback, with throw-away certificates:
+ *
+ *   executors --TCP--> relay (127.0.0.2:P) ==TLS/h2==> sidecar --TCP--> driver (127.0.0.1:P)
+ *
+ * Each executor opens an RPC connection to the driver port (64-byte
+ * ping-pongs, round trips timed) and a block-manager connection that
+ * downloads a broadcast of known content (checked byte for byte). The relay
+ * binds 127.0.0.2 because the stand-in driver binds the same port numbers on
+ * 127.0.0.1, exactly as a Spark driver would (the advertised port is the
+ * bound port). */
+#include "cmd/cmd.h"
+#include "common/sr_devcert.h"
+#include "common/sr_log.h"
+#include "common/sr_util.h"
+#include "relay/relay.h"
+#include "tunnel/sidecar.h"
+
+#include <arpa/inet.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#define RPC_MSG 64
+#define DEMO_TIMEOUT_S 25
+
+struct demo;
+
+struct exec_conn {
+	struct demo *d;
+	struct bufferevent *bev;
+	int is_rpc;
+	unsigned rounds_left;
+	uint64_t sent_at;
+	uint64_t received;
+	uint64_t rng; /* expected content generator (block manager) */
+	int done, failed;
+};
+
+struct demo {
+	struct event_base *base;
+	struct relay *relay;
+	struct sidecar *sidecar;
+	struct relay_opts ro;
+	struct sidecar_opts so;
+	struct evconnlistener *drv[2];
+	struct event *timeout, *sigint;
+	char dir[64];
+	char path[6][128];
+	unsigned executors, rounds;
+	uint64_t bulk_bytes;
+	struct exec_conn *conns;
+	unsigned nconns, finished, failures;
+	uint64_t *rtts;
+	size_t nrtt;
+	uint64_t bulk_start_us, bulk_end_us, start_us, lease_us;
+	struct sidecar_lease_info lease;
+	int started, shutting_down, ok;
+};
+
+/* Deterministic content so the executor can check every byte it receives. */
+static uint8_t next_byte(uint64_t *s)
+{
+	*s = *s * 6364136223846793005ull + 1442695040888963407ull;
+	return (uint8_t)(*s >> 56);
+}
+
+static void demo_finish(struct demo *d, int ok)
+{
+	if (d->shutting_down)
+		return;
+	d->shutting_down = 1;
+	d->ok = ok;
+	sidecar_shutdown(d->sidecar); /* releases the lease, then breaks the loop */
+}
+
+static void exec_done(struct exec_conn *e, int failed)
+{
+	struct demo *d = e->d;
+	if (e->done)
+		return;
+	e->done = 1;
+	e->failed = failed;
+	d->finished++;
+	d->failures += failed != 0;
+	if (!e->is_rpc && !failed && d->finished >= d->nconns)
+		d->bulk_end_us = sr_now_us();
+	if (e->bev) {
+		bufferevent_free(e->bev);
+		e->bev = NULL;
+	}
+	if (d->finished == d->nconns) {
+		if (!d->bulk_end_us)
+			d->bulk_end_us = sr_now_us();
+		demo_finish(d, d->failures == 0);
+	}
+}
+
+/* ---- stand-in driver ------------------------------------------------------- */
+
+static void drv_echo_read(struct bufferevent *bev, void *arg)
+{
+	bufferevent_write_buffer(bev, bufferevent_get_input(bev));
+}
+
+static void drv_event(struct bufferevent *bev, short what, void *arg)
+{
+	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
+		bufferevent_free(bev);
+}
+
+struct drv_src {
+	uint64_t left, rng;
+};
+
+static void drv_src_write(struct bufferevent *bev, void *arg)
+{
+	struct drv_src *src = arg;
+	uint8_t buf[16384];
+
+	if (src->left == 0) {
+		/* everything handed to the kernel: half-close, as a sender would */
+		shutdown(bufferevent_getfd(bev), SHUT_WR);
+		return;
+	}
+	while (src->left > 0 && evbuffer_get_length(bufferevent_get_output(bev)) < 1u << 20) {
+		size_t n = src->left < sizeof(buf) ? (size_t)src->left : sizeof(buf);
+		for (size_t i = 0; i < n; i++)
+			buf[i] = next_byte(&src->rng);
+		bufferevent_write(bev, buf, n);
+		src->left -= n;
+	}
+}
+
+static void drv_src_event(struct bufferevent *bev, short what, void *arg)
+{
+	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+		free(arg);
+		bufferevent_free(bev);
+	}
+}
+
+static void drv_src_read(struct bufferevent *bev, void *arg)
+{
+	evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
+}
+
+static void drv_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+		       int salen, void *arg)
+{
+	struct demo *d = arg;
+	struct bufferevent *bev = bufferevent_socket_new(d->base, fd, BEV_OPT_CLOSE_ON_FREE);
+
+	if (!bev) {
+		close(fd);
+		return;
+	}
+	sr_sock_nodelay(fd);
+	if (l == d->drv[0]) {
+		bufferevent_setcb(bev, drv_echo_read, NULL, drv_event, d);
+	} else {
+		struct drv_src *src = calloc(1, sizeof(*src));
+		if (!src) {
+			bufferevent_free(bev);
+			return;
+		}
+		src->left = d->bulk_bytes;
+		src->rng = 42;
+		bufferevent_setcb(bev, drv_src_read, drv_src_write, drv_src_event, src);
+		drv_src_write(bev, src);
+	}
+	bufferevent_enable(bev, EV_READ | EV_WRITE);
+}
+
+/* ---- stand-in executors ---------------------------------------------------- */
+
+static void rpc_send(struct exec_conn *e)
+{
+	uint8_t msg[RPC_MSG];
+	memset(msg, 'a' + (int)(e->rounds_left % 26), sizeof(msg));
+	e->sent_at = sr_now_us();
+	bufferevent_write(e->bev, msg, sizeof(msg));
+}
+
+static void exec_read(struct bufferevent *bev, void *arg)
+{
+	struct exec_conn *e = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	struct demo *d = e->d;
+
+	if (e->is_rpc) {
+		while (evbuffer_get_length(in) >= RPC_MSG) {
+			uint8_t msg[RPC_MSG];
+			evbuffer_remove(in, msg, sizeof(msg));
+			if (msg[0] != 'a' + (int)(e->rounds_left % 26)) {
+				fprintf(stderr, "demo: RPC reply corrupted\n");
+				exec_done(e, 1);
+				return;
+			}
+			d->rtts[d->nrtt++] = sr_now_us() - e->sent_at;
+			if (--e->rounds_left == 0) {
+				exec_done(e, 0);
+				return;
+			}
+			rpc_send(e);
+		}
+		return;
+	}
+	{
+		struct evbuffer_iovec v[8];
+		int n = evbuffer_peek(in, -1, NULL, v, 8);
+		if (n > 8)
+			n = 8;
+		for (int i = 0; i < n; i++) {
+			const uint8_t *p = v[i].iov_base;
+			for (size_t j = 0; j < v[i].iov_len; j++) {
+				if (p[j] != next_byte(&e->rng)) {
+					fprintf(stderr, "demo: broadcast byte %llu differs\n",
+						(unsigned long long)(e->received + j));
+					exec_done(e, 1);
+					return;
+				}
+			}
+			e->received += v[i].iov_len;
+			evbuffer_drain(in, v[i].iov_len);
+		}
+	}
+}
+
+static void exec_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct exec_conn *e = arg;
+
+	if (what & BEV_EVENT_CONNECTED) {
+		sr_sock_nodelay(bufferevent_getfd(bev));
+		if (e->is_rpc)
+			rpc_send(e);
+		return;
+	}
+	if (!e->is_rpc && (what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR)) {
+		exec_read(bev, e);
+		if (!e->done)
+			exec_done(e, e->received != e->d->bulk_bytes);
+		return;
+	}
+	fprintf(stderr, "demo: executor connection %s\n",
+		(what & BEV_EVENT_EOF) ? "closed early" : "failed");
+	exec_done(e, 1);
+}
+
+static void start_executors(struct demo *d)
+{
+	struct sockaddr_in sin;
+
+	d->nconns = d->executors * 2;
+	d->conns = calloc(d->nconns, sizeof(*d->conns));
+	d->rtts = calloc((size_t)d->executors * d->rounds + 1, sizeof(*d->rtts));
+	if (!d->conns || !d->rtts) {
+		demo_finish(d, 0);
+		return;
+	}
+	d->bulk_start_us = sr_now_us();
+	for (unsigned i = 0; i < d->nconns; i++) {
+		struct exec_conn *e = &d->conns[i];
+		e->d = d;
+		e->is_rpc = (i % 2) == 0;
+		e->rounds_left = d->rounds;
+		e->rng = 42;
+		memset(&sin, 0, sizeof(sin));
+		sin.sin_family = AF_INET;
+		inet_pton(AF_INET, "127.0.0.2", &sin.sin_addr);
+		sin.sin_port = htons(d->lease.ports[e->is_rpc ? TUN_PORT_DRIVER : TUN_PORT_BLOCKMANAGER]);
+		e->bev = bufferevent_socket_new(d->base, -1, BEV_OPT_CLOSE_ON_FREE);
+		if (!e->bev) {
+			exec_done(e, 1);
+			continue;
+		}
+		bufferevent_setcb(e->bev, exec_read, NULL, exec_event, e);
+		bufferevent_enable(e->bev, EV_READ | EV_WRITE);
+		if (bufferevent_socket_connect(e->bev, (struct sockaddr *)&sin, sizeof(sin)) != 0)
+			exec_done(e, 1);
+	}
+}
+
+static void on_lease(struct sidecar *s, const struct sidecar_lease_info *info, void *arg)
+{
+	struct demo *d = arg;
+	struct sockaddr_in sin;
+
+	if (d->started)
+		return;
+	d->started = 1;
+	d->lease = *info;
+	d->lease_us = sr_now_us();
+	for (int i = 0; i < 2; i++) {
+		memset(&sin, 0, sizeof(sin));
+		sin.sin_family = AF_INET;
+		sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		sin.sin_port = htons(info->ports[i == 0 ? TUN_PORT_DRIVER : TUN_PORT_BLOCKMANAGER]);
+		d->drv[i] = evconnlistener_new_bind(d->base, drv_accept, d,
+						    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 128,
+						    (struct sockaddr *)&sin, sizeof(sin));
+		if (!d->drv[i]) {
+			fprintf(stderr, "demo: the stand-in driver cannot bind 127.0.0.1:%u\n",
+				ntohs(sin.sin_port));
+			demo_finish(d, 0);
+			return;
+		}
+	}
+	printf("\nstand-in driver listening on 127.0.0.1:%u (RPC) and 127.0.0.1:%u (block "
+	       "manager)\n%u executors connecting to %s through the relay...\n",
+	       info->ports[TUN_PORT_DRIVER], info->ports[TUN_PORT_BLOCKMANAGER], d->executors,
+	       info->host);
+	fflush(stdout);
+	start_executors(d);
+}
+
+static void demo_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct demo *d = arg;
+	fprintf(stderr, "demo: did not finish within %d s\n", DEMO_TIMEOUT_S);
+	d->ok = 0;
+	event_base_loopbreak(d->base);
+}
+
+static void demo_sigint(evutil_socket_t fd, short what, void *arg)
+{
+	struct demo *d = arg;
+	d->ok = 0;
+	event_base_loopbreak(d->base);
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+static void print_summary(struct demo *d)
+{
+	struct relay_stats rs;
+	double secs = (double)(d->bulk_end_us - d->bulk_start_us) / 1e6;
+	uint64_t total = (uint64_t)d->executors * d->bulk_bytes;
+
+	relay_get_stats(d->relay, &rs);
+	qsort(d->rtts, d->nrtt, sizeof(*d->rtts), cmp_u64);
+	printf("\n== sparkrelay demo summary ==\n");
+	printf("lease               %s, ports %u (driver) and %u (block manager)\n",
+	       d->lease.lease, d->lease.ports[TUN_PORT_DRIVER], d->lease.ports[TUN_PORT_BLOCKMANAGER]);
+	printf("time to lease       %.1f ms (TLS 1.3 handshake + register)\n",
+	       (double)(d->lease_us - d->start_us) / 1e3);
+	printf("executor conns      %llu through the relay, %u ok, %u failed\n",
+	       (unsigned long long)rs.executor_conns, d->nconns - d->failures, d->failures);
+	if (d->nrtt)
+		printf("RPC round trip      %zu x %d bytes: p50 %llu us, p99 %llu us, max %llu us\n",
+		       d->nrtt, RPC_MSG, (unsigned long long)d->rtts[d->nrtt / 2],
+		       (unsigned long long)d->rtts[(d->nrtt * 99) / 100],
+		       (unsigned long long)d->rtts[d->nrtt - 1]);
+	printf("broadcast           %u x %.0f MiB checked byte for byte, %.2f Gbit/s aggregate\n",
+	       d->executors, (double)d->bulk_bytes / (1 << 20),
+	       secs > 0 ? (double)total * 8 / secs / 1e9 : 0.0);
+	printf("result              %s\n", d->ok ? "OK" : "FAILED");
+}
+
+int cmd_demo(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{"executors", required_argument, NULL, 'e'},
+		{"rounds", required_argument, NULL, 'r'},
+		{"bulk-mib", required_argument, NULL, 'b'},
+		{"verbose", no_argument, NULL, 'v'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	struct demo d;
+	struct timeval tv = {DEMO_TIMEOUT_S, 0};
+	char err[512];
+	int ch;
+
+	memset(&d, 0, sizeof(d));
+	d.executors = 8;
+	d.rounds = 200;
+	d.bulk_bytes = 16u << 20;
+	sr_log_set_level(SR_LOG_WARN);
+	optind = 1;
+	while ((ch = getopt_long(argc, argv, "e:r:b:vh", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 'e':
+			d.executors = (unsigned)strtoul(optarg, NULL, 10);
+			break;
+		case 'r':
+			d.rounds = (unsigned)strtoul(optarg, NULL, 10);
+			break;
+		case 'b':
+			d.bulk_bytes = (uint64_t)strtoull(optarg, NULL, 10) << 20;
+			break;
+		case 'v':
+			sr_log_set_level(SR_LOG_INFO);
+			break;
+		case 'h':
+			printf("usage: sparkrelay demo [--executors N] [--rounds N] [--bulk-mib N] "
+			       "[--verbose]\n");
+			return 0;
+		default:
+			return 2;
+		}
+	}
+	if (d.executors < 1 || d.executors > 500 || d.rounds < 1 || d.rounds > 100000 ||
+	    d.bulk_bytes > (1ull << 32)) {
+		fprintf(stderr, "demo: executors 1..500, rounds 1..100000, bulk-mib 0..4096\n");
+		return 2;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	sr_log_set_role("demo");
+	sr_raise_nofile();
+	d.start_us = sr_now_us();
+
+	snprintf(d.dir, sizeof(d.dir), "/tmp/sparkrelay-demo-XXXXXX");
+	if (!mkdtemp(d.dir)) {
+		perror("demo: mkdtemp");
+		return 1;
+	}
+	if (sr_devcert_write(d.dir, NULL, 1, err, sizeof(err)) != 0) {
+		fprintf(stderr, "demo: %s\n", err);
+		return 1;
+	}
+	static const char *const names[6] = {"ca.pem", "relay.pem", "relay.key",
+					     "spark-defaults.conf", "spark.json", "state.json"};
+	for (int i = 0; i < 6; i++)
+		snprintf(d.path[i], sizeof(d.path[i]), "%s/%s", d.dir, names[i]);
+	printf("sparkrelay demo: development certificates in %s\n", d.dir);
+
+	d.ro.listen = "127.0.0.1:0";
+	d.ro.cert_file = d.path[1];
+	d.ro.key_file = d.path[2];
+	d.ro.pool.bind_address = "127.0.0.2";
+	d.ro.pool.advertise_host = "127.0.0.2";
+	d.ro.pool.port_min = 42000;
+	d.ro.pool.port_max = 42999;
+	relay_opts_defaults(&d.ro);
+
+	d.base = event_base_new();
+	if (!d.base)
+		return 1;
+	d.relay = relay_new(d.base, &d.ro, err, sizeof(err));
+	if (!d.relay) {
+		fprintf(stderr, "demo: relay: %s\n", err);
+		event_base_free(d.base);
+		return 1;
+	}
+	char relay_addr[32];
+	snprintf(relay_addr, sizeof(relay_addr), "127.0.0.1:%u", relay_listen_port(d.relay));
+	d.so.relays[0] = relay_addr;
+	d.so.nrelays = 1;
+	d.so.ca_file = d.path[0];
+	d.so.app_name = "demo-notebook";
+	d.so.spark_conf_path = d.path[3];
+	d.so.spark_json_path = d.path[4];
+	sidecar_opts_defaults(&d.so);
+	printf("relay listening for sidecars on %s; sidecar dialling it over TLS 1.3\n",
+	       relay_addr);
+	d.sidecar = sidecar_new(d.base, &d.so, on_lease, &d, err, sizeof(err));
+	if (!d.sidecar) {
+		fprintf(stderr, "demo: sidecar: %s\n", err);
+		relay_free(d.relay);
+		event_base_free(d.base);
+		return 1;
+	}
+	d.timeout = evtimer_new(d.base, demo_timeout, &d);
+	d.sigint = evsignal_new(d.base, SIGINT, demo_sigint, &d);
+	evtimer_add(d.timeout, &tv);
+	event_add(d.sigint, NULL);
+
+	event_base_dispatch(d.base);
+
+	print_summary(&d);
+	printf("Spark settings written to %s\n", d.path[3]);
+	for (unsigned i = 0; i < d.nconns; i++) {
+		if (d.conns[i].bev)
+			bufferevent_free(d.conns[i].bev);
+	}
+	for (int i = 0; i < 2; i++) {
+		if (d.drv[i])
+			evconnlistener_free(d.drv[i]);
+	}
+	event_free(d.timeout);
+	event_free(d.sigint);
+	sidecar_free(d.sidecar);
+	relay_free(d.relay);
+	event_base_free(d.base);
+	free(d.conns);
+	free(d.rtts);
+	return d.ok ? 0 : 1;
+}

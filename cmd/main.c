@@ -1,0 +1,266 @@
+/* sparkrelay: one binary, several roles. This file only maps the command
+ * line and the configuration onto each module's options and runs the loop. */
+#include "cmd/cmd.h"
+#include "common/sr_devcert.h"
+#include "common/sr_err.h"
+#include "common/sr_log.h"
+#include "common/sr_util.h"
+#include "conf/conf.h"
+#include "relay/relay.h"
+#include "tunnel/sidecar.h"
+
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"usage: sparkrelay <command> [options]\n"
+		"\n"
+		"Carries Spark executor connections to a notebook driver that cannot accept\n"
+		"inbound connections, over one outbound TLS/HTTP-2 tunnel.\n"
+		"\n"
+		"commands:\n"
+		"  demo                     relay, sidecar, stand-in driver and executors on\n"
+		"                           loopback with throw-away certificates (start here)\n"
+		"  relay  --config FILE     run the relay (cluster side, DaemonSet)\n"
+		"  tunnel --config FILE     run the sidecar (notebook side)\n"
+		"  check-config FILE        validate a configuration file and print it\n"
+		"  config-docs              print the configuration reference (Markdown)\n"
+		"  gen-certs DIR [NAME...]  write a development CA and certificates into DIR\n"
+		"  version                  print the version\n"
+		"\n"
+		"common options: --log-level error|warn|info|debug, -h/--help\n"
+		"Configuration: docs/configuration.md; every setting can also be set with\n"
+		"an environment variable SPARKRELAY_<PATH> (e.g. SPARKRELAY_RELAY_LISTEN).\n");
+}
+
+struct run_ctx {
+	struct event_base *base;
+	struct relay *relay;
+	struct sidecar *sidecar;
+	int signals;
+};
+
+static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
+{
+	struct run_ctx *rc = arg;
+
+	if (++rc->signals > 1) {
+		SR_WARN("", "second signal: exiting now");
+		event_base_loopbreak(rc->base);
+		return;
+	}
+	SR_INFO("", "signal %d: shutting down gracefully", (int)sig);
+	if (rc->relay)
+		relay_drain(rc->relay);
+	if (rc->sidecar)
+		sidecar_shutdown(rc->sidecar);
+}
+
+static void on_hup(evutil_socket_t sig, short what, void *arg)
+{
+	SR_WARN("", "SIGHUP: live configuration reload is not implemented in this version; "
+		    "the running configuration is unchanged");
+}
+
+static int parse_common(int argc, char **argv, const char **config, const char *cmd)
+{
+	static const struct option longopts[] = {
+		{"config", required_argument, NULL, 'c'},
+		{"log-level", required_argument, NULL, 'l'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	int ch;
+
+	optind = 1;
+	while ((ch = getopt_long(argc, argv, "c:l:h", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 'c':
+			*config = optarg;
+			break;
+		case 'l':
+			if (sr_log_set_level_name(optarg) != 0) {
+				fprintf(stderr, "sparkrelay %s: unknown log level \"%s\"\n", cmd,
+					optarg);
+				return 2;
+			}
+			break;
+		case 'h':
+			printf("usage: sparkrelay %s --config FILE [--log-level LEVEL]\n"
+			       "See docs/configuration.md for the file format.\n",
+			       cmd);
+			return 1;
+		default:
+			return 2;
+		}
+	}
+	return 0;
+}
+
+static int load_config(const char *path, struct sr_config *cfg, const char *cmd)
+{
+	char err[1024];
+	int rv;
+
+	if (path)
+		rv = conf_load_file(path, cfg, err, sizeof(err));
+	else
+		rv = conf_load_string("{}", "environment", cfg, err, sizeof(err));
+	if (rv != 0) {
+		fprintf(stderr, "sparkrelay %s: %s\n", cmd, err);
+		return 1;
+	}
+	return 0;
+}
+
+static int run_role(int argc, char **argv, int is_relay)
+{
+	const char *cmd = is_relay ? "relay" : "tunnel";
+	const char *config = NULL;
+	struct sr_config cfg;
+	struct run_ctx rc;
+	struct event *sigterm = NULL, *sigint = NULL, *sighup = NULL;
+	char err[1024];
+	int rv, status = 1;
+	int level_from_cli;
+
+	memset(&rc, 0, sizeof(rc));
+	memset(&cfg, 0, sizeof(cfg));
+	sr_log_set_level(-1);
+	rv = parse_common(argc, argv, &config, cmd);
+	if (rv)
+		return rv == 1 ? 0 : rv;
+	level_from_cli = sr_log_level_cur >= 0;
+	if (!level_from_cli)
+		sr_log_set_level(SR_LOG_INFO);
+	if (load_config(config, &cfg, cmd) != 0)
+		return 1;
+	if (!level_from_cli && cfg.log_level)
+		sr_log_set_level_name(cfg.log_level);
+	if (is_relay ? !cfg.have_relay : !cfg.have_tunnel) {
+		fprintf(stderr, "sparkrelay %s: %s has no \"%s\" section\n", cmd,
+			config ? config : "the environment", cmd);
+		goto out;
+	}
+	sr_log_set_role(cmd);
+	sr_raise_nofile();
+	signal(SIGPIPE, SIG_IGN);
+
+	rc.base = event_base_new();
+	if (!rc.base)
+		goto out;
+	if (is_relay) {
+		relay_opts_defaults(&cfg.relay);
+		rc.relay = relay_new(rc.base, &cfg.relay, err, sizeof(err));
+	} else {
+		sidecar_opts_defaults(&cfg.tunnel);
+		rc.sidecar = sidecar_new(rc.base, &cfg.tunnel, NULL, NULL, err, sizeof(err));
+	}
+	if (!rc.relay && !rc.sidecar) {
+		SR_ERROR("", "cannot start: %s", err);
+		goto out;
+	}
+	sigterm = evsignal_new(rc.base, SIGTERM, on_stop_signal, &rc);
+	sigint = evsignal_new(rc.base, SIGINT, on_stop_signal, &rc);
+	sighup = evsignal_new(rc.base, SIGHUP, on_hup, &rc);
+	if (!sigterm || !sigint || !sighup)
+		goto out;
+	event_add(sigterm, NULL);
+	event_add(sigint, NULL);
+	event_add(sighup, NULL);
+	event_base_dispatch(rc.base);
+	status = 0;
+	SR_INFO("", "stopped");
+out:
+	if (sigterm)
+		event_free(sigterm);
+	if (sigint)
+		event_free(sigint);
+	if (sighup)
+		event_free(sighup);
+	relay_free(rc.relay);
+	sidecar_free(rc.sidecar);
+	if (rc.base)
+		event_base_free(rc.base);
+	conf_free(&cfg);
+	return status;
+}
+
+static int cmd_check_config(int argc, char **argv)
+{
+	struct sr_config cfg;
+	char err[1024];
+
+	if (argc != 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
+		fprintf(argc == 2 ? stdout : stderr,
+			"usage: sparkrelay check-config FILE\n"
+			"Validates FILE (and SPARKRELAY_* environment overrides), prints the\n"
+			"effective configuration with secrets redacted, exits 1 on any error.\n");
+		return argc == 2 ? 0 : 2;
+	}
+	memset(&cfg, 0, sizeof(cfg));
+	if (conf_load_file(argv[1], &cfg, err, sizeof(err)) != 0) {
+		fprintf(stderr, "%s\n", err);
+		return 1;
+	}
+	conf_dump(&cfg, stdout);
+	fprintf(stderr, "%s: configuration OK (%s%s%s)\n", argv[1], cfg.have_relay ? "relay" : "",
+		cfg.have_relay && cfg.have_tunnel ? ", " : "", cfg.have_tunnel ? "tunnel" : "");
+	conf_free(&cfg);
+	return 0;
+}
+
+static int cmd_gen_certs(int argc, char **argv)
+{
+	char err[512];
+
+	if (argc < 2 || argv[1][0] == '-') {
+		fprintf(stderr, "usage: sparkrelay gen-certs DIR [NAME...]\n"
+				"Writes ca.pem, relay.pem/.key and sidecar.pem/.key for development.\n"
+				"NAMEs (DNS names or IPs) are added to the relay certificate.\n");
+		return argc >= 2 && strcmp(argv[1], "--help") == 0 ? 0 : 2;
+	}
+	if (sr_devcert_write(argv[1], (const char *const *)argv + 2, 30, err, sizeof(err)) != 0) {
+		fprintf(stderr, "sparkrelay gen-certs: %s\n", err);
+		return 1;
+	}
+	printf("wrote development certificates to %s (valid 30 days)\n", argv[1]);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	const char *cmd = argc > 1 ? argv[1] : "";
+
+	if (argc < 2 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 ||
+	    strcmp(cmd, "help") == 0) {
+		usage(argc < 2 ? stderr : stdout);
+		return argc < 2 ? 2 : 0;
+	}
+	if (strcmp(cmd, "relay") == 0)
+		return run_role(argc - 1, argv + 1, 1);
+	if (strcmp(cmd, "tunnel") == 0)
+		return run_role(argc - 1, argv + 1, 0);
+	if (strcmp(cmd, "demo") == 0)
+		return cmd_demo(argc - 1, argv + 1);
+	if (strcmp(cmd, "check-config") == 0)
+		return cmd_check_config(argc - 1, argv + 1);
+	if (strcmp(cmd, "config-docs") == 0)
+		return conf_write_docs(stdout) == 0 ? 0 : 1;
+	if (strcmp(cmd, "gen-certs") == 0)
+		return cmd_gen_certs(argc - 1, argv + 1);
+	if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+		printf("sparkrelay %s (tunnel protocol v%d)\n", SR_VERSION, TUN_CTL_VERSION);
+		return 0;
+	}
+	fprintf(stderr, "sparkrelay: unknown command \"%s\"\n\n", cmd);
+	usage(stderr);
+	return 2;
+}

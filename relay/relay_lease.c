@@ -1,0 +1,661 @@
+/* Port leases: see relay_lease.h for the contract.
+ *
+ * Lifecycle of a lease, as this file implements it:
+ *   - relay_lease_create() binds every port and returns the lease DETACHED
+ *     with no grace timer running: the caller attaches it right away (the
+ *     registering tunnel is its owner). A lease that is never attached and
+ *     never detached lives until released or the table is freed.
+ *   - relay_lease_detach() starts the grace timer (ttl_s); attach stops it.
+ *   - When the timer fires, on_expire runs and then the lease is freed.
+ *
+ * Re-entrancy: relay_lease_release() must not be called from inside on_accept
+ * of the same lease (the listener that is running would be freed under
+ * libevent); the owner defers such a release to its own event callback. Inside
+ * on_expire a release of that same lease is a no-op, since the table frees it
+ * right after on_expire returns. */
+#include "relay/relay_lease.h"
+
+#include "common/sr_err.h"
+#include "common/sr_log.h"
+#include "common/sr_util.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#define LEASE_BACKLOG_DEFAULT 1024
+#define LEASE_RESUME_BYTES 32 /* 64 hex characters, < TUN_CTL_RESUME_MAX */
+#define LEASE_ID_RANDOM_BYTES 4
+#define LEASE_ACCEPT_PAUSE_S 1
+#define LEASE_HASH_MIN 64
+#define LEASE_CTX_MAX (TUN_CTL_LEASE_MAX + TUN_CTL_APP_MAX + 16)
+#define LEASE_PORT_TAKEN (-100) /* internal; outside the SR_E* range */
+
+struct lease_port {
+	struct relay_lease *l;
+	enum tun_port_role role;
+	uint16_t port;               /* 0: role not held */
+	struct evconnlistener *lev;  /* owns the bound, listening fd */
+	struct event *pause_ev;      /* re-enables after an accept error */
+	int paused;
+};
+
+struct relay_lease {
+	struct relay_lease_table *t;
+	struct relay_lease *prev, *next; /* every lease, creation order */
+	struct relay_lease *hnext;       /* id hash chain */
+	uint32_t hash;
+	char id[TUN_CTL_LEASE_MAX];
+	char app[TUN_CTL_APP_MAX];
+	char resume[2 * LEASE_RESUME_BYTES + 1];
+	char ctx[LEASE_CTX_MAX]; /* log context: "lease=.. app=.." */
+	unsigned roles;
+	uint32_t ttl_s;
+	struct lease_port ports[TUN_PORT_MAX];
+	struct event *grace_ev;
+	void *owner;
+	void *data;
+	int accepting;
+	int expiring; /* inside on_expire: release is deferred to the timer */
+};
+
+struct relay_lease_table {
+	struct event_base *base;
+	struct relay_pool_opts opts; /* strings owned */
+	struct relay_lease_cbs cbs;
+	void *arg;
+	struct sockaddr_storage bind_ss; /* port filled per candidate */
+	socklen_t bind_len;
+	int bind_ok; /* bind_address parsed; otherwise create fails SR_EINVAL */
+	uint32_t range;  /* port_max - port_min + 1, 0 if the range is invalid */
+	uint8_t *held;   /* bitset over the range: port held by a live lease */
+	uint32_t cursor; /* offset in the range where the next search starts */
+	uint64_t seq;
+	struct relay_lease *head, *tail;
+	struct relay_lease **buckets;
+	size_t nbuckets; /* power of two */
+	size_t count;
+};
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static uint32_t lease_hash(const char *s)
+{
+	uint32_t h = 2166136261u; /* FNV-1a: ids are not secret */
+	for (; *s; s++) {
+		h ^= (unsigned char)*s;
+		h *= 16777619u;
+	}
+	return h;
+}
+
+static int held_get(const struct relay_lease_table *t, uint32_t off)
+{
+	return (t->held[off >> 3] >> (off & 7)) & 1;
+}
+
+static void held_set(struct relay_lease_table *t, uint32_t off, int on)
+{
+	if (on)
+		t->held[off >> 3] |= (uint8_t)(1u << (off & 7));
+	else
+		t->held[off >> 3] &= (uint8_t)~(1u << (off & 7));
+}
+
+/* The app name comes from the network: keep log lines one line and greppable. */
+static void lease_make_ctx(struct relay_lease *l)
+{
+	char app[TUN_CTL_APP_MAX];
+	size_t i;
+
+	for (i = 0; l->app[i] && i < sizeof(app) - 1; i++) {
+		unsigned char c = (unsigned char)l->app[i];
+		app[i] = (c > 0x20 && c < 0x7f) ? (char)c : '?';
+	}
+	app[i] = '\0';
+	snprintf(l->ctx, sizeof(l->ctx), "lease=%s app=%s", l->id, app);
+}
+
+static void lease_format_ports(const struct relay_lease *l, char *buf, size_t len)
+{
+	size_t n = 0;
+
+	buf[0] = '\0';
+	for (int r = 0; r < TUN_PORT_MAX && n < len; r++) {
+		if (!l->ports[r].port)
+			continue;
+		const char *name = tun_port_role_name((enum tun_port_role)r);
+		int m = snprintf(buf + n, len - n, "%s%s=%u", n ? " " : "",
+				 name ? name : "?", l->ports[r].port);
+		if (m < 0)
+			break;
+		n += (size_t)m;
+	}
+}
+
+/* ---- id hash ------------------------------------------------------------ */
+
+static int hash_grow(struct relay_lease_table *t)
+{
+	size_t n = t->nbuckets * 2;
+	struct relay_lease **b = calloc(n, sizeof(*b));
+
+	if (!b)
+		return SR_ENOMEM;
+	for (size_t i = 0; i < t->nbuckets; i++) {
+		struct relay_lease *l = t->buckets[i], *nx;
+		for (; l; l = nx) {
+			nx = l->hnext;
+			l->hnext = b[l->hash & (n - 1)];
+			b[l->hash & (n - 1)] = l;
+		}
+	}
+	free(t->buckets);
+	t->buckets = b;
+	t->nbuckets = n;
+	return 0;
+}
+
+static void hash_insert(struct relay_lease_table *t, struct relay_lease *l)
+{
+	struct relay_lease **b = &t->buckets[l->hash & (t->nbuckets - 1)];
+	l->hnext = *b;
+	*b = l;
+}
+
+static void hash_remove(struct relay_lease_table *t, struct relay_lease *l)
+{
+	struct relay_lease **p = &t->buckets[l->hash & (t->nbuckets - 1)];
+	for (; *p; p = &(*p)->hnext) {
+		if (*p == l) {
+			*p = l->hnext;
+			l->hnext = NULL;
+			return;
+		}
+	}
+}
+
+/* ---- listeners ---------------------------------------------------------- */
+
+static void lease_accept_cb(struct evconnlistener *lev, evutil_socket_t fd,
+			    struct sockaddr *peer, int peerlen, void *arg)
+{
+	struct lease_port *p = arg;
+	struct relay_lease *l = p->l;
+	struct relay_lease_table *t = l->t;
+
+	(void)lev;
+	sr_sock_nodelay(fd);
+	if (!t->cbs.on_accept) {
+		close(fd);
+		return;
+	}
+	/* May hand the lease to code that must not free it here: see top. */
+	t->cbs.on_accept(l, p->role, fd, peer, peerlen, t->arg);
+}
+
+static void lease_pause_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct lease_port *p = arg;
+
+	(void)fd;
+	(void)what;
+	p->paused = 0;
+	if (p->l->accepting)
+		evconnlistener_enable(p->lev);
+}
+
+/* accept() failed with a non-retriable error, typically EMFILE/ENFILE. The
+ * pending connection stays in the backlog, so a level-triggered listener
+ * would wake the loop again at once: stop this port for a moment instead. */
+static void lease_accept_error_cb(struct evconnlistener *lev, void *arg)
+{
+	struct lease_port *p = arg;
+	int err = EVUTIL_SOCKET_ERROR();
+	struct timeval tv = {LEASE_ACCEPT_PAUSE_S, 0};
+
+	SR_WARN(p->l->ctx, "accept on port %u failed: %s; pausing %d s", p->port,
+		evutil_socket_error_to_string(err), LEASE_ACCEPT_PAUSE_S);
+	evconnlistener_disable(lev);
+	p->paused = 1;
+	evtimer_add(p->pause_ev, &tv);
+}
+
+/* Bind and listen on one port into *fdp. Returns 0, LEASE_PORT_TAKEN (try
+ * the next port) or a negative SR_E* code. */
+static int lease_bind_port(struct relay_lease_table *t, uint16_t port, int *fdp)
+{
+	struct sockaddr_storage ss = t->bind_ss;
+	int one = 1, fd, err;
+	int backlog = t->opts.backlog ? (int)t->opts.backlog : LEASE_BACKLOG_DEFAULT;
+
+	if (ss.ss_family == AF_INET)
+		((struct sockaddr_in *)&ss)->sin_port = htons(port);
+	else
+		((struct sockaddr_in6 *)&ss)->sin6_port = htons(port);
+
+	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		err = errno;
+		goto fail;
+	}
+	/* SO_REUSEADDR lets a released port be bound again while old executor
+	 * connections sit in TIME_WAIT; it does not let two listeners share it. */
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0) {
+		err = errno;
+		goto fail;
+	}
+	if (bind(fd, (struct sockaddr *)&ss, t->bind_len) < 0 || listen(fd, backlog) < 0) {
+		err = errno;
+		goto fail;
+	}
+	*fdp = fd;
+	return 0;
+fail:
+	if (fd >= 0)
+		close(fd);
+	/* listen() too can report EADDRINUSE: two SO_REUSEADDR sockets may both
+	 * bind a port that neither listens on yet. */
+	if (err == EADDRINUSE || err == EACCES)
+		return LEASE_PORT_TAKEN;
+	SR_WARN("lease", "bind %s port %u: %s", t->opts.bind_address, port, strerror(err));
+	if (err == ENOMEM || err == ENOBUFS)
+		return SR_ENOMEM;
+	if (err == EADDRNOTAVAIL || err == EAFNOSUPPORT)
+		return SR_EINVAL; /* bind_address is not usable on this host */
+	return SR_EIO;
+}
+
+static void lease_port_close(struct relay_lease_table *t, struct lease_port *p)
+{
+	if (p->pause_ev) {
+		event_free(p->pause_ev);
+		p->pause_ev = NULL;
+	}
+	if (p->lev) {
+		evconnlistener_free(p->lev); /* closes the fd: LEV_OPT_CLOSE_ON_FREE */
+		p->lev = NULL;
+	}
+	if (p->port) {
+		held_set(t, (uint32_t)p->port - t->opts.port_min, 0);
+		p->port = 0;
+	}
+}
+
+/* Take the next free pool port for role p->role. */
+static int lease_port_open(struct relay_lease_table *t, struct lease_port *p)
+{
+	int fd = -1, rc = SR_ENOPORTS;
+	uint32_t off = 0, i;
+
+	p->pause_ev = evtimer_new(t->base, lease_pause_cb, p);
+	if (!p->pause_ev)
+		return SR_ENOMEM;
+	for (i = 0; i < t->range; i++) {
+		off = (t->cursor + i) % t->range;
+		if (held_get(t, off))
+			continue;
+		rc = lease_bind_port(t, (uint16_t)(t->opts.port_min + off), &fd);
+		if (rc == 0)
+			break;
+		if (rc != LEASE_PORT_TAKEN)
+			return rc;
+		rc = SR_ENOPORTS;
+	}
+	if (rc != 0)
+		return rc;
+	/* backlog 0: the socket already listens with our backlog; libevent's
+	 * -1 would call listen() again with its own default of 128. */
+	p->lev = evconnlistener_new(t->base, lease_accept_cb, p,
+				    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC |
+					    LEV_OPT_REUSEABLE,
+				    0, fd);
+	if (!p->lev) {
+		close(fd);
+		return SR_ENOMEM;
+	}
+	evconnlistener_set_error_cb(p->lev, lease_accept_error_cb);
+	p->port = (uint16_t)(t->opts.port_min + off);
+	held_set(t, off, 1);
+	/* Advance past the port just taken so that a port released a moment
+	 * ago is not handed to the next sidecar while executors of the old
+	 * lease may still be retrying it. */
+	t->cursor = (off + 1) % t->range;
+	return 0;
+}
+
+/* ---- lease lifetime ----------------------------------------------------- */
+
+static void lease_free(struct relay_lease *l, const char *why)
+{
+	struct relay_lease_table *t;
+
+	if (!l)
+		return;
+	t = l->t;
+	if (why)
+		SR_INFO(l->ctx, "%s", why);
+	if (l->grace_ev)
+		event_free(l->grace_ev);
+	for (int r = TUN_PORT_MAX - 1; r >= 0; r--)
+		lease_port_close(t, &l->ports[r]);
+	if (l->prev)
+		l->prev->next = l->next;
+	else if (t->head == l)
+		t->head = l->next;
+	if (l->next)
+		l->next->prev = l->prev;
+	else if (t->tail == l)
+		t->tail = l->prev;
+	hash_remove(t, l);
+	t->count--;
+	free(l);
+}
+
+static void lease_grace_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct relay_lease *l = arg;
+	struct relay_lease_table *t = l->t;
+
+	(void)fd;
+	(void)what;
+	SR_INFO(l->ctx, "grace ttl of %" PRIu32 " s ran out with no tunnel", l->ttl_s);
+	l->expiring = 1;
+	if (t->cbs.on_expire)
+		t->cbs.on_expire(l, t->arg);
+	lease_free(l, "expired");
+}
+
+/* ---- API ---------------------------------------------------------------- */
+
+struct relay_lease_table *relay_lease_table_new(struct event_base *base,
+						const struct relay_pool_opts *opts,
+						const struct relay_lease_cbs *cbs, void *arg)
+{
+	struct relay_lease_table *t;
+
+	if (!base || !opts)
+		return NULL;
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return NULL;
+	t->base = base;
+	t->opts = *opts;
+	t->opts.bind_address = NULL;
+	t->opts.advertise_host = NULL;
+	if (cbs)
+		t->cbs = *cbs;
+	t->arg = arg;
+	if (opts->bind_address) {
+		t->opts.bind_address = strdup(opts->bind_address);
+		if (!t->opts.bind_address)
+			goto fail;
+	}
+	if (opts->advertise_host) {
+		t->opts.advertise_host = strdup(opts->advertise_host);
+		if (!t->opts.advertise_host)
+			goto fail;
+	}
+	/* A bad address or range is reported by relay_lease_create as
+	 * SR_EINVAL: configuration is validated where it is loaded. */
+	t->bind_ok = opts->bind_address &&
+		     sr_parse_addr(opts->bind_address, 0, &t->bind_ss, &t->bind_len) == 0;
+	if (opts->port_min >= 1 && opts->port_min <= opts->port_max && opts->port_max <= 65535)
+		t->range = opts->port_max - opts->port_min + 1;
+	t->held = calloc(t->range / 8 + 1, 1);
+	if (!t->held)
+		goto fail;
+	t->nbuckets = LEASE_HASH_MIN;
+	t->buckets = calloc(t->nbuckets, sizeof(*t->buckets));
+	if (!t->buckets)
+		goto fail;
+	return t;
+fail:
+	free(t->held);
+	free(t->opts.advertise_host);
+	free(t->opts.bind_address);
+	free(t);
+	return NULL;
+}
+
+void relay_lease_table_free(struct relay_lease_table *t)
+{
+	if (!t)
+		return;
+	while (t->head)
+		lease_free(t->head, NULL);
+	assert(t->count == 0);
+	free(t->buckets);
+	free(t->held);
+	free(t->opts.advertise_host);
+	free(t->opts.bind_address);
+	free(t);
+}
+
+int relay_lease_create(struct relay_lease_table *t, const char *app, unsigned roles,
+		       uint32_t ttl_s, struct relay_lease **out)
+{
+	struct relay_lease *l;
+	char rnd[2 * LEASE_ID_RANDOM_BYTES + 1];
+	char ports[96];
+	int rc;
+
+	if (out)
+		*out = NULL;
+	if (!t || !app || !out || roles == 0 || roles >= TUN_ROLE_BIT(TUN_PORT_MAX) ||
+	    strlen(app) >= TUN_CTL_APP_MAX || !t->bind_ok || t->range == 0)
+		return SR_EINVAL;
+	if (t->opts.max_leases && t->count >= t->opts.max_leases)
+		return SR_EBUSY;
+	if (t->count + 1 > t->nbuckets && hash_grow(t) != 0)
+		return SR_ENOMEM;
+
+	l = calloc(1, sizeof(*l));
+	if (!l)
+		return SR_ENOMEM;
+	l->t = t;
+	l->roles = roles;
+	l->ttl_s = ttl_s;
+	l->accepting = 1;
+	memcpy(l->app, app, strlen(app) + 1);
+	for (int r = 0; r < TUN_PORT_MAX; r++) {
+		l->ports[r].l = l;
+		l->ports[r].role = (enum tun_port_role)r;
+	}
+	if (sr_random_hex(rnd, LEASE_ID_RANDOM_BYTES) != 0 ||
+	    sr_random_hex(l->resume, LEASE_RESUME_BYTES) != 0) {
+		rc = SR_EIO;
+		goto fail;
+	}
+	snprintf(l->id, sizeof(l->id), "L-%" PRIu64 "-%s", t->seq + 1, rnd);
+	lease_make_ctx(l);
+	l->grace_ev = evtimer_new(t->base, lease_grace_cb, l);
+	if (!l->grace_ev) {
+		rc = SR_ENOMEM;
+		goto fail;
+	}
+	/* All or nothing: a role that finds no port releases the others. */
+	for (int r = 0; r < TUN_PORT_MAX; r++) {
+		if (!(roles & TUN_ROLE_BIT(r)))
+			continue;
+		rc = lease_port_open(t, &l->ports[r]);
+		if (rc != 0)
+			goto fail;
+	}
+
+	t->seq++;
+	l->hash = lease_hash(l->id);
+	hash_insert(t, l);
+	l->prev = t->tail;
+	if (t->tail)
+		t->tail->next = l;
+	else
+		t->head = l;
+	t->tail = l;
+	t->count++;
+	lease_format_ports(l, ports, sizeof(ports));
+	SR_INFO(l->ctx, "created %s ttl=%" PRIu32 "s", ports, ttl_s);
+	*out = l;
+	return 0;
+fail:
+	for (int r = TUN_PORT_MAX - 1; r >= 0; r--)
+		lease_port_close(t, &l->ports[r]);
+	if (l->grace_ev)
+		event_free(l->grace_ev);
+	free(l);
+	return rc;
+}
+
+struct relay_lease *relay_lease_find_resume(struct relay_lease_table *t, const char *token)
+{
+	struct relay_lease *found = NULL;
+
+	if (!t || !token || !*token)
+		return NULL;
+	/* Scan every lease without an early exit so the time taken does not
+	 * depend on where (or whether) the token matches. */
+	for (struct relay_lease *l = t->head; l; l = l->next) {
+		if (sr_secret_eq(l->resume, token))
+			found = l;
+	}
+	return found;
+}
+
+struct relay_lease *relay_lease_find_id(struct relay_lease_table *t, const char *id)
+{
+	struct relay_lease *l;
+
+	if (!t || !id)
+		return NULL;
+	l = t->buckets[lease_hash(id) & (t->nbuckets - 1)];
+	for (; l; l = l->hnext) {
+		if (strcmp(l->id, id) == 0)
+			return l;
+	}
+	return NULL;
+}
+
+void relay_lease_release(struct relay_lease *l)
+{
+	if (!l || l->expiring)
+		return;
+	lease_free(l, "released");
+}
+
+void relay_lease_attach(struct relay_lease *l, void *owner)
+{
+	evtimer_del(l->grace_ev);
+	l->owner = owner;
+}
+
+void relay_lease_detach(struct relay_lease *l)
+{
+	struct timeval tv = {(time_t)l->ttl_s, 0};
+
+	l->owner = NULL;
+	/* A second detach keeps the first deadline: the grace period is
+	 * counted from when the tunnel was lost. */
+	if (evtimer_pending(l->grace_ev, NULL))
+		return;
+	evtimer_add(l->grace_ev, &tv);
+	SR_INFO(l->ctx, "detached; expires in %" PRIu32 " s unless resumed", l->ttl_s);
+}
+
+void *relay_lease_owner(const struct relay_lease *l)
+{
+	return l->owner;
+}
+
+void relay_lease_set_accepting(struct relay_lease *l, int on)
+{
+	l->accepting = on ? 1 : 0;
+	for (int r = 0; r < TUN_PORT_MAX; r++) {
+		struct lease_port *p = &l->ports[r];
+		if (!p->lev)
+			continue;
+		if (!on)
+			evconnlistener_disable(p->lev);
+		else if (!p->paused) /* a paused port resumes from its timer */
+			evconnlistener_enable(p->lev);
+	}
+}
+
+void relay_lease_describe(const struct relay_lease *l, struct tun_ctl_msg *msg)
+{
+	const struct relay_pool_opts *o = &l->t->opts;
+	const char *host = o->advertise_host && *o->advertise_host ? o->advertise_host
+								    : o->bind_address;
+
+	msg->type = TUN_CTL_LEASE;
+	snprintf(msg->lease, sizeof(msg->lease), "%s", l->id);
+	snprintf(msg->host, sizeof(msg->host), "%s", host ? host : "");
+	for (int r = 0; r < TUN_PORT_MAX; r++)
+		msg->ports[r] = l->ports[r].port;
+	msg->roles = l->roles;
+	msg->ttl_s = l->ttl_s;
+	snprintf(msg->resume, sizeof(msg->resume), "%s", l->resume);
+}
+
+const char *relay_lease_id(const struct relay_lease *l)
+{
+	return l->id;
+}
+
+const char *relay_lease_app(const struct relay_lease *l)
+{
+	return l->app;
+}
+
+const char *relay_lease_resume_token(const struct relay_lease *l)
+{
+	return l->resume;
+}
+
+uint16_t relay_lease_port(const struct relay_lease *l, enum tun_port_role role)
+{
+	if ((int)role < 0 || role >= TUN_PORT_MAX)
+		return 0;
+	return l->ports[role].port;
+}
+
+unsigned relay_lease_roles(const struct relay_lease *l)
+{
+	return l->roles;
+}
+
+void relay_lease_set_data(struct relay_lease *l, void *data)
+{
+	l->data = data;
+}
+
+void *relay_lease_data(const struct relay_lease *l)
+{
+	return l->data;
+}
+
+size_t relay_lease_count(const struct relay_lease_table *t)
+{
+	return t ? t->count : 0;
+}
+
+void relay_lease_foreach(struct relay_lease_table *t,
+			 void (*fn)(struct relay_lease *l, void *arg), void *arg)
+{
+	struct relay_lease *l, *nx;
+
+	if (!t)
+		return;
+	for (l = t->head; l; l = nx) {
+		nx = l->next;
+		fn(l, arg);
+	}
+}

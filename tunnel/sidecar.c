@@ -1,0 +1,693 @@
+/* The sidecar: one tunnel to a relay at a time, re-dialled with backoff.
+ *
+ *   resolve -> dial (TCP + TLS, per address in turn) -> control stream ->
+ *   register (with the resume token if we have one) -> leased
+ *        ^                                                |
+ *        +------------- backoff with jitter <-------- tunnel lost
+ */
+#include "tunnel/sidecar.h"
+#include "common/sr_err.h"
+#include "common/sr_log.h"
+#include "common/sr_util.h"
+#include "discovery/disc_resolve.h"
+#include "tunnel/tun_tls.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <jansson.h>
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+enum sc_state {
+	SC_IDLE,
+	SC_RESOLVING,
+	SC_DIALING,
+	SC_REGISTERING,
+	SC_LEASED,
+	SC_BACKOFF,
+	SC_DONE,
+};
+
+struct sidecar {
+	struct event_base *base;
+	const struct sidecar_opts *o;
+	struct evdns_base *dns;
+	SSL_CTX *ssl_ctx;
+	sidecar_lease_cb on_lease;
+	void *arg;
+
+	enum sc_state state;
+	struct disc_req *resolve;
+	struct disc_addr *addrs;
+	size_t naddrs, next_addr;
+	struct bufferevent *dial; /* TLS bufferevent being dialled */
+	char dial_peer[SR_ADDRSTRLEN];
+	struct event *dial_timer;
+	struct event *backoff_timer;
+	struct event *release_timer;
+	unsigned attempt;
+
+	struct tun_conn *tun;
+	char resume[TUN_CTL_RESUME_MAX]; /* from the last lease or the state file */
+	struct sidecar_lease_info lease;
+	int shutting_down;
+	int sent_resume;
+};
+
+void sidecar_opts_defaults(struct sidecar_opts *o)
+{
+	if (!o->backoff_initial_ms)
+		o->backoff_initial_ms = 100;
+	if (!o->backoff_max_ms)
+		o->backoff_max_ms = 10000;
+	if (!o->dial_timeout_ms)
+		o->dial_timeout_ms = 10000;
+	if (!o->driver_connect_timeout_ms)
+		o->driver_connect_timeout_ms = 5000;
+	if (!o->release_timeout_ms)
+		o->release_timeout_ms = 3000;
+	tun_conn_opts_defaults(&o->tun);
+}
+
+static void sc_start(struct sidecar *s);
+static void dial_next(struct sidecar *s);
+
+/* ---- state file -------------------------------------------------------- */
+
+static int write_file_atomic(const char *path, const char *data, size_t len, mode_t mode,
+			     char *err, size_t errlen)
+{
+	char tmp[4096];
+	int fd;
+
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof(tmp)) {
+		snprintf(err, errlen, "%s: path too long", path);
+		return SR_EINVAL;
+	}
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+	if (fd < 0) {
+		snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
+		return SR_EIO;
+	}
+	while (len > 0) {
+		ssize_t n = write(fd, data, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
+			close(fd);
+			unlink(tmp);
+			return SR_EIO;
+		}
+		data += n;
+		len -= (size_t)n;
+	}
+	if (fsync(fd) != 0 || close(fd) != 0 || rename(tmp, path) != 0) {
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		unlink(tmp);
+		return SR_EIO;
+	}
+	return 0;
+}
+
+static void state_load(struct sidecar *s)
+{
+	json_error_t jerr;
+	json_t *root, *v;
+
+	if (!s->o->state_path)
+		return;
+	root = json_load_file(s->o->state_path, JSON_REJECT_DUPLICATES, &jerr);
+	if (!root) {
+		if (access(s->o->state_path, F_OK) == 0)
+			SR_WARN("", "ignoring state file %s: %s", s->o->state_path, jerr.text);
+		return;
+	}
+	v = json_object_get(root, "resume");
+	if (json_is_string(v) && strlen(json_string_value(v)) < sizeof(s->resume)) {
+		snprintf(s->resume, sizeof(s->resume), "%s", json_string_value(v));
+		SR_INFO("", "found resume token in %s: will ask for the same lease",
+			s->o->state_path);
+	}
+	json_decref(root);
+}
+
+static void state_save(struct sidecar *s)
+{
+	char err[256];
+	json_t *root;
+	char *text;
+
+	if (!s->o->state_path)
+		return;
+	root = json_pack("{s:s, s:s, s:s}", "resume", s->resume, "lease", s->lease.lease,
+			 "host", s->lease.host);
+	text = root ? json_dumps(root, JSON_INDENT(2)) : NULL;
+	if (!text || write_file_atomic(s->o->state_path, text, strlen(text), 0600, err,
+				       sizeof(err)) != 0)
+		SR_WARN("", "cannot write state file: %s", text ? err : "out of memory");
+	free(text);
+	json_decref(root);
+}
+
+static void state_clear(struct sidecar *s)
+{
+	if (s->o->state_path && unlink(s->o->state_path) != 0 && errno != ENOENT)
+		SR_WARN("", "cannot remove state file %s: %s", s->o->state_path,
+			strerror(errno));
+}
+
+/* ---- Spark settings ------------------------------------------------------ */
+
+int sidecar_write_spark_conf(const struct sidecar_lease_info *info, const char *conf_path,
+			     const char *json_path, char *err, size_t errlen)
+{
+	char ports[3][8];
+	const char *keys[6], *vals[6];
+	size_t n = 0;
+	int rv = 0;
+
+	snprintf(ports[0], sizeof(ports[0]), "%u", info->ports[TUN_PORT_DRIVER]);
+	snprintf(ports[1], sizeof(ports[1]), "%u", info->ports[TUN_PORT_BLOCKMANAGER]);
+	snprintf(ports[2], sizeof(ports[2]), "%u", info->ports[TUN_PORT_UI]);
+	keys[n] = "spark.driver.host", vals[n++] = info->host;
+	keys[n] = "spark.driver.bindAddress", vals[n++] = "127.0.0.1";
+	keys[n] = "spark.driver.port", vals[n++] = ports[0];
+	keys[n] = "spark.driver.blockManager.port", vals[n++] = ports[1];
+	keys[n] = "spark.port.maxRetries", vals[n++] = "0";
+	keys[n] = "spark.kubernetes.executor.useDriverPodIP", vals[n++] = "false";
+
+	if (conf_path) {
+		char text[2048];
+		size_t len = (size_t)snprintf(text, sizeof(text),
+					      "# Written by sparkrelay for lease %s. Do not edit.\n",
+					      info->lease);
+		for (size_t i = 0; i < n && len < sizeof(text); i++)
+			len += (size_t)snprintf(text + len, sizeof(text) - len, "%s %s\n", keys[i],
+						vals[i]);
+		if (info->ports[TUN_PORT_UI] && len < sizeof(text))
+			len += (size_t)snprintf(text + len, sizeof(text) - len,
+						"spark.ui.port %s\n", ports[2]);
+		if (len >= sizeof(text))
+			return SR_ETOOBIG;
+		rv = write_file_atomic(conf_path, text, len, 0644, err, errlen);
+		if (rv != 0)
+			return rv;
+	}
+	if (json_path) {
+		json_t *root = json_object(), *spark = json_object(), *jp = json_object();
+		char *text = NULL;
+		for (size_t i = 0; i < n; i++)
+			json_object_set_new(spark, keys[i], json_string(vals[i]));
+		if (info->ports[TUN_PORT_UI])
+			json_object_set_new(spark, "spark.ui.port", json_string(ports[2]));
+		for (int r = 0; r < TUN_PORT_MAX; r++) {
+			if (info->ports[r])
+				json_object_set_new(jp, tun_port_role_name(r),
+						    json_integer(info->ports[r]));
+		}
+		json_object_set_new(root, "lease", json_string(info->lease));
+		json_object_set_new(root, "host", json_string(info->host));
+		json_object_set_new(root, "ports", jp);
+		json_object_set_new(root, "spark", spark);
+		text = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);
+		json_decref(root);
+		if (!text)
+			return SR_ENOMEM;
+		rv = write_file_atomic(json_path, text, strlen(text), 0644, err, errlen);
+		free(text);
+	}
+	return rv;
+}
+
+/* ---- tunnel callbacks ---------------------------------------------------- */
+
+static void send_register(struct tun_conn *c, void *arg)
+{
+	struct sidecar *s = arg;
+	struct tun_ctl_msg m;
+
+	memset(&m, 0, sizeof(m));
+	m.type = TUN_CTL_REGISTER;
+	snprintf(m.app, sizeof(m.app), "%s", s->o->app_name ? s->o->app_name : "spark");
+	m.roles = TUN_ROLE_BIT(TUN_PORT_DRIVER) | TUN_ROLE_BIT(TUN_PORT_BLOCKMANAGER);
+	if (s->o->want_ui)
+		m.roles |= TUN_ROLE_BIT(TUN_PORT_UI);
+	if (s->o->token)
+		snprintf(m.token, sizeof(m.token), "%s", s->o->token);
+	snprintf(m.resume, sizeof(m.resume), "%s", s->resume);
+	s->sent_resume = s->resume[0] != '\0';
+	s->state = SC_REGISTERING;
+	if (tun_conn_send_ctl(c, &m) != 0)
+		tun_conn_close(c, SR_ENOMEM);
+}
+
+static void print_settings(const struct sidecar_lease_info *l)
+{
+	printf("sparkrelay: lease %s granted; Spark settings:\n", l->lease);
+	printf("  spark.driver.host=%s\n", l->host);
+	printf("  spark.driver.bindAddress=127.0.0.1\n");
+	printf("  spark.driver.port=%u\n", l->ports[TUN_PORT_DRIVER]);
+	printf("  spark.driver.blockManager.port=%u\n", l->ports[TUN_PORT_BLOCKMANAGER]);
+	if (l->ports[TUN_PORT_UI])
+		printf("  spark.ui.port=%u\n", l->ports[TUN_PORT_UI]);
+	printf("  spark.port.maxRetries=0\n");
+	printf("  spark.kubernetes.executor.useDriverPodIP=false\n");
+	fflush(stdout);
+}
+
+static void on_lease(struct sidecar *s, const struct tun_ctl_msg *m)
+{
+	struct sidecar_lease_info old = s->lease;
+	char err[512], ctx[128];
+	int changed;
+
+	s->lease.have_lease = 1;
+	snprintf(s->lease.lease, sizeof(s->lease.lease), "%s", m->lease);
+	snprintf(s->lease.host, sizeof(s->lease.host), "%s", m->host);
+	memcpy(s->lease.ports, m->ports, sizeof(s->lease.ports));
+	s->lease.ttl_s = m->ttl_s;
+	snprintf(s->resume, sizeof(s->resume), "%s", m->resume);
+	s->state = SC_LEASED;
+	s->attempt = 0;
+	snprintf(ctx, sizeof(ctx), "lease=%s relay=%s", m->lease, s->dial_peer);
+	tun_conn_set_logctx(s->tun, ctx);
+
+	changed = !old.have_lease || strcmp(old.lease, s->lease.lease) != 0 ||
+		  memcmp(old.ports, s->lease.ports, sizeof(old.ports)) != 0 ||
+		  strcmp(old.host, s->lease.host) != 0;
+	if (old.have_lease && changed)
+		SR_WARN(ctx, "lease changed from %s (ports %u,%u) to new ports %u,%u: the "
+			     "driver must be restarted with the new settings",
+			old.lease, old.ports[0], old.ports[1], m->ports[0], m->ports[1]);
+	SR_INFO(ctx, "%s: driver port %u, blockManager port %u, host %s, grace %us",
+		old.have_lease && !changed ? "lease resumed" : "lease granted",
+		m->ports[TUN_PORT_DRIVER], m->ports[TUN_PORT_BLOCKMANAGER], m->host, m->ttl_s);
+	state_save(s);
+	if (changed) {
+		if (sidecar_write_spark_conf(&s->lease, s->o->spark_conf_path,
+					     s->o->spark_json_path, err, sizeof(err)) != 0)
+			SR_ERROR(ctx, "cannot write Spark settings: %s", err);
+		print_settings(&s->lease);
+	}
+	if (s->on_lease)
+		s->on_lease(s, &s->lease, s->arg);
+}
+
+static void on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void *arg)
+{
+	struct sidecar *s = arg;
+
+	switch (m->type) {
+	case TUN_CTL_LEASE:
+		on_lease(s, m);
+		break;
+	case TUN_CTL_ERROR:
+		SR_ERROR(tun_conn_logctx(c), "relay refused registration: %s: %s", m->code,
+			 m->message);
+		if (s->sent_resume && strcmp(m->code, "unknown_lease") == 0) {
+			/* The lease is gone (expired, or another relay): start afresh. */
+			s->resume[0] = '\0';
+			state_clear(s);
+			s->attempt = 0;
+		}
+		tun_conn_close(c, SR_EDENIED);
+		break;
+	case TUN_CTL_RELEASED:
+		SR_INFO(tun_conn_logctx(c), "lease released");
+		s->resume[0] = '\0';
+		s->lease.have_lease = 0;
+		state_clear(s);
+		tun_conn_close(c, 0);
+		break;
+	case TUN_CTL_DRAIN:
+		SR_INFO(tun_conn_logctx(c), "relay is draining; will reconnect when it closes");
+		break;
+	default:
+		SR_WARN(tun_conn_logctx(c), "unexpected control message %s",
+			tun_ctl_type_name(m->type));
+		break;
+	}
+}
+
+static struct bufferevent *on_connect(struct tun_conn *c, const struct tun_connect_req *req,
+				      void *arg)
+{
+	struct sidecar *s = arg;
+	struct sockaddr_in sin;
+	struct bufferevent *bev;
+	struct timeval tv;
+	int ok = 0;
+
+	for (int r = 0; r < TUN_PORT_MAX; r++)
+		ok |= s->lease.have_lease && req->port && s->lease.ports[r] == req->port;
+	if (!ok || (req->lease[0] && strcmp(req->lease, s->lease.lease) != 0)) {
+		SR_WARN(tun_conn_logctx(c), "refused stream to port %u (lease %s): not a port of "
+					    "this lease",
+			req->port, req->lease);
+		return NULL;
+	}
+	bev = bufferevent_socket_new(s->base, -1, BEV_OPT_CLOSE_ON_FREE);
+	if (!bev)
+		return NULL;
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_port = htons(req->port);
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK); /* only ever the local driver */
+	tv.tv_sec = s->o->driver_connect_timeout_ms / 1000;
+	tv.tv_usec = (s->o->driver_connect_timeout_ms % 1000) * 1000;
+	bufferevent_set_timeouts(bev, NULL, &tv);
+	if (bufferevent_socket_connect(bev, (struct sockaddr *)&sin, sizeof(sin)) != 0) {
+		SR_WARN(tun_conn_logctx(c), "conn=%llu: cannot connect to driver port %u",
+			(unsigned long long)req->conn_id, req->port);
+		bufferevent_free(bev);
+		return NULL;
+	}
+	SR_DEBUG(tun_conn_logctx(c), "conn=%llu peer=%s: connecting to 127.0.0.1:%u",
+		 (unsigned long long)req->conn_id, req->peer, req->port);
+	return bev;
+}
+
+static void schedule_backoff(struct sidecar *s)
+{
+	uint64_t delay = s->o->backoff_initial_ms;
+	struct timeval tv;
+
+	for (unsigned i = 0; i < s->attempt && delay < s->o->backoff_max_ms; i++)
+		delay *= 2;
+	if (delay > s->o->backoff_max_ms)
+		delay = s->o->backoff_max_ms;
+	/* "equal jitter": half fixed, half random, so a fleet of sidecars that
+	 * lost the same relay does not return in lockstep. */
+	delay = delay / 2 + sr_rand_below((uint32_t)(delay / 2 + 1));
+	s->attempt++;
+	s->state = SC_BACKOFF;
+	tv.tv_sec = (time_t)(delay / 1000);
+	tv.tv_usec = (suseconds_t)((delay % 1000) * 1000);
+	SR_INFO("", "reconnecting in %llu ms (attempt %u)", (unsigned long long)delay, s->attempt);
+	evtimer_add(s->backoff_timer, &tv);
+}
+
+static void on_closed(struct tun_conn *c, int err, void *arg)
+{
+	struct sidecar *s = arg;
+
+	tun_conn_free(c);
+	s->tun = NULL;
+	if (s->shutting_down) {
+		s->state = SC_DONE;
+		event_base_loopbreak(s->base);
+		return;
+	}
+	if (s->lease.have_lease)
+		s->lease.reconnects++;
+	schedule_backoff(s);
+}
+
+static const struct tun_conn_cbs sc_tun_cbs = {
+	.on_ctl = on_ctl,
+	.on_ctl_open = send_register,
+	.on_connect = on_connect,
+	.on_closed = on_closed,
+};
+
+/* ---- dialling ------------------------------------------------------------- */
+
+static void dial_abort(struct sidecar *s)
+{
+	evtimer_del(s->dial_timer);
+	if (s->dial) {
+		bufferevent_free(s->dial);
+		s->dial = NULL;
+	}
+}
+
+static void dial_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct sidecar *s = arg;
+	SSL *ssl = bufferevent_openssl_get_ssl(bev);
+	char why[512], ctx[128];
+
+	if (what & BEV_EVENT_CONNECTED) {
+		evtimer_del(s->dial_timer);
+		if (tun_tls_check_alpn(ssl) != 0) {
+			SR_WARN("", "relay %s did not agree to HTTP/2 (ALPN)", s->dial_peer);
+			dial_abort(s);
+			dial_next(s);
+			return;
+		}
+		sr_sock_nodelay(bufferevent_getfd(bev));
+		s->dial = NULL;
+		snprintf(ctx, sizeof(ctx), "relay=%s", s->dial_peer);
+		SR_INFO(ctx, "connected (TLS 1.3, h2); registering app \"%s\"", s->o->app_name);
+		s->tun = tun_conn_new(s->base, bev, TUN_ROLE_SIDECAR, &s->o->tun, &sc_tun_cbs, s,
+				      ctx);
+		if (!s->tun) {
+			SR_ERROR(ctx, "cannot create tunnel session (out of memory)");
+			schedule_backoff(s);
+			return;
+		}
+		s->state = SC_REGISTERING;
+		return;
+	}
+	{
+		unsigned long e = bufferevent_get_openssl_error(bev);
+		if (e) {
+			char ssl_err[256];
+			ERR_error_string_n(e, ssl_err, sizeof(ssl_err));
+			long vr = SSL_get_verify_result(ssl);
+			snprintf(why, sizeof(why), "TLS handshake failed: %s%s%s", ssl_err,
+				 vr != X509_V_OK ? ": " : "",
+				 vr != X509_V_OK ? X509_verify_cert_error_string(vr) : "");
+		} else if (what & BEV_EVENT_EOF) {
+			snprintf(why, sizeof(why), "closed by relay during TLS handshake");
+		} else {
+			snprintf(why, sizeof(why), "%s",
+				 evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+		}
+	}
+	SR_WARN("", "cannot reach relay %s: %s", s->dial_peer, why);
+	dial_abort(s);
+	dial_next(s);
+}
+
+static void dial_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct sidecar *s = arg;
+	SR_WARN("", "relay %s: no TLS session within %u ms", s->dial_peer, s->o->dial_timeout_ms);
+	dial_abort(s);
+	dial_next(s);
+}
+
+static int is_ip_literal(const char *h)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	return sr_parse_addr(h, 1, &ss, &len) == 0;
+}
+
+static void dial_next(struct sidecar *s)
+{
+	const struct disc_addr *a;
+	const char *name;
+	struct timeval tv;
+	SSL *ssl;
+
+	if (s->shutting_down) {
+		event_base_loopbreak(s->base);
+		return;
+	}
+	if (s->next_addr >= s->naddrs) {
+		schedule_backoff(s);
+		return;
+	}
+	a = &s->addrs[s->next_addr++];
+	sr_format_addr((const struct sockaddr *)&a->ss, s->dial_peer, sizeof(s->dial_peer));
+	name = s->o->server_name ? s->o->server_name : a->host;
+	ssl = SSL_new(s->ssl_ctx);
+	if (!ssl)
+		goto fail;
+	if (is_ip_literal(name)) {
+		X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name);
+	} else {
+		SSL_set_tlsext_host_name(ssl, name);
+		SSL_set1_host(ssl, name);
+	}
+	s->dial = bufferevent_openssl_socket_new(s->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
+						 BEV_OPT_CLOSE_ON_FREE);
+	if (!s->dial) {
+		SSL_free(ssl);
+		goto fail;
+	}
+	bufferevent_openssl_set_allow_dirty_shutdown(s->dial, 1);
+	bufferevent_setcb(s->dial, NULL, NULL, dial_event_cb, s);
+	tv.tv_sec = s->o->dial_timeout_ms / 1000;
+	tv.tv_usec = (s->o->dial_timeout_ms % 1000) * 1000;
+	evtimer_add(s->dial_timer, &tv);
+	SR_DEBUG("", "dialling relay %s (%s)", s->dial_peer, name);
+	s->state = SC_DIALING;
+	if (bufferevent_socket_connect(s->dial, (struct sockaddr *)&a->ss, (int)a->len) != 0) {
+		SR_WARN("", "cannot connect to relay %s: %s", s->dial_peer,
+			evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+		dial_abort(s);
+		dial_next(s);
+	}
+	return;
+fail:
+	SR_ERROR("", "out of memory while dialling");
+	schedule_backoff(s);
+}
+
+static void resolved_cb(int err, const struct disc_addr *addrs, size_t n, void *arg)
+{
+	struct sidecar *s = arg;
+
+	s->resolve = NULL;
+	free(s->addrs);
+	s->addrs = NULL;
+	s->naddrs = s->next_addr = 0;
+	if (err != 0 || n == 0) {
+		SR_WARN("", "no address found for any relay");
+		schedule_backoff(s);
+		return;
+	}
+	s->addrs = malloc(n * sizeof(*addrs));
+	if (!s->addrs) {
+		schedule_backoff(s);
+		return;
+	}
+	memcpy(s->addrs, addrs, n * sizeof(*addrs));
+	s->naddrs = n;
+	dial_next(s);
+}
+
+static void sc_start(struct sidecar *s)
+{
+	char err[256] = "";
+
+	s->state = SC_RESOLVING;
+	s->resolve = disc_resolve(s->base, s->dns, s->o->relays, s->o->nrelays, resolved_cb, s,
+				  err, sizeof(err));
+	if (!s->resolve) {
+		SR_ERROR("", "cannot resolve relays: %s", err);
+		schedule_backoff(s);
+	}
+}
+
+static void backoff_cb(evutil_socket_t fd, short what, void *arg)
+{
+	sc_start(arg);
+}
+
+static void release_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct sidecar *s = arg;
+	SR_WARN("", "relay did not confirm the release within %u ms; exiting anyway",
+		s->o->release_timeout_ms);
+	s->state = SC_DONE;
+	event_base_loopbreak(s->base);
+}
+
+struct sidecar *sidecar_new(struct event_base *base, const struct sidecar_opts *opts,
+			    sidecar_lease_cb on_lease_cb, void *arg, char *err, size_t errlen)
+{
+	struct sidecar *s = calloc(1, sizeof(*s));
+
+	if (!s) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	s->base = base;
+	s->o = opts;
+	s->on_lease = on_lease_cb;
+	s->arg = arg;
+	if (opts->nrelays == 0) {
+		snprintf(err, errlen, "no relay address configured");
+		goto fail;
+	}
+	s->ssl_ctx = tun_tls_client_ctx(opts->ca_file, opts->cert_file, opts->key_file, err,
+					errlen);
+	if (!s->ssl_ctx)
+		goto fail;
+	s->dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
+					      EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+	if (!s->dns) /* no resolv.conf: numeric addresses and /etc/hosts still work */
+		s->dns = evdns_base_new(base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+	if (s->dns)
+		evdns_base_load_hosts(s->dns, NULL);
+	s->dial_timer = evtimer_new(base, dial_timeout_cb, s);
+	s->backoff_timer = evtimer_new(base, backoff_cb, s);
+	s->release_timer = evtimer_new(base, release_timeout_cb, s);
+	if (!s->dns || !s->dial_timer || !s->backoff_timer || !s->release_timer) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
+	state_load(s);
+	sc_start(s);
+	return s;
+fail:
+	sidecar_free(s);
+	return NULL;
+}
+
+void sidecar_free(struct sidecar *s)
+{
+	if (!s)
+		return;
+	disc_cancel(s->resolve);
+	dial_abort(s);
+	tun_conn_free(s->tun);
+	if (s->dial_timer)
+		event_free(s->dial_timer);
+	if (s->backoff_timer)
+		event_free(s->backoff_timer);
+	if (s->release_timer)
+		event_free(s->release_timer);
+	if (s->dns)
+		evdns_base_free(s->dns, 0);
+	SSL_CTX_free(s->ssl_ctx);
+	free(s->addrs);
+	free(s);
+}
+
+void sidecar_shutdown(struct sidecar *s)
+{
+	struct tun_ctl_msg m;
+	struct timeval tv;
+
+	if (s->shutting_down)
+		return;
+	s->shutting_down = 1;
+	if (!s->tun || s->state != SC_LEASED) {
+		SR_INFO("", "shutting down (no live tunnel: the relay frees the lease after its "
+			    "grace period)");
+		s->state = SC_DONE;
+		event_base_loopbreak(s->base);
+		return;
+	}
+	memset(&m, 0, sizeof(m));
+	m.type = TUN_CTL_RELEASE;
+	SR_INFO(tun_conn_logctx(s->tun), "shutting down: releasing lease");
+	if (tun_conn_send_ctl(s->tun, &m) != 0) {
+		event_base_loopbreak(s->base);
+		return;
+	}
+	tv.tv_sec = s->o->release_timeout_ms / 1000;
+	tv.tv_usec = (s->o->release_timeout_ms % 1000) * 1000;
+	evtimer_add(s->release_timer, &tv);
+}
+
+void sidecar_get_lease(const struct sidecar *s, struct sidecar_lease_info *info)
+{
+	*info = s->lease;
+}

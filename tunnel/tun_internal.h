@@ -1,0 +1,106 @@
+/* Shared between tun_conn.c (the HTTP/2 session) and tun_stream.c (the
+ * bridge between one stream and its TCP socket). Not part of the API. */
+#ifndef TUN_INTERNAL_H
+#define TUN_INTERNAL_H
+
+#include <stdint.h>
+
+#include <event2/bufferevent.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent_ssl.h>
+#include <openssl/err.h>
+#include <nghttp2/nghttp2.h>
+
+#include "tunnel/tun_conn.h"
+
+/* Stream flags. */
+enum {
+	TS_CTL = 1u << 0,          /* the control stream */
+	TS_CONNECTING = 1u << 1,   /* sidecar: socket connect in progress */
+	TS_DEFERRED = 1u << 2,     /* data provider returned DEFERRED */
+	TS_SOCK_EOF = 1u << 3,     /* socket read side ended: send END_STREAM */
+	TS_SENT_EOF = 1u << 4,     /* END_STREAM sent */
+	TS_PEER_EOF = 1u << 5,     /* END_STREAM received: shutdown(SHUT_WR) when drained */
+	TS_SHUT_WR = 1u << 6,      /* shutdown(SHUT_WR) done */
+	TS_H2_CLOSED = 1u << 7,    /* nghttp2 closed the stream */
+	TS_SOCK_DEAD = 1u << 8,    /* socket failed or was reset */
+	TS_RESET = 1u << 9,        /* close the socket with RST */
+	TS_DEAD = 1u << 10,        /* on the reap list */
+	TS_RESPONDED = 1u << 11,   /* sidecar: response HEADERS submitted */
+	TS_IS_CONNECT = 1u << 12,  /* request is a CONNECT */
+	TS_IS_CTL_REQ = 1u << 13,  /* request is POST to the control path */
+};
+
+struct tun_stream {
+	struct tun_conn *conn;
+	struct tun_stream *next, *prev; /* conn->streams, or conn->dead */
+	struct bufferevent *sock;
+	int32_t id;
+	uint32_t flags;
+	uint32_t h2_error;  /* error code nghttp2 closed the stream with */
+	uint16_t port;
+	uint64_t conn_id;
+	size_t unconsumed;  /* DATA bytes received but not yet consumed */
+	/* request headers (sidecar side), bounded */
+	char authority[64];
+	char lease[TUN_CTL_LEASE_MAX];
+	char peer[64];
+	char method[16];
+	char path[40];
+};
+
+struct tun_conn {
+	struct event_base *base;
+	struct bufferevent *bev; /* transport (TLS) */
+	nghttp2_session *h2;
+	enum tun_role role;
+	struct tun_conn_opts opts;
+	struct tun_conn_cbs cbs;
+	void *arg;
+	char logctx[192];
+
+	struct tun_stream *streams; /* live streams */
+	struct tun_stream *dead;    /* waiting to be freed by reap */
+	struct tun_stream *ctl;
+	struct evbuffer *ctl_in, *ctl_out;
+
+	struct event *reap_ev;
+	struct event *ping_ev;
+	struct event *close_ev; /* bounds the final flush */
+	uint64_t last_recv_us;
+	uint64_t ping_sent_us;
+
+	int in_h2;        /* inside an nghttp2 call: do not re-enter */
+	int want_flush;
+	int closing;      /* tun_conn_close called or transport failed */
+	int flushing;     /* closing, but the output is still being flushed */
+	int close_err;
+	int closed_cb_done;
+	int goaway;
+	struct tun_conn_stats stats;
+};
+
+/* tun_stream.c */
+/* Steals sock (may be NULL): it is freed on failure too. */
+struct tun_stream *tun_stream_new(struct tun_conn *c, struct bufferevent *sock);
+void tun_stream_free(struct tun_stream *s);
+/* Give the stream its socket (sidecar: after on_connect). On failure the
+ * socket is freed and SR_ENOMEM returned. */
+int tun_stream_attach(struct tun_stream *s, struct bufferevent *sock);
+/* Mark the stream finished; it is freed from the conn's reap event. */
+void tun_stream_kill(struct tun_stream *s, int reset_socket);
+void tun_stream_start_reading(struct tun_stream *s);
+/* nghttp2 delivered DATA for this stream. */
+void tun_stream_on_data(struct tun_stream *s, const uint8_t *data, size_t len);
+void tun_stream_on_peer_eof(struct tun_stream *s);
+void tun_stream_on_h2_close(struct tun_stream *s, uint32_t error_code);
+extern const nghttp2_data_provider tun_stream_data_prd;
+
+/* tun_conn.c, for tun_stream.c */
+void tun_conn_flush(struct tun_conn *c);
+void tun_conn_schedule_reap(struct tun_conn *c);
+void tun_conn_consume(struct tun_conn *c, int32_t id, size_t n);
+int tun_conn_submit_response(struct tun_conn *c, struct tun_stream *s);
+void tun_conn_reset_stream(struct tun_conn *c, struct tun_stream *s, uint32_t code);
+
+#endif

@@ -1,0 +1,288 @@
+/* The bridge between one HTTP/2 stream and one TCP socket, used by both the
+ * relay (executor socket) and the sidecar (driver socket).
+ *
+ * Backpressure, both ways:
+ *  - socket -> tunnel: the socket's read high watermark stops reading while
+ *    its input holds sock_read_high bytes that the data provider has not
+ *    turned into DATA frames (the stream window or the tunnel is full).
+ *  - tunnel -> socket: DATA is appended to the socket's output and consumed
+ *    (WINDOW_UPDATE) only as the output evbuffer callback reports bytes
+ *    written to the kernel, so a stalled socket holds at most its window. */
+#include "tunnel/tun_internal.h"
+#include "common/sr_err.h"
+#include "common/sr_log.h"
+#include "common/sr_util.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <event2/event.h>
+
+/* One DATA frame plus its 9-byte header fills one 16 KiB TLS record. */
+#define TS_FRAME_PAYLOAD (16384 - 9)
+
+static void stream_log_ctx(const struct tun_stream *s, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s conn=%llu stream=%d", s->conn->logctx,
+		 (unsigned long long)s->conn_id, s->id);
+}
+
+static void sock_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+	struct tun_stream *s = arg;
+	size_t n = info->n_deleted;
+
+	if (n == 0)
+		return;
+	if (n > s->unconsumed)
+		n = s->unconsumed; /* never consume more than was received */
+	s->unconsumed -= n;
+	s->conn->stats.bytes_from_tunnel += n;
+	tun_conn_consume(s->conn, s->id, n);
+	tun_conn_flush(s->conn);
+}
+
+static void maybe_finish(struct tun_stream *s)
+{
+	if (s->flags & TS_DEAD)
+		return;
+	if ((s->flags & TS_PEER_EOF) && !(s->flags & (TS_SHUT_WR | TS_SOCK_DEAD | TS_CONNECTING)) &&
+	    s->sock && evbuffer_get_length(bufferevent_get_output(s->sock)) == 0) {
+		/* The driver or executor sees FIN only after every byte. */
+		shutdown(bufferevent_getfd(s->sock), SHUT_WR);
+		s->flags |= TS_SHUT_WR;
+	}
+	if (!(s->flags & TS_H2_CLOSED))
+		return;
+	if (s->h2_error != NGHTTP2_NO_ERROR || (s->flags & TS_SOCK_DEAD)) {
+		tun_stream_kill(s, s->h2_error != NGHTTP2_NO_ERROR);
+		return;
+	}
+	if (s->flags & TS_SHUT_WR)
+		tun_stream_kill(s, 0);
+}
+
+static void sock_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct tun_stream *s = arg;
+	struct tun_conn *c = s->conn;
+
+	if (s->id > 0 && (s->flags & TS_DEFERRED) && !(s->flags & TS_H2_CLOSED)) {
+		s->flags &= ~TS_DEFERRED;
+		nghttp2_session_resume_data(c->h2, s->id);
+	}
+	tun_conn_flush(c);
+}
+
+static void sock_write_cb(struct bufferevent *bev, void *arg)
+{
+	struct tun_stream *s = arg;
+	maybe_finish(s);
+	tun_conn_schedule_reap(s->conn);
+}
+
+static void sock_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct tun_stream *s = arg;
+	struct tun_conn *c = s->conn;
+	char ctx[256];
+
+	if (what & BEV_EVENT_CONNECTED) {
+		s->flags &= ~TS_CONNECTING;
+		sr_sock_nodelay(bufferevent_getfd(bev));
+		bufferevent_set_timeouts(bev, NULL, NULL); /* idle connections live forever */
+		if (tun_conn_submit_response(c, s) != 0) {
+			tun_conn_reset_stream(c, s, NGHTTP2_INTERNAL_ERROR);
+			tun_stream_kill(s, 1);
+		} else {
+			tun_stream_start_reading(s);
+			maybe_finish(s);
+		}
+		tun_conn_flush(c);
+		return;
+	}
+	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && !(s->flags & TS_CONNECTING)) {
+		s->flags |= TS_SOCK_EOF;
+		if (s->id > 0 && !(s->flags & TS_H2_CLOSED)) {
+			s->flags &= ~TS_DEFERRED;
+			nghttp2_session_resume_data(c->h2, s->id);
+		}
+		tun_conn_flush(c);
+		return;
+	}
+	/* Error, reset or timeout: the peer of this socket is gone. */
+	if (sr_log_level_cur >= SR_LOG_DEBUG) {
+		stream_log_ctx(s, ctx, sizeof(ctx));
+		SR_DEBUG(ctx, "socket %s: %s",
+			 (s->flags & TS_CONNECTING) ? "connect failed" : "closed",
+			 (what & BEV_EVENT_TIMEOUT) ? "timeout" : strerror(EVUTIL_SOCKET_ERROR()));
+	}
+	s->flags |= TS_SOCK_DEAD;
+	if (!(s->flags & TS_H2_CLOSED))
+		tun_conn_reset_stream(c, s,
+				      (s->flags & TS_CONNECTING) ? NGHTTP2_REFUSED_STREAM
+								 : NGHTTP2_CONNECT_ERROR);
+	tun_stream_kill(s, 1);
+	tun_conn_flush(c);
+}
+
+int tun_stream_attach(struct tun_stream *s, struct bufferevent *sock)
+{
+	if (!evbuffer_add_cb(bufferevent_get_output(sock), sock_out_cb, s)) {
+		bufferevent_free(sock);
+		return SR_ENOMEM;
+	}
+	s->sock = sock;
+	bufferevent_setcb(sock, sock_read_cb, sock_write_cb, sock_event_cb, s);
+	bufferevent_setwatermark(sock, EV_READ, 0, s->conn->opts.sock_read_high);
+	bufferevent_set_max_single_read(sock, 64 * 1024);
+	bufferevent_set_max_single_write(sock, 256 * 1024);
+	return 0;
+}
+
+struct tun_stream *tun_stream_new(struct tun_conn *c, struct bufferevent *sock)
+{
+	struct tun_stream *s = calloc(1, sizeof(*s));
+	if (!s) {
+		if (sock)
+			bufferevent_free(sock);
+		return NULL;
+	}
+	s->conn = c;
+	if (sock && tun_stream_attach(s, sock) != 0) {
+		free(s);
+		return NULL;
+	}
+	s->next = c->streams;
+	if (c->streams)
+		c->streams->prev = s;
+	c->streams = s;
+	c->stats.streams_active++;
+	return s;
+}
+
+void tun_stream_start_reading(struct tun_stream *s)
+{
+	if (s->sock && !(s->flags & (TS_SOCK_DEAD | TS_SOCK_EOF)))
+		bufferevent_enable(s->sock, EV_READ | EV_WRITE);
+}
+
+void tun_stream_kill(struct tun_stream *s, int reset_socket)
+{
+	struct tun_conn *c = s->conn;
+
+	if (s->flags & TS_DEAD)
+		return;
+	if (reset_socket)
+		s->flags |= TS_RESET;
+	if (s->sock)
+		bufferevent_disable(s->sock, EV_READ | EV_WRITE);
+	/* unlink from live list, push on the dead list */
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		c->streams = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	s->prev = NULL;
+	s->next = c->dead;
+	c->dead = s;
+	s->flags |= TS_DEAD;
+	c->stats.streams_active--;
+	if (!(s->flags & TS_CTL)) {
+		c->stats.streams_closed++;
+		if (reset_socket)
+			c->stats.streams_reset++;
+	}
+	tun_conn_schedule_reap(c);
+}
+
+void tun_stream_free(struct tun_stream *s)
+{
+	if (!s)
+		return;
+	if (s->sock) {
+		int fd = bufferevent_getfd(s->sock);
+		evbuffer_remove_cb(bufferevent_get_output(s->sock), sock_out_cb, s);
+		if ((s->flags & TS_RESET) && fd >= 0)
+			sr_sock_set_reset_on_close(fd);
+		bufferevent_free(s->sock);
+	}
+	/* Bytes still queued for the socket are dropped: give their credit back
+	 * so the connection window does not shrink for good. */
+	if (s->unconsumed)
+		tun_conn_consume(s->conn, s->id, s->unconsumed);
+	free(s);
+}
+
+void tun_stream_on_data(struct tun_stream *s, const uint8_t *data, size_t len)
+{
+	if ((s->flags & (TS_SOCK_DEAD | TS_DEAD)) || !s->sock) {
+		tun_conn_consume(s->conn, s->id, len);
+		return;
+	}
+	if (bufferevent_write(s->sock, data, len) != 0) {
+		tun_conn_consume(s->conn, s->id, len);
+		s->flags |= TS_SOCK_DEAD;
+		tun_conn_reset_stream(s->conn, s, NGHTTP2_INTERNAL_ERROR);
+		tun_stream_kill(s, 1);
+		return;
+	}
+	s->unconsumed += len;
+}
+
+void tun_stream_on_peer_eof(struct tun_stream *s)
+{
+	s->flags |= TS_PEER_EOF;
+	maybe_finish(s);
+}
+
+void tun_stream_on_h2_close(struct tun_stream *s, uint32_t error_code)
+{
+	s->flags |= TS_H2_CLOSED;
+	s->h2_error = error_code;
+	if (error_code != NGHTTP2_NO_ERROR && !(s->flags & TS_CTL) && s->sock &&
+	    sr_log_level_cur >= SR_LOG_DEBUG) {
+		char ctx[256];
+		stream_log_ctx(s, ctx, sizeof(ctx));
+		SR_DEBUG(ctx, "stream reset by peer: %s", nghttp2_http2_strerror(error_code));
+	}
+	maybe_finish(s);
+}
+
+/* Data provider: hands socket bytes to nghttp2 without copying them here;
+ * the copy happens once, in the conn's send_data callback. */
+static ssize_t stream_read_cb(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t length,
+			      uint32_t *data_flags, nghttp2_data_source *src, void *user)
+{
+	struct tun_stream *s = src->ptr;
+	size_t avail = 0;
+
+	if (s->sock && !(s->flags & TS_SOCK_DEAD))
+		avail = evbuffer_get_length(bufferevent_get_input(s->sock));
+	if (avail == 0) {
+		if (s->flags & (TS_SOCK_EOF | TS_SOCK_DEAD)) {
+			*data_flags |= NGHTTP2_DATA_FLAG_EOF;
+			s->flags |= TS_SENT_EOF;
+			return 0;
+		}
+		s->flags |= TS_DEFERRED;
+		return NGHTTP2_ERR_DEFERRED;
+	}
+	if (length > TS_FRAME_PAYLOAD)
+		length = TS_FRAME_PAYLOAD;
+	if (avail > length)
+		avail = length;
+	*data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+	if ((s->flags & TS_SOCK_EOF) &&
+	    avail == evbuffer_get_length(bufferevent_get_input(s->sock))) {
+		*data_flags |= NGHTTP2_DATA_FLAG_EOF;
+		s->flags |= TS_SENT_EOF;
+	}
+	return (ssize_t)avail;
+}
+
+const nghttp2_data_provider tun_stream_data_prd = {.source = {.ptr = NULL},
+						   .read_callback = stream_read_cb};

@@ -1,0 +1,167 @@
+#include "tunnel/tun_tls.h"
+#include "common/sr_err.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+static const unsigned char alpn_wire[] = "\x02h2";
+
+char *tun_tls_errors(char *buf, size_t len)
+{
+	unsigned long e;
+	size_t n = 0;
+
+	buf[0] = '\0';
+	while ((e = ERR_get_error()) != 0) {
+		char one[256];
+		ERR_error_string_n(e, one, sizeof(one));
+		if (n < len) {
+			int m = snprintf(buf + n, len - n, "%s%s", n ? "; " : "", one);
+			if (m > 0)
+				n += (size_t)m;
+		}
+	}
+	if (n == 0)
+		snprintf(buf, len, "no OpenSSL error recorded");
+	return buf;
+}
+
+static void set_err(char *err, size_t errlen, const char *what, const char *file)
+{
+	char ssl[512];
+	snprintf(err, errlen, "%s%s%s: %s", what, file ? " " : "", file ? file : "",
+		 tun_tls_errors(ssl, sizeof(ssl)));
+}
+
+static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+		       const unsigned char *in, unsigned int inlen, void *arg)
+{
+	unsigned char *sel;
+	if (SSL_select_next_proto(&sel, outlen, alpn_wire, sizeof(alpn_wire) - 1, in, inlen) !=
+	    OPENSSL_NPN_NEGOTIATED)
+		return SSL_TLSEXT_ERR_ALERT_FATAL; /* only h2 is spoken here */
+	*out = sel;
+	return SSL_TLSEXT_ERR_OK;
+}
+
+static SSL_CTX *ctx_common(const SSL_METHOD *m, char *err, size_t errlen)
+{
+	SSL_CTX *ctx = SSL_CTX_new(m);
+	if (!ctx) {
+		set_err(err, errlen, "SSL_CTX_new", NULL);
+		return NULL;
+	}
+	SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+	/* Session tickets would let a stolen ticket skip client-cert checks on
+	 * resumption; reconnects are rare enough to afford full handshakes. */
+	SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION);
+	SSL_CTX_set_num_tickets(ctx, 0);
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+	return ctx;
+}
+
+static int load_pair(SSL_CTX *ctx, const char *cert, const char *key, char *err,
+		     size_t errlen)
+{
+	if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
+		set_err(err, errlen, "cannot load certificate", cert);
+		return SR_ETLS;
+	}
+	if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+		set_err(err, errlen, "cannot load private key", key);
+		return SR_ETLS;
+	}
+	if (SSL_CTX_check_private_key(ctx) != 1) {
+		set_err(err, errlen, "private key does not match certificate", key);
+		return SR_ETLS;
+	}
+	return 0;
+}
+
+SSL_CTX *tun_tls_server_ctx(const char *cert_file, const char *key_file,
+			    const char *client_ca, int require_client_cert, char *err,
+			    size_t errlen)
+{
+	SSL_CTX *ctx = ctx_common(TLS_server_method(), err, errlen);
+	if (!ctx)
+		return NULL;
+	if (load_pair(ctx, cert_file, key_file, err, errlen) != 0)
+		goto fail;
+	SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+	if (client_ca && *client_ca) {
+		STACK_OF(X509_NAME) *names;
+		if (SSL_CTX_load_verify_locations(ctx, client_ca, NULL) != 1) {
+			set_err(err, errlen, "cannot load client CA", client_ca);
+			goto fail;
+		}
+		names = SSL_load_client_CA_file(client_ca);
+		if (names)
+			SSL_CTX_set_client_CA_list(ctx, names);
+		SSL_CTX_set_verify(ctx,
+				   SSL_VERIFY_PEER |
+					   (require_client_cert ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0),
+				   NULL);
+	} else if (require_client_cert) {
+		snprintf(err, errlen, "require_client_cert needs a client CA file");
+		goto fail;
+	}
+	return ctx;
+fail:
+	SSL_CTX_free(ctx);
+	return NULL;
+}
+
+SSL_CTX *tun_tls_client_ctx(const char *ca_file, const char *cert_file, const char *key_file,
+			    char *err, size_t errlen)
+{
+	SSL_CTX *ctx;
+
+	if (!ca_file || !*ca_file) {
+		snprintf(err, errlen, "a CA file to verify the relay is required");
+		return NULL;
+	}
+	ctx = ctx_common(TLS_client_method(), err, errlen);
+	if (!ctx)
+		return NULL;
+	if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
+		set_err(err, errlen, "cannot load CA file", ca_file);
+		goto fail;
+	}
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	if ((cert_file && *cert_file) != (key_file && *key_file)) {
+		snprintf(err, errlen, "client certificate and key must be given together");
+		goto fail;
+	}
+	if (cert_file && *cert_file && load_pair(ctx, cert_file, key_file, err, errlen) != 0)
+		goto fail;
+	if (SSL_CTX_set_alpn_protos(ctx, alpn_wire, sizeof(alpn_wire) - 1) != 0) {
+		set_err(err, errlen, "SSL_CTX_set_alpn_protos", NULL);
+		goto fail;
+	}
+	return ctx;
+fail:
+	SSL_CTX_free(ctx);
+	return NULL;
+}
+
+int tun_tls_check_alpn(SSL *ssl)
+{
+	const unsigned char *p = NULL;
+	unsigned int n = 0;
+	SSL_get0_alpn_selected(ssl, &p, &n);
+	return (n == 2 && memcmp(p, "h2", 2) == 0) ? 0 : SR_EPROTO;
+}
+
+void tun_tls_peer_name(SSL *ssl, char *buf, size_t len)
+{
+	X509 *peer = SSL_get0_peer_certificate(ssl);
+	buf[0] = '\0';
+	if (!peer || SSL_get_verify_result(ssl) != X509_V_OK)
+		return;
+	if (X509_NAME_get_text_by_NID(X509_get_subject_name(peer), NID_commonName, buf,
+				      (int)len) < 0)
+		buf[0] = '\0';
+}
