@@ -156,11 +156,10 @@ static int run_role(int argc, char **argv, int is_relay)
 	rc.base = event_base_new();
 	if (!rc.base)
 		goto out;
+	/* conf applied the table defaults already; do not re-default zeros. */
 	if (is_relay) {
-		relay_opts_defaults(&cfg.relay);
 		rc.relay = relay_new(rc.base, &cfg.relay, err, sizeof(err));
 	} else {
-		sidecar_opts_defaults(&cfg.tunnel);
 		rc.sidecar = sidecar_new(rc.base, &cfg.tunnel, NULL, NULL, err, sizeof(err));
 	}
 	if (!rc.relay && !rc.sidecar) {

@@ -111,6 +111,11 @@ void sr_sock_nodelay(int fd)
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
+void sr_sock_notsent_lowat(int fd, int bytes)
+{
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &bytes, sizeof(bytes));
+}
+
 void sr_sock_set_reset_on_close(int fd)
 {
 	struct linger lg = {.l_onoff = 1, .l_linger = 0};

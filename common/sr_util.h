@@ -27,6 +27,10 @@ uint16_t sr_addr_port(const struct sockaddr *sa);
 
 /* TCP_NODELAY on; every socket of ours carries latency-sensitive RPC. */
 void sr_sock_nodelay(int fd);
+/* Keep at most `bytes` of unsent data in the kernel for this socket (tunnel
+ * sockets): the rest waits in user space, where HTTP/2 can still put a
+ * heartbeat ahead of bulk data instead of behind megabytes of send buffer. */
+void sr_sock_notsent_lowat(int fd, int bytes);
 /* Close so that the peer sees a TCP RST (SO_LINGER 0): carries a reset. */
 void sr_sock_set_reset_on_close(int fd);
 

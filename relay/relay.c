@@ -495,6 +495,7 @@ static void on_tunnel_accept(struct evconnlistener *lst, evutil_socket_t fd,
 		return;
 	}
 	sr_sock_nodelay(fd);
+	sr_sock_notsent_lowat(fd, 1024 * 1024);
 	t = calloc(1, sizeof(*t));
 	ssl = SSL_new(r->ssl_ctx);
 	if (!t || !ssl)

@@ -447,6 +447,7 @@ static void dial_event_cb(struct bufferevent *bev, short what, void *arg)
 			return;
 		}
 		sr_sock_nodelay(bufferevent_getfd(bev));
+		sr_sock_notsent_lowat(bufferevent_getfd(bev), 1024 * 1024);
 		s->dial = NULL;
 		snprintf(ctx, sizeof(ctx), "relay=%s", s->dial_peer);
 		SR_INFO(ctx, "connected (TLS 1.3, h2); registering app \"%s\"", s->o->app_name);

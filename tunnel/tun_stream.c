@@ -64,10 +64,63 @@ static void maybe_finish(struct tun_stream *s)
 		tun_stream_kill(s, 0);
 }
 
+static void sock_event_cb(struct bufferevent *bev, short what, void *arg);
+
+/* libevent 2.1 reads a socket at most 4096 bytes per event (EVBUFFER_MAX_READ)
+ * and then goes back to epoll: at tunnel speeds that is one loop iteration
+ * and four syscalls per 4 KiB. Top the input up ourselves, in large reads,
+ * to the read high watermark. Returns 0, or -1 if the stream was ended. */
+static int sock_read_more(struct tun_stream *s, struct bufferevent *bev)
+{
+	struct evbuffer *in = bufferevent_get_input(bev);
+	size_t high = s->conn->opts.sock_read_high;
+	int fd = bufferevent_getfd(bev);
+
+	for (int i = 0; i < 16; i++) {
+		struct evbuffer_iovec v;
+		size_t len = evbuffer_get_length(in), want;
+		ssize_t n;
+
+		if (len >= high)
+			return 0;
+		want = high - len < 65536 ? high - len : 65536;
+		/* bufferevent_socket freezes the end of its input against users;
+		 * we are standing in for its reader, so lift that for the read. */
+		evbuffer_unfreeze(in, 0);
+		if (evbuffer_reserve_space(in, (ev_ssize_t)want, &v, 1) < 1) {
+			evbuffer_freeze(in, 0);
+			return 0;
+		}
+		if (v.iov_len > want)
+			v.iov_len = want;
+		n = recv(fd, v.iov_base, v.iov_len, 0);
+		if (n > 0) {
+			v.iov_len = (size_t)n;
+			evbuffer_commit_space(in, &v, 1);
+		}
+		evbuffer_freeze(in, 0);
+		if (n > 0) {
+			if ((size_t)n < want)
+				return 0; /* the socket is drained */
+			continue;
+		}
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+			return 0;
+		bufferevent_disable(bev, EV_READ);
+		sock_event_cb(bev, n == 0 ? (BEV_EVENT_READING | BEV_EVENT_EOF)
+					  : (BEV_EVENT_READING | BEV_EVENT_ERROR), s);
+		return -1;
+	}
+	return 0;
+}
+
 static void sock_read_cb(struct bufferevent *bev, void *arg)
 {
 	struct tun_stream *s = arg;
 	struct tun_conn *c = s->conn;
+
+	if (sock_read_more(s, bev) != 0)
+		return;
 
 	if (s->id > 0 && (s->flags & TS_DEFERRED) && !(s->flags & TS_H2_CLOSED)) {
 		s->flags &= ~TS_DEFERRED;

@@ -116,11 +116,12 @@ static int port_free(const char *host, uint16_t port)
 	return ok;
 }
 
-/* A random range of n ports in 30000..59000 that are all free right now. */
+/* A random range of n ports in 20000..32000 that are all free right now. */
 static uint16_t pick_range(const char *host, uint16_t n)
 {
 	for (int attempt = 0; attempt < 50; attempt++) {
-		uint16_t b = (uint16_t)(30000 + sr_rand_below(29000 - n));
+		/* below the ephemeral range (32768+), where client sockets come and go */
+		uint16_t b = (uint16_t)(20000 + sr_rand_below(12000 - n));
 		int ok = 1;
 		for (uint16_t i = 0; i < n && ok; i++)
 			ok = port_free(host, (uint16_t)(b + i));

@@ -1,0 +1,345 @@
+/* Development PKI: one CA, a relay server certificate, a sidecar client
+ * certificate, all ECDSA P-256 / SHA-256.
+ *
+ * Everything is made in memory first and written only when all of it
+ * succeeded, so a failure never leaves a CA next to leaf certificates that
+ * it did not sign. */
+#include "common/sr_devcert.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/bn.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include "common/sr_err.h"
+
+#define DEVCERT_MAX_DAYS 3650
+#define DEVCERT_SERIAL_LEN 16
+#define DEVCERT_SAN_BASE "DNS:localhost,IP:127.0.0.1,IP:127.0.0.2,IP:127.0.0.3,IP:::1"
+#define DEVCERT_NAME_MAX 253 /* longest DNS name */
+
+static void devcert_seterr(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void devcert_seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (err == NULL || errlen == 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+}
+
+/* Report an OpenSSL failure with the newest entry of its error queue, then
+ * clear the queue so it does not leak into unrelated later calls. */
+static int devcert_ssl_err(char *err, size_t errlen, const char *what)
+{
+	char buf[256] = "unknown OpenSSL error";
+	unsigned long e, last = 0;
+
+	while ((e = ERR_get_error()) != 0)
+		last = e;
+	if (last != 0)
+		ERR_error_string_n(last, buf, sizeof(buf));
+	devcert_seterr(err, errlen, "%s: %s", what, buf);
+	return SR_ETLS;
+}
+
+/* An extra SAN entry: an IP literal, or a DNS name of letters, digits, '-',
+ * '.' and a leading "*." wildcard. Anything else is refused rather than
+ * escaped: a ',' would smuggle another entry into the SAN list. */
+static int devcert_name_kind(const char *name, int *is_ip)
+{
+	unsigned char addr[sizeof(struct in6_addr)];
+	size_t n = strlen(name);
+
+	*is_ip = inet_pton(AF_INET, name, addr) == 1 || inet_pton(AF_INET6, name, addr) == 1;
+	if (*is_ip)
+		return 0;
+	if (n == 0 || n > DEVCERT_NAME_MAX || name[0] == '.' || name[0] == '-')
+		return SR_EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		char c = name[i];
+
+		if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		    (c >= '0' && c <= '9') || c == '-' || c == '.')
+			continue;
+		if (c == '*' && i == 0 && name[1] == '.')
+			continue;
+		return SR_EINVAL;
+	}
+	return 0;
+}
+
+/* "DNS:localhost,...,IP:x,DNS:y" for the relay; caller frees. */
+static int devcert_relay_san(const char *const *extra, char **out, char *err, size_t errlen)
+{
+	size_t cap = sizeof(DEVCERT_SAN_BASE), len;
+	char *san;
+
+	for (size_t i = 0; extra != NULL && extra[i] != NULL; i++) {
+		int is_ip;
+
+		if (devcert_name_kind(extra[i], &is_ip) < 0) {
+			devcert_seterr(err, errlen,
+				       "extra name \"%.64s\": not an IP literal or DNS name",
+				       extra[i]);
+			return SR_EINVAL;
+		}
+		cap += strlen(",DNS:") + strlen(extra[i]);
+	}
+	san = malloc(cap);
+	if (san == NULL) {
+		devcert_seterr(err, errlen, "out of memory");
+		return SR_ENOMEM;
+	}
+	len = (size_t)snprintf(san, cap, "%s", DEVCERT_SAN_BASE);
+	for (size_t i = 0; extra != NULL && extra[i] != NULL; i++) {
+		int is_ip;
+
+		devcert_name_kind(extra[i], &is_ip);
+		len += (size_t)snprintf(san + len, cap - len, ",%s:%s", is_ip ? "IP" : "DNS",
+					extra[i]);
+	}
+	*out = san;
+	return 0;
+}
+
+static int devcert_add_ext(X509 *cert, X509V3_CTX *ctx, int nid, const char *value)
+{
+	X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, ctx, nid, value);
+	int ok;
+
+	if (ext == NULL)
+		return -1;
+	ok = X509_add_ext(cert, ext, -1);
+	X509_EXTENSION_free(ext);
+	return ok ? 0 : -1;
+}
+
+struct devcert_ext {
+	int nid;
+	const char *value;
+};
+
+/* A certificate for key, signed by (issuer, issuer_key), or self-signed when
+ * issuer is NULL. exts is terminated by nid 0. */
+static X509 *devcert_make(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *issuer_key,
+			  unsigned days, const struct devcert_ext *exts)
+{
+	unsigned char serial[DEVCERT_SERIAL_LEN];
+	X509V3_CTX ctx;
+	X509_NAME *name;
+	BIGNUM *bn = NULL;
+	X509 *cert;
+
+	cert = X509_new();
+	if (cert == NULL)
+		return NULL;
+	if (!X509_set_version(cert, X509_VERSION_3))
+		goto fail;
+
+	/* Random positive serial: clear the top bit so the DER INTEGER needs no
+	 * leading zero, and set a low bit so it is never zero. */
+	if (RAND_bytes(serial, sizeof(serial)) != 1)
+		goto fail;
+	serial[0] &= 0x7f;
+	serial[sizeof(serial) - 1] |= 0x01;
+	bn = BN_bin2bn(serial, sizeof(serial), NULL);
+	if (bn == NULL || BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(cert)) == NULL)
+		goto fail;
+
+	/* An hour of slack for peers whose clock runs behind ours. */
+	if (X509_gmtime_adj(X509_getm_notBefore(cert), -3600) == NULL ||
+	    X509_time_adj_ex(X509_getm_notAfter(cert), (int)days, 0, NULL) == NULL)
+		goto fail;
+
+	name = X509_get_subject_name(cert);
+	if (!X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC,
+					(const unsigned char *)"sparkrelay development", -1, -1,
+					0) ||
+	    !X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1,
+					-1, 0))
+		goto fail;
+	if (!X509_set_issuer_name(cert,
+				  issuer != NULL ? X509_get_subject_name(issuer) : name) ||
+	    !X509_set_pubkey(cert, key))
+		goto fail;
+
+	X509V3_set_ctx(&ctx, issuer != NULL ? issuer : cert, cert, NULL, NULL, 0);
+	X509V3_set_ctx_nodb(&ctx);
+	if (devcert_add_ext(cert, &ctx, NID_subject_key_identifier, "hash") < 0)
+		goto fail;
+	if (issuer != NULL &&
+	    devcert_add_ext(cert, &ctx, NID_authority_key_identifier, "keyid:always") < 0)
+		goto fail;
+	for (; exts->nid != 0; exts++)
+		if (devcert_add_ext(cert, &ctx, exts->nid, exts->value) < 0)
+			goto fail;
+
+	if (X509_sign(cert, issuer_key != NULL ? issuer_key : key, EVP_sha256()) <= 0)
+		goto fail;
+	BN_free(bn);
+	return cert;
+fail:
+	BN_free(bn);
+	X509_free(cert);
+	return NULL;
+}
+
+enum devcert_kind { DEVCERT_CERT, DEVCERT_KEY };
+
+/* Write one PEM object to dir/name: certificates 0644, keys 0600. The mode
+ * is forced with fchmod too, since O_CREAT's mode does not apply to a file
+ * left over from an earlier run; O_NOFOLLOW keeps a planted symlink from
+ * redirecting a private key. */
+static int devcert_write(const char *dir, const char *name, enum devcert_kind kind, void *obj,
+			 char *err, size_t errlen)
+{
+	mode_t mode = kind == DEVCERT_KEY ? 0600 : 0644;
+	char path[PATH_MAX];
+	int fd, n, ok;
+	FILE *fp;
+
+	n = snprintf(path, sizeof(path), "%s/%s", dir, name);
+	if (n < 0 || (size_t)n >= sizeof(path)) {
+		devcert_seterr(err, errlen, "%s/%s: path too long", dir, name);
+		return SR_EINVAL;
+	}
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
+	if (fd < 0) {
+		devcert_seterr(err, errlen, "%s: %s", path, strerror(errno));
+		return SR_EIO;
+	}
+	if (fchmod(fd, mode) < 0) {
+		devcert_seterr(err, errlen, "%s: chmod: %s", path, strerror(errno));
+		close(fd);
+		return SR_EIO;
+	}
+	fp = fdopen(fd, "w");
+	if (fp == NULL) {
+		devcert_seterr(err, errlen, "%s: %s", path, strerror(errno));
+		close(fd);
+		return SR_EIO;
+	}
+	if (kind == DEVCERT_KEY)
+		ok = PEM_write_PrivateKey(fp, obj, NULL, NULL, 0, NULL, NULL);
+	else
+		ok = PEM_write_X509(fp, obj);
+	if (fclose(fp) != 0) {
+		devcert_seterr(err, errlen, "%s: %s", path, strerror(errno));
+		ERR_clear_error();
+		return SR_EIO;
+	}
+	if (!ok) {
+		devcert_ssl_err(err, errlen, path);
+		return SR_EIO;
+	}
+	return 0;
+}
+
+int sr_devcert_write(const char *dir, const char *const *extra_names, unsigned days, char *err,
+		     size_t errlen)
+{
+	static const struct devcert_ext ca_exts[] = {
+	    {NID_basic_constraints, "critical,CA:TRUE"},
+	    {NID_key_usage, "critical,keyCertSign,cRLSign"},
+	    {0, NULL},
+	};
+	static const struct devcert_ext sidecar_exts[] = {
+	    {NID_basic_constraints, "critical,CA:FALSE"},
+	    {NID_key_usage, "critical,digitalSignature"},
+	    {NID_ext_key_usage, "clientAuth"},
+	    {0, NULL},
+	};
+	struct devcert_ext relay_exts[] = {
+	    {NID_basic_constraints, "critical,CA:FALSE"},
+	    {NID_key_usage, "critical,digitalSignature"},
+	    {NID_ext_key_usage, "serverAuth"},
+	    {NID_subject_alt_name, NULL},
+	    {0, NULL},
+	};
+	EVP_PKEY *ca_key = NULL, *relay_key = NULL, *sidecar_key = NULL;
+	X509 *ca = NULL, *relay = NULL, *sidecar = NULL;
+	char *san = NULL;
+	struct stat st;
+	int rc;
+
+	if (dir == NULL || days == 0 || days > DEVCERT_MAX_DAYS) {
+		devcert_seterr(err, errlen, "devcert: need a directory and 1..%d days",
+			       DEVCERT_MAX_DAYS);
+		return SR_EINVAL;
+	}
+	if (stat(dir, &st) < 0) {
+		devcert_seterr(err, errlen, "%s: %s", dir, strerror(errno));
+		return SR_EIO;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		devcert_seterr(err, errlen, "%s: not a directory", dir);
+		return SR_EIO;
+	}
+	if ((rc = devcert_relay_san(extra_names, &san, err, errlen)) < 0)
+		return rc;
+	relay_exts[3].value = san;
+
+	ERR_clear_error();
+	ca_key = EVP_EC_gen("P-256");
+	relay_key = EVP_EC_gen("P-256");
+	sidecar_key = EVP_EC_gen("P-256");
+	if (ca_key == NULL || relay_key == NULL || sidecar_key == NULL) {
+		rc = devcert_ssl_err(err, errlen, "generating P-256 key");
+		goto out;
+	}
+	ca = devcert_make(ca_key, "sparkrelay-dev-ca", NULL, NULL, days, ca_exts);
+	if (ca == NULL) {
+		rc = devcert_ssl_err(err, errlen, "making CA certificate");
+		goto out;
+	}
+	relay = devcert_make(relay_key, "sparkrelay-relay", ca, ca_key, days, relay_exts);
+	if (relay == NULL) {
+		rc = devcert_ssl_err(err, errlen, "making relay certificate");
+		goto out;
+	}
+	sidecar =
+	    devcert_make(sidecar_key, "sparkrelay-sidecar", ca, ca_key, days, sidecar_exts);
+	if (sidecar == NULL) {
+		rc = devcert_ssl_err(err, errlen, "making sidecar certificate");
+		goto out;
+	}
+
+	/* Keys first: a reader that finds a certificate can rely on its key. */
+	if ((rc = devcert_write(dir, "ca.key", DEVCERT_KEY, ca_key, err, errlen)) < 0 ||
+	    (rc = devcert_write(dir, "relay.key", DEVCERT_KEY, relay_key, err, errlen)) < 0 ||
+	    (rc = devcert_write(dir, "sidecar.key", DEVCERT_KEY, sidecar_key, err, errlen)) <
+		0 ||
+	    (rc = devcert_write(dir, "ca.pem", DEVCERT_CERT, ca, err, errlen)) < 0 ||
+	    (rc = devcert_write(dir, "relay.pem", DEVCERT_CERT, relay, err, errlen)) < 0 ||
+	    (rc = devcert_write(dir, "sidecar.pem", DEVCERT_CERT, sidecar, err, errlen)) < 0)
+		goto out;
+	rc = 0;
+out:
+	X509_free(sidecar);
+	X509_free(relay);
+	X509_free(ca);
+	EVP_PKEY_free(sidecar_key);
+	EVP_PKEY_free(relay_key);
+	EVP_PKEY_free(ca_key);
+	free(san);
+	return rc;
+}

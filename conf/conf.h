@@ -1,0 +1,81 @@
+/* The configuration file of both roles: one JSON file read with jansson,
+ * checked against declarative tables (conf_table.c), then overridden from the
+ * environment. The tables are the single source of truth for keys, types,
+ * bounds, defaults and the generated reference (docs/configuration.md).
+ *
+ * Load order: table defaults, then the file, then SPARKRELAY_* variables,
+ * then required-key and cross-field checks for the sections present.
+ *
+ * Every string in the filled structs is heap memory owned by the config and
+ * freed by conf_free. */
+#ifndef CONF_H
+#define CONF_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#include "relay/relay.h"
+#include "tunnel/sidecar.h"
+
+/* Files over this size are refused before parsing. */
+#define CONF_MAX_FILE_SIZE (1024 * 1024)
+/* Prefix of every environment override: SPARKRELAY_<JSON path, upper-cased,
+ * dots as underscores>, e.g. SPARKRELAY_RELAY_POOL_PORT_MIN. */
+#define CONF_ENV_PREFIX "SPARKRELAY_"
+
+struct sr_config {
+	char *path;	 /* origin, for messages */
+	char *log_level; /* "error"|"warn"|"info"|"debug" */
+	int have_relay, have_tunnel;
+	struct relay_opts relay;
+	struct sidecar_opts tunnel;
+};
+
+/* Defaults, then the file, then environment overrides. cfg is overwritten
+ * without being freed first (pass a zeroed, conf_init'd or conf_free'd
+ * struct). Returns 0, or a negative SR_E* with cfg left empty (conf_free is
+ * then a no-op) and one line in err naming the origin, the location when
+ * known ("file:line:col:"), the JSON path and the constraint:
+ *   "relay.json:7:17: relay.pool.port_min: must be an integer 1..65535 (got 0)"
+ *   "relay.json:7:12: syntax error: ..."
+ *   "relay.json:4:9: relay.tls.certt: unknown key"
+ *   "env SPARKRELAY_RELAY_POOL_PORT_MIN: relay.pool.port_min: must be ..."
+ * Codes: SR_EINVAL (bad content), SR_ETOOBIG (over CONF_MAX_FILE_SIZE),
+ * SR_ENOTFOUND (no such file), SR_EIO (unreadable), SR_ENOMEM.
+ *
+ * Environment: a variable applies whatever the file holds; setting a key of
+ * "relay" or "tunnel" makes that section present. An empty value unsets a
+ * nullable string. Lists are comma-separated; booleans take true/false/1/0.
+ * A SPARKRELAY_LOG_*, SPARKRELAY_RELAY_* or SPARKRELAY_TUNNEL_* variable that
+ * names no setting is an error (it is almost certainly a typo). */
+int conf_load_file(const char *path, struct sr_config *cfg, char *err, size_t errlen);
+/* The same for text in memory (NUL-terminated); origin names it in messages.
+ * conf_load_string("{}", "env", ...) configures from the environment only. */
+int conf_load_string(const char *json, const char *origin, struct sr_config *cfg, char *err,
+		     size_t errlen);
+
+/* Zero cfg and fill both sections with the table defaults (have_* stay 0).
+ * On allocation failure some default strings are left NULL. */
+void conf_init(struct sr_config *cfg);
+/* Free every string and zero cfg. NULL is a no-op. */
+void conf_free(struct sr_config *cfg);
+
+/* Zero o and apply the table defaults of one section (heap strings: release
+ * them with the matching _fini). On allocation failure some default strings
+ * are left NULL. */
+void conf_relay_defaults(struct relay_opts *o);
+void conf_sidecar_defaults(struct sidecar_opts *o);
+/* Free the strings of a section filled by the loader or _defaults, and zero it. */
+void conf_relay_fini(struct relay_opts *o);
+void conf_sidecar_fini(struct sidecar_opts *o);
+
+/* Markdown reference generated from the tables (docs/configuration.md).
+ * Returns 0, SR_ENOMEM or SR_EIO. */
+int conf_write_docs(FILE *out);
+
+/* Print the effective config as JSON: "log", plus each section present, with
+ * secrets (auth_token, token) shown as "<redacted>" when set. Returns 0,
+ * SR_ENOMEM or SR_EIO. */
+int conf_dump(const struct sr_config *cfg, FILE *out);
+
+#endif

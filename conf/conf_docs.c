@@ -1,0 +1,331 @@
+/* Output driven by the tables: the effective-config dump and the Markdown
+ * reference (docs/configuration.md, checked against this by test_conf). */
+#include "conf/conf.h"
+#include "conf/conf_int.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "common/sr_err.h"
+
+#define CONF_REDACTED "<redacted>"
+
+static const void *conf_at_c(const void *base, size_t off)
+{
+	return (const char *)base + off;
+}
+
+static json_t *conf_leaf_to_json(const struct conf_entry *e, const void *base, int redact)
+{
+	const char *s;
+	const char *const *items;
+	unsigned i, n;
+	json_t *arr;
+
+	switch (e->type) {
+	case CONF_U32:
+		return json_integer(*(const uint32_t *)conf_at_c(base, e->off));
+	case CONF_BOOL:
+		return json_boolean(*(const int *)conf_at_c(base, e->off));
+	case CONF_STRING:
+		s = *(char *const *)conf_at_c(base, e->off);
+		if (!s)
+			return json_null();
+		return json_string(redact && (e->flags & CONF_SECRET) ? CONF_REDACTED : s);
+	case CONF_STRLIST:
+		items = (const char *const *)conf_at_c(base, e->off);
+		n = *(const unsigned *)conf_at_c(base, e->aux_off);
+		if (!(arr = json_array()))
+			return NULL;
+		for (i = 0; i < n; i++) {
+			s = redact && (e->flags & CONF_SECRET) ? CONF_REDACTED : items[i];
+			if (json_array_append_new(arr, json_string(s)) != 0) {
+				json_decref(arr);
+				return NULL;
+			}
+		}
+		return arr;
+	case CONF_GROUP:
+		break;
+	}
+	return NULL;
+}
+
+json_t *conf_group_to_json(const struct conf_group *g, const void *base, int redact)
+{
+	json_t *obj = json_object(), *v;
+	size_t i;
+
+	if (!obj)
+		return NULL;
+	for (i = 0; i < g->n; i++) {
+		const struct conf_entry *e = &g->e[i];
+
+		if (e->type == CONF_GROUP) {
+			if ((e->flags & CONF_SECTION) &&
+			    !*(const int *)conf_at_c(base, e->aux_off))
+				continue;
+			v = conf_group_to_json(e->sub, conf_at_c(base, e->off), redact);
+		} else {
+			v = conf_leaf_to_json(e, base, redact);
+		}
+		if (!v || json_object_set_new(obj, e->key, v) != 0) {
+			json_decref(obj);
+			return NULL;
+		}
+	}
+	return obj;
+}
+
+static int conf_print_json(json_t *root, FILE *out)
+{
+	int rc;
+
+	if (!root)
+		return SR_ENOMEM;
+	rc = json_dumpf(root, out, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+	json_decref(root);
+	if (rc != 0 || fputc('\n', out) == EOF)
+		return SR_EIO;
+	return 0;
+}
+
+int conf_dump(const struct sr_config *cfg, FILE *out)
+{
+	return conf_print_json(conf_group_to_json(&conf_root_group, cfg, 1), out);
+}
+
+/* ---- the Markdown reference ---- */
+
+/* Overlay the table's example values (they pass the same checks as input). */
+static int conf_group_examples(const struct conf_group *g, void *base)
+{
+	char err[256];
+	struct conf_ctx ctx = {.origin = "example", .err = err, .errlen = sizeof(err)};
+	size_t i;
+	int rc = 0;
+
+	for (i = 0; i < g->n && rc == 0; i++) {
+		const struct conf_entry *e = &g->e[i];
+
+		if (e->type == CONF_GROUP)
+			rc = conf_group_examples(e->sub, (char *)base + e->off);
+		else if (e->example)
+			rc = conf_set_text(e, base, e->example, e->key, &ctx);
+	}
+	return rc;
+}
+
+/* A complete file for one role: every key, defaults plus examples. */
+static int conf_write_example(FILE *out, int relay)
+{
+	struct sr_config cfg;
+	int rc;
+
+	conf_init(&cfg);
+	if (relay) {
+		cfg.have_relay = 1;
+		rc = conf_group_examples(&conf_relay_group, &cfg.relay);
+	} else {
+		cfg.have_tunnel = 1;
+		rc = conf_group_examples(&conf_tunnel_group, &cfg.tunnel);
+	}
+	fprintf(out, "\n## Example: %s\n\n```json\n", relay ? "relay" : "tunnel");
+	if (rc == 0)
+		rc = conf_print_json(conf_group_to_json(&conf_root_group, &cfg, 0), out);
+	fputs("```\n", out);
+	conf_free(&cfg);
+	return rc;
+}
+
+static void conf_md_text(FILE *out, const char *s)
+{
+	for (; *s; s++) {
+		if (*s == '|')
+			fputc('\\', out);
+		fputc(*s, out);
+	}
+}
+
+static void conf_md_type(FILE *out, const struct conf_entry *e)
+{
+	const char *t = "";
+
+	switch (e->type) {
+	case CONF_STRING:
+		t = e->flags & CONF_NULLABLE ? "string or null" : "string";
+		break;
+	case CONF_BOOL:
+		t = "boolean";
+		break;
+	case CONF_U32:
+		t = "integer";
+		break;
+	case CONF_STRLIST:
+		t = "list of strings";
+		break;
+	case CONF_GROUP:
+		t = "object";
+		break;
+	}
+	fputs(t, out);
+}
+
+static void conf_md_default(FILE *out, const struct conf_entry *e)
+{
+	if (e->def) {
+		fputc('`', out);
+		if (e->type == CONF_STRING)
+			fputc('"', out);
+		conf_md_text(out, e->def);
+		if (e->type == CONF_STRING)
+			fputc('"', out);
+		fputc('`', out);
+	} else if (e->flags & CONF_REQUIRED) {
+		fputs("(required)", out);
+	} else if (e->type == CONF_STRLIST) {
+		fputs("`[]`", out);
+	} else {
+		fputs("`null`", out);
+	}
+}
+
+static void conf_md_range(FILE *out, const struct conf_entry *e)
+{
+	int i;
+
+	switch (e->type) {
+	case CONF_U32:
+		fprintf(out, "%u..%u", e->min, e->max);
+		break;
+	case CONF_BOOL:
+		fputs("`true`, `false`", out);
+		break;
+	case CONF_STRING:
+		if (e->choices) {
+			for (i = 0; e->choices[i]; i++)
+				fprintf(out, "%s`%s`", i ? ", " : "", e->choices[i]);
+		} else if (e->fmt) {
+			conf_md_text(out, e->fmt->what);
+		} else {
+			fprintf(out, "%u..%u bytes", e->min, e->max);
+		}
+		break;
+	case CONF_STRLIST:
+		fprintf(out, "%u..%u items", e->min, e->max);
+		if (e->fmt) {
+			fputs(", each ", out);
+			conf_md_text(out, e->fmt->what);
+		}
+		break;
+	case CONF_GROUP:
+		break;
+	}
+}
+
+static void conf_md_group(FILE *out, const struct conf_group *g, const char *path)
+{
+	char sub[256], env[300];
+	size_t i, leaves = 0;
+
+	for (i = 0; i < g->n; i++)
+		leaves += g->e[i].type != CONF_GROUP;
+	if (path[0]) {
+		fprintf(out, "\n### `%s`\n\n", path);
+		if (g->doc)
+			fprintf(out, "%s\n", g->doc);
+	}
+	if (leaves) {
+		fputs("\n| key | type | default | range | env variable | description |\n"
+		      "|---|---|---|---|---|---|\n",
+		      out);
+		for (i = 0; i < g->n; i++) {
+			const struct conf_entry *e = &g->e[i];
+
+			if (e->type == CONF_GROUP)
+				continue;
+			snprintf(sub, sizeof(sub), "%s%s%s", path, path[0] ? "." : "", e->key);
+			conf_env_name(sub, env, sizeof(env));
+			fprintf(out, "| `%s` | ", e->key);
+			conf_md_type(out, e);
+			fputs(" | ", out);
+			conf_md_default(out, e);
+			fputs(" | ", out);
+			conf_md_range(out, e);
+			fprintf(out, " | `%s` | ", env);
+			conf_md_text(out, e->doc);
+			if (e->flags & CONF_REQUIRED)
+				fputs(" Required.", out);
+			if (e->flags & CONF_SECRET)
+				fputs(" Secret: redacted by dumps and messages.", out);
+			fputs(" |\n", out);
+		}
+	}
+	for (i = 0; i < g->n; i++) {
+		if (g->e[i].type != CONF_GROUP)
+			continue;
+		snprintf(sub, sizeof(sub), "%s%s%s", path, path[0] ? "." : "", g->e[i].key);
+		conf_md_group(out, g->e[i].sub, sub);
+	}
+}
+
+int conf_write_docs(FILE *out)
+{
+	int rc;
+
+	fputs(
+	    "# Configuration reference\n"
+	    "\n"
+	    "<!-- Generated from conf/conf_table.c by `sparkrelay config-docs`; do not edit. "
+	    "-->\n"
+	    "\n"
+	    "Both roles read one JSON file. It may hold the `relay` section, the `tunnel`\n"
+	    "section or both, next to `log`: `sparkrelay relay` needs `relay` and\n"
+	    "`sparkrelay tunnel` needs `tunnel`. Keys left out take their defaults.\n"
+	    "\n"
+	    "Unknown keys, duplicate keys, values of the wrong type or out of range, missing\n"
+	    "required keys and inconsistent settings are errors that name the file, the line\n"
+	    "and column when known, the JSON path and the rule broken, for example\n"
+	    "`relay.json:7:17: relay.pool.port_min: must be an integer 1..65535 (got 0)`.\n",
+	    out);
+	fprintf(out,
+		"Files over %d bytes are refused. Check a file, environment included, without\n"
+		"starting anything:\n"
+		"\n"
+		"```sh\n"
+		"sparkrelay check-config FILE\n"
+		"```\n",
+		CONF_MAX_FILE_SIZE);
+	fputs("\n"
+	      "Rules that span several keys: `relay.pool.port_min` <= `relay.pool.port_max`;\n"
+	      "`relay.tls.require_client_cert` needs `relay.tls.client_ca`;\n"
+	      "`tunnel.tls.cert` and `tunnel.tls.key` are set together or not at all;\n"
+	      "`tunnel.backoff_initial_ms` <= `tunnel.backoff_max_ms`; in each `h2` group,\n"
+	      "`ping_timeout_ms` > `ping_interval_ms` and `conn_window` >= `stream_window`.\n"
+	      "\n"
+	      "## Environment overrides\n"
+	      "\n"
+	      "Every setting can be overridden by an environment variable named\n"
+	      "`" CONF_ENV_PREFIX "` plus its JSON path upper-cased, dots as underscores:\n"
+	      "`relay.pool.port_min` is `" CONF_ENV_PREFIX
+	      "RELAY_POOL_PORT_MIN`. The environment\n"
+	      "wins over the file.\n"
+	      "\n"
+	      "- Lists are comma-separated: `" CONF_ENV_PREFIX
+	      "TUNNEL_RELAYS=a.example:8443,b.example:8443`.\n"
+	      "- Booleans take `true`, `false`, `1` or `0`.\n"
+	      "- An empty value unsets a setting that may be null.\n"
+	      "- Setting a variable of the `relay` or `tunnel` section makes that section\n"
+	      "  present, so a role can be configured from the environment alone.\n"
+	      "- A bad value is an error naming the variable, and so is a variable\n"
+	      "  under `" CONF_ENV_PREFIX "LOG_`, `" CONF_ENV_PREFIX
+	      "RELAY_` or `" CONF_ENV_PREFIX "TUNNEL_`\n"
+	      "  that names no setting (a typo would otherwise go unnoticed).\n"
+	      "\n"
+	      "## Settings\n",
+	      out);
+	conf_md_group(out, &conf_root_group, "");
+	if ((rc = conf_write_example(out, 1)) != 0 || (rc = conf_write_example(out, 0)) != 0)
+		return rc;
+	return ferror(out) ? SR_EIO : 0;
+}

@@ -1,0 +1,266 @@
+/* The settings tables: every key of the configuration file, its type, bounds,
+ * default and documentation. The loader, the environment overrides, the dump
+ * and docs/configuration.md are all driven from here; relay_opts_defaults and
+ * sidecar_opts_defaults must agree with these defaults. */
+#include "conf/conf.h"
+#include "conf/conf_int.h"
+
+#include <stddef.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "common/sr_util.h"
+
+_Static_assert(SR_ARRAY_LEN(((struct sidecar_opts *)0)->relays) == SIDECAR_MAX_RELAYS,
+	       "relays[] holds SIDECAR_MAX_RELAYS entries");
+
+/* Longest path or token accepted: PATH_MAX-sized, so any real path fits. */
+#define CONF_STR_MAX 4095u
+#define CONF_HOST_MAX 253u /* a DNS name */
+
+/* "host:port" with a port 1..65535: where sidecars dial. */
+static int conf_check_hostport(const char *s)
+{
+	char host[256];
+	uint16_t port;
+
+	return sr_split_hostport(s, host, sizeof(host), &port, 0);
+}
+
+/* "host:port" where port 0 asks the kernel for a free one (tests, demo).
+ * sr_split_hostport refuses port 0, so check the rest with port 1. */
+static int conf_check_listen(const char *s)
+{
+	char buf[300];
+	size_t n = strlen(s);
+
+	if (n >= 2 && n < sizeof(buf) && strcmp(s + n - 2, ":0") == 0) {
+		memcpy(buf, s, n - 1);
+		buf[n - 1] = '1';
+		buf[n] = '\0';
+		s = buf;
+	}
+	return conf_check_hostport(s);
+}
+
+/* A numeric IPv4 or IPv6 address: lease ports bind without DNS. */
+static int conf_check_numeric(const char *s)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+
+	return sr_parse_addr(s, 0, &ss, &len);
+}
+
+static const struct conf_format conf_fmt_hostport = {"host:port", conf_check_hostport};
+static const struct conf_format conf_fmt_listen = {"host:port (port 0: any free port)",
+						   conf_check_listen};
+static const struct conf_format conf_fmt_numeric = {"a numeric IPv4 or IPv6 address",
+						    conf_check_numeric};
+
+static const char *const conf_log_levels[] = {"error", "warn", "info", "debug", NULL};
+
+#define STR(T, k, field, fl, lo, hi, d, ex, f, text)                                           \
+	{                                                                                      \
+		.key = (k), .type = CONF_STRING, .flags = (fl), .off = offsetof(T, field),     \
+		.min = (lo), .max = (hi), .def = (d), .example = (ex), .fmt = (f),             \
+		.doc = (text)                                                                  \
+	}
+#define BOOL(T, k, field, d, text)                                                             \
+	{                                                                                      \
+		.key = (k), .type = CONF_BOOL, .off = offsetof(T, field), .min = 0, .max = 1,  \
+		.def = (d), .doc = (text)                                                      \
+	}
+#define U32(T, k, field, lo, hi, d, text)                                                      \
+	{                                                                                      \
+		.key = (k), .type = CONF_U32, .off = offsetof(T, field), .min = (lo),          \
+		.max = (hi), .def = (d), .doc = (text)                                         \
+	}
+#define GROUP(k, base_off, g)                                                                  \
+	{                                                                                      \
+		.key = (k), .type = CONF_GROUP, .off = (base_off), .sub = &(g)                 \
+	}
+
+#define N(a) SR_ARRAY_LEN(a)
+
+/* ---- h2: struct tun_conn_opts, shared by both roles ---- */
+
+static const struct conf_entry conf_h2[] = {
+    U32(struct tun_conn_opts, "stream_window", stream_window, 1024, 2147483647, "4194304",
+	"HTTP/2 flow-control window per stream, bytes: what one stalled executor "
+	"connection may hold in memory."),
+    U32(struct tun_conn_opts, "conn_window", conn_window, 65535, 2147483647, "67108864",
+	"HTTP/2 flow-control window of the whole tunnel, bytes; at least stream_window."),
+    U32(struct tun_conn_opts, "ping_interval_ms", ping_interval_ms, 100, 3600000, "10000",
+	"Send a PING when nothing was received for this long."),
+    U32(struct tun_conn_opts, "ping_timeout_ms", ping_timeout_ms, 100, 3600000, "30000",
+	"The peer is dead after this long without a frame; more than ping_interval_ms."),
+    U32(struct tun_conn_opts, "ctl_max", ctl_max, 1024, 16777216, "65536",
+	"Largest control message accepted, bytes."),
+    U32(struct tun_conn_opts, "out_high", out_high, 4096, 1073741824, "262144",
+	"Stop generating frames while more than this many bytes wait to be sent."),
+    U32(struct tun_conn_opts, "sock_read_high", sock_read_high, 1024, 1073741824, "262144",
+	"Read high watermark of each bridged socket, bytes."),
+    U32(struct tun_conn_opts, "max_streams", max_streams, 1, 1000000, "100000",
+	"Concurrent streams (executor connections) on one tunnel."),
+};
+static const struct conf_group conf_h2_group = {conf_h2, N(conf_h2),
+						"HTTP/2 tuning of the tunnel connection."};
+
+/* ---- relay: struct relay_opts ---- */
+
+static const struct conf_entry conf_relay_tls[] = {
+    STR(struct relay_opts, "cert", cert_file, CONF_REQUIRED, 1, CONF_STR_MAX, NULL,
+	"/etc/sparkrelay/relay.pem", NULL,
+	"PEM certificate chain the relay presents to sidecars."),
+    STR(struct relay_opts, "key", key_file, CONF_REQUIRED, 1, CONF_STR_MAX, NULL,
+	"/etc/sparkrelay/relay.key", NULL, "PEM private key of that certificate."),
+    STR(struct relay_opts, "client_ca", client_ca_file, CONF_NULLABLE, 1, CONF_STR_MAX, NULL,
+	NULL, NULL,
+	"CA bundle that verifies sidecar client certificates (mTLS); null: none asked."),
+    BOOL(struct relay_opts, "require_client_cert", require_client_cert, "false",
+	 "Refuse sidecars without a verified client certificate; needs client_ca."),
+};
+static const struct conf_group conf_relay_tls_group = {conf_relay_tls, N(conf_relay_tls),
+						       "TLS of the tunnel listener (TLS 1.3)."};
+
+static const struct conf_entry conf_relay_pool[] = {
+    STR(struct relay_pool_opts, "bind", bind_address, 0, 1, CONF_HOST_MAX, "0.0.0.0", NULL,
+	&conf_fmt_numeric, "Address the lease ports bind to."),
+    STR(struct relay_pool_opts, "advertise", advertise_host, CONF_NULLABLE, 1, CONF_HOST_MAX,
+	NULL, NULL, NULL,
+	"Host executors are told to connect to (spark.driver.host); null: chosen by the "
+	"relay."),
+    U32(struct relay_pool_opts, "port_min", port_min, 1, 65535, "40000",
+	"First port of the lease pool (inclusive)."),
+    U32(struct relay_pool_opts, "port_max", port_max, 1, 65535, "40999",
+	"Last port of the lease pool (inclusive); at least port_min."),
+    U32(struct relay_pool_opts, "max_leases", max_leases, 0, 65535, "0",
+	"Leases held at once; 0: limited only by the port range."),
+    U32(struct relay_pool_opts, "backlog", backlog, 1, 65535, "1024",
+	"listen() backlog of each lease port."),
+};
+static const struct conf_group conf_relay_pool_group = {
+    conf_relay_pool, N(conf_relay_pool), "The port pool that leases are taken from."};
+
+static const struct conf_entry conf_relay_lease[] = {
+    U32(struct relay_opts, "grace_s", lease_grace_s, 0, 86400, "300",
+	"A lease outlives its tunnel this long, so a reconnecting sidecar gets the same "
+	"ports."),
+    U32(struct relay_opts, "pending_timeout_ms", pending_timeout_ms, 0, 600000, "30000",
+	"An executor connection waits this long for a missing tunnel."),
+    U32(struct relay_opts, "max_pending", max_pending, 0, 65536, "256",
+	"Executor connections waiting per lease; more are refused."),
+};
+static const struct conf_group conf_relay_lease_group = {
+    conf_relay_lease, N(conf_relay_lease), "Lease lifetime while the tunnel is away."};
+
+static const struct conf_entry conf_relay[] = {
+    STR(struct relay_opts, "listen", listen, 0, 1, CONF_STR_MAX, "0.0.0.0:8443", NULL,
+	&conf_fmt_listen, "Address of the tunnel listener that sidecars dial."),
+    GROUP("tls", 0, conf_relay_tls_group),
+    STR(struct relay_opts, "auth_token", auth_token, CONF_NULLABLE | CONF_SECRET, 1,
+	CONF_STR_MAX, NULL, NULL, NULL,
+	"Bearer token every sidecar must present when it registers; null: none."),
+    GROUP("pool", offsetof(struct relay_opts, pool), conf_relay_pool_group),
+    GROUP("lease", 0, conf_relay_lease_group),
+    U32(struct relay_opts, "handshake_timeout_ms", handshake_timeout_ms, 100, 600000, "10000",
+	"TLS handshake plus registration must finish within this."),
+    U32(struct relay_opts, "drain_timeout_ms", drain_timeout_ms, 0, 3600000, "30000",
+	"On SIGTERM, open streams may finish within this."),
+    U32(struct relay_opts, "max_tunnels", max_tunnels, 1, 1000000, "1024",
+	"Tunnels (sidecars) connected at once."),
+    GROUP("h2", offsetof(struct relay_opts, tun), conf_h2_group),
+};
+const struct conf_group conf_relay_group = {
+    conf_relay, N(conf_relay),
+    "The relay role (`sparkrelay relay`): accepts tunnels and grants port leases."};
+
+/* ---- tunnel: struct sidecar_opts ---- */
+
+static const struct conf_entry conf_tunnel_tls[] = {
+    STR(struct sidecar_opts, "ca", ca_file, CONF_REQUIRED, 1, CONF_STR_MAX, NULL,
+	"/etc/sparkrelay/ca.pem", NULL, "CA bundle that verifies the relay certificate."),
+    STR(struct sidecar_opts, "cert", cert_file, CONF_NULLABLE, 1, CONF_STR_MAX, NULL, NULL,
+	NULL, "Client certificate for mTLS; set together with key, or neither."),
+    STR(struct sidecar_opts, "key", key_file, CONF_NULLABLE, 1, CONF_STR_MAX, NULL, NULL, NULL,
+	"Private key of the client certificate."),
+};
+static const struct conf_group conf_tunnel_tls_group = {
+    conf_tunnel_tls, N(conf_tunnel_tls), "TLS towards the relay (TLS 1.3, always verified)."};
+
+static const struct conf_entry conf_tunnel[] = {
+    {.key = "relays",
+     .type = CONF_STRLIST,
+     .flags = CONF_REQUIRED,
+     .off = offsetof(struct sidecar_opts, relays),
+     .aux_off = offsetof(struct sidecar_opts, nrelays),
+     .min = 1,
+     .max = SIDECAR_MAX_RELAYS,
+     .example = "relay.example.com:8443",
+     .fmt = &conf_fmt_hostport,
+     .doc = "Relays to dial, tried in turn; a name may resolve to many addresses."},
+    STR(struct sidecar_opts, "server_name", server_name, CONF_NULLABLE, 1, CONF_HOST_MAX, NULL,
+	NULL, NULL,
+	"Name verified in the relay certificate; null: the host of the relay dialled."),
+    GROUP("tls", 0, conf_tunnel_tls_group),
+    STR(struct sidecar_opts, "token", token, CONF_NULLABLE | CONF_SECRET, 1, CONF_STR_MAX, NULL,
+	NULL, NULL, "Bearer token sent when registering; null: none."),
+    STR(struct sidecar_opts, "app", app_name, 0, 1, 127, "spark-notebook", NULL, NULL,
+	"Application name shown by the relay (logs, leases)."),
+    BOOL(struct sidecar_opts, "ui_port", want_ui, "false",
+	 "Also lease a port for spark.ui.port."),
+    STR(struct sidecar_opts, "spark_conf", spark_conf_path, CONF_NULLABLE, 1, CONF_STR_MAX,
+	"spark-defaults.conf", NULL, NULL,
+	"spark-defaults.conf fragment written when a lease is granted; null: not written."),
+    STR(struct sidecar_opts, "spark_json", spark_json_path, CONF_NULLABLE, 1, CONF_STR_MAX,
+	"spark.json", NULL, NULL, "The same Spark settings as JSON; null: not written."),
+    STR(struct sidecar_opts, "state_file", state_path, CONF_NULLABLE, 1, CONF_STR_MAX,
+	"sparkrelay-state.json", NULL, NULL,
+	"Keeps the resume token across sidecar restarts; null: not kept."),
+    U32(struct sidecar_opts, "backoff_initial_ms", backoff_initial_ms, 1, 600000, "100",
+	"First reconnect delay; doubles (with jitter) up to backoff_max_ms."),
+    U32(struct sidecar_opts, "backoff_max_ms", backoff_max_ms, 1, 3600000, "10000",
+	"Longest reconnect delay; at least backoff_initial_ms."),
+    U32(struct sidecar_opts, "dial_timeout_ms", dial_timeout_ms, 100, 600000, "10000",
+	"TCP connect plus TLS handshake to one relay."),
+    U32(struct sidecar_opts, "driver_connect_timeout_ms", driver_connect_timeout_ms, 100,
+	600000, "5000", "Connecting to the driver on 127.0.0.1."),
+    U32(struct sidecar_opts, "release_timeout_ms", release_timeout_ms, 0, 600000, "3000",
+	"On shutdown, wait this long for the relay to confirm the release."),
+    GROUP("h2", offsetof(struct sidecar_opts, tun), conf_h2_group),
+};
+const struct conf_group conf_tunnel_group = {
+    conf_tunnel, N(conf_tunnel),
+    "The sidecar role (`sparkrelay tunnel`): dials a relay for the driver next to it."};
+
+/* ---- the file: struct sr_config ---- */
+
+static const struct conf_entry conf_log[] = {
+    {.key = "level",
+     .type = CONF_STRING,
+     .off = offsetof(struct sr_config, log_level),
+     .min = 1,
+     .max = 16,
+     .def = "info",
+     .choices = conf_log_levels,
+     .doc = "Least severe level logged."},
+};
+static const struct conf_group conf_log_group = {conf_log, N(conf_log), "Logging (stderr)."};
+
+static const struct conf_entry conf_root[] = {
+    GROUP("log", 0, conf_log_group),
+    {.key = "relay",
+     .type = CONF_GROUP,
+     .flags = CONF_SECTION,
+     .off = offsetof(struct sr_config, relay),
+     .aux_off = offsetof(struct sr_config, have_relay),
+     .sub = &conf_relay_group},
+    {.key = "tunnel",
+     .type = CONF_GROUP,
+     .flags = CONF_SECTION,
+     .off = offsetof(struct sr_config, tunnel),
+     .aux_off = offsetof(struct sr_config, have_tunnel),
+     .sub = &conf_tunnel_group},
+};
+const struct conf_group conf_root_group = {conf_root, N(conf_root), NULL};

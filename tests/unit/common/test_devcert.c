@@ -1,0 +1,306 @@
+/* sr_devcert: the generated PKI verifies with OpenSSL, names and usages are
+ * right, keys match and are private. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include "common/sr_devcert.h"
+#include "common/sr_err.h"
+#include "common/sr_util.h"
+
+static const char *const files[] = {"ca.pem",	 "ca.key",	"relay.pem",
+				    "relay.key", "sidecar.pem", "sidecar.key"};
+
+struct dir {
+	char path[64];
+};
+
+static void dir_make(struct dir *d)
+{
+	snprintf(d->path, sizeof(d->path), "/tmp/sr_devcert_XXXXXX");
+	assert_non_null(mkdtemp(d->path));
+}
+
+static void dir_path(const struct dir *d, const char *name, char *buf, size_t len)
+{
+	int n = snprintf(buf, len, "%s/%s", d->path, name);
+
+	assert_true(n > 0 && (size_t)n < len);
+}
+
+static void dir_remove(struct dir *d)
+{
+	char p[128];
+
+	for (size_t i = 0; i < SR_ARRAY_LEN(files); i++) {
+		dir_path(d, files[i], p, sizeof(p));
+		unlink(p);
+	}
+	dir_path(d, "missing", p, sizeof(p));
+	rmdir(p);
+	assert_int_equal(rmdir(d->path), 0);
+}
+
+static X509 *load_cert(const struct dir *d, const char *name)
+{
+	char p[128];
+	FILE *fp;
+	X509 *x;
+
+	dir_path(d, name, p, sizeof(p));
+	fp = fopen(p, "r");
+	assert_non_null(fp);
+	x = PEM_read_X509(fp, NULL, NULL, NULL);
+	fclose(fp);
+	assert_non_null(x);
+	return x;
+}
+
+static EVP_PKEY *load_key(const struct dir *d, const char *name)
+{
+	char p[128];
+	FILE *fp;
+	EVP_PKEY *k;
+
+	dir_path(d, name, p, sizeof(p));
+	fp = fopen(p, "r");
+	assert_non_null(fp);
+	k = PEM_read_PrivateKey(fp, NULL, NULL, NULL);
+	fclose(fp);
+	assert_non_null(k);
+	return k;
+}
+
+static unsigned file_mode(const struct dir *d, const char *name)
+{
+	char p[128];
+	struct stat st;
+
+	dir_path(d, name, p, sizeof(p));
+	assert_int_equal(stat(p, &st), 0);
+	return st.st_mode & 07777;
+}
+
+/* X509_verify_cert of leaf against ca alone, for an SSL purpose. Returns the
+ * X509_V_* result (X509_V_OK on success). */
+static int verify(X509 *ca, X509 *leaf, int purpose)
+{
+	X509_STORE *store = X509_STORE_new();
+	X509_STORE_CTX *ctx = X509_STORE_CTX_new();
+	int ok, res;
+
+	assert_non_null(store);
+	assert_non_null(ctx);
+	assert_int_equal(X509_STORE_add_cert(store, ca), 1);
+	assert_int_equal(X509_STORE_CTX_init(ctx, store, leaf, NULL), 1);
+	assert_int_equal(X509_STORE_CTX_set_purpose(ctx, purpose), 1);
+	ok = X509_verify_cert(ctx);
+	res = X509_STORE_CTX_get_error(ctx);
+	assert_true((ok == 1) == (res == X509_V_OK));
+	X509_STORE_CTX_free(ctx);
+	X509_STORE_free(store);
+	return res;
+}
+
+static void assert_cn(X509 *x, const char *want)
+{
+	char cn[128];
+
+	assert_true(X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, cn,
+					      sizeof(cn)) > 0);
+	assert_string_equal(cn, want);
+}
+
+static void test_devcert_chain_names_keys(void **state)
+{
+	static const char *const extra[] = {"relay.example.test", "10.1.2.3", "fd00::7", NULL};
+	struct dir d, other;
+	char err[256] = "";
+	X509 *ca, *relay, *sidecar, *other_ca;
+	EVP_PKEY *k;
+
+	umask(022);
+	dir_make(&d);
+	if (sr_devcert_write(d.path, extra, 2, err, sizeof(err)) != 0)
+		fail_msg("sr_devcert_write: %s", err);
+
+	ca = load_cert(&d, "ca.pem");
+	relay = load_cert(&d, "relay.pem");
+	sidecar = load_cert(&d, "sidecar.pem");
+
+	/* Chain and purposes: relay is a server, sidecar a client, not vice versa. */
+	assert_int_equal(X509_check_ca(ca), 1);
+	assert_int_equal(X509_check_ca(relay), 0);
+	assert_int_equal(X509_check_ca(sidecar), 0);
+	assert_int_equal(verify(ca, relay, X509_PURPOSE_SSL_SERVER), X509_V_OK);
+	assert_int_equal(verify(ca, sidecar, X509_PURPOSE_SSL_CLIENT), X509_V_OK);
+	assert_int_not_equal(verify(ca, relay, X509_PURPOSE_SSL_CLIENT), X509_V_OK);
+	assert_int_not_equal(verify(ca, sidecar, X509_PURPOSE_SSL_SERVER), X509_V_OK);
+	/* A leaf is not its own trust anchor. */
+	assert_int_not_equal(verify(relay, sidecar, X509_PURPOSE_SSL_CLIENT), X509_V_OK);
+
+	assert_cn(relay, "sparkrelay-relay");
+	assert_cn(sidecar, "sparkrelay-sidecar");
+
+	/* Names on the relay certificate. */
+	assert_int_equal(X509_check_host(relay, "localhost", 0, 0, NULL), 1);
+	assert_int_equal(X509_check_ip_asc(relay, "127.0.0.1", 0), 1);
+	assert_int_equal(X509_check_ip_asc(relay, "127.0.0.2", 0), 1);
+	assert_int_equal(X509_check_ip_asc(relay, "127.0.0.3", 0), 1);
+	assert_int_equal(X509_check_ip_asc(relay, "::1", 0), 1);
+	assert_int_equal(X509_check_host(relay, "relay.example.test", 0, 0, NULL), 1);
+	assert_int_equal(X509_check_ip_asc(relay, "10.1.2.3", 0), 1);
+	assert_int_equal(X509_check_ip_asc(relay, "fd00::7", 0), 1);
+	assert_int_equal(X509_check_host(relay, "evil.example.test", 0, 0, NULL), 0);
+	assert_int_equal(X509_check_ip_asc(relay, "127.0.0.4", 0), 0);
+	/* An IP literal goes in as IP:, not DNS:. */
+	assert_int_equal(X509_check_host(relay, "10.1.2.3", 0, 0, NULL), 0);
+
+	/* Validity: starts in the past, ends after about `days`. */
+	assert_true(X509_cmp_current_time(X509_get0_notBefore(relay)) < 0);
+	assert_true(X509_cmp_time(X509_get0_notAfter(relay), NULL) > 0);
+	{
+		time_t t = time(NULL) + 2 * 86400 + 600;
+		assert_true(X509_cmp_time(X509_get0_notAfter(relay), &t) < 0);
+		t = time(NULL) + 2 * 86400 - 600;
+		assert_true(X509_cmp_time(X509_get0_notAfter(relay), &t) > 0);
+	}
+
+	/* Keys match their certificates and no other. */
+	k = load_key(&d, "ca.key");
+	assert_int_equal(X509_check_private_key(ca, k), 1);
+	assert_int_equal(X509_check_private_key(relay, k), 0);
+	EVP_PKEY_free(k);
+	k = load_key(&d, "relay.key");
+	assert_int_equal(X509_check_private_key(relay, k), 1);
+	assert_int_equal(EVP_PKEY_get_base_id(k), EVP_PKEY_EC);
+	assert_int_equal(EVP_PKEY_get_bits(k), 256);
+	EVP_PKEY_free(k);
+	k = load_key(&d, "sidecar.key");
+	assert_int_equal(X509_check_private_key(sidecar, k), 1);
+	EVP_PKEY_free(k);
+	ERR_clear_error();
+
+	/* Modes. */
+	assert_int_equal(file_mode(&d, "ca.key"), 0600);
+	assert_int_equal(file_mode(&d, "relay.key"), 0600);
+	assert_int_equal(file_mode(&d, "sidecar.key"), 0600);
+	assert_int_equal(file_mode(&d, "ca.pem"), 0644);
+	assert_int_equal(file_mode(&d, "relay.pem"), 0644);
+
+	/* Serials are random: two runs give distinct CAs that do not trust
+	 * each other's leaves. */
+	dir_make(&other);
+	assert_int_equal(sr_devcert_write(other.path, NULL, 1, err, sizeof(err)), 0);
+	other_ca = load_cert(&other, "ca.pem");
+	assert_int_not_equal(
+	    ASN1_INTEGER_cmp(X509_get0_serialNumber(ca), X509_get0_serialNumber(other_ca)), 0);
+	assert_int_not_equal(
+	    ASN1_INTEGER_cmp(X509_get0_serialNumber(relay), X509_get0_serialNumber(sidecar)),
+	    0);
+	assert_int_not_equal(verify(other_ca, relay, X509_PURPOSE_SSL_SERVER), X509_V_OK);
+
+	X509_free(other_ca);
+	X509_free(sidecar);
+	X509_free(relay);
+	X509_free(ca);
+	dir_remove(&other);
+	dir_remove(&d);
+}
+
+/* A key file left behind with a loose mode is tightened on rewrite. */
+static void test_devcert_rewrite_tightens_key_mode(void **state)
+{
+	struct dir d;
+	char p[128], err[256] = "";
+	FILE *fp;
+
+	dir_make(&d);
+	dir_path(&d, "relay.key", p, sizeof(p));
+	fp = fopen(p, "w");
+	assert_non_null(fp);
+	fputs("old", fp);
+	fclose(fp);
+	assert_int_equal(chmod(p, 0666), 0);
+	assert_int_equal(sr_devcert_write(d.path, NULL, 1, err, sizeof(err)), 0);
+	assert_int_equal(file_mode(&d, "relay.key"), 0600);
+	EVP_PKEY_free(load_key(&d, "relay.key"));
+	dir_remove(&d);
+}
+
+static void test_devcert_unwritable_dir(void **state)
+{
+	struct dir d;
+	char p[128], err[256] = "";
+
+	dir_make(&d);
+	/* Missing directory (the test may run as root, so a read-only one
+	 * would not stop us). */
+	dir_path(&d, "missing", p, sizeof(p));
+	assert_true(sr_devcert_write(p, NULL, 1, err, sizeof(err)) < 0);
+	assert_non_null(strstr(err, p));
+	assert_non_null(strstr(err, "No such file"));
+
+	/* A path that is a file, not a directory. */
+	dir_path(&d, "ca.pem", p, sizeof(p));
+	fclose(fopen(p, "w"));
+	err[0] = '\0';
+	assert_true(sr_devcert_write(p, NULL, 1, err, sizeof(err)) < 0);
+	assert_true(strlen(err) > 0);
+
+	if (geteuid() != 0) {
+		assert_int_equal(chmod(d.path, 0500), 0);
+		err[0] = '\0';
+		assert_int_equal(sr_devcert_write(d.path, NULL, 1, err, sizeof(err)), SR_EIO);
+		assert_non_null(strstr(err, "Permission denied"));
+		assert_int_equal(chmod(d.path, 0700), 0);
+	}
+	dir_remove(&d);
+}
+
+static void test_devcert_bad_arguments(void **state)
+{
+	static const char *const comma[] = {"ok.example", "a.example,DNS:evil.example", NULL};
+	static const char *const space[] = {"has space", NULL};
+	static const char *const empty[] = {"", NULL};
+	struct dir d;
+	char p[128], err[256] = "";
+
+	dir_make(&d);
+	assert_int_equal(sr_devcert_write(d.path, comma, 1, err, sizeof(err)), SR_EINVAL);
+	assert_non_null(strstr(err, "a.example,DNS:evil.example"));
+	assert_int_equal(sr_devcert_write(d.path, space, 1, err, sizeof(err)), SR_EINVAL);
+	assert_int_equal(sr_devcert_write(d.path, empty, 1, err, sizeof(err)), SR_EINVAL);
+	err[0] = '\0';
+	assert_int_equal(sr_devcert_write(d.path, NULL, 0, err, sizeof(err)), SR_EINVAL);
+	assert_true(strlen(err) > 0);
+	/* Nothing was written by the refused calls. */
+	dir_path(&d, "ca.pem", p, sizeof(p));
+	assert_int_not_equal(access(p, F_OK), 0);
+	dir_remove(&d);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_devcert_chain_names_keys),
+	    cmocka_unit_test(test_devcert_rewrite_tightens_key_mode),
+	    cmocka_unit_test(test_devcert_unwritable_dir),
+	    cmocka_unit_test(test_devcert_bad_arguments),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

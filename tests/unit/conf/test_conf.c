@@ -1,0 +1,950 @@
+/* The configuration loader: defaults, full files of each role, every class of
+ * error with its location, environment overrides, redacted dumps and the
+ * generated reference in docs/configuration.md. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "common/sr_err.h"
+#include "conf/conf.h"
+
+#define ERRLEN 512
+
+/* A file next to this source, or below the source tree (by relative path). */
+static void src_path(const char *rel, char *buf, size_t len)
+{
+	const char *slash = strrchr(__FILE__, '/');
+
+	if (slash)
+		snprintf(buf, len, "%.*s/%s", (int)(slash - __FILE__), __FILE__, rel);
+	else
+		snprintf(buf, len, "./%s", rel);
+}
+
+/* Remove every SPARKRELAY_* variable so tests start from a known environment. */
+static int clear_env(void **state)
+{
+	char name[256];
+	int again = 1;
+
+	(void)state;
+	while (again) {
+		char **ep;
+
+		again = 0;
+		for (ep = environ; *ep; ep++) {
+			const char *eq = strchr(*ep, '=');
+			size_t n = eq ? (size_t)(eq - *ep) : strlen(*ep);
+
+			if (strncmp(*ep, "SPARKRELAY_", 11) == 0 && n < sizeof(name)) {
+				memcpy(name, *ep, n);
+				name[n] = '\0';
+				unsetenv(name);
+				again = 1; /* environ changed under us: rescan */
+				break;
+			}
+		}
+	}
+	return 0;
+}
+
+static int load(const char *json, struct sr_config *cfg, char *err)
+{
+	return conf_load_string(json, "t.json", cfg, err, ERRLEN);
+}
+
+static void assert_contains(const char *hay, const char *needle)
+{
+	if (!strstr(hay, needle))
+		fail_msg("expected \"%s\" in \"%s\"", needle, hay);
+}
+
+static void assert_empty_cfg(const struct sr_config *cfg)
+{
+	static const struct sr_config zero;
+
+	assert_memory_equal(cfg, &zero, sizeof(zero));
+}
+
+/* The defaults the specification gives, checked field by field. */
+static void check_relay_defaults(const struct relay_opts *r)
+{
+	assert_string_equal(r->listen, "0.0.0.0:8443");
+	assert_null(r->cert_file);
+	assert_null(r->key_file);
+	assert_null(r->client_ca_file);
+	assert_int_equal(r->require_client_cert, 0);
+	assert_null(r->auth_token);
+	assert_string_equal(r->pool.bind_address, "0.0.0.0");
+	assert_null(r->pool.advertise_host);
+	assert_int_equal(r->pool.port_min, 40000);
+	assert_int_equal(r->pool.port_max, 40999);
+	assert_int_equal(r->pool.max_leases, 0);
+	assert_int_equal(r->pool.backlog, 1024);
+	assert_int_equal(r->lease_grace_s, 300);
+	assert_int_equal(r->pending_timeout_ms, 30000);
+	assert_int_equal(r->max_pending, 256);
+	assert_int_equal(r->handshake_timeout_ms, 10000);
+	assert_int_equal(r->drain_timeout_ms, 30000);
+	assert_int_equal(r->max_tunnels, 1024);
+}
+
+static void check_h2_defaults(const struct tun_conn_opts *t)
+{
+	assert_int_equal(t->stream_window, 4194304);
+	assert_int_equal(t->conn_window, 67108864);
+	assert_int_equal(t->ping_interval_ms, 10000);
+	assert_int_equal(t->ping_timeout_ms, 30000);
+	assert_int_equal(t->ctl_max, 65536);
+	assert_int_equal(t->out_high, 262144);
+	assert_int_equal(t->sock_read_high, 262144);
+	assert_int_equal(t->max_streams, 100000);
+}
+
+static void check_tunnel_defaults(const struct sidecar_opts *s)
+{
+	assert_int_equal(s->nrelays, 0);
+	assert_null(s->relays[0]);
+	assert_null(s->server_name);
+	assert_null(s->ca_file);
+	assert_null(s->cert_file);
+	assert_null(s->key_file);
+	assert_null(s->token);
+	assert_string_equal(s->app_name, "spark-notebook");
+	assert_int_equal(s->want_ui, 0);
+	assert_string_equal(s->spark_conf_path, "spark-defaults.conf");
+	assert_string_equal(s->spark_json_path, "spark.json");
+	assert_string_equal(s->state_path, "sparkrelay-state.json");
+	assert_int_equal(s->backoff_initial_ms, 100);
+	assert_int_equal(s->backoff_max_ms, 10000);
+	assert_int_equal(s->dial_timeout_ms, 10000);
+	assert_int_equal(s->driver_connect_timeout_ms, 5000);
+	assert_int_equal(s->release_timeout_ms, 3000);
+}
+
+static void test_defaults_empty_file(void **state)
+{
+	struct sr_config cfg;
+	char err[ERRLEN];
+
+	(void)state;
+	assert_int_equal(load("{}", &cfg, err), 0);
+	assert_string_equal(cfg.path, "t.json");
+	assert_string_equal(cfg.log_level, "info");
+	assert_int_equal(cfg.have_relay, 0);
+	assert_int_equal(cfg.have_tunnel, 0);
+	check_relay_defaults(&cfg.relay);
+	check_h2_defaults(&cfg.relay.tun);
+	check_tunnel_defaults(&cfg.tunnel);
+	check_h2_defaults(&cfg.tunnel.tun);
+	conf_free(&cfg);
+	assert_empty_cfg(&cfg);
+	conf_free(&cfg); /* twice is harmless */
+	conf_free(NULL);
+}
+
+static void test_defaults_minimal_sections(void **state)
+{
+	struct sr_config cfg;
+	char err[ERRLEN];
+
+	(void)state;
+	assert_int_equal(
+	    load("{\"relay\": {\"tls\": {\"cert\": \"c.pem\", \"key\": \"k.pem\"}},"
+		 " \"tunnel\": {\"relays\": [\"r:1\"], \"tls\": {\"ca\": \"ca.pem\"}},"
+		 " \"log\": {}}",
+		 &cfg, err),
+	    0);
+	assert_int_equal(cfg.have_relay, 1);
+	assert_int_equal(cfg.have_tunnel, 1);
+	assert_string_equal(cfg.relay.cert_file, "c.pem");
+	assert_string_equal(cfg.relay.key_file, "k.pem");
+	assert_string_equal(cfg.relay.listen, "0.0.0.0:8443");
+	assert_int_equal(cfg.relay.pool.port_min, 40000);
+	check_h2_defaults(&cfg.relay.tun);
+	assert_int_equal(cfg.tunnel.nrelays, 1);
+	assert_string_equal(cfg.tunnel.relays[0], "r:1");
+	assert_string_equal(cfg.tunnel.ca_file, "ca.pem");
+	assert_string_equal(cfg.tunnel.app_name, "spark-notebook");
+	check_h2_defaults(&cfg.tunnel.tun);
+	conf_free(&cfg);
+}
+
+static void test_defaults_helpers_match_init(void **state)
+{
+	struct sr_config cfg;
+	struct relay_opts r;
+	struct sidecar_opts s;
+
+	(void)state;
+	conf_init(&cfg);
+	assert_string_equal(cfg.log_level, "info");
+	conf_relay_defaults(&r);
+	conf_sidecar_defaults(&s);
+	check_relay_defaults(&r);
+	check_h2_defaults(&r.tun);
+	check_tunnel_defaults(&s);
+	check_h2_defaults(&s.tun);
+	assert_memory_equal(&r.tun, &cfg.relay.tun, sizeof(r.tun));
+	assert_memory_equal(&s.tun, &cfg.tunnel.tun, sizeof(s.tun));
+	conf_relay_fini(&r);
+	conf_sidecar_fini(&s);
+	assert_null(r.listen);
+	assert_null(s.app_name);
+	conf_relay_fini(NULL);
+	conf_sidecar_fini(NULL);
+	conf_free(&cfg);
+}
+
+static void test_full_relay_file(void **state)
+{
+	struct sr_config cfg;
+	char path[1024], err[ERRLEN];
+	const struct relay_opts *r = &cfg.relay;
+
+	(void)state;
+	src_path("example-relay.json", path, sizeof(path));
+	assert_int_equal(conf_load_file(path, &cfg, err, sizeof(err)), 0);
+	assert_string_equal(cfg.path, path);
+	assert_string_equal(cfg.log_level, "warn");
+	assert_int_equal(cfg.have_relay, 1);
+	assert_int_equal(cfg.have_tunnel, 0);
+	assert_string_equal(r->listen, "127.0.0.1:9443");
+	assert_string_equal(r->cert_file, "/etc/sr/relay.pem");
+	assert_string_equal(r->key_file, "/etc/sr/relay.key");
+	assert_string_equal(r->client_ca_file, "/etc/sr/clients.pem");
+	assert_int_equal(r->require_client_cert, 1);
+	assert_string_equal(r->auth_token, "relay-secret-token");
+	assert_string_equal(r->pool.bind_address, "::");
+	assert_string_equal(r->pool.advertise_host, "relay.internal");
+	assert_int_equal(r->pool.port_min, 41000);
+	assert_int_equal(r->pool.port_max, 41099);
+	assert_int_equal(r->pool.max_leases, 50);
+	assert_int_equal(r->pool.backlog, 128);
+	assert_int_equal(r->lease_grace_s, 60);
+	assert_int_equal(r->pending_timeout_ms, 15000);
+	assert_int_equal(r->max_pending, 32);
+	assert_int_equal(r->handshake_timeout_ms, 5000);
+	assert_int_equal(r->drain_timeout_ms, 20000);
+	assert_int_equal(r->max_tunnels, 64);
+	assert_int_equal(r->tun.stream_window, 1048576);
+	assert_int_equal(r->tun.conn_window, 16777216);
+	assert_int_equal(r->tun.ping_interval_ms, 5000);
+	assert_int_equal(r->tun.ping_timeout_ms, 20000);
+	assert_int_equal(r->tun.ctl_max, 32768);
+	assert_int_equal(r->tun.out_high, 131072);
+	assert_int_equal(r->tun.sock_read_high, 65536);
+	assert_int_equal(r->tun.max_streams, 5000);
+	/* the absent section keeps its defaults */
+	check_tunnel_defaults(&cfg.tunnel);
+	conf_free(&cfg);
+}
+
+static void test_full_tunnel_file(void **state)
+{
+	struct sr_config cfg;
+	char path[1024], err[ERRLEN];
+	const struct sidecar_opts *s = &cfg.tunnel;
+
+	(void)state;
+	src_path("example-tunnel.json", path, sizeof(path));
+	assert_int_equal(conf_load_file(path, &cfg, err, sizeof(err)), 0);
+	assert_string_equal(cfg.log_level, "debug");
+	assert_int_equal(cfg.have_relay, 0);
+	assert_int_equal(cfg.have_tunnel, 1);
+	assert_int_equal(s->nrelays, 3);
+	assert_string_equal(s->relays[0], "relay-a.example.com:8443");
+	assert_string_equal(s->relays[1], "10.0.0.7:9443");
+	assert_string_equal(s->relays[2], "[fd00::7]:443");
+	assert_null(s->relays[3]);
+	assert_string_equal(s->server_name, "relay.example.com");
+	assert_string_equal(s->ca_file, "/etc/sr/ca.pem");
+	assert_string_equal(s->cert_file, "/etc/sr/client.pem");
+	assert_string_equal(s->key_file, "/etc/sr/client.key");
+	assert_string_equal(s->token, "tunnel-secret-token");
+	assert_string_equal(s->app_name, "etl-nightly");
+	assert_int_equal(s->want_ui, 1);
+	assert_string_equal(s->spark_conf_path, "/tmp/sr/spark-defaults.conf");
+	assert_string_equal(s->spark_json_path, "/tmp/sr/spark.json");
+	assert_string_equal(s->state_path, "/tmp/sr/state.json");
+	assert_int_equal(s->backoff_initial_ms, 250);
+	assert_int_equal(s->backoff_max_ms, 20000);
+	assert_int_equal(s->dial_timeout_ms, 4000);
+	assert_int_equal(s->driver_connect_timeout_ms, 2500);
+	assert_int_equal(s->release_timeout_ms, 1500);
+	assert_int_equal(s->tun.stream_window, 2097152);
+	assert_int_equal(s->tun.conn_window, 33554432);
+	assert_int_equal(s->tun.ping_interval_ms, 7000);
+	assert_int_equal(s->tun.ping_timeout_ms, 21000);
+	assert_int_equal(s->tun.ctl_max, 16384);
+	assert_int_equal(s->tun.out_high, 524288);
+	assert_int_equal(s->tun.sock_read_high, 131072);
+	assert_int_equal(s->tun.max_streams, 2000);
+	check_relay_defaults(&cfg.relay);
+	conf_free(&cfg);
+}
+
+static void test_nullable_and_special_values(void **state)
+{
+	struct sr_config cfg;
+	char err[ERRLEN];
+
+	(void)state;
+	assert_int_equal(
+	    load("{\"relay\": {\"listen\": \"[::1]:0\", \"auth_token\": null,"
+		 " \"tls\": {\"cert\": \"c\", \"key\": \"k\", \"client_ca\": null},"
+		 " \"pool\": {\"advertise\": null, \"port_min\": 5000, \"port_max\": 5000}},"
+		 " \"tunnel\": {\"relays\": [\"r:1\"], \"tls\": {\"ca\": \"a\","
+		 " \"cert\": null, \"key\": null}, \"spark_conf\": null,"
+		 " \"state_file\": null}}",
+		 &cfg, err),
+	    0);
+	assert_string_equal(cfg.relay.listen, "[::1]:0");
+	assert_null(cfg.relay.auth_token);
+	assert_int_equal(cfg.relay.pool.port_min, cfg.relay.pool.port_max);
+	assert_null(cfg.tunnel.spark_conf_path);
+	assert_null(cfg.tunnel.state_path);
+	assert_string_equal(cfg.tunnel.spark_json_path, "spark.json");
+	conf_free(&cfg);
+}
+
+struct err_case {
+	const char *name;
+	const char *json;
+	int rc;
+	const char *want[3]; /* substrings of the message */
+};
+
+#define RELAY_OK_TLS "\"tls\": {\"cert\": \"c\", \"key\": \"k\"}"
+#define TUNNEL_OK "\"relays\": [\"r:1\"], \"tls\": {\"ca\": \"a\"}"
+
+static const struct err_case err_cases[] = {
+    {"syntax error has its line",
+     "{\n  \"relay\": {\n    \"listen\": \"x:1\",\n  }\n}\n",
+     SR_EINVAL,
+     {"t.json:4:", "syntax error"}},
+    {"syntax error: truncated", "{\"relay\": {", SR_EINVAL, {"t.json:1:", "syntax error"}},
+    {"unknown key at its own position",
+     "{\n  \"relay\": {\n    \"tls\": {\"certt\": \"a\"}\n  }\n}\n",
+     SR_EINVAL,
+     {"t.json:3:13: relay.tls.certt: unknown key", "cert, key, client_ca"}},
+    {"unknown top-level key",
+     "{\"log\": {}, \"relya\": {}}",
+     SR_EINVAL,
+     {"t.json:1:13: relya: unknown key", "log, relay, tunnel"}},
+    {"unknown key with a newline stays on one line",
+     "{\"log\": {\"lev\\nel\": 1}}",
+     SR_EINVAL,
+     {"t.json: log.lev?el: unknown key (expected one of: level)"}},
+    {"duplicate key has its line",
+     "{\n  \"relay\": {\n    \"max_tunnels\": 1,\n    \"max_tunnels\": 2\n  }\n}\n",
+     SR_EINVAL,
+     {"t.json:4:17: duplicate key \"max_tunnels\""}},
+    {"wrong type: string for integer",
+     "{\"relay\": {\"max_tunnels\": \"10\"}}",
+     SR_EINVAL,
+     {"t.json:1:27: relay.max_tunnels: must be an integer 1..1000000 (got \"10\")"}},
+    {"wrong type: real for integer",
+     "{\"relay\": {\"max_tunnels\": 1.5}}",
+     SR_EINVAL,
+     {"relay.max_tunnels: must be an integer 1..1000000 (got 1.5)"}},
+    {"wrong type: integer for boolean",
+     "{\"tunnel\": {\"ui_port\": 1}}",
+     SR_EINVAL,
+     {"tunnel.ui_port: must be true or false (got 1)"}},
+    {"wrong type: group not an object",
+     "{\"relay\": {\"tls\": 5}}",
+     SR_EINVAL,
+     {"relay.tls: must be an object (got 5)"}},
+    {"wrong type: section not an object",
+     "{\"tunnel\": []}",
+     SR_EINVAL,
+     {"tunnel: must be an object (got an array)"}},
+    {"null for a string that is not nullable",
+     "{\"relay\": {\"listen\": null}}",
+     SR_EINVAL,
+     {"relay.listen: must be host:port", "(got null)"}},
+    {"top level not an object",
+     "[1, 2]",
+     SR_EINVAL,
+     {"t.json: the top level must be an object"}},
+    {"out of range: port 0",
+     "{\n  \"relay\": {\n    \"pool\": {\n      \"port_min\": 0\n    }\n  }\n}\n",
+     SR_EINVAL,
+     {"t.json:4:19: relay.pool.port_min: must be an integer 1..65535 (got 0)"}},
+    {"out of range: negative",
+     "{\"relay\": {\"pool\": {\"port_max\": -1}}}",
+     SR_EINVAL,
+     {"relay.pool.port_max: must be an integer 1..65535 (got -1)"}},
+    {"out of range: above 32 bits",
+     "{\"tunnel\": {\"h2\": {\"stream_window\": 4294967296}}}",
+     SR_EINVAL,
+     {"tunnel.h2.stream_window: must be an integer 1024..2147483647 (got 4294967296)"}},
+    {"out of range: window over 2^31-1",
+     "{\"relay\": {\"h2\": {\"stream_window\": 2147483648}}}",
+     SR_EINVAL,
+     {"relay.h2.stream_window: must be an integer 1024..2147483647"}},
+    {"bad log level",
+     "{\"log\": {\"level\": \"verbose\"}}",
+     SR_EINVAL,
+     {"t.json:1:19: log.level: must be one of \"error\", \"warn\", \"info\", \"debug\"",
+      "(got \"verbose\")"}},
+    {"listen without port",
+     "{\"relay\": {\"listen\": \"0.0.0.0\"}}",
+     SR_EINVAL,
+     {"relay.listen: must be host:port (port 0: any free port) (got \"0.0.0.0\")"}},
+    {"pool bind must be numeric",
+     "{\"relay\": {\"pool\": {\"bind\": \"localhost\"}}}",
+     SR_EINVAL,
+     {"relay.pool.bind: must be a numeric IPv4 or IPv6 address (got \"localhost\")"}},
+    {"empty string",
+     "{\"relay\": {\"tls\": {\"cert\": \"\"}}}",
+     SR_EINVAL,
+     {"relay.tls.cert: must be a string of 1..4095 bytes (got \"\")"}},
+    {"missing required relay cert",
+     "{\"relay\": {\"tls\": {\"key\": \"k\"}}}",
+     SR_EINVAL,
+     {"t.json: relay.tls.cert: required", "SPARKRELAY_RELAY_TLS_CERT"}},
+    {"missing required relay key",
+     "{\"relay\": {\"tls\": {\"cert\": \"c\"}}}",
+     SR_EINVAL,
+     {"relay.tls.key: required"}},
+    {"missing required relays",
+     "{\"tunnel\": {\"tls\": {\"ca\": \"a\"}}}",
+     SR_EINVAL,
+     {"tunnel.relays: required", "SPARKRELAY_TUNNEL_RELAYS"}},
+    {"missing required ca",
+     "{\"tunnel\": {\"relays\": [\"r:1\"]}}",
+     SR_EINVAL,
+     {"tunnel.tls.ca: required"}},
+    {"empty relay list",
+     "{\"tunnel\": {\"relays\": []}}",
+     SR_EINVAL,
+     {"tunnel.relays: must be a list of 1..16 strings, each host:port (got 0 items)"}},
+    {"too many relays",
+     "{\"tunnel\": {\"relays\": "
+     "[\"a:1\",\"a:1\",\"a:1\",\"a:1\",\"a:1\",\"a:1\",\"a:1\",\"a:1\","
+     "\"a:1\",\"a:1\",\"a:1\",\"a:1\",\"a:1\",\"a:1\",\"a:1\",\"a:1\",\"a:1\"]}}",
+     SR_EINVAL,
+     {"tunnel.relays: must be a list of 1..16 strings", "(got 17 items)"}},
+    {"relay item without port, located",
+     "{\n \"tunnel\": {\n  \"relays\": [\n   \"a:1\",\n   \"nohost\"\n  ]\n }\n}\n",
+     SR_EINVAL,
+     {"t.json:5:4: tunnel.relays[1]: must be host:port (got \"nohost\")"}},
+    {"relay item not a string",
+     "{\"tunnel\": {\"relays\": [\"a:1\", 7]}}",
+     SR_EINVAL,
+     {"tunnel.relays[1]: must be host:port (got 7)"}},
+    {"relay item with bad port",
+     "{\"tunnel\": {\"relays\": [\"a:99999\"]}}",
+     SR_EINVAL,
+     {"tunnel.relays[0]: must be host:port (got \"a:99999\")"}},
+    {"app empty",
+     "{\"tunnel\": {\"app\": \"\"}}",
+     SR_EINVAL,
+     {"tunnel.app: must be a string of 1..127 bytes (got \"\")"}},
+    {"app too long",
+     "{\"tunnel\": {\"app\": \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+     "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}}",
+     SR_EINVAL,
+     {"tunnel.app: must be a string of 1..127 bytes", "...\")"}},
+    {"cross: port_min > port_max",
+     "{\"relay\": {" RELAY_OK_TLS ",\n \"pool\": {\"port_min\": 41000, \"port_max\": 40000}}}",
+     SR_EINVAL,
+     {"t.json:2:23: relay.pool.port_min: must be at most relay.pool.port_max (40000) "
+      "(got 41000)"}},
+    {"cross: port_min > default port_max",
+     "{\"relay\": {" RELAY_OK_TLS ", \"pool\": {\"port_min\": 50000}}}",
+     SR_EINVAL,
+     {"relay.pool.port_min: must be at most relay.pool.port_max (40999) (got 50000)"}},
+    {"cross: require_client_cert without client_ca",
+     "{\"relay\": {\"tls\": {\"cert\": \"c\", \"key\": \"k\", \"require_client_cert\": true}}}",
+     SR_EINVAL,
+     {"relay.tls.require_client_cert: true needs relay.tls.client_ca"}},
+    {"cross: relay ping timeout not above interval",
+     "{\"relay\": {" RELAY_OK_TLS ", \"h2\": {\"ping_interval_ms\": 30000}}}",
+     SR_EINVAL,
+     {"relay.h2.ping_timeout_ms: must be greater than relay.h2.ping_interval_ms (30000) "
+      "(got 30000)"}},
+    {"cross: relay conn window below stream window",
+     "{\"relay\": {" RELAY_OK_TLS ", \"h2\": {\"stream_window\": 1048576, "
+     "\"conn_window\": 65535}}}",
+     SR_EINVAL,
+     {"relay.h2.conn_window: must be at least relay.h2.stream_window (1048576) "
+      "(got 65535)"}},
+    {"cross: tunnel conn window below stream window",
+     "{\"tunnel\": {" TUNNEL_OK ", \"h2\": {\"conn_window\": 1000000}}}",
+     SR_EINVAL,
+     {"tunnel.h2.conn_window: must be at least tunnel.h2.stream_window (4194304)"}},
+    {"cross: tunnel ping",
+     "{\"tunnel\": {" TUNNEL_OK ", \"h2\": {\"ping_timeout_ms\": 5000}}}",
+     SR_EINVAL,
+     {"tunnel.h2.ping_timeout_ms: must be greater than tunnel.h2.ping_interval_ms"}},
+    {"cross: tunnel cert without key",
+     "{\"tunnel\": {\"relays\": [\"r:1\"], \"tls\": {\"ca\": \"a\", \"cert\": \"c\"}}}",
+     SR_EINVAL,
+     {"tunnel.tls.cert: tunnel.tls.cert and tunnel.tls.key must be set together",
+      "(tunnel.tls.key is not set)"}},
+    {"cross: tunnel key without cert",
+     "{\"tunnel\": {\"relays\": [\"r:1\"], \"tls\": {\"ca\": \"a\", \"key\": \"k\"}}}",
+     SR_EINVAL,
+     {"tunnel.tls.key: ", "(tunnel.tls.cert is not set)"}},
+    {"cross: backoff",
+     "{\"tunnel\": {" TUNNEL_OK ", \"backoff_initial_ms\": 20000}}",
+     SR_EINVAL,
+     {"tunnel.backoff_initial_ms: must be at most tunnel.backoff_max_ms (10000) "
+      "(got 20000)"}},
+    {"secret is not echoed",
+     "{\"relay\": {\"auth_token\": [\"hunter2-secret\"]}}",
+     SR_EINVAL,
+     {"relay.auth_token: must be a string of 1..4095 bytes or null (got an array)"}},
+};
+
+static void test_errors(void **state)
+{
+	size_t i, k;
+
+	(void)state;
+	for (i = 0; i < sizeof(err_cases) / sizeof(err_cases[0]); i++) {
+		const struct err_case *c = &err_cases[i];
+		struct sr_config cfg;
+		char err[ERRLEN] = "";
+		int rc = load(c->json, &cfg, err);
+
+		if (rc != c->rc)
+			fail_msg("%s: rc %d, want %d (%s)", c->name, rc, c->rc, err);
+		if (strchr(err, '\n'))
+			fail_msg("%s: message is not one line: %s", c->name, err);
+		for (k = 0; k < 3 && c->want[k]; k++)
+			if (!strstr(err, c->want[k]))
+				fail_msg("%s: expected \"%s\" in \"%s\"", c->name, c->want[k],
+					 err);
+		assert_empty_cfg(&cfg);
+		conf_free(&cfg);
+	}
+}
+
+static void test_secret_not_in_messages(void **state)
+{
+	struct sr_config cfg;
+	char err[ERRLEN], json[6000];
+	size_t off;
+
+	(void)state;
+	/* a token one byte over the limit: the message must describe, not quote it */
+	off = (size_t)snprintf(json, sizeof(json), "{\"tunnel\": {\"token\": \"");
+	memset(json + off, 'S', 4096);
+	off += 4096;
+	snprintf(json + off, sizeof(json) - off, "\"}}");
+	assert_int_equal(load(json, &cfg, err), SR_EINVAL);
+	assert_contains(err, "tunnel.token: must be a string of 1..4095 bytes or null");
+	assert_contains(err, "(got a secret of 4096 bytes)");
+	assert_null(strstr(err, "SSSS"));
+}
+
+static void test_file_missing(void **state)
+{
+	struct sr_config cfg;
+	char err[ERRLEN];
+
+	(void)state;
+	memset(&cfg, 0x5a, sizeof(cfg)); /* garbage in: must come back empty */
+	assert_int_equal(conf_load_file("/nonexistent/sparkrelay.json", &cfg, err, sizeof(err)),
+			 SR_ENOTFOUND);
+	assert_contains(err, "/nonexistent/sparkrelay.json: cannot open: No such file");
+	assert_empty_cfg(&cfg);
+	conf_free(&cfg);
+}
+
+static void test_file_too_big(void **state)
+{
+	struct sr_config cfg;
+	char path[] = "/tmp/test_conf_big_XXXXXX", err[ERRLEN];
+	char *big;
+	FILE *f;
+	int fd;
+
+	(void)state;
+	fd = mkstemp(path);
+	assert_true(fd >= 0);
+	f = fdopen(fd, "w");
+	assert_non_null(f);
+	/* valid JSON, so only the size can refuse it */
+	fputs("{\"log\": {\"level\": \"info\"}}", f);
+	for (int i = 0; i < CONF_MAX_FILE_SIZE; i++)
+		fputc(' ', f);
+	fclose(f);
+	assert_int_equal(conf_load_file(path, &cfg, err, sizeof(err)), SR_ETOOBIG);
+	assert_contains(err, path);
+	assert_contains(err, "too big");
+	assert_contains(err, "1048576");
+	assert_empty_cfg(&cfg);
+	unlink(path);
+
+	/* the same limit for text in memory */
+	big = malloc(CONF_MAX_FILE_SIZE + 2);
+	assert_non_null(big);
+	memset(big, ' ', CONF_MAX_FILE_SIZE + 1);
+	big[0] = '{';
+	big[CONF_MAX_FILE_SIZE] = '}';
+	big[CONF_MAX_FILE_SIZE + 1] = '\0';
+	assert_int_equal(load(big, &cfg, err), SR_ETOOBIG);
+	assert_contains(err, "t.json: too big");
+	/* one byte less fits */
+	big[CONF_MAX_FILE_SIZE - 1] = '}';
+	big[CONF_MAX_FILE_SIZE] = '\0';
+	assert_int_equal(load(big, &cfg, err), 0);
+	conf_free(&cfg);
+	free(big);
+}
+
+static void test_file_is_directory(void **state)
+{
+	struct sr_config cfg;
+	char err[ERRLEN];
+
+	(void)state;
+	assert_true(conf_load_file("/tmp", &cfg, err, sizeof(err)) < 0);
+	assert_contains(err, "/tmp: ");
+	assert_empty_cfg(&cfg);
+}
+
+static void test_env_overrides_file(void **state)
+{
+	struct sr_config cfg;
+	char path[1024], err[ERRLEN];
+
+	(void)state;
+	src_path("example-relay.json", path, sizeof(path));
+	setenv("SPARKRELAY_RELAY_POOL_PORT_MIN", "41010", 1);
+	setenv("SPARKRELAY_RELAY_TLS_REQUIRE_CLIENT_CERT", "0", 1);
+	setenv("SPARKRELAY_RELAY_AUTH_TOKEN", "", 1); /* empty unsets a nullable string */
+	setenv("SPARKRELAY_RELAY_H2_MAX_STREAMS", "77", 1);
+	setenv("SPARKRELAY_LOG_LEVEL", "debug", 1);
+	setenv("SPARKRELAY_BIN", "/not/ours", 1); /* outside our prefixes: ignored */
+	assert_int_equal(conf_load_file(path, &cfg, err, sizeof(err)), 0);
+	assert_int_equal(cfg.relay.pool.port_min, 41010);
+	assert_int_equal(cfg.relay.pool.port_max, 41099); /* from the file */
+	assert_int_equal(cfg.relay.require_client_cert, 0);
+	assert_null(cfg.relay.auth_token);
+	assert_int_equal(cfg.relay.tun.max_streams, 77);
+	assert_int_equal(cfg.tunnel.tun.max_streams, 100000); /* the other section's h2 */
+	assert_string_equal(cfg.log_level, "debug");
+	assert_int_equal(cfg.have_tunnel, 0);
+	conf_free(&cfg);
+}
+
+static void test_env_without_file(void **state)
+{
+	struct sr_config cfg;
+	char err[ERRLEN];
+
+	(void)state;
+	setenv("SPARKRELAY_TUNNEL_RELAYS", "a:1, b:2,[::1]:3", 1);
+	setenv("SPARKRELAY_TUNNEL_TLS_CA", "/ca.pem", 1);
+	setenv("SPARKRELAY_TUNNEL_TOKEN", "tok-from-env", 1);
+	setenv("SPARKRELAY_TUNNEL_UI_PORT", "true", 1);
+	assert_int_equal(conf_load_string("{}", "env", &cfg, err, sizeof(err)), 0);
+	assert_int_equal(cfg.have_tunnel, 1); /* made present by the environment */
+	assert_int_equal(cfg.have_relay, 0);
+	assert_int_equal(cfg.tunnel.nrelays, 3);
+	assert_string_equal(cfg.tunnel.relays[0], "a:1");
+	assert_string_equal(cfg.tunnel.relays[1], "b:2");
+	assert_string_equal(cfg.tunnel.relays[2], "[::1]:3");
+	assert_string_equal(cfg.tunnel.ca_file, "/ca.pem");
+	assert_string_equal(cfg.tunnel.token, "tok-from-env");
+	assert_int_equal(cfg.tunnel.want_ui, 1);
+	conf_free(&cfg);
+
+	/* the list from the environment replaces the file's list */
+	setenv("SPARKRELAY_TUNNEL_RELAYS", "c:4", 1);
+	assert_int_equal(load("{\"tunnel\": {\"relays\": [\"x:1\", \"y:2\"]}}", &cfg, err), 0);
+	assert_int_equal(cfg.tunnel.nrelays, 1);
+	assert_string_equal(cfg.tunnel.relays[0], "c:4");
+	assert_null(cfg.tunnel.relays[1]);
+	conf_free(&cfg);
+
+	/* a section made present by the environment is checked like a file's */
+	unsetenv("SPARKRELAY_TUNNEL_TLS_CA");
+	assert_int_equal(load("{}", &cfg, err), SR_EINVAL);
+	assert_contains(err, "tunnel.tls.ca: required");
+}
+
+static void test_env_no_section_without_keys(void **state)
+{
+	struct sr_config cfg;
+	char err[ERRLEN];
+
+	(void)state;
+	setenv("SPARKRELAY_LOG_LEVEL", "error", 1);
+	assert_int_equal(load("{}", &cfg, err), 0);
+	assert_int_equal(cfg.have_relay, 0);
+	assert_int_equal(cfg.have_tunnel, 0);
+	assert_string_equal(cfg.log_level, "error");
+	conf_free(&cfg);
+}
+
+struct env_case {
+	const char *var, *value, *want[2];
+};
+
+static const struct env_case env_cases[] = {
+    {"SPARKRELAY_RELAY_POOL_PORT_MIN",
+     "0",
+     {"env SPARKRELAY_RELAY_POOL_PORT_MIN: relay.pool.port_min: must be an integer 1..65535 "
+      "(got \"0\")"}},
+    {"SPARKRELAY_RELAY_POOL_PORT_MIN", "4x", {"must be an integer 1..65535 (got \"4x\")"}},
+    {"SPARKRELAY_RELAY_POOL_PORT_MIN", "-5", {"(got \"-5\")"}},
+    {"SPARKRELAY_RELAY_MAX_TUNNELS", "99999999999", {"relay.max_tunnels: must be an integer"}},
+    {"SPARKRELAY_RELAY_TLS_REQUIRE_CLIENT_CERT",
+     "yes",
+     {"env SPARKRELAY_RELAY_TLS_REQUIRE_CLIENT_CERT: ",
+      "must be true, false, 1 or 0 (got \"yes\")"}},
+    {"SPARKRELAY_LOG_LEVEL", "", {"env SPARKRELAY_LOG_LEVEL: log.level: must be one of"}},
+    {"SPARKRELAY_TUNNEL_RELAYS",
+     "a:1,,b:2",
+     {"env SPARKRELAY_TUNNEL_RELAYS: tunnel.relays[1]: must be host:port (got \"\")"}},
+    {"SPARKRELAY_TUNNEL_RELAYS",
+     "",
+     {"tunnel.relays: must be a comma-separated list of 1..16 strings"}},
+    {"SPARKRELAY_TUNNEL_RELAYS",
+     "a:1,b:2,c:3,d:4,e:5,f:6,g:7,h:8,i:9,j:10,k:11,l:12,m:13,"
+     "n:14,o:15,p:16,q:17",
+     {"(got 17 items)"}},
+    {"SPARKRELAY_TUNNEL_TOKEN", "x", {NULL}}, /* valid: the control case */
+    {"SPARKRELAY_RELAY_POOL_PORTMIN",
+     "1",
+     {"env SPARKRELAY_RELAY_POOL_PORTMIN: no such setting"}},
+    {"SPARKRELAY_TUNNEL_H2", "1", {"env SPARKRELAY_TUNNEL_H2: no such setting"}},
+};
+
+static void test_env_bad_values(void **state)
+{
+	size_t i, k;
+
+	(void)state;
+	for (i = 0; i < sizeof(env_cases) / sizeof(env_cases[0]); i++) {
+		const struct env_case *c = &env_cases[i];
+		struct sr_config cfg;
+		char err[ERRLEN] = "";
+		int rc;
+
+		setenv(c->var, c->value, 1);
+		rc = load("{\"relay\": {" RELAY_OK_TLS "}, \"tunnel\": {" TUNNEL_OK "}}", &cfg,
+			  err);
+		unsetenv(c->var);
+		if (!c->want[0]) {
+			if (rc != 0)
+				fail_msg("%s=%s: rc %d (%s)", c->var, c->value, rc, err);
+			conf_free(&cfg);
+			continue;
+		}
+		if (rc != SR_EINVAL)
+			fail_msg("%s=%s: rc %d, want SR_EINVAL", c->var, c->value, rc);
+		for (k = 0; k < 2 && c->want[k]; k++)
+			if (!strstr(err, c->want[k]))
+				fail_msg("%s=%s: expected \"%s\" in \"%s\"", c->var, c->value,
+					 c->want[k], err);
+		assert_empty_cfg(&cfg);
+	}
+}
+
+static char *dump_to_string(const struct sr_config *cfg)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+
+	assert_non_null(f);
+	assert_int_equal(conf_dump(cfg, f), 0);
+	assert_int_equal(fclose(f), 0);
+	return buf;
+}
+
+static void test_dump_redacts_secrets(void **state)
+{
+	struct sr_config cfg, back;
+	char path[1024], err[ERRLEN], *out;
+	json_error_t jerr;
+	json_t *root;
+
+	(void)state;
+	src_path("example-relay.json", path, sizeof(path));
+	setenv("SPARKRELAY_TUNNEL_TOKEN", "tunnel-secret-token", 1);
+	setenv("SPARKRELAY_TUNNEL_RELAYS", "r:1", 1);
+	setenv("SPARKRELAY_TUNNEL_TLS_CA", "ca.pem", 1);
+	assert_int_equal(conf_load_file(path, &cfg, err, sizeof(err)), 0);
+	clear_env(NULL);
+	assert_string_equal(cfg.tunnel.token, "tunnel-secret-token");
+	out = dump_to_string(&cfg);
+	assert_null(strstr(out, "relay-secret-token"));
+	assert_null(strstr(out, "tunnel-secret-token"));
+
+	root = json_loads(out, 0, &jerr);
+	assert_non_null(root);
+	assert_string_equal(
+	    json_string_value(json_object_get(json_object_get(root, "relay"), "auth_token")),
+	    "<redacted>");
+	assert_string_equal(
+	    json_string_value(json_object_get(json_object_get(root, "tunnel"), "token")),
+	    "<redacted>");
+	json_decref(root);
+
+	/* everything else round-trips through the loader */
+	assert_int_equal(load(out, &back, err), 0);
+	assert_string_equal(back.relay.listen, cfg.relay.listen);
+	assert_string_equal(back.relay.pool.bind_address, cfg.relay.pool.bind_address);
+	assert_int_equal(back.relay.pool.port_min, cfg.relay.pool.port_min);
+	assert_int_equal(back.relay.tun.max_streams, cfg.relay.tun.max_streams);
+	assert_int_equal(back.relay.require_client_cert, cfg.relay.require_client_cert);
+	assert_string_equal(back.tunnel.relays[0], "r:1");
+	assert_string_equal(back.log_level, cfg.log_level);
+	assert_int_equal(back.have_relay, 1);
+	assert_int_equal(back.have_tunnel, 1);
+	conf_free(&back);
+	free(out);
+
+	/* unset secrets stay null; absent sections are left out */
+	conf_free(&cfg);
+	assert_int_equal(load("{\"relay\": {" RELAY_OK_TLS "}}", &cfg, err), 0);
+	out = dump_to_string(&cfg);
+	root = json_loads(out, 0, &jerr);
+	assert_non_null(root);
+	assert_true(
+	    json_is_null(json_object_get(json_object_get(root, "relay"), "auth_token")));
+	assert_null(json_object_get(root, "tunnel"));
+	assert_non_null(json_object_get(root, "log"));
+	json_decref(root);
+	free(out);
+	conf_free(&cfg);
+}
+
+static char *docs_to_string(size_t *len)
+{
+	char *buf = NULL;
+	FILE *f = open_memstream(&buf, len);
+
+	assert_non_null(f);
+	assert_int_equal(conf_write_docs(f), 0);
+	assert_int_equal(fclose(f), 0);
+	return buf;
+}
+
+static void test_docs_up_to_date(void **state)
+{
+	char path[1024], *gen, *disk;
+	size_t genlen, disklen = 0, cap = 1 << 20, i, line = 1;
+	FILE *f;
+
+	(void)state;
+	gen = docs_to_string(&genlen);
+	src_path("../../../docs/configuration.md", path, sizeof(path));
+	f = fopen(path, "rb");
+	if (!f)
+		fail_msg("%s: missing. docs/configuration.md is stale: run `sparkrelay "
+			 "config-docs > docs/configuration.md`",
+			 path);
+	disk = malloc(cap);
+	assert_non_null(disk);
+	disklen = fread(disk, 1, cap, f);
+	fclose(f);
+	for (i = 0; i < genlen && i < disklen && gen[i] == disk[i]; i++)
+		line += gen[i] == '\n';
+	if (genlen != disklen || i != genlen) {
+		free(disk);
+		free(gen);
+		fail_msg("docs/configuration.md is stale: run `sparkrelay config-docs > "
+			 "docs/configuration.md` (first difference on line %zu)",
+			 line);
+	}
+	free(disk);
+	free(gen);
+}
+
+/* What the reference says must hold: every env variable named, and each
+ * complete example loads as its role. */
+static void test_docs_content(void **state)
+{
+	static const char *const vars[] = {
+	    "`SPARKRELAY_LOG_LEVEL`",
+	    "`SPARKRELAY_RELAY_LISTEN`",
+	    "`SPARKRELAY_RELAY_TLS_CERT`",
+	    "`SPARKRELAY_RELAY_POOL_PORT_MIN`",
+	    "`SPARKRELAY_RELAY_LEASE_GRACE_S`",
+	    "`SPARKRELAY_RELAY_H2_MAX_STREAMS`",
+	    "`SPARKRELAY_TUNNEL_RELAYS`",
+	    "`SPARKRELAY_TUNNEL_TLS_CA`",
+	    "`SPARKRELAY_TUNNEL_H2_STREAM_WINDOW`",
+	    "sparkrelay check-config FILE",
+	};
+	const char *p, *end;
+	size_t len, i, nexamples = 0;
+	char *docs = docs_to_string(&len);
+	char err[ERRLEN];
+
+	(void)state;
+	for (i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
+		assert_contains(docs, vars[i]);
+	assert_contains(docs, "| `port_min` | integer | `40000` | 1..65535 | "
+			      "`SPARKRELAY_RELAY_POOL_PORT_MIN` |");
+	for (p = docs; (p = strstr(p, "```json\n")) != NULL; p = end) {
+		struct sr_config cfg;
+		char *json;
+
+		p += 8;
+		end = strstr(p, "```\n");
+		assert_non_null(end);
+		json = strndup(p, (size_t)(end - p));
+		assert_non_null(json);
+		if (conf_load_string(json, "example", &cfg, err, sizeof(err)) != 0)
+			fail_msg("example %zu does not load: %s", nexamples, err);
+		/* the first example is the relay's, the second the tunnel's */
+		assert_int_equal(cfg.have_relay, nexamples == 0);
+		assert_int_equal(cfg.have_tunnel, nexamples == 1);
+		conf_free(&cfg);
+		free(json);
+		nexamples++;
+	}
+	assert_int_equal(nexamples, 2);
+	free(docs);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test_setup_teardown(test_defaults_empty_file, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_defaults_minimal_sections, clear_env,
+					    clear_env),
+	    cmocka_unit_test_setup_teardown(test_defaults_helpers_match_init, clear_env,
+					    clear_env),
+	    cmocka_unit_test_setup_teardown(test_full_relay_file, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_full_tunnel_file, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_nullable_and_special_values, clear_env,
+					    clear_env),
+	    cmocka_unit_test_setup_teardown(test_errors, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_secret_not_in_messages, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_file_missing, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_file_too_big, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_file_is_directory, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_env_overrides_file, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_env_without_file, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_env_no_section_without_keys, clear_env,
+					    clear_env),
+	    cmocka_unit_test_setup_teardown(test_env_bad_values, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_dump_redacts_secrets, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_docs_up_to_date, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_docs_content, clear_env, clear_env),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
