@@ -351,7 +351,8 @@ static void print_summary(struct demo *d)
 	uint64_t total = (uint64_t)d->executors * d->bulk_bytes;
 
 	relay_get_stats(d->relay, &rs);
-	qsort(d->rtts, d->nrtt, sizeof(*d->rtts), cmp_u64);
+	if (d->nrtt)
+		qsort(d->rtts, d->nrtt, sizeof(*d->rtts), cmp_u64);
 	printf("\n== sparkrelay demo summary ==\n");
 	printf("lease               %s, ports %u (driver) and %u (block manager)\n",
 	       d->lease.lease, d->lease.ports[TUN_PORT_DRIVER], d->lease.ports[TUN_PORT_BLOCKMANAGER]);
@@ -443,8 +444,10 @@ int cmd_demo(int argc, char **argv)
 	d.ro.key_file = d.path[2];
 	d.ro.pool.bind_address = "127.0.0.2";
 	d.ro.pool.advertise_host = "127.0.0.2";
-	d.ro.pool.port_min = 42000;
-	d.ro.pool.port_max = 42999;
+	/* Below the ephemeral range (32768+), where the stand-in driver's
+	 * bind on 127.0.0.1 could collide with some client's source port. */
+	d.ro.pool.port_min = 31000;
+	d.ro.pool.port_max = 31999;
 	relay_opts_defaults(&d.ro);
 
 	d.base = event_base_new();

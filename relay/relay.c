@@ -545,11 +545,6 @@ static void listener_error_cb(struct evconnlistener *lst, void *arg)
 
 /* ---- drain ------------------------------------------------------------------ */
 
-static void lease_stop_accepting(struct relay_lease *l, void *arg)
-{
-	relay_lease_set_accepting(l, 0);
-}
-
 static void drain_check_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct relay *r = arg;
@@ -581,7 +576,9 @@ void relay_drain(struct relay *r)
 		    "have %u ms to finish",
 		r->o->drain_timeout_ms);
 	evconnlistener_disable(r->listener);
-	relay_lease_foreach(r->leases, lease_stop_accepting, NULL);
+	/* Lease ports keep accepting so that on_executor resets each new
+	 * connection at once; a disabled listener would leave executors
+	 * hanging in the kernel's backlog until the relay exits. */
 	memset(&m, 0, sizeof(m));
 	m.type = TUN_CTL_DRAIN;
 	for (struct relay_tunnel *t = r->tunnels; t; t = t->next) {

@@ -72,25 +72,33 @@ static void transport_read_cb(struct bufferevent *bev, void *arg)
 		n = evbuffer_peek(in, -1, NULL, v, (int)SR_ARRAY_LEN(v));
 		if (n > (int)SR_ARRAY_LEN(v))
 			n = (int)SR_ARRAY_LEN(v);
-		for (i = 0; i < n; i++) {
-			ssize_t rv;
-			c->in_h2 = 1;
-			rv = nghttp2_session_mem_recv(c->h2, v[i].iov_base, v[i].iov_len);
-			c->in_h2 = 0;
-			if (rv < 0) {
-				char why[128];
-				snprintf(why, sizeof(why), "HTTP/2 error from peer: %s",
-					 nghttp2_strerror((int)rv));
-				evbuffer_drain(in, used);
-				conn_fail(c, SR_EPROTO, why);
-				return;
+		for (i = 0; i < n && !c->closing; i++) {
+			const uint8_t *p = v[i].iov_base;
+			size_t left = v[i].iov_len;
+			while (left > 0 && !c->closing) {
+				ssize_t rv;
+				c->in_h2 = 1;
+				rv = nghttp2_session_mem_recv(c->h2, p, left);
+				c->in_h2 = 0;
+				if (rv < 0) {
+					char why[128];
+					snprintf(why, sizeof(why), "HTTP/2 error from peer: %s",
+						 nghttp2_strerror((int)rv));
+					evbuffer_drain(in, used);
+					conn_fail(c, SR_EPROTO, why);
+					return;
+				}
+				used += (size_t)rv;
+				p += rv;
+				left -= (size_t)rv;
+				/* Control data pauses parsing (h2_on_data_chunk): a lease
+				 * must be known before the CONNECTs that follow it. */
+				if (evbuffer_get_length(c->ctl_in) > 0)
+					deliver_ctl(c);
 			}
-			used += (size_t)rv;
 		}
 		evbuffer_drain(in, used);
 	}
-	if (c->ctl_in && evbuffer_get_length(c->ctl_in) > 0)
-		deliver_ctl(c);
 	tun_conn_flush(c);
 }
 
@@ -195,8 +203,15 @@ void tun_conn_flush(struct tun_conn *c)
 		}
 	} while (c->want_flush);
 	if (!c->closing && !nghttp2_session_want_read(c->h2) &&
-	    !nghttp2_session_want_write(c->h2))
-		conn_fail(c, 0, "HTTP/2 session finished");
+	    !nghttp2_session_want_write(c->h2)) {
+		char why[128];
+		if (c->goaway_sent_error)
+			snprintf(why, sizeof(why), "protocol error: peer broke HTTP/2 (%s)",
+				 nghttp2_http2_strerror(c->goaway_sent_error));
+		else
+			snprintf(why, sizeof(why), "HTTP/2 session finished");
+		conn_fail(c, c->goaway_sent_error ? SR_EPROTO : 0, why);
+	}
 }
 
 void tun_conn_consume(struct tun_conn *c, int32_t id, size_t n)
@@ -431,7 +446,7 @@ static int h2_on_data_chunk(nghttp2_session *h2, uint8_t flags, int32_t id, cons
 			return 0;
 		}
 		evbuffer_add(c->ctl_in, data, len);
-		return 0;
+		return NGHTTP2_ERR_PAUSE; /* deliver it before the next frame */
 	}
 	tun_stream_on_data(s, data, len);
 	return 0;
@@ -453,6 +468,14 @@ static int h2_on_stream_close(nghttp2_session *h2, int32_t id, uint32_t error_co
 	tun_stream_on_h2_close(s, error_code);
 	if (!(s->flags & TS_DEAD) && !s->sock)
 		tun_stream_kill(s, 0);
+	return 0;
+}
+
+static int h2_on_frame_send(nghttp2_session *h2, const nghttp2_frame *frame, void *user)
+{
+	struct tun_conn *c = user;
+	if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR)
+		c->goaway_sent_error = frame->goaway.error_code;
 	return 0;
 }
 
@@ -542,9 +565,11 @@ void tun_conn_close(struct tun_conn *c, int err)
 	bufferevent_disable(c->bev, EV_READ);
 	kill_all_streams(c);
 	nghttp2_session_terminate_session(c->h2, err ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_NO_ERROR);
-	c->in_h2 = 1;
-	(void)nghttp2_session_send(c->h2);
-	c->in_h2 = 0;
+	if (!c->in_h2) {
+		c->in_h2 = 1;
+		(void)nghttp2_session_send(c->h2);
+		c->in_h2 = 0;
+	}
 	/* Flush GOAWAY and the last control message, bounded in time. */
 	c->flushing = 1;
 	bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
@@ -652,6 +677,7 @@ struct tun_conn *tun_conn_new(struct event_base *base, struct bufferevent *bev,
 	nghttp2_session_callbacks_set_on_header_callback(hcb, h2_on_header);
 	nghttp2_session_callbacks_set_on_begin_headers_callback(hcb, h2_on_begin_headers);
 	nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(hcb, h2_on_invalid_frame);
+	nghttp2_session_callbacks_set_on_frame_send_callback(hcb, h2_on_frame_send);
 
 	nghttp2_option_set_no_auto_window_update(hopt, 1);
 	nghttp2_option_set_no_closed_streams(hopt, 1);

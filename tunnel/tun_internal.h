@@ -77,6 +77,7 @@ struct tun_conn {
 	int close_err;
 	int closed_cb_done;
 	int goaway;
+	uint32_t goaway_sent_error; /* we ended the session for a peer's error */
 	struct tun_conn_stats stats;
 };
 

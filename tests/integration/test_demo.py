@@ -1,0 +1,92 @@
+"""`sparkrelay demo` works out of the box, and the sidecar's Spark settings
+files match its lease."""
+
+import os
+import re
+import subprocess
+import unittest
+
+import harness
+
+DEMO_WITHIN = 30
+
+
+@unittest.skipIf(harness.DIRECT, "needs the binary")
+class DemoTest(unittest.TestCase):
+
+    def test_demo_exits_0_and_prints_the_spark_settings(self):
+        if not harness.BIN:
+            self.fail("SPARKRELAY_BIN is not set")
+        d = harness.new_dir("demo")
+        try:
+            r = subprocess.run([harness.BIN, "demo"], cwd=d, stdin=subprocess.DEVNULL,
+                               capture_output=True, timeout=DEMO_WITHIN,
+                               preexec_fn=harness._child_setup)
+        except subprocess.TimeoutExpired as e:
+            out = (e.stdout or b"").decode("utf-8", "replace").splitlines()[-30:]
+            err = (e.stderr or b"").decode("utf-8", "replace").splitlines()[-30:]
+            self.fail("demo did not exit within %d s\nstdout:\n%s\nstderr:\n%s" %
+                      (DEMO_WITHIN, "\n".join(out), "\n".join(err)))
+        out = r.stdout.decode("utf-8", "replace")
+        err = r.stderr.decode("utf-8", "replace")
+        tail = "\nstdout (tail):\n%s\nstderr (tail):\n%s" % (
+            "\n".join(out.splitlines()[-30:]), "\n".join(err.splitlines()[-30:]))
+        self.assertEqual(r.returncode, 0, "demo exit code" + tail)
+        lines = [l for l in (out + "\n" + err).splitlines() if "spark.driver.port" in l]
+        self.assertTrue(lines, "no line with spark.driver.port in the demo's output" + tail)
+        self.assertTrue(any(re.search(r"spark\.driver\.port\D{1,4}\d{2,5}", l) for l in lines),
+                        "spark.driver.port printed without a port number: %r" % lines[:3])
+        sanitizer = [l for l in err.splitlines() if any(m in l for m in harness.SANITIZER_MARKERS)]
+        self.assertEqual(sanitizer, [], "sanitizer report from the demo")
+
+
+@unittest.skipIf(harness.DIRECT, "needs the binary")
+class SparkFilesTest(harness.ITCase):
+
+    def test_spark_json_and_conf_match_the_lease(self):
+        j = self.stack.lease
+        base = self.stack.pool_base
+        self.assertEqual(set(j), {"lease", "host", "ports", "spark"}, "spark_json keys")
+        self.assertIsInstance(j["lease"], str)
+        self.assertTrue(j["lease"].startswith("L-"), "lease id %r" % j["lease"])
+        self.assertEqual(j["host"], harness.POOL_HOST)
+        p1, p2 = j["ports"]["driver"], j["ports"]["blockManager"]
+        for name, p in (("driver", p1), ("blockManager", p2)):
+            self.assertIsInstance(p, int, "ports.%s" % name)
+            self.assertTrue(base <= p <= base + harness.POOL_SIZE - 1,
+                            "ports.%s=%d outside the pool %d..%d" %
+                            (name, p, base, base + harness.POOL_SIZE - 1))
+        self.assertNotEqual(p1, p2)
+        want = {
+            "spark.driver.host": harness.POOL_HOST,
+            "spark.driver.bindAddress": "127.0.0.1",
+            "spark.driver.port": str(p1),
+            "spark.driver.blockManager.port": str(p2),
+            "spark.port.maxRetries": "0",
+            "spark.kubernetes.executor.useDriverPodIP": "false",
+        }
+        self.assertEqual(j["spark"], want, "spark_json.spark")
+        conf = {}
+        with open(self.stack.spark_conf) as f:
+            for line in f:
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                k, _, v = line.partition(" ")
+                self.assertNotIn(k, conf, "duplicate key in spark_conf")
+                conf[k] = v.strip()
+        self.assertEqual(conf, want, "spark_conf")
+        # the relay really listens on the leased ports, on the pool address only
+        for p in (p1, p2):
+            s = harness.connect(harness.POOL_HOST, p, timeout=5)
+            s.close()
+            self.assertTrue(harness._can_bind(harness.DRIVER_HOST, p),
+                            "port %d is taken on 127.0.0.1: the relay must bind the pool "
+                            "address only, the driver binds 127.0.0.1" % p)
+        leftovers = [f for f in os.listdir(os.path.dirname(self.stack.spark_json))
+                     if f.startswith("spark") and f not in ("spark.json", "spark-defaults.conf")]
+        self.assertEqual(leftovers, [], "temporary files left by the atomic write")
+
+
+if __name__ == "__main__":
+    harness.main()

@@ -1,0 +1,181 @@
+"""Security: the sidecar only trusts a relay its CA vouches for; the relay only
+grants leases to sidecars that prove who they are (client certificate, bearer
+token); and one identity can never resume another identity's lease."""
+
+import os
+import shutil
+import time
+
+import harness as H
+import harness_extra as X
+from harness import h_echo
+
+NO_LEASE_WAIT = 3.0
+
+
+class SecCase(X.XCase):
+    auto_tunnel = False
+
+    def assert_no_lease(self, sc, wait=NO_LEASE_WAIT):
+        time.sleep(wait)
+        self.assertIsNone(sc.lease(), "%s got a lease: %r" % (sc.name, sc.lease()))
+        self.assertFalse(self.relay.grep("granted"), "relay granted a lease")
+        self.assertTrue(sc.proc.alive(), "%s exited (it should keep retrying)" % sc.name)
+
+    def echo_through(self, sc, seed):
+        j = sc.wait_lease(15)
+        ports = sc.ports()
+        drv = H.Driver(ports, default=h_echo).start()
+        try:
+            for i, p in enumerate(ports.values()):
+                self.assertIsNone(X.echo_once(j["host"], p, seed=seed + i))
+        finally:
+            drv.stop()
+        return drv
+
+
+class ServerVerifyTest(SecCase):
+
+    def test_sidecar_refuses_relay_signed_by_another_ca(self):
+        c = H.certs()
+        sc = self.sidecar("sc", {"tunnel": {"tls": {"ca": c.other_ca}}}).start()
+        self.assert_no_lease(sc)
+        lines = sc.proc.grep("TLS handshake failed")
+        self.assertTrue(lines, "sidecar log has no 'TLS handshake failed'")
+        self.assertTrue(any("certificate verify failed" in l for l in lines), lines[:3])
+        self.assertTrue(any("unknown ca" in l for l in self.relay.grep("TLS handshake failed")),
+                        "relay log shows no handshake refused by the sidecar (unknown ca)")
+        self.assertFalse(self.relay.grep("waiting for registration"),
+                         "relay completed a tunnel with a sidecar that does not trust it")
+
+
+class MutualTLSTest(SecCase):
+
+    def setUp(self):
+        # client_ca is only known once the certificates exist
+        self.relay_overrides = {"relay": {"tls": {"client_ca": H.certs().ca,
+                                                  "require_client_cert": True}}}
+        super().setUp()
+
+    def test_client_cert_from_another_ca_is_rejected(self):
+        c = H.certs()
+        sc = self.sidecar("sc", {"tunnel": {"tls": {"cert": c.other_client_cert,
+                                                    "key": c.other_client_key}}}).start()
+        self.assert_no_lease(sc)
+        lines = self.relay.grep("TLS handshake failed")
+        self.assertTrue(any("certificate verify failed" in l for l in lines),
+                        "relay log has no 'TLS handshake failed: ... certificate verify "
+                        "failed'")
+        self.assertFalse(self.relay.grep("waiting for registration"))
+
+    def test_missing_client_cert_is_rejected(self):
+        sc = self.sidecar("sc").start()
+        self.assert_no_lease(sc)
+        lines = self.relay.grep("TLS handshake failed")
+        self.assertTrue(any("did not return a certificate" in l for l in lines),
+                        "relay log has no 'TLS handshake failed: ... peer did not return a "
+                        "certificate'")
+        self.assertFalse(self.relay.grep("waiting for registration"))
+
+    def test_right_client_cert_gets_a_lease(self):
+        c = H.certs()
+        sc = self.sidecar("sc", {"tunnel": {"tls": {"cert": c.client_cert,
+                                                    "key": c.client_key}}}).start()
+        self.echo_through(sc, seed=1)
+        self.assertTrue(self.relay.grep("cn=sidecar-1"), "relay log does not name the "
+                        "client certificate's CN")
+
+
+class TokenTest(SecCase):
+    TOKEN = "it-token-8c1f0a9e5d7b4e2a"
+    relay_overrides = {"relay": {"auth_token": TOKEN}}
+
+    def test_missing_token_is_unauthorized(self):
+        sc = self.sidecar("sc").start()
+        self.assert_no_lease(sc)
+        self.assertTrue(self.relay.grep("unauthorized"), "relay log has no 'unauthorized'")
+
+    def test_wrong_token_is_unauthorized(self):
+        sc = self.sidecar("sc", {"tunnel": {"token": self.TOKEN[:-1] + "X"}}).start()
+        self.assert_no_lease(sc)
+        self.assertTrue(self.relay.grep("unauthorized"), "relay log has no 'unauthorized'")
+        for p in (self.relay, sc.proc):
+            self.assertFalse(any(self.TOKEN[:-1] in l for l in p.log_text().splitlines()),
+                             "%s log shows the token" % p.name)
+
+    def test_right_token_gets_a_lease(self):
+        sc = self.sidecar("sc", {"tunnel": {"token": self.TOKEN}}).start()
+        self.echo_through(sc, seed=2)
+        self.assertFalse(self.relay.grep("unauthorized"))
+
+
+class ResumeIdentityTest(SecCase):
+
+    def setUp(self):
+        self.relay_overrides = {"relay": {"tls": {"client_ca": H.certs().ca,
+                                                  "require_client_cert": True}}}
+        super().setUp()
+
+    def sc_for(self, name, cn):
+        cert, key = X.client_cert(cn)
+        return self.sidecar(name, {"tunnel": {"tls": {"cert": cert, "key": key}}})
+
+    def test_resume_token_of_another_identity_is_refused(self):
+        a = self.sc_for("a", "sidecar-a").start()
+        ja = a.wait_lease(15)
+        ports_a = a.ports()
+        self.assertTrue(os.path.exists(a.state_file))
+        drv_a = H.Driver(ports_a, default=h_echo).start()
+        self.addCleanup(drv_a.stop)
+        self.assertIsNone(X.echo_once(ja["host"], ports_a["driver"], seed=1))
+
+        # B (same CA, other CN) starts with A's state file while A is connected.
+        b = self.sc_for("b", "sidecar-b")
+        shutil.copy(a.state_file, b.state_file)
+        refused = X.log_count(self.relay, "unknown_lease")
+        b.start()
+        self.assertTrue(X.wait_log(self.relay, "unknown_lease", 10, count=refused + 1),
+                        "relay did not refuse B's resume with A's token")
+        jb = X.wait_for(b.lease, 10)
+        if jb is not None:
+            self.assertNotEqual(jb["lease"], ja["lease"], "B got A's lease")
+            self.assertFalse(set(b.ports().values()) & set(ports_a.values()),
+                             "B got some of A's ports: %r vs %r" % (b.ports(), ports_a))
+        self.assertFalse(self.relay.grep("replaced by a new tunnel"),
+                         "B's tunnel took over A's lease")
+        self.assertFalse(a.proc.grep("tunnel closed"), "A's tunnel was closed")
+        self.assertIsNone(X.echo_once(ja["host"], ports_a["driver"], seed=2))
+
+        # Now A is gone (its lease waits in grace): B tries A's token again.
+        if jb is not None:
+            b.sigterm()  # releases B's own lease; its state file goes with it
+        else:
+            b.sigkill()
+        a.sigkill()
+        self.assertTrue(X.wait_log(self.relay, "tunnel lost", 5))
+        shutil.copy(a.state_file, b.state_file)
+        refused = X.log_count(self.relay, "unknown_lease")
+        if os.path.exists(b.spark_json):
+            os.unlink(b.spark_json)
+        b.start()
+        self.assertTrue(X.wait_log(self.relay, "unknown_lease", 10, count=refused + 1),
+                        "relay did not refuse B's resume of A's lease in grace")
+        jb2 = X.wait_for(b.lease, 10)
+        if jb2 is not None:
+            self.assertNotEqual(jb2["lease"], ja["lease"], "B got A's lease while A was away")
+            self.assertFalse(set(b.ports().values()) & set(ports_a.values()))
+        # A comes back and gets its own ports again.
+        resumed = X.log_count(self.relay, "resuming lease")
+        os.unlink(a.spark_json)
+        a.start()
+        ja2 = a.wait_lease(15)
+        self.assertEqual((ja2["lease"], a.ports()), (ja["lease"], ports_a),
+                         "A did not get its own lease back")
+        self.assertGreater(X.log_count(self.relay, "resuming lease"), resumed)
+        self.assertIsNone(X.echo_once(ja["host"], ports_a["driver"], seed=3))
+        self.assertEqual(sum(dc.port == ports_a["driver"] for dc in drv_a.all_conns()), 3,
+                         "A's driver did not see exactly its three echo connections")
+
+
+if __name__ == "__main__":
+    H.main()
