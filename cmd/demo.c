@@ -58,6 +58,7 @@ struct demo {
 	unsigned executors, rounds;
 	uint64_t bulk_bytes;
 	struct exec_conn *conns;
+	struct drv_conn *drv_conns; /* every driver-side connection, freed at exit */
 	unsigned nconns, finished, failures;
 	uint64_t *rtts;
 	size_t nrtt;
@@ -106,6 +107,21 @@ static void exec_done(struct exec_conn *e, int failed)
 
 /* ---- stand-in driver ------------------------------------------------------- */
 
+struct drv_conn {
+	struct drv_conn *next, **pprev;
+	struct bufferevent *bev;
+	uint64_t left, rng; /* block manager: bytes still to send, content generator */
+};
+
+static void drv_conn_free(struct drv_conn *dc)
+{
+	if (dc->next)
+		dc->next->pprev = dc->pprev;
+	*dc->pprev = dc->next;
+	bufferevent_free(dc->bev);
+	free(dc);
+}
+
 static void drv_echo_read(struct bufferevent *bev, void *arg)
 {
 	bufferevent_write_buffer(bev, bufferevent_get_input(bev));
@@ -114,16 +130,12 @@ static void drv_echo_read(struct bufferevent *bev, void *arg)
 static void drv_event(struct bufferevent *bev, short what, void *arg)
 {
 	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
-		bufferevent_free(bev);
+		drv_conn_free(arg);
 }
-
-struct drv_src {
-	uint64_t left, rng;
-};
 
 static void drv_src_write(struct bufferevent *bev, void *arg)
 {
-	struct drv_src *src = arg;
+	struct drv_conn *src = arg;
 	uint8_t buf[16384];
 
 	if (src->left == 0) {
@@ -140,14 +152,6 @@ static void drv_src_write(struct bufferevent *bev, void *arg)
 	}
 }
 
-static void drv_src_event(struct bufferevent *bev, short what, void *arg)
-{
-	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
-		free(arg);
-		bufferevent_free(bev);
-	}
-}
-
 static void drv_src_read(struct bufferevent *bev, void *arg)
 {
 	evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
@@ -157,27 +161,28 @@ static void drv_accept(struct evconnlistener *l, evutil_socket_t fd, struct sock
 		       int salen, void *arg)
 {
 	struct demo *d = arg;
-	struct bufferevent *bev = bufferevent_socket_new(d->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	struct drv_conn *dc = calloc(1, sizeof(*dc));
 
-	if (!bev) {
+	if (!dc || !(dc->bev = bufferevent_socket_new(d->base, fd, BEV_OPT_CLOSE_ON_FREE))) {
+		free(dc);
 		close(fd);
 		return;
 	}
+	dc->next = d->drv_conns;
+	if (dc->next)
+		dc->next->pprev = &dc->next;
+	dc->pprev = &d->drv_conns;
+	d->drv_conns = dc;
 	sr_sock_nodelay(fd);
 	if (l == d->drv[0]) {
-		bufferevent_setcb(bev, drv_echo_read, NULL, drv_event, d);
+		bufferevent_setcb(dc->bev, drv_echo_read, NULL, drv_event, dc);
 	} else {
-		struct drv_src *src = calloc(1, sizeof(*src));
-		if (!src) {
-			bufferevent_free(bev);
-			return;
-		}
-		src->left = d->bulk_bytes;
-		src->rng = 42;
-		bufferevent_setcb(bev, drv_src_read, drv_src_write, drv_src_event, src);
-		drv_src_write(bev, src);
+		dc->left = d->bulk_bytes;
+		dc->rng = 42;
+		bufferevent_setcb(dc->bev, drv_src_read, drv_src_write, drv_event, dc);
+		drv_src_write(dc->bev, dc);
 	}
-	bufferevent_enable(bev, EV_READ | EV_WRITE);
+	bufferevent_enable(dc->bev, EV_READ | EV_WRITE);
 }
 
 /* ---- stand-in executors ---------------------------------------------------- */
@@ -486,10 +491,13 @@ int cmd_demo(int argc, char **argv)
 
 	print_summary(&d);
 	printf("Spark settings written to %s\n", d.path[3]);
+	fflush(stdout);
 	for (unsigned i = 0; i < d.nconns; i++) {
 		if (d.conns[i].bev)
 			bufferevent_free(d.conns[i].bev);
 	}
+	while (d.drv_conns)
+		drv_conn_free(d.drv_conns);
 	for (int i = 0; i < 2; i++) {
 		if (d.drv[i])
 			evconnlistener_free(d.drv[i]);
@@ -498,6 +506,8 @@ int cmd_demo(int argc, char **argv)
 	event_free(d.sigint);
 	sidecar_free(d.sidecar);
 	relay_free(d.relay);
+	/* Deferred bufferevent callbacks hold references until they run. */
+	event_base_loop(d.base, EVLOOP_NONBLOCK);
 	event_base_free(d.base);
 	free(d.conns);
 	free(d.rtts);

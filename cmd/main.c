@@ -186,8 +186,11 @@ out:
 		event_free(sighup);
 	relay_free(rc.relay);
 	sidecar_free(rc.sidecar);
-	if (rc.base)
+	if (rc.base) {
+		/* Deferred bufferevent callbacks hold references until they run. */
+		event_base_loop(rc.base, EVLOOP_NONBLOCK);
 		event_base_free(rc.base);
+	}
 	conf_free(&cfg);
 	return status;
 }

@@ -6,6 +6,7 @@
 #include "common/sr_log.h"
 #include "common/sr_util.h"
 #include "tunnel/tun_tls.h"
+#include "tunnel/tun_tls_io.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -45,7 +46,7 @@ struct relay_lease_ext {
 struct relay_tunnel {
 	struct relay *relay;
 	struct relay_tunnel *next, *prev;
-	struct bufferevent *handshake; /* TLS bufferevent until the session starts */
+	struct tun_tls_io *io; /* TLS transport; the session runs on its bufferevent */
 	struct tun_conn *conn;
 	struct relay_lease_ext *lx;
 	struct event *timer; /* handshake + register deadline */
@@ -266,9 +267,8 @@ static void tunnel_free(struct relay_tunnel *t)
 			SR_INFO(t->ctx, "tunnel lost; lease and ports kept for %u s",
 				r->o->lease_grace_s);
 	}
-	if (t->handshake)
-		bufferevent_free(t->handshake);
-	tun_conn_free(t->conn);
+	tun_conn_free(t->conn); /* before io: it holds io's plaintext end */
+	tun_tls_io_free(t->io);
 	if (t->timer)
 		event_free(t->timer);
 	r->st.tunnels_active--;
@@ -406,7 +406,11 @@ static void tunnel_on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void 
 
 static void tunnel_on_closed(struct tun_conn *c, int err, void *arg)
 {
-	tunnel_free(arg);
+	struct relay_tunnel *t = arg;
+	const char *why = tun_tls_io_error(t->io);
+	if (why[0])
+		SR_DEBUG(t->ctx, "transport: %s", why);
+	tunnel_free(t);
 }
 
 static const struct tun_conn_cbs relay_tun_cbs = {
@@ -419,7 +423,7 @@ static void tunnel_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	struct relay_tunnel *t = arg;
 	struct relay *r = t->relay;
 
-	if (t->handshake) {
+	if (!t->conn) {
 		SR_WARN(t->ctx, "TLS handshake failed: no handshake within %u ms",
 			r->o->handshake_timeout_ms);
 		r->st.handshake_failures++;
@@ -431,51 +435,36 @@ static void tunnel_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	tun_conn_close(t->conn, SR_ETIMEDOUT);
 }
 
-static void handshake_event_cb(struct bufferevent *bev, short what, void *arg)
+static void handshake_cb(struct tun_tls_io *io, int err, const char *why, void *arg)
 {
 	struct relay_tunnel *t = arg;
 	struct relay *r = t->relay;
-	SSL *ssl = bufferevent_openssl_get_ssl(bev);
-	char why[384];
+	SSL *ssl = tun_tls_io_ssl(io);
 
-	if (what & BEV_EVENT_CONNECTED) {
-		if (tun_tls_check_alpn(ssl) != 0) {
-			SR_WARN(t->ctx, "TLS handshake failed: peer did not negotiate h2 (ALPN)");
-			r->st.handshake_failures++;
-			tunnel_free(t);
-			return;
-		}
-		tun_tls_peer_name(ssl, t->identity, sizeof(t->identity));
-		if (t->identity[0])
-			snprintf(t->ctx, sizeof(t->ctx), "peer=%s cn=%s", t->peer, t->identity);
-		t->handshake = NULL;
-		t->conn = tun_conn_new(r->base, bev, TUN_ROLE_RELAY, &r->o->tun, &relay_tun_cbs, t,
-				       t->ctx);
-		if (!t->conn) {
-			SR_ERROR(t->ctx, "cannot create tunnel session (out of memory)");
-			tunnel_free(t);
-			return;
-		}
-		SR_INFO(t->ctx, "tunnel up (TLS 1.3, h2); waiting for registration");
-		r->st.tunnels_accepted++;
+	if (err != 0) {
+		SR_WARN(t->ctx, "TLS handshake failed: %s", why);
+		r->st.handshake_failures++;
+		tunnel_free(t);
 		return;
 	}
-	{
-		unsigned long e = bufferevent_get_openssl_error(bev);
-		if (e) {
-			char ssl_err[256];
-			ERR_error_string_n(e, ssl_err, sizeof(ssl_err));
-			snprintf(why, sizeof(why), "%s", ssl_err);
-		} else if (what & BEV_EVENT_EOF) {
-			snprintf(why, sizeof(why), "peer closed the connection");
-		} else {
-			snprintf(why, sizeof(why), "%s",
-				 evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
-		}
+	if (tun_tls_check_alpn(ssl) != 0) {
+		SR_WARN(t->ctx, "TLS handshake failed: peer did not negotiate h2 (ALPN)");
+		r->st.handshake_failures++;
+		tunnel_free(t);
+		return;
 	}
-	SR_WARN(t->ctx, "TLS handshake failed: %s", why);
-	r->st.handshake_failures++;
-	tunnel_free(t);
+	tun_tls_peer_name(ssl, t->identity, sizeof(t->identity));
+	if (t->identity[0])
+		snprintf(t->ctx, sizeof(t->ctx), "peer=%s cn=%s", t->peer, t->identity);
+	t->conn = tun_conn_new(r->base, tun_tls_io_take_bev(io), TUN_ROLE_RELAY, &r->o->tun,
+			       &relay_tun_cbs, t, t->ctx);
+	if (!t->conn) {
+		SR_ERROR(t->ctx, "cannot create tunnel session (out of memory)");
+		tunnel_free(t);
+		return;
+	}
+	SR_INFO(t->ctx, "tunnel up (TLS 1.3, h2); waiting for registration");
+	r->st.tunnels_accepted++;
 }
 
 static void on_tunnel_accept(struct evconnlistener *lst, evutil_socket_t fd,
@@ -506,17 +495,11 @@ static void on_tunnel_accept(struct evconnlistener *lst, evutil_socket_t fd,
 	t->timer = evtimer_new(r->base, tunnel_timeout_cb, t);
 	if (!t->timer)
 		goto fail;
-	t->handshake = bufferevent_openssl_socket_new(r->base, fd, ssl,
-						      BUFFEREVENT_SSL_ACCEPTING,
-						      BEV_OPT_CLOSE_ON_FREE);
-	if (!t->handshake) {
-		ssl = NULL; /* freed by the failed constructor */
-		goto fail;
-	}
+	t->io = tun_tls_io_new(r->base, fd, ssl, 1, 0, handshake_cb, t);
 	ssl = NULL;
-	bufferevent_openssl_set_allow_dirty_shutdown(t->handshake, 1);
-	bufferevent_setcb(t->handshake, NULL, NULL, handshake_event_cb, t);
-	bufferevent_enable(t->handshake, EV_READ | EV_WRITE);
+	fd = -1; /* both stolen, even on failure */
+	if (!t->io)
+		goto fail;
 	tv.tv_sec = r->o->handshake_timeout_ms / 1000;
 	tv.tv_usec = (r->o->handshake_timeout_ms % 1000) * 1000;
 	evtimer_add(t->timer, &tv);
@@ -535,7 +518,8 @@ fail:
 			event_free(t->timer);
 		free(t);
 	}
-	evutil_closesocket(fd);
+	if (fd >= 0)
+		evutil_closesocket(fd);
 }
 
 static void listener_error_cb(struct evconnlistener *lst, void *arg)

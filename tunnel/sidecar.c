@@ -11,6 +11,7 @@
 #include "common/sr_util.h"
 #include "discovery/disc_resolve.h"
 #include "tunnel/tun_tls.h"
+#include "tunnel/tun_tls_io.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -50,7 +51,7 @@ struct sidecar {
 	struct disc_req *resolve;
 	struct disc_addr *addrs;
 	size_t naddrs, next_addr;
-	struct bufferevent *dial; /* TLS bufferevent being dialled */
+	struct tun_tls_io *io;    /* TLS transport being dialled, or under tun */
 	char dial_peer[SR_ADDRSTRLEN];
 	struct event *dial_timer;
 	struct event *backoff_timer;
@@ -402,8 +403,12 @@ static void on_closed(struct tun_conn *c, int err, void *arg)
 {
 	struct sidecar *s = arg;
 
+	if (tun_tls_io_error(s->io)[0])
+		SR_DEBUG(tun_conn_logctx(c), "transport: %s", tun_tls_io_error(s->io));
 	tun_conn_free(c);
 	s->tun = NULL;
+	tun_tls_io_free(s->io); /* after the conn: it held io's plaintext end */
+	s->io = NULL;
 	if (s->shutting_down) {
 		s->state = SC_DONE;
 		event_base_loopbreak(s->base);
@@ -426,60 +431,41 @@ static const struct tun_conn_cbs sc_tun_cbs = {
 static void dial_abort(struct sidecar *s)
 {
 	evtimer_del(s->dial_timer);
-	if (s->dial) {
-		bufferevent_free(s->dial);
-		s->dial = NULL;
+	if (s->io && !s->tun) {
+		tun_tls_io_free(s->io);
+		s->io = NULL;
 	}
 }
 
-static void dial_event_cb(struct bufferevent *bev, short what, void *arg)
+static void dial_cb(struct tun_tls_io *io, int err, const char *why, void *arg)
 {
 	struct sidecar *s = arg;
-	SSL *ssl = bufferevent_openssl_get_ssl(bev);
-	char why[512], ctx[128];
+	char ctx[128];
 
-	if (what & BEV_EVENT_CONNECTED) {
-		evtimer_del(s->dial_timer);
-		if (tun_tls_check_alpn(ssl) != 0) {
-			SR_WARN("", "relay %s did not agree to HTTP/2 (ALPN)", s->dial_peer);
-			dial_abort(s);
-			dial_next(s);
-			return;
-		}
-		sr_sock_nodelay(bufferevent_getfd(bev));
-		sr_sock_notsent_lowat(bufferevent_getfd(bev), 1024 * 1024);
-		s->dial = NULL;
-		snprintf(ctx, sizeof(ctx), "relay=%s", s->dial_peer);
-		SR_INFO(ctx, "connected (TLS 1.3, h2); registering app \"%s\"", s->o->app_name);
-		s->tun = tun_conn_new(s->base, bev, TUN_ROLE_SIDECAR, &s->o->tun, &sc_tun_cbs, s,
-				      ctx);
-		if (!s->tun) {
-			SR_ERROR(ctx, "cannot create tunnel session (out of memory)");
-			schedule_backoff(s);
-			return;
-		}
-		s->state = SC_REGISTERING;
+	if (err != 0) {
+		SR_WARN("", "cannot reach relay %s: %s", s->dial_peer, why);
+		dial_abort(s);
+		dial_next(s);
 		return;
 	}
-	{
-		unsigned long e = bufferevent_get_openssl_error(bev);
-		if (e) {
-			char ssl_err[256];
-			ERR_error_string_n(e, ssl_err, sizeof(ssl_err));
-			long vr = SSL_get_verify_result(ssl);
-			snprintf(why, sizeof(why), "TLS handshake failed: %s%s%s", ssl_err,
-				 vr != X509_V_OK ? ": " : "",
-				 vr != X509_V_OK ? X509_verify_cert_error_string(vr) : "");
-		} else if (what & BEV_EVENT_EOF) {
-			snprintf(why, sizeof(why), "closed by relay during TLS handshake");
-		} else {
-			snprintf(why, sizeof(why), "%s",
-				 evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
-		}
+	evtimer_del(s->dial_timer);
+	if (tun_tls_check_alpn(tun_tls_io_ssl(io)) != 0) {
+		SR_WARN("", "relay %s did not agree to HTTP/2 (ALPN)", s->dial_peer);
+		dial_abort(s);
+		dial_next(s);
+		return;
 	}
-	SR_WARN("", "cannot reach relay %s: %s", s->dial_peer, why);
-	dial_abort(s);
-	dial_next(s);
+	snprintf(ctx, sizeof(ctx), "relay=%s", s->dial_peer);
+	SR_INFO(ctx, "connected (TLS 1.3, h2); registering app \"%s\"", s->o->app_name);
+	s->tun = tun_conn_new(s->base, tun_tls_io_take_bev(io), TUN_ROLE_SIDECAR, &s->o->tun,
+			      &sc_tun_cbs, s, ctx);
+	if (!s->tun) {
+		SR_ERROR(ctx, "cannot create tunnel session (out of memory)");
+		dial_abort(s);
+		schedule_backoff(s);
+		return;
+	}
+	s->state = SC_REGISTERING;
 }
 
 static void dial_timeout_cb(evutil_socket_t fd, short what, void *arg)
@@ -524,25 +510,31 @@ static void dial_next(struct sidecar *s)
 		SSL_set_tlsext_host_name(ssl, name);
 		SSL_set1_host(ssl, name);
 	}
-	s->dial = bufferevent_openssl_socket_new(s->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
-						 BEV_OPT_CLOSE_ON_FREE);
-	if (!s->dial) {
-		SSL_free(ssl);
-		goto fail;
+	{
+		int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (fd < 0) {
+			SSL_free(ssl);
+			goto fail;
+		}
+		sr_sock_nodelay(fd);
+		sr_sock_notsent_lowat(fd, 1024 * 1024);
+		if (connect(fd, (const struct sockaddr *)&a->ss, a->len) != 0 &&
+		    errno != EINPROGRESS) {
+			SR_WARN("", "cannot connect to relay %s: %s", s->dial_peer, strerror(errno));
+			SSL_free(ssl);
+			close(fd);
+			dial_next(s);
+			return;
+		}
+		s->io = tun_tls_io_new(s->base, fd, ssl, 0, 1, dial_cb, s);
+		if (!s->io)
+			goto fail;
 	}
-	bufferevent_openssl_set_allow_dirty_shutdown(s->dial, 1);
-	bufferevent_setcb(s->dial, NULL, NULL, dial_event_cb, s);
 	tv.tv_sec = s->o->dial_timeout_ms / 1000;
 	tv.tv_usec = (s->o->dial_timeout_ms % 1000) * 1000;
 	evtimer_add(s->dial_timer, &tv);
 	SR_DEBUG("", "dialling relay %s (%s)", s->dial_peer, name);
 	s->state = SC_DIALING;
-	if (bufferevent_socket_connect(s->dial, (struct sockaddr *)&a->ss, (int)a->len) != 0) {
-		SR_WARN("", "cannot connect to relay %s: %s", s->dial_peer,
-			evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
-		dial_abort(s);
-		dial_next(s);
-	}
 	return;
 fail:
 	SR_ERROR("", "out of memory while dialling");
@@ -648,6 +640,7 @@ void sidecar_free(struct sidecar *s)
 	disc_cancel(s->resolve);
 	dial_abort(s);
 	tun_conn_free(s->tun);
+	tun_tls_io_free(s->io);
 	if (s->dial_timer)
 		event_free(s->dial_timer);
 	if (s->backoff_timer)
