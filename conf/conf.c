@@ -64,6 +64,8 @@ static size_t conf_split_path(const char *path, char *buf, size_t buflen, const 
  * rawkey, if not NULL, is a key found in the file under path (an unknown
  * key): its own position is reported. Returns SR_EINVAL. */
 static int conf_vfail(struct conf_ctx *ctx, const char *path, const char *rawkey,
+		      const char *fmt, va_list ap) __attribute__((format(printf, 4, 0)));
+static int conf_vfail(struct conf_ctx *ctx, const char *path, const char *rawkey,
 		      const char *fmt, va_list ap)
 {
 	char segbuf[CONF_PATH_MAX + 8], keybuf[64];

@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include <event2/event.h>
@@ -80,10 +81,17 @@ static int sock_read_more(struct tun_stream *s, struct bufferevent *bev)
 		struct evbuffer_iovec v;
 		size_t len = evbuffer_get_length(in), want;
 		ssize_t n;
+		int avail = 0;
 
 		if (len >= high)
 			return 0;
+		/* Reserve only what is there: an unfilled reservation would stay
+		 * attached to an idle connection as a 64 KiB empty chain. */
+		if (ioctl(fd, FIONREAD, &avail) != 0 || avail <= 0)
+			return 0;
 		want = high - len < 65536 ? high - len : 65536;
+		if (want > (size_t)avail)
+			want = (size_t)avail;
 		/* bufferevent_socket freezes the end of its input against users;
 		 * we are standing in for its reader, so lift that for the read. */
 		evbuffer_unfreeze(in, 0);
@@ -99,11 +107,8 @@ static int sock_read_more(struct tun_stream *s, struct bufferevent *bev)
 			evbuffer_commit_space(in, &v, 1);
 		}
 		evbuffer_freeze(in, 0);
-		if (n > 0) {
-			if ((size_t)n < want)
-				return 0; /* the socket is drained */
+		if (n > 0)
 			continue;
-		}
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
 			return 0;
 		bufferevent_disable(bev, EV_READ);
