@@ -164,6 +164,8 @@ static int h2_send_data_cb(nghttp2_session *h2, nghttp2_frame *frame, const uint
 	struct evbuffer *in;
 	struct evbuffer_iovec v;
 
+	if (!s->sock)
+		return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* socket gone: reset the stream */
 	if (evbuffer_get_length(out) >= c->opts.out_high)
 		return NGHTTP2_ERR_WOULDBLOCK;
 	in = bufferevent_get_input(s->sock);
@@ -468,6 +470,7 @@ static int h2_on_stream_close(nghttp2_session *h2, int32_t id, uint32_t error_co
 	tun_stream_on_h2_close(s, error_code);
 	if (!(s->flags & TS_DEAD) && !s->sock)
 		tun_stream_kill(s, 0);
+	tun_stream_maybe_reap(s);
 	return 0;
 }
 
@@ -530,12 +533,13 @@ static void close_timeout_cb(evutil_socket_t fd, short what, void *arg)
 
 static void kill_all_streams(struct tun_conn *c)
 {
+	/* c->closing is set, so each killed stream moves to the dead list. */
 	while (c->streams) {
 		struct tun_stream *s = c->streams;
-		if (s->flags & TS_CTL)
-			tun_stream_kill(s, 0);
+		if (s->flags & TS_DEAD)
+			tun_stream_maybe_reap(s);
 		else
-			tun_stream_kill(s, 1); /* executors and driver see a reset */
+			tun_stream_kill(s, !(s->flags & TS_CTL)); /* executors see a reset */
 	}
 }
 
@@ -763,17 +767,22 @@ void tun_conn_free(struct tun_conn *c)
 {
 	if (!c)
 		return;
-	while (c->streams)
-		tun_stream_kill(c->streams, 1);
+	/* The session goes first, so no callback can name a freed stream. */
+	if (c->h2)
+		nghttp2_session_del(c->h2);
+	c->h2 = NULL;
+	while (c->streams) {
+		struct tun_stream *s = c->streams;
+		c->streams = s->next;
+		if (!(s->flags & TS_DEAD))
+			s->flags |= TS_RESET; /* executors and driver see a reset */
+		tun_stream_free(s);
+	}
 	while (c->dead) {
 		struct tun_stream *s = c->dead;
 		c->dead = s->next;
-		s->id = 0; /* the session goes too: nothing to consume */
-		s->unconsumed = 0;
 		tun_stream_free(s);
 	}
-	if (c->h2)
-		nghttp2_session_del(c->h2);
 	if (c->bev)
 		bufferevent_free(c->bev);
 	if (c->reap_ev)

@@ -25,10 +25,11 @@ enum {
 	TS_H2_CLOSED = 1u << 7,    /* nghttp2 closed the stream */
 	TS_SOCK_DEAD = 1u << 8,    /* socket failed or was reset */
 	TS_RESET = 1u << 9,        /* close the socket with RST */
-	TS_DEAD = 1u << 10,        /* on the reap list */
+	TS_DEAD = 1u << 10,        /* socket side finished (socket closed) */
 	TS_RESPONDED = 1u << 11,   /* sidecar: response HEADERS submitted */
 	TS_IS_CONNECT = 1u << 12,  /* request is a CONNECT */
 	TS_IS_CTL_REQ = 1u << 13,  /* request is POST to the control path */
+	TS_REAPING = 1u << 14,     /* on the conn's dead list, freed by reap */
 };
 
 struct tun_stream {
@@ -59,8 +60,8 @@ struct tun_conn {
 	void *arg;
 	char logctx[192];
 
-	struct tun_stream *streams; /* live streams */
-	struct tun_stream *dead;    /* waiting to be freed by reap */
+	struct tun_stream *streams; /* every stream nghttp2 may still name */
+	struct tun_stream *dead;    /* finished on both sides, freed by reap */
 	struct tun_stream *ctl;
 	struct evbuffer *ctl_in, *ctl_out;
 
@@ -88,8 +89,11 @@ void tun_stream_free(struct tun_stream *s);
 /* Give the stream its socket (sidecar: after on_connect). On failure the
  * socket is freed and SR_ENOMEM returned. */
 int tun_stream_attach(struct tun_stream *s, struct bufferevent *sock);
-/* Mark the stream finished; it is freed from the conn's reap event. */
+/* The socket side is finished: close the socket now (with RST if asked).
+ * The struct is freed from the conn's reap event once nghttp2 has closed
+ * the stream too (tun_stream_maybe_reap, called again from on_stream_close). */
 void tun_stream_kill(struct tun_stream *s, int reset_socket);
+void tun_stream_maybe_reap(struct tun_stream *s);
 void tun_stream_start_reading(struct tun_stream *s);
 /* nghttp2 delivered DATA for this stream. */
 void tun_stream_on_data(struct tun_stream *s, const uint8_t *data, size_t len);

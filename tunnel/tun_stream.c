@@ -227,17 +227,35 @@ void tun_stream_start_reading(struct tun_stream *s)
 		bufferevent_enable(s->sock, EV_READ | EV_WRITE);
 }
 
-void tun_stream_kill(struct tun_stream *s, int reset_socket)
+static void stream_close_socket(struct tun_stream *s)
+{
+	if (s->sock) {
+		int fd = bufferevent_getfd(s->sock);
+		evbuffer_remove_cb(bufferevent_get_output(s->sock), sock_out_cb, s);
+		if ((s->flags & TS_RESET) && fd >= 0)
+			sr_sock_set_reset_on_close(fd);
+		bufferevent_free(s->sock);
+		s->sock = NULL;
+	}
+	/* Bytes still queued for the socket are dropped: give their credit back
+	 * so the connection window does not shrink for good. */
+	if (s->unconsumed) {
+		tun_conn_consume(s->conn, s->id, s->unconsumed);
+		s->unconsumed = 0;
+	}
+}
+
+void tun_stream_maybe_reap(struct tun_stream *s)
 {
 	struct tun_conn *c = s->conn;
 
-	if (s->flags & TS_DEAD)
+	if (!(s->flags & TS_DEAD) || (s->flags & TS_REAPING))
 		return;
-	if (reset_socket)
-		s->flags |= TS_RESET;
-	if (s->sock)
-		bufferevent_disable(s->sock, EV_READ | EV_WRITE);
-	/* unlink from live list, push on the dead list */
+	/* nghttp2 keeps our pointer as stream user data (and as the data
+	 * source) until it closes the stream: free only after that, or once
+	 * the session is never driven again (closing). */
+	if (s->id > 0 && !(s->flags & TS_H2_CLOSED) && !c->closing)
+		return;
 	if (s->prev)
 		s->prev->next = s->next;
 	else
@@ -247,31 +265,36 @@ void tun_stream_kill(struct tun_stream *s, int reset_socket)
 	s->prev = NULL;
 	s->next = c->dead;
 	c->dead = s;
-	s->flags |= TS_DEAD;
+	s->flags |= TS_REAPING;
+	tun_conn_schedule_reap(c);
+}
+
+void tun_stream_kill(struct tun_stream *s, int reset_socket)
+{
+	struct tun_conn *c = s->conn;
+
+	if (s->flags & TS_DEAD)
+		return;
+	if (reset_socket)
+		s->flags |= TS_RESET;
+	s->flags |= TS_DEAD | TS_SOCK_DEAD;
+	/* The socket goes now (the executor or driver sees FIN or RST at
+	 * once); the struct waits for nghttp2 to be done with it. */
+	stream_close_socket(s);
 	c->stats.streams_active--;
 	if (!(s->flags & TS_CTL)) {
 		c->stats.streams_closed++;
 		if (reset_socket)
 			c->stats.streams_reset++;
 	}
-	tun_conn_schedule_reap(c);
+	tun_stream_maybe_reap(s);
 }
 
 void tun_stream_free(struct tun_stream *s)
 {
 	if (!s)
 		return;
-	if (s->sock) {
-		int fd = bufferevent_getfd(s->sock);
-		evbuffer_remove_cb(bufferevent_get_output(s->sock), sock_out_cb, s);
-		if ((s->flags & TS_RESET) && fd >= 0)
-			sr_sock_set_reset_on_close(fd);
-		bufferevent_free(s->sock);
-	}
-	/* Bytes still queued for the socket are dropped: give their credit back
-	 * so the connection window does not shrink for good. */
-	if (s->unconsumed)
-		tun_conn_consume(s->conn, s->id, s->unconsumed);
+	stream_close_socket(s);
 	free(s);
 }
 
