@@ -11,6 +11,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include <event2/buffer.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
@@ -120,6 +121,27 @@ void sr_sock_set_reset_on_close(int fd)
 {
 	struct linger lg = {.l_onoff = 1, .l_linger = 0};
 	(void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
+
+long sr_sock_send_evbuffer(int fd, struct evbuffer *buf)
+{
+	struct evbuffer_iovec v[32];
+	struct msghdr mh;
+	int n = evbuffer_peek(buf, 1 << 20, NULL, v, (int)SR_ARRAY_LEN(v));
+	ssize_t w;
+
+	if (n <= 0)
+		return 0;
+	if (n > (int)SR_ARRAY_LEN(v))
+		n = (int)SR_ARRAY_LEN(v);
+	memset(&mh, 0, sizeof(mh));
+	mh.msg_iov = (struct iovec *)v; /* evbuffer_iovec matches struct iovec on POSIX */
+	mh.msg_iovlen = (size_t)n;
+	w = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+	if (w < 0)
+		return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : -1;
+	evbuffer_drain(buf, (size_t)w);
+	return (long)w;
 }
 
 uint64_t sr_now_us(void)

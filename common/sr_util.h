@@ -34,6 +34,12 @@ void sr_sock_notsent_lowat(int fd, int bytes);
 /* Close so that the peer sees a TCP RST (SO_LINGER 0): carries a reset. */
 void sr_sock_set_reset_on_close(int fd);
 
+/* Write as much of buf as the socket takes now, without SIGPIPE (a peer
+ * that closed gives EPIPE, not a signal). Drains what was sent. Returns the
+ * bytes sent (0 if none: EAGAIN), or -1 with errno set. */
+struct evbuffer;
+long sr_sock_send_evbuffer(int fd, struct evbuffer *buf);
+
 /* Monotonic clock in microseconds. */
 uint64_t sr_now_us(void);
 

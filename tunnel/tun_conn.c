@@ -19,7 +19,7 @@
 void tun_conn_opts_defaults(struct tun_conn_opts *o)
 {
 	if (!o->stream_window)
-		o->stream_window = 4u << 20;
+		o->stream_window = 256u << 10;
 	if (!o->conn_window)
 		o->conn_window = 64u << 20;
 	if (!o->ping_interval_ms)
@@ -29,7 +29,7 @@ void tun_conn_opts_defaults(struct tun_conn_opts *o)
 	if (!o->ctl_max)
 		o->ctl_max = TUN_CTL_MAX_DEFAULT;
 	if (!o->out_high)
-		o->out_high = 256u << 10;
+		o->out_high = 64u << 10;
 	if (!o->sock_read_high)
 		o->sock_read_high = 256u << 10;
 	if (!o->max_streams)
@@ -99,6 +99,8 @@ static void transport_read_cb(struct bufferevent *bev, void *arg)
 		}
 		evbuffer_drain(in, used);
 	}
+	if (c->nwriteq)
+		tun_stream_write_queued(c);
 	tun_conn_flush(c);
 }
 
@@ -374,7 +376,7 @@ static int sidecar_on_request(struct tun_conn *c, struct tun_stream *s)
 		return NGHTTP2_REFUSED_STREAM;
 	if (tun_stream_attach(s, sock) != 0)
 		return NGHTTP2_INTERNAL_ERROR; /* attach freed sock */
-	s->flags |= TS_CONNECTING;
+	s->flags |= TS_CONNECTING | TS_COUNTED;
 	c->stats.streams_opened++;
 	return 0;
 }
@@ -392,6 +394,8 @@ static int h2_on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, voi
 		if ((frame->hd.flags & NGHTTP2_FLAG_ACK) && c->ping_sent_us) {
 			c->stats.last_rtt_us = sr_now_us() - c->ping_sent_us;
 			c->ping_sent_us = 0;
+			if (c->cbs.on_rtt)
+				c->cbs.on_rtt(c, c->stats.last_rtt_us, c->arg);
 		}
 		break;
 	case NGHTTP2_GOAWAY:
@@ -864,6 +868,7 @@ int tun_conn_open_stream(struct tun_conn *c, struct bufferevent *sock, uint16_t 
 		return id == NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE ? SR_EBUSY : SR_EH2;
 	}
 	s->id = id;
+	s->flags |= TS_COUNTED;
 	c->stats.streams_opened++;
 	tun_stream_start_reading(s);
 	tun_conn_flush(c);

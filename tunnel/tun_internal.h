@@ -30,6 +30,8 @@ enum {
 	TS_IS_CONNECT = 1u << 12,  /* request is a CONNECT */
 	TS_IS_CTL_REQ = 1u << 13,  /* request is POST to the control path */
 	TS_REAPING = 1u << 14,     /* on the conn's dead list, freed by reap */
+	TS_COUNTED = 1u << 15,     /* counted as opened: report its end */
+	TS_WRITEQ = 1u << 16,      /* on conn->writeq: write its socket at once */
 };
 
 struct tun_stream {
@@ -63,6 +65,11 @@ struct tun_conn {
 	struct tun_stream *streams; /* every stream nghttp2 may still name */
 	struct tun_stream *dead;    /* finished on both sides, freed by reap */
 	struct tun_stream *ctl;
+	/* Streams that got DATA in this read: their sockets are written right
+	 * after the read instead of on the next loop iteration (a hop of
+	 * latency per message). Overflow just falls back to the latter. */
+	struct tun_stream *writeq[64];
+	unsigned nwriteq;
 	struct evbuffer *ctl_in, *ctl_out;
 
 	struct event *reap_ev;
@@ -99,6 +106,8 @@ void tun_stream_start_reading(struct tun_stream *s);
 void tun_stream_on_data(struct tun_stream *s, const uint8_t *data, size_t len);
 void tun_stream_on_peer_eof(struct tun_stream *s);
 void tun_stream_on_h2_close(struct tun_stream *s, uint32_t error_code);
+/* Write the queued output of the streams on conn->writeq now. */
+void tun_stream_write_queued(struct tun_conn *c);
 extern const nghttp2_data_provider tun_stream_data_prd;
 
 /* tun_conn.c, for tun_stream.c */

@@ -286,6 +286,8 @@ void tun_stream_kill(struct tun_stream *s, int reset_socket)
 		c->stats.streams_closed++;
 		if (reset_socket)
 			c->stats.streams_reset++;
+		if ((s->flags & TS_COUNTED) && c->cbs.on_stream_closed)
+			c->cbs.on_stream_closed(c, s->conn_id, c->arg);
 	}
 	tun_stream_maybe_reap(s);
 }
@@ -312,6 +314,34 @@ void tun_stream_on_data(struct tun_stream *s, const uint8_t *data, size_t len)
 		return;
 	}
 	s->unconsumed += len;
+	if (!(s->flags & (TS_WRITEQ | TS_CONNECTING)) && s->conn->nwriteq < SR_ARRAY_LEN(s->conn->writeq)) {
+		s->flags |= TS_WRITEQ;
+		s->conn->writeq[s->conn->nwriteq++] = s;
+	}
+}
+
+void tun_stream_write_queued(struct tun_conn *c)
+{
+	/* Streams stay allocated until the reap event, so the pointers are
+	 * valid here even if a write below ends one of them. */
+	for (unsigned i = 0; i < c->nwriteq; i++) {
+		struct tun_stream *s = c->writeq[i];
+		struct evbuffer *out;
+
+		s->flags &= ~TS_WRITEQ;
+		if (!s->sock || (s->flags & (TS_DEAD | TS_CONNECTING)))
+			continue;
+		out = bufferevent_get_output(s->sock);
+		if (evbuffer_get_length(out) == 0)
+			continue;
+		/* bufferevent_socket freezes the start of its output against
+		 * users; we stand in for its writer. Errors are left for its own
+		 * write event to find and report. */
+		evbuffer_unfreeze(out, 1);
+		(void)sr_sock_send_evbuffer(bufferevent_getfd(s->sock), out);
+		evbuffer_freeze(out, 1);
+	}
+	c->nwriteq = 0;
 }
 
 void tun_stream_on_peer_eof(struct tun_stream *s)

@@ -17,8 +17,8 @@
 
 #define READ_CHUNK (64 * 1024)
 #define READ_BUDGET (512 * 1024)   /* per event, so one busy tunnel cannot starve the loop */
-#define CIPHER_HIGH (256 * 1024)   /* stop encrypting while this much waits for the socket */
-#define PLAIN_HIGH (256 * 1024)    /* pair input cap: back-pressure towards tun_conn */
+#define CIPHER_HIGH (64 * 1024)   /* stop encrypting while this much waits for the socket */
+#define PLAIN_HIGH (64 * 1024)    /* pair input cap: back-pressure towards tun_conn */
 
 enum { IO_CONNECTING, IO_HANDSHAKE, IO_OPEN, IO_DEAD };
 
@@ -64,12 +64,12 @@ static int io_send(struct tun_tls_io *io)
 		(void)BIO_reset(io->wbio);
 	}
 	while (evbuffer_get_length(io->cout) > 0) {
-		int w = evbuffer_write(io->cout, io->fd);
+		long w = sr_sock_send_evbuffer(io->fd, io->cout);
 		if (w > 0)
 			continue;
-		if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-			break;
-		snprintf(io->err, sizeof(io->err), "send: %s", w == 0 ? "closed" : strerror(errno));
+		if (w == 0)
+			break; /* the kernel is full: wait for EV_WRITE */
+		snprintf(io->err, sizeof(io->err), "send: %s", strerror(errno));
 		return SR_EIO;
 	}
 	if (evbuffer_get_length(io->cout) > 0)
