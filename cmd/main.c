@@ -7,7 +7,9 @@
 #include "common/sr_util.h"
 #include "conf/conf.h"
 #include "relay/relay.h"
+#include "relay/relay_admin.h"
 #include "tunnel/sidecar.h"
+#include "tunnel/sidecar_admin.h"
 
 #include <getopt.h>
 #include <signal.h>
@@ -30,6 +32,7 @@ static void usage(FILE *out)
 		"                           loopback with throw-away certificates (start here)\n"
 		"  relay  --config FILE     run the relay (cluster side, DaemonSet)\n"
 		"  tunnel --config FILE     run the sidecar (notebook side)\n"
+		"  ctl COMMAND              admin client: sessions, leases, drain, reload, ...\n"
 		"  check-config FILE        validate a configuration file and print it\n"
 		"  config-docs              print the configuration reference (Markdown)\n"
 		"  gen-certs DIR [NAME...]  write a development CA and certificates into DIR\n"
@@ -44,8 +47,44 @@ struct run_ctx {
 	struct event_base *base;
 	struct relay *relay;
 	struct sidecar *sidecar;
+	struct relay_admin *admin;
+	struct sidecar_admin *sc_admin;
+	struct sr_config *cfg;
+	const char *config; /* file to re-read on reload, NULL = environment only */
 	int signals;
 };
+
+/* Re-read the configuration and apply it to the relay atomically; a bad file
+ * leaves the running configuration in force. Used by SIGHUP and the admin
+ * API. Returns 0 or an SR_E* code with the reason in err. */
+static int reload_relay(void *arg, char *err, size_t errlen)
+{
+	struct run_ctx *rc = arg;
+	struct sr_config ncfg;
+	int rv;
+
+	memset(&ncfg, 0, sizeof(ncfg));
+	if (rc->config)
+		rv = conf_load_file(rc->config, &ncfg, err, errlen);
+	else
+		rv = conf_load_string("{}", "environment", &ncfg, err, errlen);
+	if (rv == 0 && !ncfg.have_relay) {
+		snprintf(err, errlen, "%s has no \"relay\" section",
+			 rc->config ? rc->config : "the environment");
+		rv = SR_EINVAL;
+	}
+	if (rv != 0) {
+		relay_count_reload_failure(rc->relay);
+	} else {
+		rv = relay_reload(rc->relay, &ncfg.relay, err, errlen);
+		if (rv == 0 && ncfg.log_level)
+			sr_log_set_level_name(ncfg.log_level);
+	}
+	conf_free(&ncfg); /* on success it holds the previous relay options */
+	if (rv != 0)
+		SR_ERROR("", "reload refused, the running configuration stays: %s", err);
+	return rv;
+}
 
 static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
 {
@@ -63,10 +102,36 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
 		sidecar_shutdown(rc->sidecar);
 }
 
+/* GET /v1/config: the effective configuration, secrets redacted. */
+static json_t *config_json(void *arg)
+{
+	struct run_ctx *rc = arg;
+	char *text = NULL;
+	size_t len = 0;
+	json_t *j = NULL;
+	FILE *f = open_memstream(&text, &len);
+
+	if (!f)
+		return NULL;
+	if (conf_dump(rc->cfg, f) == 0 && fflush(f) == 0)
+		j = json_loadb(text, len, 0, NULL);
+	fclose(f);
+	free(text);
+	return j;
+}
+
 static void on_hup(evutil_socket_t sig, short what, void *arg)
 {
-	SR_WARN("", "SIGHUP: live configuration reload is not implemented in this version; "
-		    "the running configuration is unchanged");
+	struct run_ctx *rc = arg;
+	char err[1024];
+
+	if (!rc->relay) {
+		SR_WARN("", "SIGHUP: the sidecar has nothing to reload; restart it to change "
+			    "its configuration");
+		return;
+	}
+	SR_INFO("", "SIGHUP: reloading %s", rc->config ? rc->config : "the environment");
+	(void)reload_relay(rc, err, sizeof(err));
 }
 
 static int parse_common(int argc, char **argv, const char **config, const char *cmd)
@@ -150,6 +215,8 @@ static int run_role(int argc, char **argv, int is_relay)
 		goto out;
 	}
 	sr_log_set_role(cmd);
+	rc.config = config;
+	rc.cfg = &cfg;
 	sr_raise_nofile();
 	signal(SIGPIPE, SIG_IGN);
 
@@ -165,6 +232,24 @@ static int run_role(int argc, char **argv, int is_relay)
 	if (!rc.relay && !rc.sidecar) {
 		SR_ERROR("", "cannot start: %s", err);
 		goto out;
+	}
+	if (rc.relay && cfg.relay.admin_listen) {
+		static const struct relay_admin_cbs acbs = {.reload = reload_relay,
+							    .config_json = config_json};
+		rc.admin = relay_admin_new(rc.base, rc.relay, cfg.relay.admin_listen,
+					   cfg.relay.admin_token, &acbs, &rc, err, sizeof(err));
+		if (!rc.admin) {
+			SR_ERROR("", "cannot start the admin API: %s", err);
+			goto out;
+		}
+	}
+	if (rc.sidecar && cfg.tunnel.admin_listen) {
+		rc.sc_admin = sidecar_admin_new(rc.base, rc.sidecar, cfg.tunnel.admin_listen, err,
+						sizeof(err));
+		if (!rc.sc_admin) {
+			SR_ERROR("", "cannot start the status API: %s", err);
+			goto out;
+		}
 	}
 	sigterm = evsignal_new(rc.base, SIGTERM, on_stop_signal, &rc);
 	sigint = evsignal_new(rc.base, SIGINT, on_stop_signal, &rc);
@@ -184,6 +269,8 @@ out:
 		event_free(sigint);
 	if (sighup)
 		event_free(sighup);
+	relay_admin_free(rc.admin);
+	sidecar_admin_free(rc.sc_admin);
 	relay_free(rc.relay);
 	sidecar_free(rc.sidecar);
 	if (rc.base) {
@@ -252,6 +339,8 @@ int main(int argc, char **argv)
 		return run_role(argc - 1, argv + 1, 0);
 	if (strcmp(cmd, "demo") == 0)
 		return cmd_demo(argc - 1, argv + 1);
+	if (strcmp(cmd, "ctl") == 0)
+		return cmd_ctl(argc - 1, argv + 1);
 	if (strcmp(cmd, "check-config") == 0)
 		return cmd_check_config(argc - 1, argv + 1);
 	if (strcmp(cmd, "config-docs") == 0)

@@ -15,6 +15,7 @@
 
 #include "common/sr_err.h"
 #include "common/sr_util.h"
+#include "relay/relay_policy.h"
 
 #define CONF_PATH_MAX 256 /* a dotted JSON path; longer unknown keys are cut */
 #define CONF_MAX_DEPTH 16 /* segments in a path we try to locate */
@@ -62,11 +63,14 @@ static size_t conf_split_path(const char *path, char *buf, size_t buflen, const 
 
 /* Write "origin[:line:col]: path[.rawkey]: <message>" into ctx->err.
  * rawkey, if not NULL, is a key found in the file under path (an unknown
- * key): its own position is reported. Returns SR_EINVAL. */
-static int conf_vfail(struct conf_ctx *ctx, const char *path, const char *rawkey,
-		      const char *fmt, va_list ap) __attribute__((format(printf, 4, 0)));
-static int conf_vfail(struct conf_ctx *ctx, const char *path, const char *rawkey,
-		      const char *fmt, va_list ap)
+ * key): its own position is reported. locpath, if not NULL, is located
+ * instead of path (a key that is missing is reported at its object).
+ * Returns SR_EINVAL. */
+static int conf_vfail(struct conf_ctx *ctx, const char *path, const char *locpath,
+		      const char *rawkey, const char *fmt, va_list ap)
+    __attribute__((format(printf, 5, 0)));
+static int conf_vfail(struct conf_ctx *ctx, const char *path, const char *locpath,
+		      const char *rawkey, const char *fmt, va_list ap)
 {
 	char segbuf[CONF_PATH_MAX + 8], keybuf[64];
 	const char *segs[CONF_MAX_DEPTH];
@@ -78,13 +82,14 @@ static int conf_vfail(struct conf_ctx *ctx, const char *path, const char *rawkey
 	if (ctx->env) {
 		r = snprintf(ctx->err, ctx->errlen, "env %s: ", ctx->env);
 	} else {
-		if (ctx->text && path) {
-			nsegs = conf_split_path(path, segbuf, sizeof(segbuf), segs);
+		const char *lp = locpath ? locpath : path;
+
+		if (ctx->text && lp) {
+			nsegs = conf_split_path(lp, segbuf, sizeof(segbuf), segs);
 			if (rawkey && nsegs < CONF_MAX_DEPTH)
 				segs[nsegs++] = rawkey;
-			if ((nsegs || !*path) &&
-			    conf_locate(ctx->text, ctx->textlen, segs, nsegs, rawkey != NULL,
-					&line, &col) != 0)
+			if ((nsegs || !*lp) && conf_locate(ctx->text, ctx->textlen, segs, nsegs,
+							   rawkey != NULL, &line, &col) != 0)
 				line = 0;
 		}
 		if (line > 0)
@@ -121,7 +126,21 @@ static int conf_fail(struct conf_ctx *ctx, const char *path, const char *fmt, ..
 	va_list ap;
 
 	va_start(ap, fmt);
-	conf_vfail(ctx, path, NULL, fmt, ap);
+	conf_vfail(ctx, path, NULL, NULL, fmt, ap);
+	va_end(ap);
+	return SR_EINVAL;
+}
+
+/* The same, located at locpath (e.g. the object of a missing key). */
+static int conf_fail_at(struct conf_ctx *ctx, const char *path, const char *locpath,
+			const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static int conf_fail_at(struct conf_ctx *ctx, const char *path, const char *locpath,
+			const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	conf_vfail(ctx, path, locpath, NULL, fmt, ap);
 	va_end(ap);
 	return SR_EINVAL;
 }
@@ -134,7 +153,7 @@ static int conf_fail_key(struct conf_ctx *ctx, const char *path, const char *key
 	va_list ap;
 
 	va_start(ap, fmt);
-	conf_vfail(ctx, path, key, fmt, ap);
+	conf_vfail(ctx, path, NULL, key, fmt, ap);
 	va_end(ap);
 	return SR_EINVAL;
 }
@@ -243,6 +262,10 @@ static void conf_constraint(const struct conf_entry *e, int env, char *buf, size
 	case CONF_GROUP:
 		snprintf(buf, len, "must be an object");
 		break;
+	case CONF_ARRAY:
+		snprintf(buf, len, "must be a %slist of %u..%u objects", env ? "JSON " : "",
+			 e->min, e->max);
+		break;
 	}
 }
 
@@ -339,6 +362,55 @@ static int conf_list_put(const struct conf_entry *e, void *base, const char *con
 	return 0;
 }
 
+/* ---- arrays of objects ---- */
+
+static void *conf_elem(const struct conf_entry *e, void *base, unsigned i)
+{
+	return (char *)conf_at(base, e->off) + (size_t)i * e->elem_size;
+}
+
+/* Free every element of an ARRAY and zero them and the count. */
+static void conf_array_clear(const struct conf_entry *e, void *base)
+{
+	unsigned *count = conf_at(base, e->aux_off);
+	unsigned i;
+
+	for (i = 0; i < *count && i < e->max; i++) {
+		conf_group_free(e->sub, conf_elem(e, base, i));
+		memset(conf_elem(e, base, i), 0, e->elem_size);
+	}
+	*count = 0;
+}
+
+/* Remember that e was given, and whether last by the environment. */
+static void conf_mark_given(struct conf_ctx *ctx, const struct conf_entry *e, int from_env)
+{
+	unsigned i;
+
+	for (i = 0; i < ctx->ngiven && ctx->given[i] != e; i++)
+		;
+	if (i == ctx->ngiven) {
+		if (i >= CONF_GIVEN_MAX)
+			return;
+		ctx->given[ctx->ngiven++] = e;
+	}
+	ctx->given_env[i] = from_env != 0;
+}
+
+/* 0: not given; 1: by the file; 2: by the environment. */
+static int conf_given(const struct conf_ctx *ctx, const struct conf_entry *e)
+{
+	unsigned i;
+
+	for (i = 0; i < ctx->ngiven; i++)
+		if (ctx->given[i] == e)
+			return ctx->given_env[i] ? 2 : 1;
+	return 0;
+}
+
+static int conf_load_array(const struct conf_entry *e, void *base, json_t *v, const char *path,
+			   struct conf_ctx *ctx);
+
 /* Strict decimal: digits only, no sign or blanks, fits in 32 bits. */
 static int conf_parse_u32(const char *s, uint32_t *out)
 {
@@ -427,6 +499,39 @@ int conf_set_text(const struct conf_entry *e, void *base, const char *s, const c
 		free(copy);
 		return rc;
 	}
+	case CONF_ARRAY: {
+		/* a whole JSON array: its elements have no variables of their own */
+		const char *text = ctx->text;
+		size_t textlen = ctx->textlen;
+		json_error_t jerr;
+		json_t *v;
+
+		if (!*s) {
+			if (e->min > 0)
+				return conf_fail_value(ctx, e, path, "an empty value");
+			conf_array_clear(e, base);
+			conf_mark_given(ctx, e, ctx->env != NULL);
+			return 0;
+		}
+		if (strlen(s) > CONF_MAX_FILE_SIZE)
+			return conf_fail(ctx, path, "too big: over the limit of %d bytes",
+					 CONF_MAX_FILE_SIZE);
+		if (!(v = json_loads(s, JSON_REJECT_DUPLICATES, &jerr))) {
+			if (json_error_code(&jerr) == json_error_out_of_memory)
+				return conf_nomem(ctx);
+			conf_constraint(e, ctx->env != NULL, rule, sizeof(rule));
+			return conf_fail(ctx, path, "%s (not JSON: %s at character %d)", rule,
+					 jerr.text, jerr.position);
+		}
+		/* positions in the file mean nothing for this text */
+		ctx->text = NULL;
+		ctx->textlen = 0;
+		rc = conf_load_array(e, base, v, path, ctx);
+		ctx->text = text;
+		ctx->textlen = textlen;
+		json_decref(v);
+		return rc;
+	}
 	case CONF_GROUP:
 		break;
 	}
@@ -492,6 +597,9 @@ void conf_group_free(const struct conf_group *g, void *base)
 		case CONF_STRLIST:
 			conf_list_clear(e, base);
 			break;
+		case CONF_ARRAY:
+			conf_array_clear(e, base);
+			break;
 		case CONF_U32:
 		case CONF_BOOL:
 			break;
@@ -550,6 +658,8 @@ static int conf_load_entry(const struct conf_entry *e, void *base, json_t *v, co
 			return conf_fail_value(ctx, e, path, got);
 		if (e->flags & CONF_SECTION)
 			*(int *)conf_at(base, e->aux_off) = 1;
+		if (e->excl)
+			conf_mark_given(ctx, e, 0);
 		return conf_load_group(e->sub, conf_at(base, e->off), v, path, ctx);
 	case CONF_U32:
 		if (!json_is_integer(v))
@@ -576,6 +686,8 @@ static int conf_load_entry(const struct conf_entry *e, void *base, json_t *v, co
 		return 0;
 	case CONF_STRLIST:
 		return conf_load_list(e, base, v, path, ctx);
+	case CONF_ARRAY:
+		return conf_load_array(e, base, v, path, ctx);
 	}
 	return SR_EINVAL;
 }
@@ -606,6 +718,52 @@ static int conf_load_group(const struct conf_group *g, void *base, json_t *obj,
 		}
 		conf_join(sub, sizeof(sub), path, key);
 		if ((rc = conf_load_entry(e, base, v, sub, ctx)) != 0)
+			return rc;
+	}
+	return 0;
+}
+
+static int conf_check_required(const struct conf_group *g, const void *base, const char *path,
+			       const char *elem, struct conf_ctx *ctx);
+
+/* Replace the elements of e with those of the JSON array v. Each element
+ * starts from the table defaults of e->sub, and its required keys are
+ * checked at once, so that a message names the element where it came from. */
+static int conf_load_array(const struct conf_entry *e, void *base, json_t *v, const char *path,
+			   struct conf_ctx *ctx)
+{
+	char got[CONF_GOT_MAX + 16], itempath[CONF_PATH_MAX + 16];
+	unsigned *count = conf_at(base, e->aux_off);
+	size_t i, n;
+	json_t *item;
+	int rc;
+
+	if (!json_is_array(v)) {
+		conf_describe_json(v, 0, got, sizeof(got));
+		return conf_fail_value(ctx, e, path, got);
+	}
+	n = json_array_size(v);
+	if (n < e->min || n > e->max) {
+		snprintf(got, sizeof(got), "%zu items", n);
+		return conf_fail_value(ctx, e, path, got);
+	}
+	conf_mark_given(ctx, e, ctx->env != NULL);
+	conf_array_clear(e, base);
+	json_array_foreach(v, i, item)
+	{
+		void *elem = conf_elem(e, base, (unsigned)i);
+
+		snprintf(itempath, sizeof(itempath), "%s[%zu]", path, i);
+		memset(elem, 0, e->elem_size);
+		*count = (unsigned)i + 1; /* conf_group_free reaches it from here on */
+		if (conf_group_defaults(e->sub, elem) != 0)
+			return conf_nomem(ctx);
+		if (!json_is_object(item)) {
+			conf_describe_json(item, 0, got, sizeof(got));
+			return conf_fail(ctx, itempath, "must be an object (got %s)", got);
+		}
+		if ((rc = conf_load_group(e->sub, elem, item, itempath, ctx)) != 0 ||
+		    (rc = conf_check_required(e->sub, elem, itempath, itempath, ctx)) != 0)
 			return rc;
 	}
 	return 0;
@@ -642,13 +800,22 @@ static int conf_env_group(const struct conf_group *g, void *base, const char *pa
 
 		conf_join(sub, sizeof(sub), path, e->key);
 		if (e->type == CONF_GROUP) {
-			int *flag = present;
+			int hit = 0;
 
-			if (e->flags & CONF_SECTION)
-				flag = conf_at(base, e->aux_off);
-			rc = conf_env_group(e->sub, conf_at(base, e->off), sub, flag, ctx);
+			if (e->flags & CONF_SECTION) {
+				rc = conf_env_group(e->sub, conf_at(base, e->off), sub,
+						    conf_at(base, e->aux_off), ctx);
+				if (rc != 0)
+					return rc;
+				continue;
+			}
+			rc = conf_env_group(e->sub, conf_at(base, e->off), sub, &hit, ctx);
 			if (rc != 0)
 				return rc;
+			if (hit && present)
+				*present = 1;
+			if (hit && e->excl)
+				conf_mark_given(ctx, e, 1);
 			continue;
 		}
 		conf_env_name(sub, name, sizeof(name));
@@ -721,8 +888,11 @@ static int conf_env_check_unknown(struct conf_ctx *ctx)
 
 /* ---- checks once everything is applied ---- */
 
+/* Required keys of g at base. elem, when not NULL, is the array element
+ * being checked: a missing key is reported at that element, and with no
+ * variable to suggest (elements are set whole). */
 static int conf_check_required(const struct conf_group *g, const void *base, const char *path,
-			       struct conf_ctx *ctx)
+			       const char *elem, struct conf_ctx *ctx)
 {
 	char sub[CONF_PATH_MAX], name[CONF_PATH_MAX + 16];
 	size_t i;
@@ -734,23 +904,86 @@ static int conf_check_required(const struct conf_group *g, const void *base, con
 		conf_join(sub, sizeof(sub), path, e->key);
 		if (e->type == CONF_GROUP) {
 			if ((rc = conf_check_required(e->sub, conf_at_c(base, e->off), sub,
-						      ctx)) != 0)
+						      elem, ctx)) != 0)
 				return rc;
 			continue;
 		}
 		if (!(e->flags & CONF_REQUIRED))
 			continue;
-		if (e->type == CONF_STRLIST)
+		if (e->type == CONF_STRLIST || e->type == CONF_ARRAY)
 			unset = *(const unsigned *)conf_at_c(base, e->aux_off) == 0;
 		else
 			unset = *(char *const *)conf_at_c(base, e->off) == NULL;
-		if (unset) {
-			conf_env_name(sub, name, sizeof(name));
-			return conf_fail(
-			    ctx, sub, "required, but not set (set it in the file or %s)", name);
-		}
+		if (!unset)
+			continue;
+		if (elem)
+			return conf_fail_at(ctx, sub, elem, "required, but not set");
+		conf_env_name(sub, name, sizeof(name));
+		return conf_fail(ctx, sub, "required, but not set (set it in the file or %s)",
+				 name);
 	}
 	return 0;
+}
+
+/* A group with excl (relay.pool) given together with its non-empty array. */
+static int conf_check_excl(const struct conf_group *g, const void *base, const char *path,
+			   struct conf_ctx *ctx)
+{
+	char sub[CONF_PATH_MAX], arr[CONF_PATH_MAX];
+	const struct conf_entry *a;
+	size_t i;
+
+	for (i = 0; i < g->n; i++) {
+		const struct conf_entry *e = &g->e[i];
+
+		if (e->type != CONF_GROUP || !e->excl || !(a = conf_find(g, e->excl)) ||
+		    a->type != CONF_ARRAY)
+			continue;
+		if (!conf_given(ctx, e) || *(const unsigned *)conf_at_c(base, a->aux_off) == 0)
+			continue;
+		conf_join(sub, sizeof(sub), path, e->key);
+		conf_join(arr, sizeof(arr), path, a->key);
+		return conf_fail(ctx, sub,
+				 "%s and %s cannot both be given (%s applies only when %s is "
+				 "empty: move it into %s)",
+				 sub, arr, sub, arr, arr);
+	}
+	return 0;
+}
+
+/* Report a relay_policy_new message, "relay.routes[2].pool: no pool ...",
+ * with the location of its path; when that array came from the
+ * environment, name the variable instead. */
+static int conf_fail_policy(const char *msg, struct conf_ctx *ctx)
+{
+	char path[CONF_PATH_MAX], name[CONF_PATH_MAX + 16], top[CONF_PATH_MAX];
+	const char *colon = strstr(msg, ": ");
+	size_t i, plen;
+	int rc;
+
+	/* relay_policy_new has only its message to tell allocation failure */
+	if (strcmp(msg, "relay policy: out of memory") == 0)
+		return conf_nomem(ctx);
+	if (!colon || (size_t)(colon - msg) >= sizeof(path))
+		return conf_fail(ctx, NULL, "%s", msg);
+	memcpy(path, msg, (size_t)(colon - msg));
+	path[colon - msg] = '\0';
+	for (i = 0; i < conf_relay_group.n; i++) {
+		const struct conf_entry *e = &conf_relay_group.e[i];
+
+		if (e->type != CONF_ARRAY || conf_given(ctx, e) != 2)
+			continue;
+		conf_join(top, sizeof(top), "relay", e->key);
+		plen = strlen(top);
+		if (strncmp(path, top, plen) == 0 && (path[plen] == '[' || !path[plen])) {
+			conf_env_name(top, name, sizeof(name));
+			ctx->env = name;
+			rc = conf_fail(ctx, path, "%s", colon + 2);
+			ctx->env = NULL;
+			return rc;
+		}
+	}
+	return conf_fail(ctx, path, "%s", colon + 2);
 }
 
 static int conf_check_h2(const struct tun_conn_opts *t, const char *sect, struct conf_ctx *ctx)
@@ -774,9 +1007,12 @@ static int conf_check_h2(const struct tun_conn_opts *t, const char *sect, struct
 
 static int conf_check_relay(const struct relay_opts *r, struct conf_ctx *ctx)
 {
+	char msg[512], q[CONF_GOT_MAX + 16];
+	struct relay_policy *pol;
 	int rc;
 
-	if ((rc = conf_check_required(&conf_relay_group, r, "relay", ctx)) != 0)
+	if ((rc = conf_check_required(&conf_relay_group, r, "relay", NULL, ctx)) != 0 ||
+	    (rc = conf_check_excl(&conf_relay_group, r, "relay", ctx)) != 0)
 		return rc;
 	if (r->pool.port_min > r->pool.port_max)
 		return conf_fail(ctx, "relay.pool.port_min",
@@ -786,14 +1022,28 @@ static int conf_check_relay(const struct relay_opts *r, struct conf_ctx *ctx)
 		return conf_fail(
 		    ctx, "relay.tls.require_client_cert",
 		    "true needs relay.tls.client_ca to verify client certificates");
-	return conf_check_h2(&r->tun, "relay", ctx);
+	if ((rc = conf_check_h2(&r->tun, "relay", ctx)) != 0)
+		return rc;
+	if (r->admin_listen && !r->admin_token && !conf_listen_is_loopback(r->admin_listen)) {
+		conf_quote(r->admin_listen, 0, q, sizeof(q));
+		return conf_fail_at(ctx, "relay.admin.token", "relay.admin.listen",
+				    "required when relay.admin.listen (%s) is not a loopback "
+				    "address",
+				    q);
+	}
+	/* pools, tenants and routes refer to each other: compile them as the
+	 * relay will, so that check-config catches what the relay would refuse */
+	if (!(pol = relay_policy_new(&r->policy, &r->pool, msg, sizeof(msg))))
+		return conf_fail_policy(msg, ctx);
+	relay_policy_free(pol);
+	return 0;
 }
 
 static int conf_check_tunnel(const struct sidecar_opts *s, struct conf_ctx *ctx)
 {
 	int rc;
 
-	if ((rc = conf_check_required(&conf_tunnel_group, s, "tunnel", ctx)) != 0)
+	if ((rc = conf_check_required(&conf_tunnel_group, s, "tunnel", NULL, ctx)) != 0)
 		return rc;
 	if (!s->cert_file != !s->key_file)
 		return conf_fail(

@@ -4,7 +4,10 @@
  * bounds, defaults and the generated reference (docs/configuration.md).
  *
  * Load order: table defaults, then the file, then SPARKRELAY_* variables,
- * then required-key and cross-field checks for the sections present.
+ * then required-key and cross-field checks for the sections present. The
+ * relay's checks include compiling relay.pools, relay.tenants and
+ * relay.routes with relay_policy_new (relay.pool is the only pool while
+ * relay.pools is empty), so a bad reference is a load error.
  *
  * Every string in the filled structs is heap memory owned by the config and
  * freed by conf_free. */
@@ -46,6 +49,9 @@ struct sr_config {
  * Environment: a variable applies whatever the file holds; setting a key of
  * "relay" or "tunnel" makes that section present. An empty value unsets a
  * nullable string. Lists are comma-separated; booleans take true/false/1/0.
+ * The arrays of objects (relay.pools, relay.tenants, relay.routes) are set
+ * whole, as JSON text (SPARKRELAY_RELAY_ROUTES='[{"name": "r"}]'); an empty
+ * value empties them; their members have no variables of their own.
  * A SPARKRELAY_LOG_*, SPARKRELAY_RELAY_* or SPARKRELAY_TUNNEL_* variable that
  * names no setting is an error (it is almost certainly a typo). */
 int conf_load_file(const char *path, struct sr_config *cfg, char *err, size_t errlen);

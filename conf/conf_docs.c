@@ -20,7 +20,7 @@ static json_t *conf_leaf_to_json(const struct conf_entry *e, const void *base, i
 	const char *s;
 	const char *const *items;
 	unsigned i, n;
-	json_t *arr;
+	json_t *arr, *v;
 
 	switch (e->type) {
 	case CONF_U32:
@@ -45,10 +45,40 @@ static json_t *conf_leaf_to_json(const struct conf_entry *e, const void *base, i
 			}
 		}
 		return arr;
+	case CONF_ARRAY:
+		n = *(const unsigned *)conf_at_c(base, e->aux_off);
+		if (!(arr = json_array()))
+			return NULL;
+		for (i = 0; i < n && i < e->max; i++) {
+			v = conf_group_to_json(e->sub,
+					       (const char *)conf_at_c(base, e->off) +
+						   (size_t)i * e->elem_size,
+					       redact);
+			if (json_array_append_new(arr, v) != 0) {
+				json_decref(arr);
+				return NULL;
+			}
+		}
+		return arr;
 	case CONF_GROUP:
 		break;
 	}
 	return NULL;
+}
+
+/* A group with excl is left out while its array has elements (it does not
+ * apply then, and loading both is an error). */
+static int conf_excluded(const struct conf_group *g, const struct conf_entry *e,
+			 const void *base)
+{
+	size_t i;
+
+	if (!e->excl)
+		return 0;
+	for (i = 0; i < g->n; i++)
+		if (g->e[i].type == CONF_ARRAY && strcmp(g->e[i].key, e->excl) == 0)
+			return *(const unsigned *)conf_at_c(base, g->e[i].aux_off) > 0;
+	return 0;
 }
 
 json_t *conf_group_to_json(const struct conf_group *g, const void *base, int redact)
@@ -64,6 +94,8 @@ json_t *conf_group_to_json(const struct conf_group *g, const void *base, int red
 		if (e->type == CONF_GROUP) {
 			if ((e->flags & CONF_SECTION) &&
 			    !*(const int *)conf_at_c(base, e->aux_off))
+				continue;
+			if (conf_excluded(g, e, base))
 				continue;
 			v = conf_group_to_json(e->sub, conf_at_c(base, e->off), redact);
 		} else {
@@ -164,6 +196,9 @@ static void conf_md_type(FILE *out, const struct conf_entry *e)
 	case CONF_STRLIST:
 		t = "list of strings";
 		break;
+	case CONF_ARRAY:
+		t = "list of objects";
+		break;
 	case CONF_GROUP:
 		t = "object";
 		break;
@@ -183,7 +218,7 @@ static void conf_md_default(FILE *out, const struct conf_entry *e)
 		fputc('`', out);
 	} else if (e->flags & CONF_REQUIRED) {
 		fputs("(required)", out);
-	} else if (e->type == CONF_STRLIST) {
+	} else if (e->type == CONF_STRLIST || e->type == CONF_ARRAY) {
 		fputs("`[]`", out);
 	} else {
 		fputs("`null`", out);
@@ -218,12 +253,18 @@ static void conf_md_range(FILE *out, const struct conf_entry *e)
 			conf_md_text(out, e->fmt->what);
 		}
 		break;
+	case CONF_ARRAY:
+		fprintf(out, "%u..%u items", e->min, e->max);
+		break;
 	case CONF_GROUP:
 		break;
 	}
 }
 
-static void conf_md_group(FILE *out, const struct conf_group *g, const char *path)
+/* The tables of g and its subgroups. arrayenv, inside an array element, is
+ * the variable that sets the whole array (elements have none of their own). */
+static void conf_md_group(FILE *out, const struct conf_group *g, const char *path,
+			  const char *arrayenv)
 {
 	char sub[256], env[300];
 	size_t i, leaves = 0;
@@ -252,20 +293,31 @@ static void conf_md_group(FILE *out, const struct conf_group *g, const char *pat
 			conf_md_default(out, e);
 			fputs(" | ", out);
 			conf_md_range(out, e);
-			fprintf(out, " | `%s` | ", env);
+			if (arrayenv)
+				fprintf(out, " | (in `%s`) | ", arrayenv);
+			else
+				fprintf(out, " | `%s` | ", env);
 			conf_md_text(out, e->doc);
 			if (e->flags & CONF_REQUIRED)
 				fputs(" Required.", out);
 			if (e->flags & CONF_SECRET)
 				fputs(" Secret: redacted by dumps and messages.", out);
+			if (e->type == CONF_ARRAY)
+				fprintf(out, " Each element: `%s[]`.", sub);
 			fputs(" |\n", out);
 		}
 	}
 	for (i = 0; i < g->n; i++) {
-		if (g->e[i].type != CONF_GROUP)
-			continue;
-		snprintf(sub, sizeof(sub), "%s%s%s", path, path[0] ? "." : "", g->e[i].key);
-		conf_md_group(out, g->e[i].sub, sub);
+		const struct conf_entry *e = &g->e[i];
+
+		snprintf(sub, sizeof(sub), "%s%s%s", path, path[0] ? "." : "", e->key);
+		if (e->type == CONF_GROUP) {
+			conf_md_group(out, e->sub, sub, arrayenv);
+		} else if (e->type == CONF_ARRAY) {
+			conf_env_name(sub, env, sizeof(env));
+			snprintf(sub + strlen(sub), sizeof(sub) - strlen(sub), "[]");
+			conf_md_group(out, e->sub, sub, env);
+		}
 	}
 }
 
@@ -299,6 +351,9 @@ int conf_write_docs(FILE *out)
 	fputs("\n"
 	      "Rules that span several keys: `relay.pool.port_min` <= `relay.pool.port_max`;\n"
 	      "`relay.tls.require_client_cert` needs `relay.tls.client_ca`;\n"
+	      "`relay.admin.token` is required when `relay.admin.listen` is not a loopback\n"
+	      "address; `relay.pool` and a non-empty `relay.pools` are not given together;\n"
+	      "pools, tenants and routes must agree with each other (see below);\n"
 	      "`tunnel.tls.cert` and `tunnel.tls.key` are set together or not at all;\n"
 	      "`tunnel.backoff_initial_ms` <= `tunnel.backoff_max_ms`; in each `h2` group,\n"
 	      "`ping_timeout_ms` > `ping_interval_ms` and `conn_window` >= `stream_window`.\n"
@@ -315,6 +370,11 @@ int conf_write_docs(FILE *out)
 	      "TUNNEL_RELAYS=a.example:8443,b.example:8443`.\n"
 	      "- Booleans take `true`, `false`, `1` or `0`.\n"
 	      "- An empty value unsets a setting that may be null.\n"
+	      "- The lists of objects `relay.pools`, `relay.tenants` and `relay.routes` are\n"
+	      "  set whole, as JSON: `" CONF_ENV_PREFIX
+	      "RELAY_ROUTES='[{\"name\": \"all\", \"pool\": \"cpu\"}]'`\n"
+	      "  replaces the file's routes and an empty value empties the list. Their\n"
+	      "  members have no variables of their own.\n"
 	      "- Setting a variable of the `relay` or `tunnel` section makes that section\n"
 	      "  present, so a role can be configured from the environment alone.\n"
 	      "- A bad value is an error naming the variable, and so is a variable\n"
@@ -322,9 +382,53 @@ int conf_write_docs(FILE *out)
 	      "RELAY_` or `" CONF_ENV_PREFIX "TUNNEL_`\n"
 	      "  that names no setting (a typo would otherwise go unnoticed).\n"
 	      "\n"
+	      "## Routing: pools, tenants and routes\n"
+	      "\n"
+	      "When a sidecar registers, the relay decides three things, in this order:\n"
+	      "\n"
+	      "1. **Tenant**: the first entry of `relay.tenants` that fits the sidecar.\n"
+	      "   A tenant fits when any one of its `match` entries fits: a `cn` pattern\n"
+	      "   against the subject CN of the verified client certificate, a `san`\n"
+	      "   pattern against any of its DNS or URI subject alternative names, or a\n"
+	      "   `token_sha256` against the SHA-256 of the bearer token the sidecar\n"
+	      "   presents (`tunnel.token`). Patterns are case-sensitive and `*` matches\n"
+	      "   any run of characters (there is no other wildcard); a sidecar without\n"
+	      "   a certificate or a token fits no pattern, not even `*`. A sidecar that\n"
+	      "   fits no tenant is refused. With no tenants at all, every sidecar is the\n"
+	      "   tenant `default`. `relay.auth_token`, when set, is checked in every case.\n"
+	      "2. **Route**: the first entry of `relay.routes` whose `tenant` (a name, or\n"
+	      "   `*`), `app` (a pattern for the app name the sidecar registers; null: any\n"
+	      "   app) and `sidecar_cidrs` (where the sidecar connects from; empty:\n"
+	      "   anywhere) all fit. A registration that fits no route is refused. With\n"
+	      "   no routes at all, every tenant gets the first pool and any executor may\n"
+	      "   connect.\n"
+	      "3. **Pool and executors**: the route's `pool` gives the lease its ports and\n"
+	      "   the host executors are told, and its `executor_cidrs` the only networks\n"
+	      "   executors may connect from to those ports (empty: anywhere); other\n"
+	      "   executors are refused and counted. The tenant's `limits` apply on top.\n"
+	      "\n"
+	      "`relay.pools` names the pools; while it is empty, the single `relay.pool`\n"
+	      "group is the only pool, named `default`. Pools on the same bind address must\n"
+	      "not share ports (`0.0.0.0` covers every IPv4 address, `::` every address).\n"
+	      "\n"
+	      "The three lists are checked together when the file is loaded: duplicate\n"
+	      "names, a route naming an unknown tenant or pool, a bad CIDR or a token hash\n"
+	      "that is not 64 hex digits are errors that name the entry, for example\n"
+	      "`relay.json:14:7: relay.routes[2].pool: no pool \"gpu\"`.\n"
+	      "\n"
+	      "CIDRs are written `10.0.0.0/8`, `fd00::/8`, or as one address (`/32`,\n"
+	      "`/128`). Host bits past the prefix are ignored (`10.1.2.3/8` is\n"
+	      "`10.0.0.0/8`). An IPv4 peer seen as IPv4-mapped IPv6 (`::ffff:10.1.2.3`)\n"
+	      "matches IPv4 CIDRs; `::/0` matches IPv6 only, so \"anywhere\" is an empty list\n"
+	      "(or `0.0.0.0/0` plus `::/0`).\n"
+	      "\n"
+	      "`sparkrelay ctl route explain` shows which tenant, route and pool a\n"
+	      "registration would get from the running relay, and why each earlier entry\n"
+	      "did not fit.\n"
+	      "\n"
 	      "## Settings\n",
 	      out);
-	conf_md_group(out, &conf_root_group, "");
+	conf_md_group(out, &conf_root_group, "", NULL);
 	if ((rc = conf_write_example(out, 1)) != 0 || (rc = conf_write_example(out, 0)) != 0)
 		return rc;
 	return ferror(out) ? SR_EIO : 0;

@@ -13,6 +13,9 @@ enum conf_type {
 	CONF_U32,     /* uint32_t */
 	CONF_STRLIST, /* char *[max] at off, unsigned count at aux_off */
 	CONF_GROUP,   /* a nested object with its own table */
+	CONF_ARRAY,   /* an array of objects, each loaded with the table sub into one
+			 element of a C array: elem_size bytes each, at most max, the
+			 unsigned count at aux_off */
 };
 
 enum conf_flag {
@@ -34,14 +37,20 @@ struct conf_entry {
 	const char *key;
 	enum conf_type type;
 	unsigned flags;
-	size_t off;	     /* of the field from the group's base; GROUP: base of sub */
-	size_t aux_off;	     /* STRLIST: the unsigned count; CONF_SECTION: the int flag */
-	uint32_t min, max;   /* U32: value; STRING: length in bytes; STRLIST: item count */
-	const char *def;     /* default in environment syntax; NULL = unset/empty */
-	const char *example; /* used instead of def in the generated examples */
+	size_t off;	   /* of the field from the group's base; GROUP: base of sub;
+			      ARRAY: element 0 */
+	size_t aux_off;	   /* STRLIST, ARRAY: the unsigned count; CONF_SECTION: the int flag */
+	size_t elem_size;  /* ARRAY: bytes per element */
+	uint32_t min, max; /* U32: value; STRING: length in bytes; STRLIST, ARRAY: item count */
+	const char *def;   /* default in environment syntax; NULL = unset/empty */
+	const char *example;	       /* used instead of def in the generated examples */
 	const struct conf_format *fmt; /* STRING or STRLIST items; may be NULL */
 	const char *const *choices;    /* STRING: allowed values, NULL-terminated */
-	const struct conf_group *sub;  /* GROUP */
+	const struct conf_group *sub;  /* GROUP; ARRAY: the table of one element */
+	/* GROUP: key of a sibling ARRAY that replaces this group when not empty
+	 * (relay.pool and relay.pools): giving both is an error, and dumps leave
+	 * this group out while the array has elements. */
+	const char *excl;
 	const char *doc;
 };
 
@@ -57,6 +66,8 @@ extern const struct conf_group conf_root_group;
 extern const struct conf_group conf_relay_group;
 extern const struct conf_group conf_tunnel_group;
 
+#define CONF_GIVEN_MAX 8
+
 /* Where a message comes from and goes to. */
 struct conf_ctx {
 	const char *origin; /* file name or "env"-like label */
@@ -65,6 +76,12 @@ struct conf_ctx {
 	const char *env; /* while applying this variable, else NULL */
 	char *err;
 	size_t errlen;
+	/* ARRAY entries and GROUP entries with excl that the file or the
+	 * environment gave (for the checks after loading); given_env[i] is set
+	 * when the last value came from the environment. */
+	const struct conf_entry *given[CONF_GIVEN_MAX];
+	unsigned char given_env[CONF_GIVEN_MAX];
+	unsigned ngiven;
 };
 
 /* Set one leaf from text in environment syntax (also used for defaults).
@@ -78,6 +95,10 @@ int conf_group_defaults(const struct conf_group *g, void *base);
 void conf_group_free(const struct conf_group *g, void *base);
 /* The JSON value of g at base, secrets shown as "<redacted>" if redact. */
 json_t *conf_group_to_json(const struct conf_group *g, const void *base, int redact);
+
+/* Is the host of a "host:port" listen address loopback (127.0.0.0/8, ::1,
+ * or the name "localhost")? */
+int conf_listen_is_loopback(const char *listen);
 
 /* Fill buf with "SPARKRELAY_" + path upper-cased, dots as underscores. */
 void conf_env_name(const char *path, char *buf, size_t len);

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "common/sr_cidr.h"
 #include "common/sr_util.h"
 
 _Static_assert(SR_ARRAY_LEN(((struct sidecar_opts *)0)->relays) == SIDECAR_MAX_RELAYS,
@@ -52,11 +53,72 @@ static int conf_check_numeric(const char *s)
 	return sr_parse_addr(s, 0, &ss, &len);
 }
 
+int conf_listen_is_loopback(const char *listen)
+{
+	struct sockaddr_storage ss;
+	char host[256];
+	socklen_t len;
+	uint16_t port;
+
+	if (!listen || sr_split_hostport(listen, host, sizeof(host), &port, 0) != 0)
+		return 0;
+	if (strcmp(host, "localhost") == 0)
+		return 1;
+	return sr_parse_addr(host, 0, &ss, &len) == 0 &&
+	       sr_addr_is_loopback((const struct sockaddr *)&ss);
+}
+
+/* Names of pools, tenants and routes: they appear in logs, metrics labels
+ * and `sparkrelay ctl`, so keep them to a safe alphabet. */
+static int conf_check_name(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n < 1 || n > 63)
+		return -1;
+	for (; *s; s++)
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+		      (*s >= '0' && *s <= '9') || *s == '.' || *s == '_' || *s == '-'))
+			return -1;
+	return 0;
+}
+
+static int conf_check_tenant_ref(const char *s)
+{
+	return strcmp(s, "*") == 0 ? 0 : conf_check_name(s);
+}
+
+static int conf_check_cidr(const char *s)
+{
+	struct sr_cidr c;
+
+	return sr_cidr_parse(s, &c, NULL);
+}
+
+static int conf_check_sha256(const char *s)
+{
+	size_t i;
+
+	for (i = 0; s[i]; i++)
+		if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f') ||
+		      (s[i] >= 'A' && s[i] <= 'F')))
+			return -1;
+	return i == 64 ? 0 : -1;
+}
+
 static const struct conf_format conf_fmt_hostport = {"host:port", conf_check_hostport};
 static const struct conf_format conf_fmt_listen = {"host:port (port 0: any free port)",
 						   conf_check_listen};
 static const struct conf_format conf_fmt_numeric = {"a numeric IPv4 or IPv6 address",
 						    conf_check_numeric};
+static const struct conf_format conf_fmt_name = {
+    "a name of 1..63 letters, digits, '.', '_' or '-'", conf_check_name};
+static const struct conf_format conf_fmt_tenant_ref = {"a tenant name or \"*\"",
+						       conf_check_tenant_ref};
+static const struct conf_format conf_fmt_cidr = {
+    "an IPv4 or IPv6 CIDR such as 10.0.0.0/8 or fd00::/8, or one address", conf_check_cidr};
+static const struct conf_format conf_fmt_sha256 = {"64 hex digits (the SHA-256 of a token)",
+						   conf_check_sha256};
 
 static const char *const conf_log_levels[] = {"error", "warn", "info", "debug", NULL};
 
@@ -80,15 +142,29 @@ static const char *const conf_log_levels[] = {"error", "warn", "info", "debug", 
 	{                                                                                      \
 		.key = (k), .type = CONF_GROUP, .off = (base_off), .sub = &(g)                 \
 	}
+#define LIST(T, k, field, count, hi, f, text)                                                  \
+	{                                                                                      \
+		.key = (k), .type = CONF_STRLIST, .off = offsetof(T, field),                   \
+		.aux_off = offsetof(T, count), .min = 0, .max = (hi), .fmt = (f),              \
+		.doc = (text)                                                                  \
+	}
+#define ARRAY(T, k, field, count, E, hi, g, ex, text)                                          \
+	{                                                                                      \
+		.key = (k), .type = CONF_ARRAY, .off = offsetof(T, field),                     \
+		.aux_off = offsetof(T, count), .elem_size = sizeof(E), .min = 0, .max = (hi),  \
+		.sub = &(g), .example = (ex), .doc = (text)                                    \
+	}
 
 #define N(a) SR_ARRAY_LEN(a)
 
 /* ---- h2: struct tun_conn_opts, shared by both roles ---- */
 
 static const struct conf_entry conf_h2[] = {
-    U32(struct tun_conn_opts, "stream_window", stream_window, 1024, 2147483647, "4194304",
+    U32(struct tun_conn_opts, "stream_window", stream_window, 1024, 2147483647, "262144",
 	"HTTP/2 flow-control window per stream, bytes: what one stalled executor "
-	"connection may hold in memory."),
+	"connection may hold in memory, and what a bulk stream may have in flight ahead "
+	"of a heartbeat on the same tunnel. One stream moves at most window/RTT: raise it "
+	"for long round trips (see docs/architecture.md)."),
     U32(struct tun_conn_opts, "conn_window", conn_window, 65535, 2147483647, "67108864",
 	"HTTP/2 flow-control window of the whole tunnel, bytes; at least stream_window."),
     U32(struct tun_conn_opts, "ping_interval_ms", ping_interval_ms, 100, 3600000, "10000",
@@ -97,7 +173,7 @@ static const struct conf_entry conf_h2[] = {
 	"The peer is dead after this long without a frame; more than ping_interval_ms."),
     U32(struct tun_conn_opts, "ctl_max", ctl_max, 1024, 16777216, "65536",
 	"Largest control message accepted, bytes."),
-    U32(struct tun_conn_opts, "out_high", out_high, 4096, 1073741824, "262144",
+    U32(struct tun_conn_opts, "out_high", out_high, 4096, 1073741824, "65536",
 	"Stop generating frames while more than this many bytes wait to be sent."),
     U32(struct tun_conn_opts, "sock_read_high", sock_read_high, 1024, 1073741824, "262144",
 	"Read high watermark of each bridged socket, bytes."),
@@ -124,24 +200,138 @@ static const struct conf_entry conf_relay_tls[] = {
 static const struct conf_group conf_relay_tls_group = {conf_relay_tls, N(conf_relay_tls),
 						       "TLS of the tunnel listener (TLS 1.3)."};
 
+/* The keys of one pool, over struct relay_pool_opts reached through F: the
+ * single relay.pool group and each element of relay.pools share them. */
+#define F_SELF(x) x
+#define F_POOL(x) pool.x
+#define POOL_KEYS(T, F)                                                                        \
+	STR(T, "bind", F(bind_address), 0, 1, CONF_HOST_MAX, "0.0.0.0", NULL,                  \
+	    &conf_fmt_numeric, "Address the lease ports bind to."),                            \
+	    STR(T, "advertise", F(advertise_host), CONF_NULLABLE, 1, CONF_HOST_MAX, NULL,      \
+		NULL, NULL,                                                                    \
+		"Host executors are told to connect to (spark.driver.host); null: chosen by "  \
+		"the relay."),                                                                 \
+	    U32(T, "port_min", F(port_min), 1, 65535, "40000",                                 \
+		"First port of the lease pool (inclusive)."),                                  \
+	    U32(T, "port_max", F(port_max), 1, 65535, "40999",                                 \
+		"Last port of the lease pool (inclusive); at least port_min."),                \
+	    U32(T, "max_leases", F(max_leases), 0, 65535, "0",                                 \
+		"Leases held at once; 0: limited only by the port range."),                    \
+	    U32(T, "backlog", F(backlog), 1, 65535, "1024",                                    \
+		"listen() backlog of each lease port.")
+
 static const struct conf_entry conf_relay_pool[] = {
-    STR(struct relay_pool_opts, "bind", bind_address, 0, 1, CONF_HOST_MAX, "0.0.0.0", NULL,
-	&conf_fmt_numeric, "Address the lease ports bind to."),
-    STR(struct relay_pool_opts, "advertise", advertise_host, CONF_NULLABLE, 1, CONF_HOST_MAX,
-	NULL, NULL, NULL,
-	"Host executors are told to connect to (spark.driver.host); null: chosen by the "
-	"relay."),
-    U32(struct relay_pool_opts, "port_min", port_min, 1, 65535, "40000",
-	"First port of the lease pool (inclusive)."),
-    U32(struct relay_pool_opts, "port_max", port_max, 1, 65535, "40999",
-	"Last port of the lease pool (inclusive); at least port_min."),
-    U32(struct relay_pool_opts, "max_leases", max_leases, 0, 65535, "0",
-	"Leases held at once; 0: limited only by the port range."),
-    U32(struct relay_pool_opts, "backlog", backlog, 1, 65535, "1024",
-	"listen() backlog of each lease port."),
+    POOL_KEYS(struct relay_pool_opts, F_SELF),
 };
 static const struct conf_group conf_relay_pool_group = {
-    conf_relay_pool, N(conf_relay_pool), "The port pool that leases are taken from."};
+    conf_relay_pool, N(conf_relay_pool),
+    "The port pool that leases are taken from when `relay.pools` is empty; it is then the "
+    "pool named `default`. Giving both `relay.pool` and a non-empty `relay.pools` is an "
+    "error."};
+
+/* ---- relay.pools[], relay.tenants[], relay.routes[]: relay_policy.h ---- */
+
+static const struct conf_entry conf_pool_elem[] = {
+    STR(struct relay_pool_cfg, "name", name, CONF_REQUIRED, 1, 63, NULL, NULL, &conf_fmt_name,
+	"Name that routes refer to."),
+    POOL_KEYS(struct relay_pool_cfg, F_POOL),
+};
+static const struct conf_group conf_pool_elem_group = {
+    conf_pool_elem, N(conf_pool_elem),
+    "One named port pool. Pools on the same bind address (or where one binds a "
+    "wildcard address that covers the other) must not share ports."};
+
+static const struct conf_entry conf_tenant_match[] = {
+    LIST(struct relay_tenant_cfg, "cn", cn, ncn, RELAY_MAX_MATCH, NULL,
+	 "Patterns for the subject CN of the verified client certificate."),
+    LIST(struct relay_tenant_cfg, "san", san, nsan, RELAY_MAX_MATCH, NULL,
+	 "Patterns for the DNS and URI subject alternative names of the verified client "
+	 "certificate; any SAN may match."),
+    LIST(struct relay_tenant_cfg, "token_sha256", token_sha256, ntoken, RELAY_MAX_MATCH,
+	 &conf_fmt_sha256,
+	 "SHA-256 (hex) of bearer tokens that identify this tenant: `printf %s \"$TOKEN\" | "
+	 "sha256sum`."),
+};
+static const struct conf_group conf_tenant_match_group = {
+    conf_tenant_match, N(conf_tenant_match),
+    "How a sidecar is recognised: the tenant fits when any one pattern or hash fits. At "
+    "least one is required. Patterns are case-sensitive; `*` matches any run of "
+    "characters."};
+
+static const struct conf_entry conf_tenant_limits[] = {
+    U32(struct relay_tenant_cfg, "leases", max_leases, 0, 65535, "0",
+	"Leases the tenant may hold at once; 0: no limit."),
+    U32(struct relay_tenant_cfg, "connections", max_connections, 0, 1000000, "0",
+	"Concurrent executor connections over all of the tenant's leases; 0: no limit."),
+    U32(struct relay_tenant_cfg, "pending", max_pending, 0, 65536, "0",
+	"Executor connections waiting per lease; 0: `relay.lease.max_pending`."),
+};
+static const struct conf_group conf_tenant_limits_group = {
+    conf_tenant_limits, N(conf_tenant_limits), "Limits the relay enforces for this tenant."};
+
+static const struct conf_entry conf_tenant_elem[] = {
+    STR(struct relay_tenant_cfg, "name", name, CONF_REQUIRED, 1, 63, NULL, NULL, &conf_fmt_name,
+	"Name that routes refer to."),
+    GROUP("match", 0, conf_tenant_match_group),
+    GROUP("limits", 0, conf_tenant_limits_group),
+};
+static const struct conf_group conf_tenant_elem_group = {
+    conf_tenant_elem, N(conf_tenant_elem),
+    "One tenant: an identity and its limits. A sidecar is the first tenant that fits."};
+
+static const struct conf_entry conf_route_elem[] = {
+    STR(struct relay_route_cfg, "name", name, CONF_REQUIRED, 1, 63, NULL, NULL, &conf_fmt_name,
+	"Name shown by `sparkrelay ctl` and in logs."),
+    STR(struct relay_route_cfg, "tenant", tenant, 0, 1, 63, "*", NULL, &conf_fmt_tenant_ref,
+	"Tenant this route applies to; `*`: every tenant."),
+    STR(struct relay_route_cfg, "app", app, CONF_NULLABLE, 1, 127, NULL, NULL, NULL,
+	"Pattern for the app name the sidecar registers; null: any app."),
+    LIST(struct relay_route_cfg, "sidecar_cidrs", sidecar_cidrs, nsidecar_cidrs,
+	 RELAY_MAX_CIDRS, &conf_fmt_cidr,
+	 "The sidecar must connect from one of these networks; empty: from anywhere."),
+    STR(struct relay_route_cfg, "pool", pool, CONF_NULLABLE, 1, 63, NULL, NULL, &conf_fmt_name,
+	"Pool the lease is taken from; null: the first pool."),
+    LIST(struct relay_route_cfg, "executor_cidrs", executor_cidrs, nexecutor_cidrs,
+	 RELAY_MAX_CIDRS, &conf_fmt_cidr,
+	 "Executors may connect to the lease ports only from these networks; empty: from "
+	 "anywhere. Others are refused and counted."),
+};
+static const struct conf_group conf_route_elem_group = {
+    conf_route_elem, N(conf_route_elem),
+    "One route. The first route whose tenant, app and sidecar_cidrs all fit a "
+    "registration decides its pool and its executor CIDRs."};
+
+/* The documented example (docs/configuration.md); it must load. */
+#define CONF_EX_POOLS                                                                          \
+	"[{\"name\": \"cpu\", \"port_min\": 40000, \"port_max\": 40999},"                      \
+	" {\"name\": \"gpu\", \"advertise\": \"gpu-relay.example.com\", \"port_min\": 41000,"  \
+	" \"port_max\": 41499, \"max_leases\": 20}]"
+#define CONF_EX_TENANTS                                                                        \
+	"[{\"name\": \"platform\", \"match\": {\"cn\": [\"ops-*\"]}},"                         \
+	" {\"name\": \"data-science\", \"match\": {\"san\": [\"*.notebooks.example.com\"],"    \
+	" \"token_sha256\": "                                                                  \
+	"[\"cc6e0df878d7f3972d5dc769a94be87dfa5da8bf05cd28fe13ee2aca4a54a005\"]},"             \
+	" \"limits\": {\"leases\": 10, \"connections\": 5000, \"pending\": 64}}]"
+#define CONF_EX_ROUTES                                                                         \
+	"[{\"name\": \"platform-any\", \"tenant\": \"platform\", \"pool\": \"cpu\"},"          \
+	" {\"name\": \"ds-gpu\", \"tenant\": \"data-science\", \"app\": \"gpu-*\", \"pool\": " \
+	"\"gpu\","                                                                             \
+	" \"executor_cidrs\": [\"10.20.0.0/16\", \"fd00:20::/48\"]},"                          \
+	" {\"name\": \"ds-vpc\", \"tenant\": \"data-science\", \"sidecar_cidrs\": "            \
+	"[\"10.0.0.0/8\"],"                                                                    \
+	" \"pool\": \"cpu\", \"executor_cidrs\": [\"10.0.0.0/8\"]}]"
+
+static const struct conf_entry conf_relay_admin[] = {
+    STR(struct relay_opts, "listen", admin_listen, CONF_NULLABLE, 1, CONF_STR_MAX,
+	"127.0.0.1:9090", NULL, &conf_fmt_listen,
+	"Admin HTTP listener (health, metrics, sessions, leases, reload); null: none."),
+    STR(struct relay_opts, "token", admin_token, CONF_NULLABLE | CONF_SECRET, 1, CONF_STR_MAX,
+	NULL, NULL, NULL,
+	"Bearer token every admin request but /healthz and /readyz must carry; required "
+	"when listen is not a loopback address."),
+};
+static const struct conf_group conf_relay_admin_group = {
+    conf_relay_admin, N(conf_relay_admin), "The relay's admin API (`sparkrelay ctl`)."};
 
 static const struct conf_entry conf_relay_lease[] = {
     U32(struct relay_opts, "grace_s", lease_grace_s, 0, 86400, "300",
@@ -162,7 +352,21 @@ static const struct conf_entry conf_relay[] = {
     STR(struct relay_opts, "auth_token", auth_token, CONF_NULLABLE | CONF_SECRET, 1,
 	CONF_STR_MAX, NULL, NULL, NULL,
 	"Bearer token every sidecar must present when it registers; null: none."),
-    GROUP("pool", offsetof(struct relay_opts, pool), conf_relay_pool_group),
+    {.key = "pool",
+     .type = CONF_GROUP,
+     .off = offsetof(struct relay_opts, pool),
+     .sub = &conf_relay_pool_group,
+     .excl = "pools"},
+    ARRAY(struct relay_opts, "pools", policy.pools, policy.npools, struct relay_pool_cfg,
+	  RELAY_MAX_POOLS, conf_pool_elem_group, CONF_EX_POOLS,
+	  "Named port pools; empty: the single `relay.pool`."),
+    ARRAY(struct relay_opts, "tenants", policy.tenants, policy.ntenants,
+	  struct relay_tenant_cfg, RELAY_MAX_TENANTS, conf_tenant_elem_group, CONF_EX_TENANTS,
+	  "Who may register, in order; empty: every sidecar is the tenant `default`."),
+    ARRAY(struct relay_opts, "routes", policy.routes, policy.nroutes, struct relay_route_cfg,
+	  RELAY_MAX_ROUTES, conf_route_elem_group, CONF_EX_ROUTES,
+	  "Which pool a registration gets and which executors may connect, in order; "
+	  "empty: every tenant gets the first pool and any executor may connect."),
     GROUP("lease", 0, conf_relay_lease_group),
     U32(struct relay_opts, "handshake_timeout_ms", handshake_timeout_ms, 100, 600000, "10000",
 	"TLS handshake plus registration must finish within this."),
@@ -171,6 +375,7 @@ static const struct conf_entry conf_relay[] = {
     U32(struct relay_opts, "max_tunnels", max_tunnels, 1, 1000000, "1024",
 	"Tunnels (sidecars) connected at once."),
     GROUP("h2", offsetof(struct relay_opts, tun), conf_h2_group),
+    GROUP("admin", 0, conf_relay_admin_group),
 };
 const struct conf_group conf_relay_group = {
     conf_relay, N(conf_relay),
@@ -188,6 +393,15 @@ static const struct conf_entry conf_tunnel_tls[] = {
 };
 static const struct conf_group conf_tunnel_tls_group = {
     conf_tunnel_tls, N(conf_tunnel_tls), "TLS towards the relay (TLS 1.3, always verified)."};
+
+static const struct conf_entry conf_tunnel_admin[] = {
+    STR(struct sidecar_opts, "listen", admin_listen, CONF_NULLABLE, 1, CONF_STR_MAX, NULL, NULL,
+	&conf_fmt_listen,
+	"Status HTTP listener (/healthz, /status: lease, ports, tunnel state); null: none. "
+	"It shows no secret but names the relay: keep it on loopback."),
+};
+static const struct conf_group conf_tunnel_admin_group = {
+    conf_tunnel_admin, N(conf_tunnel_admin), "The sidecar's status endpoint."};
 
 static const struct conf_entry conf_tunnel[] = {
     {.key = "relays",
@@ -229,6 +443,7 @@ static const struct conf_entry conf_tunnel[] = {
     U32(struct sidecar_opts, "release_timeout_ms", release_timeout_ms, 0, 600000, "3000",
 	"On shutdown, wait this long for the relay to confirm the release."),
     GROUP("h2", offsetof(struct sidecar_opts, tun), conf_h2_group),
+    GROUP("admin", 0, conf_tunnel_admin_group),
 };
 const struct conf_group conf_tunnel_group = {
     conf_tunnel, N(conf_tunnel),

@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "relay/relay_lease.h"
+#include "relay/relay_policy.h"
 #include "tunnel/tun_conn.h"
 
 struct event_base;
@@ -26,19 +27,61 @@ struct relay_opts {
 	uint32_t drain_timeout_ms;     /* SIGTERM: streams may finish within this */
 	uint32_t max_tunnels;
 	struct tun_conn_opts tun;
+	struct relay_policy_opts policy; /* pools, tenants, routes (relay_policy.h) */
+	char *admin_listen;  /* admin HTTP listener "host:port", NULL = none */
+	char *admin_token;   /* required on every admin request but /healthz and /readyz;
+				mandatory when admin_listen is not a loopback address */
 };
 
 /* Fill every field with its default (strings NULL except listen/pool). */
 void relay_opts_defaults(struct relay_opts *o);
+
+/* Why an executor connection or a registration was refused (metrics label). */
+enum relay_refusal {
+	RELAY_REFUSE_CIDR = 0,       /* executor address outside the route's CIDRs */
+	RELAY_REFUSE_PENDING_FULL,   /* too many executors already wait for the tunnel */
+	RELAY_REFUSE_PENDING_TIMEOUT,/* the tunnel did not come back in time */
+	RELAY_REFUSE_DRAINING,       /* relay is shutting down */
+	RELAY_REFUSE_TENANT_LIMIT,   /* tenant's connection limit */
+	RELAY_REFUSE_STREAM,         /* the stream could not be opened */
+	RELAY_REFUSE_REG_AUTH,       /* registration: no tenant / bad token */
+	RELAY_REFUSE_REG_ROUTE,      /* registration: no route */
+	RELAY_REFUSE_REG_LIMIT,      /* registration: tenant lease limit / pool full */
+	RELAY_REFUSE_REG_RESUME,     /* registration: unknown or foreign resume token */
+	RELAY_REFUSE_MAX,
+};
+const char *relay_refusal_name(enum relay_refusal r);
+
+/* Fixed buckets, microseconds: le 100, 250, 500, 1000, 2500, 5000, 10000,
+ * 25000, 50000, 100000, 250000, 1000000, +Inf. */
+#define RELAY_HIST_BUCKETS 13
+extern const uint64_t relay_hist_bounds_us[RELAY_HIST_BUCKETS - 1];
+struct relay_hist {
+	uint64_t count[RELAY_HIST_BUCKETS]; /* not cumulative */
+	uint64_t sum_us;
+	uint64_t n;
+};
 
 struct relay_stats {
 	uint64_t tunnels_accepted;
 	uint64_t tunnels_active;
 	uint64_t handshake_failures;
 	uint64_t leases_active;
+	uint64_t leases_granted;
+	uint64_t leases_resumed;
+	uint64_t leases_expired;
 	uint64_t executor_conns;
-	uint64_t executor_refused;
+	uint64_t executor_refused; /* sum of refused[] for executor reasons */
+	uint64_t refused[RELAY_REFUSE_MAX];
 	uint64_t streams_active;
+	uint64_t streams_opened;
+	uint64_t bytes_to_sidecar;  /* executor -> driver payload */
+	uint64_t bytes_to_executor; /* driver -> executor payload */
+	uint64_t reloads_ok, reloads_failed;
+	struct relay_hist tunnel_rtt;   /* PING round trips */
+	struct relay_hist pending_wait; /* executor wait for a tunnel that came back */
+	int ready;                      /* listeners up and configuration loaded */
+	int draining;
 };
 
 /* opts is borrowed and must outlive the relay. Binds the tunnel listener.
@@ -53,5 +96,47 @@ void relay_drain(struct relay *r);
 /* The tunnel listener's bound port (useful when configured as port 0). */
 uint16_t relay_listen_port(const struct relay *r);
 void relay_get_stats(const struct relay *r, struct relay_stats *st);
+
+/* ---- for the admin API (relay_admin.c) -------------------------------- */
+
+struct relay_lease_view {
+	const char *id, *app, *tenant, *pool, *route, *host;
+	uint16_t ports[TUN_PORT_MAX];
+	int attached;           /* a tunnel carries it now */
+	const char *peer;       /* that tunnel's sidecar address, "" if none */
+	unsigned npending;      /* executors waiting for the tunnel */
+	uint64_t conns_total;   /* executor connections accepted */
+	uint64_t conns_active;
+};
+
+struct relay_session_view {
+	const char *peer;       /* sidecar address */
+	const char *identity;   /* certificate CN, "" if none */
+	const char *tenant;     /* "" until registered */
+	const char *lease;      /* "" until registered */
+	uint64_t age_ms;
+	struct tun_conn_stats st;
+};
+
+/* Visit every lease / tunnel; views are borrowed for the call. */
+void relay_foreach_lease(struct relay *r, void (*fn)(const struct relay_lease_view *v, void *arg),
+			 void *arg);
+void relay_foreach_session(struct relay *r,
+			   void (*fn)(const struct relay_session_view *v, void *arg), void *arg);
+/* Revoke: close the lease's tunnel and free its ports. 0 or SR_ENOTFOUND. */
+int relay_revoke_lease(struct relay *r, const char *id);
+
+/* Apply a new configuration atomically: the policy is compiled first and
+ * the old one stays in force if that fails (err says why). On success the
+ * relay takes ownership of *o (the caller gets the previous options back in
+ * *o to free). Live tunnels and streams are untouched; new limits apply to
+ * new work; a pool that shrinks or goes away keeps its existing leases
+ * until they end. The tunnel listener, TLS files and admin listener are
+ * re-read only at restart (a change is reported as a warning). */
+int relay_reload(struct relay *r, struct relay_opts *o, char *err, size_t errlen);
+/* Count a reload that failed before relay_reload (e.g. a bad file). */
+void relay_count_reload_failure(struct relay *r);
+const struct relay_opts *relay_get_opts(const struct relay *r);
+const struct relay_policy *relay_get_policy(const struct relay *r);
 
 #endif

@@ -278,6 +278,8 @@ static void on_lease(struct sidecar *s, const struct tun_ctl_msg *m)
 	snprintf(s->lease.host, sizeof(s->lease.host), "%s", m->host);
 	memcpy(s->lease.ports, m->ports, sizeof(s->lease.ports));
 	s->lease.ttl_s = m->ttl_s;
+	s->lease.connected = 1;
+	snprintf(s->lease.relay, sizeof(s->lease.relay), "%s", s->dial_peer);
 	snprintf(s->resume, sizeof(s->resume), "%s", m->resume);
 	s->state = SC_LEASED;
 	s->attempt = 0;
@@ -403,6 +405,7 @@ static void on_closed(struct tun_conn *c, int err, void *arg)
 {
 	struct sidecar *s = arg;
 
+	s->lease.connected = 0;
 	if (tun_tls_io_error(s->io)[0])
 		SR_DEBUG(tun_conn_logctx(c), "transport: %s", tun_tls_io_error(s->io));
 	tun_conn_free(c);
@@ -517,7 +520,7 @@ static void dial_next(struct sidecar *s)
 			goto fail;
 		}
 		sr_sock_nodelay(fd);
-		sr_sock_notsent_lowat(fd, 1024 * 1024);
+		sr_sock_notsent_lowat(fd, 128 * 1024);
 		if (connect(fd, (const struct sockaddr *)&a->ss, a->len) != 0 &&
 		    errno != EINPROGRESS) {
 			SR_WARN("", "cannot connect to relay %s: %s", s->dial_peer, strerror(errno));

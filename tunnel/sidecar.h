@@ -31,6 +31,7 @@ struct sidecar_opts {
 	uint32_t driver_connect_timeout_ms;
 	uint32_t release_timeout_ms;     /* wait for "released" on shutdown */
 	struct tun_conn_opts tun;
+	char *admin_listen;     /* status HTTP listener (/healthz, /status), NULL = none */
 };
 
 void sidecar_opts_defaults(struct sidecar_opts *o);
@@ -38,6 +39,8 @@ void sidecar_opts_defaults(struct sidecar_opts *o);
 /* What the sidecar learnt from its lease (for the demo and status). */
 struct sidecar_lease_info {
 	int have_lease;
+	int connected;          /* a registered tunnel is up now */
+	char relay[64];         /* address of the relay of the current tunnel */
 	char lease[TUN_CTL_LEASE_MAX];
 	char host[TUN_CTL_HOST_MAX];
 	uint16_t ports[TUN_PORT_MAX];

@@ -156,6 +156,38 @@ int tun_tls_check_alpn(SSL *ssl)
 	return (n == 2 && memcmp(p, "h2", 2) == 0) ? 0 : SR_EPROTO;
 }
 
+size_t tun_tls_peer_sans(SSL *ssl, char (*out)[256], size_t max)
+{
+	X509 *peer = SSL_get0_peer_certificate(ssl);
+	GENERAL_NAMES *names;
+	size_t n = 0;
+
+	if (!peer || SSL_get_verify_result(ssl) != X509_V_OK)
+		return 0;
+	names = X509_get_ext_d2i(peer, NID_subject_alt_name, NULL, NULL);
+	if (!names)
+		return 0;
+	for (int i = 0; i < sk_GENERAL_NAME_num(names) && n < max; i++) {
+		const GENERAL_NAME *g = sk_GENERAL_NAME_value(names, i);
+		const ASN1_IA5STRING *v;
+		if (g->type == GEN_DNS)
+			v = g->d.dNSName;
+		else if (g->type == GEN_URI)
+			v = g->d.uniformResourceIdentifier;
+		else
+			continue;
+		/* Embedded NULs would let a name pose as another: skip them. */
+		if ((size_t)v->length >= sizeof(out[0]) ||
+		    memchr(v->data, '\0', (size_t)v->length))
+			continue;
+		memcpy(out[n], v->data, (size_t)v->length);
+		out[n][v->length] = '\0';
+		n++;
+	}
+	GENERAL_NAMES_free(names);
+	return n;
+}
+
 void tun_tls_peer_name(SSL *ssl, char *buf, size_t len)
 {
 	X509 *peer = SSL_get0_peer_certificate(ssl);

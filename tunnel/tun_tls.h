@@ -25,6 +25,11 @@ int tun_tls_check_alpn(SSL *ssl);
 /* Subject CN of the verified peer certificate into buf; "" if none. */
 void tun_tls_peer_name(SSL *ssl, char *buf, size_t len);
 
+/* DNS and URI subject alternative names of the verified peer certificate,
+ * up to max of them, each NUL-terminated in out[i] (len bytes). Returns the
+ * count (0 if none or not verified). */
+size_t tun_tls_peer_sans(SSL *ssl, char (*out)[256], size_t max);
+
 /* Drain OpenSSL's error queue into buf as one line; returns buf. */
 char *tun_tls_errors(char *buf, size_t len);
 

@@ -323,8 +323,9 @@ def relay_config(listen_port, pool_base, overrides=None, c=None):
             "lease": {"grace_s": 300, "pending_timeout_ms": 30000, "max_pending": 256},
             "handshake_timeout_ms": 10000,
             "drain_timeout_ms": 5000,
-            "h2": {"stream_window": 4194304, "conn_window": 67108864,
-                   "ping_interval_ms": 10000, "ping_timeout_ms": 30000},
+            "h2": {"ping_interval_ms": 10000, "ping_timeout_ms": 30000},
+            # Port 0: relays of concurrent tests must not fight over 9090.
+            "admin": {"listen": "127.0.0.1:0"},
         },
     }
     return deep_merge(cfg, overrides)

@@ -17,6 +17,7 @@
 
 #include "common/sr_err.h"
 #include "conf/conf.h"
+#include "relay/relay_policy.h"
 
 #define ERRLEN 512
 
@@ -97,16 +98,21 @@ static void check_relay_defaults(const struct relay_opts *r)
 	assert_int_equal(r->handshake_timeout_ms, 10000);
 	assert_int_equal(r->drain_timeout_ms, 30000);
 	assert_int_equal(r->max_tunnels, 1024);
+	assert_string_equal(r->admin_listen, "127.0.0.1:9090");
+	assert_null(r->admin_token);
+	assert_int_equal(r->policy.npools, 0);
+	assert_int_equal(r->policy.ntenants, 0);
+	assert_int_equal(r->policy.nroutes, 0);
 }
 
 static void check_h2_defaults(const struct tun_conn_opts *t)
 {
-	assert_int_equal(t->stream_window, 4194304);
+	assert_int_equal(t->stream_window, 262144);
 	assert_int_equal(t->conn_window, 67108864);
 	assert_int_equal(t->ping_interval_ms, 10000);
 	assert_int_equal(t->ping_timeout_ms, 30000);
 	assert_int_equal(t->ctl_max, 65536);
-	assert_int_equal(t->out_high, 262144);
+	assert_int_equal(t->out_high, 65536);
 	assert_int_equal(t->sock_read_high, 262144);
 	assert_int_equal(t->max_streams, 100000);
 }
@@ -130,6 +136,7 @@ static void check_tunnel_defaults(const struct sidecar_opts *s)
 	assert_int_equal(s->dial_timeout_ms, 10000);
 	assert_int_equal(s->driver_connect_timeout_ms, 5000);
 	assert_int_equal(s->release_timeout_ms, 3000);
+	assert_null(s->admin_listen);
 }
 
 static void test_defaults_empty_file(void **state)
@@ -483,9 +490,9 @@ static const struct err_case err_cases[] = {
      {"relay.h2.conn_window: must be at least relay.h2.stream_window (1048576) "
       "(got 65535)"}},
     {"cross: tunnel conn window below stream window",
-     "{\"tunnel\": {" TUNNEL_OK ", \"h2\": {\"conn_window\": 1000000}}}",
+     "{\"tunnel\": {" TUNNEL_OK ", \"h2\": {\"conn_window\": 100000}}}",
      SR_EINVAL,
-     {"tunnel.h2.conn_window: must be at least tunnel.h2.stream_window (4194304)"}},
+     {"tunnel.h2.conn_window: must be at least tunnel.h2.stream_window (262144)"}},
     {"cross: tunnel ping",
      "{\"tunnel\": {" TUNNEL_OK ", \"h2\": {\"ping_timeout_ms\": 5000}}}",
      SR_EINVAL,
@@ -508,6 +515,124 @@ static const struct err_case err_cases[] = {
      "{\"relay\": {\"auth_token\": [\"hunter2-secret\"]}}",
      SR_EINVAL,
      {"relay.auth_token: must be a string of 1..4095 bytes or null (got an array)"}},
+    /* arrays of objects */
+    {"array: not a list",
+     "{\"relay\": {\"routes\": {\"name\": \"r\"}}}",
+     SR_EINVAL,
+     {"t.json:1:22: relay.routes: must be a list of 0..256 objects (got an object)"}},
+    {"array: element not an object, located by index",
+     "{\"relay\": {\"pools\": [\n  {\"name\": \"a\"},\n  5\n]}}",
+     SR_EINVAL,
+     {"t.json:3:3: relay.pools[1]: must be an object (got 5)"}},
+    {"array: too many pools",
+     "{\"relay\": {\"pools\": [{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}]}}",
+     SR_EINVAL,
+     {"relay.pools: must be a list of 0..16 objects (got 17 items)"}},
+    {"array: too many cn patterns",
+     "{\"relay\": {\"tenants\": [{\"name\": \"t\", \"match\": {\"cn\": "
+     "[\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\"]}}]}}",
+     SR_EINVAL,
+     {"relay.tenants[0].match.cn: must be a list of 0..8 strings (got 9 items)"}},
+    {"array: unknown key in an element, at its own position",
+     "{\"relay\": {\"routes\": [\n  {\"name\": \"r\"},\n  {\"name\": \"s\", \"pools\": "
+     "\"x\"}\n]}}",
+     SR_EINVAL,
+     {"t.json:3:17: relay.routes[1].pools: unknown key (expected one of: name, tenant, app, "
+      "sidecar_cidrs, pool, executor_cidrs)"}},
+    {"array: bad value in a nested group of an element",
+     "{\"relay\": {\"tenants\": [{\"name\": \"t\", \"match\": {\"cn\": [\"x\"]},\n"
+     "  \"limits\": {\"leases\": -1}}]}}",
+     SR_EINVAL,
+     {"t.json:2:24: relay.tenants[0].limits.leases: must be an integer 0..65535 (got -1)"}},
+    {"array: missing required name, at its element",
+     "{\"relay\": {\"routes\": [\n  {\"name\": \"r\"},\n  {\"tenant\": \"*\"}\n]}}",
+     SR_EINVAL,
+     {"t.json:3:3: relay.routes[1].name: required, but not set"}},
+    {"array: bad name alphabet",
+     "{\"relay\": {\"pools\": [{\"name\": \"gpu pool\"}]}}",
+     SR_EINVAL,
+     {"relay.pools[0].name: must be a name of 1..63 letters, digits, '.', '_' or '-' "
+      "(got \"gpu pool\")"}},
+    {"array: bad CIDR item",
+     "{\"relay\": {\"routes\": [{\"name\": \"r\", \"executor_cidrs\": [\"10.0.0.0/8\", "
+     "\"10.0.0.0/40\"]}]}}",
+     SR_EINVAL,
+     {"relay.routes[0].executor_cidrs[1]: must be an IPv4 or IPv6 CIDR such as 10.0.0.0/8",
+      "(got \"10.0.0.0/40\")"}},
+    {"array: bad token hash",
+     "{\"relay\": {\"tenants\": [{\"name\": \"t\", \"match\": {\"token_sha256\": "
+     "[\"abc\"]}}]}}",
+     SR_EINVAL,
+     {"relay.tenants[0].match.token_sha256[0]: must be 64 hex digits (the SHA-256 of a "
+      "token) (got \"abc\")"}},
+    {"array: route tenant must be a name or *",
+     "{\"relay\": {\"routes\": [{\"name\": \"r\", \"tenant\": \"a*\"}]}}",
+     SR_EINVAL,
+     {"relay.routes[0].tenant: must be a tenant name or \"*\" (got \"a*\")"}},
+    /* cross-field: the policy compiled by the loader, reported with its location */
+    {"policy: route names an unknown pool",
+     "{\"relay\": {" RELAY_OK_TLS ",\n"
+     " \"pools\": [{\"name\": \"cpu\"}],\n"
+     " \"routes\": [\n"
+     "  {\"name\": \"a\", \"pool\": \"cpu\"},\n"
+     "  {\"name\": \"b\"},\n"
+     "  {\"name\": \"c\",\n"
+     "   \"pool\": \"gpu\"}]}}",
+     SR_EINVAL,
+     {"t.json:7:12: relay.routes[2].pool: no pool \"gpu\""}},
+    {"policy: route names an unknown tenant",
+     "{\"relay\": {" RELAY_OK_TLS ", \"tenants\": [{\"name\": \"t\", \"match\": "
+     "{\"cn\": [\"x\"]}}], \"routes\": [{\"name\": \"r\", \"tenant\": \"u\"}]}}",
+     SR_EINVAL,
+     {"relay.routes[0].tenant: no tenant \"u\""}},
+    {"policy: route names a pool while relay.pools is empty",
+     "{\"relay\": {" RELAY_OK_TLS ", \"routes\": [{\"name\": \"r\", \"pool\": \"cpu\"}]}}",
+     SR_EINVAL,
+     {"relay.routes[0].pool: no pool \"cpu\" (relay.pools is empty: the only pool is "
+      "\"default\", from relay.pool)"}},
+    {"policy: duplicate pool names",
+     "{\"relay\": {" RELAY_OK_TLS ", \"pools\": [{\"name\": \"a\", \"port_min\": 1, "
+     "\"port_max\": 2}, {\"name\": \"a\", \"port_min\": 3, \"port_max\": 4}]}}",
+     SR_EINVAL,
+     {"relay.pools[1].name: duplicate name \"a\" (also relay.pools[0])"}},
+    {"policy: overlapping pools",
+     "{\"relay\": {" RELAY_OK_TLS ", \"pools\": [{\"name\": \"a\"}, {\"name\": \"b\", "
+     "\"bind\": \"10.0.0.1\", \"port_min\": 40999, \"port_max\": 41000}]}}",
+     SR_EINVAL,
+     {"relay.pools[1]: ports 40999..41000 on 10.0.0.1 overlap relay.pools[0] \"a\""}},
+    {"policy: pool port_min above port_max",
+     "{\"relay\": {" RELAY_OK_TLS ", \"pools\": [{\"name\": \"a\", \"port_min\": 41000}]}}",
+     SR_EINVAL,
+     {"relay.pools[0].port_min: must be at most relay.pools[0].port_max (40999) (got "
+      "41000)"}},
+    {"policy: tenant without matchers, located",
+     "{\"relay\": {" RELAY_OK_TLS ",\n \"tenants\": [{\"name\": \"t\", \"match\": {}}]}}",
+     SR_EINVAL,
+     {"t.json:2:37: relay.tenants[0].match: needs at least one cn, san or token_sha256"}},
+    {"pool and pools both given",
+     "{\"relay\": {" RELAY_OK_TLS ",\n \"pool\": {\"port_min\": 45000},\n"
+     " \"pools\": [{\"name\": \"a\"}]}}",
+     SR_EINVAL,
+     {"t.json:2:10: relay.pool: relay.pool and relay.pools cannot both be given"}},
+    /* admin */
+    {"admin: off loopback without a token",
+     "{\"relay\": {" RELAY_OK_TLS ", \"admin\": {\"listen\": \"0.0.0.0:9090\"}}}",
+     SR_EINVAL,
+     {"relay.admin.token: required when relay.admin.listen (\"0.0.0.0:9090\") is not a "
+      "loopback address"}},
+    {"admin: a routable address without a token",
+     "{\"relay\": {" RELAY_OK_TLS ", \"admin\": {\"listen\": \"[fd00::1]:9090\", "
+     "\"token\": null}}}",
+     SR_EINVAL,
+     {"relay.admin.token: required"}},
+    {"admin: a name that is not localhost without a token",
+     "{\"relay\": {" RELAY_OK_TLS ", \"admin\": {\"listen\": \"admin.example:9090\"}}}",
+     SR_EINVAL,
+     {"relay.admin.token: required"}},
+    {"admin: bad listen",
+     "{\"relay\": {\"admin\": {\"listen\": \"9090\"}}}",
+     SR_EINVAL,
+     {"relay.admin.listen: must be host:port (port 0: any free port) or null (got \"9090\")"}},
 };
 
 static void test_errors(void **state)
@@ -771,6 +896,312 @@ static char *dump_to_string(const struct sr_config *cfg)
 	return buf;
 }
 
+/* ---- pools, tenants, routes and the admin listener ---- */
+
+#define SHA_ABC "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+static const char policy_json[] =
+    "{\"relay\": {\"tls\": {\"cert\": \"c\", \"key\": \"k\"},\n"
+    " \"pools\": [\n"
+    "  {\"name\": \"cpu\", \"bind\": \"10.0.0.1\", \"port_min\": 40000, \"port_max\": 40099},\n"
+    "  {\"name\": \"gpu\", \"advertise\": \"gpu.example\", \"port_min\": 41000,\n"
+    "   \"port_max\": 41009, \"max_leases\": 5, \"backlog\": 64}\n"
+    " ],\n"
+    " \"tenants\": [\n"
+    "  {\"name\": \"ops\", \"match\": {\"cn\": [\"ops-*\", \"root\"], \"san\": [\"*.ops\"]}},\n"
+    "  {\"name\": \"ds\", \"match\": {\"token_sha256\": [\"" SHA_ABC "\"]},\n"
+    "   \"limits\": {\"leases\": 3, \"connections\": 700, \"pending\": 9}}\n"
+    " ],\n"
+    " \"routes\": [\n"
+    "  {\"name\": \"ds-gpu\", \"tenant\": \"ds\", \"app\": \"gpu-*\", \"pool\": \"gpu\",\n"
+    "   \"sidecar_cidrs\": [\"10.0.0.0/8\"], \"executor_cidrs\": [\"10.20.0.0/16\", "
+    "\"fd00::/8\"]},\n"
+    "  {\"name\": \"rest\"}\n"
+    " ]}}\n";
+
+static void test_arrays_load(void **state)
+{
+	struct sr_config cfg;
+	char err[ERRLEN];
+	const struct relay_policy_opts *po = &cfg.relay.policy;
+
+	(void)state;
+	if (load(policy_json, &cfg, err) != 0)
+		fail_msg("%s", err);
+	assert_int_equal(po->npools, 2);
+	assert_string_equal(po->pools[0].name, "cpu");
+	assert_string_equal(po->pools[0].pool.bind_address, "10.0.0.1");
+	assert_null(po->pools[0].pool.advertise_host);
+	assert_int_equal(po->pools[0].pool.port_min, 40000);
+	assert_int_equal(po->pools[0].pool.port_max, 40099);
+	/* element defaults come from the same keys as relay.pool */
+	assert_int_equal(po->pools[0].pool.max_leases, 0);
+	assert_int_equal(po->pools[0].pool.backlog, 1024);
+	assert_string_equal(po->pools[1].name, "gpu");
+	assert_string_equal(po->pools[1].pool.bind_address, "0.0.0.0");
+	assert_string_equal(po->pools[1].pool.advertise_host, "gpu.example");
+	assert_int_equal(po->pools[1].pool.max_leases, 5);
+	assert_int_equal(po->pools[1].pool.backlog, 64);
+	assert_null(po->pools[2].name);
+
+	assert_int_equal(po->ntenants, 2);
+	assert_string_equal(po->tenants[0].name, "ops");
+	assert_int_equal(po->tenants[0].ncn, 2);
+	assert_string_equal(po->tenants[0].cn[0], "ops-*");
+	assert_string_equal(po->tenants[0].cn[1], "root");
+	assert_int_equal(po->tenants[0].nsan, 1);
+	assert_string_equal(po->tenants[0].san[0], "*.ops");
+	assert_int_equal(po->tenants[0].ntoken, 0);
+	assert_int_equal(po->tenants[0].max_leases, 0);
+	assert_int_equal(po->tenants[0].max_connections, 0);
+	assert_int_equal(po->tenants[0].max_pending, 0);
+	assert_string_equal(po->tenants[1].name, "ds");
+	assert_int_equal(po->tenants[1].ntoken, 1);
+	assert_string_equal(po->tenants[1].token_sha256[0], SHA_ABC);
+	assert_int_equal(po->tenants[1].max_leases, 3);
+	assert_int_equal(po->tenants[1].max_connections, 700);
+	assert_int_equal(po->tenants[1].max_pending, 9);
+
+	assert_int_equal(po->nroutes, 2);
+	assert_string_equal(po->routes[0].name, "ds-gpu");
+	assert_string_equal(po->routes[0].tenant, "ds");
+	assert_string_equal(po->routes[0].app, "gpu-*");
+	assert_string_equal(po->routes[0].pool, "gpu");
+	assert_int_equal(po->routes[0].nsidecar_cidrs, 1);
+	assert_string_equal(po->routes[0].sidecar_cidrs[0], "10.0.0.0/8");
+	assert_int_equal(po->routes[0].nexecutor_cidrs, 2);
+	assert_string_equal(po->routes[0].executor_cidrs[1], "fd00::/8");
+	/* defaults of a route: any tenant, any app, the first pool, anywhere */
+	assert_string_equal(po->routes[1].name, "rest");
+	assert_string_equal(po->routes[1].tenant, "*");
+	assert_null(po->routes[1].app);
+	assert_null(po->routes[1].pool);
+	assert_int_equal(po->routes[1].nsidecar_cidrs, 0);
+	assert_int_equal(po->routes[1].nexecutor_cidrs, 0);
+
+	/* what was loaded compiles into the policy the relay will use */
+	{
+		struct relay_policy *p =
+		    relay_policy_new(po, &cfg.relay.pool, err, sizeof(err));
+		struct relay_identity id = {.token = "abc"};
+		int t, r;
+
+		assert_non_null(p);
+		t = relay_policy_tenant(p, &id, err, sizeof(err));
+		assert_int_equal(t, 1);
+		r = relay_policy_route(p, t, "etl", NULL, err, sizeof(err));
+		assert_int_equal(r, 1);
+		assert_int_equal(relay_policy_route_pool(p, r), 0);
+		relay_policy_free(p);
+	}
+	conf_free(&cfg);
+	assert_empty_cfg(&cfg);
+}
+
+/* Up to the maximum loads; one more is refused (17 pools is in test_errors). */
+static void test_array_max_counts(void **state)
+{
+	struct sr_config cfg;
+	char err[ERRLEN], *json;
+	size_t cap = 64 * 1024, off;
+	unsigned i;
+
+	(void)state;
+	json = malloc(cap);
+	assert_non_null(json);
+	off = (size_t)snprintf(json, cap, "{\"relay\": {" RELAY_OK_TLS ", \"pools\": [");
+	for (i = 0; i < RELAY_MAX_POOLS; i++)
+		off += (size_t)snprintf(
+		    json + off, cap - off,
+		    "%s{\"name\": \"p%u\", \"port_min\": %u, \"port_max\": %u}", i ? "," : "",
+		    i, 1000 + 10 * i, 1009 + 10 * i);
+	off += (size_t)snprintf(json + off, cap - off, "], \"routes\": [");
+	for (i = 0; i < RELAY_MAX_ROUTES; i++)
+		off += (size_t)snprintf(json + off, cap - off,
+					"%s{\"name\": \"r%u\", \"pool\": \"p%u\"}",
+					i ? "," : "", i, i % RELAY_MAX_POOLS);
+	snprintf(json + off, cap - off, "]}}");
+	if (load(json, &cfg, err) != 0)
+		fail_msg("%s", err);
+	assert_int_equal(cfg.relay.policy.npools, RELAY_MAX_POOLS);
+	assert_int_equal(cfg.relay.policy.nroutes, RELAY_MAX_ROUTES);
+	assert_string_equal(cfg.relay.policy.routes[RELAY_MAX_ROUTES - 1].name, "r255");
+	assert_string_equal(cfg.relay.policy.pools[RELAY_MAX_POOLS - 1].name, "p15");
+	conf_free(&cfg);
+
+	/* one route more */
+	snprintf(json + off, cap - off, ",{\"name\": \"extra\"}]}}");
+	assert_int_equal(load(json, &cfg, err), SR_EINVAL);
+	assert_contains(err, "relay.routes: must be a list of 0..256 objects (got 257 items)");
+	assert_empty_cfg(&cfg);
+	free(json);
+}
+
+static void test_admin_listen_rule(void **state)
+{
+	static const char *const ok[] = {
+	    "{\"relay\": {" RELAY_OK_TLS "}}", /* the default: 127.0.0.1:9090 */
+	    "{\"relay\": {" RELAY_OK_TLS ", \"admin\": {\"listen\": \"127.0.0.2:0\"}}}",
+	    "{\"relay\": {" RELAY_OK_TLS ", \"admin\": {\"listen\": \"[::1]:9090\"}}}",
+	    "{\"relay\": {" RELAY_OK_TLS ", \"admin\": {\"listen\": \"localhost:9090\"}}}",
+	    "{\"relay\": {" RELAY_OK_TLS ", \"admin\": {\"listen\": null}}}",
+	    "{\"relay\": {" RELAY_OK_TLS ", \"admin\": {\"listen\": \"0.0.0.0:9090\", "
+	    "\"token\": \"s3cret\"}}}",
+	};
+	struct sr_config cfg;
+	char err[ERRLEN], *out;
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		if (load(ok[i], &cfg, err) != 0)
+			fail_msg("case %zu: %s", i, err);
+		conf_free(&cfg);
+	}
+	assert_int_equal(load(ok[4], &cfg, err), 0);
+	assert_null(cfg.relay.admin_listen);
+	conf_free(&cfg);
+	/* the token is a secret: redacted in dumps */
+	assert_int_equal(load(ok[5], &cfg, err), 0);
+	assert_string_equal(cfg.relay.admin_token, "s3cret");
+	out = dump_to_string(&cfg);
+	assert_null(strstr(out, "s3cret"));
+	assert_contains(out, "\"token\": \"<redacted>\"");
+	free(out);
+	conf_free(&cfg);
+	/* the environment can open the listener, and the rule still holds */
+	setenv("SPARKRELAY_RELAY_ADMIN_LISTEN", "10.1.1.1:9090", 1);
+	assert_int_equal(load(ok[0], &cfg, err), SR_EINVAL);
+	assert_contains(err, "relay.admin.token: required when relay.admin.listen "
+			     "(\"10.1.1.1:9090\") is not a loopback address");
+	setenv("SPARKRELAY_RELAY_ADMIN_TOKEN", "tok", 1);
+	assert_int_equal(load(ok[0], &cfg, err), 0);
+	conf_free(&cfg);
+	unsetenv("SPARKRELAY_RELAY_ADMIN_LISTEN");
+	unsetenv("SPARKRELAY_RELAY_ADMIN_TOKEN");
+	/* the sidecar's status listener */
+	setenv("SPARKRELAY_TUNNEL_ADMIN_LISTEN", "127.0.0.1:9191", 1);
+	assert_int_equal(load("{\"tunnel\": {" TUNNEL_OK "}}", &cfg, err), 0);
+	assert_string_equal(cfg.tunnel.admin_listen, "127.0.0.1:9191");
+	conf_free(&cfg);
+}
+
+static void test_env_arrays(void **state)
+{
+	struct sr_config cfg;
+	char err[ERRLEN];
+
+	(void)state;
+	/* a whole array from the environment replaces the file's */
+	setenv("SPARKRELAY_RELAY_ROUTES",
+	       "[{\"name\": \"env-route\", \"pool\": \"gpu\", \"executor_cidrs\": "
+	       "[\"10.0.0.0/8\"]}]",
+	       1);
+	if (load(policy_json, &cfg, err) != 0)
+		fail_msg("%s", err);
+	assert_int_equal(cfg.relay.policy.nroutes, 1);
+	assert_string_equal(cfg.relay.policy.routes[0].name, "env-route");
+	assert_string_equal(cfg.relay.policy.routes[0].tenant, "*");
+	assert_null(cfg.relay.policy.routes[1].name); /* the file's second route is gone */
+	assert_int_equal(cfg.relay.policy.npools, 2); /* other arrays stay the file's */
+	conf_free(&cfg);
+
+	/* an empty value empties it */
+	setenv("SPARKRELAY_RELAY_ROUTES", "", 1);
+	assert_int_equal(load(policy_json, &cfg, err), 0);
+	assert_int_equal(cfg.relay.policy.nroutes, 0);
+	conf_free(&cfg);
+
+	/* errors name the variable, and never a place in the file */
+	setenv("SPARKRELAY_RELAY_ROUTES",
+	       "[{\"name\": \"a\"}, {\"name\": \"b\", \"pool\": \"x\"}]", 1);
+	assert_int_equal(load(policy_json, &cfg, err), SR_EINVAL);
+	assert_contains(err,
+			"env SPARKRELAY_RELAY_ROUTES: relay.routes[1].pool: no pool \"x\"");
+	assert_empty_cfg(&cfg);
+	setenv("SPARKRELAY_RELAY_ROUTES", "[{\"name\": \"a\"}, {\"nam\": \"b\"}]", 1);
+	assert_int_equal(load(policy_json, &cfg, err), SR_EINVAL);
+	assert_contains(err, "env SPARKRELAY_RELAY_ROUTES: relay.routes[1].nam: unknown key");
+	setenv("SPARKRELAY_RELAY_ROUTES", "[{\"name\": \"a\"}, {}]", 1);
+	assert_int_equal(load(policy_json, &cfg, err), SR_EINVAL);
+	assert_contains(err, "env SPARKRELAY_RELAY_ROUTES: relay.routes[1].name: required, but "
+			     "not set");
+	setenv("SPARKRELAY_RELAY_ROUTES", "[{\"name\": \"a\"", 1);
+	assert_int_equal(load(policy_json, &cfg, err), SR_EINVAL);
+	assert_contains(err,
+			"env SPARKRELAY_RELAY_ROUTES: relay.routes: must be a JSON list of "
+			"0..256 objects (not JSON:");
+	setenv("SPARKRELAY_RELAY_ROUTES", "{\"name\": \"a\"}", 1);
+	assert_int_equal(load(policy_json, &cfg, err), SR_EINVAL);
+	assert_contains(err, "(got an object)");
+	unsetenv("SPARKRELAY_RELAY_ROUTES");
+
+	/* members have no variables of their own */
+	setenv("SPARKRELAY_RELAY_ROUTES_0_NAME", "x", 1);
+	assert_int_equal(load(policy_json, &cfg, err), SR_EINVAL);
+	assert_contains(err, "env SPARKRELAY_RELAY_ROUTES_0_NAME: no such setting");
+	unsetenv("SPARKRELAY_RELAY_ROUTES_0_NAME");
+
+	/* relay.pool from the environment next to the file's pools */
+	setenv("SPARKRELAY_RELAY_POOL_PORT_MIN", "40001", 1);
+	assert_int_equal(load(policy_json, &cfg, err), SR_EINVAL);
+	assert_contains(err, "relay.pool: relay.pool and relay.pools cannot both be given");
+	unsetenv("SPARKRELAY_RELAY_POOL_PORT_MIN");
+
+	/* pools from the environment alone make the relay section present */
+	setenv("SPARKRELAY_RELAY_POOLS",
+	       "[{\"name\": \"only\", \"port_min\": 5000, "
+	       "\"port_max\": 5001}]",
+	       1);
+	setenv("SPARKRELAY_RELAY_TLS_CERT", "c", 1);
+	setenv("SPARKRELAY_RELAY_TLS_KEY", "k", 1);
+	assert_int_equal(load("{}", &cfg, err), 0);
+	assert_int_equal(cfg.have_relay, 1);
+	assert_int_equal(cfg.relay.policy.npools, 1);
+	assert_int_equal(cfg.relay.policy.pools[0].pool.port_max, 5001);
+	conf_free(&cfg);
+}
+
+static void test_dump_round_trips_arrays(void **state)
+{
+	struct sr_config cfg, back;
+	char err[ERRLEN], *out;
+	json_error_t jerr;
+	json_t *root, *relay;
+
+	(void)state;
+	assert_int_equal(load(policy_json, &cfg, err), 0);
+	out = dump_to_string(&cfg);
+	root = json_loads(out, 0, &jerr);
+	assert_non_null(root);
+	relay = json_object_get(root, "relay");
+	/* relay.pool does not apply while relay.pools has elements: left out */
+	assert_null(json_object_get(relay, "pool"));
+	assert_int_equal(json_array_size(json_object_get(relay, "pools")), 2);
+	assert_int_equal(json_array_size(json_object_get(relay, "tenants")), 2);
+	assert_int_equal(json_array_size(json_object_get(relay, "routes")), 2);
+	json_decref(root);
+	if (load(out, &back, err) != 0)
+		fail_msg("dump does not load: %s", err);
+	assert_int_equal(back.relay.policy.npools, 2);
+	assert_string_equal(back.relay.policy.pools[1].pool.advertise_host, "gpu.example");
+	assert_string_equal(back.relay.policy.tenants[1].token_sha256[0], SHA_ABC);
+	assert_int_equal(back.relay.policy.tenants[1].max_connections, 700);
+	assert_string_equal(back.relay.policy.routes[0].executor_cidrs[1], "fd00::/8");
+	assert_null(back.relay.policy.routes[1].pool);
+	conf_free(&back);
+	free(out);
+	conf_free(&cfg);
+
+	/* without pools, relay.pool is dumped as before */
+	assert_int_equal(load("{\"relay\": {" RELAY_OK_TLS "}}", &cfg, err), 0);
+	out = dump_to_string(&cfg);
+	assert_contains(out, "\"pool\": {");
+	assert_contains(out, "\"pools\": []");
+	free(out);
+	conf_free(&cfg);
+}
+
 static void test_dump_redacts_secrets(void **state)
 {
 	struct sr_config cfg, back;
@@ -942,6 +1373,11 @@ int main(void)
 					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_env_bad_values, clear_env, clear_env),
 	    cmocka_unit_test_setup_teardown(test_dump_redacts_secrets, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_arrays_load, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_array_max_counts, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_admin_listen_rule, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_env_arrays, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_dump_round_trips_arrays, clear_env, clear_env),
 	    cmocka_unit_test_setup_teardown(test_docs_up_to_date, clear_env, clear_env),
 	    cmocka_unit_test_setup_teardown(test_docs_content, clear_env, clear_env),
 	};

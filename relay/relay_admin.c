@@ -1,0 +1,714 @@
+/* Admin HTTP API of the relay (contract in relay_admin.h). Runs in the
+ * relay's loop: every handler only reads snapshots the relay hands out and
+ * answers at once, so a slow admin client can hold its own connection but
+ * never the data path. */
+#include "relay/relay_admin.h"
+
+#include "common/sr_err.h"
+#include "common/sr_log.h"
+#include "common/sr_util.h"
+#include "relay/relay.h"
+#include "relay/relay_policy.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+
+/* A drain requested over HTTP starts once the 200 has been written (so the
+ * client sees it before the loop may exit), or after this long if the
+ * client went away before the answer was sent. */
+#define ADMIN_DRAIN_FALLBACK_MS 1000
+#define ADMIN_EXPLAIN_MAX 4096
+
+struct relay_admin {
+	struct event_base *base;
+	struct relay *relay;
+	struct evhttp *http;
+	struct evhttp_bound_socket *sock;
+	struct event *drain_ev;
+	int have_token;
+	/* SHA-256 of the token: comparing digests takes the same time whatever
+	 * the length of the presented token. */
+	unsigned char token_sha[SHA256_DIGEST_LENGTH];
+	struct relay_admin_cbs cbs;
+	void *cb_arg;
+	uint16_t port;
+	char ctx[SR_ADDRSTRLEN + 8];
+};
+
+enum admin_method {
+	AM_GET = 1,
+	AM_POST = 2,
+	AM_DELETE = 4,
+};
+
+typedef void (*admin_handler)(struct relay_admin *a, struct evhttp_request *req,
+			      const char *tail);
+
+struct admin_route {
+	const char *path;
+	int prefix;	 /* path is a prefix; the rest is passed as tail */
+	unsigned method; /* the one method it answers */
+	int open;	 /* served without a token */
+	admin_handler fn;
+};
+
+/* ---- replies -------------------------------------------------------- */
+
+static void reply_buf(struct evhttp_request *req, int code, const char *ctype,
+		      struct evbuffer *body)
+{
+	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+	const char *reason = NULL;
+
+	switch (code) {
+	case 200:
+		reason = "OK";
+		break;
+	case 400:
+		reason = "Bad Request";
+		break;
+	case 401:
+		reason = "Unauthorized";
+		break;
+	case 404:
+		reason = "Not Found";
+		break;
+	case 405:
+		reason = "Method Not Allowed";
+		break;
+	case 413:
+		reason = "Payload Too Large";
+		break;
+	case 500:
+		reason = "Internal Server Error";
+		break;
+	case 501:
+		reason = "Not Implemented";
+		break;
+	case 503:
+		reason = "Service Unavailable";
+		break;
+	default:
+		reason = "Unknown";
+		break;
+	}
+	evhttp_add_header(h, "Content-Type", ctype);
+	evhttp_add_header(h, "Cache-Control", "no-store");
+	evhttp_send_reply(req, code, reason, body);
+}
+
+static void reply_text(struct evhttp_request *req, int code, const char *text)
+{
+	struct evbuffer *b = evbuffer_new();
+
+	if (!b) {
+		evhttp_send_error(req, 500, NULL);
+		return;
+	}
+	evbuffer_add(b, text, strlen(text));
+	reply_buf(req, code, "text/plain; charset=utf-8", b);
+	evbuffer_free(b);
+}
+
+/* Steals j. */
+static void reply_json(struct evhttp_request *req, int code, json_t *j)
+{
+	struct evbuffer *b;
+	char *s;
+
+	if (!j) {
+		evhttp_send_error(req, 500, NULL);
+		return;
+	}
+	s = json_dumps(j, JSON_INDENT(2) | JSON_ENCODE_ANY);
+	json_decref(j);
+	b = evbuffer_new();
+	if (!s || !b) {
+		free(s);
+		if (b)
+			evbuffer_free(b);
+		evhttp_send_error(req, 500, NULL);
+		return;
+	}
+	evbuffer_add(b, s, strlen(s));
+	evbuffer_add(b, "\n", 1);
+	free(s);
+	reply_buf(req, code, "application/json", b);
+	evbuffer_free(b);
+}
+
+static void reply_error(struct evhttp_request *req, int code, const char *msg)
+{
+	reply_json(req, code, json_pack("{s:s}", "error", msg));
+}
+
+/* A string for JSON that cannot fail on NULL or invalid UTF-8 (a
+ * certificate CN is not guaranteed to be UTF-8). */
+static json_t *jstr(const char *s)
+{
+	json_t *v;
+
+	if (!s)
+		return json_null();
+	v = json_string(s);
+	return v ? v : json_string("<invalid utf-8>");
+}
+
+/* ---- /healthz /readyz --------------------------------------------- */
+
+static void h_healthz(struct relay_admin *a, struct evhttp_request *req, const char *tail)
+{
+	reply_text(req, 200, "ok\n");
+}
+
+static void h_readyz(struct relay_admin *a, struct evhttp_request *req, const char *tail)
+{
+	struct relay_stats st;
+
+	relay_get_stats(a->relay, &st);
+	if (st.draining)
+		reply_text(req, 503, "not ready: draining\n");
+	else if (!st.ready)
+		reply_text(req, 503, "not ready: listeners or configuration not up yet\n");
+	else
+		reply_text(req, 200, "ready\n");
+}
+
+/* ---- /metrics ------------------------------------------------------- */
+
+static void metric_head(struct evbuffer *b, const char *name, const char *type,
+			const char *help)
+{
+	evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void metric_one(struct evbuffer *b, const char *name, const char *type, const char *help,
+		       uint64_t v)
+{
+	metric_head(b, name, type, help);
+	evbuffer_add_printf(b, "%s %llu\n", name, (unsigned long long)v);
+}
+
+static void metric_hist(struct evbuffer *b, const char *name, const char *help,
+			const struct relay_hist *h)
+{
+	uint64_t cum = 0;
+
+	metric_head(b, name, "histogram", help);
+	for (size_t i = 0; i < RELAY_HIST_BUCKETS - 1; i++) {
+		cum += h->count[i];
+		evbuffer_add_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name,
+				    (double)relay_hist_bounds_us[i] / 1e6,
+				    (unsigned long long)cum);
+	}
+	cum += h->count[RELAY_HIST_BUCKETS - 1];
+	/* +Inf and _count come from the same sum, as the format requires them
+	 * to be equal even if a bucket and n were bumped apart. */
+	evbuffer_add_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+	evbuffer_add_printf(b, "%s_sum %.6f\n", name, (double)h->sum_us / 1e6);
+	evbuffer_add_printf(b, "%s_count %llu\n", name, (unsigned long long)cum);
+}
+
+static void h_metrics(struct relay_admin *a, struct evhttp_request *req, const char *tail)
+{
+	struct relay_stats st;
+	struct evbuffer *b = evbuffer_new();
+
+	if (!b) {
+		evhttp_send_error(req, 500, NULL);
+		return;
+	}
+	relay_get_stats(a->relay, &st);
+	metric_head(b, "sparkrelay_build_info", "gauge", "Version of the running relay.");
+	evbuffer_add_printf(b, "sparkrelay_build_info{version=\"%s\"} 1\n", SR_VERSION);
+	metric_one(b, "sparkrelay_ready", "gauge",
+		   "1 when listeners are up and the configuration is loaded.",
+		   st.ready ? 1 : 0);
+	metric_one(b, "sparkrelay_draining", "gauge", "1 while the relay drains.",
+		   st.draining ? 1 : 0);
+	metric_one(b, "sparkrelay_tunnels_active", "gauge", "Sidecar tunnels connected now.",
+		   st.tunnels_active);
+	metric_one(b, "sparkrelay_tunnels_accepted_total", "counter",
+		   "Sidecar tunnels that completed the TLS handshake.", st.tunnels_accepted);
+	metric_one(b, "sparkrelay_handshake_failures_total", "counter",
+		   "Tunnel connections that failed TLS or registration in time.",
+		   st.handshake_failures);
+	metric_one(b, "sparkrelay_leases_active", "gauge", "Port leases held now.",
+		   st.leases_active);
+	metric_one(b, "sparkrelay_leases_granted_total", "counter", "Port leases granted.",
+		   st.leases_granted);
+	metric_one(b, "sparkrelay_leases_resumed_total", "counter",
+		   "Leases resumed by a reconnecting sidecar.", st.leases_resumed);
+	metric_one(b, "sparkrelay_leases_expired_total", "counter",
+		   "Leases whose grace TTL ran out with no tunnel.", st.leases_expired);
+	metric_one(b, "sparkrelay_executor_connections_total", "counter",
+		   "Executor connections accepted on lease ports.", st.executor_conns);
+	metric_head(b, "sparkrelay_refused_total", "counter",
+		    "Executor connections and registrations refused, by reason.");
+	for (int i = 0; i < RELAY_REFUSE_MAX; i++)
+		evbuffer_add_printf(b, "sparkrelay_refused_total{reason=\"%s\"} %llu\n",
+				    relay_refusal_name((enum relay_refusal)i),
+				    (unsigned long long)st.refused[i]);
+	metric_one(b, "sparkrelay_streams_active", "gauge", "Tunnelled connections open now.",
+		   st.streams_active);
+	metric_one(b, "sparkrelay_streams_opened_total", "counter",
+		   "Tunnelled connections (HTTP/2 streams) opened.", st.streams_opened);
+	metric_head(b, "sparkrelay_bytes_total", "counter",
+		    "Payload bytes carried, by direction.");
+	evbuffer_add_printf(b, "sparkrelay_bytes_total{direction=\"to_driver\"} %llu\n",
+			    (unsigned long long)st.bytes_to_sidecar);
+	evbuffer_add_printf(b, "sparkrelay_bytes_total{direction=\"to_executor\"} %llu\n",
+			    (unsigned long long)st.bytes_to_executor);
+	metric_head(b, "sparkrelay_reloads_total", "counter",
+		    "Configuration reloads, by result.");
+	evbuffer_add_printf(b, "sparkrelay_reloads_total{result=\"ok\"} %llu\n",
+			    (unsigned long long)st.reloads_ok);
+	evbuffer_add_printf(b, "sparkrelay_reloads_total{result=\"failed\"} %llu\n",
+			    (unsigned long long)st.reloads_failed);
+	metric_hist(b, "sparkrelay_tunnel_rtt_seconds", "Tunnel PING round-trip time.",
+		    &st.tunnel_rtt);
+	metric_hist(b, "sparkrelay_executor_wait_seconds",
+		    "Time an executor connection waited for its tunnel to come back.",
+		    &st.pending_wait);
+	reply_buf(req, 200, "text/plain; version=0.0.4; charset=utf-8", b);
+	evbuffer_free(b);
+}
+
+/* ---- /v1/sessions /v1/leases --------------------------------------- */
+
+static void session_to_json(const struct relay_session_view *v, void *arg)
+{
+	json_t *arr = arg, *o = json_object();
+
+	if (!o)
+		return;
+	json_object_set_new(o, "peer", jstr(v->peer));
+	json_object_set_new(o, "identity", jstr(v->identity));
+	json_object_set_new(o, "tenant", jstr(v->tenant));
+	json_object_set_new(o, "lease", jstr(v->lease));
+	json_object_set_new(o, "age_ms", json_integer((json_int_t)v->age_ms));
+	json_object_set_new(o, "streams_active",
+			    json_integer((json_int_t)v->st.streams_active));
+	json_object_set_new(o, "streams_opened",
+			    json_integer((json_int_t)v->st.streams_opened));
+	json_object_set_new(o, "streams_reset", json_integer((json_int_t)v->st.streams_reset));
+	/* The relay reads executor bytes into the tunnel: to the driver. */
+	json_object_set_new(o, "bytes_to_driver",
+			    json_integer((json_int_t)v->st.bytes_to_tunnel));
+	json_object_set_new(o, "bytes_to_executor",
+			    json_integer((json_int_t)v->st.bytes_from_tunnel));
+	json_object_set_new(o, "rtt_us", json_integer((json_int_t)v->st.last_rtt_us));
+	json_array_append_new(arr, o);
+}
+
+static void lease_to_json(const struct relay_lease_view *v, void *arg)
+{
+	json_t *arr = arg, *o = json_object(), *ports = json_object();
+
+	if (!o || !ports) {
+		json_decref(o);
+		json_decref(ports);
+		return;
+	}
+	for (int role = 0; role < TUN_PORT_MAX; role++) {
+		const char *name = tun_port_role_name((enum tun_port_role)role);
+		if (v->ports[role] && name)
+			json_object_set_new(ports, name, json_integer(v->ports[role]));
+	}
+	json_object_set_new(o, "id", jstr(v->id));
+	json_object_set_new(o, "app", jstr(v->app));
+	json_object_set_new(o, "tenant", jstr(v->tenant));
+	json_object_set_new(o, "pool", jstr(v->pool));
+	json_object_set_new(o, "route", jstr(v->route));
+	json_object_set_new(o, "host", jstr(v->host));
+	json_object_set_new(o, "ports", ports);
+	json_object_set_new(o, "attached", json_boolean(v->attached));
+	json_object_set_new(o, "peer", jstr(v->peer));
+	json_object_set_new(o, "pending", json_integer(v->npending));
+	json_object_set_new(o, "conns_active", json_integer((json_int_t)v->conns_active));
+	json_object_set_new(o, "conns_total", json_integer((json_int_t)v->conns_total));
+	json_array_append_new(arr, o);
+}
+
+static void h_sessions(struct relay_admin *a, struct evhttp_request *req, const char *tail)
+{
+	json_t *arr = json_array();
+
+	if (arr)
+		relay_foreach_session(a->relay, session_to_json, arr);
+	reply_json(req, 200, arr);
+}
+
+static void h_leases(struct relay_admin *a, struct evhttp_request *req, const char *tail)
+{
+	json_t *arr = json_array();
+
+	if (arr)
+		relay_foreach_lease(a->relay, lease_to_json, arr);
+	reply_json(req, 200, arr);
+}
+
+/* DELETE /v1/leases/<id> */
+static void h_revoke(struct relay_admin *a, struct evhttp_request *req, const char *id)
+{
+	int rv;
+
+	if (!*id || strchr(id, '/')) {
+		reply_error(req, 404, "no such lease");
+		return;
+	}
+	rv = relay_revoke_lease(a->relay, id);
+	if (rv == SR_ENOTFOUND) {
+		reply_error(req, 404, "no such lease");
+		return;
+	}
+	if (rv != 0) {
+		reply_error(req, 500, sr_strerror(rv));
+		return;
+	}
+	SR_INFO(a->ctx, "lease %s revoked", id);
+	reply_json(req, 200, json_pack("{s:s,s:s}", "result", "revoked", "lease", id));
+}
+
+/* ---- /v1/config /v1/reload /v1/drain -------------------------------- */
+
+static void h_config(struct relay_admin *a, struct evhttp_request *req, const char *tail)
+{
+	json_t *j;
+
+	if (!a->cbs.config_json) {
+		reply_error(req, 501, "this relay cannot show its configuration");
+		return;
+	}
+	j = a->cbs.config_json(a->cb_arg);
+	if (!j) {
+		reply_error(req, 500, "cannot render the configuration");
+		return;
+	}
+	reply_json(req, 200, j);
+}
+
+static void h_reload(struct relay_admin *a, struct evhttp_request *req, const char *tail)
+{
+	char err[1024] = "";
+	int rv;
+
+	if (!a->cbs.reload) {
+		reply_error(req, 501, "this relay cannot reload its configuration");
+		return;
+	}
+	rv = a->cbs.reload(a->cb_arg, err, sizeof(err));
+	/* The callback logs the outcome (it also serves SIGHUP). */
+	if (rv != 0) {
+		reply_error(req, 400, err[0] ? err : sr_strerror(rv));
+		return;
+	}
+	reply_json(req, 200, json_pack("{s:s}", "result", "ok"));
+}
+
+static void admin_start_drain(struct relay_admin *a)
+{
+	struct relay_stats st;
+
+	evtimer_del(a->drain_ev);
+	relay_get_stats(a->relay, &st);
+	if (!st.draining)
+		relay_drain(a->relay);
+}
+
+static void on_drain_timer(evutil_socket_t fd, short what, void *arg)
+{
+	admin_start_drain(arg);
+}
+
+static void on_drain_reply_sent(struct evhttp_request *req, void *arg)
+{
+	admin_start_drain(arg);
+}
+
+static void h_drain(struct relay_admin *a, struct evhttp_request *req, const char *tail)
+{
+	struct relay_stats st;
+	struct timeval tv = {ADMIN_DRAIN_FALLBACK_MS / 1000,
+			     (ADMIN_DRAIN_FALLBACK_MS % 1000) * 1000};
+
+	relay_get_stats(a->relay, &st);
+	if (!st.draining) {
+		SR_INFO(a->ctx, "drain requested over the admin API");
+		evhttp_request_set_on_complete_cb(req, on_drain_reply_sent, a);
+		evtimer_add(a->drain_ev, &tv);
+	}
+	reply_json(req, 200, json_pack("{s:s}", "result", "draining"));
+}
+
+/* ---- /v1/route/explain --------------------------------------------- */
+
+/* A string member of o or NULL; -1 if present with another type. */
+static int opt_string(json_t *o, const char *key, const char **out)
+{
+	json_t *v = json_object_get(o, key);
+
+	*out = NULL;
+	if (!v || json_is_null(v))
+		return 0;
+	if (!json_is_string(v))
+		return -1;
+	*out = json_string_value(v);
+	return 0;
+}
+
+static void h_explain(struct relay_admin *a, struct evhttp_request *req, const char *tail)
+{
+	struct evbuffer *in = evhttp_request_get_input_buffer(req);
+	size_t len = evbuffer_get_length(in);
+	struct relay_identity id;
+	struct sockaddr_storage ss;
+	socklen_t sslen = sizeof(ss);
+	const char *cn, *token, *app, *addr;
+	char msg[256], *out = NULL;
+	json_error_t jerr;
+	json_t *body;
+	int n;
+
+	/* evhttp already refused bodies over RELAY_ADMIN_MAX_BODY. */
+	body = json_loadb((const char *)evbuffer_pullup(in, (ev_ssize_t)len), len,
+			  JSON_REJECT_DUPLICATES, &jerr);
+	if (!body || !json_is_object(body)) {
+		snprintf(msg, sizeof(msg),
+			 "body must be a JSON object {\"cn\",\"token\",\"app\","
+			 "\"addr\"}%s%s",
+			 body ? "" : ": ", body ? "" : jerr.text);
+		reply_error(req, 400, msg);
+		goto out;
+	}
+	if (opt_string(body, "cn", &cn) || opt_string(body, "token", &token) ||
+	    opt_string(body, "app", &app) || opt_string(body, "addr", &addr)) {
+		reply_error(req, 400, "cn, token, app and addr must be strings");
+		goto out;
+	}
+	memset(&id, 0, sizeof(id));
+	id.cn = cn;
+	id.token = token;
+	if (addr && *addr) {
+		if (sr_parse_addr(addr, 0, &ss, &sslen) != 0) {
+			snprintf(msg, sizeof(msg),
+				 "addr: not a numeric IPv4 or IPv6 address: \"%.64s\"", addr);
+			reply_error(req, 400, msg);
+			goto out;
+		}
+		id.addr = (const struct sockaddr *)&ss;
+	}
+	out = malloc(ADMIN_EXPLAIN_MAX);
+	if (!out) {
+		evhttp_send_error(req, 500, NULL);
+		goto out;
+	}
+	n = relay_policy_explain(relay_get_policy(a->relay), &id, app, out, ADMIN_EXPLAIN_MAX);
+	if (n < 0) {
+		reply_error(req, 500, "cannot explain");
+		goto out;
+	}
+	if (n > 0 && (size_t)n < ADMIN_EXPLAIN_MAX - 1 && out[n - 1] != '\n') {
+		out[n] = '\n';
+		out[n + 1] = '\0';
+	}
+	reply_text(req, 200, out);
+out:
+	free(out);
+	json_decref(body);
+}
+
+/* ---- routing and auth ----------------------------------------------- */
+
+static const struct admin_route admin_routes[] = {
+    {"/healthz", 0, AM_GET, 1, h_healthz},   {"/readyz", 0, AM_GET, 1, h_readyz},
+    {"/metrics", 0, AM_GET, 0, h_metrics},   {"/v1/sessions", 0, AM_GET, 0, h_sessions},
+    {"/v1/leases", 0, AM_GET, 0, h_leases},  {"/v1/leases/", 1, AM_DELETE, 0, h_revoke},
+    {"/v1/config", 0, AM_GET, 0, h_config},  {"/v1/drain", 0, AM_POST, 0, h_drain},
+    {"/v1/reload", 0, AM_POST, 0, h_reload}, {"/v1/route/explain", 0, AM_POST, 0, h_explain},
+};
+
+static const char *method_name(unsigned m)
+{
+	return m == AM_GET ? "GET, HEAD" : m == AM_POST ? "POST" : "DELETE";
+}
+
+/* Whether the request carries the configured bearer token. */
+static int authorized(const struct relay_admin *a, struct evhttp_request *req)
+{
+	const char *h =
+	    evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+	unsigned char got[SHA256_DIGEST_LENGTH];
+
+	if (!a->have_token)
+		return 1;
+	if (!h || strncasecmp(h, "Bearer ", 7) != 0)
+		return 0;
+	h += 7;
+	while (*h == ' ')
+		h++;
+	SHA256((const unsigned char *)h, strlen(h), got);
+	return CRYPTO_memcmp(got, a->token_sha, sizeof(got)) == 0;
+}
+
+static void admin_dispatch(struct evhttp_request *req, void *arg)
+{
+	struct relay_admin *a = arg;
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+	const struct admin_route *rt = NULL;
+	unsigned m;
+
+	if (!path || !*path)
+		path = "/";
+	for (size_t i = 0; i < SR_ARRAY_LEN(admin_routes); i++) {
+		const struct admin_route *c = &admin_routes[i];
+		size_t n = strlen(c->path);
+		if (c->prefix ? strncmp(path, c->path, n) == 0 : strcmp(path, c->path) == 0) {
+			rt = c;
+			break;
+		}
+	}
+	if (!rt) {
+		reply_error(req, 404, "no such endpoint");
+		return;
+	}
+	if (!rt->open && !authorized(a, req)) {
+		evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
+				  "Bearer realm=\"sparkrelay-admin\"");
+		reply_error(req, 401, "missing or wrong bearer token");
+		return;
+	}
+	m = cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD ? AM_GET
+	    : cmd == EVHTTP_REQ_POST			    ? AM_POST
+	    : cmd == EVHTTP_REQ_DELETE			    ? AM_DELETE
+							    : 0;
+	if (m != rt->method) {
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow",
+				  method_name(rt->method));
+		reply_error(req, 405, "method not allowed");
+		return;
+	}
+	rt->fn(a, req, rt->prefix ? path + strlen(rt->path) : NULL);
+}
+
+/* ---- lifecycle ------------------------------------------------------ */
+
+int relay_admin_is_loopback(const char *host)
+{
+	struct in_addr a4;
+	struct in6_addr a6;
+
+	if (!host)
+		return 0;
+	if (strcasecmp(host, "localhost") == 0)
+		return 1;
+	if (inet_pton(AF_INET, host, &a4) == 1)
+		return (ntohl(a4.s_addr) >> 24) == 127;
+	if (inet_pton(AF_INET6, host, &a6) == 1) {
+		if (IN6_IS_ADDR_LOOPBACK(&a6))
+			return 1;
+		/* ::ffff:127.x.y.z */
+		return IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127;
+	}
+	return 0;
+}
+
+struct relay_admin *relay_admin_new(struct event_base *base, struct relay *r,
+				    const char *listen, const char *token,
+				    const struct relay_admin_cbs *cbs, void *cb_arg, char *err,
+				    size_t errlen)
+{
+	struct relay_admin *a;
+	char host[256];
+	uint16_t port;
+	struct sockaddr_storage ss;
+	socklen_t sslen = sizeof(ss);
+
+	if (!listen || sr_split_hostport(listen, host, sizeof(host), &port, -1) != 0) {
+		snprintf(err, errlen, "admin listen address \"%s\" is not host:port",
+			 listen ? listen : "(null)");
+		return NULL;
+	}
+	if ((!token || !*token) && !relay_admin_is_loopback(host)) {
+		snprintf(
+		    err, errlen,
+		    "admin listener on %s is not a loopback address: set relay.admin.token "
+		    "(every request must then carry it)",
+		    listen);
+		return NULL;
+	}
+	a = calloc(1, sizeof(*a));
+	if (!a) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	a->base = base;
+	a->relay = r;
+	a->cb_arg = cb_arg;
+	if (cbs)
+		a->cbs = *cbs;
+	if (token && *token) {
+		a->have_token = 1;
+		SHA256((const unsigned char *)token, strlen(token), a->token_sha);
+	}
+	a->drain_ev = evtimer_new(base, on_drain_timer, a);
+	a->http = evhttp_new(base);
+	if (!a->drain_ev || !a->http) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
+	evhttp_set_max_headers_size(a->http, RELAY_ADMIN_MAX_HEADERS);
+	evhttp_set_max_body_size(a->http, RELAY_ADMIN_MAX_BODY);
+	evhttp_set_timeout(a->http, RELAY_ADMIN_TIMEOUT_S);
+	/* Let every method through to admin_dispatch, which answers 405 with
+	 * an Allow header (evhttp would answer 501 on its own). */
+	evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
+						EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+						EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS);
+	evhttp_set_gencb(a->http, admin_dispatch, a);
+	a->sock = evhttp_bind_socket_with_handle(a->http, host, port);
+	if (!a->sock) {
+		snprintf(err, errlen, "cannot listen on %s for the admin API", listen);
+		goto fail;
+	}
+	if (getsockname(evhttp_bound_socket_get_fd(a->sock), (struct sockaddr *)&ss, &sslen) ==
+	    0)
+		a->port = sr_addr_port((struct sockaddr *)&ss);
+	snprintf(a->ctx, sizeof(a->ctx), strchr(host, ':') ? "admin [%s]:%u" : "admin %s:%u",
+		 host, (unsigned)a->port);
+	SR_INFO(a->ctx, "admin API listening%s", a->have_token ? " (token required)" : "");
+	return a;
+fail:
+	relay_admin_free(a);
+	return NULL;
+}
+
+void relay_admin_free(struct relay_admin *a)
+{
+	if (!a)
+		return;
+	if (a->http)
+		evhttp_free(a->http); /* closes the listener and every connection */
+	if (a->drain_ev)
+		event_free(a->drain_ev);
+	OPENSSL_cleanse(a->token_sha, sizeof(a->token_sha));
+	free(a);
+}
+
+uint16_t relay_admin_port(const struct relay_admin *a)
+{
+	return a->port;
+}

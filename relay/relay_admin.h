@@ -1,0 +1,65 @@
+/* The relay's admin HTTP API (libevent evhttp, in the relay's own loop):
+ *
+ *   GET    /healthz              200 "ok" while the loop runs (no token)
+ *   GET    /readyz               200 when ready and not draining, else 503 (no token)
+ *   GET    /metrics              Prometheus text exposition 0.0.4
+ *   GET    /v1/sessions          JSON array, one object per tunnel
+ *   GET    /v1/leases            JSON array, one object per lease
+ *   DELETE /v1/leases/<id>       revoke a lease (404 if unknown)
+ *   GET    /v1/config            effective configuration, secrets redacted
+ *   POST   /v1/drain             graceful drain (the relay exits when done)
+ *   POST   /v1/reload            re-read the configuration (200 or 400 with the reason)
+ *   POST   /v1/route/explain     {"cn","token","app","addr"} -> text/plain explanation
+ *
+ * Every endpoint but /healthz and /readyz requires "Authorization: Bearer
+ * <token>" when a token is configured (401 otherwise). Unknown paths get
+ * 404, known paths with another method 405 (with an Allow header). Request
+ * headers and bodies are capped (RELAY_ADMIN_MAX_*) and a connection idle
+ * for RELAY_ADMIN_TIMEOUT_S is closed. Error bodies are JSON {"error": ".."}. */
+#ifndef RELAY_ADMIN_H
+#define RELAY_ADMIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+struct event_base;
+struct relay;
+struct relay_admin;
+
+#define RELAY_ADMIN_MAX_HEADERS (8 * 1024)
+#define RELAY_ADMIN_MAX_BODY (16 * 1024)
+#define RELAY_ADMIN_TIMEOUT_S 10
+
+/* Supplied by the program, which knows the configuration file (the relay
+ * module does not). Either may be NULL: the endpoint then answers 501. */
+struct relay_admin_cbs {
+	/* Re-read and apply the configuration (usually via relay_reload).
+	 * Returns 0, or a negative SR_E* code with a one-line reason in err. */
+	int (*reload)(void *arg, char *err, size_t errlen);
+	/* The effective configuration as JSON with secrets redacted; the
+	 * caller owns the returned reference. NULL on failure (500). */
+	json_t *(*config_json)(void *arg);
+};
+
+/* Bind the admin listener on listen ("host:port"; port 0 picks a free port)
+ * in base. r is borrowed and must outlive the admin. token (copied) may be
+ * NULL or "" for none, which is refused unless listen is a loopback address
+ * (127.0.0.0/8, ::1 or "localhost"). cbs is copied; cb_arg is passed to it.
+ * Returns NULL with a reason in err. */
+struct relay_admin *relay_admin_new(struct event_base *base, struct relay *r,
+				    const char *listen, const char *token,
+				    const struct relay_admin_cbs *cbs, void *cb_arg, char *err,
+				    size_t errlen);
+/* Close the listener and every admin connection. NULL is a no-op. */
+void relay_admin_free(struct relay_admin *a);
+
+/* The bound port (useful when configured with port 0). */
+uint16_t relay_admin_port(const struct relay_admin *a);
+
+/* Whether host (numeric or "localhost") is a loopback address. Shared with
+ * the config checks so that both refuse the same addresses. */
+int relay_admin_is_loopback(const char *host);
+
+#endif

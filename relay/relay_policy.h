@@ -1,0 +1,112 @@
+/* Who may register, which pool their lease comes from, and which executors
+ * may connect to it: pools, tenants and routes, compiled from the relay
+ * options into an immutable policy that a reload replaces as a whole.
+ *
+ * Without tenants every sidecar is the implicit tenant "default"; without
+ * routes every tenant maps to the first pool and any executor address may
+ * connect. */
+#ifndef RELAY_POLICY_H
+#define RELAY_POLICY_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "relay/relay_lease.h"
+
+#define RELAY_MAX_POOLS 16
+#define RELAY_MAX_TENANTS 256
+#define RELAY_MAX_ROUTES 256
+#define RELAY_MAX_CIDRS 32
+#define RELAY_MAX_MATCH 8
+
+/* relay.pools[] */
+struct relay_pool_cfg {
+	char *name;
+	struct relay_pool_opts pool;
+};
+
+/* relay.tenants[]: a sidecar is the first tenant any of whose matchers
+ * fits (patterns: exact, or with '*' wildcards). */
+struct relay_tenant_cfg {
+	char *name;
+	char *cn[RELAY_MAX_MATCH];  /* client certificate subject CN patterns */
+	unsigned ncn;
+	char *san[RELAY_MAX_MATCH]; /* client certificate DNS/URI SAN patterns */
+	unsigned nsan;
+	char *token_sha256[RELAY_MAX_MATCH]; /* hex SHA-256 of accepted bearer tokens */
+	unsigned ntoken;
+	uint32_t max_leases;      /* 0 = unlimited */
+	uint32_t max_connections; /* concurrent executor connections over all its leases */
+	uint32_t max_pending;     /* 0 = relay.lease.max_pending */
+};
+
+/* relay.routes[]: the first route that fits a registration decides. */
+struct relay_route_cfg {
+	char *name;
+	char *tenant;  /* tenant name, or "*" */
+	char *app;     /* app name pattern, NULL = any */
+	char *sidecar_cidrs[RELAY_MAX_CIDRS]; /* where the sidecar dials from; none = any */
+	unsigned nsidecar_cidrs;
+	char *pool;    /* pool name */
+	char *executor_cidrs[RELAY_MAX_CIDRS]; /* who may connect to the lease ports; none = any */
+	unsigned nexecutor_cidrs;
+};
+
+struct relay_policy_opts {
+	struct relay_pool_cfg pools[RELAY_MAX_POOLS];
+	unsigned npools;
+	struct relay_tenant_cfg tenants[RELAY_MAX_TENANTS];
+	unsigned ntenants;
+	struct relay_route_cfg routes[RELAY_MAX_ROUTES];
+	unsigned nroutes;
+};
+
+struct relay_policy;
+
+/* What is known about a registering sidecar. Strings may be NULL/empty. */
+struct relay_identity {
+	const char *cn;            /* verified client certificate CN */
+	const char *const *sans;   /* verified client certificate DNS/URI SANs */
+	size_t nsans;
+	const char *token;         /* bearer token from the register message */
+	const struct sockaddr *addr; /* sidecar's address as seen by the relay */
+};
+
+/* Compile. default_pool is used as the only pool when o->npools == 0 (it is
+ * copied). Checks that every route names an existing pool and tenant, that
+ * CIDRs parse, that names are unique. Returns NULL with a reason in err
+ * naming the offending entry, e.g. "relay.routes[2].pool: no pool \"gpu\"". */
+struct relay_policy *relay_policy_new(const struct relay_policy_opts *o,
+				      const struct relay_pool_opts *default_pool, char *err,
+				      size_t errlen);
+void relay_policy_free(struct relay_policy *p);
+
+/* The tenant of a sidecar: index into the tenants (or 0 for the implicit
+ * "default"), or -1 when no tenant matches (why says so). */
+int relay_policy_tenant(const struct relay_policy *p, const struct relay_identity *id,
+			char *why, size_t whylen);
+const char *relay_policy_tenant_name(const struct relay_policy *p, int tenant);
+/* Limits of a tenant (the implicit tenant has none). */
+const struct relay_tenant_cfg *relay_policy_tenant_cfg(const struct relay_policy *p, int tenant);
+
+/* The route for a registration: index, or -1 with a reason. */
+int relay_policy_route(const struct relay_policy *p, int tenant, const char *app,
+		       const struct sockaddr *sidecar, char *why, size_t whylen);
+const char *relay_policy_route_name(const struct relay_policy *p, int route);
+/* The pool a route maps to: index into relay_policy_pool(). */
+int relay_policy_route_pool(const struct relay_policy *p, int route);
+size_t relay_policy_npools(const struct relay_policy *p);
+const struct relay_pool_cfg *relay_policy_pool(const struct relay_policy *p, size_t i);
+
+/* May an executor at addr connect to a lease made by this route? */
+int relay_policy_executor_allowed(const struct relay_policy *p, int route,
+				  const struct sockaddr *addr);
+
+/* Explain, in a few lines of text, which tenant and route a registration
+ * would get and why (for `sparkrelay ctl route explain`). Returns the
+ * number of bytes written (like snprintf). */
+int relay_policy_explain(const struct relay_policy *p, const struct relay_identity *id,
+			 const char *app, char *out, size_t outlen);
+
+#endif
