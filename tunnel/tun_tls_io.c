@@ -57,7 +57,18 @@ static int io_send(struct tun_tls_io *io)
 	long n = BIO_get_mem_data(io->wbio, &p);
 
 	if (n > 0) {
-		if (evbuffer_add(io->cout, p, (size_t)n) != 0) {
+		long off = 0;
+		/* Common case: nothing queued, so send straight from OpenSSL's
+		 * buffer and copy only what the kernel did not take. */
+		if (evbuffer_get_length(io->cout) == 0) {
+			ssize_t w = send(io->fd, p, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+			if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+				snprintf(io->err, sizeof(io->err), "send: %s", strerror(errno));
+				return SR_EIO;
+			}
+			off = w > 0 ? (long)w : 0;
+		}
+		if (off < n && evbuffer_add(io->cout, p + off, (size_t)(n - off)) != 0) {
 			snprintf(io->err, sizeof(io->err), "out of memory");
 			return SR_ENOMEM;
 		}
@@ -92,11 +103,13 @@ static void io_fail(struct tun_tls_io *io, int err)
 		io->cb(io, err, io->err, io->arg); /* may free io */
 		return;
 	}
+	/* Deferred: we may be deep inside tun_conn (its write reached us
+	 * through the pair), which must not see its transport fail there. */
 	if (io->pair[0])
 		bufferevent_trigger_event(io->pair[0],
 					  err == SR_ECLOSED ? (BEV_EVENT_READING | BEV_EVENT_EOF)
 							    : (BEV_EVENT_READING | BEV_EVENT_ERROR),
-					  0);
+					  BEV_TRIG_DEFER_CALLBACKS);
 }
 
 /* Plaintext from tun_conn: encrypt while the socket keeps up. */
@@ -181,7 +194,12 @@ static int io_decrypt(struct tun_tls_io *io)
 		n = SSL_read(io->ssl, v.iov_base, (int)(v.iov_len > 65536 ? 65536 : v.iov_len));
 		if (n > 0) {
 			v.iov_len = (size_t)n;
+			/* The pair hands this to tun_conn synchronously (no deferred
+			 * callbacks: one loop iteration less per message); it may
+			 * answer through us and even end the transport. */
 			evbuffer_commit_space(out, &v, 1);
+			if (io->state != IO_OPEN)
+				return 0;
 			continue;
 		}
 		evbuffer_commit_space(out, &v, 0);
@@ -302,7 +320,7 @@ struct tun_tls_io *tun_tls_io_new(struct event_base *base, int fd, SSL *ssl, int
 	io->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, io_write_cb, io);
 	io->cout = evbuffer_new();
 	if (!io->rev || !io->wev || !io->cout ||
-	    bufferevent_pair_new(base, BEV_OPT_DEFER_CALLBACKS, io->pair) != 0)
+	    bufferevent_pair_new(base, 0, io->pair) != 0)
 		goto fail;
 	/* pair[1]: we read plaintext from tun_conn and write plaintext to it. */
 	bufferevent_setcb(io->pair[1], pair_read_cb, NULL, NULL, io);

@@ -6,7 +6,8 @@
  * written in large chunks (many records per syscall) and OpenSSL works on
  * memory buffers.
  *
- * The plaintext side is one end of a bufferevent pair, which the owner
+ * The plaintext side is one end of a bufferevent pair (callbacks not
+ * deferred: data reaches tun_conn in the same loop iteration), which the owner
  * hands to tun_conn_new() once the handshake is done; transport EOF and
  * errors arrive there as BEV_EVENT_EOF / BEV_EVENT_ERROR. The owner frees
  * the tun_conn (and with it that end) before it frees this object. */
