@@ -52,7 +52,7 @@ struct demo {
 	struct relay_opts ro;
 	struct sidecar_opts so;
 	struct evconnlistener *drv[2];
-	struct event *timeout, *sigint;
+	struct event *timeout, *sigint, *progress;
 	char dir[64];
 	char path[6][128];
 	unsigned executors, rounds;
@@ -328,6 +328,25 @@ static void on_lease(struct sidecar *s, const struct sidecar_lease_info *info, v
 	start_executors(d);
 }
 
+/* A live line every half second while executors run. */
+static void demo_progress(evutil_socket_t fd, short what, void *arg)
+{
+	struct demo *d = arg;
+	struct relay_stats rs;
+	uint64_t bytes = 0;
+
+	if (!d->conns || d->shutting_down)
+		return;
+	for (unsigned i = 0; i < d->nconns; i++)
+		bytes += d->conns[i].received;
+	relay_get_stats(d->relay, &rs);
+	printf("  %5.1f s  executor conns %llu (%llu open)  broadcast %.0f MiB  RPC round "
+	       "trips %zu\n",
+	       (double)(sr_now_us() - d->start_us) / 1e6, (unsigned long long)rs.executor_conns,
+	       (unsigned long long)rs.streams_active, (double)bytes / (1 << 20), d->nrtt);
+	fflush(stdout);
+}
+
 static void demo_timeout(evutil_socket_t fd, short what, void *arg)
 {
 	struct demo *d = arg;
@@ -484,7 +503,12 @@ int cmd_demo(int argc, char **argv)
 	}
 	d.timeout = evtimer_new(d.base, demo_timeout, &d);
 	d.sigint = evsignal_new(d.base, SIGINT, demo_sigint, &d);
+	d.progress = event_new(d.base, -1, EV_PERSIST, demo_progress, &d);
 	evtimer_add(d.timeout, &tv);
+	{
+		struct timeval half = {0, 500000};
+		event_add(d.progress, &half);
+	}
 	event_add(d.sigint, NULL);
 
 	event_base_dispatch(d.base);
@@ -504,6 +528,7 @@ int cmd_demo(int argc, char **argv)
 	}
 	event_free(d.timeout);
 	event_free(d.sigint);
+	event_free(d.progress);
 	sidecar_free(d.sidecar);
 	relay_free(d.relay);
 	/* Deferred bufferevent callbacks hold references until they run. */
