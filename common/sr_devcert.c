@@ -32,20 +32,6 @@
 #define DEVCERT_SAN_BASE "DNS:localhost,IP:127.0.0.1,IP:127.0.0.2,IP:127.0.0.3,IP:::1"
 #define DEVCERT_NAME_MAX 253 /* longest DNS name */
 
-static void devcert_seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void devcert_seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err == NULL || errlen == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
-
 /* Report an OpenSSL failure with the newest entry of its error queue, then
  * clear the queue so it does not leak into unrelated later calls. */
 static int devcert_ssl_err(char *err, size_t errlen, const char *what)
@@ -57,7 +43,7 @@ static int devcert_ssl_err(char *err, size_t errlen, const char *what)
 		last = e;
 	if (last != 0)
 		ERR_error_string_n(last, buf, sizeof(buf));
-	devcert_seterr(err, errlen, "%s: %s", what, buf);
+	sr_seterr(err, errlen, "%s: %s", what, buf);
 	return SR_ETLS;
 }
 
@@ -97,7 +83,7 @@ static int devcert_relay_san(const char *const *extra, char **out, char *err, si
 		int is_ip;
 
 		if (devcert_name_kind(extra[i], &is_ip) < 0) {
-			devcert_seterr(err, errlen,
+			sr_seterr(err, errlen,
 				       "extra name \"%.64s\": not an IP literal or DNS name",
 				       extra[i]);
 			return SR_EINVAL;
@@ -106,7 +92,7 @@ static int devcert_relay_san(const char *const *extra, char **out, char *err, si
 	}
 	san = malloc(cap);
 	if (san == NULL) {
-		devcert_seterr(err, errlen, "out of memory");
+		sr_seterr(err, errlen, "out of memory");
 		return SR_ENOMEM;
 	}
 	len = (size_t)snprintf(san, cap, "%s", DEVCERT_SAN_BASE);
@@ -219,22 +205,22 @@ static int devcert_write(const char *dir, const char *name, enum devcert_kind ki
 
 	n = snprintf(path, sizeof(path), "%s/%s", dir, name);
 	if (n < 0 || (size_t)n >= sizeof(path)) {
-		devcert_seterr(err, errlen, "%s/%s: path too long", dir, name);
+		sr_seterr(err, errlen, "%s/%s: path too long", dir, name);
 		return SR_EINVAL;
 	}
 	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
 	if (fd < 0) {
-		devcert_seterr(err, errlen, "%s: %s", path, strerror(errno));
+		sr_seterr(err, errlen, "%s: %s", path, strerror(errno));
 		return SR_EIO;
 	}
 	if (fchmod(fd, mode) < 0) {
-		devcert_seterr(err, errlen, "%s: chmod: %s", path, strerror(errno));
+		sr_seterr(err, errlen, "%s: chmod: %s", path, strerror(errno));
 		close(fd);
 		return SR_EIO;
 	}
 	fp = fdopen(fd, "w");
 	if (fp == NULL) {
-		devcert_seterr(err, errlen, "%s: %s", path, strerror(errno));
+		sr_seterr(err, errlen, "%s: %s", path, strerror(errno));
 		close(fd);
 		return SR_EIO;
 	}
@@ -243,7 +229,7 @@ static int devcert_write(const char *dir, const char *name, enum devcert_kind ki
 	else
 		ok = PEM_write_X509(fp, obj);
 	if (fclose(fp) != 0) {
-		devcert_seterr(err, errlen, "%s: %s", path, strerror(errno));
+		sr_seterr(err, errlen, "%s: %s", path, strerror(errno));
 		ERR_clear_error();
 		return SR_EIO;
 	}
@@ -282,16 +268,16 @@ int sr_devcert_write(const char *dir, const char *const *extra_names, unsigned d
 	int rc;
 
 	if (dir == NULL || days == 0 || days > DEVCERT_MAX_DAYS) {
-		devcert_seterr(err, errlen, "devcert: need a directory and 1..%d days",
+		sr_seterr(err, errlen, "devcert: need a directory and 1..%d days",
 			       DEVCERT_MAX_DAYS);
 		return SR_EINVAL;
 	}
 	if (stat(dir, &st) < 0) {
-		devcert_seterr(err, errlen, "%s: %s", dir, strerror(errno));
+		sr_seterr(err, errlen, "%s: %s", dir, strerror(errno));
 		return SR_EIO;
 	}
 	if (!S_ISDIR(st.st_mode)) {
-		devcert_seterr(err, errlen, "%s: not a directory", dir);
+		sr_seterr(err, errlen, "%s: not a directory", dir);
 		return SR_EIO;
 	}
 	if ((rc = devcert_relay_san(extra_names, &san, err, errlen)) < 0)

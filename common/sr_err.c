@@ -1,5 +1,8 @@
 #include "common/sr_err.h"
 
+#include <stdarg.h>
+#include <stdio.h>
+
 const char *sr_strerror(int err)
 {
 	switch (err) {
@@ -22,4 +25,15 @@ const char *sr_strerror(int err)
 	case SR_EH2: return "HTTP/2 error";
 	}
 	return "unknown error";
+}
+
+void sr_seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (err == NULL || errlen == 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
 }

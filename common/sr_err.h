@@ -4,6 +4,8 @@
 #ifndef SR_ERR_H
 #define SR_ERR_H
 
+#include <stddef.h>
+
 enum sr_err {
 	SR_OK = 0,
 	SR_ENOMEM = -1,      /* allocation failed */
@@ -26,5 +28,10 @@ enum sr_err {
 
 /* Static string for an error code; never NULL. */
 const char *sr_strerror(int err);
+
+/* printf into a caller's error buffer; does nothing if err is NULL or
+ * errlen is 0 (callers may not want the reason). */
+void sr_seterr(char *err, size_t errlen, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
 
 #endif

@@ -72,20 +72,6 @@ static int ctl_type_from_name(const char *name)
 	return -1;
 }
 
-static void ctl_seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void ctl_seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err == NULL || errlen == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
-
 /* Peer-chosen text (object keys, role names) goes into error strings that end
  * up in logs: keep it short and printable so a peer cannot forge log lines. */
 static const char *ctl_printable(const char *s, char *buf, size_t buflen)
@@ -110,22 +96,22 @@ static int ctl_get_str(json_t *obj, const char *key, char *dst, size_t dstsize, 
 	if (v == NULL) {
 		if (!required)
 			return 0;
-		ctl_seterr(err, errlen, "field \"%s\": missing", key);
+		sr_seterr(err, errlen, "field \"%s\": missing", key);
 		return SR_EPROTO;
 	}
 	if (!json_is_string(v)) {
-		ctl_seterr(err, errlen, "field \"%s\": must be a string", key);
+		sr_seterr(err, errlen, "field \"%s\": must be a string", key);
 		return SR_EPROTO;
 	}
 	/* JSON_ALLOW_NUL is not passed to the loader, so no embedded NUL. */
 	n = json_string_length(v);
 	if (n >= dstsize) {
-		ctl_seterr(err, errlen, "field \"%s\": too long (%zu bytes, max %zu)", key, n,
+		sr_seterr(err, errlen, "field \"%s\": too long (%zu bytes, max %zu)", key, n,
 			   dstsize - 1);
 		return SR_EPROTO;
 	}
 	if (nonempty && n == 0) {
-		ctl_seterr(err, errlen, "field \"%s\": must not be empty", key);
+		sr_seterr(err, errlen, "field \"%s\": must not be empty", key);
 		return SR_EPROTO;
 	}
 	memcpy(dst, json_string_value(v), n);
@@ -141,15 +127,15 @@ static int ctl_get_roles(json_t *obj, unsigned *roles, char *err, size_t errlen)
 	json_t *v;
 
 	if (arr == NULL) {
-		ctl_seterr(err, errlen, "field \"roles\": missing");
+		sr_seterr(err, errlen, "field \"roles\": missing");
 		return SR_EPROTO;
 	}
 	if (!json_is_array(arr)) {
-		ctl_seterr(err, errlen, "field \"roles\": must be an array of role names");
+		sr_seterr(err, errlen, "field \"roles\": must be an array of role names");
 		return SR_EPROTO;
 	}
 	if (json_array_size(arr) == 0) {
-		ctl_seterr(err, errlen, "field \"roles\": must list at least one role");
+		sr_seterr(err, errlen, "field \"roles\": must list at least one role");
 		return SR_EPROTO;
 	}
 	*roles = 0;
@@ -158,17 +144,17 @@ static int ctl_get_roles(json_t *obj, unsigned *roles, char *err, size_t errlen)
 		int r;
 
 		if (!json_is_string(v)) {
-			ctl_seterr(err, errlen, "field \"roles[%zu]\": must be a string", i);
+			sr_seterr(err, errlen, "field \"roles[%zu]\": must be a string", i);
 			return SR_EPROTO;
 		}
 		r = tun_port_role_from_name(json_string_value(v));
 		if (r < 0) {
-			ctl_seterr(err, errlen, "field \"roles[%zu]\": unknown role \"%s\"", i,
+			sr_seterr(err, errlen, "field \"roles[%zu]\": unknown role \"%s\"", i,
 				   ctl_printable(json_string_value(v), pbuf, sizeof(pbuf)));
 			return SR_EPROTO;
 		}
 		if (*roles & TUN_ROLE_BIT(r)) {
-			ctl_seterr(err, errlen, "field \"roles[%zu]\": duplicate role \"%s\"",
+			sr_seterr(err, errlen, "field \"roles[%zu]\": duplicate role \"%s\"",
 				   i, ctl_role_names[r]);
 			return SR_EPROTO;
 		}
@@ -187,15 +173,15 @@ static int ctl_get_ports(json_t *obj, struct tun_ctl_msg *msg, char *err, size_t
 	json_t *v;
 
 	if (ports == NULL) {
-		ctl_seterr(err, errlen, "field \"ports\": missing");
+		sr_seterr(err, errlen, "field \"ports\": missing");
 		return SR_EPROTO;
 	}
 	if (!json_is_object(ports)) {
-		ctl_seterr(err, errlen, "field \"ports\": must be an object of role: port");
+		sr_seterr(err, errlen, "field \"ports\": must be an object of role: port");
 		return SR_EPROTO;
 	}
 	if (json_object_size(ports) == 0) {
-		ctl_seterr(err, errlen, "field \"ports\": must grant at least one port");
+		sr_seterr(err, errlen, "field \"ports\": must grant at least one port");
 		return SR_EPROTO;
 	}
 	json_object_foreach(ports, key, v)
@@ -204,13 +190,13 @@ static int ctl_get_ports(json_t *obj, struct tun_ctl_msg *msg, char *err, size_t
 		json_int_t p;
 
 		if (r < 0) {
-			ctl_seterr(err, errlen, "field \"ports.%s\": unknown role",
+			sr_seterr(err, errlen, "field \"ports.%s\": unknown role",
 				   ctl_printable(key, pbuf, sizeof(pbuf)));
 			return SR_EPROTO;
 		}
 		p = json_is_integer(v) ? json_integer_value(v) : 0;
 		if (p < 1 || p > 65535) {
-			ctl_seterr(err, errlen,
+			sr_seterr(err, errlen,
 				   "field \"ports.%s\": must be an integer 1..65535", key);
 			return SR_EPROTO;
 		}
@@ -226,12 +212,12 @@ static int ctl_get_u32(json_t *obj, const char *key, uint32_t *out, char *err, s
 	json_int_t n;
 
 	if (v == NULL) {
-		ctl_seterr(err, errlen, "field \"%s\": missing", key);
+		sr_seterr(err, errlen, "field \"%s\": missing", key);
 		return SR_EPROTO;
 	}
 	n = json_is_integer(v) ? json_integer_value(v) : -1;
 	if (n < 0 || (unsigned long long)n > UINT32_MAX) {
-		ctl_seterr(err, errlen, "field \"%s\": must be an integer 0..%lu", key,
+		sr_seterr(err, errlen, "field \"%s\": must be an integer 0..%lu", key,
 			   (unsigned long)UINT32_MAX);
 		return SR_EPROTO;
 	}
@@ -246,31 +232,31 @@ static int ctl_parse_obj(json_t *root, struct tun_ctl_msg *msg, char *err, size_
 	int type, rc;
 
 	if (v == NULL) {
-		ctl_seterr(err, errlen, "field \"v\": missing");
+		sr_seterr(err, errlen, "field \"v\": missing");
 		return SR_EPROTO;
 	}
 	if (!json_is_integer(v)) {
-		ctl_seterr(err, errlen, "field \"v\": must be an integer");
+		sr_seterr(err, errlen, "field \"v\": must be an integer");
 		return SR_EPROTO;
 	}
 	/* Checked before "type": another version may define other types. */
 	if (json_integer_value(v) != TUN_CTL_VERSION) {
-		ctl_seterr(err, errlen, "field \"v\": unsupported version %lld (want %d)",
+		sr_seterr(err, errlen, "field \"v\": unsupported version %lld (want %d)",
 			   (long long)json_integer_value(v), TUN_CTL_VERSION);
 		return SR_EVERSION;
 	}
 	v = json_object_get(root, "type");
 	if (v == NULL) {
-		ctl_seterr(err, errlen, "field \"type\": missing");
+		sr_seterr(err, errlen, "field \"type\": missing");
 		return SR_EPROTO;
 	}
 	if (!json_is_string(v)) {
-		ctl_seterr(err, errlen, "field \"type\": must be a string");
+		sr_seterr(err, errlen, "field \"type\": must be a string");
 		return SR_EPROTO;
 	}
 	type = ctl_type_from_name(json_string_value(v));
 	if (type < 0) {
-		ctl_seterr(err, errlen, "field \"type\": unknown message type \"%s\"",
+		sr_seterr(err, errlen, "field \"type\": unknown message type \"%s\"",
 			   ctl_printable(json_string_value(v), pbuf, sizeof(pbuf)));
 		return SR_EPROTO;
 	}
@@ -325,12 +311,12 @@ int tun_ctl_parse(const void *body, size_t len, struct tun_ctl_msg *msg, char *e
 	 * level, and trailing bytes after it are an error (EOF check on). */
 	root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
 	if (root == NULL) {
-		ctl_seterr(err, errlen, "malformed JSON at byte %d: %s", jerr.position,
+		sr_seterr(err, errlen, "malformed JSON at byte %d: %s", jerr.position,
 			   jerr.text);
 		return SR_EPROTO;
 	}
 	if (!json_is_object(root)) {
-		ctl_seterr(err, errlen, "message must be a JSON object");
+		sr_seterr(err, errlen, "message must be a JSON object");
 		rc = SR_EPROTO;
 	} else {
 		rc = ctl_parse_obj(root, msg, err, errlen);
@@ -530,11 +516,11 @@ int tun_ctl_decode(struct evbuffer *in, size_t max, struct tun_ctl_msg *msg, cha
 	n = (uint32_t)hdr[0] << 24 | (uint32_t)hdr[1] << 16 | (uint32_t)hdr[2] << 8 |
 	    (uint32_t)hdr[3];
 	if (n == 0) {
-		ctl_seterr(err, errlen, "empty control frame");
+		sr_seterr(err, errlen, "empty control frame");
 		return SR_EPROTO;
 	}
 	if (n > max) {
-		ctl_seterr(err, errlen, "control frame of %lu bytes over the cap of %zu",
+		sr_seterr(err, errlen, "control frame of %lu bytes over the cap of %zu",
 			   (unsigned long)n, max);
 		return SR_ETOOBIG;
 	}
