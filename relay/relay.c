@@ -23,8 +23,9 @@
 
 struct relay_tunnel;
 
-/* A compiled policy, kept alive while leases made under it exist (their
- * route index refers to it), so a reload never changes a live lease's rules. */
+/* A compiled policy, kept alive while leases made under it exist: their
+ * route and tenant indexes refer to it, and its rules still apply to them if
+ * a reload removes their route or tenant. */
 struct relay_pol {
 	struct relay_policy *p;
 	unsigned refs;
@@ -398,9 +399,11 @@ static void on_executor(struct relay_lease *l, enum tun_port_role role, int fd,
 	struct relay *r = arg;
 	struct relay_lease_ext *lx = relay_lease_data(l);
 	const struct relay_tenant_cfg *tc;
+	const struct relay_policy *pol;
 	struct relay_pending *p;
 	char peer[SR_ADDRSTRLEN];
 	uint64_t conn_id = ++r->next_conn_id;
+	int cur, route;
 	unsigned max_pending = r->o->max_pending;
 	struct timeval tv;
 
@@ -411,7 +414,16 @@ static void on_executor(struct relay_lease *l, enum tun_port_role role, int fd,
 		refuse(r, RELAY_REFUSE_DRAINING);
 		return;
 	}
-	if (!relay_policy_executor_allowed(lx->pol->p, lx->route, sa)) {
+	/* "Changed limits apply to new work": a new executor connection is
+	 * judged by the current policy's route and tenant of the same name;
+	 * only if a reload removed them do the lease's original rules apply. */
+	cur = relay_policy_route_find(r->pol->p, lx->route_name);
+	pol = cur >= 0 ? r->pol->p : lx->pol->p;
+	route = cur >= 0 ? cur : lx->route;
+	cur = relay_policy_tenant_find(r->pol->p, lx->tenant_name);
+	tc = cur >= 0 ? relay_policy_tenant_cfg(r->pol->p, cur)
+		      : relay_policy_tenant_cfg(lx->pol->p, lx->tenant);
+	if (!relay_policy_executor_allowed(pol, route, sa)) {
 		SR_WARN(relay_lease_id(l), "conn=%llu peer=%s: refused, address not in route %s's "
 					   "executor_cidrs",
 			(unsigned long long)conn_id, peer, lx->route_name);
@@ -419,7 +431,6 @@ static void on_executor(struct relay_lease *l, enum tun_port_role role, int fd,
 		refuse(r, RELAY_REFUSE_CIDR);
 		return;
 	}
-	tc = relay_policy_tenant_cfg(lx->pol->p, lx->tenant);
 	if (tc && tc->max_connections) {
 		struct tenant_usage u;
 		tenant_usage(r, lx->tenant_name, &u);
@@ -433,7 +444,9 @@ static void on_executor(struct relay_lease *l, enum tun_port_role role, int fd,
 			return;
 		}
 	}
-	if (lx->tunnel) {
+	/* A tunnel that is closing (or got GOAWAY) takes no new streams: the
+	 * executor waits for the sidecar's next tunnel like during grace. */
+	if (lx->tunnel && lx->tunnel->conn && tun_conn_is_open(lx->tunnel->conn)) {
 		open_stream(r, lx, fd, role, conn_id, peer);
 		return;
 	}
@@ -759,7 +772,7 @@ static void tunnel_on_closed(struct tun_conn *c, int err, void *arg)
 	struct relay_tunnel *t = arg;
 	const char *why = tun_tls_io_error(t->io);
 	if (why[0])
-		SR_DEBUG(t->ctx, "transport: %s", why);
+		SR_INFO(t->ctx, "transport: %s", why);
 	tunnel_free(t);
 }
 

@@ -757,6 +757,24 @@ const char *relay_policy_route_name(const struct relay_policy *p, int route)
 	return p->routes[route].cfg.name;
 }
 
+int relay_policy_tenant_find(const struct relay_policy *p, const char *name)
+{
+	for (unsigned i = 0; p && name && i < p->ntenants; i++) {
+		if (p->tenants[i].cfg.name && strcmp(p->tenants[i].cfg.name, name) == 0)
+			return (int)i;
+	}
+	return -1;
+}
+
+int relay_policy_route_find(const struct relay_policy *p, const char *name)
+{
+	for (unsigned i = 0; p && name && i < p->nroutes; i++) {
+		if (p->routes[i].cfg.name && strcmp(p->routes[i].cfg.name, name) == 0)
+			return (int)i;
+	}
+	return -1;
+}
+
 int relay_policy_route_pool(const struct relay_policy *p, int route)
 {
 	if (!p || route < 0 || (unsigned)route >= p->nroutes)

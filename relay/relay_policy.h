@@ -99,6 +99,11 @@ int relay_policy_route_pool(const struct relay_policy *p, int route);
 size_t relay_policy_npools(const struct relay_policy *p);
 const struct relay_pool_cfg *relay_policy_pool(const struct relay_policy *p, size_t i);
 
+/* Index of the tenant / route with this name, or -1 (used to apply a
+ * reloaded policy's limits and CIDRs to leases made before the reload). */
+int relay_policy_tenant_find(const struct relay_policy *p, const char *name);
+int relay_policy_route_find(const struct relay_policy *p, const char *name);
+
 /* May an executor at addr connect to a lease made by this route? */
 int relay_policy_executor_allowed(const struct relay_policy *p, int route,
 				  const struct sockaddr *addr);

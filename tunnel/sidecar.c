@@ -407,7 +407,7 @@ static void on_closed(struct tun_conn *c, int err, void *arg)
 
 	s->lease.connected = 0;
 	if (tun_tls_io_error(s->io)[0])
-		SR_DEBUG(tun_conn_logctx(c), "transport: %s", tun_tls_io_error(s->io));
+		SR_INFO(tun_conn_logctx(c), "transport: %s", tun_tls_io_error(s->io));
 	tun_conn_free(c);
 	s->tun = NULL;
 	tun_tls_io_free(s->io); /* after the conn: it held io's plaintext end */
@@ -446,7 +446,8 @@ static void dial_cb(struct tun_tls_io *io, int err, const char *why, void *arg)
 	char ctx[128];
 
 	if (err != 0) {
-		SR_WARN("", "cannot reach relay %s: %s", s->dial_peer, why);
+		SR_WARN("", "cannot reach relay %s: %s%s", s->dial_peer,
+			err == SR_ETLS ? "TLS handshake failed: " : "", why);
 		dial_abort(s);
 		dial_next(s);
 		return;

@@ -85,6 +85,7 @@ static void transport_read_cb(struct bufferevent *bev, void *arg)
 					snprintf(why, sizeof(why), "HTTP/2 error from peer: %s",
 						 nghttp2_strerror((int)rv));
 					evbuffer_drain(in, used);
+					c->nwriteq = 0; /* closing: no socket is written now */
 					conn_fail(c, SR_EPROTO, why);
 					return;
 				}
@@ -132,8 +133,8 @@ static void transport_event_cb(struct bufferevent *bev, short what, void *arg)
 			snprintf(why, sizeof(why), "tunnel TLS error: %s", ssl);
 			conn_fail(c, SR_ETLS, why);
 		} else {
-			snprintf(why, sizeof(why), "tunnel socket error: %s",
-				 evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+			/* The TLS layer reports the reason to the owner. */
+			snprintf(why, sizeof(why), "tunnel transport failed");
 			conn_fail(c, SR_EIO, why);
 		}
 		return;
@@ -216,6 +217,18 @@ void tun_conn_flush(struct tun_conn *c)
 			snprintf(why, sizeof(why), "HTTP/2 session finished");
 		conn_fail(c, c->goaway_sent_error ? SR_EPROTO : 0, why);
 	}
+}
+
+void tun_conn_consume_stream(struct tun_conn *c, int32_t id, size_t n)
+{
+	if (n && c->h2 && id > 0)
+		nghttp2_session_consume_stream(c->h2, id, n); /* no-op once the stream is gone */
+}
+
+void tun_conn_consume_conn(struct tun_conn *c, size_t n)
+{
+	if (n && c->h2)
+		nghttp2_session_consume_connection(c->h2, n);
 }
 
 void tun_conn_consume(struct tun_conn *c, int32_t id, size_t n)
@@ -873,6 +886,11 @@ int tun_conn_open_stream(struct tun_conn *c, struct bufferevent *sock, uint16_t 
 	tun_stream_start_reading(s);
 	tun_conn_flush(c);
 	return 0;
+}
+
+int tun_conn_is_open(const struct tun_conn *c)
+{
+	return !c->closing && !c->goaway;
 }
 
 size_t tun_conn_nstreams(const struct tun_conn *c)

@@ -113,6 +113,8 @@ void tun_conn_goaway(struct tun_conn *c);
 void tun_conn_close(struct tun_conn *c, int err);
 
 size_t tun_conn_nstreams(const struct tun_conn *c);
+/* Whether new streams can still be opened (not closing, no GOAWAY). */
+int tun_conn_is_open(const struct tun_conn *c);
 void tun_conn_get_stats(const struct tun_conn *c, struct tun_conn_stats *st);
 
 #endif

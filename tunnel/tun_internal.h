@@ -43,7 +43,13 @@ struct tun_stream {
 	uint32_t h2_error;  /* error code nghttp2 closed the stream with */
 	uint16_t port;
 	uint64_t conn_id;
-	size_t unconsumed;  /* DATA bytes received but not yet consumed */
+	/* Credit accounting for DATA received into this stream's socket output
+	 * (see tun_stream.c): stream credit is owed for every such byte until
+	 * it is written; connection credit was either returned on arrival
+	 * (early, within the conn's budget) or is owed until the write. */
+	size_t unconsumed;  /* bytes buffered = stream credit owed = early + conn_owed */
+	size_t early;       /* of those, connection credit already returned */
+	size_t conn_owed;   /* of those, connection credit still owed */
 	/* request headers (sidecar side), bounded */
 	char authority[64];
 	char lease[TUN_CTL_LEASE_MAX];
@@ -78,6 +84,7 @@ struct tun_conn {
 	uint64_t last_recv_us;
 	uint64_t ping_sent_us;
 
+	size_t early_buffered; /* sum of streams' early bytes; capped at conn_window */
 	int in_h2;        /* inside an nghttp2 call: do not re-enter */
 	int want_flush;
 	int closing;      /* tun_conn_close called or transport failed */
@@ -113,7 +120,10 @@ extern const nghttp2_data_provider tun_stream_data_prd;
 /* tun_conn.c, for tun_stream.c */
 void tun_conn_flush(struct tun_conn *c);
 void tun_conn_schedule_reap(struct tun_conn *c);
+/* Return window credit: both levels, stream only, connection only. */
 void tun_conn_consume(struct tun_conn *c, int32_t id, size_t n);
+void tun_conn_consume_stream(struct tun_conn *c, int32_t id, size_t n);
+void tun_conn_consume_conn(struct tun_conn *c, size_t n);
 int tun_conn_submit_response(struct tun_conn *c, struct tun_stream *s);
 void tun_conn_reset_stream(struct tun_conn *c, struct tun_stream *s, uint32_t code);
 

@@ -1,6 +1,14 @@
 /* The bridge between one HTTP/2 stream and one TCP socket, used by both the
  * relay (executor socket) and the sidecar (driver socket).
  *
+ * Connection credit: a stalled socket must not hold connection window, or
+ * enough stalled executors (conn_window / stream_window of them) would stop
+ * every stream of the tunnel, heartbeats included. So connection credit is
+ * returned as soon as DATA is buffered, as long as the tunnel's early-paid
+ * buffered bytes stay under conn_window; past that budget it is returned
+ * when the bytes are written, as stream credit always is. Memory per tunnel
+ * stays bounded by about twice conn_window.
+ *
  * Backpressure, both ways:
  *  - socket -> tunnel: the socket's read high watermark stops reading while
  *    its input holds sock_read_high bytes that the data provider has not
@@ -34,14 +42,23 @@ static void sock_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *inf
 {
 	struct tun_stream *s = arg;
 	size_t n = info->n_deleted;
+	size_t owed, early;
 
 	if (n == 0)
 		return;
 	if (n > s->unconsumed)
 		n = s->unconsumed; /* never consume more than was received */
 	s->unconsumed -= n;
+	/* Which of the written bytes were paid early does not matter, only
+	 * that every byte's connection credit is returned exactly once. */
+	owed = n < s->conn_owed ? n : s->conn_owed;
+	early = n - owed;
+	s->conn_owed -= owed;
+	s->early -= early;
+	s->conn->early_buffered -= early;
 	s->conn->stats.bytes_from_tunnel += n;
-	tun_conn_consume(s->conn, s->id, n);
+	tun_conn_consume_stream(s->conn, s->id, n);
+	tun_conn_consume_conn(s->conn, owed);
 	tun_conn_flush(s->conn);
 }
 
@@ -57,8 +74,12 @@ static void maybe_finish(struct tun_stream *s)
 	}
 	if (!(s->flags & TS_H2_CLOSED))
 		return;
-	if (s->h2_error != NGHTTP2_NO_ERROR || (s->flags & TS_SOCK_DEAD)) {
-		tun_stream_kill(s, s->h2_error != NGHTTP2_NO_ERROR);
+	/* Closed without END_STREAM from the peer (RST_STREAM, even with
+	 * NO_ERROR): its direction was cut, not finished, so the socket gets a
+	 * reset rather than being left open with nobody behind it. */
+	if (s->h2_error != NGHTTP2_NO_ERROR || (s->flags & TS_SOCK_DEAD) ||
+	    !(s->flags & TS_PEER_EOF)) {
+		tun_stream_kill(s, s->h2_error != NGHTTP2_NO_ERROR || !(s->flags & TS_PEER_EOF));
 		return;
 	}
 	if (s->flags & TS_SHUT_WR)
@@ -240,8 +261,10 @@ static void stream_close_socket(struct tun_stream *s)
 	/* Bytes still queued for the socket are dropped: give their credit back
 	 * so the connection window does not shrink for good. */
 	if (s->unconsumed) {
-		tun_conn_consume(s->conn, s->id, s->unconsumed);
-		s->unconsumed = 0;
+		tun_conn_consume_stream(s->conn, s->id, s->unconsumed);
+		tun_conn_consume_conn(s->conn, s->conn_owed);
+		s->conn->early_buffered -= s->early;
+		s->unconsumed = s->early = s->conn_owed = 0;
 	}
 }
 
@@ -314,6 +337,13 @@ void tun_stream_on_data(struct tun_stream *s, const uint8_t *data, size_t len)
 		return;
 	}
 	s->unconsumed += len;
+	if (s->conn->early_buffered + len <= s->conn->opts.conn_window) {
+		s->early += len;
+		s->conn->early_buffered += len;
+		tun_conn_consume_conn(s->conn, len);
+	} else {
+		s->conn_owed += len;
+	}
 	if (!(s->flags & (TS_WRITEQ | TS_CONNECTING)) && s->conn->nwriteq < SR_ARRAY_LEN(s->conn->writeq)) {
 		s->flags |= TS_WRITEQ;
 		s->conn->writeq[s->conn->nwriteq++] = s;

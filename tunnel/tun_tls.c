@@ -55,6 +55,15 @@ static SSL_CTX *ctx_common(const SSL_METHOD *m, char *err, size_t errlen)
 		return NULL;
 	}
 	SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+	/* AES-128-GCM first (OpenSSL prefers AES-256): the same strength class
+	 * as ssh's aes128-gcm, and about a third less CPU per byte. */
+	if (SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
+					  "TLS_CHACHA20_POLY1305_SHA256") != 1) {
+		set_err(err, errlen, "SSL_CTX_set_ciphersuites", NULL);
+		SSL_CTX_free(ctx);
+		return NULL;
+	}
+	SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
 	/* Session tickets would let a stolen ticket skip client-cert checks on
 	 * resumption; reconnects are rare enough to afford full handshakes. */
 	SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION);

@@ -19,6 +19,7 @@
 #define READ_BUDGET (512 * 1024)   /* per event, so one busy tunnel cannot starve the loop */
 #define CIPHER_HIGH (64 * 1024)   /* stop encrypting while this much waits for the socket */
 #define PLAIN_HIGH (64 * 1024)    /* pair input cap: back-pressure towards tun_conn */
+#define PLAIN_STUCK_MAX (1024 * 1024) /* plaintext tun_conn did not take (closing) */
 
 enum { IO_CONNECTING, IO_HANDSHAKE, IO_OPEN, IO_DEAD };
 
@@ -38,16 +39,19 @@ struct tun_tls_io {
 	char err[256];
 };
 
+/* what: a prefix such as "TLS read", or NULL for none (the handshake: the
+ * owner says "TLS handshake failed" itself). */
 static void io_set_err_ssl(struct tun_tls_io *io, const char *what)
 {
 	char ssl[200];
 	long vr = SSL_get_verify_result(io->ssl);
 	tun_tls_errors(ssl, sizeof(ssl));
 	if (vr != X509_V_OK && io->state == IO_HANDSHAKE)
-		snprintf(io->err, sizeof(io->err), "%s: %s (%s)", what,
+		snprintf(io->err, sizeof(io->err), "%s%s%s (%s)", what ? what : "", what ? ": " : "",
 			 X509_verify_cert_error_string(vr), ssl);
 	else
-		snprintf(io->err, sizeof(io->err), "%s: %s", what, ssl);
+		snprintf(io->err, sizeof(io->err), "%s%s%s", what ? what : "", what ? ": " : "",
+			 ssl);
 }
 
 /* Move what OpenSSL wrote into wbio to cout, then to the socket. */
@@ -162,6 +166,10 @@ static void io_handshake(struct tun_tls_io *io)
 			return;
 		}
 		io->state = IO_OPEN;
+		/* Application records may have arrived with the peer's last
+		 * flight: look at them on the next iteration instead of waiting
+		 * for more bytes (an event freed with io is simply dropped). */
+		event_active(io->rev, EV_READ, 0);
 		io->cb(io, 0, "", io->arg); /* may free io; else the owner takes pair[0] */
 		return;
 	}
@@ -175,7 +183,7 @@ static void io_handshake(struct tun_tls_io *io)
 		return;
 	}
 	if (rv == 0)
-		io_set_err_ssl(io, "TLS handshake failed");
+		io_set_err_ssl(io, NULL);
 	io_fail(io, SR_ETLS);
 }
 
@@ -194,6 +202,13 @@ static int io_decrypt(struct tun_tls_io *io)
 		n = SSL_read(io->ssl, v.iov_base, (int)(v.iov_len > 65536 ? 65536 : v.iov_len));
 		if (n > 0) {
 			v.iov_len = (size_t)n;
+			if (evbuffer_get_length(out) > PLAIN_STUCK_MAX) {
+				/* tun_conn stopped reading (it is closing): stop
+				 * reading the socket rather than buffer without end. */
+				evbuffer_commit_space(out, &v, 0);
+				event_del(io->rev);
+				return 0;
+			}
 			/* The pair hands this to tun_conn synchronously (no deferred
 			 * callbacks: one loop iteration less per message); it may
 			 * answer through us and even end the transport. */
