@@ -1,0 +1,213 @@
+#!/bin/bash
+# Start the sparkrelay sidecar next to a notebook and leave the Spark settings where
+# PySpark and Scala kernels pick them up. Meant as a SageMaker Studio lifecycle
+# configuration (or any start-up hook: JupyterHub, a container entrypoint, ~/.bashrc).
+#
+#   start-sparkrelay.sh [start]   start the sidecar in the background (unless one runs),
+#                                 wait for its lease, merge the settings; exit 0 when
+#                                 the Spark settings are in place
+#   start-sparkrelay.sh stop      SIGTERM the sidecar (it releases its lease), wait
+#   start-sparkrelay.sh status    print the sidecar's pid and lease, exit 1 if none
+#
+# Configuration, from the environment (set them in the lifecycle configuration):
+#   SPARKRELAY_TUNNEL_RELAYS      relay host:port list, comma-separated (required
+#                                 unless SPARKRELAY_CONFIG has it)
+#   SPARKRELAY_TUNNEL_TLS_CA      CA bundle that verifies the relay (required, likewise)
+#   SPARKRELAY_TUNNEL_TOKEN, SPARKRELAY_TUNNEL_APP, ...  any other setting
+#                                 (docs/configuration.md)
+#   SPARKRELAY_CONFIG             optional tunnel config file (env still overrides it)
+#   SPARKRELAY_BIN                the binary (default: sparkrelay on PATH)
+#   SPARKRELAY_HOME               state folder (default ~/.sparkrelay): spark.json,
+#                                 spark-defaults.conf, state.json, sparkrelay.log, pid
+#   SPARKRELAY_WAIT_S             seconds to wait for the lease (default 60)
+#   SPARK_CONF_DIR                where Spark reads spark-defaults.conf; default
+#                                 $SPARK_HOME/conf, else pip's pyspark/conf, else
+#                                 $SPARKRELAY_HOME/spark-conf
+#
+# Where the settings go (no port is ever typed by the user):
+#   1. $SPARK_CONF_DIR/spark-defaults.conf: the lease's keys are replaced in place
+#      (other lines are kept), inside a "# sparkrelay begin/end" block. spark-submit
+#      reads this file, and PySpark starts its JVM through spark-submit, so
+#      SparkSession.builder.getOrCreate() picks them up; so do Scala kernels
+#      (spylon, Almond, Toree) that use $SPARK_HOME.
+#   2. An IPython start-up file (~/.ipython/profile_default/startup/00-sparkrelay.py)
+#      that exports SPARK_CONF_DIR and SPARKRELAY_SPARK_JSON in every new Python
+#      kernel: a lifecycle script cannot change the environment of kernels directly.
+#   3. $SPARKRELAY_HOME/spark.json: the same settings as JSON (example_pyspark.py).
+#
+# SageMaker Studio runs lifecycle scripts with a time limit (5 minutes) and ends their
+# process group afterwards: the sidecar is started with setsid and nohup so it lives
+# on, and the lease wait is bounded by SPARKRELAY_WAIT_S.
+set -euo pipefail
+
+SR_HOME=${SPARKRELAY_HOME:-$HOME/.sparkrelay}
+SR_BIN=${SPARKRELAY_BIN:-sparkrelay}
+WAIT_S=${SPARKRELAY_WAIT_S:-60}
+PIDFILE=$SR_HOME/sparkrelay.pid
+LOG=$SR_HOME/sparkrelay.log
+
+# The sidecar's output files live in SR_HOME unless set explicitly.
+export SPARKRELAY_TUNNEL_SPARK_JSON=${SPARKRELAY_TUNNEL_SPARK_JSON:-$SR_HOME/spark.json}
+export SPARKRELAY_TUNNEL_SPARK_CONF=${SPARKRELAY_TUNNEL_SPARK_CONF:-$SR_HOME/spark-defaults.conf}
+export SPARKRELAY_TUNNEL_STATE_FILE=${SPARKRELAY_TUNNEL_STATE_FILE:-$SR_HOME/state.json}
+LEASE_JSON=$SPARKRELAY_TUNNEL_SPARK_JSON
+FRAGMENT=$SPARKRELAY_TUNNEL_SPARK_CONF
+
+say() { echo "sparkrelay-start: $*" >&2; }
+
+running_pid() {
+	local pid
+	[ -s "$PIDFILE" ] || return 1
+	pid=$(cat "$PIDFILE")
+	case "$pid" in '' | *[!0-9]*) return 1 ;; esac
+	# The pid must still be our sidecar, not a recycled pid.
+	kill -0 "$pid" 2>/dev/null || return 1
+	tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q ' tunnel' || return 1
+	echo "$pid"
+}
+
+spark_conf_dir() {
+	if [ -n "${SPARK_CONF_DIR:-}" ]; then
+		echo "$SPARK_CONF_DIR"
+	elif [ -n "${SPARK_HOME:-}" ]; then
+		echo "$SPARK_HOME/conf"
+	else
+		local py
+		py=$(python3 -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))' \
+			2>/dev/null) || py=""
+		if [ -n "$py" ] && [ -w "$py" ]; then
+			echo "$py/conf"
+		else
+			echo "$SR_HOME/spark-conf"
+		fi
+	fi
+}
+
+# merge_defaults FRAGMENT TARGET: replace the fragment's keys in TARGET (any separator:
+# Spark reads "key value", "key=value" and "key: value"), keep every other line, and
+# append the fragment as one marked block. Written atomically.
+merge_defaults() {
+	local fragment=$1 target=$2 tmp
+	mkdir -p "$(dirname "$target")"
+	touch "$target"
+	tmp=$(mktemp "$target.XXXXXX")
+	awk -v frag="$fragment" '
+		BEGIN {
+			while ((getline line < frag) > 0) {
+				if (line ~ /^[ \t]*(#|$)/) continue
+				split(line, kv, /[ \t=:]+/)
+				keys[kv[1]] = 1
+				block = block line "\n"
+			}
+		}
+		/^# sparkrelay (begin|end)/ { next }
+		{
+			l = $0; sub(/^[ \t]+/, "", l)
+			split(l, kv, /[ \t=:]+/)
+			if (l ~ /^#/ || !(kv[1] in keys)) print
+		}
+		END {
+			printf "# sparkrelay begin: written by start-sparkrelay.sh from the lease; do not edit\n"
+			printf "%s", block
+			printf "# sparkrelay end\n"
+		}' "$target" >"$tmp"
+	chmod 0644 "$tmp"
+	mv -f "$tmp" "$target"
+}
+
+write_ipython_startup() {
+	local conf_dir=$1 dir=$HOME/.ipython/profile_default/startup
+	mkdir -p "$dir"
+	cat >"$dir/00-sparkrelay.py.tmp" <<EOF
+# Written by start-sparkrelay.sh: lets PySpark in this kernel find the sparkrelay
+# lease settings ($conf_dir/spark-defaults.conf).
+import os
+os.environ.setdefault("SPARK_CONF_DIR", "$conf_dir")
+os.environ.setdefault("SPARKRELAY_SPARK_JSON", "$LEASE_JSON")
+EOF
+	mv -f "$dir/00-sparkrelay.py.tmp" "$dir/00-sparkrelay.py"
+}
+
+cmd_start() {
+	local pid conf_dir deadline
+	mkdir -p "$SR_HOME"
+	chmod 0700 "$SR_HOME"
+	if pid=$(running_pid); then
+		say "sidecar already running (pid $pid)"
+	else
+		command -v "$SR_BIN" >/dev/null || { say "cannot find $SR_BIN"; exit 1; }
+		# A stale lease file would be taken for the new lease.
+		rm -f "$LEASE_JSON"
+		set -- tunnel
+		[ -n "${SPARKRELAY_CONFIG:-}" ] && set -- tunnel --config "$SPARKRELAY_CONFIG"
+		# No shell stays between us and the sidecar: signals reach it directly.
+		setsid nohup "$SR_BIN" "$@" </dev/null >>"$LOG" 2>&1 &
+		pid=$!
+		echo "$pid" >"$PIDFILE"
+		say "started the sidecar (pid $pid), log $LOG"
+	fi
+
+	deadline=$((SECONDS + WAIT_S))
+	until [ -s "$LEASE_JSON" ]; do
+		if ! kill -0 "$pid" 2>/dev/null; then
+			say "the sidecar exited; its log:"
+			tail -n 20 "$LOG" >&2 || true
+			exit 1
+		fi
+		if [ "$SECONDS" -ge "$deadline" ]; then
+			say "no lease within ${WAIT_S} s (the sidecar keeps trying); its log:"
+			tail -n 20 "$LOG" >&2 || true
+			exit 1
+		fi
+		sleep 0.2
+	done
+
+	conf_dir=$(spark_conf_dir)
+	merge_defaults "$FRAGMENT" "$conf_dir/spark-defaults.conf"
+	write_ipython_startup "$conf_dir"
+	say "lease: $(grep -v '^#' "$FRAGMENT" | tr '\n' ' ')"
+	say "Spark settings merged into $conf_dir/spark-defaults.conf"
+}
+
+cmd_stop() {
+	local pid i
+	if ! pid=$(running_pid); then
+		say "no sidecar running"
+		rm -f "$PIDFILE"
+		return 0
+	fi
+	kill -TERM "$pid"
+	# The sidecar waits at most tunnel.release_timeout_ms (3 s) for the relay.
+	for ((i = 0; i < 100; i++)); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	if kill -0 "$pid" 2>/dev/null; then
+		say "sidecar (pid $pid) did not exit within 10 s; sending SIGKILL"
+		kill -KILL "$pid" 2>/dev/null || true
+		exit 1
+	fi
+	rm -f "$PIDFILE"
+	say "sidecar stopped (lease released)"
+}
+
+cmd_status() {
+	local pid
+	if pid=$(running_pid); then
+		echo "sidecar running, pid $pid"
+		[ -s "$LEASE_JSON" ] && cat "$LEASE_JSON"
+		return 0
+	fi
+	echo "no sidecar running"
+	return 1
+}
+
+case "${1:-start}" in
+start) cmd_start ;;
+stop) cmd_stop ;;
+status) cmd_status ;;
+*)
+	sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+	exit 2
+	;;
+esac
