@@ -54,30 +54,47 @@ static void io_set_err_ssl(struct tun_tls_io *io, const char *what)
 			 ssl);
 }
 
-/* Move what OpenSSL wrote into wbio to cout, then to the socket. */
+/* OpenSSL writes ciphertext through this BIO straight into io->cout: one
+ * copy, where a memory BIO would also memset every byte it grows into. */
+static int evb_write_ex(BIO *b, const char *data, size_t len, size_t *written)
+{
+	struct tun_tls_io *io = BIO_get_data(b);
+
+	if (evbuffer_add(io->cout, data, len) != 0)
+		return 0;
+	*written = len;
+	return 1;
+}
+
+static long evb_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+	return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static int evb_create(BIO *b)
+{
+	BIO_set_init(b, 1);
+	return 1;
+}
+
+static BIO_METHOD *evb_method(void)
+{
+	static BIO_METHOD *m; /* one per process, never freed */
+
+	if (!m) {
+		m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "sparkrelay evbuffer");
+		if (m && (!BIO_meth_set_write_ex(m, evb_write_ex) ||
+			  !BIO_meth_set_ctrl(m, evb_ctrl) || !BIO_meth_set_create(m, evb_create))) {
+			BIO_meth_free(m);
+			m = NULL;
+		}
+	}
+	return m;
+}
+
+/* Send the ciphertext queued in cout. */
 static int io_send(struct tun_tls_io *io)
 {
-	char *p;
-	long n = BIO_get_mem_data(io->wbio, &p);
-
-	if (n > 0) {
-		long off = 0;
-		/* Common case: nothing queued, so send straight from OpenSSL's
-		 * buffer and copy only what the kernel did not take. */
-		if (evbuffer_get_length(io->cout) == 0) {
-			ssize_t w = send(io->fd, p, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
-			if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-				snprintf(io->err, sizeof(io->err), "send: %s", strerror(errno));
-				return SR_EIO;
-			}
-			off = w > 0 ? (long)w : 0;
-		}
-		if (off < n && evbuffer_add(io->cout, p + off, (size_t)(n - off)) != 0) {
-			snprintf(io->err, sizeof(io->err), "out of memory");
-			return SR_ENOMEM;
-		}
-		(void)BIO_reset(io->wbio);
-	}
 	while (evbuffer_get_length(io->cout) > 0) {
 		long w = sr_sock_send_evbuffer(io->fd, io->cout);
 		if (w > 0)
@@ -133,7 +150,7 @@ static int io_encrypt(struct tun_tls_io *io)
 		}
 		evbuffer_drain(in, (size_t)n);
 		/* Keep cout in step so CIPHER_HIGH bounds the ciphertext queue. */
-		if (BIO_ctrl_pending(io->wbio) >= 64 * 1024) {
+		if (evbuffer_get_length(io->cout) >= 64 * 1024) {
 			int rv = io_send(io);
 			if (rv)
 				return rv;
@@ -317,13 +334,17 @@ struct tun_tls_io *tun_tls_io_new(struct event_base *base, int fd, SSL *ssl, int
 	io->ssl = ssl;
 	io->cb = cb;
 	io->arg = arg;
+	io->cout = evbuffer_new();
+	if (!io->cout || !evb_method())
+		goto fail;
 	io->rbio = BIO_new(BIO_s_mem());
-	io->wbio = BIO_new(BIO_s_mem());
+	io->wbio = BIO_new(evb_method());
 	if (!io->rbio || !io->wbio) {
 		BIO_free(io->rbio);
 		BIO_free(io->wbio);
 		goto fail;
 	}
+	BIO_set_data(io->wbio, io);
 	/* An empty read BIO means "would block", not end of file. */
 	BIO_set_mem_eof_return(io->rbio, -1);
 	SSL_set_bio(ssl, io->rbio, io->wbio);
@@ -333,8 +354,7 @@ struct tun_tls_io *tun_tls_io_new(struct event_base *base, int fd, SSL *ssl, int
 		SSL_set_connect_state(ssl);
 	io->rev = event_new(base, fd, EV_READ | EV_PERSIST, io_read_cb, io);
 	io->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, io_write_cb, io);
-	io->cout = evbuffer_new();
-	if (!io->rev || !io->wev || !io->cout ||
+	if (!io->rev || !io->wev ||
 	    bufferevent_pair_new(base, 0, io->pair) != 0)
 		goto fail;
 	/* pair[1]: we read plaintext from tun_conn and write plaintext to it. */
@@ -383,10 +403,10 @@ void tun_tls_io_free(struct tun_tls_io *io)
 		bufferevent_free(io->pair[1]);
 	if (io->pair[0] && !io->pair0_taken)
 		bufferevent_free(io->pair[0]);
+	if (io->ssl)
+		SSL_free(io->ssl); /* before cout: its write BIO appends there */
 	if (io->cout)
 		evbuffer_free(io->cout);
-	if (io->ssl)
-		SSL_free(io->ssl);
 	if (io->fd >= 0)
 		close(io->fd);
 	free(io);
