@@ -350,7 +350,7 @@ static struct bufferevent *on_connect(struct tun_conn *c, const struct tun_conne
 	struct sockaddr_in sin;
 	struct bufferevent *bev;
 	struct timeval tv;
-	int ok = 0;
+	int ok = 0, fd;
 
 	for (int r = 0; r < TUN_PORT_MAX; r++)
 		ok |= s->lease.have_lease && req->port && s->lease.ports[r] == req->port;
@@ -360,21 +360,38 @@ static struct bufferevent *on_connect(struct tun_conn *c, const struct tun_conne
 			req->port, req->lease);
 		return NULL;
 	}
-	bev = bufferevent_socket_new(s->base, -1, BEV_OPT_CLOSE_ON_FREE);
-	if (!bev)
-		return NULL;
 	memset(&sin, 0, sizeof(sin));
 	sin.sin_family = AF_INET;
 	sin.sin_port = htons(req->port);
 	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK); /* only ever the local driver */
-	tv.tv_sec = s->o->driver_connect_timeout_ms / 1000;
-	tv.tv_usec = (s->o->driver_connect_timeout_ms % 1000) * 1000;
-	bufferevent_set_timeouts(bev, NULL, &tv);
-	if (bufferevent_socket_connect(bev, (struct sockaddr *)&sin, sizeof(sin)) != 0) {
-		SR_WARN(tun_conn_logctx(c), "conn=%llu: cannot connect to driver port %u",
-			(unsigned long long)req->conn_id, req->port);
-		bufferevent_free(bev);
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
 		return NULL;
+	sr_sock_nodelay(fd);
+	/* Connect ourselves: on loopback it usually completes (or is refused)
+	 * at once, and the stream can answer in this same loop iteration. */
+	if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0) {
+		*req->connected = 1;
+	} else if (errno != EINPROGRESS) {
+		SR_INFO(tun_conn_logctx(c), "conn=%llu peer=%s: driver port %u: %s",
+			(unsigned long long)req->conn_id, req->peer, req->port, strerror(errno));
+		close(fd);
+		return NULL;
+	}
+	bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (!bev) {
+		close(fd);
+		return NULL;
+	}
+	if (!*req->connected) {
+		tv.tv_sec = s->o->driver_connect_timeout_ms / 1000;
+		tv.tv_usec = (s->o->driver_connect_timeout_ms % 1000) * 1000;
+		bufferevent_set_timeouts(bev, NULL, &tv);
+		/* sa NULL: the socket is already connecting; report CONNECTED. */
+		if (bufferevent_socket_connect(bev, NULL, 0) != 0) {
+			bufferevent_free(bev);
+			return NULL;
+		}
 	}
 	SR_DEBUG(tun_conn_logctx(c), "conn=%llu peer=%s: connecting to 127.0.0.1:%u",
 		 (unsigned long long)req->conn_id, req->peer, req->port);

@@ -353,6 +353,7 @@ static int sidecar_on_request(struct tun_conn *c, struct tun_stream *s)
 	nghttp2_data_provider prd = {.source = {.ptr = NULL}, .read_callback = ctl_read_cb};
 	struct tun_connect_req req;
 	struct bufferevent *sock;
+	int connected = 0;
 
 	if (strcmp(s->method, "POST") == 0 && strcmp(s->path, TUN_CTL_PATH) == 0) {
 		if (c->ctl) {
@@ -384,6 +385,7 @@ static int sidecar_on_request(struct tun_conn *c, struct tun_stream *s)
 	req.lease = s->lease;
 	req.conn_id = s->conn_id;
 	req.peer = s->peer;
+	req.connected = &connected;
 	sock = c->cbs.on_connect ? c->cbs.on_connect(c, &req, c->arg) : NULL;
 	if (!sock)
 		return NGHTTP2_REFUSED_STREAM;
@@ -391,6 +393,8 @@ static int sidecar_on_request(struct tun_conn *c, struct tun_stream *s)
 		return NGHTTP2_INTERNAL_ERROR; /* attach freed sock */
 	s->flags |= TS_CONNECTING | TS_COUNTED;
 	c->stats.streams_opened++;
+	if (connected)
+		tun_stream_connected(s); /* inside a callback: the flush is deferred */
 	return 0;
 }
 

@@ -50,6 +50,10 @@ struct tun_connect_req {
 	const char *lease;  /* sparkrelay-lease header ("" if absent) */
 	uint64_t conn_id;   /* sparkrelay-conn header, relay-assigned */
 	const char *peer;   /* sparkrelay-peer header: the executor's address */
+	/* Out: on_connect sets *connected = 1 when the socket it returns is
+	 * connected already (a loopback connect() usually completes at once),
+	 * which saves the stream a loop iteration before its response. */
+	int *connected;
 };
 
 struct tun_conn_cbs {
@@ -57,9 +61,10 @@ struct tun_conn_cbs {
 	void (*on_ctl)(struct tun_conn *c, const struct tun_ctl_msg *msg, void *arg);
 	/* Sidecar only: the control stream is open, register now. */
 	void (*on_ctl_open)(struct tun_conn *c, void *arg);
-	/* Sidecar only: return a socket bufferevent that is connecting to the
-	 * driver (the stream takes ownership), or NULL to refuse the stream,
-	 * which is then reset with REFUSED_STREAM. */
+	/* Sidecar only: return a socket bufferevent that is connecting (or
+	 * connected, see req->connected) to the driver (the stream takes
+	 * ownership), or NULL to refuse the stream, which is then reset with
+	 * REFUSED_STREAM. */
 	struct bufferevent *(*on_connect)(struct tun_conn *c,
 					  const struct tun_connect_req *req, void *arg);
 	/* Optional: the socket side of a CONNECT stream ended (its executor or

@@ -109,6 +109,8 @@ int tun_stream_attach(struct tun_stream *s, struct bufferevent *sock);
 void tun_stream_kill(struct tun_stream *s, int reset_socket);
 void tun_stream_maybe_reap(struct tun_stream *s);
 void tun_stream_start_reading(struct tun_stream *s);
+/* The driver socket is connected: answer the CONNECT and start reading. */
+void tun_stream_connected(struct tun_stream *s);
 /* nghttp2 delivered DATA for this stream. */
 void tun_stream_on_data(struct tun_stream *s, const uint8_t *data, size_t len);
 void tun_stream_on_peer_eof(struct tun_stream *s);

@@ -169,17 +169,7 @@ static void sock_event_cb(struct bufferevent *bev, short what, void *arg)
 	char ctx[256];
 
 	if (what & BEV_EVENT_CONNECTED) {
-		s->flags &= ~TS_CONNECTING;
-		sr_sock_nodelay(bufferevent_getfd(bev));
-		bufferevent_set_timeouts(bev, NULL, NULL); /* idle connections live forever */
-		if (tun_conn_submit_response(c, s) != 0) {
-			tun_conn_reset_stream(c, s, NGHTTP2_INTERNAL_ERROR);
-			tun_stream_kill(s, 1);
-		} else {
-			tun_stream_start_reading(s);
-			maybe_finish(s);
-		}
-		tun_conn_flush(c);
+		tun_stream_connected(s);
 		return;
 	}
 	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && !(s->flags & TS_CONNECTING)) {
@@ -240,6 +230,26 @@ struct tun_stream *tun_stream_new(struct tun_conn *c, struct bufferevent *sock)
 	c->streams = s;
 	c->stats.streams_active++;
 	return s;
+}
+
+void tun_stream_connected(struct tun_stream *s)
+{
+	struct tun_conn *c = s->conn;
+
+	s->flags &= ~TS_CONNECTING;
+	sr_sock_nodelay(bufferevent_getfd(s->sock));
+	bufferevent_set_timeouts(s->sock, NULL, NULL); /* idle connections live forever */
+	if (tun_conn_submit_response(c, s) != 0) {
+		tun_conn_reset_stream(c, s, NGHTTP2_INTERNAL_ERROR);
+		tun_stream_kill(s, 1);
+	} else {
+		/* DATA that arrived while connecting waits in the output; the
+		 * bufferevent writes it on its next write event. (Not the conn's
+		 * write queue: that holds streams only within one tunnel read.) */
+		tun_stream_start_reading(s);
+		maybe_finish(s);
+	}
+	tun_conn_flush(c);
 }
 
 void tun_stream_start_reading(struct tun_stream *s)
