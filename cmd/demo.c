@@ -13,6 +13,7 @@
 #include "common/sr_devcert.h"
 #include "common/sr_log.h"
 #include "common/sr_util.h"
+#include "conf/conf.h"
 #include "relay/relay.h"
 #include "tunnel/sidecar.h"
 
@@ -49,8 +50,7 @@ struct demo {
 	struct event_base *base;
 	struct relay *relay;
 	struct sidecar *sidecar;
-	struct relay_opts ro;
-	struct sidecar_opts so;
+	struct sr_config rcfg, scfg; /* through the same loader as a config file */
 	struct evconnlistener *drv[2];
 	struct event *timeout, *sigint, *progress;
 	char dir[64];
@@ -407,7 +407,7 @@ int cmd_demo(int argc, char **argv)
 	};
 	struct demo d;
 	struct timeval tv = {DEMO_TIMEOUT_S, 0};
-	char err[512];
+	char err[512], json[2048];
 	int ch;
 
 	memset(&d, 0, sizeof(d));
@@ -463,42 +463,53 @@ int cmd_demo(int argc, char **argv)
 		snprintf(d.path[i], sizeof(d.path[i]), "%s/%s", d.dir, names[i]);
 	printf("sparkrelay demo: development certificates in %s\n", d.dir);
 
-	d.ro.listen = "127.0.0.1:0";
-	d.ro.cert_file = d.path[1];
-	d.ro.key_file = d.path[2];
-	d.ro.pool.bind_address = "127.0.0.2";
-	d.ro.pool.advertise_host = "127.0.0.2";
-	/* Below the ephemeral range (32768+), where the stand-in driver's
-	 * bind on 127.0.0.1 could collide with some client's source port. */
-	d.ro.pool.port_min = 31000;
-	d.ro.pool.port_max = 31999;
-	relay_opts_defaults(&d.ro);
+	/* The pool binds 127.0.0.2 below the ephemeral range (32768+), where the
+	 * stand-in driver's bind on 127.0.0.1 could collide with some client's
+	 * source port. */
+	snprintf(json, sizeof(json),
+		 "{\"relay\": {\"listen\": \"127.0.0.1:0\", \"admin\": {\"listen\": null},"
+		 " \"tls\": {\"cert\": \"%s\", \"key\": \"%s\"},"
+		 " \"pool\": {\"bind\": \"127.0.0.2\", \"advertise\": \"127.0.0.2\","
+		 " \"port_min\": 31000, \"port_max\": 31999}}}",
+		 d.path[1], d.path[2]);
+	if (conf_load_string(json, "demo", &d.rcfg, err, sizeof(err)) != 0) {
+		fprintf(stderr, "demo: %s\n", err);
+		return 1;
+	}
 
 	d.base = event_base_new();
 	if (!d.base)
 		return 1;
-	d.relay = relay_new(d.base, &d.ro, err, sizeof(err));
+	d.relay = relay_new(d.base, &d.rcfg.relay, err, sizeof(err));
 	if (!d.relay) {
 		fprintf(stderr, "demo: relay: %s\n", err);
 		event_base_free(d.base);
+		conf_free(&d.rcfg);
 		return 1;
 	}
 	char relay_addr[32];
 	snprintf(relay_addr, sizeof(relay_addr), "127.0.0.1:%u", relay_listen_port(d.relay));
-	d.so.relays[0] = relay_addr;
-	d.so.nrelays = 1;
-	d.so.ca_file = d.path[0];
-	d.so.app_name = "demo-notebook";
-	d.so.spark_conf_path = d.path[3];
-	d.so.spark_json_path = d.path[4];
-	sidecar_opts_defaults(&d.so);
+	snprintf(json, sizeof(json),
+		 "{\"tunnel\": {\"relays\": [\"%s\"], \"tls\": {\"ca\": \"%s\"},"
+		 " \"app\": \"demo-notebook\", \"spark_conf\": \"%s\", \"spark_json\": \"%s\","
+		 " \"state_file\": \"%s\"}}",
+		 relay_addr, d.path[0], d.path[3], d.path[4], d.path[5]);
+	if (conf_load_string(json, "demo", &d.scfg, err, sizeof(err)) != 0) {
+		fprintf(stderr, "demo: %s\n", err);
+		relay_free(d.relay);
+		event_base_free(d.base);
+		conf_free(&d.rcfg);
+		return 1;
+	}
 	printf("relay listening for sidecars on %s; sidecar dialling it over TLS 1.3\n",
 	       relay_addr);
-	d.sidecar = sidecar_new(d.base, &d.so, on_lease, &d, err, sizeof(err));
+	d.sidecar = sidecar_new(d.base, &d.scfg.tunnel, on_lease, &d, err, sizeof(err));
 	if (!d.sidecar) {
 		fprintf(stderr, "demo: sidecar: %s\n", err);
 		relay_free(d.relay);
 		event_base_free(d.base);
+		conf_free(&d.rcfg);
+		conf_free(&d.scfg);
 		return 1;
 	}
 	d.timeout = evtimer_new(d.base, demo_timeout, &d);
@@ -534,6 +545,8 @@ int cmd_demo(int argc, char **argv)
 	/* Deferred bufferevent callbacks hold references until they run. */
 	event_base_loop(d.base, EVLOOP_NONBLOCK);
 	event_base_free(d.base);
+	conf_free(&d.rcfg);
+	conf_free(&d.scfg);
 	free(d.conns);
 	free(d.rtts);
 	return d.ok ? 0 : 1;

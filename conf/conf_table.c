@@ -1,7 +1,8 @@
 /* The settings tables: every key of the configuration file, its type, bounds,
  * default and documentation. The loader, the environment overrides, the dump
- * and docs/configuration.md are all driven from here; relay_opts_defaults and
- * sidecar_opts_defaults must agree with these defaults. */
+ * and docs/configuration.md are all driven from here. tun_conn_opts_defaults
+ * (tunnel/tun_conn.c, for zero fields of callers outside conf) must agree
+ * with the h2 table. */
 #include "conf/conf.h"
 #include "conf/conf_int.h"
 

@@ -104,7 +104,7 @@ struct disc_req *disc_resolve(struct event_base *base, struct evdns_base *dns,
 				      0) != 0) {
 			snprintf(err, errlen, "bad relay address \"%s\" (want host:port)",
 				 targets[i]);
-			goto fail_started;
+			goto fail;
 		}
 		snprintf(r->one[i].port, sizeof(r->one[i].port), "%u", port);
 		r->one[i].req = r;
@@ -123,7 +123,6 @@ struct disc_req *disc_resolve(struct event_base *base, struct evdns_base *dns,
 		event_active(r->fire, EV_TIMEOUT, 0);
 	return r;
 
-fail_started:
 fail:
 	if (r && err && !err[0])
 		snprintf(err, errlen, "out of memory");

@@ -133,29 +133,6 @@ static void refuse(struct relay *r, enum relay_refusal why)
 		r->st.executor_refused++;
 }
 
-void relay_opts_defaults(struct relay_opts *o)
-{
-	if (!o->pool.port_min)
-		o->pool.port_min = 40000;
-	if (!o->pool.port_max)
-		o->pool.port_max = 40999;
-	if (!o->pool.backlog)
-		o->pool.backlog = 1024;
-	if (!o->lease_grace_s)
-		o->lease_grace_s = 300;
-	if (!o->pending_timeout_ms)
-		o->pending_timeout_ms = 30000;
-	if (!o->max_pending)
-		o->max_pending = 256;
-	if (!o->handshake_timeout_ms)
-		o->handshake_timeout_ms = 10000;
-	if (!o->drain_timeout_ms)
-		o->drain_timeout_ms = 30000;
-	if (!o->max_tunnels)
-		o->max_tunnels = 1024;
-	tun_conn_opts_defaults(&o->tun);
-}
-
 /* ---- policies and pools ---------------------------------------------------- */
 
 static void pol_unref(struct relay_pol *pol)
@@ -166,9 +143,10 @@ static void pol_unref(struct relay_pol *pol)
 	}
 }
 
+/* NULL and "" both mean "unset". */
 static int str_eq(const char *a, const char *b)
 {
-	return (a ? a : "")[0] == (b ? b : "")[0] && strcmp(a ? a : "", b ? b : "") == 0;
+	return strcmp(a ? a : "", b ? b : "") == 0;
 }
 
 static int pool_opts_eq(const struct relay_pool_opts *a, const struct relay_pool_opts *b)

@@ -33,8 +33,7 @@ struct relay_opts {
 				mandatory when admin_listen is not a loopback address */
 };
 
-/* Fill every field with its default (strings NULL except listen/pool). */
-void relay_opts_defaults(struct relay_opts *o);
+/* Defaults come from the configuration tables (conf_relay_defaults). */
 
 /* Why an executor connection or a registration was refused (metrics label). */
 enum relay_refusal {

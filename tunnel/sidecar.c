@@ -65,21 +65,6 @@ struct sidecar {
 	int sent_resume;
 };
 
-void sidecar_opts_defaults(struct sidecar_opts *o)
-{
-	if (!o->backoff_initial_ms)
-		o->backoff_initial_ms = 100;
-	if (!o->backoff_max_ms)
-		o->backoff_max_ms = 10000;
-	if (!o->dial_timeout_ms)
-		o->dial_timeout_ms = 10000;
-	if (!o->driver_connect_timeout_ms)
-		o->driver_connect_timeout_ms = 5000;
-	if (!o->release_timeout_ms)
-		o->release_timeout_ms = 3000;
-	tun_conn_opts_defaults(&o->tun);
-}
-
 static void sc_start(struct sidecar *s);
 static void dial_next(struct sidecar *s);
 

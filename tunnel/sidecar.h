@@ -34,7 +34,7 @@ struct sidecar_opts {
 	char *admin_listen;     /* status HTTP listener (/healthz, /status), NULL = none */
 };
 
-void sidecar_opts_defaults(struct sidecar_opts *o);
+/* Defaults come from the configuration tables (conf_sidecar_defaults). */
 
 /* What the sidecar learnt from its lease (for the demo and status). */
 struct sidecar_lease_info {

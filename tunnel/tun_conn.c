@@ -375,7 +375,6 @@ static int sidecar_on_request(struct tun_conn *c, struct tun_stream *s)
 			s->method);
 		return NGHTTP2_REFUSED_STREAM;
 	}
-	s->flags |= TS_IS_CONNECT;
 	if (parse_authority_port(s->authority, &s->port) != 0) {
 		SR_WARN(c->logctx, "stream %d refused: target \"%s\" is not 127.0.0.1:<port>",
 			s->id, s->authority);
@@ -391,7 +390,7 @@ static int sidecar_on_request(struct tun_conn *c, struct tun_stream *s)
 		return NGHTTP2_REFUSED_STREAM;
 	if (tun_stream_attach(s, sock) != 0)
 		return NGHTTP2_INTERNAL_ERROR; /* attach freed sock */
-	s->flags |= TS_CONNECTING | TS_COUNTED;
+	s->flags |= TS_CONNECTING;
 	c->stats.streams_opened++;
 	if (connected)
 		tun_stream_connected(s); /* inside a callback: the flush is deferred */
@@ -877,7 +876,6 @@ int tun_conn_open_stream(struct tun_conn *c, struct bufferevent *sock, uint16_t 
 		return SR_ENOMEM;
 	s->port = port;
 	s->conn_id = conn_id;
-	s->flags |= TS_IS_CONNECT;
 	prd.source.ptr = s;
 	id = nghttp2_submit_request(c->h2, NULL, nva, SR_ARRAY_LEN(nva), &prd, s);
 	if (id < 0) {
@@ -885,7 +883,6 @@ int tun_conn_open_stream(struct tun_conn *c, struct bufferevent *sock, uint16_t 
 		return id == NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE ? SR_EBUSY : SR_EH2;
 	}
 	s->id = id;
-	s->flags |= TS_COUNTED;
 	c->stats.streams_opened++;
 	tun_stream_start_reading(s);
 	tun_conn_flush(c);

@@ -67,10 +67,6 @@ struct tun_conn_cbs {
 	 * REFUSED_STREAM. */
 	struct bufferevent *(*on_connect)(struct tun_conn *c,
 					  const struct tun_connect_req *req, void *arg);
-	/* Optional: the socket side of a CONNECT stream ended (its executor or
-	 * driver socket is closed). Called from inside the session; only
-	 * update counters here. */
-	void (*on_stream_closed)(struct tun_conn *c, uint64_t conn_id, void *arg);
 	/* Optional: a PING round trip completed (microseconds). Counters only. */
 	void (*on_rtt)(struct tun_conn *c, uint64_t rtt_us, void *arg);
 	/* The tunnel is over (err is an SR_E* code, or 0 for a clean end). Called

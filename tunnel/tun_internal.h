@@ -19,7 +19,6 @@ enum {
 	TS_CONNECTING = 1u << 1,   /* sidecar: socket connect in progress */
 	TS_DEFERRED = 1u << 2,     /* data provider returned DEFERRED */
 	TS_SOCK_EOF = 1u << 3,     /* socket read side ended: send END_STREAM */
-	TS_SENT_EOF = 1u << 4,     /* END_STREAM sent */
 	TS_PEER_EOF = 1u << 5,     /* END_STREAM received: shutdown(SHUT_WR) when drained */
 	TS_SHUT_WR = 1u << 6,      /* shutdown(SHUT_WR) done */
 	TS_H2_CLOSED = 1u << 7,    /* nghttp2 closed the stream */
@@ -27,10 +26,7 @@ enum {
 	TS_RESET = 1u << 9,        /* close the socket with RST */
 	TS_DEAD = 1u << 10,        /* socket side finished (socket closed) */
 	TS_RESPONDED = 1u << 11,   /* sidecar: response HEADERS submitted */
-	TS_IS_CONNECT = 1u << 12,  /* request is a CONNECT */
-	TS_IS_CTL_REQ = 1u << 13,  /* request is POST to the control path */
 	TS_REAPING = 1u << 14,     /* on the conn's dead list, freed by reap */
-	TS_COUNTED = 1u << 15,     /* counted as opened: report its end */
 	TS_WRITEQ = 1u << 16,      /* on conn->writeq: write its socket at once */
 };
 

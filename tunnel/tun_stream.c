@@ -319,8 +319,6 @@ void tun_stream_kill(struct tun_stream *s, int reset_socket)
 		c->stats.streams_closed++;
 		if (reset_socket)
 			c->stats.streams_reset++;
-		if ((s->flags & TS_COUNTED) && c->cbs.on_stream_closed)
-			c->cbs.on_stream_closed(c, s->conn_id, c->arg);
 	}
 	tun_stream_maybe_reap(s);
 }
@@ -416,7 +414,6 @@ static ssize_t stream_read_cb(nghttp2_session *h2, int32_t id, uint8_t *buf, siz
 	if (avail == 0) {
 		if (s->flags & (TS_SOCK_EOF | TS_SOCK_DEAD)) {
 			*data_flags |= NGHTTP2_DATA_FLAG_EOF;
-			s->flags |= TS_SENT_EOF;
 			return 0;
 		}
 		s->flags |= TS_DEFERRED;
@@ -430,7 +427,6 @@ static ssize_t stream_read_cb(nghttp2_session *h2, int32_t id, uint8_t *buf, siz
 	if ((s->flags & TS_SOCK_EOF) &&
 	    avail == evbuffer_get_length(bufferevent_get_input(s->sock))) {
 		*data_flags |= NGHTTP2_DATA_FLAG_EOF;
-		s->flags |= TS_SENT_EOF;
 	}
 	return (ssize_t)avail;
 }
