@@ -1,0 +1,122 @@
+#include "common/sr_text.h"
+
+#include <arpa/inet.h>
+#include <string.h>
+
+static const char hexd[] = "0123456789abcdef";
+
+const char *sr_esc_n(const char *s, size_t max_in, char *buf, size_t len)
+{
+	size_t i, o = 0;
+
+	if (!s)
+		s = "";
+	for (i = 0; s[i] && (max_in == 0 || i < max_in); i++) {
+		unsigned char c = (unsigned char)s[i];
+		char one[4];
+		size_t k = 0;
+
+		if (c == '"' || c == '\\') {
+			one[k++] = '\\';
+			one[k++] = (char)c;
+		} else if (c >= 0x20 && c < 0x7f) {
+			one[k++] = (char)c;
+		} else {
+			one[k++] = '\\';
+			one[k++] = 'x';
+			one[k++] = hexd[c >> 4];
+			one[k++] = hexd[c & 15];
+		}
+		if (o + k + 4 > len) /* keep room for "..." and the NUL */
+			break;
+		memcpy(buf + o, one, k);
+		o += k;
+	}
+	if (s[i] && o + 4 <= len) {
+		memcpy(buf + o, "...", 3);
+		o += 3;
+	}
+	if (len)
+		buf[o < len ? o : len - 1] = '\0';
+	return buf;
+}
+
+size_t sr_esc_ctl(const char *in, size_t n, char *out, size_t outlen)
+{
+	size_t o = 0;
+
+	if (outlen == 0)
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)in[i];
+		if (c >= 0x20 && c != 0x7f) {
+			if (o + 1 >= outlen)
+				break;
+			out[o++] = (char)c;
+			continue;
+		}
+		if (o + 4 >= outlen)
+			break;
+		out[o++] = '\\';
+		out[o++] = 'x';
+		out[o++] = hexd[c >> 4];
+		out[o++] = hexd[c & 15];
+	}
+	out[o] = '\0';
+	return o;
+}
+
+static int is_alnum(unsigned char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
+int sr_valid_host(const char *s)
+{
+	unsigned char a6[16];
+	size_t n, label = 0;
+
+	if (!s || !*s)
+		return 0;
+	n = strlen(s);
+	if (inet_pton(AF_INET6, s, a6) == 1 || inet_pton(AF_INET, s, a6) == 1)
+		return 1;
+	if (n > 253)
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c == '.') {
+			if (label == 0 || s[i - 1] == '-')
+				return 0;
+			label = 0;
+			continue;
+		}
+		if (!is_alnum(c) && c != '-')
+			return 0;
+		if (c == '-' && label == 0)
+			return 0;
+		if (++label > 63)
+			return 0;
+	}
+	/* One trailing dot (absolute name) is fine; an empty last label is not. */
+	if (label == 0)
+		return n > 1 && s[n - 1] == '.' && s[n - 2] != '.';
+	return s[n - 1] != '-';
+}
+
+int sr_valid_chars(const char *s, size_t max, const char *extra)
+{
+	size_t n;
+
+	if (!s || !*s)
+		return 0;
+	n = strlen(s);
+	if (n > max)
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (!is_alnum(c) && !(extra && strchr(extra, c)))
+			return 0;
+	}
+	return 1;
+}

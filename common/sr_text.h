@@ -1,0 +1,35 @@
+/* Text that crosses a trust boundary: escaping for one log line or terminal
+ * cell, and validators for the few shapes a peer may send us.
+ *
+ * Every string that came from the network, a file or the environment goes
+ * through sr_esc() before it is printed, or through a validator before it
+ * is stored. */
+#ifndef SR_TEXT_H
+#define SR_TEXT_H
+
+#include <stddef.h>
+
+/* s (may be NULL: "") for one line: printable ASCII stays, '"' and '\\' get
+ * a backslash, every other byte becomes \xNN; at most max_in input bytes are
+ * shown (0: as many as fit), a cut value ends in "...". Always
+ * NUL-terminates buf (len >= 1). Returns buf. */
+const char *sr_esc_n(const char *s, size_t max_in, char *buf, size_t len);
+#define sr_esc(s, buf, len) sr_esc_n((s), 0, (buf), (len))
+/* Enough room for sr_esc of an n-byte string: 4 bytes per byte, plus "...". */
+#define SR_ESC_SIZE(n) (4 * (n) + 4)
+
+/* Escape control bytes (< 0x20, 0x7f) of buf[0..n) in place into out as
+ * \xNN; used by the logger on a whole formatted line. Returns the length
+ * written (at most outlen - 1), NUL-terminated. */
+size_t sr_esc_ctl(const char *in, size_t n, char *out, size_t outlen);
+
+/* A host a peer may name: a DNS name (letters, digits, '-' and '.', labels of
+ * 1..63 characters not starting or ending with '-', 253 at most) or an IPv4 or
+ * IPv6 literal (without brackets). */
+int sr_valid_host(const char *s);
+
+/* Every byte of s is in the set: ASCII letters, digits, and the characters
+ * of extra; and 1 <= strlen(s) <= max. */
+int sr_valid_chars(const char *s, size_t max, const char *extra);
+
+#endif

@@ -1,0 +1,86 @@
+/* sr_text: escaping of untrusted text and the validators for peer values. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "common/sr_text.h"
+
+static void test_esc_keeps_printable_and_escapes_the_rest(void **st)
+{
+	char buf[128];
+	(void)st;
+	assert_string_equal(sr_esc("app-1 ok", buf, sizeof(buf)), "app-1 ok");
+	assert_string_equal(sr_esc("a\nb\r\x1b[2J", buf, sizeof(buf)), "a\\x0ab\\x0d\\x1b[2J");
+	assert_string_equal(sr_esc("q\"\\", buf, sizeof(buf)), "q\\\"\\\\");
+	assert_string_equal(sr_esc("\xc3\xa9", buf, sizeof(buf)), "\\xc3\\xa9");
+	assert_string_equal(sr_esc(NULL, buf, sizeof(buf)), "");
+}
+
+static void test_esc_cuts_long_values_with_ellipsis(void **st)
+{
+	char buf[16];
+	(void)st;
+	sr_esc("abcdefghijklmnopqrstuvwxyz", buf, sizeof(buf));
+	assert_true(strlen(buf) < sizeof(buf));
+	assert_string_equal(buf + strlen(buf) - 3, "...");
+	assert_string_equal(sr_esc_n("abcdef", 3, buf, sizeof(buf)), "abc...");
+	/* an escape sequence is never cut in half */
+	sr_esc("\n\n\n\n\n\n", buf, sizeof(buf));
+	assert_string_equal(buf, "\\x0a\\x0a\\x0a...");
+}
+
+static void test_esc_ctl_makes_one_line(void **st)
+{
+	char out[64];
+	const char in[] = "x\ny\0z";
+	(void)st;
+	assert_int_equal(sr_esc_ctl(in, sizeof(in) - 1, out, sizeof(out)), strlen("x\\x0ay\\x00z"));
+	assert_string_equal(out, "x\\x0ay\\x00z");
+}
+
+static void test_valid_host(void **st)
+{
+	(void)st;
+	assert_true(sr_valid_host("relay.example.com"));
+	assert_true(sr_valid_host("relay-1.example.com."));
+	assert_true(sr_valid_host("10.0.0.5"));
+	assert_true(sr_valid_host("::1"));
+	assert_true(sr_valid_host("fe80::1"));
+	assert_false(sr_valid_host(""));
+	assert_false(sr_valid_host("a\nspark.jars=x"));
+	assert_false(sr_valid_host("a b"));
+	assert_false(sr_valid_host("-a.example"));
+	assert_false(sr_valid_host("a-.example"));
+	assert_false(sr_valid_host("a..b"));
+	assert_false(sr_valid_host("[::1]"));
+	assert_false(sr_valid_host("host:80"));
+	char big[300];
+	memset(big, 'a', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	assert_false(sr_valid_host(big));
+}
+
+static void test_valid_chars(void **st)
+{
+	(void)st;
+	assert_true(sr_valid_chars("L-1-abc", 47, "-"));
+	assert_false(sr_valid_chars("L-1 abc", 47, "-"));
+	assert_false(sr_valid_chars("", 47, "-"));
+	assert_false(sr_valid_chars("abcd", 3, NULL));
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_esc_keeps_printable_and_escapes_the_rest),
+		cmocka_unit_test(test_esc_cuts_long_values_with_ellipsis),
+		cmocka_unit_test(test_esc_ctl_makes_one_line),
+		cmocka_unit_test(test_valid_host),
+		cmocka_unit_test(test_valid_chars),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
