@@ -151,6 +151,12 @@ uint64_t sr_now_us(void)
 	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+struct timeval sr_tv_ms(uint64_t ms)
+{
+	struct timeval tv = {(time_t)(ms / 1000u), (suseconds_t)((ms % 1000u) * 1000u)};
+	return tv;
+}
+
 int sr_random_bytes(void *buf, size_t len)
 {
 	return RAND_bytes(buf, (int)len) == 1 ? 0 : SR_EIO;

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 
 #define SR_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define SR_ADDRSTRLEN 64 /* "[v6]:port" */
@@ -39,6 +40,9 @@ void sr_sock_set_reset_on_close(int fd);
  * bytes sent (0 if none: EAGAIN), or -1 with errno set. */
 struct evbuffer;
 long sr_sock_send_evbuffer(int fd, struct evbuffer *buf);
+
+/* A timeval of ms milliseconds, for libevent timers. */
+struct timeval sr_tv_ms(uint64_t ms);
 
 /* Monotonic clock in microseconds. */
 uint64_t sr_now_us(void);

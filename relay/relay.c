@@ -7,7 +7,7 @@
 #include "common/sr_log.h"
 #include "common/sr_util.h"
 #include "tunnel/tun_tls.h"
-#include "tunnel/tun_tls_io.h"
+#include "tunnel/tun_endpoint.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -73,8 +73,8 @@ struct relay_lease_ext {
 struct relay_tunnel {
 	struct relay *relay;
 	struct relay_tunnel *next, *prev;
-	struct tun_tls_io *io; /* TLS transport; the session runs on its bufferevent */
-	struct tun_conn *conn;
+	struct tun_endpoint *ep; /* socket, TLS and session */
+	struct tun_conn *conn;   /* the endpoint's session, NULL until TLS is up */
 	struct relay_lease_ext *lx;
 	struct event *timer; /* handshake + register deadline */
 	struct sockaddr_storage addr;
@@ -519,8 +519,7 @@ static void tunnel_free(struct relay_tunnel *t)
 		r->closed_bytes_out += st.bytes_from_tunnel;
 		r->closed_streams_opened += st.streams_opened;
 	}
-	tun_conn_free(t->conn); /* before io: it holds io's plaintext end */
-	tun_tls_io_free(t->io);
+	tun_endpoint_free(t->ep);
 	if (t->timer)
 		event_free(t->timer);
 	r->st.tunnels_active--;
@@ -745,19 +744,9 @@ static void tunnel_on_rtt(struct tun_conn *c, uint64_t rtt_us, void *arg)
 	hist_add(&t->relay->st.tunnel_rtt, rtt_us);
 }
 
-static void tunnel_on_closed(struct tun_conn *c, int err, void *arg)
-{
-	struct relay_tunnel *t = arg;
-	const char *why = tun_tls_io_error(t->io);
-	if (why[0])
-		SR_INFO(t->ctx, "transport: %s", why);
-	tunnel_free(t);
-}
-
 static const struct tun_conn_cbs relay_tun_cbs = {
 	.on_ctl = tunnel_on_ctl,
 	.on_rtt = tunnel_on_rtt,
-	.on_closed = tunnel_on_closed,
 };
 
 static void tunnel_timeout_cb(evutil_socket_t fd, short what, void *arg)
@@ -777,38 +766,40 @@ static void tunnel_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	tun_conn_close(t->conn, SR_ETIMEDOUT);
 }
 
-static void handshake_cb(struct tun_tls_io *io, int err, const char *why, void *arg)
+static void tunnel_on_up(struct tun_endpoint *ep, void *arg)
 {
 	struct relay_tunnel *t = arg;
-	struct relay *r = t->relay;
-	SSL *ssl = tun_tls_io_ssl(io);
+	const char *sans[TUN_EP_MAX_SANS];
 
-	if (err != 0) {
-		SR_WARN(t->ctx, "TLS handshake failed: %s", why);
-		r->st.handshake_failures++;
-		tunnel_free(t);
-		return;
-	}
-	if (tun_tls_check_alpn(ssl) != 0) {
-		SR_WARN(t->ctx, "TLS handshake failed: peer did not negotiate h2 (ALPN)");
-		r->st.handshake_failures++;
-		tunnel_free(t);
-		return;
-	}
-	tun_tls_peer_name(ssl, t->identity, sizeof(t->identity));
-	t->nsans = tun_tls_peer_sans(ssl, t->sans, MAX_SANS);
+	snprintf(t->identity, sizeof(t->identity), "%s", tun_endpoint_peer_cn(ep));
+	t->nsans = tun_endpoint_peer_sans(ep, sans);
+	for (size_t i = 0; i < t->nsans; i++)
+		snprintf(t->sans[i], sizeof(t->sans[i]), "%s", sans[i]);
 	if (t->identity[0])
 		snprintf(t->ctx, sizeof(t->ctx), "peer=%s cn=%s", t->peer, t->identity);
-	t->conn = tun_conn_new(r->base, tun_tls_io_take_bev(io), TUN_ROLE_RELAY, &r->o->tun,
-			       &relay_tun_cbs, t, t->ctx);
-	if (!t->conn) {
-		SR_ERROR(t->ctx, "cannot create tunnel session (out of memory)");
-		tunnel_free(t);
-		return;
-	}
+	t->conn = tun_endpoint_conn(ep);
+	tun_conn_set_logctx(t->conn, t->ctx);
 	SR_INFO(t->ctx, "tunnel up (TLS 1.3, h2); waiting for registration");
-	r->st.tunnels_accepted++;
+	t->relay->st.tunnels_accepted++;
 }
+
+static void tunnel_on_closed(struct tun_endpoint *ep, int err, const char *why, void *arg)
+{
+	struct relay_tunnel *t = arg;
+
+	if (!t->conn) {
+		SR_WARN(t->ctx, "TLS handshake failed: %s", why);
+		t->relay->st.handshake_failures++;
+	} else if (why[0]) {
+		SR_INFO(t->ctx, "transport: %s", why);
+	}
+	tunnel_free(t);
+}
+
+static const struct tun_endpoint_cbs relay_ep_cbs = {
+	.on_up = tunnel_on_up,
+	.on_closed = tunnel_on_closed,
+};
 
 static void on_tunnel_accept(struct evconnlistener *lst, evutil_socket_t fd,
 			     struct sockaddr *sa, int salen, void *arg)
@@ -841,13 +832,21 @@ static void on_tunnel_accept(struct evconnlistener *lst, evutil_socket_t fd,
 	t->timer = evtimer_new(r->base, tunnel_timeout_cb, t);
 	if (!t->timer)
 		goto fail;
-	t->io = tun_tls_io_new(r->base, fd, ssl, 1, 0, handshake_cb, t);
+	{
+		struct tun_endpoint_opts eo = {
+			.role = TUN_ROLE_RELAY,
+			.ssl = ssl,
+			.conn = &r->o->tun,
+			.conn_cbs = &relay_tun_cbs,
+			.logctx = t->ctx,
+		};
+		t->ep = tun_endpoint_new(r->base, fd, &eo, &relay_ep_cbs, t);
+	}
 	ssl = NULL;
 	fd = -1; /* both stolen, even on failure */
-	if (!t->io)
+	if (!t->ep)
 		goto fail;
-	tv.tv_sec = r->o->handshake_timeout_ms / 1000;
-	tv.tv_usec = (r->o->handshake_timeout_ms % 1000) * 1000;
+	tv = sr_tv_ms(r->o->handshake_timeout_ms);
 	evtimer_add(t->timer, &tv);
 	t->next = r->tunnels;
 	if (r->tunnels)

@@ -11,7 +11,7 @@
 #include "common/sr_util.h"
 #include "discovery/disc_resolve.h"
 #include "tunnel/tun_tls.h"
-#include "tunnel/tun_tls_io.h"
+#include "tunnel/tun_endpoint.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -51,9 +51,8 @@ struct sidecar {
 	struct disc_req *resolve;
 	struct disc_addr *addrs;
 	size_t naddrs, next_addr;
-	struct tun_tls_io *io;    /* TLS transport being dialled, or under tun */
+	struct tun_endpoint *ep;  /* the tunnel being dialled, or up */
 	char dial_peer[SR_ADDRSTRLEN];
-	struct event *dial_timer;
 	struct event *backoff_timer;
 	struct event *release_timer;
 	unsigned attempt;
@@ -403,17 +402,25 @@ static void schedule_backoff(struct sidecar *s)
 	evtimer_add(s->backoff_timer, &tv);
 }
 
-static void on_closed(struct tun_conn *c, int err, void *arg)
+static void on_closed(struct tun_endpoint *ep, int err, const char *why, void *arg)
 {
 	struct sidecar *s = arg;
+	int was_up = s->tun != NULL;
 
 	s->lease.connected = 0;
-	if (tun_tls_io_error(s->io)[0])
-		SR_INFO(tun_conn_logctx(c), "transport: %s", tun_tls_io_error(s->io));
-	tun_conn_free(c);
+	if (!was_up) {
+		SR_WARN("", "cannot reach relay %s: %s%s", s->dial_peer,
+			err == SR_ETLS ? "TLS handshake failed: " : "", why);
+	} else if (why[0]) {
+		SR_INFO(tun_conn_logctx(s->tun), "transport: %s", why);
+	}
+	tun_endpoint_free(ep);
+	s->ep = NULL;
 	s->tun = NULL;
-	tun_tls_io_free(s->io); /* after the conn: it held io's plaintext end */
-	s->io = NULL;
+	if (!was_up) {
+		dial_next(s);
+		return;
+	}
 	if (s->shutting_down) {
 		s->state = SC_DONE;
 		event_base_loopbreak(s->base);
@@ -428,59 +435,26 @@ static const struct tun_conn_cbs sc_tun_cbs = {
 	.on_ctl = on_ctl,
 	.on_ctl_open = send_register,
 	.on_connect = on_connect,
-	.on_closed = on_closed,
 };
 
-/* ---- dialling ------------------------------------------------------------- */
-
-static void dial_abort(struct sidecar *s)
-{
-	evtimer_del(s->dial_timer);
-	if (s->io && !s->tun) {
-		tun_tls_io_free(s->io);
-		s->io = NULL;
-	}
-}
-
-static void dial_cb(struct tun_tls_io *io, int err, const char *why, void *arg)
+static void on_up(struct tun_endpoint *ep, void *arg)
 {
 	struct sidecar *s = arg;
 	char ctx[128];
 
-	if (err != 0) {
-		SR_WARN("", "cannot reach relay %s: %s%s", s->dial_peer,
-			err == SR_ETLS ? "TLS handshake failed: " : "", why);
-		dial_abort(s);
-		dial_next(s);
-		return;
-	}
-	evtimer_del(s->dial_timer);
-	if (tun_tls_check_alpn(tun_tls_io_ssl(io)) != 0) {
-		SR_WARN("", "relay %s did not agree to HTTP/2 (ALPN)", s->dial_peer);
-		dial_abort(s);
-		dial_next(s);
-		return;
-	}
 	snprintf(ctx, sizeof(ctx), "relay=%s", s->dial_peer);
+	s->tun = tun_endpoint_conn(ep);
+	tun_conn_set_logctx(s->tun, ctx);
 	SR_INFO(ctx, "connected (TLS 1.3, h2); registering app \"%s\"", s->o->app_name);
-	s->tun = tun_conn_new(s->base, tun_tls_io_take_bev(io), TUN_ROLE_SIDECAR, &s->o->tun,
-			      &sc_tun_cbs, s, ctx);
-	if (!s->tun) {
-		SR_ERROR(ctx, "cannot create tunnel session (out of memory)");
-		dial_abort(s);
-		schedule_backoff(s);
-		return;
-	}
 	s->state = SC_REGISTERING;
 }
 
-static void dial_timeout_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct sidecar *s = arg;
-	SR_WARN("", "relay %s: no TLS session within %u ms", s->dial_peer, s->o->dial_timeout_ms);
-	dial_abort(s);
-	dial_next(s);
-}
+static const struct tun_endpoint_cbs sc_ep_cbs = {
+	.on_up = on_up,
+	.on_closed = on_closed,
+};
+
+/* ---- dialling ------------------------------------------------------------- */
 
 static int is_ip_literal(const char *h)
 {
@@ -493,7 +467,6 @@ static void dial_next(struct sidecar *s)
 {
 	const struct disc_addr *a;
 	const char *name;
-	struct timeval tv;
 	SSL *ssl;
 
 	if (s->shutting_down) {
@@ -532,13 +505,18 @@ static void dial_next(struct sidecar *s)
 			dial_next(s);
 			return;
 		}
-		s->io = tun_tls_io_new(s->base, fd, ssl, 0, 1, dial_cb, s);
-		if (!s->io)
+		struct tun_endpoint_opts eo = {
+			.role = TUN_ROLE_SIDECAR,
+			.ssl = ssl,
+			.connecting = 1,
+			.handshake_timeout_ms = s->o->dial_timeout_ms,
+			.conn = &s->o->tun,
+			.conn_cbs = &sc_tun_cbs,
+		};
+		s->ep = tun_endpoint_new(s->base, fd, &eo, &sc_ep_cbs, s);
+		if (!s->ep)
 			goto fail;
 	}
-	tv.tv_sec = s->o->dial_timeout_ms / 1000;
-	tv.tv_usec = (s->o->dial_timeout_ms % 1000) * 1000;
-	evtimer_add(s->dial_timer, &tv);
 	SR_DEBUG("", "dialling relay %s (%s)", s->dial_peer, name);
 	s->state = SC_DIALING;
 	return;
@@ -624,10 +602,9 @@ struct sidecar *sidecar_new(struct event_base *base, const struct sidecar_opts *
 		s->dns = evdns_base_new(base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
 	if (s->dns)
 		evdns_base_load_hosts(s->dns, NULL);
-	s->dial_timer = evtimer_new(base, dial_timeout_cb, s);
 	s->backoff_timer = evtimer_new(base, backoff_cb, s);
 	s->release_timer = evtimer_new(base, release_timeout_cb, s);
-	if (!s->dns || !s->dial_timer || !s->backoff_timer || !s->release_timer) {
+	if (!s->dns || !s->backoff_timer || !s->release_timer) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
@@ -644,11 +621,7 @@ void sidecar_free(struct sidecar *s)
 	if (!s)
 		return;
 	disc_cancel(s->resolve);
-	dial_abort(s);
-	tun_conn_free(s->tun);
-	tun_tls_io_free(s->io);
-	if (s->dial_timer)
-		event_free(s->dial_timer);
+	tun_endpoint_free(s->ep);
 	if (s->backoff_timer)
 		event_free(s->backoff_timer);
 	if (s->release_timer)

@@ -59,88 +59,56 @@ static void deliver_ctl(struct tun_conn *c)
 	}
 }
 
-static void transport_read_cb(struct bufferevent *bev, void *arg)
+int tun_conn_recv(struct tun_conn *c, const uint8_t *p, size_t left)
 {
-	struct tun_conn *c = arg;
-	struct evbuffer *in = bufferevent_get_input(bev);
-	struct evbuffer_iovec v[16];
-	int n, i;
-
 	c->last_recv_us = sr_now_us();
-	while (!c->closing && evbuffer_get_length(in) > 0) {
-		size_t used = 0;
-		n = evbuffer_peek(in, -1, NULL, v, (int)SR_ARRAY_LEN(v));
-		if (n > (int)SR_ARRAY_LEN(v))
-			n = (int)SR_ARRAY_LEN(v);
-		for (i = 0; i < n && !c->closing; i++) {
-			const uint8_t *p = v[i].iov_base;
-			size_t left = v[i].iov_len;
-			while (left > 0 && !c->closing) {
-				ssize_t rv;
-				c->in_h2 = 1;
-				rv = nghttp2_session_mem_recv(c->h2, p, left);
-				c->in_h2 = 0;
-				if (rv < 0) {
-					char why[128];
-					snprintf(why, sizeof(why), "HTTP/2 error from peer: %s",
-						 nghttp2_strerror((int)rv));
-					evbuffer_drain(in, used);
-					c->nwriteq = 0; /* closing: no socket is written now */
-					conn_fail(c, SR_EPROTO, why);
-					return;
-				}
-				used += (size_t)rv;
-				p += rv;
-				left -= (size_t)rv;
-				/* Control data pauses parsing (h2_on_data_chunk): a lease
-				 * must be known before the CONNECTs that follow it. */
-				if (evbuffer_get_length(c->ctl_in) > 0)
-					deliver_ctl(c);
-			}
+	while (left > 0 && !c->closing) {
+		ssize_t rv;
+		c->in_h2 = 1;
+		rv = nghttp2_session_mem_recv(c->h2, p, left);
+		c->in_h2 = 0;
+		if (rv < 0) {
+			char why[128];
+			snprintf(why, sizeof(why), "HTTP/2 error from peer: %s",
+				 nghttp2_strerror((int)rv));
+			c->nwriteq = 0; /* closing: no socket is written now */
+			conn_fail(c, SR_EPROTO, why);
+			return SR_EPROTO;
 		}
-		evbuffer_drain(in, used);
+		p += rv;
+		left -= (size_t)rv;
+		/* Control data pauses parsing (h2_on_data_chunk): a lease must be
+		 * known before the CONNECTs that follow it. */
+		if (evbuffer_get_length(c->ctl_in) > 0)
+			deliver_ctl(c);
 	}
+	if (c->closing)
+		return c->close_err ? c->close_err : SR_ECLOSED;
 	if (c->nwriteq)
 		tun_stream_write_queued(c);
 	tun_conn_flush(c);
+	return 0;
 }
 
-static void transport_write_cb(struct bufferevent *bev, void *arg)
+struct evbuffer *tun_conn_output(struct tun_conn *c)
 {
-	struct tun_conn *c = arg;
+	return c->out;
+}
+
+void tun_conn_output_drained(struct tun_conn *c)
+{
 	if (c->closing) {
-		if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+		if (evbuffer_get_length(c->out) == 0)
 			tun_conn_schedule_reap(c);
 		return;
 	}
 	tun_conn_flush(c);
 }
 
-static void transport_event_cb(struct bufferevent *bev, short what, void *arg)
+void tun_conn_transport_failed(struct tun_conn *c, int err, const char *why)
 {
-	struct tun_conn *c = arg;
-	char why[320];
-
-	if (what & BEV_EVENT_EOF) {
-		conn_fail(c, SR_ECLOSED, "tunnel closed by peer");
-		return;
-	}
-	if (what & BEV_EVENT_ERROR) {
-		char ssl[256];
-		unsigned long e = bufferevent_get_openssl_error(bev);
-		if (e) {
-			ERR_error_string_n(e, ssl, sizeof(ssl));
-			snprintf(why, sizeof(why), "tunnel TLS error: %s", ssl);
-			conn_fail(c, SR_ETLS, why);
-		} else {
-			/* The TLS layer reports the reason to the owner. */
-			snprintf(why, sizeof(why), "tunnel transport failed");
-			conn_fail(c, SR_EIO, why);
-		}
-		return;
-	}
-	if (what & BEV_EVENT_TIMEOUT)
-		conn_fail(c, SR_ETIMEDOUT, "tunnel I/O timeout");
+	c->flushing = 0; /* nothing more can be sent */
+	conn_fail(c, err, why);
 }
 
 /* ---- nghttp2 -> transport ---------------------------------------------- */
@@ -149,7 +117,7 @@ static ssize_t h2_send_cb(nghttp2_session *h2, const uint8_t *data, size_t len, 
 			  void *user)
 {
 	struct tun_conn *c = user;
-	struct evbuffer *out = bufferevent_get_output(c->bev);
+	struct evbuffer *out = c->out;
 
 	if (evbuffer_get_length(out) >= c->opts.out_high)
 		return NGHTTP2_ERR_WOULDBLOCK;
@@ -163,7 +131,7 @@ static int h2_send_data_cb(nghttp2_session *h2, nghttp2_frame *frame, const uint
 {
 	struct tun_conn *c = user;
 	struct tun_stream *s = src->ptr;
-	struct evbuffer *out = bufferevent_get_output(c->bev);
+	struct evbuffer *out = c->out;
 	struct evbuffer *in;
 	struct evbuffer_iovec v;
 
@@ -172,8 +140,8 @@ static int h2_send_data_cb(nghttp2_session *h2, nghttp2_frame *frame, const uint
 	if (evbuffer_get_length(out) >= c->opts.out_high)
 		return NGHTTP2_ERR_WOULDBLOCK;
 	in = bufferevent_get_input(s->sock);
-	/* One contiguous chain per frame, so bufferevent_openssl writes it as a
-	 * single TLS record instead of a 9-byte record plus a payload record. */
+	/* One contiguous chain per frame, so the TLS layer encrypts it as a
+	 * single record instead of a 9-byte record plus a payload record. */
 	if (evbuffer_reserve_space(out, (ev_ssize_t)(9 + length), &v, 1) != 1 ||
 	    v.iov_len < 9 + length)
 		return NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -195,18 +163,33 @@ void tun_conn_flush(struct tun_conn *c)
 		c->want_flush = 1;
 		return;
 	}
-	if (c->closing)
+	if (c->closing || !c->started)
 		return;
-	do {
-		c->want_flush = 0;
-		c->in_h2 = 1;
-		rv = nghttp2_session_send(c->h2);
-		c->in_h2 = 0;
-		if (rv != 0) {
-			conn_fail(c, SR_EH2, nghttp2_strerror(rv));
+	for (;;) {
+		size_t before = evbuffer_get_length(c->out), after;
+		do {
+			c->want_flush = 0;
+			c->in_h2 = 1;
+			rv = nghttp2_session_send(c->h2);
+			c->in_h2 = 0;
+			if (rv != 0) {
+				conn_fail(c, SR_EH2, nghttp2_strerror(rv));
+				return;
+			}
+		} while (c->want_flush);
+		after = evbuffer_get_length(c->out);
+		if (after == before)
+			break;
+		if (c->cbs.on_output)
+			c->cbs.on_output(c, c->arg); /* the transport usually takes it all */
+		if (c->closing)
 			return;
-		}
-	} while (c->want_flush);
+		/* nghttp2 stopped at out_high: if the transport made room, go on
+		 * here rather than wait for a write event that may never come. */
+		if (after < c->opts.out_high || evbuffer_get_length(c->out) >= c->opts.out_high ||
+		    !nghttp2_session_want_write(c->h2))
+			break;
+	}
 	if (!c->closing && !nghttp2_session_want_read(c->h2) &&
 	    !nghttp2_session_want_write(c->h2)) {
 		char why[128];
@@ -530,8 +513,8 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	if (c->closed_cb_done)
 		return;
-	if (c->flushing && evbuffer_get_length(bufferevent_get_output(c->bev)) > 0)
-		return; /* transport_write_cb or close_ev brings us back */
+	if (c->flushing && evbuffer_get_length(c->out) > 0)
+		return; /* tun_conn_output_drained or close_ev brings us back */
 	c->closed_cb_done = 1;
 	evtimer_del(c->close_ev);
 	if (c->cbs.on_closed)
@@ -573,7 +556,6 @@ static void conn_fail(struct tun_conn *c, int err, const char *why)
 		SR_INFO(c->logctx, "tunnel closed: %s", why);
 	else
 		SR_WARN(c->logctx, "tunnel closed: %s", why);
-	bufferevent_disable(c->bev, EV_READ);
 	kill_all_streams(c);
 	tun_conn_schedule_reap(c);
 }
@@ -586,17 +568,18 @@ void tun_conn_close(struct tun_conn *c, int err)
 		return;
 	c->closing = 1;
 	c->close_err = err;
-	bufferevent_disable(c->bev, EV_READ);
 	kill_all_streams(c);
 	nghttp2_session_terminate_session(c->h2, err ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_NO_ERROR);
-	if (!c->in_h2) {
+	/* Flush GOAWAY and the last control message, bounded in time. */
+	c->flushing = 1;
+	if (!c->in_h2 && c->started) {
+		size_t before = evbuffer_get_length(c->out);
 		c->in_h2 = 1;
 		(void)nghttp2_session_send(c->h2);
 		c->in_h2 = 0;
+		if (evbuffer_get_length(c->out) > before && c->cbs.on_output)
+			c->cbs.on_output(c, c->arg);
 	}
-	/* Flush GOAWAY and the last control message, bounded in time. */
-	c->flushing = 1;
-	bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
 	evtimer_add(c->close_ev, &tv);
 	tun_conn_schedule_reap(c);
 }
@@ -657,9 +640,9 @@ void tun_conn_reset_stream(struct tun_conn *c, struct tun_stream *s, uint32_t co
 		nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, s->id, code);
 }
 
-struct tun_conn *tun_conn_new(struct event_base *base, struct bufferevent *bev,
-			      enum tun_role role, const struct tun_conn_opts *opts,
-			      const struct tun_conn_cbs *cbs, void *arg, const char *logctx)
+struct tun_conn *tun_conn_new(struct event_base *base, enum tun_role role,
+			      const struct tun_conn_opts *opts, const struct tun_conn_cbs *cbs,
+			      void *arg, const char *logctx)
 {
 	struct tun_conn *c;
 	nghttp2_session_callbacks *hcb = NULL;
@@ -669,12 +652,9 @@ struct tun_conn *tun_conn_new(struct event_base *base, struct bufferevent *bev,
 	int rv;
 
 	c = calloc(1, sizeof(*c));
-	if (!c) {
-		bufferevent_free(bev);
+	if (!c)
 		return NULL;
-	}
 	c->base = base;
-	c->bev = bev;
 	c->role = role;
 	c->opts = *opts;
 	tun_conn_opts_defaults(&c->opts);
@@ -685,10 +665,11 @@ struct tun_conn *tun_conn_new(struct event_base *base, struct bufferevent *bev,
 
 	c->ctl_in = evbuffer_new();
 	c->ctl_out = evbuffer_new();
+	c->out = evbuffer_new();
 	c->reap_ev = event_new(base, -1, 0, reap_cb, c);
 	c->close_ev = evtimer_new(base, close_timeout_cb, c);
 	c->ping_ev = event_new(base, -1, EV_PERSIST, ping_cb, c);
-	if (!c->ctl_in || !c->ctl_out || !c->reap_ev || !c->close_ev || !c->ping_ev)
+	if (!c->ctl_in || !c->ctl_out || !c->out || !c->reap_ev || !c->close_ev || !c->ping_ev)
 		goto fail;
 
 	if (nghttp2_session_callbacks_new(&hcb) != 0 || nghttp2_option_new(&hopt) != 0)
@@ -756,22 +737,6 @@ struct tun_conn *tun_conn_new(struct event_base *base, struct bufferevent *bev,
 		s->id = id;
 	}
 
-	bufferevent_setcb(bev, transport_read_cb, transport_write_cb, transport_event_cb, c);
-	bufferevent_setwatermark(bev, EV_WRITE, c->opts.out_high / 2, 0);
-	bufferevent_set_max_single_read(bev, 256 * 1024);
-	bufferevent_set_max_single_write(bev, 256 * 1024);
-	bufferevent_enable(bev, EV_READ | EV_WRITE);
-	{
-		uint32_t period = c->opts.ping_interval_ms / 2;
-		struct timeval tv = {period / 1000, (period % 1000) * 1000};
-		if (period < 50)
-			tv = (struct timeval){0, 50000};
-		event_add(c->ping_ev, &tv);
-	}
-	tun_conn_flush(c);
-	/* Bytes may already be waiting (they arrived with the handshake). */
-	if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)
-		transport_read_cb(bev, c);
 	return c;
 
 fail:
@@ -781,6 +746,20 @@ fail:
 		nghttp2_option_del(hopt);
 	tun_conn_free(c);
 	return NULL;
+}
+
+void tun_conn_start(struct tun_conn *c)
+{
+	uint32_t period = c->opts.ping_interval_ms / 2;
+	struct timeval tv = {period / 1000, (period % 1000) * 1000};
+
+	if (c->started)
+		return;
+	c->started = 1;
+	if (period < 50)
+		tv = (struct timeval){0, 50000};
+	event_add(c->ping_ev, &tv);
+	tun_conn_flush(c);
 }
 
 void tun_conn_free(struct tun_conn *c)
@@ -803,8 +782,8 @@ void tun_conn_free(struct tun_conn *c)
 		c->dead = s->next;
 		tun_stream_free(s);
 	}
-	if (c->bev)
-		bufferevent_free(c->bev);
+	if (c->out)
+		evbuffer_free(c->out);
 	if (c->reap_ev)
 		event_free(c->reap_ev);
 	if (c->close_ev)

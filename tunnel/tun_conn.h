@@ -1,4 +1,7 @@
-/* One tunnel: an HTTP/2 session (nghttp2) over a bufferevent, usually TLS.
+/* One tunnel's HTTP/2 session (nghttp2), both roles, without a socket of
+ * its own: the transport (tun_endpoint.c: TLS, or a plain socket in tests)
+ * feeds it the peer's bytes with tun_conn_recv() and sends what it appends
+ * to tun_conn_output(); tests and fuzzers can drive it with arrays alone.
  *
  * The relay is the HTTP/2 client (TUN_ROLE_RELAY): it opens the control
  * stream at once and then one CONNECT stream per executor connection, sending
@@ -12,7 +15,9 @@
  *
  * Objects are never freed inside nghttp2 or libevent callbacks of their own:
  * finished streams are reaped, and the owner's on_closed is called, from a
- * deferred event, where the owner may call tun_conn_free(). */
+ * deferred event, where the owner may call tun_conn_free(). No function of
+ * this module calls an owner callback before it returns to its caller from
+ * tun_conn_new() or tun_conn_start(). */
 #ifndef TUN_CONN_H
 #define TUN_CONN_H
 
@@ -22,6 +27,7 @@
 #include "tunnel/tun_ctl.h"
 
 struct bufferevent;
+struct evbuffer;
 struct event_base;
 struct tun_conn;
 
@@ -67,6 +73,9 @@ struct tun_conn_cbs {
 	 * REFUSED_STREAM. */
 	struct bufferevent *(*on_connect)(struct tun_conn *c,
 					  const struct tun_connect_req *req, void *arg);
+	/* Bytes were appended to tun_conn_output(): the transport should send
+	 * them. Called at the end of a flush, never from inside nghttp2. */
+	void (*on_output)(struct tun_conn *c, void *arg);
 	/* Optional: a PING round trip completed (microseconds). Counters only. */
 	void (*on_rtt)(struct tun_conn *c, uint64_t rtt_us, void *arg);
 	/* The tunnel is over (err is an SR_E* code, or 0 for a clean end). Called
@@ -84,13 +93,29 @@ struct tun_conn_stats {
 	uint64_t last_rtt_us;       /* of the last PING round trip, 0 if none */
 };
 
-/* Takes ownership of bev (it is freed with the conn). logctx is copied and
- * prefixes every log line ("lease=L-3 peer=10.0.0.3:5123"). Returns NULL on
- * allocation or nghttp2 failure (bev is then freed too). */
-struct tun_conn *tun_conn_new(struct event_base *base, struct bufferevent *bev,
-			      enum tun_role role, const struct tun_conn_opts *opts,
-			      const struct tun_conn_cbs *cbs, void *arg, const char *logctx);
+/* logctx is copied and prefixes every log line ("lease=L-3 peer=10.0.0.3:5123").
+ * Nothing is sent and no callback runs until tun_conn_start(). Returns NULL
+ * on allocation or nghttp2 failure. */
+struct tun_conn *tun_conn_new(struct event_base *base, enum tun_role role,
+			      const struct tun_conn_opts *opts, const struct tun_conn_cbs *cbs,
+			      void *arg, const char *logctx);
+/* Queue the connection preface (SETTINGS; the relay's control stream) and
+ * start the PING timer. Calls on_output. */
+void tun_conn_start(struct tun_conn *c);
 void tun_conn_free(struct tun_conn *c);
+
+/* ---- transport side ---------------------------------------------------- */
+
+/* Bytes from the peer (plaintext). Returns 0, or a negative SR_E* code once
+ * the session has failed (it is closing; on_closed follows): stop feeding. */
+int tun_conn_recv(struct tun_conn *c, const uint8_t *data, size_t len);
+/* What to send to the peer; the transport drains it. Frames are generated
+ * only while it holds less than opts.out_high bytes. */
+struct evbuffer *tun_conn_output(struct tun_conn *c);
+/* The transport took bytes from the output: generate more frames. */
+void tun_conn_output_drained(struct tun_conn *c);
+/* The transport ended (peer EOF, error, TLS failure). why is logged. */
+void tun_conn_transport_failed(struct tun_conn *c, int err, const char *why);
 
 /* Replace the log context (e.g. once the lease is known). */
 void tun_conn_set_logctx(struct tun_conn *c, const char *logctx);

@@ -56,7 +56,7 @@ struct tun_stream {
 
 struct tun_conn {
 	struct event_base *base;
-	struct bufferevent *bev; /* transport (TLS) */
+	struct evbuffer *out; /* frames for the transport to send */
 	nghttp2_session *h2;
 	enum tun_role role;
 	struct tun_conn_opts opts;
@@ -81,6 +81,7 @@ struct tun_conn {
 	uint64_t ping_sent_us;
 
 	size_t early_buffered; /* sum of streams' early bytes; capped at conn_window */
+	int started;      /* tun_conn_start called: output and callbacks allowed */
 	int in_h2;        /* inside an nghttp2 call: do not re-enter */
 	int want_flush;
 	int closing;      /* tun_conn_close called or transport failed */

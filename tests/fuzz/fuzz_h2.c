@@ -4,8 +4,9 @@
  * The first input byte picks the role under test (bit 0: 0 = relay, the
  * HTTP/2 client; 1 = sidecar, the HTTP/2 server) and whether the sidecar's
  * first on_connect refuses (bit 1). The rest is the peer's byte stream,
- * written into the conn's transport (an AF_UNIX socketpair) in slices while
- * the event loop runs a bounded number of non-blocking rounds. For the
+ * fed to the conn with tun_conn_recv() (sans-I/O on the tunnel side) in
+ * slices while the event loop runs a bounded number of non-blocking rounds;
+ * what it sends is dropped. For the
  * sidecar role the HTTP/2 client preface is written first, so inputs start
  * at the frames. The relay under test has two executor streams open (ids 3
  * and 5, behind the control stream 1) with bytes waiting, as in the seeds.
@@ -112,14 +113,22 @@ static void fz_on_closed(struct tun_conn *c, int err, void *arg)
 	}
 }
 
+/* What the conn sends is dropped, so its output never backs up. */
+static void fz_on_output(struct tun_conn *c, void *arg)
+{
+	struct evbuffer *out = tun_conn_output(c);
+	evbuffer_drain(out, evbuffer_get_length(out));
+}
+
 static const struct tun_conn_cbs fz_cbs = {
+    .on_output = fz_on_output,
     .on_ctl = fz_on_ctl,
     .on_ctl_open = fz_on_ctl_open,
     .on_connect = fz_on_connect,
     .on_closed = fz_on_closed,
 };
 
-/* Read and drop what the conn sent, so its output never backs up. */
+/* Read and drop what a socket received. */
 static void fz_drain(int fd)
 {
 	char buf[16384];
@@ -127,17 +136,15 @@ static void fz_drain(int fd)
 		;
 }
 
-/* Write as much of [*p, end) as the socket takes now. */
-static void fz_feed(int fd, const uint8_t **p, const uint8_t *end, size_t max)
+/* Feed the next slice of [*p, end) to the conn. */
+static void fz_feed(struct tun_conn *c, const uint8_t **p, const uint8_t *end, size_t max)
 {
 	size_t n = (size_t)(end - *p) < max ? (size_t)(end - *p) : max;
-	ssize_t w;
 
 	if (n == 0)
 		return;
-	w = send(fd, *p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
-	if (w > 0)
-		*p += w;
+	(void)tun_conn_recv(c, *p, n);
+	*p += n;
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -156,8 +163,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct fz f;
 	struct tun_conn_opts opts;
 	struct tun_conn *c = NULL;
-	struct bufferevent *bev;
-	int sv[2] = {-1, -1}, ex[FZ_EXECUTORS][2];
+	int ex[FZ_EXECUTORS][2];
 	const uint8_t *p, *end;
 
 	if (size < 1)
@@ -173,15 +179,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	f.base = event_base_new();
 	if (!f.base)
 		return 0;
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv) != 0)
-		goto out;
-	bev = bufferevent_socket_new(f.base, sv[0], BEV_OPT_CLOSE_ON_FREE);
-	if (!bev) {
-		close(sv[0]);
-		sv[0] = -1;
-		goto out;
-	}
-	sv[0] = -1; /* the bufferevent, then the conn, own it */
 
 	/* Small limits so that inputs of a few KiB reach the caps. */
 	memset(&opts, 0, sizeof(opts));
@@ -191,9 +188,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	opts.out_high = 64u << 10;
 	opts.sock_read_high = 16u << 10;
 	opts.max_streams = 16;
-	c = tun_conn_new(f.base, bev, (enum tun_role)f.role, &opts, &fz_cbs, &f, "fuzz");
+	c = tun_conn_new(f.base, (enum tun_role)f.role, &opts, &fz_cbs, &f, "fuzz");
 	if (!c)
 		goto out;
+	tun_conn_start(c);
 
 	if (f.role == TUN_ROLE_RELAY) {
 		for (int i = 0; i < FZ_EXECUTORS; i++) {
@@ -210,15 +208,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 						   "10.0.0.9:5000");
 		}
 	} else {
-		if (send(sv[1], preface, sizeof(preface) - 1, MSG_NOSIGNAL) !=
-		    (ssize_t)(sizeof(preface) - 1))
-			goto out;
+		(void)tun_conn_recv(c, (const uint8_t *)preface, sizeof(preface) - 1);
 	}
 
 	for (int r = 0; r < FZ_ROUNDS; r++) {
-		fz_feed(sv[1], &p, end, FZ_SLICE);
+		fz_feed(c, &p, end, FZ_SLICE);
 		event_base_loop(f.base, EVLOOP_NONBLOCK);
-		fz_drain(sv[1]);
 		for (int i = 0; i < FZ_EXECUTORS; i++)
 			if (ex[i][1] >= 0)
 				fz_drain(ex[i][1]);
@@ -228,8 +223,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 out:
 	tun_conn_free(c);
-	if (sv[1] >= 0)
-		close(sv[1]);
 	for (int i = 0; i < FZ_EXECUTORS; i++) {
 		if (ex[i][0] >= 0)
 			close(ex[i][0]);

@@ -1,7 +1,8 @@
 /* tun_conn: a relay-role and a sidecar-role tunnel driven against each other.
  *
- * The two conns talk over a plain AF_UNIX socketpair (tun_conn takes any
- * bufferevent; TLS is not what is under test). Executors and the driver are
+ * The two conns are tun_endpoints over an AF_UNIX socketpair, without TLS
+ * unless a test asks for it (cfg.tls: certificates from sr_devcert, so the
+ * TLS transport of tun_endpoint.c runs under the same checks). Executors and the driver are
  * real TCP sockets on 127.0.0.1 that the test itself reads and writes, non
  * blocking, between bounded slices of the event loop: an executor is a
  * connected pair whose server end is handed to tun_conn_open_stream, and the
@@ -39,7 +40,10 @@
 #include "common/sr_err.h"
 #include "common/sr_log.h"
 #include "common/sr_util.h"
+#include "common/sr_devcert.h"
 #include "tunnel/tun_conn.h"
+#include "tunnel/tun_endpoint.h"
+#include "tunnel/tun_tls.h"
 #include "tunnel/tun_ctl.h"
 
 #define KIB (1024u)
@@ -175,14 +179,17 @@ struct cfg {
 	int bufsz;	/* >0: SO_SNDBUF and SO_RCVBUF of the test's TCP sockets */
 	int raw_client; /* a raw nghttp2 client instead of the relay conn */
 	int tap;	/* relay and sidecar through a recording tap */
+	int tls;	/* TLS between the endpoints (development certificates) */
 };
 
 struct h {
 	struct event_base *base;
 	struct cfg cfg;
-	struct tun_conn *relay, *sc;
-	struct bufferevent *relay_bev, *sc_bev; /* borrowed: the conns own them */
-	int closed[2], close_err[2];		/* [0] relay, [1] sidecar */
+	struct tun_conn *relay, *sc;	/* the endpoints' sessions, once up */
+	struct tun_endpoint *ep[2];	/* [0] relay, [1] sidecar */
+	SSL_CTX *tls_ctx[2];
+	int closed[2], close_err[2];	/* [0] relay, [1] sidecar */
+	char close_why[2][256];
 
 	/* control stream */
 	int ctl_open;
@@ -226,6 +233,7 @@ struct h {
 
 	/* tap (cfg.tap): relay <-> tap_fd[0] ... tap_fd[1] <-> sidecar */
 	int tap_fd[2];
+	int tap_stall[2]; /* stop forwarding what arrives on tap_fd[i] */
 	struct evbuffer *tap_out[2];  /* pending toward tap_fd[i] */
 	struct evbuffer *tap_seen[2]; /* [0] relay->sidecar, [1] sidecar->relay */
 };
@@ -388,32 +396,39 @@ static struct bufferevent *sc_on_connect(struct tun_conn *c, const struct tun_co
 	return bev;
 }
 
-static void on_closed_cb(struct h *h, int who, int err)
+static void on_closed_cb(struct tun_endpoint *ep, int err, const char *why, void *arg)
 {
+	struct h *h = arg;
+	int who = ep == h->ep[0] ? 0 : 1;
+
 	h->closed[who]++;
 	h->close_err[who] = err;
+	snprintf(h->close_why[who], sizeof(h->close_why[who]), "%s", why);
 }
 
-static void relay_on_closed(struct tun_conn *c, int err, void *arg)
+static void on_up_cb(struct tun_endpoint *ep, void *arg)
 {
-	on_closed_cb(arg, 0, err);
+	struct h *h = arg;
+
+	if (ep == h->ep[0])
+		h->relay = tun_endpoint_conn(ep);
+	else
+		h->sc = tun_endpoint_conn(ep);
 }
 
-static void sc_on_closed(struct tun_conn *c, int err, void *arg)
-{
-	on_closed_cb(arg, 1, err);
-}
+static const struct tun_endpoint_cbs ep_cbs = {
+    .on_up = on_up_cb,
+    .on_closed = on_closed_cb,
+};
 
 static const struct tun_conn_cbs relay_cbs = {
     .on_ctl = relay_on_ctl,
-    .on_closed = relay_on_closed,
 };
 
 static const struct tun_conn_cbs sc_cbs = {
     .on_ctl = sc_on_ctl,
     .on_ctl_open = sc_on_ctl_open,
     .on_connect = sc_on_connect,
-    .on_closed = sc_on_closed,
 };
 
 /* ---- raw nghttp2 client ------------------------------------------------------------ */
@@ -507,7 +522,7 @@ static void tap_service(struct h *h)
 	uint8_t buf[16384];
 
 	for (int i = 0; i < 2; i++) {
-		for (;;) {
+		for (; !h->tap_stall[i];) {
 			ssize_t n = recv(h->tap_fd[i], buf, sizeof(buf), MSG_DONTWAIT);
 			if (n <= 0)
 				break;
@@ -626,8 +641,10 @@ static int teardown(void **state)
 {
 	struct h *h = *state;
 
-	tun_conn_free(h->relay);
-	tun_conn_free(h->sc);
+	tun_endpoint_free(h->ep[0]);
+	tun_endpoint_free(h->ep[1]);
+	for (int i = 0; i < 2; i++)
+		SSL_CTX_free(h->tls_ctx[i]);
 	for (int k = 0; k < NSLOTS; k++) {
 		ep_close(&h->s[k].ex);
 		ep_close(&h->s[k].dr);
@@ -668,20 +685,58 @@ static void socketpair_nb(int sv[2])
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
 }
 
-static struct tun_conn *new_conn(struct h *h, int fd, enum tun_role role,
-				 struct bufferevent **bevp)
+/* Development certificates, made once per process. */
+static const char *cert_dir(void)
 {
-	struct bufferevent *bev = bufferevent_socket_new(h->base, fd, BEV_OPT_CLOSE_ON_FREE);
-	struct tun_conn *c;
+	static char dir[64];
+	char err[256];
 
-	assert_non_null(bev);
-	*bevp = bev;
-	c = tun_conn_new(h->base, bev, role,
-			 role == TUN_ROLE_RELAY ? &h->cfg.ropts : &h->cfg.sopts,
-			 role == TUN_ROLE_RELAY ? &relay_cbs : &sc_cbs, h,
-			 role == TUN_ROLE_RELAY ? "test-relay" : "test-sidecar");
-	assert_non_null(c);
-	return c;
+	if (dir[0])
+		return dir;
+	snprintf(dir, sizeof(dir), "/tmp/sr-test-tun-conn-XXXXXX");
+	assert_non_null(mkdtemp(dir));
+	if (sr_devcert_write(dir, NULL, 1, err, sizeof(err)) != 0)
+		fail_msg("sr_devcert_write: %s", err);
+	return dir;
+}
+
+static SSL *new_ssl(struct h *h, enum tun_role role)
+{
+	char a[128], b[128], c[128], err[512];
+	int i = role == TUN_ROLE_RELAY ? 0 : 1;
+	SSL *ssl;
+
+	if (!h->tls_ctx[i]) {
+		if (role == TUN_ROLE_RELAY) {
+			snprintf(a, sizeof(a), "%s/relay.pem", cert_dir());
+			snprintf(b, sizeof(b), "%s/relay.key", cert_dir());
+			h->tls_ctx[i] = tun_tls_server_ctx(a, b, NULL, 0, err, sizeof(err));
+		} else {
+			snprintf(c, sizeof(c), "%s/ca.pem", cert_dir());
+			h->tls_ctx[i] = tun_tls_client_ctx(c, NULL, NULL, err, sizeof(err));
+		}
+		if (!h->tls_ctx[i])
+			fail_msg("TLS context: %s", err);
+	}
+	assert_non_null(ssl = SSL_new(h->tls_ctx[i]));
+	if (role == TUN_ROLE_SIDECAR)
+		assert_int_equal(SSL_set1_host(ssl, "localhost"), 1);
+	return ssl;
+}
+
+static void new_conn(struct h *h, int fd, enum tun_role role)
+{
+	int i = role == TUN_ROLE_RELAY ? 0 : 1;
+	struct tun_endpoint_opts o = {
+		.role = role,
+		.ssl = h->cfg.tls ? new_ssl(h, role) : NULL,
+		.conn = role == TUN_ROLE_RELAY ? &h->cfg.ropts : &h->cfg.sopts,
+		.conn_cbs = role == TUN_ROLE_RELAY ? &relay_cbs : &sc_cbs,
+		.logctx = role == TUN_ROLE_RELAY ? "test-relay" : "test-sidecar",
+	};
+
+	h->ep[i] = tun_endpoint_new(h->base, fd, &o, &ep_cbs, h);
+	assert_non_null(h->ep[i]);
 }
 
 static void h_start(struct h *h, const struct cfg *cfg)
@@ -706,15 +761,16 @@ static void h_start(struct h *h, const struct cfg *cfg)
 			assert_non_null(h->tap_out[i] = evbuffer_new());
 			assert_non_null(h->tap_seen[i] = evbuffer_new());
 		}
-		h->sc = new_conn(h, tv[1], TUN_ROLE_SIDECAR, &h->sc_bev);
-		h->relay = new_conn(h, sv[0], TUN_ROLE_RELAY, &h->relay_bev);
-		return;
+		new_conn(h, tv[1], TUN_ROLE_SIDECAR);
+		new_conn(h, sv[0], TUN_ROLE_RELAY);
+	} else {
+		new_conn(h, sv[1], TUN_ROLE_SIDECAR);
+		if (cfg->raw_client)
+			raw_start(h, sv[0]);
+		else
+			new_conn(h, sv[0], TUN_ROLE_RELAY);
 	}
-	h->sc = new_conn(h, sv[1], TUN_ROLE_SIDECAR, &h->sc_bev);
-	if (cfg->raw_client)
-		raw_start(h, sv[0]);
-	else
-		h->relay = new_conn(h, sv[0], TUN_ROLE_RELAY, &h->relay_bev);
+	PUMP_UNTIL(h, h->sc && (h->relay || cfg->raw_client), 3000);
 }
 
 /* Configure slot k: the executor sends ex_tx bytes, the driver dr_tx bytes,
@@ -1279,6 +1335,7 @@ static void test_ping_timeout_closes_silent_tunnel(void **state)
 
 	cfg.ropts.ping_interval_ms = 100;
 	cfg.ropts.ping_timeout_ms = 300;
+	cfg.tap = 1;
 	start_tunnel(h, &cfg);
 	s = slot_cfg(h, 0, 10 * KIB, 0, 10 * KIB, 0);
 	open_stream(h, 0, h->dport[0]);
@@ -1290,8 +1347,8 @@ static void test_ping_timeout_closes_silent_tunnel(void **state)
 	conn_stats(h->relay, &rs);
 	assert_true(rs.last_rtt_us > 0);
 
-	/* The sidecar stops reading: no PING ACK comes back. */
-	bufferevent_disable(h->sc_bev, EV_READ);
+	/* The sidecar goes silent: no PING ACK comes back. */
+	h->tap_stall[1] = 1;
 	t0 = sr_now_us();
 	PUMP_UNTIL(h, h->closed[0] == 1, 1200);
 	dt = sr_now_us() - t0;
@@ -1441,6 +1498,94 @@ static void test_resets_while_tunnel_output_full(void **state)
 	assert_int_equal(h->closed[0] + h->closed[1], 0);
 }
 
+/* ---- the same over TLS: tun_endpoint's own transport ------------------------ */
+
+static void test_tls_bulk_4mib_each_way(void **state)
+{
+	struct h *h = *state;
+	struct cfg cfg = {0};
+	struct tun_conn_stats rs, ss;
+	struct slot *s;
+
+	cfg.tls = 1;
+	start_tunnel(h, &cfg);
+	s = slot_cfg(h, 0, 4 * MIB, 1, 4 * MIB, 1);
+	open_stream(h, 0, h->dport[0]);
+	PUMP_UNTIL(h, slot_done(s), 30000);
+	slot_assert_clean(s);
+	PUMP_UNTIL(h, no_streams(h), 2000);
+	conn_stats(h->relay, &rs);
+	conn_stats(h->sc, &ss);
+	assert_int_equal(rs.bytes_to_tunnel, 4 * MIB);
+	assert_int_equal(ss.bytes_from_tunnel, 4 * MIB);
+	assert_int_equal(ss.bytes_to_tunnel, 4 * MIB);
+	assert_int_equal(rs.bytes_from_tunnel, 4 * MIB);
+	assert_int_equal(h->closed[0] + h->closed[1], 0);
+}
+
+static void test_tls_20_parallel_streams(void **state)
+{
+	struct h *h = *state;
+	struct cfg cfg = {0};
+	const int n = 20;
+
+	cfg.tls = 1;
+	start_tunnel(h, &cfg);
+	for (int k = 0; k < n; k++) {
+		slot_cfg(h, k, 256 * KIB + (uint64_t)k * 1001, 1, 192 * KIB + (uint64_t)k * 777, 1);
+		open_stream(h, k, h->dport[k & 1]);
+	}
+	PUMP_UNTIL(h, slots_done(h, n) == n, 60000);
+	for (int k = 0; k < n; k++)
+		slot_assert_clean(&h->s[k]);
+	PUMP_UNTIL(h, no_streams(h), 2000);
+	assert_int_equal(h->closed[0] + h->closed[1], 0);
+}
+
+/* A sidecar that does not trust the relay's CA: both ends report the failed
+ * handshake through on_closed, with a reason, and no session ever exists. */
+static void test_tls_untrusted_relay_reports_reason(void **state)
+{
+	struct h *h = *state;
+	struct cfg cfg = {0};
+	char err[512];
+	int sv[2];
+
+	cfg.tls = 1;
+	h->cfg = cfg;
+	assert_non_null(h->base = event_base_new());
+	/* The sidecar trusts only public CAs, none of which signed the relay. */
+	h->tls_ctx[1] = tun_tls_client_ctx("/etc/ssl/certs/ca-certificates.crt", NULL, NULL, err,
+					   sizeof(err));
+	if (!h->tls_ctx[1])
+		skip();
+	socketpair_nb(sv);
+	new_conn(h, sv[1], TUN_ROLE_SIDECAR);
+	new_conn(h, sv[0], TUN_ROLE_RELAY);
+	PUMP_UNTIL(h, h->closed[0] == 1 && h->closed[1] == 1, 3000);
+	assert_null(h->relay);
+	assert_null(h->sc);
+	assert_int_equal(h->close_err[1], SR_ETLS);
+	assert_non_null(strstr(h->close_why[1], "certificate"));
+	assert_true(h->close_why[0][0] != '\0');
+}
+
+/* A plain endpoint whose peer closes the socket reports it once. */
+static void test_peer_eof_reported_once(void **state)
+{
+	struct h *h = *state;
+	struct cfg cfg = {0};
+
+	start_tunnel(h, &cfg);
+	tun_endpoint_free(h->ep[0]);
+	h->ep[0] = NULL;
+	h->relay = NULL;
+	PUMP_UNTIL(h, h->closed[1] == 1, 2000);
+	assert_int_equal(h->close_err[1], SR_ECLOSED);
+	pump_for(h, 100);
+	assert_int_equal(h->closed[1], 1);
+}
+
 int main(void)
 {
 	/* Like every libevent program (and sparkrelay itself): a write to a
@@ -1463,6 +1608,10 @@ int main(void)
 	    T(test_oversized_ctl_message_to_relay),
 	    T(test_tap_session_and_fuzz_seeds),
 	    T(test_resets_while_tunnel_output_full),
+	    T(test_tls_bulk_4mib_each_way),
+	    T(test_tls_20_parallel_streams),
+	    T(test_tls_untrusted_relay_reports_reason),
+	    T(test_peer_eof_reported_once),
 #undef T
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

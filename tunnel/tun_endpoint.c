@@ -1,0 +1,574 @@
+/* One end of a tunnel: socket, TLS and HTTP/2 session. See tun_endpoint.h. */
+#include "tunnel/tun_endpoint.h"
+#include "common/sr_err.h"
+#include "common/sr_util.h"
+#include "tunnel/tun_tls.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <openssl/err.h>
+
+#define READ_CHUNK (64 * 1024)
+#define READ_BUDGET (512 * 1024)  /* per event, so one busy tunnel cannot starve the loop */
+#define CIPHER_HIGH (64 * 1024)   /* stop encrypting while this much waits for the socket */
+#define PLAIN_CHUNK (16 * 1024)   /* SSL_read into the parser this much at a time */
+
+enum ep_state {
+	EP_CONNECTING, /* TCP connect in progress */
+	EP_HANDSHAKE,  /* TLS handshake */
+	EP_OPEN,       /* session running */
+	EP_DEAD,       /* transport over; on_closed pending or done */
+};
+
+struct tun_endpoint {
+	struct event_base *base;
+	int fd;
+	SSL *ssl;         /* NULL: plain transport */
+	BIO *rbio, *wbio; /* owned by ssl */
+	struct event *rev, *wev;
+	struct event *timer;    /* handshake deadline */
+	struct event *close_ev; /* reports a transport failure from its own event */
+	struct evbuffer *cout;  /* ciphertext (or plain bytes) not yet taken by the kernel */
+	enum ep_state state;
+	int peer_eof;
+	int fail_err;
+	int closed_reported;
+
+	struct tun_conn *conn;
+	enum tun_role role;
+	struct tun_conn_opts conn_opts;
+	struct tun_conn_cbs owner_cbs; /* the owner's session callbacks */
+	struct tun_endpoint_cbs cbs;
+	void *arg;
+	uint32_t handshake_timeout_ms;
+	char logctx[192];
+
+	char cn[160];
+	char sans[TUN_EP_MAX_SANS][256];
+	size_t nsans;
+	char err[256];
+};
+
+/* ---- the session's callbacks, forwarded to the owner ---------------------- */
+
+static void fw_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void *arg)
+{
+	struct tun_endpoint *ep = arg;
+	if (ep->owner_cbs.on_ctl)
+		ep->owner_cbs.on_ctl(c, m, ep->arg);
+}
+
+static void fw_ctl_open(struct tun_conn *c, void *arg)
+{
+	struct tun_endpoint *ep = arg;
+	if (ep->owner_cbs.on_ctl_open)
+		ep->owner_cbs.on_ctl_open(c, ep->arg);
+}
+
+static struct bufferevent *fw_connect(struct tun_conn *c, const struct tun_connect_req *req,
+				      void *arg)
+{
+	struct tun_endpoint *ep = arg;
+	return ep->owner_cbs.on_connect ? ep->owner_cbs.on_connect(c, req, ep->arg) : NULL;
+}
+
+static void fw_rtt(struct tun_conn *c, uint64_t rtt_us, void *arg)
+{
+	struct tun_endpoint *ep = arg;
+	if (ep->owner_cbs.on_rtt)
+		ep->owner_cbs.on_rtt(c, rtt_us, ep->arg);
+}
+
+static void ep_on_output(struct tun_conn *c, void *arg);
+
+static void ep_conn_closed(struct tun_conn *c, int err, void *arg)
+{
+	struct tun_endpoint *ep = arg;
+
+	ep->closed_reported = 1;
+	ep->cbs.on_closed(ep, err, ep->err, ep->arg); /* may free ep */
+}
+
+/* ---- ciphertext -------------------------------------------------------------- */
+
+/* what: a prefix such as "TLS read", or NULL for none (the handshake: the
+ * owner says "TLS handshake failed" itself). */
+static void ep_set_err_ssl(struct tun_endpoint *ep, const char *what)
+{
+	char ssl[200];
+	long vr = SSL_get_verify_result(ep->ssl);
+	tun_tls_errors(ssl, sizeof(ssl));
+	if (vr != X509_V_OK && ep->state == EP_HANDSHAKE)
+		snprintf(ep->err, sizeof(ep->err), "%s%s%s (%s)", what ? what : "",
+			 what ? ": " : "", X509_verify_cert_error_string(vr), ssl);
+	else
+		snprintf(ep->err, sizeof(ep->err), "%s%s%s", what ? what : "", what ? ": " : "",
+			 ssl);
+}
+
+/* OpenSSL writes ciphertext through this BIO straight into ep->cout: one
+ * copy, where a memory BIO would also memset every byte it grows into. */
+static int evb_write_ex(BIO *b, const char *data, size_t len, size_t *written)
+{
+	struct tun_endpoint *ep = BIO_get_data(b);
+
+	if (evbuffer_add(ep->cout, data, len) != 0)
+		return 0;
+	*written = len;
+	return 1;
+}
+
+static long evb_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+	return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static int evb_create(BIO *b)
+{
+	BIO_set_init(b, 1);
+	return 1;
+}
+
+static BIO_METHOD *evb_method(void)
+{
+	static BIO_METHOD *m; /* one per process, never freed */
+
+	if (!m) {
+		m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "sparkrelay evbuffer");
+		if (m && (!BIO_meth_set_write_ex(m, evb_write_ex) ||
+			  !BIO_meth_set_ctrl(m, evb_ctrl) || !BIO_meth_set_create(m, evb_create))) {
+			BIO_meth_free(m);
+			m = NULL;
+		}
+	}
+	return m;
+}
+
+/* Send what cout holds; arm the write event for the rest. */
+static int ep_send(struct tun_endpoint *ep)
+{
+	while (evbuffer_get_length(ep->cout) > 0) {
+		long w = sr_sock_send_evbuffer(ep->fd, ep->cout);
+		if (w > 0)
+			continue;
+		if (w == 0)
+			break; /* the kernel is full: wait for EV_WRITE */
+		snprintf(ep->err, sizeof(ep->err), "send: %s", strerror(errno));
+		return SR_EIO;
+	}
+	if (evbuffer_get_length(ep->cout) > 0)
+		event_add(ep->wev, NULL);
+	else
+		event_del(ep->wev);
+	return 0;
+}
+
+/* The transport is over. Reported from close_ev, never from inside the
+ * session (we may be deep in its flush when a send fails). */
+static void ep_fail(struct tun_endpoint *ep, int err)
+{
+	if (ep->state == EP_DEAD)
+		return;
+	ep->state = EP_DEAD;
+	ep->fail_err = err;
+	event_del(ep->rev);
+	event_del(ep->wev);
+	event_del(ep->timer);
+	event_active(ep->close_ev, EV_TIMEOUT, 0);
+}
+
+static void close_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct tun_endpoint *ep = arg;
+
+	if (ep->conn) {
+		/* The session reaps its streams and calls ep_conn_closed. */
+		tun_conn_transport_failed(ep->conn, ep->fail_err, ep->err);
+		return;
+	}
+	ep->closed_reported = 1;
+	ep->cbs.on_closed(ep, ep->fail_err, ep->err, ep->arg); /* may free ep */
+}
+
+/* Session output: encrypt (or move) while the socket keeps up, and send.
+ * Returns with the session output empty, or with cout at CIPHER_HIGH and the
+ * write event armed: never with both queues idle. */
+static int ep_encrypt(struct tun_endpoint *ep)
+{
+	struct evbuffer *in = tun_conn_output(ep->conn);
+
+	if (!ep->ssl) {
+		evbuffer_add_buffer(ep->cout, in);
+		return ep_send(ep);
+	}
+	for (;;) {
+		int rv;
+		while (evbuffer_get_length(in) > 0 && evbuffer_get_length(ep->cout) < CIPHER_HIGH) {
+			struct evbuffer_iovec v;
+			int n;
+			if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+				break;
+			n = SSL_write(ep->ssl, v.iov_base, (int)v.iov_len);
+			if (n <= 0) {
+				ep_set_err_ssl(ep, "TLS write");
+				return SR_ETLS;
+			}
+			evbuffer_drain(in, (size_t)n);
+		}
+		rv = ep_send(ep);
+		if (rv)
+			return rv;
+		/* The kernel took it all and more waits: go round again. */
+		if (evbuffer_get_length(ep->cout) >= CIPHER_HIGH || evbuffer_get_length(in) == 0)
+			return 0;
+	}
+}
+
+static void ep_on_output(struct tun_conn *c, void *arg)
+{
+	struct tun_endpoint *ep = arg;
+	int rv;
+
+	if (ep->state != EP_OPEN)
+		return;
+	rv = ep_encrypt(ep);
+	if (rv)
+		ep_fail(ep, rv);
+}
+
+/* ---- handshake --------------------------------------------------------------- */
+
+static void ep_up(struct tun_endpoint *ep)
+{
+	struct tun_conn_cbs cbs = {
+		.on_ctl = fw_ctl,
+		.on_ctl_open = fw_ctl_open,
+		.on_connect = fw_connect,
+		.on_output = ep_on_output,
+		.on_rtt = fw_rtt,
+		.on_closed = ep_conn_closed,
+	};
+
+	if (ep->ssl) {
+		if (tun_tls_check_alpn(ep->ssl) != 0) {
+			snprintf(ep->err, sizeof(ep->err), "peer did not negotiate h2 (ALPN)");
+			ep_fail(ep, SR_EPROTO);
+			return;
+		}
+		tun_tls_peer_name(ep->ssl, ep->cn, sizeof(ep->cn));
+		ep->nsans = tun_tls_peer_sans(ep->ssl, ep->sans, TUN_EP_MAX_SANS);
+	}
+	ep->conn = tun_conn_new(ep->base, ep->role, &ep->conn_opts, &cbs, ep, ep->logctx);
+	if (!ep->conn) {
+		snprintf(ep->err, sizeof(ep->err), "cannot create the HTTP/2 session (out of memory)");
+		ep_fail(ep, SR_ENOMEM);
+		return;
+	}
+	event_del(ep->timer);
+	ep->state = EP_OPEN;
+	/* Application bytes may have arrived with the peer's last flight: look
+	 * at them on the next iteration instead of waiting for more. */
+	event_active(ep->rev, EV_READ, 0);
+	ep->cbs.on_up(ep, ep->arg); /* the owner sets up its side (log context) */
+	tun_conn_start(ep->conn);
+}
+
+static void ep_handshake(struct tun_endpoint *ep)
+{
+	int r = SSL_do_handshake(ep->ssl);
+	int rv;
+
+	if (r == 1) {
+		rv = ep_send(ep); /* the last flight */
+		if (rv) {
+			ep_fail(ep, rv);
+			return;
+		}
+		ep_up(ep);
+		return;
+	}
+	r = SSL_get_error(ep->ssl, r);
+	rv = ep_send(ep);
+	if (r == SSL_ERROR_WANT_READ && rv == 0) {
+		if (ep->peer_eof) {
+			snprintf(ep->err, sizeof(ep->err), "peer closed the connection");
+			ep_fail(ep, SR_ECLOSED);
+		}
+		return;
+	}
+	if (rv == 0)
+		ep_set_err_ssl(ep, NULL);
+	ep_fail(ep, SR_ETLS);
+}
+
+/* ---- plaintext into the session ------------------------------------------------ */
+
+static int ep_decrypt(struct tun_endpoint *ep)
+{
+	uint8_t buf[PLAIN_CHUNK];
+
+	for (;;) {
+		int n = SSL_read(ep->ssl, buf, sizeof(buf));
+		if (n > 0) {
+			if (tun_conn_recv(ep->conn, buf, (size_t)n) != 0) {
+				/* The session failed and is closing: it reports. */
+				event_del(ep->rev);
+				return 0;
+			}
+			if (ep->state != EP_OPEN)
+				return 0;
+			continue;
+		}
+		switch (SSL_get_error(ep->ssl, n)) {
+		case SSL_ERROR_WANT_READ:
+			if (ep->peer_eof) {
+				snprintf(ep->err, sizeof(ep->err),
+					 "connection closed without TLS close_notify");
+				return SR_ECLOSED;
+			}
+			/* e.g. a KeyUpdate answer. Through ep_encrypt, not ep_send:
+			 * emptying cout alone would disarm the write event while
+			 * session output still waits for room. */
+			return ep_encrypt(ep);
+		case SSL_ERROR_ZERO_RETURN:
+			snprintf(ep->err, sizeof(ep->err), "peer closed the TLS session");
+			return SR_ECLOSED;
+		default:
+			ep_set_err_ssl(ep, "TLS read");
+			return SR_ETLS;
+		}
+	}
+}
+
+static void read_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct tun_endpoint *ep = arg;
+	uint8_t buf[READ_CHUNK];
+	size_t total = 0;
+	int rv;
+
+	while (total < READ_BUDGET && ep->state != EP_DEAD) {
+		ssize_t n = recv(ep->fd, buf, sizeof(buf), 0);
+		if (n > 0) {
+			total += (size_t)n;
+			if (!ep->ssl) {
+				if (ep->state != EP_OPEN ||
+				    tun_conn_recv(ep->conn, buf, (size_t)n) != 0) {
+					event_del(ep->rev);
+					return;
+				}
+			} else if (BIO_write(ep->rbio, buf, (int)n) != (int)n) {
+				snprintf(ep->err, sizeof(ep->err), "out of memory");
+				ep_fail(ep, SR_ENOMEM);
+				return;
+			}
+			if ((size_t)n < sizeof(buf))
+				break;
+			continue;
+		}
+		if (n == 0) {
+			ep->peer_eof = 1;
+			event_del(ep->rev);
+			break;
+		}
+		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+			break;
+		snprintf(ep->err, sizeof(ep->err), "recv: %s", strerror(errno));
+		ep_fail(ep, SR_EIO);
+		return;
+	}
+	if (ep->state == EP_HANDSHAKE) {
+		ep_handshake(ep);
+		return;
+	}
+	if (ep->state != EP_OPEN)
+		return;
+	if (!ep->ssl) {
+		if (ep->peer_eof) {
+			snprintf(ep->err, sizeof(ep->err), "connection closed by peer");
+			ep_fail(ep, SR_ECLOSED);
+		}
+		return;
+	}
+	rv = ep_decrypt(ep);
+	if (rv)
+		ep_fail(ep, rv);
+}
+
+static void write_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct tun_endpoint *ep = arg;
+	struct evbuffer *out;
+	int rv;
+
+	if (ep->state == EP_CONNECTING) {
+		int soerr = 0;
+		socklen_t len = sizeof(soerr);
+		if (getsockopt(ep->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0)
+			soerr = errno;
+		if (soerr) {
+			snprintf(ep->err, sizeof(ep->err), "connect: %s", strerror(soerr));
+			ep_fail(ep, SR_EIO);
+			return;
+		}
+		event_del(ep->wev);
+		event_add(ep->rev, NULL);
+		if (!ep->ssl) {
+			ep_up(ep);
+			return;
+		}
+		ep->state = EP_HANDSHAKE;
+		ep_handshake(ep);
+		return;
+	}
+	rv = ep_send(ep);
+	if (rv == 0 && ep->state == EP_OPEN && evbuffer_get_length(ep->cout) < CIPHER_HIGH) {
+		out = tun_conn_output(ep->conn);
+		rv = ep_encrypt(ep); /* session output waited for room */
+		/* Below half of out_high the session may make more frames. */
+		if (rv == 0 && evbuffer_get_length(out) <= ep->conn_opts.out_high / 2)
+			tun_conn_output_drained(ep->conn);
+	}
+	if (rv)
+		ep_fail(ep, rv);
+}
+
+static void timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct tun_endpoint *ep = arg;
+
+	snprintf(ep->err, sizeof(ep->err), "no %s within %u ms",
+		 ep->state == EP_CONNECTING ? "connection" : "TLS session",
+		 ep->handshake_timeout_ms);
+	ep_fail(ep, SR_ETIMEDOUT);
+}
+
+/* ---- lifecycle ------------------------------------------------------------------ */
+
+struct tun_endpoint *tun_endpoint_new(struct event_base *base, int fd,
+				      const struct tun_endpoint_opts *o,
+				      const struct tun_endpoint_cbs *cbs, void *arg)
+{
+	struct tun_endpoint *ep = calloc(1, sizeof(*ep));
+	SSL *ssl = o->ssl;
+
+	if (!ep)
+		goto fail_raw;
+	ep->base = base;
+	ep->fd = fd;
+	ep->role = o->role;
+	ep->conn_opts = *o->conn;
+	tun_conn_opts_defaults(&ep->conn_opts);
+	if (o->conn_cbs)
+		ep->owner_cbs = *o->conn_cbs;
+	ep->cbs = *cbs;
+	ep->arg = arg;
+	ep->handshake_timeout_ms = o->handshake_timeout_ms;
+	snprintf(ep->logctx, sizeof(ep->logctx), "%s", o->logctx ? o->logctx : "");
+	ep->cout = evbuffer_new();
+	ep->rev = event_new(base, fd, EV_READ | EV_PERSIST, read_cb, ep);
+	ep->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, write_cb, ep);
+	ep->timer = evtimer_new(base, timeout_cb, ep);
+	ep->close_ev = event_new(base, -1, 0, close_cb, ep);
+	if (!ep->cout || !ep->rev || !ep->wev || !ep->timer || !ep->close_ev)
+		goto fail;
+	if (ssl) {
+		if (!evb_method())
+			goto fail;
+		ep->rbio = BIO_new(BIO_s_mem());
+		ep->wbio = BIO_new(evb_method());
+		if (!ep->rbio || !ep->wbio) {
+			BIO_free(ep->rbio);
+			BIO_free(ep->wbio);
+			goto fail;
+		}
+		BIO_set_data(ep->wbio, ep);
+		/* An empty read BIO means "would block", not end of file. */
+		BIO_set_mem_eof_return(ep->rbio, -1);
+		SSL_set_bio(ssl, ep->rbio, ep->wbio);
+		if (o->role == TUN_ROLE_RELAY)
+			SSL_set_accept_state(ssl);
+		else
+			SSL_set_connect_state(ssl);
+		ep->ssl = ssl;
+		ssl = NULL;
+	}
+	if (o->handshake_timeout_ms) {
+		struct timeval tv = sr_tv_ms(o->handshake_timeout_ms);
+		evtimer_add(ep->timer, &tv);
+	}
+	if (o->connecting || (ep->ssl && o->role == TUN_ROLE_SIDECAR) || !ep->ssl) {
+		/* A client speaks first, and a plain endpoint comes up, from the
+		 * write event: no callback runs before this constructor returns. */
+		ep->state = EP_CONNECTING;
+		event_add(ep->wev, NULL);
+	} else {
+		ep->state = EP_HANDSHAKE;
+		event_add(ep->rev, NULL);
+	}
+	return ep;
+fail:
+	if (ep) {
+		ep->fd = -1; /* closed below */
+		tun_endpoint_free(ep);
+	}
+fail_raw:
+	SSL_free(ssl);
+	close(fd);
+	return NULL;
+}
+
+void tun_endpoint_free(struct tun_endpoint *ep)
+{
+	if (!ep)
+		return;
+	if (ep->conn) {
+		/* Whatever the session left queued (a GOAWAY, a last message)
+		 * goes out first, then a proper goodbye; one non-blocking attempt. */
+		if (ep->state == EP_OPEN && ep->fd >= 0) {
+			(void)ep_encrypt(ep);
+			if (ep->ssl && SSL_shutdown(ep->ssl) >= 0)
+				(void)ep_send(ep);
+		}
+		tun_conn_free(ep->conn);
+	}
+	if (ep->rev)
+		event_free(ep->rev);
+	if (ep->wev)
+		event_free(ep->wev);
+	if (ep->timer)
+		event_free(ep->timer);
+	if (ep->close_ev)
+		event_free(ep->close_ev);
+	if (ep->ssl)
+		SSL_free(ep->ssl); /* before cout: its write BIO appends there */
+	if (ep->cout)
+		evbuffer_free(ep->cout);
+	if (ep->fd >= 0)
+		close(ep->fd);
+	free(ep);
+}
+
+struct tun_conn *tun_endpoint_conn(const struct tun_endpoint *ep)
+{
+	return ep->conn;
+}
+
+const char *tun_endpoint_peer_cn(const struct tun_endpoint *ep)
+{
+	return ep->cn;
+}
+
+size_t tun_endpoint_peer_sans(const struct tun_endpoint *ep, const char *out[TUN_EP_MAX_SANS])
+{
+	for (size_t i = 0; i < ep->nsans; i++)
+		out[i] = ep->sans[i];
+	return ep->nsans;
+}
