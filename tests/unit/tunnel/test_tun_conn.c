@@ -1321,8 +1321,10 @@ static void test_oversized_ctl_message_to_sidecar(void **state)
 	PUMP_UNTIL(h, h->nctl[1] == 1, 2000);
 
 	make_lease(&m);
-	memset(m.host, 'h', TUN_CTL_HOST_MAX - 1);
-	m.host[TUN_CTL_HOST_MAX - 1] = '\0';
+	/* a valid host name of 251 bytes: four labels of 62 */
+	memset(m.host, 'h', 251);
+	m.host[62] = m.host[125] = m.host[188] = '.';
+	m.host[251] = '\0';
 	assert_int_equal(tun_conn_send_ctl(h->relay, &m), 0);
 	PUMP_UNTIL(h, h->closed[1] == 1, 2000);
 	assert_int_equal(h->close_err[1], SR_ETOOBIG);
