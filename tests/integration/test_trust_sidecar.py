@@ -10,7 +10,8 @@ reach into the notebook nor forge what the notebook reads.
 - the files are written through fresh temporary files, never through a
   symlink or a file someone planted;
 - relay-chosen text is escaped in the sidecar's log;
-- streams reset before they are answered (rapid reset) are bounded;
+- streams reset before they are answered (rapid reset) are bounded, and so
+  are resets in general;
 - the notebook start-up script merges only the settings a lease defines.
 """
 
@@ -432,6 +433,38 @@ class RapidResetTest(TrustCase):
             len(os.listdir("/proc/%d/fd" % pid))), 10)
         self.assertIsNotNone(fds, "the sidecar holds %d descriptors, %d before the attack" %
                              (len(os.listdir("/proc/%d/fd" % pid)), fds_before))
+
+
+class ResetFloodTest(TrustCase):
+    # nghttp2's incoming-reset bucket on the sidecar (SC_RST_BURST) and a
+    # margin for its refill while the flood is read.
+    FLOOD = 10000 + 2000
+
+    def test_reset_flood_ends_the_tunnel(self):
+        """RST_STREAM frames past the sidecar's bound end the tunnel (they
+        used to be accepted without limit)."""
+        drv, other = self.listener(), self.listener()
+        lease = "L-9-0d0d0d0d"
+        s, reg = self.fr.session(15)
+        self.leased(s, FR.lease_msg(lease=lease,
+                                    ports={"driver": drv.port, "blockManager": H.free_port()}))
+        sid = s.connect(other.port, lease=lease)
+        self.assertEqual(s.wait_stream(sid), ("reset", FR.REFUSED_STREAM))
+        # Resets of a stream already closed cost the relay 13 bytes each and
+        # the sidecar no connect: only the rate limit can stop them.
+        rst = F.frame(F.RST_STREAM, 0, sid, struct.pack("!I", FR.CANCEL))
+        sent = 0
+        while sent < self.FLOOD and not s.closed:
+            try:
+                s.sendall(rst * 500)
+            except OSError:
+                break
+            sent += 500
+            s.pump(0)
+        self.assert_closed(s, "reset flood", timeout=10)
+        self.assertEqual(s.goaway, 2, "no GOAWAY(INTERNAL_ERROR) before the close")
+        self.assertTrue(X.wait_log(self.proc, "relay broke HTTP/2 (sent GOAWAY", 5))
+        self.assertEqual(other.count, 0)
 
 
 class StartScriptTest(unittest.TestCase):
