@@ -4,10 +4,18 @@
  *   register (with the resume token if we have one) -> leased
  *        ^                                                |
  *        +------------- backoff with jitter <-------- tunnel lost
- */
+ *
+ * The relay is trusted less than the notebook. tun_ctl has checked the shape
+ * of every value it sends; here the order is checked too: one lease per
+ * tunnel, only after our register, with exactly the roles we asked for; a
+ * stream only on a tunnel that holds the lease, naming that lease and one of
+ * its ports. Anything else is a protocol error that ends the tunnel, and each
+ * such tunnel in a row doubles the delay before the next one. Relay-chosen
+ * text is escaped (sr_esc) in every log line and printed setting. */
 #include "tunnel/sidecar.h"
 #include "common/sr_err.h"
 #include "common/sr_log.h"
+#include "common/sr_text.h"
 #include "common/sr_util.h"
 #include "discovery/disc_resolve.h"
 #include "tunnel/tun_tls.h"
@@ -62,26 +70,63 @@ struct sidecar {
 	struct sidecar_lease_info lease;
 	int shutting_down;
 	int sent_resume;
+	/* The current tunnel: register sent (with these roles), lease taken on
+	 * it, release sent. A lease kept from an earlier tunnel is not "taken
+	 * on it" until the relay grants or resumes it here. */
+	int registered;
+	unsigned req_roles;
+	int tun_leased;
+	int release_sent;
+	uint64_t tun_up_us; /* when the current tunnel came up */
+	unsigned strikes;   /* tunnels the relay ended with a protocol error, see on_closed */
 };
+
+/* At most this many strikes count towards the backoff (2^8 x the initial
+ * delay is past any sensible backoff_max_ms already); they are forgiven once
+ * a tunnel stayed up this long without one. */
+#define SC_STRIKES_MAX 8
+#define SC_STRIKES_FORGIVE_US (60ull * 1000000)
 
 static void sc_start(struct sidecar *s);
 static void dial_next(struct sidecar *s);
 
 /* ---- state file -------------------------------------------------------- */
 
+/* Replace path with data, atomically and never through a file someone else
+ * put there: the data goes to a new file with an unpredictable name in the
+ * same folder, created with O_EXCL and O_NOFOLLOW (neither a planted symlink
+ * nor a planted file is ever opened, and the file's owner is us), given its
+ * mode with fchmod (the umask does not decide it), then renamed over path;
+ * rename() replaces a symlink at path instead of following it. */
 static int write_file_atomic(const char *path, const char *data, size_t len, mode_t mode,
 			     char *err, size_t errlen)
 {
-	char tmp[4096];
-	int fd;
+	char tmp[4096], rnd[2 * 8 + 1];
+	int fd = -1;
 
-	if (snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof(tmp)) {
-		snprintf(err, errlen, "%s: path too long", path);
-		return SR_EINVAL;
+	for (int tries = 0; fd < 0 && tries < 16; tries++) {
+		if (sr_random_hex(rnd, 8) != 0) {
+			snprintf(err, errlen, "%s: no random name for a temporary file", path);
+			return SR_EIO;
+		}
+		if (snprintf(tmp, sizeof(tmp), "%s.tmp-%s", path, rnd) >= (int)sizeof(tmp)) {
+			snprintf(err, errlen, "%s: path too long", path);
+			return SR_EINVAL;
+		}
+		fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (fd < 0 && errno != EEXIST) {
+			snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
+			return SR_EIO;
+		}
 	}
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
 	if (fd < 0) {
+		snprintf(err, errlen, "%s: no free temporary name", path);
+		return SR_EIO;
+	}
+	if (fchmod(fd, mode) != 0) {
 		snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
+		close(fd);
+		unlink(tmp);
 		return SR_EIO;
 	}
 	while (len > 0) {
@@ -119,9 +164,13 @@ static void state_load(struct sidecar *s)
 		return;
 	}
 	v = json_object_get(root, "resume");
-	if (json_is_string(v) && strlen(json_string_value(v)) < sizeof(s->resume)) {
+	/* Sent to the relay as is: held to the same rule as one it sent us. */
+	if (json_is_string(v) && tun_ctl_valid_resume(json_string_value(v))) {
 		snprintf(s->resume, sizeof(s->resume), "%s", json_string_value(v));
 		SR_INFO("", "found resume token in %s: will ask for the same lease",
+			s->o->state_path);
+	} else if (v) {
+		SR_WARN("", "ignoring state file %s: \"resume\" is not a resume token",
 			s->o->state_path);
 	}
 	json_decref(root);
@@ -154,6 +203,15 @@ static void state_clear(struct sidecar *s)
 
 /* ---- Spark settings ------------------------------------------------------ */
 
+/* Defence in depth behind tun_ctl: every value of a setting, and the lease id
+ * in the header comment, is one token of [A-Za-z0-9.:_-], so nothing that
+ * reaches this function can end a line of spark-defaults.conf and start
+ * another setting there. */
+static int spark_value_ok(const char *v)
+{
+	return sr_valid_chars(v, TUN_CTL_HOST_MAX - 1, ".:_-");
+}
+
 int sidecar_write_spark_conf(const struct sidecar_lease_info *info, const char *conf_path,
 			     const char *json_path, char *err, size_t errlen)
 {
@@ -161,6 +219,14 @@ int sidecar_write_spark_conf(const struct sidecar_lease_info *info, const char *
 	const char *keys[6], *vals[6];
 	size_t n = 0;
 	int rv = 0;
+
+	if (!tun_ctl_valid_lease_id(info->lease) || !spark_value_ok(info->lease) ||
+	    !sr_valid_host(info->host) || !spark_value_ok(info->host) ||
+	    !info->ports[TUN_PORT_DRIVER] || !info->ports[TUN_PORT_BLOCKMANAGER]) {
+		snprintf(err, errlen, "refusing to write Spark settings: lease id, host or "
+				      "ports are not valid settings");
+		return SR_EINVAL;
+	}
 
 	snprintf(ports[0], sizeof(ports[0]), "%u", info->ports[TUN_PORT_DRIVER]);
 	snprintf(ports[1], sizeof(ports[1]), "%u", info->ports[TUN_PORT_BLOCKMANAGER]);
@@ -221,6 +287,7 @@ static void send_register(struct tun_conn *c, void *arg)
 {
 	struct sidecar *s = arg;
 	struct tun_ctl_msg m;
+	int rv;
 
 	memset(&m, 0, sizeof(m));
 	m.type = TUN_CTL_REGISTER;
@@ -232,15 +299,24 @@ static void send_register(struct tun_conn *c, void *arg)
 		snprintf(m.token, sizeof(m.token), "%s", s->o->token);
 	snprintf(m.resume, sizeof(m.resume), "%s", s->resume);
 	s->sent_resume = s->resume[0] != '\0';
+	s->req_roles = m.roles;
+	s->registered = 1;
 	s->state = SC_REGISTERING;
-	if (tun_conn_send_ctl(c, &m) != 0)
-		tun_conn_close(c, SR_ENOMEM);
+	if ((rv = tun_conn_send_ctl(c, &m)) != 0) {
+		if (rv == SR_EINVAL)
+			SR_ERROR(tun_conn_logctx(c), "cannot register: the app name has control "
+						     "characters or is not UTF-8");
+		tun_conn_close(c, rv);
+	}
 }
 
 static void print_settings(const struct sidecar_lease_info *l)
 {
-	printf("sparkrelay: lease %s granted; Spark settings:\n", l->lease);
-	printf("  spark.driver.host=%s\n", l->host);
+	char lbuf[SR_ESC_SIZE(TUN_CTL_LEASE_MAX)], hbuf[SR_ESC_SIZE(TUN_CTL_HOST_MAX)];
+
+	printf("sparkrelay: lease %s granted; Spark settings:\n",
+	       sr_esc(l->lease, lbuf, sizeof(lbuf)));
+	printf("  spark.driver.host=%s\n", sr_esc(l->host, hbuf, sizeof(hbuf)));
 	printf("  spark.driver.bindAddress=127.0.0.1\n");
 	printf("  spark.driver.port=%u\n", l->ports[TUN_PORT_DRIVER]);
 	printf("  spark.driver.blockManager.port=%u\n", l->ports[TUN_PORT_BLOCKMANAGER]);
@@ -251,12 +327,46 @@ static void print_settings(const struct sidecar_lease_info *l)
 	fflush(stdout);
 }
 
-static void on_lease(struct sidecar *s, const struct tun_ctl_msg *m)
+/* End the tunnel for a relay that broke the protocol; on_closed counts it. */
+static void protocol_error(struct tun_conn *c, const char *why)
+{
+	SR_WARN(tun_conn_logctx(c), "protocol error from the relay: %s; closing the tunnel", why);
+	tun_conn_close(c, SR_EPROTO);
+}
+
+static void role_list(unsigned roles, char *buf, size_t len)
+{
+	size_t n = 0;
+
+	buf[0] = '\0';
+	for (int r = 0; r < TUN_PORT_MAX && n < len; r++)
+		if (roles & TUN_ROLE_BIT(r))
+			n += (size_t)snprintf(buf + n, len - n, "%s%s", n ? "," : "",
+					      tun_port_role_name((enum tun_port_role)r));
+}
+
+static void on_lease(struct sidecar *s, struct tun_conn *c, const struct tun_ctl_msg *m)
 {
 	struct sidecar_lease_info old = s->lease;
-	char err[512], ctx[128];
+	char err[512], ctx[128], why[160], want[48], got[48];
+	char lbuf[SR_ESC_SIZE(TUN_CTL_LEASE_MAX)], hbuf[SR_ESC_SIZE(TUN_CTL_HOST_MAX)];
+	char obuf[SR_ESC_SIZE(TUN_CTL_LEASE_MAX)];
 	int changed;
 
+	if (!s->registered || s->tun_leased || s->release_sent) {
+		protocol_error(c, s->tun_leased ? "a second lease on this tunnel"
+						: "a lease that was not asked for");
+		return;
+	}
+	/* tun_ctl made sure the ports are distinct; the roles must be ours. */
+	if (m->roles != s->req_roles) {
+		role_list(s->req_roles, want, sizeof(want));
+		role_list(m->roles, got, sizeof(got));
+		snprintf(why, sizeof(why), "lease grants roles %s, registered for %s", got, want);
+		protocol_error(c, why);
+		return;
+	}
+	s->tun_leased = 1;
 	s->lease.have_lease = 1;
 	snprintf(s->lease.lease, sizeof(s->lease.lease), "%s", m->lease);
 	snprintf(s->lease.host, sizeof(s->lease.host), "%s", m->host);
@@ -267,8 +377,9 @@ static void on_lease(struct sidecar *s, const struct tun_ctl_msg *m)
 	snprintf(s->resume, sizeof(s->resume), "%s", m->resume);
 	s->state = SC_LEASED;
 	s->attempt = 0;
-	snprintf(ctx, sizeof(ctx), "lease=%s relay=%s", m->lease, s->dial_peer);
-	tun_conn_set_logctx(s->tun, ctx);
+	snprintf(ctx, sizeof(ctx), "lease=%s relay=%s", sr_esc(m->lease, lbuf, sizeof(lbuf)),
+		 s->dial_peer);
+	tun_conn_set_logctx(c, ctx);
 
 	changed = !old.have_lease || strcmp(old.lease, s->lease.lease) != 0 ||
 		  memcmp(old.ports, s->lease.ports, sizeof(old.ports)) != 0 ||
@@ -276,10 +387,12 @@ static void on_lease(struct sidecar *s, const struct tun_ctl_msg *m)
 	if (old.have_lease && changed)
 		SR_WARN(ctx, "lease changed from %s (ports %u,%u) to new ports %u,%u: the "
 			     "driver must be restarted with the new settings",
-			old.lease, old.ports[0], old.ports[1], m->ports[0], m->ports[1]);
+			sr_esc(old.lease, obuf, sizeof(obuf)), old.ports[0], old.ports[1],
+			m->ports[0], m->ports[1]);
 	SR_INFO(ctx, "%s: driver port %u, blockManager port %u, host %s, grace %us",
 		old.have_lease && !changed ? "lease resumed" : "lease granted",
-		m->ports[TUN_PORT_DRIVER], m->ports[TUN_PORT_BLOCKMANAGER], m->host, m->ttl_s);
+		m->ports[TUN_PORT_DRIVER], m->ports[TUN_PORT_BLOCKMANAGER],
+		sr_esc(m->host, hbuf, sizeof(hbuf)), m->ttl_s);
 	state_save(s);
 	if (changed) {
 		if (sidecar_write_spark_conf(&s->lease, s->o->spark_conf_path,
@@ -294,14 +407,16 @@ static void on_lease(struct sidecar *s, const struct tun_ctl_msg *m)
 static void on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void *arg)
 {
 	struct sidecar *s = arg;
+	char cbuf[SR_ESC_SIZE(TUN_CTL_CODE_MAX)], mbuf[SR_ESC_SIZE(TUN_CTL_TEXT_MAX)];
+	char why[64];
 
 	switch (m->type) {
 	case TUN_CTL_LEASE:
-		on_lease(s, m);
+		on_lease(s, c, m);
 		break;
 	case TUN_CTL_ERROR:
-		SR_ERROR(tun_conn_logctx(c), "relay refused registration: %s: %s", m->code,
-			 m->message);
+		SR_ERROR(tun_conn_logctx(c), "relay refused registration: %s: %s",
+			 sr_esc(m->code, cbuf, sizeof(cbuf)), sr_esc(m->message, mbuf, sizeof(mbuf)));
 		if (s->sent_resume && strcmp(m->code, "unknown_lease") == 0) {
 			/* The lease is gone (expired, or another relay): start afresh. */
 			s->resume[0] = '\0';
@@ -311,6 +426,12 @@ static void on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void *arg)
 		tun_conn_close(c, SR_EDENIED);
 		break;
 	case TUN_CTL_RELEASED:
+		/* Only the answer to our release: otherwise a relay could make us
+		 * forget a lease (and its resume token) we still hold. */
+		if (!s->release_sent) {
+			protocol_error(c, "\"released\" without a release");
+			break;
+		}
 		SR_INFO(tun_conn_logctx(c), "lease released");
 		s->resume[0] = '\0';
 		s->lease.have_lease = 0;
@@ -321,8 +442,9 @@ static void on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void *arg)
 		SR_INFO(tun_conn_logctx(c), "relay is draining; will reconnect when it closes");
 		break;
 	default:
-		SR_WARN(tun_conn_logctx(c), "unexpected control message %s",
-			tun_ctl_type_name(m->type));
+		snprintf(why, sizeof(why), "unexpected control message %s",
+			 tun_ctl_type_name(m->type));
+		protocol_error(c, why);
 		break;
 	}
 }
@@ -331,17 +453,27 @@ static struct bufferevent *on_connect(struct tun_conn *c, const struct tun_conne
 				      void *arg)
 {
 	struct sidecar *s = arg;
+	char lbuf[SR_ESC_SIZE(TUN_CTL_LEASE_MAX)], pbuf[SR_ESC_SIZE(64)];
 	struct sockaddr_in sin;
 	struct bufferevent *bev;
 	struct timeval tv;
+	const char *why = NULL;
 	int ok = 0, fd;
 
 	for (int r = 0; r < TUN_PORT_MAX; r++)
-		ok |= s->lease.have_lease && req->port && s->lease.ports[r] == req->port;
-	if (!ok || (req->lease[0] && strcmp(req->lease, s->lease.lease) != 0)) {
-		SR_WARN(tun_conn_logctx(c), "refused stream to port %u (lease %s): not a port of "
-					    "this lease",
-			req->port, req->lease);
+		ok |= req->port && s->lease.ports[r] == req->port;
+	if (!s->tun_leased)
+		why = "no lease on this tunnel yet";
+	else if (!req->lease[0])
+		why = "no sparkrelay-lease header";
+	else if (strcmp(req->lease, s->lease.lease) != 0)
+		why = "not the lease of this tunnel";
+	else if (!ok)
+		why = "not a port of this lease";
+	if (why) {
+		SR_WARN(tun_conn_logctx(c), "refused stream to port %u (lease %s): %s; peer %s",
+			req->port, sr_esc(req->lease, lbuf, sizeof(lbuf)), why,
+			sr_esc(req->peer, pbuf, sizeof(pbuf)));
 		return NULL;
 	}
 	memset(&sin, 0, sizeof(sin));
@@ -358,7 +490,8 @@ static struct bufferevent *on_connect(struct tun_conn *c, const struct tun_conne
 		*req->connected = 1;
 	} else if (errno != EINPROGRESS) {
 		SR_INFO(tun_conn_logctx(c), "conn=%llu peer=%s: driver port %u: %s",
-			(unsigned long long)req->conn_id, req->peer, req->port, strerror(errno));
+			(unsigned long long)req->conn_id, sr_esc(req->peer, pbuf, sizeof(pbuf)),
+			req->port, strerror(errno));
 		close(fd);
 		return NULL;
 	}
@@ -378,7 +511,8 @@ static struct bufferevent *on_connect(struct tun_conn *c, const struct tun_conne
 		}
 	}
 	SR_DEBUG(tun_conn_logctx(c), "conn=%llu peer=%s: connecting to 127.0.0.1:%u",
-		 (unsigned long long)req->conn_id, req->peer, req->port);
+		 (unsigned long long)req->conn_id, sr_esc(req->peer, pbuf, sizeof(pbuf)),
+		 req->port);
 	return bev;
 }
 
@@ -406,13 +540,31 @@ static void on_closed(struct tun_endpoint *ep, int err, const char *why, void *a
 {
 	struct sidecar *s = arg;
 	int was_up = s->tun != NULL;
+	int broke = err == SR_EPROTO || err == SR_ETOOBIG || err == SR_EVERSION;
 
 	s->lease.connected = 0;
+	s->registered = s->tun_leased = s->release_sent = 0;
 	if (!was_up) {
 		SR_WARN("", "cannot reach relay %s: %s%s", s->dial_peer,
 			err == SR_ETLS ? "TLS handshake failed: " : "", why);
-	} else if (why[0]) {
-		SR_INFO(tun_conn_logctx(s->tun), "transport: %s", why);
+	} else {
+		if (why[0])
+			SR_INFO(tun_conn_logctx(s->tun), "transport: %s", why);
+		/* A relay that breaks the protocol waits twice as long each time,
+		 * so it cannot replay an attack (a stream flood, a bad lease) on a
+		 * fresh tunnel every backoff_initial_ms, nor reset that by closing
+		 * one tunnel cleanly in between: only a tunnel that stayed up a
+		 * while forgives. */
+		if (broke) {
+			if (s->strikes < SC_STRIKES_MAX)
+				s->strikes++;
+			s->attempt = s->strikes;
+			SR_WARN(tun_conn_logctx(s->tun),
+				"the relay broke the protocol (%u time%s lately)", s->strikes,
+				s->strikes == 1 ? "" : "s");
+		} else if (sr_now_us() - s->tun_up_us >= SC_STRIKES_FORGIVE_US) {
+			s->strikes = 0;
+		}
 	}
 	tun_endpoint_free(ep);
 	s->ep = NULL;
@@ -446,6 +598,8 @@ static void on_up(struct tun_endpoint *ep, void *arg)
 	s->tun = tun_endpoint_conn(ep);
 	tun_conn_set_logctx(s->tun, ctx);
 	SR_INFO(ctx, "connected (TLS 1.3, h2); registering app \"%s\"", s->o->app_name);
+	s->registered = s->tun_leased = s->release_sent = 0;
+	s->tun_up_us = sr_now_us();
 	s->state = SC_REGISTERING;
 }
 
@@ -655,6 +809,7 @@ void sidecar_shutdown(struct sidecar *s)
 		event_base_loopbreak(s->base);
 		return;
 	}
+	s->release_sent = 1;
 	tv.tv_sec = s->o->release_timeout_ms / 1000;
 	tv.tv_usec = (s->o->release_timeout_ms % 1000) * 1000;
 	evtimer_add(s->release_timer, &tv);

@@ -2,6 +2,7 @@
 #include "tunnel/tun_internal.h"
 #include "common/sr_err.h"
 #include "common/sr_log.h"
+#include "common/sr_text.h"
 #include "common/sr_util.h"
 
 #include <errno.h>
@@ -15,6 +16,29 @@
 #define HDR_LEASE "sparkrelay-lease"
 #define HDR_CONN "sparkrelay-conn"
 #define HDR_PEER "sparkrelay-peer"
+
+/* Incoming resets on the sidecar (the HTTP/2 server). A relay resets a stream
+ * when its executor connection fails, at most once per stream, so in a burst
+ * at most every open stream of the app (a 2,000-executor app holds about
+ * 4,000-6,000) and, sustained, no faster than executors connect (Kubernetes
+ * starts 5-20 executor pods a second with a few connections each: ~100/s).
+ * The bucket below is twice and ten times that; past it nghttp2 sends GOAWAY
+ * and the tunnel ends (h2_on_frame_send). The relay role is the HTTP/2 client,
+ * for which nghttp2 has no such limit; its value there only documents that
+ * the sidecar, its peer, is trusted more. */
+#define SC_RST_BURST 10000
+#define SC_RST_RATE 1000 /* per second */
+
+/* Rapid reset (CVE-2023-44487) costs the sidecar more than the stream: each
+ * CONNECT is a driver connect(), done before the next frame is read, so
+ * HEADERS+RST_STREAM pairs would make the driver accept connections at the
+ * relay's pace while the bucket above still has room. A legitimate relay
+ * resets a stream before our :status 200 went out only if the executor gave
+ * up within the same tunnel read as its CONNECT, or while the driver's accept
+ * queue was full; a few a second at most. Past this budget the tunnel ends
+ * as a protocol error (the sidecar then backs off harder each time). */
+#define SC_EARLY_RST_BURST 200
+#define SC_EARLY_RST_RATE 20 /* per second */
 
 void tun_conn_opts_defaults(struct tun_conn_opts *o)
 {
@@ -190,6 +214,16 @@ void tun_conn_flush(struct tun_conn *c)
 		    !nghttp2_session_want_write(c->h2))
 			break;
 	}
+	/* The sidecar sent GOAWAY with an error: nghttp2 found the relay breaking
+	 * HTTP/2 (a flood, the reset rate limit). No new stream is taken after
+	 * it, so a tunnel kept open would strand the executors still to come. */
+	if (!c->closing && c->role == TUN_ROLE_SIDECAR && c->goaway_sent_error) {
+		char why[128];
+		snprintf(why, sizeof(why), "protocol error: relay broke HTTP/2 (sent GOAWAY %s)",
+			 nghttp2_http2_strerror(c->goaway_sent_error));
+		conn_fail(c, SR_EPROTO, why);
+		return;
+	}
 	if (!c->closing && !nghttp2_session_want_read(c->h2) &&
 	    !nghttp2_session_want_write(c->h2)) {
 		char why[128];
@@ -259,6 +293,57 @@ static void copy_hdr(char *dst, size_t dstlen, const uint8_t *v, size_t len)
 	dst[len] = '\0';
 }
 
+/* sparkrelay-conn: 1..20 decimal digits that fit in 64 bits. */
+static int parse_conn_id(const uint8_t *v, size_t len, uint64_t *out)
+{
+	uint64_t n = 0;
+
+	if (len == 0 || len > 20)
+		return -1;
+	for (size_t i = 0; i < len; i++) {
+		unsigned d = (unsigned)v[i] - '0';
+		if (d > 9 || n > (UINT64_MAX - d) / 10)
+			return -1;
+		n = n * 10 + d;
+	}
+	*out = n;
+	return 0;
+}
+
+/* Sidecar: one request header of a CONNECT. A header that breaks its rule,
+ * or comes twice, marks the stream, which sidecar_on_request then refuses. */
+static void sidecar_header(struct tun_stream *s, const uint8_t *name, size_t namelen,
+			   const uint8_t *value, size_t valuelen)
+{
+#define IS(lit) (namelen == sizeof(lit) - 1 && memcmp(name, lit, namelen) == 0)
+	if (IS(":method")) {
+		copy_hdr(s->method, sizeof(s->method), value, valuelen);
+	} else if (IS(":authority")) {
+		copy_hdr(s->authority, valuelen < sizeof(s->authority) ? sizeof(s->authority) : 1,
+			 value, valuelen);
+	} else if (IS(":path")) {
+		copy_hdr(s->path, valuelen < sizeof(s->path) ? sizeof(s->path) : 1, value,
+			 valuelen);
+	} else if (IS(HDR_LEASE)) {
+		/* Never truncated: a cut value could equal a shorter lease id. */
+		if (s->lease[0] || valuelen >= sizeof(s->lease)) {
+			s->bad_header = HDR_LEASE;
+			return;
+		}
+		copy_hdr(s->lease, sizeof(s->lease), value, valuelen);
+		if (!tun_ctl_valid_lease_id(s->lease))
+			s->bad_header = HDR_LEASE;
+	} else if (IS(HDR_PEER)) {
+		/* Only names the executor in log lines, escaped there. */
+		copy_hdr(s->peer, sizeof(s->peer), value, valuelen);
+	} else if (IS(HDR_CONN)) {
+		if ((s->flags & TS_CONN_HDR) || parse_conn_id(value, valuelen, &s->conn_id) != 0)
+			s->bad_header = HDR_CONN;
+		s->flags |= TS_CONN_HDR;
+	}
+#undef IS
+}
+
 static int h2_on_header(nghttp2_session *h2, const nghttp2_frame *frame, const uint8_t *name,
 			size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
 			void *user)
@@ -280,37 +365,45 @@ static int h2_on_header(nghttp2_session *h2, const nghttp2_frame *frame, const u
 		}
 		return 0;
 	}
-#define IS(lit) (namelen == sizeof(lit) - 1 && memcmp(name, lit, namelen) == 0)
-	if (IS(":method"))
-		copy_hdr(s->method, sizeof(s->method), value, valuelen);
-	else if (IS(":authority"))
-		copy_hdr(s->authority, valuelen < sizeof(s->authority) ? sizeof(s->authority) : 1,
-			 value, valuelen);
-	else if (IS(":path"))
-		copy_hdr(s->path, valuelen < sizeof(s->path) ? sizeof(s->path) : 1, value,
-			 valuelen);
-	else if (IS(HDR_LEASE))
-		copy_hdr(s->lease, sizeof(s->lease), value, valuelen);
-	else if (IS(HDR_PEER))
-		copy_hdr(s->peer, sizeof(s->peer), value, valuelen);
-	else if (IS(HDR_CONN)) {
-		char tmp[24];
-		copy_hdr(tmp, sizeof(tmp), value, valuelen);
-		s->conn_id = strtoull(tmp, NULL, 10);
-	}
-#undef IS
+	sidecar_header(s, name, namelen, value, valuelen);
 	return 0;
 }
 
+/* The only target a relay may name: "127.0.0.1:<1..65535>", digits without a
+ * sign or leading zero. "localhost" is refused too: the sidecar dials
+ * 127.0.0.1 whatever the name says, so accepting a second spelling would only
+ * blur what the relay asked for (and a name is not always 127.0.0.1). */
 static int parse_authority_port(const char *auth, uint16_t *port)
 {
-	char host[64];
-	if (sr_split_hostport(auth, host, sizeof(host), port, 0) != 0)
-		return SR_EINVAL;
-	/* A relay may only ever name the sidecar's own loopback. */
-	if (strcmp(host, "127.0.0.1") != 0 && strcmp(host, "localhost") != 0)
+	static const char host[] = "127.0.0.1:";
+	const char *p = auth + sizeof(host) - 1;
+	unsigned long v = 0;
+	size_t n = 0;
+
+	if (strncmp(auth, host, sizeof(host) - 1) != 0)
 		return SR_EDENIED;
+	for (; p[n] >= '0' && p[n] <= '9' && n < 6; n++)
+		v = v * 10 + (unsigned long)(p[n] - '0');
+	if (n == 0 || n > 5 || p[n] != '\0' || p[0] == '0' || v > 65535)
+		return SR_EINVAL;
+	*port = (uint16_t)v;
 	return 0;
+}
+
+/* Whether one more stream reset before its answer fits the sidecar's budget
+ * (SC_EARLY_RST_*): a token bucket in thousandths of a token. */
+static int early_reset_allowed(struct tun_conn *c)
+{
+	const uint64_t cap = SC_EARLY_RST_BURST * 1000ull;
+	uint64_t now = sr_now_us();
+	uint64_t t = c->early_rst_mtokens + (now - c->early_rst_at_us) * SC_EARLY_RST_RATE / 1000u;
+
+	c->early_rst_mtokens = t < cap ? t : cap;
+	c->early_rst_at_us = now;
+	if (c->early_rst_mtokens < 1000)
+		return 0;
+	c->early_rst_mtokens -= 1000;
+	return 1;
 }
 
 static ssize_t ctl_read_cb(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t length,
@@ -354,13 +447,23 @@ static int sidecar_on_request(struct tun_conn *c, struct tun_stream *s)
 		return 0;
 	}
 	if (strcmp(s->method, "CONNECT") != 0 || !c->ctl) {
-		SR_WARN(c->logctx, "stream %d refused: method %s before control stream", s->id,
-			s->method);
+		char mbuf[SR_ESC_SIZE(sizeof(s->method))];
+		SR_WARN(c->logctx, "stream %d refused: method \"%s\" %s", s->id,
+			sr_esc(s->method, mbuf, sizeof(mbuf)),
+			c->ctl ? "is not CONNECT" : "before the control stream");
 		return NGHTTP2_REFUSED_STREAM;
 	}
 	if (parse_authority_port(s->authority, &s->port) != 0) {
+		char abuf[SR_ESC_SIZE(sizeof(s->authority))];
 		SR_WARN(c->logctx, "stream %d refused: target \"%s\" is not 127.0.0.1:<port>",
-			s->id, s->authority);
+			s->id, sr_esc(s->authority, abuf, sizeof(abuf)));
+		return NGHTTP2_REFUSED_STREAM;
+	}
+	if (!s->bad_header && !(s->flags & TS_CONN_HDR))
+		s->bad_header = HDR_CONN;
+	if (s->bad_header) {
+		SR_WARN(c->logctx, "stream %d refused: %s header missing, repeated or malformed",
+			s->id, s->bad_header);
 		return NGHTTP2_REFUSED_STREAM;
 	}
 	req.port = s->port;
@@ -401,6 +504,18 @@ static int h2_on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, voi
 		c->goaway = 1;
 		SR_INFO(c->logctx, "peer sent GOAWAY (%s)",
 			nghttp2_http2_strerror(frame->goaway.error_code));
+		break;
+	case NGHTTP2_RST_STREAM:
+		if (c->role == TUN_ROLE_SIDECAR && s && !(s->flags & (TS_CTL | TS_ANSWERED)) &&
+		    !early_reset_allowed(c)) {
+			char why[160];
+			snprintf(why, sizeof(why),
+				 "protocol error: relay resets streams before they are answered "
+				 "faster than %d/s (rapid reset)",
+				 SC_EARLY_RST_RATE);
+			conn_fail(c, SR_EPROTO, why);
+			return NGHTTP2_ERR_CALLBACK_FAILURE; /* read no further */
+		}
 		break;
 	case NGHTTP2_HEADERS:
 		if (!s)
@@ -480,8 +595,14 @@ static int h2_on_stream_close(nghttp2_session *h2, int32_t id, uint32_t error_co
 static int h2_on_frame_send(nghttp2_session *h2, const nghttp2_frame *frame, void *user)
 {
 	struct tun_conn *c = user;
+
+	if (frame->hd.type == NGHTTP2_HEADERS && c->role == TUN_ROLE_SIDECAR) {
+		struct tun_stream *s = nghttp2_session_get_stream_user_data(h2, frame->hd.stream_id);
+		if (s)
+			s->flags |= TS_ANSWERED;
+	}
 	if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR)
-		c->goaway_sent_error = frame->goaway.error_code;
+		c->goaway_sent_error = frame->goaway.error_code; /* tun_conn_flush acts on it */
 	return 0;
 }
 
@@ -662,6 +783,8 @@ struct tun_conn *tun_conn_new(struct event_base *base, enum tun_role role,
 	c->arg = arg;
 	tun_conn_set_logctx(c, logctx);
 	c->last_recv_us = sr_now_us();
+	c->early_rst_mtokens = SC_EARLY_RST_BURST * 1000ull;
+	c->early_rst_at_us = c->last_recv_us;
 
 	c->ctl_in = evbuffer_new();
 	c->ctl_out = evbuffer_new();
@@ -688,8 +811,12 @@ struct tun_conn *tun_conn_new(struct event_base *base, enum tun_role role,
 	nghttp2_option_set_no_closed_streams(hopt, 1);
 	nghttp2_option_set_peer_max_concurrent_streams(hopt, c->opts.max_streams);
 	/* Executors come and go, often with resets; nghttp2's default incoming
-	 * reset limit (1000 burst, 33/s) would end a busy tunnel (issue #1984). */
-	nghttp2_option_set_stream_reset_rate_limit(hopt, 1u << 30, 1u << 30);
+	 * reset limit (1000 burst, 33/s) would end a busy tunnel (issue #1984).
+	 * The sidecar's limit is bounded all the same (SC_RST_*). */
+	if (role == TUN_ROLE_SIDECAR)
+		nghttp2_option_set_stream_reset_rate_limit(hopt, SC_RST_BURST, SC_RST_RATE);
+	else
+		nghttp2_option_set_stream_reset_rate_limit(hopt, 1u << 30, 1u << 30);
 	nghttp2_option_set_max_settings(hopt, 64);
 
 	if (role == TUN_ROLE_RELAY)

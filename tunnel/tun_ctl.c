@@ -1,10 +1,12 @@
 /* Control-message codec: u32 big-endian length | one JSON object.
  *
- * Every value a peer sends is checked for type and bounded by the size of the
- * struct field it lands in; an over-long value is an error, never truncated,
- * so a lease id or token can never be silently shortened into another one.
- * The encoder refuses exactly what the parser would refuse, so whatever we
- * send, our own parser accepts. */
+ * This is the one place where control values enter either end. Every value a
+ * peer sends is checked for type, bounded by the size of the struct field it
+ * lands in, and held to its contract (tun_ctl.h): an over-long or malformed
+ * value is an error, never truncated or cleaned, so a lease id or token can
+ * never be silently shortened into another one, and a host or lease id can
+ * never carry a line break into a file or log. The encoder refuses exactly
+ * what the parser would refuse, so whatever we send, our own parser accepts. */
 #include "tunnel/tun_ctl.h"
 
 #include <ctype.h>
@@ -18,6 +20,7 @@
 #include <jansson.h>
 
 #include "common/sr_err.h"
+#include "common/sr_text.h"
 #include "common/sr_util.h"
 
 #define CTL_HDR_LEN 4
@@ -63,6 +66,100 @@ const char *tun_ctl_type_name(enum tun_ctl_type type)
 		return NULL;
 	return ctl_type_names[type];
 }
+
+/* ---- value contracts (tun_ctl.h) ----------------------------------------- */
+
+int tun_ctl_valid_lease_id(const char *s)
+{
+	const size_t plen = sizeof(TUN_CTL_LEASE_PREFIX) - 1;
+
+	return s != NULL && strncmp(s, TUN_CTL_LEASE_PREFIX, plen) == 0 &&
+	       sr_valid_chars(s + plen, TUN_CTL_LEASE_MAX - 1 - plen, TUN_CTL_LEASE_EXTRA);
+}
+
+int tun_ctl_valid_resume(const char *s)
+{
+	return sr_valid_chars(s, TUN_CTL_RESUME_MAX - 1, TUN_CTL_RESUME_EXTRA);
+}
+
+int tun_ctl_valid_code(const char *s)
+{
+	size_t n;
+
+	if (s == NULL || (n = strlen(s)) == 0 || n >= TUN_CTL_CODE_MAX)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') ||
+		      s[i] == '_'))
+			return 0;
+	return 1;
+}
+
+/* Length of the well-formed UTF-8 sequence at s (its code point in *cp), or 0
+ * for an invalid one (overlong, surrogate, past U+10FFFF, cut by the NUL). */
+static size_t utf8_next(const unsigned char *s, uint32_t *cp)
+{
+	uint32_t v, min;
+	size_t n;
+
+	if (s[0] < 0x80) {
+		*cp = s[0];
+		return 1;
+	}
+	if (s[0] >= 0xc2 && s[0] <= 0xdf) {
+		n = 2, v = s[0] & 0x1fu, min = 0x80;
+	} else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+		n = 3, v = s[0] & 0x0fu, min = 0x800;
+	} else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+		n = 4, v = s[0] & 0x07u, min = 0x10000;
+	} else {
+		return 0;
+	}
+	for (size_t i = 1; i < n; i++) {
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+		v = v << 6 | (s[i] & 0x3fu);
+	}
+	if (v < min || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff))
+		return 0;
+	*cp = v;
+	return n;
+}
+
+int tun_ctl_valid_app(const char *s)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	size_t n;
+
+	if (s == NULL || (n = strlen(s)) == 0 || n >= TUN_CTL_APP_MAX)
+		return 0;
+	while (*p) {
+		uint32_t cp;
+		size_t k = utf8_next(p, &cp);
+
+		/* C0, DEL and C1: C1 too, since a terminal may act on U+009B (CSI). */
+		if (k == 0 || cp < 0x20 || (cp >= 0x7f && cp <= 0x9f))
+			return 0;
+		p += k;
+	}
+	return 1;
+}
+
+/* The contract check of a string field the parser has read: 0, or SR_EPROTO
+ * with a reason that names the field and the rule, never the value. */
+static int ctl_check_field(const char *key, int ok, const char *rule, char *err, size_t errlen)
+{
+	if (ok)
+		return 0;
+	sr_seterr(err, errlen, "field \"%s\": %s", key, rule);
+	return SR_EPROTO;
+}
+
+#define RULE_LEASE "not a lease id (\"L-\" then 1..45 letters, digits or '-')"
+#define RULE_HOST "not a host name or IP address"
+#define RULE_RESUME "not a resume token (letters, digits, '_' or '-')"
+#define RULE_CODE "not an error code (a-z, 0-9 or '_')"
+#define RULE_APP "has control characters or is not UTF-8"
 
 static int ctl_type_from_name(const char *name)
 {
@@ -203,10 +300,19 @@ static int ctl_get_ports(json_t *obj, struct tun_ctl_msg *msg, char *err, size_t
 		msg->ports[r] = (uint16_t)p;
 		msg->roles |= TUN_ROLE_BIT(r);
 	}
+	for (int a = 0; a < TUN_PORT_MAX; a++)
+		for (int b = a + 1; b < TUN_PORT_MAX; b++)
+			if (msg->ports[a] && msg->ports[a] == msg->ports[b]) {
+				sr_seterr(err, errlen,
+					  "field \"ports\": \"%s\" and \"%s\" share port %u",
+					  ctl_role_names[a], ctl_role_names[b], msg->ports[a]);
+				return SR_EPROTO;
+			}
 	return 0;
 }
 
-static int ctl_get_u32(json_t *obj, const char *key, uint32_t *out, char *err, size_t errlen)
+static int ctl_get_u32(json_t *obj, const char *key, uint32_t max, uint32_t *out, char *err,
+		       size_t errlen)
 {
 	json_t *v = json_object_get(obj, key);
 	json_int_t n;
@@ -216,9 +322,9 @@ static int ctl_get_u32(json_t *obj, const char *key, uint32_t *out, char *err, s
 		return SR_EPROTO;
 	}
 	n = json_is_integer(v) ? json_integer_value(v) : -1;
-	if (n < 0 || (unsigned long long)n > UINT32_MAX) {
+	if (n < 0 || (unsigned long long)n > max) {
 		sr_seterr(err, errlen, "field \"%s\": must be an integer 0..%lu", key,
-			   (unsigned long)UINT32_MAX);
+			   (unsigned long)max);
 		return SR_EPROTO;
 	}
 	*out = (uint32_t)n;
@@ -266,27 +372,42 @@ static int ctl_parse_obj(json_t *root, struct tun_ctl_msg *msg, char *err, size_
 	case TUN_CTL_REGISTER:
 		if ((rc = ctl_get_str(root, "app", msg->app, sizeof(msg->app), 1, 1, err,
 				      errlen)) < 0 ||
+		    (rc = ctl_check_field("app", tun_ctl_valid_app(msg->app), RULE_APP, err,
+					  errlen)) < 0 ||
 		    (rc = ctl_get_roles(root, &msg->roles, err, errlen)) < 0 ||
 		    (rc = ctl_get_str(root, "token", msg->token, sizeof(msg->token), 0, 0, err,
 				      errlen)) < 0 ||
 		    (rc = ctl_get_str(root, "resume", msg->resume, sizeof(msg->resume), 0, 0,
-				      err, errlen)) < 0)
+				      err, errlen)) < 0 ||
+		    (rc = ctl_check_field("resume",
+					  !msg->resume[0] || tun_ctl_valid_resume(msg->resume),
+					  RULE_RESUME, err, errlen)) < 0)
 			return rc;
 		break;
 	case TUN_CTL_LEASE:
 		if ((rc = ctl_get_str(root, "lease", msg->lease, sizeof(msg->lease), 1, 1, err,
 				      errlen)) < 0 ||
+		    (rc = ctl_check_field("lease", tun_ctl_valid_lease_id(msg->lease),
+					  RULE_LEASE, err, errlen)) < 0 ||
 		    (rc = ctl_get_str(root, "host", msg->host, sizeof(msg->host), 1, 1, err,
 				      errlen)) < 0 ||
+		    (rc = ctl_check_field("host", sr_valid_host(msg->host), RULE_HOST, err,
+					  errlen)) < 0 ||
 		    (rc = ctl_get_ports(root, msg, err, errlen)) < 0 ||
-		    (rc = ctl_get_u32(root, "ttl", &msg->ttl_s, err, errlen)) < 0 ||
+		    (rc = ctl_get_u32(root, "ttl", TUN_CTL_TTL_MAX, &msg->ttl_s, err,
+				      errlen)) < 0 ||
 		    (rc = ctl_get_str(root, "resume", msg->resume, sizeof(msg->resume), 1, 0,
-				      err, errlen)) < 0)
+				      err, errlen)) < 0 ||
+		    (rc = ctl_check_field("resume",
+					  !msg->resume[0] || tun_ctl_valid_resume(msg->resume),
+					  RULE_RESUME, err, errlen)) < 0)
 			return rc;
 		break;
 	case TUN_CTL_ERROR:
 		if ((rc = ctl_get_str(root, "code", msg->code, sizeof(msg->code), 1, 1, err,
 				      errlen)) < 0 ||
+		    (rc = ctl_check_field("code", tun_ctl_valid_code(msg->code), RULE_CODE, err,
+					  errlen)) < 0 ||
 		    (rc = ctl_get_str(root, "message", msg->message, sizeof(msg->message), 0, 0,
 				      err, errlen)) < 0)
 			return rc;
@@ -372,7 +493,8 @@ static int ctl_build_register(const struct tun_ctl_msg *msg, json_t *root)
 	if (ctl_check_str(msg->app, sizeof(msg->app), 1) < 0 ||
 	    ctl_check_str(msg->token, sizeof(msg->token), 0) < 0 ||
 	    ctl_check_str(msg->resume, sizeof(msg->resume), 0) < 0 || msg->roles == 0 ||
-	    (msg->roles & ~((1u << TUN_PORT_MAX) - 1)) != 0)
+	    (msg->roles & ~((1u << TUN_PORT_MAX) - 1)) != 0 || !tun_ctl_valid_app(msg->app) ||
+	    (msg->resume[0] && !tun_ctl_valid_resume(msg->resume)))
 		return SR_EINVAL;
 	if ((rc = ctl_set_str(root, "app", msg->app)) < 0)
 		return rc;
@@ -399,8 +521,15 @@ static int ctl_build_lease(const struct tun_ctl_msg *msg, json_t *root)
 
 	if (ctl_check_str(msg->lease, sizeof(msg->lease), 1) < 0 ||
 	    ctl_check_str(msg->host, sizeof(msg->host), 1) < 0 ||
-	    ctl_check_str(msg->resume, sizeof(msg->resume), 0) < 0)
+	    ctl_check_str(msg->resume, sizeof(msg->resume), 0) < 0 ||
+	    !tun_ctl_valid_lease_id(msg->lease) || !sr_valid_host(msg->host) ||
+	    (msg->resume[0] && !tun_ctl_valid_resume(msg->resume)) ||
+	    msg->ttl_s > TUN_CTL_TTL_MAX)
 		return SR_EINVAL;
+	for (int a = 0; a < TUN_PORT_MAX; a++)
+		for (int b = a + 1; b < TUN_PORT_MAX; b++)
+			if (msg->ports[a] && msg->ports[a] == msg->ports[b])
+				return SR_EINVAL;
 	ports = json_object();
 	if (ports == NULL || json_object_set_new(root, "ports", ports) < 0)
 		return SR_ENOMEM;
@@ -426,7 +555,8 @@ static int ctl_build_error(const struct tun_ctl_msg *msg, json_t *root)
 	int rc;
 
 	if (ctl_check_str(msg->code, sizeof(msg->code), 1) < 0 ||
-	    ctl_check_str(msg->message, sizeof(msg->message), 0) < 0)
+	    ctl_check_str(msg->message, sizeof(msg->message), 0) < 0 ||
+	    !tun_ctl_valid_code(msg->code))
 		return SR_EINVAL;
 	if ((rc = ctl_set_str(root, "code", msg->code)) < 0)
 		return rc;

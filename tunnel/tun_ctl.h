@@ -59,6 +59,36 @@ enum tun_ctl_type {
 #define TUN_CTL_CODE_MAX 32
 #define TUN_CTL_TEXT_MAX 256
 
+/* What each value may hold: the contract of both ends. The parser refuses
+ * anything else (the message is a protocol error, never cleaned up), and the
+ * encoder refuses to send it, so a value that passed here can go into a file,
+ * a log line or a Spark setting without meaning more than it says.
+ *
+ *   lease id     "L-" then 1..45 of [A-Za-z0-9-]; the relay makes
+ *                "L-<sequence>-<8 hex digits>". Also the sparkrelay-lease
+ *                header of every executor stream.
+ *   resume       0..79 of [A-Za-z0-9_-] (empty: none); the relay makes 64 hex
+ *                digits.
+ *   host         a DNS name or an IPv4/IPv6 literal without brackets
+ *                (sr_valid_host): the advertised spark.driver.host.
+ *   ports        1..65535 each, no two roles on the same port.
+ *   ttl          0..TUN_CTL_TTL_MAX seconds.
+ *   code         1..31 of [a-z0-9_].
+ *   app          1..127 bytes of UTF-8 without control characters (C0, DEL,
+ *                C1): the relay shows it in logs and in `ctl leases`.
+ *   message      0..255 bytes of UTF-8: free text, escaped wherever shown.
+ *   token        0..255 bytes of UTF-8: compared, never shown. */
+#define TUN_CTL_LEASE_PREFIX "L-"
+#define TUN_CTL_LEASE_EXTRA "-"   /* allowed besides ASCII letters and digits */
+#define TUN_CTL_RESUME_EXTRA "_-" /* likewise */
+#define TUN_CTL_TTL_MAX (7u * 24u * 3600u)
+
+/* 1 if s is a lease id / a nonempty resume token / an error code as above. */
+int tun_ctl_valid_lease_id(const char *s);
+int tun_ctl_valid_resume(const char *s);
+int tun_ctl_valid_code(const char *s);
+int tun_ctl_valid_app(const char *s);
+
 struct tun_ctl_msg {
 	enum tun_ctl_type type;
 	/* register */
@@ -84,12 +114,14 @@ const char *tun_ctl_type_name(enum tun_ctl_type type);
 
 /* Parse one JSON object (the frame body). Unknown keys are ignored for
  * forward compatibility; missing required keys, wrong types, values over the
- * field sizes, or "v" != 1 are errors. Returns 0, SR_EPROTO, or SR_EVERSION;
+ * field sizes or outside their contract (above), or "v" != 1 are errors. The
+ * error text never quotes a rejected value. Returns 0, SR_EPROTO, or SR_EVERSION;
  * on error a reason is written to err (may be NULL). */
 int tun_ctl_parse(const void *body, size_t len, struct tun_ctl_msg *msg, char *err,
 		  size_t errlen);
 
-/* Append one framed message to out. Returns 0, SR_ENOMEM or SR_EINVAL. */
+/* Append one framed message to out. Returns 0, SR_ENOMEM or SR_EINVAL (a
+ * value the parser would refuse). */
 int tun_ctl_encode(const struct tun_ctl_msg *msg, struct evbuffer *out);
 
 /* Take one frame from in if complete. Returns 1 and drains it when a message

@@ -26,6 +26,8 @@ enum {
 	TS_RESET = 1u << 9,        /* close the socket with RST */
 	TS_DEAD = 1u << 10,        /* socket side finished (socket closed) */
 	TS_RESPONDED = 1u << 11,   /* sidecar: response HEADERS submitted */
+	TS_ANSWERED = 1u << 12,    /* sidecar: the response HEADERS went out */
+	TS_CONN_HDR = 1u << 13,    /* sidecar: the sparkrelay-conn header was seen */
 	TS_REAPING = 1u << 14,     /* on the conn's dead list, freed by reap */
 	TS_WRITEQ = 1u << 16,      /* on conn->writeq: write its socket at once */
 };
@@ -52,6 +54,7 @@ struct tun_stream {
 	char peer[64];
 	char method[16];
 	char path[40];
+	const char *bad_header; /* sidecar: a request header that broke its rule */
 };
 
 struct tun_conn {
@@ -90,6 +93,10 @@ struct tun_conn {
 	int closed_cb_done;
 	int goaway;
 	uint32_t goaway_sent_error; /* we ended the session for a peer's error */
+	/* Sidecar: token bucket of streams the relay reset before our answer
+	 * went out (tun_conn.c, "rapid reset"), in thousandths of a token. */
+	uint64_t early_rst_mtokens;
+	uint64_t early_rst_at_us;
 	struct tun_conn_stats stats;
 };
 

@@ -26,7 +26,11 @@
 #
 # Where the settings go (no port is ever typed by the user):
 #   1. $SPARK_CONF_DIR/spark-defaults.conf: the lease's keys are replaced in place
-#      (other lines are kept), inside a "# sparkrelay begin/end" block. spark-submit
+#      (other lines are kept), inside a "# sparkrelay begin/end" block. Only the
+#      settings a lease defines are taken from the sidecar's fragment, each value
+#      checked for its shape; a fragment with any other line is refused whole and
+#      nothing is merged (the file is the driver's: a line there can run code in
+#      it, e.g. spark.jars or spark.driver.extraJavaOptions). spark-submit
 #      reads this file, and PySpark starts its JVM through spark-submit, so
 #      SparkSession.builder.getOrCreate() picks them up; so do Scala kernels
 #      (spylon, Almond, Toree) that use $SPARK_HOME.
@@ -86,19 +90,59 @@ spark_conf_dir() {
 # merge_defaults FRAGMENT TARGET: replace the fragment's keys in TARGET (any separator:
 # Spark reads "key value", "key=value" and "key: value"), keep every other line, and
 # append the fragment as one marked block. Written atomically.
+#
+# The fragment must be what the sidecar writes: comment lines, and "key value"
+# lines (one space) for the keys below, each at most once, each value of its
+# shape. Anything else (a key it did not expect, a value out of shape) refuses
+# the whole fragment: returns 1 and leaves TARGET as it was.
 merge_defaults() {
 	local fragment=$1 target=$2 tmp
 	mkdir -p "$(dirname "$target")"
 	touch "$target"
 	tmp=$(mktemp "$target.XXXXXX")
-	awk -v frag="$fragment" '
+	if ! awk -v frag="$fragment" '
+		function port(v) { return v ~ /^[1-9][0-9]*$/ && length(v) <= 5 && v + 0 <= 65535 }
+		# a DNS name or an IP address (mawk has no {m,n}: the length is checked apart)
+		function host(v) { return v ~ /^[A-Za-z0-9:][A-Za-z0-9.:-]*$/ && length(v) <= 253 }
+		function valid(k, v) {
+			if (k == "spark.driver.host") return host(v)
+			if (k == "spark.driver.bindAddress") return v == "127.0.0.1"
+			if (k == "spark.driver.port" || k == "spark.driver.blockManager.port" ||
+			    k == "spark.ui.port") return port(v)
+			if (k == "spark.port.maxRetries") return v == "0"
+			if (k == "spark.kubernetes.executor.useDriverPodIP") return v == "false"
+			return 0
+		}
+		function refuse(why) {
+			# never the line itself: it may hold terminal escapes
+			printf "sparkrelay-start: refusing %s: %s\n", frag, why > "/dev/stderr"
+			bad = 1
+			exit 1
+		}
 		BEGIN {
-			while ((getline line < frag) > 0) {
-				if (line ~ /^[ \t]*(#|$)/) continue
-				split(line, kv, /[ \t=:]+/)
-				keys[kv[1]] = 1
-				block = block line "\n"
+			nl = 0
+			while ((r = (getline line < frag)) > 0) {
+				nl++
+				if (line ~ /^#/ || line == "") continue
+				if (line !~ /^[A-Za-z.]+ [A-Za-z0-9.:-]+$/)
+					refuse("line " nl " is not a \"key value\" setting")
+				k = substr(line, 1, index(line, " ") - 1)
+				v = substr(line, index(line, " ") + 1)
+				if (!valid(k, v))
+					refuse("line " nl ": not a setting of a lease, or a bad value for it")
+				if (k in keys)
+					refuse("line " nl ": " k " appears twice")
+				keys[k] = 1
+				block = block k " " v "\n"
 			}
+			if (r < 0)
+				refuse("cannot read it")
+			n = split("spark.driver.host spark.driver.bindAddress spark.driver.port " \
+			          "spark.driver.blockManager.port spark.port.maxRetries " \
+			          "spark.kubernetes.executor.useDriverPodIP", need, " ")
+			for (i = 1; i <= n; i++)
+				if (!(need[i] in keys))
+					refuse("it lacks " need[i])
 		}
 		/^# sparkrelay (begin|end)/ { next }
 		{
@@ -107,25 +151,46 @@ merge_defaults() {
 			if (l ~ /^#/ || !(kv[1] in keys)) print
 		}
 		END {
+			if (bad)
+				exit 1
 			printf "# sparkrelay begin: written by start-sparkrelay.sh from the lease; do not edit\n"
 			printf "%s", block
 			printf "# sparkrelay end\n"
-		}' "$target" >"$tmp"
+		}' "$target" >"$tmp"; then
+		rm -f "$tmp"
+		return 1
+	fi
 	chmod 0644 "$tmp"
 	mv -f "$tmp" "$target"
 }
 
+# py_str S: S as a Python string literal; fails for control characters.
+py_str() {
+	local s=$1
+	case $s in *[[:cntrl:]]*) return 1 ;; esac
+	s=${s//\\/\\\\}
+	s=${s//\"/\\\"}
+	printf '"%s"' "$s"
+}
+
 write_ipython_startup() {
-	local conf_dir=$1 dir=$HOME/.ipython/profile_default/startup
+	local conf_dir=$1 dir=$HOME/.ipython/profile_default/startup conf_lit json_lit tmp
+	if ! conf_lit=$(py_str "$conf_dir") || ! json_lit=$(py_str "$LEASE_JSON"); then
+		say "no IPython start-up file written: a path has control characters"
+		return 1
+	fi
 	mkdir -p "$dir"
-	cat >"$dir/00-sparkrelay.py.tmp" <<EOF
+	tmp=$(mktemp "$dir/.00-sparkrelay.py.XXXXXX")
+	# The paths go in as string literals only, never as code or comment text.
+	cat >"$tmp" <<EOF
 # Written by start-sparkrelay.sh: lets PySpark in this kernel find the sparkrelay
-# lease settings ($conf_dir/spark-defaults.conf).
+# lease settings (spark-defaults.conf in SPARK_CONF_DIR).
 import os
-os.environ.setdefault("SPARK_CONF_DIR", "$conf_dir")
-os.environ.setdefault("SPARKRELAY_SPARK_JSON", "$LEASE_JSON")
+os.environ.setdefault("SPARK_CONF_DIR", $conf_lit)
+os.environ.setdefault("SPARKRELAY_SPARK_JSON", $json_lit)
 EOF
-	mv -f "$dir/00-sparkrelay.py.tmp" "$dir/00-sparkrelay.py"
+	chmod 0644 "$tmp"
+	mv -f "$tmp" "$dir/00-sparkrelay.py"
 }
 
 cmd_start() {
@@ -163,9 +228,14 @@ cmd_start() {
 	done
 
 	conf_dir=$(spark_conf_dir)
-	merge_defaults "$FRAGMENT" "$conf_dir/spark-defaults.conf"
+	if ! merge_defaults "$FRAGMENT" "$conf_dir/spark-defaults.conf"; then
+		say "$FRAGMENT does not hold a lease's settings: nothing merged"
+		exit 1
+	fi
 	write_ipython_startup "$conf_dir"
-	say "lease: $(grep -v '^#' "$FRAGMENT" | tr '\n' ' ')"
+	# From the merged block: only what passed the checks is shown.
+	say "lease: $(sed -n '/^# sparkrelay begin/,/^# sparkrelay end/p' \
+		"$conf_dir/spark-defaults.conf" | grep -v '^#' | tr '\n' ' ')"
 	say "Spark settings merged into $conf_dir/spark-defaults.conf"
 }
 

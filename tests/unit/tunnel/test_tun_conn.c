@@ -1203,17 +1203,23 @@ static void test_conn_window_credit_returned_after_resets(void **state)
 		(uint8_t *)(n), (uint8_t *)(v), strlen(n), strlen(v), NGHTTP2_NV_FLAG_NONE     \
 	}
 
+static int32_t raw_connect_nv(struct h *h, const nghttp2_nv *nv, size_t n)
+{
+	nghttp2_data_provider prd = {.source = {.ptr = NULL},
+				     .read_callback = raw_deferred_read};
+	int32_t id = nghttp2_submit_request(h->raw, NULL, nv, n, &prd, NULL);
+
+	assert_true(id > 0 && id < RAW_MAXID);
+	return id;
+}
+
 static int32_t raw_connect(struct h *h, const char *authority)
 {
 	nghttp2_nv nv[] = {NV(":method", "CONNECT"), NV(":authority", authority),
 			   NV("sparkrelay-lease", "L-9"), NV("sparkrelay-conn", "77"),
 			   NV("sparkrelay-peer", "10.9.8.7:1234")};
-	nghttp2_data_provider prd = {.source = {.ptr = NULL},
-				     .read_callback = raw_deferred_read};
-	int32_t id = nghttp2_submit_request(h->raw, NULL, nv, SR_ARRAY_LEN(nv), &prd, NULL);
 
-	assert_true(id > 0 && id < RAW_MAXID);
-	return id;
+	return raw_connect_nv(h, nv, SR_ARRAY_LEN(nv));
 }
 
 static int32_t raw_ctl(struct h *h)
@@ -1259,9 +1265,13 @@ static void test_sidecar_refuses_other_targets(void **state)
 	struct h *h = *state;
 	struct cfg cfg = {0};
 	static const char *const bad[] = {
-	    "10.0.0.1:22", "example.com:80",	    "127.0.0.2:22", "127.0.0.1.nip.io:80",
-	    "[::1]:22",	   "127.0.0.1@10.0.0.1:22", "0.0.0.0:22",   ""};
-	int32_t early, ctl, ctl2, good, alias, ids[SR_ARRAY_LEN(bad)];
+	    "10.0.0.1:22",	  "example.com:80", "127.0.0.2:22",	 "127.0.0.1.nip.io:80",
+	    "[::1]:22",		  "127.0.0.1@10.0.0.1:22", "0.0.0.0:22", "",
+	    "127.0.0.1:0",	  "127.0.0.1:65536", "127.0.0.1:+22",	 "127.0.0.1:022",
+	    "127.0.0.1:22\n", "127.0.0.1:",	     "127.0.0.1",	 "127.0.0.1:22:22",
+	    /* the sidecar dials 127.0.0.1 whatever the name: one spelling only */
+	    "localhost:22"};
+	int32_t early, ctl, ctl2, good, ids[SR_ARRAY_LEN(bad)];
 	char target[64];
 	struct tun_ctl_msg m, got;
 	char err[128];
@@ -1285,9 +1295,11 @@ static void test_sidecar_refuses_other_targets(void **state)
 	PUMP_UNTIL(h, all_closed(h, ids, SR_ARRAY_LEN(bad)), 3000);
 	for (size_t i = 0; i < SR_ARRAY_LEN(bad); i++) {
 		uint32_t code = h->raw_close_code[ids[i]];
-		/* nghttp2 itself rejects a CONNECT without :authority */
+		/* nghttp2 itself rejects a CONNECT without :authority, and
+		 * control characters in a header value */
 		if (code != NGHTTP2_REFUSED_STREAM &&
-		    !(bad[i][0] == '\0' && code == NGHTTP2_PROTOCOL_ERROR))
+		    !((bad[i][0] == '\0' || strchr(bad[i], '\n')) &&
+		      code == NGHTTP2_PROTOCOL_ERROR))
 			fail_msg("target \"%s\": stream closed with %u, want REFUSED_STREAM",
 				 bad[i], code);
 	}
@@ -1297,12 +1309,6 @@ static void test_sidecar_refuses_other_targets(void **state)
 	assert_int_equal(h->last_req.conn_id, 77);
 	assert_string_equal(h->last_req.peer, "10.9.8.7:1234");
 	assert_int_equal(h->raw_closed[good], 0);
-
-	snprintf(target, sizeof(target), "localhost:%u", h->dport[1]);
-	alias = raw_connect(h, target);
-	PUMP_UNTIL(h, h->raw_status[alias] == 200, 3000);
-	assert_int_equal(h->nconnect, 2);
-	assert_int_equal(h->last_req.port, h->dport[1]);
 
 	ctl2 = raw_ctl(h);
 	PUMP_UNTIL(h, h->raw_closed[ctl2], 2000);
@@ -1323,6 +1329,85 @@ static void test_sidecar_refuses_other_targets(void **state)
 	if (getenv("SR_H2_SEED_DIR"))
 		write_seed(getenv("SR_H2_SEED_DIR"), "sidecar_refusals", 1, h->raw_seen,
 			   sizeof(NGHTTP2_CLIENT_MAGIC) - 1, evbuffer_get_length(h->raw_seen));
+}
+
+/* The sidecar's request headers are taken only whole and well-formed: a lease
+ * header that is not a lease id (a line break, over-long, repeated), a
+ * connection id that is not decimal digits, or none at all, refuse the stream
+ * before the owner is asked to dial anything. */
+static void test_sidecar_refuses_bad_headers(void **state)
+{
+	struct h *h = *state;
+	struct cfg cfg = {0};
+	char target[64], longid[TUN_CTL_LEASE_MAX + 8];
+	int32_t ctl, good, ids[9];
+	size_t n = 0;
+
+	cfg.raw_client = 1;
+	h_start(h, &cfg);
+	ctl = raw_ctl(h);
+	PUMP_UNTIL(h, h->ctl_open == 1 && h->raw_status[ctl] == 200, 2000);
+	snprintf(target, sizeof(target), "127.0.0.1:%u", h->dport[0]);
+	memset(longid, 'x', sizeof(longid) - 1);
+	longid[0] = 'L', longid[1] = '-', longid[sizeof(longid) - 1] = '\0';
+	{
+		nghttp2_nv nv[] = {NV(":method", "CONNECT"), NV(":authority", target),
+				   NV("sparkrelay-lease", "L-9\nspark.jars x"),
+				   NV("sparkrelay-conn", "1")};
+		ids[n++] = raw_connect_nv(h, nv, SR_ARRAY_LEN(nv));
+	}
+	{
+		nghttp2_nv nv[] = {NV(":method", "CONNECT"), NV(":authority", target),
+				   NV("sparkrelay-lease", longid), NV("sparkrelay-conn", "1")};
+		ids[n++] = raw_connect_nv(h, nv, SR_ARRAY_LEN(nv));
+	}
+	{
+		nghttp2_nv nv[] = {NV(":method", "CONNECT"), NV(":authority", target),
+				   NV("sparkrelay-lease", "L-9"), NV("sparkrelay-lease", "L-9"),
+				   NV("sparkrelay-conn", "1")};
+		ids[n++] = raw_connect_nv(h, nv, SR_ARRAY_LEN(nv));
+	}
+	{
+		nghttp2_nv nv[] = {NV(":method", "CONNECT"), NV(":authority", target),
+				   NV("sparkrelay-lease", "x-9"), NV("sparkrelay-conn", "1")};
+		ids[n++] = raw_connect_nv(h, nv, SR_ARRAY_LEN(nv));
+	}
+	static const char *const conns[] = {"7x", "", "-1", "18446744073709551616",
+					    "123456789012345678901"};
+	for (size_t i = 0; i < SR_ARRAY_LEN(conns); i++) {
+		nghttp2_nv nv[] = {NV(":method", "CONNECT"), NV(":authority", target),
+				   NV("sparkrelay-lease", "L-9"), NV("sparkrelay-conn", conns[i])};
+		ids[n++] = raw_connect_nv(h, nv, SR_ARRAY_LEN(nv));
+	}
+	assert_int_equal(n, SR_ARRAY_LEN(ids));
+	PUMP_UNTIL(h, all_closed(h, ids, n), 3000);
+	for (size_t i = 0; i < n; i++) {
+		uint32_t code = h->raw_close_code[ids[i]];
+		/* case 0 has a line break, which nghttp2 itself refuses */
+		if (code != NGHTTP2_REFUSED_STREAM && !(i == 0 && code == NGHTTP2_PROTOCOL_ERROR))
+			fail_msg("case %zu: stream closed with %u, want REFUSED_STREAM", i, code);
+	}
+	assert_int_equal(h->nconnect, 0);
+	{
+		/* no connection id at all */
+		nghttp2_nv nv[] = {NV(":method", "CONNECT"), NV(":authority", target),
+				   NV("sparkrelay-lease", "L-9")};
+		int32_t id = raw_connect_nv(h, nv, SR_ARRAY_LEN(nv));
+		PUMP_UNTIL(h, h->raw_closed[id], 2000);
+		assert_int_equal(h->raw_close_code[id], NGHTTP2_REFUSED_STREAM);
+	}
+	assert_int_equal(h->nconnect, 0);
+	{
+		/* the largest connection id still fits */
+		nghttp2_nv nv[] = {NV(":method", "CONNECT"), NV(":authority", target),
+				   NV("sparkrelay-lease", "L-9"),
+				   NV("sparkrelay-conn", "18446744073709551615")};
+		good = raw_connect_nv(h, nv, SR_ARRAY_LEN(nv));
+	}
+	PUMP_UNTIL(h, h->raw_status[good] == 200, 3000);
+	assert_int_equal(h->nconnect, 1);
+	assert_true(h->last_req.conn_id == UINT64_MAX);
+	assert_int_equal(h->closed[1], 0);
 }
 
 static void test_ping_timeout_closes_silent_tunnel(void **state)
@@ -1378,8 +1463,10 @@ static void test_oversized_ctl_message_to_sidecar(void **state)
 	PUMP_UNTIL(h, h->nctl[1] == 1, 2000);
 
 	make_lease(&m);
-	memset(m.host, 'h', TUN_CTL_HOST_MAX - 1);
-	m.host[TUN_CTL_HOST_MAX - 1] = '\0';
+	/* a valid host name of 251 bytes: four labels of 62 */
+	memset(m.host, 'h', 251);
+	m.host[62] = m.host[125] = m.host[188] = '.';
+	m.host[251] = '\0';
 	assert_int_equal(tun_conn_send_ctl(h->relay, &m), 0);
 	PUMP_UNTIL(h, h->closed[1] == 1, 2000);
 	assert_int_equal(h->close_err[1], SR_ETOOBIG);
@@ -1603,6 +1690,7 @@ int main(void)
 	    T(test_flow_control_bounds_a_stalled_stream),
 	    T(test_conn_window_credit_returned_after_resets),
 	    T(test_sidecar_refuses_other_targets),
+	    T(test_sidecar_refuses_bad_headers),
 	    T(test_ping_timeout_closes_silent_tunnel),
 	    T(test_oversized_ctl_message_to_sidecar),
 	    T(test_oversized_ctl_message_to_relay),

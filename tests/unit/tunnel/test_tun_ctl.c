@@ -163,7 +163,7 @@ static void test_round_trip_lease(void **state)
 	in.ports[TUN_PORT_DRIVER] = 40001;
 	in.ports[TUN_PORT_BLOCKMANAGER] = 65535;
 	in.roles = TUN_ROLE_BIT(TUN_PORT_DRIVER) | TUN_ROLE_BIT(TUN_PORT_BLOCKMANAGER);
-	in.ttl_s = UINT32_MAX;
+	in.ttl_s = TUN_CTL_TTL_MAX;
 	snprintf(in.resume, sizeof(in.resume), "R-new");
 	snprintf(in.app, sizeof(in.app), "junk-app");
 	body = round_trip(&in, &out);
@@ -456,7 +456,7 @@ static void test_non_object(void **state)
 static void test_duplicate_keys(void **state)
 {
 	expect_fail("{\"v\":1,\"type\":\"drain\",\"type\":\"drain\"}", SR_EPROTO, "duplicate");
-	expect_fail("{\"v\":1,\"type\":\"lease\",\"lease\":\"L\",\"host\":\"h\",\"ttl\":1,"
+	expect_fail("{\"v\":1,\"type\":\"lease\",\"lease\":\"L-1\",\"host\":\"h\",\"ttl\":1,"
 		    "\"resume\":\"\",\"ports\":{\"driver\":1,\"driver\":2}}",
 		    SR_EPROTO, "duplicate");
 }
@@ -504,20 +504,20 @@ static void test_missing_required(void **state)
 	    {"{\"v\":1,\"type\":\"lease\",\"host\":\"h\",\"ports\":{\"driver\":1},\"ttl\":1,"
 	     "\"resume\":\"r\"}",
 	     "field \"lease\": missing"},
-	    {"{\"v\":1,\"type\":\"lease\",\"lease\":\"L\",\"ports\":{\"driver\":1},\"ttl\":1,"
+	    {"{\"v\":1,\"type\":\"lease\",\"lease\":\"L-1\",\"ports\":{\"driver\":1},\"ttl\":1,"
 	     "\"resume\":\"r\"}",
 	     "field \"host\": missing"},
-	    {"{\"v\":1,\"type\":\"lease\",\"lease\":\"L\",\"host\":\"h\",\"ttl\":1,"
+	    {"{\"v\":1,\"type\":\"lease\",\"lease\":\"L-1\",\"host\":\"h\",\"ttl\":1,"
 	     "\"resume\":\"r\"}",
 	     "field \"ports\": missing"},
-	    {"{\"v\":1,\"type\":\"lease\",\"lease\":\"L\",\"host\":\"h\",\"ports\":{},"
+	    {"{\"v\":1,\"type\":\"lease\",\"lease\":\"L-1\",\"host\":\"h\",\"ports\":{},"
 	     "\"ttl\":1,\"resume\":\"r\"}",
 	     "field \"ports\": must grant at least one"},
-	    {"{\"v\":1,\"type\":\"lease\",\"lease\":\"L\",\"host\":\"h\",\"ports\":{\"driver\":"
+	    {"{\"v\":1,\"type\":\"lease\",\"lease\":\"L-1\",\"host\":\"h\",\"ports\":{\"driver\":"
 	     "1},"
 	     "\"resume\":\"r\"}",
 	     "field \"ttl\": missing"},
-	    {"{\"v\":1,\"type\":\"lease\",\"lease\":\"L\",\"host\":\"h\",\"ports\":{\"driver\":"
+	    {"{\"v\":1,\"type\":\"lease\",\"lease\":\"L-1\",\"host\":\"h\",\"ports\":{\"driver\":"
 	     "1},"
 	     "\"ttl\":1}",
 	     "field \"resume\": missing"},
@@ -531,7 +531,7 @@ static void test_missing_required(void **state)
 	    {"{\"v\":1,\"type\":\"register\",\"app\":\"a\",\"roles\":[\"driver\"],"
 	     "\"resume\":null}",
 	     "field \"resume\": must be a string"},
-	    {"{\"v\":1,\"type\":\"lease\",\"lease\":\"L\",\"host\":\"h\",\"ports\":[40001],"
+	    {"{\"v\":1,\"type\":\"lease\",\"lease\":\"L-1\",\"host\":\"h\",\"ports\":[40001],"
 	     "\"ttl\":1,\"resume\":\"r\"}",
 	     "field \"ports\": must be an object"},
 	    {"{\"v\":1,\"type\":\"error\",\"code\":\"c\",\"message\":{}}",
@@ -549,7 +549,7 @@ static void test_missing_required(void **state)
 	expect_ok("{\"v\":1,\"type\":\"error\",\"code\":\"c\"}", &m);
 	assert_string_equal(m.message, "");
 	expect_ok(
-	    "{\"v\":1,\"type\":\"lease\",\"lease\":\"L\",\"host\":\"h\",\"ports\":{\"ui\":9},"
+	    "{\"v\":1,\"type\":\"lease\",\"lease\":\"L-1\",\"host\":\"h\",\"ports\":{\"ui\":9},"
 	    "\"ttl\":0,\"resume\":\"\"}",
 	    &m);
 	assert_int_equal(m.ports[TUN_PORT_UI], 9);
@@ -599,65 +599,6 @@ static int parse_with_len(const char *tmpl, size_t n, struct tun_ctl_msg *m, cha
 	return rc;
 }
 
-static void test_over_long_strings(void **state)
-{
-	static const struct {
-		const char *fmt, *field;
-		size_t max;
-		size_t off;
-	} cases[] = {
-	    {"{\"v\":1,\"type\":\"register\",\"app\":\"@\",\"roles\":[\"driver\"]}", "app",
-	     TUN_CTL_APP_MAX, offsetof(struct tun_ctl_msg, app)},
-	    {"{\"v\":1,\"type\":\"register\",\"app\":\"a\",\"roles\":[\"driver\"],"
-	     "\"token\":\"@\"}",
-	     "token", TUN_CTL_TOKEN_MAX, offsetof(struct tun_ctl_msg, token)},
-	    {"{\"v\":1,\"type\":\"register\",\"app\":\"a\",\"roles\":[\"driver\"],"
-	     "\"resume\":\"@\"}",
-	     "resume", TUN_CTL_RESUME_MAX, offsetof(struct tun_ctl_msg, resume)},
-	    {"{\"v\":1,\"type\":\"lease\",\"lease\":\"@\",\"host\":\"h\","
-	     "\"ports\":{\"driver\":1},\"ttl\":1,\"resume\":\"r\"}",
-	     "lease", TUN_CTL_LEASE_MAX, offsetof(struct tun_ctl_msg, lease)},
-	    {"{\"v\":1,\"type\":\"lease\",\"lease\":\"L\",\"host\":\"@\","
-	     "\"ports\":{\"driver\":1},\"ttl\":1,\"resume\":\"r\"}",
-	     "host", TUN_CTL_HOST_MAX, offsetof(struct tun_ctl_msg, host)},
-	    {"{\"v\":1,\"type\":\"lease\",\"lease\":\"L\",\"host\":\"h\","
-	     "\"ports\":{\"driver\":1},\"ttl\":1,\"resume\":\"@\"}",
-	     "resume", TUN_CTL_RESUME_MAX, offsetof(struct tun_ctl_msg, resume)},
-	    {"{\"v\":1,\"type\":\"error\",\"code\":\"@\"}", "code", TUN_CTL_CODE_MAX,
-	     offsetof(struct tun_ctl_msg, code)},
-	    {"{\"v\":1,\"type\":\"error\",\"code\":\"c\",\"message\":\"@\"}", "message",
-	     TUN_CTL_TEXT_MAX, offsetof(struct tun_ctl_msg, message)},
-	};
-
-	for (size_t i = 0; i < SR_ARRAY_LEN(cases); i++) {
-		struct tun_ctl_msg m;
-		char err[256] = "", want[64];
-
-		/* max-1 bytes fit (with the NUL) and arrive whole. */
-		assert_int_equal(
-		    parse_with_len(cases[i].fmt, cases[i].max - 1, &m, err, sizeof(err)), 0);
-		assert_int_equal(strlen((const char *)&m + cases[i].off), cases[i].max - 1);
-
-		assert_int_equal(
-		    parse_with_len(cases[i].fmt, cases[i].max, &m, err, sizeof(err)),
-		    SR_EPROTO);
-		snprintf(want, sizeof(want), "field \"%s\": too long", cases[i].field);
-		if (strstr(err, want) == NULL)
-			fail_msg("case %zu: error \"%s\" lacks \"%s\"", i, err, want);
-		assert_int_equal(parse_with_len(cases[i].fmt, 10000, &m, NULL, 0), SR_EPROTO);
-	}
-
-	/* Multi-byte UTF-8 counts in bytes: 64 x "é" = 128 bytes > 127. */
-	char json[512];
-	int n = snprintf(json, sizeof(json),
-			 "{\"v\":1,\"type\":\"register\",\"roles\":[\"ui\"],"
-			 "\"app\":\"");
-	for (int i = 0; i < 64; i++)
-		n += snprintf(json + n, sizeof(json) - (size_t)n, "\xc3\xa9");
-	snprintf(json + n, sizeof(json) - (size_t)n, "\"}");
-	expect_fail(json, SR_EPROTO, "field \"app\": too long");
-}
-
 /* Parse tmpl with "@" replaced by val: must succeed. */
 static void expect_ok_subst(const char *tmpl, const char *val, struct tun_ctl_msg *m)
 {
@@ -675,12 +616,88 @@ static void expect_fail_subst(const char *tmpl, const char *val, const char *wan
 	free(json);
 }
 
+static void test_over_long_strings(void **state)
+{
+	/* pre: bytes of the value that the template holds before its "@" */
+	static const struct {
+		const char *fmt, *field;
+		size_t max;
+		size_t off;
+		size_t pre;
+	} cases[] = {
+	    {"{\"v\":1,\"type\":\"register\",\"app\":\"@\",\"roles\":[\"driver\"]}", "app",
+	     TUN_CTL_APP_MAX, offsetof(struct tun_ctl_msg, app), 0},
+	    {"{\"v\":1,\"type\":\"register\",\"app\":\"a\",\"roles\":[\"driver\"],"
+	     "\"token\":\"@\"}",
+	     "token", TUN_CTL_TOKEN_MAX, offsetof(struct tun_ctl_msg, token), 0},
+	    {"{\"v\":1,\"type\":\"register\",\"app\":\"a\",\"roles\":[\"driver\"],"
+	     "\"resume\":\"@\"}",
+	     "resume", TUN_CTL_RESUME_MAX, offsetof(struct tun_ctl_msg, resume), 0},
+	    {"{\"v\":1,\"type\":\"lease\",\"lease\":\"L-@\",\"host\":\"h\","
+	     "\"ports\":{\"driver\":1},\"ttl\":1,\"resume\":\"r\"}",
+	     "lease", TUN_CTL_LEASE_MAX, offsetof(struct tun_ctl_msg, lease), 2},
+	    {"{\"v\":1,\"type\":\"lease\",\"lease\":\"L-1\",\"host\":\"h\","
+	     "\"ports\":{\"driver\":1},\"ttl\":1,\"resume\":\"@\"}",
+	     "resume", TUN_CTL_RESUME_MAX, offsetof(struct tun_ctl_msg, resume), 0},
+	    {"{\"v\":1,\"type\":\"error\",\"code\":\"@\"}", "code", TUN_CTL_CODE_MAX,
+	     offsetof(struct tun_ctl_msg, code), 0},
+	    {"{\"v\":1,\"type\":\"error\",\"code\":\"c\",\"message\":\"@\"}", "message",
+	     TUN_CTL_TEXT_MAX, offsetof(struct tun_ctl_msg, message), 0},
+	};
+
+	for (size_t i = 0; i < SR_ARRAY_LEN(cases); i++) {
+		struct tun_ctl_msg m;
+		char err[256] = "", want[64];
+
+		/* max-1 bytes fit (with the NUL) and arrive whole. */
+		assert_int_equal(parse_with_len(cases[i].fmt, cases[i].max - 1 - cases[i].pre, &m,
+						err, sizeof(err)),
+				 0);
+		assert_int_equal(strlen((const char *)&m + cases[i].off), cases[i].max - 1);
+
+		assert_int_equal(parse_with_len(cases[i].fmt, cases[i].max - cases[i].pre, &m, err,
+						sizeof(err)),
+				 SR_EPROTO);
+		snprintf(want, sizeof(want), "field \"%s\": too long", cases[i].field);
+		if (strstr(err, want) == NULL)
+			fail_msg("case %zu: error \"%s\" lacks \"%s\"", i, err, want);
+		assert_int_equal(parse_with_len(cases[i].fmt, 10000, &m, NULL, 0), SR_EPROTO);
+	}
+
+	/* A host is at most 253 bytes of name (the field would hold 255): past
+	 * the field it is too long, in between it is no host name. */
+	static const char host_tmpl[] = "{\"v\":1,\"type\":\"lease\",\"lease\":\"L-1\","
+					"\"host\":\"@\",\"ports\":{\"driver\":1},\"ttl\":1,"
+					"\"resume\":\"r\"}";
+	char host[TUN_CTL_HOST_MAX + 1];
+	struct tun_ctl_msg hm;
+	memset(host, 'a', sizeof(host));
+	host[63] = host[127] = host[191] = '.';
+	host[253] = '\0';
+	expect_ok_subst(host_tmpl, host, &hm);
+	assert_int_equal(strlen(hm.host), 253);
+	host[253] = 'a', host[254] = '\0';
+	expect_fail_subst(host_tmpl, host, "field \"host\": not a host name");
+	host[254] = 'a', host[TUN_CTL_HOST_MAX] = '\0';
+	expect_fail_subst(host_tmpl, host, "field \"host\": too long");
+
+	/* Multi-byte UTF-8 counts in bytes: 64 x "é" = 128 bytes > 127. */
+	char json[512];
+	int n = snprintf(json, sizeof(json),
+			 "{\"v\":1,\"type\":\"register\",\"roles\":[\"ui\"],"
+			 "\"app\":\"");
+	for (int i = 0; i < 64; i++)
+		n += snprintf(json + n, sizeof(json) - (size_t)n, "\xc3\xa9");
+	snprintf(json + n, sizeof(json) - (size_t)n, "\"}");
+	expect_fail(json, SR_EPROTO, "field \"app\": too long");
+}
+
 static void test_bad_ports(void **state)
 {
 	static const char *const bad[] = {
 	    "0",       "65536", "\"40001\"", "-1",  "1.5",
 	    "40001.0", "true",	"null",	     "[1]", "9223372036854775807"};
-	static const char tmpl[] = "{\"v\":1,\"type\":\"lease\",\"lease\":\"L\",\"host\":\"h\","
+	static const char tmpl[] = "{\"v\":1,\"type\":\"lease\",\"lease\":\"L-1\",\"host\":\"h\","
 				   "\"ttl\":1,\"resume\":\"r\",\"ports\":{\"blockManager\":2,"
 				   "\"driver\":@}}";
 	struct tun_ctl_msg m;
@@ -698,15 +715,23 @@ static void test_bad_ports(void **state)
 
 static void test_ttl_bounds(void **state)
 {
-	static const char tmpl[] = "{\"v\":1,\"type\":\"lease\",\"lease\":\"L\",\"host\":\"h\","
+	static const char tmpl[] = "{\"v\":1,\"type\":\"lease\",\"lease\":\"L-1\",\"host\":\"h\","
 				   "\"ports\":{\"driver\":1},\"resume\":\"r\",\"ttl\":@}";
-	static const char *const bad[] = {"-1", "4294967296", "\"300\"", "1.5", "false"};
+	static const char *const bad[] = {"-1",	    "4294967296", "\"300\"", "1.5",
+					  "false", "604801",	  "4294967295"};
 	struct tun_ctl_msg m;
+	struct evbuffer *buf = evbuffer_new();
 
 	for (size_t i = 0; i < SR_ARRAY_LEN(bad); i++)
-		expect_fail_subst(tmpl, bad[i], "field \"ttl\": must be an integer");
-	expect_ok_subst(tmpl, "4294967295", &m);
-	assert_int_equal(m.ttl_s, UINT32_MAX);
+		expect_fail_subst(tmpl, bad[i], "field \"ttl\": must be an integer 0..604800");
+	/* at most seven days */
+	expect_ok_subst(tmpl, "604800", &m);
+	assert_int_equal(m.ttl_s, TUN_CTL_TTL_MAX);
+	m.ttl_s = TUN_CTL_TTL_MAX + 1;
+	assert_non_null(buf);
+	assert_int_equal(tun_ctl_encode(&m, buf), SR_EINVAL);
+	assert_int_equal(evbuffer_get_length(buf), 0);
+	evbuffer_free(buf);
 }
 
 static void test_unknown_role(void **state)
@@ -716,7 +741,7 @@ static void test_unknown_role(void **state)
 	    SR_EPROTO, "field \"roles[1]\": unknown role \"shell\"");
 	expect_fail("{\"v\":1,\"type\":\"register\",\"app\":\"a\",\"roles\":[\"Driver\"]}",
 		    SR_EPROTO, "field \"roles[0]\": unknown role");
-	expect_fail("{\"v\":1,\"type\":\"lease\",\"lease\":\"L\",\"host\":\"h\",\"ttl\":1,"
+	expect_fail("{\"v\":1,\"type\":\"lease\",\"lease\":\"L-1\",\"host\":\"h\",\"ttl\":1,"
 		    "\"resume\":\"r\",\"ports\":{\"ssh\":22}}",
 		    SR_EPROTO, "field \"ports.ssh\": unknown role");
 	expect_fail("{\"v\":1,\"type\":\"register\",\"app\":\"a\",\"roles\":[1]}", SR_EPROTO,
@@ -759,6 +784,239 @@ static void test_unknown_keys_ignored(void **state)
 	assert_string_equal(m.app, "");
 }
 
+/* Each contract of tun_ctl.h, value by value: the parser refuses the message
+ * with an error that names the field and never quotes the value, and the
+ * encoder refuses to send the same value. */
+struct rule_case {
+	const char *val; /* JSON string contents (escapes allowed) */
+	int ok;
+};
+
+static void check_rule(const char *tmpl, const char *field, const struct rule_case *cases,
+		       size_t n, enum tun_ctl_type type, size_t off, size_t size)
+{
+	for (size_t i = 0; i < n; i++) {
+		struct tun_ctl_msg m;
+		char err[256] = "", want[64];
+		char *json = subst(tmpl, cases[i].val);
+		int rc = parse_json(json, &m, err, sizeof(err));
+
+		if (cases[i].ok && rc != 0)
+			fail_msg("%s \"%s\": refused (%s)", field, cases[i].val, err);
+		if (!cases[i].ok) {
+			snprintf(want, sizeof(want), "field \"%s\": ", field);
+			if (rc != SR_EPROTO || strstr(err, want) == NULL)
+				fail_msg("%s \"%s\": got %d \"%s\", want a refusal", field,
+					 cases[i].val, rc, err);
+			if (strstr(err, "spark") || strchr(err, '\n') || strchr(err, '\r'))
+				fail_msg("%s: error quotes the value: %s", field, err);
+		}
+		free(json);
+	}
+	/* The encoder: a valid message with the raw value put in. */
+	for (size_t i = 0; i < n; i++) {
+		struct evbuffer *buf = evbuffer_new();
+		struct tun_ctl_msg m;
+		json_t *js;
+		char *q;
+		int rc;
+
+		assert_non_null(buf);
+		memset(&m, 0, sizeof(m));
+		m.type = type;
+		snprintf(m.app, sizeof(m.app), "a");
+		m.roles = TUN_ROLE_BIT(TUN_PORT_DRIVER);
+		snprintf(m.lease, sizeof(m.lease), "L-1");
+		snprintf(m.host, sizeof(m.host), "h");
+		m.ports[TUN_PORT_DRIVER] = 1;
+		snprintf(m.code, sizeof(m.code), "c");
+		/* the JSON escapes of the case, decoded by jansson */
+		q = malloc(strlen(cases[i].val) + 3);
+		assert_non_null(q);
+		snprintf(q, strlen(cases[i].val) + 3, "\"%s\"", cases[i].val);
+		js = json_loads(q, JSON_DECODE_ANY, NULL);
+		free(q);
+		if (js == NULL || json_string_length(js) >= size) {
+			json_decref(js);
+			evbuffer_free(buf);
+			continue; /* not representable in the field */
+		}
+		memcpy((char *)&m + off, json_string_value(js), json_string_length(js) + 1);
+		json_decref(js);
+		rc = tun_ctl_encode(&m, buf);
+		if (cases[i].ok ? rc != 0 : rc != SR_EINVAL)
+			fail_msg("encode %s \"%s\": got %d", field, cases[i].val, rc);
+		if (!cases[i].ok)
+			assert_int_equal(evbuffer_get_length(buf), 0);
+		evbuffer_free(buf);
+	}
+}
+
+#define LEASE_TMPL(lease, host, resume)                                                        \
+	"{\"v\":1,\"type\":\"lease\",\"lease\":\"" lease "\",\"host\":\"" host                 \
+	"\",\"ports\":{\"driver\":1},\"ttl\":1,\"resume\":\"" resume "\"}"
+
+static void test_rule_lease_id(void **state)
+{
+	static const struct rule_case cases[] = {
+	    {"L-1", 1},
+	    {"L-7-0a1b2c3d", 1},
+	    {"L-Z-z-9", 1},
+	    {"L-123456789012345678901234567890123456789012345", 1}, /* 45 after "L-" */
+	    {"L-", 0},
+	    {"L", 0},
+	    {"l-1", 0},
+	    {"X-1", 0},
+	    {"-L-1", 0},
+	    {"L-1\\n", 0},
+	    {"L-1\\r", 0},
+	    {"L-1\\nspark.jars http://evil/x.jar", 0},
+	    {"L-1\\r\\nspark.driver.extraJavaOptions -Dx", 0},
+	    {"L-1 x", 0},
+	    {"L-1\\t", 0},
+	    {"L-1_2", 0},
+	    {"L-1.2", 0},
+	    {"L-1=x", 0},
+	    {"L-\\u00e9", 0},
+	    {"L-1\\u001b[2J", 0},
+	};
+
+	check_rule(LEASE_TMPL("@", "h", "r"), "lease", cases, SR_ARRAY_LEN(cases), TUN_CTL_LEASE,
+		   offsetof(struct tun_ctl_msg, lease), TUN_CTL_LEASE_MAX);
+	assert_true(tun_ctl_valid_lease_id("L-7-0a1b2c3d"));
+	assert_false(tun_ctl_valid_lease_id("L-1\n"));
+	assert_false(tun_ctl_valid_lease_id(NULL));
+	/* 46 after the prefix: one over the field */
+	expect_fail(LEASE_TMPL("L-1234567890123456789012345678901234567890123456", "h", "r"),
+		    SR_EPROTO, "field \"lease\": too long");
+}
+
+static void test_rule_host(void **state)
+{
+	static const struct rule_case cases[] = {
+	    {"relay-0.spark.svc.cluster.local", 1},
+	    {"h", 1},
+	    {"relay.example.", 1},
+	    {"127.0.0.2", 1},
+	    {"10.0.0.1", 1},
+	    {"::1", 1},
+	    {"fd00::5:1", 1},
+	    {"relay\\n", 0},
+	    {"relay\\nspark.jars http://evil/x.jar", 0},
+	    {"10.0.0.1\\r\\nspark.plugins x", 0},
+	    {"relay example", 0},
+	    {"relay\\t", 0},
+	    {"a..b", 0},
+	    {"-relay", 0},
+	    {"relay-", 0},
+	    {"[::1]", 0},
+	    {"10.0.0.1:80", 0},
+	    {"relay_0", 0},
+	    {"relay/x", 0},
+	    {"relay=x", 0},
+	    {"r\\u00e9lay", 0},
+	    {"relay\\u001b]0;x\\u0007", 0},
+	    {"", 0},
+	};
+
+	check_rule(LEASE_TMPL("L-1", "@", "r"), "host", cases, SR_ARRAY_LEN(cases), TUN_CTL_LEASE,
+		   offsetof(struct tun_ctl_msg, host), TUN_CTL_HOST_MAX);
+}
+
+static void test_rule_resume(void **state)
+{
+	static const struct rule_case cases[] = {
+	    {"r", 1},
+	    {"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", 1},
+	    {"Ab_-9", 1},
+	    {"r\\n", 0},
+	    {"r x", 0},
+	    {"r.x", 0},
+	    {"r=x", 0},
+	    {"r/x", 0},
+	    {"r\\\"", 0},
+	    {"\\u00e9", 0},
+	};
+
+	check_rule(LEASE_TMPL("L-1", "h", "@"), "resume", cases, SR_ARRAY_LEN(cases),
+		   TUN_CTL_LEASE, offsetof(struct tun_ctl_msg, resume), TUN_CTL_RESUME_MAX);
+	check_rule("{\"v\":1,\"type\":\"register\",\"app\":\"a\",\"roles\":[\"driver\"],"
+		   "\"resume\":\"@\"}",
+		   "resume", cases, SR_ARRAY_LEN(cases), TUN_CTL_REGISTER,
+		   offsetof(struct tun_ctl_msg, resume), TUN_CTL_RESUME_MAX);
+	/* empty: no token (a lease that cannot be resumed, a fresh register) */
+	struct tun_ctl_msg m;
+	expect_ok(LEASE_TMPL("L-1", "h", ""), &m);
+	assert_string_equal(m.resume, "");
+}
+
+static void test_rule_code(void **state)
+{
+	static const struct rule_case cases[] = {
+	    {"no_ports", 1}, {"unknown_lease", 1}, {"x9", 1},	 {"No_ports", 0},
+	    {"no-ports", 0}, {"no ports", 0},	    {"a\\nb", 0}, {"\\u00e9", 0},
+	};
+
+	check_rule("{\"v\":1,\"type\":\"error\",\"code\":\"@\",\"message\":\"m\"}", "code", cases,
+		   SR_ARRAY_LEN(cases), TUN_CTL_ERROR, offsetof(struct tun_ctl_msg, code),
+		   TUN_CTL_CODE_MAX);
+}
+
+static void test_rule_app(void **state)
+{
+	static const struct rule_case cases[] = {
+	    {"nb-1", 1},
+	    {"app \\u00e9t\\u00e9 \\\"q\\\" \\\\ / {}", 1},
+	    {"\\u4e2d\\u6587", 1},
+	    {"a\\nb", 0},
+	    {"a\\rb", 0},
+	    {"a\\tb", 0},
+	    {"\\u001b[31mred", 0},
+	    {"a\\u007f", 0},
+	    {"a\\u0085b", 0}, /* NEL */
+	    {"a\\u009b31m", 0}, /* CSI */
+	};
+
+	check_rule("{\"v\":1,\"type\":\"register\",\"app\":\"@\",\"roles\":[\"driver\"]}", "app",
+		   cases, SR_ARRAY_LEN(cases), TUN_CTL_REGISTER, offsetof(struct tun_ctl_msg, app),
+		   TUN_CTL_APP_MAX);
+	assert_false(tun_ctl_valid_app("bad\xff utf8"));
+	assert_false(tun_ctl_valid_app("\xc0\xaf")); /* overlong '/' */
+	assert_false(tun_ctl_valid_app("\xed\xa0\x80")); /* surrogate */
+	assert_false(tun_ctl_valid_app("\xe4\xb8")); /* cut */
+	assert_true(tun_ctl_valid_app("\xf0\x9f\x98\x80"));
+}
+
+/* The error message is free text: kept as sent, escaped where it is shown. */
+static void test_message_is_free_text(void **state)
+{
+	struct tun_ctl_msg m;
+
+	expect_ok("{\"v\":1,\"type\":\"error\",\"code\":\"c\",\"message\":\"a\\nb\\u001b\"}", &m);
+	assert_string_equal(m.message, "a\nb\x1b");
+}
+
+static void test_ports_distinct(void **state)
+{
+	struct evbuffer *buf = evbuffer_new();
+	struct tun_ctl_msg m;
+
+	expect_fail("{\"v\":1,\"type\":\"lease\",\"lease\":\"L-1\",\"host\":\"h\",\"ttl\":1,"
+		    "\"resume\":\"r\",\"ports\":{\"driver\":40001,\"blockManager\":40001}}",
+		    SR_EPROTO, "field \"ports\": \"driver\" and \"blockManager\" share port 40001");
+	expect_fail("{\"v\":1,\"type\":\"lease\",\"lease\":\"L-1\",\"host\":\"h\",\"ttl\":1,"
+		    "\"resume\":\"r\",\"ports\":{\"driver\":1,\"blockManager\":2,\"ui\":1}}",
+		    SR_EPROTO, "share port 1");
+	expect_ok("{\"v\":1,\"type\":\"lease\",\"lease\":\"L-1\",\"host\":\"h\",\"ttl\":1,"
+		  "\"resume\":\"r\",\"ports\":{\"driver\":1,\"blockManager\":2,\"ui\":3}}",
+		  &m);
+	assert_non_null(buf);
+	m.ports[TUN_PORT_UI] = 2;
+	assert_int_equal(tun_ctl_encode(&m, buf), SR_EINVAL);
+	assert_int_equal(evbuffer_get_length(buf), 0);
+	evbuffer_free(buf);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -785,6 +1043,13 @@ int main(void)
 	    cmocka_unit_test(test_unknown_role),
 	    cmocka_unit_test(test_duplicate_role),
 	    cmocka_unit_test(test_unknown_keys_ignored),
+	    cmocka_unit_test(test_rule_lease_id),
+	    cmocka_unit_test(test_rule_host),
+	    cmocka_unit_test(test_rule_resume),
+	    cmocka_unit_test(test_rule_code),
+	    cmocka_unit_test(test_rule_app),
+	    cmocka_unit_test(test_message_is_free_text),
+	    cmocka_unit_test(test_ports_distinct),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

