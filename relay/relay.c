@@ -646,12 +646,14 @@ static void tunnel_free(struct relay_tunnel *t)
 static void send_error(struct relay_tunnel *t, const char *code, const char *text)
 {
 	struct tun_ctl_msg m;
+	char esc[SR_ESC_SIZE(TUN_CTL_TEXT_MAX)];
 
 	memset(&m, 0, sizeof(m));
 	m.type = TUN_CTL_ERROR;
 	snprintf(m.code, sizeof(m.code), "%s", code);
 	snprintf(m.message, sizeof(m.message), "%s", text);
-	SR_WARN(t->ctx, "registration refused: %s (%s)", code, text);
+	/* text may quote what the sidecar sent (its app name, say). */
+	SR_WARN(t->ctx, "registration refused: %s (%s)", code, sr_esc(text, esc, sizeof(esc)));
 	tun_conn_send_ctl(t->conn, &m);
 	tun_conn_close(t->conn, 0);
 }

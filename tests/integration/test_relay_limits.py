@@ -511,5 +511,17 @@ class CtlTest(LimitsCase):
         self.assertEqual(self.ctl("ready")[0], 0)
 
 
+class RefusalEscapeTest(LimitsCase):
+    extra_relay = {"relay": {"routes": [{"name": "ok-only", "app": "ok-*"}]}}
+
+    def test_a_refusal_that_quotes_the_app_is_escaped_in_the_log(self):
+        fs, m = self.register(app='bad" tenant=root')
+        self.assertEqual((m or {}).get("code"), "no_route", m)
+        lines = X.wait_log(self.relay, "registration refused: no_route", 3)
+        self.assertTrue(lines)
+        self.assertIn('bad\\\" tenant=root', lines[0])
+        self.assertNotIn('bad" tenant=root', lines[0])
+
+
 if __name__ == "__main__":
     H.main()
