@@ -349,11 +349,17 @@ $PY docker/ci/image_test.py exchange "$WORK/out/spark.json" 127.0.0.2 4 ||
 	fail "bytes did not echo exactly"
 kill "$DRIVER_PID"
 wait "$DRIVER_PID" 2>/dev/null || true
-if podman exec "$P-relay" sparkrelay ctl --admin "$ADMIN" metrics >/dev/null 2>&1; then
+# ctl in the container finds the token where the relay does (SPARKRELAY_RELAY_ADMIN_TOKEN,
+# as in the DaemonSet); emptied, or wrong, the relay refuses and ctl names the source.
+if podman exec -e SPARKRELAY_RELAY_ADMIN_TOKEN= "$P-relay" \
+	sparkrelay ctl --admin "$ADMIN" metrics >/dev/null 2>&1; then
 	fail "/metrics answered without the admin token"
 fi
-podman exec -e SPARKRELAY_ADMIN_TOKEN=ci-token "$P-relay" \
-	sparkrelay ctl --admin "$ADMIN" metrics >"$WORK/metrics.txt" || fail "ctl metrics"
+out=$(podman exec -e SPARKRELAY_RELAY_ADMIN_TOKEN=wrong "$P-relay" \
+	sparkrelay ctl --admin "$ADMIN" metrics 2>&1) && fail "/metrics answered a wrong token"
+case "$out" in *"from SPARKRELAY_RELAY_ADMIN_TOKEN"*) ;; *) fail "ctl's 401 does not name its token source: $out" ;; esac
+podman exec "$P-relay" sparkrelay ctl --admin "$ADMIN" metrics >"$WORK/metrics.txt" ||
+	fail "ctl metrics with the relay's own SPARKRELAY_RELAY_ADMIN_TOKEN"
 for m in sparkrelay_tunnels_active sparkrelay_leases_active sparkrelay_streams_active \
 	sparkrelay_handshake_failures_total sparkrelay_reloads_total; do
 	grep -q "^$m" "$WORK/metrics.txt" || fail "metric $m missing"
@@ -362,7 +368,7 @@ grep -qE '^sparkrelay_(executor_)?refused_total\{reason=' "$WORK/metrics.txt" ||
 	fail "metric sparkrelay_(executor_)refused_total{reason} missing"
 grep -q '^sparkrelay_leases_active 1$' "$WORK/metrics.txt" ||
 	fail "sparkrelay_leases_active is not 1: $(grep leases_active "$WORK/metrics.txt")"
-echo "  metrics (token required): tunnels, leases (1 active), streams, refusals, handshake failures, reloads"
+echo "  metrics (token required, ctl reads the relay's variable): tunnels, leases (1 active), streams, refusals, handshake failures, reloads"
 
 # ---------------------------------------------------------------------------------
 step "notebook start-up script (binary from the image, settings merged)"

@@ -4,6 +4,7 @@
  * multi API inside their loop). Exit codes: 0 ok, 1 API or network error,
  * 2 usage error. */
 #include "cmd/cmd.h"
+#include "common/sr_text.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -18,6 +19,12 @@
 #define CTL_TOTAL_TIMEOUT_MS 10000L
 /* A relay with thousands of leases answers with a few MiB at most. */
 #define CTL_MAX_RESPONSE (32u << 20)
+#define CTL_TOKEN_MAX 4096
+/* Where the token comes from, first found wins: --token, --token-file, then
+ * SPARKRELAY_ADMIN_TOKEN, then the variable the relay itself reads its token
+ * from, so that `ctl` inside the relay's container needs no extra setup. */
+#define CTL_ENV_TOKEN "SPARKRELAY_ADMIN_TOKEN"
+#define CTL_ENV_RELAY_TOKEN "SPARKRELAY_RELAY_ADMIN_TOKEN"
 
 enum { CTL_OK = 0, CTL_EAPI = 1, CTL_EUSAGE = 2 };
 enum ctl_output { OUT_TABLE, OUT_JSON };
@@ -25,6 +32,8 @@ enum ctl_output { OUT_TABLE, OUT_JSON };
 struct ctl {
 	const char *url;   /* without a trailing slash */
 	const char *token; /* NULL: none */
+	char token_src[300]; /* where token came from, for a 401 (escaped) */
+	int token_given;     /* --token or --token-file: the environment is not read */
 	enum ctl_output out;
 	char *url_buf;
 	char *token_buf;
@@ -65,9 +74,11 @@ static void usage(FILE *f)
 	       "options:\n"
 	       "  --admin URL        admin API base URL (env SPARKRELAY_ADMIN_URL,\n"
 	       "                     default " CTL_DEFAULT_URL ")\n"
-	       "  --token TOKEN      bearer token (env SPARKRELAY_ADMIN_TOKEN; prefer the\n"
-	       "                     environment or --token-file: argv is visible to others)\n"
+	       "  --token TOKEN      bearer token (prefer the environment or --token-file:\n"
+	       "                     argv is visible to others)\n"
 	       "  --token-file FILE  read the bearer token from FILE\n"
+	       "                     without either: env SPARKRELAY_ADMIN_TOKEN, else\n"
+	       "                     SPARKRELAY_RELAY_ADMIN_TOKEN (what the relay reads)\n"
 	       "  -o, --output FMT   table (default) or json\n"
 	       "  -h, --help         this help; `sparkrelay ctl COMMAND --help` for a command\n"
 	       "\n"
@@ -226,6 +237,20 @@ out:
 	return status;
 }
 
+/* Text from the relay for a terminal: printable ASCII, newlines and tabs as
+ * they are, every other byte as \xNN, so an escape sequence in a name
+ * cannot reach the terminal. */
+static void put_text(FILE *f, const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if ((c >= 0x20 && c < 0x7f) || c == '\n' || c == '\t')
+			fputc(c, f);
+		else
+			fprintf(f, "\\x%02x", c);
+	}
+}
+
 static void resp_free(struct ctl_resp *r)
 {
 	free(r->body);
@@ -233,24 +258,36 @@ static void resp_free(struct ctl_resp *r)
 }
 
 /* Print why a non-2xx answer failed ({"error": ...} when the body has it). */
-static int api_error(const char *what, const struct ctl_resp *r)
+static int api_error(const struct ctl *c, const char *what, const struct ctl_resp *r)
 {
 	json_t *j;
 	const char *msg = NULL;
 
 	if (r->code == 401) {
-		fprintf(stderr, "sparkrelay ctl: unauthorized: pass --token or "
-				"SPARKRELAY_ADMIN_TOKEN\n");
+		if (c->token)
+			fprintf(stderr,
+				"sparkrelay ctl: unauthorized: pass --token or " CTL_ENV_TOKEN
+				" (the relay refused the token from %s)\n",
+				c->token_src);
+		else
+			fprintf(stderr,
+				"sparkrelay ctl: unauthorized: pass --token or " CTL_ENV_TOKEN
+				" (no token: none of --token, --token-file, " CTL_ENV_TOKEN
+				" or " CTL_ENV_RELAY_TOKEN " is set)\n");
 		return CTL_EAPI;
 	}
 	j = json_loadb(r->body, r->len, 0, NULL);
 	if (j)
 		msg = json_string_value(json_object_get(j, "error"));
-	if (msg)
-		fprintf(stderr, "sparkrelay ctl: %s: %s (HTTP %ld)\n", what, msg, r->code);
-	else
-		fprintf(stderr, "sparkrelay ctl: %s: HTTP %ld%s%.200s\n", what, r->code,
-			r->len ? ": " : "", r->body);
+	fprintf(stderr, "sparkrelay ctl: %s: ", what);
+	if (msg) {
+		put_text(stderr, msg, strlen(msg));
+		fprintf(stderr, " (HTTP %ld)\n", r->code);
+	} else {
+		fprintf(stderr, "HTTP %ld%s", r->code, r->len ? ": " : "");
+		put_text(stderr, r->body, r->len < 200 ? r->len : 200);
+		fputc('\n', stderr);
+	}
 	json_decref(j);
 	return CTL_EAPI;
 }
@@ -265,7 +302,7 @@ static int ctl_call(const struct ctl *c, const char *what, const char *method, c
 	if (rv != CTL_OK)
 		return rv;
 	if (r->code < 200 || r->code > 299) {
-		rv = api_error(what, r);
+		rv = api_error(c, what, r);
 		resp_free(r);
 	}
 	return rv;
@@ -308,9 +345,12 @@ static void fmt_cell(const struct col *c, json_t *row, char *b, size_t n)
 	}
 	switch (c->fmt) {
 	case F_STR:
-		snprintf(b, n, "%s",
-			 json_is_string(v) && *json_string_value(v) ? json_string_value(v)
-								    : "-");
+		/* Names and ids come from sidecars (the app) or the relay: escaped,
+		 * so that a terminal never sees their control bytes. */
+		if (json_is_string(v) && *json_string_value(v))
+			sr_esc(json_string_value(v), b, n);
+		else
+			snprintf(b, n, "-");
 		break;
 	case F_INT:
 		snprintf(b, n, "%lld", i);
@@ -348,8 +388,9 @@ static void fmt_cell(const struct col *c, json_t *row, char *b, size_t n)
 		b[0] = '\0';
 		json_object_foreach(v, k, p)
 		{
-			int w = snprintf(b + off, n - off, "%s%s=%lld", off ? "," : "", k,
-					 json_integer_value(p));
+			char ek[32];
+			int w = snprintf(b + off, n - off, "%s%s=%lld", off ? "," : "",
+					 sr_esc(k, ek, sizeof(ek)), json_integer_value(p));
 			if (w < 0 || (size_t)w >= n - off)
 				break;
 			off += (size_t)w;
@@ -444,7 +485,8 @@ static int print_json_body(const struct ctl_resp *r)
 			e.text);
 		return CTL_EAPI;
 	}
-	json_dumpf(j, stdout, JSON_INDENT(2));
+	/* ENSURE_ASCII: \uXXXX for everything else, C1 controls included. */
+	json_dumpf(j, stdout, JSON_INDENT(2) | JSON_ENSURE_ASCII);
 	putchar('\n');
 	json_decref(j);
 	return CTL_OK;
@@ -485,12 +527,12 @@ static int do_probe(const struct ctl *c, const char *path)
 	if (rv)
 		return rv;
 	if (r.code == 200 || r.code == 503) {
-		fputs(r.body, stdout);
+		put_text(stdout, r.body, r.len);
 		if (r.len && r.body[r.len - 1] != '\n')
 			putchar('\n');
 		rv = r.code == 200 ? CTL_OK : CTL_EAPI;
 	} else {
-		rv = api_error(path + 1, &r);
+		rv = api_error(c, path + 1, &r);
 	}
 	resp_free(&r);
 	return rv;
@@ -503,7 +545,7 @@ static int do_raw(const struct ctl *c, const char *what, const char *path)
 
 	if (rv)
 		return rv;
-	fwrite(r.body, 1, r.len, stdout);
+	put_text(stdout, r.body, r.len);
 	resp_free(&r);
 	return CTL_OK;
 }
@@ -577,12 +619,12 @@ static int do_explain(const struct ctl *c, const char *cn, const char *token, co
 	if (c->out == OUT_JSON) {
 		json_t *j = json_pack("{s:s}", "explanation", r.body);
 		if (j) {
-			json_dumpf(j, stdout, JSON_INDENT(2));
+			json_dumpf(j, stdout, JSON_INDENT(2) | JSON_ENSURE_ASCII);
 			putchar('\n');
 			json_decref(j);
 		}
 	} else {
-		fputs(r.body, stdout);
+		put_text(stdout, r.body, r.len);
 	}
 	resp_free(&r);
 	return CTL_OK;
@@ -603,28 +645,67 @@ static int parse_output(struct ctl *c, const char *v)
 	return CTL_OK;
 }
 
+/* A token goes into an HTTP header: printable ASCII only, bounded. */
+static int token_ok(const char *t)
+{
+	size_t n = strlen(t);
+
+	if (n == 0 || n > CTL_TOKEN_MAX)
+		return 0;
+	for (; *t; t++)
+		if ((unsigned char)*t < 0x20 || (unsigned char)*t >= 0x7f)
+			return 0;
+	return 1;
+}
+
+static int set_token(struct ctl *c, const char *token, const char *src)
+{
+	char esc[SR_ESC_SIZE(64)];
+
+	if (!token_ok(token)) {
+		fprintf(stderr, "sparkrelay ctl: the token from %s is empty, over %d bytes, or has "
+				"characters other than printable ASCII\n",
+			sr_esc_n(src, 200, esc, sizeof(esc)), CTL_TOKEN_MAX);
+		return CTL_EUSAGE;
+	}
+	c->token = token;
+	snprintf(c->token_src, sizeof(c->token_src), "%s", sr_esc_n(src, 200, esc, sizeof(esc)));
+	return CTL_OK;
+}
+
 static int read_token_file(struct ctl *c, const char *path)
 {
 	FILE *f = fopen(path, "r");
-	char buf[1024];
+	char buf[CTL_TOKEN_MAX + 2], src[256], esc[SR_ESC_SIZE(200)];
 	size_t n;
+	int rv;
 
+	sr_esc_n(path, 200, esc, sizeof(esc));
 	if (!f) {
-		fprintf(stderr, "sparkrelay ctl: cannot read the token file %s\n", path);
+		fprintf(stderr, "sparkrelay ctl: cannot read the token file %s\n", esc);
 		return CTL_EUSAGE;
 	}
 	n = fread(buf, 1, sizeof(buf) - 1, f);
 	fclose(f);
 	buf[n] = '\0';
+	/* One trailing line end or blank run is how files are written. */
 	while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
 		buf[--n] = '\0';
+	snprintf(src, sizeof(src), "--token-file %s", esc);
+	if (!token_ok(buf)) {
+		memset(buf, 0, sizeof(buf));
+		fprintf(stderr, "sparkrelay ctl: the token in %s is empty, over %d bytes, or has "
+				"characters other than printable ASCII\n",
+			esc, CTL_TOKEN_MAX);
+		return CTL_EUSAGE;
+	}
 	free(c->token_buf);
 	c->token_buf = strdup(buf);
 	memset(buf, 0, sizeof(buf));
 	if (!c->token_buf)
 		return CTL_EAPI;
-	c->token = c->token_buf;
-	return CTL_OK;
+	rv = set_token(c, c->token_buf, src);
+	return rv;
 }
 
 /* Options after the command: -o and --help everywhere, plus route explain's
@@ -777,7 +858,6 @@ int cmd_ctl(int argc, char **argv)
 
 	memset(&c, 0, sizeof(c));
 	c.url = (env = getenv("SPARKRELAY_ADMIN_URL")) && *env ? env : CTL_DEFAULT_URL;
-	c.token = (env = getenv("SPARKRELAY_ADMIN_TOKEN")) && *env ? env : NULL;
 	optind = 0;
 	/* "+": stop at the command word, whose own options follow it. */
 	while ((ch = getopt_long(argc, argv, "+o:h", longopts, NULL)) != -1) {
@@ -786,9 +866,16 @@ int cmd_ctl(int argc, char **argv)
 			c.url = optarg;
 			break;
 		case 't':
-			c.token = *optarg ? optarg : NULL;
+			c.token_given = 1;
+			if (!*optarg) {
+				c.token = NULL; /* --token "": explicitly none */
+				break;
+			}
+			if ((rv = set_token(&c, optarg, "--token")) != CTL_OK)
+				goto out;
 			break;
 		case 'f':
+			c.token_given = 1;
 			if ((rv = read_token_file(&c, optarg)) != CTL_OK)
 				goto out;
 			break;
@@ -810,6 +897,16 @@ int cmd_ctl(int argc, char **argv)
 		usage(stderr);
 		rv = CTL_EUSAGE;
 		goto out;
+	}
+	if (!c.token_given) {
+		if ((env = getenv(CTL_ENV_TOKEN)) && *env)
+			rv = set_token(&c, env, CTL_ENV_TOKEN);
+		else if ((env = getenv(CTL_ENV_RELAY_TOKEN)) && *env)
+			rv = set_token(&c, env, CTL_ENV_RELAY_TOKEN);
+		else
+			rv = CTL_OK;
+		if (rv != CTL_OK)
+			goto out;
 	}
 	n = strlen(c.url);
 	while (n && c.url[n - 1] == '/')

@@ -346,6 +346,31 @@ static const struct conf_entry conf_relay_lease[] = {
 static const struct conf_group conf_relay_lease_group = {
     conf_relay_lease, N(conf_relay_lease), "Lease lifetime while the tunnel is away."};
 
+/* ---- relay: what one peer may hold (relay.max_* and relay.default_tenant) ---- */
+
+static const struct conf_entry conf_relay_default_tenant[] = {
+    U32(struct relay_opts, "leases", default_tenant.leases, 0, 65535, "256",
+	"Leases the implicit tenant may hold at once; 0: no limit."),
+    U32(struct relay_opts, "connections", default_tenant.connections, 0, 1000000, "16384",
+	"Concurrent executor connections over all of its leases; 0: no limit."),
+    U32(struct relay_opts, "pending", default_tenant.pending, 0, 65536, "256",
+	"Executor connections waiting per lease; 0: `relay.lease.max_pending`."),
+};
+static const struct conf_group conf_relay_default_tenant_group = {
+    conf_relay_default_tenant, N(conf_relay_default_tenant),
+    "Limits of the implicit tenant `default`, which every sidecar is while `relay.tenants` "
+    "is empty (configured tenants have their own `limits`). With no tenants configured, "
+    "these bound the relay as a whole."};
+
+#define RELAY_LIMIT_KEYS                                                                       	U32(struct relay_opts, "max_tunnels", max_tunnels, 1, 1000000, "1024",                 	    "Registered tunnels (sidecars holding a lease) at once; a registration or resume " 	    "past it is refused. Connections that have not registered yet count against "      	    "max_handshakes instead."),                                                        	    U32(struct relay_opts, "max_handshakes", max_handshakes, 1, 1000000, "256",        		"Connections on the tunnel listener that have not registered (TLS handshake "  		"or registration under way, or closing); more are closed at once and counted " 		"as `sparkrelay_refused_total{reason=\"handshake_limit\"}`."),                 	    U32(struct relay_opts, "max_handshakes_per_source", max_handshakes_per_source, 1,  		1000000, "16",                                                                 		"Of those, from one address (IPv6: one /64); more are closed at once "         		"(reason `handshake_source_limit`). Notebooks behind one NAT share an "        		"address: this bounds how many register at the same moment, not how many "    		"stay connected."),                                                            	    U32(struct relay_opts, "max_lease_connections", max_lease_connections, 0, 1000000, 		"8192",                                                                        		"Executor connections one lease holds at once, carried or waiting; more are "  		"reset (reason `lease_connection_limit`); 0: no limit."),                      	    U32(struct relay_opts, "max_tunnel_buffer", max_tunnel_buffer, 65536, 2147483647,  		"16777216",                                                                    		"Bytes read from the executor sockets of one tunnel and not yet sent to the "  		"sidecar (one that grants no flow-control window makes them pile up). Over "   		"it, each socket of that tunnel buffers at most 16 KiB until the sum is back " 		"under half of it, and TCP holds the rest in the executors. Shown as "         		"`sparkrelay_executor_buffered_bytes`."),                                      	    U32(struct relay_opts, "max_grace_leases", max_grace_leases, 0, 65535, "32",       \
+		"Leases without a tunnel (in their grace period) one tenant keeps when it "    \
+		"registers a new lease: past it, the registration ends one of them instead "   \
+		"of taking more ports, as it also does when the tenant's lease limit or the "  \
+		"pool is full. It ends the oldest one that the same identity from the same "   \
+		"address left behind, else the tenant's oldest; that sidecar must register "   \
+		"again. Counted as `sparkrelay_leases_reclaimed_total`. 0: no limit here."),   \
+	    GROUP("default_tenant", 0, conf_relay_default_tenant_group)
+
 static const struct conf_entry conf_relay[] = {
     STR(struct relay_opts, "listen", listen, 0, 1, CONF_STR_MAX, "0.0.0.0:8443", NULL,
 	&conf_fmt_listen, "Address of the tunnel listener that sidecars dial."),
@@ -373,8 +398,7 @@ static const struct conf_entry conf_relay[] = {
 	"TLS handshake plus registration must finish within this."),
     U32(struct relay_opts, "drain_timeout_ms", drain_timeout_ms, 0, 3600000, "30000",
 	"On SIGTERM, open streams may finish within this."),
-    U32(struct relay_opts, "max_tunnels", max_tunnels, 1, 1000000, "1024",
-	"Tunnels (sidecars) connected at once."),
+    RELAY_LIMIT_KEYS,
     GROUP("h2", offsetof(struct relay_opts, tun), conf_h2_group),
     GROUP("admin", 0, conf_relay_admin_group),
 };

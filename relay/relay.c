@@ -3,8 +3,10 @@
  * and the pending queue that holds executor connections while a lease has
  * no tunnel. */
 #include "relay/relay.h"
+#include "relay/relay_limits.h"
 #include "common/sr_err.h"
 #include "common/sr_log.h"
+#include "common/sr_text.h"
 #include "common/sr_util.h"
 #include "tunnel/tun_tls.h"
 #include "tunnel/tun_endpoint.h"
@@ -19,7 +21,13 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 
-#define MAX_SANS 8
+#define MAX_SANS TUN_EP_MAX_SANS
+/* The tunnel listener stops this long after accept() fails (EMFILE...). */
+#define ACCEPT_PAUSE_MS 500
+/* Refusals under a flood: at most one log line per kind this often. */
+#define REFUSAL_LOG_PERIOD_US (10u * 1000000u)
+/* App names in log lines: escaped, and cut to this many input bytes. */
+#define LOG_APP_MAX 64
 
 struct relay_tunnel;
 
@@ -29,6 +37,7 @@ struct relay_tunnel;
 struct relay_pol {
 	struct relay_policy *p;
 	unsigned refs;
+	int implicit_tenants; /* no tenants configured: relay.default_tenant limits apply */
 };
 
 /* One pool's lease table. A reload that changes or removes the pool retires
@@ -67,7 +76,11 @@ struct relay_lease_ext {
 	struct relay_pending *pending;
 	unsigned npending;
 	uint64_t conns_total;
-	char identity[160]; /* certificate CN of the creator: only it may resume */
+	uint64_t detached_us;  /* when the tunnel went (in grace), 0 while attached */
+	struct relay_ratelog rl_refused; /* executors over max_lease_connections */
+	/* Who created it (relay_identity_key): only that identity may resume. */
+	char idkey[RELAY_IDKEY_MAX];
+	struct sockaddr_storage src; /* the creator's address, for reclaim order */
 };
 
 struct relay_tunnel {
@@ -83,7 +96,7 @@ struct relay_tunnel {
 	char identity[160];
 	char sans[MAX_SANS][256];
 	size_t nsans;
-	char ctx[192];
+	char ctx[320];
 };
 
 struct relay {
@@ -94,11 +107,15 @@ struct relay {
 	struct relay_pol *pol; /* current policy (one reference) */
 	struct relay_pool_rt *pools;
 	struct relay_tunnel *tunnels;
+	unsigned nregistered; /* tunnels holding a lease (t->lx set) */
+	struct event *accept_pause; /* re-enables the listener after EMFILE */
+	struct relay_ratelog rl_accept; /* tunnel connections refused at accept */
+	struct relay_ratelog rl_accept_err; /* accept() failures */
 	struct event *drain_timer;
 	struct event *gc_timer;
 	uint64_t drain_deadline_us;
 	uint64_t next_conn_id;
-	uint64_t closed_bytes_in, closed_bytes_out, closed_streams_opened;
+	uint64_t closed_bytes_in, closed_bytes_out, closed_streams_opened, closed_throttled;
 	int draining;
 	struct relay_stats st;
 };
@@ -122,15 +139,51 @@ const char *relay_refusal_name(enum relay_refusal r)
 	static const char *const names[RELAY_REFUSE_MAX] = {
 		"cidr", "pending_full", "pending_timeout", "draining", "tenant_limit",
 		"stream", "reg_auth", "reg_route", "reg_limit", "reg_resume",
+		"handshake_limit", "handshake_source_limit", "tunnel_limit",
+		"lease_connection_limit",
 	};
 	return (unsigned)r < RELAY_REFUSE_MAX ? names[r] : "unknown";
+}
+
+/* A peer's name (certificate CN) as one word of a log context: escaped, and
+ * quoted when it holds a space or '=' that could pass for another field. */
+static const char *log_word(const char *s, char *buf, size_t len)
+{
+	char esc[SR_ESC_SIZE(64)];
+
+	sr_esc_n(s, 64, esc, sizeof(esc));
+	if (!esc[0] || strpbrk(esc, " ="))
+		snprintf(buf, len, "\"%s\"", esc);
+	else
+		snprintf(buf, len, "%s", esc);
+	return buf;
 }
 
 static void refuse(struct relay *r, enum relay_refusal why)
 {
 	r->st.refused[why]++;
-	if (why < RELAY_REFUSE_REG_AUTH)
+	if (why < RELAY_REFUSE_REG_AUTH || why == RELAY_REFUSE_LEASE_CONNS)
 		r->st.executor_refused++;
+}
+
+/* The limits that apply to a tenant of policy pol (tc may be NULL). */
+struct tenant_limits {
+	uint32_t leases, connections, pending;
+};
+
+static void tenant_limits(const struct relay *r, const struct relay_pol *pol,
+			  const struct relay_tenant_cfg *tc, struct tenant_limits *tl)
+{
+	memset(tl, 0, sizeof(*tl));
+	if (pol->implicit_tenants) {
+		tl->leases = r->o->default_tenant.leases;
+		tl->connections = r->o->default_tenant.connections;
+		tl->pending = r->o->default_tenant.pending;
+	} else if (tc) {
+		tl->leases = tc->max_leases;
+		tl->connections = tc->max_connections;
+		tl->pending = tc->max_pending;
+	}
 }
 
 /* ---- policies and pools ---------------------------------------------------- */
@@ -339,9 +392,26 @@ static void flush_pending(struct relay *r, struct relay_lease_ext *lx)
 	}
 }
 
+/* Executor connections a lease holds: carried now, or waiting for a tunnel. */
+static uint64_t lease_conns(const struct relay_lease_ext *lx)
+{
+	uint64_t n = lx->npending;
+
+	if (lx->tunnel && lx->tunnel->conn)
+		n += tun_conn_nstreams(lx->tunnel->conn);
+	return n;
+}
+
 struct tenant_usage {
 	const char *tenant;
-	uint64_t conns, leases;
+	/* For a reclaim: the registering client, and the pool that must gain
+	 * a free lease (NULL: any). */
+	const char *idkey;
+	const struct sockaddr *src;
+	const struct relay_pool_rt *pool;
+	uint64_t conns, leases, grace;
+	struct relay_lease_ext *oldest;      /* in grace the longest */
+	struct relay_lease_ext *oldest_mine; /* the same, created by this client */
 };
 
 static void count_tenant(struct relay_lease *l, void *arg)
@@ -352,15 +422,31 @@ static void count_tenant(struct relay_lease *l, void *arg)
 	if (!lx || strcmp(lx->tenant_name, u->tenant) != 0)
 		return;
 	u->leases++;
-	u->conns += lx->npending;
-	if (lx->tunnel && lx->tunnel->conn)
-		u->conns += tun_conn_nstreams(lx->tunnel->conn);
+	u->conns += lease_conns(lx);
+	if (lx->tunnel)
+		return;
+	u->grace++;
+	if (u->pool && lx->pool != u->pool)
+		return;
+	if (!u->oldest || lx->detached_us < u->oldest->detached_us)
+		u->oldest = lx;
+	if (u->idkey && strcmp(lx->idkey, u->idkey) == 0 &&
+	    relay_same_source((const struct sockaddr *)&lx->src, u->src) &&
+	    (!u->oldest_mine || lx->detached_us < u->oldest_mine->detached_us))
+		u->oldest_mine = lx;
 }
 
-static void tenant_usage(struct relay *r, const char *tenant, struct tenant_usage *u)
+/* What tenant holds. idkey, src and pool (all may be NULL) choose the reclaim
+ * candidates: see reclaim_one. */
+static void tenant_usage(struct relay *r, const char *tenant, const char *idkey,
+			 const struct sockaddr *src, const struct relay_pool_rt *pool,
+			 struct tenant_usage *u)
 {
 	memset(u, 0, sizeof(*u));
 	u->tenant = tenant;
+	u->idkey = idkey;
+	u->src = src;
+	u->pool = pool;
 	for (struct relay_pool_rt *pr = r->pools; pr; pr = pr->next)
 		relay_lease_foreach(pr->t, count_tenant, u);
 }
@@ -376,8 +462,9 @@ static void on_executor(struct relay_lease *l, enum tun_port_role role, int fd,
 {
 	struct relay *r = arg;
 	struct relay_lease_ext *lx = relay_lease_data(l);
-	const struct relay_tenant_cfg *tc;
+	const struct relay_pol *tpol;
 	const struct relay_policy *pol;
+	struct tenant_limits tl;
 	struct relay_pending *p;
 	char peer[SR_ADDRSTRLEN];
 	uint64_t conn_id = ++r->next_conn_id;
@@ -399,8 +486,9 @@ static void on_executor(struct relay_lease *l, enum tun_port_role role, int fd,
 	pol = cur >= 0 ? r->pol->p : lx->pol->p;
 	route = cur >= 0 ? cur : lx->route;
 	cur = relay_policy_tenant_find(r->pol->p, lx->tenant_name);
-	tc = cur >= 0 ? relay_policy_tenant_cfg(r->pol->p, cur)
-		      : relay_policy_tenant_cfg(lx->pol->p, lx->tenant);
+	tpol = cur >= 0 ? r->pol : lx->pol;
+	tenant_limits(r, tpol, relay_policy_tenant_cfg(tpol->p, cur >= 0 ? cur : lx->tenant),
+		      &tl);
 	if (!relay_policy_executor_allowed(pol, route, sa)) {
 		SR_WARN(relay_lease_id(l), "conn=%llu peer=%s: refused, address not in route %s's "
 					   "executor_cidrs",
@@ -409,14 +497,28 @@ static void on_executor(struct relay_lease *l, enum tun_port_role role, int fd,
 		refuse(r, RELAY_REFUSE_CIDR);
 		return;
 	}
-	if (tc && tc->max_connections) {
+	if (r->o->max_lease_connections &&
+	    lease_conns(lx) >= (uint64_t)r->o->max_lease_connections) {
+		uint64_t more = 0;
+		if (relay_ratelog_allow(&lx->rl_refused, sr_now_us(), REFUSAL_LOG_PERIOD_US, &more))
+			SR_WARN(relay_lease_id(l), "conn=%llu peer=%s: refused, the lease is at its "
+						   "limit of %u connections (relay.max_lease_"
+						   "connections; %llu more refused since the last "
+						   "line)",
+				(unsigned long long)conn_id, peer, r->o->max_lease_connections,
+				(unsigned long long)more);
+		reset_fd(fd);
+		refuse(r, RELAY_REFUSE_LEASE_CONNS);
+		return;
+	}
+	if (tl.connections) {
 		struct tenant_usage u;
-		tenant_usage(r, lx->tenant_name, &u);
-		if (u.conns >= tc->max_connections) {
+		tenant_usage(r, lx->tenant_name, NULL, NULL, NULL, &u);
+		if (u.conns >= tl.connections) {
 			SR_WARN(relay_lease_id(l), "conn=%llu peer=%s: refused, tenant %s is at its "
 						   "limit of %u connections",
 				(unsigned long long)conn_id, peer, lx->tenant_name,
-				tc->max_connections);
+				tl.connections);
 			reset_fd(fd);
 			refuse(r, RELAY_REFUSE_TENANT_LIMIT);
 			return;
@@ -428,8 +530,8 @@ static void on_executor(struct relay_lease *l, enum tun_port_role role, int fd,
 		open_stream(r, lx, fd, role, conn_id, peer);
 		return;
 	}
-	if (tc && tc->max_pending)
-		max_pending = tc->max_pending;
+	if (tl.pending)
+		max_pending = tl.pending;
 	if (lx->npending >= max_pending) {
 		SR_WARN(relay_lease_id(l), "conn=%llu peer=%s: refused, %u connections already "
 					   "wait for the tunnel",
@@ -495,6 +597,17 @@ static void release_lease(struct relay_lease_ext *lx)
 
 /* ---- tunnels --------------------------------------------------------------- */
 
+/* The tunnel stops holding its lease; the caller decides what becomes of the
+ * lease (grace, release). */
+static void tunnel_unlink_lease(struct relay_tunnel *t)
+{
+	if (!t->lx)
+		return;
+	t->lx->tunnel = NULL;
+	t->lx = NULL;
+	t->relay->nregistered--;
+}
+
 static void tunnel_free(struct relay_tunnel *t)
 {
 	struct relay *r = t->relay;
@@ -506,8 +619,10 @@ static void tunnel_free(struct relay_tunnel *t)
 	if (t->next)
 		t->next->prev = t->prev;
 	if (t->lx) {
-		t->lx->tunnel = NULL;
-		relay_lease_detach(t->lx->lease);
+		struct relay_lease_ext *lx = t->lx;
+		tunnel_unlink_lease(t);
+		lx->detached_us = sr_now_us();
+		relay_lease_detach(lx->lease);
 		if (!r->draining)
 			SR_INFO(t->ctx, "tunnel lost; lease and ports kept for %u s",
 				r->o->lease_grace_s);
@@ -518,6 +633,7 @@ static void tunnel_free(struct relay_tunnel *t)
 		r->closed_bytes_in += st.bytes_to_tunnel;
 		r->closed_bytes_out += st.bytes_from_tunnel;
 		r->closed_streams_opened += st.streams_opened;
+		r->closed_throttled += st.sock_in_throttled;
 	}
 	tun_endpoint_free(t->ep);
 	if (t->timer)
@@ -529,12 +645,14 @@ static void tunnel_free(struct relay_tunnel *t)
 static void send_error(struct relay_tunnel *t, const char *code, const char *text)
 {
 	struct tun_ctl_msg m;
+	char esc[SR_ESC_SIZE(TUN_CTL_TEXT_MAX)];
 
 	memset(&m, 0, sizeof(m));
 	m.type = TUN_CTL_ERROR;
 	snprintf(m.code, sizeof(m.code), "%s", code);
 	snprintf(m.message, sizeof(m.message), "%s", text);
-	SR_WARN(t->ctx, "registration refused: %s (%s)", code, text);
+	/* text may quote what the sidecar sent (its app name, say). */
+	SR_WARN(t->ctx, "registration refused: %s (%s)", code, sr_esc(text, esc, sizeof(esc)));
 	tun_conn_send_ctl(t->conn, &m);
 	tun_conn_close(t->conn, 0);
 }
@@ -543,21 +661,31 @@ static void attach(struct relay_tunnel *t, struct relay_lease_ext *lx)
 {
 	struct relay *r = t->relay;
 	struct tun_ctl_msg m;
+	char app[SR_ESC_SIZE(LOG_APP_MAX)];
 
 	if (lx->tunnel && lx->tunnel != t) {
-		/* The sidecar came back before we noticed its old tunnel died. */
+		/* Either the sidecar came back before we noticed its old tunnel
+		 * died, or someone else holds the resume token: say both. */
 		struct relay_tunnel *old = lx->tunnel;
-		SR_INFO(old->ctx, "replaced by a new tunnel from %s", t->peer);
-		old->lx = NULL;
-		lx->tunnel = NULL;
+		char cn[SR_ESC_SIZE(64) + 2], oldcn[SR_ESC_SIZE(64) + 2];
+		SR_WARN(old->ctx, "replaced by a new tunnel from peer=%s cn=%s that resumed the "
+				  "lease while this one (peer=%s cn=%s) was still attached; "
+				  "closing this one",
+			t->peer, log_word(t->identity, cn, sizeof(cn)), old->peer,
+			log_word(old->identity, oldcn, sizeof(oldcn)));
+		tunnel_unlink_lease(old);
 		tun_conn_close(old->conn, SR_ECLOSED);
 	}
 	lx->tunnel = t;
+	lx->detached_us = 0;
 	t->lx = lx;
+	r->nregistered++;
 	relay_lease_attach(lx->lease, t);
 	evtimer_del(t->timer);
-	snprintf(t->ctx, sizeof(t->ctx), "lease=%s app=%s tenant=%s peer=%s",
-		 relay_lease_id(lx->lease), relay_lease_app(lx->lease), lx->tenant_name, t->peer);
+	snprintf(t->ctx, sizeof(t->ctx), "lease=%s app=\"%s\" tenant=%s peer=%s",
+		 relay_lease_id(lx->lease),
+		 sr_esc_n(relay_lease_app(lx->lease), LOG_APP_MAX, app, sizeof(app)),
+		 lx->tenant_name, t->peer);
 	tun_conn_set_logctx(t->conn, t->ctx);
 	memset(&m, 0, sizeof(m));
 	relay_lease_describe(lx->lease, &m);
@@ -585,17 +713,45 @@ static struct relay_lease *find_id(struct relay *r, const char *id)
 	return NULL;
 }
 
+/* End one of the tenant's leases that have no tunnel, so that a registration
+ * of the same tenant can have a lease: the oldest one that this client (same
+ * identity, same source) left behind, else the tenant's oldest. With pool
+ * set, only leases of that pool count (their ports are what is missing).
+ * Never touches another tenant's leases. Returns 1 if one was ended. */
+static int reclaim_one(struct relay_tunnel *t, const char *tenant, const char *idkey,
+		       const struct relay_pool_rt *pool, const char *why)
+{
+	struct relay *r = t->relay;
+	struct relay_lease_ext *victim;
+	struct tenant_usage u;
+
+	tenant_usage(r, tenant, idkey, (const struct sockaddr *)&t->addr, pool, &u);
+	victim = u.oldest_mine ? u.oldest_mine : u.oldest;
+	if (!victim)
+		return 0;
+	SR_WARN(t->ctx, "lease %s of tenant %s reclaimed after %llu s without a tunnel (%s): "
+			"its sidecar must register again",
+		relay_lease_id(victim->lease), tenant,
+		(unsigned long long)((sr_now_us() - victim->detached_us) / 1000000u), why);
+	r->st.leases_reclaimed++;
+	release_lease(victim);
+	return 1;
+}
+
 static void on_register(struct relay_tunnel *t, const struct tun_ctl_msg *m)
 {
 	struct relay *r = t->relay;
 	const struct relay_policy *p = r->pol->p;
-	const struct relay_tenant_cfg *tc;
 	const char *sans[MAX_SANS];
+	const char *tname;
 	struct relay_identity id;
 	struct relay_lease_ext *lx;
 	struct relay_pool_rt *pr;
 	struct relay_lease *l;
-	char why[256];
+	struct tenant_limits tl;
+	struct tenant_usage u;
+	char why[256], idkey[RELAY_IDKEY_MAX], app[SR_ESC_SIZE(LOG_APP_MAX)];
+	unsigned roles;
 	int tenant, route, rv;
 
 	if (t->lx) {
@@ -625,20 +781,41 @@ static void on_register(struct relay_tunnel *t, const struct tun_ctl_msg *m)
 		send_error(t, "unauthorized", why);
 		return;
 	}
+	tname = relay_policy_tenant_name(p, tenant);
+	if (relay_identity_key(t->identity, m->token, tname, idkey, sizeof(idkey)) != 0) {
+		send_error(t, "internal", "cannot derive the sidecar's identity");
+		return;
+	}
 	if (m->resume[0]) {
 		l = find_resume(r, m->resume);
 		lx = l ? relay_lease_data(l) : NULL;
-		if (!lx || strcmp(lx->identity, t->identity) != 0 ||
-		    strcmp(lx->tenant_name, relay_policy_tenant_name(p, tenant)) != 0) {
+		if (!lx || strcmp(lx->idkey, idkey) != 0 || strcmp(lx->tenant_name, tname) != 0) {
 			/* Same answer for "no such lease" and "not yours": a resume
 			 * token must not reveal whether it exists. */
 			refuse(r, RELAY_REFUSE_REG_RESUME);
 			send_error(t, "unknown_lease", "no lease for this resume token");
 			return;
 		}
+		if (!lx->tunnel && r->nregistered >= r->o->max_tunnels) {
+			refuse(r, RELAY_REFUSE_TUNNELS);
+			send_error(t, "too_many_tunnels", "the relay carries its max_tunnels already");
+			return;
+		}
+		/* A resume token is good for one resume: the lease message that
+		 * attach() sends carries the next one, so a copy of the old one
+		 * (from the sidecar's state file, say) is worthless from now on. */
+		if (relay_lease_rotate_resume(l) != 0) {
+			send_error(t, "internal", "cannot make a new resume token");
+			return;
+		}
 		SR_INFO(t->ctx, "resuming lease %s", relay_lease_id(l));
 		r->st.leases_resumed++;
 		attach(t, lx);
+		return;
+	}
+	if (r->nregistered >= r->o->max_tunnels) {
+		refuse(r, RELAY_REFUSE_TUNNELS);
+		send_error(t, "too_many_tunnels", "the relay carries its max_tunnels already");
 		return;
 	}
 	route = relay_policy_route(p, tenant, m->app, (const struct sockaddr *)&t->addr, why,
@@ -648,34 +825,47 @@ static void on_register(struct relay_tunnel *t, const struct tun_ctl_msg *m)
 		send_error(t, "no_route", why);
 		return;
 	}
-	tc = relay_policy_tenant_cfg(p, tenant);
-	if (tc && tc->max_leases) {
-		struct tenant_usage u;
-		tenant_usage(r, relay_policy_tenant_name(p, tenant), &u);
-		if (u.leases >= tc->max_leases) {
-			refuse(r, RELAY_REFUSE_REG_LIMIT);
-			snprintf(why, sizeof(why), "tenant %s holds %u leases already",
-				 relay_policy_tenant_name(p, tenant), tc->max_leases);
-			send_error(t, "too_many_leases", why);
-			return;
-		}
-	}
 	{
 		const struct relay_pool_cfg *pc =
 			relay_policy_pool(p, (size_t)relay_policy_route_pool(p, route));
 		pr = pool_find(r, pc->name ? pc->name : "default");
 	}
-	lx = calloc(1, sizeof(*lx));
-	if (!pr || !lx) {
-		free(lx);
-		send_error(t, "internal", pr ? "out of memory" : "pool not available");
+	if (!pr) {
+		send_error(t, "internal", "pool not available");
 		return;
 	}
-	rv = relay_lease_create(pr->t, m->app,
-				m->roles & (TUN_ROLE_BIT(TUN_PORT_DRIVER) |
-					    TUN_ROLE_BIT(TUN_PORT_BLOCKMANAGER) |
-					    TUN_ROLE_BIT(TUN_PORT_UI)),
-				r->o->lease_grace_s, &l);
+	/* Leases without a tunnel are what a client that registers and drops
+	 * its tunnels piles up: past max_grace_leases a new registration of
+	 * the tenant ends one of them (its own first) instead of taking more. */
+	if (r->o->max_grace_leases) {
+		tenant_usage(r, tname, NULL, NULL, NULL, &u);
+		if (u.grace >= r->o->max_grace_leases)
+			reclaim_one(t, tname, idkey, NULL,
+				    "the tenant has relay.max_grace_leases leases without a tunnel");
+	}
+	tenant_limits(r, r->pol, relay_policy_tenant_cfg(p, tenant), &tl);
+	if (tl.leases) {
+		tenant_usage(r, tname, NULL, NULL, NULL, &u);
+		if (u.leases >= tl.leases &&
+		    !reclaim_one(t, tname, idkey, NULL, "the tenant is at its lease limit")) {
+			refuse(r, RELAY_REFUSE_REG_LIMIT);
+			snprintf(why, sizeof(why), "tenant %s holds %u leases already", tname,
+				 tl.leases);
+			send_error(t, "too_many_leases", why);
+			return;
+		}
+	}
+	lx = calloc(1, sizeof(*lx));
+	if (!lx) {
+		send_error(t, "internal", "out of memory");
+		return;
+	}
+	roles = m->roles & (TUN_ROLE_BIT(TUN_PORT_DRIVER) | TUN_ROLE_BIT(TUN_PORT_BLOCKMANAGER) |
+			    TUN_ROLE_BIT(TUN_PORT_UI));
+	rv = relay_lease_create(pr->t, m->app, roles, r->o->lease_grace_s, &l);
+	if ((rv == SR_ENOPORTS || rv == SR_EBUSY) &&
+	    reclaim_one(t, tname, idkey, pr, "the pool is full"))
+		rv = relay_lease_create(pr->t, m->app, roles, r->o->lease_grace_s, &l);
 	if (rv != 0) {
 		free(lx);
 		refuse(r, RELAY_REFUSE_REG_LIMIT);
@@ -693,16 +883,17 @@ static void on_register(struct relay_tunnel *t, const struct tun_ctl_msg *m)
 	lx->pol->refs++;
 	lx->route = route;
 	lx->tenant = tenant;
-	snprintf(lx->tenant_name, sizeof(lx->tenant_name), "%s",
-		 relay_policy_tenant_name(p, tenant));
+	snprintf(lx->tenant_name, sizeof(lx->tenant_name), "%s", tname);
 	snprintf(lx->route_name, sizeof(lx->route_name), "%s", relay_policy_route_name(p, route));
-	snprintf(lx->identity, sizeof(lx->identity), "%s", t->identity);
+	memcpy(lx->idkey, idkey, sizeof(lx->idkey));
+	memcpy(&lx->src, &t->addr, sizeof(lx->src));
 	relay_lease_set_data(l, lx);
 	r->st.leases_granted++;
 	SR_INFO(t->ctx, "lease %s granted to app \"%s\" (tenant %s, route %s, pool %s): driver "
 			"port %u, blockManager port %u",
-		relay_lease_id(l), m->app, lx->tenant_name, lx->route_name, pr->name,
-		relay_lease_port(l, TUN_PORT_DRIVER), relay_lease_port(l, TUN_PORT_BLOCKMANAGER));
+		relay_lease_id(l), sr_esc_n(m->app, LOG_APP_MAX, app, sizeof(app)),
+		lx->tenant_name, lx->route_name, pr->name, relay_lease_port(l, TUN_PORT_DRIVER),
+		relay_lease_port(l, TUN_PORT_BLOCKMANAGER));
 	attach(t, lx);
 }
 
@@ -720,16 +911,19 @@ static void tunnel_on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void 
 			send_error(t, "no_lease", "nothing to release");
 			break;
 		}
-		SR_INFO(t->ctx, "lease released by the sidecar");
+		SR_INFO(t->ctx, "lease released by the sidecar; closing the tunnel");
 		{
 			struct relay_lease_ext *lx = t->lx;
-			t->lx = NULL;
-			lx->tunnel = NULL;
+			tunnel_unlink_lease(t);
 			release_lease(lx);
 		}
 		memset(&reply, 0, sizeof(reply));
 		reply.type = TUN_CTL_RELEASED;
 		tun_conn_send_ctl(c, &reply);
+		/* Only a tunnel with a lease holds a slot: a lease-less tunnel
+		 * would be a way to keep max_tunnels full. The answer is
+		 * flushed first (bounded), and nothing after it is read. */
+		tun_conn_close(c, 0);
 		break;
 	default:
 		SR_WARN(t->ctx, "unexpected control message %s", tun_ctl_type_name(m->type));
@@ -775,8 +969,11 @@ static void tunnel_on_up(struct tun_endpoint *ep, void *arg)
 	t->nsans = tun_endpoint_peer_sans(ep, sans);
 	for (size_t i = 0; i < t->nsans; i++)
 		snprintf(t->sans[i], sizeof(t->sans[i]), "%s", sans[i]);
-	if (t->identity[0])
-		snprintf(t->ctx, sizeof(t->ctx), "peer=%s cn=%s", t->peer, t->identity);
+	if (t->identity[0]) {
+		char cn[SR_ESC_SIZE(64) + 2];
+		snprintf(t->ctx, sizeof(t->ctx), "peer=%s cn=%s", t->peer,
+			 log_word(t->identity, cn, sizeof(cn)));
+	}
 	t->conn = tun_endpoint_conn(ep);
 	tun_conn_set_logctx(t->conn, t->ctx);
 	SR_INFO(t->ctx, "tunnel up (TLS 1.3, h2); waiting for registration");
@@ -801,6 +998,36 @@ static const struct tun_endpoint_cbs relay_ep_cbs = {
 	.on_closed = tunnel_on_closed,
 };
 
+/* Connections that have not registered (TLS or registration not done, or
+ * closing) have their own caps, overall and per source, so that idle or slow
+ * connections cannot keep registered sidecars out; max_tunnels counts only
+ * tunnels that hold a lease. Refusals are counted and logged rate-limited. */
+static int accept_refused(struct relay *r, const struct sockaddr *sa, const char *peer)
+{
+	uint64_t handshakes = r->st.tunnels_active - r->nregistered, same = 0, more = 0;
+	enum relay_refusal why;
+	const char *what;
+
+	if (handshakes >= r->o->max_handshakes) {
+		why = RELAY_REFUSE_HANDSHAKES;
+		what = "relay.max_handshakes connections are not registered yet";
+	} else {
+		for (struct relay_tunnel *t = r->tunnels; t; t = t->next)
+			same += !t->lx && relay_same_source((const struct sockaddr *)&t->addr, sa);
+		if (same < r->o->max_handshakes_per_source)
+			return 0;
+		why = RELAY_REFUSE_SOURCE;
+		what = "relay.max_handshakes_per_source connections from this address are not "
+		       "registered yet";
+	}
+	refuse(r, why);
+	if (relay_ratelog_allow(&r->rl_accept, sr_now_us(), REFUSAL_LOG_PERIOD_US, &more))
+		SR_WARN("", "peer=%s: tunnel connection refused: %s (%llu more refused since the "
+			    "last line)",
+			peer, what, (unsigned long long)more);
+	return 1;
+}
+
 static void on_tunnel_accept(struct evconnlistener *lst, evutil_socket_t fd,
 			     struct sockaddr *sa, int salen, void *arg)
 {
@@ -811,9 +1038,12 @@ static void on_tunnel_accept(struct evconnlistener *lst, evutil_socket_t fd,
 	char peer[SR_ADDRSTRLEN];
 
 	sr_format_addr(sa, peer, sizeof(peer));
-	if (r->draining || r->st.tunnels_active >= r->o->max_tunnels) {
-		SR_WARN("", "peer=%s: tunnel refused (%s)", peer,
-			r->draining ? "draining" : "max_tunnels reached");
+	if (r->draining) {
+		SR_WARN("", "peer=%s: tunnel refused (draining)", peer);
+		evutil_closesocket(fd);
+		return;
+	}
+	if (accept_refused(r, sa, peer)) {
 		evutil_closesocket(fd);
 		return;
 	}
@@ -833,13 +1063,15 @@ static void on_tunnel_accept(struct evconnlistener *lst, evutil_socket_t fd,
 	if (!t->timer)
 		goto fail;
 	{
+		struct tun_conn_opts topts = r->o->tun;
 		struct tun_endpoint_opts eo = {
 			.role = TUN_ROLE_RELAY,
 			.ssl = ssl,
-			.conn = &r->o->tun,
+			.conn = &topts,
 			.conn_cbs = &relay_tun_cbs,
 			.logctx = t->ctx,
 		};
+		topts.sock_in_max = r->o->max_tunnel_buffer;
 		t->ep = tun_endpoint_new(r->base, fd, &eo, &relay_ep_cbs, t);
 	}
 	ssl = NULL;
@@ -867,9 +1099,33 @@ fail:
 		evutil_closesocket(fd);
 }
 
+static void accept_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct relay *r = arg;
+
+	if (!r->draining)
+		evconnlistener_enable(r->listener);
+}
+
+/* accept() failed for a reason other than a peer that went away, typically
+ * EMFILE or ENFILE. The connection stays in the backlog, so an armed
+ * listener would wake again at once and spin: stop it for a moment, as the
+ * lease ports do. A lasting shortage logs one line per REFUSAL_LOG_PERIOD. */
 static void listener_error_cb(struct evconnlistener *lst, void *arg)
 {
-	SR_ERROR("", "tunnel listener: %s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+	struct relay *r = arg;
+	int err = EVUTIL_SOCKET_ERROR();
+	struct timeval tv = {ACCEPT_PAUSE_MS / 1000, (ACCEPT_PAUSE_MS % 1000) * 1000};
+	uint64_t more = 0;
+
+	r->st.accept_errors++;
+	evconnlistener_disable(lst);
+	evtimer_add(r->accept_pause, &tv);
+	if (relay_ratelog_allow(&r->rl_accept_err, sr_now_us(), REFUSAL_LOG_PERIOD_US, &more))
+		SR_ERROR("", "tunnel listener: accept failed: %s; pausing it %d ms (%llu more "
+			     "failures since the last line)",
+			 evutil_socket_error_to_string(err), ACCEPT_PAUSE_MS,
+			 (unsigned long long)more);
 }
 
 /* ---- drain ------------------------------------------------------------------ */
@@ -993,8 +1249,7 @@ int relay_revoke_lease(struct relay *r, const char *id)
 	if (lx->tunnel) {
 		struct relay_tunnel *t = lx->tunnel;
 		struct tun_ctl_msg m;
-		t->lx = NULL;
-		lx->tunnel = NULL;
+		tunnel_unlink_lease(t);
 		memset(&m, 0, sizeof(m));
 		m.type = TUN_CTL_ERROR;
 		snprintf(m.code, sizeof(m.code), "revoked");
@@ -1041,6 +1296,7 @@ struct relay *relay_new(struct event_base *base, const struct relay_opts *o, cha
 		goto fail;
 	}
 	r->pol->refs = 1;
+	r->pol->implicit_tenants = o->policy.ntenants == 0;
 	r->pol->p = relay_policy_new(&o->policy, &o->pool, err, errlen);
 	if (!r->pol->p)
 		goto fail;
@@ -1050,7 +1306,8 @@ struct relay *relay_new(struct event_base *base, const struct relay_opts *o, cha
 	}
 	r->drain_timer = event_new(base, -1, EV_PERSIST, drain_check_cb, r);
 	r->gc_timer = event_new(base, -1, EV_PERSIST, gc_cb, r);
-	if (!r->drain_timer || !r->gc_timer) {
+	r->accept_pause = evtimer_new(base, accept_resume_cb, r);
+	if (!r->drain_timer || !r->gc_timer || !r->accept_pause) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
@@ -1094,10 +1351,7 @@ void relay_free(struct relay *r)
 		return;
 	while (r->tunnels) {
 		struct relay_tunnel *t = r->tunnels;
-		if (t->lx) {
-			t->lx->tunnel = NULL;
-			t->lx = NULL;
-		}
+		tunnel_unlink_lease(t);
 		tunnel_free(t);
 	}
 	while (r->pools) {
@@ -1113,6 +1367,8 @@ void relay_free(struct relay *r)
 		event_free(r->drain_timer);
 	if (r->gc_timer)
 		event_free(r->gc_timer);
+	if (r->accept_pause)
+		event_free(r->accept_pause);
 	SSL_CTX_free(r->ssl_ctx);
 	free(r);
 }
@@ -1129,6 +1385,7 @@ int relay_reload(struct relay *r, struct relay_opts *o, char *err, size_t errlen
 		return SR_ENOMEM;
 	}
 	np->refs = 1;
+	np->implicit_tenants = o->policy.ntenants == 0;
 	np->p = relay_policy_new(&o->policy, &o->pool, err, errlen);
 	if (!np->p) {
 		free(np);
@@ -1193,11 +1450,16 @@ void relay_get_stats(const struct relay *r, struct relay_stats *st)
 	st->bytes_to_sidecar = r->closed_bytes_in;
 	st->bytes_to_executor = r->closed_bytes_out;
 	st->streams_opened = r->closed_streams_opened;
+	st->handshakes_active = r->st.tunnels_active - r->nregistered;
+	st->executor_buffered = 0;
+	st->buffer_throttled = r->closed_throttled;
 	for (struct relay_tunnel *t = r->tunnels; t; t = t->next) {
 		struct tun_conn_stats ts;
 		if (!t->conn)
 			continue;
 		tun_conn_get_stats(t->conn, &ts);
+		st->executor_buffered += ts.sock_in_buffered;
+		st->buffer_throttled += ts.sock_in_throttled;
 		st->streams_active += ts.streams_active;
 		st->bytes_to_sidecar += ts.bytes_to_tunnel;
 		st->bytes_to_executor += ts.bytes_from_tunnel;

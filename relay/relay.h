@@ -25,7 +25,15 @@ struct relay_opts {
 	uint32_t max_pending;          /* waiting executor connections per lease */
 	uint32_t handshake_timeout_ms; /* TLS handshake plus register */
 	uint32_t drain_timeout_ms;     /* SIGTERM: streams may finish within this */
-	uint32_t max_tunnels;
+	uint32_t max_tunnels;          /* registered tunnels holding a lease */
+	uint32_t max_handshakes;       /* connections not registered yet */
+	uint32_t max_handshakes_per_source; /* of those, from one address (IPv6: /64) */
+	uint32_t max_lease_connections;     /* executor connections per lease; 0 = none */
+	uint32_t max_tunnel_buffer;    /* bytes read from a tunnel's executor sockets */
+	uint32_t max_grace_leases;     /* per tenant, leases without a tunnel; 0 = none */
+	struct relay_default_tenant {  /* limits of the implicit tenant "default" */
+		uint32_t leases, connections, pending; /* 0 = no limit / lease.max_pending */
+	} default_tenant;
 	struct tun_conn_opts tun;
 	struct relay_policy_opts policy; /* pools, tenants, routes (relay_policy.h) */
 	char *admin_listen;  /* admin HTTP listener "host:port", NULL = none */
@@ -47,6 +55,10 @@ enum relay_refusal {
 	RELAY_REFUSE_REG_ROUTE,      /* registration: no route */
 	RELAY_REFUSE_REG_LIMIT,      /* registration: tenant lease limit / pool full */
 	RELAY_REFUSE_REG_RESUME,     /* registration: unknown or foreign resume token */
+	RELAY_REFUSE_HANDSHAKES,     /* connection: max_handshakes reached */
+	RELAY_REFUSE_SOURCE,         /* connection: max_handshakes_per_source reached */
+	RELAY_REFUSE_TUNNELS,        /* registration: max_tunnels reached */
+	RELAY_REFUSE_LEASE_CONNS,    /* executor: the lease's max_lease_connections */
 	RELAY_REFUSE_MAX,
 };
 const char *relay_refusal_name(enum relay_refusal r);
@@ -63,12 +75,15 @@ struct relay_hist {
 
 struct relay_stats {
 	uint64_t tunnels_accepted;
-	uint64_t tunnels_active;
+	uint64_t tunnels_active;    /* every connection on the tunnel listener */
+	uint64_t handshakes_active; /* of those, not registered (no lease) */
 	uint64_t handshake_failures;
+	uint64_t accept_errors;     /* tunnel listener accept() failures (EMFILE...) */
 	uint64_t leases_active;
 	uint64_t leases_granted;
 	uint64_t leases_resumed;
 	uint64_t leases_expired;
+	uint64_t leases_reclaimed;  /* in grace, ended early for a new registration */
 	uint64_t executor_conns;
 	uint64_t executor_refused; /* sum of refused[] for executor reasons */
 	uint64_t refused[RELAY_REFUSE_MAX];
@@ -76,6 +91,8 @@ struct relay_stats {
 	uint64_t streams_opened;
 	uint64_t bytes_to_sidecar;  /* executor -> driver payload */
 	uint64_t bytes_to_executor; /* driver -> executor payload */
+	uint64_t executor_buffered; /* bytes read from executors, not yet sent on */
+	uint64_t buffer_throttled;  /* times a tunnel went over max_tunnel_buffer */
 	uint64_t reloads_ok, reloads_failed;
 	struct relay_hist tunnel_rtt;   /* PING round trips */
 	struct relay_hist pending_wait; /* executor wait for a tunnel that came back */

@@ -244,6 +244,19 @@ static void h_metrics(struct relay_admin *a, struct evhttp_request *req, const c
 	metric_one(b, "sparkrelay_handshake_failures_total", "counter",
 		   "Tunnel connections that failed TLS or registration in time.",
 		   st.handshake_failures);
+	metric_one(b, "sparkrelay_handshakes_active", "gauge",
+		   "Tunnel connections not registered yet (relay.max_handshakes).",
+		   st.handshakes_active);
+	metric_one(b, "sparkrelay_accept_errors_total", "counter",
+		   "Tunnel listener accept() failures (EMFILE...); it pauses after each.",
+		   st.accept_errors);
+	metric_one(b, "sparkrelay_leases_reclaimed_total", "counter",
+		   "Leases in grace ended for a new registration (relay.max_grace_leases).",
+		   st.leases_reclaimed);
+	metric_one(b, "sparkrelay_executor_buffered_bytes", "gauge",
+		   "Bytes read from executors, not yet sent to sidecars.", st.executor_buffered);
+	metric_one(b, "sparkrelay_tunnel_buffer_full_total", "counter",
+		   "Times a tunnel went over relay.max_tunnel_buffer.", st.buffer_throttled);
 	metric_one(b, "sparkrelay_leases_active", "gauge", "Port leases held now.",
 		   st.leases_active);
 	metric_one(b, "sparkrelay_leases_granted_total", "counter", "Port leases granted.",

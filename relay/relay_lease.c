@@ -17,6 +17,7 @@
 
 #include "common/sr_err.h"
 #include "common/sr_log.h"
+#include "common/sr_text.h"
 #include "common/sr_util.h"
 
 #include <assert.h>
@@ -37,7 +38,9 @@
 #define LEASE_ID_RANDOM_BYTES 4
 #define LEASE_ACCEPT_PAUSE_S 1
 #define LEASE_HASH_MIN 64
-#define LEASE_CTX_MAX (TUN_CTL_LEASE_MAX + TUN_CTL_APP_MAX + 16)
+/* The app name in the log context is escaped and cut to LEASE_CTX_APP bytes. */
+#define LEASE_CTX_APP 64
+#define LEASE_CTX_MAX (TUN_CTL_LEASE_MAX + SR_ESC_SIZE(LEASE_CTX_APP) + 16)
 #define LEASE_PORT_TAKEN (-100) /* internal; outside the SR_E* range */
 
 struct lease_port {
@@ -114,15 +117,10 @@ static void held_set(struct relay_lease_table *t, uint32_t off, int on)
 /* The app name comes from the network: keep log lines one line and greppable. */
 static void lease_make_ctx(struct relay_lease *l)
 {
-	char app[TUN_CTL_APP_MAX];
-	size_t i;
+	char app[SR_ESC_SIZE(LEASE_CTX_APP)];
 
-	for (i = 0; l->app[i] && i < sizeof(app) - 1; i++) {
-		unsigned char c = (unsigned char)l->app[i];
-		app[i] = (c > 0x20 && c < 0x7f) ? (char)c : '?';
-	}
-	app[i] = '\0';
-	snprintf(l->ctx, sizeof(l->ctx), "lease=%s app=%s", l->id, app);
+	snprintf(l->ctx, sizeof(l->ctx), "lease=%s app=\"%s\"", l->id,
+		 sr_esc_n(l->app, LEASE_CTX_APP, app, sizeof(app)));
 }
 
 static void lease_format_ports(const struct relay_lease *l, char *buf, size_t len)
@@ -542,6 +540,16 @@ struct relay_lease *relay_lease_find_id(struct relay_lease_table *t, const char 
 			return l;
 	}
 	return NULL;
+}
+
+int relay_lease_rotate_resume(struct relay_lease *l)
+{
+	char fresh[sizeof(l->resume)];
+
+	if (sr_random_hex(fresh, LEASE_RESUME_BYTES) != 0)
+		return SR_EIO;
+	memcpy(l->resume, fresh, sizeof(l->resume));
+	return 0;
 }
 
 void relay_lease_release(struct relay_lease *l)

@@ -57,6 +57,10 @@ int relay_lease_create(struct relay_lease_table *t, const char *app, unsigned ro
 struct relay_lease *relay_lease_find_resume(struct relay_lease_table *t, const char *token);
 struct relay_lease *relay_lease_find_id(struct relay_lease_table *t, const char *id);
 
+/* Give the lease a new random resume token; the old one no longer finds it.
+ * Returns 0 or SR_EIO (the old token stays). */
+int relay_lease_rotate_resume(struct relay_lease *l);
+
 /* Release now: close the listeners and free the lease (no on_expire). */
 void relay_lease_release(struct relay_lease *l);
 

@@ -45,7 +45,15 @@ struct tun_conn_opts {
 	uint32_t out_high;         /* stop generating frames above this many queued bytes */
 	uint32_t sock_read_high;   /* read high watermark of each bridged socket */
 	uint32_t max_streams;      /* concurrent streams (sidecar advertises it) */
+	/* Bytes read from this tunnel's sockets and not yet sent as DATA, summed
+	 * over its streams; 0 = no cap. Over it, every socket of the tunnel
+	 * reads only up to TUN_SOCK_IN_FLOOR bytes (TCP backpressure holds the
+	 * rest in the peers) until the sum is back under half of it. */
+	uint32_t sock_in_max;
 };
+/* What each stream may still buffer while its tunnel is over sock_in_max:
+ * enough for a heartbeat to pass a tunnel full of stalled streams. */
+#define TUN_SOCK_IN_FLOOR (16u << 10)
 
 /* Defaults used when a field is 0. */
 void tun_conn_opts_defaults(struct tun_conn_opts *o);
@@ -91,6 +99,8 @@ struct tun_conn_stats {
 	uint64_t bytes_from_tunnel; /* payload received as DATA, written to sockets */
 	size_t streams_active;
 	uint64_t last_rtt_us;       /* of the last PING round trip, 0 if none */
+	uint64_t sock_in_buffered;  /* now; counted only when sock_in_max is set */
+	uint64_t sock_in_throttled; /* times the tunnel went over sock_in_max */
 };
 
 /* logctx is copied and prefixes every log line ("lease=L-3 peer=10.0.0.3:5123").

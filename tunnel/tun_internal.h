@@ -84,6 +84,8 @@ struct tun_conn {
 	uint64_t ping_sent_us;
 
 	size_t early_buffered; /* sum of streams' early bytes; capped at conn_window */
+	size_t in_buffered;    /* sum of the sockets' input (opts.sock_in_max set) */
+	int in_throttled;      /* over sock_in_max: sockets read TUN_SOCK_IN_FLOOR at most */
 	int started;      /* tun_conn_start called: output and callbacks allowed */
 	int in_h2;        /* inside an nghttp2 call: do not re-enter */
 	int want_flush;

@@ -15,7 +15,12 @@
  *    turned into DATA frames (the stream window or the tunnel is full).
  *  - tunnel -> socket: DATA is appended to the socket's output and consumed
  *    (WINDOW_UPDATE) only as the output evbuffer callback reports bytes
- *    written to the kernel, so a stalled socket holds at most its window. */
+ *    written to the kernel, so a stalled socket holds at most its window.
+ *  - socket -> tunnel, per tunnel (opts.sock_in_max): a peer that grants no
+ *    window would otherwise make every socket of the tunnel hold
+ *    sock_read_high bytes. Over the cap, every socket's read high watermark
+ *    drops to TUN_SOCK_IN_FLOOR (so small messages still pass) until the sum
+ *    is back under half the cap. */
 #include "tunnel/tun_internal.h"
 #include "common/sr_err.h"
 #include "common/sr_log.h"
@@ -88,6 +93,42 @@ static void maybe_finish(struct tun_stream *s)
 
 static void sock_event_cb(struct bufferevent *bev, short what, void *arg);
 
+/* The read high watermark of this conn's sockets right now. */
+static size_t sock_read_high(const struct tun_conn *c)
+{
+	size_t high = c->opts.sock_read_high;
+
+	if (c->in_throttled && high > TUN_SOCK_IN_FLOOR)
+		high = TUN_SOCK_IN_FLOOR;
+	return high;
+}
+
+static void in_throttle(struct tun_conn *c, int on)
+{
+	c->in_throttled = on;
+	if (on)
+		c->stats.sock_in_throttled++;
+	for (struct tun_stream *s = c->streams; s; s = s->next)
+		if (s->sock)
+			bufferevent_setwatermark(s->sock, EV_READ, 0, sock_read_high(c));
+}
+
+/* Input of a socket grew (read) or shrank (sent as DATA): keep the tunnel's
+ * sum, and throttle or release every socket of the tunnel at the edges. */
+static void sock_in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+	struct tun_stream *s = arg;
+	struct tun_conn *c = s->conn;
+
+	(void)buf;
+	c->in_buffered += info->n_added;
+	c->in_buffered -= info->n_deleted < c->in_buffered ? info->n_deleted : c->in_buffered;
+	if (!c->in_throttled && c->in_buffered > c->opts.sock_in_max)
+		in_throttle(c, 1);
+	else if (c->in_throttled && c->in_buffered <= c->opts.sock_in_max / 2)
+		in_throttle(c, 0);
+}
+
 /* libevent 2.1 reads a socket at most 4096 bytes per event (EVBUFFER_MAX_READ)
  * and then goes back to epoll: at tunnel speeds that is one loop iteration
  * and four syscalls per 4 KiB. Top the input up ourselves, in large reads,
@@ -95,12 +136,11 @@ static void sock_event_cb(struct bufferevent *bev, short what, void *arg);
 static int sock_read_more(struct tun_stream *s, struct bufferevent *bev)
 {
 	struct evbuffer *in = bufferevent_get_input(bev);
-	size_t high = s->conn->opts.sock_read_high;
 	int fd = bufferevent_getfd(bev);
 
 	for (int i = 0; i < 16; i++) {
 		struct evbuffer_iovec v;
-		size_t len = evbuffer_get_length(in), want;
+		size_t len = evbuffer_get_length(in), want, high = sock_read_high(s->conn);
 		ssize_t n;
 		int avail = 0;
 
@@ -199,13 +239,17 @@ static void sock_event_cb(struct bufferevent *bev, short what, void *arg)
 
 int tun_stream_attach(struct tun_stream *s, struct bufferevent *sock)
 {
-	if (!evbuffer_add_cb(bufferevent_get_output(sock), sock_out_cb, s)) {
+	struct evbuffer *in = bufferevent_get_input(sock);
+
+	if (!evbuffer_add_cb(bufferevent_get_output(sock), sock_out_cb, s) ||
+	    (s->conn->opts.sock_in_max && !evbuffer_add_cb(in, sock_in_cb, s))) {
 		bufferevent_free(sock);
 		return SR_ENOMEM;
 	}
 	s->sock = sock;
+	s->conn->in_buffered += s->conn->opts.sock_in_max ? evbuffer_get_length(in) : 0;
 	bufferevent_setcb(sock, sock_read_cb, sock_write_cb, sock_event_cb, s);
-	bufferevent_setwatermark(sock, EV_READ, 0, s->conn->opts.sock_read_high);
+	bufferevent_setwatermark(sock, EV_READ, 0, sock_read_high(s->conn));
 	bufferevent_set_max_single_read(sock, 64 * 1024);
 	bufferevent_set_max_single_write(sock, 256 * 1024);
 	return 0;
@@ -262,7 +306,15 @@ static void stream_close_socket(struct tun_stream *s)
 {
 	if (s->sock) {
 		int fd = bufferevent_getfd(s->sock);
+		struct evbuffer *in = bufferevent_get_input(s->sock);
+		struct tun_conn *c = s->conn;
 		evbuffer_remove_cb(bufferevent_get_output(s->sock), sock_out_cb, s);
+		if (c->opts.sock_in_max && evbuffer_remove_cb(in, sock_in_cb, s) == 0) {
+			size_t n = evbuffer_get_length(in);
+			c->in_buffered -= n < c->in_buffered ? n : c->in_buffered;
+			if (c->in_throttled && c->in_buffered <= c->opts.sock_in_max / 2)
+				in_throttle(c, 0);
+		}
 		if ((s->flags & TS_RESET) && fd >= 0)
 			sr_sock_set_reset_on_close(fd);
 		bufferevent_free(s->sock);

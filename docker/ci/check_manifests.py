@@ -107,6 +107,16 @@ def main(argv):
             "every route restricts executors to source CIDRs (routes[].executor_cidrs)")
     c.check(get(relay, "pool.advertise") is None,
             "relay.json leaves pool.advertise to the DaemonSet (node IP via env)")
+    # Tenant limits on: the implicit tenant's (relay.default_tenant) while no tenants
+    # are configured, otherwise every tenant's own.
+    tenants = relay.get("tenants", [])
+    limits = [get(t, "limits", {}) for t in tenants] if tenants else \
+        [relay.get("default_tenant", {})]
+    c.check(all(isinstance(lim.get(k), int) and lim.get(k) > 0
+                for lim in limits for k in ("leases", "connections", "pending")),
+            "relay.json sets tenant limits (leases, connections, pending) explicitly")
+    c.check(isinstance(relay.get("max_grace_leases"), int) and relay["max_grace_leases"] > 0,
+            "relay.json bounds the leases a tenant leaves in grace (max_grace_leases)")
 
     # ---- Dockerfile facts ----------------------------------------------------------
     with open(os.path.join(root, "docker", "Dockerfile")) as f:
@@ -184,6 +194,13 @@ def main(argv):
     env = {e.get("name"): e for e in ctr.get("env", [])}
     c.check(get(env.get("SPARKRELAY_RELAY_POOL_ADVERTISE", {}), "valueFrom.fieldRef.fieldPath")
             == "status.hostIP", "pool.advertise comes from the node IP")
+    # With hostNetwork every node process and hostNetwork pod reaches the admin port on
+    # loopback: a token is required there too. `sparkrelay ctl` reads the same variable.
+    admin_ref = get(env.get("SPARKRELAY_RELAY_ADMIN_TOKEN", {}), "valueFrom.secretKeyRef", {})
+    c.check(bool(admin_ref.get("name")) and bool(admin_ref.get("key")) and
+            not admin_ref.get("optional", False) and get(relay, "admin.token") is None,
+            "admin token from a required Secret (SPARKRELAY_RELAY_ADMIN_TOKEN), not in "
+            "relay.json")
 
     # Volumes: the config file and the TLS files are where relay.json says.
     mounts = {m.get("name"): m.get("mountPath") for m in ctr.get("volumeMounts", [])}

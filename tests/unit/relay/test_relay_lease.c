@@ -450,6 +450,33 @@ static void test_find_by_resume_and_id(void **state)
 	assert_ptr_equal(relay_lease_find_id(f->t, relay_lease_id(l[0])), l[0]);
 }
 
+/* A rotated resume token finds the lease; the old one no longer does, and
+ * the lease message carries the new one. */
+static void test_rotate_resume(void **state)
+{
+	struct fx *f = *state;
+	struct relay_lease *l = NULL, *other = NULL;
+	char old[TUN_CTL_RESUME_MAX];
+	struct tun_ctl_msg m;
+
+	fx_table(f, 0);
+	assert_int_equal(relay_lease_create(f->t, "app", TUN_ROLE_BIT(TUN_PORT_DRIVER), 30, &l),
+			 0);
+	assert_int_equal(relay_lease_create(f->t, "app", TUN_ROLE_BIT(TUN_PORT_DRIVER), 30,
+					    &other),
+			 0);
+	snprintf(old, sizeof(old), "%s", relay_lease_resume_token(l));
+	assert_int_equal(relay_lease_rotate_resume(l), 0);
+	assert_true(is_hex(relay_lease_resume_token(l), 64));
+	assert_string_not_equal(relay_lease_resume_token(l), old);
+	assert_null(relay_lease_find_resume(f->t, old));
+	assert_ptr_equal(relay_lease_find_resume(f->t, relay_lease_resume_token(l)), l);
+	assert_ptr_equal(relay_lease_find_resume(f->t, relay_lease_resume_token(other)), other);
+	memset(&m, 0, sizeof(m));
+	relay_lease_describe(l, &m);
+	assert_string_equal(m.resume, relay_lease_resume_token(l));
+}
+
 /* More leases than the initial id hash buckets, so the table must grow and
  * still find each one. */
 static void test_find_id_after_table_grows(void **state)
@@ -889,6 +916,7 @@ int main(void)
 		T(test_pool_exhaustion_is_all_or_nothing),
 		T(test_max_leases_busy),
 		T(test_find_by_resume_and_id),
+		T(test_rotate_resume),
 		T(test_find_id_after_table_grows),
 		T(test_release_closes_ports),
 		T(test_detach_ttl_expires_once),

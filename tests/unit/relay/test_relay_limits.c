@@ -1,0 +1,115 @@
+/* relay_limits: the rate-limited refusal log, what one source is for the
+ * per-source handshake cap, and the identity a resume is bound to. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "relay/relay_limits.h"
+
+static void test_ratelog_one_line_per_period(void **state)
+{
+	struct relay_ratelog rl;
+	uint64_t more = 99;
+
+	(void)state;
+	memset(&rl, 0, sizeof(rl));
+	assert_int_equal(relay_ratelog_allow(&rl, 1000, 500, &more), 1);
+	assert_int_equal(more, 0);
+	for (int i = 0; i < 1000; i++)
+		assert_int_equal(relay_ratelog_allow(&rl, 1000 + (uint64_t)i % 499, 500, &more),
+				 0);
+	/* The next line says how many were not logged, then counting starts again. */
+	assert_int_equal(relay_ratelog_allow(&rl, 1500, 500, &more), 1);
+	assert_int_equal(more, 1000);
+	assert_int_equal(relay_ratelog_allow(&rl, 1501, 500, &more), 0);
+	assert_int_equal(relay_ratelog_allow(&rl, 5000, 500, NULL), 1);
+	assert_int_equal(relay_ratelog_allow(&rl, 5600, 500, &more), 1);
+	assert_int_equal(more, 0);
+}
+
+static struct sockaddr_storage v4(const char *a, uint16_t port)
+{
+	struct sockaddr_storage ss;
+	struct sockaddr_in *s = (struct sockaddr_in *)&ss;
+
+	memset(&ss, 0, sizeof(ss));
+	s->sin_family = AF_INET;
+	s->sin_port = htons(port);
+	assert_int_equal(inet_pton(AF_INET, a, &s->sin_addr), 1);
+	return ss;
+}
+
+static struct sockaddr_storage v6(const char *a, uint16_t port)
+{
+	struct sockaddr_storage ss;
+	struct sockaddr_in6 *s = (struct sockaddr_in6 *)&ss;
+
+	memset(&ss, 0, sizeof(ss));
+	s->sin6_family = AF_INET6;
+	s->sin6_port = htons(port);
+	assert_int_equal(inet_pton(AF_INET6, a, &s->sin6_addr), 1);
+	return ss;
+}
+
+#define SA(x) ((const struct sockaddr *)&(x))
+
+static void test_same_source(void **state)
+{
+	struct sockaddr_storage a = v4("10.1.2.3", 1000), b = v4("10.1.2.3", 2000),
+				c = v4("10.1.2.4", 1000);
+	struct sockaddr_storage x = v6("2001:db8:1:2::1", 1), y = v6("2001:db8:1:2:ffff::9", 2),
+				z = v6("2001:db8:1:3::1", 1);
+	struct sockaddr_storage m1 = v6("::ffff:10.1.2.3", 1), m2 = v6("::ffff:10.1.2.4", 1);
+
+	(void)state;
+	assert_true(relay_same_source(SA(a), SA(b))); /* ports do not matter */
+	assert_false(relay_same_source(SA(a), SA(c)));
+	assert_true(relay_same_source(SA(x), SA(y))); /* one /64 */
+	assert_false(relay_same_source(SA(x), SA(z)));
+	assert_false(relay_same_source(SA(a), SA(m1)));	 /* families differ */
+	assert_false(relay_same_source(SA(m1), SA(m2))); /* mapped IPv4: whole address */
+	assert_true(relay_same_source(SA(m1), SA(m1)));
+	assert_false(relay_same_source(NULL, SA(a)));
+}
+
+static void test_identity_key(void **state)
+{
+	char k1[RELAY_IDKEY_MAX], k2[RELAY_IDKEY_MAX];
+	char small[16];
+
+	(void)state;
+	/* The CN wins over the token. */
+	assert_int_equal(relay_identity_key("sidecar-1", "tok", "t", k1, sizeof(k1)), 0);
+	assert_string_equal(k1, "cn:sidecar-1");
+	/* Token only: its SHA-256, never the token. printf %s abc | sha256sum */
+	assert_int_equal(relay_identity_key("", "abc", "t", k1, sizeof(k1)), 0);
+	assert_string_equal(
+	    k1, "token:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+	assert_int_equal(relay_identity_key(NULL, "abd", "t", k2, sizeof(k2)), 0);
+	assert_string_not_equal(k1, k2);
+	/* Neither: the tenant. */
+	assert_int_equal(relay_identity_key(NULL, "", "team", k1, sizeof(k1)), 0);
+	assert_string_equal(k1, "tenant:team");
+	/* A CN that looks like a key of another kind stays apart from it. */
+	assert_int_equal(relay_identity_key("x", NULL, NULL, k1, sizeof(k1)), 0);
+	assert_int_equal(relay_identity_key(NULL, NULL, "x", k2, sizeof(k2)), 0);
+	assert_string_not_equal(k1, k2);
+	assert_int_equal(relay_identity_key("a", NULL, NULL, small, sizeof(small)), -1);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_ratelog_one_line_per_period),
+	    cmocka_unit_test(test_same_source),
+	    cmocka_unit_test(test_identity_key),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
