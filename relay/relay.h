@@ -113,35 +113,6 @@ void relay_drain(struct relay *r);
 uint16_t relay_listen_port(const struct relay *r);
 void relay_get_stats(const struct relay *r, struct relay_stats *st);
 
-/* ---- for the admin API (relay_admin.c) -------------------------------- */
-
-struct relay_lease_view {
-	const char *id, *app, *tenant, *pool, *route, *host;
-	uint16_t ports[TUN_PORT_MAX];
-	int attached;           /* a tunnel carries it now */
-	const char *peer;       /* that tunnel's sidecar address, "" if none */
-	unsigned npending;      /* executors waiting for the tunnel */
-	uint64_t conns_total;   /* executor connections accepted */
-	uint64_t conns_active;
-};
-
-struct relay_session_view {
-	const char *peer;       /* sidecar address */
-	const char *identity;   /* certificate CN, "" if none */
-	const char *tenant;     /* "" until registered */
-	const char *lease;      /* "" until registered */
-	uint64_t age_ms;
-	struct tun_conn_stats st;
-};
-
-/* Visit every lease / tunnel; views are borrowed for the call. */
-void relay_foreach_lease(struct relay *r, void (*fn)(const struct relay_lease_view *v, void *arg),
-			 void *arg);
-void relay_foreach_session(struct relay *r,
-			   void (*fn)(const struct relay_session_view *v, void *arg), void *arg);
-/* Revoke: close the lease's tunnel and free its ports. 0 or SR_ENOTFOUND. */
-int relay_revoke_lease(struct relay *r, const char *id);
-
 /* Apply a new configuration atomically: the policy is compiled first and
  * the old one stays in force if that fails (err says why). On success the
  * relay takes ownership of *o (the caller gets the previous options back in

@@ -3,6 +3,7 @@
  * answers at once, so a slow admin client can hold its own connection but
  * never the data path. */
 #include "relay/relay_admin.h"
+#include "relay/relay_view.h"
 
 #include "common/sr_err.h"
 #include "common/sr_log.h"

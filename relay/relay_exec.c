@@ -1,0 +1,237 @@
+/* Executor connections: admission on a lease port (draining, CIDRs,
+ * tenant and lease limits), a stream at once when the lease's tunnel is up,
+ * else a bounded wait in arrival order for the tunnel to come back. */
+#include "relay/relay_int.h"
+#include "common/sr_err.h"
+#include "common/sr_log.h"
+#include "common/sr_text.h"
+#include "common/sr_util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+static void pending_free(struct relay_pending *p, int reset)
+{
+	if (p->fd >= 0) {
+		if (reset)
+			sr_sock_set_reset_on_close(p->fd);
+		close(p->fd);
+	}
+	if (p->timer)
+		event_free(p->timer);
+	free(p);
+}
+
+static void pending_unlink(struct relay_pending *p)
+{
+	struct relay_pending **pp = &p->owner->pending;
+	while (*pp && *pp != p)
+		pp = &(*pp)->next;
+	if (*pp)
+		*pp = p->next;
+	p->owner->npending--;
+}
+
+static void pending_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct relay_pending *p = arg;
+	struct relay *r = p->owner->relay;
+
+	SR_WARN(relay_lease_id(p->owner->lease),
+		"conn=%llu peer=%s: closed after waiting %u ms for the tunnel",
+		(unsigned long long)p->conn_id, p->peer, r->o->pending_timeout_ms);
+	relay_refuse(r, RELAY_REFUSE_PENDING_TIMEOUT);
+	pending_unlink(p);
+	pending_free(p, 1);
+}
+
+static void open_stream(struct relay *r, struct relay_lease_ext *lx, int fd,
+			enum tun_port_role role, uint64_t conn_id, const char *peer)
+{
+	struct bufferevent *bev;
+	int rv;
+
+	bev = bufferevent_socket_new(r->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (!bev) {
+		close(fd);
+		relay_refuse(r, RELAY_REFUSE_STREAM);
+		return;
+	}
+	rv = tun_conn_open_stream(lx->tunnel->conn, bev, relay_lease_port(lx->lease, role),
+				  relay_lease_id(lx->lease), conn_id, peer);
+	if (rv != 0) {
+		SR_WARN(lx->tunnel->ctx, "conn=%llu peer=%s: cannot open stream: %s",
+			(unsigned long long)conn_id, peer, sr_strerror(rv));
+		relay_refuse(r, RELAY_REFUSE_STREAM);
+		return;
+	}
+	lx->conns_total++;
+	SR_DEBUG(lx->tunnel->ctx, "conn=%llu peer=%s port=%u: stream opened",
+		 (unsigned long long)conn_id, peer, relay_lease_port(lx->lease, role));
+}
+
+void relay_exec_flush_pending(struct relay *r, struct relay_lease_ext *lx)
+{
+	uint64_t now = sr_now_us();
+
+	while (lx->pending && lx->tunnel) {
+		struct relay_pending *p = lx->pending;
+		int fd = p->fd;
+		lx->pending = p->next;
+		lx->npending--;
+		p->fd = -1;
+		relay_hist_add(&r->st.pending_wait, now - p->since_us);
+		open_stream(r, lx, fd, p->role, p->conn_id, p->peer);
+		pending_free(p, 0);
+	}
+}
+
+static void reset_fd(int fd)
+{
+	sr_sock_set_reset_on_close(fd);
+	close(fd);
+}
+
+void relay_exec_on_accept(struct relay_lease *l, enum tun_port_role role, int fd,
+			const struct sockaddr *sa, int salen, void *arg)
+{
+	struct relay *r = arg;
+	struct relay_lease_ext *lx = relay_lease_data(l);
+	const struct relay_pol *tpol;
+	const struct relay_policy *pol;
+	struct relay_tenant_limits tl;
+	struct relay_pending *p;
+	char peer[SR_ADDRSTRLEN];
+	uint64_t conn_id = ++r->next_conn_id;
+	int cur, route;
+	unsigned max_pending = r->o->max_pending;
+	struct timeval tv;
+
+	sr_format_addr(sa, peer, sizeof(peer));
+	r->st.executor_conns++;
+	if (!lx || r->draining) {
+		reset_fd(fd);
+		relay_refuse(r, RELAY_REFUSE_DRAINING);
+		return;
+	}
+	/* "Changed limits apply to new work": a new executor connection is
+	 * judged by the current policy's route and tenant of the same name;
+	 * only if a reload removed them do the lease's original rules apply. */
+	cur = relay_policy_route_find(r->pol->p, lx->route_name);
+	pol = cur >= 0 ? r->pol->p : lx->pol->p;
+	route = cur >= 0 ? cur : lx->route;
+	cur = relay_policy_tenant_find(r->pol->p, lx->tenant_name);
+	tpol = cur >= 0 ? r->pol : lx->pol;
+	relay_tenant_limits(r, tpol, relay_policy_tenant_cfg(tpol->p, cur >= 0 ? cur : lx->tenant),
+		      &tl);
+	if (!relay_policy_executor_allowed(pol, route, sa)) {
+		SR_WARN(relay_lease_id(l), "conn=%llu peer=%s: refused, address not in route %s's "
+					   "executor_cidrs",
+			(unsigned long long)conn_id, peer, lx->route_name);
+		reset_fd(fd);
+		relay_refuse(r, RELAY_REFUSE_CIDR);
+		return;
+	}
+	if (r->o->max_lease_connections &&
+	    relay_lease_conns(lx) >= (uint64_t)r->o->max_lease_connections) {
+		uint64_t more = 0;
+		if (relay_ratelog_allow(&lx->rl_refused, sr_now_us(), REFUSAL_LOG_PERIOD_US, &more))
+			SR_WARN(relay_lease_id(l), "conn=%llu peer=%s: refused, the lease is at its "
+						   "limit of %u connections (relay.max_lease_"
+						   "connections; %llu more refused since the last "
+						   "line)",
+				(unsigned long long)conn_id, peer, r->o->max_lease_connections,
+				(unsigned long long)more);
+		reset_fd(fd);
+		relay_refuse(r, RELAY_REFUSE_LEASE_CONNS);
+		return;
+	}
+	if (tl.connections) {
+		struct relay_tenant_usage u;
+		relay_tenant_usage(r, lx->tenant_name, NULL, NULL, NULL, &u);
+		if (u.conns >= tl.connections) {
+			SR_WARN(relay_lease_id(l), "conn=%llu peer=%s: refused, tenant %s is at its "
+						   "limit of %u connections",
+				(unsigned long long)conn_id, peer, lx->tenant_name,
+				tl.connections);
+			reset_fd(fd);
+			relay_refuse(r, RELAY_REFUSE_TENANT_LIMIT);
+			return;
+		}
+	}
+	/* A tunnel that is closing (or got GOAWAY) takes no new streams: the
+	 * executor waits for the sidecar's next tunnel like during grace. */
+	if (lx->tunnel && lx->tunnel->conn && tun_conn_is_open(lx->tunnel->conn)) {
+		open_stream(r, lx, fd, role, conn_id, peer);
+		return;
+	}
+	if (tl.pending)
+		max_pending = tl.pending;
+	if (lx->npending >= max_pending) {
+		SR_WARN(relay_lease_id(l), "conn=%llu peer=%s: refused, %u connections already "
+					   "wait for the tunnel",
+			(unsigned long long)conn_id, peer, lx->npending);
+		reset_fd(fd);
+		relay_refuse(r, RELAY_REFUSE_PENDING_FULL);
+		return;
+	}
+	p = calloc(1, sizeof(*p));
+	if (!p || !(p->timer = evtimer_new(r->base, pending_timeout_cb, p))) {
+		free(p);
+		close(fd);
+		relay_refuse(r, RELAY_REFUSE_STREAM);
+		return;
+	}
+	p->owner = lx;
+	p->fd = fd;
+	p->role = role;
+	p->conn_id = conn_id;
+	p->since_us = sr_now_us();
+	snprintf(p->peer, sizeof(p->peer), "%s", peer);
+	tv.tv_sec = r->o->pending_timeout_ms / 1000;
+	tv.tv_usec = (r->o->pending_timeout_ms % 1000) * 1000;
+	evtimer_add(p->timer, &tv);
+	p->next = lx->pending;
+	lx->pending = p;
+	lx->npending++;
+	SR_INFO(relay_lease_id(l), "conn=%llu peer=%s: waiting for the tunnel (up to %u ms)",
+		(unsigned long long)conn_id, peer, r->o->pending_timeout_ms);
+}
+
+void relay_lease_ext_free(struct relay_lease_ext *lx)
+{
+	relay_tenant_remove(lx->relay, lx);
+	while (lx->pending) {
+		struct relay_pending *p = lx->pending;
+		lx->pending = p->next;
+		pending_free(p, 1);
+	}
+	relay_pol_unref(lx->pol);
+	free(lx);
+}
+
+void relay_exec_on_expire(struct relay_lease *l, void *arg)
+{
+	struct relay *r = arg;
+	struct relay_lease_ext *lx = relay_lease_data(l);
+
+	SR_INFO(relay_lease_id(l), "lease expired: no tunnel for %u s; ports closed",
+		r->o->lease_grace_s);
+	r->st.leases_expired++;
+	relay_lease_set_data(l, NULL);
+	if (lx)
+		relay_lease_ext_free(lx);
+}
+
+void relay_release_lease(struct relay_lease_ext *lx)
+{
+	struct relay_lease *l = lx->lease;
+	relay_lease_set_data(l, NULL);
+	relay_lease_ext_free(lx);
+	relay_lease_release(l);
+}

@@ -1,0 +1,210 @@
+/* Shared between the files of the relay role; not part of its API.
+ *
+ *   relay.c         the relay object: create, free, drain, reload, stats
+ *   relay_tunnel.c  tunnels from sidecars: accept, TLS, registration, control
+ *   relay_exec.c    executor connections: admission, waiting, streams
+ *   relay_pool.c    compiled policies and the pools' lease tables
+ *   relay_tenant.c  what each tenant holds, against its limits
+ *   relay_view.c    read-only views and revoke, for the admin API
+ *
+ * Ownership: the relay owns its tunnels (list), pools (list) and current
+ * policy (one reference). A pool's lease table owns its leases; each lease
+ * carries a relay_lease_ext (relay_lease_set_data) that holds a reference to
+ * the policy it was made under, and its waiting executors. A tunnel and a
+ * lease point at each other while attached (t->lx, lx->tunnel). */
+#ifndef RELAY_INT_H
+#define RELAY_INT_H
+
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <event2/util.h>
+#include <openssl/ssl.h>
+
+#include "common/sr_util.h"
+#include "relay/relay.h"
+#include "relay/relay_limits.h"
+#include "tunnel/tun_endpoint.h"
+
+struct event;
+struct evconnlistener;
+struct relay_tunnel;
+
+/* Refusals under a flood: at most one log line per kind this often. */
+#define REFUSAL_LOG_PERIOD_US (10u * 1000000u)
+/* App names in log lines: escaped, and cut to this many input bytes. */
+#define LOG_APP_MAX 64
+
+/* A compiled policy, kept alive while leases made under it exist: their
+ * route and tenant indexes refer to it, and its rules still apply to them if
+ * a reload removes their route or tenant. */
+struct relay_pol {
+	struct relay_policy *p;
+	unsigned refs;
+	int implicit_tenants; /* no tenants configured: relay.default_tenant limits apply */
+};
+
+/* One pool's lease table. A reload that changes or removes the pool retires
+ * the table: it makes no new leases and is freed once its leases are gone. */
+struct relay_pool_rt {
+	struct relay_pool_rt *next;
+	char *name;
+	struct relay_pool_opts opts; /* own copies of the strings, for comparison */
+	struct relay_lease_table *t;
+	int retired;
+};
+
+/* An executor connection waiting for its lease's tunnel to come back. */
+struct relay_pending {
+	struct relay_pending *next;
+	struct relay_lease_ext *owner;
+	int fd;
+	enum tun_port_role role;
+	uint64_t conn_id;
+	uint64_t since_us;
+	char peer[SR_ADDRSTRLEN];
+	struct event *timer;
+};
+
+/* What the relay keeps per lease (relay_lease_set_data). */
+struct relay_lease_ext {
+	struct relay *relay;
+	struct relay_lease *lease;
+	struct relay_pool_rt *pool;
+	struct relay_pol *pol; /* holds a reference */
+	int route;
+	int tenant;            /* index in pol at creation */
+	char tenant_name[64];
+	char route_name[64];
+	struct relay_tunnel *tunnel; /* attached tunnel, NULL while in grace */
+	struct relay_pending *pending;
+	unsigned npending;
+	uint64_t conns_total;
+	uint64_t detached_us;  /* when the tunnel went (in grace), 0 while attached */
+	struct relay_ratelog rl_refused; /* executors over max_lease_connections */
+	/* Who created it (relay_identity_key): only that identity may resume. */
+	char idkey[RELAY_IDKEY_MAX];
+	struct sockaddr_storage src; /* the creator's address, for reclaim order */
+	struct relay_tenant_acct *acct;          /* its tenant's leases (relay_tenant.c) */
+	struct relay_lease_ext *tnext, *tprev;
+};
+
+struct relay_tunnel {
+	struct relay *relay;
+	struct relay_tunnel *next, *prev;
+	struct tun_endpoint *ep; /* socket, TLS and session */
+	struct tun_conn *conn;   /* the endpoint's session, NULL until TLS is up */
+	struct relay_lease_ext *lx;
+	struct event *timer; /* handshake + register deadline */
+	struct sockaddr_storage addr;
+	uint64_t started_us;
+	char peer[SR_ADDRSTRLEN];
+	char identity[160];
+	char sans[TUN_EP_MAX_SANS][256];
+	size_t nsans;
+	char ctx[320];
+};
+
+struct relay {
+	struct event_base *base;
+	struct relay_opts *o; /* the caller's struct; relay_reload swaps its content */
+	SSL_CTX *ssl_ctx;
+	struct evconnlistener *listener;
+	struct relay_pol *pol; /* current policy (one reference) */
+	struct relay_pool_rt *pools;
+	struct relay_tenant_acct *tenants; /* leases by tenant name, for limits */
+	struct relay_tunnel *tunnels;
+	unsigned nregistered; /* tunnels holding a lease (t->lx set) */
+	struct event *accept_pause; /* re-enables the listener after EMFILE */
+	struct relay_ratelog rl_accept; /* tunnel connections refused at accept */
+	struct relay_ratelog rl_accept_err; /* accept() failures */
+	struct event *drain_timer;
+	struct event *gc_timer;
+	uint64_t drain_deadline_us;
+	uint64_t next_conn_id;
+	uint64_t closed_bytes_in, closed_bytes_out, closed_streams_opened, closed_throttled;
+	int draining;
+	struct relay_stats st;
+};
+
+/* The limits that apply to a tenant of policy pol (tc may be NULL). */
+struct relay_tenant_limits {
+	uint32_t leases, connections, pending;
+};
+
+/* The leases of one tenant (by name, across pools and reloads). */
+struct relay_tenant_acct {
+	struct relay_tenant_acct *next;
+	char name[64];
+	struct relay_lease_ext *leases;
+	unsigned nleases;
+};
+
+struct relay_tenant_usage {
+	const char *tenant;
+	/* For a reclaim: the registering client, and the pool that must gain
+	 * a free lease (NULL: any). */
+	const char *idkey;
+	const struct sockaddr *src;
+	const struct relay_pool_rt *pool;
+	uint64_t conns, leases, grace;
+	struct relay_lease_ext *oldest;      /* in grace the longest */
+	struct relay_lease_ext *oldest_mine; /* the same, created by this client */
+};
+
+/* relay.c */
+void relay_hist_add(struct relay_hist *h, uint64_t us);
+void relay_refuse(struct relay *r, enum relay_refusal why);
+/* A peer's name (certificate CN) as one word of a log context: escaped,
+ * and quoted when it holds a space or '=' that could pass for another field. */
+const char *relay_log_word(const char *s, char *buf, size_t len);
+
+/* relay_pool.c */
+void relay_pol_unref(struct relay_pol *pol);
+/* NULL and "" both mean "unset". */
+int relay_str_eq(const char *a, const char *b);
+/* Make the live pools match policy p: keep unchanged ones, retire changed
+ * or removed ones, add new ones. Returns 0 or SR_ENOMEM (nothing changed). */
+int relay_pools_sync(struct relay *r, const struct relay_policy *p);
+struct relay_pool_rt *relay_pool_find(struct relay *r, const char *name);
+void relay_pool_free(struct relay_pool_rt *pr);
+/* Timer: frees retired pools whose last lease has ended. */
+void relay_pools_gc_cb(evutil_socket_t fd, short what, void *arg);
+struct relay_lease *relay_find_resume(struct relay *r, const char *token);
+struct relay_lease *relay_find_id(struct relay *r, const char *id);
+
+/* relay_tenant.c */
+void relay_tenant_limits(const struct relay *r, const struct relay_pol *pol,
+			 const struct relay_tenant_cfg *tc, struct relay_tenant_limits *tl);
+/* Executor connections of a lease: streams of its tunnel plus waiting ones. */
+uint64_t relay_lease_conns(const struct relay_lease_ext *lx);
+/* Account lx to its tenant (lx->tenant_name). Returns 0 or SR_ENOMEM. */
+int relay_tenant_add(struct relay *r, struct relay_lease_ext *lx);
+void relay_tenant_remove(struct relay *r, struct relay_lease_ext *lx);
+/* What tenant holds, from its own leases only. idkey, src and pool (all may
+ * be NULL) choose the reclaim candidates: see reclaim_one in relay_tunnel.c. */
+void relay_tenant_usage(struct relay *r, const char *tenant, const char *idkey,
+			const struct sockaddr *src, const struct relay_pool_rt *pool,
+			struct relay_tenant_usage *u);
+
+/* relay_exec.c */
+/* relay_lease_cbs: an executor connected / a lease's grace ran out. */
+void relay_exec_on_accept(struct relay_lease *l, enum tun_port_role role, int fd,
+			  const struct sockaddr *sa, int salen, void *arg);
+void relay_exec_on_expire(struct relay_lease *l, void *arg);
+/* The lease's tunnel is back: waiting executors become streams, in order. */
+void relay_exec_flush_pending(struct relay *r, struct relay_lease_ext *lx);
+/* Free lx and its waiting executors (reset); the lease itself stays. */
+void relay_lease_ext_free(struct relay_lease_ext *lx);
+/* Free lx and release its lease (ports closed). */
+void relay_release_lease(struct relay_lease_ext *lx);
+
+/* relay_tunnel.c */
+void relay_tunnel_accept(struct evconnlistener *lst, evutil_socket_t fd, struct sockaddr *sa,
+			 int salen, void *arg);
+/* The tunnel stops holding its lease; the caller decides what becomes of
+ * the lease (grace, release). */
+void relay_tunnel_unlink_lease(struct relay_tunnel *t);
+void relay_tunnel_free(struct relay_tunnel *t);
+
+#endif

@@ -1,0 +1,552 @@
+/* Tunnels from sidecars: accept (with caps on connections that have not
+ * registered), TLS through tun_endpoint, registration (identity, tenant,
+ * route, pool, limits; new lease or resume), the control messages of a
+ * registered tunnel, and its end. */
+#include "relay/relay_int.h"
+#include "common/sr_err.h"
+#include "common/sr_log.h"
+#include "common/sr_text.h"
+#include "common/sr_util.h"
+#include "tunnel/tun_tls.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <event2/listener.h>
+
+void relay_tunnel_unlink_lease(struct relay_tunnel *t)
+{
+	if (!t->lx)
+		return;
+	t->lx->tunnel = NULL;
+	t->lx = NULL;
+	t->relay->nregistered--;
+}
+
+void relay_tunnel_free(struct relay_tunnel *t)
+{
+	struct relay *r = t->relay;
+
+	if (t->prev)
+		t->prev->next = t->next;
+	else if (r->tunnels == t)
+		r->tunnels = t->next;
+	if (t->next)
+		t->next->prev = t->prev;
+	if (t->lx) {
+		struct relay_lease_ext *lx = t->lx;
+		relay_tunnel_unlink_lease(t);
+		lx->detached_us = sr_now_us();
+		relay_lease_detach(lx->lease);
+		if (!r->draining)
+			SR_INFO(t->ctx, "tunnel lost; lease and ports kept for %u s",
+				r->o->lease_grace_s);
+	}
+	if (t->conn) {
+		struct tun_conn_stats st;
+		tun_conn_get_stats(t->conn, &st);
+		r->closed_bytes_in += st.bytes_to_tunnel;
+		r->closed_bytes_out += st.bytes_from_tunnel;
+		r->closed_streams_opened += st.streams_opened;
+		r->closed_throttled += st.sock_in_throttled;
+	}
+	tun_endpoint_free(t->ep);
+	if (t->timer)
+		event_free(t->timer);
+	r->st.tunnels_active--;
+	free(t);
+}
+
+static void send_error(struct relay_tunnel *t, const char *code, const char *text)
+{
+	struct tun_ctl_msg m;
+	char esc[SR_ESC_SIZE(TUN_CTL_TEXT_MAX)];
+
+	memset(&m, 0, sizeof(m));
+	m.type = TUN_CTL_ERROR;
+	snprintf(m.code, sizeof(m.code), "%s", code);
+	snprintf(m.message, sizeof(m.message), "%s", text);
+	/* text may quote what the sidecar sent (its app name, say). */
+	SR_WARN(t->ctx, "registration refused: %s (%s)", code, sr_esc(text, esc, sizeof(esc)));
+	tun_conn_send_ctl(t->conn, &m);
+	tun_conn_close(t->conn, 0);
+}
+
+static void attach(struct relay_tunnel *t, struct relay_lease_ext *lx)
+{
+	struct relay *r = t->relay;
+	struct tun_ctl_msg m;
+	char app[SR_ESC_SIZE(LOG_APP_MAX)];
+
+	if (lx->tunnel && lx->tunnel != t) {
+		/* Either the sidecar came back before we noticed its old tunnel
+		 * died, or someone else holds the resume token: say both. */
+		struct relay_tunnel *old = lx->tunnel;
+		char cn[SR_ESC_SIZE(64) + 2], oldcn[SR_ESC_SIZE(64) + 2];
+		SR_WARN(old->ctx, "replaced by a new tunnel from peer=%s cn=%s that resumed the "
+				  "lease while this one (peer=%s cn=%s) was still attached; "
+				  "closing this one",
+			t->peer, relay_log_word(t->identity, cn, sizeof(cn)), old->peer,
+			relay_log_word(old->identity, oldcn, sizeof(oldcn)));
+		relay_tunnel_unlink_lease(old);
+		tun_conn_close(old->conn, SR_ECLOSED);
+	}
+	lx->tunnel = t;
+	lx->detached_us = 0;
+	t->lx = lx;
+	r->nregistered++;
+	relay_lease_attach(lx->lease, t);
+	evtimer_del(t->timer);
+	snprintf(t->ctx, sizeof(t->ctx), "lease=%s app=\"%s\" tenant=%s peer=%s",
+		 relay_lease_id(lx->lease),
+		 sr_esc_n(relay_lease_app(lx->lease), LOG_APP_MAX, app, sizeof(app)),
+		 lx->tenant_name, t->peer);
+	tun_conn_set_logctx(t->conn, t->ctx);
+	memset(&m, 0, sizeof(m));
+	relay_lease_describe(lx->lease, &m);
+	tun_conn_send_ctl(t->conn, &m);
+	relay_exec_flush_pending(r, lx);
+}
+
+/* End one of the tenant's leases that have no tunnel, so that a registration
+ * of the same tenant can have a lease: the oldest one that this client (same
+ * identity, same source) left behind, else the tenant's oldest. With pool
+ * set, only leases of that pool count (their ports are what is missing).
+ * Never touches another tenant's leases. Returns 1 if one was ended. */
+static int reclaim_one(struct relay_tunnel *t, const char *tenant, const char *idkey,
+		       const struct relay_pool_rt *pool, const char *why)
+{
+	struct relay *r = t->relay;
+	struct relay_lease_ext *victim;
+	struct relay_tenant_usage u;
+
+	relay_tenant_usage(r, tenant, idkey, (const struct sockaddr *)&t->addr, pool, &u);
+	victim = u.oldest_mine ? u.oldest_mine : u.oldest;
+	if (!victim)
+		return 0;
+	SR_WARN(t->ctx, "lease %s of tenant %s reclaimed after %llu s without a tunnel (%s): "
+			"its sidecar must register again",
+		relay_lease_id(victim->lease), tenant,
+		(unsigned long long)((sr_now_us() - victim->detached_us) / 1000000u), why);
+	r->st.leases_reclaimed++;
+	relay_release_lease(victim);
+	return 1;
+}
+
+/* Who is registering: the tenant (index in the current policy) and the
+ * identity key its leases are bound to. Returns the tenant, or -1 after
+ * answering the refusal. */
+static int reg_identify(struct relay_tunnel *t, const struct tun_ctl_msg *m, char *idkey,
+			size_t idlen)
+{
+	struct relay *r = t->relay;
+	const struct relay_policy *p = r->pol->p;
+	const char *sans[TUN_EP_MAX_SANS];
+	struct relay_identity id;
+	char why[256];
+	int tenant;
+
+	if (r->o->auth_token && !sr_secret_eq(m->token, r->o->auth_token)) {
+		relay_refuse(r, RELAY_REFUSE_REG_AUTH);
+		send_error(t, "unauthorized", "missing or wrong token");
+		return -1;
+	}
+	for (size_t i = 0; i < t->nsans; i++)
+		sans[i] = t->sans[i];
+	memset(&id, 0, sizeof(id));
+	id.cn = t->identity;
+	id.sans = sans;
+	id.nsans = t->nsans;
+	id.token = m->token;
+	id.addr = (const struct sockaddr *)&t->addr;
+	tenant = relay_policy_tenant(p, &id, why, sizeof(why));
+	if (tenant < 0) {
+		relay_refuse(r, RELAY_REFUSE_REG_AUTH);
+		send_error(t, "unauthorized", why);
+		return -1;
+	}
+	if (relay_identity_key(t->identity, m->token, relay_policy_tenant_name(p, tenant), idkey,
+			       idlen) != 0) {
+		send_error(t, "internal", "cannot derive the sidecar's identity");
+		return -1;
+	}
+	return tenant;
+}
+
+static int tunnels_full(struct relay_tunnel *t)
+{
+	struct relay *r = t->relay;
+
+	if (r->nregistered < r->o->max_tunnels)
+		return 0;
+	relay_refuse(r, RELAY_REFUSE_TUNNELS);
+	send_error(t, "too_many_tunnels", "the relay carries its max_tunnels already");
+	return 1;
+}
+
+static void reg_resume(struct relay_tunnel *t, const struct tun_ctl_msg *m, const char *tname,
+		       const char *idkey)
+{
+	struct relay *r = t->relay;
+	struct relay_lease *l = relay_find_resume(r, m->resume);
+	struct relay_lease_ext *lx = l ? relay_lease_data(l) : NULL;
+
+	if (!lx || strcmp(lx->idkey, idkey) != 0 || strcmp(lx->tenant_name, tname) != 0) {
+		/* Same answer for "no such lease" and "not yours": a resume
+		 * token must not reveal whether it exists. */
+		relay_refuse(r, RELAY_REFUSE_REG_RESUME);
+		send_error(t, "unknown_lease", "no lease for this resume token");
+		return;
+	}
+	if (!lx->tunnel && tunnels_full(t))
+		return;
+	/* A resume token is good for one resume: the lease message that
+	 * attach() sends carries the next one, so a copy of the old one
+	 * (from the sidecar's state file, say) is worthless from now on. */
+	if (relay_lease_rotate_resume(l) != 0) {
+		send_error(t, "internal", "cannot make a new resume token");
+		return;
+	}
+	SR_INFO(t->ctx, "resuming lease %s", relay_lease_id(l));
+	r->st.leases_resumed++;
+	attach(t, lx);
+}
+
+/* The tenant's limits before a new lease: past max_grace_leases, or at its
+ * lease limit, one of its leases without a tunnel is reclaimed. Returns 0
+ * if a lease may be made, -1 after answering the refusal. */
+static int reg_check_limits(struct relay_tunnel *t, int tenant, const char *tname,
+			    const char *idkey)
+{
+	struct relay *r = t->relay;
+	struct relay_tenant_limits tl;
+	struct relay_tenant_usage u;
+	char why[256];
+
+	/* Leases without a tunnel are what a client that registers and drops
+	 * its tunnels piles up: past max_grace_leases a new registration of
+	 * the tenant ends one of them (its own first) instead of taking more. */
+	if (r->o->max_grace_leases) {
+		relay_tenant_usage(r, tname, NULL, NULL, NULL, &u);
+		if (u.grace >= r->o->max_grace_leases)
+			reclaim_one(t, tname, idkey, NULL,
+				    "the tenant has relay.max_grace_leases leases without a tunnel");
+	}
+	relay_tenant_limits(r, r->pol, relay_policy_tenant_cfg(r->pol->p, tenant), &tl);
+	if (!tl.leases)
+		return 0;
+	relay_tenant_usage(r, tname, NULL, NULL, NULL, &u);
+	if (u.leases < tl.leases || reclaim_one(t, tname, idkey, NULL,
+						"the tenant is at its lease limit"))
+		return 0;
+	relay_refuse(r, RELAY_REFUSE_REG_LIMIT);
+	snprintf(why, sizeof(why), "tenant %s holds %u leases already", tname, tl.leases);
+	send_error(t, "too_many_leases", why);
+	return -1;
+}
+
+static void reg_new_lease(struct relay_tunnel *t, const struct tun_ctl_msg *m, int tenant,
+			  const char *tname, const char *idkey)
+{
+	struct relay *r = t->relay;
+	const struct relay_policy *p = r->pol->p;
+	const struct relay_pool_cfg *pc;
+	struct relay_lease_ext *lx;
+	struct relay_pool_rt *pr;
+	struct relay_lease *l;
+	char why[256], app[SR_ESC_SIZE(LOG_APP_MAX)];
+	unsigned roles;
+	int route, rv;
+
+	if (tunnels_full(t))
+		return;
+	route = relay_policy_route(p, tenant, m->app, (const struct sockaddr *)&t->addr, why,
+				   sizeof(why));
+	if (route < 0) {
+		relay_refuse(r, RELAY_REFUSE_REG_ROUTE);
+		send_error(t, "no_route", why);
+		return;
+	}
+	pc = relay_policy_pool(p, (size_t)relay_policy_route_pool(p, route));
+	pr = relay_pool_find(r, pc->name ? pc->name : "default");
+	if (!pr) {
+		send_error(t, "internal", "pool not available");
+		return;
+	}
+	if (reg_check_limits(t, tenant, tname, idkey) != 0)
+		return;
+	lx = calloc(1, sizeof(*lx));
+	if (!lx) {
+		send_error(t, "internal", "out of memory");
+		return;
+	}
+	roles = m->roles & (TUN_ROLE_BIT(TUN_PORT_DRIVER) | TUN_ROLE_BIT(TUN_PORT_BLOCKMANAGER) |
+			    TUN_ROLE_BIT(TUN_PORT_UI));
+	rv = relay_lease_create(pr->t, m->app, roles, r->o->lease_grace_s, &l);
+	if ((rv == SR_ENOPORTS || rv == SR_EBUSY) &&
+	    reclaim_one(t, tname, idkey, pr, "the pool is full"))
+		rv = relay_lease_create(pr->t, m->app, roles, r->o->lease_grace_s, &l);
+	if (rv != 0) {
+		free(lx);
+		relay_refuse(r, RELAY_REFUSE_REG_LIMIT);
+		send_error(t,
+			   rv == SR_ENOPORTS ? "no_ports"
+			   : rv == SR_EBUSY  ? "too_many_leases"
+					     : "internal",
+			   sr_strerror(rv));
+		return;
+	}
+	lx->relay = r;
+	lx->lease = l;
+	lx->pool = pr;
+	lx->pol = r->pol;
+	lx->pol->refs++;
+	lx->route = route;
+	lx->tenant = tenant;
+	snprintf(lx->tenant_name, sizeof(lx->tenant_name), "%s", tname);
+	snprintf(lx->route_name, sizeof(lx->route_name), "%s", relay_policy_route_name(p, route));
+	snprintf(lx->idkey, sizeof(lx->idkey), "%s", idkey);
+	memcpy(&lx->src, &t->addr, sizeof(lx->src));
+	relay_lease_set_data(l, lx);
+	if (relay_tenant_add(r, lx) != 0) {
+		relay_release_lease(lx);
+		send_error(t, "internal", "out of memory");
+		return;
+	}
+	r->st.leases_granted++;
+	SR_INFO(t->ctx, "lease %s granted to app \"%s\" (tenant %s, route %s, pool %s): driver "
+			"port %u, blockManager port %u",
+		relay_lease_id(l), sr_esc_n(m->app, LOG_APP_MAX, app, sizeof(app)),
+		lx->tenant_name, lx->route_name, pr->name, relay_lease_port(l, TUN_PORT_DRIVER),
+		relay_lease_port(l, TUN_PORT_BLOCKMANAGER));
+	attach(t, lx);
+}
+
+static void on_register(struct relay_tunnel *t, const struct tun_ctl_msg *m)
+{
+	struct relay *r = t->relay;
+	char idkey[RELAY_IDKEY_MAX];
+	const char *tname;
+	int tenant;
+
+	if (t->lx) {
+		send_error(t, "already_registered", "this tunnel already holds a lease");
+		return;
+	}
+	if (r->draining) {
+		send_error(t, "draining", "relay is shutting down; try another relay");
+		return;
+	}
+	tenant = reg_identify(t, m, idkey, sizeof(idkey));
+	if (tenant < 0)
+		return;
+	tname = relay_policy_tenant_name(r->pol->p, tenant);
+	if (m->resume[0])
+		reg_resume(t, m, tname, idkey);
+	else
+		reg_new_lease(t, m, tenant, tname, idkey);
+}
+
+static void tunnel_on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void *arg)
+{
+	struct relay_tunnel *t = arg;
+	struct tun_ctl_msg reply;
+
+	switch (m->type) {
+	case TUN_CTL_REGISTER:
+		on_register(t, m);
+		break;
+	case TUN_CTL_RELEASE:
+		if (!t->lx) {
+			send_error(t, "no_lease", "nothing to release");
+			break;
+		}
+		SR_INFO(t->ctx, "lease released by the sidecar; closing the tunnel");
+		{
+			struct relay_lease_ext *lx = t->lx;
+			relay_tunnel_unlink_lease(t);
+			relay_release_lease(lx);
+		}
+		memset(&reply, 0, sizeof(reply));
+		reply.type = TUN_CTL_RELEASED;
+		tun_conn_send_ctl(c, &reply);
+		/* Only a tunnel with a lease holds a slot: a lease-less tunnel
+		 * would be a way to keep max_tunnels full. The answer is
+		 * flushed first (bounded), and nothing after it is read. */
+		tun_conn_close(c, 0);
+		break;
+	default:
+		SR_WARN(t->ctx, "unexpected control message %s", tun_ctl_type_name(m->type));
+		tun_conn_close(c, SR_EPROTO);
+		break;
+	}
+}
+
+static void tunnel_on_rtt(struct tun_conn *c, uint64_t rtt_us, void *arg)
+{
+	struct relay_tunnel *t = arg;
+	relay_hist_add(&t->relay->st.tunnel_rtt, rtt_us);
+}
+
+static const struct tun_conn_cbs relay_tun_cbs = {
+	.on_ctl = tunnel_on_ctl,
+	.on_rtt = tunnel_on_rtt,
+};
+
+static void tunnel_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct relay_tunnel *t = arg;
+	struct relay *r = t->relay;
+
+	if (!t->conn) {
+		SR_WARN(t->ctx, "TLS handshake failed: no handshake within %u ms",
+			r->o->handshake_timeout_ms);
+		r->st.handshake_failures++;
+		relay_tunnel_free(t);
+		return;
+	}
+	SR_WARN(t->ctx, "register timeout: no registration within %u ms; closing",
+		r->o->handshake_timeout_ms);
+	tun_conn_close(t->conn, SR_ETIMEDOUT);
+}
+
+static void tunnel_on_up(struct tun_endpoint *ep, void *arg)
+{
+	struct relay_tunnel *t = arg;
+	const char *sans[TUN_EP_MAX_SANS];
+
+	snprintf(t->identity, sizeof(t->identity), "%s", tun_endpoint_peer_cn(ep));
+	t->nsans = tun_endpoint_peer_sans(ep, sans);
+	for (size_t i = 0; i < t->nsans; i++)
+		snprintf(t->sans[i], sizeof(t->sans[i]), "%s", sans[i]);
+	if (t->identity[0]) {
+		char cn[SR_ESC_SIZE(64) + 2];
+		snprintf(t->ctx, sizeof(t->ctx), "peer=%s cn=%s", t->peer,
+			 relay_log_word(t->identity, cn, sizeof(cn)));
+	}
+	t->conn = tun_endpoint_conn(ep);
+	tun_conn_set_logctx(t->conn, t->ctx);
+	SR_INFO(t->ctx, "tunnel up (TLS 1.3, h2); waiting for registration");
+	t->relay->st.tunnels_accepted++;
+}
+
+static void tunnel_on_closed(struct tun_endpoint *ep, int err, const char *why, void *arg)
+{
+	struct relay_tunnel *t = arg;
+
+	if (!t->conn) {
+		SR_WARN(t->ctx, "TLS handshake failed: %s", why);
+		t->relay->st.handshake_failures++;
+	} else if (why[0]) {
+		SR_INFO(t->ctx, "transport: %s", why);
+	}
+	relay_tunnel_free(t);
+}
+
+static const struct tun_endpoint_cbs relay_ep_cbs = {
+	.on_up = tunnel_on_up,
+	.on_closed = tunnel_on_closed,
+};
+
+/* Connections that have not registered (TLS or registration not done, or
+ * closing) have their own caps, overall and per source, so that idle or slow
+ * connections cannot keep registered sidecars out; max_tunnels counts only
+ * tunnels that hold a lease. Refusals are counted and logged rate-limited. */
+static int accept_refused(struct relay *r, const struct sockaddr *sa, const char *peer)
+{
+	uint64_t handshakes = r->st.tunnels_active - r->nregistered, same = 0, more = 0;
+	enum relay_refusal why;
+	const char *what;
+
+	if (handshakes >= r->o->max_handshakes) {
+		why = RELAY_REFUSE_HANDSHAKES;
+		what = "relay.max_handshakes connections are not registered yet";
+	} else {
+		for (struct relay_tunnel *t = r->tunnels; t; t = t->next)
+			same += !t->lx && relay_same_source((const struct sockaddr *)&t->addr, sa);
+		if (same < r->o->max_handshakes_per_source)
+			return 0;
+		why = RELAY_REFUSE_SOURCE;
+		what = "relay.max_handshakes_per_source connections from this address are not "
+		       "registered yet";
+	}
+	relay_refuse(r, why);
+	if (relay_ratelog_allow(&r->rl_accept, sr_now_us(), REFUSAL_LOG_PERIOD_US, &more))
+		SR_WARN("", "peer=%s: tunnel connection refused: %s (%llu more refused since the "
+			    "last line)",
+			peer, what, (unsigned long long)more);
+	return 1;
+}
+
+void relay_tunnel_accept(struct evconnlistener *lst, evutil_socket_t fd,
+			     struct sockaddr *sa, int salen, void *arg)
+{
+	struct relay *r = arg;
+	struct relay_tunnel *t;
+	struct timeval tv;
+	SSL *ssl;
+	char peer[SR_ADDRSTRLEN];
+
+	sr_format_addr(sa, peer, sizeof(peer));
+	if (r->draining) {
+		SR_WARN("", "peer=%s: tunnel refused (draining)", peer);
+		evutil_closesocket(fd);
+		return;
+	}
+	if (accept_refused(r, sa, peer)) {
+		evutil_closesocket(fd);
+		return;
+	}
+	sr_sock_nodelay(fd);
+	sr_sock_notsent_lowat(fd, 128 * 1024);
+	t = calloc(1, sizeof(*t));
+	ssl = SSL_new(r->ssl_ctx);
+	if (!t || !ssl)
+		goto fail;
+	t->relay = r;
+	t->started_us = sr_now_us();
+	if ((size_t)salen <= sizeof(t->addr))
+		memcpy(&t->addr, sa, (size_t)salen);
+	snprintf(t->peer, sizeof(t->peer), "%s", peer);
+	snprintf(t->ctx, sizeof(t->ctx), "peer=%s", peer);
+	t->timer = evtimer_new(r->base, tunnel_timeout_cb, t);
+	if (!t->timer)
+		goto fail;
+	{
+		struct tun_conn_opts topts = r->o->tun;
+		struct tun_endpoint_opts eo = {
+			.role = TUN_ROLE_RELAY,
+			.ssl = ssl,
+			.conn = &topts,
+			.conn_cbs = &relay_tun_cbs,
+			.logctx = t->ctx,
+		};
+		topts.sock_in_max = r->o->max_tunnel_buffer;
+		t->ep = tun_endpoint_new(r->base, fd, &eo, &relay_ep_cbs, t);
+	}
+	ssl = NULL;
+	fd = -1; /* both stolen, even on failure */
+	if (!t->ep)
+		goto fail;
+	tv = sr_tv_ms(r->o->handshake_timeout_ms);
+	evtimer_add(t->timer, &tv);
+	t->next = r->tunnels;
+	if (r->tunnels)
+		r->tunnels->prev = t;
+	r->tunnels = t;
+	r->st.tunnels_active++;
+	return;
+fail:
+	SR_ERROR("", "peer=%s: out of memory accepting tunnel", peer);
+	if (ssl)
+		SSL_free(ssl);
+	if (t) {
+		if (t->timer)
+			event_free(t->timer);
+		free(t);
+	}
+	if (fd >= 0)
+		evutil_closesocket(fd);
+}
