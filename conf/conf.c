@@ -107,7 +107,7 @@ static int conf_vfail(struct conf_ctx *ctx, const char *path, const char *locpat
 		size_t i;
 
 		for (i = 0; rawkey[i] && i + 1 < sizeof(keybuf); i++)
-			keybuf[i] = (unsigned char)rawkey[i] < 0x20 ? '?' : rawkey[i];
+			keybuf[i] = (unsigned char)rawkey[i] < 0x20 || rawkey[i] == 0x7f ? '?' : rawkey[i];
 		keybuf[i] = '\0';
 	}
 	if (path && (*path || rawkey)) {
@@ -1140,6 +1140,21 @@ void conf_sidecar_fini(struct sidecar_opts *o)
 	memset(o, 0, sizeof(*o));
 }
 
+/* The promise of conf.h: one line. Every site quotes file and environment
+ * text through conf_quote, sr_esc or with '?' for control bytes; this is
+ * the backstop for text that reaches err otherwise (a key jansson quotes in
+ * a duplicate-key error, a name in a policy message). */
+static void conf_err_one_line(char *err, size_t errlen)
+{
+	size_t i;
+
+	if (!err || errlen == 0)
+		return;
+	for (i = 0; i < errlen && err[i]; i++)
+		if ((unsigned char)err[i] < 0x20 || err[i] == 0x7f)
+			err[i] = '?';
+}
+
 static int conf_load_text(const char *text, size_t len, const char *origin,
 			  struct sr_config *cfg, char *err, size_t errlen)
 {
@@ -1214,6 +1229,7 @@ static int conf_load_text(const char *text, size_t len, const char *origin,
 fail:
 	json_decref(root);
 	conf_free(cfg);
+	conf_err_one_line(err, errlen);
 	return rc;
 }
 
