@@ -146,10 +146,11 @@ static void attach(struct guard_conn *c)
 		g->st.refused++;
 		if (!g->at_cap_logged) {
 			g->at_cap_logged = 1;
-			SR_WARN(g->ctx,
-				"%u connections open: closing new ones until one ends (counted as "
-				"refused)",
-				g->max_conns);
+			SR_WARN(
+			    g->ctx,
+			    "%u connections open: closing new ones until one ends (counted as "
+			    "refused)",
+			    g->max_conns);
 		}
 		conn_close(c);
 		return;
@@ -213,7 +214,8 @@ static struct bufferevent *guard_bevcb(struct event_base *base, void *arg)
 }
 
 struct sr_http_guard *sr_http_guard_new(struct event_base *base, struct evhttp *http,
-					unsigned max_conns, unsigned deadline_ms, const char *ctx)
+					unsigned max_conns, unsigned deadline_ms,
+					const char *ctx)
 {
 	struct sr_http_guard *g = calloc(1, sizeof(*g));
 

@@ -31,7 +31,8 @@ struct sr_http_guard_stats {
  * deadline_ms >= 1. ctx (copied) prefixes log lines. Returns NULL on
  * allocation failure. */
 struct sr_http_guard *sr_http_guard_new(struct event_base *base, struct evhttp *http,
-					unsigned max_conns, unsigned deadline_ms, const char *ctx);
+					unsigned max_conns, unsigned deadline_ms,
+					const char *ctx);
 /* Call after evhttp_free(http), which closes the guarded connections; frees
  * what is left. NULL is a no-op. */
 void sr_http_guard_free(struct sr_http_guard *g);

@@ -107,7 +107,9 @@ static int conf_vfail(struct conf_ctx *ctx, const char *path, const char *locpat
 		size_t i;
 
 		for (i = 0; rawkey[i] && i + 1 < sizeof(keybuf); i++)
-			keybuf[i] = (unsigned char)rawkey[i] < 0x20 || rawkey[i] == 0x7f ? '?' : rawkey[i];
+			keybuf[i] = (unsigned char)rawkey[i] < 0x20 || rawkey[i] == 0x7f
+					? '?'
+					: rawkey[i];
 		keybuf[i] = '\0';
 	}
 	if (path && (*path || rawkey)) {
@@ -906,14 +908,16 @@ static int conf_env_check_unknown(struct conf_ctx *ctx)
 		for (i = 0; i < conf_root_group.n; i++) {
 			conf_env_name(conf_root_group.e[i].key, prefix, sizeof(prefix));
 			plen = strlen(prefix);
-			if (nlen <= plen || strncmp(*ep, prefix, plen) != 0 || (*ep)[plen] != '_')
+			if (nlen <= plen || strncmp(*ep, prefix, plen) != 0 ||
+			    (*ep)[plen] != '_')
 				continue;
 			if (cut == nlen && conf_env_known(&conf_root_group, "", name))
 				break;
 			sr_esc_n(name, CONF_ENV_SHOW_MAX, shown, sizeof(shown));
 			ctx->env = shown;
 			if (nlen >= sizeof(name))
-				conf_fail(ctx, NULL, "no such setting (a name of %zu bytes)", nlen);
+				conf_fail(ctx, NULL, "no such setting (a name of %zu bytes)",
+					  nlen);
 			else
 				conf_fail(ctx, NULL, "no such setting");
 			ctx->env = NULL;

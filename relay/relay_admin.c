@@ -722,7 +722,8 @@ struct relay_admin *relay_admin_new(struct event_base *base, struct relay *r,
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
-	SR_INFO(a->ctx, "admin API listening%s; at most %u connections, each closed after %u ms",
+	SR_INFO(a->ctx,
+		"admin API listening%s; at most %u connections, each closed after %u ms",
 		a->have_token ? " (token required)" : "", o->admin_max_conns,
 		o->admin_request_timeout_ms);
 	return a;

@@ -206,8 +206,8 @@ struct sidecar_admin *sidecar_admin_new(struct event_base *base, struct sidecar 
 	snprintf(a->ctx, sizeof(a->ctx), strchr(host, ':') ? "status [%s]:%u" : "status %s:%u",
 		 host, (unsigned)a->port);
 	/* before the loop runs: evhttp accepts nothing until then */
-	a->guard = sr_http_guard_new(base, a->http, SC_ADMIN_MAX_CONNS, SC_ADMIN_DEADLINE_MS,
-				     a->ctx);
+	a->guard =
+	    sr_http_guard_new(base, a->http, SC_ADMIN_MAX_CONNS, SC_ADMIN_DEADLINE_MS, a->ctx);
 	if (!a->guard) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;

@@ -165,14 +165,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	}
 	/* Lease ports are bound only when a lease is granted, which no admin
 	 * request does: the pool range is never used. */
-	snprintf(fz_conf, sizeof(fz_conf),
-		 "{\"relay\": {\"listen\": \"127.0.0.1:0\","
-		 " \"tls\": {\"cert\": \"%s/relay.pem\", \"key\": \"%s/relay.key\"},"
-		 " \"pool\": {\"bind\": \"127.0.0.1\", \"port_min\": 64000, \"port_max\": 64009},"
-		 " \"drain_timeout_ms\": 0,"
-		 " \"admin\": {\"listen\": \"127.0.0.1:0\", \"token\": \"" FZ_TOKEN "\","
-		 " \"max_connections\": 4, \"request_timeout_ms\": 1000}}}",
-		 fz_dir, fz_dir);
+	snprintf(
+	    fz_conf, sizeof(fz_conf),
+	    "{\"relay\": {\"listen\": \"127.0.0.1:0\","
+	    " \"tls\": {\"cert\": \"%s/relay.pem\", \"key\": \"%s/relay.key\"},"
+	    " \"pool\": {\"bind\": \"127.0.0.1\", \"port_min\": 64000, \"port_max\": 64009},"
+	    " \"drain_timeout_ms\": 0,"
+	    " \"admin\": {\"listen\": \"127.0.0.1:0\", \"token\": \"" FZ_TOKEN "\","
+	    " \"max_connections\": 4, \"request_timeout_ms\": 1000}}}",
+	    fz_dir, fz_dir);
 	fz_base = event_base_new();
 	if (!fz_base)
 		abort();
@@ -252,8 +253,9 @@ static size_t fz_exchange(const uint8_t *data, size_t size, char *ans, size_t an
 			if (n > 0) {
 				if (got < ans_len - 1)
 					memcpy(ans + got, buf,
-					       (size_t)n < ans_len - 1 - got ? (size_t)n
-									 : ans_len - 1 - got);
+					       (size_t)n < ans_len - 1 - got
+						   ? (size_t)n
+						   : ans_len - 1 - got);
 				got += (size_t)n;
 				if (got > FZ_ANSWER_MAX) {
 					fprintf(stderr, "fuzz_admin: answer over %d bytes\n",
@@ -269,7 +271,8 @@ static size_t fz_exchange(const uint8_t *data, size_t size, char *ans, size_t an
 		if (eof)
 			break;
 		if ((sr_now_us() - t0) / 1000 > FZ_MAX_MS) {
-			fprintf(stderr, "fuzz_admin: connection open after %d ms (deadline 1000)\n",
+			fprintf(stderr,
+				"fuzz_admin: connection open after %d ms (deadline 1000)\n",
 				FZ_MAX_MS);
 			abort();
 		}

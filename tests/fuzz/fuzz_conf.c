@@ -143,7 +143,8 @@ static void fz_check_round_trip(const struct sr_config *cfg)
 	}
 	d2 = fz_dump(&again);
 	if (d2 && strcmp(d1, d2) != 0) {
-		fprintf(stderr, "dump, load, dump changed the text:\n--- first:\n%s\n--- second:\n%s\n",
+		fprintf(stderr,
+			"dump, load, dump changed the text:\n--- first:\n%s\n--- second:\n%s\n",
 			d1, d2);
 		abort();
 	}
@@ -209,7 +210,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 		for (char **ep = environ; *ep; ep++) {
 			if (strncmp(*ep, CONF_ENV_PREFIX, sizeof(CONF_ENV_PREFIX) - 1) == 0) {
 				const char *eq = strchr(*ep, '=');
-				char *name = strndup(*ep, eq ? (size_t)(eq - *ep) : strlen(*ep));
+				char *name =
+				    strndup(*ep, eq ? (size_t)(eq - *ep) : strlen(*ep));
 
 				if (!name)
 					abort();

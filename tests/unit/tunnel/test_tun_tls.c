@@ -87,8 +87,9 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-	static const char *const names[] = {"ca.pem",	 "ca.key",	"relay.pem",  "relay.key",
-					    "sidecar.pem", "sidecar.key", "client.pem", "client.key"};
+	static const char *const names[] = {"ca.pem",	  "ca.key",	 "relay.pem",
+					    "relay.key",  "sidecar.pem", "sidecar.key",
+					    "client.pem", "client.key"};
 	char path[128];
 
 	(void)state;
