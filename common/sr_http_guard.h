@@ -27,9 +27,9 @@ struct sr_http_guard_stats {
 };
 
 /* Guard every connection http accepts from now on (it installs http's
- * bufferevent callback: the caller must not set its own). max_conns >= 1,
- * deadline_ms >= 1. ctx (copied) prefixes log lines. Returns NULL on
- * allocation failure. */
+ * bufferevent callback: the caller must not set its own). max_conns and
+ * deadline_ms of 0 are taken as 1. ctx (copied) prefixes log lines.
+ * Returns NULL on allocation failure. */
 struct sr_http_guard *sr_http_guard_new(struct event_base *base, struct evhttp *http,
 					unsigned max_conns, unsigned deadline_ms,
 					const char *ctx);

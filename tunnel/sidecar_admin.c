@@ -129,19 +129,22 @@ static void sc_admin_dispatch(struct evhttp_request *req, void *arg)
 		return;
 	}
 	{
-		/* the JSON text plus its newline; reply() adds the headers */
-		size_t n = strlen(s);
-		char *body = malloc(n + 2);
-
-		if (!body) {
+		struct evbuffer *b = evbuffer_new();
+		if (!b) {
 			free(s);
 			evhttp_send_error(req, 500, NULL);
 			return;
 		}
-		memcpy(body, s, n);
-		memcpy(body + n, "\n", 2);
-		reply(req, 200, "OK", "application/json", body);
-		free(body);
+		evbuffer_add(b, s, strlen(s));
+		evbuffer_add(b, "\n", 1);
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+				  "application/json");
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control",
+				  "no-store");
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Connection",
+				  "close");
+		evhttp_send_reply(req, 200, "OK", b);
+		evbuffer_free(b);
 	}
 	free(s);
 }

@@ -9,11 +9,14 @@ as soon as they are accepted), each connection carries one request and is
 closed relay.admin.request_timeout_ms after its accept however slowly it
 sends, and both closes are counted in /metrics. The sidecar's status
 listener has the same limits with fixed values (16 connections, 10 s).
+And what the admin API answers to a bad configuration file does not quote
+the file's secrets.
 """
 
 import json
 import os
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -244,6 +247,41 @@ class AdminSlowDripTest(LimitsCase):
                   TOKEN.encode() + b"\r\n\r\n")
         took = self.assert_closed_soon(s, 5.0, "a connection that never reads")
         self.assertLess(took, 5.0)
+
+
+class ReloadErrorsDoNotQuoteSecretsTest(LimitsCase):
+    """A configuration file whose secret string is cut by a newline: jansson
+    quoted up to 20 bytes of it ("near '..."), and that text reached the
+    400 answer of POST /v1/reload, the relay log and check-config."""
+
+    def test_a_broken_secret_is_not_quoted_anywhere(self):
+        secret = "Zq" + os.urandom(4).hex()  # 10 bytes: short enough to be quoted
+        cfg = json.loads(json.dumps(self.stack.relay_cfg))
+        cfg["relay"]["auth_token"] = "@@SECRET@@"
+        text = json.dumps(cfg, indent=2).replace('"@@SECRET@@"', '"' + secret + '\n"')
+        path = self.stack.relay_cfg_path
+        with open(path) as f:
+            good = f.read()
+        with open(path, "w") as f:
+            f.write(text)
+        try:
+            code, _, body = http("POST", self.url + "/v1/reload", TOKEN)
+            r = subprocess.run([H.BIN, "check-config", path], capture_output=True, text=True,
+                               timeout=30, stdin=subprocess.DEVNULL)
+        finally:
+            with open(path, "w") as f:
+                f.write(good)
+        self.assertEqual(code, 400, body)
+        self.assertIn("syntax error: unexpected newline", body)
+        self.assertNotIn(secret, body)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("syntax error: unexpected newline", r.stderr)
+        self.assertRegex(r.stderr, r"relay\.json:\d+:\d+: ")
+        self.assertNotIn(secret, r.stderr + r.stdout)
+        self.assertTrue(X.wait_log(self.relay, "reload refused", 5))
+        self.assertEqual(self.relay.grep(secret), [], "the relay log quotes the secret")
+        # the running configuration stayed
+        self.assertTrue(self._healthz(self.url))
 
 
 class StatusListenerTest(LimitsCase):
