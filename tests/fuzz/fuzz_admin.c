@@ -3,7 +3,7 @@
  * common/sr_http_guard.c).
  *
  * A real relay (configured through conf_load_string, certificates from
- * sr_devcert in a temporary directory) and its admin API run in the
+ * sr_devcert, removed once loaded) and its admin API run in the
  * fuzzer's own event base on loopback, with a token and small limits
  * (4 connections, 1 s per connection). Each input is one client's raw
  * bytes: the fuzzer connects over TCP, writes the input, half-closes, and
@@ -108,6 +108,30 @@ static void fz_relay_stop(void)
 	event_base_loop(fz_base, EVLOOP_NONBLOCK);
 }
 
+/* The relay's certificates live on disk only while relay_new loads them
+ * (a reload does not re-read them): a crashing input leaves no files. */
+static void fz_certs(int make)
+{
+	static const char *const files[] = {"ca.pem",	 "ca.key",	"relay.pem",
+					    "relay.key", "sidecar.pem", "sidecar.key"};
+	char err[512], p[128];
+
+	if (make) {
+		snprintf(fz_dir, sizeof(fz_dir), "/tmp/sr_fuzz_admin_XXXXXX");
+		if (!mkdtemp(fz_dir) ||
+		    sr_devcert_write(fz_dir, NULL, 1, err, sizeof(err)) != 0) {
+			fprintf(stderr, "fuzz_admin: certificates: %s\n", err);
+			abort();
+		}
+		return;
+	}
+	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+		snprintf(p, sizeof(p), "%s/%s", fz_dir, files[i]);
+		unlink(p);
+	}
+	rmdir(fz_dir);
+}
+
 static void fz_relay_start(void)
 {
 	static const struct relay_admin_cbs cbs = {.reload = fz_reload,
@@ -115,11 +139,24 @@ static void fz_relay_start(void)
 	char err[1024];
 
 	memset(&fz, 0, sizeof(fz));
+	fz_certs(1);
+	/* Lease ports are bound only when a lease is granted, which no admin
+	 * request does: the pool range is never used. */
+	snprintf(
+	    fz_conf, sizeof(fz_conf),
+	    "{\"relay\": {\"listen\": \"127.0.0.1:0\","
+	    " \"tls\": {\"cert\": \"%s/relay.pem\", \"key\": \"%s/relay.key\"},"
+	    " \"pool\": {\"bind\": \"127.0.0.1\", \"port_min\": 64000, \"port_max\": 64009},"
+	    " \"drain_timeout_ms\": 0,"
+	    " \"admin\": {\"listen\": \"127.0.0.1:0\", \"token\": \"" FZ_TOKEN "\","
+	    " \"max_connections\": 4, \"request_timeout_ms\": 1000}}}",
+	    fz_dir, fz_dir);
 	if (conf_load_string(fz_conf, "fuzz.json", &fz.cfg, err, sizeof(err)) != 0) {
 		fprintf(stderr, "fuzz_admin: config: %s\n", err);
 		abort();
 	}
 	fz.relay = relay_new(fz_base, &fz.cfg.relay, err, sizeof(err));
+	fz_certs(0);
 	if (!fz.relay) {
 		fprintf(stderr, "fuzz_admin: relay: %s\n", err);
 		abort();
@@ -135,45 +172,18 @@ static void fz_relay_start(void)
 
 static void fz_cleanup(void)
 {
-	static const char *const files[] = {"ca.pem",	 "ca.key",	"relay.pem",
-					    "relay.key", "sidecar.pem", "sidecar.key"};
-	char p[128];
-
 	fz_relay_stop();
 	event_base_free(fz_base);
-	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
-		snprintf(p, sizeof(p), "%s/%s", fz_dir, files[i]);
-		unlink(p);
-	}
-	rmdir(fz_dir);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-	char err[512];
-
 	(void)argc;
 	(void)argv;
 	sr_log_set_level(getenv("SR_FUZZ_LOG") ? SR_LOG_DEBUG : SR_LOG_ERROR);
 	signal(SIGPIPE, SIG_IGN);
-	snprintf(fz_dir, sizeof(fz_dir), "/tmp/sr_fuzz_admin_XXXXXX");
-	if (!mkdtemp(fz_dir) || sr_devcert_write(fz_dir, NULL, 1, err, sizeof(err)) != 0) {
-		fprintf(stderr, "fuzz_admin: certificates: %s\n", err);
-		abort();
-	}
-	/* Lease ports are bound only when a lease is granted, which no admin
-	 * request does: the pool range is never used. */
-	snprintf(
-	    fz_conf, sizeof(fz_conf),
-	    "{\"relay\": {\"listen\": \"127.0.0.1:0\","
-	    " \"tls\": {\"cert\": \"%s/relay.pem\", \"key\": \"%s/relay.key\"},"
-	    " \"pool\": {\"bind\": \"127.0.0.1\", \"port_min\": 64000, \"port_max\": 64009},"
-	    " \"drain_timeout_ms\": 0,"
-	    " \"admin\": {\"listen\": \"127.0.0.1:0\", \"token\": \"" FZ_TOKEN "\","
-	    " \"max_connections\": 4, \"request_timeout_ms\": 1000}}}",
-	    fz_dir, fz_dir);
 	fz_base = event_base_new();
 	if (!fz_base)
 		abort();
