@@ -191,53 +191,117 @@ fail:
 
 enum devcert_kind { DEVCERT_CERT, DEVCERT_KEY };
 
-/* Write one PEM object to dir/name: certificates 0644, keys 0600. The mode
- * is forced with fchmod too, since O_CREAT's mode does not apply to a file
- * left over from an earlier run; O_NOFOLLOW keeps a planted symlink from
- * redirecting a private key. */
-static int devcert_write(const char *dir, const char *name, enum devcert_kind kind, void *obj,
-			 char *err, size_t errlen)
+#define DEVCERT_TMP_TRIES 16
+
+/* One output file: written under a fresh temporary name, then renamed. */
+struct devcert_file {
+	const char *name;
+	enum devcert_kind kind;
+	void *obj;
+	char tmp[PATH_MAX]; /* "" until created */
+};
+
+/* Write f's PEM object into a new file next to its final name: certificates
+ * 0644, keys 0600 (forced with fchmod, the umask may differ).
+ *
+ * gen-certs may run as root in a folder other users can write. Opening the
+ * final name would write into whatever another user left there: a planted
+ * file keeps its owner, who could then read the CA key, and a planted
+ * symlink redirects the write. So the file is created here with
+ * O_CREAT|O_EXCL|O_NOFOLLOW under an unpredictable name (a name someone
+ * planted first fails with EEXIST and another is drawn), and rename()
+ * later replaces the directory entry: whatever stood at the final name,
+ * file or symlink, is unlinked, never written through. */
+static int devcert_write_tmp(const char *dir, struct devcert_file *f, char *err, size_t errlen)
 {
-	mode_t mode = kind == DEVCERT_KEY ? 0600 : 0644;
-	char path[PATH_MAX];
-	int fd, n, ok;
+	mode_t mode = f->kind == DEVCERT_KEY ? 0600 : 0644;
+	unsigned char rnd[8];
+	int fd = -1, n, ok, tries;
 	FILE *fp;
 
-	n = snprintf(path, sizeof(path), "%s/%s", dir, name);
-	if (n < 0 || (size_t)n >= sizeof(path)) {
-		sr_seterr(err, errlen, "%s/%s: path too long", dir, name);
-		return SR_EINVAL;
+	for (tries = 0; tries < DEVCERT_TMP_TRIES; tries++) {
+		if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+			return devcert_ssl_err(err, errlen, "random temporary name");
+		n = snprintf(f->tmp, sizeof(f->tmp), "%s/.%s.%02x%02x%02x%02x%02x%02x%02x%02x.tmp",
+			     dir, f->name, rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6],
+			     rnd[7]);
+		if (n < 0 || (size_t)n >= sizeof(f->tmp)) {
+			f->tmp[0] = '\0';
+			sr_seterr(err, errlen, "%s/%s: path too long", dir, f->name);
+			return SR_EINVAL;
+		}
+		fd = open(f->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+		if (fd >= 0 || errno != EEXIST)
+			break;
 	}
-	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
 	if (fd < 0) {
-		sr_seterr(err, errlen, "%s: %s", path, strerror(errno));
+		sr_seterr(err, errlen, "%s: %s", f->tmp, strerror(errno));
+		f->tmp[0] = '\0';
 		return SR_EIO;
 	}
 	if (fchmod(fd, mode) < 0) {
-		sr_seterr(err, errlen, "%s: chmod: %s", path, strerror(errno));
+		sr_seterr(err, errlen, "%s: chmod: %s", f->tmp, strerror(errno));
 		close(fd);
 		return SR_EIO;
 	}
 	fp = fdopen(fd, "w");
 	if (fp == NULL) {
-		sr_seterr(err, errlen, "%s: %s", path, strerror(errno));
+		sr_seterr(err, errlen, "%s: %s", f->tmp, strerror(errno));
 		close(fd);
 		return SR_EIO;
 	}
-	if (kind == DEVCERT_KEY)
-		ok = PEM_write_PrivateKey(fp, obj, NULL, NULL, 0, NULL, NULL);
+	if (f->kind == DEVCERT_KEY)
+		ok = PEM_write_PrivateKey(fp, f->obj, NULL, NULL, 0, NULL, NULL);
 	else
-		ok = PEM_write_X509(fp, obj);
+		ok = PEM_write_X509(fp, f->obj);
+	/* on disk before the rename makes it the file */
+	if (fflush(fp) != 0 || fsync(fileno(fp)) != 0) {
+		sr_seterr(err, errlen, "%s: %s", f->tmp, strerror(errno));
+		fclose(fp);
+		ERR_clear_error();
+		return SR_EIO;
+	}
 	if (fclose(fp) != 0) {
-		sr_seterr(err, errlen, "%s: %s", path, strerror(errno));
+		sr_seterr(err, errlen, "%s: %s", f->tmp, strerror(errno));
 		ERR_clear_error();
 		return SR_EIO;
 	}
 	if (!ok) {
-		devcert_ssl_err(err, errlen, path);
+		devcert_ssl_err(err, errlen, f->tmp);
 		return SR_EIO;
 	}
 	return 0;
+}
+
+/* Every file written to a temporary name first, then each renamed into
+ * place in order: a failure before the renames leaves the directory as it
+ * was. Temporary files left by a failure are removed. */
+static int devcert_write_all(const char *dir, struct devcert_file *files, size_t n, char *err,
+			     size_t errlen)
+{
+	char path[PATH_MAX];
+	size_t i;
+	int rc = 0;
+
+	for (i = 0; i < n && rc == 0; i++)
+		rc = devcert_write_tmp(dir, &files[i], err, errlen);
+	for (i = 0; i < n && rc == 0; i++) {
+		int len = snprintf(path, sizeof(path), "%s/%s", dir, files[i].name);
+
+		if (len < 0 || (size_t)len >= sizeof(path)) {
+			sr_seterr(err, errlen, "%s/%s: path too long", dir, files[i].name);
+			rc = SR_EINVAL;
+		} else if (rename(files[i].tmp, path) < 0) {
+			sr_seterr(err, errlen, "%s: %s", path, strerror(errno));
+			rc = SR_EIO;
+		} else {
+			files[i].tmp[0] = '\0';
+		}
+	}
+	for (i = 0; i < n; i++)
+		if (files[i].tmp[0])
+			unlink(files[i].tmp);
+	return rc;
 }
 
 int sr_devcert_write(const char *dir, const char *const *extra_names, unsigned days, char *err,
@@ -309,16 +373,19 @@ int sr_devcert_write(const char *dir, const char *const *extra_names, unsigned d
 		goto out;
 	}
 
-	/* Keys first: a reader that finds a certificate can rely on its key. */
-	if ((rc = devcert_write(dir, "ca.key", DEVCERT_KEY, ca_key, err, errlen)) < 0 ||
-	    (rc = devcert_write(dir, "relay.key", DEVCERT_KEY, relay_key, err, errlen)) < 0 ||
-	    (rc = devcert_write(dir, "sidecar.key", DEVCERT_KEY, sidecar_key, err, errlen)) <
-		0 ||
-	    (rc = devcert_write(dir, "ca.pem", DEVCERT_CERT, ca, err, errlen)) < 0 ||
-	    (rc = devcert_write(dir, "relay.pem", DEVCERT_CERT, relay, err, errlen)) < 0 ||
-	    (rc = devcert_write(dir, "sidecar.pem", DEVCERT_CERT, sidecar, err, errlen)) < 0)
-		goto out;
-	rc = 0;
+	{
+		/* Keys first: a reader that finds a certificate can rely on its key. */
+		struct devcert_file out[] = {
+		    {"ca.key", DEVCERT_KEY, ca_key, ""},
+		    {"relay.key", DEVCERT_KEY, relay_key, ""},
+		    {"sidecar.key", DEVCERT_KEY, sidecar_key, ""},
+		    {"ca.pem", DEVCERT_CERT, ca, ""},
+		    {"relay.pem", DEVCERT_CERT, relay, ""},
+		    {"sidecar.pem", DEVCERT_CERT, sidecar, ""},
+		};
+
+		rc = devcert_write_all(dir, out, sizeof(out) / sizeof(out[0]), err, errlen);
+	}
 out:
 	X509_free(sidecar);
 	X509_free(relay);

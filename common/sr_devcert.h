@@ -8,9 +8,12 @@
 #include <stddef.h>
 
 /* Writes ca.pem, ca.key, relay.pem, relay.key, sidecar.pem, sidecar.key into
- * dir (which must exist), keys mode 0600. extra_names: NULL-terminated list of
- * DNS names or IP literals added to the relay SAN (may be NULL).
- * Returns 0 or a negative SR_E* with a reason in err. */
+ * dir (which must exist), keys mode 0600, certificates 0644, owned by the
+ * caller. Each is created new under a temporary name and renamed into place:
+ * a file or symlink already at one of those names is replaced, never written
+ * through (safe in a directory other users can write). extra_names:
+ * NULL-terminated list of DNS names or IP literals added to the relay SAN
+ * (may be NULL). Returns 0 or a negative SR_E* with a reason in err. */
 int sr_devcert_write(const char *dir, const char *const *extra_names, unsigned days,
 		     char *err, size_t errlen);
 

@@ -14,6 +14,7 @@
 #include <event2/buffer.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
+#include <openssl/sha.h>
 
 int sr_split_hostport(const char *s, char *hostbuf, size_t hostlen, uint16_t *port,
 		      int default_port)
@@ -204,10 +205,21 @@ long sr_raise_nofile(void)
 	return (long)rl.rlim_cur;
 }
 
+/* Compares SHA-256 digests, not the strings: CRYPTO_memcmp needs equal
+ * lengths, and returning early on a length mismatch would tell a caller
+ * who times the answer how long the secret is. Hashing costs time in
+ * proportion to each input's own length only. */
 int sr_secret_eq(const char *a, const char *b)
 {
-	size_t la = strlen(a), lb = strlen(b);
-	if (la != lb)
+	unsigned char da[SHA256_DIGEST_LENGTH], db[SHA256_DIGEST_LENGTH];
+	int eq;
+
+	if (!a || !b)
 		return 0;
-	return CRYPTO_memcmp(a, b, la) == 0;
+	SHA256((const unsigned char *)a, strlen(a), da);
+	SHA256((const unsigned char *)b, strlen(b), db);
+	eq = CRYPTO_memcmp(da, db, sizeof(da)) == 0;
+	OPENSSL_cleanse(da, sizeof(da));
+	OPENSSL_cleanse(db, sizeof(db));
+	return eq;
 }

@@ -57,7 +57,9 @@ uint32_t sr_rand_below(uint32_t n);
 /* Raise RLIMIT_NOFILE to its hard limit; returns the soft limit now in force. */
 long sr_raise_nofile(void);
 
-/* Constant-time string equality for secrets. */
+/* String equality for secrets whose running time does not depend on where
+ * the strings differ nor on whether their lengths match. 1 if equal, 0 if
+ * not or if either is NULL. */
 int sr_secret_eq(const char *a, const char *b);
 
 #endif

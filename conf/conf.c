@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "common/sr_err.h"
+#include "common/sr_text.h"
 #include "common/sr_util.h"
 #include "relay/relay_policy.h"
 
@@ -21,6 +22,7 @@
 #define CONF_MAX_DEPTH 16 /* segments in a path we try to locate */
 #define CONF_GOT_MAX 48	  /* characters of a bad value quoted back */
 #define CONF_STR_LIMIT 4095u
+#define CONF_ENV_SHOW_MAX 96 /* bytes of an unknown variable name quoted back */
 
 static void *conf_at(void *base, size_t off)
 {
@@ -105,7 +107,9 @@ static int conf_vfail(struct conf_ctx *ctx, const char *path, const char *locpat
 		size_t i;
 
 		for (i = 0; rawkey[i] && i + 1 < sizeof(keybuf); i++)
-			keybuf[i] = (unsigned char)rawkey[i] < 0x20 ? '?' : rawkey[i];
+			keybuf[i] = (unsigned char)rawkey[i] < 0x20 || rawkey[i] == 0x7f
+					? '?'
+					: rawkey[i];
 		keybuf[i] = '\0';
 	}
 	if (path && (*path || rawkey)) {
@@ -165,6 +169,24 @@ static int conf_nomem(struct conf_ctx *ctx)
 	return SR_ENOMEM;
 }
 
+/* The rule a jansson parse error names, without the source text jansson
+ * quotes after it ("invalid token near 'hunter2'"): the token it quotes may
+ * be a secret written without quotes or a secret string cut by a newline,
+ * and the message reaches logs, terminals and HTTP answers. The location
+ * (line, column) is reported by the caller instead. */
+static void conf_json_rule(const json_error_t *jerr, char *buf, size_t len)
+{
+	const char *near = strstr(jerr->text, " near '");
+	size_t n = near ? (size_t)(near - jerr->text) : strlen(jerr->text);
+
+	/* "invalid Unicode '\uD800'" quotes an escape from the value too */
+	if (strncmp(jerr->text, "invalid Unicode", 15) == 0) {
+		snprintf(buf, len, "invalid Unicode escape");
+		return;
+	}
+	snprintf(buf, len, "%.*s", (int)n, jerr->text);
+}
+
 /* s quoted for a one-line message: control bytes shown as '?', long values cut. */
 static void conf_quote(const char *s, int secret, char *buf, size_t len)
 {
@@ -205,10 +227,17 @@ static void conf_describe_json(const json_t *v, int secret, char *buf, size_t le
 		conf_quote(json_string_value(v), secret, buf, len);
 		break;
 	case JSON_INTEGER:
-		snprintf(buf, len, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+		/* a secret written as a bare number is still the secret */
+		if (secret)
+			snprintf(buf, len, "a number");
+		else
+			snprintf(buf, len, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
 		break;
 	case JSON_REAL:
-		snprintf(buf, len, "%g", json_real_value(v));
+		if (secret)
+			snprintf(buf, len, "a number");
+		else
+			snprintf(buf, len, "%g", json_real_value(v));
 		break;
 	case JSON_TRUE:
 		snprintf(buf, len, "true");
@@ -503,6 +532,7 @@ int conf_set_text(const struct conf_entry *e, void *base, const char *s, const c
 		/* a whole JSON array: its elements have no variables of their own */
 		const char *text = ctx->text;
 		size_t textlen = ctx->textlen;
+		char jrule[JSON_ERROR_TEXT_LENGTH];
 		json_error_t jerr;
 		json_t *v;
 
@@ -520,8 +550,9 @@ int conf_set_text(const struct conf_entry *e, void *base, const char *s, const c
 			if (json_error_code(&jerr) == json_error_out_of_memory)
 				return conf_nomem(ctx);
 			conf_constraint(e, ctx->env != NULL, rule, sizeof(rule));
+			conf_json_rule(&jerr, jrule, sizeof(jrule));
 			return conf_fail(ctx, path, "%s (not JSON: %s at character %d)", rule,
-					 jerr.text, jerr.position);
+					 jrule, jerr.position);
 		}
 		/* positions in the file mean nothing for this text */
 		ctx->text = NULL;
@@ -854,33 +885,43 @@ static int conf_env_known(const struct conf_group *g, const char *path, const ch
 
 /* A variable under a section prefix (SPARKRELAY_RELAY_...) that names no
  * setting is a typo that would otherwise be silently ignored. Other
- * SPARKRELAY_* variables (SPARKRELAY_BIN for tests...) are not ours. */
+ * SPARKRELAY_* variables (SPARKRELAY_BIN for tests...) are not ours. The
+ * prefix is matched on the raw entry, so a name of any length is checked:
+ * one too long to be a setting is an error like any unknown name. The name
+ * is quoted escaped and cut (it is text from the environment). */
 static int conf_env_check_unknown(struct conf_ctx *ctx)
 {
 	char prefix[CONF_PATH_MAX + 16], name[CONF_PATH_MAX + 16];
+	char shown[SR_ESC_SIZE(CONF_ENV_SHOW_MAX)];
 	size_t i, plen;
 	char **ep;
 
 	for (ep = environ; ep && *ep; ep++) {
 		const char *eq = strchr(*ep, '=');
 		size_t nlen = eq ? (size_t)(eq - *ep) : strlen(*ep);
+		size_t cut = nlen < sizeof(name) ? nlen : sizeof(name) - 1;
 
-		if (strncmp(*ep, CONF_ENV_PREFIX, strlen(CONF_ENV_PREFIX)) != 0 ||
-		    nlen >= sizeof(name))
+		if (strncmp(*ep, CONF_ENV_PREFIX, strlen(CONF_ENV_PREFIX)) != 0)
 			continue;
-		memcpy(name, *ep, nlen);
-		name[nlen] = '\0';
+		memcpy(name, *ep, cut);
+		name[cut] = '\0';
 		for (i = 0; i < conf_root_group.n; i++) {
 			conf_env_name(conf_root_group.e[i].key, prefix, sizeof(prefix));
 			plen = strlen(prefix);
-			if (strncmp(name, prefix, plen) != 0 || name[plen] != '_')
+			if (nlen <= plen || strncmp(*ep, prefix, plen) != 0 ||
+			    (*ep)[plen] != '_')
 				continue;
-			if (!conf_env_known(&conf_root_group, "", name)) {
-				ctx->env = name;
+			if (cut == nlen && conf_env_known(&conf_root_group, "", name))
+				break;
+			sr_esc_n(name, CONF_ENV_SHOW_MAX, shown, sizeof(shown));
+			ctx->env = shown;
+			if (nlen >= sizeof(name))
+				conf_fail(ctx, NULL, "no such setting (a name of %zu bytes)",
+					  nlen);
+			else
 				conf_fail(ctx, NULL, "no such setting");
-				ctx->env = NULL;
-				return SR_EINVAL;
-			}
+			ctx->env = NULL;
+			return SR_EINVAL;
 		}
 	}
 	return 0;
@@ -1103,6 +1144,21 @@ void conf_sidecar_fini(struct sidecar_opts *o)
 	memset(o, 0, sizeof(*o));
 }
 
+/* The promise of conf.h: one line. Every site quotes file and environment
+ * text through conf_quote, sr_esc or with '?' for control bytes; this is
+ * the backstop for text that reaches err otherwise (a key jansson quotes in
+ * a duplicate-key error, a name in a policy message). */
+static void conf_err_one_line(char *err, size_t errlen)
+{
+	size_t i;
+
+	if (!err || errlen == 0)
+		return;
+	for (i = 0; i < errlen && err[i]; i++)
+		if ((unsigned char)err[i] < 0x20 || err[i] == 0x7f)
+			err[i] = '?';
+}
+
 static int conf_load_text(const char *text, size_t len, const char *origin,
 			  struct sr_config *cfg, char *err, size_t errlen)
 {
@@ -1143,11 +1199,14 @@ static int conf_load_text(const char *text, size_t len, const char *origin,
 				 jerr.column, (int)(nearlen - 1), near + 6);
 			rc = SR_EINVAL;
 		} else {
+			char rule[JSON_ERROR_TEXT_LENGTH];
+
+			conf_json_rule(&jerr, rule, sizeof(rule));
 			if (err && errlen && jerr.line > 0)
 				snprintf(err, errlen, "%s:%d:%d: %s: %s", origin, jerr.line,
-					 jerr.column, what, jerr.text);
+					 jerr.column, what, rule);
 			else if (err && errlen)
-				snprintf(err, errlen, "%s: %s: %s", origin, what, jerr.text);
+				snprintf(err, errlen, "%s: %s: %s", origin, what, rule);
 			rc = SR_EINVAL;
 		}
 		goto fail;
@@ -1174,6 +1233,7 @@ static int conf_load_text(const char *text, size_t len, const char *origin,
 fail:
 	json_decref(root);
 	conf_free(cfg);
+	conf_err_one_line(err, errlen);
 	return rc;
 }
 

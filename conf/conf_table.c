@@ -330,6 +330,12 @@ static const struct conf_entry conf_relay_admin[] = {
 	NULL, NULL, NULL,
 	"Bearer token every admin request but /healthz and /readyz must carry; required "
 	"when listen is not a loopback address."),
+    U32(struct relay_opts, "max_connections", admin_max_conns, 1, 65536, "64",
+	"Admin connections open at once; more are closed as soon as they are accepted "
+	"(`sparkrelay_admin_connections_refused_total`)."),
+    U32(struct relay_opts, "request_timeout_ms", admin_request_timeout_ms, 100, 600000, "10000",
+	"An admin connection is closed this long after it was accepted, however slowly it "
+	"sends; each connection carries one request."),
 };
 static const struct conf_group conf_relay_admin_group = {
     conf_relay_admin, N(conf_relay_admin), "The relay's admin API (`sparkrelay ctl`)."};

@@ -39,6 +39,8 @@ struct relay_opts {
 	char *admin_listen;  /* admin HTTP listener "host:port", NULL = none */
 	char *admin_token;   /* required on every admin request but /healthz and /readyz;
 				mandatory when admin_listen is not a loopback address */
+	uint32_t admin_max_conns;          /* admin connections open at once */
+	uint32_t admin_request_timeout_ms; /* an admin connection lives at most this */
 };
 
 /* Defaults come from the configuration tables (conf_relay_defaults). */

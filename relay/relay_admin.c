@@ -6,6 +6,7 @@
 #include "relay/relay_view.h"
 
 #include "common/sr_err.h"
+#include "common/sr_http_guard.h"
 #include "common/sr_log.h"
 #include "common/sr_util.h"
 #include "relay/relay.h"
@@ -36,6 +37,7 @@ struct relay_admin {
 	struct relay *relay;
 	struct evhttp *http;
 	struct evhttp_bound_socket *sock;
+	struct sr_http_guard *guard; /* connection cap and deadline */
 	struct event *drain_ev;
 	int have_token;
 	/* SHA-256 of the token: comparing digests takes the same time whatever
@@ -106,6 +108,9 @@ static void reply_buf(struct evhttp_request *req, int code, const char *ctype,
 	}
 	evhttp_add_header(h, "Content-Type", ctype);
 	evhttp_add_header(h, "Cache-Control", "no-store");
+	/* One request per connection: the connection's deadline is then the
+	 * request's (sr_http_guard.h). */
+	evhttp_add_header(h, "Connection", "close");
 	evhttp_send_reply(req, code, reason, body);
 }
 
@@ -223,6 +228,7 @@ static void metric_hist(struct evbuffer *b, const char *name, const char *help,
 
 static void h_metrics(struct relay_admin *a, struct evhttp_request *req, const char *tail)
 {
+	struct sr_http_guard_stats gst;
 	struct relay_stats st;
 	struct evbuffer *b = evbuffer_new();
 
@@ -290,6 +296,19 @@ static void h_metrics(struct relay_admin *a, struct evhttp_request *req, const c
 			    (unsigned long long)st.reloads_ok);
 	evbuffer_add_printf(b, "sparkrelay_reloads_total{result=\"failed\"} %llu\n",
 			    (unsigned long long)st.reloads_failed);
+	sr_http_guard_get_stats(a->guard, &gst);
+	metric_one(b, "sparkrelay_admin_connections_active", "gauge",
+		   "Admin API connections open now.", gst.active);
+	metric_one(b, "sparkrelay_admin_connections_total", "counter",
+		   "Admin API connections accepted under relay.admin.max_connections.",
+		   gst.accepted);
+	metric_one(b, "sparkrelay_admin_connections_refused_total", "counter",
+		   "Admin API connections closed on accept: relay.admin.max_connections were "
+		   "open.",
+		   gst.refused);
+	metric_one(b, "sparkrelay_admin_connections_timed_out_total", "counter",
+		   "Admin API connections closed at relay.admin.request_timeout_ms.",
+		   gst.timed_out);
 	metric_hist(b, "sparkrelay_tunnel_rtt_seconds", "Tunnel PING round-trip time.",
 		    &st.tunnel_rtt);
 	metric_hist(b, "sparkrelay_executor_wait_seconds",
@@ -645,11 +664,13 @@ struct relay_admin *relay_admin_new(struct event_base *base, struct relay *r,
 				    const struct relay_admin_cbs *cbs, void *cb_arg, char *err,
 				    size_t errlen)
 {
+	const struct relay_opts *o;
 	struct relay_admin *a;
 	char host[256];
 	uint16_t port;
 	struct sockaddr_storage ss;
 	socklen_t sslen = sizeof(ss);
+	struct timeval tv;
 
 	if (!listen || sr_split_hostport(listen, host, sizeof(host), &port, -1) != 0) {
 		snprintf(err, errlen, "admin listen address \"%s\" is not host:port",
@@ -684,9 +705,14 @@ struct relay_admin *relay_admin_new(struct event_base *base, struct relay *r,
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
+	o = relay_get_opts(r);
 	evhttp_set_max_headers_size(a->http, RELAY_ADMIN_MAX_HEADERS);
 	evhttp_set_max_body_size(a->http, RELAY_ADMIN_MAX_BODY);
-	evhttp_set_timeout(a->http, RELAY_ADMIN_TIMEOUT_S);
+	/* Also evhttp's inactivity timeout, which the deadline makes redundant
+	 * but for a connection the guard could not track (out of memory). */
+	tv.tv_sec = (time_t)(o->admin_request_timeout_ms / 1000u);
+	tv.tv_usec = (suseconds_t)(o->admin_request_timeout_ms % 1000u) * 1000;
+	evhttp_set_timeout_tv(a->http, &tv);
 	/* Let every method through to admin_dispatch, which answers 405 with
 	 * an Allow header (evhttp would answer 501 on its own). */
 	evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
@@ -703,7 +729,17 @@ struct relay_admin *relay_admin_new(struct event_base *base, struct relay *r,
 		a->port = sr_addr_port((struct sockaddr *)&ss);
 	snprintf(a->ctx, sizeof(a->ctx), strchr(host, ':') ? "admin [%s]:%u" : "admin %s:%u",
 		 host, (unsigned)a->port);
-	SR_INFO(a->ctx, "admin API listening%s", a->have_token ? " (token required)" : "");
+	/* before the loop runs: evhttp accepts nothing until then */
+	a->guard = sr_http_guard_new(base, a->http, o->admin_max_conns,
+				     o->admin_request_timeout_ms, a->ctx);
+	if (!a->guard) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
+	SR_INFO(a->ctx,
+		"admin API listening%s; at most %u connections, each closed after %u ms",
+		a->have_token ? " (token required)" : "", o->admin_max_conns,
+		o->admin_request_timeout_ms);
 	return a;
 fail:
 	relay_admin_free(a);
@@ -716,6 +752,7 @@ void relay_admin_free(struct relay_admin *a)
 		return;
 	if (a->http)
 		evhttp_free(a->http); /* closes the listener and every connection */
+	sr_http_guard_free(a->guard);
 	if (a->drain_ev)
 		event_free(a->drain_ev);
 	OPENSSL_cleanse(a->token_sha, sizeof(a->token_sha));

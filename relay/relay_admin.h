@@ -14,8 +14,12 @@
  * Every endpoint but /healthz and /readyz requires "Authorization: Bearer
  * <token>" when a token is configured (401 otherwise). Unknown paths get
  * 404, known paths with another method 405 (with an Allow header). Request
- * headers and bodies are capped (RELAY_ADMIN_MAX_*) and a connection idle
- * for RELAY_ADMIN_TIMEOUT_S is closed. Error bodies are JSON {"error": ".."}. */
+ * headers and bodies are capped (RELAY_ADMIN_MAX_*). At most
+ * relay.admin.max_connections connections are open at once (more are closed
+ * on accept), and each carries one request (answers say "Connection:
+ * close") and is closed relay.admin.request_timeout_ms after its accept,
+ * however slowly it sends (sr_http_guard.h); both are counted in /metrics.
+ * Error bodies are JSON {"error": ".."}. */
 #ifndef RELAY_ADMIN_H
 #define RELAY_ADMIN_H
 
@@ -30,7 +34,6 @@ struct relay_admin;
 
 #define RELAY_ADMIN_MAX_HEADERS (8 * 1024)
 #define RELAY_ADMIN_MAX_BODY (16 * 1024)
-#define RELAY_ADMIN_TIMEOUT_S 10
 
 /* Supplied by the program, which knows the configuration file (the relay
  * module does not). Either may be NULL: the endpoint then answers 501. */
@@ -44,7 +47,8 @@ struct relay_admin_cbs {
 };
 
 /* Bind the admin listener on listen ("host:port"; port 0 picks a free port)
- * in base. r is borrowed and must outlive the admin. token (copied) may be
+ * in base. r is borrowed and must outlive the admin; its options give the
+ * connection limits (admin_max_conns, admin_request_timeout_ms), read once. token (copied) may be
  * NULL or "" for none, which is refused unless listen is a loopback address
  * (127.0.0.0/8, ::1 or "localhost"). cbs is copied; cb_arg is passed to it.
  * Returns NULL with a reason in err. */

@@ -2,6 +2,7 @@
 #include "tunnel/sidecar_admin.h"
 
 #include "common/sr_err.h"
+#include "common/sr_http_guard.h"
 #include "common/sr_log.h"
 #include "common/sr_util.h"
 #include "tunnel/sidecar.h"
@@ -22,12 +23,18 @@
 /* Nothing the sidecar serves needs more; larger requests are refused. */
 #define SC_ADMIN_MAX_HEADERS (8 * 1024)
 #define SC_ADMIN_MAX_BODY 1024
-#define SC_ADMIN_TIMEOUT_S 10
+/* A probe or two and a person with curl: more connections than this at
+ * once are closed on accept, and each is closed this long after its accept
+ * however slowly it sends (one request per connection). Fixed, as the
+ * listener serves nothing that would need more. */
+#define SC_ADMIN_MAX_CONNS 16
+#define SC_ADMIN_DEADLINE_MS 10000
 
 struct sidecar_admin {
 	struct sidecar *sidecar;
 	struct evhttp *http;
 	struct evhttp_bound_socket *sock;
+	struct sr_http_guard *guard;
 	uint16_t port;
 	char ctx[SR_ADDRSTRLEN + 8];
 };
@@ -44,6 +51,8 @@ static void reply(struct evhttp_request *req, int code, const char *reason, cons
 	evbuffer_add(b, body, strlen(body));
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-store");
+	/* one request per connection: the deadline bounds the request */
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
 	evhttp_send_reply(req, code, reason, b);
 	evbuffer_free(b);
 }
@@ -132,6 +141,8 @@ static void sc_admin_dispatch(struct evhttp_request *req, void *arg)
 				  "application/json");
 		evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control",
 				  "no-store");
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Connection",
+				  "close");
 		evhttp_send_reply(req, 200, "OK", b);
 		evbuffer_free(b);
 	}
@@ -179,7 +190,9 @@ struct sidecar_admin *sidecar_admin_new(struct event_base *base, struct sidecar 
 	}
 	evhttp_set_max_headers_size(a->http, SC_ADMIN_MAX_HEADERS);
 	evhttp_set_max_body_size(a->http, SC_ADMIN_MAX_BODY);
-	evhttp_set_timeout(a->http, SC_ADMIN_TIMEOUT_S);
+	/* evhttp's inactivity timeout: only for a connection the guard could
+	 * not track (out of memory) */
+	evhttp_set_timeout(a->http, SC_ADMIN_DEADLINE_MS / 1000);
 	/* Every method reaches sc_admin_dispatch, which answers 405 itself. */
 	evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
 						EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
@@ -195,6 +208,13 @@ struct sidecar_admin *sidecar_admin_new(struct event_base *base, struct sidecar 
 		a->port = sr_addr_port((struct sockaddr *)&ss);
 	snprintf(a->ctx, sizeof(a->ctx), strchr(host, ':') ? "status [%s]:%u" : "status %s:%u",
 		 host, (unsigned)a->port);
+	/* before the loop runs: evhttp accepts nothing until then */
+	a->guard =
+	    sr_http_guard_new(base, a->http, SC_ADMIN_MAX_CONNS, SC_ADMIN_DEADLINE_MS, a->ctx);
+	if (!a->guard) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
 	if (!sc_is_loopback(host))
 		SR_WARN(a->ctx, "status API is reachable off this host (lease and ports are "
 				"visible to anyone who can connect)");
@@ -212,6 +232,7 @@ void sidecar_admin_free(struct sidecar_admin *a)
 		return;
 	if (a->http)
 		evhttp_free(a->http);
+	sr_http_guard_free(a->guard);
 	free(a);
 }
 

@@ -1,5 +1,7 @@
 #include "tunnel/tun_tls.h"
 #include "common/sr_err.h"
+#include "common/sr_log.h"
+#include "common/sr_text.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -8,6 +10,9 @@
 #include <openssl/x509v3.h>
 
 static const unsigned char alpn_wire[] = "\x02h2";
+
+/* Bytes of a refused CN shown in the log. */
+#define TUN_TLS_CN_SHOW 64
 
 char *tun_tls_errors(char *buf, size_t len)
 {
@@ -197,13 +202,64 @@ size_t tun_tls_peer_sans(SSL *ssl, char (*out)[256], size_t max)
 	return n;
 }
 
-void tun_tls_peer_name(SSL *ssl, char *buf, size_t len)
+/* Why the CN entry of subj cannot name the peer, or NULL with its UTF-8
+ * text in *utf8 (OPENSSL_free) and length in *n. X509_NAME_get_text_by_NID
+ * copied the raw bytes and cut them at the buffer, so "alice\0x" became
+ * "alice", a 200-byte CN its first 159 bytes, and a BMPString its UTF-16. */
+static const char *cn_refusal(const X509_NAME *subj, int idx, unsigned char **utf8, int *n)
+{
+	const ASN1_STRING *cn;
+
+	/* two CNs: which one is the identity depends on who reads it */
+	if (X509_NAME_get_index_by_NID(subj, NID_commonName, idx) >= 0)
+		return "more than one CN";
+	cn = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subj, idx));
+	if (!cn)
+		return "no CN data";
+	*n = ASN1_STRING_to_UTF8(utf8, cn);
+	if (*n < 0) {
+		*utf8 = NULL;
+		return "not convertible to UTF-8";
+	}
+	if (memchr(*utf8, '\0', (size_t)*n))
+		return "embedded NUL";
+	for (int i = 0; i < *n; i++)
+		if ((*utf8)[i] < 0x20 || (*utf8)[i] == 0x7f)
+			return "control character";
+	return NULL;
+}
+
+int tun_tls_peer_name(SSL *ssl, char *buf, size_t len)
 {
 	X509 *peer = SSL_get0_peer_certificate(ssl);
+	const X509_NAME *subj;
+	unsigned char *utf8 = NULL;
+	const char *why;
+	int idx, n = 0;
+
 	buf[0] = '\0';
 	if (!peer || SSL_get_verify_result(ssl) != X509_V_OK)
-		return;
-	if (X509_NAME_get_text_by_NID(X509_get_subject_name(peer), NID_commonName, buf,
-				      (int)len) < 0)
-		buf[0] = '\0';
+		return 0;
+	subj = X509_get_subject_name(peer);
+	idx = X509_NAME_get_index_by_NID(subj, NID_commonName, -1);
+	if (idx < 0)
+		return 0;
+	why = cn_refusal(subj, idx, &utf8, &n);
+	if (!why && (size_t)n >= len)
+		why = "too long";
+	if (why) {
+		char shown[SR_ESC_SIZE(TUN_TLS_CN_SHOW)];
+
+		sr_esc_n(utf8 ? (const char *)utf8 : "", TUN_TLS_CN_SHOW, shown, sizeof(shown));
+		SR_WARN("tls", "peer certificate CN refused (%s, %d bytes): \"%s\"; the peer has "
+			       "no CN identity",
+			why, n, shown);
+		OPENSSL_free(utf8);
+		ERR_clear_error();
+		return SR_EINVAL;
+	}
+	memcpy(buf, utf8, (size_t)n);
+	buf[n] = '\0';
+	OPENSSL_free(utf8);
+	return 0;
 }

@@ -22,8 +22,12 @@ SSL_CTX *tun_tls_client_ctx(const char *ca_file, const char *cert_file,
 /* After the handshake: 0 if ALPN chose "h2", SR_EPROTO otherwise. */
 int tun_tls_check_alpn(SSL *ssl);
 
-/* Subject CN of the verified peer certificate into buf; "" if none. */
-void tun_tls_peer_name(SSL *ssl, char *buf, size_t len);
+/* Subject CN of the verified peer certificate, as UTF-8, into buf; "" if
+ * none. A CN that cannot name the peer exactly is refused: more than one CN,
+ * a string that does not convert to UTF-8, an embedded NUL or other control
+ * byte, or len bytes or more (it would be cut). A refusal is logged and
+ * leaves buf "" (no CN identity). Returns 0, or SR_EINVAL when refused. */
+int tun_tls_peer_name(SSL *ssl, char *buf, size_t len);
 
 /* DNS and URI subject alternative names of the verified peer certificate,
  * up to max of them, each NUL-terminated in out[i] (len bytes). Returns the

@@ -241,6 +241,81 @@ static void test_devcert_rewrite_tightens_key_mode(void **state)
 	dir_remove(&d);
 }
 
+static void write_text(const char *path, const char *text)
+{
+	FILE *fp = fopen(path, "w");
+
+	assert_non_null(fp);
+	fputs(text, fp);
+	assert_int_equal(fclose(fp), 0);
+}
+
+static void assert_text(const char *path, const char *text)
+{
+	char buf[64] = "";
+	FILE *fp = fopen(path, "r");
+	size_t n;
+
+	assert_non_null(fp);
+	n = fread(buf, 1, sizeof(buf) - 1, fp);
+	fclose(fp);
+	buf[n] = '\0';
+	assert_string_equal(buf, text);
+}
+
+/* gen-certs run as root in a folder other users can write: a file planted
+ * under a key's name (owned by another user, readable by them) must not
+ * receive the key, and a planted symlink must not redirect it. The names
+ * end up as new files of ours with the right modes, and nothing else in
+ * the folder (the planted inode, the symlink's target) is written. */
+static void test_devcert_planted_file_and_symlink_are_replaced(void **state)
+{
+	struct dir d;
+	char planted[128], keep[128], lnk[128], victim[128], p[128], err[256] = "";
+	struct stat st;
+
+	dir_make(&d);
+	/* ca.key: a file someone else made, world-readable; "keep" is a second
+	 * name for the same inode, as an open descriptor would be */
+	dir_path(&d, "ca.key", planted, sizeof(planted));
+	dir_path(&d, "keep", keep, sizeof(keep));
+	write_text(planted, "planted");
+	assert_int_equal(chmod(planted, 0644), 0);
+	assert_int_equal(link(planted, keep), 0);
+	if (geteuid() == 0)
+		assert_int_equal(chown(planted, 65534, 65534), 0);
+	/* relay.key: a symlink to a file of the victim's */
+	dir_path(&d, "relay.key", lnk, sizeof(lnk));
+	dir_path(&d, "victim", victim, sizeof(victim));
+	write_text(victim, "victim");
+	assert_int_equal(symlink(victim, lnk), 0);
+	/* ca.pem: a dangling symlink (O_CREAT would create its target) */
+	dir_path(&d, "ca.pem", p, sizeof(p));
+	assert_int_equal(symlink("/tmp/sr_devcert_dangling_target", p), 0);
+
+	if (sr_devcert_write(d.path, NULL, 1, err, sizeof(err)) != 0)
+		fail_msg("sr_devcert_write: %s", err);
+
+	assert_text(keep, "planted");
+	assert_text(victim, "victim");
+	assert_int_not_equal(access("/tmp/sr_devcert_dangling_target", F_OK), 0);
+	for (size_t i = 0; i < SR_ARRAY_LEN(files); i++) {
+		dir_path(&d, files[i], p, sizeof(p));
+		assert_int_equal(lstat(p, &st), 0);
+		assert_true(S_ISREG(st.st_mode));
+		assert_int_equal(st.st_uid, geteuid());
+		assert_int_equal(st.st_nlink, 1);
+	}
+	assert_int_equal(file_mode(&d, "ca.key"), 0600);
+	assert_int_equal(file_mode(&d, "relay.key"), 0600);
+	EVP_PKEY_free(load_key(&d, "ca.key"));
+	EVP_PKEY_free(load_key(&d, "relay.key"));
+	X509_free(load_cert(&d, "ca.pem"));
+	unlink(keep);
+	unlink(victim);
+	dir_remove(&d); /* fails if a temporary file was left behind */
+}
+
 static void test_devcert_unwritable_dir(void **state)
 {
 	struct dir d;
@@ -298,6 +373,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_devcert_chain_names_keys),
 	    cmocka_unit_test(test_devcert_rewrite_tightens_key_mode),
+	    cmocka_unit_test(test_devcert_planted_file_and_symlink_are_replaced),
 	    cmocka_unit_test(test_devcert_unwritable_dir),
 	    cmocka_unit_test(test_devcert_bad_arguments),
 	};

@@ -32,10 +32,10 @@ static void src_path(const char *rel, char *buf, size_t len)
 		snprintf(buf, len, "./%s", rel);
 }
 
-/* Remove every SPARKRELAY_* variable so tests start from a known environment. */
+/* Remove every SPARKRELAY_* variable, of any length, so tests start from a
+ * known environment. */
 static int clear_env(void **state)
 {
-	char name[256];
 	int again = 1;
 
 	(void)state;
@@ -47,10 +47,12 @@ static int clear_env(void **state)
 			const char *eq = strchr(*ep, '=');
 			size_t n = eq ? (size_t)(eq - *ep) : strlen(*ep);
 
-			if (strncmp(*ep, "SPARKRELAY_", 11) == 0 && n < sizeof(name)) {
-				memcpy(name, *ep, n);
-				name[n] = '\0';
+			if (strncmp(*ep, "SPARKRELAY_", 11) == 0) {
+				char *name = strndup(*ep, n);
+
+				assert_non_null(name);
 				unsetenv(name);
+				free(name);
 				again = 1; /* environ changed under us: rescan */
 				break;
 			}
@@ -353,6 +355,14 @@ static const struct err_case err_cases[] = {
      "{\"log\": {\"lev\\nel\": 1}}",
      SR_EINVAL,
      {"t.json: log.lev?el: unknown key (expected one of: level)"}},
+    {"unknown key with a DEL byte is not quoted raw",
+     "{\"log\": {\"lev\\u007fel\": 1}}",
+     SR_EINVAL,
+     {"t.json: log.lev?el: unknown key (expected one of: level)"}},
+    {"duplicate key with a DEL byte is not quoted raw",
+     "{\"log\": {\"a\x7f\": 1, \"a\x7f\": 2}}",
+     SR_EINVAL,
+     {"duplicate key \"a?\""}},
     {"duplicate key has its line",
      "{\n  \"relay\": {\n    \"max_tunnels\": 1,\n    \"max_tunnels\": 2\n  }\n}\n",
      SR_EINVAL,
@@ -675,6 +685,136 @@ static void test_secret_not_in_messages(void **state)
 	assert_contains(err, "tunnel.token: must be a string of 1..4095 bytes or null");
 	assert_contains(err, "(got a secret of 4096 bytes)");
 	assert_null(strstr(err, "SSSS"));
+}
+
+/* A secret next to a syntax error: jansson quotes up to 20 bytes of the
+ * token where parsing failed, which is the secret itself when it is written
+ * without quotes or its string is cut. The message keeps file:line:col and
+ * the rule, never the text. */
+static void test_syntax_error_does_not_quote_secrets(void **state)
+{
+	static const struct {
+		const char *json, *want;
+	} cases[] = {
+	    /* a token pasted without quotes */
+	    {"{\"relay\": {\"auth_token\": s3cr3t-Qz9}}", "t.json:1:26: syntax error: invalid token"},
+	    /* a newline, a tab and the end of the file right after the secret */
+	    {"{\"relay\": {\"auth_token\": \"s3cr3t-Qz9\n\"}}",
+	     "t.json:1:36: syntax error: unexpected newline"},
+	    {"{\"tunnel\": {\"token\": \"s3cr3t-Qz9\t\"}}",
+	     "t.json:1:32: syntax error: control character 0x9"},
+	    {"{\"tunnel\": {\"token\": \"s3cr3t-Qz9", "t.json:1:32: syntax error: premature end of input"},
+	    /* a bad escape inside the secret */
+	    {"{\"tunnel\": {\"token\": \"s3cr3t\\ud800-Qz9\"}}",
+	     "t.json:1:39: syntax error: invalid Unicode escape"},
+	    /* in the admin token, after valid content */
+	    {"{\"relay\": {\"tls\": {\"cert\": \"c\", \"key\": \"k\"},\n"
+	     " \"admin\": {\"token\": s3cr3t-Qz9}}}",
+	     "t.json:2:21: syntax error: invalid token"},
+	};
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct sr_config cfg;
+		char err[ERRLEN] = "";
+
+		if (load(cases[i].json, &cfg, err) != SR_EINVAL)
+			fail_msg("case %zu loaded", i);
+		if (strstr(err, "s3cr3t") || strstr(err, "Qz9"))
+			fail_msg("case %zu: the secret is quoted: %s", i, err);
+		if (strstr(err, "near '"))
+			fail_msg("case %zu: source text is quoted: %s", i, err);
+		if (!strstr(err, cases[i].want))
+			fail_msg("case %zu: expected \"%s\" in \"%s\"", i, cases[i].want, err);
+		assert_empty_cfg(&cfg);
+	}
+}
+
+/* A secret written as a bare number has the right type wrong: the message
+ * names the type, not the number. */
+static void test_numeric_secret_not_quoted(void **state)
+{
+	struct sr_config cfg;
+	char err[ERRLEN] = "";
+
+	(void)state;
+	assert_int_equal(load("{\"relay\": {\"auth_token\": 73195561}}", &cfg, err), SR_EINVAL);
+	assert_contains(err, "relay.auth_token: must be a string");
+	assert_contains(err, "(got a number)");
+	assert_null(strstr(err, "73195561"));
+	assert_int_equal(load("{\"tunnel\": {\"token\": 7319.5561}}", &cfg, err), SR_EINVAL);
+	assert_contains(err, "(got a number)");
+	assert_null(strstr(err, "7319"));
+}
+
+/* SPARKRELAY_<section>_* names of every length are checked: one too long to
+ * be a setting is an error like any unknown name, quoted escaped and cut. */
+static void test_env_unknown_names_of_any_length(void **state)
+{
+	static const size_t lens[] = {200, 271, 272, 273, 300, 5000};
+	char name[5100];
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+		struct sr_config cfg;
+		char err[ERRLEN] = "";
+		size_t n = lens[i];
+
+		memset(name, 'X', n);
+		memcpy(name, "SPARKRELAY_RELAY_", 17);
+		name[n] = '\0';
+		assert_int_equal(setenv(name, "1", 1), 0);
+		if (load("{\"relay\": {" RELAY_OK_TLS "}}", &cfg, err) != SR_EINVAL)
+			fail_msg("a %zu-byte SPARKRELAY_RELAY_ name was ignored", n);
+		unsetenv(name);
+		assert_contains(err, "env SPARKRELAY_RELAY_XXXX");
+		assert_contains(err, "no such setting");
+		assert_true(strlen(err) < 200);
+		if (n > 96)
+			assert_contains(err, "XXX...");
+		assert_empty_cfg(&cfg);
+	}
+	/* the tunnel and log sections too, and names not under a section stay
+	 * someone else's */
+	memset(name, 'Y', 400);
+	memcpy(name, "SPARKRELAY_TUNNEL_", 18);
+	name[400] = '\0';
+	assert_int_equal(setenv(name, "1", 1), 0);
+	{
+		struct sr_config cfg;
+		char err[ERRLEN] = "";
+
+		assert_int_equal(load("{}", &cfg, err), SR_EINVAL);
+		assert_contains(err, "env SPARKRELAY_TUNNEL_YYY");
+	}
+	unsetenv(name);
+	memcpy(name, "SPARKRELAY_OTHER__", 18);
+	assert_int_equal(setenv(name, "1", 1), 0);
+	{
+		struct sr_config cfg;
+		char err[ERRLEN] = "";
+
+		assert_int_equal(load("{}", &cfg, err), 0);
+		conf_free(&cfg);
+	}
+	unsetenv(name);
+}
+
+/* An unknown name is environment text: control bytes reach the message
+ * escaped, never raw. */
+static void test_env_unknown_name_is_escaped(void **state)
+{
+	struct sr_config cfg;
+	char err[ERRLEN] = "";
+
+	(void)state;
+	assert_int_equal(setenv("SPARKRELAY_LOG_\x1b[31mRED\"", "1", 1), 0);
+	assert_int_equal(load("{}", &cfg, err), SR_EINVAL);
+	unsetenv("SPARKRELAY_LOG_\x1b[31mRED\"");
+	assert_null(strchr(err, '\x1b'));
+	assert_contains(err, "env SPARKRELAY_LOG_\\x1b[31mRED\\\": no such setting");
 }
 
 static void test_file_missing(void **state)
@@ -1364,6 +1504,13 @@ int main(void)
 					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_errors, clear_env, clear_env),
 	    cmocka_unit_test_setup_teardown(test_secret_not_in_messages, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_syntax_error_does_not_quote_secrets, clear_env,
+					    clear_env),
+	    cmocka_unit_test_setup_teardown(test_numeric_secret_not_quoted, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_env_unknown_names_of_any_length, clear_env,
+					    clear_env),
+	    cmocka_unit_test_setup_teardown(test_env_unknown_name_is_escaped, clear_env,
+					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_file_missing, clear_env, clear_env),
 	    cmocka_unit_test_setup_teardown(test_file_too_big, clear_env, clear_env),
 	    cmocka_unit_test_setup_teardown(test_file_is_directory, clear_env, clear_env),
