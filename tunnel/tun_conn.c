@@ -5,6 +5,7 @@
 #include "common/sr_text.h"
 #include "common/sr_util.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -62,6 +63,14 @@ void tun_conn_opts_defaults(struct tun_conn_opts *o)
 
 static void conn_fail(struct tun_conn *c, int err, const char *why);
 
+void tun_conn_go(struct tun_conn *c, enum tc_state st)
+{
+	static const char *const names[] = {"NEW", "OPEN", "GOAWAY", "CLOSING", "CLOSED"};
+
+	SR_DEBUG(c->logctx, "session %s -> %s", names[c->st], names[st]);
+	c->st = st;
+}
+
 /* ---- transport -> nghttp2 ---------------------------------------------- */
 
 static void deliver_ctl(struct tun_conn *c)
@@ -70,13 +79,13 @@ static void deliver_ctl(struct tun_conn *c)
 	char err[256];
 	int rv;
 
-	while (!c->closing && (rv = tun_ctl_decode(c->ctl_in, c->opts.ctl_max, &msg, err,
+	while (!tun_conn_closing(c) && (rv = tun_ctl_decode(c->ctl_in, c->opts.ctl_max, &msg, err,
 						   sizeof(err))) == 1) {
 		SR_DEBUG(c->logctx, "control message %s", tun_ctl_type_name(msg.type));
 		if (c->cbs.on_ctl)
 			c->cbs.on_ctl(c, &msg, c->arg);
 	}
-	if (!c->closing && rv < 0) {
+	if (!tun_conn_closing(c) && rv < 0) {
 		char why[320];
 		snprintf(why, sizeof(why), "bad control message: %s", err);
 		conn_fail(c, rv, why);
@@ -86,7 +95,7 @@ static void deliver_ctl(struct tun_conn *c)
 int tun_conn_recv(struct tun_conn *c, const uint8_t *p, size_t left)
 {
 	c->last_recv_us = sr_now_us();
-	while (left > 0 && !c->closing) {
+	while (left > 0 && !tun_conn_closing(c)) {
 		ssize_t rv;
 		c->in_h2 = 1;
 		rv = nghttp2_session_mem_recv(c->h2, p, left);
@@ -106,7 +115,7 @@ int tun_conn_recv(struct tun_conn *c, const uint8_t *p, size_t left)
 		if (evbuffer_get_length(c->ctl_in) > 0)
 			deliver_ctl(c);
 	}
-	if (c->closing)
+	if (tun_conn_closing(c))
 		return c->close_err ? c->close_err : SR_ECLOSED;
 	if (c->nwriteq)
 		tun_stream_write_queued(c);
@@ -121,7 +130,7 @@ struct evbuffer *tun_conn_output(struct tun_conn *c)
 
 void tun_conn_output_drained(struct tun_conn *c)
 {
-	if (c->closing) {
+	if (tun_conn_closing(c)) {
 		if (evbuffer_get_length(c->out) == 0)
 			tun_conn_schedule_reap(c);
 		return;
@@ -187,7 +196,7 @@ void tun_conn_flush(struct tun_conn *c)
 		c->want_flush = 1;
 		return;
 	}
-	if (c->closing || !c->started)
+	if (c->st != TC_ST_OPEN && c->st != TC_ST_GOAWAY)
 		return;
 	for (;;) {
 		size_t before = evbuffer_get_length(c->out), after;
@@ -206,7 +215,7 @@ void tun_conn_flush(struct tun_conn *c)
 			break;
 		if (c->cbs.on_output)
 			c->cbs.on_output(c, c->arg); /* the transport usually takes it all */
-		if (c->closing)
+		if (tun_conn_closing(c))
 			return;
 		/* nghttp2 stopped at out_high: if the transport made room, go on
 		 * here rather than wait for a write event that may never come. */
@@ -217,14 +226,14 @@ void tun_conn_flush(struct tun_conn *c)
 	/* The sidecar sent GOAWAY with an error: nghttp2 found the relay breaking
 	 * HTTP/2 (a flood, the reset rate limit). No new stream is taken after
 	 * it, so a tunnel kept open would strand the executors still to come. */
-	if (!c->closing && c->role == TUN_ROLE_SIDECAR && c->goaway_sent_error) {
+	if (!tun_conn_closing(c) && c->role == TUN_ROLE_SIDECAR && c->goaway_sent_error) {
 		char why[128];
 		snprintf(why, sizeof(why), "protocol error: relay broke HTTP/2 (sent GOAWAY %s)",
 			 nghttp2_http2_strerror(c->goaway_sent_error));
 		conn_fail(c, SR_EPROTO, why);
 		return;
 	}
-	if (!c->closing && !nghttp2_session_want_read(c->h2) &&
+	if (!tun_conn_closing(c) && !nghttp2_session_want_read(c->h2) &&
 	    !nghttp2_session_want_write(c->h2)) {
 		char why[128];
 		if (c->goaway_sent_error)
@@ -269,7 +278,7 @@ static int h2_on_begin_headers(nghttp2_session *h2, const nghttp2_frame *frame, 
 	if (c->role != TUN_ROLE_SIDECAR || frame->hd.type != NGHTTP2_HEADERS ||
 	    frame->headers.cat != NGHTTP2_HCAT_REQUEST)
 		return 0;
-	if (c->goaway || c->closing) {
+	if (c->st != TC_ST_OPEN) {
 		nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
 					  NGHTTP2_REFUSED_STREAM);
 		return 0; /* no stream object: the rest of its frames are ignored */
@@ -337,9 +346,9 @@ static void sidecar_header(struct tun_stream *s, const uint8_t *name, size_t nam
 		/* Only names the executor in log lines, escaped there. */
 		copy_hdr(s->peer, sizeof(s->peer), value, valuelen);
 	} else if (IS(HDR_CONN)) {
-		if ((s->flags & TS_CONN_HDR) || parse_conn_id(value, valuelen, &s->conn_id) != 0)
+		if ((s->flags & TS_F_CONN_HDR) || parse_conn_id(value, valuelen, &s->conn_id) != 0)
 			s->bad_header = HDR_CONN;
-		s->flags |= TS_CONN_HDR;
+		s->flags |= TS_F_CONN_HDR;
 	}
 #undef IS
 }
@@ -414,11 +423,11 @@ static ssize_t ctl_read_cb(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t
 
 	if (n > 0)
 		return n;
-	if (c->closing) {
+	if (tun_conn_closing(c)) {
 		*data_flags |= NGHTTP2_DATA_FLAG_EOF;
 		return 0;
 	}
-	c->ctl->flags |= TS_DEFERRED;
+	c->ctl->flags |= TS_F_DEFERRED;
 	return NGHTTP2_ERR_DEFERRED;
 }
 
@@ -437,11 +446,11 @@ static int sidecar_on_request(struct tun_conn *c, struct tun_stream *s)
 			return NGHTTP2_PROTOCOL_ERROR;
 		}
 		c->ctl = s;
-		s->flags |= TS_CTL;
+		s->flags |= TS_F_CTL;
 		prd.source.ptr = s;
 		if (nghttp2_submit_response(c->h2, s->id, ok, 1, &prd) != 0)
 			return NGHTTP2_INTERNAL_ERROR;
-		s->flags |= TS_RESPONDED;
+		s->flags |= TS_F_RESPONDED;
 		if (c->cbs.on_ctl_open)
 			c->cbs.on_ctl_open(c, c->arg);
 		return 0;
@@ -459,7 +468,7 @@ static int sidecar_on_request(struct tun_conn *c, struct tun_stream *s)
 			s->id, sr_esc(s->authority, abuf, sizeof(abuf)));
 		return NGHTTP2_REFUSED_STREAM;
 	}
-	if (!s->bad_header && !(s->flags & TS_CONN_HDR))
+	if (!s->bad_header && !(s->flags & TS_F_CONN_HDR))
 		s->bad_header = HDR_CONN;
 	if (s->bad_header) {
 		SR_WARN(c->logctx, "stream %d refused: %s header missing, repeated or malformed",
@@ -476,7 +485,7 @@ static int sidecar_on_request(struct tun_conn *c, struct tun_stream *s)
 		return NGHTTP2_REFUSED_STREAM;
 	if (tun_stream_attach(s, sock) != 0)
 		return NGHTTP2_INTERNAL_ERROR; /* attach freed sock */
-	s->flags |= TS_CONNECTING;
+	tun_stream_go(s, TS_ST_CONNECTING, "dialling the driver");
 	c->stats.streams_opened++;
 	if (connected)
 		tun_stream_connected(s); /* inside a callback: the flush is deferred */
@@ -501,12 +510,13 @@ static int h2_on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, voi
 		}
 		break;
 	case NGHTTP2_GOAWAY:
-		c->goaway = 1;
+		if (c->st == TC_ST_OPEN)
+			tun_conn_go(c, TC_ST_GOAWAY);
 		SR_INFO(c->logctx, "peer sent GOAWAY (%s)",
 			nghttp2_http2_strerror(frame->goaway.error_code));
 		break;
 	case NGHTTP2_RST_STREAM:
-		if (c->role == TUN_ROLE_SIDECAR && s && !(s->flags & (TS_CTL | TS_ANSWERED)) &&
+		if (c->role == TUN_ROLE_SIDECAR && s && !(s->flags & (TS_F_CTL | TS_F_ANSWERED)) &&
 		    !early_reset_allowed(c)) {
 			char why[160];
 			snprintf(why, sizeof(why),
@@ -533,10 +543,10 @@ static int h2_on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, voi
 		break;
 	case NGHTTP2_DATA:
 		if (s && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
-			if (s->flags & TS_CTL) {
+			if (s->flags & TS_F_CTL) {
 				/* The control stream lives as long as the tunnel. */
 				conn_fail(c, SR_EPROTO, "control stream ended by peer");
-				break;
+				return NGHTTP2_ERR_CALLBACK_FAILURE; /* read no further */
 			}
 			tun_stream_on_peer_eof(s);
 		}
@@ -557,13 +567,13 @@ static int h2_on_data_chunk(nghttp2_session *h2, uint8_t flags, int32_t id, cons
 		tun_conn_consume(c, id, len);
 		return 0;
 	}
-	if (s->flags & TS_CTL) {
+	if (s->flags & TS_F_CTL) {
 		tun_conn_consume(c, id, len);
 		/* Bounded: the decoder rejects frames over ctl_max, so anything
 		 * beyond one frame plus its prefix is a peer flooding us. */
 		if (evbuffer_get_length(c->ctl_in) + len > (size_t)c->opts.ctl_max + 8u * 1024) {
 			conn_fail(c, SR_ETOOBIG, "control stream over its size cap");
-			return 0;
+			return NGHTTP2_ERR_CALLBACK_FAILURE;
 		}
 		evbuffer_add(c->ctl_in, data, len);
 		return NGHTTP2_ERR_PAUSE; /* deliver it before the next frame */
@@ -579,14 +589,15 @@ static int h2_on_stream_close(nghttp2_session *h2, int32_t id, uint32_t error_co
 
 	if (!s)
 		return 0;
-	if (s->flags & TS_CTL) {
-		if (!c->closing)
-			conn_fail(c, SR_EPROTO, "control stream closed by peer");
-		s->flags |= TS_H2_CLOSED;
-		return 0;
+	if (s->flags & TS_F_CTL) {
+		s->flags |= TS_F_H2_CLOSED;
+		if (tun_conn_closing(c))
+			return 0;
+		conn_fail(c, SR_EPROTO, "control stream closed by peer");
+		return NGHTTP2_ERR_CALLBACK_FAILURE;
 	}
 	tun_stream_on_h2_close(s, error_code);
-	if (!(s->flags & TS_DEAD) && !s->sock)
+	if (s->st < TS_ST_DEAD && !s->sock)
 		tun_stream_kill(s, 0);
 	tun_stream_maybe_reap(s);
 	return 0;
@@ -599,7 +610,7 @@ static int h2_on_frame_send(nghttp2_session *h2, const nghttp2_frame *frame, voi
 	if (frame->hd.type == NGHTTP2_HEADERS && c->role == TUN_ROLE_SIDECAR) {
 		struct tun_stream *s = nghttp2_session_get_stream_user_data(h2, frame->hd.stream_id);
 		if (s)
-			s->flags |= TS_ANSWERED;
+			s->flags |= TS_F_ANSWERED;
 	}
 	if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR)
 		c->goaway_sent_error = frame->goaway.error_code; /* tun_conn_flush acts on it */
@@ -628,15 +639,15 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
 			c->ctl = NULL;
 		tun_stream_free(s);
 	}
-	if (!c->closing) {
+	if (!tun_conn_closing(c)) {
 		tun_conn_flush(c);
 		return;
 	}
-	if (c->closed_cb_done)
+	if (c->st == TC_ST_CLOSED)
 		return;
 	if (c->flushing && evbuffer_get_length(c->out) > 0)
 		return; /* tun_conn_output_drained or close_ev brings us back */
-	c->closed_cb_done = 1;
+	tun_conn_go(c, TC_ST_CLOSED);
 	evtimer_del(c->close_ev);
 	if (c->cbs.on_closed)
 		c->cbs.on_closed(c, c->close_err, c->arg); /* may free c */
@@ -657,21 +668,21 @@ static void close_timeout_cb(evutil_socket_t fd, short what, void *arg)
 
 static void kill_all_streams(struct tun_conn *c)
 {
-	/* c->closing is set, so each killed stream moves to the dead list. */
+	/* tun_conn_closing(c) is set, so each killed stream moves to the dead list. */
 	while (c->streams) {
 		struct tun_stream *s = c->streams;
-		if (s->flags & TS_DEAD)
+		if (s->st >= TS_ST_DEAD)
 			tun_stream_maybe_reap(s);
 		else
-			tun_stream_kill(s, !(s->flags & TS_CTL)); /* executors see a reset */
+			tun_stream_kill(s, !(s->flags & TS_F_CTL)); /* executors see a reset */
 	}
 }
 
 static void conn_fail(struct tun_conn *c, int err, const char *why)
 {
-	if (c->closing)
+	if (tun_conn_closing(c))
 		return;
-	c->closing = 1;
+	tun_conn_go(c, TC_ST_CLOSING);
 	c->close_err = err;
 	if (err == 0 || err == SR_ECLOSED)
 		SR_INFO(c->logctx, "tunnel closed: %s", why);
@@ -685,15 +696,15 @@ void tun_conn_close(struct tun_conn *c, int err)
 {
 	struct timeval tv = {2, 0};
 
-	if (c->closing)
+	if (tun_conn_closing(c))
 		return;
-	c->closing = 1;
+	tun_conn_go(c, TC_ST_CLOSING);
 	c->close_err = err;
 	kill_all_streams(c);
 	nghttp2_session_terminate_session(c->h2, err ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_NO_ERROR);
 	/* Flush GOAWAY and the last control message, bounded in time. */
 	c->flushing = 1;
-	if (!c->in_h2 && c->started) {
+	if (!c->in_h2 && c->started_once) {
 		size_t before = evbuffer_get_length(c->out);
 		c->in_h2 = 1;
 		(void)nghttp2_session_send(c->h2);
@@ -707,9 +718,9 @@ void tun_conn_close(struct tun_conn *c, int err)
 
 void tun_conn_goaway(struct tun_conn *c)
 {
-	if (c->goaway || c->closing)
+	if (c->st != TC_ST_OPEN)
 		return;
-	c->goaway = 1;
+	tun_conn_go(c, TC_ST_GOAWAY);
 	nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE,
 			      nghttp2_session_get_last_proc_stream_id(c->h2), NGHTTP2_NO_ERROR,
 			      NULL, 0);
@@ -722,7 +733,7 @@ static void ping_cb(evutil_socket_t fd, short what, void *arg)
 	uint64_t now = sr_now_us();
 	uint64_t idle = now - c->last_recv_us;
 
-	if (c->closing)
+	if (tun_conn_closing(c))
 		return;
 	if (idle >= (uint64_t)c->opts.ping_timeout_ms * 1000u) {
 		char why[96];
@@ -746,18 +757,18 @@ int tun_conn_submit_response(struct tun_conn *c, struct tun_stream *s)
 					 NGHTTP2_NV_FLAG_NONE}};
 	nghttp2_data_provider prd = tun_stream_data_prd;
 
-	if (s->flags & (TS_RESPONDED | TS_H2_CLOSED))
+	if (s->flags & (TS_F_RESPONDED | TS_F_H2_CLOSED))
 		return 0;
 	prd.source.ptr = s;
 	if (nghttp2_submit_response(c->h2, s->id, ok, 1, &prd) != 0)
 		return SR_EH2;
-	s->flags |= TS_RESPONDED;
+	s->flags |= TS_F_RESPONDED;
 	return 0;
 }
 
 void tun_conn_reset_stream(struct tun_conn *c, struct tun_stream *s, uint32_t code)
 {
-	if (s->id > 0 && !(s->flags & TS_H2_CLOSED))
+	if (s->id > 0 && !(s->flags & TS_F_H2_CLOSED))
 		nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, s->id, code);
 }
 
@@ -855,7 +866,7 @@ struct tun_conn *tun_conn_new(struct event_base *base, enum tun_role role,
 		int32_t id;
 		if (!s)
 			goto fail;
-		s->flags |= TS_CTL;
+		s->flags |= TS_F_CTL;
 		c->ctl = s;
 		prd.source.ptr = s;
 		id = nghttp2_submit_request(c->h2, NULL, ctl_req, SR_ARRAY_LEN(ctl_req), &prd, s);
@@ -880,9 +891,10 @@ void tun_conn_start(struct tun_conn *c)
 	uint32_t period = c->opts.ping_interval_ms / 2;
 	struct timeval tv = {period / 1000, (period % 1000) * 1000};
 
-	if (c->started)
+	if (c->st != TC_ST_NEW)
 		return;
-	c->started = 1;
+	c->started_once = 1;
+	tun_conn_go(c, TC_ST_OPEN);
 	if (period < 50)
 		tv = (struct timeval){0, 50000};
 	event_add(c->ping_ev, &tv);
@@ -900,8 +912,8 @@ void tun_conn_free(struct tun_conn *c)
 	while (c->streams) {
 		struct tun_stream *s = c->streams;
 		c->streams = s->next;
-		if (!(s->flags & TS_DEAD))
-			s->flags |= TS_RESET; /* executors and driver see a reset */
+		if (s->st < TS_ST_DEAD)
+			s->flags |= TS_F_RESET; /* executors and driver see a reset */
 		tun_stream_free(s);
 	}
 	while (c->dead) {
@@ -909,6 +921,9 @@ void tun_conn_free(struct tun_conn *c)
 		c->dead = s->next;
 		tun_stream_free(s);
 	}
+	/* Every stream gave back what it had counted into the conn. */
+	assert(c->early_buffered == 0);
+	assert(c->in_buffered == 0);
 	if (c->out)
 		evbuffer_free(c->out);
 	if (c->reap_ev)
@@ -938,13 +953,13 @@ int tun_conn_send_ctl(struct tun_conn *c, const struct tun_ctl_msg *msg)
 {
 	int rv;
 
-	if (c->closing || !c->ctl)
+	if (tun_conn_closing(c) || !c->ctl)
 		return SR_ECLOSED;
 	rv = tun_ctl_encode(msg, c->ctl_out);
 	if (rv != 0)
 		return rv;
-	if ((c->ctl->flags & TS_DEFERRED) && c->ctl->id > 0) {
-		c->ctl->flags &= ~TS_DEFERRED;
+	if ((c->ctl->flags & TS_F_DEFERRED) && c->ctl->id > 0) {
+		c->ctl->flags &= ~TS_F_DEFERRED;
 		nghttp2_session_resume_data(c->h2, c->ctl->id);
 	}
 	tun_conn_flush(c);
@@ -959,9 +974,9 @@ int tun_conn_open_stream(struct tun_conn *c, struct bufferevent *sock, uint16_t 
 	nghttp2_data_provider prd = tun_stream_data_prd;
 	int32_t id;
 
-	if (c->closing || c->goaway || c->role != TUN_ROLE_RELAY) {
+	if (c->st != TC_ST_OPEN || c->role != TUN_ROLE_RELAY) {
 		bufferevent_free(sock);
-		return c->goaway ? SR_EDRAINING : SR_ECLOSED;
+		return c->st == TC_ST_GOAWAY ? SR_EDRAINING : SR_ECLOSED;
 	}
 	snprintf(authority, sizeof(authority), "127.0.0.1:%u", port);
 	snprintf(idbuf, sizeof(idbuf), "%llu", (unsigned long long)conn_id);
@@ -997,13 +1012,13 @@ int tun_conn_open_stream(struct tun_conn *c, struct bufferevent *sock, uint16_t 
 
 int tun_conn_is_open(const struct tun_conn *c)
 {
-	return !c->closing && !c->goaway;
+	return c->st == TC_ST_OPEN;
 }
 
 size_t tun_conn_nstreams(const struct tun_conn *c)
 {
 	size_t n = c->stats.streams_active;
-	return c->ctl && !(c->ctl->flags & TS_DEAD) ? n - 1 : n;
+	return c->ctl && c->ctl->st < TS_ST_DEAD ? n - 1 : n;
 }
 
 void tun_conn_get_stats(const struct tun_conn *c, struct tun_conn_stats *st)

@@ -13,23 +13,34 @@
 
 #include "tunnel/tun_conn.h"
 
-/* Stream flags. */
+/* Where a stream's socket side is. Changed only through tun_stream_go(),
+ * which logs every transition at debug level. */
+enum ts_state {
+	TS_ST_NEW,        /* no socket yet (sidecar: before on_connect) */
+	TS_ST_CONNECTING, /* sidecar: connect() to the driver in progress */
+	TS_ST_OPEN,       /* socket up; up and down tell each direction */
+	TS_ST_DEAD,       /* socket closed (FIN or RST sent); waits for nghttp2 */
+	TS_ST_REAPING,    /* on conn->dead, freed by the reap event */
+};
+
+/* One direction of a stream: up = socket -> tunnel, down = tunnel -> socket. */
+enum ts_dir {
+	TS_DIR_OPEN, /* bytes flow */
+	TS_DIR_EOF,  /* the end was seen at the source (up: socket EOF; down:
+		      * END_STREAM received) and is being passed on */
+	TS_DIR_DONE, /* down only: shutdown(SHUT_WR) done, after every byte */
+};
+
+/* Attributes and scheduling marks, not states. */
 enum {
-	TS_CTL = 1u << 0,          /* the control stream */
-	TS_CONNECTING = 1u << 1,   /* sidecar: socket connect in progress */
-	TS_DEFERRED = 1u << 2,     /* data provider returned DEFERRED */
-	TS_SOCK_EOF = 1u << 3,     /* socket read side ended: send END_STREAM */
-	TS_PEER_EOF = 1u << 5,     /* END_STREAM received: shutdown(SHUT_WR) when drained */
-	TS_SHUT_WR = 1u << 6,      /* shutdown(SHUT_WR) done */
-	TS_H2_CLOSED = 1u << 7,    /* nghttp2 closed the stream */
-	TS_SOCK_DEAD = 1u << 8,    /* socket failed or was reset */
-	TS_RESET = 1u << 9,        /* close the socket with RST */
-	TS_DEAD = 1u << 10,        /* socket side finished (socket closed) */
-	TS_RESPONDED = 1u << 11,   /* sidecar: response HEADERS submitted */
-	TS_ANSWERED = 1u << 12,    /* sidecar: the response HEADERS went out */
-	TS_CONN_HDR = 1u << 13,    /* sidecar: the sparkrelay-conn header was seen */
-	TS_REAPING = 1u << 14,     /* on the conn's dead list, freed by reap */
-	TS_WRITEQ = 1u << 16,      /* on conn->writeq: write its socket at once */
+	TS_F_CTL = 1u << 0,       /* the control stream */
+	TS_F_DEFERRED = 1u << 1,  /* data provider returned DEFERRED */
+	TS_F_H2_CLOSED = 1u << 2, /* nghttp2 closed the stream (h2_error says how) */
+	TS_F_RESET = 1u << 3,     /* close the socket with RST */
+	TS_F_RESPONDED = 1u << 4, /* sidecar: response HEADERS submitted */
+	TS_F_ANSWERED = 1u << 5,  /* sidecar: the response HEADERS went out */
+	TS_F_CONN_HDR = 1u << 6,  /* sidecar: the sparkrelay-conn header was seen */
+	TS_F_WRITEQ = 1u << 7,    /* on conn->writeq: write its socket at once */
 };
 
 struct tun_stream {
@@ -37,7 +48,9 @@ struct tun_stream {
 	struct tun_stream *next, *prev; /* conn->streams, or conn->dead */
 	struct bufferevent *sock;
 	int32_t id;
-	uint32_t flags;
+	enum ts_state st;
+	enum ts_dir up, down;
+	uint32_t flags;     /* TS_F_* */
 	uint32_t h2_error;  /* error code nghttp2 closed the stream with */
 	uint16_t port;
 	uint64_t conn_id;
@@ -55,6 +68,15 @@ struct tun_stream {
 	char method[16];
 	char path[40];
 	const char *bad_header; /* sidecar: a request header that broke its rule */
+};
+
+/* A tunnel session's life. Changed only through tun_conn_go(), which logs. */
+enum tc_state {
+	TC_ST_NEW,     /* created; tun_conn_start not called: no output, no callbacks */
+	TC_ST_OPEN,    /* running */
+	TC_ST_GOAWAY,  /* GOAWAY sent or received: no new streams, open ones go on */
+	TC_ST_CLOSING, /* ended; streams killed, output flushed (bounded), reap pending */
+	TC_ST_CLOSED,  /* on_closed was called */
 };
 
 struct tun_conn {
@@ -86,14 +108,12 @@ struct tun_conn {
 	size_t early_buffered; /* sum of streams' early bytes; capped at conn_window */
 	size_t in_buffered;    /* sum of the sockets' input (opts.sock_in_max set) */
 	int in_throttled;      /* over sock_in_max: sockets read TUN_SOCK_IN_FLOOR at most */
-	int started;      /* tun_conn_start called: output and callbacks allowed */
+	enum tc_state st;
+	int started_once; /* tun_conn_start was called (output may exist) */
+	int flushing;     /* CLOSING, but the output is still being flushed */
+	int close_err;
 	int in_h2;        /* inside an nghttp2 call: do not re-enter */
 	int want_flush;
-	int closing;      /* tun_conn_close called or transport failed */
-	int flushing;     /* closing, but the output is still being flushed */
-	int close_err;
-	int closed_cb_done;
-	int goaway;
 	uint32_t goaway_sent_error; /* we ended the session for a peer's error */
 	/* Sidecar: token bucket of streams the relay reset before our answer
 	 * went out (tun_conn.c, "rapid reset"), in thousandths of a token. */
@@ -103,6 +123,8 @@ struct tun_conn {
 };
 
 /* tun_stream.c */
+/* Change s->st (logged at debug level with why). */
+void tun_stream_go(struct tun_stream *s, enum ts_state st, const char *why);
 /* Steals sock (may be NULL): it is freed on failure too. */
 struct tun_stream *tun_stream_new(struct tun_conn *c, struct bufferevent *sock);
 void tun_stream_free(struct tun_stream *s);
@@ -126,6 +148,8 @@ void tun_stream_write_queued(struct tun_conn *c);
 extern const nghttp2_data_provider tun_stream_data_prd;
 
 /* tun_conn.c, for tun_stream.c */
+#define tun_conn_closing(c) ((c)->st >= TC_ST_CLOSING)
+void tun_conn_go(struct tun_conn *c, enum tc_state st);
 void tun_conn_flush(struct tun_conn *c);
 void tun_conn_schedule_reap(struct tun_conn *c);
 /* Return window credit: both levels, stream only, connection only. */

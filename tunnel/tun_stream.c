@@ -43,6 +43,18 @@ static void stream_log_ctx(const struct tun_stream *s, char *buf, size_t len)
 		 (unsigned long long)s->conn_id, s->id);
 }
 
+void tun_stream_go(struct tun_stream *s, enum ts_state st, const char *why)
+{
+	static const char *const names[] = {"NEW", "CONNECTING", "OPEN", "DEAD", "REAPING"};
+
+	if (sr_log_level_cur >= SR_LOG_DEBUG && !(s->flags & TS_F_CTL)) {
+		char ctx[256];
+		stream_log_ctx(s, ctx, sizeof(ctx));
+		SR_DEBUG(ctx, "%s -> %s (%s)", names[s->st], names[st], why);
+	}
+	s->st = st;
+}
+
 static void sock_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
 {
 	struct tun_stream *s = arg;
@@ -69,25 +81,24 @@ static void sock_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *inf
 
 static void maybe_finish(struct tun_stream *s)
 {
-	if (s->flags & TS_DEAD)
+	if (s->st >= TS_ST_DEAD)
 		return;
-	if ((s->flags & TS_PEER_EOF) && !(s->flags & (TS_SHUT_WR | TS_SOCK_DEAD | TS_CONNECTING)) &&
-	    s->sock && evbuffer_get_length(bufferevent_get_output(s->sock)) == 0) {
+	if (s->down == TS_DIR_EOF && s->st == TS_ST_OPEN && s->sock &&
+	    evbuffer_get_length(bufferevent_get_output(s->sock)) == 0) {
 		/* The driver or executor sees FIN only after every byte. */
 		shutdown(bufferevent_getfd(s->sock), SHUT_WR);
-		s->flags |= TS_SHUT_WR;
+		s->down = TS_DIR_DONE;
 	}
-	if (!(s->flags & TS_H2_CLOSED))
+	if (!(s->flags & TS_F_H2_CLOSED))
 		return;
 	/* Closed without END_STREAM from the peer (RST_STREAM, even with
 	 * NO_ERROR): its direction was cut, not finished, so the socket gets a
 	 * reset rather than being left open with nobody behind it. */
-	if (s->h2_error != NGHTTP2_NO_ERROR || (s->flags & TS_SOCK_DEAD) ||
-	    !(s->flags & TS_PEER_EOF)) {
-		tun_stream_kill(s, s->h2_error != NGHTTP2_NO_ERROR || !(s->flags & TS_PEER_EOF));
+	if (s->h2_error != NGHTTP2_NO_ERROR || s->down == TS_DIR_OPEN) {
+		tun_stream_kill(s, 1);
 		return;
 	}
-	if (s->flags & TS_SHUT_WR)
+	if (s->down == TS_DIR_DONE)
 		tun_stream_kill(s, 0);
 }
 
@@ -188,8 +199,8 @@ static void sock_read_cb(struct bufferevent *bev, void *arg)
 	if (sock_read_more(s, bev) != 0)
 		return;
 
-	if (s->id > 0 && (s->flags & TS_DEFERRED) && !(s->flags & TS_H2_CLOSED)) {
-		s->flags &= ~TS_DEFERRED;
+	if (s->id > 0 && (s->flags & TS_F_DEFERRED) && !(s->flags & TS_F_H2_CLOSED)) {
+		s->flags &= ~TS_F_DEFERRED;
 		nghttp2_session_resume_data(c->h2, s->id);
 	}
 	tun_conn_flush(c);
@@ -212,10 +223,10 @@ static void sock_event_cb(struct bufferevent *bev, short what, void *arg)
 		tun_stream_connected(s);
 		return;
 	}
-	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && !(s->flags & TS_CONNECTING)) {
-		s->flags |= TS_SOCK_EOF;
-		if (s->id > 0 && !(s->flags & TS_H2_CLOSED)) {
-			s->flags &= ~TS_DEFERRED;
+	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && s->st == TS_ST_OPEN) {
+		s->up = TS_DIR_EOF;
+		if (s->id > 0 && !(s->flags & TS_F_H2_CLOSED)) {
+			s->flags &= ~TS_F_DEFERRED;
 			nghttp2_session_resume_data(c->h2, s->id);
 		}
 		tun_conn_flush(c);
@@ -225,13 +236,12 @@ static void sock_event_cb(struct bufferevent *bev, short what, void *arg)
 	if (sr_log_level_cur >= SR_LOG_DEBUG) {
 		stream_log_ctx(s, ctx, sizeof(ctx));
 		SR_DEBUG(ctx, "socket %s: %s",
-			 (s->flags & TS_CONNECTING) ? "connect failed" : "closed",
+			 s->st == TS_ST_CONNECTING ? "connect failed" : "closed",
 			 (what & BEV_EVENT_TIMEOUT) ? "timeout" : strerror(EVUTIL_SOCKET_ERROR()));
 	}
-	s->flags |= TS_SOCK_DEAD;
-	if (!(s->flags & TS_H2_CLOSED))
+	if (!(s->flags & TS_F_H2_CLOSED))
 		tun_conn_reset_stream(c, s,
-				      (s->flags & TS_CONNECTING) ? NGHTTP2_REFUSED_STREAM
+				      s->st == TS_ST_CONNECTING ? NGHTTP2_REFUSED_STREAM
 								 : NGHTTP2_CONNECT_ERROR);
 	tun_stream_kill(s, 1);
 	tun_conn_flush(c);
@@ -264,9 +274,12 @@ struct tun_stream *tun_stream_new(struct tun_conn *c, struct bufferevent *sock)
 		return NULL;
 	}
 	s->conn = c;
-	if (sock && tun_stream_attach(s, sock) != 0) {
-		free(s);
-		return NULL;
+	if (sock) {
+		if (tun_stream_attach(s, sock) != 0) {
+			free(s);
+			return NULL;
+		}
+		s->st = TS_ST_OPEN; /* relay: an accepted executor socket */
 	}
 	s->next = c->streams;
 	if (c->streams)
@@ -280,7 +293,7 @@ void tun_stream_connected(struct tun_stream *s)
 {
 	struct tun_conn *c = s->conn;
 
-	s->flags &= ~TS_CONNECTING;
+	tun_stream_go(s, TS_ST_OPEN, "driver connected");
 	sr_sock_nodelay(bufferevent_getfd(s->sock));
 	bufferevent_set_timeouts(s->sock, NULL, NULL); /* idle connections live forever */
 	if (tun_conn_submit_response(c, s) != 0) {
@@ -298,7 +311,7 @@ void tun_stream_connected(struct tun_stream *s)
 
 void tun_stream_start_reading(struct tun_stream *s)
 {
-	if (s->sock && !(s->flags & (TS_SOCK_DEAD | TS_SOCK_EOF)))
+	if (s->sock && s->st == TS_ST_OPEN && s->up == TS_DIR_OPEN)
 		bufferevent_enable(s->sock, EV_READ | EV_WRITE);
 }
 
@@ -315,7 +328,7 @@ static void stream_close_socket(struct tun_stream *s)
 			if (c->in_throttled && c->in_buffered <= c->opts.sock_in_max / 2)
 				in_throttle(c, 0);
 		}
-		if ((s->flags & TS_RESET) && fd >= 0)
+		if ((s->flags & TS_F_RESET) && fd >= 0)
 			sr_sock_set_reset_on_close(fd);
 		bufferevent_free(s->sock);
 		s->sock = NULL;
@@ -334,12 +347,12 @@ void tun_stream_maybe_reap(struct tun_stream *s)
 {
 	struct tun_conn *c = s->conn;
 
-	if (!(s->flags & TS_DEAD) || (s->flags & TS_REAPING))
+	if (s->st != TS_ST_DEAD)
 		return;
 	/* nghttp2 keeps our pointer as stream user data (and as the data
 	 * source) until it closes the stream: free only after that, or once
 	 * the session is never driven again (closing). */
-	if (s->id > 0 && !(s->flags & TS_H2_CLOSED) && !c->closing)
+	if (s->id > 0 && !(s->flags & TS_F_H2_CLOSED) && !tun_conn_closing(c))
 		return;
 	if (s->prev)
 		s->prev->next = s->next;
@@ -350,7 +363,7 @@ void tun_stream_maybe_reap(struct tun_stream *s)
 	s->prev = NULL;
 	s->next = c->dead;
 	c->dead = s;
-	s->flags |= TS_REAPING;
+	tun_stream_go(s, TS_ST_REAPING, "nghttp2 is done with it");
 	tun_conn_schedule_reap(c);
 }
 
@@ -358,16 +371,16 @@ void tun_stream_kill(struct tun_stream *s, int reset_socket)
 {
 	struct tun_conn *c = s->conn;
 
-	if (s->flags & TS_DEAD)
+	if (s->st >= TS_ST_DEAD)
 		return;
 	if (reset_socket)
-		s->flags |= TS_RESET;
-	s->flags |= TS_DEAD | TS_SOCK_DEAD;
+		s->flags |= TS_F_RESET;
+	tun_stream_go(s, TS_ST_DEAD, (s->flags & TS_F_RESET) ? "socket reset" : "socket closed");
 	/* The socket goes now (the executor or driver sees FIN or RST at
 	 * once); the struct waits for nghttp2 to be done with it. */
 	stream_close_socket(s);
 	c->stats.streams_active--;
-	if (!(s->flags & TS_CTL)) {
+	if (!(s->flags & TS_F_CTL)) {
 		c->stats.streams_closed++;
 		if (reset_socket)
 			c->stats.streams_reset++;
@@ -385,13 +398,12 @@ void tun_stream_free(struct tun_stream *s)
 
 void tun_stream_on_data(struct tun_stream *s, const uint8_t *data, size_t len)
 {
-	if ((s->flags & (TS_SOCK_DEAD | TS_DEAD)) || !s->sock) {
+	if (s->st >= TS_ST_DEAD || !s->sock) {
 		tun_conn_consume(s->conn, s->id, len);
 		return;
 	}
 	if (bufferevent_write(s->sock, data, len) != 0) {
 		tun_conn_consume(s->conn, s->id, len);
-		s->flags |= TS_SOCK_DEAD;
 		tun_conn_reset_stream(s->conn, s, NGHTTP2_INTERNAL_ERROR);
 		tun_stream_kill(s, 1);
 		return;
@@ -404,8 +416,9 @@ void tun_stream_on_data(struct tun_stream *s, const uint8_t *data, size_t len)
 	} else {
 		s->conn_owed += len;
 	}
-	if (!(s->flags & (TS_WRITEQ | TS_CONNECTING)) && s->conn->nwriteq < SR_ARRAY_LEN(s->conn->writeq)) {
-		s->flags |= TS_WRITEQ;
+	if (!(s->flags & TS_F_WRITEQ) && s->st == TS_ST_OPEN &&
+	    s->conn->nwriteq < SR_ARRAY_LEN(s->conn->writeq)) {
+		s->flags |= TS_F_WRITEQ;
 		s->conn->writeq[s->conn->nwriteq++] = s;
 	}
 }
@@ -418,8 +431,8 @@ void tun_stream_write_queued(struct tun_conn *c)
 		struct tun_stream *s = c->writeq[i];
 		struct evbuffer *out;
 
-		s->flags &= ~TS_WRITEQ;
-		if (!s->sock || (s->flags & (TS_DEAD | TS_CONNECTING)))
+		s->flags &= ~TS_F_WRITEQ;
+		if (!s->sock || s->st != TS_ST_OPEN)
 			continue;
 		out = bufferevent_get_output(s->sock);
 		if (evbuffer_get_length(out) == 0)
@@ -436,15 +449,16 @@ void tun_stream_write_queued(struct tun_conn *c)
 
 void tun_stream_on_peer_eof(struct tun_stream *s)
 {
-	s->flags |= TS_PEER_EOF;
+	if (s->down == TS_DIR_OPEN)
+		s->down = TS_DIR_EOF;
 	maybe_finish(s);
 }
 
 void tun_stream_on_h2_close(struct tun_stream *s, uint32_t error_code)
 {
-	s->flags |= TS_H2_CLOSED;
+	s->flags |= TS_F_H2_CLOSED;
 	s->h2_error = error_code;
-	if (error_code != NGHTTP2_NO_ERROR && !(s->flags & TS_CTL) && s->sock &&
+	if (error_code != NGHTTP2_NO_ERROR && !(s->flags & TS_F_CTL) && s->sock &&
 	    sr_log_level_cur >= SR_LOG_DEBUG) {
 		char ctx[256];
 		stream_log_ctx(s, ctx, sizeof(ctx));
@@ -461,14 +475,14 @@ static ssize_t stream_read_cb(nghttp2_session *h2, int32_t id, uint8_t *buf, siz
 	struct tun_stream *s = src->ptr;
 	size_t avail = 0;
 
-	if (s->sock && !(s->flags & TS_SOCK_DEAD))
+	if (s->sock && s->st < TS_ST_DEAD)
 		avail = evbuffer_get_length(bufferevent_get_input(s->sock));
 	if (avail == 0) {
-		if (s->flags & (TS_SOCK_EOF | TS_SOCK_DEAD)) {
+		if (s->up != TS_DIR_OPEN || s->st >= TS_ST_DEAD) {
 			*data_flags |= NGHTTP2_DATA_FLAG_EOF;
 			return 0;
 		}
-		s->flags |= TS_DEFERRED;
+		s->flags |= TS_F_DEFERRED;
 		return NGHTTP2_ERR_DEFERRED;
 	}
 	if (length > TS_FRAME_PAYLOAD)
@@ -476,7 +490,7 @@ static ssize_t stream_read_cb(nghttp2_session *h2, int32_t id, uint8_t *buf, siz
 	if (avail > length)
 		avail = length;
 	*data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
-	if ((s->flags & TS_SOCK_EOF) &&
+	if (s->up != TS_DIR_OPEN &&
 	    avail == evbuffer_get_length(bufferevent_get_input(s->sock))) {
 		*data_flags |= NGHTTP2_DATA_FLAG_EOF;
 	}
