@@ -15,7 +15,7 @@
 #include "common/sr_util.h"
 #include "conf/conf.h"
 #include "relay/relay.h"
-#include "tunnel/sidecar.h"
+#include "sidecar/sidecar.h"
 
 #include <arpa/inet.h>
 #include <getopt.h>

@@ -8,8 +8,8 @@
 #include "conf/conf.h"
 #include "relay/relay.h"
 #include "relay/relay_admin.h"
-#include "tunnel/sidecar.h"
-#include "tunnel/sidecar_admin.h"
+#include "sidecar/sidecar.h"
+#include "sidecar/sidecar_admin.h"
 
 #include <getopt.h>
 #include <signal.h>

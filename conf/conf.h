@@ -18,7 +18,7 @@
 #include <stdio.h>
 
 #include "relay/relay.h"
-#include "tunnel/sidecar.h"
+#include "sidecar/sidecar.h"
 
 /* Files over this size are refused before parsing. */
 #define CONF_MAX_FILE_SIZE (1024 * 1024)

@@ -12,7 +12,7 @@
  * its ports. Anything else is a protocol error that ends the tunnel, and each
  * such tunnel in a row doubles the delay before the next one. Relay-chosen
  * text is escaped (sr_esc) in every log line and printed setting. */
-#include "tunnel/sidecar.h"
+#include "sidecar/sc_int.h"
 #include "common/sr_err.h"
 #include "common/sr_log.h"
 #include "common/sr_text.h"
@@ -22,19 +22,14 @@
 #include "tunnel/tun_endpoint.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
 #include <event2/dns.h>
 #include <event2/event.h>
-#include <jansson.h>
-#include <openssl/err.h>
 #include <openssl/x509v3.h>
 
 enum sc_state {
@@ -92,195 +87,6 @@ static void dial_next(struct sidecar *s);
 
 /* ---- state file -------------------------------------------------------- */
 
-/* Replace path with data, atomically and never through a file someone else
- * put there: the data goes to a new file with an unpredictable name in the
- * same folder, created with O_EXCL and O_NOFOLLOW (neither a planted symlink
- * nor a planted file is ever opened, and the file's owner is us), given its
- * mode with fchmod (the umask does not decide it), then renamed over path;
- * rename() replaces a symlink at path instead of following it. */
-static int write_file_atomic(const char *path, const char *data, size_t len, mode_t mode,
-			     char *err, size_t errlen)
-{
-	char tmp[4096], rnd[2 * 8 + 1];
-	int fd = -1;
-
-	for (int tries = 0; fd < 0 && tries < 16; tries++) {
-		if (sr_random_hex(rnd, 8) != 0) {
-			snprintf(err, errlen, "%s: no random name for a temporary file", path);
-			return SR_EIO;
-		}
-		if (snprintf(tmp, sizeof(tmp), "%s.tmp-%s", path, rnd) >= (int)sizeof(tmp)) {
-			snprintf(err, errlen, "%s: path too long", path);
-			return SR_EINVAL;
-		}
-		fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-		if (fd < 0 && errno != EEXIST) {
-			snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
-			return SR_EIO;
-		}
-	}
-	if (fd < 0) {
-		snprintf(err, errlen, "%s: no free temporary name", path);
-		return SR_EIO;
-	}
-	if (fchmod(fd, mode) != 0) {
-		snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
-		close(fd);
-		unlink(tmp);
-		return SR_EIO;
-	}
-	while (len > 0) {
-		ssize_t n = write(fd, data, len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
-			close(fd);
-			unlink(tmp);
-			return SR_EIO;
-		}
-		data += n;
-		len -= (size_t)n;
-	}
-	if (fsync(fd) != 0 || close(fd) != 0 || rename(tmp, path) != 0) {
-		snprintf(err, errlen, "%s: %s", path, strerror(errno));
-		unlink(tmp);
-		return SR_EIO;
-	}
-	return 0;
-}
-
-static void state_load(struct sidecar *s)
-{
-	json_error_t jerr;
-	json_t *root, *v;
-
-	if (!s->o->state_path)
-		return;
-	root = json_load_file(s->o->state_path, JSON_REJECT_DUPLICATES, &jerr);
-	if (!root) {
-		if (access(s->o->state_path, F_OK) == 0)
-			SR_WARN("", "ignoring state file %s: %s", s->o->state_path, jerr.text);
-		return;
-	}
-	v = json_object_get(root, "resume");
-	/* Sent to the relay as is: held to the same rule as one it sent us. */
-	if (json_is_string(v) && tun_ctl_valid_resume(json_string_value(v))) {
-		snprintf(s->resume, sizeof(s->resume), "%s", json_string_value(v));
-		SR_INFO("", "found resume token in %s: will ask for the same lease",
-			s->o->state_path);
-	} else if (v) {
-		SR_WARN("", "ignoring state file %s: \"resume\" is not a resume token",
-			s->o->state_path);
-	}
-	json_decref(root);
-}
-
-static void state_save(struct sidecar *s)
-{
-	char err[256];
-	json_t *root;
-	char *text;
-
-	if (!s->o->state_path)
-		return;
-	root = json_pack("{s:s, s:s, s:s}", "resume", s->resume, "lease", s->lease.lease,
-			 "host", s->lease.host);
-	text = root ? json_dumps(root, JSON_INDENT(2)) : NULL;
-	if (!text || write_file_atomic(s->o->state_path, text, strlen(text), 0600, err,
-				       sizeof(err)) != 0)
-		SR_WARN("", "cannot write state file: %s", text ? err : "out of memory");
-	free(text);
-	json_decref(root);
-}
-
-static void state_clear(struct sidecar *s)
-{
-	if (s->o->state_path && unlink(s->o->state_path) != 0 && errno != ENOENT)
-		SR_WARN("", "cannot remove state file %s: %s", s->o->state_path,
-			strerror(errno));
-}
-
-/* ---- Spark settings ------------------------------------------------------ */
-
-/* Defence in depth behind tun_ctl: every value of a setting, and the lease id
- * in the header comment, is one token of [A-Za-z0-9.:_-], so nothing that
- * reaches this function can end a line of spark-defaults.conf and start
- * another setting there. */
-static int spark_value_ok(const char *v)
-{
-	return sr_valid_chars(v, TUN_CTL_HOST_MAX - 1, ".:_-");
-}
-
-int sidecar_write_spark_conf(const struct sidecar_lease_info *info, const char *conf_path,
-			     const char *json_path, char *err, size_t errlen)
-{
-	char ports[3][8];
-	const char *keys[6], *vals[6];
-	size_t n = 0;
-	int rv = 0;
-
-	if (!tun_ctl_valid_lease_id(info->lease) || !spark_value_ok(info->lease) ||
-	    !sr_valid_host(info->host) || !spark_value_ok(info->host) ||
-	    !info->ports[TUN_PORT_DRIVER] || !info->ports[TUN_PORT_BLOCKMANAGER]) {
-		snprintf(err, errlen, "refusing to write Spark settings: lease id, host or "
-				      "ports are not valid settings");
-		return SR_EINVAL;
-	}
-
-	snprintf(ports[0], sizeof(ports[0]), "%u", info->ports[TUN_PORT_DRIVER]);
-	snprintf(ports[1], sizeof(ports[1]), "%u", info->ports[TUN_PORT_BLOCKMANAGER]);
-	snprintf(ports[2], sizeof(ports[2]), "%u", info->ports[TUN_PORT_UI]);
-	keys[n] = "spark.driver.host", vals[n++] = info->host;
-	keys[n] = "spark.driver.bindAddress", vals[n++] = "127.0.0.1";
-	keys[n] = "spark.driver.port", vals[n++] = ports[0];
-	keys[n] = "spark.driver.blockManager.port", vals[n++] = ports[1];
-	keys[n] = "spark.port.maxRetries", vals[n++] = "0";
-	keys[n] = "spark.kubernetes.executor.useDriverPodIP", vals[n++] = "false";
-
-	if (conf_path) {
-		char text[2048];
-		size_t len = (size_t)snprintf(text, sizeof(text),
-					      "# Written by sparkrelay for lease %s. Do not edit.\n",
-					      info->lease);
-		for (size_t i = 0; i < n && len < sizeof(text); i++)
-			len += (size_t)snprintf(text + len, sizeof(text) - len, "%s %s\n", keys[i],
-						vals[i]);
-		if (info->ports[TUN_PORT_UI] && len < sizeof(text))
-			len += (size_t)snprintf(text + len, sizeof(text) - len,
-						"spark.ui.port %s\n", ports[2]);
-		if (len >= sizeof(text))
-			return SR_ETOOBIG;
-		rv = write_file_atomic(conf_path, text, len, 0644, err, errlen);
-		if (rv != 0)
-			return rv;
-	}
-	if (json_path) {
-		json_t *root = json_object(), *spark = json_object(), *jp = json_object();
-		char *text = NULL;
-		for (size_t i = 0; i < n; i++)
-			json_object_set_new(spark, keys[i], json_string(vals[i]));
-		if (info->ports[TUN_PORT_UI])
-			json_object_set_new(spark, "spark.ui.port", json_string(ports[2]));
-		for (int r = 0; r < TUN_PORT_MAX; r++) {
-			if (info->ports[r])
-				json_object_set_new(jp, tun_port_role_name(r),
-						    json_integer(info->ports[r]));
-		}
-		json_object_set_new(root, "lease", json_string(info->lease));
-		json_object_set_new(root, "host", json_string(info->host));
-		json_object_set_new(root, "ports", jp);
-		json_object_set_new(root, "spark", spark);
-		text = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);
-		json_decref(root);
-		if (!text)
-			return SR_ENOMEM;
-		rv = write_file_atomic(json_path, text, strlen(text), 0644, err, errlen);
-		free(text);
-	}
-	return rv;
-}
-
 /* ---- tunnel callbacks ---------------------------------------------------- */
 
 static void send_register(struct tun_conn *c, void *arg)
@@ -308,23 +114,6 @@ static void send_register(struct tun_conn *c, void *arg)
 						     "characters or is not UTF-8");
 		tun_conn_close(c, rv);
 	}
-}
-
-static void print_settings(const struct sidecar_lease_info *l)
-{
-	char lbuf[SR_ESC_SIZE(TUN_CTL_LEASE_MAX)], hbuf[SR_ESC_SIZE(TUN_CTL_HOST_MAX)];
-
-	printf("sparkrelay: lease %s granted; Spark settings:\n",
-	       sr_esc(l->lease, lbuf, sizeof(lbuf)));
-	printf("  spark.driver.host=%s\n", sr_esc(l->host, hbuf, sizeof(hbuf)));
-	printf("  spark.driver.bindAddress=127.0.0.1\n");
-	printf("  spark.driver.port=%u\n", l->ports[TUN_PORT_DRIVER]);
-	printf("  spark.driver.blockManager.port=%u\n", l->ports[TUN_PORT_BLOCKMANAGER]);
-	if (l->ports[TUN_PORT_UI])
-		printf("  spark.ui.port=%u\n", l->ports[TUN_PORT_UI]);
-	printf("  spark.port.maxRetries=0\n");
-	printf("  spark.kubernetes.executor.useDriverPodIP=false\n");
-	fflush(stdout);
 }
 
 /* End the tunnel for a relay that broke the protocol; on_closed counts it. */
@@ -393,12 +182,12 @@ static void on_lease(struct sidecar *s, struct tun_conn *c, const struct tun_ctl
 		old.have_lease && !changed ? "lease resumed" : "lease granted",
 		m->ports[TUN_PORT_DRIVER], m->ports[TUN_PORT_BLOCKMANAGER],
 		sr_esc(m->host, hbuf, sizeof(hbuf)), m->ttl_s);
-	state_save(s);
+	sc_state_save(s->o->state_path, s->resume, &s->lease);
 	if (changed) {
 		if (sidecar_write_spark_conf(&s->lease, s->o->spark_conf_path,
 					     s->o->spark_json_path, err, sizeof(err)) != 0)
 			SR_ERROR(ctx, "cannot write Spark settings: %s", err);
-		print_settings(&s->lease);
+		sc_print_settings(&s->lease);
 	}
 	if (s->on_lease)
 		s->on_lease(s, &s->lease, s->arg);
@@ -420,7 +209,7 @@ static void on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void *arg)
 		if (s->sent_resume && strcmp(m->code, "unknown_lease") == 0) {
 			/* The lease is gone (expired, or another relay): start afresh. */
 			s->resume[0] = '\0';
-			state_clear(s);
+			sc_state_clear(s->o->state_path);
 			s->attempt = 0;
 		}
 		tun_conn_close(c, SR_EDENIED);
@@ -435,7 +224,7 @@ static void on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void *arg)
 		SR_INFO(tun_conn_logctx(c), "lease released");
 		s->resume[0] = '\0';
 		s->lease.have_lease = 0;
-		state_clear(s);
+		sc_state_clear(s->o->state_path);
 		tun_conn_close(c, 0);
 		break;
 	case TUN_CTL_DRAIN:
@@ -447,73 +236,6 @@ static void on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void *arg)
 		protocol_error(c, why);
 		break;
 	}
-}
-
-static struct bufferevent *on_connect(struct tun_conn *c, const struct tun_connect_req *req,
-				      void *arg)
-{
-	struct sidecar *s = arg;
-	char lbuf[SR_ESC_SIZE(TUN_CTL_LEASE_MAX)], pbuf[SR_ESC_SIZE(64)];
-	struct sockaddr_in sin;
-	struct bufferevent *bev;
-	struct timeval tv;
-	const char *why = NULL;
-	int ok = 0, fd;
-
-	for (int r = 0; r < TUN_PORT_MAX; r++)
-		ok |= req->port && s->lease.ports[r] == req->port;
-	if (!s->tun_leased)
-		why = "no lease on this tunnel yet";
-	else if (!req->lease[0])
-		why = "no sparkrelay-lease header";
-	else if (strcmp(req->lease, s->lease.lease) != 0)
-		why = "not the lease of this tunnel";
-	else if (!ok)
-		why = "not a port of this lease";
-	if (why) {
-		SR_WARN(tun_conn_logctx(c), "refused stream to port %u (lease %s): %s; peer %s",
-			req->port, sr_esc(req->lease, lbuf, sizeof(lbuf)), why,
-			sr_esc(req->peer, pbuf, sizeof(pbuf)));
-		return NULL;
-	}
-	memset(&sin, 0, sizeof(sin));
-	sin.sin_family = AF_INET;
-	sin.sin_port = htons(req->port);
-	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK); /* only ever the local driver */
-	fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return NULL;
-	sr_sock_nodelay(fd);
-	/* Connect ourselves: on loopback it usually completes (or is refused)
-	 * at once, and the stream can answer in this same loop iteration. */
-	if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0) {
-		*req->connected = 1;
-	} else if (errno != EINPROGRESS) {
-		SR_INFO(tun_conn_logctx(c), "conn=%llu peer=%s: driver port %u: %s",
-			(unsigned long long)req->conn_id, sr_esc(req->peer, pbuf, sizeof(pbuf)),
-			req->port, strerror(errno));
-		close(fd);
-		return NULL;
-	}
-	bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
-	if (!bev) {
-		close(fd);
-		return NULL;
-	}
-	if (!*req->connected) {
-		tv.tv_sec = s->o->driver_connect_timeout_ms / 1000;
-		tv.tv_usec = (s->o->driver_connect_timeout_ms % 1000) * 1000;
-		bufferevent_set_timeouts(bev, NULL, &tv);
-		/* sa NULL: the socket is already connecting; report CONNECTED. */
-		if (bufferevent_socket_connect(bev, NULL, 0) != 0) {
-			bufferevent_free(bev);
-			return NULL;
-		}
-	}
-	SR_DEBUG(tun_conn_logctx(c), "conn=%llu peer=%s: connecting to 127.0.0.1:%u",
-		 (unsigned long long)req->conn_id, sr_esc(req->peer, pbuf, sizeof(pbuf)),
-		 req->port);
-	return bev;
 }
 
 static void schedule_backoff(struct sidecar *s)
@@ -581,6 +303,15 @@ static void on_closed(struct tun_endpoint *ep, int err, const char *why, void *a
 	if (s->lease.have_lease)
 		s->lease.reconnects++;
 	schedule_backoff(s);
+}
+
+static struct bufferevent *on_connect(struct tun_conn *c, const struct tun_connect_req *req,
+				      void *arg)
+{
+	struct sidecar *s = arg;
+
+	return sc_driver_connect(s->base, req, &s->lease, s->tun_leased,
+				 s->o->driver_connect_timeout_ms, tun_conn_logctx(c));
 }
 
 static const struct tun_conn_cbs sc_tun_cbs = {
@@ -762,7 +493,7 @@ struct sidecar *sidecar_new(struct event_base *base, const struct sidecar_opts *
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
-	state_load(s);
+	sc_state_load(s->o->state_path, s->resume, sizeof(s->resume));
 	sc_start(s);
 	return s;
 fail:

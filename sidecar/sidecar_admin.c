@@ -1,11 +1,11 @@
 /* Status HTTP listener of the sidecar (contract in sidecar_admin.h). */
-#include "tunnel/sidecar_admin.h"
+#include "sidecar/sidecar_admin.h"
 
 #include "common/sr_err.h"
 #include "common/sr_http_guard.h"
 #include "common/sr_log.h"
 #include "common/sr_util.h"
-#include "tunnel/sidecar.h"
+#include "sidecar/sidecar.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
