@@ -138,7 +138,7 @@ void relay_drain(struct relay *r)
 	drain_check_cb(-1, 0, r);
 }
 
-struct relay *relay_new(struct event_base *base, const struct relay_opts *o, char *err,
+struct relay *relay_new(struct event_base *base, struct relay_opts *o, char *err,
 			size_t errlen)
 {
 	struct relay *r = calloc(1, sizeof(*r));
@@ -153,8 +153,7 @@ struct relay *relay_new(struct event_base *base, const struct relay_opts *o, cha
 		return NULL;
 	}
 	r->base = base;
-	/* Borrowed; relay_reload() replaces its content in place. */
-	r->o = (struct relay_opts *)o;
+	r->o = o; /* relay_reload() replaces its content in place */
 	if (!o->listen || sr_split_hostport(o->listen, host, sizeof(host), &port, 8443) != 0 ||
 	    sr_parse_addr(host, port, &ss, &sslen) != 0) {
 		snprintf(err, errlen, "listen address \"%s\" must be a numeric host:port",

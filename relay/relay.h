@@ -102,9 +102,10 @@ struct relay_stats {
 	int draining;
 };
 
-/* opts is borrowed and must outlive the relay. Binds the tunnel listener.
- * Returns NULL with a reason in err. */
-struct relay *relay_new(struct event_base *base, const struct relay_opts *opts, char *err,
+/* opts stays the caller's and must outlive the relay, which reads it and,
+ * on a successful relay_reload(), swaps its content with the new options.
+ * Binds the tunnel listener. Returns NULL with a reason in err. */
+struct relay *relay_new(struct event_base *base, struct relay_opts *opts, char *err,
 			size_t errlen);
 void relay_free(struct relay *r);
 
