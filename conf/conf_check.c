@@ -5,44 +5,41 @@
 #include "conf/conf.h"
 #include "conf/conf_int.h"
 
-#include <string.h>
+#include <stdio.h>
 
 #include "common/sr_err.h"
+#include "common/sr_util.h"
 #include "relay/relay_policy.h"
 
-/* Report a relay_policy_new message, "relay.routes[2].pool: no pool ...",
- * with the location of its path; when that array came from the
- * environment, name the variable instead. */
-static int conf_fail_policy(const char *msg, struct conf_ctx *ctx)
+/* The key under "relay" of each list relay_policy checks. */
+static const char *const conf_policy_key[] = {
+    [RELAY_POLICY_POOL] = "pool",
+    [RELAY_POLICY_POOLS] = "pools",
+    [RELAY_POLICY_TENANTS] = "tenants",
+    [RELAY_POLICY_ROUTES] = "routes",
+};
+
+/* Report what relay_policy_compile refused at the location of its path;
+ * when that list came from the environment (a whole array is set by one
+ * variable), name the variable instead. */
+static int conf_fail_policy(const struct relay_policy_err *pe, struct conf_ctx *ctx)
 {
-	char path[CONF_PATH_MAX], name[CONF_PATH_MAX + 16], top[CONF_PATH_MAX];
-	const char *colon = strstr(msg, ": ");
-	size_t i, plen;
+	char top[CONF_PATH_MAX], name[CONF_PATH_MAX + 16];
+	const struct conf_entry *e = NULL;
 	int rc;
 
-	/* relay_policy_new has only its message to tell allocation failure */
-	if (strcmp(msg, "relay policy: out of memory") == 0)
+	if (pe->kind == RELAY_POLICY_ERR_NOMEM)
 		return conf_nomem(ctx);
-	if (!colon || (size_t)(colon - msg) >= sizeof(path))
-		return conf_fail(ctx, NULL, "%s", msg);
-	memcpy(path, msg, (size_t)(colon - msg));
-	path[colon - msg] = '\0';
-	for (i = 0; i < conf_relay_group.n; i++) {
-		const struct conf_entry *e = &conf_relay_group.e[i];
-
-		if (e->type != CONF_ARRAY || conf_given(ctx, e) != 2)
-			continue;
-		conf_join(top, sizeof(top), "relay", e->key);
-		plen = strlen(top);
-		if (strncmp(path, top, plen) == 0 && (path[plen] == '[' || !path[plen])) {
-			conf_env_name(top, name, sizeof(name));
-			ctx->env = name;
-			rc = conf_fail(ctx, path, "%s", colon + 2);
-			ctx->env = NULL;
-			return rc;
-		}
-	}
-	return conf_fail(ctx, path, "%s", colon + 2);
+	if ((size_t)pe->list < SR_ARRAY_LEN(conf_policy_key))
+		e = conf_find(&conf_relay_group, conf_policy_key[pe->list]);
+	if (!e || e->type != CONF_ARRAY || conf_given(ctx, e) != 2)
+		return conf_fail(ctx, pe->path, "%s", pe->msg);
+	conf_join(top, sizeof(top), "relay", e->key);
+	conf_env_name(top, name, sizeof(name));
+	ctx->env = name;
+	rc = conf_fail(ctx, pe->path, "%s", pe->msg);
+	ctx->env = NULL;
+	return rc;
 }
 
 static int conf_check_h2(const struct tun_conn_opts *t, const char *sect, struct conf_ctx *ctx)
@@ -66,7 +63,8 @@ static int conf_check_h2(const struct tun_conn_opts *t, const char *sect, struct
 
 int conf_check_relay(const struct relay_opts *r, struct conf_ctx *ctx)
 {
-	char msg[512], q[CONF_GOT_MAX + 16];
+	char q[CONF_GOT_MAX + 16];
+	struct relay_policy_err pe;
 	struct relay_policy *pol;
 	int rc;
 
@@ -92,8 +90,8 @@ int conf_check_relay(const struct relay_opts *r, struct conf_ctx *ctx)
 	}
 	/* pools, tenants and routes refer to each other: compile them as the
 	 * relay will, so that check-config catches what the relay would refuse */
-	if (!(pol = relay_policy_new(&r->policy, &r->pool, msg, sizeof(msg))))
-		return conf_fail_policy(msg, ctx);
+	if (!(pol = relay_policy_compile(&r->policy, &r->pool, &pe)))
+		return conf_fail_policy(&pe, ctx);
 	relay_policy_free(pol);
 	return 0;
 }
