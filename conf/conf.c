@@ -59,7 +59,7 @@ static int conf_load_text(const char *text, size_t len, const char *origin,
 			  struct sr_config *cfg, char *err, size_t errlen)
 {
 	struct conf_ctx ctx = {.origin = origin, .err = err, .errlen = errlen};
-	char got[32];
+	char got[CONF_GOT_SIZE];
 	json_error_t jerr;
 	json_t *root = NULL;
 	int rc;
@@ -68,9 +68,8 @@ static int conf_load_text(const char *text, size_t len, const char *origin,
 	if (err && errlen)
 		err[0] = '\0';
 	if (len > CONF_MAX_FILE_SIZE) {
-		if (err && errlen)
-			snprintf(err, errlen, "%s: too big: %zu bytes, the limit is %d bytes",
-				 origin, len, CONF_MAX_FILE_SIZE);
+		sr_seterr(err, errlen, "%s: too big: %zu bytes, the limit is %d bytes", origin,
+			  len, CONF_MAX_FILE_SIZE);
 		return SR_ETOOBIG;
 	}
 	if (conf_group_defaults(&conf_root_group, cfg) != 0 || !(cfg->path = strdup(origin))) {
@@ -89,20 +88,20 @@ static int conf_load_text(const char *text, size_t len, const char *origin,
 		if (json_error_code(&jerr) == json_error_out_of_memory) {
 			rc = conf_nomem(&ctx);
 		} else if (json_error_code(&jerr) == json_error_duplicate_key && nearlen > 1 &&
-			   jerr.line > 0 && err && errlen) {
+			   jerr.line > 0) {
 			/* jansson: "duplicate object key near '"k"'": keep the key only */
-			snprintf(err, errlen, "%s:%d:%d: duplicate key %.*s", origin, jerr.line,
-				 jerr.column, (int)(nearlen - 1), near + 6);
+			sr_seterr(err, errlen, "%s:%d:%d: duplicate key %.*s", origin,
+				  jerr.line, jerr.column, (int)(nearlen - 1), near + 6);
 			rc = SR_EINVAL;
 		} else {
 			char rule[JSON_ERROR_TEXT_LENGTH];
 
 			conf_json_rule(&jerr, rule, sizeof(rule));
-			if (err && errlen && jerr.line > 0)
-				snprintf(err, errlen, "%s:%d:%d: %s: %s", origin, jerr.line,
-					 jerr.column, what, rule);
-			else if (err && errlen)
-				snprintf(err, errlen, "%s: %s: %s", origin, what, rule);
+			if (jerr.line > 0)
+				sr_seterr(err, errlen, "%s:%d:%d: %s: %s", origin, jerr.line,
+					  jerr.column, what, rule);
+			else
+				sr_seterr(err, errlen, "%s: %s: %s", origin, what, rule);
 			rc = SR_EINVAL;
 		}
 		goto fail;
@@ -150,44 +149,37 @@ int conf_load_file(const char *path, struct sr_config *cfg, char *err, size_t er
 	memset(cfg, 0, sizeof(*cfg));
 	if (!(f = fopen(path, "rb"))) {
 		e = errno;
-		if (err && errlen)
-			snprintf(err, errlen, "%s: cannot open: %s", path, strerror(e));
+		sr_seterr(err, errlen, "%s: cannot open: %s", path, strerror(e));
 		return e == ENOENT ? SR_ENOTFOUND : SR_EIO;
 	}
 	if (fstat(fileno(f), &st) == 0) {
 		if (S_ISDIR(st.st_mode)) {
-			if (err && errlen)
-				snprintf(err, errlen, "%s: cannot read: is a directory", path);
+			sr_seterr(err, errlen, "%s: cannot read: is a directory", path);
 			rc = SR_EIO;
 			goto out;
 		}
 		/* refuse before reading; non-regular files are bounded by the read */
 		if (S_ISREG(st.st_mode) && st.st_size > CONF_MAX_FILE_SIZE) {
-			if (err && errlen)
-				snprintf(err, errlen,
-					 "%s: too big: %lld bytes, the limit is %d bytes", path,
-					 (long long)st.st_size, CONF_MAX_FILE_SIZE);
+			sr_seterr(err, errlen, "%s: too big: %lld bytes, the limit is %d bytes",
+				  path, (long long)st.st_size, CONF_MAX_FILE_SIZE);
 			rc = SR_ETOOBIG;
 			goto out;
 		}
 	}
 	if (!(buf = malloc(CONF_MAX_FILE_SIZE + 1))) {
-		if (err && errlen)
-			snprintf(err, errlen, "%s: out of memory", path);
+		sr_seterr(err, errlen, "%s: out of memory", path);
 		rc = SR_ENOMEM;
 		goto out;
 	}
 	n = fread(buf, 1, CONF_MAX_FILE_SIZE + 1, f);
 	if (ferror(f)) {
-		if (err && errlen)
-			snprintf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+		sr_seterr(err, errlen, "%s: cannot read: %s", path, strerror(errno));
 		rc = SR_EIO;
 		goto out;
 	}
 	if (n > CONF_MAX_FILE_SIZE) {
-		if (err && errlen)
-			snprintf(err, errlen, "%s: too big: over the limit of %d bytes", path,
-				 CONF_MAX_FILE_SIZE);
+		sr_seterr(err, errlen, "%s: too big: over the limit of %d bytes", path,
+			  CONF_MAX_FILE_SIZE);
 		rc = SR_ETOOBIG;
 		goto out;
 	}

@@ -63,7 +63,7 @@ static int conf_check_h2(const struct tun_conn_opts *t, const char *sect, struct
 
 int conf_check_relay(const struct relay_opts *r, struct conf_ctx *ctx)
 {
-	char q[CONF_GOT_MAX + 16];
+	char q[CONF_GOT_SIZE];
 	struct relay_policy_err pe;
 	struct relay_policy *pol;
 	int rc;

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "common/sr_err.h"
+#include "common/sr_text.h"
 
 #define CONF_MAX_DEPTH 16 /* segments in a path we try to locate */
 
@@ -41,6 +42,19 @@ static size_t conf_split_path(const char *path, char *buf, size_t buflen, const 
 	return n;
 }
 
+/* A key from the file, for a JSON path in a message: control bytes shown
+ * as '?' (a path is not quoted, so sr_esc's backslashes would read as part
+ * of the key), cut to fit buf. */
+static const char *conf_key_text(const char *key, char *buf, size_t len)
+{
+	size_t i;
+
+	for (i = 0; key[i] && i + 1 < len; i++)
+		buf[i] = (unsigned char)key[i] < 0x20 || key[i] == 0x7f ? '?' : key[i];
+	buf[i] = '\0';
+	return buf;
+}
+
 /* Write "origin[:line:col]: path[.rawkey]: <message>" into ctx->err.
  * rawkey, if not NULL, is a key found in the file under path (an unknown
  * key): its own position is reported. locpath, if not NULL, is located
@@ -52,16 +66,15 @@ static int conf_vfail(struct conf_ctx *ctx, const char *path, const char *locpat
 static int conf_vfail(struct conf_ctx *ctx, const char *path, const char *locpath,
 		      const char *rawkey, const char *fmt, va_list ap)
 {
-	char segbuf[CONF_PATH_MAX + 8], keybuf[64];
+	char segbuf[CONF_PATH_MAX + 8], keybuf[64], at[32] = "", what[CONF_PATH_MAX + 72] = "";
+	char msg[CONF_MSG_MAX];
 	const char *segs[CONF_MAX_DEPTH];
-	size_t nsegs = 0, off = 0;
-	int line = 0, col = 0, r;
+	size_t nsegs = 0;
+	int line = 0, col = 0;
 
 	if (!ctx->err || ctx->errlen == 0)
 		return SR_EINVAL;
-	if (ctx->env) {
-		r = snprintf(ctx->err, ctx->errlen, "env %s: ", ctx->env);
-	} else {
+	if (!ctx->env) {
 		const char *lp = locpath ? locpath : path;
 
 		if (ctx->text && lp) {
@@ -73,31 +86,14 @@ static int conf_vfail(struct conf_ctx *ctx, const char *path, const char *locpat
 				line = 0;
 		}
 		if (line > 0)
-			r = snprintf(ctx->err, ctx->errlen, "%s:%d:%d: ", ctx->origin, line,
-				     col);
-		else
-			r = snprintf(ctx->err, ctx->errlen, "%s: ", ctx->origin);
+			snprintf(at, sizeof(at), ":%d:%d", line, col);
 	}
-	if (r > 0)
-		off = (size_t)r < ctx->errlen ? (size_t)r : ctx->errlen - 1;
-	if (rawkey) {
-		/* a key from the file: keep the message on one line */
-		size_t i;
-
-		for (i = 0; rawkey[i] && i + 1 < sizeof(keybuf); i++)
-			keybuf[i] = (unsigned char)rawkey[i] < 0x20 || rawkey[i] == 0x7f
-					? '?'
-					: rawkey[i];
-		keybuf[i] = '\0';
-	}
-	if (path && (*path || rawkey)) {
-		r = snprintf(ctx->err + off, ctx->errlen - off, "%s%s%s: ", path,
-			     *path && rawkey ? "." : "", rawkey ? keybuf : "");
-		if (r > 0)
-			off +=
-			    (size_t)r < ctx->errlen - off ? (size_t)r : ctx->errlen - off - 1;
-	}
-	vsnprintf(ctx->err + off, ctx->errlen - off, fmt, ap);
+	if (path && (*path || rawkey))
+		snprintf(what, sizeof(what), "%s%s%s: ", path, *path && rawkey ? "." : "",
+			 rawkey ? conf_key_text(rawkey, keybuf, sizeof(keybuf)) : "");
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	sr_seterr(ctx->err, ctx->errlen, "%s%s%s: %s%s", ctx->env ? "env " : "",
+		  ctx->env ? ctx->env : ctx->origin, at, what, msg);
 	return SR_EINVAL;
 }
 
@@ -135,8 +131,7 @@ int conf_fail_key(struct conf_ctx *ctx, const char *path, const char *key, const
 
 int conf_nomem(struct conf_ctx *ctx)
 {
-	if (ctx->err && ctx->errlen)
-		snprintf(ctx->err, ctx->errlen, "%s: out of memory", ctx->origin);
+	sr_seterr(ctx->err, ctx->errlen, "%s: out of memory", ctx->origin);
 	return SR_ENOMEM;
 }
 
@@ -158,31 +153,14 @@ void conf_json_rule(const json_error_t *jerr, char *buf, size_t len)
 	snprintf(buf, len, "%.*s", (int)n, jerr->text);
 }
 
-/* s quoted for a one-line message: control bytes shown as '?', long values cut. */
 void conf_quote(const char *s, int secret, char *buf, size_t len)
 {
-	size_t n = strlen(s), i, o = 0;
+	char esc[SR_ESC_SIZE(CONF_GOT_MAX)];
 
-	if (secret) {
-		snprintf(buf, len, "a secret of %zu bytes", n);
-		return;
-	}
-	if (len < 8) {
-		buf[0] = '\0';
-		return;
-	}
-	buf[o++] = '"';
-	for (i = 0; i < n && i < CONF_GOT_MAX && o + 5 < len; i++) {
-		unsigned char c = (unsigned char)s[i];
-
-		buf[o++] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
-	}
-	if (i < n && o + 5 < len) {
-		memcpy(buf + o, "...", 3);
-		o += 3;
-	}
-	buf[o++] = '"';
-	buf[o] = '\0';
+	if (secret)
+		snprintf(buf, len, "a secret of %zu bytes", strlen(s));
+	else
+		snprintf(buf, len, "\"%s\"", sr_esc_n(s, CONF_GOT_MAX, esc, sizeof(esc)));
 }
 
 void conf_describe_json(const json_t *v, int secret, char *buf, size_t len)

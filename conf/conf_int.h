@@ -18,11 +18,16 @@
 
 #include <jansson.h>
 
+#include "common/sr_text.h"
+
 struct relay_opts;
 struct sidecar_opts;
 
-#define CONF_PATH_MAX 256    /* a dotted JSON path; longer unknown keys are cut */
-#define CONF_GOT_MAX 48	     /* characters of a bad value quoted back */
+#define CONF_PATH_MAX 256 /* a dotted JSON path; longer unknown keys are cut */
+#define CONF_GOT_MAX 48	  /* bytes of a bad value quoted back */
+#define CONF_GOT_SIZE (SR_ESC_SIZE(CONF_GOT_MAX) + 2) /* conf_quote's output, quotes included  \
+						       */
+#define CONF_MSG_MAX 1024    /* one message after its location and path */
 #define CONF_STR_LIMIT 4095u /* bytes of one list item */
 
 enum conf_type {
@@ -182,7 +187,9 @@ int conf_fail_value(struct conf_ctx *ctx, const struct conf_entry *e, const char
 		    const char *got);
 /* "origin: out of memory"; returns SR_ENOMEM. */
 int conf_nomem(struct conf_ctx *ctx);
-/* s quoted for a one-line message and cut; a secret is described instead. */
+/* s for a one-line message: "value", escaped with sr_esc and cut after
+ * CONF_GOT_MAX bytes ("..."), in a buffer of CONF_GOT_SIZE; a secret is
+ * described ("a secret of 12 bytes"), never quoted. */
 void conf_quote(const char *s, int secret, char *buf, size_t len);
 /* A JSON value for a message: its text, or its type ("an object"). */
 void conf_describe_json(const json_t *v, int secret, char *buf, size_t len);

@@ -158,7 +158,7 @@ static int conf_parse_u32(const char *s, uint32_t *out)
 int conf_set_text(const struct conf_entry *e, void *base, const char *s, const char *path,
 		  struct conf_ctx *ctx)
 {
-	char got[CONF_GOT_MAX + 16], rule[256], itempath[CONF_PATH_MAX + 16];
+	char got[CONF_GOT_SIZE], rule[256], itempath[CONF_PATH_MAX + 16];
 	int secret = (e->flags & CONF_SECRET) != 0, rc;
 	uint32_t u;
 
@@ -341,7 +341,7 @@ static int conf_load_list(const struct conf_entry *e, void *base, json_t *v, con
 			  struct conf_ctx *ctx)
 {
 	const char *items[SIDECAR_MAX_RELAYS > 64 ? SIDECAR_MAX_RELAYS : 64];
-	char got[CONF_GOT_MAX + 16], rule[256], itempath[CONF_PATH_MAX + 16];
+	char got[CONF_GOT_SIZE], rule[256], itempath[CONF_PATH_MAX + 16];
 	size_t i, n;
 	json_t *item;
 
@@ -373,7 +373,7 @@ static int conf_load_list(const struct conf_entry *e, void *base, json_t *v, con
 static int conf_load_entry(const struct conf_entry *e, void *base, json_t *v, const char *path,
 			   struct conf_ctx *ctx)
 {
-	char got[CONF_GOT_MAX + 16];
+	char got[CONF_GOT_SIZE];
 	json_int_t iv;
 
 	conf_describe_json(v, (e->flags & CONF_SECRET) != 0, got, sizeof(got));
@@ -454,7 +454,7 @@ int conf_load_group(const struct conf_group *g, void *base, json_t *obj, const c
 static int conf_load_array(const struct conf_entry *e, void *base, json_t *v, const char *path,
 			   struct conf_ctx *ctx)
 {
-	char got[CONF_GOT_MAX + 16], itempath[CONF_PATH_MAX + 16];
+	char got[CONF_GOT_SIZE], itempath[CONF_PATH_MAX + 16];
 	unsigned *count = conf_at(base, e->aux_off);
 	size_t i, n;
 	json_t *item;

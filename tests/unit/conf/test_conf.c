@@ -748,6 +748,37 @@ static void test_numeric_secret_not_quoted(void **state)
 	assert_null(strstr(err, "7319"));
 }
 
+/* A bad value from the file or the environment is quoted escaped with
+ * sr_esc: control bytes as \xNN (an escape sequence never reaches a
+ * terminal), quotes and backslashes with a backslash (the quoted value
+ * cannot end early), bytes above 0x7e as \xNN. */
+static void test_bad_values_are_quoted_escaped(void **state)
+{
+	struct sr_config cfg;
+	char err[ERRLEN] = "";
+
+	(void)state;
+	assert_int_equal(load("{\"relay\": {\"listen\": \"a\\u001b[31m\\\"b\\\\c\"}}", &cfg, err),
+			 SR_EINVAL);
+	assert_contains(err, "relay.listen: must be host:port");
+	assert_contains(err, "(got \"a\\x1b[31m\\\"b\\\\c\")");
+	assert_null(strchr(err, '\x1b'));
+	assert_int_equal(load("{\"log\": {\"level\": \"d\xc3\xa9" "bug\"}}", &cfg, err), SR_EINVAL);
+	assert_contains(err, "(got \"d\\xc3\\xa9bug\")");
+	/* a long value is cut after 48 bytes, escapes and all */
+	assert_int_equal(load("{\"relay\": {\"listen\": \"\\u0001aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+			      "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}}",
+			      &cfg, err),
+			 SR_EINVAL);
+	assert_contains(err, "(got \"\\x01aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...\")");
+	setenv("SPARKRELAY_RELAY_LISTEN", "x\ty", 1);
+	assert_int_equal(load("{}", &cfg, err), SR_EINVAL);
+	unsetenv("SPARKRELAY_RELAY_LISTEN");
+	assert_contains(err, "env SPARKRELAY_RELAY_LISTEN: relay.listen: must be host:port");
+	assert_contains(err, "(got \"x\\x09y\")");
+	assert_empty_cfg(&cfg);
+}
+
 /* SPARKRELAY_<section>_* names of every length are checked: one too long to
  * be a setting is an error like any unknown name, quoted escaped and cut. */
 static void test_env_unknown_names_of_any_length(void **state)
@@ -1507,6 +1538,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_syntax_error_does_not_quote_secrets, clear_env,
 					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_numeric_secret_not_quoted, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_bad_values_are_quoted_escaped, clear_env,
+					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_env_unknown_names_of_any_length, clear_env,
 					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_env_unknown_name_is_escaped, clear_env,
