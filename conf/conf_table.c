@@ -2,7 +2,7 @@
  * default and documentation. The loader, the environment overrides, the dump
  * and docs/configuration.md are all driven from here. tun_conn_opts_defaults
  * (tunnel/tun_conn.c, for zero fields of callers outside conf) must agree
- * with the h2 table. */
+ * with the h2 table; test_conf checks every field. */
 #include "conf/conf.h"
 #include "conf/conf_int.h"
 

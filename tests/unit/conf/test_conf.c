@@ -18,6 +18,7 @@
 #include "common/sr_err.h"
 #include "conf/conf.h"
 #include "relay/relay_policy.h"
+#include "tunnel/tun_conn.h"
 
 #define ERRLEN 512
 
@@ -187,6 +188,44 @@ static void test_defaults_minimal_sections(void **state)
 	assert_string_equal(cfg.tunnel.app_name, "spark-notebook");
 	check_h2_defaults(&cfg.tunnel.tun);
 	conf_free(&cfg);
+}
+
+/* tun_conn_opts_defaults (tunnel/, which must not include conf/) fills
+ * the zero fields of callers outside conf: it must give what the h2 table
+ * gives both sections, field by field, fields the table does not hold
+ * included. */
+static void test_h2_table_matches_tunnel_defaults(void **state)
+{
+	struct relay_opts r;
+	struct sidecar_opts s;
+	struct tun_conn_opts t;
+
+	(void)state;
+	conf_relay_defaults(&r);
+	conf_sidecar_defaults(&s);
+	memset(&t, 0, sizeof(t));
+	tun_conn_opts_defaults(&t);
+#define SAME(f)                                                                                \
+	do {                                                                                   \
+		if (r.tun.f != t.f || s.tun.f != t.f)                                          \
+			fail_msg("h2." #f ": relay %u, tunnel %u, tun_conn_opts_defaults %u",  \
+				 r.tun.f, s.tun.f, t.f);                                        \
+	} while (0)
+	SAME(stream_window);
+	SAME(conn_window);
+	SAME(ping_interval_ms);
+	SAME(ping_timeout_ms);
+	SAME(ctl_max);
+	SAME(out_high);
+	SAME(sock_read_high);
+	SAME(max_streams);
+	SAME(sock_in_max);
+#undef SAME
+	/* a field added to tun_conn_opts without a line above */
+	assert_memory_equal(&r.tun, &t, sizeof(t));
+	assert_memory_equal(&s.tun, &t, sizeof(t));
+	conf_relay_fini(&r);
+	conf_sidecar_fini(&s);
 }
 
 static void test_defaults_helpers_match_init(void **state)
@@ -1526,6 +1565,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(test_defaults_empty_file, clear_env, clear_env),
 	    cmocka_unit_test_setup_teardown(test_defaults_minimal_sections, clear_env,
+					    clear_env),
+	    cmocka_unit_test_setup_teardown(test_h2_table_matches_tunnel_defaults, clear_env,
 					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_defaults_helpers_match_init, clear_env,
 					    clear_env),
