@@ -55,10 +55,25 @@ void conf_sidecar_fini(struct sidecar_opts *o)
 	memset(o, 0, sizeof(*o));
 }
 
-static int conf_load_text(const char *text, size_t len, const char *origin,
+/* The sections cfg holds as role bits; every role when it holds none. */
+static unsigned conf_roles_present(const struct sr_config *cfg)
+{
+	unsigned roles = 0;
+	size_t i;
+
+	for (i = 0; i < conf_root_group.n; i++) {
+		const struct conf_entry *e = &conf_root_group.e[i];
+
+		if ((e->flags & CONF_SECTION) && *(const int *)conf_at_c(cfg, e->aux_off))
+			roles |= e->role;
+	}
+	return roles ? roles : CONF_ROLES_ALL;
+}
+
+static int conf_load_text(const char *text, size_t len, const char *origin, unsigned roles,
 			  struct sr_config *cfg, char *err, size_t errlen)
 {
-	struct conf_ctx ctx = {.origin = origin, .err = err, .errlen = errlen};
+	struct conf_ctx ctx = {.origin = origin, .err = err, .errlen = errlen, .roles = roles};
 	char got[CONF_GOT_SIZE];
 	json_error_t jerr;
 	json_t *root = NULL;
@@ -117,6 +132,8 @@ static int conf_load_text(const char *text, size_t len, const char *origin,
 		goto fail;
 	json_decref(root);
 	root = NULL;
+	if (ctx.roles == CONF_ROLES_OF_FILE)
+		ctx.roles = conf_roles_present(cfg);
 	if ((rc = conf_env_check_unknown(&ctx)) != 0 ||
 	    (rc = conf_env_group(&conf_root_group, cfg, "", NULL, &ctx)) != 0)
 		goto fail;
@@ -132,13 +149,26 @@ fail:
 	return rc;
 }
 
+int conf_load_string_roles(const char *json, const char *origin, unsigned roles,
+			   struct sr_config *cfg, char *err, size_t errlen)
+{
+	return conf_load_text(json, strlen(json), origin ? origin : "config", roles, cfg, err,
+			      errlen);
+}
+
 int conf_load_string(const char *json, const char *origin, struct sr_config *cfg, char *err,
 		     size_t errlen)
 {
-	return conf_load_text(json, strlen(json), origin ? origin : "config", cfg, err, errlen);
+	return conf_load_string_roles(json, origin, CONF_ROLES_ALL, cfg, err, errlen);
 }
 
 int conf_load_file(const char *path, struct sr_config *cfg, char *err, size_t errlen)
+{
+	return conf_load_file_roles(path, CONF_ROLES_ALL, cfg, err, errlen);
+}
+
+int conf_load_file_roles(const char *path, unsigned roles, struct sr_config *cfg, char *err,
+			 size_t errlen)
 {
 	struct stat st;
 	char *buf = NULL;
@@ -183,7 +213,7 @@ int conf_load_file(const char *path, struct sr_config *cfg, char *err, size_t er
 		rc = SR_ETOOBIG;
 		goto out;
 	}
-	rc = conf_load_text(buf, n, path, cfg, err, errlen);
+	rc = conf_load_text(buf, n, path, roles, cfg, err, errlen);
 out:
 	free(buf);
 	fclose(f);

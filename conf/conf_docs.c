@@ -258,10 +258,18 @@ int conf_write_docs(FILE *out)
 	      "  members have no variables of their own.\n"
 	      "- Setting a variable of the `relay` or `tunnel` section makes that section\n"
 	      "  present, so a role can be configured from the environment alone.\n"
+	      "- Each role reads the variables of its own section and of `log` only:\n"
+	      "  `sparkrelay relay` ignores `" CONF_ENV_PREFIX
+	      "TUNNEL_*` and `sparkrelay tunnel` ignores\n"
+	      "  `" CONF_ENV_PREFIX
+	      "RELAY_*`, so one environment can hold the settings of both.\n"
+	      "  `sparkrelay check-config FILE` reads those of the sections FILE has (of\n"
+	      "  both when it has none).\n"
 	      "- A bad value is an error naming the variable, and so is a variable\n"
 	      "  under `" CONF_ENV_PREFIX "LOG_`, `" CONF_ENV_PREFIX
 	      "RELAY_` or `" CONF_ENV_PREFIX "TUNNEL_`\n"
-	      "  that names no setting (a typo would otherwise go unnoticed).\n"
+	      "  (of a section read) that names no setting (a typo would otherwise go\n"
+	      "  unnoticed).\n"
 	      "\n"
 	      "## Routing: pools, tenants and routes\n"
 	      "\n"

@@ -1,6 +1,8 @@
 /* Environment overrides: SPARKRELAY_<JSON PATH> for every leaf of the tables,
  * applied over the file, and the check that a variable under a section
- * prefix names a real setting. */
+ * prefix names a real setting. Only the sections of the roles being loaded
+ * are read: one environment often holds both roles' variables (a notebook
+ * image, a shell that ran both), and each process ignores the other's. */
 #include "conf/conf.h"
 #include "conf/conf_int.h"
 
@@ -14,7 +16,11 @@
 
 #define CONF_ENV_SHOW_MAX 96 /* bytes of an unknown variable name quoted back */
 
-/* ---- environment ---- */
+/* A role section whose variables this load leaves alone. */
+static int conf_env_other_role(const struct conf_entry *e, const struct conf_ctx *ctx)
+{
+	return (e->flags & CONF_SECTION) && !(e->role & ctx->roles);
+}
 
 void conf_env_name(const char *path, char *buf, size_t len)
 {
@@ -31,7 +37,6 @@ void conf_env_name(const char *path, char *buf, size_t len)
 	buf[o] = '\0';
 }
 
-/* Apply SPARKRELAY_* for every leaf of g; a hit inside a section marks it present. */
 int conf_env_group(const struct conf_group *g, void *base, const char *path, int *present,
 		   struct conf_ctx *ctx)
 {
@@ -47,6 +52,8 @@ int conf_env_group(const struct conf_group *g, void *base, const char *path, int
 		if (e->type == CONF_GROUP) {
 			int hit = 0;
 
+			if (conf_env_other_role(e, ctx))
+				continue;
 			if (e->flags & CONF_SECTION) {
 				rc = conf_env_group(e->sub, conf_at(base, e->off), sub,
 						    conf_at(base, e->aux_off), ctx);
@@ -99,7 +106,8 @@ static int conf_env_known(const struct conf_group *g, const char *path, const ch
 
 /* A variable under a section prefix (SPARKRELAY_RELAY_...) that names no
  * setting is a typo that would otherwise be silently ignored. Other
- * SPARKRELAY_* variables (SPARKRELAY_BIN for tests...) are not ours. The
+ * SPARKRELAY_* variables (SPARKRELAY_BIN for tests...) are not ours, nor
+ * are those of the other role's section, whatever their name. The
  * prefix is matched on the raw entry, so a name of any length is checked:
  * one too long to be a setting is an error like any unknown name. The name
  * is quoted escaped and cut (it is text from the environment). */
@@ -120,6 +128,8 @@ int conf_env_check_unknown(struct conf_ctx *ctx)
 		memcpy(name, *ep, cut);
 		name[cut] = '\0';
 		for (i = 0; i < conf_root_group.n; i++) {
+			if (conf_env_other_role(&conf_root_group.e[i], ctx))
+				continue;
 			conf_env_name(conf_root_group.e[i].key, prefix, sizeof(prefix));
 			plen = strlen(prefix);
 			if (nlen <= plen || strncmp(*ep, prefix, plen) != 0 ||

@@ -25,10 +25,11 @@ struct sidecar_opts;
 
 #define CONF_PATH_MAX 256 /* a dotted JSON path; longer unknown keys are cut */
 #define CONF_GOT_MAX 48	  /* bytes of a bad value quoted back */
-#define CONF_GOT_SIZE (SR_ESC_SIZE(CONF_GOT_MAX) + 2) /* conf_quote's output, quotes included  \
-						       */
-#define CONF_MSG_MAX 1024    /* one message after its location and path */
-#define CONF_STR_LIMIT 4095u /* bytes of one list item */
+#define CONF_GOT_SIZE                                                                          \
+	(SR_ESC_SIZE(CONF_GOT_MAX) + 2) /* conf_quote's output, quotes included                \
+					 */
+#define CONF_MSG_MAX 1024		/* one message after its location and path */
+#define CONF_STR_LIMIT 4095u		/* bytes of one list item */
 
 enum conf_type {
 	CONF_STRING,  /* char *, NULL = unset */
@@ -74,6 +75,7 @@ struct conf_entry {
 	 * (relay.pool and relay.pools): giving both is an error, and dumps leave
 	 * this group out while the array has elements. */
 	const char *excl;
+	unsigned role; /* CONF_SECTION: its CONF_ROLE_* bit (conf.h) */
 	const char *doc;
 };
 
@@ -97,6 +99,7 @@ struct conf_ctx {
 	const char *text;   /* the JSON text, to locate values; NULL if none */
 	size_t textlen;
 	const char *env; /* while applying this variable, else NULL */
+	unsigned roles;	 /* CONF_ROLE_* bits: the sections whose variables apply */
 	char *err;
 	size_t errlen;
 	/* ARRAY entries and GROUP entries with excl that the file or the
@@ -155,10 +158,12 @@ const struct conf_entry *conf_find(const struct conf_group *g, const char *key);
 void conf_env_name(const char *path, char *buf, size_t len);
 /* Apply SPARKRELAY_* for every leaf of g at base (path: g's JSON path); a
  * variable inside a role section marks it present, and a hit below sets
- * *present when not NULL. */
+ * *present when not NULL. The variables of a section not in ctx->roles are
+ * left alone. */
 int conf_env_group(const struct conf_group *g, void *base, const char *path, int *present,
 		   struct conf_ctx *ctx);
-/* SR_EINVAL if a variable under a section prefix names no setting. */
+/* SR_EINVAL if a variable under the prefix of log or of a section in
+ * ctx->roles names no setting. */
 int conf_env_check_unknown(struct conf_ctx *ctx);
 
 /* ---- conf_check.c ---- */

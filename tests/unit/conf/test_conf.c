@@ -1015,6 +1015,100 @@ static void test_env_without_file(void **state)
 	assert_contains(err, "tunnel.tls.ca: required");
 }
 
+/* One environment often holds both roles' variables (a notebook image, a
+ * shell that started both): a role neither applies nor checks the other
+ * role's section variables, and still refuses unknown names in its own. */
+static void test_env_other_role_is_ignored(void **state)
+{
+	static const char relay_json[] = "{\"relay\": {" RELAY_OK_TLS "}}";
+	static const char tunnel_json[] = "{\"tunnel\": {" TUNNEL_OK "}}";
+	struct sr_config cfg;
+	char err[ERRLEN] = "";
+
+	(void)state;
+	/* the sidecar's settings, a bad one and a typo among them */
+	setenv("SPARKRELAY_TUNNEL_TOKEN", "tok", 1);
+	setenv("SPARKRELAY_TUNNEL_RELAYS", "not a host", 1);
+	setenv("SPARKRELAY_TUNNEL_NO_SUCH_KEY", "1", 1);
+	if (conf_load_string_roles(relay_json, "t.json", CONF_ROLE_RELAY, &cfg, err,
+				   sizeof(err)) != 0)
+		fail_msg("relay refused for the tunnel's variables: %s", err);
+	assert_int_equal(cfg.have_relay, 1);
+	assert_int_equal(cfg.have_tunnel, 0);
+	assert_null(cfg.tunnel.token);
+	conf_free(&cfg);
+	/* check-config relay.json: the roles of the file */
+	if (conf_load_string_roles(relay_json, "t.json", CONF_ROLES_OF_FILE, &cfg, err,
+				   sizeof(err)) != 0)
+		fail_msg("check-config refused for the tunnel's variables: %s", err);
+	assert_int_equal(cfg.have_tunnel, 0);
+	conf_free(&cfg);
+	/* the relay from the environment alone */
+	setenv("SPARKRELAY_RELAY_TLS_CERT", "c", 1);
+	setenv("SPARKRELAY_RELAY_TLS_KEY", "k", 1);
+	setenv("SPARKRELAY_RELAY_MAX_TUNNELS", "7", 1);
+	if (conf_load_string_roles("{}", "environment", CONF_ROLE_RELAY, &cfg, err,
+				   sizeof(err)) != 0)
+		fail_msg("relay from the environment refused: %s", err);
+	assert_int_equal(cfg.have_relay, 1);
+	assert_int_equal(cfg.have_tunnel, 0);
+	assert_int_equal(cfg.relay.max_tunnels, 7);
+	conf_free(&cfg);
+	/* its own section's typos are still errors */
+	setenv("SPARKRELAY_RELAY_MAX_TUNNEL", "7", 1);
+	assert_int_equal(conf_load_string_roles(relay_json, "t.json", CONF_ROLE_RELAY, &cfg, err,
+						sizeof(err)),
+			 SR_EINVAL);
+	assert_contains(err, "env SPARKRELAY_RELAY_MAX_TUNNEL: no such setting");
+	assert_empty_cfg(&cfg);
+	unsetenv("SPARKRELAY_RELAY_MAX_TUNNEL");
+	/* the same the other way round: the sidecar ignores the relay's */
+	setenv("SPARKRELAY_RELAY_POOL_PORT_MIN", "0", 1);
+	setenv("SPARKRELAY_RELAY_NO_SUCH_KEY", "1", 1);
+	unsetenv("SPARKRELAY_TUNNEL_RELAYS");
+	unsetenv("SPARKRELAY_TUNNEL_NO_SUCH_KEY");
+	if (conf_load_string_roles(tunnel_json, "t.json", CONF_ROLE_TUNNEL, &cfg, err,
+				   sizeof(err)) != 0)
+		fail_msg("tunnel refused for the relay's variables: %s", err);
+	assert_int_equal(cfg.have_relay, 0);
+	assert_string_equal(cfg.tunnel.token, "tok");
+	conf_free(&cfg);
+	setenv("SPARKRELAY_TUNNEL_TOKN", "x", 1);
+	assert_int_equal(conf_load_string_roles(tunnel_json, "t.json", CONF_ROLE_TUNNEL, &cfg, err,
+						sizeof(err)),
+			 SR_EINVAL);
+	assert_contains(err, "env SPARKRELAY_TUNNEL_TOKN: no such setting");
+	unsetenv("SPARKRELAY_TUNNEL_TOKN");
+	/* log is shared: it applies, and is checked, for every role */
+	setenv("SPARKRELAY_LOG_LEVEL", "debug", 1);
+	assert_int_equal(conf_load_string_roles(tunnel_json, "t.json", CONF_ROLE_TUNNEL, &cfg, err,
+						sizeof(err)),
+			 0);
+	assert_string_equal(cfg.log_level, "debug");
+	conf_free(&cfg);
+	setenv("SPARKRELAY_LOG_LEVL", "debug", 1);
+	assert_int_equal(conf_load_string_roles(tunnel_json, "t.json", CONF_ROLE_TUNNEL, &cfg, err,
+						sizeof(err)),
+			 SR_EINVAL);
+	assert_contains(err, "env SPARKRELAY_LOG_LEVL: no such setting");
+	unsetenv("SPARKRELAY_LOG_LEVL");
+	/* the file's sections are checked whatever the role */
+	assert_int_equal(conf_load_string_roles("{\"relay\": {" RELAY_OK_TLS "}, \"tunnel\": "
+						"{\"relays\": []}}",
+						"t.json", CONF_ROLE_RELAY, &cfg, err, sizeof(err)),
+			 SR_EINVAL);
+	assert_contains(err, "tunnel.relays: must be a list of 1..16 strings");
+	/* a file without sections: every role's variables, as before */
+	clear_env(NULL);
+	setenv("SPARKRELAY_TUNNEL_RELAYS", "r:1", 1);
+	setenv("SPARKRELAY_TUNNEL_TLS_CA", "ca.pem", 1);
+	assert_int_equal(conf_load_string_roles("{}", "environment", CONF_ROLES_OF_FILE, &cfg, err,
+						sizeof(err)),
+			 0);
+	assert_int_equal(cfg.have_tunnel, 1);
+	conf_free(&cfg);
+}
+
 static void test_env_no_section_without_keys(void **state)
 {
 	struct sr_config cfg;
@@ -1590,6 +1684,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_file_is_directory, clear_env, clear_env),
 	    cmocka_unit_test_setup_teardown(test_env_overrides_file, clear_env, clear_env),
 	    cmocka_unit_test_setup_teardown(test_env_without_file, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_env_other_role_is_ignored, clear_env, clear_env),
 	    cmocka_unit_test_setup_teardown(test_env_no_section_without_keys, clear_env,
 					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_env_bad_values, clear_env, clear_env),
