@@ -1,5 +1,5 @@
 /* The routing policy: an immutable, deep copy of pools, tenants and routes,
- * checked once by relay_policy_new, so that lookups on the registration and
+ * checked once by relay_policy_compile, so that lookups on the registration and
  * accept paths never fail for a reason other than "no match".
  *
  * Matching rules, also stated in docs/configuration.md:
