@@ -6,7 +6,7 @@
  * Load order: table defaults, then the file, then SPARKRELAY_* variables,
  * then required-key and cross-field checks for the sections present. The
  * relay's checks include compiling relay.pools, relay.tenants and
- * relay.routes with relay_policy_new (relay.pool is the only pool while
+ * relay.routes with relay_policy_compile (relay.pool is the only pool while
  * relay.pools is empty), so a bad reference is a load error.
  *
  * Every string in the filled structs is heap memory owned by the config and

@@ -8,8 +8,6 @@
 
 #include "common/sr_err.h"
 
-/* ---- the Markdown reference ---- */
-
 /* Overlay the table's example values (they pass the same checks as input). */
 static int conf_group_examples(const struct conf_group *g, void *base)
 {
