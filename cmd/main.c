@@ -65,9 +65,10 @@ static int reload_relay(void *arg, char *err, size_t errlen)
 
 	memset(&ncfg, 0, sizeof(ncfg));
 	if (rc->config)
-		rv = conf_load_file(rc->config, &ncfg, err, errlen);
+		rv = conf_load_file_roles(rc->config, CONF_ROLE_RELAY, &ncfg, err, errlen);
 	else
-		rv = conf_load_string("{}", "environment", &ncfg, err, errlen);
+		rv = conf_load_string_roles("{}", "environment", CONF_ROLE_RELAY, &ncfg, err,
+					    errlen);
 	if (rv == 0 && !ncfg.have_relay) {
 		snprintf(err, errlen, "%s has no \"relay\" section",
 			 rc->config ? rc->config : "the environment");
@@ -169,15 +170,15 @@ static int parse_common(int argc, char **argv, const char **config, const char *
 	return 0;
 }
 
-static int load_config(const char *path, struct sr_config *cfg, const char *cmd)
+static int load_config(const char *path, unsigned role, struct sr_config *cfg, const char *cmd)
 {
 	char err[1024];
 	int rv;
 
 	if (path)
-		rv = conf_load_file(path, cfg, err, sizeof(err));
+		rv = conf_load_file_roles(path, role, cfg, err, sizeof(err));
 	else
-		rv = conf_load_string("{}", "environment", cfg, err, sizeof(err));
+		rv = conf_load_string_roles("{}", "environment", role, cfg, err, sizeof(err));
 	if (rv != 0) {
 		fprintf(stderr, "sparkrelay %s: %s\n", cmd, err);
 		return 1;
@@ -205,7 +206,7 @@ static int run_role(int argc, char **argv, int is_relay)
 	level_from_cli = sr_log_level_cur >= 0;
 	if (!level_from_cli)
 		sr_log_set_level(SR_LOG_INFO);
-	if (load_config(config, &cfg, cmd) != 0)
+	if (load_config(config, is_relay ? CONF_ROLE_RELAY : CONF_ROLE_TUNNEL, &cfg, cmd) != 0)
 		return 1;
 	if (!level_from_cli && cfg.log_level)
 		sr_log_set_level_name(cfg.log_level);
@@ -295,7 +296,7 @@ static int cmd_check_config(int argc, char **argv)
 		return argc == 2 ? 0 : 2;
 	}
 	memset(&cfg, 0, sizeof(cfg));
-	if (conf_load_file(argv[1], &cfg, err, sizeof(err)) != 0) {
+	if (conf_load_file_roles(argv[1], CONF_ROLES_OF_FILE, &cfg, err, sizeof(err)) != 0) {
 		fprintf(stderr, "%s\n", err);
 		return 1;
 	}

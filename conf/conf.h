@@ -6,7 +6,7 @@
  * Load order: table defaults, then the file, then SPARKRELAY_* variables,
  * then required-key and cross-field checks for the sections present. The
  * relay's checks include compiling relay.pools, relay.tenants and
- * relay.routes with relay_policy_new (relay.pool is the only pool while
+ * relay.routes with relay_policy_compile (relay.pool is the only pool while
  * relay.pools is empty), so a bad reference is a load error.
  *
  * Every string in the filled structs is heap memory owned by the config and
@@ -53,12 +53,35 @@ struct sr_config {
  * whole, as JSON text (SPARKRELAY_RELAY_ROUTES='[{"name": "r"}]'); an empty
  * value empties them; their members have no variables of their own.
  * A SPARKRELAY_LOG_*, SPARKRELAY_RELAY_* or SPARKRELAY_TUNNEL_* variable that
- * names no setting is an error (it is almost certainly a typo). */
+ * names no setting is an error (it is almost certainly a typo).
+ * conf_load_file reads the variables of both sections; see
+ * conf_load_file_roles to read those of one role only. */
 int conf_load_file(const char *path, struct sr_config *cfg, char *err, size_t errlen);
 /* The same for text in memory (NUL-terminated); origin names it in messages.
  * conf_load_string("{}", "env", ...) configures from the environment only. */
 int conf_load_string(const char *json, const char *origin, struct sr_config *cfg, char *err,
 		     size_t errlen);
+
+/* The role sections whose SPARKRELAY_* variables a load reads. */
+enum conf_roles {
+	/* those of the sections the file has; of both when it has none (what
+	 * `check-config FILE` checks) */
+	CONF_ROLES_OF_FILE = 0,
+	CONF_ROLE_RELAY = 1 << 0,  /* SPARKRELAY_RELAY_* */
+	CONF_ROLE_TUNNEL = 1 << 1, /* SPARKRELAY_TUNNEL_* */
+	CONF_ROLES_ALL = CONF_ROLE_RELAY | CONF_ROLE_TUNNEL,
+};
+
+/* conf_load_file and conf_load_string for the roles given (enum conf_roles):
+ * the variables of another role's section are neither applied nor checked,
+ * so one environment can hold both roles' settings (`sparkrelay relay` is
+ * not refused for a SPARKRELAY_TUNNEL_TOKEN meant for the sidecar). The
+ * file's sections are loaded and checked whatever the roles; SPARKRELAY_LOG_*
+ * always applies. */
+int conf_load_file_roles(const char *path, unsigned roles, struct sr_config *cfg, char *err,
+			 size_t errlen);
+int conf_load_string_roles(const char *json, const char *origin, unsigned roles,
+			   struct sr_config *cfg, char *err, size_t errlen);
 
 /* Zero cfg and fill both sections with the table defaults (have_* stay 0).
  * On allocation failure some default strings are left NULL. */

@@ -1,5 +1,5 @@
-/* Output driven by the tables: the effective-config dump and the Markdown
- * reference (docs/configuration.md, checked against this by test_conf). */
+/* The Markdown reference generated from the tables (docs/configuration.md,
+ * checked against this by test_conf), with an example file for each role. */
 #include "conf/conf.h"
 #include "conf/conf_int.h"
 
@@ -7,127 +7,6 @@
 #include <string.h>
 
 #include "common/sr_err.h"
-
-#define CONF_REDACTED "<redacted>"
-
-static const void *conf_at_c(const void *base, size_t off)
-{
-	return (const char *)base + off;
-}
-
-static json_t *conf_leaf_to_json(const struct conf_entry *e, const void *base, int redact)
-{
-	const char *s;
-	const char *const *items;
-	unsigned i, n;
-	json_t *arr, *v;
-
-	switch (e->type) {
-	case CONF_U32:
-		return json_integer(*(const uint32_t *)conf_at_c(base, e->off));
-	case CONF_BOOL:
-		return json_boolean(*(const int *)conf_at_c(base, e->off));
-	case CONF_STRING:
-		s = *(char *const *)conf_at_c(base, e->off);
-		if (!s)
-			return json_null();
-		return json_string(redact && (e->flags & CONF_SECRET) ? CONF_REDACTED : s);
-	case CONF_STRLIST:
-		items = (const char *const *)conf_at_c(base, e->off);
-		n = *(const unsigned *)conf_at_c(base, e->aux_off);
-		if (!(arr = json_array()))
-			return NULL;
-		for (i = 0; i < n; i++) {
-			s = redact && (e->flags & CONF_SECRET) ? CONF_REDACTED : items[i];
-			if (json_array_append_new(arr, json_string(s)) != 0) {
-				json_decref(arr);
-				return NULL;
-			}
-		}
-		return arr;
-	case CONF_ARRAY:
-		n = *(const unsigned *)conf_at_c(base, e->aux_off);
-		if (!(arr = json_array()))
-			return NULL;
-		for (i = 0; i < n && i < e->max; i++) {
-			v = conf_group_to_json(e->sub,
-					       (const char *)conf_at_c(base, e->off) +
-						   (size_t)i * e->elem_size,
-					       redact);
-			if (json_array_append_new(arr, v) != 0) {
-				json_decref(arr);
-				return NULL;
-			}
-		}
-		return arr;
-	case CONF_GROUP:
-		break;
-	}
-	return NULL;
-}
-
-/* A group with excl is left out while its array has elements (it does not
- * apply then, and loading both is an error). */
-static int conf_excluded(const struct conf_group *g, const struct conf_entry *e,
-			 const void *base)
-{
-	size_t i;
-
-	if (!e->excl)
-		return 0;
-	for (i = 0; i < g->n; i++)
-		if (g->e[i].type == CONF_ARRAY && strcmp(g->e[i].key, e->excl) == 0)
-			return *(const unsigned *)conf_at_c(base, g->e[i].aux_off) > 0;
-	return 0;
-}
-
-json_t *conf_group_to_json(const struct conf_group *g, const void *base, int redact)
-{
-	json_t *obj = json_object(), *v;
-	size_t i;
-
-	if (!obj)
-		return NULL;
-	for (i = 0; i < g->n; i++) {
-		const struct conf_entry *e = &g->e[i];
-
-		if (e->type == CONF_GROUP) {
-			if ((e->flags & CONF_SECTION) &&
-			    !*(const int *)conf_at_c(base, e->aux_off))
-				continue;
-			if (conf_excluded(g, e, base))
-				continue;
-			v = conf_group_to_json(e->sub, conf_at_c(base, e->off), redact);
-		} else {
-			v = conf_leaf_to_json(e, base, redact);
-		}
-		if (!v || json_object_set_new(obj, e->key, v) != 0) {
-			json_decref(obj);
-			return NULL;
-		}
-	}
-	return obj;
-}
-
-static int conf_print_json(json_t *root, FILE *out)
-{
-	int rc;
-
-	if (!root)
-		return SR_ENOMEM;
-	rc = json_dumpf(root, out, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-	json_decref(root);
-	if (rc != 0 || fputc('\n', out) == EOF)
-		return SR_EIO;
-	return 0;
-}
-
-int conf_dump(const struct sr_config *cfg, FILE *out)
-{
-	return conf_print_json(conf_group_to_json(&conf_root_group, cfg, 1), out);
-}
-
-/* ---- the Markdown reference ---- */
 
 /* Overlay the table's example values (they pass the same checks as input). */
 static int conf_group_examples(const struct conf_group *g, void *base)
@@ -164,7 +43,7 @@ static int conf_write_example(FILE *out, int relay)
 	}
 	fprintf(out, "\n## Example: %s\n\n```json\n", relay ? "relay" : "tunnel");
 	if (rc == 0)
-		rc = conf_print_json(conf_group_to_json(&conf_root_group, &cfg, 0), out);
+		rc = conf_json_print(conf_group_to_json(&conf_root_group, &cfg, 0), out);
 	fputs("```\n", out);
 	conf_free(&cfg);
 	return rc;
@@ -377,10 +256,18 @@ int conf_write_docs(FILE *out)
 	      "  members have no variables of their own.\n"
 	      "- Setting a variable of the `relay` or `tunnel` section makes that section\n"
 	      "  present, so a role can be configured from the environment alone.\n"
+	      "- Each role reads the variables of its own section and of `log` only:\n"
+	      "  `sparkrelay relay` ignores `" CONF_ENV_PREFIX
+	      "TUNNEL_*` and `sparkrelay tunnel` ignores\n"
+	      "  `" CONF_ENV_PREFIX
+	      "RELAY_*`, so one environment can hold the settings of both.\n"
+	      "  `sparkrelay check-config FILE` reads those of the sections FILE has (of\n"
+	      "  both when it has none).\n"
 	      "- A bad value is an error naming the variable, and so is a variable\n"
 	      "  under `" CONF_ENV_PREFIX "LOG_`, `" CONF_ENV_PREFIX
 	      "RELAY_` or `" CONF_ENV_PREFIX "TUNNEL_`\n"
-	      "  that names no setting (a typo would otherwise go unnoticed).\n"
+	      "  (of a section read) that names no setting (a typo would otherwise go\n"
+	      "  unnoticed).\n"
 	      "\n"
 	      "## Routing: pools, tenants and routes\n"
 	      "\n"

@@ -2,7 +2,7 @@
  * default and documentation. The loader, the environment overrides, the dump
  * and docs/configuration.md are all driven from here. tun_conn_opts_defaults
  * (tunnel/tun_conn.c, for zero fields of callers outside conf) must agree
- * with the h2 table. */
+ * with the h2 table; test_conf checks every field. */
 #include "conf/conf.h"
 #include "conf/conf_int.h"
 
@@ -501,12 +501,14 @@ static const struct conf_entry conf_root[] = {
      .flags = CONF_SECTION,
      .off = offsetof(struct sr_config, relay),
      .aux_off = offsetof(struct sr_config, have_relay),
-     .sub = &conf_relay_group},
+     .sub = &conf_relay_group,
+     .role = CONF_ROLE_RELAY},
     {.key = "tunnel",
      .type = CONF_GROUP,
      .flags = CONF_SECTION,
      .off = offsetof(struct sr_config, tunnel),
      .aux_off = offsetof(struct sr_config, have_tunnel),
-     .sub = &conf_tunnel_group},
+     .sub = &conf_tunnel_group,
+     .role = CONF_ROLE_TUNNEL},
 };
 const struct conf_group conf_root_group = {conf_root, N(conf_root), NULL};

@@ -1,5 +1,5 @@
 /* The routing policy: an immutable, deep copy of pools, tenants and routes,
- * checked once by relay_policy_new, so that lookups on the registration and
+ * checked once by relay_policy_compile, so that lookups on the registration and
  * accept paths never fail for a reason other than "no match".
  *
  * Matching rules, also stated in docs/configuration.md:
@@ -134,18 +134,43 @@ static int rp_unhex_sha256(const char *s, uint8_t out[RP_SHA256_LEN])
 	return 0;
 }
 
-static int rp_fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int rp_fail(char *err, size_t errlen, const char *fmt, ...)
+static const char *const rp_list_path[] = {
+    [RELAY_POLICY_POOL] = "relay.pool",
+    [RELAY_POLICY_POOLS] = "relay.pools",
+    [RELAY_POLICY_TENANTS] = "relay.tenants",
+    [RELAY_POLICY_ROUTES] = "relay.routes",
+};
+
+/* Fill e: what (kind), where (list, index, and field below the element, or
+ * NULL for the element or list itself) and the rule broken. */
+static int rp_fail(struct relay_policy_err *e, enum relay_policy_errkind kind,
+		   enum relay_policy_list list, int index, const char *field, const char *fmt,
+		   ...) __attribute__((format(printf, 6, 7)));
+static int rp_fail(struct relay_policy_err *e, enum relay_policy_errkind kind,
+		   enum relay_policy_list list, int index, const char *field, const char *fmt,
+		   ...)
 {
+	char elem[16] = "";
 	va_list ap;
 
-	if (err && errlen) {
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
+	e->kind = kind;
+	e->list = list;
+	e->index = index;
+	if (index >= 0)
+		snprintf(elem, sizeof(elem), "[%d]", index);
+	snprintf(e->path, sizeof(e->path), "%s%s%s%s", rp_list_path[list], elem,
+		 field ? "." : "", field ? field : "");
+	va_start(ap, fmt);
+	vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
+	va_end(ap);
 	return SR_EINVAL;
+}
+
+/* "name[k]", for a field that is an item of a list. */
+static const char *rp_item(char *buf, size_t len, const char *name, unsigned k)
+{
+	snprintf(buf, len, "%s[%u]", name, k);
+	return buf;
 }
 
 static int rp_dup(char **dst, const char *src)
@@ -199,17 +224,20 @@ static int rp_bind_conflict(const struct sr_cidr *a, const struct sr_cidr *b)
 }
 
 static int rp_compile_pools(struct relay_policy *p, const struct relay_policy_opts *o,
-			    const struct relay_pool_opts *def, char *err, size_t errlen)
+			    const struct relay_pool_opts *def, struct relay_policy_err *e)
 {
 	struct sr_cidr bind[RELAY_MAX_POOLS];
 	char at[40], at2[40], q[RP_QUOTE_MAX + 8], q2[RP_QUOTE_MAX + 8];
+	enum relay_policy_list pl;
 	unsigned i, j;
+	int pi;
 
 	if (o->npools > RELAY_MAX_POOLS)
-		return rp_fail(err, errlen, "relay.pools: at most %d entries (got %u)",
-			       RELAY_MAX_POOLS, o->npools);
+		return rp_fail(e, RELAY_POLICY_ERR_TOO_MANY, RELAY_POLICY_POOLS, -1, NULL,
+			       "at most %d entries (got %u)", RELAY_MAX_POOLS, o->npools);
 	if (o->npools == 0 && !def)
-		return rp_fail(err, errlen, "relay.pool: no pool is configured");
+		return rp_fail(e, RELAY_POLICY_ERR_MISSING, RELAY_POLICY_POOL, -1, NULL,
+			       "no pool is configured");
 	p->pools_implicit = o->npools == 0;
 	p->npools = p->pools_implicit ? 1 : o->npools;
 	for (i = 0; i < p->npools; i++) {
@@ -228,35 +256,35 @@ static int rp_compile_pools(struct relay_policy *p, const struct relay_policy_op
 	for (i = 0; i < p->npools; i++) {
 		const struct relay_pool_cfg *pc = &p->pools[i];
 
+		pl = p->pools_implicit ? RELAY_POLICY_POOL : RELAY_POLICY_POOLS;
+		pi = p->pools_implicit ? -1 : (int)i;
 		rp_pool_prefix(p, i, at, sizeof(at));
 		if (!pc->name || !*pc->name)
-			return rp_fail(err, errlen, "%s.name: must be set", at);
+			return rp_fail(e, RELAY_POLICY_ERR_MISSING, pl, pi, "name",
+				       "must be set");
 		for (j = 0; j < i; j++)
 			if (strcmp(p->pools[j].name, pc->name) == 0)
-				return rp_fail(err, errlen,
-					       "%s.name: duplicate name \"%s\" (also "
-					       "relay.pools[%u])",
-					       at, rp_q(pc->name, q, sizeof(q)), j);
+				return rp_fail(e, RELAY_POLICY_ERR_DUPLICATE, pl, pi, "name",
+					       "duplicate name \"%s\" (also relay.pools[%u])",
+					       rp_q(pc->name, q, sizeof(q)), j);
 		if (!pc->pool.bind_address)
-			return rp_fail(err, errlen,
-				       "%s.bind: must be set (a numeric IPv4 or IPv6 address)",
-				       at);
+			return rp_fail(e, RELAY_POLICY_ERR_MISSING, pl, pi, "bind",
+				       "must be set (a numeric IPv4 or IPv6 address)");
 		if (sr_cidr_parse(pc->pool.bind_address, &bind[i], NULL) != 0 ||
 		    strchr(pc->pool.bind_address, '/'))
-			return rp_fail(err, errlen,
-				       "%s.bind: must be a numeric IPv4 or IPv6 address (got "
-				       "\"%s\")",
-				       at, rp_q(pc->pool.bind_address, q, sizeof(q)));
+			return rp_fail(e, RELAY_POLICY_ERR_INVALID, pl, pi, "bind",
+				       "must be a numeric IPv4 or IPv6 address (got \"%s\")",
+				       rp_q(pc->pool.bind_address, q, sizeof(q)));
 		if (pc->pool.port_min < 1 || pc->pool.port_min > 65535)
-			return rp_fail(err, errlen, "%s.port_min: must be 1..65535 (got %u)",
-				       at, pc->pool.port_min);
+			return rp_fail(e, RELAY_POLICY_ERR_INVALID, pl, pi, "port_min",
+				       "must be 1..65535 (got %u)", pc->pool.port_min);
 		if (pc->pool.port_max < 1 || pc->pool.port_max > 65535)
-			return rp_fail(err, errlen, "%s.port_max: must be 1..65535 (got %u)",
-				       at, pc->pool.port_max);
+			return rp_fail(e, RELAY_POLICY_ERR_INVALID, pl, pi, "port_max",
+				       "must be 1..65535 (got %u)", pc->pool.port_max);
 		if (pc->pool.port_min > pc->pool.port_max)
-			return rp_fail(err, errlen,
-				       "%s.port_min: must be at most %s.port_max (%u) (got %u)",
-				       at, at, pc->pool.port_max, pc->pool.port_min);
+			return rp_fail(e, RELAY_POLICY_ERR_CONFLICT, pl, pi, "port_min",
+				       "must be at most %s.port_max (%u) (got %u)", at,
+				       pc->pool.port_max, pc->pool.port_min);
 		for (j = 0; j < i; j++) {
 			const struct relay_pool_cfg *pj = &p->pools[j];
 
@@ -265,10 +293,10 @@ static int rp_compile_pools(struct relay_policy *p, const struct relay_policy_op
 			    pj->pool.port_max < pc->pool.port_min)
 				continue;
 			rp_pool_prefix(p, j, at2, sizeof(at2));
-			return rp_fail(err, errlen,
-				       "%s: ports %u..%u on %s overlap %s \"%s\" (ports "
-				       "%u..%u on %s)",
-				       at, pc->pool.port_min, pc->pool.port_max,
+			return rp_fail(e, RELAY_POLICY_ERR_CONFLICT, pl, pi, NULL,
+				       "ports %u..%u on %s overlap %s \"%s\" (ports %u..%u "
+				       "on %s)",
+				       pc->pool.port_min, pc->pool.port_max,
 				       pc->pool.bind_address, at2,
 				       rp_q(pj->name, q2, sizeof(q2)), pj->pool.port_min,
 				       pj->pool.port_max, pj->pool.bind_address);
@@ -278,14 +306,15 @@ static int rp_compile_pools(struct relay_policy *p, const struct relay_policy_op
 }
 
 static int rp_compile_tenants(struct relay_policy *p, const struct relay_policy_opts *o,
-			      char *err, size_t errlen)
+			      struct relay_policy_err *e)
 {
-	char q[RP_QUOTE_MAX + 8];
+	const enum relay_policy_list tl = RELAY_POLICY_TENANTS;
+	char q[RP_QUOTE_MAX + 8], f[48];
 	unsigned i, j, k;
 
 	if (o->ntenants > RELAY_MAX_TENANTS)
-		return rp_fail(err, errlen, "relay.tenants: at most %d entries (got %u)",
-			       RELAY_MAX_TENANTS, o->ntenants);
+		return rp_fail(e, RELAY_POLICY_ERR_TOO_MANY, tl, -1, NULL,
+			       "at most %d entries (got %u)", RELAY_MAX_TENANTS, o->ntenants);
 	p->tenants_implicit = o->ntenants == 0;
 	p->ntenants = p->tenants_implicit ? 1 : o->ntenants;
 	if (!(p->tenants = calloc(p->ntenants, sizeof(*p->tenants))))
@@ -298,10 +327,9 @@ static int rp_compile_tenants(struct relay_policy *p, const struct relay_policy_
 
 		if (src->ncn > RELAY_MAX_MATCH || src->nsan > RELAY_MAX_MATCH ||
 		    src->ntoken > RELAY_MAX_MATCH)
-			return rp_fail(err, errlen,
-				       "relay.tenants[%u].match: at most %d patterns or hashes "
-				       "of each kind",
-				       i, RELAY_MAX_MATCH);
+			return rp_fail(e, RELAY_POLICY_ERR_TOO_MANY, tl, (int)i, "match",
+				       "at most %d patterns or hashes of each kind",
+				       RELAY_MAX_MATCH);
 		t->cfg = *src;
 		memset(t->cfg.cn, 0, sizeof(t->cfg.cn));
 		memset(t->cfg.san, 0, sizeof(t->cfg.san));
@@ -313,41 +341,39 @@ static int rp_compile_tenants(struct relay_policy *p, const struct relay_policy_
 		    rp_dup_list(t->cfg.token_sha256, src->token_sha256, src->ntoken) != 0)
 			return SR_ENOMEM;
 		if (!t->cfg.name || !*t->cfg.name)
-			return rp_fail(err, errlen, "relay.tenants[%u].name: must be set", i);
+			return rp_fail(e, RELAY_POLICY_ERR_MISSING, tl, (int)i, "name",
+				       "must be set");
 		if (strcmp(t->cfg.name, "*") == 0)
-			return rp_fail(err, errlen,
-				       "relay.tenants[%u].name: \"*\" is reserved (a route's "
-				       "\"any tenant\")",
-				       i);
+			return rp_fail(e, RELAY_POLICY_ERR_INVALID, tl, (int)i, "name",
+				       "\"*\" is reserved (a route's \"any tenant\")");
 		for (j = 0; j < i; j++)
 			if (strcmp(p->tenants[j].cfg.name, t->cfg.name) == 0)
-				return rp_fail(err, errlen,
-					       "relay.tenants[%u].name: duplicate name \"%s\" "
-					       "(also relay.tenants[%u])",
-					       i, rp_q(t->cfg.name, q, sizeof(q)), j);
+				return rp_fail(e, RELAY_POLICY_ERR_DUPLICATE, tl, (int)i,
+					       "name",
+					       "duplicate name \"%s\" (also relay.tenants[%u])",
+					       rp_q(t->cfg.name, q, sizeof(q)), j);
 		if (t->cfg.ncn + t->cfg.nsan + t->cfg.ntoken == 0)
-			return rp_fail(err, errlen,
-				       "relay.tenants[%u].match: needs at least one cn, san or "
-				       "token_sha256 (tenant \"%s\" would match no sidecar)",
-				       i, rp_q(t->cfg.name, q, sizeof(q)));
+			return rp_fail(e, RELAY_POLICY_ERR_MISSING, tl, (int)i, "match",
+				       "needs at least one cn, san or token_sha256 (tenant "
+				       "\"%s\" would match no sidecar)",
+				       rp_q(t->cfg.name, q, sizeof(q)));
 		for (k = 0; k < t->cfg.ncn; k++)
 			if (!t->cfg.cn[k] || !*t->cfg.cn[k])
-				return rp_fail(err, errlen,
-					       "relay.tenants[%u].match.cn[%u]: empty pattern",
-					       i, k);
+				return rp_fail(e, RELAY_POLICY_ERR_INVALID, tl, (int)i,
+					       rp_item(f, sizeof(f), "match.cn", k),
+					       "empty pattern");
 		for (k = 0; k < t->cfg.nsan; k++)
 			if (!t->cfg.san[k] || !*t->cfg.san[k])
-				return rp_fail(err, errlen,
-					       "relay.tenants[%u].match.san[%u]: empty pattern",
-					       i, k);
+				return rp_fail(e, RELAY_POLICY_ERR_INVALID, tl, (int)i,
+					       rp_item(f, sizeof(f), "match.san", k),
+					       "empty pattern");
 		for (k = 0; k < t->cfg.ntoken; k++)
 			if (rp_unhex_sha256(t->cfg.token_sha256[k], t->token[k]) != 0)
 				return rp_fail(
-				    err, errlen,
-				    "relay.tenants[%u].match.token_sha256[%u]: must be "
-				    "64 hex digits, the SHA-256 of the token (got %zu "
+				    e, RELAY_POLICY_ERR_INVALID, tl, (int)i,
+				    rp_item(f, sizeof(f), "match.token_sha256", k),
+				    "must be 64 hex digits, the SHA-256 of the token (got %zu "
 				    "characters)",
-				    i, k,
 				    t->cfg.token_sha256[k] ? strlen(t->cfg.token_sha256[k])
 							   : 0);
 	}
@@ -374,32 +400,34 @@ static int rp_find_pool(const struct relay_policy *p, const char *name)
 	return -1;
 }
 
-static int rp_compile_cidrs(struct sr_cidr *dst, char *const *src, unsigned n, const char *at,
-			    char *err, size_t errlen)
+/* The CIDR list `name` of route i. */
+static int rp_compile_cidrs(struct sr_cidr *dst, char *const *src, unsigned n, unsigned i,
+			    const char *name, struct relay_policy_err *e)
 {
-	char q[RP_QUOTE_MAX + 8];
+	char q[RP_QUOTE_MAX + 8], f[48];
 	unsigned k;
 
 	for (k = 0; k < n; k++)
 		if (sr_cidr_parse(src[k], &dst[k], NULL) != 0)
-			return rp_fail(
-			    err, errlen,
-			    "%s[%u]: must be an IPv4 or IPv6 CIDR such as 10.0.0.0/8 "
-			    "or fd00::/8 (got \"%s\")",
-			    at, k, rp_q(src[k], q, sizeof(q)));
+			return rp_fail(e, RELAY_POLICY_ERR_INVALID, RELAY_POLICY_ROUTES, (int)i,
+				       rp_item(f, sizeof(f), name, k),
+				       "must be an IPv4 or IPv6 CIDR such as 10.0.0.0/8 or "
+				       "fd00::/8 (got \"%s\")",
+				       rp_q(src[k], q, sizeof(q)));
 	return 0;
 }
 
 static int rp_compile_routes(struct relay_policy *p, const struct relay_policy_opts *o,
-			     char *err, size_t errlen)
+			     struct relay_policy_err *e)
 {
-	char q[RP_QUOTE_MAX + 8], at[64];
+	const enum relay_policy_list rl = RELAY_POLICY_ROUTES;
+	char q[RP_QUOTE_MAX + 8];
 	unsigned i, j;
 	int rc;
 
 	if (o->nroutes > RELAY_MAX_ROUTES)
-		return rp_fail(err, errlen, "relay.routes: at most %d entries (got %u)",
-			       RELAY_MAX_ROUTES, o->nroutes);
+		return rp_fail(e, RELAY_POLICY_ERR_TOO_MANY, rl, -1, NULL,
+			       "at most %d entries (got %u)", RELAY_MAX_ROUTES, o->nroutes);
 	p->routes_implicit = o->nroutes == 0;
 	p->nroutes = p->routes_implicit ? 1 : o->nroutes;
 	if (!(p->routes = calloc(p->nroutes, sizeof(*p->routes))))
@@ -419,9 +447,8 @@ static int rp_compile_routes(struct relay_policy *p, const struct relay_policy_o
 
 		if (src->nsidecar_cidrs > RELAY_MAX_CIDRS ||
 		    src->nexecutor_cidrs > RELAY_MAX_CIDRS)
-			return rp_fail(err, errlen,
-				       "relay.routes[%u]: at most %d CIDRs in each list", i,
-				       RELAY_MAX_CIDRS);
+			return rp_fail(e, RELAY_POLICY_ERR_TOO_MANY, rl, (int)i, NULL,
+				       "at most %d CIDRs in each list", RELAY_MAX_CIDRS);
 		r->cfg = *src;
 		memset(r->cfg.sidecar_cidrs, 0, sizeof(r->cfg.sidecar_cidrs));
 		memset(r->cfg.executor_cidrs, 0, sizeof(r->cfg.executor_cidrs));
@@ -437,75 +464,89 @@ static int rp_compile_routes(struct relay_policy *p, const struct relay_policy_o
 				src->nexecutor_cidrs) != 0)
 			return SR_ENOMEM;
 		if (!r->cfg.name || !*r->cfg.name)
-			return rp_fail(err, errlen, "relay.routes[%u].name: must be set", i);
+			return rp_fail(e, RELAY_POLICY_ERR_MISSING, rl, (int)i, "name",
+				       "must be set");
 		for (j = 0; j < i; j++)
 			if (strcmp(p->routes[j].cfg.name, r->cfg.name) == 0)
-				return rp_fail(
-				    err, errlen,
-				    "relay.routes[%u].name: duplicate name \"%s\" (also "
-				    "relay.routes[%u])",
-				    i, rp_q(r->cfg.name, q, sizeof(q)), j);
+				return rp_fail(e, RELAY_POLICY_ERR_DUPLICATE, rl, (int)i,
+					       "name",
+					       "duplicate name \"%s\" (also relay.routes[%u])",
+					       rp_q(r->cfg.name, q, sizeof(q)), j);
 		if (strcmp(r->cfg.tenant, "*") == 0) {
 			r->tenant = -1;
 		} else if ((r->tenant = rp_find_tenant(p, r->cfg.tenant)) < 0) {
-			if (p->tenants_implicit)
-				return rp_fail(err, errlen,
-					       "relay.routes[%u].tenant: no tenant \"%s\" (no "
-					       "tenants are configured: the only tenant is "
-					       "\"" RP_DEFAULT "\")",
-					       i, rp_q(r->cfg.tenant, q, sizeof(q)));
-			return rp_fail(err, errlen, "relay.routes[%u].tenant: no tenant \"%s\"",
-				       i, rp_q(r->cfg.tenant, q, sizeof(q)));
+			return rp_fail(e, RELAY_POLICY_ERR_UNKNOWN_REF, rl, (int)i, "tenant",
+				       "no tenant \"%s\"%s", rp_q(r->cfg.tenant, q, sizeof(q)),
+				       p->tenants_implicit
+					   ? " (no tenants are configured: the only tenant "
+					     "is \"" RP_DEFAULT "\")"
+					   : "");
 		}
-		if ((r->pool = rp_find_pool(p, r->cfg.pool)) < 0) {
-			if (p->pools_implicit)
-				return rp_fail(
-				    err, errlen,
-				    "relay.routes[%u].pool: no pool \"%s\" (relay.pools "
-				    "is empty: the only pool is \"" RP_DEFAULT
-				    "\", from relay.pool)",
-				    i, rp_q(r->cfg.pool, q, sizeof(q)));
-			return rp_fail(err, errlen, "relay.routes[%u].pool: no pool \"%s\"", i,
-				       rp_q(r->cfg.pool, q, sizeof(q)));
-		}
-		snprintf(at, sizeof(at), "relay.routes[%u].sidecar_cidrs", i);
-		if ((rc = rp_compile_cidrs(r->sidecar, r->cfg.sidecar_cidrs,
-					   r->cfg.nsidecar_cidrs, at, err, errlen)) != 0)
-			return rc;
-		snprintf(at, sizeof(at), "relay.routes[%u].executor_cidrs", i);
-		if ((rc = rp_compile_cidrs(r->executor, r->cfg.executor_cidrs,
-					   r->cfg.nexecutor_cidrs, at, err, errlen)) != 0)
+		if ((r->pool = rp_find_pool(p, r->cfg.pool)) < 0)
+			return rp_fail(e, RELAY_POLICY_ERR_UNKNOWN_REF, rl, (int)i, "pool",
+				       "no pool \"%s\"%s", rp_q(r->cfg.pool, q, sizeof(q)),
+				       p->pools_implicit
+					   ? " (relay.pools is empty: the only pool is "
+					     "\"" RP_DEFAULT "\", from relay.pool)"
+					   : "");
+		rc = rp_compile_cidrs(r->sidecar, r->cfg.sidecar_cidrs, r->cfg.nsidecar_cidrs,
+				      i, "sidecar_cidrs", e);
+		if (rc == 0)
+			rc = rp_compile_cidrs(r->executor, r->cfg.executor_cidrs,
+					      r->cfg.nexecutor_cidrs, i, "executor_cidrs", e);
+		if (rc != 0)
 			return rc;
 	}
 	return 0;
 }
 
-struct relay_policy *relay_policy_new(const struct relay_policy_opts *o,
-				      const struct relay_pool_opts *default_pool, char *err,
-				      size_t errlen)
+struct relay_policy *relay_policy_compile(const struct relay_policy_opts *o,
+					  const struct relay_pool_opts *default_pool,
+					  struct relay_policy_err *err)
 {
 	static const struct relay_policy_opts empty;
+	struct relay_policy_err scratch;
 	struct relay_policy *p;
 	int rc;
 
-	if (err && errlen)
-		err[0] = '\0';
+	if (!err)
+		err = &scratch;
+	memset(err, 0, sizeof(*err));
+	err->index = -1;
 	if (!o)
 		o = &empty;
 	if (!(p = calloc(1, sizeof(*p)))) {
 		rc = SR_ENOMEM;
 		goto fail;
 	}
-	if ((rc = rp_compile_pools(p, o, default_pool, err, errlen)) != 0 ||
-	    (rc = rp_compile_tenants(p, o, err, errlen)) != 0 ||
-	    (rc = rp_compile_routes(p, o, err, errlen)) != 0)
+	if ((rc = rp_compile_pools(p, o, default_pool, err)) != 0 ||
+	    (rc = rp_compile_tenants(p, o, err)) != 0 ||
+	    (rc = rp_compile_routes(p, o, err)) != 0)
 		goto fail;
 	return p;
 fail:
-	if (rc == SR_ENOMEM)
-		rp_fail(err, errlen, "relay policy: out of memory");
+	if (rc == SR_ENOMEM) {
+		memset(err, 0, sizeof(*err));
+		err->kind = RELAY_POLICY_ERR_NOMEM;
+		err->index = -1;
+		snprintf(err->msg, sizeof(err->msg), "out of memory");
+	}
 	relay_policy_free(p);
 	return NULL;
+}
+
+struct relay_policy *relay_policy_new(const struct relay_policy_opts *o,
+				      const struct relay_pool_opts *default_pool, char *err,
+				      size_t errlen)
+{
+	struct relay_policy_err e;
+	struct relay_policy *p = relay_policy_compile(o, default_pool, &e);
+
+	if (!p)
+		sr_seterr(err, errlen, "%s: %s", e.path[0] ? e.path : "relay policy", e.msg);
+	else if (err && errlen)
+		err[0] = '\0';
+	return p;
 }
 
 void relay_policy_free(struct relay_policy *p)

@@ -73,10 +73,52 @@ struct relay_identity {
 	const struct sockaddr *addr; /* sidecar's address as seen by the relay */
 };
 
+/* What relay_policy_compile found wrong. */
+enum relay_policy_errkind {
+	RELAY_POLICY_ERR_NONE = 0,
+	RELAY_POLICY_ERR_NOMEM,	      /* allocation failed; path is "" */
+	RELAY_POLICY_ERR_TOO_MANY,    /* more entries, patterns or CIDRs than the limits */
+	RELAY_POLICY_ERR_MISSING,     /* a setting the policy needs is not set */
+	RELAY_POLICY_ERR_INVALID,     /* a value breaks its own syntax or range */
+	RELAY_POLICY_ERR_DUPLICATE,   /* a name used twice in one list */
+	RELAY_POLICY_ERR_UNKNOWN_REF, /* a route names a tenant or pool that does not exist */
+	RELAY_POLICY_ERR_CONFLICT,    /* settings contradict each other (port ranges) */
+};
+
+/* The list of the options the offending setting is in. */
+enum relay_policy_list {
+	RELAY_POLICY_POOL,    /* relay.pool, the only pool while relay.pools is empty */
+	RELAY_POLICY_POOLS,   /* relay.pools */
+	RELAY_POLICY_TENANTS, /* relay.tenants */
+	RELAY_POLICY_ROUTES,  /* relay.routes */
+};
+
+#define RELAY_POLICY_PATH_MAX 96
+#define RELAY_POLICY_MSG_MAX 448
+
+struct relay_policy_err {
+	enum relay_policy_errkind kind;
+	enum relay_policy_list list;
+	int index; /* the element of list, or -1: the list as a whole, or relay.pool */
+	/* JSON path of the offending setting, keys joined by '.' and elements
+	 * written [n]: "relay.routes[2].pool", "relay.tenants[0].match.cn[1]",
+	 * "relay.pools[1]" (the element itself), "relay.routes" (the list). */
+	char path[RELAY_POLICY_PATH_MAX];
+	/* The rule broken, one line, without the path: "no pool \"gpu\"". Text
+	 * from the options is quoted with control bytes shown as '?'. */
+	char msg[RELAY_POLICY_MSG_MAX];
+};
+
 /* Compile. default_pool is used as the only pool when o->npools == 0 (it is
  * copied). Checks that every route names an existing pool and tenant, that
- * CIDRs parse, that names are unique. Returns NULL with a reason in err
- * naming the offending entry, e.g. "relay.routes[2].pool: no pool \"gpu\"". */
+ * CIDRs parse, that names are unique. Returns NULL with err (when not NULL)
+ * saying what and where, e.g. path "relay.routes[2].pool" and msg
+ * "no pool \"gpu\"". */
+struct relay_policy *relay_policy_compile(const struct relay_policy_opts *o,
+					  const struct relay_pool_opts *default_pool,
+					  struct relay_policy_err *err);
+/* The same with the error as one line, "<path>: <msg>", e.g.
+ * "relay.routes[2].pool: no pool \"gpu\"" ("relay policy: out of memory"). */
 struct relay_policy *relay_policy_new(const struct relay_policy_opts *o,
 				      const struct relay_pool_opts *default_pool, char *err,
 				      size_t errlen);

@@ -41,6 +41,8 @@
 #define SC_EARLY_RST_BURST 200
 #define SC_EARLY_RST_RATE 20 /* per second */
 
+/* The same values as the h2 table of conf/conf_table.c (tunnel/ does not
+ * include conf/); tests/unit/conf/test_conf.c checks that they agree. */
 void tun_conn_opts_defaults(struct tun_conn_opts *o)
 {
 	if (!o->stream_window)

@@ -18,6 +18,7 @@
 #include "common/sr_err.h"
 #include "conf/conf.h"
 #include "relay/relay_policy.h"
+#include "tunnel/tun_conn.h"
 
 #define ERRLEN 512
 
@@ -187,6 +188,44 @@ static void test_defaults_minimal_sections(void **state)
 	assert_string_equal(cfg.tunnel.app_name, "spark-notebook");
 	check_h2_defaults(&cfg.tunnel.tun);
 	conf_free(&cfg);
+}
+
+/* tun_conn_opts_defaults (tunnel/, which must not include conf/) fills
+ * the zero fields of callers outside conf: it must give what the h2 table
+ * gives both sections, field by field, fields the table does not hold
+ * included. */
+static void test_h2_table_matches_tunnel_defaults(void **state)
+{
+	struct relay_opts r;
+	struct sidecar_opts s;
+	struct tun_conn_opts t;
+
+	(void)state;
+	conf_relay_defaults(&r);
+	conf_sidecar_defaults(&s);
+	memset(&t, 0, sizeof(t));
+	tun_conn_opts_defaults(&t);
+#define SAME(f)                                                                                \
+	do {                                                                                   \
+		if (r.tun.f != t.f || s.tun.f != t.f)                                          \
+			fail_msg("h2." #f ": relay %u, tunnel %u, tun_conn_opts_defaults %u",  \
+				 r.tun.f, s.tun.f, t.f);                                        \
+	} while (0)
+	SAME(stream_window);
+	SAME(conn_window);
+	SAME(ping_interval_ms);
+	SAME(ping_timeout_ms);
+	SAME(ctl_max);
+	SAME(out_high);
+	SAME(sock_read_high);
+	SAME(max_streams);
+	SAME(sock_in_max);
+#undef SAME
+	/* a field added to tun_conn_opts without a line above */
+	assert_memory_equal(&r.tun, &t, sizeof(t));
+	assert_memory_equal(&s.tun, &t, sizeof(t));
+	conf_relay_fini(&r);
+	conf_sidecar_fini(&s);
 }
 
 static void test_defaults_helpers_match_init(void **state)
@@ -748,6 +787,37 @@ static void test_numeric_secret_not_quoted(void **state)
 	assert_null(strstr(err, "7319"));
 }
 
+/* A bad value from the file or the environment is quoted escaped with
+ * sr_esc: control bytes as \xNN (an escape sequence never reaches a
+ * terminal), quotes and backslashes with a backslash (the quoted value
+ * cannot end early), bytes above 0x7e as \xNN. */
+static void test_bad_values_are_quoted_escaped(void **state)
+{
+	struct sr_config cfg;
+	char err[ERRLEN] = "";
+
+	(void)state;
+	assert_int_equal(load("{\"relay\": {\"listen\": \"a\\u001b[31m\\\"b\\\\c\"}}", &cfg, err),
+			 SR_EINVAL);
+	assert_contains(err, "relay.listen: must be host:port");
+	assert_contains(err, "(got \"a\\x1b[31m\\\"b\\\\c\")");
+	assert_null(strchr(err, '\x1b'));
+	assert_int_equal(load("{\"log\": {\"level\": \"d\xc3\xa9" "bug\"}}", &cfg, err), SR_EINVAL);
+	assert_contains(err, "(got \"d\\xc3\\xa9bug\")");
+	/* a long value is cut after 48 bytes, escapes and all */
+	assert_int_equal(load("{\"relay\": {\"listen\": \"\\u0001aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+			      "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}}",
+			      &cfg, err),
+			 SR_EINVAL);
+	assert_contains(err, "(got \"\\x01aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...\")");
+	setenv("SPARKRELAY_RELAY_LISTEN", "x\ty", 1);
+	assert_int_equal(load("{}", &cfg, err), SR_EINVAL);
+	unsetenv("SPARKRELAY_RELAY_LISTEN");
+	assert_contains(err, "env SPARKRELAY_RELAY_LISTEN: relay.listen: must be host:port");
+	assert_contains(err, "(got \"x\\x09y\")");
+	assert_empty_cfg(&cfg);
+}
+
 /* SPARKRELAY_<section>_* names of every length are checked: one too long to
  * be a setting is an error like any unknown name, quoted escaped and cut. */
 static void test_env_unknown_names_of_any_length(void **state)
@@ -943,6 +1013,100 @@ static void test_env_without_file(void **state)
 	unsetenv("SPARKRELAY_TUNNEL_TLS_CA");
 	assert_int_equal(load("{}", &cfg, err), SR_EINVAL);
 	assert_contains(err, "tunnel.tls.ca: required");
+}
+
+/* One environment often holds both roles' variables (a notebook image, a
+ * shell that started both): a role neither applies nor checks the other
+ * role's section variables, and still refuses unknown names in its own. */
+static void test_env_other_role_is_ignored(void **state)
+{
+	static const char relay_json[] = "{\"relay\": {" RELAY_OK_TLS "}}";
+	static const char tunnel_json[] = "{\"tunnel\": {" TUNNEL_OK "}}";
+	struct sr_config cfg;
+	char err[ERRLEN] = "";
+
+	(void)state;
+	/* the sidecar's settings, a bad one and a typo among them */
+	setenv("SPARKRELAY_TUNNEL_TOKEN", "tok", 1);
+	setenv("SPARKRELAY_TUNNEL_RELAYS", "not a host", 1);
+	setenv("SPARKRELAY_TUNNEL_NO_SUCH_KEY", "1", 1);
+	if (conf_load_string_roles(relay_json, "t.json", CONF_ROLE_RELAY, &cfg, err,
+				   sizeof(err)) != 0)
+		fail_msg("relay refused for the tunnel's variables: %s", err);
+	assert_int_equal(cfg.have_relay, 1);
+	assert_int_equal(cfg.have_tunnel, 0);
+	assert_null(cfg.tunnel.token);
+	conf_free(&cfg);
+	/* check-config relay.json: the roles of the file */
+	if (conf_load_string_roles(relay_json, "t.json", CONF_ROLES_OF_FILE, &cfg, err,
+				   sizeof(err)) != 0)
+		fail_msg("check-config refused for the tunnel's variables: %s", err);
+	assert_int_equal(cfg.have_tunnel, 0);
+	conf_free(&cfg);
+	/* the relay from the environment alone */
+	setenv("SPARKRELAY_RELAY_TLS_CERT", "c", 1);
+	setenv("SPARKRELAY_RELAY_TLS_KEY", "k", 1);
+	setenv("SPARKRELAY_RELAY_MAX_TUNNELS", "7", 1);
+	if (conf_load_string_roles("{}", "environment", CONF_ROLE_RELAY, &cfg, err,
+				   sizeof(err)) != 0)
+		fail_msg("relay from the environment refused: %s", err);
+	assert_int_equal(cfg.have_relay, 1);
+	assert_int_equal(cfg.have_tunnel, 0);
+	assert_int_equal(cfg.relay.max_tunnels, 7);
+	conf_free(&cfg);
+	/* its own section's typos are still errors */
+	setenv("SPARKRELAY_RELAY_MAX_TUNNEL", "7", 1);
+	assert_int_equal(conf_load_string_roles(relay_json, "t.json", CONF_ROLE_RELAY, &cfg, err,
+						sizeof(err)),
+			 SR_EINVAL);
+	assert_contains(err, "env SPARKRELAY_RELAY_MAX_TUNNEL: no such setting");
+	assert_empty_cfg(&cfg);
+	unsetenv("SPARKRELAY_RELAY_MAX_TUNNEL");
+	/* the same the other way round: the sidecar ignores the relay's */
+	setenv("SPARKRELAY_RELAY_POOL_PORT_MIN", "0", 1);
+	setenv("SPARKRELAY_RELAY_NO_SUCH_KEY", "1", 1);
+	unsetenv("SPARKRELAY_TUNNEL_RELAYS");
+	unsetenv("SPARKRELAY_TUNNEL_NO_SUCH_KEY");
+	if (conf_load_string_roles(tunnel_json, "t.json", CONF_ROLE_TUNNEL, &cfg, err,
+				   sizeof(err)) != 0)
+		fail_msg("tunnel refused for the relay's variables: %s", err);
+	assert_int_equal(cfg.have_relay, 0);
+	assert_string_equal(cfg.tunnel.token, "tok");
+	conf_free(&cfg);
+	setenv("SPARKRELAY_TUNNEL_TOKN", "x", 1);
+	assert_int_equal(conf_load_string_roles(tunnel_json, "t.json", CONF_ROLE_TUNNEL, &cfg, err,
+						sizeof(err)),
+			 SR_EINVAL);
+	assert_contains(err, "env SPARKRELAY_TUNNEL_TOKN: no such setting");
+	unsetenv("SPARKRELAY_TUNNEL_TOKN");
+	/* log is shared: it applies, and is checked, for every role */
+	setenv("SPARKRELAY_LOG_LEVEL", "debug", 1);
+	assert_int_equal(conf_load_string_roles(tunnel_json, "t.json", CONF_ROLE_TUNNEL, &cfg, err,
+						sizeof(err)),
+			 0);
+	assert_string_equal(cfg.log_level, "debug");
+	conf_free(&cfg);
+	setenv("SPARKRELAY_LOG_LEVL", "debug", 1);
+	assert_int_equal(conf_load_string_roles(tunnel_json, "t.json", CONF_ROLE_TUNNEL, &cfg, err,
+						sizeof(err)),
+			 SR_EINVAL);
+	assert_contains(err, "env SPARKRELAY_LOG_LEVL: no such setting");
+	unsetenv("SPARKRELAY_LOG_LEVL");
+	/* the file's sections are checked whatever the role */
+	assert_int_equal(conf_load_string_roles("{\"relay\": {" RELAY_OK_TLS "}, \"tunnel\": "
+						"{\"relays\": []}}",
+						"t.json", CONF_ROLE_RELAY, &cfg, err, sizeof(err)),
+			 SR_EINVAL);
+	assert_contains(err, "tunnel.relays: must be a list of 1..16 strings");
+	/* a file without sections: every role's variables, as before */
+	clear_env(NULL);
+	setenv("SPARKRELAY_TUNNEL_RELAYS", "r:1", 1);
+	setenv("SPARKRELAY_TUNNEL_TLS_CA", "ca.pem", 1);
+	assert_int_equal(conf_load_string_roles("{}", "environment", CONF_ROLES_OF_FILE, &cfg, err,
+						sizeof(err)),
+			 0);
+	assert_int_equal(cfg.have_tunnel, 1);
+	conf_free(&cfg);
 }
 
 static void test_env_no_section_without_keys(void **state)
@@ -1496,6 +1660,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_defaults_empty_file, clear_env, clear_env),
 	    cmocka_unit_test_setup_teardown(test_defaults_minimal_sections, clear_env,
 					    clear_env),
+	    cmocka_unit_test_setup_teardown(test_h2_table_matches_tunnel_defaults, clear_env,
+					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_defaults_helpers_match_init, clear_env,
 					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_full_relay_file, clear_env, clear_env),
@@ -1507,6 +1673,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_syntax_error_does_not_quote_secrets, clear_env,
 					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_numeric_secret_not_quoted, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_bad_values_are_quoted_escaped, clear_env,
+					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_env_unknown_names_of_any_length, clear_env,
 					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_env_unknown_name_is_escaped, clear_env,
@@ -1516,6 +1684,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_file_is_directory, clear_env, clear_env),
 	    cmocka_unit_test_setup_teardown(test_env_overrides_file, clear_env, clear_env),
 	    cmocka_unit_test_setup_teardown(test_env_without_file, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_env_other_role_is_ignored, clear_env, clear_env),
 	    cmocka_unit_test_setup_teardown(test_env_no_section_without_keys, clear_env,
 					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_env_bad_values, clear_env, clear_env),

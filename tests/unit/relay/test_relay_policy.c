@@ -769,6 +769,83 @@ static void test_validation_errors(void **state)
 	}
 }
 
+/* The typed error conf builds its located messages from: what (kind), which
+ * list and element, and the JSON path, for every case above; and the text of
+ * relay_policy_new is exactly "<path>: <msg>". */
+#define K(x) RELAY_POLICY_ERR_##x
+#define L(x) RELAY_POLICY_##x
+static const struct {
+	enum relay_policy_errkind kind;
+	enum relay_policy_list list;
+	int index;
+	const char *path;
+} bad_typed[BAD_MAX] = {
+    [BAD_DUP_POOL] = {K(DUPLICATE), L(POOLS), 1, "relay.pools[1].name"},
+    [BAD_POOL_NO_NAME] = {K(MISSING), L(POOLS), 0, "relay.pools[0].name"},
+    [BAD_POOL_RANGE] = {K(CONFLICT), L(POOLS), 0, "relay.pools[0].port_min"},
+    [BAD_POOL_BIND] = {K(INVALID), L(POOLS), 0, "relay.pools[0].bind"},
+    [BAD_POOL_OVERLAP] = {K(CONFLICT), L(POOLS), 2, "relay.pools[2]"},
+    [BAD_POOL_OVERLAP_WILDCARD] = {K(CONFLICT), L(POOLS), 1, "relay.pools[1]"},
+    [BAD_POOL_OVERLAP_V6ANY] = {K(CONFLICT), L(POOLS), 1, "relay.pools[1]"},
+    [BAD_DEFAULT_POOL_RANGE] = {K(CONFLICT), L(POOL), -1, "relay.pool.port_min"},
+    [BAD_DUP_TENANT] = {K(DUPLICATE), L(TENANTS), 1, "relay.tenants[1].name"},
+    [BAD_TENANT_STAR] = {K(INVALID), L(TENANTS), 0, "relay.tenants[0].name"},
+    [BAD_TENANT_NO_MATCH] = {K(MISSING), L(TENANTS), 0, "relay.tenants[0].match"},
+    [BAD_TOKEN_SHORT] = {K(INVALID), L(TENANTS), 0, "relay.tenants[0].match.token_sha256[1]"},
+    [BAD_TOKEN_NOT_HEX] = {K(INVALID), L(TENANTS), 0,
+			   "relay.tenants[0].match.token_sha256[0]"},
+    [BAD_EMPTY_CN] = {K(INVALID), L(TENANTS), 0, "relay.tenants[0].match.cn[0]"},
+    [BAD_DUP_ROUTE] = {K(DUPLICATE), L(ROUTES), 1, "relay.routes[1].name"},
+    [BAD_ROUTE_NO_NAME] = {K(MISSING), L(ROUTES), 0, "relay.routes[0].name"},
+    [BAD_UNKNOWN_POOL] = {K(UNKNOWN_REF), L(ROUTES), 2, "relay.routes[2].pool"},
+    [BAD_UNKNOWN_POOL_IMPLICIT] = {K(UNKNOWN_REF), L(ROUTES), 0, "relay.routes[0].pool"},
+    [BAD_UNKNOWN_TENANT] = {K(UNKNOWN_REF), L(ROUTES), 0, "relay.routes[0].tenant"},
+    [BAD_UNKNOWN_TENANT_IMPLICIT] = {K(UNKNOWN_REF), L(ROUTES), 0, "relay.routes[0].tenant"},
+    [BAD_SIDECAR_CIDR] = {K(INVALID), L(ROUTES), 0, "relay.routes[0].sidecar_cidrs[1]"},
+    [BAD_EXECUTOR_CIDR] = {K(INVALID), L(ROUTES), 0, "relay.routes[0].executor_cidrs[0]"},
+    [BAD_TOO_MANY_POOLS] = {K(TOO_MANY), L(POOLS), -1, "relay.pools"},
+    [BAD_TOO_MANY_TENANTS] = {K(TOO_MANY), L(TENANTS), -1, "relay.tenants"},
+    [BAD_TOO_MANY_ROUTES] = {K(TOO_MANY), L(ROUTES), -1, "relay.routes"},
+    [BAD_TOO_MANY_CN] = {K(TOO_MANY), L(TENANTS), 0, "relay.tenants[0].match"},
+    [BAD_TOO_MANY_CIDRS] = {K(TOO_MANY), L(ROUTES), 0, "relay.routes[0]"},
+    [BAD_POOL_NULL_BIND] = {K(MISSING), L(POOL), -1, "relay.pool.bind"},
+};
+#undef K
+#undef L
+
+static void test_typed_errors(void **state)
+{
+	int k;
+
+	(void)state;
+	for (k = 0; k < BAD_MAX; k++) {
+		struct relay_policy_opts *o = opts_new();
+		struct relay_pool_opts def = default_pool();
+		struct relay_policy_err e;
+		char text[ERRLEN], want[ERRLEN];
+
+		make_bad(o, &def, (enum bad_kind)k);
+		memset(&e, 0x5a, sizeof(e));
+		if (relay_policy_compile(o, &def, &e))
+			fail_msg("case %d (%s) compiled", k, bad_typed[k].path);
+		if (e.kind != bad_typed[k].kind || e.list != bad_typed[k].list ||
+		    e.index != bad_typed[k].index || strcmp(e.path, bad_typed[k].path) != 0)
+			fail_msg("case %d: kind %d list %d index %d path \"%s\", want %d %d %d "
+				 "\"%s\"",
+				 k, e.kind, e.list, e.index, e.path, bad_typed[k].kind,
+				 bad_typed[k].list, bad_typed[k].index, bad_typed[k].path);
+		/* the rule alone: the path is not repeated at its start */
+		assert_true(e.msg[0] != '\0');
+		assert_true(strncmp(e.msg, e.path, strlen(e.path)) != 0);
+		assert_null(relay_policy_new(o, &def, text, sizeof(text)));
+		snprintf(want, sizeof(want), "%s: %s", e.path, e.msg);
+		assert_string_equal(text, want);
+		/* no place for the error: still refused, and nothing to crash on */
+		assert_null(relay_policy_compile(o, &def, NULL));
+		free(o);
+	}
+}
+
 static void test_overlap_rules(void **state)
 {
 	struct relay_policy_opts *o = opts_new();
@@ -796,6 +873,15 @@ static void test_no_pool_at_all(void **state)
 	(void)state;
 	assert_null(relay_policy_new(o, NULL, err, sizeof(err)));
 	assert_contains(err, "relay.pool: no pool is configured");
+	{
+		struct relay_policy_err e;
+
+		assert_null(relay_policy_compile(o, NULL, &e));
+		assert_int_equal(e.kind, RELAY_POLICY_ERR_MISSING);
+		assert_int_equal(e.list, RELAY_POLICY_POOL);
+		assert_string_equal(e.path, "relay.pool");
+		assert_string_equal(e.msg, "no pool is configured");
+	}
 	free(o);
 }
 
@@ -912,6 +998,7 @@ int main(void)
 	    cmocka_unit_test(test_implicit_route_with_tenants),
 	    cmocka_unit_test(test_executor_cidrs),
 	    cmocka_unit_test(test_validation_errors),
+	    cmocka_unit_test(test_typed_errors),
 	    cmocka_unit_test(test_overlap_rules),
 	    cmocka_unit_test(test_no_pool_at_all),
 	    cmocka_unit_test(test_explain),

@@ -1,0 +1,116 @@
+/* Checks that span several keys, run once the file and the environment are
+ * applied: order between two settings (port_min <= port_max...), settings
+ * that need another (require_client_cert needs client_ca), and the relay's
+ * pools, tenants and routes compiled with relay_policy as the relay will. */
+#include "conf/conf.h"
+#include "conf/conf_int.h"
+
+#include <stdio.h>
+
+#include "common/sr_err.h"
+#include "common/sr_util.h"
+#include "relay/relay_policy.h"
+
+/* The key under "relay" of each list relay_policy checks. */
+static const char *const conf_policy_key[] = {
+    [RELAY_POLICY_POOL] = "pool",
+    [RELAY_POLICY_POOLS] = "pools",
+    [RELAY_POLICY_TENANTS] = "tenants",
+    [RELAY_POLICY_ROUTES] = "routes",
+};
+
+/* Report what relay_policy_compile refused at the location of its path;
+ * when that list came from the environment (a whole array is set by one
+ * variable), name the variable instead. */
+static int conf_fail_policy(const struct relay_policy_err *pe, struct conf_ctx *ctx)
+{
+	char top[CONF_PATH_MAX], name[CONF_PATH_MAX + 16];
+	const struct conf_entry *e = NULL;
+	int rc;
+
+	if (pe->kind == RELAY_POLICY_ERR_NOMEM)
+		return conf_nomem(ctx);
+	if ((size_t)pe->list < SR_ARRAY_LEN(conf_policy_key))
+		e = conf_find(&conf_relay_group, conf_policy_key[pe->list]);
+	if (!e || e->type != CONF_ARRAY || conf_given(ctx, e) != 2)
+		return conf_fail(ctx, pe->path, "%s", pe->msg);
+	conf_join(top, sizeof(top), "relay", e->key);
+	conf_env_name(top, name, sizeof(name));
+	ctx->env = name;
+	rc = conf_fail(ctx, pe->path, "%s", pe->msg);
+	ctx->env = NULL;
+	return rc;
+}
+
+static int conf_check_h2(const struct tun_conn_opts *t, const char *sect, struct conf_ctx *ctx)
+{
+	char path[64];
+
+	if (t->ping_timeout_ms <= t->ping_interval_ms) {
+		snprintf(path, sizeof(path), "%s.h2.ping_timeout_ms", sect);
+		return conf_fail(ctx, path,
+				 "must be greater than %s.h2.ping_interval_ms (%u) (got %u)",
+				 sect, t->ping_interval_ms, t->ping_timeout_ms);
+	}
+	if (t->conn_window < t->stream_window) {
+		snprintf(path, sizeof(path), "%s.h2.conn_window", sect);
+		return conf_fail(ctx, path,
+				 "must be at least %s.h2.stream_window (%u) (got %u)", sect,
+				 t->stream_window, t->conn_window);
+	}
+	return 0;
+}
+
+int conf_check_relay(const struct relay_opts *r, struct conf_ctx *ctx)
+{
+	char q[CONF_GOT_SIZE];
+	struct relay_policy_err pe;
+	struct relay_policy *pol;
+	int rc;
+
+	if ((rc = conf_check_required(&conf_relay_group, r, "relay", NULL, ctx)) != 0 ||
+	    (rc = conf_check_excl(&conf_relay_group, r, "relay", ctx)) != 0)
+		return rc;
+	if (r->pool.port_min > r->pool.port_max)
+		return conf_fail(ctx, "relay.pool.port_min",
+				 "must be at most relay.pool.port_max (%u) (got %u)",
+				 r->pool.port_max, r->pool.port_min);
+	if (r->require_client_cert && !r->client_ca_file)
+		return conf_fail(
+		    ctx, "relay.tls.require_client_cert",
+		    "true needs relay.tls.client_ca to verify client certificates");
+	if ((rc = conf_check_h2(&r->tun, "relay", ctx)) != 0)
+		return rc;
+	if (r->admin_listen && !r->admin_token && !conf_listen_is_loopback(r->admin_listen)) {
+		conf_quote(r->admin_listen, 0, q, sizeof(q));
+		return conf_fail_at(ctx, "relay.admin.token", "relay.admin.listen",
+				    "required when relay.admin.listen (%s) is not a loopback "
+				    "address",
+				    q);
+	}
+	/* pools, tenants and routes refer to each other: compile them as the
+	 * relay will, so that check-config catches what the relay would refuse */
+	if (!(pol = relay_policy_compile(&r->policy, &r->pool, &pe)))
+		return conf_fail_policy(&pe, ctx);
+	relay_policy_free(pol);
+	return 0;
+}
+
+int conf_check_tunnel(const struct sidecar_opts *s, struct conf_ctx *ctx)
+{
+	int rc;
+
+	if ((rc = conf_check_required(&conf_tunnel_group, s, "tunnel", NULL, ctx)) != 0)
+		return rc;
+	if (!s->cert_file != !s->key_file)
+		return conf_fail(
+		    ctx, s->cert_file ? "tunnel.tls.cert" : "tunnel.tls.key",
+		    "tunnel.tls.cert and tunnel.tls.key must be set together (%s is "
+		    "not set)",
+		    s->cert_file ? "tunnel.tls.key" : "tunnel.tls.cert");
+	if (s->backoff_initial_ms > s->backoff_max_ms)
+		return conf_fail(ctx, "tunnel.backoff_initial_ms",
+				 "must be at most tunnel.backoff_max_ms (%u) (got %u)",
+				 s->backoff_max_ms, s->backoff_initial_ms);
+	return conf_check_h2(&s->tun, "tunnel", ctx);
+}
