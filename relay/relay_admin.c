@@ -5,6 +5,7 @@
 #include "relay/relay_admin.h"
 #include "relay/relay_view.h"
 
+#include "common/sr_cidr.h"
 #include "common/sr_err.h"
 #include "common/sr_http_guard.h"
 #include "common/sr_log.h"
@@ -12,8 +13,6 @@
 #include "relay/relay.h"
 #include "relay/relay_policy.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -639,26 +638,6 @@ static void admin_dispatch(struct evhttp_request *req, void *arg)
 
 /* ---- lifecycle ------------------------------------------------------ */
 
-int relay_admin_is_loopback(const char *host)
-{
-	struct in_addr a4;
-	struct in6_addr a6;
-
-	if (!host)
-		return 0;
-	if (strcasecmp(host, "localhost") == 0)
-		return 1;
-	if (inet_pton(AF_INET, host, &a4) == 1)
-		return (ntohl(a4.s_addr) >> 24) == 127;
-	if (inet_pton(AF_INET6, host, &a6) == 1) {
-		if (IN6_IS_ADDR_LOOPBACK(&a6))
-			return 1;
-		/* ::ffff:127.x.y.z */
-		return IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127;
-	}
-	return 0;
-}
-
 struct relay_admin *relay_admin_new(struct event_base *base, struct relay *r,
 				    const char *listen, const char *token,
 				    const struct relay_admin_cbs *cbs, void *cb_arg, char *err,
@@ -677,7 +656,7 @@ struct relay_admin *relay_admin_new(struct event_base *base, struct relay *r,
 			 listen ? listen : "(null)");
 		return NULL;
 	}
-	if ((!token || !*token) && !relay_admin_is_loopback(host)) {
+	if ((!token || !*token) && !sr_host_is_loopback(host)) {
 		snprintf(
 		    err, errlen,
 		    "admin listener on %s is not a loopback address: set relay.admin.token "

@@ -1,18 +1,16 @@
 /* Status HTTP listener of the sidecar (contract in sidecar_admin.h). */
 #include "tunnel/sidecar_admin.h"
 
+#include "common/sr_cidr.h"
 #include "common/sr_err.h"
 #include "common/sr_http_guard.h"
 #include "common/sr_log.h"
 #include "common/sr_util.h"
 #include "tunnel/sidecar.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -149,20 +147,6 @@ static void sc_admin_dispatch(struct evhttp_request *req, void *arg)
 	free(s);
 }
 
-static int sc_is_loopback(const char *host)
-{
-	struct in_addr a4;
-	struct in6_addr a6;
-
-	if (strcasecmp(host, "localhost") == 0)
-		return 1;
-	if (inet_pton(AF_INET, host, &a4) == 1)
-		return (ntohl(a4.s_addr) >> 24) == 127;
-	if (inet_pton(AF_INET6, host, &a6) == 1)
-		return IN6_IS_ADDR_LOOPBACK(&a6);
-	return 0;
-}
-
 struct sidecar_admin *sidecar_admin_new(struct event_base *base, struct sidecar *s,
 					const char *listen, char *err, size_t errlen)
 {
@@ -215,7 +199,7 @@ struct sidecar_admin *sidecar_admin_new(struct event_base *base, struct sidecar 
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
-	if (!sc_is_loopback(host))
+	if (!sr_host_is_loopback(host))
 		SR_WARN(a->ctx, "status API is reachable off this host (lease and ports are "
 				"visible to anyone who can connect)");
 	else
