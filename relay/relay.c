@@ -18,6 +18,8 @@
 
 /* The tunnel listener stops this long after accept() fails (EMFILE...). */
 #define ACCEPT_PAUSE_MS 500
+/* While draining, how often the relay looks whether every stream is done. */
+#define DRAIN_CHECK_MS 100
 
 const uint64_t relay_hist_bounds_us[RELAY_HIST_BUCKETS - 1] = {
 	100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 1000000,
@@ -79,7 +81,7 @@ static void listener_error_cb(struct evconnlistener *lst, void *arg)
 {
 	struct relay *r = arg;
 	int err = EVUTIL_SOCKET_ERROR();
-	struct timeval tv = {ACCEPT_PAUSE_MS / 1000, (ACCEPT_PAUSE_MS % 1000) * 1000};
+	struct timeval tv = sr_tv_ms(ACCEPT_PAUSE_MS);
 	uint64_t more = 0;
 
 	r->st.accept_errors++;
@@ -112,7 +114,7 @@ static void drain_check_cb(evutil_socket_t fd, short what, void *arg)
 
 void relay_drain(struct relay *r)
 {
-	struct timeval tv = {0, 100000};
+	struct timeval tv = sr_tv_ms(DRAIN_CHECK_MS);
 	struct tun_ctl_msg m;
 
 	if (r->draining)

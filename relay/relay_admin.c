@@ -472,8 +472,7 @@ static void on_drain_reply_sent(struct evhttp_request *req, void *arg)
 static void h_drain(struct relay_admin *a, struct evhttp_request *req, const char *tail)
 {
 	struct relay_stats st;
-	struct timeval tv = {ADMIN_DRAIN_FALLBACK_MS / 1000,
-			     (ADMIN_DRAIN_FALLBACK_MS % 1000) * 1000};
+	struct timeval tv = sr_tv_ms(ADMIN_DRAIN_FALLBACK_MS);
 
 	relay_get_stats(a->relay, &st);
 	if (!st.draining) {
@@ -689,8 +688,7 @@ struct relay_admin *relay_admin_new(struct event_base *base, struct relay *r,
 	evhttp_set_max_body_size(a->http, RELAY_ADMIN_MAX_BODY);
 	/* Also evhttp's inactivity timeout, which the deadline makes redundant
 	 * but for a connection the guard could not track (out of memory). */
-	tv.tv_sec = (time_t)(o->admin_request_timeout_ms / 1000u);
-	tv.tv_usec = (suseconds_t)(o->admin_request_timeout_ms % 1000u) * 1000;
+	tv = sr_tv_ms(o->admin_request_timeout_ms);
 	evhttp_set_timeout_tv(a->http, &tv);
 	/* Let every method through to admin_dispatch, which answers 405 with
 	 * an Allow header (evhttp would answer 501 on its own). */
