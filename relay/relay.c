@@ -151,7 +151,7 @@ struct relay *relay_new(struct event_base *base, const struct relay_opts *o, cha
 	struct timeval gc = {1, 0};
 
 	if (!r) {
-		snprintf(err, errlen, "out of memory");
+		sr_seterr(err, errlen, "out of memory");
 		return NULL;
 	}
 	r->base = base;
@@ -159,8 +159,8 @@ struct relay *relay_new(struct event_base *base, const struct relay_opts *o, cha
 	r->o = (struct relay_opts *)o;
 	if (!o->listen || sr_split_hostport(o->listen, host, sizeof(host), &port, 8443) != 0 ||
 	    sr_parse_addr(host, port, &ss, &sslen) != 0) {
-		snprintf(err, errlen, "listen address \"%s\" must be a numeric host:port",
-			 o->listen ? o->listen : "");
+		sr_seterr(err, errlen, "listen address \"%s\" must be a numeric host:port",
+			  o->listen ? o->listen : "");
 		goto fail;
 	}
 	r->ssl_ctx = tun_tls_server_ctx(o->cert_file, o->key_file, o->client_ca_file,
@@ -169,7 +169,7 @@ struct relay *relay_new(struct event_base *base, const struct relay_opts *o, cha
 		goto fail;
 	r->pol = calloc(1, sizeof(*r->pol));
 	if (!r->pol) {
-		snprintf(err, errlen, "out of memory");
+		sr_seterr(err, errlen, "out of memory");
 		goto fail;
 	}
 	r->pol->refs = 1;
@@ -178,14 +178,14 @@ struct relay *relay_new(struct event_base *base, const struct relay_opts *o, cha
 	if (!r->pol->p)
 		goto fail;
 	if (relay_pools_sync(r, r->pol->p) != 0) {
-		snprintf(err, errlen, "out of memory");
+		sr_seterr(err, errlen, "out of memory");
 		goto fail;
 	}
 	r->drain_timer = event_new(base, -1, EV_PERSIST, drain_check_cb, r);
 	r->gc_timer = event_new(base, -1, EV_PERSIST, relay_pools_gc_cb, r);
 	r->accept_pause = evtimer_new(base, accept_resume_cb, r);
 	if (!r->drain_timer || !r->gc_timer || !r->accept_pause) {
-		snprintf(err, errlen, "out of memory");
+		sr_seterr(err, errlen, "out of memory");
 		goto fail;
 	}
 	event_add(r->gc_timer, &gc);
@@ -194,7 +194,7 @@ struct relay *relay_new(struct event_base *base, const struct relay_opts *o, cha
 						      LEV_OPT_CLOSE_ON_EXEC,
 					      1024, (struct sockaddr *)&ss, (int)sslen);
 	if (!r->listener) {
-		snprintf(err, errlen, "cannot listen on %s: %s", o->listen, strerror(errno));
+		sr_seterr(err, errlen, "cannot listen on %s: %s", o->listen, strerror(errno));
 		goto fail;
 	}
 	evconnlistener_set_error_cb(r->listener, listener_error_cb);
@@ -257,7 +257,7 @@ int relay_reload(struct relay *r, struct relay_opts *o, char *err, size_t errlen
 
 	np = calloc(1, sizeof(*np));
 	if (!np) {
-		snprintf(err, errlen, "out of memory");
+		sr_seterr(err, errlen, "out of memory");
 		r->st.reloads_failed++;
 		return SR_ENOMEM;
 	}
@@ -270,7 +270,7 @@ int relay_reload(struct relay *r, struct relay_opts *o, char *err, size_t errlen
 		return SR_EINVAL;
 	}
 	if (relay_pools_sync(r, np->p) != 0) {
-		snprintf(err, errlen, "out of memory");
+		sr_seterr(err, errlen, "out of memory");
 		relay_pol_unref(np);
 		r->st.reloads_failed++;
 		return SR_ENOMEM;
