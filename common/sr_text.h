@@ -19,7 +19,7 @@ const char *sr_esc_n(const char *s, size_t max_in, char *buf, size_t len);
  * inside a message that is itself quoted or escaped later (error strings):
  * nothing is escaped twice, and no '"' ends the quote around it. */
 const char *sr_mask_n(const char *s, size_t max_in, char *buf, size_t len);
-/* Enough room for sr_esc or sr_mask of an n-byte string: 4 bytes per byte,
+/* Enough room for sr_esc or sr_mask_n of an n-byte string: 4 bytes per byte,
  * plus "...". */
 #define SR_ESC_SIZE(n) (4 * (n) + 4)
 

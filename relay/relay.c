@@ -125,7 +125,7 @@ void relay_drain(struct relay *r)
 		    "have %u ms to finish",
 		r->o->drain_timeout_ms);
 	evconnlistener_disable(r->listener);
-	/* Lease ports keep accepting so that on_executor resets each new
+	/* Lease ports keep accepting so that relay_exec_on_accept resets each new
 	 * connection at once; a disabled listener would leave executors
 	 * hanging in the kernel's backlog until the relay exits. */
 	memset(&m, 0, sizeof(m));

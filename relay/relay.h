@@ -102,8 +102,9 @@ struct relay_stats {
 	int draining;
 };
 
-/* opts is borrowed and must outlive the relay. Binds the tunnel listener.
- * Returns NULL with a reason in err. */
+/* opts is borrowed and must outlive the relay, which writes it nonetheless:
+ * relay_reload swaps each new configuration into *opts. Binds the tunnel
+ * listener. Returns NULL with a reason in err. */
 struct relay *relay_new(struct event_base *base, const struct relay_opts *opts, char *err,
 			size_t errlen);
 void relay_free(struct relay *r);

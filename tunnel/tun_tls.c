@@ -73,8 +73,6 @@ static SSL_CTX *ctx_common(const SSL_METHOD *m, char *err, size_t errlen)
 	 * resumption; reconnects are rare enough to afford full handshakes. */
 	SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION);
 	SSL_CTX_set_num_tickets(ctx, 0);
-	/* No read_ahead: bufferevent_openssl (2.1) only consults SSL_pending(),
-	 * which does not count read-ahead bytes, so records would sit unread. */
 	return ctx;
 }
 
