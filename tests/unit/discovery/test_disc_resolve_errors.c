@@ -27,41 +27,46 @@ static void prefill(char *err, size_t len)
 	err[len - 1] = '\0';
 }
 
+static int setup(void **state)
+{
+	*state = event_base_new();
+	return *state ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+	event_base_free(*state);
+	return 0;
+}
+
 static void test_empty_list_says_so(void **state)
 {
-	struct event_base *base = event_base_new();
 	char err[128];
 
-	(void)state;
-	assert_non_null(base);
 	prefill(err, sizeof(err));
-	assert_null(disc_resolve(base, NULL, NULL, 0, never_called, NULL, err, sizeof(err)));
+	assert_null(disc_resolve(*state, NULL, NULL, 0, never_called, NULL, err, sizeof(err)));
 	assert_string_equal(err, "no relay address to resolve");
-	event_base_free(base);
 }
 
 static void test_malformed_target_is_named(void **state)
 {
-	struct event_base *base = event_base_new();
+	struct event_base *base = *state;
 	char *targets[] = {"relay.example:443", "no-port"};
 	char err[128];
 
-	(void)state;
-	assert_non_null(base);
 	prefill(err, sizeof(err));
 	assert_null(disc_resolve(base, NULL, targets, 2, never_called, NULL, err, sizeof(err)));
 	assert_string_equal(err, "bad relay address \"no-port\" (want host:port)");
 	/* No buffer: refused all the same. */
 	assert_null(disc_resolve(base, NULL, targets, 2, never_called, NULL, NULL, 0));
 	assert_null(disc_resolve(base, NULL, NULL, 0, never_called, NULL, err, 0));
-	event_base_free(base);
 }
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_empty_list_says_so),
-	    cmocka_unit_test(test_malformed_target_is_named),
+	    cmocka_unit_test_setup_teardown(test_empty_list_says_so, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_malformed_target_is_named, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
