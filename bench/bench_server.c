@@ -279,7 +279,7 @@ int bench_server_main(int argc, char **argv)
 	if (sigint == NULL || sigterm == NULL || stop == NULL)
 		goto out;
 	{
-		struct timeval tv = {(time_t)max_s, (suseconds_t)((max_s - (double)(time_t)max_s) * 1e6)};
+		struct timeval tv = bench_tv(max_s);
 		evsignal_add(sigint, NULL);
 		evsignal_add(sigterm, NULL);
 		evtimer_add(stop, &tv);

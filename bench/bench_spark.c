@@ -132,7 +132,7 @@ static void fair_hb_event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct fair *f = arg;
 	if (what & BEV_EVENT_CONNECTED) {
-		struct timeval tv = bench_tv(f->o->hb_ms / 1000.0);
+		struct timeval tv = sr_tv_ms((uint64_t)f->o->hb_ms);
 		evbuffer_add_printf(bufferevent_get_output(bev), "ECHO\n");
 		event_add(f->tick, &tv);
 		return;

@@ -32,6 +32,7 @@
 
 #define RPC_MSG 64
 #define DEMO_TIMEOUT_S 25
+#define DEMO_PROGRESS_MS 500 /* a progress line this often */
 
 struct demo;
 
@@ -517,8 +518,8 @@ int cmd_demo(int argc, char **argv)
 	d.progress = event_new(d.base, -1, EV_PERSIST, demo_progress, &d);
 	evtimer_add(d.timeout, &tv);
 	{
-		struct timeval half = {0, 500000};
-		event_add(d.progress, &half);
+		struct timeval every = sr_tv_ms(DEMO_PROGRESS_MS);
+		event_add(d.progress, &every);
 	}
 	event_add(d.sigint, NULL);
 

@@ -70,8 +70,8 @@ static int reload_relay(void *arg, char *err, size_t errlen)
 		rv = conf_load_string_roles("{}", "environment", CONF_ROLE_RELAY, &ncfg, err,
 					    errlen);
 	if (rv == 0 && !ncfg.have_relay) {
-		snprintf(err, errlen, "%s has no \"relay\" section",
-			 rc->config ? rc->config : "the environment");
+		sr_seterr(err, errlen, "%s has no \"relay\" section",
+			  rc->config ? rc->config : "the environment");
 		rv = SR_EINVAL;
 	}
 	if (rv != 0) {

@@ -4,8 +4,10 @@
 #include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #include "common/sr_err.h"
+#include "common/sr_util.h"
 
 static const uint8_t sr_cidr_v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
 
@@ -149,4 +151,17 @@ int sr_addr_is_loopback(const struct sockaddr *addr)
 	if (family == AF_INET)
 		return a[0] == 127;
 	return memcmp(a, v6_loopback, 16) == 0;
+}
+
+int sr_host_is_loopback(const char *host)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+
+	if (!host)
+		return 0;
+	if (strcasecmp(host, "localhost") == 0)
+		return 1;
+	return sr_parse_addr(host, 0, &ss, &len) == 0 &&
+	       sr_addr_is_loopback((const struct sockaddr *)&ss);
 }

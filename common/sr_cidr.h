@@ -38,7 +38,17 @@ int sr_cidr_match(const struct sr_cidr *c, const struct sockaddr *addr);
 /* The normalised block, "10.0.0.0/8", into buf. Returns buf. */
 char *sr_cidr_format(const struct sr_cidr *c, char *buf, size_t len);
 
-/* 1 if addr is a loopback address: 127.0.0.0/8, ::1, or ::ffff:127.0.0.0/104. */
+/* The project's one loopback rule, for every check that decides whether a
+ * listener is reachable off this host (admin and status APIs, configuration
+ * checks). 1 if addr is a loopback address: 127.0.0.0/8, ::1, or
+ * ::ffff:127.0.0.0/104; other families and NULL are not. */
 int sr_addr_is_loopback(const struct sockaddr *addr);
+
+/* The same rule for host, as written in a listen address (no brackets, no
+ * port): a numeric address is loopback by sr_addr_is_loopback; of names,
+ * only "localhost" is, in any case, as resolvers must answer it with
+ * loopback addresses (RFC 6761, 6.3). Any other name is not, whatever it
+ * resolves to now ("localhost." and "x.localhost" included). NULL is not. */
+int sr_host_is_loopback(const char *host);
 
 #endif

@@ -157,8 +157,7 @@ static void attach(struct guard_conn *c)
 	}
 	elapsed_ms = (sr_now_us() - c->t0_us) / 1000u;
 	elapsed_ms = elapsed_ms < g->deadline_ms ? g->deadline_ms - elapsed_ms : 0;
-	tv.tv_sec = (time_t)(elapsed_ms / 1000u);
-	tv.tv_usec = (suseconds_t)(elapsed_ms % 1000u) * 1000;
+	tv = sr_tv_ms(elapsed_ms);
 	evtimer_add(c->timer, &tv);
 }
 

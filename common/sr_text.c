@@ -5,7 +5,8 @@
 
 static const char hexd[] = "0123456789abcdef";
 
-const char *sr_esc_n(const char *s, size_t max_in, char *buf, size_t len)
+/* sr_esc_n, or with mask set sr_mask_n: one rule for which bytes are kept. */
+static const char *text_quote(const char *s, size_t max_in, char *buf, size_t len, int mask)
 {
 	size_t i, o = 0;
 
@@ -16,10 +17,12 @@ const char *sr_esc_n(const char *s, size_t max_in, char *buf, size_t len)
 		char one[4];
 		size_t k = 0;
 
-		if (c == '"' || c == '\\') {
-			one[k++] = '\\';
+		if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
 			one[k++] = (char)c;
-		} else if (c >= 0x20 && c < 0x7f) {
+		} else if (mask) {
+			one[k++] = '?';
+		} else if (c == '"' || c == '\\') {
+			one[k++] = '\\';
 			one[k++] = (char)c;
 		} else {
 			one[k++] = '\\';
@@ -39,6 +42,16 @@ const char *sr_esc_n(const char *s, size_t max_in, char *buf, size_t len)
 	if (len)
 		buf[o < len ? o : len - 1] = '\0';
 	return buf;
+}
+
+const char *sr_esc_n(const char *s, size_t max_in, char *buf, size_t len)
+{
+	return text_quote(s, max_in, buf, len, 0);
+}
+
+const char *sr_mask_n(const char *s, size_t max_in, char *buf, size_t len)
+{
+	return text_quote(s, max_in, buf, len, 1);
 }
 
 size_t sr_esc_ctl(const char *in, size_t n, char *out, size_t outlen)

@@ -15,7 +15,12 @@
  * NUL-terminates buf (len >= 1). Returns buf. */
 const char *sr_esc_n(const char *s, size_t max_in, char *buf, size_t len);
 #define sr_esc(s, buf, len) sr_esc_n((s), 0, (buf), (len))
-/* Enough room for sr_esc of an n-byte string: 4 bytes per byte, plus "...". */
+/* As sr_esc_n, but every byte it would escape becomes '?'. For peer text
+ * inside a message that is itself quoted or escaped later (error strings):
+ * nothing is escaped twice, and no '"' ends the quote around it. */
+const char *sr_mask_n(const char *s, size_t max_in, char *buf, size_t len);
+/* Enough room for sr_esc or sr_mask_n of an n-byte string: 4 bytes per byte,
+ * plus "...". */
 #define SR_ESC_SIZE(n) (4 * (n) + 4)
 
 /* Escape control bytes (< 0x20, 0x7f) of buf[0..n) in place into out as

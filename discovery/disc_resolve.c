@@ -87,12 +87,16 @@ struct disc_req *disc_resolve(struct event_base *base, struct evdns_base *dns,
 	struct disc_req *r = calloc(1, sizeof(*r));
 	struct evutil_addrinfo hints;
 
-	if (!r || ntargets == 0)
+	if (ntargets == 0) {
+		sr_seterr(err, errlen, "no relay address to resolve");
 		goto fail;
+	}
+	if (!r)
+		goto nomem;
 	r->one = calloc(ntargets, sizeof(*r->one));
 	r->fire = event_new(base, -1, 0, fire_cb, r);
 	if (!r->one || !r->fire)
-		goto fail;
+		goto nomem;
 	r->dns = dns;
 	r->cb = cb;
 	r->arg = arg;
@@ -102,8 +106,8 @@ struct disc_req *disc_resolve(struct event_base *base, struct evdns_base *dns,
 		uint16_t port;
 		if (sr_split_hostport(targets[i], r->one[i].host, sizeof(r->one[i].host), &port,
 				      0) != 0) {
-			snprintf(err, errlen, "bad relay address \"%s\" (want host:port)",
-				 targets[i]);
+			sr_seterr(err, errlen, "bad relay address \"%s\" (want host:port)",
+				  targets[i]);
 			goto fail;
 		}
 		snprintf(r->one[i].port, sizeof(r->one[i].port), "%u", port);
@@ -123,9 +127,9 @@ struct disc_req *disc_resolve(struct event_base *base, struct evdns_base *dns,
 		event_active(r->fire, EV_TIMEOUT, 0);
 	return r;
 
+nomem:
+	sr_seterr(err, errlen, "out of memory");
 fail:
-	if (r && err && !err[0])
-		snprintf(err, errlen, "out of memory");
 	if (r)
 		req_free(r);
 	return NULL;

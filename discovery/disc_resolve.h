@@ -26,7 +26,8 @@ typedef void (*disc_cb)(int err, const struct disc_addr *addrs, size_t n, void *
 
 /* Start resolving. The callback never runs before this returns (it is
  * deferred through the event loop even for numeric addresses). Returns NULL
- * on allocation failure or a malformed target (err gets the reason). */
+ * on allocation failure, no target, or a malformed target (err gets the
+ * reason). */
 struct disc_req *disc_resolve(struct event_base *base, struct evdns_base *dns,
 			      char *const *targets, size_t ntargets, disc_cb cb, void *arg,
 			      char *err, size_t errlen);

@@ -18,6 +18,8 @@
 
 /* The tunnel listener stops this long after accept() fails (EMFILE...). */
 #define ACCEPT_PAUSE_MS 500
+/* While draining, how often the relay looks whether every stream is done. */
+#define DRAIN_CHECK_MS 100
 
 const uint64_t relay_hist_bounds_us[RELAY_HIST_BUCKETS - 1] = {
 	100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 1000000,
@@ -79,7 +81,7 @@ static void listener_error_cb(struct evconnlistener *lst, void *arg)
 {
 	struct relay *r = arg;
 	int err = EVUTIL_SOCKET_ERROR();
-	struct timeval tv = {ACCEPT_PAUSE_MS / 1000, (ACCEPT_PAUSE_MS % 1000) * 1000};
+	struct timeval tv = sr_tv_ms(ACCEPT_PAUSE_MS);
 	uint64_t more = 0;
 
 	r->st.accept_errors++;
@@ -112,7 +114,7 @@ static void drain_check_cb(evutil_socket_t fd, short what, void *arg)
 
 void relay_drain(struct relay *r)
 {
-	struct timeval tv = {0, 100000};
+	struct timeval tv = sr_tv_ms(DRAIN_CHECK_MS);
 	struct tun_ctl_msg m;
 
 	if (r->draining)
@@ -123,7 +125,7 @@ void relay_drain(struct relay *r)
 		    "have %u ms to finish",
 		r->o->drain_timeout_ms);
 	evconnlistener_disable(r->listener);
-	/* Lease ports keep accepting so that on_executor resets each new
+	/* Lease ports keep accepting so that relay_exec_on_accept resets each new
 	 * connection at once; a disabled listener would leave executors
 	 * hanging in the kernel's backlog until the relay exits. */
 	memset(&m, 0, sizeof(m));
@@ -149,15 +151,15 @@ struct relay *relay_new(struct event_base *base, struct relay_opts *o, char *err
 	struct timeval gc = {1, 0};
 
 	if (!r) {
-		snprintf(err, errlen, "out of memory");
+		sr_seterr(err, errlen, "out of memory");
 		return NULL;
 	}
 	r->base = base;
 	r->o = o; /* relay_reload() replaces its content in place */
 	if (!o->listen || sr_split_hostport(o->listen, host, sizeof(host), &port, 8443) != 0 ||
 	    sr_parse_addr(host, port, &ss, &sslen) != 0) {
-		snprintf(err, errlen, "listen address \"%s\" must be a numeric host:port",
-			 o->listen ? o->listen : "");
+		sr_seterr(err, errlen, "listen address \"%s\" must be a numeric host:port",
+			  o->listen ? o->listen : "");
 		goto fail;
 	}
 	r->ssl_ctx = tun_tls_server_ctx(o->cert_file, o->key_file, o->client_ca_file,
@@ -166,7 +168,7 @@ struct relay *relay_new(struct event_base *base, struct relay_opts *o, char *err
 		goto fail;
 	r->pol = calloc(1, sizeof(*r->pol));
 	if (!r->pol) {
-		snprintf(err, errlen, "out of memory");
+		sr_seterr(err, errlen, "out of memory");
 		goto fail;
 	}
 	r->pol->refs = 1;
@@ -175,14 +177,14 @@ struct relay *relay_new(struct event_base *base, struct relay_opts *o, char *err
 	if (!r->pol->p)
 		goto fail;
 	if (relay_pools_sync(r, r->pol->p) != 0) {
-		snprintf(err, errlen, "out of memory");
+		sr_seterr(err, errlen, "out of memory");
 		goto fail;
 	}
 	r->drain_timer = event_new(base, -1, EV_PERSIST, drain_check_cb, r);
 	r->gc_timer = event_new(base, -1, EV_PERSIST, relay_pools_gc_cb, r);
 	r->accept_pause = evtimer_new(base, accept_resume_cb, r);
 	if (!r->drain_timer || !r->gc_timer || !r->accept_pause) {
-		snprintf(err, errlen, "out of memory");
+		sr_seterr(err, errlen, "out of memory");
 		goto fail;
 	}
 	event_add(r->gc_timer, &gc);
@@ -191,7 +193,7 @@ struct relay *relay_new(struct event_base *base, struct relay_opts *o, char *err
 						      LEV_OPT_CLOSE_ON_EXEC,
 					      1024, (struct sockaddr *)&ss, (int)sslen);
 	if (!r->listener) {
-		snprintf(err, errlen, "cannot listen on %s: %s", o->listen, strerror(errno));
+		sr_seterr(err, errlen, "cannot listen on %s: %s", o->listen, strerror(errno));
 		goto fail;
 	}
 	evconnlistener_set_error_cb(r->listener, listener_error_cb);
@@ -254,7 +256,7 @@ int relay_reload(struct relay *r, struct relay_opts *o, char *err, size_t errlen
 
 	np = calloc(1, sizeof(*np));
 	if (!np) {
-		snprintf(err, errlen, "out of memory");
+		sr_seterr(err, errlen, "out of memory");
 		r->st.reloads_failed++;
 		return SR_ENOMEM;
 	}
@@ -267,7 +269,7 @@ int relay_reload(struct relay *r, struct relay_opts *o, char *err, size_t errlen
 		return SR_EINVAL;
 	}
 	if (relay_pools_sync(r, np->p) != 0) {
-		snprintf(err, errlen, "out of memory");
+		sr_seterr(err, errlen, "out of memory");
 		relay_pol_unref(np);
 		r->st.reloads_failed++;
 		return SR_ENOMEM;

@@ -6,14 +6,13 @@
 #include "relay/relay_view.h"
 
 #include "common/sr_err.h"
+#include "common/sr_http.h"
 #include "common/sr_http_guard.h"
 #include "common/sr_log.h"
 #include "common/sr_util.h"
 #include "relay/relay.h"
 #include "relay/relay_policy.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,9 +34,7 @@
 struct relay_admin {
 	struct event_base *base;
 	struct relay *relay;
-	struct evhttp *http;
-	struct evhttp_bound_socket *sock;
-	struct sr_http_guard *guard; /* connection cap and deadline */
+	struct sr_http api; /* listener, connection cap and deadline */
 	struct event *drain_ev;
 	int have_token;
 	/* SHA-256 of the token: comparing digests takes the same time whatever
@@ -45,8 +42,6 @@ struct relay_admin {
 	unsigned char token_sha[SHA256_DIGEST_LENGTH];
 	struct relay_admin_cbs cbs;
 	void *cb_arg;
-	uint16_t port;
-	char ctx[SR_ADDRSTRLEN + 8];
 };
 
 enum admin_method {
@@ -66,99 +61,6 @@ struct admin_route {
 	admin_handler fn;
 };
 
-/* ---- replies -------------------------------------------------------- */
-
-static void reply_buf(struct evhttp_request *req, int code, const char *ctype,
-		      struct evbuffer *body)
-{
-	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-	const char *reason = NULL;
-
-	switch (code) {
-	case 200:
-		reason = "OK";
-		break;
-	case 400:
-		reason = "Bad Request";
-		break;
-	case 401:
-		reason = "Unauthorized";
-		break;
-	case 404:
-		reason = "Not Found";
-		break;
-	case 405:
-		reason = "Method Not Allowed";
-		break;
-	case 413:
-		reason = "Payload Too Large";
-		break;
-	case 500:
-		reason = "Internal Server Error";
-		break;
-	case 501:
-		reason = "Not Implemented";
-		break;
-	case 503:
-		reason = "Service Unavailable";
-		break;
-	default:
-		reason = "Unknown";
-		break;
-	}
-	evhttp_add_header(h, "Content-Type", ctype);
-	evhttp_add_header(h, "Cache-Control", "no-store");
-	/* One request per connection: the connection's deadline is then the
-	 * request's (sr_http_guard.h). */
-	evhttp_add_header(h, "Connection", "close");
-	evhttp_send_reply(req, code, reason, body);
-}
-
-static void reply_text(struct evhttp_request *req, int code, const char *text)
-{
-	struct evbuffer *b = evbuffer_new();
-
-	if (!b) {
-		evhttp_send_error(req, 500, NULL);
-		return;
-	}
-	evbuffer_add(b, text, strlen(text));
-	reply_buf(req, code, "text/plain; charset=utf-8", b);
-	evbuffer_free(b);
-}
-
-/* Steals j. */
-static void reply_json(struct evhttp_request *req, int code, json_t *j)
-{
-	struct evbuffer *b;
-	char *s;
-
-	if (!j) {
-		evhttp_send_error(req, 500, NULL);
-		return;
-	}
-	s = json_dumps(j, JSON_INDENT(2) | JSON_ENCODE_ANY);
-	json_decref(j);
-	b = evbuffer_new();
-	if (!s || !b) {
-		free(s);
-		if (b)
-			evbuffer_free(b);
-		evhttp_send_error(req, 500, NULL);
-		return;
-	}
-	evbuffer_add(b, s, strlen(s));
-	evbuffer_add(b, "\n", 1);
-	free(s);
-	reply_buf(req, code, "application/json", b);
-	evbuffer_free(b);
-}
-
-static void reply_error(struct evhttp_request *req, int code, const char *msg)
-{
-	reply_json(req, code, json_pack("{s:s}", "error", msg));
-}
-
 /* A string for JSON that cannot fail on NULL or invalid UTF-8 (a
  * certificate CN is not guaranteed to be UTF-8). */
 static json_t *jstr(const char *s)
@@ -175,7 +77,7 @@ static json_t *jstr(const char *s)
 
 static void h_healthz(struct relay_admin *a, struct evhttp_request *req, const char *tail)
 {
-	reply_text(req, 200, "ok\n");
+	sr_http_reply_text(req, 200, "ok\n");
 }
 
 static void h_readyz(struct relay_admin *a, struct evhttp_request *req, const char *tail)
@@ -184,11 +86,11 @@ static void h_readyz(struct relay_admin *a, struct evhttp_request *req, const ch
 
 	relay_get_stats(a->relay, &st);
 	if (st.draining)
-		reply_text(req, 503, "not ready: draining\n");
+		sr_http_reply_text(req, 503, "not ready: draining\n");
 	else if (!st.ready)
-		reply_text(req, 503, "not ready: listeners or configuration not up yet\n");
+		sr_http_reply_text(req, 503, "not ready: listeners or configuration not up yet\n");
 	else
-		reply_text(req, 200, "ready\n");
+		sr_http_reply_text(req, 200, "ready\n");
 }
 
 /* ---- /metrics ------------------------------------------------------- */
@@ -296,7 +198,7 @@ static void h_metrics(struct relay_admin *a, struct evhttp_request *req, const c
 			    (unsigned long long)st.reloads_ok);
 	evbuffer_add_printf(b, "sparkrelay_reloads_total{result=\"failed\"} %llu\n",
 			    (unsigned long long)st.reloads_failed);
-	sr_http_guard_get_stats(a->guard, &gst);
+	sr_http_guard_get_stats(a->api.guard, &gst);
 	metric_one(b, "sparkrelay_admin_connections_active", "gauge",
 		   "Admin API connections open now.", gst.active);
 	metric_one(b, "sparkrelay_admin_connections_total", "counter",
@@ -314,7 +216,7 @@ static void h_metrics(struct relay_admin *a, struct evhttp_request *req, const c
 	metric_hist(b, "sparkrelay_executor_wait_seconds",
 		    "Time an executor connection waited for its tunnel to come back.",
 		    &st.pending_wait);
-	reply_buf(req, 200, "text/plain; version=0.0.4; charset=utf-8", b);
+	sr_http_reply(req, 200, "text/plain; version=0.0.4; charset=utf-8", b);
 	evbuffer_free(b);
 }
 
@@ -380,7 +282,7 @@ static void h_sessions(struct relay_admin *a, struct evhttp_request *req, const 
 
 	if (arr)
 		relay_foreach_session(a->relay, session_to_json, arr);
-	reply_json(req, 200, arr);
+	sr_http_reply_json(req, 200, arr);
 }
 
 static void h_leases(struct relay_admin *a, struct evhttp_request *req, const char *tail)
@@ -389,7 +291,7 @@ static void h_leases(struct relay_admin *a, struct evhttp_request *req, const ch
 
 	if (arr)
 		relay_foreach_lease(a->relay, lease_to_json, arr);
-	reply_json(req, 200, arr);
+	sr_http_reply_json(req, 200, arr);
 }
 
 /* DELETE /v1/leases/<id> */
@@ -398,20 +300,20 @@ static void h_revoke(struct relay_admin *a, struct evhttp_request *req, const ch
 	int rv;
 
 	if (!*id || strchr(id, '/')) {
-		reply_error(req, 404, "no such lease");
+		sr_http_reply_error(req, 404, "no such lease");
 		return;
 	}
 	rv = relay_revoke_lease(a->relay, id);
 	if (rv == SR_ENOTFOUND) {
-		reply_error(req, 404, "no such lease");
+		sr_http_reply_error(req, 404, "no such lease");
 		return;
 	}
 	if (rv != 0) {
-		reply_error(req, 500, sr_strerror(rv));
+		sr_http_reply_error(req, 500, sr_strerror(rv));
 		return;
 	}
-	SR_INFO(a->ctx, "lease %s revoked", id);
-	reply_json(req, 200, json_pack("{s:s,s:s}", "result", "revoked", "lease", id));
+	SR_INFO(a->api.ctx, "lease %s revoked", id);
+	sr_http_reply_json(req, 200, json_pack("{s:s,s:s}", "result", "revoked", "lease", id));
 }
 
 /* ---- /v1/config /v1/reload /v1/drain -------------------------------- */
@@ -421,15 +323,15 @@ static void h_config(struct relay_admin *a, struct evhttp_request *req, const ch
 	json_t *j;
 
 	if (!a->cbs.config_json) {
-		reply_error(req, 501, "this relay cannot show its configuration");
+		sr_http_reply_error(req, 501, "this relay cannot show its configuration");
 		return;
 	}
 	j = a->cbs.config_json(a->cb_arg);
 	if (!j) {
-		reply_error(req, 500, "cannot render the configuration");
+		sr_http_reply_error(req, 500, "cannot render the configuration");
 		return;
 	}
-	reply_json(req, 200, j);
+	sr_http_reply_json(req, 200, j);
 }
 
 static void h_reload(struct relay_admin *a, struct evhttp_request *req, const char *tail)
@@ -438,16 +340,16 @@ static void h_reload(struct relay_admin *a, struct evhttp_request *req, const ch
 	int rv;
 
 	if (!a->cbs.reload) {
-		reply_error(req, 501, "this relay cannot reload its configuration");
+		sr_http_reply_error(req, 501, "this relay cannot reload its configuration");
 		return;
 	}
 	rv = a->cbs.reload(a->cb_arg, err, sizeof(err));
 	/* The callback logs the outcome (it also serves SIGHUP). */
 	if (rv != 0) {
-		reply_error(req, 400, err[0] ? err : sr_strerror(rv));
+		sr_http_reply_error(req, 400, err[0] ? err : sr_strerror(rv));
 		return;
 	}
-	reply_json(req, 200, json_pack("{s:s}", "result", "ok"));
+	sr_http_reply_json(req, 200, json_pack("{s:s}", "result", "ok"));
 }
 
 static void admin_start_drain(struct relay_admin *a)
@@ -473,16 +375,15 @@ static void on_drain_reply_sent(struct evhttp_request *req, void *arg)
 static void h_drain(struct relay_admin *a, struct evhttp_request *req, const char *tail)
 {
 	struct relay_stats st;
-	struct timeval tv = {ADMIN_DRAIN_FALLBACK_MS / 1000,
-			     (ADMIN_DRAIN_FALLBACK_MS % 1000) * 1000};
+	struct timeval tv = sr_tv_ms(ADMIN_DRAIN_FALLBACK_MS);
 
 	relay_get_stats(a->relay, &st);
 	if (!st.draining) {
-		SR_INFO(a->ctx, "drain requested over the admin API");
+		SR_INFO(a->api.ctx, "drain requested over the admin API");
 		evhttp_request_set_on_complete_cb(req, on_drain_reply_sent, a);
 		evtimer_add(a->drain_ev, &tv);
 	}
-	reply_json(req, 200, json_pack("{s:s}", "result", "draining"));
+	sr_http_reply_json(req, 200, json_pack("{s:s}", "result", "draining"));
 }
 
 /* ---- /v1/route/explain --------------------------------------------- */
@@ -522,12 +423,12 @@ static void h_explain(struct relay_admin *a, struct evhttp_request *req, const c
 			 "body must be a JSON object {\"cn\",\"token\",\"app\","
 			 "\"addr\"}%s%s",
 			 body ? "" : ": ", body ? "" : jerr.text);
-		reply_error(req, 400, msg);
+		sr_http_reply_error(req, 400, msg);
 		goto out;
 	}
 	if (opt_string(body, "cn", &cn) || opt_string(body, "token", &token) ||
 	    opt_string(body, "app", &app) || opt_string(body, "addr", &addr)) {
-		reply_error(req, 400, "cn, token, app and addr must be strings");
+		sr_http_reply_error(req, 400, "cn, token, app and addr must be strings");
 		goto out;
 	}
 	memset(&id, 0, sizeof(id));
@@ -537,7 +438,7 @@ static void h_explain(struct relay_admin *a, struct evhttp_request *req, const c
 		if (sr_parse_addr(addr, 0, &ss, &sslen) != 0) {
 			snprintf(msg, sizeof(msg),
 				 "addr: not a numeric IPv4 or IPv6 address: \"%.64s\"", addr);
-			reply_error(req, 400, msg);
+			sr_http_reply_error(req, 400, msg);
 			goto out;
 		}
 		id.addr = (const struct sockaddr *)&ss;
@@ -549,14 +450,14 @@ static void h_explain(struct relay_admin *a, struct evhttp_request *req, const c
 	}
 	n = relay_policy_explain(relay_get_policy(a->relay), &id, app, out, ADMIN_EXPLAIN_MAX);
 	if (n < 0) {
-		reply_error(req, 500, "cannot explain");
+		sr_http_reply_error(req, 500, "cannot explain");
 		goto out;
 	}
 	if (n > 0 && (size_t)n < ADMIN_EXPLAIN_MAX - 1 && out[n - 1] != '\n') {
 		out[n] = '\n';
 		out[n + 1] = '\0';
 	}
-	reply_text(req, 200, out);
+	sr_http_reply_text(req, 200, out);
 out:
 	free(out);
 	json_decref(body);
@@ -615,13 +516,13 @@ static void admin_dispatch(struct evhttp_request *req, void *arg)
 		}
 	}
 	if (!rt) {
-		reply_error(req, 404, "no such endpoint");
+		sr_http_reply_error(req, 404, "no such endpoint");
 		return;
 	}
 	if (!rt->open && !authorized(a, req)) {
 		evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
 				  "Bearer realm=\"sparkrelay-admin\"");
-		reply_error(req, 401, "missing or wrong bearer token");
+		sr_http_reply_error(req, 401, "missing or wrong bearer token");
 		return;
 	}
 	m = cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD ? AM_GET
@@ -631,7 +532,7 @@ static void admin_dispatch(struct evhttp_request *req, void *arg)
 	if (m != rt->method) {
 		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow",
 				  method_name(rt->method));
-		reply_error(req, 405, "method not allowed");
+		sr_http_reply_error(req, 405, "method not allowed");
 		return;
 	}
 	rt->fn(a, req, rt->prefix ? path + strlen(rt->path) : NULL);
@@ -639,55 +540,28 @@ static void admin_dispatch(struct evhttp_request *req, void *arg)
 
 /* ---- lifecycle ------------------------------------------------------ */
 
-int relay_admin_is_loopback(const char *host)
-{
-	struct in_addr a4;
-	struct in6_addr a6;
-
-	if (!host)
-		return 0;
-	if (strcasecmp(host, "localhost") == 0)
-		return 1;
-	if (inet_pton(AF_INET, host, &a4) == 1)
-		return (ntohl(a4.s_addr) >> 24) == 127;
-	if (inet_pton(AF_INET6, host, &a6) == 1) {
-		if (IN6_IS_ADDR_LOOPBACK(&a6))
-			return 1;
-		/* ::ffff:127.x.y.z */
-		return IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127;
-	}
-	return 0;
-}
-
 struct relay_admin *relay_admin_new(struct event_base *base, struct relay *r,
 				    const char *listen, const char *token,
 				    const struct relay_admin_cbs *cbs, void *cb_arg, char *err,
 				    size_t errlen)
 {
-	const struct relay_opts *o;
-	struct relay_admin *a;
-	char host[256];
-	uint16_t port;
-	struct sockaddr_storage ss;
-	socklen_t sslen = sizeof(ss);
-	struct timeval tv;
+	const struct relay_opts *o = relay_get_opts(r);
+	struct sr_http_opts ho = {
+	    .name = "admin",
+	    .listen = listen,
+	    .max_headers = RELAY_ADMIN_MAX_HEADERS,
+	    .max_body = RELAY_ADMIN_MAX_BODY,
+	    .max_conns = o->admin_max_conns,
+	    .deadline_ms = o->admin_request_timeout_ms,
+	    .loopback_only = token && *token ? NULL
+					     : "set relay.admin.token (every request must "
+					       "then carry it)",
+	    .handler = admin_dispatch,
+	};
+	struct relay_admin *a = calloc(1, sizeof(*a));
 
-	if (!listen || sr_split_hostport(listen, host, sizeof(host), &port, -1) != 0) {
-		snprintf(err, errlen, "admin listen address \"%s\" is not host:port",
-			 listen ? listen : "(null)");
-		return NULL;
-	}
-	if ((!token || !*token) && !relay_admin_is_loopback(host)) {
-		snprintf(
-		    err, errlen,
-		    "admin listener on %s is not a loopback address: set relay.admin.token "
-		    "(every request must then carry it)",
-		    listen);
-		return NULL;
-	}
-	a = calloc(1, sizeof(*a));
 	if (!a) {
-		snprintf(err, errlen, "out of memory");
+		sr_seterr(err, errlen, "out of memory");
 		return NULL;
 	}
 	a->base = base;
@@ -700,43 +574,14 @@ struct relay_admin *relay_admin_new(struct event_base *base, struct relay *r,
 		SHA256((const unsigned char *)token, strlen(token), a->token_sha);
 	}
 	a->drain_ev = evtimer_new(base, on_drain_timer, a);
-	a->http = evhttp_new(base);
-	if (!a->drain_ev || !a->http) {
-		snprintf(err, errlen, "out of memory");
+	if (!a->drain_ev) {
+		sr_seterr(err, errlen, "out of memory");
 		goto fail;
 	}
-	o = relay_get_opts(r);
-	evhttp_set_max_headers_size(a->http, RELAY_ADMIN_MAX_HEADERS);
-	evhttp_set_max_body_size(a->http, RELAY_ADMIN_MAX_BODY);
-	/* Also evhttp's inactivity timeout, which the deadline makes redundant
-	 * but for a connection the guard could not track (out of memory). */
-	tv.tv_sec = (time_t)(o->admin_request_timeout_ms / 1000u);
-	tv.tv_usec = (suseconds_t)(o->admin_request_timeout_ms % 1000u) * 1000;
-	evhttp_set_timeout_tv(a->http, &tv);
-	/* Let every method through to admin_dispatch, which answers 405 with
-	 * an Allow header (evhttp would answer 501 on its own). */
-	evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
-						EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
-						EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS);
-	evhttp_set_gencb(a->http, admin_dispatch, a);
-	a->sock = evhttp_bind_socket_with_handle(a->http, host, port);
-	if (!a->sock) {
-		snprintf(err, errlen, "cannot listen on %s for the admin API", listen);
+	ho.arg = a;
+	if (sr_http_init(&a->api, base, &ho, err, errlen) != 0)
 		goto fail;
-	}
-	if (getsockname(evhttp_bound_socket_get_fd(a->sock), (struct sockaddr *)&ss, &sslen) ==
-	    0)
-		a->port = sr_addr_port((struct sockaddr *)&ss);
-	snprintf(a->ctx, sizeof(a->ctx), strchr(host, ':') ? "admin [%s]:%u" : "admin %s:%u",
-		 host, (unsigned)a->port);
-	/* before the loop runs: evhttp accepts nothing until then */
-	a->guard = sr_http_guard_new(base, a->http, o->admin_max_conns,
-				     o->admin_request_timeout_ms, a->ctx);
-	if (!a->guard) {
-		snprintf(err, errlen, "out of memory");
-		goto fail;
-	}
-	SR_INFO(a->ctx,
+	SR_INFO(a->api.ctx,
 		"admin API listening%s; at most %u connections, each closed after %u ms",
 		a->have_token ? " (token required)" : "", o->admin_max_conns,
 		o->admin_request_timeout_ms);
@@ -750,9 +595,7 @@ void relay_admin_free(struct relay_admin *a)
 {
 	if (!a)
 		return;
-	if (a->http)
-		evhttp_free(a->http); /* closes the listener and every connection */
-	sr_http_guard_free(a->guard);
+	sr_http_fini(&a->api);
 	if (a->drain_ev)
 		event_free(a->drain_ev);
 	OPENSSL_cleanse(a->token_sha, sizeof(a->token_sha));
@@ -761,5 +604,5 @@ void relay_admin_free(struct relay_admin *a)
 
 uint16_t relay_admin_port(const struct relay_admin *a)
 {
-	return a->port;
+	return a->api.port;
 }

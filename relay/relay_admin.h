@@ -49,8 +49,8 @@ struct relay_admin_cbs {
 /* Bind the admin listener on listen ("host:port"; port 0 picks a free port)
  * in base. r is borrowed and must outlive the admin; its options give the
  * connection limits (admin_max_conns, admin_request_timeout_ms), read once. token (copied) may be
- * NULL or "" for none, which is refused unless listen is a loopback address
- * (127.0.0.0/8, ::1 or "localhost"). cbs is copied; cb_arg is passed to it.
+ * NULL or "" for none, which is refused unless the host of listen is
+ * loopback (sr_host_is_loopback, sr_cidr.h). cbs is copied; cb_arg is passed to it.
  * Returns NULL with a reason in err. */
 struct relay_admin *relay_admin_new(struct event_base *base, struct relay *r,
 				    const char *listen, const char *token,
@@ -61,9 +61,5 @@ void relay_admin_free(struct relay_admin *a);
 
 /* The bound port (useful when configured with port 0). */
 uint16_t relay_admin_port(const struct relay_admin *a);
-
-/* Whether host (numeric or "localhost") is a loopback address. Shared with
- * the config checks so that both refuse the same addresses. */
-int relay_admin_is_loopback(const char *host);
 
 #endif

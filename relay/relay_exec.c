@@ -193,8 +193,7 @@ void relay_exec_on_accept(struct relay_lease *l, enum tun_port_role role, int fd
 	p->conn_id = conn_id;
 	p->since_us = sr_now_us();
 	snprintf(p->peer, sizeof(p->peer), "%s", peer);
-	tv.tv_sec = r->o->pending_timeout_ms / 1000;
-	tv.tv_usec = (r->o->pending_timeout_ms % 1000) * 1000;
+	tv = sr_tv_ms(r->o->pending_timeout_ms);
 	evtimer_add(p->timer, &tv);
 	p->next = lx->pending;
 	lx->pending = p;

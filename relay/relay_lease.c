@@ -49,7 +49,6 @@ struct lease_port {
 	uint16_t port;               /* 0: role not held */
 	struct evconnlistener *lev;  /* owns the bound, listening fd */
 	struct event *pause_ev;      /* re-enables after an accept error */
-	int paused;
 };
 
 struct relay_lease {
@@ -65,9 +64,7 @@ struct relay_lease {
 	uint32_t ttl_s;
 	struct lease_port ports[TUN_PORT_MAX];
 	struct event *grace_ev;
-	void *owner;
 	void *data;
-	int accepting;
 	int expiring; /* inside on_expire: release is deferred to the timer */
 };
 
@@ -207,9 +204,7 @@ static void lease_pause_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	p->paused = 0;
-	if (p->l->accepting)
-		evconnlistener_enable(p->lev);
+	evconnlistener_enable(p->lev);
 }
 
 /* accept() failed with a non-retriable error, typically EMFILE/ENFILE. The
@@ -224,7 +219,6 @@ static void lease_accept_error_cb(struct evconnlistener *lev, void *arg)
 	SR_WARN(p->l->ctx, "accept on port %u failed: %s; pausing %d s", p->port,
 		evutil_socket_error_to_string(err), LEASE_ACCEPT_PAUSE_S);
 	evconnlistener_disable(lev);
-	p->paused = 1;
 	evtimer_add(p->pause_ev, &tv);
 }
 
@@ -463,7 +457,6 @@ int relay_lease_create(struct relay_lease_table *t, const char *app, unsigned ro
 	l->t = t;
 	l->roles = roles;
 	l->ttl_s = ttl_s;
-	l->accepting = 1;
 	memcpy(l->app, app, strlen(app) + 1);
 	for (int r = 0; r < TUN_PORT_MAX; r++) {
 		l->ports[r].l = l;
@@ -559,42 +552,21 @@ void relay_lease_release(struct relay_lease *l)
 	lease_free(l, "released");
 }
 
-void relay_lease_attach(struct relay_lease *l, void *owner)
+void relay_lease_attach(struct relay_lease *l)
 {
 	evtimer_del(l->grace_ev);
-	l->owner = owner;
 }
 
 void relay_lease_detach(struct relay_lease *l)
 {
 	struct timeval tv = {(time_t)l->ttl_s, 0};
 
-	l->owner = NULL;
 	/* A second detach keeps the first deadline: the grace period is
 	 * counted from when the tunnel was lost. */
 	if (evtimer_pending(l->grace_ev, NULL))
 		return;
 	evtimer_add(l->grace_ev, &tv);
 	SR_INFO(l->ctx, "detached; expires in %" PRIu32 " s unless resumed", l->ttl_s);
-}
-
-void *relay_lease_owner(const struct relay_lease *l)
-{
-	return l->owner;
-}
-
-void relay_lease_set_accepting(struct relay_lease *l, int on)
-{
-	l->accepting = on ? 1 : 0;
-	for (int r = 0; r < TUN_PORT_MAX; r++) {
-		struct lease_port *p = &l->ports[r];
-		if (!p->lev)
-			continue;
-		if (!on)
-			evconnlistener_disable(p->lev);
-		else if (!p->paused) /* a paused port resumes from its timer */
-			evconnlistener_enable(p->lev);
-	}
 }
 
 void relay_lease_describe(const struct relay_lease *l, struct tun_ctl_msg *msg)
@@ -623,21 +595,11 @@ const char *relay_lease_app(const struct relay_lease *l)
 	return l->app;
 }
 
-const char *relay_lease_resume_token(const struct relay_lease *l)
-{
-	return l->resume;
-}
-
 uint16_t relay_lease_port(const struct relay_lease *l, enum tun_port_role role)
 {
 	if ((int)role < 0 || role >= TUN_PORT_MAX)
 		return 0;
 	return l->ports[role].port;
-}
-
-unsigned relay_lease_roles(const struct relay_lease *l)
-{
-	return l->roles;
 }
 
 void relay_lease_set_data(struct relay_lease *l, void *data)

@@ -64,23 +64,16 @@ int relay_lease_rotate_resume(struct relay_lease *l);
 /* Release now: close the listeners and free the lease (no on_expire). */
 void relay_lease_release(struct relay_lease *l);
 
-/* A tunnel is attached (stops the grace timer) or detached (starts it). The
- * owner pointer is opaque to this module. */
-void relay_lease_attach(struct relay_lease *l, void *owner);
+/* A tunnel is attached (stops the grace timer) or detached (starts it). */
+void relay_lease_attach(struct relay_lease *l);
 void relay_lease_detach(struct relay_lease *l);
-void *relay_lease_owner(const struct relay_lease *l);
-
-/* Stop or resume accepting on every port of the lease (drain). */
-void relay_lease_set_accepting(struct relay_lease *l, int on);
 
 /* Update fields of a lease message (lease id, host, ports, ttl, resume). */
 void relay_lease_describe(const struct relay_lease *l, struct tun_ctl_msg *msg);
 
 const char *relay_lease_id(const struct relay_lease *l);       /* "L-<n>-<hex>" */
 const char *relay_lease_app(const struct relay_lease *l);
-const char *relay_lease_resume_token(const struct relay_lease *l);
 uint16_t relay_lease_port(const struct relay_lease *l, enum tun_port_role role); /* 0 if none */
-unsigned relay_lease_roles(const struct relay_lease *l);
 /* Per-lease slot for the owner's use (pending executor list etc.). */
 void relay_lease_set_data(struct relay_lease *l, void *data);
 void *relay_lease_data(const struct relay_lease *l);

@@ -97,7 +97,7 @@ static void attach(struct relay_tunnel *t, struct relay_lease_ext *lx)
 	lx->detached_us = 0;
 	t->lx = lx;
 	r->nregistered++;
-	relay_lease_attach(lx->lease, t);
+	relay_lease_attach(lx->lease);
 	evtimer_del(t->timer);
 	snprintf(t->ctx, sizeof(t->ctx), "lease=%s app=\"%s\" tenant=%s peer=%s",
 		 relay_lease_id(lx->lease),

@@ -2,22 +2,15 @@
 #include "sidecar/sidecar_admin.h"
 
 #include "common/sr_err.h"
-#include "common/sr_http_guard.h"
+#include "common/sr_http.h"
 #include "common/sr_log.h"
 #include "common/sr_util.h"
 #include "sidecar/sidecar.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
-#include <event2/buffer.h>
-#include <event2/event.h>
 #include <event2/http.h>
-#include <event2/keyvalq_struct.h>
 #include <jansson.h>
 
 /* Nothing the sidecar serves needs more; larger requests are refused. */
@@ -32,30 +25,8 @@
 
 struct sidecar_admin {
 	struct sidecar *sidecar;
-	struct evhttp *http;
-	struct evhttp_bound_socket *sock;
-	struct sr_http_guard *guard;
-	uint16_t port;
-	char ctx[SR_ADDRSTRLEN + 8];
+	struct sr_http api;
 };
-
-static void reply(struct evhttp_request *req, int code, const char *reason, const char *ctype,
-		  const char *body)
-{
-	struct evbuffer *b = evbuffer_new();
-
-	if (!b) {
-		evhttp_send_error(req, 500, NULL);
-		return;
-	}
-	evbuffer_add(b, body, strlen(body));
-	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
-	evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-store");
-	/* one request per connection: the deadline bounds the request */
-	evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
-	evhttp_send_reply(req, code, reason, b);
-	evbuffer_free(b);
-}
 
 static json_t *status_json(const struct sidecar_lease_info *li)
 {
@@ -89,154 +60,78 @@ static void sc_admin_dispatch(struct evhttp_request *req, void *arg)
 	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
 	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
 	struct sidecar_lease_info li;
-	json_t *j;
-	char *s;
 
 	if (!path)
 		path = "";
 	if (strcmp(path, "/healthz") != 0 && strcmp(path, "/readyz") != 0 &&
 	    strcmp(path, "/status") != 0) {
-		reply(req, 404, "Not Found", "application/json",
-		      "{\n  \"error\": \"no such endpoint\"\n}\n");
+		sr_http_reply_error(req, 404, "no such endpoint");
 		return;
 	}
 	if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
 		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
-		reply(req, 405, "Method Not Allowed", "application/json",
-		      "{\n  \"error\": \"method not allowed\"\n}\n");
+		sr_http_reply_error(req, 405, "method not allowed");
 		return;
 	}
 	if (strcmp(path, "/healthz") == 0) {
-		reply(req, 200, "OK", "text/plain; charset=utf-8", "ok\n");
+		sr_http_reply_text(req, 200, "ok\n");
 		return;
 	}
 	memset(&li, 0, sizeof(li));
 	sidecar_get_lease(a->sidecar, &li);
 	if (strcmp(path, "/readyz") == 0) {
 		if (li.have_lease && li.connected)
-			reply(req, 200, "OK", "text/plain; charset=utf-8", "ready\n");
+			sr_http_reply_text(req, 200, "ready\n");
 		else
-			reply(req, 503, "Service Unavailable", "text/plain; charset=utf-8",
-			      li.have_lease ? "not ready: tunnel down\n"
-					    : "not ready: no lease\n");
+			sr_http_reply_text(req, 503,
+					   li.have_lease ? "not ready: tunnel down\n"
+							 : "not ready: no lease\n");
 		return;
 	}
-	j = status_json(&li);
-	s = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
-	json_decref(j);
-	if (!s) {
-		evhttp_send_error(req, 500, NULL);
-		return;
-	}
-	{
-		struct evbuffer *b = evbuffer_new();
-		if (!b) {
-			free(s);
-			evhttp_send_error(req, 500, NULL);
-			return;
-		}
-		evbuffer_add(b, s, strlen(s));
-		evbuffer_add(b, "\n", 1);
-		evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
-				  "application/json");
-		evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control",
-				  "no-store");
-		evhttp_add_header(evhttp_request_get_output_headers(req), "Connection",
-				  "close");
-		evhttp_send_reply(req, 200, "OK", b);
-		evbuffer_free(b);
-	}
-	free(s);
-}
-
-static int sc_is_loopback(const char *host)
-{
-	struct in_addr a4;
-	struct in6_addr a6;
-
-	if (strcasecmp(host, "localhost") == 0)
-		return 1;
-	if (inet_pton(AF_INET, host, &a4) == 1)
-		return (ntohl(a4.s_addr) >> 24) == 127;
-	if (inet_pton(AF_INET6, host, &a6) == 1)
-		return IN6_IS_ADDR_LOOPBACK(&a6);
-	return 0;
+	sr_http_reply_json(req, 200, status_json(&li));
 }
 
 struct sidecar_admin *sidecar_admin_new(struct event_base *base, struct sidecar *s,
 					const char *listen, char *err, size_t errlen)
 {
-	struct sidecar_admin *a;
-	char host[256];
-	uint16_t port;
-	struct sockaddr_storage ss;
-	socklen_t sslen = sizeof(ss);
+	struct sidecar_admin *a = calloc(1, sizeof(*a));
+	struct sr_http_opts ho = {
+	    .name = "status",
+	    .listen = listen,
+	    .max_headers = SC_ADMIN_MAX_HEADERS,
+	    .max_body = SC_ADMIN_MAX_BODY,
+	    .max_conns = SC_ADMIN_MAX_CONNS,
+	    .deadline_ms = SC_ADMIN_DEADLINE_MS,
+	    .handler = sc_admin_dispatch,
+	    .arg = a,
+	};
 
-	if (!listen || sr_split_hostport(listen, host, sizeof(host), &port, -1) != 0) {
-		snprintf(err, errlen, "status listen address \"%s\" is not host:port",
-			 listen ? listen : "(null)");
-		return NULL;
-	}
-	a = calloc(1, sizeof(*a));
 	if (!a) {
-		snprintf(err, errlen, "out of memory");
+		sr_seterr(err, errlen, "out of memory");
 		return NULL;
 	}
 	a->sidecar = s;
-	a->http = evhttp_new(base);
-	if (!a->http) {
-		snprintf(err, errlen, "out of memory");
-		goto fail;
+	if (sr_http_init(&a->api, base, &ho, err, errlen) != 0) {
+		free(a);
+		return NULL;
 	}
-	evhttp_set_max_headers_size(a->http, SC_ADMIN_MAX_HEADERS);
-	evhttp_set_max_body_size(a->http, SC_ADMIN_MAX_BODY);
-	/* evhttp's inactivity timeout: only for a connection the guard could
-	 * not track (out of memory) */
-	evhttp_set_timeout(a->http, SC_ADMIN_DEADLINE_MS / 1000);
-	/* Every method reaches sc_admin_dispatch, which answers 405 itself. */
-	evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
-						EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
-						EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS);
-	evhttp_set_gencb(a->http, sc_admin_dispatch, a);
-	a->sock = evhttp_bind_socket_with_handle(a->http, host, port);
-	if (!a->sock) {
-		snprintf(err, errlen, "cannot listen on %s for the status API", listen);
-		goto fail;
-	}
-	if (getsockname(evhttp_bound_socket_get_fd(a->sock), (struct sockaddr *)&ss, &sslen) ==
-	    0)
-		a->port = sr_addr_port((struct sockaddr *)&ss);
-	snprintf(a->ctx, sizeof(a->ctx), strchr(host, ':') ? "status [%s]:%u" : "status %s:%u",
-		 host, (unsigned)a->port);
-	/* before the loop runs: evhttp accepts nothing until then */
-	a->guard =
-	    sr_http_guard_new(base, a->http, SC_ADMIN_MAX_CONNS, SC_ADMIN_DEADLINE_MS, a->ctx);
-	if (!a->guard) {
-		snprintf(err, errlen, "out of memory");
-		goto fail;
-	}
-	if (!sc_is_loopback(host))
-		SR_WARN(a->ctx, "status API is reachable off this host (lease and ports are "
-				"visible to anyone who can connect)");
+	if (!a->api.loopback)
+		SR_WARN(a->api.ctx, "status API is reachable off this host (lease and ports are "
+				    "visible to anyone who can connect)");
 	else
-		SR_INFO(a->ctx, "status API listening");
+		SR_INFO(a->api.ctx, "status API listening");
 	return a;
-fail:
-	sidecar_admin_free(a);
-	return NULL;
 }
 
 void sidecar_admin_free(struct sidecar_admin *a)
 {
 	if (!a)
 		return;
-	if (a->http)
-		evhttp_free(a->http);
-	sr_http_guard_free(a->guard);
+	sr_http_fini(&a->api);
 	free(a);
 }
 
 uint16_t sidecar_admin_port(const struct sidecar_admin *a)
 {
-	return a->port;
+	return a->api.port;
 }

@@ -9,7 +9,6 @@
  * what the parser would refuse, so whatever we send, our own parser accepts. */
 #include "tunnel/tun_ctl.h"
 
-#include <ctype.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -24,6 +23,10 @@
 #include "common/sr_util.h"
 
 #define CTL_HDR_LEN 4
+/* Peer-chosen text (object keys, role and type names) goes into error strings
+ * that end up in logs: at most this many bytes of it, masked (sr_mask_n) so
+ * that a peer cannot forge log lines. */
+#define CTL_SHOW_MAX 32
 
 static const char *const ctl_role_names[TUN_PORT_MAX] = {
     [TUN_PORT_DRIVER] = "driver",
@@ -169,18 +172,6 @@ static int ctl_type_from_name(const char *name)
 	return -1;
 }
 
-/* Peer-chosen text (object keys, role names) goes into error strings that end
- * up in logs: keep it short and printable so a peer cannot forge log lines. */
-static const char *ctl_printable(const char *s, char *buf, size_t buflen)
-{
-	size_t i;
-
-	for (i = 0; s[i] != '\0' && i + 1 < buflen; i++)
-		buf[i] = (isprint((unsigned char)s[i]) && s[i] != '"') ? s[i] : '?';
-	buf[i] = '\0';
-	return buf;
-}
-
 /* Copy string member `key` of obj into dst[dstsize]. Returns 0, or SR_EPROTO
  * when it is missing (and required), not a string, over-long, or empty when
  * nonempty is set. A missing optional member leaves dst as it was. */
@@ -219,7 +210,7 @@ static int ctl_get_str(json_t *obj, const char *key, char *dst, size_t dstsize, 
 static int ctl_get_roles(json_t *obj, unsigned *roles, char *err, size_t errlen)
 {
 	json_t *arr = json_object_get(obj, "roles");
-	char pbuf[40];
+	char pbuf[SR_ESC_SIZE(CTL_SHOW_MAX)];
 	size_t i;
 	json_t *v;
 
@@ -246,13 +237,14 @@ static int ctl_get_roles(json_t *obj, unsigned *roles, char *err, size_t errlen)
 		}
 		r = tun_port_role_from_name(json_string_value(v));
 		if (r < 0) {
+			sr_mask_n(json_string_value(v), CTL_SHOW_MAX, pbuf, sizeof(pbuf));
 			sr_seterr(err, errlen, "field \"roles[%zu]\": unknown role \"%s\"", i,
-				   ctl_printable(json_string_value(v), pbuf, sizeof(pbuf)));
+				  pbuf);
 			return SR_EPROTO;
 		}
 		if (*roles & TUN_ROLE_BIT(r)) {
-			sr_seterr(err, errlen, "field \"roles[%zu]\": duplicate role \"%s\"",
-				   i, ctl_role_names[r]);
+			sr_seterr(err, errlen, "field \"roles[%zu]\": duplicate role \"%s\"", i,
+				  ctl_role_names[r]);
 			return SR_EPROTO;
 		}
 		*roles |= TUN_ROLE_BIT(r);
@@ -265,7 +257,7 @@ static int ctl_get_roles(json_t *obj, unsigned *roles, char *err, size_t errlen)
 static int ctl_get_ports(json_t *obj, struct tun_ctl_msg *msg, char *err, size_t errlen)
 {
 	json_t *ports = json_object_get(obj, "ports");
-	char pbuf[40];
+	char pbuf[SR_ESC_SIZE(CTL_SHOW_MAX)];
 	const char *key;
 	json_t *v;
 
@@ -288,7 +280,7 @@ static int ctl_get_ports(json_t *obj, struct tun_ctl_msg *msg, char *err, size_t
 
 		if (r < 0) {
 			sr_seterr(err, errlen, "field \"ports.%s\": unknown role",
-				   ctl_printable(key, pbuf, sizeof(pbuf)));
+				  sr_mask_n(key, CTL_SHOW_MAX, pbuf, sizeof(pbuf)));
 			return SR_EPROTO;
 		}
 		p = json_is_integer(v) ? json_integer_value(v) : 0;
@@ -334,7 +326,7 @@ static int ctl_get_u32(json_t *obj, const char *key, uint32_t max, uint32_t *out
 static int ctl_parse_obj(json_t *root, struct tun_ctl_msg *msg, char *err, size_t errlen)
 {
 	json_t *v = json_object_get(root, "v");
-	char pbuf[40];
+	char pbuf[SR_ESC_SIZE(CTL_SHOW_MAX)];
 	int type, rc;
 
 	if (v == NULL) {
@@ -363,7 +355,7 @@ static int ctl_parse_obj(json_t *root, struct tun_ctl_msg *msg, char *err, size_
 	type = ctl_type_from_name(json_string_value(v));
 	if (type < 0) {
 		sr_seterr(err, errlen, "field \"type\": unknown message type \"%s\"",
-			   ctl_printable(json_string_value(v), pbuf, sizeof(pbuf)));
+			  sr_mask_n(json_string_value(v), CTL_SHOW_MAX, pbuf, sizeof(pbuf)));
 		return SR_EPROTO;
 	}
 	msg->type = (enum tun_ctl_type)type;

@@ -37,8 +37,8 @@ char *tun_tls_errors(char *buf, size_t len)
 static void set_err(char *err, size_t errlen, const char *what, const char *file)
 {
 	char ssl[512];
-	snprintf(err, errlen, "%s%s%s: %s", what, file ? " " : "", file ? file : "",
-		 tun_tls_errors(ssl, sizeof(ssl)));
+	sr_seterr(err, errlen, "%s%s%s: %s", what, file ? " " : "", file ? file : "",
+		  tun_tls_errors(ssl, sizeof(ssl)));
 }
 
 static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
@@ -73,8 +73,6 @@ static SSL_CTX *ctx_common(const SSL_METHOD *m, char *err, size_t errlen)
 	 * resumption; reconnects are rare enough to afford full handshakes. */
 	SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION);
 	SSL_CTX_set_num_tickets(ctx, 0);
-	/* No read_ahead: bufferevent_openssl (2.1) only consults SSL_pending(),
-	 * which does not count read-ahead bytes, so records would sit unread. */
 	return ctx;
 }
 
@@ -120,7 +118,7 @@ SSL_CTX *tun_tls_server_ctx(const char *cert_file, const char *key_file,
 					   (require_client_cert ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0),
 				   NULL);
 	} else if (require_client_cert) {
-		snprintf(err, errlen, "require_client_cert needs a client CA file");
+		sr_seterr(err, errlen, "require_client_cert needs a client CA file");
 		goto fail;
 	}
 	return ctx;
@@ -135,7 +133,7 @@ SSL_CTX *tun_tls_client_ctx(const char *ca_file, const char *cert_file, const ch
 	SSL_CTX *ctx;
 
 	if (!ca_file || !*ca_file) {
-		snprintf(err, errlen, "a CA file to verify the relay is required");
+		sr_seterr(err, errlen, "a CA file to verify the relay is required");
 		return NULL;
 	}
 	ctx = ctx_common(TLS_client_method(), err, errlen);
@@ -147,7 +145,7 @@ SSL_CTX *tun_tls_client_ctx(const char *ca_file, const char *cert_file, const ch
 	}
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 	if ((cert_file && *cert_file) != (key_file && *key_file)) {
-		snprintf(err, errlen, "client certificate and key must be given together");
+		sr_seterr(err, errlen, "client certificate and key must be given together");
 		goto fail;
 	}
 	if (cert_file && *cert_file && load_pair(ctx, cert_file, key_file, err, errlen) != 0)

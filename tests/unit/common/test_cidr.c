@@ -1,6 +1,6 @@
 /* CIDR blocks: parsing (bare addresses, prefixes, host bits, IPv4-mapped
  * blocks, malformed input) and matching of AF_INET, AF_INET6 and
- * IPv4-mapped AF_INET6 socket addresses. */
+ * IPv4-mapped AF_INET6 socket addresses; the loopback rule. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -210,6 +210,35 @@ static void test_loopback(void **state)
 	}
 }
 
+/* The rule every listener check shares: numeric loopback, or "localhost"
+ * in any case; no other name, however it resolves. */
+static void test_host_loopback(void **state)
+{
+	static const char *const yes[] = {"127.0.0.1",	      "127.255.0.9", "::1",
+					  "::ffff:127.0.0.1", "localhost",   "LocalHost"};
+	static const char *const no[] = {"10.0.0.1",
+					 "0.0.0.0",
+					 "::",
+					 "::ffff:10.0.0.1",
+					 "[::1]",
+					 "127.0.0.1:80",
+					 "localhost.",
+					 "a.localhost",
+					 "localhost1",
+					 "admin.example",
+					 ""};
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
+		if (!sr_host_is_loopback(yes[i]))
+			fail_msg("%s should be loopback", yes[i]);
+	for (i = 0; i < sizeof(no) / sizeof(no[0]); i++)
+		if (sr_host_is_loopback(no[i]))
+			fail_msg("%s should not be loopback", no[i]);
+	assert_false(sr_host_is_loopback(NULL));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -222,6 +251,7 @@ int main(void)
 	    cmocka_unit_test(test_match_v4_mapped_address),
 	    cmocka_unit_test(test_match_other_family_and_null),
 	    cmocka_unit_test(test_loopback),
+	    cmocka_unit_test(test_host_loopback),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

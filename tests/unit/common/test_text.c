@@ -33,6 +33,20 @@ static void test_esc_cuts_long_values_with_ellipsis(void **st)
 	assert_string_equal(buf, "\\x0a\\x0a\\x0a...");
 }
 
+/* The bytes sr_esc escapes are masked, nothing else; cut as sr_esc cuts. */
+static void test_mask_replaces_what_esc_escapes(void **st)
+{
+	char buf[16];
+	(void)st;
+	assert_string_equal(sr_mask_n("app-1 ok", 0, buf, sizeof(buf)), "app-1 ok");
+	assert_string_equal(sr_mask_n("a\nb\x1b[2J", 0, buf, sizeof(buf)), "a?b?[2J");
+	assert_string_equal(sr_mask_n("q\"\\\xc3\xa9", 0, buf, sizeof(buf)), "q????");
+	assert_string_equal(sr_mask_n(NULL, 0, buf, sizeof(buf)), "");
+	assert_string_equal(sr_mask_n("abcdef", 3, buf, sizeof(buf)), "abc...");
+	sr_mask_n("abcdefghijklmnopqrstuvwxyz", 0, buf, sizeof(buf));
+	assert_string_equal(buf, "abcdefghijkl...");
+}
+
 static void test_esc_ctl_makes_one_line(void **st)
 {
 	char out[64];
@@ -78,6 +92,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_esc_keeps_printable_and_escapes_the_rest),
 		cmocka_unit_test(test_esc_cuts_long_values_with_ellipsis),
+		cmocka_unit_test(test_mask_replaces_what_esc_escapes),
 		cmocka_unit_test(test_esc_ctl_makes_one_line),
 		cmocka_unit_test(test_valid_host),
 		cmocka_unit_test(test_valid_chars),

@@ -216,6 +216,22 @@ static int is_hex(const char *s, size_t n)
 	return 1;
 }
 
+/* The resume token of l, as the lease message carries it. */
+struct token {
+	char s[TUN_CTL_RESUME_MAX];
+};
+
+static struct token resume_of(const struct relay_lease *l)
+{
+	struct tun_ctl_msg m;
+	struct token t;
+
+	memset(&m, 0, sizeof(m));
+	relay_lease_describe(l, &m);
+	snprintf(t.s, sizeof(t.s), "%s", m.resume);
+	return t;
+}
+
 static int setup(void **state)
 {
 	struct fx *f = calloc(1, sizeof(*f));
@@ -256,15 +272,13 @@ static void test_create_two_roles_listening(void **state)
 	assert_int_equal(relay_lease_create(f->t, "myapp", roles, 30, &l), 0);
 	assert_non_null(l);
 	assert_int_equal(relay_lease_count(f->t), 1);
-	assert_int_equal(relay_lease_roles(l), roles);
 	assert_string_equal(relay_lease_app(l), "myapp");
-	assert_null(relay_lease_owner(l)); /* starts detached */
 
 	/* "L-<n>-<8 hex>" and a 64-hex resume token. */
 	snprintf(want_prefix, sizeof(want_prefix), "L-1-");
 	assert_memory_equal(relay_lease_id(l), want_prefix, 4);
 	assert_true(is_hex(relay_lease_id(l) + 4, 8));
-	assert_true(is_hex(relay_lease_resume_token(l), 64));
+	assert_true(is_hex(resume_of(l).s, 64));
 
 	pd = relay_lease_port(l, TUN_PORT_DRIVER);
 	pb = relay_lease_port(l, TUN_PORT_BLOCKMANAGER);
@@ -297,7 +311,7 @@ static void test_second_lease_gets_other_ports_and_sequence(void **state)
 	assert_int_equal(relay_lease_create(f->t, "a", roles, 30, &a), 0);
 	assert_int_equal(relay_lease_create(f->t, "b", roles, 30, &b), 0);
 	assert_memory_equal(relay_lease_id(b), "L-2-", 4);
-	assert_string_not_equal(relay_lease_resume_token(a), relay_lease_resume_token(b));
+	assert_string_not_equal(resume_of(a).s, resume_of(b).s);
 	uint16_t p[4] = {relay_lease_port(a, TUN_PORT_DRIVER),
 			 relay_lease_port(a, TUN_PORT_BLOCKMANAGER),
 			 relay_lease_port(b, TUN_PORT_DRIVER),
@@ -421,29 +435,28 @@ static void test_find_by_resume_and_id(void **state)
 						    &l[i]),
 				 0);
 	for (int i = 0; i < 3; i++) {
-		assert_ptr_equal(relay_lease_find_resume(f->t, relay_lease_resume_token(l[i])),
-				 l[i]);
+		assert_ptr_equal(relay_lease_find_resume(f->t, resume_of(l[i]).s), l[i]);
 		assert_ptr_equal(relay_lease_find_id(f->t, relay_lease_id(l[i])), l[i]);
 	}
 	/* Same length, one character off. */
-	snprintf(wrong, sizeof(wrong), "%s", relay_lease_resume_token(l[1]));
+	snprintf(wrong, sizeof(wrong), "%s", resume_of(l[1]).s);
 	wrong[10] = wrong[10] == 'a' ? 'b' : 'a';
 	assert_null(relay_lease_find_resume(f->t, wrong));
 	/* Prefix and extension of a real token. */
-	snprintf(wrong, sizeof(wrong), "%s", relay_lease_resume_token(l[1]));
+	snprintf(wrong, sizeof(wrong), "%s", resume_of(l[1]).s);
 	wrong[63] = '\0';
 	assert_null(relay_lease_find_resume(f->t, wrong));
-	snprintf(wrong, sizeof(wrong), "%sx", relay_lease_resume_token(l[1]));
+	snprintf(wrong, sizeof(wrong), "%sx", resume_of(l[1]).s);
 	assert_null(relay_lease_find_resume(f->t, wrong));
 	assert_null(relay_lease_find_resume(f->t, ""));
 	/* An id is not a resume token, and vice versa. */
 	assert_null(relay_lease_find_resume(f->t, relay_lease_id(l[0])));
-	assert_null(relay_lease_find_id(f->t, relay_lease_resume_token(l[0])));
+	assert_null(relay_lease_find_id(f->t, resume_of(l[0]).s));
 	assert_null(relay_lease_find_id(f->t, "L-99-00000000"));
 
 	/* A released lease is no longer found. */
 	snprintf(id, sizeof(id), "%s", relay_lease_id(l[2]));
-	snprintf(wrong, sizeof(wrong), "%s", relay_lease_resume_token(l[2]));
+	snprintf(wrong, sizeof(wrong), "%s", resume_of(l[2]).s);
 	relay_lease_release(l[2]);
 	assert_null(relay_lease_find_id(f->t, id));
 	assert_null(relay_lease_find_resume(f->t, wrong));
@@ -457,7 +470,6 @@ static void test_rotate_resume(void **state)
 	struct fx *f = *state;
 	struct relay_lease *l = NULL, *other = NULL;
 	char old[TUN_CTL_RESUME_MAX];
-	struct tun_ctl_msg m;
 
 	fx_table(f, 0);
 	assert_int_equal(relay_lease_create(f->t, "app", TUN_ROLE_BIT(TUN_PORT_DRIVER), 30, &l),
@@ -465,16 +477,13 @@ static void test_rotate_resume(void **state)
 	assert_int_equal(relay_lease_create(f->t, "app", TUN_ROLE_BIT(TUN_PORT_DRIVER), 30,
 					    &other),
 			 0);
-	snprintf(old, sizeof(old), "%s", relay_lease_resume_token(l));
+	snprintf(old, sizeof(old), "%s", resume_of(l).s);
 	assert_int_equal(relay_lease_rotate_resume(l), 0);
-	assert_true(is_hex(relay_lease_resume_token(l), 64));
-	assert_string_not_equal(relay_lease_resume_token(l), old);
+	assert_true(is_hex(resume_of(l).s, 64));
+	assert_string_not_equal(resume_of(l).s, old);
 	assert_null(relay_lease_find_resume(f->t, old));
-	assert_ptr_equal(relay_lease_find_resume(f->t, relay_lease_resume_token(l)), l);
-	assert_ptr_equal(relay_lease_find_resume(f->t, relay_lease_resume_token(other)), other);
-	memset(&m, 0, sizeof(m));
-	relay_lease_describe(l, &m);
-	assert_string_equal(m.resume, relay_lease_resume_token(l));
+	assert_ptr_equal(relay_lease_find_resume(f->t, resume_of(l).s), l);
+	assert_ptr_equal(relay_lease_find_resume(f->t, resume_of(other).s), other);
 }
 
 /* More leases than the initial id hash buckets, so the table must grow and
@@ -530,7 +539,6 @@ static void test_detach_ttl_expires_once(void **state)
 {
 	struct fx *f = *state;
 	struct relay_lease *l = NULL;
-	int owner;
 	uint16_t pd;
 	char id[TUN_CTL_LEASE_MAX];
 
@@ -538,10 +546,8 @@ static void test_detach_ttl_expires_once(void **state)
 	assert_int_equal(relay_lease_create(f->t, "app", TUN_ROLE_BIT(TUN_PORT_DRIVER), 1, &l), 0);
 	snprintf(id, sizeof(id), "%s", relay_lease_id(l));
 	pd = relay_lease_port(l, TUN_PORT_DRIVER);
-	relay_lease_attach(l, &owner);
-	assert_ptr_equal(relay_lease_owner(l), &owner);
+	relay_lease_attach(l);
 	relay_lease_detach(l);
-	assert_null(relay_lease_owner(l));
 	uint64_t t0 = sr_now_us();
 	run_until(f, &f->expires, 1, 3000);
 	uint64_t took = sr_now_us() - t0;
@@ -561,7 +567,6 @@ static void test_attach_before_expiry_keeps_lease(void **state)
 {
 	struct fx *f = *state;
 	struct relay_lease *l = NULL;
-	int owner;
 	uint16_t pd;
 
 	fx_table(f, 0);
@@ -569,11 +574,10 @@ static void test_attach_before_expiry_keeps_lease(void **state)
 	pd = relay_lease_port(l, TUN_PORT_DRIVER);
 	relay_lease_detach(l);
 	run_for(f, 500);
-	relay_lease_attach(l, &owner);
+	relay_lease_attach(l);
 	run_for(f, 1500);
 	assert_int_equal(f->expires, 0);
 	assert_int_equal(relay_lease_count(f->t), 1);
-	assert_ptr_equal(relay_lease_owner(l), &owner);
 	assert_true(connect_loop(f, pd) >= 0);
 	run_until(f, &f->accepts_total, 1, WAIT_MS);
 	assert_int_equal(f->accepts[TUN_PORT_DRIVER], 1);
@@ -640,7 +644,7 @@ static void test_describe_fills_message(void **state)
 	assert_int_equal(msg.ports[TUN_PORT_BLOCKMANAGER], 0);
 	assert_int_equal(msg.roles, roles);
 	assert_int_equal(msg.ttl_s, 300);
-	assert_string_equal(msg.resume, relay_lease_resume_token(l));
+	assert_ptr_equal(relay_lease_find_resume(f->t, msg.resume), l);
 }
 
 static void test_describe_host_defaults_to_bind_address(void **state)
@@ -654,25 +658,6 @@ static void test_describe_host_defaults_to_bind_address(void **state)
 	memset(&msg, 0, sizeof(msg));
 	relay_lease_describe(l, &msg);
 	assert_string_equal(msg.host, "127.0.0.1");
-}
-
-static void test_set_accepting_pauses_and_resumes(void **state)
-{
-	struct fx *f = *state;
-	struct relay_lease *l = NULL;
-	uint16_t pd;
-
-	fx_table(f, 0);
-	assert_int_equal(relay_lease_create(f->t, "app", TUN_ROLE_BIT(TUN_PORT_DRIVER), 5, &l), 0);
-	pd = relay_lease_port(l, TUN_PORT_DRIVER);
-	relay_lease_set_accepting(l, 0);
-	/* The kernel still completes the handshake into the backlog. */
-	assert_true(connect_loop(f, pd) >= 0);
-	run_for(f, 200);
-	assert_int_equal(f->accepts_total, 0);
-	relay_lease_set_accepting(l, 1);
-	run_until(f, &f->accepts_total, 1, WAIT_MS);
-	assert_int_equal(f->accepts[TUN_PORT_DRIVER], 1);
 }
 
 struct visit_log {
@@ -824,46 +809,6 @@ static void test_accept_emfile_pauses_listener(void **state)
 	assert_int_equal(f->accepts[TUN_PORT_DRIVER], 1);
 }
 
-/* A drain (set_accepting 0) during an EMFILE pause must not be undone by the
- * pause timer. */
-static void test_pause_timer_respects_drain(void **state)
-{
-	struct fx *f = *state;
-	struct relay_lease *l = NULL;
-	struct rlimit rl;
-	int probe;
-
-	fx_table(f, 0);
-	assert_int_equal(relay_lease_create(f->t, "app", TUN_ROLE_BIT(TUN_PORT_DRIVER), 5, &l), 0);
-	assert_true(connect_loop(f, relay_lease_port(l, TUN_PORT_DRIVER)) >= 0);
-	assert_int_equal(getrlimit(RLIMIT_NOFILE, &f->saved_nofile), 0);
-	probe = fcntl(0, F_DUPFD_CLOEXEC, 0);
-	assert_true(probe >= 0);
-	close(probe);
-	rl = f->saved_nofile;
-	rl.rlim_cur = (rlim_t)probe + 4;
-	assert_int_equal(setrlimit(RLIMIT_NOFILE, &rl), 0);
-	f->nofile_changed = 1;
-	while (f->nfillers < MAX_FDS) {
-		int fd = fcntl(0, F_DUPFD_CLOEXEC, 0);
-		if (fd < 0)
-			break;
-		f->fillers[f->nfillers++] = fd;
-	}
-	run_for(f, 200);
-	relay_lease_set_accepting(l, 0);
-	for (int i = 0; i < f->nfillers; i++)
-		close(f->fillers[i]);
-	f->nfillers = 0;
-	assert_int_equal(setrlimit(RLIMIT_NOFILE, &f->saved_nofile), 0);
-	f->nofile_changed = 0;
-	run_for(f, 1500);
-	assert_int_equal(f->accepts_total, 0);
-	relay_lease_set_accepting(l, 1);
-	run_until(f, &f->accepts_total, 1, WAIT_MS);
-	assert_int_equal(f->accepts[TUN_PORT_DRIVER], 1);
-}
-
 static int have_ipv6_loopback(void)
 {
 	struct sockaddr_in6 sa;
@@ -925,12 +870,10 @@ int main(void)
 		T(test_cursor_does_not_reuse_released_port),
 		T(test_describe_fills_message),
 		T(test_describe_host_defaults_to_bind_address),
-		T(test_set_accepting_pauses_and_resumes),
 		T(test_data_slot_and_foreach),
 		T(test_invalid_arguments),
 		T(test_table_free_closes_everything_without_expire),
 		T(test_accept_emfile_pauses_listener),
-		T(test_pause_timer_respects_drain),
 		T(test_ipv6_loopback),
 #undef T
 	};
