@@ -17,6 +17,10 @@
 #define HDR_LEASE "sparkrelay-lease"
 #define HDR_CONN "sparkrelay-conn"
 #define HDR_PEER "sparkrelay-peer"
+/* Protocol v2, on a resumed stream: "<rx>;<fin>", the bytes this end has
+ * received on the stream (and 1 if it saw END_STREAM): the other end resends
+ * from there. In the relay's CONNECT and in the sidecar's answer. */
+#define HDR_RESUME "sparkrelay-resume"
 
 /* Incoming resets on the sidecar (the HTTP/2 server). A relay resets a stream
  * when its executor connection fails, at most once per stream, so in a burst
@@ -64,6 +68,10 @@ void tun_conn_opts_defaults(struct tun_conn_opts *o)
 }
 
 static void conn_fail(struct tun_conn *c, int err, const char *why);
+static void resume_value(const struct tun_stream *s, char *buf, size_t len);
+static int parse_resume(const uint8_t *v, size_t len, uint64_t *rx, int *fin);
+static void barrier_acked(struct tun_conn *c, uint64_t seq);
+static void barrier_send(struct tun_conn *c);
 
 void tun_conn_go(struct tun_conn *c, enum tc_state st)
 {
@@ -170,7 +178,7 @@ static int h2_send_data_cb(nghttp2_session *h2, nghttp2_frame *frame, const uint
 	struct evbuffer *in;
 	struct evbuffer_iovec v;
 
-	if (!s->sock)
+	if (!s->sock || s->conn != c)
 		return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* socket gone: reset the stream */
 	if (evbuffer_get_length(out) >= c->opts.out_high)
 		return NGHTTP2_ERR_WOULDBLOCK;
@@ -181,8 +189,18 @@ static int h2_send_data_cb(nghttp2_session *h2, nghttp2_frame *frame, const uint
 	    v.iov_len < 9 + length)
 		return NGHTTP2_ERR_CALLBACK_FAILURE;
 	memcpy(v.iov_base, framehd, 9);
-	if (evbuffer_remove(in, (char *)v.iov_base + 9, length) != (int)length)
-		return NGHTTP2_ERR_CALLBACK_FAILURE;
+	/* The bytes stay at the front of the input until the peer acknowledges
+	 * them (tun_stream_on_ack): a resumed stream may have to send them again. */
+	{
+		struct evbuffer_ptr pos;
+		if (evbuffer_ptr_set(in, &pos, (size_t)(s->tx_sent - s->tx_acked),
+				     EVBUFFER_PTR_SET) != 0 ||
+		    evbuffer_copyout_from(in, &pos, (char *)v.iov_base + 9, length) !=
+			    (ev_ssize_t)length)
+			return NGHTTP2_ERR_CALLBACK_FAILURE;
+	}
+	s->tx_sent += length;
+	tun_stream_update_wm(s);
 	v.iov_len = 9 + length;
 	if (evbuffer_commit_space(out, &v, 1) != 0)
 		return NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -200,6 +218,8 @@ void tun_conn_flush(struct tun_conn *c)
 	}
 	if (c->st != TC_ST_OPEN && c->st != TC_ST_GOAWAY)
 		return;
+	if (c->want_barrier && !c->barrier_out)
+		barrier_send(c);
 	for (;;) {
 		size_t before = evbuffer_get_length(c->out), after;
 		do {
@@ -351,6 +371,11 @@ static void sidecar_header(struct tun_stream *s, const uint8_t *name, size_t nam
 		if ((s->flags & TS_F_CONN_HDR) || parse_conn_id(value, valuelen, &s->conn_id) != 0)
 			s->bad_header = HDR_CONN;
 		s->flags |= TS_F_CONN_HDR;
+	} else if (IS(HDR_RESUME)) {
+		if ((s->flags & TS_F_RESUME_HDR) ||
+		    parse_resume(value, valuelen, &s->peer_rx, &s->peer_fin) != 0)
+			s->bad_header = HDR_RESUME;
+		s->flags |= TS_F_RESUME_HDR;
 	}
 #undef IS
 }
@@ -368,11 +393,18 @@ static int h2_on_header(nghttp2_session *h2, const nghttp2_frame *frame, const u
 	if (!s)
 		return 0;
 	if (c->role == TUN_ROLE_RELAY) {
-		/* The response to our request: only :status matters. */
+		/* The response to our request: :status, and on a resumed stream
+		 * how much of ours the sidecar has. */
 		if (namelen == 7 && memcmp(name, ":status", 7) == 0 &&
 		    !(valuelen == 3 && memcmp(value, "200", 3) == 0)) {
 			s->h2_error = NGHTTP2_CONNECT_ERROR;
 			return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+		}
+		if (namelen == sizeof(HDR_RESUME) - 1 && memcmp(name, HDR_RESUME, namelen) == 0) {
+			if ((s->flags & TS_F_RESUME_HDR) ||
+			    parse_resume(value, valuelen, &s->peer_rx, &s->peer_fin) != 0)
+				return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+			s->flags |= TS_F_RESUME_HDR;
 		}
 		return 0;
 	}
@@ -433,8 +465,41 @@ static ssize_t ctl_read_cb(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t
 	return NGHTTP2_ERR_DEFERRED;
 }
 
-static int sidecar_on_request(struct tun_conn *c, struct tun_stream *s)
+/* Sidecar: a resumed CONNECT (sparkrelay-resume): the held stream with that
+ * id takes over from the placeholder *sp. */
+static int sidecar_on_resume(struct tun_conn *c, struct tun_stream **sp)
 {
+	struct tun_stream *p = *sp, *s;
+	uint32_t rst = NGHTTP2_REFUSED_STREAM;
+
+	if (!c->group) {
+		SR_WARN(c->logctx, "stream %d refused: resumed before the lease", p->id);
+		return NGHTTP2_REFUSED_STREAM;
+	}
+	s = tun_group_take(c->group, c, p, &rst);
+	if (!s)
+		return (int)rst;
+	/* The placeholder goes; nghttp2 now names the held stream. */
+	if (p->prev)
+		p->prev->next = p->next;
+	else
+		c->streams = p->next;
+	if (p->next)
+		p->next->prev = p->prev;
+	c->stats.streams_active--;
+	tun_stream_free(p);
+	*sp = s;
+	if (s->st == TS_ST_OPEN) {
+		if (tun_conn_submit_response(c, s) != 0)
+			return NGHTTP2_INTERNAL_ERROR;
+		tun_stream_start_reading(s);
+	} /* else still connecting to the driver: answered when connected */
+	return 0;
+}
+
+static int sidecar_on_request(struct tun_conn *c, struct tun_stream **sp)
+{
+	struct tun_stream *s = *sp;
 	static const nghttp2_nv ok[] = {{(uint8_t *)":status", (uint8_t *)"200", 7, 3,
 					 NGHTTP2_NV_FLAG_NONE}};
 	nghttp2_data_provider prd = {.source = {.ptr = NULL}, .read_callback = ctl_read_cb};
@@ -477,6 +542,8 @@ static int sidecar_on_request(struct tun_conn *c, struct tun_stream *s)
 			s->id, s->bad_header);
 		return NGHTTP2_REFUSED_STREAM;
 	}
+	if (s->flags & TS_F_RESUME_HDR)
+		return sidecar_on_resume(c, sp);
 	req.port = s->port;
 	req.lease = s->lease;
 	req.conn_id = s->conn_id;
@@ -494,6 +561,36 @@ static int sidecar_on_request(struct tun_conn *c, struct tun_stream *s)
 	return 0;
 }
 
+/* Relay: the sidecar answered a CONNECT. A resumed stream starts to send
+ * now, from what the sidecar says it has. Returns -1 if s was reset. */
+static int relay_on_answer(struct tun_conn *c, struct tun_stream *s)
+{
+	s->flags |= TS_F_ANSWER_SEEN;
+	if (!(s->flags & TS_F_RESUMING))
+		return 0;
+	s->flags &= ~TS_F_RESUMING;
+	if (c->group)
+		tun_group_answered(c->group, s);
+	if (!(s->flags & TS_F_RESUME_HDR) || tun_stream_apply_peer_rx(s) != 0) {
+		if (c->group)
+			c->group->st.lost[TUN_LOST_MISMATCH]++;
+		SR_WARN(c->logctx, "conn=%llu: the sidecar's resume point does not match ours; "
+				   "resetting the stream",
+			(unsigned long long)s->conn_id);
+		tun_conn_reset_stream(c, s, NGHTTP2_CONNECT_ERROR);
+		tun_stream_kill(s, 1);
+		return -1;
+	}
+	if (c->group)
+		c->group->st.resumed++;
+	if (s->flags & TS_F_DEFERRED) {
+		s->flags &= ~TS_F_DEFERRED;
+		nghttp2_session_resume_data(c->h2, s->id);
+	}
+	tun_stream_start_reading(s);
+	return 0;
+}
+
 static int h2_on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, void *user)
 {
 	struct tun_conn *c = user;
@@ -503,7 +600,20 @@ static int h2_on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, voi
 		s = nghttp2_session_get_stream_user_data(h2, frame->hd.stream_id);
 
 	switch (frame->hd.type) {
+	case NGHTTP2_WINDOW_UPDATE:
+		/* Credit comes back only for bytes the peer wrote to its socket:
+		 * those are delivered, and need no replay. */
+		if (s && !(s->flags & TS_F_CTL))
+			tun_stream_on_ack(s, (uint32_t)frame->window_update.window_size_increment);
+		break;
 	case NGHTTP2_PING:
+		if (frame->hd.flags & NGHTTP2_FLAG_ACK) {
+			uint64_t seq = 0;
+			for (int i = 0; i < 8; i++)
+				seq = seq << 8 | frame->ping.opaque_data[i];
+			if (seq)
+				barrier_acked(c, seq);
+		}
 		if ((frame->hd.flags & NGHTTP2_FLAG_ACK) && c->ping_sent_us) {
 			c->stats.last_rtt_us = sr_now_us() - c->ping_sent_us;
 			c->ping_sent_us = 0;
@@ -533,13 +643,16 @@ static int h2_on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, voi
 		if (!s)
 			break;
 		if (c->role == TUN_ROLE_SIDECAR && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
-			int code = sidecar_on_request(c, s);
+			int code = sidecar_on_request(c, &s);
 			if (code) {
-				nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, s->id,
+				nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
 							  (uint32_t)code);
 				break;
 			}
 		}
+		if (c->role == TUN_ROLE_RELAY && frame->headers.cat == NGHTTP2_HCAT_RESPONSE &&
+		    relay_on_answer(c, s) != 0)
+			break;
 		if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)
 			tun_stream_on_peer_eof(s);
 		break;
@@ -598,6 +711,25 @@ static int h2_on_stream_close(nghttp2_session *h2, int32_t id, uint32_t error_co
 		conn_fail(c, SR_EPROTO, "control stream closed by peer");
 		return NGHTTP2_ERR_CALLBACK_FAILURE;
 	}
+	if (s->flags & TS_F_RESUMING) {
+		s->flags &= ~TS_F_RESUMING;
+		if (c->group)
+			tun_group_answered(c->group, s);
+		/* Never established at the sidecar (no answer ever came, so
+		 * nothing was acknowledged either): open it afresh, sending
+		 * everything from the first byte. */
+		if (error_code == NGHTTP2_REFUSED_STREAM && !(s->flags & TS_F_ANSWER_SEEN) &&
+		    s->tx_acked == 0 && s->st == TS_ST_OPEN && !tun_conn_closing(c)) {
+			nghttp2_session_set_stream_user_data(h2, id, NULL);
+			s->tx_sent = 0;
+			if (tun_conn_submit_connect(c, s, 0) == 0) {
+				c->stats.streams_opened++;
+				return 0;
+			}
+		}
+		if (c->group)
+			c->group->st.lost[TUN_LOST_UNKNOWN]++;
+	}
 	tun_stream_on_h2_close(s, error_code);
 	if (s->st < TS_ST_DEAD && !s->sock)
 		tun_stream_kill(s, 0);
@@ -609,10 +741,13 @@ static int h2_on_frame_send(nghttp2_session *h2, const nghttp2_frame *frame, voi
 {
 	struct tun_conn *c = user;
 
-	if (frame->hd.type == NGHTTP2_HEADERS && c->role == TUN_ROLE_SIDECAR) {
+	if (frame->hd.stream_id > 0 &&
+	    (frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA)) {
 		struct tun_stream *s = nghttp2_session_get_stream_user_data(h2, frame->hd.stream_id);
-		if (s)
+		if (s && frame->hd.type == NGHTTP2_HEADERS && c->role == TUN_ROLE_SIDECAR)
 			s->flags |= TS_F_ANSWERED;
+		if (s && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
+			s->flags |= TS_F_FIN_SENT;
 	}
 	if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR)
 		c->goaway_sent_error = frame->goaway.error_code; /* tun_conn_flush acts on it */
@@ -668,15 +803,27 @@ static void close_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	tun_conn_schedule_reap(c);
 }
 
-static void kill_all_streams(struct tun_conn *c)
+/* The session is over. With hold and a group (protocol v2), every stream
+ * whose socket lives is handed to the group, to be resumed on the next
+ * tunnel; the others, and all of them without, end here (executors see a
+ * reset). tun_conn_closing(c) is set, so killed streams move to the dead
+ * list. */
+static void end_all_streams(struct tun_conn *c, int hold)
 {
-	/* tun_conn_closing(c) is set, so each killed stream moves to the dead list. */
+	struct tun_group *g = hold ? c->group : NULL;
+
+	c->nwriteq = 0;
+	c->linger = NULL;
 	while (c->streams) {
 		struct tun_stream *s = c->streams;
-		if (s->st >= TS_ST_DEAD)
+		if (s->st >= TS_ST_DEAD) {
 			tun_stream_maybe_reap(s);
-		else
-			tun_stream_kill(s, !(s->flags & TS_F_CTL)); /* executors see a reset */
+		} else if (g && !(s->flags & TS_F_CTL) && s->st != TS_ST_NEW) {
+			tun_stream_unbind(s);
+			tun_group_hold(g, s);
+		} else {
+			tun_stream_kill(s, !(s->flags & TS_F_CTL));
+		}
 	}
 }
 
@@ -690,11 +837,12 @@ static void conn_fail(struct tun_conn *c, int err, const char *why)
 		SR_INFO(c->logctx, "tunnel closed: %s", why);
 	else
 		SR_WARN(c->logctx, "tunnel closed: %s", why);
-	kill_all_streams(c);
+	/* Not the owner's decision: the streams wait for the next tunnel. */
+	end_all_streams(c, 1);
 	tun_conn_schedule_reap(c);
 }
 
-void tun_conn_close(struct tun_conn *c, int err)
+static void conn_close(struct tun_conn *c, int err, int hold)
 {
 	struct timeval tv = {2, 0};
 
@@ -702,7 +850,7 @@ void tun_conn_close(struct tun_conn *c, int err)
 		return;
 	tun_conn_go(c, TC_ST_CLOSING);
 	c->close_err = err;
-	kill_all_streams(c);
+	end_all_streams(c, hold);
 	nghttp2_session_terminate_session(c->h2, err ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_NO_ERROR);
 	/* Flush GOAWAY and the last control message, bounded in time. */
 	c->flushing = 1;
@@ -716,6 +864,16 @@ void tun_conn_close(struct tun_conn *c, int err)
 	}
 	evtimer_add(c->close_ev, &tv);
 	tun_conn_schedule_reap(c);
+}
+
+void tun_conn_close(struct tun_conn *c, int err)
+{
+	conn_close(c, err, 0);
+}
+
+void tun_conn_close_hold(struct tun_conn *c, int err)
+{
+	conn_close(c, err, 1);
 }
 
 void tun_conn_goaway(struct tun_conn *c)
@@ -759,10 +917,19 @@ int tun_conn_submit_response(struct tun_conn *c, struct tun_stream *s)
 					 NGHTTP2_NV_FLAG_NONE}};
 	nghttp2_data_provider prd = tun_stream_data_prd;
 
+	char rbuf[32];
+	nghttp2_nv nva[2] = {ok[0]};
+
 	if (s->flags & (TS_F_RESPONDED | TS_F_H2_CLOSED))
 		return 0;
+	if (s->flags & TS_F_RESUME_HDR) {
+		resume_value(s, rbuf, sizeof(rbuf));
+		nva[1] = (nghttp2_nv){(uint8_t *)HDR_RESUME, (uint8_t *)rbuf,
+				      sizeof(HDR_RESUME) - 1, strlen(rbuf), NGHTTP2_NV_FLAG_NONE};
+	}
 	prd.source.ptr = s;
-	if (nghttp2_submit_response(c->h2, s->id, ok, 1, &prd) != 0)
+	if (nghttp2_submit_response(c->h2, s->id, nva, (s->flags & TS_F_RESUME_HDR) ? 2 : 1,
+				    &prd) != 0)
 		return SR_EH2;
 	s->flags |= TS_F_RESPONDED;
 	return 0;
@@ -907,6 +1074,8 @@ void tun_conn_free(struct tun_conn *c)
 {
 	if (!c)
 		return;
+	if (c->group && c->group->conn == c)
+		c->group->conn = NULL;
 	/* The session goes first, so no callback can name a freed stream. */
 	if (c->h2)
 		nghttp2_session_del(c->h2);
@@ -968,48 +1137,157 @@ int tun_conn_send_ctl(struct tun_conn *c, const struct tun_ctl_msg *msg)
 	return 0;
 }
 
+/* "<rx>;<fin>" of s, for HDR_RESUME. */
+static void resume_value(const struct tun_stream *s, char *buf, size_t len)
+{
+	snprintf(buf, len, "%llu;%d", (unsigned long long)s->rx, s->down != TS_DIR_OPEN);
+}
+
+/* HDR_RESUME's value: decimal digits, ';', '0' or '1'. */
+static int parse_resume(const uint8_t *v, size_t len, uint64_t *rx, int *fin)
+{
+	uint64_t n = 0;
+	size_t i = 0;
+
+	for (; i < len && i < 20 && v[i] >= '0' && v[i] <= '9'; i++) {
+		unsigned d = (unsigned)v[i] - '0';
+		if (n > (UINT64_MAX - d) / 10)
+			return -1;
+		n = n * 10 + d;
+	}
+	if (i == 0 || i + 2 != len || v[i] != ';' || (v[i + 1] != '0' && v[i + 1] != '1'))
+		return -1;
+	*rx = n;
+	*fin = v[i + 1] == '1';
+	return 0;
+}
+
+int tun_conn_submit_connect(struct tun_conn *c, struct tun_stream *s, int resume)
+{
+	char authority[32], idbuf[24], rbuf[32];
+	nghttp2_data_provider prd = tun_stream_data_prd;
+	nghttp2_nv nva[6];
+	size_t n = 0;
+	int32_t id;
+
+#define NV(name, value)                                                                        \
+	(nghttp2_nv){(uint8_t *)(name), (uint8_t *)(value), strlen(name), strlen(value),       \
+		     NGHTTP2_NV_FLAG_NONE}
+	snprintf(authority, sizeof(authority), "127.0.0.1:%u", s->port);
+	snprintf(idbuf, sizeof(idbuf), "%llu", (unsigned long long)s->conn_id);
+	nva[n++] = NV(":method", "CONNECT");
+	nva[n++] = NV(":authority", authority);
+	nva[n++] = NV(HDR_LEASE, s->lease_id);
+	nva[n++] = NV(HDR_CONN, idbuf);
+	nva[n++] = NV(HDR_PEER, s->peer);
+	if (resume) {
+		resume_value(s, rbuf, sizeof(rbuf));
+		nva[n++] = NV(HDR_RESUME, rbuf);
+	}
+#undef NV
+	prd.source.ptr = s;
+	id = nghttp2_submit_request(c->h2, NULL, nva, n, &prd, s);
+	if (id < 0)
+		return id == NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE ? SR_EBUSY : SR_EH2;
+	s->id = id;
+	return 0;
+}
+
 int tun_conn_open_stream(struct tun_conn *c, struct bufferevent *sock, uint16_t port,
 			 const char *lease, uint64_t conn_id, const char *peer)
 {
-	char authority[32], idbuf[24];
 	struct tun_stream *s;
-	nghttp2_data_provider prd = tun_stream_data_prd;
-	int32_t id;
+	int rv;
 
 	if (c->st != TC_ST_OPEN || c->role != TUN_ROLE_RELAY) {
 		bufferevent_free(sock);
 		return c->st == TC_ST_GOAWAY ? SR_EDRAINING : SR_ECLOSED;
 	}
-	snprintf(authority, sizeof(authority), "127.0.0.1:%u", port);
-	snprintf(idbuf, sizeof(idbuf), "%llu", (unsigned long long)conn_id);
-	nghttp2_nv nva[] = {
-		{(uint8_t *)":method", (uint8_t *)"CONNECT", 7, 7, NGHTTP2_NV_FLAG_NONE},
-		{(uint8_t *)":authority", (uint8_t *)authority, 10, strlen(authority),
-		 NGHTTP2_NV_FLAG_NONE},
-		{(uint8_t *)HDR_LEASE, (uint8_t *)lease, sizeof(HDR_LEASE) - 1, strlen(lease),
-		 NGHTTP2_NV_FLAG_NONE},
-		{(uint8_t *)HDR_CONN, (uint8_t *)idbuf, sizeof(HDR_CONN) - 1, strlen(idbuf),
-		 NGHTTP2_NV_FLAG_NONE},
-		{(uint8_t *)HDR_PEER, (uint8_t *)peer, sizeof(HDR_PEER) - 1, strlen(peer),
-		 NGHTTP2_NV_FLAG_NONE},
-	};
-
 	s = tun_stream_new(c, sock); /* frees sock on failure */
 	if (!s)
 		return SR_ENOMEM;
 	s->port = port;
 	s->conn_id = conn_id;
-	prd.source.ptr = s;
-	id = nghttp2_submit_request(c->h2, NULL, nva, SR_ARRAY_LEN(nva), &prd, s);
-	if (id < 0) {
+	snprintf(s->lease_id, sizeof(s->lease_id), "%s", lease);
+	snprintf(s->peer, sizeof(s->peer), "%s", peer);
+	rv = tun_conn_submit_connect(c, s, 0);
+	if (rv != 0) {
 		tun_stream_kill(s, 1);
-		return id == NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE ? SR_EBUSY : SR_EH2;
+		return rv;
 	}
-	s->id = id;
 	c->stats.streams_opened++;
 	tun_stream_start_reading(s);
 	tun_conn_flush(c);
 	return 0;
+}
+
+void tun_conn_adopt(struct tun_conn *c, struct tun_stream *s, int32_t id)
+{
+	tun_stream_bind(s, c);
+	s->id = id;
+	if (id > 0)
+		nghttp2_session_set_stream_user_data(c->h2, id, s);
+}
+
+void tun_conn_set_group(struct tun_conn *c, struct tun_group *g)
+{
+	if (c->group && c->group->conn == c)
+		c->group->conn = NULL;
+	c->group = g;
+	if (g)
+		g->conn = c;
+	for (struct tun_stream *s = c->streams; s; s = s->next)
+		if (!(s->flags & TS_F_CTL))
+			s->group = g;
+}
+
+void tun_conn_linger(struct tun_conn *c, struct tun_stream *s)
+{
+	s->flags |= TS_F_LINGER;
+	s->linger_seq = 0;
+	s->lnext = c->linger;
+	c->linger = s;
+	c->want_barrier = 1;
+	tun_conn_flush(c);
+}
+
+/* A barrier PING came back: the peer has processed every frame sent before
+ * it, so streams that ended before it was sent are complete at both ends. */
+static void barrier_acked(struct tun_conn *c, uint64_t seq)
+{
+	struct tun_stream **pp = &c->linger;
+
+	if (seq != c->barrier_out)
+		return;
+	c->barrier_out = 0;
+	while (*pp) {
+		struct tun_stream *s = *pp;
+		if (s->linger_seq && s->linger_seq <= seq) {
+			*pp = s->lnext;
+			s->lnext = NULL;
+			s->flags &= ~TS_F_LINGER;
+			tun_stream_kill(s, 0);
+			continue;
+		}
+		pp = &s->lnext;
+	}
+}
+
+/* Send one barrier PING for the streams that linger without one. */
+static void barrier_send(struct tun_conn *c)
+{
+	uint8_t opaque[8];
+	uint64_t seq = ++c->ping_seq;
+
+	for (int i = 0; i < 8; i++)
+		opaque[i] = (uint8_t)(seq >> (56 - 8 * i));
+	if (nghttp2_submit_ping(c->h2, NGHTTP2_FLAG_NONE, opaque) != 0)
+		return;
+	c->barrier_out = seq;
+	c->want_barrier = 0;
+	for (struct tun_stream *s = c->linger; s; s = s->lnext)
+		if (!s->linger_seq)
+			s->linger_seq = seq;
 }
 
 int tun_conn_is_open(const struct tun_conn *c)

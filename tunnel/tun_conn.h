@@ -147,6 +147,9 @@ void tun_conn_goaway(struct tun_conn *c);
 /* End the tunnel now: pending output is flushed best-effort, every open
  * stream's socket is reset, and on_closed follows (err as given). */
 void tun_conn_close(struct tun_conn *c, int err);
+/* The same, but the streams go to the conn's group (tun_group.h) to be
+ * resumed on another tunnel: used when a newer tunnel replaces this one. */
+void tun_conn_close_hold(struct tun_conn *c, int err);
 
 size_t tun_conn_nstreams(const struct tun_conn *c);
 /* Whether new streams can still be opened (not closing, no GOAWAY). */

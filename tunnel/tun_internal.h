@@ -12,6 +12,7 @@
 #include <nghttp2/nghttp2.h>
 
 #include "tunnel/tun_conn.h"
+#include "tunnel/tun_group.h"
 
 /* Where a stream's socket side is. Changed only through tun_stream_go(),
  * which logs every transition at debug level. */
@@ -41,11 +42,20 @@ enum {
 	TS_F_ANSWERED = 1u << 5,  /* sidecar: the response HEADERS went out */
 	TS_F_CONN_HDR = 1u << 6,  /* sidecar: the sparkrelay-conn header was seen */
 	TS_F_WRITEQ = 1u << 7,    /* on conn->writeq: write its socket at once */
+	TS_F_RESUMING = 1u << 8,  /* relay: reopened after a resume, waiting for the
+				   * sidecar's answer (and its rx) before sending */
+	TS_F_RESUME_HDR = 1u << 9,/* sidecar: the request carried sparkrelay-resume */
+	TS_F_LINGER = 1u << 10,   /* ended normally; kept until a PING barrier */
+	TS_F_FIN_SENT = 1u << 11, /* END_STREAM went out (serialized) */
+	TS_F_ANSWER_SEEN = 1u << 12, /* relay: the sidecar's 200 came */
+	TS_F_HELD = 1u << 13,     /* on its group's held list (s->conn is NULL) */
 };
 
 struct tun_stream {
-	struct tun_conn *conn;
-	struct tun_stream *next, *prev; /* conn->streams, or conn->dead */
+	struct tun_conn *conn;          /* NULL while held by its group */
+	struct tun_group *group;        /* NULL: the stream ends with its session */
+	struct tun_stream *next, *prev; /* conn->streams, conn->dead, or group->held */
+	struct tun_stream *lnext;       /* conn->linger */
 	struct bufferevent *sock;
 	int32_t id;
 	enum ts_state st;
@@ -61,6 +71,16 @@ struct tun_stream {
 	size_t unconsumed;  /* bytes buffered = stream credit owed = early + conn_owed */
 	size_t early;       /* of those, connection credit already returned */
 	size_t conn_owed;   /* of those, connection credit still owed */
+	/* Bytes in the socket's output from an earlier session: written, but
+	 * owed to no session's flow control. */
+	size_t stale_out;
+	/* Resumption (tun_group.h): tx_sent - tx_acked bytes at the front of the
+	 * socket's input were sent and await the peer's acknowledgement. */
+	uint64_t tx_sent, tx_acked, rx;
+	uint64_t peer_rx;   /* from the peer's sparkrelay-resume */
+	int peer_fin;
+	uint64_t linger_seq; /* the barrier PING that releases it, 0: not yet sent */
+	char lease_id[TUN_CTL_LEASE_MAX]; /* relay: for a resumed CONNECT */
 	/* request headers (sidecar side), bounded */
 	char authority[64];
 	char lease[TUN_CTL_LEASE_MAX];
@@ -109,6 +129,11 @@ struct tun_conn {
 	size_t in_buffered;    /* sum of the sockets' input (opts.sock_in_max set) */
 	int in_throttled;      /* over sock_in_max: sockets read TUN_SOCK_IN_FLOOR at most */
 	enum tc_state st;
+	struct tun_group *group; /* see tun_group.h; NULL: protocol v1 semantics */
+	struct tun_stream *linger; /* ended streams waiting for a PING barrier */
+	uint64_t ping_seq;       /* last barrier PING's payload */
+	uint64_t barrier_out;    /* a barrier PING in flight, 0 if none */
+	int want_barrier;        /* a stream lingers without a barrier yet */
 	int started_once; /* tun_conn_start was called (output may exist) */
 	int flushing;     /* CLOSING, but the output is still being flushed */
 	int close_err;
@@ -122,7 +147,53 @@ struct tun_conn {
 	struct tun_conn_stats stats;
 };
 
+struct tun_group {
+	struct event_base *base;
+	enum tun_role role;
+	struct tun_group_opts opts;
+	char logctx[192];
+	char lease[TUN_CTL_LEASE_MAX];
+	struct tun_conn *conn;    /* the session carrying it now */
+	struct tun_stream *held;  /* streams waiting for a tunnel */
+	size_t nheld;
+	/* Sidecar: ids of streams this end reset while away, so that a resumed
+	 * CONNECT for one is answered "reset" rather than "never seen". */
+	uint64_t gone[64];
+	unsigned ngone;
+	uint64_t expect, got;     /* sidecar: resumed CONNECTs announced / come */
+	uint64_t resume_started_us;
+	uint64_t replayed_at_resume; /* to log what one resume replayed */
+	uint64_t resumed_at_resume;
+	struct event *hold_ev;
+	struct tun_group_stats st;
+};
+
+/* tun_group.c, for tun_conn.c and tun_stream.c */
+/* The session ended without its owner's say: hold s (socket kept, not read). */
+void tun_group_hold(struct tun_group *g, struct tun_stream *s);
+/* Sidecar: a CONNECT that carries sparkrelay-resume, on stream placeholder p
+ * (no socket). Returns the stream that now carries the id (the held one,
+ * which replaced p), or NULL after answering with RST (code in *rst). */
+struct tun_stream *tun_group_take(struct tun_group *g, struct tun_conn *c,
+				  struct tun_stream *p, uint32_t *rst);
+/* A held stream's socket failed: lost. */
+void tun_group_lose(struct tun_group *g, struct tun_stream *s, enum tun_lost why);
+/* Relay: the sidecar answered a resumed stream (or refused it). */
+void tun_group_answered(struct tun_group *g, struct tun_stream *s);
+/* Apply the peer's rx to s: drop what it has, resend the rest. 0 or -1 when
+ * the counts cannot both be true. */
+int tun_stream_apply_peer_rx(struct tun_stream *s);
+/* One resumed CONNECT was handled (sidecar). */
+void tun_group_count_resumed(struct tun_group *g);
+
 /* tun_stream.c */
+/* Sent or acknowledged bytes changed: the read watermark follows. */
+void tun_stream_update_wm(struct tun_stream *s);
+/* The peer acknowledged n more bytes (a stream WINDOW_UPDATE). */
+void tun_stream_on_ack(struct tun_stream *s, uint32_t n);
+/* Leave / join a session (resumption): sockets are not read while away. */
+void tun_stream_unbind(struct tun_stream *s);
+void tun_stream_bind(struct tun_stream *s, struct tun_conn *c);
 /* Change s->st (logged at debug level with why). */
 void tun_stream_go(struct tun_stream *s, enum ts_state st, const char *why);
 /* Steals sock (may be NULL): it is freed on failure too. */
@@ -147,7 +218,13 @@ void tun_stream_on_h2_close(struct tun_stream *s, uint32_t error_code);
 void tun_stream_write_queued(struct tun_conn *c);
 extern const nghttp2_data_provider tun_stream_data_prd;
 
-/* tun_conn.c, for tun_stream.c */
+/* tun_conn.c, for tun_stream.c and tun_group.c */
+/* Keep an ended stream until a PING barrier shows the peer has all of it. */
+void tun_conn_linger(struct tun_conn *c, struct tun_stream *s);
+/* Relay: open a CONNECT for s (new, or resumed with resume set). */
+int tun_conn_submit_connect(struct tun_conn *c, struct tun_stream *s, int resume);
+/* Move a held stream onto c, as stream id. */
+void tun_conn_adopt(struct tun_conn *c, struct tun_stream *s, int32_t id);
 #define tun_conn_closing(c) ((c)->st >= TC_ST_CLOSING)
 void tun_conn_go(struct tun_conn *c, enum tc_state st);
 void tun_conn_flush(struct tun_conn *c);

@@ -39,8 +39,55 @@
 
 static void stream_log_ctx(const struct tun_stream *s, char *buf, size_t len)
 {
-	snprintf(buf, len, "%s conn=%llu stream=%d", s->conn->logctx,
-		 (unsigned long long)s->conn_id, s->id);
+	const char *ctx = s->conn ? s->conn->logctx : s->group ? s->group->logctx : "";
+
+	snprintf(buf, len, "%s conn=%llu stream=%d", ctx, (unsigned long long)s->conn_id, s->id);
+}
+
+static void maybe_finish(struct tun_stream *s);
+
+/* Bytes the sender keeps for a replay: sent, not yet acknowledged. */
+static size_t retained(const struct tun_stream *s)
+{
+	return (size_t)(s->tx_sent - s->tx_acked);
+}
+
+/* What the socket's input holds beyond the retained bytes: not yet sent. */
+static size_t unsent(const struct tun_stream *s)
+{
+	size_t len = s->sock ? evbuffer_get_length(bufferevent_get_input(s->sock)) : 0;
+	size_t r = retained(s);
+
+	return len > r ? len - r : 0;
+}
+
+void tun_stream_on_ack(struct tun_stream *s, uint32_t n)
+{
+	size_t r = retained(s);
+
+	if (n > r)
+		n = (uint32_t)r; /* credit for bytes dropped with a dead socket */
+	if (n && s->sock)
+		evbuffer_drain(bufferevent_get_input(s->sock), n);
+	s->tx_acked += n;
+	tun_stream_update_wm(s);
+}
+
+int tun_stream_apply_peer_rx(struct tun_stream *s)
+{
+	uint64_t drop;
+
+	if (s->peer_rx < s->tx_acked || s->peer_rx > s->tx_sent ||
+	    (s->peer_fin && s->up == TS_DIR_OPEN))
+		return -1;
+	drop = s->peer_rx - s->tx_acked;
+	if (drop && s->sock)
+		evbuffer_drain(bufferevent_get_input(s->sock), (size_t)drop);
+	if (s->group)
+		s->group->st.replayed_bytes += s->tx_sent - s->peer_rx;
+	s->tx_acked = s->tx_sent = s->peer_rx;
+	tun_stream_update_wm(s);
+	return 0;
 }
 
 void tun_stream_go(struct tun_stream *s, enum ts_state st, const char *why)
@@ -62,6 +109,14 @@ static void sock_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *inf
 	size_t owed, early;
 
 	if (n == 0)
+		return;
+	/* Bytes of an earlier session were owed to no flow control of this one. */
+	if (s->stale_out) {
+		size_t k = n < s->stale_out ? n : s->stale_out;
+		s->stale_out -= k;
+		n -= k;
+	}
+	if (n == 0 || !s->conn)
 		return;
 	if (n > s->unconsumed)
 		n = s->unconsumed; /* never consume more than was received */
@@ -98,7 +153,14 @@ static void maybe_finish(struct tun_stream *s)
 		tun_stream_kill(s, 1);
 		return;
 	}
-	if (s->down == TS_DIR_DONE)
+	if (s->down != TS_DIR_DONE || (s->flags & TS_F_LINGER))
+		return;
+	/* Ended normally at both ends of this session; but our last frames may
+	 * not have reached the peer if the tunnel dies now: a resumable stream
+	 * keeps its socket (both directions finished) until a PING barrier. */
+	if (s->conn->group)
+		tun_conn_linger(s->conn, s);
+	else
 		tun_stream_kill(s, 0);
 }
 
@@ -114,6 +176,19 @@ static size_t sock_read_high(const struct tun_conn *c)
 	return high;
 }
 
+/* The bufferevent's own read watermark for s: its input also keeps the
+ * bytes sent but not yet acknowledged, which do not count against reading. */
+static size_t sock_wm(const struct tun_stream *s)
+{
+	return sock_read_high(s->conn) + retained(s);
+}
+
+void tun_stream_update_wm(struct tun_stream *s)
+{
+	if (s->sock && s->conn)
+		bufferevent_setwatermark(s->sock, EV_READ, 0, sock_wm(s));
+}
+
 static void in_throttle(struct tun_conn *c, int on)
 {
 	c->in_throttled = on;
@@ -121,7 +196,7 @@ static void in_throttle(struct tun_conn *c, int on)
 		c->stats.sock_in_throttled++;
 	for (struct tun_stream *s = c->streams; s; s = s->next)
 		if (s->sock)
-			bufferevent_setwatermark(s->sock, EV_READ, 0, sock_read_high(c));
+			bufferevent_setwatermark(s->sock, EV_READ, 0, sock_wm(s));
 }
 
 /* Input of a socket grew (read) or shrank (sent as DATA): keep the tunnel's
@@ -151,7 +226,8 @@ static int sock_read_more(struct tun_stream *s, struct bufferevent *bev)
 
 	for (int i = 0; i < 16; i++) {
 		struct evbuffer_iovec v;
-		size_t len = evbuffer_get_length(in), want, high = sock_read_high(s->conn);
+		size_t len = evbuffer_get_length(in), want;
+		size_t high = sock_read_high(s->conn) + retained(s);
 		ssize_t n;
 		int avail = 0;
 
@@ -196,6 +272,10 @@ static void sock_read_cb(struct bufferevent *bev, void *arg)
 	struct tun_stream *s = arg;
 	struct tun_conn *c = s->conn;
 
+	if (!c) {
+		bufferevent_disable(bev, EV_READ); /* held: the peers wait */
+		return;
+	}
 	if (sock_read_more(s, bev) != 0)
 		return;
 
@@ -210,7 +290,8 @@ static void sock_write_cb(struct bufferevent *bev, void *arg)
 {
 	struct tun_stream *s = arg;
 	maybe_finish(s);
-	tun_conn_schedule_reap(s->conn);
+	if (s->conn)
+		tun_conn_schedule_reap(s->conn);
 }
 
 static void sock_event_cb(struct bufferevent *bev, short what, void *arg)
@@ -221,6 +302,16 @@ static void sock_event_cb(struct bufferevent *bev, short what, void *arg)
 
 	if (what & BEV_EVENT_CONNECTED) {
 		tun_stream_connected(s);
+		return;
+	}
+	if (!c) {
+		/* Held: an end is remembered for the resume; a failure loses it. */
+		if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && s->st == TS_ST_OPEN) {
+			s->up = TS_DIR_EOF;
+			bufferevent_disable(bev, EV_READ);
+			return;
+		}
+		tun_group_lose(s->group, s, TUN_LOST_SOCKET);
 		return;
 	}
 	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && s->st == TS_ST_OPEN) {
@@ -259,7 +350,7 @@ int tun_stream_attach(struct tun_stream *s, struct bufferevent *sock)
 	s->sock = sock;
 	s->conn->in_buffered += s->conn->opts.sock_in_max ? evbuffer_get_length(in) : 0;
 	bufferevent_setcb(sock, sock_read_cb, sock_write_cb, sock_event_cb, s);
-	bufferevent_setwatermark(sock, EV_READ, 0, sock_read_high(s->conn));
+	bufferevent_setwatermark(sock, EV_READ, 0, sock_wm(s));
 	bufferevent_set_max_single_read(sock, 64 * 1024);
 	bufferevent_set_max_single_write(sock, 256 * 1024);
 	return 0;
@@ -274,6 +365,7 @@ struct tun_stream *tun_stream_new(struct tun_conn *c, struct bufferevent *sock)
 		return NULL;
 	}
 	s->conn = c;
+	s->group = c->group;
 	if (sock) {
 		if (tun_stream_attach(s, sock) != 0) {
 			free(s);
@@ -296,6 +388,11 @@ void tun_stream_connected(struct tun_stream *s)
 	tun_stream_go(s, TS_ST_OPEN, "driver connected");
 	sr_sock_nodelay(bufferevent_getfd(s->sock));
 	bufferevent_set_timeouts(s->sock, NULL, NULL); /* idle connections live forever */
+	if (!c) {
+		/* Held: answered once the relay resumes it. */
+		bufferevent_disable(s->sock, EV_READ);
+		return;
+	}
 	if (tun_conn_submit_response(c, s) != 0) {
 		tun_conn_reset_stream(c, s, NGHTTP2_INTERNAL_ERROR);
 		tun_stream_kill(s, 1);
@@ -311,23 +408,73 @@ void tun_stream_connected(struct tun_stream *s)
 
 void tun_stream_start_reading(struct tun_stream *s)
 {
-	if (s->sock && s->st == TS_ST_OPEN && s->up == TS_DIR_OPEN)
+	if (s->sock && s->conn && s->st == TS_ST_OPEN && s->up == TS_DIR_OPEN)
 		bufferevent_enable(s->sock, EV_READ | EV_WRITE);
+}
+
+/* The input accounting of s's session (opts.sock_in_max) lets go of s. */
+static void sock_in_unbind(struct tun_stream *s)
+{
+	struct tun_conn *c = s->conn;
+	struct evbuffer *in;
+
+	if (!s->sock || !c || !c->opts.sock_in_max)
+		return;
+	in = bufferevent_get_input(s->sock);
+	if (evbuffer_remove_cb(in, sock_in_cb, s) == 0) {
+		size_t n = evbuffer_get_length(in);
+		c->in_buffered -= n < c->in_buffered ? n : c->in_buffered;
+		if (c->in_throttled && c->in_buffered <= c->opts.sock_in_max / 2)
+			in_throttle(c, 0);
+	}
+}
+
+void tun_stream_unbind(struct tun_stream *s)
+{
+	struct tun_conn *c = s->conn;
+
+	sock_in_unbind(s);
+	if (s->sock)
+		bufferevent_disable(s->sock, EV_READ); /* the peers wait, by TCP */
+	/* What waits in the output is still written; no session owes for it. */
+	s->stale_out += s->unconsumed;
+	c->early_buffered -= s->early;
+	s->unconsumed = s->early = s->conn_owed = 0;
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		c->streams = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	s->next = s->prev = NULL;
+	if (s->id > 0 && c->h2)
+		nghttp2_session_set_stream_user_data(c->h2, s->id, NULL);
+	c->stats.streams_active--;
+}
+
+void tun_stream_bind(struct tun_stream *s, struct tun_conn *c)
+{
+	s->conn = c;
+	s->group = c->group;
+	s->next = c->streams;
+	s->prev = NULL;
+	if (c->streams)
+		c->streams->prev = s;
+	c->streams = s;
+	c->stats.streams_active++;
+	if (!s->sock)
+		return;
+	if (c->opts.sock_in_max && evbuffer_add_cb(bufferevent_get_input(s->sock), sock_in_cb, s))
+		c->in_buffered += evbuffer_get_length(bufferevent_get_input(s->sock));
+	bufferevent_setwatermark(s->sock, EV_READ, 0, sock_wm(s));
 }
 
 static void stream_close_socket(struct tun_stream *s)
 {
 	if (s->sock) {
 		int fd = bufferevent_getfd(s->sock);
-		struct evbuffer *in = bufferevent_get_input(s->sock);
-		struct tun_conn *c = s->conn;
 		evbuffer_remove_cb(bufferevent_get_output(s->sock), sock_out_cb, s);
-		if (c->opts.sock_in_max && evbuffer_remove_cb(in, sock_in_cb, s) == 0) {
-			size_t n = evbuffer_get_length(in);
-			c->in_buffered -= n < c->in_buffered ? n : c->in_buffered;
-			if (c->in_throttled && c->in_buffered <= c->opts.sock_in_max / 2)
-				in_throttle(c, 0);
-		}
+		sock_in_unbind(s);
 		if ((s->flags & TS_F_RESET) && fd >= 0)
 			sr_sock_set_reset_on_close(fd);
 		bufferevent_free(s->sock);
@@ -335,7 +482,7 @@ static void stream_close_socket(struct tun_stream *s)
 	}
 	/* Bytes still queued for the socket are dropped: give their credit back
 	 * so the connection window does not shrink for good. */
-	if (s->unconsumed) {
+	if (s->unconsumed && s->conn) {
 		tun_conn_consume_stream(s->conn, s->id, s->unconsumed);
 		tun_conn_consume_conn(s->conn, s->conn_owed);
 		s->conn->early_buffered -= s->early;
@@ -376,6 +523,10 @@ void tun_stream_kill(struct tun_stream *s, int reset_socket)
 	if (reset_socket)
 		s->flags |= TS_F_RESET;
 	tun_stream_go(s, TS_ST_DEAD, (s->flags & TS_F_RESET) ? "socket reset" : "socket closed");
+	if (!c) {
+		stream_close_socket(s); /* held: the group frees it */
+		return;
+	}
 	/* The socket goes now (the executor or driver sees FIN or RST at
 	 * once); the struct waits for nghttp2 to be done with it. */
 	stream_close_socket(s);
@@ -408,6 +559,7 @@ void tun_stream_on_data(struct tun_stream *s, const uint8_t *data, size_t len)
 		tun_stream_kill(s, 1);
 		return;
 	}
+	s->rx += len;
 	s->unconsumed += len;
 	if (s->conn->early_buffered + len <= s->conn->opts.conn_window) {
 		s->early += len;
@@ -473,10 +625,17 @@ static ssize_t stream_read_cb(nghttp2_session *h2, int32_t id, uint8_t *buf, siz
 			      uint32_t *data_flags, nghttp2_data_source *src, void *user)
 {
 	struct tun_stream *s = src->ptr;
-	size_t avail = 0;
+	size_t avail = 0, total;
 
+	/* A held stream's old DATA item, or a resumed one whose answer (and
+	 * the sidecar's rx) has not come yet: nothing to send here. */
+	if (s->conn != user || (s->flags & TS_F_RESUMING)) {
+		s->flags |= TS_F_DEFERRED;
+		return NGHTTP2_ERR_DEFERRED;
+	}
 	if (s->sock && s->st < TS_ST_DEAD)
-		avail = evbuffer_get_length(bufferevent_get_input(s->sock));
+		avail = unsent(s);
+	total = avail;
 	if (avail == 0) {
 		if (s->up != TS_DIR_OPEN || s->st >= TS_ST_DEAD) {
 			*data_flags |= NGHTTP2_DATA_FLAG_EOF;
@@ -490,10 +649,8 @@ static ssize_t stream_read_cb(nghttp2_session *h2, int32_t id, uint8_t *buf, siz
 	if (avail > length)
 		avail = length;
 	*data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
-	if (s->up != TS_DIR_OPEN &&
-	    avail == evbuffer_get_length(bufferevent_get_input(s->sock))) {
+	if (s->up != TS_DIR_OPEN && avail == total)
 		*data_flags |= NGHTTP2_DATA_FLAG_EOF;
-	}
 	return (ssize_t)avail;
 }
 
