@@ -331,6 +331,25 @@ static void on_register(struct relay_tunnel *t, const struct tun_ctl_msg *m)
 	const char *tname;
 	int tenant;
 
+	if (m->v != TUN_CTL_VERSION) {
+		/* In the sidecar's own version, so that it can read why. */
+		struct tun_ctl_msg e;
+		memset(&e, 0, sizeof(e));
+		e.type = TUN_CTL_ERROR;
+		e.v = m->v;
+		snprintf(e.code, sizeof(e.code), "version");
+		snprintf(e.message, sizeof(e.message),
+			 "this relay speaks tunnel protocol v%d and the sidecar v%d: upgrade the "
+			 "sidecar to sparkrelay 0.2 or later",
+			 TUN_CTL_VERSION, m->v);
+		SR_WARN(t->ctx, "registration refused: the sidecar speaks tunnel protocol v%d, "
+				"this relay v%d",
+			m->v, TUN_CTL_VERSION);
+		relay_refuse(r, RELAY_REFUSE_REG_AUTH);
+		tun_conn_send_ctl(t->conn, &e);
+		tun_conn_close(t->conn, 0);
+		return;
+	}
 	if (t->lx) {
 		send_error(t, "already_registered", "this tunnel already holds a lease");
 		return;

@@ -338,11 +338,13 @@ static int ctl_parse_obj(json_t *root, struct tun_ctl_msg *msg, char *err, size_
 		return SR_EPROTO;
 	}
 	/* Checked before "type": another version may define other types. */
-	if (json_integer_value(v) != TUN_CTL_VERSION) {
-		sr_seterr(err, errlen, "field \"v\": unsupported version %lld (want %d)",
+	if (json_integer_value(v) != 1 && json_integer_value(v) != TUN_CTL_VERSION) {
+		sr_seterr(err, errlen, "field \"v\": unsupported version %lld (this end speaks "
+				       "1 and %d)",
 			   (long long)json_integer_value(v), TUN_CTL_VERSION);
 		return SR_EVERSION;
 	}
+	msg->v = (int)json_integer_value(v);
 	v = json_object_get(root, "type");
 	if (v == NULL) {
 		sr_seterr(err, errlen, "field \"type\": missing");
@@ -388,6 +390,9 @@ static int ctl_parse_obj(json_t *root, struct tun_ctl_msg *msg, char *err, size_
 		    (rc = ctl_get_ports(root, msg, err, errlen)) < 0 ||
 		    (rc = ctl_get_u32(root, "ttl", TUN_CTL_TTL_MAX, &msg->ttl_s, err,
 				      errlen)) < 0 ||
+		    (json_object_get(root, "streams") &&
+		     (rc = ctl_get_u32(root, "streams", TUN_CTL_STREAMS_MAX, &msg->streams, err,
+				       errlen)) < 0) ||
 		    (rc = ctl_get_str(root, "resume", msg->resume, sizeof(msg->resume), 1, 0,
 				      err, errlen)) < 0 ||
 		    (rc = ctl_check_field("resume",
@@ -516,7 +521,7 @@ static int ctl_build_lease(const struct tun_ctl_msg *msg, json_t *root)
 	    ctl_check_str(msg->resume, sizeof(msg->resume), 0) < 0 ||
 	    !tun_ctl_valid_lease_id(msg->lease) || !sr_valid_host(msg->host) ||
 	    (msg->resume[0] && !tun_ctl_valid_resume(msg->resume)) ||
-	    msg->ttl_s > TUN_CTL_TTL_MAX)
+	    msg->ttl_s > TUN_CTL_TTL_MAX || msg->streams > TUN_CTL_STREAMS_MAX)
 		return SR_EINVAL;
 	for (int a = 0; a < TUN_PORT_MAX; a++)
 		for (int b = a + 1; b < TUN_PORT_MAX; b++)
@@ -537,7 +542,8 @@ static int ctl_build_lease(const struct tun_ctl_msg *msg, json_t *root)
 	if ((rc = ctl_set_str(root, "lease", msg->lease)) < 0 ||
 	    (rc = ctl_set_str(root, "host", msg->host)) < 0 ||
 	    (rc = ctl_set_int(root, "ttl", msg->ttl_s)) < 0 ||
-	    (rc = ctl_set_str(root, "resume", msg->resume)) < 0)
+	    (rc = ctl_set_str(root, "resume", msg->resume)) < 0 ||
+	    (msg->streams && (rc = ctl_set_int(root, "streams", msg->streams)) < 0))
 		return rc;
 	return 0;
 }
@@ -570,7 +576,7 @@ int tun_ctl_encode(const struct tun_ctl_msg *msg, struct evbuffer *out)
 	root = json_object();
 	if (root == NULL)
 		return SR_ENOMEM;
-	if ((rc = ctl_set_int(root, "v", TUN_CTL_VERSION)) < 0 ||
+	if ((rc = ctl_set_int(root, "v", msg->v ? msg->v : TUN_CTL_VERSION)) < 0 ||
 	    (rc = ctl_set_str(root, "type", tname)) < 0)
 		goto out;
 	switch (msg->type) {

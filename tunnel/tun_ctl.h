@@ -1,19 +1,24 @@
-/* Control-stream messages of tunnel protocol v1.
+/* Control-stream messages of tunnel protocol v2.
  *
  * The control stream is the first stream of a tunnel, opened by the relay
  * (POST /sparkrelay/v1/control). Both directions carry a sequence of frames:
  *
  *     u32 length (network byte order) | JSON object of `length` bytes
  *
- * Every object has "v": 1 and "type". Frames longer than the configured cap
+ * Every object has "v" (2; 1 from an older peer) and "type". Frames longer than the configured cap
  * (TUN_CTL_MAX_DEFAULT unless configured) are a protocol error, detected from
  * the length prefix before the body is buffered.
  *
- *   sidecar -> relay   {"v":1,"type":"register","app":"..","roles":["driver","blockManager"],
+ *   sidecar -> relay   {"v":2,"type":"register","app":"..","roles":["driver","blockManager"],
  *                       "resume":"<token>"?, "token":"<bearer>"?}
- *   relay -> sidecar   {"v":1,"type":"lease","lease":"L-..","host":"..",
+ *   relay -> sidecar   {"v":2,"type":"lease","lease":"L-..","host":"..",
  *                       "ports":{"driver":40001,"blockManager":40002},"ttl":300,
- *                       "resume":"<token>"}
+ *                       "resume":"<token>", "streams":N?}
+ *
+ * v2 adds stream resumption (tun_group.h): "streams" in a lease that resumes
+ * is the number of held streams the relay reopens right after it. A relay
+ * answers a v1 register with error "version" (in a v1 message, so an old
+ * sidecar can read it); a v1 relay refuses a v2 register outright.
  *   relay -> sidecar   {"v":1,"type":"error","code":"no_ports","message":".."}
  *   sidecar -> relay   {"v":1,"type":"release"}
  *   relay -> sidecar   {"v":1,"type":"released"}
@@ -28,7 +33,8 @@
 
 struct evbuffer;
 
-#define TUN_CTL_VERSION 1
+#define TUN_CTL_VERSION 2
+#define TUN_CTL_STREAMS_MAX 1000000
 #define TUN_CTL_MAX_DEFAULT (64 * 1024)
 #define TUN_CTL_PATH "/sparkrelay/v1/control"
 
@@ -101,6 +107,8 @@ struct tun_ctl_msg {
 	char host[TUN_CTL_HOST_MAX];
 	uint16_t ports[TUN_PORT_MAX]; /* by role; 0 = not granted */
 	uint32_t ttl_s;
+	uint32_t streams; /* lease, v2: resumed streams that follow */
+	int v;            /* the message's version: parse sets it; encode uses it if set */
 	/* error */
 	char code[TUN_CTL_CODE_MAX];
 	char message[TUN_CTL_TEXT_MAX];

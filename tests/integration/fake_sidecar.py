@@ -51,7 +51,7 @@ def ctl_frame(obj_or_bytes):
     return struct.pack("!I", len(body)) + body
 
 
-def register_msg(app="fake-sidecar", v=1, **extra):
+def register_msg(app="fake-sidecar", v=2, **extra):
     m = {"v": v, "type": "register", "app": app, "roles": ["driver", "blockManager"]}
     m.update(extra)
     return m

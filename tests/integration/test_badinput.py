@@ -155,7 +155,7 @@ class FakeSidecarTest(BadInputCase):
         fs.send_ctl(F.register_msg())
         m = fs.read_ctl(5)
         self.assertIsNotNone(m, "no answer to a valid register")
-        self.assertEqual((m.get("v"), m.get("type")), (1, "lease"), m)
+        self.assertEqual((m.get("v"), m.get("type")), (2, "lease"), m)
         ports = set(m["ports"].values())
         self.assertEqual(len(ports), 2)
         self.assertFalse(ports & set(self.ports.values()))
@@ -191,14 +191,26 @@ class FakeSidecarTest(BadInputCase):
         self.assertFalse(self.relay.grep("granted")[1:])
         self.after()
 
-    def test_register_version_2_is_refused(self):
+    def test_register_version_3_is_refused(self):
         fs = self.fake().connect().start_h2()
-        fs.send_ctl(F.register_msg(v=2))
+        fs.send_ctl(F.register_msg(v=3))
         m = fs.read_ctl(3)
         self.assertTrue(m is None or m.get("type") == "error",
-                        "relay answered a v2 register with %r" % (m,))
+                        "relay answered a v3 register with %r" % (m,))
         lines = self.closed_with_log(fs, "unsupported version")
-        self.assertEqual(len(self.relay.grep("granted")), 1, "relay granted a lease to v2")
+        self.assertEqual(len(self.relay.grep("granted")), 1, "relay granted a lease to v3")
+        self.after()
+
+    def test_register_version_1_gets_an_error_naming_both_versions(self):
+        """An older sidecar learns why, in a message of its own version."""
+        fs = self.fake().connect().start_h2()
+        fs.send_ctl(F.register_msg(v=1))
+        m = fs.read_ctl(3)
+        self.assertIsNotNone(m, "no answer to a v1 register")
+        self.assertEqual((m.get("v"), m.get("type"), m.get("code")), (1, "error", "version"))
+        self.assertIn("v2", m.get("message", ""))
+        self.assertIn("v1", m.get("message", ""))
+        self.assertEqual(len(self.relay.grep("granted")), 1, "relay granted a lease to v1")
         self.after()
 
     def test_many_bad_tunnels_in_a_row(self):

@@ -70,6 +70,7 @@ static void assert_msg_equal(const struct tun_ctl_msg *a, const struct tun_ctl_m
 	assert_int_equal(a->ttl_s, b->ttl_s);
 	assert_string_equal(a->code, b->code);
 	assert_string_equal(a->message, b->message);
+	assert_int_equal(a->streams, b->streams);
 }
 
 /* Encode in, decode it back, return the frame's JSON body (caller decrefs)
@@ -135,7 +136,8 @@ static void test_round_trip_register(void **state)
 	assert_keys(
 	    body, (const char *const[]){"v", "type", "app", "roles", "token", "resume", NULL});
 	assert_string_equal(json_string_value(json_object_get(body, "type")), "register");
-	assert_int_equal(json_integer_value(json_object_get(body, "v")), 1);
+	assert_int_equal(json_integer_value(json_object_get(body, "v")), TUN_CTL_VERSION);
+	assert_int_equal(out.v, TUN_CTL_VERSION);
 	json_decref(body);
 
 	/* Without token and resume they are left out; junk of other types too. */
@@ -463,10 +465,18 @@ static void test_duplicate_keys(void **state)
 
 static void test_version(void **state)
 {
-	expect_fail("{\"v\":2,\"type\":\"drain\"}", SR_EVERSION, "field \"v\"");
+	struct tun_ctl_msg ok;
+
+	expect_fail("{\"v\":3,\"type\":\"drain\"}", SR_EVERSION, "field \"v\"");
 	expect_fail("{\"v\":0,\"type\":\"drain\"}", SR_EVERSION, "unsupported version 0");
+	expect_fail("{\"v\":3,\"type\":\"drain\"}", SR_EVERSION, "speaks 1 and 2");
 	/* A newer version is refused as such even with a type we do not know. */
-	expect_fail("{\"v\":2,\"type\":\"hello\"}", SR_EVERSION, "field \"v\"");
+	expect_fail("{\"v\":3,\"type\":\"hello\"}", SR_EVERSION, "field \"v\"");
+	/* Both versions parse, and the message says which it was. */
+	expect_ok("{\"v\":1,\"type\":\"drain\"}", &ok);
+	assert_int_equal(ok.v, 1);
+	expect_ok("{\"v\":2,\"type\":\"drain\"}", &ok);
+	assert_int_equal(ok.v, 2);
 	expect_fail("{\"type\":\"drain\"}", SR_EPROTO, "field \"v\": missing");
 	expect_fail("{\"v\":\"1\",\"type\":\"drain\"}", SR_EPROTO, "field \"v\": must be");
 	expect_fail("{\"v\":1.0,\"type\":\"drain\"}", SR_EPROTO, "field \"v\": must be");
