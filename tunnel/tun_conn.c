@@ -69,7 +69,7 @@ void tun_conn_opts_defaults(struct tun_conn_opts *o)
 
 static void conn_fail(struct tun_conn *c, int err, const char *why);
 static void resume_value(const struct tun_stream *s, char *buf, size_t len);
-static int parse_resume(const uint8_t *v, size_t len, uint64_t *rx, int *fin);
+static int parse_resume(const uint8_t *v, size_t len, uint64_t *rx, int *fin, int *rst);
 static void barrier_acked(struct tun_conn *c, uint64_t seq);
 static void barrier_send(struct tun_conn *c);
 
@@ -200,7 +200,7 @@ static int h2_send_data_cb(nghttp2_session *h2, nghttp2_frame *frame, const uint
 			return NGHTTP2_ERR_CALLBACK_FAILURE;
 	}
 	s->tx_sent += length;
-	tun_stream_update_wm(s);
+	tun_stream_read_resume(s);
 	v.iov_len = 9 + length;
 	if (evbuffer_commit_space(out, &v, 1) != 0)
 		return NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -373,7 +373,7 @@ static void sidecar_header(struct tun_stream *s, const uint8_t *name, size_t nam
 		s->flags |= TS_F_CONN_HDR;
 	} else if (IS(HDR_RESUME)) {
 		if ((s->flags & TS_F_RESUME_HDR) ||
-		    parse_resume(value, valuelen, &s->peer_rx, &s->peer_fin) != 0)
+		    parse_resume(value, valuelen, &s->peer_rx, &s->peer_fin, &s->peer_rst) != 0)
 			s->bad_header = HDR_RESUME;
 		s->flags |= TS_F_RESUME_HDR;
 	}
@@ -402,7 +402,8 @@ static int h2_on_header(nghttp2_session *h2, const nghttp2_frame *frame, const u
 		}
 		if (namelen == sizeof(HDR_RESUME) - 1 && memcmp(name, HDR_RESUME, namelen) == 0) {
 			if ((s->flags & TS_F_RESUME_HDR) ||
-			    parse_resume(value, valuelen, &s->peer_rx, &s->peer_fin) != 0)
+			    parse_resume(value, valuelen, &s->peer_rx, &s->peer_fin,
+					 &s->peer_rst) != 0)
 				return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
 			s->flags |= TS_F_RESUME_HDR;
 		}
@@ -628,6 +629,8 @@ static int h2_on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, voi
 			nghttp2_http2_strerror(frame->goaway.error_code));
 		break;
 	case NGHTTP2_RST_STREAM:
+		SR_DEBUG(c->logctx, "stream=%d: RST_STREAM received (%s)%s", frame->hd.stream_id,
+			 nghttp2_http2_strerror(frame->rst_stream.error_code), s ? "" : " (no stream)");
 		if (c->role == TUN_ROLE_SIDECAR && s && !(s->flags & (TS_F_CTL | TS_F_ANSWERED)) &&
 		    !early_reset_allowed(c)) {
 			char why[160];
@@ -724,11 +727,23 @@ static int h2_on_stream_close(nghttp2_session *h2, int32_t id, uint32_t error_co
 			s->tx_sent = 0;
 			if (tun_conn_submit_connect(c, s, 0) == 0) {
 				c->stats.streams_opened++;
+				tun_stream_start_reading(s);
 				return 0;
 			}
 		}
-		if (c->group)
+		if (s->st >= TS_ST_DEAD) {
+			/* A tombstone: the sidecar has our reset now. */
+			s->flags |= TS_F_TOMB_DONE;
+		} else if (error_code != NGHTTP2_REFUSED_STREAM) {
+			/* The sidecar reset it while the tunnel was away: a reset,
+			 * carried as one below. */
+		} else if ((s->flags & TS_F_FIN_SENT) && s->down != TS_DIR_OPEN) {
+			/* Complete at both ends before the tunnel died: the sidecar
+			 * forgot it after receiving everything. End it cleanly. */
+			error_code = NGHTTP2_NO_ERROR;
+		} else if (c->group) {
 			c->group->st.lost[TUN_LOST_UNKNOWN]++;
+		}
 	}
 	tun_stream_on_h2_close(s, error_code);
 	if (s->st < TS_ST_DEAD && !s->sock)
@@ -746,9 +761,15 @@ static int h2_on_frame_send(nghttp2_session *h2, const nghttp2_frame *frame, voi
 		struct tun_stream *s = nghttp2_session_get_stream_user_data(h2, frame->hd.stream_id);
 		if (s && frame->hd.type == NGHTTP2_HEADERS && c->role == TUN_ROLE_SIDECAR)
 			s->flags |= TS_F_ANSWERED;
-		if (s && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
+		if (s && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
 			s->flags |= TS_F_FIN_SENT;
+			SR_DEBUG(c->logctx, "conn=%llu stream=%d: END_STREAM sent",
+				 (unsigned long long)s->conn_id, s->id);
+		}
 	}
+	if (frame->hd.type == NGHTTP2_RST_STREAM)
+		SR_DEBUG(c->logctx, "stream=%d: RST_STREAM sent (%s)", frame->hd.stream_id,
+			 nghttp2_http2_strerror(frame->rst_stream.error_code));
 	if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR)
 		c->goaway_sent_error = frame->goaway.error_code; /* tun_conn_flush acts on it */
 	return 0;
@@ -816,7 +837,10 @@ static void end_all_streams(struct tun_conn *c, int hold)
 	c->linger = NULL;
 	while (c->streams) {
 		struct tun_stream *s = c->streams;
-		if (s->st >= TS_ST_DEAD) {
+		int tomb = s->st == TS_ST_DEAD && (s->flags & TS_F_RST_SENT) &&
+			   !(s->flags & TS_F_TOMB_DONE);
+		if (s->st >= TS_ST_DEAD && !(g && tomb)) {
+			s->flags &= ~TS_F_LINGER;
 			tun_stream_maybe_reap(s);
 		} else if (g && !(s->flags & TS_F_CTL) && s->st != TS_ST_NEW) {
 			tun_stream_unbind(s);
@@ -937,6 +961,7 @@ int tun_conn_submit_response(struct tun_conn *c, struct tun_stream *s)
 
 void tun_conn_reset_stream(struct tun_conn *c, struct tun_stream *s, uint32_t code)
 {
+	s->flags |= TS_F_RST_SENT;
 	if (s->id > 0 && !(s->flags & TS_F_H2_CLOSED))
 		nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, s->id, code);
 }
@@ -1140,11 +1165,12 @@ int tun_conn_send_ctl(struct tun_conn *c, const struct tun_ctl_msg *msg)
 /* "<rx>;<fin>" of s, for HDR_RESUME. */
 static void resume_value(const struct tun_stream *s, char *buf, size_t len)
 {
-	snprintf(buf, len, "%llu;%d", (unsigned long long)s->rx, s->down != TS_DIR_OPEN);
+	snprintf(buf, len, "%llu;%d;%d", (unsigned long long)s->rx, s->down != TS_DIR_OPEN,
+		 s->st >= TS_ST_DEAD);
 }
 
-/* HDR_RESUME's value: decimal digits, ';', '0' or '1'. */
-static int parse_resume(const uint8_t *v, size_t len, uint64_t *rx, int *fin)
+/* HDR_RESUME's value: decimal digits, ";0" or ";1" (fin), ";0" or ";1" (reset). */
+static int parse_resume(const uint8_t *v, size_t len, uint64_t *rx, int *fin, int *rst)
 {
 	uint64_t n = 0;
 	size_t i = 0;
@@ -1155,10 +1181,12 @@ static int parse_resume(const uint8_t *v, size_t len, uint64_t *rx, int *fin)
 			return -1;
 		n = n * 10 + d;
 	}
-	if (i == 0 || i + 2 != len || v[i] != ';' || (v[i + 1] != '0' && v[i + 1] != '1'))
+	if (i == 0 || i + 4 != len || v[i] != ';' || (v[i + 1] != '0' && v[i + 1] != '1') ||
+	    v[i + 2] != ';' || (v[i + 3] != '0' && v[i + 3] != '1'))
 		return -1;
 	*rx = n;
 	*fin = v[i + 1] == '1';
+	*rst = v[i + 3] == '1';
 	return 0;
 }
 
@@ -1266,7 +1294,12 @@ static void barrier_acked(struct tun_conn *c, uint64_t seq)
 			*pp = s->lnext;
 			s->lnext = NULL;
 			s->flags &= ~TS_F_LINGER;
-			tun_stream_kill(s, 0);
+			if (s->st >= TS_ST_DEAD) {
+				s->flags |= TS_F_TOMB_DONE; /* the peer has our reset */
+				tun_stream_maybe_reap(s);
+			} else {
+				tun_stream_kill(s, 0);
+			}
 			continue;
 		}
 		pp = &s->lnext;

@@ -35,34 +35,66 @@ static void held_unlink(struct tun_group *g, struct tun_stream *s)
 	}
 }
 
-static void remember_gone(struct tun_group *g, uint64_t conn_id)
-{
-	g->gone[g->ngone++ % SR_ARRAY_LEN(g->gone)] = conn_id;
-}
-
-static int was_gone(const struct tun_group *g, uint64_t conn_id)
-{
-	unsigned n = g->ngone < SR_ARRAY_LEN(g->gone) ? g->ngone : SR_ARRAY_LEN(g->gone);
-
-	for (unsigned i = 0; i < n; i++)
-		if (g->gone[i] == conn_id)
-			return 1;
-	return 0;
-}
-
 void tun_group_lose(struct tun_group *g, struct tun_stream *s, enum tun_lost why)
 {
 	if (s->flags & TS_F_HELD)
 		held_unlink(g, s);
-	g->st.lost[why]++;
-	/* A stream whose both directions had ended normally loses nothing. */
-	if (sr_log_level_cur >= SR_LOG_DEBUG || !(s->up != TS_DIR_OPEN && s->down == TS_DIR_DONE))
+	/* A tombstone was reset already, and the peer learns it on resume. */
+	if (s->st < TS_ST_DEAD) {
+		g->st.lost[why]++;
 		SR_INFO(g->logctx, "conn=%llu: stream lost (%s); its socket is reset",
 			(unsigned long long)s->conn_id, tun_lost_name(why));
-	if (g->role == TUN_ROLE_SIDECAR)
-		remember_gone(g, s->conn_id);
-	if (s->sock && s->st < TS_ST_DEAD)
-		s->flags |= TS_F_RESET;
+		if (s->sock)
+			s->flags |= TS_F_RESET;
+	}
+	tun_stream_free(s);
+}
+
+/* A held stream's socket failed: reset it now, and keep it as a tombstone
+ * so that the resume tells the peer (instead of "unknown"). */
+void tun_group_socket_failed(struct tun_group *g, struct tun_stream *s)
+{
+	g->st.lost[TUN_LOST_SOCKET]++;
+	SR_INFO(g->logctx, "conn=%llu: socket failed while the tunnel was away; the stream is "
+			   "reset",
+		(unsigned long long)s->conn_id);
+	s->flags |= TS_F_RST_SENT;
+	tun_stream_kill(s, 1);
+}
+
+/* Both ends had sent END_STREAM when the tunnel died: a peer that forgot
+ * the stream had received all of ours (it frees a stream only after a PING
+ * barrier that follows our END_STREAM), and we have all of its. */
+static int complete(const struct tun_stream *s)
+{
+	return s->down != TS_DIR_OPEN && (s->flags & TS_F_FIN_SENT) && s->st == TS_ST_OPEN;
+}
+
+int tun_group_finish(struct tun_group *g, struct tun_stream *s)
+{
+	if (!complete(s))
+		return 0;
+	if (s->flags & TS_F_HELD)
+		held_unlink(g, s);
+	s->flags |= TS_F_FINISHING | TS_F_H2_CLOSED;
+	s->h2_error = 0;
+	s->prev = NULL;
+	s->next = g->finishing;
+	if (g->finishing)
+		g->finishing->prev = s;
+	g->finishing = s;
+	tun_stream_finish_check(s); /* perhaps its output is empty already */
+	return 1;
+}
+
+void tun_group_finished(struct tun_group *g, struct tun_stream *s)
+{
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		g->finishing = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
 	tun_stream_free(s);
 }
 
@@ -70,8 +102,23 @@ void tun_group_reset(struct tun_group *g, enum tun_lost why)
 {
 	size_t n = g->nheld;
 
-	while (g->held)
-		tun_group_lose(g, g->held, why);
+	while (g->held) {
+		struct tun_stream *s = g->held;
+		if (why == TUN_LOST_UNKNOWN && tun_group_finish(g, s)) {
+			n--;
+			continue;
+		}
+		tun_group_lose(g, s, why);
+	}
+	if (why != TUN_LOST_UNKNOWN) {
+		/* The lease ended or the hold ran out: nobody waits any more. */
+		while (g->finishing) {
+			struct tun_stream *s = g->finishing;
+			g->finishing = s->next;
+			s->flags |= TS_F_RESET;
+			tun_stream_free(s);
+		}
+	}
 	if (n)
 		SR_WARN(g->logctx, "%zu held streams reset (%s)", n, tun_lost_name(why));
 }
@@ -96,10 +143,12 @@ void tun_group_hold(struct tun_group *g, struct tun_stream *s)
 	s->conn = NULL;
 	s->id = 0;
 	s->h2_error = 0;
-	/* Marks of the old session; ANSWER_SEEN stays: the sidecar had it. */
+	/* Marks of the old session. ANSWER_SEEN (the sidecar had the stream)
+	 * and FIN_SENT (our END_STREAM went out once) stay: they decide what a
+	 * peer that no longer has the stream means (tun_group_finish). */
 	s->flags &= ~(TS_F_DEFERRED | TS_F_H2_CLOSED | TS_F_RESPONDED | TS_F_ANSWERED |
 		      TS_F_CONN_HDR | TS_F_WRITEQ | TS_F_RESUMING | TS_F_RESUME_HDR |
-		      TS_F_LINGER | TS_F_FIN_SENT);
+		      TS_F_LINGER | TS_F_READ_FULL);
 	s->linger_seq = 0;
 	s->flags |= TS_F_HELD;
 	s->prev = NULL;
@@ -196,22 +245,35 @@ void tun_group_expect(struct tun_group *g, uint64_t n)
 struct tun_stream *tun_group_take(struct tun_group *g, struct tun_conn *c,
 				  struct tun_stream *p, uint32_t *rst)
 {
-	struct tun_stream *s;
+	struct tun_stream *s = NULL;
 
+	if (strcmp(p->lease, g->lease) == 0)
+		for (s = g->held; s && s->conn_id != p->conn_id; s = s->next)
+			;
+	if (s)
+		held_unlink(g, s);
+	/* Counted once the stream is off the held list: the last one counted
+	 * loses whatever is still held. */
 	tun_group_count_resumed(g);
 	if (strcmp(p->lease, g->lease) != 0) {
 		*rst = NGHTTP2_REFUSED_STREAM;
 		return NULL;
 	}
-	for (s = g->held; s && s->conn_id != p->conn_id; s = s->next)
-		;
 	if (!s) {
-		/* "Never seen" lets the relay open it afresh (it was never
-		 * established here); "reset" tells it the stream is gone. */
-		*rst = was_gone(g, p->conn_id) ? NGHTTP2_CONNECT_ERROR : NGHTTP2_REFUSED_STREAM;
+		/* Never seen here, or finished here: the relay opens it afresh
+		 * if it was never established, else it learns it is gone. */
+		*rst = NGHTTP2_REFUSED_STREAM;
 		return NULL;
 	}
-	held_unlink(g, s);
+	if (s->st >= TS_ST_DEAD || p->peer_rst) {
+		/* Reset at one end while the tunnel was away: carried as one. */
+		*rst = NGHTTP2_CONNECT_ERROR;
+		if (s->st >= TS_ST_DEAD)
+			tun_stream_free(s);
+		else
+			tun_stream_free_reset(s);
+		return NULL;
+	}
 	s->peer_rx = p->peer_rx;
 	s->peer_fin = p->peer_fin;
 	tun_conn_adopt(c, s, p->id);

@@ -49,6 +49,10 @@ enum {
 	TS_F_FIN_SENT = 1u << 11, /* END_STREAM went out (serialized) */
 	TS_F_ANSWER_SEEN = 1u << 12, /* relay: the sidecar's 200 came */
 	TS_F_HELD = 1u << 13,     /* on its group's held list (s->conn is NULL) */
+	TS_F_READ_FULL = 1u << 14,/* reading paused: sock_read_high bytes wait to be sent */
+	TS_F_FINISHING = 1u << 15,/* complete at both ends; only its socket's output is left */
+	TS_F_RST_SENT = 1u << 16, /* we reset it (RST_STREAM): a tombstone until the peer has it */
+	TS_F_TOMB_DONE = 1u << 17,/* the peer has our reset (barrier, or it answered a resume) */
 };
 
 struct tun_stream {
@@ -79,6 +83,7 @@ struct tun_stream {
 	uint64_t tx_sent, tx_acked, rx;
 	uint64_t peer_rx;   /* from the peer's sparkrelay-resume */
 	int peer_fin;
+	int peer_rst;       /* the peer reset it while the tunnel was away */
 	uint64_t linger_seq; /* the barrier PING that releases it, 0: not yet sent */
 	char lease_id[TUN_CTL_LEASE_MAX]; /* relay: for a resumed CONNECT */
 	/* request headers (sidecar side), bounded */
@@ -156,10 +161,9 @@ struct tun_group {
 	struct tun_conn *conn;    /* the session carrying it now */
 	struct tun_stream *held;  /* streams waiting for a tunnel */
 	size_t nheld;
-	/* Sidecar: ids of streams this end reset while away, so that a resumed
-	 * CONNECT for one is answered "reset" rather than "never seen". */
-	uint64_t gone[64];
-	unsigned ngone;
+	/* Streams complete at both ends when the tunnel died (the peer has
+	 * forgotten them): their sockets get what is left, then a clean end. */
+	struct tun_stream *finishing;
 	uint64_t expect, got;     /* sidecar: resumed CONNECTs announced / come */
 	uint64_t resume_started_us;
 	uint64_t replayed_at_resume; /* to log what one resume replayed */
@@ -176,19 +180,29 @@ void tun_group_hold(struct tun_group *g, struct tun_stream *s);
  * which replaced p), or NULL after answering with RST (code in *rst). */
 struct tun_stream *tun_group_take(struct tun_group *g, struct tun_conn *c,
 				  struct tun_stream *p, uint32_t *rst);
-/* A held stream's socket failed: lost. */
+/* Free a held stream; a live one is reset and counted lost (why). */
 void tun_group_lose(struct tun_group *g, struct tun_stream *s, enum tun_lost why);
+/* A held stream's socket failed: reset, kept as a tombstone for the resume. */
+void tun_group_socket_failed(struct tun_group *g, struct tun_stream *s);
 /* Relay: the sidecar answered a resumed stream (or refused it). */
 void tun_group_answered(struct tun_group *g, struct tun_stream *s);
 /* Apply the peer's rx to s: drop what it has, resend the rest. 0 or -1 when
  * the counts cannot both be true. */
 int tun_stream_apply_peer_rx(struct tun_stream *s);
+/* A stream the peer no longer has but that was complete at both ends
+ * (END_STREAM each way): deliver what is left and end cleanly. 1 if s was
+ * complete (and is now the group's to finish), 0 if it is a loss. */
+int tun_group_finish(struct tun_group *g, struct tun_stream *s);
+/* A finishing stream's socket is done: free it. */
+void tun_group_finished(struct tun_group *g, struct tun_stream *s);
 /* One resumed CONNECT was handled (sidecar). */
 void tun_group_count_resumed(struct tun_group *g);
 
 /* tun_stream.c */
-/* Sent or acknowledged bytes changed: the read watermark follows. */
-void tun_stream_update_wm(struct tun_stream *s);
+/* Shut the socket's write side, or end a finishing stream, if it is time. */
+void tun_stream_finish_check(struct tun_stream *s);
+/* Bytes left the socket's input as DATA: resume reading if it was full. */
+void tun_stream_read_resume(struct tun_stream *s);
 /* The peer acknowledged n more bytes (a stream WINDOW_UPDATE). */
 void tun_stream_on_ack(struct tun_stream *s, uint32_t n);
 /* Leave / join a session (resumption): sockets are not read while away. */
@@ -199,6 +213,8 @@ void tun_stream_go(struct tun_stream *s, enum ts_state st, const char *why);
 /* Steals sock (may be NULL): it is freed on failure too. */
 struct tun_stream *tun_stream_new(struct tun_conn *c, struct bufferevent *sock);
 void tun_stream_free(struct tun_stream *s);
+/* Free s, its socket closed with a reset. */
+void tun_stream_free_reset(struct tun_stream *s);
 /* Give the stream its socket (sidecar: after on_connect). On failure the
  * socket is freed and SR_ENOMEM returned. */
 int tun_stream_attach(struct tun_stream *s, struct bufferevent *sock);

@@ -45,6 +45,7 @@ static void stream_log_ctx(const struct tun_stream *s, char *buf, size_t len)
 }
 
 static void maybe_finish(struct tun_stream *s);
+static void read_check(struct tun_stream *s);
 
 /* Bytes the sender keeps for a replay: sent, not yet acknowledged. */
 static size_t retained(const struct tun_stream *s)
@@ -70,7 +71,6 @@ void tun_stream_on_ack(struct tun_stream *s, uint32_t n)
 	if (n && s->sock)
 		evbuffer_drain(bufferevent_get_input(s->sock), n);
 	s->tx_acked += n;
-	tun_stream_update_wm(s);
 }
 
 int tun_stream_apply_peer_rx(struct tun_stream *s)
@@ -86,7 +86,7 @@ int tun_stream_apply_peer_rx(struct tun_stream *s)
 	if (s->group)
 		s->group->st.replayed_bytes += s->tx_sent - s->peer_rx;
 	s->tx_acked = s->tx_sent = s->peer_rx;
-	tun_stream_update_wm(s);
+	read_check(s);
 	return 0;
 }
 
@@ -155,6 +155,10 @@ static void maybe_finish(struct tun_stream *s)
 	}
 	if (s->down != TS_DIR_DONE || (s->flags & TS_F_LINGER))
 		return;
+	if (s->flags & TS_F_FINISHING) {
+		tun_group_finished(s->group, s); /* its socket has had everything */
+		return;
+	}
 	/* Ended normally at both ends of this session; but our last frames may
 	 * not have reached the peer if the tunnel dies now: a resumable stream
 	 * keeps its socket (both directions finished) until a PING barrier. */
@@ -166,6 +170,11 @@ static void maybe_finish(struct tun_stream *s)
 
 static void sock_event_cb(struct bufferevent *bev, short what, void *arg);
 
+void tun_stream_finish_check(struct tun_stream *s)
+{
+	maybe_finish(s);
+}
+
 /* The read high watermark of this conn's sockets right now. */
 static size_t sock_read_high(const struct tun_conn *c)
 {
@@ -176,17 +185,27 @@ static size_t sock_read_high(const struct tun_conn *c)
 	return high;
 }
 
-/* The bufferevent's own read watermark for s: its input also keeps the
- * bytes sent but not yet acknowledged, which do not count against reading. */
-static size_t sock_wm(const struct tun_stream *s)
+/* Reading a socket pauses while sock_read_high bytes wait to be sent
+ * (TS_F_READ_FULL), and resumes once they are sent. This is ours rather than
+ * the bufferevent's read watermark: libevent 2.1 schedules the read callback
+ * again whenever one returns with the input at or over that watermark, which
+ * spins the loop for as long as a stream's window is closed. And the input
+ * also holds the sent, unacknowledged bytes, which do not count here. */
+static void read_check(struct tun_stream *s)
 {
-	return sock_read_high(s->conn) + retained(s);
+	if (s->sock && s->conn && !(s->flags & TS_F_READ_FULL) &&
+	    unsent(s) >= sock_read_high(s->conn)) {
+		s->flags |= TS_F_READ_FULL;
+		bufferevent_disable(s->sock, EV_READ);
+	}
 }
 
-void tun_stream_update_wm(struct tun_stream *s)
+void tun_stream_read_resume(struct tun_stream *s)
 {
-	if (s->sock && s->conn)
-		bufferevent_setwatermark(s->sock, EV_READ, 0, sock_wm(s));
+	if ((s->flags & TS_F_READ_FULL) && s->conn && unsent(s) < sock_read_high(s->conn)) {
+		s->flags &= ~TS_F_READ_FULL;
+		tun_stream_start_reading(s);
+	}
 }
 
 static void in_throttle(struct tun_conn *c, int on)
@@ -194,9 +213,12 @@ static void in_throttle(struct tun_conn *c, int on)
 	c->in_throttled = on;
 	if (on)
 		c->stats.sock_in_throttled++;
-	for (struct tun_stream *s = c->streams; s; s = s->next)
-		if (s->sock)
-			bufferevent_setwatermark(s->sock, EV_READ, 0, sock_wm(s));
+	for (struct tun_stream *s = c->streams; s; s = s->next) {
+		if (on)
+			read_check(s);
+		else
+			tun_stream_read_resume(s);
+	}
 }
 
 /* Input of a socket grew (read) or shrank (sent as DATA): keep the tunnel's
@@ -227,6 +249,7 @@ static int sock_read_more(struct tun_stream *s, struct bufferevent *bev)
 	for (int i = 0; i < 16; i++) {
 		struct evbuffer_iovec v;
 		size_t len = evbuffer_get_length(in), want;
+		/* The retained bytes at the front do not count against reading. */
 		size_t high = sock_read_high(s->conn) + retained(s);
 		ssize_t n;
 		int avail = 0;
@@ -278,7 +301,7 @@ static void sock_read_cb(struct bufferevent *bev, void *arg)
 	}
 	if (sock_read_more(s, bev) != 0)
 		return;
-
+	read_check(s);
 	if (s->id > 0 && (s->flags & TS_F_DEFERRED) && !(s->flags & TS_F_H2_CLOSED)) {
 		s->flags &= ~TS_F_DEFERRED;
 		nghttp2_session_resume_data(c->h2, s->id);
@@ -294,14 +317,37 @@ static void sock_write_cb(struct bufferevent *bev, void *arg)
 		tun_conn_schedule_reap(s->conn);
 }
 
+/* Linux reports a peer's reset as end of file when it arrives with nothing
+ * left to read (recv checks the socket's "done" state before its error):
+ * the reset is then still pending as the socket's error. A reset must not
+ * reach the other end as a clean end. */
+static short eof_or_reset(struct bufferevent *bev, short what)
+{
+	int err = 0;
+	socklen_t len = sizeof(err);
+
+	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) &&
+	    getsockopt(bufferevent_getfd(bev), SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err) {
+		EVUTIL_SET_SOCKET_ERROR(err);
+		what = (short)((what & ~BEV_EVENT_EOF) | BEV_EVENT_ERROR);
+	}
+	return what;
+}
+
 static void sock_event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct tun_stream *s = arg;
 	struct tun_conn *c = s->conn;
+
+	what = eof_or_reset(bev, what);
 	char ctx[256];
 
 	if (what & BEV_EVENT_CONNECTED) {
 		tun_stream_connected(s);
+		return;
+	}
+	if (!c && (s->flags & TS_F_FINISHING)) {
+		tun_group_finished(s->group, s); /* complete: nobody to tell */
 		return;
 	}
 	if (!c) {
@@ -311,7 +357,7 @@ static void sock_event_cb(struct bufferevent *bev, short what, void *arg)
 			bufferevent_disable(bev, EV_READ);
 			return;
 		}
-		tun_group_lose(s->group, s, TUN_LOST_SOCKET);
+		tun_group_socket_failed(s->group, s);
 		return;
 	}
 	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && s->st == TS_ST_OPEN) {
@@ -350,7 +396,7 @@ int tun_stream_attach(struct tun_stream *s, struct bufferevent *sock)
 	s->sock = sock;
 	s->conn->in_buffered += s->conn->opts.sock_in_max ? evbuffer_get_length(in) : 0;
 	bufferevent_setcb(sock, sock_read_cb, sock_write_cb, sock_event_cb, s);
-	bufferevent_setwatermark(sock, EV_READ, 0, sock_wm(s));
+	/* No read watermark: read_check() pauses reading (see there). */
 	bufferevent_set_max_single_read(sock, 64 * 1024);
 	bufferevent_set_max_single_write(sock, 256 * 1024);
 	return 0;
@@ -408,7 +454,8 @@ void tun_stream_connected(struct tun_stream *s)
 
 void tun_stream_start_reading(struct tun_stream *s)
 {
-	if (s->sock && s->conn && s->st == TS_ST_OPEN && s->up == TS_DIR_OPEN)
+	if (s->sock && s->conn && s->st == TS_ST_OPEN && s->up == TS_DIR_OPEN &&
+	    !(s->flags & (TS_F_READ_FULL | TS_F_RESUMING)))
 		bufferevent_enable(s->sock, EV_READ | EV_WRITE);
 }
 
@@ -466,7 +513,7 @@ void tun_stream_bind(struct tun_stream *s, struct tun_conn *c)
 		return;
 	if (c->opts.sock_in_max && evbuffer_add_cb(bufferevent_get_input(s->sock), sock_in_cb, s))
 		c->in_buffered += evbuffer_get_length(bufferevent_get_input(s->sock));
-	bufferevent_setwatermark(s->sock, EV_READ, 0, sock_wm(s));
+	s->flags &= ~TS_F_READ_FULL; /* tun_stream_start_reading decides */
 }
 
 static void stream_close_socket(struct tun_stream *s)
@@ -501,6 +548,15 @@ void tun_stream_maybe_reap(struct tun_stream *s)
 	 * the session is never driven again (closing). */
 	if (s->id > 0 && !(s->flags & TS_F_H2_CLOSED) && !tun_conn_closing(c))
 		return;
+	/* We reset it: until a PING barrier shows the peer has our RST_STREAM,
+	 * a tunnel that dies must still be able to tell it on resume. */
+	if (s->group && (s->flags & TS_F_RST_SENT) && !(s->flags & (TS_F_TOMB_DONE | TS_F_LINGER)) &&
+	    !tun_conn_closing(c)) {
+		tun_conn_linger(c, s);
+		return;
+	}
+	if (s->flags & TS_F_LINGER)
+		return;
 	if (s->prev)
 		s->prev->next = s->next;
 	else
@@ -524,7 +580,7 @@ void tun_stream_kill(struct tun_stream *s, int reset_socket)
 		s->flags |= TS_F_RESET;
 	tun_stream_go(s, TS_ST_DEAD, (s->flags & TS_F_RESET) ? "socket reset" : "socket closed");
 	if (!c) {
-		stream_close_socket(s); /* held: the group frees it */
+		stream_close_socket(s); /* held: the group keeps it as a tombstone */
 		return;
 	}
 	/* The socket goes now (the executor or driver sees FIN or RST at
@@ -537,6 +593,13 @@ void tun_stream_kill(struct tun_stream *s, int reset_socket)
 			c->stats.streams_reset++;
 	}
 	tun_stream_maybe_reap(s);
+}
+
+void tun_stream_free_reset(struct tun_stream *s)
+{
+	if (s->sock && s->st < TS_ST_DEAD)
+		s->flags |= TS_F_RESET;
+	tun_stream_free(s);
 }
 
 void tun_stream_free(struct tun_stream *s)
@@ -590,11 +653,14 @@ void tun_stream_write_queued(struct tun_conn *c)
 		if (evbuffer_get_length(out) == 0)
 			continue;
 		/* bufferevent_socket freezes the start of its output against
-		 * users; we stand in for its writer. Errors are left for its own
-		 * write event to find and report. */
+		 * users; we stand in for its writer. */
 		evbuffer_unfreeze(out, 1);
-		(void)sr_sock_send_evbuffer(bufferevent_getfd(s->sock), out);
+		long w = sr_sock_send_evbuffer(bufferevent_getfd(s->sock), out);
 		evbuffer_freeze(out, 1);
+		/* An error is reported now: the send took the socket's pending
+		 * error (a reset), and a read after it would see a clean end. */
+		if (w < 0)
+			sock_event_cb(s->sock, BEV_EVENT_WRITING | BEV_EVENT_ERROR, s);
 	}
 	c->nwriteq = 0;
 }
