@@ -116,6 +116,8 @@ for p in "${PKGS[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
 		missing+=("$p")
 done
+# kubectl, for `kubectl kustomize` (offline): the machine's own, else Debian's.
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "installing: ${missing[*]}"
 	timeout 300 apt-get update -qq || fail "apt-get update"
@@ -126,13 +128,14 @@ podman --version
 runc --version | head -n 1
 
 # ---------------------------------------------------------------------------------
-step "lint Kubernetes manifests (yamllint + consistency checks)"
+step "lint Kubernetes manifests (yamllint, schema, consistency, kustomize)"
 WORK=$(mktemp -d /tmp/sparkrelay-image-test.XXXXXX)
 chmod 0755 "$WORK"
 yamllint -c docker/ci/yamllint.yaml --strict docker/k8s/ || fail "yamllint docker/k8s"
 echo "  yamllint: docker/k8s/*.yaml clean"
-$PY docker/ci/check_manifests.py "$ROOT" --extract-relay-json "$WORK/relay.json" ||
-	fail "manifest consistency checks"
+$PY docker/ci/check_manifests.py "$ROOT" --render require --extract-relay-json "$WORK/relay.json" ||
+	fail "manifest checks (schema, consistency, kubectl kustomize)"
+$PY docker/ci/test_check_manifests.py "$ROOT" || fail "the manifest checks miss a broken manifest"
 bash -n docker/notebook/start-sparkrelay.sh docker/healthcheck.sh || fail "shell syntax"
 $PY -c 'import ast, sys; ast.parse(open(sys.argv[1]).read())' docker/notebook/example_pyspark.py || fail "example_pyspark.py syntax"
 
@@ -281,6 +284,25 @@ podman run --rm --entrypoint /bin/sh "$IMAGE" -c \
 	fail "the runtime image contains build tools"
 size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
 echo "  runtime image: $((size / 1024 / 1024)) MiB, no compiler or build tools"
+# The runtime packages docs/operations.md lists for the image's binary are the ones
+# its NEEDED entries come from (same Debian release as the host), and the Dockerfile
+# installs each.
+cid=$(podman create "$IMAGE")
+podman cp "$cid:/usr/local/bin/sparkrelay" "$WORK/image-sparkrelay" || fail "podman cp"
+podman rm "$cid" >/dev/null
+needed_pkgs=$(readelf -d "$WORK/image-sparkrelay" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' |
+	grep -v '^libc\.so' | while read -r so; do
+		dpkg -S "*/$so" 2>/dev/null | head -n 1 | cut -d: -f1
+	done | sort -u)
+[ -n "$needed_pkgs" ] || fail "cannot map the image binary's libraries to packages"
+documented=$(sed -n 's/.*runtime libraries `\([^`]*\)`.*/\1/p' docs/operations.md | tr ' ' '\n' |
+	sort -u)
+[ "$needed_pkgs" = "$documented" ] ||
+	fail "docs/operations.md lists runtime libraries \"$(echo $documented)\", the binary needs \"$(echo $needed_pkgs)\""
+for pkg in $needed_pkgs; do
+	grep -q "[[:space:]]$pkg[[:space:]]" docker/Dockerfile || fail "the Dockerfile does not install $pkg"
+done
+echo "  runtime libraries (docs/operations.md, Dockerfile): $(echo $needed_pkgs)"
 
 # ---------------------------------------------------------------------------------
 step "certificates (sparkrelay gen-certs, in the image) and the ConfigMap's relay.json"
