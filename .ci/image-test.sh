@@ -295,14 +295,15 @@ needed_pkgs=$(readelf -d "$WORK/image-sparkrelay" | sed -n 's/.*(NEEDED).*\[\(.*
 		dpkg -S "*/$so" 2>/dev/null | head -n 1 | cut -d: -f1
 	done | sort -u)
 [ -n "$needed_pkgs" ] || fail "cannot map the image binary's libraries to packages"
+# shellcheck disable=SC2016 # the backquotes are Markdown's, matched literally
 documented=$(sed -n 's/.*runtime libraries `\([^`]*\)`.*/\1/p' docs/operations.md | tr ' ' '\n' |
 	sort -u)
 [ "$needed_pkgs" = "$documented" ] ||
-	fail "docs/operations.md lists runtime libraries \"$(echo $documented)\", the binary needs \"$(echo $needed_pkgs)\""
+	fail "docs/operations.md lists runtime libraries \"$(tr '\n' ' ' <<<"$documented")\", the binary needs \"$(tr '\n' ' ' <<<"$needed_pkgs")\""
 for pkg in $needed_pkgs; do
-	grep -q "[[:space:]]$pkg[[:space:]]" docker/Dockerfile || fail "the Dockerfile does not install $pkg"
+	grep -q "[[:space:]]${pkg}[[:space:]]" docker/Dockerfile || fail "the Dockerfile does not install $pkg"
 done
-echo "  runtime libraries (docs/operations.md, Dockerfile): $(echo $needed_pkgs)"
+echo "  runtime libraries (docs/operations.md, Dockerfile): $(tr '\n' ' ' <<<"$needed_pkgs")"
 
 # ---------------------------------------------------------------------------------
 step "certificates (sparkrelay gen-certs, in the image) and the ConfigMap's relay.json"
@@ -461,7 +462,7 @@ chmod -R a+rX,go-w "$NB2/spark"
 chown 65534:65534 "$NB2/home"
 as_user() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@" 9>&-; }
 NB2_ENV=(HOME="$NB2/home" SPARK_HOME="$NB2/spark" SPARKRELAY_BIN="$WORK/bin/sparkrelay"
-	SPARKRELAY_WAIT_S=30 SPARKRELAY_TUNNEL_RELAYS=127.0.0.1:$LPORT
+	SPARKRELAY_WAIT_S=30 SPARKRELAY_TUNNEL_RELAYS="127.0.0.1:$LPORT"
 	SPARKRELAY_TUNNEL_TLS_CA="$WORK/certs/ca.pem" SPARKRELAY_TUNNEL_APP=notebook-ro)
 as_user env "${NB2_ENV[@]}" "$WORK/bin/start-sparkrelay.sh" start >"$WORK/nb2.out" 2>&1 ||
 	{ cat "$WORK/nb2.out" >&2; fail "start with a read-only \$SPARK_HOME/conf"; }
