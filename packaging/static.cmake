@@ -8,6 +8,9 @@
 # the end of the configuration (cmake_language DEFER) the sparkrelay target
 # gets libcurl's own dependencies, which the imported targets do not carry.
 
+if(CMAKE_VERSION VERSION_LESS 3.21)
+  message(FATAL_ERROR "SR_STATIC needs CMake 3.21 or later (cmake_language DEFER, find_library NO_CACHE)")
+endif()
 if(SR_SANITIZE OR SR_FUZZ)
   message(FATAL_ERROR "SR_STATIC does not combine with SR_SANITIZE or SR_FUZZ")
 endif()
