@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # CI step "image test": builds docker/Dockerfile with podman and runs the image for
-# real, both roles, on loopback; lints the Kubernetes manifests.
+# real, both roles, on loopback; lints the Kubernetes manifests; runs the
+# self-contained binary (./dev dist) in the bare base image, where none of its
+# libraries are installed, and the notebook start-up script with it.
 #
 # No container registry and no Docker engine here: podman (Debian) builds the
 # unmodified Dockerfile on a debian:bookworm-slim made locally with debootstrap. State
@@ -69,7 +71,7 @@ stop_graceful() {
 	echo "  $1: SIGTERM -> exit code 0"
 }
 
-containers() { echo "$P-gencerts $P-check $P-relay $P-sidecar $P-sidecar2 $P-nolease"; }
+containers() { echo "$P-gencerts $P-check $P-relay $P-sidecar $P-sidecar2 $P-nolease $P-dist"; }
 
 cleanup() {
 	local rc=$?
@@ -82,9 +84,9 @@ cleanup() {
 		done
 	fi
 	for pid in "${BG_PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-	if [ -n "$WORK" ] && [ -s "$WORK/nbhome/.sparkrelay/sparkrelay.pid" ]; then
-		kill "$(cat "$WORK/nbhome/.sparkrelay/sparkrelay.pid")" 2>/dev/null
-	fi
+	for pidfile in "$WORK"/nb*/.sparkrelay/sparkrelay.pid; do
+		[ -n "$WORK" ] && [ -s "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null
+	done
 	if [ -n "${CONTAINERS_CONF:-}" ] && command -v podman >/dev/null; then
 		# shellcheck disable=SC2046
 		podman rm -f -t 0 --ignore $(containers) >/dev/null 2>&1
@@ -108,15 +110,14 @@ trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------------------------
 step "install tools (podman, runc, debootstrap, yamllint)"
-PKGS=(podman runc debootstrap debian-archive-keyring yamllint python3 python3-yaml
-      # The runtime libraries, so the notebook script can run the binary from the image.
-      libevent-2.1-7 libevent-core-2.1-7 libevent-extra-2.1-7 libevent-openssl-2.1-7
-      libssl3 libnghttp2-14 libcurl4 libjansson4)
+PKGS=(podman runc debootstrap debian-archive-keyring yamllint python3 python3-yaml)
 missing=()
 for p in "${PKGS[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
 		missing+=("$p")
 done
+# kubectl, for `kubectl kustomize` (offline): the machine's own, else Debian's.
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "installing: ${missing[*]}"
 	timeout 300 apt-get update -qq || fail "apt-get update"
@@ -127,13 +128,14 @@ podman --version
 runc --version | head -n 1
 
 # ---------------------------------------------------------------------------------
-step "lint Kubernetes manifests (yamllint + consistency checks)"
+step "lint Kubernetes manifests (yamllint, schema, consistency, kustomize)"
 WORK=$(mktemp -d /tmp/sparkrelay-image-test.XXXXXX)
 chmod 0755 "$WORK"
 yamllint -c docker/ci/yamllint.yaml --strict docker/k8s/ || fail "yamllint docker/k8s"
 echo "  yamllint: docker/k8s/*.yaml clean"
-$PY docker/ci/check_manifests.py "$ROOT" --extract-relay-json "$WORK/relay.json" ||
-	fail "manifest consistency checks"
+$PY docker/ci/check_manifests.py "$ROOT" --render require --extract-relay-json "$WORK/relay.json" ||
+	fail "manifest checks (schema, consistency, kubectl kustomize)"
+$PY docker/ci/test_check_manifests.py "$ROOT" || fail "the manifest checks miss a broken manifest"
 bash -n docker/notebook/start-sparkrelay.sh docker/healthcheck.sh || fail "shell syntax"
 $PY -c 'import ast, sys; ast.parse(open(sys.argv[1]).read())' docker/notebook/example_pyspark.py || fail "example_pyspark.py syntax"
 
@@ -233,6 +235,26 @@ podman run --rm --network=host debian:bookworm-slim cat /etc/debian_version ||
 	fail "the base image does not run"
 
 # ---------------------------------------------------------------------------------
+step "self-contained binary: ./dev dist, then run it in the bare base image"
+# Built from scratch in CI (a fresh clone has no build-dist/); nothing is cached for it.
+./dev dist >"$WORK/dist.log" 2>&1 || { tail -n 40 "$WORK/dist.log" >&2; fail "./dev dist"; }
+grep '^dist: ' "$WORK/dist.log" | sed 's/^/  /'
+VERSION=$(sed -n 's/^project(sparkrelay VERSION \([0-9.]*\).*/\1/p' CMakeLists.txt)
+DIST_NAME=sparkrelay-$VERSION-linux-$(uname -m)
+(cd dist && sha256sum --check --quiet "$DIST_NAME.sha256") || fail "dist/$DIST_NAME.sha256 does not match"
+echo "  dist/$DIST_NAME.sha256 matches"
+# debian:bookworm-slim as made above (minbase): no libevent, OpenSSL, nghttp2, jansson
+# or libcurl (dist-smoke.sh checks that first). Its own network namespace (loopback
+# only) and an unprivileged user.
+podman run --rm --name "$P-dist" --network=none --user 65534:65534 \
+	-v "$ROOT/dist/$DIST_NAME:/opt/sparkrelay:ro" -v "$ROOT/.ci/dist-smoke.sh:/dist-smoke.sh:ro" \
+	debian:bookworm-slim bash /dist-smoke.sh /opt/sparkrelay ||
+	fail "the self-contained binary does not work in the bare base image"
+mkdir -p "$WORK/bin"
+cp "dist/$DIST_NAME" "$WORK/bin/sparkrelay"
+chmod 0755 "$WORK/bin" "$WORK/bin/sparkrelay"
+
+# ---------------------------------------------------------------------------------
 step "podman build docker/Dockerfile -> $IMAGE"
 # --format docker keeps HEALTHCHECK (the OCI format has none); --network=host needs no
 # bridge networking on this machine. The Dockerfile itself is used as it is.
@@ -262,6 +284,26 @@ podman run --rm --entrypoint /bin/sh "$IMAGE" -c \
 	fail "the runtime image contains build tools"
 size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
 echo "  runtime image: $((size / 1024 / 1024)) MiB, no compiler or build tools"
+# The runtime packages docs/operations.md lists for the image's binary are the ones
+# its NEEDED entries come from (same Debian release as the host), and the Dockerfile
+# installs each.
+cid=$(podman create "$IMAGE")
+podman cp "$cid:/usr/local/bin/sparkrelay" "$WORK/image-sparkrelay" || fail "podman cp"
+podman rm "$cid" >/dev/null
+needed_pkgs=$(readelf -d "$WORK/image-sparkrelay" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' |
+	grep -v '^libc\.so' | while read -r so; do
+		dpkg -S "*/$so" 2>/dev/null | head -n 1 | cut -d: -f1
+	done | sort -u)
+[ -n "$needed_pkgs" ] || fail "cannot map the image binary's libraries to packages"
+# shellcheck disable=SC2016 # the backquotes are Markdown's, matched literally
+documented=$(sed -n 's/.*runtime libraries `\([^`]*\)`.*/\1/p' docs/operations.md | tr ' ' '\n' |
+	sort -u)
+[ "$needed_pkgs" = "$documented" ] ||
+	fail "docs/operations.md lists runtime libraries \"$(tr '\n' ' ' <<<"$documented")\", the binary needs \"$(tr '\n' ' ' <<<"$needed_pkgs")\""
+for pkg in $needed_pkgs; do
+	grep -q "[[:space:]]${pkg}[[:space:]]" docker/Dockerfile || fail "the Dockerfile does not install $pkg"
+done
+echo "  runtime libraries (docs/operations.md, Dockerfile): $(tr '\n' ' ' <<<"$needed_pkgs")"
 
 # ---------------------------------------------------------------------------------
 step "certificates (sparkrelay gen-certs, in the image) and the ConfigMap's relay.json"
@@ -371,15 +413,8 @@ grep -q '^sparkrelay_leases_active 1$' "$WORK/metrics.txt" ||
 echo "  metrics (token required, ctl reads the relay's variable): tunnels, leases (1 active), streams, refusals, handshake failures, reloads"
 
 # ---------------------------------------------------------------------------------
-step "notebook start-up script (binary from the image, settings merged)"
-mkdir -p "$WORK/bin" "$WORK/nbhome/spark-conf"
-cid=$(podman create "$IMAGE")
-podman cp "$cid:/usr/local/bin/sparkrelay" "$WORK/bin/sparkrelay" || fail "podman cp"
-podman rm "$cid" >/dev/null
-if ldd "$WORK/bin/sparkrelay" | grep -q 'not found'; then
-	ldd "$WORK/bin/sparkrelay" >&2
-	fail "the image's binary lacks libraries on the host"
-fi
+step "notebook start-up script (the dist binary, settings merged)"
+mkdir -p "$WORK/nbhome/spark-conf"
 printf 'spark.executor.memory 4g\nspark.driver.port=1234\n' \
 	>"$WORK/nbhome/spark-conf/spark-defaults.conf"
 NB_ENV=(HOME="$WORK/nbhome" SPARK_CONF_DIR="$WORK/nbhome/spark-conf"
@@ -411,6 +446,73 @@ env "${NB_ENV[@]}" docker/notebook/start-sparkrelay.sh stop || fail "start-spark
 grep -q "lease released" "$WORK/nbhome/.sparkrelay/sparkrelay.log" ||
 	fail "the notebook sidecar did not release its lease"
 echo "  stopped; the sidecar released its lease"
+
+# ---------------------------------------------------------------------------------
+step "notebook start-up script in a root-owned image: read-only \$SPARK_HOME/conf, --detach"
+# As a notebook user would run it (uid 65534, not root: root writes anywhere), with
+# Spark installed by root: \$SPARK_HOME/conf is not writable. The script and binary
+# are copied where that user can read them.
+NB2=$WORK/nb2
+mkdir -p "$NB2/home" "$NB2/spark/conf"
+cp docker/notebook/start-sparkrelay.sh "$WORK/bin/start-sparkrelay.sh"
+chmod 0755 "$WORK/bin/start-sparkrelay.sh"
+printf 'spark.executor.memory 2g\n' >"$NB2/spark/conf/spark-defaults.conf"
+echo 'rootLogger.level = warn' >"$NB2/spark/conf/log4j2.properties"
+chmod -R a+rX,go-w "$NB2/spark"
+chown 65534:65534 "$NB2/home"
+as_user() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@" 9>&-; }
+NB2_ENV=(HOME="$NB2/home" SPARK_HOME="$NB2/spark" SPARKRELAY_BIN="$WORK/bin/sparkrelay"
+	SPARKRELAY_WAIT_S=30 SPARKRELAY_TUNNEL_RELAYS="127.0.0.1:$LPORT"
+	SPARKRELAY_TUNNEL_TLS_CA="$WORK/certs/ca.pem" SPARKRELAY_TUNNEL_APP=notebook-ro)
+as_user env "${NB2_ENV[@]}" "$WORK/bin/start-sparkrelay.sh" start >"$WORK/nb2.out" 2>&1 ||
+	{ cat "$WORK/nb2.out" >&2; fail "start with a read-only \$SPARK_HOME/conf"; }
+if grep -qiE 'permission denied|^touch:|^mktemp:' "$WORK/nb2.out"; then
+	cat "$WORK/nb2.out" >&2
+	fail "raw errors from a read-only \$SPARK_HOME/conf"
+fi
+grep -q "is not writable: the Spark settings go to $NB2/home/.sparkrelay/spark-conf" \
+	"$WORK/nb2.out" || fail "no word of the fallback folder: $(cat "$WORK/nb2.out")"
+conf2=$NB2/home/.sparkrelay/spark-conf/spark-defaults.conf
+grep -q '^spark.executor.memory 2g$' "$conf2" ||
+	fail "the fallback lost the image's spark-defaults.conf settings"
+grep -q '^spark.driver.port [0-9]' "$conf2" || fail "the fallback has no lease settings"
+[ "$(readlink "$NB2/home/.sparkrelay/spark-conf/log4j2.properties")" = \
+	"$NB2/spark/conf/log4j2.properties" ] || fail "the fallback does not link the image's other conf files"
+[ "$(cat "$NB2/spark/conf/spark-defaults.conf")" = "spark.executor.memory 2g" ] ||
+	fail "the read-only spark-defaults.conf changed"
+grep -qF "os.environ[\"SPARK_CONF_DIR\"] = \"$NB2/home/.sparkrelay/spark-conf\"" \
+	"$NB2/home/.ipython/profile_default/startup/00-sparkrelay.py" ||
+	fail "the IPython hook does not point kernels at the fallback folder"
+as_user env "${NB2_ENV[@]}" "$WORK/bin/start-sparkrelay.sh" stop >/dev/null 2>&1 ||
+	fail "stop after the fallback"
+echo "  read-only \$SPARK_HOME/conf: exit 0, settings in ~/.sparkrelay/spark-conf (image settings kept, other files linked), hook points there"
+# A lifecycle hook: --detach returns at once with 0, even with the relay down.
+rm -rf "$NB2/home/.sparkrelay" "$NB2/home/.ipython"
+t0=$SECONDS
+as_user env "${NB2_ENV[@]}" SPARKRELAY_TUNNEL_RELAYS=127.0.0.1:1 \
+	"$WORK/bin/start-sparkrelay.sh" start --detach >"$WORK/nb2-detach.out" 2>&1 ||
+	{ cat "$WORK/nb2-detach.out" >&2; fail "start --detach with the relay down exits non-zero"; }
+[ $((SECONDS - t0)) -le 5 ] || fail "start --detach took $((SECONDS - t0)) s (must return at once)"
+deadline=$((SECONDS + 10))
+until grep -q "reconnecting" "$NB2/home/.sparkrelay/sparkrelay.log" 2>/dev/null; do
+	[ "$SECONDS" -lt "$deadline" ] || fail "the detached start-up did not start the sidecar"
+	sleep 0.2
+done
+as_user env "${NB2_ENV[@]}" "$WORK/bin/start-sparkrelay.sh" stop >/dev/null 2>&1 ||
+	fail "stop after --detach"
+echo "  start --detach with the relay down: exit 0 at once, the sidecar keeps trying"
+rm -rf "$NB2/home/.sparkrelay" "$NB2/home/.ipython"
+as_user env "${NB2_ENV[@]}" "$WORK/bin/start-sparkrelay.sh" start --detach >/dev/null 2>&1 ||
+	fail "start --detach exits non-zero"
+deadline=$((SECONDS + 30))
+until grep -q "Spark settings merged" "$NB2/home/.sparkrelay/start.log" 2>/dev/null; do
+	[ "$SECONDS" -lt "$deadline" ] || fail "the detached start-up did not merge the lease"
+	sleep 0.2
+done
+grep -q '^spark.driver.port [0-9]' "$conf2" || fail "--detach merged no lease settings"
+as_user env "${NB2_ENV[@]}" "$WORK/bin/start-sparkrelay.sh" stop >/dev/null 2>&1 ||
+	fail "stop after --detach"
+echo "  start --detach with the relay up: returns, then merges the lease in the background"
 
 # ---------------------------------------------------------------------------------
 step "SIGTERM the sidecar (podman stop): releases its lease, exits 0"
@@ -451,7 +553,7 @@ rpid=$(podman inspect --format '{{.State.Pid}}' "$P-relay")
 podman logs "$P-relay" 2>&1 | grep -qF "drained:" && fail "the relay drained with a stream open"
 echo "  relay is draining and waits for the open stream"
 # podman cannot exec into a container it is stopping: ask from the host (same network)
-# with the image's binary copied out above.
+# with the self-contained binary (./dev dist, above).
 out=$("$WORK/bin/sparkrelay" ctl --admin "$ADMIN" ready 2>&1) &&
 	fail "ctl ready (readiness) still succeeds while the relay drains: $out"
 case "$out" in *draining*) ;; *) fail "ctl ready while draining: expected \"draining\", got: $out" ;; esac

@@ -8,7 +8,8 @@
 # usage: bench/compare.sh [--quick] [--reps N] [--tools "direct sparkrelay ..."]
 #                         [--out DIR] [--keep]
 #   --quick   one repetition, short loads (about 2 minutes): a smoke run
-#   default   3 repetitions (medians), within 15 minutes on 2 cores
+#   default   3 repetitions (medians), about 9 minutes on 2 cores (528-534 s in the
+#             runs in bench/results), plus a first build
 # Writes bench/results/<date>.json, <date>.md and <date>.png.
 set -euo pipefail
 
@@ -25,7 +26,7 @@ while [ $# -gt 0 ]; do
 	--tools) TOOLS=$2; shift ;;
 	--out) OUT=$2; shift ;;
 	--keep) KEEP=1 ;;
-	-h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+	-h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;
 	*) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 	shift

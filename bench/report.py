@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Aggregate the JSON files of one bench/compare.sh run: medians per tool,
-ratios against the DESIGN.md section 7 targets, a Markdown table, and a
-gnuplot script for the chart. Standard library only."""
+ratios against the targets stated in docs/benchmarks.md ("Targets"), a
+Markdown table, and a gnuplot script for the chart. Standard library only."""
 
 import argparse
 import glob
@@ -130,7 +130,8 @@ def ratio(a, b):
 
 
 def targets(med):
-    """The DESIGN.md section 7 targets as (figure, measured, target, ok)."""
+    """The targets of docs/benchmarks.md ("Targets") as (figure, measured, target, ok).
+    A change here changes that table too."""
     sr = med.get("sparkrelay", {})
     ssh = med.get("ssh", {})
     st = med.get("stunnel", {})
@@ -249,7 +250,7 @@ def main():
                   "in %.1f s, %s alive after the hold, %.2f KiB per connection (relay + sidecar)." % (
                       fmt(s.get("idle10k_established"), 0), s.get("idle10k_open_s") or 0,
                       fmt(s.get("idle10k_alive"), 0), s.get("idle10k_kib") or 0)]
-    lines += ["", "## Targets (DESIGN.md section 7, ratios within this run)", "",
+    lines += ["", "## Targets (docs/benchmarks.md, ratios within this run)", "",
               "| target | measured | wanted | met |", "|---|---|---|---|"]
     for t in tg:
         ok = "n/a" if t["ok"] is None else ("yes" if t["ok"] else "**no**")

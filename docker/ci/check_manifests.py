@@ -1,23 +1,43 @@
 #!/usr/bin/env python3
-"""Consistency checks of docker/k8s/*.yaml against the ConfigMap's relay.json, the
-Dockerfile and the project version (what can be checked without a cluster).
+"""Checks of docker/k8s/*.yaml and of the Kubernetes example in docs/operations.md,
+what can be checked without a cluster:
 
-  check_manifests.py REPO_ROOT [--extract-relay-json OUT]
+  - every object against a schema of the fields used (k8s_schema.py: unknown fields,
+    types, required fields, enumerations), as the API server would;
+  - consistency with the ConfigMap's relay.json, the Dockerfile and the project
+    version (ports, paths, user, image tag, probes);
+  - references: Secrets (made by the kustomization's secretGenerator), volumes,
+    the PriorityClass, tolerations;
+  - the in-pod sidecar example of docs/operations.md: a native sidecar with its
+    volumes, resources, securityContext and a startup probe;
+  - with kubectl at hand, `kubectl kustomize` of the folder (offline), and the schema
+    and references again on what it renders.
+
+  check_manifests.py REPO_ROOT [--extract-relay-json OUT] [--render auto|require|off]
 
 Needs PyYAML (Debian: python3-yaml). Prints one line per check; exits 1 listing every
 failed check. With --extract-relay-json the ConfigMap's relay.json is written to OUT,
 so that the image test runs the real binary on the very file that gets deployed.
+--render require fails when kubectl is missing (auto: skipped with a note).
 """
+import argparse
 import json
 import os
 import posixpath
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 
 import yaml
 
+import k8s_schema
+
 NAMESPACED = {"ServiceAccount", "ConfigMap", "Secret", "DaemonSet", "PodDisruptionBudget",
-              "NetworkPolicy", "Role", "RoleBinding", "Service"}
+              "NetworkPolicy", "Role", "RoleBinding", "Service", "PodMonitor",
+              "ServiceMonitor"}
+SYSTEM_PRIORITY_CLASSES = {"system-node-critical", "system-cluster-critical"}
 
 
 class Checker:
@@ -60,11 +80,60 @@ def one(objs, kind, c):
     return found[0] if found else {}
 
 
+def check_schema(c, where, doc):
+    errs = k8s_schema.validate(doc)
+    name = get(doc, "metadata.name", "") if isinstance(doc, dict) else ""
+    what = f"{where}: {doc.get('kind') if isinstance(doc, dict) else '?'} {name}".rstrip()
+    c.check(not errs, f"{what} fits the schema of the fields used" +
+            ("".join(f"\n          {e}" for e in errs)))
+
+
+def generated_secrets(kustomization):
+    """{name: set of keys} of the kustomization's secretGenerator."""
+    out = {}
+    for g in (kustomization or {}).get("secretGenerator", []) or []:
+        keys = set()
+        for f in g.get("files", []) or []:
+            keys.add(f.split("=", 1)[0] if "=" in f else posixpath.basename(f))
+        for lit in g.get("literals", []) or []:
+            keys.add(lit.split("=", 1)[0])
+        out[g.get("name")] = keys
+    return out
+
+
+def check_pod_refs(c, what, pod, secret_names):
+    """Volumes, Secrets, tolerations of one pod spec."""
+    vols = {v.get("name") for v in pod.get("volumes", []) or []}
+    ctrs = (pod.get("initContainers", []) or []) + (pod.get("containers", []) or [])
+    for ct in ctrs:
+        for m in ct.get("volumeMounts", []) or []:
+            c.check(m.get("name") in vols,
+                    f"{what}: container {ct.get('name')} mounts volume {m.get('name')!r}, "
+                    f"which the pod defines")
+        for e in ct.get("env", []) or []:
+            ref = get(e, "valueFrom.secretKeyRef")
+            if ref and secret_names is not None and not ref.get("optional", False):
+                c.check(ref.get("name") in secret_names,
+                        f"{what}: env {e.get('name')} reads Secret {ref.get('name')!r}, "
+                        f"which the kustomization makes")
+    for v in pod.get("volumes", []) or []:
+        sname = get(v, "secret.secretName")
+        if sname and secret_names is not None and not get(v, "secret.optional", False):
+            c.check(sname in secret_names,
+                    f"{what}: volume {v.get('name')} mounts Secret {sname!r}, which the "
+                    f"kustomization makes")
+    for t in pod.get("tolerations", []) or []:
+        c.check(not (t.get("operator") == "Exists" and not t.get("key")),
+                f"{what}: no toleration of every taint (operator Exists without a key)")
+
+
 def main(argv):
-    if len(argv) not in (2, 4) or (len(argv) == 4 and argv[2] != "--extract-relay-json"):
-        print(__doc__, file=sys.stderr)
-        return 2
-    root = argv[1]
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("root")
+    ap.add_argument("--extract-relay-json", metavar="OUT")
+    ap.add_argument("--render", choices=("auto", "require", "off"), default="auto")
+    a = ap.parse_args(argv[1:])
+    root = a.root
     k8s = os.path.join(root, "docker", "k8s")
     c = Checker()
     docs = load_docs(k8s)
@@ -72,6 +141,7 @@ def main(argv):
     kustomization = None
     for name, ds in docs.items():
         for d in ds:
+            check_schema(c, name, d)
             if d.get("kind") == "Kustomization":
                 kustomization = d
                 continue
@@ -82,6 +152,9 @@ def main(argv):
             if kind in NAMESPACED:
                 c.check(meta.get("namespace") == "sparkrelay",
                         f"{name}: {kind} {meta.get('name')} in namespace sparkrelay")
+            else:
+                c.check("namespace" not in meta,
+                        f"{name}: {kind} {meta.get('name')} is cluster-scoped (no namespace)")
 
     # ---- the relay configuration ---------------------------------------------------
     cm = one(objs, "ConfigMap", c)
@@ -155,6 +228,16 @@ def main(argv):
             f"pod runs as non-root uid {image_uid} (the image's USER)")
     c.check(pod.get("automountServiceAccountToken") is False,
             "no service account token mounted")
+    pcs = {get(o, "metadata.name"): o for o in objs if o.get("kind") == "PriorityClass"}
+    pcn = pod.get("priorityClassName")
+    c.check(pcn in pcs or pcn in SYSTEM_PRIORITY_CLASSES,
+            f"priorityClassName {pcn!r} is a PriorityClass of these manifests or a "
+            f"system class")
+    if pcn in pcs:
+        c.check(pcs[pcn].get("globalDefault", False) is False,
+                f"PriorityClass {pcn} is not the cluster's global default")
+    gen = generated_secrets(kustomization)
+    check_pod_refs(c, "DaemonSet", pod, set(gen))
     sa_names = [get(o, "metadata.name") for o in objs if o.get("kind") == "ServiceAccount"]
     c.check(pod.get("serviceAccountName") in sa_names,
             f"serviceAccountName {pod.get('serviceAccountName')} is defined")
@@ -217,14 +300,26 @@ def main(argv):
     c.check(cfg_dir is not None and posixpath.dirname(cfg_file) == cfg_dir and
             posixpath.basename(cfg_file) in get(cm, "data", {}),
             f"--config {cfg_file} is a key of the mounted ConfigMap ({cfg_dir})")
-    secrets = [o for o in objs if o.get("kind") == "Secret"]
-    sec = next((s for s in secrets if get(s, "metadata.name") == "sparkrelay-tls"), {})
-    sec_keys = set(sec.get("stringData", {}) or {}) | set(sec.get("data", {}) or {})
+    sec_keys = gen.get("sparkrelay-tls", set())
     tls_dir = mount_of("secret", "secretName", "sparkrelay-tls")
     for what, path in (("cert", cert), ("key", key)):
         c.check(tls_dir is not None and path and posixpath.dirname(path) == tls_dir and
                 posixpath.basename(path) in sec_keys,
-                f"relay.tls.{what} {path} is a key of the mounted sparkrelay-tls Secret")
+                f"relay.tls.{what} {path} is a key of the mounted sparkrelay-tls Secret "
+                f"(kustomization secretGenerator)")
+    c.check(not any(o.get("kind") == "Secret" for o in objs),
+            "no Secret in the manifests: the kustomization makes them from files")
+    for g in (kustomization or {}).get("secretGenerator", []) or []:
+        for f in g.get("files", []) or []:
+            src = f.split("=", 1)[1] if "=" in f else f
+            c.check(src.startswith("secrets/") and "/" not in src[len("secrets/"):],
+                    f"secretGenerator {g.get('name')}: {src} is in secrets/")
+    try:
+        with open(os.path.join(k8s, "secrets", ".gitignore")) as f:
+            ignored = f.read().split("\n")
+    except OSError:
+        ignored = []
+    c.check("*" in ignored, "secrets/.gitignore keeps every key and token out of git")
 
     # ---- image ---------------------------------------------------------------------
     images = set()
@@ -241,8 +336,8 @@ def main(argv):
 
     # ---- kustomization -------------------------------------------------------------
     res = set((kustomization or {}).get("resources", []))
-    expected = set(docs) - {"kustomization.yaml", "secret.yaml"}
-    c.check(res == expected, f"kustomization lists every manifest but the Secret template "
+    expected = set(docs) - {"kustomization.yaml"}
+    c.check(res == expected, f"kustomization lists every manifest "
                              f"(missing {sorted(expected - res)}, extra {sorted(res - expected)})")
 
     # ---- PodDisruptionBudget -------------------------------------------------------
@@ -271,15 +366,126 @@ def main(argv):
         "pool ports only from spark-role=executor pods")
     c.check(listen_rule is not None, f"NetworkPolicy opens the tunnel port {listen_port}")
 
-    if len(argv) == 4:
-        with open(argv[3], "w") as f:
+    # ---- the in-pod sidecar of docs/operations.md ---------------------------------
+    check_doc_sidecar(c, root, image, health_path, version)
+
+    # ---- kubectl kustomize --------------------------------------------------------
+    render(c, k8s, a.render)
+
+    if a.extract_relay_json:
+        with open(a.extract_relay_json, "w") as f:
             f.write(relay_json or "")
-        print(f"  info  wrote the ConfigMap's relay.json to {argv[3]}")
+        print(f"  info  wrote the ConfigMap's relay.json to {a.extract_relay_json}")
     print(f"manifests: {c.passed} passed, {len(c.failed)} failed")
     if c.failed:
         print("failed checks:\n  " + "\n  ".join(c.failed), file=sys.stderr)
         return 1
     return 0
+
+
+def doc_sidecar_spec(root):
+    """The YAML block of docs/operations.md that holds the native sidecar (the one
+    with 'restartPolicy: Always'), parsed; None when there is none."""
+    with open(os.path.join(root, "docs", "operations.md")) as f:
+        text = f.read()
+    for block in re.findall(r"^```yaml\n(.*?)^```", text, re.M | re.S):
+        if "restartPolicy: Always" in block:
+            return yaml.safe_load(block)
+    return None
+
+
+def check_doc_sidecar(c, root, image, health_path, version):
+    doc = doc_sidecar_spec(root)
+    if not c.check(isinstance(doc, dict) and isinstance(doc.get("spec"), dict),
+                   "docs/operations.md has the in-pod sidecar example (a pod 'spec:')"):
+        return
+    pod = doc["spec"]
+    check_schema(c, "docs/operations.md", {"apiVersion": "v1", "kind": "Pod",
+                                           "metadata": {"name": "notebook"}, "spec": pod})
+    check_pod_refs(c, "docs/operations.md sidecar example", pod, None)
+    sidecars = [ct for ct in pod.get("initContainers", []) or []
+                if ct.get("restartPolicy") == "Always"]
+    if not c.check(len(sidecars) == 1 and (sidecars[0].get("args") or [])[:1] == ["tunnel"],
+                   "docs sidecar: one native sidecar (init container, restartPolicy "
+                   "Always) runs 'tunnel'"):
+        return
+    sc = sidecars[0]
+    c.check(sc.get("image") == image, f"docs sidecar: image {sc.get('image')} is {image}")
+    cmd = get(sc, "startupProbe.exec.command", [])
+    c.check(cmd == [health_path],
+            f"docs sidecar: startupProbe runs {health_path} (passes once a lease is held), "
+            f"so the notebook starts after the lease")
+    c.check(bool(get(sc, "resources.requests.cpu")) and
+            bool(get(sc, "resources.requests.memory")) and
+            bool(get(sc, "resources.limits.memory")),
+            "docs sidecar: cpu/memory requests and a memory limit")
+    sec = sc.get("securityContext", {}) or {}
+    c.check(sec.get("allowPrivilegeEscalation") is False and
+            sec.get("readOnlyRootFilesystem") is True and sec.get("runAsNonRoot") is True and
+            "ALL" in (get(sec, "capabilities.drop") or []),
+            "docs sidecar: non-root, no privilege escalation, read-only root, no capabilities")
+    env = {e.get("name"): e.get("value") for e in sc.get("env", []) or []}
+    mounts = {m.get("mountPath"): m.get("name") for m in sc.get("volumeMounts", []) or []}
+    for k in ("SPARKRELAY_TUNNEL_SPARK_CONF", "SPARKRELAY_TUNNEL_SPARK_JSON",
+              "SPARKRELAY_TUNNEL_STATE_FILE", "SPARKRELAY_TUNNEL_TLS_CA"):
+        c.check(env.get(k) is not None and posixpath.dirname(env[k]) in mounts,
+                f"docs sidecar: {k} {env.get(k)} is in a mounted volume")
+    conf_dir = posixpath.dirname(env.get("SPARKRELAY_TUNNEL_SPARK_CONF") or "")
+    shared = mounts.get(conf_dir)
+    nb = [ct for ct in pod.get("containers", []) or []
+          if any(m.get("name") == shared for m in ct.get("volumeMounts", []) or [])]
+    nb_env = {e.get("name"): e.get("value") for ct in nb for e in ct.get("env", []) or []}
+    c.check(bool(nb) and nb_env.get("SPARK_CONF_DIR") == posixpath.join(
+        posixpath.dirname(conf_dir), posixpath.basename(conf_dir)) and all(
+        m.get("mountPath") == conf_dir for ct in nb for m in ct.get("volumeMounts", [])
+        if m.get("name") == shared),
+        f"docs sidecar: the notebook container mounts {conf_dir} and reads it as "
+        f"SPARK_CONF_DIR")
+    print(f"  info  docs sidecar example checked (image tag {version})")
+
+
+def render(c, k8s, mode):
+    """`kubectl kustomize` of a copy of the folder with stand-in secret files; the
+    rendered objects are checked against the schema and their Secret references."""
+    kubectl = shutil.which("kubectl")
+    if mode == "off" or (kubectl is None and mode == "auto"):
+        print("  info  kubectl kustomize skipped" +
+              (" (no kubectl)" if kubectl is None and mode == "auto" else ""))
+        return
+    if not c.check(kubectl is not None, "kubectl is installed (kubectl kustomize)"):
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        work = os.path.join(tmp, "k8s")
+        shutil.copytree(k8s, work)
+        with open(os.path.join(work, "kustomization.yaml")) as f:
+            kz = yaml.safe_load(f)
+        for g in kz.get("secretGenerator", []) or []:
+            for spec in g.get("files", []) or []:
+                src = spec.split("=", 1)[1] if "=" in spec else spec
+                path = os.path.join(work, src)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                if not os.path.exists(path):
+                    with open(path, "w") as f:
+                        f.write("stand-in for CI\n")
+        try:
+            p = subprocess.run([kubectl, "kustomize", work], capture_output=True, text=True,
+                               timeout=120)
+        except subprocess.TimeoutExpired:
+            c.check(False, "kubectl kustomize finished within 120 s")
+            return
+        if not c.check(p.returncode == 0, "kubectl kustomize docker/k8s renders" +
+                       (f": {p.stderr.strip()[:500]}" if p.returncode else "")):
+            return
+    out = [d for d in yaml.safe_load_all(p.stdout) if d is not None]
+    for d in out:
+        check_schema(c, "rendered", d)
+    secrets = {get(d, "metadata.name") for d in out if d.get("kind") == "Secret"}
+    for d in out:
+        pod = get(d, "spec.template.spec")
+        if pod:
+            check_pod_refs(c, f"rendered {d.get('kind')}", pod, secrets)
+    kinds = sorted({d.get("kind") for d in out})
+    print(f"  info  kubectl kustomize rendered {len(out)} objects: {', '.join(kinds)}")
 
 
 if __name__ == "__main__":

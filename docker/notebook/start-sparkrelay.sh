@@ -5,7 +5,13 @@
 #
 #   start-sparkrelay.sh [start]   start the sidecar in the background (unless one runs),
 #                                 wait for its lease, merge the settings; exit 0 when
-#                                 the Spark settings are in place
+#                                 the Spark settings are in place, 1 otherwise
+#   start-sparkrelay.sh start --detach
+#                                 for lifecycle hooks: do the above in a detached
+#                                 process and return at once, always with exit 0
+#                                 (a relay outage or a mistake never blocks or fails
+#                                 the notebook's start); progress in
+#                                 $SPARKRELAY_HOME/start.log
 #   start-sparkrelay.sh stop      SIGTERM the sidecar (it releases its lease), wait
 #   start-sparkrelay.sh status    print the sidecar's pid and lease, exit 1 if none
 #
@@ -19,10 +25,16 @@
 #   SPARKRELAY_BIN                the binary (default: sparkrelay on PATH)
 #   SPARKRELAY_HOME               state folder (default ~/.sparkrelay): spark.json,
 #                                 spark-defaults.conf, state.json, sparkrelay.log, pid
-#   SPARKRELAY_WAIT_S             seconds to wait for the lease (default 60)
+#   SPARKRELAY_WAIT_S             seconds to wait for the lease (default 60; 600
+#                                 with --detach)
 #   SPARK_CONF_DIR                where Spark reads spark-defaults.conf; default
-#                                 $SPARK_HOME/conf, else pip's pyspark/conf, else
-#                                 $SPARKRELAY_HOME/spark-conf
+#                                 $SPARK_HOME/conf, else pip's pyspark/conf. When that
+#                                 folder is not writable (a root-owned image, a
+#                                 read-only site-packages), $SPARKRELAY_HOME/spark-conf
+#                                 is used instead: it starts as a copy of the
+#                                 folder's spark-defaults.conf, with links to its
+#                                 other files (spark-env.sh, log4j2.properties, ...),
+#                                 and the IPython start-up file points kernels at it.
 #
 # Where the settings go (no port is ever typed by the user):
 #   1. $SPARK_CONF_DIR/spark-defaults.conf: the lease's keys are replaced in place
@@ -35,13 +47,15 @@
 #      SparkSession.builder.getOrCreate() picks them up; so do Scala kernels
 #      (spylon, Almond, Toree) that use $SPARK_HOME.
 #   2. An IPython start-up file (~/.ipython/profile_default/startup/00-sparkrelay.py)
-#      that exports SPARK_CONF_DIR and SPARKRELAY_SPARK_JSON in every new Python
-#      kernel: a lifecycle script cannot change the environment of kernels directly.
+#      that sets SPARK_CONF_DIR (to the folder of 1.) and SPARKRELAY_SPARK_JSON in
+#      every new Python kernel: a lifecycle script cannot change the environment of
+#      kernels directly.
 #   3. $SPARKRELAY_HOME/spark.json: the same settings as JSON (example_pyspark.py).
 #
 # SageMaker Studio runs lifecycle scripts with a time limit (5 minutes) and ends their
-# process group afterwards: the sidecar is started with setsid and nohup so it lives
-# on, and the lease wait is bounded by SPARKRELAY_WAIT_S.
+# process group afterwards: the sidecar (and with --detach, the waiting start-up) is
+# started with setsid and nohup so it lives on, and the lease wait is bounded by
+# SPARKRELAY_WAIT_S.
 set -euo pipefail
 
 SR_HOME=${SPARKRELAY_HOME:-$HOME/.sparkrelay}
@@ -70,6 +84,7 @@ running_pid() {
 	echo "$pid"
 }
 
+# spark_conf_dir: the folder Spark reads by default (empty: none found).
 spark_conf_dir() {
 	if [ -n "${SPARK_CONF_DIR:-}" ]; then
 		echo "$SPARK_CONF_DIR"
@@ -79,12 +94,57 @@ spark_conf_dir() {
 		local py
 		py=$(python3 -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))' \
 			2>/dev/null) || py=""
-		if [ -n "$py" ] && [ -w "$py" ]; then
-			echo "$py/conf"
-		else
-			echo "$SR_HOME/spark-conf"
-		fi
+		[ -n "$py" ] && echo "$py/conf"
 	fi
+	return 0
+}
+
+# writable_dir DIR: DIR exists (or can be made) and a file can be created in it.
+# A real probe, not [ -w ]: that is always true for root, even on a read-only mount.
+writable_dir() {
+	local probe
+	mkdir -p "$1" 2>/dev/null || return 1
+	probe=$(mktemp "$1/.sparkrelay-probe.XXXXXX" 2>/dev/null) || return 1
+	rm -f "$probe"
+}
+
+# seed_conf_dir FROM TO: TO stands in for the folder FROM that Spark would read.
+# The first time, it gets a copy of FROM's spark-defaults.conf (later edits in TO
+# are kept); every time, a link to each other file of FROM that TO lacks.
+seed_conf_dir() {
+	local from=$1 to=$2 f name
+	[ -d "$from" ] || return 0
+	if [ -r "$from/spark-defaults.conf" ] && [ ! -e "$to/spark-defaults.conf" ]; then
+		cp "$from/spark-defaults.conf" "$to/spark-defaults.conf" 2>/dev/null ||
+			say "cannot copy $from/spark-defaults.conf; its settings are not in $to"
+	fi
+	for f in "$from"/* "$from"/.[!.]*; do
+		[ -e "$f" ] || continue
+		name=${f##*/}
+		[ "$name" = spark-defaults.conf ] && continue
+		[ -e "$to/$name" ] || [ -L "$to/$name" ] || ln -s "$f" "$to/$name" 2>/dev/null || true
+	done
+}
+
+# choose_conf_dir: print the folder to merge the settings into, falling back to
+# $SR_HOME/spark-conf when Spark's own is not writable; 1 when none is.
+choose_conf_dir() {
+	local want fallback=$SR_HOME/spark-conf
+	want=$(spark_conf_dir)
+	if [ -n "$want" ] && writable_dir "$want"; then
+		echo "$want"
+		return 0
+	fi
+	if ! writable_dir "$fallback"; then
+		say "cannot write the Spark settings to ${want:+$want or }$fallback"
+		return 1
+	fi
+	if [ -n "$want" ]; then
+		say "$want is not writable: the Spark settings go to $fallback instead" \
+			"(seeded from $want; new kernels get SPARK_CONF_DIR=$fallback)"
+		seed_conf_dir "$want" "$fallback"
+	fi
+	echo "$fallback"
 }
 
 # merge_defaults FRAGMENT TARGET: replace the fragment's keys in TARGET (any separator:
@@ -97,9 +157,11 @@ spark_conf_dir() {
 # the whole fragment: returns 1 and leaves TARGET as it was.
 merge_defaults() {
 	local fragment=$1 target=$2 tmp
-	mkdir -p "$(dirname "$target")"
-	touch "$target"
-	tmp=$(mktemp "$target.XXXXXX")
+	if ! { mkdir -p "$(dirname "$target")" && touch "$target" &&
+		tmp=$(mktemp "$target.XXXXXX"); } 2>/dev/null; then
+		say "cannot write $target"
+		return 1
+	fi
 	if ! awk -v frag="$fragment" '
 		function port(v) { return v ~ /^[1-9][0-9]*$/ && length(v) <= 5 && v + 0 <= 65535 }
 		# a DNS name or an IP address (mawk has no {m,n}: the length is checked apart)
@@ -161,7 +223,11 @@ merge_defaults() {
 		return 1
 	fi
 	chmod 0644 "$tmp"
-	mv -f "$tmp" "$target"
+	if ! mv -f "$tmp" "$target" 2>/dev/null; then
+		rm -f "$tmp"
+		say "cannot replace $target"
+		return 1
+	fi
 }
 
 # py_str S: S as a Python string literal; fails for control characters.
@@ -179,14 +245,19 @@ write_ipython_startup() {
 		say "no IPython start-up file written: a path has control characters"
 		return 1
 	fi
-	mkdir -p "$dir"
-	tmp=$(mktemp "$dir/.00-sparkrelay.py.XXXXXX")
+	if ! { mkdir -p "$dir" && tmp=$(mktemp "$dir/.00-sparkrelay.py.XXXXXX"); } 2>/dev/null; then
+		say "cannot write an IPython start-up file in $dir: set SPARK_CONF_DIR=$conf_dir" \
+			"in the kernels yourself"
+		return 1
+	fi
 	# The paths go in as string literals only, never as code or comment text.
+	# SPARK_CONF_DIR is set, not defaulted: the folder holding the lease is the only
+	# one whose settings bind the driver to the leased ports.
 	cat >"$tmp" <<EOF
 # Written by start-sparkrelay.sh: lets PySpark in this kernel find the sparkrelay
 # lease settings (spark-defaults.conf in SPARK_CONF_DIR).
 import os
-os.environ.setdefault("SPARK_CONF_DIR", $conf_lit)
+os.environ["SPARK_CONF_DIR"] = $conf_lit
 os.environ.setdefault("SPARKRELAY_SPARK_JSON", $json_lit)
 EOF
 	chmod 0644 "$tmp"
@@ -195,8 +266,12 @@ EOF
 
 cmd_start() {
 	local pid conf_dir deadline
-	mkdir -p "$SR_HOME"
-	chmod 0700 "$SR_HOME"
+	if ! { mkdir -p "$SR_HOME" && chmod 0700 "$SR_HOME"; } 2>/dev/null; then
+		say "cannot create $SR_HOME (set SPARKRELAY_HOME to a writable folder)"
+		exit 1
+	fi
+	# Where the settings will go is settled before a lease is taken.
+	conf_dir=$(choose_conf_dir) || exit 1
 	if pid=$(running_pid); then
 		say "sidecar already running (pid $pid)"
 	else
@@ -227,16 +302,31 @@ cmd_start() {
 		sleep 0.2
 	done
 
-	conf_dir=$(spark_conf_dir)
 	if ! merge_defaults "$FRAGMENT" "$conf_dir/spark-defaults.conf"; then
-		say "$FRAGMENT does not hold a lease's settings: nothing merged"
+		say "$FRAGMENT: nothing merged"
 		exit 1
 	fi
-	write_ipython_startup "$conf_dir"
+	write_ipython_startup "$conf_dir" || true
 	# From the merged block: only what passed the checks is shown.
 	say "lease: $(sed -n '/^# sparkrelay begin/,/^# sparkrelay end/p' \
 		"$conf_dir/spark-defaults.conf" | grep -v '^#' | tr '\n' ' ')"
 	say "Spark settings merged into $conf_dir/spark-defaults.conf"
+}
+
+# cmd_start_detached: `start` in a process of its own session, so that it outlives a
+# lifecycle hook's process group; returns at once and never fails.
+cmd_start_detached() {
+	local script
+	if ! { mkdir -p "$SR_HOME" && chmod 0700 "$SR_HOME"; } 2>/dev/null; then
+		say "cannot create $SR_HOME: sparkrelay not started (the notebook starts without it)"
+		return 0
+	fi
+	script=$(readlink -f "$0" 2>/dev/null) || script=$0
+	SPARKRELAY_WAIT_S=${SPARKRELAY_WAIT_S:-600} \
+		setsid nohup bash "$script" start </dev/null >>"$SR_HOME/start.log" 2>&1 &
+	say "starting in the background (pid $!): the Spark settings are merged when the" \
+		"lease arrives; progress in $SR_HOME/start.log, state with \"$script status\""
+	return 0
 }
 
 cmd_stop() {
@@ -272,12 +362,26 @@ cmd_status() {
 	return 1
 }
 
+usage() {
+	sed -n '/^#   start-sparkrelay.sh/,/^#$/p' "$0" | sed 's/^# \{0,1\}//'
+}
+
 case "${1:-start}" in
-start) cmd_start ;;
+start)
+	case "${2:-}" in
+	"") cmd_start ;;
+	--detach) cmd_start_detached ;;
+	*)
+		usage >&2
+		exit 2
+		;;
+	esac
+	;;
 stop) cmd_stop ;;
 status) cmd_status ;;
+-h | --help | help) usage ;;
 *)
-	sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+	usage >&2
 	exit 2
 	;;
 esac

@@ -562,10 +562,14 @@ class StartScriptTest(unittest.TestCase):
         hook = os.path.join(home, ".ipython", "profile_default", "startup", "00-sparkrelay.py")
         with open(hook) as f:
             tree = ast.parse(f.read())
+        # os.environ.setdefault("K", "v") or os.environ["K"] = "v", each value a literal
         values = {}
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "setdefault":
                 values[node.args[0].value] = node.args[1].value
+            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Subscript):
+                self.assertIsInstance(node.value, ast.Constant)
+                values[node.targets[0].slice.value] = node.value.value
         self.assertEqual(values.get("SPARK_CONF_DIR"), conf_dir)
         self.assertEqual(values.get("SPARKRELAY_SPARK_JSON"),
                          os.path.join(home, ".sparkrelay", "spark.json"))

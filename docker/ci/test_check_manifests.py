@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""The manifest check must be able to fail: each case below copies docker/k8s, the
+Dockerfile, CMakeLists.txt and docs/operations.md to a temporary folder, breaks one
+thing the way a person editing them could, and expects check_manifests.py to exit 1
+naming it. The unmodified copy must pass. Standard library and PyYAML only.
+
+  test_check_manifests.py REPO_ROOT
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# (name, file, regex to find, replacement, text the failure must mention)
+CASES = [
+    ("misspelt DaemonSet field", "docker/k8s/daemonset.yaml",
+     r"\n      priorityClassName:", "\n      priorityClass:", "unknown field 'priorityClass'"),
+    ("wrong type", "docker/k8s/daemonset.yaml",
+     r"hostNetwork: true", "hostNetwork: \"yes\"", "must be true or false"),
+    ("value outside an enumeration", "docker/k8s/daemonset.yaml",
+     r"imagePullPolicy: IfNotPresent", "imagePullPolicy: Sometimes", "must be one of"),
+    ("field at the wrong level", "docker/k8s/pdb.yaml",
+     r"\nspec:\n  maxUnavailable: 1", "\nmaxUnavailable: 1\nspec:", "unknown field 'maxUnavailable'"),
+    ("PriorityClass that does not exist", "docker/k8s/daemonset.yaml",
+     r"priorityClassName: sparkrelay", "priorityClassName: sparkrelay-high",
+     "priorityClassName 'sparkrelay-high'"),
+    ("toleration of every taint", "docker/k8s/daemonset.yaml",
+     r"\n      securityContext:\n        runAsNonRoot",
+     "\n      tolerations:\n        - operator: Exists\n      securityContext:\n        runAsNonRoot",
+     "no toleration of every taint"),
+    ("Secret the kustomization does not make", "docker/k8s/daemonset.yaml",
+     r"secretName: sparkrelay-tls", "secretName: sparkrelay-certs", "Secret 'sparkrelay-certs'"),
+    ("volume mounted but not defined", "docker/k8s/daemonset.yaml",
+     r"- name: tmp\n          emptyDir:", "- name: scratch\n          emptyDir:",
+     "mounts volume 'tmp'"),
+    ("PriorityClass with a namespace", "docker/k8s/priorityclass.yaml",
+     r"\n  name: sparkrelay\n", "\n  name: sparkrelay\n  namespace: sparkrelay\n",
+     "unknown field 'namespace'"),
+    ("secret file outside secrets/", "docker/k8s/kustomization.yaml",
+     r"relay.key=secrets/relay.key", "relay.key=relay.key", "relay.key is in secrets/"),
+    ("docs sidecar without its volumes", "docs/operations.md",
+     r"  volumes:\n    - name: sparkrelay  .*?sizeLimit: 16Mi\}\n", "",
+     "mounts volume 'sparkrelay'"),
+    ("docs sidecar as an ordinary init container", "docs/operations.md",
+     r"      restartPolicy: Always .*\n", "", "has the in-pod sidecar example"),
+    ("docs sidecar without resources", "docs/operations.md",
+     r"      resources:\n.*?limits: \{memory: 256Mi\}\n", "", "cpu/memory requests"),
+    ("docs sidecar without a startup probe", "docs/operations.md",
+     r"      startupProbe:\n.*?failureThreshold: 150\n", "", "startupProbe runs"),
+    ("docs sidecar on a writable root", "docs/operations.md",
+     r"readOnlyRootFilesystem: true\n        capabilities: \{drop",
+     "readOnlyRootFilesystem: false\n        capabilities: {drop", "read-only root"),
+    ("docs sidecar with an old image tag", "docs/operations.md",
+     r"image: registry.example.com/sparkrelay:0\.1\.0\n      restartPolicy",
+     "image: registry.example.com/sparkrelay:0.0.9\n      restartPolicy", "docs sidecar: image"),
+]
+
+
+def copy_tree(root, dst):
+    for rel in ("docker/k8s", "docker/Dockerfile", "docker/healthcheck.sh", "CMakeLists.txt",
+                "docs/operations.md"):
+        src = os.path.join(root, rel)
+        out = os.path.join(dst, rel)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        if os.path.isdir(src):
+            shutil.copytree(src, out)
+        else:
+            shutil.copy(src, out)
+
+
+def run_check(tree, render="off"):
+    p = subprocess.run([sys.executable, os.path.join(HERE, "check_manifests.py"), tree,
+                        "--render", render], capture_output=True, text=True, timeout=180)
+    return p.returncode, p.stdout + p.stderr
+
+
+def main(argv):
+    if len(argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    root = argv[1]
+    failed = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = os.path.join(tmp, "base")
+        copy_tree(root, base)
+        rc, out = run_check(base)
+        if rc != 0:
+            print(out, file=sys.stderr)
+            print("test_check_manifests: the unmodified manifests fail", file=sys.stderr)
+            return 1
+        for i, (name, rel, pattern, repl, expect) in enumerate(CASES):
+            tree = os.path.join(tmp, f"case{i}")
+            shutil.copytree(base, tree)
+            path = os.path.join(tree, rel)
+            with open(path) as f:
+                text = f.read()
+            new, n = re.subn(pattern, lambda _m: repl, text, count=1, flags=re.S)
+            if n != 1:
+                failed.append(f"{name}: pattern not found in {rel} (update this test)")
+                continue
+            with open(path, "w") as f:
+                f.write(new)
+            rc, out = run_check(tree)
+            fail_lines = "\n".join(line for line in out.splitlines() if "FAIL" in line or
+                                   line.startswith("          "))
+            if rc == 1 and expect in fail_lines:
+                print(f"  ok    caught: {name}")
+            else:
+                failed.append(f"{name}: exit {rc}, failures do not mention {expect!r}:\n"
+                              f"{fail_lines or out[-800:]}")
+                print(f"  FAIL  not caught: {name}")
+    print(f"check_manifests self-test: {len(CASES) - len(failed)} passed, {len(failed)} failed")
+    if failed:
+        print("\n".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
