@@ -168,10 +168,12 @@ static const struct conf_entry conf_h2[] = {
 	"for long round trips (see docs/architecture.md)."),
     U32(struct tun_conn_opts, "conn_window", conn_window, 65535, 2147483647, "67108864",
 	"HTTP/2 flow-control window of the whole tunnel, bytes; at least stream_window."),
-    U32(struct tun_conn_opts, "ping_interval_ms", ping_interval_ms, 100, 3600000, "10000",
+    U32(struct tun_conn_opts, "ping_interval_ms", ping_interval_ms, 100, 3600000, "2000",
 	"Send a PING when nothing was received for this long."),
-    U32(struct tun_conn_opts, "ping_timeout_ms", ping_timeout_ms, 100, 3600000, "30000",
-	"The peer is dead after this long without a frame; more than ping_interval_ms."),
+    U32(struct tun_conn_opts, "ping_timeout_ms", ping_timeout_ms, 100, 3600000, "6000",
+	"The peer is dead after this long without a frame; more than ping_interval_ms. Short "
+	"on purpose: a tunnel declared dead loses no stream (they resume on the next one), "
+	"and a silent path is noticed in seconds (see docs/architecture.md)."),
     U32(struct tun_conn_opts, "ctl_max", ctl_max, 1024, 16777216, "65536",
 	"Largest control message accepted, bytes."),
     U32(struct tun_conn_opts, "out_high", out_high, 4096, 1073741824, "65536",
@@ -348,6 +350,10 @@ static const struct conf_entry conf_relay_lease[] = {
 	"An executor connection waits this long for a missing tunnel."),
     U32(struct relay_opts, "max_pending", max_pending, 0, 65536, "256",
 	"Executor connections waiting per lease; more are refused."),
+    U32(struct relay_opts, "resume_hold_s", resume_hold_s, 1, 3600, "90",
+	"Executor connections open when the tunnel went stay open (not read) this long for "
+	"the sidecar to resume them; then they are reset. Below Spark's "
+	"spark.network.timeout (120 s)."),
 };
 static const struct conf_group conf_relay_lease_group = {
     conf_relay_lease, N(conf_relay_lease), "Lease lifetime while the tunnel is away."};
@@ -473,6 +479,9 @@ static const struct conf_entry conf_tunnel[] = {
 	600000, "5000", "Connecting to the driver on 127.0.0.1."),
     U32(struct sidecar_opts, "release_timeout_ms", release_timeout_ms, 0, 600000, "3000",
 	"On shutdown, wait this long for the relay to confirm the release."),
+    U32(struct sidecar_opts, "resume_hold_s", resume_hold_s, 1, 3600, "90",
+	"Driver connections open when the tunnel went stay open (not read) this long for "
+	"the tunnel to come back and resume them; then they are reset."),
     GROUP("h2", offsetof(struct sidecar_opts, tun), conf_h2_group),
     GROUP("admin", 0, conf_tunnel_admin_group),
 };

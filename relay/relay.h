@@ -22,6 +22,7 @@ struct relay_opts {
 	struct relay_pool_opts pool;
 	uint32_t lease_grace_s;        /* a lease outlives its tunnel this long */
 	uint32_t pending_timeout_ms;   /* executor waits this long for a tunnel */
+	uint32_t resume_hold_s;        /* open executor sockets wait this long for a resume */
 	uint32_t max_pending;          /* waiting executor connections per lease */
 	uint32_t handshake_timeout_ms; /* TLS handshake plus register */
 	uint32_t drain_timeout_ms;     /* SIGTERM: streams may finish within this */

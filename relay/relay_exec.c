@@ -205,6 +205,7 @@ void relay_exec_on_accept(struct relay_lease *l, enum tun_port_role role, int fd
 void relay_lease_ext_free(struct relay_lease_ext *lx)
 {
 	relay_tenant_remove(lx->relay, lx);
+	tun_group_free(lx->group); /* held streams end with the lease */
 	while (lx->pending) {
 		struct relay_pending *p = lx->pending;
 		lx->pending = p->next;

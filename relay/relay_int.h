@@ -25,6 +25,7 @@
 #include "relay/relay.h"
 #include "relay/relay_limits.h"
 #include "tunnel/tun_endpoint.h"
+#include "tunnel/tun_group.h"
 
 struct event;
 struct evconnlistener;
@@ -86,6 +87,8 @@ struct relay_lease_ext {
 	char idkey[RELAY_IDKEY_MAX];
 	struct sockaddr_storage src; /* the creator's address, for reclaim order */
 	struct relay_tenant_acct *acct;          /* its tenant's leases (relay_tenant.c) */
+	/* Its executor streams, which outlive a tunnel (tunnel/tun_group.h). */
+	struct tun_group *group;
 	struct relay_lease_ext *tnext, *tprev;
 };
 
@@ -96,6 +99,7 @@ struct relay_tunnel {
 	struct tun_conn *conn;   /* the endpoint's session, NULL until TLS is up */
 	struct relay_lease_ext *lx;
 	struct event *timer; /* handshake + register deadline */
+	int open_after_lease; /* streams wait until the lease message has gone */
 	struct sockaddr_storage addr;
 	uint64_t started_us;
 	char peer[SR_ADDRSTRLEN];

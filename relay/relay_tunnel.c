@@ -74,6 +74,27 @@ static void send_error(struct relay_tunnel *t, const char *code, const char *tex
 	tun_conn_close(t->conn, 0);
 }
 
+/* After the lease message: held streams reopened, then waiting executors. */
+static void open_streams(struct relay_tunnel *t)
+{
+	struct relay_lease_ext *lx = t->lx;
+
+	t->open_after_lease = 0;
+	if (!lx)
+		return;
+	if (tun_group_held(lx->group))
+		tun_group_resume(lx->group, t->conn);
+	relay_exec_flush_pending(t->relay, lx);
+}
+
+static void tunnel_on_ctl_sent(struct tun_conn *c, void *arg)
+{
+	struct relay_tunnel *t = arg;
+
+	if (t->open_after_lease)
+		open_streams(t);
+}
+
 static void attach(struct relay_tunnel *t, struct relay_lease_ext *lx)
 {
 	struct relay *r = t->relay;
@@ -91,7 +112,8 @@ static void attach(struct relay_tunnel *t, struct relay_lease_ext *lx)
 			t->peer, relay_log_word(t->identity, cn, sizeof(cn)), old->peer,
 			relay_log_word(old->identity, oldcn, sizeof(oldcn)));
 		relay_tunnel_unlink_lease(old);
-		tun_conn_close(old->conn, SR_ECLOSED);
+		/* Its streams go to the lease's group, to resume on this one. */
+		tun_conn_close_hold(old->conn, SR_ECLOSED);
 	}
 	lx->tunnel = t;
 	lx->detached_us = 0;
@@ -104,10 +126,22 @@ static void attach(struct relay_tunnel *t, struct relay_lease_ext *lx)
 		 sr_esc_n(relay_lease_app(lx->lease), LOG_APP_MAX, app, sizeof(app)),
 		 lx->tenant_name, t->peer);
 	tun_conn_set_logctx(t->conn, t->ctx);
+	tun_group_set_logctx(lx->group, t->ctx);
+	tun_conn_set_group(t->conn, lx->group);
 	memset(&m, 0, sizeof(m));
 	relay_lease_describe(lx->lease, &m);
-	tun_conn_send_ctl(t->conn, &m);
-	relay_exec_flush_pending(r, lx);
+	m.streams = (uint32_t)tun_group_held(lx->group);
+	if (tun_conn_send_ctl(t->conn, &m) != 0) {
+		SR_WARN(t->ctx, "cannot send the lease; closing the tunnel");
+		tun_conn_close_hold(t->conn, SR_ENOMEM);
+		return;
+	}
+	/* Streams (held ones reopened, waiting executors) must reach the
+	 * sidecar after the lease: it takes none before. */
+	if (tun_conn_ctl_flushed(t->conn))
+		open_streams(t);
+	else
+		t->open_after_lease = 1;
 }
 
 /* End one of the tenant's leases that have no tunnel, so that a registration
@@ -298,6 +332,19 @@ static void reg_new_lease(struct relay_tunnel *t, const struct tun_ctl_msg *m, i
 			   sr_strerror(rv));
 		return;
 	}
+	{
+		struct tun_group_opts go = {.hold_ms = r->o->resume_hold_s * 1000u};
+		char gctx[96];
+		snprintf(gctx, sizeof(gctx), "lease=%s", relay_lease_id(l));
+		lx->group = tun_group_new(r->base, TUN_ROLE_RELAY, &go, gctx);
+	}
+	if (!lx->group) {
+		free(lx);
+		relay_lease_release(l);
+		send_error(t, "internal", "out of memory");
+		return;
+	}
+	tun_group_set_lease(lx->group, relay_lease_id(l));
 	lx->relay = r;
 	lx->lease = l;
 	lx->pool = pr;
@@ -411,6 +458,7 @@ static void tunnel_on_rtt(struct tun_conn *c, uint64_t rtt_us, void *arg)
 
 static const struct tun_conn_cbs relay_tun_cbs = {
 	.on_ctl = tunnel_on_ctl,
+	.on_ctl_sent = tunnel_on_ctl_sent,
 	.on_rtt = tunnel_on_rtt,
 };
 

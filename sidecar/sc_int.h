@@ -14,6 +14,7 @@
 
 #include "sidecar/sidecar.h"
 #include "tunnel/tun_conn.h"
+#include "tunnel/tun_group.h"
 
 struct bufferevent;
 struct event_base;

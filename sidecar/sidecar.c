@@ -61,6 +61,8 @@ struct sidecar {
 	unsigned attempt;
 
 	struct tun_conn *tun;
+	/* The driver connections, which outlive a tunnel (tunnel/tun_group.h). */
+	struct tun_group *group;
 	char resume[TUN_CTL_RESUME_MAX]; /* from the last lease or the state file */
 	struct sidecar_lease_info lease;
 	int shutting_down;
@@ -80,6 +82,9 @@ struct sidecar {
  * delay is past any sensible backoff_max_ms already); they are forgiven once
  * a tunnel stayed up this long without one. */
 #define SC_STRIKES_MAX 8
+/* Longest reconnect delay, and dial timeout, while connections are held. */
+#define SC_HOLD_RETRY_MS 1000
+#define SC_HOLD_DIAL_MS 3000
 #define SC_STRIKES_FORGIVE_US (60ull * 1000000)
 
 static void sc_start(struct sidecar *s);
@@ -155,6 +160,15 @@ static void on_lease(struct sidecar *s, struct tun_conn *c, const struct tun_ctl
 		protocol_error(c, why);
 		return;
 	}
+	/* A relay answers a resume it cannot honour with "unknown_lease"; a
+	 * different lease instead would point our driver's connections (held,
+	 * and new ones) at ports we never agreed to. */
+	if (s->sent_resume && old.have_lease && strcmp(old.lease, m->lease) != 0) {
+		protocol_error(c, "a different lease in answer to our resume");
+		return;
+	}
+	if (old.have_lease && strcmp(old.lease, m->lease) != 0)
+		tun_group_reset(s->group, TUN_LOST_ENDED); /* they were the old lease's */
 	s->tun_leased = 1;
 	s->lease.have_lease = 1;
 	snprintf(s->lease.lease, sizeof(s->lease.lease), "%s", m->lease);
@@ -170,10 +184,17 @@ static void on_lease(struct sidecar *s, struct tun_conn *c, const struct tun_ctl
 		 s->dial_peer);
 	tun_conn_set_logctx(c, ctx);
 
+	tun_conn_set_group(c, s->group);
+	tun_group_set_logctx(s->group, ctx);
+	tun_group_set_lease(s->group, m->lease);
+	tun_group_expect(s->group, m->streams);
+
 	changed = !old.have_lease || strcmp(old.lease, s->lease.lease) != 0 ||
 		  memcmp(old.ports, s->lease.ports, sizeof(old.ports)) != 0 ||
 		  strcmp(old.host, s->lease.host) != 0;
-	if (old.have_lease && changed)
+	/* Only new ports or host make the running driver wrong. */
+	if (old.have_lease && (memcmp(old.ports, s->lease.ports, sizeof(old.ports)) != 0 ||
+			       strcmp(old.host, s->lease.host) != 0))
 		SR_WARN(ctx, "lease changed from %s (ports %u,%u) to new ports %u,%u: the "
 			     "driver must be restarted with the new settings",
 			sr_esc(old.lease, obuf, sizeof(obuf)), old.ports[0], old.ports[1],
@@ -211,6 +232,7 @@ static void on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void *arg)
 			s->resume[0] = '\0';
 			sc_state_clear(s->o->state_path);
 			s->attempt = 0;
+			tun_group_reset(s->group, TUN_LOST_ENDED);
 		}
 		tun_conn_close(c, SR_EDENIED);
 		break;
@@ -222,6 +244,7 @@ static void on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void *arg)
 			break;
 		}
 		SR_INFO(tun_conn_logctx(c), "lease released");
+		tun_group_reset(s->group, TUN_LOST_ENDED);
 		s->resume[0] = '\0';
 		s->lease.have_lease = 0;
 		sc_state_clear(s->o->state_path);
@@ -243,13 +266,23 @@ static void schedule_backoff(struct sidecar *s)
 	uint64_t delay = s->o->backoff_initial_ms;
 	struct timeval tv;
 
-	for (unsigned i = 0; i < s->attempt && delay < s->o->backoff_max_ms; i++)
+	uint64_t max = s->o->backoff_max_ms;
+	int holding = tun_group_held(s->group) > 0;
+
+	/* Driver connections wait for this tunnel (resume_hold_s): try again
+	 * at once, then at least every second, so they resume within a second
+	 * of the path coming back. */
+	if (holding && max > SC_HOLD_RETRY_MS)
+		max = SC_HOLD_RETRY_MS;
+	for (unsigned i = 0; i < s->attempt && delay < max; i++)
 		delay *= 2;
-	if (delay > s->o->backoff_max_ms)
-		delay = s->o->backoff_max_ms;
+	if (delay > max)
+		delay = max;
 	/* "equal jitter": half fixed, half random, so a fleet of sidecars that
 	 * lost the same relay does not return in lockstep. */
 	delay = delay / 2 + sr_rand_below((uint32_t)(delay / 2 + 1));
+	if (holding && s->attempt == 0)
+		delay = 0;
 	s->attempt++;
 	s->state = SC_BACKOFF;
 	tv.tv_sec = (time_t)(delay / 1000);
@@ -302,6 +335,8 @@ static void on_closed(struct tun_endpoint *ep, int err, const char *why, void *a
 	}
 	if (s->lease.have_lease)
 		s->lease.reconnects++;
+	if (tun_group_held(s->group) && !broke)
+		s->attempt = 0;
 	schedule_backoff(s);
 }
 
@@ -394,7 +429,11 @@ static void dial_next(struct sidecar *s)
 			.role = TUN_ROLE_SIDECAR,
 			.ssl = ssl,
 			.connecting = 1,
-			.handshake_timeout_ms = s->o->dial_timeout_ms,
+			/* Connections are held: do not wait long on one relay. */
+			.handshake_timeout_ms = tun_group_held(s->group) &&
+							s->o->dial_timeout_ms > SC_HOLD_DIAL_MS
+						    ? SC_HOLD_DIAL_MS
+						    : s->o->dial_timeout_ms,
 			.conn = &s->o->tun,
 			.conn_cbs = &sc_tun_cbs,
 		};
@@ -489,7 +528,13 @@ struct sidecar *sidecar_new(struct event_base *base, const struct sidecar_opts *
 		evdns_base_load_hosts(s->dns, NULL);
 	s->backoff_timer = evtimer_new(base, backoff_cb, s);
 	s->release_timer = evtimer_new(base, release_timeout_cb, s);
-	if (!s->dns || !s->backoff_timer || !s->release_timer) {
+	{
+		struct tun_group_opts go = {.hold_ms = opts->resume_hold_s * 1000u};
+		if (!go.hold_ms)
+			go.hold_ms = 90000;
+		s->group = tun_group_new(base, TUN_ROLE_SIDECAR, &go, "");
+	}
+	if (!s->dns || !s->backoff_timer || !s->release_timer || !s->group) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
@@ -506,7 +551,8 @@ void sidecar_free(struct sidecar *s)
 	if (!s)
 		return;
 	disc_cancel(s->resolve);
-	tun_endpoint_free(s->ep);
+	tun_endpoint_free(s->ep); /* before the group: its session may carry it */
+	tun_group_free(s->group);
 	if (s->backoff_timer)
 		event_free(s->backoff_timer);
 	if (s->release_timer)

@@ -54,9 +54,9 @@ void tun_conn_opts_defaults(struct tun_conn_opts *o)
 	if (!o->conn_window)
 		o->conn_window = 64u << 20;
 	if (!o->ping_interval_ms)
-		o->ping_interval_ms = 10000;
+		o->ping_interval_ms = 2000;
 	if (!o->ping_timeout_ms)
-		o->ping_timeout_ms = 30000;
+		o->ping_timeout_ms = 6000;
 	if (!o->ctl_max)
 		o->ctl_max = TUN_CTL_MAX_DEFAULT;
 	if (!o->out_high)
@@ -244,6 +244,13 @@ void tun_conn_flush(struct tun_conn *c)
 		if (after < c->opts.out_high || evbuffer_get_length(c->out) >= c->opts.out_high ||
 		    !nghttp2_session_want_write(c->h2))
 			break;
+	}
+	/* ctl_out empty: nghttp2 has the last control bytes in a frame that it
+	 * sends before anything submitted after it. */
+	if (c->ctl_wait && evbuffer_get_length(c->ctl_out) == 0 && !tun_conn_closing(c)) {
+		c->ctl_wait = 0;
+		if (c->cbs.on_ctl_sent)
+			c->cbs.on_ctl_sent(c, c->arg);
 	}
 	/* The sidecar sent GOAWAY with an error: nghttp2 found the relay breaking
 	 * HTTP/2 (a flood, the reset rate limit). No new stream is taken after
@@ -911,28 +918,41 @@ void tun_conn_goaway(struct tun_conn *c)
 	tun_conn_flush(c);
 }
 
+/* Liveness: a PING once nothing has come for ping_interval_ms, the end once
+ * nothing has come for ping_timeout_ms. The timer is set for the next of
+ * those two moments (not polled), so a timeout fires when it is due. */
 static void ping_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct tun_conn *c = arg;
 	uint64_t now = sr_now_us();
 	uint64_t idle = now - c->last_recv_us;
+	uint64_t interval = (uint64_t)c->opts.ping_interval_ms * 1000u;
+	uint64_t timeout = (uint64_t)c->opts.ping_timeout_ms * 1000u;
+	uint64_t next;
+	struct timeval tv;
 
 	if (tun_conn_closing(c))
 		return;
-	if (idle >= (uint64_t)c->opts.ping_timeout_ms * 1000u) {
+	if (idle >= timeout) {
 		char why[96];
 		snprintf(why, sizeof(why), "peer silent for %" PRIu64 " ms (ping timeout)",
 			 idle / 1000u);
 		conn_fail(c, SR_ETIMEDOUT, why);
 		return;
 	}
-	if (idle >= (uint64_t)c->opts.ping_interval_ms * 1000u && !c->ping_sent_us) {
+	if (c->ping_sent_us && idle < interval)
+		c->ping_sent_us = 0; /* traffic arrived; a lost ACK is no failure */
+	if (idle >= interval && !c->ping_sent_us) {
 		c->ping_sent_us = now;
 		nghttp2_submit_ping(c->h2, NGHTTP2_FLAG_NONE, NULL);
 		tun_conn_flush(c);
-	} else if (c->ping_sent_us && idle < (uint64_t)c->opts.ping_interval_ms * 1000u) {
-		c->ping_sent_us = 0; /* traffic arrived; a lost ACK is no failure */
 	}
+	next = (idle < interval ? interval : timeout) - idle;
+	if (next < 10000)
+		next = 10000;
+	tv = sr_tv_ms(next / 1000u);
+	tv.tv_usec += (suseconds_t)(next % 1000u);
+	event_add(c->ping_ev, &tv);
 }
 
 int tun_conn_submit_response(struct tun_conn *c, struct tun_stream *s)
@@ -996,7 +1016,7 @@ struct tun_conn *tun_conn_new(struct event_base *base, enum tun_role role,
 	c->out = evbuffer_new();
 	c->reap_ev = event_new(base, -1, 0, reap_cb, c);
 	c->close_ev = evtimer_new(base, close_timeout_cb, c);
-	c->ping_ev = event_new(base, -1, EV_PERSIST, ping_cb, c);
+	c->ping_ev = evtimer_new(base, ping_cb, c);
 	if (!c->ctl_in || !c->ctl_out || !c->out || !c->reap_ev || !c->close_ev || !c->ping_ev)
 		goto fail;
 
@@ -1082,15 +1102,13 @@ fail:
 
 void tun_conn_start(struct tun_conn *c)
 {
-	uint32_t period = c->opts.ping_interval_ms / 2;
-	struct timeval tv = {period / 1000, (period % 1000) * 1000};
+	struct timeval tv = sr_tv_ms(c->opts.ping_interval_ms);
 
 	if (c->st != TC_ST_NEW)
 		return;
 	c->started_once = 1;
 	tun_conn_go(c, TC_ST_OPEN);
-	if (period < 50)
-		tv = (struct timeval){0, 50000};
+	c->last_recv_us = sr_now_us();
 	event_add(c->ping_ev, &tv);
 	tun_conn_flush(c);
 }
@@ -1143,6 +1161,14 @@ void tun_conn_set_logctx(struct tun_conn *c, const char *logctx)
 const char *tun_conn_logctx(const struct tun_conn *c)
 {
 	return c->logctx;
+}
+
+int tun_conn_ctl_flushed(struct tun_conn *c)
+{
+	if (evbuffer_get_length(c->ctl_out) == 0)
+		return 1;
+	c->ctl_wait = 1;
+	return 0;
 }
 
 int tun_conn_send_ctl(struct tun_conn *c, const struct tun_ctl_msg *msg)

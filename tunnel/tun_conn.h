@@ -84,6 +84,10 @@ struct tun_conn_cbs {
 	/* Bytes were appended to tun_conn_output(): the transport should send
 	 * them. Called at the end of a flush, never from inside nghttp2. */
 	void (*on_output)(struct tun_conn *c, void *arg);
+	/* Optional: the control messages queued so far have all gone out, after
+	 * tun_conn_ctl_flushed() returned 0. Frames submitted from here on
+	 * reach the peer after them. */
+	void (*on_ctl_sent)(struct tun_conn *c, void *arg);
 	/* Optional: a PING round trip completed (microseconds). Counters only. */
 	void (*on_rtt)(struct tun_conn *c, uint64_t rtt_us, void *arg);
 	/* The tunnel is over (err is an SR_E* code, or 0 for a clean end). Called
@@ -131,6 +135,10 @@ void tun_conn_transport_failed(struct tun_conn *c, int err, const char *why);
 void tun_conn_set_logctx(struct tun_conn *c, const char *logctx);
 const char *tun_conn_logctx(const struct tun_conn *c);
 
+/* 1 if every control message queued so far has gone out (a stream opened
+ * now reaches the peer after them); else 0, and on_ctl_sent follows when
+ * they have. */
+int tun_conn_ctl_flushed(struct tun_conn *c);
 /* Queue a control message. Relay: the control stream is opened by
  * tun_conn_new. Returns 0, SR_ECLOSED, SR_ENOMEM. */
 int tun_conn_send_ctl(struct tun_conn *c, const struct tun_ctl_msg *msg);

@@ -79,6 +79,13 @@ static struct bufferevent *fw_connect(struct tun_conn *c, const struct tun_conne
 	return ep->owner_cbs.on_connect ? ep->owner_cbs.on_connect(c, req, ep->arg) : NULL;
 }
 
+static void fw_ctl_sent(struct tun_conn *c, void *arg)
+{
+	struct tun_endpoint *ep = arg;
+	if (ep->owner_cbs.on_ctl_sent)
+		ep->owner_cbs.on_ctl_sent(c, ep->arg);
+}
+
 static void fw_rtt(struct tun_conn *c, uint64_t rtt_us, void *arg)
 {
 	struct tun_endpoint *ep = arg;
@@ -252,6 +259,7 @@ static void ep_up(struct tun_endpoint *ep)
 		.on_ctl_open = fw_ctl_open,
 		.on_connect = fw_connect,
 		.on_output = ep_on_output,
+		.on_ctl_sent = fw_ctl_sent,
 		.on_rtt = fw_rtt,
 		.on_closed = ep_conn_closed,
 	};

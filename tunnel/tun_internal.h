@@ -140,6 +140,7 @@ struct tun_conn {
 	uint64_t barrier_out;    /* a barrier PING in flight, 0 if none */
 	int want_barrier;        /* a stream lingers without a barrier yet */
 	int started_once; /* tun_conn_start was called (output may exist) */
+	int ctl_wait;     /* on_ctl_sent is owed once ctl_out is empty */
 	int flushing;     /* CLOSING, but the output is still being flushed */
 	int close_err;
 	int in_h2;        /* inside an nghttp2 call: do not re-enter */

@@ -98,6 +98,7 @@ static void check_relay_defaults(const struct relay_opts *r)
 	assert_int_equal(r->lease_grace_s, 300);
 	assert_int_equal(r->pending_timeout_ms, 30000);
 	assert_int_equal(r->max_pending, 256);
+	assert_int_equal(r->resume_hold_s, 90);
 	assert_int_equal(r->handshake_timeout_ms, 10000);
 	assert_int_equal(r->drain_timeout_ms, 30000);
 	assert_int_equal(r->max_tunnels, 1024);
@@ -112,8 +113,8 @@ static void check_h2_defaults(const struct tun_conn_opts *t)
 {
 	assert_int_equal(t->stream_window, 262144);
 	assert_int_equal(t->conn_window, 67108864);
-	assert_int_equal(t->ping_interval_ms, 10000);
-	assert_int_equal(t->ping_timeout_ms, 30000);
+	assert_int_equal(t->ping_interval_ms, 2000);
+	assert_int_equal(t->ping_timeout_ms, 6000);
 	assert_int_equal(t->ctl_max, 65536);
 	assert_int_equal(t->out_high, 65536);
 	assert_int_equal(t->sock_read_high, 262144);
@@ -528,7 +529,8 @@ static const struct err_case err_cases[] = {
      SR_EINVAL,
      {"relay.tls.require_client_cert: true needs relay.tls.client_ca"}},
     {"cross: relay ping timeout not above interval",
-     "{\"relay\": {" RELAY_OK_TLS ", \"h2\": {\"ping_interval_ms\": 30000}}}",
+     "{\"relay\": {" RELAY_OK_TLS ", \"h2\": {\"ping_interval_ms\": 30000, "
+     "\"ping_timeout_ms\": 30000}}}",
      SR_EINVAL,
      {"relay.h2.ping_timeout_ms: must be greater than relay.h2.ping_interval_ms (30000) "
       "(got 30000)"}},
@@ -543,7 +545,7 @@ static const struct err_case err_cases[] = {
      SR_EINVAL,
      {"tunnel.h2.conn_window: must be at least tunnel.h2.stream_window (262144)"}},
     {"cross: tunnel ping",
-     "{\"tunnel\": {" TUNNEL_OK ", \"h2\": {\"ping_timeout_ms\": 5000}}}",
+     "{\"tunnel\": {" TUNNEL_OK ", \"h2\": {\"ping_interval_ms\": 5000, \"ping_timeout_ms\": 5000}}}",
      SR_EINVAL,
      {"tunnel.h2.ping_timeout_ms: must be greater than tunnel.h2.ping_interval_ms"}},
     {"cross: tunnel cert without key",
