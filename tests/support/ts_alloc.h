@@ -1,0 +1,49 @@
+/* Test support: fail the Nth allocation, to check that a constructor
+ * unwinds cleanly (returns an error, frees what it built, does not crash).
+ *
+ * Every unit test is linked with -Wl,--wrap for malloc, calloc, realloc,
+ * strdup and strndup (the calls from our static libraries and the test),
+ * and for the library constructors that take no allocator of ours, each of
+ * which counts as one allocation: nghttp2's callbacks, option and session
+ * constructors and the submit calls a new session makes, and OpenSSL's
+ * SSL_CTX_new and SSL_new. ts_alloc_init() also routes libevent's and
+ * jansson's own allocations through the counter. OpenSSL's internal
+ * allocations are not failed: a failure inside its one-time global set-up
+ * would poison every later attempt, and what it leaks then is not ours.
+ * Unarmed, every wrapper passes straight through to the real function. */
+#ifndef TS_ALLOC_H
+#define TS_ALLOC_H
+
+/* Route libevent's and jansson's allocations through the counter. Call
+ * first in main, before any libevent or jansson call. */
+void ts_alloc_init(void);
+
+/* The nth counted allocation from now fails (returns NULL or the library's
+ * out-of-memory code); only that one. */
+void ts_alloc_arm(unsigned long n);
+/* Stop counting. Returns 1 if the armed failure happened, else 0. */
+int ts_alloc_disarm(void);
+/* Counted allocations since the last ts_alloc_arm(). */
+unsigned long ts_alloc_count(void);
+
+/* One attempt of a sweep: set up what the constructor needs, then
+ * ts_alloc_arm(n), call the constructor, ts_alloc_disarm(), check its
+ * result, and free what it returned (unarmed). Return 0 if the
+ * constructor succeeded, a negative code if it refused. */
+typedef int (*ts_alloc_fn)(void *arg, unsigned long n);
+
+struct ts_alloc_result {
+	unsigned long allocs;	      /* counted allocations of the constructor */
+	unsigned long absorbed;	      /* attempts that succeeded although one failed */
+	unsigned long first_absorbed; /* n of the first of them, 0 if none */
+};
+
+/* fn for n = 1, 2, ... until an attempt runs without a failure injected;
+ * after each attempt (ASan builds) no memory may be left unreachable. The
+ * test fails, naming `what` and n, if fn refuses without a failure, if a
+ * leak is found, or after 100,000 attempts. A crash names n on stderr (set
+ * SR_TEST_ALLOC_TRACE=n to print where allocation n is made). Prints a
+ * summary line to stderr. */
+void ts_alloc_sweep(const char *what, ts_alloc_fn fn, void *arg, struct ts_alloc_result *res);
+
+#endif
