@@ -1,8 +1,12 @@
-/* Test support: assertions cmocka lacks. */
+/* Test support: assertions cmocka lacks, named like cmocka's own. */
 #ifndef TS_ASSERT_H
 #define TS_ASSERT_H
 
+struct tun_ctl_msg;
+
 /* Fails the test, quoting both, unless needle occurs in hay. */
-void ts_assert_contains(const char *hay, const char *needle);
+void assert_contains(const char *hay, const char *needle);
+/* Fails the test unless every field of two control messages is equal. */
+void assert_ctl_msg_equal(const struct tun_ctl_msg *a, const struct tun_ctl_msg *b);
 
 #endif

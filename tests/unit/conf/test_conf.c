@@ -18,58 +18,23 @@
 #include "common/sr_err.h"
 #include "conf/conf.h"
 #include "relay/relay_policy.h"
+#include "tests/support/ts_assert.h"
+#include "tests/support/ts_sys.h"
 
 #define ERRLEN 512
-
-/* A file next to this source, or below the source tree (by relative path). */
-static void src_path(const char *rel, char *buf, size_t len)
-{
-	const char *slash = strrchr(__FILE__, '/');
-
-	if (slash)
-		snprintf(buf, len, "%.*s/%s", (int)(slash - __FILE__), __FILE__, rel);
-	else
-		snprintf(buf, len, "./%s", rel);
-}
 
 /* Remove every SPARKRELAY_* variable, of any length, so tests start from a
  * known environment. */
 static int clear_env(void **state)
 {
-	int again = 1;
-
 	(void)state;
-	while (again) {
-		char **ep;
-
-		again = 0;
-		for (ep = environ; *ep; ep++) {
-			const char *eq = strchr(*ep, '=');
-			size_t n = eq ? (size_t)(eq - *ep) : strlen(*ep);
-
-			if (strncmp(*ep, "SPARKRELAY_", 11) == 0) {
-				char *name = strndup(*ep, n);
-
-				assert_non_null(name);
-				unsetenv(name);
-				free(name);
-				again = 1; /* environ changed under us: rescan */
-				break;
-			}
-		}
-	}
+	ts_env_clear("SPARKRELAY_");
 	return 0;
 }
 
 static int load(const char *json, struct sr_config *cfg, char *err)
 {
 	return conf_load_string(json, "t.json", cfg, err, ERRLEN);
-}
-
-static void assert_contains(const char *hay, const char *needle)
-{
-	if (!strstr(hay, needle))
-		fail_msg("expected \"%s\" in \"%s\"", needle, hay);
 }
 
 static void assert_empty_cfg(const struct sr_config *cfg)
@@ -222,7 +187,7 @@ static void test_full_relay_file(void **state)
 	const struct relay_opts *r = &cfg.relay;
 
 	(void)state;
-	src_path("example-relay.json", path, sizeof(path));
+	TS_SRC_PATH("example-relay.json", path, sizeof(path));
 	assert_int_equal(conf_load_file(path, &cfg, err, sizeof(err)), 0);
 	assert_string_equal(cfg.path, path);
 	assert_string_equal(cfg.log_level, "warn");
@@ -266,7 +231,7 @@ static void test_full_tunnel_file(void **state)
 	const struct sidecar_opts *s = &cfg.tunnel;
 
 	(void)state;
-	src_path("example-tunnel.json", path, sizeof(path));
+	TS_SRC_PATH("example-tunnel.json", path, sizeof(path));
 	assert_int_equal(conf_load_file(path, &cfg, err, sizeof(err)), 0);
 	assert_string_equal(cfg.log_level, "debug");
 	assert_int_equal(cfg.have_relay, 0);
@@ -890,7 +855,7 @@ static void test_env_overrides_file(void **state)
 	char path[1024], err[ERRLEN];
 
 	(void)state;
-	src_path("example-relay.json", path, sizeof(path));
+	TS_SRC_PATH("example-relay.json", path, sizeof(path));
 	setenv("SPARKRELAY_RELAY_POOL_PORT_MIN", "41010", 1);
 	setenv("SPARKRELAY_RELAY_TLS_REQUIRE_CLIENT_CERT", "0", 1);
 	setenv("SPARKRELAY_RELAY_AUTH_TOKEN", "", 1); /* empty unsets a nullable string */
@@ -1350,7 +1315,7 @@ static void test_dump_redacts_secrets(void **state)
 	json_t *root;
 
 	(void)state;
-	src_path("example-relay.json", path, sizeof(path));
+	TS_SRC_PATH("example-relay.json", path, sizeof(path));
 	setenv("SPARKRELAY_TUNNEL_TOKEN", "tunnel-secret-token", 1);
 	setenv("SPARKRELAY_TUNNEL_RELAYS", "r:1", 1);
 	setenv("SPARKRELAY_TUNNEL_TLS_CA", "ca.pem", 1);
@@ -1419,7 +1384,7 @@ static void test_docs_up_to_date(void **state)
 
 	(void)state;
 	gen = docs_to_string(&genlen);
-	src_path("../../../docs/configuration.md", path, sizeof(path));
+	TS_SRC_PATH("../../../docs/configuration.md", path, sizeof(path));
 	f = fopen(path, "rb");
 	if (!f)
 		fail_msg("%s: missing. docs/configuration.md is stale: run `sparkrelay "
