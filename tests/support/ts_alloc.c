@@ -26,6 +26,7 @@
 
 static unsigned long arm_n;   /* 0: not counting */
 static unsigned long seen;    /* counted since ts_alloc_arm */
+static int skip_libs;	      /* libevent's and jansson's own allocations not counted */
 static int injected;	      /* the armed failure happened */
 static unsigned long trace_n; /* SR_TEST_ALLOC_TRACE: print where this one is made */
 static int did_arm;	      /* ts_alloc_arm was called during this attempt */
@@ -181,12 +182,12 @@ SSL *__wrap_SSL_new(SSL_CTX *ctx)
 /* libevent and jansson call these for every allocation of their own. */
 static void *lib_malloc(size_t n)
 {
-	return should_fail() ? NULL : __real_malloc(n);
+	return !skip_libs && should_fail() ? NULL : __real_malloc(n);
 }
 
 static void *lib_realloc(void *p, size_t n)
 {
-	return should_fail() ? NULL : __real_realloc(p, n);
+	return !skip_libs && should_fail() ? NULL : __real_realloc(p, n);
 }
 
 static void lib_free(void *p)
@@ -208,12 +209,20 @@ void ts_alloc_arm(unsigned long n)
 	seen = 0;
 	injected = 0;
 	arm_n = n;
+	skip_libs = 0;
 	did_arm = 1;
+}
+
+void ts_alloc_arm_ours(unsigned long n)
+{
+	ts_alloc_arm(n);
+	skip_libs = 1;
 }
 
 int ts_alloc_disarm(void)
 {
 	arm_n = 0;
+	skip_libs = 0;
 	return injected;
 }
 
@@ -237,12 +246,16 @@ void ts_alloc_sweep(const char *what, ts_alloc_fn fn, void *arg, struct ts_alloc
 {
 	struct ts_alloc_result r = {0, 0, 0};
 	unsigned long n;
+	char why[256] = "";
 
 #ifdef TS_HAVE_ASAN
 	__sanitizer_set_death_callback(on_death);
+	if (__lsan_do_recoverable_leak_check())
+		fail_msg("%s: memory leaked before the sweep (above), by an earlier test",
+			 what);
 #endif
 	sweep_what = what;
-	for (n = 1; n <= MAX_ATTEMPTS; n++) {
+	for (n = 1; n <= MAX_ATTEMPTS && !why[0]; n++) {
 		int rc, inj;
 
 		sweep_n = n;
@@ -252,36 +265,38 @@ void ts_alloc_sweep(const char *what, ts_alloc_fn fn, void *arg, struct ts_alloc
 		rc = fn(arg, n);
 		inj = injected;
 		if (arm_n) {
-			arm_n = 0;
-			fail_msg("%s: attempt %lu left the allocator armed", what, n);
+			ts_alloc_disarm();
+			snprintf(why, sizeof(why), "attempt %lu left the allocator armed", n);
+		} else if (!did_arm) {
+			snprintf(why, sizeof(why), "attempt %lu never armed the allocator", n);
 		}
-		if (!did_arm)
-			fail_msg("%s: attempt %lu never armed the allocator", what, n);
 #ifdef TS_HAVE_ASAN
-		if (__lsan_do_recoverable_leak_check())
-			fail_msg("%s: leak with allocation %lu failed (above: where the leaked "
-				 "memory was allocated; SR_TEST_ALLOC_TRACE=%lu shows where "
-				 "allocation %lu is made)",
-				 what, n, n, n);
+		else if (__lsan_do_recoverable_leak_check())
+			snprintf(
+			    why, sizeof(why),
+			    "leak with allocation %lu failed (above: where the leaked memory "
+			    "was allocated; SR_TEST_ALLOC_TRACE=%lu shows where allocation %lu "
+			    "is made)",
+			    n, n, n);
 #endif
-		if (!inj) {
-			if (rc != 0)
-				fail_msg("%s: refused (%d) with no allocation failed", what,
-					 rc);
-			r.allocs = seen;
+		else if (!inj && rc != 0)
+			snprintf(why, sizeof(why), "refused (%d) with no allocation failed",
+				 rc);
+		else if (!inj)
 			break;
-		}
-		if (rc == 0 && r.absorbed++ == 0)
+		else if (rc == 0 && r.absorbed++ == 0)
 			r.first_absorbed = n;
 	}
 	sweep_what = NULL;
+	if (why[0])
+		fail_msg("%s: %s", what, why);
 	if (n > MAX_ATTEMPTS)
 		fail_msg("%s: still failing after %lu attempts", what, MAX_ATTEMPTS);
+	r.allocs = n - 1;
 	fprintf(stderr,
-		"alloc sweep %s: %lu allocations, each failed once: %lu refused, %lu "
-		"absorbed%s\n",
-		what, r.allocs, r.allocs - r.absorbed, r.absorbed,
-		r.absorbed ? " (the constructor went on without it)" : "");
+		"alloc sweep %s: %lu allocations, each failed once: %lu refused, %lu went on "
+		"without it\n",
+		what, r.allocs, r.allocs - r.absorbed, r.absorbed);
 	if (res)
 		*res = r;
 }

@@ -21,6 +21,11 @@ void ts_alloc_init(void);
 /* The nth counted allocation from now fails (returns NULL or the library's
  * out-of-memory code); only that one. */
 void ts_alloc_arm(unsigned long n);
+/* The same, but libevent's and jansson's own allocations are not counted:
+ * for runs of the event loop, where a failure inside libevent may lose a
+ * callback for good (evdns drops a reply whose deferred callback it cannot
+ * allocate), which no caller can recover from. */
+void ts_alloc_arm_ours(unsigned long n);
 /* Stop counting. Returns 1 if the armed failure happened, else 0. */
 int ts_alloc_disarm(void);
 /* Counted allocations since the last ts_alloc_arm(). */
@@ -33,8 +38,8 @@ unsigned long ts_alloc_count(void);
 typedef int (*ts_alloc_fn)(void *arg, unsigned long n);
 
 struct ts_alloc_result {
-	unsigned long allocs;	      /* counted allocations of the constructor */
-	unsigned long absorbed;	      /* attempts that succeeded although one failed */
+	unsigned long allocs;	      /* counted allocations: attempts with one failed */
+	unsigned long absorbed;	      /* of those, attempts that succeeded all the same */
 	unsigned long first_absorbed; /* n of the first of them, 0 if none */
 };
 

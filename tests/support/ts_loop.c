@@ -13,7 +13,12 @@ void ts_loop_step(struct event_base *base, int us)
 {
 	struct timeval tv = {us / 1000000, us % 1000000};
 
-	event_base_loopexit(base, &tv);
+	/* loopexit allocates: under a failed-allocation test it may fail, and
+	 * the loop must not then block for ever */
+	if (event_base_loopexit(base, &tv) != 0) {
+		event_base_loop(base, EVLOOP_NONBLOCK);
+		return;
+	}
 	event_base_dispatch(base);
 }
 
