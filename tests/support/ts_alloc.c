@@ -16,6 +16,8 @@
 #include <nghttp2/nghttp2.h>
 #include <openssl/ssl.h>
 
+#include <execinfo.h>
+
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/common_interface_defs.h>
 #include <sanitizer/lsan_interface.h>
@@ -29,7 +31,11 @@ static unsigned long seen;    /* counted since ts_alloc_arm */
 static int skip_libs;	      /* libevent's and jansson's own allocations not counted */
 static int injected;	      /* the armed failure happened */
 static unsigned long trace_n; /* SR_TEST_ALLOC_TRACE: print where this one is made */
+static const char *trace_in;  /* SR_TEST_ALLOC_TRACE=n@text: only in sweeps so named */
 static int did_arm;	      /* ts_alloc_arm was called during this attempt */
+static void *where[24];	      /* stack of the failed allocation */
+static int nwhere;
+static int verbose; /* SR_TEST_ALLOC_VERBOSE: say where absorbed ones were */
 static const char *sweep_what;
 static unsigned long sweep_n;
 
@@ -41,8 +47,10 @@ static int should_fail(void)
 	if (++seen != arm_n)
 		return 0;
 	injected = 1;
+	nwhere = backtrace(where, (int)(sizeof(where) / sizeof(where[0])));
 #ifdef TS_HAVE_ASAN
-	if (trace_n && trace_n == arm_n) {
+	if (trace_n && trace_n == arm_n &&
+	    (!trace_in || (sweep_what && strstr(sweep_what, trace_in)))) {
 		fprintf(stderr, "ts_alloc: allocation %lu of %s fails here:\n", arm_n,
 			sweep_what ? sweep_what : "?");
 		__sanitizer_print_stack_trace();
@@ -164,6 +172,14 @@ int32_t __wrap_nghttp2_submit_request(nghttp2_session *s, const nghttp2_priority
 			     : __real_nghttp2_submit_request(s, pri, nva, nvlen, prd, user);
 }
 
+BIO *__real_BIO_new(const BIO_METHOD *m);
+BIO *__wrap_BIO_new(const BIO_METHOD *m);
+
+BIO *__wrap_BIO_new(const BIO_METHOD *m)
+{
+	return should_fail() ? NULL : __real_BIO_new(m);
+}
+
 SSL_CTX *__real_SSL_CTX_new(const SSL_METHOD *m);
 SSL *__real_SSL_new(SSL_CTX *ctx);
 SSL_CTX *__wrap_SSL_CTX_new(const SSL_METHOD *m);
@@ -177,6 +193,55 @@ SSL_CTX *__wrap_SSL_CTX_new(const SSL_METHOD *m)
 SSL *__wrap_SSL_new(SSL_CTX *ctx)
 {
 	return should_fail() ? NULL : __real_SSL_new(ctx);
+}
+
+/* jansson's parsers, each counted as one allocation that fails as jansson
+ * reports running out of memory: under ts_alloc_arm_ours they are the only
+ * failures jansson sees (2.14 can crash inside json_loadb when one of its
+ * own allocations fails mid-parse). */
+static void json_oom(json_error_t *e)
+{
+	if (!e)
+		return;
+	memset(e, 0, sizeof(*e));
+	e->line = e->column = -1;
+	snprintf(e->source, sizeof(e->source), "<ts_alloc>");
+	snprintf(e->text, sizeof(e->text), "out of memory");
+	e->text[JSON_ERROR_TEXT_LENGTH - 1] = (char)json_error_out_of_memory;
+}
+
+json_t *__real_json_loadb(const char *b, size_t n, size_t flags, json_error_t *e);
+json_t *__real_json_loads(const char *s, size_t flags, json_error_t *e);
+json_t *__real_json_load_file(const char *path, size_t flags, json_error_t *e);
+json_t *__wrap_json_loadb(const char *b, size_t n, size_t flags, json_error_t *e);
+json_t *__wrap_json_loads(const char *s, size_t flags, json_error_t *e);
+json_t *__wrap_json_load_file(const char *path, size_t flags, json_error_t *e);
+
+json_t *__wrap_json_loadb(const char *b, size_t n, size_t flags, json_error_t *e)
+{
+	if (should_fail()) {
+		json_oom(e);
+		return NULL;
+	}
+	return __real_json_loadb(b, n, flags, e);
+}
+
+json_t *__wrap_json_loads(const char *s, size_t flags, json_error_t *e)
+{
+	if (should_fail()) {
+		json_oom(e);
+		return NULL;
+	}
+	return __real_json_loads(s, flags, e);
+}
+
+json_t *__wrap_json_load_file(const char *path, size_t flags, json_error_t *e)
+{
+	if (should_fail()) {
+		json_oom(e);
+		return NULL;
+	}
+	return __real_json_load_file(path, flags, e);
 }
 
 /* libevent and jansson call these for every allocation of their own. */
@@ -200,6 +265,8 @@ void ts_alloc_init(void)
 	const char *t = getenv("SR_TEST_ALLOC_TRACE");
 
 	trace_n = t ? strtoul(t, NULL, 10) : 0;
+	trace_in = t && strchr(t, '@') ? strchr(t, '@') + 1 : NULL;
+	verbose = getenv("SR_TEST_ALLOC_VERBOSE") != NULL;
 	event_set_mem_functions(lib_malloc, lib_realloc, lib_free);
 	json_set_alloc_funcs(lib_malloc, lib_free);
 }
@@ -229,6 +296,45 @@ int ts_alloc_disarm(void)
 unsigned long ts_alloc_count(void)
 {
 	return seen;
+}
+
+int ts_alloc_failed_in(const char *fn)
+{
+	if (!injected)
+		return 0;
+#ifdef TS_HAVE_ASAN
+	for (int i = 1; i < nwhere; i++) {
+		char buf[1024];
+
+		/* one NUL-terminated name per frame, inlined callers included,
+		 * then an empty one */
+		memset(buf, 0, sizeof(buf));
+		__sanitizer_symbolize_pc(where[i], "%f", buf, sizeof(buf) - 1);
+		for (const char *f = buf; *f && f < buf + sizeof(buf); f += strlen(f) + 1)
+			if (strcmp(f, fn) == 0)
+				return 1;
+	}
+	return 0;
+#else
+	(void)fn;
+	return -1;
+#endif
+}
+
+/* The frames above the wrapper of the allocation that failed. */
+static void say_where(const char *what, unsigned long n)
+{
+	fprintf(stderr, "%s: went on with allocation %lu failed, made at:\n", what, n);
+	for (int i = 2; i < nwhere && i < 8; i++) {
+#ifdef TS_HAVE_ASAN
+		char buf[256];
+
+		__sanitizer_symbolize_pc(where[i], "%p %F %L", buf, sizeof(buf));
+		fprintf(stderr, "    %s\n", buf);
+#else
+		fprintf(stderr, "    %p\n", where[i]);
+#endif
+	}
 }
 
 #ifdef TS_HAVE_ASAN
@@ -284,8 +390,12 @@ void ts_alloc_sweep(const char *what, ts_alloc_fn fn, void *arg, struct ts_alloc
 				 rc);
 		else if (!inj)
 			break;
-		else if (rc == 0 && r.absorbed++ == 0)
-			r.first_absorbed = n;
+		else if (rc == 0) {
+			if (r.absorbed++ == 0)
+				r.first_absorbed = n;
+			if (verbose)
+				say_where(what, n);
+		}
 	}
 	sweep_what = NULL;
 	if (why[0])
@@ -295,8 +405,9 @@ void ts_alloc_sweep(const char *what, ts_alloc_fn fn, void *arg, struct ts_alloc
 	r.allocs = n - 1;
 	fprintf(stderr,
 		"alloc sweep %s: %lu allocations, each failed once: %lu refused, %lu went on "
-		"without it\n",
-		what, r.allocs, r.allocs - r.absorbed, r.absorbed);
+		"without it%s\n",
+		what, r.allocs, r.allocs - r.absorbed, r.absorbed,
+		r.absorbed && !verbose ? " (SR_TEST_ALLOC_VERBOSE=1 says where)" : "");
 	if (res)
 		*res = r;
 }
