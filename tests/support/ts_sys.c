@@ -15,6 +15,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/sr_log.h"
+
 extern char **environ;
 
 void ts_dir_make(struct ts_dir *d, const char *tag)
@@ -162,4 +164,13 @@ void ts_env_clear(const char *prefix)
 			}
 		}
 	}
+}
+
+void ts_log_level_from_env(int dflt)
+{
+	const char *lvl = getenv("SR_TEST_LOG");
+
+	sr_log_set_level(dflt);
+	if (lvl && sr_log_set_level_name(lvl) != 0)
+		fail_msg("SR_TEST_LOG=%s: want error|warn|info|debug", lvl);
 }

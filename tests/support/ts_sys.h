@@ -34,4 +34,8 @@ void ts_src_path(const char *srcfile, const char *rel, char *buf, size_t len);
  * length (SPARKRELAY_ for the configuration loader). */
 void ts_env_clear(const char *prefix);
 
+/* The log level: dflt (SR_LOG_ERROR - 1 is silent), unless SR_TEST_LOG
+ * names one (error|warn|info|debug). */
+void ts_log_level_from_env(int dflt);
+
 #endif

@@ -19,6 +19,7 @@
 #include "conf/conf.h"
 #include "relay/relay_policy.h"
 #include "tests/support/ts_assert.h"
+#include "tests/support/ts_conf.h"
 #include "tests/support/ts_sys.h"
 
 #define ERRLEN 512
@@ -35,13 +36,6 @@ static int clear_env(void **state)
 static int load(const char *json, struct sr_config *cfg, char *err)
 {
 	return conf_load_string(json, "t.json", cfg, err, ERRLEN);
-}
-
-static void assert_empty_cfg(const struct sr_config *cfg)
-{
-	static const struct sr_config zero;
-
-	assert_memory_equal(cfg, &zero, sizeof(zero));
 }
 
 /* The defaults the specification gives, checked field by field. */
@@ -989,18 +983,6 @@ static void test_env_bad_values(void **state)
 	}
 }
 
-static char *dump_to_string(const struct sr_config *cfg)
-{
-	char *buf = NULL;
-	size_t len = 0;
-	FILE *f = open_memstream(&buf, &len);
-
-	assert_non_null(f);
-	assert_int_equal(conf_dump(cfg, f), 0);
-	assert_int_equal(fclose(f), 0);
-	return buf;
-}
-
 /* ---- pools, tenants, routes and the admin listener ---- */
 
 #define SHA_ABC "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
@@ -1169,7 +1151,7 @@ static void test_admin_listen_rule(void **state)
 	/* the token is a secret: redacted in dumps */
 	assert_int_equal(load(ok[5], &cfg, err), 0);
 	assert_string_equal(cfg.relay.admin_token, "s3cret");
-	out = dump_to_string(&cfg);
+	out = ts_conf_dump(&cfg);
 	assert_null(strstr(out, "s3cret"));
 	assert_contains(out, "\"token\": \"<redacted>\"");
 	free(out);
@@ -1276,7 +1258,7 @@ static void test_dump_round_trips_arrays(void **state)
 
 	(void)state;
 	assert_int_equal(load(policy_json, &cfg, err), 0);
-	out = dump_to_string(&cfg);
+	out = ts_conf_dump(&cfg);
 	root = json_loads(out, 0, &jerr);
 	assert_non_null(root);
 	relay = json_object_get(root, "relay");
@@ -1300,7 +1282,7 @@ static void test_dump_round_trips_arrays(void **state)
 
 	/* without pools, relay.pool is dumped as before */
 	assert_int_equal(load("{\"relay\": {" RELAY_OK_TLS "}}", &cfg, err), 0);
-	out = dump_to_string(&cfg);
+	out = ts_conf_dump(&cfg);
 	assert_contains(out, "\"pool\": {");
 	assert_contains(out, "\"pools\": []");
 	free(out);
@@ -1322,7 +1304,7 @@ static void test_dump_redacts_secrets(void **state)
 	assert_int_equal(conf_load_file(path, &cfg, err, sizeof(err)), 0);
 	clear_env(NULL);
 	assert_string_equal(cfg.tunnel.token, "tunnel-secret-token");
-	out = dump_to_string(&cfg);
+	out = ts_conf_dump(&cfg);
 	assert_null(strstr(out, "relay-secret-token"));
 	assert_null(strstr(out, "tunnel-secret-token"));
 
@@ -1353,7 +1335,7 @@ static void test_dump_redacts_secrets(void **state)
 	/* unset secrets stay null; absent sections are left out */
 	conf_free(&cfg);
 	assert_int_equal(load("{\"relay\": {" RELAY_OK_TLS "}}", &cfg, err), 0);
-	out = dump_to_string(&cfg);
+	out = ts_conf_dump(&cfg);
 	root = json_loads(out, 0, &jerr);
 	assert_non_null(root);
 	assert_true(

@@ -21,6 +21,7 @@
 #include "common/sr_log.h"
 #include "conf/conf.h"
 #include "tests/support/ts_alloc.h"
+#include "tests/support/ts_conf.h"
 #include "tests/support/ts_sys.h"
 
 #define ERRLEN 512
@@ -31,31 +32,11 @@ struct run {
 	struct sr_config want; /* what an attempt without a failure loads */
 };
 
-static void assert_empty_cfg(const struct sr_config *cfg)
-{
-	static const struct sr_config zero;
-
-	assert_memory_equal(cfg, &zero, sizeof(zero));
-}
-
 static int load(struct run *r, struct sr_config *cfg, char *err)
 {
 	if (r->path)
 		return conf_load_file(r->path, cfg, err, ERRLEN);
 	return conf_load_string(r->text, "alloc.json", cfg, err, ERRLEN);
-}
-
-/* Two loaded configurations are the same when their dumps are. */
-static char *dump(const struct sr_config *cfg)
-{
-	char *text = NULL;
-	size_t len = 0;
-	FILE *f = open_memstream(&text, &len);
-
-	assert_non_null(f);
-	assert_int_equal(conf_dump(cfg, f), 0);
-	fclose(f);
-	return text;
 }
 
 static int load_once(void *arg, unsigned long n)
@@ -79,8 +60,8 @@ static int load_once(void *arg, unsigned long n)
 		return rc;
 	}
 	/* nothing half-loaded: a success is the whole configuration */
-	a = dump(&cfg);
-	b = dump(&r->want);
+	a = ts_conf_dump(&cfg);
+	b = ts_conf_dump(&r->want);
 	assert_string_equal(a, b);
 	free(a);
 	free(b);
@@ -152,6 +133,6 @@ int main(void)
 	};
 
 	ts_alloc_init();
-	sr_log_set_level(SR_LOG_ERROR - 1);
+	ts_log_level_from_env(SR_LOG_ERROR - 1);
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -562,6 +562,6 @@ int main(void)
 	};
 
 	ts_alloc_init();
-	sr_log_set_level(SR_LOG_ERROR);
+	ts_log_level_from_env(SR_LOG_ERROR);
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -34,6 +34,7 @@
 #include "tests/support/ts_loop.h"
 #include "tests/support/ts_net.h"
 #include "tests/support/ts_pki.h"
+#include "tests/support/ts_sys.h"
 #include "tunnel/sidecar.h"
 #include "tunnel/tun_ctl.h"
 
@@ -443,8 +444,6 @@ int main(void)
 
 	ts_alloc_init();
 	/* every attempt fails something: SR_TEST_LOG=error shows what is said */
-	sr_log_set_level(SR_LOG_ERROR - 1);
-	if (getenv("SR_TEST_LOG"))
-		sr_log_set_level_name(getenv("SR_TEST_LOG"));
+	ts_log_level_from_env(SR_LOG_ERROR - 1);
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
