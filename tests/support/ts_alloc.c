@@ -342,9 +342,9 @@ static void on_death(void)
 {
 	if (sweep_what)
 		fprintf(stderr,
-			"ts_alloc: died in %s with allocation %lu failed "
-			"(SR_TEST_ALLOC_TRACE=%lu shows where it is made)\n",
-			sweep_what, sweep_n, sweep_n);
+			"ts_alloc: the sweep of %s stopped at attempt %lu, with allocation %lu "
+			"failed (SR_TEST_ALLOC_TRACE=%lu shows where it is made)\n",
+			sweep_what, sweep_n, sweep_n, sweep_n);
 }
 #endif
 
