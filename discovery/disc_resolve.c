@@ -1,5 +1,6 @@
 #include "discovery/disc_resolve.h"
 #include "common/sr_err.h"
+#include "common/sr_text.h"
 #include "common/sr_util.h"
 
 #include <stdio.h>
@@ -16,6 +17,12 @@ struct disc_one {
 	char host[256];
 	char port[8];
 	struct evutil_addrinfo *res;
+	/* A numeric address is used as written: evdns would apply
+	 * EVUTIL_AI_ADDRCONFIG to it too, and where libevent finds no global
+	 * IPv6 address it never answers for an IPv6 literal at all. */
+	int numeric;
+	struct sockaddr_storage num;
+	socklen_t numlen;
 	int done;
 };
 
@@ -41,6 +48,17 @@ static void req_free(struct disc_req *r)
 	free(r);
 }
 
+static void add_addr(struct disc_addr *addrs, size_t *n, const struct disc_one *o,
+		     const void *sa, size_t len)
+{
+	if (*n >= DISC_MAX_ADDRS || len > sizeof(addrs[*n].ss))
+		return;
+	memcpy(&addrs[*n].ss, sa, len);
+	addrs[*n].len = (socklen_t)len;
+	snprintf(addrs[*n].host, sizeof(addrs[*n].host), "%s", o->host);
+	(*n)++;
+}
+
 static void fire_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct disc_req *r = arg;
@@ -48,17 +66,14 @@ static void fire_cb(evutil_socket_t fd, short what, void *arg)
 	size_t n = 0;
 
 	for (size_t i = 0; addrs && i < r->n; i++) {
-		for (struct evutil_addrinfo *ai = r->one[i].res; ai && n < DISC_MAX_ADDRS;
-		     ai = ai->ai_next) {
-			if (ai->ai_addrlen > sizeof(addrs[n].ss))
-				continue;
-			memcpy(&addrs[n].ss, ai->ai_addr, ai->ai_addrlen);
-			addrs[n].len = (socklen_t)ai->ai_addrlen;
-			snprintf(addrs[n].host, sizeof(addrs[n].host), "%s", r->one[i].host);
-			n++;
-		}
+		const struct disc_one *o = &r->one[i];
+
+		if (o->numeric)
+			add_addr(addrs, &n, o, &o->num, o->numlen);
+		for (struct evutil_addrinfo *ai = o->res; ai; ai = ai->ai_next)
+			add_addr(addrs, &n, o, ai->ai_addr, ai->ai_addrlen);
 	}
-	r->cb(n ? 0 : SR_ERESOLVE, addrs, n, r->arg);
+	r->cb(!addrs ? SR_ENOMEM : n ? 0 : SR_ERESOLVE, addrs, n, r->arg);
 	free(addrs);
 	req_free(r);
 }
@@ -81,16 +96,19 @@ static void gai_cb(int result, struct evutil_addrinfo *res, void *arg)
 }
 
 struct disc_req *disc_resolve(struct event_base *base, struct evdns_base *dns,
-			      char *const *targets, size_t ntargets,
-			      disc_cb cb, void *arg, char *err, size_t errlen)
+			      char *const *targets, size_t ntargets, disc_cb cb, void *arg,
+			      char *err, size_t errlen)
 {
-	struct disc_req *r = calloc(1, sizeof(*r));
+	struct disc_req *r;
 	struct evutil_addrinfo hints;
+	char esc[SR_ESC_SIZE(64)];
+	int no_servers;
 
 	if (ntargets == 0) {
 		sr_seterr(err, errlen, "no relay address to resolve");
-		goto fail;
+		return NULL;
 	}
+	r = calloc(1, sizeof(*r));
 	if (!r)
 		goto nomem;
 	r->one = calloc(ntargets, sizeof(*r->one));
@@ -101,27 +119,48 @@ struct disc_req *disc_resolve(struct event_base *base, struct evdns_base *dns,
 	r->cb = cb;
 	r->arg = arg;
 	r->n = ntargets;
-	r->pending = ntargets + 1; /* +1 held until every query is started */
+	r->pending = 1; /* held until every query is started */
 	for (size_t i = 0; i < ntargets; i++) {
+		struct disc_one *o = &r->one[i];
 		uint16_t port;
-		if (sr_split_hostport(targets[i], r->one[i].host, sizeof(r->one[i].host), &port,
-				      0) != 0) {
+
+		if (sr_split_hostport(targets[i], o->host, sizeof(o->host), &port, 0) != 0) {
 			sr_seterr(err, errlen, "bad relay address \"%s\" (want host:port)",
-				  targets[i]);
+				  sr_esc_n(targets[i], 64, esc, sizeof(esc)));
 			goto fail;
 		}
-		snprintf(r->one[i].port, sizeof(r->one[i].port), "%u", port);
-		r->one[i].req = r;
+		/* port 0 is for listeners; nobody can be dialled there */
+		if (port == 0) {
+			sr_seterr(err, errlen,
+				  "bad relay address \"%s\" (want a port 1..65535)",
+				  sr_esc_n(targets[i], 64, esc, sizeof(esc)));
+			goto fail;
+		}
+		snprintf(o->port, sizeof(o->port), "%u", port);
+		o->req = r;
+		o->numeric = sr_parse_addr(o->host, port, &o->num, &o->numlen) == 0;
+		if (!o->numeric)
+			r->pending++;
 	}
 	memset(&hints, 0, sizeof(hints));
 	hints.ai_family = AF_UNSPEC;
 	hints.ai_socktype = SOCK_STREAM;
 	hints.ai_protocol = IPPROTO_TCP;
 	hints.ai_flags = EVUTIL_AI_ADDRCONFIG;
+	/* Without a nameserver evdns queues a query until one is added, that is
+	 * forever: only the hosts file can answer, and it does so at once. */
+	no_servers = evdns_base_count_nameservers(dns) == 0;
 	for (size_t i = 0; i < ntargets; i++) {
-		/* May call gai_cb before returning (numeric hosts, /etc/hosts). */
-		r->one[i].gai = evdns_getaddrinfo(dns, r->one[i].host, r->one[i].port, &hints,
-						  gai_cb, &r->one[i]);
+		struct disc_one *o = &r->one[i];
+
+		if (o->numeric)
+			continue;
+		/* May call gai_cb before returning (the hosts file, errors). */
+		o->gai = evdns_getaddrinfo(dns, o->host, o->port, &hints, gai_cb, o);
+		if (o->gai && no_servers) {
+			evdns_getaddrinfo_cancel(o->gai); /* gai_cb follows, from the loop */
+			o->gai = NULL;
+		}
 	}
 	if (--r->pending == 0)
 		event_active(r->fire, EV_TIMEOUT, 0);

@@ -8,28 +8,16 @@
 
 #include <cmocka.h>
 
-#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <string.h>
 
 #include "common/sr_cidr.h"
 #include "common/sr_err.h"
+#include "tests/support/ts_net.h"
 
 static struct sockaddr_storage addr(const char *s)
 {
-	struct sockaddr_storage ss;
-
-	memset(&ss, 0, sizeof(ss));
-	if (inet_pton(AF_INET, s, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
-		ss.ss_family = AF_INET;
-		((struct sockaddr_in *)&ss)->sin_port = htons(1234);
-	} else if (inet_pton(AF_INET6, s, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
-		ss.ss_family = AF_INET6;
-		((struct sockaddr_in6 *)&ss)->sin6_port = htons(1234);
-	} else {
-		fail_msg("test address %s does not parse", s);
-	}
-	return ss;
+	return ts_addr(s, 1234);
 }
 
 static int match(const char *cidr, const char *a)

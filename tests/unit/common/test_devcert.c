@@ -20,76 +20,48 @@
 #include "common/sr_devcert.h"
 #include "common/sr_err.h"
 #include "common/sr_util.h"
+#include "tests/support/ts_pki.h"
+#include "tests/support/ts_sys.h"
 
 static const char *const files[] = {"ca.pem",	 "ca.key",	"relay.pem",
 				    "relay.key", "sidecar.pem", "sidecar.key"};
 
-struct dir {
-	char path[64];
-};
-
-static void dir_make(struct dir *d)
+/* Removes the files sr_devcert_write makes; anything else left in the
+ * folder is a temporary file it left behind, and fails the test. */
+static void dir_remove(struct ts_dir *d)
 {
-	snprintf(d->path, sizeof(d->path), "/tmp/sr_devcert_XXXXXX");
-	assert_non_null(mkdtemp(d->path));
-}
-
-static void dir_path(const struct dir *d, const char *name, char *buf, size_t len)
-{
-	int n = snprintf(buf, len, "%s/%s", d->path, name);
-
-	assert_true(n > 0 && (size_t)n < len);
-}
-
-static void dir_remove(struct dir *d)
-{
-	char p[128];
+	char p[192];
 
 	for (size_t i = 0; i < SR_ARRAY_LEN(files); i++) {
-		dir_path(d, files[i], p, sizeof(p));
+		ts_dir_file(d, files[i], p, sizeof(p));
 		unlink(p);
 	}
-	dir_path(d, "missing", p, sizeof(p));
-	rmdir(p);
-	assert_int_equal(rmdir(d->path), 0);
+	assert_int_equal(ts_dir_count(d), 0);
+	ts_dir_remove(d);
 }
 
-static X509 *load_cert(const struct dir *d, const char *name)
+static X509 *load_cert(const struct ts_dir *d, const char *name)
 {
-	char p[128];
-	FILE *fp;
-	X509 *x;
+	char p[192];
 
-	dir_path(d, name, p, sizeof(p));
-	fp = fopen(p, "r");
-	assert_non_null(fp);
-	x = PEM_read_X509(fp, NULL, NULL, NULL);
-	fclose(fp);
-	assert_non_null(x);
-	return x;
+	ts_dir_file(d, name, p, sizeof(p));
+	return ts_read_cert(p);
 }
 
-static EVP_PKEY *load_key(const struct dir *d, const char *name)
+static EVP_PKEY *load_key(const struct ts_dir *d, const char *name)
 {
-	char p[128];
-	FILE *fp;
-	EVP_PKEY *k;
+	char p[192];
 
-	dir_path(d, name, p, sizeof(p));
-	fp = fopen(p, "r");
-	assert_non_null(fp);
-	k = PEM_read_PrivateKey(fp, NULL, NULL, NULL);
-	fclose(fp);
-	assert_non_null(k);
-	return k;
+	ts_dir_file(d, name, p, sizeof(p));
+	return ts_read_key(p);
 }
 
-static unsigned file_mode(const struct dir *d, const char *name)
+static unsigned file_mode(const struct ts_dir *d, const char *name)
 {
-	char p[128];
+	char p[192];
 	struct stat st;
 
-	dir_path(d, name, p, sizeof(p));
+	ts_dir_file(d, name, p, sizeof(p));
 	assert_int_equal(stat(p, &st), 0);
 	return st.st_mode & 07777;
 }
@@ -127,13 +99,13 @@ static void assert_cn(X509 *x, const char *want)
 static void test_devcert_chain_names_keys(void **state)
 {
 	static const char *const extra[] = {"relay.example.test", "10.1.2.3", "fd00::7", NULL};
-	struct dir d, other;
+	struct ts_dir d, other;
 	char err[256] = "";
 	X509 *ca, *relay, *sidecar, *other_ca;
 	EVP_PKEY *k;
 
 	umask(022);
-	dir_make(&d);
+	ts_dir_make(&d, "devcert");
 	if (sr_devcert_write(d.path, extra, 2, err, sizeof(err)) != 0)
 		fail_msg("sr_devcert_write: %s", err);
 
@@ -203,7 +175,7 @@ static void test_devcert_chain_names_keys(void **state)
 
 	/* Serials are random: two runs give distinct CAs that do not trust
 	 * each other's leaves. */
-	dir_make(&other);
+	ts_dir_make(&other, "devcert");
 	assert_int_equal(sr_devcert_write(other.path, NULL, 1, err, sizeof(err)), 0);
 	other_ca = load_cert(&other, "ca.pem");
 	assert_int_not_equal(
@@ -224,12 +196,12 @@ static void test_devcert_chain_names_keys(void **state)
 /* A key file left behind with a loose mode is tightened on rewrite. */
 static void test_devcert_rewrite_tightens_key_mode(void **state)
 {
-	struct dir d;
+	struct ts_dir d;
 	char p[128], err[256] = "";
 	FILE *fp;
 
-	dir_make(&d);
-	dir_path(&d, "relay.key", p, sizeof(p));
+	ts_dir_make(&d, "devcert");
+	ts_dir_file(&d, "relay.key", p, sizeof(p));
 	fp = fopen(p, "w");
 	assert_non_null(fp);
 	fputs("old", fp);
@@ -241,26 +213,12 @@ static void test_devcert_rewrite_tightens_key_mode(void **state)
 	dir_remove(&d);
 }
 
-static void write_text(const char *path, const char *text)
-{
-	FILE *fp = fopen(path, "w");
-
-	assert_non_null(fp);
-	fputs(text, fp);
-	assert_int_equal(fclose(fp), 0);
-}
-
 static void assert_text(const char *path, const char *text)
 {
-	char buf[64] = "";
-	FILE *fp = fopen(path, "r");
-	size_t n;
+	char *got = ts_read_file(path, NULL);
 
-	assert_non_null(fp);
-	n = fread(buf, 1, sizeof(buf) - 1, fp);
-	fclose(fp);
-	buf[n] = '\0';
-	assert_string_equal(buf, text);
+	assert_string_equal(got, text);
+	free(got);
 }
 
 /* gen-certs run as root in a folder other users can write: a file planted
@@ -270,27 +228,27 @@ static void assert_text(const char *path, const char *text)
  * the folder (the planted inode, the symlink's target) is written. */
 static void test_devcert_planted_file_and_symlink_are_replaced(void **state)
 {
-	struct dir d;
+	struct ts_dir d;
 	char planted[128], keep[128], lnk[128], victim[128], p[128], err[256] = "";
 	struct stat st;
 
-	dir_make(&d);
+	ts_dir_make(&d, "devcert");
 	/* ca.key: a file someone else made, world-readable; "keep" is a second
 	 * name for the same inode, as an open descriptor would be */
-	dir_path(&d, "ca.key", planted, sizeof(planted));
-	dir_path(&d, "keep", keep, sizeof(keep));
-	write_text(planted, "planted");
+	ts_dir_file(&d, "ca.key", planted, sizeof(planted));
+	ts_dir_file(&d, "keep", keep, sizeof(keep));
+	ts_write_file(planted, "planted");
 	assert_int_equal(chmod(planted, 0644), 0);
 	assert_int_equal(link(planted, keep), 0);
 	if (geteuid() == 0)
 		assert_int_equal(chown(planted, 65534, 65534), 0);
 	/* relay.key: a symlink to a file of the victim's */
-	dir_path(&d, "relay.key", lnk, sizeof(lnk));
-	dir_path(&d, "victim", victim, sizeof(victim));
-	write_text(victim, "victim");
+	ts_dir_file(&d, "relay.key", lnk, sizeof(lnk));
+	ts_dir_file(&d, "victim", victim, sizeof(victim));
+	ts_write_file(victim, "victim");
 	assert_int_equal(symlink(victim, lnk), 0);
 	/* ca.pem: a dangling symlink (O_CREAT would create its target) */
-	dir_path(&d, "ca.pem", p, sizeof(p));
+	ts_dir_file(&d, "ca.pem", p, sizeof(p));
 	assert_int_equal(symlink("/tmp/sr_devcert_dangling_target", p), 0);
 
 	if (sr_devcert_write(d.path, NULL, 1, err, sizeof(err)) != 0)
@@ -300,7 +258,7 @@ static void test_devcert_planted_file_and_symlink_are_replaced(void **state)
 	assert_text(victim, "victim");
 	assert_int_not_equal(access("/tmp/sr_devcert_dangling_target", F_OK), 0);
 	for (size_t i = 0; i < SR_ARRAY_LEN(files); i++) {
-		dir_path(&d, files[i], p, sizeof(p));
+		ts_dir_file(&d, files[i], p, sizeof(p));
 		assert_int_equal(lstat(p, &st), 0);
 		assert_true(S_ISREG(st.st_mode));
 		assert_int_equal(st.st_uid, geteuid());
@@ -318,19 +276,19 @@ static void test_devcert_planted_file_and_symlink_are_replaced(void **state)
 
 static void test_devcert_unwritable_dir(void **state)
 {
-	struct dir d;
+	struct ts_dir d;
 	char p[128], err[256] = "";
 
-	dir_make(&d);
+	ts_dir_make(&d, "devcert");
 	/* Missing directory (the test may run as root, so a read-only one
 	 * would not stop us). */
-	dir_path(&d, "missing", p, sizeof(p));
+	ts_dir_file(&d, "missing", p, sizeof(p));
 	assert_true(sr_devcert_write(p, NULL, 1, err, sizeof(err)) < 0);
 	assert_non_null(strstr(err, p));
 	assert_non_null(strstr(err, "No such file"));
 
 	/* A path that is a file, not a directory. */
-	dir_path(&d, "ca.pem", p, sizeof(p));
+	ts_dir_file(&d, "ca.pem", p, sizeof(p));
 	fclose(fopen(p, "w"));
 	err[0] = '\0';
 	assert_true(sr_devcert_write(p, NULL, 1, err, sizeof(err)) < 0);
@@ -351,10 +309,10 @@ static void test_devcert_bad_arguments(void **state)
 	static const char *const comma[] = {"ok.example", "a.example,DNS:evil.example", NULL};
 	static const char *const space[] = {"has space", NULL};
 	static const char *const empty[] = {"", NULL};
-	struct dir d;
+	struct ts_dir d;
 	char p[128], err[256] = "";
 
-	dir_make(&d);
+	ts_dir_make(&d, "devcert");
 	assert_int_equal(sr_devcert_write(d.path, comma, 1, err, sizeof(err)), SR_EINVAL);
 	assert_non_null(strstr(err, "a.example,DNS:evil.example"));
 	assert_int_equal(sr_devcert_write(d.path, space, 1, err, sizeof(err)), SR_EINVAL);
@@ -363,7 +321,7 @@ static void test_devcert_bad_arguments(void **state)
 	assert_int_equal(sr_devcert_write(d.path, NULL, 0, err, sizeof(err)), SR_EINVAL);
 	assert_true(strlen(err) > 0);
 	/* Nothing was written by the refused calls. */
-	dir_path(&d, "ca.pem", p, sizeof(p));
+	ts_dir_file(&d, "ca.pem", p, sizeof(p));
 	assert_int_not_equal(access(p, F_OK), 0);
 	dir_remove(&d);
 }

@@ -18,66 +18,25 @@
 #include "common/sr_err.h"
 #include "conf/conf.h"
 #include "relay/relay_policy.h"
+#include "tests/support/ts_assert.h"
+#include "tests/support/ts_conf.h"
+#include "tests/support/ts_sys.h"
 #include "tunnel/tun_conn.h"
 
 #define ERRLEN 512
-
-/* A file next to this source, or below the source tree (by relative path). */
-static void src_path(const char *rel, char *buf, size_t len)
-{
-	const char *slash = strrchr(__FILE__, '/');
-
-	if (slash)
-		snprintf(buf, len, "%.*s/%s", (int)(slash - __FILE__), __FILE__, rel);
-	else
-		snprintf(buf, len, "./%s", rel);
-}
 
 /* Remove every SPARKRELAY_* variable, of any length, so tests start from a
  * known environment. */
 static int clear_env(void **state)
 {
-	int again = 1;
-
 	(void)state;
-	while (again) {
-		char **ep;
-
-		again = 0;
-		for (ep = environ; *ep; ep++) {
-			const char *eq = strchr(*ep, '=');
-			size_t n = eq ? (size_t)(eq - *ep) : strlen(*ep);
-
-			if (strncmp(*ep, "SPARKRELAY_", 11) == 0) {
-				char *name = strndup(*ep, n);
-
-				assert_non_null(name);
-				unsetenv(name);
-				free(name);
-				again = 1; /* environ changed under us: rescan */
-				break;
-			}
-		}
-	}
+	ts_env_clear("SPARKRELAY_");
 	return 0;
 }
 
 static int load(const char *json, struct sr_config *cfg, char *err)
 {
 	return conf_load_string(json, "t.json", cfg, err, ERRLEN);
-}
-
-static void assert_contains(const char *hay, const char *needle)
-{
-	if (!strstr(hay, needle))
-		fail_msg("expected \"%s\" in \"%s\"", needle, hay);
-}
-
-static void assert_empty_cfg(const struct sr_config *cfg)
-{
-	static const struct sr_config zero;
-
-	assert_memory_equal(cfg, &zero, sizeof(zero));
 }
 
 /* The defaults the specification gives, checked field by field. */
@@ -262,7 +221,7 @@ static void test_full_relay_file(void **state)
 	const struct relay_opts *r = &cfg.relay;
 
 	(void)state;
-	src_path("example-relay.json", path, sizeof(path));
+	TS_SRC_PATH("example-relay.json", path, sizeof(path));
 	assert_int_equal(conf_load_file(path, &cfg, err, sizeof(err)), 0);
 	assert_string_equal(cfg.path, path);
 	assert_string_equal(cfg.log_level, "warn");
@@ -306,7 +265,7 @@ static void test_full_tunnel_file(void **state)
 	const struct sidecar_opts *s = &cfg.tunnel;
 
 	(void)state;
-	src_path("example-tunnel.json", path, sizeof(path));
+	TS_SRC_PATH("example-tunnel.json", path, sizeof(path));
 	assert_int_equal(conf_load_file(path, &cfg, err, sizeof(err)), 0);
 	assert_string_equal(cfg.log_level, "debug");
 	assert_int_equal(cfg.have_relay, 0);
@@ -962,7 +921,7 @@ static void test_env_overrides_file(void **state)
 	char path[1024], err[ERRLEN];
 
 	(void)state;
-	src_path("example-relay.json", path, sizeof(path));
+	TS_SRC_PATH("example-relay.json", path, sizeof(path));
 	setenv("SPARKRELAY_RELAY_POOL_PORT_MIN", "41010", 1);
 	setenv("SPARKRELAY_RELAY_TLS_REQUIRE_CLIENT_CERT", "0", 1);
 	setenv("SPARKRELAY_RELAY_AUTH_TOKEN", "", 1); /* empty unsets a nullable string */
@@ -1190,18 +1149,6 @@ static void test_env_bad_values(void **state)
 	}
 }
 
-static char *dump_to_string(const struct sr_config *cfg)
-{
-	char *buf = NULL;
-	size_t len = 0;
-	FILE *f = open_memstream(&buf, &len);
-
-	assert_non_null(f);
-	assert_int_equal(conf_dump(cfg, f), 0);
-	assert_int_equal(fclose(f), 0);
-	return buf;
-}
-
 /* ---- pools, tenants, routes and the admin listener ---- */
 
 #define SHA_ABC "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
@@ -1370,7 +1317,7 @@ static void test_admin_listen_rule(void **state)
 	/* the token is a secret: redacted in dumps */
 	assert_int_equal(load(ok[5], &cfg, err), 0);
 	assert_string_equal(cfg.relay.admin_token, "s3cret");
-	out = dump_to_string(&cfg);
+	out = ts_conf_dump(&cfg);
 	assert_null(strstr(out, "s3cret"));
 	assert_contains(out, "\"token\": \"<redacted>\"");
 	free(out);
@@ -1477,7 +1424,7 @@ static void test_dump_round_trips_arrays(void **state)
 
 	(void)state;
 	assert_int_equal(load(policy_json, &cfg, err), 0);
-	out = dump_to_string(&cfg);
+	out = ts_conf_dump(&cfg);
 	root = json_loads(out, 0, &jerr);
 	assert_non_null(root);
 	relay = json_object_get(root, "relay");
@@ -1501,7 +1448,7 @@ static void test_dump_round_trips_arrays(void **state)
 
 	/* without pools, relay.pool is dumped as before */
 	assert_int_equal(load("{\"relay\": {" RELAY_OK_TLS "}}", &cfg, err), 0);
-	out = dump_to_string(&cfg);
+	out = ts_conf_dump(&cfg);
 	assert_contains(out, "\"pool\": {");
 	assert_contains(out, "\"pools\": []");
 	free(out);
@@ -1516,14 +1463,14 @@ static void test_dump_redacts_secrets(void **state)
 	json_t *root;
 
 	(void)state;
-	src_path("example-relay.json", path, sizeof(path));
+	TS_SRC_PATH("example-relay.json", path, sizeof(path));
 	setenv("SPARKRELAY_TUNNEL_TOKEN", "tunnel-secret-token", 1);
 	setenv("SPARKRELAY_TUNNEL_RELAYS", "r:1", 1);
 	setenv("SPARKRELAY_TUNNEL_TLS_CA", "ca.pem", 1);
 	assert_int_equal(conf_load_file(path, &cfg, err, sizeof(err)), 0);
 	clear_env(NULL);
 	assert_string_equal(cfg.tunnel.token, "tunnel-secret-token");
-	out = dump_to_string(&cfg);
+	out = ts_conf_dump(&cfg);
 	assert_null(strstr(out, "relay-secret-token"));
 	assert_null(strstr(out, "tunnel-secret-token"));
 
@@ -1554,7 +1501,7 @@ static void test_dump_redacts_secrets(void **state)
 	/* unset secrets stay null; absent sections are left out */
 	conf_free(&cfg);
 	assert_int_equal(load("{\"relay\": {" RELAY_OK_TLS "}}", &cfg, err), 0);
-	out = dump_to_string(&cfg);
+	out = ts_conf_dump(&cfg);
 	root = json_loads(out, 0, &jerr);
 	assert_non_null(root);
 	assert_true(
@@ -1585,7 +1532,7 @@ static void test_docs_up_to_date(void **state)
 
 	(void)state;
 	gen = docs_to_string(&genlen);
-	src_path("../../../docs/configuration.md", path, sizeof(path));
+	TS_SRC_PATH("../../../docs/configuration.md", path, sizeof(path));
 	f = fopen(path, "rb");
 	if (!f)
 		fail_msg("%s: missing. docs/configuration.md is stale: run `sparkrelay "

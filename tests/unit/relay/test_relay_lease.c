@@ -26,6 +26,8 @@
 #include "common/sr_util.h"
 #include "relay/relay_lease.h"
 #include "tunnel/tun_ctl.h"
+#include "tests/support/ts_loop.h"
+#include "tests/support/ts_net.h"
 
 #define RANGE_LEN 8
 #define MAX_FDS 64
@@ -99,44 +101,11 @@ static const struct relay_lease_cbs test_cbs = {on_accept, on_expire};
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static int port_free(const char *host, uint16_t port)
-{
-	struct sockaddr_storage ss;
-	socklen_t len;
-	int fd, one = 1, ok;
-
-	if (sr_parse_addr(host, port, &ss, &len) != 0)
-		return 0;
-	fd = socket(ss.ss_family, SOCK_STREAM, 0);
-	if (fd < 0)
-		return 0;
-	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	ok = bind(fd, (struct sockaddr *)&ss, len) == 0;
-	close(fd);
-	return ok;
-}
-
-/* A random range of n ports in 20000..32000 that are all free right now. */
-static uint16_t pick_range(const char *host, uint16_t n)
-{
-	for (int attempt = 0; attempt < 50; attempt++) {
-		/* below the ephemeral range (32768+), where client sockets come and go */
-		uint16_t b = (uint16_t)(20000 + sr_rand_below(12000 - n));
-		int ok = 1;
-		for (uint16_t i = 0; i < n && ok; i++)
-			ok = port_free(host, (uint16_t)(b + i));
-		if (ok)
-			return b;
-	}
-	fail_msg("no free port range found");
-	return 0;
-}
-
 static void fx_table_full(struct fx *f, const char *bind, const char *adv, uint16_t n,
 			  uint32_t max_leases)
 {
 	f->nports = n;
-	f->port_base = pick_range(bind, n);
+	f->port_base = ts_pick_port_range(bind, n);
 	f->opts.bind_address = (char *)bind;
 	f->opts.advertise_host = (char *)adv;
 	f->opts.port_min = f->port_base;
@@ -157,52 +126,22 @@ static int in_range(const struct fx *f, uint16_t p)
 	return p >= f->port_base && p < f->port_base + f->nports;
 }
 
-/* Blocking connect; returns the fd or -errno. A listener completes the
- * handshake from its backlog, so this does not need the loop to run. */
-static int connect_to(const char *host, uint16_t port)
-{
-	struct sockaddr_storage ss;
-	socklen_t len;
-	int fd, err;
-
-	if (sr_parse_addr(host, port, &ss, &len) != 0)
-		return -EINVAL;
-	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	if (connect(fd, (struct sockaddr *)&ss, len) != 0) {
-		err = errno;
-		close(fd);
-		return -err;
-	}
-	return fd;
-}
-
 static int connect_loop(struct fx *f, uint16_t port)
 {
-	int fd = connect_to("127.0.0.1", port);
+	int fd = ts_connect("127.0.0.1", port);
 	if (fd >= 0)
 		keep_fd(f, fd);
 	return fd;
 }
 
-/* Run the loop until *counter >= want or ms pass. */
 static void run_until(struct fx *f, const int *counter, int want, int ms)
 {
-	uint64_t deadline = sr_now_us() + (uint64_t)ms * 1000u;
-
-	while (*counter < want && sr_now_us() < deadline) {
-		struct timeval tv = {0, 20000};
-		event_base_loopexit(f->base, &tv);
-		event_base_dispatch(f->base);
-	}
+	ts_loop_until_count(f->base, counter, want, ms);
 }
 
 static void run_for(struct fx *f, int ms)
 {
-	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-	event_base_loopexit(f->base, &tv);
-	event_base_dispatch(f->base);
+	ts_loop_run_for(f->base, ms);
 }
 
 static int is_hex(const char *s, size_t n)
@@ -394,7 +333,7 @@ static void test_pool_exhaustion_is_all_or_nothing(void **state)
 	assert_null(x);
 	assert_int_equal(relay_lease_count(f->t), RANGE_LEN / 2 - 1);
 	for (int i = 0; i < 2; i++) {
-		int fd = connect_to("127.0.0.1", freed[i]);
+		int fd = ts_connect("127.0.0.1", freed[i]);
 		assert_int_equal(fd, -ECONNREFUSED);
 	}
 	assert_int_equal(relay_lease_create(f->t, "small", two, 30, &y), 0);
@@ -528,8 +467,8 @@ static void test_release_closes_ports(void **state)
 	assert_true(connect_loop(f, pd) >= 0);
 	relay_lease_release(l);
 	assert_int_equal(relay_lease_count(f->t), 0);
-	assert_int_equal(connect_to("127.0.0.1", pd), -ECONNREFUSED);
-	assert_int_equal(connect_to("127.0.0.1", pb), -ECONNREFUSED);
+	assert_int_equal(ts_connect("127.0.0.1", pd), -ECONNREFUSED);
+	assert_int_equal(ts_connect("127.0.0.1", pb), -ECONNREFUSED);
 	/* Released without expiry. */
 	run_for(f, 50);
 	assert_int_equal(f->expires, 0);
@@ -560,7 +499,7 @@ static void test_detach_ttl_expires_once(void **state)
 	assert_int_equal(f->expires, 1);
 	assert_int_equal(relay_lease_count(f->t), 0);
 	assert_null(relay_lease_find_id(f->t, id));
-	assert_int_equal(connect_to("127.0.0.1", pd), -ECONNREFUSED);
+	assert_int_equal(ts_connect("127.0.0.1", pd), -ECONNREFUSED);
 }
 
 static void test_attach_before_expiry_keeps_lease(void **state)
@@ -748,7 +687,7 @@ static void test_table_free_closes_everything_without_expire(void **state)
 	f->t = NULL;
 	run_for(f, 100);
 	assert_int_equal(f->expires, 0);
-	assert_int_equal(connect_to("127.0.0.1", pd), -ECONNREFUSED);
+	assert_int_equal(ts_connect("127.0.0.1", pd), -ECONNREFUSED);
 }
 
 static double cpu_seconds(void)
@@ -809,21 +748,6 @@ static void test_accept_emfile_pauses_listener(void **state)
 	assert_int_equal(f->accepts[TUN_PORT_DRIVER], 1);
 }
 
-static int have_ipv6_loopback(void)
-{
-	struct sockaddr_in6 sa;
-	int fd = socket(AF_INET6, SOCK_STREAM, 0), ok;
-
-	if (fd < 0)
-		return 0;
-	memset(&sa, 0, sizeof(sa));
-	sa.sin6_family = AF_INET6;
-	sa.sin6_addr = in6addr_loopback;
-	ok = bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-	close(fd);
-	return ok;
-}
-
 static void test_ipv6_loopback(void **state)
 {
 	struct fx *f = *state;
@@ -831,7 +755,7 @@ static void test_ipv6_loopback(void **state)
 	struct tun_ctl_msg msg;
 	int fd;
 
-	if (!have_ipv6_loopback()) {
+	if (!ts_have_ipv6_loopback()) {
 		skip();
 		return;
 	}
@@ -840,7 +764,7 @@ static void test_ipv6_loopback(void **state)
 					    &l),
 			 0);
 	assert_true(in_range(f, relay_lease_port(l, TUN_PORT_BLOCKMANAGER)));
-	fd = connect_to("::1", relay_lease_port(l, TUN_PORT_BLOCKMANAGER));
+	fd = ts_connect("::1", relay_lease_port(l, TUN_PORT_BLOCKMANAGER));
 	assert_true(fd >= 0);
 	keep_fd(f, fd);
 	run_until(f, &f->accepts_total, 1, WAIT_MS);

@@ -6,12 +6,12 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
 
 #include "relay/relay_limits.h"
+#include "tests/support/ts_net.h"
 
 static void test_ratelog_one_line_per_period(void **state)
 {
@@ -34,39 +34,17 @@ static void test_ratelog_one_line_per_period(void **state)
 	assert_int_equal(more, 0);
 }
 
-static struct sockaddr_storage v4(const char *a, uint16_t port)
-{
-	struct sockaddr_storage ss;
-	struct sockaddr_in *s = (struct sockaddr_in *)&ss;
-
-	memset(&ss, 0, sizeof(ss));
-	s->sin_family = AF_INET;
-	s->sin_port = htons(port);
-	assert_int_equal(inet_pton(AF_INET, a, &s->sin_addr), 1);
-	return ss;
-}
-
-static struct sockaddr_storage v6(const char *a, uint16_t port)
-{
-	struct sockaddr_storage ss;
-	struct sockaddr_in6 *s = (struct sockaddr_in6 *)&ss;
-
-	memset(&ss, 0, sizeof(ss));
-	s->sin6_family = AF_INET6;
-	s->sin6_port = htons(port);
-	assert_int_equal(inet_pton(AF_INET6, a, &s->sin6_addr), 1);
-	return ss;
-}
-
 #define SA(x) ((const struct sockaddr *)&(x))
 
 static void test_same_source(void **state)
 {
-	struct sockaddr_storage a = v4("10.1.2.3", 1000), b = v4("10.1.2.3", 2000),
-				c = v4("10.1.2.4", 1000);
-	struct sockaddr_storage x = v6("2001:db8:1:2::1", 1), y = v6("2001:db8:1:2:ffff::9", 2),
-				z = v6("2001:db8:1:3::1", 1);
-	struct sockaddr_storage m1 = v6("::ffff:10.1.2.3", 1), m2 = v6("::ffff:10.1.2.4", 1);
+	struct sockaddr_storage a = ts_addr("10.1.2.3", 1000), b = ts_addr("10.1.2.3", 2000),
+				c = ts_addr("10.1.2.4", 1000);
+	struct sockaddr_storage x = ts_addr("2001:db8:1:2::1", 1),
+				y = ts_addr("2001:db8:1:2:ffff::9", 2),
+				z = ts_addr("2001:db8:1:3::1", 1);
+	struct sockaddr_storage m1 = ts_addr("::ffff:10.1.2.3", 1),
+				m2 = ts_addr("::ffff:10.1.2.4", 1);
 
 	(void)state;
 	assert_true(relay_same_source(SA(a), SA(b))); /* ports do not matter */

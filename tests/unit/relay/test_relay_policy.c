@@ -8,13 +8,14 @@
 
 #include <cmocka.h>
 
-#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "relay/relay_policy.h"
+#include "tests/support/ts_assert.h"
+#include "tests/support/ts_net.h"
 
 #define ERRLEN 512
 /* SHA-256("abc") and SHA-256("xyz"), from FIPS 180-2 and sha256sum. */
@@ -90,25 +91,7 @@ static struct relay_policy *compile(const struct relay_policy_opts *o)
 
 static struct sockaddr_storage addr(const char *s)
 {
-	struct sockaddr_storage ss;
-
-	memset(&ss, 0, sizeof(ss));
-	if (inet_pton(AF_INET, s, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
-		ss.ss_family = AF_INET;
-		((struct sockaddr_in *)&ss)->sin_port = htons(5000);
-	} else if (inet_pton(AF_INET6, s, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
-		ss.ss_family = AF_INET6;
-		((struct sockaddr_in6 *)&ss)->sin6_port = htons(5000);
-	} else {
-		fail_msg("test address %s does not parse", s);
-	}
-	return ss;
-}
-
-static void assert_contains(const char *hay, const char *needle)
-{
-	if (!strstr(hay, needle))
-		fail_msg("expected \"%s\" in \"%s\"", needle, hay);
+	return ts_addr(s, 5000);
 }
 
 static int tenant_of(const struct relay_policy *p, const char *cn, const char *const *sans,

@@ -14,6 +14,7 @@
 #include "common/sr_err.h"
 #include "common/sr_util.h"
 #include "tunnel/tun_ctl.h"
+#include "tests/support/ts_assert.h"
 
 /* Append a frame with the given body to buf. */
 static void put_frame(struct evbuffer *buf, const void *body, size_t len)
@@ -54,23 +55,6 @@ static void expect_ok(const char *json, struct tun_ctl_msg *msg)
 
 	if (rc != 0)
 		fail_msg("input %s: got %d \"%s\", want 0", json, rc, err);
-}
-
-static void assert_msg_equal(const struct tun_ctl_msg *a, const struct tun_ctl_msg *b)
-{
-	assert_int_equal(a->type, b->type);
-	assert_string_equal(a->app, b->app);
-	assert_int_equal(a->roles, b->roles);
-	assert_string_equal(a->token, b->token);
-	assert_string_equal(a->resume, b->resume);
-	assert_string_equal(a->lease, b->lease);
-	assert_string_equal(a->host, b->host);
-	for (int r = 0; r < TUN_PORT_MAX; r++)
-		assert_int_equal(a->ports[r], b->ports[r]);
-	assert_int_equal(a->ttl_s, b->ttl_s);
-	assert_string_equal(a->code, b->code);
-	assert_string_equal(a->message, b->message);
-	assert_int_equal(a->streams, b->streams);
 }
 
 /* Encode in, decode it back, return the frame's JSON body (caller decrefs)
@@ -132,7 +116,7 @@ static void test_round_trip_register(void **state)
 	snprintf(in.token, sizeof(in.token), "bearer-abc");
 	snprintf(in.resume, sizeof(in.resume), "R-123");
 	body = round_trip(&in, &out);
-	assert_msg_equal(&in, &out);
+	assert_ctl_msg_equal(&in, &out);
 	assert_keys(
 	    body, (const char *const[]){"v", "type", "app", "roles", "token", "resume", NULL});
 	assert_string_equal(json_string_value(json_object_get(body, "type")), "register");
@@ -175,7 +159,7 @@ static void test_round_trip_lease(void **state)
 		    (const char *const[]){"driver", "blockManager", NULL});
 	assert_string_equal(out.app, "");
 	in.app[0] = '\0';
-	assert_msg_equal(&in, &out);
+	assert_ctl_msg_equal(&in, &out);
 	json_decref(body);
 
 	/* roles of a decoded lease are the granted ports, whatever was set. */
@@ -203,13 +187,13 @@ static void test_round_trip_error(void **state)
 	snprintf(in.message, sizeof(in.message), "pool \"default\" is exhausted\n");
 	body = round_trip(&in, &out);
 	assert_keys(body, (const char *const[]){"v", "type", "code", "message", NULL});
-	assert_msg_equal(&in, &out);
+	assert_ctl_msg_equal(&in, &out);
 	json_decref(body);
 
 	in.message[0] = '\0';
 	body = round_trip(&in, &out);
 	assert_keys(body, (const char *const[]){"v", "type", "code", NULL});
-	assert_msg_equal(&in, &out);
+	assert_ctl_msg_equal(&in, &out);
 	json_decref(body);
 }
 

@@ -31,73 +31,31 @@
 #include "common/sr_err.h"
 #include "common/sr_log.h"
 #include "tunnel/tun_tls.h"
+#include "tests/support/ts_pki.h"
 
 #define IDENTITY_LEN 160 /* the relay's buffer */
 
 struct pki {
-	char dir[64];
-	char ca[96], relay_pem[96], relay_key[96];
+	struct ts_pki f; /* also holds client.pem and client.key of make_client */
 	X509 *ca_cert;
 	EVP_PKEY *ca_key;
 };
 
 static struct pki pki;
 
-static X509 *read_cert(const char *path)
-{
-	FILE *f = fopen(path, "r");
-	X509 *x;
-
-	assert_non_null(f);
-	x = PEM_read_X509(f, NULL, NULL, NULL);
-	fclose(f);
-	assert_non_null(x);
-	return x;
-}
-
-static EVP_PKEY *read_key(const char *path)
-{
-	FILE *f = fopen(path, "r");
-	EVP_PKEY *k;
-
-	assert_non_null(f);
-	k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-	fclose(f);
-	assert_non_null(k);
-	return k;
-}
-
 static int setup(void **state)
 {
-	char err[256], path[96];
-
 	(void)state;
-	snprintf(pki.dir, sizeof(pki.dir), "/tmp/sr_tun_tls_XXXXXX");
-	assert_non_null(mkdtemp(pki.dir));
-	if (sr_devcert_write(pki.dir, NULL, 1, err, sizeof(err)) != 0)
-		fail_msg("sr_devcert_write: %s", err);
-	snprintf(pki.ca, sizeof(pki.ca), "%s/ca.pem", pki.dir);
-	snprintf(pki.relay_pem, sizeof(pki.relay_pem), "%s/relay.pem", pki.dir);
-	snprintf(pki.relay_key, sizeof(pki.relay_key), "%s/relay.key", pki.dir);
-	pki.ca_cert = read_cert(pki.ca);
-	snprintf(path, sizeof(path), "%s/ca.key", pki.dir);
-	pki.ca_key = read_key(path);
+	ts_pki_make(&pki.f, "tun-tls");
+	pki.ca_cert = ts_read_cert(pki.f.ca);
+	pki.ca_key = ts_read_key(pki.f.ca_key);
 	return 0;
 }
 
 static int teardown(void **state)
 {
-	static const char *const names[] = {"ca.pem",	  "ca.key",	 "relay.pem",
-					    "relay.key",  "sidecar.pem", "sidecar.key",
-					    "client.pem", "client.key"};
-	char path[128];
-
 	(void)state;
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-		snprintf(path, sizeof(path), "%s/%s", pki.dir, names[i]);
-		unlink(path);
-	}
-	rmdir(pki.dir);
+	ts_pki_remove(&pki.f);
 	X509_free(pki.ca_cert);
 	EVP_PKEY_free(pki.ca_key);
 	return 0;
@@ -118,7 +76,7 @@ static void make_client(const struct cn *cns, size_t ncn)
 	EVP_PKEY *key = EVP_EC_gen("P-256");
 	X509 *x = X509_new();
 	X509_NAME *name = X509_get_subject_name(x);
-	char path[96];
+	char path[TS_PKI_PATH];
 	FILE *f;
 
 	assert_non_null(key);
@@ -139,11 +97,11 @@ static void make_client(const struct cn *cns, size_t ncn)
 	assert_int_equal(X509_set_pubkey(x, key), 1);
 	assert_true(X509_sign(x, pki.ca_key, EVP_sha256()) > 0);
 
-	snprintf(path, sizeof(path), "%s/client.pem", pki.dir);
+	ts_dir_file(&pki.f.dir, "client.pem", path, sizeof(path));
 	assert_non_null(f = fopen(path, "w"));
 	assert_int_equal(PEM_write_X509(f, x), 1);
 	fclose(f);
-	snprintf(path, sizeof(path), "%s/client.key", pki.dir);
+	ts_dir_file(&pki.f.dir, "client.key", path, sizeof(path));
 	assert_non_null(f = fopen(path, "w"));
 	assert_int_equal(PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL), 1);
 	fclose(f);
@@ -155,18 +113,19 @@ static void make_client(const struct cn *cns, size_t ncn)
  * CN identity the relay would see. Returns tun_tls_peer_name's result. */
 static int peer_name_of_client(char *buf, size_t len)
 {
-	char err[512], cpem[96], ckey[96];
+	char err[512], cpem[TS_PKI_PATH], ckey[TS_PKI_PATH];
 	SSL_CTX *sctx, *cctx;
 	SSL *srv, *cli;
 	BIO *sb, *cb;
 	int sdone = 0, cdone = 0, rc;
 
-	snprintf(cpem, sizeof(cpem), "%s/client.pem", pki.dir);
-	snprintf(ckey, sizeof(ckey), "%s/client.key", pki.dir);
-	sctx = tun_tls_server_ctx(pki.relay_pem, pki.relay_key, pki.ca, 1, err, sizeof(err));
+	ts_dir_file(&pki.f.dir, "client.pem", cpem, sizeof(cpem));
+	ts_dir_file(&pki.f.dir, "client.key", ckey, sizeof(ckey));
+	sctx = tun_tls_server_ctx(pki.f.relay_pem, pki.f.relay_key, pki.f.ca, 1, err,
+				  sizeof(err));
 	if (!sctx)
 		fail_msg("server ctx: %s", err);
-	cctx = tun_tls_client_ctx(pki.ca, cpem, ckey, err, sizeof(err));
+	cctx = tun_tls_client_ctx(pki.f.ca, cpem, ckey, err, sizeof(err));
 	if (!cctx)
 		fail_msg("client ctx: %s", err);
 	srv = SSL_new(sctx);
