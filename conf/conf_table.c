@@ -180,6 +180,9 @@ static const struct conf_entry conf_h2[] = {
 	"Stop generating frames while more than this many bytes wait to be sent."),
     U32(struct tun_conn_opts, "sock_read_high", sock_read_high, 1024, 1073741824, "262144",
 	"Read high watermark of each bridged socket, bytes."),
+    U32(struct tun_conn_opts, "max_frame", max_frame, 16384, 16777215, "65536",
+	"Largest HTTP/2 DATA frame payload sent and accepted, bytes. Larger frames cost "
+	"less CPU per byte; a heartbeat may wait behind one frame of bulk data."),
     U32(struct tun_conn_opts, "max_streams", max_streams, 1, 1000000, "100000",
 	"Concurrent streams (executor connections) on one tunnel."),
 };

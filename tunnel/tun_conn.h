@@ -45,6 +45,7 @@ struct tun_conn_opts {
 	uint32_t out_high;         /* stop generating frames above this many queued bytes */
 	uint32_t sock_read_high;   /* read high watermark of each bridged socket */
 	uint32_t max_streams;      /* concurrent streams (sidecar advertises it) */
+	uint32_t max_frame;        /* largest DATA payload we send and accept, bytes */
 	/* Bytes read from this tunnel's sockets and not yet sent as DATA, summed
 	 * over its streams; 0 = no cap. Over it, every socket of the tunnel
 	 * reads only up to TUN_SOCK_IN_FLOOR bytes (TCP backpressure holds the
@@ -84,6 +85,13 @@ struct tun_conn_cbs {
 	/* Bytes were appended to tun_conn_output(): the transport should send
 	 * them. Called at the end of a flush, never from inside nghttp2. */
 	void (*on_output)(struct tun_conn *c, void *arg);
+	/* Optional, the transport's: send one DATA frame now, its 9-byte header
+	 * then len payload bytes found at offset off of src (which it must not
+	 * change). Called only when tun_conn_output() is empty, so frames stay in
+	 * order. Returns 0, SR_EBUSY (no room now: try later), or another SR_E*
+	 * (the transport failed). Without it frames are copied to the output. */
+	int (*on_data)(struct tun_conn *c, const uint8_t *hdr, struct evbuffer *src, size_t off,
+		       size_t len, void *arg);
 	/* Optional: the control messages queued so far have all gone out, after
 	 * tun_conn_ctl_flushed() returned 0. Frames submitted from here on
 	 * reach the peer after them. */
@@ -123,6 +131,17 @@ void tun_conn_free(struct tun_conn *c);
 /* Bytes from the peer (plaintext). Returns 0, or a negative SR_E* code once
  * the session has failed (it is closing; on_closed follows): stop feeding. */
 int tun_conn_recv(struct tun_conn *c, const uint8_t *data, size_t len);
+
+/* A reference-counted block of received plaintext. Given to
+ * tun_conn_recv_block(), its DATA payloads may go to a socket's output by
+ * reference instead of by copy (when that socket is keeping up), each such
+ * reference holding one count; release runs when the count drops to 0. */
+struct tun_rblock {
+	unsigned refs;
+	void (*release)(struct tun_rblock *b);
+};
+int tun_conn_recv_block(struct tun_conn *c, const uint8_t *data, size_t len,
+			struct tun_rblock *b);
 /* What to send to the peer; the transport drains it. Frames are generated
  * only while it holds less than opts.out_high bytes. */
 struct evbuffer *tun_conn_output(struct tun_conn *c);

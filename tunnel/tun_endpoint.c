@@ -18,7 +18,7 @@
 #define READ_CHUNK (64 * 1024)
 #define READ_BUDGET (512 * 1024)  /* per event, so one busy tunnel cannot starve the loop */
 #define CIPHER_HIGH (64 * 1024)   /* stop encrypting while this much waits for the socket */
-#define PLAIN_CHUNK (16 * 1024)   /* SSL_read into the parser this much at a time */
+#define PLAIN_BLOCK (64 * 1024)   /* decrypted bytes handed to the parser at once */
 
 enum ep_state {
 	EP_CONNECTING, /* TCP connect in progress */
@@ -31,7 +31,9 @@ struct tun_endpoint {
 	struct event_base *base;
 	int fd;
 	SSL *ssl;         /* NULL: plain transport */
-	BIO *rbio, *wbio; /* owned by ssl */
+	BIO *bio;         /* ours over cin/cout, owned by ssl */
+	struct evbuffer *cin;   /* bytes read from the socket, not yet decrypted */
+	struct plain_block *plain; /* decrypted bytes, reused (see ep_decrypt) */
 	struct event *rev, *wev;
 	struct event *timer;    /* handshake deadline */
 	struct event *close_ev; /* reports a transport failure from its own event */
@@ -132,8 +134,29 @@ static int evb_write_ex(BIO *b, const char *data, size_t len, size_t *written)
 	return 1;
 }
 
+/* ...and takes ciphertext from ep->cin, into which the socket is read
+ * directly: one copy (into OpenSSL's record buffer), where a memory BIO
+ * would take two. Empty means "would block", not end of file. */
+static int evb_read_ex(BIO *b, char *buf, size_t len, size_t *readbytes)
+{
+	struct tun_endpoint *ep = BIO_get_data(b);
+	int n = evbuffer_remove(ep->cin, buf, len);
+
+	BIO_clear_retry_flags(b);
+	if (n <= 0) {
+		BIO_set_retry_read(b);
+		return 0;
+	}
+	*readbytes = (size_t)n;
+	return 1;
+}
+
 static long evb_ctrl(BIO *b, int cmd, long num, void *ptr)
 {
+	struct tun_endpoint *ep = BIO_get_data(b);
+
+	if (cmd == BIO_CTRL_PENDING)
+		return ep ? (long)evbuffer_get_length(ep->cin) : 0;
 	return cmd == BIO_CTRL_FLUSH ? 1 : 0;
 }
 
@@ -150,6 +173,7 @@ static BIO_METHOD *evb_method(void)
 	if (!m) {
 		m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "sparkrelay evbuffer");
 		if (m && (!BIO_meth_set_write_ex(m, evb_write_ex) ||
+			  !BIO_meth_set_read_ex(m, evb_read_ex) ||
 			  !BIO_meth_set_ctrl(m, evb_ctrl) || !BIO_meth_set_create(m, evb_create))) {
 			BIO_meth_free(m);
 			m = NULL;
@@ -238,6 +262,82 @@ static int ep_encrypt(struct tun_endpoint *ep)
 	}
 }
 
+/* The session's DATA frames: header and payload go to TLS (or the socket)
+ * straight from the stream's socket input. The 9-byte header is a record of
+ * its own; with 64 KiB frames that costs less than copying the payload. */
+static int ep_write_frame(struct tun_endpoint *ep, const uint8_t *hdr, struct evbuffer *src,
+			  size_t off, size_t len);
+
+static int ep_on_data(struct tun_conn *c, const uint8_t *hdr, struct evbuffer *src, size_t off,
+		      size_t len, void *arg)
+{
+	struct tun_endpoint *ep = arg;
+	int rv;
+
+	if (ep->state != EP_OPEN)
+		return SR_EBUSY; /* failing: close_ev reports it */
+	rv = ep_write_frame(ep, hdr, src, off, len);
+	if (rv == 0 || rv == SR_EBUSY || rv == SR_EINVAL)
+		return rv;
+	/* The transport failed: the session stops here, and hears why from
+	 * close_ev, not as a failure of its own. */
+	ep_fail(ep, rv);
+	return SR_EBUSY;
+}
+
+static int ep_write_frame(struct tun_endpoint *ep, const uint8_t *hdr, struct evbuffer *src,
+			  size_t off, size_t len)
+{
+	struct evbuffer_iovec v[8];
+	struct evbuffer_ptr pos;
+	int n, rv;
+
+	if (evbuffer_get_length(ep->cout) >= CIPHER_HIGH) {
+		if ((rv = ep_send(ep)) != 0)
+			return rv;
+		if (evbuffer_get_length(ep->cout) >= CIPHER_HIGH)
+			return SR_EBUSY;
+	}
+	if (evbuffer_ptr_set(src, &pos, off, EVBUFFER_PTR_SET) != 0)
+		return SR_EINVAL;
+	if (!ep->ssl) {
+		if (evbuffer_add(ep->cout, hdr, 9) != 0)
+			return SR_ENOMEM;
+		while (len > 0) {
+			n = evbuffer_peek(src, (ev_ssize_t)len, &pos, v, (int)SR_ARRAY_LEN(v));
+			if (n <= 0)
+				return SR_EINVAL;
+			for (int i = 0; i < n && i < (int)SR_ARRAY_LEN(v) && len > 0; i++) {
+				size_t k = v[i].iov_len < len ? v[i].iov_len : len;
+				if (evbuffer_add(ep->cout, v[i].iov_base, k) != 0)
+					return SR_ENOMEM;
+				len -= k;
+				evbuffer_ptr_set(src, &pos, k, EVBUFFER_PTR_ADD);
+			}
+		}
+		return ep_send(ep);
+	}
+	if (SSL_write(ep->ssl, hdr, 9) != 9) {
+		ep_set_err_ssl(ep, "TLS write");
+		return SR_ETLS;
+	}
+	while (len > 0) {
+		n = evbuffer_peek(src, (ev_ssize_t)len, &pos, v, (int)SR_ARRAY_LEN(v));
+		if (n <= 0)
+			return SR_EINVAL;
+		for (int i = 0; i < n && i < (int)SR_ARRAY_LEN(v) && len > 0; i++) {
+			size_t k = v[i].iov_len < len ? v[i].iov_len : len;
+			if (SSL_write(ep->ssl, v[i].iov_base, (int)k) != (int)k) {
+				ep_set_err_ssl(ep, "TLS write");
+				return SR_ETLS;
+			}
+			len -= k;
+			evbuffer_ptr_set(src, &pos, k, EVBUFFER_PTR_ADD);
+		}
+	}
+	return ep_send(ep);
+}
+
 static void ep_on_output(struct tun_conn *c, void *arg)
 {
 	struct tun_endpoint *ep = arg;
@@ -259,6 +359,7 @@ static void ep_up(struct tun_endpoint *ep)
 		.on_ctl_open = fw_ctl_open,
 		.on_connect = fw_connect,
 		.on_output = ep_on_output,
+		.on_data = ep_on_data,
 		.on_ctl_sent = fw_ctl_sent,
 		.on_rtt = fw_rtt,
 		.on_closed = ep_conn_closed,
@@ -318,23 +419,77 @@ static void ep_handshake(struct tun_endpoint *ep)
 
 /* ---- plaintext into the session ------------------------------------------------ */
 
+/* Decrypted bytes, counted (tun_rblock): DATA in them may go to a socket's
+ * output by reference. One is reused while nobody else holds it. */
+struct plain_block {
+	struct tun_rblock rb;
+	size_t len;
+	uint8_t data[PLAIN_BLOCK];
+};
+
+static void plain_block_release(struct tun_rblock *rb)
+{
+	free(rb);
+}
+
+static struct plain_block *plain_block_get(struct tun_endpoint *ep)
+{
+	struct plain_block *b = ep->plain;
+
+	if (b && b->rb.refs == 1) {
+		b->len = 0;
+		return b;
+	}
+	if (b && --b->rb.refs == 0)
+		free(b);
+	b = malloc(sizeof(*b));
+	ep->plain = b;
+	if (b) {
+		b->rb.refs = 1; /* ours */
+		b->rb.release = plain_block_release;
+		b->len = 0;
+	}
+	return b;
+}
+
 static int ep_decrypt(struct tun_endpoint *ep)
 {
-	uint8_t buf[PLAIN_CHUNK];
-
 	for (;;) {
-		int n = SSL_read(ep->ssl, buf, sizeof(buf));
-		if (n > 0) {
-			if (tun_conn_recv(ep->conn, buf, (size_t)n) != 0) {
+		struct plain_block *b = plain_block_get(ep);
+		int n = 0, rv, err = SSL_ERROR_NONE;
+
+		if (!b) {
+			snprintf(ep->err, sizeof(ep->err), "out of memory");
+			return SR_ENOMEM;
+		}
+		/* Fill the block with records, then parse it at once. */
+		while (b->len < sizeof(b->data)) {
+			n = SSL_read(ep->ssl, b->data + b->len, (int)(sizeof(b->data) - b->len));
+			if (n <= 0)
+				break;
+			b->len += (size_t)n;
+		}
+		/* Read the reason now: feeding the session may write (and so
+		 * change what SSL_get_error would say). */
+		if (n <= 0) {
+			err = SSL_get_error(ep->ssl, n);
+			if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_ZERO_RETURN)
+				ep_set_err_ssl(ep, "TLS read");
+		}
+		if (b->len > 0) {
+			rv = tun_conn_recv_block(ep->conn, b->data, b->len, &b->rb);
+			b->len = 0;
+			if (rv != 0) {
 				/* The session failed and is closing: it reports. */
 				event_del(ep->rev);
 				return 0;
 			}
 			if (ep->state != EP_OPEN)
 				return 0;
-			continue;
 		}
-		switch (SSL_get_error(ep->ssl, n)) {
+		switch (err) {
+		case SSL_ERROR_NONE:
+			continue; /* the block was full: there may be more */
 		case SSL_ERROR_WANT_READ:
 			if (ep->peer_eof) {
 				snprintf(ep->err, sizeof(ep->err),
@@ -349,35 +504,42 @@ static int ep_decrypt(struct tun_endpoint *ep)
 			snprintf(ep->err, sizeof(ep->err), "peer closed the TLS session");
 			return SR_ECLOSED;
 		default:
-			ep_set_err_ssl(ep, "TLS read");
 			return SR_ETLS;
 		}
 	}
 }
 
+/* Plain transport: hand what was read to the session, chunk by chunk. */
+static int plain_feed(struct tun_endpoint *ep)
+{
+	struct evbuffer_iovec v[8];
+
+	while (evbuffer_get_length(ep->cin) > 0) {
+		int n = evbuffer_peek(ep->cin, -1, NULL, v, (int)SR_ARRAY_LEN(v));
+		size_t used = 0;
+		if (n > (int)SR_ARRAY_LEN(v))
+			n = (int)SR_ARRAY_LEN(v);
+		for (int i = 0; i < n; i++) {
+			if (tun_conn_recv(ep->conn, v[i].iov_base, v[i].iov_len) != 0)
+				return -1;
+			used += v[i].iov_len;
+		}
+		evbuffer_drain(ep->cin, used);
+	}
+	return 0;
+}
+
 static void read_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct tun_endpoint *ep = arg;
-	uint8_t buf[READ_CHUNK];
 	size_t total = 0;
 	int rv;
 
 	while (total < READ_BUDGET && ep->state != EP_DEAD) {
-		ssize_t n = recv(ep->fd, buf, sizeof(buf), 0);
+		int n = evbuffer_read(ep->cin, ep->fd, READ_CHUNK);
 		if (n > 0) {
 			total += (size_t)n;
-			if (!ep->ssl) {
-				if (ep->state != EP_OPEN ||
-				    tun_conn_recv(ep->conn, buf, (size_t)n) != 0) {
-					event_del(ep->rev);
-					return;
-				}
-			} else if (BIO_write(ep->rbio, buf, (int)n) != (int)n) {
-				snprintf(ep->err, sizeof(ep->err), "out of memory");
-				ep_fail(ep, SR_ENOMEM);
-				return;
-			}
-			if ((size_t)n < sizeof(buf))
+			if (n < READ_CHUNK)
 				break;
 			continue;
 		}
@@ -399,6 +561,10 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
 	if (ep->state != EP_OPEN)
 		return;
 	if (!ep->ssl) {
+		if (plain_feed(ep) != 0) {
+			event_del(ep->rev); /* the session is closing: it reports */
+			return;
+		}
 		if (ep->peer_eof) {
 			snprintf(ep->err, sizeof(ep->err), "connection closed by peer");
 			ep_fail(ep, SR_ECLOSED);
@@ -481,26 +647,21 @@ struct tun_endpoint *tun_endpoint_new(struct event_base *base, int fd,
 	ep->handshake_timeout_ms = o->handshake_timeout_ms;
 	snprintf(ep->logctx, sizeof(ep->logctx), "%s", o->logctx ? o->logctx : "");
 	ep->cout = evbuffer_new();
+	ep->cin = evbuffer_new();
 	ep->rev = event_new(base, fd, EV_READ | EV_PERSIST, read_cb, ep);
 	ep->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, write_cb, ep);
 	ep->timer = evtimer_new(base, timeout_cb, ep);
 	ep->close_ev = event_new(base, -1, 0, close_cb, ep);
-	if (!ep->cout || !ep->rev || !ep->wev || !ep->timer || !ep->close_ev)
+	if (!ep->cout || !ep->cin || !ep->rev || !ep->wev || !ep->timer || !ep->close_ev)
 		goto fail;
 	if (ssl) {
 		if (!evb_method())
 			goto fail;
-		ep->rbio = BIO_new(BIO_s_mem());
-		ep->wbio = BIO_new(evb_method());
-		if (!ep->rbio || !ep->wbio) {
-			BIO_free(ep->rbio);
-			BIO_free(ep->wbio);
+		ep->bio = BIO_new(evb_method());
+		if (!ep->bio)
 			goto fail;
-		}
-		BIO_set_data(ep->wbio, ep);
-		/* An empty read BIO means "would block", not end of file. */
-		BIO_set_mem_eof_return(ep->rbio, -1);
-		SSL_set_bio(ssl, ep->rbio, ep->wbio);
+		BIO_set_data(ep->bio, ep);
+		SSL_set_bio(ssl, ep->bio, ep->bio); /* one reference, both ways */
 		if (o->role == TUN_ROLE_RELAY)
 			SSL_set_accept_state(ssl);
 		else
@@ -559,6 +720,10 @@ void tun_endpoint_free(struct tun_endpoint *ep)
 		SSL_free(ep->ssl); /* before cout: its write BIO appends there */
 	if (ep->cout)
 		evbuffer_free(ep->cout);
+	if (ep->cin)
+		evbuffer_free(ep->cin);
+	if (ep->plain && --ep->plain->rb.refs == 0)
+		free(ep->plain);
 	if (ep->fd >= 0)
 		close(ep->fd);
 	free(ep);

@@ -107,6 +107,7 @@ enum tc_state {
 struct tun_conn {
 	struct event_base *base;
 	struct evbuffer *out; /* frames for the transport to send */
+	struct tun_rblock *rblock; /* what tun_conn_recv is parsing now, if counted */
 	nghttp2_session *h2;
 	enum tun_role role;
 	struct tun_conn_opts opts;

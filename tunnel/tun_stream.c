@@ -34,8 +34,9 @@
 
 #include <event2/event.h>
 
-/* One DATA frame plus its 9-byte header fills one 16 KiB TLS record. */
-#define TS_FRAME_PAYLOAD (16384 - 9)
+/* Payloads at least this large may be queued by reference (stream_take_data). */
+#define TS_REF_MIN 4096
+
 
 static void stream_log_ctx(const struct tun_stream *s, char *buf, size_t len)
 {
@@ -610,13 +611,39 @@ void tun_stream_free(struct tun_stream *s)
 	free(s);
 }
 
+static void rblock_unref(const void *data, size_t len, void *extra)
+{
+	struct tun_rblock *b = extra;
+
+	if (--b->refs == 0)
+		b->release(b);
+}
+
+/* DATA for the socket. When the socket is keeping up (its output is empty:
+ * the bytes go out within this loop iteration) a large payload is queued by
+ * reference to the received block rather than copied; otherwise copied, so
+ * that a slow socket pins no more than its own bytes. */
+static int stream_take_data(struct tun_stream *s, const uint8_t *data, size_t len)
+{
+	struct evbuffer *out = bufferevent_get_output(s->sock);
+	struct tun_rblock *b = s->conn->rblock;
+
+	if (b && len >= TS_REF_MIN && evbuffer_get_length(out) == 0) {
+		b->refs++;
+		if (evbuffer_add_reference(out, data, len, rblock_unref, b) == 0)
+			return 0;
+		b->refs--;
+	}
+	return bufferevent_write(s->sock, data, len);
+}
+
 void tun_stream_on_data(struct tun_stream *s, const uint8_t *data, size_t len)
 {
 	if (s->st >= TS_ST_DEAD || !s->sock) {
 		tun_conn_consume(s->conn, s->id, len);
 		return;
 	}
-	if (bufferevent_write(s->sock, data, len) != 0) {
+	if (stream_take_data(s, data, len) != 0) {
 		tun_conn_consume(s->conn, s->id, len);
 		tun_conn_reset_stream(s->conn, s, NGHTTP2_INTERNAL_ERROR);
 		tun_stream_kill(s, 1);
@@ -710,8 +737,8 @@ static ssize_t stream_read_cb(nghttp2_session *h2, int32_t id, uint8_t *buf, siz
 		s->flags |= TS_F_DEFERRED;
 		return NGHTTP2_ERR_DEFERRED;
 	}
-	if (length > TS_FRAME_PAYLOAD)
-		length = TS_FRAME_PAYLOAD;
+	if (length > s->conn->opts.max_frame)
+		length = s->conn->opts.max_frame;
 	if (avail > length)
 		avail = length;
 	*data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
