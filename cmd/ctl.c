@@ -479,10 +479,11 @@ static int print_json_body(const struct ctl_resp *r)
 {
 	json_error_t e;
 	json_t *j = json_loadb(r->body, r->len, 0, &e);
+	char near[SR_ESC_SIZE(60)];
 
 	if (!j) {
 		fprintf(stderr, "sparkrelay ctl: the admin API answered malformed JSON: %s\n",
-			e.text);
+			sr_mask_n(e.text, 60, near, sizeof(near)));
 		return CTL_EAPI;
 	}
 	/* ENSURE_ASCII: \uXXXX for everything else, C1 controls included. */

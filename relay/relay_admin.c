@@ -5,6 +5,7 @@
 #include "relay/relay_admin.h"
 #include "relay/relay_view.h"
 
+#include "common/sr_text.h"
 #include "common/sr_err.h"
 #include "common/sr_http.h"
 #include "common/sr_http_guard.h"
@@ -412,6 +413,7 @@ static void h_explain(struct relay_admin *a, struct evhttp_request *req, const c
 	const char *cn, *token, *app, *addr;
 	char msg[256], *out = NULL;
 	json_error_t jerr;
+	char near[SR_ESC_SIZE(60)];
 	json_t *body;
 	int n;
 
@@ -422,7 +424,8 @@ static void h_explain(struct relay_admin *a, struct evhttp_request *req, const c
 		snprintf(msg, sizeof(msg),
 			 "body must be a JSON object {\"cn\",\"token\",\"app\","
 			 "\"addr\"}%s%s",
-			 body ? "" : ": ", body ? "" : jerr.text);
+			 body ? "" : ": ",
+			 body ? "" : sr_mask_n(jerr.text, 60, near, sizeof(near)));
 		sr_http_reply_error(req, 400, msg);
 		goto out;
 	}

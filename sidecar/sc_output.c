@@ -148,6 +148,7 @@ void sc_print_settings(const struct sidecar_lease_info *l)
 void sc_state_load(const char *path, char *resume, size_t len)
 {
 	json_error_t jerr;
+	char near[SR_ESC_SIZE(60)], epath[SR_ESC_SIZE(200)];
 	json_t *root, *v;
 
 	resume[0] = '\0';
@@ -156,7 +157,9 @@ void sc_state_load(const char *path, char *resume, size_t len)
 	root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
 	if (!root) {
 		if (access(path, F_OK) == 0)
-			SR_WARN("", "ignoring state file %s: %s", path, jerr.text);
+			SR_WARN("", "ignoring state file \"%s\": %s",
+				sr_esc(path, epath, sizeof(epath)),
+				sr_mask_n(jerr.text, 60, near, sizeof(near)));
 		return;
 	}
 	v = json_object_get(root, "resume");

@@ -421,6 +421,7 @@ int tun_ctl_parse(const void *body, size_t len, struct tun_ctl_msg *msg, char *e
 		  size_t errlen)
 {
 	json_error_t jerr;
+	char near[SR_ESC_SIZE(40)];
 	json_t *root;
 	int rc;
 
@@ -429,8 +430,9 @@ int tun_ctl_parse(const void *body, size_t len, struct tun_ctl_msg *msg, char *e
 	 * level, and trailing bytes after it are an error (EOF check on). */
 	root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
 	if (root == NULL) {
+		/* jansson quotes the peer's bytes near the error: masked. */
 		sr_seterr(err, errlen, "malformed JSON at byte %d: %s", jerr.position,
-			   jerr.text);
+			   sr_mask_n(jerr.text, 40, near, sizeof(near)));
 		return SR_EPROTO;
 	}
 	if (!json_is_object(root)) {

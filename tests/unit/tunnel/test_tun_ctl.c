@@ -430,6 +430,21 @@ static void test_malformed_json(void **state)
 		    "malformed JSON");
 }
 
+/* jansson quotes the bytes near a syntax error; the peer chose them, and
+ * the message ends up in a log line: nothing outside printable ASCII. */
+static void test_malformed_json_message_is_masked(void **state)
+{
+	static const char body[] = "{\"v\":1,\"type\":\xe2\x80\xae\x1b[31m\xc2\x9b}";
+	struct tun_ctl_msg m;
+	char err[256];
+
+	(void)state;
+	assert_int_equal(tun_ctl_parse(body, sizeof(body) - 1, &m, err, sizeof(err)), SR_EPROTO);
+	assert_non_null(strstr(err, "malformed JSON"));
+	for (const unsigned char *p = (const unsigned char *)err; *p; p++)
+		assert_true(*p >= 0x20 && *p < 0x7f);
+}
+
 static void test_non_object(void **state)
 {
 	expect_fail("[{\"v\":1,\"type\":\"drain\"}]", SR_EPROTO, "must be a JSON object");
@@ -1026,6 +1041,7 @@ int main(void)
 	    cmocka_unit_test(test_zero_length),
 	    cmocka_unit_test(test_decode_bad_body_drains_that_frame),
 	    cmocka_unit_test(test_malformed_json),
+	    cmocka_unit_test(test_malformed_json_message_is_masked),
 	    cmocka_unit_test(test_non_object),
 	    cmocka_unit_test(test_duplicate_keys),
 	    cmocka_unit_test(test_version),
