@@ -311,6 +311,10 @@ static void h_revoke(struct relay_admin *a, struct evhttp_request *req, const ch
 		sr_http_reply_error(req, 404, "no such lease");
 		return;
 	}
+	if (rv == SR_EBUSY) {
+		sr_http_reply_error(req, 503, "a handover to a new relay is under way");
+		return;
+	}
 	if (rv != 0) {
 		sr_http_reply_error(req, 500, sr_strerror(rv));
 		return;
