@@ -83,6 +83,7 @@ struct relay_handover {
 	char admin_listen[256];
 	size_t nleases, nstreams, npending;
 	uint64_t nbytes;
+	uint64_t nretained; /* of nbytes, sent and not yet acknowledged */
 };
 
 /* ---- messages ------------------------------------------------------------------ */
@@ -265,6 +266,16 @@ static int peer_allowed(int fd, pid_t *pid)
 	return uc.uid == geteuid() || uc.uid == 0;
 }
 
+/* "pid N", or what a peer in another PID namespace (another pod) is. */
+static const char *who(pid_t pid, char *buf, size_t len)
+{
+	if (pid > 0)
+		snprintf(buf, len, "pid %ld", (long)pid);
+	else
+		snprintf(buf, len, "a relay in another PID namespace");
+	return buf;
+}
+
 /* "host:port" strings naming the same address and port. */
 static int same_listen(const char *a, const char *b)
 {
@@ -441,13 +452,16 @@ static void commit(struct relay_handover *h, const json_t *ready)
 {
 	struct relay *r = h->r;
 	uint64_t ms = (sr_now_us() - h->t0_us) / 1000u;
+	char wb[64];
 
 	if (json_is_true(json_object_get(ready, "handover_socket")))
 		h->own_path = 0; /* the new relay listens on it now */
 	SR_INFO("",
-		"handed over to pid %ld in %" PRIu64 " ms: %zu leases, %zu executor "
-		"connections (%" PRIu64 " bytes buffered), %zu waiting; exiting",
-		(long)h->peer_pid, ms, h->nleases, h->nstreams, h->nbytes, h->npending);
+		"handed over to %s in %" PRIu64 " ms: %zu leases, %zu executor "
+		"connections (%" PRIu64 " bytes buffered, %" PRIu64 " of them sent and not yet "
+		"acknowledged), %zu waiting; exiting",
+		who(h->peer_pid, wb, sizeof(wb)), ms, h->nleases, h->nstreams, h->nbytes,
+		h->nretained, h->npending);
 	forget_all(r);
 	h->phase = HO_GONE;
 	conn_end(h);
@@ -462,6 +476,7 @@ static void give_up(struct relay_handover *h, const char *why)
 {
 	struct relay *r = h->r;
 	int was_frozen = h->phase == HO_SENT;
+	char wb[64];
 
 	if (was_frozen) {
 		struct ho_msg *m = malloc(sizeof(*m));
@@ -480,7 +495,7 @@ static void give_up(struct relay_handover *h, const char *why)
 		}
 		free(m);
 	}
-	SR_WARN("", "handover to pid %ld abandoned: %s%s", (long)h->peer_pid, why,
+	SR_WARN("", "handover to %s abandoned: %s%s", who(h->peer_pid, wb, sizeof(wb)), why,
 		was_frozen ? "; this relay goes on (accepting again)" : "");
 	conn_end(h);
 	if (was_frozen) {
@@ -621,8 +636,12 @@ static void send_lease(struct relay_lease_ext *lx, void *arg)
 	     s = tun_handover_next(lx->group, s)) {
 		int fd = tun_handover_stream_fd(s);
 		json_t *m = tun_handover_stream_json(s);
-		if (m)
+		if (m) {
 			json_object_set_new(m, "kind", json_string("stream"));
+			h->nretained +=
+			    (uint64_t)(json_integer_value(json_object_get(m, "tx_sent")) -
+				       json_integer_value(json_object_get(m, "tx_acked")));
+		}
 		sn->rc = ho_send_json(h->fd, HO_ITEM, m, &fd, fd >= 0, sn->deadline_us);
 		if (!sn->rc)
 			sn->rc = send_data(sn, tun_handover_stream_in(s));
@@ -718,7 +737,7 @@ static void on_hello(struct relay_handover *h, const json_t *j)
 	struct relay *r = h->r;
 	const char *listen = json_string_value(json_object_get(j, "listen"));
 	json_t *v = json_object_get(j, "v");
-	char why[512], lb[SR_ESC_SIZE(128)];
+	char why[512], lb[SR_ESC_SIZE(128)], wb[64];
 
 	if (!json_is_integer(v) || json_integer_value(v) != HO_VERSION) {
 		snprintf(why, sizeof(why), "handover protocol v%d is required", HO_VERSION);
@@ -735,29 +754,30 @@ static void on_hello(struct relay_handover *h, const json_t *j)
 		why[0] = '\0';
 	}
 	if (why[0]) {
-		SR_WARN("", "takeover by pid %ld refused: %s", (long)h->peer_pid, why);
+		SR_WARN("", "takeover by %s refused: %s", who(h->peer_pid, wb, sizeof(wb)),
+			why);
 		refuse(h, why);
 		conn_end(h);
 		return;
 	}
 	SR_INFO("",
-		"handover to pid %ld: freezing (no accepts; tunnels closed, their streams "
+		"handover to %s: freezing (no accepts; tunnels closed, their streams "
 		"held for the sidecars to resume)",
-		(long)h->peer_pid);
+		who(h->peer_pid, wb, sizeof(wb)));
 	h->nleases = h->nstreams = h->npending = 0;
-	h->nbytes = 0;
+	h->nbytes = h->nretained = 0;
 	h->phase = HO_SENT;
 	if (freeze(r) != 0) {
 		give_up(h, "a lease's streams are still carried by a session");
 		return;
 	}
 	if (send_state(h) == 0)
-		SR_INFO(
-		    "",
-		    "handover to pid %ld: state sent (%zu leases, %zu executor connections, "
-		    "%" PRIu64 " bytes, %zu waiting) in %" PRIu64 " ms; waiting for its commit",
-		    (long)h->peer_pid, h->nleases, h->nstreams, h->nbytes, h->npending,
-		    (sr_now_us() - h->t0_us) / 1000u);
+		SR_INFO("",
+			"handover to %s: state sent (%zu leases, %zu executor connections, "
+			"%" PRIu64 " bytes, %zu waiting) in %" PRIu64
+			" ms; waiting for its commit",
+			who(h->peer_pid, wb, sizeof(wb)), h->nleases, h->nstreams, h->nbytes,
+			h->npending, (sr_now_us() - h->t0_us) / 1000u);
 }
 
 static void read_cb(evutil_socket_t fd, short what, void *arg)
