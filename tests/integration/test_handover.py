@@ -387,6 +387,31 @@ class TestHandoverConfig(HandoverCase):
         e.close()
 
 
+class TestHandoverWithTheSidecarAway(HandoverCase):
+
+    def test_lease_in_grace_and_waiting_executor_move(self):
+        st = self.stack
+        st.start_driver()
+        self.stack_sidecar_sigkill()
+        self.assertTrue(X.wait_log(st.relay, "tunnel lost", 10))
+        # an executor arrives while the tunnel is away: it waits in the relay
+        s = H.connect(st.exec_host, st.ports["driver"], timeout=30)
+        m = H.message(1, 4 * KiB, seed=42)
+        s.sendall(m)
+        self.assertTrue(X.wait_log(st.relay, "waiting for the tunnel", 10))
+        old = st.relay
+        new, _ = self.takeover()
+        self.assertEqual(self.handover_line(old)[-1], 1, "the waiting executor was not passed")
+        # the sidecar comes back to the new relay: same lease, and the executor
+        # that waited gets through with its first bytes
+        self.restart_stack_sidecar("tunnel-2")
+        self.assertTrue(X.wait_log(new, "resuming lease " + st.lease["lease"], 15),
+                        "the sidecar did not resume its lease on the new relay")
+        end, got, _, data = H.recv_exact(s, len(m))
+        self.assertEqual((end, data == m), ("ok", True), "waiting executor: %s after %d" % (end, got))
+        s.close()
+
+
 # A stand-in for a new relay that stops mid-handover: it greets the running
 # relay, reads its state (descriptors included) and then either waits to be
 # killed or just never commits.
