@@ -1072,6 +1072,21 @@ static const char *j_str(const json_t *o, const char *key)
 	return json_string_value(json_object_get(o, key));
 }
 
+/* A pool, tenant or route name as the configuration allows it (conf_table.c):
+ * they reach log lines and metrics labels as they are. */
+static int valid_name(const char *s)
+{
+	size_t n = s ? strlen(s) : 0;
+
+	if (n < 1 || n > 63)
+		return 0;
+	for (; *s; s++)
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+		      (*s >= '0' && *s <= '9') || *s == '.' || *s == '_' || *s == '-'))
+			return 0;
+	return 1;
+}
+
 static int pool_same(const struct relay_pool_opts *a, const struct relay_pool_opts *b)
 {
 	return relay_str_eq(a->bind_address, b->bind_address) &&
@@ -1095,10 +1110,9 @@ static struct relay_pool_rt *take_pool(struct take *tk, const json_t *pj)
 	uint64_t v[4];
 
 	memset(&po, 0, sizeof(po));
-	if (!name || !*name || strlen(name) > 63 || j_u64(pj, "port_min", &v[0]) ||
-	    j_u64(pj, "port_max", &v[1]) || j_u64(pj, "max_leases", &v[2]) ||
-	    j_u64(pj, "backlog", &v[3]) || v[0] < 1 || v[0] > v[1] || v[1] > 65535 ||
-	    v[2] > 65535 || v[3] > 65535)
+	if (!valid_name(name) || j_u64(pj, "port_min", &v[0]) || j_u64(pj, "port_max", &v[1]) ||
+	    j_u64(pj, "max_leases", &v[2]) || j_u64(pj, "backlog", &v[3]) || v[0] < 1 ||
+	    v[0] > v[1] || v[1] > 65535 || v[2] > 65535 || v[3] > 65535)
 		return NULL;
 	po.bind_address = (char *)j_str(pj, "bind");
 	po.advertise_host = (char *)j_str(pj, "advertise");
@@ -1229,10 +1243,10 @@ static int take_lease(struct take *tk, const json_t *j)
 	if (j_u64(j, "roles", &roles) || j_u64(j, "ttl_s", &ttl) ||
 	    j_u64(j, "conns_total", &conns) || j_u64(j, "detached_ms", &detached) ||
 	    j_u64(j, "grace_left_ms", &grace) || !json_is_array(ports) ||
-	    json_array_size(ports) != TUN_PORT_MAX || !tenant ||
-	    strlen(tenant) >= sizeof(lx->tenant_name) || !route ||
-	    strlen(route) >= sizeof(lx->route_name) || !idkey ||
-	    strlen(idkey) >= RELAY_IDKEY_MAX || !src || ttl > TUN_CTL_TTL_MAX || roles > 0xff)
+	    json_array_size(ports) != TUN_PORT_MAX || !valid_name(tenant) ||
+	    !valid_name(route) || !idkey || strlen(idkey) >= RELAY_IDKEY_MAX || !src ||
+	    ttl > TUN_CTL_TTL_MAX || roles > 0xff || !ls.id || !tun_ctl_valid_lease_id(ls.id) ||
+	    !ls.app || !tun_ctl_valid_app(ls.app))
 		return take_fail(tk, "a lease item is malformed");
 	ls.roles = (unsigned)roles;
 	ls.ttl_s = (uint32_t)ttl;
@@ -1254,11 +1268,11 @@ static int take_lease(struct take *tk, const json_t *j)
 			if (ls.fds[i] >= 0)
 				close(ls.fds[i]);
 		return take_fail(tk, "lease %s: its pool is malformed (or out of memory)",
-				 ls.id ? ls.id : "?");
+				 ls.id);
 	}
 	rc = relay_lease_adopt(pr->t, &ls, &l); /* steals the fds */
 	if (rc)
-		return take_fail(tk, "lease %s: %s", ls.id ? ls.id : "?",
+		return take_fail(tk, "lease %s: %s", ls.id,
 				 rc == SR_EINVAL ? "its ports, id or token do not fit its pool"
 						 : sr_strerror(rc));
 	lx = calloc(1, sizeof(*lx));
@@ -1384,7 +1398,8 @@ static int take_pending(struct take *tk, const json_t *j)
 	if (!tk->lx || fd < 0 || j_u64(j, "conn", &conn) || j_u64(j, "role", &role) ||
 	    role >= TUN_PORT_MAX ||
 	    !relay_lease_port(tk->lx->lease, (enum tun_port_role)role) ||
-	    j_u64(j, "waited_ms", &waited) || !peer || strlen(peer) >= SR_ADDRSTRLEN) {
+	    j_u64(j, "waited_ms", &waited) || !peer || strlen(peer) >= SR_ADDRSTRLEN ||
+	    strspn(peer, "0123456789abcdefABCDEF.:[]") != strlen(peer)) {
 		if (fd >= 0)
 			close(fd);
 		return take_fail(tk, "a waiting executor item is malformed");
@@ -1450,9 +1465,11 @@ static int take_relay(struct take *tk, const json_t *j)
 	    !json_is_array(names) || json_array_size(names) != tk->m.nfds ||
 	    j_u64(j, "next_conn_id", &next_id) || !listen)
 		return take_fail(tk, "the relay item is malformed");
-	if (!same_listen(listen, tk->o->listen))
+	if (!same_listen(listen, tk->o->listen)) {
+		char lb[SR_ESC_SIZE(128)];
 		return take_fail(tk, "relay.listen differs (%s here, %s there)", tk->o->listen,
-				 listen);
+				 sr_esc_n(listen, 128, lb, sizeof(lb)));
+	}
 	json_array_foreach(names, i, n)
 	{
 		const char *name = json_string_value(n);

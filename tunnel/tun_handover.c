@@ -184,6 +184,13 @@ static int get_str(const json_t *o, const char *key, char *dst, size_t len)
 	return 0;
 }
 
+/* An executor address as the relay formats it ("1.2.3.4:5", "[::1]:5"): it
+ * goes into log lines and a CONNECT header as it is. */
+static int valid_peer(const char *p)
+{
+	return *p && strspn(p, "0123456789abcdefABCDEF.:[]") == strlen(p);
+}
+
 /* Link s at the head of one of g's lists. */
 static void link_front(struct tun_stream **head, struct tun_stream *s)
 {
@@ -226,6 +233,10 @@ int tun_handover_adopt(struct tun_group *g, const json_t *meta, int fd, struct e
 	    get_bool(meta, "finishing", &finishing) || get_u64(meta, "in", &in_len) ||
 	    get_u64(meta, "out", &out_len)) {
 		bad = "a field is missing or has the wrong type";
+		goto fail;
+	}
+	if (!valid_peer(s->peer)) {
+		bad = "its executor address is malformed";
 		goto fail;
 	}
 	if (strcmp(s->lease_id, g->lease) != 0) {
