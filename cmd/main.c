@@ -305,7 +305,8 @@ static int run_role(int argc, char **argv, int is_relay)
 			SR_INFO("", "no relay to take over (%s): starting afresh", err);
 			rc.relay = relay_new(rc.base, &cfg.relay, err, sizeof(err));
 		} else if (!rc.relay) {
-			SR_ERROR("", "takeover failed, the running relay keeps everything: %s", err);
+			SR_ERROR("", "takeover failed%s: %s",
+				 none ? "" : ", the running relay keeps everything", err);
 			goto out;
 		}
 	} else if (is_relay) {
