@@ -469,6 +469,7 @@ int cmd_demo(int argc, char **argv)
 	 * source port. */
 	snprintf(json, sizeof(json),
 		 "{\"relay\": {\"listen\": \"127.0.0.1:0\", \"admin\": {\"listen\": null},"
+		 " \"handover_socket\": null,"
 		 " \"tls\": {\"cert\": \"%s\", \"key\": \"%s\"},"
 		 " \"pool\": {\"bind\": \"127.0.0.2\", \"advertise\": \"127.0.0.2\","
 		 " \"port_min\": 31000, \"port_max\": 31999}}}",

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 
@@ -31,6 +32,10 @@ static void usage(FILE *out)
 		"  demo                     relay, sidecar, stand-in driver and executors on\n"
 		"                           loopback with throw-away certificates (start here)\n"
 		"  relay  --config FILE     run the relay (cluster side, DaemonSet)\n"
+		"         [--takeover[=auto]] take over from the relay running on\n"
+		"                           relay.handover_socket, losing no connection\n"
+		"                           (auto: start afresh when none runs there)\n"
+		"         [--wait-after-handover] once taken over, wait for SIGTERM\n"
 		"  tunnel --config FILE     run the sidecar (notebook side)\n"
 		"  ctl COMMAND              admin client: sessions, leases, drain, reload, ...\n"
 		"  check-config FILE        validate a configuration file and print it\n"
@@ -52,6 +57,19 @@ struct run_ctx {
 	struct sr_config *cfg;
 	const char *config; /* file to re-read on reload, NULL = environment only */
 	int signals;
+	int idle; /* handed over, waiting for a signal to exit (--wait-after-handover) */
+};
+
+/* relay --takeover */
+enum takeover_mode {
+	TAKEOVER_NO = 0,
+	TAKEOVER_REQUIRED, /* fail when no relay answers on relay.handover_socket */
+	TAKEOVER_AUTO,     /* start afresh then */
+};
+
+struct relay_flags {
+	enum takeover_mode takeover;
+	int wait_after_handover;
 };
 
 /* Re-read the configuration and apply it to the relay atomically; a bad file
@@ -91,8 +109,9 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
 {
 	struct run_ctx *rc = arg;
 
-	if (++rc->signals > 1) {
-		SR_WARN("", "second signal: exiting now");
+	if (++rc->signals > 1 || rc->idle) {
+		if (!rc->idle)
+			SR_WARN("", "second signal: exiting now");
 		event_base_loopbreak(rc->base);
 		return;
 	}
@@ -126,6 +145,10 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
 	struct run_ctx *rc = arg;
 	char err[1024];
 
+	if (rc->idle) {
+		SR_INFO("", "SIGHUP: this relay handed over to a new process; nothing to reload");
+		return;
+	}
 	if (!rc->relay) {
 		SR_WARN("", "SIGHUP: the sidecar has nothing to reload; restart it to change "
 			    "its configuration");
@@ -135,12 +158,16 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
 	(void)reload_relay(rc, err, sizeof(err));
 }
 
-static int parse_common(int argc, char **argv, const char **config, const char *cmd)
+/* rf: the relay's own flags (NULL for the sidecar, which has none). */
+static int parse_common(int argc, char **argv, const char **config, const char *cmd,
+			struct relay_flags *rf)
 {
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
 		{"log-level", required_argument, NULL, 'l'},
 		{"help", no_argument, NULL, 'h'},
+		{"takeover", optional_argument, NULL, 'T'},
+		{"wait-after-handover", no_argument, NULL, 'W'},
 		{NULL, 0, NULL, 0},
 	};
 	int ch;
@@ -151,6 +178,24 @@ static int parse_common(int argc, char **argv, const char **config, const char *
 		case 'c':
 			*config = optarg;
 			break;
+		case 'T':
+			if (!rf || (optarg && strcmp(optarg, "auto") != 0)) {
+				fprintf(stderr, "sparkrelay %s: %s\n", cmd,
+					rf ? "--takeover takes no value but \"auto\""
+					   : "--takeover is a relay option");
+				return 2;
+			}
+			rf->takeover = optarg ? TAKEOVER_AUTO : TAKEOVER_REQUIRED;
+			break;
+		case 'W':
+			if (!rf) {
+				fprintf(stderr, "sparkrelay %s: --wait-after-handover is a relay "
+						"option\n",
+					cmd);
+				return 2;
+			}
+			rf->wait_after_handover = 1;
+			break;
 		case 'l':
 			if (sr_log_set_level_name(optarg) != 0) {
 				fprintf(stderr, "sparkrelay %s: unknown log level \"%s\"\n", cmd,
@@ -159,13 +204,28 @@ static int parse_common(int argc, char **argv, const char **config, const char *
 			}
 			break;
 		case 'h':
-			printf("usage: sparkrelay %s --config FILE [--log-level LEVEL]\n"
+			printf("usage: sparkrelay %s --config FILE [--log-level LEVEL]%s\n"
 			       "See docs/configuration.md for the file format.\n",
-			       cmd);
+			       cmd, rf ? " [--takeover[=auto]] [--wait-after-handover]" : "");
+			if (rf)
+				printf("\n--takeover: take over from the relay running on "
+				       "relay.handover_socket (its listeners,\n"
+				       "  leases and executor connections; none is lost), which then "
+				       "exits 0. Fails\n"
+				       "  when none runs there; --takeover=auto then starts afresh.\n"
+				       "--wait-after-handover: once a new relay took over from this "
+				       "one, wait for\n"
+				       "  SIGTERM or SIGINT before exiting 0 (a container that must not "
+				       "restart).\n"
+				       "SIGTERM still drains (docs/operations.md).\n");
 			return 1;
 		default:
 			return 2;
 		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "sparkrelay %s: unexpected argument \"%s\"\n", cmd, argv[optind]);
+		return 2;
 	}
 	return 0;
 }
@@ -193,14 +253,16 @@ static int run_role(int argc, char **argv, int is_relay)
 	struct sr_config cfg;
 	struct run_ctx rc;
 	struct event *sigterm = NULL, *sigint = NULL, *sighup = NULL;
+	struct relay_flags rf;
 	char err[1024];
 	int rv, status = 1;
-	int level_from_cli;
+	int level_from_cli, admin_fd = -1, taking = 0;
 
 	memset(&rc, 0, sizeof(rc));
 	memset(&cfg, 0, sizeof(cfg));
+	memset(&rf, 0, sizeof(rf));
 	sr_log_set_level(-1);
-	rv = parse_common(argc, argv, &config, cmd);
+	rv = parse_common(argc, argv, &config, cmd, is_relay ? &rf : NULL);
 	if (rv)
 		return rv == 1 ? 0 : rv;
 	level_from_cli = sr_log_level_cur >= 0;
@@ -224,8 +286,30 @@ static int run_role(int argc, char **argv, int is_relay)
 	rc.base = event_base_new();
 	if (!rc.base)
 		goto out;
+	/* Before a takeover: a signal that comes while it runs waits for the
+	 * loop instead of killing a process that may own the connections. */
+	sigterm = evsignal_new(rc.base, SIGTERM, on_stop_signal, &rc);
+	sigint = evsignal_new(rc.base, SIGINT, on_stop_signal, &rc);
+	sighup = evsignal_new(rc.base, SIGHUP, on_hup, &rc);
+	if (!sigterm || !sigint || !sighup)
+		goto out;
+	event_add(sigterm, NULL);
+	event_add(sigint, NULL);
+	event_add(sighup, NULL);
 	/* conf applied the table defaults already; do not re-default zeros. */
-	if (is_relay) {
+	if (is_relay && rf.takeover) {
+		int none = 0;
+		rc.relay = relay_takeover(rc.base, &cfg.relay, &admin_fd, &none, err, sizeof(err));
+		taking = rc.relay != NULL;
+		if (!rc.relay && none && rf.takeover == TAKEOVER_AUTO) {
+			SR_INFO("", "no relay to take over (%s): starting afresh", err);
+			rc.relay = relay_new(rc.base, &cfg.relay, err, sizeof(err));
+		} else if (!rc.relay) {
+			SR_ERROR("", "takeover failed%s: %s",
+				 none ? "" : ", the running relay keeps everything", err);
+			goto out;
+		}
+	} else if (is_relay) {
 		rc.relay = relay_new(rc.base, &cfg.relay, err, sizeof(err));
 	} else {
 		rc.sidecar = sidecar_new(rc.base, &cfg.tunnel, NULL, NULL, err, sizeof(err));
@@ -237,13 +321,27 @@ static int run_role(int argc, char **argv, int is_relay)
 	if (rc.relay && cfg.relay.admin_listen) {
 		static const struct relay_admin_cbs acbs = {.reload = reload_relay,
 							    .config_json = config_json};
-		rc.admin = relay_admin_new(rc.base, rc.relay, cfg.relay.admin_listen,
-					   cfg.relay.admin_token, &acbs, &rc, err, sizeof(err));
+		rc.admin = relay_admin_new_fd(rc.base, rc.relay, cfg.relay.admin_listen, admin_fd,
+					      cfg.relay.admin_token, &acbs, &rc, err, sizeof(err));
+		admin_fd = -1; /* stolen */
 		if (!rc.admin) {
 			SR_ERROR("", "cannot start the admin API: %s", err);
+			if (taking)
+				relay_takeover_abandon(rc.relay, "the new relay cannot start its "
+								 "admin API");
 			goto out;
 		}
+	} else if (admin_fd >= 0) {
+		close(admin_fd);
+		admin_fd = -1;
 	}
+	if (taking && relay_takeover_commit(rc.relay, err, sizeof(err)) != 0) {
+		SR_ERROR("", "takeover failed: %s", err);
+		goto out;
+	}
+	if (rc.admin)
+		relay_set_admin_listener(rc.relay, relay_admin_listen_fd(rc.admin),
+					 cfg.relay.admin_listen);
 	if (rc.sidecar && cfg.tunnel.admin_listen) {
 		rc.sc_admin = sidecar_admin_new(rc.base, rc.sidecar, cfg.tunnel.admin_listen, err,
 						sizeof(err));
@@ -252,16 +350,20 @@ static int run_role(int argc, char **argv, int is_relay)
 			goto out;
 		}
 	}
-	sigterm = evsignal_new(rc.base, SIGTERM, on_stop_signal, &rc);
-	sigint = evsignal_new(rc.base, SIGINT, on_stop_signal, &rc);
-	sighup = evsignal_new(rc.base, SIGHUP, on_hup, &rc);
-	if (!sigterm || !sigint || !sighup)
-		goto out;
-	event_add(sigterm, NULL);
-	event_add(sigint, NULL);
-	event_add(sighup, NULL);
 	event_base_dispatch(rc.base);
 	status = 0;
+	if (rc.relay && relay_handed_over(rc.relay)) {
+		/* Everything is the new relay's: only our descriptors close. */
+		relay_admin_free(rc.admin);
+		relay_free(rc.relay);
+		rc.admin = NULL;
+		rc.relay = NULL;
+		if (rf.wait_after_handover && rc.signals == 0) {
+			SR_INFO("", "handed over; waiting for SIGTERM (--wait-after-handover)");
+			rc.idle = 1;
+			event_base_dispatch(rc.base);
+		}
+	}
 	SR_INFO("", "stopped");
 out:
 	if (sigterm)

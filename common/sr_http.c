@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/http.h>
@@ -22,19 +23,21 @@ int sr_http_init(struct sr_http *h, struct event_base *base, const struct sr_htt
 	struct sockaddr_storage ss;
 	socklen_t sslen = sizeof(ss);
 	struct timeval tv;
-	int rc;
+	int rc, adopt_fd = o->adopt ? o->fd : -1;
 
 	memset(h, 0, sizeof(*h));
 	if (!o->listen || sr_split_hostport(o->listen, host, sizeof(host), &port, -1) != 0) {
 		sr_seterr(err, errlen, "%s listen address \"%s\" is not host:port", o->name,
 			  o->listen ? o->listen : "(null)");
-		return SR_EINVAL;
+		rc = SR_EINVAL;
+		goto fail_fd;
 	}
 	h->loopback = sr_host_is_loopback(host);
 	if (o->loopback_only && !h->loopback) {
 		sr_seterr(err, errlen, "%s listener on %s is not a loopback address: %s", o->name,
 			  o->listen, o->loopback_only);
-		return SR_EINVAL;
+		rc = SR_EINVAL;
+		goto fail_fd;
 	}
 	h->http = evhttp_new(base);
 	if (!h->http) {
@@ -51,8 +54,16 @@ int sr_http_init(struct sr_http *h, struct event_base *base, const struct sr_htt
 						EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
 						EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS);
 	evhttp_set_gencb(h->http, o->handler, o->arg);
-	h->sock = evhttp_bind_socket_with_handle(h->http, host, port);
+	if (o->adopt) {
+		h->sock = evhttp_accept_socket_with_handle(h->http, o->fd);
+		if (h->sock)
+			adopt_fd = -1;
+	} else {
+		h->sock = evhttp_bind_socket_with_handle(h->http, host, port);
+	}
 	if (!h->sock) {
+		if (adopt_fd >= 0)
+			close(adopt_fd);
 		sr_seterr(err, errlen, "cannot listen on %s for the %s API", o->listen, o->name);
 		sr_http_fini(h);
 		return SR_EIO;
@@ -72,6 +83,9 @@ int sr_http_init(struct sr_http *h, struct event_base *base, const struct sr_htt
 fail:
 	sr_seterr(err, errlen, "out of memory");
 	sr_http_fini(h);
+fail_fd:
+	if (adopt_fd >= 0)
+		close(adopt_fd);
 	return rc;
 }
 

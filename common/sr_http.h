@@ -37,6 +37,10 @@ struct sr_http_opts {
 	const char *loopback_only;
 	void (*handler)(struct evhttp_request *req, void *arg);
 	void *arg;
+	/* Set: serve fd, a listening socket on listen made by another process
+	 * (a relay handover), instead of binding; stolen in every case. */
+	int adopt;
+	int fd;
 };
 
 /* Embedded in its owner; read the fields, do not write them. */
@@ -49,7 +53,7 @@ struct sr_http {
 	char ctx[SR_ADDRSTRLEN + 16]; /* "admin 127.0.0.1:9090": log context */
 };
 
-/* Listen in base; connections are served once the loop runs. Returns 0, or
+/* Listen in base (or adopt o->fd); connections are served once the loop runs. Returns 0, or
  * SR_EINVAL (listen is not host:port, or not loopback under loopback_only),
  * SR_EIO (cannot bind) or SR_ENOMEM, with a one-line reason in err; h then
  * needs no sr_http_fini. */

@@ -413,6 +413,17 @@ static const struct conf_entry conf_relay[] = {
 	"TLS handshake plus registration must finish within this."),
     U32(struct relay_opts, "drain_timeout_ms", drain_timeout_ms, 0, 3600000, "30000",
 	"On SIGTERM, open streams may finish within this."),
+    STR(struct relay_opts, "handover_socket", handover_socket, CONF_NULLABLE, 1, 107,
+	"/run/sparkrelay/handover.sock", NULL, NULL,
+	"Unix socket through which a new relay process takes over from this one "
+	"(`sparkrelay relay --takeover`): listeners, leases and open executor connections "
+	"move to it and no stream is lost (docs/operations.md, \"Drain and upgrade\"). Mode "
+	"0600; only this relay's user or root may connect. Its directory must exist, else "
+	"live handover is off (logged); null: off."),
+    U32(struct relay_opts, "handover_timeout_ms", handover_timeout_ms, 100, 600000, "10000",
+	"A handover that the new process has not committed within this is abandoned: the "
+	"running relay accepts again and keeps everything. The new process gives up after "
+	"as long."),
     RELAY_LIMIT_KEYS,
     GROUP("h2", offsetof(struct relay_opts, tun), conf_h2_group),
     GROUP("admin", 0, conf_relay_admin_group),

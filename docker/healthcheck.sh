@@ -12,12 +12,21 @@
 #   tunnel: the lease file (tunnel.spark_json) exists and PID 1 has an established
 #           TCP connection (the tunnel; a sidecar between reconnects is unhealthy).
 #
+# `sparkrelay-healthcheck ready` (the relay's Kubernetes readiness probe): PID 1
+# holds the listening socket on relay.listen (a relay that handed over to a new one,
+# or has not taken over yet, does not; the admin port alone cannot tell the two relay
+# pods of a rolling update apart, they share the node's loopback) and `sparkrelay ctl
+# ready` answers (listeners up, not draining).
+#
 # The addresses come from `sparkrelay check-config`, so the config file named on PID
 # 1's command line and SPARKRELAY_* variables both count. SPARKRELAY_HEALTHCHECK_ADMIN
 # (a URL) forces the admin check at that address.
 set -u
 
-if [ -n "${SPARKRELAY_HEALTHCHECK_ADMIN:-}" ]; then
+mode=${1:-health}
+case "$mode" in health | ready) ;; *) echo "usage: $0 [ready]" >&2 && exit 2 ;; esac
+
+if [ -n "${SPARKRELAY_HEALTHCHECK_ADMIN:-}" ] && [ "$mode" = health ]; then
 	exec /usr/local/bin/sparkrelay ctl --admin "$SPARKRELAY_HEALTHCHECK_ADMIN" health >/dev/null
 fi
 
@@ -91,6 +100,19 @@ setting() { sed -n "s/^$1=//p" <<<"$conf" | head -n 1; }
 case "$role" in
 relay)
 	admin=$(setting relay.admin.listen)
+	if [ "$mode" = ready ]; then
+		listen=$(setting relay.listen)
+		port=${listen##*:}
+		case "$port" in '' | *[!0-9]*) fail "no relay.listen port in the configuration" ;; esac
+		if [ "$port" -ne 0 ]; then
+			has_socket 0A "$port" ||
+				fail "this relay does not hold the listener on port $port (not taken over yet, or handed over)"
+		fi
+		[ -n "$admin" ] && [ "$admin" != null ] || exit 0
+		host=${admin%:*} port=${admin##*:}
+		case "$host" in 0.0.0.0 | "") host=127.0.0.1 ;; "[::]" | "::") host="[::1]" ;; esac
+		exec /usr/local/bin/sparkrelay ctl --admin "http://$host:$port" ready >/dev/null
+	fi
 	if [ -n "$admin" ] && [ "$admin" != null ]; then
 		host=${admin%:*} port=${admin##*:}
 		case "$host" in 0.0.0.0 | "") host=127.0.0.1 ;; "[::]" | "::") host="[::1]" ;; esac

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 #include <event2/listener.h>
@@ -119,6 +120,13 @@ void relay_drain(struct relay *r)
 
 	if (r->draining)
 		return;
+	if (relay_handover_busy(r)) {
+		/* Frozen for a handover: draining now would reset what the new
+		 * process may be taking. Done if the handover is abandoned. */
+		SR_INFO("", "drain requested during a handover: done if the handover fails");
+		r->drain_wanted = 1;
+		return;
+	}
 	r->draining = 1;
 	r->drain_deadline_us = sr_now_us() + (uint64_t)r->o->drain_timeout_ms * 1000u;
 	SR_INFO("", "draining: no new tunnels, leases or executor connections; open streams "
@@ -143,7 +151,14 @@ void relay_drain(struct relay *r)
 struct relay *relay_new(struct event_base *base, struct relay_opts *o, char *err,
 			size_t errlen)
 {
+	return relay_new_adopt(base, o, NULL, err, errlen);
+}
+
+struct relay *relay_new_adopt(struct event_base *base, struct relay_opts *o,
+			      const struct relay_adopt *ad, char *err, size_t errlen)
+{
 	struct relay *r = calloc(1, sizeof(*r));
+	int lfd = ad ? ad->listen_fd : -1, hfd = ad ? ad->handover_fd : -1;
 	struct sockaddr_storage ss;
 	socklen_t sslen;
 	char host[256];
@@ -152,7 +167,7 @@ struct relay *relay_new(struct event_base *base, struct relay_opts *o, char *err
 
 	if (!r) {
 		sr_seterr(err, errlen, "out of memory");
-		return NULL;
+		goto fail_fds;
 	}
 	r->base = base;
 	r->o = o; /* relay_reload() replaces its content in place */
@@ -188,15 +203,34 @@ struct relay *relay_new(struct event_base *base, struct relay_opts *o, char *err
 		goto fail;
 	}
 	event_add(r->gc_timer, &gc);
-	r->listener = evconnlistener_new_bind(base, relay_tunnel_accept, r,
-					      LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
-						      LEV_OPT_CLOSE_ON_EXEC,
-					      1024, (struct sockaddr *)&ss, (int)sslen);
+	if (lfd >= 0) {
+		/* Taken over from the relay that made it (backlog 0: it listens
+		 * already); it accepts once the takeover commits. */
+		r->listener = evconnlistener_new(base, relay_tunnel_accept, r,
+						 LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC |
+							 LEV_OPT_DISABLED,
+						 0, lfd);
+		if (!r->listener) {
+			sr_seterr(err, errlen, "out of memory");
+			goto fail;
+		}
+		lfd = -1;
+	} else {
+		r->listener = evconnlistener_new_bind(base, relay_tunnel_accept, r,
+						      LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
+							      LEV_OPT_CLOSE_ON_EXEC,
+						      1024, (struct sockaddr *)&ss, (int)sslen);
+	}
 	if (!r->listener) {
 		sr_seterr(err, errlen, "cannot listen on %s: %s", o->listen, strerror(errno));
 		goto fail;
 	}
 	evconnlistener_set_error_cb(r->listener, listener_error_cb);
+	if (relay_handover_start(r, hfd, err, errlen) != 0) {
+		hfd = -1;
+		goto fail;
+	}
+	hfd = -1;
 	for (struct relay_pool_rt *pr = r->pools; pr; pr = pr->next)
 		SR_INFO("", "pool %s: executor ports %u-%u on %s, advertised as %s", pr->name,
 			pr->opts.port_min, pr->opts.port_max,
@@ -204,11 +238,17 @@ struct relay *relay_new(struct event_base *base, struct relay_opts *o, char *err
 			pr->opts.advertise_host ? pr->opts.advertise_host
 						: (pr->opts.bind_address ? pr->opts.bind_address
 									 : "0.0.0.0"));
-	SR_INFO("", "listening for sidecars on %s", o->listen);
+	SR_INFO("", "%s sidecars on %s", ad ? "taking over the listener for" : "listening for",
+		o->listen);
 	r->st.ready = 1;
 	return r;
 fail:
 	relay_free(r);
+fail_fds:
+	if (lfd >= 0)
+		close(lfd);
+	if (hfd >= 0)
+		close(hfd);
 	return NULL;
 }
 
@@ -225,6 +265,7 @@ void relay_free(struct relay *r)
 {
 	if (!r)
 		return;
+	relay_handover_free(r);
 	while (r->tunnels) {
 		struct relay_tunnel *t = r->tunnels;
 		relay_tunnel_unlink_lease(t);

@@ -42,6 +42,8 @@ struct relay_opts {
 				mandatory when admin_listen is not a loopback address */
 	uint32_t admin_max_conns;          /* admin connections open at once */
 	uint32_t admin_request_timeout_ms; /* an admin connection lives at most this */
+	char *handover_socket;         /* Unix socket a new relay takes over through; NULL: none */
+	uint32_t handover_timeout_ms;  /* a handover not committed by then is abandoned */
 };
 
 /* Defaults come from the configuration tables (conf_relay_defaults). */
@@ -97,6 +99,7 @@ struct relay_stats {
 	uint64_t executor_buffered; /* bytes read from executors, not yet sent on */
 	uint64_t buffer_throttled;  /* times a tunnel went over max_tunnel_buffer */
 	uint64_t reloads_ok, reloads_failed;
+	uint64_t handovers;         /* takeovers this relay and its predecessors completed */
 	struct relay_hist tunnel_rtt;   /* PING round trips */
 	struct relay_hist pending_wait; /* executor wait for a tunnel that came back */
 	int ready;                      /* listeners up and configuration loaded */
@@ -129,5 +132,35 @@ int relay_reload(struct relay *r, struct relay_opts *o, char *err, size_t errlen
 void relay_count_reload_failure(struct relay *r);
 const struct relay_opts *relay_get_opts(const struct relay *r);
 const struct relay_policy *relay_get_policy(const struct relay *r);
+
+/* ---- live handover (docs/architecture.md, "Live handover") -----------------
+ * A new relay process takes over from the running one through the Unix socket
+ * o->handover_socket: the tunnel listener, the admin listener, every lease
+ * with its listening ports and every executor connection (socket, counters,
+ * buffered bytes) move to it, the sidecars reconnect and resume. Nothing is
+ * refused, reset or lost; the old process exits once the new one committed. */
+
+/* The new process, before its loop runs: connect to the relay on
+ * o->handover_socket, receive its state and build a relay from it (opts
+ * stays the caller's, as with relay_new). Nothing is accepted, read or
+ * written on what it took until relay_takeover_commit(). *admin_fd is the old
+ * relay's admin listener when o->admin_listen is the same address (use it
+ * with relay_admin_new_fd), else -1. Returns NULL with a reason in err; then
+ * the old relay keeps everything, and *none is 1 when no relay answered on
+ * the socket at all (nothing to take over). */
+struct relay *relay_takeover(struct event_base *base, struct relay_opts *o, int *admin_fd,
+			     int *none, char *err, size_t errlen);
+/* Commit: from a 0 return on, everything is this process's (run the loop).
+ * Otherwise the old relay kept it all (it gave up first: err says why):
+ * relay_free() and exit. */
+int relay_takeover_commit(struct relay *r, char *err, size_t errlen);
+/* Give up before committing; the old relay is told why and keeps running. */
+void relay_takeover_abandon(struct relay *r, const char *why);
+/* The old process: the admin listener to pass on (fd stays the caller's;
+ * listen as configured). */
+void relay_set_admin_listener(struct relay *r, int fd, const char *listen);
+/* The old process: a new one took everything over; leave the loop (it was
+ * broken already) and exit 0. */
+int relay_handed_over(const struct relay *r);
 
 #endif

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -177,6 +178,8 @@ static void h_metrics(struct relay_admin *a, struct evhttp_request *req, const c
 		   "Leases whose grace TTL ran out with no tunnel.", st.leases_expired);
 	metric_one(b, "sparkrelay_executor_connections_total", "counter",
 		   "Executor connections accepted on lease ports.", st.executor_conns);
+	metric_one(b, "sparkrelay_handovers_total", "counter",
+		   "Live handovers to a new relay process, counted by the new one.", st.handovers);
 	metric_head(b, "sparkrelay_refused_total", "counter",
 		    "Executor connections and registrations refused, by reason.");
 	for (int i = 0; i < RELAY_REFUSE_MAX; i++)
@@ -307,6 +310,10 @@ static void h_revoke(struct relay_admin *a, struct evhttp_request *req, const ch
 	rv = relay_revoke_lease(a->relay, id);
 	if (rv == SR_ENOTFOUND) {
 		sr_http_reply_error(req, 404, "no such lease");
+		return;
+	}
+	if (rv == SR_EBUSY) {
+		sr_http_reply_error(req, 503, "a handover to a new relay is under way");
 		return;
 	}
 	if (rv != 0) {
@@ -548,6 +555,14 @@ struct relay_admin *relay_admin_new(struct event_base *base, struct relay *r,
 				    const struct relay_admin_cbs *cbs, void *cb_arg, char *err,
 				    size_t errlen)
 {
+	return relay_admin_new_fd(base, r, listen, -1, token, cbs, cb_arg, err, errlen);
+}
+
+struct relay_admin *relay_admin_new_fd(struct event_base *base, struct relay *r,
+				       const char *listen, int fd, const char *token,
+				       const struct relay_admin_cbs *cbs, void *cb_arg, char *err,
+				       size_t errlen)
+{
 	const struct relay_opts *o = relay_get_opts(r);
 	struct sr_http_opts ho = {
 	    .name = "admin",
@@ -560,10 +575,14 @@ struct relay_admin *relay_admin_new(struct event_base *base, struct relay *r,
 					     : "set relay.admin.token (every request must "
 					       "then carry it)",
 	    .handler = admin_dispatch,
+	    .adopt = fd >= 0,
+	    .fd = fd,
 	};
 	struct relay_admin *a = calloc(1, sizeof(*a));
 
 	if (!a) {
+		if (fd >= 0)
+			close(fd);
 		sr_seterr(err, errlen, "out of memory");
 		return NULL;
 	}
@@ -578,6 +597,8 @@ struct relay_admin *relay_admin_new(struct event_base *base, struct relay *r,
 	}
 	a->drain_ev = evtimer_new(base, on_drain_timer, a);
 	if (!a->drain_ev) {
+		if (fd >= 0)
+			close(fd);
 		sr_seterr(err, errlen, "out of memory");
 		goto fail;
 	}
@@ -608,4 +629,9 @@ void relay_admin_free(struct relay_admin *a)
 uint16_t relay_admin_port(const struct relay_admin *a)
 {
 	return a->api.port;
+}
+
+int relay_admin_listen_fd(const struct relay_admin *a)
+{
+	return a->api.sock ? evhttp_bound_socket_get_fd(a->api.sock) : -1;
 }

@@ -56,10 +56,18 @@ struct relay_admin *relay_admin_new(struct event_base *base, struct relay *r,
 				    const char *listen, const char *token,
 				    const struct relay_admin_cbs *cbs, void *cb_arg, char *err,
 				    size_t errlen);
+/* The same on fd, a listening socket on listen that an old relay passed on
+ * in a handover (stolen in every case). */
+struct relay_admin *relay_admin_new_fd(struct event_base *base, struct relay *r,
+				       const char *listen, int fd, const char *token,
+				       const struct relay_admin_cbs *cbs, void *cb_arg, char *err,
+				       size_t errlen);
 /* Close the listener and every admin connection. NULL is a no-op. */
 void relay_admin_free(struct relay_admin *a);
 
 /* The bound port (useful when configured with port 0). */
 uint16_t relay_admin_port(const struct relay_admin *a);
+/* The listening socket (to pass on in a handover); stays the admin's. */
+int relay_admin_listen_fd(const struct relay_admin *a);
 
 #endif

@@ -235,3 +235,27 @@ void relay_release_lease(struct relay_lease_ext *lx)
 	relay_lease_ext_free(lx);
 	relay_lease_release(l);
 }
+
+struct relay_pending *relay_exec_adopt_pending(struct relay_lease_ext *lx, int fd,
+					       enum tun_port_role role, uint64_t conn_id,
+					       const char *peer, uint64_t since_us)
+{
+	struct relay_pending *p = calloc(1, sizeof(*p)), **tail;
+
+	if (!p || !(p->timer = evtimer_new(lx->relay->base, pending_timeout_cb, p))) {
+		free(p);
+		close(fd);
+		return NULL;
+	}
+	p->owner = lx;
+	p->fd = fd;
+	p->role = role;
+	p->conn_id = conn_id;
+	p->since_us = since_us;
+	snprintf(p->peer, sizeof(p->peer), "%s", peer);
+	for (tail = &lx->pending; *tail; tail = &(*tail)->next)
+		;
+	*tail = p;
+	lx->npending++;
+	return p;
+}

@@ -6,6 +6,7 @@
  *   relay_pool.c    compiled policies and the pools' lease tables
  *   relay_tenant.c  what each tenant holds, against its limits
  *   relay_view.c    read-only views and revoke, for the admin API
+ *   relay_handover.c live handover to a new relay process
  *
  * Ownership: the relay owns its tunnels (list), pools (list) and current
  * policy (one reference). A pool's lease table owns its leases; each lease
@@ -90,6 +91,10 @@ struct relay_lease_ext {
 	/* Its executor streams, which outlive a tunnel (tunnel/tun_group.h). */
 	struct tun_group *group;
 	struct relay_lease_ext *tnext, *tprev;
+	/* Handover (relay_handover.c): the grace time left when it froze or
+	 * was taken over, and when that was. */
+	uint64_t ho_grace_ms;
+	uint64_t ho_base_us;
 };
 
 struct relay_tunnel {
@@ -128,6 +133,9 @@ struct relay {
 	uint64_t next_conn_id;
 	uint64_t closed_bytes_in, closed_bytes_out, closed_streams_opened, closed_throttled;
 	int draining;
+	struct relay_handover *ho; /* relay_handover.c */
+	int handed_over;           /* a new process has everything: exit */
+	int drain_wanted;          /* asked to drain during a handover */
 	struct relay_stats st;
 };
 
@@ -177,6 +185,29 @@ void relay_pools_gc_cb(evutil_socket_t fd, short what, void *arg);
 struct relay_lease *relay_find_resume(struct relay *r, const char *token);
 struct relay_lease *relay_find_id(struct relay *r, const char *id);
 
+/* What a new relay process takes over instead of binding (relay_handover.c):
+ * listening sockets made by the old one; -1 where none. */
+struct relay_adopt {
+	int listen_fd;   /* the tunnel listener */
+	int handover_fd; /* the handover socket's listener */
+};
+/* relay_new, around adopted sockets (stolen in every case); the tunnel
+ * listener is stopped until the takeover commits. */
+struct relay *relay_new_adopt(struct event_base *base, struct relay_opts *o,
+			      const struct relay_adopt *ad, char *err, size_t errlen);
+
+/* relay_handover.c */
+/* Listen on o->handover_socket (or adopt fd, when >= 0; stolen). A socket
+ * that cannot be made turns live handover off with a warning: 0 then too;
+ * SR_ENOMEM only when out of memory. */
+int relay_handover_start(struct relay *r, int fd, char *err, size_t errlen);
+/* Close the handover socket; after a handover (either side, committed or
+ * not) forget what another process owns instead of resetting it. Called
+ * first by relay_free. */
+void relay_handover_free(struct relay *r);
+/* A handover is under way: the relay is frozen, nothing may change. */
+int relay_handover_busy(const struct relay *r);
+
 /* relay_tenant.c */
 void relay_tenant_limits(const struct relay *r, const struct relay_pol *pol,
 			 const struct relay_tenant_cfg *tc, struct relay_tenant_limits *tl);
@@ -198,6 +229,12 @@ void relay_exec_on_accept(struct relay_lease *l, enum tun_port_role role, int fd
 void relay_exec_on_expire(struct relay_lease *l, void *arg);
 /* The lease's tunnel is back: waiting executors become streams, in order. */
 void relay_exec_flush_pending(struct relay *r, struct relay_lease_ext *lx);
+/* Handover: an executor connection that waited in the old process (since
+ * since_us), queued last; fd is stolen, closed on failure (NULL). Its timer
+ * is the caller's to arm. */
+struct relay_pending *relay_exec_adopt_pending(struct relay_lease_ext *lx, int fd,
+					       enum tun_port_role role, uint64_t conn_id,
+					       const char *peer, uint64_t since_us);
 /* Free lx and its waiting executors (reset); the lease itself stays. */
 void relay_lease_ext_free(struct relay_lease_ext *lx);
 /* Free lx and release its lease (ports closed). */

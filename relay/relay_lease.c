@@ -64,6 +64,7 @@ struct relay_lease {
 	uint32_t ttl_s;
 	struct lease_port ports[TUN_PORT_MAX];
 	struct event *grace_ev;
+	uint64_t grace_end_us; /* when the grace timer fires, 0 while none runs */
 	void *data;
 	int expiring; /* inside on_expire: release is deferred to the timer */
 };
@@ -360,6 +361,7 @@ static void lease_grace_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
+	l->grace_end_us = 0;
 	SR_INFO(l->ctx, "grace ttl of %" PRIu32 " s ran out with no tunnel", l->ttl_s);
 	l->expiring = 1;
 	if (t->cbs.on_expire)
@@ -555,6 +557,7 @@ void relay_lease_release(struct relay_lease *l)
 void relay_lease_attach(struct relay_lease *l)
 {
 	evtimer_del(l->grace_ev);
+	l->grace_end_us = 0;
 }
 
 void relay_lease_detach(struct relay_lease *l)
@@ -566,6 +569,7 @@ void relay_lease_detach(struct relay_lease *l)
 	if (evtimer_pending(l->grace_ev, NULL))
 		return;
 	evtimer_add(l->grace_ev, &tv);
+	l->grace_end_us = sr_now_us() + (uint64_t)l->ttl_s * 1000000u;
 	SR_INFO(l->ctx, "detached; expires in %" PRIu32 " s unless resumed", l->ttl_s);
 }
 
@@ -595,6 +599,11 @@ const char *relay_lease_app(const struct relay_lease *l)
 	return l->app;
 }
 
+uint32_t relay_lease_ttl(const struct relay_lease *l)
+{
+	return l->ttl_s;
+}
+
 uint16_t relay_lease_port(const struct relay_lease *l, enum tun_port_role role)
 {
 	if ((int)role < 0 || role >= TUN_PORT_MAX)
@@ -617,6 +626,11 @@ size_t relay_lease_count(const struct relay_lease_table *t)
 	return t ? t->count : 0;
 }
 
+const struct relay_pool_opts *relay_lease_table_opts(const struct relay_lease_table *t)
+{
+	return &t->opts;
+}
+
 void relay_lease_foreach(struct relay_lease_table *t,
 			 void (*fn)(struct relay_lease *l, void *arg), void *arg)
 {
@@ -628,4 +642,173 @@ void relay_lease_foreach(struct relay_lease_table *t,
 		nx = l->next;
 		fn(l, arg);
 	}
+}
+
+/* ---- live handover ------------------------------------------------------- */
+
+void relay_lease_get_state(const struct relay_lease *l, struct relay_lease_state *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->id = l->id;
+	st->app = l->app;
+	st->resume = l->resume;
+	st->roles = l->roles;
+	st->ttl_s = l->ttl_s;
+	for (int r = 0; r < TUN_PORT_MAX; r++) {
+		st->ports[r] = l->ports[r].port;
+		st->fds[r] = l->ports[r].lev ? evconnlistener_get_fd(l->ports[r].lev) : -1;
+	}
+}
+
+/* The <n> of "L-<n>-<hex>", so that ids made here later do not repeat it. */
+static uint64_t lease_id_seq(const char *id)
+{
+	uint64_t n = 0;
+
+	if (strncmp(id, "L-", 2) != 0)
+		return 0;
+	for (id += 2; *id >= '0' && *id <= '9'; id++) {
+		if (n > (UINT64_MAX - 9) / 10)
+			return 0;
+		n = n * 10 + (uint64_t)(*id - '0');
+	}
+	return n;
+}
+
+int relay_lease_adopt(struct relay_lease_table *t, const struct relay_lease_state *st,
+		      struct relay_lease **out)
+{
+	struct relay_lease *l = NULL;
+	int fds[TUN_PORT_MAX];
+	char ports[96];
+	int rc = SR_EINVAL;
+
+	for (int r = 0; r < TUN_PORT_MAX; r++)
+		fds[r] = st->fds[r];
+	*out = NULL;
+	if (!st->id || !tun_ctl_valid_lease_id(st->id) || !st->app ||
+	    strlen(st->app) >= TUN_CTL_APP_MAX || !st->resume ||
+	    strlen(st->resume) != 2 * LEASE_RESUME_BYTES || !tun_ctl_valid_resume(st->resume) ||
+	    st->roles == 0 || st->roles >= TUN_ROLE_BIT(TUN_PORT_MAX) || t->range == 0 ||
+	    st->ttl_s > TUN_CTL_TTL_MAX)
+		goto fail;
+	for (int r = 0; r < TUN_PORT_MAX; r++) {
+		int want = (st->roles & TUN_ROLE_BIT(r)) != 0;
+		uint16_t p = st->ports[r];
+		if (want != (p != 0) || want != (fds[r] >= 0))
+			goto fail;
+		if (want && (p < t->opts.port_min || p > t->opts.port_max ||
+			     held_get(t, (uint32_t)p - t->opts.port_min)))
+			goto fail;
+		for (int q = 0; want && q < r; q++)
+			if (st->ports[q] == p)
+				goto fail;
+	}
+	if (relay_lease_find_id(t, st->id)) {
+		rc = SR_EBUSY;
+		goto fail;
+	}
+	rc = SR_ENOMEM;
+	if (t->count + 1 > t->nbuckets && hash_grow(t) != 0)
+		goto fail;
+	l = calloc(1, sizeof(*l));
+	if (!l)
+		goto fail;
+	l->t = t;
+	l->roles = st->roles;
+	l->ttl_s = st->ttl_s;
+	snprintf(l->id, sizeof(l->id), "%s", st->id);
+	snprintf(l->app, sizeof(l->app), "%s", st->app);
+	snprintf(l->resume, sizeof(l->resume), "%s", st->resume);
+	lease_make_ctx(l);
+	l->grace_ev = evtimer_new(t->base, lease_grace_cb, l);
+	if (!l->grace_ev)
+		goto fail;
+	for (int r = 0; r < TUN_PORT_MAX; r++) {
+		struct lease_port *p = &l->ports[r];
+		p->l = l;
+		p->role = (enum tun_port_role)r;
+		if (fds[r] < 0)
+			continue;
+		p->pause_ev = evtimer_new(t->base, lease_pause_cb, p);
+		if (!p->pause_ev)
+			goto fail;
+		/* backlog 0: it listens already, with the backlog it was made with. */
+		p->lev = evconnlistener_new(t->base, lease_accept_cb, p,
+					    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC |
+						    LEV_OPT_DISABLED,
+					    0, fds[r]);
+		if (!p->lev)
+			goto fail;
+		fds[r] = -1;
+		evconnlistener_set_error_cb(p->lev, lease_accept_error_cb);
+		p->port = st->ports[r];
+		held_set(t, (uint32_t)p->port - t->opts.port_min, 1);
+	}
+	if (lease_id_seq(l->id) > t->seq)
+		t->seq = lease_id_seq(l->id);
+	l->hash = lease_hash(l->id);
+	hash_insert(t, l);
+	l->prev = t->tail;
+	if (t->tail)
+		t->tail->next = l;
+	else
+		t->head = l;
+	t->tail = l;
+	t->count++;
+	lease_format_ports(l, ports, sizeof(ports));
+	SR_INFO(l->ctx, "taken over %s ttl=%" PRIu32 "s", ports, l->ttl_s);
+	*out = l;
+	return 0;
+fail:
+	if (l) {
+		for (int r = TUN_PORT_MAX - 1; r >= 0; r--)
+			lease_port_close(t, &l->ports[r]);
+		if (l->grace_ev)
+			event_free(l->grace_ev);
+		free(l);
+	}
+	for (int r = 0; r < TUN_PORT_MAX; r++)
+		if (fds[r] >= 0)
+			close(fds[r]);
+	return rc;
+}
+
+void relay_lease_listen(struct relay_lease *l, int on)
+{
+	for (int r = 0; r < TUN_PORT_MAX; r++) {
+		struct lease_port *p = &l->ports[r];
+		if (!p->lev)
+			continue;
+		/* A pause after an accept error would enable it again. */
+		evtimer_del(p->pause_ev);
+		if (on)
+			evconnlistener_enable(p->lev);
+		else
+			evconnlistener_disable(p->lev);
+	}
+}
+
+int64_t relay_lease_grace_left_ms(const struct relay_lease *l)
+{
+	uint64_t now = sr_now_us();
+
+	if (!l->grace_end_us)
+		return -1;
+	return l->grace_end_us > now ? (int64_t)((l->grace_end_us - now) / 1000u) : 0;
+}
+
+void relay_lease_grace_stop(struct relay_lease *l)
+{
+	evtimer_del(l->grace_ev);
+	l->grace_end_us = 0;
+}
+
+void relay_lease_detach_ms(struct relay_lease *l, uint64_t ms)
+{
+	struct timeval tv = sr_tv_ms(ms);
+
+	evtimer_del(l->grace_ev);
+	evtimer_add(l->grace_ev, &tv);
+	l->grace_end_us = sr_now_us() + ms * 1000u;
 }

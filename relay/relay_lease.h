@@ -73,14 +73,51 @@ void relay_lease_describe(const struct relay_lease *l, struct tun_ctl_msg *msg);
 
 const char *relay_lease_id(const struct relay_lease *l);       /* "L-<n>-<hex>" */
 const char *relay_lease_app(const struct relay_lease *l);
+uint32_t relay_lease_ttl(const struct relay_lease *l); /* grace TTL, seconds */
 uint16_t relay_lease_port(const struct relay_lease *l, enum tun_port_role role); /* 0 if none */
 /* Per-lease slot for the owner's use (pending executor list etc.). */
 void relay_lease_set_data(struct relay_lease *l, void *data);
 void *relay_lease_data(const struct relay_lease *l);
 
 size_t relay_lease_count(const struct relay_lease_table *t);
+/* The table's options (strings owned by the table). */
+const struct relay_pool_opts *relay_lease_table_opts(const struct relay_lease_table *t);
 /* Visit every lease (may not create or free leases while iterating). */
 void relay_lease_foreach(struct relay_lease_table *t,
 			 void (*fn)(struct relay_lease *l, void *arg), void *arg);
+
+/* ---- live handover (relay_handover.c) -------------------------------------
+ * A lease moves to another relay process as it is: its id, resume token and
+ * ports, and its listening sockets themselves (passed with SCM_RIGHTS), so
+ * that no executor connection is refused while it moves. */
+
+/* What a lease is made of. */
+struct relay_lease_state {
+	const char *id;     /* "L-<n>-<hex>" */
+	const char *app;
+	const char *resume; /* its resume token */
+	unsigned roles;
+	uint32_t ttl_s;
+	uint16_t ports[TUN_PORT_MAX]; /* by role, 0 where none */
+	int fds[TUN_PORT_MAX];        /* their listening sockets, -1 where none */
+};
+/* Describe l; the strings and descriptors stay l's. */
+void relay_lease_get_state(const struct relay_lease *l, struct relay_lease_state *st);
+/* Rebuild a lease around listening sockets made by another process (not
+ * bound again). Steals st->fds in every case. The listeners are stopped
+ * (relay_lease_listen) and no grace period runs. Returns 0, SR_EINVAL (a
+ * value breaks its rule, a port is outside the range or already held),
+ * SR_EBUSY (the id exists) or SR_ENOMEM. */
+int relay_lease_adopt(struct relay_lease_table *t, const struct relay_lease_state *st,
+		      struct relay_lease **out);
+/* Accept on the lease's ports (on), or stop: the kernel then queues new
+ * connections in each port's backlog. */
+void relay_lease_listen(struct relay_lease *l, int on);
+/* Milliseconds left of the grace period, or -1 while none runs. */
+int64_t relay_lease_grace_left_ms(const struct relay_lease *l);
+/* Stop the grace period (like attach) without a tunnel. */
+void relay_lease_grace_stop(struct relay_lease *l);
+/* Start the grace period with ms left. */
+void relay_lease_detach_ms(struct relay_lease *l, uint64_t ms);
 
 #endif

@@ -798,6 +798,13 @@ const char *relay_policy_route_name(const struct relay_policy *p, int route)
 	return p->routes[route].cfg.name;
 }
 
+const struct relay_route_cfg *relay_policy_route_cfg(const struct relay_policy *p, int route)
+{
+	if (!p || route < 0 || (unsigned)route >= p->nroutes)
+		return NULL;
+	return &p->routes[route].cfg;
+}
+
 int relay_policy_tenant_find(const struct relay_policy *p, const char *name)
 {
 	for (unsigned i = 0; p && name && i < p->ntenants; i++) {

@@ -136,6 +136,9 @@ const struct relay_tenant_cfg *relay_policy_tenant_cfg(const struct relay_policy
 int relay_policy_route(const struct relay_policy *p, int tenant, const char *app,
 		       const struct sockaddr *sidecar, char *why, size_t whylen);
 const char *relay_policy_route_name(const struct relay_policy *p, int route);
+/* A route's settings (its executor CIDRs: what a handover carries over for
+ * a lease whose route the new configuration lacks). */
+const struct relay_route_cfg *relay_policy_route_cfg(const struct relay_policy *p, int route);
 /* The pool a route maps to: index into relay_policy_pool(). */
 int relay_policy_route_pool(const struct relay_policy *p, int route);
 size_t relay_policy_npools(const struct relay_policy *p);

@@ -75,6 +75,8 @@ int relay_revoke_lease(struct relay *r, const char *id)
 
 	if (!lx)
 		return SR_ENOTFOUND;
+	if (relay_handover_busy(r))
+		return SR_EBUSY; /* frozen: the lease may be the new relay's already */
 	SR_INFO(relay_lease_id(l), "lease revoked by an operator");
 	if (lx->tunnel) {
 		struct relay_tunnel *t = lx->tunnel;

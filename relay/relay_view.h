@@ -32,7 +32,8 @@ void relay_foreach_lease(struct relay *r, void (*fn)(const struct relay_lease_vi
 			 void *arg);
 void relay_foreach_session(struct relay *r,
 			   void (*fn)(const struct relay_session_view *v, void *arg), void *arg);
-/* Revoke: close the lease's tunnel and free its ports. 0 or SR_ENOTFOUND. */
+/* Revoke: close the lease's tunnel and free its ports. 0, SR_ENOTFOUND, or
+ * SR_EBUSY during a handover (relay_handover.c). */
 int relay_revoke_lease(struct relay *r, const char *id);
 
 #endif

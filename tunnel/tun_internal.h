@@ -171,6 +171,8 @@ struct tun_group {
 	uint64_t replayed_at_resume; /* to log what one resume replayed */
 	uint64_t resumed_at_resume;
 	struct event *hold_ev;
+	int frozen;               /* handing over (tun_handover.h): sockets untouched */
+	uint64_t hold_left_ms;    /* while frozen: what the hold timer had left */
 	struct tun_group_stats st;
 };
 
@@ -215,11 +217,17 @@ void tun_stream_go(struct tun_stream *s, enum ts_state st, const char *why);
 /* Steals sock (may be NULL): it is freed on failure too. */
 struct tun_stream *tun_stream_new(struct tun_conn *c, struct bufferevent *sock);
 void tun_stream_free(struct tun_stream *s);
+/* Free s and close our descriptor of its socket, and nothing else: the
+ * connection is another process's now (tun_handover.h). */
+void tun_stream_forget(struct tun_stream *s);
 /* Free s, its socket closed with a reset. */
 void tun_stream_free_reset(struct tun_stream *s);
 /* Give the stream its socket (sidecar: after on_connect). On failure the
  * socket is freed and SR_ENOMEM returned. */
 int tun_stream_attach(struct tun_stream *s, struct bufferevent *sock);
+/* The same for a held stream (no session): a socket adopted in a handover.
+ * Neither reading nor writing is enabled here. */
+int tun_stream_attach_held(struct tun_stream *s, struct bufferevent *sock);
 /* The socket side is finished: close the socket now (with RST if asked).
  * The struct is freed from the conn's reap event once nghttp2 has closed
  * the stream too (tun_stream_maybe_reap, called again from on_stream_close). */

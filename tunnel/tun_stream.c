@@ -403,6 +403,20 @@ int tun_stream_attach(struct tun_stream *s, struct bufferevent *sock)
 	return 0;
 }
 
+int tun_stream_attach_held(struct tun_stream *s, struct bufferevent *sock)
+{
+	if (evbuffer_add_cb(bufferevent_get_output(sock), sock_out_cb, s) == NULL) {
+		bufferevent_free(sock);
+		return SR_ENOMEM;
+	}
+	s->sock = sock;
+	bufferevent_setcb(sock, sock_read_cb, sock_write_cb, sock_event_cb, s);
+	bufferevent_disable(sock, EV_READ | EV_WRITE);
+	bufferevent_set_max_single_read(sock, 64 * 1024);
+	bufferevent_set_max_single_write(sock, 256 * 1024);
+	return 0;
+}
+
 struct tun_stream *tun_stream_new(struct tun_conn *c, struct bufferevent *sock)
 {
 	struct tun_stream *s = calloc(1, sizeof(*s));
@@ -594,6 +608,24 @@ void tun_stream_kill(struct tun_stream *s, int reset_socket)
 			c->stats.streams_reset++;
 	}
 	tun_stream_maybe_reap(s);
+}
+
+void tun_stream_forget(struct tun_stream *s)
+{
+	if (!s)
+		return;
+	if (s->sock) {
+		/* None of our callbacks may run on it again, and nothing may
+		 * reach the connection (no shutdown, no SO_LINGER): our
+		 * descriptor closes, the connection lives on elsewhere. */
+		bufferevent_setcb(s->sock, NULL, NULL, NULL, NULL);
+		evbuffer_remove_cb(bufferevent_get_output(s->sock), sock_out_cb, s);
+		evbuffer_remove_cb(bufferevent_get_input(s->sock), sock_in_cb, s);
+		bufferevent_disable(s->sock, EV_READ | EV_WRITE);
+		bufferevent_free(s->sock);
+		s->sock = NULL;
+	}
+	free(s);
 }
 
 void tun_stream_free_reset(struct tun_stream *s)

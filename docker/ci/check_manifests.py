@@ -217,9 +217,10 @@ def main(argv):
     c.check(pod.get("dnsPolicy") == "ClusterFirstWithHostNet",
             "hostNetwork pod keeps cluster DNS (ClusterFirstWithHostNet)")
     c.check(get(spec, "updateStrategy.type") == "RollingUpdate" and
-            get(spec, "updateStrategy.rollingUpdate.maxUnavailable") is not None and
-            get(spec, "updateStrategy.rollingUpdate.maxSurge", 0) == 0,
-            "rolling update with maxUnavailable and maxSurge 0 (host ports)")
+            get(spec, "updateStrategy.rollingUpdate.maxUnavailable") == 0 and
+            get(spec, "updateStrategy.rollingUpdate.maxSurge") == 1,
+            "rolling update with maxSurge 1 and maxUnavailable 0 (the new relay takes over "
+            "from the old one on its node)")
     grace = pod.get("terminationGracePeriodSeconds", 30)
     c.check(grace * 1000 > drain_ms,
             f"terminationGracePeriodSeconds {grace} s > relay.drain_timeout_ms {drain_ms}")
@@ -249,18 +250,23 @@ def main(argv):
     c.check(len(containers) == 1, "DaemonSet has one container")
     ctr = containers[0] if containers else {}
     args = ctr.get("args", [])
-    c.check(args[:2] == ["relay", "--config"] and len(args) == 3,
-            f"container runs 'relay --config FILE' ({args})")
+    c.check(args[:2] == ["relay", "--config"] and len(args) >= 3 and
+            set(args[3:]) == {"--takeover=auto", "--wait-after-handover"},
+            f"container runs 'relay --config FILE --takeover=auto --wait-after-handover' "
+            f"({args})")
     admin = get(relay, "admin.listen", "127.0.0.1:9090")
     admin_port = int(admin.rsplit(":", 1)[1]) if admin else None
     c.check(admin is not None, f"relay.json keeps the admin API on ({admin}): the probes use it")
-    for probe, sub in (("readinessProbe", "ready"), ("livenessProbe", "health")):
-        cmd = get(ctr, f"{probe}.exec.command", [])
-        url = cmd[cmd.index("--admin") + 1] if "--admin" in cmd[:-1] else "http://127.0.0.1:9090"
-        m = re.match(r"^http://(127\.0\.0\.1|localhost|\[::1\]):(\d+)/?$", url)
-        c.check(cmd[:2] in (["sparkrelay", "ctl"], ["/usr/local/bin/sparkrelay", "ctl"])
-                and cmd[-1] == sub and m is not None and int(m.group(2)) == admin_port,
-                f"{probe}: sparkrelay ctl {sub} on the admin port {admin_port} ({url})")
+    cmd = get(ctr, "livenessProbe.exec.command", [])
+    url = cmd[cmd.index("--admin") + 1] if "--admin" in cmd[:-1] else "http://127.0.0.1:9090"
+    m = re.match(r"^http://(127\.0\.0\.1|localhost|\[::1\]):(\d+)/?$", url)
+    c.check(cmd[:2] in (["sparkrelay", "ctl"], ["/usr/local/bin/sparkrelay", "ctl"])
+            and cmd[-1] == "health" and m is not None and int(m.group(2)) == admin_port,
+            f"livenessProbe: sparkrelay ctl health on the admin port {admin_port} ({url})")
+    # Both pods of a rolling update share the node's admin port: readiness must also
+    # ask whether this pod's relay holds the tunnel listener (the health check script).
+    c.check(get(ctr, "readinessProbe.exec.command", []) == [health_path, "ready"],
+            f"readinessProbe runs {health_path} ready (this pod's relay holds the listener)")
     c.check(health_path is not None, f"the image has the health check script ({health_path})")
     c.check(bool(get(ctr, "resources.requests.cpu")) and
             bool(get(ctr, "resources.requests.memory")) and
@@ -269,11 +275,10 @@ def main(argv):
     c.check(get(ctr, "securityContext.allowPrivilegeEscalation") is False and
             get(ctr, "securityContext.readOnlyRootFilesystem") is True,
             "container: no privilege escalation, read-only root")
-    ports = {p.get("name"): p for p in ctr.get("ports", [])}
-    tp = ports.get("tunnel", {})
-    c.check(tp.get("containerPort") == listen_port and tp.get("hostPort") == listen_port,
-            f"port 'tunnel' {tp.get('containerPort')}/{tp.get('hostPort')} == relay.listen "
-            f"port {listen_port}")
+    # With hostNetwork the scheduler counts container ports as host ports: listed, they
+    # would keep the new pod of a rolling update off the node its old pod is on.
+    c.check(not any(ct.get("ports") for ct in (pod.get("initContainers") or []) + containers),
+            "no container ports listed (hostNetwork: they would block the surge pod)")
     env = {e.get("name"): e for e in ctr.get("env", [])}
     c.check(get(env.get("SPARKRELAY_RELAY_POOL_ADVERTISE", {}), "valueFrom.fieldRef.fieldPath")
             == "status.hostIP", "pool.advertise comes from the node IP")
@@ -296,7 +301,16 @@ def main(argv):
         return None
 
     cfg_dir = mount_of("configMap", "name", get(cm, "metadata.name"))
-    cfg_file = args[2] if len(args) == 3 else ""
+    cfg_file = args[2] if len(args) >= 3 else ""
+    # The handover socket: on the node (hostPath), so that the next relay pod on the
+    # node finds the running one there.
+    ho = relay.get("handover_socket", "/run/sparkrelay/handover.sock")
+    ho_dir = posixpath.dirname(ho or "")
+    ho_vol = [v for v in pod.get("volumes", []) or []
+              if get(v, "hostPath.path") and mounts.get(v.get("name")) == ho_dir]
+    c.check(bool(ho) and len(ho_vol) == 1 and
+            get(ho_vol[0], "hostPath.type") == "DirectoryOrCreate",
+            f"relay.handover_socket {ho} is in a hostPath directory mounted at {ho_dir}")
     c.check(cfg_dir is not None and posixpath.dirname(cfg_file) == cfg_dir and
             posixpath.basename(cfg_file) in get(cm, "data", {}),
             f"--config {cfg_file} is a key of the mounted ConfigMap ({cfg_dir})")
@@ -324,7 +338,8 @@ def main(argv):
     # ---- image ---------------------------------------------------------------------
     images = set()
     for o in objs:
-        for ct in get(o, "spec.template.spec.containers", []) or []:
+        for ct in (get(o, "spec.template.spec.containers", []) or []) + \
+                (get(o, "spec.template.spec.initContainers", []) or []):
             images.add(ct.get("image"))
     c.check(len(images) == 1, f"one image everywhere ({sorted(images)})")
     image = next(iter(images)) if images else ":"

@@ -283,7 +283,11 @@ VOLUME = Obj({
     "secret": Obj({"secretName": Str(DNS_SUBDOMAIN), "items": KEY_TO_PATH,
                    "defaultMode": Int(0, 0o777), "optional": Bool()}),
     "emptyDir": Obj({"medium": Str(enum=("", "Memory")), "sizeLimit": Quantity()}),
-}, required=("name",), one_of=(("configMap", "secret", "emptyDir"),))
+    "hostPath": Obj({"path": Str(r"/.*"),
+                     "type": Str(enum=("", "DirectoryOrCreate", "Directory", "FileOrCreate",
+                                       "File", "Socket", "CharDevice", "BlockDevice"))},
+                    required=("path",)),
+}, required=("name",), one_of=(("configMap", "secret", "emptyDir", "hostPath"),))
 
 TOLERATION = Obj({
     "key": Str(LABEL_KEY),

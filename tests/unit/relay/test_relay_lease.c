@@ -774,6 +774,148 @@ static void test_ipv6_loopback(void **state)
 	assert_string_equal(msg.host, "::1");
 }
 
+/* ---- handover: a lease rebuilt around another table's sockets ------------ */
+
+static int fd_open(int fd)
+{
+	return fcntl(fd, F_GETFD) != -1;
+}
+
+static void test_adopt_keeps_id_token_ports_and_listeners(void **state)
+{
+	struct fx *f = *state;
+	struct relay_lease_table *old;
+	struct relay_lease *a = NULL, *b = NULL, *c = NULL;
+	struct relay_lease_state st;
+	unsigned roles = TUN_ROLE_BIT(TUN_PORT_DRIVER) | TUN_ROLE_BIT(TUN_PORT_BLOCKMANAGER);
+	char id[TUN_CTL_LEASE_MAX];
+	struct token tok;
+	uint16_t pd;
+
+	fx_table(f, 0);
+	old = relay_lease_table_new(f->base, &f->opts, &test_cbs, f);
+	assert_non_null(old);
+	for (int i = 0; i < 3; i++) /* a sequence number the adopter must not reuse */
+		assert_int_equal(relay_lease_create(old, "handed", roles, 30, &a), 0);
+	relay_lease_get_state(a, &st);
+	snprintf(id, sizeof(id), "%s", st.id);
+	tok = resume_of(a);
+	pd = st.ports[TUN_PORT_DRIVER];
+	/* "Another process": its own descriptors of the same sockets. */
+	for (int r = 0; r < TUN_PORT_MAX; r++)
+		st.fds[r] = st.fds[r] >= 0 ? fcntl(st.fds[r], F_DUPFD_CLOEXEC, 0) : -1;
+	assert_int_equal(relay_lease_adopt(f->t, &st, &b), 0);
+	relay_lease_table_free(old); /* closes its own descriptors only */
+	assert_string_equal(relay_lease_id(b), id);
+	assert_string_equal(relay_lease_app(b), "handed");
+	assert_string_equal(resume_of(b).s, tok.s);
+	assert_ptr_equal(relay_lease_find_resume(f->t, tok.s), b);
+	assert_ptr_equal(relay_lease_find_id(f->t, id), b);
+	assert_int_equal(relay_lease_port(b, TUN_PORT_DRIVER), pd);
+	assert_int_equal(relay_lease_grace_left_ms(b), -1);
+
+	/* Stopped until told: a connect waits in the backlog, not refused. */
+	assert_true(connect_loop(f, pd) >= 0);
+	run_for(f, 100);
+	assert_int_equal(f->accepts_total, 0);
+	relay_lease_listen(b, 1);
+	run_until(f, &f->accepts_total, 1, WAIT_MS);
+	assert_int_equal(f->accepts[TUN_PORT_DRIVER], 1);
+	assert_ptr_equal(f->accepted_lease, b);
+
+	/* New leases here neither repeat its id's number nor take its ports. */
+	assert_int_equal(relay_lease_create(f->t, "next", roles, 30, &c), 0);
+	assert_memory_equal(relay_lease_id(c), "L-4-", 4);
+	assert_int_not_equal(relay_lease_port(c, TUN_PORT_DRIVER), pd);
+	assert_int_not_equal(relay_lease_port(c, TUN_PORT_BLOCKMANAGER), pd);
+}
+
+static void test_adopt_refuses_what_does_not_fit_and_closes_the_sockets(void **state)
+{
+	struct fx *f = *state;
+	struct relay_lease *l = NULL;
+	struct relay_lease_state st;
+	char resume[65];
+	int fd[2];
+
+	fx_table(f, 0);
+	memset(resume, 'a', 64);
+	resume[64] = '\0';
+	for (int k = 0; k < 7; k++) {
+		uint16_t p = f->port_base;
+		memset(&st, 0, sizeof(st));
+		st.id = "L-7-0123abcd";
+		st.app = "x";
+		st.resume = resume;
+		st.roles = TUN_ROLE_BIT(TUN_PORT_DRIVER);
+		st.ttl_s = 30;
+		st.fds[0] = st.fds[1] = st.fds[2] = -1;
+		fd[0] = socket(AF_INET, SOCK_STREAM, 0);
+		assert_true(fd[0] >= 0);
+		st.fds[TUN_PORT_DRIVER] = fd[0];
+		st.ports[TUN_PORT_DRIVER] = p;
+		switch (k) {
+		case 0: st.ports[TUN_PORT_DRIVER] = (uint16_t)(f->port_base + f->nports); break;
+		case 1: st.id = "L-7-bad id"; break;
+		case 2: st.resume = "short"; break;
+		case 3: st.roles |= TUN_ROLE_BIT(TUN_PORT_UI); break; /* a role without a port */
+		case 4: st.fds[TUN_PORT_DRIVER] = -1; break;          /* a port without a socket */
+		case 5: st.ttl_s = TUN_CTL_TTL_MAX + 1; break;
+		case 6: st.app = NULL; break;
+		}
+		assert_int_equal(relay_lease_adopt(f->t, &st, &l), SR_EINVAL);
+		assert_null(l);
+		if (k != 4)
+			assert_false(fd_open(fd[0]));
+		else
+			close(fd[0]);
+	}
+	/* The same id twice, or a port another lease here holds. */
+	memset(&st, 0, sizeof(st));
+	st.id = "L-7-0123abcd";
+	st.app = "x";
+	st.resume = resume;
+	st.roles = TUN_ROLE_BIT(TUN_PORT_DRIVER);
+	st.ttl_s = 30;
+	st.fds[1] = st.fds[2] = -1;
+	st.fds[0] = socket(AF_INET, SOCK_STREAM, 0);
+	st.ports[0] = f->port_base;
+	assert_int_equal(relay_lease_adopt(f->t, &st, &l), 0);
+	fd[0] = st.fds[0] = socket(AF_INET, SOCK_STREAM, 0);
+	st.ports[0] = (uint16_t)(f->port_base + 1);
+	assert_int_equal(relay_lease_adopt(f->t, &st, &l), SR_EBUSY);
+	assert_false(fd_open(fd[0]));
+	fd[1] = st.fds[0] = socket(AF_INET, SOCK_STREAM, 0);
+	st.id = "L-8-0123abcd";
+	st.ports[0] = f->port_base;
+	assert_int_equal(relay_lease_adopt(f->t, &st, &l), SR_EINVAL);
+	assert_false(fd_open(fd[1]));
+	assert_int_equal(relay_lease_count(f->t), 1);
+}
+
+static void test_grace_time_left_is_kept_and_restarted(void **state)
+{
+	struct fx *f = *state;
+	struct relay_lease *l = NULL;
+	int64_t left;
+
+	fx_table(f, 0);
+	assert_int_equal(relay_lease_create(f->t, "g", TUN_ROLE_BIT(TUN_PORT_DRIVER), 30, &l), 0);
+	assert_int_equal(relay_lease_grace_left_ms(l), -1);
+	relay_lease_detach(l);
+	left = relay_lease_grace_left_ms(l);
+	assert_true(left > 29000 && left <= 30000);
+	relay_lease_grace_stop(l);
+	assert_int_equal(relay_lease_grace_left_ms(l), -1);
+	run_for(f, 50);
+	relay_lease_detach_ms(l, 150);
+	left = relay_lease_grace_left_ms(l);
+	assert_true(left > 100 && left <= 150);
+	run_until(f, &f->expires, 1, WAIT_MS);
+	assert_int_equal(f->expires, 1);
+	assert_int_equal(relay_lease_count(f->t), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -799,6 +941,9 @@ int main(void)
 		T(test_table_free_closes_everything_without_expire),
 		T(test_accept_emfile_pauses_listener),
 		T(test_ipv6_loopback),
+		T(test_adopt_keeps_id_token_ports_and_listeners),
+		T(test_adopt_refuses_what_does_not_fit_and_closes_the_sockets),
+		T(test_grace_time_left_is_kept_and_restarted),
 #undef T
 	};
 

@@ -1,0 +1,507 @@
+#!/usr/bin/env python3
+"""Live relay handover (`sparkrelay relay --takeover`): a new relay process takes
+the listeners, leases and executor connections of the running one over its
+handover socket, the sidecar reconnects and resumes, and nothing is lost.
+
+  - under load (60 executor connections doing request/response with sequence
+    numbers, a bulk transfer each way through slow readers), three handovers
+    in a row: no reset, every byte exact and in order, no executor connect
+    refused during the handovers (a connect every 10 ms), each old relay
+    exits 0 by itself;
+  - a new configuration with a changed route takes effect at the handover;
+  - a takeover with another relay.listen is refused: the old relay goes on;
+  - a new process killed in the middle, or one that never commits: the old
+    relay takes everything back and goes on serving, and a real takeover
+    works afterwards.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as H  # noqa: E402
+import harness_extra as X  # noqa: E402
+from harness import KiB, MiB  # noqa: E402
+
+RPC_CONNS = 60
+RPC_SIZE = 256
+BULK = 40 * MiB
+BULK_RATE = 6 * MiB  # bytes per second, each way
+
+
+def handover_dir():
+    # Short: a Unix socket path has at most 107 bytes.
+    return tempfile.mkdtemp(prefix="ho-", dir=H.root_dir())
+
+
+class RpcClient(threading.Thread):
+    """An executor connection doing request/response: each request carries its
+    sequence number, the driver (h_echo) answers it byte for byte."""
+
+    def __init__(self, host, port, idx, interval=0.02):
+        super().__init__(daemon=True, name="rpc-%d" % idx)
+        self.s = H.connect(host, port, timeout=30)
+        self.idx = idx
+        self.interval = interval
+        self.seq = 0
+        self.error = None
+        self.stop_ev = threading.Event()
+        self.max_gap = 0.0
+
+    def run(self):
+        last = time.monotonic()
+        try:
+            while not self.stop_ev.is_set():
+                m = H.message(self.seq, RPC_SIZE, seed=self.idx + 1)
+                self.s.sendall(m)
+                end, got, _, data = H.recv_exact(self.s, RPC_SIZE)
+                if end != "ok" or data != m:
+                    self.error = "conn %d request %d: %s after %d bytes%s" % (
+                        self.idx, self.seq, end, got, " (answer differs)" if end == "ok" else "")
+                    return
+                now = time.monotonic()
+                self.max_gap = max(self.max_gap, now - last)
+                last = now
+                self.seq += 1
+                time.sleep(self.interval)
+        except OSError as e:
+            self.error = "conn %d request %d: %r" % (self.idx, self.seq, e)
+
+    def finish(self):
+        """Stop, then close cleanly: the driver must see a clean end too."""
+        self.stop_ev.set()
+        self.join(30)
+        if self.is_alive():
+            return "conn %d: still running after 30 s" % self.idx
+        if self.error:
+            return self.error
+        try:
+            self.s.shutdown(socket.SHUT_WR)
+            end, extra, _ = H.recv_to_eof(self.s, 1 * KiB)
+        except OSError as e:
+            return "conn %d: close: %r" % (self.idx, e)
+        finally:
+            self.s.close()
+        if end != "eof" or extra:
+            return "conn %d: after its last request got %s with %d extra bytes" % (
+                self.idx, end, extra)
+        return None
+
+
+class Throttled(threading.Thread):
+    """Send n pattern bytes at about rate bytes/s (or read them at that pace)."""
+
+    def __init__(self, s, seed, n, rate, read=False):
+        super().__init__(daemon=True)
+        self.s, self.seed, self.n, self.rate, self.read = s, seed, n, rate, read
+        self.done = 0
+        self.error = None
+        self.sha = None
+
+    def run(self):
+        import hashlib
+        h = hashlib.sha256()
+        pat = H.Pattern(self.seed, self.n) if not self.read else None
+        t0 = time.monotonic()
+        try:
+            while self.done < self.n:
+                k = min(64 * KiB, self.n - self.done)
+                if self.read:
+                    b = self.s.recv(k)
+                    if not b:
+                        self.error = "eof after %d of %d bytes" % (self.done, self.n)
+                        return
+                else:
+                    b = pat.next(k)
+                    self.s.sendall(b)
+                h.update(b)
+                self.done += len(b)
+                ahead = self.done / self.rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
+        except OSError as e:
+            self.error = "%r after %d of %d bytes" % (e, self.done, self.n)
+        self.sha = h.hexdigest()
+
+
+class Prober(threading.Thread):
+    """Connect to host:port every interval seconds until stopped; every result
+    is kept (all must be 'accepted')."""
+
+    def __init__(self, host, port, interval=0.01):
+        super().__init__(daemon=True)
+        self.host, self.port, self.interval = host, port, interval
+        self.results = {}
+        self.stop_ev = threading.Event()
+
+    def run(self):
+        while not self.stop_ev.is_set():
+            r = X.connect_result(self.host, self.port, timeout=3.0)
+            self.results[r] = self.results.get(r, 0) + 1
+            time.sleep(self.interval)
+
+    def finish(self):
+        self.stop_ev.set()
+        self.join(10)
+        return self.results
+
+
+class HandoverCase(X.XCase):
+    """The relay listens on a handover socket of its own; takeover() starts a
+    new relay process on it and waits for the old one to exit 0."""
+
+    extra_relay = None
+
+    @property
+    def relay_overrides(self):
+        if not hasattr(self, "_ho_sock"):
+            self._ho_sock = os.path.join(handover_dir(), "handover.sock")
+        o = {"relay": {"handover_socket": self._ho_sock, "handover_timeout_ms": 10000,
+                       "lease": {"resume_hold_s": 60}}}
+        return H.deep_merge(o, self.extra_relay or {})
+
+    def takeover(self, cfg=None, expect_ok=True, name=None, timeout=20.0):
+        """A new relay with --takeover (cfg: a config dict, default the running
+        one's). Returns (new Proc, seconds until the old relay exited)."""
+        self.ntake = getattr(self, "ntake", 0) + 1
+        name = name or "relay-%d" % (self.ntake + 1)
+        path = H.write_config(os.path.join(self.stack.dir, name + ".json"),
+                              cfg or self.stack.relay_cfg)
+        old = self.stack.relay
+        p = H.Proc(name, [H.BIN, "relay", "--config", path, "--takeover"], self.stack.dir)
+        t0 = time.monotonic()
+        p.start()
+        self.track(p)
+        if not expect_ok:
+            try:
+                rc = p.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.fail("%s: refused takeover did not exit within %.0f s" % (name, timeout))
+            self.retire(p)
+            return p, rc
+        try:
+            rc = old.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.fail("old relay %s still running %.0f s after the takeover began" %
+                      (old.name, timeout))
+        took = time.monotonic() - t0
+        self.assertEqual(rc, 0, "old relay %s exited %s after the handover" % (old.name, rc))
+        self.retire(old)
+        self.assertTrue(p.alive(), "%s died after taking over" % name)
+        self.stack.relay = p
+        return p, took
+
+    def handover_line(self, proc):
+        """(ms, leases, conns, bytes, retained, waiting) of the old relay's summary line."""
+        lines = proc.grep("handed over to pid")
+        self.assertTrue(lines, "%s has no 'handed over' line" % proc.name)
+        m = re.search(r"in (\d+) ms: (\d+) leases, (\d+) executor connections \((\d+) bytes "
+                      r"buffered, (\d+) of them sent and not yet acknowledged\), (\d+) waiting",
+                      lines[-1])
+        self.assertIsNotNone(m, lines[-1])
+        return tuple(int(x) for x in m.groups())
+
+    def resumed_count(self):
+        return X.log_count(self.stack.tunnel, "resumed ")
+
+    def wait_resumed(self, before, timeout=15.0):
+        self.assertTrue(X.wait_for(lambda: self.resumed_count() > before, timeout),
+                        "the sidecar did not resume within %.0f s" % timeout)
+
+
+class TestHandoverUnderLoad(HandoverCase):
+
+    def test_three_handovers_lose_nothing(self):
+        st = self.stack
+        d = st.start_driver(handlers={"blockManager": H.h_duplex(501, BULK, BULK)})
+        rpcs = [RpcClient(st.exec_host, st.ports["driver"], i) for i in range(RPC_CONNS)]
+        for c in rpcs:
+            c.start()
+        # the bulk connection: executor -> driver and driver -> executor at once,
+        # both paced, so that every handover finds bytes in flight and buffered (a
+        # small receive buffer keeps the relay's output to this executor full)
+        bulk = st.executor("blockManager", timeout=30, rcvbuf=32 * KiB)
+        tx = Throttled(bulk, 502, BULK, BULK_RATE)
+        rx = Throttled(bulk, 0, BULK, BULK_RATE, read=True)
+        tx.start()
+        rx.start()
+        self.assertTrue(X.wait_for(lambda: all(c.seq > 3 for c in rpcs), 30),
+                        "request/response did not start on every connection")
+        prober = Prober(st.exec_host, st.ports["driver"])
+        prober.start()
+        report = []
+        for i in range(3):
+            time.sleep(0.5)
+            before = self.resumed_count()
+            old = st.relay
+            seqs = [c.seq for c in rpcs]
+            new, took = self.takeover()
+            ms, leases, conns, nbytes, retained, waiting = self.handover_line(old)
+            self.assertEqual(leases, 1)
+            self.assertGreaterEqual(conns, RPC_CONNS + 1)
+            self.wait_resumed(before)
+            # request/response flows again on every connection
+            self.assertTrue(X.wait_for(lambda: all(c.seq > s + 2 for c, s in zip(rpcs, seqs))
+                                       or any(c.error for c in rpcs), 20),
+                            "request/response did not resume on every connection")
+            errs = [c.error for c in rpcs if c.error]
+            self.assertFalse(errs, errs[:3])
+            report.append((ms, conns, nbytes, retained, took))
+            H.log("handover %d: %d ms in the old relay, %.2f s until it exited; %d executor "
+                  "connections and %d buffered bytes (%d retained) moved" %
+                  (i + 1, ms, took, conns, nbytes, retained))
+        probes = prober.finish()
+        self.assertEqual(set(probes), {"accepted"},
+                         "executor connects during the handovers: %r" % probes)
+        tx.join(120)
+        rx.join(120)
+        self.assertIsNone(tx.error, "bulk executor -> driver: %s" % tx.error)
+        self.assertIsNone(rx.error, "bulk driver -> executor: %s" % rx.error)
+        self.assertEqual(rx.sha, H.pattern_sha(501, BULK), "bulk driver -> executor: bytes differ")
+        dc = [c for c in d.all_conns() if c.port_name == "blockManager"][0]
+        bulk.shutdown(socket.SHUT_WR)
+        self.assertTrue(dc.wait_done(60), "driver side of the bulk transfer did not finish")
+        self.assertEqual(dc.info.get("rx_end"), "ok", dc.info)
+        self.assertEqual(dc.rx_sha, H.pattern_sha(502, BULK), "bulk executor -> driver: bytes differ")
+        problems = [p for p in (c.finish() for c in rpcs) if p]
+        self.assertFalse(problems, problems[:3])
+        self.assertGreater(min(c.seq for c in rpcs), 10)
+        H.log("RESULT handovers: %s; %d probes accepted; rpc max gap %.2f s" % (
+            report, probes.get("accepted", 0), max(c.max_gap for c in rpcs)))
+        # the sidecar never saw a refusal and lost no stream
+        self.assertFalse(st.tunnel.grep("Connection refused"), st.tunnel.grep("Connection refused"))
+        self.assertFalse(st.tunnel.grep("stream lost"), st.tunnel.grep("stream lost")[:3])
+        for p in self.tracked:
+            self.assertFalse(p.grep("stream lost"), (p.name, p.grep("stream lost")[:3]))
+
+
+def admin_port(proc):
+    """The admin API port a relay logged."""
+    for line in proc.grep("admin API listening"):
+        m = re.search(r"\[relay admin 127\.0\.0\.1:(\d+)\]", line)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def admin_get(port, path):
+    import urllib.request
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=5) as r:
+            return r.status, r.read().decode()
+    except OSError as e:
+        return None, repr(e)
+
+
+class TestHandoverKeepsTheAdminAPI(HandoverCase):
+
+    def test_admin_port_and_counters_carry_over(self):
+        st = self.stack
+        st.start_driver()
+        e = X.Echoer(st.exec_host, st.ports["driver"])
+        self.assertIsNone(e.check())
+        port = admin_port(st.relay)
+        self.assertIsNotNone(port, "the relay logged no admin port")
+        for i in range(2):
+            new, _ = self.takeover()
+        # the admin listener was handed over too: the same port answers, from
+        # the new process, which knows the lease and counts the handovers
+        self.assertEqual(admin_port(new), port)
+        code, body = admin_get(port, "/v1/leases")
+        self.assertEqual(code, 200, body)
+        self.assertIn(st.lease["lease"], body)
+        code, body = admin_get(port, "/metrics")
+        self.assertEqual(code, 200, body)
+        self.assertRegex(body, r"(?m)^sparkrelay_handovers_total 2$")
+        self.assertRegex(body, r"(?m)^sparkrelay_leases_granted_total 1$")
+        self.assertIsNone(e.check(), "the executor connection after two handovers")
+        e.close()
+
+
+class TestHandoverConfig(HandoverCase):
+
+    extra_relay = {"relay": {"routes": [{"name": "pods", "executor_cidrs": ["127.0.0.0/8"]}]}}
+
+    def new_config(self, routes):
+        cfg = json.loads(json.dumps(self.stack.relay_cfg))
+        cfg["relay"]["routes"] = routes
+        return cfg
+
+    def test_changed_route_applies(self):
+        st = self.stack
+        st.start_driver()
+        e = X.Echoer(st.exec_host, st.ports["driver"])
+        self.assertIsNone(e.check())
+        self.assertIsNone(X.echo_once(st.exec_host, st.ports["driver"], seed=3))
+        new, _ = self.takeover(self.new_config(
+            [{"name": "pods", "executor_cidrs": ["10.0.0.0/8"]}]))
+        self.assertTrue(X.wait_log(st.tunnel, "resumed ", 15, count=1))
+        # the open connection goes on; a new one from 127.0.0.1 is now outside
+        # the route's executor_cidrs and refused
+        self.assertIsNone(e.check(), "open executor connection after the handover")
+        self.assertIsNotNone(X.echo_once(st.exec_host, st.ports["driver"], seed=4, timeout=5),
+                             "a new executor outside the changed route got through")
+        self.assertTrue(X.wait_log(new, "address not in route pods's executor_cidrs", 5))
+        self.assertIsNone(e.check())
+        e.close()
+
+    def test_removed_route_keeps_the_rules_of_its_leases(self):
+        st = self.stack
+        st.start_driver()
+        e = X.Echoer(st.exec_host, st.ports["driver"])
+        self.assertIsNone(e.check())
+        new, _ = self.takeover(self.new_config(
+            [{"name": "others", "executor_cidrs": ["10.0.0.0/8"]}]))
+        self.assertTrue(X.wait_log(new, "keeps the rules it was made under", 5))
+        # as after a reload that removed it: the lease keeps its route's CIDRs
+        self.assertIsNone(X.echo_once(st.exec_host, st.ports["driver"], seed=5))
+        self.assertIsNone(e.check())
+        e.close()
+
+    def test_other_listen_address_is_refused_and_the_relay_goes_on(self):
+        st = self.stack
+        st.start_driver()
+        e = X.Echoer(st.exec_host, st.ports["driver"])
+        self.assertIsNone(e.check())
+        cfg = json.loads(json.dumps(st.relay_cfg))
+        cfg["relay"]["listen"] = "127.0.0.1:%d" % H.free_port()
+        p, rc = self.takeover(cfg, expect_ok=False)
+        self.assertNotEqual(rc, 0)
+        self.assertTrue(p.grep("relay.listen differs"), p.tail())
+        self.assertTrue(st.relay.grep("takeover by pid"), "the old relay logged no refusal")
+        self.assertFalse(st.relay.grep("freezing"), "the old relay froze for a refused takeover")
+        self.assert_relay_alive()
+        self.assertIsNone(e.check(), "executor connection after the refused takeover")
+        self.assertIsNone(X.echo_once(st.exec_host, st.ports["driver"], seed=6))
+        self.assertFalse(st.tunnel.grep("reconnecting"), "the sidecar lost its tunnel")
+        e.close()
+
+
+class TestHandoverWithTheSidecarAway(HandoverCase):
+
+    def test_lease_in_grace_and_waiting_executor_move(self):
+        st = self.stack
+        st.start_driver()
+        self.stack_sidecar_sigkill()
+        self.assertTrue(X.wait_log(st.relay, "tunnel lost", 10))
+        # an executor arrives while the tunnel is away: it waits in the relay
+        s = H.connect(st.exec_host, st.ports["driver"], timeout=30)
+        m = H.message(1, 4 * KiB, seed=42)
+        s.sendall(m)
+        self.assertTrue(X.wait_log(st.relay, "waiting for the tunnel", 10))
+        old = st.relay
+        new, _ = self.takeover()
+        self.assertEqual(self.handover_line(old)[-1], 1, "the waiting executor was not passed")
+        # the sidecar comes back to the new relay: same lease, and the executor
+        # that waited gets through with its first bytes
+        self.restart_stack_sidecar("tunnel-2")
+        self.assertTrue(X.wait_log(new, "resuming lease " + st.lease["lease"], 15),
+                        "the sidecar did not resume its lease on the new relay")
+        end, got, _, data = H.recv_exact(s, len(m))
+        self.assertEqual((end, data == m), ("ok", True), "waiting executor: %s after %d" % (end, got))
+        s.close()
+
+
+# A stand-in for a new relay that stops mid-handover: it greets the running
+# relay, reads its state (descriptors included) and then either waits to be
+# killed or just never commits.
+FAKE_NEW = r"""
+import json, socket, sys, time
+path, listen = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.connect(path)
+s.send(b"H" + json.dumps({"v": 1, "version": "fake", "pid": 0, "listen": listen}).encode())
+fds, n = [], 0
+while True:
+    msg, got, flags, addr = socket.recv_fds(s, 70000, 16)
+    fds += got
+    n += 1
+    if not msg or msg[:1] != b"S":
+        continue
+    if json.loads(msg[1:]).get("kind") == "end":
+        break
+print("GOT %d messages %d fds" % (n, len(fds)), flush=True)
+time.sleep(120)
+"""
+
+
+class TestHandoverFailures(HandoverCase):
+
+    extra_relay = {"relay": {"handover_timeout_ms": 1500}}
+
+    def fake_new(self, name):
+        path = os.path.join(self.stack.dir, "fake_new.py")
+        with open(path, "w") as f:
+            f.write(FAKE_NEW)
+        out = open(os.path.join(self.stack.dir, name + ".out"), "w+")
+        p = subprocess.Popen([sys.executable, path, self._ho_sock, self.stack.relay_cfg["relay"]["listen"]],
+                             stdout=out, stderr=subprocess.STDOUT, preexec_fn=H._child_setup)
+        self.addCleanup(lambda: (p.kill(), p.wait(5), out.close()))
+        ok = X.wait_for(lambda: (out.seek(0), out.read())[1].startswith("GOT"), 15)
+        self.assertTrue(ok, "the stand-in never got the state: %r" % (out.seek(0), out.read())[1])
+        return p
+
+    def check_serving(self, rpcs, what, before):
+        st = self.stack
+        self.wait_resumed(before)
+        seqs = [c.seq for c in rpcs]
+        self.assertTrue(X.wait_for(lambda: all(c.seq > s + 2 for c, s in zip(rpcs, seqs))
+                                   or any(c.error for c in rpcs), 20),
+                        "request/response did not resume after " + what)
+        errs = [c.error for c in rpcs if c.error]
+        self.assertFalse(errs, errs[:3])
+        self.assertIsNone(X.echo_once(st.exec_host, st.ports["driver"], seed=9))
+
+    def test_new_process_killed_or_stalled_mid_handover(self):
+        st = self.stack
+        st.start_driver()
+        rpcs = [RpcClient(st.exec_host, st.ports["driver"], i) for i in range(8)]
+        for c in rpcs:
+            c.start()
+        self.assertTrue(X.wait_for(lambda: all(c.seq > 3 for c in rpcs), 20))
+        prober = Prober(st.exec_host, st.ports["driver"])
+        prober.start()
+
+        # killed after it received everything, before it committed
+        before = self.resumed_count()
+        p = self.fake_new("fake-1")
+        self.assertTrue(X.wait_log(st.relay, "state sent", 5))
+        p.send_signal(signal.SIGKILL)
+        p.wait(5)
+        self.assertTrue(X.wait_log(st.relay, "abandoned: the new relay went away", 5),
+                        "the old relay did not notice the new one die")
+        self.assert_relay_alive()
+        self.check_serving(rpcs, "a killed takeover", before)
+
+        # alive but never committing: abandoned after handover_timeout_ms
+        before = self.resumed_count()
+        p = self.fake_new("fake-2")
+        self.assertTrue(X.wait_log(st.relay, "not committed within", 5),
+                        "the old relay did not give up on a stalled takeover")
+        self.assert_relay_alive()
+        self.check_serving(rpcs, "a stalled takeover", before)
+        p.kill()
+        p.wait(5)
+
+        # and a real takeover still works, with the same connections
+        before = self.resumed_count()
+        self.takeover()
+        self.check_serving(rpcs, "a real takeover", before)
+        probes = prober.finish()
+        self.assertEqual(set(probes), {"accepted"}, probes)
+        problems = [x for x in (c.finish() for c in rpcs) if x]
+        self.assertFalse(problems, problems[:3])
+
+
+if __name__ == "__main__":
+    H.main()

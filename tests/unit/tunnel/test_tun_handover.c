@@ -1,0 +1,707 @@
+/* A group's held streams handed to "another process" (tun_handover.h) below
+ * the socket layer: the harness of test_resume.c (a relay-role and a
+ * sidecar-role tun_conn driven through their sans-I/O interface, the tunnel
+ * cut at random byte offsets while executors and drivers send, half-close
+ * and reset), and at every cut the relay's group is handed over the way a
+ * relay handover does it: frozen, every stream described as JSON text, its
+ * socket duplicated (the other process's descriptor) and the bytes of its
+ * socket's input and output copied, adopted into a fresh group, the old
+ * group forgotten (its descriptors closed, nothing else), the new one
+ * thawed; now and then a handover is abandoned instead (the new group
+ * forgotten, the old one thawed). Then the sidecar resumes on the new group.
+ *
+ * What must hold: every byte each end sent arrives at the other in order,
+ * exactly once; a FIN arrives iff it was sent, after every byte; a reset
+ * arrives as a reset; nothing stays held; forgetting a group resets no
+ * connection and closes no socket the other group still has.
+ *
+ * SR_HANDOVER_ITERS sets the number of iterations (default 300),
+ * SR_HANDOVER_SEED the first seed; a failure names the seed. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "common/sr_err.h"
+#include "common/sr_log.h"
+#include "common/sr_util.h"
+#include "tunnel/tun_conn.h"
+#include "tunnel/tun_ctl.h"
+#include "tunnel/tun_group.h"
+#include "tunnel/tun_handover.h"
+
+#include <jansson.h>
+
+#define MAXF 6
+#define LEASE "L-1-0123abcd"
+#define PORT 41000
+#define IOB (64 * 1024)
+
+/* ---- deterministic randomness and payloads --------------------------------- */
+
+static uint64_t rng_state;
+
+static uint32_t rnd(uint32_t n)
+{
+	rng_state ^= rng_state << 13;
+	rng_state ^= rng_state >> 7;
+	rng_state ^= rng_state << 17;
+	return n ? (uint32_t)(rng_state % n) : 0;
+}
+
+static uint8_t pat(uint32_t seed, uint64_t off)
+{
+	uint64_t x = (off >> 3) * 0x9E3779B97F4A7C15ull + (uint64_t)seed * 0xC2B2AE3D27D4EB4Full + 1;
+	x ^= x >> 31;
+	x *= 0xBF58476D1CE4E5B9ull;
+	x ^= x >> 29;
+	return (uint8_t)(x >> (8 * (off & 7)));
+}
+
+/* ---- one end of an executor <-> driver connection, played by the test -------- */
+
+struct end {
+	int fd;
+	uint32_t tx_seed, rx_seed;
+	uint64_t tx_total, tx;  /* send tx_total bytes, then FIN if shut */
+	int shut, shut_done;
+	uint64_t reset_at;      /* reset (RST) after sending this many, 0: never */
+	int reset_done;
+	uint64_t rx;
+	int64_t bad;            /* offset of the first wrong byte, -1 if none */
+	int eof, err;
+};
+
+struct flow {
+	uint64_t conn_id;
+	struct end ex, dr;
+	int dialled; /* the sidecar dialled the driver for it */
+};
+
+struct h {
+	struct event_base *base;
+	struct tun_conn *relay, *sc;
+	int closed[2];
+	struct tun_group *gr, *gs;
+	struct evbuffer *r2s, *s2r; /* bytes in flight */
+	int resuming;               /* the next register carries the resume token */
+	int leased;                 /* sidecar: lease seen on this tunnel */
+	struct flow f[MAXF];
+	int nf;
+	int lfd;
+	uint16_t lport;
+	uint64_t cuts;
+	uint64_t handovers, abandoned, moved, moved_bytes;
+};
+
+static void end_init(struct end *e)
+{
+	memset(e, 0, sizeof(*e));
+	e->fd = -1;
+	e->bad = -1;
+}
+
+static void end_service(struct end *e)
+{
+	uint8_t buf[IOB];
+
+	if (e->fd < 0)
+		return;
+	while (!e->reset_done && !e->err && e->tx < e->tx_total) {
+		uint64_t lim = e->reset_at ? e->reset_at : e->tx_total;
+		size_t n = lim - e->tx < sizeof(buf) ? (size_t)(lim - e->tx) : sizeof(buf);
+		ssize_t w;
+		if (n == 0)
+			break;
+		for (size_t i = 0; i < n; i++)
+			buf[i] = pat(e->tx_seed, e->tx + i);
+		w = send(e->fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (w <= 0) {
+			if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+				e->err = errno;
+			break;
+		}
+		e->tx += (uint64_t)w;
+	}
+	if (e->reset_at && !e->reset_done && e->tx >= e->reset_at) {
+		sr_sock_set_reset_on_close(e->fd);
+		close(e->fd);
+		e->fd = -1;
+		e->reset_done = 1;
+		return;
+	}
+	if (e->shut && !e->shut_done && e->tx == e->tx_total) {
+		shutdown(e->fd, SHUT_WR);
+		e->shut_done = 1;
+	}
+	while (!e->eof && !e->err) {
+		ssize_t r = recv(e->fd, buf, sizeof(buf), MSG_DONTWAIT);
+		if (r > 0) {
+			for (ssize_t i = 0; i < r && e->bad < 0; i++)
+				if (buf[i] != pat(e->rx_seed, e->rx + (uint64_t)i))
+					e->bad = (int64_t)(e->rx + (uint64_t)i);
+			e->rx += (uint64_t)r;
+		} else if (r == 0) {
+			e->eof = 1;
+		} else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+			break;
+		} else {
+			e->err = errno;
+		}
+	}
+}
+
+/* A connected TCP pair on loopback: *a is the test's end, *b the daemon's. */
+static void tcp_pair(struct h *h, int *a, int *b)
+{
+	struct sockaddr_in sa;
+	int one = 1;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sin_family = AF_INET;
+	sa.sin_port = htons(h->lport);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	*a = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(*a >= 0);
+	assert_int_equal(connect(*a, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	*b = accept4(h->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	assert_true(*b >= 0);
+	assert_int_equal(fcntl(*a, F_SETFL, fcntl(*a, F_GETFL) | O_NONBLOCK), 0);
+	setsockopt(*a, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	setsockopt(*b, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+/* ---- the two sessions ------------------------------------------------------- */
+
+static void relay_output(struct tun_conn *c, void *arg)
+{
+	struct h *h = arg;
+	if (c == h->relay)
+		evbuffer_add_buffer(h->r2s, tun_conn_output(c));
+}
+
+static void sc_output(struct tun_conn *c, void *arg)
+{
+	struct h *h = arg;
+	if (c == h->sc)
+		evbuffer_add_buffer(h->s2r, tun_conn_output(c));
+}
+
+static void make_lease(struct tun_ctl_msg *m, uint32_t streams)
+{
+	memset(m, 0, sizeof(*m));
+	m->type = TUN_CTL_LEASE;
+	snprintf(m->lease, sizeof(m->lease), LEASE);
+	snprintf(m->host, sizeof(m->host), "relay.example");
+	m->ports[TUN_PORT_DRIVER] = PORT;
+	m->roles = TUN_ROLE_BIT(TUN_PORT_DRIVER);
+	m->ttl_s = 60;
+	snprintf(m->resume, sizeof(m->resume), "tok");
+	m->streams = streams;
+}
+
+/* The relay's registration, as relay_tunnel.c does it: the lease (with the
+ * number of held streams) first, then the held streams reopened. */
+static void relay_on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void *arg)
+{
+	struct h *h = arg;
+	struct tun_ctl_msg lease;
+	size_t held = tun_group_held(h->gr);
+
+	if (m->type != TUN_CTL_REGISTER)
+		return;
+	tun_conn_set_group(c, h->gr);
+	make_lease(&lease, (uint32_t)held);
+	assert_int_equal(tun_conn_send_ctl(c, &lease), 0);
+	if (m->resume[0])
+		assert_int_equal(tun_group_resume(h->gr, c), held);
+}
+
+static void sc_on_ctl_open(struct tun_conn *c, void *arg)
+{
+	struct h *h = arg;
+	struct tun_ctl_msg reg;
+
+	memset(&reg, 0, sizeof(reg));
+	reg.type = TUN_CTL_REGISTER;
+	snprintf(reg.app, sizeof(reg.app), "resume-test");
+	reg.roles = TUN_ROLE_BIT(TUN_PORT_DRIVER);
+	if (h->resuming)
+		snprintf(reg.resume, sizeof(reg.resume), "tok");
+	assert_int_equal(tun_conn_send_ctl(c, &reg), 0);
+}
+
+static void sc_on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void *arg)
+{
+	struct h *h = arg;
+
+	if (m->type != TUN_CTL_LEASE)
+		return;
+	h->leased = 1;
+	tun_conn_set_group(c, h->gs);
+	tun_group_set_lease(h->gs, m->lease);
+	if (h->resuming)
+		tun_group_expect(h->gs, m->streams);
+}
+
+static struct bufferevent *sc_on_connect(struct tun_conn *c, const struct tun_connect_req *req,
+					 void *arg)
+{
+	struct h *h = arg;
+	struct bufferevent *bev;
+	int a, b;
+
+	for (int i = 0; i < h->nf; i++) {
+		struct flow *f = &h->f[i];
+		if (f->conn_id != req->conn_id)
+			continue;
+		assert_false(f->dialled); /* a held stream is never dialled twice */
+		f->dialled = 1;
+		tcp_pair(h, &a, &b);
+		f->dr.fd = a;
+		bev = bufferevent_socket_new(h->base, b, BEV_OPT_CLOSE_ON_FREE);
+		assert_non_null(bev);
+		*req->connected = 1;
+		return bev;
+	}
+	fail_msg("CONNECT for unknown conn id %llu", (unsigned long long)req->conn_id);
+	return NULL;
+}
+
+static void on_closed(struct tun_conn *c, int err, void *arg)
+{
+	struct h *h = arg;
+	h->closed[c == h->relay ? 0 : 1]++;
+}
+
+static const struct tun_conn_cbs relay_cbs = {
+    .on_ctl = relay_on_ctl,
+    .on_output = relay_output,
+    .on_closed = on_closed,
+};
+
+static const struct tun_conn_cbs sc_cbs = {
+    .on_ctl = sc_on_ctl,
+    .on_ctl_open = sc_on_ctl_open,
+    .on_connect = sc_on_connect,
+    .on_output = sc_output,
+    .on_closed = on_closed,
+};
+
+static void start_tunnel(struct h *h)
+{
+	struct tun_conn_opts o;
+
+	memset(&o, 0, sizeof(o));
+	o.stream_window = 16 * 1024 + rnd(48 * 1024); /* small: many acks, much retained */
+	o.conn_window = 1u << 20;
+	o.ping_interval_ms = 60000;
+	o.ping_timeout_ms = 120000;
+	o.sock_read_high = 16 * 1024 + rnd(64 * 1024);
+	evbuffer_drain(h->r2s, evbuffer_get_length(h->r2s));
+	evbuffer_drain(h->s2r, evbuffer_get_length(h->s2r));
+	h->closed[0] = h->closed[1] = 0;
+	h->leased = 0;
+	h->relay = tun_conn_new(h->base, TUN_ROLE_RELAY, &o, &relay_cbs, h, "t-relay");
+	h->sc = tun_conn_new(h->base, TUN_ROLE_SIDECAR, &o, &sc_cbs, h, "t-sidecar");
+	assert_non_null(h->relay);
+	assert_non_null(h->sc);
+	tun_conn_start(h->sc);
+	tun_conn_start(h->relay);
+}
+
+/* Move up to n bytes of what is in flight, each way. */
+static void deliver(struct h *h, size_t n)
+{
+	uint8_t buf[IOB];
+
+	for (int dir = 0; dir < 2; dir++) {
+		struct evbuffer *w = dir ? h->s2r : h->r2s;
+		struct tun_conn *to = dir ? h->relay : h->sc;
+		size_t left = n;
+		while (left > 0 && evbuffer_get_length(w) > 0) {
+			int k = evbuffer_remove(w, buf, left < sizeof(buf) ? left : sizeof(buf));
+			if (k <= 0)
+				break;
+			left -= (size_t)k;
+			if (tun_conn_recv(to, buf, (size_t)k) != 0)
+				break;
+		}
+	}
+}
+
+static void service(struct h *h)
+{
+	for (int i = 0; i < h->nf; i++) {
+		end_service(&h->f[i].ex);
+		end_service(&h->f[i].dr);
+	}
+	event_base_loop(h->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+}
+
+/* What a relay handover does with one group: freeze it, describe every
+ * stream (through JSON text, as on the wire), give "the new process" a
+ * duplicate of each socket and a copy of its buffers. Returns the new,
+ * frozen group. */
+static struct tun_group *hand_over(struct h *h, struct tun_group *old)
+{
+	struct tun_group_opts go = {.hold_ms = 60000};
+	struct tun_group *g = tun_group_new(h->base, TUN_ROLE_RELAY, &go, "t-relay-group-2");
+	char err[256];
+	json_t *gj;
+	char *text;
+
+	assert_non_null(g);
+	assert_int_equal(tun_group_freeze(old), 0);
+	tun_group_set_lease(g, LEASE);
+	assert_int_equal(tun_group_freeze(g), 0);
+	for (struct tun_stream *s = tun_handover_next(old, NULL); s;
+	     s = tun_handover_next(old, s)) {
+		json_t *meta = tun_handover_stream_json(s), *back;
+		struct evbuffer *in = evbuffer_new(), *out = evbuffer_new();
+		struct evbuffer *sin = tun_handover_stream_in(s), *sout = tun_handover_stream_out(s);
+		int fd = tun_handover_stream_fd(s);
+		assert_non_null(meta);
+		text = json_dumps(meta, JSON_COMPACT);
+		json_decref(meta);
+		assert_non_null(text);
+		back = json_loads(text, 0, NULL);
+		free(text);
+		assert_non_null(back);
+		/* Copies, not moves: the old group keeps its buffers intact (an
+		 * abandoned handover thaws it). */
+		if (sin) {
+			size_t n = evbuffer_get_length(sin);
+			uint8_t *buf = malloc(n + 1);
+			struct evbuffer_iovec v[64];
+			size_t off = 0;
+			int k = evbuffer_peek(sin, -1, NULL, v, 64);
+			assert_true(k >= 0 && k <= 64);
+			for (int i = 0; i < k; i++) {
+				memcpy(buf + off, v[i].iov_base, v[i].iov_len);
+				off += v[i].iov_len;
+			}
+			assert_int_equal(off, n);
+			evbuffer_add(in, buf, n);
+			h->moved_bytes += n;
+			free(buf);
+		}
+		if (sout) {
+			size_t n = evbuffer_get_length(sout);
+			uint8_t *buf = malloc(n + 1);
+			struct evbuffer_iovec v[64];
+			size_t off = 0;
+			int k = evbuffer_peek(sout, -1, NULL, v, 64);
+			assert_true(k >= 0 && k <= 64);
+			for (int i = 0; i < k; i++) {
+				memcpy(buf + off, v[i].iov_base, v[i].iov_len);
+				off += v[i].iov_len;
+			}
+			assert_int_equal(off, n);
+			evbuffer_add(out, buf, n);
+			h->moved_bytes += n;
+			free(buf);
+		}
+		if (fd >= 0) {
+			fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+			assert_true(fd >= 0);
+		}
+		if (tun_handover_adopt(g, back, fd, in, out, err, sizeof(err)) != 0)
+			fail_msg("adopt: %s", err);
+		json_decref(back);
+		evbuffer_free(in);
+		evbuffer_free(out);
+		h->moved++;
+	}
+	gj = tun_handover_group_json(old);
+	assert_non_null(gj);
+	text = json_dumps(gj, JSON_COMPACT);
+	json_decref(gj);
+	gj = json_loads(text, 0, NULL);
+	free(text);
+	if (tun_handover_group_restore(g, gj, err, sizeof(err)) != 0)
+		fail_msg("restore: %s", err);
+	json_decref(gj);
+	return g;
+}
+
+/* The tunnel dies: a random part of what is in flight arrives, the rest is
+ * lost with the connection; both sessions see the transport fail. */
+static void cut(struct h *h)
+{
+	deliver(h, rnd(3) == 0 ? 0 : rnd(40000));
+	evbuffer_drain(h->r2s, evbuffer_get_length(h->r2s));
+	evbuffer_drain(h->s2r, evbuffer_get_length(h->s2r));
+	tun_conn_transport_failed(h->relay, SR_EIO, "cut by the test");
+	tun_conn_transport_failed(h->sc, SR_EIO, "cut by the test");
+	for (int i = 0; i < 200 && !(h->closed[0] && h->closed[1]); i++)
+		event_base_loop(h->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+	assert_int_equal(h->closed[0], 1);
+	assert_int_equal(h->closed[1], 1);
+	tun_conn_free(h->relay);
+	tun_conn_free(h->sc);
+	h->relay = h->sc = NULL;
+	h->cuts++;
+	h->resuming = 1;
+	/* The relay's streams move to a new group, or a handover is abandoned
+	 * (the new group forgotten, the old one going on). */
+	if (rnd(4) != 0) {
+		struct tun_group *g = hand_over(h, h->gr);
+		if (rnd(5) == 0) {
+			tun_group_forget(g);
+			tun_group_free(g);
+			tun_group_thaw(h->gr);
+			h->abandoned++;
+		} else {
+			tun_group_forget(h->gr);
+			tun_group_free(h->gr);
+			h->gr = g;
+			tun_group_thaw(h->gr);
+			h->handovers++;
+		}
+		/* Let the forgotten bufferevents finalize (their descriptors close). */
+		event_base_loop(h->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+	}
+}
+
+static int flow_done(const struct flow *f)
+{
+	const struct end *ex = &f->ex, *dr = &f->dr;
+
+	if (ex->reset_at || dr->reset_at)
+		return (ex->reset_done || ex->err || ex->eof) && (dr->reset_done || dr->err || dr->eof);
+	return ex->eof && dr->eof && ex->shut_done && dr->shut_done;
+}
+
+static int all_done(const struct h *h)
+{
+	for (int i = 0; i < h->nf; i++)
+		if (!flow_done(&h->f[i]))
+			return 0;
+	return 1;
+}
+
+/* ---- one iteration ------------------------------------------------------------ */
+
+static void run_one(struct h *h, uint64_t seed)
+{
+	struct tun_group_opts go = {.hold_ms = 60000};
+	struct tun_group_stats gst;
+	int ncuts = 1 + (int)(seed % 3), steps = 0;
+
+	rng_state = seed * 0x2545F4914F6CDD1Dull + 0x9E3779B97F4A7C15ull;
+	assert_non_null(h->base = event_base_new());
+	h->r2s = evbuffer_new();
+	h->s2r = evbuffer_new();
+	h->gr = tun_group_new(h->base, TUN_ROLE_RELAY, &go, "t-relay-group");
+	h->gs = tun_group_new(h->base, TUN_ROLE_SIDECAR, &go, "t-sidecar-group");
+	assert_non_null(h->gr);
+	assert_non_null(h->gs);
+	h->resuming = 0;
+	start_tunnel(h);
+	for (int i = 0; i < 50 && !h->leased; i++) {
+		deliver(h, 1u << 20);
+		service(h);
+	}
+	assert_true(h->leased);
+
+	h->nf = 1 + (int)rnd(MAXF);
+	for (int i = 0; i < h->nf; i++) {
+		struct flow *f = &h->f[i];
+		int a, b;
+		memset(f, 0, sizeof(*f));
+		end_init(&f->ex);
+		end_init(&f->dr);
+		f->conn_id = seed * 16 + (uint64_t)i + 1;
+		f->ex.tx_seed = f->dr.rx_seed = (uint32_t)(seed * 131 + (uint64_t)i);
+		f->dr.tx_seed = f->ex.rx_seed = (uint32_t)(seed * 137 + (uint64_t)i + 7);
+		f->ex.tx_total = rnd(4) ? rnd(300000) : 0;
+		f->dr.tx_total = rnd(4) ? rnd(300000) : 0;
+		f->ex.shut = 1;
+		f->dr.shut = 1;
+		/* Now and then an end resets midway, with bytes in flight. */
+		if (rnd(6) == 0 && f->ex.tx_total)
+			f->ex.reset_at = 1 + rnd((uint32_t)f->ex.tx_total);
+		else if (rnd(6) == 0 && f->dr.tx_total)
+			f->dr.reset_at = 1 + rnd((uint32_t)f->dr.tx_total);
+		tcp_pair(h, &a, &b);
+		f->ex.fd = a;
+		struct bufferevent *bev = bufferevent_socket_new(h->base, b, BEV_OPT_CLOSE_ON_FREE);
+		assert_non_null(bev);
+		assert_int_equal(tun_conn_open_stream(h->relay, bev, PORT, LEASE, f->conn_id,
+						      "10.0.0.9:5000"),
+				 0);
+	}
+
+	while (!all_done(h)) {
+		int cut_now = ncuts > 0 && rnd(4) == 0;
+		if (cut_now) {
+			cut(h);
+			ncuts--;
+			start_tunnel(h);
+			for (int i = 0; i < 50 && !h->leased; i++) {
+				deliver(h, 1u << 20);
+				service(h);
+			}
+			assert_true(h->leased);
+		}
+		deliver(h, 1 + rnd(70000));
+		service(h);
+		if (steps % 50 == 0 && getenv("SR_HANDOVER_TRACE"))
+			fprintf(stderr, "step %d cuts %llu wires %zu %zu\n", steps, (unsigned long long)h->cuts, evbuffer_get_length(h->r2s), evbuffer_get_length(h->s2r));
+		if (++steps > 20000) {
+			for (int i = 0; i < h->nf; i++) {
+				const struct end *ex = &h->f[i].ex, *dr = &h->f[i].dr;
+				print_message("flow %d: ex tx %llu/%llu rx %llu eof %d err %d rst %llu "
+					      "| dr tx %llu/%llu rx %llu eof %d err %d rst %llu\n",
+					      i, (unsigned long long)ex->tx,
+					      (unsigned long long)ex->tx_total,
+					      (unsigned long long)ex->rx, ex->eof, ex->err,
+					      (unsigned long long)ex->reset_at,
+					      (unsigned long long)dr->tx,
+					      (unsigned long long)dr->tx_total,
+					      (unsigned long long)dr->rx, dr->eof, dr->err,
+					      (unsigned long long)dr->reset_at);
+			}
+			fail_msg("seed %llu: not done after %d steps (cuts %llu)",
+				 (unsigned long long)seed, steps, (unsigned long long)h->cuts);
+		}
+	}
+
+	for (int i = 0; i < h->nf; i++) {
+		struct flow *f = &h->f[i];
+		struct end *ex = &f->ex, *dr = &f->dr;
+		if (ex->bad >= 0 || dr->bad >= 0)
+			fail_msg("seed %llu flow %d: wrong byte at %lld (executor) / %lld (driver)",
+				 (unsigned long long)seed, i, (long long)ex->bad, (long long)dr->bad);
+		if (ex->reset_at || dr->reset_at) {
+			/* What arrived before the reset is a prefix of what was sent,
+			 * and the other end saw the reset, not a clean end. */
+			assert_true(dr->rx <= ex->tx);
+			assert_true(ex->rx <= dr->tx);
+			if ((ex->reset_at && !(dr->err == ECONNRESET || dr->err == EPIPE)) ||
+			    (dr->reset_at && !(ex->err == ECONNRESET || ex->err == EPIPE)))
+				fail_msg("seed %llu flow %d: a reset arrived as %s (executor err %d "
+					 "eof %d, driver err %d eof %d, cuts %llu)",
+					 (unsigned long long)seed, i,
+					 (ex->reset_at ? dr->eof : ex->eof) ? "a clean end" : "nothing",
+					 ex->err, ex->eof, dr->err, dr->eof,
+					 (unsigned long long)h->cuts);
+			continue;
+		}
+		if (dr->rx != ex->tx_total || ex->rx != dr->tx_total)
+			fail_msg("seed %llu flow %d: driver got %llu of %llu, executor %llu of %llu "
+				 "(cuts %llu)",
+				 (unsigned long long)seed, i, (unsigned long long)dr->rx,
+				 (unsigned long long)ex->tx_total, (unsigned long long)ex->rx,
+				 (unsigned long long)dr->tx_total, (unsigned long long)h->cuts);
+		assert_int_equal(ex->err, 0);
+		assert_int_equal(dr->err, 0);
+	}
+	tun_group_get_stats(h->gr, &gst);
+	assert_int_equal(gst.held, 0);
+	assert_int_equal(gst.lost[TUN_LOST_HOLD], 0);
+	tun_group_get_stats(h->gs, &gst);
+	assert_int_equal(gst.held, 0);
+
+	tun_conn_set_group(h->relay, NULL);
+	tun_conn_set_group(h->sc, NULL);
+	tun_conn_free(h->relay);
+	tun_conn_free(h->sc);
+	h->relay = h->sc = NULL;
+	tun_group_free(h->gr);
+	tun_group_free(h->gs);
+	for (int i = 0; i < h->nf; i++) {
+		if (h->f[i].ex.fd >= 0)
+			close(h->f[i].ex.fd);
+		if (h->f[i].dr.fd >= 0)
+			close(h->f[i].dr.fd);
+	}
+	evbuffer_free(h->r2s);
+	evbuffer_free(h->s2r);
+	event_base_free(h->base);
+	h->base = NULL;
+}
+
+static void test_handover_at_every_cut_every_byte_exactly_once(void **state)
+{
+	struct h *h = *state;
+	const char *n = getenv("SR_HANDOVER_ITERS"), *s0 = getenv("SR_HANDOVER_SEED");
+	unsigned iters = n ? (unsigned)strtoul(n, NULL, 10) : 300;
+	uint64_t first = s0 ? strtoull(s0, NULL, 10) : 1;
+	uint64_t t0 = sr_now_us(), cuts = 0;
+
+	for (unsigned i = 0; i < iters; i++) {
+		h->cuts = 0;
+		run_one(h, first + i);
+		cuts += h->cuts;
+	}
+	print_message("%u iterations, %llu cuts, %llu handovers (%llu abandoned), %llu streams "
+		      "and %llu buffered bytes moved, %.1f s\n",
+		      iters, (unsigned long long)cuts, (unsigned long long)h->handovers,
+		      (unsigned long long)h->abandoned, (unsigned long long)h->moved,
+		      (unsigned long long)h->moved_bytes, (double)(sr_now_us() - t0) / 1e6);
+	assert_true(h->handovers > iters / 4);
+	assert_true(h->abandoned > 0);
+	assert_true(h->moved_bytes > 0);
+}
+
+static int setup(void **state)
+{
+	struct h *h = calloc(1, sizeof(*h));
+	struct sockaddr_in sa;
+	socklen_t len = sizeof(sa);
+	const char *lvl = getenv("SR_TEST_LOG");
+
+	if (!h)
+		return -1;
+	sr_log_set_level(SR_LOG_ERROR);
+	if (lvl)
+		sr_log_set_level_name(lvl);
+	h->lfd = socket(AF_INET, SOCK_STREAM, 0);
+	memset(&sa, 0, sizeof(sa));
+	sa.sin_family = AF_INET;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (h->lfd < 0 || bind(h->lfd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
+	    listen(h->lfd, 64) != 0 || getsockname(h->lfd, (struct sockaddr *)&sa, &len) != 0)
+		return -1;
+	h->lport = ntohs(sa.sin_port);
+	*state = h;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct h *h = *state;
+	close(h->lfd);
+	free(h);
+	return 0;
+}
+
+int main(void)
+{
+	signal(SIGPIPE, SIG_IGN);
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test_setup_teardown(test_handover_at_every_cut_every_byte_exactly_once, setup,
+					    teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
