@@ -577,11 +577,12 @@ static int relay_on_answer(struct tun_conn *c, struct tun_stream *s)
 	if (!(s->flags & TS_F_RESUMING))
 		return 0;
 	s->flags &= ~TS_F_RESUMING;
-	if (c->group)
-		tun_group_answered(c->group, s);
+	/* Counted before tun_group_answered: the last answer reports them. */
 	if (!(s->flags & TS_F_RESUME_HDR) || tun_stream_apply_peer_rx(s) != 0) {
-		if (c->group)
+		if (c->group) {
 			c->group->st.lost[TUN_LOST_MISMATCH]++;
+			tun_group_answered(c->group, s);
+		}
 		SR_WARN(c->logctx, "conn=%llu: the sidecar's resume point does not match ours; "
 				   "resetting the stream",
 			(unsigned long long)s->conn_id);
@@ -589,8 +590,10 @@ static int relay_on_answer(struct tun_conn *c, struct tun_stream *s)
 		tun_stream_kill(s, 1);
 		return -1;
 	}
-	if (c->group)
+	if (c->group) {
 		c->group->st.resumed++;
+		tun_group_answered(c->group, s);
+	}
 	if (s->flags & TS_F_DEFERRED) {
 		s->flags &= ~TS_F_DEFERRED;
 		nghttp2_session_resume_data(c->h2, s->id);
@@ -723,8 +726,6 @@ static int h2_on_stream_close(nghttp2_session *h2, int32_t id, uint32_t error_co
 	}
 	if (s->flags & TS_F_RESUMING) {
 		s->flags &= ~TS_F_RESUMING;
-		if (c->group)
-			tun_group_answered(c->group, s);
 		/* Never established at the sidecar (no answer ever came, so
 		 * nothing was acknowledged either): open it afresh, sending
 		 * everything from the first byte. */
@@ -735,6 +736,8 @@ static int h2_on_stream_close(nghttp2_session *h2, int32_t id, uint32_t error_co
 			if (tun_conn_submit_connect(c, s, 0) == 0) {
 				c->stats.streams_opened++;
 				tun_stream_start_reading(s);
+				if (c->group)
+					tun_group_answered(c->group, s);
 				return 0;
 			}
 		}
@@ -751,6 +754,9 @@ static int h2_on_stream_close(nghttp2_session *h2, int32_t id, uint32_t error_co
 		} else if (c->group) {
 			c->group->st.lost[TUN_LOST_UNKNOWN]++;
 		}
+		/* After the count: the last answer reports the resume. */
+		if (c->group)
+			tun_group_answered(c->group, s);
 	}
 	tun_stream_on_h2_close(s, error_code);
 	if (s->st < TS_ST_DEAD && !s->sock)

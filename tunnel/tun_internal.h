@@ -169,6 +169,7 @@ struct tun_group {
 	uint64_t resume_started_us;
 	uint64_t replayed_at_resume; /* to log what one resume replayed */
 	uint64_t resumed_at_resume;
+	uint64_t lost_at_resume[TUN_LOST_MAX];
 	struct event *hold_ev;
 	struct tun_group_stats st;
 };
