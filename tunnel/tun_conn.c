@@ -1320,6 +1320,11 @@ static void barrier_acked(struct tun_conn *c, uint64_t seq)
 	if (seq != c->barrier_out)
 		return;
 	c->barrier_out = 0;
+	if (c->confirm_seq && c->confirm_seq <= seq) {
+		c->confirm_seq = 0;
+		if (c->cbs.on_confirmed)
+			c->cbs.on_confirmed(c, c->arg);
+	}
 	while (*pp) {
 		struct tun_stream *s = *pp;
 		if (s->linger_seq && s->linger_seq <= seq) {
@@ -1350,9 +1355,23 @@ static void barrier_send(struct tun_conn *c)
 		return;
 	c->barrier_out = seq;
 	c->want_barrier = 0;
+	if (c->confirm_wanted) {
+		c->confirm_wanted = 0;
+		c->confirm_seq = seq;
+	}
 	for (struct tun_stream *s = c->linger; s; s = s->lnext)
 		if (!s->linger_seq)
 			s->linger_seq = seq;
+}
+
+void tun_conn_confirm(struct tun_conn *c)
+{
+	if (tun_conn_closing(c))
+		return;
+	/* A barrier already in flight went out before what we must cover. */
+	c->confirm_wanted = 1;
+	c->want_barrier = 1;
+	tun_conn_flush(c);
 }
 
 int tun_conn_is_open(const struct tun_conn *c)
