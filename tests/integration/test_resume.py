@@ -796,21 +796,28 @@ class ResumeTokenTest(X.XCase):
         self.assertIsNotNone(m, "no answer to the registration")
         return m
 
-    def settle(self, fs, seconds=0.5):
-        """Read (answering PINGs) for a while: the relay learns we have the lease."""
-        deadline = time.monotonic() + seconds
-        try:
-            while time.monotonic() < deadline:
-                fs.read_frame(max(0.01, deadline - time.monotonic()))
-        except (F.FakeError, socket.timeout):
-            pass
+    def settle(self, fs, timeout=3.0):
+        """Answer the relay's barrier PING (sent after the lease message),
+        then wait for the ACK of a PING of ours sent after that answer: the
+        relay has read the answer, so it knows we have the lease."""
+        deadline = time.monotonic() + timeout
+
+        def wait(pred, what):
+            while not any(pred(f) for f in fs.frames):
+                left = deadline - time.monotonic()
+                self.assertGreater(left, 0, "fake sidecar: no %s from the relay" % what)
+                fs.read_frame(left)
+        wait(lambda f: f[0] == F.PING and not f[1] & F.FLAG_ACK and f[3] != bytes(8),
+             "barrier PING")
+        fs.sendall(F.frame(F.PING, 0, 0, b"it-sync!"))
+        wait(lambda f: f[0] == F.PING and f[1] & F.FLAG_ACK and f[3] == b"it-sync!",
+             "PING ACK")
 
     def test_token_of_a_lost_lease_message_still_resumes(self):
         fs = self.tunnel()
         first = self.lease(fs)
         self.assertEqual(first.get("type"), "lease", first)
         t1 = first["resume"]
-        self.settle(fs)
         fs.close()
         self.assertTrue(X.wait_log(self.relay, "tunnel lost", 5))
         # Resumed with t1; the tunnel dies before we read the lease (and t2).
