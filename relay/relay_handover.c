@@ -615,8 +615,10 @@ static void send_lease(struct relay_lease_ext *lx, void *arg)
 	if (lx->src.ss_family == AF_INET || lx->src.ss_family == AF_INET6)
 		sr_format_addr((const struct sockaddr *)&lx->src, src, sizeof(src));
 	ports = json_pack("[i,i,i]", (int)ls.ports[0], (int)ls.ports[1], (int)ls.ports[2]);
-	j = json_pack("{s:s,s:s,s:s,s:s,s:i,s:I,s:o,s:o,s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:o,s:o}",
-		      "kind", "lease", "id", ls.id, "app", ls.app, "resume", ls.resume, "roles",
+	j = json_pack("{s:s,s:s,s:s,s:s,s:s,s:i,s:I,s:o,s:o,s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:o,s:o}",
+		      "kind", "lease", "id", ls.id, "app", ls.app, "resume", ls.resume,
+		      /* the token a sidecar may still hold (relay_int.h) */
+		      "prev_resume", lx->prev_resume, "roles",
 		      (int)ls.roles, "ttl_s", (json_int_t)ls.ttl_s, "ports", ports, "pool",
 		      pool_json(lx->pool), "tenant", lx->tenant_name, "route", lx->route_name,
 		      "idkey", lx->idkey, "src", src, "conns_total",
@@ -1228,7 +1230,7 @@ static int take_lease(struct take *tk, const json_t *j)
 	const json_t *ports = json_object_get(j, "ports");
 	const char *tenant = j_str(j, "tenant"), *route = j_str(j, "route"),
 		   *idkey = j_str(j, "idkey");
-	const char *src = j_str(j, "src");
+	const char *src = j_str(j, "src"), *prev = j_str(j, "prev_resume");
 	uint64_t roles, ttl, conns, detached, grace;
 	struct tun_group_opts go = {.hold_ms = r->o->resume_hold_s * 1000u};
 	char gctx[96], host[256];
@@ -1290,6 +1292,8 @@ static int take_lease(struct take *tk, const json_t *j)
 	snprintf(lx->tenant_name, sizeof(lx->tenant_name), "%s", tenant);
 	snprintf(lx->route_name, sizeof(lx->route_name), "%s", route);
 	snprintf(lx->idkey, sizeof(lx->idkey), "%s", idkey);
+	if (prev && *prev && tun_ctl_valid_resume(prev))
+		snprintf(lx->prev_resume, sizeof(lx->prev_resume), "%s", prev);
 	lx->conns_total = conns;
 	lx->detached_us = detached * 1000u < sr_now_us() ? sr_now_us() - detached * 1000u : 1;
 	lx->ho_grace_ms = grace;

@@ -90,6 +90,9 @@ struct relay_lease_ext {
 	struct relay_tenant_acct *acct;          /* its tenant's leases (relay_tenant.c) */
 	/* Its executor streams, which outlive a tunnel (tunnel/tun_group.h). */
 	struct tun_group *group;
+	/* The resume token before the last rotation, "" once the sidecar is
+	 * known to hold the new one (relay_tunnel.c, reg_resume). */
+	char prev_resume[TUN_CTL_RESUME_MAX];
 	struct relay_lease_ext *tnext, *tprev;
 	/* Handover (relay_handover.c): the grace time left when it froze or
 	 * was taken over, and when that was. */

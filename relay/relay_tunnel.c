@@ -82,9 +82,23 @@ static void open_streams(struct relay_tunnel *t)
 	t->open_after_lease = 0;
 	if (!lx)
 		return;
+	/* The lease message carried a new resume token: tunnel_on_confirmed
+	 * retires the old one once the sidecar has read it. */
+	if (lx->prev_resume[0])
+		tun_conn_confirm(t->conn);
 	if (tun_group_held(lx->group))
 		tun_group_resume(lx->group, t->conn);
 	relay_exec_flush_pending(t->relay, lx);
+}
+
+static void tunnel_on_confirmed(struct tun_conn *c, void *arg)
+{
+	struct relay_tunnel *t = arg;
+
+	if (t->lx && t->lx->prev_resume[0]) {
+		SR_DEBUG(t->ctx, "the sidecar has the new resume token; the old one is retired");
+		memset(t->lx->prev_resume, 0, sizeof(t->lx->prev_resume));
+	}
 }
 
 static void tunnel_on_ctl_sent(struct tun_conn *c, void *arg)
@@ -220,13 +234,35 @@ static int tunnels_full(struct relay_tunnel *t)
 	return 1;
 }
 
+/* The lease whose previous resume token is token, or NULL. Every lease is
+ * compared, as relay_lease_find_resume does, so that the time taken does not
+ * tell where (or whether) it matched. */
+static struct relay_lease_ext *find_prev_resume(struct relay *r, const char *token)
+{
+	struct relay_lease_ext *found = NULL;
+
+	for (struct relay_tenant_acct *a = r->tenants; a; a = a->next)
+		for (struct relay_lease_ext *lx = a->leases; lx; lx = lx->tnext)
+			if (sr_secret_eq(lx->prev_resume, token) && lx->prev_resume[0])
+				found = lx;
+	return found;
+}
+
 static void reg_resume(struct relay_tunnel *t, const struct tun_ctl_msg *m, const char *tname,
 		       const char *idkey)
 {
 	struct relay *r = t->relay;
 	struct relay_lease *l = relay_find_resume(r, m->resume);
 	struct relay_lease_ext *lx = l ? relay_lease_data(l) : NULL;
+	/* The token that the last lease message replaced: that message may
+	 * have died with its tunnel, leaving the sidecar with nothing newer. */
+	int by_prev = 0;
 
+	if (!lx) {
+		lx = find_prev_resume(r, m->resume);
+		l = lx ? lx->lease : NULL;
+		by_prev = lx != NULL;
+	}
 	if (!lx || strcmp(lx->idkey, idkey) != 0 || strcmp(lx->tenant_name, tname) != 0) {
 		/* Same answer for "no such lease" and "not yours": a resume
 		 * token must not reveal whether it exists. */
@@ -238,12 +274,19 @@ static void reg_resume(struct relay_tunnel *t, const struct tun_ctl_msg *m, cons
 		return;
 	/* A resume token is good for one resume: the lease message that
 	 * attach() sends carries the next one, so a copy of the old one
-	 * (from the sidecar's state file, say) is worthless from now on. */
+	 * (from the sidecar's state file, say) is worthless once the sidecar
+	 * has read that message (tunnel_on_confirmed). Until then the token
+	 * used here still resumes: the message may be lost with the tunnel. */
 	if (relay_lease_rotate_resume(l) != 0) {
 		send_error(t, "internal", "cannot make a new resume token");
 		return;
 	}
-	SR_INFO(t->ctx, "resuming lease %s", relay_lease_id(l));
+	if (!by_prev)
+		snprintf(lx->prev_resume, sizeof(lx->prev_resume), "%s", m->resume);
+	SR_INFO(t->ctx, "resuming lease %s%s", relay_lease_id(l),
+		by_prev ? " (with the token before the last: the lease message that carried "
+			  "its successor did not arrive)"
+			: "");
 	r->st.leases_resumed++;
 	attach(t, lx);
 }
@@ -460,6 +503,7 @@ static const struct tun_conn_cbs relay_tun_cbs = {
 	.on_ctl = tunnel_on_ctl,
 	.on_ctl_sent = tunnel_on_ctl_sent,
 	.on_rtt = tunnel_on_rtt,
+	.on_confirmed = tunnel_on_confirmed,
 };
 
 static void tunnel_timeout_cb(evutil_socket_t fd, short what, void *arg)

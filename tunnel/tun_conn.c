@@ -605,11 +605,12 @@ static int relay_on_answer(struct tun_conn *c, struct tun_stream *s)
 	if (!(s->flags & TS_F_RESUMING))
 		return 0;
 	s->flags &= ~TS_F_RESUMING;
-	if (c->group)
-		tun_group_answered(c->group, s);
+	/* Counted before tun_group_answered: the last answer reports them. */
 	if (!(s->flags & TS_F_RESUME_HDR) || tun_stream_apply_peer_rx(s) != 0) {
-		if (c->group)
+		if (c->group) {
 			c->group->st.lost[TUN_LOST_MISMATCH]++;
+			tun_group_answered(c->group, s);
+		}
 		SR_WARN(c->logctx, "conn=%llu: the sidecar's resume point does not match ours; "
 				   "resetting the stream",
 			(unsigned long long)s->conn_id);
@@ -617,8 +618,10 @@ static int relay_on_answer(struct tun_conn *c, struct tun_stream *s)
 		tun_stream_kill(s, 1);
 		return -1;
 	}
-	if (c->group)
+	if (c->group) {
 		c->group->st.resumed++;
+		tun_group_answered(c->group, s);
+	}
 	if (s->flags & TS_F_DEFERRED) {
 		s->flags &= ~TS_F_DEFERRED;
 		nghttp2_session_resume_data(c->h2, s->id);
@@ -751,8 +754,6 @@ static int h2_on_stream_close(nghttp2_session *h2, int32_t id, uint32_t error_co
 	}
 	if (s->flags & TS_F_RESUMING) {
 		s->flags &= ~TS_F_RESUMING;
-		if (c->group)
-			tun_group_answered(c->group, s);
 		/* Never established at the sidecar (no answer ever came, so
 		 * nothing was acknowledged either): open it afresh, sending
 		 * everything from the first byte. */
@@ -763,6 +764,8 @@ static int h2_on_stream_close(nghttp2_session *h2, int32_t id, uint32_t error_co
 			if (tun_conn_submit_connect(c, s, 0) == 0) {
 				c->stats.streams_opened++;
 				tun_stream_start_reading(s);
+				if (c->group)
+					tun_group_answered(c->group, s);
 				return 0;
 			}
 		}
@@ -779,6 +782,9 @@ static int h2_on_stream_close(nghttp2_session *h2, int32_t id, uint32_t error_co
 		} else if (c->group) {
 			c->group->st.lost[TUN_LOST_UNKNOWN]++;
 		}
+		/* After the count: the last answer reports the resume. */
+		if (c->group)
+			tun_group_answered(c->group, s);
 	}
 	tun_stream_on_h2_close(s, error_code);
 	if (s->st < TS_ST_DEAD && !s->sock)
@@ -1346,6 +1352,11 @@ static void barrier_acked(struct tun_conn *c, uint64_t seq)
 	if (seq != c->barrier_out)
 		return;
 	c->barrier_out = 0;
+	if (c->confirm_seq && c->confirm_seq <= seq) {
+		c->confirm_seq = 0;
+		if (c->cbs.on_confirmed)
+			c->cbs.on_confirmed(c, c->arg);
+	}
 	while (*pp) {
 		struct tun_stream *s = *pp;
 		if (s->linger_seq && s->linger_seq <= seq) {
@@ -1376,9 +1387,23 @@ static void barrier_send(struct tun_conn *c)
 		return;
 	c->barrier_out = seq;
 	c->want_barrier = 0;
+	if (c->confirm_wanted) {
+		c->confirm_wanted = 0;
+		c->confirm_seq = seq;
+	}
 	for (struct tun_stream *s = c->linger; s; s = s->lnext)
 		if (!s->linger_seq)
 			s->linger_seq = seq;
+}
+
+void tun_conn_confirm(struct tun_conn *c)
+{
+	if (tun_conn_closing(c))
+		return;
+	/* A barrier already in flight went out before what we must cover. */
+	c->confirm_wanted = 1;
+	c->want_barrier = 1;
+	tun_conn_flush(c);
 }
 
 int tun_conn_is_open(const struct tun_conn *c)

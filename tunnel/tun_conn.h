@@ -98,6 +98,10 @@ struct tun_conn_cbs {
 	void (*on_ctl_sent)(struct tun_conn *c, void *arg);
 	/* Optional: a PING round trip completed (microseconds). Counters only. */
 	void (*on_rtt)(struct tun_conn *c, uint64_t rtt_us, void *arg);
+	/* Optional: the peer has processed every frame queued before the last
+	 * tun_conn_confirm() (a PING sent after them came back). Called while
+	 * frames are being read: it must not close or free c. */
+	void (*on_confirmed)(struct tun_conn *c, void *arg);
 	/* The tunnel is over (err is an SR_E* code, or 0 for a clean end). Called
 	 * once, from a deferred event; the owner may tun_conn_free(c) in it. */
 	void (*on_closed)(struct tun_conn *c, int err, void *arg);
@@ -158,6 +162,10 @@ const char *tun_conn_logctx(const struct tun_conn *c);
  * now reaches the peer after them); else 0, and on_ctl_sent follows when
  * they have. */
 int tun_conn_ctl_flushed(struct tun_conn *c);
+/* Ask for on_confirmed once the peer has processed everything queued so
+ * far. For control messages, call it once tun_conn_ctl_flushed() (or
+ * on_ctl_sent) says they went out: a PING may overtake DATA still queued. */
+void tun_conn_confirm(struct tun_conn *c);
 /* Queue a control message. Relay: the control stream is opened by
  * tun_conn_new. Returns 0, SR_ECLOSED, SR_ENOMEM. */
 int tun_conn_send_ctl(struct tun_conn *c, const struct tun_ctl_msg *msg);

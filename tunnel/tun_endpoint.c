@@ -95,6 +95,13 @@ static void fw_rtt(struct tun_conn *c, uint64_t rtt_us, void *arg)
 		ep->owner_cbs.on_rtt(c, rtt_us, ep->arg);
 }
 
+static void fw_confirmed(struct tun_conn *c, void *arg)
+{
+	struct tun_endpoint *ep = arg;
+	if (ep->owner_cbs.on_confirmed)
+		ep->owner_cbs.on_confirmed(c, ep->arg);
+}
+
 static void ep_on_output(struct tun_conn *c, void *arg);
 
 static void ep_conn_closed(struct tun_conn *c, int err, void *arg)
@@ -362,6 +369,7 @@ static void ep_up(struct tun_endpoint *ep)
 		.on_data = ep_on_data,
 		.on_ctl_sent = fw_ctl_sent,
 		.on_rtt = fw_rtt,
+		.on_confirmed = fw_confirmed,
 		.on_closed = ep_conn_closed,
 	};
 

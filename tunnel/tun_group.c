@@ -166,25 +166,47 @@ size_t tun_group_held(const struct tun_group *g)
 
 /* ---- relay: reopen held streams ------------------------------------------- */
 
+/* What a resume started by resume_begin did, in one line; a warning if it
+ * lost streams (reset at both ends), with how many for each reason. */
 static void resume_report(struct tun_group *g)
 {
-	uint64_t away = (sr_now_us() - g->resume_started_us) / 1000u;
+	uint64_t away = (sr_now_us() - g->resume_started_us) / 1000u, nlost = 0;
+	char why[128] = "", tail[160] = "";
+	size_t n = 0;
 
-	SR_INFO(g->logctx, "resumed %" PRIu64 " streams, replayed %" PRIu64 " bytes after %" PRIu64
-			   ".%03" PRIu64 " s away",
-		g->st.resumed - g->resumed_at_resume,
-		g->st.replayed_bytes - g->replayed_at_resume, away / 1000u, away % 1000u);
+	for (int i = 0; i < TUN_LOST_MAX; i++) {
+		uint64_t k = g->st.lost[i] - g->lost_at_resume[i];
+		nlost += k;
+		if (k && n < sizeof(why))
+			n += (size_t)snprintf(why + n, sizeof(why) - n, "%s%s %" PRIu64,
+					      n ? ", " : "", tun_lost_name((enum tun_lost)i), k);
+	}
+	if (nlost)
+		snprintf(tail, sizeof(tail), "; %" PRIu64 " streams lost and reset (%s)", nlost,
+			 why);
+	SR_LOG(nlost ? SR_LOG_WARN : SR_LOG_INFO, g->logctx,
+	       "resumed %" PRIu64 " streams, replayed %" PRIu64 " bytes after %" PRIu64
+	       ".%03" PRIu64 " s away%s",
+	       g->st.resumed - g->resumed_at_resume,
+	       g->st.replayed_bytes - g->replayed_at_resume, away / 1000u, away % 1000u, tail);
+}
+
+/* A tunnel is back: what it resumes is counted from here. */
+static void resume_begin(struct tun_group *g)
+{
+	g->resume_started_us = g->st.away_since_us ? g->st.away_since_us : sr_now_us();
+	g->resumed_at_resume = g->st.resumed;
+	g->replayed_at_resume = g->st.replayed_bytes;
+	memcpy(g->lost_at_resume, g->st.lost, sizeof(g->lost_at_resume));
+	g->got = 0;
 }
 
 size_t tun_group_resume(struct tun_group *g, struct tun_conn *c)
 {
 	size_t n = 0;
 
-	g->resume_started_us = g->st.away_since_us ? g->st.away_since_us : sr_now_us();
-	g->resumed_at_resume = g->st.resumed;
-	g->replayed_at_resume = g->st.replayed_bytes;
+	resume_begin(g);
 	g->expect = g->nheld;
-	g->got = 0;
 	if (g->nheld)
 		g->st.resumes++;
 	while (g->held) {
@@ -228,11 +250,8 @@ void tun_group_count_resumed(struct tun_group *g)
 
 void tun_group_expect(struct tun_group *g, uint64_t n)
 {
-	g->resume_started_us = g->st.away_since_us ? g->st.away_since_us : sr_now_us();
-	g->resumed_at_resume = g->st.resumed;
-	g->replayed_at_resume = g->st.replayed_bytes;
+	resume_begin(g);
 	g->expect = n;
-	g->got = 0;
 	if (n || g->nheld)
 		g->st.resumes++;
 	if (n == 0 && g->held) {
@@ -242,19 +261,11 @@ void tun_group_expect(struct tun_group *g, uint64_t n)
 	}
 }
 
-struct tun_stream *tun_group_take(struct tun_group *g, struct tun_conn *c,
-				  struct tun_stream *p, uint32_t *rst)
+/* The held stream s (NULL: none) for the resumed CONNECT p, or NULL after
+ * choosing the reset to answer with. */
+static struct tun_stream *take_held(struct tun_group *g, struct tun_conn *c,
+				    struct tun_stream *p, struct tun_stream *s, uint32_t *rst)
 {
-	struct tun_stream *s = NULL;
-
-	if (strcmp(p->lease, g->lease) == 0)
-		for (s = g->held; s && s->conn_id != p->conn_id; s = s->next)
-			;
-	if (s)
-		held_unlink(g, s);
-	/* Counted once the stream is off the held list: the last one counted
-	 * loses whatever is still held. */
-	tun_group_count_resumed(g);
 	if (strcmp(p->lease, g->lease) != 0) {
 		*rst = NGHTTP2_REFUSED_STREAM;
 		return NULL;
@@ -285,6 +296,24 @@ struct tun_stream *tun_group_take(struct tun_group *g, struct tun_conn *c,
 		return NULL;
 	}
 	g->st.resumed++;
+	return s;
+}
+
+struct tun_stream *tun_group_take(struct tun_group *g, struct tun_conn *c,
+				  struct tun_stream *p, uint32_t *rst)
+{
+	struct tun_stream *s = NULL;
+
+	if (strcmp(p->lease, g->lease) == 0)
+		for (s = g->held; s && s->conn_id != p->conn_id; s = s->next)
+			;
+	if (s)
+		held_unlink(g, s);
+	s = take_held(g, c, p, s, rst);
+	/* Counted once the stream is off the held list (the last one counted
+	 * loses whatever is still held) and its outcome is in the stats (the
+	 * last one counted reports them). */
+	tun_group_count_resumed(g);
 	return s;
 }
 

@@ -140,6 +140,8 @@ struct tun_conn {
 	uint64_t ping_seq;       /* last barrier PING's payload */
 	uint64_t barrier_out;    /* a barrier PING in flight, 0 if none */
 	int want_barrier;        /* a stream lingers without a barrier yet */
+	int confirm_wanted;      /* tun_conn_confirm: the next barrier answers it */
+	uint64_t confirm_seq;    /* the barrier whose ACK calls on_confirmed, 0: none */
 	int started_once; /* tun_conn_start was called (output may exist) */
 	int ctl_wait;     /* on_ctl_sent is owed once ctl_out is empty */
 	int flushing;     /* CLOSING, but the output is still being flushed */
@@ -170,6 +172,7 @@ struct tun_group {
 	uint64_t resume_started_us;
 	uint64_t replayed_at_resume; /* to log what one resume replayed */
 	uint64_t resumed_at_resume;
+	uint64_t lost_at_resume[TUN_LOST_MAX];
 	struct event *hold_ev;
 	int frozen;               /* handing over (tun_handover.h): sockets untouched */
 	uint64_t hold_left_ms;    /* while frozen: what the hold timer had left */

@@ -427,7 +427,21 @@ class ResumeBindingTest(LimitsCase):
         p2 = "127.0.0.1:%d" % a2.sock.getsockname()[1]
         self.assertTrue(p1 in lines[-1] and p2 in lines[-1], lines[-1])
         self.assertIn("WARN", lines[-1])
-        # The old token is spent, even for A.
+        # The old token is spent, even for A, once A has the new one: it read
+        # the lease and answered the PING the relay sent after it (until
+        # then the old token still resumes: the lease may die with a2). The
+        # relay's ACK of a PING of ours, sent after that answer, shows the
+        # relay has read the answer.
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and not any(
+                f[0] == F.PING and not f[1] & F.FLAG_ACK and f[3] != bytes(8)
+                for f in a2.frames):
+            a2.read_frame(max(0.01, deadline - time.monotonic()))
+        a2.sendall(F.frame(F.PING, 0, 0, b"it-sync!"))
+        while time.monotonic() < deadline and not any(
+                f[0] == F.PING and f[1] & F.FLAG_ACK and f[3] == b"it-sync!"
+                for f in a2.frames):
+            a2.read_frame(max(0.01, deadline - time.monotonic()))
         a3, m = self.register(token=self.TOKEN_A, resume=r1)
         self.assertEqual((m or {}).get("code"), "unknown_lease", m)
         # B with the current token: still not B's lease.

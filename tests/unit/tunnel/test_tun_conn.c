@@ -197,6 +197,8 @@ struct h {
 	int send_rc;
 	int nctl[2];
 	struct tun_ctl_msg ctl[2]; /* last received, by receiver */
+	int nconfirmed;            /* relay's on_confirmed calls */
+	int sc_nctl_at_confirm;    /* nctl[1] at the last of them */
 
 	/* driver listeners: [0] normal, [1] with SMALL_BUF kernel buffers */
 	int dl[2];
@@ -421,8 +423,17 @@ static const struct tun_endpoint_cbs ep_cbs = {
     .on_closed = on_closed_cb,
 };
 
+static void relay_on_confirmed(struct tun_conn *c, void *arg)
+{
+	struct h *h = arg;
+
+	h->nconfirmed++;
+	h->sc_nctl_at_confirm = h->nctl[1];
+}
+
 static const struct tun_conn_cbs relay_cbs = {
     .on_ctl = relay_on_ctl,
+    .on_confirmed = relay_on_confirmed,
 };
 
 static const struct tun_conn_cbs sc_cbs = {
@@ -897,6 +908,34 @@ static void test_ctl_register_then_lease(void **state)
 	assert_int_equal(h->closed[0] + h->closed[1], 0);
 	assert_int_equal(tun_conn_nstreams(h->relay), 0); /* the control stream is no stream */
 	assert_int_equal(tun_conn_nstreams(h->sc), 0);
+}
+
+/* on_confirmed comes once the peer has processed what was sent before
+ * tun_conn_confirm (the relay retires a resume token on it), through the
+ * endpoint; a confirm asked while another is in flight gets its own. */
+static void test_confirm_after_peer_read(void **state)
+{
+	struct h *h = *state;
+	struct cfg cfg = {0};
+	struct tun_ctl_msg m;
+
+	h->register_on_open = 1;
+	h_start(h, &cfg);
+	PUMP_UNTIL(h, h->nctl[0] == 1, 2000);
+	make_lease(&m);
+	assert_int_equal(tun_conn_send_ctl(h->relay, &m), 0);
+	assert_int_equal(tun_conn_ctl_flushed(h->relay), 1);
+	tun_conn_confirm(h->relay);
+	memset(&m, 0, sizeof(m));
+	m.type = TUN_CTL_DRAIN;
+	assert_int_equal(tun_conn_send_ctl(h->relay, &m), 0);
+	assert_int_equal(tun_conn_ctl_flushed(h->relay), 1);
+	tun_conn_confirm(h->relay);
+	PUMP_UNTIL(h, h->nconfirmed == 2, 2000);
+	assert_int_equal(h->sc_nctl_at_confirm, 2);
+	pump_for(h, 100);
+	assert_int_equal(h->nconfirmed, 2);
+	assert_int_equal(h->closed[0] + h->closed[1], 0);
 }
 
 static void test_bulk_4mib_each_way(void **state)
@@ -1681,6 +1720,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 	    T(test_ctl_register_then_lease),
+	    T(test_confirm_after_peer_read),
 	    T(test_bulk_4mib_each_way),
 	    T(test_20_parallel_streams_distinct_content),
 	    T(test_half_close_executor_first),
