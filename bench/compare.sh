@@ -113,11 +113,11 @@ export SR_NETEM="$BUILD/bench/sr-netem"
 
 # ------------------------------------------------------------- run parameters
 if [ "$MODE" = quick ]; then
-	IPERF_S=2; REDIS_N=10000; RPC_S=1.5; CONN_S=1.5; FAIR_S=2; IDLE_N=500
+	IPERF_S=2; REDIS_N=10000; REDIS_TIMEOUT=60; RPC_S=1.5; CONN_S=1.5; FAIR_S=2; IDLE_N=500
 	SPARK_E=40; SPARK_B=20; SPARK_MIB=8; LL_S=6
 	BIG_IDLE=${BIG_IDLE:-10000}
 else
-	IPERF_S=5; REDIS_N=50000; RPC_S=2; CONN_S=2; FAIR_S=3; IDLE_N=2000
+	IPERF_S=5; REDIS_N=50000; REDIS_TIMEOUT=300; RPC_S=2; CONN_S=2; FAIR_S=3; IDLE_N=2000
 	SPARK_E=100; SPARK_B=20; SPARK_MIB=16; LL_S=12
 	BIG_IDLE=${BIG_IDLE:-10000}
 fi
@@ -126,7 +126,8 @@ LL_LOSS=${SR_LL_LOSS:-0.01}       # each direction
 LL_MTU=${SR_LL_MTU:-1500}
 
 # Every process here (relay, sidecar, 10,000 held sockets each side) needs
-# descriptors: root may raise the hard limit, anyone the soft one.
+# descriptors: root may raise the hard limit (not in every sandbox), anyone
+# the soft one up to it.
 ulimit -Hn 65536 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 if want idle10k && [ "$(ulimit -n)" -lt $((BIG_IDLE + 1000)) ]; then
@@ -337,7 +338,7 @@ EOF
 		-R "127.0.0.2:$P1:127.0.0.1:$P1" -R "127.0.0.2:$P2:127.0.0.1:$P2" root@127.0.0.1
 	TOOL_PIDS+=("$LAST_PID")
 	TPIDS+=("$LAST_PID")
-	wait_listen "127.0.0.2:$P1" && wait_listen "127.0.0.2:$P2"
+	wait_listen "127.0.0.2:$P1" && wait_listen "127.0.0.2:$P2" || return 1
 	FRONT=127.0.0.2
 }
 
@@ -376,18 +377,23 @@ setup_stunnel() {
 	start stunnel-client "$STUNNEL" "$d/client.conf"
 	TOOL_PIDS+=("$LAST_PID")
 	TPIDS+=("$LAST_PID")
-	wait_listen "127.0.0.2:$P1" && wait_listen "127.0.0.2:$P2" && wait_listen "127.0.0.1:$((P1 + hop))"
+	wait_listen "127.0.0.2:$P1" && wait_listen "127.0.0.2:$P2" &&
+		wait_listen "127.0.0.1:$((P1 + hop))" || return 1
 	FRONT=127.0.0.2
 }
 
 setup_haproxy() {
-	local d="$TMP/haproxy" p
+	local d="$TMP/haproxy" p maxconn
+	maxconn=$((($(ulimit -Hn) - 200) / 2))
+	[ "$maxconn" -gt 12000 ] && maxconn=12000
 	ports 2
 	P1=${PORTS[0]}
 	P2=$((P1 + 1))
 	mkdir -p "$d"
 	{
-		printf 'global\n  maxconn 12000\n\ndefaults\n  mode tcp\n  timeout connect 5s\n'
+		# HAProxy refuses to start when maxconn needs more descriptors
+		# (two per connection) than the hard limit allows.
+		printf 'global\n  maxconn %s\n\ndefaults\n  mode tcp\n  timeout connect 5s\n' "$maxconn"
 		printf '  timeout client 1h\n  timeout server 1h\n'
 		for p in $P1 $P2; do
 			printf '\nfrontend f%s\n  bind 127.0.0.2:%s\n  default_backend b%s\n' "$p" "$p" "$p"
@@ -397,7 +403,7 @@ setup_haproxy() {
 	start haproxy "$HAPROXY" -db -f "$d/haproxy.cfg"
 	TOOL_PIDS+=("$LAST_PID")
 	TPIDS+=("$LAST_PID")
-	wait_listen "127.0.0.2:$P1" && wait_listen "127.0.0.2:$P2"
+	wait_listen "127.0.0.2:$P1" && wait_listen "127.0.0.2:$P2" || return 1
 	FRONT=127.0.0.2
 }
 
@@ -412,7 +418,7 @@ setup_socat() {
 		TOOL_PIDS+=("$LAST_PID")
 		TPIDS+=("$LAST_PID")
 	done
-	wait_listen "127.0.0.2:$P1" && wait_listen "127.0.0.2:$P2"
+	wait_listen "127.0.0.2:$P1" && wait_listen "127.0.0.2:$P2" || return 1
 	FRONT=127.0.0.2
 }
 
@@ -542,7 +548,7 @@ redis_run() { # redis_run NAME
 	use_backend redis || { record_rc "$name" 99; return 0; }
 	ensure_tool "$name" || { record_rc "$name" 98; return 0; }
 	c0=$(cpu_now)
-	timeout 600 redis-benchmark -h "$FRONT" -p "$P1" -c 50 -n "$REDIS_N" -t set,get --csv \
+	timeout "$REDIS_TIMEOUT" redis-benchmark -h "$FRONT" -p "$P1" -c 50 -n "$REDIS_N" -t set,get --csv \
 		>"$TMP/redis-$TOOL-$name.csv" 2>>"$TMP/redis-$TOOL.log" || rc=$?
 	c1=$(cpu_now)
 	if [ $rc -eq 0 ]; then

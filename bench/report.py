@@ -404,7 +404,7 @@ def main():
     if not judge:
         lines += ["", "Quick run: smoke numbers from short loads, not a verdict on any target; "
                   "run the default mode for that."]
-    shown = [t for t in tools if any(v is not None for v in med[t].values())]
+    shown = tools  # a tool without figures still shows its failures
     lines += ["", "## Every figure", "",
               "| figure | " + " | ".join(TOOL_NAMES.get(t, t) for t in shown) + " |",
               "|---|" + "---|" * len(shown)]
@@ -452,40 +452,39 @@ def main():
     with open(os.path.join(a.out, a.date + ".md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
 
-    # gnuplot: a panel per kind of figure, one bar per tool.
-    have_idle = any(med[t].get("idle_kib") is not None for t in shown)
-    with open(os.path.join(a.out, a.date + ".dat"), "w") as fh:
-        fh.write("tool tp1 tp8 rtt50 rtt99 kib\n")
-        for t in shown:
-            v = med[t]
-            fh.write('"%s" %s %s %s %s %s\n' % (
-                t, v.get("iperf1_down_gbit", "-"), v.get("iperf8_down_gbit", "-"),
-                v.get("rtt64_p50", "-"), v.get("rtt64_p99", "-"), v.get("idle_kib", "-")))
-    gp = """set terminal pngcairo size 1500,480 font ",10"
-set output "{date}.png"
-set datafile missing "-"
-set style data histograms
-set style histogram clustered gap 1
-set style fill solid 0.8 border -1
-set xtics rotate by -30
-set grid ytics
-set key outside bottom center horizontal
-set yrange [0:*]
-set multiplot layout 1,{panels} title "sparkrelay vs alternatives, {date} ({mode}, medians)"
-set title "iperf3 down, Gbit/s"
-plot "{date}.dat" using 2:xtic(1) title "1 conn", "" using 3 title "8 conns"
-set title "64 B round trip, us"
-set yrange [1:*]
-set logscale y
-plot "{date}.dat" using 4:xtic(1) title "p50", "" using 5 title "p99"
-{memory}unset logscale y
-unset multiplot
-""".format(date=a.date, mode=a.mode, panels=3 if have_idle else 2, memory="""set title "memory per idle connection, KiB (log)"
-set yrange [0.1:*]
-plot "{date}.dat" using 6:xtic(1) title "RSS per connection"
-""".format(date=a.date) if have_idle else "")
-    with open(os.path.join(a.out, a.date + ".gp"), "w") as fh:
-        fh.write(gp)
+    # gnuplot: a panel per kind of figure that has data, one bar per tool.
+    cols = ["iperf1_down_gbit", "iperf8_down_gbit", "rtt64_p50", "rtt64_p99", "idle_kib"]
+    panels = [
+        ("iperf3 down, Gbit/s", [(2, "1 conn"), (3, "8 conns")], False),
+        ("64 B round trip, us (log)", [(4, "p50"), (5, "p99")], True),
+        ("memory per idle connection, KiB (log)", [(6, "RSS per connection")], True),
+    ]
+    panels = [p for p in panels if any(med[t].get(cols[c - 2]) is not None
+                                       for t in shown for c, _ in p[1])]
+    if panels:
+        with open(os.path.join(a.out, a.date + ".dat"), "w") as fh:
+            fh.write("tool %s\n" % " ".join(cols))
+            for t in shown:
+                fh.write('"%s" %s\n' % (t, " ".join(
+                    "-" if med[t].get(c) is None else repr(med[t][c]) for c in cols)))
+        gp = ['set terminal pngcairo size %d,480 font ",10"' % (500 * len(panels)),
+              'set output "%s.png"' % a.date, 'set datafile missing "-"',
+              "set style data histograms", "set style histogram clustered gap 1",
+              "set style fill solid 0.8 border -1", "set xtics rotate by -30", "set grid ytics",
+              "set key outside bottom center horizontal",
+              'set multiplot layout 1,%d title "sparkrelay vs alternatives, %s (%s, medians)"'
+              % (len(panels), a.date, a.mode)]
+        for title, series, logy in panels:
+            gp += ['set title "%s"' % title,
+                   "set logscale y" if logy else "unset logscale y",
+                   "set yrange [%s:*]" % ("0.1" if logy else "0")]
+            gp.append("plot " + ", ".join(
+                '%s using %d%s title "%s"' % ('"%s.dat"' % a.date if k == 0 else '""', c,
+                                              ":xtic(1)" if k == 0 else "", name)
+                for k, (c, name) in enumerate(series)))
+        gp.append("unset multiplot")
+        with open(os.path.join(a.out, a.date + ".gp"), "w") as fh:
+            fh.write("\n".join(gp) + "\n")
     print("\n".join(lines))
 
 
