@@ -702,8 +702,8 @@ run_longlink() {
 			cat "$TMP"/ll-relay.log "$TMP"/ll-sidecar.log >&2
 		fi
 	fi
-	if [ -s "$TMP/ll-relay.log" ] || [ -s "$TMP/ll-sidecar.log" ]; then
-		log "long link: the relay or sidecar logged warnings (--keep keeps $TMP/ll-*.log)"
+	if grep -qE ' (WARN|ERROR) ' "$TMP/ll-relay.log" "$TMP/ll-sidecar.log" 2>/dev/null; then
+		log "long link: the relay or sidecar logged warnings or errors (--keep keeps $TMP/ll-*.log)"
 	fi
 	stop_pids "${ll_pids[@]}"
 	bash "$ROOT/bench/netem/link.sh" down "$LINK_ST" || true

@@ -281,11 +281,16 @@ def target_text(t):
     return "%s %.2fx" % (t["op"], t["threshold"])
 
 
+def short_label(key):
+    label = FIG[key][1]
+    return label[len("long link: "):] if label.startswith("long link: ") else label
+
+
 def against_text(t):
     if t["anchor"] is None:
         return "absolute"
     tool, _, fig = t["anchor"].partition(":")
-    return TOOL_NAMES.get(tool, tool) + (" (its %s)" % FIG[fig][1] if fig else "")
+    return TOOL_NAMES.get(tool, tool) + (" (its %s)" % short_label(fig) if fig else "")
 
 
 def figure_tables(med, tools, tg, judge):
@@ -306,18 +311,19 @@ def figure_tables(med, tools, tg, judge):
             continue
         mine = [t for t in tg if t["figure"] == key]
         lines += ["", "### %s" % FIG[key][1], ""]
-        head = "| tool | value | vs direct | %s / tool |" % TOOL_NAMES[subj]
+        ll = key.startswith("ll_")
+        head = "| tool | value |%s %s / tool |" % ("" if ll else " vs direct |", TOOL_NAMES[subj])
         if judge:
             head += " target | verdict |"
-        lines += [head, "|---|---|---|---|" + ("---|---|" if judge else "")]
+        lines += [head, "|---|---|" + ("" if ll else "---|") + "---|" + ("---|---|" if judge else "")]
         for tool in rows:
             v = med.get(tool, {}).get(key)
             if v is None and tool != subj:
                 continue  # direct has no middle: no CPU, memory or added time
-            d = med.get("direct", {}).get(key) if not key.startswith("ll_") else None
-            line = "| %s | %s | %s | %s |" % (
+            d = med.get("direct", {}).get(key)
+            line = "| %s | %s |%s %s |" % (
                 TOOL_NAMES.get(tool, tool), fmt(v, dec),
-                fmt_x(ratio(v, d)) if tool != "direct" else "",
+                "" if ll else " %s |" % (fmt_x(ratio(v, d)) if tool != "direct" else ""),
                 fmt_x(ratio(med.get(subj, {}).get(key), v)) if tool != subj else "")
             if judge:
                 mt = [t for t in mine if t["against"] == tool]
@@ -331,9 +337,12 @@ def figure_tables(med, tools, tg, judge):
         for t in mine:
             if t["anchor"] and ":" in t["anchor"]:
                 tool, _, fig = t["anchor"].partition(":")
-                lines.append("\n%s over %s's %s: %s%s." % (
-                    TOOL_NAMES[subj], TOOL_NAMES.get(tool, tool), FIG[fig][1], fmt_x(t["value"]),
-                    " (target %s %.2fx)" % (t["op"], t["threshold"]) if judge else ""))
+                lines.append("\nThis figure over %s's %s: %s%s." % (
+                    TOOL_NAMES.get(tool, tool), short_label(fig), fmt_x(t["value"]),
+                    " (target %s %.2fx: %s)" % (
+                        t["op"], t["threshold"],
+                        "n/a" if t["ok"] is None else ("PASS" if t["ok"] else "**MISS**"))
+                    if judge else ""))
     return lines
 
 
