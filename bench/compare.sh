@@ -607,11 +607,17 @@ run_tool() {
 		fi
 	done
 	if [ "$TOOL" = sparkrelay ] && want idle10k; then
-		log "$TOOL: $BIG_IDLE concurrent executor connections on one relay"
+		# One lease holds at most relay.max_lease_connections (8192 by
+		# default): the one setting a user with this many executor
+		# connections to one driver changes, through its environment override.
+		log "$TOOL: $BIG_IDLE concurrent executor connections on one relay (one lease;" \
+			"SPARKRELAY_RELAY_MAX_LEASE_CONNECTIONS=$BIG_IDLE)"
 		BACKEND=bench
+		export SPARKRELAY_RELAY_MAX_LEASE_CONNECTIONS=$BIG_IDLE
 		if restart_tool; then
 			sbench "idle10k.1" idle --connect @F1 --conns "$BIG_IDLE" --concurrency 128 --hold 2 @PIDS
 		fi
+		unset SPARKRELAY_RELAY_MAX_LEASE_CONNECTIONS
 	fi
 	if ! tool_alive; then
 		echo "end" >>"$RES/$TOOL.crashes"
