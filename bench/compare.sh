@@ -128,7 +128,10 @@ LL_MTU=${SR_LL_MTU:-1500}
 # Every process here (relay, sidecar, 10,000 held sockets each side) needs
 # descriptors: root may raise the hard limit (not in every sandbox), anyone
 # the soft one up to it.
-ulimit -Hn 65536 2>/dev/null || true
+hard=$(ulimit -Hn)
+if [ "$hard" != unlimited ] && [ "$hard" -lt 65536 ]; then
+	ulimit -Hn 65536 2>/dev/null || true
+fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 if want idle10k && [ "$(ulimit -n)" -lt $((BIG_IDLE + 1000)) ]; then
 	log "open files limit $(ulimit -n) is too small for $BIG_IDLE connections; idle10k uses $(($(ulimit -n) - 1000))"

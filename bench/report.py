@@ -311,7 +311,8 @@ def figure_tables(med, tools, tg, judge):
             continue
         mine = [t for t in tg if t["figure"] == key]
         lines += ["", "### %s" % FIG[key][1], ""]
-        ll = key.startswith("ll_")
+        # No "vs direct" column where direct has no such figure (no middle).
+        ll = key.startswith("ll_") or med.get("direct", {}).get(key) is None
         head = "| tool | value |%s %s / tool |" % ("" if ll else " vs direct |", TOOL_NAMES[subj])
         if judge:
             head += " target | verdict |"
