@@ -215,6 +215,12 @@ static int run_role(int argc, char **argv, int is_relay)
 			config ? config : "the environment", cmd);
 		goto out;
 	}
+	/* A TLS file the sidecar cannot use is a configuration mistake: say
+	 * which file and which key before anything starts. */
+	if (!is_relay && conf_check_tunnel_files(&cfg.tunnel, err, sizeof(err)) != 0) {
+		fprintf(stderr, "sparkrelay %s: %s\n", cmd, err);
+		goto out;
+	}
 	sr_log_set_role(cmd);
 	rc.config = config;
 	rc.cfg = &cfg;
@@ -298,6 +304,11 @@ static int cmd_check_config(int argc, char **argv)
 	memset(&cfg, 0, sizeof(cfg));
 	if (conf_load_file_roles(argv[1], CONF_ROLES_OF_FILE, &cfg, err, sizeof(err)) != 0) {
 		fprintf(stderr, "%s\n", err);
+		return 1;
+	}
+	if (cfg.have_tunnel && conf_check_tunnel_files(&cfg.tunnel, err, sizeof(err)) != 0) {
+		fprintf(stderr, "%s: %s\n", argv[1], err);
+		conf_free(&cfg);
 		return 1;
 	}
 	conf_dump(&cfg, stdout);
