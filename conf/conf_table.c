@@ -19,6 +19,9 @@ _Static_assert(SR_ARRAY_LEN(((struct sidecar_opts *)0)->relays) == SIDECAR_MAX_R
 /* Longest path or token accepted: PATH_MAX-sized, so any real path fits. */
 #define CONF_STR_MAX 4095u
 #define CONF_HOST_MAX 253u /* a DNS name */
+/* A bearer token travels in the register message, which carries at most
+ * this many bytes: a longer one could never be sent whole, nor match. */
+#define CONF_TOKEN_MAX (TUN_CTL_TOKEN_MAX - 1u)
 
 /* "host:port" with a port 1..65535: where sidecars dial. */
 static int conf_check_hostport(const char *s)
@@ -388,8 +391,9 @@ static const struct conf_entry conf_relay[] = {
 	&conf_fmt_listen, "Address of the tunnel listener that sidecars dial."),
     GROUP("tls", 0, conf_relay_tls_group),
     STR(struct relay_opts, "auth_token", auth_token, CONF_NULLABLE | CONF_SECRET, 1,
-	CONF_STR_MAX, NULL, NULL, NULL,
-	"Bearer token every sidecar must present when it registers; null: none."),
+	CONF_TOKEN_MAX, NULL, NULL, NULL,
+	"Bearer token every sidecar must present when it registers (at most 255 bytes, "
+	"what a registration carries); null: none."),
     {.key = "pool",
      .type = CONF_GROUP,
      .off = offsetof(struct relay_opts, pool),
@@ -455,8 +459,10 @@ static const struct conf_entry conf_tunnel[] = {
 	NULL, NULL,
 	"Name verified in the relay certificate; null: the host of the relay dialled."),
     GROUP("tls", 0, conf_tunnel_tls_group),
-    STR(struct sidecar_opts, "token", token, CONF_NULLABLE | CONF_SECRET, 1, CONF_STR_MAX, NULL,
-	NULL, NULL, "Bearer token sent when registering; null: none."),
+    STR(struct sidecar_opts, "token", token, CONF_NULLABLE | CONF_SECRET, 1, CONF_TOKEN_MAX,
+	NULL, NULL, NULL,
+	"Bearer token sent when registering (at most 255 bytes, what a registration "
+	"carries); null: none."),
     STR(struct sidecar_opts, "app", app_name, 0, 1, 127, "spark-notebook", NULL, NULL,
 	"Application name shown by the relay (logs, leases)."),
     BOOL(struct sidecar_opts, "ui_port", want_ui, "false",

@@ -524,7 +524,7 @@ static const struct err_case err_cases[] = {
     {"secret is not echoed",
      "{\"relay\": {\"auth_token\": [\"hunter2-secret\"]}}",
      SR_EINVAL,
-     {"relay.auth_token: must be a string of 1..4095 bytes or null (got an array)"}},
+     {"relay.auth_token: must be a string of 1..255 bytes or null (got an array)"}},
     /* arrays of objects */
     {"array: not a list",
      "{\"relay\": {\"routes\": {\"name\": \"r\"}}}",
@@ -676,15 +676,58 @@ static void test_secret_not_in_messages(void **state)
 	size_t off;
 
 	(void)state;
-	/* a token one byte over the limit: the message must describe, not quote it */
+	/* a token over the limit: the message must describe, not quote it */
 	off = (size_t)snprintf(json, sizeof(json), "{\"tunnel\": {\"token\": \"");
 	memset(json + off, 'S', 4096);
 	off += 4096;
 	snprintf(json + off, sizeof(json) - off, "\"}}");
 	assert_int_equal(load(json, &cfg, err), SR_EINVAL);
-	assert_contains(err, "tunnel.token: must be a string of 1..4095 bytes or null");
+	assert_contains(err, "tunnel.token: must be a string of 1..255 bytes or null");
 	assert_contains(err, "(got a secret of 4096 bytes)");
 	assert_null(strstr(err, "SSSS"));
+}
+
+/* A token travels in the register message, which carries 255 bytes: a
+ * longer tunnel.token was cut there (and refused by the relay), a longer
+ * relay.auth_token could never match. Both are refused where they are set,
+ * in the file and in the environment. */
+static void test_tokens_fit_the_register_message(void **state)
+{
+	static const char *const keys[][3] = {
+	    {"tunnel", "token", "SPARKRELAY_TUNNEL_TOKEN"},
+	    {"relay", "auth_token", "SPARKRELAY_RELAY_AUTH_TOKEN"},
+	};
+	char tok[TUN_CTL_TOKEN_MAX + 1], json[1024], err[ERRLEN];
+	struct sr_config cfg;
+
+	(void)state;
+	for (size_t k = 0; k < 2; k++) {
+		const char *sect = keys[k][0], *key = keys[k][1];
+		const char *rest = k == 0 ? TUNNEL_OK : RELAY_OK_TLS;
+
+		for (size_t len = TUN_CTL_TOKEN_MAX - 1; len <= TUN_CTL_TOKEN_MAX; len++) {
+			int want = len < TUN_CTL_TOKEN_MAX ? 0 : SR_EINVAL;
+
+			memset(tok, 'T', len);
+			tok[len] = '\0';
+			snprintf(json, sizeof(json), "{\"%s\": {%s, \"%s\": \"%s\"}}", sect, rest,
+				 key, tok);
+			assert_int_equal(load(json, &cfg, err), want);
+			if (want) {
+				assert_contains(err, "must be a string of 1..255 bytes or null");
+				assert_contains(err, "(got a secret of 256 bytes)");
+			}
+			conf_free(&cfg);
+
+			snprintf(json, sizeof(json), "{\"%s\": {%s}}", sect, rest);
+			assert_int_equal(setenv(keys[k][2], tok, 1), 0);
+			assert_int_equal(load(json, &cfg, err), want);
+			if (want)
+				assert_contains(err, "1..255 bytes");
+			unsetenv(keys[k][2]);
+			conf_free(&cfg);
+		}
+	}
 }
 
 /* A secret next to a syntax error: jansson quotes up to 20 bytes of the
@@ -1619,6 +1662,8 @@ int main(void)
 					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_errors, clear_env, clear_env),
 	    cmocka_unit_test_setup_teardown(test_secret_not_in_messages, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_tokens_fit_the_register_message, clear_env,
+					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_syntax_error_does_not_quote_secrets, clear_env,
 					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_numeric_secret_not_quoted, clear_env, clear_env),
