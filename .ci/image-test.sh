@@ -354,6 +354,7 @@ echo "  health check (Dockerfile HEALTHCHECK, via the admin API): healthy"
 # ---------------------------------------------------------------------------------
 step "start the sidecar container (environment only) and wait for its lease"
 SIDECAR_ENV=(-e SPARKRELAY_TUNNEL_RELAYS=127.0.0.1:$LPORT
+	-e SPARKRELAY_TUNNEL_ALLOWED_PORTS=$POOL_MIN-$POOL_MAX
 	-e SPARKRELAY_TUNNEL_TLS_CA=/certs/ca.pem -e SPARKRELAY_TUNNEL_APP=image-test
 	-e SPARKRELAY_TUNNEL_SPARK_JSON=/out/spark.json
 	-e SPARKRELAY_TUNNEL_SPARK_CONF=/out/spark-defaults.conf
@@ -419,7 +420,7 @@ printf 'spark.executor.memory 4g\nspark.driver.port=1234\n' \
 	>"$WORK/nbhome/spark-conf/spark-defaults.conf"
 NB_ENV=(HOME="$WORK/nbhome" SPARK_CONF_DIR="$WORK/nbhome/spark-conf"
 	SPARKRELAY_BIN="$WORK/bin/sparkrelay" SPARKRELAY_WAIT_S=30
-	SPARKRELAY_TUNNEL_RELAYS=127.0.0.1:$LPORT
+	SPARKRELAY_TUNNEL_RELAYS=127.0.0.1:$LPORT SPARKRELAY_TUNNEL_ALLOWED_PORTS=$POOL_MIN-$POOL_MAX
 	SPARKRELAY_TUNNEL_TLS_CA="$WORK/certs/ca.pem" SPARKRELAY_TUNNEL_APP=notebook-test)
 env "${NB_ENV[@]}" docker/notebook/start-sparkrelay.sh start 9>&- || fail "start-sparkrelay.sh start"
 NB_JSON=$WORK/nbhome/.sparkrelay/spark.json
@@ -463,6 +464,7 @@ chown 65534:65534 "$NB2/home"
 as_user() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@" 9>&-; }
 NB2_ENV=(HOME="$NB2/home" SPARK_HOME="$NB2/spark" SPARKRELAY_BIN="$WORK/bin/sparkrelay"
 	SPARKRELAY_WAIT_S=30 SPARKRELAY_TUNNEL_RELAYS="127.0.0.1:$LPORT"
+	SPARKRELAY_TUNNEL_ALLOWED_PORTS=$POOL_MIN-$POOL_MAX
 	SPARKRELAY_TUNNEL_TLS_CA="$WORK/certs/ca.pem" SPARKRELAY_TUNNEL_APP=notebook-ro)
 as_user env "${NB2_ENV[@]}" "$WORK/bin/start-sparkrelay.sh" start >"$WORK/nb2.out" 2>&1 ||
 	{ cat "$WORK/nb2.out" >&2; fail "start with a read-only \$SPARK_HOME/conf"; }

@@ -493,7 +493,7 @@ int cmd_demo(int argc, char **argv)
 	snprintf(json, sizeof(json),
 		 "{\"tunnel\": {\"relays\": [\"%s\"], \"tls\": {\"ca\": \"%s\"},"
 		 " \"app\": \"demo-notebook\", \"spark_conf\": \"%s\", \"spark_json\": \"%s\","
-		 " \"state_file\": \"%s\"}}",
+		 " \"state_file\": \"%s\", \"allowed_ports\": [\"31000-31999\"]}}",
 		 relay_addr, d.path[0], d.path[3], d.path[4], d.path[5]);
 	if (conf_load_string(json, "demo", &d.scfg, err, sizeof(err)) != 0) {
 		fprintf(stderr, "demo: %s\n", err);

@@ -76,6 +76,11 @@ struct sidecar {
 	int release_sent;
 	uint64_t tun_up_us; /* when the current tunnel came up */
 	unsigned strikes;   /* tunnels the relay ended with a protocol error, see on_closed */
+	/* opts->allowed_ports, parsed; none: any port */
+	struct {
+		uint16_t lo, hi;
+	} allowed[SIDECAR_MAX_PORT_RANGES];
+	unsigned nallowed;
 };
 
 /* At most this many strikes count towards the backoff (2^8 x the initial
@@ -139,10 +144,64 @@ static void role_list(unsigned roles, char *buf, size_t len)
 					      tun_port_role_name((enum tun_port_role)r));
 }
 
+int sidecar_port_range(const char *s, uint16_t *lo, uint16_t *hi)
+{
+	unsigned long v[2] = {0, 0};
+	int i = 0;
+
+	for (;;) {
+		const char *start = s;
+
+		while (*s >= '0' && *s <= '9' && s - start < 5)
+			v[i] = v[i] * 10 + (unsigned long)(*s++ - '0');
+		if (s == start || (*s >= '0' && *s <= '9') || v[i] < 1 || v[i] > 65535)
+			return -1;
+		if (*s == '\0')
+			break;
+		if (*s != '-' || i == 1)
+			return -1;
+		s++;
+		i++;
+	}
+	if (i == 0)
+		v[1] = v[0];
+	if (v[0] > v[1])
+		return -1;
+	*lo = (uint16_t)v[0];
+	*hi = (uint16_t)v[1];
+	return 0;
+}
+
+static int port_allowed(const struct sidecar *s, uint16_t port)
+{
+	if (s->nallowed == 0)
+		return 1;
+	for (unsigned i = 0; i < s->nallowed; i++)
+		if (port >= s->allowed[i].lo && port <= s->allowed[i].hi)
+			return 1;
+	return 0;
+}
+
+/* "26000-26999,27005" (cut to len). */
+static void allowed_list(const struct sidecar *s, char *buf, size_t len)
+{
+	size_t n = 0;
+
+	buf[0] = '\0';
+	for (unsigned i = 0; i < s->nallowed && n < len; i++) {
+		if (s->allowed[i].lo == s->allowed[i].hi)
+			n += (size_t)snprintf(buf + n, len - n, "%s%u", i ? "," : "",
+					      s->allowed[i].lo);
+		else
+			n += (size_t)snprintf(buf + n, len - n, "%s%u-%u", i ? "," : "",
+					      s->allowed[i].lo, s->allowed[i].hi);
+	}
+}
+
 static void on_lease(struct sidecar *s, struct tun_conn *c, const struct tun_ctl_msg *m)
 {
 	struct sidecar_lease_info old = s->lease;
-	char err[512], ctx[128], why[160], want[48], got[48];
+	char err[512], ctx[128], why[224], want[128], got[48];
 	char lbuf[SR_ESC_SIZE(TUN_CTL_LEASE_MAX)], hbuf[SR_ESC_SIZE(TUN_CTL_HOST_MAX)];
 	char obuf[SR_ESC_SIZE(TUN_CTL_LEASE_MAX)];
 	int changed;
@@ -159,6 +218,19 @@ static void on_lease(struct sidecar *s, struct tun_conn *c, const struct tun_ctl
 		snprintf(why, sizeof(why), "lease grants roles %s, registered for %s", got, want);
 		protocol_error(c, why);
 		return;
+	}
+	/* A relay chooses the ports the driver binds on the notebook: only
+	 * those the notebook agreed to (a port of another local service, or a
+	 * privileged one, would be the driver's bind failing or worse). */
+	for (int r = 0; r < TUN_PORT_MAX; r++) {
+		if (m->ports[r] && !port_allowed(s, m->ports[r])) {
+			allowed_list(s, want, sizeof(want));
+			snprintf(why, sizeof(why), "lease grants %s port %u, outside "
+						   "tunnel.allowed_ports (%s)",
+				 tun_port_role_name((enum tun_port_role)r), m->ports[r], want);
+			protocol_error(c, why);
+			return;
+		}
 	}
 	/* A relay answers a resume it cannot honour with "unknown_lease"; a
 	 * different lease instead would point our driver's connections (held,
@@ -515,6 +587,16 @@ struct sidecar *sidecar_new(struct event_base *base, const struct sidecar_opts *
 	if (opts->nrelays == 0) {
 		snprintf(err, errlen, "no relay address configured");
 		goto fail;
+	}
+	for (unsigned i = 0; i < opts->nallowed_ports && i < SIDECAR_MAX_PORT_RANGES; i++) {
+		if (!opts->allowed_ports[i] ||
+		    sidecar_port_range(opts->allowed_ports[i], &s->allowed[i].lo,
+				       &s->allowed[i].hi) != 0) {
+			snprintf(err, errlen, "allowed port range %u is not N or N-M within 1..65535",
+				 i);
+			goto fail;
+		}
+		s->nallowed++;
 	}
 	s->ssl_ctx = tun_tls_client_ctx(opts->ca_file, opts->cert_file, opts->key_file, err,
 					errlen);

@@ -11,6 +11,7 @@ struct event_base;
 struct sidecar;
 
 #define SIDECAR_MAX_RELAYS 16
+#define SIDECAR_MAX_PORT_RANGES 16
 
 struct sidecar_opts {
 	char *relays[SIDECAR_MAX_RELAYS]; /* "host:port"; names may resolve to many addresses */
@@ -22,6 +23,10 @@ struct sidecar_opts {
 	char *token;            /* optional bearer token */
 	char *app_name;
 	int want_ui;            /* also lease a port for spark.ui.port */
+	/* Ports a lease may grant: "N" or "N-M" each (sidecar_port_range); a
+	 * lease with any other port is a protocol error. None: any port. */
+	char *allowed_ports[SIDECAR_MAX_PORT_RANGES];
+	unsigned nallowed_ports;
 	char *spark_conf_path;  /* spark-defaults.conf fragment written on lease */
 	char *spark_json_path;  /* the same settings as JSON */
 	char *state_path;       /* resume token kept here across restarts */
@@ -36,6 +41,9 @@ struct sidecar_opts {
 };
 
 /* Defaults come from the configuration tables (conf_sidecar_defaults). */
+
+/* "N" or "N-M" (decimal, 1..65535, N <= M) into *lo..*hi. 0, or -1. */
+int sidecar_port_range(const char *s, uint16_t *lo, uint16_t *hi);
 
 /* What the sidecar learnt from its lease (for the demo and status). */
 struct sidecar_lease_info {

@@ -16,6 +16,7 @@ reach into the notebook nor forge what the notebook reads.
 """
 
 import ast
+import json
 import os
 import signal
 import socket
@@ -262,6 +263,59 @@ class LeaseStateTest(TrustCase):
         s2, reg2 = self.fr.session(15)
         self.assertEqual(reg2.get("resume"), "0123456789abcdef")
         self.assertTrue(os.path.exists(self.state))
+
+
+class AllowedPortsTest(TrustCase):
+    """tunnel.allowed_ports: the relay chooses the ports the driver binds on
+    the notebook; one outside the agreed ranges is a protocol error, so a
+    relay cannot point the driver at a port of another local service."""
+
+    tunnel_overrides = {"tunnel": {"allowed_ports": ["27000-27009", "27100"]}}
+
+    def test_lease_outside_the_allowed_ports_is_refused(self):
+        cases = [
+            ("blockManager outside", {"driver": 27001, "blockManager": 40002},
+             "lease grants blockManager port 40002, outside tunnel.allowed_ports "
+             "(27000-27009,27100)"),
+            ("driver just past the range", {"driver": 27010, "blockManager": 27009},
+             "lease grants driver port 27010"),
+            ("a privileged port", {"driver": 22, "blockManager": 27000},
+             "lease grants driver port 22"),
+        ]
+        for what, ports, log in cases:
+            s, reg = self.fr.session(15)
+            s.send_ctl(FR.lease_msg(ports=ports))
+            self.assert_closed(s, what)
+            self.assertTrue(X.wait_log(self.proc, log, 5), "%s: no %r in the log" % (what, log))
+        self.assert_nothing_written()
+        self.assertFalse(self.proc.grep("lease granted"))
+        self.assertEqual(len(self.proc.grep("protocol error from the relay")), len(cases))
+        # the edges of the ranges are in
+        s, reg = self.fr.session(15)
+        j = self.leased(s, FR.lease_msg(ports={"driver": 27009, "blockManager": 27100}))
+        self.assertEqual(j["ports"], {"driver": 27009, "blockManager": 27100})
+
+
+class DefaultAllowedPortsTest(TrustCase):
+    """Without tunnel.allowed_ports, a sidecar takes the default pool's ports
+    (26000-26999) and nothing else."""
+
+    def prepare(self):
+        path = os.path.join(self.dir, "tunnel.json")
+        with open(path) as f:
+            cfg = json.load(f)
+        del cfg["tunnel"]["allowed_ports"]
+        H.write_config(path, cfg)
+
+    def test_default_is_the_default_pool(self):
+        s, reg = self.fr.session(15)
+        s.send_ctl(FR.lease_msg(ports={"driver": 40001, "blockManager": 40002}))
+        self.assert_closed(s, "ports of the old default pool")
+        self.assertTrue(X.wait_log(self.proc, "outside tunnel.allowed_ports (26000-26999)", 5))
+        self.assert_nothing_written()
+        s, reg = self.fr.session(15)
+        j = self.leased(s, FR.lease_msg(ports={"driver": 26000, "blockManager": 26999}))
+        self.assertEqual(j["ports"], {"driver": 26000, "blockManager": 26999})
 
 
 class ConnectTest(TrustCase):
