@@ -93,6 +93,21 @@ static void fw_rtt(struct tun_conn *c, uint64_t rtt_us, void *arg)
 		ep->owner_cbs.on_rtt(c, rtt_us, ep->arg);
 }
 
+static void fw_refused(struct tun_conn *c, uint64_t conn_id, uint16_t port, void *arg)
+{
+	struct tun_endpoint *ep = arg;
+	if (ep->owner_cbs.on_refused)
+		ep->owner_cbs.on_refused(c, conn_id, port, ep->arg);
+}
+
+static void fw_connect_failed(struct tun_conn *c, uint64_t conn_id, uint16_t port,
+			      const char *peer, int err, void *arg)
+{
+	struct tun_endpoint *ep = arg;
+	if (ep->owner_cbs.on_connect_failed)
+		ep->owner_cbs.on_connect_failed(c, conn_id, port, peer, err, ep->arg);
+}
+
 static void ep_on_output(struct tun_conn *c, void *arg);
 
 static void ep_conn_closed(struct tun_conn *c, int err, void *arg)
@@ -261,6 +276,8 @@ static void ep_up(struct tun_endpoint *ep)
 		.on_output = ep_on_output,
 		.on_ctl_sent = fw_ctl_sent,
 		.on_rtt = fw_rtt,
+		.on_refused = fw_refused,
+		.on_connect_failed = fw_connect_failed,
 		.on_closed = ep_conn_closed,
 	};
 
