@@ -503,6 +503,23 @@ static const struct conf_entry conf_tunnel[] = {
 	"spark-defaults.conf fragment written when a lease is granted; null: not written."),
     STR(struct sidecar_opts, "spark_json", spark_json_path, CONF_NULLABLE, 1, CONF_STR_MAX,
 	"spark.json", NULL, NULL, "The same Spark settings as JSON; null: not written."),
+    STR(struct sidecar_opts, "spark_defaults", spark_defaults_path, CONF_NULLABLE, 1,
+	CONF_STR_MAX, NULL, "/opt/spark/conf/spark-defaults.conf", NULL,
+	"A spark-defaults.conf that Spark reads (in `$SPARK_CONF_DIR`): the sidecar keeps the "
+	"lease's settings in a `# sparkrelay begin`/`end` block there, current on every lease "
+	"change (other lines that set the same keys are dropped, every other line is kept), "
+	"and removes the block when the lease is released, lost or the sidecar stops. Never "
+	"written through a symlink. null: not kept."),
+    STR(struct sidecar_opts, "status_file", status_path, CONF_NULLABLE, 1, CONF_STR_MAX, NULL,
+	"/home/user/.sparkrelay/status.json", NULL,
+	"JSON rewritten on every change of state: `state` (connecting, leased, reconnecting, "
+	"relay_unreachable, no_lease, stopped), lease, host, ports, `lease_changes`, pid, "
+	"message. For the notebook (docs/spark.md); null: not written."),
+    U32(struct sidecar_opts, "direct_result_mib", direct_result_mib, 0, 1024, "256",
+	"Task results up to this many MiB come back in the executor's RPC connection, through "
+	"the relay: written as spark.task.maxDirectResultSize, with spark.rpc.message.maxSize "
+	"raised to match. Spark fetches larger results from the executor's pod, which a "
+	"notebook usually cannot reach (docs/spark.md). 0: Spark's defaults (1 MiB)."),
     STR(struct sidecar_opts, "state_file", state_path, CONF_NULLABLE, 1, CONF_STR_MAX,
 	"sparkrelay-state.json", NULL, NULL,
 	"Keeps the resume token across sidecar restarts; null: not kept."),

@@ -29,6 +29,11 @@ struct sidecar_opts {
 	unsigned nallowed_ports;
 	char *spark_conf_path;  /* spark-defaults.conf fragment written on lease */
 	char *spark_json_path;  /* the same settings as JSON */
+	/* A spark-defaults.conf Spark reads: the lease's block is kept current
+	 * in it, and removed when the lease ends (NULL: none). */
+	char *spark_defaults_path;
+	char *status_path;      /* state for the notebook (sc_status_write), NULL: none */
+	uint32_t direct_result_mib; /* spark.task.maxDirectResultSize, 0: not written */
 	char *state_path;       /* resume token kept here across restarts */
 	uint32_t backoff_initial_ms;
 	uint32_t backoff_max_ms;
@@ -69,10 +74,5 @@ void sidecar_free(struct sidecar *s);
 /* Release the lease and break the loop when done (or after release_timeout_ms). */
 void sidecar_shutdown(struct sidecar *s);
 void sidecar_get_lease(const struct sidecar *s, struct sidecar_lease_info *info);
-
-/* Write the Spark settings for info as a spark-defaults.conf fragment and as
- * JSON (atomically: temp file + rename). Either path may be NULL. */
-int sidecar_write_spark_conf(const struct sidecar_lease_info *info, const char *conf_path,
-			     const char *json_path, char *err, size_t errlen);
 
 #endif

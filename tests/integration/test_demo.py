@@ -100,6 +100,9 @@ class SparkFilesTest(harness.ITCase):
             "spark.driver.blockManager.port": str(p2),
             "spark.port.maxRetries": "0",
             "spark.kubernetes.executor.useDriverPodIP": "false",
+            # results up to 256 MiB come back over the relayed RPC connection
+            "spark.task.maxDirectResultSize": "256m",
+            "spark.rpc.message.maxSize": "256",
         }
         self.assertEqual(j["spark"], want, "spark_json.spark")
         conf = {}
