@@ -161,7 +161,8 @@ setup_sparkrelay() {
  "relay": {"listen": "127.0.0.1:20090", "tls": {"cert": "$CERTS/relay.pem", "key": "$CERTS/relay.key"},
    "pool": {"bind": "127.0.0.2", "advertise": "127.0.0.2", "port_min": 20100, "port_max": 20199}},
  "tunnel": {"relays": ["127.0.0.1:20090"], "tls": {"ca": "$CERTS/ca.pem"}, "app": "bench",
-   "spark_json": "$d/spark.json", "spark_conf": "$d/spark-defaults.conf", "state_file": "$d/state.json"}}
+   "spark_json": "$d/spark.json", "spark_conf": "$d/spark-defaults.conf", "state_file": "$d/state.json",
+   "allowed_ports": ["20100-20199"]}}
 EOF
 	start relay "$SR" relay --config "$d/config.json"
 	TPIDS+=("$LAST_PID")
@@ -397,6 +398,11 @@ run_tool() {
 		fi
 		bench "$tool" "spark.$rep" spark --connect "$F1" --connect2 "$F2" --executors "$SPARK_E" \
 			--batch "$SPARK_B" --bm-mib "$SPARK_MIB" --hb-ms 10000 --time-scale 0.02 --hold 1
+		# Task results in the executor's RPC connection (maxDirectResultSize raised):
+		# 64 MiB each while 20 other executors heartbeat every 50 ms.
+		bench "$tool" "spark_result.$rep" spark --connect "$F1" --connect2 "$F2" \
+			--executors 20 --batch 20 --bm-mib 1 --hb-ms 10000 --time-scale 0.005 \
+			--result-mib 64 --results 3 --hold 0.3
 	done
 	if [ "$tool" = sparkrelay ] && [ "$BIG_IDLE" -gt 0 ]; then
 		log "$tool: $BIG_IDLE concurrent executor connections on one relay"

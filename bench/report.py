@@ -40,6 +40,10 @@ FIGURES = [
     ("spark_hb_p99", "spark: heartbeat p99, us", "spark", ["hb_rtt_us", "p99"], 0),
     ("spark_bcast_gbit", "spark: broadcast aggregate, Gbit/s", "spark", ["broadcast_gbit_s"], 2),
     ("spark_failures", "spark: failed connections", "spark", None, 0),
+    ("result_us", "64 MiB task result on an RPC stream, us", "spark_result",
+     ["result_us", "p50"], 0),
+    ("result_hb_p99", "heartbeat p99 of other executors meanwhile, us", "spark_result",
+     ["hb_during_result_us", "p99"], 0),
 ]
 
 
