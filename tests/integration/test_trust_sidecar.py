@@ -248,6 +248,28 @@ class LeaseStateTest(TrustCase):
         self.assertIn("spark.driver.port %d\n" % p1, conf)
         self.assertNotIn("127.0.0.3", conf)
 
+    def test_another_lease_answering_a_resume_is_refused(self):
+        """A relay answers a resume it cannot honour with unknown_lease; another
+        lease instead would move the driver's connections to ports nobody agreed
+        to (follow-up 1 of the security review)."""
+        p1, p2 = two_ports()
+        s, reg = self.fr.session(15)
+        self.leased(s, FR.lease_msg(lease="L-1-aaaaaaaa", ports={"driver": p1,
+                                                                  "blockManager": p2}))
+        s.close()
+        s, reg = self.fr.session(15)
+        self.assertEqual(reg.get("resume"), "0123456789abcdef")
+        s.send_ctl(FR.lease_msg(lease="L-2-bbbbbbbb", ports={"driver": p1 + 1,
+                                                              "blockManager": p2 + 1}))
+        self.assert_closed(s, "another lease for a resume")
+        self.assertTrue(X.wait_log(self.proc, "a different lease in answer to our resume", 5))
+        j = H.read_spark_json(self.spark_json)
+        self.assertEqual((j["lease"], j["ports"]), ("L-1-aaaaaaaa",
+                                                    {"driver": p1, "blockManager": p2}))
+        # and the next tunnel still asks for the first lease
+        s, reg = self.fr.session(15)
+        self.assertEqual(reg.get("resume"), "0123456789abcdef")
+
     def test_released_without_release_is_refused(self):
         p1, p2 = two_ports()
         s, reg = self.fr.session(15)
