@@ -146,7 +146,8 @@ static void protocol_error(struct tun_conn *c, const char *why)
  * changed. */
 static void set_status(struct sidecar *s, enum sc_status st, const char *msg)
 {
-	if (st == s->status && strcmp(msg, s->status_msg) == 0 && st != SC_STATUS_LEASED)
+	if (s->stopped || (st == s->status && strcmp(msg, s->status_msg) == 0 &&
+			   st != SC_STATUS_LEASED))
 		return;
 	s->status = st;
 	snprintf(s->status_msg, sizeof(s->status_msg), "%s", msg);
@@ -164,9 +165,11 @@ static void lease_lost(struct sidecar *s, const char *why)
 	sc_state_clear(s->o->state_path);
 	s->attempt = 0;
 	tun_group_reset(s->group, TUN_LOST_ENDED);
-	if (!s->lease.have_lease)
+	/* also a lease only known from the state file (a restarted sidecar
+	 * whose resume failed): its settings are still on disk */
+	if (!s->lease.have_lease && !s->written.have_lease)
 		return;
-	sr_esc(s->lease.lease, lbuf, sizeof(lbuf));
+	sr_esc(s->lease.have_lease ? s->lease.lease : s->written.lease, lbuf, sizeof(lbuf));
 	s->lease.have_lease = 0;
 	sc_settings_remove(s->o, "");
 	SR_WARN("", "lease %s ended by the relay (%s): Spark settings removed; asking for a "

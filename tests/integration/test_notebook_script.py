@@ -268,6 +268,43 @@ class SettingsFollowTheLeaseTest(NotebookScriptCase):
         self.assertFalse(os.path.exists(self.spark_json))
 
 
+class RestartTest(NotebookScriptCase):
+
+    def test_restarted_sidecar_whose_lease_is_gone(self):
+        """A sidecar that died leaves its settings (its lease may still be
+        resumed); when the relay says the lease is gone, they go at once."""
+        self.start_leased(FR.lease_msg(lease="L-1-aaaaaaaa",
+                                       ports={"driver": 41001, "blockManager": 41002}))
+        os.kill(self.sidecar_pid(), signal.SIGKILL)
+        time.sleep(0.2)
+        self.assertIsNotNone(self.block())
+        p = subprocess.Popen(["bash", START_SCRIPT, "start"], env=self.env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             stdin=subprocess.DEVNULL)
+        try:
+            s, reg = self.fr.session(20)
+            self.assertEqual(reg.get("resume"), "0123456789abcdef")
+            s.send_ctl(UNKNOWN_LEASE)
+            self.wait_state("no_lease")
+            self.assertIsNone(self.block(), self.conf_text())
+            self.assert_user_lines_kept()
+            s, reg = self.fr.session(20)
+            s.send_ctl(FR.lease_msg(lease="L-2-bbbbbbbb",
+                                    ports={"driver": 41003, "blockManager": 41004}))
+            out, err = p.communicate(timeout=40)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+        self.assertEqual(p.returncode, 0, err)
+        self.assertEqual(self.block()["spark.driver.port"], "41003")
+        with open(self.log) as f:
+            self.assertEqual(f.read().count("lease changed from L-1-aaaaaaaa (host 127.0.0.2, "
+                                            "ports 41001,41002) to L-2-bbbbbbbb"), 1,
+                             "the restarted sidecar did not compare with the lease it "
+                             "had written before")
+
+
 class RevokeTest(A.AdminCase):
     """`ctl lease revoke` on a real relay: the sidecar drops the revoked
     lease's settings at once and writes the next lease's."""
