@@ -367,7 +367,9 @@ static void on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void *arg)
 		} else {
 			char msg[256];
 
-			snprintf(msg, sizeof(msg), "relay refused registration: %s: %s", cbuf, mbuf);
+			/* raw: sc_status_write escapes it (once) */
+			snprintf(msg, sizeof(msg), "relay refused registration: %s: %s", m->code,
+				 m->message);
 			set_status(s, s->lease.have_lease ? SC_STATUS_RECONNECTING : SC_STATUS_NO_LEASE,
 				   msg);
 		}
