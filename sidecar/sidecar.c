@@ -408,10 +408,10 @@ static void sc_stop(struct sidecar *s, const char *why)
 {
 	if (s->stopped)
 		return;
-	s->stopped = 1;
 	s->lease.connected = 0;
 	sc_settings_remove(s->o, "");
 	set_status(s, SC_STATUS_STOPPED, why);
+	s->stopped = 1; /* the last word of the status file */
 }
 
 static void schedule_backoff(struct sidecar *s)
