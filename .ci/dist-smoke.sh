@@ -74,6 +74,7 @@ done
 "$BIN" ctl "${ADMIN[@]}" ready >/dev/null || fail "ctl ready"
 echo "  relay up; ctl health and ctl ready answer (libcurl, HTTP)"
 SPARKRELAY_TUNNEL_RELAYS=localhost:18443 SPARKRELAY_TUNNEL_TLS_CA="$T/certs/ca.pem" \
+	SPARKRELAY_TUNNEL_ALLOWED_PORTS=20000-20009 \
 	SPARKRELAY_TUNNEL_APP=dist-smoke SPARKRELAY_TUNNEL_SPARK_JSON="$T/spark.json" \
 	SPARKRELAY_TUNNEL_SPARK_CONF="$T/spark-defaults.conf" \
 	SPARKRELAY_TUNNEL_STATE_FILE="$T/state.json" \

@@ -354,6 +354,7 @@ echo "  health check (Dockerfile HEALTHCHECK, via the admin API): healthy"
 # ---------------------------------------------------------------------------------
 step "start the sidecar container (environment only) and wait for its lease"
 SIDECAR_ENV=(-e SPARKRELAY_TUNNEL_RELAYS=127.0.0.1:$LPORT
+	-e SPARKRELAY_TUNNEL_ALLOWED_PORTS=$POOL_MIN-$POOL_MAX
 	-e SPARKRELAY_TUNNEL_TLS_CA=/certs/ca.pem -e SPARKRELAY_TUNNEL_APP=image-test
 	-e SPARKRELAY_TUNNEL_SPARK_JSON=/out/spark.json
 	-e SPARKRELAY_TUNNEL_SPARK_CONF=/out/spark-defaults.conf
@@ -419,7 +420,7 @@ printf 'spark.executor.memory 4g\nspark.driver.port=1234\n' \
 	>"$WORK/nbhome/spark-conf/spark-defaults.conf"
 NB_ENV=(HOME="$WORK/nbhome" SPARK_CONF_DIR="$WORK/nbhome/spark-conf"
 	SPARKRELAY_BIN="$WORK/bin/sparkrelay" SPARKRELAY_WAIT_S=30
-	SPARKRELAY_TUNNEL_RELAYS=127.0.0.1:$LPORT
+	SPARKRELAY_TUNNEL_RELAYS=127.0.0.1:$LPORT SPARKRELAY_TUNNEL_ALLOWED_PORTS=$POOL_MIN-$POOL_MAX
 	SPARKRELAY_TUNNEL_TLS_CA="$WORK/certs/ca.pem" SPARKRELAY_TUNNEL_APP=notebook-test)
 env "${NB_ENV[@]}" docker/notebook/start-sparkrelay.sh start 9>&- || fail "start-sparkrelay.sh start"
 NB_JSON=$WORK/nbhome/.sparkrelay/spark.json
@@ -434,7 +435,11 @@ for k in spark.driver.host spark.driver.bindAddress spark.driver.blockManager.po
 done
 grep -q "SPARK_CONF_DIR" "$WORK/nbhome/.ipython/profile_default/startup/00-sparkrelay.py" ||
 	fail "no IPython start-up file"
-echo "  spark-defaults.conf merged (lease port $N1, other settings kept), IPython hook written"
+st=$(env "${NB_ENV[@]}" docker/notebook/start-sparkrelay.sh status) ||
+	fail "start-sparkrelay.sh status exits non-zero with a lease: $st"
+case "$st" in *"driver port $N1,"*) ;; *) fail "status does not show the lease: $st" ;; esac
+echo "  spark-defaults.conf has the lease (port $N1, other settings kept), IPython hook written"
+echo "  status: $st"
 $PY docker/ci/image_test.py driver "$NB_JSON" >"$WORK/driver-nb.log" 2>&1 &
 BG_PIDS+=($!)
 DRIVER_PID=$!
@@ -445,7 +450,13 @@ wait "$DRIVER_PID" 2>/dev/null || true
 env "${NB_ENV[@]}" docker/notebook/start-sparkrelay.sh stop || fail "start-sparkrelay.sh stop"
 grep -q "lease released" "$WORK/nbhome/.sparkrelay/sparkrelay.log" ||
 	fail "the notebook sidecar did not release its lease"
-echo "  stopped; the sidecar released its lease"
+! grep -q '^# sparkrelay begin' "$conf" || fail "stop left the lease's block in $conf"
+grep -q '^spark.executor.memory 4g$' "$conf" || fail "stop dropped an unrelated setting"
+[ ! -e "$NB_JSON" ] || fail "stop left $NB_JSON"
+rc=0
+env "${NB_ENV[@]}" docker/notebook/start-sparkrelay.sh status >/dev/null || rc=$?
+[ "$rc" = 1 ] || fail "status after stop exits $rc (want 1: no sidecar)"
+echo "  stopped; the sidecar released its lease and removed its settings; status exits 1"
 
 # ---------------------------------------------------------------------------------
 step "notebook start-up script in a root-owned image: read-only \$SPARK_HOME/conf, --detach"
@@ -463,6 +474,7 @@ chown 65534:65534 "$NB2/home"
 as_user() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@" 9>&-; }
 NB2_ENV=(HOME="$NB2/home" SPARK_HOME="$NB2/spark" SPARKRELAY_BIN="$WORK/bin/sparkrelay"
 	SPARKRELAY_WAIT_S=30 SPARKRELAY_TUNNEL_RELAYS="127.0.0.1:$LPORT"
+	SPARKRELAY_TUNNEL_ALLOWED_PORTS=$POOL_MIN-$POOL_MAX
 	SPARKRELAY_TUNNEL_TLS_CA="$WORK/certs/ca.pem" SPARKRELAY_TUNNEL_APP=notebook-ro)
 as_user env "${NB2_ENV[@]}" "$WORK/bin/start-sparkrelay.sh" start >"$WORK/nb2.out" 2>&1 ||
 	{ cat "$WORK/nb2.out" >&2; fail "start with a read-only \$SPARK_HOME/conf"; }
@@ -498,14 +510,19 @@ until grep -q "reconnecting" "$NB2/home/.sparkrelay/sparkrelay.log" 2>/dev/null;
 	[ "$SECONDS" -lt "$deadline" ] || fail "the detached start-up did not start the sidecar"
 	sleep 0.2
 done
+rc=0
+st=$(as_user env "${NB2_ENV[@]}" "$WORK/bin/start-sparkrelay.sh" status) || rc=$?
+[ "$rc" = 4 ] && [ "${st#*relay unreachable}" != "$st" ] ||
+	fail "status with the relay down: exit $rc, \"$st\" (want 4, relay unreachable)"
 as_user env "${NB2_ENV[@]}" "$WORK/bin/start-sparkrelay.sh" stop >/dev/null 2>&1 ||
 	fail "stop after --detach"
-echo "  start --detach with the relay down: exit 0 at once, the sidecar keeps trying"
+echo "  start --detach with the relay down: exit 0 at once, the sidecar keeps trying;" \
+	"status says relay unreachable (exit 4)"
 rm -rf "$NB2/home/.sparkrelay" "$NB2/home/.ipython"
 as_user env "${NB2_ENV[@]}" "$WORK/bin/start-sparkrelay.sh" start --detach >/dev/null 2>&1 ||
 	fail "start --detach exits non-zero"
 deadline=$((SECONDS + 30))
-until grep -q "Spark settings merged" "$NB2/home/.sparkrelay/start.log" 2>/dev/null; do
+until grep -q "kept current by the sidecar" "$NB2/home/.sparkrelay/start.log" 2>/dev/null; do
 	[ "$SECONDS" -lt "$deadline" ] || fail "the detached start-up did not merge the lease"
 	sleep 0.2
 done

@@ -7,6 +7,11 @@
  *   "SINK\n"      discard; on EOF answer "OK <bytes received>\n" and close
  *   "SRC <n>\n"   send n bytes (0: without end) and discard input; after the
  *                 n bytes half-close and close on the client's EOF
+ *   "RPC\n"       messages u32 length | u32 reply size | payload (big-endian),
+ *                 each answered with reply-size bytes once it has arrived
+ *                 whole: Spark's RPC connection, where a heartbeat is answered
+ *                 and a task result (up to spark.task.maxDirectResultSize)
+ *                 travels as one message
  *
  * so one server process serves direct TCP and every tunnel under test. Every
  * client scenario is bounded in count and in time and stops by itself. */
@@ -47,6 +52,8 @@ struct bench_opts {
 	int executors;      /* spark */
 	int batch;          /* spark: executors arriving per second */
 	double bm_mib;      /* spark: broadcast size fetched by each executor */
+	double result_mib;  /* spark: task result sent on one executor's RPC connection */
+	int results;        /* spark: how many, one after the other */
 	double hold;        /* idle/spark: seconds to hold after all are up */
 	long pids[BENCH_MAX_PIDS];
 	int npids;

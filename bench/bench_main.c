@@ -30,7 +30,10 @@ static const char bench_usage_text[] =
 	"  spark       --executors E (200) arriving --batch B (20) per second: bootstrap\n"
 	"              connection, RPC connection with heartbeats every --hb-ms (10000)\n"
 	"              x --time-scale (0.02), block-manager fetch of --bm-mib (16) from\n"
-	"              --connect2 HOST:PORT; hold --hold S (1) after the last fetch\n"
+	"              --connect2 HOST:PORT; hold --hold S (1) after the last fetch;\n"
+	"              with --result-mib M, executor 0 then sends --results K (1) task\n"
+	"              results of M MiB on its RPC connection (as with a raised\n"
+	"              spark.task.maxDirectResultSize) while the others heartbeat\n"
 	"\n"
 	"common options:\n"
 	"  --pid PID       a tunnel process to measure (with its children); repeatable\n"
@@ -75,7 +78,7 @@ int main(int argc, char **argv)
 	enum {
 		O_CONNECT = 256, O_CONNECT2, O_CONNS, O_DIR, O_BYTES, O_SECONDS, O_TIMEOUT,
 		O_SIZE, O_COUNT, O_CONC, O_BULK, O_HB, O_SCALE, O_EXEC, O_BATCH, O_BM, O_HOLD,
-		O_PID, O_JSON, O_LABEL, O_HELP,
+		O_PID, O_JSON, O_LABEL, O_HELP, O_RESULT, O_RESULTS,
 	};
 	static const struct option longopts[] = {
 		{"connect", required_argument, NULL, O_CONNECT},
@@ -94,6 +97,8 @@ int main(int argc, char **argv)
 		{"executors", required_argument, NULL, O_EXEC},
 		{"batch", required_argument, NULL, O_BATCH},
 		{"bm-mib", required_argument, NULL, O_BM},
+		{"result-mib", required_argument, NULL, O_RESULT},
+		{"results", required_argument, NULL, O_RESULTS},
 		{"hold", required_argument, NULL, O_HOLD},
 		{"pid", required_argument, NULL, O_PID},
 		{"json", required_argument, NULL, O_JSON},
@@ -124,6 +129,7 @@ int main(int argc, char **argv)
 	o.executors = 200;
 	o.batch = 20;
 	o.bm_mib = 16;
+	o.results = 1;
 	o.hold = -1;
 	optind = 2;
 	while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -172,6 +178,8 @@ int main(int argc, char **argv)
 		case O_EXEC: o.executors = atoi(optarg); break;
 		case O_BATCH: o.batch = atoi(optarg); break;
 		case O_BM: o.bm_mib = strtod(optarg, NULL); break;
+		case O_RESULT: o.result_mib = strtod(optarg, NULL); break;
+		case O_RESULTS: o.results = atoi(optarg); break;
 		case O_HOLD: o.hold = strtod(optarg, NULL); break;
 		case O_PID:
 			if (o.npids == BENCH_MAX_PIDS)
@@ -189,7 +197,8 @@ int main(int argc, char **argv)
 		goto bad;
 	}
 	if (o.concurrency < 1 || o.bulk < 0 || o.executors < 1 || o.batch < 1 ||
-	    o.time_scale <= 0 || o.bm_mib < 0 || o.seconds < 0) {
+	    o.time_scale <= 0 || o.bm_mib < 0 || o.seconds < 0 || o.result_mib < 0 ||
+	    o.result_mib > 4095 || o.results < 1 || o.results > 1000) {
 		fprintf(stderr, "sparkrelay-bench: an option is out of range\n");
 		goto bad;
 	}

@@ -1,5 +1,6 @@
 /* `sparkrelay-bench server`: the stand-in driver of every scenario. The
- * protocol (one header line, then ECHO / SINK / SRC) is described in bench.h. */
+ * protocol (one header line, then ECHO / SINK / SRC / RPC) is described in
+ * bench.h. */
 #include "bench/bench.h"
 
 #include "common/sr_err.h"
@@ -22,7 +23,7 @@
 #define SRV_HDR_MAX 64
 #define SRV_MAX_LISTEN 8
 
-enum srv_mode { SRV_HDR, SRV_ECHO, SRV_SINK, SRV_SRC };
+enum srv_mode { SRV_HDR, SRV_ECHO, SRV_SINK, SRV_SRC, SRV_RPC };
 
 struct srv_conn {
 	struct bufferevent *bev;
@@ -32,6 +33,10 @@ struct srv_conn {
 	uint64_t got;    /* SINK: bytes received */
 	int peer_eof;
 	int shut;        /* SRC: our write side is half-closed */
+	/* RPC: payload bytes of the current message still to come (0: a
+	 * header is next) and the size of its reply */
+	uint64_t msg_left;
+	uint32_t msg_reply;
 };
 
 static unsigned long srv_live;
@@ -70,6 +75,7 @@ static int srv_progress(struct srv_conn *c)
 		return 0;
 	case SRV_ECHO:
 	case SRV_SINK:
+	case SRV_RPC:
 		if (c->peer_eof && evbuffer_get_length(out) == 0) {
 			srv_free(c);
 			return 1;
@@ -91,6 +97,8 @@ static int srv_header(struct srv_conn *c, const char *line)
 		c->mode = SRV_ECHO;
 	} else if (strcmp(line, "SINK") == 0) {
 		c->mode = SRV_SINK;
+	} else if (strcmp(line, "RPC") == 0) {
+		c->mode = SRV_RPC;
 	} else if (strncmp(line, "SRC ", 4) == 0) {
 		errno = 0;
 		n = strtoull(line + 4, &end, 10);
@@ -103,6 +111,44 @@ static int srv_header(struct srv_conn *c, const char *line)
 		return SR_EINVAL;
 	}
 	return 0;
+}
+
+/* RPC: messages of u32 length | u32 reply size | payload, both big-endian;
+ * each answered with reply-size bytes once its last payload byte arrived
+ * (a task result acknowledged, a heartbeat answered). Payloads are drained
+ * as they come: a 64 MiB result is never held. */
+static void srv_rpc(struct srv_conn *c, struct evbuffer *in, struct evbuffer *out)
+{
+	for (;;) {
+		if (c->msg_left == 0 && c->msg_reply == 0) {
+			unsigned char h[8];
+			if (evbuffer_get_length(in) < sizeof(h) ||
+			    evbuffer_remove(in, h, sizeof(h)) != (int)sizeof(h))
+				return;
+			c->msg_left = (uint64_t)h[0] << 24 | (uint64_t)h[1] << 16 |
+				      (uint64_t)h[2] << 8 | h[3];
+			c->msg_reply = (uint32_t)h[4] << 24 | (uint32_t)h[5] << 16 |
+				       (uint32_t)h[6] << 8 | h[7];
+			if (c->msg_reply == 0)
+				c->msg_reply = 1; /* every message is answered */
+		}
+		if (c->msg_left) {
+			size_t n = evbuffer_get_length(in);
+			if (n > c->msg_left)
+				n = (size_t)c->msg_left;
+			evbuffer_drain(in, n);
+			c->msg_left -= n;
+			if (c->msg_left)
+				return;
+		}
+		{
+			uint64_t left = c->msg_reply;
+			bench_fill(out, SIZE_MAX, &left);
+			c->msg_reply = 0;
+		}
+		if (evbuffer_get_length(in) < 8)
+			return;
+	}
 }
 
 static void srv_read_cb(struct bufferevent *bev, void *arg)
@@ -140,6 +186,9 @@ static void srv_read_cb(struct bufferevent *bev, void *arg)
 		break;
 	case SRV_SRC:
 		evbuffer_drain(in, evbuffer_get_length(in));
+		break;
+	case SRV_RPC:
+		srv_rpc(c, in, out);
 		break;
 	case SRV_HDR:
 		break;

@@ -1,5 +1,8 @@
 /* Scenarios fairness and spark: small messages that must not wait behind bulk
- * transfers on the same tunnel, and a simulated Spark application. */
+ * transfers on the same tunnel, and a simulated Spark application, in which
+ * one executor can also send large task results back on its RPC connection
+ * (spark.task.maxDirectResultSize raised, as the sidecar writes it) while
+ * the others keep their heartbeats. */
 #include "bench/bench.h"
 
 #include "common/sr_err.h"
@@ -231,9 +234,11 @@ out:
 #define SP_HB_MSG 256     /* Heartbeat */
 #define SP_STATUS_MSG 160 /* StatusUpdate */
 #define SP_STATUS_PER_HB 3
+#define SP_RESULT_REPLY 16 /* the driver's acknowledgement of a result */
+#define SP_RESULT_EXEC 0   /* the executor that sends the results */
 
 enum sp_state { SP_WAIT, SP_BOOT, SP_REG, SP_RUN, SP_DEAD };
-enum sp_msg { SP_NONE, SP_M_HB, SP_M_STATUS };
+enum sp_msg { SP_NONE, SP_M_REG, SP_M_HB, SP_M_STATUS, SP_M_RESULT };
 
 struct sp_exec {
 	struct sp *s;
@@ -246,6 +251,9 @@ struct sp_exec {
 	enum sp_msg outstanding;
 	uint64_t hb_due, status_due; /* queued behind the outstanding message */
 	int hb_queued, status_queued, fetched;
+	int during;        /* the outstanding message was sent while a result was in flight */
+	int result_queued; /* another result is due */
+	uint64_t res_left; /* payload of the result in flight still to queue */
 };
 
 struct sp {
@@ -260,12 +268,22 @@ struct sp {
 	uint64_t bm_bytes, bm_total;
 	struct bench_hist h_reg, h_hb, h_status, h_fetch;
 	double hb_s;
+	/* results: o->results of result_bytes each from executor SP_RESULT_EXEC */
+	struct event *result_ev;
+	uint64_t result_bytes, result_us_total;
+	int results_sent, results_done, result_failed, result_active;
+	struct bench_hist h_result, h_hb_before, h_hb_during, h_hb_result_exec;
 };
+
+static int sp_results_over(const struct sp *s)
+{
+	return s->result_bytes == 0 || s->result_failed || s->results_done >= s->o->results;
+}
 
 static void sp_check_end(struct sp *s)
 {
 	if (s->registered + s->lost >= s->o->executors &&
-	    s->finished_bm + s->lost >= s->o->executors &&
+	    s->finished_bm + s->lost >= s->o->executors && sp_results_over(s) &&
 	    !event_pending(s->end_ev, EV_TIMEOUT, NULL)) {
 		struct timeval tv = bench_tv(s->o->hold);
 		evtimer_add(s->end_ev, &tv);
@@ -301,11 +319,35 @@ static struct bufferevent *sp_dial(struct sp_exec *e, int bm, bufferevent_data_c
 	return bev;
 }
 
+/* One message on the RPC connection (server mode RPC): the driver answers
+ * `reply` bytes once all n have arrived. */
+static void sp_msg(struct sp_exec *e, uint64_t n, uint32_t reply)
+{
+	struct evbuffer *out = bufferevent_get_output(e->rpc);
+	unsigned char h[8] = {(unsigned char)(n >> 24), (unsigned char)(n >> 16),
+			      (unsigned char)(n >> 8),  (unsigned char)n,
+			      (unsigned char)(reply >> 24), (unsigned char)(reply >> 16),
+			      (unsigned char)(reply >> 8),  (unsigned char)reply};
+	e->got = 0;
+	e->during = e->s->result_active;
+	evbuffer_add(out, h, sizeof(h));
+	e->res_left = n;
+	/* small messages go whole; a result is topped up by sp_rpc_write_cb */
+	bench_fill(out, n > BENCH_OUT_HIGH ? BENCH_OUT_HIGH : SIZE_MAX, &e->res_left);
+}
+
 static void sp_send(struct sp_exec *e, struct bufferevent *bev, size_t n)
 {
 	uint64_t left = n;
 	e->got = 0;
 	bench_fill(bufferevent_get_output(bev), SIZE_MAX, &left);
+}
+
+static void sp_rpc_write_cb(struct bufferevent *bev, void *arg)
+{
+	struct sp_exec *e = arg;
+	if (e->res_left)
+		bench_fill(bufferevent_get_output(bev), BENCH_OUT_HIGH, &e->res_left);
 }
 
 static void sp_rpc_next(struct sp_exec *e)
@@ -316,13 +358,37 @@ static void sp_rpc_next(struct sp_exec *e)
 		e->hb_queued = 0;
 		e->outstanding = SP_M_HB;
 		e->t_sent = e->hb_due;
-		sp_send(e, e->rpc, SP_HB_MSG);
+		sp_msg(e, SP_HB_MSG, SP_HB_MSG);
 	} else if (e->status_queued) {
 		e->status_queued = 0;
 		e->outstanding = SP_M_STATUS;
 		e->t_sent = e->status_due;
-		sp_send(e, e->rpc, SP_STATUS_MSG);
+		sp_msg(e, SP_STATUS_MSG, SP_STATUS_MSG);
+	} else if (e->result_queued && !e->s->run.stopping) {
+		/* A task result (DirectTaskResult in a StatusUpdate): one
+		 * message, heartbeats of this executor wait behind it as in
+		 * Spark; the other executors' must not. */
+		e->result_queued = 0;
+		e->outstanding = SP_M_RESULT;
+		e->t_sent = sr_now_us();
+		e->s->result_active = 1;
+		e->s->results_sent++;
+		sp_msg(e, e->s->result_bytes, SP_RESULT_REPLY);
 	}
+}
+
+static void sp_result_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct sp *s = arg;
+	struct sp_exec *e = &s->e[SP_RESULT_EXEC];
+
+	if (e->state != SP_RUN || e->rpc == NULL) {
+		s->result_failed = 1;
+		sp_check_end(s);
+		return;
+	}
+	e->result_queued = 1;
+	sp_rpc_next(e);
 }
 
 static void sp_hb_cb(evutil_socket_t fd, short what, void *arg)
@@ -389,8 +455,10 @@ static void sp_rpc_read_cb(struct bufferevent *bev, void *arg)
 	struct sp_exec *e = arg;
 	struct sp *s = e->s;
 	struct evbuffer *in = bufferevent_get_input(bev);
-	size_t want = e->state == SP_REG ? SP_REG_MSG
-		      : e->outstanding == SP_M_HB ? SP_HB_MSG : SP_STATUS_MSG;
+	size_t want = e->state == SP_REG		? SP_REG_MSG
+		      : e->outstanding == SP_M_HB	? SP_HB_MSG
+		      : e->outstanding == SP_M_RESULT ? SP_RESULT_REPLY
+						      : SP_STATUS_MSG;
 	e->got += evbuffer_get_length(in);
 	evbuffer_drain(in, evbuffer_get_length(in));
 	if (e->got < want)
@@ -399,9 +467,17 @@ static void sp_rpc_read_cb(struct bufferevent *bev, void *arg)
 		struct timeval hb = bench_tv(s->hb_s);
 		struct timeval st = bench_tv(s->hb_s / (SP_STATUS_PER_HB + 1));
 		e->state = SP_RUN;
+		e->outstanding = SP_NONE;
 		bench_hist_add(&s->h_reg, sr_now_us() - e->t_start);
-		if (++s->registered == s->o->executors)
+		if (++s->registered == s->o->executors) {
 			s->t_all_registered = bench_now_s();
+			/* results once every executor's heartbeats are going */
+			if (s->result_bytes) {
+				/* some heartbeats first: the latency to compare with */
+				struct timeval tv = bench_tv(4 * s->hb_s > 0.5 ? 4 * s->hb_s : 0.5);
+				evtimer_add(s->result_ev, &tv);
+			}
+		}
 		evtimer_add(e->hb_ev, &hb);
 		evtimer_add(e->status_ev, &st);
 		e->bm_t0 = sr_now_us();
@@ -415,10 +491,27 @@ static void sp_rpc_read_cb(struct bufferevent *bev, void *arg)
 		sp_check_end(s);
 		return;
 	}
-	if (e->outstanding == SP_M_HB)
+	if (e->outstanding == SP_M_HB && s->result_bytes && e->id == SP_RESULT_EXEC) {
+		bench_hist_add(&s->h_hb_result_exec, sr_now_us() - e->t_sent);
+	} else if (e->outstanding == SP_M_HB) {
 		bench_hist_add(&s->h_hb, sr_now_us() - e->t_sent);
-	else if (e->outstanding == SP_M_STATUS)
+		if (e->during || s->result_active)
+			bench_hist_add(&s->h_hb_during, sr_now_us() - e->t_sent);
+		else if (s->result_bytes && s->results_sent == 0)
+			bench_hist_add(&s->h_hb_before, sr_now_us() - e->t_sent);
+	} else if (e->outstanding == SP_M_STATUS && s->result_bytes && e->id == SP_RESULT_EXEC) {
+		bench_hist_add(&s->h_hb_result_exec, sr_now_us() - e->t_sent);
+	} else if (e->outstanding == SP_M_STATUS) {
 		bench_hist_add(&s->h_status, sr_now_us() - e->t_sent);
+	} else if (e->outstanding == SP_M_RESULT) {
+		uint64_t us = sr_now_us() - e->t_sent;
+		bench_hist_add(&s->h_result, us);
+		s->result_us_total += us;
+		s->result_active = 0;
+		if (++s->results_done < s->o->results)
+			e->result_queued = 1;
+		sp_check_end(s);
+	}
 	e->outstanding = SP_NONE;
 	sp_rpc_next(e);
 }
@@ -427,12 +520,17 @@ static void sp_rpc_event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct sp_exec *e = arg;
 	if (what & BEV_EVENT_CONNECTED) {
-		evbuffer_add_printf(bufferevent_get_output(bev), "ECHO\n");
-		sp_send(e, bev, SP_REG_MSG);
+		evbuffer_add_printf(bufferevent_get_output(bev), "RPC\n");
+		e->outstanding = SP_M_REG;
+		sp_msg(e, SP_REG_MSG, SP_REG_MSG);
 		return;
 	}
 	/* A closed RPC connection ends the executor, as in Spark. */
 	e->s->fail_rpc++;
+	if (e->outstanding == SP_M_RESULT || e->result_queued) {
+		e->s->result_failed = 1;
+		e->s->result_active = 0;
+	}
 	if (e->state != SP_RUN) {
 		e->s->lost++;
 	} else if (e->bm != NULL) {
@@ -455,6 +553,10 @@ static void sp_boot_read_cb(struct bufferevent *bev, void *arg)
 	e->boot = NULL;
 	e->state = SP_REG;
 	e->rpc = sp_dial(e, 0, sp_rpc_read_cb, sp_rpc_event_cb);
+	if (e->rpc != NULL) {
+		bufferevent_setcb(e->rpc, sp_rpc_read_cb, sp_rpc_write_cb, sp_rpc_event_cb, e);
+		bufferevent_setwatermark(e->rpc, EV_WRITE, BENCH_OUT_HIGH / 2, 0);
+	}
 	if (e->rpc == NULL) {
 		e->s->fail_rpc++;
 		e->s->lost++;
@@ -523,6 +625,7 @@ int bench_spark(struct bench_opts *o)
 	s.o = o;
 	s.hb_s = o->hb_ms / 1000.0 * o->time_scale;
 	s.bm_bytes = (uint64_t)(o->bm_mib * 1024 * 1024);
+	s.result_bytes = (uint64_t)(o->result_mib * 1024 * 1024);
 	s.e = calloc((size_t)o->executors, sizeof(*s.e));
 	if (s.e == NULL)
 		return SR_ENOMEM;
@@ -533,7 +636,8 @@ int bench_spark(struct bench_opts *o)
 	}
 	s.arrive_ev = event_new(s.run.base, -1, EV_PERSIST, sp_arrive_cb, &s);
 	s.end_ev = evtimer_new(s.run.base, sp_end_cb, &s);
-	if (s.arrive_ev == NULL || s.end_ev == NULL) {
+	s.result_ev = evtimer_new(s.run.base, sp_result_cb, &s);
+	if (s.arrive_ev == NULL || s.end_ev == NULL || s.result_ev == NULL) {
 		rc = SR_ENOMEM;
 		goto out;
 	}
@@ -571,13 +675,37 @@ int bench_spark(struct bench_opts *o)
 	bench_report_hist(r, "fetch_us", "broadcast fetch time", &s.h_fetch);
 	bench_report_num(r, "broadcast_gbit_s", "broadcast throughput (aggregate)",
 			 span > 0 ? (double)s.bm_total * 8 / span / 1e9 : 0, "Gbit/s", 2);
+	if (s.result_bytes) {
+		bench_report_param(r, "result_mib", o->result_mib);
+		bench_report_param(r, "results", o->results);
+		bench_report_num(r, "results_ok", "task results acknowledged by the driver",
+				 s.results_done, "", 0);
+		bench_report_hist(r, "result_us", "task result: first byte -> acknowledged",
+				  &s.h_result);
+		bench_report_num(r, "result_gbit_s", "task result throughput (one stream)",
+				 s.result_us_total
+				     ? (double)s.result_bytes * s.results_done * 8 /
+					   ((double)s.result_us_total / 1e6) / 1e9
+				     : 0,
+				 "Gbit/s", 2);
+		bench_report_hist(r, "hb_before_result_us",
+				  "heartbeat round trip of the others before the results",
+				  &s.h_hb_before);
+		bench_report_hist(r, "hb_during_result_us",
+				  "heartbeat round trip of other executors during results",
+				  &s.h_hb_during);
+		bench_report_hist(r, "hb_result_exec_us",
+				  "heartbeat, status of the executor sending them (wait behind)",
+				  &s.h_hb_result_exec);
+	}
 	bench_report_num(r, "fail_boot", "failed bootstrap connections", s.fail_boot, "", 0);
 	bench_report_num(r, "fail_rpc", "failed RPC connections", s.fail_rpc, "", 0);
 	bench_report_num(r, "fail_bm", "failed block-manager fetches", s.fail_bm, "", 0);
 	bench_report_num(r, "timed_out", "hit the time bound", s.t_all_registered == 0 ||
 			 s.finished_bm < o->executors, "", 0);
 	rc = bench_report_finish(r);
-	if (rc == 0 && (s.fail_boot || s.fail_rpc || s.fail_bm || s.registered < o->executors))
+	if (rc == 0 && (s.fail_boot || s.fail_rpc || s.fail_bm || s.registered < o->executors ||
+			(s.result_bytes && s.results_done < o->results)))
 		rc = SR_EIO;
 out:
 	for (i = 0; i < o->executors; i++) {
@@ -591,11 +719,17 @@ out:
 		event_free(s.arrive_ev);
 	if (s.end_ev)
 		event_free(s.end_ev);
+	if (s.result_ev)
+		event_free(s.result_ev);
 	bench_run_fini(&s.run);
 	bench_hist_fini(&s.h_reg);
 	bench_hist_fini(&s.h_hb);
 	bench_hist_fini(&s.h_status);
 	bench_hist_fini(&s.h_fetch);
+	bench_hist_fini(&s.h_result);
+	bench_hist_fini(&s.h_hb_before);
+	bench_hist_fini(&s.h_hb_during);
+	bench_hist_fini(&s.h_hb_result_exec);
 	free(s.e);
 	return rc;
 }

@@ -270,7 +270,8 @@ sparkrelay_config() { # sparkrelay_config FILE LISTEN POOL_BIND PORT_MIN PORT_MA
  "relay": {"listen": "$2", "tls": {"cert": "$CERTS/relay.pem", "key": "$CERTS/relay.key"},
    "pool": {"bind": "$3", "advertise": "$3", "port_min": $4, "port_max": $5}},
  "tunnel": {"relays": ["$6"], "tls": {"ca": "$CERTS/ca.pem"}, "app": "bench",
-   "spark_json": "$7/spark.json", "spark_conf": "$7/spark-defaults.conf", "state_file": "$7/state.json"}}
+   "spark_json": "$7/spark.json", "spark_conf": "$7/spark-defaults.conf", "state_file": "$7/state.json",
+   "allowed_ports": ["$4-$5"]}}
 EOF
 }
 
@@ -588,6 +589,11 @@ run_tool() {
 		if want spark; then
 			sbench "spark.$rep" spark --connect @F1 --connect2 @F2 --executors "$SPARK_E" \
 				--batch "$SPARK_B" --bm-mib "$SPARK_MIB" --hb-ms 10000 --time-scale 0.02 --hold 1
+			# Task results in the executor's RPC connection (maxDirectResultSize
+			# raised): 64 MiB each while 20 other executors heartbeat.
+			sbench "spark_result.$rep" spark --connect @F1 --connect2 @F2 \
+				--executors 20 --batch 20 --bm-mib 1 --hb-ms 10000 --time-scale 0.005 \
+				--result-mib 64 --results 3 --hold 0.3
 		fi
 		if want iperf; then
 			iperf_run "iperf1_up.$rep" 1 up

@@ -471,6 +471,7 @@ static const struct col lease_cols[] = {
     {"PEER", "peer", F_STR, NULL},
     {"PENDING", "pending", F_INT, NULL},
     {"CONNS", "conns_active", F_ACTIVE_TOTAL, "conns_total"},
+    {"DRIVER_REFUSED", "driver_refused", F_INT, NULL},
 };
 
 /* ---- commands -------------------------------------------------------- */

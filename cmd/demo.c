@@ -18,7 +18,10 @@
 #include "sidecar/sidecar.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,9 +56,9 @@ struct demo {
 	struct sidecar *sidecar;
 	struct sr_config rcfg, scfg; /* through the same loader as a config file */
 	struct evconnlistener *drv[2];
-	struct event *timeout, *sigint, *progress;
-	char dir[64];
-	char path[6][128];
+	struct event *timeout, *sigint, *sigterm, *progress;
+	char dir[PATH_MAX];	/* "" until made; removed at exit */
+	char path[6][PATH_MAX + 32];
 	unsigned executors, rounds;
 	uint64_t bulk_bytes;
 	struct exec_conn *conns;
@@ -396,6 +399,52 @@ static void print_summary(struct demo *d)
 	printf("result              %s\n", d->ok ? "OK" : "FAILED");
 }
 
+/* The files the demo reads and writes, in d->dir (mkdtemp in $TMPDIR,
+ * else /tmp). */
+static const char *const demo_files[6] = {"ca.pem",		 "relay.pem",  "relay.key",
+					  "spark-defaults.conf", "spark.json", "state.json"};
+
+static int demo_mkdir(struct demo *d)
+{
+	const char *tmp = getenv("TMPDIR");
+	int n;
+
+	if (!tmp || tmp[0] != '/')
+		tmp = "/tmp";
+	n = snprintf(d->dir, sizeof(d->dir), "%s/sparkrelay-demo-XXXXXX", tmp);
+	if (n < 0 || (size_t)n >= sizeof(d->dir) || !mkdtemp(d->dir)) {
+		fprintf(stderr, "demo: cannot make a temporary folder in %s: %s\n", tmp,
+			n < 0 || (size_t)n >= sizeof(d->dir) ? "path too long" : strerror(errno));
+		d->dir[0] = '\0';
+		return -1;
+	}
+	for (int i = 0; i < 6; i++)
+		snprintf(d->path[i], sizeof(d->path[i]), "%s/%s", d->dir, demo_files[i]);
+	return 0;
+}
+
+/* Remove the folder and everything in it: the certificates and the CA key,
+ * the sidecar's files and their temporary names. Only plain entries are
+ * expected there (it is ours, mode 0700); anything else is left with a
+ * message. */
+static void demo_rmdir(struct demo *d)
+{
+	struct dirent *de;
+	DIR *dir;
+
+	if (!d->dir[0])
+		return;
+	if ((dir = opendir(d->dir))) {
+		while ((de = readdir(dir)))
+			if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+				(void)unlinkat(dirfd(dir), de->d_name, 0);
+		closedir(dir);
+	}
+	if (rmdir(d->dir) != 0)
+		fprintf(stderr, "demo: cannot remove %s: %s\n", d->dir, strerror(errno));
+	d->dir[0] = '\0';
+}
+
 int cmd_demo(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -408,7 +457,7 @@ int cmd_demo(int argc, char **argv)
 	};
 	struct demo d;
 	struct timeval tv = {DEMO_TIMEOUT_S, 0};
-	char err[512], json[2048];
+	char err[512], json[4 * PATH_MAX];
 	int ch;
 
 	memset(&d, 0, sizeof(d));
@@ -449,20 +498,24 @@ int cmd_demo(int argc, char **argv)
 	sr_raise_nofile();
 	d.start_us = sr_now_us();
 
-	snprintf(d.dir, sizeof(d.dir), "/tmp/sparkrelay-demo-XXXXXX");
-	if (!mkdtemp(d.dir)) {
-		perror("demo: mkdtemp");
+	/* The signals are caught before the folder exists: an interrupt at any
+	 * point ends the loop (or keeps it from starting) and the folder, which
+	 * holds a CA key, is removed on the way out. */
+	d.base = event_base_new();
+	if (!d.base)
 		return 1;
-	}
+	d.sigint = evsignal_new(d.base, SIGINT, demo_sigint, &d);
+	d.sigterm = evsignal_new(d.base, SIGTERM, demo_sigint, &d);
+	if (!d.sigint || !d.sigterm || event_add(d.sigint, NULL) != 0 ||
+	    event_add(d.sigterm, NULL) != 0)
+		goto out;
+	if (demo_mkdir(&d) != 0)
+		goto out;
 	if (sr_devcert_write(d.dir, NULL, 1, err, sizeof(err)) != 0) {
 		fprintf(stderr, "demo: %s\n", err);
-		return 1;
+		goto out;
 	}
-	static const char *const names[6] = {"ca.pem", "relay.pem", "relay.key",
-					     "spark-defaults.conf", "spark.json", "state.json"};
-	for (int i = 0; i < 6; i++)
-		snprintf(d.path[i], sizeof(d.path[i]), "%s/%s", d.dir, names[i]);
-	printf("sparkrelay demo: development certificates in %s\n", d.dir);
+	printf("sparkrelay demo: development certificates in %s (removed at exit)\n", d.dir);
 
 	/* The pool binds 127.0.0.2 below the ephemeral range (32768+), where the
 	 * stand-in driver's bind on 127.0.0.1 could collide with some client's
@@ -476,59 +529,48 @@ int cmd_demo(int argc, char **argv)
 		 d.path[1], d.path[2]);
 	if (conf_load_string(json, "demo", &d.rcfg, err, sizeof(err)) != 0) {
 		fprintf(stderr, "demo: %s\n", err);
-		return 1;
+		goto out;
 	}
-
-	d.base = event_base_new();
-	if (!d.base)
-		return 1;
 	d.relay = relay_new(d.base, &d.rcfg.relay, err, sizeof(err));
 	if (!d.relay) {
 		fprintf(stderr, "demo: relay: %s\n", err);
-		event_base_free(d.base);
-		conf_free(&d.rcfg);
-		return 1;
+		goto out;
 	}
 	char relay_addr[32];
 	snprintf(relay_addr, sizeof(relay_addr), "127.0.0.1:%u", relay_listen_port(d.relay));
 	snprintf(json, sizeof(json),
 		 "{\"tunnel\": {\"relays\": [\"%s\"], \"tls\": {\"ca\": \"%s\"},"
 		 " \"app\": \"demo-notebook\", \"spark_conf\": \"%s\", \"spark_json\": \"%s\","
-		 " \"state_file\": \"%s\"}}",
+		 " \"state_file\": \"%s\", \"allowed_ports\": [\"31000-31999\"]}}",
 		 relay_addr, d.path[0], d.path[3], d.path[4], d.path[5]);
 	if (conf_load_string(json, "demo", &d.scfg, err, sizeof(err)) != 0) {
 		fprintf(stderr, "demo: %s\n", err);
-		relay_free(d.relay);
-		event_base_free(d.base);
-		conf_free(&d.rcfg);
-		return 1;
+		goto out;
 	}
 	printf("relay listening for sidecars on %s; sidecar dialling it over TLS 1.3\n",
 	       relay_addr);
 	d.sidecar = sidecar_new(d.base, &d.scfg.tunnel, on_lease, &d, err, sizeof(err));
 	if (!d.sidecar) {
 		fprintf(stderr, "demo: sidecar: %s\n", err);
-		relay_free(d.relay);
-		event_base_free(d.base);
-		conf_free(&d.rcfg);
-		conf_free(&d.scfg);
-		return 1;
+		goto out;
 	}
 	d.timeout = evtimer_new(d.base, demo_timeout, &d);
-	d.sigint = evsignal_new(d.base, SIGINT, demo_sigint, &d);
 	d.progress = event_new(d.base, -1, EV_PERSIST, demo_progress, &d);
+	if (!d.timeout || !d.progress)
+		goto out;
 	evtimer_add(d.timeout, &tv);
 	{
 		struct timeval every = sr_tv_ms(DEMO_PROGRESS_MS);
 		event_add(d.progress, &every);
 	}
-	event_add(d.sigint, NULL);
 
 	event_base_dispatch(d.base);
 
 	print_summary(&d);
-	printf("Spark settings written to %s\n", d.path[3]);
 	fflush(stdout);
+out:
+	/* While the signals are still caught: an interrupt now cannot stop it. */
+	demo_rmdir(&d);
 	for (unsigned i = 0; i < d.nconns; i++) {
 		if (d.conns[i].bev)
 			bufferevent_free(d.conns[i].bev);
@@ -539,14 +581,21 @@ int cmd_demo(int argc, char **argv)
 		if (d.drv[i])
 			evconnlistener_free(d.drv[i]);
 	}
-	event_free(d.timeout);
-	event_free(d.sigint);
-	event_free(d.progress);
+	if (d.timeout)
+		event_free(d.timeout);
+	if (d.sigint)
+		event_free(d.sigint);
+	if (d.sigterm)
+		event_free(d.sigterm);
+	if (d.progress)
+		event_free(d.progress);
 	sidecar_free(d.sidecar);
 	relay_free(d.relay);
-	/* Deferred bufferevent callbacks hold references until they run. */
-	event_base_loop(d.base, EVLOOP_NONBLOCK);
-	event_base_free(d.base);
+	if (d.base) {
+		/* Deferred bufferevent callbacks hold references until they run. */
+		event_base_loop(d.base, EVLOOP_NONBLOCK);
+		event_base_free(d.base);
+	}
 	conf_free(&d.rcfg);
 	conf_free(&d.scfg);
 	free(d.conns);

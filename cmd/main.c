@@ -11,12 +11,15 @@
 #include "sidecar/sidecar.h"
 #include "sidecar/sidecar_admin.h"
 
+#include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 #include <event2/event.h>
 
@@ -41,6 +44,7 @@ static void usage(FILE *out)
 		"  check-config FILE        validate a configuration file and print it\n"
 		"  config-docs              print the configuration reference (Markdown)\n"
 		"  gen-certs DIR [NAME...]  write a development CA and certificates into DIR\n"
+		"  gen-certs DIR --client NAME  a client certificate (mTLS tenant) from it\n"
 		"  version                  print the version\n"
 		"\n"
 		"common options: --log-level error|warn|info|debug, -h/--help\n"
@@ -277,6 +281,12 @@ static int run_role(int argc, char **argv, int is_relay)
 			config ? config : "the environment", cmd);
 		goto out;
 	}
+	/* A TLS file the sidecar cannot use is a configuration mistake: say
+	 * which file and which key before anything starts. */
+	if (!is_relay && conf_check_tunnel_files(&cfg.tunnel, err, sizeof(err)) != 0) {
+		fprintf(stderr, "sparkrelay %s: %s\n", cmd, err);
+		goto out;
+	}
 	sr_log_set_role(cmd);
 	rc.config = config;
 	rc.cfg = &cfg;
@@ -402,6 +412,11 @@ static int cmd_check_config(int argc, char **argv)
 		fprintf(stderr, "%s\n", err);
 		return 1;
 	}
+	if (cfg.have_tunnel && conf_check_tunnel_files(&cfg.tunnel, err, sizeof(err)) != 0) {
+		fprintf(stderr, "%s: %s\n", argv[1], err);
+		conf_free(&cfg);
+		return 1;
+	}
 	conf_dump(&cfg, stdout);
 	fprintf(stderr, "%s: configuration OK (%s%s%s)\n", argv[1], cfg.have_relay ? "relay" : "",
 		cfg.have_relay && cfg.have_tunnel ? ", " : "", cfg.have_tunnel ? "tunnel" : "");
@@ -409,21 +424,105 @@ static int cmd_check_config(int argc, char **argv)
 	return 0;
 }
 
+/* mkdir -p: the missing folders of path, each mode 0700 (it will hold a
+ * CA key). Existing folders are left as they are. */
+static int make_dirs(const char *path, char *err, size_t errlen)
+{
+	char buf[PATH_MAX];
+	size_t n = strlen(path);
+
+	if (n == 0 || n >= sizeof(buf)) {
+		snprintf(err, errlen, "%s: bad folder name", path);
+		return -1;
+	}
+	memcpy(buf, path, n + 1);
+	for (size_t i = 1; i <= n; i++) {
+		if (buf[i] != '/' && buf[i] != '\0')
+			continue;
+		buf[i] = '\0';
+		if (mkdir(buf, 0700) != 0 && errno != EEXIST) {
+			snprintf(err, errlen, "cannot create %s: %s", buf, strerror(errno));
+			return -1;
+		}
+		buf[i] = path[i];
+	}
+	return 0;
+}
+
+#define GEN_CERTS_MAX_SANS 16
+
 static int cmd_gen_certs(int argc, char **argv)
 {
+	static const struct option longopts[] = {
+		{"client", required_argument, NULL, 'c'},
+		{"san", required_argument, NULL, 's'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *client = NULL, *sans[GEN_CERTS_MAX_SANS + 1] = {NULL};
+	const char *dir;
+	unsigned nsans = 0;
 	char err[512];
+	int ch, rv;
 
-	if (argc < 2 || argv[1][0] == '-') {
-		fprintf(stderr, "usage: sparkrelay gen-certs DIR [NAME...]\n"
-				"Writes ca.pem, relay.pem/.key and sidecar.pem/.key for development.\n"
-				"NAMEs (DNS names or IPs) are added to the relay certificate.\n");
-		return argc >= 2 && strcmp(argv[1], "--help") == 0 ? 0 : 2;
+	optind = 1;
+	while ((ch = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 'c':
+			client = optarg;
+			break;
+		case 's':
+			if (nsans == GEN_CERTS_MAX_SANS) {
+				fprintf(stderr, "sparkrelay gen-certs: at most %d --san\n",
+					GEN_CERTS_MAX_SANS);
+				return 2;
+			}
+			sans[nsans++] = optarg;
+			break;
+		case 'h':
+		default:
+			fprintf(ch == 'h' ? stdout : stderr,
+				"usage: sparkrelay gen-certs DIR [NAME...]\n"
+				"       sparkrelay gen-certs DIR --client NAME [--san SAN]...\n"
+				"Writes a development CA (ca.pem/.key), relay.pem/.key and "
+				"sidecar.pem/.key\n"
+				"into DIR (created, mode 0700, if missing). NAMEs (DNS names or "
+				"IPs) are added\n"
+				"to the relay certificate. With --client, issues client-NAME.pem/.key"
+				" instead:\n"
+				"a client certificate with CN NAME from the CA already in DIR, for "
+				"an mTLS\n"
+				"tenant (relay.tenants[].match.cn); each --san adds a DNS name, IP or "
+				"URI\n"
+				"(match.san).\n");
+			return ch == 'h' ? 0 : 2;
+		}
 	}
-	if (sr_devcert_write(argv[1], (const char *const *)argv + 2, 30, err, sizeof(err)) != 0) {
+	if (optind >= argc || (client && optind + 1 != argc) || (!client && nsans)) {
+		fprintf(stderr, "sparkrelay gen-certs: %s (see --help)\n",
+			optind >= argc	? "DIR is required"
+			: client	? "--client takes no relay NAMEs"
+					: "--san goes with --client");
+		return 2;
+	}
+	dir = argv[optind];
+	if (client) {
+		rv = sr_devcert_write_client(dir, client, sans, 30, err, sizeof(err));
+	} else {
+		rv = make_dirs(dir, err, sizeof(err)) != 0
+			 ? SR_EIO
+			 : sr_devcert_write(dir, (const char *const *)argv + optind + 1, 30, err,
+					    sizeof(err));
+	}
+	if (rv != 0) {
 		fprintf(stderr, "sparkrelay gen-certs: %s\n", err);
 		return 1;
 	}
-	printf("wrote development certificates to %s (valid 30 days)\n", argv[1]);
+	if (client)
+		printf("wrote %s/client-%s.pem and .key (CN %s, valid 30 days)\n", dir, client,
+		       client);
+	else
+		printf("wrote development certificates to %s (valid 30 days)\n", dir);
 	return 0;
 }
 

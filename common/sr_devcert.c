@@ -1,5 +1,6 @@
 /* Development PKI: one CA, a relay server certificate, a sidecar client
- * certificate, all ECDSA P-256 / SHA-256.
+ * certificate, all ECDSA P-256 / SHA-256; later, client certificates with
+ * a chosen name signed by that CA.
  *
  * Everything is made in memory first and written only when all of it
  * succeeded, so a failure never leaves a CA next to leaf certificates that
@@ -31,6 +32,8 @@
 #define DEVCERT_SERIAL_LEN 16
 #define DEVCERT_SAN_BASE "DNS:localhost,IP:127.0.0.1,IP:127.0.0.2,IP:127.0.0.3,IP:::1"
 #define DEVCERT_NAME_MAX 253 /* longest DNS name */
+#define DEVCERT_CN_MAX 64    /* a client CN: it names files too */
+#define DEVCERT_URI_MAX 255
 
 /* Report an OpenSSL failure with the newest entry of its error queue, then
  * clear the queue so it does not leak into unrelated later calls. */
@@ -73,6 +76,27 @@ static int devcert_name_kind(const char *name, int *is_ip)
 	return 0;
 }
 
+/* A URI SAN ("spiffe://cluster/ns/team/sa/nb"): a scheme, "://", then
+ * characters that can neither end the entry (',') nor hide in a log. */
+static int devcert_uri_ok(const char *s)
+{
+	const char *sep = strstr(s, "://");
+	size_t n = strlen(s);
+
+	if (!sep || sep == s || n > DEVCERT_URI_MAX || !sep[3])
+		return 0;
+	for (const char *p = s; p < sep; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+		      (p > s &&
+		       ((*p >= '0' && *p <= '9') || *p == '+' || *p == '-' || *p == '.'))))
+			return 0;
+	for (const char *p = sep + 3; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+		      (*p >= '0' && *p <= '9') || strchr("-._~/:@%+=!$&'()*;?#[]", *p)))
+			return 0;
+	return 1;
+}
+
 /* "DNS:localhost,...,IP:x,DNS:y" for the relay; caller frees. */
 static int devcert_relay_san(const char *const *extra, char **out, char *err, size_t errlen)
 {
@@ -84,8 +108,8 @@ static int devcert_relay_san(const char *const *extra, char **out, char *err, si
 
 		if (devcert_name_kind(extra[i], &is_ip) < 0) {
 			sr_seterr(err, errlen,
-				       "extra name \"%.64s\": not an IP literal or DNS name",
-				       extra[i]);
+				  "extra name \"%.64s\": not an IP literal or DNS name",
+				  extra[i]);
 			return SR_EINVAL;
 		}
 		cap += strlen(",DNS:") + strlen(extra[i]);
@@ -222,9 +246,9 @@ static int devcert_write_tmp(const char *dir, struct devcert_file *f, char *err,
 	for (tries = 0; tries < DEVCERT_TMP_TRIES; tries++) {
 		if (RAND_bytes(rnd, sizeof(rnd)) != 1)
 			return devcert_ssl_err(err, errlen, "random temporary name");
-		n = snprintf(f->tmp, sizeof(f->tmp), "%s/.%s.%02x%02x%02x%02x%02x%02x%02x%02x.tmp",
-			     dir, f->name, rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6],
-			     rnd[7]);
+		n = snprintf(f->tmp, sizeof(f->tmp),
+			     "%s/.%s.%02x%02x%02x%02x%02x%02x%02x%02x.tmp", dir, f->name,
+			     rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
 		if (n < 0 || (size_t)n >= sizeof(f->tmp)) {
 			f->tmp[0] = '\0';
 			sr_seterr(err, errlen, "%s/%s: path too long", dir, f->name);
@@ -304,6 +328,22 @@ static int devcert_write_all(const char *dir, struct devcert_file *files, size_t
 	return rc;
 }
 
+/* dir exists and is a directory. */
+static int devcert_check_dir(const char *dir, char *err, size_t errlen)
+{
+	struct stat st;
+
+	if (stat(dir, &st) < 0) {
+		sr_seterr(err, errlen, "%s: %s", dir, strerror(errno));
+		return SR_EIO;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		sr_seterr(err, errlen, "%s: not a directory", dir);
+		return SR_EIO;
+	}
+	return 0;
+}
+
 int sr_devcert_write(const char *dir, const char *const *extra_names, unsigned days, char *err,
 		     size_t errlen)
 {
@@ -328,22 +368,15 @@ int sr_devcert_write(const char *dir, const char *const *extra_names, unsigned d
 	EVP_PKEY *ca_key = NULL, *relay_key = NULL, *sidecar_key = NULL;
 	X509 *ca = NULL, *relay = NULL, *sidecar = NULL;
 	char *san = NULL;
-	struct stat st;
 	int rc;
 
 	if (dir == NULL || days == 0 || days > DEVCERT_MAX_DAYS) {
 		sr_seterr(err, errlen, "devcert: need a directory and 1..%d days",
-			       DEVCERT_MAX_DAYS);
+			  DEVCERT_MAX_DAYS);
 		return SR_EINVAL;
 	}
-	if (stat(dir, &st) < 0) {
-		sr_seterr(err, errlen, "%s: %s", dir, strerror(errno));
-		return SR_EIO;
-	}
-	if (!S_ISDIR(st.st_mode)) {
-		sr_seterr(err, errlen, "%s: not a directory", dir);
-		return SR_EIO;
-	}
+	if ((rc = devcert_check_dir(dir, err, errlen)) < 0)
+		return rc;
 	if ((rc = devcert_relay_san(extra_names, &san, err, errlen)) < 0)
 		return rc;
 	relay_exts[3].value = san;
@@ -392,6 +425,187 @@ out:
 	X509_free(ca);
 	EVP_PKEY_free(sidecar_key);
 	EVP_PKEY_free(relay_key);
+	EVP_PKEY_free(ca_key);
+	free(san);
+	return rc;
+}
+
+/* ---- client certificates from the development CA ----------------------- */
+
+static int devcert_cn_ok(const char *cn)
+{
+	size_t n = strlen(cn);
+
+	if (n == 0 || n > DEVCERT_CN_MAX || cn[0] == '.' || cn[0] == '-')
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (!((cn[i] >= 'a' && cn[i] <= 'z') || (cn[i] >= 'A' && cn[i] <= 'Z') ||
+		      (cn[i] >= '0' && cn[i] <= '9') || cn[i] == '.' || cn[i] == '_' ||
+		      cn[i] == '-'))
+			return 0;
+	return 1;
+}
+
+/* "DNS:a,IP:b,URI:c" of a client certificate, or NULL (none) in *out;
+ * caller frees. */
+static int devcert_client_san(const char *const *sans, char **out, char *err, size_t errlen)
+{
+	size_t cap = 1, len = 0;
+	char *san;
+
+	*out = NULL;
+	for (size_t i = 0; sans != NULL && sans[i] != NULL; i++) {
+		int is_ip;
+
+		if (!devcert_uri_ok(sans[i]) && devcert_name_kind(sans[i], &is_ip) < 0) {
+			sr_seterr(
+			    err, errlen,
+			    "name \"%.64s\": not a DNS name, IP literal or URI (scheme://...)",
+			    sans[i]);
+			return SR_EINVAL;
+		}
+		cap += strlen(",URI:") + strlen(sans[i]);
+	}
+	if (cap == 1)
+		return 0;
+	if (!(san = malloc(cap))) {
+		sr_seterr(err, errlen, "out of memory");
+		return SR_ENOMEM;
+	}
+	san[0] = '\0';
+	for (size_t i = 0; sans[i] != NULL; i++) {
+		int is_ip = 0;
+		const char *kind = "URI";
+
+		if (!devcert_uri_ok(sans[i])) {
+			devcert_name_kind(sans[i], &is_ip);
+			kind = is_ip ? "IP" : "DNS";
+		}
+		len += (size_t)snprintf(san + len, cap - len, "%s%s:%s", len ? "," : "", kind,
+					sans[i]);
+	}
+	*out = san;
+	return 0;
+}
+
+/* The PEM object in dir/name: a certificate or a private key; NULL with
+ * *rc set (SR_ENOTFOUND: no such file). */
+static void *devcert_read(const char *dir, const char *name, enum devcert_kind kind, int *rc,
+			  char *err, size_t errlen)
+{
+	char path[PATH_MAX];
+	void *obj = NULL;
+	BIO *bio;
+	int n = snprintf(path, sizeof(path), "%s/%s", dir, name);
+
+	*rc = SR_EIO;
+	if (n < 0 || (size_t)n >= sizeof(path)) {
+		sr_seterr(err, errlen, "%s/%s: path too long", dir, name);
+		return NULL;
+	}
+	errno = 0;
+	if (!(bio = BIO_new_file(path, "r"))) {
+		int e = errno;
+
+		ERR_clear_error();
+		if (e == ENOENT) {
+			*rc = SR_ENOTFOUND;
+			sr_seterr(err, errlen,
+				  "%s: no development CA there (make one first: "
+				  "sparkrelay gen-certs %s)",
+				  path, dir);
+		} else {
+			sr_seterr(err, errlen, "%s: %s", path, e ? strerror(e) : "cannot open");
+		}
+		return NULL;
+	}
+	if (kind == DEVCERT_KEY)
+		obj = PEM_read_bio_PrivateKey(bio, NULL, NULL, (void *)"");
+	else
+		obj = PEM_read_bio_X509(bio, NULL, NULL, NULL);
+	BIO_free(bio);
+	if (!obj)
+		devcert_ssl_err(err, errlen, path);
+	return obj;
+}
+
+int sr_devcert_write_client(const char *dir, const char *cn, const char *const *sans,
+			    unsigned days, char *err, size_t errlen)
+{
+	struct devcert_ext exts[] = {
+	    {NID_basic_constraints, "critical,CA:FALSE"},
+	    {NID_key_usage, "critical,digitalSignature"},
+	    {NID_ext_key_usage, "clientAuth"},
+	    {NID_subject_alt_name, NULL},
+	    {0, NULL},
+	};
+	char key_name[DEVCERT_CN_MAX + 16], cert_name[DEVCERT_CN_MAX + 16];
+	EVP_PKEY *ca_key = NULL, *key = NULL;
+	X509 *ca = NULL, *cert = NULL;
+	char *san = NULL;
+	int rc;
+
+	if (dir == NULL || cn == NULL || days == 0 || days > DEVCERT_MAX_DAYS) {
+		sr_seterr(err, errlen, "devcert: need a directory, a name and 1..%d days",
+			  DEVCERT_MAX_DAYS);
+		return SR_EINVAL;
+	}
+	if (!devcert_cn_ok(cn)) {
+		sr_seterr(err, errlen,
+			  "client name \"%.64s\": must be 1..%d letters, digits, "
+			  "'.', '_' or '-', not starting with '.' or '-'",
+			  cn, DEVCERT_CN_MAX);
+		return SR_EINVAL;
+	}
+	if (access(dir, F_OK) != 0 && errno == ENOENT) {
+		sr_seterr(err, errlen,
+			  "%s: no development CA there (make one first: sparkrelay "
+			  "gen-certs %s)",
+			  dir, dir);
+		return SR_ENOTFOUND;
+	}
+	if ((rc = devcert_check_dir(dir, err, errlen)) < 0)
+		return rc;
+	if ((rc = devcert_client_san(sans, &san, err, errlen)) < 0)
+		return rc;
+	if (san)
+		exts[3].value = san;
+	else
+		exts[3].nid = 0;
+	ERR_clear_error();
+	if (!(ca = devcert_read(dir, "ca.pem", DEVCERT_CERT, &rc, err, errlen)) ||
+	    !(ca_key = devcert_read(dir, "ca.key", DEVCERT_KEY, &rc, err, errlen)))
+		goto out;
+	if (X509_check_private_key(ca, ca_key) != 1 || X509_check_ca(ca) == 0) {
+		ERR_clear_error();
+		sr_seterr(err, errlen, "%s: ca.key is not the key of the CA certificate ca.pem",
+			  dir);
+		rc = SR_EINVAL;
+		goto out;
+	}
+	if (!(key = EVP_EC_gen("P-256"))) {
+		rc = devcert_ssl_err(err, errlen, "generating P-256 key");
+		goto out;
+	}
+	if (!(cert = devcert_make(key, cn, ca, ca_key, days, exts))) {
+		rc = devcert_ssl_err(err, errlen, "making client certificate");
+		goto out;
+	}
+	snprintf(key_name, sizeof(key_name), "client-%s.key", cn);
+	snprintf(cert_name, sizeof(cert_name), "client-%s.pem", cn);
+	{
+		struct devcert_file files[] = {
+		    {key_name, DEVCERT_KEY, key, ""},
+		    {cert_name, DEVCERT_CERT, cert, ""},
+		};
+
+		rc = devcert_write_all(dir, files, sizeof(files) / sizeof(files[0]), err,
+				       errlen);
+	}
+out:
+	X509_free(cert);
+	X509_free(ca);
+	EVP_PKEY_free(key);
 	EVP_PKEY_free(ca_key);
 	free(san);
 	return rc;

@@ -17,4 +17,15 @@
 int sr_devcert_write(const char *dir, const char *const *extra_names, unsigned days,
 		     char *err, size_t errlen);
 
+/* Issue a client certificate (mTLS tenants) signed by the development CA in
+ * dir (ca.pem and ca.key, as sr_devcert_write made them): subject CN cn,
+ * extended key usage clientAuth, and the subject alternative names in sans
+ * (NULL-terminated, may be NULL): DNS names, IP literals or URIs
+ * ("spiffe://..."). Written as client-<cn>.pem and client-<cn>.key, the
+ * same way as above. cn is 1..64 of letters, digits, '.', '_', '-' (not
+ * starting with '.' or '-'): it names the files too. Returns 0 or a
+ * negative SR_E* with a reason in err (SR_ENOTFOUND: no CA in dir). */
+int sr_devcert_write_client(const char *dir, const char *cn, const char *const *sans,
+			    unsigned days, char *err, size_t errlen);
+
 #endif

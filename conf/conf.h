@@ -83,6 +83,15 @@ int conf_load_file_roles(const char *path, unsigned roles, struct sr_config *cfg
 int conf_load_string_roles(const char *json, const char *origin, unsigned roles,
 			   struct sr_config *cfg, char *err, size_t errlen);
 
+/* The files the sidecar reads when it starts, read as it will read them:
+ * the CA bundle (tunnel.tls.ca) holds a PEM certificate, the client
+ * certificate and key (tunnel.tls.cert, .key) load and are a pair. For
+ * `sparkrelay tunnel` before it starts and for `check-config`, so a bad
+ * file is one line naming the file and the key, e.g.
+ *   "cannot load CA /nope/ca.pem (tunnel.tls.ca): No such file or directory"
+ * Returns 0, or SR_EINVAL with that line in err. */
+int conf_check_tunnel_files(const struct sidecar_opts *s, char *err, size_t errlen);
+
 /* Zero cfg and fill both sections with the table defaults (have_* stay 0).
  * On allocation failure some default strings are left NULL. */
 void conf_init(struct sr_config *cfg);

@@ -5,7 +5,17 @@
 #include "conf/conf.h"
 #include "conf/conf_int.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "common/sr_err.h"
 #include "common/sr_util.h"
@@ -113,4 +123,193 @@ int conf_check_tunnel(const struct sidecar_opts *s, struct conf_ctx *ctx)
 				 "must be at most tunnel.backoff_max_ms (%u) (got %u)",
 				 s->backoff_max_ms, s->backoff_initial_ms);
 	return conf_check_h2(&s->tun, "tunnel", ctx);
+}
+
+/* ---- the sidecar's TLS files: conf_check_tunnel_files (conf.h) ---- */
+
+/* Larger PEM files are refused: a system CA bundle is about 200 KiB. */
+#define CONF_PEM_MAX (4 * 1024 * 1024)
+
+/* What one file is, for messages: "cannot load CA /x (tunnel.tls.ca): why". */
+struct conf_pem {
+	const char *what, *path, *key;
+};
+
+static int conf_pem_fail(const struct conf_pem *f, char *err, size_t errlen, const char *why)
+{
+	char pbuf[SR_ESC_SIZE(256)];
+
+	sr_seterr(err, errlen, "cannot load %s %s (%s): %s", f->what,
+		  sr_esc_n(f->path, 256, pbuf, sizeof(pbuf)), f->key, why);
+	ERR_clear_error();
+	return SR_EINVAL;
+}
+
+/* The last reason OpenSSL recorded, for a file that is not what it should be. */
+static int conf_pem_fail_ssl(const struct conf_pem *f, char *err, size_t errlen,
+			     const char *what)
+{
+	char why[192];
+	unsigned long e, last = 0;
+	const char *reason;
+
+	while ((e = ERR_get_error()) != 0)
+		last = e;
+	reason = last ? ERR_reason_error_string(last) : NULL;
+	snprintf(why, sizeof(why), "%s%s%s%s", what, reason ? " (" : "", reason ? reason : "",
+		 reason ? ")" : "");
+	return conf_pem_fail(f, err, errlen, why);
+}
+
+/* The whole file in a memory BIO, or NULL with the reason in err. Read the
+ * way the sidecar will, but bounded: a FIFO or a device never blocks the
+ * check and /dev/zero does not fill the memory. */
+static BIO *conf_pem_read(const struct conf_pem *f, char *err, size_t errlen)
+{
+	char why[160];
+	struct stat st;
+	BIO *bio = NULL;
+	char *buf = NULL;
+	ssize_t n;
+	size_t len = 0;
+	int fd;
+
+	fd = open(f->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+	if (fd < 0) {
+		conf_pem_fail(f, err, errlen, strerror(errno));
+		return NULL;
+	}
+	if (fstat(fd, &st) != 0) {
+		conf_pem_fail(f, err, errlen, strerror(errno));
+		goto out;
+	}
+	if (S_ISDIR(st.st_mode)) {
+		conf_pem_fail(f, err, errlen, strerror(EISDIR));
+		goto out;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		conf_pem_fail(f, err, errlen, "not a regular file");
+		goto out;
+	}
+	if (st.st_size > CONF_PEM_MAX) {
+		snprintf(why, sizeof(why), "too big: %lld bytes, the limit is %d",
+			 (long long)st.st_size, CONF_PEM_MAX);
+		conf_pem_fail(f, err, errlen, why);
+		goto out;
+	}
+	if (!(buf = malloc((size_t)st.st_size + 1))) {
+		conf_pem_fail(f, err, errlen, "out of memory");
+		goto out;
+	}
+	while (len <= (size_t)st.st_size &&
+	       (n = read(fd, buf + len, (size_t)st.st_size + 1 - len)) != 0) {
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			conf_pem_fail(f, err, errlen, strerror(errno));
+			goto out;
+		}
+		len += (size_t)n;
+	}
+	if (len == 0) {
+		conf_pem_fail(f, err, errlen, "the file is empty");
+		goto out;
+	}
+	if (!(bio = BIO_new(BIO_s_mem())) || BIO_write(bio, buf, (int)len) != (int)len) {
+		BIO_free(bio);
+		bio = NULL;
+		conf_pem_fail(f, err, errlen, "out of memory");
+	}
+out:
+	free(buf);
+	close(fd);
+	return bio;
+}
+
+/* As SSL_CTX_load_verify_locations reads a CA file: PEM blocks, at least
+ * one certificate among them. */
+static int conf_check_ca(const struct conf_pem *f, char *err, size_t errlen)
+{
+	STACK_OF(X509_INFO) *inf;
+	BIO *bio = conf_pem_read(f, err, errlen);
+	int ncert = 0;
+
+	if (!bio)
+		return SR_EINVAL;
+	ERR_clear_error();
+	inf = PEM_X509_INFO_read_bio(bio, NULL, NULL, NULL);
+	BIO_free(bio);
+	if (!inf)
+		return conf_pem_fail_ssl(f, err, errlen, "not PEM certificates");
+	for (int i = 0; i < sk_X509_INFO_num(inf); i++)
+		ncert += sk_X509_INFO_value(inf, i)->x509 != NULL;
+	sk_X509_INFO_pop_free(inf, X509_INFO_free);
+	if (ncert == 0)
+		return conf_pem_fail(f, err, errlen, "no PEM certificate in it");
+	return 0;
+}
+
+/* A key that asks for a passphrase: the sidecar has none to give. */
+static int conf_pem_no_pass(char *buf, int size, int rwflag, void *u)
+{
+	*(int *)u = 1;
+	return -1;
+}
+
+/* The client certificate and its key, read as SSL_CTX_use_certificate_chain_file
+ * and SSL_CTX_use_PrivateKey_file will, and checked to be a pair. */
+static int conf_check_pair(const struct conf_pem *cf, const struct conf_pem *kf, char *err,
+			   size_t errlen)
+{
+	char why[SR_ESC_SIZE(256) + 64], pbuf[SR_ESC_SIZE(256)];
+	X509 *cert = NULL;
+	EVP_PKEY *pkey = NULL;
+	BIO *bio;
+	int rc = SR_EINVAL, encrypted = 0;
+
+	if (!(bio = conf_pem_read(cf, err, errlen)))
+		return SR_EINVAL;
+	ERR_clear_error();
+	cert = PEM_read_bio_X509_AUX(bio, NULL, NULL, NULL);
+	BIO_free(bio);
+	if (!cert)
+		return conf_pem_fail_ssl(cf, err, errlen, "no PEM certificate in it");
+	if (!(bio = conf_pem_read(kf, err, errlen)))
+		goto out;
+	pkey = PEM_read_bio_PrivateKey(bio, NULL, conf_pem_no_pass, &encrypted);
+	BIO_free(bio);
+	if (!pkey) {
+		if (encrypted)
+			conf_pem_fail(kf, err, errlen,
+				      "the key is encrypted; the sidecar needs it unencrypted");
+		else
+			conf_pem_fail_ssl(kf, err, errlen, "no PEM private key in it");
+		goto out;
+	}
+	if (X509_check_private_key(cert, pkey) != 1) {
+		snprintf(why, sizeof(why), "it does not match certificate %s (tunnel.tls.cert)",
+			 sr_esc_n(cf->path, 256, pbuf, sizeof(pbuf)));
+		conf_pem_fail(kf, err, errlen, why);
+		goto out;
+	}
+	rc = 0;
+out:
+	EVP_PKEY_free(pkey);
+	X509_free(cert);
+	ERR_clear_error();
+	return rc;
+}
+
+int conf_check_tunnel_files(const struct sidecar_opts *s, char *err, size_t errlen)
+{
+	const struct conf_pem ca = {"CA", s->ca_file, "tunnel.tls.ca"};
+	const struct conf_pem cert = {"certificate", s->cert_file, "tunnel.tls.cert"};
+	const struct conf_pem key = {"key", s->key_file, "tunnel.tls.key"};
+	int rc;
+
+	if (s->ca_file && (rc = conf_check_ca(&ca, err, errlen)) != 0)
+		return rc;
+	if (s->cert_file && s->key_file)
+		return conf_check_pair(&cert, &key, err, errlen);
+	return 0;
 }

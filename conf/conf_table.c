@@ -19,6 +19,16 @@ _Static_assert(SR_ARRAY_LEN(((struct sidecar_opts *)0)->relays) == SIDECAR_MAX_R
 /* Longest path or token accepted: PATH_MAX-sized, so any real path fits. */
 #define CONF_STR_MAX 4095u
 #define CONF_HOST_MAX 253u /* a DNS name */
+/* The default lease pool, and so the ports a sidecar accepts by default.
+ * Below Linux's ephemeral range (32768-60999), where with
+ * spark.port.maxRetries=0 the driver's bind could meet a client socket's
+ * source port, and below Kubernetes NodePorts (30000-32767); clear of
+ * MongoDB (27017-27019), FlexLM (27000-27009) and GlusterFS (24007-24008). */
+#define CONF_DEFAULT_POOL_MIN "26000"
+#define CONF_DEFAULT_POOL_MAX "26999"
+/* A bearer token travels in the register message, which carries at most
+ * this many bytes: a longer one could never be sent whole, nor match. */
+#define CONF_TOKEN_MAX (TUN_CTL_TOKEN_MAX - 1u)
 
 /* "host:port" with a port 1..65535: where sidecars dial. */
 static int conf_check_hostport(const char *s)
@@ -107,7 +117,17 @@ static int conf_check_sha256(const char *s)
 	return i == 64 ? 0 : -1;
 }
 
+/* "N" or "N-M": a range of ports a lease may grant the sidecar. */
+static int conf_check_port_range(const char *s)
+{
+	uint16_t lo, hi;
+
+	return sidecar_port_range(s, &lo, &hi);
+}
+
 static const struct conf_format conf_fmt_hostport = {"host:port", conf_check_hostport};
+static const struct conf_format conf_fmt_port_range = {
+    "a port or a range of ports N-M within 1..65535", conf_check_port_range};
 static const struct conf_format conf_fmt_listen = {"host:port (port 0: any free port)",
 						   conf_check_listen};
 static const struct conf_format conf_fmt_numeric = {"a numeric IPv4 or IPv6 address",
@@ -217,9 +237,11 @@ static const struct conf_group conf_relay_tls_group = {conf_relay_tls, N(conf_re
 		NULL, NULL,                                                                    \
 		"Host executors are told to connect to (spark.driver.host); null: chosen by "  \
 		"the relay."),                                                                 \
-	    U32(T, "port_min", F(port_min), 1, 65535, "40000",                                 \
-		"First port of the lease pool (inclusive)."),                                  \
-	    U32(T, "port_max", F(port_max), 1, 65535, "40999",                                 \
+	    U32(T, "port_min", F(port_min), 1, 65535, CONF_DEFAULT_POOL_MIN,                   \
+		"First port of the lease pool (inclusive). Keep the pool out of the "          \
+		"ephemeral range (Linux: 32768-60999) and the NodePort range "                 \
+		"(30000-32767); see docs/operations.md."),                                     \
+	    U32(T, "port_max", F(port_max), 1, 65535, CONF_DEFAULT_POOL_MAX,                   \
 		"Last port of the lease pool (inclusive); at least port_min."),                \
 	    U32(T, "max_leases", F(max_leases), 0, 65535, "0",                                 \
 		"Leases held at once; 0: limited only by the port range."),                    \
@@ -309,9 +331,9 @@ static const struct conf_group conf_route_elem_group = {
 
 /* The documented example (docs/configuration.md); it must load. */
 #define CONF_EX_POOLS                                                                          \
-	"[{\"name\": \"cpu\", \"port_min\": 40000, \"port_max\": 40999},"                      \
-	" {\"name\": \"gpu\", \"advertise\": \"gpu-relay.example.com\", \"port_min\": 41000,"  \
-	" \"port_max\": 41499, \"max_leases\": 20}]"
+	"[{\"name\": \"cpu\", \"port_min\": 26000, \"port_max\": 26499},"                      \
+	" {\"name\": \"gpu\", \"advertise\": \"gpu-relay.example.com\", \"port_min\": 26500,"  \
+	" \"port_max\": 26999, \"max_leases\": 20}]"
 #define CONF_EX_TENANTS                                                                        \
 	"[{\"name\": \"platform\", \"match\": {\"cn\": [\"ops-*\"]}},"                         \
 	" {\"name\": \"data-science\", \"match\": {\"san\": [\"*.notebooks.example.com\"],"    \
@@ -391,8 +413,9 @@ static const struct conf_entry conf_relay[] = {
 	&conf_fmt_listen, "Address of the tunnel listener that sidecars dial."),
     GROUP("tls", 0, conf_relay_tls_group),
     STR(struct relay_opts, "auth_token", auth_token, CONF_NULLABLE | CONF_SECRET, 1,
-	CONF_STR_MAX, NULL, NULL, NULL,
-	"Bearer token every sidecar must present when it registers; null: none."),
+	CONF_TOKEN_MAX, NULL, NULL, NULL,
+	"Bearer token every sidecar must present when it registers (at most 255 bytes, "
+	"what a registration carries); null: none."),
     {.key = "pool",
      .type = CONF_GROUP,
      .off = offsetof(struct relay_opts, pool),
@@ -469,17 +492,48 @@ static const struct conf_entry conf_tunnel[] = {
 	NULL, NULL,
 	"Name verified in the relay certificate; null: the host of the relay dialled."),
     GROUP("tls", 0, conf_tunnel_tls_group),
-    STR(struct sidecar_opts, "token", token, CONF_NULLABLE | CONF_SECRET, 1, CONF_STR_MAX, NULL,
-	NULL, NULL, "Bearer token sent when registering; null: none."),
+    STR(struct sidecar_opts, "token", token, CONF_NULLABLE | CONF_SECRET, 1, CONF_TOKEN_MAX,
+	NULL, NULL, NULL,
+	"Bearer token sent when registering (at most 255 bytes, what a registration "
+	"carries); null: none."),
     STR(struct sidecar_opts, "app", app_name, 0, 1, 127, "spark-notebook", NULL, NULL,
 	"Application name shown by the relay (logs, leases)."),
     BOOL(struct sidecar_opts, "ui_port", want_ui, "false",
 	 "Also lease a port for spark.ui.port."),
+    {.key = "allowed_ports",
+     .type = CONF_STRLIST,
+     .off = offsetof(struct sidecar_opts, allowed_ports),
+     .aux_off = offsetof(struct sidecar_opts, nallowed_ports),
+     .min = 1,
+     .max = SIDECAR_MAX_PORT_RANGES,
+     .def = CONF_DEFAULT_POOL_MIN "-" CONF_DEFAULT_POOL_MAX,
+     .fmt = &conf_fmt_port_range,
+     .doc = "Ports a lease may grant (the driver binds them on the notebook): the relay's "
+	    "pool ranges. A lease with another port is refused as a protocol error, so a "
+	    "relay cannot make the driver bind a port of another local service. The default "
+	    "is the relays' default pool; set it when the relay's pool differs."},
     STR(struct sidecar_opts, "spark_conf", spark_conf_path, CONF_NULLABLE, 1, CONF_STR_MAX,
 	"spark-defaults.conf", NULL, NULL,
 	"spark-defaults.conf fragment written when a lease is granted; null: not written."),
     STR(struct sidecar_opts, "spark_json", spark_json_path, CONF_NULLABLE, 1, CONF_STR_MAX,
 	"spark.json", NULL, NULL, "The same Spark settings as JSON; null: not written."),
+    STR(struct sidecar_opts, "spark_defaults", spark_defaults_path, CONF_NULLABLE, 1,
+	CONF_STR_MAX, NULL, "/opt/spark/conf/spark-defaults.conf", NULL,
+	"A spark-defaults.conf that Spark reads (in `$SPARK_CONF_DIR`): the sidecar keeps the "
+	"lease's settings in a `# sparkrelay begin`/`end` block there, current on every lease "
+	"change (other lines that set the same keys are dropped, every other line is kept), "
+	"and removes the block when the lease is released, lost or the sidecar stops. Never "
+	"written through a symlink. null: not kept."),
+    STR(struct sidecar_opts, "status_file", status_path, CONF_NULLABLE, 1, CONF_STR_MAX, NULL,
+	"/home/user/.sparkrelay/status.json", NULL,
+	"JSON rewritten on every change of state: `state` (connecting, leased, reconnecting, "
+	"relay_unreachable, no_lease, stopped), lease, host, ports, `lease_changes`, pid, "
+	"message. For the notebook (docs/spark.md); null: not written."),
+    U32(struct sidecar_opts, "direct_result_mib", direct_result_mib, 0, 1024, "256",
+	"Task results up to this many MiB come back in the executor's RPC connection, through "
+	"the relay: written as spark.task.maxDirectResultSize, with spark.rpc.message.maxSize "
+	"raised to match. Spark fetches larger results from the executor's pod, which a "
+	"notebook usually cannot reach (docs/spark.md). 0: Spark's defaults (1 MiB)."),
     STR(struct sidecar_opts, "state_file", state_path, CONF_NULLABLE, 1, CONF_STR_MAX,
 	"sparkrelay-state.json", NULL, NULL,
 	"Keeps the resume token across sidecar restarts; null: not kept."),

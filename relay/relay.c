@@ -42,7 +42,7 @@ const char *relay_refusal_name(enum relay_refusal r)
 		"cidr", "pending_full", "pending_timeout", "draining", "tenant_limit",
 		"stream", "reg_auth", "reg_route", "reg_limit", "reg_resume",
 		"handshake_limit", "handshake_source_limit", "tunnel_limit",
-		"lease_connection_limit",
+		"lease_connection_limit", "driver",
 	};
 	return (unsigned)r < RELAY_REFUSE_MAX ? names[r] : "unknown";
 }
@@ -62,7 +62,8 @@ const char *relay_log_word(const char *s, char *buf, size_t len)
 void relay_refuse(struct relay *r, enum relay_refusal why)
 {
 	r->st.refused[why]++;
-	if (why < RELAY_REFUSE_REG_AUTH || why == RELAY_REFUSE_LEASE_CONNS)
+	if (why < RELAY_REFUSE_REG_AUTH || why == RELAY_REFUSE_LEASE_CONNS ||
+	    why == RELAY_REFUSE_DRIVER)
 		r->st.executor_refused++;
 }
 

@@ -64,6 +64,7 @@ enum relay_refusal {
 	RELAY_REFUSE_SOURCE,         /* connection: max_handshakes_per_source reached */
 	RELAY_REFUSE_TUNNELS,        /* registration: max_tunnels reached */
 	RELAY_REFUSE_LEASE_CONNS,    /* executor: the lease's max_lease_connections */
+	RELAY_REFUSE_DRIVER,         /* executor: the sidecar refused the stream (no driver) */
 	RELAY_REFUSE_MAX,
 };
 const char *relay_refusal_name(enum relay_refusal r);

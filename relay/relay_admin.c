@@ -277,6 +277,7 @@ static void lease_to_json(const struct relay_lease_view *v, void *arg)
 	json_object_set_new(o, "pending", json_integer(v->npending));
 	json_object_set_new(o, "conns_active", json_integer((json_int_t)v->conns_active));
 	json_object_set_new(o, "conns_total", json_integer((json_int_t)v->conns_total));
+	json_object_set_new(o, "driver_refused", json_integer((json_int_t)v->driver_refused));
 	json_array_append_new(arr, o);
 }
 

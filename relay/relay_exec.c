@@ -29,12 +29,18 @@ static void pending_free(struct relay_pending *p, int reset)
 
 static void pending_unlink(struct relay_pending *p)
 {
-	struct relay_pending **pp = &p->owner->pending;
-	while (*pp && *pp != p)
+	struct relay_lease_ext *lx = p->owner;
+	struct relay_pending **pp = &lx->pending, *prev = NULL;
+
+	while (*pp && *pp != p) {
+		prev = *pp;
 		pp = &(*pp)->next;
+	}
 	if (*pp)
 		*pp = p->next;
-	p->owner->npending--;
+	if (lx->pending_tail == p)
+		lx->pending_tail = prev;
+	lx->npending--;
 }
 
 static void pending_timeout_cb(evutil_socket_t fd, short what, void *arg)
@@ -75,6 +81,27 @@ static void open_stream(struct relay *r, struct relay_lease_ext *lx, int fd,
 		 (unsigned long long)conn_id, peer, relay_lease_port(lx->lease, role));
 }
 
+/* The sidecar reset a stream before answering: almost always nothing
+ * listens on the driver port on the notebook (the driver is not started,
+ * or was started without the lease's settings). Counted per lease (`ctl
+ * leases`) and as refused_total{reason="driver"}; one line per period. */
+void relay_exec_on_refused(struct tun_conn *c, uint64_t conn_id, uint16_t port, void *arg)
+{
+	struct relay_tunnel *t = arg;
+	struct relay_lease_ext *lx = t->lx;
+	uint64_t more = 0;
+
+	relay_refuse(t->relay, RELAY_REFUSE_DRIVER);
+	if (!lx)
+		return;
+	lx->driver_refused++;
+	if (relay_ratelog_allow(&lx->rl_driver, sr_now_us(), REFUSAL_LOG_PERIOD_US, &more))
+		SR_WARN(t->ctx, "conn=%llu port=%u: the sidecar refused the stream: nothing "
+				"listens on the driver port on the notebook? (%llu more since the "
+				"last line)",
+			(unsigned long long)conn_id, port, (unsigned long long)more);
+}
+
 void relay_exec_flush_pending(struct relay *r, struct relay_lease_ext *lx)
 {
 	uint64_t now = sr_now_us();
@@ -83,6 +110,8 @@ void relay_exec_flush_pending(struct relay *r, struct relay_lease_ext *lx)
 		struct relay_pending *p = lx->pending;
 		int fd = p->fd;
 		lx->pending = p->next;
+		if (!lx->pending)
+			lx->pending_tail = NULL;
 		lx->npending--;
 		p->fd = -1;
 		relay_hist_add(&r->st.pending_wait, now - p->since_us);
@@ -195,8 +224,11 @@ void relay_exec_on_accept(struct relay_lease *l, enum tun_port_role role, int fd
 	snprintf(p->peer, sizeof(p->peer), "%s", peer);
 	tv = sr_tv_ms(r->o->pending_timeout_ms);
 	evtimer_add(p->timer, &tv);
-	p->next = lx->pending;
-	lx->pending = p;
+	if (lx->pending_tail)
+		lx->pending_tail->next = p;
+	else
+		lx->pending = p;
+	lx->pending_tail = p;
 	lx->npending++;
 	SR_INFO(relay_lease_id(l), "conn=%llu peer=%s: waiting for the tunnel (up to %u ms)",
 		(unsigned long long)conn_id, peer, r->o->pending_timeout_ms);
@@ -211,6 +243,7 @@ void relay_lease_ext_free(struct relay_lease_ext *lx)
 		lx->pending = p->next;
 		pending_free(p, 1);
 	}
+	lx->pending_tail = NULL;
 	relay_pol_unref(lx->pol);
 	free(lx);
 }

@@ -79,11 +79,15 @@ struct relay_lease_ext {
 	char tenant_name[64];
 	char route_name[64];
 	struct relay_tunnel *tunnel; /* attached tunnel, NULL while in grace */
-	struct relay_pending *pending;
+	/* executors waiting for the tunnel, oldest first: served in arrival
+	 * order (Spark's first executor has waited longest) */
+	struct relay_pending *pending, *pending_tail;
 	unsigned npending;
 	uint64_t conns_total;
 	uint64_t detached_us;  /* when the tunnel went (in grace), 0 while attached */
 	struct relay_ratelog rl_refused; /* executors over max_lease_connections */
+	uint64_t driver_refused;         /* streams the sidecar refused (no driver) */
+	struct relay_ratelog rl_driver;  /* their log lines */
 	/* Who created it (relay_identity_key): only that identity may resume. */
 	char idkey[RELAY_IDKEY_MAX];
 	struct sockaddr_storage src; /* the creator's address, for reclaim order */
@@ -238,6 +242,8 @@ void relay_exec_flush_pending(struct relay *r, struct relay_lease_ext *lx);
 struct relay_pending *relay_exec_adopt_pending(struct relay_lease_ext *lx, int fd,
 					       enum tun_port_role role, uint64_t conn_id,
 					       const char *peer, uint64_t since_us);
+/* tun_conn_cbs.on_refused of a tunnel (arg: its struct relay_tunnel). */
+void relay_exec_on_refused(struct tun_conn *c, uint64_t conn_id, uint16_t port, void *arg);
 /* Free lx and its waiting executors (reset); the lease itself stays. */
 void relay_lease_ext_free(struct relay_lease_ext *lx);
 /* Free lx and release its lease (ports closed). */

@@ -504,6 +504,7 @@ static const struct tun_conn_cbs relay_tun_cbs = {
 	.on_ctl_sent = tunnel_on_ctl_sent,
 	.on_rtt = tunnel_on_rtt,
 	.on_confirmed = tunnel_on_confirmed,
+	.on_refused = relay_exec_on_refused,
 };
 
 static void tunnel_timeout_cb(evutil_socket_t fd, short what, void *arg)

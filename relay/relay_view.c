@@ -36,6 +36,7 @@ static void visit_lease(struct relay_lease *l, void *arg)
 	v.peer = v.attached ? lx->tunnel->peer : "";
 	v.npending = lx ? lx->npending : 0;
 	v.conns_total = lx ? lx->conns_total : 0;
+	v.driver_refused = lx ? lx->driver_refused : 0;
 	v.conns_active = v.attached && lx->tunnel->conn ? tun_conn_nstreams(lx->tunnel->conn) : 0;
 	lv->fn(&v, lv->arg);
 }

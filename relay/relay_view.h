@@ -16,6 +16,9 @@ struct relay_lease_view {
 	unsigned npending;      /* executors waiting for the tunnel */
 	uint64_t conns_total;   /* executor connections accepted */
 	uint64_t conns_active;
+	/* executor connections the sidecar refused: nothing listened on the
+	 * driver port on the notebook (refused_total{reason="driver"}) */
+	uint64_t driver_refused;
 };
 
 struct relay_session_view {

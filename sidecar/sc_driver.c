@@ -17,9 +17,32 @@
 
 #include <event2/bufferevent.h>
 
+void sc_driver_refused(struct sc_ratelog *rl, const char *logctx, uint64_t conn_id,
+		       const char *peer, uint16_t port, int err)
+{
+	char pbuf[SR_ESC_SIZE(64)], more[64] = "";
+	uint64_t now = sr_now_us();
+
+	if (rl->next_us && now < rl->next_us) {
+		rl->suppressed++;
+		return;
+	}
+	if (rl->suppressed)
+		snprintf(more, sizeof(more), "; %llu more since the last line",
+			 (unsigned long long)rl->suppressed);
+	rl->suppressed = 0;
+	rl->next_us = now + SC_DRIVER_LOG_PERIOD_US;
+	SR_WARN(logctx,
+		"conn=%llu peer=%s: cannot connect to driver port %u: %s (is the driver "
+		"running with this lease's settings?)%s",
+		(unsigned long long)conn_id, sr_esc_n(peer, 64, pbuf, sizeof(pbuf)), port,
+		strerror(err), more);
+}
+
 struct bufferevent *sc_driver_connect(struct event_base *base, const struct tun_connect_req *req,
 				      const struct sidecar_lease_info *lease, int leased_here,
-				      uint32_t connect_timeout_ms, const char *logctx)
+				      uint32_t connect_timeout_ms, struct sc_ratelog *rl,
+				      const char *logctx)
 {
 	char lbuf[SR_ESC_SIZE(TUN_CTL_LEASE_MAX)], pbuf[SR_ESC_SIZE(64)];
 	struct sockaddr_in sin;
@@ -57,9 +80,7 @@ struct bufferevent *sc_driver_connect(struct event_base *base, const struct tun_
 	if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0) {
 		*req->connected = 1;
 	} else if (errno != EINPROGRESS) {
-		SR_INFO(logctx, "conn=%llu peer=%s: driver port %u: %s",
-			(unsigned long long)req->conn_id, sr_esc(req->peer, pbuf, sizeof(pbuf)),
-			req->port, strerror(errno));
+		sc_driver_refused(rl, logctx, req->conn_id, req->peer, req->port, errno);
 		close(fd);
 		return NULL;
 	}

@@ -76,6 +76,19 @@ struct sidecar {
 	int release_sent;
 	uint64_t tun_up_us; /* when the current tunnel came up */
 	unsigned strikes;   /* tunnels the relay ended with a protocol error, see on_closed */
+	struct sc_ratelog rl_driver; /* "cannot connect to driver port" lines */
+	/* The lease whose settings were last written: what a running driver
+	 * may have bound (from the state file after a restart). */
+	struct sidecar_lease_info written;
+	uint64_t lease_changes; /* times its host or ports changed */
+	enum sc_status status;  /* last written to the status file */
+	char status_msg[256];
+	int stopped;            /* the settings were removed on the way out */
+	/* opts->allowed_ports, parsed; none: any port */
+	struct {
+		uint16_t lo, hi;
+	} allowed[SIDECAR_MAX_PORT_RANGES];
+	unsigned nallowed;
 };
 
 /* At most this many strikes count towards the backoff (2^8 x the initial
@@ -89,6 +102,7 @@ struct sidecar {
 
 static void sc_start(struct sidecar *s);
 static void dial_next(struct sidecar *s);
+static void sc_stop(struct sidecar *s, const char *why);
 
 /* ---- state file -------------------------------------------------------- */
 
@@ -128,6 +142,44 @@ static void protocol_error(struct tun_conn *c, const char *why)
 	tun_conn_close(c, SR_EPROTO);
 }
 
+/* The status file follows the state; rewritten only when something in it
+ * changed. */
+static void set_status(struct sidecar *s, enum sc_status st, const char *msg)
+{
+	if (s->stopped || (st == s->status && strcmp(msg, s->status_msg) == 0 &&
+			   st != SC_STATUS_LEASED))
+		return;
+	s->status = st;
+	snprintf(s->status_msg, sizeof(s->status_msg), "%s", msg);
+	sc_status_write(s->o->status_path, st, &s->lease, s->lease_changes, msg);
+}
+
+/* The relay ended our lease (it expired, or an operator revoked it): a
+ * driver started with its settings would bind ports that may go to another
+ * notebook, so they are removed until a new lease is written. */
+static void lease_lost(struct sidecar *s, const char *why)
+{
+	char lbuf[SR_ESC_SIZE(TUN_CTL_LEASE_MAX)], msg[256];
+
+	s->resume[0] = '\0';
+	sc_state_clear(s->o->state_path);
+	s->attempt = 0;
+	tun_group_reset(s->group, TUN_LOST_ENDED);
+	/* also a lease only known from the state file (a restarted sidecar
+	 * whose resume failed): its settings are still on disk */
+	if (!s->lease.have_lease && !s->written.have_lease)
+		return;
+	sr_esc(s->lease.have_lease ? s->lease.lease : s->written.lease, lbuf, sizeof(lbuf));
+	s->lease.have_lease = 0;
+	sc_settings_remove(s->o, "");
+	SR_WARN("", "lease %s ended by the relay (%s): Spark settings removed; asking for a "
+		    "new lease",
+		lbuf, why);
+	snprintf(msg, sizeof(msg), "lease %s ended by the relay (%s); asking for a new one", lbuf,
+		 why);
+	set_status(s, SC_STATUS_NO_LEASE, msg);
+}
+
 static void role_list(unsigned roles, char *buf, size_t len)
 {
 	size_t n = 0;
@@ -139,10 +191,64 @@ static void role_list(unsigned roles, char *buf, size_t len)
 					      tun_port_role_name((enum tun_port_role)r));
 }
 
+int sidecar_port_range(const char *s, uint16_t *lo, uint16_t *hi)
+{
+	unsigned long v[2] = {0, 0};
+	int i = 0;
+
+	for (;;) {
+		const char *start = s;
+
+		while (*s >= '0' && *s <= '9' && s - start < 5)
+			v[i] = v[i] * 10 + (unsigned long)(*s++ - '0');
+		if (s == start || (*s >= '0' && *s <= '9') || v[i] < 1 || v[i] > 65535)
+			return -1;
+		if (*s == '\0')
+			break;
+		if (*s != '-' || i == 1)
+			return -1;
+		s++;
+		i++;
+	}
+	if (i == 0)
+		v[1] = v[0];
+	if (v[0] > v[1])
+		return -1;
+	*lo = (uint16_t)v[0];
+	*hi = (uint16_t)v[1];
+	return 0;
+}
+
+static int port_allowed(const struct sidecar *s, uint16_t port)
+{
+	if (s->nallowed == 0)
+		return 1;
+	for (unsigned i = 0; i < s->nallowed; i++)
+		if (port >= s->allowed[i].lo && port <= s->allowed[i].hi)
+			return 1;
+	return 0;
+}
+
+/* "26000-26999,27005" (cut to len). */
+static void allowed_list(const struct sidecar *s, char *buf, size_t len)
+{
+	size_t n = 0;
+
+	buf[0] = '\0';
+	for (unsigned i = 0; i < s->nallowed && n < len; i++) {
+		if (s->allowed[i].lo == s->allowed[i].hi)
+			n += (size_t)snprintf(buf + n, len - n, "%s%u", i ? "," : "",
+					      s->allowed[i].lo);
+		else
+			n += (size_t)snprintf(buf + n, len - n, "%s%u-%u", i ? "," : "",
+					      s->allowed[i].lo, s->allowed[i].hi);
+	}
+}
+
 static void on_lease(struct sidecar *s, struct tun_conn *c, const struct tun_ctl_msg *m)
 {
 	struct sidecar_lease_info old = s->lease;
-	char err[512], ctx[128], why[160], want[48], got[48];
+	char err[512], ctx[128], why[224], want[128], got[48];
 	char lbuf[SR_ESC_SIZE(TUN_CTL_LEASE_MAX)], hbuf[SR_ESC_SIZE(TUN_CTL_HOST_MAX)];
 	char obuf[SR_ESC_SIZE(TUN_CTL_LEASE_MAX)];
 	int changed;
@@ -159,6 +265,19 @@ static void on_lease(struct sidecar *s, struct tun_conn *c, const struct tun_ctl
 		snprintf(why, sizeof(why), "lease grants roles %s, registered for %s", got, want);
 		protocol_error(c, why);
 		return;
+	}
+	/* A relay chooses the ports the driver binds on the notebook: only
+	 * those the notebook agreed to (a port of another local service, or a
+	 * privileged one, would be the driver's bind failing or worse). */
+	for (int r = 0; r < TUN_PORT_MAX; r++) {
+		if (m->ports[r] && !port_allowed(s, m->ports[r])) {
+			allowed_list(s, want, sizeof(want));
+			snprintf(why, sizeof(why), "lease grants %s port %u, outside "
+						   "tunnel.allowed_ports (%s)",
+				 tun_port_role_name((enum tun_port_role)r), m->ports[r], want);
+			protocol_error(c, why);
+			return;
+		}
 	}
 	/* A relay answers a resume it cannot honour with "unknown_lease"; a
 	 * different lease instead would point our driver's connections (held,
@@ -192,24 +311,37 @@ static void on_lease(struct sidecar *s, struct tun_conn *c, const struct tun_ctl
 	changed = !old.have_lease || strcmp(old.lease, s->lease.lease) != 0 ||
 		  memcmp(old.ports, s->lease.ports, sizeof(old.ports)) != 0 ||
 		  strcmp(old.host, s->lease.host) != 0;
-	/* Only new ports or host make the running driver wrong. */
-	if (old.have_lease && (memcmp(old.ports, s->lease.ports, sizeof(old.ports)) != 0 ||
-			       strcmp(old.host, s->lease.host) != 0))
-		SR_WARN(ctx, "lease changed from %s (ports %u,%u) to new ports %u,%u: the "
-			     "driver must be restarted with the new settings",
-			sr_esc(old.lease, obuf, sizeof(obuf)), old.ports[0], old.ports[1],
-			m->ports[0], m->ports[1]);
+	/* Only new ports or host make a running driver wrong, whatever the
+	 * lease id: compared with the settings written last (a relay restart
+	 * that gave the same ports needs no restart of the driver). */
+	if (s->written.have_lease &&
+	    (memcmp(s->written.ports, s->lease.ports, sizeof(s->lease.ports)) != 0 ||
+	     strcmp(s->written.host, s->lease.host) != 0)) {
+		char hbuf2[SR_ESC_SIZE(TUN_CTL_HOST_MAX)];
+
+		s->lease_changes++;
+		SR_WARN(ctx, "lease changed from %s (host %s, ports %u,%u) to %s (host %s, ports "
+			     "%u,%u): the driver must be restarted with the new settings",
+			sr_esc(s->written.lease, obuf, sizeof(obuf)),
+			sr_esc(s->written.host, hbuf2, sizeof(hbuf2)),
+			s->written.ports[TUN_PORT_DRIVER], s->written.ports[TUN_PORT_BLOCKMANAGER],
+			lbuf, sr_esc(m->host, hbuf, sizeof(hbuf)), m->ports[TUN_PORT_DRIVER],
+			m->ports[TUN_PORT_BLOCKMANAGER]);
+	}
 	SR_INFO(ctx, "%s: driver port %u, blockManager port %u, host %s, grace %us",
 		old.have_lease && !changed ? "lease resumed" : "lease granted",
 		m->ports[TUN_PORT_DRIVER], m->ports[TUN_PORT_BLOCKMANAGER],
 		sr_esc(m->host, hbuf, sizeof(hbuf)), m->ttl_s);
 	sc_state_save(s->o->state_path, s->resume, &s->lease);
-	if (changed) {
-		if (sidecar_write_spark_conf(&s->lease, s->o->spark_conf_path,
-					     s->o->spark_json_path, err, sizeof(err)) != 0)
+	if (changed || !s->written.have_lease) {
+		if (sc_settings_write(s->o, &s->lease, err, sizeof(err)) != 0)
 			SR_ERROR(ctx, "cannot write Spark settings: %s", err);
-		sc_print_settings(&s->lease);
+		sc_print_settings(&s->lease, s->o->direct_result_mib);
+		s->written = s->lease;
 	}
+	snprintf(why, sizeof(why), "lease %s: driver port %u, blockManager port %u", lbuf,
+		 m->ports[TUN_PORT_DRIVER], m->ports[TUN_PORT_BLOCKMANAGER]);
+	set_status(s, SC_STATUS_LEASED, why);
 	if (s->on_lease)
 		s->on_lease(s, &s->lease, s->arg);
 }
@@ -227,12 +359,19 @@ static void on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void *arg)
 	case TUN_CTL_ERROR:
 		SR_ERROR(tun_conn_logctx(c), "relay refused registration: %s: %s",
 			 sr_esc(m->code, cbuf, sizeof(cbuf)), sr_esc(m->message, mbuf, sizeof(mbuf)));
-		if (s->sent_resume && strcmp(m->code, "unknown_lease") == 0) {
-			/* The lease is gone (expired, or another relay): start afresh. */
-			s->resume[0] = '\0';
-			sc_state_clear(s->o->state_path);
-			s->attempt = 0;
-			tun_group_reset(s->group, TUN_LOST_ENDED);
+		if ((s->sent_resume && strcmp(m->code, "unknown_lease") == 0) ||
+		    strcmp(m->code, "revoked") == 0) {
+			/* The lease is gone (expired, revoked, or another relay):
+			 * start afresh. */
+			lease_lost(s, cbuf);
+		} else {
+			char msg[256];
+
+			/* raw: sc_status_write escapes it (once) */
+			snprintf(msg, sizeof(msg), "relay refused registration: %s: %s", m->code,
+				 m->message);
+			set_status(s, s->lease.have_lease ? SC_STATUS_RECONNECTING : SC_STATUS_NO_LEASE,
+				   msg);
 		}
 		tun_conn_close(c, SR_EDENIED);
 		break;
@@ -248,6 +387,7 @@ static void on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void *arg)
 		s->resume[0] = '\0';
 		s->lease.have_lease = 0;
 		sc_state_clear(s->o->state_path);
+		sc_stop(s, "lease released");
 		tun_conn_close(c, 0);
 		break;
 	case TUN_CTL_DRAIN:
@@ -259,6 +399,19 @@ static void on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void *arg)
 		protocol_error(c, why);
 		break;
 	}
+}
+
+/* On the way out: no sidecar carries executor connections for these ports
+ * any more, so the settings go (a restarted sidecar that resumes the lease
+ * writes them again); the status says so. Once. */
+static void sc_stop(struct sidecar *s, const char *why)
+{
+	if (s->stopped)
+		return;
+	s->lease.connected = 0;
+	sc_settings_remove(s->o, "");
+	set_status(s, SC_STATUS_STOPPED, why);
+	s->stopped = 1; /* the last word of the status file */
 }
 
 static void schedule_backoff(struct sidecar *s)
@@ -291,17 +444,25 @@ static void schedule_backoff(struct sidecar *s)
 	evtimer_add(s->backoff_timer, &tv);
 }
 
-static void on_closed(struct tun_endpoint *ep, int err, const char *why, void *arg)
+static void on_closed(struct tun_endpoint *ep, int err, const char *why_ep, void *arg)
 {
 	struct sidecar *s = arg;
+	char why[200]; /* why_ep goes with ep */
 	int was_up = s->tun != NULL;
 	int broke = err == SR_EPROTO || err == SR_ETOOBIG || err == SR_EVERSION;
 
+	snprintf(why, sizeof(why), "%s", why_ep ? why_ep : "");
 	s->lease.connected = 0;
 	s->registered = s->tun_leased = s->release_sent = 0;
 	if (!was_up) {
+		char msg[256];
+
 		SR_WARN("", "cannot reach relay %s: %s%s", s->dial_peer,
 			err == SR_ETLS ? "TLS handshake failed: " : "", why);
+		snprintf(msg, sizeof(msg), "cannot reach relay %s: %s%s", s->dial_peer,
+			 err == SR_ETLS ? "TLS handshake failed: " : "", why);
+		if (!s->shutting_down)
+			set_status(s, SC_STATUS_UNREACHABLE, msg);
 	} else {
 		if (why[0])
 			SR_INFO(tun_conn_logctx(s->tun), "transport: %s", why);
@@ -335,6 +496,16 @@ static void on_closed(struct tun_endpoint *ep, int err, const char *why, void *a
 	}
 	if (s->lease.have_lease)
 		s->lease.reconnects++;
+	{
+		char msg[256];
+
+		snprintf(msg, sizeof(msg), "tunnel to relay %s lost%s%s; reconnecting", s->dial_peer,
+			 why[0] ? ": " : "", why);
+		if (s->lease.have_lease)
+			set_status(s, SC_STATUS_RECONNECTING, msg);
+		else if (s->status != SC_STATUS_NO_LEASE)
+			set_status(s, SC_STATUS_CONNECTING, msg);
+	}
 	if (tun_group_held(s->group) && !broke)
 		s->attempt = 0;
 	schedule_backoff(s);
@@ -346,13 +517,23 @@ static struct bufferevent *on_connect(struct tun_conn *c, const struct tun_conne
 	struct sidecar *s = arg;
 
 	return sc_driver_connect(s->base, req, &s->lease, s->tun_leased,
-				 s->o->driver_connect_timeout_ms, tun_conn_logctx(c));
+				 s->o->driver_connect_timeout_ms, &s->rl_driver,
+				 tun_conn_logctx(c));
+}
+
+static void on_connect_failed(struct tun_conn *c, uint64_t conn_id, uint16_t port,
+			      const char *peer, int err, void *arg)
+{
+	struct sidecar *s = arg;
+
+	sc_driver_refused(&s->rl_driver, tun_conn_logctx(c), conn_id, peer, port, err);
 }
 
 static const struct tun_conn_cbs sc_tun_cbs = {
 	.on_ctl = on_ctl,
 	.on_ctl_open = send_register,
 	.on_connect = on_connect,
+	.on_connect_failed = on_connect_failed,
 };
 
 static void on_up(struct tun_endpoint *ep, void *arg)
@@ -459,6 +640,7 @@ static void resolved_cb(int err, const struct disc_addr *addrs, size_t n, void *
 	s->naddrs = s->next_addr = 0;
 	if (err != 0 || n == 0) {
 		SR_WARN("", "no address found for any relay");
+		set_status(s, SC_STATUS_UNREACHABLE, "no address found for any relay");
 		schedule_backoff(s);
 		return;
 	}
@@ -481,6 +663,7 @@ static void sc_start(struct sidecar *s)
 				  err, sizeof(err));
 	if (!s->resolve) {
 		SR_ERROR("", "cannot resolve relays: %s", err);
+		set_status(s, SC_STATUS_UNREACHABLE, "cannot resolve the relays");
 		schedule_backoff(s);
 	}
 }
@@ -495,6 +678,7 @@ static void release_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	struct sidecar *s = arg;
 	SR_WARN("", "relay did not confirm the release within %u ms; exiting anyway",
 		s->o->release_timeout_ms);
+	sc_stop(s, "stopped; the relay did not confirm the release");
 	s->state = SC_DONE;
 	event_base_loopbreak(s->base);
 }
@@ -515,6 +699,16 @@ struct sidecar *sidecar_new(struct event_base *base, const struct sidecar_opts *
 	if (opts->nrelays == 0) {
 		snprintf(err, errlen, "no relay address configured");
 		goto fail;
+	}
+	for (unsigned i = 0; i < opts->nallowed_ports && i < SIDECAR_MAX_PORT_RANGES; i++) {
+		if (!opts->allowed_ports[i] ||
+		    sidecar_port_range(opts->allowed_ports[i], &s->allowed[i].lo,
+				       &s->allowed[i].hi) != 0) {
+			snprintf(err, errlen, "allowed port range %u is not N or N-M within 1..65535",
+				 i);
+			goto fail;
+		}
+		s->nallowed++;
 	}
 	s->ssl_ctx = tun_tls_client_ctx(opts->ca_file, opts->cert_file, opts->key_file, err,
 					errlen);
@@ -538,7 +732,14 @@ struct sidecar *sidecar_new(struct event_base *base, const struct sidecar_opts *
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
-	sc_state_load(s->o->state_path, s->resume, sizeof(s->resume));
+	sc_state_load(s->o->state_path, s->resume, sizeof(s->resume), &s->written);
+	/* Without a resume token no lease of ours can still be valid: settings
+	 * left by a sidecar that died would point a new driver at ports that
+	 * may be another notebook's. With one, the lease is likely resumed. */
+	if (!s->resume[0])
+		sc_settings_remove(s->o, "");
+	s->status = SC_STATUS_STOPPED; /* so that the first set_status writes */
+	set_status(s, SC_STATUS_CONNECTING, "connecting to the relay");
 	sc_start(s);
 	return s;
 fail:
@@ -550,6 +751,8 @@ void sidecar_free(struct sidecar *s)
 {
 	if (!s)
 		return;
+	if (s->shutting_down)
+		sc_stop(s, "stopped");
 	disc_cancel(s->resolve);
 	tun_endpoint_free(s->ep); /* before the group: its session may carry it */
 	tun_group_free(s->group);
@@ -575,6 +778,8 @@ void sidecar_shutdown(struct sidecar *s)
 	if (!s->tun || s->state != SC_LEASED) {
 		SR_INFO("", "shutting down (no live tunnel: the relay frees the lease after its "
 			    "grace period)");
+		sc_stop(s, "stopped without a tunnel: the relay frees the lease after its grace "
+			   "period");
 		s->state = SC_DONE;
 		event_base_loopbreak(s->base);
 		return;

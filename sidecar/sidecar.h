@@ -11,6 +11,7 @@ struct event_base;
 struct sidecar;
 
 #define SIDECAR_MAX_RELAYS 16
+#define SIDECAR_MAX_PORT_RANGES 16
 
 struct sidecar_opts {
 	char *relays[SIDECAR_MAX_RELAYS]; /* "host:port"; names may resolve to many addresses */
@@ -22,8 +23,17 @@ struct sidecar_opts {
 	char *token;            /* optional bearer token */
 	char *app_name;
 	int want_ui;            /* also lease a port for spark.ui.port */
+	/* Ports a lease may grant: "N" or "N-M" each (sidecar_port_range); a
+	 * lease with any other port is a protocol error. None: any port. */
+	char *allowed_ports[SIDECAR_MAX_PORT_RANGES];
+	unsigned nallowed_ports;
 	char *spark_conf_path;  /* spark-defaults.conf fragment written on lease */
 	char *spark_json_path;  /* the same settings as JSON */
+	/* A spark-defaults.conf Spark reads: the lease's block is kept current
+	 * in it, and removed when the lease ends (NULL: none). */
+	char *spark_defaults_path;
+	char *status_path;      /* state for the notebook (sc_status_write), NULL: none */
+	uint32_t direct_result_mib; /* spark.task.maxDirectResultSize, 0: not written */
 	char *state_path;       /* resume token kept here across restarts */
 	uint32_t backoff_initial_ms;
 	uint32_t backoff_max_ms;
@@ -36,6 +46,9 @@ struct sidecar_opts {
 };
 
 /* Defaults come from the configuration tables (conf_sidecar_defaults). */
+
+/* "N" or "N-M" (decimal, 1..65535, N <= M) into *lo..*hi. 0, or -1. */
+int sidecar_port_range(const char *s, uint16_t *lo, uint16_t *hi);
 
 /* What the sidecar learnt from its lease (for the demo and status). */
 struct sidecar_lease_info {
@@ -61,10 +74,5 @@ void sidecar_free(struct sidecar *s);
 /* Release the lease and break the loop when done (or after release_timeout_ms). */
 void sidecar_shutdown(struct sidecar *s);
 void sidecar_get_lease(const struct sidecar *s, struct sidecar_lease_info *info);
-
-/* Write the Spark settings for info as a spark-defaults.conf fragment and as
- * JSON (atomically: temp file + rename). Either path may be NULL. */
-int sidecar_write_spark_conf(const struct sidecar_lease_info *info, const char *conf_path,
-			     const char *json_path, char *err, size_t errlen);
 
 #endif

@@ -669,6 +669,10 @@ static int h2_on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, voi
 	case NGHTTP2_RST_STREAM:
 		SR_DEBUG(c->logctx, "stream=%d: RST_STREAM received (%s)%s", frame->hd.stream_id,
 			 nghttp2_http2_strerror(frame->rst_stream.error_code), s ? "" : " (no stream)");
+		if (c->role == TUN_ROLE_RELAY && s && c->cbs.on_refused &&
+		    frame->rst_stream.error_code == NGHTTP2_REFUSED_STREAM &&
+		    !(s->flags & (TS_F_CTL | TS_F_ANSWER_SEEN | TS_F_RESUMING)))
+			c->cbs.on_refused(c, s->conn_id, s->port, c->arg);
 		if (c->role == TUN_ROLE_SIDECAR && s && !(s->flags & (TS_F_CTL | TS_F_ANSWERED)) &&
 		    !early_reset_allowed(c)) {
 			char why[160];

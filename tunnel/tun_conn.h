@@ -102,6 +102,17 @@ struct tun_conn_cbs {
 	 * tun_conn_confirm() (a PING sent after them came back). Called while
 	 * frames are being read: it must not close or free c. */
 	void (*on_confirmed)(struct tun_conn *c, void *arg);
+	/* Optional, relay: the sidecar reset a stream we opened before answering
+	 * it, with REFUSED_STREAM: it could not connect to the driver (or the
+	 * stream broke its rules). Streams being resumed do not count. Counters
+	 * and logs only. */
+	void (*on_refused)(struct tun_conn *c, uint64_t conn_id, uint16_t port, void *arg);
+	/* Optional, sidecar: the socket on_connect returned still connecting
+	 * did not connect (err: an errno value, ETIMEDOUT after the socket's
+	 * write timeout); the stream is reset with REFUSED_STREAM. peer is the
+	 * executor's address header. Counters and logs only. */
+	void (*on_connect_failed)(struct tun_conn *c, uint64_t conn_id, uint16_t port,
+				  const char *peer, int err, void *arg);
 	/* The tunnel is over (err is an SR_E* code, or 0 for a clean end). Called
 	 * once, from a deferred event; the owner may tun_conn_free(c) in it. */
 	void (*on_closed)(struct tun_conn *c, int err, void *arg);

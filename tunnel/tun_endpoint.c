@@ -102,6 +102,21 @@ static void fw_confirmed(struct tun_conn *c, void *arg)
 		ep->owner_cbs.on_confirmed(c, ep->arg);
 }
 
+static void fw_refused(struct tun_conn *c, uint64_t conn_id, uint16_t port, void *arg)
+{
+	struct tun_endpoint *ep = arg;
+	if (ep->owner_cbs.on_refused)
+		ep->owner_cbs.on_refused(c, conn_id, port, ep->arg);
+}
+
+static void fw_connect_failed(struct tun_conn *c, uint64_t conn_id, uint16_t port,
+			      const char *peer, int err, void *arg)
+{
+	struct tun_endpoint *ep = arg;
+	if (ep->owner_cbs.on_connect_failed)
+		ep->owner_cbs.on_connect_failed(c, conn_id, port, peer, err, ep->arg);
+}
+
 static void ep_on_output(struct tun_conn *c, void *arg);
 
 static void ep_conn_closed(struct tun_conn *c, int err, void *arg)
@@ -370,6 +385,8 @@ static void ep_up(struct tun_endpoint *ep)
 		.on_ctl_sent = fw_ctl_sent,
 		.on_rtt = fw_rtt,
 		.on_confirmed = fw_confirmed,
+		.on_refused = fw_refused,
+		.on_connect_failed = fw_connect_failed,
 		.on_closed = ep_conn_closed,
 	};
 

@@ -371,6 +371,13 @@ static void sock_event_cb(struct bufferevent *bev, short what, void *arg)
 		return;
 	}
 	/* Error, reset or timeout: the peer of this socket is gone. */
+	if (s->st == TS_ST_CONNECTING && c->cbs.on_connect_failed) {
+		int err = EVUTIL_SOCKET_ERROR();
+
+		c->cbs.on_connect_failed(c, s->conn_id, s->port, s->peer,
+					 (what & BEV_EVENT_TIMEOUT) ? ETIMEDOUT : err, c->arg);
+		EVUTIL_SET_SOCKET_ERROR(err);
+	}
 	if (sr_log_level_cur >= SR_LOG_DEBUG) {
 		stream_log_ctx(s, ctx, sizeof(ctx));
 		SR_DEBUG(ctx, "socket %s: %s",

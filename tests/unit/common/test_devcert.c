@@ -326,6 +326,115 @@ static void test_devcert_bad_arguments(void **state)
 	dir_remove(&d);
 }
 
+/* gen-certs DIR --client NAME: a client certificate for an mTLS tenant,
+ * from the CA already in DIR, with the CN and SANs the relay's tenants
+ * match on. */
+static void test_devcert_client(void **state)
+{
+	static const char *const sans[] = {"alice.notebooks.example",
+					   "spiffe://c/ns/ds/sa/alice", "10.0.0.9", NULL};
+	struct ts_dir d;
+	char err[256] = "", p[192];
+	X509 *ca, *cert;
+	EVP_PKEY *k;
+	GENERAL_NAMES *names;
+	int uri = 0;
+
+	ts_dir_make(&d, "devcert");
+	/* no CA yet: says how to make one */
+	assert_int_equal(sr_devcert_write_client(d.path, "alice", NULL, 1, err, sizeof(err)),
+			 SR_ENOTFOUND);
+	assert_non_null(strstr(err, "sparkrelay gen-certs"));
+	assert_int_equal(ts_dir_count(&d), 0);
+	assert_int_equal(sr_devcert_write(d.path, NULL, 1, err, sizeof(err)), 0);
+	if (sr_devcert_write_client(d.path, "alice", sans, 1, err, sizeof(err)) != 0)
+		fail_msg("sr_devcert_write_client: %s", err);
+
+	ca = load_cert(&d, "ca.pem");
+	cert = load_cert(&d, "client-alice.pem");
+	assert_int_equal(verify(ca, cert, X509_PURPOSE_SSL_CLIENT), X509_V_OK);
+	assert_int_not_equal(verify(ca, cert, X509_PURPOSE_SSL_SERVER), X509_V_OK);
+	assert_int_equal(X509_check_ca(cert), 0);
+	assert_cn(cert, "alice");
+	assert_int_equal(X509_check_host(cert, "alice.notebooks.example", 0, 0, NULL), 1);
+	assert_int_equal(X509_check_ip_asc(cert, "10.0.0.9", 0), 1);
+	names = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+	assert_non_null(names);
+	for (int i = 0; i < sk_GENERAL_NAME_num(names); i++) {
+		const GENERAL_NAME *g = sk_GENERAL_NAME_value(names, i);
+		if (g->type == GEN_URI &&
+		    strcmp((const char *)ASN1_STRING_get0_data(g->d.uniformResourceIdentifier),
+			   "spiffe://c/ns/ds/sa/alice") == 0)
+			uri = 1;
+	}
+	GENERAL_NAMES_free(names);
+	assert_true(uri);
+	k = load_key(&d, "client-alice.key");
+	assert_int_equal(X509_check_private_key(cert, k), 1);
+	EVP_PKEY_free(k);
+	assert_int_equal(file_mode(&d, "client-alice.key"), 0600);
+	assert_int_equal(file_mode(&d, "client-alice.pem"), 0644);
+	X509_free(cert);
+
+	/* no SAN at all is fine too */
+	assert_int_equal(sr_devcert_write_client(d.path, "bob", NULL, 1, err, sizeof(err)), 0);
+	cert = load_cert(&d, "client-bob.pem");
+	assert_null(X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL));
+	assert_int_equal(verify(ca, cert, X509_PURPOSE_SSL_CLIENT), X509_V_OK);
+	X509_free(cert);
+	X509_free(ca);
+	ERR_clear_error();
+	for (const char *const *n =
+		 (const char *const[]){"client-alice.pem", "client-alice.key", "client-bob.pem",
+				       "client-bob.key", NULL};
+	     *n; n++) {
+		ts_dir_file(&d, *n, p, sizeof(p));
+		assert_int_equal(unlink(p), 0);
+	}
+	dir_remove(&d);
+}
+
+/* A name that could leave the folder, smuggle a SAN entry or start an
+ * option is refused, and nothing is written; so is a CA key that is not
+ * the CA's. */
+static void test_devcert_client_refusals(void **state)
+{
+	static const char *const bad_cn[] = {
+	    "",	   "../x", ".hidden",
+	    "-rf", "a b",  "a,b",
+	    "a/b", "x\n",  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"};
+	static const char *const bad_san[][2] = {{"a.example,DNS:evil.example", NULL},
+						 {"x://a,DNS:b", NULL},
+						 {"://x", NULL},
+						 {"has space", NULL}};
+	struct ts_dir d;
+	char err[256] = "", p[192], q[192];
+
+	ts_dir_make(&d, "devcert");
+	assert_int_equal(sr_devcert_write(d.path, NULL, 1, err, sizeof(err)), 0);
+	for (size_t i = 0; i < SR_ARRAY_LEN(bad_cn); i++) {
+		err[0] = '\0';
+		assert_int_equal(
+		    sr_devcert_write_client(d.path, bad_cn[i], NULL, 1, err, sizeof(err)),
+		    SR_EINVAL);
+		assert_non_null(strstr(err, "client name"));
+	}
+	for (size_t i = 0; i < SR_ARRAY_LEN(bad_san); i++)
+		assert_int_equal(
+		    sr_devcert_write_client(d.path, "carol", bad_san[i], 1, err, sizeof(err)),
+		    SR_EINVAL);
+	assert_int_equal(ts_dir_count(&d), (int)SR_ARRAY_LEN(files));
+	/* ca.key replaced by another key */
+	ts_dir_file(&d, "relay.key", p, sizeof(p));
+	ts_dir_file(&d, "ca.key", q, sizeof(q));
+	assert_int_equal(rename(p, q), 0);
+	assert_int_equal(sr_devcert_write_client(d.path, "carol", NULL, 1, err, sizeof(err)),
+			 SR_EINVAL);
+	assert_non_null(strstr(err, "not the key of the CA"));
+	assert_int_equal(ts_dir_count(&d), (int)SR_ARRAY_LEN(files) - 1);
+	dir_remove(&d);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -334,6 +443,8 @@ int main(void)
 	    cmocka_unit_test(test_devcert_planted_file_and_symlink_are_replaced),
 	    cmocka_unit_test(test_devcert_unwritable_dir),
 	    cmocka_unit_test(test_devcert_bad_arguments),
+	    cmocka_unit_test(test_devcert_client),
+	    cmocka_unit_test(test_devcert_client_refusals),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

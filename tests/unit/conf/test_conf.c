@@ -50,8 +50,9 @@ static void check_relay_defaults(const struct relay_opts *r)
 	assert_null(r->auth_token);
 	assert_string_equal(r->pool.bind_address, "0.0.0.0");
 	assert_null(r->pool.advertise_host);
-	assert_int_equal(r->pool.port_min, 40000);
-	assert_int_equal(r->pool.port_max, 40999);
+	/* below the ephemeral (32768-60999) and NodePort (30000-32767) ranges */
+	assert_int_equal(r->pool.port_min, 26000);
+	assert_int_equal(r->pool.port_max, 26999);
 	assert_int_equal(r->pool.max_leases, 0);
 	assert_int_equal(r->pool.backlog, 1024);
 	assert_int_equal(r->lease_grace_s, 300);
@@ -91,6 +92,9 @@ static void check_tunnel_defaults(const struct sidecar_opts *s)
 	assert_null(s->token);
 	assert_string_equal(s->app_name, "spark-notebook");
 	assert_int_equal(s->want_ui, 0);
+	/* the ports of the default pool, and no others */
+	assert_int_equal(s->nallowed_ports, 1);
+	assert_string_equal(s->allowed_ports[0], "26000-26999");
 	assert_string_equal(s->spark_conf_path, "spark-defaults.conf");
 	assert_string_equal(s->spark_json_path, "spark.json");
 	assert_string_equal(s->state_path, "sparkrelay-state.json");
@@ -140,7 +144,7 @@ static void test_defaults_minimal_sections(void **state)
 	assert_string_equal(cfg.relay.cert_file, "c.pem");
 	assert_string_equal(cfg.relay.key_file, "k.pem");
 	assert_string_equal(cfg.relay.listen, "0.0.0.0:8443");
-	assert_int_equal(cfg.relay.pool.port_min, 40000);
+	assert_int_equal(cfg.relay.pool.port_min, 26000);
 	check_h2_defaults(&cfg.relay.tun);
 	assert_int_equal(cfg.tunnel.nrelays, 1);
 	assert_string_equal(cfg.tunnel.relays[0], "r:1");
@@ -482,7 +486,7 @@ static const struct err_case err_cases[] = {
     {"cross: port_min > default port_max",
      "{\"relay\": {" RELAY_OK_TLS ", \"pool\": {\"port_min\": 50000}}}",
      SR_EINVAL,
-     {"relay.pool.port_min: must be at most relay.pool.port_max (40999) (got 50000)"}},
+     {"relay.pool.port_min: must be at most relay.pool.port_max (26999) (got 50000)"}},
     {"cross: require_client_cert without client_ca",
      "{\"relay\": {\"tls\": {\"cert\": \"c\", \"key\": \"k\", \"require_client_cert\": true}}}",
      SR_EINVAL,
@@ -516,6 +520,27 @@ static const struct err_case err_cases[] = {
      "{\"tunnel\": {\"relays\": [\"r:1\"], \"tls\": {\"ca\": \"a\", \"key\": \"k\"}}}",
      SR_EINVAL,
      {"tunnel.tls.key: ", "(tunnel.tls.cert is not set)"}},
+    {"tunnel: allowed_ports range reversed",
+     "{\"tunnel\": {" TUNNEL_OK ", \"allowed_ports\": [\"26000-26999\", \"27005-27000\"]}}",
+     SR_EINVAL,
+     {"tunnel.allowed_ports[1]: must be a port or a range of ports N-M within 1..65535 "
+      "(got \"27005-27000\")"}},
+    {"tunnel: allowed_ports port 0",
+     "{\"tunnel\": {" TUNNEL_OK ", \"allowed_ports\": [\"0-100\"]}}",
+     SR_EINVAL,
+     {"tunnel.allowed_ports[0]: must be a port or a range"}},
+    {"tunnel: allowed_ports over 65535",
+     "{\"tunnel\": {" TUNNEL_OK ", \"allowed_ports\": [\"65536\"]}}",
+     SR_EINVAL,
+     {"tunnel.allowed_ports[0]: must be a port or a range"}},
+    {"tunnel: allowed_ports not a range",
+     "{\"tunnel\": {" TUNNEL_OK ", \"allowed_ports\": [\"1-2-3\"]}}",
+     SR_EINVAL,
+     {"tunnel.allowed_ports[0]: must be a port or a range"}},
+    {"tunnel: allowed_ports empty",
+     "{\"tunnel\": {" TUNNEL_OK ", \"allowed_ports\": []}}",
+     SR_EINVAL,
+     {"tunnel.allowed_ports: "}},
     {"cross: backoff",
      "{\"tunnel\": {" TUNNEL_OK ", \"backoff_initial_ms\": 20000}}",
      SR_EINVAL,
@@ -524,7 +549,7 @@ static const struct err_case err_cases[] = {
     {"secret is not echoed",
      "{\"relay\": {\"auth_token\": [\"hunter2-secret\"]}}",
      SR_EINVAL,
-     {"relay.auth_token: must be a string of 1..4095 bytes or null (got an array)"}},
+     {"relay.auth_token: must be a string of 1..255 bytes or null (got an array)"}},
     /* arrays of objects */
     {"array: not a list",
      "{\"relay\": {\"routes\": {\"name\": \"r\"}}}",
@@ -607,14 +632,14 @@ static const struct err_case err_cases[] = {
      {"relay.pools[1].name: duplicate name \"a\" (also relay.pools[0])"}},
     {"policy: overlapping pools",
      "{\"relay\": {" RELAY_OK_TLS ", \"pools\": [{\"name\": \"a\"}, {\"name\": \"b\", "
-     "\"bind\": \"10.0.0.1\", \"port_min\": 40999, \"port_max\": 41000}]}}",
+     "\"bind\": \"10.0.0.1\", \"port_min\": 26999, \"port_max\": 27000}]}}",
      SR_EINVAL,
-     {"relay.pools[1]: ports 40999..41000 on 10.0.0.1 overlap relay.pools[0] \"a\""}},
+     {"relay.pools[1]: ports 26999..27000 on 10.0.0.1 overlap relay.pools[0] \"a\""}},
     {"policy: pool port_min above port_max",
-     "{\"relay\": {" RELAY_OK_TLS ", \"pools\": [{\"name\": \"a\", \"port_min\": 41000}]}}",
+     "{\"relay\": {" RELAY_OK_TLS ", \"pools\": [{\"name\": \"a\", \"port_min\": 27000}]}}",
      SR_EINVAL,
-     {"relay.pools[0].port_min: must be at most relay.pools[0].port_max (40999) (got "
-      "41000)"}},
+     {"relay.pools[0].port_min: must be at most relay.pools[0].port_max (26999) (got "
+      "27000)"}},
     {"policy: tenant without matchers, located",
      "{\"relay\": {" RELAY_OK_TLS ",\n \"tenants\": [{\"name\": \"t\", \"match\": {}}]}}",
      SR_EINVAL,
@@ -676,15 +701,58 @@ static void test_secret_not_in_messages(void **state)
 	size_t off;
 
 	(void)state;
-	/* a token one byte over the limit: the message must describe, not quote it */
+	/* a token over the limit: the message must describe, not quote it */
 	off = (size_t)snprintf(json, sizeof(json), "{\"tunnel\": {\"token\": \"");
 	memset(json + off, 'S', 4096);
 	off += 4096;
 	snprintf(json + off, sizeof(json) - off, "\"}}");
 	assert_int_equal(load(json, &cfg, err), SR_EINVAL);
-	assert_contains(err, "tunnel.token: must be a string of 1..4095 bytes or null");
+	assert_contains(err, "tunnel.token: must be a string of 1..255 bytes or null");
 	assert_contains(err, "(got a secret of 4096 bytes)");
 	assert_null(strstr(err, "SSSS"));
+}
+
+/* A token travels in the register message, which carries 255 bytes: a
+ * longer tunnel.token was cut there (and refused by the relay), a longer
+ * relay.auth_token could never match. Both are refused where they are set,
+ * in the file and in the environment. */
+static void test_tokens_fit_the_register_message(void **state)
+{
+	static const char *const keys[][3] = {
+	    {"tunnel", "token", "SPARKRELAY_TUNNEL_TOKEN"},
+	    {"relay", "auth_token", "SPARKRELAY_RELAY_AUTH_TOKEN"},
+	};
+	char tok[TUN_CTL_TOKEN_MAX + 1], json[1024], err[ERRLEN];
+	struct sr_config cfg;
+
+	(void)state;
+	for (size_t k = 0; k < 2; k++) {
+		const char *sect = keys[k][0], *key = keys[k][1];
+		const char *rest = k == 0 ? TUNNEL_OK : RELAY_OK_TLS;
+
+		for (size_t len = TUN_CTL_TOKEN_MAX - 1; len <= TUN_CTL_TOKEN_MAX; len++) {
+			int want = len < TUN_CTL_TOKEN_MAX ? 0 : SR_EINVAL;
+
+			memset(tok, 'T', len);
+			tok[len] = '\0';
+			snprintf(json, sizeof(json), "{\"%s\": {%s, \"%s\": \"%s\"}}", sect, rest,
+				 key, tok);
+			assert_int_equal(load(json, &cfg, err), want);
+			if (want) {
+				assert_contains(err, "must be a string of 1..255 bytes or null");
+				assert_contains(err, "(got a secret of 256 bytes)");
+			}
+			conf_free(&cfg);
+
+			snprintf(json, sizeof(json), "{\"%s\": {%s}}", sect, rest);
+			assert_int_equal(setenv(keys[k][2], tok, 1), 0);
+			assert_int_equal(load(json, &cfg, err), want);
+			if (want)
+				assert_contains(err, "1..255 bytes");
+			unsetenv(keys[k][2]);
+			conf_free(&cfg);
+		}
+	}
 }
 
 /* A secret next to a syntax error: jansson quotes up to 20 bytes of the
@@ -1579,7 +1647,7 @@ static void test_docs_content(void **state)
 	(void)state;
 	for (i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
 		assert_contains(docs, vars[i]);
-	assert_contains(docs, "| `port_min` | integer | `40000` | 1..65535 | "
+	assert_contains(docs, "| `port_min` | integer | `26000` | 1..65535 | "
 			      "`SPARKRELAY_RELAY_POOL_PORT_MIN` |");
 	for (p = docs; (p = strstr(p, "```json\n")) != NULL; p = end) {
 		struct sr_config cfg;
@@ -1619,6 +1687,8 @@ int main(void)
 					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_errors, clear_env, clear_env),
 	    cmocka_unit_test_setup_teardown(test_secret_not_in_messages, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_tokens_fit_the_register_message, clear_env,
+					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_syntax_error_does_not_quote_secrets, clear_env,
 					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_numeric_secret_not_quoted, clear_env, clear_env),

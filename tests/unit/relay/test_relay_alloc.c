@@ -412,7 +412,7 @@ static void test_registration(void **state)
 	    " \"token\": \"abc\", \"app\": \"gpu-alloc\",\n"
 	    " \"state_file\": \"%s\", \"spark_conf\": \"%s\", \"spark_json\": \"%s\",\n"
 	    " \"backoff_initial_ms\": 10, \"backoff_max_ms\": 100, \"dial_timeout_ms\": "
-	    "2000}}\n",
+	    "2000, \"allowed_ports\": [\"1-65535\"]}}\n",
 	    pki.ca, pki.sidecar_pem, pki.sidecar_key, a->state, conf, sjson);
 	if (conf_load_string(json, "sidecar.json", &a->sc, err, sizeof(err)) != 0)
 		fail_msg("sidecar configuration: %s", err);
