@@ -628,7 +628,7 @@ static void lease_to_json(const struct relay_lease_view *v, void *arg)
 	json_object_set_new(o, "expires_in_ms", v->expires_in_ms < 0
 							? json_null()
 							: json_integer((json_int_t)v->expires_in_ms));
-	json_object_set_new(o, "resume", resume_json(&v->resume, v->away_ms));
+	json_object_set_new(o, "resumption", resume_json(&v->resume, v->away_ms));
 	json_array_append_new(arr, o);
 }
 
@@ -668,7 +668,7 @@ static void h_revoke(struct relay_admin *a, struct evhttp_request *req, const ch
 		sr_http_reply_error(req, 500, sr_strerror(rv));
 		return;
 	}
-	SR_INFO(a->api.ctx, "lease %s revoked", id);
+	SR_INFO(a->api.ctx, "lease=%s revoked", id);
 	sr_http_reply_json(req, 200, json_pack("{s:s,s:s}", "result", "revoked", "lease", id));
 }
 
