@@ -11,7 +11,10 @@
     relay and in the sidecar's /status;
   - a registration that never comes is a handshake failure (follow-up 6);
   - executors over lease.max_pending are refused, counted by tenant, and
-    logged once per period (follow-ups 3 and 7).
+    logged once per period (follow-ups 3 and 7); so are executors over
+    relay.max_lease_connections; registrations over the implicit tenant's
+    lease limit (relay.default_tenant) and over relay.max_tunnels are
+    refused and counted (follow-up 7).
 """
 
 import json
@@ -306,6 +309,76 @@ class PendingFullTest(MetricsCase):
                          (len(lines), "\n".join(lines[:5])))
         self.assertIn("lease=%s" % lease, lines[0])
         self.assertEqual(len(waiting), 2)
+
+
+class LeaseConnectionLimitTest(MetricsCase):
+    extra_metrics = {"relay": {"max_lease_connections": 2}}
+
+    def test_a_lease_over_its_connection_limit(self):
+        self.stack.start_driver(default=h_echo)
+        lease = self.stack.lease["lease"]
+        port = self.lease_ports()["driver"]
+        keep = [X.Echoer(self.stack.exec_host, port, seed=i) for i in (1, 2)]
+        for e in keep:
+            self.addCleanup(e.close)
+            self.assertIsNone(e.check())
+        for _ in range(5):
+            try:
+                s = H.connect(self.stack.exec_host, port, timeout=5)
+            except ConnectionResetError:
+                continue
+            try:
+                end, _, got = X.closed_within(s, 5)
+            finally:
+                s.close()
+            self.assertIn(end, ("reset", "eof"))
+        m = self.wait_metric(lambda m: A.metric(m, "sparkrelay_refused_total",
+                                                reason="lease_connection_limit") >= 5)
+        self.assertTrue(m, "lease_connection_limit refusals were not counted")
+        self.assertEqual(A.metric(m, "sparkrelay_refused_total",
+                                  reason="lease_connection_limit"), 5)
+        self.assertEqual(A.metric(m, "sparkrelay_tenant_refused_total", tenant="default",
+                                  pool="default", reason="lease_connection_limit"), 5)
+        lines = self.relay.grep("relay.max_lease_connections")
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("lease=%s" % lease, lines[0])
+        for e in keep:
+            self.assertIsNone(e.check(), "a connection under the limit stopped working")
+
+
+class DefaultTenantLimitTest(MetricsCase):
+    extra_metrics = {"relay": {"default_tenant": {"leases": 1}, "max_grace_leases": 0}}
+
+    def test_the_implicit_tenant_is_held_to_its_lease_limit(self):
+        m = self.scrape()
+        self.assertEqual(A.metric(m, "sparkrelay_tenant_max_leases", tenant="default"), 1)
+        sc = self.sidecar("sc-two", {"tunnel": {"backoff_initial_ms": 60000,
+                                                "backoff_max_ms": 60000}}).start()
+        self.assertTrue(X.wait_log(self.relay, "registration refused: too_many_leases", 15))
+        self.assertTrue(X.wait_log(sc.proc, "relay refused registration: too_many_leases", 5))
+        self.assertIsNone(sc.lease())
+        m = self.wait_metric(lambda m: A.metric(m, "sparkrelay_refused_total",
+                                                reason="reg_limit") >= 1)
+        self.assertTrue(m)
+        self.assertEqual(A.metric(m, "sparkrelay_refused_total", reason="reg_limit"), 1)
+        self.assertEqual(A.metric(m, "sparkrelay_tenant_refused_total", tenant="default",
+                                  pool="", reason="reg_limit"), 1)
+        self.assertEqual(A.metric(m, "sparkrelay_tenant_leases", tenant="default"), 1)
+
+
+class MaxTunnelsTest(MetricsCase):
+    extra_metrics = {"relay": {"max_tunnels": 1}}
+
+    def test_a_registration_over_max_tunnels_is_refused(self):
+        sc = self.sidecar("sc-two", {"tunnel": {"backoff_initial_ms": 60000,
+                                                "backoff_max_ms": 60000}}).start()
+        self.assertTrue(X.wait_log(self.relay, "registration refused: too_many_tunnels", 15))
+        self.assertIsNone(sc.lease())
+        m = self.wait_metric(lambda m: A.metric(m, "sparkrelay_refused_total",
+                                                reason="tunnel_limit") >= 1)
+        self.assertTrue(m)
+        self.assertEqual(A.metric(m, "sparkrelay_refused_total", reason="tunnel_limit"), 1)
+        self.assertEqual(A.metric(m, "sparkrelay_leases_active"), 1)
 
 
 if __name__ == "__main__":
