@@ -187,11 +187,12 @@ static int parse_common(int argc, char **argv, const char **config, const char *
 			break;
 		case 'h':
 			printf("usage: sparkrelay %s [--config FILE] [--log-level LEVEL]\n"
-			       "Runs the %s. Settings come from FILE and from SPARKRELAY_%s_* and\n"
-			       "SPARKRELAY_LOG_* environment variables, which override the file;\n"
-			       "without --config the environment alone configures it.\n"
-			       "LEVEL: error, warn, info or debug (overrides log.level).\n"
-			       "Reference: docs/configuration.md (`sparkrelay config-docs`).\n",
+			       "Runs the %s. Its settings come from FILE and from\n"
+			       "the SPARKRELAY_%s_* and SPARKRELAY_LOG_* environment variables,\n"
+			       "which override the file; without --config the environment alone\n"
+			       "configures it. LEVEL: error, warn, info or debug (overrides\n"
+			       "log.level). Reference: docs/configuration.md (`sparkrelay\n"
+			       "config-docs`).\n",
 			       cmd, strcmp(cmd, "relay") == 0 ? "relay (cluster side)" : "sidecar "
 			       "(notebook side)", strcmp(cmd, "relay") == 0 ? "RELAY" : "TUNNEL");
 			return 1;

@@ -350,7 +350,7 @@ static void reg_new_lease(struct relay_tunnel *t, const struct tun_ctl_msg *m, i
 				tname, pr->name);
 		/* Who asked and which pool is out, for the operator only. */
 		snprintf(detail, sizeof(detail),
-			 "pool %s, ports %u-%u, max_leases %u, %zu leases held; tenant %s, app "
+			 "pool %s: ports %u-%u, max_leases %u, leases held %zu; tenant %s, app "
 			 "\"%s\"",
 			 pr->name, pr->opts.port_min, pr->opts.port_max, pr->opts.max_leases,
 			 relay_lease_count(pr->t), tname,

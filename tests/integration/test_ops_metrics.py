@@ -166,7 +166,7 @@ class NoPortsTest(MetricsCase):
         lines = X.wait_log(self.relay, "registration refused: no_ports", 15)
         self.assertTrue(lines, "no \"registration refused: no_ports\" line")
         line = lines[-1]
-        for want in ("pool default", "ports %d-%d" % (ports[0], ports[1]), "tenant default",
+        for want in ("pool default: ports %d-%d" % (ports[0], ports[1]), "tenant default",
                      'app "etl-\\xc3\\xa9"'):
             self.assertIn(want, line, "the no_ports line lacks %r:\n%s" % (want, line))
         self.assertTrue(X.wait_log(sc.proc, "relay refused registration: no_ports", 5))
