@@ -53,6 +53,7 @@ struct relay_refusal_key {
 	char pool[64];
 	uint64_t n[RELAY_REFUSE_MAX];
 };
+
 /* App names in log lines: escaped, and cut to this many input bytes. */
 #define LOG_APP_MAX 64
 
