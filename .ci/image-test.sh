@@ -314,8 +314,9 @@ podman run --rm --name "$P-gencerts" -v "$WORK/certs:/certs" "$IMAGE" \
 for f in ca.pem relay.pem relay.key sidecar.pem sidecar.key; do
 	[ -s "$WORK/certs/$f" ] || fail "gen-certs did not write $f"
 done
-BASE=$($PY docker/ci/image_test.py free-ports 13) || fail "no free ports"
+BASE=$($PY docker/ci/image_test.py free-ports 14) || fail "no free ports"
 LPORT=$BASE POOL_MIN=$((BASE + 1)) POOL_MAX=$((BASE + 11)) APORT=$((BASE + 12))
+MPORT=$((BASE + 13))
 ADMIN=http://127.0.0.1:$APORT
 echo "  relay.listen 127.0.0.1:$LPORT, pool 127.0.0.2:$POOL_MIN-$POOL_MAX, admin $ADMIN"
 # The deployed file as it is, at the DaemonSet's paths; the environment overrides
@@ -324,6 +325,7 @@ RELAY_ENV=(-e SPARKRELAY_RELAY_LISTEN=127.0.0.1:$LPORT
 	-e SPARKRELAY_RELAY_POOL_BIND=127.0.0.2 -e SPARKRELAY_RELAY_POOL_ADVERTISE=127.0.0.2
 	-e SPARKRELAY_RELAY_POOL_PORT_MIN=$POOL_MIN -e SPARKRELAY_RELAY_POOL_PORT_MAX=$POOL_MAX
 	-e SPARKRELAY_RELAY_ADMIN_LISTEN=127.0.0.1:$APORT -e SPARKRELAY_RELAY_ADMIN_TOKEN=ci-token
+	-e SPARKRELAY_RELAY_METRICS_LISTEN=127.0.0.1:$MPORT
 	-e 'SPARKRELAY_RELAY_ROUTES=[{"name": "ci", "executor_cidrs": ["127.0.0.0/8"]}]'
 	-e SPARKRELAY_RELAY_DRAIN_TIMEOUT_MS=30000)
 RELAY_VOLS=(-v "$WORK/relay.json:/etc/sparkrelay/config/relay.json:ro"
@@ -412,6 +414,15 @@ grep -qE '^sparkrelay_(executor_)?refused_total\{reason=' "$WORK/metrics.txt" ||
 grep -q '^sparkrelay_leases_active 1$' "$WORK/metrics.txt" ||
 	fail "sparkrelay_leases_active is not 1: $(grep leases_active "$WORK/metrics.txt")"
 echo "  metrics (token required, ctl reads the relay's variable): tunnels, leases (1 active), streams, refusals, handshake failures, reloads"
+# The read-only metrics listener (relay.metrics.listen): the same, without a token.
+$PY - "$MPORT" <<'PYEOF' || fail "the metrics listener (no token) does not serve /metrics"
+import sys, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+text = opener.open("http://127.0.0.1:%s/metrics" % sys.argv[1], timeout=10).read().decode()
+assert "\nsparkrelay_leases_active 1\n" in text, text[:500]
+assert 'sparkrelay_pool_ports{pool="default"} 11' in text, text[:500]
+PYEOF
+echo "  metrics listener: /metrics without a token, pool capacity"
 
 # ---------------------------------------------------------------------------------
 step "notebook start-up script (the dist binary, settings merged)"

@@ -5,7 +5,9 @@
  * 2 usage error. */
 #include "cmd/cmd.h"
 #include "common/sr_text.h"
+#include "common/sr_util.h"
 
+#include <fnmatch.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,7 +29,7 @@
 #define CTL_ENV_RELAY_TOKEN "SPARKRELAY_RELAY_ADMIN_TOKEN"
 
 enum { CTL_OK = 0, CTL_EAPI = 1, CTL_EUSAGE = 2 };
-enum ctl_output { OUT_TABLE, OUT_JSON };
+enum ctl_output { OUT_TABLE, OUT_JSON, OUT_WIDE };
 
 struct ctl {
 	const char *url;   /* without a trailing slash */
@@ -35,6 +37,9 @@ struct ctl {
 	char token_src[300]; /* where token came from, for a 401 (escaped) */
 	int token_given;     /* --token or --token-file: the environment is not read */
 	enum ctl_output out;
+	int no_headers;
+	const char *tenant; /* --tenant: only rows of this tenant */
+	const char *app;    /* --app: only rows whose app matches this pattern */
 	char *url_buf;
 	char *token_buf;
 };
@@ -52,7 +57,7 @@ static void usage(FILE *f)
 {
 	fprintf(
 	    f, "usage: sparkrelay ctl [--admin URL] [--token TOKEN | --token-file FILE]\n"
-	       "                      [-o table|json] COMMAND [ARGS]\n"
+	       "                      [-o table|wide|json] COMMAND [ARGS]\n"
 	       "\n"
 	       "Talks to a relay's admin API (relay.admin.listen).\n"
 	       "\n"
@@ -67,9 +72,10 @@ static void usage(FILE *f)
 	       "  metrics                     print the Prometheus metrics\n"
 	       "  config                      print the effective configuration (secrets "
 	       "redacted)\n"
-	       "  route explain [--cn CN] [--token T] [--app APP] [--addr IP]\n"
+	       "  route explain [--cn CN] [--san SAN]... [--token T] [--app APP] [--addr IP]\n"
 	       "                              which tenant and route a sidecar would get, and "
 	       "why\n"
+	       "  help [COMMAND]              this text, or a command's\n"
 	       "\n"
 	       "options:\n"
 	       "  --admin URL        admin API base URL (env SPARKRELAY_ADMIN_URL,\n"
@@ -79,10 +85,14 @@ static void usage(FILE *f)
 	       "  --token-file FILE  read the bearer token from FILE\n"
 	       "                     without either: env SPARKRELAY_ADMIN_TOKEN, else\n"
 	       "                     SPARKRELAY_RELAY_ADMIN_TOKEN (what the relay reads)\n"
-	       "  -o, --output FMT   table (default) or json\n"
+	       "  -o, --output FMT   table (default), wide (more columns) or json\n"
+	       "  --tenant T         sessions, leases: only those of tenant T\n"
+	       "  --app PATTERN      sessions, leases: only apps that match (* and ?)\n"
+	       "  --no-headers       tables without their header line\n"
 	       "  -h, --help         this help; `sparkrelay ctl COMMAND --help` for a command\n"
 	       "\n"
-	       "exit status: 0 ok, 1 API or connection error, 2 usage error\n");
+	       "exit status: 0 ok, 1 API or connection error, 2 usage error\n"
+	       "(route explain: 0 a route, 1 refused, 2 usage error, 3 other errors)\n");
 }
 
 struct ctl_cmd_help {
@@ -97,13 +107,18 @@ static const struct ctl_cmd_help cmd_helps[] = {
     {"ready", "usage: sparkrelay ctl ready\n"
 	      "GET /readyz. Prints the answer; exits 0 iff the relay is ready (listeners up,\n"
 	      "configuration loaded, not draining), 1 otherwise with the reason.\n"},
-    {"sessions", "usage: sparkrelay ctl [-o table|json] sessions\n"
+    {"sessions", "usage: sparkrelay ctl sessions [-o table|wide|json] [--tenant T] [--app PATTERN]\n"
+		 "                               [--no-headers]\n"
 		 "GET /v1/sessions: one row per sidecar tunnel (peer address, certificate CN,\n"
-		 "tenant, lease, age, streams, bytes each way, last PING round trip).\n"},
-    {"leases", "usage: sparkrelay ctl [-o table|json] leases\n"
-	       "GET /v1/leases: one row per lease (id, app, tenant, pool, route, advertised\n"
-	       "host, ports by role, whether a tunnel carries it, waiting and active executor\n"
-	       "connections).\n"},
+		 "tenant, app, lease, age, streams, bytes each way, last PING round trip;\n"
+		 "wide: streams opened and reset too).\n"},
+    {"leases", "usage: sparkrelay ctl leases [-o table|wide|json] [--tenant T] [--app PATTERN]\n"
+	       "                             [--no-headers]\n"
+	       "GET /v1/leases: one row per lease (id, app, tenant, pool, advertised host, ports\n"
+	       "by role, whether a tunnel carries it, waiting and active/total executor\n"
+	       "connections; HELD and AWAY: connections held open while the tunnel is away and\n"
+	       "for how long; EXPIRES: grace left for a lease without a tunnel. wide: route,\n"
+	       "sidecar address, held bytes, resumes, bytes replayed, streams lost).\n"},
     {"lease", "usage: sparkrelay ctl lease revoke ID\n"
 	      "DELETE /v1/leases/ID: close the lease's tunnel and listeners now and free its\n"
 	      "ports. Exits 1 if there is no such lease.\n"},
@@ -117,11 +132,15 @@ static const struct ctl_cmd_help cmd_helps[] = {
 		"GET /metrics: the Prometheus text exposition, unchanged.\n"},
     {"config", "usage: sparkrelay ctl config\n"
 	       "GET /v1/config: the effective configuration as JSON, secrets redacted.\n"},
-    {"route", "usage: sparkrelay ctl route explain [--cn CN] [--token T] [--app APP] "
-	      "[--addr IP]\n"
+    {"route", "usage: sparkrelay ctl route explain [--cn CN] [--san SAN]... [--token T] [--app APP]\n"
+	      "                                   [--addr IP] [-o text|json] [--config FILE]\n"
 	      "POST /v1/route/explain: which tenant and route a sidecar registering with this\n"
-	      "certificate CN, bearer token, app name and source address would get, and why.\n"
-	      "Every field is optional; a missing one is treated as absent.\n"},
+	      "certificate CN and SANs, bearer token, app name and source address would get,\n"
+	      "and why. Every field is optional; a missing one is treated as absent. With\n"
+	      "--config, the answer comes from FILE, without a relay (sparkrelay route explain).\n"
+	      "exit status: 0 a route, 1 refused, 2 usage error, 3 other errors.\n"},
+    {"help", "usage: sparkrelay ctl help [COMMAND]\n"
+	     "The commands and options, or one command's usage.\n"},
 };
 
 static const char *cmd_help(const char *name)
@@ -158,7 +177,7 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg)
  * status in r->code (whatever it is), or CTL_EAPI after printing why the
  * admin API could not be reached. */
 static int ctl_http(const struct ctl *c, const char *method, const char *path, const char *body,
-		    struct ctl_resp *r)
+		    const char *accept, struct ctl_resp *r)
 {
 	char url[2048], errbuf[CURL_ERROR_SIZE] = "";
 	struct curl_slist *hdrs = NULL, *h;
@@ -189,6 +208,13 @@ static int ctl_http(const struct ctl *c, const char *method, const char *path, c
 	}
 	if (body) {
 		if (!(h = curl_slist_append(hdrs, "Content-Type: application/json")))
+			goto out;
+		hdrs = h;
+	}
+	if (accept) {
+		char line[128];
+		snprintf(line, sizeof(line), "Accept: %s", accept);
+		if (!(h = curl_slist_append(hdrs, line)))
 			goto out;
 		hdrs = h;
 	}
@@ -294,10 +320,11 @@ static int api_error(const struct ctl *c, const char *what, const struct ctl_res
 
 /* GET/POST/DELETE and turn everything but 2xx into an error message. On
  * success the caller frees r. */
-static int ctl_call(const struct ctl *c, const char *what, const char *method, const char *path,
-		    const char *body, struct ctl_resp *r)
+static int ctl_call_accept(const struct ctl *c, const char *what, const char *method,
+			   const char *path, const char *body, const char *accept,
+			   struct ctl_resp *r)
 {
-	int rv = ctl_http(c, method, path, body, r);
+	int rv = ctl_http(c, method, path, body, accept, r);
 
 	if (rv != CTL_OK)
 		return rv;
@@ -308,15 +335,34 @@ static int ctl_call(const struct ctl *c, const char *what, const char *method, c
 	return rv;
 }
 
+static int ctl_call(const struct ctl *c, const char *what, const char *method, const char *path,
+		    const char *body, struct ctl_resp *r)
+{
+	return ctl_call_accept(c, what, method, path, body, NULL, r);
+}
+
 /* ---- tables --------------------------------------------------------- */
 
-enum col_fmt { F_STR, F_INT, F_BYTES, F_AGE, F_BOOL, F_PORTS, F_US, F_ACTIVE_TOTAL };
+enum col_fmt {
+	F_STR,
+	F_INT,
+	F_BYTES,
+	F_AGE,    /* milliseconds as 5s, 4m59s, 2h05m */
+	F_AGE0,   /* the same, 0 or null as "-" */
+	F_BOOL,
+	F_PORTS,
+	F_US,
+	F_ACTIVE_TOTAL,
+	F_INT0,   /* 0 as "-" */
+	F_SUM,    /* the sum of the integers of an object */
+};
 
 struct col {
 	const char *head;
-	const char *key;
+	const char *key;  /* a member, or "a.b" for a member of a member */
 	enum col_fmt fmt;
 	const char *key2; /* F_ACTIVE_TOTAL: the total */
+	int wide;         /* shown with -o wide only */
 };
 
 static void fmt_bytes(char *b, size_t n, double v)
@@ -334,9 +380,35 @@ static void fmt_bytes(char *b, size_t n, double v)
 		snprintf(b, n, "%.1f %s", v, units[u]);
 }
 
+static void fmt_age(char *b, size_t n, long long ms)
+{
+	long long s = ms / 1000;
+
+	if (s < 60)
+		snprintf(b, n, "%llds", s);
+	else if (s < 3600)
+		snprintf(b, n, "%lldm%02llds", s / 60, s % 60);
+	else if (s < 86400)
+		snprintf(b, n, "%lldh%02lldm", s / 3600, (s / 60) % 60);
+	else
+		snprintf(b, n, "%lldd%02lldh", s / 86400, (s / 3600) % 24);
+}
+
+/* row[key], or row[a][b] for a key "a.b". */
+static json_t *row_get(json_t *row, const char *key)
+{
+	const char *dot = strchr(key, '.');
+	char first[64];
+
+	if (!dot)
+		return json_object_get(row, key);
+	snprintf(first, sizeof(first), "%.*s", (int)(dot - key), key);
+	return json_object_get(json_object_get(row, first), dot + 1);
+}
+
 static void fmt_cell(const struct col *c, json_t *row, char *b, size_t n)
 {
-	json_t *v = json_object_get(row, c->key);
+	json_t *v = row_get(row, c->key);
 	long long i = json_is_integer(v) ? json_integer_value(v) : 0;
 
 	if (!v || json_is_null(v)) {
@@ -355,21 +427,24 @@ static void fmt_cell(const struct col *c, json_t *row, char *b, size_t n)
 	case F_INT:
 		snprintf(b, n, "%lld", i);
 		break;
+	case F_INT0:
+		if (i)
+			snprintf(b, n, "%lld", i);
+		else
+			snprintf(b, n, "-");
+		break;
 	case F_BYTES:
 		fmt_bytes(b, n, (double)i);
 		break;
-	case F_AGE: {
-		long long s = i / 1000;
-		if (s < 60)
-			snprintf(b, n, "%llds", s);
-		else if (s < 3600)
-			snprintf(b, n, "%lldm%02llds", s / 60, s % 60);
-		else if (s < 86400)
-			snprintf(b, n, "%lldh%02lldm", s / 3600, (s / 60) % 60);
-		else
-			snprintf(b, n, "%lldd%02lldh", s / 86400, (s / 3600) % 24);
+	case F_AGE:
+		fmt_age(b, n, i);
 		break;
-	}
+	case F_AGE0:
+		if (i)
+			fmt_age(b, n, i);
+		else
+			snprintf(b, n, "-");
+		break;
 	case F_BOOL:
 		snprintf(b, n, "%s", json_is_true(v) ? "yes" : "no");
 		break;
@@ -403,43 +478,57 @@ static void fmt_cell(const struct col *c, json_t *row, char *b, size_t n)
 		snprintf(b, n, "%lld/%lld", i,
 			 json_integer_value(json_object_get(row, c->key2)));
 		break;
+	case F_SUM: {
+		const char *k;
+		json_t *p;
+		long long sum = 0;
+		json_object_foreach(v, k, p) sum += json_integer_value(p);
+		snprintf(b, n, "%lld", sum);
+		break;
+	}
 	}
 }
 
 #define CELL_MAX 128
+#define COLS_MAX 24
 
-/* Print an array of objects as aligned columns (two spaces apart). */
-static int print_table(json_t *arr, const struct col *cols, size_t ncols)
+/* Print an array of objects as aligned columns (two spaces apart): the
+ * columns for this output (wide ones with -o wide), the header unless
+ * --no-headers. */
+static int print_table(const struct ctl *c, json_t *arr, const struct col *all, size_t nall)
 {
-	size_t nrows = json_array_size(arr), w[16] = {0};
+	size_t nrows = json_array_size(arr), w[COLS_MAX] = {0}, ncols = 0, first;
+	const struct col *cols[COLS_MAX];
 	char(*cells)[CELL_MAX];
 
-	if (ncols > sizeof(w) / sizeof(w[0]))
-		return CTL_EAPI;
+	for (size_t i = 0; i < nall && ncols < COLS_MAX; i++)
+		if (!all[i].wide || c->out == OUT_WIDE)
+			cols[ncols++] = &all[i];
 	cells = calloc((nrows + 1) * ncols, CELL_MAX);
 	if (!cells) {
 		fprintf(stderr, "sparkrelay ctl: out of memory\n");
 		return CTL_EAPI;
 	}
-	for (size_t c = 0; c < ncols; c++)
-		snprintf(cells[c], CELL_MAX, "%s", cols[c].head);
+	for (size_t k = 0; k < ncols; k++)
+		snprintf(cells[k], CELL_MAX, "%s", cols[k]->head);
 	for (size_t r = 0; r < nrows; r++)
-		for (size_t c = 0; c < ncols; c++)
-			fmt_cell(&cols[c], json_array_get(arr, r), cells[(r + 1) * ncols + c],
+		for (size_t k = 0; k < ncols; k++)
+			fmt_cell(cols[k], json_array_get(arr, r), cells[(r + 1) * ncols + k],
 				 CELL_MAX);
-	for (size_t r = 0; r <= nrows; r++)
-		for (size_t c = 0; c < ncols; c++) {
-			size_t l = strlen(cells[r * ncols + c]);
-			if (l > w[c])
-				w[c] = l;
+	first = c->no_headers ? 1 : 0;
+	for (size_t r = first; r <= nrows; r++)
+		for (size_t k = 0; k < ncols; k++) {
+			size_t l = strlen(cells[r * ncols + k]);
+			if (l > w[k])
+				w[k] = l;
 		}
-	for (size_t r = 0; r <= nrows; r++) {
-		for (size_t c = 0; c < ncols; c++) {
-			const char *s = cells[r * ncols + c];
-			if (c + 1 == ncols)
+	for (size_t r = first; r <= nrows; r++) {
+		for (size_t k = 0; k < ncols; k++) {
+			const char *s = cells[r * ncols + k];
+			if (k + 1 == ncols)
 				printf("%s\n", s);
 			else
-				printf("%-*s  ", (int)w[c], s);
+				printf("%-*s  ", (int)w[k], s);
 		}
 	}
 	free(cells);
@@ -447,32 +536,54 @@ static int print_table(json_t *arr, const struct col *cols, size_t ncols)
 }
 
 static const struct col session_cols[] = {
-    {"PEER", "peer", F_STR, NULL},
-    {"IDENTITY", "identity", F_STR, NULL},
-    {"TENANT", "tenant", F_STR, NULL},
-    {"LEASE", "lease", F_STR, NULL},
-    {"AGE", "age_ms", F_AGE, NULL},
-    {"STREAMS", "streams_active", F_INT, NULL},
-    {"OPENED", "streams_opened", F_INT, NULL},
-    {"TO_DRIVER", "bytes_to_driver", F_BYTES, NULL},
-    {"TO_EXECUTOR", "bytes_to_executor", F_BYTES, NULL},
-    {"RTT", "rtt_us", F_US, NULL},
+    {"PEER", "peer", F_STR, NULL, 0},
+    {"IDENTITY", "identity", F_STR, NULL, 0},
+    {"TENANT", "tenant", F_STR, NULL, 0},
+    {"APP", "app", F_STR, NULL, 0},
+    {"LEASE", "lease", F_STR, NULL, 0},
+    {"AGE", "age_ms", F_AGE, NULL, 0},
+    {"STREAMS", "streams_active", F_INT, NULL, 0},
+    {"OPENED", "streams_opened", F_INT, NULL, 1},
+    {"RESET", "streams_reset", F_INT, NULL, 1},
+    {"TO_DRIVER", "bytes_to_driver", F_BYTES, NULL, 0},
+    {"TO_EXECUTOR", "bytes_to_executor", F_BYTES, NULL, 0},
+    {"RTT", "rtt_us", F_US, NULL, 0},
 };
 
 static const struct col lease_cols[] = {
-    {"ID", "id", F_STR, NULL},
-    {"APP", "app", F_STR, NULL},
-    {"TENANT", "tenant", F_STR, NULL},
-    {"POOL", "pool", F_STR, NULL},
-    {"ROUTE", "route", F_STR, NULL},
-    {"HOST", "host", F_STR, NULL},
-    {"PORTS", "ports", F_PORTS, NULL},
-    {"ATTACHED", "attached", F_BOOL, NULL},
-    {"PEER", "peer", F_STR, NULL},
-    {"PENDING", "pending", F_INT, NULL},
-    {"CONNS", "conns_active", F_ACTIVE_TOTAL, "conns_total"},
-    {"DRIVER_REFUSED", "driver_refused", F_INT, NULL},
+    {"ID", "id", F_STR, NULL, 0},
+    {"APP", "app", F_STR, NULL, 0},
+    {"TENANT", "tenant", F_STR, NULL, 0},
+    {"POOL", "pool", F_STR, NULL, 0},
+    {"ROUTE", "route", F_STR, NULL, 1},
+    {"HOST", "host", F_STR, NULL, 0},
+    {"PORTS", "ports", F_PORTS, NULL, 0},
+    {"ATTACHED", "attached", F_BOOL, NULL, 0},
+    {"PEER", "peer", F_STR, NULL, 1},
+    {"PENDING", "pending", F_INT, NULL, 0},
+    {"CONNS", "conns_active", F_ACTIVE_TOTAL, "conns_total", 0},
+    {"HELD", "resumption.streams_held", F_INT0, NULL, 0},
+    {"AWAY", "resumption.away_ms", F_AGE0, NULL, 0},
+    {"EXPIRES", "expires_in_ms", F_AGE, NULL, 0},
+    {"HELD_BYTES", "resumption.bytes_held", F_BYTES, NULL, 1},
+    {"RESUMES", "resumption.resumes", F_INT, NULL, 1},
+    {"REPLAYED", "resumption.bytes_replayed", F_BYTES, NULL, 1},
+    {"LOST", "resumption.streams_lost", F_SUM, NULL, 1},
+    {"DRIVER_REFUSED", "driver_refused", F_INT, NULL, 1},
 };
+
+/* --tenant and --app: keep the rows that match (in place). */
+static void filter_rows(const struct ctl *c, json_t *arr)
+{
+	for (size_t i = json_array_size(arr); i-- > 0;) {
+		json_t *row = json_array_get(arr, i);
+		const char *t = json_string_value(json_object_get(row, "tenant"));
+		const char *a = json_string_value(json_object_get(row, "app"));
+		if ((c->tenant && (!t || strcmp(t, c->tenant) != 0)) ||
+		    (c->app && (!a || fnmatch(c->app, a, 0) != 0)))
+			json_array_remove(arr, i);
+	}
+}
 
 /* ---- commands -------------------------------------------------------- */
 
@@ -498,24 +609,27 @@ static int do_list(const struct ctl *c, const char *what, const char *path,
 		   const struct col *cols, size_t ncols)
 {
 	struct ctl_resp r;
+	json_error_t e;
 	json_t *j;
 	int rv = ctl_call(c, what, "GET", path, NULL, &r);
 
 	if (rv)
 		return rv;
-	if (c->out == OUT_JSON) {
-		rv = print_json_body(&r);
+	j = json_loadb(r.body, r.len, 0, &e);
+	if (!json_is_array(j)) {
+		fprintf(stderr, "sparkrelay ctl: %s: expected a JSON array from %s\n", what, path);
+		rv = CTL_EAPI;
 	} else {
-		j = json_loadb(r.body, r.len, 0, NULL);
-		if (!json_is_array(j)) {
-			fprintf(stderr, "sparkrelay ctl: %s: expected a JSON array from %s\n",
-				what, path);
-			rv = CTL_EAPI;
+		filter_rows(c, j);
+		if (c->out == OUT_JSON) {
+			/* ENSURE_ASCII: \uXXXX for everything else, C1 controls included. */
+			json_dumpf(j, stdout, JSON_INDENT(2) | JSON_ENSURE_ASCII);
+			putchar('\n');
 		} else {
-			rv = print_table(j, cols, ncols);
+			rv = print_table(c, j, cols, ncols);
 		}
-		json_decref(j);
 	}
+	json_decref(j);
 	resp_free(&r);
 	return rv;
 }
@@ -524,7 +638,7 @@ static int do_list(const struct ctl *c, const char *what, const char *path,
 static int do_probe(const struct ctl *c, const char *path)
 {
 	struct ctl_resp r;
-	int rv = ctl_http(c, "GET", path, NULL, &r);
+	int rv = ctl_http(c, "GET", path, NULL, NULL, &r);
 
 	if (rv)
 		return rv;
@@ -590,58 +704,87 @@ static int do_revoke(const struct ctl *c, const char *id)
 	return rv;
 }
 
-static int do_explain(const struct ctl *c, const char *cn, const char *token, const char *app,
-		      const char *addr)
+/* Options after the command: -o and --help everywhere, filters for lists,
+ * and route explain's own. */
+struct sub_opts {
+	struct cmd_route_query q;
+	const char *config; /* route explain --config: offline */
+	int help;
+};
+
+static int do_explain(const struct ctl *c, const struct sub_opts *so)
 {
-	json_t *req = json_object();
+	const struct cmd_route_query *q = &so->q;
+	json_t *req, *sans, *answer;
 	char *body;
 	struct ctl_resp r;
 	int rv;
 
-	if (!req)
-		return CTL_EAPI;
-	if (cn)
-		json_object_set_new(req, "cn", json_string(cn));
-	if (token)
-		json_object_set_new(req, "token", json_string(token));
-	if (app)
-		json_object_set_new(req, "app", json_string(app));
-	if (addr)
-		json_object_set_new(req, "addr", json_string(addr));
+	if (so->config)
+		return cmd_route_explain_file(so->config, q, c->out == OUT_JSON);
+	if (q->addr && *q->addr) {
+		struct sockaddr_storage ss;
+		socklen_t sslen = sizeof(ss);
+		if (sr_parse_addr(q->addr, 0, &ss, &sslen) != 0) {
+			char esc[SR_ESC_SIZE(64)];
+			fprintf(stderr, "sparkrelay ctl: route explain: --addr: not a numeric IPv4 "
+					"or IPv6 address: \"%s\"\n",
+				sr_esc_n(q->addr, 64, esc, sizeof(esc)));
+			return CMD_ROUTE_USAGE;
+		}
+	}
+	req = json_object();
+	sans = json_array();
+	if (!req || !sans) {
+		json_decref(req);
+		json_decref(sans);
+		return CMD_ROUTE_ERROR;
+	}
+	if (q->cn)
+		json_object_set_new(req, "cn", json_string(q->cn));
+	for (size_t i = 0; i < q->nsans; i++)
+		json_array_append_new(sans, json_string(q->sans[i]));
+	json_object_set_new(req, "sans", sans);
+	if (q->token)
+		json_object_set_new(req, "token", json_string(q->token));
+	if (q->app)
+		json_object_set_new(req, "app", json_string(q->app));
+	if (q->addr)
+		json_object_set_new(req, "addr", json_string(q->addr));
 	body = json_dumps(req, JSON_COMPACT);
 	json_decref(req);
 	if (!body) {
 		fprintf(stderr, "sparkrelay ctl: route explain: arguments must be UTF-8\n");
-		return CTL_EUSAGE;
+		return CMD_ROUTE_USAGE;
 	}
-	rv = ctl_call(c, "route explain", "POST", "/v1/route/explain", body, &r);
+	rv = ctl_call_accept(c, "route explain", "POST", "/v1/route/explain", body,
+			     "application/json", &r);
 	free(body);
 	if (rv)
-		return rv;
-	if (c->out == OUT_JSON) {
-		json_t *j = json_pack("{s:s}", "explanation", r.body);
-		if (j) {
-			json_dumpf(j, stdout, JSON_INDENT(2) | JSON_ENSURE_ASCII);
-			putchar('\n');
-			json_decref(j);
-		}
-	} else {
-		put_text(stdout, r.body, r.len);
-	}
+		return CMD_ROUTE_ERROR;
+	answer = json_loadb(r.body, r.len, 0, NULL);
+	if (answer)
+		rv = cmd_route_print(answer, c->out == OUT_JSON);
+	else
+		/* A relay from before JSON answers: its text, and no verdict. */
+		rv = (put_text(stdout, r.body, r.len), CMD_ROUTE_ERROR);
+	json_decref(answer);
 	resp_free(&r);
-	return CTL_OK;
+	return rv;
 }
 
 /* ---- argument parsing -------------------------------------------------- */
 
 static int parse_output(struct ctl *c, const char *v)
 {
-	if (strcmp(v, "table") == 0)
+	if (strcmp(v, "table") == 0 || strcmp(v, "text") == 0)
 		c->out = OUT_TABLE;
+	else if (strcmp(v, "wide") == 0)
+		c->out = OUT_WIDE;
 	else if (strcmp(v, "json") == 0)
 		c->out = OUT_JSON;
 	else {
-		fprintf(stderr, "sparkrelay ctl: -o takes table or json (got \"%s\")\n", v);
+		fprintf(stderr, "sparkrelay ctl: -o takes table, wide or json (got \"%s\")\n", v);
 		return CTL_EUSAGE;
 	}
 	return CTL_OK;
@@ -710,28 +853,26 @@ static int read_token_file(struct ctl *c, const char *path)
 	return rv;
 }
 
-/* Options after the command: -o and --help everywhere, plus route explain's
- * own. argv[0] is the command word. */
-struct sub_opts {
-	const char *cn, *token, *app, *addr;
-	int help;
-};
-
 static int parse_sub(struct ctl *c, int argc, char **argv, int explain, struct sub_opts *so,
 		     int *first_arg)
 {
 	static const struct option plain[] = {
 	    {"output", required_argument, NULL, 'o'},
 	    {"help", no_argument, NULL, 'h'},
+	    {"tenant", required_argument, NULL, 't'},
+	    {"app", required_argument, NULL, 'a'},
+	    {"no-headers", no_argument, NULL, 'N'},
 	    {NULL, 0, NULL, 0},
 	};
 	static const struct option route[] = {
 	    {"output", required_argument, NULL, 'o'},
 	    {"help", no_argument, NULL, 'h'},
 	    {"cn", required_argument, NULL, 'C'},
+	    {"san", required_argument, NULL, 'S'},
 	    {"token", required_argument, NULL, 'T'},
 	    {"app", required_argument, NULL, 'A'},
 	    {"addr", required_argument, NULL, 'I'},
+	    {"config", required_argument, NULL, 'c'},
 	    {NULL, 0, NULL, 0},
 	};
 	int ch;
@@ -748,17 +889,37 @@ static int parse_sub(struct ctl *c, int argc, char **argv, int explain, struct s
 		case 'h':
 			so->help = 1;
 			break;
+		case 't':
+			c->tenant = optarg;
+			break;
+		case 'a':
+			c->app = optarg;
+			break;
+		case 'N':
+			c->no_headers = 1;
+			break;
 		case 'C':
-			so->cn = optarg;
+			so->q.cn = optarg;
+			break;
+		case 'S':
+			if (so->q.nsans == CMD_ROUTE_MAX_SANS) {
+				fprintf(stderr, "sparkrelay ctl: route explain: at most %d --san\n",
+					CMD_ROUTE_MAX_SANS);
+				return CTL_EUSAGE;
+			}
+			so->q.sans[so->q.nsans++] = optarg;
 			break;
 		case 'T':
-			so->token = optarg;
+			so->q.token = optarg;
 			break;
 		case 'A':
-			so->app = optarg;
+			so->q.app = optarg;
 			break;
 		case 'I':
-			so->addr = optarg;
+			so->q.addr = optarg;
+			break;
+		case 'c':
+			so->config = optarg;
 			break;
 		default:
 			return CTL_EUSAGE;
@@ -780,6 +941,19 @@ static int run(struct ctl *c, int argc, char **argv)
 	struct sub_opts so;
 	int first, nargs, explain = 0;
 
+	if (strcmp(cmd, "help") == 0) {
+		if (argc >= 2 && cmd_help(argv[1])) {
+			fputs(cmd_help(argv[1]), stdout);
+			return CTL_OK;
+		}
+		if (argc >= 2 && strcmp(argv[1], "--help") != 0 && strcmp(argv[1], "-h") != 0) {
+			fprintf(stderr, "sparkrelay ctl: no command \"%s\"\n\n", argv[1]);
+			usage(stderr);
+			return CTL_EUSAGE;
+		}
+		usage(stdout);
+		return CTL_OK;
+	}
 	if (!cmd_help(cmd)) {
 		fprintf(stderr, "sparkrelay ctl: unknown command \"%s\"\n\n", cmd);
 		usage(stderr);
@@ -801,7 +975,7 @@ static int run(struct ctl *c, int argc, char **argv)
 		argv++;
 	}
 	if (parse_sub(c, argc, argv, explain, &so, &first))
-		return sub_usage(cmd);
+		return explain ? (sub_usage(cmd), CMD_ROUTE_USAGE) : sub_usage(cmd);
 	if (so.help) {
 		fputs(cmd_help(cmd), stdout);
 		return CTL_OK;
@@ -840,7 +1014,7 @@ static int run(struct ctl *c, int argc, char **argv)
 		resp_free(&r);
 		return rv;
 	}
-	return do_explain(c, so.cn, so.token, so.app, so.addr);
+	return do_explain(c, &so);
 }
 
 int cmd_ctl(int argc, char **argv)
@@ -851,6 +1025,10 @@ int cmd_ctl(int argc, char **argv)
 	    {"token-file", required_argument, NULL, 'f'},
 	    {"output", required_argument, NULL, 'o'},
 	    {"help", no_argument, NULL, 'h'},
+	    {"tenant", required_argument, NULL, 'T'},
+	    {"app", required_argument, NULL, 'A'},
+	    {"no-headers", no_argument, NULL, 'N'},
+	    {"version", no_argument, NULL, 'V'},
 	    {NULL, 0, NULL, 0},
 	};
 	struct ctl c;
@@ -862,8 +1040,21 @@ int cmd_ctl(int argc, char **argv)
 	c.url = (env = getenv("SPARKRELAY_ADMIN_URL")) && *env ? env : CTL_DEFAULT_URL;
 	optind = 0;
 	/* "+": stop at the command word, whose own options follow it. */
-	while ((ch = getopt_long(argc, argv, "+o:h", longopts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "+o:hV", longopts, NULL)) != -1) {
 		switch (ch) {
+		case 'T':
+			c.tenant = optarg;
+			break;
+		case 'A':
+			c.app = optarg;
+			break;
+		case 'N':
+			c.no_headers = 1;
+			break;
+		case 'V':
+			printf("sparkrelay %s\n", SR_VERSION);
+			rv = CTL_OK;
+			goto out;
 		case 'a':
 			c.url = optarg;
 			break;

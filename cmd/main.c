@@ -4,7 +4,9 @@
 #include "common/sr_devcert.h"
 #include "common/sr_err.h"
 #include "common/sr_log.h"
+#include "common/sr_text.h"
 #include "common/sr_util.h"
+#include "common/sr_watch.h"
 #include "conf/conf.h"
 #include "relay/relay.h"
 #include "relay/relay_admin.h"
@@ -23,6 +25,8 @@
 
 #include <event2/event.h>
 
+extern char **environ;
+
 static void usage(FILE *out)
 {
 	fprintf(out,
@@ -34,22 +38,30 @@ static void usage(FILE *out)
 		"commands:\n"
 		"  demo                     relay, sidecar, stand-in driver and executors on\n"
 		"                           loopback with throw-away certificates (start here)\n"
-		"  relay  --config FILE     run the relay (cluster side, DaemonSet)\n"
+		"  relay  [--config FILE]   run the relay (cluster side, DaemonSet)\n"
 		"         [--takeover[=auto]] take over from the relay running on\n"
 		"                           relay.handover_socket, losing no connection\n"
 		"                           (auto: start afresh when none runs there)\n"
 		"         [--wait-after-handover] once taken over, wait for SIGTERM\n"
-		"  tunnel --config FILE     run the sidecar (notebook side)\n"
+		"  tunnel [--config FILE]   run the sidecar (notebook side)\n"
 		"  ctl COMMAND              admin client: sessions, leases, drain, reload, ...\n"
-		"  check-config FILE        validate a configuration file and print it\n"
+		"  check-config FILE        validate a configuration file (--print: show it)\n"
+		"  route explain --config FILE ...\n"
+		"                           which tenant and route a sidecar would get\n"
 		"  config-docs              print the configuration reference (Markdown)\n"
 		"  gen-certs DIR [NAME...]  write a development CA and certificates into DIR\n"
 		"  gen-certs DIR --client NAME  a client certificate (mTLS tenant) from it\n"
-		"  version                  print the version\n"
+		"  version                  print the version (also -V, --version)\n"
 		"\n"
-		"common options: --log-level error|warn|info|debug, -h/--help\n"
+		"`sparkrelay COMMAND --help` describes a command.\n"
 		"Configuration: docs/configuration.md; every setting can also be set with\n"
 		"an environment variable SPARKRELAY_<PATH> (e.g. SPARKRELAY_RELAY_LISTEN).\n");
+}
+
+static int print_version(void)
+{
+	printf("sparkrelay %s (tunnel protocol v%d)\n", SR_VERSION, TUN_CTL_VERSION);
+	return 0;
 }
 
 struct run_ctx {
@@ -57,11 +69,17 @@ struct run_ctx {
 	struct relay *relay;
 	struct sidecar *sidecar;
 	struct relay_admin *admin;
+	struct relay_metrics *metrics;
 	struct sidecar_admin *sc_admin;
+	struct sr_watch *watch; /* relay.reload.watch */
 	struct sr_config *cfg;
 	const char *config; /* file to re-read on reload, NULL = environment only */
 	int signals;
+	int level_from_cli; /* --log-level wins over the file, at reloads too */
 	int idle; /* handed over, waiting for a signal to exit (--wait-after-handover) */
+	int taking;                  /* taking over from a running relay */
+	struct event *metrics_retry; /* the metrics port is still the old relay's */
+	unsigned metrics_tries;
 };
 
 /* relay --takeover */
@@ -76,6 +94,12 @@ struct relay_flags {
 	int wait_after_handover;
 };
 
+/* A check's warning as a log line. */
+static void log_warning(void *arg, const char *msg)
+{
+	SR_WARN("", "configuration: %s", msg);
+}
+
 /* Re-read the configuration and apply it to the relay atomically; a bad file
  * leaves the running configuration in force. Used by SIGHUP and the admin
  * API. Returns 0 or an SR_E* code with the reason in err. */
@@ -86,6 +110,8 @@ static int reload_relay(void *arg, char *err, size_t errlen)
 	int rv;
 
 	memset(&ncfg, 0, sizeof(ncfg));
+	/* Whatever started this reload, the watch has seen this content. */
+	sr_watch_sync(rc->watch);
 	if (rc->config)
 		rv = conf_load_file_roles(rc->config, CONF_ROLE_RELAY, &ncfg, err, errlen);
 	else
@@ -99,9 +125,12 @@ static int reload_relay(void *arg, char *err, size_t errlen)
 	if (rv != 0) {
 		relay_count_reload_failure(rc->relay);
 	} else {
+		cmd_check_relay_policy(&ncfg.relay, log_warning, NULL);
 		rv = relay_reload(rc->relay, &ncfg.relay, err, errlen);
-		if (rv == 0 && ncfg.log_level)
+		if (rv == 0 && ncfg.log_level && !rc->level_from_cli)
 			sr_log_set_level_name(ncfg.log_level);
+		if (rv == 0 && ncfg.log_format)
+			sr_log_set_format_name(ncfg.log_format);
 	}
 	conf_free(&ncfg); /* on success it holds the previous relay options */
 	if (rv != 0)
@@ -172,12 +201,13 @@ static int parse_common(int argc, char **argv, const char **config, const char *
 		{"help", no_argument, NULL, 'h'},
 		{"takeover", optional_argument, NULL, 'T'},
 		{"wait-after-handover", no_argument, NULL, 'W'},
+		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
 	};
 	int ch;
 
 	optind = 1;
-	while ((ch = getopt_long(argc, argv, "c:l:h", longopts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "c:l:hV", longopts, NULL)) != -1) {
 		switch (ch) {
 		case 'c':
 			*config = optarg;
@@ -208,9 +238,16 @@ static int parse_common(int argc, char **argv, const char **config, const char *
 			}
 			break;
 		case 'h':
-			printf("usage: sparkrelay %s --config FILE [--log-level LEVEL]%s\n"
-			       "See docs/configuration.md for the file format.\n",
-			       cmd, rf ? " [--takeover[=auto]] [--wait-after-handover]" : "");
+			printf("usage: sparkrelay %s [--config FILE] [--log-level LEVEL]%s\n"
+			       "Runs the %s. Its settings come from FILE and from\n"
+			       "the SPARKRELAY_%s_* and SPARKRELAY_LOG_* environment variables,\n"
+			       "which override the file; without --config the environment alone\n"
+			       "configures it. LEVEL: error, warn, info or debug (overrides\n"
+			       "log.level). Reference: docs/configuration.md (`sparkrelay\n"
+			       "config-docs`).\n",
+			       cmd, rf ? " [--takeover[=auto]] [--wait-after-handover]" : "",
+			       rf ? "relay (cluster side)" : "sidecar (notebook side)",
+			       rf ? "RELAY" : "TUNNEL");
 			if (rf)
 				printf("\n--takeover: take over from the relay running on "
 				       "relay.handover_socket (its listeners,\n"
@@ -223,12 +260,19 @@ static int parse_common(int argc, char **argv, const char **config, const char *
 				       "restart).\n"
 				       "SIGTERM still drains (docs/operations.md).\n");
 			return 1;
+		case 'V':
+			print_version();
+			return 1;
 		default:
+			fprintf(stderr, "usage: sparkrelay %s [--config FILE] [--log-level LEVEL] "
+					"(--help: more)\n",
+				cmd);
 			return 2;
 		}
 	}
 	if (optind < argc) {
-		fprintf(stderr, "sparkrelay %s: unexpected argument \"%s\"\n", cmd, argv[optind]);
+		fprintf(stderr, "sparkrelay %s: unexpected argument \"%s\" (--help: usage)\n", cmd,
+			argv[optind]);
 		return 2;
 	}
 	return 0;
@@ -250,6 +294,194 @@ static int load_config(const char *path, unsigned role, struct sr_config *cfg, c
 	return 0;
 }
 
+/* relay.reload.watch: the file changed; the same refuse-bad-file rule as
+ * SIGHUP (reload_relay logs the outcome). */
+static void on_config_changed(void *arg)
+{
+	struct run_ctx *rc = arg;
+	char err[1024], esc[SR_ESC_SIZE(200)];
+	int rv;
+
+	SR_INFO("", "%s changed: reloading it (relay.reload.watch)",
+		sr_esc_n(rc->config, 200, esc, sizeof(esc)));
+	rv = reload_relay(rc, err, sizeof(err));
+	relay_count_auto_reload(rc->relay, rv == 0);
+}
+
+/* Before the relay binds anything: its TLS files load and the key fits,
+ * or it does not start, with the setting named. */
+static int relay_preflight(const struct sr_config *cfg)
+{
+	char err[1024];
+
+	if (cmd_check_relay_tls(&cfg->relay, log_warning, NULL, err, sizeof(err)) != 0) {
+		SR_ERROR("", "cannot start: %s", err);
+		return -1;
+	}
+	cmd_check_relay_policy(&cfg->relay, log_warning, NULL);
+	return 0;
+}
+
+/* The relay's listeners beside the tunnel one, and the file watch. */
+/* A relay taking over starts its metrics listener once the old relay,
+ * which keeps the port until it exits, let it go: tried every 100 ms for
+ * 30 s. The metrics are not the data path: a port still busy then is a
+ * warning, not a reason to stop. */
+#define METRICS_RETRY_MS 100
+#define METRICS_RETRY_TRIES 300
+
+static int start_metrics(struct run_ctx *rc, char *err, size_t errlen)
+{
+	rc->metrics = relay_metrics_new(rc->base, rc->relay, rc->admin,
+					rc->cfg->relay.metrics_listen, err, errlen);
+	return rc->metrics ? 0 : -1;
+}
+
+static void on_metrics_retry(evutil_socket_t fd, short what, void *arg)
+{
+	struct run_ctx *rc = arg;
+	struct timeval tv = {0, METRICS_RETRY_MS * 1000};
+	char err[1024];
+
+	(void)fd;
+	(void)what;
+	if (!rc->relay || relay_handed_over(rc->relay) || start_metrics(rc, err, sizeof(err)) == 0)
+		return;
+	if (++rc->metrics_tries < METRICS_RETRY_TRIES) {
+		evtimer_add(rc->metrics_retry, &tv);
+		return;
+	}
+	SR_WARN("", "cannot start the metrics listener: %s (the admin API still serves "
+		    "/metrics)",
+		err);
+}
+
+/* The admin API (on the listener a predecessor handed over, admin_fd, or
+ * a new one), the takeover's commit, the metrics listener and the file
+ * watch. On failure before the commit, the old relay keeps serving. */
+static int relay_start_extras(struct run_ctx *rc, const struct sr_config *cfg, int admin_fd)
+{
+	static const struct relay_admin_cbs acbs = {.reload = reload_relay,
+						    .config_json = config_json};
+	char err[1024];
+
+	if (cfg->relay.admin_listen) {
+		rc->admin = relay_admin_new_fd(rc->base, rc->relay, cfg->relay.admin_listen,
+					       admin_fd, cfg->relay.admin_token, &acbs, rc, err,
+					       sizeof(err));
+		if (!rc->admin) {
+			SR_ERROR("", "cannot start the admin API: %s", err);
+			if (rc->taking)
+				relay_takeover_abandon(rc->relay, "the new relay cannot start its "
+								  "admin API");
+			return -1;
+		}
+	} else if (admin_fd >= 0) {
+		close(admin_fd);
+	}
+	if (rc->taking && relay_takeover_commit(rc->relay, err, sizeof(err)) != 0) {
+		SR_ERROR("", "takeover failed: %s", err);
+		return -1;
+	}
+	if (rc->admin)
+		relay_set_admin_listener(rc->relay, relay_admin_listen_fd(rc->admin),
+					 cfg->relay.admin_listen);
+	if (cfg->relay.metrics_listen && start_metrics(rc, err, sizeof(err)) != 0) {
+		struct timeval tv = {0, METRICS_RETRY_MS * 1000};
+		if (!rc->taking) {
+			SR_ERROR("", "cannot start the metrics listener: %s", err);
+			return -1;
+		}
+		SR_INFO("", "metrics listener: %s; retrying until the old relay lets it go", err);
+		rc->metrics_retry = evtimer_new(rc->base, on_metrics_retry, rc);
+		if (!rc->metrics_retry || evtimer_add(rc->metrics_retry, &tv) != 0)
+			SR_WARN("", "cannot start the metrics listener: %s", err);
+	}
+	if (rc->config && cfg->relay.watch_config) {
+		rc->watch = sr_watch_new(rc->base, rc->config, cfg->relay.watch_debounce_ms,
+					 on_config_changed, rc, err, sizeof(err));
+		/* Not fatal: SIGHUP and `ctl reload` still work. */
+		if (!rc->watch)
+			SR_WARN("", "cannot watch the configuration file (%s); reload it with "
+				    "SIGHUP or `sparkrelay ctl reload`",
+				err);
+	}
+	return 0;
+}
+
+/* The names (never the values) of the SPARKRELAY_* variables the role
+ * reads, comma-separated, and how many. */
+static unsigned env_overrides(int is_relay, char *buf, size_t len)
+{
+	const char *sect = is_relay ? "SPARKRELAY_RELAY_" : "SPARKRELAY_TUNNEL_";
+	unsigned n = 0;
+	size_t off = 0;
+
+	buf[0] = '\0';
+	for (char **e = environ; e && *e; e++) {
+		const char *eq = strchr(*e, '=');
+		char name[SR_ESC_SIZE(64)], raw[65];
+		if (!eq || (strncmp(*e, sect, strlen(sect)) != 0 &&
+			    strncmp(*e, "SPARKRELAY_LOG_", 15) != 0))
+			continue;
+		snprintf(raw, sizeof(raw), "%.*s", (int)(eq - *e < 64 ? eq - *e : 64), *e);
+		n++;
+		if (off < len) {
+			int w = snprintf(buf + off, len - off, "%s%s", off ? "," : "",
+					 sr_esc_n(raw, 64, name, sizeof(name)));
+			off += w > 0 ? (size_t)w : 0;
+		}
+	}
+	return n;
+}
+
+/* One line at start that says what runs: version, file, overrides, and the
+ * settings an operator looks for first. */
+static void log_startup_summary(const struct run_ctx *rc, const struct sr_config *cfg,
+				int is_relay)
+{
+	char env[512], file[SR_ESC_SIZE(200)];
+	unsigned nenv = env_overrides(is_relay, env, sizeof(env));
+
+	if (rc->config)
+		sr_esc_n(rc->config, 200, file, sizeof(file));
+	if (is_relay) {
+		const struct relay_opts *o = &cfg->relay;
+		SR_INFO("", "sparkrelay %s (tunnel protocol v%d) relay: config %s%s; %u "
+			    "environment override%s%s%s%s; listen %s; %u pool%s, %u tenant%s, %u "
+			    "route%s; admin %s%s; metrics %s; auth token %s, client certificates "
+			    "%s; log %s/%s",
+			SR_VERSION, TUN_CTL_VERSION, rc->config ? file : "(environment only)",
+			rc->watch ? " (watched)" : "", nenv, nenv == 1 ? "" : "s", nenv ? " (" : "",
+			env, nenv ? ")" : "", o->listen, o->policy.npools ? o->policy.npools : 1,
+			o->policy.npools == 1 || !o->policy.npools ? "" : "s", o->policy.ntenants,
+			o->policy.ntenants == 1 ? "" : "s", o->policy.nroutes,
+			o->policy.nroutes == 1 ? "" : "s",
+			o->admin_listen ? o->admin_listen : "off",
+			o->admin_listen ? (o->admin_token ? " (token)" : " (no token)") : "",
+			o->metrics_listen ? o->metrics_listen : "off",
+			o->auth_token ? "required" : "none",
+			o->require_client_cert ? "required"
+			: o->client_ca_file    ? "verified if shown"
+					       : "not asked",
+			cfg->log_level ? cfg->log_level : "info",
+			cfg->log_format ? cfg->log_format : "text");
+	} else {
+		const struct sidecar_opts *o = &cfg->tunnel;
+		char app[SR_ESC_SIZE(64)];
+		SR_INFO("", "sparkrelay %s (tunnel protocol v%d) tunnel: config %s; %u "
+			    "environment override%s%s%s%s; %u relay%s, first %s; app \"%s\"; "
+			    "client certificate %s; status %s; log %s/%s",
+			SR_VERSION, TUN_CTL_VERSION, rc->config ? file : "(environment only)", nenv,
+			nenv == 1 ? "" : "s", nenv ? " (" : "", env, nenv ? ")" : "", o->nrelays,
+			o->nrelays == 1 ? "" : "s", o->nrelays ? o->relays[0] : "-",
+			sr_esc_n(o->app_name, 64, app, sizeof(app)), o->cert_file ? "yes" : "no",
+			o->admin_listen ? o->admin_listen : "off",
+			cfg->log_level ? cfg->log_level : "info",
+			cfg->log_format ? cfg->log_format : "text");
+	}
+}
+
 static int run_role(int argc, char **argv, int is_relay)
 {
 	const char *cmd = is_relay ? "relay" : "tunnel";
@@ -260,7 +492,7 @@ static int run_role(int argc, char **argv, int is_relay)
 	struct relay_flags rf;
 	char err[1024];
 	int rv, status = 1;
-	int level_from_cli, admin_fd = -1, taking = 0;
+	int admin_fd = -1;
 
 	memset(&rc, 0, sizeof(rc));
 	memset(&cfg, 0, sizeof(cfg));
@@ -269,13 +501,15 @@ static int run_role(int argc, char **argv, int is_relay)
 	rv = parse_common(argc, argv, &config, cmd, is_relay ? &rf : NULL);
 	if (rv)
 		return rv == 1 ? 0 : rv;
-	level_from_cli = sr_log_level_cur >= 0;
-	if (!level_from_cli)
+	rc.level_from_cli = sr_log_level_cur >= 0;
+	if (!rc.level_from_cli)
 		sr_log_set_level(SR_LOG_INFO);
 	if (load_config(config, is_relay ? CONF_ROLE_RELAY : CONF_ROLE_TUNNEL, &cfg, cmd) != 0)
 		return 1;
-	if (!level_from_cli && cfg.log_level)
+	if (!rc.level_from_cli && cfg.log_level)
 		sr_log_set_level_name(cfg.log_level);
+	if (cfg.log_format)
+		sr_log_set_format_name(cfg.log_format);
 	if (is_relay ? !cfg.have_relay : !cfg.have_tunnel) {
 		fprintf(stderr, "sparkrelay %s: %s has no \"%s\" section\n", cmd,
 			config ? config : "the environment", cmd);
@@ -292,6 +526,8 @@ static int run_role(int argc, char **argv, int is_relay)
 	rc.cfg = &cfg;
 	sr_raise_nofile();
 	signal(SIGPIPE, SIG_IGN);
+	if (is_relay && relay_preflight(&cfg) != 0)
+		goto out;
 
 	rc.base = event_base_new();
 	if (!rc.base)
@@ -310,7 +546,7 @@ static int run_role(int argc, char **argv, int is_relay)
 	if (is_relay && rf.takeover) {
 		int none = 0;
 		rc.relay = relay_takeover(rc.base, &cfg.relay, &admin_fd, &none, err, sizeof(err));
-		taking = rc.relay != NULL;
+		rc.taking = rc.relay != NULL;
 		if (!rc.relay && none && rf.takeover == TAKEOVER_AUTO) {
 			SR_INFO("", "no relay to take over (%s): starting afresh", err);
 			rc.relay = relay_new(rc.base, &cfg.relay, err, sizeof(err));
@@ -328,30 +564,12 @@ static int run_role(int argc, char **argv, int is_relay)
 		SR_ERROR("", "cannot start: %s", err);
 		goto out;
 	}
-	if (rc.relay && cfg.relay.admin_listen) {
-		static const struct relay_admin_cbs acbs = {.reload = reload_relay,
-							    .config_json = config_json};
-		rc.admin = relay_admin_new_fd(rc.base, rc.relay, cfg.relay.admin_listen, admin_fd,
-					      cfg.relay.admin_token, &acbs, &rc, err, sizeof(err));
-		admin_fd = -1; /* stolen */
-		if (!rc.admin) {
-			SR_ERROR("", "cannot start the admin API: %s", err);
-			if (taking)
-				relay_takeover_abandon(rc.relay, "the new relay cannot start its "
-								 "admin API");
+	if (rc.relay) {
+		int fd = admin_fd;
+		admin_fd = -1; /* relay_start_extras owns it */
+		if (relay_start_extras(&rc, &cfg, fd) != 0)
 			goto out;
-		}
-	} else if (admin_fd >= 0) {
-		close(admin_fd);
-		admin_fd = -1;
 	}
-	if (taking && relay_takeover_commit(rc.relay, err, sizeof(err)) != 0) {
-		SR_ERROR("", "takeover failed: %s", err);
-		goto out;
-	}
-	if (rc.admin)
-		relay_set_admin_listener(rc.relay, relay_admin_listen_fd(rc.admin),
-					 cfg.relay.admin_listen);
 	if (rc.sidecar && cfg.tunnel.admin_listen) {
 		rc.sc_admin = sidecar_admin_new(rc.base, rc.sidecar, cfg.tunnel.admin_listen, err,
 						sizeof(err));
@@ -360,12 +578,18 @@ static int run_role(int argc, char **argv, int is_relay)
 			goto out;
 		}
 	}
+	log_startup_summary(&rc, &cfg, is_relay);
 	event_base_dispatch(rc.base);
 	status = 0;
 	if (rc.relay && relay_handed_over(rc.relay)) {
-		/* Everything is the new relay's: only our descriptors close. */
+		/* Everything is the new relay's: only our descriptors close,
+		 * the metrics port among them (the new relay waits for it). */
+		sr_watch_free(rc.watch);
+		relay_metrics_free(rc.metrics);
 		relay_admin_free(rc.admin);
 		relay_free(rc.relay);
+		rc.watch = NULL;
+		rc.metrics = NULL;
 		rc.admin = NULL;
 		rc.relay = NULL;
 		if (rf.wait_after_handover && rc.signals == 0) {
@@ -382,6 +606,12 @@ out:
 		event_free(sigint);
 	if (sighup)
 		event_free(sighup);
+	if (rc.metrics_retry)
+		event_free(rc.metrics_retry);
+	if (admin_fd >= 0)
+		close(admin_fd);
+	sr_watch_free(rc.watch);
+	relay_metrics_free(rc.metrics);
 	relay_admin_free(rc.admin);
 	sidecar_admin_free(rc.sc_admin);
 	relay_free(rc.relay);
@@ -395,33 +625,102 @@ out:
 	return status;
 }
 
-static int cmd_check_config(int argc, char **argv)
+static const char check_config_usage[] =
+    "usage: sparkrelay check-config [-q | --print] FILE\n"
+    "Validates FILE and the SPARKRELAY_* environment overrides of its sections as the\n"
+    "relay or sidecar would load them, and for the relay loads its TLS certificate,\n"
+    "key and client CA. Warnings (routes never used, CIDRs with host bits) go to\n"
+    "stderr; exit status 1 on any error, 2 on a usage error, else 0.\n"
+    "  --print      also print the effective configuration, secrets redacted\n"
+    "  -q, --quiet  no \"configuration OK\" line\n";
+
+struct check_out {
+	unsigned warnings;
+};
+
+static void check_warning(void *arg, const char *msg)
 {
-	struct sr_config cfg;
+	struct check_out *co = arg;
+
+	co->warnings++;
+	fprintf(stderr, "warning: %s\n", msg);
+}
+
+/* The relay section's checks beyond the loader's: TLS files, policy warnings. */
+static int check_config_relay(const struct sr_config *cfg, struct check_out *co)
+{
 	char err[1024];
 
-	if (argc != 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
-		fprintf(argc == 2 ? stdout : stderr,
-			"usage: sparkrelay check-config FILE\n"
-			"Validates FILE (and SPARKRELAY_* environment overrides), prints the\n"
-			"effective configuration with secrets redacted, exits 1 on any error.\n");
-		return argc == 2 ? 0 : 2;
+	if (cmd_check_relay_tls(&cfg->relay, check_warning, co, err, sizeof(err)) != 0) {
+		fprintf(stderr, "%s\n", err);
+		return -1;
 	}
+	cmd_check_relay_policy(&cfg->relay, check_warning, co);
+	return 0;
+}
+
+static int cmd_check_config(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{"print", no_argument, NULL, 'p'},
+		{"quiet", no_argument, NULL, 'q'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	struct check_out co = {0};
+	struct sr_config cfg;
+	char err[1024];
+	int ch, print = 0, quiet = 0, rv = 1;
+	const char *file;
+
+	optind = 1;
+	while ((ch = getopt_long(argc, argv, "pqh", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 'p':
+			print = 1;
+			break;
+		case 'q':
+			quiet = 1;
+			break;
+		case 'h':
+			fputs(check_config_usage, stdout);
+			return 0;
+		default:
+			fputs(check_config_usage, stderr);
+			return 2;
+		}
+	}
+	if (optind + 1 != argc) {
+		fputs(check_config_usage, stderr);
+		return 2;
+	}
+	file = argv[optind];
 	memset(&cfg, 0, sizeof(cfg));
-	if (conf_load_file_roles(argv[1], CONF_ROLES_OF_FILE, &cfg, err, sizeof(err)) != 0) {
+	if (conf_load_file_roles(file, CONF_ROLES_OF_FILE, &cfg, err, sizeof(err)) != 0) {
 		fprintf(stderr, "%s\n", err);
 		return 1;
 	}
 	if (cfg.have_tunnel && conf_check_tunnel_files(&cfg.tunnel, err, sizeof(err)) != 0) {
-		fprintf(stderr, "%s: %s\n", argv[1], err);
-		conf_free(&cfg);
-		return 1;
+		fprintf(stderr, "%s: %s\n", file, err);
+		goto out;
 	}
-	conf_dump(&cfg, stdout);
-	fprintf(stderr, "%s: configuration OK (%s%s%s)\n", argv[1], cfg.have_relay ? "relay" : "",
-		cfg.have_relay && cfg.have_tunnel ? ", " : "", cfg.have_tunnel ? "tunnel" : "");
+	if (cfg.have_relay && check_config_relay(&cfg, &co) != 0)
+		goto out;
+	if (print)
+		conf_dump(&cfg, stdout);
+	if (!quiet) {
+		char more[64] = "";
+		if (co.warnings)
+			snprintf(more, sizeof(more), ", %u warning%s", co.warnings,
+				 co.warnings == 1 ? "" : "s");
+		fprintf(stderr, "%s: configuration OK (%s%s%s)%s\n", file,
+			cfg.have_relay ? "relay" : "", cfg.have_relay && cfg.have_tunnel ? ", " : "",
+			cfg.have_tunnel ? "tunnel" : "", more);
+	}
+	rv = 0;
+out:
 	conf_free(&cfg);
-	return 0;
+	return rv;
 }
 
 /* mkdir -p: the missing folders of path, each mode 0700 (it will hold a
@@ -526,6 +825,34 @@ static int cmd_gen_certs(int argc, char **argv)
 	return 0;
 }
 
+/* `config-docs`: the reference on stdout; --help says so briefly. */
+static int cmd_config_docs(int argc, char **argv)
+{
+	if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+		printf("usage: sparkrelay config-docs\n"
+		       "Prints the configuration reference (Markdown) generated from the\n"
+		       "settings tables: every key, its type, bounds and default, and its\n"
+		       "SPARKRELAY_* variable (docs/configuration.md).\n");
+		return 0;
+	}
+	if (argc > 1) {
+		fprintf(stderr, "usage: sparkrelay config-docs (no arguments)\n");
+		return 2;
+	}
+	return conf_write_docs(stdout) == 0 ? 0 : 1;
+}
+
+/* `version`: the version; --help says so. */
+static int cmd_version(int argc, char **argv)
+{
+	if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+		printf("usage: sparkrelay version (or sparkrelay -V, --version)\n"
+		       "Prints the version and the tunnel protocol version.\n");
+		return 0;
+	}
+	return print_version();
+}
+
 int main(int argc, char **argv)
 {
 	const char *cmd = argc > 1 ? argv[1] : "";
@@ -535,6 +862,8 @@ int main(int argc, char **argv)
 		usage(argc < 2 ? stderr : stdout);
 		return argc < 2 ? 2 : 0;
 	}
+	if (strcmp(cmd, "-V") == 0 || strcmp(cmd, "--version") == 0)
+		return print_version();
 	if (strcmp(cmd, "relay") == 0)
 		return run_role(argc - 1, argv + 1, 1);
 	if (strcmp(cmd, "tunnel") == 0)
@@ -545,14 +874,14 @@ int main(int argc, char **argv)
 		return cmd_ctl(argc - 1, argv + 1);
 	if (strcmp(cmd, "check-config") == 0)
 		return cmd_check_config(argc - 1, argv + 1);
+	if (strcmp(cmd, "route") == 0)
+		return cmd_route(argc - 1, argv + 1);
 	if (strcmp(cmd, "config-docs") == 0)
-		return conf_write_docs(stdout) == 0 ? 0 : 1;
+		return cmd_config_docs(argc - 1, argv + 1);
 	if (strcmp(cmd, "gen-certs") == 0)
 		return cmd_gen_certs(argc - 1, argv + 1);
-	if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
-		printf("sparkrelay %s (tunnel protocol v%d)\n", SR_VERSION, TUN_CTL_VERSION);
-		return 0;
-	}
+	if (strcmp(cmd, "version") == 0)
+		return cmd_version(argc - 1, argv + 1);
 	fprintf(stderr, "sparkrelay: unknown command \"%s\"\n\n", cmd);
 	usage(stderr);
 	return 2;

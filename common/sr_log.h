@@ -1,5 +1,8 @@
-/* Levelled, structured log lines on stderr:
- *   2026-11-27T07:31:31.123Z INFO  [relay lease=7 conn=42 peer=10.0.0.3:5123] stream opened
+/* Levelled, structured log lines on stderr, one line per call, in one of
+ * two formats:
+ *   text: 2026-11-27T07:31:31.123Z INFO  [relay lease=7 conn=42 peer=10.0.0.3:5123] stream opened
+ *   json: {"time":"2026-11-27T07:31:31.123Z","level":"info","role":"relay",
+ *          "ctx":"lease=7 conn=42 peer=10.0.0.3:5123","msg":"stream opened"}
  * The SR_LOG macro tests the level before evaluating its arguments, so a
  * disabled level costs one comparison. */
 #ifndef SR_LOG_H
@@ -14,11 +17,23 @@ enum sr_log_level {
 	SR_LOG_DEBUG = 3,
 };
 
+enum sr_log_format {
+	SR_LOG_TEXT = 0, /* the line above; control bytes shown as \xNN */
+	/* One JSON object per line, fields time, level, role, ctx, msg, written
+	 * by jansson with every non-ASCII character as \uXXXX; a byte that is
+	 * not UTF-8 becomes the text "\xNN". Falls back to a text line when
+	 * memory runs out. */
+	SR_LOG_JSON = 1,
+};
+
 extern int sr_log_level_cur;
 
 /* Returns SR_EINVAL for a name other than error|warn|info|debug. */
 int sr_log_set_level_name(const char *name);
 void sr_log_set_level(int level);
+/* Returns SR_EINVAL for a name other than text|json. */
+int sr_log_set_format_name(const char *name);
+void sr_log_set_format(enum sr_log_format f);
 /* Prefix every line with this process role, e.g. "relay" (borrowed, static). */
 void sr_log_set_role(const char *role);
 

@@ -29,6 +29,7 @@
 struct sr_config {
 	char *path;	 /* origin, for messages */
 	char *log_level; /* "error"|"warn"|"info"|"debug" */
+	char *log_format; /* "text"|"json" */
 	int have_relay, have_tunnel;
 	struct relay_opts relay;
 	struct sidecar_opts tunnel;

@@ -71,6 +71,38 @@ static int conf_check_h2(const struct tun_conn_opts *t, const char *sect, struct
 	return 0;
 }
 
+/* Whether hosts a and b of two listen addresses may be the same socket
+ * address: equal, or either one a wildcard. */
+static int conf_hosts_overlap(const char *a, const char *b)
+{
+	static const char *const any[] = {"", "0.0.0.0", "::", "[::]"};
+
+	for (size_t i = 0; i < SR_ARRAY_LEN(any); i++)
+		if (strcmp(a, any[i]) == 0 || strcmp(b, any[i]) == 0)
+			return 1;
+	return strcmp(a, b) == 0;
+}
+
+/* The metrics listener cannot share the admin listener's socket address:
+ * one of them would fail to bind at start. */
+static int conf_check_metrics(const struct relay_opts *r, struct conf_ctx *ctx)
+{
+	char ha[256], hm[256], q[CONF_GOT_SIZE];
+	uint16_t pa, pm;
+
+	if (!r->metrics_listen || !r->admin_listen ||
+	    sr_split_hostport(r->admin_listen, ha, sizeof(ha), &pa, 0) != 0 ||
+	    sr_split_hostport(r->metrics_listen, hm, sizeof(hm), &pm, 0) != 0)
+		return 0;
+	if (pa == 0 || pa != pm || !conf_hosts_overlap(ha, hm)) /* port 0: any free port */
+		return 0;
+	conf_quote(r->admin_listen, 0, q, sizeof(q));
+	return conf_fail(ctx, "relay.metrics.listen",
+			 "must not be the address of relay.admin.listen (%s): the admin API "
+			 "needs its token, metrics do not",
+			 q);
+}
+
 int conf_check_relay(const struct relay_opts *r, struct conf_ctx *ctx)
 {
 	char q[CONF_GOT_SIZE];
@@ -98,6 +130,8 @@ int conf_check_relay(const struct relay_opts *r, struct conf_ctx *ctx)
 				    "address",
 				    q);
 	}
+	if ((rc = conf_check_metrics(r, ctx)) != 0)
+		return rc;
 	/* pools, tenants and routes refer to each other: compile them as the
 	 * relay will, so that check-config catches what the relay would refuse */
 	if (!(pol = relay_policy_compile(&r->policy, &r->pool, &pe)))

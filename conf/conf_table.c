@@ -142,6 +142,7 @@ static const struct conf_format conf_fmt_sha256 = {"64 hex digits (the SHA-256 o
 						   conf_check_sha256};
 
 static const char *const conf_log_levels[] = {"error", "warn", "info", "debug", NULL};
+static const char *const conf_log_formats[] = {"text", "json", NULL};
 
 #define STR(T, k, field, fl, lo, hi, d, ex, f, text)                                           \
 	{                                                                                      \
@@ -286,16 +287,23 @@ static const struct conf_group conf_tenant_match_group = {
     "least one is required. Patterns are case-sensitive; `*` matches any run of "
     "characters."};
 
+/* The defaults are those of relay.default_tenant: a tenant is bounded unless
+ * an operator writes 0. */
 static const struct conf_entry conf_tenant_limits[] = {
-    U32(struct relay_tenant_cfg, "leases", max_leases, 0, 65535, "0",
-	"Leases the tenant may hold at once; 0: no limit."),
-    U32(struct relay_tenant_cfg, "connections", max_connections, 0, 1000000, "0",
+    U32(struct relay_tenant_cfg, "leases", max_leases, 0, 65535, "256",
+	"Leases the tenant may hold at once; 0: no limit. At the limit, a new registration "
+	"of the tenant ends one of its leases that has no tunnel (in its grace period), "
+	"that of the same identity from the same address first, else the tenant's oldest, "
+	"which may be another member's: the members of a tenant share its limit."),
+    U32(struct relay_tenant_cfg, "connections", max_connections, 0, 1000000, "16384",
 	"Concurrent executor connections over all of the tenant's leases; 0: no limit."),
     U32(struct relay_tenant_cfg, "pending", max_pending, 0, 65536, "0",
 	"Executor connections waiting per lease; 0: `relay.lease.max_pending`."),
 };
 static const struct conf_group conf_tenant_limits_group = {
-    conf_tenant_limits, N(conf_tenant_limits), "Limits the relay enforces for this tenant."};
+    conf_tenant_limits, N(conf_tenant_limits),
+    "Limits the relay enforces for this tenant. Unset, they have the default values of "
+    "`relay.default_tenant` (not its configured values)."};
 
 static const struct conf_entry conf_tenant_elem[] = {
     STR(struct relay_tenant_cfg, "name", name, CONF_REQUIRED, 1, 63, NULL, NULL, &conf_fmt_name,
@@ -367,6 +375,31 @@ static const struct conf_entry conf_relay_admin[] = {
 static const struct conf_group conf_relay_admin_group = {
     conf_relay_admin, N(conf_relay_admin), "The relay's admin API (`sparkrelay ctl`)."};
 
+static const struct conf_entry conf_relay_metrics[] = {
+    STR(struct relay_opts, "listen", metrics_listen, CONF_NULLABLE, 1, CONF_STR_MAX, NULL,
+	"0.0.0.0:9469", &conf_fmt_listen,
+	"Read-only HTTP listener for Prometheus: `GET /metrics`, `/healthz` and `/readyz`, "
+	"without a token (it can change nothing), so it may listen on the node's address "
+	"while the admin API stays on loopback; null: none. At most 16 connections at once, "
+	"each closed 10 s after it was accepted. Must not be the admin listener's port."),
+};
+static const struct conf_group conf_relay_metrics_group = {
+    conf_relay_metrics, N(conf_relay_metrics), "Metrics without the admin token."};
+
+static const struct conf_entry conf_relay_reload[] = {
+    BOOL(struct relay_opts, "watch", watch_config, "true",
+	 "Re-read the configuration file when it changes, as SIGHUP does (a bad file is "
+	 "refused and the running configuration stays). The file's directory is watched "
+	 "(inotify), so a Kubernetes ConfigMap update, which swaps a symbolic link, is seen "
+	 "too; a file whose content did not change is not reloaded. Counted as "
+	 "`sparkrelay_config_auto_reloads_total`. Read at start only."),
+    U32(struct relay_opts, "debounce_ms", watch_debounce_ms, 10, 60000, "1000",
+	"Wait this long after the last change in the directory before reading the file, so "
+	"that an editor's or the kubelet's several steps make one reload."),
+};
+static const struct conf_group conf_relay_reload_group = {
+    conf_relay_reload, N(conf_relay_reload), "Reloading the configuration file by itself."};
+
 static const struct conf_entry conf_relay_lease[] = {
     U32(struct relay_opts, "grace_s", lease_grace_s, 0, 86400, "300",
 	"A lease outlives its tunnel this long, so a reconnecting sidecar gets the same "
@@ -396,8 +429,8 @@ static const struct conf_entry conf_relay_default_tenant[] = {
 static const struct conf_group conf_relay_default_tenant_group = {
     conf_relay_default_tenant, N(conf_relay_default_tenant),
     "Limits of the implicit tenant `default`, which every sidecar is while `relay.tenants` "
-    "is empty (configured tenants have their own `limits`). With no tenants configured, "
-    "these bound the relay as a whole."};
+    "is empty (configured tenants have their own `limits`, with the same defaults). With "
+    "no tenants configured, these bound the relay as a whole."};
 
 #define RELAY_LIMIT_KEYS                                                                       	U32(struct relay_opts, "max_tunnels", max_tunnels, 1, 1000000, "1024",                 	    "Registered tunnels (sidecars holding a lease) at once; a registration or resume " 	    "past it is refused. Connections that have not registered yet count against "      	    "max_handshakes instead."),                                                        	    U32(struct relay_opts, "max_handshakes", max_handshakes, 1, 1000000, "256",        		"Connections on the tunnel listener that have not registered (TLS handshake "  		"or registration under way, or closing); more are closed at once and counted " 		"as `sparkrelay_refused_total{reason=\"handshake_limit\"}`."),                 	    U32(struct relay_opts, "max_handshakes_per_source", max_handshakes_per_source, 1,  		1000000, "16",                                                                 		"Of those, from one address (IPv6: one /64); more are closed at once "         		"(reason `handshake_source_limit`). Notebooks behind one NAT share an "        		"address: this bounds how many register at the same moment, not how many "    		"stay connected."),                                                            	    U32(struct relay_opts, "max_lease_connections", max_lease_connections, 0, 1000000, 		"8192",                                                                        		"Executor connections one lease holds at once, carried or waiting; more are "  		"reset (reason `lease_connection_limit`); 0: no limit."),                      	    U32(struct relay_opts, "max_tunnel_buffer", max_tunnel_buffer, 65536, 2147483647,  		"16777216",                                                                    		"Bytes read from the executor sockets of one tunnel and not yet sent to the "  		"sidecar (one that grants no flow-control window makes them pile up). Over "   		"it, each socket of that tunnel buffers at most 16 KiB until the sum is back " 		"under half of it, and TCP holds the rest in the executors. Shown as "         		"`sparkrelay_executor_buffered_bytes`."),                                      	    U32(struct relay_opts, "max_grace_leases", max_grace_leases, 0, 65535, "32",       \
 		"Leases without a tunnel (in their grace period) one tenant keeps when it "    \
@@ -450,6 +483,8 @@ static const struct conf_entry conf_relay[] = {
     RELAY_LIMIT_KEYS,
     GROUP("h2", offsetof(struct relay_opts, tun), conf_h2_group),
     GROUP("admin", 0, conf_relay_admin_group),
+    GROUP("metrics", 0, conf_relay_metrics_group),
+    GROUP("reload", 0, conf_relay_reload_group),
 };
 const struct conf_group conf_relay_group = {
     conf_relay, N(conf_relay),
@@ -568,6 +603,17 @@ static const struct conf_entry conf_log[] = {
      .def = "info",
      .choices = conf_log_levels,
      .doc = "Least severe level logged."},
+    {.key = "format",
+     .type = CONF_STRING,
+     .off = offsetof(struct sr_config, log_format),
+     .min = 1,
+     .max = 16,
+     .def = "text",
+     .choices = conf_log_formats,
+     .doc = "`text`: one line per message, `2026-11-27T07:31:31.123Z INFO  [relay "
+	    "lease=L-1-6f2fc91c ...] message`; `json`: one JSON object per line with the "
+	    "fields `time`, `level`, `role`, `ctx` and `msg` (every non-ASCII character as "
+	    "`\\uXXXX`), for log pipelines. A reload applies a change."},
 };
 static const struct conf_group conf_log_group = {conf_log, N(conf_log), "Logging (stderr)."};
 

@@ -50,9 +50,9 @@ done
 # Relative paths in the configuration are relative to PID 1's working directory.
 cd /proc/1/cwd 2>/dev/null || fail "cannot enter PID 1's working directory"
 if [ -n "$config" ]; then
-	dump=$(/usr/local/bin/sparkrelay check-config "$config" 2>/dev/null)
+	dump=$(/usr/local/bin/sparkrelay check-config --print "$config" 2>/dev/null)
 else
-	dump=$(echo '{}' | /usr/local/bin/sparkrelay check-config /dev/stdin 2>/dev/null)
+	dump=$(echo '{}' | /usr/local/bin/sparkrelay check-config --print /dev/stdin 2>/dev/null)
 fi
 [ -n "$dump" ] || fail "check-config failed"
 

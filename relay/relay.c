@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <time.h>
 
 #include <event2/event.h>
 #include <event2/listener.h>
@@ -23,8 +24,20 @@
 #define DRAIN_CHECK_MS 100
 
 const uint64_t relay_hist_bounds_us[RELAY_HIST_BUCKETS - 1] = {
-	100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 1000000,
+	100,      250,      500,       1000,      2500,      5000,      10000,
+	25000,    50000,    100000,    250000,    500000,    1000000,   2500000,
+	5000000,  10000000, 30000000,  60000000,  120000000, 300000000, 600000000,
 };
+
+/* For timestamps shown to people and Prometheus (the loop's clock is
+ * monotonic). */
+static uint64_t wall_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
 
 void relay_hist_add(struct relay_hist *h, uint64_t us)
 {
@@ -42,7 +55,7 @@ const char *relay_refusal_name(enum relay_refusal r)
 		"cidr", "pending_full", "pending_timeout", "draining", "tenant_limit",
 		"stream", "reg_auth", "reg_route", "reg_limit", "reg_resume",
 		"handshake_limit", "handshake_source_limit", "tunnel_limit",
-		"lease_connection_limit", "driver",
+		"lease_connection_limit", "driver", "no_ports",
 	};
 	return (unsigned)r < RELAY_REFUSE_MAX ? names[r] : "unknown";
 }
@@ -65,6 +78,28 @@ void relay_refuse(struct relay *r, enum relay_refusal why)
 	if (why < RELAY_REFUSE_REG_AUTH || why == RELAY_REFUSE_LEASE_CONNS ||
 	    why == RELAY_REFUSE_DRIVER)
 		r->st.executor_refused++;
+}
+
+void relay_refuse_at(struct relay *r, enum relay_refusal why, const char *tenant,
+		     const char *pool)
+{
+	struct relay_refusal_key *k;
+
+	relay_refuse(r, why);
+	tenant = tenant ? tenant : "";
+	pool = pool ? pool : "";
+	for (k = r->refusal_keys; k; k = k->next)
+		if (strcmp(k->tenant, tenant) == 0 && strcmp(k->pool, pool) == 0)
+			break;
+	if (!k && r->nrefusal_keys < RELAY_REFUSAL_KEYS_MAX && (k = calloc(1, sizeof(*k)))) {
+		snprintf(k->tenant, sizeof(k->tenant), "%s", tenant);
+		snprintf(k->pool, sizeof(k->pool), "%s", pool);
+		k->next = r->refusal_keys;
+		r->refusal_keys = k;
+		r->nrefusal_keys++;
+	}
+	if (k)
+		k->n[why]++;
 }
 
 static void accept_resume_cb(evutil_socket_t fd, short what, void *arg)
@@ -242,6 +277,8 @@ struct relay *relay_new_adopt(struct event_base *base, struct relay_opts *o,
 	SR_INFO("", "%s sidecars on %s", ad ? "taking over the listener for" : "listening for",
 		o->listen);
 	r->st.ready = 1;
+	r->st.last_reload_ok = 1;
+	r->st.last_reload_ok_unix_ms = wall_ms();
 	return r;
 fail:
 	relay_free(r);
@@ -288,6 +325,11 @@ void relay_free(struct relay *r)
 	if (r->accept_pause)
 		event_free(r->accept_pause);
 	SSL_CTX_free(r->ssl_ctx);
+	while (r->refusal_keys) {
+		struct relay_refusal_key *k = r->refusal_keys;
+		r->refusal_keys = k->next;
+		free(k);
+	}
 	free(r);
 }
 
@@ -299,7 +341,7 @@ int relay_reload(struct relay *r, struct relay_opts *o, char *err, size_t errlen
 	np = calloc(1, sizeof(*np));
 	if (!np) {
 		sr_seterr(err, errlen, "out of memory");
-		r->st.reloads_failed++;
+		relay_count_reload_failure(r);
 		return SR_ENOMEM;
 	}
 	np->refs = 1;
@@ -307,13 +349,13 @@ int relay_reload(struct relay *r, struct relay_opts *o, char *err, size_t errlen
 	np->p = relay_policy_new(&o->policy, &o->pool, err, errlen);
 	if (!np->p) {
 		free(np);
-		r->st.reloads_failed++;
+		relay_count_reload_failure(r);
 		return SR_EINVAL;
 	}
 	if (relay_pools_sync(r, np->p) != 0) {
 		sr_seterr(err, errlen, "out of memory");
 		relay_pol_unref(np);
-		r->st.reloads_failed++;
+		relay_count_reload_failure(r);
 		return SR_ENOMEM;
 	}
 	if (!relay_str_eq(o->listen, r->o->listen) || !relay_str_eq(o->cert_file, r->o->cert_file) ||
@@ -329,6 +371,8 @@ int relay_reload(struct relay *r, struct relay_opts *o, char *err, size_t errlen
 	*r->o = *o;
 	*o = tmp;
 	r->st.reloads_ok++;
+	r->st.last_reload_ok = 1;
+	r->st.last_reload_ok_unix_ms = wall_ms();
 	SR_INFO("", "configuration reloaded: %zu pools; live tunnels and streams untouched",
 		relay_policy_npools(np->p));
 	return 0;
@@ -337,6 +381,15 @@ int relay_reload(struct relay *r, struct relay_opts *o, char *err, size_t errlen
 void relay_count_reload_failure(struct relay *r)
 {
 	r->st.reloads_failed++;
+	r->st.last_reload_ok = 0;
+}
+
+void relay_count_auto_reload(struct relay *r, int ok)
+{
+	if (ok)
+		r->st.auto_reloads_ok++;
+	else
+		r->st.auto_reloads_failed++;
 }
 
 const struct relay_opts *relay_get_opts(const struct relay *r)

@@ -44,6 +44,13 @@ struct relay_opts {
 	uint32_t admin_request_timeout_ms; /* an admin connection lives at most this */
 	char *handover_socket;         /* Unix socket a new relay takes over through; NULL: none */
 	uint32_t handover_timeout_ms;  /* a handover not committed by then is abandoned */
+	/* Read-only listener: GET /metrics, /healthz, /readyz without a token
+	 * (relay_metrics_new); NULL = none. */
+	char *metrics_listen;
+	/* The program re-reads its configuration file when it changes
+	 * (cmd/main.c); the relay itself only counts those reloads. */
+	int watch_config;
+	uint32_t watch_debounce_ms;
 };
 
 /* Defaults come from the configuration tables (conf_relay_defaults). */
@@ -65,13 +72,16 @@ enum relay_refusal {
 	RELAY_REFUSE_TUNNELS,        /* registration: max_tunnels reached */
 	RELAY_REFUSE_LEASE_CONNS,    /* executor: the lease's max_lease_connections */
 	RELAY_REFUSE_DRIVER,         /* executor: the sidecar refused the stream (no driver) */
+	RELAY_REFUSE_NO_PORTS,       /* registration: the pool has no free port */
 	RELAY_REFUSE_MAX,
 };
 const char *relay_refusal_name(enum relay_refusal r);
 
-/* Fixed buckets, microseconds: le 100, 250, 500, 1000, 2500, 5000, 10000,
- * 25000, 50000, 100000, 250000, 1000000, +Inf. */
-#define RELAY_HIST_BUCKETS 13
+/* Fixed buckets, microseconds: le 100 us, 250 us, 500 us, 1 ms, 2.5 ms, 5 ms,
+ * 10 ms, 25 ms, 50 ms, 100 ms, 250 ms, 500 ms, 1 s, 2.5 s, 5 s, 10 s, 30 s,
+ * 60 s, 120 s, 300 s, 600 s (the longest relay.lease.pending_timeout_ms),
+ * +Inf. */
+#define RELAY_HIST_BUCKETS 22
 extern const uint64_t relay_hist_bounds_us[RELAY_HIST_BUCKETS - 1];
 struct relay_hist {
 	uint64_t count[RELAY_HIST_BUCKETS]; /* not cumulative */
@@ -101,6 +111,9 @@ struct relay_stats {
 	uint64_t buffer_throttled;  /* times a tunnel went over max_tunnel_buffer */
 	uint64_t reloads_ok, reloads_failed;
 	uint64_t handovers;         /* takeovers this relay and its predecessors completed */
+	uint64_t auto_reloads_ok, auto_reloads_failed; /* of those, by the file watch */
+	int last_reload_ok;            /* the last reload (or the start) succeeded */
+	uint64_t last_reload_ok_unix_ms; /* wall clock of the start or last good reload */
 	struct relay_hist tunnel_rtt;   /* PING round trips */
 	struct relay_hist pending_wait; /* executor wait for a tunnel that came back */
 	int ready;                      /* listeners up and configuration loaded */
@@ -131,6 +144,8 @@ void relay_get_stats(const struct relay *r, struct relay_stats *st);
 int relay_reload(struct relay *r, struct relay_opts *o, char *err, size_t errlen);
 /* Count a reload that failed before relay_reload (e.g. a bad file). */
 void relay_count_reload_failure(struct relay *r);
+/* Count a reload (already counted above) as one the file watch started. */
+void relay_count_auto_reload(struct relay *r, int ok);
 const struct relay_opts *relay_get_opts(const struct relay *r);
 const struct relay_policy *relay_get_policy(const struct relay *r);
 

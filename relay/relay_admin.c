@@ -13,11 +13,17 @@
 #include "common/sr_util.h"
 #include "relay/relay.h"
 #include "relay/relay_policy.h"
+#include "tunnel/tun_endpoint.h"
 
+#include <dirent.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
+#include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -31,7 +37,12 @@
  * client sees it before the loop may exit), or after this long if the
  * client went away before the answer was sent. */
 #define ADMIN_DRAIN_FALLBACK_MS 1000
-#define ADMIN_EXPLAIN_MAX 4096
+/* The read-only metrics listener serves Prometheus and a probe or two:
+ * fixed caps, as for the sidecar's status listener. */
+#define METRICS_MAX_CONNS 16
+#define METRICS_DEADLINE_MS 10000
+#define METRICS_MAX_HEADERS (8 * 1024)
+#define METRICS_MAX_BODY 1024
 
 struct relay_admin {
 	struct event_base *base;
@@ -44,6 +55,13 @@ struct relay_admin {
 	unsigned char token_sha[SHA256_DIGEST_LENGTH];
 	struct relay_admin_cbs cbs;
 	void *cb_arg;
+	struct relay_metrics *metrics; /* its guard's counters are shown too */
+};
+
+struct relay_metrics {
+	struct relay *relay;
+	struct sr_http api;
+	struct relay_admin *admin; /* may be NULL */
 };
 
 enum admin_method {
@@ -82,17 +100,22 @@ static void h_healthz(struct relay_admin *a, struct evhttp_request *req, const c
 	sr_http_reply_text(req, 200, "ok\n");
 }
 
-static void h_readyz(struct relay_admin *a, struct evhttp_request *req, const char *tail)
+static void readyz(struct relay *r, struct evhttp_request *req)
 {
 	struct relay_stats st;
 
-	relay_get_stats(a->relay, &st);
+	relay_get_stats(r, &st);
 	if (st.draining)
 		sr_http_reply_text(req, 503, "not ready: draining\n");
 	else if (!st.ready)
 		sr_http_reply_text(req, 503, "not ready: listeners or configuration not up yet\n");
 	else
 		sr_http_reply_text(req, 200, "ready\n");
+}
+
+static void h_readyz(struct relay_admin *a, struct evhttp_request *req, const char *tail)
+{
+	readyz(a->relay, req);
 }
 
 /* ---- /metrics ------------------------------------------------------- */
@@ -108,6 +131,28 @@ static void metric_one(struct evbuffer *b, const char *name, const char *type, c
 {
 	metric_head(b, name, type, help);
 	evbuffer_add_printf(b, "%s %llu\n", name, (unsigned long long)v);
+}
+
+/* A label value of the exposition format: '\\', '"' and newlines escaped.
+ * Names of pools and tenants are restricted by the configuration, and lease
+ * ids by the lease code; this is the last line of defence. */
+static const char *label(const char *s, char *buf, size_t len)
+{
+	size_t o = 0;
+
+	for (; s && *s && o + 3 < len; s++) {
+		if (*s == '\\' || *s == '"') {
+			buf[o++] = '\\';
+			buf[o++] = *s;
+		} else if (*s == '\n') {
+			buf[o++] = '\\';
+			buf[o++] = 'n';
+		} else {
+			buf[o++] = *s;
+		}
+	}
+	buf[o] = '\0';
+	return buf;
 }
 
 static void metric_hist(struct evbuffer *b, const char *name, const char *help,
@@ -130,17 +175,210 @@ static void metric_hist(struct evbuffer *b, const char *name, const char *help,
 	evbuffer_add_printf(b, "%s_count %llu\n", name, (unsigned long long)cum);
 }
 
-static void h_metrics(struct relay_admin *a, struct evhttp_request *req, const char *tail)
+static double wall_now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* The process_* metrics of the Prometheus client libraries, from /proc
+ * (Linux): each is left out when it cannot be read. */
+static void metrics_process(struct evbuffer *b)
+{
+	struct rusage ru;
+	struct rlimit rl;
+	long page = sysconf(_SC_PAGESIZE), tck = sysconf(_SC_CLK_TCK);
+	unsigned long long vsize = 0, rss = 0, start = 0, btime = 0;
+	char buf[1024], *p;
+	size_t n;
+	FILE *f;
+	DIR *d;
+
+	if (getrusage(RUSAGE_SELF, &ru) == 0) {
+		metric_head(b, "process_cpu_seconds_total", "counter",
+			    "User and system CPU time spent, seconds.");
+		evbuffer_add_printf(b, "process_cpu_seconds_total %.6f\n",
+				    (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+					(double)ru.ru_stime.tv_sec +
+					(double)ru.ru_stime.tv_usec / 1e6);
+	}
+	if ((f = fopen("/proc/self/statm", "r"))) {
+		if (fscanf(f, "%llu %llu", &vsize, &rss) == 2 && page > 0) {
+			metric_one(b, "process_virtual_memory_bytes", "gauge",
+				   "Virtual memory size, bytes.", vsize * (unsigned long long)page);
+			metric_one(b, "process_resident_memory_bytes", "gauge",
+				   "Resident memory size, bytes.", rss * (unsigned long long)page);
+		}
+		fclose(f);
+	}
+	if ((d = opendir("/proc/self/fd"))) {
+		uint64_t fds = 0;
+		struct dirent *e;
+		while ((e = readdir(d)))
+			fds += e->d_name[0] != '.';
+		closedir(d);
+		metric_one(b, "process_open_fds", "gauge", "Open file descriptors.",
+			   fds ? fds - 1 : 0); /* not the directory's own */
+	}
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+		metric_one(b, "process_max_fds", "gauge",
+			   "Maximum number of open file descriptors (soft RLIMIT_NOFILE).",
+			   (uint64_t)rl.rlim_cur);
+	/* Start time: /proc/self/stat field 22 (clock ticks after boot), after
+	 * the command name, which may hold spaces and parentheses. */
+	if ((f = fopen("/proc/self/stat", "r"))) {
+		n = fread(buf, 1, sizeof(buf) - 1, f);
+		buf[n] = '\0';
+		fclose(f);
+		p = strrchr(buf, ')');
+		for (int field = 2; p && field < 22; field++)
+			p = strchr(p + 1, ' ');
+		if (p)
+			start = strtoull(p + 1, NULL, 10);
+	}
+	if ((f = fopen("/proc/stat", "r"))) {
+		while (fgets(buf, sizeof(buf), f))
+			if (sscanf(buf, "btime %llu", &btime) == 1)
+				break;
+		fclose(f);
+	}
+	if (start && btime && tck > 0) {
+		metric_head(b, "process_start_time_seconds", "gauge",
+			    "Start time of the process since the Unix epoch, seconds.");
+		evbuffer_add_printf(b, "process_start_time_seconds %.2f\n",
+				    (double)btime + (double)start / (double)tck);
+	}
+}
+
+/* One sample per pool or tenant of the family being written. */
+struct family_ctx {
+	struct evbuffer *b;
+	const char *name;
+	size_t off; /* of the uint64_t or uint32_t field in the view */
+	int u32;
+};
+
+static uint64_t view_field(const void *v, const struct family_ctx *fc)
+{
+	const char *p = (const char *)v + fc->off;
+	uint32_t u32;
+	uint64_t u64;
+
+	if (fc->u32) {
+		memcpy(&u32, p, sizeof(u32));
+		return u32;
+	}
+	memcpy(&u64, p, sizeof(u64));
+	return u64;
+}
+
+static void pool_sample(const struct relay_pool_view *v, void *arg)
+{
+	struct family_ctx *fc = arg;
+	char l[160];
+
+	evbuffer_add_printf(fc->b, "%s{pool=\"%s\"} %llu\n", fc->name, label(v->name, l, sizeof(l)),
+			    (unsigned long long)view_field(v, fc));
+}
+
+static void tenant_sample(const struct relay_tenant_view *v, void *arg)
+{
+	struct family_ctx *fc = arg;
+	char l[160];
+
+	evbuffer_add_printf(fc->b, "%s{tenant=\"%s\"} %llu\n", fc->name,
+			    label(v->name, l, sizeof(l)), (unsigned long long)view_field(v, fc));
+}
+
+#define FIELD(T, f) offsetof(T, f), sizeof(((T *)0)->f) == 4
+
+static void pool_family(struct relay *r, struct evbuffer *b, const char *name, const char *help,
+			size_t off, int u32)
+{
+	struct family_ctx fc = {b, name, off, u32};
+
+	metric_head(b, name, "gauge", help);
+	relay_foreach_pool(r, pool_sample, &fc);
+}
+
+static void tenant_family(struct relay *r, struct evbuffer *b, const char *name,
+			  const char *help, size_t off, int u32)
+{
+	struct family_ctx fc = {b, name, off, u32};
+
+	metric_head(b, name, "gauge", help);
+	relay_foreach_tenant(r, tenant_sample, &fc);
+}
+
+static void tenant_refusals(const char *tenant, const char *pool, const uint64_t *n, void *arg)
+{
+	char lt[160], lp[160];
+
+	label(tenant, lt, sizeof(lt));
+	label(pool, lp, sizeof(lp));
+	for (int i = 0; i < RELAY_REFUSE_MAX; i++)
+		if (n[i])
+			evbuffer_add_printf(
+			    arg, "sparkrelay_tenant_refused_total{tenant=\"%s\",pool=\"%s\",reason=\"%s\"} %llu\n",
+			    lt, lp, relay_refusal_name((enum relay_refusal)i),
+			    (unsigned long long)n[i]);
+}
+
+struct away_ctx {
+	struct evbuffer *b;
+	double now;
+	uint64_t detached;
+};
+
+static void lease_away(const struct relay_lease_view *v, void *arg)
+{
+	struct away_ctx *ac = arg;
+	char li[160], lt[160], lp[160];
+
+	ac->detached += !v->attached;
+	if (!v->resume.away_since_us)
+		return;
+	evbuffer_add_printf(ac->b,
+			    "sparkrelay_resume_away_since_seconds{lease=\"%s\",tenant=\"%s\","
+			    "pool=\"%s\"} %.3f\n",
+			    label(v->id, li, sizeof(li)), label(v->tenant, lt, sizeof(lt)),
+			    label(v->pool, lp, sizeof(lp)), ac->now - (double)v->away_ms / 1e3);
+}
+
+static void guard_metrics(struct evbuffer *b, const char *prefix, const char *what,
+			  const char *cap, const struct sr_http_guard *g)
 {
 	struct sr_http_guard_stats gst;
-	struct relay_stats st;
-	struct evbuffer *b = evbuffer_new();
+	char name[96], help[256];
 
-	if (!b) {
-		evhttp_send_error(req, 500, NULL);
-		return;
-	}
-	relay_get_stats(a->relay, &st);
+	sr_http_guard_get_stats(g, &gst);
+	snprintf(name, sizeof(name), "sparkrelay_%s_connections_active", prefix);
+	snprintf(help, sizeof(help), "%s connections open now.", what);
+	metric_one(b, name, "gauge", help, gst.active);
+	snprintf(name, sizeof(name), "sparkrelay_%s_connections_total", prefix);
+	snprintf(help, sizeof(help), "%s connections accepted under %s.", what, cap);
+	metric_one(b, name, "counter", help, gst.accepted);
+	snprintf(name, sizeof(name), "sparkrelay_%s_connections_refused_total", prefix);
+	snprintf(help, sizeof(help), "%s connections closed on accept: %s were open.", what, cap);
+	metric_one(b, name, "counter", help, gst.refused);
+	snprintf(name, sizeof(name), "sparkrelay_%s_connections_timed_out_total", prefix);
+	snprintf(help, sizeof(help), "%s connections closed at their deadline.", what);
+	metric_one(b, name, "counter", help, gst.timed_out);
+}
+
+/* The whole exposition; admin and metrics (either may be NULL) add their
+ * listeners' connection counters. */
+static void render_metrics(struct relay *r, const struct relay_admin *admin,
+			   const struct relay_metrics *mx, struct evbuffer *b)
+{
+	struct tun_group_stats rs;
+	struct relay_stats st;
+	struct away_ctx ac = {b, wall_now_s(), 0};
+	uint64_t away = 0;
+
+	relay_get_stats(r, &st);
 	metric_head(b, "sparkrelay_build_info", "gauge", "Version of the running relay.");
 	evbuffer_add_printf(b, "sparkrelay_build_info{version=\"%s\"} 1\n", SR_VERSION);
 	metric_one(b, "sparkrelay_ready", "gauge",
@@ -153,7 +391,8 @@ static void h_metrics(struct relay_admin *a, struct evhttp_request *req, const c
 	metric_one(b, "sparkrelay_tunnels_accepted_total", "counter",
 		   "Sidecar tunnels that completed the TLS handshake.", st.tunnels_accepted);
 	metric_one(b, "sparkrelay_handshake_failures_total", "counter",
-		   "Tunnel connections that failed TLS or registration in time.",
+		   "Tunnel connections that failed TLS, or did not complete TLS and "
+		   "registration within relay.handshake_timeout_ms.",
 		   st.handshake_failures);
 	metric_one(b, "sparkrelay_handshakes_active", "gauge",
 		   "Tunnel connections not registered yet (relay.max_handshakes).",
@@ -186,6 +425,32 @@ static void h_metrics(struct relay_admin *a, struct evhttp_request *req, const c
 		evbuffer_add_printf(b, "sparkrelay_refused_total{reason=\"%s\"} %llu\n",
 				    relay_refusal_name((enum relay_refusal)i),
 				    (unsigned long long)st.refused[i]);
+	metric_head(b, "sparkrelay_tenant_refused_total", "counter",
+		    "Refusals whose tenant is known, by tenant, pool (\"\" if none yet) and "
+		    "reason; only those that happened.");
+	relay_foreach_refusal(r, tenant_refusals, b);
+
+	pool_family(r, b, "sparkrelay_pool_ports",
+		    "Ports of the pool's range (relay.pool or relay.pools[]).",
+		    FIELD(struct relay_pool_view, ports));
+	pool_family(r, b, "sparkrelay_pool_ports_used", "Ports of the pool held by leases.",
+		    FIELD(struct relay_pool_view, ports_used));
+	pool_family(r, b, "sparkrelay_pool_leases", "Leases held from the pool.",
+		    FIELD(struct relay_pool_view, leases));
+	pool_family(r, b, "sparkrelay_pool_max_leases",
+		    "The pool's max_leases; 0: no limit but its ports.",
+		    FIELD(struct relay_pool_view, max_leases));
+	tenant_family(r, b, "sparkrelay_tenant_leases", "Leases the tenant holds now.",
+		      FIELD(struct relay_tenant_view, leases));
+	tenant_family(r, b, "sparkrelay_tenant_connections",
+		      "Executor connections of the tenant's leases now, carried or waiting.",
+		      FIELD(struct relay_tenant_view, connections));
+	tenant_family(r, b, "sparkrelay_tenant_max_leases", "The tenant's lease limit; 0: none.",
+		      FIELD(struct relay_tenant_view, max_leases));
+	tenant_family(r, b, "sparkrelay_tenant_max_connections",
+		      "The tenant's connection limit; 0: none.",
+		      FIELD(struct relay_tenant_view, max_connections));
+
 	metric_one(b, "sparkrelay_streams_active", "gauge", "Tunnelled connections open now.",
 		   st.streams_active);
 	metric_one(b, "sparkrelay_streams_opened_total", "counter",
@@ -196,32 +461,89 @@ static void h_metrics(struct relay_admin *a, struct evhttp_request *req, const c
 			    (unsigned long long)st.bytes_to_sidecar);
 	evbuffer_add_printf(b, "sparkrelay_bytes_total{direction=\"to_executor\"} %llu\n",
 			    (unsigned long long)st.bytes_to_executor);
+
+	/* Stream resumption (protocol v2): leases whose tunnel went while it
+	 * carried streams hold them until it comes back. */
+	relay_get_resume_stats(r, &rs, &away);
+	metric_head(b, "sparkrelay_resume_away_since_seconds", "gauge",
+		    "Per lease whose tunnel is away while it holds streams: when the tunnel "
+		    "went, seconds since the Unix epoch.");
+	relay_foreach_lease(r, lease_away, &ac);
+	metric_one(b, "sparkrelay_leases_detached", "gauge",
+		   "Leases without a tunnel now (in their grace period).", ac.detached);
+	metric_one(b, "sparkrelay_resume_leases_away", "gauge",
+		   "Leases whose tunnel is away while they hold streams.", away);
+	metric_one(b, "sparkrelay_resume_streams_held", "gauge",
+		   "Executor connections held open for a tunnel to come back.", rs.held);
+	metric_one(b, "sparkrelay_resume_held_bytes", "gauge",
+		   "Bytes kept for held connections (to send and to deliver).", rs.held_bytes);
+	metric_one(b, "sparkrelay_resume_aways_total", "counter",
+		   "Tunnels lost while they carried streams.", rs.aways);
+	metric_one(b, "sparkrelay_resumes_total", "counter",
+		   "Tunnels that came back and resumed held streams.", rs.resumes);
+	metric_one(b, "sparkrelay_resume_streams_resumed_total", "counter",
+		   "Held streams resumed on a new tunnel.", rs.resumed);
+	metric_one(b, "sparkrelay_resume_replayed_bytes_total", "counter",
+		   "Payload bytes sent again after a resume.", rs.replayed_bytes);
+	metric_head(b, "sparkrelay_resume_streams_lost_total", "counter",
+		    "Held streams reset instead of resumed, by reason.");
+	for (int i = 0; i < TUN_LOST_MAX; i++)
+		evbuffer_add_printf(b, "sparkrelay_resume_streams_lost_total{reason=\"%s\"} %llu\n",
+				    tun_lost_name((enum tun_lost)i), (unsigned long long)rs.lost[i]);
+
 	metric_head(b, "sparkrelay_reloads_total", "counter",
 		    "Configuration reloads, by result.");
 	evbuffer_add_printf(b, "sparkrelay_reloads_total{result=\"ok\"} %llu\n",
 			    (unsigned long long)st.reloads_ok);
 	evbuffer_add_printf(b, "sparkrelay_reloads_total{result=\"failed\"} %llu\n",
 			    (unsigned long long)st.reloads_failed);
-	sr_http_guard_get_stats(a->api.guard, &gst);
-	metric_one(b, "sparkrelay_admin_connections_active", "gauge",
-		   "Admin API connections open now.", gst.active);
-	metric_one(b, "sparkrelay_admin_connections_total", "counter",
-		   "Admin API connections accepted under relay.admin.max_connections.",
-		   gst.accepted);
-	metric_one(b, "sparkrelay_admin_connections_refused_total", "counter",
-		   "Admin API connections closed on accept: relay.admin.max_connections were "
-		   "open.",
-		   gst.refused);
-	metric_one(b, "sparkrelay_admin_connections_timed_out_total", "counter",
-		   "Admin API connections closed at relay.admin.request_timeout_ms.",
-		   gst.timed_out);
+	metric_head(b, "sparkrelay_config_auto_reloads_total", "counter",
+		    "Of those, reloads the file watch started (relay.reload.watch), by result.");
+	evbuffer_add_printf(b, "sparkrelay_config_auto_reloads_total{result=\"ok\"} %llu\n",
+			    (unsigned long long)st.auto_reloads_ok);
+	evbuffer_add_printf(b, "sparkrelay_config_auto_reloads_total{result=\"failed\"} %llu\n",
+			    (unsigned long long)st.auto_reloads_failed);
+	metric_one(b, "sparkrelay_config_last_reload_successful", "gauge",
+		   "1 if the last reload (or the start) applied the configuration file, 0 if it "
+		   "was refused and an older configuration runs.",
+		   st.last_reload_ok ? 1 : 0);
+	metric_head(b, "sparkrelay_config_last_reload_success_timestamp_seconds", "gauge",
+		    "When the configuration in force was loaded, seconds since the Unix epoch.");
+	evbuffer_add_printf(b, "sparkrelay_config_last_reload_success_timestamp_seconds %.3f\n",
+			    (double)st.last_reload_ok_unix_ms / 1e3);
+
+	if (admin)
+		guard_metrics(b, "admin", "Admin API", "relay.admin.max_connections",
+			      admin->api.guard);
+	if (mx)
+		guard_metrics(b, "metrics", "Metrics listener", "its cap of 16", mx->api.guard);
 	metric_hist(b, "sparkrelay_tunnel_rtt_seconds", "Tunnel PING round-trip time.",
 		    &st.tunnel_rtt);
 	metric_hist(b, "sparkrelay_executor_wait_seconds",
-		    "Time an executor connection waited for its tunnel to come back.",
+		    "Time an executor connection waited for its tunnel to come back (those "
+		    "that waited relay.lease.pending_timeout_ms in vain are "
+		    "sparkrelay_refused_total{reason=\"pending_timeout\"}).",
 		    &st.pending_wait);
+	metrics_process(b);
+}
+
+static void reply_metrics(struct relay *r, const struct relay_admin *admin,
+			  const struct relay_metrics *mx, struct evhttp_request *req)
+{
+	struct evbuffer *b = evbuffer_new();
+
+	if (!b) {
+		evhttp_send_error(req, 500, NULL);
+		return;
+	}
+	render_metrics(r, admin, mx, b);
 	sr_http_reply(req, 200, "text/plain; version=0.0.4; charset=utf-8", b);
 	evbuffer_free(b);
+}
+
+static void h_metrics(struct relay_admin *a, struct evhttp_request *req, const char *tail)
+{
+	reply_metrics(a->relay, a, a->metrics, req);
 }
 
 /* ---- /v1/sessions /v1/leases --------------------------------------- */
@@ -236,6 +558,7 @@ static void session_to_json(const struct relay_session_view *v, void *arg)
 	json_object_set_new(o, "identity", jstr(v->identity));
 	json_object_set_new(o, "tenant", jstr(v->tenant));
 	json_object_set_new(o, "lease", jstr(v->lease));
+	json_object_set_new(o, "app", jstr(v->app));
 	json_object_set_new(o, "age_ms", json_integer((json_int_t)v->age_ms));
 	json_object_set_new(o, "streams_active",
 			    json_integer((json_int_t)v->st.streams_active));
@@ -249,6 +572,33 @@ static void session_to_json(const struct relay_session_view *v, void *arg)
 			    json_integer((json_int_t)v->st.bytes_from_tunnel));
 	json_object_set_new(o, "rtt_us", json_integer((json_int_t)v->st.last_rtt_us));
 	json_array_append_new(arr, o);
+}
+
+/* A lease's stream resumption state (the sidecar's /status has the same
+ * object): "away" and "away_ms" while it holds streams for a tunnel to
+ * come back. */
+static json_t *resume_json(const struct tun_group_stats *g, uint64_t away_ms)
+{
+	json_t *o = json_object(), *lost = json_object();
+
+	if (!o || !lost) {
+		json_decref(o);
+		json_decref(lost);
+		return json_null();
+	}
+	for (int i = 0; i < TUN_LOST_MAX; i++)
+		json_object_set_new(lost, tun_lost_name((enum tun_lost)i),
+				    json_integer((json_int_t)g->lost[i]));
+	json_object_set_new(o, "away", json_boolean(g->away_since_us != 0));
+	json_object_set_new(o, "away_ms", json_integer((json_int_t)away_ms));
+	json_object_set_new(o, "streams_held", json_integer((json_int_t)g->held));
+	json_object_set_new(o, "bytes_held", json_integer((json_int_t)g->held_bytes));
+	json_object_set_new(o, "aways", json_integer((json_int_t)g->aways));
+	json_object_set_new(o, "resumes", json_integer((json_int_t)g->resumes));
+	json_object_set_new(o, "streams_resumed", json_integer((json_int_t)g->resumed));
+	json_object_set_new(o, "bytes_replayed", json_integer((json_int_t)g->replayed_bytes));
+	json_object_set_new(o, "streams_lost", lost);
+	return o;
 }
 
 static void lease_to_json(const struct relay_lease_view *v, void *arg)
@@ -278,6 +628,11 @@ static void lease_to_json(const struct relay_lease_view *v, void *arg)
 	json_object_set_new(o, "conns_active", json_integer((json_int_t)v->conns_active));
 	json_object_set_new(o, "conns_total", json_integer((json_int_t)v->conns_total));
 	json_object_set_new(o, "driver_refused", json_integer((json_int_t)v->driver_refused));
+	json_object_set_new(o, "detached_ms", json_integer((json_int_t)v->detached_ms));
+	json_object_set_new(o, "expires_in_ms", v->expires_in_ms < 0
+							? json_null()
+							: json_integer((json_int_t)v->expires_in_ms));
+	json_object_set_new(o, "resumption", resume_json(&v->resume, v->away_ms));
 	json_array_append_new(arr, o);
 }
 
@@ -321,7 +676,7 @@ static void h_revoke(struct relay_admin *a, struct evhttp_request *req, const ch
 		sr_http_reply_error(req, 500, sr_strerror(rv));
 		return;
 	}
-	SR_INFO(a->api.ctx, "lease %s revoked", id);
+	SR_INFO(a->api.ctx, "lease=%s revoked", id);
 	sr_http_reply_json(req, 200, json_pack("{s:s,s:s}", "result", "revoked", "lease", id));
 }
 
@@ -411,26 +766,34 @@ static int opt_string(json_t *o, const char *key, const char **out)
 	return 0;
 }
 
+/* Whether the client asked for JSON (ctl does; curl gets the text). */
+static int wants_json(struct evhttp_request *req)
+{
+	const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "Accept");
+
+	return h && strstr(h, "application/json") != NULL;
+}
+
 static void h_explain(struct relay_admin *a, struct evhttp_request *req, const char *tail)
 {
 	struct evbuffer *in = evhttp_request_get_input_buffer(req);
-	size_t len = evbuffer_get_length(in);
+	size_t len = evbuffer_get_length(in), nsans = 0;
+	const char *sans[TUN_EP_MAX_SANS];
 	struct relay_identity id;
 	struct sockaddr_storage ss;
 	socklen_t sslen = sizeof(ss);
 	const char *cn, *token, *app, *addr;
-	char msg[256], *out = NULL;
+	char msg[256];
 	json_error_t jerr;
 	char near[SR_ESC_SIZE(60)];
-	json_t *body;
-	int n;
+	json_t *body, *jsans, *res = NULL;
 
 	/* evhttp already refused bodies over RELAY_ADMIN_MAX_BODY. */
 	body = json_loadb((const char *)evbuffer_pullup(in, (ev_ssize_t)len), len,
 			  JSON_REJECT_DUPLICATES, &jerr);
 	if (!body || !json_is_object(body)) {
 		snprintf(msg, sizeof(msg),
-			 "body must be a JSON object {\"cn\",\"token\",\"app\","
+			 "body must be a JSON object {\"cn\",\"sans\",\"token\",\"app\","
 			 "\"addr\"}%s%s",
 			 body ? "" : ": ",
 			 body ? "" : sr_mask_n(jerr.text, 60, near, sizeof(near)));
@@ -442,8 +805,29 @@ static void h_explain(struct relay_admin *a, struct evhttp_request *req, const c
 		sr_http_reply_error(req, 400, "cn, token, app and addr must be strings");
 		goto out;
 	}
+	jsans = json_object_get(body, "sans");
+	if (jsans && !json_is_null(jsans)) {
+		size_t i;
+		json_t *v;
+		if (!json_is_array(jsans) || json_array_size(jsans) > TUN_EP_MAX_SANS) {
+			snprintf(msg, sizeof(msg), "sans must be an array of at most %d strings",
+				 TUN_EP_MAX_SANS);
+			sr_http_reply_error(req, 400, msg);
+			goto out;
+		}
+		json_array_foreach(jsans, i, v)
+		{
+			if (!json_is_string(v)) {
+				sr_http_reply_error(req, 400, "sans must be strings");
+				goto out;
+			}
+			sans[nsans++] = json_string_value(v);
+		}
+	}
 	memset(&id, 0, sizeof(id));
 	id.cn = cn;
+	id.sans = sans;
+	id.nsans = nsans;
 	id.token = token;
 	if (addr && *addr) {
 		if (sr_parse_addr(addr, 0, &ss, &sslen) != 0) {
@@ -454,23 +838,30 @@ static void h_explain(struct relay_admin *a, struct evhttp_request *req, const c
 		}
 		id.addr = (const struct sockaddr *)&ss;
 	}
-	out = malloc(ADMIN_EXPLAIN_MAX);
-	if (!out) {
-		evhttp_send_error(req, 500, NULL);
-		goto out;
-	}
-	n = relay_policy_explain(relay_get_policy(a->relay), &id, app, out, ADMIN_EXPLAIN_MAX);
-	if (n < 0) {
+	res = relay_explain_json(relay_get_policy(a->relay), &id, app);
+	if (!res) {
 		sr_http_reply_error(req, 500, "cannot explain");
 		goto out;
 	}
-	if (n > 0 && (size_t)n < ADMIN_EXPLAIN_MAX - 1 && out[n - 1] != '\n') {
-		out[n] = '\n';
-		out[n + 1] = '\0';
+	if (wants_json(req)) {
+		sr_http_reply_json(req, 200, res);
+		res = NULL;
+	} else {
+		const char *text = json_string_value(json_object_get(res, "explanation"));
+		size_t n = text ? strlen(text) : 0;
+		struct evbuffer *b = evbuffer_new();
+		if (!b) {
+			evhttp_send_error(req, 500, NULL);
+			goto out;
+		}
+		evbuffer_add(b, text ? text : "", n);
+		if (n && text[n - 1] != '\n')
+			evbuffer_add(b, "\n", 1);
+		sr_http_reply(req, 200, "text/plain; charset=utf-8", b);
+		evbuffer_free(b);
 	}
-	sr_http_reply_text(req, 200, out);
 out:
-	free(out);
+	json_decref(res);
 	json_decref(body);
 }
 
@@ -620,6 +1011,8 @@ void relay_admin_free(struct relay_admin *a)
 {
 	if (!a)
 		return;
+	if (a->metrics)
+		a->metrics->admin = NULL;
 	sr_http_fini(&a->api);
 	if (a->drain_ev)
 		event_free(a->drain_ev);
@@ -635,4 +1028,83 @@ uint16_t relay_admin_port(const struct relay_admin *a)
 int relay_admin_listen_fd(const struct relay_admin *a)
 {
 	return a->api.sock ? evhttp_bound_socket_get_fd(a->api.sock) : -1;
+}
+
+/* ---- the read-only metrics listener ----------------------------------- */
+
+static void metrics_dispatch(struct evhttp_request *req, void *arg)
+{
+	struct relay_metrics *m = arg;
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+
+	if (!path)
+		path = "";
+	if (strcmp(path, "/metrics") != 0 && strcmp(path, "/healthz") != 0 &&
+	    strcmp(path, "/readyz") != 0) {
+		sr_http_reply_error(req, 404, "no such endpoint (this listener serves /metrics, "
+					      "/healthz and /readyz)");
+		return;
+	}
+	if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
+		sr_http_reply_error(req, 405, "method not allowed");
+		return;
+	}
+	if (strcmp(path, "/metrics") == 0)
+		reply_metrics(m->relay, m->admin, m, req);
+	else if (strcmp(path, "/healthz") == 0)
+		h_healthz(NULL, req, NULL);
+	else
+		readyz(m->relay, req);
+}
+
+struct relay_metrics *relay_metrics_new(struct event_base *base, struct relay *r,
+					struct relay_admin *admin, const char *listen, char *err,
+					size_t errlen)
+{
+	struct relay_metrics *m = calloc(1, sizeof(*m));
+	struct sr_http_opts ho = {
+	    .name = "metrics",
+	    .listen = listen,
+	    .max_headers = METRICS_MAX_HEADERS,
+	    .max_body = METRICS_MAX_BODY,
+	    .max_conns = METRICS_MAX_CONNS,
+	    .deadline_ms = METRICS_DEADLINE_MS,
+	    .handler = metrics_dispatch,
+	    .arg = m,
+	};
+
+	if (!m) {
+		sr_seterr(err, errlen, "out of memory");
+		return NULL;
+	}
+	m->relay = r;
+	if (sr_http_init(&m->api, base, &ho, err, errlen) != 0) {
+		free(m);
+		return NULL;
+	}
+	if (admin) {
+		m->admin = admin;
+		admin->metrics = m;
+	}
+	SR_INFO(m->api.ctx, "metrics listening (GET /metrics, /healthz, /readyz; no token: "
+			    "read-only)");
+	return m;
+}
+
+void relay_metrics_free(struct relay_metrics *m)
+{
+	if (!m)
+		return;
+	if (m->admin)
+		m->admin->metrics = NULL;
+	sr_http_fini(&m->api);
+	free(m);
+}
+
+uint16_t relay_metrics_port(const struct relay_metrics *m)
+{
+	return m->api.port;
 }

@@ -9,7 +9,9 @@
  *   GET    /v1/config            effective configuration, secrets redacted
  *   POST   /v1/drain             graceful drain (the relay exits when done)
  *   POST   /v1/reload            re-read the configuration (200 or 400 with the reason)
- *   POST   /v1/route/explain     {"cn","token","app","addr"} -> text/plain explanation
+ *   POST   /v1/route/explain     {"cn","sans","token","app","addr"} -> text/plain
+ *                                explanation; with "Accept: application/json" the
+ *                                object of relay_explain_json (relay_view.h)
  *
  * Every endpoint but /healthz and /readyz requires "Authorization: Bearer
  * <token>" when a token is configured (401 otherwise). Unknown paths get
@@ -69,5 +71,19 @@ void relay_admin_free(struct relay_admin *a);
 uint16_t relay_admin_port(const struct relay_admin *a);
 /* The listening socket (to pass on in a handover); stays the admin's. */
 int relay_admin_listen_fd(const struct relay_admin *a);
+
+/* The read-only metrics listener (relay.metrics.listen): GET or HEAD of
+ * /metrics (the admin API's exposition), /healthz and /readyz, without a
+ * token on any address, since it can change nothing. Every other path is
+ * 404, other methods 405. At most 16 connections at once, each closed 10 s
+ * after its accept. admin (may be NULL) adds its connection counters to
+ * the exposition, and the admin's /metrics then shows this listener's;
+ * either may be freed first. Returns NULL with a reason in err. */
+struct relay_metrics;
+struct relay_metrics *relay_metrics_new(struct event_base *base, struct relay *r,
+					struct relay_admin *admin, const char *listen, char *err,
+					size_t errlen);
+void relay_metrics_free(struct relay_metrics *m);
+uint16_t relay_metrics_port(const struct relay_metrics *m);
 
 #endif

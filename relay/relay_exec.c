@@ -43,15 +43,34 @@ static void pending_unlink(struct relay_pending *p)
 	lx->npending--;
 }
 
+/* Whether a refusal of this kind for lx may be logged now; *more gets the
+ * number of its refusals that were not logged since the previous line. */
+static int refusal_log_allowed(struct relay_lease_ext *lx, enum relay_rl_exec kind,
+			       uint64_t *more)
+{
+	return relay_ratelog_allow(&lx->rl_exec[kind], sr_now_us(), REFUSAL_LOG_PERIOD_US, more);
+}
+
+static void refuse(struct relay *r, struct relay_lease_ext *lx, enum relay_refusal why)
+{
+	relay_refuse_at(r, why, lx ? lx->tenant_name : "", lx && lx->pool ? lx->pool->name : "");
+}
+
 static void pending_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct relay_pending *p = arg;
-	struct relay *r = p->owner->relay;
+	struct relay_lease_ext *lx = p->owner;
+	struct relay *r = lx->relay;
+	char ctx[RELAY_LEASE_CTX_MAX];
+	uint64_t more = 0;
 
-	SR_WARN(relay_lease_id(p->owner->lease),
-		"conn=%llu peer=%s: closed after waiting %u ms for the tunnel",
-		(unsigned long long)p->conn_id, p->peer, r->o->pending_timeout_ms);
-	relay_refuse(r, RELAY_REFUSE_PENDING_TIMEOUT);
+	if (refusal_log_allowed(lx, RELAY_RL_WAIT_TIMEOUT, &more))
+		SR_WARN(relay_lease_ctx(lx, lx->lease, ctx, sizeof(ctx)),
+			"conn=%llu peer=%s: closed after waiting %u ms for the tunnel (%llu more "
+			"since the last line)",
+			(unsigned long long)p->conn_id, p->peer, r->o->pending_timeout_ms,
+			(unsigned long long)more);
+	refuse(r, lx, RELAY_REFUSE_PENDING_TIMEOUT);
 	pending_unlink(p);
 	pending_free(p, 1);
 }
@@ -65,7 +84,7 @@ static void open_stream(struct relay *r, struct relay_lease_ext *lx, int fd,
 	bev = bufferevent_socket_new(r->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	if (!bev) {
 		close(fd);
-		relay_refuse(r, RELAY_REFUSE_STREAM);
+		refuse(r, lx, RELAY_REFUSE_STREAM);
 		return;
 	}
 	rv = tun_conn_open_stream(lx->tunnel->conn, bev, relay_lease_port(lx->lease, role),
@@ -73,7 +92,7 @@ static void open_stream(struct relay *r, struct relay_lease_ext *lx, int fd,
 	if (rv != 0) {
 		SR_WARN(lx->tunnel->ctx, "conn=%llu peer=%s: cannot open stream: %s",
 			(unsigned long long)conn_id, peer, sr_strerror(rv));
-		relay_refuse(r, RELAY_REFUSE_STREAM);
+		refuse(r, lx, RELAY_REFUSE_STREAM);
 		return;
 	}
 	lx->conns_total++;
@@ -135,8 +154,8 @@ void relay_exec_on_accept(struct relay_lease *l, enum tun_port_role role, int fd
 	const struct relay_policy *pol;
 	struct relay_tenant_limits tl;
 	struct relay_pending *p;
-	char peer[SR_ADDRSTRLEN];
-	uint64_t conn_id = ++r->next_conn_id;
+	char peer[SR_ADDRSTRLEN], ctx[RELAY_LEASE_CTX_MAX];
+	uint64_t conn_id = ++r->next_conn_id, more = 0;
 	int cur, route;
 	unsigned max_pending = r->o->max_pending;
 	struct timeval tv;
@@ -145,7 +164,7 @@ void relay_exec_on_accept(struct relay_lease *l, enum tun_port_role role, int fd
 	r->st.executor_conns++;
 	if (!lx || r->draining) {
 		reset_fd(fd);
-		relay_refuse(r, RELAY_REFUSE_DRAINING);
+		refuse(r, lx, RELAY_REFUSE_DRAINING);
 		return;
 	}
 	/* "Changed limits apply to new work": a new executor connection is
@@ -158,38 +177,45 @@ void relay_exec_on_accept(struct relay_lease *l, enum tun_port_role role, int fd
 	tpol = cur >= 0 ? r->pol : lx->pol;
 	relay_tenant_limits(r, tpol, relay_policy_tenant_cfg(tpol->p, cur >= 0 ? cur : lx->tenant),
 		      &tl);
+	/* Refusals are logged at most once per kind, lease and period (a
+	 * scanner or a crash-looping executor makes thousands), and each one
+	 * is counted. */
 	if (!relay_policy_executor_allowed(pol, route, sa)) {
-		SR_WARN(relay_lease_id(l), "conn=%llu peer=%s: refused, address not in route %s's "
-					   "executor_cidrs",
-			(unsigned long long)conn_id, peer, lx->route_name);
+		if (refusal_log_allowed(lx, RELAY_RL_CIDR, &more))
+			SR_WARN(relay_lease_ctx(lx, l, ctx, sizeof(ctx)),
+				"conn=%llu peer=%s: refused, address not in route %s's "
+				"executor_cidrs (%llu more refused since the last line)",
+				(unsigned long long)conn_id, peer, lx->route_name,
+				(unsigned long long)more);
 		reset_fd(fd);
-		relay_refuse(r, RELAY_REFUSE_CIDR);
+		refuse(r, lx, RELAY_REFUSE_CIDR);
 		return;
 	}
 	if (r->o->max_lease_connections &&
 	    relay_lease_conns(lx) >= (uint64_t)r->o->max_lease_connections) {
-		uint64_t more = 0;
 		if (relay_ratelog_allow(&lx->rl_refused, sr_now_us(), REFUSAL_LOG_PERIOD_US, &more))
-			SR_WARN(relay_lease_id(l), "conn=%llu peer=%s: refused, the lease is at its "
-						   "limit of %u connections (relay.max_lease_"
-						   "connections; %llu more refused since the last "
-						   "line)",
+			SR_WARN(relay_lease_ctx(lx, l, ctx, sizeof(ctx)),
+				"conn=%llu peer=%s: refused, the lease is at its limit of %u "
+				"connections (relay.max_lease_connections; %llu more refused since "
+				"the last line)",
 				(unsigned long long)conn_id, peer, r->o->max_lease_connections,
 				(unsigned long long)more);
 		reset_fd(fd);
-		relay_refuse(r, RELAY_REFUSE_LEASE_CONNS);
+		refuse(r, lx, RELAY_REFUSE_LEASE_CONNS);
 		return;
 	}
 	if (tl.connections) {
 		struct relay_tenant_usage u;
 		relay_tenant_usage(r, lx->tenant_name, NULL, NULL, NULL, &u);
 		if (u.conns >= tl.connections) {
-			SR_WARN(relay_lease_id(l), "conn=%llu peer=%s: refused, tenant %s is at its "
-						   "limit of %u connections",
-				(unsigned long long)conn_id, peer, lx->tenant_name,
-				tl.connections);
+			if (refusal_log_allowed(lx, RELAY_RL_TENANT, &more))
+				SR_WARN(relay_lease_ctx(lx, l, ctx, sizeof(ctx)),
+					"conn=%llu peer=%s: refused, tenant %s is at its limit of "
+					"%u connections (%llu more refused since the last line)",
+					(unsigned long long)conn_id, peer, lx->tenant_name,
+					tl.connections, (unsigned long long)more);
 			reset_fd(fd);
-			relay_refuse(r, RELAY_REFUSE_TENANT_LIMIT);
+			refuse(r, lx, RELAY_REFUSE_TENANT_LIMIT);
 			return;
 		}
 	}
@@ -202,18 +228,21 @@ void relay_exec_on_accept(struct relay_lease *l, enum tun_port_role role, int fd
 	if (tl.pending)
 		max_pending = tl.pending;
 	if (lx->npending >= max_pending) {
-		SR_WARN(relay_lease_id(l), "conn=%llu peer=%s: refused, %u connections already "
-					   "wait for the tunnel",
-			(unsigned long long)conn_id, peer, lx->npending);
+		if (refusal_log_allowed(lx, RELAY_RL_QUEUE_FULL, &more))
+			SR_WARN(relay_lease_ctx(lx, l, ctx, sizeof(ctx)),
+				"conn=%llu peer=%s: refused, %u connections already wait for the "
+				"tunnel (%llu more refused since the last line)",
+				(unsigned long long)conn_id, peer, lx->npending,
+				(unsigned long long)more);
 		reset_fd(fd);
-		relay_refuse(r, RELAY_REFUSE_PENDING_FULL);
+		refuse(r, lx, RELAY_REFUSE_PENDING_FULL);
 		return;
 	}
 	p = calloc(1, sizeof(*p));
 	if (!p || !(p->timer = evtimer_new(r->base, pending_timeout_cb, p))) {
 		free(p);
 		close(fd);
-		relay_refuse(r, RELAY_REFUSE_STREAM);
+		refuse(r, lx, RELAY_REFUSE_STREAM);
 		return;
 	}
 	p->owner = lx;
@@ -230,14 +259,23 @@ void relay_exec_on_accept(struct relay_lease *l, enum tun_port_role role, int fd
 		lx->pending = p;
 	lx->pending_tail = p;
 	lx->npending++;
-	SR_INFO(relay_lease_id(l), "conn=%llu peer=%s: waiting for the tunnel (up to %u ms)",
+	SR_INFO(relay_lease_ctx(lx, l, ctx, sizeof(ctx)),
+		"conn=%llu peer=%s: waiting for the tunnel (up to %u ms)",
 		(unsigned long long)conn_id, peer, r->o->pending_timeout_ms);
 }
 
 void relay_lease_ext_free(struct relay_lease_ext *lx)
 {
 	relay_tenant_remove(lx->relay, lx);
-	tun_group_free(lx->group); /* held streams end with the lease */
+	if (lx->group && lx->relay) {
+		/* Its counters outlive it in the relay's totals; held streams
+		 * end with the lease (tun_group_free counts them lost). */
+		struct tun_group_stats gs;
+		tun_group_get_stats(lx->group, &gs);
+		gs.lost[TUN_LOST_ENDED] += gs.held;
+		relay_group_stats_add(&lx->relay->closed_groups, &gs);
+	}
+	tun_group_free(lx->group);
 	while (lx->pending) {
 		struct relay_pending *p = lx->pending;
 		lx->pending = p->next;
@@ -253,8 +291,10 @@ void relay_exec_on_expire(struct relay_lease *l, void *arg)
 	struct relay *r = arg;
 	struct relay_lease_ext *lx = relay_lease_data(l);
 
-	SR_INFO(relay_lease_id(l), "lease expired: no tunnel for %u s; ports closed",
-		r->o->lease_grace_s);
+	char ctx[RELAY_LEASE_CTX_MAX];
+
+	SR_INFO(relay_lease_ctx(lx, l, ctx, sizeof(ctx)),
+		"lease expired: no tunnel for %u s; ports closed", r->o->lease_grace_s);
 	r->st.leases_expired++;
 	relay_lease_set_data(l, NULL);
 	if (lx)

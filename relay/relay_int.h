@@ -34,6 +34,27 @@ struct relay_tunnel;
 
 /* Refusals under a flood: at most one log line per kind this often. */
 #define REFUSAL_LOG_PERIOD_US (10u * 1000000u)
+
+/* Kinds of executor refusal logged per lease under relay_lease_ext.rl_exec. */
+enum relay_rl_exec {
+	RELAY_RL_CIDR,
+	RELAY_RL_TENANT,
+	RELAY_RL_QUEUE_FULL,
+	RELAY_RL_WAIT_TIMEOUT,
+	RELAY_RL_EXEC_MAX,
+};
+
+/* Refusals by tenant and pool (sparkrelay_tenant_refused_total); made on
+ * the first refusal of a pair, at most RELAY_REFUSAL_KEYS_MAX pairs (later
+ * ones are counted in relay_stats only). */
+#define RELAY_REFUSAL_KEYS_MAX 4096
+struct relay_refusal_key {
+	struct relay_refusal_key *next;
+	char tenant[64];
+	char pool[64];
+	uint64_t n[RELAY_REFUSE_MAX];
+};
+
 /* App names in log lines: escaped, and cut to this many input bytes. */
 #define LOG_APP_MAX 64
 
@@ -88,6 +109,8 @@ struct relay_lease_ext {
 	struct relay_ratelog rl_refused; /* executors over max_lease_connections */
 	uint64_t driver_refused;         /* streams the sidecar refused (no driver) */
 	struct relay_ratelog rl_driver;  /* their log lines */
+	/* The other executor refusals, one log line per kind and period. */
+	struct relay_ratelog rl_exec[RELAY_RL_EXEC_MAX];
 	/* Who created it (relay_identity_key): only that identity may resume. */
 	char idkey[RELAY_IDKEY_MAX];
 	struct sockaddr_storage src; /* the creator's address, for reclaim order */
@@ -144,6 +167,10 @@ struct relay {
 	int handed_over;           /* a new process has everything: exit */
 	int drain_wanted;          /* asked to drain during a handover */
 	struct relay_stats st;
+	/* Stream resumption of leases that ended (relay_lease_ext_free). */
+	struct tun_group_stats closed_groups;
+	struct relay_refusal_key *refusal_keys;
+	unsigned nrefusal_keys;
 };
 
 /* The limits that apply to a tenant of policy pol (tc may be NULL). */
@@ -174,6 +201,9 @@ struct relay_tenant_usage {
 /* relay.c */
 void relay_hist_add(struct relay_hist *h, uint64_t us);
 void relay_refuse(struct relay *r, enum relay_refusal why);
+/* relay_refuse, and counted for tenant and pool too ("" when unknown). */
+void relay_refuse_at(struct relay *r, enum relay_refusal why, const char *tenant,
+		     const char *pool);
 /* A peer's name (certificate CN) as one word of a log context: escaped,
  * and quoted when it holds a space or '=' that could pass for another field. */
 const char *relay_log_word(const char *s, char *buf, size_t len);
@@ -248,6 +278,16 @@ void relay_exec_on_refused(struct tun_conn *c, uint64_t conn_id, uint16_t port, 
 void relay_lease_ext_free(struct relay_lease_ext *lx);
 /* Free lx and release its lease (ports closed). */
 void relay_release_lease(struct relay_lease_ext *lx);
+
+/* relay_view.c */
+/* Add the counters of g (not its held streams and bytes, which are the
+ * state now) to sum. */
+void relay_group_stats_add(struct tun_group_stats *sum, const struct tun_group_stats *g);
+/* The context of a lease's log lines, "lease=L-.. app=\"..\" tenant=T", so
+ * that grep 'lease=L-..' follows a notebook through the log. Returns buf. */
+#define RELAY_LEASE_CTX_MAX (TUN_CTL_LEASE_MAX + SR_ESC_SIZE(LOG_APP_MAX) + 96)
+const char *relay_lease_ctx(const struct relay_lease_ext *lx, const struct relay_lease *l,
+			    char *buf, size_t len);
 
 /* relay_tunnel.c */
 void relay_tunnel_accept(struct evconnlistener *lst, evutil_socket_t fd, struct sockaddr *sa,

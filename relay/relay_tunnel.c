@@ -59,7 +59,10 @@ void relay_tunnel_free(struct relay_tunnel *t)
 	free(t);
 }
 
-static void send_error(struct relay_tunnel *t, const char *code, const char *text)
+/* Refuse the registration with code and text (sent to the sidecar); detail
+ * (may be NULL, already escaped) is for the log only. */
+static void send_error_detail(struct relay_tunnel *t, const char *code, const char *text,
+			      const char *detail)
 {
 	struct tun_ctl_msg m;
 	char esc[SR_ESC_SIZE(TUN_CTL_TEXT_MAX)];
@@ -69,9 +72,15 @@ static void send_error(struct relay_tunnel *t, const char *code, const char *tex
 	snprintf(m.code, sizeof(m.code), "%s", code);
 	snprintf(m.message, sizeof(m.message), "%s", text);
 	/* text may quote what the sidecar sent (its app name, say). */
-	SR_WARN(t->ctx, "registration refused: %s (%s)", code, sr_esc(text, esc, sizeof(esc)));
+	SR_WARN(t->ctx, "registration refused: %s (%s%s%s)", code, sr_esc(text, esc, sizeof(esc)),
+		detail ? "; " : "", detail ? detail : "");
 	tun_conn_send_ctl(t->conn, &m);
 	tun_conn_close(t->conn, 0);
+}
+
+static void send_error(struct relay_tunnel *t, const char *code, const char *text)
+{
+	send_error_detail(t, code, text, NULL);
 }
 
 /* After the lease message: held streams reopened, then waiting executors. */
@@ -158,6 +167,18 @@ static void attach(struct relay_tunnel *t, struct relay_lease_ext *lx)
 		t->open_after_lease = 1;
 }
 
+/* A lease's context plus the sidecar's address, for lines logged before
+ * attach() gives the tunnel that context. */
+static const char *lease_peer_ctx(const struct relay_tunnel *t, const struct relay_lease_ext *lx,
+				  char *buf, size_t len)
+{
+	char lctx[RELAY_LEASE_CTX_MAX];
+
+	snprintf(buf, len, "%s peer=%s", relay_lease_ctx(lx, lx->lease, lctx, sizeof(lctx)),
+		 t->peer);
+	return buf;
+}
+
 /* End one of the tenant's leases that have no tunnel, so that a registration
  * of the same tenant can have a lease: the oldest one that this client (same
  * identity, same source) left behind, else the tenant's oldest. With pool
@@ -174,7 +195,7 @@ static int reclaim_one(struct relay_tunnel *t, const char *tenant, const char *i
 	victim = u.oldest_mine ? u.oldest_mine : u.oldest;
 	if (!victim)
 		return 0;
-	SR_WARN(t->ctx, "lease %s of tenant %s reclaimed after %llu s without a tunnel (%s): "
+	SR_WARN(t->ctx, "lease=%s of tenant %s reclaimed after %llu s without a tunnel (%s): "
 			"its sidecar must register again",
 		relay_lease_id(victim->lease), tenant,
 		(unsigned long long)((sr_now_us() - victim->detached_us) / 1000000u), why);
@@ -283,7 +304,7 @@ static void reg_resume(struct relay_tunnel *t, const struct tun_ctl_msg *m, cons
 	}
 	if (!by_prev)
 		snprintf(lx->prev_resume, sizeof(lx->prev_resume), "%s", m->resume);
-	SR_INFO(t->ctx, "resuming lease %s%s", relay_lease_id(l),
+	SR_INFO(t->ctx, "resuming lease=%s%s", relay_lease_id(l),
 		by_prev ? " (with the token before the last: the lease message that carried "
 			  "its successor did not arrive)"
 			: "");
@@ -318,7 +339,7 @@ static int reg_check_limits(struct relay_tunnel *t, int tenant, const char *tnam
 	if (u.leases < tl.leases || reclaim_one(t, tname, idkey, NULL,
 						"the tenant is at its lease limit"))
 		return 0;
-	relay_refuse(r, RELAY_REFUSE_REG_LIMIT);
+	relay_refuse_at(r, RELAY_REFUSE_REG_LIMIT, tname, "");
 	snprintf(why, sizeof(why), "tenant %s holds %u leases already", tname, tl.leases);
 	send_error(t, "too_many_leases", why);
 	return -1;
@@ -333,7 +354,7 @@ static void reg_new_lease(struct relay_tunnel *t, const struct tun_ctl_msg *m, i
 	struct relay_lease_ext *lx;
 	struct relay_pool_rt *pr;
 	struct relay_lease *l;
-	char why[256], app[SR_ESC_SIZE(LOG_APP_MAX)];
+	char why[256], app[SR_ESC_SIZE(LOG_APP_MAX)], ctx[RELAY_LEASE_CTX_MAX + SR_ADDRSTRLEN];
 	unsigned roles;
 	int route, rv;
 
@@ -342,7 +363,7 @@ static void reg_new_lease(struct relay_tunnel *t, const struct tun_ctl_msg *m, i
 	route = relay_policy_route(p, tenant, m->app, (const struct sockaddr *)&t->addr, why,
 				   sizeof(why));
 	if (route < 0) {
-		relay_refuse(r, RELAY_REFUSE_REG_ROUTE);
+		relay_refuse_at(r, RELAY_REFUSE_REG_ROUTE, tname, "");
 		send_error(t, "no_route", why);
 		return;
 	}
@@ -366,13 +387,22 @@ static void reg_new_lease(struct relay_tunnel *t, const struct tun_ctl_msg *m, i
 	    reclaim_one(t, tname, idkey, pr, "the pool is full"))
 		rv = relay_lease_create(pr->t, m->app, roles, r->o->lease_grace_s, &l);
 	if (rv != 0) {
+		char detail[SR_ESC_SIZE(LOG_APP_MAX) + 256];
 		free(lx);
-		relay_refuse(r, RELAY_REFUSE_REG_LIMIT);
-		send_error(t,
-			   rv == SR_ENOPORTS ? "no_ports"
-			   : rv == SR_EBUSY  ? "too_many_leases"
-					     : "internal",
-			   sr_strerror(rv));
+		relay_refuse_at(r, rv == SR_ENOPORTS ? RELAY_REFUSE_NO_PORTS : RELAY_REFUSE_REG_LIMIT,
+				tname, pr->name);
+		/* Who asked and which pool is out, for the operator only. */
+		snprintf(detail, sizeof(detail),
+			 "pool %s: ports %u-%u, max_leases %u, leases held %zu; tenant %s, app "
+			 "\"%s\"",
+			 pr->name, pr->opts.port_min, pr->opts.port_max, pr->opts.max_leases,
+			 relay_lease_count(pr->t), tname,
+			 sr_esc_n(m->app, LOG_APP_MAX, app, sizeof(app)));
+		send_error_detail(t,
+				  rv == SR_ENOPORTS ? "no_ports"
+				  : rv == SR_EBUSY  ? "too_many_leases"
+						    : "internal",
+				  sr_strerror(rv), detail);
 		return;
 	}
 	{
@@ -406,8 +436,9 @@ static void reg_new_lease(struct relay_tunnel *t, const struct tun_ctl_msg *m, i
 		return;
 	}
 	r->st.leases_granted++;
-	SR_INFO(t->ctx, "lease %s granted to app \"%s\" (tenant %s, route %s, pool %s): driver "
-			"port %u, blockManager port %u",
+	SR_INFO(lease_peer_ctx(t, lx, ctx, sizeof(ctx)),
+		"lease %s granted to app \"%s\" (tenant %s, route %s, pool %s): driver "
+		"port %u, blockManager port %u",
 		relay_lease_id(l), sr_esc_n(m->app, LOG_APP_MAX, app, sizeof(app)),
 		lx->tenant_name, lx->route_name, pr->name, relay_lease_port(l, TUN_PORT_DRIVER),
 		relay_lease_port(l, TUN_PORT_BLOCKMANAGER));
@@ -521,6 +552,8 @@ static void tunnel_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	SR_WARN(t->ctx, "register timeout: no registration within %u ms; closing",
 		r->o->handshake_timeout_ms);
+	/* As the metric's help says: TLS or registration not done in time. */
+	r->st.handshake_failures++;
 	tun_conn_close(t->conn, SR_ETIMEDOUT);
 }
 

@@ -801,3 +801,8 @@ void sidecar_get_lease(const struct sidecar *s, struct sidecar_lease_info *info)
 {
 	*info = s->lease;
 }
+
+void sidecar_get_resume_stats(const struct sidecar *s, struct tun_group_stats *st)
+{
+	tun_group_get_stats(s->group, st);
+}

@@ -74,5 +74,9 @@ void sidecar_free(struct sidecar *s);
 /* Release the lease and break the loop when done (or after release_timeout_ms). */
 void sidecar_shutdown(struct sidecar *s);
 void sidecar_get_lease(const struct sidecar *s, struct sidecar_lease_info *info);
+/* Its driver connections across tunnels (tunnel/tun_group.h): held now
+ * while the tunnel is away, and the counters since start. */
+struct tun_group_stats;
+void sidecar_get_resume_stats(const struct sidecar *s, struct tun_group_stats *st);
 
 #endif

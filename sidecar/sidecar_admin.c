@@ -6,6 +6,7 @@
 #include "common/sr_log.h"
 #include "common/sr_util.h"
 #include "sidecar/sidecar.h"
+#include "tunnel/tun_group.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -28,13 +29,42 @@ struct sidecar_admin {
 	struct sr_http api;
 };
 
-static json_t *status_json(const struct sidecar_lease_info *li)
+/* The driver connections held while the tunnel is away, and what resuming
+ * them did: the same object as a lease's "resumption" in the relay's
+ * /v1/leases. */
+static json_t *resume_json(const struct tun_group_stats *g)
 {
-	json_t *o = json_object(), *ports = json_object();
+	json_t *o = json_object(), *lost = json_object();
+	uint64_t away_ms = g->away_since_us ? (sr_now_us() - g->away_since_us) / 1000u : 0;
 
-	if (!o || !ports) {
+	if (!o || !lost) {
+		json_decref(o);
+		json_decref(lost);
+		return NULL;
+	}
+	for (int i = 0; i < TUN_LOST_MAX; i++)
+		json_object_set_new(lost, tun_lost_name((enum tun_lost)i),
+				    json_integer((json_int_t)g->lost[i]));
+	json_object_set_new(o, "away", json_boolean(g->away_since_us != 0));
+	json_object_set_new(o, "away_ms", json_integer((json_int_t)away_ms));
+	json_object_set_new(o, "streams_held", json_integer((json_int_t)g->held));
+	json_object_set_new(o, "bytes_held", json_integer((json_int_t)g->held_bytes));
+	json_object_set_new(o, "aways", json_integer((json_int_t)g->aways));
+	json_object_set_new(o, "resumes", json_integer((json_int_t)g->resumes));
+	json_object_set_new(o, "streams_resumed", json_integer((json_int_t)g->resumed));
+	json_object_set_new(o, "bytes_replayed", json_integer((json_int_t)g->replayed_bytes));
+	json_object_set_new(o, "streams_lost", lost);
+	return o;
+}
+
+static json_t *status_json(const struct sidecar_lease_info *li, const struct tun_group_stats *g)
+{
+	json_t *o = json_object(), *ports = json_object(), *resume = resume_json(g);
+
+	if (!o || !ports || !resume) {
 		json_decref(o);
 		json_decref(ports);
+		json_decref(resume);
 		return NULL;
 	}
 	for (int role = 0; li->have_lease && role < TUN_PORT_MAX; role++) {
@@ -50,6 +80,7 @@ static json_t *status_json(const struct sidecar_lease_info *li)
 	json_object_set_new(o, "connected", json_boolean(li->connected));
 	json_object_set_new(o, "relay", li->relay[0] ? json_string(li->relay) : json_null());
 	json_object_set_new(o, "reconnects", json_integer((json_int_t)li->reconnects));
+	json_object_set_new(o, "resumption", resume);
 	return o;
 }
 
@@ -88,7 +119,11 @@ static void sc_admin_dispatch(struct evhttp_request *req, void *arg)
 							 : "not ready: no lease\n");
 		return;
 	}
-	sr_http_reply_json(req, 200, status_json(&li));
+	{
+		struct tun_group_stats g;
+		sidecar_get_resume_stats(a->sidecar, &g);
+		sr_http_reply_json(req, 200, status_json(&li, &g));
+	}
 }
 
 struct sidecar_admin *sidecar_admin_new(struct event_base *base, struct sidecar *s,

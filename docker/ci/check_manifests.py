@@ -10,6 +10,8 @@ what can be checked without a cluster:
     the PriorityClass, tolerations;
   - the in-pod sidecar example of docs/operations.md: a native sidecar with its
     volumes, resources, securityContext and a startup probe;
+  - monitoring/*.yaml (applied on their own: a PodMonitor needs the Prometheus
+    Operator): the schema, and that they scrape the DaemonSet's metrics port;
   - with kubectl at hand, `kubectl kustomize` of the folder (offline), and the schema
     and references again on what it renders.
 
@@ -380,6 +382,43 @@ def main(argv):
         for f in pool_rule.get("from", [])) and bool(pool_rule.get("from")),
         "pool ports only from spark-role=executor pods")
     c.check(listen_rule is not None, f"NetworkPolicy opens the tunnel port {listen_port}")
+
+    # ---- metrics: relay.json, DaemonSet, NetworkPolicy, monitoring/ -----------------
+    mlisten = get(relay, "metrics.listen")
+    mport = int(mlisten.rsplit(":", 1)[1]) if mlisten else None
+    c.check(mport is not None and mlisten.rsplit(":", 1)[0] in ("0.0.0.0", "[::]"),
+            f"relay.json serves metrics on the node's addresses ({mlisten}): Prometheus "
+            f"scrapes them without the admin token")
+    # No container ports (hostNetwork, see above): the relay's metrics port is the
+    # node's, and monitors name it by number.
+    c.check(mport != admin_port, f"metrics port {mport} is not the admin port {admin_port}")
+    c.check(any(p.get("port") == mport and "endPort" not in p
+                for rule in get(np_, "spec.ingress", []) or [] for p in rule.get("ports", [])),
+            f"NetworkPolicy opens the metrics port {mport}")
+    mon_dir = os.path.join(k8s, "monitoring")
+    mon = load_docs(mon_dir) if os.path.isdir(mon_dir) else {}
+    monitors = []
+    for name, ds_ in mon.items():
+        for d in ds_:
+            check_schema(c, "monitoring/" + name, d)
+            c.check(get(d, "metadata.namespace") == "sparkrelay",
+                    f"monitoring/{name}: {d.get('kind')} in namespace sparkrelay")
+            if d.get("kind") in ("PodMonitor", "ServiceMonitor"):
+                monitors.append((name, d))
+    c.check(any(d.get("kind") == "PodMonitor" for _, d in monitors),
+            "monitoring/ has a PodMonitor example")
+    for name, d in monitors:
+        msel = get(d, "spec.selector.matchLabels", {})
+        c.check(bool(msel) and all(pod_labels.get(k) == v for k, v in msel.items()),
+                f"monitoring/{name}: selects the relay pods")
+        eps = get(d, "spec.podMetricsEndpoints", []) or get(d, "spec.endpoints", []) or []
+        for ep in eps:
+            c.check(ep.get("targetPort") == mport and "port" not in ep,
+                    f"monitoring/{name}: scrapes port {ep.get('targetPort', ep.get('port'))!r}, "
+                    f"relay.metrics.listen's port {mport} (by number: the pods list no ports)")
+            c.check(ep.get("path", "/metrics") == "/metrics" and "authorization" not in ep and
+                    "bearerTokenSecret" not in ep,
+                    f"monitoring/{name}: GET /metrics without a token")
 
     # ---- the in-pod sidecar of docs/operations.md ---------------------------------
     check_doc_sidecar(c, root, image, health_path, version)

@@ -328,6 +328,7 @@ POD_TEMPLATE = Obj({
 
 SCRAPE_ENDPOINT = {
     "port": PORT_NAME,
+    "targetPort": IntOrStr(),
     "path": Str(r"/.*"),
     "scheme": Str(enum=("http", "https")),
     "interval": Str(r"([0-9]+(ms|s|m|h))+"),

@@ -599,7 +599,7 @@ class RouteExplainTest(RoutingCase):
         self.assertIn('pool "b"', out, out)
         rc, out, err = self.ctl("route", "explain", "--token", TOKEN_X, "--app", "it-test",
                                 "--addr", "127.0.0.1")
-        self.assertEqual(rc, 0, err)
+        self.assertEqual(rc, 1, err)  # the registration would be refused
         self.assertIn("none matches", out, out)
         self.assertNotIn('pool "', out, out)
 

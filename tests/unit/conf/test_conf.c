@@ -357,11 +357,11 @@ static const struct err_case err_cases[] = {
     {"unknown key with a newline stays on one line",
      "{\"log\": {\"lev\\nel\": 1}}",
      SR_EINVAL,
-     {"t.json: log.lev?el: unknown key (expected one of: level)"}},
+     {"t.json: log.lev?el: unknown key (expected one of: level, format)"}},
     {"unknown key with a DEL byte is not quoted raw",
      "{\"log\": {\"lev\\u007fel\": 1}}",
      SR_EINVAL,
-     {"t.json: log.lev?el: unknown key (expected one of: level)"}},
+     {"t.json: log.lev?el: unknown key (expected one of: level, format)"}},
     {"duplicate key with a DEL byte is not quoted raw",
      "{\"log\": {\"a\x7f\": 1, \"a\x7f\": 2}}",
      SR_EINVAL,
@@ -668,6 +668,21 @@ static const struct err_case err_cases[] = {
      "{\"relay\": {\"admin\": {\"listen\": \"9090\"}}}",
      SR_EINVAL,
      {"relay.admin.listen: must be host:port (port 0: any free port) or null (got \"9090\")"}},
+    /* metrics */
+    {"metrics: on the admin listener's address",
+     "{\"relay\": {" RELAY_OK_TLS ", \"metrics\": {\"listen\": \"127.0.0.1:9090\"}}}",
+     SR_EINVAL,
+     {"relay.metrics.listen: must not be the address of relay.admin.listen "
+      "(\"127.0.0.1:9090\")"}},
+    {"metrics: a wildcard on the admin listener's port",
+     "{\"relay\": {" RELAY_OK_TLS ", \"metrics\": {\"listen\": \"0.0.0.0:9090\"}}}",
+     SR_EINVAL,
+     {"relay.metrics.listen: must not be"}},
+    /* log */
+    {"log: unknown format",
+     "{\"log\": {\"format\": \"xml\"}}",
+     SR_EINVAL,
+     {"log.format: must be one of", "(got \"xml\")"}},
 };
 
 static void test_errors(void **state)
@@ -1273,8 +1288,9 @@ static void test_arrays_load(void **state)
 	assert_int_equal(po->tenants[0].nsan, 1);
 	assert_string_equal(po->tenants[0].san[0], "*.ops");
 	assert_int_equal(po->tenants[0].ntoken, 0);
-	assert_int_equal(po->tenants[0].max_leases, 0);
-	assert_int_equal(po->tenants[0].max_connections, 0);
+	/* Unset limits are those of relay.default_tenant's defaults. */
+	assert_int_equal(po->tenants[0].max_leases, 256);
+	assert_int_equal(po->tenants[0].max_connections, 16384);
 	assert_int_equal(po->tenants[0].max_pending, 0);
 	assert_string_equal(po->tenants[1].name, "ds");
 	assert_int_equal(po->tenants[1].ntoken, 1);

@@ -1,0 +1,408 @@
+"""Configuration for operators: a file change reaches the relay by itself,
+check-config checks what the relay would trip on, route explain answers from
+a file.
+
+  - relay.reload.watch: a file rewritten, replaced by rename, or swapped as a
+    Kubernetes ConfigMap swaps it (a "..data" symbolic link) is reloaded
+    without a signal; a bad file is refused as on SIGHUP (counted, old
+    configuration kept); several writes in a burst make one reload; a
+    rewrite with the same content makes none;
+  - check-config loads the relay's certificate, key and client CA and names
+    the setting when one fails; the relay does the same at start; the
+    effective configuration only with --print; warnings for unreachable
+    routes and CIDRs with host bits;
+  - `sparkrelay route explain --config FILE` without a relay: exit status,
+    -o json, --san;
+  - configured tenants without limits get the default limits (follow-up 4).
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import harness as H
+import harness_extra as X
+import test_admin as A
+
+TOKEN = A.TOKEN
+
+
+def run(*args, env=None, timeout=30):
+    r = subprocess.run([H.BIN] + list(args), capture_output=True, text=True, timeout=timeout,
+                       stdin=subprocess.DEVNULL, env=env)
+    for marker in H.SANITIZER_MARKERS:
+        assert marker not in r.stderr, "%s: sanitizer report:\n%s" % (args, r.stderr)
+    return r
+
+
+def clean_env():
+    """The environment without SPARKRELAY_* variables of the caller."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SPARKRELAY_")}
+
+
+# --------------------------------------------------------------------------
+# The file watch.
+
+class WatchCase(X.XCase):
+    """A relay whose configuration file lives where the test says (a plain
+    file, or a ConfigMap-like folder), with its admin API."""
+
+    auto_tunnel = False
+    configmap = False
+    DEBOUNCE_MS = 400
+
+    def setUp(self):
+        self.admin_port = H.free_port()
+        self.url = "http://127.0.0.1:%d" % self.admin_port
+        self.relay_overrides = {"relay": {
+            "admin": {"listen": "127.0.0.1:%d" % self.admin_port, "token": TOKEN},
+            "reload": {"debounce_ms": self.DEBOUNCE_MS}}}
+        super().setUp()
+
+    def prepare(self):
+        # Restart the relay on a file of our own layout.
+        self.stack.relay.stop()
+        self.retire(self.stack.relay)
+        self.cfg = json.loads(json.dumps(self.stack.relay_cfg))
+        self.cm = os.path.join(self.stack.dir, "cm")
+        os.makedirs(self.cm)
+        if self.configmap:
+            self.gen = 0
+            self.swap(self.cfg)
+        else:
+            H.write_config(os.path.join(self.cm, "relay.json"), self.cfg)
+        self.path = os.path.join(self.cm, "relay.json")
+        p = H.Proc("relay-w", [H.BIN, "relay", "--config", self.path], self.stack.dir)
+        p.start()
+        self.track(p)
+        self.stack.relay = p
+        ok = X.wait_for(lambda: self.get("/healthz")[0] == 200, 10)
+        if not ok:
+            raise H.HarnessError("the relay on %s did not come up" % self.path)
+
+    def swap(self, cfg):
+        """What the kubelet does to a ConfigMap volume: a new timestamped
+        folder, a new "..data_tmp" link to it renamed over "..data";
+        relay.json is a link to ..data/relay.json and never changes."""
+        self.gen += 1
+        d = "..2026_11_30_00_00_%02d.%d" % (self.gen, os.getpid())
+        os.makedirs(os.path.join(self.cm, d))
+        H.write_config(os.path.join(self.cm, d, "relay.json"), cfg)
+        os.symlink(d, os.path.join(self.cm, "..data_tmp"))
+        old = os.path.realpath(os.path.join(self.cm, "..data")) \
+            if os.path.lexists(os.path.join(self.cm, "..data")) else None
+        os.rename(os.path.join(self.cm, "..data_tmp"), os.path.join(self.cm, "..data"))
+        if not os.path.lexists(os.path.join(self.cm, "relay.json")):
+            os.symlink("..data/relay.json", os.path.join(self.cm, "relay.json"))
+        if old:
+            shutil.rmtree(old)
+
+    def get(self, path):
+        try:
+            return A.http("GET", self.url + path, TOKEN, timeout=2)[:3:2]
+        except OSError:
+            return None, None
+
+    def metrics(self):
+        code, text = self.get("/metrics")
+        self.assertEqual(code, 200)
+        return A.parse_metrics(text)
+
+    def auto(self, m, result):
+        return A.metric(m, "sparkrelay_config_auto_reloads_total", result=result)
+
+    def max_pending(self):
+        code, text = self.get("/v1/config")
+        self.assertEqual(code, 200, text)
+        return json.loads(text)["relay"]["lease"]["max_pending"]
+
+    def wait_max_pending(self, want, timeout=10.0):
+        return X.wait_for(lambda: self.max_pending() == want, timeout)
+
+
+class WatchFileTest(WatchCase):
+
+    def test_rewrite_rename_bad_file_and_bursts(self):
+        path = self.path
+        # Written in place.
+        self.cfg["relay"]["lease"]["max_pending"] = 111
+        H.write_config(path, self.cfg)
+        self.assertTrue(self.wait_max_pending(111), "an edited file was not reloaded")
+        self.assertTrue(X.wait_log(self.relay, "relay.json changed: reloading it", 5))
+        m = self.metrics()
+        self.assertEqual((self.auto(m, "ok"), self.auto(m, "failed")), (1, 0))
+        self.assertEqual(A.metric(m, "sparkrelay_reloads_total", result="ok"), 1)
+        # Replaced by a rename (how editors and config tools write).
+        self.cfg["relay"]["lease"]["max_pending"] = 112
+        H.write_config(path + ".tmp", self.cfg)
+        os.rename(path + ".tmp", path)
+        self.assertTrue(self.wait_max_pending(112), "a renamed-over file was not reloaded")
+        # A bad file: refused as on SIGHUP, counted, and the old one stays.
+        with open(path, "w") as f:
+            f.write('{"relay": {"lease": {"max_pending": "many"}}}\n')
+        ok = X.wait_for(lambda: self.auto(self.metrics(), "failed") == 1, 10)
+        self.assertTrue(ok, "a bad file was not counted as a failed auto reload")
+        m = self.metrics()
+        self.assertEqual(A.metric(m, "sparkrelay_config_last_reload_successful"), 0)
+        self.assertEqual(self.max_pending(), 112)
+        self.assertTrue(self.relay.grep("reload refused, the running configuration stays"))
+        self.assertEqual(self.get("/readyz")[0], 200)
+        # A burst of writes (an editor's or a script's steps) is one reload.
+        before = self.auto(self.metrics(), "ok")
+        for n in range(113, 118):
+            self.cfg["relay"]["lease"]["max_pending"] = n
+            H.write_config(path, self.cfg)
+            time.sleep(0.02)
+        self.assertTrue(self.wait_max_pending(117))
+        time.sleep(3 * self.DEBOUNCE_MS / 1000)
+        m = self.metrics()
+        self.assertEqual(self.auto(m, "ok") - before, 1, "a burst of 5 writes made %d reloads" %
+                         (self.auto(m, "ok") - before))
+        self.assertEqual(A.metric(m, "sparkrelay_config_last_reload_successful"), 1)
+        # The same content written again, and a change of its mode: no reload.
+        H.write_config(path, self.cfg)
+        os.chmod(path, 0o640)
+        time.sleep(5 * self.DEBOUNCE_MS / 1000)
+        self.assertEqual(self.auto(self.metrics(), "ok") - before, 1,
+                         "an unchanged file was reloaded")
+        # SIGHUP after a change reloads once, not once more by the watch.
+        m = self.metrics()
+        auto, total = self.auto(m, "ok"), A.metric(m, "sparkrelay_reloads_total", result="ok")
+        self.cfg["relay"]["lease"]["max_pending"] = 120
+        H.write_config(path, self.cfg)
+        self.relay.signal(signal.SIGHUP)
+        self.assertTrue(self.wait_max_pending(120))
+        time.sleep(5 * self.DEBOUNCE_MS / 1000)
+        m = self.metrics()
+        self.assertEqual((self.auto(m, "ok") - auto,
+                          A.metric(m, "sparkrelay_reloads_total", result="ok") - total), (0, 1),
+                         "the SIGHUP'd change was applied again by the watch")
+
+
+class WatchConfigMapTest(WatchCase):
+    configmap = True
+
+    def test_a_configmap_update_is_reloaded(self):
+        self.assertTrue(os.path.islink(self.path))
+        for n in (201, 202):
+            self.cfg["relay"]["lease"]["max_pending"] = n
+            self.swap(self.cfg)
+            self.assertTrue(self.wait_max_pending(n), "ConfigMap update %d was not reloaded "
+                            "(max_pending %s)" % (n, self.max_pending()))
+        m = self.metrics()
+        self.assertEqual((self.auto(m, "ok"), self.auto(m, "failed")), (2, 0))
+        # A bad ConfigMap is refused and the relay keeps serving.
+        self.swap({"relay": {"listen": 5}})
+        ok = X.wait_for(lambda: self.auto(self.metrics(), "failed") == 1, 10)
+        self.assertTrue(ok, "a bad ConfigMap update was not refused and counted")
+        self.assertEqual(self.max_pending(), 202)
+
+
+class NoWatchTest(WatchCase):
+
+    def prepare(self):
+        self.stack.relay_cfg["relay"]["reload"] = {"watch": False}
+        super().prepare()
+
+    def test_watch_off_means_no_reload(self):
+        self.cfg["relay"]["lease"]["max_pending"] = 99
+        H.write_config(self.path, self.cfg)
+        time.sleep(1.0)
+        self.assertEqual(self.max_pending(), 256)
+        self.assertEqual(self.auto(self.metrics(), "ok"), 0)
+
+
+# --------------------------------------------------------------------------
+# check-config and the relay's TLS files.
+
+class CheckConfigTest(X.XCase):
+    auto_tunnel = False
+
+    def write(self, name, cfg):
+        return H.write_config(os.path.join(self.stack.dir, name), cfg)
+
+    def relay_cfg(self, **tls):
+        cfg = json.loads(json.dumps(self.stack.relay_cfg))
+        cfg["relay"]["tls"].update(tls)
+        return cfg
+
+    def test_tls_files_are_loaded_and_the_setting_named(self):
+        c = H.certs()
+        junk = os.path.join(self.stack.dir, "junk.pem")
+        with open(junk, "w") as f:
+            f.write("not a certificate\n")
+        cases = [
+            ("missing cert", {"cert": "/nonexistent/relay.pem"},
+             "cannot load certificate /nonexistent/relay.pem (relay.tls.cert): No such file"),
+            ("key as cert", {"cert": c.relay_key},
+             "cannot load certificate %s (relay.tls.cert): no PEM certificate" % c.relay_key),
+            ("missing key", {"key": "/nonexistent/relay.key"},
+             "cannot load private key /nonexistent/relay.key (relay.tls.key): No such file"),
+            ("key of another certificate", {"key": c.client_key},
+             "private key %s (relay.tls.key) does not match certificate %s (relay.tls.cert)" %
+             (c.client_key, c.relay_cert)),
+            ("junk client CA", {"client_ca": junk},
+             "cannot load CA certificates %s (relay.tls.client_ca)" % junk),
+        ]
+        for name, tls, want in cases:
+            path = self.write(name.replace(" ", "_") + ".json", self.relay_cfg(**tls))
+            r = run("check-config", path)
+            self.assertEqual(r.returncode, 1, "%s: check-config rc %d\n%s" %
+                             (name, r.returncode, r.stderr))
+            self.assertIn(want, r.stderr, name)
+            self.assertEqual(r.stdout, "", name)
+        # The relay refuses to start with the same words, before binding.
+        path = self.write("relay-bad.json", self.relay_cfg(key=c.client_key))
+        p = H.Proc("relay-bad", [H.BIN, "relay", "--config", path], self.stack.dir).start()
+        self.track(p)
+        X.wait_for(lambda: not p.alive(), 10)
+        self.assertFalse(p.alive())
+        self.assertEqual(p.p.returncode, 1)
+        self.retire(p)
+        self.assertTrue(p.grep("cannot start: private key %s (relay.tls.key) does not match" %
+                               c.client_key), p.log_text())
+
+    def test_quiet_by_default_print_on_request_and_warnings(self):
+        good = self.write("good.json", self.relay_cfg(client_ca=H.certs().ca))
+        r = run("check-config", good)
+        self.assertEqual((r.returncode, r.stdout), (0, ""), r.stderr)
+        self.assertEqual(r.stderr, "%s: configuration OK (relay)\n" % good)
+        r = run("check-config", "-q", good)
+        self.assertEqual((r.returncode, r.stdout, r.stderr), (0, "", ""))
+        r = run("check-config", "--print", good)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        dump = json.loads(r.stdout)
+        self.assertEqual(dump["relay"]["tls"]["client_ca"], H.certs().ca)
+        # A catch-all route first hides the others; CIDRs with host bits.
+        cfg = self.relay_cfg()
+        cfg["relay"]["tenants"] = [{"name": "t1", "match": {"cn": ["a"]}},
+                                   {"name": "t2", "match": {"cn": ["b"]}}]
+        cfg["relay"]["routes"] = [
+            {"name": "t1-any", "tenant": "t1"},
+            {"name": "t1-etl", "tenant": "t1", "app": "etl-*"},
+            {"name": "t2-net", "tenant": "t2", "sidecar_cidrs": ["10.1.2.3/8"],
+             "executor_cidrs": ["10.0.0.0/8", "192.168.1.1/24", "fd00::1/64"]},
+            {"name": "all", "tenant": "*"},
+            {"name": "t2-late", "tenant": "t2"},
+        ]
+        path = self.write("warn.json", cfg)
+        r = run("check-config", path)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        warnings = [l for l in r.stderr.splitlines() if l.startswith("warning: ")]
+        text = "\n".join(warnings)
+        self.assertIn('relay.routes[1] ("t1-etl") is never used: relay.routes[0] ("t1-any")',
+                      text)
+        self.assertIn('relay.routes[4] ("t2-late") is never used: relay.routes[3] ("all")',
+                      text)
+        self.assertIn("relay.routes[2].sidecar_cidrs[0]: 10.1.2.3/8 has host bits set: it "
+                      "means 10.0.0.0/8", text)
+        self.assertIn("relay.routes[2].executor_cidrs[1]: 192.168.1.1/24 has host bits set: "
+                      "it means 192.168.1.0/24", text)
+        self.assertIn("relay.routes[2].executor_cidrs[2]: fd00::1/64 has host bits set: it "
+                      "means fd00::/64", text)
+        self.assertEqual(len(warnings), 5, text)
+        self.assertNotIn("executor_cidrs[0]", text)
+        self.assertTrue(r.stderr.endswith("configuration OK (relay), 5 warnings\n"), r.stderr)
+        # The relay says the same at start.
+        cfg["relay"]["listen"] = "127.0.0.1:%d" % H.free_port()
+        path = self.write("warn-run.json", cfg)
+        p = H.Proc("relay-warn", [H.BIN, "relay", "--config", path], self.stack.dir).start()
+        self.track(p)
+        self.assertTrue(X.wait_log(p, "is never used", 10, count=2), p.log_text())
+        self.assertTrue(X.wait_log(p, "listening for sidecars", 10))
+
+    def test_usage(self):
+        r = run("check-config")
+        self.assertEqual(r.returncode, 2)
+        r = run("check-config", "--bogus", "x.json")
+        self.assertEqual(r.returncode, 2)
+
+
+# --------------------------------------------------------------------------
+# route explain on a file, and configured tenants' default limits.
+
+class RouteExplainFileTest(X.XCase):
+    auto_tunnel = False
+
+    def setUp(self):
+        super().setUp()
+        cfg = json.loads(json.dumps(self.stack.relay_cfg))
+        base = self.stack.pool_base
+        cfg["relay"].pop("pool", None)
+        cfg["relay"]["pools"] = [
+            {"name": "cpu", "bind": H.POOL_HOST, "port_min": base, "port_max": base + 7},
+            {"name": "gpu", "bind": H.POOL_HOST, "port_min": base + 8, "port_max": base + 15}]
+        cfg["relay"]["tenants"] = [
+            {"name": "ds", "match": {"san": ["*.notebooks.example.com"]}},
+            {"name": "ops", "match": {"cn": ["ops-*"]}, "limits": {"leases": 3}}]
+        cfg["relay"]["routes"] = [
+            {"name": "ds-gpu", "tenant": "ds", "app": "gpu-*", "pool": "gpu"},
+            {"name": "ops-vpc", "tenant": "ops", "sidecar_cidrs": ["10.0.0.0/8"],
+             "pool": "cpu"}]
+        self.path = H.write_config(os.path.join(self.stack.dir, "candidate.json"), cfg)
+
+    def test_explain_without_a_relay(self):
+        r = run("route", "explain", "--config", self.path, "--san", "x.example.org",
+                "--san", "nb1.notebooks.example.com", "--app", "gpu-train",
+                env=clean_env())
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn('tenant "ds"', r.stdout)
+        self.assertIn('route "ds-gpu"', r.stdout)
+        self.assertIn('pool "gpu"', r.stdout)
+        r = run("route", "explain", "--config", self.path, "--san",
+                "nb1.notebooks.example.com", "--app", "gpu-train", "-o", "json",
+                env=clean_env())
+        self.assertEqual(r.returncode, 0, r.stderr)
+        j = json.loads(r.stdout)
+        self.assertEqual({k: j[k] for k in ("allowed", "tenant", "route", "pool", "reason")},
+                         {"allowed": True, "tenant": "ds", "route": "ds-gpu", "pool": "gpu",
+                          "reason": None})
+        self.assertIn("ds-gpu", j["explanation"])
+        # Refused: no route for the app, or no tenant at all: exit 1.
+        r = run("route", "explain", "--config", self.path, "--san",
+                "nb1.notebooks.example.com", "--app", "cpu-etl", "-o", "json",
+                env=clean_env())
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        j = json.loads(r.stdout)
+        self.assertEqual((j["allowed"], j["tenant"], j["route"]), (False, "ds", None))
+        self.assertTrue(j["reason"])
+        r = run("route", "explain", "--config", self.path, "--cn", "ops-1", "--addr",
+                "192.168.0.1", env=clean_env())
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("refused", r.stdout)
+        r = run("route", "explain", "--config", self.path, "--cn", "ops-1", "--addr",
+                "10.9.8.7", env=clean_env())
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        r = run("route", "explain", "--config", self.path, "--cn", "nobody", env=clean_env())
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        # Errors: a file that does not load (3), usage (2).
+        cfg = json.loads(json.dumps(self.stack.relay_cfg))
+        cfg["relay"]["routes"] = [{"name": "r", "pool": "nope"}]
+        bad = H.write_config(os.path.join(self.stack.dir, "bad.json"), cfg)
+        r = run("route", "explain", "--config", bad, env=clean_env())
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertIn("relay.routes[0].pool", r.stderr)
+        self.assertEqual(run("route", "explain", "--cn", "x", env=clean_env()).returncode, 2)
+        self.assertEqual(run("route", "explain", "--config", self.path, "--addr", "nope",
+                             env=clean_env()).returncode, 2)
+        self.assertEqual(run("route", "frobnicate", env=clean_env()).returncode, 2)
+        # ctl route explain --config is the same, without a relay.
+        env = clean_env()
+        env["SPARKRELAY_ADMIN_URL"] = "http://127.0.0.1:%d" % H.free_port()
+        r = run("ctl", "route", "explain", "--config", self.path, "--cn", "nobody", env=env)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+
+    def test_configured_tenants_get_default_limits(self):
+        r = run("check-config", "--print", self.path, env=clean_env())
+        self.assertEqual(r.returncode, 0, r.stderr)
+        tenants = {t["name"]: t["limits"] for t in json.loads(r.stdout)["relay"]["tenants"]}
+        self.assertEqual(tenants["ds"], {"leases": 256, "connections": 16384, "pending": 0})
+        self.assertEqual(tenants["ops"]["leases"], 3)
+        self.assertEqual(tenants["ops"]["connections"], 16384)
+
+
+if __name__ == "__main__":
+    H.main()
