@@ -565,11 +565,11 @@ static const struct col lease_cols[] = {
     {"HELD", "resumption.streams_held", F_INT0, NULL, 0},
     {"AWAY", "resumption.away_ms", F_AGE0, NULL, 0},
     {"EXPIRES", "expires_in_ms", F_AGE, NULL, 0},
+    {"DRIVER_REFUSED", "driver_refused", F_INT, NULL, 0},
     {"HELD_BYTES", "resumption.bytes_held", F_BYTES, NULL, 1},
     {"RESUMES", "resumption.resumes", F_INT, NULL, 1},
     {"REPLAYED", "resumption.bytes_replayed", F_BYTES, NULL, 1},
     {"LOST", "resumption.streams_lost", F_SUM, NULL, 1},
-    {"DRIVER_REFUSED", "driver_refused", F_INT, NULL, 1},
 };
 
 /* --tenant and --app: keep the rows that match (in place). */

@@ -405,7 +405,7 @@ class TestHandoverWithTheSidecarAway(HandoverCase):
         # the sidecar comes back to the new relay: same lease, and the executor
         # that waited gets through with its first bytes
         self.restart_stack_sidecar("tunnel-2")
-        self.assertTrue(X.wait_log(new, "resuming lease " + st.lease["lease"], 15),
+        self.assertTrue(X.wait_log(new, "resuming lease=" + st.lease["lease"], 15),
                         "the sidecar did not resume its lease on the new relay")
         end, got, _, data = H.recv_exact(s, len(m))
         self.assertEqual((end, data == m), ("ok", True), "waiting executor: %s after %d" % (end, got))
