@@ -460,6 +460,17 @@ void sr_curl_cancel(struct sr_curl_req *r)
 		req_unlink_free(r);
 }
 
+int sr_curl_sent(const struct sr_curl_req *r)
+{
+	long n = 0;
+
+	/* the header bytes libcurl wrote to the socket (0 when connect or the
+	 * TLS handshake failed) */
+	if (!r->easy || curl_easy_getinfo(r->easy, CURLINFO_REQUEST_SIZE, &n) != CURLE_OK)
+		return 1; /* unknown: assume it may have been acted on */
+	return n > 0;
+}
+
 size_t sr_curl_pending(const struct sr_curl *c)
 {
 	return c->open;

@@ -373,6 +373,53 @@ static void test_connection_refused(void **state)
 	assert_true(r.msg[0] != '\0');
 }
 
+/* What lets the etcd client repeat a write on another endpoint: a request
+ * that never reached a server says so, one that did says that too. */
+struct sent_probe {
+	struct sr_curl_req *req;
+	int calls, err, sent;
+};
+
+static void sent_done(int err, long status, const char *body, size_t len, const char *msg,
+		      void *arg)
+{
+	struct sent_probe *p = arg;
+
+	(void)status;
+	(void)body;
+	(void)len;
+	(void)msg;
+	p->calls++;
+	p->err = err;
+	p->sent = sr_curl_sent(p->req);
+}
+
+static void test_sent_tells_whether_the_request_left(void **state)
+{
+	struct env *e = *state;
+	struct sent_probe refused = {0}, answered = {0};
+	struct sr_curl_opts o = {.body = "x", .body_len = 1};
+	char url[256], err[256];
+	uint16_t port;
+	int fd = ts_listen_loopback(0, 0, &port);
+
+	close(fd);
+	snprintf(url, sizeof(url), "http://127.0.0.1:%u/echo", port);
+	o.url = url;
+	refused.req = sr_curl_start(e->curl, &o, sent_done, &refused, err, sizeof(err));
+	assert_non_null(refused.req);
+	assert_true(ts_loop_until_count(e->base, &refused.calls, 1, 5000));
+	assert_int_equal(refused.err, SR_EIO);
+	assert_int_equal(refused.sent, 0);
+
+	snprintf(url, sizeof(url), "%s/echo", e->url);
+	answered.req = sr_curl_start(e->curl, &o, sent_done, &answered, err, sizeof(err));
+	assert_non_null(answered.req);
+	assert_true(ts_loop_until_count(e->base, &answered.calls, 1, 5000));
+	assert_int_equal(answered.err, 0);
+	assert_int_equal(answered.sent, 1);
+}
+
 static void test_bad_options_refused(void **state)
 {
 	struct env *e = *state;
@@ -406,6 +453,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_cancel_and_start_from_a_callback, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_connection_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_bad_options_refused, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_sent_tells_whether_the_request_left, setup,
+					    teardown),
 	};
 	int rc;
 
