@@ -625,7 +625,6 @@ static int get_op(struct dec *d, json_t *o, enum etcd_op_type type, const char *
 	int rc = get_header(d, o, where, &r->revision);
 
 	r->type = type;
-	r->msg = "";
 	if (rc)
 		return rc;
 	switch (type) {
@@ -688,6 +687,7 @@ static int get_txn(struct dec *d, json_t *o, const enum etcd_op_type *succ, size
 		}
 		if (!body || !json_is_object(body))
 			return bad(d, "%s answers another op than the one asked", w);
+		ops[i].msg = "";
 		if ((rc = get_op(d, body, types[i], w, &ops[i])) != 0)
 			return rc;
 	}
