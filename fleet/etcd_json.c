@@ -790,9 +790,16 @@ int etcd_json_answer(enum etcd_kind kind, long status, const char *body, size_t 
 	r->msg = a->msg;
 	root = load(&d, body, len, &rc);
 	if (!root) {
-		if (status != 200) /* a proxy's page, a wrong path: say what came */
+		if (status != 200) { /* a proxy's page, a wrong path: say what came */
+			/* body need not end in a NUL; one byte past the 100 shown
+			 * makes sr_esc_n mark the cut */
+			char head[102];
+			size_t k = len < sizeof(head) - 1 ? len : sizeof(head) - 1;
+			memcpy(head, body, k);
+			head[k] = '\0';
 			snprintf(a->msg, sizeof(a->msg), "etcd answer: HTTP %ld: %s", status,
-				 sr_esc_n(body, 100, esc, sizeof(esc)));
+				 sr_esc_n(head, 100, esc, sizeof(esc)));
+		}
 		return rc;
 	}
 	rc = get_error(&d, root, &err, &r->code);
