@@ -21,6 +21,7 @@
 
 #include "common/sr_curl.h"
 #include "common/sr_err.h"
+#include "tests/support/ts_alloc.h"
 #include "tests/support/ts_loop.h"
 #include "tests/support/ts_net.h"
 
@@ -420,6 +421,83 @@ static void test_sent_tells_whether_the_request_left(void **state)
 	assert_int_equal(answered.sent, 1);
 }
 
+/* A failed allocation fails one request at most: before, a timer libevent
+ * could not arm made libcurl fail every later request of the handle. */
+static void must_work_after(struct env *e)
+{
+	struct sr_curl_opts o = {0};
+	struct result r = {0};
+
+	start(e, "/echo", &o, &r);
+	assert_true(ts_loop_until(e->base, done_once, &r, 5000));
+	assert_int_equal(r.err, 0);
+	assert_int_equal(r.status, 200);
+}
+
+static int start_once(void *arg, unsigned long n)
+{
+	struct env *e;
+	void *st = NULL;
+	struct sr_curl_opts o = {.body = "x", .body_len = 1};
+	const char *hdrs[] = {"X-Test: a"};
+	struct result r = {0};
+	struct sr_curl_req *q;
+	char url[256], err[256] = "";
+
+	(void)arg;
+	/* a fresh loop each time: libevent's timer heap grows on the first
+	 * timer, which is what failed */
+	setup(&st);
+	e = st;
+	o.headers = hdrs;
+	o.nheaders = 1;
+	snprintf(url, sizeof(url), "%s/echo", e->url);
+	o.url = url;
+	ts_alloc_arm(n);
+	q = sr_curl_start(e->curl, &o, on_done, &r, err, sizeof(err));
+	ts_alloc_disarm();
+	if (q)
+		sr_curl_cancel(q);
+	else
+		assert_true(err[0] != '\0');
+	must_work_after(e);
+	assert_int_equal(r.calls, 0);
+	teardown(&st);
+	return q ? 0 : SR_ENOMEM;
+}
+
+static int request_once(void *arg, unsigned long n)
+{
+	struct env *e = arg;
+	struct sr_curl_opts o = {0};
+	struct result r = {0};
+	struct sr_curl_req *q;
+	char url[256], err[256] = "";
+
+	snprintf(url, sizeof(url), "%s/big", e->url);
+	o.url = url;
+	/* ours only: libevent may lose a callback for good when its own
+	 * allocation fails inside the loop */
+	ts_alloc_arm_ours(n);
+	q = sr_curl_start(e->curl, &o, on_done, &r, err, sizeof(err));
+	if (q)
+		ts_loop_until(e->base, done_once, &r, 5000);
+	ts_alloc_disarm();
+	if (q)
+		assert_int_equal(r.calls, 1); /* an answer or an error, never silence */
+	must_work_after(e);
+	return q && r.err == 0 && r.len == 20000 ? 0 : SR_ENOMEM;
+}
+
+static void test_failed_allocations_fail_one_request(void **state)
+{
+	struct ts_alloc_result res;
+
+	ts_alloc_sweep("sr_curl_start", start_once, *state, &res);
+	assert_int_equal(res.absorbed, 0);
+	ts_alloc_sweep("sr_curl request", request_once, *state, &res);
+}
+
 static void test_bad_options_refused(void **state)
 {
 	struct env *e = *state;
@@ -455,9 +533,12 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_bad_options_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_sent_tells_whether_the_request_left, setup,
 					    teardown),
+	    cmocka_unit_test_setup_teardown(test_failed_allocations_fail_one_request, setup,
+					    teardown),
 	};
 	int rc;
 
+	ts_alloc_init();
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 	if (getenv("TEST_FILTER"))
 		cmocka_set_test_filter(getenv("TEST_FILTER"));
