@@ -99,76 +99,145 @@ long etcd_b64_decode(const char *in, size_t n, unsigned char *out)
 	return (long)o;
 }
 
-/* A JSON string of the base64 of p[0..n), or NULL. */
-static json_t *b64_json(const void *p, size_t n)
-{
-	size_t cap;
-	unsigned char *buf;
-	json_t *s;
-	int len;
-
-	if (n > (size_t)INT32_MAX / 2)
-		return NULL;
-	cap = 4 * ((n + 2) / 3) + 1;
-	buf = malloc(cap);
-	if (!buf)
-		return NULL;
-	len = EVP_EncodeBlock(buf, p, (int)n);
-	s = len < 0 ? NULL : json_stringn_nocheck((const char *)buf, (size_t)len);
-	free(buf);
-	return s;
-}
-
 /* ---- requests ------------------------------------------------------------ */
 
-static json_t *i64_json(int64_t v)
-{
-	char buf[24];
+/* Request bodies are written as text rather than built with jansson: every
+ * name is ours and every value is base64, digits or true, so nothing needs
+ * escaping, and jansson 2.14's json_dumps can drop an object key when one of
+ * its allocations fails and still return text. */
+struct sb {
+	char *p;
+	size_t n, cap;
+	int oom;
+};
 
-	snprintf(buf, sizeof(buf), "%" PRId64, v);
-	return json_string(buf);
+static char *sb_room(struct sb *b, size_t n)
+{
+	if (b->oom)
+		return NULL;
+	if (n > SIZE_MAX / 4 - b->n) {
+		b->oom = 1;
+		return NULL;
+	}
+	if (b->n + n + 1 > b->cap) {
+		size_t cap = b->cap ? b->cap : 256;
+		char *q;
+		while (cap < b->n + n + 1)
+			cap *= 2;
+		q = realloc(b->p, cap);
+		if (!q) {
+			b->oom = 1;
+			return NULL;
+		}
+		b->p = q;
+		b->cap = cap;
+	}
+	return b->p + b->n;
 }
 
-/* Set o[name] = v, stealing v; 0, or -1 if v is NULL or setting failed. */
-static int set(json_t *o, const char *name, json_t *v)
+static void sb_add(struct sb *b, const char *s)
 {
-	if (!v)
-		return -1;
-	return json_object_set_new(o, name, v);
+	size_t n = strlen(s);
+	char *at = sb_room(b, n);
+
+	if (!at)
+		return;
+	memcpy(at, s, n + 1);
+	b->n += n;
 }
 
-/* The end of the range of keys starting with key: the key with its last
- * byte that is not 0xff incremented and the rest cut; "\0" (no end) when
- * there is no such byte. */
-static json_t *prefix_end_json(const void *key, size_t n)
+/* ,"name":"<base64 of p[0..n)>" (without the comma when first). */
+static void sb_b64(struct sb *b, int first, const char *name, const void *p, size_t n)
+{
+	char *at;
+	int len;
+
+	sb_add(b, first ? "\"" : ",\"");
+	sb_add(b, name);
+	sb_add(b, "\":\"");
+	if (n > (size_t)INT32_MAX / 2) {
+		b->oom = 1;
+		return;
+	}
+	at = sb_room(b, 4 * ((n + 2) / 3));
+	if (!at)
+		return;
+	len = EVP_EncodeBlock((unsigned char *)at, p, (int)n);
+	if (len < 0) {
+		b->oom = 1;
+		return;
+	}
+	b->n += (size_t)len;
+	sb_add(b, "\"");
+}
+
+/* ,"name":"<decimal>" (proto3 JSON writes int64 as a string). */
+static void sb_i64(struct sb *b, int first, const char *name, int64_t v)
+{
+	char num[24];
+
+	snprintf(num, sizeof(num), "%" PRId64, v);
+	sb_add(b, first ? "\"" : ",\"");
+	sb_add(b, name);
+	sb_add(b, "\":\"");
+	sb_add(b, num);
+	sb_add(b, "\"");
+}
+
+/* ,"name":"text" for a text of ours. */
+static void sb_name(struct sb *b, const char *name, const char *text)
+{
+	sb_add(b, ",\"");
+	sb_add(b, name);
+	sb_add(b, "\":\"");
+	sb_add(b, text);
+	sb_add(b, "\"");
+}
+
+static char *sb_done(struct sb *b, size_t *len, char *err, size_t errlen)
+{
+	if (b->oom || !b->p) {
+		free(b->p);
+		sr_seterr(err, errlen, "out of memory");
+		return NULL;
+	}
+	*len = b->n;
+	return b->p;
+}
+
+/* "key":... and, for a prefix, "range_end":... . The end of the keys
+ * starting with key is the key with its last byte that is not 0xff
+ * incremented and the rest cut, or "\0" (no end) when there is no such
+ * byte; an empty prefix is every key: key "\0" with range_end "\0". */
+static void sb_key(struct sb *b, const void *key, size_t n, int prefix)
 {
 	const unsigned char *k = key;
 	unsigned char *end;
-	json_t *s;
+	size_t e = n;
 
-	while (n > 0 && k[n - 1] == 0xff)
-		n--;
-	if (n == 0)
-		return b64_json("", 1);
-	end = malloc(n);
-	if (!end)
-		return NULL;
-	memcpy(end, k, n);
-	end[n - 1]++;
-	s = b64_json(end, n);
+	if (prefix && n == 0) {
+		sb_b64(b, 1, "key", "", 1);
+		sb_b64(b, 0, "range_end", "", 1);
+		return;
+	}
+	sb_b64(b, 1, "key", key, n);
+	if (!prefix)
+		return;
+	while (e > 0 && k[e - 1] == 0xff)
+		e--;
+	if (e == 0) {
+		sb_b64(b, 0, "range_end", "", 1);
+		return;
+	}
+	end = malloc(e);
+	if (!end) {
+		b->oom = 1;
+		return;
+	}
+	memcpy(end, k, e);
+	end[e - 1]++;
+	sb_b64(b, 0, "range_end", end, e);
 	free(end);
-	return s;
-}
-
-/* key (and range_end for a prefix) into o. An empty prefix is every key:
- * key "\0" with range_end "\0" (etcd's "from this key on"). */
-static int set_key(json_t *o, const void *key, size_t key_len, int prefix)
-{
-	if (prefix && key_len == 0)
-		return set(o, "key", b64_json("", 1)) | set(o, "range_end", b64_json("", 1));
-	if (set(o, "key", b64_json(key, key_len)) != 0)
-		return -1;
-	return prefix ? set(o, "range_end", prefix_end_json(key, key_len)) : 0;
 }
 
 static int check_req(const struct etcd_req *rq, char *err, size_t errlen)
@@ -196,80 +265,60 @@ static int check_req(const struct etcd_req *rq, char *err, size_t errlen)
 	return 0;
 }
 
-/* The request object of one key operation, or NULL. */
-static json_t *req_json(const struct etcd_req *rq)
+/* The request object of one key operation. */
+static void sb_req(struct sb *b, const struct etcd_req *rq)
 {
-	json_t *o = json_object();
-	int bad = !o;
-
-	if (bad)
-		return NULL;
-	bad |= set_key(o, rq->key, rq->key_len, rq->prefix) != 0;
+	sb_add(b, "{");
+	sb_key(b, rq->key, rq->key_len, rq->prefix);
 	switch (rq->type) {
 	case ETCD_RANGE:
 		if (rq->limit)
-			bad |= set(o, "limit", i64_json(rq->limit)) != 0;
+			sb_i64(b, 0, "limit", rq->limit);
 		if (rq->revision)
-			bad |= set(o, "revision", i64_json(rq->revision)) != 0;
+			sb_i64(b, 0, "revision", rq->revision);
 		break;
 	case ETCD_PUT:
-		bad |= set(o, "value", b64_json(rq->value, rq->value_len)) != 0;
+		sb_b64(b, 0, "value", rq->value, rq->value_len);
 		if (rq->lease)
-			bad |= set(o, "lease", i64_json(rq->lease)) != 0;
+			sb_i64(b, 0, "lease", rq->lease);
 		break;
 	case ETCD_DELETE:
 		break;
 	}
-	if (bad) {
-		json_decref(o);
-		return NULL;
-	}
-	return o;
-}
-
-static char *dump(json_t *o, size_t *len, char *err, size_t errlen)
-{
-	char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-
-	json_decref(o);
-	if (!s) {
-		sr_seterr(err, errlen, "out of memory");
-		return NULL;
-	}
-	*len = strlen(s);
-	return s;
+	sb_add(b, "}");
 }
 
 char *etcd_json_req(const struct etcd_req *rq, size_t *len, char *err, size_t errlen)
 {
+	struct sb b = {0};
+
 	if (check_req(rq, err, errlen) != 0)
 		return NULL;
-	return dump(req_json(rq), len, err, errlen);
+	sb_req(&b, rq);
+	return sb_done(&b, len, err, errlen);
 }
 
-static const char *const op_field[] = {
-    [ETCD_RANGE] = "request_range",
-    [ETCD_PUT] = "request_put",
-    [ETCD_DELETE] = "request_delete_range",
-};
-
-static json_t *branch_json(const struct etcd_req *rq, size_t n)
+static void sb_branch(struct sb *b, const char *name, const struct etcd_req *rq, size_t n)
 {
-	json_t *a = json_array();
+	static const char *const op_field[] = {
+	    [ETCD_RANGE] = "{\"request_range\":",
+	    [ETCD_PUT] = "{\"request_put\":",
+	    [ETCD_DELETE] = "{\"request_delete_range\":",
+	};
 
-	for (size_t i = 0; a && i < n; i++) {
-		json_t *one = json_object();
-		if (set(one, op_field[rq[i].type], req_json(&rq[i])) != 0 ||
-		    json_array_append_new(a, one) != 0) {
-			json_decref(one);
-			json_decref(a);
-			return NULL;
-		}
+	sb_add(b, ",\"");
+	sb_add(b, name);
+	sb_add(b, "\":[");
+	for (size_t i = 0; i < n; i++) {
+		sb_add(b, i ? "," : "");
+		sb_add(b, op_field[rq[i].type]);
+		sb_req(b, &rq[i]);
+		sb_add(b, "}");
 	}
-	return a;
+	sb_add(b, "]");
 }
 
-static json_t *cmp_json(const struct etcd_cmp *c)
+static void sb_cmp(struct sb *b, const struct etcd_cmp *c)
 {
 	static const char *const target[] = {
 	    [ETCD_CMP_CREATE] = "CREATE", [ETCD_CMP_MOD] = "MOD",
@@ -285,30 +334,23 @@ static json_t *cmp_json(const struct etcd_cmp *c)
 	    [ETCD_EQ] = "EQUAL", [ETCD_NE] = "NOT_EQUAL",
 	    [ETCD_LT] = "LESS", [ETCD_GT] = "GREATER",
 	};
-	json_t *o = json_object();
-	int bad = !o;
 
-	if (bad)
-		return NULL;
-	bad |= set(o, "key", b64_json(c->key, c->key_len)) != 0;
-	bad |= set(o, "target", json_string(target[c->target])) != 0;
-	bad |= set(o, "result", json_string(result[c->op])) != 0;
+	sb_add(b, "{");
+	sb_b64(b, 1, "key", c->key, c->key_len);
+	sb_name(b, "target", target[c->target]);
+	sb_name(b, "result", result[c->op]);
 	if (c->target == ETCD_CMP_VALUE)
-		bad |= set(o, "value", b64_json(c->value, c->value_len)) != 0;
+		sb_b64(b, 0, "value", c->value, c->value_len);
 	else
-		bad |= set(o, field[c->target], i64_json(c->number)) != 0;
-	if (bad) {
-		json_decref(o);
-		return NULL;
-	}
-	return o;
+		sb_i64(b, 0, field[c->target], c->number);
+	sb_add(b, "}");
 }
 
 char *etcd_json_txn(const struct etcd_cmp *cmp, size_t ncmp, const struct etcd_req *success,
 		    size_t nsuccess, const struct etcd_req *failure, size_t nfailure, size_t *len,
 		    char *err, size_t errlen)
 {
-	json_t *o, *cmps;
+	struct sb b = {0};
 
 	if (ncmp > ETCD_MAX_TXN_OPS || nsuccess > ETCD_MAX_TXN_OPS ||
 	    nfailure > ETCD_MAX_TXN_OPS) {
@@ -342,77 +384,52 @@ char *etcd_json_txn(const struct etcd_cmp *cmp, size_t ncmp, const struct etcd_r
 			return NULL;
 		}
 	}
-	o = json_object();
-	cmps = json_array();
-	if (!o || !cmps) {
-		json_decref(o);
-		json_decref(cmps);
-		sr_seterr(err, errlen, "out of memory");
-		return NULL;
-	}
+	sb_add(&b, "{\"compare\":[");
 	for (size_t i = 0; i < ncmp; i++) {
-		if (json_array_append_new(cmps, cmp_json(&cmp[i])) != 0) {
-			json_decref(cmps);
-			json_decref(o);
-			sr_seterr(err, errlen, "out of memory");
-			return NULL;
-		}
+		sb_add(&b, i ? "," : "");
+		sb_cmp(&b, &cmp[i]);
 	}
-	if (set(o, "compare", cmps) != 0 || set(o, "success", branch_json(success, nsuccess)) ||
-	    set(o, "failure", branch_json(failure, nfailure)) != 0) {
-		json_decref(o);
-		sr_seterr(err, errlen, "out of memory");
-		return NULL;
-	}
-	return dump(o, len, err, errlen);
+	sb_add(&b, "]");
+	sb_branch(&b, "success", success, nsuccess);
+	sb_branch(&b, "failure", failure, nfailure);
+	sb_add(&b, "}");
+	return sb_done(&b, len, err, errlen);
 }
 
 char *etcd_json_lease(enum etcd_kind kind, int64_t n, size_t *len, char *err, size_t errlen)
 {
-	json_t *o;
+	struct sb b = {0};
 
 	if (n <= 0) {
 		sr_seterr(err, errlen, kind == ETCD_K_GRANT ? "a TTL must be positive"
 							  : "a lease id must be positive");
 		return NULL;
 	}
-	o = json_object();
-	if (o && set(o, kind == ETCD_K_GRANT ? "TTL" : "ID", i64_json(n)) != 0) {
-		json_decref(o);
-		o = NULL;
-	}
-	return dump(o, len, err, errlen);
+	sb_add(&b, "{");
+	sb_i64(&b, 1, kind == ETCD_K_GRANT ? "TTL" : "ID", n);
+	sb_add(&b, "}");
+	return sb_done(&b, len, err, errlen);
 }
 
 char *etcd_json_watch(const void *key, size_t key_len, int prefix, int64_t start, int prev_kv,
 		      int progress_notify, size_t *len, char *err, size_t errlen)
 {
-	json_t *o = json_object(), *cr = json_object();
-	int bad = !o || !cr;
+	struct sb b = {0};
 
 	if ((key_len == 0 && !prefix) || (key_len > 0 && !key) || start < 0) {
-		json_decref(o);
-		json_decref(cr);
 		sr_seterr(err, errlen, "a watch needs a key (or a prefix) and a start revision >= 0");
 		return NULL;
 	}
-	if (!bad) {
-		bad |= set_key(cr, key, key_len, prefix) != 0;
-		if (start)
-			bad |= set(cr, "start_revision", i64_json(start)) != 0;
-		if (prev_kv)
-			bad |= set(cr, "prev_kv", json_true()) != 0;
-		if (progress_notify)
-			bad |= set(cr, "progress_notify", json_true()) != 0;
-		bad |= set(o, "create_request", cr) != 0;
-		cr = NULL;
-	}
-	json_decref(cr);
-	if (bad) {
-		json_decref(o);
-		o = NULL;
-	}
-	return dump(o, len, err, errlen);
+	sb_add(&b, "{\"create_request\":{");
+	sb_key(&b, key, key_len, prefix);
+	if (start)
+		sb_i64(&b, 0, "start_revision", start);
+	if (prev_kv)
+		sb_add(&b, ",\"prev_kv\":true");
+	if (progress_notify)
+		sb_add(&b, ",\"progress_notify\":true");
+	sb_add(&b, "}}");
+	return sb_done(&b, len, err, errlen);
 }
 
 const char *etcd_json_path(enum etcd_kind kind)
@@ -763,6 +780,10 @@ static json_t *load(struct dec *d, const char *body, size_t len, int *rc)
 	char esc[SR_ESC_SIZE(120)];
 
 	*rc = 0;
+	if (!root && json_error_code(&jerr) == json_error_out_of_memory) {
+		*rc = oom(d);
+		return NULL;
+	}
 	if (!root) {
 		*rc = bad(d, "not JSON (%s at byte %d)", sr_esc_n(jerr.text, 120, esc, sizeof(esc)),
 			  jerr.position);
