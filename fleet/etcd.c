@@ -309,8 +309,9 @@ static void op_done(int err, long status, const char *body, size_t len, const ch
 		c->cur = op->ep; /* it answered */
 		err = etcd_json_answer(op->kind, status, body, len, op->types, op->nsucc,
 				       op->types ? op->types + op->nsucc : NULL, op->nfail, &a);
-		/* Unavailable (no leader, shutting down) was not applied */
-		if (err && a.res.code == 14 && op_failover(op, a.msg)) {
+		/* Unavailable: no leader, shutting down, or a proposal that timed
+		 * out and may still be applied; so only what may repeat moves on */
+		if (err && a.res.code == 14 && op->repeatable && op_failover(op, a.msg)) {
 			etcd_answer_fini(&a);
 			return;
 		}

@@ -26,10 +26,11 @@
  * - Answers are untrusted: each is bounded by max_answer, and every field
  *   is type-checked before use.
  *
- * Endpoints: a request goes to the endpoint that last worked. When it gets
- * no answer there it is tried once on each other endpoint, in order,
- * provided that repeating it cannot apply it twice: ranges and lease
- * keepalives always; writes (put, delete, txn, lease grant and revoke) only
+ * Endpoints: a request goes to the endpoint that last answered. When it
+ * gets no answer there, it is tried once on each other endpoint in turn,
+ * provided that repeating it cannot apply it twice: reads (ranges, txns of
+ * ranges only) and lease keepalives after any failure or an Unavailable
+ * answer (code 14); writes (put, delete, txn, lease grant and revoke) only
  * when the request never reached the failed endpoint (refused connection,
  * failed TLS handshake). Otherwise the error is reported: a write that may
  * have been applied is for the caller to check (e.g. range the key). So one

@@ -474,8 +474,9 @@ static void test_txn_and_lease_answers_checked(void **state)
 
 /* ---- endpoints ----------------------------------------------------------- */
 
-/* A write that may have reached etcd is not sent again; a read is, and so
- * is anything etcd answered Unavailable (not applied). */
+/* A write that may have reached etcd is not sent again, not even after
+ * Unavailable (etcd says that also of a proposal that timed out and may yet
+ * be applied); a read is. */
 static void test_failover_only_when_safe(void **state)
 {
 	struct env *e = *state;
@@ -505,15 +506,22 @@ static void test_failover_only_when_safe(void **state)
 	assert_int_equal(g.err, 0);
 	assert_int_equal(e->f2.requests, 2);
 
-	/* now the second answers Unavailable: the put moves to the first */
+	/* now the second answers Unavailable: a put stays, a range moves on */
 	e->f.hold = 0;
 	e->f.body = "{\"header\":{\"revision\":\"4\"}}";
 	e->f2.status = 503;
-	e->f2.body = "{\"error\":\"etcdserver: no leader\",\"code\":14}";
+	e->f2.body = "{\"error\":\"etcdserver: request timed out\",\"code\":14}";
 	run(e, e->c, &put_x, &g);
+	assert_int_equal(g.err, SR_EBUSY);
+	assert_contains(g.msg, "request timed out");
+	assert_int_equal(e->f2.requests, 3);
+	assert_int_equal(e->f.requests, 2);
+	run(e, e->c, &range_x, &g);
 	assert_int_equal(g.err, 0);
 	assert_int_equal(g.revision, 4);
-	assert_int_equal(e->f2.requests, 3);
+	assert_int_equal(e->f2.requests, 4);
+	assert_int_equal(e->f.requests, 3);
+	assert_string_equal(etcd_endpoint(e->c), e->f.url);
 }
 
 /* ---- watches ------------------------------------------------------------- */
