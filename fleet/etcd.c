@@ -91,24 +91,24 @@ struct etcd_watch {
 
 /* ---- lists --------------------------------------------------------------- */
 
-#define LIST_ADD(head, x)                  \
-	do {                               \
-		(x)->prev = NULL;          \
-		(x)->next = (head);        \
-		if (head)                  \
-			(head)->prev = (x); \
-		(head) = (x);              \
+#define LIST_ADD(head, x)                                                                      \
+	do {                                                                                   \
+		(x)->prev = NULL;                                                              \
+		(x)->next = (head);                                                            \
+		if (head)                                                                      \
+			(head)->prev = (x);                                                    \
+		(head) = (x);                                                                  \
 	} while (0)
 
-#define LIST_DEL(head, x)                          \
-	do {                                       \
-		if ((x)->prev)                     \
-			(x)->prev->next = (x)->next; \
-		else                               \
-			(head) = (x)->next;        \
-		if ((x)->next)                     \
-			(x)->next->prev = (x)->prev; \
-		(x)->prev = (x)->next = NULL;      \
+#define LIST_DEL(head, x)                                                                      \
+	do {                                                                                   \
+		if ((x)->prev)                                                                 \
+			(x)->prev->next = (x)->next;                                           \
+		else                                                                           \
+			(head) = (x)->next;                                                    \
+		if ((x)->next)                                                                 \
+			(x)->next->prev = (x)->prev;                                           \
+		(x)->prev = (x)->next = NULL;                                                  \
 	} while (0)
 
 /* ---- the client ---------------------------------------------------------- */
@@ -123,7 +123,8 @@ static char *endpoint_dup(const char *s, char *err, size_t errlen)
 
 	if (!s || n > MAX_ENDPOINT_LEN ||
 	    (strncmp(s, "http://", 7) != 0 && strncmp(s, "https://", 8) != 0)) {
-		sr_seterr(err, errlen, "etcd endpoint \"%s\": want http://host:port or https://host:port",
+		sr_seterr(err, errlen,
+			  "etcd endpoint \"%s\": want http://host:port or https://host:port",
 			  sr_esc_n(s, 80, esc, sizeof(esc)));
 		return NULL;
 	}
@@ -371,8 +372,9 @@ void etcd_cancel(struct etcd_op *op)
 struct etcd_op *etcd_kv(struct etcd *c, const struct etcd_req *rq, etcd_cb cb, void *arg,
 			char *err, size_t errlen)
 {
-	static const enum etcd_kind kind[] = {
-	    [ETCD_RANGE] = ETCD_K_RANGE, [ETCD_PUT] = ETCD_K_PUT, [ETCD_DELETE] = ETCD_K_DELETE};
+	static const enum etcd_kind kind[] = {[ETCD_RANGE] = ETCD_K_RANGE,
+					      [ETCD_PUT] = ETCD_K_PUT,
+					      [ETCD_DELETE] = ETCD_K_DELETE};
 	size_t len = 0;
 	char *body = etcd_json_req(rq, &len, err, errlen);
 
@@ -388,8 +390,8 @@ struct etcd_op *etcd_txn(struct etcd *c, const struct etcd_cmp *cmp, size_t ncmp
 			 char *err, size_t errlen)
 {
 	size_t len = 0;
-	char *body = etcd_json_txn(cmp, ncmp, success, nsuccess, failure, nfailure, &len, err,
-				   errlen);
+	char *body =
+	    etcd_json_txn(cmp, ncmp, success, nsuccess, failure, nfailure, &len, err, errlen);
 	enum etcd_op_type *types = NULL;
 	struct etcd_op *op;
 	int reads_only = 1;
@@ -494,7 +496,8 @@ static void keeper_answer(int err, const struct etcd_result *res, void *arg)
 	}
 	if (err == 0) {
 		/* alive for ttl from when the keepalive left, at least */
-		int64_t left_ms = res->ttl * 1000 - (int64_t)((sr_now_us() - k->sent_us) / 1000);
+		int64_t left_ms =
+		    res->ttl * 1000 - (int64_t)((sr_now_us() - k->sent_us) / 1000);
 		k->ttl = res->ttl;
 		next = keeper_interval_ms(k);
 		arm(k->expire, left_ms > 0 ? (long)left_ms : 0);
@@ -617,7 +620,8 @@ static int watch_fail(struct etcd_watch *w, int err, const char *msg)
 	w->ep = (w->ep + 1) % c->nep;
 	arm(w->retry, w->backoff_ms);
 	/* +-25 % so that relays that lost etcd together do not return together */
-	w->backoff_ms = w->backoff_ms * 2 + (long)(sr_now_us() % (uint64_t)(w->backoff_ms / 2 + 1)) -
+	w->backoff_ms = w->backoff_ms * 2 +
+			(long)(sr_now_us() % (uint64_t)(w->backoff_ms / 2 + 1)) -
 			w->backoff_ms / 4;
 	if (w->backoff_ms > WATCH_BACKOFF_MAX_MS)
 		w->backoff_ms = WATCH_BACKOFF_MAX_MS;
@@ -658,7 +662,8 @@ static int watch_msg(struct etcd_watch *w, const char *p, size_t n)
 	for (size_t i = 0; rc == 0 && i < m.nev; i++) {
 		int64_t r = m.ev[i].kv.mod_revision;
 		if (i > 0 && r < m.ev[i - 1].kv.mod_revision) {
-			snprintf(m.msg, sizeof(m.msg), "etcd answer: watch events out of order");
+			snprintf(m.msg, sizeof(m.msg),
+				 "etcd answer: watch events out of order");
 			rc = SR_EPROTO;
 		}
 		if (r < w->next_rev)
@@ -761,8 +766,9 @@ static void watch_start(struct etcd_watch *w)
 {
 	char err[200], msg[ETCD_MSG_SIZE];
 	size_t len = 0;
-	char *body = etcd_json_watch(w->key, w->o.key_len, w->o.prefix, w->next_rev,
-				     w->o.prev_kv, w->o.progress_notify, &len, err, sizeof(err));
+	char *body =
+	    etcd_json_watch(w->key, w->o.key_len, w->o.prefix, w->next_rev, w->o.prev_kv,
+			    w->o.progress_notify, &len, err, sizeof(err));
 
 	if (body)
 		w->req = post(w->c, w->ep, "/v3/watch", body, len, 0, watch_data, watch_done, w,
@@ -791,7 +797,8 @@ static void watch_idle(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	snprintf(msg, sizeof(msg), "etcd: the watch stream was silent for %ld ms", w->o.idle_ms);
+	snprintf(msg, sizeof(msg), "etcd: the watch stream was silent for %ld ms",
+		 w->o.idle_ms);
 	watch_fail(w, SR_ETIMEDOUT, msg);
 }
 
@@ -801,13 +808,15 @@ struct etcd_watch *etcd_watch_new(struct etcd *c, const struct etcd_watch_opts *
 	struct etcd_watch *w;
 
 	if (!o->events || !o->compacted) {
-		sr_seterr(err, errlen, "etcd watch: events and compacted callbacks are required");
+		sr_seterr(err, errlen,
+			  "etcd watch: events and compacted callbacks are required");
 		return NULL;
 	}
 	if ((o->key_len == 0 && !o->prefix) || (o->key_len > 0 && !o->key) ||
 	    o->start_revision < 0 || o->idle_ms < 0) {
-		sr_seterr(err, errlen,
-			  "etcd watch: a key (or prefix), start revision >= 0 and idle_ms >= 0");
+		sr_seterr(
+		    err, errlen,
+		    "etcd watch: a key (or prefix), start revision >= 0 and idle_ms >= 0");
 		return NULL;
 	}
 	w = calloc(1, sizeof(*w));

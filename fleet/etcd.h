@@ -87,13 +87,13 @@ enum etcd_op_type {
 struct etcd_req {
 	enum etcd_op_type type;
 	const void *key;
-	size_t key_len;     /* >= 1, except with prefix */
-	int prefix;         /* range, delete: every key starting with key (key_len 0: all keys) */
-	const void *value;  /* put */
+	size_t key_len; /* >= 1, except with prefix */
+	int prefix;	/* range, delete: every key starting with key (key_len 0: all keys) */
+	const void *value; /* put */
 	size_t value_len;
-	int64_t lease;      /* put: attach the key to this lease (0: none) */
-	int64_t limit;      /* range: at most this many keys (0: no limit) */
-	int64_t revision;   /* range: as the store was at this revision (0: now) */
+	int64_t lease;	  /* put: attach the key to this lease (0: none) */
+	int64_t limit;	  /* range: at most this many keys (0: no limit) */
+	int64_t revision; /* range: as the store was at this revision (0: now) */
 };
 
 struct etcd_kv {
@@ -102,26 +102,26 @@ struct etcd_kv {
 	const char *value;
 	size_t value_len;
 	int64_t create_revision; /* revision of the put that created the key */
-	int64_t mod_revision;    /* revision of its last change */
-	int64_t version;         /* puts since it was created (1 after creation) */
-	int64_t lease;           /* the lease it is attached to, or 0 */
+	int64_t mod_revision;	 /* revision of its last change */
+	int64_t version;	 /* puts since it was created (1 after creation) */
+	int64_t lease;		 /* the lease it is attached to, or 0 */
 };
 
 struct etcd_result {
-	int code;               /* with err from etcd: its gRPC code; else 0 */
-	const char *msg;        /* "" or one escaped line */
-	int64_t revision;       /* the store's revision when etcd answered */
-	enum etcd_op_type type; /* key operations and each txn op: which one */
+	int code;		   /* with err from etcd: its gRPC code; else 0 */
+	const char *msg;	   /* "" or one escaped line */
+	int64_t revision;	   /* the store's revision when etcd answered */
+	enum etcd_op_type type;	   /* key operations and each txn op: which one */
 	const struct etcd_kv *kvs; /* range: the keys, in key order */
 	size_t nkvs;
-	int64_t count;          /* range: keys in the range (more than nkvs past limit) */
-	int more;               /* range: keys past limit exist */
-	int64_t deleted;        /* delete: how many keys */
-	int succeeded;          /* txn: the compares held and the success ops ran */
+	int64_t count;	 /* range: keys in the range (more than nkvs past limit) */
+	int more;	 /* range: keys past limit exist */
+	int64_t deleted; /* delete: how many keys */
+	int succeeded;	 /* txn: the compares held and the success ops ran */
 	const struct etcd_result *ops; /* txn: each op's result, in request order */
 	size_t nops;
-	int64_t lease;          /* lease grant, keepalive: its id */
-	int64_t ttl;            /* grant: seconds granted; keepalive: left, 0 = the lease is gone */
+	int64_t lease; /* lease grant, keepalive: its id */
+	int64_t ttl;   /* grant: seconds granted; keepalive: left, 0 = the lease is gone */
 };
 
 /* res is never NULL; with err set only code and msg are meaningful. */
@@ -138,10 +138,10 @@ struct etcd_op *etcd_kv(struct etcd *c, const struct etcd_req *rq, etcd_cb cb, v
  * failure ops; atomically, in one revision. */
 enum etcd_target {
 	ETCD_CMP_CREATE = 1, /* create_revision (0: the key does not exist) */
-	ETCD_CMP_MOD,        /* mod_revision */
+	ETCD_CMP_MOD,	     /* mod_revision */
 	ETCD_CMP_VERSION,    /* version (0: the key does not exist) */
-	ETCD_CMP_VALUE,      /* value (bytes) */
-	ETCD_CMP_LEASE,      /* lease (0: none or no key) */
+	ETCD_CMP_VALUE,	     /* value (bytes) */
+	ETCD_CMP_LEASE,	     /* lease (0: none or no key) */
 };
 enum etcd_cmp_op {
 	ETCD_EQ = 1,
@@ -154,7 +154,7 @@ struct etcd_cmp {
 	size_t key_len; /* >= 1 */
 	enum etcd_target target;
 	enum etcd_cmp_op op;
-	int64_t number;    /* the revision, version or lease compared with */
+	int64_t number;	   /* the revision, version or lease compared with */
 	const void *value; /* ETCD_CMP_VALUE */
 	size_t value_len;
 };
@@ -208,7 +208,7 @@ enum etcd_event_type {
 };
 struct etcd_event {
 	enum etcd_event_type type;
-	struct etcd_kv kv;          /* DELETE: key and mod_revision (the deletion's) only */
+	struct etcd_kv kv;	    /* DELETE: key and mod_revision (the deletion's) only */
 	const struct etcd_kv *prev; /* the key before the change, with prev_kv; else NULL */
 };
 
@@ -231,9 +231,9 @@ typedef void (*etcd_watch_err_cb)(int err, const char *msg, void *arg);
 struct etcd_watch_opts {
 	const void *key; /* borrowed for the call; copied */
 	size_t key_len;
-	int prefix;             /* every key starting with key (key_len 0: all keys) */
+	int prefix;		/* every key starting with key (key_len 0: all keys) */
 	int64_t start_revision; /* first revision wanted (0: changes from now on) */
-	int prev_kv;            /* deliver each key's previous state */
+	int prev_kv;		/* deliver each key's previous state */
 	/* ask etcd for progress notifications (every
 	 * --experimental-watch-progress-notify-interval, 10 min by default) */
 	int progress_notify;
@@ -241,7 +241,7 @@ struct etcd_watch_opts {
 	 * with progress_notify, a little more than etcd's interval detects a
 	 * stream that hangs without breaking */
 	long idle_ms;
-	etcd_events_cb events;       /* required */
+	etcd_events_cb events;	     /* required */
 	etcd_compacted_cb compacted; /* required */
 	etcd_watch_err_cb error;     /* optional */
 	void *arg;

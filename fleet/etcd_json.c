@@ -251,7 +251,8 @@ static int check_req(const struct etcd_req *rq, char *err, size_t errlen)
 		return -1;
 	}
 	if (rq->key_len == 0 && !(rq->prefix && rq->type != ETCD_PUT)) {
-		sr_seterr(err, errlen, "an empty key (only a range or delete prefix may be empty)");
+		sr_seterr(err, errlen,
+			  "an empty key (only a range or delete prefix may be empty)");
 		return -1;
 	}
 	if (rq->type == ETCD_PUT && rq->prefix) {
@@ -321,18 +322,22 @@ static void sb_branch(struct sb *b, const char *name, const struct etcd_req *rq,
 static void sb_cmp(struct sb *b, const struct etcd_cmp *c)
 {
 	static const char *const target[] = {
-	    [ETCD_CMP_CREATE] = "CREATE", [ETCD_CMP_MOD] = "MOD",
+	    [ETCD_CMP_CREATE] = "CREATE",   [ETCD_CMP_MOD] = "MOD",
 	    [ETCD_CMP_VERSION] = "VERSION", [ETCD_CMP_VALUE] = "VALUE",
 	    [ETCD_CMP_LEASE] = "LEASE",
 	};
 	static const char *const field[] = {
-	    [ETCD_CMP_CREATE] = "create_revision", [ETCD_CMP_MOD] = "mod_revision",
-	    [ETCD_CMP_VERSION] = "version", [ETCD_CMP_VALUE] = "value",
+	    [ETCD_CMP_CREATE] = "create_revision",
+	    [ETCD_CMP_MOD] = "mod_revision",
+	    [ETCD_CMP_VERSION] = "version",
+	    [ETCD_CMP_VALUE] = "value",
 	    [ETCD_CMP_LEASE] = "lease",
 	};
 	static const char *const result[] = {
-	    [ETCD_EQ] = "EQUAL", [ETCD_NE] = "NOT_EQUAL",
-	    [ETCD_LT] = "LESS", [ETCD_GT] = "GREATER",
+	    [ETCD_EQ] = "EQUAL",
+	    [ETCD_NE] = "NOT_EQUAL",
+	    [ETCD_LT] = "LESS",
+	    [ETCD_GT] = "GREATER",
 	};
 
 	sb_add(b, "{");
@@ -347,8 +352,8 @@ static void sb_cmp(struct sb *b, const struct etcd_cmp *c)
 }
 
 char *etcd_json_txn(const struct etcd_cmp *cmp, size_t ncmp, const struct etcd_req *success,
-		    size_t nsuccess, const struct etcd_req *failure, size_t nfailure, size_t *len,
-		    char *err, size_t errlen)
+		    size_t nsuccess, const struct etcd_req *failure, size_t nfailure,
+		    size_t *len, char *err, size_t errlen)
 {
 	struct sb b = {0};
 
@@ -370,8 +375,8 @@ char *etcd_json_txn(const struct etcd_cmp *cmp, size_t ncmp, const struct etcd_r
 			return NULL;
 		}
 		if (c->key_len == 0 || !c->key || (c->value_len > 0 && !c->value)) {
-			sr_seterr(err, errlen, "compare %zu: an empty key or a value without bytes",
-				  i);
+			sr_seterr(err, errlen,
+				  "compare %zu: an empty key or a value without bytes", i);
 			return NULL;
 		}
 	}
@@ -379,7 +384,8 @@ char *etcd_json_txn(const struct etcd_cmp *cmp, size_t ncmp, const struct etcd_r
 		const struct etcd_req *rq = i < nsuccess ? &success[i] : &failure[i - nsuccess];
 		char why[200];
 		if (check_req(rq, why, sizeof(why)) != 0) {
-			sr_seterr(err, errlen, "%s op %zu: %s", i < nsuccess ? "success" : "failure",
+			sr_seterr(err, errlen, "%s op %zu: %s",
+				  i < nsuccess ? "success" : "failure",
 				  i < nsuccess ? i : i - nsuccess, why);
 			return NULL;
 		}
@@ -401,8 +407,9 @@ char *etcd_json_lease(enum etcd_kind kind, int64_t n, size_t *len, char *err, si
 	struct sb b = {0};
 
 	if (n <= 0) {
-		sr_seterr(err, errlen, kind == ETCD_K_GRANT ? "a TTL must be positive"
-							  : "a lease id must be positive");
+		sr_seterr(err, errlen,
+			  kind == ETCD_K_GRANT ? "a TTL must be positive"
+					       : "a lease id must be positive");
 		return NULL;
 	}
 	sb_add(&b, "{");
@@ -417,7 +424,8 @@ char *etcd_json_watch(const void *key, size_t key_len, int prefix, int64_t start
 	struct sb b = {0};
 
 	if ((key_len == 0 && !prefix) || (key_len > 0 && !key) || start < 0) {
-		sr_seterr(err, errlen, "a watch needs a key (or a prefix) and a start revision >= 0");
+		sr_seterr(err, errlen,
+			  "a watch needs a key (or a prefix) and a start revision >= 0");
 		return NULL;
 	}
 	sb_add(&b, "{\"create_request\":{");
@@ -501,7 +509,8 @@ static int get_i64(struct dec *d, json_t *o, const char *name, const char *where
 		return bad(d, "%s%s is not a number", where, name);
 	s = json_string_value(v);
 	if (json_string_length(v) == 0 || json_string_length(v) > 20 ||
-	    strlen(s) != json_string_length(v) || !(s[0] == '-' || (s[0] >= '0' && s[0] <= '9')))
+	    strlen(s) != json_string_length(v) ||
+	    !(s[0] == '-' || (s[0] >= '0' && s[0] <= '9')))
 		return bad(d, "%s%s is not a 64-bit number", where, name);
 	errno = 0;
 	x = strtoll(s, &end, 10);
@@ -646,7 +655,8 @@ static int get_op(struct dec *d, json_t *o, enum etcd_op_type type, const char *
 		return rc;
 	switch (type) {
 	case ETCD_RANGE:
-		if ((rc = get_kvs(d, o, where, r)) || (rc = get_bool(d, o, "more", where, &r->more)) ||
+		if ((rc = get_kvs(d, o, where, r)) ||
+		    (rc = get_bool(d, o, "more", where, &r->more)) ||
 		    (rc = get_i64(d, o, "count", where, &r->count)))
 			return rc;
 		if (r->count < (int64_t)r->nkvs)
@@ -785,8 +795,8 @@ static json_t *load(struct dec *d, const char *body, size_t len, int *rc)
 		return NULL;
 	}
 	if (!root) {
-		*rc = bad(d, "not JSON (%s at byte %d)", sr_esc_n(jerr.text, 120, esc, sizeof(esc)),
-			  jerr.position);
+		*rc = bad(d, "not JSON (%s at byte %d)",
+			  sr_esc_n(jerr.text, 120, esc, sizeof(esc)), jerr.position);
 		return NULL;
 	}
 	if (!json_is_object(root)) {
@@ -959,7 +969,8 @@ int etcd_json_watch_msg(const char *p, size_t n, struct etcd_watch_msg *m)
 		if (!json_is_string(reason)) {
 			rc = bad(&d, "cancel_reason is not a string");
 		} else {
-			const char *s = sr_esc_n(json_string_value(reason), 200, esc, sizeof(esc));
+			const char *s =
+			    sr_esc_n(json_string_value(reason), 200, esc, sizeof(esc));
 			char *copy = mem_alloc(&m->mem, strlen(s) + 1);
 			if (!copy)
 				rc = oom(&d);

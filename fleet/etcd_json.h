@@ -32,8 +32,8 @@ const char *etcd_json_path(enum etcd_kind kind);
  * memory"). */
 char *etcd_json_req(const struct etcd_req *rq, size_t *len, char *err, size_t errlen);
 char *etcd_json_txn(const struct etcd_cmp *cmp, size_t ncmp, const struct etcd_req *success,
-		    size_t nsuccess, const struct etcd_req *failure, size_t nfailure, size_t *len,
-		    char *err, size_t errlen);
+		    size_t nsuccess, const struct etcd_req *failure, size_t nfailure,
+		    size_t *len, char *err, size_t errlen);
 /* kind GRANT (n: the TTL), KEEPALIVE or REVOKE (n: the lease id). */
 char *etcd_json_lease(enum etcd_kind kind, int64_t n, size_t *len, char *err, size_t errlen);
 /* A watch create request from start (0: from now). */
@@ -59,9 +59,9 @@ void etcd_answer_fini(struct etcd_answer *a);
 
 /* One message of a watch stream. */
 struct etcd_watch_msg {
-	int err, code;         /* an error message from etcd: its err and code */
+	int err, code; /* an error message from etcd: its err and code */
 	int created, canceled;
-	int64_t revision;      /* header revision */
+	int64_t revision; /* header revision */
 	int64_t compact_revision;
 	const char *reason;    /* "" or etcd's cancel reason, escaped */
 	struct etcd_event *ev; /* in the order etcd sent them */

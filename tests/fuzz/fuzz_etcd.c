@@ -27,7 +27,8 @@ static void check_line(const char *s)
 
 static void check_kv(const struct etcd_kv *kv)
 {
-	if (kv->key_len == 0 || kv->key[kv->key_len] != '\0' || kv->value[kv->value_len] != '\0')
+	if (kv->key_len == 0 || kv->key[kv->key_len] != '\0' ||
+	    kv->value[kv->value_len] != '\0')
 		abort();
 }
 
@@ -59,8 +60,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		int rc;
 
 		memset(&a, 0, sizeof(a));
-		rc = etcd_json_answer((enum etcd_kind)(sel + 1), status, body, len, succ, 2, fail,
-				      1, &a);
+		rc = etcd_json_answer((enum etcd_kind)(sel + 1), status, body, len, succ, 2,
+				      fail, 1, &a);
 		if (rc) {
 			check_line(a.res.msg);
 		} else {
@@ -92,7 +93,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				check_kv(&m.ev[i].kv);
 				if (m.ev[i].kv.mod_revision <= 0)
 					abort();
-				if (m.ev[i].type != ETCD_EV_PUT && m.ev[i].type != ETCD_EV_DELETE)
+				if (m.ev[i].type != ETCD_EV_PUT &&
+				    m.ev[i].type != ETCD_EV_DELETE)
 					abort();
 				if (m.ev[i].prev)
 					check_kv(m.ev[i].prev);

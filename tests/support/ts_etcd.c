@@ -317,8 +317,8 @@ static size_t sink(char *p, size_t size, size_t nmemb, void *arg)
 	return n;
 }
 
-static long request(const struct ts_etcd *e, const char *path, const char *json, long timeout_ms,
-		    char *out, size_t outlen)
+static long request(const struct ts_etcd *e, const char *path, const char *json,
+		    long timeout_ms, char *out, size_t outlen)
 {
 	CURL *h = curl_easy_init();
 	char url[256];

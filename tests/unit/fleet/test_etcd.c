@@ -72,7 +72,8 @@ struct got {
 static void copy_kv(struct kvcopy *d, const struct etcd_kv *s)
 {
 	assert_true(s->key_len < sizeof(d->key) && s->value_len < sizeof(d->value));
-	memcpy(d->key, s->key, s->key_len + 1); /* the NUL that follows is part of the contract */
+	memcpy(d->key, s->key,
+	       s->key_len + 1); /* the NUL that follows is part of the contract */
 	memcpy(d->value, s->value, s->value_len + 1);
 	d->key_len = s->key_len;
 	d->value_len = s->value_len;
@@ -130,11 +131,15 @@ static void kv(struct env *e, struct etcd *c, const struct etcd_req *rq, struct 
 	wait_one(e, g);
 }
 
-static void put(struct env *e, struct etcd *c, const char *key, const char *value, int64_t lease,
-		struct got *g)
+static void put(struct env *e, struct etcd *c, const char *key, const char *value,
+		int64_t lease, struct got *g)
 {
-	struct etcd_req rq = {.type = ETCD_PUT, .key = key, .key_len = strlen(key),
-			      .value = value, .value_len = strlen(value), .lease = lease};
+	struct etcd_req rq = {.type = ETCD_PUT,
+			      .key = key,
+			      .key_len = strlen(key),
+			      .value = value,
+			      .value_len = strlen(value),
+			      .lease = lease};
 
 	kv(e, c, &rq, g);
 	if (g->err)
@@ -143,8 +148,8 @@ static void put(struct env *e, struct etcd *c, const char *key, const char *valu
 
 static void get(struct env *e, struct etcd *c, const char *key, int prefix, struct got *g)
 {
-	struct etcd_req rq = {.type = ETCD_RANGE, .key = key, .key_len = strlen(key),
-			      .prefix = prefix};
+	struct etcd_req rq = {
+	    .type = ETCD_RANGE, .key = key, .key_len = strlen(key), .prefix = prefix};
 
 	kv(e, c, &rq, g);
 	if (g->err)
@@ -154,8 +159,12 @@ static void get(struct env *e, struct etcd *c, const char *key, int prefix, stru
 static struct etcd *client(struct env *e, const char *const *eps, size_t n, const char *ca,
 			   const char *cert, const char *key)
 {
-	struct etcd_opts o = {.endpoints = eps, .nendpoints = n, .ca_file = ca,
-			      .cert_file = cert, .key_file = key, .timeout_ms = 3000};
+	struct etcd_opts o = {.endpoints = eps,
+			      .nendpoints = n,
+			      .ca_file = ca,
+			      .cert_file = cert,
+			      .key_file = key,
+			      .timeout_ms = 3000};
 	char err[256];
 	struct etcd *c = etcd_new(e->base, &o, err, sizeof(err));
 
@@ -257,8 +266,11 @@ static void test_put_range_delete_binary(void **state)
 	struct env *e = *state;
 	static const char key[] = "bin/\x00\xff\n\"k";
 	char value[256];
-	struct etcd_req rq = {.type = ETCD_PUT, .key = key, .key_len = sizeof(key) - 1,
-			      .value = value, .value_len = sizeof(value)};
+	struct etcd_req rq = {.type = ETCD_PUT,
+			      .key = key,
+			      .key_len = sizeof(key) - 1,
+			      .value = value,
+			      .value_len = sizeof(value)};
 	struct got g, r;
 
 	for (int i = 0; i < 256; i++)
@@ -315,8 +327,8 @@ static void test_prefix_range_limit_and_delete(void **state)
 	/* a prefix ending in 0xff: its range end carries into the byte before */
 	static const char *const in[] = {"pfx\xff/a", "pfx\xff/b", "pfx\xff\xff"};
 	static const char *const out[] = {"pfx", "pfx\xfe", "pfy"};
-	struct etcd_req rq = {.type = ETCD_RANGE, .key = "pfx\xff", .key_len = 4, .prefix = 1,
-			      .limit = 2};
+	struct etcd_req rq = {
+	    .type = ETCD_RANGE, .key = "pfx\xff", .key_len = 4, .prefix = 1, .limit = 2};
 
 	for (size_t i = 0; i < 3; i++) {
 		put(e, e->c, in[i], "in", 0, &g);
@@ -355,10 +367,16 @@ struct racer {
 
 static void start_create_if_absent(struct etcd *c, const char *key, struct racer *r)
 {
-	struct etcd_cmp cmp = {.key = key, .key_len = strlen(key), .target = ETCD_CMP_CREATE,
-			       .op = ETCD_EQ, .number = 0};
+	struct etcd_cmp cmp = {.key = key,
+			       .key_len = strlen(key),
+			       .target = ETCD_CMP_CREATE,
+			       .op = ETCD_EQ,
+			       .number = 0};
 	struct etcd_req succ[2] = {
-	    {.type = ETCD_PUT, .key = key, .key_len = strlen(key), .value = r->value,
+	    {.type = ETCD_PUT,
+	     .key = key,
+	     .key_len = strlen(key),
+	     .value = r->value,
 	     .value_len = strlen(r->value)},
 	    {.type = ETCD_RANGE, .key = key, .key_len = strlen(key)},
 	};
@@ -497,7 +515,8 @@ static void test_txn_compares(void **state)
 	c.op = ETCD_GT;
 	c.number = 0;
 	memset(&g, 0, sizeof(g));
-	assert_non_null(etcd_txn(e->c, &c, 1, &del, 1, NULL, 0, on_result, &g, err, sizeof(err)));
+	assert_non_null(
+	    etcd_txn(e->c, &c, 1, &del, 1, NULL, 0, on_result, &g, err, sizeof(err)));
 	wait_one(e, &g);
 	assert_true(g.succeeded);
 	assert_int_equal(g.op_type[0], ETCD_DELETE);
@@ -720,10 +739,16 @@ static void on_watch_err(int err, const char *msg, void *arg)
 static struct etcd_watch *watch(struct etcd *c, const char *prefix, int64_t start,
 				struct watchlog *l, long idle_ms)
 {
-	struct etcd_watch_opts o = {.key = prefix, .key_len = strlen(prefix), .prefix = 1,
-				    .start_revision = start, .prev_kv = 1, .idle_ms = idle_ms,
-				    .events = on_events, .compacted = on_compacted,
-				    .error = on_watch_err, .arg = l};
+	struct etcd_watch_opts o = {.key = prefix,
+				    .key_len = strlen(prefix),
+				    .prefix = 1,
+				    .start_revision = start,
+				    .prev_kv = 1,
+				    .idle_ms = idle_ms,
+				    .events = on_events,
+				    .compacted = on_compacted,
+				    .error = on_watch_err,
+				    .arg = l};
 	char err[256];
 	struct etcd_watch *w = etcd_watch_new(c, &o, err, sizeof(err));
 
@@ -774,7 +799,8 @@ static void test_watch_puts_and_deletes_in_order(void **state)
 	put(e, e->c, "wo/a", "2", 0, &p2);
 	kv(e, e->c, &del, &d);
 	memset(&g, 0, sizeof(g));
-	assert_non_null(etcd_txn(e->c, NULL, 0, two, 2, NULL, 0, on_result, &g, err, sizeof(err)));
+	assert_non_null(
+	    etcd_txn(e->c, NULL, 0, two, 2, NULL, 0, on_result, &g, err, sizeof(err)));
 	wait_one(e, &g);
 	assert_true(ts_loop_until_count(e->base, &l.n, 6, WAIT_MS));
 	ts_loop_run_for(e->base, 100);
@@ -834,8 +860,8 @@ static void check_sequence(const struct watchlog *l, const int64_t *revs, int n,
 
 		snprintf(want, sizeof(want), "%d", i);
 		if (r->mod != revs[i] || strcmp(r->value, want) != 0)
-			fail_msg("event %d: value %s revision %" PRId64 ", want %s at %" PRId64, i,
-				 r->value, r->mod, want, revs[i]);
+			fail_msg("event %d: value %s revision %" PRId64 ", want %s at %" PRId64,
+				 i, r->value, r->mod, want, revs[i]);
 	}
 }
 
@@ -966,9 +992,13 @@ static void test_progress_notifications(void **state)
 {
 	struct env *e = *state;
 	struct ts_etcd_opts o = {.progress_interval = "500ms"};
-	struct etcd_watch_opts wo = {.key = "pn/", .key_len = 3, .prefix = 1,
-				     .progress_notify = 1, .idle_ms = 2000,
-				     .events = on_events, .compacted = on_compacted,
+	struct etcd_watch_opts wo = {.key = "pn/",
+				     .key_len = 3,
+				     .prefix = 1,
+				     .progress_notify = 1,
+				     .idle_ms = 2000,
+				     .events = on_events,
+				     .compacted = on_compacted,
 				     .error = on_watch_err};
 	struct watchlog l = {0};
 	struct etcd_watch *w;
@@ -1078,10 +1108,12 @@ int main(void)
 {
 	const struct CMUnitTest shared_tests[] = {
 	    cmocka_unit_test_setup_teardown(test_put_range_delete_binary, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_prefix_range_limit_and_delete, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_prefix_range_limit_and_delete, setup,
+					    teardown),
 	    cmocka_unit_test_setup_teardown(test_txn_create_if_absent_race, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_txn_compares, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_lease_kept_alive_then_expires, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_lease_kept_alive_then_expires, setup,
+					    teardown),
 	    cmocka_unit_test_setup_teardown(test_revoke_deletes_keys_and_keeper_sees_it, setup,
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_watch_puts_and_deletes_in_order, setup,
@@ -1096,8 +1128,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_watch_survives_a_pause, setup_own, teardown),
 	    cmocka_unit_test_setup_teardown(test_watch_survives_a_restart, setup_own, teardown),
 	    cmocka_unit_test_setup_teardown(test_mutual_tls, setup_own_tls, teardown),
-	    cmocka_unit_test_setup_teardown(test_progress_notifications, setup_bare,
-					    teardown),
+	    cmocka_unit_test_setup_teardown(test_progress_notifications, setup_bare, teardown),
 	};
 	int rc;
 
@@ -1105,7 +1136,8 @@ int main(void)
 	ts_log_level_from_env(SR_LOG_ERROR - 1);
 	if (getenv("TEST_FILTER"))
 		cmocka_set_test_filter(getenv("TEST_FILTER"));
-	rc = cmocka_run_group_tests_name("shared etcd", shared_tests, group_setup, group_teardown);
+	rc = cmocka_run_group_tests_name("shared etcd", shared_tests, group_setup,
+					 group_teardown);
 	rc |= cmocka_run_group_tests_name("own etcd", own_tests, NULL, NULL);
 	curl_global_cleanup();
 	return rc;

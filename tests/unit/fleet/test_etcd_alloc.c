@@ -75,8 +75,11 @@ static void refused_with_reason(const char *err)
 static int new_once(void *arg, unsigned long n)
 {
 	struct env *e = arg;
-	struct etcd_opts o = {.endpoints = eps, .nendpoints = 2, .ca_file = "/nonexistent/ca",
-			      .cert_file = "/nonexistent/c", .key_file = "/nonexistent/k"};
+	struct etcd_opts o = {.endpoints = eps,
+			      .nendpoints = 2,
+			      .ca_file = "/nonexistent/ca",
+			      .cert_file = "/nonexistent/c",
+			      .key_file = "/nonexistent/k"};
 	char err[256] = "";
 	struct etcd *c;
 
@@ -104,19 +107,32 @@ static int start_once(void *arg, unsigned long n)
 	struct start_run *r = arg;
 	struct etcd *c = r->e->c;
 	static const char key[] = "fleet/\x00port/40001";
-	struct etcd_req put = {.type = ETCD_PUT, .key = key, .key_len = sizeof(key) - 1,
-			       .value = "relay-1", .value_len = 7, .lease = 77};
-	struct etcd_req range = {.type = ETCD_RANGE, .key = "fleet/", .key_len = 6, .prefix = 1,
-				 .limit = 10};
+	struct etcd_req put = {.type = ETCD_PUT,
+			       .key = key,
+			       .key_len = sizeof(key) - 1,
+			       .value = "relay-1",
+			       .value_len = 7,
+			       .lease = 77};
+	struct etcd_req range = {
+	    .type = ETCD_RANGE, .key = "fleet/", .key_len = 6, .prefix = 1, .limit = 10};
 	struct etcd_cmp cmp[2] = {
 	    {.key = key, .key_len = sizeof(key) - 1, .target = ETCD_CMP_CREATE, .op = ETCD_EQ},
-	    {.key = "v", .key_len = 1, .target = ETCD_CMP_VALUE, .op = ETCD_NE, .value = "x",
+	    {.key = "v",
+	     .key_len = 1,
+	     .target = ETCD_CMP_VALUE,
+	     .op = ETCD_NE,
+	     .value = "x",
 	     .value_len = 1},
 	};
 	struct etcd_req ops[2] = {put, range};
-	struct etcd_watch_opts wo = {.key = "fleet/", .key_len = 6, .prefix = 1,
-				     .start_revision = 5, .prev_kv = 1, .progress_notify = 1,
-				     .idle_ms = 1000, .events = never_events,
+	struct etcd_watch_opts wo = {.key = "fleet/",
+				     .key_len = 6,
+				     .prefix = 1,
+				     .start_revision = 5,
+				     .prev_kv = 1,
+				     .progress_notify = 1,
+				     .idle_ms = 1000,
+				     .events = never_events,
 				     .compacted = never_compacted};
 	char err[256] = "";
 	struct etcd_op *op = NULL;
@@ -185,7 +201,8 @@ static int decode_once(void *arg, unsigned long n)
 	if (r->kind) {
 		struct etcd_answer a;
 		memset(&a, 0, sizeof(a));
-		rc = etcd_json_answer(r->kind, 200, r->body, strlen(r->body), succ, 2, fail, 1, &a);
+		rc = etcd_json_answer(r->kind, 200, r->body, strlen(r->body), succ, 2, fail, 1,
+				      &a);
 		ts_alloc_disarm();
 		if (rc == 0)
 			assert_int_equal(a.res.revision, r->want_rev);
@@ -220,8 +237,8 @@ static void test_new(void **state)
 
 static void test_start_each_kind(void **state)
 {
-	static const char *const names[] = {"put", "range", "txn", "grant", "keepalive",
-					    "revoke", "watch", "keeper"};
+	static const char *const names[] = {"put",	 "range",  "txn",   "grant",
+					    "keepalive", "revoke", "watch", "keeper"};
 	struct env *e = *state;
 
 	for (enum what w = W_PUT; w <= W_KEEPER; w++) {
@@ -248,7 +265,8 @@ static void test_decode(void **state)
 	     "{\"response_put\":{\"header\":{\"revision\":\"7\"}}},{\"response_range\":"
 	     "{\"kvs\":[{\"key\":\"dC8x\",\"value\":\"eQ==\"}],\"count\":\"1\"}}]}",
 	     7},
-	    {ETCD_K_KEEPALIVE, "{\"result\":{\"header\":{\"revision\":\"3\"},\"ID\":\"5\"}}", 3},
+	    {ETCD_K_KEEPALIVE, "{\"result\":{\"header\":{\"revision\":\"3\"},\"ID\":\"5\"}}",
+	     3},
 	    {0,
 	     "{\"result\":{\"header\":{\"revision\":\"11\"},\"events\":[{\"kv\":{\"key\":"
 	     "\"dy9h\",\"mod_revision\":\"10\",\"value\":\"Mg==\"},\"prev_kv\":{\"key\":"

@@ -60,7 +60,7 @@ struct fake {
 	const struct stream_script *script; /* one per connection */
 	int nscript, conns;
 	char watch_body[MAX_CONNS][512];
-	struct evhttp_request *stream;     /* the one being scripted */
+	struct evhttp_request *stream;		/* the one being scripted */
 	struct evhttp_request *open[MAX_CONNS]; /* every stream not ended, not closed */
 	int step;
 	struct event *tick;
@@ -121,7 +121,6 @@ static void stream_closed(struct evhttp_connection *evcon, void *arg)
 			f->open[i] = NULL;
 }
 
-
 static void handler(struct evhttp_request *req, void *arg)
 {
 	struct fake *f = arg;
@@ -138,7 +137,8 @@ static void handler(struct evhttp_request *req, void *arg)
 		/* a previous stream the client gave up on stays open, forgotten */
 		f->stream = req;
 		f->open[f->conns - 1] = req;
-		evhttp_connection_set_closecb(evhttp_request_get_connection(req), stream_closed, f);
+		evhttp_connection_set_closecb(evhttp_request_get_connection(req), stream_closed,
+					      f);
 		f->step = 0;
 		evhttp_send_reply_start(req, 200, "OK");
 		stream_tick(-1, 0, f);
@@ -202,7 +202,9 @@ struct env {
 static struct etcd *client(struct env *e, const char *const *eps, size_t n, long timeout_ms,
 			   size_t max_answer)
 {
-	struct etcd_opts o = {.endpoints = eps, .nendpoints = n, .timeout_ms = timeout_ms,
+	struct etcd_opts o = {.endpoints = eps,
+			      .nendpoints = n,
+			      .timeout_ms = timeout_ms,
 			      .max_answer = max_answer};
 	char err[256];
 	struct etcd *c = etcd_new(e->base, &o, err, sizeof(err));
@@ -270,12 +272,13 @@ static void no_control_bytes(const char *s)
 {
 	for (; *s; s++)
 		if ((unsigned char)*s < 0x20 || (unsigned char)*s == 0x7f)
-			fail_msg("a control byte 0x%02x in an error message", (unsigned char)*s);
+			fail_msg("a control byte 0x%02x in an error message",
+				 (unsigned char)*s);
 }
 
 static const struct etcd_req range_x = {.type = ETCD_RANGE, .key = "x", .key_len = 1};
-static const struct etcd_req put_x = {.type = ETCD_PUT, .key = "x", .key_len = 1,
-				      .value = "v", .value_len = 1};
+static const struct etcd_req put_x = {
+    .type = ETCD_PUT, .key = "x", .key_len = 1, .value = "v", .value_len = 1};
 
 static void run(struct env *e, struct etcd *c, const struct etcd_req *rq, struct got *g)
 {
@@ -309,7 +312,8 @@ static void test_malformed_range_answers(void **state)
 	    {200, "{\"header\":{\"revision\":\"99999999999999999999\"}}", SR_EPROTO,
 	     "header.revision is not a 64-bit number"},
 	    {200, "{\"header\":{\"revision\":\"-\"}}", SR_EPROTO, "not a 64-bit number"},
-	    {200, "{\"header\":{\"revision\":1.5}}", SR_EPROTO, "header.revision is not a number"},
+	    {200, "{\"header\":{\"revision\":1.5}}", SR_EPROTO,
+	     "header.revision is not a number"},
 	    {200, "{\"kvs\":{}}", SR_EPROTO, "kvs is not an array"},
 	    {200, "{\"kvs\":[7]}", SR_EPROTO, "kvs[0] is not an object"},
 	    {200, "{\"kvs\":[{\"key\":\"!!!!\"}],\"count\":\"1\"}", SR_EPROTO,
@@ -319,15 +323,17 @@ static void test_malformed_range_answers(void **state)
 	    {200, "{\"kvs\":[{\"key\":\"YQ==\",\"value\":5}],\"count\":\"1\"}", SR_EPROTO,
 	     "kvs[0]value is not a string"},
 	    {200, "{\"kvs\":[{\"value\":\"YQ==\"}],\"count\":\"1\"}", SR_EPROTO, "has no key"},
-	    {200, "{\"kvs\":[{\"key\":\"YQ==\"},{\"key\":\"Yg==\"}],\"count\":\"1\"}", SR_EPROTO,
-	     "count is less"},
+	    {200, "{\"kvs\":[{\"key\":\"YQ==\"},{\"key\":\"Yg==\"}],\"count\":\"1\"}",
+	     SR_EPROTO, "count is less"},
 	    {200, "{\"more\":\"yes\"}", SR_EPROTO, "more is not true or false"},
 	    {200, "{\"header\":{},\"header\":{}}", SR_EPROTO, "not JSON"},
-	    {502, "<html>Bad \x01gateway</html>", SR_EPROTO, "HTTP 502: <html>Bad \\x01gateway"},
+	    {502, "<html>Bad \x01gateway</html>", SR_EPROTO,
+	     "HTTP 502: <html>Bad \\x01gateway"},
 	    {404, "{\"some\":\"json\"}", SR_EPROTO, "HTTP 404 without an etcd error"},
 	    {200, "{\"error\":[1]}", SR_EPROTO, "neither a string nor an object"},
 	    {200, "{\"error\":\"x\",\"message\":7}", SR_EPROTO, "message is not a string"},
-	    {400, "{\"error\":\"x\",\"code\":\"many\"}", SR_EPROTO, "code is not a 64-bit number"},
+	    {400, "{\"error\":\"x\",\"code\":\"many\"}", SR_EPROTO,
+	     "code is not a 64-bit number"},
 	};
 	struct got g;
 
@@ -365,7 +371,8 @@ static void test_etcd_errors_surface_escaped(void **state)
 
 	/* the form inside a stream */
 	e->f.status = 503;
-	e->f.body = "{\"error\":{\"grpc_code\":14,\"http_code\":503,\"message\":\"no leader\"}}";
+	e->f.body =
+	    "{\"error\":{\"grpc_code\":14,\"http_code\":503,\"message\":\"no leader\"}}";
 	run(e, e->c, &put_x, &g);
 	assert_int_equal(g.err, SR_EBUSY);
 	assert_int_equal(g.code, 14);
@@ -405,22 +412,28 @@ static void test_answer_over_max_answer(void **state)
 static void test_txn_and_lease_answers_checked(void **state)
 {
 	struct env *e = *state;
-	struct etcd_cmp cmp = {.key = "x", .key_len = 1, .target = ETCD_CMP_VERSION,
-			       .op = ETCD_EQ};
+	struct etcd_cmp cmp = {
+	    .key = "x", .key_len = 1, .target = ETCD_CMP_VERSION, .op = ETCD_EQ};
 	struct etcd_req ops[2] = {put_x, range_x};
 	static const struct bad_case txn[] = {
 	    {200, "{\"succeeded\":true,\"responses\":[{\"response_put\":{}}]}", SR_EPROTO,
 	     "1 responses for 2 ops"},
-	    {200, "{\"succeeded\":true,\"responses\":[{\"response_range\":{}},"
-		  "{\"response_range\":{}}]}", SR_EPROTO, "responses[0]. answers another op"},
-	    {200, "{\"succeeded\":true,\"responses\":[{\"response_put\":{}},"
-		  "{\"response_range\":{},\"response_put\":{}}]}", SR_EPROTO, "with one op"},
-	    {200, "{\"succeeded\":true,\"responses\":[{\"response_put\":{}},"
-		  "{\"response_range\":{\"kvs\":[{\"key\":1}]}}]}", SR_EPROTO,
-	     "responses[1].kvs[0]key is not a string"},
+	    {200,
+	     "{\"succeeded\":true,\"responses\":[{\"response_range\":{}},"
+	     "{\"response_range\":{}}]}",
+	     SR_EPROTO, "responses[0]. answers another op"},
+	    {200,
+	     "{\"succeeded\":true,\"responses\":[{\"response_put\":{}},"
+	     "{\"response_range\":{},\"response_put\":{}}]}",
+	     SR_EPROTO, "with one op"},
+	    {200,
+	     "{\"succeeded\":true,\"responses\":[{\"response_put\":{}},"
+	     "{\"response_range\":{\"kvs\":[{\"key\":1}]}}]}",
+	     SR_EPROTO, "responses[1].kvs[0]key is not a string"},
 	    {200, "{\"succeeded\":1}", SR_EPROTO, "succeeded is not true or false"},
 	    /* the failure branch has no ops */
-	    {200, "{\"responses\":[{\"response_put\":{}}]}", SR_EPROTO, "1 responses for 0 ops"},
+	    {200, "{\"responses\":[{\"response_put\":{}}]}", SR_EPROTO,
+	     "1 responses for 0 ops"},
 	};
 	struct got g;
 	char err[256];
@@ -429,8 +442,8 @@ static void test_txn_and_lease_answers_checked(void **state)
 		e->f.status = txn[i].status;
 		e->f.body = txn[i].body;
 		memset(&g, 0, sizeof(g));
-		assert_non_null(etcd_txn(e->c, &cmp, 1, ops, 2, NULL, 0, on_result, &g, err,
-					 sizeof(err)));
+		assert_non_null(
+		    etcd_txn(e->c, &cmp, 1, ops, 2, NULL, 0, on_result, &g, err, sizeof(err)));
 		wait_one(e, &g);
 		if (g.err != txn[i].err || !strstr(g.msg, txn[i].msg))
 			fail_msg("txn case %zu: err %d \"%s\", want \"%s\"", i, g.err, g.msg,
@@ -442,7 +455,8 @@ static void test_txn_and_lease_answers_checked(void **state)
 		    "{\"response_range\":{\"kvs\":[{\"key\":\"eA==\",\"value\":\"dg==\"}],"
 		    "\"count\":\"1\"}}]}";
 	memset(&g, 0, sizeof(g));
-	assert_non_null(etcd_txn(e->c, &cmp, 1, ops, 2, NULL, 0, on_result, &g, err, sizeof(err)));
+	assert_non_null(
+	    etcd_txn(e->c, &cmp, 1, ops, 2, NULL, 0, on_result, &g, err, sizeof(err)));
 	wait_one(e, &g);
 	assert_int_equal(g.err, 0);
 	assert_int_equal(g.revision, 9);
@@ -578,9 +592,14 @@ static void on_watch_err(int err, const char *msg, void *arg)
 
 static struct etcd_watch *watch(struct env *e, int64_t start, struct watchlog *l)
 {
-	struct etcd_watch_opts o = {.key = "w/", .key_len = 2, .prefix = 1,
-				    .start_revision = start, .events = on_events,
-				    .compacted = on_compacted, .error = on_watch_err, .arg = l};
+	struct etcd_watch_opts o = {.key = "w/",
+				    .key_len = 2,
+				    .prefix = 1,
+				    .start_revision = start,
+				    .events = on_events,
+				    .compacted = on_compacted,
+				    .error = on_watch_err,
+				    .arg = l};
 	char err[256];
 	struct etcd_watch *w = etcd_watch_new(e->c, &o, err, sizeof(err));
 
@@ -591,9 +610,10 @@ static struct etcd_watch *watch(struct env *e, int64_t start, struct watchlog *l
 }
 
 #define CREATED(rev) "{\"result\":{\"header\":{\"revision\":\"" rev "\"},\"created\":true}}\n"
-#define EV(key64, rev) \
+#define EV(key64, rev)                                                                         \
 	"{\"kv\":{\"key\":\"" key64 "\",\"mod_revision\":\"" rev "\",\"value\":\"eA==\"}}"
-#define EVENTS(...) "{\"result\":{\"header\":{\"revision\":\"99\"},\"events\":[" __VA_ARGS__ "]}}\n"
+#define EVENTS(...)                                                                            \
+	"{\"result\":{\"header\":{\"revision\":\"99\"},\"events\":[" __VA_ARGS__ "]}}\n"
 
 static char oversized[6000];
 
@@ -707,8 +727,11 @@ static void test_watch_idle_restarts_a_silent_stream(void **state)
 	    {{CREATED("5"), NULL}, 1},
 	    {{CREATED("5"), EVENTS(EV("dy9h", "6")), NULL}, 1},
 	};
-	struct etcd_watch_opts o = {.key = "w/a", .key_len = 3, .idle_ms = 300,
-				    .events = on_events, .compacted = on_compacted,
+	struct etcd_watch_opts o = {.key = "w/a",
+				    .key_len = 3,
+				    .idle_ms = 300,
+				    .events = on_events,
+				    .compacted = on_compacted,
 				    .error = on_watch_err};
 	struct watchlog l = {0};
 	char err[256];
@@ -815,9 +838,9 @@ static void test_bad_arguments(void **state)
 {
 	struct env *e = *state;
 	static const char *const bad_eps[] = {
-	    "ftp://127.0.0.1:2379", "http://127.0.0.1:2379/v3", "http://", "127.0.0.1:2379",
-	    "http://user@127.0.0.1:2379", "http://127.0.0.1:2379?x", "http://a b:1",
-	    "http://127.0.0.1:\x01",
+	    "ftp://127.0.0.1:2379", "http://127.0.0.1:2379/v3",	  "http://",
+	    "127.0.0.1:2379",	    "http://user@127.0.0.1:2379", "http://127.0.0.1:2379?x",
+	    "http://a b:1",	    "http://127.0.0.1:\x01",
 	};
 	const char *many[ETCD_MAX_ENDPOINTS + 1];
 	struct etcd_opts o = {.nendpoints = 1};
@@ -868,8 +891,8 @@ static void test_bad_arguments(void **state)
 	assert_contains(err, "more than");
 	{
 		struct etcd_cmp cmp = {.key = "a", .key_len = 1, .target = 77, .op = ETCD_EQ};
-		assert_null(etcd_txn(e->c, &cmp, 1, NULL, 0, NULL, 0, on_result, &g, err,
-				     sizeof(err)));
+		assert_null(
+		    etcd_txn(e->c, &cmp, 1, NULL, 0, NULL, 0, on_result, &g, err, sizeof(err)));
 	}
 	assert_null(etcd_lease_grant(e->c, 0, on_result, &g, err, sizeof(err)));
 	assert_null(etcd_lease_revoke(e->c, -1, on_result, &g, err, sizeof(err)));
@@ -891,10 +914,12 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_malformed_range_answers, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_etcd_errors_surface_escaped, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_answer_over_max_answer, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_txn_and_lease_answers_checked, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_txn_and_lease_answers_checked, setup,
+					    teardown),
 	    cmocka_unit_test_setup_teardown(test_failover_only_when_safe, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_watch_stream_faults, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_watch_freed_from_its_callback, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_watch_freed_from_its_callback, setup,
+					    teardown),
 	    cmocka_unit_test_setup_teardown(test_watch_idle_restarts_a_silent_stream, setup,
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_keeper_unreachable_past_ttl, setup, teardown),
