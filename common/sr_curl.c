@@ -45,6 +45,7 @@ struct sr_curl_req {
 	CURLcode result;
 	int too_big;
 	int refused; /* on_data said stop */
+	int no_mem;  /* its socket could not be watched: fail it */
 	char errbuf[CURL_ERROR_SIZE];
 	struct sr_curl_req *prev, *next;
 };
@@ -57,6 +58,7 @@ struct sr_curl {
 	struct sock_ev *socks;
 	size_t open;              /* requests whose done may still run */
 	int dispatching;
+	int timer_failed; /* the last timeout libcurl asked for is not armed */
 };
 
 static void req_unlink_free(struct sr_curl_req *r)
@@ -91,6 +93,8 @@ static int map_error(const struct sr_curl_req *r)
 	if (r->refused)
 		return SR_ECLOSED;
 	switch (r->result) {
+	case CURLE_OUT_OF_MEMORY:
+		return SR_ENOMEM;
 	case CURLE_OPERATION_TIMEDOUT:
 		return SR_ETIMEDOUT;
 	case CURLE_COULDNT_RESOLVE_HOST:
@@ -168,6 +172,13 @@ static void dispatch(struct sr_curl *c)
 		curl_multi_remove_handle(c->multi, r->easy);
 		r->state = REQ_FINISHED;
 	}
+	for (struct sr_curl_req *r = c->reqs; r; r = r->next) {
+		if (r->no_mem && r->state == REQ_RUNNING) {
+			curl_multi_remove_handle(c->multi, r->easy);
+			r->result = CURLE_OUT_OF_MEMORY;
+			r->state = REQ_FINISHED;
+		}
+	}
 
 	c->dispatching++;
 	for (struct sr_curl_req *r = c->reqs; r; r = r->next) {
@@ -191,6 +202,8 @@ static void dispatch(struct sr_curl *c)
 	}
 }
 
+static void timer_retry(struct sr_curl *c);
+
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
 	struct sr_curl *c = arg;
@@ -199,6 +212,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	timer_retry(c);
 	dispatch(c);
 }
 
@@ -212,6 +226,7 @@ static void on_sock(evutil_socket_t fd, short what, void *arg)
 	if (what & EV_WRITE)
 		action |= CURL_CSELECT_OUT;
 	curl_multi_socket_action(c->multi, fd, action, &running);
+	timer_retry(c);
 	dispatch(c);
 }
 
@@ -227,13 +242,25 @@ static void sock_free(struct sr_curl *c, struct sock_ev *s)
 	free(s);
 }
 
+/* The transfer whose socket could not be watched ends with SR_ENOMEM at
+ * the next dispatch. Not -1 to libcurl, which would fail every transfer
+ * of the multi handle for good (see timer_cb). */
+static int sock_failed(CURL *easy)
+{
+	struct sr_curl_req *r = NULL;
+
+	curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&r);
+	if (r)
+		r->no_mem = 1;
+	return 0;
+}
+
 static int sock_cb(CURL *easy, curl_socket_t fd, int what, void *arg, void *sockp)
 {
 	struct sr_curl *c = arg;
 	struct sock_ev *s = sockp;
 	short kind = EV_PERSIST;
 
-	(void)easy;
 	if (what == CURL_POLL_REMOVE) {
 		if (s) {
 			curl_multi_assign(c->multi, fd, NULL);
@@ -248,11 +275,11 @@ static int sock_cb(CURL *easy, curl_socket_t fd, int what, void *arg, void *sock
 	if (!s) {
 		s = calloc(1, sizeof(*s));
 		if (!s)
-			return -1;
+			return sock_failed(easy);
 		s->ev = event_new(c->base, fd, kind, on_sock, c);
 		if (!s->ev) {
 			free(s);
-			return -1;
+			return sock_failed(easy);
 		}
 		s->next = c->socks;
 		if (c->socks)
@@ -263,20 +290,38 @@ static int sock_cb(CURL *easy, curl_socket_t fd, int what, void *arg, void *sock
 		event_del(s->ev);
 		event_assign(s->ev, c->base, fd, kind, on_sock, c);
 	}
-	return event_add(s->ev, NULL) == 0 ? 0 : -1;
+	return event_add(s->ev, NULL) == 0 ? 0 : sock_failed(easy);
 }
 
+/* Never returns -1: libcurl would then fail every transfer of the multi
+ * handle, later ones included, for good. A timer that cannot be armed
+ * (evtimer_add grows libevent's heap, which may fail) is noted instead:
+ * sr_curl_start refuses the request that needed it, and after each action
+ * it is tried again. */
 static int timer_cb(CURLM *multi, long timeout_ms, void *arg)
 {
 	struct sr_curl *c = arg;
 	struct timeval tv;
 
 	(void)multi;
-	if (timeout_ms < 0)
-		return event_del(c->timer) == 0 ? 0 : -1;
+	c->timer_failed = 0;
+	if (timeout_ms < 0) {
+		event_del(c->timer);
+		return 0;
+	}
 	tv.tv_sec = timeout_ms / 1000;
 	tv.tv_usec = (timeout_ms % 1000) * 1000;
-	return evtimer_add(c->timer, &tv) == 0 ? 0 : -1;
+	if (evtimer_add(c->timer, &tv) != 0)
+		c->timer_failed = 1;
+	return 0;
+}
+
+static void timer_retry(struct sr_curl *c)
+{
+	long ms = -1;
+
+	if (c->timer_failed && curl_multi_timeout(c->multi, &ms) == CURLM_OK)
+		timer_cb(c->multi, ms, c);
 }
 
 static size_t write_cb(char *p, size_t size, size_t nmemb, void *arg)
@@ -437,8 +482,16 @@ struct sr_curl_req *sr_curl_start(struct sr_curl *c, const struct sr_curl_opts *
 		req_unlink_free(r);
 		return NULL;
 	}
+	c->timer_failed = 0;
 	if (curl_multi_add_handle(c->multi, r->easy) != CURLM_OK) {
 		sr_seterr(err, errlen, "libcurl refused the request");
+		req_unlink_free(r);
+		return NULL;
+	}
+	if (c->timer_failed) { /* it would never start */
+		curl_multi_remove_handle(c->multi, r->easy);
+		timer_retry(c);
+		sr_seterr(err, errlen, "out of memory");
 		req_unlink_free(r);
 		return NULL;
 	}
@@ -458,6 +511,17 @@ void sr_curl_cancel(struct sr_curl_req *r)
 	c->open--;
 	if (!c->dispatching)
 		req_unlink_free(r);
+}
+
+int sr_curl_sent(const struct sr_curl_req *r)
+{
+	long n = 0;
+
+	/* the header bytes libcurl wrote to the socket (0 when connect or the
+	 * TLS handshake failed) */
+	if (!r->easy || curl_easy_getinfo(r->easy, CURLINFO_REQUEST_SIZE, &n) != CURLE_OK)
+		return 1; /* unknown: assume it may have been acted on */
+	return n > 0;
 }
 
 size_t sr_curl_pending(const struct sr_curl *c)

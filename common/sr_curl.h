@@ -56,6 +56,11 @@ void sr_curl_free(struct sr_curl *c);
  * allocation failure; done is then never called. */
 struct sr_curl_req *sr_curl_start(struct sr_curl *c, const struct sr_curl_opts *o,
 				  sr_curl_done_cb done, void *arg, char *err, size_t errlen);
+/* From inside r's own done callback only: 1 if any byte of the request
+ * reached the server's connection, 0 if none did (refused connection, TLS
+ * handshake failure). A request with 0 was certainly not acted on, so it
+ * may be repeated elsewhere even if it is not idempotent. */
+int sr_curl_sent(const struct sr_curl_req *r);
 /* End a request whose done callback has not run; it will not run. */
 void sr_curl_cancel(struct sr_curl_req *r);
 /* Requests open (for tests and metrics). */

@@ -21,6 +21,7 @@
 
 #include "common/sr_curl.h"
 #include "common/sr_err.h"
+#include "tests/support/ts_alloc.h"
 #include "tests/support/ts_loop.h"
 #include "tests/support/ts_net.h"
 
@@ -373,6 +374,130 @@ static void test_connection_refused(void **state)
 	assert_true(r.msg[0] != '\0');
 }
 
+/* What lets the etcd client repeat a write on another endpoint: a request
+ * that never reached a server says so, one that did says that too. */
+struct sent_probe {
+	struct sr_curl_req *req;
+	int calls, err, sent;
+};
+
+static void sent_done(int err, long status, const char *body, size_t len, const char *msg,
+		      void *arg)
+{
+	struct sent_probe *p = arg;
+
+	(void)status;
+	(void)body;
+	(void)len;
+	(void)msg;
+	p->calls++;
+	p->err = err;
+	p->sent = sr_curl_sent(p->req);
+}
+
+static void test_sent_tells_whether_the_request_left(void **state)
+{
+	struct env *e = *state;
+	struct sent_probe refused = {0}, answered = {0};
+	struct sr_curl_opts o = {.body = "x", .body_len = 1};
+	char url[256], err[256];
+	uint16_t port;
+	int fd = ts_listen_loopback(0, 0, &port);
+
+	close(fd);
+	snprintf(url, sizeof(url), "http://127.0.0.1:%u/echo", port);
+	o.url = url;
+	refused.req = sr_curl_start(e->curl, &o, sent_done, &refused, err, sizeof(err));
+	assert_non_null(refused.req);
+	assert_true(ts_loop_until_count(e->base, &refused.calls, 1, 5000));
+	assert_int_equal(refused.err, SR_EIO);
+	assert_int_equal(refused.sent, 0);
+
+	snprintf(url, sizeof(url), "%s/echo", e->url);
+	answered.req = sr_curl_start(e->curl, &o, sent_done, &answered, err, sizeof(err));
+	assert_non_null(answered.req);
+	assert_true(ts_loop_until_count(e->base, &answered.calls, 1, 5000));
+	assert_int_equal(answered.err, 0);
+	assert_int_equal(answered.sent, 1);
+}
+
+/* A failed allocation fails one request at most: before, a timer libevent
+ * could not arm made libcurl fail every later request of the handle. */
+static void must_work_after(struct env *e)
+{
+	struct sr_curl_opts o = {0};
+	struct result r = {0};
+
+	start(e, "/echo", &o, &r);
+	assert_true(ts_loop_until(e->base, done_once, &r, 5000));
+	assert_int_equal(r.err, 0);
+	assert_int_equal(r.status, 200);
+}
+
+static int start_once(void *arg, unsigned long n)
+{
+	struct env *e;
+	void *st = NULL;
+	struct sr_curl_opts o = {.body = "x", .body_len = 1};
+	const char *hdrs[] = {"X-Test: a"};
+	struct result r = {0};
+	struct sr_curl_req *q;
+	char url[256], err[256] = "";
+
+	(void)arg;
+	/* a fresh loop each time: libevent's timer heap grows on the first
+	 * timer, which is what failed */
+	setup(&st);
+	e = st;
+	o.headers = hdrs;
+	o.nheaders = 1;
+	snprintf(url, sizeof(url), "%s/echo", e->url);
+	o.url = url;
+	ts_alloc_arm(n);
+	q = sr_curl_start(e->curl, &o, on_done, &r, err, sizeof(err));
+	ts_alloc_disarm();
+	if (q)
+		sr_curl_cancel(q);
+	else
+		assert_true(err[0] != '\0');
+	must_work_after(e);
+	assert_int_equal(r.calls, 0);
+	teardown(&st);
+	return q ? 0 : SR_ENOMEM;
+}
+
+static int request_once(void *arg, unsigned long n)
+{
+	struct env *e = arg;
+	struct sr_curl_opts o = {0};
+	struct result r = {0};
+	struct sr_curl_req *q;
+	char url[256], err[256] = "";
+
+	snprintf(url, sizeof(url), "%s/big", e->url);
+	o.url = url;
+	/* ours only: libevent may lose a callback for good when its own
+	 * allocation fails inside the loop */
+	ts_alloc_arm_ours(n);
+	q = sr_curl_start(e->curl, &o, on_done, &r, err, sizeof(err));
+	if (q)
+		ts_loop_until(e->base, done_once, &r, 5000);
+	ts_alloc_disarm();
+	if (q)
+		assert_int_equal(r.calls, 1); /* an answer or an error, never silence */
+	must_work_after(e);
+	return q && r.err == 0 && r.len == 20000 ? 0 : SR_ENOMEM;
+}
+
+static void test_failed_allocations_fail_one_request(void **state)
+{
+	struct ts_alloc_result res;
+
+	ts_alloc_sweep("sr_curl_start", start_once, *state, &res);
+	assert_int_equal(res.absorbed, 0);
+	ts_alloc_sweep("sr_curl request", request_once, *state, &res);
+}
+
 static void test_bad_options_refused(void **state)
 {
 	struct env *e = *state;
@@ -406,9 +531,14 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_cancel_and_start_from_a_callback, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_connection_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_bad_options_refused, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_sent_tells_whether_the_request_left, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(test_failed_allocations_fail_one_request, setup,
+					    teardown),
 	};
 	int rc;
 
+	ts_alloc_init();
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 	if (getenv("TEST_FILTER"))
 		cmocka_set_test_filter(getenv("TEST_FILTER"));
