@@ -84,6 +84,8 @@ static int sp_errno_to_err(int e)
 		return SR_ECLOSED;
 	if (e == EINVAL)
 		return SR_EINVAL;
+	if (e == ETIMEDOUT)
+		return SR_ETIMEDOUT;
 	return SR_EIO;
 }
 
@@ -272,7 +274,8 @@ static void sp_io_cb(evutil_socket_t fd, short what, void *arg)
 		if (soerr == EINPROGRESS || soerr == EALREADY)
 			return;
 		if (soerr != 0) {
-			sp_unreached(sp, SR_EIO);
+			/* A reset that beat this event is the peer hanging up. */
+			sp_unreached(sp, soerr == ECONNRESET ? SR_ECLOSED : SR_EIO);
 			return;
 		}
 		evtimer_del(sp->timer);
