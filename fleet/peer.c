@@ -75,7 +75,8 @@ int fleet_secret_load(const char *path, struct fleet_secret **out, char *err, si
 	sr_esc_n(path, 64, epath, sizeof(epath));
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
 	if (fd < 0) {
-		sr_seterr(err, errlen, "fleet secret %s: cannot open: %s", epath, strerror(errno));
+		sr_seterr(err, errlen, "fleet secret %s: cannot open: %s", epath,
+			  strerror(errno));
 		return SR_EIO;
 	}
 	while (have < sizeof(buf)) {
@@ -95,9 +96,11 @@ int fleet_secret_load(const char *path, struct fleet_secret **out, char *err, si
 	}
 	close(fd);
 	if (have < FLEET_SECRET_MIN || have > FLEET_SECRET_MAX) {
-		sr_seterr(err, errlen, "fleet secret %s: must hold %d to %d bytes, it holds %s%zu",
-			  epath, FLEET_SECRET_MIN, FLEET_SECRET_MAX,
-			  have > FLEET_SECRET_MAX ? "more than " : "", have > FLEET_SECRET_MAX ? (size_t)FLEET_SECRET_MAX : have);
+		sr_seterr(err, errlen,
+			  "fleet secret %s: must hold %d to %d bytes, it holds %s%zu", epath,
+			  FLEET_SECRET_MIN, FLEET_SECRET_MAX,
+			  have > FLEET_SECRET_MAX ? "more than " : "",
+			  have > FLEET_SECRET_MAX ? (size_t)FLEET_SECRET_MAX : have);
 		OPENSSL_cleanse(buf, sizeof(buf));
 		return SR_EINVAL;
 	}
@@ -302,7 +305,8 @@ int fleet_peer_hdr_encode(const struct fleet_peer_hdr *h, const struct fleet_sec
 	memcpy(out + 18, h->nonce, FLEET_PEER_NONCE_LEN);
 	memcpy(out + 34, addr, 16);
 	memcpy(out + FLEET_PEER_HDR_FIXED, h->lease, llen);
-	if (peer_mac(sec, out, FLEET_PEER_HDR_FIXED + llen, out + FLEET_PEER_HDR_FIXED + llen) != 0)
+	if (peer_mac(sec, out, FLEET_PEER_HDR_FIXED + llen,
+		     out + FLEET_PEER_HDR_FIXED + llen) != 0)
 		return SR_EINVAL;
 	return (int)total;
 }
@@ -537,8 +541,9 @@ static void peer_refuse(struct fleet_peer_listener *l, int fd, const char *peer,
 
 	l->count[why]++;
 	if (peer_ratelog_allow(&l->rl[why], &more))
-		SR_WARN("fleet peer", "peer=%s: relay-to-relay connection refused: %s (%llu more "
-				      "refused for this reason since the last line)",
+		SR_WARN("fleet peer",
+			"peer=%s: relay-to-relay connection refused: %s (%llu more "
+			"refused for this reason since the last line)",
 			peer, fleet_peer_status_name(why), (unsigned long long)more);
 	sr_sock_set_reset_on_close(fd);
 	close(fd);
@@ -665,8 +670,9 @@ static void peer_accept_error_cb(struct evconnlistener *lev, void *arg)
 	evconnlistener_disable(lev);
 	evtimer_add(l->pause, &tv);
 	if (peer_ratelog_allow(&l->rl_accept, &more))
-		SR_ERROR("fleet peer", "peer listener: accept failed: %s; pausing it %d ms (%llu "
-				       "more failures since the last line)",
+		SR_ERROR("fleet peer",
+			 "peer listener: accept failed: %s; pausing it %d ms (%llu "
+			 "more failures since the last line)",
 			 evutil_socket_error_to_string(err), PEER_ACCEPT_PAUSE_MS,
 			 (unsigned long long)more);
 }
@@ -678,11 +684,10 @@ static void peer_pause_cb(evutil_socket_t fd, short what, void *arg)
 	evconnlistener_enable(l->lev);
 }
 
-struct fleet_peer_listener *fleet_peer_listener_new(struct event_base *base,
-						    const struct sockaddr *sa, socklen_t salen,
-						    const struct fleet_secret *sec,
-						    const struct fleet_peer_opts *o, fleet_peer_cb cb,
-						    void *arg, char *err, size_t errlen)
+struct fleet_peer_listener *
+fleet_peer_listener_new(struct event_base *base, const struct sockaddr *sa, socklen_t salen,
+			const struct fleet_secret *sec, const struct fleet_peer_opts *o,
+			fleet_peer_cb cb, void *arg, char *err, size_t errlen)
 {
 	struct fleet_peer_listener *l;
 	struct sockaddr_storage bound;

@@ -77,21 +77,21 @@ struct fleet_peer_hdr {
 /* Outcome of parsing a header, and the reasons a listener refuses one. */
 enum fleet_peer_status {
 	FLEET_PEER_OK = 0,
-	FLEET_PEER_MORE,        /* not complete yet */
-	FLEET_PEER_BAD_MAGIC,   /* not a peer header at all */
+	FLEET_PEER_MORE,	/* not complete yet */
+	FLEET_PEER_BAD_MAGIC,	/* not a peer header at all */
 	FLEET_PEER_BAD_VERSION, /* a version this relay does not speak */
-	FLEET_PEER_OVERSIZE,    /* lease id length over the bound */
-	FLEET_PEER_BAD_MAC,     /* not made with this fleet's secret, or altered */
-	FLEET_PEER_STALE,       /* time older than the clock window */
-	FLEET_PEER_FUTURE,      /* time newer than the clock window */
-	FLEET_PEER_BAD_LEASE,   /* lease id outside its contract */
-	FLEET_PEER_BAD_ROLE,    /* not a tun_port_role */
-	FLEET_PEER_BAD_ADDR,    /* family, address or port invalid */
+	FLEET_PEER_OVERSIZE,	/* lease id length over the bound */
+	FLEET_PEER_BAD_MAC,	/* not made with this fleet's secret, or altered */
+	FLEET_PEER_STALE,	/* time older than the clock window */
+	FLEET_PEER_FUTURE,	/* time newer than the clock window */
+	FLEET_PEER_BAD_LEASE,	/* lease id outside its contract */
+	FLEET_PEER_BAD_ROLE,	/* not a tun_port_role */
+	FLEET_PEER_BAD_ADDR,	/* family, address or port invalid */
 	/* Listener only. */
 	FLEET_PEER_REPLAY,    /* nonce seen before, or older than what is remembered */
 	FLEET_PEER_TRUNCATED, /* closed before the header was complete */
 	FLEET_PEER_TIMEOUT,   /* header not complete within header_timeout_ms */
-	FLEET_PEER_IO,        /* reset or socket error while reading the header */
+	FLEET_PEER_IO,	      /* reset or socket error while reading the header */
 	FLEET_PEER_BUSY,      /* max_pending connections were already reading */
 	FLEET_PEER_STATUS_MAX,
 };
@@ -149,11 +149,10 @@ struct fleet_peer_listener;
 
 /* Listen on sa (port 0: the kernel picks one). sec is borrowed and must
  * outlive the listener. Returns NULL with the reason in err. */
-struct fleet_peer_listener *fleet_peer_listener_new(struct event_base *base,
-						    const struct sockaddr *sa, socklen_t salen,
-						    const struct fleet_secret *sec,
-						    const struct fleet_peer_opts *o, fleet_peer_cb cb,
-						    void *arg, char *err, size_t errlen);
+struct fleet_peer_listener *
+fleet_peer_listener_new(struct event_base *base, const struct sockaddr *sa, socklen_t salen,
+			const struct fleet_secret *sec, const struct fleet_peer_opts *o,
+			fleet_peer_cb cb, void *arg, char *err, size_t errlen);
 /* Stops listening and resets every connection still reading its header.
  * NULL does nothing. */
 void fleet_peer_listener_free(struct fleet_peer_listener *l);

@@ -41,9 +41,9 @@ struct fleet_splice {
 	int a, b;
 	struct event *ar, *aw, *br, *bw, *timer;
 	unsigned armed;
-	int moved;        /* a byte or a's FIN moved: no retry elsewhere */
-	int connect_err;  /* a connect that failed at once, reported from the timer */
-	int fail_side;    /* the side whose read or write failed */
+	int moved;		/* a byte or a's FIN moved: no retry elsewhere */
+	int connect_err;	/* a connect that failed at once, reported from the timer */
+	int fail_side;		/* the side whose read or write failed */
 	struct splice_dir d[2]; /* [0] a -> b, [1] b -> a */
 	size_t plen, poff;
 	uint8_t prefix[FLEET_SPLICE_PREFIX_MAX];
@@ -72,8 +72,8 @@ static void sp_rearm(struct fleet_splice *sp)
 
 	sp_arm(sp, sp->ar, ARM_AR,
 	       run && !prefix_left && !ab->eof && !ab->full && ab->inpipe < ab->cap);
-	sp_arm(sp, sp->bw, ARM_BW, (run && (prefix_left || ab->inpipe > 0)) ||
-				       sp->state == SP_CONNECTING);
+	sp_arm(sp, sp->bw, ARM_BW,
+	       (run && (prefix_left || ab->inpipe > 0)) || sp->state == SP_CONNECTING);
 	sp_arm(sp, sp->br, ARM_BR, run && !ba->eof && !ba->full && ba->inpipe < ba->cap);
 	sp_arm(sp, sp->aw, ARM_AW, run && ba->inpipe > 0);
 }

@@ -17,12 +17,15 @@
  *   FLEET_SPLICE_UNREACHED, so the caller can dial another peer. After a
  *   byte moved, a failure ends both.
  *
+ * splice(2) into a socket whose peer is gone raises SIGPIPE (it takes no
+ * MSG_NOSIGNAL): the process must ignore SIGPIPE, as sparkrelay does.
+ *
  * TCP sockets splice on every Linux kernel this project runs on (2.6.25
  * on), so there is no copy loop to fall back to: a socket that cannot
  * splice (EINVAL) ends the pair as an error. Each pair holds two sockets and
- * four pipe descriptors. Pipes count against fs.pipe-user-pages-soft: past
- * it (per user) the kernel gives new pipes one page, which still works,
- * slower. */
+ * four pipe descriptors. Pipes count against fs.pipe-user-pages-soft (per
+ * user; 512 pairs of 64 KiB pipes by default): past it the kernel gives an
+ * unprivileged user's new pipes two pages, which still works, slower. */
 #ifndef FLEET_SPLICE_H
 #define FLEET_SPLICE_H
 
@@ -52,14 +55,15 @@ enum fleet_splice_end {
 
 struct fleet_splice_opts {
 	uint32_t connect_timeout_ms; /* 0: FLEET_SPLICE_CONNECT_TIMEOUT_MS */
-	uint32_t pipe_bytes;         /* per direction; 0: FLEET_SPLICE_PIPE_BYTES */
+	uint32_t pipe_bytes;	     /* per direction; 0: FLEET_SPLICE_PIPE_BYTES */
 };
 
 /* Called once per connect (UNREACHED) or at the end (DONE, RESET), always
  * from an event of the pair, never from inside a fleet_splice_* call. err:
  * 0 for DONE; SR_ETIMEDOUT (connect timeout), SR_EIO (connect failed, socket
  * error), SR_ECLOSED (a side reset, or b hung up before a byte moved) or
- * SR_EINVAL (a socket that cannot splice). The callback may free sp. */
+ * SR_EINVAL (a socket that cannot splice). The callback may free sp, or
+ * after UNREACHED connect it again. */
 typedef void (*fleet_splice_cb)(struct fleet_splice *sp, enum fleet_splice_end end, int err,
 				void *arg);
 

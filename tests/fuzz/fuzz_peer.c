@@ -71,7 +71,8 @@ static void fuzz_check(const uint8_t *buf, size_t len, uint64_t now_ms)
 		if (pst == FLEET_PEER_MORE && (phlen <= k || phlen > FLEET_PEER_HDR_MAX))
 			abort();
 		if (pst != FLEET_PEER_MORE && !fuzz_framing(pst) &&
-		    (k < FLEET_PEER_HDR_FIXED || k < FLEET_PEER_HDR_FIXED + buf[7] + FLEET_PEER_MAC_LEN))
+		    (k < FLEET_PEER_HDR_FIXED ||
+		     k < FLEET_PEER_HDR_FIXED + buf[7] + FLEET_PEER_MAC_LEN))
 			abort();
 	}
 }
@@ -93,7 +94,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	body = FLEET_PEER_HDR_FIXED + sealed[7];
 	if (sealed[7] > TUN_CTL_LEASE_MAX - 1 || size < body + FLEET_PEER_MAC_LEN)
 		return 0;
-	HMAC(EVP_sha256(), fuzz_key, (int)strlen(fuzz_key), sealed, body, sealed + body, &maclen);
+	HMAC(EVP_sha256(), fuzz_key, (int)strlen(fuzz_key), sealed, body, sealed + body,
+	     &maclen);
 	for (int i = 0; i < 8; i++)
 		t = t << 8 | sealed[10 + i];
 	/* The byte after the header (if any) picks a clock skew around the

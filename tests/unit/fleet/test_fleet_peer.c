@@ -157,21 +157,21 @@ static void test_header_round_trip(void **state)
 		size_t hlen = 0;
 		int n;
 
-		assert_int_equal(fleet_peer_hdr_init(&h, lease, (enum tun_port_role)i, TS_SA(ex)),
-				 0);
+		assert_int_equal(
+		    fleet_peer_hdr_init(&h, lease, (enum tun_port_role)i, TS_SA(ex)), 0);
 		n = fleet_peer_hdr_encode(&h, s, out, sizeof(out));
 		assert_true(n > 0 && n <= FLEET_PEER_HDR_MAX);
 		/* Every prefix asks for more, and says how much it has at least. */
 		for (int k = 0; k < n; k++) {
-			assert_int_equal(fleet_peer_hdr_parse(out, (size_t)k, s, h.time_ms, 60000,
-							      &back, &hlen),
+			assert_int_equal(fleet_peer_hdr_parse(out, (size_t)k, s, h.time_ms,
+							      60000, &back, &hlen),
 					 FLEET_PEER_MORE);
 			assert_int_equal(hlen, k < 50 ? 50 : n);
 		}
 		/* Bytes behind the header are not its business. */
-		assert_int_equal(fleet_peer_hdr_parse(out, sizeof(out), s, h.time_ms, 60000, &back,
-						      &hlen),
-				 FLEET_PEER_OK);
+		assert_int_equal(
+		    fleet_peer_hdr_parse(out, sizeof(out), s, h.time_ms, 60000, &back, &hlen),
+		    FLEET_PEER_OK);
 		assert_int_equal(hlen, n);
 		assert_string_equal(back.lease, lease);
 		assert_int_equal(back.role, (int)i);
@@ -196,7 +196,8 @@ static void test_header_init_refuses_invalid_fields(void **state)
 	assert_int_equal(fleet_peer_hdr_init(&h, NULL, TUN_PORT_DRIVER, TS_SA(ok)), SR_EINVAL);
 	assert_int_equal(fleet_peer_hdr_init(&h, LEASE, TUN_PORT_MAX, TS_SA(ok)), SR_EINVAL);
 	assert_int_equal(fleet_peer_hdr_init(&h, LEASE, TUN_PORT_DRIVER, TS_SA(p0)), SR_EINVAL);
-	assert_int_equal(fleet_peer_hdr_init(&h, LEASE, TUN_PORT_DRIVER, TS_SA(any)), SR_EINVAL);
+	assert_int_equal(fleet_peer_hdr_init(&h, LEASE, TUN_PORT_DRIVER, TS_SA(any)),
+			 SR_EINVAL);
 	assert_int_equal(fleet_peer_hdr_init(&h, LEASE, TUN_PORT_DRIVER, TS_SA(mc)), SR_EINVAL);
 	assert_int_equal(fleet_peer_hdr_init(&h, LEASE, TUN_PORT_DRIVER, NULL), SR_EINVAL);
 }
@@ -374,8 +375,8 @@ static void lt_open(struct lt *t, const struct fleet_peer_opts *o)
 	t->base = event_base_new();
 	assert_non_null(t->base);
 	t->sec = test_secret();
-	t->l = fleet_peer_listener_new(t->base, TS_SA(ss), sizeof(struct sockaddr_in), t->sec, o,
-				       lt_cb, t, err, sizeof(err));
+	t->l = fleet_peer_listener_new(t->base, TS_SA(ss), sizeof(struct sockaddr_in), t->sec,
+				       o, lt_cb, t, err, sizeof(err));
 	assert_non_null(t->l);
 	t->port = fleet_peer_listener_port(t->l);
 	assert_true(t->port > 0);
@@ -690,15 +691,13 @@ static void test_hop_header_then_executor_bytes(void **state)
 	assert_true(e >= 0 && a >= 0);
 	send_all(e, "hello X", 7);
 
-	assert_int_equal(fleet_peer_hdr_init(&h, LEASE, TUN_PORT_BLOCKMANAGER,
-					     TS_SA(peer)),
-			 0);
+	assert_int_equal(fleet_peer_hdr_init(&h, LEASE, TUN_PORT_BLOCKMANAGER, TS_SA(peer)), 0);
 	n = fleet_peer_hdr_encode(&h, t.sec, hdr, sizeof(hdr));
 	sp = fleet_splice_new(t.base, a, NULL, hop_cb, &hp);
 	assert_non_null(sp);
-	assert_int_equal(fleet_splice_connect(sp, TS_SA(peer), sizeof(struct sockaddr_in), hdr,
-					      (size_t)n),
-			 0);
+	assert_int_equal(
+	    fleet_splice_connect(sp, TS_SA(peer), sizeof(struct sockaddr_in), hdr, (size_t)n),
+	    0);
 	assert_true(ts_loop_until_count(t.base, &t.accepted, 1, 2000));
 	assert_int_equal(t.h.role, TUN_PORT_BLOCKMANAGER);
 	/* X reads the executor's bytes right behind the header; its answer
