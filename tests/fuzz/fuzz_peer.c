@@ -1,0 +1,109 @@
+/* libFuzzer target for the relay-to-relay header parser (fleet/peer.c).
+ *
+ * The input is parsed as it is, and each of its prefixes' outcome must agree
+ * with the whole: a prefix may only ask for more bytes or be refused for
+ * framing (magic, version, length), which it can already show. A fuzzer
+ * cannot forge an HMAC, so the input is also parsed "sealed": its MAC
+ * replaced by the right one and the clock set to its own time plus a skew
+ * from the input, which takes it past the MAC and the clock to the checks
+ * of role, address and lease id. A header that parses must encode back to
+ * the same bytes: the encoder and the parser agree on every field. */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+#include "fleet/peer.h"
+
+static const char fuzz_key[] = "fuzz-fleet-secret-0123456789abcdef";
+#define FUZZ_NOW_MS 1700000000000ull
+#define FUZZ_WINDOW_MS 60000u
+
+static struct fleet_secret *fuzz_secret(void)
+{
+	static struct fleet_secret *s;
+
+	if (s == NULL && fleet_secret_new(fuzz_key, strlen(fuzz_key), &s) != 0)
+		abort();
+	return s;
+}
+
+static int fuzz_framing(enum fleet_peer_status st)
+{
+	return st == FLEET_PEER_MORE || st == FLEET_PEER_BAD_MAGIC ||
+	       st == FLEET_PEER_BAD_VERSION || st == FLEET_PEER_OVERSIZE;
+}
+
+static void fuzz_check(const uint8_t *buf, size_t len, uint64_t now_ms)
+{
+	struct fleet_peer_hdr h;
+	uint8_t again[FLEET_PEER_HDR_MAX];
+	enum fleet_peer_status st, pst;
+	size_t hlen = 0, phlen;
+	int n;
+
+	st = fleet_peer_hdr_parse(buf, len, fuzz_secret(), now_ms, FUZZ_WINDOW_MS, &h, &hlen);
+	if (st < FLEET_PEER_OK || st >= FLEET_PEER_STATUS_MAX || st == FLEET_PEER_REPLAY ||
+	    st > FLEET_PEER_BAD_ADDR)
+		abort(); /* listener-only reasons never come from the parser */
+	if (st == FLEET_PEER_MORE && (hlen <= len || hlen > FLEET_PEER_HDR_MAX))
+		abort();
+	if (st == FLEET_PEER_OK) {
+		if (hlen > len || hlen > FLEET_PEER_HDR_MAX)
+			abort();
+		n = fleet_peer_hdr_encode(&h, fuzz_secret(), again, sizeof(again));
+		if (n != (int)hlen || memcmp(again, buf, hlen) != 0) {
+			fprintf(stderr, "a parsed header did not encode back to its bytes\n");
+			abort();
+		}
+	}
+	/* Prefixes: more, or the whole's outcome; short of a whole header,
+	 * only a framing refusal. */
+	for (size_t k = 0; k < len && k <= FLEET_PEER_HDR_MAX; k++) {
+		pst = fleet_peer_hdr_parse(buf, k, fuzz_secret(), now_ms, FUZZ_WINDOW_MS, NULL,
+					   &phlen);
+		if (pst != FLEET_PEER_MORE && pst != st)
+			abort();
+		if (pst == FLEET_PEER_MORE && (phlen <= k || phlen > FLEET_PEER_HDR_MAX))
+			abort();
+		if (pst != FLEET_PEER_MORE && !fuzz_framing(pst) &&
+		    (k < FLEET_PEER_HDR_FIXED ||
+		     k < FLEET_PEER_HDR_FIXED + buf[7] + FLEET_PEER_MAC_LEN))
+			abort();
+	}
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	uint8_t sealed[FLEET_PEER_HDR_MAX + 8];
+	unsigned int maclen = 0;
+	uint64_t t = 0;
+	size_t body;
+
+	fuzz_check(data, size, FUZZ_NOW_MS);
+
+	if (size < FLEET_PEER_HDR_FIXED || size > sizeof(sealed))
+		return 0;
+	memcpy(sealed, data, size);
+	body = FLEET_PEER_HDR_FIXED + sealed[7];
+	if (sealed[7] > TUN_CTL_LEASE_MAX - 1 || size < body + FLEET_PEER_MAC_LEN)
+		return 0;
+	HMAC(EVP_sha256(), fuzz_key, (int)strlen(fuzz_key), sealed, body, sealed + body,
+	     &maclen);
+	for (int i = 0; i < 8; i++)
+		t = t << 8 | sealed[10 + i];
+	/* The byte after the header (if any) picks a clock skew around the
+	 * window's edges. */
+	if (size > body + FLEET_PEER_MAC_LEN) {
+		int64_t skew = ((int64_t)sealed[body + FLEET_PEER_MAC_LEN] - 128) * 1000;
+		t = (uint64_t)((int64_t)t + skew);
+	}
+	fuzz_check(sealed, size, t);
+	return 0;
+}
