@@ -216,8 +216,9 @@ static void src_failed(struct disc_src *s, const char *why)
 		s->fresh_us = now + secs_us(o->cache_s);
 		SR_WARN("",
 			"relay discovery %s: %s; using its answer from %llu s ago (%zu "
-			"addresses, kept up to %u s)",
-			s->entry, why, (unsigned long long)age, s->neps, o->stale_s);
+			"address%s, kept up to %u s)",
+			s->entry, why, (unsigned long long)age, s->neps,
+			s->neps == 1 ? "" : "es", o->stale_s);
 		return;
 	}
 	if (s->have)
