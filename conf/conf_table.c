@@ -15,6 +15,8 @@
 
 _Static_assert(SR_ARRAY_LEN(((struct sidecar_opts *)0)->relays) == SIDECAR_MAX_RELAYS,
 	       "relays[] holds SIDECAR_MAX_RELAYS entries");
+_Static_assert(SR_ARRAY_LEN(((struct disc_opts *)0)->nameservers) == DISC_MAX_NAMESERVERS,
+	       "nameservers[] holds DISC_MAX_NAMESERVERS entries");
 
 /* Longest path or token accepted: PATH_MAX-sized, so any real path fits. */
 #define CONF_STR_MAX 4095u
@@ -37,6 +39,39 @@ static int conf_check_hostport(const char *s)
 	uint16_t port;
 
 	return sr_split_hostport(s, host, sizeof(host), &port, 0);
+}
+
+/* A relay entry: "host:port", "srv:NAME" or "k8s:[NS/]SERVICE[:PORT]". */
+static int conf_check_relay_entry(const char *s)
+{
+	struct disc_target t;
+
+	return disc_target_parse(s, &t, NULL, 0);
+}
+
+/* A nameserver: a numeric address, with a port or not. */
+static int conf_check_nameserver(const char *s)
+{
+	struct sockaddr_storage ss;
+	char host[256];
+	socklen_t len;
+	uint16_t port;
+
+	if (sr_split_hostport(s, host, sizeof(host), &port, 53) != 0 || port == 0)
+		return -1;
+	return sr_parse_addr(host, port, &ss, &len);
+}
+
+/* The Kubernetes API server: https:// and a host, no query or fragment. */
+static int conf_check_https_url(const char *s)
+{
+	if (strncmp(s, "https://", 8) != 0 || !s[8] || s[8] == '/')
+		return -1;
+	for (s += 8; *s; s++)
+		if ((unsigned char)*s <= ' ' || (unsigned char)*s >= 0x7f || *s == '?' ||
+		    *s == '#' || *s == '"' || *s == '\\')
+			return -1;
+	return 0;
 }
 
 /* "host:port" where port 0 asks the kernel for a free one (tests, demo).
@@ -125,9 +160,14 @@ static int conf_check_port_range(const char *s)
 	return sidecar_port_range(s, &lo, &hi);
 }
 
-static const struct conf_format conf_fmt_hostport = {"host:port", conf_check_hostport};
 static const struct conf_format conf_fmt_port_range = {
     "a port or a range of ports N-M within 1..65535", conf_check_port_range};
+static const struct conf_format conf_fmt_relay_entry = {
+    "host:port, srv:_SERVICE._tcp.DOMAIN or k8s:[NAMESPACE/]SERVICE[:PORTNAME]",
+    conf_check_relay_entry};
+static const struct conf_format conf_fmt_nameserver = {
+    "a numeric IPv4 or IPv6 address, with :port or not (53)", conf_check_nameserver};
+static const struct conf_format conf_fmt_https_url = {"an https:// URL", conf_check_https_url};
 static const struct conf_format conf_fmt_listen = {"host:port (port 0: any free port)",
 						   conf_check_listen};
 static const struct conf_format conf_fmt_numeric = {"a numeric IPv4 or IPv6 address",
@@ -512,6 +552,44 @@ static const struct conf_entry conf_tunnel_admin[] = {
 static const struct conf_group conf_tunnel_admin_group = {
     conf_tunnel_admin, N(conf_tunnel_admin), "The sidecar's status endpoint."};
 
+static const struct conf_entry conf_tunnel_k8s[] = {
+    STR(struct disc_opts, "api_server", k8s_api_server, CONF_NULLABLE, 9, CONF_STR_MAX, NULL,
+	NULL, &conf_fmt_https_url,
+	"The Kubernetes API server for `k8s:` relay entries; null: "
+	"https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT (set in every pod)."),
+    STR(struct disc_opts, "token_file", k8s_token_file, 0, 1, CONF_STR_MAX,
+	"/var/run/secrets/kubernetes.io/serviceaccount/token", NULL, NULL,
+	"Bearer token for the API server, read again for every request (kubelet rotates it)."),
+    STR(struct disc_opts, "ca", k8s_ca_file, 0, 1, CONF_STR_MAX,
+	"/var/run/secrets/kubernetes.io/serviceaccount/ca.crt", NULL, NULL,
+	"CA bundle that verifies the API server."),
+    STR(struct disc_opts, "namespace_file", k8s_namespace_file, 0, 1, CONF_STR_MAX,
+	"/var/run/secrets/kubernetes.io/serviceaccount/namespace", NULL, NULL,
+	"Namespace of a `k8s:` entry that names none."),
+};
+static const struct conf_group conf_tunnel_k8s_group = {
+    conf_tunnel_k8s, N(conf_tunnel_k8s),
+    "The Kubernetes API, for `k8s:` relay entries (the pod's service account by default; "
+    "it needs `list` on `endpointslices`: docs/discovery.md)."};
+
+static const struct conf_entry conf_tunnel_discovery[] = {
+    LIST(struct disc_opts, "nameservers", nameservers, nnameservers, DISC_MAX_NAMESERVERS,
+	 &conf_fmt_nameserver,
+	 "DNS servers for relay names and `srv:` entries; empty: those of /etc/resolv.conf."),
+    U32(struct disc_opts, "cache_s", cache_s, 0, 300, "5",
+	"An answer of a `srv:` or `k8s:` entry is used again for this long (an SRV answer at "
+	"most for its TTL); 0: asked on every dial round."),
+    U32(struct disc_opts, "stale_s", stale_s, 0, 86400, "300",
+	"When asking a `srv:` or `k8s:` entry fails, its last answer is used (and the log "
+	"says so) while it is younger than this; 0: never."),
+    U32(struct disc_opts, "timeout_ms", timeout_ms, 100, 60000, "5000",
+	"One SRV query (every nameserver, twice round) or one API request."),
+    GROUP("k8s", 0, conf_tunnel_k8s_group),
+};
+static const struct conf_group conf_tunnel_discovery_group = {
+    conf_tunnel_discovery, N(conf_tunnel_discovery),
+    "How relay entries are looked up (docs/discovery.md)."};
+
 static const struct conf_entry conf_tunnel[] = {
     {.key = "relays",
      .type = CONF_STRLIST,
@@ -521,11 +599,15 @@ static const struct conf_entry conf_tunnel[] = {
      .min = 1,
      .max = SIDECAR_MAX_RELAYS,
      .example = "relay.example.com:8443",
-     .fmt = &conf_fmt_hostport,
-     .doc = "Relays to dial, tried in turn; a name may resolve to many addresses."},
+     .fmt = &conf_fmt_relay_entry,
+     .doc = "Relays to dial, tried in turn: `host:port` (a name may resolve to many "
+	    "addresses), `srv:` DNS SRV records, or `k8s:` the Ready endpoints of a Kubernetes "
+	    "Service (docs/discovery.md)."},
+    GROUP("discovery", offsetof(struct sidecar_opts, disc), conf_tunnel_discovery_group),
     STR(struct sidecar_opts, "server_name", server_name, CONF_NULLABLE, 1, CONF_HOST_MAX, NULL,
 	NULL, NULL,
-	"Name verified in the relay certificate; null: the host of the relay dialled."),
+	"Name verified in the relay certificate; null: the host of a `host:port` entry, the "
+	"DOMAIN of `srv:_SERVICE._tcp.DOMAIN`, SERVICE.NAMESPACE.svc for `k8s:`."),
     GROUP("tls", 0, conf_tunnel_tls_group),
     STR(struct sidecar_opts, "token", token, CONF_NULLABLE | CONF_SECRET, 1, CONF_TOKEN_MAX,
 	NULL, NULL, NULL,

@@ -17,7 +17,7 @@
 #include "common/sr_log.h"
 #include "common/sr_text.h"
 #include "common/sr_util.h"
-#include "discovery/disc_resolve.h"
+#include "discovery/disc.h"
 #include "tunnel/tun_tls.h"
 #include "tunnel/tun_endpoint.h"
 
@@ -45,13 +45,13 @@ enum sc_state {
 struct sidecar {
 	struct event_base *base;
 	const struct sidecar_opts *o;
-	struct evdns_base *dns;
+	struct disc *disc;
 	SSL_CTX *ssl_ctx;
 	sidecar_lease_cb on_lease;
 	void *arg;
 
 	enum sc_state state;
-	struct disc_req *resolve;
+	struct disc_lookup *resolve;
 	struct disc_addr *addrs;
 	size_t naddrs, next_addr;
 	struct tun_endpoint *ep;  /* the tunnel being dialled, or up */
@@ -656,14 +656,11 @@ static void resolved_cb(int err, const struct disc_addr *addrs, size_t n, void *
 
 static void sc_start(struct sidecar *s)
 {
-	char err[256] = "";
-
 	s->state = SC_RESOLVING;
-	s->resolve = disc_resolve(s->base, s->dns, s->o->relays, s->o->nrelays, resolved_cb, s,
-				  err, sizeof(err));
+	s->resolve = disc_lookup(s->disc, resolved_cb, s);
 	if (!s->resolve) {
-		SR_ERROR("", "cannot resolve relays: %s", err);
-		set_status(s, SC_STATUS_UNREACHABLE, "cannot resolve the relays");
+		SR_ERROR("", "cannot look up relays: out of memory");
+		set_status(s, SC_STATUS_UNREACHABLE, "cannot look up the relays");
 		schedule_backoff(s);
 	}
 }
@@ -714,12 +711,9 @@ struct sidecar *sidecar_new(struct event_base *base, const struct sidecar_opts *
 					errlen);
 	if (!s->ssl_ctx)
 		goto fail;
-	s->dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
-					      EVDNS_BASE_DISABLE_WHEN_INACTIVE);
-	if (!s->dns) /* no resolv.conf: numeric addresses and /etc/hosts still work */
-		s->dns = evdns_base_new(base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
-	if (s->dns)
-		evdns_base_load_hosts(s->dns, NULL);
+	s->disc = disc_new(base, &opts->disc, opts->relays, opts->nrelays, err, errlen);
+	if (!s->disc)
+		goto fail;
 	s->backoff_timer = evtimer_new(base, backoff_cb, s);
 	s->release_timer = evtimer_new(base, release_timeout_cb, s);
 	{
@@ -728,7 +722,7 @@ struct sidecar *sidecar_new(struct event_base *base, const struct sidecar_opts *
 			go.hold_ms = 90000;
 		s->group = tun_group_new(base, TUN_ROLE_SIDECAR, &go, "");
 	}
-	if (!s->dns || !s->backoff_timer || !s->release_timer || !s->group) {
+	if (!s->backoff_timer || !s->release_timer || !s->group) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
@@ -753,15 +747,14 @@ void sidecar_free(struct sidecar *s)
 		return;
 	if (s->shutting_down)
 		sc_stop(s, "stopped");
-	disc_cancel(s->resolve);
+	disc_lookup_cancel(s->resolve);
 	tun_endpoint_free(s->ep); /* before the group: its session may carry it */
 	tun_group_free(s->group);
 	if (s->backoff_timer)
 		event_free(s->backoff_timer);
 	if (s->release_timer)
 		event_free(s->release_timer);
-	if (s->dns)
-		evdns_base_free(s->dns, 0);
+	disc_free(s->disc);
 	SSL_CTX_free(s->ssl_ctx);
 	free(s->addrs);
 	free(s);

@@ -5,6 +5,7 @@
 
 #include <stdint.h>
 
+#include "discovery/disc.h"
 #include "tunnel/tun_conn.h"
 
 struct event_base;
@@ -14,8 +15,10 @@ struct sidecar;
 #define SIDECAR_MAX_PORT_RANGES 16
 
 struct sidecar_opts {
-	char *relays[SIDECAR_MAX_RELAYS]; /* "host:port"; names may resolve to many addresses */
+	/* "host:port", "srv:NAME" or "k8s:[NS/]SERVICE[:PORT]" (discovery/disc.h) */
+	char *relays[SIDECAR_MAX_RELAYS];
 	unsigned nrelays;
+	struct disc_opts disc;
 	char *server_name;      /* name verified in the relay certificate; default: the host */
 	char *ca_file;          /* CA bundle for the relay certificate (required) */
 	char *cert_file;        /* optional client certificate (mTLS) */

@@ -104,6 +104,17 @@ static void check_tunnel_defaults(const struct sidecar_opts *s)
 	assert_int_equal(s->driver_connect_timeout_ms, 5000);
 	assert_int_equal(s->release_timeout_ms, 3000);
 	assert_null(s->admin_listen);
+	assert_int_equal(s->disc.nnameservers, 0);
+	assert_int_equal(s->disc.cache_s, 5);
+	assert_int_equal(s->disc.stale_s, 300);
+	assert_int_equal(s->disc.timeout_ms, 5000);
+	assert_null(s->disc.k8s_api_server);
+	assert_string_equal(s->disc.k8s_token_file,
+			    "/var/run/secrets/kubernetes.io/serviceaccount/token");
+	assert_string_equal(s->disc.k8s_ca_file,
+			    "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt");
+	assert_string_equal(s->disc.k8s_namespace_file,
+			    "/var/run/secrets/kubernetes.io/serviceaccount/namespace");
 }
 
 static void test_defaults_empty_file(void **state)
@@ -259,6 +270,39 @@ static void test_full_relay_file(void **state)
 	assert_int_equal(r->tun.max_streams, 5000);
 	/* the absent section keeps its defaults */
 	check_tunnel_defaults(&cfg.tunnel);
+	conf_free(&cfg);
+}
+
+/* The three kinds of relay entry and the discovery settings load as written. */
+static void test_discovery_keys(void **state)
+{
+	struct sr_config cfg;
+	char err[ERRLEN];
+	const struct sidecar_opts *s = &cfg.tunnel;
+
+	(void)state;
+	assert_int_equal(
+	    load("{\"tunnel\": {\"relays\": [\"relay.example.com:8443\", "
+		 "\"srv:_sparkrelay._tcp.relays.example.com.\", \"k8s:sparkrelay/relay:tunnel\", "
+		 "\"k8s:relay\"], \"tls\": {\"ca\": \"ca.pem\"}, "
+		 "\"discovery\": {\"nameservers\": [\"10.0.0.10\", \"[fd00::a]:5353\"], "
+		 "\"cache_s\": 0, \"stale_s\": 60, \"timeout_ms\": 2000, "
+		 "\"k8s\": {\"api_server\": \"https://10.96.0.1:443\", \"token_file\": \"/t\", "
+		 "\"ca\": \"/c\", \"namespace_file\": \"/n\"}}}}",
+		 &cfg, err),
+	    0);
+	assert_int_equal(s->nrelays, 4);
+	assert_string_equal(s->relays[1], "srv:_sparkrelay._tcp.relays.example.com.");
+	assert_string_equal(s->relays[2], "k8s:sparkrelay/relay:tunnel");
+	assert_int_equal(s->disc.nnameservers, 2);
+	assert_string_equal(s->disc.nameservers[1], "[fd00::a]:5353");
+	assert_int_equal(s->disc.cache_s, 0);
+	assert_int_equal(s->disc.stale_s, 60);
+	assert_int_equal(s->disc.timeout_ms, 2000);
+	assert_string_equal(s->disc.k8s_api_server, "https://10.96.0.1:443");
+	assert_string_equal(s->disc.k8s_token_file, "/t");
+	assert_string_equal(s->disc.k8s_ca_file, "/c");
+	assert_string_equal(s->disc.k8s_namespace_file, "/n");
 	conf_free(&cfg);
 }
 
@@ -450,7 +494,7 @@ static const struct err_case err_cases[] = {
     {"empty relay list",
      "{\"tunnel\": {\"relays\": []}}",
      SR_EINVAL,
-     {"tunnel.relays: must be a list of 1..16 strings, each host:port (got 0 items)"}},
+     {"tunnel.relays: must be a list of 1..16 strings, each host:port, srv:_SERVICE._tcp.DOMAIN or k8s:[NAMESPACE/]SERVICE[:PORTNAME] (got 0 items)"}},
     {"too many relays",
      "{\"tunnel\": {\"relays\": "
      "[\"a:1\",\"a:1\",\"a:1\",\"a:1\",\"a:1\",\"a:1\",\"a:1\",\"a:1\","
@@ -460,15 +504,31 @@ static const struct err_case err_cases[] = {
     {"relay item without port, located",
      "{\n \"tunnel\": {\n  \"relays\": [\n   \"a:1\",\n   \"nohost\"\n  ]\n }\n}\n",
      SR_EINVAL,
-     {"t.json:5:4: tunnel.relays[1]: must be host:port (got \"nohost\")"}},
+     {"t.json:5:4: tunnel.relays[1]: must be host:port, srv:_SERVICE._tcp.DOMAIN or k8s:[NAMESPACE/]SERVICE[:PORTNAME] (got \"nohost\")"}},
     {"relay item not a string",
      "{\"tunnel\": {\"relays\": [\"a:1\", 7]}}",
      SR_EINVAL,
-     {"tunnel.relays[1]: must be host:port (got 7)"}},
+     {"tunnel.relays[1]: must be host:port, srv:_SERVICE._tcp.DOMAIN or k8s:[NAMESPACE/]SERVICE[:PORTNAME] (got 7)"}},
     {"relay item with bad port",
      "{\"tunnel\": {\"relays\": [\"a:99999\"]}}",
      SR_EINVAL,
-     {"tunnel.relays[0]: must be host:port (got \"a:99999\")"}},
+     {"tunnel.relays[0]: must be host:port, srv:_SERVICE._tcp.DOMAIN or k8s:[NAMESPACE/]SERVICE[:PORTNAME] (got \"a:99999\")"}},
+    {"srv entry without _service._proto",
+     "{\"tunnel\": {\"relays\": [\"srv:relay.example.com\"]}}",
+     SR_EINVAL,
+     {"tunnel.relays[0]: must be host:port, srv:", "(got \"srv:relay.example.com\")"}},
+    {"k8s entry with a name Kubernetes refuses",
+     "{\"tunnel\": {\"relays\": [\"k8s:Relays/sparkrelay:tunnel\"]}}",
+     SR_EINVAL,
+     {"tunnel.relays[0]: must be host:port, srv:", "(got \"k8s:Relays/sparkrelay:tunnel\")"}},
+    {"nameserver that is a name",
+     "{\"tunnel\": {\"discovery\": {\"nameservers\": [\"dns.example.com\"]}}}",
+     SR_EINVAL,
+     {"tunnel.discovery.nameservers[0]: must be a numeric IPv4 or IPv6 address"}},
+    {"API server in clear text",
+     "{\"tunnel\": {\"discovery\": {\"k8s\": {\"api_server\": \"http://10.0.0.1\"}}}}",
+     SR_EINVAL,
+     {"tunnel.discovery.k8s.api_server: must be an https:// URL"}},
     {"app empty",
      "{\"tunnel\": {\"app\": \"\"}}",
      SR_EINVAL,
@@ -1186,7 +1246,7 @@ static const struct env_case env_cases[] = {
     {"SPARKRELAY_LOG_LEVEL", "", {"env SPARKRELAY_LOG_LEVEL: log.level: must be one of"}},
     {"SPARKRELAY_TUNNEL_RELAYS",
      "a:1,,b:2",
-     {"env SPARKRELAY_TUNNEL_RELAYS: tunnel.relays[1]: must be host:port (got \"\")"}},
+     {"env SPARKRELAY_TUNNEL_RELAYS: tunnel.relays[1]: must be host:port, srv:_SERVICE._tcp.DOMAIN or k8s:[NAMESPACE/]SERVICE[:PORTNAME] (got \"\")"}},
     {"SPARKRELAY_TUNNEL_RELAYS",
      "",
      {"tunnel.relays: must be a comma-separated list of 1..16 strings"}},
@@ -1699,6 +1759,7 @@ int main(void)
 					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_full_relay_file, clear_env, clear_env),
 	    cmocka_unit_test_setup_teardown(test_full_tunnel_file, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_discovery_keys, clear_env, clear_env),
 	    cmocka_unit_test_setup_teardown(test_nullable_and_special_values, clear_env,
 					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_errors, clear_env, clear_env),
