@@ -313,11 +313,17 @@ int bench_server_main(int argc, char **argv)
 		}
 		ls[i] = evconnlistener_new_bind(base, srv_accept_cb, base,
 						LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE |
-							LEV_OPT_CLOSE_ON_EXEC,
+							LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_DISABLED,
 						4096, (struct sockaddr *)&ss, (int)len);
 		if (ls[i] == NULL) {
 			fprintf(stderr, "sparkrelay-bench server: cannot listen on %s: %s\n",
 				addrs[i], strerror(errno));
+			goto out;
+		}
+		/* Enabled here, checked: libevent's own enable ignores a failure. */
+		if (evconnlistener_enable(ls[i]) != 0) {
+			fprintf(stderr, "sparkrelay-bench server: cannot accept on %s\n",
+				addrs[i]);
 			goto out;
 		}
 		evconnlistener_set_error_cb(ls[i], srv_accept_error_cb);

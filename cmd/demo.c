@@ -314,10 +314,12 @@ static void on_lease(struct sidecar *s, const struct sidecar_lease_info *info, v
 		sin.sin_family = AF_INET;
 		sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 		sin.sin_port = htons(info->ports[i == 0 ? TUN_PORT_DRIVER : TUN_PORT_BLOCKMANAGER]);
+		/* Enabled here, checked: libevent's own enable ignores a failure. */
 		d->drv[i] = evconnlistener_new_bind(d->base, drv_accept, d,
-						    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 128,
-						    (struct sockaddr *)&sin, sizeof(sin));
-		if (!d->drv[i]) {
+						    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
+							    LEV_OPT_DISABLED,
+						    128, (struct sockaddr *)&sin, sizeof(sin));
+		if (!d->drv[i] || evconnlistener_enable(d->drv[i]) != 0) {
 			fprintf(stderr, "demo: the stand-in driver cannot bind 127.0.0.1:%u\n",
 				ntohs(sin.sin_port));
 			demo_finish(d, 0);

@@ -5,6 +5,7 @@
 #include "common/sr_err.h"
 #include "common/sr_http_guard.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,72 @@
 #include <event2/buffer.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
+#include <event2/util.h>
+
+/* The listener, made disabled and then enabled here: evhttp's own bind and
+ * accept calls enable it themselves and ignore a failed event_add, which
+ * would leave a bound socket that never accepts. Takes *adopt_fd (sets it
+ * to -1) once a listener owns it. */
+static int http_listen(struct sr_http *h, struct event_base *base, const struct sr_http_opts *o,
+		       const char *host, uint16_t port, int *adopt_fd, char *err, size_t errlen)
+{
+	static const unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC |
+				      LEV_OPT_REUSEABLE | LEV_OPT_DISABLED;
+	struct evconnlistener *lev;
+
+	if (o->adopt) {
+		/* backlog 0: the other process made it listen already */
+		lev = evconnlistener_new(base, NULL, NULL, flags, 0, *adopt_fd);
+		if (!lev) {
+			sr_seterr(err, errlen, "out of memory");
+			return SR_ENOMEM;
+		}
+		*adopt_fd = -1;
+	} else {
+		struct evutil_addrinfo hints, *ai = NULL;
+		char sport[8];
+		int gai;
+
+		memset(&hints, 0, sizeof(hints));
+		hints.ai_family = AF_UNSPEC;
+		hints.ai_socktype = SOCK_STREAM;
+		hints.ai_flags = EVUTIL_AI_PASSIVE | EVUTIL_AI_ADDRCONFIG;
+		snprintf(sport, sizeof(sport), "%u", (unsigned)port);
+		gai = evutil_getaddrinfo(host, sport, &hints, &ai);
+		if (gai != 0 || !ai) {
+			sr_seterr(err, errlen, "cannot listen on %s for the %s API: %s", o->listen,
+				  o->name, gai ? evutil_gai_strerror(gai) : "no address");
+			if (ai)
+				evutil_freeaddrinfo(ai);
+			return gai == EVUTIL_EAI_MEMORY ? SR_ENOMEM : SR_EIO;
+		}
+		errno = 0;
+		lev = evconnlistener_new_bind(base, NULL, NULL, flags, 128, ai->ai_addr,
+					      (int)ai->ai_addrlen);
+		evutil_freeaddrinfo(ai);
+		if (!lev) {
+			int e = errno;
+
+			sr_seterr(err, errlen, "cannot listen on %s for the %s API: %s", o->listen,
+				  o->name, e ? strerror(e) : "out of memory");
+			return e ? SR_EIO : SR_ENOMEM;
+		}
+	}
+	h->sock = evhttp_bind_listener(h->http, lev);
+	if (!h->sock) {
+		evconnlistener_free(lev);
+		sr_seterr(err, errlen, "out of memory");
+		return SR_ENOMEM;
+	}
+	/* From here sr_http_fini (evhttp_free) frees lev. */
+	if (evconnlistener_enable(lev) != 0) {
+		sr_seterr(err, errlen, "cannot accept on %s for the %s API: out of memory",
+			  o->listen, o->name);
+		return SR_ENOMEM;
+	}
+	return 0;
+}
 
 int sr_http_init(struct sr_http *h, struct event_base *base, const struct sr_http_opts *o,
 		 char *err, size_t errlen)
@@ -54,19 +121,10 @@ int sr_http_init(struct sr_http *h, struct event_base *base, const struct sr_htt
 						EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
 						EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS);
 	evhttp_set_gencb(h->http, o->handler, o->arg);
-	if (o->adopt) {
-		h->sock = evhttp_accept_socket_with_handle(h->http, o->fd);
-		if (h->sock)
-			adopt_fd = -1;
-	} else {
-		h->sock = evhttp_bind_socket_with_handle(h->http, host, port);
-	}
-	if (!h->sock) {
-		if (adopt_fd >= 0)
-			close(adopt_fd);
-		sr_seterr(err, errlen, "cannot listen on %s for the %s API", o->listen, o->name);
+	rc = http_listen(h, base, o, host, port, &adopt_fd, err, errlen);
+	if (rc != 0) {
 		sr_http_fini(h);
-		return SR_EIO;
+		goto fail_fd;
 	}
 	if (getsockname(evhttp_bound_socket_get_fd(h->sock), (struct sockaddr *)&ss, &sslen) ==
 	    0)

@@ -106,8 +106,13 @@ static void accept_resume_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct relay *r = arg;
 
-	if (!r->draining)
-		evconnlistener_enable(r->listener);
+	if (!r->draining && evconnlistener_enable(r->listener) != 0) {
+		struct timeval tv = sr_tv_ms(ACCEPT_PAUSE_MS);
+
+		SR_WARN("", "cannot accept sidecars: out of memory; trying again in %d ms",
+			ACCEPT_PAUSE_MS);
+		evtimer_add(r->accept_pause, &tv);
+	}
 }
 
 /* accept() failed for a reason other than a peer that went away, typically
@@ -195,6 +200,7 @@ struct relay *relay_new_adopt(struct event_base *base, struct relay_opts *o,
 {
 	struct relay *r = calloc(1, sizeof(*r));
 	int lfd = ad ? ad->listen_fd : -1, hfd = ad ? ad->handover_fd : -1;
+	int adopted = lfd >= 0; /* its listener accepts once the takeover commits */
 	struct sockaddr_storage ss;
 	socklen_t sslen;
 	char host[256];
@@ -252,9 +258,11 @@ struct relay *relay_new_adopt(struct event_base *base, struct relay_opts *o,
 		}
 		lfd = -1;
 	} else {
+		/* Made disabled and enabled below: libevent enables it itself but
+		 * ignores a failed event_add, leaving a socket that never accepts. */
 		r->listener = evconnlistener_new_bind(base, relay_tunnel_accept, r,
 						      LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
-							      LEV_OPT_CLOSE_ON_EXEC,
+							      LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_DISABLED,
 						      1024, (struct sockaddr *)&ss, (int)sslen);
 	}
 	if (!r->listener) {
@@ -262,6 +270,10 @@ struct relay *relay_new_adopt(struct event_base *base, struct relay_opts *o,
 		goto fail;
 	}
 	evconnlistener_set_error_cb(r->listener, listener_error_cb);
+	if (!adopted && evconnlistener_enable(r->listener) != 0) {
+		sr_seterr(err, errlen, "cannot accept on %s: out of memory", o->listen);
+		goto fail;
+	}
 	if (relay_handover_start(r, hfd, err, errlen) != 0) {
 		hfd = -1;
 		goto fail;

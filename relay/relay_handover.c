@@ -393,10 +393,12 @@ static void resume_lease(struct relay_lease_ext *lx, void *arg)
 static void resume_all(struct relay *r)
 {
 	foreach_ext(r, resume_lease, r);
-	if (!r->draining)
-		evconnlistener_enable(r->listener);
-	if (r->ho->lev)
-		evconnlistener_enable(r->ho->lev);
+	/* accept_resume_cb tries again until the listener is armed */
+	if (!r->draining && evconnlistener_enable(r->listener) != 0)
+		event_active(r->accept_pause, EV_TIMEOUT, 1);
+	if (r->ho->lev && evconnlistener_enable(r->ho->lev) != 0)
+		SR_WARN("", "handover socket %s: out of memory; live handover is off",
+			r->ho->path);
 }
 
 static void forget_lease(struct relay_lease_ext *lx, void *arg)
@@ -957,10 +959,18 @@ int relay_handover_start(struct relay *r, int fd, char *err, size_t errlen)
 		fd = bind_path(h, path);
 	if (fd < 0)
 		return 0;
+	/* Made disabled and enabled here: libevent enables it itself but
+	 * ignores a failed event_add, leaving a socket that never accepts. */
 	h->lev = evconnlistener_new(r->base, accept_cb, h,
-				    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, fd);
-	if (!h->lev) {
-		close(fd);
+				    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_DISABLED,
+				    0, fd);
+	if (!h->lev || evconnlistener_enable(h->lev) != 0) {
+		if (h->lev) {
+			evconnlistener_free(h->lev); /* closes fd */
+			h->lev = NULL;
+		} else {
+			close(fd);
+		}
 		if (h->own_path)
 			unlink(h->path);
 		h->own_path = 0;

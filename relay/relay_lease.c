@@ -199,13 +199,24 @@ static void lease_accept_cb(struct evconnlistener *lev, evutil_socket_t fd,
 	t->cbs.on_accept(l, p->role, fd, peer, peerlen, t->arg);
 }
 
+/* Accept again; if the listener cannot be armed (out of memory), try again
+ * after a pause instead of leaving the port deaf. */
+static void lease_port_arm(struct lease_port *p)
+{
+	struct timeval tv = {LEASE_ACCEPT_PAUSE_S, 0};
+
+	if (evconnlistener_enable(p->lev) == 0)
+		return;
+	SR_WARN(p->l->ctx, "cannot accept on port %u: out of memory; trying again in %d s",
+		p->port, LEASE_ACCEPT_PAUSE_S);
+	evtimer_add(p->pause_ev, &tv);
+}
+
 static void lease_pause_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct lease_port *p = arg;
-
 	(void)fd;
 	(void)what;
-	evconnlistener_enable(p->lev);
+	lease_port_arm(arg);
 }
 
 /* accept() failed with a non-retriable error, typically EMFILE/ENFILE. The
@@ -308,12 +319,19 @@ static int lease_port_open(struct relay_lease_table *t, struct lease_port *p)
 		return rc;
 	/* backlog 0: the socket already listens with our backlog; libevent's
 	 * -1 would call listen() again with its own default of 128. */
+	/* Made disabled and enabled here: libevent enables it itself but
+	 * ignores a failed event_add, leaving a port that never accepts. */
 	p->lev = evconnlistener_new(t->base, lease_accept_cb, p,
 				    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC |
-					    LEV_OPT_REUSEABLE,
+					    LEV_OPT_REUSEABLE | LEV_OPT_DISABLED,
 				    0, fd);
 	if (!p->lev) {
 		close(fd);
+		return SR_ENOMEM;
+	}
+	if (evconnlistener_enable(p->lev) != 0) {
+		evconnlistener_free(p->lev); /* closes fd */
+		p->lev = NULL;
 		return SR_ENOMEM;
 	}
 	evconnlistener_set_error_cb(p->lev, lease_accept_error_cb);
@@ -783,7 +801,7 @@ void relay_lease_listen(struct relay_lease *l, int on)
 		/* A pause after an accept error would enable it again. */
 		evtimer_del(p->pause_ev);
 		if (on)
-			evconnlistener_enable(p->lev);
+			lease_port_arm(p);
 		else
 			evconnlistener_disable(p->lev);
 	}

@@ -118,7 +118,9 @@ static void tunnel_on_ctl_sent(struct tun_conn *c, void *arg)
 		open_streams(t);
 }
 
-static void attach(struct relay_tunnel *t, struct relay_lease_ext *lx)
+/* Give lx to t and send the sidecar its lease. fresh: lx was granted just
+ * now, so the sidecar has no resume token for it. */
+static void attach(struct relay_tunnel *t, struct relay_lease_ext *lx, int fresh)
 {
 	struct relay *r = t->relay;
 	struct tun_ctl_msg m;
@@ -155,7 +157,19 @@ static void attach(struct relay_tunnel *t, struct relay_lease_ext *lx)
 	relay_lease_describe(lx->lease, &m);
 	m.streams = (uint32_t)tun_group_held(lx->group);
 	if (tun_conn_send_ctl(t->conn, &m) != 0) {
-		SR_WARN(t->ctx, "cannot send the lease; closing the tunnel");
+		if (fresh) {
+			/* Nobody could ever resume it: release it now rather than
+			 * hold its ports for the grace period. The sidecar dials
+			 * again and registers anew. */
+			SR_WARN(t->ctx, "cannot send the lease (out of memory); lease released, "
+					"closing the tunnel");
+			tun_conn_set_group(t->conn, NULL);
+			relay_tunnel_unlink_lease(t);
+			relay_release_lease(lx);
+		} else {
+			SR_WARN(t->ctx, "cannot send the lease (out of memory); closing the "
+					"tunnel, the lease waits for the sidecar to resume it");
+		}
 		tun_conn_close_hold(t->conn, SR_ENOMEM);
 		return;
 	}
@@ -309,7 +323,7 @@ static void reg_resume(struct relay_tunnel *t, const struct tun_ctl_msg *m, cons
 			  "its successor did not arrive)"
 			: "");
 	r->st.leases_resumed++;
-	attach(t, lx);
+	attach(t, lx, 0);
 }
 
 /* The tenant's limits before a new lease: past max_grace_leases, or at its
@@ -442,7 +456,7 @@ static void reg_new_lease(struct relay_tunnel *t, const struct tun_ctl_msg *m, i
 		relay_lease_id(l), sr_esc_n(m->app, LOG_APP_MAX, app, sizeof(app)),
 		lx->tenant_name, lx->route_name, pr->name, relay_lease_port(l, TUN_PORT_DRIVER),
 		relay_lease_port(l, TUN_PORT_BLOCKMANAGER));
-	attach(t, lx);
+	attach(t, lx, 1);
 }
 
 static void on_register(struct relay_tunnel *t, const struct tun_ctl_msg *m)

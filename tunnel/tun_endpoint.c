@@ -694,18 +694,23 @@ struct tun_endpoint *tun_endpoint_new(struct event_base *base, int fd,
 		ep->ssl = ssl;
 		ssl = NULL;
 	}
+	/* event_add can fail (out of memory): an endpoint whose first event or
+	 * handshake timer is not armed would never make progress. */
 	if (o->handshake_timeout_ms) {
 		struct timeval tv = sr_tv_ms(o->handshake_timeout_ms);
-		evtimer_add(ep->timer, &tv);
+		if (evtimer_add(ep->timer, &tv) != 0)
+			goto fail;
 	}
 	if (o->connecting || (ep->ssl && o->role == TUN_ROLE_SIDECAR) || !ep->ssl) {
 		/* A client speaks first, and a plain endpoint comes up, from the
 		 * write event: no callback runs before this constructor returns. */
 		ep->state = EP_CONNECTING;
-		event_add(ep->wev, NULL);
+		if (event_add(ep->wev, NULL) != 0)
+			goto fail;
 	} else {
 		ep->state = EP_HANDSHAKE;
-		event_add(ep->rev, NULL);
+		if (event_add(ep->rev, NULL) != 0)
+			goto fail;
 	}
 	return ep;
 fail:

@@ -41,19 +41,6 @@
 #define RANGE_LEN 8
 #define PROBE_MS 2000
 
-/* Open bugs this test finds in files other sessions are editing (issue 9),
- * reported with the fix. While a switch is 1 the test tolerates that one
- * failure, only where it is made, and says so; set it to 0 with the fix.
- *
- * evconnlistener_new(_bind) and evhttp_bind_socket_with_handle enable the
- * listener themselves and ignore a failed event_add: relay_new, a lease and
- * relay_admin_new then return with a bound socket that never accepts
- * (relay.c, relay_lease.c, and common/sr_http.c under both admin APIs). */
-#define OPEN_BUG_LISTENER_NOT_ENABLED 1
-/* attach() ignores a failure to send the lease message: the lease is held
- * for a tunnel whose sidecar never hears of it and waits for ever
- * (relay_tunnel.c). */
-#define OPEN_BUG_LEASE_NOT_SENT 1
 /* SHA-256("abc") */
 #define SHA_ABC "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 
@@ -176,12 +163,6 @@ static int probe_http(struct fx *f, uint16_t port)
 	return n > 0 && strncmp(buf, "HTTP/1.", 7) == 0;
 }
 
-static int known_listener_bug(void)
-{
-	return OPEN_BUG_LISTENER_NOT_ENABLED &&
-	       ts_alloc_failed_in("evconnlistener_enable") != 0;
-}
-
 /* ---- relay_lease_table_new, relay_lease_create ---------------------------------- */
 
 static int table_once(void *arg, unsigned long n)
@@ -225,13 +206,8 @@ static int create_once(void *arg, unsigned long n)
 	assert_non_null(l);
 	assert_int_equal(relay_lease_count(f->t), 1);
 	/* a lease that exists accepts executors */
-	if (!probe_accepts(f, relay_lease_port(l, TUN_PORT_DRIVER), &accepted)) {
-		if (!known_listener_bug())
-			fail_msg("allocation %lu failed: the lease's port accepts nothing", n);
-		print_message("open bug (relay_lease.c): allocation %lu failed, the lease's "
-			      "port accepts nothing\n",
-			      n);
-	}
+	if (!probe_accepts(f, relay_lease_port(l, TUN_PORT_DRIVER), &accepted))
+		fail_msg("allocation %lu failed: the lease's port accepts nothing", n);
 	relay_lease_release(l);
 	assert_int_equal(relay_lease_count(f->t), 0);
 	assert_range_free(f);
@@ -310,15 +286,10 @@ static int relay_once(void *arg, unsigned long n)
 	relay_free(r);
 	ts_loop_run_for(f->base, 1);
 	assert_range_free(f);
-	if (!accepts || !answers) {
-		const char *what =
-		    !accepts ? "the relay accepts no sidecar" : "the admin API does not answer";
-
-		if (!known_listener_bug())
-			fail_msg("allocation %lu failed: %s", n, what);
-		print_message("open bug (%s): allocation %lu failed: %s\n",
-			      !accepts ? "relay.c" : "sr_http.c", n, what);
-	}
+	if (!accepts)
+		fail_msg("allocation %lu failed: the relay accepts no sidecar", n);
+	if (!answers)
+		fail_msg("allocation %lu failed: the admin API does not answer", n);
 	if (!r || !adm) {
 		assert_true(err[0] != '\0');
 		return SR_ENOMEM;
@@ -382,15 +353,11 @@ static int reg_once(void *arg, unsigned long n)
 		return SR_ENOMEM;
 	}
 	if (!got) {
-		if (!(OPEN_BUG_LEASE_NOT_SENT && ts_alloc_failed_in("attach") != 0) &&
-		    !getenv("SR_TEST_ALLOC_KEEP_GOING"))
+		if (!getenv("SR_TEST_ALLOC_KEEP_GOING"))
 			fail_msg("allocation %lu failed: no lease within %d ms", n,
 				 LEASE_WAIT_MS);
-		print_message("%sallocation %lu failed: no lease within %d ms\n",
-			      OPEN_BUG_LEASE_NOT_SENT && ts_alloc_failed_in("attach") != 0
-				  ? "open bug (relay_tunnel.c): "
-				  : "",
-			      n, LEASE_WAIT_MS);
+		print_message("allocation %lu failed: no lease within %d ms\n", n,
+			      LEASE_WAIT_MS);
 	}
 	return 0;
 }

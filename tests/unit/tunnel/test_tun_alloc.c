@@ -39,20 +39,6 @@
 #define UP_WAIT_MS 2000
 #define HANDSHAKE_TIMEOUT_MS 5000
 
-/* Open bugs this test finds in a file other sessions are editing (issue 9),
- * reported with the fix. While the switch is 1 the test tolerates that
- * failure, only where it is made, and says so; set it to 0 with the fix.
- * tun_endpoint_new ignores a failed event_add of its first I/O event or of
- * its handshake timer: the endpoint is returned but never makes progress,
- * and only a handshake timeout, if any, ends it. */
-#define OPEN_BUG_ENDPOINT_EVENT_ADD 1
-
-static int known_endpoint_bug(void)
-{
-	return OPEN_BUG_ENDPOINT_EVENT_ADD && ts_alloc_failed_in("tun_endpoint_new") != 0 &&
-	       ts_alloc_failed_in("event_add") != 0;
-}
-
 static struct ts_pki pki;
 
 struct fx {
@@ -248,13 +234,8 @@ static int ep_once(void *arg, unsigned long n)
 	assert_int_equal(recv(sv[1], &c, 1, 0), 0);
 	close(sv[1]);
 	ts_loop_run_for(a->f->base, 1);
-	if (ep && failed) {
-		if (!known_endpoint_bug())
-			fail_msg("tun_endpoint_new went on with allocation %lu failed", n);
-		print_message("open bug (tun_endpoint.c): allocation %lu failed in event_add, "
-			      "tun_endpoint_new returned an endpoint that cannot progress\n",
-			      n);
-	}
+	if (ep && failed)
+		fail_msg("tun_endpoint_new went on with allocation %lu failed", n);
 	return ep ? 0 : SR_ENOMEM;
 }
 
@@ -362,15 +343,11 @@ static int bringup_once(void *arg, unsigned long n)
 		if (!made[i])
 			assert_int_equal(p->s[i].up + p->s[i].closed, 0);
 	}
-	if (!ok && !known_endpoint_bug())
+	if (!ok)
 		fail_msg("allocation %lu failed: the tunnel neither came up nor closed within "
 			 "%d ms (relay up %d closed %d, sidecar up %d closed %d ctl %d)",
 			 n, UP_WAIT_MS, p->s[0].up, p->s[0].closed, p->s[1].up, p->s[1].closed,
 			 p->s[1].ctl_open);
-	if (!ok)
-		print_message("open bug (tun_endpoint.c): allocation %lu failed in event_add, "
-			      "the tunnel hangs until its handshake timeout\n",
-			      n);
 	tun_endpoint_free(p->s[0].ep);
 	tun_endpoint_free(p->s[1].ep);
 	ts_loop_run_for(p->f->base, 1);
