@@ -83,6 +83,9 @@ SEQ=(python3 "$ROOT/bench/survival/seqecho.py")
 TMP0=$TMP
 # Two relays at once (and compare.sh's default 9090 may be taken): any free port.
 export SPARKRELAY_RELAY_ADMIN_LISTEN=127.0.0.1:0
+# Info: the relay's and sidecar's "resumed N streams, replayed B bytes after T s
+# away" lines go into the report.
+export SPARKRELAY_LOG_LEVEL=info
 SV_RES="$TMP0/survival"
 mkdir -p "$SV_RES"
 
@@ -185,13 +188,19 @@ clients_done() { # clients_done SECONDS
 	done
 }
 
-scenario_down() {
+scenario_down() { # scenario_down SCEN
 	local inst
 	undrop_all
 	for inst in "${INSTS[@]}"; do
 		# shellcheck disable=SC2086
 		stop_pids ${I_PIDS[$inst]}
-		cp "${I_DIR[$inst]}"/*.log "$SV_RES/" 2>/dev/null || true
+		mkdir -p "$SV_RES/logs/$1.$inst"
+		cp "${I_DIR[$inst]}"/*.log "$SV_RES/logs/$1.$inst/" 2>/dev/null || true
+		if [ "${I_TOOL[$inst]}" = sparkrelay ]; then
+			grep -hE 'resumed [0-9]+ streams|took over in|handed over to|streams reset|lease changed|ended by the relay' \
+				"${I_DIR[$inst]}"/relay*.log "${I_DIR[$inst]}"/sidecar.log 2>/dev/null |
+				head -20 >"$SV_RES/$1.$inst.log-lines" || true
+		fi
 	done
 	stop_pids "${PIDS[@]}" # what a restart started
 	INSTS=()
@@ -236,7 +245,7 @@ run_outage() { # run_outage SCEN SECONDS
 	done
 	log "$scen: path back; waiting for the echoes (at most $((tail + 20)) s)"
 	clients_done $((tail + 20))
-	scenario_down
+	scenario_down "$scen"
 }
 
 restart_one() { # restart_one INST: the tool's restart; sets the method text
@@ -343,7 +352,7 @@ run_restart() {
 		kill -USR2 "${I_CLIENT[$inst]}"
 	done
 	clients_done 50
-	scenario_down
+	scenario_down restart
 }
 
 SV_DATE=$(date -u +%Y-%m-%dT%H%M%SZ)

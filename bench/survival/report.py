@@ -91,8 +91,6 @@ def main():
     out = {"date": a.date, "git": a.git, "machine": machine(), "conns_per_tool": int(a.conns),
            "seconds": int(a.seconds), "load_before": a.load_before, "load_after": a.load_after,
            "results": res}
-    with open(a.out + ".json", "w") as f:
-        json.dump(out, f, indent=1)
     L = ["# Survival: %s" % a.date, "",
          "%s per tool, each sending a sequence number every 100 ms. Cell: connections "
          "still open with every number echoed in order, exactly once / N, then the time "
@@ -120,6 +118,23 @@ def main():
                     "-" if r.get("max_stall_s") is None else "%.2f" % r["max_stall_s"],
                     "served" if r.get("new_connection_ok") else "FAILED"))
         L.append("")
+    lines = []
+    for s in scens:
+        for i in insts:
+            try:
+                with open(os.path.join(a.res, "%s.%s.log-lines" % (s, i))) as f:
+                    got = [ln.rstrip("\n") for ln in f if ln.strip()][:20]
+            except OSError:
+                continue
+            if got:
+                res.get(s, {}).get(i, {})["log_lines"] = got
+                lines.append("- %s, %s:" % (scen_title(s), NAMES.get(i, i)))
+                lines += ["  `%s`" % ln.replace("`", "'")[:300] for ln in got]
+    if lines:
+        L.append("sparkrelay's own account (relay and sidecar log):")
+        L.append("")
+        L += lines
+        L.append("")
     for s in scens:
         if s == "restart" or s not in res:
             continue
@@ -128,6 +143,8 @@ def main():
             L.append("%s: a new connection after the outage failed on: %s" % (
                 scen_title(s), ", ".join(NAMES.get(i, i) for i in bad)))
             L.append("")
+    with open(a.out + ".json", "w") as f:
+        json.dump(out, f, indent=1)
     with open(a.out + ".md", "w") as f:
         f.write("\n".join(L))
 
