@@ -137,6 +137,9 @@ void tun_group_hold(struct tun_group *g, struct tun_stream *s)
 	if (g->nheld == 0) {
 		struct timeval tv = sr_tv_ms(g->opts.hold_ms);
 		g->st.away_since_us = sr_now_us();
+		g->silent_since_us = g->st.away_since_us;
+		if (s->conn && s->conn->last_recv_us && s->conn->last_recv_us < g->silent_since_us)
+			g->silent_since_us = s->conn->last_recv_us;
 		g->st.aways++;
 		evtimer_add(g->hold_ev, &tv);
 	}
@@ -194,7 +197,12 @@ static void resume_report(struct tun_group *g)
 /* A tunnel is back: what it resumes is counted from here. */
 static void resume_begin(struct tun_group *g)
 {
-	g->resume_started_us = g->st.away_since_us ? g->st.away_since_us : sr_now_us();
+	if (!g->st.away_since_us)
+		g->resume_started_us = sr_now_us();
+	else if (g->silent_since_us)
+		g->resume_started_us = g->silent_since_us;
+	else
+		g->resume_started_us = g->st.away_since_us;
 	g->resumed_at_resume = g->st.resumed;
 	g->replayed_at_resume = g->st.replayed_bytes;
 	memcpy(g->lost_at_resume, g->st.lost, sizeof(g->lost_at_resume));

@@ -170,6 +170,9 @@ struct tun_group {
 	struct tun_stream *finishing;
 	uint64_t expect, got;     /* sidecar: resumed CONNECTs announced / come */
 	uint64_t resume_started_us;
+	/* When the tunnel that went last received anything: the outage began
+	 * then, a PING timeout later than that. For the resume log only. */
+	uint64_t silent_since_us;
 	uint64_t replayed_at_resume; /* to log what one resume replayed */
 	uint64_t resumed_at_resume;
 	uint64_t lost_at_resume[TUN_LOST_MAX];
