@@ -341,6 +341,7 @@ void tun_conn_consume(struct tun_conn *c, int32_t id, size_t n)
 #define TC_SETTINGS_WIN_GROWTH 0xf5a1
 /* A probe at most this often while a stream may still grow. */
 #define TC_PROBE_EVERY_US (10u * 1000u * 1000u)
+#define TC_PROBE_FIRST 4 /* probes sent back to back before that pace */
 
 static void rtt_sample(struct tun_conn *c, uint64_t rtt_us)
 {
@@ -422,7 +423,10 @@ void tun_conn_rtt_probe(struct tun_conn *c)
 	/* One in flight; one whose answer never came is given up after a while. */
 	if (c->probe_sent_us && now - c->probe_sent_us < TC_PROBE_EVERY_US)
 		return;
-	if (c->stats.min_rtt_us && now - c->probe_at_us < TC_PROBE_EVERY_US)
+	/* The first samples follow each other: the one sent at start may have
+	 * waited behind the handshake's work. */
+	if (c->stats.min_rtt_us && c->probe_seq >= (TC_PROBE_TAG | TC_PROBE_FIRST) &&
+	    now - c->probe_at_us < TC_PROBE_EVERY_US)
 		return;
 	c->probe_at_us = now;
 	probe_send(c, now);

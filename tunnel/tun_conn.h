@@ -42,6 +42,9 @@ struct tun_conn_opts {
 	 * whole window within TUN_WIN_GROW_RTTS round trips has its window
 	 * doubled, up to this (and to conn_window); <= stream_window: off. */
 	uint32_t max_stream_window;
+	/* Tests only (no configuration key): the round trip below which no
+	 * window grows, microseconds; 0 = TUN_WIN_GROW_MIN_RTT_US. */
+	uint32_t grow_min_rtt_us;
 	uint32_t conn_window;      /* bytes, whole tunnel */
 	uint32_t ping_interval_ms; /* PING when nothing was received for this long */
 	uint32_t ping_timeout_ms;  /* peer is dead after this long without a frame */

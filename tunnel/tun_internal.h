@@ -81,7 +81,8 @@ struct tun_stream {
 	uint32_t win;
 	uint64_t win_bytes;
 	uint64_t win_t0_us;
-	uint64_t win_rate;  /* bytes/s over the window that last grew it, 0: none */
+	uint64_t win_rate;  /* bytes/s over the last window that grew it (and
+			     * took a round trip or more), 0: none */
 	/* Sending side: window growth the peer announced and has not granted
 	 * yet; that much credit is no acknowledgement (tun_conn.c). */
 	uint64_t peer_grow;

@@ -136,7 +136,9 @@ static void win_reset(struct tun_stream *s, const struct tun_conn *c)
 {
 	s->win = c->opts.stream_window;
 	s->win_bytes = 0;
-	s->win_t0_us = 0;
+	/* The first window is timed from here, when it was offered: its bytes
+	 * come in one burst, whose rate says nothing. */
+	s->win_t0_us = sr_now_us();
 	s->win_rate = 0;
 	s->peer_grow = 0; /* a new HTTP/2 stream: announcements were for the old */
 }
@@ -171,8 +173,6 @@ static void win_consumed(struct tun_stream *s, size_t n)
 	if (s->win >= max || (s->flags & TS_F_CTL) || !c->peer_reads_growth)
 		return;
 	now = sr_now_us();
-	if (!s->win_t0_us)
-		s->win_t0_us = now; /* from the first byte on */
 	s->win_bytes += n;
 	if (s->win_bytes < s->win)
 		return;
@@ -183,7 +183,8 @@ static void win_consumed(struct tun_stream *s, size_t n)
 	/* Only while growing pays: a window-limited stream goes about twice as
 	 * fast with twice the window; one limited by its reader, the path or
 	 * the CPU does not, and more window would only be more bytes queued. */
-	if (rtt >= TUN_WIN_GROW_MIN_RTT_US && elapsed < TUN_WIN_GROW_RTTS * rtt &&
+	if (rtt >= (c->opts.grow_min_rtt_us ? c->opts.grow_min_rtt_us : TUN_WIN_GROW_MIN_RTT_US) &&
+	    elapsed < TUN_WIN_GROW_RTTS * rtt &&
 	    rate * 4 > s->win_rate * 5) {
 		uint32_t w = s->win > max / 2 ? max : s->win * 2;
 
@@ -197,7 +198,10 @@ static void win_consumed(struct tun_stream *s, size_t n)
 		}
 		if (tun_conn_grow_window(c, s, w) == 0) {
 			s->win = w;
-			s->win_rate = rate;
+			/* A window taken within a round trip came in a burst
+			 * (it was in flight already): its rate is no measure. */
+			if (elapsed >= rtt)
+				s->win_rate = rate;
 			c->stats.window_grows++;
 			if (w > c->stats.stream_window_max)
 				c->stats.stream_window_max = w;
