@@ -185,8 +185,9 @@ static const struct conf_entry conf_h2[] = {
     U32(struct tun_conn_opts, "stream_window", stream_window, 1024, 2147483647, "262144",
 	"HTTP/2 flow-control window per stream, bytes: what one stalled executor "
 	"connection may hold in memory, and what a bulk stream may have in flight ahead "
-	"of a heartbeat on the same tunnel. One stream moves at most window/RTT: raise it "
-	"for long round trips (see docs/architecture.md)."),
+	"of a heartbeat on the same tunnel. One stream moves at most window/RTT; on round "
+	"trips of 1 ms or more a stream that keeps up grows its window up to "
+	"max_stream_window (see docs/architecture.md)."),
     U32(struct tun_conn_opts, "max_stream_window", max_stream_window, 1024, 2147483647,
 	"16777216",
 	"Largest window a stream's receive window may grow to, bytes. A stream whose "
