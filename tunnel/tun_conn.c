@@ -327,14 +327,14 @@ void tun_conn_consume(struct tun_conn *c, int32_t id, size_t n)
 		nghttp2_session_consume_connection(c->h2, n);
 }
 
-/* RTT probes: PINGs whose payload has the top bit set (barrier PINGs count
- * up from 1, the liveness PING is all zeros). The smallest round trip seen
+/* RTT probes: PINGs whose payload starts with the bits 10 (barrier PINGs
+ * count up from 1, the liveness PING is all zeros). The smallest round trip seen
  * stands for the path's propagation delay: samples taken under load also
  * hold queueing, which a larger window would only lengthen. */
 #define TC_PROBE_TAG (2ull << 62)
 #define TC_TAG_MASK (3ull << 62)
-/* A window growth announcement (tun_conn_announce_growth): the top two bits
- * set, then the stream id (31 bits), then the growth in bytes (31 bits). */
+/* A window growth announcement (tun_conn_grow_window): the bits 11, then
+ * the stream id (31 bits), then the growth in bytes (31 bits). */
 #define TC_GROW_TAG (3ull << 62)
 /* Our own SETTINGS parameter (from the experimental range): 1 = "this end
  * reads growth announcements", so the other end may grow its windows. */
