@@ -225,8 +225,17 @@ static const struct conf_entry conf_h2[] = {
     U32(struct tun_conn_opts, "stream_window", stream_window, 1024, 2147483647, "262144",
 	"HTTP/2 flow-control window per stream, bytes: what one stalled executor "
 	"connection may hold in memory, and what a bulk stream may have in flight ahead "
-	"of a heartbeat on the same tunnel. One stream moves at most window/RTT: raise it "
-	"for long round trips (see docs/architecture.md)."),
+	"of a heartbeat on the same tunnel. One stream moves at most window/RTT; on round "
+	"trips of 1 ms or more a stream that keeps up grows its window up to "
+	"max_stream_window (see docs/architecture.md)."),
+    U32(struct tun_conn_opts, "max_stream_window", max_stream_window, 1024, 2147483647,
+	"16777216",
+	"Largest window a stream's receive window may grow to, bytes. A stream whose "
+	"socket takes a whole window within 8 of the tunnel's round trips (measured by "
+	"PING; only at 1 ms or more), faster than the window before, has its window "
+	"doubled, so one bulk stream fills a long path without a larger stream_window "
+	"for every stream; a stalled socket then holds at most this much. Capped at "
+	"conn_window; at most stream_window: no growth."),
     U32(struct tun_conn_opts, "conn_window", conn_window, 65535, 2147483647, "67108864",
 	"HTTP/2 flow-control window of the whole tunnel, bytes; at least stream_window."),
     U32(struct tun_conn_opts, "ping_interval_ms", ping_interval_ms, 100, 3600000, "2000",

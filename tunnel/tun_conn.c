@@ -53,6 +53,8 @@ void tun_conn_opts_defaults(struct tun_conn_opts *o)
 		o->stream_window = 256u << 10;
 	if (!o->conn_window)
 		o->conn_window = 64u << 20;
+	if (!o->max_stream_window)
+		o->max_stream_window = 16u << 20;
 	if (!o->ping_interval_ms)
 		o->ping_interval_ms = 2000;
 	if (!o->ping_timeout_ms)
@@ -323,6 +325,111 @@ void tun_conn_consume(struct tun_conn *c, int32_t id, size_t n)
 		nghttp2_session_consume(c->h2, id, n);
 	else
 		nghttp2_session_consume_connection(c->h2, n);
+}
+
+/* RTT probes: PINGs whose payload starts with the bits 10 (barrier PINGs
+ * count up from 1, the liveness PING is all zeros). The smallest round trip seen
+ * stands for the path's propagation delay: samples taken under load also
+ * hold queueing, which a larger window would only lengthen. */
+#define TC_PROBE_TAG (2ull << 62)
+#define TC_TAG_MASK (3ull << 62)
+/* A window growth announcement (tun_conn_grow_window): the bits 11, then
+ * the stream id (31 bits), then the growth in bytes (31 bits). */
+#define TC_GROW_TAG (3ull << 62)
+/* Our own SETTINGS parameter (from the experimental range): 1 = "this end
+ * reads growth announcements", so the other end may grow its windows. */
+#define TC_SETTINGS_WIN_GROWTH 0xf5a1
+/* A probe at most this often while a stream may still grow. */
+#define TC_PROBE_EVERY_US (10u * 1000u * 1000u)
+#define TC_PROBE_FIRST 4 /* probes sent back to back before that pace */
+
+static void rtt_sample(struct tun_conn *c, uint64_t rtt_us)
+{
+	c->stats.last_rtt_us = rtt_us;
+	if (!c->stats.min_rtt_us || rtt_us < c->stats.min_rtt_us)
+		c->stats.min_rtt_us = rtt_us;
+	if (c->cbs.on_rtt)
+		c->cbs.on_rtt(c, rtt_us, c->arg);
+}
+
+static void probe_send(struct tun_conn *c, uint64_t now)
+{
+	uint8_t opaque[8];
+	uint64_t seq = (c->probe_seq + 1) | TC_PROBE_TAG;
+
+	for (int i = 0; i < 8; i++)
+		opaque[i] = (uint8_t)(seq >> (56 - 8 * i));
+	if (nghttp2_submit_ping(c->h2, NGHTTP2_FLAG_NONE, opaque) == 0) {
+		c->probe_seq = seq;
+		c->probe_sent_us = now;
+	}
+}
+
+/* The peer will send WINDOW_UPDATE beyond the bytes it received (a grown
+ * window) on one stream: the next that many bytes of credit on it are no
+ * acknowledgement. An announcement may run ahead of older credit (PINGs
+ * overtake queued WINDOW_UPDATEs), which is then held back too, never
+ * taken for more than it is. */
+static void on_growth_ping(struct tun_conn *c, const uint8_t *opaque)
+{
+	uint64_t v = 0;
+	struct tun_stream *s;
+	int32_t id;
+
+	for (int i = 0; i < 8; i++)
+		v = v << 8 | opaque[i];
+	if ((v & TC_TAG_MASK) != TC_GROW_TAG)
+		return;
+	id = (int32_t)((v >> 31) & 0x7fffffffu);
+	if (id <= 0)
+		return;
+	s = nghttp2_session_get_stream_user_data(c->h2, id);
+	/* Bounded by the largest window HTTP/2 allows. */
+	if (s && !(s->flags & TS_F_CTL) && s->peer_grow < (1ull << 31))
+		s->peer_grow += v & 0x7fffffffu;
+}
+
+int tun_conn_grow_window(struct tun_conn *c, struct tun_stream *s, uint32_t win)
+{
+	uint8_t opaque[8];
+	uint64_t v;
+	int32_t cur;
+
+	if (!c->peer_reads_growth || s->id <= 0 || tun_conn_closing(c))
+		return -1;
+	cur = nghttp2_session_get_stream_effective_local_window_size(c->h2, s->id);
+	if (cur <= 0 || (uint32_t)cur >= win || win > 0x7fffffffu)
+		return -1;
+	v = TC_GROW_TAG | ((uint64_t)s->id << 31) | (uint64_t)(win - (uint32_t)cur);
+	for (int i = 0; i < 8; i++)
+		opaque[i] = (uint8_t)(v >> (56 - 8 * i));
+	/* The announcement first: PINGs go out before any WINDOW_UPDATE
+	 * queued with or after them (nghttp2's urgent queue). */
+	if (nghttp2_submit_ping(c->h2, NGHTTP2_FLAG_NONE, opaque) != 0)
+		return -1;
+	if (nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, s->id,
+						  (int32_t)win) != 0)
+		return -1; /* announced, not granted: the peer only keeps more */
+	return 0;
+}
+
+void tun_conn_rtt_probe(struct tun_conn *c)
+{
+	uint64_t now;
+
+	if (tun_conn_closing(c) || c->st == TC_ST_NEW)
+		return;
+	now = sr_now_us();
+	/* One in flight; one whose answer never came is given up after a while. */
+	if (c->probe_sent_us && now - c->probe_sent_us < TC_PROBE_EVERY_US)
+		return;
+	/* The first samples follow each other: the one sent at start may have
+	 * waited behind the handshake's work. */
+	if (c->stats.min_rtt_us && c->probe_seq >= (TC_PROBE_TAG | TC_PROBE_FIRST) &&
+	    now - c->probe_at_us < TC_PROBE_EVERY_US)
+		return;
+	c->probe_at_us = now;
+	probe_send(c, now);
 }
 
 /* ---- nghttp2 callbacks --------------------------------------------------- */
@@ -640,24 +747,42 @@ static int h2_on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, voi
 
 	switch (frame->hd.type) {
 	case NGHTTP2_WINDOW_UPDATE:
-		/* Credit comes back only for bytes the peer wrote to its socket:
-		 * those are delivered, and need no replay. */
-		if (s && !(s->flags & TS_F_CTL))
-			tun_stream_on_ack(s, (uint32_t)frame->window_update.window_size_increment);
+		/* Credit comes back only for bytes the peer has received: those
+		 * need no replay. The exception, window growth, was announced
+		 * before it (on_growth_ping) and is not an acknowledgement. */
+		if (s && !(s->flags & TS_F_CTL)) {
+			uint64_t n = (uint32_t)frame->window_update.window_size_increment;
+			uint64_t g = n < s->peer_grow ? n : s->peer_grow;
+
+			s->peer_grow -= g;
+			if (n > g)
+				tun_stream_on_ack(s, (uint32_t)(n - g));
+		}
+		break;
+	case NGHTTP2_SETTINGS:
+		if (!(frame->hd.flags & NGHTTP2_FLAG_ACK))
+			for (size_t i = 0; i < frame->settings.niv; i++)
+				if (frame->settings.iv[i].settings_id == TC_SETTINGS_WIN_GROWTH)
+					c->peer_reads_growth = frame->settings.iv[i].value == 1;
 		break;
 	case NGHTTP2_PING:
+		if (!(frame->hd.flags & NGHTTP2_FLAG_ACK))
+			on_growth_ping(c, frame->ping.opaque_data);
 		if (frame->hd.flags & NGHTTP2_FLAG_ACK) {
 			uint64_t seq = 0;
 			for (int i = 0; i < 8; i++)
 				seq = seq << 8 | frame->ping.opaque_data[i];
-			if (seq)
+			if (seq & TC_TAG_MASK) {
+				if (c->probe_sent_us && seq == c->probe_seq) {
+					rtt_sample(c, sr_now_us() - c->probe_sent_us);
+					c->probe_sent_us = 0;
+				}
+			} else if (seq) {
 				barrier_acked(c, seq);
-		}
-		if ((frame->hd.flags & NGHTTP2_FLAG_ACK) && c->ping_sent_us) {
-			c->stats.last_rtt_us = sr_now_us() - c->ping_sent_us;
-			c->ping_sent_us = 0;
-			if (c->cbs.on_rtt)
-				c->cbs.on_rtt(c, c->stats.last_rtt_us, c->arg);
+			} else if (c->ping_sent_us) {
+				rtt_sample(c, sr_now_us() - c->ping_sent_us);
+				c->ping_sent_us = 0;
+			}
 		}
 		break;
 	case NGHTTP2_GOAWAY:
@@ -1031,7 +1156,7 @@ struct tun_conn *tun_conn_new(struct event_base *base, enum tun_role role,
 	struct tun_conn *c;
 	nghttp2_session_callbacks *hcb = NULL;
 	nghttp2_option *hopt = NULL;
-	nghttp2_settings_entry iv[5];
+	nghttp2_settings_entry iv[6];
 	size_t niv = 0;
 	int rv;
 
@@ -1099,6 +1224,7 @@ struct tun_conn *tun_conn_new(struct event_base *base, enum tun_role role,
 	 * and the TLS layer each do a fixed amount of work; a heartbeat behind
 	 * a 64 KiB frame waits some 0.1 ms at tunnel speeds. */
 	iv[niv++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_FRAME_SIZE, c->opts.max_frame};
+	iv[niv++] = (nghttp2_settings_entry){TC_SETTINGS_WIN_GROWTH, 1};
 	iv[niv++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS,
 					     role == TUN_ROLE_SIDECAR ? c->opts.max_streams : 0};
 	if (role == TUN_ROLE_RELAY)
@@ -1152,6 +1278,9 @@ void tun_conn_start(struct tun_conn *c)
 	tun_conn_go(c, TC_ST_OPEN);
 	c->last_recv_us = sr_now_us();
 	event_add(c->ping_ev, &tv);
+	/* The first RTT sample, before any bulk data queues behind it. */
+	c->probe_at_us = c->last_recv_us;
+	probe_send(c, c->last_recv_us);
 	tun_conn_flush(c);
 }
 

@@ -75,6 +75,17 @@ struct tun_stream {
 	size_t unconsumed;  /* bytes buffered = stream credit owed = early + conn_owed */
 	size_t early;       /* of those, connection credit already returned */
 	size_t conn_owed;   /* of those, connection credit still owed */
+	/* Receive window (auto-tuning, tun_stream.c): stream_window plus what
+	 * it grew by in this session; win_bytes bytes were written to the
+	 * socket since win_t0_us, the start of the current measurement. */
+	uint32_t win;
+	uint64_t win_bytes;
+	uint64_t win_t0_us;
+	uint64_t win_rate;  /* bytes/s over the last window that grew it (and
+			     * took a round trip or more), 0: none */
+	/* Sending side: window growth the peer announced and has not granted
+	 * yet; that much credit is no acknowledgement (tun_conn.c). */
+	uint64_t peer_grow;
 	/* Bytes in the socket's output from an earlier session: written, but
 	 * owed to no session's flow control. */
 	size_t stale_out;
@@ -130,6 +141,10 @@ struct tun_conn {
 	struct event *close_ev; /* bounds the final flush */
 	uint64_t last_recv_us;
 	uint64_t ping_sent_us;
+	uint64_t probe_sent_us;  /* an RTT probe PING in flight since, 0: none */
+	uint64_t probe_seq;      /* its payload (TC_PROBE_TAG set) */
+	uint64_t probe_at_us;    /* when the last probe was sent */
+	int peer_reads_growth;   /* the peer's SETTINGS say it reads growth PINGs */
 
 	size_t early_buffered; /* sum of streams' early bytes; capped at conn_window */
 	size_t in_buffered;    /* sum of the sockets' input (opts.sock_in_max set) */
@@ -265,6 +280,13 @@ void tun_conn_schedule_reap(struct tun_conn *c);
 void tun_conn_consume(struct tun_conn *c, int32_t id, size_t n);
 void tun_conn_consume_stream(struct tun_conn *c, int32_t id, size_t n);
 void tun_conn_consume_conn(struct tun_conn *c, size_t n);
+/* A stream's window may grow: make sure the tunnel's minimum RTT is known
+ * and not too old (an RTT probe PING, one at a time). */
+void tun_conn_rtt_probe(struct tun_conn *c);
+/* Raise s's receive window to win bytes: announce the growth to the peer,
+ * then grant it. 0, or -1 if not done (the peer does not read
+ * announcements, or nothing to grow). */
+int tun_conn_grow_window(struct tun_conn *c, struct tun_stream *s, uint32_t win);
 int tun_conn_submit_response(struct tun_conn *c, struct tun_stream *s);
 void tun_conn_reset_stream(struct tun_conn *c, struct tun_stream *s, uint32_t code);
 

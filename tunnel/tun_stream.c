@@ -16,6 +16,8 @@
  *  - tunnel -> socket: DATA is appended to the socket's output and consumed
  *    (WINDOW_UPDATE) only as the output evbuffer callback reports bytes
  *    written to the kernel, so a stalled socket holds at most its window.
+ *    The window is the stream's own (s->win, see "Receive window
+ *    auto-tuning" below), at most max_stream_window.
  *  - socket -> tunnel, per tunnel (opts.sock_in_max): a peer that grants no
  *    window would otherwise make every socket of the tunnel hold
  *    sock_read_high bytes. Over the cap, every socket's read high watermark
@@ -103,6 +105,112 @@ void tun_stream_go(struct tun_stream *s, enum ts_state st, const char *why)
 	s->st = st;
 }
 
+/* Receive window auto-tuning. One stream moves at most window/RTT, so on a
+ * long path the configured stream_window, sized for heartbeats beside bulk
+ * and for what a stalled socket may hold, throttles bulk. Each stream
+ * measures how long its socket takes to take a whole window (bytes written,
+ * so a stalled or slow reader never counts as fast); when that is under
+ * TUN_WIN_GROW_RTTS times the tunnel's smallest PING round trip, and at a
+ * rate a quarter above that of the window before (the last growth paid),
+ * the window is doubled, up to max_stream_window (and conn_window). It never
+ * shrinks within a session; a stalled stream holds at most its window, at
+ * most max_stream_window.
+ *
+ * Stream credit is ours rather than nghttp2_session_consume's, so that it
+ * is returned in steps of half the configured window whatever the window
+ * has grown to: credit for bytes written to the socket. The sending side
+ * takes credit as proof that bytes arrived (tun_stream_on_ack frees them
+ * from its replay buffer), so growth, credit for bytes not received, is
+ * announced first (tun_conn_grow_window), and only to a peer that says it
+ * reads announcements. */
+static uint32_t win_max(const struct tun_conn *c)
+{
+	uint32_t m = c->opts.max_stream_window;
+
+	if (m > c->opts.conn_window)
+		m = c->opts.conn_window;
+	return m > c->opts.stream_window ? m : c->opts.stream_window;
+}
+
+static void win_reset(struct tun_stream *s, const struct tun_conn *c)
+{
+	s->win = c->opts.stream_window;
+	s->win_bytes = 0;
+	/* The first window is timed from here, when it was offered: its bytes
+	 * come in one burst, whose rate says nothing. */
+	s->win_t0_us = sr_now_us();
+	s->win_rate = 0;
+	s->peer_grow = 0; /* a new HTTP/2 stream: announcements were for the old */
+}
+
+/* Credit for the bytes written to the socket: those received (nghttp2's
+ * effective recv data length: received, not yet credited) less those still
+ * buffered for the socket. */
+static void stream_credit(struct tun_stream *s)
+{
+	struct tun_conn *c = s->conn;
+	size_t hold = s->unconsumed;
+	int32_t ru;
+
+	if (s->id <= 0 || !c->h2)
+		return;
+	ru = nghttp2_session_get_stream_effective_recv_data_length(c->h2, s->id);
+	if (ru <= 0 || (size_t)ru <= hold)
+		return;
+	/* In half windows, as nghttp2 would: fewer frames. */
+	if ((size_t)ru - hold < c->opts.stream_window / 2)
+		return;
+	nghttp2_submit_window_update(c->h2, NGHTTP2_FLAG_NONE, s->id, (int32_t)((size_t)ru - hold));
+}
+
+/* n more bytes of s were written to its socket. */
+static void win_consumed(struct tun_stream *s, size_t n)
+{
+	struct tun_conn *c = s->conn;
+	uint32_t max = win_max(c);
+	uint64_t now, elapsed, rate, rtt = c->stats.min_rtt_us;
+
+	if (s->win >= max || (s->flags & TS_F_CTL) || !c->peer_reads_growth)
+		return;
+	now = sr_now_us();
+	s->win_bytes += n;
+	if (s->win_bytes < s->win)
+		return;
+	/* Measured from the end of the previous window, idle gaps included:
+	 * a reader that takes big gulps at a slow pace is slow. */
+	elapsed = now - s->win_t0_us;
+	rate = s->win_bytes * 1000000u / (elapsed ? elapsed : 1);
+	/* Only while growing pays: a window-limited stream goes about twice as
+	 * fast with twice the window; one limited by its reader, the path or
+	 * the CPU does not, and more window would only be more bytes queued. */
+	if (rtt >= (c->opts.grow_min_rtt_us ? c->opts.grow_min_rtt_us : TUN_WIN_GROW_MIN_RTT_US) &&
+	    elapsed < TUN_WIN_GROW_RTTS * rtt &&
+	    rate * 4 > s->win_rate * 5) {
+		uint32_t w = s->win > max / 2 ? max : s->win * 2;
+
+		if (sr_log_level_cur >= SR_LOG_DEBUG) {
+			char ctx[256];
+			stream_log_ctx(s, ctx, sizeof(ctx));
+			SR_DEBUG(ctx, "receive window %u -> %u bytes (a window in %llu us, "
+				      "min RTT %llu us, %llu bytes/s)",
+				 s->win, w, (unsigned long long)elapsed, (unsigned long long)rtt,
+				 (unsigned long long)rate);
+		}
+		if (tun_conn_grow_window(c, s, w) == 0) {
+			s->win = w;
+			/* A window taken within a round trip came in a burst
+			 * (it was in flight already): its rate is no measure. */
+			if (elapsed >= rtt)
+				s->win_rate = rate;
+			c->stats.window_grows++;
+			if (w > c->stats.stream_window_max)
+				c->stats.stream_window_max = w;
+		}
+	}
+	s->win_bytes = 0;
+	s->win_t0_us = now;
+}
+
 static void sock_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
 {
 	struct tun_stream *s = arg;
@@ -130,7 +238,8 @@ static void sock_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *inf
 	s->early -= early;
 	s->conn->early_buffered -= early;
 	s->conn->stats.bytes_from_tunnel += n;
-	tun_conn_consume_stream(s->conn, s->id, n);
+	win_consumed(s, n);
+	stream_credit(s);
 	tun_conn_consume_conn(s->conn, owed);
 	tun_conn_flush(s->conn);
 }
@@ -434,6 +543,7 @@ struct tun_stream *tun_stream_new(struct tun_conn *c, struct bufferevent *sock)
 	}
 	s->conn = c;
 	s->group = c->group;
+	win_reset(s, c);
 	if (sock) {
 		if (tun_stream_attach(s, sock) != 0) {
 			free(s);
@@ -525,6 +635,7 @@ void tun_stream_bind(struct tun_stream *s, struct tun_conn *c)
 {
 	s->conn = c;
 	s->group = c->group;
+	win_reset(s, c);
 	s->next = c->streams;
 	s->prev = NULL;
 	if (c->streams)
@@ -690,6 +801,8 @@ void tun_stream_on_data(struct tun_stream *s, const uint8_t *data, size_t len)
 	}
 	s->rx += len;
 	s->unconsumed += len;
+	if (s->win < win_max(s->conn) && s->conn->peer_reads_growth)
+		tun_conn_rtt_probe(s->conn);
 	if (s->conn->early_buffered + len <= s->conn->opts.conn_window) {
 		s->early += len;
 		s->conn->early_buffered += len;

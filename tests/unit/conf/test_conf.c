@@ -73,6 +73,7 @@ static void check_h2_defaults(const struct tun_conn_opts *t)
 {
 	assert_int_equal(t->stream_window, 262144);
 	assert_int_equal(t->conn_window, 67108864);
+	assert_int_equal(t->max_stream_window, 16777216);
 	assert_int_equal(t->ping_interval_ms, 2000);
 	assert_int_equal(t->ping_timeout_ms, 6000);
 	assert_int_equal(t->ctl_max, 65536);
@@ -188,6 +189,7 @@ static void test_h2_table_matches_tunnel_defaults(void **state)
 	} while (0)
 	SAME(stream_window);
 	SAME(conn_window);
+	SAME(max_stream_window);
 	SAME(ping_interval_ms);
 	SAME(ping_timeout_ms);
 	SAME(ctl_max);

@@ -54,6 +54,7 @@
 #define RAW_MAXID 64
 #define SMALL_BUF 4096 /* kernel buffers of the "small" driver port */
 #define IO_CHUNK (64 * 1024)
+#define TAP_Q 4096 /* pieces a delaying tap holds per direction */
 
 /* ---- payloads -------------------------------------------------------------- */
 
@@ -179,6 +180,7 @@ struct cfg {
 	int bufsz;	/* >0: SO_SNDBUF and SO_RCVBUF of the test's TCP sockets */
 	int raw_client; /* a raw nghttp2 client instead of the relay conn */
 	int tap;	/* relay and sidecar through a recording tap */
+	int tap_delay_ms; /* the tap holds every byte this long each way (not recorded) */
 	int tls;	/* TLS between the endpoints (development certificates) */
 };
 
@@ -238,6 +240,14 @@ struct h {
 	int tap_stall[2]; /* stop forwarding what arrives on tap_fd[i] */
 	struct evbuffer *tap_out[2];  /* pending toward tap_fd[i] */
 	struct evbuffer *tap_seen[2]; /* [0] relay->sidecar, [1] sidecar->relay */
+	/* cfg.tap_delay_ms: what arrived on tap_fd[i], in arrival order, with
+	 * the time each piece may go on */
+	struct evbuffer *tap_hold[2];
+	struct {
+		uint64_t due_us;
+		size_t len;
+	} tap_q[2][TAP_Q];
+	unsigned tap_qh[2], tap_qn[2];
 };
 
 static void msg_assert_equal(const struct tun_ctl_msg *a, const struct tun_ctl_msg *b)
@@ -532,13 +542,31 @@ static void tap_service(struct h *h)
 {
 	uint8_t buf[16384];
 
+	uint64_t now = sr_now_us();
+
 	for (int i = 0; i < 2; i++) {
 		for (; !h->tap_stall[i];) {
-			ssize_t n = recv(h->tap_fd[i], buf, sizeof(buf), MSG_DONTWAIT);
+			ssize_t n;
+			if (h->cfg.tap_delay_ms && h->tap_qn[i] == TAP_Q)
+				break;
+			n = recv(h->tap_fd[i], buf, sizeof(buf), MSG_DONTWAIT);
 			if (n <= 0)
 				break;
+			if (h->cfg.tap_delay_ms) {
+				unsigned k = (h->tap_qh[i] + h->tap_qn[i]++) % TAP_Q;
+				h->tap_q[i][k].due_us = now + (uint64_t)h->cfg.tap_delay_ms * 1000u;
+				h->tap_q[i][k].len = (size_t)n;
+				evbuffer_add(h->tap_hold[i], buf, (size_t)n);
+				continue;
+			}
 			evbuffer_add(h->tap_seen[i], buf, (size_t)n);
 			evbuffer_add(h->tap_out[1 - i], buf, (size_t)n);
+		}
+		while (h->tap_qn[i] && h->tap_q[i][h->tap_qh[i]].due_us <= now) {
+			evbuffer_remove_buffer(h->tap_hold[i], h->tap_out[1 - i],
+					       h->tap_q[i][h->tap_qh[i]].len);
+			h->tap_qh[i] = (h->tap_qh[i] + 1) % TAP_Q;
+			h->tap_qn[i]--;
 		}
 	}
 	for (int i = 0; i < 2; i++)
@@ -671,6 +699,8 @@ static int teardown(void **state)
 			evbuffer_free(h->tap_out[i]);
 		if (h->tap_seen[i])
 			evbuffer_free(h->tap_seen[i]);
+		if (h->tap_hold[i])
+			evbuffer_free(h->tap_hold[i]);
 	}
 	if (h->exl >= 0)
 		close(h->exl);
@@ -771,6 +801,7 @@ static void h_start(struct h *h, const struct cfg *cfg)
 		for (int i = 0; i < 2; i++) {
 			assert_non_null(h->tap_out[i] = evbuffer_new());
 			assert_non_null(h->tap_seen[i] = evbuffer_new());
+			assert_non_null(h->tap_hold[i] = evbuffer_new());
 		}
 		new_conn(h, tv[1], TUN_ROLE_SIDECAR);
 		new_conn(h, sv[0], TUN_ROLE_RELAY);
@@ -1712,6 +1743,108 @@ static void test_peer_eof_reported_once(void **state)
 	assert_int_equal(h->closed[1], 1);
 }
 
+/* ---- receive window auto-tuning --------------------------------------------------------- */
+
+/* Through a tap that delays each way by 5 ms (a round trip of 10 ms or more,
+ * above the 1 ms below which nothing grows). DATA the relay sent and the
+ * sidecar has not yet written to the driver socket is what the sidecar's
+ * window allows in flight. Windows are small so that a window-limited stream
+ * stays far below what even a busy machine moves under ASan. */
+static void aw_cfg(struct cfg *cfg, uint32_t window, uint32_t max)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->tap = 1;
+	cfg->tap_delay_ms = 5;
+	cfg->ropts.stream_window = cfg->sopts.stream_window = window;
+	cfg->ropts.max_stream_window = cfg->sopts.max_stream_window = max;
+}
+
+/* Pump until cond or ms, keeping the largest in_flight() seen. */
+#define AW_PUMP_UNTIL(h, cond, ms, maxf)                                                       \
+	do {                                                                                   \
+		uint64_t end_ = sr_now_us() + (uint64_t)(ms)*1000u;                            \
+		for (;;) {                                                                     \
+			uint64_t f_;                                                           \
+			service(h);                                                            \
+			f_ = in_flight(h, 0);                                                  \
+			if (f_ > (maxf))                                                       \
+				(maxf) = f_;                                                   \
+			if ((cond) || sr_now_us() >= end_)                                     \
+				break;                                                         \
+			step(h, 1000);                                                         \
+		}                                                                              \
+	} while (0)
+
+/* A stream whose driver reads at once: its window grows, so more than the
+ * configured window is in flight, but never more than the maximum. */
+static void test_window_grows_for_a_fast_stream_up_to_max(void **state)
+{
+	struct h *h = *state;
+	struct cfg cfg;
+	struct tun_conn_stats ss;
+	struct slot *s;
+	uint64_t maxf = 0, t0;
+	const uint64_t total = 8 * MIB;
+	const uint32_t window = 16 * KIB, max = 256 * KIB;
+
+	aw_cfg(&cfg, window, max);
+	start_tunnel(h, &cfg);
+	s = slot_cfg(h, 0, total, 1, 0, 1);
+	t0 = sr_now_us();
+	open_stream(h, 0, h->dport[0]);
+	AW_PUMP_UNTIL(h, slot_done(s), 60000, maxf);
+	conn_stats(h->sc, &ss);
+	print_message("fast stream: %llu MiB in %llu ms; at most %llu bytes in flight; "
+		      "min RTT %llu us; %llu growths to %llu bytes\n",
+		      (unsigned long long)(total / MIB),
+		      (unsigned long long)((sr_now_us() - t0) / 1000),
+		      (unsigned long long)maxf, (unsigned long long)ss.min_rtt_us,
+		      (unsigned long long)ss.window_grows, (unsigned long long)ss.stream_window_max);
+	assert_true(slot_done(s));
+	slot_assert_clean(s);
+	assert_true(ss.min_rtt_us >= 10000);
+	assert_true(maxf > 2 * window); /* the window did grow */
+	assert_true(maxf <= max);
+	assert_int_equal(ss.stream_window_max, max);
+	assert_int_equal(ss.window_grows, 4); /* 16 KiB doubled to 256 KiB, not beyond */
+	assert_int_equal(h->closed[0] + h->closed[1], 0);
+}
+
+/* A stream whose driver does not read (small kernel buffers): its window
+ * stays at the configured size, and so does what it holds. */
+static void test_window_stays_for_a_stalled_stream(void **state)
+{
+	struct h *h = *state;
+	struct cfg cfg;
+	struct tun_conn_stats ss;
+	struct slot *s;
+	uint64_t maxf = 0;
+	const uint64_t total = 8 * MIB;
+	const uint32_t window = 64 * KIB;
+
+	aw_cfg(&cfg, window, 1 * MIB);
+	start_tunnel(h, &cfg);
+	s = slot_cfg(h, 0, total, 1, 0, 1);
+	s->dr.rx_on = 0;
+	open_stream(h, 0, h->dport[1]);
+	AW_PUMP_UNTIL(h, 0, 1500, maxf);
+	conn_stats(h->sc, &ss);
+	print_message("stalled stream: at most %llu bytes in flight; min RTT %llu us; "
+		      "%llu growths\n",
+		      (unsigned long long)maxf, (unsigned long long)ss.min_rtt_us,
+		      (unsigned long long)ss.window_grows);
+	assert_true(ss.min_rtt_us >= 10000);
+	assert_int_equal(ss.window_grows, 0);
+	assert_true(maxf <= window);
+	assert_true(maxf > window / 2); /* it did fill its window */
+	assert_true(s->ex.tx_off < total);
+
+	s->dr.rx_on = 1;
+	PUMP_UNTIL(h, slot_done(s), 60000);
+	slot_assert_clean(s);
+	assert_int_equal(h->closed[0] + h->closed[1], 0);
+}
+
 int main(void)
 {
 	/* Like every libevent program (and sparkrelay itself): a write to a
@@ -1740,6 +1873,8 @@ int main(void)
 	    T(test_tls_20_parallel_streams),
 	    T(test_tls_untrusted_relay_reports_reason),
 	    T(test_peer_eof_reported_once),
+	    T(test_window_grows_for_a_fast_stream_up_to_max),
+	    T(test_window_stays_for_a_stalled_stream),
 #undef T
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
