@@ -2,6 +2,7 @@
  * the policy and the pools; drain, reload and counters. The work itself is
  * in the files listed in relay_int.h. */
 #include "relay/relay_int.h"
+#include "relay/relay_fleet.h"
 #include "common/sr_err.h"
 #include "common/sr_log.h"
 #include "common/sr_text.h"
@@ -267,6 +268,11 @@ struct relay *relay_new_adopt(struct event_base *base, struct relay_opts *o,
 		goto fail;
 	}
 	hfd = -1;
+	if (o->fleet.netcd) {
+		r->fleet = relay_fleet_new(r, err, errlen);
+		if (!r->fleet)
+			goto fail;
+	}
 	for (struct relay_pool_rt *pr = r->pools; pr; pr = pr->next)
 		SR_INFO("", "pool %s: executor ports %u-%u on %s, advertised as %s", pr->name,
 			pr->opts.port_min, pr->opts.port_max,
@@ -303,6 +309,9 @@ void relay_free(struct relay *r)
 {
 	if (!r)
 		return;
+	/* First: its callbacks reach into tunnels and leases. */
+	relay_fleet_free(r->fleet);
+	r->fleet = NULL;
 	relay_handover_free(r);
 	while (r->tunnels) {
 		struct relay_tunnel *t = r->tunnels;
