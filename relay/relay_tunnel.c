@@ -201,6 +201,10 @@ static int reclaim_one(struct relay_tunnel *t, const char *tenant, const char *i
 	struct relay_lease_ext *victim;
 	struct relay_tenant_usage u;
 
+	/* In a fleet a lease without a tunnel here may well have one on
+	 * another relay: nothing here tells, so nothing is reclaimed. */
+	if (r->fleet)
+		return 0;
 	relay_tenant_usage(r, tenant, idkey, (const struct sockaddr *)&t->addr, pool, &u);
 	victim = u.oldest_mine ? u.oldest_mine : u.oldest;
 	if (!victim)

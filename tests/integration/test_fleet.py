@@ -114,9 +114,10 @@ class FleetTest(unittest.TestCase):
         H.deep_merge(over, overrides)
         cfg = H.relay_config(port, self.pool_base, over)
         path = H.write_config(os.path.join(self.dir, name + ".json"), cfg)
-        p = H.Proc(name, [H.BIN, "relay", "--config", path], self.dir).start()
+        p = H.Proc(name + "-%d" % len(self.procs), [H.BIN, "relay", "--config", path],
+                   self.dir).start()
         self.procs.append(p)
-        p.host, p.port = host, port
+        p.host, p.port, p.fid = host, port, name
         if wait:
             p.wait_ready(lambda: p.grep("registered in the fleet") and
                          p.grep("lease table read from etcd"), 20, "fleet registration")
@@ -206,8 +207,8 @@ class FleetTest(unittest.TestCase):
                  10, "the lease's ports on relay-b and relay-c")
         conns = {}
         for r in (a, b, c):
-            conns[r.name] = wait_for(lambda: self._try_connect(r.host, port), 10,
-                                     "connect via %s" % r.name)
+            conns[r.fid] = wait_for(lambda: self._try_connect(r.host, port), 10,
+                                    "connect via %s" % r.fid)
         t0 = time.monotonic()
         for i, (name, s) in enumerate(sorted(conns.items())):
             ok, why = echo_exchange(s, 100 + i, 4 * MiB)
@@ -227,6 +228,21 @@ class FleetTest(unittest.TestCase):
         H.log("measured: new connection via a survivor echoed 1 MiB in %.2f s"
               % (time.monotonic() - t0))
         s.close()
+        # relay-b restarted with the same id takes the lease's ports back
+        t0 = time.monotonic()
+        b2 = self.start_relay("relay-b", HOSTS[1])
+        wait_for(lambda: b2.grep("serving its ports here"), 10, "relay-b serving again")
+        s = wait_for(lambda: self._try_connect(b2.host, port), 10, "connect via relay-b again")
+        ok, why = echo_exchange(s, 400, 1 * MiB)
+        self.assertTrue(ok, "via the restarted relay-b: %s" % why)
+        H.log("measured: restarted relay serves the lease %.2f s after its start"
+              % (time.monotonic() - t0))
+        self.assertTrue(b2.grep("replacing an earlier registration"),
+                        "the restarted relay did not replace its old registration")
+        s.close()
+        for name in ("relay-a", "relay-c"):
+            ok, why = echo_exchange(conns[name], 500, 1 * MiB)
+            self.assertTrue(ok, "via %s at the end: %s" % (name, why))
         for s in conns.values():
             s.close()
 
