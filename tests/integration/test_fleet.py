@@ -124,12 +124,12 @@ class FleetTest(unittest.TestCase):
         self.relays[name] = p
         return p
 
-    def start_sidecar(self, name, relay, workdir=None):
+    def start_sidecar(self, name, relay, workdir=None, more=()):
         workdir = workdir or os.path.join(self.dir, name)
         os.makedirs(workdir, exist_ok=True)
+        relays = ["%s:%d" % (r.host, r.port) for r in (relay,) + tuple(more)]
         cfg = H.tunnel_config(relay.port, workdir,
-                              {"tunnel": {"relays": ["%s:%d" % (relay.host, relay.port)],
-                                          "server_name": "localhost"}})
+                              {"tunnel": {"relays": relays, "server_name": "localhost"}})
         path = H.write_config(os.path.join(self.dir, name + ".json"), cfg)
         p = H.Proc(name, [H.BIN, "tunnel", "--config", path], self.dir).start()
         p.workdir_ = workdir
@@ -245,6 +245,35 @@ class FleetTest(unittest.TestCase):
             self.assertTrue(ok, "via %s at the end: %s" % (name, why))
         for s in conns.values():
             s.close()
+
+    def test_relay_with_the_tunnel_killed(self):
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        c = self.start_relay("relay-c", HOSTS[2])
+        sc = self.start_sidecar("sc", a, more=(b,))
+        lease = self.lease_of(sc)
+        port = int(lease["ports"]["driver"])
+        self.driver = H.Driver({"driver": port})
+        self.driver.start()
+        wait_for(lambda: c.grep("serving its ports here"), 10, "the lease on relay-c")
+        s = wait_for(lambda: self._try_connect(c.host, port), 10, "connect via relay-c")
+        ok, why = echo_exchange(s, 1, 1 * MiB)
+        self.assertTrue(ok, why)
+        s.close()
+        a.kill()
+        t0 = time.monotonic()
+        # the sidecar dials relay-b next and resumes its lease there
+        wait_for(lambda: b.grep("resumed in the fleet"), 20, "the lease resumed on relay-b")
+        H.log("measured: lease resumed on relay-b %.2f s after relay-a was killed"
+              % (time.monotonic() - t0))
+        s = H.connect(c.host, port, timeout=2.0)
+        ok, why = echo_exchange(s, 2, 1 * MiB)
+        self.assertTrue(ok, "via relay-c after relay-a died: %s" % why)
+        H.log("measured: new connection via relay-c served %.2f s after relay-a was killed"
+              % (time.monotonic() - t0))
+        s.close()
+        l2 = H.read_spark_json(sc.spark_json)
+        self.assertEqual((lease["lease"], lease["ports"]), (l2["lease"], l2["ports"]))
 
     def test_etcd_stopped(self):
         a = self.start_relay("relay-a", HOSTS[0])
