@@ -260,6 +260,7 @@ void relay_exec_accept(struct relay *r, struct relay_lease *l, enum tun_port_rol
 	p->role = role;
 	p->conn_id = conn_id;
 	p->since_us = sr_now_us();
+	p->from_peer = from_peer;
 	snprintf(p->peer, sizeof(p->peer), "%s", peer);
 	tv = sr_tv_ms(r->o->pending_timeout_ms);
 	evtimer_add(p->timer, &tv);

@@ -1362,21 +1362,27 @@ int relay_fleet_forward(struct relay_fleet *f, struct relay_lease_ext *lx, int r
 	return 1;
 }
 
-/* Executors that wait here while a tunnel of their lease is up elsewhere. */
+/* Executors that wait here while a tunnel of their lease is up elsewhere;
+ * those another relay carried here stay (no forwarding loops). */
 static void forward_waiting(struct relay_fleet *f, struct relay_lease_ext *lx)
 {
-	while (lx->pending) {
-		struct relay_pending *p = lx->pending;
+	struct relay_pending **pp = &lx->pending, *prev = NULL;
+
+	while (*pp) {
+		struct relay_pending *p = *pp;
 		struct sockaddr_storage ss;
 		socklen_t sl = sizeof(ss);
-		int fd = p->fd;
 
-		if (getpeername(fd, (struct sockaddr *)&ss, &sl) != 0 ||
-		    !relay_fleet_forward(f, lx, p->role, fd, (struct sockaddr *)&ss, p->conn_id))
+		if (p->from_peer || getpeername(p->fd, (struct sockaddr *)&ss, &sl) != 0) {
+			prev = p;
+			pp = &p->next;
+			continue;
+		}
+		if (!relay_fleet_forward(f, lx, p->role, p->fd, (struct sockaddr *)&ss, p->conn_id))
 			return;
-		lx->pending = p->next;
-		if (!lx->pending)
-			lx->pending_tail = NULL;
+		*pp = p->next;
+		if (lx->pending_tail == p)
+			lx->pending_tail = prev;
 		lx->npending--;
 		if (p->timer)
 			event_free(p->timer);

@@ -7,6 +7,7 @@
  *   relay_tenant.c  what each tenant holds, against its limits
  *   relay_view.c    read-only views and revoke, for the admin API
  *   relay_handover.c live handover to a new relay process
+ *   relay_fleet.c    the fleet: leases in etcd, executors carried between relays
  *
  * Ownership: the relay owns its tunnels (list), pools (list) and current
  * policy (one reference). A pool's lease table owns its leases; each lease
@@ -89,6 +90,7 @@ struct relay_pending {
 	uint64_t since_us;
 	char peer[SR_ADDRSTRLEN];
 	struct event *timer;
+	int from_peer; /* carried here by another relay: never carried on */
 };
 
 /* What the relay keeps per lease (relay_lease_set_data). */

@@ -305,6 +305,59 @@ class FleetTest(unittest.TestCase):
         self.assertTrue(ok, "after etcd is back: %s" % why)
         s.close()
 
+    def test_garbage_in_etcd_is_ignored(self):
+        # Values in etcd are input too: a relay must neither crash nor bind
+        # what a malformed key says.
+        bad_port = self.pool_base + POOL - 1
+        junk = {
+            b"/sparkrelay/leases/L-1-aaaa": b"not json",
+            b"/sparkrelay/leases/L-2-bbbb": (b'{"app":"x","tenant":"default","route":"default",'
+                                             b'"pool":"default","idkey":"k","roles":1,'
+                                             b'"ports":[99999,0,0],"resume":"","prev":""}'),
+            b"/sparkrelay/leases/../../x": b"{}",
+            b"/sparkrelay/leases/L-3-cccc": (b'{"app":"x","tenant":"default","route":"default",'
+                                             b'"pool":"default","idkey":"k","roles":7,'
+                                             b'"ports":[%d,%d,%d],"resume":"","prev":""}'
+                                             % (bad_port, bad_port, bad_port)),
+            b"/sparkrelay/relays/relay-z": b'{"peer": 12}',
+            b"/sparkrelay/tunnels/L-3-cccc/relay-z": b"",
+        }
+        for k, v in junk.items():
+            self.etcd.put(k, v)
+        a = self.start_relay("relay-a", HOSTS[0])
+        sc = self.start_sidecar("sc", a)
+        lease = self.lease_of(sc)
+        for k, v in junk.items():
+            self.etcd.put(k + b"x", v)
+        time.sleep(0.5)
+        self.assertIsNone(self._try_connect(HOSTS[0], bad_port),
+                          "a port bound for a malformed lease")
+        self.assertTrue(a.alive())
+        self.driver = H.Driver({"driver": int(lease["ports"]["driver"])})
+        self.driver.start()
+        s = H.connect(a.host, int(lease["ports"]["driver"]))
+        ok, why = echo_exchange(s, 5, 64 * 1024)
+        s.close()
+        self.assertTrue(ok, why)
+
+    def test_etcd_over_mutual_tls(self):
+        tls = E.Etcd("fleet-tls", tls=True).start()
+        self.addCleanup(tls.stop)  # after tearDown has stopped the relays
+        over = {"relay": {"fleet": {"etcd": [tls.url], "etcd_ca": tls.ca,
+                                    "etcd_cert": tls.client_cert,
+                                    "etcd_key": tls.client_key}}}
+        a = self.start_relay("relay-a", HOSTS[0], overrides=over)
+        b = self.start_relay("relay-b", HOSTS[1], overrides=over)
+        s1 = self.start_sidecar("sc1", a)
+        l1 = self.lease_of(s1)
+        s1.kill()
+        t0 = time.time()
+        time.sleep(0.05)
+        s2 = self.start_sidecar("sc2", b, workdir=s1.workdir_)
+        l2 = self.lease_of(s2, not_before=t0)
+        self.assertEqual((l1["lease"], l1["ports"]), (l2["lease"], l2["ports"]))
+        self.assertTrue(tls.get_prefix(b"/sparkrelay/leases/"), "no lease key in etcd")
+
     @staticmethod
     def _try_connect(host, port):
         try:
