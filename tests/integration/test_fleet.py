@@ -9,6 +9,11 @@
     byte-exact with the driver through the relay-to-relay link; kill -9 one
     relay: connections through the others continue, and new connections
     through a survivor succeed;
+  - the relay holding the tunnel killed: the sidecar resumes on the next relay
+    of its list and executors through a third relay are served;
+  - executors that arrive while no relay holds a tunnel wait, and are
+    carried once the sidecar comes back on another relay;
+  - malformed values in etcd are ignored; etcd over mutual TLS;
   - etcd stopped (SIGSTOP) for 10 s: streams undisturbed, a new
     registration fails with `fleet_unavailable` after its bound, and once
     etcd is back registrations succeed again.
@@ -175,6 +180,33 @@ class FleetTest(unittest.TestCase):
             ok, why = echo_exchange(s, 7, 256 * 1024)
             s.close()
             self.assertTrue(ok, "through %s: %s" % (r.name, why))
+
+    def test_waiting_executors_follow_the_tunnel(self):
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        c = self.start_relay("relay-c", HOSTS[2])
+        s1 = self.start_sidecar("sc1", a)
+        l1 = self.lease_of(s1)
+        port = int(l1["ports"]["driver"])
+        self.driver = H.Driver({"driver": port})
+        self.driver.start()
+        wait_for(lambda: c.grep("serving its ports here"), 10, "the lease on relay-c")
+        s1.kill()
+        # relay-a notices the tunnel is gone and withdraws its tunnels key
+        wait_for(lambda: not self.etcd.get_prefix(b"/sparkrelay/tunnels/"), 10,
+                 "the tunnels key withdrawn")
+        # executors arrive while no relay holds a tunnel: they wait
+        waiting = [H.connect(r.host, port) for r in (a, c)]
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        s2 = self.start_sidecar("sc2", b, workdir=s1.workdir_)
+        for i, s in enumerate(waiting):
+            ok, why = echo_exchange(s, 600 + i, 256 * 1024)
+            self.assertTrue(ok, "a waiting executor: %s" % why)
+            s.close()
+        H.log("measured: executors waiting on two relays served %.2f s after the sidecar "
+              "started on a third" % (time.monotonic() - t0))
+        self.assertEqual(self.lease_of(s2)["lease"], l1["lease"])
 
     def test_concurrent_grants_never_share_a_port(self):
         a = self.start_relay("relay-a", HOSTS[0])
