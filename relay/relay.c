@@ -139,6 +139,9 @@ static void drain_check_cb(evutil_socket_t fd, short what, void *arg)
 
 	for (struct relay_tunnel *t = r->tunnels; t; t = t->next)
 		streams += t->conn ? tun_conn_nstreams(t->conn) : 0;
+	if (streams == 0 && r->fleet && relay_fleet_withdrawing(r->fleet) &&
+	    sr_now_us() < r->drain_deadline_us)
+		return; /* other relays must learn first that this one is gone */
 	if (streams == 0) {
 		SR_INFO("", "drained: no open streams; exiting");
 		event_base_loopbreak(r->base);
@@ -170,6 +173,8 @@ void relay_drain(struct relay *r)
 		    "have %u ms to finish",
 		r->o->drain_timeout_ms);
 	evconnlistener_disable(r->listener);
+	if (r->fleet)
+		relay_fleet_drain(r->fleet);
 	/* Lease ports keep accepting so that relay_exec_on_accept resets each new
 	 * connection at once; a disabled listener would leave executors
 	 * hanging in the kernel's backlog until the relay exits. */

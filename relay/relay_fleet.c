@@ -128,6 +128,8 @@ struct relay_fleet {
 	struct fleet_reg *regs;
 	struct fl_fwd *fwds;
 	uint64_t forwarded, forward_failed;
+	int draining;	 /* withdrawn: never registers again */
+	int withdrawing; /* the revoke of the relay's etcd lease is under way */
 };
 
 /* ---- small helpers ------------------------------------------------------- */
@@ -638,13 +640,15 @@ static void sync_start(struct relay_fleet *f)
 /* ---- the relay's own registration ------------------------------------------- */
 
 static void self_start(struct relay_fleet *f);
+static void withdraw(struct relay_fleet *f);
 
 static void put_tunnel_key(struct relay_fleet *f, const char *lease_id)
 {
 	char key[FL_KEY_MAX];
 	struct etcd_req rq = {.type = ETCD_PUT, .value = "", .value_len = 0};
 
-	if (!f->self_lease || mkkey(f, key, sizeof(key), "tunnels/%s/%s", lease_id, f->id) < 0)
+	if (!f->self_lease || f->draining ||
+	    mkkey(f, key, sizeof(key), "tunnels/%s/%s", lease_id, f->id) < 0)
 		return;
 	rq.key = key;
 	rq.key_len = strlen(key);
@@ -668,6 +672,10 @@ static void self_put(int err, const struct etcd_result *res, void *arg)
 {
 	struct relay_fleet *f = arg;
 
+	if (f->draining) {
+		withdraw(f);
+		return;
+	}
 	if (err) {
 		SR_WARN(FL_CTX, "cannot register this relay in etcd (%s): %s; retrying",
 			sr_strerror(err), res->msg);
@@ -742,6 +750,8 @@ static void self_start(struct relay_fleet *f)
 {
 	char e[256];
 
+	if (f->draining)
+		return;
 	if (!etcd_lease_grant(f->etcd, f->ttl_s, self_granted, f, e, sizeof(e))) {
 		SR_WARN(FL_CTX, "%s", e);
 		retry_later(f->self_retry);
@@ -753,6 +763,49 @@ static void self_retry_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	self_start(arg);
+}
+
+static void withdrawn(int err, const struct etcd_result *res, void *arg)
+{
+	struct relay_fleet *f = arg;
+
+	f->withdrawing = 0;
+	if (err)
+		SR_WARN(FL_CTX, "cannot withdraw from the fleet (%s): %s; other relays stop "
+				"dialling this one within %u s",
+			sr_strerror(err), res->msg, f->ttl_s);
+	else
+		SR_INFO(FL_CTX, "withdrawn from the fleet");
+}
+
+/* Revoking the relay's etcd lease deletes relays/<id> and every
+ * tunnels/<lease>/<id> at once. */
+static void withdraw(struct relay_fleet *f)
+{
+	char e[256];
+
+	if (!f->self_lease)
+		return;
+	if (etcd_lease_revoke(f->etcd, f->self_lease, withdrawn, f, e, sizeof(e)))
+		f->withdrawing = 1;
+	else
+		SR_WARN(FL_CTX, "cannot withdraw from the fleet: %s", e);
+	f->self_lease = 0;
+}
+
+void relay_fleet_drain(struct relay_fleet *f)
+{
+	f->draining = 1;
+	evtimer_del(f->self_retry);
+	etcd_keeper_free(f->self_keeper);
+	f->self_keeper = NULL;
+	SR_INFO(FL_CTX, "draining: withdrawing from the fleet");
+	withdraw(f);
+}
+
+int relay_fleet_withdrawing(const struct relay_fleet *f)
+{
+	return f->withdrawing;
 }
 
 /* ---- leases held here ----------------------------------------------------- */

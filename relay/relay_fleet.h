@@ -37,6 +37,13 @@ struct relay_fleet *relay_fleet_new(struct relay *r, char *err, size_t errlen);
  * their leases expire. NULL does nothing. */
 void relay_fleet_free(struct relay_fleet *f);
 
+/* The relay drains: it withdraws from the fleet (its registration and
+ * tunnels keys go at once), so other relays stop carrying executors here. */
+void relay_fleet_drain(struct relay_fleet *f);
+/* The withdrawal is still on its way to etcd (a drain waits for it, within
+ * its own deadline). */
+int relay_fleet_withdrawing(const struct relay_fleet *f);
+
 /* A registration (new lease, or resume when m->resume is set) of tunnel t,
  * identified already: answered later, a lease message or an error. */
 void relay_fleet_register(struct relay_fleet *f, struct relay_tunnel *t,

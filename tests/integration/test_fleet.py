@@ -13,6 +13,8 @@
     of its list and executors through a third relay are served;
   - executors that arrive while no relay holds a tunnel wait, and are
     carried once the sidecar comes back on another relay;
+  - a draining relay withdraws from etcd at once, and its sidecar resumes
+    elsewhere;
   - malformed values in etcd are ignored; etcd over mutual TLS;
   - etcd stopped (SIGSTOP) for 10 s: streams undisturbed, a new
     registration fails with `fleet_unavailable` after its bound, and once
@@ -207,6 +209,24 @@ class FleetTest(unittest.TestCase):
         H.log("measured: executors waiting on two relays served %.2f s after the sidecar "
               "started on a third" % (time.monotonic() - t0))
         self.assertEqual(self.lease_of(s2)["lease"], l1["lease"])
+
+    def test_a_draining_relay_withdraws(self):
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        sc = self.start_sidecar("sc", a, more=(b,))
+        lease = self.lease_of(sc)
+        key = b"/sparkrelay/relays/relay-a"
+        tkey = ("/sparkrelay/tunnels/%s/relay-a" % lease["lease"]).encode()
+        wait_for(lambda: self.etcd.get(tkey) is not None, 5, "relay-a's tunnels key")
+        t0 = time.monotonic()
+        a.signal(signal.SIGTERM)
+        # gone long before its 10 s TTL: other relays stop carrying executors there
+        wait_for(lambda: self.etcd.get(key) is None and self.etcd.get(tkey) is None, 3,
+                 "relay-a withdrawn from etcd")
+        H.log("measured: draining relay withdrawn from etcd in %.2f s"
+              % (time.monotonic() - t0))
+        wait_for(lambda: b.grep("resumed in the fleet"), 20, "the lease resumed on relay-b")
+        self.assertEqual(H.read_spark_json(sc.spark_json)["lease"], lease["lease"])
 
     def test_concurrent_grants_never_share_a_port(self):
         a = self.start_relay("relay-a", HOSTS[0])
