@@ -451,5 +451,7 @@ void relay_get_stats(const struct relay *r, struct relay_stats *st)
 		st->streams_opened += ts.streams_opened;
 	}
 	st->draining = r->draining;
+	if (r->fleet)
+		relay_fleet_stats(r->fleet, st);
 	st->ready = r->st.ready && !r->draining;
 }

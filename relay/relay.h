@@ -133,6 +133,12 @@ struct relay_stats {
 	uint64_t last_reload_ok_unix_ms; /* wall clock of the start or last good reload */
 	struct relay_hist tunnel_rtt;   /* PING round trips */
 	struct relay_hist pending_wait; /* executor wait for a tunnel that came back */
+	/* The fleet (relay.fleet); all 0 without it. */
+	int fleet;
+	int fleet_registered;        /* this relay's registration is in etcd now */
+	uint64_t fleet_carried;      /* executor connections carried to another relay */
+	uint64_t fleet_carry_failed; /* of those, no relay with a tunnel answered: waited here */
+	uint64_t fleet_leases;       /* leases in the fleet's table, as this relay sees it */
 	int ready;                      /* listeners up and configuration loaded */
 	int draining;
 };

@@ -803,6 +803,17 @@ void relay_fleet_drain(struct relay_fleet *f)
 	withdraw(f);
 }
 
+void relay_fleet_stats(const struct relay_fleet *f, struct relay_stats *st)
+{
+	st->fleet = 1;
+	st->fleet_registered = f->self_keeper != NULL;
+	st->fleet_carried = f->forwarded;
+	st->fleet_carry_failed = f->forward_failed;
+	st->fleet_leases = 0;
+	for (const struct fl_kv *kv = f->kvs; kv; kv = kv->next)
+		st->fleet_leases += strncmp(kv->key, "leases/", 7) == 0;
+}
+
 int relay_fleet_withdrawing(const struct relay_fleet *f)
 {
 	return f->withdrawing;

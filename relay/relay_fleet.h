@@ -44,6 +44,10 @@ void relay_fleet_drain(struct relay_fleet *f);
  * its own deadline). */
 int relay_fleet_withdrawing(const struct relay_fleet *f);
 
+struct relay_stats;
+/* Fill the fleet_* fields of st. */
+void relay_fleet_stats(const struct relay_fleet *f, struct relay_stats *st);
+
 /* A registration (new lease, or resume when m->resume is set) of tunnel t,
  * identified already: answered later, a lease message or an error. */
 void relay_fleet_register(struct relay_fleet *f, struct relay_tunnel *t,

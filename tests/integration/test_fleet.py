@@ -24,11 +24,13 @@ Each measured number is logged with the prefix "measured:".
 """
 
 import os
+import re
 import signal
 import socket
 import threading
 import time
 import unittest
+import urllib.request
 
 import etcd as E
 import harness as H
@@ -269,6 +271,10 @@ class FleetTest(unittest.TestCase):
         for r in (b, c):
             self.assertTrue(r.grep("carried to relay relay-a"),
                             "%s did not carry its executor to relay-a" % r.name)
+            m = self.metrics(r)
+            self.assertEqual((m["sparkrelay_fleet_registered"], m["sparkrelay_fleet_leases"],
+                              m["sparkrelay_fleet_carried_total"]), (1, 1, 1), r.name)
+        self.assertEqual(self.metrics(a)["sparkrelay_fleet_carried_total"], 0)
         b.kill()
         for i, name in enumerate(("relay-a", "relay-c")):
             ok, why = echo_exchange(conns[name], 200 + i, 2 * MiB)
@@ -409,6 +415,15 @@ class FleetTest(unittest.TestCase):
         l2 = self.lease_of(s2, not_before=t0)
         self.assertEqual((l1["lease"], l1["ports"]), (l2["lease"], l2["ports"]))
         self.assertTrue(tls.get_prefix(b"/sparkrelay/leases/"), "no lease key in etcd")
+
+    @staticmethod
+    def metrics(relay):
+        m = re.search(r"\[relay admin 127\.0\.0\.1:(\d+)\] admin API listening",
+                      relay.log_text())
+        body = urllib.request.urlopen("http://127.0.0.1:%s/metrics" % m.group(1),
+                                      timeout=5).read().decode()
+        return {l.split()[0]: float(l.split()[1]) for l in body.splitlines()
+                if l and not l.startswith("#")}
 
     @staticmethod
     def _try_connect(host, port):
