@@ -46,6 +46,9 @@
 #define FL_DIGEST_HEX (2 * SHA256_DIGEST_LENGTH + 1)
 #define FL_GRACE_MIN_S 5 /* etcd raises tiny TTLs to its own minimum anyway */
 #define FL_CTX "fleet"
+/* Keys mirrored at most (four per lease at most, plus one per relay): what
+ * etcd holds beyond is not seen, and logged. */
+#define FL_MAX_KEYS 262144
 
 /* One key of the mirror (the prefix cut off). */
 struct fl_kv {
@@ -120,6 +123,8 @@ struct relay_fleet {
 	struct event *self_retry;
 	/* the mirror */
 	struct fl_kv *kvs;
+	size_t nkvs;
+	int full_logged;
 	int synced;
 	struct etcd_watch *watch;
 	struct event *sync_retry;
@@ -210,8 +215,9 @@ static struct fl_kv *kv_find(struct relay_fleet *f, const char *key)
 	return NULL;
 }
 
-static void kv_free(struct fl_kv *kv)
+static void kv_free(struct relay_fleet *f, struct fl_kv *kv)
 {
+	f->nkvs--;
 	free(kv->key);
 	free(kv->val);
 	free(kv);
@@ -222,7 +228,7 @@ static void kv_clear(struct relay_fleet *f)
 	while (f->kvs) {
 		struct fl_kv *kv = f->kvs;
 		f->kvs = kv->next;
-		kv_free(kv);
+		kv_free(f, kv);
 	}
 }
 
@@ -232,7 +238,7 @@ static void kv_del(struct relay_fleet *f, const char *key)
 		if (strcmp((*pp)->key, key) == 0) {
 			struct fl_kv *kv = *pp;
 			*pp = kv->next;
-			kv_free(kv);
+			kv_free(f, kv);
 			return;
 		}
 }
@@ -260,6 +266,16 @@ static int kv_put(struct relay_fleet *f, const char *key, size_t klen, const cha
 		free(k);
 		free(kv->val);
 	} else {
+		if (f->nkvs >= FL_MAX_KEYS) {
+			if (!f->full_logged)
+				SR_WARN(FL_CTX, "more than %d keys under the fleet's prefix: the rest "
+						"are ignored",
+					FL_MAX_KEYS);
+			f->full_logged = 1;
+			free(k);
+			free(v);
+			return 0;
+		}
 		kv = calloc(1, sizeof(*kv));
 		if (!kv) {
 			free(k);
@@ -269,6 +285,7 @@ static int kv_put(struct relay_fleet *f, const char *key, size_t klen, const cha
 		kv->key = k;
 		kv->next = f->kvs;
 		f->kvs = kv;
+		f->nkvs++;
 	}
 	kv->val = v;
 	kv->vlen = vlen;
