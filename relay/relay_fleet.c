@@ -1183,7 +1183,6 @@ static void reg_resume(struct fleet_reg *g)
 	struct fl_lease fl;
 	struct etcd_req rq = {.type = ETCD_PUT};
 	json_t *j;
-	int by_prev = 0;
 
 	g->phase = REG_RESUME;
 	sha256_hex(g->m.resume, digest);
@@ -1193,10 +1192,10 @@ static void reg_resume(struct fleet_reg *g)
 			continue;
 		if (strlen(fl.resume) == 2 * SHA256_DIGEST_LENGTH &&
 		    CRYPTO_memcmp(fl.resume, digest, 2 * SHA256_DIGEST_LENGTH) == 0)
-			found = kv, by_prev = 0;
+			found = kv;
 		if (strlen(fl.prev) == 2 * SHA256_DIGEST_LENGTH &&
 		    CRYPTO_memcmp(fl.prev, digest, 2 * SHA256_DIGEST_LENGTH) == 0)
-			found = kv, by_prev = 1;
+			found = kv;
 		json_decref(j);
 	}
 	if (found && !relay_find_id(r, found->key + 7))
@@ -1223,7 +1222,6 @@ static void reg_resume(struct fleet_reg *g)
 		reg_fail(g, "internal", "out of memory");
 		return;
 	}
-	(void)by_prev;
 	g->lx = lx;
 	mkkey(f, key, sizeof(key), "leases/%s", relay_lease_id(l));
 	rq.key = key;
