@@ -481,6 +481,47 @@ static const struct conf_group conf_relay_default_tenant_group = {
     "is empty (configured tenants have their own `limits`, with the same defaults). With "
     "no tenants configured, these bound the relay as a whole."};
 
+/* ---- relay.fleet: struct relay_fleet_opts ---- */
+
+static const struct conf_entry conf_relay_fleet[] = {
+    LIST(struct relay_opts, "etcd", fleet.etcd, fleet.netcd, RELAY_FLEET_MAX_ETCD, NULL,
+	 "etcd endpoints (`http://host:port` or `https://host:port`) of the fleet's lease "
+	 "table; empty: no fleet, the relay keeps its leases in memory alone."),
+    STR(struct relay_opts, "etcd_ca", fleet.etcd_ca, CONF_NULLABLE, 1, CONF_STR_MAX, NULL,
+	NULL, NULL, "CA bundle that verifies etcd (https endpoints); null: the system store."),
+    STR(struct relay_opts, "etcd_cert", fleet.etcd_cert, CONF_NULLABLE, 1, CONF_STR_MAX, NULL,
+	NULL, NULL, "Client certificate towards etcd (mutual TLS); null: none."),
+    STR(struct relay_opts, "etcd_key", fleet.etcd_key, CONF_NULLABLE, 1, CONF_STR_MAX, NULL,
+	NULL, NULL, "Private key of etcd_cert."),
+    STR(struct relay_opts, "prefix", fleet.prefix, 0, 1, 128, "/sparkrelay/", NULL, NULL,
+	"Every etcd key of the fleet starts with this; fleets sharing an etcd differ here."),
+    STR(struct relay_opts, "id", fleet.id, CONF_NULLABLE, 1, 63, NULL, "relay-a", NULL,
+	"This relay's name in the fleet (letters, digits, `.`, `_`, `-`); null: the host "
+	"name. A relay restarted with the same id takes its place back."),
+    STR(struct relay_opts, "peer_listen", fleet.peer_listen, CONF_NULLABLE, 1, CONF_STR_MAX,
+	NULL, "0.0.0.0:8444", &conf_fmt_listen,
+	"Listener for executor connections other relays carry here (plain TCP behind an "
+	"HMAC-signed header); required with etcd."),
+    STR(struct relay_opts, "peer_advertise", fleet.peer_advertise, CONF_NULLABLE, 1,
+	CONF_STR_MAX, NULL, NULL, NULL,
+	"`host:port` other relays dial to reach peer_listen (numeric host); null: "
+	"peer_listen itself, which must then not be a wildcard address."),
+    STR(struct relay_opts, "secret_file", fleet.secret_file, CONF_NULLABLE, 1, CONF_STR_MAX,
+	NULL, "/etc/sparkrelay/fleet.secret", NULL,
+	"File holding the fleet secret (32 to 1024 bytes, the same on every relay) that signs "
+	"relay-to-relay headers; required with etcd."),
+    U32(struct relay_opts, "ttl_s", fleet.ttl_s, 2, 3600, "10",
+	"The relay's registration in etcd outlives the relay this long: other relays stop "
+	"forwarding to a dead relay after at most this (sooner when its port refuses)."),
+    U32(struct relay_opts, "register_wait_ms", fleet.register_wait_ms, 100, 60000, "5000",
+	"A registration that etcd cannot confirm within this is refused with the error "
+	"`fleet_unavailable`; existing leases and streams are not affected."),
+};
+static const struct conf_group conf_relay_fleet_group = {
+    conf_relay_fleet, N(conf_relay_fleet),
+    "The relay fleet: leases in etcd, any relay serves any lease (docs/architecture.md, "
+    "\"Relay fleet\")."};
+
 #define RELAY_LIMIT_KEYS                                                                       	U32(struct relay_opts, "max_tunnels", max_tunnels, 1, 1000000, "1024",                 	    "Registered tunnels (sidecars holding a lease) at once; a registration or resume " 	    "past it is refused. Connections that have not registered yet count against "      	    "max_handshakes instead."),                                                        	    U32(struct relay_opts, "max_handshakes", max_handshakes, 1, 1000000, "256",        		"Connections on the tunnel listener that have not registered (TLS handshake "  		"or registration under way, or closing); more are closed at once and counted " 		"as `sparkrelay_refused_total{reason=\"handshake_limit\"}`."),                 	    U32(struct relay_opts, "max_handshakes_per_source", max_handshakes_per_source, 1,  		1000000, "16",                                                                 		"Of those, from one address (IPv6: one /64); more are closed at once "         		"(reason `handshake_source_limit`). Notebooks behind one NAT share an "        		"address: this bounds how many register at the same moment, not how many "    		"stay connected."),                                                            	    U32(struct relay_opts, "max_lease_connections", max_lease_connections, 0, 1000000, 		"8192",                                                                        		"Executor connections one lease holds at once, carried or waiting; more are "  		"reset (reason `lease_connection_limit`); 0: no limit."),                      	    U32(struct relay_opts, "max_tunnel_buffer", max_tunnel_buffer, 65536, 2147483647,  		"16777216",                                                                    		"Bytes read from the executor sockets of one tunnel and not yet sent to the "  		"sidecar (one that grants no flow-control window makes them pile up). Over "   		"it, each socket of that tunnel buffers at most 16 KiB until the sum is back " 		"under half of it, and TCP holds the rest in the executors. Shown as "         		"`sparkrelay_executor_buffered_bytes`."),                                      	    U32(struct relay_opts, "max_grace_leases", max_grace_leases, 0, 65535, "32",       \
 		"Leases without a tunnel (in their grace period) one tenant keeps when it "    \
 		"registers a new lease: past it, the registration ends one of them instead "   \
@@ -534,6 +575,7 @@ static const struct conf_entry conf_relay[] = {
     GROUP("admin", 0, conf_relay_admin_group),
     GROUP("metrics", 0, conf_relay_metrics_group),
     GROUP("reload", 0, conf_relay_reload_group),
+    GROUP("fleet", 0, conf_relay_fleet_group),
 };
 const struct conf_group conf_relay_group = {
     conf_relay, N(conf_relay),

@@ -2,6 +2,7 @@
  * the policy and the pools; drain, reload and counters. The work itself is
  * in the files listed in relay_int.h. */
 #include "relay/relay_int.h"
+#include "relay/relay_fleet.h"
 #include "common/sr_err.h"
 #include "common/sr_log.h"
 #include "common/sr_text.h"
@@ -143,6 +144,9 @@ static void drain_check_cb(evutil_socket_t fd, short what, void *arg)
 
 	for (struct relay_tunnel *t = r->tunnels; t; t = t->next)
 		streams += t->conn ? tun_conn_nstreams(t->conn) : 0;
+	if (streams == 0 && r->fleet && relay_fleet_withdrawing(r->fleet) &&
+	    sr_now_us() < r->drain_deadline_us)
+		return; /* other relays must learn first that this one is gone */
 	if (streams == 0) {
 		SR_INFO("", "drained: no open streams; exiting");
 		event_base_loopbreak(r->base);
@@ -174,6 +178,8 @@ void relay_drain(struct relay *r)
 		    "have %u ms to finish",
 		r->o->drain_timeout_ms);
 	evconnlistener_disable(r->listener);
+	if (r->fleet)
+		relay_fleet_drain(r->fleet);
 	/* Lease ports keep accepting so that relay_exec_on_accept resets each new
 	 * connection at once; a disabled listener would leave executors
 	 * hanging in the kernel's backlog until the relay exits. */
@@ -279,6 +285,11 @@ struct relay *relay_new_adopt(struct event_base *base, struct relay_opts *o,
 		goto fail;
 	}
 	hfd = -1;
+	if (o->fleet.netcd) {
+		r->fleet = relay_fleet_new(r, err, errlen);
+		if (!r->fleet)
+			goto fail;
+	}
 	for (struct relay_pool_rt *pr = r->pools; pr; pr = pr->next)
 		SR_INFO("", "pool %s: executor ports %u-%u on %s, advertised as %s", pr->name,
 			pr->opts.port_min, pr->opts.port_max,
@@ -315,6 +326,9 @@ void relay_free(struct relay *r)
 {
 	if (!r)
 		return;
+	/* First: its callbacks reach into tunnels and leases. */
+	relay_fleet_free(r->fleet);
+	r->fleet = NULL;
 	relay_handover_free(r);
 	while (r->tunnels) {
 		struct relay_tunnel *t = r->tunnels;
@@ -449,5 +463,7 @@ void relay_get_stats(const struct relay *r, struct relay_stats *st)
 		st->streams_opened += ts.streams_opened;
 	}
 	st->draining = r->draining;
+	if (r->fleet)
+		relay_fleet_stats(r->fleet, st);
 	st->ready = r->st.ready && !r->draining;
 }

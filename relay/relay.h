@@ -12,6 +12,22 @@
 struct event_base;
 struct relay;
 
+/* The relay fleet (relay_fleet.h): with no etcd endpoint, the relay is
+ * alone and keeps its leases in memory only. */
+#define RELAY_FLEET_MAX_ETCD 16
+struct relay_fleet_opts {
+	char *etcd[RELAY_FLEET_MAX_ETCD]; /* "http(s)://host:port" */
+	unsigned netcd;
+	char *etcd_ca, *etcd_cert, *etcd_key; /* TLS towards etcd; NULL: none */
+	char *prefix;         /* every key of the fleet starts with it */
+	char *id;             /* this relay's name in the fleet; NULL: the hostname */
+	char *peer_listen;    /* relay-to-relay listener, "host:port" */
+	char *peer_advertise; /* what other relays dial; NULL: peer_listen */
+	char *secret_file;    /* the fleet's HMAC secret (fleet/peer.h) */
+	uint32_t ttl_s;       /* the relay's registration TTL */
+	uint32_t register_wait_ms; /* a registration waits this long for etcd */
+};
+
 struct relay_opts {
 	char *listen;              /* tunnel listener, "host:port" */
 	char *cert_file;           /* PEM chain the relay presents */
@@ -51,6 +67,7 @@ struct relay_opts {
 	 * (cmd/main.c); the relay itself only counts those reloads. */
 	int watch_config;
 	uint32_t watch_debounce_ms;
+	struct relay_fleet_opts fleet;
 };
 
 /* Defaults come from the configuration tables (conf_relay_defaults). */
@@ -116,6 +133,12 @@ struct relay_stats {
 	uint64_t last_reload_ok_unix_ms; /* wall clock of the start or last good reload */
 	struct relay_hist tunnel_rtt;   /* PING round trips */
 	struct relay_hist pending_wait; /* executor wait for a tunnel that came back */
+	/* The fleet (relay.fleet); all 0 without it. */
+	int fleet;
+	int fleet_registered;        /* this relay's registration is in etcd now */
+	uint64_t fleet_carried;      /* executor connections carried to another relay */
+	uint64_t fleet_carry_failed; /* of those, no relay with a tunnel answered: waited here */
+	uint64_t fleet_leases;       /* leases in the fleet's table, as this relay sees it */
 	int ready;                      /* listeners up and configuration loaded */
 	int draining;
 };

@@ -419,6 +419,20 @@ static void render_metrics(struct relay *r, const struct relay_admin *admin,
 		   "Executor connections accepted on lease ports.", st.executor_conns);
 	metric_one(b, "sparkrelay_handovers_total", "counter",
 		   "Live handovers to a new relay process, counted by the new one.", st.handovers);
+	if (st.fleet) {
+		metric_one(b, "sparkrelay_fleet_registered", "gauge",
+			   "1 while this relay's registration is alive in etcd.",
+			   (uint64_t)st.fleet_registered);
+		metric_one(b, "sparkrelay_fleet_leases", "gauge",
+			   "Leases in the fleet's table in etcd, as this relay sees it.",
+			   st.fleet_leases);
+		metric_one(b, "sparkrelay_fleet_carried_total", "counter",
+			   "Executor connections carried to a relay that holds the lease's tunnel.",
+			   st.fleet_carried);
+		metric_one(b, "sparkrelay_fleet_carry_failed_total", "counter",
+			   "Of those, no relay with a tunnel answered: the connection waited here.",
+			   st.fleet_carry_failed);
+	}
 	metric_head(b, "sparkrelay_refused_total", "counter",
 		    "Executor connections and registrations refused, by reason.");
 	for (int i = 0; i < RELAY_REFUSE_MAX; i++)

@@ -2,6 +2,7 @@
  * tenant and lease limits), a stream at once when the lease's tunnel is up,
  * else a bounded wait in arrival order for the tunnel to come back. */
 #include "relay/relay_int.h"
+#include "relay/relay_fleet.h"
 #include "common/sr_err.h"
 #include "common/sr_log.h"
 #include "common/sr_text.h"
@@ -146,9 +147,15 @@ static void reset_fd(int fd)
 }
 
 void relay_exec_on_accept(struct relay_lease *l, enum tun_port_role role, int fd,
-			const struct sockaddr *sa, int salen, void *arg)
+			  const struct sockaddr *sa, int salen, void *arg)
 {
-	struct relay *r = arg;
+	(void)salen;
+	relay_exec_accept(arg, l, role, fd, sa, 0);
+}
+
+void relay_exec_accept(struct relay *r, struct relay_lease *l, enum tun_port_role role, int fd,
+		       const struct sockaddr *sa, int from_peer)
+{
 	struct relay_lease_ext *lx = relay_lease_data(l);
 	const struct relay_pol *tpol;
 	const struct relay_policy *pol;
@@ -225,6 +232,9 @@ void relay_exec_on_accept(struct relay_lease *l, enum tun_port_role role, int fd
 		open_stream(r, lx, fd, role, conn_id, peer);
 		return;
 	}
+	/* No tunnel here: a relay of the fleet that holds one carries it. */
+	if (!from_peer && r->fleet && relay_fleet_forward(r->fleet, lx, role, fd, sa, conn_id))
+		return;
 	if (tl.pending)
 		max_pending = tl.pending;
 	if (lx->npending >= max_pending) {
@@ -250,6 +260,7 @@ void relay_exec_on_accept(struct relay_lease *l, enum tun_port_role role, int fd
 	p->role = role;
 	p->conn_id = conn_id;
 	p->since_us = sr_now_us();
+	p->from_peer = from_peer;
 	snprintf(p->peer, sizeof(p->peer), "%s", peer);
 	tv = sr_tv_ms(r->o->pending_timeout_ms);
 	evtimer_add(p->timer, &tv);
@@ -304,6 +315,9 @@ void relay_exec_on_expire(struct relay_lease *l, void *arg)
 void relay_release_lease(struct relay_lease_ext *lx)
 {
 	struct relay_lease *l = lx->lease;
+
+	if (lx->relay && lx->relay->fleet)
+		relay_fleet_released(lx->relay->fleet, lx);
 	relay_lease_set_data(l, NULL);
 	relay_lease_ext_free(lx);
 	relay_lease_release(l);

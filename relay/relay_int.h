@@ -7,6 +7,7 @@
  *   relay_tenant.c  what each tenant holds, against its limits
  *   relay_view.c    read-only views and revoke, for the admin API
  *   relay_handover.c live handover to a new relay process
+ *   relay_fleet.c    the fleet: leases in etcd, executors carried between relays
  *
  * Ownership: the relay owns its tunnels (list), pools (list) and current
  * policy (one reference). A pool's lease table owns its leases; each lease
@@ -31,6 +32,8 @@
 struct event;
 struct evconnlistener;
 struct relay_tunnel;
+struct fleet_reg;
+struct relay_fleet;
 
 /* Refusals under a flood: at most one log line per kind this often. */
 #define REFUSAL_LOG_PERIOD_US (10u * 1000000u)
@@ -87,6 +90,7 @@ struct relay_pending {
 	uint64_t since_us;
 	char peer[SR_ADDRSTRLEN];
 	struct event *timer;
+	int from_peer; /* carried here by another relay: never carried on */
 };
 
 /* What the relay keeps per lease (relay_lease_set_data). */
@@ -129,6 +133,7 @@ struct relay_lease_ext {
 
 struct relay_tunnel {
 	struct relay *relay;
+	struct fleet_reg *freg; /* a registration waiting for etcd (relay_fleet.c) */
 	struct relay_tunnel *next, *prev;
 	struct tun_endpoint *ep; /* socket, TLS and session */
 	struct tun_conn *conn;   /* the endpoint's session, NULL until TLS is up */
@@ -171,6 +176,7 @@ struct relay {
 	struct tun_group_stats closed_groups;
 	struct relay_refusal_key *refusal_keys;
 	unsigned nrefusal_keys;
+	struct relay_fleet *fleet; /* relay_fleet.c; NULL: a relay alone */
 };
 
 /* The limits that apply to a tenant of policy pol (tc may be NULL). */
@@ -263,6 +269,10 @@ void relay_tenant_usage(struct relay *r, const char *tenant, const char *idkey,
 /* relay_lease_cbs: an executor connected / a lease's grace ran out. */
 void relay_exec_on_accept(struct relay_lease *l, enum tun_port_role role, int fd,
 			  const struct sockaddr *sa, int salen, void *arg);
+/* The same; from_peer: another relay of the fleet carried it here, so it
+ * is never carried on to a third (no forwarding loops). */
+void relay_exec_accept(struct relay *r, struct relay_lease *l, enum tun_port_role role, int fd,
+		       const struct sockaddr *sa, int from_peer);
 void relay_exec_on_expire(struct relay_lease *l, void *arg);
 /* The lease's tunnel is back: waiting executors become streams, in order. */
 void relay_exec_flush_pending(struct relay *r, struct relay_lease_ext *lx);
@@ -296,5 +306,12 @@ void relay_tunnel_accept(struct evconnlistener *lst, evutil_socket_t fd, struct 
  * the lease (grace, release). */
 void relay_tunnel_unlink_lease(struct relay_tunnel *t);
 void relay_tunnel_free(struct relay_tunnel *t);
+/* Registration steps, for relay_fleet.c: answer an error; make a lease
+ * (ports bound, not attached; NULL after answering why); attach a lease
+ * and send the lease message. */
+void relay_tunnel_error(struct relay_tunnel *t, const char *code, const char *text);
+struct relay_lease_ext *relay_tunnel_new_lease(struct relay_tunnel *t, const struct tun_ctl_msg *m,
+					       int tenant, const char *tname, const char *idkey);
+void relay_tunnel_attach(struct relay_tunnel *t, struct relay_lease_ext *lx, int fresh);
 
 #endif

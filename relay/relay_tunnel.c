@@ -7,6 +7,7 @@
 #include "common/sr_log.h"
 #include "common/sr_text.h"
 #include "common/sr_util.h"
+#include "relay/relay_fleet.h"
 #include "tunnel/tun_tls.h"
 
 #include <stdio.h>
@@ -20,6 +21,8 @@ void relay_tunnel_unlink_lease(struct relay_tunnel *t)
 {
 	if (!t->lx)
 		return;
+	if (t->relay->fleet)
+		relay_fleet_detached(t->relay->fleet, t->lx);
 	t->lx->tunnel = NULL;
 	t->lx = NULL;
 	t->relay->nregistered--;
@@ -35,11 +38,16 @@ void relay_tunnel_free(struct relay_tunnel *t)
 		r->tunnels = t->next;
 	if (t->next)
 		t->next->prev = t->prev;
+	if (r->fleet)
+		relay_fleet_tunnel_gone(r->fleet, t);
 	if (t->lx) {
 		struct relay_lease_ext *lx = t->lx;
 		relay_tunnel_unlink_lease(t);
 		lx->detached_us = sr_now_us();
-		relay_lease_detach(lx->lease);
+		/* In a fleet the grace period is the lease's etcd lease, which
+		 * every relay holding a tunnel keeps alive (relay_fleet.c). */
+		if (!r->fleet)
+			relay_lease_detach(lx->lease);
 		if (!r->draining)
 			SR_INFO(t->ctx, "tunnel lost; lease and ports kept for %u s",
 				r->o->lease_grace_s);
@@ -78,7 +86,7 @@ static void send_error_detail(struct relay_tunnel *t, const char *code, const ch
 	tun_conn_close(t->conn, 0);
 }
 
-static void send_error(struct relay_tunnel *t, const char *code, const char *text)
+void relay_tunnel_error(struct relay_tunnel *t, const char *code, const char *text)
 {
 	send_error_detail(t, code, text, NULL);
 }
@@ -120,7 +128,7 @@ static void tunnel_on_ctl_sent(struct tun_conn *c, void *arg)
 
 /* Give lx to t and send the sidecar its lease. fresh: lx was granted just
  * now, so the sidecar has no resume token for it. */
-static void attach(struct relay_tunnel *t, struct relay_lease_ext *lx, int fresh)
+void relay_tunnel_attach(struct relay_tunnel *t, struct relay_lease_ext *lx, int fresh)
 {
 	struct relay *r = t->relay;
 	struct tun_ctl_msg m;
@@ -145,6 +153,8 @@ static void attach(struct relay_tunnel *t, struct relay_lease_ext *lx, int fresh
 	t->lx = lx;
 	r->nregistered++;
 	relay_lease_attach(lx->lease);
+	if (r->fleet)
+		relay_fleet_attached(r->fleet, lx);
 	evtimer_del(t->timer);
 	snprintf(t->ctx, sizeof(t->ctx), "lease=%s app=\"%s\" tenant=%s peer=%s",
 		 relay_lease_id(lx->lease),
@@ -205,6 +215,10 @@ static int reclaim_one(struct relay_tunnel *t, const char *tenant, const char *i
 	struct relay_lease_ext *victim;
 	struct relay_tenant_usage u;
 
+	/* In a fleet a lease without a tunnel here may well have one on
+	 * another relay: nothing here tells, so nothing is reclaimed. */
+	if (r->fleet)
+		return 0;
 	relay_tenant_usage(r, tenant, idkey, (const struct sockaddr *)&t->addr, pool, &u);
 	victim = u.oldest_mine ? u.oldest_mine : u.oldest;
 	if (!victim)
@@ -233,7 +247,7 @@ static int reg_identify(struct relay_tunnel *t, const struct tun_ctl_msg *m, cha
 
 	if (r->o->auth_token && !sr_secret_eq(m->token, r->o->auth_token)) {
 		relay_refuse(r, RELAY_REFUSE_REG_AUTH);
-		send_error(t, "unauthorized", "missing or wrong token");
+		relay_tunnel_error(t, "unauthorized", "missing or wrong token");
 		return -1;
 	}
 	for (size_t i = 0; i < t->nsans; i++)
@@ -247,12 +261,12 @@ static int reg_identify(struct relay_tunnel *t, const struct tun_ctl_msg *m, cha
 	tenant = relay_policy_tenant(p, &id, why, sizeof(why));
 	if (tenant < 0) {
 		relay_refuse(r, RELAY_REFUSE_REG_AUTH);
-		send_error(t, "unauthorized", why);
+		relay_tunnel_error(t, "unauthorized", why);
 		return -1;
 	}
 	if (relay_identity_key(t->identity, m->token, relay_policy_tenant_name(p, tenant), idkey,
 			       idlen) != 0) {
-		send_error(t, "internal", "cannot derive the sidecar's identity");
+		relay_tunnel_error(t, "internal", "cannot derive the sidecar's identity");
 		return -1;
 	}
 	return tenant;
@@ -265,7 +279,7 @@ static int tunnels_full(struct relay_tunnel *t)
 	if (r->nregistered < r->o->max_tunnels)
 		return 0;
 	relay_refuse(r, RELAY_REFUSE_TUNNELS);
-	send_error(t, "too_many_tunnels", "the relay carries its max_tunnels already");
+	relay_tunnel_error(t, "too_many_tunnels", "the relay carries its max_tunnels already");
 	return 1;
 }
 
@@ -302,7 +316,7 @@ static void reg_resume(struct relay_tunnel *t, const struct tun_ctl_msg *m, cons
 		/* Same answer for "no such lease" and "not yours": a resume
 		 * token must not reveal whether it exists. */
 		relay_refuse(r, RELAY_REFUSE_REG_RESUME);
-		send_error(t, "unknown_lease", "no lease for this resume token");
+		relay_tunnel_error(t, "unknown_lease", "no lease for this resume token");
 		return;
 	}
 	if (!lx->tunnel && tunnels_full(t))
@@ -313,7 +327,7 @@ static void reg_resume(struct relay_tunnel *t, const struct tun_ctl_msg *m, cons
 	 * has read that message (tunnel_on_confirmed). Until then the token
 	 * used here still resumes: the message may be lost with the tunnel. */
 	if (relay_lease_rotate_resume(l) != 0) {
-		send_error(t, "internal", "cannot make a new resume token");
+		relay_tunnel_error(t, "internal", "cannot make a new resume token");
 		return;
 	}
 	if (!by_prev)
@@ -323,7 +337,7 @@ static void reg_resume(struct relay_tunnel *t, const struct tun_ctl_msg *m, cons
 			  "its successor did not arrive)"
 			: "");
 	r->st.leases_resumed++;
-	attach(t, lx, 0);
+	relay_tunnel_attach(t, lx, 0);
 }
 
 /* The tenant's limits before a new lease: past max_grace_leases, or at its
@@ -355,12 +369,12 @@ static int reg_check_limits(struct relay_tunnel *t, int tenant, const char *tnam
 		return 0;
 	relay_refuse_at(r, RELAY_REFUSE_REG_LIMIT, tname, "");
 	snprintf(why, sizeof(why), "tenant %s holds %u leases already", tname, tl.leases);
-	send_error(t, "too_many_leases", why);
+	relay_tunnel_error(t, "too_many_leases", why);
 	return -1;
 }
 
-static void reg_new_lease(struct relay_tunnel *t, const struct tun_ctl_msg *m, int tenant,
-			  const char *tname, const char *idkey)
+struct relay_lease_ext *relay_tunnel_new_lease(struct relay_tunnel *t, const struct tun_ctl_msg *m,
+					       int tenant, const char *tname, const char *idkey)
 {
 	struct relay *r = t->relay;
 	const struct relay_policy *p = r->pol->p;
@@ -373,26 +387,26 @@ static void reg_new_lease(struct relay_tunnel *t, const struct tun_ctl_msg *m, i
 	int route, rv;
 
 	if (tunnels_full(t))
-		return;
+		return NULL;
 	route = relay_policy_route(p, tenant, m->app, (const struct sockaddr *)&t->addr, why,
 				   sizeof(why));
 	if (route < 0) {
 		relay_refuse_at(r, RELAY_REFUSE_REG_ROUTE, tname, "");
-		send_error(t, "no_route", why);
-		return;
+		relay_tunnel_error(t, "no_route", why);
+		return NULL;
 	}
 	pc = relay_policy_pool(p, (size_t)relay_policy_route_pool(p, route));
 	pr = relay_pool_find(r, pc->name ? pc->name : "default");
 	if (!pr) {
-		send_error(t, "internal", "pool not available");
-		return;
+		relay_tunnel_error(t, "internal", "pool not available");
+		return NULL;
 	}
 	if (reg_check_limits(t, tenant, tname, idkey) != 0)
-		return;
+		return NULL;
 	lx = calloc(1, sizeof(*lx));
 	if (!lx) {
-		send_error(t, "internal", "out of memory");
-		return;
+		relay_tunnel_error(t, "internal", "out of memory");
+		return NULL;
 	}
 	roles = m->roles & (TUN_ROLE_BIT(TUN_PORT_DRIVER) | TUN_ROLE_BIT(TUN_PORT_BLOCKMANAGER) |
 			    TUN_ROLE_BIT(TUN_PORT_UI));
@@ -417,7 +431,7 @@ static void reg_new_lease(struct relay_tunnel *t, const struct tun_ctl_msg *m, i
 				  : rv == SR_EBUSY  ? "too_many_leases"
 						    : "internal",
 				  sr_strerror(rv), detail);
-		return;
+		return NULL;
 	}
 	{
 		struct tun_group_opts go = {.hold_ms = r->o->resume_hold_s * 1000u};
@@ -428,8 +442,8 @@ static void reg_new_lease(struct relay_tunnel *t, const struct tun_ctl_msg *m, i
 	if (!lx->group) {
 		free(lx);
 		relay_lease_release(l);
-		send_error(t, "internal", "out of memory");
-		return;
+		relay_tunnel_error(t, "internal", "out of memory");
+		return NULL;
 	}
 	tun_group_set_lease(lx->group, relay_lease_id(l));
 	lx->relay = r;
@@ -446,8 +460,8 @@ static void reg_new_lease(struct relay_tunnel *t, const struct tun_ctl_msg *m, i
 	relay_lease_set_data(l, lx);
 	if (relay_tenant_add(r, lx) != 0) {
 		relay_release_lease(lx);
-		send_error(t, "internal", "out of memory");
-		return;
+		relay_tunnel_error(t, "internal", "out of memory");
+		return NULL;
 	}
 	r->st.leases_granted++;
 	SR_INFO(lease_peer_ctx(t, lx, ctx, sizeof(ctx)),
@@ -456,7 +470,16 @@ static void reg_new_lease(struct relay_tunnel *t, const struct tun_ctl_msg *m, i
 		relay_lease_id(l), sr_esc_n(m->app, LOG_APP_MAX, app, sizeof(app)),
 		lx->tenant_name, lx->route_name, pr->name, relay_lease_port(l, TUN_PORT_DRIVER),
 		relay_lease_port(l, TUN_PORT_BLOCKMANAGER));
-	attach(t, lx, 1);
+	return lx;
+}
+
+static void reg_new_lease(struct relay_tunnel *t, const struct tun_ctl_msg *m, int tenant,
+			  const char *tname, const char *idkey)
+{
+	struct relay_lease_ext *lx = relay_tunnel_new_lease(t, m, tenant, tname, idkey);
+
+	if (lx)
+		relay_tunnel_attach(t, lx, 1);
 }
 
 static void on_register(struct relay_tunnel *t, const struct tun_ctl_msg *m)
@@ -486,18 +509,20 @@ static void on_register(struct relay_tunnel *t, const struct tun_ctl_msg *m)
 		return;
 	}
 	if (t->lx) {
-		send_error(t, "already_registered", "this tunnel already holds a lease");
+		relay_tunnel_error(t, "already_registered", "this tunnel already holds a lease");
 		return;
 	}
 	if (r->draining) {
-		send_error(t, "draining", "relay is shutting down; try another relay");
+		relay_tunnel_error(t, "draining", "relay is shutting down; try another relay");
 		return;
 	}
 	tenant = reg_identify(t, m, idkey, sizeof(idkey));
 	if (tenant < 0)
 		return;
 	tname = relay_policy_tenant_name(r->pol->p, tenant);
-	if (m->resume[0])
+	if (r->fleet)
+		relay_fleet_register(r->fleet, t, m, tenant, tname, idkey);
+	else if (m->resume[0])
 		reg_resume(t, m, tname, idkey);
 	else
 		reg_new_lease(t, m, tenant, tname, idkey);
@@ -514,7 +539,7 @@ static void tunnel_on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void 
 		break;
 	case TUN_CTL_RELEASE:
 		if (!t->lx) {
-			send_error(t, "no_lease", "nothing to release");
+			relay_tunnel_error(t, "no_lease", "nothing to release");
 			break;
 		}
 		SR_INFO(t->ctx, "lease released by the sidecar; closing the tunnel");

@@ -1,0 +1,1611 @@
+/* The relay fleet: see relay_fleet.h for what it does.
+ *
+ * Keys under the prefix P (values JSON unless said):
+ *   P relays/<id>           {"peer": "host:port", "tunnel": "host:port"}, on
+ *                           the relay's own etcd lease (TTL ttl_s)
+ *   P leases/<lease>        {"app","tenant","route","pool","idkey","roles",
+ *                           "ports":[driver,blockManager,ui],"resume","prev"}
+ *                           on the lease's grace etcd lease (TTL grace_s)
+ *   P ports/<port>          the lease id, on the same grace lease
+ *   P tunnels/<lease>/<id>  "", on relay <id>'s own lease: it holds a tunnel
+ * The grace lease is kept alive by every relay holding a tunnel of the
+ * lease; when none does, it expires after grace_s and etcd deletes the
+ * lease's keys at once, which every relay sees and closes its ports.
+ *
+ * The mirror is a list scanned linearly: fine for the hundreds of leases
+ * a fleet holds, not for a hundred thousand (docs/architecture.md). */
+#include "relay/relay_fleet.h"
+#include "relay/relay_int.h"
+
+#include "common/sr_err.h"
+#include "common/sr_log.h"
+#include "common/sr_text.h"
+#include "common/sr_util.h"
+#include "fleet/etcd.h"
+#include "fleet/peer.h"
+#include "fleet/splice.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <jansson.h>
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+
+#define FL_RETRY_MS 1000
+#define FL_MAX_GRANT_TRIES 8
+#define FL_MAX_TRIED 8
+#define FL_ID_MAX 64
+#define FL_KEY_MAX 512
+#define FL_DIGEST_HEX (2 * SHA256_DIGEST_LENGTH + 1)
+#define FL_GRACE_MIN_S 5 /* etcd raises tiny TTLs to its own minimum anyway */
+#define FL_CTX "fleet"
+/* Keys mirrored at most (four per lease at most, plus one per relay): what
+ * etcd holds beyond is not seen, and logged. */
+#define FL_MAX_KEYS 262144
+
+/* One key of the mirror (the prefix cut off). */
+struct fl_kv {
+	struct fl_kv *next;
+	char *key;
+	char *val;
+	size_t vlen;
+	int64_t lease;
+	int64_t mod;
+	int warned; /* leases/: a bind failure was logged */
+};
+
+/* A lease that a tunnel holds on this relay: its grace lease is kept
+ * alive and tunnels/<lease>/<self> says so. */
+struct fl_held {
+	struct fl_held *next;
+	struct relay_fleet *f;
+	char id[TUN_CTL_LEASE_MAX];
+	int64_t grace;
+	struct etcd_keeper *k;
+};
+
+enum fl_phase { REG_WAIT = 0, REG_GRANT, REG_TXN, REG_RESUME };
+
+struct fleet_reg {
+	struct fleet_reg *next, *prev;
+	struct relay_fleet *f;
+	struct relay_tunnel *t;
+	struct tun_ctl_msg m;
+	int tenant;
+	char tname[64];
+	char idkey[RELAY_IDKEY_MAX];
+	enum fl_phase phase;
+	struct event *deadline;
+	struct etcd_op *op;
+	struct relay_lease_ext *lx; /* new lease not granted yet (owned), or resumed */
+	int64_t grace;		    /* new lease: granted grace lease, 0: none yet */
+	int tries;
+	uint64_t started_us;
+	char *json; /* resume: the value being put */
+};
+
+struct fl_fwd {
+	struct fl_fwd *next, *prev;
+	struct relay_fleet *f;
+	struct fleet_splice *sp;
+	char lease[TUN_CTL_LEASE_MAX];
+	int role;
+	struct sockaddr_storage exec;
+	uint64_t conn_id;
+	char tried[FL_MAX_TRIED][FL_ID_MAX];
+	int ntried;
+	uint8_t hdr[FLEET_PEER_HDR_MAX];
+	size_t hlen;
+};
+
+struct relay_fleet {
+	struct relay *r;
+	struct event_base *base;
+	struct etcd *etcd;
+	struct fleet_secret *sec;
+	struct fleet_peer_listener *peer;
+	char *prefix;
+	size_t plen;
+	char id[FL_ID_MAX];
+	char advertise[300];
+	uint32_t ttl_s;
+	uint32_t wait_ms;
+	/* the relay's registration */
+	int64_t self_lease;
+	struct etcd_keeper *self_keeper;
+	struct event *self_retry;
+	/* the mirror */
+	struct fl_kv *kvs;
+	size_t nkvs;
+	int full_logged;
+	int synced;
+	struct etcd_watch *watch;
+	struct event *sync_retry;
+	struct event *check_ev; /* deferred: held leases that lost their tunnel */
+	struct fl_held *held;
+	struct fleet_reg *regs;
+	struct fl_fwd *fwds;
+	uint64_t forwarded, forward_failed;
+	int draining;	 /* withdrawn: never registers again */
+	int withdrawing; /* the revoke of the relay's etcd lease is under way */
+};
+
+/* ---- small helpers ------------------------------------------------------- */
+
+static void sha256_hex(const char *s, char out[FL_DIGEST_HEX])
+{
+	unsigned char d[SHA256_DIGEST_LENGTH];
+	static const char hx[] = "0123456789abcdef";
+
+	SHA256((const unsigned char *)s, strlen(s), d);
+	for (size_t i = 0; i < sizeof(d); i++) {
+		out[2 * i] = hx[d[i] >> 4];
+		out[2 * i + 1] = hx[d[i] & 15];
+	}
+	out[2 * sizeof(d)] = '\0';
+}
+
+static int valid_id(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n >= FL_ID_MAX)
+		return 0;
+	for (; *s; s++)
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+		      (*s >= '0' && *s <= '9') || *s == '.' || *s == '_' || *s == '-'))
+			return 0;
+	return 1;
+}
+
+static int mkkey(const struct relay_fleet *f, char *buf, size_t len, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static int mkkey(const struct relay_fleet *f, char *buf, size_t len, const char *fmt, ...)
+{
+	va_list ap;
+	int n = snprintf(buf, len, "%s", f->prefix), m;
+
+	if (n < 0 || (size_t)n >= len)
+		return -1;
+	va_start(ap, fmt);
+	m = vsnprintf(buf + n, len - (size_t)n, fmt, ap);
+	va_end(ap);
+	if (m < 0 || (size_t)(n + m) >= len)
+		return -1;
+	return n + m;
+}
+
+static void log_cb(int err, const struct etcd_result *res, void *arg)
+{
+	if (err)
+		SR_DEBUG(FL_CTX, "%s: %s", (const char *)arg, res->msg);
+}
+
+/* An operation whose outcome nobody waits for. */
+static void fire(struct relay_fleet *f, const struct etcd_req *rq, const char *what)
+{
+	char err[256];
+
+	if (!etcd_kv(f->etcd, rq, log_cb, (void *)what, err, sizeof(err)))
+		SR_WARN(FL_CTX, "%s: %s", what, err);
+}
+
+static void fl_revoke(struct relay_fleet *f, int64_t lease, const char *what)
+{
+	char err[256];
+
+	if (lease && !etcd_lease_revoke(f->etcd, lease, log_cb, (void *)what, err, sizeof(err)))
+		SR_WARN(FL_CTX, "%s: %s", what, err);
+}
+
+/* ---- the mirror ------------------------------------------------------------ */
+
+static struct fl_kv *kv_find(struct relay_fleet *f, const char *key)
+{
+	for (struct fl_kv *kv = f->kvs; kv; kv = kv->next)
+		if (strcmp(kv->key, key) == 0)
+			return kv;
+	return NULL;
+}
+
+static void kv_free(struct relay_fleet *f, struct fl_kv *kv)
+{
+	f->nkvs--;
+	free(kv->key);
+	free(kv->val);
+	free(kv);
+}
+
+static void kv_clear(struct relay_fleet *f)
+{
+	while (f->kvs) {
+		struct fl_kv *kv = f->kvs;
+		f->kvs = kv->next;
+		kv_free(f, kv);
+	}
+}
+
+static void kv_del(struct relay_fleet *f, const char *key)
+{
+	for (struct fl_kv **pp = &f->kvs; *pp; pp = &(*pp)->next)
+		if (strcmp((*pp)->key, key) == 0) {
+			struct fl_kv *kv = *pp;
+			*pp = kv->next;
+			kv_free(f, kv);
+			return;
+		}
+}
+
+/* Key and value of a full etcd key (prefix included). Returns 0 or SR_ENOMEM. */
+static int kv_put(struct relay_fleet *f, const char *key, size_t klen, const char *val,
+		  size_t vlen, int64_t lease, int64_t mod)
+{
+	struct fl_kv *kv;
+	char *k, *v;
+
+	if (klen < f->plen || memcmp(key, f->prefix, f->plen) != 0 || klen - f->plen >= FL_KEY_MAX)
+		return 0;
+	k = strndup(key + f->plen, klen - f->plen);
+	v = malloc(vlen + 1);
+	if (!k || !v) {
+		free(k);
+		free(v);
+		return SR_ENOMEM;
+	}
+	memcpy(v, val, vlen);
+	v[vlen] = '\0';
+	kv = kv_find(f, k);
+	if (kv) {
+		free(k);
+		free(kv->val);
+	} else {
+		if (f->nkvs >= FL_MAX_KEYS) {
+			if (!f->full_logged)
+				SR_WARN(FL_CTX, "more than %d keys under the fleet's prefix: the rest "
+						"are ignored",
+					FL_MAX_KEYS);
+			f->full_logged = 1;
+			free(k);
+			free(v);
+			return 0;
+		}
+		kv = calloc(1, sizeof(*kv));
+		if (!kv) {
+			free(k);
+			free(v);
+			return SR_ENOMEM;
+		}
+		kv->key = k;
+		kv->next = f->kvs;
+		f->kvs = kv;
+		f->nkvs++;
+	}
+	kv->val = v;
+	kv->vlen = vlen;
+	kv->lease = lease;
+	kv->mod = mod;
+	return 0;
+}
+
+/* What leases/<id> says. */
+struct fl_lease {
+	const char *app, *tenant, *route, *pool, *idkey, *resume, *prev;
+	int roles;
+	int ports[TUN_PORT_MAX];
+};
+
+/* Parse kv's value; *root must be json_decref'd on 0. */
+static int lease_parse(const struct fl_kv *kv, struct fl_lease *fl, json_t **root)
+{
+	json_error_t je;
+	json_t *j = json_loadb(kv->val, kv->vlen, 0, &je), *ports;
+
+	memset(fl, 0, sizeof(*fl));
+	if (!j)
+		return SR_EPROTO;
+	fl->prev = "";
+	if (json_unpack(j, "{s:s, s:s, s:s, s:s, s:s, s:i, s:o, s:s, s?s}", "app", &fl->app,
+			"tenant", &fl->tenant, "route", &fl->route, "pool", &fl->pool, "idkey",
+			&fl->idkey, "roles", &fl->roles, "ports", &ports, "resume", &fl->resume,
+			"prev", &fl->prev) != 0 ||
+	    !json_is_array(ports) || json_array_size(ports) != TUN_PORT_MAX || fl->roles <= 0 ||
+	    fl->roles >= (int)TUN_ROLE_BIT(TUN_PORT_MAX) || strlen(fl->app) >= TUN_CTL_APP_MAX) {
+		json_decref(j);
+		return SR_EPROTO;
+	}
+	for (int i = 0; i < TUN_PORT_MAX; i++) {
+		json_t *p = json_array_get(ports, (size_t)i);
+		if (!json_is_integer(p) || json_integer_value(p) < 0 ||
+		    json_integer_value(p) > 65535) {
+			json_decref(j);
+			return SR_EPROTO;
+		}
+		fl->ports[i] = (int)json_integer_value(p);
+	}
+	*root = j;
+	return 0;
+}
+
+static char *lease_json(const struct relay_lease_ext *lx, const char *resume_digest,
+			const char *prev_digest)
+{
+	struct relay_lease_state st;
+	json_t *j;
+	char *s;
+
+	relay_lease_get_state(lx->lease, &st);
+	j = json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:[i,i,i], s:s, s:s}", "app", st.app,
+		      "tenant", lx->tenant_name, "route", lx->route_name, "pool", lx->pool->name,
+		      "idkey", lx->idkey, "roles", (int)st.roles, "ports", (int)st.ports[0],
+		      (int)st.ports[1], (int)st.ports[2], "resume", resume_digest, "prev",
+		      prev_digest);
+	if (!j)
+		return NULL;
+	s = json_dumps(j, JSON_COMPACT);
+	json_decref(j);
+	return s;
+}
+
+/* ---- binding the ports of a lease made elsewhere -------------------------- */
+
+static int bind_port(const struct relay_pool_rt *pr, int port)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	int fd, one = 1;
+
+	if (sr_parse_addr(pr->opts.bind_address ? pr->opts.bind_address : "0.0.0.0",
+			  (uint16_t)port, &ss, &len) != 0)
+		return -1;
+	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	    bind(fd, (struct sockaddr *)&ss, len) < 0 ||
+	    listen(fd, pr->opts.backlog ? (int)pr->opts.backlog : 1024) < 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* Make the local lease of leases/<id> (id = kv->key + 7): its ports bound
+ * here, no tunnel, no local grace timer (etcd's grace lease rules). */
+static void lease_bind(struct relay_fleet *f, struct fl_kv *kv)
+{
+	struct relay *r = f->r;
+	const char *id = kv->key + strlen("leases/");
+	struct relay_lease_state st;
+	struct relay_lease_ext *lx;
+	struct relay_pool_rt *pr;
+	struct relay_lease *l;
+	struct fl_lease fl;
+	char resume[TUN_CTL_RESUME_MAX];
+	json_t *j;
+	int route, tenant, rv;
+
+	if (!tun_ctl_valid_lease_id(id) || lease_parse(kv, &fl, &j) != 0) {
+		if (!kv->warned)
+			SR_WARN(FL_CTX, "etcd key leases/... is not a lease this relay understands");
+		kv->warned = 1;
+		return;
+	}
+	pr = relay_pool_find(r, fl.pool);
+	route = relay_policy_route_find(r->pol->p, fl.route);
+	tenant = relay_policy_tenant_find(r->pol->p, fl.tenant);
+	if (!pr || pr->retired || route < 0 || tenant < 0) {
+		if (!kv->warned)
+			SR_INFO(FL_CTX, "lease=%s: not served here (pool, route or tenant not "
+					"configured on this relay)",
+				id);
+		kv->warned = 1;
+		json_decref(j);
+		return;
+	}
+	memset(&st, 0, sizeof(st));
+	for (int i = 0; i < TUN_PORT_MAX; i++)
+		st.fds[i] = -1;
+	if (sr_random_hex(resume, 32) != 0) {
+		json_decref(j);
+		return;
+	}
+	/* The local token is never shown: resumes go by the digest in etcd. */
+	st.id = id;
+	st.app = fl.app;
+	st.resume = resume;
+	st.roles = (unsigned)fl.roles;
+	st.ttl_s = r->o->lease_grace_s;
+	for (int i = 0; i < TUN_PORT_MAX; i++) {
+		if (!(st.roles & TUN_ROLE_BIT(i)))
+			continue;
+		st.ports[i] = (uint16_t)fl.ports[i];
+		st.fds[i] = bind_port(pr, fl.ports[i]);
+		if (st.fds[i] < 0) {
+			if (!kv->warned)
+				SR_WARN(FL_CTX, "lease=%s: cannot bind port %d here: %s", id,
+					fl.ports[i], strerror(errno));
+			kv->warned = 1;
+			for (int k = 0; k < TUN_PORT_MAX; k++)
+				if (st.fds[k] >= 0)
+					close(st.fds[k]);
+			json_decref(j);
+			return;
+		}
+	}
+	rv = relay_lease_adopt(pr->t, &st, &l);
+	if (rv != 0) {
+		if (!kv->warned)
+			SR_WARN(FL_CTX, "lease=%s: cannot take it here: %s", id, sr_strerror(rv));
+		kv->warned = 1;
+		json_decref(j);
+		return;
+	}
+	lx = calloc(1, sizeof(*lx));
+	if (lx) {
+		struct tun_group_opts go = {.hold_ms = r->o->resume_hold_s * 1000u};
+		char gctx[96];
+		snprintf(gctx, sizeof(gctx), "lease=%s", id);
+		lx->group = tun_group_new(r->base, TUN_ROLE_RELAY, &go, gctx);
+	}
+	if (!lx || !lx->group) {
+		free(lx);
+		relay_lease_release(l);
+		json_decref(j);
+		return;
+	}
+	tun_group_set_lease(lx->group, id);
+	lx->relay = r;
+	lx->lease = l;
+	lx->pool = pr;
+	lx->pol = r->pol;
+	lx->pol->refs++;
+	lx->route = route;
+	lx->tenant = tenant;
+	lx->detached_us = sr_now_us();
+	snprintf(lx->tenant_name, sizeof(lx->tenant_name), "%s", fl.tenant);
+	snprintf(lx->route_name, sizeof(lx->route_name), "%s", fl.route);
+	snprintf(lx->idkey, sizeof(lx->idkey), "%s", fl.idkey);
+	relay_lease_set_data(l, lx);
+	json_decref(j);
+	if (relay_tenant_add(r, lx) != 0) {
+		relay_lease_set_data(l, NULL);
+		relay_lease_ext_free(lx);
+		relay_lease_release(l);
+		return;
+	}
+	relay_lease_listen(l, 1);
+	kv->warned = 0;
+	SR_INFO(FL_CTX, "lease=%s: serving its ports here (driver %u)", id,
+		relay_lease_port(l, TUN_PORT_DRIVER));
+}
+
+/* Drop the local lease (no etcd change). */
+static void lease_drop_local(struct relay_lease_ext *lx)
+{
+	struct relay_lease *l = lx->lease;
+
+	relay_lease_set_data(l, NULL);
+	relay_lease_ext_free(lx);
+	relay_lease_release(l);
+}
+
+static int reg_owns(struct relay_fleet *f, const struct relay_lease_ext *lx)
+{
+	for (struct fleet_reg *g = f->regs; g; g = g->next)
+		if (g->lx == lx && g->phase != REG_RESUME)
+			return 1;
+	return 0;
+}
+
+static void forward_waiting(struct relay_fleet *f, struct relay_lease_ext *lx);
+
+/* Make the local leases match the mirror. */
+static void reconcile(struct relay_fleet *f)
+{
+	struct relay *r = f->r;
+	int again = 1;
+
+	for (struct fl_kv *kv = f->kvs; kv; kv = kv->next)
+		if (strncmp(kv->key, "leases/", 7) == 0 && !relay_find_id(r, kv->key + 7))
+			lease_bind(f, kv);
+	/* Leases etcd no longer has: released, or their grace ran out. */
+	while (again) {
+		again = 0;
+		for (struct relay_tenant_acct *a = r->tenants; a && !again; a = a->next)
+			for (struct relay_lease_ext *lx = a->leases; lx; lx = lx->tnext) {
+				char key[FL_KEY_MAX];
+				snprintf(key, sizeof(key), "leases/%s", relay_lease_id(lx->lease));
+				if (kv_find(f, key) || reg_owns(f, lx))
+					continue;
+				if (lx->tunnel) {
+					/* etcd lost it while a tunnel holds it
+					 * here (etcd down longer than the grace):
+					 * keep serving; the sidecar's next
+					 * registration makes a new one. */
+					continue;
+				}
+				SR_INFO(FL_CTX, "lease=%s ended in the fleet; ports closed here",
+					relay_lease_id(lx->lease));
+				lease_drop_local(lx);
+				again = 1;
+				break;
+			}
+	}
+	for (struct relay_tenant_acct *a = r->tenants; a; a = a->next)
+		for (struct relay_lease_ext *lx = a->leases; lx; lx = lx->tnext)
+			if (lx->pending && !lx->tunnel)
+				forward_waiting(f, lx);
+}
+
+/* ---- range + watch --------------------------------------------------------- */
+
+static void sync_start(struct relay_fleet *f);
+static void regs_wake(struct relay_fleet *f);
+
+static void sync_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	sync_start(arg);
+}
+
+static void retry_later(struct event *ev)
+{
+	struct timeval tv = sr_tv_ms(FL_RETRY_MS);
+	evtimer_add(ev, &tv);
+}
+
+static void watch_events(const struct etcd_event *ev, size_t n, int64_t revision, void *arg)
+{
+	struct relay_fleet *f = arg;
+
+	(void)revision;
+	for (size_t i = 0; i < n; i++) {
+		const struct etcd_kv *kv = &ev[i].kv;
+		if (ev[i].type == ETCD_EV_PUT) {
+			if (kv_put(f, kv->key, kv->key_len, kv->value, kv->value_len, kv->lease,
+				   kv->mod_revision) != 0)
+				SR_WARN(FL_CTX, "out of memory for the mirror");
+		} else if (kv->key_len > f->plen && memcmp(kv->key, f->prefix, f->plen) == 0) {
+			kv_del(f, kv->key + f->plen);
+		}
+	}
+	if (n)
+		reconcile(f);
+}
+
+static void watch_compacted(int64_t rev, void *arg)
+{
+	struct relay_fleet *f = arg;
+
+	SR_WARN(FL_CTX, "watch fell behind etcd's compaction (revision %" PRId64
+			"); reading every key again",
+		rev);
+	etcd_watch_free(f->watch);
+	f->watch = NULL;
+	sync_start(f);
+}
+
+static void watch_error(int err, const char *msg, void *arg)
+{
+	(void)arg;
+	SR_WARN(FL_CTX, "etcd watch broke (%s): %s; reconnecting", sr_strerror(err), msg);
+}
+
+static void sync_ranged(int err, const struct etcd_result *res, void *arg)
+{
+	struct relay_fleet *f = arg;
+	struct etcd_watch_opts wo;
+	char e[256];
+
+	if (err) {
+		SR_WARN(FL_CTX, "cannot read the fleet's keys from etcd (%s): %s; retrying",
+			sr_strerror(err), res->msg);
+		retry_later(f->sync_retry);
+		return;
+	}
+	kv_clear(f);
+	for (size_t i = 0; i < res->nkvs; i++)
+		if (kv_put(f, res->kvs[i].key, res->kvs[i].key_len, res->kvs[i].value,
+			   res->kvs[i].value_len, res->kvs[i].lease,
+			   res->kvs[i].mod_revision) != 0) {
+			SR_WARN(FL_CTX, "out of memory for the mirror; retrying");
+			retry_later(f->sync_retry);
+			return;
+		}
+	memset(&wo, 0, sizeof(wo));
+	wo.key = f->prefix;
+	wo.key_len = f->plen;
+	wo.prefix = 1;
+	wo.start_revision = res->revision + 1;
+	wo.events = watch_events;
+	wo.compacted = watch_compacted;
+	wo.error = watch_error;
+	wo.arg = f;
+	f->watch = etcd_watch_new(f->etcd, &wo, e, sizeof(e));
+	if (!f->watch) {
+		SR_WARN(FL_CTX, "cannot watch etcd: %s; retrying", e);
+		retry_later(f->sync_retry);
+		return;
+	}
+	if (!f->synced)
+		SR_INFO(FL_CTX, "lease table read from etcd (%zu keys, revision %" PRId64 ")",
+			res->nkvs, res->revision);
+	f->synced = 1;
+	reconcile(f);
+	regs_wake(f);
+}
+
+static void sync_start(struct relay_fleet *f)
+{
+	struct etcd_req rq = {.type = ETCD_RANGE, .key = f->prefix, .key_len = f->plen, .prefix = 1};
+	char e[256];
+
+	if (!etcd_kv(f->etcd, &rq, sync_ranged, f, e, sizeof(e))) {
+		SR_WARN(FL_CTX, "cannot read etcd: %s", e);
+		retry_later(f->sync_retry);
+	}
+}
+
+/* ---- the relay's own registration ------------------------------------------- */
+
+static void self_start(struct relay_fleet *f);
+static void withdraw(struct relay_fleet *f);
+
+static void put_tunnel_key(struct relay_fleet *f, const char *lease_id)
+{
+	char key[FL_KEY_MAX];
+	struct etcd_req rq = {.type = ETCD_PUT, .value = "", .value_len = 0};
+
+	if (!f->self_lease || f->draining ||
+	    mkkey(f, key, sizeof(key), "tunnels/%s/%s", lease_id, f->id) < 0)
+		return;
+	rq.key = key;
+	rq.key_len = strlen(key);
+	rq.lease = f->self_lease;
+	fire(f, &rq, "put tunnels key");
+}
+
+static void self_lost(int err, const char *msg, void *arg)
+{
+	struct relay_fleet *f = arg;
+
+	SR_WARN(FL_CTX, "this relay's registration in etcd is lost (%s: %s); registering again",
+		sr_strerror(err), msg);
+	etcd_keeper_free(f->self_keeper);
+	f->self_keeper = NULL;
+	f->self_lease = 0;
+	self_start(f);
+}
+
+static void self_put(int err, const struct etcd_result *res, void *arg)
+{
+	struct relay_fleet *f = arg;
+
+	if (f->draining) {
+		withdraw(f);
+		return;
+	}
+	if (err) {
+		SR_WARN(FL_CTX, "cannot register this relay in etcd (%s): %s; retrying",
+			sr_strerror(err), res->msg);
+		fl_revoke(f, f->self_lease, "revoke unused relay lease");
+		f->self_lease = 0;
+		retry_later(f->self_retry);
+		return;
+	}
+	f->self_keeper = etcd_keeper_new(f->etcd, f->self_lease, f->ttl_s, self_lost, f);
+	if (!f->self_keeper) {
+		f->self_lease = 0;
+		retry_later(f->self_retry);
+		return;
+	}
+	SR_INFO(FL_CTX, "registered in the fleet as %s (peer address %s)", f->id, f->advertise);
+	for (struct fl_held *h = f->held; h; h = h->next)
+		put_tunnel_key(f, h->id);
+}
+
+static void self_old(int err, const struct etcd_result *res, void *arg)
+{
+	struct relay_fleet *f = arg;
+	char key[FL_KEY_MAX], e[256], val[600];
+	struct etcd_req rq = {.type = ETCD_PUT};
+
+	if (err) {
+		self_put(err, res, f);
+		return;
+	}
+	/* A predecessor with this id: its tunnels keys are stale. */
+	if (res->nkvs == 1 && res->kvs[0].lease && res->kvs[0].lease != f->self_lease) {
+		SR_INFO(FL_CTX, "replacing an earlier registration of %s", f->id);
+		fl_revoke(f, res->kvs[0].lease, "revoke the previous registration");
+	}
+	mkkey(f, key, sizeof(key), "relays/%s", f->id);
+	snprintf(val, sizeof(val), "{\"peer\":\"%s\",\"tunnel\":\"%s\"}", f->advertise,
+		 f->r->o->listen);
+	rq.key = key;
+	rq.key_len = strlen(key);
+	rq.value = val;
+	rq.value_len = strlen(val);
+	rq.lease = f->self_lease;
+	if (!etcd_kv(f->etcd, &rq, self_put, f, e, sizeof(e))) {
+		SR_WARN(FL_CTX, "%s", e);
+		retry_later(f->self_retry);
+	}
+}
+
+static void self_granted(int err, const struct etcd_result *res, void *arg)
+{
+	struct relay_fleet *f = arg;
+	char key[FL_KEY_MAX], e[256];
+	struct etcd_req rq = {.type = ETCD_RANGE};
+
+	if (err) {
+		SR_WARN(FL_CTX, "cannot get an etcd lease for this relay (%s): %s; retrying",
+			sr_strerror(err), res->msg);
+		retry_later(f->self_retry);
+		return;
+	}
+	f->self_lease = res->lease;
+	mkkey(f, key, sizeof(key), "relays/%s", f->id);
+	rq.key = key;
+	rq.key_len = strlen(key);
+	if (!etcd_kv(f->etcd, &rq, self_old, f, e, sizeof(e))) {
+		SR_WARN(FL_CTX, "%s", e);
+		retry_later(f->self_retry);
+	}
+}
+
+static void self_start(struct relay_fleet *f)
+{
+	char e[256];
+
+	if (f->draining)
+		return;
+	if (!etcd_lease_grant(f->etcd, f->ttl_s, self_granted, f, e, sizeof(e))) {
+		SR_WARN(FL_CTX, "%s", e);
+		retry_later(f->self_retry);
+	}
+}
+
+static void self_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	self_start(arg);
+}
+
+static void withdrawn(int err, const struct etcd_result *res, void *arg)
+{
+	struct relay_fleet *f = arg;
+
+	f->withdrawing = 0;
+	if (err)
+		SR_WARN(FL_CTX, "cannot withdraw from the fleet (%s): %s; other relays stop "
+				"dialling this one within %u s",
+			sr_strerror(err), res->msg, f->ttl_s);
+	else
+		SR_INFO(FL_CTX, "withdrawn from the fleet");
+}
+
+/* Revoking the relay's etcd lease deletes relays/<id> and every
+ * tunnels/<lease>/<id> at once. */
+static void withdraw(struct relay_fleet *f)
+{
+	char e[256];
+
+	if (!f->self_lease)
+		return;
+	if (etcd_lease_revoke(f->etcd, f->self_lease, withdrawn, f, e, sizeof(e)))
+		f->withdrawing = 1;
+	else
+		SR_WARN(FL_CTX, "cannot withdraw from the fleet: %s", e);
+	f->self_lease = 0;
+}
+
+void relay_fleet_drain(struct relay_fleet *f)
+{
+	f->draining = 1;
+	evtimer_del(f->self_retry);
+	etcd_keeper_free(f->self_keeper);
+	f->self_keeper = NULL;
+	SR_INFO(FL_CTX, "draining: withdrawing from the fleet");
+	withdraw(f);
+}
+
+void relay_fleet_stats(const struct relay_fleet *f, struct relay_stats *st)
+{
+	st->fleet = 1;
+	st->fleet_registered = f->self_keeper != NULL;
+	st->fleet_carried = f->forwarded;
+	st->fleet_carry_failed = f->forward_failed;
+	st->fleet_leases = 0;
+	for (const struct fl_kv *kv = f->kvs; kv; kv = kv->next)
+		st->fleet_leases += strncmp(kv->key, "leases/", 7) == 0;
+}
+
+int relay_fleet_withdrawing(const struct relay_fleet *f)
+{
+	return f->withdrawing;
+}
+
+/* ---- leases held here ----------------------------------------------------- */
+
+static struct fl_held *held_find(struct relay_fleet *f, const char *id)
+{
+	for (struct fl_held *h = f->held; h; h = h->next)
+		if (strcmp(h->id, id) == 0)
+			return h;
+	return NULL;
+}
+
+static void held_free(struct relay_fleet *f, struct fl_held *h, int delete_key)
+{
+	char key[FL_KEY_MAX];
+
+	for (struct fl_held **pp = &f->held; *pp; pp = &(*pp)->next)
+		if (*pp == h) {
+			*pp = h->next;
+			break;
+		}
+	if (delete_key && mkkey(f, key, sizeof(key), "tunnels/%s/%s", h->id, f->id) > 0) {
+		struct etcd_req rq = {.type = ETCD_DELETE, .key = key, .key_len = strlen(key)};
+		fire(f, &rq, "delete tunnels key");
+	}
+	etcd_keeper_free(h->k);
+	free(h);
+}
+
+static void grace_lost(int err, const char *msg, void *arg)
+{
+	struct fl_held *h = arg;
+	struct relay_fleet *f = h->f;
+
+	etcd_keeper_free(h->k);
+	h->k = NULL;
+	if (err == SR_ENOTFOUND) {
+		SR_WARN(FL_CTX, "lease=%s: its grace lease is gone from etcd", h->id);
+		return;
+	}
+	/* etcd unreachable: keep trying; the lease is served meanwhile. */
+	SR_WARN(FL_CTX, "lease=%s: cannot keep its grace lease alive (%s); still trying", h->id,
+		msg);
+	h->k = etcd_keeper_new(f->etcd, h->grace, f->r->o->lease_grace_s > FL_GRACE_MIN_S
+							 ? f->r->o->lease_grace_s
+							 : FL_GRACE_MIN_S,
+			       grace_lost, h);
+}
+
+static int64_t lease_grace_of(struct relay_fleet *f, const char *id)
+{
+	char key[FL_KEY_MAX];
+	struct fl_kv *kv;
+
+	snprintf(key, sizeof(key), "leases/%s", id);
+	kv = kv_find(f, key);
+	return kv ? kv->lease : 0;
+}
+
+void relay_fleet_attached(struct relay_fleet *f, struct relay_lease_ext *lx)
+{
+	const char *id = relay_lease_id(lx->lease);
+	struct fl_held *h = held_find(f, id);
+	uint32_t ttl = f->r->o->lease_grace_s > FL_GRACE_MIN_S ? f->r->o->lease_grace_s
+								: FL_GRACE_MIN_S;
+
+	if (!h) {
+		h = calloc(1, sizeof(*h));
+		if (!h)
+			return;
+		h->f = f;
+		snprintf(h->id, sizeof(h->id), "%s", id);
+		h->next = f->held;
+		f->held = h;
+		put_tunnel_key(f, id);
+	}
+	if (!h->grace)
+		h->grace = lease_grace_of(f, id);
+	if (!h->k && h->grace)
+		h->k = etcd_keeper_new(f->etcd, h->grace, ttl, grace_lost, h);
+}
+
+/* Deferred so that a tunnel replaced by another on this relay (unlink,
+ * then attach) does not delete the key the attach keeps. */
+static void check_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct relay_fleet *f = arg;
+	int again = 1;
+
+	(void)fd;
+	(void)what;
+	while (again) {
+		again = 0;
+		for (struct fl_held *h = f->held; h; h = h->next) {
+			struct relay_lease *l = relay_find_id(f->r, h->id);
+			struct relay_lease_ext *lx = l ? relay_lease_data(l) : NULL;
+			if (lx && lx->tunnel)
+				continue;
+			held_free(f, h, 1);
+			again = 1;
+			break;
+		}
+	}
+}
+
+void relay_fleet_detached(struct relay_fleet *f, struct relay_lease_ext *lx)
+{
+	(void)lx;
+	event_active(f->check_ev, EV_TIMEOUT, 0);
+}
+
+void relay_fleet_released(struct relay_fleet *f, struct relay_lease_ext *lx)
+{
+	const char *id = relay_lease_id(lx->lease);
+	struct fl_held *h = held_find(f, id);
+	char key[FL_KEY_MAX];
+	int64_t grace = lease_grace_of(f, id);
+
+	if (h) {
+		if (!grace)
+			grace = h->grace;
+		held_free(f, h, 1);
+	}
+	/* Revoking the grace lease deletes leases/ and ports/ at once. */
+	fl_revoke(f, grace, "revoke a released lease");
+	snprintf(key, sizeof(key), "leases/%s", id);
+	kv_del(f, key);
+}
+
+/* ---- registration ------------------------------------------------------------ */
+
+static void reg_free(struct fleet_reg *g)
+{
+	struct relay_fleet *f = g->f;
+
+	if (g->prev)
+		g->prev->next = g->next;
+	else
+		f->regs = g->next;
+	if (g->next)
+		g->next->prev = g->prev;
+	if (g->t)
+		g->t->freg = NULL;
+	if (g->op)
+		etcd_cancel(g->op);
+	if (g->deadline)
+		event_free(g->deadline);
+	free(g->json);
+	free(g);
+}
+
+/* End a registration that did not succeed: its new lease goes (here and,
+ * through its grace lease, in etcd). */
+static void reg_fail(struct fleet_reg *g, const char *code, const char *text)
+{
+	struct relay_fleet *f = g->f;
+
+	if (g->op) {
+		etcd_cancel(g->op);
+		g->op = NULL;
+	}
+	if (g->lx && g->phase != REG_RESUME)
+		lease_drop_local(g->lx);
+	g->lx = NULL;
+	fl_revoke(f, g->grace, "revoke an ungranted lease");
+	g->grace = 0;
+	if (g->t && code)
+		relay_tunnel_error(g->t, code, text);
+	reg_free(g);
+}
+
+static void reg_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct fleet_reg *g = arg;
+	char text[200];
+
+	(void)fd;
+	(void)what;
+	snprintf(text, sizeof(text),
+		 "the fleet's lease table (etcd) did not answer within %u ms; try again",
+		 g->f->wait_ms);
+	reg_fail(g, "fleet_unavailable", text);
+}
+
+static void reg_new(struct fleet_reg *g);
+
+static void reg_txn_done(int err, const struct etcd_result *res, void *arg)
+{
+	struct fleet_reg *g = arg;
+	struct relay_fleet *f = g->f;
+	struct relay_lease_ext *lx = g->lx;
+	struct relay_tunnel *t = g->t;
+	char key[FL_KEY_MAX];
+
+	g->op = NULL;
+	if (err) {
+		char text[200];
+		snprintf(text, sizeof(text), "the fleet's lease table (etcd): %s", res->msg);
+		reg_fail(g, "fleet_unavailable", text);
+		return;
+	}
+	if (!res->succeeded) {
+		/* Another relay took one of these ports (or the id) at the same
+		 * moment: try other ports. */
+		SR_INFO(FL_CTX, "lease=%s: a port was granted elsewhere at the same time; "
+				"trying other ports",
+			relay_lease_id(lx->lease));
+		lease_drop_local(lx);
+		g->lx = NULL;
+		if (++g->tries >= FL_MAX_GRANT_TRIES) {
+			reg_fail(g, "no_ports", "ports kept being taken by other relays; try again");
+			return;
+		}
+		reg_new(g);
+		return;
+	}
+	snprintf(key, sizeof(key), "%sleases/%s", f->prefix, relay_lease_id(lx->lease));
+	kv_put(f, key, strlen(key), g->json, strlen(g->json), g->grace, res->revision);
+	g->lx = NULL;
+	g->grace = 0; /* now the lease's own */
+	SR_INFO(FL_CTX, "lease=%s granted in the fleet in %llu ms", relay_lease_id(lx->lease),
+		(unsigned long long)((sr_now_us() - g->started_us) / 1000u));
+	reg_free(g);
+	relay_tunnel_attach(t, lx, 1);
+}
+
+static void reg_txn(struct fleet_reg *g)
+{
+	struct relay_fleet *f = g->f;
+	struct relay_lease *l = g->lx->lease;
+	struct etcd_cmp cmp[1 + TUN_PORT_MAX];
+	struct etcd_req ops[1 + TUN_PORT_MAX];
+	char keys[1 + TUN_PORT_MAX][FL_KEY_MAX], resume[FL_DIGEST_HEX];
+	struct relay_lease_state st;
+	const char *id = relay_lease_id(l);
+	size_t n = 0;
+	char e[256];
+
+	relay_lease_get_state(l, &st);
+	sha256_hex(st.resume, resume);
+	free(g->json);
+	g->json = lease_json(g->lx, resume, "");
+	if (!g->json) {
+		reg_fail(g, "internal", "out of memory");
+		return;
+	}
+	memset(cmp, 0, sizeof(cmp));
+	memset(ops, 0, sizeof(ops));
+	mkkey(f, keys[0], sizeof(keys[0]), "leases/%s", id);
+	cmp[0] = (struct etcd_cmp){.key = keys[0], .key_len = strlen(keys[0]),
+				   .target = ETCD_CMP_CREATE, .op = ETCD_EQ, .number = 0};
+	ops[0] = (struct etcd_req){.type = ETCD_PUT, .key = keys[0], .key_len = strlen(keys[0]),
+				   .value = g->json, .value_len = strlen(g->json),
+				   .lease = g->grace};
+	n = 1;
+	for (int i = 0; i < TUN_PORT_MAX; i++) {
+		if (!st.ports[i])
+			continue;
+		mkkey(f, keys[n], sizeof(keys[n]), "ports/%u", st.ports[i]);
+		cmp[n] = (struct etcd_cmp){.key = keys[n], .key_len = strlen(keys[n]),
+					   .target = ETCD_CMP_CREATE, .op = ETCD_EQ, .number = 0};
+		ops[n] = (struct etcd_req){.type = ETCD_PUT, .key = keys[n],
+					   .key_len = strlen(keys[n]), .value = id,
+					   .value_len = strlen(id), .lease = g->grace};
+		n++;
+	}
+	g->phase = REG_TXN;
+	g->op = etcd_txn(f->etcd, cmp, n, ops, n, NULL, 0, reg_txn_done, g, e, sizeof(e));
+	if (!g->op)
+		reg_fail(g, "internal", e);
+}
+
+static void reg_granted(int err, const struct etcd_result *res, void *arg)
+{
+	struct fleet_reg *g = arg;
+	char text[200];
+
+	g->op = NULL;
+	if (err) {
+		snprintf(text, sizeof(text), "the fleet's lease table (etcd): %s", res->msg);
+		reg_fail(g, "fleet_unavailable", text);
+		return;
+	}
+	g->grace = res->lease;
+	reg_txn(g);
+}
+
+static void reg_new(struct fleet_reg *g)
+{
+	struct relay_fleet *f = g->f;
+	char e[256];
+	uint32_t ttl = f->r->o->lease_grace_s > FL_GRACE_MIN_S ? f->r->o->lease_grace_s
+								: FL_GRACE_MIN_S;
+
+	/* Ports are picked here from what this relay holds (every live lease
+	 * of the fleet in its pools is bound here) and confirmed by etcd. */
+	g->lx = relay_tunnel_new_lease(g->t, &g->m, g->tenant, g->tname, g->idkey);
+	if (!g->lx) {
+		g->t->freg = NULL; /* answered already */
+		g->t = NULL;
+		reg_fail(g, NULL, NULL);
+		return;
+	}
+	if (g->grace) {
+		reg_txn(g);
+		return;
+	}
+	g->phase = REG_GRANT;
+	g->op = etcd_lease_grant(f->etcd, ttl, reg_granted, g, e, sizeof(e));
+	if (!g->op)
+		reg_fail(g, "internal", e);
+}
+
+static void reg_resume_done(int err, const struct etcd_result *res, void *arg)
+{
+	struct fleet_reg *g = arg;
+	struct relay_fleet *f = g->f;
+	struct relay_lease_ext *lx = g->lx;
+	struct relay_tunnel *t = g->t;
+	char key[FL_KEY_MAX], text[200];
+
+	g->op = NULL;
+	if (err) {
+		snprintf(text, sizeof(text), "the fleet's lease table (etcd): %s", res->msg);
+		reg_fail(g, "fleet_unavailable", text);
+		return;
+	}
+	snprintf(key, sizeof(key), "%sleases/%s", f->prefix, relay_lease_id(lx->lease));
+	kv_put(f, key, strlen(key), g->json, strlen(g->json), lease_grace_of(f, relay_lease_id(lx->lease)),
+	       res->revision);
+	SR_INFO(FL_CTX, "lease=%s resumed in the fleet in %llu ms", relay_lease_id(lx->lease),
+		(unsigned long long)((sr_now_us() - g->started_us) / 1000u));
+	f->r->st.leases_resumed++;
+	reg_free(g);
+	relay_tunnel_attach(t, lx, 0);
+}
+
+static void reg_resume(struct fleet_reg *g)
+{
+	struct relay_fleet *f = g->f;
+	struct relay *r = f->r;
+	char digest[FL_DIGEST_HEX], fresh[FL_DIGEST_HEX], key[FL_KEY_MAX], e[256];
+	struct fl_kv *found = NULL;
+	struct relay_lease_state st;
+	struct relay_lease *l = NULL;
+	struct relay_lease_ext *lx = NULL;
+	struct fl_lease fl;
+	struct etcd_req rq = {.type = ETCD_PUT};
+	json_t *j;
+
+	g->phase = REG_RESUME;
+	sha256_hex(g->m.resume, digest);
+	/* Every lease is compared, without an early exit. */
+	for (struct fl_kv *kv = f->kvs; kv; kv = kv->next) {
+		if (strncmp(kv->key, "leases/", 7) != 0 || lease_parse(kv, &fl, &j) != 0)
+			continue;
+		if (strlen(fl.resume) == 2 * SHA256_DIGEST_LENGTH &&
+		    CRYPTO_memcmp(fl.resume, digest, 2 * SHA256_DIGEST_LENGTH) == 0)
+			found = kv;
+		if (strlen(fl.prev) == 2 * SHA256_DIGEST_LENGTH &&
+		    CRYPTO_memcmp(fl.prev, digest, 2 * SHA256_DIGEST_LENGTH) == 0)
+			found = kv;
+		json_decref(j);
+	}
+	if (found && !relay_find_id(r, found->key + 7))
+		lease_bind(f, found);
+	if (found)
+		l = relay_find_id(r, found->key + 7);
+	lx = l ? relay_lease_data(l) : NULL;
+	if (!lx || strcmp(lx->idkey, g->idkey) != 0 || strcmp(lx->tenant_name, g->tname) != 0) {
+		relay_refuse(r, RELAY_REFUSE_REG_RESUME);
+		reg_fail(g, "unknown_lease", "no lease for this resume token");
+		return;
+	}
+	if (relay_lease_rotate_resume(l) != 0) {
+		reg_fail(g, "internal", "cannot make a new resume token");
+		return;
+	}
+	relay_lease_get_state(l, &st);
+	sha256_hex(st.resume, fresh);
+	/* The token just used stays good until the sidecar has the new one
+	 * (the lease message may die with the tunnel); the one before goes. */
+	free(g->json);
+	g->json = lease_json(lx, fresh, digest);
+	if (!g->json) {
+		reg_fail(g, "internal", "out of memory");
+		return;
+	}
+	g->lx = lx;
+	mkkey(f, key, sizeof(key), "leases/%s", relay_lease_id(l));
+	rq.key = key;
+	rq.key_len = strlen(key);
+	rq.value = g->json;
+	rq.value_len = strlen(g->json);
+	rq.lease = found->lease;
+	g->op = etcd_kv(f->etcd, &rq, reg_resume_done, g, e, sizeof(e));
+	if (!g->op)
+		reg_fail(g, "internal", e);
+}
+
+static void reg_go(struct fleet_reg *g)
+{
+	g->started_us = sr_now_us();
+	if (g->m.resume[0])
+		reg_resume(g);
+	else
+		reg_new(g);
+}
+
+static void regs_wake(struct relay_fleet *f)
+{
+	int again = 1;
+
+	while (again) {
+		again = 0;
+		for (struct fleet_reg *g = f->regs; g; g = g->next)
+			if (g->phase == REG_WAIT && !g->op) {
+				g->phase = REG_GRANT;
+				reg_go(g);
+				again = 1;
+				break;
+			}
+	}
+}
+
+void relay_fleet_register(struct relay_fleet *f, struct relay_tunnel *t,
+			  const struct tun_ctl_msg *m, int tenant, const char *tname,
+			  const char *idkey)
+{
+	struct fleet_reg *g;
+	struct timeval tv = sr_tv_ms(f->wait_ms);
+
+	if (t->freg) {
+		relay_tunnel_error(t, "already_registered", "a registration is under way");
+		return;
+	}
+	g = calloc(1, sizeof(*g));
+	if (!g || !(g->deadline = evtimer_new(f->base, reg_deadline_cb, g))) {
+		free(g);
+		relay_tunnel_error(t, "internal", "out of memory");
+		return;
+	}
+	g->f = f;
+	g->t = t;
+	g->m = *m;
+	g->tenant = tenant;
+	snprintf(g->tname, sizeof(g->tname), "%s", tname);
+	snprintf(g->idkey, sizeof(g->idkey), "%s", idkey);
+	g->next = f->regs;
+	if (f->regs)
+		f->regs->prev = g;
+	f->regs = g;
+	t->freg = g;
+	evtimer_add(g->deadline, &tv);
+	if (f->synced) {
+		g->phase = REG_GRANT;
+		reg_go(g);
+	}
+}
+
+void relay_fleet_tunnel_gone(struct relay_fleet *f, struct relay_tunnel *t)
+{
+	(void)f;
+	if (t->freg) {
+		struct fleet_reg *g = t->freg;
+		g->t = NULL;
+		reg_fail(g, NULL, NULL);
+	}
+}
+
+/* ---- forwarding ---------------------------------------------------------------- */
+
+/* The peer address of a relay (not this one) with a tunnel of lease,
+ * not tried yet; 0 with *sa filled, or -1. */
+static int holder_next(struct relay_fleet *f, struct fl_fwd *w, struct sockaddr_storage *sa,
+		       socklen_t *salen)
+{
+	char pre[FL_KEY_MAX];
+	size_t n = (size_t)snprintf(pre, sizeof(pre), "tunnels/%s/", w->lease);
+
+	for (struct fl_kv *kv = f->kvs; kv; kv = kv->next) {
+		const char *rid = kv->key + n;
+		char rkey[FL_KEY_MAX], host[256];
+		struct fl_kv *rk;
+		json_t *j;
+		const char *peer;
+		uint16_t port;
+		int seen = 0;
+
+		if (strncmp(kv->key, pre, n) != 0 || !valid_id(rid) || strcmp(rid, f->id) == 0)
+			continue;
+		for (int i = 0; i < w->ntried; i++)
+			seen |= strcmp(w->tried[i], rid) == 0;
+		if (seen || w->ntried >= FL_MAX_TRIED)
+			continue;
+		snprintf(w->tried[w->ntried++], FL_ID_MAX, "%s", rid);
+		snprintf(rkey, sizeof(rkey), "relays/%s", rid);
+		rk = kv_find(f, rkey);
+		if (!rk || !(j = json_loadb(rk->val, rk->vlen, 0, NULL)))
+			continue;
+		if (json_unpack(j, "{s:s}", "peer", &peer) != 0 ||
+		    sr_split_hostport(peer, host, sizeof(host), &port, 0) != 0 || !port ||
+		    sr_parse_addr(host, port, sa, salen) != 0) {
+			json_decref(j);
+			continue;
+		}
+		json_decref(j);
+		return 0;
+	}
+	return -1;
+}
+
+static void fwd_free(struct fl_fwd *w)
+{
+	struct relay_fleet *f = w->f;
+
+	if (w->prev)
+		w->prev->next = w->next;
+	else
+		f->fwds = w->next;
+	if (w->next)
+		w->next->prev = w->prev;
+	fleet_splice_free(w->sp);
+	free(w);
+}
+
+static void fwd_cb(struct fleet_splice *sp, enum fleet_splice_end end, int err, void *arg)
+{
+	struct fl_fwd *w = arg;
+	struct relay_fleet *f = w->f;
+	struct sockaddr_storage sa;
+	socklen_t salen;
+	struct relay_lease *l;
+	int fd;
+
+	if (end != FLEET_SPLICE_UNREACHED) {
+		if (end == FLEET_SPLICE_RESET)
+			SR_DEBUG(FL_CTX, "lease=%s conn=%llu: carried connection reset (%s)",
+				 w->lease, (unsigned long long)w->conn_id, sr_strerror(err));
+		fwd_free(w);
+		return;
+	}
+	SR_WARN(FL_CTX, "lease=%s conn=%llu: relay %s not reached (%s)", w->lease,
+		(unsigned long long)w->conn_id, w->tried[w->ntried - 1], sr_strerror(err));
+	if (holder_next(f, w, &sa, &salen) == 0 &&
+	    fleet_splice_connect(sp, (struct sockaddr *)&sa, salen, w->hdr, w->hlen) == 0)
+		return;
+	/* No relay holds a tunnel that answers: wait here as a relay alone
+	 * would, for the sidecar may come here. */
+	f->forward_failed++;
+	fd = fleet_splice_take(sp);
+	w->sp = NULL;
+	l = fd >= 0 ? relay_find_id(f->r, w->lease) : NULL;
+	if (l && relay_lease_data(l))
+		relay_exec_accept(f->r, l, (enum tun_port_role)w->role, fd,
+				  (struct sockaddr *)&w->exec, 1);
+	else if (fd >= 0) {
+		sr_sock_set_reset_on_close(fd);
+		close(fd);
+	}
+	fwd_free(w);
+}
+
+int relay_fleet_forward(struct relay_fleet *f, struct relay_lease_ext *lx, int role, int fd,
+			const struct sockaddr *exec, uint64_t conn_id)
+{
+	struct fleet_peer_hdr h;
+	struct sockaddr_storage sa;
+	socklen_t salen;
+	struct fl_fwd *w = calloc(1, sizeof(*w));
+	int n;
+
+	if (!w)
+		return 0;
+	w->f = f;
+	w->role = role;
+	w->conn_id = conn_id;
+	snprintf(w->lease, sizeof(w->lease), "%s", relay_lease_id(lx->lease));
+	memcpy(&w->exec, exec, exec->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+							    : sizeof(struct sockaddr_in));
+	if (holder_next(f, w, &sa, &salen) != 0 ||
+	    fleet_peer_hdr_init(&h, w->lease, (enum tun_port_role)role, exec) != 0 ||
+	    (n = fleet_peer_hdr_encode(&h, f->sec, w->hdr, sizeof(w->hdr))) < 0) {
+		free(w);
+		return 0;
+	}
+	w->hlen = (size_t)n;
+	w->sp = fleet_splice_new(f->base, fd, NULL, fwd_cb, w);
+	if (!w->sp) {
+		free(w);
+		return 0;
+	}
+	if (fleet_splice_connect(w->sp, (struct sockaddr *)&sa, salen, w->hdr, w->hlen) != 0) {
+		fleet_splice_take(w->sp);
+		free(w);
+		return 0;
+	}
+	w->next = f->fwds;
+	if (f->fwds)
+		f->fwds->prev = w;
+	f->fwds = w;
+	f->forwarded++;
+	SR_DEBUG(FL_CTX, "lease=%s conn=%llu: carried to relay %s", w->lease,
+		 (unsigned long long)conn_id, w->tried[w->ntried - 1]);
+	return 1;
+}
+
+/* Executors that wait here while a tunnel of their lease is up elsewhere;
+ * those another relay carried here stay (no forwarding loops). */
+static void forward_waiting(struct relay_fleet *f, struct relay_lease_ext *lx)
+{
+	struct relay_pending **pp = &lx->pending, *prev = NULL;
+
+	while (*pp) {
+		struct relay_pending *p = *pp;
+		struct sockaddr_storage ss;
+		socklen_t sl = sizeof(ss);
+
+		if (p->from_peer || getpeername(p->fd, (struct sockaddr *)&ss, &sl) != 0) {
+			prev = p;
+			pp = &p->next;
+			continue;
+		}
+		if (!relay_fleet_forward(f, lx, p->role, p->fd, (struct sockaddr *)&ss, p->conn_id))
+			return;
+		*pp = p->next;
+		if (lx->pending_tail == p)
+			lx->pending_tail = prev;
+		lx->npending--;
+		if (p->timer)
+			event_free(p->timer);
+		free(p);
+	}
+}
+
+static void peer_cb(const struct fleet_peer_hdr *hdr, int fd, void *arg)
+{
+	struct relay_fleet *f = arg;
+	struct relay_lease *l = relay_find_id(f->r, hdr->lease);
+
+	if (!l || !relay_lease_data(l) || !relay_lease_port(l, hdr->role)) {
+		SR_WARN(FL_CTX, "lease=%s: a relay carried a connection for a lease not served "
+				"here; reset",
+			hdr->lease);
+		sr_sock_set_reset_on_close(fd);
+		close(fd);
+		return;
+	}
+	relay_exec_accept(f->r, l, hdr->role, fd, (const struct sockaddr *)&hdr->exec, 1);
+}
+
+/* ---- lifetime ------------------------------------------------------------------- */
+
+struct relay_fleet *relay_fleet_new(struct relay *r, char *err, size_t errlen)
+{
+	const struct relay_fleet_opts *o = &r->o->fleet;
+	struct relay_fleet *f = calloc(1, sizeof(*f));
+	struct etcd_opts eo;
+	struct sockaddr_storage ss;
+	socklen_t sslen;
+	char host[256];
+	uint16_t port;
+
+	if (!f) {
+		sr_seterr(err, errlen, "out of memory");
+		return NULL;
+	}
+	f->r = r;
+	f->base = r->base;
+	f->ttl_s = o->ttl_s ? o->ttl_s : 10;
+	f->wait_ms = o->register_wait_ms ? o->register_wait_ms : 5000;
+	f->prefix = strdup(o->prefix ? o->prefix : "/sparkrelay/");
+	if (!f->prefix)
+		goto nomem;
+	f->plen = strlen(f->prefix);
+	if (o->id)
+		snprintf(f->id, sizeof(f->id), "%s", o->id);
+	else if (gethostname(f->id, sizeof(f->id) - 1) != 0)
+		f->id[0] = '\0';
+	if (!valid_id(f->id)) {
+		sr_seterr(err, errlen, "relay.fleet.id \"%s\" must be 1-63 letters, digits, '.', "
+				       "'_' or '-'",
+			  f->id);
+		goto fail;
+	}
+	if (!o->peer_listen || !o->secret_file) {
+		sr_seterr(err, errlen, "relay.fleet needs peer_listen and secret_file with etcd");
+		goto fail;
+	}
+	if (fleet_secret_load(o->secret_file, &f->sec, err, errlen) != 0)
+		goto fail;
+	if (sr_split_hostport(o->peer_listen, host, sizeof(host), &port, 0) != 0 ||
+	    sr_parse_addr(host, port, &ss, &sslen) != 0) {
+		sr_seterr(err, errlen, "relay.fleet.peer_listen \"%s\" must be a numeric host:port",
+			  o->peer_listen);
+		goto fail;
+	}
+	f->peer = fleet_peer_listener_new(f->base, (struct sockaddr *)&ss, sslen, f->sec, NULL,
+					  peer_cb, f, err, errlen);
+	if (!f->peer)
+		goto fail;
+	if (o->peer_advertise) {
+		snprintf(f->advertise, sizeof(f->advertise), "%s", o->peer_advertise);
+	} else {
+		if (strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0) {
+			sr_seterr(err, errlen, "relay.fleet.peer_advertise is needed when "
+					       "peer_listen is a wildcard address");
+			goto fail;
+		}
+		snprintf(f->advertise, sizeof(f->advertise), ss.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u",
+			 host, fleet_peer_listener_port(f->peer));
+	}
+	memset(&eo, 0, sizeof(eo));
+	eo.endpoints = (const char *const *)o->etcd;
+	eo.nendpoints = o->netcd;
+	eo.ca_file = o->etcd_ca;
+	eo.cert_file = o->etcd_cert;
+	eo.key_file = o->etcd_key;
+	/* One attempt well inside a registration's wait, so that it can say
+	 * why before its deadline. */
+	eo.timeout_ms = f->wait_ms / 2 > 500 ? f->wait_ms / 2 : 500;
+	f->etcd = etcd_new(f->base, &eo, err, errlen);
+	if (!f->etcd)
+		goto fail;
+	f->self_retry = evtimer_new(f->base, self_retry_cb, f);
+	f->sync_retry = evtimer_new(f->base, sync_retry_cb, f);
+	f->check_ev = evtimer_new(f->base, check_cb, f);
+	if (!f->self_retry || !f->sync_retry || !f->check_ev)
+		goto nomem;
+	self_start(f);
+	sync_start(f);
+	SR_INFO(FL_CTX, "fleet relay %s: etcd %s, prefix %s, peers dial %s", f->id, o->etcd[0],
+		f->prefix, f->advertise);
+	return f;
+nomem:
+	sr_seterr(err, errlen, "out of memory");
+fail:
+	relay_fleet_free(f);
+	return NULL;
+}
+
+void relay_fleet_free(struct relay_fleet *f)
+{
+	if (!f)
+		return;
+	while (f->regs) {
+		struct fleet_reg *g = f->regs;
+		if (g->lx && g->phase != REG_RESUME)
+			lease_drop_local(g->lx);
+		g->lx = NULL;
+		reg_free(g);
+	}
+	while (f->fwds)
+		fwd_free(f->fwds);
+	while (f->held) {
+		struct fl_held *h = f->held;
+		f->held = h->next;
+		etcd_keeper_free(h->k);
+		free(h);
+	}
+	etcd_watch_free(f->watch);
+	etcd_keeper_free(f->self_keeper);
+	etcd_free(f->etcd);
+	fleet_peer_listener_free(f->peer);
+	fleet_secret_free(f->sec);
+	if (f->self_retry)
+		event_free(f->self_retry);
+	if (f->sync_retry)
+		event_free(f->sync_retry);
+	if (f->check_ev)
+		event_free(f->check_ev);
+	kv_clear(f);
+	free(f->prefix);
+	free(f);
+}

@@ -1,0 +1,69 @@
+/* The relay fleet: leases in etcd, any relay serves any lease
+ * (docs/architecture.md, "Relay fleet").
+ *
+ * With relay.fleet.etcd set, the relay
+ *   - registers itself under <prefix>relays/<id> on its own etcd lease
+ *     (TTL relay.fleet.ttl_s, kept alive while it runs);
+ *   - mirrors every key under <prefix> (a range, then a watch) and binds
+ *     the ports of every live lease of a pool it has, so an executor may
+ *     connect to any relay;
+ *   - grants a new lease's ports with one transaction that fails if any of
+ *     them exists already, so ports are unique across the fleet;
+ *   - resumes a lease by the SHA-256 of its resume token from the mirror,
+ *     whichever relay made it;
+ *   - carries an executor connection that arrives where the lease has no
+ *     tunnel to a relay that holds one (fleet/peer.h header, then
+ *     fleet/splice.h), or queues it as a relay alone does.
+ * Every hook below is called only when r->fleet is set. */
+#ifndef RELAY_FLEET_H
+#define RELAY_FLEET_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "tunnel/tun_ctl.h"
+
+struct relay;
+struct relay_fleet;
+struct relay_tunnel;
+struct relay_lease_ext;
+
+/* Open the etcd client and the peer listener and start registering and
+ * mirroring (in the background: etcd may be down). Reads r->o->fleet once;
+ * a reload does not change it. Returns NULL with the reason in err. */
+struct relay_fleet *relay_fleet_new(struct relay *r, char *err, size_t errlen);
+/* Stops everything: no callback runs after it. Keys stay in etcd until
+ * their leases expire. NULL does nothing. */
+void relay_fleet_free(struct relay_fleet *f);
+
+/* The relay drains: it withdraws from the fleet (its registration and
+ * tunnels keys go at once), so other relays stop carrying executors here. */
+void relay_fleet_drain(struct relay_fleet *f);
+/* The withdrawal is still on its way to etcd (a drain waits for it, within
+ * its own deadline). */
+int relay_fleet_withdrawing(const struct relay_fleet *f);
+
+struct relay_stats;
+/* Fill the fleet_* fields of st. */
+void relay_fleet_stats(const struct relay_fleet *f, struct relay_stats *st);
+
+/* A registration (new lease, or resume when m->resume is set) of tunnel t,
+ * identified already: answered later, a lease message or an error. */
+void relay_fleet_register(struct relay_fleet *f, struct relay_tunnel *t,
+			  const struct tun_ctl_msg *m, int tenant, const char *tname,
+			  const char *idkey);
+/* t is being freed: a registration of it that waits is dropped. */
+void relay_fleet_tunnel_gone(struct relay_fleet *f, struct relay_tunnel *t);
+/* A tunnel now holds lx here / stopped holding it / lx is released (the
+ * lease ends on every relay). */
+void relay_fleet_attached(struct relay_fleet *f, struct relay_lease_ext *lx);
+void relay_fleet_detached(struct relay_fleet *f, struct relay_lease_ext *lx);
+void relay_fleet_released(struct relay_fleet *f, struct relay_lease_ext *lx);
+/* lx has no tunnel here: carry fd to a relay that holds one. Returns 1 if
+ * it took fd (it then owns it whatever happens), 0 if no relay holds a
+ * tunnel of lx (fd stays the caller's). */
+int relay_fleet_forward(struct relay_fleet *f, struct relay_lease_ext *lx, int role, int fd,
+			const struct sockaddr *exec, uint64_t conn_id);
+
+#endif

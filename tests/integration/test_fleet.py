@@ -1,0 +1,437 @@
+"""The relay fleet with a real etcd (Debian's etcd-server) on loopback.
+
+  - a sidecar's lease lives in etcd: killed and replaced by one that dials
+    another relay (same state file), it gets the same lease id and ports;
+  - two relays granting at the same moment never give the same port
+    (registrations raced on both relays at once);
+  - three relays (127.0.0.2, .3, .4), one sidecar on the first: executors
+    connect to the lease port on the other two and exchange bytes
+    byte-exact with the driver through the relay-to-relay link; kill -9 one
+    relay: connections through the others continue, and new connections
+    through a survivor succeed;
+  - the relay holding the tunnel killed: the sidecar resumes on the next relay
+    of its list and executors through a third relay are served;
+  - executors that arrive while no relay holds a tunnel wait, and are
+    carried once the sidecar comes back on another relay;
+  - a draining relay withdraws from etcd at once, and its sidecar resumes
+    elsewhere;
+  - malformed values in etcd are ignored; etcd over mutual TLS;
+  - etcd stopped (SIGSTOP) for 10 s: streams undisturbed, a new
+    registration fails with `fleet_unavailable` after its bound, and once
+    etcd is back registrations succeed again.
+
+Each measured number is logged with the prefix "measured:".
+"""
+
+import os
+import re
+import signal
+import socket
+import threading
+import time
+import unittest
+import urllib.request
+
+import etcd as E
+import harness as H
+from harness import MiB
+
+HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+POOL = 64
+
+
+def wait_for(check, timeout, what):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = check()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("no %s within %.0f s" % (what, timeout))
+        time.sleep(0.05)
+
+
+def echo_exchange(s, seed, n, timeout=30.0):
+    """Send n pattern bytes on s and read the echo: (ok, message)."""
+    s.settimeout(timeout)
+    snd = H.Sender(s, seed, n)
+    snd.start()
+    end, got, sha, _ = H.recv_exact(s, n)
+    err = snd.finish(timeout)
+    if err:
+        return False, err
+    want = H.pattern_sha(seed, n)
+    if end != "ok" or sha != want or snd.sha != want:
+        return False, "echo %s: %d of %d bytes, sha %s want %s" % (end, got, n, sha[:12],
+                                                                   want[:12])
+    return True, ""
+
+
+class FleetTest(unittest.TestCase):
+
+    def setUp(self):
+        if not E.installed():
+            self.fail("etcd is not installed: ./dev deps installs Debian's etcd-server")
+        self.dir = H.new_dir(self.id())
+        self.etcd = E.Etcd("fleet").start()
+        self.procs = []
+        self.relays = {}
+        self.secret = os.path.join(self.dir, "fleet.secret")
+        with open(self.secret, "wb") as f:
+            f.write(os.urandom(48))
+        self.pool_base = H.pick_pool_base(POOL, hosts=HOSTS + (H.DRIVER_HOST,))
+        self.driver = None
+
+    def tearDown(self):
+        failed = H._test_failed(self)
+        problems = []
+        if self.driver is not None:
+            self.driver.stop()
+        for p in reversed(self.procs):
+            if p.p is None or not p.alive():
+                continue
+            rc = p.stop(20.0)
+            if rc != 0:
+                problems.append("%s exited %s after SIGTERM" % (p.name, rc))
+        for p in self.procs:
+            san = p.sanitizer_lines()
+            if san:
+                problems.append("%s sanitizer report: %s" % (p.name, san[0].strip()))
+        if failed or problems:
+            for p in self.procs:
+                p.dump(80)
+        self.etcd.stop()
+        if problems:
+            self.fail("; ".join(problems))
+
+    # -- processes
+
+    def start_relay(self, name, host, wait=True, overrides=None):
+        port = H.free_port(host)
+        over = {
+            "relay": {
+                "listen": "%s:%d" % (host, port),
+                "pool": {"bind": host, "advertise": host, "port_min": self.pool_base,
+                         "port_max": self.pool_base + POOL - 1},
+                "lease": {"grace_s": 60, "pending_timeout_ms": 5000},
+                "fleet": {"etcd": [self.etcd.url], "id": name,
+                          "peer_listen": "%s:0" % host, "secret_file": self.secret,
+                          "ttl_s": 10},
+                "handover_socket": None,
+            }
+        }
+        H.deep_merge(over, overrides)
+        cfg = H.relay_config(port, self.pool_base, over)
+        path = H.write_config(os.path.join(self.dir, name + ".json"), cfg)
+        p = H.Proc(name + "-%d" % len(self.procs), [H.BIN, "relay", "--config", path],
+                   self.dir).start()
+        self.procs.append(p)
+        p.host, p.port, p.fid = host, port, name
+        if wait:
+            p.wait_ready(lambda: p.grep("registered in the fleet") and
+                         p.grep("lease table read from etcd"), 20, "fleet registration")
+        self.relays[name] = p
+        return p
+
+    def start_sidecar(self, name, relay, workdir=None, more=()):
+        workdir = workdir or os.path.join(self.dir, name)
+        os.makedirs(workdir, exist_ok=True)
+        relays = ["%s:%d" % (r.host, r.port) for r in (relay,) + tuple(more)]
+        cfg = H.tunnel_config(relay.port, workdir,
+                              {"tunnel": {"relays": relays, "server_name": "localhost"}})
+        path = H.write_config(os.path.join(self.dir, name + ".json"), cfg)
+        p = H.Proc(name, [H.BIN, "tunnel", "--config", path], self.dir).start()
+        p.workdir_ = workdir
+        p.spark_json = cfg["tunnel"]["spark_json"]
+        self.procs.append(p)
+        return p
+
+    def lease_of(self, sc, timeout=20, not_before=0.0):
+        def ready():
+            try:
+                if os.path.getmtime(sc.spark_json) < not_before:
+                    return None
+            except OSError:
+                return None
+            j = H.read_spark_json(sc.spark_json)
+            return j if isinstance(j, dict) and j.get("lease") and "ports" in j else None
+        return sc.wait_ready(ready, timeout, "lease")
+
+    # -- tests
+
+    def test_resume_on_another_relay(self):
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        s1 = self.start_sidecar("sc1", a)
+        l1 = self.lease_of(s1)
+        s1.kill()
+        t0 = time.time()
+        time.sleep(0.05)
+        s2 = self.start_sidecar("sc2", b, workdir=s1.workdir_)
+        l2 = self.lease_of(s2, not_before=t0)
+        took = time.time() - t0
+        H.log("measured: sidecar resumed its lease on another relay %.2f s after starting"
+              % took)
+        self.assertEqual(l1["lease"], l2["lease"])
+        self.assertEqual(l1["ports"], l2["ports"])
+        self.assertTrue(b.grep("resumed in the fleet"), "relay-b did not resume the lease")
+        # The lease's ports answer on both relays; the one without the
+        # tunnel carries the connection to the one with it.
+        self.driver = H.Driver({"driver": int(l2["ports"]["driver"])})
+        self.driver.start()
+        for r in (a, b):
+            s = H.connect(r.host, int(l2["ports"]["driver"]))
+            ok, why = echo_exchange(s, 7, 256 * 1024)
+            s.close()
+            self.assertTrue(ok, "through %s: %s" % (r.name, why))
+
+    def test_waiting_executors_follow_the_tunnel(self):
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        c = self.start_relay("relay-c", HOSTS[2])
+        s1 = self.start_sidecar("sc1", a)
+        l1 = self.lease_of(s1)
+        port = int(l1["ports"]["driver"])
+        self.driver = H.Driver({"driver": port})
+        self.driver.start()
+        wait_for(lambda: c.grep("serving its ports here"), 10, "the lease on relay-c")
+        s1.kill()
+        # relay-a notices the tunnel is gone and withdraws its tunnels key
+        wait_for(lambda: not self.etcd.get_prefix(b"/sparkrelay/tunnels/"), 10,
+                 "the tunnels key withdrawn")
+        # executors arrive while no relay holds a tunnel: they wait
+        waiting = [H.connect(r.host, port) for r in (a, c)]
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        s2 = self.start_sidecar("sc2", b, workdir=s1.workdir_)
+        for i, s in enumerate(waiting):
+            ok, why = echo_exchange(s, 600 + i, 256 * 1024)
+            self.assertTrue(ok, "a waiting executor: %s" % why)
+            s.close()
+        H.log("measured: executors waiting on two relays served %.2f s after the sidecar "
+              "started on a third" % (time.monotonic() - t0))
+        self.assertEqual(self.lease_of(s2)["lease"], l1["lease"])
+
+    def test_a_draining_relay_withdraws(self):
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        sc = self.start_sidecar("sc", a, more=(b,))
+        lease = self.lease_of(sc)
+        key = b"/sparkrelay/relays/relay-a"
+        tkey = ("/sparkrelay/tunnels/%s/relay-a" % lease["lease"]).encode()
+        wait_for(lambda: self.etcd.get(tkey) is not None, 5, "relay-a's tunnels key")
+        t0 = time.monotonic()
+        a.signal(signal.SIGTERM)
+        # gone long before its 10 s TTL: other relays stop carrying executors there
+        wait_for(lambda: self.etcd.get(key) is None and self.etcd.get(tkey) is None, 3,
+                 "relay-a withdrawn from etcd")
+        H.log("measured: draining relay withdrawn from etcd in %.2f s"
+              % (time.monotonic() - t0))
+        wait_for(lambda: b.grep("resumed in the fleet"), 20, "the lease resumed on relay-b")
+        self.assertEqual(H.read_spark_json(sc.spark_json)["lease"], lease["lease"])
+
+    def test_concurrent_grants_never_share_a_port(self):
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        n = 6
+        scs = []
+        for i in range(n):
+            scs.append(self.start_sidecar("sc-a%d" % i, a))
+            scs.append(self.start_sidecar("sc-b%d" % i, b))
+        leases = [self.lease_of(sc, timeout=40) for sc in scs]
+        ids = [l["lease"] for l in leases]
+        ports = [int(p) for l in leases for p in l["ports"].values()]
+        self.assertEqual(len(set(ids)), len(ids), "lease ids repeat: %s" % ids)
+        self.assertEqual(len(set(ports)), len(ports), "ports repeat: %s" % sorted(ports))
+        conflicts = len(a.grep("granted elsewhere")) + len(b.grep("granted elsewhere"))
+        H.log("measured: %d concurrent registrations on 2 relays, %d port conflicts retried"
+              % (2 * n, conflicts))
+
+    def test_three_relays_forward_and_survive_a_kill(self):
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        c = self.start_relay("relay-c", HOSTS[2])
+        sc = self.start_sidecar("sc", a)
+        lease = self.lease_of(sc)
+        port = int(lease["ports"]["driver"])
+        self.driver = H.Driver({"driver": port})
+        self.driver.start()
+        # b and c learn the tunnels key through their watch
+        wait_for(lambda: b.grep("serving its ports here") and c.grep("serving its ports here"),
+                 10, "the lease's ports on relay-b and relay-c")
+        conns = {}
+        for r in (a, b, c):
+            conns[r.fid] = wait_for(lambda: self._try_connect(r.host, port), 10,
+                                    "connect via %s" % r.fid)
+        t0 = time.monotonic()
+        for i, (name, s) in enumerate(sorted(conns.items())):
+            ok, why = echo_exchange(s, 100 + i, 4 * MiB)
+            self.assertTrue(ok, "via %s: %s" % (name, why))
+        H.log("measured: 3 x 4 MiB echoed through a, b, c in %.2f s" % (time.monotonic() - t0))
+        for r in (b, c):
+            self.assertTrue(r.grep("carried to relay relay-a"),
+                            "%s did not carry its executor to relay-a" % r.name)
+            m = self.metrics(r)
+            self.assertEqual((m["sparkrelay_fleet_registered"], m["sparkrelay_fleet_leases"],
+                              m["sparkrelay_fleet_carried_total"]), (1, 1, 1), r.name)
+        self.assertEqual(self.metrics(a)["sparkrelay_fleet_carried_total"], 0)
+        b.kill()
+        for i, name in enumerate(("relay-a", "relay-c")):
+            ok, why = echo_exchange(conns[name], 200 + i, 2 * MiB)
+            self.assertTrue(ok, "via %s after relay-b died: %s" % (name, why))
+        t0 = time.monotonic()
+        s = H.connect(c.host, port, timeout=2.0)
+        ok, why = echo_exchange(s, 300, 1 * MiB)
+        self.assertTrue(ok, "new connection via relay-c: %s" % why)
+        H.log("measured: new connection via a survivor echoed 1 MiB in %.2f s"
+              % (time.monotonic() - t0))
+        s.close()
+        # relay-b restarted with the same id takes the lease's ports back
+        t0 = time.monotonic()
+        b2 = self.start_relay("relay-b", HOSTS[1])
+        wait_for(lambda: b2.grep("serving its ports here"), 10, "relay-b serving again")
+        s = wait_for(lambda: self._try_connect(b2.host, port), 10, "connect via relay-b again")
+        ok, why = echo_exchange(s, 400, 1 * MiB)
+        self.assertTrue(ok, "via the restarted relay-b: %s" % why)
+        H.log("measured: restarted relay serves the lease %.2f s after its start"
+              % (time.monotonic() - t0))
+        self.assertTrue(b2.grep("replacing an earlier registration"),
+                        "the restarted relay did not replace its old registration")
+        s.close()
+        for name in ("relay-a", "relay-c"):
+            ok, why = echo_exchange(conns[name], 500, 1 * MiB)
+            self.assertTrue(ok, "via %s at the end: %s" % (name, why))
+        for s in conns.values():
+            s.close()
+
+    def test_relay_with_the_tunnel_killed(self):
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        c = self.start_relay("relay-c", HOSTS[2])
+        sc = self.start_sidecar("sc", a, more=(b,))
+        lease = self.lease_of(sc)
+        port = int(lease["ports"]["driver"])
+        self.driver = H.Driver({"driver": port})
+        self.driver.start()
+        wait_for(lambda: c.grep("serving its ports here"), 10, "the lease on relay-c")
+        s = wait_for(lambda: self._try_connect(c.host, port), 10, "connect via relay-c")
+        ok, why = echo_exchange(s, 1, 1 * MiB)
+        self.assertTrue(ok, why)
+        s.close()
+        a.kill()
+        t0 = time.monotonic()
+        # the sidecar dials relay-b next and resumes its lease there
+        wait_for(lambda: b.grep("resumed in the fleet"), 20, "the lease resumed on relay-b")
+        H.log("measured: lease resumed on relay-b %.2f s after relay-a was killed"
+              % (time.monotonic() - t0))
+        s = H.connect(c.host, port, timeout=2.0)
+        ok, why = echo_exchange(s, 2, 1 * MiB)
+        self.assertTrue(ok, "via relay-c after relay-a died: %s" % why)
+        H.log("measured: new connection via relay-c served %.2f s after relay-a was killed"
+              % (time.monotonic() - t0))
+        s.close()
+        l2 = H.read_spark_json(sc.spark_json)
+        self.assertEqual((lease["lease"], lease["ports"]), (l2["lease"], l2["ports"]))
+
+    def test_etcd_stopped(self):
+        a = self.start_relay("relay-a", HOSTS[0])
+        c = self.start_relay("relay-c", HOSTS[2])
+        sc = self.start_sidecar("sc", a)
+        lease = self.lease_of(sc)
+        port = int(lease["ports"]["driver"])
+        self.driver = H.Driver({"driver": port})
+        self.driver.start()
+        wait_for(lambda: c.grep("serving its ports here"), 10, "the lease on relay-c")
+        s = wait_for(lambda: self._try_connect(c.host, port), 10, "connect via relay-c")
+        ok, why = echo_exchange(s, 1, 1 * MiB)
+        self.assertTrue(ok, why)
+        self.etcd.pause()
+        paused = time.monotonic()
+        try:
+            late = self.start_sidecar("late", a)
+            wait_for(lambda: a.grep("fleet_unavailable"), 12, "a registration refused")
+            refused_after = time.monotonic() - paused
+            ok, why = echo_exchange(s, 2, 2 * MiB)
+            self.assertTrue(ok, "while etcd is stopped: %s" % why)
+            self.assertFalse(os.path.exists(late.spark_json), "a lease granted without etcd")
+            time.sleep(max(0.0, 10.0 - (time.monotonic() - paused)))
+        finally:
+            self.etcd.resume()
+        H.log("measured: registration refused %.1f s into the etcd stop" % refused_after)
+        self.lease_of(late, timeout=30)
+        ok, why = echo_exchange(s, 3, 1 * MiB)
+        self.assertTrue(ok, "after etcd is back: %s" % why)
+        s.close()
+
+    def test_garbage_in_etcd_is_ignored(self):
+        # Values in etcd are input too: a relay must neither crash nor bind
+        # what a malformed key says.
+        bad_port = self.pool_base + POOL - 1
+        junk = {
+            b"/sparkrelay/leases/L-1-aaaa": b"not json",
+            b"/sparkrelay/leases/L-2-bbbb": (b'{"app":"x","tenant":"default","route":"default",'
+                                             b'"pool":"default","idkey":"k","roles":1,'
+                                             b'"ports":[99999,0,0],"resume":"","prev":""}'),
+            b"/sparkrelay/leases/../../x": b"{}",
+            b"/sparkrelay/leases/L-3-cccc": (b'{"app":"x","tenant":"default","route":"default",'
+                                             b'"pool":"default","idkey":"k","roles":7,'
+                                             b'"ports":[%d,%d,%d],"resume":"","prev":""}'
+                                             % (bad_port, bad_port, bad_port)),
+            b"/sparkrelay/relays/relay-z": b'{"peer": 12}',
+            b"/sparkrelay/tunnels/L-3-cccc/relay-z": b"",
+        }
+        for k, v in junk.items():
+            self.etcd.put(k, v)
+        a = self.start_relay("relay-a", HOSTS[0])
+        sc = self.start_sidecar("sc", a)
+        lease = self.lease_of(sc)
+        for k, v in junk.items():
+            self.etcd.put(k + b"x", v)
+        time.sleep(0.5)
+        self.assertIsNone(self._try_connect(HOSTS[0], bad_port),
+                          "a port bound for a malformed lease")
+        self.assertTrue(a.alive())
+        self.driver = H.Driver({"driver": int(lease["ports"]["driver"])})
+        self.driver.start()
+        s = H.connect(a.host, int(lease["ports"]["driver"]))
+        ok, why = echo_exchange(s, 5, 64 * 1024)
+        s.close()
+        self.assertTrue(ok, why)
+
+    def test_etcd_over_mutual_tls(self):
+        tls = E.Etcd("fleet-tls", tls=True).start()
+        self.addCleanup(tls.stop)  # after tearDown has stopped the relays
+        over = {"relay": {"fleet": {"etcd": [tls.url], "etcd_ca": tls.ca,
+                                    "etcd_cert": tls.client_cert,
+                                    "etcd_key": tls.client_key}}}
+        a = self.start_relay("relay-a", HOSTS[0], overrides=over)
+        b = self.start_relay("relay-b", HOSTS[1], overrides=over)
+        s1 = self.start_sidecar("sc1", a)
+        l1 = self.lease_of(s1)
+        s1.kill()
+        t0 = time.time()
+        time.sleep(0.05)
+        s2 = self.start_sidecar("sc2", b, workdir=s1.workdir_)
+        l2 = self.lease_of(s2, not_before=t0)
+        self.assertEqual((l1["lease"], l1["ports"]), (l2["lease"], l2["ports"]))
+        self.assertTrue(tls.get_prefix(b"/sparkrelay/leases/"), "no lease key in etcd")
+
+    @staticmethod
+    def metrics(relay):
+        m = re.search(r"\[relay admin 127\.0\.0\.1:(\d+)\] admin API listening",
+                      relay.log_text())
+        body = urllib.request.urlopen("http://127.0.0.1:%s/metrics" % m.group(1),
+                                      timeout=5).read().decode()
+        return {l.split()[0]: float(l.split()[1]) for l in body.splitlines()
+                if l and not l.startswith("#")}
+
+    @staticmethod
+    def _try_connect(host, port):
+        try:
+            return H.connect(host, port, timeout=2.0)
+        except OSError:
+            return None
+
+
+if __name__ == "__main__":
+    H.main()
