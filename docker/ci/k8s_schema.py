@@ -348,6 +348,7 @@ POD_SPEC = Obj({
         "runAsUser": Int(0),
         "runAsGroup": Int(0),
         "fsGroup": Int(0),
+        "fsGroupChangePolicy": Str(enum=("OnRootMismatch", "Always")),
         "supplementalGroups": List(Int(0)),
         "seccompProfile": SECCOMP,
     }),
