@@ -21,6 +21,11 @@ class Node:
         raise NotImplementedError
 
 
+# Set by validate(partial=True) for kustomize patches: a patch names only what it
+# changes (required fields may be absent) and null deletes a field.
+_PARTIAL = [False]
+
+
 class Str(Node):
     def __init__(self, pattern=None, enum=None, max_len=None):
         self.pattern = re.compile(pattern) if pattern else None
@@ -140,7 +145,11 @@ class Obj(Node):
             if k not in self.fields:
                 errs.append(f"{path}: unknown field {k!r}")
                 continue
+            if v is None and _PARTIAL[0]:
+                continue
             self.fields[k].check(v, f"{path}.{k}" if path else k, errs)
+        if _PARTIAL[0]:
+            return
         for k in self.required:
             if k not in value:
                 errs.append(f"{path or '(top)'}: missing required field {k!r}")
@@ -289,6 +298,31 @@ VOLUME = Obj({
                     required=("path",)),
 }, required=("name",), one_of=(("configMap", "secret", "emptyDir", "hostPath"),))
 
+AFFINITY_TERM = Obj({
+    "topologyKey": Str(LABEL_KEY),
+    "labelSelector": LABEL_SELECTOR,
+    "namespaces": STRINGS,
+    "namespaceSelector": LABEL_SELECTOR,
+}, required=("topologyKey",))
+
+POD_AFFINITY = Obj({
+    "requiredDuringSchedulingIgnoredDuringExecution": List(AFFINITY_TERM),
+    "preferredDuringSchedulingIgnoredDuringExecution": List(Obj({
+        "weight": Int(1, 100),
+        "podAffinityTerm": AFFINITY_TERM,
+    }, required=("weight", "podAffinityTerm"))),
+})
+
+AFFINITY = Obj({"podAffinity": POD_AFFINITY, "podAntiAffinity": POD_AFFINITY})
+
+TOPOLOGY_SPREAD = Obj({
+    "maxSkew": Int(1),
+    "topologyKey": Str(LABEL_KEY),
+    "whenUnsatisfiable": Str(enum=("DoNotSchedule", "ScheduleAnyway")),
+    "labelSelector": LABEL_SELECTOR,
+    "minDomains": Int(1),
+}, required=("maxSkew", "topologyKey", "whenUnsatisfiable"))
+
 TOLERATION = Obj({
     "key": Str(LABEL_KEY),
     "operator": Str(enum=("Exists", "Equal")),
@@ -307,11 +341,14 @@ POD_SPEC = Obj({
     "priorityClassName": Str(DNS_SUBDOMAIN),
     "nodeSelector": Map(Str(), LABEL_KEY),
     "tolerations": List(TOLERATION),
+    "affinity": AFFINITY,
+    "topologySpreadConstraints": List(TOPOLOGY_SPREAD),
     "securityContext": Obj({
         "runAsNonRoot": Bool(),
         "runAsUser": Int(0),
         "runAsGroup": Int(0),
         "fsGroup": Int(0),
+        "fsGroupChangePolicy": Str(enum=("OnRootMismatch", "Always")),
         "supplementalGroups": List(Int(0)),
         "seccompProfile": SECCOMP,
     }),
@@ -356,6 +393,35 @@ def kind(api_version, kind_name, namespaced, spec=None, required_spec=True, **to
     return Obj(fields, required=tuple(required))
 
 
+# The fields of a Kustomization and a Component (kustomize.config.k8s.io) used here.
+KUSTOMIZE_FIELDS = {
+    "namespace": Str(DNS_LABEL),
+    "resources": List(Str()),
+    "images": List(Obj({"name": Str(), "newName": Str(), "newTag": Str(),
+                        "digest": Str()}, required=("name",))),
+    "secretGenerator": List(Obj({
+        "name": Str(DNS_SUBDOMAIN),
+        "namespace": Str(DNS_LABEL),
+        "type": Str(),
+        "files": List(Str(r"([-._a-zA-Z0-9]+=)?[^=]+")),
+        "literals": List(Str(r"[-._a-zA-Z0-9]+=.*")),
+        "envs": STRINGS,
+        "behavior": Str(enum=("create", "replace", "merge")),
+        "options": Obj({"disableNameSuffixHash": Bool(), "immutable": Bool(),
+                        "labels": Map(LABEL_VALUE, LABEL_KEY),
+                        "annotations": Map(Str(), LABEL_KEY)}),
+    }, required=("name",))),
+    "generatorOptions": Obj({"disableNameSuffixHash": Bool(), "immutable": Bool(),
+                             "labels": Map(LABEL_VALUE, LABEL_KEY),
+                             "annotations": Map(Str(), LABEL_KEY)}),
+    "components": List(Str()),
+    "patches": List(Obj({"path": Str(), "patch": Str(),
+                         "target": Obj({"group": Str(), "version": Str(), "kind": Str(),
+                                        "name": Str(), "namespace": Str(),
+                                        "labelSelector": Str()})},
+                        one_of=(("path", "patch"),))),
+}
+
 KINDS = {
     "Namespace": kind("v1", "Namespace", False),
     "ServiceAccount": kind("v1", "ServiceAccount", True,
@@ -368,6 +434,7 @@ KINDS = {
     "Service": kind("v1", "Service", True, Obj({
         "type": Str(enum=("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")),
         "clusterIP": Str(),
+        "publishNotReadyAddresses": Bool(),
         "selector": Map(LABEL_VALUE, LABEL_KEY),
         "ports": List(Obj({"name": PORT_NAME, "port": PORT, "targetPort": IntOrStr(),
                            "protocol": PROTOCOL}, required=("port",)), min_len=1),
@@ -383,6 +450,37 @@ KINDS = {
         "revisionHistoryLimit": Int(0),
         "template": POD_TEMPLATE,
     }, required=("selector", "template"))),
+    "StatefulSet": kind("apps/v1", "StatefulSet", True, Obj({
+        "replicas": Int(0),
+        "selector": LABEL_SELECTOR,
+        "serviceName": Str(DNS_LABEL, max_len=63),
+        "podManagementPolicy": Str(enum=("OrderedReady", "Parallel")),
+        "updateStrategy": Obj({
+            "type": Str(enum=("RollingUpdate", "OnDelete")),
+            "rollingUpdate": Obj({"partition": Int(0), "maxUnavailable": IntOrStr()}),
+        }),
+        "minReadySeconds": Int(0),
+        "revisionHistoryLimit": Int(0),
+        "template": POD_TEMPLATE,
+        "volumeClaimTemplates": List(Obj({
+            "metadata": Obj({"name": Str(DNS_LABEL, max_len=63),
+                             "labels": Map(LABEL_VALUE, LABEL_KEY),
+                             "annotations": Map(Str(), LABEL_KEY)}, required=("name",)),
+            "spec": Obj({
+                "accessModes": List(Str(enum=("ReadWriteOnce", "ReadOnlyMany",
+                                              "ReadWriteMany", "ReadWriteOncePod")),
+                                    min_len=1),
+                "storageClassName": Str(),
+                "volumeMode": Str(enum=("Filesystem", "Block")),
+                "resources": Obj({"requests": Map(Quantity()), "limits": Map(Quantity())},
+                                 required=("requests",)),
+            }, required=("accessModes", "resources")),
+        }, required=("metadata", "spec"))),
+        "persistentVolumeClaimRetentionPolicy": Obj({
+            "whenDeleted": Str(enum=("Retain", "Delete")),
+            "whenScaled": Str(enum=("Retain", "Delete")),
+        }),
+    }, required=("selector", "template", "serviceName"))),
     "PodDisruptionBudget": kind("policy/v1", "PodDisruptionBudget", True, Obj({
         "selector": LABEL_SELECTOR,
         "maxUnavailable": IntOrStr(),
@@ -420,39 +518,28 @@ KINDS = {
         "targetLabels": STRINGS,
         "endpoints": List(Obj(dict(SCRAPE_ENDPOINT, targetPort=IntOrStr())), min_len=1),
     }, required=("selector", "endpoints"))),
-    "Kustomization": Obj({
+    "Kustomization": Obj(dict(KUSTOMIZE_FIELDS, **{
         "apiVersion": Const("kustomize.config.k8s.io/v1beta1"),
         "kind": Const("Kustomization"),
-        "namespace": Str(DNS_LABEL),
-        "resources": List(Str()),
-        "images": List(Obj({"name": Str(), "newName": Str(), "newTag": Str(),
-                            "digest": Str()}, required=("name",))),
-        "secretGenerator": List(Obj({
-            "name": Str(DNS_SUBDOMAIN),
-            "namespace": Str(DNS_LABEL),
-            "type": Str(),
-            "files": List(Str(r"([-._a-zA-Z0-9]+=)?[^=]+")),
-            "literals": List(Str(r"[-._a-zA-Z0-9]+=.*")),
-            "envs": STRINGS,
-            "behavior": Str(enum=("create", "replace", "merge")),
-            "options": Obj({"disableNameSuffixHash": Bool(), "immutable": Bool(),
-                            "labels": Map(LABEL_VALUE, LABEL_KEY),
-                            "annotations": Map(Str(), LABEL_KEY)}),
-        }, required=("name",))),
-        "generatorOptions": Obj({"disableNameSuffixHash": Bool(), "immutable": Bool(),
-                                 "labels": Map(LABEL_VALUE, LABEL_KEY),
-                                 "annotations": Map(Str(), LABEL_KEY)}),
-    }, required=("apiVersion", "kind")),
+    }), required=("apiVersion", "kind")),
+    "Component": Obj(dict(KUSTOMIZE_FIELDS, **{
+        "apiVersion": Const("kustomize.config.k8s.io/v1alpha1"),
+        "kind": Const("Component"),
+    }), required=("apiVersion", "kind")),
 }
 
-
-def validate(doc):
-    """Errors of one object (a parsed YAML document) against KINDS; [] when none."""
+def validate(doc, partial=False):
+    """Errors of one object (a parsed YAML document) against KINDS; [] when none.
+    partial: a kustomize patch (required fields may be absent, null deletes)."""
     if not isinstance(doc, dict):
         return ["(top): not a map"]
     k = doc.get("kind")
     if k not in KINDS:
         return [f"kind {k!r} has no schema here (add it to docker/ci/k8s_schema.py)"]
     errs = []
-    KINDS[k].check(doc, "", errs)
+    _PARTIAL[0] = partial
+    try:
+        KINDS[k].check(doc, "", errs)
+    finally:
+        _PARTIAL[0] = False
     return errs

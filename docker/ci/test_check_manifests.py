@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The manifest check must be able to fail: each case below copies docker/k8s, the
+"""The manifest check must be able to fail: each case below copies docker/k8s (the
+fleet component included), the
 Dockerfile, CMakeLists.txt and docs/operations.md to a temporary folder, breaks one
 thing the way a person editing them could, and expects check_manifests.py to exit 1
 naming it. The unmodified copy must pass. Standard library and PyYAML only.
@@ -16,6 +17,8 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # (name, file, regex to find, replacement, text the failure must mention)
+NODE_LOCAL = "docker/k8s/fleet/node-local/relay-daemonset-patch.yaml"
+
 CASES = [
     ("misspelt DaemonSet field", "docker/k8s/daemonset.yaml",
      r"\n      priorityClassName:", "\n      priorityClass:", "unknown field 'priorityClass'"),
@@ -81,6 +84,83 @@ CASES = [
     ("docs sidecar with an old image tag", "docs/operations.md",
      r"image: registry.example.com/sparkrelay:0\.1\.0\n      restartPolicy",
      "image: registry.example.com/sparkrelay:0.0.9\n      restartPolicy", "docs sidecar: image"),
+    # The relay fleet (docker/k8s/fleet, fleet/node-local).
+    ("relays Service that publishes draining relays", "docker/k8s/fleet/relays-service.yaml",
+     r"\n  publishNotReadyAddresses: false", "\n  publishNotReadyAddresses: true",
+     "publishes Ready relays only"),
+    ("relays Service selecting no relay", "docker/k8s/fleet/relays-service.yaml",
+     r"component: relay\n  ports:", "component: relays\n  ports:",
+     "one Service selecting the relay pods"),
+    ("peer port in relay.json not the NetworkPolicy's", "docker/k8s/fleet/relay-config-patch.yaml",
+     r'"peer_listen": "0\.0\.0\.0:8444"', '"peer_listen": "0.0.0.0:8445"',
+     "opens the relays' peer port 8445"),
+    ("peer port inside the lease pool", "docker/k8s/fleet/relay-config-patch.yaml",
+     r'"peer_listen": "0\.0\.0\.0:8444"', '"peer_listen": "0.0.0.0:26100"',
+     "outside the pool"),
+    ("fleet relay.json drifted from the base's", "docker/k8s/fleet/relay-config-patch.yaml",
+     r'"grace_s": 300', '"grace_s": 600', "plus relay.fleet (edit both)"),
+    ("relays dial etcd on a port its client Service lacks",
+     "docker/k8s/fleet/relay-config-patch.yaml",
+     r"sparkrelay-etcd-client\.sparkrelay\.svc:2379", "sparkrelay-etcd-client.sparkrelay.svc:2479",
+     "relay.fleet.etcd https://sparkrelay-etcd-client.sparkrelay.svc:2479"),
+    ("relays dial etcd without TLS", "docker/k8s/fleet/relay-config-patch.yaml",
+     r"https://sparkrelay-etcd-client", "http://sparkrelay-etcd-client", "is https to the etcd"),
+    ("relay's etcd certificate not in its Secret", "docker/k8s/fleet/relay-config-patch.yaml",
+     r"/etc/sparkrelay/etcd/client\.pem", "/etc/sparkrelay/etcd/relay.pem",
+     "relay.fleet.tls.cert /etc/sparkrelay/etcd/relay.pem"),
+    ("peer address on another port", "docker/k8s/fleet/relay-daemonset-patch.yaml",
+     r"value: \$\(NODE_IP\):8444", "value: $(NODE_IP):8443", "peer_advertise port 8443"),
+    ("fleet Secret the component does not make", "docker/k8s/fleet/relay-daemonset-patch.yaml",
+     r"secretName: sparkrelay-fleet\n", "secretName: sparkrelay-peers\n",
+     "relay.fleet.secret_file"),
+    ("relay still advertises the node IP", "docker/k8s/fleet/relay-daemonset-patch.yaml",
+     r"\n              valueFrom: null", "", "advertises the headless Service"),
+    ("etcd without client certificates", "docker/k8s/fleet/etcd.yaml",
+     r"\n            - --client-cert-auth", "", "etcd --client-cert-auth"),
+    ("etcd peers without TLS", "docker/k8s/fleet/etcd.yaml",
+     r"--listen-peer-urls=https://", "--listen-peer-urls=http://",
+     "with TLS on the client and peer"),
+    ("etcd certificate not in its Secret", "docker/k8s/fleet/etcd.yaml",
+     r"--cert-file=/etc/etcd/tls/server\.pem", "--cert-file=/etc/etcd/tls/etcd.pem",
+     "etcd --cert-file /etc/etcd/tls/etcd.pem"),
+    ("etcd with an even number of members", "docker/k8s/fleet/etcd.yaml",
+     r"replicas: 3", "replicas: 4", "odd number of members"),
+    ("etcd member list short of the replicas", "docker/k8s/fleet/etcd.yaml",
+     r",\\\n\s+sparkrelay-etcd-2=[^\"]*", "", "--initial-cluster names each of the 3"),
+    ("etcd StatefulSet naming another Service", "docker/k8s/fleet/etcd.yaml",
+     r"serviceName: sparkrelay-etcd\n", "serviceName: sparkrelay-etcd-peers\n",
+     "is a headless Service"),
+    ("etcd members started one by one", "docker/k8s/fleet/etcd.yaml",
+     r"podManagementPolicy: Parallel", "podManagementPolicy: OrderedReady", "start in parallel"),
+    ("etcd anti-affinity on the zone only", "docker/k8s/fleet/etcd.yaml",
+     r"- topologyKey: kubernetes.io/hostname", "- topologyKey: topology.kubernetes.io/zone",
+     "different nodes"),
+    ("etcd PDB that breaks the quorum", "docker/k8s/fleet/etcd.yaml",
+     r"spec:\n  maxUnavailable: 1", "spec:\n  maxUnavailable: 2", "keeps a quorum of 2"),
+    ("etcd image not pinned", "docker/k8s/fleet/etcd.yaml",
+     r"image: registry.k8s.io/etcd:3\.5\.15-0", "image: registry.k8s.io/etcd:latest",
+     "is pinned by version"),
+    ("etcd data on the container's disk", "docker/k8s/fleet/etcd.yaml",
+     r"--data-dir=/var/lib/etcd/data", "--data-dir=/tmp/etcd", "on a persistent volume"),
+    ("etcd peer port open to the relays", "docker/k8s/fleet/networkpolicy.yaml",
+     r"(    # Members to members only\.\n    - from:\n)",
+     "    # Members to members only.\n    - from:\n"
+     "        - ipBlock:\n            cidr: 10.0.0.0/8\n",
+     "peer port 2380 to the members only"),
+    ("misspelt StatefulSet field", "docker/k8s/fleet/etcd.yaml",
+     r"podManagementPolicy:", "podManagmentPolicy:", "unknown field 'podManagmentPolicy'"),
+    ("fleet manifest not in the component", "docker/k8s/fleet/kustomization.yaml",
+     r"\n  - relays-service\.yaml", "", "missing ['relays-service.yaml']"),
+    ("node-local: bind and advertise differ", NODE_LOCAL,
+     r"SPARKRELAY_RELAY_POOL_BIND\n              value: 169\.254\.20\.30",
+     "SPARKRELAY_RELAY_POOL_BIND\n              value: 0.0.0.0", "the pool binds the advertised"),
+    ("node-local: address on the interface is another", NODE_LOCAL,
+     r"ip addr add 169\.254\.20\.30/32", "ip addr add 169.254.20.31/32", "puts 169.254.20.30/32"),
+    ("node-local: EC2's metadata address", NODE_LOCAL,
+     r"POOL_ADVERTISE\n              value: 169\.254\.20\.30",
+     "POOL_ADVERTISE\n              value: 169.254.169.254", "is a link-local address"),
+    ("node-local: privileged init container", NODE_LOCAL,
+     r'add: \["NET_ADMIN"\]', 'add: ["NET_ADMIN", "SYS_ADMIN"]', "NET_ADMIN and nothing else"),
 ]
 
 
