@@ -456,7 +456,8 @@ def main(argv):
 
 # ---- the relay fleet: docker/k8s/fleet (a kustomize Component) and fleet/node-local ---
 
-FLEET_KEYS = {"etcd", "tls", "prefix", "peer_listen", "secret_file", "ttl_s"}
+FLEET_KEYS = {"etcd", "etcd_ca", "etcd_cert", "etcd_key", "prefix", "peer_listen",
+              "secret_file", "ttl_s"}
 LINK_LOCAL = re.compile(r"169\.254\.([0-9]{1,3})\.([0-9]{1,3})")
 
 
@@ -736,8 +737,8 @@ def check_fleet(c, k8s, base):
     dmounts = {m.get("name"): m.get("mountPath") for m in dctr.get("volumeMounts", []) or []}
     dvols = {v.get("name"): v for v in dpod.get("volumes", []) or []}
     for what, path in (("secret_file", fleet.get("secret_file")),
-                       ("tls.ca", get(fleet, "tls.ca")), ("tls.cert", get(fleet, "tls.cert")),
-                       ("tls.key", get(fleet, "tls.key"))):
+                       ("etcd_ca", fleet.get("etcd_ca")), ("etcd_cert", fleet.get("etcd_cert")),
+                       ("etcd_key", fleet.get("etcd_key"))):
         ok = False
         for vname, mpath in dmounts.items():
             secret = get(dvols.get(vname, {}), "secret.secretName")

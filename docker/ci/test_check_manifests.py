@@ -107,7 +107,7 @@ CASES = [
      r"https://sparkrelay-etcd-client", "http://sparkrelay-etcd-client", "is https to the etcd"),
     ("relay's etcd certificate not in its Secret", "docker/k8s/fleet/relay-config-patch.yaml",
      r"/etc/sparkrelay/etcd/client\.pem", "/etc/sparkrelay/etcd/relay.pem",
-     "relay.fleet.tls.cert /etc/sparkrelay/etcd/relay.pem"),
+     "relay.fleet.etcd_cert /etc/sparkrelay/etcd/relay.pem"),
     ("peer address on another port", "docker/k8s/fleet/relay-daemonset-patch.yaml",
      r"value: \$\(NODE_IP\):8444", "value: $(NODE_IP):8443", "peer_advertise port 8443"),
     ("fleet Secret the component does not make", "docker/k8s/fleet/relay-daemonset-patch.yaml",
