@@ -194,8 +194,25 @@ class Etcd:
         raise H.HarnessError("%s exited before it was healthy, three times" % self.name)
 
     def pause(self):
+        """SIGSTOP, returning once every thread has stopped: the signal stops
+        the threads asynchronously, and on a loaded machine one may still
+        answer a request for a few milliseconds."""
         self.proc.signal(signal.SIGSTOP)
         self.paused = True
+        pid = self.proc.p.pid
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                states = []
+                for tid in os.listdir("/proc/%d/task" % pid):
+                    with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                        states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except OSError:
+                return
+            if states and all(st in ("T", "t") for st in states):
+                return
+            time.sleep(0.01)
+        raise H.HarnessError("%s: not stopped 5 s after SIGSTOP" % self.name)
 
     def resume(self):
         self.proc.signal(signal.SIGCONT)
