@@ -156,7 +156,7 @@ static void ack_when_idle(struct tun_stream *s)
 	    nghttp2_session_get_stream_effective_recv_data_length(c->h2, s->id) <= 0)
 		return;
 	if (!c->ack_ev && !(c->ack_ev = evtimer_new(c->base, ack_idle_cb, c)))
-		return; /* only memory is lost: the bytes wait for the usual update */
+		return; /* out of memory: the bytes wait for nghttp2's own update */
 	s->flags |= TS_F_ACK_IDLE;
 	if (!evtimer_pending(c->ack_ev, NULL))
 		evtimer_add(c->ack_ev, &tv);
