@@ -489,22 +489,28 @@ static void sidecar_header(struct tun_stream *s, const uint8_t *name, size_t nam
 			   const uint8_t *value, size_t valuelen)
 {
 #define IS(lit) (namelen == sizeof(lit) - 1 && memcmp(name, lit, namelen) == 0)
+	struct ts_req *r = s->req;
+
+	if (!r && !(r = s->req = calloc(1, sizeof(*r)))) {
+		s->bad_header = "(out of memory)";
+		return;
+	}
 	if (IS(":method")) {
-		copy_hdr(s->method, sizeof(s->method), value, valuelen);
+		copy_hdr(r->method, sizeof(r->method), value, valuelen);
 	} else if (IS(":authority")) {
-		copy_hdr(s->authority, valuelen < sizeof(s->authority) ? sizeof(s->authority) : 1,
+		copy_hdr(r->authority, valuelen < sizeof(r->authority) ? sizeof(r->authority) : 1,
 			 value, valuelen);
 	} else if (IS(":path")) {
-		copy_hdr(s->path, valuelen < sizeof(s->path) ? sizeof(s->path) : 1, value,
+		copy_hdr(r->path, valuelen < sizeof(r->path) ? sizeof(r->path) : 1, value,
 			 valuelen);
 	} else if (IS(HDR_LEASE)) {
 		/* Never truncated: a cut value could equal a shorter lease id. */
-		if (s->lease[0] || valuelen >= sizeof(s->lease)) {
+		if (r->lease[0] || valuelen >= sizeof(r->lease)) {
 			s->bad_header = HDR_LEASE;
 			return;
 		}
-		copy_hdr(s->lease, sizeof(s->lease), value, valuelen);
-		if (!tun_ctl_valid_lease_id(s->lease))
+		copy_hdr(r->lease, sizeof(r->lease), value, valuelen);
+		if (!tun_ctl_valid_lease_id(r->lease))
 			s->bad_header = HDR_LEASE;
 	} else if (IS(HDR_PEER)) {
 		/* Only names the executor in log lines, escaped there. */
@@ -649,8 +655,11 @@ static int sidecar_on_request(struct tun_conn *c, struct tun_stream **sp)
 	struct tun_connect_req req;
 	struct bufferevent *sock;
 	int connected = 0;
+	const struct ts_req *r = s->req;
 
-	if (strcmp(s->method, "POST") == 0 && strcmp(s->path, TUN_CTL_PATH) == 0) {
+	if (!r)
+		return NGHTTP2_INTERNAL_ERROR; /* sidecar_header ran out of memory */
+	if (strcmp(r->method, "POST") == 0 && strcmp(r->path, TUN_CTL_PATH) == 0) {
 		if (c->ctl) {
 			SR_WARN(c->logctx, "second control stream refused");
 			return NGHTTP2_PROTOCOL_ERROR;
@@ -665,17 +674,17 @@ static int sidecar_on_request(struct tun_conn *c, struct tun_stream **sp)
 			c->cbs.on_ctl_open(c, c->arg);
 		return 0;
 	}
-	if (strcmp(s->method, "CONNECT") != 0 || !c->ctl) {
-		char mbuf[SR_ESC_SIZE(sizeof(s->method))];
+	if (strcmp(r->method, "CONNECT") != 0 || !c->ctl) {
+		char mbuf[SR_ESC_SIZE(sizeof(r->method))];
 		SR_WARN(c->logctx, "stream %d refused: method \"%s\" %s", s->id,
-			sr_esc(s->method, mbuf, sizeof(mbuf)),
+			sr_esc(r->method, mbuf, sizeof(mbuf)),
 			c->ctl ? "is not CONNECT" : "before the control stream");
 		return NGHTTP2_REFUSED_STREAM;
 	}
-	if (parse_authority_port(s->authority, &s->port) != 0) {
-		char abuf[SR_ESC_SIZE(sizeof(s->authority))];
+	if (parse_authority_port(r->authority, &s->port) != 0) {
+		char abuf[SR_ESC_SIZE(sizeof(r->authority))];
 		SR_WARN(c->logctx, "stream %d refused: target \"%s\" is not 127.0.0.1:<port>",
-			s->id, sr_esc(s->authority, abuf, sizeof(abuf)));
+			s->id, sr_esc(r->authority, abuf, sizeof(abuf)));
 		return NGHTTP2_REFUSED_STREAM;
 	}
 	if (!s->bad_header && !(s->flags & TS_F_CONN_HDR))
@@ -688,7 +697,7 @@ static int sidecar_on_request(struct tun_conn *c, struct tun_stream **sp)
 	if (s->flags & TS_F_RESUME_HDR)
 		return sidecar_on_resume(c, sp);
 	req.port = s->port;
-	req.lease = s->lease;
+	req.lease = r->lease;
 	req.conn_id = s->conn_id;
 	req.peer = s->peer;
 	req.connected = &connected;
@@ -814,6 +823,9 @@ static int h2_on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, voi
 			break;
 		if (c->role == TUN_ROLE_SIDECAR && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
 			int code = sidecar_on_request(c, &s);
+
+			free(s->req); /* s may be another stream now, without one */
+			s->req = NULL;
 			if (code) {
 				nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
 							  (uint32_t)code);
@@ -1317,6 +1329,8 @@ void tun_conn_free(struct tun_conn *c)
 		event_free(c->close_ev);
 	if (c->ping_ev)
 		event_free(c->ping_ev);
+	if (c->ack_ev)
+		event_free(c->ack_ev);
 	if (c->ctl_in)
 		evbuffer_free(c->ctl_in);
 	if (c->ctl_out)

@@ -151,7 +151,7 @@ void tun_group_hold(struct tun_group *g, struct tun_stream *s)
 	 * peer that no longer has the stream means (tun_group_finish). */
 	s->flags &= ~(TS_F_DEFERRED | TS_F_H2_CLOSED | TS_F_RESPONDED | TS_F_ANSWERED |
 		      TS_F_CONN_HDR | TS_F_WRITEQ | TS_F_RESUMING | TS_F_RESUME_HDR |
-		      TS_F_LINGER | TS_F_READ_FULL);
+		      TS_F_LINGER | TS_F_READ_FULL | TS_F_ACK_IDLE);
 	s->linger_seq = 0;
 	s->flags |= TS_F_HELD;
 	s->prev = NULL;
@@ -274,7 +274,7 @@ void tun_group_expect(struct tun_group *g, uint64_t n)
 static struct tun_stream *take_held(struct tun_group *g, struct tun_conn *c,
 				    struct tun_stream *p, struct tun_stream *s, uint32_t *rst)
 {
-	if (strcmp(p->lease, g->lease) != 0) {
+	if (strcmp(p->req->lease, g->lease) != 0) {
 		*rst = NGHTTP2_REFUSED_STREAM;
 		return NULL;
 	}
@@ -312,7 +312,7 @@ struct tun_stream *tun_group_take(struct tun_group *g, struct tun_conn *c,
 {
 	struct tun_stream *s = NULL;
 
-	if (strcmp(p->lease, g->lease) == 0)
+	if (strcmp(p->req->lease, g->lease) == 0)
 		for (s = g->held; s && s->conn_id != p->conn_id; s = s->next)
 			;
 	if (s)

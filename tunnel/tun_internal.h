@@ -53,6 +53,17 @@ enum {
 	TS_F_FINISHING = 1u << 15,/* complete at both ends; only its socket's output is left */
 	TS_F_RST_SENT = 1u << 16, /* we reset it (RST_STREAM): a tombstone until the peer has it */
 	TS_F_TOMB_DONE = 1u << 17,/* the peer has our reset (barrier, or it answered a resume) */
+	TS_F_ACK_IDLE = 1u << 18, /* its socket output drained with credit unreturned:
+				   * acknowledged by the conn's ack_ev (tun_stream.c) */
+};
+
+/* Sidecar: a request's headers, bounded. An idle connection should not
+ * carry them, so they live apart and go once the request is handled. */
+struct ts_req {
+	char authority[64];
+	char lease[TUN_CTL_LEASE_MAX];
+	char method[16];
+	char path[40];
 };
 
 struct tun_stream {
@@ -97,12 +108,8 @@ struct tun_stream {
 	int peer_rst;       /* the peer reset it while the tunnel was away */
 	uint64_t linger_seq; /* the barrier PING that releases it, 0: not yet sent */
 	char lease_id[TUN_CTL_LEASE_MAX]; /* relay: for a resumed CONNECT */
-	/* request headers (sidecar side), bounded */
-	char authority[64];
-	char lease[TUN_CTL_LEASE_MAX];
-	char peer[64];
-	char method[16];
-	char path[40];
+	char peer[64]; /* the executor's address (sidecar: from its request) */
+	struct ts_req *req; /* sidecar: until its request is handled */
 	const char *bad_header; /* sidecar: a request header that broke its rule */
 };
 
@@ -139,6 +146,7 @@ struct tun_conn {
 	struct event *reap_ev;
 	struct event *ping_ev;
 	struct event *close_ev; /* bounds the final flush */
+	struct event *ack_ev;   /* idle acknowledgements (tun_stream.c); made when first needed */
 	uint64_t last_recv_us;
 	uint64_t ping_sent_us;
 	uint64_t probe_sent_us;  /* an RTT probe PING in flight since, 0: none */
