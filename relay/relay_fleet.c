@@ -486,11 +486,15 @@ static void lease_bind(struct relay_fleet *f, struct fl_kv *kv)
 		relay_lease_port(l, TUN_PORT_DRIVER));
 }
 
+static void regs_forget(struct relay_fleet *f, struct relay_lease_ext *lx);
+
 /* Drop the local lease (no etcd change). */
 static void lease_drop_local(struct relay_lease_ext *lx)
 {
 	struct relay_lease *l = lx->lease;
 
+	if (lx->relay && lx->relay->fleet)
+		regs_forget(lx->relay->fleet, lx);
 	relay_lease_set_data(l, NULL);
 	relay_lease_ext_free(lx);
 	relay_lease_release(l);
@@ -952,6 +956,7 @@ void relay_fleet_released(struct relay_fleet *f, struct relay_lease_ext *lx)
 	char key[FL_KEY_MAX];
 	int64_t grace = lease_grace_of(f, id);
 
+	regs_forget(f, lx);
 	if (h) {
 		if (!grace)
 			grace = h->grace;
@@ -990,19 +995,43 @@ static void reg_free(struct fleet_reg *g)
 static void reg_fail(struct fleet_reg *g, const char *code, const char *text)
 {
 	struct relay_fleet *f = g->f;
+	struct relay_lease_ext *lx;
 
 	if (g->op) {
 		etcd_cancel(g->op);
 		g->op = NULL;
 	}
-	if (g->lx && g->phase != REG_RESUME)
-		lease_drop_local(g->lx);
-	g->lx = NULL;
+	lx = g->lx;
+	g->lx = NULL; /* before the drop, which ends registrations that hold it */
+	if (lx && g->phase != REG_RESUME)
+		lease_drop_local(lx);
 	fl_revoke(f, g->grace, "revoke an ungranted lease");
 	g->grace = 0;
 	if (g->t && code)
 		relay_tunnel_error(g->t, code, text);
 	reg_free(g);
+}
+
+/* A registration that waits on etcd with lx ends when lx does: a resume's
+ * lease can be released by its old tunnel, revoked by an operator or
+ * dropped because etcd lost it before the write answers. */
+static void regs_forget(struct relay_fleet *f, struct relay_lease_ext *lx)
+{
+	int again = 1;
+
+	while (again) {
+		again = 0;
+		for (struct fleet_reg *g = f->regs; g; g = g->next) {
+			if (g->lx != lx)
+				continue;
+			g->lx = NULL; /* not ours to drop: whoever ends it does */
+			reg_fail(g, "unknown_lease",
+				 "the lease ended while this registration waited for the fleet's "
+				 "lease table; register again");
+			again = 1;
+			break;
+		}
+	}
 }
 
 static void reg_deadline_cb(evutil_socket_t fd, short what, void *arg)
@@ -1041,8 +1070,8 @@ static void reg_txn_done(int err, const struct etcd_result *res, void *arg)
 		SR_INFO(FL_CTX, "lease=%s: a port was granted elsewhere at the same time; "
 				"trying other ports",
 			relay_lease_id(lx->lease));
-		lease_drop_local(lx);
 		g->lx = NULL;
+		lease_drop_local(lx);
 		if (++g->tries >= FL_MAX_GRANT_TRIES) {
 			reg_fail(g, "no_ports", "ports kept being taken by other relays; try again");
 			return;
@@ -1581,9 +1610,10 @@ void relay_fleet_free(struct relay_fleet *f)
 		return;
 	while (f->regs) {
 		struct fleet_reg *g = f->regs;
-		if (g->lx && g->phase != REG_RESUME)
-			lease_drop_local(g->lx);
+		struct relay_lease_ext *lx = g->lx;
 		g->lx = NULL;
+		if (lx && g->phase != REG_RESUME)
+			lease_drop_local(lx);
 		reg_free(g);
 	}
 	while (f->fwds)

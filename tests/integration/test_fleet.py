@@ -16,6 +16,8 @@
   - a draining relay withdraws from etcd at once, and its sidecar resumes
     elsewhere;
   - malformed values in etcd are ignored; etcd over mutual TLS;
+  - a lease released by its old tunnel while a resume of it waits for etcd:
+    the resume is refused (unknown_lease) and the relay lives on;
   - etcd stopped (SIGSTOP) for 10 s: streams undisturbed, a new
     registration fails with `fleet_unavailable` after its bound, and once
     etcd is back registrations succeed again.
@@ -33,6 +35,7 @@ import unittest
 import urllib.request
 
 import etcd as E
+import fake_sidecar as F
 import harness as H
 from harness import MiB
 
@@ -415,6 +418,33 @@ class FleetTest(unittest.TestCase):
         l2 = self.lease_of(s2, not_before=t0)
         self.assertEqual((l1["lease"], l1["ports"]), (l2["lease"], l2["ports"]))
         self.assertTrue(tls.get_prefix(b"/sparkrelay/leases/"), "no lease key in etcd")
+
+    def test_release_while_a_resume_waits_for_etcd(self):
+        # A resume holds the lease while its etcd write is under way; the
+        # lease's old tunnel releases it meanwhile. The resume must be
+        # refused, not finished on a freed lease (the relay crashed).
+        a = self.start_relay("relay-a", HOSTS[0])
+        fs1 = F.FakeSidecar(a.port, H.certs().ca, host=a.host).connect().start_h2()
+        self.addCleanup(fs1.close)
+        fs1.send_ctl(F.register_msg())
+        lease = fs1.read_ctl(10)
+        self.assertEqual((lease or {}).get("type"), "lease", lease)
+        wait_for(lambda: a.grep("granted in the fleet"), 10, "the grant")
+        fs2 = F.FakeSidecar(a.port, H.certs().ca, host=a.host).connect().start_h2()
+        self.addCleanup(fs2.close)
+        self.etcd.pause()
+        try:
+            fs2.send_ctl(F.register_msg(resume=lease["resume"]))
+            time.sleep(0.3)  # the resume's etcd write is sent (and waits)
+            fs1.send_ctl({"v": 2, "type": "release"})
+            wait_for(lambda: a.grep("lease released by the sidecar"), 5, "the release")
+        finally:
+            self.etcd.resume()
+        m = fs2.read_ctl(10)
+        self.assertEqual((m or {}).get("type"), "error", m)
+        self.assertEqual(m.get("code"), "unknown_lease", m)
+        time.sleep(0.5)
+        self.assertTrue(a.alive(), "relay died: %s" % a.sanitizer_lines()[:1])
 
     @staticmethod
     def metrics(relay):
