@@ -69,6 +69,12 @@ struct fl_held {
 	char id[TUN_CTL_LEASE_MAX];
 	int64_t grace;
 	struct etcd_keeper *k;
+	/* etcd lost the lease while a tunnel holds it here: it is made
+	 * again with the same id and ports, or ended here (held_reclaim). */
+	struct etcd_op *op;
+	struct event *retry;
+	int64_t newgrace;
+	char *json;
 };
 
 enum fl_phase { REG_WAIT = 0, REG_GRANT, REG_TXN, REG_RESUME };
@@ -487,6 +493,11 @@ static void lease_bind(struct relay_fleet *f, struct fl_kv *kv)
 }
 
 static void regs_forget(struct relay_fleet *f, struct relay_lease_ext *lx);
+static struct etcd_op *lease_txn(struct relay_fleet *f, struct relay_lease_ext *lx,
+				 int64_t grace, const char *json, etcd_cb cb, void *arg, char *e,
+				 size_t elen);
+static char *lease_json_now(struct relay_lease_ext *lx);
+static void held_reclaim(struct relay_fleet *f, const char *id);
 
 /* Drop the local lease (no etcd change). */
 static void lease_drop_local(struct relay_lease_ext *lx)
@@ -530,9 +541,11 @@ static void reconcile(struct relay_fleet *f)
 					continue;
 				if (lx->tunnel) {
 					/* etcd lost it while a tunnel holds it
-					 * here (etcd down longer than the grace):
-					 * keep serving; the sidecar's next
-					 * registration makes a new one. */
+					 * here (etcd out of reach longer than the
+					 * grace, or the grace lease revoked): its
+					 * ports are free in the fleet, so it is
+					 * made again, or ended if they are taken. */
+					held_reclaim(f, relay_lease_id(lx->lease));
 					continue;
 				}
 				SR_INFO(FL_CTX, "lease=%s ended in the fleet; ports closed here",
@@ -864,6 +877,11 @@ static void held_free(struct relay_fleet *f, struct fl_held *h, int delete_key)
 		fire(f, &rq, "delete tunnels key");
 	}
 	etcd_keeper_free(h->k);
+	etcd_cancel(h->op);
+	fl_revoke(f, h->newgrace, "revoke an unused grace lease");
+	if (h->retry)
+		event_free(h->retry);
+	free(h->json);
 	free(h);
 }
 
@@ -876,6 +894,7 @@ static void grace_lost(int err, const char *msg, void *arg)
 	h->k = NULL;
 	if (err == SR_ENOTFOUND) {
 		SR_WARN(FL_CTX, "lease=%s: its grace lease is gone from etcd", h->id);
+		held_reclaim(f, h->id);
 		return;
 	}
 	/* etcd unreachable: keep trying; the lease is served meanwhile. */
@@ -895,6 +914,112 @@ static int64_t lease_grace_of(struct relay_fleet *f, const char *id)
 	snprintf(key, sizeof(key), "leases/%s", id);
 	kv = kv_find(f, key);
 	return kv ? kv->lease : 0;
+}
+
+static void reclaim_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct fl_held *h = arg;
+
+	(void)fd;
+	(void)what;
+	held_reclaim(h->f, h->id);
+}
+
+static void reclaim_later(struct fl_held *h)
+{
+	fl_revoke(h->f, h->newgrace, "revoke an unused grace lease");
+	h->newgrace = 0;
+	if (h->retry)
+		retry_later(h->retry);
+}
+
+static void reclaim_done(int err, const struct etcd_result *res, void *arg)
+{
+	struct fl_held *h = arg;
+	struct relay_fleet *f = h->f;
+	struct relay_lease *l = relay_find_id(f->r, h->id);
+	struct relay_lease_ext *lx = l ? relay_lease_data(l) : NULL;
+	char key[FL_KEY_MAX];
+	uint32_t ttl = f->r->o->lease_grace_s > FL_GRACE_MIN_S ? f->r->o->lease_grace_s
+							       : FL_GRACE_MIN_S;
+
+	h->op = NULL;
+	if (err) {
+		SR_WARN(FL_CTX, "lease=%s: cannot make it again in etcd (%s); retrying", h->id,
+			res->msg);
+		reclaim_later(h);
+		return;
+	}
+	if (!res->succeeded) {
+		/* Its id or a port belongs to another lease now: executors of
+		 * that one must not reach this one's driver. */
+		reclaim_later(h);
+		if (!lx || !lx->tunnel)
+			return;
+		{
+			struct relay_tunnel *t = lx->tunnel;
+			SR_WARN(FL_CTX, "lease=%s: etcd lost it and its ports went to another "
+					"lease; ended here",
+				h->id);
+			relay_tunnel_unlink_lease(t);
+			relay_release_lease(lx); /* frees h */
+			relay_tunnel_error(t, "revoked",
+					   "the fleet's lease table lost this lease and its ports "
+					   "went to another; register again");
+		}
+		return;
+	}
+	etcd_keeper_free(h->k);
+	h->grace = h->newgrace;
+	h->newgrace = 0;
+	h->k = etcd_keeper_new(f->etcd, h->grace, ttl, grace_lost, h);
+	snprintf(key, sizeof(key), "%sleases/%s", f->prefix, h->id);
+	kv_put(f, key, strlen(key), h->json, strlen(h->json), h->grace, res->revision);
+	SR_INFO(FL_CTX, "lease=%s: made again in etcd after etcd lost it", h->id);
+}
+
+static void reclaim_granted(int err, const struct etcd_result *res, void *arg)
+{
+	struct fl_held *h = arg;
+	struct relay_fleet *f = h->f;
+	struct relay_lease *l = relay_find_id(f->r, h->id);
+	struct relay_lease_ext *lx = l ? relay_lease_data(l) : NULL;
+	char e[256];
+
+	h->op = NULL;
+	if (err) {
+		SR_WARN(FL_CTX, "lease=%s: cannot make it again in etcd (%s); retrying", h->id,
+			res->msg);
+		reclaim_later(h);
+		return;
+	}
+	h->newgrace = res->lease;
+	free(h->json);
+	h->json = lx && lx->tunnel ? lease_json_now(lx) : NULL;
+	if (h->json)
+		h->op = lease_txn(f, lx, h->newgrace, h->json, reclaim_done, h, e, sizeof(e));
+	if (!h->op)
+		reclaim_later(h);
+}
+
+/* etcd lost lease id while a tunnel holds it here: make its keys again on
+ * a new grace lease, only if none of them exists meanwhile. */
+static void held_reclaim(struct relay_fleet *f, const char *id)
+{
+	struct fl_held *h = held_find(f, id);
+	char key[FL_KEY_MAX], e[256];
+	uint32_t ttl = f->r->o->lease_grace_s > FL_GRACE_MIN_S ? f->r->o->lease_grace_s
+							       : FL_GRACE_MIN_S;
+
+	snprintf(key, sizeof(key), "leases/%s", id);
+	if (!h || h->op || kv_find(f, key) || !f->synced)
+		return;
+	if (!h->retry && !(h->retry = evtimer_new(f->base, reclaim_retry_cb, h)))
+		return;
+	evtimer_del(h->retry);
+	h->op = etcd_lease_grant(f->etcd, ttl, reclaim_granted, h, e, sizeof(e));
+	if (!h->op)
+		reclaim_later(h);
 }
 
 void relay_fleet_attached(struct relay_fleet *f, struct relay_lease_ext *lx)
@@ -1089,34 +1214,29 @@ static void reg_txn_done(int err, const struct etcd_result *res, void *arg)
 	relay_tunnel_attach(t, lx, 1);
 }
 
-static void reg_txn(struct fleet_reg *g)
+/* The transaction that makes leases/<id> and ports/<p> of lx on the etcd
+ * lease grace, only if none of them exists. json: the value (kept by the
+ * caller until the answer). */
+static struct etcd_op *lease_txn(struct relay_fleet *f, struct relay_lease_ext *lx,
+				 int64_t grace, const char *json, etcd_cb cb, void *arg, char *e,
+				 size_t elen)
 {
-	struct relay_fleet *f = g->f;
-	struct relay_lease *l = g->lx->lease;
+	struct relay_lease *l = lx->lease;
 	struct etcd_cmp cmp[1 + TUN_PORT_MAX];
 	struct etcd_req ops[1 + TUN_PORT_MAX];
-	char keys[1 + TUN_PORT_MAX][FL_KEY_MAX], resume[FL_DIGEST_HEX];
+	char keys[1 + TUN_PORT_MAX][FL_KEY_MAX];
 	struct relay_lease_state st;
 	const char *id = relay_lease_id(l);
 	size_t n = 0;
-	char e[256];
 
 	relay_lease_get_state(l, &st);
-	sha256_hex(st.resume, resume);
-	free(g->json);
-	g->json = lease_json(g->lx, resume, "");
-	if (!g->json) {
-		reg_fail(g, "internal", "out of memory");
-		return;
-	}
 	memset(cmp, 0, sizeof(cmp));
 	memset(ops, 0, sizeof(ops));
 	mkkey(f, keys[0], sizeof(keys[0]), "leases/%s", id);
 	cmp[0] = (struct etcd_cmp){.key = keys[0], .key_len = strlen(keys[0]),
 				   .target = ETCD_CMP_CREATE, .op = ETCD_EQ, .number = 0};
 	ops[0] = (struct etcd_req){.type = ETCD_PUT, .key = keys[0], .key_len = strlen(keys[0]),
-				   .value = g->json, .value_len = strlen(g->json),
-				   .lease = g->grace};
+				   .value = json, .value_len = strlen(json), .lease = grace};
 	n = 1;
 	for (int i = 0; i < TUN_PORT_MAX; i++) {
 		if (!st.ports[i])
@@ -1126,11 +1246,36 @@ static void reg_txn(struct fleet_reg *g)
 					   .target = ETCD_CMP_CREATE, .op = ETCD_EQ, .number = 0};
 		ops[n] = (struct etcd_req){.type = ETCD_PUT, .key = keys[n],
 					   .key_len = strlen(keys[n]), .value = id,
-					   .value_len = strlen(id), .lease = g->grace};
+					   .value_len = strlen(id), .lease = grace};
 		n++;
 	}
+	return etcd_txn(f->etcd, cmp, n, ops, n, NULL, 0, cb, arg, e, elen);
+}
+
+/* The value of leases/<id> for lx, its resume token being the current one. */
+static char *lease_json_now(struct relay_lease_ext *lx)
+{
+	struct relay_lease_state st;
+	char resume[FL_DIGEST_HEX];
+
+	relay_lease_get_state(lx->lease, &st);
+	sha256_hex(st.resume, resume);
+	return lease_json(lx, resume, "");
+}
+
+static void reg_txn(struct fleet_reg *g)
+{
+	struct relay_fleet *f = g->f;
+	char e[256];
+
+	free(g->json);
+	g->json = lease_json_now(g->lx);
+	if (!g->json) {
+		reg_fail(g, "internal", "out of memory");
+		return;
+	}
 	g->phase = REG_TXN;
-	g->op = etcd_txn(f->etcd, cmp, n, ops, n, NULL, 0, reg_txn_done, g, e, sizeof(e));
+	g->op = lease_txn(f, g->lx, g->grace, g->json, reg_txn_done, g, e, sizeof(e));
 	if (!g->op)
 		reg_fail(g, "internal", e);
 }
@@ -1622,6 +1767,10 @@ void relay_fleet_free(struct relay_fleet *f)
 		struct fl_held *h = f->held;
 		f->held = h->next;
 		etcd_keeper_free(h->k);
+		etcd_cancel(h->op);
+		if (h->retry)
+			event_free(h->retry);
+		free(h->json);
 		free(h);
 	}
 	etcd_watch_free(f->watch);

@@ -18,6 +18,9 @@
   - malformed values in etcd are ignored; etcd over mutual TLS;
   - a lease released by its old tunnel while a resume of it waits for etcd:
     the resume is refused (unknown_lease) and the relay lives on;
+  - a lease whose keys etcd lost while its tunnel is up is made again with
+    the same ports, or ended (error `revoked`, ports closed) when one of
+    its ports went to another lease meanwhile;
   - etcd stopped (SIGSTOP) for 10 s: streams undisturbed, a new
     registration fails with `fleet_unavailable` after its bound, and once
     etcd is back registrations succeed again.
@@ -445,6 +448,49 @@ class FleetTest(unittest.TestCase):
         self.assertEqual(m.get("code"), "unknown_lease", m)
         time.sleep(0.5)
         self.assertTrue(a.alive(), "relay died: %s" % a.sanitizer_lines()[:1])
+
+    def _fake_lease(self, relay):
+        fs = F.FakeSidecar(relay.port, H.certs().ca, host=relay.host).connect().start_h2()
+        self.addCleanup(fs.close)
+        fs.send_ctl(F.register_msg())
+        lease = fs.read_ctl(10)
+        self.assertEqual((lease or {}).get("type"), "lease", lease)
+        key = b"/sparkrelay/leases/" + lease["lease"].encode()
+        wait_for(lambda: self.etcd.get(key), 10, "the lease in etcd")
+        grace = int([kv for k, _, kv in self.etcd.get_prefix(key) if k == key][0]["lease"])
+        return fs, lease, key, grace
+
+    def test_a_lease_etcd_lost_while_its_tunnel_is_up_is_made_again(self):
+        # Its grace lease revoked (as when etcd expires it while the relay
+        # cannot reach etcd): the lease's keys vanish and its ports are free
+        # for any relay to grant; the relay holding its tunnel makes it again.
+        a = self.start_relay("relay-a", HOSTS[0])
+        fs, lease, key, grace = self._fake_lease(a)
+        self.etcd.revoke(grace)
+        back = wait_for(lambda: fs.read_ctl(0.2) is None and self.etcd.get(key), 10,
+                        "the lease made again in etcd")
+        self.assertEqual(back.decode().count(lease["resume"]), 0, "token in clear in etcd")
+        for role in ("driver", "blockManager"):
+            port = lease["ports"][role]
+            self.assertEqual(self.etcd.get(b"/sparkrelay/ports/%d" % port),
+                             lease["lease"].encode(), "ports/%d not claimed again" % port)
+        self.assertTrue(a.alive())
+
+    def test_a_lease_etcd_lost_whose_port_went_elsewhere_ends(self):
+        # Its driver port taken by another lease before the relay could make
+        # it again: executors of that lease must not reach this lease's
+        # driver, so the relay ends this one and closes its ports.
+        a = self.start_relay("relay-a", HOSTS[0])
+        fs, lease, key, grace = self._fake_lease(a)
+        port = lease["ports"]["driver"]
+        self.etcd.put(b"/sparkrelay/ports/%d" % port, b"L-other")  # off the grace lease
+        self.etcd.revoke(grace)
+        m = fs.read_ctl(10)
+        self.assertEqual((m or {}).get("type"), "error", m)
+        self.assertEqual(m.get("code"), "revoked", m)
+        wait_for(lambda: self._try_connect(a.host, port) is None, 5, "the port closed")
+        self.assertIsNone(self.etcd.get(key), "the lease made again over another's port")
+        self.assertTrue(a.alive())
 
     @staticmethod
     def metrics(relay):
