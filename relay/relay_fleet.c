@@ -494,8 +494,8 @@ static void lease_bind(struct relay_fleet *f, struct fl_kv *kv)
 
 static void regs_forget(struct relay_fleet *f, struct relay_lease_ext *lx);
 static struct etcd_op *lease_txn(struct relay_fleet *f, struct relay_lease_ext *lx,
-				 int64_t grace, const char *json, etcd_cb cb, void *arg, char *e,
-				 size_t elen);
+				 int64_t grace, const char *json, int read_on_fail, etcd_cb cb,
+				 void *arg, char *e, size_t elen);
 static char *lease_json_now(struct relay_lease_ext *lx);
 static void held_reclaim(struct relay_fleet *f, const char *id);
 
@@ -933,6 +933,20 @@ static void reclaim_later(struct fl_held *h)
 		retry_later(h->retry);
 }
 
+/* A failed reclaim's reads: leases/<id> is back and every port is id's. */
+static int remade_elsewhere(const char *id, const struct etcd_result *res)
+{
+	if (res->nops < 2 || res->ops[0].nkvs != 1 || res->ops[0].kvs[0].lease <= 0)
+		return 0;
+	for (size_t i = 1; i < res->nops; i++) {
+		const struct etcd_result *o = &res->ops[i];
+		if (o->nkvs != 1 || o->kvs[0].value_len != strlen(id) ||
+		    memcmp(o->kvs[0].value, id, o->kvs[0].value_len) != 0)
+			return 0;
+	}
+	return 1;
+}
+
 static void reclaim_done(int err, const struct etcd_result *res, void *arg)
 {
 	struct fl_held *h = arg;
@@ -948,6 +962,16 @@ static void reclaim_done(int err, const struct etcd_result *res, void *arg)
 		SR_WARN(FL_CTX, "lease=%s: cannot make it again in etcd (%s); retrying", h->id,
 			res->msg);
 		reclaim_later(h);
+		return;
+	}
+	if (!res->succeeded && remade_elsewhere(h->id, res)) {
+		/* Another relay with a tunnel of it made it again first. */
+		fl_revoke(f, h->newgrace, "revoke an unused grace lease");
+		h->newgrace = 0;
+		etcd_keeper_free(h->k);
+		h->grace = res->ops[0].kvs[0].lease;
+		h->k = etcd_keeper_new(f->etcd, h->grace, ttl, grace_lost, h);
+		SR_INFO(FL_CTX, "lease=%s: made again in etcd by another relay", h->id);
 		return;
 	}
 	if (!res->succeeded) {
@@ -997,7 +1021,7 @@ static void reclaim_granted(int err, const struct etcd_result *res, void *arg)
 	free(h->json);
 	h->json = lx && lx->tunnel ? lease_json_now(lx) : NULL;
 	if (h->json)
-		h->op = lease_txn(f, lx, h->newgrace, h->json, reclaim_done, h, e, sizeof(e));
+		h->op = lease_txn(f, lx, h->newgrace, h->json, 1, reclaim_done, h, e, sizeof(e));
 	if (!h->op)
 		reclaim_later(h);
 }
@@ -1215,15 +1239,15 @@ static void reg_txn_done(int err, const struct etcd_result *res, void *arg)
 }
 
 /* The transaction that makes leases/<id> and ports/<p> of lx on the etcd
- * lease grace, only if none of them exists. json: the value (kept by the
- * caller until the answer). */
+ * lease grace, only if none of them exists; read_on_fail: else it reads
+ * those keys (res->ops, in the same order). */
 static struct etcd_op *lease_txn(struct relay_fleet *f, struct relay_lease_ext *lx,
-				 int64_t grace, const char *json, etcd_cb cb, void *arg, char *e,
-				 size_t elen)
+				 int64_t grace, const char *json, int read_on_fail, etcd_cb cb,
+				 void *arg, char *e, size_t elen)
 {
 	struct relay_lease *l = lx->lease;
 	struct etcd_cmp cmp[1 + TUN_PORT_MAX];
-	struct etcd_req ops[1 + TUN_PORT_MAX];
+	struct etcd_req ops[1 + TUN_PORT_MAX], reads[1 + TUN_PORT_MAX];
 	char keys[1 + TUN_PORT_MAX][FL_KEY_MAX];
 	struct relay_lease_state st;
 	const char *id = relay_lease_id(l);
@@ -1232,6 +1256,7 @@ static struct etcd_op *lease_txn(struct relay_fleet *f, struct relay_lease_ext *
 	relay_lease_get_state(l, &st);
 	memset(cmp, 0, sizeof(cmp));
 	memset(ops, 0, sizeof(ops));
+	memset(reads, 0, sizeof(reads));
 	mkkey(f, keys[0], sizeof(keys[0]), "leases/%s", id);
 	cmp[0] = (struct etcd_cmp){.key = keys[0], .key_len = strlen(keys[0]),
 				   .target = ETCD_CMP_CREATE, .op = ETCD_EQ, .number = 0};
@@ -1249,7 +1274,11 @@ static struct etcd_op *lease_txn(struct relay_fleet *f, struct relay_lease_ext *
 					   .value_len = strlen(id), .lease = grace};
 		n++;
 	}
-	return etcd_txn(f->etcd, cmp, n, ops, n, NULL, 0, cb, arg, e, elen);
+	for (size_t i = 0; i < n; i++)
+		reads[i] = (struct etcd_req){.type = ETCD_RANGE, .key = keys[i],
+					     .key_len = strlen(keys[i])};
+	return etcd_txn(f->etcd, cmp, n, ops, n, read_on_fail ? reads : NULL,
+			read_on_fail ? n : 0, cb, arg, e, elen);
 }
 
 /* The value of leases/<id> for lx, its resume token being the current one. */
@@ -1275,7 +1304,7 @@ static void reg_txn(struct fleet_reg *g)
 		return;
 	}
 	g->phase = REG_TXN;
-	g->op = lease_txn(f, g->lx, g->grace, g->json, reg_txn_done, g, e, sizeof(e));
+	g->op = lease_txn(f, g->lx, g->grace, g->json, 0, reg_txn_done, g, e, sizeof(e));
 	if (!g->op)
 		reg_fail(g, "internal", e);
 }

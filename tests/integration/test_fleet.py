@@ -20,7 +20,8 @@
     the resume is refused (unknown_lease) and the relay lives on;
   - a lease whose keys etcd lost while its tunnel is up is made again with
     the same ports, or ended (error `revoked`, ports closed) when one of
-    its ports went to another lease meanwhile;
+    its ports went to another lease meanwhile; with tunnels on two relays
+    it is made once and both keep serving it;
   - etcd stopped (SIGSTOP) for 10 s: streams undisturbed, a new
     registration fails with `fleet_unavailable` after its bound, and once
     etcd is back registrations succeed again.
@@ -475,6 +476,30 @@ class FleetTest(unittest.TestCase):
             self.assertEqual(self.etcd.get(b"/sparkrelay/ports/%d" % port),
                              lease["lease"].encode(), "ports/%d not claimed again" % port)
         self.assertTrue(a.alive())
+
+    def test_a_lease_etcd_lost_with_tunnels_on_two_relays_is_made_again_once(self):
+        # Two relays hold a tunnel of the lease (a resume on b while the
+        # old tunnel on a is still up): both try to make it again; the one
+        # that loses finds it made by the other and keeps serving.
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        fs1, lease, key, grace = self._fake_lease(a)
+        fs2 = F.FakeSidecar(b.port, H.certs().ca, host=b.host).connect().start_h2()
+        self.addCleanup(fs2.close)
+        fs2.send_ctl(F.register_msg(resume=lease["resume"]))
+        m = fs2.read_ctl(10)
+        self.assertEqual((m or {}).get("type"), "lease", m)
+        self.assertEqual(m["lease"], lease["lease"])
+        wait_for(lambda: len(self.etcd.get_prefix(
+            b"/sparkrelay/tunnels/" + lease["lease"].encode() + b"/")) == 2, 10,
+            "tunnels keys of both relays")
+        self.etcd.revoke(grace)
+        wait_for(lambda: self.etcd.get(key), 10, "the lease made again in etcd")
+        for fs in (fs1, fs2):
+            m = fs.read_ctl(2)
+            self.assertIsNone(m, "a tunnel was told %r" % (m,))
+        self.assertTrue(a.alive() and b.alive())
+        self.assertTrue(a.grep("made again in etcd") and b.grep("made again in etcd"))
 
     def test_a_lease_etcd_lost_whose_port_went_elsewhere_ends(self):
         # Its driver port taken by another lease before the relay could make
