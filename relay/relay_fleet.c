@@ -69,6 +69,12 @@ struct fl_held {
 	char id[TUN_CTL_LEASE_MAX];
 	int64_t grace;
 	struct etcd_keeper *k;
+	/* etcd lost the lease while a tunnel holds it here: it is made
+	 * again with the same id and ports, or ended here (held_reclaim). */
+	struct etcd_op *op;
+	struct event *retry;
+	int64_t newgrace;
+	char *json;
 };
 
 enum fl_phase { REG_WAIT = 0, REG_GRANT, REG_TXN, REG_RESUME };
@@ -486,11 +492,20 @@ static void lease_bind(struct relay_fleet *f, struct fl_kv *kv)
 		relay_lease_port(l, TUN_PORT_DRIVER));
 }
 
+static void regs_forget(struct relay_fleet *f, struct relay_lease_ext *lx);
+static struct etcd_op *lease_txn(struct relay_fleet *f, struct relay_lease_ext *lx,
+				 int64_t grace, const char *json, int read_on_fail, etcd_cb cb,
+				 void *arg, char *e, size_t elen);
+static char *lease_json_now(struct relay_lease_ext *lx);
+static void held_reclaim(struct relay_fleet *f, const char *id);
+
 /* Drop the local lease (no etcd change). */
 static void lease_drop_local(struct relay_lease_ext *lx)
 {
 	struct relay_lease *l = lx->lease;
 
+	if (lx->relay && lx->relay->fleet)
+		regs_forget(lx->relay->fleet, lx);
 	relay_lease_set_data(l, NULL);
 	relay_lease_ext_free(lx);
 	relay_lease_release(l);
@@ -526,9 +541,11 @@ static void reconcile(struct relay_fleet *f)
 					continue;
 				if (lx->tunnel) {
 					/* etcd lost it while a tunnel holds it
-					 * here (etcd down longer than the grace):
-					 * keep serving; the sidecar's next
-					 * registration makes a new one. */
+					 * here (etcd out of reach longer than the
+					 * grace, or the grace lease revoked): its
+					 * ports are free in the fleet, so it is
+					 * made again, or ended if they are taken. */
+					held_reclaim(f, relay_lease_id(lx->lease));
 					continue;
 				}
 				SR_INFO(FL_CTX, "lease=%s ended in the fleet; ports closed here",
@@ -860,6 +877,11 @@ static void held_free(struct relay_fleet *f, struct fl_held *h, int delete_key)
 		fire(f, &rq, "delete tunnels key");
 	}
 	etcd_keeper_free(h->k);
+	etcd_cancel(h->op);
+	fl_revoke(f, h->newgrace, "revoke an unused grace lease");
+	if (h->retry)
+		event_free(h->retry);
+	free(h->json);
 	free(h);
 }
 
@@ -872,6 +894,7 @@ static void grace_lost(int err, const char *msg, void *arg)
 	h->k = NULL;
 	if (err == SR_ENOTFOUND) {
 		SR_WARN(FL_CTX, "lease=%s: its grace lease is gone from etcd", h->id);
+		held_reclaim(f, h->id);
 		return;
 	}
 	/* etcd unreachable: keep trying; the lease is served meanwhile. */
@@ -891,6 +914,136 @@ static int64_t lease_grace_of(struct relay_fleet *f, const char *id)
 	snprintf(key, sizeof(key), "leases/%s", id);
 	kv = kv_find(f, key);
 	return kv ? kv->lease : 0;
+}
+
+static void reclaim_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct fl_held *h = arg;
+
+	(void)fd;
+	(void)what;
+	held_reclaim(h->f, h->id);
+}
+
+static void reclaim_later(struct fl_held *h)
+{
+	fl_revoke(h->f, h->newgrace, "revoke an unused grace lease");
+	h->newgrace = 0;
+	if (h->retry)
+		retry_later(h->retry);
+}
+
+/* A failed reclaim's reads: leases/<id> is back and every port is id's. */
+static int remade_elsewhere(const char *id, const struct etcd_result *res)
+{
+	if (res->nops < 2 || res->ops[0].nkvs != 1 || res->ops[0].kvs[0].lease <= 0)
+		return 0;
+	for (size_t i = 1; i < res->nops; i++) {
+		const struct etcd_result *o = &res->ops[i];
+		if (o->nkvs != 1 || o->kvs[0].value_len != strlen(id) ||
+		    memcmp(o->kvs[0].value, id, o->kvs[0].value_len) != 0)
+			return 0;
+	}
+	return 1;
+}
+
+static void reclaim_done(int err, const struct etcd_result *res, void *arg)
+{
+	struct fl_held *h = arg;
+	struct relay_fleet *f = h->f;
+	struct relay_lease *l = relay_find_id(f->r, h->id);
+	struct relay_lease_ext *lx = l ? relay_lease_data(l) : NULL;
+	char key[FL_KEY_MAX];
+	uint32_t ttl = f->r->o->lease_grace_s > FL_GRACE_MIN_S ? f->r->o->lease_grace_s
+							       : FL_GRACE_MIN_S;
+
+	h->op = NULL;
+	if (err) {
+		SR_WARN(FL_CTX, "lease=%s: cannot make it again in etcd (%s); retrying", h->id,
+			res->msg);
+		reclaim_later(h);
+		return;
+	}
+	if (!res->succeeded && remade_elsewhere(h->id, res)) {
+		/* Another relay with a tunnel of it made it again first. */
+		fl_revoke(f, h->newgrace, "revoke an unused grace lease");
+		h->newgrace = 0;
+		etcd_keeper_free(h->k);
+		h->grace = res->ops[0].kvs[0].lease;
+		h->k = etcd_keeper_new(f->etcd, h->grace, ttl, grace_lost, h);
+		SR_INFO(FL_CTX, "lease=%s: made again in etcd by another relay", h->id);
+		return;
+	}
+	if (!res->succeeded) {
+		/* Its id or a port belongs to another lease now: executors of
+		 * that one must not reach this one's driver. */
+		reclaim_later(h);
+		if (!lx || !lx->tunnel)
+			return;
+		{
+			struct relay_tunnel *t = lx->tunnel;
+			SR_WARN(FL_CTX, "lease=%s: etcd lost it and its ports went to another "
+					"lease; ended here",
+				h->id);
+			relay_tunnel_unlink_lease(t);
+			relay_release_lease(lx); /* frees h */
+			relay_tunnel_error(t, "revoked",
+					   "the fleet's lease table lost this lease and its ports "
+					   "went to another; register again");
+		}
+		return;
+	}
+	etcd_keeper_free(h->k);
+	h->grace = h->newgrace;
+	h->newgrace = 0;
+	h->k = etcd_keeper_new(f->etcd, h->grace, ttl, grace_lost, h);
+	snprintf(key, sizeof(key), "%sleases/%s", f->prefix, h->id);
+	kv_put(f, key, strlen(key), h->json, strlen(h->json), h->grace, res->revision);
+	SR_INFO(FL_CTX, "lease=%s: made again in etcd after etcd lost it", h->id);
+}
+
+static void reclaim_granted(int err, const struct etcd_result *res, void *arg)
+{
+	struct fl_held *h = arg;
+	struct relay_fleet *f = h->f;
+	struct relay_lease *l = relay_find_id(f->r, h->id);
+	struct relay_lease_ext *lx = l ? relay_lease_data(l) : NULL;
+	char e[256];
+
+	h->op = NULL;
+	if (err) {
+		SR_WARN(FL_CTX, "lease=%s: cannot make it again in etcd (%s); retrying", h->id,
+			res->msg);
+		reclaim_later(h);
+		return;
+	}
+	h->newgrace = res->lease;
+	free(h->json);
+	h->json = lx && lx->tunnel ? lease_json_now(lx) : NULL;
+	if (h->json)
+		h->op = lease_txn(f, lx, h->newgrace, h->json, 1, reclaim_done, h, e, sizeof(e));
+	if (!h->op)
+		reclaim_later(h);
+}
+
+/* etcd lost lease id while a tunnel holds it here: make its keys again on
+ * a new grace lease, only if none of them exists meanwhile. */
+static void held_reclaim(struct relay_fleet *f, const char *id)
+{
+	struct fl_held *h = held_find(f, id);
+	char key[FL_KEY_MAX], e[256];
+	uint32_t ttl = f->r->o->lease_grace_s > FL_GRACE_MIN_S ? f->r->o->lease_grace_s
+							       : FL_GRACE_MIN_S;
+
+	snprintf(key, sizeof(key), "leases/%s", id);
+	if (!h || h->op || kv_find(f, key) || !f->synced)
+		return;
+	if (!h->retry && !(h->retry = evtimer_new(f->base, reclaim_retry_cb, h)))
+		return;
+	evtimer_del(h->retry);
+	h->op = etcd_lease_grant(f->etcd, ttl, reclaim_granted, h, e, sizeof(e));
+	if (!h->op)
+		reclaim_later(h);
 }
 
 void relay_fleet_attached(struct relay_fleet *f, struct relay_lease_ext *lx)
@@ -952,6 +1105,7 @@ void relay_fleet_released(struct relay_fleet *f, struct relay_lease_ext *lx)
 	char key[FL_KEY_MAX];
 	int64_t grace = lease_grace_of(f, id);
 
+	regs_forget(f, lx);
 	if (h) {
 		if (!grace)
 			grace = h->grace;
@@ -990,19 +1144,43 @@ static void reg_free(struct fleet_reg *g)
 static void reg_fail(struct fleet_reg *g, const char *code, const char *text)
 {
 	struct relay_fleet *f = g->f;
+	struct relay_lease_ext *lx;
 
 	if (g->op) {
 		etcd_cancel(g->op);
 		g->op = NULL;
 	}
-	if (g->lx && g->phase != REG_RESUME)
-		lease_drop_local(g->lx);
-	g->lx = NULL;
+	lx = g->lx;
+	g->lx = NULL; /* before the drop, which ends registrations that hold it */
+	if (lx && g->phase != REG_RESUME)
+		lease_drop_local(lx);
 	fl_revoke(f, g->grace, "revoke an ungranted lease");
 	g->grace = 0;
 	if (g->t && code)
 		relay_tunnel_error(g->t, code, text);
 	reg_free(g);
+}
+
+/* A registration that waits on etcd with lx ends when lx does: a resume's
+ * lease can be released by its old tunnel, revoked by an operator or
+ * dropped because etcd lost it before the write answers. */
+static void regs_forget(struct relay_fleet *f, struct relay_lease_ext *lx)
+{
+	int again = 1;
+
+	while (again) {
+		again = 0;
+		for (struct fleet_reg *g = f->regs; g; g = g->next) {
+			if (g->lx != lx)
+				continue;
+			g->lx = NULL; /* not ours to drop: whoever ends it does */
+			reg_fail(g, "unknown_lease",
+				 "the lease ended while this registration waited for the fleet's "
+				 "lease table; register again");
+			again = 1;
+			break;
+		}
+	}
 }
 
 static void reg_deadline_cb(evutil_socket_t fd, short what, void *arg)
@@ -1041,8 +1219,8 @@ static void reg_txn_done(int err, const struct etcd_result *res, void *arg)
 		SR_INFO(FL_CTX, "lease=%s: a port was granted elsewhere at the same time; "
 				"trying other ports",
 			relay_lease_id(lx->lease));
-		lease_drop_local(lx);
 		g->lx = NULL;
+		lease_drop_local(lx);
 		if (++g->tries >= FL_MAX_GRANT_TRIES) {
 			reg_fail(g, "no_ports", "ports kept being taken by other relays; try again");
 			return;
@@ -1060,34 +1238,30 @@ static void reg_txn_done(int err, const struct etcd_result *res, void *arg)
 	relay_tunnel_attach(t, lx, 1);
 }
 
-static void reg_txn(struct fleet_reg *g)
+/* The transaction that makes leases/<id> and ports/<p> of lx on the etcd
+ * lease grace, only if none of them exists; read_on_fail: else it reads
+ * those keys (res->ops, in the same order). */
+static struct etcd_op *lease_txn(struct relay_fleet *f, struct relay_lease_ext *lx,
+				 int64_t grace, const char *json, int read_on_fail, etcd_cb cb,
+				 void *arg, char *e, size_t elen)
 {
-	struct relay_fleet *f = g->f;
-	struct relay_lease *l = g->lx->lease;
+	struct relay_lease *l = lx->lease;
 	struct etcd_cmp cmp[1 + TUN_PORT_MAX];
-	struct etcd_req ops[1 + TUN_PORT_MAX];
-	char keys[1 + TUN_PORT_MAX][FL_KEY_MAX], resume[FL_DIGEST_HEX];
+	struct etcd_req ops[1 + TUN_PORT_MAX], reads[1 + TUN_PORT_MAX];
+	char keys[1 + TUN_PORT_MAX][FL_KEY_MAX];
 	struct relay_lease_state st;
 	const char *id = relay_lease_id(l);
 	size_t n = 0;
-	char e[256];
 
 	relay_lease_get_state(l, &st);
-	sha256_hex(st.resume, resume);
-	free(g->json);
-	g->json = lease_json(g->lx, resume, "");
-	if (!g->json) {
-		reg_fail(g, "internal", "out of memory");
-		return;
-	}
 	memset(cmp, 0, sizeof(cmp));
 	memset(ops, 0, sizeof(ops));
+	memset(reads, 0, sizeof(reads));
 	mkkey(f, keys[0], sizeof(keys[0]), "leases/%s", id);
 	cmp[0] = (struct etcd_cmp){.key = keys[0], .key_len = strlen(keys[0]),
 				   .target = ETCD_CMP_CREATE, .op = ETCD_EQ, .number = 0};
 	ops[0] = (struct etcd_req){.type = ETCD_PUT, .key = keys[0], .key_len = strlen(keys[0]),
-				   .value = g->json, .value_len = strlen(g->json),
-				   .lease = g->grace};
+				   .value = json, .value_len = strlen(json), .lease = grace};
 	n = 1;
 	for (int i = 0; i < TUN_PORT_MAX; i++) {
 		if (!st.ports[i])
@@ -1097,11 +1271,40 @@ static void reg_txn(struct fleet_reg *g)
 					   .target = ETCD_CMP_CREATE, .op = ETCD_EQ, .number = 0};
 		ops[n] = (struct etcd_req){.type = ETCD_PUT, .key = keys[n],
 					   .key_len = strlen(keys[n]), .value = id,
-					   .value_len = strlen(id), .lease = g->grace};
+					   .value_len = strlen(id), .lease = grace};
 		n++;
 	}
+	for (size_t i = 0; i < n; i++)
+		reads[i] = (struct etcd_req){.type = ETCD_RANGE, .key = keys[i],
+					     .key_len = strlen(keys[i])};
+	return etcd_txn(f->etcd, cmp, n, ops, n, read_on_fail ? reads : NULL,
+			read_on_fail ? n : 0, cb, arg, e, elen);
+}
+
+/* The value of leases/<id> for lx, its resume token being the current one. */
+static char *lease_json_now(struct relay_lease_ext *lx)
+{
+	struct relay_lease_state st;
+	char resume[FL_DIGEST_HEX];
+
+	relay_lease_get_state(lx->lease, &st);
+	sha256_hex(st.resume, resume);
+	return lease_json(lx, resume, "");
+}
+
+static void reg_txn(struct fleet_reg *g)
+{
+	struct relay_fleet *f = g->f;
+	char e[256];
+
+	free(g->json);
+	g->json = lease_json_now(g->lx);
+	if (!g->json) {
+		reg_fail(g, "internal", "out of memory");
+		return;
+	}
 	g->phase = REG_TXN;
-	g->op = etcd_txn(f->etcd, cmp, n, ops, n, NULL, 0, reg_txn_done, g, e, sizeof(e));
+	g->op = lease_txn(f, g->lx, g->grace, g->json, 0, reg_txn_done, g, e, sizeof(e));
 	if (!g->op)
 		reg_fail(g, "internal", e);
 }
@@ -1581,9 +1784,10 @@ void relay_fleet_free(struct relay_fleet *f)
 		return;
 	while (f->regs) {
 		struct fleet_reg *g = f->regs;
-		if (g->lx && g->phase != REG_RESUME)
-			lease_drop_local(g->lx);
+		struct relay_lease_ext *lx = g->lx;
 		g->lx = NULL;
+		if (lx && g->phase != REG_RESUME)
+			lease_drop_local(lx);
 		reg_free(g);
 	}
 	while (f->fwds)
@@ -1592,6 +1796,10 @@ void relay_fleet_free(struct relay_fleet *f)
 		struct fl_held *h = f->held;
 		f->held = h->next;
 		etcd_keeper_free(h->k);
+		etcd_cancel(h->op);
+		if (h->retry)
+			event_free(h->retry);
+		free(h->json);
 		free(h);
 	}
 	etcd_watch_free(f->watch);

@@ -16,6 +16,12 @@
   - a draining relay withdraws from etcd at once, and its sidecar resumes
     elsewhere;
   - malformed values in etcd are ignored; etcd over mutual TLS;
+  - a lease released by its old tunnel while a resume of it waits for etcd:
+    the resume is refused (unknown_lease) and the relay lives on;
+  - a lease whose keys etcd lost while its tunnel is up is made again with
+    the same ports, or ended (error `revoked`, ports closed) when one of
+    its ports went to another lease meanwhile; with tunnels on two relays
+    it is made once and both keep serving it;
   - etcd stopped (SIGSTOP) for 10 s: streams undisturbed, a new
     registration fails with `fleet_unavailable` after its bound, and once
     etcd is back registrations succeed again.
@@ -33,6 +39,7 @@ import unittest
 import urllib.request
 
 import etcd as E
+import fake_sidecar as F
 import harness as H
 from harness import MiB
 
@@ -415,6 +422,100 @@ class FleetTest(unittest.TestCase):
         l2 = self.lease_of(s2, not_before=t0)
         self.assertEqual((l1["lease"], l1["ports"]), (l2["lease"], l2["ports"]))
         self.assertTrue(tls.get_prefix(b"/sparkrelay/leases/"), "no lease key in etcd")
+
+    def test_release_while_a_resume_waits_for_etcd(self):
+        # A resume holds the lease while its etcd write is under way; the
+        # lease's old tunnel releases it meanwhile. The resume must be
+        # refused, not finished on a freed lease (the relay crashed).
+        a = self.start_relay("relay-a", HOSTS[0])
+        fs1 = F.FakeSidecar(a.port, H.certs().ca, host=a.host).connect().start_h2()
+        self.addCleanup(fs1.close)
+        fs1.send_ctl(F.register_msg())
+        lease = fs1.read_ctl(10)
+        self.assertEqual((lease or {}).get("type"), "lease", lease)
+        wait_for(lambda: a.grep("granted in the fleet"), 10, "the grant")
+        fs2 = F.FakeSidecar(a.port, H.certs().ca, host=a.host).connect().start_h2()
+        self.addCleanup(fs2.close)
+        self.etcd.pause()
+        try:
+            fs2.send_ctl(F.register_msg(resume=lease["resume"]))
+            time.sleep(0.3)  # the resume's etcd write is sent (and waits)
+            fs1.send_ctl({"v": 2, "type": "release"})
+            wait_for(lambda: a.grep("lease released by the sidecar"), 5, "the release")
+        finally:
+            self.etcd.resume()
+        m = fs2.read_ctl(10)
+        self.assertEqual((m or {}).get("type"), "error", m)
+        self.assertEqual(m.get("code"), "unknown_lease", m)
+        time.sleep(0.5)
+        self.assertTrue(a.alive(), "relay died: %s" % a.sanitizer_lines()[:1])
+
+    def _fake_lease(self, relay):
+        fs = F.FakeSidecar(relay.port, H.certs().ca, host=relay.host).connect().start_h2()
+        self.addCleanup(fs.close)
+        fs.send_ctl(F.register_msg())
+        lease = fs.read_ctl(10)
+        self.assertEqual((lease or {}).get("type"), "lease", lease)
+        key = b"/sparkrelay/leases/" + lease["lease"].encode()
+        wait_for(lambda: self.etcd.get(key), 10, "the lease in etcd")
+        grace = int([kv for k, _, kv in self.etcd.get_prefix(key) if k == key][0]["lease"])
+        return fs, lease, key, grace
+
+    def test_a_lease_etcd_lost_while_its_tunnel_is_up_is_made_again(self):
+        # Its grace lease revoked (as when etcd expires it while the relay
+        # cannot reach etcd): the lease's keys vanish and its ports are free
+        # for any relay to grant; the relay holding its tunnel makes it again.
+        a = self.start_relay("relay-a", HOSTS[0])
+        fs, lease, key, grace = self._fake_lease(a)
+        self.etcd.revoke(grace)
+        back = wait_for(lambda: fs.read_ctl(0.2) is None and self.etcd.get(key), 10,
+                        "the lease made again in etcd")
+        self.assertEqual(back.decode().count(lease["resume"]), 0, "token in clear in etcd")
+        for role in ("driver", "blockManager"):
+            port = lease["ports"][role]
+            self.assertEqual(self.etcd.get(b"/sparkrelay/ports/%d" % port),
+                             lease["lease"].encode(), "ports/%d not claimed again" % port)
+        self.assertTrue(a.alive())
+
+    def test_a_lease_etcd_lost_with_tunnels_on_two_relays_is_made_again_once(self):
+        # Two relays hold a tunnel of the lease (a resume on b while the
+        # old tunnel on a is still up): both try to make it again; the one
+        # that loses finds it made by the other and keeps serving.
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        fs1, lease, key, grace = self._fake_lease(a)
+        fs2 = F.FakeSidecar(b.port, H.certs().ca, host=b.host).connect().start_h2()
+        self.addCleanup(fs2.close)
+        fs2.send_ctl(F.register_msg(resume=lease["resume"]))
+        m = fs2.read_ctl(10)
+        self.assertEqual((m or {}).get("type"), "lease", m)
+        self.assertEqual(m["lease"], lease["lease"])
+        wait_for(lambda: len(self.etcd.get_prefix(
+            b"/sparkrelay/tunnels/" + lease["lease"].encode() + b"/")) == 2, 10,
+            "tunnels keys of both relays")
+        self.etcd.revoke(grace)
+        wait_for(lambda: self.etcd.get(key), 10, "the lease made again in etcd")
+        for fs in (fs1, fs2):
+            m = fs.read_ctl(2)
+            self.assertIsNone(m, "a tunnel was told %r" % (m,))
+        self.assertTrue(a.alive() and b.alive())
+        self.assertTrue(a.grep("made again in etcd") and b.grep("made again in etcd"))
+
+    def test_a_lease_etcd_lost_whose_port_went_elsewhere_ends(self):
+        # Its driver port taken by another lease before the relay could make
+        # it again: executors of that lease must not reach this lease's
+        # driver, so the relay ends this one and closes its ports.
+        a = self.start_relay("relay-a", HOSTS[0])
+        fs, lease, key, grace = self._fake_lease(a)
+        port = lease["ports"]["driver"]
+        self.etcd.put(b"/sparkrelay/ports/%d" % port, b"L-other")  # off the grace lease
+        self.etcd.revoke(grace)
+        m = fs.read_ctl(10)
+        self.assertEqual((m or {}).get("type"), "error", m)
+        self.assertEqual(m.get("code"), "revoked", m)
+        wait_for(lambda: self._try_connect(a.host, port) is None, 5, "the port closed")
+        self.assertIsNone(self.etcd.get(key), "the lease made again over another's port")
+        self.assertTrue(a.alive())
 
     @staticmethod
     def metrics(relay):
