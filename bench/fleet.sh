@@ -275,6 +275,15 @@ for h in "${HOSTS[@]}"; do
 		die "no exchange through the relay at $h"
 done
 
+carried() { # carried PID: the relay's sparkrelay_fleet_carried_total ("-" unknown)
+	local port
+	# The admin listener is the relay's only one on 127.0.0.1 (port 0: any).
+	port=$(ss -Hltnp 2>/dev/null | awk -v pid="pid=$1," 'index($0, pid) && $4 ~ /^127\.0\.0\.1:/ { sub(/.*:/, "", $4); print $4; exit }')
+	[ -n "$port" ] || { echo -; return 0; }
+	curl -sf -m 5 "http://127.0.0.1:$port/metrics" 2>/dev/null |
+		awk '$1 == "sparkrelay_fleet_carried_total" { printf "%d\n", $2; f = 1 } END { if (!f) print "-" }'
+}
+
 alive_all() {
 	local p
 	for p in "$ETCD_PID" "${RPID[@]}" "$SC"; do
@@ -301,10 +310,14 @@ done
 touch "$TMP/rss.peak.stop"
 forget "$WATCH"
 read -r -a RSS1 <<<"$(cat "$TMP/rss.peak")"
+# Proof that the hop path is one: b and c carried their executors to a.
+CARRIED="$(carried "$RA") $(carried "$RB") $(carried "$RC")"
+log "  carried over the peer link (fleet_carried_total) by a, b, c: $CARRIED"
 alive_all || log "WARNING: a fleet process died during the scale step"
-python3 - "$RES" "$PER_RELAY" "$HOLD" "${RSS0[*]}" "${RSS1[*]}" >"$RES/scale.json" <<'EOF'
+python3 - "$RES" "$PER_RELAY" "$HOLD" "${RSS0[*]}" "${RSS1[*]}" "$CARRIED" >"$RES/scale.json" <<'EOF'
 import json, sys
 res, per, hold = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+carried = dict(zip("abc", sys.argv[6].split()))
 rss0 = [int(x) for x in sys.argv[4].split()]
 rss1 = [int(x) for x in sys.argv[5].split()]
 def r(name):
@@ -321,6 +334,7 @@ for i, name in enumerate("abc"):
     rows.append({"name": "relay %s (%s)" % (name, "tunnel; carries every stream" if name == "a" else "hop"),
                  "established": x.get("established"), "alive": x.get("alive_after_hold"),
                  "failed": x.get("failed"), "open_s": x.get("open_s"),
+                 "carried": carried.get(name),
                  "rss0_kib": rss0[i], "rss1_kib": rss1[i],
                  "kib_per_conn": (rss1[i] - rss0[i]) / conns})
 rows.append({"name": "sidecar", "rss0_kib": rss0[3], "rss1_kib": rss1[3],

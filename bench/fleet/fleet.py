@@ -148,9 +148,19 @@ def report(resdir, out_json, out_md, meta_path):
                 m["cpu_s_per_gb_%s_%s_%s" % (who, d, path)] = med(
                     [r["cpu_s"][who] / (r["bytes"] / 1e9) for r in runs
                      if r.get("bytes") and who in r["cpu_s"]])
+    per_rep = {}
+    for path in ("plain", "direct", "hop"):
+        rp = [res_of(os.path.join(resdir, "rpc.%s.%d.json" % (path, i))) for i in range(1, reps + 1)]
+        per_rep["rtt_us_" + path] = [(num(r, "rtt_us", "p50"), num(r, "rtt_us", "p99")) for r in rp]
+        if path == "plain":
+            continue
+        for d in ("up", "down"):
+            runs = [load(os.path.join(resdir, "iperf.%s.%s.%d.json" % (path, d, i)))
+                    for i in range(1, reps + 1)]
+            per_rep["iperf_%s_%s" % (d, path)] = [r for r in runs if r]
     scale = load(os.path.join(resdir, "scale.json")) or {}
     kill = load(os.path.join(resdir, "kill.json")) or {}
-    doc = {"meta": meta, "medians": m, "scale": scale, "kill": kill}
+    doc = {"meta": meta, "medians": m, "runs": per_rep, "scale": scale, "kill": kill}
     with open(out_json, "w") as fh:
         json.dump(doc, fh, indent=1, sort_keys=True)
 
@@ -178,17 +188,23 @@ def report(resdir, out_json, out_md, meta_path):
         L.append("The hop adds %s us at p50 and %s us at p99 to a 64-byte round trip." % (
             fmt(m["rtt_p50_us_hop"] - m["rtt_p50_us_direct"], 0),
             fmt(m["rtt_p99_us_hop"] - m["rtt_p99_us_direct"], 0)))
+    L.append("Each repetition, round trip p50/p99 us: " + "; ".join(
+        "%s %s" % (p, " ".join("%s/%s" % (fmt(a), fmt(b)) for a, b in per_rep["rtt_us_" + p]))
+        for p in ("plain", "direct", "hop")) + ".")
+    L.append("Each repetition, iperf3 Gbit/s: " + "; ".join(
+        "%s %s %s" % (p, d, " ".join(fmt(r["gbit_s"], 2) for r in per_rep["iperf_%s_%s" % (d, p)]))
+        for d in ("up", "down") for p in ("direct", "hop")) + ".")
     L.append("")
     if scale:
         L.append("Scale: %d executor connections asked (%d per relay, at once on the three), "
                  "held %s s" % (scale["asked"], scale["per_relay"], scale["hold_s"]))
         L.append("")
-        L.append("| relay | established | alive after the hold | failed | open time | RSS before -> peak | KiB per connection |")
-        L.append("|---|---|---|---|---|---|---|")
+        L.append("| relay | established | alive after the hold | failed | open time | carried over the peer link | RSS before -> peak | KiB per connection |")
+        L.append("|---|---|---|---|---|---|---|---|")
         for row in scale["rows"]:
-            L.append("| %s | %s | %s | %s | %s | %s -> %s KiB | %s |" % (
+            L.append("| %s | %s | %s | %s | %s | %s | %s -> %s KiB | %s |" % (
                 row["name"], fmt(row.get("established")), fmt(row.get("alive")),
-                fmt(row.get("failed")), fmt(row.get("open_s"), 2, " s"),
+                fmt(row.get("failed")), fmt(row.get("open_s"), 2, " s"), row.get("carried", "-"),
                 fmt(row.get("rss0_kib")), fmt(row.get("rss1_kib")),
                 fmt(row.get("kib_per_conn"), 1)))
         L.append("")
