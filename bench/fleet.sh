@@ -61,8 +61,10 @@ for v in "$REPS" "$SECS" "$PER_RELAY" "$HOLD"; do
 	case "$v" in '' | *[!0-9]* | 0) echo "fleet.sh: --reps, --seconds, --per-relay and --hold take positive integers" >&2; exit 2 ;; esac
 done
 [ "$PER_RELAY" -le 20000 ] || { echo "fleet.sh: --per-relay at most 20000" >&2; exit 2; }
-[ "$REPS" -le 20 ] && [ "$SECS" -le 60 ] && [ "$HOLD" -le 120 ] ||
-	{ echo "fleet.sh: at most 20 reps, 60 s runs, 120 s hold" >&2; exit 2; }
+if [ "$REPS" -gt 20 ] || [ "$SECS" -gt 60 ] || [ "$HOLD" -gt 120 ]; then
+	echo "fleet.sh: at most 20 reps, 60 s runs, 120 s hold" >&2
+	exit 2
+fi
 
 log() { printf '%s fleet: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
