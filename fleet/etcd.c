@@ -210,6 +210,23 @@ static void op_free(struct etcd_op *op)
 static void watch_release(struct etcd_watch *w);
 static void keeper_release(struct etcd_keeper *k);
 
+const char *etcd_strerror(int err)
+{
+	switch (err) {
+	case 0: return "ok";
+	case SR_EIO: return "no answer";
+	case SR_ETLS: return "TLS failed";
+	case SR_ETIMEDOUT: return "timed out";
+	case SR_ETOOBIG: return "answer too large";
+	case SR_EPROTO: return "not an etcd answer";
+	case SR_ENOTFOUND: return "not found";
+	case SR_EBUSY: return "unavailable";
+	case SR_EDENIED: return "denied";
+	case SR_ENOMEM: return "out of memory";
+	default: return "etcd error";
+	}
+}
+
 void etcd_free(struct etcd *c)
 {
 	if (!c)

@@ -71,6 +71,9 @@ struct etcd *etcd_new(struct event_base *base, const struct etcd_opts *o, char *
  * client: no callback runs after this, and their handles are invalid. Not
  * from inside one of the client's callbacks. NULL is a no-op. */
 void etcd_free(struct etcd *c);
+/* A few words for an err of a callback, in etcd's terms (SR_EBUSY is
+ * "unavailable" here: etcd's codes 8 and 14), for log lines. */
+const char *etcd_strerror(int err);
 /* The endpoint the next request goes to (the last that answered). */
 const char *etcd_endpoint(const struct etcd *c);
 

@@ -233,7 +233,8 @@ void relay_exec_accept(struct relay *r, struct relay_lease *l, enum tun_port_rol
 		return;
 	}
 	/* No tunnel here: a relay of the fleet that holds one carries it. */
-	if (!from_peer && r->fleet && relay_fleet_forward(r->fleet, lx, role, fd, sa, conn_id))
+	if (from_peer == RELAY_EXEC_LOCAL && r->fleet &&
+	    relay_fleet_forward(r->fleet, lx, role, fd, sa, conn_id))
 		return;
 	if (tl.pending)
 		max_pending = tl.pending;
@@ -260,7 +261,7 @@ void relay_exec_accept(struct relay *r, struct relay_lease *l, enum tun_port_rol
 	p->role = role;
 	p->conn_id = conn_id;
 	p->since_us = sr_now_us();
-	p->from_peer = from_peer;
+	p->from_peer = from_peer == RELAY_EXEC_FROM_PEER;
 	snprintf(p->peer, sizeof(p->peer), "%s", peer);
 	tv = sr_tv_ms(r->o->pending_timeout_ms);
 	evtimer_add(p->timer, &tv);

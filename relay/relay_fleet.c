@@ -49,6 +49,7 @@
 /* Keys mirrored at most (four per lease at most, plus one per relay): what
  * etcd holds beyond is not seen, and logged. */
 #define FL_MAX_KEYS 262144
+#define FL_MAX_ANSWER (64u * 1024 * 1024)
 
 /* One key of the mirror (the prefix cut off). */
 struct fl_kv {
@@ -613,7 +614,7 @@ static void watch_compacted(int64_t rev, void *arg)
 static void watch_error(int err, const char *msg, void *arg)
 {
 	(void)arg;
-	SR_WARN(FL_CTX, "etcd watch broke (%s): %s; reconnecting", sr_strerror(err), msg);
+	SR_WARN(FL_CTX, "etcd watch broke (%s): %s; reconnecting", etcd_strerror(err), msg);
 }
 
 static void sync_ranged(int err, const struct etcd_result *res, void *arg)
@@ -624,7 +625,7 @@ static void sync_ranged(int err, const struct etcd_result *res, void *arg)
 
 	if (err) {
 		SR_WARN(FL_CTX, "cannot read the fleet's keys from etcd (%s): %s; retrying",
-			sr_strerror(err), res->msg);
+			etcd_strerror(err), res->msg);
 		retry_later(f->sync_retry);
 		return;
 	}
@@ -695,7 +696,7 @@ static void self_lost(int err, const char *msg, void *arg)
 	struct relay_fleet *f = arg;
 
 	SR_WARN(FL_CTX, "this relay's registration in etcd is lost (%s: %s); registering again",
-		sr_strerror(err), msg);
+		etcd_strerror(err), msg);
 	etcd_keeper_free(f->self_keeper);
 	f->self_keeper = NULL;
 	f->self_lease = 0;
@@ -712,7 +713,7 @@ static void self_put(int err, const struct etcd_result *res, void *arg)
 	}
 	if (err) {
 		SR_WARN(FL_CTX, "cannot register this relay in etcd (%s): %s; retrying",
-			sr_strerror(err), res->msg);
+			etcd_strerror(err), res->msg);
 		fl_revoke(f, f->self_lease, "revoke unused relay lease");
 		f->self_lease = 0;
 		retry_later(f->self_retry);
@@ -766,7 +767,7 @@ static void self_granted(int err, const struct etcd_result *res, void *arg)
 
 	if (err) {
 		SR_WARN(FL_CTX, "cannot get an etcd lease for this relay (%s): %s; retrying",
-			sr_strerror(err), res->msg);
+			etcd_strerror(err), res->msg);
 		retry_later(f->self_retry);
 		return;
 	}
@@ -807,7 +808,7 @@ static void withdrawn(int err, const struct etcd_result *res, void *arg)
 	if (err)
 		SR_WARN(FL_CTX, "cannot withdraw from the fleet (%s): %s; other relays stop "
 				"dialling this one within %u s",
-			sr_strerror(err), res->msg, f->ttl_s);
+			etcd_strerror(err), res->msg, f->ttl_s);
 	else
 		SR_INFO(FL_CTX, "withdrawn from the fleet");
 }
@@ -1221,6 +1222,10 @@ static void reg_txn_done(int err, const struct etcd_result *res, void *arg)
 			relay_lease_id(lx->lease));
 		g->lx = NULL;
 		lease_drop_local(lx);
+		/* The winner's lease may be in the mirror already, its ports
+		 * unbound here while ours held them: bind them now, not at the
+		 * next unrelated change in etcd. */
+		reconcile(f);
 		if (++g->tries >= FL_MAX_GRANT_TRIES) {
 			reg_fail(g, "no_ports", "ports kept being taken by other relays; try again");
 			return;
@@ -1592,7 +1597,7 @@ static void fwd_cb(struct fleet_splice *sp, enum fleet_splice_end end, int err, 
 	l = fd >= 0 ? relay_find_id(f->r, w->lease) : NULL;
 	if (l && relay_lease_data(l))
 		relay_exec_accept(f->r, l, (enum tun_port_role)w->role, fd,
-				  (struct sockaddr *)&w->exec, 1);
+				  (struct sockaddr *)&w->exec, RELAY_EXEC_UNCARRIED);
 	else if (fd >= 0) {
 		sr_sock_set_reset_on_close(fd);
 		close(fd);
@@ -1685,7 +1690,8 @@ static void peer_cb(const struct fleet_peer_hdr *hdr, int fd, void *arg)
 		close(fd);
 		return;
 	}
-	relay_exec_accept(f->r, l, hdr->role, fd, (const struct sockaddr *)&hdr->exec, 1);
+	relay_exec_accept(f->r, l, hdr->role, fd, (const struct sockaddr *)&hdr->exec,
+			  RELAY_EXEC_FROM_PEER);
 }
 
 /* ---- lifetime ------------------------------------------------------------------- */
@@ -1758,6 +1764,10 @@ struct relay_fleet *relay_fleet_new(struct relay *r, char *err, size_t errlen)
 	/* One attempt well inside a registration's wait, so that it can say
 	 * why before its deadline. */
 	eo.timeout_ms = f->wait_ms / 2 > 500 ? f->wait_ms / 2 : 500;
+	/* The first range reads the whole fleet in one answer: room for
+	 * tens of thousands of leases, not the client's 4 MiB default (about
+	 * 3,000), which would leave a large fleet's relays never ready. */
+	eo.max_answer = FL_MAX_ANSWER;
 	f->etcd = etcd_new(f->base, &eo, err, errlen);
 	if (!f->etcd)
 		goto fail;

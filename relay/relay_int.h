@@ -269,8 +269,13 @@ void relay_tenant_usage(struct relay *r, const char *tenant, const char *idkey,
 /* relay_lease_cbs: an executor connected / a lease's grace ran out. */
 void relay_exec_on_accept(struct relay_lease *l, enum tun_port_role role, int fd,
 			  const struct sockaddr *sa, int salen, void *arg);
-/* The same; from_peer: another relay of the fleet carried it here, so it
- * is never carried on to a third (no forwarding loops). */
+/* The same; from_peer: RELAY_EXEC_FROM_PEER: another relay of the fleet
+ * carried it here, so it is never carried on to a third (no forwarding
+ * loops); RELAY_EXEC_UNCARRIED: carrying it just failed on every relay, so
+ * it waits here now and follows a tunnel that comes up elsewhere later. */
+#define RELAY_EXEC_LOCAL 0
+#define RELAY_EXEC_FROM_PEER 1
+#define RELAY_EXEC_UNCARRIED 2
 void relay_exec_accept(struct relay *r, struct relay_lease *l, enum tun_port_role role, int fd,
 		       const struct sockaddr *sa, int from_peer);
 void relay_exec_on_expire(struct relay_lease *l, void *arg);
