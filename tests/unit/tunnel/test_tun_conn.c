@@ -726,19 +726,35 @@ static void socketpair_nb(int sv[2])
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
 }
 
-/* Development certificates, made once per process. */
+/* Development certificates, made once per process and removed at its exit
+ * (the folder holds a CA key). */
+static char cert_dir_path[64];
+
+static void cert_dir_remove(void)
+{
+	static const char *const files[] = {"ca.pem",	   "ca.key",	  "relay.pem",
+					    "relay.key",   "sidecar.pem", "sidecar.key"};
+	char f[128];
+
+	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+		snprintf(f, sizeof(f), "%s/%s", cert_dir_path, files[i]);
+		unlink(f);
+	}
+	rmdir(cert_dir_path);
+}
+
 static const char *cert_dir(void)
 {
-	static char dir[64];
 	char err[256];
 
-	if (dir[0])
-		return dir;
-	snprintf(dir, sizeof(dir), "/tmp/sr-test-tun-conn-XXXXXX");
-	assert_non_null(mkdtemp(dir));
-	if (sr_devcert_write(dir, NULL, 1, err, sizeof(err)) != 0)
+	if (cert_dir_path[0])
+		return cert_dir_path;
+	snprintf(cert_dir_path, sizeof(cert_dir_path), "/tmp/sr-test-tun-conn-XXXXXX");
+	assert_non_null(mkdtemp(cert_dir_path));
+	atexit(cert_dir_remove);
+	if (sr_devcert_write(cert_dir_path, NULL, 1, err, sizeof(err)) != 0)
 		fail_msg("sr_devcert_write: %s", err);
-	return dir;
+	return cert_dir_path;
 }
 
 static SSL *new_ssl(struct h *h, enum tun_role role)
