@@ -78,6 +78,7 @@ struct tun_stream {
 	uint32_t flags;     /* TS_F_* */
 	uint32_t h2_error;  /* error code nghttp2 closed the stream with */
 	uint16_t port;
+	uint32_t pass_out;  /* bytes queued to the socket during this parse (tun_stream.c) */
 	uint64_t conn_id;
 	/* Credit accounting for DATA received into this stream's socket output
 	 * (see tun_stream.c): stream credit is owed for every such byte until

@@ -832,22 +832,38 @@ static void rblock_unref(const void *data, size_t len, void *extra)
 		b->release(b);
 }
 
-/* DATA for the socket. When the socket is keeping up (its output is empty:
- * the bytes go out within this loop iteration) a large payload is queued by
- * reference to the received block rather than copied; otherwise copied, so
- * that a slow socket pins no more than its own bytes. */
+/* DATA for the socket. When the socket is keeping up (its output holds
+ * nothing but what this parse queued by reference: it all goes out in
+ * tun_stream_write_queued at the end of the parse) a large payload is queued
+ * by reference to the received block rather than copied; otherwise copied,
+ * so that a slow socket pins no more than its own bytes. A block carries
+ * several DATA frames of one stream: without the second case all but the
+ * first were copied. */
 static int stream_take_data(struct tun_stream *s, const uint8_t *data, size_t len)
 {
 	struct evbuffer *out = bufferevent_get_output(s->sock);
 	struct tun_rblock *b = s->conn->rblock;
+	size_t have = evbuffer_get_length(out);
+	/* Everything in the output was queued during this parse. */
+	int fresh = !have || ((s->flags & TS_F_WRITEQ) && have == s->pass_out);
+	int rv;
 
-	if (b && len >= TS_REF_MIN && evbuffer_get_length(out) == 0) {
+	if (!have)
+		s->pass_out = 0;
+	if (len > UINT32_MAX - s->pass_out)
+		fresh = 0;
+	if (b && fresh && len >= TS_REF_MIN) {
 		b->refs++;
-		if (evbuffer_add_reference(out, data, len, rblock_unref, b) == 0)
+		if (evbuffer_add_reference(out, data, len, rblock_unref, b) == 0) {
+			s->pass_out += (uint32_t)len;
 			return 0;
+		}
 		b->refs--;
 	}
-	return bufferevent_write(s->sock, data, len);
+	rv = bufferevent_write(s->sock, data, len);
+	if (rv == 0 && fresh)
+		s->pass_out += (uint32_t)len;
+	return rv;
 }
 
 void tun_stream_on_data(struct tun_stream *s, const uint8_t *data, size_t len)
