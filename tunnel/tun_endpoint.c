@@ -40,6 +40,7 @@ struct tun_endpoint {
 	struct evbuffer *cout;  /* ciphertext (or plain bytes) not yet taken by the kernel */
 	enum ep_state state;
 	int peer_eof;
+	int wr_errno;     /* send() failed inside evb_write_ex; ep_send reports it */
 	int fail_err;
 	int closed_reported;
 
@@ -144,15 +145,54 @@ static void ep_set_err_ssl(struct tun_endpoint *ep, const char *what)
 			 ssl);
 }
 
-/* OpenSSL writes ciphertext through this BIO straight into ep->cout: one
- * copy, where a memory BIO would also memset every byte it grows into. */
+/* OpenSSL writes ciphertext through this BIO. A full record goes to the
+ * socket straight from OpenSSL's buffer, behind the few bytes cout may hold
+ * (a frame header's record), when the kernel takes it; what it does not take
+ * is copied into ep->cout, as is every small record (cheaper to gather than
+ * to send alone). A failed send is kept for ep_send to report: OpenSSL
+ * would only say "TLS write". */
+#define DIRECT_MIN 4096  /* smaller records are gathered in cout */
+#define DIRECT_BEHIND 1024 /* at most this much may wait in cout ahead of one */
+
 static int evb_write_ex(BIO *b, const char *data, size_t len, size_t *written)
 {
 	struct tun_endpoint *ep = BIO_get_data(b);
+	size_t have = evbuffer_get_length(ep->cout);
 
+	*written = len;
+	if (ep->wr_errno)
+		return 1; /* the transport is failing: nothing more goes out */
+	if (len >= DIRECT_MIN && have <= DIRECT_BEHIND && ep->state != EP_CONNECTING) {
+		struct evbuffer_iovec v[4];
+		struct msghdr mh;
+		int n = have ? evbuffer_peek(ep->cout, -1, NULL, v, 3) : 0;
+		ssize_t w;
+
+		if (n >= 0 && n <= 3) {
+			v[n].iov_base = (void *)data;
+			v[n].iov_len = len;
+			memset(&mh, 0, sizeof(mh));
+			mh.msg_iov = (struct iovec *)v;
+			mh.msg_iovlen = (size_t)n + 1;
+			w = sendmsg(ep->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+			if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+				ep->wr_errno = errno;
+				return 1;
+			}
+			if (w > 0) {
+				size_t sent = (size_t)w;
+				size_t from_cout = sent < have ? sent : have;
+				evbuffer_drain(ep->cout, from_cout);
+				sent -= from_cout;
+				data += sent;
+				len -= sent;
+			}
+			if (len == 0)
+				return 1;
+		}
+	}
 	if (evbuffer_add(ep->cout, data, len) != 0)
 		return 0;
-	*written = len;
 	return 1;
 }
 
@@ -207,6 +247,10 @@ static BIO_METHOD *evb_method(void)
 /* Send what cout holds; arm the write event for the rest. */
 static int ep_send(struct tun_endpoint *ep)
 {
+	if (ep->wr_errno) {
+		snprintf(ep->err, sizeof(ep->err), "send: %s", strerror(ep->wr_errno));
+		return SR_EIO;
+	}
 	while (evbuffer_get_length(ep->cout) > 0) {
 		long w = sr_sock_send_evbuffer(ep->fd, ep->cout);
 		if (w > 0)
