@@ -68,19 +68,30 @@ DATE=$(date -u +%Y-%m-%dT%H%M%SZ)
 OUT=${OUT:-/tmp/sr-bench-results/$DATE}
 
 # ---------------------------------------------------------------- dependencies
+# What the chosen tools and scenarios run, plus SR_COMPARE_NEED
+# ("command:package ...") from a script that sources this file as a library.
+uses() { case " $TOOLS " in *" $1 "*) return 0 ;; esac; return 1; }
+has() { command -v "$1" >/dev/null 2>&1; }
 missing=()
-command -v /usr/sbin/sshd >/dev/null 2>&1 || missing+=(openssh-server)
-command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
-command -v stunnel4 >/dev/null 2>&1 || command -v stunnel >/dev/null 2>&1 || missing+=(stunnel4)
-command -v haproxy >/dev/null 2>&1 || command -v /usr/sbin/haproxy >/dev/null 2>&1 || missing+=(haproxy)
-command -v socat >/dev/null 2>&1 || missing+=(socat)
-command -v iperf3 >/dev/null 2>&1 || missing+=(iperf3)
-command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-command -v redis-benchmark >/dev/null 2>&1 || missing+=(redis-tools)
-command -v gnuplot >/dev/null 2>&1 || missing+=(gnuplot)
-command -v python3 >/dev/null 2>&1 || missing+=(python3)
-command -v cmake >/dev/null 2>&1 || missing+=(cmake)
-command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+if uses ssh; then
+	has /usr/sbin/sshd || missing+=(openssh-server)
+	has ssh || missing+=(openssh-client)
+fi
+if uses stunnel && ! has stunnel4 && ! has stunnel; then missing+=(stunnel4); fi
+if uses haproxy && ! has haproxy && ! has /usr/sbin/haproxy; then missing+=(haproxy); fi
+if uses socat && ! has socat; then missing+=(socat); fi
+if { want iperf || [ "$LONG_LINK" = 1 ]; } && ! has iperf3; then missing+=(iperf3); fi
+if want redis; then
+	has redis-server || missing+=(redis-server)
+	has redis-benchmark || missing+=(redis-tools)
+fi
+if [ "${SR_COMPARE_AS_LIB:-0}" != 1 ] && ! has gnuplot; then missing+=(gnuplot); fi
+has python3 || missing+=(python3)
+has cmake || missing+=(cmake)
+has ip || missing+=(iproute2)
+for cp in ${SR_COMPARE_NEED:-}; do
+	has "${cp%%:*}" || missing+=("${cp#*:}")
+done
 if [ ${#missing[@]} -gt 0 ]; then
 	log "installing ${missing[*]}"
 	SUDO=""

@@ -66,61 +66,27 @@ if [ "$REPS" -gt 20 ] || [ "$SECS" -gt 60 ] || [ "$HOLD" -gt 120 ]; then
 	exit 2
 fi
 
+# compare.sh's dependencies (plus etcd, iperf3, curl and ss), Release build,
+# descriptor limit, temporary folder, start and wait_listen (it returns before
+# running anything of its own). It parses its own arguments into the same
+# names: REPS, OUT and KEEP come back as given here.
+SR_COMPARE_AS_LIB=1
+SR_COMPARE_NEED="etcd:etcd-server iperf3:iperf3 curl:curl ss:iproute2"
+FL_KEEP=()
+[ "$KEEP" = 1 ] && FL_KEEP=(--keep)
+# shellcheck source=bench/compare.sh
+. "$ROOT/bench/compare.sh" --reps "$REPS" --only rpc --tools direct \
+	--out "${OUT:-/tmp/sr-bench-results}" "${FL_KEEP[@]}"
 log() { printf '%s fleet: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-
-DATE=$(date -u +%Y-%m-%dT%H%M%SZ)
-OUT=${OUT:-/tmp/sr-bench-results}
-
-# ---------------------------------------------------------------- dependencies
-missing=()
-command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
-command -v iperf3 >/dev/null 2>&1 || missing+=(iperf3)
-command -v python3 >/dev/null 2>&1 || missing+=(python3)
-command -v curl >/dev/null 2>&1 || missing+=(curl)
-command -v ss >/dev/null 2>&1 || missing+=(iproute2)
-command -v cmake >/dev/null 2>&1 || missing+=(cmake)
-if [ ${#missing[@]} -gt 0 ]; then
-	log "installing ${missing[*]}"
-	SUDO=""
-	[ "$(id -u)" -eq 0 ] || SUDO=sudo
-	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null ||
-		{ $SUDO apt-get update >/dev/null &&
-			DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
-fi
 FP=(python3 "$ROOT/bench/fleet/fleet.py")
 
-# ----------------------------------------------------------------------- build
-# What a user runs: a Release build, no sanitizers, no test hooks.
-BUILD=${SR_BENCH_BUILD:-$ROOT/build-bench}
-if [ ! -f "$BUILD/CMakeCache.txt" ]; then
-	log "configuring a Release build in $BUILD"
-	cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DSR_TESTS=OFF >/dev/null
-fi
-if ! grep -q '^CMAKE_BUILD_TYPE:STRING=Release$' "$BUILD/CMakeCache.txt" ||
-	grep -q '^SR_SANITIZE:BOOL=ON$' "$BUILD/CMakeCache.txt"; then
-	echo "fleet.sh: $BUILD is not a plain Release build; remove it or set SR_BENCH_BUILD" >&2
-	exit 2
-fi
-cmake --build "$BUILD" -j2 --target sparkrelay sparkrelay-bench >/dev/null
-SR="$BUILD/cmd/sparkrelay"
-BENCH="$BUILD/bench/sparkrelay-bench"
-
-# Descriptors: the relay with the tunnel holds every stream's peer socket,
-# the sidecar and the bench server one per connection.
-hard=$(ulimit -Hn)
-if [ "$hard" != unlimited ] && [ "$hard" -lt 65536 ]; then
-	ulimit -Hn 65536 2>/dev/null || true
-fi
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# Descriptors (compare.sh raised the limit as far as it goes): the relay with
+# the tunnel holds every stream's peer socket, the sidecar and the bench
+# server one per connection.
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((3 * PER_RELAY + 1000)) ]; then
 	PER_RELAY=$((($(ulimit -n) - 1000) / 3))
 	log "open files limit $(ulimit -n): $PER_RELAY connections per relay"
 fi
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/sr-fleet.XXXXXX")
-RES="$TMP/res"
-mkdir -p "$RES" "$OUT"
-PIDS=() # every process we started, killed by pid on exit
 
 cleanup() {
 	local p
@@ -144,14 +110,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-start() { # start LOGNAME CMD...: background, remembered by pid
-	local name=$1
-	shift
-	"$@" >"$TMP/$name.log" 2>&1 &
-	LAST_PID=$!
-	PIDS+=("$LAST_PID")
-}
-
 forget() { # forget PID: reaped; the exit clean-up must not signal a reused pid
 	local q keep=()
 	wait "$1" 2>/dev/null || true
@@ -159,25 +117,6 @@ forget() { # forget PID: reaped; the exit clean-up must not signal a reused pid
 		[ "$q" = "$1" ] || keep+=("$q")
 	done
 	PIDS=("${keep[@]}")
-}
-
-wait_listen() { # wait_listen ADDR:PORT [seconds]
-	local i
-	for ((i = 0; i < ${2:-10} * 20; i++)); do
-		ss -Hltn "src $1" 2>/dev/null | grep -q . && return 0
-		sleep 0.05
-	done
-	log "nothing listens on $1"
-	return 1
-}
-
-wait_gone() { # wait_gone PID SECONDS
-	local i
-	for ((i = 0; i < $2 * 20; i++)); do
-		kill -0 "$1" 2>/dev/null || return 0
-		sleep 0.05
-	done
-	return 1
 }
 
 die() {
@@ -205,7 +144,7 @@ NAMES=(a b c)
 POOL_MIN=$((BASE + 8))
 POOL_MAX=$((BASE + 15))
 
-CERTS="$TMP/certs"
+CERTS="$TMP/fleet-certs"
 mkdir -p "$CERTS"
 "$SR" gen-certs "$CERTS" "${HOSTS[@]}" >/dev/null
 head -c 48 /dev/urandom >"$TMP/fleet.secret"

@@ -369,24 +369,37 @@ static void probe_send(struct tun_conn *c, uint64_t now)
  * window) on one stream: the next that many bytes of credit on it are no
  * acknowledgement. An announcement may run ahead of older credit (PINGs
  * overtake queued WINDOW_UPDATEs), which is then held back too, never
- * taken for more than it is. */
-static void on_growth_ping(struct tun_conn *c, const uint8_t *opaque)
+ * taken for more than it is.
+ *
+ * Bounded by the window the peer may have: the credit it gave and we have
+ * not used (our send window) plus the growth it announced and has not
+ * granted yet add up to at most its window, which HTTP/2 caps at 2^31-1
+ * (RFC 9113 6.9.1) whatever its max_stream_window (ours says nothing about
+ * its own). An announcement beyond that is a protocol error, not clamped: it
+ * would turn later credit into acknowledgements of bytes never received,
+ * which a resume then could not replay. Returns 0, or -1 for that error. */
+static int on_growth_ping(struct tun_conn *c, const uint8_t *opaque)
 {
-	uint64_t v = 0;
+	uint64_t v = 0, grow;
 	struct tun_stream *s;
-	int32_t id;
+	int32_t id, win;
 
 	for (int i = 0; i < 8; i++)
 		v = v << 8 | opaque[i];
 	if ((v & TC_TAG_MASK) != TC_GROW_TAG)
-		return;
+		return 0;
 	id = (int32_t)((v >> 31) & 0x7fffffffu);
 	if (id <= 0)
-		return;
+		return 0;
 	s = nghttp2_session_get_stream_user_data(c->h2, id);
-	/* Bounded by the largest window HTTP/2 allows. */
-	if (s && !(s->flags & TS_F_CTL) && s->peer_grow < (1ull << 31))
-		s->peer_grow += v & 0x7fffffffu;
+	if (!s || (s->flags & TS_F_CTL))
+		return 0;
+	grow = v & 0x7fffffffu;
+	win = nghttp2_session_get_stream_remote_window_size(c->h2, id);
+	if ((uint64_t)(win > 0 ? win : 0) + s->peer_grow + grow > NGHTTP2_MAX_WINDOW_SIZE)
+		return -1;
+	s->peer_grow += grow;
+	return 0;
 }
 
 int tun_conn_grow_window(struct tun_conn *c, struct tun_stream *s, uint32_t win)
@@ -775,8 +788,13 @@ static int h2_on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, voi
 					c->peer_reads_growth = frame->settings.iv[i].value == 1;
 		break;
 	case NGHTTP2_PING:
-		if (!(frame->hd.flags & NGHTTP2_FLAG_ACK))
-			on_growth_ping(c, frame->ping.opaque_data);
+		if (!(frame->hd.flags & NGHTTP2_FLAG_ACK) &&
+		    on_growth_ping(c, frame->ping.opaque_data) != 0) {
+			conn_fail(c, SR_EPROTO,
+				  "protocol error: window growth announced beyond the largest "
+				  "HTTP/2 window");
+			return NGHTTP2_ERR_CALLBACK_FAILURE; /* read no further */
+		}
 		if (frame->hd.flags & NGHTTP2_FLAG_ACK) {
 			uint64_t seq = 0;
 			for (int i = 0; i < 8; i++)

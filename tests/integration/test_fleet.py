@@ -12,7 +12,8 @@
   - the relay holding the tunnel killed: the sidecar resumes on the next relay
     of its list and executors through a third relay are served;
   - executors that arrive while no relay holds a tunnel wait, and are
-    carried once the sidecar comes back on another relay;
+    carried once the sidecar comes back on another relay; so is one whose
+    carrying failed on every relay (etcd still named a dead holder);
   - a draining relay withdraws from etcd at once, and its sidecar resumes
     elsewhere;
   - malformed values in etcd are ignored; etcd over mutual TLS;
@@ -217,6 +218,48 @@ class FleetTest(unittest.TestCase):
             s.close()
         H.log("measured: executors waiting on two relays served %.2f s after the sidecar "
               "started on a third" % (time.monotonic() - t0))
+        self.assertEqual(self.lease_of(s2)["lease"], l1["lease"])
+
+    def test_executor_uncarried_follows_a_tunnel_that_comes_up_later(self):
+        """An executor whose carrying failed on every relay (etcd still names
+        a holder, but it does not answer) waits on its relay, and is carried
+        to the tunnel that comes up later on another relay: it is not taken
+        for one carried in by a peer, which never moves again."""
+        over = {"relay": {"lease": {"pending_timeout_ms": 60000}}}
+        a = self.start_relay("relay-a", HOSTS[0], overrides=over)
+        b = self.start_relay("relay-b", HOSTS[1], overrides=over)
+        c = self.start_relay("relay-c", HOSTS[2], overrides=over)
+        s1 = self.start_sidecar("sc1", a)
+        l1 = self.lease_of(s1)
+        port = int(l1["ports"]["driver"])
+        self.driver = H.Driver({"driver": port})
+        self.driver.start()
+        wait_for(lambda: b.grep("serving its ports here"), 10, "the lease on relay-b")
+        tkey = ("/sparkrelay/tunnels/%s/relay-a" % l1["lease"]).encode()
+        # relay-a dies with the only tunnel: its keys stay in etcd until
+        # their TTL (10 s), so relay-b still sends executors there
+        a.kill()
+        s1.kill()
+        self.assertIsNotNone(self.etcd.get(tkey), "relay-a's tunnels key already gone")
+        waiting = H.connect(b.host, port)
+        wait_for(lambda: b.grep("relay relay-a not reached"), 5,
+                 "relay-b trying to carry the executor to the dead relay-a")
+        wait_for(lambda: b.grep("waiting for the tunnel"), 5, "the executor waiting on relay-b")
+        self.assertEqual(self.metrics(b)["sparkrelay_fleet_carry_failed_total"], 1)
+        self.assertIsNotNone(self.etcd.get(tkey), "relay-a's tunnels key expired before the "
+                             "executor's carrying failed: the test proves nothing")
+        # the sidecar comes back on relay-c, neither the executor's relay
+        # nor the dead one
+        t0 = time.monotonic()
+        s2 = self.start_sidecar("sc2", c, workdir=s1.workdir_)
+        wait_for(lambda: c.grep("resumed in the fleet"), 20, "the lease resumed on relay-c")
+        ok, why = echo_exchange(waiting, 700, 256 * 1024, timeout=20.0)
+        waiting.close()
+        self.assertTrue(ok, "the executor whose carrying failed: %s" % why)
+        H.log("measured: an executor whose carrying failed served %.2f s after the sidecar "
+              "started on another relay" % (time.monotonic() - t0))
+        self.assertTrue(b.grep("carried to relay relay-c"),
+                        "relay-b did not carry the waiting executor to relay-c")
         self.assertEqual(self.lease_of(s2)["lease"], l1["lease"])
 
     def test_a_draining_relay_withdraws(self):

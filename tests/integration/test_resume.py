@@ -3,7 +3,8 @@ tunnel that carries them (protocol v2).
 
   - the tunnel's TCP connection killed mid-transfer (`ss -K`), a few times,
     then over and over for 1.5 s (TLS handshake, registration, resume);
-  - the sidecar frozen (SIGSTOP) past the PING timeout;
+  - the sidecar frozen (SIGSTOP) past the PING timeout (the relay's resume
+    line counts the time away from the freeze, not from the timeout);
   - the tunnel path blackholed (iptables DROP) for 5 s and for 60 s, with the
     relay and the sidecar in two network namespaces joined by a veth pair;
   - a peer that never comes back: streams reset after resume_hold_s, counted,
@@ -866,6 +867,7 @@ class SidecarFrozenTest(ResumeCase):
         before = len(resumes(self.relay))
         resumed_n = X.log_count(self.relay, "resuming lease")
         timeouts = X.log_count(self.relay, "ping timeout")
+        t_stop = time.time()
         p.signal(signal.SIGSTOP)
         try:
             ok = X.wait_log(self.relay, "ping timeout", 6, count=timeouts + 1)
@@ -882,6 +884,18 @@ class SidecarFrozenTest(ResumeCase):
         got = self.report("SIGSTOP", before)
         self.assertEqual(got[0][0], n_rpc + 1, "relay resumed another number of streams "
                          "than were open")
+        # "after T s away" counts from the last byte the old tunnel brought
+        # (the moment of SIGSTOP, with the load running), not from when the
+        # PING timeout noticed the outage 1.5-2 s later: T is the outage the
+        # executors saw, SIGSTOP to the resume.
+        away, t_resumed = got[0][2], got[0][3]
+        outage = t_resumed - t_stop
+        H.log("measured: SIGSTOP: relay says %.3f s away; %.3f s from SIGSTOP to its resume "
+              "line (frozen %.3f s)" % (away, outage, t_cont - t_stop))
+        self.assertGreaterEqual(away, outage - 0.5, "the resume line's time away does not "
+                                "count from the outage's start")
+        self.assertLessEqual(away, outage + 0.5, "the resume line's time away is longer "
+                             "than the outage")
         H.log("measured: SIGSTOP: tunnel back %.3f s after SIGCONT; every connection "
               "answered within %.3f s of it" % (t_up - t_cont, worst))
         self.check_no_loss(rpc, n_conns)

@@ -1861,6 +1861,51 @@ static void test_window_stays_for_a_stalled_stream(void **state)
 	assert_int_equal(h->closed[0] + h->closed[1], 0);
 }
 
+/* A window growth announcement as tun_conn_grow_window sends it: a PING whose
+ * payload is the bits 11, the stream id (31 bits), the growth (31 bits). */
+static void raw_grow(struct h *h, int32_t id, uint32_t grow)
+{
+	uint64_t v = (3ull << 62) | ((uint64_t)id << 31) | grow;
+	uint8_t opaque[8];
+
+	for (int i = 0; i < 8; i++)
+		opaque[i] = (uint8_t)(v >> (56 - 8 * i));
+	assert_int_equal(nghttp2_submit_ping(h->raw, NGHTTP2_FLAG_NONE, opaque), 0);
+}
+
+/* Growth announced on a stream is credit the sender will not take as an
+ * acknowledgement (it keeps those bytes for a resume): a peer may announce
+ * up to the largest HTTP/2 window less the credit it already gave, not
+ * more, or the sender would keep the bytes of every later WINDOW_UPDATE. */
+static void test_window_growth_beyond_the_largest_window_is_refused(void **state)
+{
+	struct h *h = *state;
+	struct cfg cfg = {0};
+	int32_t ctl, good;
+	char target[64];
+
+	cfg.raw_client = 1;
+	h_start(h, &cfg);
+	ctl = raw_ctl(h);
+	PUMP_UNTIL(h, h->ctl_open == 1 && h->raw_status[ctl] == 200, 2000);
+	snprintf(target, sizeof(target), "127.0.0.1:%u", h->dport[0]);
+	good = raw_connect(h, target);
+	PUMP_UNTIL(h, h->raw_status[good] == 200 && h->norphans == 1, 3000);
+
+	/* The sidecar's send window on it is the raw client's initial 65535:
+	 * growing to the largest window is allowed, in two announcements. */
+	raw_grow(h, good, 0x7fffffffu - 65535u - 1000u);
+	raw_grow(h, good, 1000u);
+	pump_for(h, 100);
+	assert_int_equal(h->closed[1], 0);
+	assert_int_equal(h->raw_closed[good], 0);
+
+	/* One byte more is a window HTTP/2 does not allow. */
+	raw_grow(h, good, 1);
+	PUMP_UNTIL(h, h->closed[1] == 1, 2000);
+	assert_int_equal(h->close_err[1], SR_EPROTO); /* nothing else here is one */
+}
+
 int main(void)
 {
 	/* Like every libevent program (and sparkrelay itself): a write to a
@@ -1891,6 +1936,7 @@ int main(void)
 	    T(test_peer_eof_reported_once),
 	    T(test_window_grows_for_a_fast_stream_up_to_max),
 	    T(test_window_stays_for_a_stalled_stream),
+	    T(test_window_growth_beyond_the_largest_window_is_refused),
 #undef T
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -28,11 +28,7 @@
 
 #include <cmocka.h>
 
-#include <arpa/inet.h>
-#include <errno.h>
 #include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -43,6 +39,8 @@
 #include "common/sr_err.h"
 #include "common/sr_log.h"
 #include "common/sr_util.h"
+#include "tests/support/ts_end.h"
+#include "tests/support/ts_net.h"
 #include "tunnel/tun_conn.h"
 #include "tunnel/tun_ctl.h"
 #include "tunnel/tun_group.h"
@@ -67,32 +65,9 @@ static uint32_t rnd(uint32_t n)
 	return n ? (uint32_t)(rng_state % n) : 0;
 }
 
-static uint8_t pat(uint32_t seed, uint64_t off)
-{
-	uint64_t x = (off >> 3) * 0x9E3779B97F4A7C15ull + (uint64_t)seed * 0xC2B2AE3D27D4EB4Full + 1;
-	x ^= x >> 31;
-	x *= 0xBF58476D1CE4E5B9ull;
-	x ^= x >> 29;
-	return (uint8_t)(x >> (8 * (off & 7)));
-}
-
-/* ---- one end of an executor <-> driver connection, played by the test -------- */
-
-struct end {
-	int fd;
-	uint32_t tx_seed, rx_seed;
-	uint64_t tx_total, tx;  /* send tx_total bytes, then FIN if shut */
-	int shut, shut_done;
-	uint64_t reset_at;      /* reset (RST) after sending this many, 0: never */
-	int reset_done;
-	uint64_t rx;
-	int64_t bad;            /* offset of the first wrong byte, -1 if none */
-	int eof, err;
-};
-
 struct flow {
 	uint64_t conn_id;
-	struct end ex, dr;
+	struct ts_end ex, dr;
 	int dialled; /* the sidecar dialled the driver for it */
 };
 
@@ -111,83 +86,6 @@ struct h {
 	uint64_t cuts;
 	uint64_t handovers, abandoned, moved, moved_bytes;
 };
-
-static void end_init(struct end *e)
-{
-	memset(e, 0, sizeof(*e));
-	e->fd = -1;
-	e->bad = -1;
-}
-
-static void end_service(struct end *e)
-{
-	uint8_t buf[IOB];
-
-	if (e->fd < 0)
-		return;
-	while (!e->reset_done && !e->err && e->tx < e->tx_total) {
-		uint64_t lim = e->reset_at ? e->reset_at : e->tx_total;
-		size_t n = lim - e->tx < sizeof(buf) ? (size_t)(lim - e->tx) : sizeof(buf);
-		ssize_t w;
-		if (n == 0)
-			break;
-		for (size_t i = 0; i < n; i++)
-			buf[i] = pat(e->tx_seed, e->tx + i);
-		w = send(e->fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (w <= 0) {
-			if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
-				e->err = errno;
-			break;
-		}
-		e->tx += (uint64_t)w;
-	}
-	if (e->reset_at && !e->reset_done && e->tx >= e->reset_at) {
-		sr_sock_set_reset_on_close(e->fd);
-		close(e->fd);
-		e->fd = -1;
-		e->reset_done = 1;
-		return;
-	}
-	if (e->shut && !e->shut_done && e->tx == e->tx_total) {
-		shutdown(e->fd, SHUT_WR);
-		e->shut_done = 1;
-	}
-	while (!e->eof && !e->err) {
-		ssize_t r = recv(e->fd, buf, sizeof(buf), MSG_DONTWAIT);
-		if (r > 0) {
-			for (ssize_t i = 0; i < r && e->bad < 0; i++)
-				if (buf[i] != pat(e->rx_seed, e->rx + (uint64_t)i))
-					e->bad = (int64_t)(e->rx + (uint64_t)i);
-			e->rx += (uint64_t)r;
-		} else if (r == 0) {
-			e->eof = 1;
-		} else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-			break;
-		} else {
-			e->err = errno;
-		}
-	}
-}
-
-/* A connected TCP pair on loopback: *a is the test's end, *b the daemon's. */
-static void tcp_pair(struct h *h, int *a, int *b)
-{
-	struct sockaddr_in sa;
-	int one = 1;
-
-	memset(&sa, 0, sizeof(sa));
-	sa.sin_family = AF_INET;
-	sa.sin_port = htons(h->lport);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	*a = socket(AF_INET, SOCK_STREAM, 0);
-	assert_true(*a >= 0);
-	assert_int_equal(connect(*a, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	*b = accept4(h->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-	assert_true(*b >= 0);
-	assert_int_equal(fcntl(*a, F_SETFL, fcntl(*a, F_GETFL) | O_NONBLOCK), 0);
-	setsockopt(*a, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	setsockopt(*b, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-}
 
 /* ---- the two sessions ------------------------------------------------------- */
 
@@ -275,7 +173,7 @@ static struct bufferevent *sc_on_connect(struct tun_conn *c, const struct tun_co
 			continue;
 		assert_false(f->dialled); /* a held stream is never dialled twice */
 		f->dialled = 1;
-		tcp_pair(h, &a, &b);
+		ts_end_tcp_pair(h->lfd, h->lport, &a, &b);
 		f->dr.fd = a;
 		bev = bufferevent_socket_new(h->base, b, BEV_OPT_CLOSE_ON_FREE);
 		assert_non_null(bev);
@@ -351,8 +249,8 @@ static void deliver(struct h *h, size_t n)
 static void service(struct h *h)
 {
 	for (int i = 0; i < h->nf; i++) {
-		end_service(&h->f[i].ex);
-		end_service(&h->f[i].dr);
+		ts_end_service(&h->f[i].ex);
+		ts_end_service(&h->f[i].dr);
 	}
 	event_base_loop(h->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
 }
@@ -482,19 +380,10 @@ static void cut(struct h *h)
 	}
 }
 
-static int flow_done(const struct flow *f)
-{
-	const struct end *ex = &f->ex, *dr = &f->dr;
-
-	if (ex->reset_at || dr->reset_at)
-		return (ex->reset_done || ex->err || ex->eof) && (dr->reset_done || dr->err || dr->eof);
-	return ex->eof && dr->eof && ex->shut_done && dr->shut_done;
-}
-
 static int all_done(const struct h *h)
 {
 	for (int i = 0; i < h->nf; i++)
-		if (!flow_done(&h->f[i]))
+		if (!ts_end_pair_done(&h->f[i].ex, &h->f[i].dr))
 			return 0;
 	return 1;
 }
@@ -528,8 +417,8 @@ static void run_one(struct h *h, uint64_t seed)
 		struct flow *f = &h->f[i];
 		int a, b;
 		memset(f, 0, sizeof(*f));
-		end_init(&f->ex);
-		end_init(&f->dr);
+		ts_end_init(&f->ex);
+		ts_end_init(&f->dr);
 		f->conn_id = seed * 16 + (uint64_t)i + 1;
 		f->ex.tx_seed = f->dr.rx_seed = (uint32_t)(seed * 131 + (uint64_t)i);
 		f->dr.tx_seed = f->ex.rx_seed = (uint32_t)(seed * 137 + (uint64_t)i + 7);
@@ -542,7 +431,7 @@ static void run_one(struct h *h, uint64_t seed)
 			f->ex.reset_at = 1 + rnd((uint32_t)f->ex.tx_total);
 		else if (rnd(6) == 0 && f->dr.tx_total)
 			f->dr.reset_at = 1 + rnd((uint32_t)f->dr.tx_total);
-		tcp_pair(h, &a, &b);
+		ts_end_tcp_pair(h->lfd, h->lport, &a, &b);
 		f->ex.fd = a;
 		struct bufferevent *bev = bufferevent_socket_new(h->base, b, BEV_OPT_CLOSE_ON_FREE);
 		assert_non_null(bev);
@@ -568,54 +457,15 @@ static void run_one(struct h *h, uint64_t seed)
 		if (steps % 50 == 0 && getenv("SR_HANDOVER_TRACE"))
 			fprintf(stderr, "step %d cuts %llu wires %zu %zu\n", steps, (unsigned long long)h->cuts, evbuffer_get_length(h->r2s), evbuffer_get_length(h->s2r));
 		if (++steps > 20000) {
-			for (int i = 0; i < h->nf; i++) {
-				const struct end *ex = &h->f[i].ex, *dr = &h->f[i].dr;
-				print_message("flow %d: ex tx %llu/%llu rx %llu eof %d err %d rst %llu "
-					      "| dr tx %llu/%llu rx %llu eof %d err %d rst %llu\n",
-					      i, (unsigned long long)ex->tx,
-					      (unsigned long long)ex->tx_total,
-					      (unsigned long long)ex->rx, ex->eof, ex->err,
-					      (unsigned long long)ex->reset_at,
-					      (unsigned long long)dr->tx,
-					      (unsigned long long)dr->tx_total,
-					      (unsigned long long)dr->rx, dr->eof, dr->err,
-					      (unsigned long long)dr->reset_at);
-			}
+			for (int i = 0; i < h->nf; i++)
+				ts_end_pair_print(&h->f[i].ex, &h->f[i].dr, i);
 			fail_msg("seed %llu: not done after %d steps (cuts %llu)",
 				 (unsigned long long)seed, steps, (unsigned long long)h->cuts);
 		}
 	}
 
-	for (int i = 0; i < h->nf; i++) {
-		struct flow *f = &h->f[i];
-		struct end *ex = &f->ex, *dr = &f->dr;
-		if (ex->bad >= 0 || dr->bad >= 0)
-			fail_msg("seed %llu flow %d: wrong byte at %lld (executor) / %lld (driver)",
-				 (unsigned long long)seed, i, (long long)ex->bad, (long long)dr->bad);
-		if (ex->reset_at || dr->reset_at) {
-			/* What arrived before the reset is a prefix of what was sent,
-			 * and the other end saw the reset, not a clean end. */
-			assert_true(dr->rx <= ex->tx);
-			assert_true(ex->rx <= dr->tx);
-			if ((ex->reset_at && !(dr->err == ECONNRESET || dr->err == EPIPE)) ||
-			    (dr->reset_at && !(ex->err == ECONNRESET || ex->err == EPIPE)))
-				fail_msg("seed %llu flow %d: a reset arrived as %s (executor err %d "
-					 "eof %d, driver err %d eof %d, cuts %llu)",
-					 (unsigned long long)seed, i,
-					 (ex->reset_at ? dr->eof : ex->eof) ? "a clean end" : "nothing",
-					 ex->err, ex->eof, dr->err, dr->eof,
-					 (unsigned long long)h->cuts);
-			continue;
-		}
-		if (dr->rx != ex->tx_total || ex->rx != dr->tx_total)
-			fail_msg("seed %llu flow %d: driver got %llu of %llu, executor %llu of %llu "
-				 "(cuts %llu)",
-				 (unsigned long long)seed, i, (unsigned long long)dr->rx,
-				 (unsigned long long)ex->tx_total, (unsigned long long)ex->rx,
-				 (unsigned long long)dr->tx_total, (unsigned long long)h->cuts);
-		assert_int_equal(ex->err, 0);
-		assert_int_equal(dr->err, 0);
-	}
+	for (int i = 0; i < h->nf; i++)
+		ts_end_pair_check(&h->f[i].ex, &h->f[i].dr, seed, i, h->cuts);
 	tun_group_get_stats(h->gr, &gst);
 	assert_int_equal(gst.held, 0);
 	assert_int_equal(gst.lost[TUN_LOST_HOLD], 0);
@@ -630,10 +480,8 @@ static void run_one(struct h *h, uint64_t seed)
 	tun_group_free(h->gr);
 	tun_group_free(h->gs);
 	for (int i = 0; i < h->nf; i++) {
-		if (h->f[i].ex.fd >= 0)
-			close(h->f[i].ex.fd);
-		if (h->f[i].dr.fd >= 0)
-			close(h->f[i].dr.fd);
+		ts_end_close(&h->f[i].ex);
+		ts_end_close(&h->f[i].dr);
 	}
 	evbuffer_free(h->r2s);
 	evbuffer_free(h->s2r);
@@ -667,8 +515,6 @@ static void test_handover_at_every_cut_every_byte_exactly_once(void **state)
 static int setup(void **state)
 {
 	struct h *h = calloc(1, sizeof(*h));
-	struct sockaddr_in sa;
-	socklen_t len = sizeof(sa);
 	const char *lvl = getenv("SR_TEST_LOG");
 
 	if (!h)
@@ -676,14 +522,7 @@ static int setup(void **state)
 	sr_log_set_level(SR_LOG_ERROR);
 	if (lvl)
 		sr_log_set_level_name(lvl);
-	h->lfd = socket(AF_INET, SOCK_STREAM, 0);
-	memset(&sa, 0, sizeof(sa));
-	sa.sin_family = AF_INET;
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if (h->lfd < 0 || bind(h->lfd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
-	    listen(h->lfd, 64) != 0 || getsockname(h->lfd, (struct sockaddr *)&sa, &len) != 0)
-		return -1;
-	h->lport = ntohs(sa.sin_port);
+	h->lfd = ts_listen_loopback(0, 0, &h->lport);
 	*state = h;
 	return 0;
 }
