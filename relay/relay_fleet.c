@@ -60,6 +60,14 @@ struct fl_kv {
 	int64_t lease;
 	int64_t mod;
 	int warned; /* leases/: a bind failure was logged */
+	/* relays/: its "peer", checked when it came from etcd (fleet_peer_addr_parse);
+	 * peerlen 0: none this relay would dial. */
+	union {
+		struct sockaddr sa;
+		struct sockaddr_in in;
+		struct sockaddr_in6 in6;
+	} peer;
+	socklen_t peerlen;
 };
 
 /* A lease that a tunnel holds on this relay: its grace lease is kept
@@ -108,6 +116,7 @@ struct fl_fwd {
 	uint64_t conn_id;
 	char tried[FL_MAX_TRIED][FL_ID_MAX];
 	int ntried;
+	struct fleet_peer_hdr h;
 	uint8_t hdr[FLEET_PEER_HDR_MAX];
 	size_t hlen;
 };
@@ -132,6 +141,7 @@ struct relay_fleet {
 	struct fl_kv *kvs;
 	size_t nkvs;
 	int full_logged;
+	int nul_logged;
 	int synced;
 	struct etcd_watch *watch;
 	struct event *sync_retry;
@@ -250,6 +260,43 @@ static void kv_del(struct relay_fleet *f, const char *key)
 		}
 }
 
+/* relays/<id>'s "peer": the address other relays carry executors to, so
+ * it is checked here, where it enters from etcd, not where it is dialled. */
+static void kv_relay_peer(struct fl_kv *kv)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = 0;
+	json_t *j = json_loadb(kv->val, kv->vlen, 0, NULL), *p;
+
+	kv->peerlen = 0;
+	p = j ? json_object_get(j, "peer") : NULL;
+	if (json_is_string(p) && fleet_peer_addr_parse(json_string_value(p), json_string_length(p),
+						       &ss, &sl) == 0 &&
+	    sl <= sizeof(kv->peer)) {
+		memcpy(&kv->peer, &ss, sl);
+		kv->peerlen = sl;
+	} else {
+		char eid[SR_ESC_SIZE(FL_ID_MAX)], epeer[SR_ESC_SIZE(FLEET_PEER_ADDR_MAX)];
+		sr_esc_n(kv->key + 7, FL_ID_MAX, eid, sizeof(eid));
+		if (json_is_string(p))
+			sr_esc_n(json_string_value(p), FLEET_PEER_ADDR_MAX, epeer, sizeof(epeer));
+		else
+			snprintf(epeer, sizeof(epeer), "(none)");
+		SR_WARN(FL_CTX, "relay %s: its peer address %s in etcd is not a numeric IP:port "
+				"a relay can be dialled at; nothing is carried to it",
+			eid, epeer);
+	}
+	json_decref(j);
+}
+
+static void kv_nul_key(struct relay_fleet *f)
+{
+	if (!f->nul_logged)
+		SR_WARN(FL_CTX, "a key under the fleet's prefix holds a NUL byte: ignored (and "
+				"any more such keys, without a line)");
+	f->nul_logged = 1;
+}
+
 /* Key and value of a full etcd key (prefix included). Returns 0 or SR_ENOMEM. */
 static int kv_put(struct relay_fleet *f, const char *key, size_t klen, const char *val,
 		  size_t vlen, int64_t lease, int64_t mod)
@@ -259,6 +306,13 @@ static int kv_put(struct relay_fleet *f, const char *key, size_t klen, const cha
 
 	if (klen < f->plen || memcmp(key, f->prefix, f->plen) != 0 || klen - f->plen >= FL_KEY_MAX)
 		return 0;
+	/* The mirror's keys are C strings: one with a NUL would be taken for
+	 * the key before it (a put or delete of "leases/<id>\0x" acting on
+	 * leases/<id>). Values keep their length. */
+	if (memchr(key, '\0', klen)) {
+		kv_nul_key(f);
+		return 0;
+	}
 	k = strndup(key + f->plen, klen - f->plen);
 	v = malloc(vlen + 1);
 	if (!k || !v) {
@@ -298,6 +352,8 @@ static int kv_put(struct relay_fleet *f, const char *key, size_t klen, const cha
 	kv->vlen = vlen;
 	kv->lease = lease;
 	kv->mod = mod;
+	if (strncmp(kv->key, "relays/", 7) == 0)
+		kv_relay_peer(kv);
 	return 0;
 }
 
@@ -415,6 +471,26 @@ static void lease_bind(struct relay_fleet *f, struct fl_kv *kv)
 		kv->warned = 1;
 		json_decref(j);
 		return;
+	}
+	/* Checked before anything is bound: whoever writes etcd must not make
+	 * this relay listen on a port outside its pool, even for a moment. */
+	for (int i = 0; i < TUN_PORT_MAX; i++) {
+		int dup = 0;
+		if (!(fl.roles & (int)TUN_ROLE_BIT(i)))
+			continue;
+		for (int k = 0; k < i; k++)
+			dup |= (fl.roles & (int)TUN_ROLE_BIT(k)) && fl.ports[k] == fl.ports[i];
+		if (dup || !relay_lease_port_usable(pr->t, (uint32_t)fl.ports[i])) {
+			if (!kv->warned)
+				SR_WARN(FL_CTX, "lease=%s: port %d is outside pool %s's range "
+						"(%u-%u), repeated, or held by another lease here; "
+						"not served here",
+					id, fl.ports[i], pr->name, pr->opts.port_min,
+					pr->opts.port_max);
+			kv->warned = 1;
+			json_decref(j);
+			return;
+		}
 	}
 	memset(&st, 0, sizeof(st));
 	for (int i = 0; i < TUN_PORT_MAX; i++)
@@ -592,7 +668,10 @@ static void watch_events(const struct etcd_event *ev, size_t n, int64_t revision
 				   kv->mod_revision) != 0)
 				SR_WARN(FL_CTX, "out of memory for the mirror");
 		} else if (kv->key_len > f->plen && memcmp(kv->key, f->prefix, f->plen) == 0) {
-			kv_del(f, kv->key + f->plen);
+			if (memchr(kv->key, '\0', kv->key_len))
+				kv_nul_key(f);
+			else
+				kv_del(f, kv->key + f->plen);
 		}
 	}
 	if (n)
@@ -1137,6 +1216,9 @@ static void reg_free(struct fleet_reg *g)
 	if (g->deadline)
 		event_free(g->deadline);
 	free(g->json);
+	/* g->m holds the sidecar's bearer token and resume token, idkey a
+	 * digest of the token. */
+	OPENSSL_cleanse(g, sizeof(*g));
 	free(g);
 }
 
@@ -1369,6 +1451,17 @@ static void reg_resume_done(int err, const struct etcd_result *res, void *arg)
 		reg_fail(g, "fleet_unavailable", text);
 		return;
 	}
+	if (!res->succeeded) {
+		/* The lease changed in etcd since the token was checked: another
+		 * resume of it (on this relay or another) won. The sidecar keeps
+		 * its lease and token and tries again, which finds the winner's
+		 * change. */
+		SR_INFO(FL_CTX, "lease=%s: resume lost to another resume of it at the same time",
+			relay_lease_id(lx->lease));
+		reg_fail(g, "resume_conflict",
+			 "the lease was resumed elsewhere at the same moment; try again");
+		return;
+	}
 	snprintf(key, sizeof(key), "%sleases/%s", f->prefix, relay_lease_id(lx->lease));
 	kv_put(f, key, strlen(key), g->json, strlen(g->json), lease_grace_of(f, relay_lease_id(lx->lease)),
 	       res->revision);
@@ -1390,8 +1483,10 @@ static void reg_resume(struct fleet_reg *g)
 	struct relay_lease_ext *lx = NULL;
 	struct fl_lease fl;
 	struct etcd_req rq = {.type = ETCD_PUT};
+	struct etcd_cmp cmp;
 	json_t *j;
 
+	memset(&cmp, 0, sizeof(cmp));
 	g->phase = REG_RESUME;
 	sha256_hex(g->m.resume, digest);
 	/* Every lease is compared, without an early exit. */
@@ -1437,7 +1532,15 @@ static void reg_resume(struct fleet_reg *g)
 	rq.value = g->json;
 	rq.value_len = strlen(g->json);
 	rq.lease = found->lease;
-	g->op = etcd_kv(f->etcd, &rq, reg_resume_done, g, e, sizeof(e));
+	/* Only if the lease is still what the token was checked against: two
+	 * relays resuming it with one token at once both read this revision,
+	 * and exactly one write applies. */
+	cmp.key = key;
+	cmp.key_len = strlen(key);
+	cmp.target = ETCD_CMP_MOD;
+	cmp.op = ETCD_EQ;
+	cmp.number = found->mod;
+	g->op = etcd_txn(f->etcd, &cmp, 1, &rq, 1, NULL, 0, reg_resume_done, g, e, sizeof(e));
 	if (!g->op)
 		reg_fail(g, "internal", e);
 }
@@ -1515,7 +1618,8 @@ void relay_fleet_tunnel_gone(struct relay_fleet *f, struct relay_tunnel *t)
 /* ---- forwarding ---------------------------------------------------------------- */
 
 /* The peer address of a relay (not this one) with a tunnel of lease,
- * not tried yet; 0 with *sa filled, or -1. */
+ * not tried yet (its id is then w->tried[w->ntried - 1]), and the header
+ * for it in w->hdr; 0 with *sa filled, or -1. */
 static int holder_next(struct relay_fleet *f, struct fl_fwd *w, struct sockaddr_storage *sa,
 		       socklen_t *salen)
 {
@@ -1524,12 +1628,9 @@ static int holder_next(struct relay_fleet *f, struct fl_fwd *w, struct sockaddr_
 
 	for (struct fl_kv *kv = f->kvs; kv; kv = kv->next) {
 		const char *rid = kv->key + n;
-		char rkey[FL_KEY_MAX], host[256];
+		char rkey[FL_KEY_MAX];
 		struct fl_kv *rk;
-		json_t *j;
-		const char *peer;
-		uint16_t port;
-		int seen = 0;
+		int seen = 0, hl;
 
 		if (strncmp(kv->key, pre, n) != 0 || !valid_id(rid) || strcmp(rid, f->id) == 0)
 			continue;
@@ -1540,15 +1641,16 @@ static int holder_next(struct relay_fleet *f, struct fl_fwd *w, struct sockaddr_
 		snprintf(w->tried[w->ntried++], FL_ID_MAX, "%s", rid);
 		snprintf(rkey, sizeof(rkey), "relays/%s", rid);
 		rk = kv_find(f, rkey);
-		if (!rk || !(j = json_loadb(rk->val, rk->vlen, 0, NULL)))
+		if (!rk || !rk->peerlen)
 			continue;
-		if (json_unpack(j, "{s:s}", "peer", &peer) != 0 ||
-		    sr_split_hostport(peer, host, sizeof(host), &port, 0) != 0 || !port ||
-		    sr_parse_addr(host, port, sa, salen) != 0) {
-			json_decref(j);
+		/* The MAC names rid: the header is good at that relay only. */
+		hl = fleet_peer_hdr_encode(&w->h, f->sec, rid, w->hdr, sizeof(w->hdr));
+		if (hl < 0)
 			continue;
-		}
-		json_decref(j);
+		w->hlen = (size_t)hl;
+		memset(sa, 0, sizeof(*sa));
+		memcpy(sa, &rk->peer, rk->peerlen);
+		*salen = rk->peerlen;
 		return 0;
 	}
 	return -1;
@@ -1608,11 +1710,9 @@ static void fwd_cb(struct fleet_splice *sp, enum fleet_splice_end end, int err, 
 int relay_fleet_forward(struct relay_fleet *f, struct relay_lease_ext *lx, int role, int fd,
 			const struct sockaddr *exec, uint64_t conn_id)
 {
-	struct fleet_peer_hdr h;
 	struct sockaddr_storage sa;
 	socklen_t salen;
 	struct fl_fwd *w = calloc(1, sizeof(*w));
-	int n;
 
 	if (!w)
 		return 0;
@@ -1622,13 +1722,11 @@ int relay_fleet_forward(struct relay_fleet *f, struct relay_lease_ext *lx, int r
 	snprintf(w->lease, sizeof(w->lease), "%s", relay_lease_id(lx->lease));
 	memcpy(&w->exec, exec, exec->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
 							    : sizeof(struct sockaddr_in));
-	if (holder_next(f, w, &sa, &salen) != 0 ||
-	    fleet_peer_hdr_init(&h, w->lease, (enum tun_port_role)role, exec) != 0 ||
-	    (n = fleet_peer_hdr_encode(&h, f->sec, w->hdr, sizeof(w->hdr))) < 0) {
+	if (fleet_peer_hdr_init(&w->h, w->lease, (enum tun_port_role)role, exec) != 0 ||
+	    holder_next(f, w, &sa, &salen) != 0) {
 		free(w);
 		return 0;
 	}
-	w->hlen = (size_t)n;
 	w->sp = fleet_splice_new(f->base, fd, NULL, fwd_cb, w);
 	if (!w->sp) {
 		free(w);
@@ -1740,8 +1838,8 @@ struct relay_fleet *relay_fleet_new(struct relay *r, char *err, size_t errlen)
 			  o->peer_listen);
 		goto fail;
 	}
-	f->peer = fleet_peer_listener_new(f->base, (struct sockaddr *)&ss, sslen, f->sec, NULL,
-					  peer_cb, f, err, errlen);
+	f->peer = fleet_peer_listener_new(f->base, (struct sockaddr *)&ss, sslen, f->sec, f->id,
+					  NULL, peer_cb, f, err, errlen);
 	if (!f->peer)
 		goto fail;
 	if (o->peer_advertise) {
@@ -1754,6 +1852,20 @@ struct relay_fleet *relay_fleet_new(struct relay *r, char *err, size_t errlen)
 		}
 		snprintf(f->advertise, sizeof(f->advertise), ss.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u",
 			 host, fleet_peer_listener_port(f->peer));
+	}
+	{
+		/* Other relays check it as they read it from etcd; say so now. */
+		struct sockaddr_storage as;
+		socklen_t al;
+		char eadv[SR_ESC_SIZE(FLEET_PEER_ADDR_MAX)];
+		if (fleet_peer_addr_parse(f->advertise, strlen(f->advertise), &as, &al) != 0) {
+			sr_esc_n(f->advertise, FLEET_PEER_ADDR_MAX, eadv, sizeof(eadv));
+			sr_seterr(err, errlen, "relay.fleet.peer_advertise \"%s\" must be a numeric "
+					       "IP:port other relays can dial (not a wildcard, "
+					       "multicast or broadcast address, nor port 0)",
+				  eadv);
+			goto fail;
+		}
 	}
 	memset(&eo, 0, sizeof(eo));
 	eo.endpoints = (const char *const *)o->etcd;

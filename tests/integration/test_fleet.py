@@ -24,7 +24,13 @@
     it is made once and both keep serving it;
   - etcd stopped (SIGSTOP) for 10 s: streams undisturbed, a new
     registration fails with `fleet_unavailable` after its bound, and once
-    etcd is back registrations succeed again.
+    etcd is back registrations succeed again;
+  - what etcd says is checked where it enters: a relay's peer address that
+    is not a numeric IP:port one can dial (a wildcard would reach this very
+    host) is never dialled, a lease's ports outside the pool are never
+    bound, a key with a NUL byte does not act on the key before the NUL;
+  - one resume token presented to two relays at the same moment resumes
+    the lease once: the other is told `resume_conflict`.
 
 Each measured number is logged with the prefix "measured:".
 """
@@ -516,6 +522,105 @@ class FleetTest(unittest.TestCase):
         wait_for(lambda: self._try_connect(a.host, port) is None, 5, "the port closed")
         self.assertIsNone(self.etcd.get(key), "the lease made again over another's port")
         self.assertTrue(a.alive())
+
+    def _lease_on_a_served_by_b(self):
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        fs, lease, key, grace = self._fake_lease(a)
+        wait_for(lambda: b.grep("serving its ports here"), 10, "the lease on relay-b")
+        return a, b, fs, lease
+
+    def test_a_peer_address_from_etcd_is_checked(self):
+        # relays/<id> names where other relays carry executors: 0.0.0.0:P
+        # reaches this very host's port P (Linux), so whoever can write it
+        # could send executors' bytes to any local service.
+        a, b, fs, lease = self._lease_on_a_served_by_b()
+        trap = socket.socket()
+        self.addCleanup(trap.close)
+        trap.bind(("127.0.0.1", 0))
+        trap.listen(8)
+        trap.settimeout(2.0)
+        tport = trap.getsockname()[1]
+        lid = lease["lease"].encode()
+        self.etcd.put(b"/sparkrelay/relays/relay-z", b'{"peer": "0.0.0.0:%d"}' % tport)
+        self.etcd.put(b"/sparkrelay/relays/relay-y",
+                      b'{"peer": "\x1b[2J127.0.0.1:%d"}' % tport)
+        self.etcd.put(b"/sparkrelay/tunnels/" + lid + b"/relay-z", b"")
+        self.etcd.put(b"/sparkrelay/tunnels/" + lid + b"/relay-y", b"")
+        # relay-a's own key gone: relay-z and relay-y are the only holders
+        self.etcd.delete(b"/sparkrelay/tunnels/" + lid + b"/relay-a")
+        wait_for(lambda: b.grep("relay relay-y: its peer address"), 10,
+                 "relay-b refusing relay-y's address")
+        ex = H.connect(b.host, int(lease["ports"]["driver"]))
+        self.addCleanup(ex.close)
+        ex.sendall(b"executor bytes")
+        try:
+            c, _ = trap.accept()
+            c.close()
+            self.fail("relay-b dialled a peer address etcd gave it unchecked")
+        except socket.timeout:
+            pass
+        self.assertTrue(b.grep("relay relay-z: its peer address 0.0.0.0:%d" % tport))
+        self.assertNotIn("\x1b", b.log_text(), "etcd text logged unescaped")
+        self.assertTrue(b.alive())
+
+    def test_lease_ports_outside_the_pool_are_not_bound(self):
+        # A lease in etcd whose port is outside this relay's pool: checked
+        # before anything is bound (it was bound, then refused).
+        a = self.start_relay("relay-a", HOSTS[0])
+        outside = H.free_port(HOSTS[0])
+        self.etcd.put(b"/sparkrelay/leases/L-9-dddd",
+                      b'{"app":"x","tenant":"default","route":"default","pool":"default",'
+                      b'"idkey":"k","roles":1,"ports":[%d,0,0],"resume":"","prev":""}' % outside)
+        wait_for(lambda: a.grep("lease=L-9-dddd"), 10, "relay-a reading the lease")
+        self.assertTrue(a.grep("lease=L-9-dddd: port %d is outside pool default's range"
+                               % outside), a.grep("lease=L-9-dddd"))
+        self.assertIsNone(self._try_connect(HOSTS[0], outside))
+        self.assertTrue(a.alive())
+
+    def test_a_key_with_a_nul_byte_does_not_alias_a_lease(self):
+        # "leases/<id>\0x" put and deleted: the mirror's keys are C strings,
+        # and the delete removed leases/<id> itself (its ports closed on
+        # relay-b while the lease lives on).
+        a, b, fs, lease = self._lease_on_a_served_by_b()
+        alias = b"/sparkrelay/leases/" + lease["lease"].encode() + b"\0x"
+        self.etcd.put(alias, b"junk")
+        self.etcd.delete(alias)
+        # a key put after them: once relay-b has it, it has seen both
+        self.etcd.put(b"/sparkrelay/relays/relay-w", b'{"peer": "not an address"}')
+        wait_for(lambda: b.grep("relay relay-w: its peer address"), 10,
+                 "relay-b reading the keys")
+        time.sleep(0.3)
+        s = self._try_connect(b.host, int(lease["ports"]["driver"]))
+        self.assertIsNotNone(s, "relay-b closed the lease's port")
+        s.close()
+        self.assertTrue(b.grep("holds a NUL byte"))
+        self.assertTrue(b.alive())
+
+    def test_one_resume_token_on_two_relays_at_once_resumes_once(self):
+        # Both relays check the token against the same revision of the
+        # lease; their writes reach etcd together (it is paused meanwhile).
+        # An unconditional write let both resume it.
+        a, b, fs, lease = self._lease_on_a_served_by_b()
+        fa = F.FakeSidecar(a.port, H.certs().ca, host=a.host).connect().start_h2()
+        fb = F.FakeSidecar(b.port, H.certs().ca, host=b.host).connect().start_h2()
+        self.addCleanup(fa.close)
+        self.addCleanup(fb.close)
+        self.etcd.pause()
+        try:
+            fa.send_ctl(F.register_msg(resume=lease["resume"]))
+            fb.send_ctl(F.register_msg(resume=lease["resume"]))
+            time.sleep(0.4)  # both writes sent, both waiting on etcd
+        finally:
+            self.etcd.resume()
+        answers = [fa.read_ctl(10), fb.read_ctl(10)]
+        types = sorted((m or {}).get("type") for m in answers)
+        self.assertEqual(types, ["error", "lease"], answers)
+        err = [m for m in answers if m["type"] == "error"][0]
+        self.assertEqual(err.get("code"), "resume_conflict", err)
+        won = [m for m in answers if m["type"] == "lease"][0]
+        self.assertEqual(won["lease"], lease["lease"])
+        self.assertTrue(a.alive() and b.alive())
 
     @staticmethod
     def metrics(relay):
