@@ -12,8 +12,10 @@
  * lease; when none does, it expires after grace_s and etcd deletes the
  * lease's keys at once, which every relay sees and closes its ports.
  *
- * The mirror is a list scanned linearly: fine for the hundreds of leases
- * a fleet holds, not for a hundred thousand (docs/architecture.md). */
+ * The mirror is a list (for scans) with a hash by key (for lookups); a
+ * change in etcd costs O(keys + local leases) (reconcile). A resume
+ * compares every lease's digest, and carrying an executor scans the
+ * mirror for the lease's tunnels keys (docs/architecture.md). */
 #include "relay/relay_fleet.h"
 #include "relay/relay_int.h"
 
@@ -51,9 +53,12 @@
 #define FL_MAX_KEYS 262144
 #define FL_MAX_ANSWER (64u * 1024 * 1024)
 
-/* One key of the mirror (the prefix cut off). */
+/* One key of the mirror (the prefix cut off): in the list f->kvs (for
+ * scans) and in the hash f->kb by key (for lookups). */
 struct fl_kv {
-	struct fl_kv *next;
+	struct fl_kv *next, *prev;
+	struct fl_kv *hnext;
+	uint32_t hash;
 	char *key;
 	char *val;
 	size_t vlen;
@@ -140,6 +145,9 @@ struct relay_fleet {
 	/* the mirror */
 	struct fl_kv *kvs;
 	size_t nkvs;
+	struct fl_kv **kb; /* nkb buckets (a power of two), NULL until the first key */
+	size_t nkb;
+	uint32_t kseed;
 	int full_logged;
 	int nul_logged;
 	int synced;
@@ -224,16 +232,68 @@ static void fl_revoke(struct relay_fleet *f, int64_t lease, const char *what)
 
 /* ---- the mirror ------------------------------------------------------------ */
 
+/* FNV-1a, seeded per process: keys are chosen by whoever writes etcd. */
+static uint32_t kv_hash(const struct relay_fleet *f, const char *key)
+{
+	uint32_t h = 2166136261u ^ f->kseed;
+
+	for (; *key; key++) {
+		h ^= (unsigned char)*key;
+		h *= 16777619u;
+	}
+	return h;
+}
+
+/* O(1) on average. */
 static struct fl_kv *kv_find(struct relay_fleet *f, const char *key)
 {
-	for (struct fl_kv *kv = f->kvs; kv; kv = kv->next)
-		if (strcmp(kv->key, key) == 0)
+	uint32_t h;
+
+	if (!f->kb)
+		return NULL;
+	h = kv_hash(f, key);
+	for (struct fl_kv *kv = f->kb[h & (f->nkb - 1)]; kv; kv = kv->hnext)
+		if (kv->hash == h && strcmp(kv->key, key) == 0)
 			return kv;
 	return NULL;
 }
 
+/* Room for one more key: buckets at least as many as keys. 0 or SR_ENOMEM. */
+static int kv_reserve(struct relay_fleet *f)
+{
+	size_t nb = f->nkb ? f->nkb : 64;
+	struct fl_kv **kb;
+
+	while (nb < f->nkvs + 1)
+		nb *= 2;
+	if (nb == f->nkb)
+		return 0;
+	kb = calloc(nb, sizeof(*kb));
+	if (!kb)
+		return f->kb ? 0 : SR_ENOMEM; /* longer chains, still correct */
+	for (struct fl_kv *kv = f->kvs; kv; kv = kv->next) {
+		kv->hnext = kb[kv->hash & (nb - 1)];
+		kb[kv->hash & (nb - 1)] = kv;
+	}
+	free(f->kb);
+	f->kb = kb;
+	f->nkb = nb;
+	return 0;
+}
+
 static void kv_free(struct relay_fleet *f, struct fl_kv *kv)
 {
+	struct fl_kv **pp = &f->kb[kv->hash & (f->nkb - 1)];
+
+	while (*pp != kv)
+		pp = &(*pp)->hnext;
+	*pp = kv->hnext;
+	if (kv->prev)
+		kv->prev->next = kv->next;
+	else
+		f->kvs = kv->next;
+	if (kv->next)
+		kv->next->prev = kv->prev;
 	f->nkvs--;
 	free(kv->key);
 	free(kv->val);
@@ -242,22 +302,19 @@ static void kv_free(struct relay_fleet *f, struct fl_kv *kv)
 
 static void kv_clear(struct relay_fleet *f)
 {
-	while (f->kvs) {
-		struct fl_kv *kv = f->kvs;
-		f->kvs = kv->next;
-		kv_free(f, kv);
-	}
+	while (f->kvs)
+		kv_free(f, f->kvs);
+	free(f->kb);
+	f->kb = NULL;
+	f->nkb = 0;
 }
 
 static void kv_del(struct relay_fleet *f, const char *key)
 {
-	for (struct fl_kv **pp = &f->kvs; *pp; pp = &(*pp)->next)
-		if (strcmp((*pp)->key, key) == 0) {
-			struct fl_kv *kv = *pp;
-			*pp = kv->next;
-			kv_free(f, kv);
-			return;
-		}
+	struct fl_kv *kv = kv_find(f, key);
+
+	if (kv)
+		kv_free(f, kv);
 }
 
 /* relays/<id>'s "peer": the address other relays carry executors to, so
@@ -337,14 +394,19 @@ static int kv_put(struct relay_fleet *f, const char *key, size_t klen, const cha
 			free(v);
 			return 0;
 		}
-		kv = calloc(1, sizeof(*kv));
+		kv = kv_reserve(f) == 0 ? calloc(1, sizeof(*kv)) : NULL;
 		if (!kv) {
 			free(k);
 			free(v);
 			return SR_ENOMEM;
 		}
 		kv->key = k;
+		kv->hash = kv_hash(f, k);
+		kv->hnext = f->kb[kv->hash & (f->nkb - 1)];
+		f->kb[kv->hash & (f->nkb - 1)] = kv;
 		kv->next = f->kvs;
+		if (f->kvs)
+			f->kvs->prev = kv;
 		f->kvs = kv;
 		f->nkvs++;
 	}
@@ -598,23 +660,52 @@ static int reg_owns(struct relay_fleet *f, const struct relay_lease_ext *lx)
 
 static void forward_waiting(struct relay_fleet *f, struct relay_lease_ext *lx);
 
-/* Make the local leases match the mirror. */
+/* A local lease that etcd no longer has (released, or its grace ran out)
+ * and that nothing here keeps: no tunnel, no registration making it. */
+static int lease_gone(struct relay_fleet *f, struct relay_lease_ext *lx)
+{
+	char key[FL_KEY_MAX];
+
+	snprintf(key, sizeof(key), "leases/%s", relay_lease_id(lx->lease));
+	return !kv_find(f, key) && !reg_owns(f, lx);
+}
+
+#define FL_DROP_CHUNK 64
+
+/* Make the local leases match the mirror.
+ *
+ * O(K + L) for K mirrored keys and L local leases, plus O(L x G) for the
+ * G registrations waiting on etcd (reg_owns; G is small): lookups are
+ * hashed both ways (kv_find, relay_find_id), and the leases to drop are
+ * collected in one pass, then dropped, because a drop changes the lists
+ * walked. (It was O(K x L): a scan of the mirror per lease, restarted
+ * after every drop.) Only if the id array cannot be allocated are they
+ * dropped FL_DROP_CHUNK per pass. */
 static void reconcile(struct relay_fleet *f)
 {
 	struct relay *r = f->r;
-	int again = 1;
+	char(*ids)[TUN_CTL_LEASE_MAX], chunk[FL_DROP_CHUNK][TUN_CTL_LEASE_MAX];
+	size_t n = 0, cap, dropped;
+	int full;
 
 	for (struct fl_kv *kv = f->kvs; kv; kv = kv->next)
 		if (strncmp(kv->key, "leases/", 7) == 0 && !relay_find_id(r, kv->key + 7))
 			lease_bind(f, kv);
-	/* Leases etcd no longer has: released, or their grace ran out. */
-	while (again) {
-		again = 0;
-		for (struct relay_tenant_acct *a = r->tenants; a && !again; a = a->next)
+	for (struct relay_tenant_acct *a = r->tenants; a; a = a->next)
+		for (struct relay_lease_ext *lx = a->leases; lx; lx = lx->tnext)
+			n++;
+	ids = n ? malloc(n * sizeof(*ids)) : NULL;
+	cap = ids ? n : FL_DROP_CHUNK;
+	if (!ids)
+		ids = chunk;
+	do {
+		size_t k = 0;
+
+		full = 0;
+		dropped = 0;
+		for (struct relay_tenant_acct *a = r->tenants; a && !full; a = a->next)
 			for (struct relay_lease_ext *lx = a->leases; lx; lx = lx->tnext) {
-				char key[FL_KEY_MAX];
-				snprintf(key, sizeof(key), "leases/%s", relay_lease_id(lx->lease));
-				if (kv_find(f, key) || reg_owns(f, lx))
+				if (!lease_gone(f, lx))
 					continue;
 				if (lx->tunnel) {
 					/* etcd lost it while a tunnel holds it
@@ -625,13 +716,24 @@ static void reconcile(struct relay_fleet *f)
 					held_reclaim(f, relay_lease_id(lx->lease));
 					continue;
 				}
-				SR_INFO(FL_CTX, "lease=%s ended in the fleet; ports closed here",
-					relay_lease_id(lx->lease));
-				lease_drop_local(lx);
-				again = 1;
-				break;
+				if (k == cap) {
+					full = 1;
+					break;
+				}
+				snprintf(ids[k++], TUN_CTL_LEASE_MAX, "%s", relay_lease_id(lx->lease));
 			}
-	}
+		for (size_t i = 0; i < k; i++) {
+			struct relay_lease *l = relay_find_id(r, ids[i]);
+			struct relay_lease_ext *lx = l ? relay_lease_data(l) : NULL;
+			if (!lx || lx->tunnel || !lease_gone(f, lx))
+				continue;
+			SR_INFO(FL_CTX, "lease=%s ended in the fleet; ports closed here", ids[i]);
+			lease_drop_local(lx);
+			dropped++;
+		}
+	} while (full && dropped);
+	if (ids != chunk)
+		free(ids);
 	for (struct relay_tenant_acct *a = r->tenants; a; a = a->next)
 		for (struct relay_lease_ext *lx = a->leases; lx; lx = lx->tnext)
 			if (lx->pending && !lx->tunnel)
@@ -1812,6 +1914,8 @@ struct relay_fleet *relay_fleet_new(struct relay *r, char *err, size_t errlen)
 	f->base = r->base;
 	f->ttl_s = o->ttl_s ? o->ttl_s : 10;
 	f->wait_ms = o->register_wait_ms ? o->register_wait_ms : 5000;
+	if (sr_random_bytes(&f->kseed, sizeof(f->kseed)) != 0)
+		f->kseed = (uint32_t)sr_now_us();
 	f->prefix = strdup(o->prefix ? o->prefix : "/sparkrelay/");
 	if (!f->prefix)
 		goto nomem;
