@@ -597,6 +597,43 @@ class FleetTest(unittest.TestCase):
         self.assertTrue(b.grep("holds a NUL byte"))
         self.assertTrue(b.alive())
 
+    def test_a_change_in_etcd_costs_linear_time_in_the_leases(self):
+        # With L leases served here and K keys mirrored, a change in etcd
+        # cost O(K x L) (a scan of the mirror per lease); now O(K + L). 1,000
+        # leases and 200 changes: the relay's CPU time for them, which was
+        # seconds, is a small fraction of that.
+        n, changes = 1000, 200
+        base = H.pick_pool_base(n, hosts=(HOSTS[0],))
+        over = {"relay": {"pool": {"port_min": base, "port_max": base + n - 1}}}
+        for i in range(0, n, 100):
+            ops = []
+            for k in range(i, min(n, i + 100)):
+                v = ('{"app":"x","tenant":"default","route":"default","pool":"default",'
+                     '"idkey":"k","roles":1,"ports":[%d,0,0],"resume":"%s","prev":""}'
+                     % (base + k, "%064x" % k))
+                ops.append({"request_put": {"key": E.b64(b"/sparkrelay/leases/L-%d-scale" % k),
+                                            "value": E.b64(v.encode())}})
+            self.etcd.call("/v3/kv/txn", {"success": ops})
+        a = self.start_relay("relay-a", HOSTS[0], overrides=over)
+        wait_for(lambda: len(a.grep("serving its ports here")) == n, 60, "every lease bound")
+
+        def cpu_s():
+            with open("/proc/%d/stat" % a.p.pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        t0 = cpu_s()
+        for i in range(changes):
+            self.etcd.put(b"/sparkrelay/other/%d" % i, b"x")
+        # a key it logs, put last: once logged, every change before it is done
+        self.etcd.put(b"/sparkrelay/relays/relay-s", b'{"peer": "sentinel"}')
+        wait_for(lambda: a.grep("relay relay-s: its peer address"), 120, "the changes read")
+        took = cpu_s() - t0
+        H.log("measured: %d changes in etcd with %d leases served cost the relay %.2f s CPU"
+              % (changes, n, took))
+        self.assertLess(took, 1.0, "a change in etcd costs %.1f ms CPU with %d leases"
+                        % (1000 * took / changes, n))
+
     def test_one_resume_token_on_two_relays_at_once_resumes_once(self):
         # Both relays check the token against the same revision of the
         # lease; their writes reach etcd together (it is paused meanwhile).
