@@ -777,21 +777,28 @@ static void peer_pause_cb(evutil_socket_t fd, short what, void *arg)
 	evconnlistener_enable(l->lev);
 }
 
-struct fleet_peer_listener *
-fleet_peer_listener_new(struct event_base *base, const struct sockaddr *sa, socklen_t salen,
-			const struct fleet_secret *sec, const char *self,
-			const struct fleet_peer_opts *o,
-			fleet_peer_cb cb, void *arg, char *err, size_t errlen)
+/* Listen on sa, or around the listening socket fd when fd >= 0 (stolen in
+ * every case; made disabled). */
+static struct fleet_peer_listener *
+peer_listener_make(struct event_base *base, const struct sockaddr *sa, socklen_t salen, int fd,
+		   const struct fleet_secret *sec, const char *self,
+		   const struct fleet_peer_opts *o, fleet_peer_cb cb, void *arg, char *err,
+		   size_t errlen)
 {
 	struct fleet_peer_listener *l;
 	struct sockaddr_storage bound;
 	socklen_t blen = sizeof(bound);
 	char addr[SR_ADDRSTRLEN];
 
-	sr_format_addr(sa, addr, sizeof(addr));
+	if (fd >= 0 && getsockname(fd, (struct sockaddr *)&bound, &blen) == 0)
+		sr_format_addr((struct sockaddr *)&bound, addr, sizeof(addr));
+	else if (sa != NULL)
+		sr_format_addr(sa, addr, sizeof(addr));
+	else
+		snprintf(addr, sizeof(addr), "?");
 	if (sec == NULL || cb == NULL || !peer_id_valid(self)) {
 		sr_seterr(err, errlen, "peer listener: no secret, relay id or callback");
-		return NULL;
+		goto fail_fd;
 	}
 	l = calloc(1, sizeof(*l));
 	if (l == NULL)
@@ -818,10 +825,21 @@ fleet_peer_listener_new(struct event_base *base, const struct sockaddr *sa, sock
 	l->pause = evtimer_new(base, peer_pause_cb, l);
 	if (l->pause == NULL)
 		goto nomem_l;
-	l->lev = evconnlistener_new_bind(base, peer_accept_cb, l,
-					 LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
-					     LEV_OPT_CLOSE_ON_EXEC,
-					 1024, sa, (int)salen);
+	if (fd >= 0) {
+		/* backlog 0: it listens already, with the backlog it was made with. */
+		l->lev = evconnlistener_new(base, peer_accept_cb, l,
+					    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC |
+						LEV_OPT_DISABLED,
+					    0, fd);
+		if (l->lev == NULL)
+			goto nomem_l;
+		fd = -1;
+	} else {
+		l->lev = evconnlistener_new_bind(base, peer_accept_cb, l,
+						 LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
+						     LEV_OPT_CLOSE_ON_EXEC,
+						 1024, sa, (int)salen);
+	}
 	if (l->lev == NULL) {
 		sr_seterr(err, errlen, "peer listener: cannot listen on %s: %s", addr,
 			  strerror(errno));
@@ -829,6 +847,7 @@ fleet_peer_listener_new(struct event_base *base, const struct sockaddr *sa, sock
 		return NULL;
 	}
 	evconnlistener_set_error_cb(l->lev, peer_accept_error_cb);
+	blen = sizeof(bound);
 	if (getsockname(evconnlistener_get_fd(l->lev), (struct sockaddr *)&bound, &blen) == 0)
 		l->port = sr_addr_port((const struct sockaddr *)&bound);
 	return l;
@@ -837,7 +856,41 @@ nomem_l:
 	fleet_peer_listener_free(l);
 nomem:
 	sr_seterr(err, errlen, "peer listener on %s: %s", addr, sr_strerror(SR_ENOMEM));
+fail_fd:
+	if (fd >= 0)
+		close(fd);
 	return NULL;
+}
+
+struct fleet_peer_listener *
+fleet_peer_listener_new(struct event_base *base, const struct sockaddr *sa, socklen_t salen,
+			const struct fleet_secret *sec, const char *self,
+			const struct fleet_peer_opts *o, fleet_peer_cb cb, void *arg, char *err,
+			size_t errlen)
+{
+	return peer_listener_make(base, sa, salen, -1, sec, self, o, cb, arg, err, errlen);
+}
+
+struct fleet_peer_listener *
+fleet_peer_listener_adopt(struct event_base *base, int fd, const struct fleet_secret *sec,
+			  const char *self, const struct fleet_peer_opts *o, fleet_peer_cb cb,
+			  void *arg, char *err, size_t errlen)
+{
+	return peer_listener_make(base, NULL, 0, fd, sec, self, o, cb, arg, err, errlen);
+}
+
+int fleet_peer_listener_enable(struct fleet_peer_listener *l, int on)
+{
+	if (!on) {
+		evtimer_del(l->pause);
+		return evconnlistener_disable(l->lev) == 0 ? 0 : SR_ENOMEM;
+	}
+	return evconnlistener_enable(l->lev) == 0 ? 0 : SR_ENOMEM;
+}
+
+int fleet_peer_listener_fd(const struct fleet_peer_listener *l)
+{
+	return evconnlistener_get_fd(l->lev);
 }
 
 void fleet_peer_listener_free(struct fleet_peer_listener *l)

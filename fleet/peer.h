@@ -182,6 +182,17 @@ fleet_peer_listener_new(struct event_base *base, const struct sockaddr *sa, sock
 			const struct fleet_secret *sec, const char *self,
 			const struct fleet_peer_opts *o,
 			fleet_peer_cb cb, void *arg, char *err, size_t errlen);
+/* The same around a socket that listens already (another process made it,
+ * live handover), stolen in every case; it accepts once enabled. */
+struct fleet_peer_listener *
+fleet_peer_listener_adopt(struct event_base *base, int fd, const struct fleet_secret *sec,
+			  const char *self, const struct fleet_peer_opts *o, fleet_peer_cb cb,
+			  void *arg, char *err, size_t errlen);
+/* Accept (on) or not: connections wait in the backlog. 0, or SR_ENOMEM. */
+int fleet_peer_listener_enable(struct fleet_peer_listener *l, int on);
+/* The listening socket (still the listener's), for passing to another
+ * process. */
+int fleet_peer_listener_fd(const struct fleet_peer_listener *l);
 /* Stops listening and resets every connection still reading its header.
  * NULL does nothing. */
 void fleet_peer_listener_free(struct fleet_peer_listener *l);

@@ -158,6 +158,8 @@ struct relay_fleet {
 	struct fleet_reg *regs;
 	struct fl_fwd *fwds;
 	uint64_t forwarded, forward_failed;
+	int frozen;	 /* relay_fleet_freeze */
+	int need_self;	 /* register once thawed */
 	int draining;	 /* withdrawn: never registers again */
 	int withdrawing; /* the revoke of the relay's etcd lease is under way */
 };
@@ -688,6 +690,9 @@ static void reconcile(struct relay_fleet *f)
 	size_t n = 0, cap, dropped;
 	int full;
 
+	/* Handing over: what the leases are is being passed as it is. */
+	if (f->frozen)
+		return;
 	for (struct fl_kv *kv = f->kvs; kv; kv = kv->next)
 		if (strncmp(kv->key, "leases/", 7) == 0 && !relay_find_id(r, kv->key + 7))
 			lease_bind(f, kv);
@@ -881,7 +886,11 @@ static void self_lost(int err, const char *msg, void *arg)
 	etcd_keeper_free(f->self_keeper);
 	f->self_keeper = NULL;
 	f->self_lease = 0;
-	self_start(f);
+	/* Frozen for a handover: the new process may have replaced it. */
+	if (f->frozen)
+		f->need_self = 1;
+	else
+		self_start(f);
 }
 
 static void self_put(int err, const struct etcd_result *res, void *arg)
@@ -1896,7 +1905,8 @@ static void peer_cb(const struct fleet_peer_hdr *hdr, int fd, void *arg)
 
 /* ---- lifetime ------------------------------------------------------------------- */
 
-struct relay_fleet *relay_fleet_new(struct relay *r, char *err, size_t errlen)
+struct relay_fleet *relay_fleet_new(struct relay *r, int peer_fd, int taking, char *err,
+				    size_t errlen)
 {
 	const struct relay_fleet_opts *o = &r->o->fleet;
 	struct relay_fleet *f = calloc(1, sizeof(*f));
@@ -1907,10 +1917,13 @@ struct relay_fleet *relay_fleet_new(struct relay *r, char *err, size_t errlen)
 	uint16_t port;
 
 	if (!f) {
+		if (peer_fd >= 0)
+			close(peer_fd);
 		sr_seterr(err, errlen, "out of memory");
 		return NULL;
 	}
 	f->r = r;
+	f->frozen = f->need_self = taking;
 	f->base = r->base;
 	f->ttl_s = o->ttl_s ? o->ttl_s : 10;
 	f->wait_ms = o->register_wait_ms ? o->register_wait_ms : 5000;
@@ -1942,8 +1955,18 @@ struct relay_fleet *relay_fleet_new(struct relay *r, char *err, size_t errlen)
 			  o->peer_listen);
 		goto fail;
 	}
-	f->peer = fleet_peer_listener_new(f->base, (struct sockaddr *)&ss, sslen, f->sec, f->id,
-					  NULL, peer_cb, f, err, errlen);
+	if (peer_fd >= 0) {
+		/* The old process's (live handover): never bound twice, no
+		 * connection refused meanwhile. Accepts once thawed. */
+		f->peer = fleet_peer_listener_adopt(f->base, peer_fd, f->sec, f->id, NULL,
+						    peer_cb, f, err, errlen);
+		peer_fd = -1;
+	} else {
+		f->peer = fleet_peer_listener_new(f->base, (struct sockaddr *)&ss, sslen, f->sec,
+						  f->id, NULL, peer_cb, f, err, errlen);
+		if (f->peer && taking)
+			fleet_peer_listener_enable(f->peer, 0);
+	}
 	if (!f->peer)
 		goto fail;
 	if (o->peer_advertise) {
@@ -1992,7 +2015,8 @@ struct relay_fleet *relay_fleet_new(struct relay *r, char *err, size_t errlen)
 	f->check_ev = evtimer_new(f->base, check_cb, f);
 	if (!f->self_retry || !f->sync_retry || !f->check_ev)
 		goto nomem;
-	self_start(f);
+	if (!taking)
+		self_start(f);
 	sync_start(f);
 	SR_INFO(FL_CTX, "fleet relay %s: etcd %s, prefix %s, peers dial %s", f->id, o->etcd[0],
 		f->prefix, f->advertise);
@@ -2000,8 +2024,98 @@ struct relay_fleet *relay_fleet_new(struct relay *r, char *err, size_t errlen)
 nomem:
 	sr_seterr(err, errlen, "out of memory");
 fail:
+	if (peer_fd >= 0)
+		close(peer_fd);
 	relay_fleet_free(f);
 	return NULL;
+}
+
+long relay_fleet_foreach_carried(struct relay_fleet *f, relay_fleet_carried_fn fn, void *arg)
+{
+	struct fleet_splice_state st;
+	long n = 0;
+	int rc;
+
+	for (struct fl_fwd *w = f->fwds; w; w = w->next) {
+		if (!w->sp || fleet_splice_export(w->sp, &st) != 0)
+			continue;
+		rc = fn(w->lease, w->role, w->conn_id, &st, arg);
+		if (rc)
+			return rc;
+		n++;
+	}
+	return n;
+}
+
+int relay_fleet_adopt_carried(struct relay_fleet *f, const char *lease, int role,
+			      uint64_t conn_id, const struct fleet_splice_state *st)
+{
+	struct fl_fwd *w = calloc(1, sizeof(*w));
+	struct fleet_splice_state run = *st;
+
+	if (!w || !tun_ctl_valid_lease_id(lease) || role < 0 || role >= TUN_PORT_MAX) {
+		int rc = w ? SR_EINVAL : SR_ENOMEM;
+		free(w);
+		close(st->a);
+		close(st->b);
+		for (int k = 0; k < 2; k++)
+			for (int i = 0; i < 2; i++)
+				close(st->pipe[k][i]);
+		return rc;
+	}
+	/* Carried already: a failure now ends it, never tries another relay. */
+	run.moved = 1;
+	w->f = f;
+	w->role = role;
+	w->conn_id = conn_id;
+	snprintf(w->lease, sizeof(w->lease), "%s", lease);
+	w->ntried = FL_MAX_TRIED; /* it runs: never dialled again */
+	w->sp = fleet_splice_adopt(f->base, &run, f->frozen, NULL, fwd_cb, w);
+	if (!w->sp) {
+		free(w);
+		return SR_ENOMEM;
+	}
+	w->next = f->fwds;
+	if (f->fwds)
+		f->fwds->prev = w;
+	f->fwds = w;
+	return 0;
+}
+
+void relay_fleet_forget_carried(struct relay_fleet *f)
+{
+	while (f->fwds) {
+		struct fl_fwd *w = f->fwds;
+		fleet_splice_forget(w->sp);
+		w->sp = NULL;
+		fwd_free(w);
+	}
+}
+
+int relay_fleet_peer_fd(const struct relay_fleet *f)
+{
+	return f->peer ? fleet_peer_listener_fd(f->peer) : -1;
+}
+
+void relay_fleet_freeze(struct relay_fleet *f, int on)
+{
+	for (struct fl_fwd *w = f->fwds; w; w = w->next)
+		if (w->sp)
+			fleet_splice_pause(w->sp, on);
+	if (on) {
+		f->frozen = 1;
+		fleet_peer_listener_enable(f->peer, 0);
+		return;
+	}
+	f->frozen = 0;
+	if (fleet_peer_listener_enable(f->peer, 1) != 0)
+		SR_WARN(FL_CTX, "cannot accept on the peer port: out of memory");
+	if (f->need_self) {
+		f->need_self = 0;
+		self_start(f);
+	}
+	if (f->synced)
+		reconcile(f);
 }
 
 void relay_fleet_free(struct relay_fleet *f)
@@ -2016,6 +2130,10 @@ void relay_fleet_free(struct relay_fleet *f)
 			lease_drop_local(lx);
 		reg_free(g);
 	}
+	/* Frozen: a handover under way, or a new relay not committed; the
+	 * carried connections may be another process's. */
+	if (f->frozen)
+		relay_fleet_forget_carried(f);
 	while (f->fwds)
 		fwd_free(f->fwds);
 	while (f->held) {

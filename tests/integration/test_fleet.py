@@ -39,6 +39,7 @@ import os
 import re
 import signal
 import socket
+import tempfile
 import threading
 import time
 import unittest
@@ -633,6 +634,70 @@ class FleetTest(unittest.TestCase):
               % (changes, n, took))
         self.assertLess(took, 1.0, "a change in etcd costs %.1f ms CPU with %d leases"
                         % (1000 * took / changes, n))
+
+    def test_a_takeover_of_a_fleet_relay_keeps_leases_streams_and_registration(self):
+        # relay-a taken over by a new process (live handover) on its node:
+        # executor connections through it (streams of its own tunnel's
+        # lease, one another relay carried to it, one it carries to another
+        # relay) continue byte-exact, it stays registered under its id with
+        # its fixed peer port, and it goes on serving both leases past
+        # their grace period.
+        ho = os.path.join(tempfile.mkdtemp(prefix="ho-", dir=H.root_dir()), "ho.sock")
+        peer_port = H.free_port(HOSTS[0])
+        over = {"relay": {"handover_socket": ho, "handover_timeout_ms": 10000,
+                          "lease": {"grace_s": 5, "resume_hold_s": 60},
+                          "fleet": {"peer_listen": "%s:%d" % (HOSTS[0], peer_port)}}}
+        a = self.start_relay("relay-a", HOSTS[0], overrides=over)
+        b = self.start_relay("relay-b", HOSTS[1], overrides={"relay": {"lease": {"grace_s": 5}}})
+        s1 = self.start_sidecar("sc1", a)
+        s2 = self.start_sidecar("sc2", b)
+        l1, l2 = self.lease_of(s1), self.lease_of(s2)
+        p1, p2 = int(l1["ports"]["driver"]), int(l2["ports"]["driver"])
+        self.driver = H.Driver({"driver": p1})
+        self.driver.start()
+        d2 = H.Driver({"driver": p2})
+        d2.start()
+        self.addCleanup(d2.stop)
+        wait_for(lambda: a.grep("lease=%s: serving its ports here" % l2["lease"]) and
+                 b.grep("lease=%s: serving its ports here" % l1["lease"]), 10,
+                 "each relay serving the other's lease")
+        conns = {"a to its lease": H.connect(a.host, p1), "b to a's lease": H.connect(b.host, p1),
+                 "a to b's lease": H.connect(a.host, p2)}
+        for i, (name, s) in enumerate(sorted(conns.items())):
+            ok, why = echo_exchange(s, 700 + i, 256 * 1024)
+            self.assertTrue(ok, "%s before the takeover: %s" % (name, why))
+        t0 = time.monotonic()
+        new = H.Proc("relay-a-new", [H.BIN, "relay", "--config",
+                                     os.path.join(self.dir, "relay-a.json"), "--takeover"],
+                     self.dir).start()
+        self.procs.append(new)
+        new.host, new.port, new.fid = a.host, a.port, "relay-a"
+        rc = a.p.wait(20)
+        self.assertEqual(rc, 0, "the old relay-a exited %s" % rc)
+        wait_for(lambda: new.grep("resumed in the fleet"), 20, "the lease resumed on relay-a")
+        H.log("measured: fleet relay taken over, its lease resumed %.2f s after the start"
+              % (time.monotonic() - t0))
+        for i, (name, s) in enumerate(sorted(conns.items())):
+            ok, why = echo_exchange(s, 710 + i, 1 * MiB)
+            self.assertTrue(ok, "%s after the takeover: %s" % (name, why))
+        self.assertTrue(new.grep("registered in the fleet as relay-a (peer address %s:%d)"
+                                 % (HOSTS[0], peer_port)), "relay-a not registered again")
+        tkey = ("/sparkrelay/tunnels/%s/relay-a" % l1["lease"]).encode()
+        wait_for(lambda: self.etcd.get(b"/sparkrelay/relays/relay-a") and self.etcd.get(tkey)
+                 is not None, 10, "relay-a's registration and tunnels key")
+        self.assertEqual((H.read_spark_json(s1.spark_json)["lease"],
+                          H.read_spark_json(s1.spark_json)["ports"]), (l1["lease"], l1["ports"]))
+        # past grace_s: leases are etcd's to end, not a local timer's
+        time.sleep(6)
+        for host, port in ((a.host, p1), (a.host, p2), (b.host, p1)):
+            s = wait_for(lambda: self._try_connect(host, port), 5,
+                         "connect to %s:%d after the grace period" % (host, port))
+            ok, why = echo_exchange(s, 720, 64 * 1024)
+            s.close()
+            self.assertTrue(ok, "%s:%d after the grace period: %s" % (host, port, why))
+        for s in conns.values():
+            s.close()
+        self.assertTrue(new.alive() and b.alive())
 
     def test_one_resume_token_on_two_relays_at_once_resumes_once(self):
         # Both relays check the token against the same revision of the
