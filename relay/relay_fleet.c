@@ -1269,6 +1269,10 @@ static void check_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
+	/* Handing over: the new relay takes the tunnels keys and grace leases
+	 * as its sidecars resume; until then they stay (thaw runs this). */
+	if (f->frozen)
+		return;
 	while (again) {
 		again = 0;
 		for (struct fl_held *h = f->held; h; h = h->next) {
@@ -2114,6 +2118,7 @@ void relay_fleet_freeze(struct relay_fleet *f, int on)
 		f->need_self = 0;
 		self_start(f);
 	}
+	event_active(f->check_ev, EV_TIMEOUT, 0);
 	if (f->synced)
 		reconcile(f);
 }
