@@ -99,6 +99,8 @@ struct etcd_req {
 	int64_t revision; /* range: as the store was at this revision (0: now) */
 };
 
+/* key and value are etcd's bytes, which may hold NUL bytes: use the
+ * lengths. Each is followed by a NUL not counted in its length. */
 struct etcd_kv {
 	const char *key;
 	size_t key_len;

@@ -1,6 +1,7 @@
 /* See peer.h. */
 #include "fleet/peer.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -130,6 +131,7 @@ static const char *const peer_status_names[FLEET_PEER_STATUS_MAX] = {
     [FLEET_PEER_TIMEOUT] = "timeout",
     [FLEET_PEER_IO] = "io",
     [FLEET_PEER_BUSY] = "busy",
+    [FLEET_PEER_BUSY_SOURCE] = "busy_source",
 };
 
 const char *fleet_peer_status_name(int status)
@@ -173,12 +175,30 @@ static uint64_t get_be64(const uint8_t *p)
 	return v;
 }
 
-static int peer_mac(const struct fleet_secret *sec, const uint8_t *data, size_t len,
-		    uint8_t mac[FLEET_PEER_MAC_LEN])
+/* A relay id as a header's destination. */
+static int peer_id_valid(const char *id)
 {
+	size_t n = id ? strnlen(id, FLEET_PEER_ID_MAX) : 0;
+
+	return n > 0 && n < FLEET_PEER_ID_MAX;
+}
+
+/* HMAC of data[0..len) followed by the destination's length byte and id:
+ * the id is bound without being sent. */
+static int peer_mac(const struct fleet_secret *sec, const uint8_t *data, size_t len,
+		    const char *dest, uint8_t mac[FLEET_PEER_MAC_LEN])
+{
+	uint8_t in[FLEET_PEER_HDR_MAX + 1 + FLEET_PEER_ID_MAX];
+	size_t dlen = strnlen(dest, FLEET_PEER_ID_MAX);
 	unsigned int maclen = 0;
 
-	if (HMAC(EVP_sha256(), sec->key, (int)sec->len, data, len, mac, &maclen) == NULL ||
+	if (len > FLEET_PEER_HDR_MAX || dlen == 0 || dlen >= FLEET_PEER_ID_MAX)
+		return SR_EINVAL;
+	memcpy(in, data, len);
+	in[len] = (uint8_t)dlen;
+	memcpy(in + len + 1, dest, dlen);
+	if (HMAC(EVP_sha256(), sec->key, (int)sec->len, in, len + 1 + dlen, mac, &maclen) ==
+		NULL ||
 	    maclen != FLEET_PEER_MAC_LEN)
 		return SR_EIO;
 	return 0;
@@ -253,6 +273,60 @@ static void peer_addr_store(uint8_t family, const uint8_t addr[16], uint16_t por
 	}
 }
 
+int fleet_peer_addr_parse(const char *s, size_t len, struct sockaddr_storage *sa,
+			  socklen_t *salen)
+{
+	char host[FLEET_PEER_ADDR_MAX];
+	const char *colon, *p;
+	uint8_t family, addr[16];
+	size_t hlen;
+	unsigned long port = 0;
+
+	if (s == NULL || len == 0 || len >= FLEET_PEER_ADDR_MAX || memchr(s, '\0', len))
+		return -1;
+	if (s[0] == '[') {
+		const char *close = memchr(s, ']', len);
+		if (close == NULL || close + 1 >= s + len || close[1] != ':')
+			return -1;
+		hlen = (size_t)(close - s - 1);
+		memcpy(host, s + 1, hlen);
+		colon = close + 1;
+		family = 6;
+	} else {
+		colon = memchr(s, ':', len);
+		if (colon == NULL || memchr(colon + 1, ':', (size_t)(s + len - colon - 1)))
+			return -1;
+		hlen = (size_t)(colon - s);
+		memcpy(host, s, hlen);
+		family = 4;
+	}
+	host[hlen] = '\0';
+	p = colon + 1;
+	/* 1..65535, digits only: no sign, space or leading zero for strtoul
+	 * to forgive. */
+	if (p >= s + len || (size_t)(s + len - p) > 5 || *p == '0')
+		return -1;
+	for (; p < s + len; p++) {
+		if (*p < '0' || *p > '9')
+			return -1;
+		port = port * 10 + (unsigned long)(*p - '0');
+	}
+	if (port == 0 || port > 65535)
+		return -1;
+	memset(addr, 0, sizeof(addr));
+	if (inet_pton(family == 4 ? AF_INET : AF_INET6, host, addr) != 1)
+		return -1;
+	/* 0.0.0.0/8 dials this host (Linux), 240/4 and up is reserved or
+	 * broadcast; peer_addr_valid refuses the rest. */
+	if (family == 4 && (addr[0] == 0 || addr[0] >= 240))
+		return -1;
+	if (!peer_addr_valid(family, addr, (uint16_t)port))
+		return -1;
+	peer_addr_store(family, addr, (uint16_t)port, sa);
+	*salen = family == 4 ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+	return 0;
+}
+
 /* lease is a lease id of exactly len bytes (no NUL inside). */
 static int peer_lease_valid(const char *lease, size_t len)
 {
@@ -284,7 +358,7 @@ int fleet_peer_hdr_init(struct fleet_peer_hdr *h, const char *lease, enum tun_po
 }
 
 int fleet_peer_hdr_encode(const struct fleet_peer_hdr *h, const struct fleet_secret *sec,
-			  uint8_t *out, size_t outlen)
+			  const char *dest, uint8_t *out, size_t outlen)
 {
 	uint8_t family, addr[16];
 	uint16_t port;
@@ -293,7 +367,7 @@ int fleet_peer_hdr_encode(const struct fleet_peer_hdr *h, const struct fleet_sec
 
 	if (!peer_lease_valid(h->lease, llen) || (unsigned)h->role >= TUN_PORT_MAX ||
 	    peer_addr_bytes((const struct sockaddr *)&h->exec, &family, addr, &port) != 0 ||
-	    !peer_addr_valid(family, addr, port) || outlen < total)
+	    !peer_addr_valid(family, addr, port) || !peer_id_valid(dest) || outlen < total)
 		return SR_EINVAL;
 	memcpy(out, peer_magic, 4);
 	out[4] = FLEET_PEER_VERSION;
@@ -305,14 +379,15 @@ int fleet_peer_hdr_encode(const struct fleet_peer_hdr *h, const struct fleet_sec
 	memcpy(out + 18, h->nonce, FLEET_PEER_NONCE_LEN);
 	memcpy(out + 34, addr, 16);
 	memcpy(out + FLEET_PEER_HDR_FIXED, h->lease, llen);
-	if (peer_mac(sec, out, FLEET_PEER_HDR_FIXED + llen,
+	if (peer_mac(sec, out, FLEET_PEER_HDR_FIXED + llen, dest,
 		     out + FLEET_PEER_HDR_FIXED + llen) != 0)
 		return SR_EINVAL;
 	return (int)total;
 }
 
 enum fleet_peer_status fleet_peer_hdr_parse(const uint8_t *buf, size_t len,
-					    const struct fleet_secret *sec, uint64_t now_ms,
+					    const struct fleet_secret *sec, const char *self,
+					    uint64_t now_ms,
 					    uint32_t window_ms, struct fleet_peer_hdr *h,
 					    size_t *hlen)
 {
@@ -338,7 +413,7 @@ enum fleet_peer_status fleet_peer_hdr_parse(const uint8_t *buf, size_t len,
 	if (len < total)
 		return FLEET_PEER_MORE;
 
-	if (peer_mac(sec, buf, FLEET_PEER_HDR_FIXED + llen, mac) != 0 ||
+	if (!peer_id_valid(self) || peer_mac(sec, buf, FLEET_PEER_HDR_FIXED + llen, self, mac) != 0 ||
 	    CRYPTO_memcmp(mac, buf + FLEET_PEER_HDR_FIXED + llen, FLEET_PEER_MAC_LEN) != 0)
 		return FLEET_PEER_BAD_MAC;
 	t = get_be64(buf + 10);
@@ -486,6 +561,7 @@ struct peer_conn {
 	size_t have, need;
 	uint8_t buf[FLEET_PEER_HDR_MAX];
 	char peer[SR_ADDRSTRLEN];
+	uint8_t src_family, src[16]; /* the source address, for the per-source cap */
 };
 
 struct fleet_peer_listener {
@@ -493,6 +569,7 @@ struct fleet_peer_listener {
 	struct evconnlistener *lev;
 	struct event *pause; /* re-enables the listener after an accept failure */
 	const struct fleet_secret *sec;
+	char self[FLEET_PEER_ID_MAX];
 	struct fleet_peer_opts o;
 	fleet_peer_cb cb;
 	void *arg;
@@ -603,8 +680,8 @@ static void peer_conn_read_cb(evutil_socket_t fd, short what, void *arg)
 		c->have += (size_t)n;
 		now_ms = fleet_peer_now_ms();
 		need = 0;
-		st = fleet_peer_hdr_parse(c->buf, c->have, l->sec, now_ms, l->o.clock_window_ms,
-					  &h, &need);
+		st = fleet_peer_hdr_parse(c->buf, c->have, l->sec, l->self, now_ms,
+					  l->o.clock_window_ms, &h, &need);
 		if (st == FLEET_PEER_MORE) {
 			c->need = need;
 			continue;
@@ -630,10 +707,24 @@ static void peer_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struc
 	struct fleet_peer_listener *l = arg;
 	struct peer_conn *c;
 	char peer[SR_ADDRSTRLEN];
+	uint8_t family = 0, src[16];
+	uint16_t sport;
+	uint32_t same = 0;
 
 	sr_format_addr(sa, peer, sizeof(peer));
 	if (l->npending >= l->o.max_pending) {
 		peer_refuse(l, (int)fd, peer, FLEET_PEER_BUSY);
+		return;
+	}
+	/* One source must not hold every pending slot (and so shut the other
+	 * relays out) by connecting and sending nothing. A scan of at most
+	 * max_pending entries: a relay's own connections pass in one read. */
+	if (peer_addr_bytes(sa, &family, src, &sport) != 0)
+		memset(src, 0, sizeof(src));
+	for (struct peer_conn *o = l->pending; o; o = o->next)
+		same += o->src_family == family && memcmp(o->src, src, sizeof(src)) == 0;
+	if (same >= l->o.max_pending_per_source) {
+		peer_refuse(l, (int)fd, peer, FLEET_PEER_BUSY_SOURCE);
 		return;
 	}
 	c = calloc(1, sizeof(*c));
@@ -647,6 +738,8 @@ static void peer_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struc
 	c->l = l;
 	c->fd = (int)fd;
 	c->need = FLEET_PEER_HDR_FIXED;
+	c->src_family = family;
+	memcpy(c->src, src, sizeof(src));
 	c->deadline_us = sr_now_us() + (uint64_t)l->o.header_timeout_ms * 1000u;
 	snprintf(c->peer, sizeof(c->peer), "%s", peer);
 	c->next = l->pending;
@@ -684,26 +777,35 @@ static void peer_pause_cb(evutil_socket_t fd, short what, void *arg)
 	evconnlistener_enable(l->lev);
 }
 
-struct fleet_peer_listener *
-fleet_peer_listener_new(struct event_base *base, const struct sockaddr *sa, socklen_t salen,
-			const struct fleet_secret *sec, const struct fleet_peer_opts *o,
-			fleet_peer_cb cb, void *arg, char *err, size_t errlen)
+/* Listen on sa, or around the listening socket fd when fd >= 0 (stolen in
+ * every case; made disabled). */
+static struct fleet_peer_listener *
+peer_listener_make(struct event_base *base, const struct sockaddr *sa, socklen_t salen, int fd,
+		   const struct fleet_secret *sec, const char *self,
+		   const struct fleet_peer_opts *o, fleet_peer_cb cb, void *arg, char *err,
+		   size_t errlen)
 {
 	struct fleet_peer_listener *l;
 	struct sockaddr_storage bound;
 	socklen_t blen = sizeof(bound);
 	char addr[SR_ADDRSTRLEN];
 
-	sr_format_addr(sa, addr, sizeof(addr));
-	if (sec == NULL || cb == NULL) {
-		sr_seterr(err, errlen, "peer listener: no secret or callback");
-		return NULL;
+	if (fd >= 0 && getsockname(fd, (struct sockaddr *)&bound, &blen) == 0)
+		sr_format_addr((struct sockaddr *)&bound, addr, sizeof(addr));
+	else if (sa != NULL)
+		sr_format_addr(sa, addr, sizeof(addr));
+	else
+		snprintf(addr, sizeof(addr), "?");
+	if (sec == NULL || cb == NULL || !peer_id_valid(self)) {
+		sr_seterr(err, errlen, "peer listener: no secret, relay id or callback");
+		goto fail_fd;
 	}
 	l = calloc(1, sizeof(*l));
 	if (l == NULL)
 		goto nomem;
 	l->base = base;
 	l->sec = sec;
+	snprintf(l->self, sizeof(l->self), "%s", self);
 	l->cb = cb;
 	l->arg = arg;
 	if (o != NULL)
@@ -714,6 +816,8 @@ fleet_peer_listener_new(struct event_base *base, const struct sockaddr *sa, sock
 		l->o.clock_window_ms = FLEET_PEER_CLOCK_WINDOW_MS;
 	if (l->o.max_pending == 0)
 		l->o.max_pending = FLEET_PEER_MAX_PENDING;
+	if (l->o.max_pending_per_source == 0)
+		l->o.max_pending_per_source = FLEET_PEER_MAX_PENDING_PER_SOURCE;
 	if (l->o.replay_slots == 0)
 		l->o.replay_slots = FLEET_PEER_REPLAY_SLOTS;
 	if (replay_init(&l->replay, l->o.replay_slots) != 0)
@@ -721,10 +825,21 @@ fleet_peer_listener_new(struct event_base *base, const struct sockaddr *sa, sock
 	l->pause = evtimer_new(base, peer_pause_cb, l);
 	if (l->pause == NULL)
 		goto nomem_l;
-	l->lev = evconnlistener_new_bind(base, peer_accept_cb, l,
-					 LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
-					     LEV_OPT_CLOSE_ON_EXEC,
-					 1024, sa, (int)salen);
+	if (fd >= 0) {
+		/* backlog 0: it listens already, with the backlog it was made with. */
+		l->lev = evconnlistener_new(base, peer_accept_cb, l,
+					    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC |
+						LEV_OPT_DISABLED,
+					    0, fd);
+		if (l->lev == NULL)
+			goto nomem_l;
+		fd = -1;
+	} else {
+		l->lev = evconnlistener_new_bind(base, peer_accept_cb, l,
+						 LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
+						     LEV_OPT_CLOSE_ON_EXEC,
+						 1024, sa, (int)salen);
+	}
 	if (l->lev == NULL) {
 		sr_seterr(err, errlen, "peer listener: cannot listen on %s: %s", addr,
 			  strerror(errno));
@@ -732,6 +847,7 @@ fleet_peer_listener_new(struct event_base *base, const struct sockaddr *sa, sock
 		return NULL;
 	}
 	evconnlistener_set_error_cb(l->lev, peer_accept_error_cb);
+	blen = sizeof(bound);
 	if (getsockname(evconnlistener_get_fd(l->lev), (struct sockaddr *)&bound, &blen) == 0)
 		l->port = sr_addr_port((const struct sockaddr *)&bound);
 	return l;
@@ -740,7 +856,41 @@ nomem_l:
 	fleet_peer_listener_free(l);
 nomem:
 	sr_seterr(err, errlen, "peer listener on %s: %s", addr, sr_strerror(SR_ENOMEM));
+fail_fd:
+	if (fd >= 0)
+		close(fd);
 	return NULL;
+}
+
+struct fleet_peer_listener *
+fleet_peer_listener_new(struct event_base *base, const struct sockaddr *sa, socklen_t salen,
+			const struct fleet_secret *sec, const char *self,
+			const struct fleet_peer_opts *o, fleet_peer_cb cb, void *arg, char *err,
+			size_t errlen)
+{
+	return peer_listener_make(base, sa, salen, -1, sec, self, o, cb, arg, err, errlen);
+}
+
+struct fleet_peer_listener *
+fleet_peer_listener_adopt(struct event_base *base, int fd, const struct fleet_secret *sec,
+			  const char *self, const struct fleet_peer_opts *o, fleet_peer_cb cb,
+			  void *arg, char *err, size_t errlen)
+{
+	return peer_listener_make(base, NULL, 0, fd, sec, self, o, cb, arg, err, errlen);
+}
+
+int fleet_peer_listener_enable(struct fleet_peer_listener *l, int on)
+{
+	if (!on) {
+		evtimer_del(l->pause);
+		return evconnlistener_disable(l->lev) == 0 ? 0 : SR_ENOMEM;
+	}
+	return evconnlistener_enable(l->lev) == 0 ? 0 : SR_ENOMEM;
+}
+
+int fleet_peer_listener_fd(const struct fleet_peer_listener *l)
+{
+	return evconnlistener_get_fd(l->lev);
 }
 
 void fleet_peer_listener_free(struct fleet_peer_listener *l)

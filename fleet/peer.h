@@ -8,7 +8,7 @@
  * hands the socket, positioned at the executor's first byte, to its owner,
  * or refuses by closing it with a reset (SO_LINGER 0).
  *
- * Header, version 1 (integers in network byte order):
+ * Header, version 2 (integers in network byte order):
  *
  *   off  len  field
  *     0    4  magic "SRFW"
@@ -21,7 +21,14 @@
  *    18   16  nonce: random
  *    34   16  executor address: IPv6, or IPv4 followed by 12 zero bytes
  *    50    L  lease id (tun_ctl_valid_lease_id, no NUL)
- *  50+L   32  HMAC-SHA256 under the fleet secret of bytes [0, 50+L)
+ *  50+L   32  HMAC-SHA256 under the fleet secret of bytes [0, 50+L),
+ *             then one byte D and the D bytes of the destination relay's
+ *             id (X's relay.fleet.id; not sent, X knows its own)
+ *
+ * The MAC names the relay the header is meant for: a header seen on the
+ * wire between Z and X is refused by every other relay (bad_mac), and X
+ * refuses it again within the clock window by its nonce (replay). Version
+ * 1 had no destination; a relay refuses it (bad_version).
  *
  * At most FLEET_PEER_HDR_MAX (129) bytes. An IPv4-mapped IPv6 address is
  * sent as IPv4; the unspecified, multicast and broadcast addresses, port 0
@@ -38,16 +45,22 @@
 
 struct event_base;
 
-#define FLEET_PEER_VERSION 1
+#define FLEET_PEER_VERSION 2
 #define FLEET_PEER_HDR_FIXED 50
 #define FLEET_PEER_MAC_LEN 32
 #define FLEET_PEER_NONCE_LEN 16
 #define FLEET_PEER_HDR_MAX (FLEET_PEER_HDR_FIXED + TUN_CTL_LEASE_MAX - 1 + FLEET_PEER_MAC_LEN)
+/* A relay id, the header's destination: 1..FLEET_PEER_ID_MAX - 1 bytes,
+ * no NUL. */
+#define FLEET_PEER_ID_MAX 64
+/* "IPv4:port" or "[IPv6]:port", the longest a peer address may be. */
+#define FLEET_PEER_ADDR_MAX 64
 
 /* Defaults of struct fleet_peer_opts. */
 #define FLEET_PEER_HEADER_TIMEOUT_MS 2000
 #define FLEET_PEER_CLOCK_WINDOW_MS 60000
 #define FLEET_PEER_MAX_PENDING 256
+#define FLEET_PEER_MAX_PENDING_PER_SOURCE 16
 #define FLEET_PEER_REPLAY_SLOTS 65536
 
 /* The fleet secret: the HMAC key every relay of a fleet shares. */
@@ -93,6 +106,7 @@ enum fleet_peer_status {
 	FLEET_PEER_TIMEOUT,   /* header not complete within header_timeout_ms */
 	FLEET_PEER_IO,	      /* reset or socket error while reading the header */
 	FLEET_PEER_BUSY,      /* max_pending connections were already reading */
+	FLEET_PEER_BUSY_SOURCE, /* max_pending_per_source from its address were */
 	FLEET_PEER_STATUS_MAX,
 };
 
@@ -106,12 +120,14 @@ const char *fleet_peer_status_name(int status);
 int fleet_peer_hdr_init(struct fleet_peer_hdr *h, const char *lease, enum tun_port_role role,
 			const struct sockaddr *exec);
 
-/* Write h into out. Returns the length (at most FLEET_PEER_HDR_MAX), or
- * SR_EINVAL when a field is invalid or out is too small. */
+/* Write h, meant for the relay whose id is dest, into out. Returns the
+ * length (at most FLEET_PEER_HDR_MAX), or SR_EINVAL when a field or dest is
+ * invalid or out is too small. */
 int fleet_peer_hdr_encode(const struct fleet_peer_hdr *h, const struct fleet_secret *sec,
-			  uint8_t *out, size_t outlen);
+			  const char *dest, uint8_t *out, size_t outlen);
 
-/* Parse the header at the start of buf[0..len). Returns FLEET_PEER_OK with
+/* Parse the header at the start of buf[0..len), which must be meant for
+ * the relay whose id is self (else FLEET_PEER_BAD_MAC). Returns FLEET_PEER_OK with
  * *hlen = its length and h filled; FLEET_PEER_MORE with *hlen = the length
  * it has at least (> len) when more bytes are needed; or a refusal. Reads no
  * byte past the header, so a caller that reads exactly *hlen bytes keeps the
@@ -120,21 +136,32 @@ int fleet_peer_hdr_encode(const struct fleet_peer_hdr *h, const struct fleet_sec
  * time) before any other field, then the time against now_ms +- window_ms,
  * then role, address and lease id. h (may be NULL) is written only on OK. */
 enum fleet_peer_status fleet_peer_hdr_parse(const uint8_t *buf, size_t len,
-					    const struct fleet_secret *sec, uint64_t now_ms,
+					    const struct fleet_secret *sec, const char *self,
+					    uint64_t now_ms,
 					    uint32_t window_ms, struct fleet_peer_hdr *h,
 					    size_t *hlen);
+
+/* A relay's peer address as read from etcd (untrusted): exactly
+ * "a.b.c.d:port" or "[v6]:port" in len bytes (at most
+ * FLEET_PEER_ADDR_MAX - 1, no NUL), numeric, port 1..65535 without sign or
+ * leading zero; not an address one cannot dial a relay at (unspecified,
+ * 0.0.0.0/8, multicast, broadcast, reserved 240/4, v4-mapped IPv6).
+ * Returns 0 with *sa and *salen filled, or -1. */
+int fleet_peer_addr_parse(const char *s, size_t len, struct sockaddr_storage *sa,
+			  socklen_t *salen);
 
 /* Milliseconds since the Unix epoch (CLOCK_REALTIME). */
 uint64_t fleet_peer_now_ms(void);
 
 /* The listener. Each accepted connection must deliver a whole valid header
- * within header_timeout_ms of its accept, whatever its pace; its nonce must
- * be new. Zero fields take the defaults above. */
+ * meant for this relay within header_timeout_ms of its accept, whatever
+ * its pace; its nonce must be new. Zero fields take the defaults above. */
 struct fleet_peer_opts {
 	uint32_t header_timeout_ms;
 	uint32_t clock_window_ms;
-	uint32_t max_pending;  /* connections still reading a header */
-	uint32_t replay_slots; /* nonces remembered (32 bytes each) */
+	uint32_t max_pending;		 /* connections still reading a header */
+	uint32_t max_pending_per_source; /* of those, from one address */
+	uint32_t replay_slots;		 /* nonces remembered (32 bytes each) */
 };
 
 /* A connection whose header passed: fd is now the callback's (non-blocking,
@@ -147,12 +174,25 @@ typedef void (*fleet_peer_cb)(const struct fleet_peer_hdr *hdr, int fd, void *ar
 
 struct fleet_peer_listener;
 
-/* Listen on sa (port 0: the kernel picks one). sec is borrowed and must
- * outlive the listener. Returns NULL with the reason in err. */
+/* Listen on sa (port 0: the kernel picks one) for headers meant for the
+ * relay id self (copied). sec is borrowed and must outlive the listener.
+ * Returns NULL with the reason in err. */
 struct fleet_peer_listener *
 fleet_peer_listener_new(struct event_base *base, const struct sockaddr *sa, socklen_t salen,
-			const struct fleet_secret *sec, const struct fleet_peer_opts *o,
+			const struct fleet_secret *sec, const char *self,
+			const struct fleet_peer_opts *o,
 			fleet_peer_cb cb, void *arg, char *err, size_t errlen);
+/* The same around a socket that listens already (another process made it,
+ * live handover), stolen in every case; it accepts once enabled. */
+struct fleet_peer_listener *
+fleet_peer_listener_adopt(struct event_base *base, int fd, const struct fleet_secret *sec,
+			  const char *self, const struct fleet_peer_opts *o, fleet_peer_cb cb,
+			  void *arg, char *err, size_t errlen);
+/* Accept (on) or not: connections wait in the backlog. 0, or SR_ENOMEM. */
+int fleet_peer_listener_enable(struct fleet_peer_listener *l, int on);
+/* The listening socket (still the listener's), for passing to another
+ * process. */
+int fleet_peer_listener_fd(const struct fleet_peer_listener *l);
 /* Stops listening and resets every connection still reading its header.
  * NULL does nothing. */
 void fleet_peer_listener_free(struct fleet_peer_listener *l);

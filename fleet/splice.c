@@ -44,6 +44,7 @@ struct fleet_splice {
 	int moved;		/* a byte or a's FIN moved: no retry elsewhere */
 	int connect_err;	/* a connect that failed at once, reported from the timer */
 	int fail_side;		/* the side whose read or write failed */
+	int paused;		/* fleet_splice_pause */
 	struct splice_dir d[2]; /* [0] a -> b, [1] b -> a */
 	size_t plen, poff;
 	uint8_t prefix[FLEET_SPLICE_PREFIX_MAX];
@@ -67,13 +68,14 @@ static void sp_arm(struct fleet_splice *sp, struct event *ev, unsigned bit, int 
 static void sp_rearm(struct fleet_splice *sp)
 {
 	const struct splice_dir *ab = &sp->d[0], *ba = &sp->d[1];
-	int run = sp->state == SP_RUNNING;
+	int run = sp->state == SP_RUNNING && !sp->paused;
 	int prefix_left = sp->poff < sp->plen;
 
 	sp_arm(sp, sp->ar, ARM_AR,
 	       run && !prefix_left && !ab->eof && !ab->full && ab->inpipe < ab->cap);
 	sp_arm(sp, sp->bw, ARM_BW,
-	       (run && (prefix_left || ab->inpipe > 0)) || sp->state == SP_CONNECTING);
+	       (run && (prefix_left || ab->inpipe > 0)) ||
+		   (sp->state == SP_CONNECTING && !sp->paused));
 	sp_arm(sp, sp->br, ARM_BR, run && !ba->eof && !ba->full && ba->inpipe < ba->cap);
 	sp_arm(sp, sp->aw, ARM_AW, run && ba->inpipe > 0);
 }
@@ -268,6 +270,8 @@ static void sp_io_cb(evutil_socket_t fd, short what, void *arg)
 	int soerr = 0;
 	socklen_t len = sizeof(soerr);
 
+	if (sp->paused)
+		return;
 	if (sp->state == SP_CONNECTING) {
 		if (getsockopt(sp->b, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0)
 			soerr = errno;
@@ -407,6 +411,111 @@ int fleet_splice_take(struct fleet_splice *sp)
 	sp->a = -1;
 	fleet_splice_free(sp);
 	return a;
+}
+
+void fleet_splice_pause(struct fleet_splice *sp, int on)
+{
+	sp->paused = on;
+	if (sp->state == SP_CONNECTING) {
+		/* Its timeout restarts whole: a connect is never cut short. */
+		struct timeval tv = sr_tv_ms(sp->connect_err ? 0 : sp->o.connect_timeout_ms);
+		if (on)
+			evtimer_del(sp->timer);
+		else
+			evtimer_add(sp->timer, &tv);
+	}
+	sp_rearm(sp);
+}
+
+int fleet_splice_export(const struct fleet_splice *sp, struct fleet_splice_state *st)
+{
+	if (sp->state != SP_RUNNING || !sp->paused || sp->poff < sp->plen)
+		return SR_EINVAL;
+	memset(st, 0, sizeof(*st));
+	st->a = sp->a;
+	st->b = sp->b;
+	for (int k = 0; k < 2; k++) {
+		st->pipe[k][0] = sp->d[k].pipe[0];
+		st->pipe[k][1] = sp->d[k].pipe[1];
+		st->inpipe[k] = sp->d[k].inpipe;
+		st->eof[k] = sp->d[k].eof;
+		st->shut[k] = sp->d[k].shut;
+		st->bytes[k] = sp->d[k].bytes;
+	}
+	st->moved = sp->moved;
+	return 0;
+}
+
+void fleet_splice_forget(struct fleet_splice *sp)
+{
+	if (sp == NULL)
+		return;
+	sp->paused = 1;
+	sp_rearm(sp);
+	if (sp->b >= 0)
+		close(sp->b); /* ours only: no reset, no shutdown */
+	sp->b = -1;
+	if (sp->a >= 0)
+		close(sp->a);
+	sp->a = -1;
+	fleet_splice_free(sp);
+}
+
+struct fleet_splice *fleet_splice_adopt(struct event_base *base,
+					const struct fleet_splice_state *st, int paused,
+					const struct fleet_splice_opts *o, fleet_splice_cb cb,
+					void *arg)
+{
+	struct fleet_splice *sp = calloc(1, sizeof(*sp));
+	int ok = sp != NULL;
+
+	if (sp != NULL) {
+		sp->base = base;
+		sp->cb = cb;
+		sp->arg = arg;
+		sp->a = st->a;
+		sp->b = -1;
+		if (o != NULL)
+			sp->o = *o;
+		if (sp->o.connect_timeout_ms == 0)
+			sp->o.connect_timeout_ms = FLEET_SPLICE_CONNECT_TIMEOUT_MS;
+		for (int k = 0; k < 2; k++) {
+			struct splice_dir *d = &sp->d[k];
+			int got = fcntl(st->pipe[k][1], F_GETPIPE_SZ);
+			d->pipe[0] = st->pipe[k][0];
+			d->pipe[1] = st->pipe[k][1];
+			d->inpipe = st->inpipe[k];
+			d->eof = st->eof[k];
+			d->shut = st->shut[k];
+			d->bytes = st->bytes[k];
+			d->cap = got > 0 ? (size_t)got : 0;
+			ok &= got > 0 && d->inpipe <= d->cap;
+		}
+		sp->moved = st->moved;
+		sp->paused = paused;
+		sp->ar = event_new(base, st->a, EV_READ | EV_PERSIST, sp_io_cb, sp);
+		sp->aw = event_new(base, st->a, EV_WRITE | EV_PERSIST, sp_io_cb, sp);
+		sp->timer = evtimer_new(base, sp_timer_cb, sp);
+		ok &= sp->ar != NULL && sp->aw != NULL && sp->timer != NULL;
+		if (ok && sp_attach_b(sp, st->b) != 0)
+			ok = 0;
+	}
+	if (!ok) {
+		if (sp == NULL || sp->b < 0)
+			close(st->b);
+		if (sp != NULL) {
+			fleet_splice_forget(sp);
+		} else {
+			close(st->a);
+			for (int k = 0; k < 2; k++)
+				for (int i = 0; i < 2; i++)
+					close(st->pipe[k][i]);
+		}
+		return NULL;
+	}
+	sp->state = SP_RUNNING;
+	sp_rearm(sp);
+	return sp;
 }
 
 void fleet_splice_free(struct fleet_splice *sp)

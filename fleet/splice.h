@@ -97,4 +97,29 @@ int fleet_splice_take(struct fleet_splice *sp);
  * nothing. */
 void fleet_splice_free(struct fleet_splice *sp);
 
+/* Live handover: a running pair moves to another process with its two
+ * sockets and its two pipes (whatever bytes are in them). */
+struct fleet_splice_state {
+	int a, b;
+	int pipe[2][2];	  /* per direction (0: a -> b): read end, write end */
+	size_t inpipe[2]; /* bytes in each pipe */
+	int eof[2], shut[2];
+	uint64_t bytes[2];
+	int moved;
+};
+/* Stop moving bytes (on: no read, write or timeout) or go on. */
+void fleet_splice_pause(struct fleet_splice *sp, int on);
+/* A paused pair that runs (connected, its prefix written): st gets its
+ * state, the descriptors still the pair's. 0, or SR_EINVAL. */
+int fleet_splice_export(const struct fleet_splice *sp, struct fleet_splice_state *st);
+/* Free the pair closing its descriptors as they are, with no reset or
+ * shutdown: another process owns the connections. NULL does nothing. */
+void fleet_splice_forget(struct fleet_splice *sp);
+/* A running pair from st (descriptors stolen in every case; closed when it
+ * returns NULL), paused if paused is set. */
+struct fleet_splice *fleet_splice_adopt(struct event_base *base,
+					const struct fleet_splice_state *st, int paused,
+					const struct fleet_splice_opts *o, fleet_splice_cb cb,
+					void *arg);
+
 #endif

@@ -206,6 +206,7 @@ struct relay *relay_new_adopt(struct event_base *base, struct relay_opts *o,
 {
 	struct relay *r = calloc(1, sizeof(*r));
 	int lfd = ad ? ad->listen_fd : -1, hfd = ad ? ad->handover_fd : -1;
+	int pfd = ad ? ad->peer_fd : -1;
 	int adopted = lfd >= 0; /* its listener accepts once the takeover commits */
 	struct sockaddr_storage ss;
 	socklen_t sslen;
@@ -286,7 +287,8 @@ struct relay *relay_new_adopt(struct event_base *base, struct relay_opts *o,
 	}
 	hfd = -1;
 	if (o->fleet.netcd) {
-		r->fleet = relay_fleet_new(r, err, errlen);
+		r->fleet = relay_fleet_new(r, pfd, ad != NULL, err, errlen); /* steals pfd */
+		pfd = -1;
 		if (!r->fleet)
 			goto fail;
 	}
@@ -310,6 +312,8 @@ fail_fds:
 		close(lfd);
 	if (hfd >= 0)
 		close(hfd);
+	if (pfd >= 0)
+		close(pfd);
 	return NULL;
 }
 

@@ -12,8 +12,10 @@
  * lease; when none does, it expires after grace_s and etcd deletes the
  * lease's keys at once, which every relay sees and closes its ports.
  *
- * The mirror is a list scanned linearly: fine for the hundreds of leases
- * a fleet holds, not for a hundred thousand (docs/architecture.md). */
+ * The mirror is a list (for scans) with a hash by key (for lookups); a
+ * change in etcd costs O(keys + local leases) (reconcile). A resume
+ * compares every lease's digest, and carrying an executor scans the
+ * mirror for the lease's tunnels keys (docs/architecture.md). */
 #include "relay/relay_fleet.h"
 #include "relay/relay_int.h"
 
@@ -51,15 +53,26 @@
 #define FL_MAX_KEYS 262144
 #define FL_MAX_ANSWER (64u * 1024 * 1024)
 
-/* One key of the mirror (the prefix cut off). */
+/* One key of the mirror (the prefix cut off): in the list f->kvs (for
+ * scans) and in the hash f->kb by key (for lookups). */
 struct fl_kv {
-	struct fl_kv *next;
+	struct fl_kv *next, *prev;
+	struct fl_kv *hnext;
+	uint32_t hash;
 	char *key;
 	char *val;
 	size_t vlen;
 	int64_t lease;
 	int64_t mod;
 	int warned; /* leases/: a bind failure was logged */
+	/* relays/: its "peer", checked when it came from etcd (fleet_peer_addr_parse);
+	 * peerlen 0: none this relay would dial. */
+	union {
+		struct sockaddr sa;
+		struct sockaddr_in in;
+		struct sockaddr_in6 in6;
+	} peer;
+	socklen_t peerlen;
 };
 
 /* A lease that a tunnel holds on this relay: its grace lease is kept
@@ -108,6 +121,7 @@ struct fl_fwd {
 	uint64_t conn_id;
 	char tried[FL_MAX_TRIED][FL_ID_MAX];
 	int ntried;
+	struct fleet_peer_hdr h;
 	uint8_t hdr[FLEET_PEER_HDR_MAX];
 	size_t hlen;
 };
@@ -131,7 +145,11 @@ struct relay_fleet {
 	/* the mirror */
 	struct fl_kv *kvs;
 	size_t nkvs;
+	struct fl_kv **kb; /* nkb buckets (a power of two), NULL until the first key */
+	size_t nkb;
+	uint32_t kseed;
 	int full_logged;
+	int nul_logged;
 	int synced;
 	struct etcd_watch *watch;
 	struct event *sync_retry;
@@ -140,6 +158,8 @@ struct relay_fleet {
 	struct fleet_reg *regs;
 	struct fl_fwd *fwds;
 	uint64_t forwarded, forward_failed;
+	int frozen;	 /* relay_fleet_freeze */
+	int need_self;	 /* register once thawed */
 	int draining;	 /* withdrawn: never registers again */
 	int withdrawing; /* the revoke of the relay's etcd lease is under way */
 };
@@ -214,16 +234,68 @@ static void fl_revoke(struct relay_fleet *f, int64_t lease, const char *what)
 
 /* ---- the mirror ------------------------------------------------------------ */
 
+/* FNV-1a, seeded per process: keys are chosen by whoever writes etcd. */
+static uint32_t kv_hash(const struct relay_fleet *f, const char *key)
+{
+	uint32_t h = 2166136261u ^ f->kseed;
+
+	for (; *key; key++) {
+		h ^= (unsigned char)*key;
+		h *= 16777619u;
+	}
+	return h;
+}
+
+/* O(1) on average. */
 static struct fl_kv *kv_find(struct relay_fleet *f, const char *key)
 {
-	for (struct fl_kv *kv = f->kvs; kv; kv = kv->next)
-		if (strcmp(kv->key, key) == 0)
+	uint32_t h;
+
+	if (!f->kb)
+		return NULL;
+	h = kv_hash(f, key);
+	for (struct fl_kv *kv = f->kb[h & (f->nkb - 1)]; kv; kv = kv->hnext)
+		if (kv->hash == h && strcmp(kv->key, key) == 0)
 			return kv;
 	return NULL;
 }
 
+/* Room for one more key: buckets at least as many as keys. 0 or SR_ENOMEM. */
+static int kv_reserve(struct relay_fleet *f)
+{
+	size_t nb = f->nkb ? f->nkb : 64;
+	struct fl_kv **kb;
+
+	while (nb < f->nkvs + 1)
+		nb *= 2;
+	if (nb == f->nkb)
+		return 0;
+	kb = calloc(nb, sizeof(*kb));
+	if (!kb)
+		return f->kb ? 0 : SR_ENOMEM; /* longer chains, still correct */
+	for (struct fl_kv *kv = f->kvs; kv; kv = kv->next) {
+		kv->hnext = kb[kv->hash & (nb - 1)];
+		kb[kv->hash & (nb - 1)] = kv;
+	}
+	free(f->kb);
+	f->kb = kb;
+	f->nkb = nb;
+	return 0;
+}
+
 static void kv_free(struct relay_fleet *f, struct fl_kv *kv)
 {
+	struct fl_kv **pp = &f->kb[kv->hash & (f->nkb - 1)];
+
+	while (*pp != kv)
+		pp = &(*pp)->hnext;
+	*pp = kv->hnext;
+	if (kv->prev)
+		kv->prev->next = kv->next;
+	else
+		f->kvs = kv->next;
+	if (kv->next)
+		kv->next->prev = kv->prev;
 	f->nkvs--;
 	free(kv->key);
 	free(kv->val);
@@ -232,22 +304,56 @@ static void kv_free(struct relay_fleet *f, struct fl_kv *kv)
 
 static void kv_clear(struct relay_fleet *f)
 {
-	while (f->kvs) {
-		struct fl_kv *kv = f->kvs;
-		f->kvs = kv->next;
-		kv_free(f, kv);
-	}
+	while (f->kvs)
+		kv_free(f, f->kvs);
+	free(f->kb);
+	f->kb = NULL;
+	f->nkb = 0;
 }
 
 static void kv_del(struct relay_fleet *f, const char *key)
 {
-	for (struct fl_kv **pp = &f->kvs; *pp; pp = &(*pp)->next)
-		if (strcmp((*pp)->key, key) == 0) {
-			struct fl_kv *kv = *pp;
-			*pp = kv->next;
-			kv_free(f, kv);
-			return;
-		}
+	struct fl_kv *kv = kv_find(f, key);
+
+	if (kv)
+		kv_free(f, kv);
+}
+
+/* relays/<id>'s "peer": the address other relays carry executors to, so
+ * it is checked here, where it enters from etcd, not where it is dialled. */
+static void kv_relay_peer(struct fl_kv *kv)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = 0;
+	json_t *j = json_loadb(kv->val, kv->vlen, 0, NULL), *p;
+
+	kv->peerlen = 0;
+	p = j ? json_object_get(j, "peer") : NULL;
+	if (json_is_string(p) && fleet_peer_addr_parse(json_string_value(p), json_string_length(p),
+						       &ss, &sl) == 0 &&
+	    sl <= sizeof(kv->peer)) {
+		memcpy(&kv->peer, &ss, sl);
+		kv->peerlen = sl;
+	} else {
+		char eid[SR_ESC_SIZE(FL_ID_MAX)], epeer[SR_ESC_SIZE(FLEET_PEER_ADDR_MAX)];
+		sr_esc_n(kv->key + 7, FL_ID_MAX, eid, sizeof(eid));
+		if (json_is_string(p))
+			sr_esc_n(json_string_value(p), FLEET_PEER_ADDR_MAX, epeer, sizeof(epeer));
+		else
+			snprintf(epeer, sizeof(epeer), "(none)");
+		SR_WARN(FL_CTX, "relay %s: its peer address %s in etcd is not a numeric IP:port "
+				"a relay can be dialled at; nothing is carried to it",
+			eid, epeer);
+	}
+	json_decref(j);
+}
+
+static void kv_nul_key(struct relay_fleet *f)
+{
+	if (!f->nul_logged)
+		SR_WARN(FL_CTX, "a key under the fleet's prefix holds a NUL byte: ignored (and "
+				"any more such keys, without a line)");
+	f->nul_logged = 1;
 }
 
 /* Key and value of a full etcd key (prefix included). Returns 0 or SR_ENOMEM. */
@@ -259,6 +365,13 @@ static int kv_put(struct relay_fleet *f, const char *key, size_t klen, const cha
 
 	if (klen < f->plen || memcmp(key, f->prefix, f->plen) != 0 || klen - f->plen >= FL_KEY_MAX)
 		return 0;
+	/* The mirror's keys are C strings: one with a NUL would be taken for
+	 * the key before it (a put or delete of "leases/<id>\0x" acting on
+	 * leases/<id>). Values keep their length. */
+	if (memchr(key, '\0', klen)) {
+		kv_nul_key(f);
+		return 0;
+	}
 	k = strndup(key + f->plen, klen - f->plen);
 	v = malloc(vlen + 1);
 	if (!k || !v) {
@@ -283,14 +396,19 @@ static int kv_put(struct relay_fleet *f, const char *key, size_t klen, const cha
 			free(v);
 			return 0;
 		}
-		kv = calloc(1, sizeof(*kv));
+		kv = kv_reserve(f) == 0 ? calloc(1, sizeof(*kv)) : NULL;
 		if (!kv) {
 			free(k);
 			free(v);
 			return SR_ENOMEM;
 		}
 		kv->key = k;
+		kv->hash = kv_hash(f, k);
+		kv->hnext = f->kb[kv->hash & (f->nkb - 1)];
+		f->kb[kv->hash & (f->nkb - 1)] = kv;
 		kv->next = f->kvs;
+		if (f->kvs)
+			f->kvs->prev = kv;
 		f->kvs = kv;
 		f->nkvs++;
 	}
@@ -298,6 +416,8 @@ static int kv_put(struct relay_fleet *f, const char *key, size_t klen, const cha
 	kv->vlen = vlen;
 	kv->lease = lease;
 	kv->mod = mod;
+	if (strncmp(kv->key, "relays/", 7) == 0)
+		kv_relay_peer(kv);
 	return 0;
 }
 
@@ -416,6 +536,26 @@ static void lease_bind(struct relay_fleet *f, struct fl_kv *kv)
 		json_decref(j);
 		return;
 	}
+	/* Checked before anything is bound: whoever writes etcd must not make
+	 * this relay listen on a port outside its pool, even for a moment. */
+	for (int i = 0; i < TUN_PORT_MAX; i++) {
+		int dup = 0;
+		if (!(fl.roles & (int)TUN_ROLE_BIT(i)))
+			continue;
+		for (int k = 0; k < i; k++)
+			dup |= (fl.roles & (int)TUN_ROLE_BIT(k)) && fl.ports[k] == fl.ports[i];
+		if (dup || !relay_lease_port_usable(pr->t, (uint32_t)fl.ports[i])) {
+			if (!kv->warned)
+				SR_WARN(FL_CTX, "lease=%s: port %d is outside pool %s's range "
+						"(%u-%u), repeated, or held by another lease here; "
+						"not served here",
+					id, fl.ports[i], pr->name, pr->opts.port_min,
+					pr->opts.port_max);
+			kv->warned = 1;
+			json_decref(j);
+			return;
+		}
+	}
 	memset(&st, 0, sizeof(st));
 	for (int i = 0; i < TUN_PORT_MAX; i++)
 		st.fds[i] = -1;
@@ -522,23 +662,55 @@ static int reg_owns(struct relay_fleet *f, const struct relay_lease_ext *lx)
 
 static void forward_waiting(struct relay_fleet *f, struct relay_lease_ext *lx);
 
-/* Make the local leases match the mirror. */
+/* A local lease that etcd no longer has (released, or its grace ran out)
+ * and that nothing here keeps: no tunnel, no registration making it. */
+static int lease_gone(struct relay_fleet *f, struct relay_lease_ext *lx)
+{
+	char key[FL_KEY_MAX];
+
+	snprintf(key, sizeof(key), "leases/%s", relay_lease_id(lx->lease));
+	return !kv_find(f, key) && !reg_owns(f, lx);
+}
+
+#define FL_DROP_CHUNK 64
+
+/* Make the local leases match the mirror.
+ *
+ * O(K + L) for K mirrored keys and L local leases, plus O(L x G) for the
+ * G registrations waiting on etcd (reg_owns; G is small): lookups are
+ * hashed both ways (kv_find, relay_find_id), and the leases to drop are
+ * collected in one pass, then dropped, because a drop changes the lists
+ * walked. (It was O(K x L): a scan of the mirror per lease, restarted
+ * after every drop.) Only if the id array cannot be allocated are they
+ * dropped FL_DROP_CHUNK per pass. */
 static void reconcile(struct relay_fleet *f)
 {
 	struct relay *r = f->r;
-	int again = 1;
+	char(*ids)[TUN_CTL_LEASE_MAX], chunk[FL_DROP_CHUNK][TUN_CTL_LEASE_MAX];
+	size_t n = 0, cap, dropped;
+	int full;
 
+	/* Handing over: what the leases are is being passed as it is. */
+	if (f->frozen)
+		return;
 	for (struct fl_kv *kv = f->kvs; kv; kv = kv->next)
 		if (strncmp(kv->key, "leases/", 7) == 0 && !relay_find_id(r, kv->key + 7))
 			lease_bind(f, kv);
-	/* Leases etcd no longer has: released, or their grace ran out. */
-	while (again) {
-		again = 0;
-		for (struct relay_tenant_acct *a = r->tenants; a && !again; a = a->next)
+	for (struct relay_tenant_acct *a = r->tenants; a; a = a->next)
+		for (struct relay_lease_ext *lx = a->leases; lx; lx = lx->tnext)
+			n++;
+	ids = n ? malloc(n * sizeof(*ids)) : NULL;
+	cap = ids ? n : FL_DROP_CHUNK;
+	if (!ids)
+		ids = chunk;
+	do {
+		size_t k = 0;
+
+		full = 0;
+		dropped = 0;
+		for (struct relay_tenant_acct *a = r->tenants; a && !full; a = a->next)
 			for (struct relay_lease_ext *lx = a->leases; lx; lx = lx->tnext) {
-				char key[FL_KEY_MAX];
-				snprintf(key, sizeof(key), "leases/%s", relay_lease_id(lx->lease));
-				if (kv_find(f, key) || reg_owns(f, lx))
+				if (!lease_gone(f, lx))
 					continue;
 				if (lx->tunnel) {
 					/* etcd lost it while a tunnel holds it
@@ -549,13 +721,24 @@ static void reconcile(struct relay_fleet *f)
 					held_reclaim(f, relay_lease_id(lx->lease));
 					continue;
 				}
-				SR_INFO(FL_CTX, "lease=%s ended in the fleet; ports closed here",
-					relay_lease_id(lx->lease));
-				lease_drop_local(lx);
-				again = 1;
-				break;
+				if (k == cap) {
+					full = 1;
+					break;
+				}
+				snprintf(ids[k++], TUN_CTL_LEASE_MAX, "%s", relay_lease_id(lx->lease));
 			}
-	}
+		for (size_t i = 0; i < k; i++) {
+			struct relay_lease *l = relay_find_id(r, ids[i]);
+			struct relay_lease_ext *lx = l ? relay_lease_data(l) : NULL;
+			if (!lx || lx->tunnel || !lease_gone(f, lx))
+				continue;
+			SR_INFO(FL_CTX, "lease=%s ended in the fleet; ports closed here", ids[i]);
+			lease_drop_local(lx);
+			dropped++;
+		}
+	} while (full && dropped);
+	if (ids != chunk)
+		free(ids);
 	for (struct relay_tenant_acct *a = r->tenants; a; a = a->next)
 		for (struct relay_lease_ext *lx = a->leases; lx; lx = lx->tnext)
 			if (lx->pending && !lx->tunnel)
@@ -592,7 +775,10 @@ static void watch_events(const struct etcd_event *ev, size_t n, int64_t revision
 				   kv->mod_revision) != 0)
 				SR_WARN(FL_CTX, "out of memory for the mirror");
 		} else if (kv->key_len > f->plen && memcmp(kv->key, f->prefix, f->plen) == 0) {
-			kv_del(f, kv->key + f->plen);
+			if (memchr(kv->key, '\0', kv->key_len))
+				kv_nul_key(f);
+			else
+				kv_del(f, kv->key + f->plen);
 		}
 	}
 	if (n)
@@ -700,7 +886,11 @@ static void self_lost(int err, const char *msg, void *arg)
 	etcd_keeper_free(f->self_keeper);
 	f->self_keeper = NULL;
 	f->self_lease = 0;
-	self_start(f);
+	/* Frozen for a handover: the new process may have replaced it. */
+	if (f->frozen)
+		f->need_self = 1;
+	else
+		self_start(f);
 }
 
 static void self_put(int err, const struct etcd_result *res, void *arg)
@@ -1079,6 +1269,10 @@ static void check_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
+	/* Handing over: the new relay takes the tunnels keys and grace leases
+	 * as its sidecars resume; until then they stay (thaw runs this). */
+	if (f->frozen)
+		return;
 	while (again) {
 		again = 0;
 		for (struct fl_held *h = f->held; h; h = h->next) {
@@ -1137,6 +1331,9 @@ static void reg_free(struct fleet_reg *g)
 	if (g->deadline)
 		event_free(g->deadline);
 	free(g->json);
+	/* g->m holds the sidecar's bearer token and resume token, idkey a
+	 * digest of the token. */
+	OPENSSL_cleanse(g, sizeof(*g));
 	free(g);
 }
 
@@ -1369,6 +1566,17 @@ static void reg_resume_done(int err, const struct etcd_result *res, void *arg)
 		reg_fail(g, "fleet_unavailable", text);
 		return;
 	}
+	if (!res->succeeded) {
+		/* The lease changed in etcd since the token was checked: another
+		 * resume of it (on this relay or another) won. The sidecar keeps
+		 * its lease and token and tries again, which finds the winner's
+		 * change. */
+		SR_INFO(FL_CTX, "lease=%s: resume lost to another resume of it at the same time",
+			relay_lease_id(lx->lease));
+		reg_fail(g, "resume_conflict",
+			 "the lease was resumed elsewhere at the same moment; try again");
+		return;
+	}
 	snprintf(key, sizeof(key), "%sleases/%s", f->prefix, relay_lease_id(lx->lease));
 	kv_put(f, key, strlen(key), g->json, strlen(g->json), lease_grace_of(f, relay_lease_id(lx->lease)),
 	       res->revision);
@@ -1390,8 +1598,10 @@ static void reg_resume(struct fleet_reg *g)
 	struct relay_lease_ext *lx = NULL;
 	struct fl_lease fl;
 	struct etcd_req rq = {.type = ETCD_PUT};
+	struct etcd_cmp cmp;
 	json_t *j;
 
+	memset(&cmp, 0, sizeof(cmp));
 	g->phase = REG_RESUME;
 	sha256_hex(g->m.resume, digest);
 	/* Every lease is compared, without an early exit. */
@@ -1437,7 +1647,15 @@ static void reg_resume(struct fleet_reg *g)
 	rq.value = g->json;
 	rq.value_len = strlen(g->json);
 	rq.lease = found->lease;
-	g->op = etcd_kv(f->etcd, &rq, reg_resume_done, g, e, sizeof(e));
+	/* Only if the lease is still what the token was checked against: two
+	 * relays resuming it with one token at once both read this revision,
+	 * and exactly one write applies. */
+	cmp.key = key;
+	cmp.key_len = strlen(key);
+	cmp.target = ETCD_CMP_MOD;
+	cmp.op = ETCD_EQ;
+	cmp.number = found->mod;
+	g->op = etcd_txn(f->etcd, &cmp, 1, &rq, 1, NULL, 0, reg_resume_done, g, e, sizeof(e));
 	if (!g->op)
 		reg_fail(g, "internal", e);
 }
@@ -1515,7 +1733,8 @@ void relay_fleet_tunnel_gone(struct relay_fleet *f, struct relay_tunnel *t)
 /* ---- forwarding ---------------------------------------------------------------- */
 
 /* The peer address of a relay (not this one) with a tunnel of lease,
- * not tried yet; 0 with *sa filled, or -1. */
+ * not tried yet (its id is then w->tried[w->ntried - 1]), and the header
+ * for it in w->hdr; 0 with *sa filled, or -1. */
 static int holder_next(struct relay_fleet *f, struct fl_fwd *w, struct sockaddr_storage *sa,
 		       socklen_t *salen)
 {
@@ -1524,12 +1743,9 @@ static int holder_next(struct relay_fleet *f, struct fl_fwd *w, struct sockaddr_
 
 	for (struct fl_kv *kv = f->kvs; kv; kv = kv->next) {
 		const char *rid = kv->key + n;
-		char rkey[FL_KEY_MAX], host[256];
+		char rkey[FL_KEY_MAX];
 		struct fl_kv *rk;
-		json_t *j;
-		const char *peer;
-		uint16_t port;
-		int seen = 0;
+		int seen = 0, hl;
 
 		if (strncmp(kv->key, pre, n) != 0 || !valid_id(rid) || strcmp(rid, f->id) == 0)
 			continue;
@@ -1540,15 +1756,16 @@ static int holder_next(struct relay_fleet *f, struct fl_fwd *w, struct sockaddr_
 		snprintf(w->tried[w->ntried++], FL_ID_MAX, "%s", rid);
 		snprintf(rkey, sizeof(rkey), "relays/%s", rid);
 		rk = kv_find(f, rkey);
-		if (!rk || !(j = json_loadb(rk->val, rk->vlen, 0, NULL)))
+		if (!rk || !rk->peerlen)
 			continue;
-		if (json_unpack(j, "{s:s}", "peer", &peer) != 0 ||
-		    sr_split_hostport(peer, host, sizeof(host), &port, 0) != 0 || !port ||
-		    sr_parse_addr(host, port, sa, salen) != 0) {
-			json_decref(j);
+		/* The MAC names rid: the header is good at that relay only. */
+		hl = fleet_peer_hdr_encode(&w->h, f->sec, rid, w->hdr, sizeof(w->hdr));
+		if (hl < 0)
 			continue;
-		}
-		json_decref(j);
+		w->hlen = (size_t)hl;
+		memset(sa, 0, sizeof(*sa));
+		memcpy(sa, &rk->peer, rk->peerlen);
+		*salen = rk->peerlen;
 		return 0;
 	}
 	return -1;
@@ -1608,11 +1825,9 @@ static void fwd_cb(struct fleet_splice *sp, enum fleet_splice_end end, int err, 
 int relay_fleet_forward(struct relay_fleet *f, struct relay_lease_ext *lx, int role, int fd,
 			const struct sockaddr *exec, uint64_t conn_id)
 {
-	struct fleet_peer_hdr h;
 	struct sockaddr_storage sa;
 	socklen_t salen;
 	struct fl_fwd *w = calloc(1, sizeof(*w));
-	int n;
 
 	if (!w)
 		return 0;
@@ -1622,13 +1837,11 @@ int relay_fleet_forward(struct relay_fleet *f, struct relay_lease_ext *lx, int r
 	snprintf(w->lease, sizeof(w->lease), "%s", relay_lease_id(lx->lease));
 	memcpy(&w->exec, exec, exec->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
 							    : sizeof(struct sockaddr_in));
-	if (holder_next(f, w, &sa, &salen) != 0 ||
-	    fleet_peer_hdr_init(&h, w->lease, (enum tun_port_role)role, exec) != 0 ||
-	    (n = fleet_peer_hdr_encode(&h, f->sec, w->hdr, sizeof(w->hdr))) < 0) {
+	if (fleet_peer_hdr_init(&w->h, w->lease, (enum tun_port_role)role, exec) != 0 ||
+	    holder_next(f, w, &sa, &salen) != 0) {
 		free(w);
 		return 0;
 	}
-	w->hlen = (size_t)n;
 	w->sp = fleet_splice_new(f->base, fd, NULL, fwd_cb, w);
 	if (!w->sp) {
 		free(w);
@@ -1696,7 +1909,8 @@ static void peer_cb(const struct fleet_peer_hdr *hdr, int fd, void *arg)
 
 /* ---- lifetime ------------------------------------------------------------------- */
 
-struct relay_fleet *relay_fleet_new(struct relay *r, char *err, size_t errlen)
+struct relay_fleet *relay_fleet_new(struct relay *r, int peer_fd, int taking, char *err,
+				    size_t errlen)
 {
 	const struct relay_fleet_opts *o = &r->o->fleet;
 	struct relay_fleet *f = calloc(1, sizeof(*f));
@@ -1707,13 +1921,18 @@ struct relay_fleet *relay_fleet_new(struct relay *r, char *err, size_t errlen)
 	uint16_t port;
 
 	if (!f) {
+		if (peer_fd >= 0)
+			close(peer_fd);
 		sr_seterr(err, errlen, "out of memory");
 		return NULL;
 	}
 	f->r = r;
+	f->frozen = f->need_self = taking;
 	f->base = r->base;
 	f->ttl_s = o->ttl_s ? o->ttl_s : 10;
 	f->wait_ms = o->register_wait_ms ? o->register_wait_ms : 5000;
+	if (sr_random_bytes(&f->kseed, sizeof(f->kseed)) != 0)
+		f->kseed = (uint32_t)sr_now_us();
 	f->prefix = strdup(o->prefix ? o->prefix : "/sparkrelay/");
 	if (!f->prefix)
 		goto nomem;
@@ -1740,8 +1959,18 @@ struct relay_fleet *relay_fleet_new(struct relay *r, char *err, size_t errlen)
 			  o->peer_listen);
 		goto fail;
 	}
-	f->peer = fleet_peer_listener_new(f->base, (struct sockaddr *)&ss, sslen, f->sec, NULL,
-					  peer_cb, f, err, errlen);
+	if (peer_fd >= 0) {
+		/* The old process's (live handover): never bound twice, no
+		 * connection refused meanwhile. Accepts once thawed. */
+		f->peer = fleet_peer_listener_adopt(f->base, peer_fd, f->sec, f->id, NULL,
+						    peer_cb, f, err, errlen);
+		peer_fd = -1;
+	} else {
+		f->peer = fleet_peer_listener_new(f->base, (struct sockaddr *)&ss, sslen, f->sec,
+						  f->id, NULL, peer_cb, f, err, errlen);
+		if (f->peer && taking)
+			fleet_peer_listener_enable(f->peer, 0);
+	}
 	if (!f->peer)
 		goto fail;
 	if (o->peer_advertise) {
@@ -1754,6 +1983,20 @@ struct relay_fleet *relay_fleet_new(struct relay *r, char *err, size_t errlen)
 		}
 		snprintf(f->advertise, sizeof(f->advertise), ss.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u",
 			 host, fleet_peer_listener_port(f->peer));
+	}
+	{
+		/* Other relays check it as they read it from etcd; say so now. */
+		struct sockaddr_storage as;
+		socklen_t al;
+		char eadv[SR_ESC_SIZE(FLEET_PEER_ADDR_MAX)];
+		if (fleet_peer_addr_parse(f->advertise, strlen(f->advertise), &as, &al) != 0) {
+			sr_esc_n(f->advertise, FLEET_PEER_ADDR_MAX, eadv, sizeof(eadv));
+			sr_seterr(err, errlen, "relay.fleet.peer_advertise \"%s\" must be a numeric "
+					       "IP:port other relays can dial (not a wildcard, "
+					       "multicast or broadcast address, nor port 0)",
+				  eadv);
+			goto fail;
+		}
 	}
 	memset(&eo, 0, sizeof(eo));
 	eo.endpoints = (const char *const *)o->etcd;
@@ -1776,7 +2019,8 @@ struct relay_fleet *relay_fleet_new(struct relay *r, char *err, size_t errlen)
 	f->check_ev = evtimer_new(f->base, check_cb, f);
 	if (!f->self_retry || !f->sync_retry || !f->check_ev)
 		goto nomem;
-	self_start(f);
+	if (!taking)
+		self_start(f);
 	sync_start(f);
 	SR_INFO(FL_CTX, "fleet relay %s: etcd %s, prefix %s, peers dial %s", f->id, o->etcd[0],
 		f->prefix, f->advertise);
@@ -1784,8 +2028,99 @@ struct relay_fleet *relay_fleet_new(struct relay *r, char *err, size_t errlen)
 nomem:
 	sr_seterr(err, errlen, "out of memory");
 fail:
+	if (peer_fd >= 0)
+		close(peer_fd);
 	relay_fleet_free(f);
 	return NULL;
+}
+
+long relay_fleet_foreach_carried(struct relay_fleet *f, relay_fleet_carried_fn fn, void *arg)
+{
+	struct fleet_splice_state st;
+	long n = 0;
+	int rc;
+
+	for (struct fl_fwd *w = f->fwds; w; w = w->next) {
+		if (!w->sp || fleet_splice_export(w->sp, &st) != 0)
+			continue;
+		rc = fn(w->lease, w->role, w->conn_id, &st, arg);
+		if (rc)
+			return rc;
+		n++;
+	}
+	return n;
+}
+
+int relay_fleet_adopt_carried(struct relay_fleet *f, const char *lease, int role,
+			      uint64_t conn_id, const struct fleet_splice_state *st)
+{
+	struct fl_fwd *w = calloc(1, sizeof(*w));
+	struct fleet_splice_state run = *st;
+
+	if (!w || !tun_ctl_valid_lease_id(lease) || role < 0 || role >= TUN_PORT_MAX) {
+		int rc = w ? SR_EINVAL : SR_ENOMEM;
+		free(w);
+		close(st->a);
+		close(st->b);
+		for (int k = 0; k < 2; k++)
+			for (int i = 0; i < 2; i++)
+				close(st->pipe[k][i]);
+		return rc;
+	}
+	/* Carried already: a failure now ends it, never tries another relay. */
+	run.moved = 1;
+	w->f = f;
+	w->role = role;
+	w->conn_id = conn_id;
+	snprintf(w->lease, sizeof(w->lease), "%s", lease);
+	w->ntried = FL_MAX_TRIED; /* it runs: never dialled again */
+	w->sp = fleet_splice_adopt(f->base, &run, f->frozen, NULL, fwd_cb, w);
+	if (!w->sp) {
+		free(w);
+		return SR_ENOMEM;
+	}
+	w->next = f->fwds;
+	if (f->fwds)
+		f->fwds->prev = w;
+	f->fwds = w;
+	return 0;
+}
+
+void relay_fleet_forget_carried(struct relay_fleet *f)
+{
+	while (f->fwds) {
+		struct fl_fwd *w = f->fwds;
+		fleet_splice_forget(w->sp);
+		w->sp = NULL;
+		fwd_free(w);
+	}
+}
+
+int relay_fleet_peer_fd(const struct relay_fleet *f)
+{
+	return f->peer ? fleet_peer_listener_fd(f->peer) : -1;
+}
+
+void relay_fleet_freeze(struct relay_fleet *f, int on)
+{
+	for (struct fl_fwd *w = f->fwds; w; w = w->next)
+		if (w->sp)
+			fleet_splice_pause(w->sp, on);
+	if (on) {
+		f->frozen = 1;
+		fleet_peer_listener_enable(f->peer, 0);
+		return;
+	}
+	f->frozen = 0;
+	if (fleet_peer_listener_enable(f->peer, 1) != 0)
+		SR_WARN(FL_CTX, "cannot accept on the peer port: out of memory");
+	if (f->need_self) {
+		f->need_self = 0;
+		self_start(f);
+	}
+	event_active(f->check_ev, EV_TIMEOUT, 0);
+	if (f->synced)
+		reconcile(f);
 }
 
 void relay_fleet_free(struct relay_fleet *f)
@@ -1800,6 +2135,10 @@ void relay_fleet_free(struct relay_fleet *f)
 			lease_drop_local(lx);
 		reg_free(g);
 	}
+	/* Frozen: a handover under way, or a new relay not committed; the
+	 * carried connections may be another process's. */
+	if (f->frozen)
+		relay_fleet_forget_carried(f);
 	while (f->fwds)
 		fwd_free(f->fwds);
 	while (f->held) {

@@ -31,8 +31,12 @@ struct relay_lease_ext;
 
 /* Open the etcd client and the peer listener and start registering and
  * mirroring (in the background: etcd may be down). Reads r->o->fleet once;
- * a reload does not change it. Returns NULL with the reason in err. */
-struct relay_fleet *relay_fleet_new(struct relay *r, char *err, size_t errlen);
+ * a reload does not change it. Returns NULL with the reason in err.
+ * taking: a live handover (relay_handover.c) makes this relay; peer_fd, if
+ * >= 0, is the old process's peer listener (stolen in every case). It then
+ * stays frozen (relay_fleet_freeze) until the takeover commits. */
+struct relay_fleet *relay_fleet_new(struct relay *r, int peer_fd, int taking, char *err,
+				    size_t errlen);
 /* Stops everything: no callback runs after it. Keys stay in etcd until
  * their leases expire. NULL does nothing. */
 void relay_fleet_free(struct relay_fleet *f);
@@ -65,5 +69,29 @@ void relay_fleet_released(struct relay_fleet *f, struct relay_lease_ext *lx);
  * tunnel of lx (fd stays the caller's). */
 int relay_fleet_forward(struct relay_fleet *f, struct relay_lease_ext *lx, int role, int fd,
 			const struct sockaddr *exec, uint64_t conn_id);
+
+/* Live handover. The peer listener's socket, to pass on. */
+int relay_fleet_peer_fd(const struct relay_fleet *f);
+/* on: the relay freezes for a handover (or a new one takes over): no
+ * accept on the peer port, no change to local leases from etcd, its
+ * registration not redone. off: it goes on (the handover was abandoned,
+ * or the takeover committed: the new relay then registers under the same
+ * id, replacing the old process's registration). */
+void relay_fleet_freeze(struct relay_fleet *f, int on);
+/* Executor connections this relay carries to another (spliced): while
+ * frozen, fn is called for each that runs (its connect done), st borrowed
+ * (its descriptors stay this relay's until relay_fleet_forget_carried).
+ * Stops at fn's first nonzero return and returns it; else the count. A
+ * pair still connecting is not passed: it ends with this process. */
+struct fleet_splice_state;
+typedef int (*relay_fleet_carried_fn)(const char *lease, int role, uint64_t conn_id,
+				      const struct fleet_splice_state *st, void *arg);
+long relay_fleet_foreach_carried(struct relay_fleet *f, relay_fleet_carried_fn fn, void *arg);
+/* The new relay: go on carrying one (descriptors stolen in every case). 0,
+ * SR_EINVAL or SR_ENOMEM. */
+int relay_fleet_adopt_carried(struct relay_fleet *f, const char *lease, int role,
+			      uint64_t conn_id, const struct fleet_splice_state *st);
+/* Another process owns every carried connection now: close ours only. */
+void relay_fleet_forget_carried(struct relay_fleet *f);
 
 #endif

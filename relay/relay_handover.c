@@ -25,6 +25,8 @@
  * closes only its own descriptors (no shutdown, reset or SO_LINGER on a
  * connection another process owns: tun_group_forget). */
 #include "relay/relay_int.h"
+#include "relay/relay_fleet.h"
+#include "fleet/splice.h"
 #include "common/sr_err.h"
 #include "common/sr_log.h"
 #include "common/sr_text.h"
@@ -81,7 +83,7 @@ struct relay_handover {
 	uint64_t t0_us;
 	int admin_fd; /* old: the admin listener to pass on */
 	char admin_listen[256];
-	size_t nleases, nstreams, npending;
+	size_t nleases, nstreams, npending, ncarried;
 	uint64_t nbytes;
 	uint64_t nretained; /* of nbytes, sent and not yet acknowledged */
 };
@@ -369,6 +371,8 @@ static int freeze(struct relay *r)
 		}
 	}
 	foreach_ext(r, freeze_lease, &bad);
+	if (r->fleet)
+		relay_fleet_freeze(r->fleet, 1);
 	return bad ? -1 : 0;
 }
 
@@ -379,7 +383,12 @@ static void resume_lease(struct relay_lease_ext *lx, void *arg)
 	uint64_t timeout = (uint64_t)r->o->pending_timeout_ms * 1000u;
 
 	tun_group_thaw(lx->group);
-	relay_lease_detach_ms(lx->lease, lx->ho_grace_ms > gone ? lx->ho_grace_ms - gone : 0);
+	/* In a fleet the grace period is the lease's etcd lease, not a local
+	 * timer (relay_tunnel_free): one here would close its ports while
+	 * the fleet still has it. */
+	if (!r->fleet)
+		relay_lease_detach_ms(lx->lease,
+				      lx->ho_grace_ms > gone ? lx->ho_grace_ms - gone : 0);
 	for (struct relay_pending *p = lx->pending; p; p = p->next) {
 		uint64_t waited = now - p->since_us;
 		struct timeval tv = sr_tv_ms(waited < timeout ? (timeout - waited) / 1000u : 0);
@@ -393,6 +402,8 @@ static void resume_lease(struct relay_lease_ext *lx, void *arg)
 static void resume_all(struct relay *r)
 {
 	foreach_ext(r, resume_lease, r);
+	if (r->fleet)
+		relay_fleet_freeze(r->fleet, 0);
 	/* accept_resume_cb tries again until the listener is armed */
 	if (!r->draining && evconnlistener_enable(r->listener) != 0)
 		event_active(r->accept_pause, EV_TIMEOUT, 1);
@@ -425,6 +436,8 @@ static void forget_all(struct relay *r)
 		relay_tunnel_free(t);
 	}
 	foreach_ext(r, forget_lease, NULL);
+	if (r->fleet)
+		relay_fleet_forget_carried(r->fleet);
 }
 
 /* ---- old side ----------------------------------------------------------------------- */
@@ -461,9 +474,9 @@ static void commit(struct relay_handover *h, const json_t *ready)
 	SR_INFO("",
 		"handed over to %s in %" PRIu64 " ms: %zu leases, %zu executor "
 		"connections (%" PRIu64 " bytes buffered, %" PRIu64 " of them sent and not yet "
-		"acknowledged), %zu waiting; exiting",
+		"acknowledged), %zu waiting, %zu carried to other relays; exiting",
 		who(h->peer_pid, wb, sizeof(wb)), ms, h->nleases, h->nstreams, h->nbytes,
-		h->nretained, h->npending);
+		h->nretained, h->npending, h->ncarried);
 	forget_all(r);
 	h->phase = HO_GONE;
 	conn_end(h);
@@ -688,14 +701,39 @@ static json_t *stats_json(struct relay *r)
 	    (json_int_t)st.handovers, "refused", refused);
 }
 
+/* An executor connection this relay carries to another relay of the fleet:
+ * both sockets and both pipes, with what is in them. */
+static int send_carried(const char *lease, int role, uint64_t conn_id,
+			const struct fleet_splice_state *st, void *arg)
+{
+	struct snap *sn = arg;
+	int fds[6] = {st->a, st->b, st->pipe[0][0], st->pipe[0][1], st->pipe[1][0],
+		      st->pipe[1][1]};
+	json_t *j = json_pack("{s:s,s:s,s:i,s:I,s:[I,I],s:[b,b],s:[b,b],s:[I,I]}", "kind",
+			      "carried", "lease", lease, "role", role, "conn",
+			      (json_int_t)conn_id, "inpipe", (json_int_t)st->inpipe[0],
+			      (json_int_t)st->inpipe[1], "eof", st->eof[0], st->eof[1], "shut",
+			      st->shut[0], st->shut[1], "bytes", (json_int_t)st->bytes[0],
+			      (json_int_t)st->bytes[1]);
+
+	sn->rc = ho_send_json(sn->h->fd, HO_ITEM, j, fds, 6, sn->deadline_us);
+	if (sn->rc) {
+		snprintf(sn->why, sizeof(sn->why), "a carried connection: %s",
+			 sr_strerror(sn->rc));
+		return -1;
+	}
+	return 0;
+}
+
 static int send_state(struct relay_handover *h)
 {
 	struct relay *r = h->r;
 	struct snap sn = {
 	    .h = h, .deadline_us = h->t0_us + (uint64_t)r->o->handover_timeout_ms * 1000u};
-	int fds[3];
+	int fds[4];
 	size_t nfds = 0;
 	json_t *names = json_array(), *j;
+	const char *peer_listen = NULL;
 
 	fds[nfds++] = evconnlistener_get_fd(r->listener);
 	json_array_append_new(names, json_string("listen"));
@@ -707,9 +745,15 @@ static int send_state(struct relay_handover *h)
 		fds[nfds++] = evconnlistener_get_fd(h->lev);
 		json_array_append_new(names, json_string("handover"));
 	}
-	j = json_pack("{s:s,s:i,s:s,s:s,s:s?,s:s,s:I,s:o,s:o}", "kind", "relay", "v",
+	if (r->fleet && relay_fleet_peer_fd(r->fleet) >= 0) {
+		fds[nfds++] = relay_fleet_peer_fd(r->fleet);
+		json_array_append_new(names, json_string("peer"));
+		peer_listen = r->o->fleet.peer_listen;
+	}
+	j = json_pack("{s:s,s:i,s:s,s:s,s:s?,s:s?,s:s,s:I,s:o,s:o}", "kind", "relay", "v",
 		      HO_VERSION, "version", SR_VERSION, "listen", r->o->listen, "admin_listen",
-		      h->admin_fd >= 0 ? h->admin_listen : NULL, "handover_socket", h->path,
+		      h->admin_fd >= 0 ? h->admin_listen : NULL, "peer_listen", peer_listen,
+		      "handover_socket", h->path,
 		      "next_conn_id", (json_int_t)r->next_conn_id, "fds", names, "stats",
 		      stats_json(r));
 	sn.rc = ho_send_json(h->fd, HO_ITEM, j, fds, nfds, sn.deadline_us);
@@ -720,11 +764,18 @@ static int send_state(struct relay_handover *h)
 	foreach_ext(r, send_lease, &sn);
 	if (sn.rc)
 		goto out;
+	if (r->fleet) {
+		long n = relay_fleet_foreach_carried(r->fleet, send_carried, &sn);
+		if (n < 0)
+			goto out;
+		h->ncarried = (size_t)n;
+	}
 	sn.rc = ho_send_json(h->fd, HO_ITEM,
-			     json_pack("{s:s,s:I,s:I,s:I,s:I}", "kind", "end", "leases",
+			     json_pack("{s:s,s:I,s:I,s:I,s:I,s:I}", "kind", "end", "leases",
 				       (json_int_t)h->nleases, "streams",
 				       (json_int_t)h->nstreams, "pending",
-				       (json_int_t)h->npending, "bytes", (json_int_t)h->nbytes),
+				       (json_int_t)h->npending, "bytes", (json_int_t)h->nbytes,
+				       "carried", (json_int_t)h->ncarried),
 			     NULL, 0, sn.deadline_us);
 	if (sn.rc)
 		snprintf(sn.why, sizeof(sn.why), "the end item: %s", sr_strerror(sn.rc));
@@ -1050,7 +1101,7 @@ struct take {
 	int *admin_fd;
 	struct relay_lease_ext *lx; /* the lease whose streams come now */
 	json_t *group;		    /* its group's state, restored after them */
-	uint64_t leases, streams, pending, bytes;
+	uint64_t leases, streams, pending, bytes, carried;
 	int adopted_path; /* the handover listener came with it */
 	pid_t old_pid;
 	struct ho_msg m;
@@ -1468,8 +1519,8 @@ static int take_relay(struct take *tk, const json_t *j)
 {
 	const json_t *names = json_object_get(j, "fds"), *v = json_object_get(j, "v");
 	const char *listen = j_str(j, "listen"), *admin = j_str(j, "admin_listen");
-	const char *path = j_str(j, "handover_socket");
-	struct relay_adopt ad = {-1, -1};
+	const char *path = j_str(j, "handover_socket"), *peer = j_str(j, "peer_listen");
+	struct relay_adopt ad = {-1, -1, -1};
 	uint64_t next_id;
 	char err[512];
 	size_t i;
@@ -1501,6 +1552,11 @@ static int take_relay(struct take *tk, const json_t *j)
 			   strcmp(path, tk->o->handover_socket) == 0) {
 			ad.handover_fd = *fd;
 			*fd = -1;
+		} else if (strcmp(name, "peer") == 0 && peer && tk->o->fleet.netcd &&
+			   tk->o->fleet.peer_listen && strcmp(peer, tk->o->fleet.peer_listen) == 0) {
+			/* The fleet's peer port: bound once, as the others. */
+			ad.peer_fd = *fd;
+			*fd = -1;
 		}
 	}
 	if (ad.listen_fd < 0) {
@@ -1520,13 +1576,62 @@ static int take_relay(struct take *tk, const json_t *j)
 	return 0;
 }
 
+/* A connection the old relay carries to another relay of the fleet. */
+static int take_carried(struct take *tk, const json_t *j)
+{
+	const json_t *in = json_object_get(j, "inpipe"), *eof = json_object_get(j, "eof");
+	const json_t *shut = json_object_get(j, "shut"), *by = json_object_get(j, "bytes");
+	const char *lease = j_str(j, "lease");
+	struct fleet_splice_state st;
+	uint64_t conn, role;
+	int rc;
+
+	memset(&st, 0, sizeof(st));
+	if (tk->m.nfds != 6 || !lease || j_u64(j, "conn", &conn) || j_u64(j, "role", &role) ||
+	    role >= TUN_PORT_MAX || json_array_size(in) != 2 || json_array_size(eof) != 2 ||
+	    json_array_size(shut) != 2 || json_array_size(by) != 2)
+		return take_fail(tk, "a carried connection item is malformed");
+	for (size_t k = 0; k < 2; k++) {
+		json_t *i = json_array_get(in, k), *b = json_array_get(by, k);
+		if (!json_is_integer(i) || json_integer_value(i) < 0 ||
+		    json_integer_value(i) > 64 * 1024 * 1024 || !json_is_boolean(json_array_get(eof, k)) ||
+		    !json_is_boolean(json_array_get(shut, k)) || !json_is_integer(b) ||
+		    json_integer_value(b) < 0)
+			return take_fail(tk, "a carried connection item is malformed");
+		st.inpipe[k] = (size_t)json_integer_value(i);
+		st.eof[k] = json_is_true(json_array_get(eof, k));
+		st.shut[k] = json_is_true(json_array_get(shut, k));
+		st.bytes[k] = (uint64_t)json_integer_value(b);
+	}
+	if (!tk->r->fleet)
+		return take_fail(tk, "the running relay carries connections to its fleet, and "
+				     "this one has no relay.fleet");
+	st.a = tk->m.fds[0];
+	st.b = tk->m.fds[1];
+	st.pipe[0][0] = tk->m.fds[2];
+	st.pipe[0][1] = tk->m.fds[3];
+	st.pipe[1][0] = tk->m.fds[4];
+	st.pipe[1][1] = tk->m.fds[5];
+	for (int i = 0; i < 6; i++)
+		tk->m.fds[i] = -1;
+	rc = relay_fleet_adopt_carried(tk->r->fleet, lease, (int)role, conn, &st);
+	if (rc)
+		return take_fail(tk, "a carried connection: %s", sr_strerror(rc));
+	tk->carried++;
+	return 0;
+}
+
 static int take_end(struct take *tk, const json_t *j)
 {
-	uint64_t l, s, p, b;
+	uint64_t l, s, p, b, c = 0;
 
 	if (j_u64(j, "leases", &l) || j_u64(j, "streams", &s) || j_u64(j, "pending", &p) ||
-	    j_u64(j, "bytes", &b))
+	    j_u64(j, "bytes", &b) || (json_object_get(j, "carried") && j_u64(j, "carried", &c)))
 		return take_fail(tk, "the end item is malformed");
+	if (c != tk->carried)
+		return take_fail(tk, "the state is incomplete: %" PRIu64 "/%" PRIu64
+				     " carried connections",
+				 tk->carried, c);
 	if (l != tk->leases || s != tk->streams || p != tk->pending || b != tk->bytes)
 		return take_fail(tk,
 				 "the state is incomplete: %" PRIu64 "/%" PRIu64 " leases, "
@@ -1634,6 +1739,10 @@ struct relay *relay_takeover(struct event_base *base, struct relay_opts *o, int 
 			rc = take_stream(tk, j);
 		} else if (strcmp(kind, "pending") == 0) {
 			rc = take_pending(tk, j);
+		} else if (strcmp(kind, "carried") == 0) {
+			rc = take_close_lease(tk);
+			if (!rc)
+				rc = take_carried(tk, j);
 		} else if (strcmp(kind, "end") == 0) {
 			rc = take_close_lease(tk);
 			if (!rc)
@@ -1655,6 +1764,7 @@ struct relay *relay_takeover(struct event_base *base, struct relay_opts *o, int 
 	r->ho->nleases = (size_t)tk->leases;
 	r->ho->nstreams = (size_t)tk->streams;
 	r->ho->npending = (size_t)tk->pending;
+	r->ho->ncarried = (size_t)tk->carried;
 	r->ho->nbytes = tk->bytes;
 	r->ho->own_path = 0; /* the old relay's until the commit */
 	r->ho->t0_us = tk->deadline_us - (uint64_t)o->handover_timeout_ms * 1000u;
@@ -1721,9 +1831,10 @@ int relay_takeover_commit(struct relay *r, char *err, size_t errlen)
 	resume_all(r);
 	SR_INFO("",
 		"took over in %" PRIu64 " ms: %zu leases, %zu executor connections (%" PRIu64
-		" bytes buffered), %zu waiting; the sidecars reconnect and resume",
+		" bytes buffered), %zu waiting, %zu carried to other relays; the sidecars "
+		"reconnect and resume",
 		(sr_now_us() - h->t0_us) / 1000u, h->nleases, h->nstreams, h->nbytes,
-		h->npending);
+		h->npending, h->ncarried);
 	return 0;
 }
 

@@ -233,6 +233,7 @@ struct relay_lease *relay_find_id(struct relay *r, const char *id);
 struct relay_adopt {
 	int listen_fd;   /* the tunnel listener */
 	int handover_fd; /* the handover socket's listener */
+	int peer_fd;	 /* the fleet's peer listener (relay_fleet.h) */
 };
 /* relay_new, around adopted sockets (stolen in every case); the tunnel
  * listener is stopped until the takeover commits. */

@@ -792,6 +792,12 @@ fail:
 	return rc;
 }
 
+int relay_lease_port_usable(const struct relay_lease_table *t, uint32_t port)
+{
+	return t->range != 0 && port >= t->opts.port_min && port <= t->opts.port_max &&
+	       !held_get(t, port - t->opts.port_min);
+}
+
 void relay_lease_listen(struct relay_lease *l, int on)
 {
 	for (int r = 0; r < TUN_PORT_MAX; r++) {

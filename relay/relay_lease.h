@@ -110,6 +110,9 @@ void relay_lease_get_state(const struct relay_lease *l, struct relay_lease_state
  * SR_EBUSY (the id exists) or SR_ENOMEM. */
 int relay_lease_adopt(struct relay_lease_table *t, const struct relay_lease_state *st,
 		      struct relay_lease **out);
+/* 1 if adopt would take port: inside the table's range and held by no
+ * lease of it. For checking ports learned elsewhere before binding them. */
+int relay_lease_port_usable(const struct relay_lease_table *t, uint32_t port);
 /* Accept on the lease's ports (on), or stop: the kernel then queues new
  * connections in each port's backlog. */
 void relay_lease_listen(struct relay_lease *l, int on);

@@ -34,6 +34,9 @@ static const char hop_usage_text[] =
     "       sparkrelay-fleet-hop fwd --listen HOST:PORT --target HOST:PORT --secret FILE\n"
     "                              [--max-seconds S]\n";
 
+/* x's relay id, which z's headers name. */
+#define HOP_X_ID "hop-x"
+
 struct hop {
 	struct event_base *base;
 	struct fleet_secret *sec;
@@ -94,7 +97,7 @@ static void z_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct s
 		return;
 	}
 	if (fleet_peer_hdr_init(&hdr, h->lease, TUN_PORT_DRIVER, sa) != 0 ||
-	    (n = fleet_peer_hdr_encode(&hdr, h->sec, buf, sizeof(buf))) < 0) {
+	    (n = fleet_peer_hdr_encode(&hdr, h->sec, HOP_X_ID, buf, sizeof(buf))) < 0) {
 		sr_sock_set_reset_on_close((int)fd);
 		close((int)fd);
 		return;
@@ -196,8 +199,8 @@ int main(int argc, char **argv)
 			snprintf(err, sizeof(err), "cannot listen on %s: %s", listen_s,
 				 strerror(errno));
 	} else {
-		pl = fleet_peer_listener_new(h.base, (struct sockaddr *)&lss, llen, h.sec, NULL,
-					     x_peer_cb, &h, err, sizeof(err));
+		pl = fleet_peer_listener_new(h.base, (struct sockaddr *)&lss, llen, h.sec,
+					     HOP_X_ID, NULL, x_peer_cb, &h, err, sizeof(err));
 	}
 	if (lev == NULL && pl == NULL) {
 		fprintf(stderr, "sparkrelay-fleet-hop: %s\n", err);

@@ -7,7 +7,11 @@
  * replaced by the right one and the clock set to its own time plus a skew
  * from the input, which takes it past the MAC and the clock to the checks
  * of role, address and lease id. A header that parses must encode back to
- * the same bytes: the encoder and the parser agree on every field. */
+ * the same bytes: the encoder and the parser agree on every field. The
+ * input is also a relay's peer address as read from etcd
+ * (fleet_peer_addr_parse): an address it accepts, formatted, parses back
+ * to the same address. */
+#include <netinet/in.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -17,11 +21,13 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include "common/sr_util.h"
 #include "fleet/peer.h"
 
 static const char fuzz_key[] = "fuzz-fleet-secret-0123456789abcdef";
 #define FUZZ_NOW_MS 1700000000000ull
 #define FUZZ_WINDOW_MS 60000u
+#define FUZZ_SELF "relay-fuzz"
 
 static struct fleet_secret *fuzz_secret(void)
 {
@@ -46,7 +52,8 @@ static void fuzz_check(const uint8_t *buf, size_t len, uint64_t now_ms)
 	size_t hlen = 0, phlen;
 	int n;
 
-	st = fleet_peer_hdr_parse(buf, len, fuzz_secret(), now_ms, FUZZ_WINDOW_MS, &h, &hlen);
+	st = fleet_peer_hdr_parse(buf, len, fuzz_secret(), FUZZ_SELF, now_ms, FUZZ_WINDOW_MS, &h,
+				  &hlen);
 	if (st < FLEET_PEER_OK || st >= FLEET_PEER_STATUS_MAX || st == FLEET_PEER_REPLAY ||
 	    st > FLEET_PEER_BAD_ADDR)
 		abort(); /* listener-only reasons never come from the parser */
@@ -55,7 +62,7 @@ static void fuzz_check(const uint8_t *buf, size_t len, uint64_t now_ms)
 	if (st == FLEET_PEER_OK) {
 		if (hlen > len || hlen > FLEET_PEER_HDR_MAX)
 			abort();
-		n = fleet_peer_hdr_encode(&h, fuzz_secret(), again, sizeof(again));
+		n = fleet_peer_hdr_encode(&h, fuzz_secret(), FUZZ_SELF, again, sizeof(again));
 		if (n != (int)hlen || memcmp(again, buf, hlen) != 0) {
 			fprintf(stderr, "a parsed header did not encode back to its bytes\n");
 			abort();
@@ -64,8 +71,8 @@ static void fuzz_check(const uint8_t *buf, size_t len, uint64_t now_ms)
 	/* Prefixes: more, or the whole's outcome; short of a whole header,
 	 * only a framing refusal. */
 	for (size_t k = 0; k < len && k <= FLEET_PEER_HDR_MAX; k++) {
-		pst = fleet_peer_hdr_parse(buf, k, fuzz_secret(), now_ms, FUZZ_WINDOW_MS, NULL,
-					   &phlen);
+		pst = fleet_peer_hdr_parse(buf, k, fuzz_secret(), FUZZ_SELF, now_ms,
+					   FUZZ_WINDOW_MS, NULL, &phlen);
 		if (pst != FLEET_PEER_MORE && pst != st)
 			abort();
 		if (pst == FLEET_PEER_MORE && (phlen <= k || phlen > FLEET_PEER_HDR_MAX))
@@ -77,25 +84,53 @@ static void fuzz_check(const uint8_t *buf, size_t len, uint64_t now_ms)
 	}
 }
 
+static void fuzz_addr(const char *s, size_t len)
+{
+	struct sockaddr_storage ss, again;
+	socklen_t sl = 0, sl2 = 0;
+	char back[SR_ADDRSTRLEN];
+
+	if (fleet_peer_addr_parse(s, len, &ss, &sl) != 0)
+		return;
+	if ((ss.ss_family != AF_INET && ss.ss_family != AF_INET6) ||
+	    sl != (ss.ss_family == AF_INET ? sizeof(struct sockaddr_in)
+					   : sizeof(struct sockaddr_in6)))
+		abort();
+	sr_format_addr((struct sockaddr *)&ss, back, sizeof(back));
+	if (fleet_peer_addr_parse(back, strlen(back), &again, &sl2) != 0 || sl2 != sl ||
+	    memcmp(&again, &ss, sl) != 0) {
+		fprintf(stderr, "an accepted peer address does not survive formatting\n");
+		abort();
+	}
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	uint8_t sealed[FLEET_PEER_HDR_MAX + 8];
+	uint8_t sealed[FLEET_PEER_HDR_MAX + 8 + 1 + sizeof(FUZZ_SELF)];
 	unsigned int maclen = 0;
 	uint64_t t = 0;
 	size_t body;
 
 	fuzz_check(data, size, FUZZ_NOW_MS);
+	fuzz_addr((const char *)data, size);
 
 	if (size < FLEET_PEER_HDR_FIXED || size > sizeof(sealed))
 		return 0;
-	memcpy(sealed, data, size);
-	body = FLEET_PEER_HDR_FIXED + sealed[7];
-	if (sealed[7] > TUN_CTL_LEASE_MAX - 1 || size < body + FLEET_PEER_MAC_LEN)
+	if (size > FLEET_PEER_HDR_MAX + 8)
 		return 0;
-	HMAC(EVP_sha256(), fuzz_key, (int)strlen(fuzz_key), sealed, body, sealed + body,
-	     &maclen);
+	body = FLEET_PEER_HDR_FIXED + data[7];
+	if (data[7] > TUN_CTL_LEASE_MAX - 1 || size < body + FLEET_PEER_MAC_LEN)
+		return 0;
+	/* The MAC covers the body and then the destination's length and id. */
+	memcpy(sealed, data, body);
+	sealed[body] = (uint8_t)strlen(FUZZ_SELF);
+	memcpy(sealed + body + 1, FUZZ_SELF, strlen(FUZZ_SELF));
+	HMAC(EVP_sha256(), fuzz_key, (int)strlen(fuzz_key), sealed,
+	     body + 1 + strlen(FUZZ_SELF), sealed + body, &maclen);
+	memcpy(sealed + body + FLEET_PEER_MAC_LEN, data + body + FLEET_PEER_MAC_LEN,
+	       size - body - FLEET_PEER_MAC_LEN);
 	for (int i = 0; i < 8; i++)
 		t = t << 8 | sealed[10 + i];
 	/* The byte after the header (if any) picks a clock skew around the

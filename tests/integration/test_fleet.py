@@ -25,7 +25,13 @@
     it is made once and both keep serving it;
   - etcd stopped (SIGSTOP) for 10 s: streams undisturbed, a new
     registration fails with `fleet_unavailable` after its bound, and once
-    etcd is back registrations succeed again.
+    etcd is back registrations succeed again;
+  - what etcd says is checked where it enters: a relay's peer address that
+    is not a numeric IP:port one can dial (a wildcard would reach this very
+    host) is never dialled, a lease's ports outside the pool are never
+    bound, a key with a NUL byte does not act on the key before the NUL;
+  - one resume token presented to two relays at the same moment resumes
+    the lease once: the other is told `resume_conflict`.
 
 Each measured number is logged with the prefix "measured:".
 """
@@ -34,6 +40,7 @@ import os
 import re
 import signal
 import socket
+import tempfile
 import threading
 import time
 import unittest
@@ -559,6 +566,206 @@ class FleetTest(unittest.TestCase):
         wait_for(lambda: self._try_connect(a.host, port) is None, 5, "the port closed")
         self.assertIsNone(self.etcd.get(key), "the lease made again over another's port")
         self.assertTrue(a.alive())
+
+    def _lease_on_a_served_by_b(self):
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        fs, lease, key, grace = self._fake_lease(a)
+        wait_for(lambda: b.grep("serving its ports here"), 10, "the lease on relay-b")
+        return a, b, fs, lease
+
+    def test_a_peer_address_from_etcd_is_checked(self):
+        # relays/<id> names where other relays carry executors: 0.0.0.0:P
+        # reaches this very host's port P (Linux), so whoever can write it
+        # could send executors' bytes to any local service.
+        a, b, fs, lease = self._lease_on_a_served_by_b()
+        trap = socket.socket()
+        self.addCleanup(trap.close)
+        trap.bind(("127.0.0.1", 0))
+        trap.listen(8)
+        trap.settimeout(2.0)
+        tport = trap.getsockname()[1]
+        lid = lease["lease"].encode()
+        self.etcd.put(b"/sparkrelay/relays/relay-z", b'{"peer": "0.0.0.0:%d"}' % tport)
+        self.etcd.put(b"/sparkrelay/relays/relay-y",
+                      b'{"peer": "\x1b[2J127.0.0.1:%d"}' % tport)
+        self.etcd.put(b"/sparkrelay/tunnels/" + lid + b"/relay-z", b"")
+        self.etcd.put(b"/sparkrelay/tunnels/" + lid + b"/relay-y", b"")
+        # relay-a's own key gone: relay-z and relay-y are the only holders
+        self.etcd.delete(b"/sparkrelay/tunnels/" + lid + b"/relay-a")
+        wait_for(lambda: b.grep("relay relay-y: its peer address"), 10,
+                 "relay-b refusing relay-y's address")
+        ex = H.connect(b.host, int(lease["ports"]["driver"]))
+        self.addCleanup(ex.close)
+        ex.sendall(b"executor bytes")
+        try:
+            c, _ = trap.accept()
+            c.close()
+            self.fail("relay-b dialled a peer address etcd gave it unchecked")
+        except socket.timeout:
+            pass
+        self.assertTrue(b.grep("relay relay-z: its peer address 0.0.0.0:%d" % tport))
+        self.assertNotIn("\x1b", b.log_text(), "etcd text logged unescaped")
+        self.assertTrue(b.alive())
+
+    def test_lease_ports_outside_the_pool_are_not_bound(self):
+        # A lease in etcd whose port is outside this relay's pool: checked
+        # before anything is bound (it was bound, then refused).
+        a = self.start_relay("relay-a", HOSTS[0])
+        outside = H.free_port(HOSTS[0])
+        self.etcd.put(b"/sparkrelay/leases/L-9-dddd",
+                      b'{"app":"x","tenant":"default","route":"default","pool":"default",'
+                      b'"idkey":"k","roles":1,"ports":[%d,0,0],"resume":"","prev":""}' % outside)
+        wait_for(lambda: a.grep("lease=L-9-dddd"), 10, "relay-a reading the lease")
+        self.assertTrue(a.grep("lease=L-9-dddd: port %d is outside pool default's range"
+                               % outside), a.grep("lease=L-9-dddd"))
+        self.assertIsNone(self._try_connect(HOSTS[0], outside))
+        self.assertTrue(a.alive())
+
+    def test_a_key_with_a_nul_byte_does_not_alias_a_lease(self):
+        # "leases/<id>\0x" put and deleted: the mirror's keys are C strings,
+        # and the delete removed leases/<id> itself (its ports closed on
+        # relay-b while the lease lives on).
+        a, b, fs, lease = self._lease_on_a_served_by_b()
+        alias = b"/sparkrelay/leases/" + lease["lease"].encode() + b"\0x"
+        self.etcd.put(alias, b"junk")
+        self.etcd.delete(alias)
+        # a key put after them: once relay-b has it, it has seen both
+        self.etcd.put(b"/sparkrelay/relays/relay-w", b'{"peer": "not an address"}')
+        wait_for(lambda: b.grep("relay relay-w: its peer address"), 10,
+                 "relay-b reading the keys")
+        time.sleep(0.3)
+        s = self._try_connect(b.host, int(lease["ports"]["driver"]))
+        self.assertIsNotNone(s, "relay-b closed the lease's port")
+        s.close()
+        self.assertTrue(b.grep("holds a NUL byte"))
+        self.assertTrue(b.alive())
+
+    def test_a_change_in_etcd_costs_linear_time_in_the_leases(self):
+        # With L leases served here and K keys mirrored, a change in etcd
+        # cost O(K x L) (a scan of the mirror per lease); now O(K + L). 1,000
+        # leases and 200 changes: the relay's CPU time for them, which was
+        # seconds, is a small fraction of that.
+        n, changes = 1000, 200
+        base = H.pick_pool_base(n, hosts=(HOSTS[0],))
+        over = {"relay": {"pool": {"port_min": base, "port_max": base + n - 1}}}
+        for i in range(0, n, 100):
+            ops = []
+            for k in range(i, min(n, i + 100)):
+                v = ('{"app":"x","tenant":"default","route":"default","pool":"default",'
+                     '"idkey":"k","roles":1,"ports":[%d,0,0],"resume":"%s","prev":""}'
+                     % (base + k, "%064x" % k))
+                ops.append({"request_put": {"key": E.b64(b"/sparkrelay/leases/L-%d-scale" % k),
+                                            "value": E.b64(v.encode())}})
+            self.etcd.call("/v3/kv/txn", {"success": ops})
+        a = self.start_relay("relay-a", HOSTS[0], overrides=over)
+        wait_for(lambda: len(a.grep("serving its ports here")) == n, 60, "every lease bound")
+
+        def cpu_s():
+            with open("/proc/%d/stat" % a.p.pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        t0 = cpu_s()
+        for i in range(changes):
+            self.etcd.put(b"/sparkrelay/other/%d" % i, b"x")
+        # a key it logs, put last: once logged, every change before it is done
+        self.etcd.put(b"/sparkrelay/relays/relay-s", b'{"peer": "sentinel"}')
+        wait_for(lambda: a.grep("relay relay-s: its peer address"), 120, "the changes read")
+        took = cpu_s() - t0
+        H.log("measured: %d changes in etcd with %d leases served cost the relay %.2f s CPU"
+              % (changes, n, took))
+        self.assertLess(took, 1.0, "a change in etcd costs %.1f ms CPU with %d leases"
+                        % (1000 * took / changes, n))
+
+    def test_a_takeover_of_a_fleet_relay_keeps_leases_streams_and_registration(self):
+        # relay-a taken over by a new process (live handover) on its node:
+        # executor connections through it (streams of its own tunnel's
+        # lease, one another relay carried to it, one it carries to another
+        # relay) continue byte-exact, it stays registered under its id with
+        # its fixed peer port, and it goes on serving both leases past
+        # their grace period.
+        ho = os.path.join(tempfile.mkdtemp(prefix="ho-", dir=H.root_dir()), "ho.sock")
+        peer_port = H.free_port(HOSTS[0])
+        over = {"relay": {"handover_socket": ho, "handover_timeout_ms": 10000,
+                          "lease": {"grace_s": 5, "resume_hold_s": 60},
+                          "fleet": {"peer_listen": "%s:%d" % (HOSTS[0], peer_port)}}}
+        a = self.start_relay("relay-a", HOSTS[0], overrides=over)
+        b = self.start_relay("relay-b", HOSTS[1], overrides={"relay": {"lease": {"grace_s": 5}}})
+        s1 = self.start_sidecar("sc1", a)
+        s2 = self.start_sidecar("sc2", b)
+        l1, l2 = self.lease_of(s1), self.lease_of(s2)
+        p1, p2 = int(l1["ports"]["driver"]), int(l2["ports"]["driver"])
+        self.driver = H.Driver({"driver": p1})
+        self.driver.start()
+        d2 = H.Driver({"driver": p2})
+        d2.start()
+        self.addCleanup(d2.stop)
+        wait_for(lambda: a.grep("lease=%s: serving its ports here" % l2["lease"]) and
+                 b.grep("lease=%s: serving its ports here" % l1["lease"]), 10,
+                 "each relay serving the other's lease")
+        conns = {"a to its lease": H.connect(a.host, p1), "b to a's lease": H.connect(b.host, p1),
+                 "a to b's lease": H.connect(a.host, p2)}
+        for i, (name, s) in enumerate(sorted(conns.items())):
+            ok, why = echo_exchange(s, 700 + i, 256 * 1024)
+            self.assertTrue(ok, "%s before the takeover: %s" % (name, why))
+        t0 = time.monotonic()
+        new = H.Proc("relay-a-new", [H.BIN, "relay", "--config",
+                                     os.path.join(self.dir, "relay-a.json"), "--takeover"],
+                     self.dir).start()
+        self.procs.append(new)
+        new.host, new.port, new.fid = a.host, a.port, "relay-a"
+        rc = a.p.wait(20)
+        self.assertEqual(rc, 0, "the old relay-a exited %s" % rc)
+        wait_for(lambda: new.grep("resumed in the fleet"), 20, "the lease resumed on relay-a")
+        H.log("measured: fleet relay taken over, its lease resumed %.2f s after the start"
+              % (time.monotonic() - t0))
+        for i, (name, s) in enumerate(sorted(conns.items())):
+            ok, why = echo_exchange(s, 710 + i, 1 * MiB)
+            self.assertTrue(ok, "%s after the takeover: %s" % (name, why))
+        self.assertTrue(new.grep("registered in the fleet as relay-a (peer address %s:%d)"
+                                 % (HOSTS[0], peer_port)), "relay-a not registered again")
+        tkey = ("/sparkrelay/tunnels/%s/relay-a" % l1["lease"]).encode()
+        wait_for(lambda: self.etcd.get(b"/sparkrelay/relays/relay-a") and self.etcd.get(tkey)
+                 is not None, 10, "relay-a's registration and tunnels key")
+        self.assertEqual((H.read_spark_json(s1.spark_json)["lease"],
+                          H.read_spark_json(s1.spark_json)["ports"]), (l1["lease"], l1["ports"]))
+        # past grace_s: leases are etcd's to end, not a local timer's
+        time.sleep(6)
+        for host, port in ((a.host, p1), (a.host, p2), (b.host, p1)):
+            s = wait_for(lambda: self._try_connect(host, port), 5,
+                         "connect to %s:%d after the grace period" % (host, port))
+            ok, why = echo_exchange(s, 720, 64 * 1024)
+            s.close()
+            self.assertTrue(ok, "%s:%d after the grace period: %s" % (host, port, why))
+        for s in conns.values():
+            s.close()
+        self.assertTrue(new.alive() and b.alive())
+
+    def test_one_resume_token_on_two_relays_at_once_resumes_once(self):
+        # Both relays check the token against the same revision of the
+        # lease; their writes reach etcd together (it is paused meanwhile).
+        # An unconditional write let both resume it.
+        a, b, fs, lease = self._lease_on_a_served_by_b()
+        fa = F.FakeSidecar(a.port, H.certs().ca, host=a.host).connect().start_h2()
+        fb = F.FakeSidecar(b.port, H.certs().ca, host=b.host).connect().start_h2()
+        self.addCleanup(fa.close)
+        self.addCleanup(fb.close)
+        self.etcd.pause()
+        try:
+            fa.send_ctl(F.register_msg(resume=lease["resume"]))
+            fb.send_ctl(F.register_msg(resume=lease["resume"]))
+            time.sleep(0.4)  # both writes sent, both waiting on etcd
+        finally:
+            self.etcd.resume()
+        answers = [fa.read_ctl(10), fb.read_ctl(10)]
+        types = sorted((m or {}).get("type") for m in answers)
+        self.assertEqual(types, ["error", "lease"], answers)
+        err = [m for m in answers if m["type"] == "error"][0]
+        self.assertEqual(err.get("code"), "resume_conflict", err)
+        won = [m for m in answers if m["type"] == "lease"][0]
+        self.assertEqual(won["lease"], lease["lease"])
+        self.assertTrue(a.alive() and b.alive())
 
     @staticmethod
     def metrics(relay):

@@ -350,6 +350,57 @@ static void test_malformed_range_answers(void **state)
 	assert_string_equal(e->f.last_path, "/v3/kv/range");
 }
 
+/* Keys and values are bytes: a NUL inside is kept, with the length, for
+ * the caller to refuse (relay_fleet's mirror ignores such keys; a C string
+ * would have made "leases/<id>\0x" act on leases/<id>). */
+struct got_kv {
+	int calls, err;
+	size_t nkvs, key_len[2], value_len[2];
+	char key[2][32], value[2][32];
+};
+
+static void on_kvs(int err, const struct etcd_result *r, void *arg)
+{
+	struct got_kv *g = arg;
+
+	g->calls++;
+	g->err = err;
+	g->nkvs = r->nkvs;
+	for (size_t i = 0; i < r->nkvs && i < 2; i++) {
+		g->key_len[i] = r->kvs[i].key_len;
+		g->value_len[i] = r->kvs[i].value_len;
+		assert_true(r->kvs[i].key_len < sizeof(g->key[i]));
+		assert_true(r->kvs[i].value_len < sizeof(g->value[i]));
+		memcpy(g->key[i], r->kvs[i].key, r->kvs[i].key_len + 1);
+		memcpy(g->value[i], r->kvs[i].value, r->kvs[i].value_len + 1);
+	}
+}
+
+static void test_nul_bytes_in_keys_and_values_keep_their_length(void **state)
+{
+	struct env *e = *state;
+	struct got_kv g = {0};
+	char err[256];
+
+	/* "leases/L-1\0x" = "v\0w", then "\0" = "" */
+	e->f.status = 200;
+	e->f.body = "{\"header\":{\"revision\":\"9\"},\"kvs\":["
+		    "{\"key\":\"bGVhc2VzL0wtMQB4\",\"value\":\"dgB3\"},"
+		    "{\"key\":\"AA==\"}],\"count\":\"2\"}";
+	if (!etcd_kv(e->c, &range_x, on_kvs, &g, err, sizeof(err)))
+		fail_msg("etcd_kv: %s", err);
+	assert_true(ts_loop_until_count(e->base, &g.calls, 1, WAIT_MS));
+	assert_int_equal(g.err, 0);
+	assert_int_equal(g.nkvs, 2);
+	assert_int_equal(g.key_len[0], 12);
+	assert_memory_equal(g.key[0], "leases/L-1\0x", 13); /* and the NUL after it */
+	assert_int_equal(g.value_len[0], 3);
+	assert_memory_equal(g.value[0], "v\0w", 4);
+	assert_int_equal(g.key_len[1], 1);
+	assert_int_equal(g.key[1][0], '\0');
+	assert_int_equal(g.value_len[1], 0);
+}
+
 static void test_etcd_errors_surface_escaped(void **state)
 {
 	struct env *e = *state;
@@ -912,6 +963,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(test_malformed_range_answers, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_nul_bytes_in_keys_and_values_keep_their_length,
+					    setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_etcd_errors_surface_escaped, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_answer_over_max_answer, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_txn_and_lease_answers_checked, setup,

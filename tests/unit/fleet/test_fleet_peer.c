@@ -35,6 +35,8 @@
 
 static const char test_key[] = "0123456789abcdef0123456789abcdef-fleet";
 #define LEASE "L-7-0a1b2c3d"
+#define SELF "relay-x" /* the listening relay's id: headers are made for it */
+#define V FLEET_PEER_VERSION
 
 static struct fleet_secret *test_secret(void)
 {
@@ -62,14 +64,25 @@ struct raw {
 	size_t len;
 };
 
-static void raw_seal(struct raw *r, const char *key)
+/* The MAC of the body followed by the destination's length byte and id,
+ * which are not sent. */
+static void raw_seal_for(struct raw *r, const char *key, const char *dest)
 {
+	uint8_t in[256 + 1 + 64];
 	unsigned int ml = 0;
-	size_t body = r->len;
+	size_t body = r->len, dlen = strlen(dest);
 
-	HMAC(EVP_sha256(), key, (int)strlen(key), r->b, body, r->b + body, &ml);
+	memcpy(in, r->b, body);
+	in[body] = (uint8_t)dlen;
+	memcpy(in + body + 1, dest, dlen);
+	HMAC(EVP_sha256(), key, (int)strlen(key), in, body + 1 + dlen, r->b + body, &ml);
 	assert_int_equal(ml, 32);
 	r->len = body + 32;
+}
+
+static void raw_seal(struct raw *r, const char *key)
+{
+	raw_seal_for(r, key, SELF);
 }
 
 /* family 4/6 with 16 address bytes, or anything for the refusal tests;
@@ -101,7 +114,7 @@ static const uint8_t addr4[16] = {10, 1, 2, 3};
 
 static void raw_good(struct raw *r, uint64_t time_ms)
 {
-	raw_make(r, 1, TUN_PORT_BLOCKMANAGER, 4, addr4, 40123, time_ms, LEASE, strlen(LEASE),
+	raw_make(r, V, TUN_PORT_BLOCKMANAGER, 4, addr4, 40123, time_ms, LEASE, strlen(LEASE),
 		 test_key);
 }
 
@@ -110,7 +123,7 @@ static enum fleet_peer_status parse_raw(const struct raw *r, const struct fleet_
 {
 	size_t hlen = 0;
 
-	return fleet_peer_hdr_parse(r->b, r->len, s, now_ms, 60000, h, &hlen);
+	return fleet_peer_hdr_parse(r->b, r->len, s, SELF, now_ms, 60000, h, &hlen);
 }
 
 static void test_header_layout_matches_docs(void **state)
@@ -127,12 +140,12 @@ static void test_header_layout_matches_docs(void **state)
 	h.time_ms = 1700000000123ull;
 	for (int i = 0; i < 16; i++)
 		h.nonce[i] = (uint8_t)(0xa0 + i);
-	n = fleet_peer_hdr_encode(&h, s, out, sizeof(out));
+	n = fleet_peer_hdr_encode(&h, s, SELF, out, sizeof(out));
 	raw_good(&r, 1700000000123ull);
 	assert_int_equal(n, (int)r.len);
 	assert_int_equal(n, 50 + (int)strlen(LEASE) + 32);
 	assert_memory_equal(out, r.b, r.len);
-	assert_int_equal(fleet_peer_hdr_encode(&h, s, out, (size_t)n - 1), SR_EINVAL);
+	assert_int_equal(fleet_peer_hdr_encode(&h, s, SELF, out, (size_t)n - 1), SR_EINVAL);
 	fleet_secret_free(s);
 }
 
@@ -159,18 +172,18 @@ static void test_header_round_trip(void **state)
 
 		assert_int_equal(
 		    fleet_peer_hdr_init(&h, lease, (enum tun_port_role)i, TS_SA(ex)), 0);
-		n = fleet_peer_hdr_encode(&h, s, out, sizeof(out));
+		n = fleet_peer_hdr_encode(&h, s, SELF, out, sizeof(out));
 		assert_true(n > 0 && n <= FLEET_PEER_HDR_MAX);
 		/* Every prefix asks for more, and says how much it has at least. */
 		for (int k = 0; k < n; k++) {
-			assert_int_equal(fleet_peer_hdr_parse(out, (size_t)k, s, h.time_ms,
+			assert_int_equal(fleet_peer_hdr_parse(out, (size_t)k, s, SELF, h.time_ms,
 							      60000, &back, &hlen),
 					 FLEET_PEER_MORE);
 			assert_int_equal(hlen, k < 50 ? 50 : n);
 		}
 		/* Bytes behind the header are not its business. */
 		assert_int_equal(
-		    fleet_peer_hdr_parse(out, sizeof(out), s, h.time_ms, 60000, &back, &hlen),
+		    fleet_peer_hdr_parse(out, sizeof(out), s, SELF, h.time_ms, 60000, &back, &hlen),
 		    FLEET_PEER_OK);
 		assert_int_equal(hlen, n);
 		assert_string_equal(back.lease, lease);
@@ -217,23 +230,24 @@ static void test_parse_refusals(void **state)
 
 	/* Framing: refused from the first byte that shows it. */
 	r.b[0] = 'X';
-	assert_int_equal(fleet_peer_hdr_parse(r.b, 1, s, now, 60000, &h, &hlen),
+	assert_int_equal(fleet_peer_hdr_parse(r.b, 1, s, SELF, now, 60000, &h, &hlen),
 			 FLEET_PEER_BAD_MAGIC);
 	raw_good(&r, now);
 	r.b[3] = 'w';
-	assert_int_equal(fleet_peer_hdr_parse(r.b, 4, s, now, 60000, &h, &hlen),
+	assert_int_equal(fleet_peer_hdr_parse(r.b, 4, s, SELF, now, 60000, &h, &hlen),
 			 FLEET_PEER_BAD_MAGIC);
-	raw_make(&r, 2, 0, 4, addr4, 1, now, LEASE, strlen(LEASE), test_key);
-	assert_int_equal(fleet_peer_hdr_parse(r.b, 5, s, now, 60000, &h, &hlen),
+	/* Version 1, whose MAC did not name the destination relay. */
+	raw_make(&r, V - 1, 0, 4, addr4, 1, now, LEASE, strlen(LEASE), test_key);
+	assert_int_equal(fleet_peer_hdr_parse(r.b, 5, s, SELF, now, 60000, &h, &hlen),
 			 FLEET_PEER_BAD_VERSION);
 	raw_make(&r, 0, 0, 4, addr4, 1, now, LEASE, strlen(LEASE), test_key);
 	assert_int_equal(parse_raw(&r, s, now, &h), FLEET_PEER_BAD_VERSION);
 	raw_good(&r, now);
 	r.b[7] = TUN_CTL_LEASE_MAX; /* 48: one over */
-	assert_int_equal(fleet_peer_hdr_parse(r.b, 50, s, now, 60000, &h, &hlen),
+	assert_int_equal(fleet_peer_hdr_parse(r.b, 50, s, SELF, now, 60000, &h, &hlen),
 			 FLEET_PEER_OVERSIZE);
 	r.b[7] = 255;
-	assert_int_equal(fleet_peer_hdr_parse(r.b, 50, s, now, 60000, &h, &hlen),
+	assert_int_equal(fleet_peer_hdr_parse(r.b, 50, s, SELF, now, 60000, &h, &hlen),
 			 FLEET_PEER_OVERSIZE);
 
 	/* MAC: any changed byte, another secret, a truncated MAC. */
@@ -242,7 +256,7 @@ static void test_parse_refusals(void **state)
 		r.b[i] ^= 0x01;
 		assert_int_equal(parse_raw(&r, s, now, &h), FLEET_PEER_BAD_MAC);
 	}
-	raw_make(&r, 1, 0, 4, addr4, 1, now, LEASE, strlen(LEASE),
+	raw_make(&r, V, 0, 4, addr4, 1, now, LEASE, strlen(LEASE),
 		 "another secret of at least 32 bytes!");
 	assert_int_equal(parse_raw(&r, s, now, &h), FLEET_PEER_BAD_MAC);
 
@@ -261,13 +275,13 @@ static void test_parse_refusals(void **state)
 	assert_int_equal(parse_raw(&r, s, now, &h), FLEET_PEER_STALE);
 
 	/* Fields, each with a valid MAC. */
-	raw_make(&r, 1, TUN_PORT_MAX, 4, addr4, 1, now, LEASE, strlen(LEASE), test_key);
+	raw_make(&r, V, TUN_PORT_MAX, 4, addr4, 1, now, LEASE, strlen(LEASE), test_key);
 	assert_int_equal(parse_raw(&r, s, now, &h), FLEET_PEER_BAD_ROLE);
-	raw_make(&r, 1, 255, 4, addr4, 1, now, LEASE, strlen(LEASE), test_key);
+	raw_make(&r, V, 255, 4, addr4, 1, now, LEASE, strlen(LEASE), test_key);
 	assert_int_equal(parse_raw(&r, s, now, &h), FLEET_PEER_BAD_ROLE);
-	raw_make(&r, 1, 0, 5, addr4, 1, now, LEASE, strlen(LEASE), test_key);
+	raw_make(&r, V, 0, 5, addr4, 1, now, LEASE, strlen(LEASE), test_key);
 	assert_int_equal(parse_raw(&r, s, now, &h), FLEET_PEER_BAD_ADDR);
-	raw_make(&r, 1, 0, 4, addr4, 0, now, LEASE, strlen(LEASE), test_key);
+	raw_make(&r, V, 0, 4, addr4, 0, now, LEASE, strlen(LEASE), test_key);
 	assert_int_equal(parse_raw(&r, s, now, &h), FLEET_PEER_BAD_ADDR);
 	{
 		const char *bad4[] = {"0.0.0.0", "224.0.0.1", "255.255.255.255"};
@@ -275,24 +289,24 @@ static void test_parse_refusals(void **state)
 		for (size_t i = 0; i < 3; i++) {
 			memset(a, 0, sizeof(a));
 			assert_int_equal(inet_pton(AF_INET, bad4[i], a), 1);
-			raw_make(&r, 1, 0, 4, a, 1, now, LEASE, strlen(LEASE), test_key);
+			raw_make(&r, V, 0, 4, a, 1, now, LEASE, strlen(LEASE), test_key);
 			assert_int_equal(parse_raw(&r, s, now, &h), FLEET_PEER_BAD_ADDR);
 			assert_int_equal(inet_pton(AF_INET6, bad6[i], a), 1);
-			raw_make(&r, 1, 0, 6, a, 1, now, LEASE, strlen(LEASE), test_key);
+			raw_make(&r, V, 0, 6, a, 1, now, LEASE, strlen(LEASE), test_key);
 			assert_int_equal(parse_raw(&r, s, now, &h), FLEET_PEER_BAD_ADDR);
 		}
 		memcpy(a, addr4, sizeof(a));
 		a[15] = 1; /* IPv4 padding must be zero */
-		raw_make(&r, 1, 0, 4, a, 1, now, LEASE, strlen(LEASE), test_key);
+		raw_make(&r, V, 0, 4, a, 1, now, LEASE, strlen(LEASE), test_key);
 		assert_int_equal(parse_raw(&r, s, now, &h), FLEET_PEER_BAD_ADDR);
 	}
 	{
 		const char *bad[] = {"", "L-", "X-1", "L-a b", "L-\xc3\xa9", "L-a\nb"};
 		for (size_t i = 0; i < SR_ARRAY_LEN(bad); i++) {
-			raw_make(&r, 1, 0, 4, addr4, 1, now, bad[i], strlen(bad[i]), test_key);
+			raw_make(&r, V, 0, 4, addr4, 1, now, bad[i], strlen(bad[i]), test_key);
 			assert_int_equal(parse_raw(&r, s, now, &h), FLEET_PEER_BAD_LEASE);
 		}
-		raw_make(&r, 1, 0, 4, addr4, 1, now, "L-1\0x", 5, test_key); /* NUL inside */
+		raw_make(&r, V, 0, 4, addr4, 1, now, "L-1\0x", 5, test_key); /* NUL inside */
 		assert_int_equal(parse_raw(&r, s, now, &h), FLEET_PEER_BAD_LEASE);
 	}
 	fleet_secret_free(s);
@@ -342,6 +356,102 @@ static void test_secret_file(void **state)
 	ts_dir_remove(&d);
 }
 
+/* A header seen on the wire between two relays is good at its destination
+ * only: the MAC names that relay's id, so another relay of the fleet
+ * refuses it (it was replayable across the fleet for the clock window). */
+static void test_mac_names_the_destination(void **state)
+{
+	struct fleet_secret *s = test_secret();
+	struct sockaddr_storage ex = ts_addr("10.1.2.3", 40123);
+	struct fleet_peer_hdr h;
+	uint8_t out[FLEET_PEER_HDR_MAX];
+	char longest[FLEET_PEER_ID_MAX + 1];
+	size_t hlen = 0;
+	struct raw r;
+	int n;
+
+	(void)state;
+	assert_int_equal(fleet_peer_hdr_init(&h, LEASE, TUN_PORT_DRIVER, TS_SA(ex)), 0);
+	n = fleet_peer_hdr_encode(&h, s, "relay-b", out, sizeof(out));
+	assert_true(n > 0);
+	assert_int_equal(fleet_peer_hdr_parse(out, (size_t)n, s, "relay-b", h.time_ms, 60000,
+					      NULL, &hlen),
+			 FLEET_PEER_OK);
+	assert_int_equal(fleet_peer_hdr_parse(out, (size_t)n, s, "relay-c", h.time_ms, 60000,
+					      NULL, &hlen),
+			 FLEET_PEER_BAD_MAC);
+	/* A prefix of the id is another id (the length is in the MAC). */
+	assert_int_equal(fleet_peer_hdr_parse(out, (size_t)n, s, "relay-", h.time_ms, 60000,
+					      NULL, &hlen),
+			 FLEET_PEER_BAD_MAC);
+	/* The body's MAC alone (version 1's) is not enough. */
+	raw_good(&r, h.time_ms);
+	r.len -= 32;
+	{
+		unsigned int ml = 0;
+		HMAC(EVP_sha256(), test_key, (int)strlen(test_key), r.b, r.len, r.b + r.len, &ml);
+		r.len += 32;
+	}
+	assert_int_equal(parse_raw(&r, s, h.time_ms, NULL), FLEET_PEER_BAD_MAC);
+	/* Ids outside 1..63 bytes make no header and match none. */
+	memset(longest, 'r', sizeof(longest) - 1);
+	longest[sizeof(longest) - 1] = '\0';
+	assert_int_equal(fleet_peer_hdr_encode(&h, s, "", out, sizeof(out)), SR_EINVAL);
+	assert_int_equal(fleet_peer_hdr_encode(&h, s, longest, out, sizeof(out)), SR_EINVAL);
+	longest[FLEET_PEER_ID_MAX - 1] = '\0';
+	n = fleet_peer_hdr_encode(&h, s, longest, out, sizeof(out));
+	assert_true(n > 0);
+	assert_int_equal(fleet_peer_hdr_parse(out, (size_t)n, s, longest, h.time_ms, 60000, NULL,
+					      &hlen),
+			 FLEET_PEER_OK);
+	assert_int_equal(
+	    fleet_peer_hdr_parse(out, (size_t)n, s, "", h.time_ms, 60000, NULL, &hlen),
+	    FLEET_PEER_BAD_MAC);
+	fleet_secret_free(s);
+}
+
+/* Peer addresses come from etcd: only a numeric IP:port a relay can be
+ * dialled at passes, in at most 63 bytes. */
+static void test_peer_addr_parse_is_strict(void **state)
+{
+	const char *good[] = {"10.0.0.3:7443", "127.0.0.2:1", "192.168.1.1:65535",
+			      "[2001:db8::3]:7443", "[::1]:9"};
+	const char *bad[] = {"", "10.0.0.3", "10.0.0.3:", ":7443", "10.0.0.3:0",
+			     "10.0.0.3:65536", "10.0.0.3:07443", "10.0.0.3:+7443",
+			     "10.0.0.3: 7443", "10.0.0.3:7443 ", " 10.0.0.3:7443",
+			     "10.0.0.3:7443x", "0.0.0.0:7443", "0.1.2.3:7443", "224.0.0.1:7443",
+			     "239.255.255.250:1900", "255.255.255.255:7443", "240.0.0.1:7443",
+			     "[::]:7443", "[ff02::1]:7443", "[::ffff:10.0.0.3]:7443",
+			     "2001:db8::3:7443", "[2001:db8::3]7443", "[2001:db8::3]:",
+			     "[fe80::1%eth0]:7443", "relay-b.example:7443", "localhost:7443",
+			     "010.0.0.3:7443", "10.0.0.3:7443:1", "[10.0.0.3]:7443"};
+	struct sockaddr_storage ss;
+	socklen_t sl = 0;
+	char a[SR_ADDRSTRLEN], longish[80];
+
+	(void)state;
+	for (size_t i = 0; i < SR_ARRAY_LEN(good); i++) {
+		assert_int_equal(fleet_peer_addr_parse(good[i], strlen(good[i]), &ss, &sl), 0);
+		assert_string_equal(sr_format_addr(TS_SA(ss), a, sizeof(a)), good[i]);
+		assert_int_equal(sl, ss.ss_family == AF_INET ? sizeof(struct sockaddr_in)
+							     : sizeof(struct sockaddr_in6));
+	}
+	for (size_t i = 0; i < SR_ARRAY_LEN(bad); i++)
+		assert_int_equal(fleet_peer_addr_parse(bad[i], strlen(bad[i]), &ss, &sl), -1);
+	/* The length given is the whole: a NUL inside, or text behind it that
+	 * a C string would hide, is refused. */
+	assert_int_equal(fleet_peer_addr_parse("10.0.0.3:7443\0x", 15, &ss, &sl), -1);
+	assert_int_equal(fleet_peer_addr_parse("10.0.0.3:74", 11, &ss, &sl), 0);
+	assert_int_equal(sr_addr_port(TS_SA(ss)), 74);
+	/* Bounded: FLEET_PEER_ADDR_MAX - 1 bytes at most, whatever they say. */
+	snprintf(longish, sizeof(longish), "[2001:0db8:0000:0000:0000:0000:0000:0003]:7443");
+	assert_true(strlen(longish) < FLEET_PEER_ADDR_MAX);
+	assert_int_equal(fleet_peer_addr_parse(longish, strlen(longish), &ss, &sl), 0);
+	memset(longish, '1', sizeof(longish));
+	assert_int_equal(fleet_peer_addr_parse(longish, FLEET_PEER_ADDR_MAX, &ss, &sl), -1);
+	assert_int_equal(fleet_peer_addr_parse(NULL, 0, &ss, &sl), -1);
+}
+
 /* ------------------------------------------------------------ listener */
 
 struct lt {
@@ -376,7 +486,7 @@ static void lt_open(struct lt *t, const struct fleet_peer_opts *o)
 	assert_non_null(t->base);
 	t->sec = test_secret();
 	t->l = fleet_peer_listener_new(t->base, TS_SA(ss), sizeof(struct sockaddr_in), t->sec,
-				       o, lt_cb, t, err, sizeof(err));
+				       SELF, o, lt_cb, t, err, sizeof(err));
 	assert_non_null(t->l);
 	t->port = fleet_peer_listener_port(t->l);
 	assert_true(t->port > 0);
@@ -465,18 +575,18 @@ static void test_listener_refusals_over_sockets(void **state)
 	r.b[7] = 200;
 	r.len = 50;
 	expect_refused(&t, &r, FLEET_PEER_OVERSIZE);
-	raw_make(&r, 1, 0, 4, addr4, 1, now, LEASE, strlen(LEASE),
+	raw_make(&r, V, 0, 4, addr4, 1, now, LEASE, strlen(LEASE),
 		 "another secret of at least 32 bytes!");
 	expect_refused(&t, &r, FLEET_PEER_BAD_MAC);
 	raw_good(&r, now - 61000);
 	expect_refused(&t, &r, FLEET_PEER_STALE);
 	raw_good(&r, now + 61000);
 	expect_refused(&t, &r, FLEET_PEER_FUTURE);
-	raw_make(&r, 1, 0, 4, addr4, 1, now, "L-no/slash", 10, test_key);
+	raw_make(&r, V, 0, 4, addr4, 1, now, "L-no/slash", 10, test_key);
 	expect_refused(&t, &r, FLEET_PEER_BAD_LEASE);
-	raw_make(&r, 1, 7, 4, addr4, 1, now, LEASE, strlen(LEASE), test_key);
+	raw_make(&r, V, 7, 4, addr4, 1, now, LEASE, strlen(LEASE), test_key);
 	expect_refused(&t, &r, FLEET_PEER_BAD_ROLE);
-	raw_make(&r, 1, 0, 6, zero, 1, now, LEASE, strlen(LEASE), test_key);
+	raw_make(&r, V, 0, 6, zero, 1, now, LEASE, strlen(LEASE), test_key);
 	expect_refused(&t, &r, FLEET_PEER_BAD_ADDR);
 
 	/* Truncated: the sender closes its side before the header is whole. */
@@ -570,6 +680,74 @@ static void test_listener_busy_and_free_resets_pending(void **state)
 	assert_int_equal(count_fds(), fds);
 }
 
+/* A blocking TCP connection to 127.0.0.1:port from src (another loopback
+ * address: another relay). */
+static int connect_from(const char *src, uint16_t port)
+{
+	struct sockaddr_storage from = ts_addr(src, 0), to = ts_addr("127.0.0.1", port);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	assert_true(fd >= 0);
+	assert_int_equal(bind(fd, TS_SA(from), sizeof(struct sockaddr_in)), 0);
+	assert_int_equal(connect(fd, TS_SA(to), sizeof(struct sockaddr_in)), 0);
+	return fd;
+}
+
+struct lt_np {
+	struct lt *t;
+	unsigned want;
+};
+
+static int lt_npending_is(void *arg)
+{
+	struct lt_np *w = arg;
+
+	return fleet_peer_listener_npending(w->t->l) == w->want;
+}
+
+static void lt_wait_npending(struct lt *t, unsigned want)
+{
+	struct lt_np w = {t, want};
+
+	assert_true(ts_loop_until(t->base, lt_npending_is, &w, 2000));
+}
+
+static void test_listener_caps_pending_per_source(void **state)
+{
+	struct fleet_peer_opts o = {.max_pending_per_source = 3};
+	int fds = count_fds();
+	struct lt t;
+	int c[4], other;
+
+	(void)state;
+	lt_open(&t, &o);
+	/* One source opens connections and sends nothing: past its share it
+	 * is refused, while the listener still has room for other relays. */
+	for (int i = 0; i < 4; i++) {
+		c[i] = ts_connect("127.0.0.1", t.port);
+		assert_true(c[i] >= 0);
+	}
+	lt_wait_count(&t, FLEET_PEER_BUSY_SOURCE, 1, 2000);
+	assert_int_equal(fleet_peer_listener_npending(t.l), 3);
+	assert_true(saw_reset(c[3], 2000));
+	other = connect_from("127.0.0.2", t.port);
+	lt_wait_npending(&t, 4);
+	assert_int_equal(fleet_peer_listener_count(t.l, FLEET_PEER_BUSY_SOURCE), 1);
+	assert_int_equal(fleet_peer_listener_count(t.l, FLEET_PEER_BUSY), 0);
+	/* A slot freed (the header deadline, or here a close) is usable again. */
+	close(c[0]);
+	lt_wait_count(&t, FLEET_PEER_TRUNCATED, 1, 2000);
+	c[0] = ts_connect("127.0.0.1", t.port);
+	assert_true(c[0] >= 0);
+	lt_wait_npending(&t, 4);
+	assert_int_equal(fleet_peer_listener_count(t.l, FLEET_PEER_BUSY_SOURCE), 1);
+	for (int i = 0; i < 4; i++)
+		close(c[i]);
+	close(other);
+	lt_close(&t);
+	assert_int_equal(count_fds(), fds);
+}
+
 static void test_listener_accepts_and_keeps_following_bytes(void **state)
 {
 	int fds = count_fds();
@@ -583,7 +761,7 @@ static void test_listener_accepts_and_keeps_following_bytes(void **state)
 	(void)state;
 	lt_open(&t, NULL);
 	assert_int_equal(fleet_peer_hdr_init(&h, LEASE, TUN_PORT_DRIVER, TS_SA(ex)), 0);
-	n = fleet_peer_hdr_encode(&h, t.sec, buf, sizeof(buf));
+	n = fleet_peer_hdr_encode(&h, t.sec, SELF, buf, sizeof(buf));
 	assert_true(n > 0);
 	memcpy(buf + n, "executor-first", 14);
 	c = ts_connect("127.0.0.1", t.port);
@@ -692,7 +870,7 @@ static void test_hop_header_then_executor_bytes(void **state)
 	send_all(e, "hello X", 7);
 
 	assert_int_equal(fleet_peer_hdr_init(&h, LEASE, TUN_PORT_BLOCKMANAGER, TS_SA(peer)), 0);
-	n = fleet_peer_hdr_encode(&h, t.sec, hdr, sizeof(hdr));
+	n = fleet_peer_hdr_encode(&h, t.sec, SELF, hdr, sizeof(hdr));
 	sp = fleet_splice_new(t.base, a, NULL, hop_cb, &hp);
 	assert_non_null(sp);
 	assert_int_equal(
@@ -731,10 +909,13 @@ int main(void)
 	    cmocka_unit_test(test_header_round_trip),
 	    cmocka_unit_test(test_header_init_refuses_invalid_fields),
 	    cmocka_unit_test(test_parse_refusals),
+	    cmocka_unit_test(test_mac_names_the_destination),
+	    cmocka_unit_test(test_peer_addr_parse_is_strict),
 	    cmocka_unit_test(test_secret_file),
 	    cmocka_unit_test(test_listener_refusals_over_sockets),
 	    cmocka_unit_test(test_listener_slow_drip_hits_deadline),
 	    cmocka_unit_test(test_listener_busy_and_free_resets_pending),
+	    cmocka_unit_test(test_listener_caps_pending_per_source),
 	    cmocka_unit_test(test_listener_accepts_and_keeps_following_bytes),
 	    cmocka_unit_test(test_replay_memory_is_bounded_and_safe),
 	    cmocka_unit_test(test_hop_header_then_executor_bytes),

@@ -438,6 +438,75 @@ static void test_stalled_reader_bounds_memory_and_cpu(void **state)
 	st_close(&t);
 }
 
+/* Live handover: a running pair paused, its descriptors passed on (dup'd
+ * here, as SCM_RIGHTS would), the pair forgotten without a reset, and a
+ * new pair made from them: every byte arrives, those that waited in the
+ * pipe included, both ways, and the pair ends cleanly. */
+static void test_paused_pair_goes_on_in_another_pair(void **state)
+{
+	struct flow *f = malloc(sizeof(*f)), *back = malloc(sizeof(*back));
+	struct fleet_splice_state st, st2;
+	uint64_t ab = 0, before = 0;
+	struct st t;
+	int idle = 0;
+
+	(void)state;
+	st_open(&t, 32 * 1024);
+	st_start(&t, 32 * 1024);
+	flow_init(f, t.e, t.x, 5, 64 * MIB);
+	/* x does not read: the pipe a -> b fills. */
+	for (uint64_t end = sr_now_us() + 5000000u; idle < 50 && sr_now_us() < end;) {
+		ssize_t k;
+		ts_pat_fill(f->seed, f->sent, f->buf, 512);
+		k = send(t.e, f->buf, 512, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (k > 0) {
+			f->sent += (uint64_t)k;
+			idle = 0;
+		} else {
+			idle++;
+		}
+		ts_loop_step(t.base, 0);
+		if (k <= 0)
+			ts_loop_step(t.base, 2000);
+	}
+	assert_int_equal(fleet_splice_export(t.sp, &st), SR_EINVAL); /* not paused */
+	fleet_splice_pause(t.sp, 1);
+	fleet_splice_bytes(t.sp, &before, NULL);
+	/* Paused: x reads what reached it (checked), and nothing more moves. */
+	f->n = f->sent;
+	for (int quiet = 0; quiet < 5;) {
+		ts_loop_run_for(t.base, 20);
+		quiet = flow_step(f, 0) ? 0 : quiet + 1;
+	}
+	fleet_splice_bytes(t.sp, &ab, NULL);
+	assert_true(ab == before);
+	assert_true(f->got == ab);
+	assert_int_equal(fleet_splice_export(t.sp, &st), 0);
+	assert_true(st.inpipe[0] > 0);
+	st2 = st;
+	st2.a = dup(st.a);
+	st2.b = dup(st.b);
+	for (int k = 0; k < 2; k++)
+		for (int i = 0; i < 2; i++)
+			st2.pipe[k][i] = dup(st.pipe[k][i]);
+	fleet_splice_forget(t.sp);
+	t.sp = NULL;
+	assert_int_equal(t.ends, 0);
+	assert_false(saw_reset(t.e, 50));
+
+	t.sp = fleet_splice_adopt(t.base, &st2, 0, NULL, st_cb, &t);
+	assert_non_null(t.sp);
+	flow_init(back, t.x, t.e, 6, 256 * 1024);
+	flows_run(&t, f, back, 10000);
+	shutdown(t.e, SHUT_WR);
+	shutdown(t.x, SHUT_WR);
+	assert_true(ts_loop_until_count(t.base, &t.ends, 1, 2000));
+	assert_int_equal(t.end, FLEET_SPLICE_DONE);
+	free(f);
+	free(back);
+	st_close(&t);
+}
+
 static void test_connect_refused_leaves_executor_untouched(void **state)
 {
 	struct sockaddr_in sin;
@@ -570,6 +639,7 @@ int main(void)
 	    cmocka_unit_test(test_reset_from_executor),
 	    cmocka_unit_test(test_reset_from_far_end),
 	    cmocka_unit_test(test_stalled_reader_bounds_memory_and_cpu),
+	    cmocka_unit_test(test_paused_pair_goes_on_in_another_pair),
 	    cmocka_unit_test(test_connect_refused_leaves_executor_untouched),
 	    cmocka_unit_test(test_connect_timeout_then_another_peer),
 	    cmocka_unit_test(test_peer_hangs_up_before_a_byte),
