@@ -350,7 +350,7 @@ void tun_group_free(struct tun_group *g)
 {
 	if (!g)
 		return;
-	if (g->conn)
+	while (g->conn)
 		tun_conn_set_group(g->conn, NULL);
 	tun_group_reset(g, TUN_LOST_ENDED);
 	event_free(g->hold_ev);

@@ -74,7 +74,9 @@ void tun_group_set_logctx(struct tun_group *g, const char *logctx);
 void tun_group_set_lease(struct tun_group *g, const char *lease_id);
 
 /* c carries g's streams from now on; streams c opens or accepts join g.
- * NULL detaches (c's streams then end with c, as in protocol v1). */
+ * NULL detaches (c's streams then end with c, as in protocol v1). Several
+ * sessions may carry one group (a lease's tunnels); tun_group_free detaches
+ * them all. */
 void tun_conn_set_group(struct tun_conn *c, struct tun_group *g);
 
 /* Streams held now, waiting for a tunnel. */

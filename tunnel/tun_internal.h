@@ -159,6 +159,7 @@ struct tun_conn {
 	int in_throttled;      /* over sock_in_max: sockets read TUN_SOCK_IN_FLOOR at most */
 	enum tc_state st;
 	struct tun_group *group; /* see tun_group.h; NULL: protocol v1 semantics */
+	struct tun_conn *gnext, *gprev; /* the other sessions carrying group */
 	struct tun_stream *linger; /* ended streams waiting for a PING barrier */
 	uint64_t ping_seq;       /* last barrier PING's payload */
 	uint64_t barrier_out;    /* a barrier PING in flight, 0 if none */
@@ -185,7 +186,9 @@ struct tun_group {
 	struct tun_group_opts opts;
 	char logctx[192];
 	char lease[TUN_CTL_LEASE_MAX];
-	struct tun_conn *conn;    /* the session carrying it now */
+	/* The sessions carrying it now (tun_conn.gnext), NULL: none. A sidecar
+	 * with several tunnels to its lease has one group over all of them. */
+	struct tun_conn *conn;
 	struct tun_stream *held;  /* streams waiting for a tunnel */
 	size_t nheld;
 	/* Streams complete at both ends when the tunnel died (the peer has
