@@ -1449,6 +1449,7 @@ static void reg_join(struct fleet_reg *g)
 	const char *token = tun_ctl_join_token(g->m.resume);
 	struct relay_tunnel *t = g->t;
 	char digest[FL_DIGEST_HEX], key[FL_KEY_MAX], tname[64], idkey[RELAY_IDKEY_MAX];
+	struct tun_ctl_msg m = g->m;
 	struct relay_lease *l = NULL;
 	struct fl_kv *kv;
 	struct fl_lease fl;
@@ -1475,7 +1476,7 @@ static void reg_join(struct fleet_reg *g)
 	snprintf(idkey, sizeof(idkey), "%s", g->idkey);
 	reg_free(g); /* t->freg cleared */
 	if (t)
-		relay_tunnel_join(t, l ? relay_lease_data(l) : NULL, proven, tname, idkey);
+		relay_tunnel_join(t, l ? relay_lease_data(l) : NULL, proven, &m, tname, idkey);
 }
 
 static void reg_go(struct fleet_reg *g)

@@ -148,6 +148,7 @@ struct relay_tunnel {
 	struct relay_lease_ext *lx;
 	struct relay_tunnel *lnext; /* the next tunnel of lx */
 	int joined;          /* it joined lx (another tunnel registered it) */
+	uint32_t tid;        /* its id in lease messages ("tunnel"), random, nonzero */
 	struct event *timer; /* handshake + register deadline */
 	int open_after_lease; /* streams wait until the lease message has gone */
 	struct sockaddr_storage addr;
@@ -332,9 +333,10 @@ void relay_tunnel_attach(struct relay_tunnel *t, struct relay_lease_ext *lx, int
  * proven says its proof matched the lease's resume token (current or
  * previous; relay_join_proven, or the fleet's digests). Checks the identity
  * and tenant and the tunnels per lease, then attaches t beside the lease's
- * other tunnels (no new token); or answers "join_refused". */
+ * other tunnels (no new token); or answers "join_refused". A tunnel of lx
+ * that m->replaces ends first, its streams held for t. */
 void relay_tunnel_join(struct relay_tunnel *t, struct relay_lease_ext *lx, int proven,
-		       const char *tname, const char *idkey);
+		       const struct tun_ctl_msg *m, const char *tname, const char *idkey);
 /* 1 if resume (a register's) is a join proof for lx's token, current or
  * previous; both compared in constant time. */
 int relay_join_proven(const struct relay_lease_ext *lx, const char *resume);

@@ -209,6 +209,8 @@ static void attach_as(struct relay_tunnel *t, struct relay_lease_ext *lx, int fr
 	lx->detached_us = 0;
 	t->lx = lx;
 	t->joined = join;
+	while (!t->tid)
+		t->tid = sr_rand_below(UINT32_MAX);
 	r->nregistered++;
 	relay_lease_attach(lx->lease);
 	if (r->fleet)
@@ -226,6 +228,7 @@ static void attach_as(struct relay_tunnel *t, struct relay_lease_ext *lx, int fr
 	/* A joined tunnel leaves the token where the first one put it. */
 	if (join)
 		m.resume[0] = '\0';
+	m.tunnel = t->tid;
 	m.streams = (uint32_t)tun_group_held(lx->group);
 	if (tun_conn_send_ctl(t->conn, &m) != 0) {
 		if (fresh) {
@@ -422,9 +425,10 @@ int relay_join_proven(const struct relay_lease_ext *lx, const char *resume)
 }
 
 void relay_tunnel_join(struct relay_tunnel *t, struct relay_lease_ext *lx, int proven,
-		       const char *tname, const char *idkey)
+		       const struct tun_ctl_msg *m, const char *tname, const char *idkey)
 {
 	struct relay *r = t->relay;
+	struct relay_tunnel *old = NULL;
 
 	if (!lx || !proven || strcmp(lx->idkey, idkey) != 0 ||
 	    strcmp(lx->tenant_name, tname) != 0) {
@@ -433,6 +437,19 @@ void relay_tunnel_join(struct relay_tunnel *t, struct relay_lease_ext *lx, int p
 		relay_refuse(r, RELAY_REFUSE_REG_RESUME);
 		relay_tunnel_error(t, "join_refused", "no lease to join for this token");
 		return;
+	}
+	/* The sidecar lost this tunnel (its PING timeout, say) and we have
+	 * not noticed yet: its streams wait to resume on the new one, which
+	 * they can only once the old one has handed them to the group. */
+	for (struct relay_tunnel *o = lx->tunnel; o && m->replaces; o = o->lnext)
+		if (o->tid == m->replaces)
+			old = o;
+	if (old) {
+		SR_WARN(old->ctx, "its sidecar lost this tunnel and replaces it with a new one "
+				  "from peer=%s; closing this one",
+			t->peer);
+		relay_tunnel_unlink_lease(old);
+		tun_conn_close_hold(old->conn, SR_ECLOSED);
 	}
 	if (lx->ntunnels >= RELAY_LEASE_TUNNELS_MAX) {
 		char why[96];
@@ -635,7 +652,7 @@ static void on_register(struct relay_tunnel *t, const struct tun_ctl_msg *m)
 	else if (m->join[0]) {
 		struct relay_lease *l = relay_find_id(r, m->join);
 		struct relay_lease_ext *lx = l ? relay_lease_data(l) : NULL;
-		relay_tunnel_join(t, lx, relay_join_proven(lx, m->resume), tname, idkey);
+		relay_tunnel_join(t, lx, relay_join_proven(lx, m->resume), m, tname, idkey);
 	} else if (m->resume[0])
 		reg_resume(t, m, tname, idkey);
 	else

@@ -63,6 +63,8 @@ struct sc_slot {
 	struct tun_endpoint *ep;  /* the tunnel being dialled, or up */
 	char dial_peer[SR_ADDRSTRLEN];
 	char lost_peer[SR_ADDRSTRLEN]; /* the relay of this slot's last tunnel */
+	uint32_t tid;      /* this tunnel's id at its relay (the lease's "tunnel") */
+	uint32_t lost_tid; /* the last tunnel's, if it held the lease; 0: none */
 	struct event *backoff_timer;
 	unsigned attempt;
 	struct tun_conn *tun;
@@ -185,6 +187,10 @@ static void send_register(struct tun_conn *c, void *arg)
 			return;
 		}
 		snprintf(m.join, sizeof(m.join), "%s", s->lease.lease);
+		/* The relay may not have seen it die yet: its streams resume
+		 * here only once the relay lets go of it. */
+		if (p->lost_tid && strcmp(p->dial_peer, p->lost_peer) == 0)
+			m.replaces = p->lost_tid;
 		p->joining = 1;
 	} else if (slot_registering(s, p)) {
 		/* Another tunnel asks for the lease now: this one joins it
@@ -344,6 +350,8 @@ static void on_joined(struct sidecar *s, struct sc_slot *p, struct tun_conn *c,
 		return;
 	}
 	p->tun_leased = 1;
+	p->tid = m->tunnel;
+	p->lost_tid = 0;
 	p->state = SC_LEASED;
 	p->attempt = 0;
 	lease_links(s);
@@ -409,6 +417,8 @@ static void on_lease(struct sidecar *s, struct sc_slot *p, struct tun_conn *c,
 	if (old.have_lease && strcmp(old.lease, m->lease) != 0)
 		tun_group_reset(s->group, TUN_LOST_ENDED); /* they were the old lease's */
 	p->tun_leased = 1;
+	p->tid = m->tunnel;
+	p->lost_tid = 0;
 	s->lease.have_lease = 1;
 	snprintf(s->lease.lease, sizeof(s->lease.lease), "%s", m->lease);
 	snprintf(s->lease.host, sizeof(s->lease.host), "%s", m->host);
@@ -656,8 +666,12 @@ static void on_closed(struct tun_endpoint *ep, int err, const char *why_ep, void
 	tun_endpoint_free(ep);
 	p->ep = NULL;
 	p->tun = NULL;
-	if (was_up)
+	if (was_up) {
 		snprintf(p->lost_peer, sizeof(p->lost_peer), "%s", p->dial_peer);
+		if (was_leased)
+			p->lost_tid = p->tid;
+		p->tid = 0;
+	}
 	/* Its session handed its open streams to the group when it failed;
 	 * which were whose is not kept, so the last tunnel lost with streams
 	 * held is taken for theirs. */

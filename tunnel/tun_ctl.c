@@ -404,6 +404,9 @@ static int ctl_parse_obj(json_t *root, struct tun_ctl_msg *msg, char *err, size_
 					  RULE_RESUME, err, errlen)) < 0 ||
 		    (rc = ctl_get_str(root, "join", msg->join, sizeof(msg->join), 0, 0, err,
 				      errlen)) < 0 ||
+		    (json_object_get(root, "replaces") &&
+		     (rc = ctl_get_u32(root, "replaces", UINT32_MAX, &msg->replaces, err,
+				       errlen)) < 0) ||
 		    (msg->join[0] &&
 		     ((rc = ctl_check_field("join", tun_ctl_valid_lease_id(msg->join), RULE_LEASE,
 					    err, errlen)) < 0 ||
@@ -426,6 +429,9 @@ static int ctl_parse_obj(json_t *root, struct tun_ctl_msg *msg, char *err, size_
 		    (json_object_get(root, "streams") &&
 		     (rc = ctl_get_u32(root, "streams", TUN_CTL_STREAMS_MAX, &msg->streams, err,
 				       errlen)) < 0) ||
+		    (json_object_get(root, "tunnel") &&
+		     (rc = ctl_get_u32(root, "tunnel", UINT32_MAX, &msg->tunnel, err, errlen)) <
+			 0) ||
 		    (rc = ctl_get_str(root, "resume", msg->resume, sizeof(msg->resume), 1, 0,
 				      err, errlen)) < 0 ||
 		    (rc = ctl_check_field("resume",
@@ -548,6 +554,8 @@ static int ctl_build_register(const struct tun_ctl_msg *msg, json_t *root)
 		return rc;
 	if (msg->join[0] != '\0' && (rc = ctl_set_str(root, "join", msg->join)) < 0)
 		return rc;
+	if (msg->replaces && (rc = ctl_set_int(root, "replaces", msg->replaces)) < 0)
+		return rc;
 	return 0;
 }
 
@@ -583,7 +591,8 @@ static int ctl_build_lease(const struct tun_ctl_msg *msg, json_t *root)
 	    (rc = ctl_set_str(root, "host", msg->host)) < 0 ||
 	    (rc = ctl_set_int(root, "ttl", msg->ttl_s)) < 0 ||
 	    (rc = ctl_set_str(root, "resume", msg->resume)) < 0 ||
-	    (msg->streams && (rc = ctl_set_int(root, "streams", msg->streams)) < 0))
+	    (msg->streams && (rc = ctl_set_int(root, "streams", msg->streams)) < 0) ||
+	    (msg->tunnel && (rc = ctl_set_int(root, "tunnel", msg->tunnel)) < 0))
 		return rc;
 	return 0;
 }

@@ -25,7 +25,10 @@
  *   sidecar -> relay   "join":"L-..", "resume":"join_<resume token>"
  * The relay attaches the tunnel to that lease without giving it a new resume
  * token (the "lease" answer has "resume":""), and refuses with error
- * "join_refused". The token hides behind TUN_CTL_JOIN_PREFIX so that a relay
+ * "join_refused". Every "lease" names its tunnel ("tunnel":N, relay-chosen,
+ * nonzero); a join that replaces a tunnel the sidecar lost to the same relay
+ * says "replaces":N, and the relay ends that tunnel first if it still has it
+ * (its PING timeout not fired yet), so that its streams resume on the new one. The token hides behind TUN_CTL_JOIN_PREFIX so that a relay
  * that predates joins (it ignores "join") looks it up as a resume token,
  * finds none and answers "unknown_lease": it never resumes the lease, which
  * would give it a new token and close the sidecar's first tunnel.
@@ -120,6 +123,8 @@ struct tun_ctl_msg {
 	char token[TUN_CTL_TOKEN_MAX];   /* bearer token, "" if none */
 	char resume[TUN_CTL_RESUME_MAX]; /* register: token to resume, lease: new token */
 	char join[TUN_CTL_LEASE_MAX];    /* register: the lease to join, "" if none */
+	uint32_t replaces; /* register (a join): the tunnel it replaces, 0: none */
+	uint32_t tunnel;   /* lease: this tunnel's id at the relay, 0: none (older relay) */
 	/* lease */
 	char lease[TUN_CTL_LEASE_MAX];
 	char host[TUN_CTL_HOST_MAX];

@@ -10,6 +10,9 @@
     relay sees it (a resume token it never made) is refused and changes
     nothing: the lease keeps its tunnels, ports and resume token; a join
     with the right token adds a tunnel and does not rotate the token;
+  - a tunnel whose path goes silent: the sidecar's PING timeout fires first,
+    its replacement joins naming the tunnel it replaces, the relay ends that
+    one at once and its streams resume on the replacement byte-exact;
   - an older relay (played by a fake one that answers a join as an unknown
     resume token): the sidecar keeps its one tunnel, says so once and does
     not dial again;
@@ -25,6 +28,7 @@ Each measured number is logged with the prefix "measured:"."""
 import json
 import os
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -287,6 +291,124 @@ class OneRelayTest(unittest.TestCase):
 
 def H_count(proc, needle):
     return proc.log_text().count(needle)
+
+
+class FreezingProxy:
+    """TCP proxy 127.0.0.1:port -> target; freeze() stops every connection
+    through it now (nothing more read, written or closed either way): a
+    path that went silent, as a dead NAT entry or a cut cable leaves it.
+    Connections made later pass normally."""
+
+    def __init__(self, target):
+        self.target = target
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(16)
+        self.port = self.ls.getsockname()[1]
+        self.pairs = []
+        self.stop_ev = threading.Event()
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        self.ls.settimeout(0.2)
+        while not self.stop_ev.is_set():
+            try:
+                a, _ = self.ls.accept()
+            except OSError:
+                continue
+            try:
+                b = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                a.close()
+                continue
+            pair = {"socks": (a, b), "frozen": False}
+            with self.lock:
+                self.pairs.append(pair)
+            for src, dst in ((a, b), (b, a)):
+                threading.Thread(target=self._pump, args=(pair, src, dst), daemon=True).start()
+
+    def _pump(self, pair, src, dst):
+        src.settimeout(0.1)
+        while not self.stop_ev.is_set():
+            if pair["frozen"]:
+                time.sleep(0.1)
+                continue
+            try:
+                data = src.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                data = b""
+            if pair["frozen"]:
+                continue  # read before the freeze: dropped, as on a dead path
+            try:
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def freeze(self):
+        with self.lock:
+            for pair in self.pairs:
+                pair["frozen"] = True
+            return len(self.pairs)
+
+    def close(self):
+        self.stop_ev.set()
+        self.ls.close()
+        with self.lock:
+            for pair in self.pairs:
+                for x in pair["socks"]:
+                    x.close()
+
+
+class StaleTunnelTest(unittest.TestCase):
+    """The sidecar gives up on a tunnel whose path went silent (its PING
+    timeout) before the relay does: the replacement joins naming the tunnel
+    it replaces, and the relay ends that one first, so that its streams
+    resume on the replacement instead of waiting for the relay's own
+    timeout."""
+
+    def test_replaced_tunnel_streams_resume(self):
+        st = H.Stack(self.id(), relay_overrides={"relay": {"h2": {
+            "ping_interval_ms": 10000, "ping_timeout_ms": 30000}}})
+        self.addCleanup(lambda: self.assertEqual(st.stop(), []))
+        st.pool_base = H.pick_pool_base()
+        st.start_relay()
+        proxy = FreezingProxy(("127.0.0.1", st.relay_port))
+        self.addCleanup(proxy.close)
+        st.tunnel_overrides = {"tunnel": {
+            "connections": 2,
+            "relays": ["127.0.0.1:%d" % proxy.port, "127.0.0.1:%d" % st.relay_port],
+            "h2": {"ping_interval_ms": 300, "ping_timeout_ms": 1500}}}
+        st.start_tunnel()
+        wait_for(lambda: st.tunnel.grep("joined the lease: 2 tunnels"), 10,
+                 "the second tunnel joining")
+        st.start_driver()
+        socks = [st.executor() for _ in range(8)]
+        load = EchoLoad(socks, 20).start()
+        try:
+            wait_for(lambda: min(load.rounds) >= 2, 20, "echo rounds on every connection")
+            done = list(load.rounds)
+            self.assertEqual(proxy.freeze(), 1)
+            t0 = time.monotonic()
+            # every connection echoes again within 10 s (the relay's own
+            # PING timeout is 30 s), byte-exact
+            wait_for(lambda: all(r >= d + 3 for r, d in zip(load.rounds, done)) or load.errors,
+                     10, "echo rounds on every connection after the path froze")
+            self.assertEqual(load.errors, [])
+            H.log("measured: every connection echoing again %.2f s after the path froze "
+                  "(sidecar PING timeout 1.5 s)" % (time.monotonic() - t0))
+            self.assertTrue(st.relay.grep("its sidecar lost this tunnel and replaces it"))
+            self.assertTrue(re.search(r"resumed [1-9]\d* streams", st.relay.log_text()))
+        finally:
+            errors = load.finish()
+        self.assertEqual(errors, [])
+        l2 = H.read_spark_json(st.spark_json)
+        self.assertEqual((l2["lease"], l2["ports"]), (st.lease["lease"], st.lease["ports"]))
 
 
 class OldRelayTest(unittest.TestCase):

@@ -159,7 +159,29 @@ static void test_join(void **state)
 	assert_string_equal(out.join, "L-7-0badcafe");
 	assert_string_equal(out.resume, "join_abc123");
 	assert_string_equal(tun_ctl_join_token(out.resume), "abc123");
+	assert_int_equal(out.replaces, 0);
 	json_decref(body);
+
+	/* The tunnel it replaces (any u32), and a lease's tunnel id. */
+	in.replaces = UINT32_MAX;
+	body = round_trip(&in, &out);
+	assert_keys(body, (const char *const[]){"v", "type", "app", "roles", "resume", "join",
+						"replaces", NULL});
+	assert_int_equal(out.replaces, UINT32_MAX);
+	json_decref(body);
+	expect_fail("{\"v\":2,\"type\":\"register\",\"app\":\"a\",\"roles\":[\"driver\"],"
+		    "\"join\":\"L-1\",\"resume\":\"join_abc\",\"replaces\":-1}",
+		    SR_EPROTO, "field \"replaces\": must be an integer");
+	expect_fail("{\"v\":2,\"type\":\"register\",\"app\":\"a\",\"roles\":[\"driver\"],"
+		    "\"join\":\"L-1\",\"resume\":\"join_abc\",\"replaces\":4294967296}",
+		    SR_EPROTO, "field \"replaces\": must be an integer");
+	expect_ok("{\"v\":2,\"type\":\"lease\",\"lease\":\"L-1\",\"host\":\"h\","
+		  "\"ports\":{\"driver\":1},\"ttl\":1,\"resume\":\"\",\"tunnel\":7}",
+		  &out);
+	assert_int_equal(out.tunnel, 7);
+	expect_fail("{\"v\":2,\"type\":\"lease\",\"lease\":\"L-1\",\"host\":\"h\","
+		    "\"ports\":{\"driver\":1},\"ttl\":1,\"resume\":\"\",\"tunnel\":\"7\"}",
+		    SR_EPROTO, "field \"tunnel\": must be an integer");
 
 	/* The proof's rules: a token of the resume alphabet that fits. */
 	assert_null(tun_ctl_join_token("abc123"));
