@@ -247,7 +247,7 @@ class OneRelayTest(unittest.TestCase):
         m = fs.read_ctl(5.0)
         return fs, m
 
-    def test_joins_refused_and_one_accepted(self):
+    def test_joins_refused_accepted_and_bounded(self):
         lease = self.stack.lease
         wait_for(lambda: self.tunnels_of_lease() == 2, 10, "the second tunnel joining")
         token = state_token(self.stack.dir)
@@ -273,20 +273,33 @@ class OneRelayTest(unittest.TestCase):
         self.stack.start_driver()
         ok, why = echo_exchange(self.stack.executor(), 5, 64 * 1024)
         self.assertTrue(ok, why)
-        # the right token joins (same lease, same ports, no new token)
-        fs, m = self.join_as_fake(lease["lease"], "join_" + token)
+        # the right token joins (same lease, same ports, no new token), up
+        # to 4 tunnels per lease on a relay
+        fakes = []
         try:
-            self.assertEqual(m.get("type"), "lease", m)
-            self.assertEqual(m["lease"], lease["lease"])
-            self.assertEqual({k: str(v) for k, v in m["ports"].items()},
-                             {k: str(v) for k, v in lease["ports"].items()})
-            self.assertEqual(m["resume"], "")
-            self.assertEqual(self.tunnels_of_lease(), 3)
+            for n in (3, 4):
+                fs, m = self.join_as_fake(lease["lease"], "join_" + token)
+                fakes.append(fs)
+                self.assertEqual(m.get("type"), "lease", m)
+                self.assertEqual(m["lease"], lease["lease"])
+                self.assertEqual({k: str(v) for k, v in m["ports"].items()},
+                                 {k: str(v) for k, v in lease["ports"].items()})
+                self.assertEqual(m["resume"], "")
+                self.assertGreater(m["tunnel"], 0)
+                self.assertEqual(self.tunnels_of_lease(), n)
+            fs, m = self.join_as_fake(lease["lease"], "join_" + token)
+            fakes.append(fs)
+            self.assertEqual((m.get("type"), m.get("code")), ("error", "join_refused"), m)
+            self.assertIn("4 tunnels", m.get("message", ""))
+            self.assertEqual(self.tunnels_of_lease(), 4)
         finally:
-            fs.close()
-        wait_for(lambda: self.tunnels_of_lease() == 2, 10, "the fake tunnel gone")
+            for fs in fakes:
+                fs.close()
+        wait_for(lambda: self.tunnels_of_lease() == 2, 10, "the fake tunnels gone")
         self.assertEqual(state_token(self.stack.dir), token)
-        self.assertEqual(metrics(self.relay)["sparkrelay_leases_joined_total"], 2)
+        self.assertEqual(metrics(self.relay)["sparkrelay_leases_joined_total"], 3)
+        ok, why = echo_exchange(self.stack.executor(), 6, 64 * 1024)
+        self.assertTrue(ok, why)
 
 
 def H_count(proc, needle):
