@@ -21,7 +21,9 @@
     that holds tunnels: executor connections through the other two
     continue byte-exact, new connections through the survivors succeed
     within 2 s, the sidecars dial replacements, no lease or port changes;
-    the killed relay restarted serves the leases again.
+    the killed relay restarted serves the leases again; one tunnel's TCP
+    connection reset (its relay alive): the replacement rejoins that relay
+    and the streams through it, direct or carried there, resume byte-exact.
 
 Each measured number is logged with the prefix "measured:"."""
 
@@ -628,6 +630,49 @@ class FleetTwoTunnelsTest(unittest.TestCase):
         H.log("measured: the restarted relay served both leases %.2f s after its start"
               % (time.monotonic() - t0))
         for (scn, fid), s in conns.items():
+            s.close()
+
+    def test_a_reset_tunnel_resumes_on_its_replacement(self):
+        """One tunnel's TCP connection reset, its relay alive: the
+        replacement goes back to that relay, joins, and the streams it
+        carried (direct, and carried there from another relay) resume."""
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        c = self.start_relay("relay-c", HOSTS[2])
+        sc = self.start_sidecar("sc1", (a, b, c))
+        lease = self.lease_of(sc)
+        port = int(lease["ports"]["driver"])
+        wait_for(lambda: sc.grep("joined the lease: 2 tunnels"), 15, "the second tunnel")
+        self.driver = H.Driver({"driver": port})
+        self.driver.start()
+        socks = []
+        for r in (a, b, c):
+            for _ in range(2):
+                socks.append(wait_for(lambda: try_connect(r.host, port), 10,
+                                      "connect via %s" % r.fid))
+        load = EchoLoad(socks, 50).start()
+        try:
+            wait_for(lambda: min(load.rounds) >= 2 or load.errors, 20, "echo rounds")
+            self.assertEqual(load.errors, [])
+            done = list(load.rounds)
+            out = subprocess.run(["ss", "-K", "dst", a.host, "dport", "=", ":%d" % a.port],
+                                 capture_output=True, text=True, timeout=10).stdout
+            self.assertIn("ESTAB", out)
+            t0 = time.monotonic()
+            wait_for(lambda: all(r >= d + 3 for r, d in zip(load.rounds, done)) or
+                     load.errors, 20, "echo rounds on every connection after the reset")
+            self.assertEqual(load.errors, [])
+            H.log("measured: every connection echoing again %.2f s after one of two "
+                  "tunnels was reset" % (time.monotonic() - t0))
+        finally:
+            errors = load.finish()
+        self.assertEqual(errors, [])
+        self.assertTrue(re.search(r"resumed [1-9]\d* streams", a.log_text()),
+                        "relay-a resumed no stream")
+        self.assertFalse(sc.grep("resuming lease"))
+        l2 = H.read_spark_json(sc.spark_json)
+        self.assertEqual((l2["lease"], l2["ports"]), (lease["lease"], lease["ports"]))
+        for s in socks:
             s.close()
 
 
