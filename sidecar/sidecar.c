@@ -95,9 +95,6 @@ struct sidecar {
 	/* The driver connections, which outlive a tunnel (tunnel/tun_group.h);
 	 * every tunnel of the lease carries them. */
 	struct tun_group *group;
-	/* The relay of the last tunnel that left driver connections held:
-	 * its replacement tries it first (they resume only there). */
-	char held_from[SR_ADDRSTRLEN];
 	char resume[TUN_CTL_RESUME_MAX]; /* from the last lease or the state file */
 	struct sidecar_lease_info lease;
 	int shutting_down;
@@ -149,6 +146,21 @@ static int slot_registering(const struct sidecar *s, const struct sc_slot *excep
 			return 1;
 	}
 	return 0;
+}
+
+/* Which relay a driver connection came through (tun_conn_set_origin), so
+ * that a relay's resume (its "streams" count) concerns only the connections
+ * whose other end it has: a hash of its address, never 0. One tunnel: 0
+ * (every held connection is that relay's). */
+static uint32_t slot_origin(const struct sidecar *s, const char *addr)
+{
+	uint32_t h = 2166136261u; /* FNV-1a */
+
+	if (s->nslots == 1)
+		return 0;
+	for (const unsigned char *c = (const unsigned char *)addr; *c; c++)
+		h = (h ^ *c) * 16777619u;
+	return h ? h : 1;
 }
 
 /* lease.connected and lease.tunnels follow the slots. */
@@ -359,11 +371,7 @@ static void on_joined(struct sidecar *s, struct sc_slot *p, struct tun_conn *c,
 		 p->dial_peer);
 	tun_conn_set_logctx(c, ctx);
 	tun_conn_set_group(c, s->group);
-	/* Held connections resume only on their own relay: a relay that has
-	 * none of them (streams 0) says nothing about those held for
-	 * another, which wait for it (or for resume_hold_s). */
-	if (m->streams || strcmp(p->dial_peer, s->held_from) == 0)
-		tun_group_expect(s->group, m->streams);
+	tun_group_expect_on(s->group, c, m->streams);
 	SR_INFO(ctx, "joined the lease: %u tunnels carry it now", s->lease.tunnels);
 	kick_idle(s);
 }
@@ -436,7 +444,7 @@ static void on_lease(struct sidecar *s, struct sc_slot *p, struct tun_conn *c,
 	tun_conn_set_group(c, s->group);
 	tun_group_set_logctx(s->group, ctx);
 	tun_group_set_lease(s->group, m->lease);
-	tun_group_expect(s->group, m->streams);
+	tun_group_expect_on(s->group, c, m->streams);
 
 	changed = !old.have_lease || strcmp(old.lease, s->lease.lease) != 0 ||
 		  memcmp(old.ports, s->lease.ports, sizeof(old.ports)) != 0 ||
@@ -672,11 +680,6 @@ static void on_closed(struct tun_endpoint *ep, int err, const char *why_ep, void
 			p->lost_tid = p->tid;
 		p->tid = 0;
 	}
-	/* Its session handed its open streams to the group when it failed;
-	 * which were whose is not kept, so the last tunnel lost with streams
-	 * held is taken for theirs. */
-	if (was_leased && tun_group_held(s->group))
-		snprintf(s->held_from, sizeof(s->held_from), "%s", p->dial_peer);
 	if (!was_up) {
 		dial_next(p);
 		return;
@@ -753,6 +756,7 @@ static void on_up(struct tun_endpoint *ep, void *arg)
 	snprintf(ctx, sizeof(ctx), "relay=%s", p->dial_peer);
 	p->tun = tun_endpoint_conn(ep);
 	tun_conn_set_logctx(p->tun, ctx);
+	tun_conn_set_origin(p->tun, slot_origin(s, p->dial_peer));
 	SR_INFO(ctx, "connected (TLS 1.3, h2); registering app \"%s\"", s->o->app_name);
 	p->registered = p->tun_leased = p->release_sent = p->joining = 0;
 	p->tun_up_us = sr_now_us();
@@ -773,23 +777,26 @@ static int is_ip_literal(const char *h)
 	return sr_parse_addr(h, 1, &ss, &len) == 0;
 }
 
-/* How much p wants the relay at address a, lower first: the relay that
- * holds our waiting driver connections (only it can resume them), then
- * relays no other tunnel uses, the one this slot just lost (it may be
- * dead), and last the relays of the other tunnels (with one relay only,
- * every tunnel goes to it). */
+/* How much p wants the relay at address a, lower first: a relay that holds
+ * waiting driver connections of ours (only it can resume them) and that no
+ * other tunnel uses, then relays no other tunnel uses, the one this slot
+ * just lost (it may be dead), and last the relays of the other tunnels
+ * (with one relay only, every tunnel goes to it). One tunnel: discovery's
+ * order, as it always was. */
 #define SC_RANKS 4
 static int addr_rank(const struct sc_slot *p, const char *a)
 {
 	const struct sidecar *s = p->s;
 
-	if (tun_group_held(s->group) && strcmp(a, s->held_from) == 0)
+	if (s->nslots == 1)
 		return 0;
 	for (unsigned i = 0; i < s->nslots; i++) {
 		const struct sc_slot *q = &s->slots[i];
 		if (q != p && q->ep && strcmp(q->dial_peer, a) == 0)
 			return 3;
 	}
+	if (tun_group_held_from(s->group, slot_origin(s, a)))
+		return 0;
 	return strcmp(a, p->lost_peer) == 0 ? 2 : 1;
 }
 

@@ -1296,6 +1296,11 @@ void tun_conn_start(struct tun_conn *c)
 	tun_conn_flush(c);
 }
 
+void tun_conn_set_origin(struct tun_conn *c, uint32_t origin)
+{
+	c->origin = origin;
+}
+
 /* c off its group's list of sessions (c->group stays). */
 static void group_unlink(struct tun_conn *c)
 {

@@ -528,12 +528,12 @@ class FleetTwoTunnelsTest(unittest.TestCase):
                      p.grep("lease table read from etcd"), 20, "fleet registration")
         return p
 
-    def start_sidecar(self, name, relays):
+    def start_sidecar(self, name, relays, connections=2, more=None):
         workdir = os.path.join(self.dir, name)
         os.makedirs(workdir, exist_ok=True)
-        cfg = H.tunnel_config(relays[0].port, workdir, {"tunnel": {
+        cfg = H.tunnel_config(relays[0].port, workdir, H.deep_merge({"tunnel": {
             "relays": ["%s:%d" % (r.host, r.port) for r in relays],
-            "server_name": "localhost", "connections": 2, "app": name}})
+            "server_name": "localhost", "connections": connections, "app": name}}, more))
         path = H.write_config(os.path.join(self.dir, name + ".json"), cfg)
         p = H.Proc(name, [H.BIN, "tunnel", "--config", path], self.dir).start()
         p.workdir_ = workdir
@@ -636,6 +636,50 @@ class FleetTwoTunnelsTest(unittest.TestCase):
         """One tunnel's TCP connection reset, its relay alive: the
         replacement goes back to that relay, joins, and the streams it
         carried (direct, and carried there from another relay) resume."""
+        self.reset_and_resume(("relay-a",))
+
+    def test_both_tunnels_reset_resume_each_on_its_relay(self):
+        """Both tunnels reset at once (the notebook's network blinked): one
+        resumes the lease, the other joins, each on the relay it had, and
+        every stream resumes (a relay's resume concerns only the streams
+        whose other end it has: connection ids are per relay)."""
+        self.reset_and_resume(("relay-a", "relay-b"))
+
+    def test_a_resume_through_etcd_sends_the_resumed_streams_at_once(self):
+        """One tunnel (connections 1) reset: the sidecar resumes on the same
+        relay, whose answer waits for etcd; the held streams it reopens then
+        must leave at once, not with the next thing the sidecar sends (its
+        PING, 5 s here)."""
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        sc = self.start_sidecar("sc1", (a, b), connections=1, more={"tunnel": {"h2": {
+            "ping_interval_ms": 5000, "ping_timeout_ms": 15000}}})
+        lease = self.lease_of(sc)
+        port = int(lease["ports"]["driver"])
+        self.driver = H.Driver({"driver": port})
+        self.driver.start()
+        socks = [wait_for(lambda: try_connect(a.host, port), 10, "connect") for _ in range(4)]
+        load = EchoLoad(socks, 70).start()
+        try:
+            wait_for(lambda: min(load.rounds) >= 2 or load.errors, 20, "echo rounds")
+            done = list(load.rounds)
+            out = subprocess.run(["ss", "-K", "dst", a.host, "dport", "=", ":%d" % a.port],
+                                 capture_output=True, text=True, timeout=10).stdout
+            self.assertIn("ESTAB", out)
+            t0 = time.monotonic()
+            wait_for(lambda: all(r >= d + 2 for r, d in zip(load.rounds, done)) or
+                     load.errors, 20, "echo rounds after the reset")
+            took = time.monotonic() - t0
+        finally:
+            errors = load.finish()
+        self.assertEqual(errors, [])
+        self.assertTrue(a.grep("resumed in the fleet"))
+        H.log("measured: streams resumed through a fleet resume %.2f s after the reset" % took)
+        self.assertLess(took, 4.0, "the resumed streams waited for the sidecar's PING")
+        for s in socks:
+            s.close()
+
+    def reset_and_resume(self, cut):
         a = self.start_relay("relay-a", HOSTS[0])
         b = self.start_relay("relay-b", HOSTS[1])
         c = self.start_relay("relay-c", HOSTS[2])
@@ -655,21 +699,28 @@ class FleetTwoTunnelsTest(unittest.TestCase):
             wait_for(lambda: min(load.rounds) >= 2 or load.errors, 20, "echo rounds")
             self.assertEqual(load.errors, [])
             done = list(load.rounds)
-            out = subprocess.run(["ss", "-K", "dst", a.host, "dport", "=", ":%d" % a.port],
-                                 capture_output=True, text=True, timeout=10).stdout
-            self.assertIn("ESTAB", out)
+            relays = {r.fid: r for r in (a, b, c)}
+            argv = ["ss", "-K"]
+            for i, fid in enumerate(cut):
+                argv += (["or"] if i else []) + ["(", "dst", relays[fid].host, "dport", "=",
+                                                 ":%d" % relays[fid].port, ")"]
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
+            self.assertGreaterEqual(out.count("ESTAB"), len(cut), out)
             t0 = time.monotonic()
             wait_for(lambda: all(r >= d + 3 for r, d in zip(load.rounds, done)) or
                      load.errors, 20, "echo rounds on every connection after the reset")
             self.assertEqual(load.errors, [])
-            H.log("measured: every connection echoing again %.2f s after one of two "
-                  "tunnels was reset" % (time.monotonic() - t0))
+            H.log("measured: every connection echoing again %.2f s after %d of two "
+                  "tunnels were reset" % (time.monotonic() - t0, len(cut)))
         finally:
             errors = load.finish()
         self.assertEqual(errors, [])
-        self.assertTrue(re.search(r"resumed [1-9]\d* streams", a.log_text()),
-                        "relay-a resumed no stream")
-        self.assertFalse(sc.grep("resuming lease"))
+        for fid in cut:
+            self.assertTrue(re.search(r"resumed [1-9]\d* streams", relays[fid].log_text()),
+                            "%s resumed no stream" % fid)
+        self.assertFalse(sc.grep("stream lost"))
+        if len(cut) == 1:
+            self.assertFalse(sc.grep("resuming lease"))
         l2 = H.read_spark_json(sc.spark_json)
         self.assertEqual((l2["lease"], l2["ports"]), (lease["lease"], lease["ports"]))
         for s in socks:
