@@ -9,7 +9,8 @@
   - a join with a wrong token, for another lease, or in the form an older
     relay sees it (a resume token it never made) is refused and changes
     nothing: the lease keeps its tunnels, ports and resume token; a join
-    with the right token adds a tunnel and does not rotate the token;
+    with the right token adds a tunnel and does not rotate the token, up to
+    4 tunnels per lease on a relay;
   - a tunnel whose path goes silent: the sidecar's PING timeout fires first,
     its replacement joins naming the tunnel it replaces, the relay ends that
     one at once and its streams resume on the replacement byte-exact;
@@ -23,7 +24,11 @@
     within 2 s, the sidecars dial replacements, no lease or port changes;
     the killed relay restarted serves the leases again; one tunnel's TCP
     connection reset (its relay alive): the replacement rejoins that relay
-    and the streams through it, direct or carried there, resume byte-exact.
+    and the streams through it, direct or carried there, resume byte-exact;
+    both tunnels reset at once: each relay resumes its own streams (ids are
+    per relay), none is lost; one tunnel (connections 1) reset: the streams
+    a resume through etcd reopens leave at once, not with the sidecar's
+    next PING.
 
 Each measured number is logged with the prefix "measured:"."""
 
