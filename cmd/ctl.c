@@ -559,6 +559,7 @@ static const struct col lease_cols[] = {
     {"HOST", "host", F_STR, NULL, 0},
     {"PORTS", "ports", F_PORTS, NULL, 0},
     {"ATTACHED", "attached", F_BOOL, NULL, 0},
+    {"TUNNELS", "tunnels", F_INT, NULL, 1},
     {"PEER", "peer", F_STR, NULL, 1},
     {"PENDING", "pending", F_INT, NULL, 0},
     {"CONNS", "conns_active", F_ACTIVE_TOTAL, "conns_total", 0},

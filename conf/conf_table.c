@@ -718,6 +718,12 @@ static const struct conf_entry conf_tunnel[] = {
     U32(struct sidecar_opts, "resume_hold_s", resume_hold_s, 1, 3600, "90",
 	"Driver connections open when the tunnel went stay open (not read) this long for "
 	"the tunnel to come back and resume them; then they are reset."),
+    U32(struct sidecar_opts, "connections", connections, 1, SIDECAR_MAX_CONNECTIONS, "1",
+	"Tunnels held for the one lease, each to a different relay where discovery gives "
+	"several (else to the same relay): the first registers, the others join its lease. "
+	"New executor connections use any live tunnel; when one is lost the others carry on "
+	"and a replacement is dialled. A relay that cannot join leases leaves the sidecar "
+	"with one tunnel (logged once)."),
     GROUP("h2", offsetof(struct sidecar_opts, tun), conf_h2_group),
     GROUP("admin", 0, conf_tunnel_admin_group),
 };

@@ -115,6 +115,7 @@ struct relay_stats {
 	uint64_t leases_active;
 	uint64_t leases_granted;
 	uint64_t leases_resumed;
+	uint64_t leases_joined;     /* tunnels added to a lease by its sidecar */
 	uint64_t leases_expired;
 	uint64_t leases_reclaimed;  /* in grace, ended early for a new registration */
 	uint64_t executor_conns;

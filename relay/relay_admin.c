@@ -413,6 +413,9 @@ static void render_metrics(struct relay *r, const struct relay_admin *admin,
 		   st.leases_granted);
 	metric_one(b, "sparkrelay_leases_resumed_total", "counter",
 		   "Leases resumed by a reconnecting sidecar.", st.leases_resumed);
+	metric_one(b, "sparkrelay_leases_joined_total", "counter",
+		   "Tunnels a sidecar added to a lease it holds (tunnel.connections).",
+		   st.leases_joined);
 	metric_one(b, "sparkrelay_leases_expired_total", "counter",
 		   "Leases whose grace TTL ran out with no tunnel.", st.leases_expired);
 	metric_one(b, "sparkrelay_executor_connections_total", "counter",
@@ -637,6 +640,7 @@ static void lease_to_json(const struct relay_lease_view *v, void *arg)
 	json_object_set_new(o, "host", jstr(v->host));
 	json_object_set_new(o, "ports", ports);
 	json_object_set_new(o, "attached", json_boolean(v->attached));
+	json_object_set_new(o, "tunnels", json_integer((json_int_t)v->ntunnels));
 	json_object_set_new(o, "peer", jstr(v->peer));
 	json_object_set_new(o, "pending", json_integer(v->npending));
 	json_object_set_new(o, "conns_active", json_integer((json_int_t)v->conns_active));

@@ -76,8 +76,8 @@ static void pending_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	pending_free(p, 1);
 }
 
-static void open_stream(struct relay *r, struct relay_lease_ext *lx, int fd,
-			enum tun_port_role role, uint64_t conn_id, const char *peer)
+static void open_stream(struct relay *r, struct relay_lease_ext *lx, struct relay_tunnel *t,
+			int fd, enum tun_port_role role, uint64_t conn_id, const char *peer)
 {
 	struct bufferevent *bev;
 	int rv;
@@ -88,16 +88,16 @@ static void open_stream(struct relay *r, struct relay_lease_ext *lx, int fd,
 		refuse(r, lx, RELAY_REFUSE_STREAM);
 		return;
 	}
-	rv = tun_conn_open_stream(lx->tunnel->conn, bev, relay_lease_port(lx->lease, role),
+	rv = tun_conn_open_stream(t->conn, bev, relay_lease_port(lx->lease, role),
 				  relay_lease_id(lx->lease), conn_id, peer);
 	if (rv != 0) {
-		SR_WARN(lx->tunnel->ctx, "conn=%llu peer=%s: cannot open stream: %s",
+		SR_WARN(t->ctx, "conn=%llu peer=%s: cannot open stream: %s",
 			(unsigned long long)conn_id, peer, sr_strerror(rv));
 		refuse(r, lx, RELAY_REFUSE_STREAM);
 		return;
 	}
 	lx->conns_total++;
-	SR_DEBUG(lx->tunnel->ctx, "conn=%llu peer=%s port=%u: stream opened",
+	SR_DEBUG(t->ctx, "conn=%llu peer=%s port=%u: stream opened",
 		 (unsigned long long)conn_id, peer, relay_lease_port(lx->lease, role));
 }
 
@@ -126,7 +126,9 @@ void relay_exec_flush_pending(struct relay *r, struct relay_lease_ext *lx)
 {
 	uint64_t now = sr_now_us();
 
-	while (lx->pending && lx->tunnel) {
+	struct relay_tunnel *t;
+
+	while (lx->pending && (t = relay_lease_pick_tunnel(lx)) != NULL) {
 		struct relay_pending *p = lx->pending;
 		int fd = p->fd;
 		lx->pending = p->next;
@@ -135,7 +137,7 @@ void relay_exec_flush_pending(struct relay *r, struct relay_lease_ext *lx)
 		lx->npending--;
 		p->fd = -1;
 		relay_hist_add(&r->st.pending_wait, now - p->since_us);
-		open_stream(r, lx, fd, p->role, p->conn_id, p->peer);
+		open_stream(r, lx, t, fd, p->role, p->conn_id, p->peer);
 		pending_free(p, 0);
 	}
 }
@@ -226,11 +228,14 @@ void relay_exec_accept(struct relay *r, struct relay_lease *l, enum tun_port_rol
 			return;
 		}
 	}
-	/* A tunnel that is closing (or got GOAWAY) takes no new streams: the
+	/* Any open tunnel of the lease here; with none (all closing), the
 	 * executor waits for the sidecar's next tunnel like during grace. */
-	if (lx->tunnel && lx->tunnel->conn && tun_conn_is_open(lx->tunnel->conn)) {
-		open_stream(r, lx, fd, role, conn_id, peer);
-		return;
+	{
+		struct relay_tunnel *t = relay_lease_pick_tunnel(lx);
+		if (t) {
+			open_stream(r, lx, t, fd, role, conn_id, peer);
+			return;
+		}
 	}
 	/* No tunnel here: a relay of the fleet that holds one carries it. */
 	if (from_peer == RELAY_EXEC_LOCAL && r->fleet &&
@@ -278,6 +283,9 @@ void relay_exec_accept(struct relay *r, struct relay_lease *l, enum tun_port_rol
 
 void relay_lease_ext_free(struct relay_lease_ext *lx)
 {
+	/* Callers unlink its tunnels first; any left would keep a freed group. */
+	if (lx->tunnel)
+		relay_lease_end_tunnels(lx, NULL, NULL);
 	relay_tenant_remove(lx->relay, lx);
 	if (lx->group && lx->relay) {
 		/* Its counters outlive it in the relay's totals; held streams

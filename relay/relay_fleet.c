@@ -1171,17 +1171,13 @@ static void reclaim_done(int err, const struct etcd_result *res, void *arg)
 		reclaim_later(h);
 		if (!lx || !lx->tunnel)
 			return;
-		{
-			struct relay_tunnel *t = lx->tunnel;
-			SR_WARN(FL_CTX, "lease=%s: etcd lost it and its ports went to another "
-					"lease; ended here",
-				h->id);
-			relay_tunnel_unlink_lease(t);
-			relay_release_lease(lx); /* frees h */
-			relay_tunnel_error(t, "revoked",
-					   "the fleet's lease table lost this lease and its ports "
-					   "went to another; register again");
-		}
+		SR_WARN(FL_CTX, "lease=%s: etcd lost it and its ports went to another lease; "
+				"ended here",
+			h->id);
+		relay_lease_end_tunnels(lx, "revoked",
+					"the fleet's lease table lost this lease and its ports went "
+					"to another; register again");
+		relay_release_lease(lx); /* frees h */
 		return;
 	}
 	etcd_keeper_free(h->k);
@@ -1660,10 +1656,53 @@ static void reg_resume(struct fleet_reg *g)
 		reg_fail(g, "internal", e);
 }
 
+/* A join checks its proof against the digests in the mirror (a relay
+ * does not know the tokens of leases made elsewhere) and changes nothing
+ * in etcd: the lease keeps its token; relay_fleet_attached puts
+ * tunnels/<lease>/<self>. */
+static void reg_join(struct fleet_reg *g)
+{
+	struct relay_fleet *f = g->f;
+	struct relay *r = f->r;
+	const char *token = tun_ctl_join_token(g->m.resume);
+	struct relay_tunnel *t = g->t;
+	char digest[FL_DIGEST_HEX], key[FL_KEY_MAX], tname[64], idkey[RELAY_IDKEY_MAX];
+	struct tun_ctl_msg m = g->m;
+	struct relay_lease *l = NULL;
+	struct fl_kv *kv;
+	struct fl_lease fl;
+	int proven = 0;
+	json_t *j;
+
+	g->phase = REG_RESUME; /* a failure drops no lease */
+	snprintf(key, sizeof(key), "leases/%s", g->m.join);
+	kv = kv_find(f, key);
+	if (kv && token && lease_parse(kv, &fl, &j) == 0) {
+		int cur, prev;
+		sha256_hex(token, digest);
+		cur = strlen(fl.resume) == 2 * SHA256_DIGEST_LENGTH &&
+		      CRYPTO_memcmp(fl.resume, digest, 2 * SHA256_DIGEST_LENGTH) == 0;
+		prev = strlen(fl.prev) == 2 * SHA256_DIGEST_LENGTH &&
+		       CRYPTO_memcmp(fl.prev, digest, 2 * SHA256_DIGEST_LENGTH) == 0;
+		proven = cur | prev;
+		json_decref(j);
+		if (proven && !relay_find_id(r, g->m.join))
+			lease_bind(f, kv);
+		l = relay_find_id(r, g->m.join);
+	}
+	snprintf(tname, sizeof(tname), "%s", g->tname);
+	snprintf(idkey, sizeof(idkey), "%s", g->idkey);
+	reg_free(g); /* t->freg cleared */
+	if (t)
+		relay_tunnel_join(t, l ? relay_lease_data(l) : NULL, proven, &m, tname, idkey);
+}
+
 static void reg_go(struct fleet_reg *g)
 {
 	g->started_us = sr_now_us();
-	if (g->m.resume[0])
+	if (g->m.join[0])
+		reg_join(g);
+	else if (g->m.resume[0])
 		reg_resume(g);
 	else
 		reg_new(g);

@@ -35,6 +35,10 @@ struct relay_tunnel;
 struct fleet_reg;
 struct relay_fleet;
 
+/* Tunnels one lease may hold on this relay (a sidecar's tunnel.connections
+ * is at most this). */
+#define RELAY_LEASE_TUNNELS_MAX 4
+
 /* Refusals under a flood: at most one log line per kind this often. */
 #define REFUSAL_LOG_PERIOD_US (10u * 1000000u)
 
@@ -103,7 +107,11 @@ struct relay_lease_ext {
 	int tenant;            /* index in pol at creation */
 	char tenant_name[64];
 	char route_name[64];
-	struct relay_tunnel *tunnel; /* attached tunnel, NULL while in grace */
+	/* Its tunnels here, newest first (relay_tunnel.lnext); NULL while in
+	 * grace. A sidecar may hold several (the first registers or resumes,
+	 * the others join), at most RELAY_LEASE_TUNNELS_MAX. */
+	struct relay_tunnel *tunnel;
+	unsigned ntunnels;
 	/* executors waiting for the tunnel, oldest first: served in arrival
 	 * order (Spark's first executor has waited longest) */
 	struct relay_pending *pending, *pending_tail;
@@ -138,6 +146,9 @@ struct relay_tunnel {
 	struct tun_endpoint *ep; /* socket, TLS and session */
 	struct tun_conn *conn;   /* the endpoint's session, NULL until TLS is up */
 	struct relay_lease_ext *lx;
+	struct relay_tunnel *lnext; /* the next tunnel of lx */
+	int joined;          /* it joined lx (another tunnel registered it) */
+	uint32_t tid;        /* its id in lease messages ("tunnel"), random, nonzero */
 	struct event *timer; /* handshake + register deadline */
 	int open_after_lease; /* streams wait until the lease message has gone */
 	struct sockaddr_storage addr;
@@ -319,5 +330,21 @@ void relay_tunnel_error(struct relay_tunnel *t, const char *code, const char *te
 struct relay_lease_ext *relay_tunnel_new_lease(struct relay_tunnel *t, const struct tun_ctl_msg *m,
 					       int tenant, const char *tname, const char *idkey);
 void relay_tunnel_attach(struct relay_tunnel *t, struct relay_lease_ext *lx, int fresh);
+/* A register with "join", identified already, for lease lx (NULL: none):
+ * proven says its proof matched the lease's resume token (current or
+ * previous; relay_join_proven, or the fleet's digests). Checks the identity
+ * and tenant and the tunnels per lease, then attaches t beside the lease's
+ * other tunnels (no new token); or answers "join_refused". A tunnel of lx
+ * that m->replaces ends first, its streams held for t. */
+void relay_tunnel_join(struct relay_tunnel *t, struct relay_lease_ext *lx, int proven,
+		       const struct tun_ctl_msg *m, const char *tname, const char *idkey);
+/* 1 if resume (a register's) is a join proof for lx's token, current or
+ * previous; both compared in constant time. */
+int relay_join_proven(const struct relay_lease_ext *lx, const char *resume);
+/* Every tunnel of lx lets go of it and is closed; with code, after an error
+ * message (code, text) on each. The lease is the caller's to end. */
+void relay_lease_end_tunnels(struct relay_lease_ext *lx, const char *code, const char *text);
+/* The open tunnel of lx with the fewest streams, or NULL. */
+struct relay_tunnel *relay_lease_pick_tunnel(const struct relay_lease_ext *lx);
 
 #endif

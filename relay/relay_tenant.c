@@ -30,8 +30,9 @@ uint64_t relay_lease_conns(const struct relay_lease_ext *lx)
 {
 	uint64_t n = lx->npending;
 
-	if (lx->tunnel && lx->tunnel->conn)
-		n += tun_conn_nstreams(lx->tunnel->conn);
+	for (const struct relay_tunnel *t = lx->tunnel; t; t = t->lnext)
+		if (t->conn)
+			n += tun_conn_nstreams(t->conn);
 	return n;
 }
 

@@ -19,13 +19,60 @@
 
 void relay_tunnel_unlink_lease(struct relay_tunnel *t)
 {
-	if (!t->lx)
+	struct relay_lease_ext *lx = t->lx;
+
+	if (!lx)
 		return;
 	if (t->relay->fleet)
-		relay_fleet_detached(t->relay->fleet, t->lx);
-	t->lx->tunnel = NULL;
+		relay_fleet_detached(t->relay->fleet, lx);
+	for (struct relay_tunnel **pp = &lx->tunnel; *pp; pp = &(*pp)->lnext)
+		if (*pp == t) {
+			*pp = t->lnext;
+			lx->ntunnels--;
+			break;
+		}
+	t->lnext = NULL;
 	t->lx = NULL;
+	t->joined = 0;
 	t->relay->nregistered--;
+}
+
+void relay_lease_end_tunnels(struct relay_lease_ext *lx, const char *code, const char *text)
+{
+	while (lx->tunnel) {
+		struct relay_tunnel *t = lx->tunnel;
+		relay_tunnel_unlink_lease(t);
+		/* The lease ends: its streams end with the session, not held. */
+		tun_conn_set_group(t->conn, NULL);
+		if (code) {
+			struct tun_ctl_msg m;
+			memset(&m, 0, sizeof(m));
+			m.type = TUN_CTL_ERROR;
+			snprintf(m.code, sizeof(m.code), "%s", code);
+			snprintf(m.message, sizeof(m.message), "%s", text);
+			tun_conn_send_ctl(t->conn, &m);
+		}
+		tun_conn_close(t->conn, 0);
+	}
+}
+
+struct relay_tunnel *relay_lease_pick_tunnel(const struct relay_lease_ext *lx)
+{
+	struct relay_tunnel *best = NULL;
+	size_t least = 0;
+
+	/* A tunnel that is closing (or got GOAWAY) takes no new streams. */
+	for (struct relay_tunnel *t = lx->tunnel; t; t = t->lnext) {
+		size_t n;
+		if (!t->conn || !tun_conn_is_open(t->conn) || t->open_after_lease)
+			continue;
+		n = tun_conn_nstreams(t->conn);
+		if (!best || n < least) {
+			best = t;
+			least = n;
+		}
+	}
+	return best;
 }
 
 void relay_tunnel_free(struct relay_tunnel *t)
@@ -40,7 +87,14 @@ void relay_tunnel_free(struct relay_tunnel *t)
 		t->next->prev = t->prev;
 	if (r->fleet)
 		relay_fleet_tunnel_gone(r->fleet, t);
-	if (t->lx) {
+	if (t->lx && t->lx->ntunnels > 1) {
+		struct relay_lease_ext *lx = t->lx;
+		relay_tunnel_unlink_lease(t);
+		if (!r->draining)
+			SR_INFO(t->ctx, "tunnel lost; the lease goes on over its %u other tunnel%s "
+					"here",
+				lx->ntunnels, lx->ntunnels == 1 ? "" : "s");
+	} else if (t->lx) {
 		struct relay_lease_ext *lx = t->lx;
 		relay_tunnel_unlink_lease(t);
 		lx->detached_us = sr_now_us();
@@ -101,7 +155,7 @@ static void open_streams(struct relay_tunnel *t)
 		return;
 	/* The lease message carried a new resume token: tunnel_on_confirmed
 	 * retires the old one once the sidecar has read it. */
-	if (lx->prev_resume[0])
+	if (lx->prev_resume[0] && !t->joined)
 		tun_conn_confirm(t->conn);
 	if (tun_group_held(lx->group))
 		tun_group_resume(lx->group, t->conn);
@@ -128,15 +182,16 @@ static void tunnel_on_ctl_sent(struct tun_conn *c, void *arg)
 
 /* Give lx to t and send the sidecar its lease. fresh: lx was granted just
  * now, so the sidecar has no resume token for it. */
-void relay_tunnel_attach(struct relay_tunnel *t, struct relay_lease_ext *lx, int fresh)
+static void attach_as(struct relay_tunnel *t, struct relay_lease_ext *lx, int fresh, int join)
 {
 	struct relay *r = t->relay;
 	struct tun_ctl_msg m;
 	char app[SR_ESC_SIZE(LOG_APP_MAX)];
 
-	if (lx->tunnel && lx->tunnel != t) {
-		/* Either the sidecar came back before we noticed its old tunnel
-		 * died, or someone else holds the resume token: say both. */
+	/* A resume replaces every tunnel of the lease (a join adds one):
+	 * either the sidecar came back before we noticed its old tunnels died,
+	 * or someone else holds the resume token: say both. */
+	while (!join && lx->tunnel) {
 		struct relay_tunnel *old = lx->tunnel;
 		char cn[SR_ESC_SIZE(64) + 2], oldcn[SR_ESC_SIZE(64) + 2];
 		SR_WARN(old->ctx, "replaced by a new tunnel from peer=%s cn=%s that resumed the "
@@ -148,9 +203,14 @@ void relay_tunnel_attach(struct relay_tunnel *t, struct relay_lease_ext *lx, int
 		/* Its streams go to the lease's group, to resume on this one. */
 		tun_conn_close_hold(old->conn, SR_ECLOSED);
 	}
+	t->lnext = lx->tunnel;
 	lx->tunnel = t;
+	lx->ntunnels++;
 	lx->detached_us = 0;
 	t->lx = lx;
+	t->joined = join;
+	while (!t->tid)
+		t->tid = sr_rand_below(UINT32_MAX);
 	r->nregistered++;
 	relay_lease_attach(lx->lease);
 	if (r->fleet)
@@ -165,6 +225,10 @@ void relay_tunnel_attach(struct relay_tunnel *t, struct relay_lease_ext *lx, int
 	tun_conn_set_group(t->conn, lx->group);
 	memset(&m, 0, sizeof(m));
 	relay_lease_describe(lx->lease, &m);
+	/* A joined tunnel leaves the token where the first one put it. */
+	if (join)
+		m.resume[0] = '\0';
+	m.tunnel = t->tid;
 	m.streams = (uint32_t)tun_group_held(lx->group);
 	if (tun_conn_send_ctl(t->conn, &m) != 0) {
 		if (fresh) {
@@ -189,6 +253,11 @@ void relay_tunnel_attach(struct relay_tunnel *t, struct relay_lease_ext *lx, int
 		open_streams(t);
 	else
 		t->open_after_lease = 1;
+}
+
+void relay_tunnel_attach(struct relay_tunnel *t, struct relay_lease_ext *lx, int fresh)
+{
+	attach_as(t, lx, fresh, 0);
 }
 
 /* A lease's context plus the sidecar's address, for lines logged before
@@ -338,6 +407,64 @@ static void reg_resume(struct relay_tunnel *t, const struct tun_ctl_msg *m, cons
 			: "");
 	r->st.leases_resumed++;
 	relay_tunnel_attach(t, lx, 0);
+}
+
+int relay_join_proven(const struct relay_lease_ext *lx, const char *resume)
+{
+	const char *token = tun_ctl_join_token(resume);
+	struct relay_lease_state st;
+	int cur, prev;
+
+	if (!lx || !token)
+		return 0;
+	relay_lease_get_state(lx->lease, &st);
+	/* Both always compared: the time taken does not tell which matched. */
+	cur = sr_secret_eq(st.resume, token);
+	prev = sr_secret_eq(lx->prev_resume, token) && lx->prev_resume[0];
+	return cur | prev;
+}
+
+void relay_tunnel_join(struct relay_tunnel *t, struct relay_lease_ext *lx, int proven,
+		       const struct tun_ctl_msg *m, const char *tname, const char *idkey)
+{
+	struct relay *r = t->relay;
+	struct relay_tunnel *old = NULL;
+
+	if (!lx || !proven || strcmp(lx->idkey, idkey) != 0 ||
+	    strcmp(lx->tenant_name, tname) != 0) {
+		/* One answer for "no such lease", "wrong token" and "not
+		 * yours", as for a resume. */
+		relay_refuse(r, RELAY_REFUSE_REG_RESUME);
+		relay_tunnel_error(t, "join_refused", "no lease to join for this token");
+		return;
+	}
+	/* The sidecar lost this tunnel (its PING timeout, say) and we have
+	 * not noticed yet: its streams wait to resume on the new one, which
+	 * they can only once the old one has handed them to the group. */
+	for (struct relay_tunnel *o = lx->tunnel; o && m->replaces; o = o->lnext)
+		if (o->tid == m->replaces)
+			old = o;
+	if (old) {
+		SR_WARN(old->ctx, "its sidecar lost this tunnel and replaces it with a new one "
+				  "from peer=%s; closing this one",
+			t->peer);
+		relay_tunnel_unlink_lease(old);
+		tun_conn_close_hold(old->conn, SR_ECLOSED);
+	}
+	if (lx->ntunnels >= RELAY_LEASE_TUNNELS_MAX) {
+		char why[96];
+		relay_refuse(r, RELAY_REFUSE_TUNNELS);
+		snprintf(why, sizeof(why), "the lease holds %u tunnels on this relay already",
+			 RELAY_LEASE_TUNNELS_MAX);
+		relay_tunnel_error(t, "join_refused", why);
+		return;
+	}
+	if (tunnels_full(t))
+		return;
+	SR_INFO(t->ctx, "joining lease=%s beside its %u other tunnel%s here",
+		relay_lease_id(lx->lease), lx->ntunnels, lx->ntunnels == 1 ? "" : "s");
+	r->st.leases_joined++;
+	attach_as(t, lx, 0, 1);
 }
 
 /* The tenant's limits before a new lease: past max_grace_leases, or at its
@@ -522,7 +649,11 @@ static void on_register(struct relay_tunnel *t, const struct tun_ctl_msg *m)
 	tname = relay_policy_tenant_name(r->pol->p, tenant);
 	if (r->fleet)
 		relay_fleet_register(r->fleet, t, m, tenant, tname, idkey);
-	else if (m->resume[0])
+	else if (m->join[0]) {
+		struct relay_lease *l = relay_find_id(r, m->join);
+		struct relay_lease_ext *lx = l ? relay_lease_data(l) : NULL;
+		relay_tunnel_join(t, lx, relay_join_proven(lx, m->resume), m, tname, idkey);
+	} else if (m->resume[0])
 		reg_resume(t, m, tname, idkey);
 	else
 		reg_new_lease(t, m, tenant, tname, idkey);
@@ -546,6 +677,8 @@ static void tunnel_on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void 
 		{
 			struct relay_lease_ext *lx = t->lx;
 			relay_tunnel_unlink_lease(t);
+			/* its other tunnels: the sidecar is going, with the lease */
+			relay_lease_end_tunnels(lx, NULL, NULL);
 			relay_release_lease(lx);
 		}
 		memset(&reply, 0, sizeof(reply));

@@ -63,7 +63,11 @@ static void visit_lease(struct relay_lease *l, void *arg)
 	v.npending = lx ? lx->npending : 0;
 	v.conns_total = lx ? lx->conns_total : 0;
 	v.driver_refused = lx ? lx->driver_refused : 0;
-	v.conns_active = v.attached && lx->tunnel->conn ? tun_conn_nstreams(lx->tunnel->conn) : 0;
+	v.ntunnels = lx ? lx->ntunnels : 0;
+	v.conns_active = 0;
+	for (const struct relay_tunnel *t = lx ? lx->tunnel : NULL; t; t = t->lnext)
+		if (t->conn)
+			v.conns_active += tun_conn_nstreams(t->conn);
 	v.expires_in_ms = -1;
 	if (lx && !lx->tunnel && lx->detached_us) {
 		uint64_t ttl_ms = (uint64_t)m.ttl_s * 1000u;
@@ -245,17 +249,7 @@ int relay_revoke_lease(struct relay *r, const char *id)
 	if (relay_handover_busy(r))
 		return SR_EBUSY; /* frozen: the lease may be the new relay's already */
 	SR_INFO(relay_lease_ctx(lx, l, ctx, sizeof(ctx)), "lease revoked by an operator");
-	if (lx->tunnel) {
-		struct relay_tunnel *t = lx->tunnel;
-		struct tun_ctl_msg m;
-		relay_tunnel_unlink_lease(t);
-		memset(&m, 0, sizeof(m));
-		m.type = TUN_CTL_ERROR;
-		snprintf(m.code, sizeof(m.code), "revoked");
-		snprintf(m.message, sizeof(m.message), "lease revoked by the relay operator");
-		tun_conn_send_ctl(t->conn, &m);
-		tun_conn_close(t->conn, 0);
-	}
+	relay_lease_end_tunnels(lx, "revoked", "lease revoked by the relay operator");
 	relay_release_lease(lx);
 	return 0;
 }

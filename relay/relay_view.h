@@ -16,6 +16,7 @@ struct relay_lease_view {
 	uint16_t ports[TUN_PORT_MAX];
 	int attached;           /* a tunnel carries it now */
 	const char *peer;       /* that tunnel's sidecar address, "" if none */
+	unsigned ntunnels;      /* its tunnels on this relay */
 	unsigned npending;      /* executors waiting for the tunnel */
 	uint64_t conns_total;   /* executor connections accepted */
 	uint64_t conns_active;

@@ -1,17 +1,27 @@
-/* The sidecar: one tunnel to a relay at a time, re-dialled with backoff.
+/* The sidecar: tunnel.connections tunnels for one lease, each re-dialled
+ * with backoff.
  *
  *   resolve -> dial (TCP + TLS, per address in turn) -> control stream ->
  *   register (with the resume token if we have one) -> leased
  *        ^                                                |
  *        +------------- backoff with jitter <-------- tunnel lost
  *
+ * Each tunnel is a slot that runs this machine. The first slot to reach a
+ * relay while no tunnel holds the lease registers (or resumes); the others
+ * dial only while one holds it, preferring relay addresses no other slot
+ * uses, and join that lease (tun_ctl.h): same lease, same ports, no new
+ * resume token. All of them carry one group of driver connections
+ * (tun_group.h). A relay that answers a join with "unknown_lease" predates
+ * joins: the sidecar then keeps one tunnel.
+ *
  * The relay is trusted less than the notebook. tun_ctl has checked the shape
  * of every value it sends; here the order is checked too: one lease per
- * tunnel, only after our register, with exactly the roles we asked for; a
- * stream only on a tunnel that holds the lease, naming that lease and one of
- * its ports. Anything else is a protocol error that ends the tunnel, and each
- * such tunnel in a row doubles the delay before the next one. Relay-chosen
- * text is escaped (sr_esc) in every log line and printed setting. */
+ * tunnel, only after our register, with exactly the roles we asked for (a
+ * join: exactly the lease we hold); a stream only on a tunnel that holds the
+ * lease, naming that lease and one of its ports. Anything else is a protocol
+ * error that ends the tunnel, and each such tunnel in a row doubles the delay
+ * before the next one. Relay-chosen text is escaped (sr_esc) in every log line
+ * and printed setting. */
 #include "sidecar/sc_int.h"
 #include "common/sr_err.h"
 #include "common/sr_log.h"
@@ -42,6 +52,35 @@ enum sc_state {
 	SC_DONE,
 };
 
+/* One tunnel of the lease and its dial state machine. */
+struct sc_slot {
+	struct sidecar *s;
+	unsigned idx;
+	enum sc_state state;
+	struct disc_lookup *resolve;
+	struct disc_addr *addrs;
+	size_t naddrs, next_addr;
+	struct tun_endpoint *ep;  /* the tunnel being dialled, or up */
+	char dial_peer[SR_ADDRSTRLEN];
+	char lost_peer[SR_ADDRSTRLEN]; /* the relay of this slot's last tunnel */
+	uint32_t tid;      /* this tunnel's id at its relay (the lease's "tunnel") */
+	uint32_t lost_tid; /* the last tunnel's, if it held the lease; 0: none */
+	struct event *backoff_timer;
+	unsigned attempt;
+	struct tun_conn *tun;
+	int sent_resume;
+	int joining; /* the register sent on this tunnel is a join */
+	/* This tunnel: register sent (with these roles), lease taken on it,
+	 * release sent. A lease kept from an earlier tunnel is not "taken on
+	 * it" until the relay grants, resumes or joins it here. */
+	int registered;
+	unsigned req_roles;
+	int tun_leased;
+	int release_sent;
+	uint64_t tun_up_us; /* when this tunnel came up */
+	unsigned strikes;   /* tunnels the relay ended with a protocol error, see on_closed */
+};
+
 struct sidecar {
 	struct event_base *base;
 	const struct sidecar_opts *o;
@@ -50,32 +89,16 @@ struct sidecar {
 	sidecar_lease_cb on_lease;
 	void *arg;
 
-	enum sc_state state;
-	struct disc_lookup *resolve;
-	struct disc_addr *addrs;
-	size_t naddrs, next_addr;
-	struct tun_endpoint *ep;  /* the tunnel being dialled, or up */
-	char dial_peer[SR_ADDRSTRLEN];
-	struct event *backoff_timer;
+	struct sc_slot slots[SIDECAR_MAX_CONNECTIONS];
+	unsigned nslots;
 	struct event *release_timer;
-	unsigned attempt;
-
-	struct tun_conn *tun;
-	/* The driver connections, which outlive a tunnel (tunnel/tun_group.h). */
+	/* The driver connections, which outlive a tunnel (tunnel/tun_group.h);
+	 * every tunnel of the lease carries them. */
 	struct tun_group *group;
 	char resume[TUN_CTL_RESUME_MAX]; /* from the last lease or the state file */
 	struct sidecar_lease_info lease;
 	int shutting_down;
-	int sent_resume;
-	/* The current tunnel: register sent (with these roles), lease taken on
-	 * it, release sent. A lease kept from an earlier tunnel is not "taken
-	 * on it" until the relay grants or resumes it here. */
-	int registered;
-	unsigned req_roles;
-	int tun_leased;
-	int release_sent;
-	uint64_t tun_up_us; /* when the current tunnel came up */
-	unsigned strikes;   /* tunnels the relay ended with a protocol error, see on_closed */
+	int join_unsupported; /* a relay answered a join as an unknown resume */
 	struct sc_ratelog rl_driver; /* "cannot connect to driver port" lines */
 	/* The lease whose settings were last written: what a running driver
 	 * may have bound (from the state file after a restart). */
@@ -100,9 +123,52 @@ struct sidecar {
 #define SC_HOLD_DIAL_MS 3000
 #define SC_STRIKES_FORGIVE_US (60ull * 1000000)
 
-static void sc_start(struct sidecar *s);
-static void dial_next(struct sidecar *s);
+static void sc_start(struct sc_slot *p);
+static void dial_next(struct sc_slot *p);
 static void sc_stop(struct sidecar *s, const char *why);
+
+/* Tunnels that hold the lease now, other than except (may be NULL). */
+static unsigned slots_leased(const struct sidecar *s, const struct sc_slot *except)
+{
+	unsigned n = 0;
+
+	for (unsigned i = 0; i < s->nslots; i++)
+		n += &s->slots[i] != except && s->slots[i].tun_leased;
+	return n;
+}
+
+/* A slot (not except) whose register or resume waits for its answer. */
+static int slot_registering(const struct sidecar *s, const struct sc_slot *except)
+{
+	for (unsigned i = 0; i < s->nslots; i++) {
+		const struct sc_slot *q = &s->slots[i];
+		if (q != except && q->registered && !q->tun_leased && !q->joining)
+			return 1;
+	}
+	return 0;
+}
+
+/* Which relay a driver connection came through (tun_conn_set_origin), so
+ * that a relay's resume (its "streams" count) concerns only the connections
+ * whose other end it has: a hash of its address, never 0. One tunnel: 0
+ * (every held connection is that relay's). */
+static uint32_t slot_origin(const struct sidecar *s, const char *addr)
+{
+	uint32_t h = 2166136261u; /* FNV-1a */
+
+	if (s->nslots == 1)
+		return 0;
+	for (const unsigned char *c = (const unsigned char *)addr; *c; c++)
+		h = (h ^ *c) * 16777619u;
+	return h ? h : 1;
+}
+
+/* lease.connected and lease.tunnels follow the slots. */
+static void lease_links(struct sidecar *s)
+{
+	s->lease.tunnels = slots_leased(s, NULL);
+	s->lease.connected = s->lease.tunnels > 0;
+}
 
 /* ---- state file -------------------------------------------------------- */
 
@@ -110,7 +176,8 @@ static void sc_stop(struct sidecar *s, const char *why);
 
 static void send_register(struct tun_conn *c, void *arg)
 {
-	struct sidecar *s = arg;
+	struct sc_slot *p = arg;
+	struct sidecar *s = p->s;
 	struct tun_ctl_msg m;
 	int rv;
 
@@ -122,11 +189,34 @@ static void send_register(struct tun_conn *c, void *arg)
 		m.roles |= TUN_ROLE_BIT(TUN_PORT_UI);
 	if (s->o->token)
 		snprintf(m.token, sizeof(m.token), "%s", s->o->token);
-	snprintf(m.resume, sizeof(m.resume), "%s", s->resume);
-	s->sent_resume = s->resume[0] != '\0';
-	s->req_roles = m.roles;
-	s->registered = 1;
-	s->state = SC_REGISTERING;
+	p->joining = 0;
+	if (slots_leased(s, p) && s->lease.have_lease) {
+		/* Another tunnel holds the lease: join it. A token too long for
+		 * a proof cannot come from a relay (they make 64 digits). */
+		if (s->join_unsupported ||
+		    tun_ctl_join_proof(s->resume, m.resume, sizeof(m.resume)) != 0) {
+			tun_conn_close(c, 0);
+			return;
+		}
+		snprintf(m.join, sizeof(m.join), "%s", s->lease.lease);
+		/* The relay may not have seen it die yet: its streams resume
+		 * here only once the relay lets go of it. */
+		if (p->lost_tid && strcmp(p->dial_peer, p->lost_peer) == 0)
+			m.replaces = p->lost_tid;
+		p->joining = 1;
+	} else if (slot_registering(s, p)) {
+		/* Another tunnel asks for the lease now: this one joins it
+		 * later. */
+		SR_DEBUG(tun_conn_logctx(c), "another tunnel is registering; closing this one");
+		tun_conn_close(c, 0);
+		return;
+	} else {
+		snprintf(m.resume, sizeof(m.resume), "%s", s->resume);
+	}
+	p->sent_resume = !p->joining && s->resume[0] != '\0';
+	p->req_roles = m.roles;
+	p->registered = 1;
+	p->state = SC_REGISTERING;
 	if ((rv = tun_conn_send_ctl(c, &m)) != 0) {
 		if (rv == SR_EINVAL)
 			SR_ERROR(tun_conn_logctx(c), "cannot register: the app name has control "
@@ -163,7 +253,8 @@ static void lease_lost(struct sidecar *s, const char *why)
 
 	s->resume[0] = '\0';
 	sc_state_clear(s->o->state_path);
-	s->attempt = 0;
+	for (unsigned i = 0; i < s->nslots; i++)
+		s->slots[i].attempt = 0;
 	tun_group_reset(s->group, TUN_LOST_ENDED);
 	/* also a lease only known from the state file (a restarted sidecar
 	 * whose resume failed): its settings are still on disk */
@@ -245,7 +336,48 @@ static void allowed_list(const struct sidecar *s, char *buf, size_t len)
 	}
 }
 
-static void on_lease(struct sidecar *s, struct tun_conn *c, const struct tun_ctl_msg *m)
+/* The lease is held: the next resting tunnel may join it. One at a time
+ * (the next once this one joined), so that a relay that refuses joins
+ * sees one attempt. */
+static void kick_idle(struct sidecar *s)
+{
+	for (unsigned i = 0; i < s->nslots && !s->join_unsupported; i++)
+		if (s->slots[i].state == SC_IDLE) {
+			sc_start(&s->slots[i]);
+			return;
+		}
+}
+
+/* The answer to a join: the very lease we hold, on one more tunnel. */
+static void on_joined(struct sidecar *s, struct sc_slot *p, struct tun_conn *c,
+		      const struct tun_ctl_msg *m)
+{
+	char ctx[128], lbuf[SR_ESC_SIZE(TUN_CTL_LEASE_MAX)];
+
+	/* Its host may differ: each relay of a fleet names its own address;
+	 * the settings keep the one the lease was granted or resumed with. */
+	if (!s->lease.have_lease || strcmp(m->lease, s->lease.lease) != 0 ||
+	    memcmp(m->ports, s->lease.ports, sizeof(m->ports)) != 0) {
+		protocol_error(c, "the answer to a join is not the lease we hold");
+		return;
+	}
+	p->tun_leased = 1;
+	p->tid = m->tunnel;
+	p->lost_tid = 0;
+	p->state = SC_LEASED;
+	p->attempt = 0;
+	lease_links(s);
+	snprintf(ctx, sizeof(ctx), "lease=%s relay=%s", sr_esc(m->lease, lbuf, sizeof(lbuf)),
+		 p->dial_peer);
+	tun_conn_set_logctx(c, ctx);
+	tun_conn_set_group(c, s->group);
+	tun_group_expect_on(s->group, c, m->streams);
+	SR_INFO(ctx, "joined the lease: %u tunnels carry it now", s->lease.tunnels);
+	kick_idle(s);
+}
+
+static void on_lease(struct sidecar *s, struct sc_slot *p, struct tun_conn *c,
+		     const struct tun_ctl_msg *m)
 {
 	struct sidecar_lease_info old = s->lease;
 	char err[512], ctx[128], why[224], want[128], got[48];
@@ -253,14 +385,14 @@ static void on_lease(struct sidecar *s, struct tun_conn *c, const struct tun_ctl
 	char obuf[SR_ESC_SIZE(TUN_CTL_LEASE_MAX)];
 	int changed;
 
-	if (!s->registered || s->tun_leased || s->release_sent) {
-		protocol_error(c, s->tun_leased ? "a second lease on this tunnel"
+	if (!p->registered || p->tun_leased || p->release_sent) {
+		protocol_error(c, p->tun_leased ? "a second lease on this tunnel"
 						: "a lease that was not asked for");
 		return;
 	}
 	/* tun_ctl made sure the ports are distinct; the roles must be ours. */
-	if (m->roles != s->req_roles) {
-		role_list(s->req_roles, want, sizeof(want));
+	if (m->roles != p->req_roles) {
+		role_list(p->req_roles, want, sizeof(want));
 		role_list(m->roles, got, sizeof(got));
 		snprintf(why, sizeof(why), "lease grants roles %s, registered for %s", got, want);
 		protocol_error(c, why);
@@ -279,34 +411,40 @@ static void on_lease(struct sidecar *s, struct tun_conn *c, const struct tun_ctl
 			return;
 		}
 	}
+	if (p->joining) {
+		on_joined(s, p, c, m);
+		return;
+	}
 	/* A relay answers a resume it cannot honour with "unknown_lease"; a
 	 * different lease instead would point our driver's connections (held,
 	 * and new ones) at ports we never agreed to. */
-	if (s->sent_resume && old.have_lease && strcmp(old.lease, m->lease) != 0) {
+	if (p->sent_resume && old.have_lease && strcmp(old.lease, m->lease) != 0) {
 		protocol_error(c, "a different lease in answer to our resume");
 		return;
 	}
 	if (old.have_lease && strcmp(old.lease, m->lease) != 0)
 		tun_group_reset(s->group, TUN_LOST_ENDED); /* they were the old lease's */
-	s->tun_leased = 1;
+	p->tun_leased = 1;
+	p->tid = m->tunnel;
+	p->lost_tid = 0;
 	s->lease.have_lease = 1;
 	snprintf(s->lease.lease, sizeof(s->lease.lease), "%s", m->lease);
 	snprintf(s->lease.host, sizeof(s->lease.host), "%s", m->host);
 	memcpy(s->lease.ports, m->ports, sizeof(s->lease.ports));
 	s->lease.ttl_s = m->ttl_s;
-	s->lease.connected = 1;
-	snprintf(s->lease.relay, sizeof(s->lease.relay), "%s", s->dial_peer);
+	lease_links(s);
+	snprintf(s->lease.relay, sizeof(s->lease.relay), "%s", p->dial_peer);
 	snprintf(s->resume, sizeof(s->resume), "%s", m->resume);
-	s->state = SC_LEASED;
-	s->attempt = 0;
+	p->state = SC_LEASED;
+	p->attempt = 0;
 	snprintf(ctx, sizeof(ctx), "lease=%s relay=%s", sr_esc(m->lease, lbuf, sizeof(lbuf)),
-		 s->dial_peer);
+		 p->dial_peer);
 	tun_conn_set_logctx(c, ctx);
 
 	tun_conn_set_group(c, s->group);
 	tun_group_set_logctx(s->group, ctx);
 	tun_group_set_lease(s->group, m->lease);
-	tun_group_expect(s->group, m->streams);
+	tun_group_expect_on(s->group, c, m->streams);
 
 	changed = !old.have_lease || strcmp(old.lease, s->lease.lease) != 0 ||
 		  memcmp(old.ports, s->lease.ports, sizeof(old.ports)) != 0 ||
@@ -344,22 +482,52 @@ static void on_lease(struct sidecar *s, struct tun_conn *c, const struct tun_ctl
 	set_status(s, SC_STATUS_LEASED, why);
 	if (s->on_lease)
 		s->on_lease(s, &s->lease, s->arg);
+	kick_idle(s);
+}
+
+/* The relay refused a join: it stays one tunnel fewer for now. */
+static void on_join_refused(struct sidecar *s, struct sc_slot *p, struct tun_conn *c,
+			    const struct tun_ctl_msg *m)
+{
+	char cbuf[SR_ESC_SIZE(TUN_CTL_CODE_MAX)], mbuf[SR_ESC_SIZE(TUN_CTL_TEXT_MAX)];
+
+	if (strcmp(m->code, "unknown_lease") == 0) {
+		/* A relay that predates joins took the proof for a resume
+		 * token (tun_ctl.h): no tunnel of this sidecar joins again. */
+		if (!s->join_unsupported)
+			SR_WARN(tun_conn_logctx(c),
+				"the relay cannot add a tunnel to a lease (an older sparkrelay): "
+				"keeping one tunnel, tunnel.connections %u is not met",
+				s->o->connections);
+		s->join_unsupported = 1;
+	} else if (strcmp(m->code, "revoked") == 0) {
+		lease_lost(s, "revoked");
+	} else {
+		SR_WARN(tun_conn_logctx(c), "relay refused to add this tunnel to the lease: %s: %s",
+			sr_esc(m->code, cbuf, sizeof(cbuf)), sr_esc(m->message, mbuf, sizeof(mbuf)));
+	}
+	tun_conn_close(c, SR_EDENIED);
 }
 
 static void on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void *arg)
 {
-	struct sidecar *s = arg;
+	struct sc_slot *p = arg;
+	struct sidecar *s = p->s;
 	char cbuf[SR_ESC_SIZE(TUN_CTL_CODE_MAX)], mbuf[SR_ESC_SIZE(TUN_CTL_TEXT_MAX)];
 	char why[64];
 
 	switch (m->type) {
 	case TUN_CTL_LEASE:
-		on_lease(s, c, m);
+		on_lease(s, p, c, m);
 		break;
 	case TUN_CTL_ERROR:
+		if (p->joining && !p->tun_leased) {
+			on_join_refused(s, p, c, m);
+			break;
+		}
 		SR_ERROR(tun_conn_logctx(c), "relay refused registration: %s: %s",
 			 sr_esc(m->code, cbuf, sizeof(cbuf)), sr_esc(m->message, mbuf, sizeof(mbuf)));
-		if ((s->sent_resume && strcmp(m->code, "unknown_lease") == 0) ||
+		if ((p->sent_resume && strcmp(m->code, "unknown_lease") == 0) ||
 		    strcmp(m->code, "revoked") == 0) {
 			/* The lease is gone (expired, revoked, or another relay):
 			 * start afresh. */
@@ -378,7 +546,7 @@ static void on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void *arg)
 	case TUN_CTL_RELEASED:
 		/* Only the answer to our release: otherwise a relay could make us
 		 * forget a lease (and its resume token) we still hold. */
-		if (!s->release_sent) {
+		if (!p->release_sent) {
 			protocol_error(c, "\"released\" without a release");
 			break;
 		}
@@ -414,109 +582,152 @@ static void sc_stop(struct sidecar *s, const char *why)
 	s->stopped = 1; /* the last word of the status file */
 }
 
-static void schedule_backoff(struct sidecar *s)
+/* While another tunnel holds the lease a slot dials to join it; while none
+ * does, only the first slot dials (it registers or resumes), and the others
+ * rest until a lease is granted (on_lease). */
+static int slot_may_dial(const struct sc_slot *p)
 {
+	const struct sidecar *s = p->s;
+
+	if (slots_leased(s, p))
+		return !s->join_unsupported && s->lease.have_lease;
+	return p->idx == 0;
+}
+
+static void schedule_backoff(struct sc_slot *p)
+{
+	struct sidecar *s = p->s;
 	uint64_t delay = s->o->backoff_initial_ms;
 	struct timeval tv;
 
 	uint64_t max = s->o->backoff_max_ms;
 	int holding = tun_group_held(s->group) > 0;
 
+	if (!slot_may_dial(p)) {
+		p->state = SC_IDLE;
+		return;
+	}
 	/* Driver connections wait for this tunnel (resume_hold_s): try again
 	 * at once, then at least every second, so they resume within a second
 	 * of the path coming back. */
 	if (holding && max > SC_HOLD_RETRY_MS)
 		max = SC_HOLD_RETRY_MS;
-	for (unsigned i = 0; i < s->attempt && delay < max; i++)
+	for (unsigned i = 0; i < p->attempt && delay < max; i++)
 		delay *= 2;
 	if (delay > max)
 		delay = max;
 	/* "equal jitter": half fixed, half random, so a fleet of sidecars that
 	 * lost the same relay does not return in lockstep. */
 	delay = delay / 2 + sr_rand_below((uint32_t)(delay / 2 + 1));
-	if (holding && s->attempt == 0)
+	if (holding && p->attempt == 0)
 		delay = 0;
-	s->attempt++;
-	s->state = SC_BACKOFF;
+	p->attempt++;
+	p->state = SC_BACKOFF;
 	tv.tv_sec = (time_t)(delay / 1000);
 	tv.tv_usec = (suseconds_t)((delay % 1000) * 1000);
-	SR_INFO("", "reconnecting in %llu ms (attempt %u)", (unsigned long long)delay, s->attempt);
-	evtimer_add(s->backoff_timer, &tv);
+	SR_INFO("", "%sreconnecting in %llu ms (attempt %u)", p->idx ? "tunnel 2+: " : "",
+		(unsigned long long)delay, p->attempt);
+	evtimer_add(p->backoff_timer, &tv);
 }
 
 static void on_closed(struct tun_endpoint *ep, int err, const char *why_ep, void *arg)
 {
-	struct sidecar *s = arg;
+	struct sc_slot *p = arg;
+	struct sidecar *s = p->s;
 	char why[200]; /* why_ep goes with ep */
-	int was_up = s->tun != NULL;
+	int was_up = p->tun != NULL, was_leased = p->tun_leased;
 	int broke = err == SR_EPROTO || err == SR_ETOOBIG || err == SR_EVERSION;
+	unsigned others;
 
 	snprintf(why, sizeof(why), "%s", why_ep ? why_ep : "");
-	s->lease.connected = 0;
-	s->registered = s->tun_leased = s->release_sent = 0;
+	p->registered = p->tun_leased = p->release_sent = p->joining = 0;
+	lease_links(s);
+	others = s->lease.tunnels;
 	if (!was_up) {
 		char msg[256];
 
-		SR_WARN("", "cannot reach relay %s: %s%s", s->dial_peer,
+		SR_WARN("", "cannot reach relay %s: %s%s", p->dial_peer,
 			err == SR_ETLS ? "TLS handshake failed: " : "", why);
-		snprintf(msg, sizeof(msg), "cannot reach relay %s: %s%s", s->dial_peer,
+		snprintf(msg, sizeof(msg), "cannot reach relay %s: %s%s", p->dial_peer,
 			 err == SR_ETLS ? "TLS handshake failed: " : "", why);
-		if (!s->shutting_down)
+		if (!s->shutting_down && !others)
 			set_status(s, SC_STATUS_UNREACHABLE, msg);
 	} else {
 		if (why[0])
-			SR_INFO(tun_conn_logctx(s->tun), "transport: %s", why);
+			SR_INFO(tun_conn_logctx(p->tun), "transport: %s", why);
 		/* A relay that breaks the protocol waits twice as long each time,
 		 * so it cannot replay an attack (a stream flood, a bad lease) on a
 		 * fresh tunnel every backoff_initial_ms, nor reset that by closing
 		 * one tunnel cleanly in between: only a tunnel that stayed up a
 		 * while forgives. */
 		if (broke) {
-			if (s->strikes < SC_STRIKES_MAX)
-				s->strikes++;
-			s->attempt = s->strikes;
-			SR_WARN(tun_conn_logctx(s->tun),
-				"the relay broke the protocol (%u time%s lately)", s->strikes,
-				s->strikes == 1 ? "" : "s");
-		} else if (sr_now_us() - s->tun_up_us >= SC_STRIKES_FORGIVE_US) {
-			s->strikes = 0;
+			if (p->strikes < SC_STRIKES_MAX)
+				p->strikes++;
+			p->attempt = p->strikes;
+			SR_WARN(tun_conn_logctx(p->tun),
+				"the relay broke the protocol (%u time%s lately)", p->strikes,
+				p->strikes == 1 ? "" : "s");
+		} else if (sr_now_us() - p->tun_up_us >= SC_STRIKES_FORGIVE_US) {
+			p->strikes = 0;
 		}
 	}
 	tun_endpoint_free(ep);
-	s->ep = NULL;
-	s->tun = NULL;
+	p->ep = NULL;
+	p->tun = NULL;
+	if (was_up) {
+		snprintf(p->lost_peer, sizeof(p->lost_peer), "%s", p->dial_peer);
+		if (was_leased)
+			p->lost_tid = p->tid;
+		p->tid = 0;
+	}
 	if (!was_up) {
-		dial_next(s);
+		dial_next(p);
 		return;
 	}
 	if (s->shutting_down) {
-		s->state = SC_DONE;
-		event_base_loopbreak(s->base);
+		/* The tunnel that carries the release ends the run (or the
+		 * release timer does); the others were closed on purpose. */
+		if (s->stopped || !slots_leased(s, NULL)) {
+			p->state = SC_DONE;
+			event_base_loopbreak(s->base);
+		}
 		return;
 	}
-	if (s->lease.have_lease)
+	if (was_leased && s->lease.have_lease && !others)
 		s->lease.reconnects++;
 	{
 		char msg[256];
 
-		snprintf(msg, sizeof(msg), "tunnel to relay %s lost%s%s; reconnecting", s->dial_peer,
-			 why[0] ? ": " : "", why);
-		if (s->lease.have_lease)
-			set_status(s, SC_STATUS_RECONNECTING, msg);
-		else if (s->status != SC_STATUS_NO_LEASE)
-			set_status(s, SC_STATUS_CONNECTING, msg);
+		if (was_leased && others) {
+			SR_WARN("", "tunnel to relay %s lost%s%s; %u other tunnel%s the lease; "
+				    "dialling a replacement",
+				p->dial_peer, why[0] ? ": " : "", why, others,
+				others == 1 ? " carries" : "s carry");
+		} else if (!others) {
+			snprintf(msg, sizeof(msg), "tunnel to relay %s lost%s%s; reconnecting",
+				 p->dial_peer, why[0] ? ": " : "", why);
+			if (s->lease.have_lease)
+				set_status(s, SC_STATUS_RECONNECTING, msg);
+			else if (s->status != SC_STATUS_NO_LEASE)
+				set_status(s, SC_STATUS_CONNECTING, msg);
+		}
 	}
 	if (tun_group_held(s->group) && !broke)
-		s->attempt = 0;
-	schedule_backoff(s);
+		p->attempt = 0;
+	schedule_backoff(p);
+	/* The first slot rests while another tunnel holds the lease and
+	 * joins are refused; none holds it now. */
+	if (!others && p->idx != 0 && s->slots[0].state == SC_IDLE)
+		sc_start(&s->slots[0]);
 }
 
 static struct bufferevent *on_connect(struct tun_conn *c, const struct tun_connect_req *req,
 				      void *arg)
 {
-	struct sidecar *s = arg;
+	struct sc_slot *p = arg;
+	struct sidecar *s = p->s;
 
-	return sc_driver_connect(s->base, req, &s->lease, s->tun_leased,
+	return sc_driver_connect(s->base, req, &s->lease, p->tun_leased,
 				 s->o->driver_connect_timeout_ms, &s->rl_driver,
 				 tun_conn_logctx(c));
 }
@@ -524,9 +735,9 @@ static struct bufferevent *on_connect(struct tun_conn *c, const struct tun_conne
 static void on_connect_failed(struct tun_conn *c, uint64_t conn_id, uint16_t port,
 			      const char *peer, int err, void *arg)
 {
-	struct sidecar *s = arg;
+	struct sc_slot *p = arg;
 
-	sc_driver_refused(&s->rl_driver, tun_conn_logctx(c), conn_id, peer, port, err);
+	sc_driver_refused(&p->s->rl_driver, tun_conn_logctx(c), conn_id, peer, port, err);
 }
 
 static const struct tun_conn_cbs sc_tun_cbs = {
@@ -538,16 +749,18 @@ static const struct tun_conn_cbs sc_tun_cbs = {
 
 static void on_up(struct tun_endpoint *ep, void *arg)
 {
-	struct sidecar *s = arg;
+	struct sc_slot *p = arg;
+	struct sidecar *s = p->s;
 	char ctx[128];
 
-	snprintf(ctx, sizeof(ctx), "relay=%s", s->dial_peer);
-	s->tun = tun_endpoint_conn(ep);
-	tun_conn_set_logctx(s->tun, ctx);
+	snprintf(ctx, sizeof(ctx), "relay=%s", p->dial_peer);
+	p->tun = tun_endpoint_conn(ep);
+	tun_conn_set_logctx(p->tun, ctx);
+	tun_conn_set_origin(p->tun, slot_origin(s, p->dial_peer));
 	SR_INFO(ctx, "connected (TLS 1.3, h2); registering app \"%s\"", s->o->app_name);
-	s->registered = s->tun_leased = s->release_sent = 0;
-	s->tun_up_us = sr_now_us();
-	s->state = SC_REGISTERING;
+	p->registered = p->tun_leased = p->release_sent = p->joining = 0;
+	p->tun_up_us = sr_now_us();
+	p->state = SC_REGISTERING;
 }
 
 static const struct tun_endpoint_cbs sc_ep_cbs = {
@@ -564,8 +777,32 @@ static int is_ip_literal(const char *h)
 	return sr_parse_addr(h, 1, &ss, &len) == 0;
 }
 
-static void dial_next(struct sidecar *s)
+/* How much p wants the relay at address a, lower first: a relay that holds
+ * waiting driver connections of ours (only it can resume them) and that no
+ * other tunnel uses, then relays no other tunnel uses, the one this slot
+ * just lost (it may be dead), and last the relays of the other tunnels
+ * (with one relay only, every tunnel goes to it). One tunnel: discovery's
+ * order, as it always was. */
+#define SC_RANKS 4
+static int addr_rank(const struct sc_slot *p, const char *a)
 {
+	const struct sidecar *s = p->s;
+
+	if (s->nslots == 1)
+		return 0;
+	for (unsigned i = 0; i < s->nslots; i++) {
+		const struct sc_slot *q = &s->slots[i];
+		if (q != p && q->ep && strcmp(q->dial_peer, a) == 0)
+			return 3;
+	}
+	if (tun_group_held_from(s->group, slot_origin(s, a)))
+		return 0;
+	return strcmp(a, p->lost_peer) == 0 ? 2 : 1;
+}
+
+static void dial_next(struct sc_slot *p)
+{
+	struct sidecar *s = p->s;
 	const struct disc_addr *a;
 	const char *name;
 	SSL *ssl;
@@ -574,12 +811,12 @@ static void dial_next(struct sidecar *s)
 		event_base_loopbreak(s->base);
 		return;
 	}
-	if (s->next_addr >= s->naddrs) {
-		schedule_backoff(s);
+	if (p->next_addr >= p->naddrs) {
+		schedule_backoff(p);
 		return;
 	}
-	a = &s->addrs[s->next_addr++];
-	sr_format_addr((const struct sockaddr *)&a->ss, s->dial_peer, sizeof(s->dial_peer));
+	a = &p->addrs[p->next_addr++];
+	sr_format_addr((const struct sockaddr *)&a->ss, p->dial_peer, sizeof(p->dial_peer));
 	name = s->o->server_name ? s->o->server_name : a->host;
 	ssl = SSL_new(s->ssl_ctx);
 	if (!ssl)
@@ -600,10 +837,10 @@ static void dial_next(struct sidecar *s)
 		sr_sock_notsent_lowat(fd, 128 * 1024);
 		if (connect(fd, (const struct sockaddr *)&a->ss, a->len) != 0 &&
 		    errno != EINPROGRESS) {
-			SR_WARN("", "cannot connect to relay %s: %s", s->dial_peer, strerror(errno));
+			SR_WARN("", "cannot connect to relay %s: %s", p->dial_peer, strerror(errno));
 			SSL_free(ssl);
 			close(fd);
-			dial_next(s);
+			dial_next(p);
 			return;
 		}
 		struct tun_endpoint_opts eo = {
@@ -618,56 +855,75 @@ static void dial_next(struct sidecar *s)
 			.conn = &s->o->tun,
 			.conn_cbs = &sc_tun_cbs,
 		};
-		s->ep = tun_endpoint_new(s->base, fd, &eo, &sc_ep_cbs, s);
-		if (!s->ep)
+		p->ep = tun_endpoint_new(s->base, fd, &eo, &sc_ep_cbs, p);
+		if (!p->ep)
 			goto fail;
 	}
-	SR_DEBUG("", "dialling relay %s (%s)", s->dial_peer, name);
-	s->state = SC_DIALING;
+	SR_DEBUG("", "dialling relay %s (%s)", p->dial_peer, name);
+	p->state = SC_DIALING;
 	return;
 fail:
 	SR_ERROR("", "out of memory while dialling");
-	schedule_backoff(s);
+	schedule_backoff(p);
 }
 
 static void resolved_cb(int err, const struct disc_addr *addrs, size_t n, void *arg)
 {
-	struct sidecar *s = arg;
+	struct sc_slot *p = arg;
+	struct sidecar *s = p->s;
+	size_t k = 0;
 
-	s->resolve = NULL;
-	free(s->addrs);
-	s->addrs = NULL;
-	s->naddrs = s->next_addr = 0;
+	p->resolve = NULL;
+	free(p->addrs);
+	p->addrs = NULL;
+	p->naddrs = p->next_addr = 0;
 	if (err != 0 || n == 0) {
 		SR_WARN("", "no address found for any relay");
-		set_status(s, SC_STATUS_UNREACHABLE, "no address found for any relay");
-		schedule_backoff(s);
+		if (!slots_leased(s, NULL))
+			set_status(s, SC_STATUS_UNREACHABLE, "no address found for any relay");
+		schedule_backoff(p);
 		return;
 	}
-	s->addrs = malloc(n * sizeof(*addrs));
-	if (!s->addrs) {
-		schedule_backoff(s);
+	p->addrs = malloc(n * sizeof(*addrs));
+	if (!p->addrs) {
+		schedule_backoff(p);
 		return;
 	}
-	memcpy(s->addrs, addrs, n * sizeof(*addrs));
-	s->naddrs = n;
-	dial_next(s);
+	/* In discovery's order within each rank (addr_rank). */
+	for (int rank = 0; rank < SC_RANKS; rank++)
+		for (size_t i = 0; i < n; i++) {
+			char a[SR_ADDRSTRLEN];
+			sr_format_addr((const struct sockaddr *)&addrs[i].ss, a, sizeof(a));
+			if (addr_rank(p, a) == rank)
+				p->addrs[k++] = addrs[i];
+		}
+	p->naddrs = k;
+	dial_next(p);
 }
 
-static void sc_start(struct sidecar *s)
+static void sc_start(struct sc_slot *p)
 {
-	s->state = SC_RESOLVING;
-	s->resolve = disc_lookup(s->disc, resolved_cb, s);
-	if (!s->resolve) {
+	struct sidecar *s = p->s;
+
+	p->state = SC_RESOLVING;
+	p->resolve = disc_lookup(s->disc, resolved_cb, p);
+	if (!p->resolve) {
 		SR_ERROR("", "cannot look up relays: out of memory");
-		set_status(s, SC_STATUS_UNREACHABLE, "cannot look up the relays");
-		schedule_backoff(s);
+		if (!slots_leased(s, NULL))
+			set_status(s, SC_STATUS_UNREACHABLE, "cannot look up the relays");
+		schedule_backoff(p);
 	}
 }
 
 static void backoff_cb(evutil_socket_t fd, short what, void *arg)
 {
-	sc_start(arg);
+	struct sc_slot *p = arg;
+
+	if (!slot_may_dial(p)) {
+		p->state = SC_IDLE;
+		return;
+	}
+	sc_start(p);
 }
 
 static void release_timeout_cb(evutil_socket_t fd, short what, void *arg)
@@ -676,7 +932,6 @@ static void release_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	SR_WARN("", "relay did not confirm the release within %u ms; exiting anyway",
 		s->o->release_timeout_ms);
 	sc_stop(s, "stopped; the relay did not confirm the release");
-	s->state = SC_DONE;
 	event_base_loopbreak(s->base);
 }
 
@@ -714,7 +969,20 @@ struct sidecar *sidecar_new(struct event_base *base, const struct sidecar_opts *
 	s->disc = disc_new(base, &opts->disc, opts->relays, opts->nrelays, err, errlen);
 	if (!s->disc)
 		goto fail;
-	s->backoff_timer = evtimer_new(base, backoff_cb, s);
+	s->nslots = opts->connections == 0 ? 1
+		    : opts->connections > SIDECAR_MAX_CONNECTIONS ? SIDECAR_MAX_CONNECTIONS
+								  : opts->connections;
+	for (unsigned i = 0; i < s->nslots; i++) {
+		struct sc_slot *p = &s->slots[i];
+		p->s = s;
+		p->idx = i;
+		p->state = SC_IDLE;
+		p->backoff_timer = evtimer_new(base, backoff_cb, p);
+		if (!p->backoff_timer) {
+			snprintf(err, errlen, "out of memory");
+			goto fail;
+		}
+	}
 	s->release_timer = evtimer_new(base, release_timeout_cb, s);
 	{
 		struct tun_group_opts go = {.hold_ms = opts->resume_hold_s * 1000u};
@@ -722,7 +990,7 @@ struct sidecar *sidecar_new(struct event_base *base, const struct sidecar_opts *
 			go.hold_ms = 90000;
 		s->group = tun_group_new(base, TUN_ROLE_SIDECAR, &go, "");
 	}
-	if (!s->backoff_timer || !s->release_timer || !s->group) {
+	if (!s->release_timer || !s->group) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
@@ -734,7 +1002,7 @@ struct sidecar *sidecar_new(struct event_base *base, const struct sidecar_opts *
 		sc_settings_remove(s->o, "");
 	s->status = SC_STATUS_STOPPED; /* so that the first set_status writes */
 	set_status(s, SC_STATUS_CONNECTING, "connecting to the relay");
-	sc_start(s);
+	sc_start(&s->slots[0]); /* the others once it holds the lease */
 	return s;
 fail:
 	sidecar_free(s);
@@ -747,44 +1015,66 @@ void sidecar_free(struct sidecar *s)
 		return;
 	if (s->shutting_down)
 		sc_stop(s, "stopped");
-	disc_lookup_cancel(s->resolve);
-	tun_endpoint_free(s->ep); /* before the group: its session may carry it */
+	for (unsigned i = 0; i < s->nslots; i++) {
+		struct sc_slot *p = &s->slots[i];
+		disc_lookup_cancel(p->resolve);
+		tun_endpoint_free(p->ep); /* before the group: its session may carry it */
+		if (p->backoff_timer)
+			event_free(p->backoff_timer);
+		free(p->addrs);
+	}
 	tun_group_free(s->group);
-	if (s->backoff_timer)
-		event_free(s->backoff_timer);
 	if (s->release_timer)
 		event_free(s->release_timer);
 	disc_free(s->disc);
 	SSL_CTX_free(s->ssl_ctx);
-	free(s->addrs);
 	free(s);
 }
 
 void sidecar_shutdown(struct sidecar *s)
 {
+	struct sc_slot *rel = NULL;
 	struct tun_ctl_msg m;
 	struct timeval tv;
 
 	if (s->shutting_down)
 		return;
 	s->shutting_down = 1;
-	if (!s->tun || s->state != SC_LEASED) {
+	for (unsigned i = 0; i < s->nslots && !rel; i++)
+		if (s->slots[i].tun && s->slots[i].state == SC_LEASED)
+			rel = &s->slots[i];
+	/* One tunnel carries the release; the others go now, so that none
+	 * of them ends the run before the relay's answer. */
+	for (unsigned i = 0; i < s->nslots; i++) {
+		struct sc_slot *p = &s->slots[i];
+		if (p == rel)
+			continue;
+		evtimer_del(p->backoff_timer);
+		disc_lookup_cancel(p->resolve);
+		p->resolve = NULL;
+		tun_endpoint_free(p->ep);
+		p->ep = NULL;
+		p->tun = NULL;
+		p->registered = p->tun_leased = p->joining = 0;
+		p->state = SC_DONE;
+	}
+	lease_links(s);
+	if (!rel) {
 		SR_INFO("", "shutting down (no live tunnel: the relay frees the lease after its "
 			    "grace period)");
 		sc_stop(s, "stopped without a tunnel: the relay frees the lease after its grace "
 			   "period");
-		s->state = SC_DONE;
 		event_base_loopbreak(s->base);
 		return;
 	}
 	memset(&m, 0, sizeof(m));
 	m.type = TUN_CTL_RELEASE;
-	SR_INFO(tun_conn_logctx(s->tun), "shutting down: releasing lease");
-	if (tun_conn_send_ctl(s->tun, &m) != 0) {
+	SR_INFO(tun_conn_logctx(rel->tun), "shutting down: releasing lease");
+	if (tun_conn_send_ctl(rel->tun, &m) != 0) {
 		event_base_loopbreak(s->base);
 		return;
 	}
-	s->release_sent = 1;
+	rel->release_sent = 1;
 	tv.tv_sec = s->o->release_timeout_ms / 1000;
 	tv.tv_usec = (s->o->release_timeout_ms % 1000) * 1000;
 	evtimer_add(s->release_timer, &tv);

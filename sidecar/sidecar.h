@@ -13,6 +13,9 @@ struct sidecar;
 
 #define SIDECAR_MAX_RELAYS 16
 #define SIDECAR_MAX_PORT_RANGES 16
+/* Tunnels a sidecar may hold for its lease (tunnel.connections); a relay
+ * accepts as many per lease (RELAY_LEASE_TUNNELS_MAX). */
+#define SIDECAR_MAX_CONNECTIONS 4
 
 struct sidecar_opts {
 	/* "host:port", "srv:NAME" or "k8s:[NS/]SERVICE[:PORT]" (discovery/disc.h) */
@@ -44,6 +47,7 @@ struct sidecar_opts {
 	uint32_t driver_connect_timeout_ms;
 	uint32_t release_timeout_ms;     /* wait for "released" on shutdown */
 	uint32_t resume_hold_s;          /* open driver sockets wait this long for a resume */
+	uint32_t connections;            /* tunnels for the lease, 1..SIDECAR_MAX_CONNECTIONS */
 	struct tun_conn_opts tun;
 	char *admin_listen;     /* status HTTP listener (/healthz, /status), NULL = none */
 };
@@ -57,7 +61,8 @@ int sidecar_port_range(const char *s, uint16_t *lo, uint16_t *hi);
 struct sidecar_lease_info {
 	int have_lease;
 	int connected;          /* a registered tunnel is up now */
-	char relay[64];         /* address of the relay of the current tunnel */
+	unsigned tunnels;       /* tunnels that hold the lease now */
+	char relay[64];         /* address of the relay that granted or resumed it last */
 	char lease[TUN_CTL_LEASE_MAX];
 	char host[TUN_CTL_HOST_MAX];
 	uint16_t ports[TUN_PORT_MAX];

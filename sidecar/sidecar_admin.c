@@ -78,6 +78,7 @@ static json_t *status_json(const struct sidecar_lease_info *li, const struct tun
 	json_object_set_new(o, "ports", ports);
 	json_object_set_new(o, "ttl_s", json_integer(li->ttl_s));
 	json_object_set_new(o, "connected", json_boolean(li->connected));
+	json_object_set_new(o, "tunnels", json_integer((json_int_t)li->tunnels));
 	json_object_set_new(o, "relay", li->relay[0] ? json_string(li->relay) : json_null());
 	json_object_set_new(o, "reconnects", json_integer((json_int_t)li->reconnects));
 	json_object_set_new(o, "resumption", resume);

@@ -1321,12 +1321,30 @@ void tun_conn_start(struct tun_conn *c)
 	tun_conn_flush(c);
 }
 
+void tun_conn_set_origin(struct tun_conn *c, uint32_t origin)
+{
+	c->origin = origin;
+}
+
+/* c off its group's list of sessions (c->group stays). */
+static void group_unlink(struct tun_conn *c)
+{
+	if (!c->group)
+		return;
+	if (c->gprev)
+		c->gprev->gnext = c->gnext;
+	else if (c->group->conn == c)
+		c->group->conn = c->gnext;
+	if (c->gnext)
+		c->gnext->gprev = c->gprev;
+	c->gnext = c->gprev = NULL;
+}
+
 void tun_conn_free(struct tun_conn *c)
 {
 	if (!c)
 		return;
-	if (c->group && c->group->conn == c)
-		c->group->conn = NULL;
+	group_unlink(c);
 	/* The session goes first, so no callback can name a freed stream. */
 	if (c->h2)
 		nghttp2_session_del(c->h2);
@@ -1495,11 +1513,14 @@ void tun_conn_adopt(struct tun_conn *c, struct tun_stream *s, int32_t id)
 
 void tun_conn_set_group(struct tun_conn *c, struct tun_group *g)
 {
-	if (c->group && c->group->conn == c)
-		c->group->conn = NULL;
+	group_unlink(c);
 	c->group = g;
-	if (g)
+	if (g) {
+		c->gnext = g->conn;
+		if (g->conn)
+			g->conn->gprev = c;
 		g->conn = c;
+	}
 	for (struct tun_stream *s = c->streams; s; s = s->next)
 		if (!(s->flags & TS_F_CTL))
 			s->group = g;

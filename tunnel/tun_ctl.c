@@ -85,6 +85,31 @@ int tun_ctl_valid_resume(const char *s)
 	return sr_valid_chars(s, TUN_CTL_RESUME_MAX - 1, TUN_CTL_RESUME_EXTRA);
 }
 
+const char *tun_ctl_join_token(const char *resume)
+{
+	const size_t plen = sizeof(TUN_CTL_JOIN_PREFIX) - 1;
+
+	if (resume == NULL || strncmp(resume, TUN_CTL_JOIN_PREFIX, plen) != 0 ||
+	    !tun_ctl_valid_resume(resume + plen))
+		return NULL;
+	return resume + plen;
+}
+
+int tun_ctl_join_proof(const char *token, char *out, size_t len)
+{
+	int n;
+
+	if (token == NULL || !tun_ctl_valid_resume(token))
+		return SR_EINVAL;
+	n = snprintf(out, len, "%s%s", TUN_CTL_JOIN_PREFIX, token);
+	if (n < 0 || (size_t)n >= len) {
+		if (len)
+			out[0] = '\0';
+		return SR_EINVAL;
+	}
+	return 0;
+}
+
 int tun_ctl_valid_code(const char *s)
 {
 	size_t n;
@@ -163,6 +188,7 @@ static int ctl_check_field(const char *key, int ok, const char *rule, char *err,
 #define RULE_RESUME "not a resume token (letters, digits, '_' or '-')"
 #define RULE_CODE "not an error code (a-z, 0-9 or '_')"
 #define RULE_APP "has control characters or is not UTF-8"
+#define RULE_JOIN "a join's resume is \"" TUN_CTL_JOIN_PREFIX "\" then a resume token"
 
 static int ctl_type_from_name(const char *name)
 {
@@ -375,7 +401,17 @@ static int ctl_parse_obj(json_t *root, struct tun_ctl_msg *msg, char *err, size_
 				      err, errlen)) < 0 ||
 		    (rc = ctl_check_field("resume",
 					  !msg->resume[0] || tun_ctl_valid_resume(msg->resume),
-					  RULE_RESUME, err, errlen)) < 0)
+					  RULE_RESUME, err, errlen)) < 0 ||
+		    (rc = ctl_get_str(root, "join", msg->join, sizeof(msg->join), 0, 0, err,
+				      errlen)) < 0 ||
+		    (json_object_get(root, "replaces") &&
+		     (rc = ctl_get_u32(root, "replaces", UINT32_MAX, &msg->replaces, err,
+				       errlen)) < 0) ||
+		    (msg->join[0] &&
+		     ((rc = ctl_check_field("join", tun_ctl_valid_lease_id(msg->join), RULE_LEASE,
+					    err, errlen)) < 0 ||
+		      (rc = ctl_check_field("resume", tun_ctl_join_token(msg->resume) != NULL,
+					    RULE_JOIN, err, errlen)) < 0)))
 			return rc;
 		break;
 	case TUN_CTL_LEASE:
@@ -393,6 +429,9 @@ static int ctl_parse_obj(json_t *root, struct tun_ctl_msg *msg, char *err, size_
 		    (json_object_get(root, "streams") &&
 		     (rc = ctl_get_u32(root, "streams", TUN_CTL_STREAMS_MAX, &msg->streams, err,
 				       errlen)) < 0) ||
+		    (json_object_get(root, "tunnel") &&
+		     (rc = ctl_get_u32(root, "tunnel", UINT32_MAX, &msg->tunnel, err, errlen)) <
+			 0) ||
 		    (rc = ctl_get_str(root, "resume", msg->resume, sizeof(msg->resume), 1, 0,
 				      err, errlen)) < 0 ||
 		    (rc = ctl_check_field("resume",
@@ -493,7 +532,10 @@ static int ctl_build_register(const struct tun_ctl_msg *msg, json_t *root)
 	    ctl_check_str(msg->token, sizeof(msg->token), 0) < 0 ||
 	    ctl_check_str(msg->resume, sizeof(msg->resume), 0) < 0 || msg->roles == 0 ||
 	    (msg->roles & ~((1u << TUN_PORT_MAX) - 1)) != 0 || !tun_ctl_valid_app(msg->app) ||
-	    (msg->resume[0] && !tun_ctl_valid_resume(msg->resume)))
+	    (msg->resume[0] && !tun_ctl_valid_resume(msg->resume)) ||
+	    ctl_check_str(msg->join, sizeof(msg->join), 0) < 0 ||
+	    (msg->join[0] &&
+	     (!tun_ctl_valid_lease_id(msg->join) || !tun_ctl_join_token(msg->resume))))
 		return SR_EINVAL;
 	if ((rc = ctl_set_str(root, "app", msg->app)) < 0)
 		return rc;
@@ -509,6 +551,10 @@ static int ctl_build_register(const struct tun_ctl_msg *msg, json_t *root)
 	if (msg->token[0] != '\0' && (rc = ctl_set_str(root, "token", msg->token)) < 0)
 		return rc;
 	if (msg->resume[0] != '\0' && (rc = ctl_set_str(root, "resume", msg->resume)) < 0)
+		return rc;
+	if (msg->join[0] != '\0' && (rc = ctl_set_str(root, "join", msg->join)) < 0)
+		return rc;
+	if (msg->replaces && (rc = ctl_set_int(root, "replaces", msg->replaces)) < 0)
 		return rc;
 	return 0;
 }
@@ -545,7 +591,8 @@ static int ctl_build_lease(const struct tun_ctl_msg *msg, json_t *root)
 	    (rc = ctl_set_str(root, "host", msg->host)) < 0 ||
 	    (rc = ctl_set_int(root, "ttl", msg->ttl_s)) < 0 ||
 	    (rc = ctl_set_str(root, "resume", msg->resume)) < 0 ||
-	    (msg->streams && (rc = ctl_set_int(root, "streams", msg->streams)) < 0))
+	    (msg->streams && (rc = ctl_set_int(root, "streams", msg->streams)) < 0) ||
+	    (msg->tunnel && (rc = ctl_set_int(root, "tunnel", msg->tunnel)) < 0))
 		return rc;
 	return 0;
 }

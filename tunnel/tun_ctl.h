@@ -19,6 +19,19 @@
  * is the number of held streams the relay reopens right after it. A relay
  * answers a v1 register with error "version" (in a v1 message, so an old
  * sidecar can read it); a v1 relay refuses a v2 register outright.
+ *
+ * A sidecar that holds the lease on one tunnel adds more (protocol v2, a
+ * register with "join"): the same register fields plus
+ *   sidecar -> relay   "join":"L-..", "resume":"join_<resume token>"
+ * The relay attaches the tunnel to that lease without giving it a new resume
+ * token (the "lease" answer has "resume":""), and refuses with error
+ * "join_refused". Every "lease" names its tunnel ("tunnel":N, relay-chosen,
+ * nonzero); a join that replaces a tunnel the sidecar lost to the same relay
+ * says "replaces":N, and the relay ends that tunnel first if it still has it
+ * (its PING timeout not fired yet), so that its streams resume on the new one. The token hides behind TUN_CTL_JOIN_PREFIX so that a relay
+ * that predates joins (it ignores "join") looks it up as a resume token,
+ * finds none and answers "unknown_lease": it never resumes the lease, which
+ * would give it a new token and close the sidecar's first tunnel.
  *   relay -> sidecar   {"v":1,"type":"error","code":"no_ports","message":".."}
  *   sidecar -> relay   {"v":1,"type":"release"}
  *   relay -> sidecar   {"v":1,"type":"released"}
@@ -88,12 +101,19 @@ enum tun_ctl_type {
 #define TUN_CTL_LEASE_EXTRA "-"   /* allowed besides ASCII letters and digits */
 #define TUN_CTL_RESUME_EXTRA "_-" /* likewise */
 #define TUN_CTL_TTL_MAX (7u * 24u * 3600u)
+/* A join's "resume": this prefix, then the lease's resume token. */
+#define TUN_CTL_JOIN_PREFIX "join_"
 
 /* 1 if s is a lease id / a nonempty resume token / an error code as above. */
 int tun_ctl_valid_lease_id(const char *s);
 int tun_ctl_valid_resume(const char *s);
 int tun_ctl_valid_code(const char *s);
 int tun_ctl_valid_app(const char *s);
+/* A join's proof for resume token: TUN_CTL_JOIN_PREFIX + token into out
+ * (TUN_CTL_RESUME_MAX bytes). 0, or SR_EINVAL (no valid token, too long). */
+int tun_ctl_join_proof(const char *token, char *out, size_t len);
+/* The resume token inside a join's proof, or NULL if resume is not one. */
+const char *tun_ctl_join_token(const char *resume);
 
 struct tun_ctl_msg {
 	enum tun_ctl_type type;
@@ -102,6 +122,9 @@ struct tun_ctl_msg {
 	unsigned roles; /* TUN_ROLE_BIT set; register: requested, lease: granted */
 	char token[TUN_CTL_TOKEN_MAX];   /* bearer token, "" if none */
 	char resume[TUN_CTL_RESUME_MAX]; /* register: token to resume, lease: new token */
+	char join[TUN_CTL_LEASE_MAX];    /* register: the lease to join, "" if none */
+	uint32_t replaces; /* register (a join): the tunnel it replaces, 0: none */
+	uint32_t tunnel;   /* lease: this tunnel's id at the relay, 0: none (older relay) */
 	/* lease */
 	char lease[TUN_CTL_LEASE_MAX];
 	char host[TUN_CTL_HOST_MAX];

@@ -98,6 +98,38 @@ void tun_group_finished(struct tun_group *g, struct tun_stream *s)
 	tun_stream_free(s);
 }
 
+/* Held streams of origin (0: all) the other end does not know: finished if
+ * they were complete, else lost. Returns how many were lost. */
+static size_t reset_unknown_from(struct tun_group *g, uint32_t origin)
+{
+	size_t n = 0;
+
+	for (struct tun_stream *s = g->held, *nx; s; s = nx) {
+		nx = s->next;
+		if (origin && s->origin != origin)
+			continue;
+		if (tun_group_finish(g, s))
+			continue;
+		tun_group_lose(g, s, TUN_LOST_UNKNOWN);
+		n++;
+	}
+	if (n)
+		SR_WARN(g->logctx, "%zu held streams reset (%s)", n,
+			tun_lost_name(TUN_LOST_UNKNOWN));
+	return n;
+}
+
+size_t tun_group_held_from(const struct tun_group *g, uint32_t origin)
+{
+	size_t n = 0;
+
+	if (!origin)
+		return g->nheld;
+	for (const struct tun_stream *s = g->held; s; s = s->next)
+		n += s->origin == origin;
+	return n;
+}
+
 void tun_group_reset(struct tun_group *g, enum tun_lost why)
 {
 	size_t n = g->nheld;
@@ -229,6 +261,11 @@ size_t tun_group_resume(struct tun_group *g, struct tun_conn *c)
 		}
 		n++;
 	}
+	/* Sent now: called outside c's input (an etcd answer, or once the
+	 * lease message left), nothing else would send them before the next
+	 * PING. */
+	if (n)
+		tun_conn_flush(c);
 	if (n == 0 && g->st.resumes && g->expect == 0)
 		return 0;
 	return n;
@@ -243,29 +280,36 @@ void tun_group_answered(struct tun_group *g, struct tun_stream *s)
 
 /* ---- sidecar: take a resumed CONNECT -------------------------------------- */
 
-void tun_group_count_resumed(struct tun_group *g)
+void tun_group_count_resumed(struct tun_group *g, struct tun_conn *c)
 {
-	if (++g->got < g->expect)
+	size_t unknown;
+
+	if (++c->resume_got < c->resume_expect)
 		return;
-	if (g->held) {
+	if (c->resume_got > c->resume_expect)
+		return; /* counted (and reported) once */
+	if ((unknown = tun_group_held_from(g, c->origin)) > 0) {
 		SR_WARN(g->logctx, "the relay resumed %" PRIu64 " streams; %zu held here are "
 				   "unknown to it",
-			g->expect, g->nheld);
-		tun_group_reset(g, TUN_LOST_UNKNOWN);
+			c->resume_expect, unknown);
+		reset_unknown_from(g, c->origin);
 	}
 	resume_report(g);
 }
 
-void tun_group_expect(struct tun_group *g, uint64_t n)
+void tun_group_expect_on(struct tun_group *g, struct tun_conn *c, uint64_t n)
 {
+	size_t unknown = tun_group_held_from(g, c->origin);
+
 	resume_begin(g);
-	g->expect = n;
-	if (n || g->nheld)
+	c->resume_expect = n;
+	c->resume_got = 0;
+	if (n || unknown)
 		g->st.resumes++;
-	if (n == 0 && g->held) {
+	if (n == 0 && unknown) {
 		SR_WARN(g->logctx, "the relay resumed no stream; %zu held here are unknown to it",
-			g->nheld);
-		tun_group_reset(g, TUN_LOST_UNKNOWN);
+			unknown);
+		reset_unknown_from(g, c->origin);
 	}
 }
 
@@ -312,8 +356,11 @@ struct tun_stream *tun_group_take(struct tun_group *g, struct tun_conn *c,
 {
 	struct tun_stream *s = NULL;
 
+	/* Connection ids are per relay: with tunnels to several relays the
+	 * stream must also have come through this one (its origin). */
 	if (strcmp(p->req->lease, g->lease) == 0)
-		for (s = g->held; s && s->conn_id != p->conn_id; s = s->next)
+		for (s = g->held; s && (s->conn_id != p->conn_id || s->origin != c->origin);
+		     s = s->next)
 			;
 	if (s)
 		held_unlink(g, s);
@@ -321,7 +368,7 @@ struct tun_stream *tun_group_take(struct tun_group *g, struct tun_conn *c,
 	/* Counted once the stream is off the held list (the last one counted
 	 * loses whatever is still held) and its outcome is in the stats (the
 	 * last one counted reports them). */
-	tun_group_count_resumed(g);
+	tun_group_count_resumed(g, c);
 	return s;
 }
 
@@ -350,7 +397,7 @@ void tun_group_free(struct tun_group *g)
 {
 	if (!g)
 		return;
-	if (g->conn)
+	while (g->conn)
 		tun_conn_set_group(g->conn, NULL);
 	tun_group_reset(g, TUN_LOST_ENDED);
 	event_free(g->hold_ev);

@@ -74,7 +74,9 @@ void tun_group_set_logctx(struct tun_group *g, const char *logctx);
 void tun_group_set_lease(struct tun_group *g, const char *lease_id);
 
 /* c carries g's streams from now on; streams c opens or accepts join g.
- * NULL detaches (c's streams then end with c, as in protocol v1). */
+ * NULL detaches (c's streams then end with c, as in protocol v1). Several
+ * sessions may carry one group (a lease's tunnels); tun_group_free detaches
+ * them all. */
 void tun_conn_set_group(struct tun_conn *c, struct tun_group *g);
 
 /* Streams held now, waiting for a tunnel. */
@@ -82,9 +84,17 @@ size_t tun_group_held(const struct tun_group *g);
 /* Relay: reopen every held stream on c (call after queueing the lease that
  * announces tun_group_held() streams). Returns how many were reopened. */
 size_t tun_group_resume(struct tun_group *g, struct tun_conn *c);
-/* Sidecar: the lease on this tunnel announced n resumed streams; once n
- * resumed CONNECTs have come, any stream still held is lost (UNKNOWN). */
-void tun_group_expect(struct tun_group *g, uint64_t n);
+/* Sidecar: the lease on tunnel c (which carries g) announced n resumed
+ * streams; once n resumed CONNECTs have come on c, any stream of c's origin
+ * still held is lost (UNKNOWN). With tunnels to several relays (origins,
+ * tun_conn_set_origin) a relay resumes only the streams whose other end it
+ * has; those of other origins stay held. Origin 0: every held stream. */
+void tun_group_expect_on(struct tun_group *g, struct tun_conn *c, uint64_t n);
+/* Held streams of origin (0: all). */
+size_t tun_group_held_from(const struct tun_group *g, uint32_t origin);
+/* Streams that c opens or accepts from now on carry origin (sidecar: which
+ * relay they came through); a held stream keeps it. 0: none. */
+void tun_conn_set_origin(struct tun_conn *c, uint32_t origin);
 /* Reset every held stream now. */
 void tun_group_reset(struct tun_group *g, enum tun_lost why);
 void tun_group_get_stats(const struct tun_group *g, struct tun_group_stats *st);

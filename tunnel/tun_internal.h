@@ -80,6 +80,7 @@ struct tun_stream {
 	uint16_t port;
 	uint32_t pass_out;  /* bytes queued to the socket during this parse (tun_stream.c) */
 	uint64_t conn_id;
+	uint32_t origin; /* its session's origin when bound (tun_conn_set_origin) */
 	/* Credit accounting for DATA received into this stream's socket output
 	 * (see tun_stream.c): stream credit is owed for every such byte until
 	 * it is written; connection credit was either returned on arrival
@@ -160,6 +161,11 @@ struct tun_conn {
 	int in_throttled;      /* over sock_in_max: sockets read TUN_SOCK_IN_FLOOR at most */
 	enum tc_state st;
 	struct tun_group *group; /* see tun_group.h; NULL: protocol v1 semantics */
+	struct tun_conn *gnext, *gprev; /* the other sessions carrying group */
+	uint32_t origin;                /* tun_conn_set_origin; 0: none */
+	/* Sidecar: resumed CONNECTs the lease on this session announced, and
+	 * those come so far (tun_group_expect_on). */
+	uint64_t resume_expect, resume_got;
 	struct tun_stream *linger; /* ended streams waiting for a PING barrier */
 	uint64_t ping_seq;       /* last barrier PING's payload */
 	uint64_t barrier_out;    /* a barrier PING in flight, 0 if none */
@@ -187,13 +193,15 @@ struct tun_group {
 	struct tun_group_opts opts;
 	char logctx[192];
 	char lease[TUN_CTL_LEASE_MAX];
-	struct tun_conn *conn;    /* the session carrying it now */
+	/* The sessions carrying it now (tun_conn.gnext), NULL: none. A sidecar
+	 * with several tunnels to its lease has one group over all of them. */
+	struct tun_conn *conn;
 	struct tun_stream *held;  /* streams waiting for a tunnel */
 	size_t nheld;
 	/* Streams complete at both ends when the tunnel died (the peer has
 	 * forgotten them): their sockets get what is left, then a clean end. */
 	struct tun_stream *finishing;
-	uint64_t expect, got;     /* sidecar: resumed CONNECTs announced / come */
+	uint64_t expect, got;     /* relay: resumed streams reopened / answered */
 	uint64_t resume_started_us;
 	/* When the tunnel that went last received anything: the outage began
 	 * then, a PING timeout later than that. For the resume log only. */
@@ -230,8 +238,8 @@ int tun_stream_apply_peer_rx(struct tun_stream *s);
 int tun_group_finish(struct tun_group *g, struct tun_stream *s);
 /* A finishing stream's socket is done: free it. */
 void tun_group_finished(struct tun_group *g, struct tun_stream *s);
-/* One resumed CONNECT was handled (sidecar). */
-void tun_group_count_resumed(struct tun_group *g);
+/* One resumed CONNECT was handled on c (sidecar). */
+void tun_group_count_resumed(struct tun_group *g, struct tun_conn *c);
 
 /* tun_stream.c */
 /* Shut the socket's write side, or end a finishing stream, if it is time. */

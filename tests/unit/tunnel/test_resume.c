@@ -152,7 +152,7 @@ static void sc_on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void *arg
 	tun_conn_set_group(c, h->gs);
 	tun_group_set_lease(h->gs, m->lease);
 	if (h->resuming)
-		tun_group_expect(h->gs, m->streams);
+		tun_group_expect_on(h->gs, c, m->streams);
 }
 
 static struct bufferevent *sc_on_connect(struct tun_conn *c, const struct tun_connect_req *req,

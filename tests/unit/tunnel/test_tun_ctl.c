@@ -137,6 +137,97 @@ static void test_round_trip_register(void **state)
 	json_decref(body);
 }
 
+/* A join names the lease and proves the resume token behind "join_"; an old
+ * relay that ignores "join" sees a resume token it cannot have made. */
+static void test_join(void **state)
+{
+	struct tun_ctl_msg in, out;
+	char proof[TUN_CTL_RESUME_MAX];
+	char long_tok[TUN_CTL_RESUME_MAX];
+	json_t *body;
+
+	memset(&in, 0, sizeof(in));
+	in.type = TUN_CTL_REGISTER;
+	snprintf(in.app, sizeof(in.app), "nb");
+	in.roles = TUN_ROLE_BIT(TUN_PORT_DRIVER);
+	snprintf(in.join, sizeof(in.join), "L-7-0badcafe");
+	assert_int_equal(tun_ctl_join_proof("abc123", in.resume, sizeof(in.resume)), 0);
+	assert_string_equal(in.resume, "join_abc123");
+	body = round_trip(&in, &out);
+	assert_keys(body, (const char *const[]){"v", "type", "app", "roles", "resume", "join",
+						NULL});
+	assert_string_equal(out.join, "L-7-0badcafe");
+	assert_string_equal(out.resume, "join_abc123");
+	assert_string_equal(tun_ctl_join_token(out.resume), "abc123");
+	assert_int_equal(out.replaces, 0);
+	json_decref(body);
+
+	/* The tunnel it replaces (any u32), and a lease's tunnel id. */
+	in.replaces = UINT32_MAX;
+	body = round_trip(&in, &out);
+	assert_keys(body, (const char *const[]){"v", "type", "app", "roles", "resume", "join",
+						"replaces", NULL});
+	assert_int_equal(out.replaces, UINT32_MAX);
+	json_decref(body);
+	expect_fail("{\"v\":2,\"type\":\"register\",\"app\":\"a\",\"roles\":[\"driver\"],"
+		    "\"join\":\"L-1\",\"resume\":\"join_abc\",\"replaces\":-1}",
+		    SR_EPROTO, "field \"replaces\": must be an integer");
+	expect_fail("{\"v\":2,\"type\":\"register\",\"app\":\"a\",\"roles\":[\"driver\"],"
+		    "\"join\":\"L-1\",\"resume\":\"join_abc\",\"replaces\":4294967296}",
+		    SR_EPROTO, "field \"replaces\": must be an integer");
+	expect_ok("{\"v\":2,\"type\":\"lease\",\"lease\":\"L-1\",\"host\":\"h\","
+		  "\"ports\":{\"driver\":1},\"ttl\":1,\"resume\":\"\",\"tunnel\":7}",
+		  &out);
+	assert_int_equal(out.tunnel, 7);
+	expect_fail("{\"v\":2,\"type\":\"lease\",\"lease\":\"L-1\",\"host\":\"h\","
+		    "\"ports\":{\"driver\":1},\"ttl\":1,\"resume\":\"\",\"tunnel\":\"7\"}",
+		    SR_EPROTO, "field \"tunnel\": must be an integer");
+
+	/* The proof's rules: a token of the resume alphabet that fits. */
+	assert_null(tun_ctl_join_token("abc123"));
+	assert_null(tun_ctl_join_token("join_"));
+	assert_null(tun_ctl_join_token("join_a b"));
+	assert_int_equal(tun_ctl_join_proof("", proof, sizeof(proof)), SR_EINVAL);
+	assert_int_equal(tun_ctl_join_proof("a.b", proof, sizeof(proof)), SR_EINVAL);
+	memset(long_tok, 'a', sizeof(long_tok) - 1);
+	long_tok[sizeof(long_tok) - 1] = '\0';
+	/* 75 characters of token: 80 bytes with the prefix and the NUL */
+	assert_int_equal(tun_ctl_join_proof(long_tok + 4, proof, sizeof(proof)), SR_EINVAL);
+	long_tok[sizeof(long_tok) - 1 - 5] = '\0';
+	assert_int_equal(tun_ctl_join_proof(long_tok, proof, sizeof(proof)), 0);
+
+	/* The encoder refuses a join without its proof, or a bad lease id. */
+	{
+		struct evbuffer *buf = evbuffer_new();
+		struct tun_ctl_msg bad = in;
+		snprintf(bad.resume, sizeof(bad.resume), "abc123");
+		assert_int_equal(tun_ctl_encode(&bad, buf), SR_EINVAL);
+		bad = in;
+		snprintf(bad.join, sizeof(bad.join), "X-1");
+		assert_int_equal(tun_ctl_encode(&bad, buf), SR_EINVAL);
+		assert_int_equal(evbuffer_get_length(buf), 0);
+		evbuffer_free(buf);
+	}
+	/* The parser likewise; "join":"" is no join. */
+	expect_fail("{\"v\":2,\"type\":\"register\",\"app\":\"a\",\"roles\":[\"driver\"],"
+		    "\"join\":\"L-1\",\"resume\":\"abc\"}",
+		    SR_EPROTO, "field \"resume\": a join's resume is");
+	expect_fail("{\"v\":2,\"type\":\"register\",\"app\":\"a\",\"roles\":[\"driver\"],"
+		    "\"join\":\"L-1\"}",
+		    SR_EPROTO, "field \"resume\": a join's resume is");
+	expect_fail("{\"v\":2,\"type\":\"register\",\"app\":\"a\",\"roles\":[\"driver\"],"
+		    "\"join\":\"lease\",\"resume\":\"join_abc\"}",
+		    SR_EPROTO, "field \"join\": not a lease id");
+	expect_fail("{\"v\":2,\"type\":\"register\",\"app\":\"a\",\"roles\":[\"driver\"],"
+		    "\"join\":7,\"resume\":\"join_abc\"}",
+		    SR_EPROTO, "field \"join\": must be a string");
+	expect_ok("{\"v\":2,\"type\":\"register\",\"app\":\"a\",\"roles\":[\"driver\"],"
+		  "\"join\":\"\",\"resume\":\"abc\"}",
+		  &out);
+	assert_string_equal(out.join, "");
+	assert_string_equal(out.resume, "abc");
+}
+
 static void test_round_trip_lease(void **state)
 {
 	struct tun_ctl_msg in, out;
@@ -1056,6 +1147,7 @@ int main(void)
 	    cmocka_unit_test(test_rule_lease_id),
 	    cmocka_unit_test(test_rule_host),
 	    cmocka_unit_test(test_rule_resume),
+	    cmocka_unit_test(test_join),
 	    cmocka_unit_test(test_rule_code),
 	    cmocka_unit_test(test_rule_app),
 	    cmocka_unit_test(test_message_is_free_text),

@@ -1,0 +1,736 @@
+"""A sidecar holding several tunnels for its one lease (tunnel.connections).
+
+  - one relay (no etcd), connections 2: both tunnels hold the lease (the
+    second joined it), executor connections use both; one tunnel's TCP
+    connection killed (`ss -K`): new executor connections succeed at once
+    over the other, the lease and its ports stay, the sidecar dials a
+    replacement that joins, and the streams of the killed tunnel resume on
+    it byte-exact;
+  - a join with a wrong token, for another lease, or in the form an older
+    relay sees it (a resume token it never made) is refused and changes
+    nothing: the lease keeps its tunnels, ports and resume token; a join
+    with the right token adds a tunnel and does not rotate the token, up to
+    4 tunnels per lease on a relay;
+  - a tunnel whose path goes silent: the sidecar's PING timeout fires first,
+    its replacement joins naming the tunnel it replaces, the relay ends that
+    one at once and its streams resume on the replacement byte-exact;
+  - an older relay (played by a fake one that answers a join as an unknown
+    resume token): the sidecar keeps its one tunnel, says so once and does
+    not dial again;
+  - the fleet (three relays on one etcd), two sidecars with two tunnels
+    each, executors connected through all three relays: kill -9 a relay
+    that holds tunnels: executor connections through the other two
+    continue byte-exact, new connections through the survivors succeed
+    within 2 s, the sidecars dial replacements, no lease or port changes;
+    the killed relay restarted serves the leases again; one tunnel's TCP
+    connection reset (its relay alive): the replacement rejoins that relay
+    and the streams through it, direct or carried there, resume byte-exact;
+    both tunnels reset at once: each relay resumes its own streams (ids are
+    per relay), none is lost; one tunnel (connections 1) reset: the streams
+    a resume through etcd reopens leave at once, not with the sidecar's
+    next PING.
+
+Each measured number is logged with the prefix "measured:"."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import threading
+import time
+import unittest
+import urllib.request
+
+import etcd as E
+import fake_relay as R
+import fake_sidecar as F
+import harness as H
+from harness import MiB
+
+HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+POOL = 64
+
+
+def wait_for(check, timeout, what):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = check()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("no %s within %.0f s" % (what, timeout))
+        time.sleep(0.05)
+
+
+def echo_exchange(s, seed, n, timeout=30.0):
+    """Send n pattern bytes on s and read the echo: (ok, message)."""
+    s.settimeout(timeout)
+    snd = H.Sender(s, seed, n)
+    snd.start()
+    end, got, sha, _ = H.recv_exact(s, n)
+    err = snd.finish(timeout)
+    if err:
+        return False, err
+    want = H.pattern_sha(seed, n)
+    if end != "ok" or sha != want or snd.sha != want:
+        return False, "echo %s: %d of %d bytes, sha %s want %s" % (end, got, n, sha[:12],
+                                                                   want[:12])
+    return True, ""
+
+
+def try_connect(host, port):
+    try:
+        return H.connect(host, port, timeout=2.0)
+    except OSError:
+        return None
+
+
+def admin_port(proc):
+    """The relay's admin API or the sidecar's status API, from its log."""
+    m = re.search(r"(?:admin|status) 127\.0\.0\.1:(\d+)\] (?:admin|status) API listening",
+                  proc.log_text())
+    return int(m.group(1)) if m else None
+
+
+def admin_get(proc, path):
+    port = admin_port(proc)
+    body = urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=5).read()
+    return body.decode()
+
+
+def relay_leases(relay):
+    j = json.loads(admin_get(relay, "/v1/leases"))
+    return {l["id"]: l for l in (j["leases"] if isinstance(j, dict) else j)}
+
+
+def metrics(relay):
+    body = admin_get(relay, "/metrics")
+    return {l.split()[0]: float(l.split()[1]) for l in body.splitlines()
+            if l and not l.startswith("#")}
+
+
+def state_token(workdir):
+    with open(os.path.join(workdir, "state.json")) as f:
+        return json.load(f)["resume"]
+
+
+def tunnel_ports(relay_host, relay_port):
+    """Local ports of the established TCP connections to relay_host:relay_port."""
+    out = subprocess.run(["ss", "-Htn", "state", "established", "dst", relay_host, "dport",
+                          "=", ":%d" % relay_port], capture_output=True, text=True,
+                         timeout=10).stdout
+    ports = []
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) >= 4:
+            ports.append(int(f[2].rsplit(":", 1)[1]))
+    return ports
+
+
+def kill_tcp(src_port, relay_host, relay_port):
+    return subprocess.run(["ss", "-K", "sport", "=", ":%d" % src_port, "dst", relay_host,
+                           "dport", "=", ":%d" % relay_port], capture_output=True, text=True,
+                          timeout=10).stdout
+
+
+class EchoLoad:
+    """Connections that each echo a steady trickle of pattern bytes in
+    rounds; check() says whether every byte came back in order."""
+
+    def __init__(self, socks, seed):
+        self.socks = socks
+        self.seed = seed
+        self.errors = []
+        self.rounds = [0] * len(socks)
+        self.stop_ev = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
+                        for i in range(len(socks))]
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def _run(self, i):
+        s = self.socks[i]
+        n = 0
+        try:
+            while not self.stop_ev.is_set():
+                ok, why = echo_exchange(s, self.seed + 1000 * i + n, 64 * 1024, timeout=20.0)
+                if not ok:
+                    self.errors.append("conn %d round %d: %s" % (i, n, why))
+                    return
+                n += 1
+                self.rounds[i] = n
+                time.sleep(0.02)
+        except OSError as e:
+            self.errors.append("conn %d round %d: %s" % (i, n, e))
+
+    def finish(self):
+        self.stop_ev.set()
+        for t in self.threads:
+            t.join(30)
+        return self.errors
+
+
+class OneRelayTest(unittest.TestCase):
+    """One relay alone, sidecars with tunnel.connections 2."""
+
+    def setUp(self):
+        self.stack = H.Stack(self.id(), tunnel_overrides={"tunnel": {
+            "connections": 2, "admin": {"listen": "127.0.0.1:0"}}})
+        self.stack.start()
+        self.relay = self.stack.relay
+        self.sc = self.stack.tunnel
+
+    def tearDown(self):
+        problems = self.stack.stop()
+        if problems or H._test_failed(self):
+            for p in self.stack.procs():
+                p.dump(80)
+        self.assertEqual(problems, [])
+
+    def tunnels_of_lease(self):
+        return relay_leases(self.relay)[self.stack.lease["lease"]]["tunnels"]
+
+    def test_two_tunnels_one_lost_and_replaced(self):
+        lease = self.stack.lease
+        wait_for(lambda: self.tunnels_of_lease() == 2, 10, "the second tunnel joining")
+        self.assertTrue(self.relay.grep("joining lease=%s" % lease["lease"]))
+        token = state_token(self.stack.dir)
+        st = json.loads(admin_get(self.sc, "/status"))
+        self.assertEqual(st["tunnels"], 2, st)
+        self.stack.start_driver()
+        socks = [self.stack.executor() for _ in range(8)]
+        load = EchoLoad(socks, 10).start()
+        wait_for(lambda: min(load.rounds) >= 2, 20, "echo rounds on every connection")
+        # Both tunnels carry streams: the relay opens each on the one with
+        # fewer.
+        sess = json.loads(admin_get(self.relay, "/v1/sessions"))
+        sess = sess["sessions"] if isinstance(sess, dict) else sess
+        active = sorted(x["streams_active"] for x in sess if x.get("lease") == lease["lease"])
+        self.assertEqual(len(active), 2, sess)
+        self.assertGreaterEqual(active[0], 3, "streams spread over the tunnels: %s" % active)
+
+        joins = H_count(self.relay, "joining lease=")
+        resumed = H_count(self.relay, "resumed ")
+        ports = tunnel_ports("127.0.0.1", self.stack.relay_port)
+        self.assertEqual(len(ports), 2, ports)
+        t0 = time.monotonic()
+        self.assertIn("ESTAB", kill_tcp(ports[0], "127.0.0.1", self.stack.relay_port))
+        # a new executor connection goes over the other tunnel at once
+        s = self.stack.executor(timeout=2.0)
+        ok, why = echo_exchange(s, 77, 256 * 1024, timeout=2.0)
+        self.assertTrue(ok, "new connection after one tunnel died: %s" % why)
+        H.log("measured: new connection echoed 256 KiB %.3f s after one of two tunnels was "
+              "killed" % (time.monotonic() - t0))
+        # the replacement joins the same lease and resumes the killed
+        # tunnel's streams
+        wait_for(lambda: H_count(self.relay, "joining lease=") > joins, 10,
+                 "a replacement tunnel joining")
+        wait_for(lambda: H_count(self.relay, "resumed ") > resumed, 10,
+                 "the killed tunnel's streams resumed")
+        H.log("measured: replacement joined and resumed %.3f s after the kill"
+              % (time.monotonic() - t0))
+        wait_for(lambda: self.tunnels_of_lease() == 2, 10, "two tunnels again")
+        done = list(load.rounds)
+        wait_for(lambda: all(r >= d + 2 for r, d in zip(load.rounds, done)) or load.errors,
+                 20, "echo rounds after the replacement")
+        self.assertEqual(load.finish(), [])
+        l2 = H.read_spark_json(self.stack.spark_json)
+        self.assertEqual((l2["lease"], l2["ports"]), (lease["lease"], lease["ports"]))
+        self.assertEqual(state_token(self.stack.dir), token,
+                         "a join rotated the lease's resume token")
+        self.assertFalse(self.sc.grep("lease changed"))
+
+    def join_as_fake(self, lease_id, resume, join=True):
+        fs = F.FakeSidecar(self.stack.relay_port, H.certs().ca).connect()
+        fs.start_h2()
+        extra = {"resume": resume}
+        if join:
+            extra["join"] = lease_id
+        fs.send_ctl(F.register_msg(app="it-test", **extra))
+        m = fs.read_ctl(5.0)
+        return fs, m
+
+    def test_joins_refused_accepted_and_bounded(self):
+        lease = self.stack.lease
+        wait_for(lambda: self.tunnels_of_lease() == 2, 10, "the second tunnel joining")
+        token = state_token(self.stack.dir)
+        wrong = ("0" if token[0] != "0" else "1") + token[1:]
+        cases = [
+            ("wrong token", lease["lease"], "join_" + wrong, True, "join_refused"),
+            ("another lease", "L-999-0badcafe", "join_" + token, True, "join_refused"),
+            # what a relay that predates joins sees: a resume token
+            ("join without the join field", None, "join_" + token, False, "unknown_lease"),
+        ]
+        for what, lid, resume, join, code in cases:
+            fs, m = self.join_as_fake(lid, resume, join)
+            try:
+                self.assertIsNotNone(m, what)
+                self.assertEqual((m.get("type"), m.get("code")), ("error", code), (what, m))
+            finally:
+                fs.close()
+        self.assertEqual(self.tunnels_of_lease(), 2)
+        # the lease's own tunnels are untouched and its token still resumes
+        # (a resume rotated it: the state file would change)
+        self.assertEqual(state_token(self.stack.dir), token)
+        self.assertFalse(self.relay.grep("replaced by a new tunnel"))
+        self.stack.start_driver()
+        ok, why = echo_exchange(self.stack.executor(), 5, 64 * 1024)
+        self.assertTrue(ok, why)
+        # the right token joins (same lease, same ports, no new token), up
+        # to 4 tunnels per lease on a relay
+        fakes = []
+        try:
+            for n in (3, 4):
+                fs, m = self.join_as_fake(lease["lease"], "join_" + token)
+                fakes.append(fs)
+                self.assertEqual(m.get("type"), "lease", m)
+                self.assertEqual(m["lease"], lease["lease"])
+                self.assertEqual({k: str(v) for k, v in m["ports"].items()},
+                                 {k: str(v) for k, v in lease["ports"].items()})
+                self.assertEqual(m["resume"], "")
+                self.assertGreater(m["tunnel"], 0)
+                self.assertEqual(self.tunnels_of_lease(), n)
+            fs, m = self.join_as_fake(lease["lease"], "join_" + token)
+            fakes.append(fs)
+            self.assertEqual((m.get("type"), m.get("code")), ("error", "join_refused"), m)
+            self.assertIn("4 tunnels", m.get("message", ""))
+            self.assertEqual(self.tunnels_of_lease(), 4)
+        finally:
+            for fs in fakes:
+                fs.close()
+        wait_for(lambda: self.tunnels_of_lease() == 2, 10, "the fake tunnels gone")
+        self.assertEqual(state_token(self.stack.dir), token)
+        self.assertEqual(metrics(self.relay)["sparkrelay_leases_joined_total"], 3)
+        ok, why = echo_exchange(self.stack.executor(), 6, 64 * 1024)
+        self.assertTrue(ok, why)
+
+
+def H_count(proc, needle):
+    return proc.log_text().count(needle)
+
+
+class FreezingProxy:
+    """TCP proxy 127.0.0.1:port -> target; freeze() stops every connection
+    through it now (nothing more read, written or closed either way): a
+    path that went silent, as a dead NAT entry or a cut cable leaves it.
+    Connections made later pass normally."""
+
+    def __init__(self, target):
+        self.target = target
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(16)
+        self.port = self.ls.getsockname()[1]
+        self.pairs = []
+        self.stop_ev = threading.Event()
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        self.ls.settimeout(0.2)
+        while not self.stop_ev.is_set():
+            try:
+                a, _ = self.ls.accept()
+            except OSError:
+                continue
+            try:
+                b = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                a.close()
+                continue
+            pair = {"socks": (a, b), "frozen": False}
+            with self.lock:
+                self.pairs.append(pair)
+            for src, dst in ((a, b), (b, a)):
+                threading.Thread(target=self._pump, args=(pair, src, dst), daemon=True).start()
+
+    def _pump(self, pair, src, dst):
+        src.settimeout(0.1)
+        while not self.stop_ev.is_set():
+            if pair["frozen"]:
+                time.sleep(0.1)
+                continue
+            try:
+                data = src.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                data = b""
+            if pair["frozen"]:
+                continue  # read before the freeze: dropped, as on a dead path
+            try:
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def freeze(self):
+        with self.lock:
+            for pair in self.pairs:
+                pair["frozen"] = True
+            return len(self.pairs)
+
+    def close(self):
+        self.stop_ev.set()
+        self.ls.close()
+        with self.lock:
+            for pair in self.pairs:
+                for x in pair["socks"]:
+                    x.close()
+
+
+class StaleTunnelTest(unittest.TestCase):
+    """The sidecar gives up on a tunnel whose path went silent (its PING
+    timeout) before the relay does: the replacement joins naming the tunnel
+    it replaces, and the relay ends that one first, so that its streams
+    resume on the replacement instead of waiting for the relay's own
+    timeout."""
+
+    def test_replaced_tunnel_streams_resume(self):
+        st = H.Stack(self.id(), relay_overrides={"relay": {"h2": {
+            "ping_interval_ms": 10000, "ping_timeout_ms": 30000}}})
+        self.addCleanup(lambda: self.assertEqual(st.stop(), []))
+        st.pool_base = H.pick_pool_base()
+        st.start_relay()
+        proxy = FreezingProxy(("127.0.0.1", st.relay_port))
+        self.addCleanup(proxy.close)
+        st.tunnel_overrides = {"tunnel": {
+            "connections": 2,
+            "relays": ["127.0.0.1:%d" % proxy.port, "127.0.0.1:%d" % st.relay_port],
+            "h2": {"ping_interval_ms": 300, "ping_timeout_ms": 1500}}}
+        st.start_tunnel()
+        wait_for(lambda: st.tunnel.grep("joined the lease: 2 tunnels"), 10,
+                 "the second tunnel joining")
+        st.start_driver()
+        socks = [st.executor() for _ in range(8)]
+        load = EchoLoad(socks, 20).start()
+        try:
+            wait_for(lambda: min(load.rounds) >= 2, 20, "echo rounds on every connection")
+            done = list(load.rounds)
+            self.assertEqual(proxy.freeze(), 1)
+            t0 = time.monotonic()
+            # every connection echoes again within 10 s (the relay's own
+            # PING timeout is 30 s), byte-exact
+            wait_for(lambda: all(r >= d + 3 for r, d in zip(load.rounds, done)) or load.errors,
+                     10, "echo rounds on every connection after the path froze")
+            self.assertEqual(load.errors, [])
+            H.log("measured: every connection echoing again %.2f s after the path froze "
+                  "(sidecar PING timeout 1.5 s)" % (time.monotonic() - t0))
+            self.assertTrue(st.relay.grep("its sidecar lost this tunnel and replaces it"))
+            self.assertTrue(re.search(r"resumed [1-9]\d* streams", st.relay.log_text()))
+        finally:
+            errors = load.finish()
+        self.assertEqual(errors, [])
+        l2 = H.read_spark_json(st.spark_json)
+        self.assertEqual((l2["lease"], l2["ports"]), (st.lease["lease"], st.lease["ports"]))
+
+
+class OldRelayTest(unittest.TestCase):
+    """A relay that predates joins answers one with unknown_lease."""
+
+    def test_sidecar_keeps_one_tunnel(self):
+        d = H.new_dir(self.id())
+        fr = R.FakeRelay(H.certs()).start()
+        cfg = H.tunnel_config(fr.port, d, {"tunnel": {"connections": 3,
+                                                      "server_name": "localhost"}})
+        path = H.write_config(os.path.join(d, "tunnel.json"), cfg)
+        sc = H.Proc("tunnel", [H.BIN, "tunnel", "--config", path], d).start()
+        try:
+            s1, reg = fr.session(15)
+            self.assertNotIn("join", reg)
+            s1.send_ctl(R.lease_msg(ports={"driver": 40001, "blockManager": 40002},
+                                    resume="a" * 64))
+            s2, reg2 = fr.session(10)
+            self.assertEqual(reg2.get("join"), "L-1-0a1b2c3d", reg2)
+            self.assertEqual(reg2.get("resume"), "join_" + "a" * 64)
+            # as an old relay answers a resume token it never made
+            s2.send_ctl({"v": 1, "type": "error", "code": "unknown_lease",
+                         "message": "no lease for this resume token"})
+            self.assertEqual(s2.wait_closed(5)[0] in ("eof", "reset"), True)
+            # no other tunnel is dialled, and the first one is untouched
+            with self.assertRaises(OSError):
+                fr.accept(3)
+            self.assertEqual(H_count(sc, "cannot add a tunnel to a lease"), 1)
+            self.assertFalse(sc.grep("ended by the relay"))
+            j = H.read_spark_json(cfg["tunnel"]["spark_json"])
+            self.assertEqual(j["lease"], "L-1-0a1b2c3d")
+            self.assertEqual(s1.wait_closed(0.5)[0], "timeout", "the first tunnel closed")
+        finally:
+            rc = sc.stop(10)
+            fr.stop()
+            san = sc.sanitizer_lines()
+            if san:
+                sc.dump(80)
+            self.assertEqual(san, [])
+            self.assertEqual(rc, 0)
+
+
+class FleetTwoTunnelsTest(unittest.TestCase):
+    """The issue's acceptance: three relays on one etcd, two sidecars with
+    two tunnels each."""
+
+    def setUp(self):
+        if not E.installed():
+            self.fail("etcd is not installed: ./dev deps installs Debian's etcd-server")
+        self.dir = H.new_dir(self.id())
+        self.etcd = E.Etcd("twotun").start()
+        self.procs = []
+        self.secret = os.path.join(self.dir, "fleet.secret")
+        with open(self.secret, "wb") as f:
+            f.write(os.urandom(48))
+        self.pool_base = H.pick_pool_base(POOL, hosts=HOSTS + (H.DRIVER_HOST,))
+        self.driver = None
+
+    def tearDown(self):
+        failed = H._test_failed(self)
+        problems = []
+        if self.driver is not None:
+            self.driver.stop()
+        for p in reversed(self.procs):
+            if p.p is None or not p.alive():
+                continue
+            rc = p.stop(20.0)
+            if rc != 0:
+                problems.append("%s exited %s after SIGTERM" % (p.name, rc))
+        for p in self.procs:
+            san = p.sanitizer_lines()
+            if san:
+                problems.append("%s sanitizer report: %s" % (p.name, san[0].strip()))
+        if failed or problems:
+            for p in self.procs:
+                p.dump(80)
+        self.etcd.stop()
+        if problems:
+            self.fail("; ".join(problems))
+
+    def start_relay(self, name, host, port=None):
+        port = port or H.free_port(host)
+        over = {
+            "relay": {
+                "listen": "%s:%d" % (host, port),
+                "pool": {"bind": host, "advertise": host, "port_min": self.pool_base,
+                         "port_max": self.pool_base + POOL - 1},
+                "lease": {"grace_s": 60, "pending_timeout_ms": 5000},
+                "fleet": {"etcd": [self.etcd.url], "id": name,
+                          "peer_listen": "%s:0" % host, "secret_file": self.secret,
+                          "ttl_s": 10},
+                "handover_socket": None,
+            }
+        }
+        cfg = H.relay_config(port, self.pool_base, over)
+        path = H.write_config(os.path.join(self.dir, name + ".json"), cfg)
+        p = H.Proc(name + "-%d" % len(self.procs), [H.BIN, "relay", "--config", path],
+                   self.dir).start()
+        self.procs.append(p)
+        p.host, p.port, p.fid = host, port, name
+        p.wait_ready(lambda: p.grep("registered in the fleet") and
+                     p.grep("lease table read from etcd"), 20, "fleet registration")
+        return p
+
+    def start_sidecar(self, name, relays, connections=2, more=None):
+        workdir = os.path.join(self.dir, name)
+        os.makedirs(workdir, exist_ok=True)
+        cfg = H.tunnel_config(relays[0].port, workdir, H.deep_merge({"tunnel": {
+            "relays": ["%s:%d" % (r.host, r.port) for r in relays],
+            "server_name": "localhost", "connections": connections, "app": name}}, more))
+        path = H.write_config(os.path.join(self.dir, name + ".json"), cfg)
+        p = H.Proc(name, [H.BIN, "tunnel", "--config", path], self.dir).start()
+        p.workdir_ = workdir
+        p.spark_json = cfg["tunnel"]["spark_json"]
+        self.procs.append(p)
+        return p
+
+    def lease_of(self, sc):
+        def ready():
+            j = H.read_spark_json(sc.spark_json)
+            return j if isinstance(j, dict) and j.get("lease") and "ports" in j else None
+        return sc.wait_ready(ready, 20, "lease")
+
+    def test_two_sidecars_two_tunnels_survive_a_relay_kill(self):
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        c = self.start_relay("relay-c", HOSTS[2])
+        relays = {"relay-a": a, "relay-b": b, "relay-c": c}
+        # s1 registers on a and joins on b; s2 registers on b and joins on c
+        s1 = self.start_sidecar("sc1", (a, b, c))
+        s2 = self.start_sidecar("sc2", (b, c, a))
+        leases = {s1.name: self.lease_of(s1), s2.name: self.lease_of(s2)}
+        for sc, want in ((s1, ("relay-a", "relay-b")), (s2, ("relay-b", "relay-c"))):
+            lid = leases[sc.name]["lease"]
+            wait_for(lambda: sc.grep("joined the lease: 2 tunnels"), 15,
+                     "%s joining its lease on a second relay" % sc.name)
+            for fid in want:
+                wait_for(lambda: relay_leases(relays[fid]).get(lid, {}).get("tunnels") == 1,
+                         10, "%s's tunnel on %s" % (sc.name, fid))
+        ports = {n: int(l["ports"]["driver"]) for n, l in leases.items()}
+        self.driver = H.Driver({"d%d" % i: p for i, p in enumerate(sorted(ports.values()))})
+        self.driver.start()
+        for r in (a, b, c):
+            wait_for(lambda: all(relay_leases(r).get(l["lease"]) for l in leases.values()),
+                     10, "both leases on %s" % r.fid)
+        conns = {}
+        for sc in (s1, s2):
+            for r in (a, b, c):
+                conns[(sc.name, r.fid)] = wait_for(
+                    lambda: try_connect(r.host, ports[sc.name]), 10,
+                    "connect via %s to %s" % (r.fid, sc.name))
+        for i, (k, s) in enumerate(sorted(conns.items())):
+            ok, why = echo_exchange(s, 100 + i, 1 * MiB)
+            self.assertTrue(ok, "%s: %s" % (k, why))
+        joined = {sc.name: H_count(sc, "joined the lease") for sc in (s1, s2)}
+
+        a.kill()
+        t0 = time.monotonic()
+        # new connections through the survivors within 2 s, for both leases
+        for sc in (s1, s2):
+            for r in (b, c):
+                s = H.connect(r.host, ports[sc.name], timeout=2.0)
+                ok, why = echo_exchange(s, 300, 256 * 1024, timeout=2.0)
+                self.assertTrue(ok, "new connection via %s to %s after the kill: %s"
+                                % (r.fid, sc.name, why))
+                s.close()
+        first = time.monotonic() - t0
+        self.assertLess(first, 2.0, "4 new connections through the survivors")
+        H.log("measured: 4 new connections via the survivors served within %.2f s of the "
+              "kill" % first)
+        # streams through the other two relays continue byte-exact
+        for i, ((scn, fid), s) in enumerate(sorted(conns.items())):
+            if fid == "relay-a":
+                continue
+            ok, why = echo_exchange(s, 200 + i, 1 * MiB)
+            self.assertTrue(ok, "via %s to %s after relay-a died: %s" % (fid, scn, why))
+        # s1 lost its tunnel on a: it dials a replacement (to c) that joins
+        wait_for(lambda: H_count(s1, "joined the lease") > joined[s1.name], 15,
+                 "sc1 joining its lease again")
+        H.log("measured: sc1 re-homed (replacement joined) %.2f s after the kill"
+              % (time.monotonic() - t0))
+        self.assertTrue(s1.grep("1 other tunnel carries the lease; dialling a replacement"))
+        lid1 = leases[s1.name]["lease"]
+        wait_for(lambda: relay_leases(c).get(lid1, {}).get("tunnels") == 1, 10,
+                 "sc1's replacement tunnel on relay-c")
+        self.assertEqual(H_count(s2, "joined the lease"), joined[s2.name],
+                         "sc2 lost no tunnel, yet dialled again")
+        for sc in (s1, s2):
+            l2 = H.read_spark_json(sc.spark_json)
+            self.assertEqual((l2["lease"], l2["ports"]),
+                             (leases[sc.name]["lease"], leases[sc.name]["ports"]))
+            self.assertFalse(sc.grep("lease changed"))
+            self.assertFalse(sc.grep("resuming lease"))
+
+        # relay-a restarted (same id, same address) serves both leases again
+        t0 = time.monotonic()
+        a2 = self.start_relay("relay-a", HOSTS[0], port=a.port)
+        for sc in (s1, s2):
+            s = wait_for(lambda: try_connect(a2.host, ports[sc.name]), 10,
+                         "connect via the restarted relay-a to %s" % sc.name)
+            ok, why = echo_exchange(s, 400, 1 * MiB)
+            self.assertTrue(ok, "via the restarted relay-a to %s: %s" % (sc.name, why))
+            s.close()
+        H.log("measured: the restarted relay served both leases %.2f s after its start"
+              % (time.monotonic() - t0))
+        for (scn, fid), s in conns.items():
+            s.close()
+
+    def test_a_reset_tunnel_resumes_on_its_replacement(self):
+        """One tunnel's TCP connection reset, its relay alive: the
+        replacement goes back to that relay, joins, and the streams it
+        carried (direct, and carried there from another relay) resume."""
+        self.reset_and_resume(("relay-a",))
+
+    def test_both_tunnels_reset_resume_each_on_its_relay(self):
+        """Both tunnels reset at once (the notebook's network blinked): one
+        resumes the lease, the other joins, each on the relay it had, and
+        every stream resumes (a relay's resume concerns only the streams
+        whose other end it has: connection ids are per relay)."""
+        self.reset_and_resume(("relay-a", "relay-b"))
+
+    def test_a_resume_through_etcd_sends_the_resumed_streams_at_once(self):
+        """One tunnel (connections 1) reset: the sidecar resumes on the same
+        relay, whose answer waits for etcd; the held streams it reopens then
+        must leave at once, not with the next thing the sidecar sends (its
+        PING, 5 s here)."""
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        sc = self.start_sidecar("sc1", (a, b), connections=1, more={"tunnel": {"h2": {
+            "ping_interval_ms": 5000, "ping_timeout_ms": 15000}}})
+        lease = self.lease_of(sc)
+        port = int(lease["ports"]["driver"])
+        self.driver = H.Driver({"driver": port})
+        self.driver.start()
+        socks = [wait_for(lambda: try_connect(a.host, port), 10, "connect") for _ in range(4)]
+        load = EchoLoad(socks, 70).start()
+        try:
+            wait_for(lambda: min(load.rounds) >= 2 or load.errors, 20, "echo rounds")
+            done = list(load.rounds)
+            out = subprocess.run(["ss", "-K", "dst", a.host, "dport", "=", ":%d" % a.port],
+                                 capture_output=True, text=True, timeout=10).stdout
+            self.assertIn("ESTAB", out)
+            t0 = time.monotonic()
+            wait_for(lambda: all(r >= d + 2 for r, d in zip(load.rounds, done)) or
+                     load.errors, 20, "echo rounds after the reset")
+            took = time.monotonic() - t0
+        finally:
+            errors = load.finish()
+        self.assertEqual(errors, [])
+        self.assertTrue(a.grep("resumed in the fleet"))
+        H.log("measured: streams resumed through a fleet resume %.2f s after the reset" % took)
+        self.assertLess(took, 4.0, "the resumed streams waited for the sidecar's PING")
+        for s in socks:
+            s.close()
+
+    def reset_and_resume(self, cut):
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        c = self.start_relay("relay-c", HOSTS[2])
+        sc = self.start_sidecar("sc1", (a, b, c))
+        lease = self.lease_of(sc)
+        port = int(lease["ports"]["driver"])
+        wait_for(lambda: sc.grep("joined the lease: 2 tunnels"), 15, "the second tunnel")
+        self.driver = H.Driver({"driver": port})
+        self.driver.start()
+        socks = []
+        for r in (a, b, c):
+            for _ in range(2):
+                socks.append(wait_for(lambda: try_connect(r.host, port), 10,
+                                      "connect via %s" % r.fid))
+        load = EchoLoad(socks, 50).start()
+        try:
+            wait_for(lambda: min(load.rounds) >= 2 or load.errors, 20, "echo rounds")
+            self.assertEqual(load.errors, [])
+            done = list(load.rounds)
+            relays = {r.fid: r for r in (a, b, c)}
+            argv = ["ss", "-K"]
+            for i, fid in enumerate(cut):
+                argv += (["or"] if i else []) + ["(", "dst", relays[fid].host, "dport", "=",
+                                                 ":%d" % relays[fid].port, ")"]
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
+            self.assertGreaterEqual(out.count("ESTAB"), len(cut), out)
+            t0 = time.monotonic()
+            wait_for(lambda: all(r >= d + 3 for r, d in zip(load.rounds, done)) or
+                     load.errors, 20, "echo rounds on every connection after the reset")
+            self.assertEqual(load.errors, [])
+            H.log("measured: every connection echoing again %.2f s after %d of two "
+                  "tunnels were reset" % (time.monotonic() - t0, len(cut)))
+        finally:
+            errors = load.finish()
+        self.assertEqual(errors, [])
+        for fid in cut:
+            self.assertTrue(re.search(r"resumed [1-9]\d* streams", relays[fid].log_text()),
+                            "%s resumed no stream" % fid)
+        self.assertFalse(sc.grep("stream lost"))
+        if len(cut) == 1:
+            self.assertFalse(sc.grep("resuming lease"))
+        l2 = H.read_spark_json(sc.spark_json)
+        self.assertEqual((l2["lease"], l2["ports"]), (lease["lease"], lease["ports"]))
+        for s in socks:
+            s.close()
+
+
+if __name__ == "__main__":
+    H.main()
