@@ -118,6 +118,9 @@ if ! grep -q '^CMAKE_BUILD_TYPE:STRING=Release$' "$BUILD/CMakeCache.txt" ||
 fi
 cmake "$BUILD" >/dev/null # picks up new sources (bench/netem)
 cmake --build "$BUILD" -j2 --target sparkrelay sparkrelay-bench sr-netem >/dev/null
+# The source the binaries were built from (the tree may move during the run).
+GIT_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+GIT_DIRTY=$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | wc -l)
 SR="$BUILD/cmd/sparkrelay"
 BENCH="$BUILD/bench/sparkrelay-bench"
 export SR_NETEM="$BUILD/bench/sr-netem"
@@ -758,8 +761,6 @@ LOAD_AFTER=$(cat /proc/loadavg)
 T1=$(date +%s)
 log "done in $((T1 - T0)) s; load after: $LOAD_AFTER"
 
-GIT_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-GIT_DIRTY=$(git -C "$ROOT" status --porcelain 2>/dev/null | wc -l)
 CC=$(sysctl -n net.ipv4.tcp_congestion_control 2>/dev/null || echo unknown)
 python3 "$ROOT/bench/report.py" --git "$GIT_REV (+$GIT_DIRTY changed files)" --res "$RES" --out "$OUT" \
 	--date "$DATE" --mode "$MODE" --reps "$REPS" --tools "$TOOLS" --load-before "$LOAD_BEFORE" \
