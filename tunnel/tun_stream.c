@@ -417,6 +417,11 @@ static int sock_read_more(struct tun_stream *s, struct bufferevent *bev)
 	struct evbuffer *in = bufferevent_get_input(bev);
 	int fd = bufferevent_getfd(bev);
 
+	/* Called after libevent's own read: if that took less than its 4 KiB
+	 * cap, the socket was empty then, and asking again (an ioctl per
+	 * small message) finds nothing. */
+	if (unsent(s) < 4096)
+		return 0;
 	for (int i = 0; i < 16; i++) {
 		struct evbuffer_iovec v;
 		size_t len = evbuffer_get_length(in), want;
