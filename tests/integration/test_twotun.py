@@ -471,6 +471,48 @@ class OldRelayTest(unittest.TestCase):
             self.assertEqual(rc, 0)
 
 
+class RevokedOnOneTunnelTest(unittest.TestCase):
+    """A lease ended on one of its tunnels ("revoked": an operator on one
+    relay of a fleet, or the fleet's port conflict) is gone for the whole
+    sidecar: a tunnel that joined it on another relay must not keep
+    carrying it, and the sidecar asks for a new lease."""
+
+    def test_other_tunnels_close_and_a_new_lease_is_asked(self):
+        d = H.new_dir(self.id())
+        fr = R.FakeRelay(H.certs()).start()
+        cfg = H.tunnel_config(fr.port, d, {"tunnel": {"connections": 2,
+                                                      "server_name": "localhost"}})
+        path = H.write_config(os.path.join(d, "tunnel.json"), cfg)
+        sc = H.Proc("tunnel", [H.BIN, "tunnel", "--config", path], d).start()
+        try:
+            s1, reg = fr.session(15)
+            s1.send_ctl(R.lease_msg(ports={"driver": 40001, "blockManager": 40002},
+                                    resume="a" * 64, tunnel=1))
+            s2, reg2 = fr.session(10)
+            self.assertEqual(reg2.get("join"), "L-1-0a1b2c3d", reg2)
+            s2.send_ctl(R.lease_msg(ports={"driver": 40001, "blockManager": 40002},
+                                    resume="", tunnel=2))
+            wait_for(lambda: sc.grep("joined the lease: 2 tunnels"), 10, "the join")
+            s1.send_ctl({"v": 1, "type": "error", "code": "revoked",
+                         "message": "lease revoked by the relay operator"})
+            self.assertIn(s1.wait_closed(5)[0], ("eof", "reset"))
+            # the joined tunnel goes too: it carried the revoked lease
+            self.assertIn(s2.wait_closed(5)[0], ("eof", "reset"),
+                          "a tunnel of the revoked lease stayed open")
+            # and the sidecar registers for a new lease (no join, no token)
+            s3, reg3 = fr.session(15)
+            self.assertNotIn("join", reg3)
+            self.assertEqual(reg3.get("resume", ""), "", reg3)
+        finally:
+            rc = sc.stop(10)
+            fr.stop()
+            san = sc.sanitizer_lines()
+            if san:
+                sc.dump(80)
+            self.assertEqual(san, [])
+            self.assertEqual(rc, 0)
+
+
 class FleetTwoTunnelsTest(unittest.TestCase):
     """The issue's acceptance: three relays on one etcd, two sidecars with
     two tunnels each."""
