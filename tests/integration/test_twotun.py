@@ -244,10 +244,12 @@ class OneRelayTest(unittest.TestCase):
                          "a join rotated the lease's resume token")
         self.assertFalse(self.sc.grep("lease changed"))
 
-    def join_as_fake(self, lease_id, resume, join=True):
+    def join_as_fake(self, lease_id, resume, join=True, token=None):
         fs = F.FakeSidecar(self.stack.relay_port, H.certs().ca).connect()
         fs.start_h2()
         extra = {"resume": resume}
+        if token:
+            extra["token"] = token
         if join:
             extra["join"] = lease_id
         fs.send_ctl(F.register_msg(app="it-test", **extra))
@@ -260,13 +262,18 @@ class OneRelayTest(unittest.TestCase):
         token = state_token(self.stack.dir)
         wrong = ("0" if token[0] != "0" else "1") + token[1:]
         cases = [
-            ("wrong token", lease["lease"], "join_" + wrong, True, "join_refused"),
-            ("another lease", "L-999-0badcafe", "join_" + token, True, "join_refused"),
+            ("wrong token", lease["lease"], "join_" + wrong, True, "join_refused", None),
+            ("another lease", "L-999-0badcafe", "join_" + token, True, "join_refused", None),
             # what a relay that predates joins sees: a resume token
-            ("join without the join field", None, "join_" + token, False, "unknown_lease"),
+            ("join without the join field", None, "join_" + token, False, "unknown_lease",
+             None),
+            # the right proof from another identity (a bearer token the
+            # sidecar does not have): the lease is bound to its sidecar
+            ("another identity", lease["lease"], "join_" + token, True, "join_refused",
+             "intruder-token"),
         ]
-        for what, lid, resume, join, code in cases:
-            fs, m = self.join_as_fake(lid, resume, join)
+        for what, lid, resume, join, code, tok in cases:
+            fs, m = self.join_as_fake(lid, resume, join, tok)
             try:
                 self.assertIsNotNone(m, what)
                 self.assertEqual((m.get("type"), m.get("code")), ("error", code), (what, m))
