@@ -316,6 +316,58 @@ class OneRelayTest(unittest.TestCase):
         self.assertTrue(ok, why)
 
 
+    def test_release_on_a_joined_tunnel_ends_every_tunnel(self):
+        """A release on one tunnel of a lease ends the lease on all of them
+        (none stays attached to a freed lease, streams on them included);
+        then an operator's revoke of the sidecar's next lease over its two
+        tunnels: both are told, and the tunnel counts come back to zero."""
+        lease = self.stack.lease
+        wait_for(lambda: self.tunnels_of_lease() == 2, 10, "the second tunnel joining")
+        token = state_token(self.stack.dir)
+        self.stack.start_driver()
+        socks = [self.stack.executor() for _ in range(4)]
+        for i, s in enumerate(socks):
+            ok, why = echo_exchange(s, 300 + i, 64 * 1024)
+            self.assertTrue(ok, why)
+        fs, m = self.join_as_fake(lease["lease"], "join_" + token)
+        try:
+            self.assertEqual(m.get("type"), "lease", m)
+            self.assertEqual(self.tunnels_of_lease(), 3)
+            fs.send_ctl({"v": 1, "type": "release"})
+            m = fs.read_ctl(5.0)
+            self.assertEqual((m or {}).get("type"), "released", m)
+        finally:
+            fs.close()
+        wait_for(lambda: lease["lease"] not in relay_leases(self.relay), 10,
+                 "the released lease gone")
+        # the executor connections it carried end (reset or closed)
+        for s in socks:
+            s.settimeout(10)
+            try:
+                self.assertEqual(s.recv(1), b"")
+            except OSError:
+                pass
+            s.close()
+        # the sidecar lost its lease and gets a new one over two tunnels
+        def new_lease():
+            ls = relay_leases(self.relay)
+            return [l for i, l in ls.items() if i != lease["lease"] and l["tunnels"] == 2]
+        nl = wait_for(new_lease, 20, "a new lease with two tunnels")[0]
+        req = urllib.request.Request("http://127.0.0.1:%d/v1/leases/%s"
+                                     % (admin_port(self.relay), nl["id"]), method="DELETE")
+        self.assertEqual(urllib.request.urlopen(req, timeout=5).status, 200)
+        wait_for(lambda: H_count(self.sc, "ended by the relay (revoked)") >= 1, 10,
+                 "the sidecar told of the revoke")
+        # its tunnels came back for a third lease; no gauge went negative
+        wait_for(lambda: any(l["tunnels"] == 2 for i, l in relay_leases(self.relay).items()
+                             if i not in (lease["lease"], nl["id"])), 20,
+                 "a third lease with two tunnels")
+        mt = metrics(self.relay)
+        self.assertEqual(mt["sparkrelay_tunnels_active"], 2, mt)
+        self.assertEqual(mt["sparkrelay_handshakes_active"], 0, mt)
+        self.assertEqual(mt["sparkrelay_leases_active"], 1, mt)
+
+
 def H_count(proc, needle):
     return proc.log_text().count(needle)
 
