@@ -536,8 +536,8 @@ class RevokedOnOneTunnelTest(unittest.TestCase):
     sidecar: a tunnel that joined it on another relay must not keep
     carrying it, and the sidecar asks for a new lease."""
 
-    def test_other_tunnels_close_and_a_new_lease_is_asked(self):
-        d = H.new_dir(self.id())
+    def revoke_on(self, which):
+        d = H.new_dir(self.id() + "-" + which)
         fr = R.FakeRelay(H.certs()).start()
         cfg = H.tunnel_config(fr.port, d, {"tunnel": {"connections": 2,
                                                       "server_name": "localhost"}})
@@ -552,11 +552,12 @@ class RevokedOnOneTunnelTest(unittest.TestCase):
             s2.send_ctl(R.lease_msg(ports={"driver": 40001, "blockManager": 40002},
                                     resume="", tunnel=2))
             wait_for(lambda: sc.grep("joined the lease: 2 tunnels"), 10, "the join")
-            s1.send_ctl({"v": 1, "type": "error", "code": "revoked",
-                         "message": "lease revoked by the relay operator"})
-            self.assertIn(s1.wait_closed(5)[0], ("eof", "reset"))
-            # the joined tunnel goes too: it carried the revoked lease
-            self.assertIn(s2.wait_closed(5)[0], ("eof", "reset"),
+            told, other = (s1, s2) if which == "first" else (s2, s1)
+            told.send_ctl({"v": 1, "type": "error", "code": "revoked",
+                           "message": "lease revoked by the relay operator"})
+            self.assertIn(told.wait_closed(5)[0], ("eof", "reset"))
+            # the other tunnel goes too: it carried the revoked lease
+            self.assertIn(other.wait_closed(5)[0], ("eof", "reset"),
                           "a tunnel of the revoked lease stayed open")
             # and the sidecar registers for a new lease (no join, no token)
             s3, reg3 = fr.session(15)
@@ -570,6 +571,12 @@ class RevokedOnOneTunnelTest(unittest.TestCase):
                 sc.dump(80)
             self.assertEqual(san, [])
             self.assertEqual(rc, 0)
+
+    def test_revoked_on_the_first_tunnel(self):
+        self.revoke_on("first")
+
+    def test_revoked_on_the_joined_tunnel(self):
+        self.revoke_on("joined")
 
 
 class FleetTwoTunnelsTest(unittest.TestCase):
