@@ -8,6 +8,8 @@ handover socket, the sidecar reconnects and resumes, and nothing is lost.
     in a row: no reset, every byte exact and in order, no executor connect
     refused during the handovers (a connect every 10 ms), each old relay
     exits 0 by itself;
+  - a sidecar holding its lease on two tunnels (tunnel.connections 2): both
+    move, every stream resumes, the lease is on two tunnels again; twice;
   - a new configuration with a changed route takes effect at the handover;
   - a takeover with another relay.listen is refused: the old relay goes on;
   - a new process killed in the middle, or one that never commits: the old

@@ -10,7 +10,15 @@
     relay sees it (a resume token it never made) is refused and changes
     nothing: the lease keeps its tunnels, ports and resume token; a join
     with the right token adds a tunnel and does not rotate the token, up to
-    4 tunnels per lease on a relay;
+    4 tunnels per lease on a relay; the right token from another identity
+    is refused too;
+  - a release sent on a joined tunnel while the others carry executor
+    connections ends the lease on every tunnel; the sidecar gets a new
+    lease on two tunnels, an operator's revoke of it reaches both, and the
+    tunnel and handshake gauges are exact afterwards;
+  - a lease revoked on one tunnel only (a fake relay; in a fleet the other
+    relay may not know): the sidecar closes its other tunnel too and asks
+    for a new lease, whichever tunnel was told;
   - a tunnel whose path goes silent: the sidecar's PING timeout fires first,
     its replacement joins naming the tunnel it replaces, the relay ends that
     one at once and its streams resume on the replacement byte-exact;
