@@ -253,8 +253,15 @@ static void lease_lost(struct sidecar *s, const char *why)
 
 	s->resume[0] = '\0';
 	sc_state_clear(s->o->state_path);
-	for (unsigned i = 0; i < s->nslots; i++)
-		s->slots[i].attempt = 0;
+	for (unsigned i = 0; i < s->nslots; i++) {
+		struct sc_slot *q = &s->slots[i];
+		q->attempt = 0;
+		/* Its other tunnels carry (or join) a lease that is gone: one on
+		 * another relay of a fleet may not have been told, and while it
+		 * holds the lease no slot asks for a new one (slot_may_dial). */
+		if (q->tun && (q->tun_leased || q->joining))
+			tun_conn_close(q->tun, SR_EDENIED);
+	}
 	tun_group_reset(s->group, TUN_LOST_ENDED);
 	/* also a lease only known from the state file (a restarted sidecar
 	 * whose resume failed): its settings are still on disk */

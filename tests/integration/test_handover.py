@@ -8,6 +8,8 @@ handover socket, the sidecar reconnects and resumes, and nothing is lost.
     in a row: no reset, every byte exact and in order, no executor connect
     refused during the handovers (a connect every 10 ms), each old relay
     exits 0 by itself;
+  - a sidecar holding its lease on two tunnels (tunnel.connections 2): both
+    move, every stream resumes, the lease is on two tunnels again; twice;
   - a new configuration with a changed route takes effect at the handover;
   - a takeover with another relay.listen is refused: the old relay goes on;
   - a new process killed in the middle, or one that never commits: the old
@@ -283,6 +285,59 @@ class TestHandoverUnderLoad(HandoverCase):
         self.assertFalse(st.tunnel.grep("stream lost"), st.tunnel.grep("stream lost")[:3])
         for p in self.tracked:
             self.assertFalse(p.grep("stream lost"), (p.name, p.grep("stream lost")[:3]))
+
+
+class TestHandoverTwoTunnels(HandoverCase):
+    """A sidecar holding its lease on two tunnels (tunnel.connections 2):
+    the handover detaches both, the new relay takes the lease with every
+    stream of both tunnels held, the sidecar resumes on one and joins the
+    other again; twice in a row."""
+
+    tunnel_overrides = {"tunnel": {"connections": 2}}
+
+    def leases(self):
+        status, body = admin_get(admin_port(self.stack.relay), "/v1/leases")
+        if status != 200:
+            return {}
+        j = json.loads(body)
+        return {l["id"]: l for l in (j["leases"] if isinstance(j, dict) else j)}
+
+    def tunnels(self):
+        return self.leases().get(self.stack.lease["lease"], {}).get("tunnels")
+
+    def test_both_tunnels_move_and_every_stream_resumes(self):
+        st = self.stack
+        self.assertTrue(X.wait_for(lambda: self.tunnels() == 2, 15), "no second tunnel")
+        st.start_driver()
+        rpcs = [RpcClient(st.exec_host, st.ports["driver"], i) for i in range(12)]
+        for c in rpcs:
+            c.start()
+        self.assertTrue(X.wait_for(lambda: all(c.seq > 3 for c in rpcs), 30),
+                        "request/response did not start on every connection")
+        for i in range(2):
+            before = self.resumed_count()
+            seqs = [c.seq for c in rpcs]
+            old = st.relay
+            new, took = self.takeover()
+            ms, leases, conns, nbytes, retained, waiting = self.handover_line(old)
+            self.assertEqual(leases, 1)
+            self.assertGreaterEqual(conns, 12)
+            self.wait_resumed(before)
+            self.assertTrue(X.wait_for(lambda: all(c.seq > s + 2 for c, s in zip(rpcs, seqs))
+                                       or any(c.error for c in rpcs), 20),
+                            "request/response did not resume on every connection")
+            errs = [c.error for c in rpcs if c.error]
+            self.assertFalse(errs, errs[:3])
+            self.assertTrue(X.wait_for(lambda: self.tunnels() == 2, 15),
+                            "handover %d: the lease is not on two tunnels again: %r"
+                            % (i + 1, self.leases()))
+            H.log("handover %d with two tunnels: %d ms, %d connections moved"
+                  % (i + 1, ms, conns))
+        problems = [p for p in (c.finish() for c in rpcs) if p]
+        self.assertFalse(problems, problems[:3])
+        for p in self.tracked:
+            self.assertFalse(p.grep("stream lost"), (p.name, p.grep("stream lost")[:3]))
+        self.assertEqual(H.read_spark_json(st.spark_json)["lease"], st.lease["lease"])
 
 
 def admin_port(proc):

@@ -10,7 +10,15 @@
     relay sees it (a resume token it never made) is refused and changes
     nothing: the lease keeps its tunnels, ports and resume token; a join
     with the right token adds a tunnel and does not rotate the token, up to
-    4 tunnels per lease on a relay;
+    4 tunnels per lease on a relay; the right token from another identity
+    is refused too;
+  - a release sent on a joined tunnel while the others carry executor
+    connections ends the lease on every tunnel; the sidecar gets a new
+    lease on two tunnels, an operator's revoke of it reaches both, and the
+    tunnel and handshake gauges are exact afterwards;
+  - a lease revoked on one tunnel only (a fake relay; in a fleet the other
+    relay may not know): the sidecar closes its other tunnel too and asks
+    for a new lease, whichever tunnel was told;
   - a tunnel whose path goes silent: the sidecar's PING timeout fires first,
     its replacement joins naming the tunnel it replaces, the relay ends that
     one at once and its streams resume on the replacement byte-exact;
@@ -244,10 +252,12 @@ class OneRelayTest(unittest.TestCase):
                          "a join rotated the lease's resume token")
         self.assertFalse(self.sc.grep("lease changed"))
 
-    def join_as_fake(self, lease_id, resume, join=True):
+    def join_as_fake(self, lease_id, resume, join=True, token=None):
         fs = F.FakeSidecar(self.stack.relay_port, H.certs().ca).connect()
         fs.start_h2()
         extra = {"resume": resume}
+        if token:
+            extra["token"] = token
         if join:
             extra["join"] = lease_id
         fs.send_ctl(F.register_msg(app="it-test", **extra))
@@ -260,13 +270,18 @@ class OneRelayTest(unittest.TestCase):
         token = state_token(self.stack.dir)
         wrong = ("0" if token[0] != "0" else "1") + token[1:]
         cases = [
-            ("wrong token", lease["lease"], "join_" + wrong, True, "join_refused"),
-            ("another lease", "L-999-0badcafe", "join_" + token, True, "join_refused"),
+            ("wrong token", lease["lease"], "join_" + wrong, True, "join_refused", None),
+            ("another lease", "L-999-0badcafe", "join_" + token, True, "join_refused", None),
             # what a relay that predates joins sees: a resume token
-            ("join without the join field", None, "join_" + token, False, "unknown_lease"),
+            ("join without the join field", None, "join_" + token, False, "unknown_lease",
+             None),
+            # the right proof from another identity (a bearer token the
+            # sidecar does not have): the lease is bound to its sidecar
+            ("another identity", lease["lease"], "join_" + token, True, "join_refused",
+             "intruder-token"),
         ]
-        for what, lid, resume, join, code in cases:
-            fs, m = self.join_as_fake(lid, resume, join)
+        for what, lid, resume, join, code, tok in cases:
+            fs, m = self.join_as_fake(lid, resume, join, tok)
             try:
                 self.assertIsNotNone(m, what)
                 self.assertEqual((m.get("type"), m.get("code")), ("error", code), (what, m))
@@ -307,6 +322,58 @@ class OneRelayTest(unittest.TestCase):
         self.assertEqual(metrics(self.relay)["sparkrelay_leases_joined_total"], 3)
         ok, why = echo_exchange(self.stack.executor(), 6, 64 * 1024)
         self.assertTrue(ok, why)
+
+
+    def test_release_on_a_joined_tunnel_ends_every_tunnel(self):
+        """A release on one tunnel of a lease ends the lease on all of them
+        (none stays attached to a freed lease, streams on them included);
+        then an operator's revoke of the sidecar's next lease over its two
+        tunnels: both are told, and the tunnel counts come back to zero."""
+        lease = self.stack.lease
+        wait_for(lambda: self.tunnels_of_lease() == 2, 10, "the second tunnel joining")
+        token = state_token(self.stack.dir)
+        self.stack.start_driver()
+        socks = [self.stack.executor() for _ in range(4)]
+        for i, s in enumerate(socks):
+            ok, why = echo_exchange(s, 300 + i, 64 * 1024)
+            self.assertTrue(ok, why)
+        fs, m = self.join_as_fake(lease["lease"], "join_" + token)
+        try:
+            self.assertEqual(m.get("type"), "lease", m)
+            self.assertEqual(self.tunnels_of_lease(), 3)
+            fs.send_ctl({"v": 1, "type": "release"})
+            m = fs.read_ctl(5.0)
+            self.assertEqual((m or {}).get("type"), "released", m)
+        finally:
+            fs.close()
+        wait_for(lambda: lease["lease"] not in relay_leases(self.relay), 10,
+                 "the released lease gone")
+        # the executor connections it carried end (reset or closed)
+        for s in socks:
+            s.settimeout(10)
+            try:
+                self.assertEqual(s.recv(1), b"")
+            except OSError:
+                pass
+            s.close()
+        # the sidecar lost its lease and gets a new one over two tunnels
+        def new_lease():
+            ls = relay_leases(self.relay)
+            return [l for i, l in ls.items() if i != lease["lease"] and l["tunnels"] == 2]
+        nl = wait_for(new_lease, 20, "a new lease with two tunnels")[0]
+        req = urllib.request.Request("http://127.0.0.1:%d/v1/leases/%s"
+                                     % (admin_port(self.relay), nl["id"]), method="DELETE")
+        self.assertEqual(urllib.request.urlopen(req, timeout=5).status, 200)
+        wait_for(lambda: H_count(self.sc, "ended by the relay (revoked)") >= 1, 10,
+                 "the sidecar told of the revoke")
+        # its tunnels came back for a third lease; no gauge went negative
+        wait_for(lambda: any(l["tunnels"] == 2 for i, l in relay_leases(self.relay).items()
+                             if i not in (lease["lease"], nl["id"])), 20,
+                 "a third lease with two tunnels")
+        mt = metrics(self.relay)
+        self.assertEqual(mt["sparkrelay_tunnels_active"], 2, mt)
+        self.assertEqual(mt["sparkrelay_handshakes_active"], 0, mt)
+        self.assertEqual(mt["sparkrelay_leases_active"], 1, mt)
 
 
 def H_count(proc, needle):
@@ -469,6 +536,55 @@ class OldRelayTest(unittest.TestCase):
                 sc.dump(80)
             self.assertEqual(san, [])
             self.assertEqual(rc, 0)
+
+
+class RevokedOnOneTunnelTest(unittest.TestCase):
+    """A lease ended on one of its tunnels ("revoked": an operator on one
+    relay of a fleet, or the fleet's port conflict) is gone for the whole
+    sidecar: a tunnel that joined it on another relay must not keep
+    carrying it, and the sidecar asks for a new lease."""
+
+    def revoke_on(self, which):
+        d = H.new_dir(self.id() + "-" + which)
+        fr = R.FakeRelay(H.certs()).start()
+        cfg = H.tunnel_config(fr.port, d, {"tunnel": {"connections": 2,
+                                                      "server_name": "localhost"}})
+        path = H.write_config(os.path.join(d, "tunnel.json"), cfg)
+        sc = H.Proc("tunnel", [H.BIN, "tunnel", "--config", path], d).start()
+        try:
+            s1, reg = fr.session(15)
+            s1.send_ctl(R.lease_msg(ports={"driver": 40001, "blockManager": 40002},
+                                    resume="a" * 64, tunnel=1))
+            s2, reg2 = fr.session(10)
+            self.assertEqual(reg2.get("join"), "L-1-0a1b2c3d", reg2)
+            s2.send_ctl(R.lease_msg(ports={"driver": 40001, "blockManager": 40002},
+                                    resume="", tunnel=2))
+            wait_for(lambda: sc.grep("joined the lease: 2 tunnels"), 10, "the join")
+            told, other = (s1, s2) if which == "first" else (s2, s1)
+            told.send_ctl({"v": 1, "type": "error", "code": "revoked",
+                           "message": "lease revoked by the relay operator"})
+            self.assertIn(told.wait_closed(5)[0], ("eof", "reset"))
+            # the other tunnel goes too: it carried the revoked lease
+            self.assertIn(other.wait_closed(5)[0], ("eof", "reset"),
+                          "a tunnel of the revoked lease stayed open")
+            # and the sidecar registers for a new lease (no join, no token)
+            s3, reg3 = fr.session(15)
+            self.assertNotIn("join", reg3)
+            self.assertEqual(reg3.get("resume", ""), "", reg3)
+        finally:
+            rc = sc.stop(10)
+            fr.stop()
+            san = sc.sanitizer_lines()
+            if san:
+                sc.dump(80)
+            self.assertEqual(san, [])
+            self.assertEqual(rc, 0)
+
+    def test_revoked_on_the_first_tunnel(self):
+        self.revoke_on("first")
+
+    def test_revoked_on_the_joined_tunnel(self):
+        self.revoke_on("joined")
 
 
 class FleetTwoTunnelsTest(unittest.TestCase):
