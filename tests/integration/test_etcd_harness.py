@@ -19,6 +19,7 @@ import urllib.request
 
 import etcd as E
 import harness as H
+from fleet_support import wait_for
 
 
 def gone(pid):
@@ -34,12 +35,6 @@ def gone(pid):
         return True
 
 
-def wait_for(check, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("no %s within %.0f s" % (what, timeout))
-        time.sleep(0.05)
 
 
 class EtcdHelperTest(unittest.TestCase):

@@ -54,37 +54,15 @@ import etcd as E
 import fake_relay as R
 import fake_sidecar as F
 import harness as H
+from fleet_support import wait_for, echo_exchange
 from harness import MiB
 
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 POOL = 64
 
 
-def wait_for(check, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = check()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("no %s within %.0f s" % (what, timeout))
-        time.sleep(0.05)
 
 
-def echo_exchange(s, seed, n, timeout=30.0):
-    """Send n pattern bytes on s and read the echo: (ok, message)."""
-    s.settimeout(timeout)
-    snd = H.Sender(s, seed, n)
-    snd.start()
-    end, got, sha, _ = H.recv_exact(s, n)
-    err = snd.finish(timeout)
-    if err:
-        return False, err
-    want = H.pattern_sha(seed, n)
-    if end != "ok" or sha != want or snd.sha != want:
-        return False, "echo %s: %d of %d bytes, sha %s want %s" % (end, got, n, sha[:12],
-                                                                   want[:12])
-    return True, ""
 
 
 def try_connect(host, port):
