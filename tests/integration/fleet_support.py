@@ -1,9 +1,15 @@
 """Helpers shared by the fleet tests (test_fleet, test_twotun, test_etcd_harness).
 
 Standard library only, like the harness they build on."""
+import os
 import time
+import unittest
 
+import etcd as E
 import harness as H
+
+HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+POOL = 64
 
 
 def wait_for(check, timeout, what):
@@ -33,3 +39,87 @@ def echo_exchange(s, seed, n, timeout=30.0):
         return False, "echo %s: %d of %d bytes, sha %s want %s" % (end, got, n, sha[:12],
                                                                    want[:12])
     return True, ""
+
+
+class FleetCase(unittest.TestCase):
+    """Relays of one fleet on HOSTS sharing a real etcd started per test, a pool of
+    POOL ports from pool_base; tearDown stops them (and reports exit codes and
+    sanitizer lines). Subclasses start their sidecars."""
+
+    ETCD_NAME = "fleet"
+
+    def setUp(self):
+        if not E.installed():
+            self.fail("etcd is not installed: ./dev deps installs Debian's etcd-server")
+        self.dir = H.new_dir(self.id())
+        self.etcd = E.Etcd(self.ETCD_NAME).start()
+        self.procs = []
+        self.relays = {}
+        self.secret = os.path.join(self.dir, "fleet.secret")
+        with open(self.secret, "wb") as f:
+            f.write(os.urandom(48))
+        self.pool_base = H.pick_pool_base(POOL, hosts=HOSTS + (H.DRIVER_HOST,))
+        self.driver = None
+
+    def tearDown(self):
+        failed = H._test_failed(self)
+        problems = []
+        if self.driver is not None:
+            self.driver.stop()
+        for p in reversed(self.procs):
+            if p.p is None or not p.alive():
+                continue
+            rc = p.stop(20.0)
+            if rc != 0:
+                problems.append("%s exited %s after SIGTERM" % (p.name, rc))
+        for p in self.procs:
+            san = p.sanitizer_lines()
+            if san:
+                problems.append("%s sanitizer report: %s" % (p.name, san[0].strip()))
+        if failed or problems:
+            for p in self.procs:
+                p.dump(80)
+        self.etcd.stop()
+        if problems:
+            self.fail("; ".join(problems))
+
+    def start_relay(self, name, host, port=None, wait=True, overrides=None):
+        """A fleet relay with id `name` on host (port: a free one unless given);
+        waits for its registration and first read of the lease table."""
+        port = port or H.free_port(host)
+        over = {
+            "relay": {
+                "listen": "%s:%d" % (host, port),
+                "pool": {"bind": host, "advertise": host, "port_min": self.pool_base,
+                         "port_max": self.pool_base + POOL - 1},
+                "lease": {"grace_s": 60, "pending_timeout_ms": 5000},
+                "fleet": {"etcd": [self.etcd.url], "id": name,
+                          "peer_listen": "%s:0" % host, "secret_file": self.secret,
+                          "ttl_s": 10},
+                "handover_socket": None,
+            }
+        }
+        H.deep_merge(over, overrides)
+        cfg = H.relay_config(port, self.pool_base, over)
+        path = H.write_config(os.path.join(self.dir, name + ".json"), cfg)
+        p = H.Proc(name + "-%d" % len(self.procs), [H.BIN, "relay", "--config", path],
+                   self.dir).start()
+        self.procs.append(p)
+        p.host, p.port, p.fid = host, port, name
+        if wait:
+            p.wait_ready(lambda: p.grep("registered in the fleet") and
+                         p.grep("lease table read from etcd"), 20, "fleet registration")
+        self.relays[name] = p
+        return p
+
+    def lease_of(self, sc, timeout=20, not_before=0.0):
+        """The sidecar's Spark JSON once it names a lease (written after not_before)."""
+        def ready():
+            try:
+                if os.path.getmtime(sc.spark_json) < not_before:
+                    return None
+            except OSError:
+                return None
+            j = H.read_spark_json(sc.spark_json)
+            return j if isinstance(j, dict) and j.get("lease") and "ports" in j else None
+        return sc.wait_ready(ready, timeout, "lease")

@@ -54,11 +54,9 @@ import etcd as E
 import fake_relay as R
 import fake_sidecar as F
 import harness as H
-from fleet_support import wait_for, echo_exchange
+from fleet_support import FleetCase, HOSTS, POOL, echo_exchange, wait_for  # noqa: F401
 from harness import MiB
 
-HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
-POOL = 64
 
 
 
@@ -565,67 +563,11 @@ class RevokedOnOneTunnelTest(unittest.TestCase):
         self.revoke_on("joined")
 
 
-class FleetTwoTunnelsTest(unittest.TestCase):
+class FleetTwoTunnelsTest(FleetCase):
     """The issue's acceptance: three relays on one etcd, two sidecars with
     two tunnels each."""
 
-    def setUp(self):
-        if not E.installed():
-            self.fail("etcd is not installed: ./dev deps installs Debian's etcd-server")
-        self.dir = H.new_dir(self.id())
-        self.etcd = E.Etcd("twotun").start()
-        self.procs = []
-        self.secret = os.path.join(self.dir, "fleet.secret")
-        with open(self.secret, "wb") as f:
-            f.write(os.urandom(48))
-        self.pool_base = H.pick_pool_base(POOL, hosts=HOSTS + (H.DRIVER_HOST,))
-        self.driver = None
-
-    def tearDown(self):
-        failed = H._test_failed(self)
-        problems = []
-        if self.driver is not None:
-            self.driver.stop()
-        for p in reversed(self.procs):
-            if p.p is None or not p.alive():
-                continue
-            rc = p.stop(20.0)
-            if rc != 0:
-                problems.append("%s exited %s after SIGTERM" % (p.name, rc))
-        for p in self.procs:
-            san = p.sanitizer_lines()
-            if san:
-                problems.append("%s sanitizer report: %s" % (p.name, san[0].strip()))
-        if failed or problems:
-            for p in self.procs:
-                p.dump(80)
-        self.etcd.stop()
-        if problems:
-            self.fail("; ".join(problems))
-
-    def start_relay(self, name, host, port=None):
-        port = port or H.free_port(host)
-        over = {
-            "relay": {
-                "listen": "%s:%d" % (host, port),
-                "pool": {"bind": host, "advertise": host, "port_min": self.pool_base,
-                         "port_max": self.pool_base + POOL - 1},
-                "lease": {"grace_s": 60, "pending_timeout_ms": 5000},
-                "fleet": {"etcd": [self.etcd.url], "id": name,
-                          "peer_listen": "%s:0" % host, "secret_file": self.secret,
-                          "ttl_s": 10},
-                "handover_socket": None,
-            }
-        }
-        cfg = H.relay_config(port, self.pool_base, over)
-        path = H.write_config(os.path.join(self.dir, name + ".json"), cfg)
-        p = H.Proc(name + "-%d" % len(self.procs), [H.BIN, "relay", "--config", path],
-                   self.dir).start()
-        self.procs.append(p)
-        p.host, p.port, p.fid = host, port, name
-        p.wait_ready(lambda: p.grep("registered in the fleet") and
-                     p.grep("lease table read from etcd"), 20, "fleet registration")
-        return p
+    ETCD_NAME = "twotun"
 
     def start_sidecar(self, name, relays, connections=2, more=None):
         workdir = os.path.join(self.dir, name)
@@ -639,12 +581,6 @@ class FleetTwoTunnelsTest(unittest.TestCase):
         p.spark_json = cfg["tunnel"]["spark_json"]
         self.procs.append(p)
         return p
-
-    def lease_of(self, sc):
-        def ready():
-            j = H.read_spark_json(sc.spark_json)
-            return j if isinstance(j, dict) and j.get("lease") and "ports" in j else None
-        return sc.wait_ready(ready, 20, "lease")
 
     def test_two_sidecars_two_tunnels_survive_a_relay_kill(self):
         a = self.start_relay("relay-a", HOSTS[0])
