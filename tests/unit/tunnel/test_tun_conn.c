@@ -1939,5 +1939,7 @@ int main(void)
 	    T(test_window_growth_beyond_the_largest_window_is_refused),
 #undef T
 	};
+	if (getenv("SR_TEST_FILTER"))
+		cmocka_set_test_filter(getenv("SR_TEST_FILTER"));
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
