@@ -375,6 +375,8 @@ class TestHandoverRightAfterATunnelWasReplaced(HandoverCase):
     to the lease's group and on to the new tunnel)."""
 
     auto_tunnel = False
+    # the stream the fakes never answer would hold the relay's exit 5 s
+    extra_relay = {"relay": {"drain_timeout_ms": 500}}
 
     def stuck_tunnel(self):
         """A fake sidecar's tunnel with a lease, an executor stream over it,
@@ -444,17 +446,20 @@ class TestHandoverRightAfterATunnelWasReplaced(HandoverCase):
               % (last, i + 1))
         return a, lease, ex
 
-    def test_handover_while_the_replaced_tunnel_still_closes(self):
+    def replace_and_take_over(self, register):
+        """Replace the stuck tunnel by a new one registering with
+        register(first lease message), take over at once, and check that the
+        lease moved with its stream and resumes on the new relay."""
         st = self.stack
         a, lease, ex = self.stuck_tunnel()
         aport = a.sock.getsockname()[1]
-        # the sidecar is back on a new tunnel: a is replaced and closes
         b = F.FakeSidecar(st.relay_port, H.certs().ca).connect().start_h2()
         self.addCleanup(b.close)
-        b.send_ctl(F.register_msg(resume=lease["resume"]))
+        b.send_ctl(register(lease))
         again = b.read_ctl(5)
         self.assertEqual(((again or {}).get("type"), (again or {}).get("lease")),
                          ("lease", lease["lease"]), again)
+        self.assertTrue(X.wait_log(st.relay, "closing this one", 5), "a was not replaced")
         old = st.relay
         new, took = self.takeover(timeout=10)
         # The case at hand: the replaced session was still closing when the
@@ -473,11 +478,19 @@ class TestHandoverRightAfterATunnelWasReplaced(HandoverCase):
         # the new relay has the lease: the sidecar resumes it there
         c = F.FakeSidecar(st.relay_port, H.certs().ca).connect().start_h2()
         self.addCleanup(c.close)
-        c.send_ctl(F.register_msg(resume=again["resume"]))
+        c.send_ctl(F.register_msg(resume=again["resume"] or lease["resume"]))
         m = c.read_ctl(5)
         self.assertEqual(((m or {}).get("type"), (m or {}).get("lease")),
                          ("lease", lease["lease"]), m)
         self.assertTrue(X.wait_log(new, "resuming lease=" + lease["lease"], 5))
+
+    def test_replaced_by_a_resume(self):
+        self.replace_and_take_over(lambda lease: F.register_msg(resume=lease["resume"]))
+
+    def test_replaced_by_a_join(self):
+        # what a sidecar with tunnel.connections > 1 sends for a tunnel it lost
+        self.replace_and_take_over(lambda lease: F.register_msg(
+            resume="join_" + lease["resume"], join=lease["lease"], replaces=lease["tunnel"]))
 
 
 def admin_port(proc):
