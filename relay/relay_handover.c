@@ -363,12 +363,15 @@ static int freeze(struct relay *r)
 			relay_tunnel_unlink_lease(t);
 			lx->detached_us = now;
 			tun_conn_close_hold(t->conn, 0);
-			/* The closing session lets go of the group it handed its
-			 * streams to: only the group has them now. */
-			tun_conn_set_group(t->conn, NULL);
 		} else {
 			tun_conn_close(t->conn, 0);
 		}
+		/* The closing session lets go of the group it handed its
+		 * streams to: only the group has them now. A tunnel without a
+		 * lease may have one too: one replaced by another tunnel of its
+		 * lease was closed holding, and stays attached until it is
+		 * freed (up to the 2 s flush timeout). */
+		tun_conn_set_group(t->conn, NULL);
 	}
 	foreach_ext(r, freeze_lease, &bad);
 	if (r->fleet)

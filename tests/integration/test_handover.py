@@ -10,6 +10,8 @@ handover socket, the sidecar reconnects and resumes, and nothing is lost.
     exits 0 by itself;
   - a sidecar holding its lease on two tunnels (tunnel.connections 2): both
     move, every stream resumes, the lease is on two tunnels again; twice;
+  - a handover right after a tunnel was replaced by a new one of its lease,
+    while the old one still closes (its output stuck): the lease moves;
   - a new configuration with a changed route takes effect at the handover;
   - a takeover with another relay.listen is refused: the old relay goes on;
   - a new process killed in the middle, or one that never commits: the old
@@ -32,6 +34,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as H  # noqa: E402
+import fake_sidecar as F  # noqa: E402
 import harness_extra as X  # noqa: E402
 from harness import KiB, MiB  # noqa: E402
 
@@ -191,11 +194,22 @@ class HandoverCase(X.XCase):
                 self.fail("%s: refused takeover did not exit within %.0f s" % (name, timeout))
             self.retire(p)
             return p, rc
+        # Until the old relay exits; a new one that gave up ends the wait early.
+        deadline = t0 + timeout
+        while old.p.poll() is None and p.alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
         try:
-            rc = old.p.wait(timeout)
+            old.p.wait(max(0.0, min(2.0, deadline - time.monotonic())))
         except subprocess.TimeoutExpired:
-            self.fail("old relay %s still running %.0f s after the takeover began" %
-                      (old.name, timeout))
+            pass
+        if old.p.poll() is None:
+            if not p.alive():
+                self.retire(p)
+            self.fail("old relay %s still running %.1f s after the takeover began (%s: %s); "
+                      "it says: %s" % (old.name, time.monotonic() - t0, name,
+                                       "running" if p.alive() else "exited %s" % p.p.poll(),
+                                       old.grep("handover to")[-2:]))
+        rc = old.p.returncode
         took = time.monotonic() - t0
         self.assertEqual(rc, 0, "old relay %s exited %s after the handover" % (old.name, rc))
         self.retire(old)
@@ -338,6 +352,145 @@ class TestHandoverTwoTunnels(HandoverCase):
         for p in self.tracked:
             self.assertFalse(p.grep("stream lost"), (p.name, p.grep("stream lost")[:3]))
         self.assertEqual(H.read_spark_json(st.spark_json)["lease"], st.lease["lease"])
+
+
+def tx_queue(local_port, remote_port):
+    """Bytes the kernel holds unacknowledged on the loopback TCP socket
+    127.0.0.1:local_port -> 127.0.0.1:remote_port (None: no such socket)."""
+    want = ("0100007F:%04X" % local_port, "0100007F:%04X" % remote_port)
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            p = line.split()
+            if (p[1], p[2]) == want:
+                return int(p[4].split(":")[0], 16)
+    return None
+
+
+class TestHandoverRightAfterATunnelWasReplaced(HandoverCase):
+    """A tunnel replaced by another one of its lease (the sidecar resumed on a
+    new tunnel while the relay still had the old one) closes over up to 2 s
+    when what the relay sent it is stuck (a sidecar that no longer reads it):
+    its GOAWAY waits behind that. A handover in that time must still happen:
+    the old session carries none of the lease's streams any more (they went
+    to the lease's group and on to the new tunnel)."""
+
+    auto_tunnel = False
+    # the stream the fakes never answer would hold the relay's exit 5 s
+    extra_relay = {"relay": {"drain_timeout_ms": 500}}
+
+    def stuck_tunnel(self):
+        """A fake sidecar's tunnel with a lease, an executor stream over it,
+        and relay output that can never leave (the fake reads nothing, its
+        receive buffer and the relay's send buffer are full) queued in the
+        session itself, not just in the TLS layer: that is what makes the
+        relay's close of it wait for its 2 s flush timeout. Returns
+        (fake, lease message, executor socket)."""
+        st = self.stack
+        a = F.FakeSidecar(st.relay_port, H.certs().ca)
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * KiB)
+        raw.settimeout(5)
+        raw.connect(a.addr)
+        a.sock = a.context().wrap_socket(raw, server_hostname=a.server_name)
+        a.sock.settimeout(5)
+        self.addCleanup(a.close)
+        a.start_h2()
+        a.send_ctl(F.register_msg())
+        lease = a.read_ctl(5)
+        self.assertEqual((lease or {}).get("type"), "lease", lease)
+        # Streams start with no send window (SETTINGS_INITIAL_WINDOW_SIZE 0),
+        # the connection with all of it: we hand out every byte.
+        a.sendall(F.frame(F.SETTINGS, 0, 0, struct.pack("!HI", 4, 0)) +
+                  F.frame(F.WINDOW_UPDATE, 0, 0, struct.pack("!I", 0x7FFFFFFF - 65535)))
+        acks = sum(1 for f in a.frames if f[0] == F.SETTINGS and f[1] & F.FLAG_ACK)
+        deadline = time.monotonic() + 5
+        while sum(1 for f in a.frames if f[0] == F.SETTINGS and f[1] & F.FLAG_ACK) <= acks:
+            a.read_frame(max(0.01, deadline - time.monotonic()))
+        ex = H.connect(lease["host"], int(lease["ports"]["driver"]), timeout=5)
+        self.addCleanup(ex.close)
+        while True:
+            ftype, _, sid, _ = a.read_frame(max(0.01, deadline - time.monotonic()))
+            if ftype == F.HEADERS and sid != F.CTL_STREAM:
+                break
+        a.sendall(F.frame(F.HEADERS, F.FLAG_END_HEADERS, sid, F.STATUS_200))
+        ex.settimeout(10)
+
+        def push():
+            try:
+                ex.sendall(bytes(4 * MiB))  # far more than the relay takes
+            except OSError:
+                pass
+        threading.Thread(target=push, daemon=True).start()
+        # One DATA frame's worth of window at a time, each with a PING: the
+        # relay's PING ACK goes first, so a DATA frame never meets a full TLS
+        # layer on its own (nghttp2 would hold it back, and with it anything
+        # after it, the GOAWAY included). Once the kernel is full, the TLS
+        # layer fills up, and the next PING ACK stays in the session's output.
+        # Done once the kernel took nothing of the last 10 frames (160 KiB,
+        # where the TLS layer stops at 64 KiB).
+        rport, aport = st.relay_port, a.sock.getsockname()[1]
+        last, same = None, 0
+        for i in range(300):
+            a.sendall(F.frame(F.WINDOW_UPDATE, 0, sid, struct.pack("!I", 16384)) +
+                      F.frame(F.PING, 0, 0, struct.pack("!Q", i)))
+            time.sleep(0.02)
+            q = tx_queue(rport, aport)
+            self.assertIsNotNone(q, "no relay socket to the fake sidecar in /proc/net/tcp")
+            same = same + 1 if q == last else 0
+            last = q
+            if same >= 10:
+                break
+        else:
+            self.fail("the relay's output to the fake sidecar never backed up")
+        H.log("the relay's output is stuck: %d bytes in the kernel after %d frames"
+              % (last, i + 1))
+        return a, lease, ex
+
+    def replace_and_take_over(self, register):
+        """Replace the stuck tunnel by a new one registering with
+        register(first lease message), take over at once, and check that the
+        lease moved with its stream and resumes on the new relay."""
+        st = self.stack
+        a, lease, ex = self.stuck_tunnel()
+        aport = a.sock.getsockname()[1]
+        b = F.FakeSidecar(st.relay_port, H.certs().ca).connect().start_h2()
+        self.addCleanup(b.close)
+        b.send_ctl(register(lease))
+        again = b.read_ctl(5)
+        self.assertEqual(((again or {}).get("type"), (again or {}).get("lease")),
+                         ("lease", lease["lease"]), again)
+        self.assertTrue(X.wait_log(st.relay, "closing this one", 5), "a was not replaced")
+        old = st.relay
+        new, took = self.takeover(timeout=10)
+        # The case at hand: the replaced session was still closing when the
+        # handover froze the relay.
+        lines = old.log_text().splitlines()
+        freeze = [i for i, l in enumerate(lines) if "freezing" in l][0]
+        closed = [i for i, l in enumerate(lines) if "peer=127.0.0.1:%d]" % aport in l and
+                  "CLOSING -> CLOSED" in l]
+        self.assertFalse(closed and closed[0] < freeze,
+                         "the replaced tunnel was closed before the handover began")
+        ms, leases, conns = self.handover_line(old)[:3]
+        self.assertEqual(leases, 1, "the lease did not move")
+        self.assertEqual(conns, 1, "the executor connection did not move")
+        H.log("handover right after the replacement: %d ms in the old relay, %.2f s until "
+              "it exited" % (ms, took))
+        # the new relay has the lease: the sidecar resumes it there
+        c = F.FakeSidecar(st.relay_port, H.certs().ca).connect().start_h2()
+        self.addCleanup(c.close)
+        c.send_ctl(F.register_msg(resume=again["resume"] or lease["resume"]))
+        m = c.read_ctl(5)
+        self.assertEqual(((m or {}).get("type"), (m or {}).get("lease")),
+                         ("lease", lease["lease"]), m)
+        self.assertTrue(X.wait_log(new, "resuming lease=" + lease["lease"], 5))
+
+    def test_replaced_by_a_resume(self):
+        self.replace_and_take_over(lambda lease: F.register_msg(resume=lease["resume"]))
+
+    def test_replaced_by_a_join(self):
+        # what a sidecar with tunnel.connections > 1 sends for a tunnel it lost
+        self.replace_and_take_over(lambda lease: F.register_msg(
+            resume="join_" + lease["resume"], join=lease["lease"], replaces=lease["tunnel"]))
 
 
 def admin_port(proc):
