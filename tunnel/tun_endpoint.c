@@ -163,33 +163,15 @@ static int evb_write_ex(BIO *b, const char *data, size_t len, size_t *written)
 	if (ep->wr_errno)
 		return 1; /* the transport is failing: nothing more goes out */
 	if (len >= DIRECT_MIN && have <= DIRECT_BEHIND && ep->state != EP_CONNECTING) {
-		struct evbuffer_iovec v[4];
-		struct msghdr mh;
-		int n = have ? evbuffer_peek(ep->cout, -1, NULL, v, 3) : 0;
-		ssize_t w;
-
-		if (n >= 0 && n <= 3) {
-			v[n].iov_base = (void *)data;
-			v[n].iov_len = len;
-			memset(&mh, 0, sizeof(mh));
-			mh.msg_iov = (struct iovec *)v;
-			mh.msg_iovlen = (size_t)n + 1;
-			w = sendmsg(ep->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-			if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-				ep->wr_errno = errno;
-				return 1;
-			}
-			if (w > 0) {
-				size_t sent = (size_t)w;
-				size_t from_cout = sent < have ? sent : have;
-				evbuffer_drain(ep->cout, from_cout);
-				sent -= from_cout;
-				data += sent;
-				len -= sent;
-			}
-			if (len == 0)
-				return 1;
+		size_t sent;
+		if (sr_sock_send_evbuffer_tail(ep->fd, ep->cout, data, len, &sent) < 0) {
+			ep->wr_errno = errno;
+			return 1;
 		}
+		data += sent;
+		len -= sent;
+		if (len == 0)
+			return 1;
 	}
 	if (evbuffer_add(ep->cout, data, len) != 0)
 		return 0;
