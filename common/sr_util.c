@@ -124,25 +124,52 @@ void sr_sock_set_reset_on_close(int fd)
 	(void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 }
 
-long sr_sock_send_evbuffer(int fd, struct evbuffer *buf)
+#define SEND_VECS 32
+#define SEND_MAX (1 << 20) /* bytes peeked for one sendmsg */
+
+long sr_sock_send_evbuffer_tail(int fd, struct evbuffer *buf, const void *tail,
+				size_t tail_len, size_t *tail_sent)
 {
-	struct evbuffer_iovec v[32];
+	struct evbuffer_iovec v[SEND_VECS + 1];
 	struct msghdr mh;
-	int n = evbuffer_peek(buf, 1 << 20, NULL, v, (int)SR_ARRAY_LEN(v));
+	size_t have = evbuffer_get_length(buf), from_buf;
+	/* With a length evbuffer_peek counts every chain that length needs,
+	 * past the vectors given (with -1 it would stop at SEND_VECS). */
+	int n = have ? evbuffer_peek(buf, have < SEND_MAX ? (ev_ssize_t)have : SEND_MAX, NULL, v,
+				     SEND_VECS)
+		     : 0;
+	int with_tail = tail_len > 0 && have <= SEND_MAX && n >= 0 && n <= SEND_VECS;
 	ssize_t w;
 
-	if (n <= 0)
+	if (tail_sent)
+		*tail_sent = 0;
+	if (n < 0)
+		n = 0;
+	if (n > SEND_VECS)
+		n = SEND_VECS;
+	if (with_tail) {
+		v[n].iov_base = (void *)tail;
+		v[n].iov_len = tail_len;
+		n++;
+	}
+	if (n == 0)
 		return 0;
-	if (n > (int)SR_ARRAY_LEN(v))
-		n = (int)SR_ARRAY_LEN(v);
 	memset(&mh, 0, sizeof(mh));
 	mh.msg_iov = (struct iovec *)v; /* evbuffer_iovec matches struct iovec on POSIX */
 	mh.msg_iovlen = (size_t)n;
 	w = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
 	if (w < 0)
 		return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : -1;
-	evbuffer_drain(buf, (size_t)w);
+	from_buf = (size_t)w < have ? (size_t)w : have;
+	evbuffer_drain(buf, from_buf);
+	if (with_tail && tail_sent)
+		*tail_sent = (size_t)w - from_buf;
 	return (long)w;
+}
+
+long sr_sock_send_evbuffer(int fd, struct evbuffer *buf)
+{
+	return sr_sock_send_evbuffer_tail(fd, buf, NULL, 0, NULL);
 }
 
 uint64_t sr_now_us(void)

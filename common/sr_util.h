@@ -40,6 +40,11 @@ void sr_sock_set_reset_on_close(int fd);
  * bytes sent (0 if none: EAGAIN), or -1 with errno set. */
 struct evbuffer;
 long sr_sock_send_evbuffer(int fd, struct evbuffer *buf);
+/* The same, then tail_len bytes of tail behind buf in the same sendmsg, but
+ * only when all of buf fits in one call (else tail waits: *tail_sent 0), so
+ * tail never overtakes buf. *tail_sent is how much of tail went out. */
+long sr_sock_send_evbuffer_tail(int fd, struct evbuffer *buf, const void *tail,
+				size_t tail_len, size_t *tail_sent);
 
 /* A timeval of ms milliseconds, for libevent timers. */
 struct timeval sr_tv_ms(uint64_t ms);

@@ -204,6 +204,7 @@ static int h2_send_data_cb(nghttp2_session *h2, nghttp2_frame *frame, const uint
 		int rv = c->cbs.on_data(c, framehd, in, (size_t)(s->tx_sent - s->tx_acked), length,
 					c->arg);
 		if (rv == 0) {
+			c->data_held = 1;
 			s->tx_sent += length;
 			tun_stream_read_resume(s);
 			c->stats.bytes_to_tunnel += length;
@@ -263,8 +264,14 @@ void tun_conn_flush(struct tun_conn *c)
 			}
 		} while (c->want_flush);
 		after = evbuffer_get_length(c->out);
-		if (after == before)
+		if (after == before) {
+			if (c->data_held && c->cbs.on_output) {
+				c->data_held = 0;
+				c->cbs.on_output(c, c->arg); /* frames the transport holds */
+			}
 			break;
+		}
+		c->data_held = 0; /* on_output below sends them too */
 		if (c->cbs.on_output)
 			c->cbs.on_output(c, c->arg); /* the transport usually takes it all */
 		if (tun_conn_closing(c))
@@ -1083,8 +1090,10 @@ static void conn_close(struct tun_conn *c, int err, int hold)
 		c->in_h2 = 1;
 		(void)nghttp2_session_send(c->h2);
 		c->in_h2 = 0;
-		if (evbuffer_get_length(c->out) > before && c->cbs.on_output)
+		if ((evbuffer_get_length(c->out) > before || c->data_held) && c->cbs.on_output) {
+			c->data_held = 0;
 			c->cbs.on_output(c, c->arg);
+		}
 	}
 	evtimer_add(c->close_ev, &tv);
 	tun_conn_schedule_reap(c);

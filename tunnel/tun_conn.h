@@ -100,14 +100,17 @@ struct tun_conn_cbs {
 	 * REFUSED_STREAM. */
 	struct bufferevent *(*on_connect)(struct tun_conn *c,
 					  const struct tun_connect_req *req, void *arg);
-	/* Bytes were appended to tun_conn_output(): the transport should send
-	 * them. Called at the end of a flush, never from inside nghttp2. */
+	/* Bytes were appended to tun_conn_output(), or on_data took frames:
+	 * the transport should send them. Called at the end of a flush, never
+	 * from inside nghttp2. */
 	void (*on_output)(struct tun_conn *c, void *arg);
 	/* Optional, the transport's: send one DATA frame now, its 9-byte header
 	 * then len payload bytes found at offset off of src (which it must not
 	 * change). Called only when tun_conn_output() is empty, so frames stay in
-	 * order. Returns 0, SR_EBUSY (no room now: try later), or another SR_E*
-	 * (the transport failed). Without it frames are copied to the output. */
+	 * order. The transport may hold them until on_output, which follows at
+	 * the end of the flush (so several frames leave in one send). Returns 0,
+	 * SR_EBUSY (no room now: try later), or another SR_E* (the transport
+	 * failed). Without it frames are copied to the output. */
 	int (*on_data)(struct tun_conn *c, const uint8_t *hdr, struct evbuffer *src, size_t off,
 		       size_t len, void *arg);
 	/* Optional: the control messages queued so far have all gone out, after

@@ -178,6 +178,7 @@ struct tun_conn {
 	int close_err;
 	int in_h2;        /* inside an nghttp2 call: do not re-enter */
 	int want_flush;
+	int data_held;  /* on_data took frames in this flush: on_output follows */
 	uint32_t goaway_sent_error; /* we ended the session for a peer's error */
 	/* Sidecar: token bucket of streams the relay reset before our answer
 	 * went out (tun_conn.c, "rapid reset"), in thousandths of a token. */

@@ -214,7 +214,8 @@ struct h {
 	char last_lease[TUN_CTL_LEASE_MAX], last_peer[64];
 	int last_dial_fd;
 	struct {
-		uint16_t lport;
+		uint16_t lport, dport; /* Linux reuses a local port for another
+					* destination: only the pair names a socket */
 		uint64_t conn_id;
 	} cmap[NCMAP];
 	unsigned ncmap;
@@ -400,6 +401,7 @@ static struct bufferevent *sc_on_connect(struct tun_conn *c, const struct tun_co
 	/* connect() bound the local port: it tells the accepted driver socket
 	 * which stream it belongs to. */
 	h->cmap[h->ncmap % NCMAP].lport = local_port(fd);
+	h->cmap[h->ncmap % NCMAP].dport = req->port;
 	h->cmap[h->ncmap % NCMAP].conn_id = req->conn_id;
 	h->ncmap++;
 	h->last_dial_fd = fd;
@@ -576,7 +578,7 @@ static void tap_service(struct h *h)
 
 /* ---- loop ---------------------------------------------------------------------------- */
 
-static void attach_driver(struct h *h, int fd)
+static void attach_driver(struct h *h, int fd, uint16_t dport)
 {
 	struct sockaddr_in a;
 	socklen_t len = sizeof(a);
@@ -585,7 +587,7 @@ static void attach_driver(struct h *h, int fd)
 	sr_sock_nodelay(fd);
 	if (getpeername(fd, (struct sockaddr *)&a, &len) == 0) {
 		for (unsigned i = 0; i < NCMAP && i < h->ncmap; i++)
-			if (h->cmap[i].lport == ntohs(a.sin_port))
+			if (h->cmap[i].lport == ntohs(a.sin_port) && h->cmap[i].dport == dport)
 				id = h->cmap[i].conn_id;
 	}
 	for (int k = 0; id && k < NSLOTS; k++) {
@@ -604,7 +606,7 @@ static void service(struct h *h)
 		int fd;
 		while (h->dl[i] >= 0 &&
 		       (fd = accept4(h->dl[i], NULL, NULL, SOCK_NONBLOCK)) >= 0)
-			attach_driver(h, fd);
+			attach_driver(h, fd, h->dport[i]);
 	}
 	for (int k = 0; k < NSLOTS; k++) {
 		ep_service(&h->s[k].ex);
