@@ -1843,8 +1843,11 @@ static void fwd_cb(struct fleet_splice *sp, enum fleet_splice_end end, int err, 
 	SR_WARN(FL_CTX, "lease=%s conn=%llu: relay %s not reached (%s)", w->lease,
 		(unsigned long long)w->conn_id, w->tried[w->ntried - 1], sr_strerror(err));
 	if (holder_next(f, w, &sa, &salen) == 0 &&
-	    fleet_splice_connect(sp, (struct sockaddr *)&sa, salen, w->hdr, w->hlen) == 0)
+	    fleet_splice_connect(sp, (struct sockaddr *)&sa, salen, w->hdr, w->hlen) == 0) {
+		SR_DEBUG(FL_CTX, "lease=%s conn=%llu: carried to relay %s", w->lease,
+			 (unsigned long long)w->conn_id, w->tried[w->ntried - 1]);
 		return;
+	}
 	/* No relay holds a tunnel that answers: wait here as a relay alone
 	 * would, for the sidecar may come here. */
 	f->forward_failed++;

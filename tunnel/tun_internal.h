@@ -92,6 +92,7 @@ struct tun_stream {
 	 * it grew by in this session; win_bytes bytes were written to the
 	 * socket since win_t0_us, the start of the current measurement. */
 	uint32_t win;
+	uint32_t win_extra; /* win - stream_window, counted in conn->win_grown */
 	uint64_t win_bytes;
 	uint64_t win_t0_us;
 	uint64_t win_rate;  /* bytes/s over the last window that grew it (and
@@ -156,7 +157,9 @@ struct tun_conn {
 	uint64_t probe_at_us;    /* when the last probe was sent */
 	int peer_reads_growth;   /* the peer's SETTINGS say it reads growth PINGs */
 
-	size_t early_buffered; /* sum of streams' early bytes; capped at conn_window */
+	size_t early_buffered; /* sum of streams' early bytes; capped at conn_window
+				* plus win_grown */
+	size_t win_grown; /* sum of streams' win_extra: at most conn_window */
 	size_t in_buffered;    /* sum of the sockets' input (opts.sock_in_max set) */
 	int in_throttled;      /* over sock_in_max: sockets read TUN_SOCK_IN_FLOOR at most */
 	enum tc_state st;

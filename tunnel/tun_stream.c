@@ -6,8 +6,12 @@
  * every stream of the tunnel, heartbeats included. So connection credit is
  * returned as soon as DATA is buffered, as long as the tunnel's early-paid
  * buffered bytes stay under conn_window; past that budget it is returned
- * when the bytes are written, as stream credit always is. Memory per tunnel
- * stays bounded by about twice conn_window.
+ * when the bytes are written, as stream credit always is. A stream whose
+ * window grew (auto-tuning, below) widens that budget by its growth, for as
+ * long as it holds bytes for this session: else two grown streams that stall
+ * could hold every byte of the connection window. Growth on a tunnel is at
+ * most conn_window in all, so memory per tunnel stays bounded by about three
+ * times conn_window.
  *
  * Backpressure, both ways:
  *  - socket -> tunnel: the socket's read high watermark stops reading while
@@ -139,9 +143,21 @@ static uint32_t win_max(const struct tun_conn *c)
 	return m > c->opts.stream_window ? m : c->opts.stream_window;
 }
 
+/* s holds no more bytes for its session (unbound or its socket closed):
+ * its growth no longer widens the session's early budget. */
+static void win_release(struct tun_stream *s)
+{
+	struct tun_conn *c = s->conn;
+
+	if (c)
+		c->win_grown -= s->win_extra < c->win_grown ? s->win_extra : c->win_grown;
+	s->win_extra = 0;
+}
+
 static void win_reset(struct tun_stream *s, const struct tun_conn *c)
 {
 	s->win = c->opts.stream_window;
+	s->win_extra = 0;
 	s->win_bytes = 0;
 	/* The first window is timed from here, when it was offered: its bytes
 	 * come in one burst, whose rate says nothing. */
@@ -195,6 +211,8 @@ static void win_consumed(struct tun_stream *s, size_t n)
 	    rate * 4 > s->win_rate * 5) {
 		uint32_t w = s->win > max / 2 ? max : s->win * 2;
 
+		if (c->win_grown + (w - s->win) > c->opts.conn_window)
+			goto next; /* the tunnel's growth budget is spent */
 		if (sr_log_level_cur >= SR_LOG_DEBUG) {
 			char ctx[256];
 			stream_log_ctx(s, ctx, sizeof(ctx));
@@ -204,6 +222,8 @@ static void win_consumed(struct tun_stream *s, size_t n)
 				 (unsigned long long)rate);
 		}
 		if (tun_conn_grow_window(c, s, w) == 0) {
+			c->win_grown += w - s->win;
+			s->win_extra += w - s->win;
 			s->win = w;
 			/* A window taken within a round trip came in a burst
 			 * (it was in flight already): its rate is no measure. */
@@ -214,6 +234,7 @@ static void win_consumed(struct tun_stream *s, size_t n)
 				c->stats.stream_window_max = w;
 		}
 	}
+next:
 	s->win_bytes = 0;
 	s->win_t0_us = now;
 }
@@ -685,6 +706,7 @@ void tun_stream_unbind(struct tun_stream *s)
 	/* What waits in the output is still written; no session owes for it. */
 	s->stale_out += s->unconsumed;
 	c->early_buffered -= s->early;
+	win_release(s);
 	s->unconsumed = s->early = s->conn_owed = 0;
 	if (s->prev)
 		s->prev->next = s->next;
@@ -736,6 +758,7 @@ static void stream_close_socket(struct tun_stream *s)
 		s->conn->early_buffered -= s->early;
 		s->unconsumed = s->early = s->conn_owed = 0;
 	}
+	win_release(s);
 }
 
 void tun_stream_maybe_reap(struct tun_stream *s)
@@ -889,7 +912,7 @@ void tun_stream_on_data(struct tun_stream *s, const uint8_t *data, size_t len)
 	s->unconsumed += len;
 	if (s->win < win_max(s->conn) && s->conn->peer_reads_growth)
 		tun_conn_rtt_probe(s->conn);
-	if (s->conn->early_buffered + len <= s->conn->opts.conn_window) {
+	if (s->conn->early_buffered + len <= s->conn->opts.conn_window + s->conn->win_grown) {
 		s->early += len;
 		s->conn->early_buffered += len;
 		tun_conn_consume_conn(s->conn, len);

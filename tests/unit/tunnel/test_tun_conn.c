@@ -1863,6 +1863,46 @@ static void test_window_stays_for_a_stalled_stream(void **state)
 	assert_int_equal(h->closed[0] + h->closed[1], 0);
 }
 
+/* Two streams that were fast (their windows grew) and then stalled must not
+ * hold the whole connection window: a third stream still gets through. The
+ * connection window is the smallest allowed above the windows, so that
+ * without a growth budget the two stalled streams could take all of it
+ * (early-returned credit plus credit owed). */
+static void test_grown_streams_that_stall_leave_room(void **state)
+{
+	struct h *h = *state;
+	struct cfg cfg;
+	struct tun_conn_stats ss;
+	struct slot *st[3], *c;
+	uint64_t maxf = 0;
+	const uint32_t window = 16 * KIB, max = 128 * KIB;
+
+	aw_cfg(&cfg, window, max);
+	cfg.ropts.conn_window = cfg.sopts.conn_window = max;
+	start_tunnel(h, &cfg);
+	for (int k = 0; k < 3; k++) {
+		st[k] = slot_cfg(h, k, 256 * MIB, 1, 0, 1);
+		open_stream(h, k, h->dport[1]);
+	}
+	AW_PUMP_UNTIL(h, st[0]->dr.rx_off > 4 * MIB && st[1]->dr.rx_off > 4 * MIB &&
+			     st[2]->dr.rx_off > 4 * MIB, 30000, maxf);
+	for (int k = 0; k < 3; k++) {
+		assert_true(st[k]->dr.rx_off > 4 * MIB);
+		st[k]->dr.rx_on = 0;
+	}
+	conn_stats(h->sc, &ss);
+	pump_for(h, 1500); /* they fill what their windows and the kernel hold */
+	c = slot_cfg(h, 3, 1000, 1, 1000, 1);
+	open_stream(h, 3, h->dport[0]);
+	PUMP_UNTIL(h, slot_done(c), 5000);
+	slot_assert_clean(c);
+	print_message("three grown streams stalled (%llu growths, largest window %llu); "
+		      "a fourth stream passed\n",
+		      (unsigned long long)ss.window_grows, (unsigned long long)ss.stream_window_max);
+	assert_true(ss.window_grows > 0);
+	assert_int_equal(h->closed[0] + h->closed[1], 0);
+}
+
 /* A window growth announcement as tun_conn_grow_window sends it: a PING whose
  * payload is the bits 11, the stream id (31 bits), the growth (31 bits). */
 static void raw_grow(struct h *h, int32_t id, uint32_t grow)
@@ -1938,6 +1978,7 @@ int main(void)
 	    T(test_peer_eof_reported_once),
 	    T(test_window_grows_for_a_fast_stream_up_to_max),
 	    T(test_window_stays_for_a_stalled_stream),
+	    T(test_grown_streams_that_stall_leave_room),
 	    T(test_window_growth_beyond_the_largest_window_is_refused),
 #undef T
 	};
