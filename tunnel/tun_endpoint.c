@@ -317,7 +317,7 @@ static int ep_encrypt(struct tun_endpoint *ep)
  * its own; with 64 KiB frames that costs less than copying the payload.
  * The ciphertext waits in cout until CIPHER_HIGH or the end of the flush
  * (ep_on_output): one sendmsg per 64 KiB instead of one per frame, which
- * cost more CPU than the copy into cout saves (3.6-3.9 against 3.9-4.7
+ * cost more CPU than the copy into cout saves (3.5-3.7 against 4.1-4.5
  * middle CPU s/GB, iperf3 through relay and sidecar, alternating runs). */
 static int ep_write_frame(struct tun_endpoint *ep, const uint8_t *hdr, struct evbuffer *src,
 			  size_t off, size_t len);
