@@ -74,7 +74,7 @@ struct bufferevent *sc_driver_connect(struct event_base *base, const struct tun_
 	fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return NULL;
-	sr_sock_nodelay(fd);
+	/* TCP_NODELAY is set once connected (tun_stream_connected). */
 	/* Connect ourselves: on loopback it usually completes (or is refused)
 	 * at once, and the stream can answer in this same loop iteration. */
 	if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0) {

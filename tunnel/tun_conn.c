@@ -118,7 +118,7 @@ int tun_conn_recv(struct tun_conn *c, const uint8_t *p, size_t left)
 			char why[128];
 			snprintf(why, sizeof(why), "HTTP/2 error from peer: %s",
 				 nghttp2_strerror((int)rv));
-			c->nwriteq = 0; /* closing: no socket is written now */
+			tun_stream_writeq_drop(c); /* closing: no direct write now */
 			conn_fail(c, SR_EPROTO, why);
 			return SR_EPROTO;
 		}
@@ -1040,7 +1040,7 @@ static void end_all_streams(struct tun_conn *c, int hold)
 {
 	struct tun_group *g = hold ? c->group : NULL;
 
-	c->nwriteq = 0;
+	tun_stream_writeq_drop(c);
 	c->linger = NULL;
 	while (c->streams) {
 		struct tun_stream *s = c->streams;

@@ -284,6 +284,7 @@ void tun_stream_on_peer_eof(struct tun_stream *s);
 void tun_stream_on_h2_close(struct tun_stream *s, uint32_t error_code);
 /* Write the queued output of the streams on conn->writeq now. */
 void tun_stream_write_queued(struct tun_conn *c);
+void tun_stream_writeq_drop(struct tun_conn *c);
 extern const nghttp2_data_provider tun_stream_data_prd;
 
 /* tun_conn.c, for tun_stream.c and tun_group.c */

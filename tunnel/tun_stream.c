@@ -509,6 +509,9 @@ static void sock_read_cb(struct bufferevent *bev, void *arg)
 static void sock_write_cb(struct bufferevent *bev, void *arg)
 {
 	struct tun_stream *s = arg;
+
+	if (s->st == TS_ST_OPEN && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+		bufferevent_disable(bev, EV_WRITE); /* until bytes wait again */
 	maybe_finish(s);
 	if (s->conn)
 		tun_conn_schedule_reap(s->conn);
@@ -672,11 +675,27 @@ void tun_stream_connected(struct tun_stream *s)
 	tun_conn_flush(c);
 }
 
+/* A socket's write event is enabled only while its output holds bytes:
+ * most are written at once by tun_stream_write_queued, and a write event
+ * armed for them anyway cost two epoll_ctl and a wake-up per message (one
+ * pair more per connection, armed on an empty output at the start). */
+static void sock_write_sync(struct tun_stream *s)
+{
+	if (!s->sock)
+		return;
+	if (evbuffer_get_length(bufferevent_get_output(s->sock)) > 0)
+		bufferevent_enable(s->sock, EV_WRITE);
+	else
+		bufferevent_disable(s->sock, EV_WRITE);
+}
+
 void tun_stream_start_reading(struct tun_stream *s)
 {
 	if (s->sock && s->conn && s->st == TS_ST_OPEN && s->up == TS_DIR_OPEN &&
-	    !(s->flags & (TS_F_READ_FULL | TS_F_RESUMING)))
-		bufferevent_enable(s->sock, EV_READ | EV_WRITE);
+	    !(s->flags & (TS_F_READ_FULL | TS_F_RESUMING))) {
+		bufferevent_enable(s->sock, EV_READ);
+		sock_write_sync(s);
+	}
 }
 
 /* The input accounting of s's session (opts.sock_in_max) lets go of s. */
@@ -919,11 +938,29 @@ void tun_stream_on_data(struct tun_stream *s, const uint8_t *data, size_t len)
 	} else {
 		s->conn_owed += len;
 	}
-	if (!(s->flags & TS_F_WRITEQ) && s->st == TS_ST_OPEN &&
-	    s->conn->nwriteq < SR_ARRAY_LEN(s->conn->writeq)) {
-		s->flags |= TS_F_WRITEQ;
-		s->conn->writeq[s->conn->nwriteq++] = s;
+	if (!(s->flags & TS_F_WRITEQ) && s->st == TS_ST_OPEN) {
+		if (s->conn->nwriteq < SR_ARRAY_LEN(s->conn->writeq)) {
+			s->flags |= TS_F_WRITEQ;
+			s->conn->writeq[s->conn->nwriteq++] = s;
+		} else {
+			sock_write_sync(s); /* the bufferevent writes it */
+		}
 	}
+}
+
+/* The write queue is dropped unwritten (the session is ending): the
+ * bufferevents write what the queued streams hold, as they would have
+ * without the queue. */
+void tun_stream_writeq_drop(struct tun_conn *c)
+{
+	for (unsigned i = 0; i < c->nwriteq; i++) {
+		struct tun_stream *s = c->writeq[i];
+
+		s->flags &= ~TS_F_WRITEQ;
+		if (s->st == TS_ST_OPEN)
+			sock_write_sync(s);
+	}
+	c->nwriteq = 0;
 }
 
 void tun_stream_write_queued(struct tun_conn *c)
@@ -947,8 +984,15 @@ void tun_stream_write_queued(struct tun_conn *c)
 		evbuffer_freeze(out, 1);
 		/* An error is reported now: the send took the socket's pending
 		 * error (a reset), and a read after it would see a clean end. */
-		if (w < 0)
+		if (w < 0) {
 			sock_event_cb(s->sock, BEV_EVENT_WRITING | BEV_EVENT_ERROR, s);
+			continue;
+		}
+		sock_write_sync(s); /* what the kernel did not take */
+		/* All out: a FIN that came with the data follows now (the
+		 * bufferevent's write callback runs only for its own writes). */
+		if (evbuffer_get_length(out) == 0)
+			maybe_finish(s);
 	}
 	c->nwriteq = 0;
 }
