@@ -485,6 +485,17 @@ class Proc:
         return [l for l in self.log_text().splitlines()
                 if any(m in l for m in SANITIZER_MARKERS)]
 
+    def stop_problems(self, timeout=10.0):
+        """SIGTERM, then what a clean exit rules out: an exit code other
+        than 0, a sanitizer report (the log is dumped if there is one)."""
+        rc = self.stop(timeout)
+        problems = [] if rc == 0 else ["%s exited %s after SIGTERM" % (self.name, rc)]
+        san = self.sanitizer_lines()
+        if san:
+            self.dump(80)
+            problems.append("%s sanitizer report: %s" % (self.name, san[0].strip()))
+        return problems
+
     def dump(self, n=LOG_TAIL):
         lines = self.tail(n)
         sys.stderr.write("----- %s log %s (last %d lines) -----\n" %

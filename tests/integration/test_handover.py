@@ -234,6 +234,15 @@ class HandoverCase(X.XCase):
         self.assertTrue(X.wait_for(lambda: self.resumed_count() > before, timeout),
                         "the sidecar did not resume within %.0f s" % timeout)
 
+    def assert_rpcs_go_on(self, rpcs, seqs, what="the handover"):
+        """Every RPC connection made two more round trips since seqs, none
+        failed."""
+        self.assertTrue(X.wait_for(lambda: all(c.seq > s + 2 for c, s in zip(rpcs, seqs))
+                                   or any(c.error for c in rpcs), 20),
+                        "request/response did not resume after " + what)
+        errs = [c.error for c in rpcs if c.error]
+        self.assertFalse(errs, errs[:3])
+
 
 class TestHandoverUnderLoad(HandoverCase):
 
@@ -267,11 +276,7 @@ class TestHandoverUnderLoad(HandoverCase):
             self.assertGreaterEqual(conns, RPC_CONNS + 1)
             self.wait_resumed(before)
             # request/response flows again on every connection
-            self.assertTrue(X.wait_for(lambda: all(c.seq > s + 2 for c, s in zip(rpcs, seqs))
-                                       or any(c.error for c in rpcs), 20),
-                            "request/response did not resume on every connection")
-            errs = [c.error for c in rpcs if c.error]
-            self.assertFalse(errs, errs[:3])
+            self.assert_rpcs_go_on(rpcs, seqs)
             report.append((ms, conns, nbytes, retained, took))
             H.log("handover %d: %d ms in the old relay, %.2f s until it exited; %d executor "
                   "connections and %d buffered bytes (%d retained) moved" %
@@ -337,11 +342,7 @@ class TestHandoverTwoTunnels(HandoverCase):
             self.assertEqual(leases, 1)
             self.assertGreaterEqual(conns, 12)
             self.wait_resumed(before)
-            self.assertTrue(X.wait_for(lambda: all(c.seq > s + 2 for c, s in zip(rpcs, seqs))
-                                       or any(c.error for c in rpcs), 20),
-                            "request/response did not resume on every connection")
-            errs = [c.error for c in rpcs if c.error]
-            self.assertFalse(errs, errs[:3])
+            self.assert_rpcs_go_on(rpcs, seqs)
             self.assertTrue(X.wait_for(lambda: self.tunnels() == 2, 15),
                             "handover %d: the lease is not on two tunnels again: %r"
                             % (i + 1, self.leases()))
@@ -663,11 +664,7 @@ class TestHandoverFailures(HandoverCase):
         st = self.stack
         self.wait_resumed(before)
         seqs = [c.seq for c in rpcs]
-        self.assertTrue(X.wait_for(lambda: all(c.seq > s + 2 for c, s in zip(rpcs, seqs))
-                                   or any(c.error for c in rpcs), 20),
-                        "request/response did not resume after " + what)
-        errs = [c.error for c in rpcs if c.error]
-        self.assertFalse(errs, errs[:3])
+        self.assert_rpcs_go_on(rpcs, seqs, what)
         self.assertIsNone(X.echo_once(st.exec_host, st.ports["driver"], seed=9))
 
     def test_new_process_killed_or_stalled_mid_handover(self):
