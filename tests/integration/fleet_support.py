@@ -67,15 +67,7 @@ class FleetCase(unittest.TestCase):
         if self.driver is not None:
             self.driver.stop()
         for p in reversed(self.procs):
-            if p.p is None or not p.alive():
-                continue
-            rc = p.stop(20.0)
-            if rc != 0:
-                problems.append("%s exited %s after SIGTERM" % (p.name, rc))
-        for p in self.procs:
-            san = p.sanitizer_lines()
-            if san:
-                problems.append("%s sanitizer report: %s" % (p.name, san[0].strip()))
+            problems += p.stop_problems(20.0, ended_ok=True, dump=False)
         if failed or problems:
             for p in self.procs:
                 p.dump(80)

@@ -485,14 +485,31 @@ class Proc:
         return [l for l in self.log_text().splitlines()
                 if any(m in l for m in SANITIZER_MARKERS)]
 
-    def stop_problems(self, timeout=10.0):
-        """SIGTERM, then what a clean exit rules out: an exit code other
-        than 0, a sanitizer report (the log is dumped if there is one)."""
+    def stop_problems(self, timeout=10.0, ended_ok=False, dump=True, cont=False):
+        """SIGTERM, then what a clean exit rules out: no exit within timeout
+        seconds (it is killed), an exit code other than 0, a sanitizer report
+        in the log (the log is dumped with it unless dump is False).
+        ended_ok: a process that had already exited is not judged by its exit
+        code (the test ended it, or the caller reports its death itself); its
+        log still is. cont: SIGCONT first, as a stopped process cannot exit."""
+        was_alive = self.alive()
+        if cont and was_alive:
+            try:
+                self.p.send_signal(signal.SIGCONT)
+            except OSError:
+                pass
         rc = self.stop(timeout)
-        problems = [] if rc == 0 else ["%s exited %s after SIGTERM" % (self.name, rc)]
+        problems = []
+        if was_alive or not ended_ok:
+            if rc is None:
+                problems.append("%s did not exit within %.0f s of SIGTERM (killed)" %
+                                (self.name, timeout))
+            elif rc != 0:
+                problems.append("%s exited %s after SIGTERM (expected 0)" % (self.name, rc))
         san = self.sanitizer_lines()
         if san:
-            self.dump(80)
+            if dump:
+                self.dump(80)
             problems.append("%s sanitizer report: %s" % (self.name, san[0].strip()))
         return problems
 
@@ -1322,16 +1339,9 @@ class Stack:
         for p, t in ((self.tunnel, 15.0), (self.relay, 20.0)):
             if p is None or p.p is None:
                 continue
-            was_alive = p.alive()
-            rc = p.stop(t)
-            if was_alive and rc is None:
-                problems.append("%s did not exit within %.0f s of SIGTERM (killed)" % (p.name, t))
-            elif was_alive and rc != 0:
-                problems.append("%s exited %s after SIGTERM (expected 0)" % (p.name, rc))
-            san = p.sanitizer_lines()
-            if san:
-                problems.append("%s sanitizer report: %s" % (p.name, san[0].strip()))
-            else:
+            problems += p.stop_problems(t, ended_ok=True, dump=False)
+            # a sanitizer report is not in the log format; it is reported already
+            if not p.sanitizer_lines():
                 bad = p.malformed_lines()
                 if bad:
                     problems.append("%s: %d stderr lines not in the log format, first: %r" %

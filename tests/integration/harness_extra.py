@@ -357,18 +357,8 @@ class XCase(unittest.TestCase):
         # sidecars first, the relay last
         order = [p for p in self.tracked if p is not self.stack.relay] + [self.stack.relay]
         for p in order:
-            if p is None or p.p is None or not p.alive():
-                continue
-            try:
-                p.p.send_signal(signal.SIGCONT)
-            except OSError:
-                pass
-            rc = p.stop(20.0)
-            if rc is None:
-                problems.append("%s did not exit within 20 s of SIGTERM (killed)" % p.name)
-            elif rc != 0:
-                problems.append("%s exited %s after SIGTERM (expected 0)" % (p.name, rc))
-        problems += self.sanitizer_problems()
+            if p is not None:
+                problems += p.stop_problems(20.0, ended_ok=True, dump=False, cont=True)
         if failed or problems:
             H._any_failure = True
             self.dump_all()

@@ -119,13 +119,7 @@ class TrustCase(unittest.TestCase):
             l.close()
         if not self.proc.alive():
             problems.append("sidecar died during the test (rc=%s)" % self.proc.p.returncode)
-        else:
-            rc = self.proc.stop(15)
-            if rc != 0:
-                problems.append("sidecar exited %s after SIGTERM (expected 0)" % rc)
-        san = self.proc.sanitizer_lines()
-        if san:
-            problems.append("sidecar sanitizer report: %s" % san[0].strip())
+        problems += self.proc.stop_problems(15, ended_ok=True, dump=False)
         bad = self.proc.malformed_lines()
         if bad:
             problems.append("%d sidecar log lines not in the log format, first: %r" %

@@ -40,6 +40,7 @@
 
 Each measured number is logged with the prefix "measured:"."""
 
+import contextlib
 import json
 import os
 import re
@@ -352,6 +353,25 @@ class OneRelayTest(unittest.TestCase):
         self.assertEqual(mt["sparkrelay_leases_active"], 1, mt)
 
 
+@contextlib.contextmanager
+def sidecar_on_fake_relay(tc, name, connections):
+    """A sidecar with `connections` tunnels dialling a fake relay, as
+    (fake relay, sidecar config, sidecar Proc); on the way out the sidecar
+    must exit 0 on SIGTERM and log no sanitizer report."""
+    d = H.new_dir(name)
+    fr = R.FakeRelay(H.certs()).start()
+    cfg = H.tunnel_config(fr.port, d, {"tunnel": {"connections": connections,
+                                                  "server_name": "localhost"}})
+    path = H.write_config(os.path.join(d, "tunnel.json"), cfg)
+    sc = H.Proc("tunnel", [H.BIN, "tunnel", "--config", path], d).start()
+    try:
+        yield fr, cfg, sc
+    finally:
+        problems = sc.stop_problems(10)
+        fr.stop()
+        tc.assertEqual(problems, [])
+
+
 def H_count(proc, needle):
     return proc.log_text().count(needle)
 
@@ -478,13 +498,7 @@ class OldRelayTest(unittest.TestCase):
     """A relay that predates joins answers one with unknown_lease."""
 
     def test_sidecar_keeps_one_tunnel(self):
-        d = H.new_dir(self.id())
-        fr = R.FakeRelay(H.certs()).start()
-        cfg = H.tunnel_config(fr.port, d, {"tunnel": {"connections": 3,
-                                                      "server_name": "localhost"}})
-        path = H.write_config(os.path.join(d, "tunnel.json"), cfg)
-        sc = H.Proc("tunnel", [H.BIN, "tunnel", "--config", path], d).start()
-        try:
+        with sidecar_on_fake_relay(self, self.id(), 3) as (fr, cfg, sc):
             s1, reg = fr.session(15)
             self.assertNotIn("join", reg)
             s1.send_ctl(R.lease_msg(ports={"driver": 40001, "blockManager": 40002},
@@ -504,10 +518,6 @@ class OldRelayTest(unittest.TestCase):
             j = H.read_spark_json(cfg["tunnel"]["spark_json"])
             self.assertEqual(j["lease"], "L-1-0a1b2c3d")
             self.assertEqual(s1.wait_closed(0.5)[0], "timeout", "the first tunnel closed")
-        finally:
-            problems = sc.stop_problems(10)
-            fr.stop()
-            self.assertEqual(problems, [])
 
 
 class RevokedOnOneTunnelTest(unittest.TestCase):
@@ -517,13 +527,7 @@ class RevokedOnOneTunnelTest(unittest.TestCase):
     carrying it, and the sidecar asks for a new lease."""
 
     def revoke_on(self, which):
-        d = H.new_dir(self.id() + "-" + which)
-        fr = R.FakeRelay(H.certs()).start()
-        cfg = H.tunnel_config(fr.port, d, {"tunnel": {"connections": 2,
-                                                      "server_name": "localhost"}})
-        path = H.write_config(os.path.join(d, "tunnel.json"), cfg)
-        sc = H.Proc("tunnel", [H.BIN, "tunnel", "--config", path], d).start()
-        try:
+        with sidecar_on_fake_relay(self, self.id() + "-" + which, 2) as (fr, _, sc):
             s1, reg = fr.session(15)
             s1.send_ctl(R.lease_msg(ports={"driver": 40001, "blockManager": 40002},
                                     resume="a" * 64, tunnel=1))
@@ -543,10 +547,6 @@ class RevokedOnOneTunnelTest(unittest.TestCase):
             s3, reg3 = fr.session(15)
             self.assertNotIn("join", reg3)
             self.assertEqual(reg3.get("resume", ""), "", reg3)
-        finally:
-            problems = sc.stop_problems(10)
-            fr.stop()
-            self.assertEqual(problems, [])
 
     def test_revoked_on_the_first_tunnel(self):
         self.revoke_on("first")
