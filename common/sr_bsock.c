@@ -161,22 +161,11 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
-/* Bytes added to the output arm the write event while writing is enabled. */
-static void out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
-{
-	struct sr_bsock *b = arg;
-
-	(void)buf;
-	if (info->n_added && (b->flags & BS_WR_ON) && !(b->flags & BS_CONNECTING))
-		wr_arm(b, NULL);
-}
-
 struct sr_bsock *sr_bsock_new(struct event_base *base, int fd)
 {
 	struct sr_bsock *b = calloc(1, sizeof(*b));
 
 	if (!b || !(b->in = evbuffer_new()) || !(b->out = evbuffer_new()) ||
-	    !evbuffer_add_cb(b->out, out_cb, b) ||
 	    event_assign(&b->rd, base, fd, EV_READ | EV_PERSIST, on_read, b) != 0 ||
 	    event_assign(&b->wr, base, fd, EV_WRITE | EV_PERSIST, on_write, b) != 0) {
 		if (b) {

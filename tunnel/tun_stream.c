@@ -59,6 +59,7 @@ static void stream_log_ctx(const struct tun_stream *s, char *buf, size_t len)
 }
 
 static void maybe_finish(struct tun_stream *s);
+static int sock_write_now(struct tun_stream *s);
 static void read_check(struct tun_stream *s);
 
 /* Bytes the sender keeps for a replay: sent, not yet acknowledged. */
@@ -626,12 +627,11 @@ void tun_stream_connected(struct tun_stream *s)
 	if (tun_conn_submit_response(c, s) != 0) {
 		tun_conn_reset_stream(c, s, NGHTTP2_INTERNAL_ERROR);
 		tun_stream_kill(s, 1);
-	} else {
-		/* DATA that arrived while connecting waits in the output; the
-		 * socket writes it on its next write event. (Not the conn's
-		 * write queue: that holds streams only within one tunnel read.) */
+	} else if (sock_write_now(s) == 0) {
+		/* DATA that arrived while connecting waited in the output (not
+		 * in the conn's write queue: that holds streams only within one
+		 * tunnel read); it went out above. */
 		tun_stream_start_reading(s);
-		maybe_finish(s);
 	}
 	tun_conn_flush(c);
 }
@@ -648,6 +648,25 @@ static void sock_write_sync(struct tun_stream *s)
 		sr_bsock_enable(s->sock, EV_WRITE);
 	else
 		sr_bsock_disable(s->sock, EV_WRITE);
+}
+
+/* Writes what s's output holds now and arms the write event for what the
+ * kernel did not take; then a FIN that came with the data may follow (the
+ * socket's write callback runs only for its own writes).
+ * Returns 0, or -1 if the stream was ended by a send error: that is
+ * reported at once, since the send took the socket's pending error (a
+ * reset) and a read after it would see a clean end. */
+static int sock_write_now(struct tun_stream *s)
+{
+	struct evbuffer *out = sr_bsock_output(s->sock);
+
+	if (evbuffer_get_length(out) > 0 && sr_sock_send_evbuffer(sr_bsock_fd(s->sock), out) < 0) {
+		sock_event_cb(s->sock, SR_BS_WRITING | SR_BS_ERROR, s);
+		return -1;
+	}
+	sock_write_sync(s);
+	maybe_finish(s);
+	return 0;
 }
 
 void tun_stream_start_reading(struct tun_stream *s)
@@ -930,26 +949,12 @@ void tun_stream_write_queued(struct tun_conn *c)
 	 * valid here even if a write below ends one of them. */
 	for (unsigned i = 0; i < c->nwriteq; i++) {
 		struct tun_stream *s = c->writeq[i];
-		struct evbuffer *out;
 
 		s->flags &= ~TS_F_WRITEQ;
 		if (!s->sock || s->st != TS_ST_OPEN)
 			continue;
-		out = sr_bsock_output(s->sock);
-		if (evbuffer_get_length(out) == 0)
-			continue;
-		long w = sr_sock_send_evbuffer(sr_bsock_fd(s->sock), out);
-		/* An error is reported now: the send took the socket's pending
-		 * error (a reset), and a read after it would see a clean end. */
-		if (w < 0) {
-			sock_event_cb(s->sock, SR_BS_WRITING | SR_BS_ERROR, s);
-			continue;
-		}
-		sock_write_sync(s); /* what the kernel did not take */
-		/* All out: a FIN that came with the data follows now (the
-		 * socket's write callback runs only for its own writes). */
-		if (evbuffer_get_length(out) == 0)
-			maybe_finish(s);
+		if (evbuffer_get_length(sr_bsock_output(s->sock)) > 0)
+			(void)sock_write_now(s);
 	}
 	c->nwriteq = 0;
 }
