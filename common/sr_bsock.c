@@ -12,8 +12,9 @@
 #include <event2/event.h>
 #include <event2/event_struct.h>
 
-/* The first read of a connection, and of any after a short one: what
- * libevent's own reader takes at most, enough for most single messages. */
+/* The first read of a connection, and of any after a short one. Reads up
+ * to this size go through the stack (sr_bsock_read); larger ones go straight
+ * into the input, in powers of two up to SR_BS_READ_MAX. */
 #define BS_READ_MIN 4096
 
 enum {
@@ -53,24 +54,38 @@ static void wr_disarm(struct sr_bsock *b)
 ssize_t sr_bsock_read(struct sr_bsock *b, size_t max)
 {
 	struct evbuffer_iovec v;
-	size_t want = max < b->read_hint ? max : b->read_hint;
+	/* A small read goes through the stack and is copied: the chain then
+	 * fits the bytes (an idle connection's few bytes in a 4 KiB chain cost
+	 * 0.2 KiB of RSS per connection in the idle bench, from the holes). */
+	int small = b->read_hint <= BS_READ_MIN;
+	size_t want = b->read_hint;
+	char buf[BS_READ_MIN];
 	ssize_t n;
 
+	if (want > max)
+		want = max;
 	if (want == 0) {
 		errno = EAGAIN;
 		return -1;
 	}
-	if (evbuffer_reserve_space(b->in, (ev_ssize_t)want, &v, 1) < 1) {
+	if (!small && evbuffer_reserve_space(b->in, (ev_ssize_t)want, &v, 1) < 1) {
 		errno = ENOMEM;
 		return -1;
 	}
-	n = recv(b->fd, v.iov_base, want, 0);
+	n = recv(b->fd, small ? buf : v.iov_base, want, 0);
 	if (n <= 0) {
 		b->flags |= BS_DRAINED;
 		return n;
 	}
-	v.iov_len = (size_t)n;
-	evbuffer_commit_space(b->in, &v, 1);
+	if (small) {
+		if (evbuffer_add(b->in, buf, (size_t)n) != 0) {
+			errno = ENOMEM;
+			return -1;
+		}
+	} else {
+		v.iov_len = (size_t)n;
+		evbuffer_commit_space(b->in, &v, 1);
+	}
 	if ((size_t)n == want) {
 		b->flags &= (uint8_t)~BS_DRAINED;
 		if (want == b->read_hint && b->read_hint < SR_BS_READ_MAX)

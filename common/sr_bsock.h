@@ -41,7 +41,10 @@ struct sr_bsock;
 #define SR_BS_TIMEOUT 0x40
 #define SR_BS_CONNECTED 0x80
 
-/* The largest single read (sr_bsock_read, and a read event's own read). */
+/* The largest single read (sr_bsock_read, and a read event's own). With
+ * libevent's chain header its chain is a 128 KiB allocation; 64 KiB less
+ * the header would take half, from the heap, where a burst's chains stayed
+ * as holes (a relay's RSS stayed 2.6 MiB up after 50 held streams ended). */
 #define SR_BS_READ_MAX (64 * 1024)
 
 typedef void (*sr_bsock_data_cb)(struct sr_bsock *b, void *arg);
