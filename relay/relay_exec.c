@@ -4,6 +4,7 @@
 #include "relay/relay_int.h"
 #include "relay/relay_fleet.h"
 #include "common/sr_err.h"
+#include "common/sr_bsock.h"
 #include "common/sr_log.h"
 #include "common/sr_text.h"
 #include "common/sr_util.h"
@@ -13,7 +14,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 
 static void pending_free(struct relay_pending *p, int reset)
@@ -79,12 +79,11 @@ static void pending_timeout_cb(evutil_socket_t fd, short what, void *arg)
 static void open_stream(struct relay *r, struct relay_lease_ext *lx, struct relay_tunnel *t,
 			int fd, enum tun_port_role role, uint64_t conn_id, const char *peer)
 {
-	struct bufferevent *bev;
+	struct sr_bsock *bev;
 	int rv;
 
-	bev = bufferevent_socket_new(r->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	bev = sr_bsock_new(r->base, fd); /* closes fd on failure */
 	if (!bev) {
-		close(fd);
 		refuse(r, lx, RELAY_REFUSE_STREAM);
 		return;
 	}

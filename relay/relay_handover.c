@@ -570,31 +570,6 @@ static json_t *rules_json(const struct relay_lease_ext *lx)
 			 tc ? (int)tc->max_pending : 0);
 }
 
-/* n bytes of b from off into out, b untouched. Not evbuffer_copyout_from:
- * it refuses a buffer whose start is frozen, as a bufferevent's output is. */
-static int copy_at(struct evbuffer *b, size_t off, uint8_t *out, size_t n)
-{
-	struct evbuffer_iovec v[32];
-	struct evbuffer_ptr pos;
-
-	while (n > 0) {
-		int k;
-		if (evbuffer_ptr_set(b, &pos, off, EVBUFFER_PTR_SET) != 0)
-			return -1;
-		k = evbuffer_peek(b, (ev_ssize_t)n, &pos, v, 32);
-		if (k <= 0)
-			return -1;
-		for (int i = 0; i < k && i < 32 && n > 0; i++) {
-			size_t c = v[i].iov_len < n ? v[i].iov_len : n;
-			memcpy(out, v[i].iov_base, c);
-			out += c;
-			off += c;
-			n -= c;
-		}
-	}
-	return 0;
-}
-
 static int send_data(struct snap *sn, struct evbuffer *b)
 {
 	size_t len = b ? evbuffer_get_length(b) : 0, off = 0;
@@ -602,7 +577,11 @@ static int send_data(struct snap *sn, struct evbuffer *b)
 
 	while (off < len) {
 		size_t n = len - off < sizeof(chunk) ? len - off : sizeof(chunk);
-		if (copy_at(b, off, chunk, n) != 0)
+		struct evbuffer_ptr pos;
+
+		/* b stays untouched: the stream goes on if the handover fails. */
+		if (evbuffer_ptr_set(b, &pos, off, EVBUFFER_PTR_SET) != 0 ||
+		    evbuffer_copyout_from(b, &pos, chunk, n) != (ev_ssize_t)n)
 			return SR_ENOMEM;
 		int rc = ho_send(sn->h->fd, HO_DATA, chunk, n, NULL, 0, sn->deadline_us);
 		if (rc)

@@ -4,6 +4,7 @@
  * a relay, even a compromised one, cannot make the sidecar reach anything
  * else. */
 #include "sidecar/sc_int.h"
+#include "common/sr_bsock.h"
 #include "common/sr_log.h"
 #include "common/sr_text.h"
 #include "common/sr_util.h"
@@ -15,7 +16,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <event2/bufferevent.h>
 
 void sc_driver_refused(struct sc_ratelog *rl, const char *logctx, uint64_t conn_id,
 		       const char *peer, uint16_t port, int err)
@@ -39,14 +39,14 @@ void sc_driver_refused(struct sc_ratelog *rl, const char *logctx, uint64_t conn_
 		strerror(err), more);
 }
 
-struct bufferevent *sc_driver_connect(struct event_base *base, const struct tun_connect_req *req,
-				      const struct sidecar_lease_info *lease, int leased_here,
-				      uint32_t connect_timeout_ms, struct sc_ratelog *rl,
-				      const char *logctx)
+struct sr_bsock *sc_driver_connect(struct event_base *base, const struct tun_connect_req *req,
+				   const struct sidecar_lease_info *lease, int leased_here,
+				   uint32_t connect_timeout_ms, struct sc_ratelog *rl,
+				   const char *logctx)
 {
 	char lbuf[SR_ESC_SIZE(TUN_CTL_LEASE_MAX)], pbuf[SR_ESC_SIZE(64)];
 	struct sockaddr_in sin;
-	struct bufferevent *bev;
+	struct sr_bsock *bev;
 	struct timeval tv;
 	const char *why = NULL;
 	int ok = 0, fd;
@@ -84,17 +84,13 @@ struct bufferevent *sc_driver_connect(struct event_base *base, const struct tun_
 		close(fd);
 		return NULL;
 	}
-	bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
-	if (!bev) {
-		close(fd);
+	bev = sr_bsock_new(base, fd); /* closes fd on failure */
+	if (!bev)
 		return NULL;
-	}
 	if (!*req->connected) {
 		tv = sr_tv_ms(connect_timeout_ms);
-		bufferevent_set_timeouts(bev, NULL, &tv);
-		/* sa NULL: the socket is already connecting; report CONNECTED. */
-		if (bufferevent_socket_connect(bev, NULL, 0) != 0) {
-			bufferevent_free(bev);
+		if (sr_bsock_connecting(bev, &tv) != 0) {
+			sr_bsock_free(bev);
 			return NULL;
 		}
 	}

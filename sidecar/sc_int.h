@@ -16,7 +16,7 @@
 #include "tunnel/tun_conn.h"
 #include "tunnel/tun_group.h"
 
-struct bufferevent;
+struct sr_bsock;
 struct event_base;
 
 /* sc_driver.c */
@@ -34,10 +34,10 @@ struct sc_ratelog {
  * req names that lease and one of its ports; the socket always goes to
  * 127.0.0.1. Sets *req->connected when connect() completed at once. A
  * driver that refuses is logged through rl (sc_driver_refused). */
-struct bufferevent *sc_driver_connect(struct event_base *base, const struct tun_connect_req *req,
-				      const struct sidecar_lease_info *lease, int leased_here,
-				      uint32_t connect_timeout_ms, struct sc_ratelog *rl,
-				      const char *logctx);
+struct sr_bsock *sc_driver_connect(struct event_base *base, const struct tun_connect_req *req,
+				   const struct sidecar_lease_info *lease, int leased_here,
+				   uint32_t connect_timeout_ms, struct sc_ratelog *rl,
+				   const char *logctx);
 /* The driver did not take a connection for a stream (err: errno value):
  * the most common setup mistake (the driver not started, or started
  * without the lease's settings), so a WARN line at the default level, at

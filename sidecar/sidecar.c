@@ -37,7 +37,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <event2/bufferevent.h>
 #include <event2/dns.h>
 #include <event2/event.h>
 #include <openssl/x509v3.h>
@@ -728,8 +727,8 @@ static void on_closed(struct tun_endpoint *ep, int err, const char *why_ep, void
 		sc_start(&s->slots[0]);
 }
 
-static struct bufferevent *on_connect(struct tun_conn *c, const struct tun_connect_req *req,
-				      void *arg)
+static struct sr_bsock *on_connect(struct tun_conn *c, const struct tun_connect_req *req,
+				   void *arg)
 {
 	struct sc_slot *p = arg;
 	struct sidecar *s = p->s;

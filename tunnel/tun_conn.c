@@ -197,7 +197,7 @@ static int h2_send_data_cb(nghttp2_session *h2, nghttp2_frame *frame, const uint
 		return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* socket gone: reset the stream */
 	if (evbuffer_get_length(out) >= c->opts.out_high)
 		return NGHTTP2_ERR_WOULDBLOCK;
-	in = bufferevent_get_input(s->sock);
+	in = sr_bsock_input(s->sock);
 	/* Nothing queued ahead of this frame: the transport takes the payload
 	 * straight from the socket's input (no copy here). */
 	if (c->cbs.on_data && evbuffer_get_length(out) == 0) {
@@ -673,7 +673,7 @@ static int sidecar_on_request(struct tun_conn *c, struct tun_stream **sp)
 					 NGHTTP2_NV_FLAG_NONE}};
 	nghttp2_data_provider prd = {.source = {.ptr = NULL}, .read_callback = ctl_read_cb};
 	struct tun_connect_req req;
-	struct bufferevent *sock;
+	struct sr_bsock *sock;
 	int connected = 0;
 	const struct ts_req *r = s->req;
 
@@ -1477,14 +1477,14 @@ int tun_conn_submit_connect(struct tun_conn *c, struct tun_stream *s, int resume
 	return 0;
 }
 
-int tun_conn_open_stream(struct tun_conn *c, struct bufferevent *sock, uint16_t port,
+int tun_conn_open_stream(struct tun_conn *c, struct sr_bsock *sock, uint16_t port,
 			 const char *lease, uint64_t conn_id, const char *peer)
 {
 	struct tun_stream *s;
 	int rv;
 
 	if (c->st != TC_ST_OPEN || c->role != TUN_ROLE_RELAY) {
-		bufferevent_free(sock);
+		sr_bsock_free(sock);
 		return c->st == TC_ST_GOAWAY ? SR_EDRAINING : SR_ECLOSED;
 	}
 	s = tun_stream_new(c, sock); /* frees sock on failure */

@@ -26,7 +26,7 @@
 
 #include "tunnel/tun_ctl.h"
 
-struct bufferevent;
+struct sr_bsock;
 struct evbuffer;
 struct event_base;
 struct tun_conn;
@@ -94,12 +94,12 @@ struct tun_conn_cbs {
 	void (*on_ctl)(struct tun_conn *c, const struct tun_ctl_msg *msg, void *arg);
 	/* Sidecar only: the control stream is open, register now. */
 	void (*on_ctl_open)(struct tun_conn *c, void *arg);
-	/* Sidecar only: return a socket bufferevent that is connecting (or
-	 * connected, see req->connected) to the driver (the stream takes
+	/* Sidecar only: return a socket that is connecting (sr_bsock_connecting)
+	 * or connected (see req->connected) to the driver (the stream takes
 	 * ownership), or NULL to refuse the stream, which is then reset with
 	 * REFUSED_STREAM. */
-	struct bufferevent *(*on_connect)(struct tun_conn *c,
-					  const struct tun_connect_req *req, void *arg);
+	struct sr_bsock *(*on_connect)(struct tun_conn *c, const struct tun_connect_req *req,
+				       void *arg);
 	/* Bytes were appended to tun_conn_output(), or on_data took frames:
 	 * the transport should send them. Called at the end of a flush, never
 	 * from inside nghttp2. */
@@ -208,7 +208,7 @@ int tun_conn_send_ctl(struct tun_conn *c, const struct tun_ctl_msg *msg);
 /* Relay only: open a CONNECT stream for an accepted executor socket. Takes
  * ownership of sock in every case (it is closed on failure). Returns 0 or
  * SR_ECLOSED / SR_EBUSY / SR_ENOMEM. */
-int tun_conn_open_stream(struct tun_conn *c, struct bufferevent *sock, uint16_t port,
+int tun_conn_open_stream(struct tun_conn *c, struct sr_bsock *sock, uint16_t port,
 			 const char *lease, uint64_t conn_id, const char *peer);
 
 /* Graceful end: send GOAWAY; no new streams are accepted or opened. Open

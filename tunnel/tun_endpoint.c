@@ -75,8 +75,8 @@ static void fw_ctl_open(struct tun_conn *c, void *arg)
 		ep->owner_cbs.on_ctl_open(c, ep->arg);
 }
 
-static struct bufferevent *fw_connect(struct tun_conn *c, const struct tun_connect_req *req,
-				      void *arg)
+static struct sr_bsock *fw_connect(struct tun_conn *c, const struct tun_connect_req *req,
+				   void *arg)
 {
 	struct tun_endpoint *ep = arg;
 	return ep->owner_cbs.on_connect ? ep->owner_cbs.on_connect(c, req, ep->arg) : NULL;

@@ -421,6 +421,6 @@ void tun_group_get_stats(const struct tun_group *g, struct tun_group_stats *st)
 	st->held_bytes = 0;
 	for (const struct tun_stream *s = g->held; s; s = s->next)
 		if (s->sock)
-			st->held_bytes += evbuffer_get_length(bufferevent_get_input(s->sock)) +
-					  evbuffer_get_length(bufferevent_get_output(s->sock));
+			st->held_bytes += evbuffer_get_length(sr_bsock_input(s->sock)) +
+					  evbuffer_get_length(sr_bsock_output(s->sock));
 }

@@ -33,10 +33,10 @@ int tun_group_freeze(struct tun_group *g)
 	evtimer_del(g->hold_ev);
 	for (struct tun_stream *s = g->held; s; s = s->next)
 		if (s->sock)
-			bufferevent_disable(s->sock, EV_READ | EV_WRITE);
+			sr_bsock_disable(s->sock, EV_READ | EV_WRITE);
 	for (struct tun_stream *s = g->finishing; s; s = s->next)
 		if (s->sock)
-			bufferevent_disable(s->sock, EV_READ | EV_WRITE);
+			sr_bsock_disable(s->sock, EV_READ | EV_WRITE);
 	return 0;
 }
 
@@ -57,12 +57,12 @@ void tun_group_thaw(struct tun_group *g)
 		nx = s->next;
 		if (!s->sock)
 			continue;
-		bufferevent_enable(s->sock, EV_WRITE);
+		sr_bsock_enable(s->sock, EV_WRITE);
 		tun_stream_finish_check(s);
 	}
 	for (s = g->finishing; s; s = nx) {
 		nx = s->next;
-		bufferevent_enable(s->sock, EV_WRITE);
+		sr_bsock_enable(s->sock, EV_WRITE);
 		tun_stream_finish_check(s);
 	}
 }
@@ -96,23 +96,23 @@ json_t *tun_handover_stream_json(const struct tun_stream *s)
 	    (s->flags & TS_F_ANSWER_SEEN) != 0, "rst_sent", (s->flags & TS_F_RST_SENT) != 0,
 	    "tomb_done", (s->flags & TS_F_TOMB_DONE) != 0, "finishing",
 	    (s->flags & TS_F_FINISHING) != 0, "in",
-	    (json_int_t)(live ? evbuffer_get_length(bufferevent_get_input(s->sock)) : 0), "out",
-	    (json_int_t)(live ? evbuffer_get_length(bufferevent_get_output(s->sock)) : 0));
+	    (json_int_t)(live ? evbuffer_get_length(sr_bsock_input(s->sock)) : 0), "out",
+	    (json_int_t)(live ? evbuffer_get_length(sr_bsock_output(s->sock)) : 0));
 }
 
 int tun_handover_stream_fd(const struct tun_stream *s)
 {
-	return s->st == TS_ST_OPEN && s->sock ? bufferevent_getfd(s->sock) : -1;
+	return s->st == TS_ST_OPEN && s->sock ? sr_bsock_fd(s->sock) : -1;
 }
 
 struct evbuffer *tun_handover_stream_in(const struct tun_stream *s)
 {
-	return s->st == TS_ST_OPEN && s->sock ? bufferevent_get_input(s->sock) : NULL;
+	return s->st == TS_ST_OPEN && s->sock ? sr_bsock_input(s->sock) : NULL;
 }
 
 struct evbuffer *tun_handover_stream_out(const struct tun_stream *s)
 {
-	return s->st == TS_ST_OPEN && s->sock ? bufferevent_get_output(s->sock) : NULL;
+	return s->st == TS_ST_OPEN && s->sock ? sr_bsock_output(s->sock) : NULL;
 }
 
 json_t *tun_handover_group_json(const struct tun_group *g)
@@ -205,7 +205,7 @@ int tun_handover_adopt(struct tun_group *g, const json_t *meta, int fd, struct e
 		       struct evbuffer *out, char *err, size_t errlen)
 {
 	struct tun_stream *s = NULL;
-	struct bufferevent *bev = NULL;
+	struct sr_bsock *bev = NULL;
 	uint64_t conn = 0, port = 0, in_len = 0, out_len = 0;
 	int live = 0, fin_sent = 0, answer_seen = 0, rst_sent = 0, tomb_done = 0, finishing = 0;
 	const char *bad = NULL;
@@ -261,32 +261,23 @@ int tun_handover_adopt(struct tun_group *g, const json_t *meta, int fd, struct e
 	s->flags = (fin_sent ? TS_F_FIN_SENT : 0) | (answer_seen ? TS_F_ANSWER_SEEN : 0) |
 		   (rst_sent ? TS_F_RST_SENT : 0) | (tomb_done ? TS_F_TOMB_DONE : 0);
 	if (live) {
-		bev = bufferevent_socket_new(g->base, fd, BEV_OPT_CLOSE_ON_FREE);
+		bev = sr_bsock_new(g->base, fd);
+		fd = -1; /* sr_bsock_new took it */
 		if (!bev) {
 			rc = SR_ENOMEM;
 			goto fail;
 		}
-		fd = -1;
 		if (tun_stream_attach_held(s, bev) != 0) { /* frees bev */
 			bev = NULL;
 			rc = SR_ENOMEM;
 			goto fail;
 		}
 		bev = NULL;
-		/* bufferevent_socket freezes the end of its input against users:
-		 * we stand in for its reader once. */
-		if (in) {
-			struct evbuffer *sin = bufferevent_get_input(s->sock);
-			int r;
-			evbuffer_unfreeze(sin, 0);
-			r = evbuffer_add_buffer(sin, in);
-			evbuffer_freeze(sin, 0);
-			if (r != 0) {
-				rc = SR_ENOMEM;
-				goto fail;
-			}
+		if (in && evbuffer_add_buffer(sr_bsock_input(s->sock), in) != 0) {
+			rc = SR_ENOMEM;
+			goto fail;
 		}
-		if (out && evbuffer_add_buffer(bufferevent_get_output(s->sock), out) != 0) {
+		if (out && evbuffer_add_buffer(sr_bsock_output(s->sock), out) != 0) {
 			rc = SR_ENOMEM;
 			goto fail;
 		}

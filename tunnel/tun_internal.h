@@ -11,6 +11,7 @@
 #include <openssl/err.h>
 #include <nghttp2/nghttp2.h>
 
+#include "common/sr_bsock.h"
 #include "tunnel/tun_conn.h"
 #include "tunnel/tun_group.h"
 
@@ -71,7 +72,7 @@ struct tun_stream {
 	struct tun_group *group;        /* NULL: the stream ends with its session */
 	struct tun_stream *next, *prev; /* conn->streams, conn->dead, or group->held */
 	struct tun_stream *lnext;       /* conn->linger */
-	struct bufferevent *sock;
+	struct sr_bsock *sock;
 	int32_t id;
 	enum ts_state st;
 	enum ts_dir up, down;
@@ -257,7 +258,7 @@ void tun_stream_bind(struct tun_stream *s, struct tun_conn *c);
 /* Change s->st (logged at debug level with why). */
 void tun_stream_go(struct tun_stream *s, enum ts_state st, const char *why);
 /* Steals sock (may be NULL): it is freed on failure too. */
-struct tun_stream *tun_stream_new(struct tun_conn *c, struct bufferevent *sock);
+struct tun_stream *tun_stream_new(struct tun_conn *c, struct sr_bsock *sock);
 void tun_stream_free(struct tun_stream *s);
 /* Free s and close our descriptor of its socket, and nothing else: the
  * connection is another process's now (tun_handover.h). */
@@ -266,10 +267,10 @@ void tun_stream_forget(struct tun_stream *s);
 void tun_stream_free_reset(struct tun_stream *s);
 /* Give the stream its socket (sidecar: after on_connect). On failure the
  * socket is freed and SR_ENOMEM returned. */
-int tun_stream_attach(struct tun_stream *s, struct bufferevent *sock);
+int tun_stream_attach(struct tun_stream *s, struct sr_bsock *sock);
 /* The same for a held stream (no session): a socket adopted in a handover.
  * Neither reading nor writing is enabled here. */
-int tun_stream_attach_held(struct tun_stream *s, struct bufferevent *sock);
+int tun_stream_attach_held(struct tun_stream *s, struct sr_bsock *sock);
 /* The socket side is finished: close the socket now (with RST if asked).
  * The struct is freed from the conn's reap event once nghttp2 has closed
  * the stream too (tun_stream_maybe_reap, called again from on_stream_close). */

@@ -30,12 +30,12 @@
 #include "tunnel/tun_internal.h"
 #include "common/sr_err.h"
 #include "common/sr_log.h"
+#include "common/sr_bsock.h"
 #include "common/sr_util.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include <event2/event.h>
@@ -59,6 +59,7 @@ static void stream_log_ctx(const struct tun_stream *s, char *buf, size_t len)
 }
 
 static void maybe_finish(struct tun_stream *s);
+static int sock_write_now(struct tun_stream *s);
 static void read_check(struct tun_stream *s);
 
 /* Bytes the sender keeps for a replay: sent, not yet acknowledged. */
@@ -70,7 +71,7 @@ static size_t retained(const struct tun_stream *s)
 /* What the socket's input holds beyond the retained bytes: not yet sent. */
 static size_t unsent(const struct tun_stream *s)
 {
-	size_t len = s->sock ? evbuffer_get_length(bufferevent_get_input(s->sock)) : 0;
+	size_t len = s->sock ? evbuffer_get_length(sr_bsock_input(s->sock)) : 0;
 	size_t r = retained(s);
 
 	return len > r ? len - r : 0;
@@ -83,7 +84,7 @@ void tun_stream_on_ack(struct tun_stream *s, uint32_t n)
 	if (n > r)
 		n = (uint32_t)r; /* credit for bytes dropped with a dead socket */
 	if (n && s->sock)
-		evbuffer_drain(bufferevent_get_input(s->sock), n);
+		evbuffer_drain(sr_bsock_input(s->sock), n);
 	s->tx_acked += n;
 }
 
@@ -96,7 +97,7 @@ int tun_stream_apply_peer_rx(struct tun_stream *s)
 		return -1;
 	drop = s->peer_rx - s->tx_acked;
 	if (drop && s->sock)
-		evbuffer_drain(bufferevent_get_input(s->sock), (size_t)drop);
+		evbuffer_drain(sr_bsock_input(s->sock), (size_t)drop);
 	if (s->group)
 		s->group->st.replayed_bytes += s->tx_sent - s->peer_rx;
 	s->tx_acked = s->tx_sent = s->peer_rx;
@@ -264,7 +265,7 @@ static void ack_idle_cb(evutil_socket_t fd, short what, void *arg)
 		s->flags &= ~TS_F_ACK_IDLE;
 		/* Busy again: the next drain marks it anew. */
 		if (s->unconsumed || !s->sock || s->id <= 0 || (s->flags & TS_F_H2_CLOSED) ||
-		    evbuffer_get_length(bufferevent_get_output(s->sock)) != 0)
+		    evbuffer_get_length(sr_bsock_output(s->sock)) != 0)
 			continue;
 		/* Everything received is consumed (unconsumed is 0): what
 		 * nghttp2 has not acknowledged yet is written to the socket. */
@@ -331,9 +332,9 @@ static void maybe_finish(struct tun_stream *s)
 	if (s->st >= TS_ST_DEAD)
 		return;
 	if (s->down == TS_DIR_EOF && s->st == TS_ST_OPEN && s->sock &&
-	    evbuffer_get_length(bufferevent_get_output(s->sock)) == 0) {
+	    evbuffer_get_length(sr_bsock_output(s->sock)) == 0) {
 		/* The driver or executor sees FIN only after every byte. */
-		shutdown(bufferevent_getfd(s->sock), SHUT_WR);
+		shutdown(sr_bsock_fd(s->sock), SHUT_WR);
 		s->down = TS_DIR_DONE;
 	}
 	if (!(s->flags & TS_F_H2_CLOSED))
@@ -360,7 +361,7 @@ static void maybe_finish(struct tun_stream *s)
 		tun_stream_kill(s, 0);
 }
 
-static void sock_event_cb(struct bufferevent *bev, short what, void *arg);
+static void sock_event_cb(struct sr_bsock *bev, short what, void *arg);
 
 void tun_stream_finish_check(struct tun_stream *s)
 {
@@ -378,17 +379,14 @@ static size_t sock_read_high(const struct tun_conn *c)
 }
 
 /* Reading a socket pauses while sock_read_high bytes wait to be sent
- * (TS_F_READ_FULL), and resumes once they are sent. This is ours rather than
- * the bufferevent's read watermark: libevent 2.1 schedules the read callback
- * again whenever one returns with the input at or over that watermark, which
- * spins the loop for as long as a stream's window is closed. And the input
- * also holds the sent, unacknowledged bytes, which do not count here. */
+ * (TS_F_READ_FULL), and resumes once they are sent. The input also holds the
+ * sent, unacknowledged bytes, which do not count here. */
 static void read_check(struct tun_stream *s)
 {
 	if (s->sock && s->conn && !(s->flags & TS_F_READ_FULL) &&
 	    unsent(s) >= sock_read_high(s->conn)) {
 		s->flags |= TS_F_READ_FULL;
-		bufferevent_disable(s->sock, EV_READ);
+		sr_bsock_disable(s->sock, EV_READ);
 	}
 }
 
@@ -429,71 +427,41 @@ static void sock_in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info
 		in_throttle(c, 0);
 }
 
-/* libevent 2.1 reads a socket at most 4096 bytes per event (EVBUFFER_MAX_READ)
- * and then goes back to epoll: at tunnel speeds that is one loop iteration
- * and four syscalls per 4 KiB. Top the input up ourselves, in large reads,
- * to the read high watermark. Returns 0, or -1 if the stream was ended. */
-static int sock_read_more(struct tun_stream *s, struct bufferevent *bev)
+/* A read event reads once (sr_bsock.c); while that filled what it asked
+ * for, top the input up to the read high watermark in large reads here, in
+ * this same wake-up. Returns 0, or -1 if the stream was ended. */
+static int sock_read_more(struct tun_stream *s, struct sr_bsock *bev)
 {
-	struct evbuffer *in = bufferevent_get_input(bev);
-	int fd = bufferevent_getfd(bev);
+	struct evbuffer *in = sr_bsock_input(bev);
 
-	/* Called after libevent's own read: if that took less than its 4 KiB
-	 * cap, the socket was empty then, and asking again (an ioctl per
-	 * small message) finds nothing. */
-	if (unsent(s) < 4096)
-		return 0;
-	for (int i = 0; i < 16; i++) {
-		struct evbuffer_iovec v;
-		size_t len = evbuffer_get_length(in), want;
+	for (int i = 0; i < 16 && !sr_bsock_drained(bev); i++) {
+		size_t len = evbuffer_get_length(in);
 		/* The retained bytes at the front do not count against reading. */
 		size_t high = sock_read_high(s->conn) + retained(s);
 		ssize_t n;
-		int avail = 0;
 
 		if (len >= high)
 			return 0;
-		/* Reserve only what is there: an unfilled reservation would stay
-		 * attached to an idle connection as a 64 KiB empty chain. */
-		if (ioctl(fd, FIONREAD, &avail) != 0 || avail <= 0)
-			return 0;
-		want = high - len < 65536 ? high - len : 65536;
-		if (want > (size_t)avail)
-			want = (size_t)avail;
-		/* bufferevent_socket freezes the end of its input against users;
-		 * we are standing in for its reader, so lift that for the read. */
-		evbuffer_unfreeze(in, 0);
-		if (evbuffer_reserve_space(in, (ev_ssize_t)want, &v, 1) < 1) {
-			evbuffer_freeze(in, 0);
-			return 0;
-		}
-		if (v.iov_len > want)
-			v.iov_len = want;
-		n = recv(fd, v.iov_base, v.iov_len, 0);
-		if (n > 0) {
-			v.iov_len = (size_t)n;
-			evbuffer_commit_space(in, &v, 1);
-		}
-		evbuffer_freeze(in, 0);
+		n = sr_bsock_read(bev, high - len);
 		if (n > 0)
 			continue;
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
 			return 0;
-		bufferevent_disable(bev, EV_READ);
-		sock_event_cb(bev, n == 0 ? (BEV_EVENT_READING | BEV_EVENT_EOF)
-					  : (BEV_EVENT_READING | BEV_EVENT_ERROR), s);
+		sr_bsock_disable(bev, EV_READ);
+		sock_event_cb(bev, n == 0 ? (SR_BS_READING | SR_BS_EOF)
+					  : (SR_BS_READING | SR_BS_ERROR), s);
 		return -1;
 	}
 	return 0;
 }
 
-static void sock_read_cb(struct bufferevent *bev, void *arg)
+static void sock_read_cb(struct sr_bsock *bev, void *arg)
 {
 	struct tun_stream *s = arg;
 	struct tun_conn *c = s->conn;
 
 	if (!c) {
-		bufferevent_disable(bev, EV_READ); /* held: the peers wait */
+		sr_bsock_disable(bev, EV_READ); /* held: the peers wait */
 		return;
 	}
 	if (sock_read_more(s, bev) != 0)
@@ -506,12 +474,12 @@ static void sock_read_cb(struct bufferevent *bev, void *arg)
 	tun_conn_flush(c);
 }
 
-static void sock_write_cb(struct bufferevent *bev, void *arg)
+static void sock_write_cb(struct sr_bsock *bev, void *arg)
 {
 	struct tun_stream *s = arg;
 
-	if (s->st == TS_ST_OPEN && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-		bufferevent_disable(bev, EV_WRITE); /* until bytes wait again */
+	if (s->st == TS_ST_OPEN && evbuffer_get_length(sr_bsock_output(bev)) == 0)
+		sr_bsock_disable(bev, EV_WRITE); /* until bytes wait again */
 	maybe_finish(s);
 	if (s->conn)
 		tun_conn_schedule_reap(s->conn);
@@ -521,20 +489,20 @@ static void sock_write_cb(struct bufferevent *bev, void *arg)
  * left to read (recv checks the socket's "done" state before its error):
  * the reset is then still pending as the socket's error. A reset must not
  * reach the other end as a clean end. */
-static short eof_or_reset(struct bufferevent *bev, short what)
+static short eof_or_reset(struct sr_bsock *bev, short what)
 {
 	int err = 0;
 	socklen_t len = sizeof(err);
 
-	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) &&
-	    getsockopt(bufferevent_getfd(bev), SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err) {
+	if ((what & SR_BS_EOF) && !(what & SR_BS_ERROR) &&
+	    getsockopt(sr_bsock_fd(bev), SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err) {
 		EVUTIL_SET_SOCKET_ERROR(err);
-		what = (short)((what & ~BEV_EVENT_EOF) | BEV_EVENT_ERROR);
+		what = (short)((what & ~SR_BS_EOF) | SR_BS_ERROR);
 	}
 	return what;
 }
 
-static void sock_event_cb(struct bufferevent *bev, short what, void *arg)
+static void sock_event_cb(struct sr_bsock *bev, short what, void *arg)
 {
 	struct tun_stream *s = arg;
 	struct tun_conn *c = s->conn;
@@ -542,7 +510,7 @@ static void sock_event_cb(struct bufferevent *bev, short what, void *arg)
 	what = eof_or_reset(bev, what);
 	char ctx[256];
 
-	if (what & BEV_EVENT_CONNECTED) {
+	if (what & SR_BS_CONNECTED) {
 		tun_stream_connected(s);
 		return;
 	}
@@ -552,15 +520,15 @@ static void sock_event_cb(struct bufferevent *bev, short what, void *arg)
 	}
 	if (!c) {
 		/* Held: an end is remembered for the resume; a failure loses it. */
-		if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && s->st == TS_ST_OPEN) {
+		if ((what & SR_BS_EOF) && !(what & SR_BS_ERROR) && s->st == TS_ST_OPEN) {
 			s->up = TS_DIR_EOF;
-			bufferevent_disable(bev, EV_READ);
+			sr_bsock_disable(bev, EV_READ);
 			return;
 		}
 		tun_group_socket_failed(s->group, s);
 		return;
 	}
-	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && s->st == TS_ST_OPEN) {
+	if ((what & SR_BS_EOF) && !(what & SR_BS_ERROR) && s->st == TS_ST_OPEN) {
 		s->up = TS_DIR_EOF;
 		if (s->id > 0 && !(s->flags & TS_F_H2_CLOSED)) {
 			s->flags &= ~TS_F_DEFERRED;
@@ -574,14 +542,14 @@ static void sock_event_cb(struct bufferevent *bev, short what, void *arg)
 		int err = EVUTIL_SOCKET_ERROR();
 
 		c->cbs.on_connect_failed(c, s->conn_id, s->port, s->peer,
-					 (what & BEV_EVENT_TIMEOUT) ? ETIMEDOUT : err, c->arg);
+					 (what & SR_BS_TIMEOUT) ? ETIMEDOUT : err, c->arg);
 		EVUTIL_SET_SOCKET_ERROR(err);
 	}
 	if (sr_log_level_cur >= SR_LOG_DEBUG) {
 		stream_log_ctx(s, ctx, sizeof(ctx));
 		SR_DEBUG(ctx, "socket %s: %s",
 			 s->st == TS_ST_CONNECTING ? "connect failed" : "closed",
-			 (what & BEV_EVENT_TIMEOUT) ? "timeout" : strerror(EVUTIL_SOCKET_ERROR()));
+			 (what & SR_BS_TIMEOUT) ? "timeout" : strerror(EVUTIL_SOCKET_ERROR()));
 	}
 	if (!(s->flags & TS_F_H2_CLOSED))
 		tun_conn_reset_stream(c, s,
@@ -591,44 +559,39 @@ static void sock_event_cb(struct bufferevent *bev, short what, void *arg)
 	tun_conn_flush(c);
 }
 
-int tun_stream_attach(struct tun_stream *s, struct bufferevent *sock)
+int tun_stream_attach(struct tun_stream *s, struct sr_bsock *sock)
 {
-	struct evbuffer *in = bufferevent_get_input(sock);
+	struct evbuffer *in = sr_bsock_input(sock);
 
-	if (!evbuffer_add_cb(bufferevent_get_output(sock), sock_out_cb, s) ||
+	if (!evbuffer_add_cb(sr_bsock_output(sock), sock_out_cb, s) ||
 	    (s->conn->opts.sock_in_max && !evbuffer_add_cb(in, sock_in_cb, s))) {
-		bufferevent_free(sock);
+		sr_bsock_free(sock);
 		return SR_ENOMEM;
 	}
 	s->sock = sock;
 	s->conn->in_buffered += s->conn->opts.sock_in_max ? evbuffer_get_length(in) : 0;
-	bufferevent_setcb(sock, sock_read_cb, sock_write_cb, sock_event_cb, s);
-	/* No read watermark: read_check() pauses reading (see there). */
-	bufferevent_set_max_single_read(sock, 64 * 1024);
-	bufferevent_set_max_single_write(sock, 256 * 1024);
+	sr_bsock_setcb(sock, sock_read_cb, sock_write_cb, sock_event_cb, s);
 	return 0;
 }
 
-int tun_stream_attach_held(struct tun_stream *s, struct bufferevent *sock)
+int tun_stream_attach_held(struct tun_stream *s, struct sr_bsock *sock)
 {
-	if (evbuffer_add_cb(bufferevent_get_output(sock), sock_out_cb, s) == NULL) {
-		bufferevent_free(sock);
+	if (evbuffer_add_cb(sr_bsock_output(sock), sock_out_cb, s) == NULL) {
+		sr_bsock_free(sock);
 		return SR_ENOMEM;
 	}
 	s->sock = sock;
-	bufferevent_setcb(sock, sock_read_cb, sock_write_cb, sock_event_cb, s);
-	bufferevent_disable(sock, EV_READ | EV_WRITE);
-	bufferevent_set_max_single_read(sock, 64 * 1024);
-	bufferevent_set_max_single_write(sock, 256 * 1024);
+	sr_bsock_setcb(sock, sock_read_cb, sock_write_cb, sock_event_cb, s);
+	sr_bsock_disable(sock, EV_READ | EV_WRITE);
 	return 0;
 }
 
-struct tun_stream *tun_stream_new(struct tun_conn *c, struct bufferevent *sock)
+struct tun_stream *tun_stream_new(struct tun_conn *c, struct sr_bsock *sock)
 {
 	struct tun_stream *s = calloc(1, sizeof(*s));
 	if (!s) {
 		if (sock)
-			bufferevent_free(sock);
+			sr_bsock_free(sock);
 		return NULL;
 	}
 	s->conn = c;
@@ -655,22 +618,20 @@ void tun_stream_connected(struct tun_stream *s)
 	struct tun_conn *c = s->conn;
 
 	tun_stream_go(s, TS_ST_OPEN, "driver connected");
-	sr_sock_nodelay(bufferevent_getfd(s->sock));
-	bufferevent_set_timeouts(s->sock, NULL, NULL); /* idle connections live forever */
+	sr_sock_nodelay(sr_bsock_fd(s->sock));
 	if (!c) {
 		/* Held: answered once the relay resumes it. */
-		bufferevent_disable(s->sock, EV_READ);
+		sr_bsock_disable(s->sock, EV_READ);
 		return;
 	}
 	if (tun_conn_submit_response(c, s) != 0) {
 		tun_conn_reset_stream(c, s, NGHTTP2_INTERNAL_ERROR);
 		tun_stream_kill(s, 1);
-	} else {
-		/* DATA that arrived while connecting waits in the output; the
-		 * bufferevent writes it on its next write event. (Not the conn's
-		 * write queue: that holds streams only within one tunnel read.) */
+	} else if (sock_write_now(s) == 0) {
+		/* DATA that arrived while connecting waited in the output (not
+		 * in the conn's write queue: that holds streams only within one
+		 * tunnel read); it went out above. */
 		tun_stream_start_reading(s);
-		maybe_finish(s);
 	}
 	tun_conn_flush(c);
 }
@@ -683,17 +644,36 @@ static void sock_write_sync(struct tun_stream *s)
 {
 	if (!s->sock)
 		return;
-	if (evbuffer_get_length(bufferevent_get_output(s->sock)) > 0)
-		bufferevent_enable(s->sock, EV_WRITE);
+	if (evbuffer_get_length(sr_bsock_output(s->sock)) > 0)
+		sr_bsock_enable(s->sock, EV_WRITE);
 	else
-		bufferevent_disable(s->sock, EV_WRITE);
+		sr_bsock_disable(s->sock, EV_WRITE);
+}
+
+/* Writes what s's output holds now and arms the write event for what the
+ * kernel did not take; then a FIN that came with the data may follow (the
+ * socket's write callback runs only for its own writes).
+ * Returns 0, or -1 if the stream was ended by a send error: that is
+ * reported at once, since the send took the socket's pending error (a
+ * reset) and a read after it would see a clean end. */
+static int sock_write_now(struct tun_stream *s)
+{
+	struct evbuffer *out = sr_bsock_output(s->sock);
+
+	if (evbuffer_get_length(out) > 0 && sr_sock_send_evbuffer(sr_bsock_fd(s->sock), out) < 0) {
+		sock_event_cb(s->sock, SR_BS_WRITING | SR_BS_ERROR, s);
+		return -1;
+	}
+	sock_write_sync(s);
+	maybe_finish(s);
+	return 0;
 }
 
 void tun_stream_start_reading(struct tun_stream *s)
 {
 	if (s->sock && s->conn && s->st == TS_ST_OPEN && s->up == TS_DIR_OPEN &&
 	    !(s->flags & (TS_F_READ_FULL | TS_F_RESUMING))) {
-		bufferevent_enable(s->sock, EV_READ);
+		sr_bsock_enable(s->sock, EV_READ);
 		sock_write_sync(s);
 	}
 }
@@ -706,7 +686,7 @@ static void sock_in_unbind(struct tun_stream *s)
 
 	if (!s->sock || !c || !c->opts.sock_in_max)
 		return;
-	in = bufferevent_get_input(s->sock);
+	in = sr_bsock_input(s->sock);
 	if (evbuffer_remove_cb(in, sock_in_cb, s) == 0) {
 		size_t n = evbuffer_get_length(in);
 		c->in_buffered -= n < c->in_buffered ? n : c->in_buffered;
@@ -721,7 +701,7 @@ void tun_stream_unbind(struct tun_stream *s)
 
 	sock_in_unbind(s);
 	if (s->sock)
-		bufferevent_disable(s->sock, EV_READ); /* the peers wait, by TCP */
+		sr_bsock_disable(s->sock, EV_READ); /* the peers wait, by TCP */
 	/* What waits in the output is still written; no session owes for it. */
 	s->stale_out += s->unconsumed;
 	c->early_buffered -= s->early;
@@ -753,20 +733,20 @@ void tun_stream_bind(struct tun_stream *s, struct tun_conn *c)
 	c->stats.streams_active++;
 	if (!s->sock)
 		return;
-	if (c->opts.sock_in_max && evbuffer_add_cb(bufferevent_get_input(s->sock), sock_in_cb, s))
-		c->in_buffered += evbuffer_get_length(bufferevent_get_input(s->sock));
+	if (c->opts.sock_in_max && evbuffer_add_cb(sr_bsock_input(s->sock), sock_in_cb, s))
+		c->in_buffered += evbuffer_get_length(sr_bsock_input(s->sock));
 	s->flags &= ~TS_F_READ_FULL; /* tun_stream_start_reading decides */
 }
 
 static void stream_close_socket(struct tun_stream *s)
 {
 	if (s->sock) {
-		int fd = bufferevent_getfd(s->sock);
-		evbuffer_remove_cb(bufferevent_get_output(s->sock), sock_out_cb, s);
+		int fd = sr_bsock_fd(s->sock);
+		evbuffer_remove_cb(sr_bsock_output(s->sock), sock_out_cb, s);
 		sock_in_unbind(s);
 		if ((s->flags & TS_F_RESET) && fd >= 0)
 			sr_sock_set_reset_on_close(fd);
-		bufferevent_free(s->sock);
+		sr_bsock_free(s->sock);
 		s->sock = NULL;
 	}
 	/* Bytes still queued for the socket are dropped: give their credit back
@@ -846,11 +826,11 @@ void tun_stream_forget(struct tun_stream *s)
 		/* None of our callbacks may run on it again, and nothing may
 		 * reach the connection (no shutdown, no SO_LINGER): our
 		 * descriptor closes, the connection lives on elsewhere. */
-		bufferevent_setcb(s->sock, NULL, NULL, NULL, NULL);
-		evbuffer_remove_cb(bufferevent_get_output(s->sock), sock_out_cb, s);
-		evbuffer_remove_cb(bufferevent_get_input(s->sock), sock_in_cb, s);
-		bufferevent_disable(s->sock, EV_READ | EV_WRITE);
-		bufferevent_free(s->sock);
+		sr_bsock_setcb(s->sock, NULL, NULL, NULL, NULL);
+		evbuffer_remove_cb(sr_bsock_output(s->sock), sock_out_cb, s);
+		evbuffer_remove_cb(sr_bsock_input(s->sock), sock_in_cb, s);
+		sr_bsock_disable(s->sock, EV_READ | EV_WRITE);
+		sr_bsock_free(s->sock);
 		s->sock = NULL;
 	}
 	free(s->req);
@@ -890,7 +870,7 @@ static void rblock_unref(const void *data, size_t len, void *extra)
  * first were copied. */
 static int stream_take_data(struct tun_stream *s, const uint8_t *data, size_t len)
 {
-	struct evbuffer *out = bufferevent_get_output(s->sock);
+	struct evbuffer *out = sr_bsock_output(s->sock);
 	struct tun_rblock *b = s->conn->rblock;
 	size_t have = evbuffer_get_length(out);
 	/* Everything in the output was queued during this parse. */
@@ -909,7 +889,7 @@ static int stream_take_data(struct tun_stream *s, const uint8_t *data, size_t le
 		}
 		b->refs--;
 	}
-	rv = bufferevent_write(s->sock, data, len);
+	rv = evbuffer_add(out, data, len);
 	if (rv == 0 && fresh)
 		s->pass_out += (uint32_t)len;
 	return rv;
@@ -943,13 +923,13 @@ void tun_stream_on_data(struct tun_stream *s, const uint8_t *data, size_t len)
 			s->flags |= TS_F_WRITEQ;
 			s->conn->writeq[s->conn->nwriteq++] = s;
 		} else {
-			sock_write_sync(s); /* the bufferevent writes it */
+			sock_write_sync(s); /* the socket's write event writes it */
 		}
 	}
 }
 
 /* The write queue is dropped unwritten (the session is ending): the
- * bufferevents write what the queued streams hold, as they would have
+ * sockets' write events write what the queued streams hold, as they would have
  * without the queue. */
 void tun_stream_writeq_drop(struct tun_conn *c)
 {
@@ -969,30 +949,12 @@ void tun_stream_write_queued(struct tun_conn *c)
 	 * valid here even if a write below ends one of them. */
 	for (unsigned i = 0; i < c->nwriteq; i++) {
 		struct tun_stream *s = c->writeq[i];
-		struct evbuffer *out;
 
 		s->flags &= ~TS_F_WRITEQ;
 		if (!s->sock || s->st != TS_ST_OPEN)
 			continue;
-		out = bufferevent_get_output(s->sock);
-		if (evbuffer_get_length(out) == 0)
-			continue;
-		/* bufferevent_socket freezes the start of its output against
-		 * users; we stand in for its writer. */
-		evbuffer_unfreeze(out, 1);
-		long w = sr_sock_send_evbuffer(bufferevent_getfd(s->sock), out);
-		evbuffer_freeze(out, 1);
-		/* An error is reported now: the send took the socket's pending
-		 * error (a reset), and a read after it would see a clean end. */
-		if (w < 0) {
-			sock_event_cb(s->sock, BEV_EVENT_WRITING | BEV_EVENT_ERROR, s);
-			continue;
-		}
-		sock_write_sync(s); /* what the kernel did not take */
-		/* All out: a FIN that came with the data follows now (the
-		 * bufferevent's write callback runs only for its own writes). */
-		if (evbuffer_get_length(out) == 0)
-			maybe_finish(s);
+		if (evbuffer_get_length(sr_bsock_output(s->sock)) > 0)
+			(void)sock_write_now(s);
 	}
 	c->nwriteq = 0;
 }

@@ -30,10 +30,10 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <nghttp2/nghttp2.h>
 
+#include "common/sr_bsock.h"
 #include "common/sr_err.h"
 #include "common/sr_log.h"
 #include "tunnel/tun_conn.h"
@@ -80,24 +80,26 @@ static void fz_on_ctl_open(struct tun_conn *c, void *arg)
 	(void)tun_conn_send_ctl(c, &reg);
 }
 
-static struct bufferevent *fz_on_connect(struct tun_conn *c, const struct tun_connect_req *req,
+static struct sr_bsock *fz_on_connect(struct tun_conn *c, const struct tun_connect_req *req,
 					 void *arg)
 {
 	struct fz *f = arg;
-	struct bufferevent *bev;
+	struct sr_bsock *bev;
 	struct sockaddr_in sin;
+	int fd;
 
 	if ((f->nconnect++ & 1) == (f->refuse_first ? 0 : 1))
 		return NULL;
-	bev = bufferevent_socket_new(f->base, -1, BEV_OPT_CLOSE_ON_FREE);
-	if (!bev)
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0 || !(bev = sr_bsock_new(f->base, fd)))
 		return NULL;
 	memset(&sin, 0, sizeof(sin));
 	sin.sin_family = AF_INET;
 	sin.sin_port = htons(1);
 	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if (bufferevent_socket_connect(bev, (struct sockaddr *)&sin, sizeof(sin)) != 0) {
-		bufferevent_free(bev);
+	/* Refused: reported from the loop, as a driver that is not there. */
+	if (sr_bsock_connect(bev, (struct sockaddr *)&sin, sizeof(sin), NULL) != 0) {
+		sr_bsock_free(bev);
 		return NULL;
 	}
 	return bev;
@@ -195,12 +197,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (f.role == TUN_ROLE_RELAY) {
 		for (int i = 0; i < FZ_EXECUTORS; i++) {
-			struct bufferevent *sb;
+			struct sr_bsock *sb;
 			static const char hello[] = "executor bytes";
 			if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, ex[i]) != 0)
 				goto out;
 			(void)send(ex[i][1], hello, sizeof(hello) - 1, MSG_NOSIGNAL);
-			sb = bufferevent_socket_new(f.base, ex[i][0], BEV_OPT_CLOSE_ON_FREE);
+			sb = sr_bsock_new(f.base, ex[i][0]);
 			if (!sb)
 				goto out;
 			ex[i][0] = -1;

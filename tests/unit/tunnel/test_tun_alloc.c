@@ -22,6 +22,7 @@
 #include <event2/event.h>
 #include <openssl/ssl.h>
 
+#include "common/sr_bsock.h"
 #include "common/sr_err.h"
 #include "common/sr_log.h"
 #include "sidecar/sidecar.h"
@@ -58,7 +59,7 @@ static void on_ctl_open(struct tun_conn *c, void *arg)
 	((struct fx *)arg)->calls++;
 }
 
-static struct bufferevent *on_connect(struct tun_conn *c, const struct tun_connect_req *r,
+static struct sr_bsock *on_connect(struct tun_conn *c, const struct tun_connect_req *r,
 				      void *arg)
 {
 	((struct fx *)arg)->calls++;

@@ -33,10 +33,10 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <nghttp2/nghttp2.h>
 
+#include "common/sr_bsock.h"
 #include "common/sr_err.h"
 #include "common/sr_log.h"
 #include "common/sr_util.h"
@@ -362,11 +362,11 @@ static void sc_on_ctl_open(struct tun_conn *c, void *arg)
 	}
 }
 
-static struct bufferevent *sc_on_connect(struct tun_conn *c, const struct tun_connect_req *req,
+static struct sr_bsock *sc_on_connect(struct tun_conn *c, const struct tun_connect_req *req,
 					 void *arg)
 {
 	struct h *h = arg;
-	struct bufferevent *bev;
+	struct sr_bsock *bev;
 	struct sockaddr_in a;
 	int fd;
 
@@ -385,17 +385,21 @@ static struct bufferevent *sc_on_connect(struct tun_conn *c, const struct tun_co
 	if (fd < 0)
 		return NULL;
 	set_bufs(fd, req->port == h->dport[1] ? SMALL_BUF : h->cfg.bufsz);
-	bev = bufferevent_socket_new(h->base, fd, BEV_OPT_CLOSE_ON_FREE);
-	if (!bev) {
-		close(fd);
+	bev = sr_bsock_new(h->base, fd); /* closes fd on failure */
+	if (!bev)
 		return NULL;
-	}
 	memset(&a, 0, sizeof(a));
 	a.sin_family = AF_INET;
 	a.sin_port = htons(req->port);
 	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if (bufferevent_socket_connect(bev, (struct sockaddr *)&a, sizeof(a)) != 0) {
-		bufferevent_free(bev);
+	switch (sr_bsock_connect(bev, (struct sockaddr *)&a, sizeof(a), NULL)) {
+	case 1:
+		*req->connected = 1;
+		break;
+	case 0:
+		break;
+	default:
+		sr_bsock_free(bev);
 		return NULL;
 	}
 	/* connect() bound the local port: it tells the accepted driver socket
@@ -859,7 +863,7 @@ static void open_stream(struct h *h, int k, uint16_t port)
 {
 	struct slot *s = &h->s[k];
 	struct sockaddr_in a;
-	struct bufferevent *bev;
+	struct sr_bsock *bev;
 	int cfd, sfd;
 
 	cfd = socket(AF_INET, SOCK_STREAM, 0);
@@ -877,7 +881,7 @@ static void open_stream(struct h *h, int k, uint16_t port)
 	sr_sock_nodelay(sfd);
 	s->ex.fd = cfd;
 	s->conn_id = ++h->next_conn_id;
-	bev = bufferevent_socket_new(h->base, sfd, BEV_OPT_CLOSE_ON_FREE);
+	bev = sr_bsock_new(h->base, sfd);
 	assert_non_null(bev);
 	assert_int_equal(
 	    tun_conn_open_stream(h->relay, bev, port, "L-42", s->conn_id, "10.1.2.3:45678"), 0);

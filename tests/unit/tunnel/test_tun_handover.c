@@ -33,9 +33,9 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 
+#include "common/sr_bsock.h"
 #include "common/sr_err.h"
 #include "common/sr_log.h"
 #include "common/sr_util.h"
@@ -160,11 +160,11 @@ static void sc_on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void *arg
 		tun_group_expect_on(h->gs, c, m->streams);
 }
 
-static struct bufferevent *sc_on_connect(struct tun_conn *c, const struct tun_connect_req *req,
+static struct sr_bsock *sc_on_connect(struct tun_conn *c, const struct tun_connect_req *req,
 					 void *arg)
 {
 	struct h *h = arg;
-	struct bufferevent *bev;
+	struct sr_bsock *bev;
 	int a, b;
 
 	for (int i = 0; i < h->nf; i++) {
@@ -175,7 +175,7 @@ static struct bufferevent *sc_on_connect(struct tun_conn *c, const struct tun_co
 		f->dialled = 1;
 		ts_end_tcp_pair(h->lfd, h->lport, &a, &b);
 		f->dr.fd = a;
-		bev = bufferevent_socket_new(h->base, b, BEV_OPT_CLOSE_ON_FREE);
+		bev = sr_bsock_new(h->base, b);
 		assert_non_null(bev);
 		*req->connected = 1;
 		return bev;
@@ -375,8 +375,6 @@ static void cut(struct h *h)
 			tun_group_thaw(h->gr);
 			h->handovers++;
 		}
-		/* Let the forgotten bufferevents finalize (their descriptors close). */
-		event_base_loop(h->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
 	}
 }
 
@@ -433,7 +431,7 @@ static void run_one(struct h *h, uint64_t seed)
 			f->dr.reset_at = 1 + rnd((uint32_t)f->dr.tx_total);
 		ts_end_tcp_pair(h->lfd, h->lport, &a, &b);
 		f->ex.fd = a;
-		struct bufferevent *bev = bufferevent_socket_new(h->base, b, BEV_OPT_CLOSE_ON_FREE);
+		struct sr_bsock *bev = sr_bsock_new(h->base, b);
 		assert_non_null(bev);
 		assert_int_equal(tun_conn_open_stream(h->relay, bev, PORT, LEASE, f->conn_id,
 						      "10.0.0.9:5000"),
