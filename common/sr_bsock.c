@@ -126,6 +126,12 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
 		b->event_cb(b, (short)(SR_BS_READING | (n == 0 ? SR_BS_EOF : SR_BS_ERROR)), b->arg);
 }
 
+void sr_bsock_read_now(struct sr_bsock *b)
+{
+	if (b->flags & BS_RD_ON)
+		on_read(b->fd, EV_READ, b);
+}
+
 static void on_write(evutil_socket_t fd, short what, void *arg)
 {
 	struct sr_bsock *b = arg;

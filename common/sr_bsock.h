@@ -79,6 +79,10 @@ int sr_bsock_connecting(struct sr_bsock *b, const struct timeval *timeout);
 int sr_bsock_connect(struct sr_bsock *b, const struct sockaddr *sa, socklen_t salen,
 		     const struct timeval *timeout);
 
+/* While reading is enabled: what a read event does, now (a read, then
+ * read_cb or event_cb; nothing if no bytes wait). */
+void sr_bsock_read_now(struct sr_bsock *b);
+
 /* One recv of at most max bytes into the input, without callbacks: the
  * number read, 0 at end of file, or -1 with errno (EAGAIN: nothing waits).
  * Its size follows the last read's, so small messages take small buffers. */

@@ -76,6 +76,7 @@ static void resume_value(const struct tun_stream *s, char *buf, size_t len);
 static int parse_resume(const uint8_t *v, size_t len, uint64_t *rx, int *fin, int *rst);
 static void barrier_acked(struct tun_conn *c, uint64_t seq);
 static void barrier_send(struct tun_conn *c);
+static void barrier_soon(struct tun_conn *c);
 
 void tun_conn_go(struct tun_conn *c, enum tc_state st)
 {
@@ -250,7 +251,7 @@ void tun_conn_flush(struct tun_conn *c)
 	if (c->st != TC_ST_OPEN && c->st != TC_ST_GOAWAY)
 		return;
 	if (c->want_barrier && !c->barrier_out)
-		barrier_send(c);
+		barrier_soon(c);
 	for (;;) {
 		size_t before = evbuffer_get_length(c->out), after;
 		do {
@@ -349,6 +350,8 @@ void tun_conn_consume(struct tun_conn *c, int32_t id, size_t n)
 /* A probe at most this often while a stream may still grow. */
 #define TC_PROBE_EVERY_US (10u * 1000u * 1000u)
 #define TC_PROBE_FIRST 4 /* probes sent back to back before that pace */
+/* How long ended streams wait for their barrier PING (barrier_soon). */
+#define TC_BARRIER_DELAY_MS 10
 
 static void rtt_sample(struct tun_conn *c, uint64_t rtt_us)
 {
@@ -1376,6 +1379,8 @@ void tun_conn_free(struct tun_conn *c)
 		event_free(c->ping_ev);
 	if (c->ack_ev)
 		event_free(c->ack_ev);
+	if (c->barrier_ev)
+		event_free(c->barrier_ev);
 	if (c->ctl_in)
 		evbuffer_free(c->ctl_in);
 	if (c->ctl_out)
@@ -1501,6 +1506,11 @@ int tun_conn_open_stream(struct tun_conn *c, struct sr_bsock *sock, uint16_t por
 	}
 	c->stats.streams_opened++;
 	tun_stream_start_reading(s);
+	/* An executor speaks first, and its first bytes are often here by now:
+	 * read at once, they leave with the CONNECT in one record instead of
+	 * in another after the next wake-up (an EAGAIN when they are not). */
+	if (s->sock)
+		sr_bsock_read_now(s->sock);
 	tun_conn_flush(c);
 	return 0;
 }
@@ -1589,6 +1599,39 @@ static void barrier_send(struct tun_conn *c)
 	for (struct tun_stream *s = c->linger; s; s = s->lnext)
 		if (!s->linger_seq)
 			s->linger_seq = seq;
+}
+
+static void barrier_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct tun_conn *c = arg;
+
+	(void)fd;
+	(void)what;
+	if ((c->st == TC_ST_OPEN || c->st == TC_ST_GOAWAY) && c->want_barrier && !c->barrier_out) {
+		barrier_send(c);
+		tun_conn_flush(c);
+	}
+}
+
+/* Streams that ended wait TC_BARRIER_DELAY_MS for their barrier PING, so
+ * that those ending meanwhile share it: with one PING per stream, each
+ * connection opened and closed cost both ends a PING and its answer, two
+ * records more each way. What waits is only the release of sockets done in
+ * both directions. A confirmation (tun_conn_confirm) does not wait. */
+static void barrier_soon(struct tun_conn *c)
+{
+	struct timeval tv = sr_tv_ms(TC_BARRIER_DELAY_MS);
+
+	if (c->confirm_wanted) {
+		barrier_send(c);
+		return;
+	}
+	if (!c->barrier_ev && !(c->barrier_ev = evtimer_new(c->base, barrier_cb, c))) {
+		barrier_send(c); /* out of memory: no wait */
+		return;
+	}
+	if (!evtimer_pending(c->barrier_ev, NULL))
+		evtimer_add(c->barrier_ev, &tv);
 }
 
 void tun_conn_confirm(struct tun_conn *c)

@@ -151,6 +151,7 @@ struct tun_conn {
 	struct event *ping_ev;
 	struct event *close_ev; /* bounds the final flush */
 	struct event *ack_ev;   /* idle acknowledgements (tun_stream.c); made when first needed */
+	struct event *barrier_ev; /* a barrier PING's short wait; made when first needed */
 	uint64_t last_recv_us;
 	uint64_t ping_sent_us;
 	uint64_t probe_sent_us;  /* an RTT probe PING in flight since, 0: none */
