@@ -240,6 +240,25 @@ static int h2_send_data_cb(nghttp2_session *h2, nghttp2_frame *frame, const uint
 	return 0;
 }
 
+static void flush_soon_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	tun_conn_flush(arg);
+}
+
+/* An event made active now runs after every callback already active in
+ * this iteration (libevent runs its active queue in order, one priority
+ * here), so all sockets that epoll reported readable are read first. */
+void tun_conn_flush_soon(struct tun_conn *c)
+{
+	if (!c->flush_ev && !(c->flush_ev = event_new(c->base, -1, 0, flush_soon_cb, c))) {
+		tun_conn_flush(c); /* out of memory: at once */
+		return;
+	}
+	event_active(c->flush_ev, EV_TIMEOUT, 0); /* once, however often asked */
+}
+
 void tun_conn_flush(struct tun_conn *c)
 {
 	int rv;
@@ -1381,6 +1400,8 @@ void tun_conn_free(struct tun_conn *c)
 		event_free(c->ack_ev);
 	if (c->barrier_ev)
 		event_free(c->barrier_ev);
+	if (c->flush_ev)
+		event_free(c->flush_ev);
 	if (c->ctl_in)
 		evbuffer_free(c->ctl_in);
 	if (c->ctl_out)

@@ -152,6 +152,7 @@ struct tun_conn {
 	struct event *close_ev; /* bounds the final flush */
 	struct event *ack_ev;   /* idle acknowledgements (tun_stream.c); made when first needed */
 	struct event *barrier_ev; /* a barrier PING's short wait; made when first needed */
+	struct event *flush_ev;   /* tun_conn_flush_soon; made when first needed */
 	uint64_t last_recv_us;
 	uint64_t ping_sent_us;
 	uint64_t probe_sent_us;  /* an RTT probe PING in flight since, 0: none */
@@ -299,6 +300,9 @@ void tun_conn_adopt(struct tun_conn *c, struct tun_stream *s, int32_t id);
 #define tun_conn_closing(c) ((c)->st >= TC_ST_CLOSING)
 void tun_conn_go(struct tun_conn *c, enum tc_state st);
 void tun_conn_flush(struct tun_conn *c);
+/* tun_conn_flush once the callbacks already due in this loop iteration ran:
+ * the sockets read in one wake-up then share TLS records and a sendmsg. */
+void tun_conn_flush_soon(struct tun_conn *c);
 void tun_conn_schedule_reap(struct tun_conn *c);
 /* Return window credit: both levels, stream only, connection only. */
 void tun_conn_consume(struct tun_conn *c, int32_t id, size_t n);

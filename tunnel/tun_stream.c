@@ -471,7 +471,7 @@ static void sock_read_cb(struct sr_bsock *bev, void *arg)
 		s->flags &= ~TS_F_DEFERRED;
 		nghttp2_session_resume_data(c->h2, s->id);
 	}
-	tun_conn_flush(c);
+	tun_conn_flush_soon(c);
 }
 
 static void sock_write_cb(struct sr_bsock *bev, void *arg)
