@@ -324,7 +324,7 @@ static void sock_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *inf
 	tun_conn_consume_conn(s->conn, owed);
 	if (s->unconsumed == 0 && evbuffer_get_length(buf) == 0)
 		ack_when_idle(s);
-	tun_conn_flush(s->conn);
+	tun_conn_flush_soon(s->conn); /* the credit of every socket written now, together */
 }
 
 static void maybe_finish(struct tun_stream *s)
@@ -534,7 +534,7 @@ static void sock_event_cb(struct sr_bsock *bev, short what, void *arg)
 			s->flags &= ~TS_F_DEFERRED;
 			nghttp2_session_resume_data(c->h2, s->id);
 		}
-		tun_conn_flush(c);
+		tun_conn_flush_soon(c);
 		return;
 	}
 	/* Error, reset or timeout: the peer of this socket is gone. */
