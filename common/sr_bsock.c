@@ -107,6 +107,33 @@ int sr_bsock_drained(const struct sr_bsock *b)
 	return (b->flags & BS_DRAINED) != 0;
 }
 
+/* A read that returned n <= 0: nothing (0 back), or an end or error that
+ * disables reading and goes to event_cb (-1 back: b may be freed). */
+static int read_ended(struct sr_bsock *b, ssize_t n)
+{
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		return 0;
+	sr_bsock_disable(b, EV_READ);
+	if (b->event_cb)
+		b->event_cb(b, (short)(SR_BS_READING | (n == 0 ? SR_BS_EOF : SR_BS_ERROR)), b->arg);
+	return -1;
+}
+
+int sr_bsock_read_upto(struct sr_bsock *b, size_t upto)
+{
+	for (int i = 0; i < 16 && !sr_bsock_drained(b); i++) {
+		size_t len = evbuffer_get_length(b->in);
+		ssize_t n;
+
+		if (len >= upto)
+			return 0;
+		n = sr_bsock_read(b, upto - len);
+		if (n <= 0)
+			return read_ended(b, n);
+	}
+	return 0;
+}
+
 static void on_read(evutil_socket_t fd, short what, void *arg)
 {
 	struct sr_bsock *b = arg;
@@ -114,16 +141,12 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (n > 0) {
-		if (b->read_cb)
-			b->read_cb(b, b->arg);
+	if (n <= 0) {
+		(void)read_ended(b, n);
 		return;
 	}
-	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-		return;
-	sr_bsock_disable(b, EV_READ);
-	if (b->event_cb)
-		b->event_cb(b, (short)(SR_BS_READING | (n == 0 ? SR_BS_EOF : SR_BS_ERROR)), b->arg);
+	if (b->read_cb)
+		b->read_cb(b, b->arg);
 }
 
 void sr_bsock_read_now(struct sr_bsock *b)

@@ -87,6 +87,11 @@ void sr_bsock_read_now(struct sr_bsock *b);
  * number read, 0 at end of file, or -1 with errno (EAGAIN: nothing waits).
  * Its size follows the last read's, so small messages take small buffers. */
 ssize_t sr_bsock_read(struct sr_bsock *b, size_t max);
+/* More reads, while each fills what it asks for and the input holds less
+ * than upto bytes (16 at most: the loop has other sockets). An end or an
+ * error disables reading and goes to event_cb, and -1 comes back (b may be
+ * freed by then); else 0. */
+int sr_bsock_read_upto(struct sr_bsock *b, size_t upto);
 /* The last read took less than it asked for: the socket was empty then, and
  * reading again before the next read event finds nothing. */
 int sr_bsock_drained(const struct sr_bsock *b);

@@ -428,31 +428,12 @@ static void sock_in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info
 }
 
 /* A read event reads once (sr_bsock.c); while that filled what it asked
- * for, top the input up to the read high watermark in large reads here, in
- * this same wake-up. Returns 0, or -1 if the stream was ended. */
+ * for, top the input up to the read high watermark in large reads, in this
+ * same wake-up. The retained bytes at the front do not count against it.
+ * Returns 0, or -1 if the stream was ended. */
 static int sock_read_more(struct tun_stream *s, struct sr_bsock *bev)
 {
-	struct evbuffer *in = sr_bsock_input(bev);
-
-	for (int i = 0; i < 16 && !sr_bsock_drained(bev); i++) {
-		size_t len = evbuffer_get_length(in);
-		/* The retained bytes at the front do not count against reading. */
-		size_t high = sock_read_high(s->conn) + retained(s);
-		ssize_t n;
-
-		if (len >= high)
-			return 0;
-		n = sr_bsock_read(bev, high - len);
-		if (n > 0)
-			continue;
-		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-			return 0;
-		sr_bsock_disable(bev, EV_READ);
-		sock_event_cb(bev, n == 0 ? (SR_BS_READING | SR_BS_EOF)
-					  : (SR_BS_READING | SR_BS_ERROR), s);
-		return -1;
-	}
-	return 0;
+	return sr_bsock_read_upto(bev, sock_read_high(s->conn) + retained(s));
 }
 
 static void sock_read_cb(struct sr_bsock *bev, void *arg)

@@ -199,6 +199,31 @@ static void test_read_sizes_follow_the_traffic(void **state)
 	assert_int_equal(errno, EAGAIN);
 }
 
+/* read_upto stops at its mark and reads on from there until a short read;
+ * the peer's FIN, read after that, is reported through event_cb once. */
+static void test_read_upto_stops_at_the_mark(void **state)
+{
+	struct fx *f = *state;
+	static uint8_t big[32 * 1024];
+
+	fill(big, sizeof(big), 5);
+	tcp_pair(f);
+	assert_int_equal(send(f->peer, big, sizeof(big), 0), (ssize_t)sizeof(big));
+	shutdown(f->peer, SHUT_WR);
+	usleep(20000);
+	assert_int_equal(sr_bsock_read(f->b, SIZE_MAX), 4096); /* as a read event would */
+	assert_int_equal(sr_bsock_read_upto(f->b, 10000), 0);
+	assert_int_equal(evbuffer_get_length(sr_bsock_input(f->b)), 10000);
+	assert_int_equal(sr_bsock_read_upto(f->b, SIZE_MAX), 0);
+	assert_true(sr_bsock_drained(f->b));
+	assert_int_equal(evbuffer_get_length(sr_bsock_input(f->b)), sizeof(big));
+	assert_int_equal(f->events, 0);
+	sr_bsock_enable(f->b, EV_READ);
+	loop_until(f, &f->events, 1);
+	assert_int_equal(f->last_what, SR_BS_READING | SR_BS_EOF);
+	assert_int_equal(f->reads, 0);
+}
+
 /* The output goes out while writing is enabled, write_cb says when it ran
  * empty, and an enabled socket with nothing to write wakes nobody. */
 static void test_write_event_only_while_bytes_wait(void **state)
@@ -358,6 +383,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(test_bytes_arrive_whole_then_eof, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_read_sizes_follow_the_traffic, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_read_upto_stops_at_the_mark, setup,
+					    teardown),
 	    cmocka_unit_test_setup_teardown(test_write_event_only_while_bytes_wait, setup,
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_refused_connect_is_an_event, setup, teardown),
