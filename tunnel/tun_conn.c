@@ -240,6 +240,24 @@ static int h2_send_data_cb(nghttp2_session *h2, nghttp2_frame *frame, const uint
 	return 0;
 }
 
+/* Without this callback nghttp2 cuts every DATA frame at 16 KiB, whatever
+ * SETTINGS_MAX_FRAME_SIZE says; h2.max_frame (64 KiB by default) is what
+ * we want: a frame's header is a TLS record of its own (ep_write_frame),
+ * and with several busy streams the receiver writes one frame per socket
+ * write. nghttp2 still caps the answer by both flow-control windows. */
+static ssize_t h2_read_length_cb(nghttp2_session *h2, uint8_t type, int32_t id,
+				 int32_t conn_window, int32_t stream_window, uint32_t peer_max,
+				 void *user)
+{
+	struct tun_conn *c = user;
+	(void)h2;
+	(void)type;
+	(void)id;
+	(void)conn_window;
+	(void)stream_window;
+	return (ssize_t)(c->opts.max_frame < peer_max ? c->opts.max_frame : peer_max);
+}
+
 static void flush_soon_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
@@ -1248,6 +1266,7 @@ struct tun_conn *tun_conn_new(struct event_base *base, enum tun_role role,
 		goto fail;
 	nghttp2_session_callbacks_set_send_callback(hcb, h2_send_cb);
 	nghttp2_session_callbacks_set_send_data_callback(hcb, h2_send_data_cb);
+	nghttp2_session_callbacks_set_data_source_read_length_callback(hcb, h2_read_length_cb);
 	nghttp2_session_callbacks_set_on_frame_recv_callback(hcb, h2_on_frame_recv);
 	nghttp2_session_callbacks_set_on_data_chunk_recv_callback(hcb, h2_on_data_chunk);
 	nghttp2_session_callbacks_set_on_stream_close_callback(hcb, h2_on_stream_close);

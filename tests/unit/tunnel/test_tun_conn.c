@@ -1952,6 +1952,63 @@ static void test_window_growth_beyond_the_largest_window_is_refused(void **state
 	assert_int_equal(h->close_err[1], SR_EPROTO); /* nothing else here is one */
 }
 
+/* The largest DATA payload in one direction of a tap's record: frames are
+ * parsed from after the client preface (relay->sidecar) or from the start. */
+static size_t largest_data_frame(struct evbuffer *seen, size_t skip, size_t *ndata)
+{
+	size_t len = evbuffer_get_length(seen), off = skip, largest = 0;
+	const uint8_t *p = evbuffer_pullup(seen, -1);
+
+	*ndata = 0;
+	while (off + 9 <= len) {
+		size_t flen = ((size_t)p[off] << 16) | ((size_t)p[off + 1] << 8) | p[off + 2];
+		if (p[off + 3] == NGHTTP2_DATA) {
+			(*ndata)++;
+			if (flen > largest)
+				largest = flen;
+		}
+		off += 9 + flen;
+	}
+	assert_int_equal(off, len); /* whole frames only: the parse stayed in step */
+	return largest;
+}
+
+/* h2.max_frame is the largest DATA payload sent (nghttp2 alone stops at
+ * 16 KiB): a bulk stream moves in frames of exactly that size while its
+ * window allows, both ways, and never larger. */
+static void bulk_frames(struct h *h, uint32_t max_frame)
+{
+	struct cfg cfg = {0};
+	static const char preface[] = NGHTTP2_CLIENT_MAGIC;
+	size_t largest, n;
+	struct slot *s;
+
+	cfg.tap = 1;
+	cfg.ropts.max_frame = cfg.sopts.max_frame = max_frame;
+	start_tunnel(h, &cfg);
+	s = slot_cfg(h, 0, 2 * MIB, 1, 2 * MIB, 1);
+	open_stream(h, 0, h->dport[0]);
+	PUMP_UNTIL(h, slot_done(s), 30000);
+	slot_assert_clean(s);
+	PUMP_UNTIL(h, no_streams(h), 2000);
+	for (int dir = 0; dir < 2; dir++) {
+		largest = largest_data_frame(h->tap_seen[dir], dir == 0 ? sizeof(preface) - 1 : 0,
+					     &n);
+		assert_int_equal(largest, max_frame);
+		assert_true(n >= 2 * MIB / max_frame); /* 2 MiB, none above max_frame */
+	}
+}
+
+static void test_data_frames_of_max_frame_default(void **state)
+{
+	bulk_frames(*state, 65536);
+}
+
+static void test_data_frames_of_max_frame_small(void **state)
+{
+	bulk_frames(*state, 20000);
+}
+
 int main(void)
 {
 	/* Like every libevent program (and sparkrelay itself): a write to a
@@ -1984,6 +2041,8 @@ int main(void)
 	    T(test_window_stays_for_a_stalled_stream),
 	    T(test_grown_streams_that_stall_leave_room),
 	    T(test_window_growth_beyond_the_largest_window_is_refused),
+	    T(test_data_frames_of_max_frame_default),
+	    T(test_data_frames_of_max_frame_small),
 #undef T
 	};
 	if (getenv("SR_TEST_FILTER"))
