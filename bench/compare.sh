@@ -749,7 +749,7 @@ fi
 BUSY=$("${SRB[@]}" busy 2)
 LOAD_BEFORE=$(cat /proc/loadavg)
 T0=$(date +%s)
-log "mode $MODE, $REPS repetition(s), tools: $TOOLS; scenarios: $SCEN$([ "$LONG_LINK" = 1 ] && echo ', long link'); results: $OUT"
+log "mode $MODE, $REPS repetition(s), tools: $TOOLS; scenarios: $SCEN$([ "$LONG_LINK" = 1 ] && echo ', long link (one run)'); results: $OUT"
 for tool in $TOOLS; do
 	[ "$SCEN" = longlink ] && break
 	run_tool "$tool"

@@ -432,7 +432,9 @@ def main():
         str(len(failed_runs[t])) for t in shown))
     ll_shown = [t for t in LL_TOOLS if t in med and med[t]]
     if ll_shown:
-        lines += ["", "## Long link (%s)" % a.long_link, ""]
+        lines += ["", "## Long link (%s)" % a.long_link, "",
+                  "One run of each figure (single samples, not medians): the "
+                  "repetitions above apply to the loopback scenarios only.", ""]
         if netem:
             lines += ["Emulator: %s." % netem, ""]
         lines += ["| figure | " + " | ".join(TOOL_NAMES[t] for t in ll_shown) + " |",
