@@ -84,6 +84,66 @@ class DriverRefusalTest(A.AdminCase):
                          before + n)
 
 
+class DriverSilentTest(A.AdminCase):
+    """A driver port whose listen queue is full: the kernel drops the
+    sidecar's SYN, so its connect neither completes nor fails. The sidecar
+    gives up after driver_connect_timeout_ms and the executor is closed; it
+    must not hang. (On loopback a connect usually completes at once, which
+    the sidecar checks for; this is the other path.)"""
+    extra_tunnel = {"log": {"level": "info"}, "tunnel": {"driver_connect_timeout_ms": 600}}
+    extra_relay = {"log": {"level": "info"}}
+
+    def test_driver_that_never_accepts_times_out(self):
+        port = self.stack.ports["driver"]
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("127.0.0.1", port))
+        ls.listen(0)
+        fillers = []
+        try:
+            for _ in range(2):  # one fills the queue of a listen(0), one more to be sure
+                f = socket.socket()
+                f.setblocking(False)
+                f.connect_ex(("127.0.0.1", port))
+                fillers.append(f)
+            time.sleep(0.2)
+            probe = socket.socket()
+            probe.settimeout(0.5)
+            try:
+                probe.connect(("127.0.0.1", port))
+                full = False
+            except (socket.timeout, BlockingIOError):
+                full = True
+            finally:
+                probe.close()
+            if not full:
+                self.skipTest("the kernel completed a connect beyond the listen queue")
+
+            t0 = time.monotonic()
+            s = socket.socket()
+            s.settimeout(10)
+            try:
+                s.connect((self.stack.exec_host, port))
+                s.sendall(b"hello")
+                how, _, got = X.closed_within(s, 10)
+            finally:
+                s.close()
+            elapsed = time.monotonic() - t0
+            self.assertNotEqual(how, "timeout", "executor not closed while the driver hangs")
+            self.assertEqual(got, 0)
+            self.assertGreaterEqual(elapsed, 0.5, "closed before the connect timeout")
+            lines = self.stack.tunnel.grep("cannot connect to driver port %d" % port)
+            self.assertEqual(len(lines), 1, "sidecar lines: %r" % lines)
+            self.assertIn("Connection timed out", lines[0])
+        finally:
+            for f in fillers:
+                f.close()
+            ls.close()
+        # a driver that does accept is reached as before
+        self.stack.start_driver()
+        self.assertIsNone(X.echo_once(self.stack.exec_host, port, seed=4))
+
+
 def h_first_line(dc):
     """Record the first line the executor sent (its arrival number), then echo."""
     buf = b""
