@@ -190,7 +190,8 @@ static void lease_accept_cb(struct evconnlistener *lev, evutil_socket_t fd,
 	struct relay_lease_table *t = l->t;
 
 	(void)lev;
-	sr_sock_nodelay(fd);
+	/* TCP_NODELAY: Linux copies it from the listening socket (set on it
+	 * at bind and at adoption), which saves a call per connection. */
 	if (!t->cbs.on_accept) {
 		close(fd);
 		return;
@@ -258,6 +259,7 @@ static int lease_bind_port(struct relay_lease_table *t, uint16_t port, int *fdp)
 		err = errno;
 		goto fail;
 	}
+	sr_sock_nodelay(fd); /* inherited by every accepted executor socket */
 	if (bind(fd, (struct sockaddr *)&ss, t->bind_len) < 0 || listen(fd, backlog) < 0) {
 		err = errno;
 		goto fail;
@@ -751,6 +753,8 @@ int relay_lease_adopt(struct relay_lease_table *t, const struct relay_lease_stat
 		p->pause_ev = evtimer_new(t->base, lease_pause_cb, p);
 		if (!p->pause_ev)
 			goto fail;
+		/* A relay older than this one may not have set it on the listener. */
+		sr_sock_nodelay(fds[r]);
 		/* backlog 0: it listens already, with the backlog it was made with. */
 		p->lev = evconnlistener_new(t->base, lease_accept_cb, p,
 					    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC |

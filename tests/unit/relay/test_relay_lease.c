@@ -801,9 +801,15 @@ static void test_adopt_keeps_id_token_ports_and_listeners(void **state)
 	snprintf(id, sizeof(id), "%s", st.id);
 	tok = resume_of(a);
 	pd = st.ports[TUN_PORT_DRIVER];
-	/* "Another process": its own descriptors of the same sockets. */
-	for (int r = 0; r < TUN_PORT_MAX; r++)
+	/* "Another process": its own descriptors of the same sockets, from an
+	 * older relay that did not set TCP_NODELAY on its listeners. */
+	for (int r = 0; r < TUN_PORT_MAX; r++) {
+		int zero = 0;
 		st.fds[r] = st.fds[r] >= 0 ? fcntl(st.fds[r], F_DUPFD_CLOEXEC, 0) : -1;
+		if (st.fds[r] >= 0)
+			assert_int_equal(setsockopt(st.fds[r], IPPROTO_TCP, TCP_NODELAY, &zero,
+						    sizeof(zero)), 0);
+	}
 	assert_int_equal(relay_lease_adopt(f->t, &st, &b), 0);
 	relay_lease_table_free(old); /* closes its own descriptors only */
 	assert_string_equal(relay_lease_id(b), id);
@@ -822,6 +828,7 @@ static void test_adopt_keeps_id_token_ports_and_listeners(void **state)
 	run_until(f, &f->accepts_total, 1, WAIT_MS);
 	assert_int_equal(f->accepts[TUN_PORT_DRIVER], 1);
 	assert_ptr_equal(f->accepted_lease, b);
+	assert_true(f->nodelay_ok); /* set on the adopted listener */
 
 	/* New leases here neither repeat its id's number nor take its ports. */
 	assert_int_equal(relay_lease_create(f->t, "next", roles, 30, &c), 0);
