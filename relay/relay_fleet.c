@@ -494,6 +494,8 @@ static int bind_port(const struct relay_pool_rt *pr, int port)
 	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -1;
+	/* TCP_NODELAY before listen(): accepted sockets copy it (relay_lease.c). */
+	sr_sock_nodelay(fd);
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
 	    bind(fd, (struct sockaddr *)&ss, len) < 0 ||
 	    listen(fd, pr->opts.backlog ? (int)pr->opts.backlog : 1024) < 0) {

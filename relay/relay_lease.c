@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +50,7 @@ struct lease_port {
 	uint16_t port;               /* 0: role not held */
 	struct evconnlistener *lev;  /* owns the bound, listening fd */
 	struct event *pause_ev;      /* re-enables after an accept error */
+	int nodelay_each;            /* adopted without TCP_NODELAY: set it per socket */
 };
 
 struct relay_lease {
@@ -190,8 +192,12 @@ static void lease_accept_cb(struct evconnlistener *lev, evutil_socket_t fd,
 	struct relay_lease_table *t = l->t;
 
 	(void)lev;
-	/* TCP_NODELAY: Linux copies it from the listening socket (set on it
-	 * at bind and at adoption), which saves a call per connection. */
+	/* TCP_NODELAY: Linux copies it from the listening socket when the
+	 * handshake completes (set at bind, before listen()), which saves a call
+	 * per connection. A listener adopted without it may hold connections
+	 * that completed before we set it: those get it here. */
+	if (p->nodelay_each)
+		sr_sock_nodelay(fd);
 	if (!t->cbs.on_accept) {
 		close(fd);
 		return;
@@ -259,7 +265,7 @@ static int lease_bind_port(struct relay_lease_table *t, uint16_t port, int *fdp)
 		err = errno;
 		goto fail;
 	}
-	sr_sock_nodelay(fd); /* inherited by every accepted executor socket */
+	sr_sock_nodelay(fd); /* before listen(): inherited by every accepted socket */
 	if (bind(fd, (struct sockaddr *)&ss, t->bind_len) < 0 || listen(fd, backlog) < 0) {
 		err = errno;
 		goto fail;
@@ -753,8 +759,17 @@ int relay_lease_adopt(struct relay_lease_table *t, const struct relay_lease_stat
 		p->pause_ev = evtimer_new(t->base, lease_pause_cb, p);
 		if (!p->pause_ev)
 			goto fail;
-		/* A relay older than this one may not have set it on the listener. */
-		sr_sock_nodelay(fds[r]);
+		/* A listener from a relay older than this one has no TCP_NODELAY,
+		 * and its queue may hold connections that will never get it from
+		 * the listener: those are set one by one (lease_accept_cb). */
+		{
+			int nd = 0;
+			socklen_t ndl = sizeof(nd);
+			if (getsockopt(fds[r], IPPROTO_TCP, TCP_NODELAY, &nd, &ndl) != 0 || !nd) {
+				p->nodelay_each = 1;
+				sr_sock_nodelay(fds[r]);
+			}
+		}
 		/* backlog 0: it listens already, with the backlog it was made with. */
 		p->lev = evconnlistener_new(t->base, lease_accept_cb, p,
 					    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC |
