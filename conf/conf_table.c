@@ -252,7 +252,8 @@ static const struct conf_entry conf_h2[] = {
 	"Read high watermark of each bridged socket, bytes."),
     U32(struct tun_conn_opts, "max_frame", max_frame, 16384, 16777215, "65536",
 	"Largest HTTP/2 DATA frame payload sent and accepted, bytes. Larger frames cost "
-	"less CPU per byte; a heartbeat may wait behind one frame of bulk data."),
+	"less CPU per byte; a heartbeat may wait behind one frame of bulk data. Frames "
+	"sent are at most 1 MiB whatever this says: each tunnel keeps a buffer of one."),
     U32(struct tun_conn_opts, "max_streams", max_streams, 1, 1000000, "100000",
 	"Concurrent streams (executor connections) on one tunnel."),
 };

@@ -242,20 +242,27 @@ static int h2_send_data_cb(nghttp2_session *h2, nghttp2_frame *frame, const uint
 
 /* Without this callback nghttp2 cuts every DATA frame at 16 KiB, whatever
  * SETTINGS_MAX_FRAME_SIZE says; h2.max_frame (64 KiB by default) is what
- * we want: a frame's header is a TLS record of its own (ep_write_frame),
- * and with several busy streams the receiver writes one frame per socket
- * write. nghttp2 still caps the answer by both flow-control windows. */
+ * we want: on the direct path a frame's header is a TLS record of its own
+ * (ep_write_frame), and with several busy streams the receiver writes one
+ * frame per socket write. nghttp2 clamps the answer to both flow-control
+ * windows (a stream without credit never gets here). It also grows its
+ * frame buffer to one frame and keeps it, hence the TC_SEND_FRAME_MAX cap
+ * on what we send, whatever max_frame allows the peer to send us. */
+#define TC_SEND_FRAME_MAX (1u << 20)
+
 static ssize_t h2_read_length_cb(nghttp2_session *h2, uint8_t type, int32_t id,
 				 int32_t conn_window, int32_t stream_window, uint32_t peer_max,
 				 void *user)
 {
 	struct tun_conn *c = user;
+	uint32_t n = c->opts.max_frame < peer_max ? c->opts.max_frame : peer_max;
+
 	(void)h2;
 	(void)type;
 	(void)id;
 	(void)conn_window;
 	(void)stream_window;
-	return (ssize_t)(c->opts.max_frame < peer_max ? c->opts.max_frame : peer_max);
+	return (ssize_t)(n < TC_SEND_FRAME_MAX ? n : TC_SEND_FRAME_MAX);
 }
 
 static void flush_soon_cb(evutil_socket_t fd, short what, void *arg)
