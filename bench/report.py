@@ -433,8 +433,9 @@ def main():
     ll_shown = [t for t in LL_TOOLS if t in med and med[t]]
     if ll_shown:
         lines += ["", "## Long link (%s)" % a.long_link, "",
-                  "One run of each figure (single samples, not medians): the "
-                  "repetitions above apply to the loopback scenarios only.", ""]
+                  "One run each (no median over repetitions): the repetitions "
+                  "above apply to the loopback scenarios only. The same holds for the "
+                  "long-link rows of the tables below.", ""]
         if netem:
             lines += ["Emulator: %s." % netem, ""]
         lines += ["| figure | " + " | ".join(TOOL_NAMES[t] for t in ll_shown) + " |",
@@ -452,7 +453,8 @@ def main():
         met = sum(1 for t in tg if t["ok"])
         judged = sum(1 for t in tg if t["ok"] is not None)
         lines += ["", "## Targets", "", "%d of %d judged targets met (%d without a figure in "
-                  "this run)." % (met, judged, len(tg) - judged), "",
+                  "this run)." % (met, judged, len(tg) - judged) +
+                  (" Long-link rows: one run each." if ll_shown else ""), "",
                   "| figure | against | measured | target | verdict |", "|---|---|---|---|---|"]
         for t in tg:
             shown_v = (fmt_x(t["value"]) if t["anchor"] else fmt(t["value"], 2))
