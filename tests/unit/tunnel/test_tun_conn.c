@@ -924,6 +924,21 @@ static void start_tunnel(struct h *h, const struct cfg *cfg)
 	PUMP_UNTIL(h, h->ctl_open == 1, 2000);
 }
 
+/* One stream moving bytes each way, ended cleanly at both ends, on a new
+ * tunnel made with cfg: each received byte checked against what was sent. */
+static void one_bulk_stream(struct h *h, const struct cfg *cfg, uint64_t bytes)
+{
+	struct slot *s;
+
+	start_tunnel(h, cfg);
+	s = slot_cfg(h, 0, bytes, 1, bytes, 1);
+	open_stream(h, 0, h->dport[0]);
+	PUMP_UNTIL(h, slot_done(s), 30000);
+	slot_assert_clean(s);
+	/* Both sides ended cleanly: the stream is finished at both ends. */
+	PUMP_UNTIL(h, no_streams(h), 2000);
+}
+
 /* ---- tests ------------------------------------------------------------------------------- */
 
 static void test_ctl_register_then_lease(void **state)
@@ -996,15 +1011,8 @@ static void test_bulk_4mib_each_way(void **state)
 	struct h *h = *state;
 	struct cfg cfg = {0};
 	struct tun_conn_stats rs, ss;
-	struct slot *s;
 
-	start_tunnel(h, &cfg);
-	s = slot_cfg(h, 0, 4 * MIB, 1, 4 * MIB, 1);
-	open_stream(h, 0, h->dport[0]);
-	PUMP_UNTIL(h, slot_done(s), 30000);
-	slot_assert_clean(s);
-	/* Both sides ended cleanly: the stream is finished at both ends. */
-	PUMP_UNTIL(h, no_streams(h), 2000);
+	one_bulk_stream(h, &cfg, 4 * MIB);
 	conn_stats(h->relay, &rs);
 	conn_stats(h->sc, &ss);
 	assert_int_equal(rs.streams_opened, 1);
@@ -1684,15 +1692,9 @@ static void test_tls_bulk_4mib_each_way(void **state)
 	struct h *h = *state;
 	struct cfg cfg = {0};
 	struct tun_conn_stats rs, ss;
-	struct slot *s;
 
 	cfg.tls = 1;
-	start_tunnel(h, &cfg);
-	s = slot_cfg(h, 0, 4 * MIB, 1, 4 * MIB, 1);
-	open_stream(h, 0, h->dport[0]);
-	PUMP_UNTIL(h, slot_done(s), 30000);
-	slot_assert_clean(s);
-	PUMP_UNTIL(h, no_streams(h), 2000);
+	one_bulk_stream(h, &cfg, 4 * MIB);
 	conn_stats(h->relay, &rs);
 	conn_stats(h->sc, &ss);
 	assert_int_equal(rs.bytes_to_tunnel, 4 * MIB);
@@ -2000,17 +2002,11 @@ static void bulk_frames(struct h *h, uint32_t relay_max, uint32_t sc_max)
 	uint32_t want = relay_max < sc_max ? relay_max : sc_max;
 	uint64_t top;
 	size_t largest, n;
-	struct slot *s;
 
 	cfg.tap = 1;
 	cfg.ropts.max_frame = relay_max;
 	cfg.sopts.max_frame = sc_max;
-	start_tunnel(h, &cfg);
-	s = slot_cfg(h, 0, 2 * MIB, 1, 2 * MIB, 1);
-	open_stream(h, 0, h->dport[0]);
-	PUMP_UNTIL(h, slot_done(s), 30000);
-	slot_assert_clean(s);
-	PUMP_UNTIL(h, no_streams(h), 2000);
+	one_bulk_stream(h, &cfg, 2 * MIB);
 	for (int dir = 0; dir < 2; dir++) {
 		largest = data_frames(h->tap_seen[dir], dir == 0 ? sizeof(preface) - 1 : 0, &n,
 				      &top);
