@@ -241,6 +241,20 @@ static void lease_accept_error_cb(struct evconnlistener *lev, void *arg)
 	evtimer_add(p->pause_ev, &tv);
 }
 
+/* A listener from a relay older than this one has no TCP_NODELAY, and its
+ * queue may hold connections that will never get it from the listener:
+ * those are set one by one (lease_accept_cb). */
+static void lease_port_nodelay_adopted(struct lease_port *p, int fd)
+{
+	int nd = 0;
+	socklen_t len = sizeof(nd);
+
+	if (getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nd, &len) != 0 || !nd) {
+		p->nodelay_each = 1;
+		sr_sock_nodelay(fd);
+	}
+}
+
 /* Bind and listen on one port into *fdp. Returns 0, LEASE_PORT_TAKEN (try
  * the next port) or a negative SR_E* code. */
 static int lease_bind_port(struct relay_lease_table *t, uint16_t port, int *fdp)
@@ -759,17 +773,7 @@ int relay_lease_adopt(struct relay_lease_table *t, const struct relay_lease_stat
 		p->pause_ev = evtimer_new(t->base, lease_pause_cb, p);
 		if (!p->pause_ev)
 			goto fail;
-		/* A listener from a relay older than this one has no TCP_NODELAY,
-		 * and its queue may hold connections that will never get it from
-		 * the listener: those are set one by one (lease_accept_cb). */
-		{
-			int nd = 0;
-			socklen_t ndl = sizeof(nd);
-			if (getsockopt(fds[r], IPPROTO_TCP, TCP_NODELAY, &nd, &ndl) != 0 || !nd) {
-				p->nodelay_each = 1;
-				sr_sock_nodelay(fds[r]);
-			}
-		}
+		lease_port_nodelay_adopted(p, fds[r]);
 		/* backlog 0: it listens already, with the backlog it was made with. */
 		p->lev = evconnlistener_new(t->base, lease_accept_cb, p,
 					    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC |

@@ -16,7 +16,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-
 void sc_driver_refused(struct sc_ratelog *rl, const char *logctx, uint64_t conn_id,
 		       const char *peer, uint16_t port, int err)
 {
@@ -99,8 +98,8 @@ struct sr_bsock *sc_driver_connect(struct event_base *base, const struct tun_con
 			return NULL;
 		}
 	}
-	SR_DEBUG(logctx, "conn=%llu peer=%s: connecting to 127.0.0.1:%u",
+	SR_DEBUG(logctx, "conn=%llu peer=%s: %s 127.0.0.1:%u",
 		 (unsigned long long)req->conn_id, sr_esc(req->peer, pbuf, sizeof(pbuf)),
-		 req->port);
+		 *req->connected ? "connected to" : "connecting to", req->port);
 	return bev;
 }

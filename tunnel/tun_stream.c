@@ -985,8 +985,7 @@ static ssize_t stream_read_cb(nghttp2_session *h2, int32_t id, uint8_t *buf, siz
 		s->flags |= TS_F_DEFERRED;
 		return NGHTTP2_ERR_DEFERRED;
 	}
-	if (length > s->conn->opts.max_frame)
-		length = s->conn->opts.max_frame;
+	/* length is at most h2.max_frame: nghttp2 asked h2_read_length_cb. */
 	if (avail > length)
 		avail = length;
 	*data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
