@@ -19,6 +19,7 @@
 #define READ_BUDGET (512 * 1024)  /* per event, so one busy tunnel cannot starve the loop */
 #define CIPHER_HIGH (64 * 1024)   /* stop encrypting while this much waits for the socket */
 #define PLAIN_BLOCK (64 * 1024)   /* decrypted bytes handed to the parser at once */
+#define SMALL_FRAME 4096          /* DATA payloads up to this go out as one TLS record */
 
 enum ep_state {
 	EP_CONNECTING, /* TCP connect in progress */
@@ -313,8 +314,11 @@ static int ep_encrypt(struct tun_endpoint *ep)
 }
 
 /* The session's DATA frames: header and payload go to TLS (or the socket)
- * straight from the stream's socket input. The 9-byte header is a record of
- * its own; with 64 KiB frames that costs less than copying the payload.
+ * straight from the stream's socket input. For a large frame the 9-byte
+ * header is a record of its own: that costs less than copying the payload.
+ * A small frame (a heartbeat, an RPC) is copied behind its header and sealed
+ * as one record: a record less to seal and open on each side, 22 bytes less
+ * on the wire (ep_write_small).
  * The ciphertext waits in cout until CIPHER_HIGH or the end of the flush
  * (ep_on_output): one sendmsg per 64 KiB instead of one per frame, which
  * cost more CPU than the copy into cout saves (3.5-3.7 against 4.1-4.5
@@ -337,6 +341,21 @@ static int ep_on_data(struct tun_conn *c, const uint8_t *hdr, struct evbuffer *s
 	 * close_ev, not as a failure of its own. */
 	ep_fail(ep, rv);
 	return SR_EBUSY;
+}
+
+static int ep_write_small(struct tun_endpoint *ep, const uint8_t *hdr, struct evbuffer *src,
+			  struct evbuffer_ptr *pos, size_t len)
+{
+	uint8_t rec[9 + SMALL_FRAME];
+
+	memcpy(rec, hdr, 9);
+	if (evbuffer_copyout_from(src, pos, rec + 9, len) != (ev_ssize_t)len)
+		return SR_EINVAL;
+	if (SSL_write(ep->ssl, rec, (int)(9 + len)) != (int)(9 + len)) {
+		ep_set_err_ssl(ep, "TLS write");
+		return SR_ETLS;
+	}
+	return ep_send_full(ep);
 }
 
 static int ep_write_frame(struct tun_endpoint *ep, const uint8_t *hdr, struct evbuffer *src,
@@ -371,6 +390,8 @@ static int ep_write_frame(struct tun_endpoint *ep, const uint8_t *hdr, struct ev
 		}
 		return ep_send_full(ep);
 	}
+	if (len <= SMALL_FRAME)
+		return ep_write_small(ep, hdr, src, &pos, len);
 	if (SSL_write(ep->ssl, hdr, 9) != 9) {
 		ep_set_err_ssl(ep, "TLS write");
 		return SR_ETLS;
