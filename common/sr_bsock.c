@@ -34,6 +34,7 @@ struct sr_bsock {
 	int fd;
 	int conn_err;       /* a connect that failed at once, reported later */
 	uint32_t read_hint; /* the next read's size */
+	uint32_t burst;     /* bytes of full reads since the socket was last empty */
 	uint8_t flags;
 };
 
@@ -75,6 +76,7 @@ ssize_t sr_bsock_read(struct sr_bsock *b, size_t max)
 	n = recv(b->fd, small ? buf : v.iov_base, want, 0);
 	if (n <= 0) {
 		b->flags |= BS_DRAINED;
+		b->burst = 0;
 		return n;
 	}
 	if (small) {
@@ -88,15 +90,21 @@ ssize_t sr_bsock_read(struct sr_bsock *b, size_t max)
 	}
 	if ((size_t)n == want) {
 		b->flags &= (uint8_t)~BS_DRAINED;
+		if (b->burst < SR_BS_READ_MAX)
+			b->burst += (uint32_t)n;
 		if (want == b->read_hint && b->read_hint < SR_BS_READ_MAX)
 			b->read_hint *= 2;
 	} else {
-		/* Short: the socket is empty. The next read asks for about as
-		 * much as this one got (a power of two, at least BS_READ_MIN). */
+		/* Short: the socket is empty. The next read asks for more than
+		 * the whole burst got (a power of two, at least BS_READ_MIN): a
+		 * peer that writes 16 KiB messages gets one recv per message, not
+		 * 4 + 8 + 4 KiB, and a short one says the socket is empty. */
+		size_t total = (size_t)b->burst + (size_t)n;
 		uint32_t h = BS_READ_MIN;
-		while (h < (size_t)n && h < SR_BS_READ_MAX)
+		while (h <= total && h < SR_BS_READ_MAX)
 			h *= 2;
 		b->read_hint = h;
+		b->burst = 0;
 		b->flags |= BS_DRAINED;
 	}
 	return n;

@@ -199,6 +199,39 @@ static void test_read_sizes_follow_the_traffic(void **state)
 	assert_int_equal(errno, EAGAIN);
 }
 
+/* After a burst of 16 KiB (a message read as 4 + 8 + 4 KiB), the next read
+ * asks for more than that: the next such message takes one recv, which is
+ * short and so also says the socket is empty. */
+static void test_read_size_learns_the_message_size(void **state)
+{
+	struct fx *f = *state;
+	static uint8_t msg[16384];
+
+	fill(msg, sizeof(msg), 7);
+	tcp_pair(f);
+	assert_int_equal(send(f->peer, msg, sizeof(msg), 0), (ssize_t)sizeof(msg));
+	usleep(20000);
+	assert_int_equal(sr_bsock_read(f->b, SIZE_MAX), 4096);
+	assert_int_equal(sr_bsock_read(f->b, SIZE_MAX), 8192);
+	assert_false(sr_bsock_drained(f->b));
+	assert_int_equal(sr_bsock_read(f->b, SIZE_MAX), 4096);
+	assert_true(sr_bsock_drained(f->b));
+	for (int k = 0; k < 3; k++) {
+		assert_int_equal(send(f->peer, msg, sizeof(msg), 0), (ssize_t)sizeof(msg));
+		usleep(20000);
+		assert_int_equal(sr_bsock_read(f->b, SIZE_MAX), (ssize_t)sizeof(msg));
+		assert_true(sr_bsock_drained(f->b));
+	}
+	assert_int_equal(evbuffer_get_length(sr_bsock_input(f->b)), 4 * sizeof(msg));
+	/* A small message after them: the hint follows it down again. */
+	assert_int_equal(send(f->peer, "x", 1, 0), 1);
+	usleep(20000);
+	assert_int_equal(sr_bsock_read(f->b, SIZE_MAX), 1);
+	assert_int_equal(send(f->peer, msg, sizeof(msg), 0), (ssize_t)sizeof(msg));
+	usleep(20000);
+	assert_int_equal(sr_bsock_read(f->b, SIZE_MAX), 4096);
+}
+
 /* read_upto stops at its mark and reads on from there until a short read;
  * the peer's FIN, read after that, is reported through event_cb once. */
 static void test_read_upto_stops_at_the_mark(void **state)
@@ -383,6 +416,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(test_bytes_arrive_whole_then_eof, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_read_sizes_follow_the_traffic, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_read_size_learns_the_message_size, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_read_upto_stops_at_the_mark, setup,
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_write_event_only_while_bytes_wait, setup,
