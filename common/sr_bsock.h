@@ -85,7 +85,11 @@ void sr_bsock_read_now(struct sr_bsock *b);
 
 /* One recv of at most max bytes into the input, without callbacks: the
  * number read, 0 at end of file, or -1 with errno (EAGAIN: nothing waits).
- * Its size follows the last read's, so small messages take small buffers. */
+ * Its size follows the last burst (the bytes read since the socket was last
+ * empty): the power of two above it, at least 4 KiB, so a peer that writes
+ * messages of one size costs one recv per message. A small message right
+ * after a big one lands in a chain of the big one's size, held until the
+ * input is drained (for a tunnel stream: until the peer acknowledges it). */
 ssize_t sr_bsock_read(struct sr_bsock *b, size_t max);
 /* More reads, while each fills what it asks for and the input holds less
  * than upto bytes (16 at most: the loop has other sockets). An end or an

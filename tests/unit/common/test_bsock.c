@@ -201,13 +201,15 @@ static void test_read_sizes_follow_the_traffic(void **state)
 
 /* After a burst of 16 KiB (a message read as 4 + 8 + 4 KiB), the next read
  * asks for more than that: the next such message takes one recv, which is
- * short and so also says the socket is empty. */
+ * short and so also says the socket is empty. Likewise for 40 KiB; a small
+ * message brings the size down to 4 KiB again. */
 static void test_read_size_learns_the_message_size(void **state)
 {
 	struct fx *f = *state;
-	static uint8_t msg[16384];
+	static uint8_t msg[16384], big[40 * 1024];
 
 	fill(msg, sizeof(msg), 7);
+	fill(big, sizeof(big), 8);
 	tcp_pair(f);
 	assert_int_equal(send(f->peer, msg, sizeof(msg), 0), (ssize_t)sizeof(msg));
 	usleep(20000);
@@ -223,6 +225,19 @@ static void test_read_size_learns_the_message_size(void **state)
 		assert_true(sr_bsock_drained(f->b));
 	}
 	assert_int_equal(evbuffer_get_length(sr_bsock_input(f->b)), 4 * sizeof(msg));
+	/* A bigger message: the hint grows past it, then fits it in one read. */
+	for (int k = 0; k < 2; k++) {
+		assert_int_equal(send(f->peer, big, sizeof(big), 0), (ssize_t)sizeof(big));
+		usleep(20000);
+		if (k == 0) {
+			assert_int_equal(sr_bsock_read(f->b, SIZE_MAX), 32768);
+			assert_false(sr_bsock_drained(f->b));
+			assert_int_equal(sr_bsock_read(f->b, SIZE_MAX), (ssize_t)sizeof(big) - 32768);
+		} else {
+			assert_int_equal(sr_bsock_read(f->b, SIZE_MAX), (ssize_t)sizeof(big));
+		}
+		assert_true(sr_bsock_drained(f->b));
+	}
 	/* A small message after them: the hint follows it down again. */
 	assert_int_equal(send(f->peer, "x", 1, 0), 1);
 	usleep(20000);
