@@ -242,7 +242,7 @@ static int h2_send_data_cb(nghttp2_session *h2, nghttp2_frame *frame, const uint
 
 /* Without this callback nghttp2 cuts every DATA frame at 16 KiB, whatever
  * SETTINGS_MAX_FRAME_SIZE says; h2.max_frame (64 KiB by default) is what
- * we want: on the direct path a frame's header is a TLS record of its own
+ * we want: a large frame's header is a TLS record of its own
  * (ep_write_frame), and with several busy streams the receiver writes one
  * frame per socket write. nghttp2 clamps the answer to both flow-control
  * windows (a stream without credit never gets here). It also grows its

@@ -343,18 +343,27 @@ static int ep_on_data(struct tun_conn *c, const uint8_t *hdr, struct evbuffer *s
 	return SR_EBUSY;
 }
 
+/* n bytes into TLS, all of them (records of up to 16 KiB each). */
+static int ep_seal(struct tun_endpoint *ep, const void *p, size_t n)
+{
+	if (SSL_write(ep->ssl, p, (int)n) != (int)n) {
+		ep_set_err_ssl(ep, "TLS write");
+		return SR_ETLS;
+	}
+	return 0;
+}
+
 static int ep_write_small(struct tun_endpoint *ep, const uint8_t *hdr, struct evbuffer *src,
 			  struct evbuffer_ptr *pos, size_t len)
 {
 	uint8_t rec[9 + SMALL_FRAME];
+	int rv;
 
 	memcpy(rec, hdr, 9);
 	if (evbuffer_copyout_from(src, pos, rec + 9, len) != (ev_ssize_t)len)
 		return SR_EINVAL;
-	if (SSL_write(ep->ssl, rec, (int)(9 + len)) != (int)(9 + len)) {
-		ep_set_err_ssl(ep, "TLS write");
-		return SR_ETLS;
-	}
+	if ((rv = ep_seal(ep, rec, 9 + len)) != 0)
+		return rv;
 	return ep_send_full(ep);
 }
 
@@ -392,20 +401,16 @@ static int ep_write_frame(struct tun_endpoint *ep, const uint8_t *hdr, struct ev
 	}
 	if (len <= SMALL_FRAME)
 		return ep_write_small(ep, hdr, src, &pos, len);
-	if (SSL_write(ep->ssl, hdr, 9) != 9) {
-		ep_set_err_ssl(ep, "TLS write");
-		return SR_ETLS;
-	}
+	if ((rv = ep_seal(ep, hdr, 9)) != 0)
+		return rv;
 	while (len > 0) {
 		n = evbuffer_peek(src, (ev_ssize_t)len, &pos, v, (int)SR_ARRAY_LEN(v));
 		if (n <= 0)
 			return SR_EINVAL;
 		for (int i = 0; i < n && i < (int)SR_ARRAY_LEN(v) && len > 0; i++) {
 			size_t k = v[i].iov_len < len ? v[i].iov_len : len;
-			if (SSL_write(ep->ssl, v[i].iov_base, (int)k) != (int)k) {
-				ep_set_err_ssl(ep, "TLS write");
-				return SR_ETLS;
-			}
+			if ((rv = ep_seal(ep, v[i].iov_base, k)) != 0)
+				return rv;
 			len -= k;
 			evbuffer_ptr_set(src, &pos, k, EVBUFFER_PTR_ADD);
 		}
