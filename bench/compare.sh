@@ -750,6 +750,12 @@ BUSY=$("${SRB[@]}" busy 2)
 LOAD_BEFORE=$(cat /proc/loadavg)
 T0=$(date +%s)
 log "mode $MODE, $REPS repetition(s), tools: $TOOLS; scenarios: $SCEN$([ "$LONG_LINK" = 1 ] && echo ', long link (one run)'); results: $OUT"
+# SPARKRELAY_* variables reach the relay and sidecar and override their
+# configuration (a trade-off under study, docs/operations.md); the report
+# lists them.
+if env | grep -q '^SPARKRELAY_'; then
+	log "sparkrelay runs with SPARKRELAY_* variables from the environment: $(env | grep -o '^SPARKRELAY_[A-Z0-9_]*' | sort | tr '\n' ' ')"
+fi
 for tool in $TOOLS; do
 	[ "$SCEN" = longlink ] && break
 	run_tool "$tool"

@@ -364,6 +364,28 @@ def netem_summary(res):
     return "; ".join(out) or None
 
 
+# Values of these are not written out: a results file is meant to be shared.
+SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD")
+
+
+def sr_settings(environ):
+    """The SPARKRELAY_* variables in force for the run. They override
+    sparkrelay's configuration (docs/configuration.md), so a result compares
+    only with runs under the same ones. Names that are not plain variable
+    names are dropped, secret values hidden, other values cut to 200
+    characters of printable ASCII (the rest becomes "?")."""
+    out = {}
+    for k in sorted(environ):
+        if not k.startswith("SPARKRELAY_") or not re.fullmatch(r"[A-Z0-9_]{1,100}", k):
+            continue
+        if any(w in k for w in SECRET_WORDS):
+            out[k] = "(set, not shown)"
+            continue
+        v = environ[k][:200]
+        out[k] = "".join(c if " " <= c <= "~" and c != "`" else "?" for c in v)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--res", required=True)
@@ -391,11 +413,13 @@ def main():
                              for i, r in enumerate(v) if r.get("_rc", 0) != 0)
                    for t in all_tools}
     tg = evaluate(med, judge)
+    settings = sr_settings(os.environ)
     netem = netem_summary(a.res)
 
     doc = {
         "date": a.date, "git": a.git, "mode": a.mode, "repetitions": a.reps, "seconds": a.seconds,
         "load_before": a.load_before, "load_after": a.load_after, "busy_before": a.busy,
+        "settings": settings,
         "machine": machine(a.tcp_cc), "medians": med, "min_max_n": spread, "targets": tg,
         "judged": judge, "crashes": crashes, "failed_runs": failed_runs,
         "long_link": {"link": a.long_link, "netem": netem} if netem else None,
@@ -415,6 +439,9 @@ def main():
             a.tcp_cc or "?", a.load_before,
             " (CPU idle %s%% over 2 s)" % busy[1] if len(busy) == 2 else "", a.load_after, a.git),
     ]
+    if settings:
+        lines += ["", "sparkrelay ran with these variables set, which override its "
+                  "configuration: " + ", ".join("`%s=%s`" % kv for kv in settings.items()) + "."]
     if not judge:
         lines += ["", "Quick run: smoke numbers from short loads, not a verdict on any target; "
                   "run the default mode for that."]
