@@ -242,13 +242,14 @@ static int h2_send_data_cb(nghttp2_session *h2, nghttp2_frame *frame, const uint
 
 /* Without this callback nghttp2 cuts every DATA frame at 16 KiB, whatever
  * SETTINGS_MAX_FRAME_SIZE says; h2.max_frame (64 KiB by default) is what
- * we want: a large frame's header is a TLS record of its own
- * (ep_write_frame), and with several busy streams the receiver writes one
- * frame per socket write. nghttp2 clamps the answer to both flow-control
+ * we want: fewer frames to make and parse, and with several busy streams
+ * the receiver writes one frame per socket write. nghttp2 clamps the answer to both flow-control
  * windows (a stream without credit never gets here). It also grows its
  * frame buffer to one frame and keeps it, hence the TC_SEND_FRAME_MAX cap
  * on what we send, whatever max_frame allows the peer to send us. */
 #define TC_SEND_FRAME_MAX (1u << 20)
+/* The largest TLS record's plaintext (RFC 8446 5.1). */
+#define TC_TLS_REC (16u * 1024u)
 
 static ssize_t h2_read_length_cb(nghttp2_session *h2, uint8_t type, int32_t id,
 				 int32_t conn_window, int32_t stream_window, uint32_t peer_max,
@@ -262,7 +263,15 @@ static ssize_t h2_read_length_cb(nghttp2_session *h2, uint8_t type, int32_t id,
 	(void)id;
 	(void)conn_window;
 	(void)stream_window;
-	return (ssize_t)(n < TC_SEND_FRAME_MAX ? n : TC_SEND_FRAME_MAX);
+	if (n > TC_SEND_FRAME_MAX)
+		n = TC_SEND_FRAME_MAX;
+	/* 9 bytes short of whole TLS records (16 KiB each): a full frame and
+	 * its header then seal into full records, with no 9-byte record left
+	 * at its end (tun_endpoint.c, ep_seal_frame). n is at least 16384,
+	 * HTTP/2's smallest SETTINGS_MAX_FRAME_SIZE. */
+	if (n >= TC_TLS_REC)
+		n = n / TC_TLS_REC * TC_TLS_REC - 9;
+	return (ssize_t)n;
 }
 
 static void flush_soon_cb(evutil_socket_t fd, short what, void *arg)
