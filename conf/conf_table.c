@@ -254,8 +254,8 @@ static const struct conf_entry conf_h2[] = {
 	"Largest HTTP/2 DATA frame payload sent and accepted, bytes. Larger frames cost "
 	"less CPU per byte; a heartbeat may wait behind one frame of bulk data. Frames "
 	"sent are at most 1 MiB whatever this says (each tunnel keeps a buffer of one), "
-	"and 9 bytes short of a multiple of 16 KiB, so that with their header they fill "
-	"whole TLS records: 65527 bytes for 65536."),
+	"and the largest sent is 9 bytes short of a multiple of 16 KiB, so that with its "
+	"header it fills whole TLS records: 65527 bytes for 65536."),
     U32(struct tun_conn_opts, "max_streams", max_streams, 1, 1000000, "100000",
 	"Concurrent streams (executor connections) on one tunnel."),
 };

@@ -243,10 +243,12 @@ static int h2_send_data_cb(nghttp2_session *h2, nghttp2_frame *frame, const uint
 /* Without this callback nghttp2 cuts every DATA frame at 16 KiB, whatever
  * SETTINGS_MAX_FRAME_SIZE says; h2.max_frame (64 KiB by default) is what
  * we want: fewer frames to make and parse, and with several busy streams
- * the receiver writes one frame per socket write. nghttp2 clamps the answer to both flow-control
- * windows (a stream without credit never gets here). It also grows its
- * frame buffer to one frame and keeps it, hence the TC_SEND_FRAME_MAX cap
- * on what we send, whatever max_frame allows the peer to send us. */
+ * the receiver writes one frame per socket write. nghttp2 clamps the answer
+ * to both flow-control windows (a stream without credit never gets here),
+ * so a frame cut by a window may end with a short TLS record. It also
+ * grows its frame buffer to one frame and keeps it, hence the
+ * TC_SEND_FRAME_MAX cap on what we send, whatever max_frame allows the
+ * peer to send us. */
 #define TC_SEND_FRAME_MAX (1u << 20)
 /* The largest TLS record's plaintext (RFC 8446 5.1). */
 #define TC_TLS_REC (16u * 1024u)

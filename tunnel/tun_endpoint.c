@@ -359,7 +359,7 @@ static int ep_seal(struct tun_endpoint *ep, const void *p, size_t n)
  * frame of at most TLS_REC - 9 bytes is one record (a heartbeat, an RPC);
  * one of the largest size the session asks for (tun_conn.c,
  * h2_read_length_cb) is 4 full records; one of 16 KiB is the header, then
- * the payload, uncopied, as a whole record. */
+ * the payload as a whole record (not copied when it is one piece). */
 static int ep_seal_frame(struct tun_endpoint *ep, const uint8_t *hdr, struct evbuffer *src,
 			 struct evbuffer_ptr *pos, size_t len)
 {
