@@ -1,5 +1,6 @@
 /* The HTTP/2 session of one tunnel. See tun_conn.h for the contract. */
 #include "tunnel/tun_internal.h"
+#include "tunnel/tun_records.h"
 #include "common/sr_err.h"
 #include "common/sr_log.h"
 #include "common/sr_text.h"
@@ -250,8 +251,6 @@ static int h2_send_data_cb(nghttp2_session *h2, nghttp2_frame *frame, const uint
  * TC_SEND_FRAME_MAX cap on what we send, whatever max_frame allows the
  * peer to send us. */
 #define TC_SEND_FRAME_MAX (1u << 20)
-/* The largest TLS record's plaintext (RFC 8446 5.1). */
-#define TC_TLS_REC (16u * 1024u)
 
 static ssize_t h2_read_length_cb(nghttp2_session *h2, uint8_t type, int32_t id,
 				 int32_t conn_window, int32_t stream_window, uint32_t peer_max,
@@ -269,10 +268,10 @@ static ssize_t h2_read_length_cb(nghttp2_session *h2, uint8_t type, int32_t id,
 		n = TC_SEND_FRAME_MAX;
 	/* 9 bytes short of whole TLS records (16 KiB each): a full frame and
 	 * its header then seal into full records, with no 9-byte record left
-	 * at its end (tun_endpoint.c, ep_seal_frame). n is at least 16384,
+	 * at its end (tun_records.h). n is at least 16384,
 	 * HTTP/2's smallest SETTINGS_MAX_FRAME_SIZE. */
-	if (n >= TC_TLS_REC)
-		n = n / TC_TLS_REC * TC_TLS_REC - 9;
+	if (n >= TUN_TLS_REC)
+		n = n / TUN_TLS_REC * TUN_TLS_REC - 9;
 	return (ssize_t)n;
 }
 

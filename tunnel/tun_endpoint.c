@@ -2,6 +2,7 @@
 #include "tunnel/tun_endpoint.h"
 #include "common/sr_err.h"
 #include "common/sr_util.h"
+#include "tunnel/tun_records.h"
 #include "tunnel/tun_tls.h"
 
 #include <errno.h>
@@ -19,7 +20,6 @@
 #define READ_BUDGET (512 * 1024)  /* per event, so one busy tunnel cannot starve the loop */
 #define CIPHER_HIGH (64 * 1024)   /* stop encrypting while this much waits for the socket */
 #define PLAIN_BLOCK (64 * 1024)   /* decrypted bytes handed to the parser at once */
-#define TLS_REC (16 * 1024)       /* the largest TLS record's plaintext (RFC 8446 5.1) */
 
 enum ep_state {
 	EP_CONNECTING, /* TCP connect in progress */
@@ -315,7 +315,7 @@ static int ep_encrypt(struct tun_endpoint *ep)
 
 /* The session's DATA frames: header and payload go to TLS (or the socket)
  * in as few records as the frame allows, each full but the last
- * (ep_seal_frame). The ciphertext waits in cout until CIPHER_HIGH or the end
+ * (tun_records.h). The ciphertext waits in cout until CIPHER_HIGH or the end
  * of the flush (ep_on_output): one sendmsg per 64 KiB instead of one per
  * frame, which cost more CPU than the copy into cout saves (3.5-3.7 against
  * 4.1-4.5 middle CPU s/GB, iperf3 through relay and sidecar, alternating
@@ -350,70 +350,9 @@ static int ep_seal(struct tun_endpoint *ep, const void *p, size_t n)
 	return 0;
 }
 
-/* A DATA frame into TLS records of TLS_REC bytes, but its last. Each record
- * costs a seal here and an open at the peer, whatever its size (a few
- * microseconds each in OpenSSL 3.0), so none is left short where bytes
- * follow: the 9-byte header, and input pieces shorter than a record (the
- * socket's reads end anywhere), are copied into a record with the bytes
- * after them; runs of whole records are sealed straight from the input. A
- * frame of at most TLS_REC - 9 bytes is one record (a heartbeat, an RPC);
- * one of the largest size the session asks for (tun_conn.c,
- * h2_read_length_cb) is 4 full records; one of 16 KiB is the header, then
- * the payload as a whole record (not copied when it is one piece). */
-static int ep_seal_frame(struct tun_endpoint *ep, const uint8_t *hdr, struct evbuffer *src,
-			 struct evbuffer_ptr *pos, size_t len)
+static int ep_seal_cb(void *arg, const void *p, size_t n)
 {
-	uint8_t rec[TLS_REC];
-	struct evbuffer_iovec v[8];
-	size_t staged = 0;
-	int rv;
-
-	/* A payload of whole records (but at most 9 bytes) takes no more
-	 * records with its header on its own, and needs no copy then. */
-	if (len > 0 && (len % TLS_REC == 0 || len % TLS_REC > TLS_REC - 9)) {
-		if ((rv = ep_seal(ep, hdr, 9)) != 0)
-			return rv;
-	} else {
-		memcpy(rec, hdr, 9);
-		staged = 9;
-	}
-	while (len > 0) {
-		int n = evbuffer_peek(src, (ev_ssize_t)len, pos, v, (int)SR_ARRAY_LEN(v));
-
-		if (n <= 0)
-			return SR_EINVAL;
-		for (int i = 0; i < n && i < (int)SR_ARRAY_LEN(v) && len > 0; i++) {
-			const uint8_t *p = v[i].iov_base;
-			size_t k = v[i].iov_len < len ? v[i].iov_len : len;
-
-			evbuffer_ptr_set(src, pos, k, EVBUFFER_PTR_ADD);
-			len -= k;
-			while (k > 0) {
-				size_t t;
-
-				if (staged == 0 && (k >= TLS_REC || len == 0)) {
-					/* Whole records, or the frame's last bytes. */
-					t = k >= TLS_REC ? k - k % TLS_REC : k;
-					if ((rv = ep_seal(ep, p, t)) != 0)
-						return rv;
-				} else {
-					t = TLS_REC - staged < k ? TLS_REC - staged : k;
-					memcpy(rec + staged, p, t);
-					staged += t;
-					if (staged == TLS_REC || (len == 0 && t == k)) {
-						if ((rv = ep_seal(ep, rec, staged)) != 0)
-							return rv;
-						staged = 0;
-					}
-				}
-				p += t;
-				k -= t;
-			}
-		}
-	}
-	if (staged > 0 && (rv = ep_seal(ep, rec, staged)) != 0)
-		return rv; /* an empty frame: its header alone */
-	return 0;
+	return ep_seal(arg, p, n);
 }
 
 static int ep_write_frame(struct tun_endpoint *ep, const uint8_t *hdr, struct evbuffer *src,
@@ -448,7 +387,7 @@ static int ep_write_frame(struct tun_endpoint *ep, const uint8_t *hdr, struct ev
 		}
 		return ep_send_full(ep);
 	}
-	if ((rv = ep_seal_frame(ep, hdr, src, &pos, len)) != 0)
+	if ((rv = tun_seal_frame(hdr, src, &pos, len, ep_seal_cb, ep)) != 0)
 		return rv;
 	return ep_send_full(ep);
 }
