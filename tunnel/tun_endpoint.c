@@ -340,9 +340,14 @@ static int ep_on_data(struct tun_conn *c, const uint8_t *hdr, struct evbuffer *s
 	return SR_EBUSY;
 }
 
-/* n bytes into TLS, all of them (records of up to 16 KiB each). */
-static int ep_seal(struct tun_endpoint *ep, const void *p, size_t n)
+/* tun_seal_frame's output, n bytes at a time: into TLS, all of them
+ * (records of up to 16 KiB each), or as they are on a plain transport. */
+static int ep_seal(void *arg, const void *p, size_t n)
 {
+	struct tun_endpoint *ep = arg;
+
+	if (!ep->ssl)
+		return evbuffer_add(ep->cout, p, n) == 0 ? 0 : SR_ENOMEM;
 	if (SSL_write(ep->ssl, p, (int)n) != (int)n) {
 		ep_set_err_ssl(ep, "TLS write");
 		return SR_ETLS;
@@ -350,17 +355,11 @@ static int ep_seal(struct tun_endpoint *ep, const void *p, size_t n)
 	return 0;
 }
 
-static int ep_seal_cb(void *arg, const void *p, size_t n)
-{
-	return ep_seal(arg, p, n);
-}
-
 static int ep_write_frame(struct tun_endpoint *ep, const uint8_t *hdr, struct evbuffer *src,
 			  size_t off, size_t len)
 {
-	struct evbuffer_iovec v[8];
 	struct evbuffer_ptr pos;
-	int n, rv;
+	int rv;
 
 	if (evbuffer_get_length(ep->cout) >= CIPHER_HIGH) {
 		if ((rv = ep_send(ep)) != 0)
@@ -370,24 +369,7 @@ static int ep_write_frame(struct tun_endpoint *ep, const uint8_t *hdr, struct ev
 	}
 	if (evbuffer_ptr_set(src, &pos, off, EVBUFFER_PTR_SET) != 0)
 		return SR_EINVAL;
-	if (!ep->ssl) {
-		if (evbuffer_add(ep->cout, hdr, 9) != 0)
-			return SR_ENOMEM;
-		while (len > 0) {
-			n = evbuffer_peek(src, (ev_ssize_t)len, &pos, v, (int)SR_ARRAY_LEN(v));
-			if (n <= 0)
-				return SR_EINVAL;
-			for (int i = 0; i < n && i < (int)SR_ARRAY_LEN(v) && len > 0; i++) {
-				size_t k = v[i].iov_len < len ? v[i].iov_len : len;
-				if (evbuffer_add(ep->cout, v[i].iov_base, k) != 0)
-					return SR_ENOMEM;
-				len -= k;
-				evbuffer_ptr_set(src, &pos, k, EVBUFFER_PTR_ADD);
-			}
-		}
-		return ep_send_full(ep);
-	}
-	if ((rv = tun_seal_frame(hdr, src, &pos, len, ep_seal_cb, ep)) != 0)
+	if ((rv = tun_seal_frame(hdr, src, &pos, len, ep_seal, ep)) != 0)
 		return rv;
 	return ep_send_full(ep);
 }
