@@ -14,8 +14,10 @@
 #                         [--long-link] [--big-idle N] [--out DIR] [--keep]
 #   --quick      one repetition, short loads: a smoke run (just the numbers,
 #                no PASS/MISS: too short to judge a target)
-#   default      3 repetitions (medians), the targets table with PASS/MISS,
+#   default      3 rounds (each tool once per round, in turn; medians), the
+#                targets table with PASS/MISS and the ratios per round,
 #                about 20 minutes on 2 cores, plus a first build
+#   --reps N     rounds (default 3)
 #   --only       run only these scenarios (idle10k: sparkrelay only)
 #   --long-link  also the emulated 25 ms / 1 % loss link (bench/netem/, root)
 #   --big-idle N connections of the idle10k run (default 10000; quick: skipped)
@@ -577,59 +579,67 @@ redis_run() { # redis_run NAME
 	sleep 0.3
 }
 
-run_tool() {
-	local rep
+# One round of one tool: brought up, every scenario once, stopped. Round N
+# of every tool runs before round N+1 of any (main loop below), so the runs
+# that report.py pairs per round are minutes apart, and a change of load on a
+# shared machine shifts both sides of a ratio instead of one tool's median.
+run_tool() { # run_tool TOOL REP
+	local rep=$2
 	TOOL=$1
 	BACKEND=none
-	log "$TOOL: starting"
+	log "$TOOL: round $rep/$REPS"
 	if ! bring_up; then
-		log "$TOOL: set-up failed, skipped"
+		log "$TOOL: set-up failed, round $rep skipped"
 		stop_tool
 		return 0
 	fi
-	for ((rep = 1; rep <= REPS; rep++)); do
-		log "$TOOL: repetition $rep/$REPS"
-		if want rpc; then
-			sbench "rpc64.$rep" rpc --connect @F1 --conns 1 --size 64 --seconds "$RPC_S" @PIDS
-			sbench "rpc16k.$rep" rpc --connect @F1 --conns 8 --size 16K --seconds "$RPC_S" @PIDS
-		fi
-		if want connect; then
-			sbench "connect1.$rep" connect --connect @F1 --concurrency 1 --seconds "$CONN_S" @PIDS
-			sbench "connect8.$rep" connect --connect @F1 --concurrency 8 --seconds "$CONN_S" @PIDS
-		fi
-		if want fairness; then
-			sbench "fairness.$rep" fairness --connect @F1 --bulk 1 --hb-ms 10 --seconds "$FAIR_S"
-		fi
-		if want spark; then
-			sbench "spark.$rep" spark --connect @F1 --connect2 @F2 --executors "$SPARK_E" \
-				--batch "$SPARK_B" --bm-mib "$SPARK_MIB" --hb-ms 10000 --time-scale 0.02 --hold 1
-			# Task results in the executor's RPC connection (maxDirectResultSize
-			# raised): 64 MiB each while 20 other executors heartbeat.
-			sbench "spark_result.$rep" spark --connect @F1 --connect2 @F2 \
-				--executors 20 --batch 20 --bm-mib 1 --hb-ms 10000 --time-scale 0.005 \
-				--result-mib 64 --results 3 --hold 0.3
-		fi
-		if want iperf; then
-			iperf_run "iperf1_up.$rep" 1 up
-			iperf_run "iperf1_down.$rep" 1 down
-			iperf_run "iperf8_up.$rep" 8 up
-			iperf_run "iperf8_down.$rep" 8 down
-		fi
-		if want redis; then
-			redis_run "redis.$rep"
-		fi
-		if want idle && [ "$TOOL" != socat ] && [ "$TOOL" != direct ]; then
-			# socat forks a process per connection: its summed RSS would count
-			# shared pages thousands of times, so it has no idle figure. A fresh
-			# instance: heap kept from the bulk runs would hide what idle
-			# connections take.
-			BACKEND=bench
-			if restart_tool; then
-				sbench "idle.$rep" idle --connect @F1 --conns "$IDLE_N" --concurrency 64 --hold 1 @PIDS
+	if want rpc; then
+		sbench "rpc64.$rep" rpc --connect @F1 --conns 1 --size 64 --seconds "$RPC_S" @PIDS
+		sbench "rpc16k.$rep" rpc --connect @F1 --conns 8 --size 16K --seconds "$RPC_S" @PIDS
+	fi
+	if want connect; then
+		sbench "connect1.$rep" connect --connect @F1 --concurrency 1 --seconds "$CONN_S" @PIDS
+		sbench "connect8.$rep" connect --connect @F1 --concurrency 8 --seconds "$CONN_S" @PIDS
+	fi
+	if want fairness; then
+		sbench "fairness.$rep" fairness --connect @F1 --bulk 1 --hb-ms 10 --seconds "$FAIR_S"
+	fi
+	if want spark; then
+		sbench "spark.$rep" spark --connect @F1 --connect2 @F2 --executors "$SPARK_E" \
+			--batch "$SPARK_B" --bm-mib "$SPARK_MIB" --hb-ms 10000 --time-scale 0.02 --hold 1
+		# Task results in the executor's RPC connection (maxDirectResultSize
+		# raised): 64 MiB each while 20 other executors heartbeat.
+		sbench "spark_result.$rep" spark --connect @F1 --connect2 @F2 \
+			--executors 20 --batch 20 --bm-mib 1 --hb-ms 10000 --time-scale 0.005 \
+			--result-mib 64 --results 3 --hold 0.3
+	fi
+	if want iperf; then
+		iperf_run "iperf1_up.$rep" 1 up
+		iperf_run "iperf1_down.$rep" 1 down
+		iperf_run "iperf8_up.$rep" 8 up
+		iperf_run "iperf8_down.$rep" 8 down
+	fi
+	if want redis; then
+		redis_run "redis.$rep"
+	fi
+	if want idle && [ "$TOOL" != socat ] && [ "$TOOL" != direct ]; then
+		# socat forks a process per connection: its summed RSS would count
+		# shared pages thousands of times, so it has no idle figure. A fresh
+		# instance: heap kept from the bulk runs would hide what idle
+		# connections take.
+		BACKEND=bench
+		if restart_tool; then
+			sbench "idle.$rep" idle --connect @F1 --conns "$IDLE_N" --concurrency 64 --hold 1 @PIDS
+			# The round trip again, now that those connections came and
+			# went: a notebook's tunnel outlives many executors. ssh -R's
+			# cost per message grew here (docs/benchmarks.md); the judged
+			# round trip is the one on a fresh instance above.
+			if want rpc; then
+				sbench "rpc64i.$rep" rpc --connect @F1 --conns 1 --size 64 --seconds "$RPC_S" @PIDS
 			fi
 		fi
-	done
-	if [ "$TOOL" = sparkrelay ] && want idle10k; then
+	fi
+	if [ "$rep" = "$REPS" ] && [ "$TOOL" = sparkrelay ] && want idle10k; then
 		# One lease holds at most relay.max_lease_connections (8192 by
 		# default): the one setting a user with this many executor
 		# connections to one driver changes, through its environment override.
@@ -756,9 +766,11 @@ log "mode $MODE, $REPS repetition(s), tools: $TOOLS; scenarios: $SCEN$([ "$LONG_
 if env | grep -q '^SPARKRELAY_'; then
 	log "sparkrelay runs with SPARKRELAY_* variables from the environment: $(env | grep -o '^SPARKRELAY_[A-Z0-9_]*' | sort | tr '\n' ' ')"
 fi
-for tool in $TOOLS; do
+for ((round = 1; round <= REPS; round++)); do
 	[ "$SCEN" = longlink ] && break
-	run_tool "$tool"
+	for tool in $TOOLS; do
+		run_tool "$tool" "$round"
+	done
 done
 if [ "$LONG_LINK" = 1 ]; then
 	run_longlink

@@ -44,6 +44,12 @@ FIGURES = [
     ("rtt64_added_p50", "64 B round trip p50 added over direct, us", None, None, 0),
     ("rtt64_p99", "64 B round trip p99, us", "rpc64", ["rtt_us", "p99"], 0),
     ("rpc64_cpu_us", "middle CPU per 64 B round trip, us", "rpc64", ["cpu_us_per_rtt"], 1),
+    # The same on the instance of the idle run, after its connections came
+    # and went (docs/benchmarks.md: ssh -R is slower then).
+    ("rtt64i_p50", "64 B round trip p50 after the idle run's connections, us", "rpc64i",
+     ["rtt_us", "p50"], 0),
+    ("rpc64i_cpu_us", "middle CPU per 64 B round trip after the idle run's connections, us",
+     "rpc64i", ["cpu_us_per_rtt"], 1),
     ("rtt16k_p50", "16 KiB round trip p50 (8 conns), us", "rpc16k", ["rtt_us", "p50"], 0),
     ("rtt16k_p99", "16 KiB round trip p99 (8 conns), us", "rpc16k", ["rtt_us", "p99"], 0),
     ("conn1_rate", "new connections/s, one at a time", "connect1", ["rate"], 0),
@@ -138,7 +144,7 @@ def load_runs(res):
         parts = os.path.basename(f)[:-5].split(".")
         if len(parts) != 3:
             continue
-        tool, name, _rep = parts
+        tool, name, rep = parts
         try:
             with open(f) as fh:
                 doc = json.load(fh)
@@ -150,6 +156,7 @@ def load_runs(res):
                 res_doc["_rc"] = int(fh.read().strip() or 0)
         except (OSError, ValueError):
             res_doc["_rc"] = 0
+        res_doc["_rep"] = int(rep) if rep.isdigit() else 0
         runs.setdefault((tool, name), []).append(res_doc)
     # A run that failed before writing results still counts as failed.
     for f in sorted(glob.glob(os.path.join(res, "*.rc"))):
@@ -185,6 +192,23 @@ def figure_values(runs, tool, name, path):
         if isinstance(v, (int, float)):
             vals.append(float(v))
     return vals
+
+
+def round_values(runs, tool, key):
+    """A figure per round (compare.sh runs round N of every tool before round
+    N+1): {round: value}, failed runs left out."""
+    if key == "rtt64_added_p50":
+        mine, direct = round_values(runs, tool, "rtt64_p50"), round_values(runs, "direct", "rtt64_p50")
+        return {r: v - direct[r] for r, v in mine.items() if r in direct}
+    _key, _label, name, path, _dec = FIG[key]
+    out = {}
+    for r in runs.get((tool, name), []):
+        if r.get("_rc", 0) != 0 or not r.get("_rep"):
+            continue
+        v = dig(r, path)
+        if isinstance(v, (int, float)):
+            out[r["_rep"]] = float(v) / (1000.0 if key in MS_FIGURES else 1.0)
+    return out
 
 
 def medians(runs, tools):
@@ -247,24 +271,48 @@ def subject_tool(key):
     return "llsparkrelay" if key.startswith("ll_") else "sparkrelay"
 
 
-def evaluate(med, judge):
+def passes(value, op, thr):
+    return value >= thr if op == ">=" else value <= thr
+
+
+def evaluate(med, judge, runs=None):
     """Every target as a dict; "ok" is None when a figure is missing or the run
-    is not one to judge (quick)."""
+    is not one to judge (quick). The verdict is on the medians; "rounds" holds
+    the same ratio (or figure) per round, sparkrelay's run against the other
+    tool's of the same round, to show whether the verdict held in each."""
     out = []
     for key, anchor, op, thr in TARGETS:
         subj = med.get(subject_tool(key), {}).get(key)
+        rounds = {}
         if anchor is None:
             value, against = subj, None
+            if runs is not None and not key.startswith("ll_"):
+                rounds = round_values(runs, subject_tool(key), key)
         else:
             tool, _, fig = anchor.partition(":")
             against = tool
             value = ratio(subj, med.get(tool, {}).get(fig or key))
+            if runs is not None and not fig:
+                mine, theirs = round_values(runs, "sparkrelay", key), round_values(runs, tool, key)
+                rounds = {r: ratio(v, theirs[r]) for r, v in mine.items() if r in theirs}
+                rounds = {r: v for r, v in rounds.items() if v is not None}
         ok = None
         if judge and value is not None:
-            ok = value >= thr if op == ">=" else value <= thr
+            ok = passes(value, op, thr)
         out.append({"figure": key, "label": FIG[key][1], "anchor": anchor, "against": against,
-                    "op": op, "threshold": thr, "value": value, "ok": ok})
+                    "op": op, "threshold": thr, "value": value, "ok": ok,
+                    "rounds": [rounds[r] for r in sorted(rounds)],
+                    "rounds_ok": sum(1 for v in rounds.values() if passes(v, op, thr))})
     return out
+
+
+def rounds_text(t):
+    """'0.91x 1.14x 1.20x (2 of 3)'; '-' with fewer than two rounds."""
+    if len(t["rounds"]) < 2:
+        return "-"
+    show = fmt_x if t["anchor"] else (lambda v: fmt(v, 2))
+    return "%s (%d of %d)" % (" ".join(show(v) for v in t["rounds"]), t["rounds_ok"],
+                              len(t["rounds"]))
 
 
 def fmt(v, dec):
@@ -306,6 +354,8 @@ def figure_tables(med, tools, tg, judge):
             keys.append(t["figure"])
     for k in ("redis_get_rps", "redis_set_rps", "redis_cpu_us"):
         keys.insert(keys.index("rtt64_added_p50"), k)
+    for k in ("rpc64i_cpu_us", "rtt64i_p50"):
+        keys.insert(keys.index("rpc64_cpu_us") + 1, k)
     lines = []
     for key in keys:
         dec = FIG[key][4]
@@ -412,7 +462,7 @@ def main():
     failed_runs = {t: sorted("%s.%s" % (k[1], i + 1) for k, v in runs.items() if k[0] == t
                              for i, r in enumerate(v) if r.get("_rc", 0) != 0)
                    for t in all_tools}
-    tg = evaluate(med, judge)
+    tg = evaluate(med, judge, runs)
     settings = sr_settings(os.environ)
     netem = netem_summary(a.res)
 
@@ -482,13 +532,19 @@ def main():
         lines += ["", "## Targets", "", "%d of %d judged targets met (%d without a figure in "
                   "this run)." % (met, judged, len(tg) - judged) +
                   (" Long-link rows: one run each." if ll_shown else ""), "",
-                  "| figure | against | measured | target | verdict |", "|---|---|---|---|---|"]
+                  "\"measured\" is sparkrelay's median over the other tool's median; \"per "
+                  "round\" is the same ratio within each round (the tools take turns, round by "
+                  "round), and in how many rounds it met the target: a verdict that holds in "
+                  "one round out of three is not settled.", "",
+                  "| figure | against | measured | target | verdict | per round |",
+                  "|---|---|---|---|---|---|"]
         for t in tg:
             shown_v = (fmt_x(t["value"]) if t["anchor"] else fmt(t["value"], 2))
-            lines.append("| %s | %s | %s | %s | %s |" % (
+            lines.append("| %s | %s | %s | %s | %s | %s |" % (
                 t["label"], against_text(t),
                 shown_v, target_text(t),
-                "n/a" if t["ok"] is None else ("PASS" if t["ok"] else "**MISS**")))
+                "n/a" if t["ok"] is None else ("PASS" if t["ok"] else "**MISS**"),
+                rounds_text(t)))
     lines += ["", "Middle CPU: utime+stime of the tool's own processes and their children "
               "(sparkrelay: relay + sidecar; ssh -R: sshd + ssh; stunnel: both; HAProxy; socat "
               "and its forks) from /proc before and after each run. Memory: their VmRSS before "
