@@ -51,7 +51,11 @@ while [ $# -gt 0 ]; do
 	esac
 	shift
 done
-case "$REPS" in '' | *[!0-9]* | 0) echo "compare.sh: --reps takes a positive integer" >&2; exit 2 ;; esac
+case "$REPS" in '' | *[!0-9]*) REPS=0 ;; *) REPS=$((10#$REPS)) ;; esac
+if [ "$REPS" -lt 1 ]; then
+	echo "compare.sh: --reps takes a positive integer" >&2
+	exit 2
+fi
 if [ -n "$ONLY" ]; then
 	for s in $ONLY; do
 		case " $ALL_SCEN longlink " in *" $s "*) ;; *) echo "compare.sh: unknown scenario $s" >&2; exit 2 ;; esac
@@ -579,6 +583,20 @@ redis_run() { # redis_run NAME
 	sleep 0.3
 }
 
+# Whether TOOL has a scenario of a round to run (idle10k runs after the
+# rounds; direct and socat have no idle figure).
+round_work() { # round_work TOOL
+	local s
+	for s in $SCEN; do
+		case "$s" in
+		idle10k | longlink) ;;
+		idle) [ "$1" != direct ] && [ "$1" != socat ] && return 0 ;;
+		*) return 0 ;;
+		esac
+	done
+	return 1
+}
+
 # One round of one tool: brought up, every scenario once, stopped. Round N
 # of every tool runs before round N+1 of any (main loop below), so the runs
 # that report.py pairs per round are minutes apart, and a change of load on a
@@ -587,9 +605,11 @@ run_tool() { # run_tool TOOL REP
 	local rep=$2
 	TOOL=$1
 	BACKEND=none
+	round_work "$TOOL" || return 0
 	log "$TOOL: round $rep/$REPS"
 	if ! bring_up; then
 		log "$TOOL: set-up failed, round $rep skipped"
+		record_rc "setup.$rep" 95 # a trace in the report's failed runs
 		stop_tool
 		return 0
 	fi
@@ -630,32 +650,46 @@ run_tool() { # run_tool TOOL REP
 		BACKEND=bench
 		if restart_tool; then
 			sbench "idle.$rep" idle --connect @F1 --conns "$IDLE_N" --concurrency 64 --hold 1 @PIDS
-			# The round trip again, now that those connections came and
-			# went: a notebook's tunnel outlives many executors. ssh -R's
-			# cost per message grew here (docs/benchmarks.md); the judged
-			# round trip is the one on a fresh instance above.
+			# The round trip again on the instance those connections
+			# passed through. ssh -R's cost per message was higher there
+			# (docs/benchmarks.md); the judged round trip is the one on a
+			# fresh instance above.
 			if want rpc; then
 				sbench "rpc64i.$rep" rpc --connect @F1 --conns 1 --size 64 --seconds "$RPC_S" @PIDS
 			fi
+		else
+			record_rc "idle.$rep" 95
 		fi
 	fi
-	if [ "$rep" = "$REPS" ] && [ "$TOOL" = sparkrelay ] && want idle10k; then
-		# One lease holds at most relay.max_lease_connections (8192 by
-		# default): the one setting a user with this many executor
-		# connections to one driver changes, through its environment override.
-		log "$TOOL: $BIG_IDLE concurrent executor connections on one relay (one lease;" \
-			"SPARKRELAY_RELAY_MAX_LEASE_CONNECTIONS=$BIG_IDLE)"
-		BACKEND=bench
-		export SPARKRELAY_RELAY_MAX_LEASE_CONNECTIONS=$BIG_IDLE
-		if restart_tool; then
-			sbench "idle10k.1" idle --connect @F1 --conns "$BIG_IDLE" --concurrency 128 --hold 2 @PIDS
-		fi
-		unset SPARKRELAY_RELAY_MAX_LEASE_CONNECTIONS
-	fi
+	end_tool "end.$rep"
+}
+
+end_tool() { # end_tool NAME: a tunnel that died in the last run is counted, its logs kept
 	if ! tool_alive; then
-		echo "end" >>"$RES/$TOOL.crashes"
+		echo "$1" >>"$RES/$TOOL.crashes"
+		mkdir -p "$TMP/crash-$TOOL-$1"
+		cp "$TMP"/*.log "$TMP/crash-$TOOL-$1"/ 2>/dev/null || true
 	fi
 	stop_tool
+}
+
+# sparkrelay alone, once, after the rounds: 10,000 idle executor connections.
+run_idle10k() {
+	TOOL=sparkrelay
+	BACKEND=bench
+	# One lease holds at most relay.max_lease_connections (8192 by default):
+	# the one setting a user with this many executor connections to one
+	# driver changes, through its environment override.
+	log "$TOOL: $BIG_IDLE concurrent executor connections on one relay (one lease;" \
+		"SPARKRELAY_RELAY_MAX_LEASE_CONNECTIONS=$BIG_IDLE)"
+	export SPARKRELAY_RELAY_MAX_LEASE_CONNECTIONS=$BIG_IDLE
+	if bring_up; then
+		sbench "idle10k.1" idle --connect @F1 --conns "$BIG_IDLE" --concurrency 128 --hold 2 @PIDS
+	else
+		record_rc "idle10k.1" 95
+	fi
+	unset SPARKRELAY_RELAY_MAX_LEASE_CONNECTIONS
+	end_tool "end.idle10k"
 }
 
 # ------------------------------------------------------------------ long link
@@ -767,11 +801,17 @@ if env | grep -q '^SPARKRELAY_'; then
 	log "sparkrelay runs with SPARKRELAY_* variables from the environment: $(env | grep -o '^SPARKRELAY_[A-Z0-9_]*' | sort | tr '\n' ' ')"
 fi
 for ((round = 1; round <= REPS; round++)); do
-	[ "$SCEN" = longlink ] && break
 	for tool in $TOOLS; do
 		run_tool "$tool" "$round"
 	done
 done
+if want idle10k; then
+	if uses sparkrelay; then
+		run_idle10k
+	else
+		log "idle10k measures sparkrelay only, which --tools leaves out: skipped"
+	fi
+fi
 if [ "$LONG_LINK" = 1 ]; then
 	run_longlink
 fi

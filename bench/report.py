@@ -168,7 +168,8 @@ def load_runs(res):
                 rc = int(fh.read().strip() or 0)
         except (OSError, ValueError):
             continue
-        runs.setdefault((parts[0], parts[1]), []).append({"_rc": rc or 1})
+        runs.setdefault((parts[0], parts[1]), []).append(
+            {"_rc": rc or 1, "_rep": int(parts[2]) if parts[2].isdigit() else 0})
     return runs
 
 
@@ -262,7 +263,9 @@ def machine(tcp_cc):
 
 
 def ratio(a, b):
-    if a is None or b is None or b == 0:
+    """a over b; None without both, or when b is not positive (an added
+    time of zero or less over direct TCP has no meaningful ratio)."""
+    if a is None or b is None or b <= 0:
         return None
     return a / b
 
@@ -272,6 +275,9 @@ def subject_tool(key):
 
 
 def passes(value, op, thr):
+    """At the precision shown (two decimals): a ratio printed as 1.10x meets
+    a target of >= 1.10x."""
+    value = round(value, 2)
     return value >= thr if op == ">=" else value <= thr
 
 
@@ -284,35 +290,42 @@ def evaluate(med, judge, runs=None):
     for key, anchor, op, thr in TARGETS:
         subj = med.get(subject_tool(key), {}).get(key)
         rounds = {}
+        # The long link runs once: no rounds.
+        per_round = runs is not None and not key.startswith("ll_")
         if anchor is None:
             value, against = subj, None
-            if runs is not None and not key.startswith("ll_"):
+            if per_round:
                 rounds = round_values(runs, subject_tool(key), key)
         else:
             tool, _, fig = anchor.partition(":")
             against = tool
             value = ratio(subj, med.get(tool, {}).get(fig or key))
-            if runs is not None and not fig:
+            if per_round and not fig:
                 mine, theirs = round_values(runs, "sparkrelay", key), round_values(runs, tool, key)
-                rounds = {r: ratio(v, theirs[r]) for r, v in mine.items() if r in theirs}
-                rounds = {r: v for r, v in rounds.items() if v is not None}
+                rounds = {r: None for r in set(mine) | set(theirs)}
+                rounds.update({r: ratio(v, theirs[r]) for r, v in mine.items() if r in theirs})
         ok = None
         if judge and value is not None:
             ok = passes(value, op, thr)
         out.append({"figure": key, "label": FIG[key][1], "anchor": anchor, "against": against,
                     "op": op, "threshold": thr, "value": value, "ok": ok,
-                    "rounds": [rounds[r] for r in sorted(rounds)],
-                    "rounds_ok": sum(1 for v in rounds.values() if passes(v, op, thr))})
+                    # [round, value or None when a side has no figure then]
+                    "rounds": [[r, rounds[r]] for r in sorted(rounds)],
+                    "rounds_ok": sum(1 for v in rounds.values()
+                                     if v is not None and passes(v, op, thr))})
     return out
 
 
 def rounds_text(t):
-    """'0.91x 1.14x 1.20x (2 of 3)'; '-' with fewer than two rounds."""
+    """'0.91x 1.14x - (1 of 2)': the value of each round ('-' where a side has no
+    figure), and in how many of the rounds with one it met the target; '-' with
+    fewer than two rounds."""
     if len(t["rounds"]) < 2:
         return "-"
     show = fmt_x if t["anchor"] else (lambda v: fmt(v, 2))
-    return "%s (%d of %d)" % (" ".join(show(v) for v in t["rounds"]), t["rounds_ok"],
-                              len(t["rounds"]))
+    have = [v for _r, v in t["rounds"] if v is not None]
+    return "%s (%d of %d)" % (" ".join("-" if v is None else show(v) for _r, v in t["rounds"]),
+                              t["rounds_ok"], len(have))
 
 
 def fmt(v, dec):
@@ -459,8 +472,8 @@ def main():
     all_tools = tools + [t for t in LL_TOOLS if any(k[0] == t for k in runs)]
     med, spread = medians(runs, all_tools)
     crashes = {t: load_crashes(a.res, t) for t in tools}
-    failed_runs = {t: sorted("%s.%s" % (k[1], i + 1) for k, v in runs.items() if k[0] == t
-                             for i, r in enumerate(v) if r.get("_rc", 0) != 0)
+    failed_runs = {t: sorted("%s.%s" % (k[1], r.get("_rep", 0)) for k, v in runs.items()
+                             if k[0] == t for r in v if r.get("_rc", 0) != 0)
                    for t in all_tools}
     tg = evaluate(med, judge, runs)
     settings = sr_settings(os.environ)

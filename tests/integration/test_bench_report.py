@@ -3,7 +3,8 @@
 - a target is judged on the medians, and also per round: sparkrelay's run of
   round N against the other tool's run of round N, with how many rounds met it;
 - the added round trip is taken over direct TCP's run of the same round;
-- a failed run gives no figure in its round;
+- a failed run gives no figure in its round, and a round one side lacks is
+  shown as such, not paired with another round;
 - a quick run (one round) judges nothing and shows no per-round ratios.
 
 Result files are written here as compare.sh writes them (TOOL.SCENARIO.ROUND
@@ -38,7 +39,12 @@ def report(res, out, mode="default", reps=3):
         raise AssertionError("report.py failed: %s" % p.stderr)
     with open(os.path.join(out, "T.json")) as fh:
         doc = json.load(fh)
+    report.doc = doc
     return {t["figure"] + ":" + str(t["anchor"]): t for t in doc["targets"]}, p.stdout
+
+
+def values(t):
+    return [v if v is None else round(v, 3) for _r, v in t["rounds"]]
 
 
 def target_row(md, label, against):
@@ -68,8 +74,8 @@ class ReportRoundsTest(unittest.TestCase):
         t = tg["iperf1_down_gbit:ssh"]
         self.assertTrue(t["ok"])
         self.assertAlmostEqual(t["value"], 3.4 / 3.0)
-        self.assertEqual(len(t["rounds"]), 3)
-        self.assertAlmostEqual(t["rounds"][1], 3.0 / 3.3)
+        self.assertEqual([r for r, _v in t["rounds"]], [1, 2, 3])
+        self.assertAlmostEqual(t["rounds"][1][1], 3.0 / 3.3)
         self.assertEqual(t["rounds_ok"], 2)
         row = target_row(md, "iperf3 1 conn down, Gbit/s", "ssh -R (aes128-gcm)")
         self.assertIn("| PASS | 1.17x 0.91x 1.17x (2 of 3) |", row)
@@ -82,7 +88,7 @@ class ReportRoundsTest(unittest.TestCase):
             write_run(self.res, "ssh", "rpc64", rnd, {"rtt_us": {"p50": ssh}})
         tg, _md = report(self.res, self.out)
         t = tg["rtt64_added_p50:ssh"]
-        self.assertEqual([round(v, 3) for v in t["rounds"]], [0.5, 1.0, 1.0])
+        self.assertEqual(values(t), [0.5, 1.0, 1.0])
         self.assertEqual(t["rounds_ok"], 1)
 
     def test_failed_run_has_no_round_figure(self):
@@ -91,10 +97,41 @@ class ReportRoundsTest(unittest.TestCase):
                       None if rnd == 2 else {"hb_rtt_us": {"p99": 1500 * rnd}}, rc=1 if rnd == 2 else 0)
         tg, md = report(self.res, self.out)
         t = tg["hb_p99_ms:None"]
-        self.assertEqual(t["rounds"], [1.5, 4.5])
+        self.assertEqual(t["rounds"], [[1, 1.5], [3, 4.5]])
         self.assertEqual(t["rounds_ok"], 1)
         self.assertIn("| 1.50 4.50 (1 of 2) |",
                       target_row(md, "heartbeat p99 beside bulk (same tunnel), ms", "absolute"))
+
+    def test_round_missing_on_one_side_is_not_paired_with_another(self):
+        # ssh's round 1 failed before writing results; a failed sparkrelay
+        # run that still wrote a figure (round 3) counts for nothing either.
+        write_run(self.res, "ssh", "iperf1_up", 1, None, rc=1)
+        for rnd, mine, ssh in ((2, 3.0, 2.0), (3, 9.0, 3.0), (4, 2.0, 4.0)):
+            write_run(self.res, "ssh", "iperf1_up", rnd, {"gbit_s": ssh})
+            write_run(self.res, "sparkrelay", "iperf1_up", rnd, {"gbit_s": mine},
+                      rc=1 if rnd == 3 else 0)
+        write_run(self.res, "sparkrelay", "iperf1_up", 1, {"gbit_s": 5.0})
+        tg, md = report(self.res, self.out, reps=4)
+        t = tg["iperf1_up_gbit:ssh"]
+        self.assertEqual(values(t), [None, 1.5, None, 0.5])
+        self.assertEqual(t["rounds_ok"], 1)
+        self.assertIn("| - 1.50x - 0.50x (1 of 2) |",
+                      target_row(md, "iperf3 1 conn up, Gbit/s", "ssh -R (aes128-gcm)"))
+        self.assertEqual(report.doc["failed_runs"]["ssh"], ["iperf1_up.1"])
+        self.assertEqual(report.doc["failed_runs"]["sparkrelay"], ["iperf1_up.3"])
+
+    def test_rounds_in_numeric_order_and_shown_precision(self):
+        # Eleven rounds ("10" sorts before "2" as text); 3.3 / 3.0 is shown
+        # as 1.10x and so meets >= 1.10x.
+        for rnd in range(1, 12):
+            write_run(self.res, "sparkrelay", "iperf8_down", rnd, {"gbit_s": 3.3 if rnd != 10 else 1.0})
+            write_run(self.res, "ssh", "iperf8_down", rnd, {"gbit_s": 3.0})
+        tg, _md = report(self.res, self.out, reps=11)
+        t = tg["iperf8_down_gbit:ssh"]
+        self.assertEqual([r for r, _v in t["rounds"]], list(range(1, 12)))
+        self.assertEqual(values(t)[9], 0.333)
+        self.assertEqual(t["rounds_ok"], 10)
+        self.assertTrue(t["ok"])
 
     def test_quick_run_judges_nothing(self):
         write_run(self.res, "sparkrelay", "iperf1_down", 1, {"gbit_s": 3.0})
