@@ -498,14 +498,20 @@ restart_tool() { # a fresh instance (a fresh heap for the idle figure)
 	bring_up || { log "$TOOL: restart failed"; return 1; }
 }
 
+# A tunnel process died before NAME: counted, and its logs kept (--keep)
+# before a restart overwrites them.
+record_crash() { # record_crash NAME
+	echo "$1" >>"$RES/$TOOL.crashes"
+	mkdir -p "$TMP/crash-$TOOL-$1"
+	cp "$TMP"/*.log "$TMP/crash-$TOOL-$1"/ 2>/dev/null || true
+}
+
 # A tool that died in an earlier run is counted and started again, so that one
 # crash costs one figure, not the rest of the tool's column.
 ensure_tool() { # ensure_tool NAME
 	tool_alive && return 0
 	log "$TOOL: a tunnel process died before $1; restarting it"
-	echo "$1" >>"$RES/$TOOL.crashes"
-	mkdir -p "$TMP/crash-$TOOL-$1"
-	cp "$TMP"/*.log "$TMP/crash-$TOOL-$1"/ 2>/dev/null || true
+	record_crash "$1"
 	restart_tool
 }
 
@@ -664,12 +670,8 @@ run_tool() { # run_tool TOOL REP
 	end_tool "end.$rep"
 }
 
-end_tool() { # end_tool NAME: a tunnel that died in the last run is counted, its logs kept
-	if ! tool_alive; then
-		echo "$1" >>"$RES/$TOOL.crashes"
-		mkdir -p "$TMP/crash-$TOOL-$1"
-		cp "$TMP"/*.log "$TMP/crash-$TOOL-$1"/ 2>/dev/null || true
-	fi
+end_tool() { # end_tool NAME: a tunnel that died in the last run is counted, then stopped
+	tool_alive || record_crash "$1"
 	stop_tool
 }
 
