@@ -436,14 +436,27 @@ static int sock_read_more(struct tun_stream *s, struct sr_bsock *bev)
 	return sr_bsock_read_upto(bev, sock_read_high(s->conn) + retained(s));
 }
 
-/* Unsent bytes at which a socket's read is sealed and sent in its own
- * callback, not once at the end of the wake-up (tun_conn_flush_soon). With
- * several busy sockets, reading all of them first (up to sock_read_high
- * each) left the first ones' bytes out of the CPU's cache by the time they
- * were encrypted: eight iperf3 connections cost about 8 % more CPU per byte
- * than one (docs/benchmarks.md, "Eight connections: sealed while hot").
- * Small messages stay below it and still share one flush per wake-up. */
+/* A read that leaves this many bytes of the stream unsent, when they can
+ * go out now, flushes the session in its own callback (tun_conn_flush:
+ * every stream's pending DATA is sealed and sent) instead of once at the
+ * end of the wake-up (tun_conn_flush_soon). With several busy sockets the
+ * deferred flush came after all of them were read, up to sock_read_high
+ * each; sealing a large read at once cost about 2 % less CPU per byte with
+ * one and with eight iperf3 connections (docs/benchmarks.md, "Eight
+ * connections: sealed while hot"), presumably because its bytes are still
+ * in the CPU's cache. Small reads still share one flush per wake-up, and a
+ * stream that cannot send (no window, or the tunnel's output full) does not
+ * flush on every read. */
 #define SOCK_FLUSH_NOW (64u << 10)
+
+static int can_send_now(const struct tun_stream *s)
+{
+	const struct tun_conn *c = s->conn;
+
+	return s->id > 0 && evbuffer_get_length(c->out) < c->opts.out_high &&
+	       nghttp2_session_get_stream_remote_window_size(c->h2, s->id) > 0 &&
+	       nghttp2_session_get_remote_window_size(c->h2) > 0;
+}
 
 static void sock_read_cb(struct sr_bsock *bev, void *arg)
 {
@@ -461,7 +474,7 @@ static void sock_read_cb(struct sr_bsock *bev, void *arg)
 		s->flags &= ~TS_F_DEFERRED;
 		nghttp2_session_resume_data(c->h2, s->id);
 	}
-	if (unsent(s) >= SOCK_FLUSH_NOW)
+	if (unsent(s) >= SOCK_FLUSH_NOW && can_send_now(s))
 		tun_conn_flush(c);
 	else
 		tun_conn_flush_soon(c);
