@@ -589,14 +589,21 @@ redis_run() { # redis_run NAME
 	sleep 0.3
 }
 
+# Whether TOOL has an idle figure: direct TCP has no middle, and socat forks
+# a process per connection, whose summed RSS would count shared pages
+# thousands of times.
+has_idle() { # has_idle TOOL
+	[ "$1" != direct ] && [ "$1" != socat ]
+}
+
 # Whether TOOL has a scenario of a round to run (idle10k runs after the
-# rounds; direct and socat have no idle figure).
+# rounds).
 round_work() { # round_work TOOL
 	local s
 	for s in $SCEN; do
 		case "$s" in
 		idle10k | longlink) ;;
-		idle) [ "$1" != direct ] && [ "$1" != socat ] && return 0 ;;
+		idle) has_idle "$1" && return 0 ;;
 		*) return 0 ;;
 		esac
 	done
@@ -648,11 +655,9 @@ run_tool() { # run_tool TOOL REP
 	if want redis; then
 		redis_run "redis.$rep"
 	fi
-	if want idle && [ "$TOOL" != socat ] && [ "$TOOL" != direct ]; then
-		# socat forks a process per connection: its summed RSS would count
-		# shared pages thousands of times, so it has no idle figure. A fresh
-		# instance: heap kept from the bulk runs would hide what idle
-		# connections take.
+	if want idle && has_idle "$TOOL"; then
+		# A fresh instance: heap kept from the bulk runs would hide what
+		# idle connections take.
 		BACKEND=bench
 		if restart_tool; then
 			sbench "idle.$rep" idle --connect @F1 --conns "$IDLE_N" --concurrency 64 --hold 1 @PIDS
