@@ -334,7 +334,7 @@ static long request(const struct ts_etcd *e, const char *path, const char *json,
 	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
 	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, sink);
-	curl_easy_setopt(h, CURLOPT_WRITEDATA, pos);
+	curl_easy_setopt(h, CURLOPT_WRITEDATA, (void *)pos);
 	if (json) {
 		hdr = curl_slist_append(NULL, "Content-Type: application/json");
 		curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
