@@ -849,6 +849,13 @@ static void dial_next(struct sc_slot *p)
 			dial_next(p);
 			return;
 		}
+		/* Driver bytes a relay has not acknowledged, summed over the
+		 * tunnel's streams: over it each stream keeps at most 16 KiB
+		 * (tun_stream.c), so a relay that takes bytes and never
+		 * acknowledges them cannot fill the notebook's memory. An honest
+		 * relay holds at most its conn_window early; the same here. */
+		struct tun_conn_opts topts = s->o->tun;
+		topts.sock_in_max = topts.conn_window ? topts.conn_window : 64u << 20;
 		struct tun_endpoint_opts eo = {
 			.role = TUN_ROLE_SIDECAR,
 			.ssl = ssl,
@@ -858,7 +865,7 @@ static void dial_next(struct sc_slot *p)
 							s->o->dial_timeout_ms > SC_HOLD_DIAL_MS
 						    ? SC_HOLD_DIAL_MS
 						    : s->o->dial_timeout_ms,
-			.conn = &s->o->tun,
+			.conn = &topts,
 			.conn_cbs = &sc_tun_cbs,
 		};
 		p->ep = tun_endpoint_new(s->base, fd, &eo, &sc_ep_cbs, p);

@@ -77,6 +77,20 @@ static size_t unsent(const struct tun_stream *s)
 	return len > r ? len - r : 0;
 }
 
+/* The data provider of s may have stopped for want of room to keep sent
+ * bytes (stream_read_cb): let it look again. */
+static void resume_sending(struct tun_stream *s)
+{
+	struct tun_conn *c = s->conn;
+
+	if (c && c->h2 && s->id > 0 && (s->flags & TS_F_DEFERRED) &&
+	    !(s->flags & (TS_F_H2_CLOSED | TS_F_RESUMING))) {
+		s->flags &= ~TS_F_DEFERRED;
+		nghttp2_session_resume_data(c->h2, s->id);
+		tun_conn_flush_soon(c);
+	}
+}
+
 void tun_stream_on_ack(struct tun_stream *s, uint32_t n)
 {
 	size_t r = retained(s);
@@ -86,6 +100,7 @@ void tun_stream_on_ack(struct tun_stream *s, uint32_t n)
 	if (n && s->sock)
 		evbuffer_drain(sr_bsock_input(s->sock), n);
 	s->tx_acked += n;
+	resume_sending(s);
 }
 
 int tun_stream_apply_peer_rx(struct tun_stream *s)
@@ -142,6 +157,16 @@ static uint32_t win_max(const struct tun_conn *c)
 	if (m > c->opts.conn_window)
 		m = c->opts.conn_window;
 	return m > c->opts.stream_window ? m : c->opts.stream_window;
+}
+
+/* The most bytes a stream keeps sent and unacknowledged (retained): a
+ * window no peer of ours grants more of (the peer acknowledges as its
+ * socket takes bytes, so it never has more than its window unacknowledged),
+ * and TUN_SOCK_IN_FLOOR while the tunnel is over opts.sock_in_max, whose
+ * count includes them. */
+static size_t retain_max(const struct tun_conn *c)
+{
+	return c->in_throttled ? TUN_SOCK_IN_FLOOR : win_max(c);
 }
 
 /* s holds no more bytes for its session (unbound or its socket closed):
@@ -404,10 +429,12 @@ static void in_throttle(struct tun_conn *c, int on)
 	if (on)
 		c->stats.sock_in_throttled++;
 	for (struct tun_stream *s = c->streams; s; s = s->next) {
-		if (on)
+		if (on) {
 			read_check(s);
-		else
+		} else {
 			tun_stream_read_resume(s);
+			resume_sending(s); /* it may keep more than the floor again */
+		}
 	}
 }
 
@@ -991,7 +1018,7 @@ static ssize_t stream_read_cb(nghttp2_session *h2, int32_t id, uint8_t *buf, siz
 			      uint32_t *data_flags, nghttp2_data_source *src, void *user)
 {
 	struct tun_stream *s = src->ptr;
-	size_t avail = 0, total;
+	size_t avail = 0, total, keep;
 
 	/* A held stream's old DATA item, or a resumed one whose answer (and
 	 * the sidecar's rx) has not come yet: nothing to send here. */
@@ -1010,6 +1037,16 @@ static ssize_t stream_read_cb(nghttp2_session *h2, int32_t id, uint8_t *buf, siz
 		s->flags |= TS_F_DEFERRED;
 		return NGHTTP2_ERR_DEFERRED;
 	}
+	/* Sent bytes are kept until the peer acknowledges them: a peer that
+	 * grants window and never acknowledges must not make us keep every
+	 * byte the socket sends. */
+	keep = retain_max(s->conn);
+	if (retained(s) >= keep) {
+		s->flags |= TS_F_DEFERRED; /* tun_stream_on_ack resumes it */
+		return NGHTTP2_ERR_DEFERRED;
+	}
+	if (avail > keep - retained(s))
+		avail = keep - retained(s);
 	/* length is at most h2.max_frame: nghttp2 asked h2_read_length_cb. */
 	if (avail > length)
 		avail = length;
