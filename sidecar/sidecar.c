@@ -65,6 +65,7 @@ struct sc_slot {
 	uint32_t tid;      /* this tunnel's id at its relay (the lease's "tunnel") */
 	uint32_t lost_tid; /* the last tunnel's, if it held the lease; 0: none */
 	struct event *backoff_timer;
+	struct event *register_timer; /* armed while the tunnel is up and not leased */
 	unsigned attempt;
 	struct tun_conn *tun;
 	int sent_resume;
@@ -646,6 +647,7 @@ static void on_closed(struct tun_endpoint *ep, int err, const char *why_ep, void
 	unsigned others;
 
 	snprintf(why, sizeof(why), "%s", why_ep ? why_ep : "");
+	evtimer_del(p->register_timer);
 	p->registered = p->tun_leased = p->release_sent = p->joining = 0;
 	lease_links(s);
 	others = s->lease.tunnels;
@@ -753,10 +755,36 @@ static const struct tun_conn_cbs sc_tun_cbs = {
 	.on_connect_failed = on_connect_failed,
 };
 
+static uint32_t register_timeout_ms(const struct sidecar *s)
+{
+	return s->o->register_timeout_ms ? s->o->register_timeout_ms : 30000;
+}
+
+/* The relay took the tunnel (TLS, h2) but has not granted, resumed or
+ * joined the lease in register_timeout_ms: it answers PINGs and nothing
+ * else, never opened the control stream, ended it, or holds the answer back.
+ * Without a limit one such relay would keep this slot (and, while it
+ * registers, every other) from the next relay address for good. */
+static void register_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct sc_slot *p = arg;
+	char why[96];
+
+	(void)fd;
+	(void)what;
+	if (!p->tun || p->tun_leased || p->s->shutting_down)
+		return;
+	snprintf(why, sizeof(why), "%s within tunnel.register_timeout_ms (%u ms)",
+		 p->registered ? "no answer to our registration" : "no control stream",
+		 register_timeout_ms(p->s));
+	protocol_error(p->tun, why);
+}
+
 static void on_up(struct tun_endpoint *ep, void *arg)
 {
 	struct sc_slot *p = arg;
 	struct sidecar *s = p->s;
+	struct timeval tv;
 	char ctx[128];
 
 	snprintf(ctx, sizeof(ctx), "relay=%s", p->dial_peer);
@@ -767,6 +795,8 @@ static void on_up(struct tun_endpoint *ep, void *arg)
 	p->registered = p->tun_leased = p->release_sent = p->joining = 0;
 	p->tun_up_us = sr_now_us();
 	p->state = SC_REGISTERING;
+	tv = sr_tv_ms(register_timeout_ms(s));
+	evtimer_add(p->register_timer, &tv);
 }
 
 static const struct tun_endpoint_cbs sc_ep_cbs = {
@@ -991,7 +1021,8 @@ struct sidecar *sidecar_new(struct event_base *base, const struct sidecar_opts *
 		p->idx = i;
 		p->state = SC_IDLE;
 		p->backoff_timer = evtimer_new(base, backoff_cb, p);
-		if (!p->backoff_timer) {
+		p->register_timer = evtimer_new(base, register_timeout_cb, p);
+		if (!p->backoff_timer || !p->register_timer) {
 			snprintf(err, errlen, "out of memory");
 			goto fail;
 		}
@@ -1034,6 +1065,8 @@ void sidecar_free(struct sidecar *s)
 		tun_endpoint_free(p->ep); /* before the group: its session may carry it */
 		if (p->backoff_timer)
 			event_free(p->backoff_timer);
+		if (p->register_timer)
+			event_free(p->register_timer);
 		free(p->addrs);
 	}
 	tun_group_free(s->group);
@@ -1063,6 +1096,7 @@ void sidecar_shutdown(struct sidecar *s)
 		if (p == rel)
 			continue;
 		evtimer_del(p->backoff_timer);
+		evtimer_del(p->register_timer);
 		disc_lookup_cancel(p->resolve);
 		p->resolve = NULL;
 		tun_endpoint_free(p->ep);

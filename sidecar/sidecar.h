@@ -44,6 +44,7 @@ struct sidecar_opts {
 	uint32_t backoff_initial_ms;
 	uint32_t backoff_max_ms;
 	uint32_t dial_timeout_ms;        /* TCP connect plus TLS handshake to a relay */
+	uint32_t register_timeout_ms;    /* from TLS up to the relay's lease answer */
 	uint32_t driver_connect_timeout_ms;
 	uint32_t release_timeout_ms;     /* wait for "released" on shutdown */
 	uint32_t resume_hold_s;          /* open driver sockets wait this long for a resume */

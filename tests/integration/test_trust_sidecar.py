@@ -431,6 +431,31 @@ class ConnectTest(TrustCase):
         self.assertEqual(drv.settle(), 1)
 
 
+class RegisterTimeoutTest(TrustCase):
+    """A relay that takes the tunnel but never answers the registration (it
+    answers PINGs, so the tunnel looks alive) must not keep the sidecar from
+    the next relay for good."""
+
+    tunnel_overrides = {"tunnel": {"register_timeout_ms": 1000}}
+
+    def test_relay_that_never_answers_the_registration_is_left(self):
+        s, reg = self.fr.session(15)
+        end, took = s.wait_closed(10)
+        self.assertNotEqual(end, "timeout", "the sidecar kept a tunnel without a lease")
+        self.assertGreater(took, 0.5, "closed before register_timeout_ms")
+        self.assertTrue(X.wait_log(self.proc, "no answer to our registration within "
+                                   "tunnel.register_timeout_ms (1000 ms)", 5))
+        self.assertTrue(X.wait_log(self.proc, "the relay broke the protocol (1 time lately)", 5))
+        # It dials again, and a relay that answers gets the registration.
+        p1, p2 = two_ports()
+        s2, reg2 = self.fr.session(15)
+        self.assertEqual(reg2["type"], "register")
+        self.leased(s2, FR.lease_msg(ports={"driver": p1, "blockManager": p2}))
+        # A granted lease stops the clock: the tunnel outlives the timeout.
+        end, _ = s2.wait_closed(2.0)
+        self.assertEqual(end, "timeout", "the sidecar closed a leased tunnel")
+
+
 class PlantedFileTest(TrustCase):
 
     def prepare(self):

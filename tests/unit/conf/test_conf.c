@@ -102,6 +102,7 @@ static void check_tunnel_defaults(const struct sidecar_opts *s)
 	assert_int_equal(s->backoff_initial_ms, 100);
 	assert_int_equal(s->backoff_max_ms, 10000);
 	assert_int_equal(s->dial_timeout_ms, 10000);
+	assert_int_equal(s->register_timeout_ms, 30000);
 	assert_int_equal(s->driver_connect_timeout_ms, 5000);
 	assert_int_equal(s->release_timeout_ms, 3000);
 	assert_null(s->admin_listen);
