@@ -721,7 +721,8 @@ static const struct conf_entry conf_tunnel[] = {
 	"From the TLS handshake to the relay's answer granting, resuming or joining the "
 	"lease. A relay that does not answer in time (it answers PINGs but nothing else, "
 	"or ended the control stream) counts as one that broke the protocol: the tunnel "
-	"ends and the next relay address is dialled, after a longer backoff each time."),
+	"ends and the next relay address is dialled, after a longer backoff each time. "
+	"Keep it above the relays' fleet.register_wait_ms (5 s)."),
     U32(struct sidecar_opts, "driver_connect_timeout_ms", driver_connect_timeout_ms, 100,
 	600000, "5000", "Connecting to the driver on 127.0.0.1."),
     U32(struct sidecar_opts, "release_timeout_ms", release_timeout_ms, 0, 600000, "3000",
