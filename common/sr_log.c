@@ -199,3 +199,21 @@ void sr_log_write(int level, const char *ctx, const char *fmt, ...)
 	/* One write per line so lines of concurrent processes never interleave. */
 	fwrite(line, 1, n, stderr);
 }
+
+int sr_ratelog_allow_n(struct sr_ratelog *rl, uint64_t now_us, uint64_t period_us,
+		       unsigned burst, uint64_t *suppressed)
+{
+	if (!rl->next_us || now_us >= rl->next_us) {
+		rl->next_us = now_us + (period_us ? period_us : 1);
+		rl->lines = 0;
+	}
+	if (rl->lines >= (burst ? burst : 1)) {
+		rl->suppressed++;
+		return 0;
+	}
+	rl->lines++;
+	if (suppressed)
+		*suppressed = rl->suppressed;
+	rl->suppressed = 0;
+	return 1;
+}

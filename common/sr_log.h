@@ -9,6 +9,7 @@
 #define SR_LOG_H
 
 #include <stdarg.h>
+#include <stdint.h>
 
 enum sr_log_level {
 	SR_LOG_ERROR = 0,
@@ -50,5 +51,25 @@ void sr_log_write(int level, const char *ctx, const char *fmt, ...)
 #define SR_WARN(ctx, ...) SR_LOG(SR_LOG_WARN, ctx, __VA_ARGS__)
 #define SR_INFO(ctx, ...) SR_LOG(SR_LOG_INFO, ctx, __VA_ARGS__)
 #define SR_DEBUG(ctx, ...) SR_LOG(SR_LOG_DEBUG, ctx, __VA_ARGS__)
+
+/* At most a few log lines per period for one kind of repeated event (a
+ * refusal, a peer's bad input): under a flood the log gets a line now and
+ * then that says how many were not written. Zeroed: the first is written. */
+struct sr_ratelog {
+	uint64_t next_us;    /* the current period ends here */
+	uint64_t suppressed; /* calls not written since the last line */
+	unsigned lines;      /* written in the current period */
+};
+
+/* Returns 1 when a line may be written now: fewer than burst lines were
+ * written in the current period (one starts at the first call after the
+ * last one ended). *suppressed (may be NULL) then gets the number of calls
+ * refused since the previous line. Returns 0 (and counts the call)
+ * otherwise. */
+int sr_ratelog_allow_n(struct sr_ratelog *rl, uint64_t now_us, uint64_t period_us,
+		       unsigned burst, uint64_t *suppressed);
+/* One line per period. */
+#define sr_ratelog_allow(rl, now_us, period_us, suppressed)                                     \
+	sr_ratelog_allow_n((rl), (now_us), (period_us), 1, (suppressed))
 
 #endif

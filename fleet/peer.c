@@ -27,8 +27,7 @@
 static const uint8_t peer_magic[4] = {'S', 'R', 'F', 'W'};
 
 /* A refusal of one kind is logged at most once per period; the line says
- * how many were not (the relay's relay_ratelog, which fleet/ cannot use:
- * relay/ sits above it). */
+ * how many were not (sr_ratelog). */
 #define PEER_LOG_PERIOD_US (10u * 1000000u)
 /* accept() failing (EMFILE) pauses the listener this long instead of spinning. */
 #define PEER_ACCEPT_PAUSE_MS 100
@@ -546,11 +545,6 @@ static int replay_check(struct peer_replay *r, const uint8_t *nonce, uint64_t ti
 
 /* -------------------------------------------------------------- listener */
 
-struct peer_ratelog {
-	uint64_t next_us;
-	uint64_t suppressed;
-};
-
 /* A connection still reading its header. */
 struct peer_conn {
 	struct fleet_peer_listener *l;
@@ -577,23 +571,14 @@ struct fleet_peer_listener {
 	unsigned npending;
 	struct peer_replay replay;
 	uint64_t count[FLEET_PEER_STATUS_MAX];
-	struct peer_ratelog rl[FLEET_PEER_STATUS_MAX];
-	struct peer_ratelog rl_accept;
+	struct sr_ratelog rl[FLEET_PEER_STATUS_MAX];
+	struct sr_ratelog rl_accept;
 	uint16_t port;
 };
 
-static int peer_ratelog_allow(struct peer_ratelog *rl, uint64_t *suppressed)
+static int peer_ratelog_allow(struct sr_ratelog *rl, uint64_t *suppressed)
 {
-	uint64_t now = sr_now_us();
-
-	if (rl->next_us && now < rl->next_us) {
-		rl->suppressed++;
-		return 0;
-	}
-	*suppressed = rl->suppressed;
-	rl->suppressed = 0;
-	rl->next_us = now + PEER_LOG_PERIOD_US;
-	return 1;
+	return sr_ratelog_allow(rl, sr_now_us(), PEER_LOG_PERIOD_US, suppressed);
 }
 
 static void peer_conn_unlink(struct peer_conn *c)

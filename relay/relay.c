@@ -130,7 +130,7 @@ static void listener_error_cb(struct evconnlistener *lst, void *arg)
 	r->st.accept_errors++;
 	evconnlistener_disable(lst);
 	evtimer_add(r->accept_pause, &tv);
-	if (relay_ratelog_allow(&r->rl_accept_err, sr_now_us(), REFUSAL_LOG_PERIOD_US, &more))
+	if (sr_ratelog_allow(&r->rl_accept_err, sr_now_us(), REFUSAL_LOG_PERIOD_US, &more))
 		SR_ERROR("", "tunnel listener: accept failed: %s; pausing it %d ms (%llu more "
 			     "failures since the last line)",
 			 evutil_socket_error_to_string(err), ACCEPT_PAUSE_MS,

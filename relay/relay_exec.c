@@ -49,7 +49,7 @@ static void pending_unlink(struct relay_pending *p)
 static int refusal_log_allowed(struct relay_lease_ext *lx, enum relay_rl_exec kind,
 			       uint64_t *more)
 {
-	return relay_ratelog_allow(&lx->rl_exec[kind], sr_now_us(), REFUSAL_LOG_PERIOD_US, more);
+	return sr_ratelog_allow(&lx->rl_exec[kind], sr_now_us(), REFUSAL_LOG_PERIOD_US, more);
 }
 
 static void refuse(struct relay *r, struct relay_lease_ext *lx, enum relay_refusal why)
@@ -114,7 +114,7 @@ void relay_exec_on_refused(struct tun_conn *c, uint64_t conn_id, uint16_t port, 
 	if (!lx)
 		return;
 	lx->driver_refused++;
-	if (relay_ratelog_allow(&lx->rl_driver, sr_now_us(), REFUSAL_LOG_PERIOD_US, &more))
+	if (sr_ratelog_allow(&lx->rl_driver, sr_now_us(), REFUSAL_LOG_PERIOD_US, &more))
 		SR_WARN(t->ctx, "conn=%llu port=%u: the sidecar refused the stream: nothing "
 				"listens on the driver port on the notebook? (%llu more since the "
 				"last line)",
@@ -201,7 +201,7 @@ void relay_exec_accept(struct relay *r, struct relay_lease *l, enum tun_port_rol
 	}
 	if (r->o->max_lease_connections &&
 	    relay_lease_conns(lx) >= (uint64_t)r->o->max_lease_connections) {
-		if (relay_ratelog_allow(&lx->rl_refused, sr_now_us(), REFUSAL_LOG_PERIOD_US, &more))
+		if (sr_ratelog_allow(&lx->rl_refused, sr_now_us(), REFUSAL_LOG_PERIOD_US, &more))
 			SR_WARN(relay_lease_ctx(lx, l, ctx, sizeof(ctx)),
 				"conn=%llu peer=%s: refused, the lease is at its limit of %u "
 				"connections (relay.max_lease_connections; %llu more refused since "

@@ -25,6 +25,7 @@
 
 #include "common/sr_util.h"
 #include "relay/relay.h"
+#include "common/sr_log.h"
 #include "relay/relay_limits.h"
 #include "tunnel/tun_endpoint.h"
 #include "tunnel/tun_group.h"
@@ -118,11 +119,11 @@ struct relay_lease_ext {
 	unsigned npending;
 	uint64_t conns_total;
 	uint64_t detached_us;  /* when the tunnel went (in grace), 0 while attached */
-	struct relay_ratelog rl_refused; /* executors over max_lease_connections */
+	struct sr_ratelog rl_refused; /* executors over max_lease_connections */
 	uint64_t driver_refused;         /* streams the sidecar refused (no driver) */
-	struct relay_ratelog rl_driver;  /* their log lines */
+	struct sr_ratelog rl_driver;  /* their log lines */
 	/* The other executor refusals, one log line per kind and period. */
-	struct relay_ratelog rl_exec[RELAY_RL_EXEC_MAX];
+	struct sr_ratelog rl_exec[RELAY_RL_EXEC_MAX];
 	/* Who created it (relay_identity_key): only that identity may resume. */
 	char idkey[RELAY_IDKEY_MAX];
 	struct sockaddr_storage src; /* the creator's address, for reclaim order */
@@ -171,8 +172,8 @@ struct relay {
 	struct relay_tunnel *tunnels;
 	unsigned nregistered; /* tunnels holding a lease (t->lx set) */
 	struct event *accept_pause; /* re-enables the listener after EMFILE */
-	struct relay_ratelog rl_accept; /* tunnel connections refused at accept */
-	struct relay_ratelog rl_accept_err; /* accept() failures */
+	struct sr_ratelog rl_accept; /* tunnel connections refused at accept */
+	struct sr_ratelog rl_accept_err; /* accept() failures */
 	struct event *drain_timer;
 	struct event *gc_timer;
 	uint64_t drain_deadline_us;

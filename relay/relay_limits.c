@@ -7,20 +7,6 @@
 
 #include <openssl/evp.h>
 
-int relay_ratelog_allow(struct relay_ratelog *rl, uint64_t now_us, uint64_t period_us,
-			uint64_t *suppressed)
-{
-	if (rl->next_us && now_us < rl->next_us) {
-		rl->suppressed++;
-		return 0;
-	}
-	if (suppressed)
-		*suppressed = rl->suppressed;
-	rl->suppressed = 0;
-	rl->next_us = now_us + (period_us ? period_us : 1);
-	return 1;
-}
-
 int relay_same_source(const struct sockaddr *a, const struct sockaddr *b)
 {
 	if (!a || !b || a->sa_family != b->sa_family)

@@ -1,6 +1,5 @@
 /* Small pieces of the relay's defences against starvation, kept apart from
- * relay.c so that unit tests can drive them: rate-limited logging of
- * refusals, what counts as "one source" for per-source limits, and the
+ * relay.c so that unit tests can drive them: what counts as "one source" for per-source limits, and the
  * identity a lease's resume is bound to. */
 #ifndef RELAY_LIMITS_H
 #define RELAY_LIMITS_H
@@ -8,19 +7,6 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
-
-/* At most one log line per period for one kind of refusal: under a flood
- * the log gets a line now and then that says how many were not logged. */
-struct relay_ratelog {
-	uint64_t next_us;    /* no line before this time */
-	uint64_t suppressed; /* calls since the last line */
-};
-
-/* Returns 1 when a line may be written now; *suppressed (may be NULL) then
- * gets the number of calls that were refused since the previous line, and
- * the period starts again. Returns 0 (and counts the call) otherwise. */
-int relay_ratelog_allow(struct relay_ratelog *rl, uint64_t now_us, uint64_t period_us,
-			uint64_t *suppressed);
 
 /* Whether a and b are the same source for per-source limits: IPv4 (and
  * IPv4-mapped IPv6) addresses compare whole; other IPv6 addresses compare

@@ -790,7 +790,7 @@ static int accept_refused(struct relay *r, const struct sockaddr *sa, const char
 		       "registered yet";
 	}
 	relay_refuse(r, why);
-	if (relay_ratelog_allow(&r->rl_accept, sr_now_us(), REFUSAL_LOG_PERIOD_US, &more))
+	if (sr_ratelog_allow(&r->rl_accept, sr_now_us(), REFUSAL_LOG_PERIOD_US, &more))
 		SR_WARN("", "peer=%s: tunnel connection refused: %s (%llu more refused since the "
 			    "last line)",
 			peer, what, (unsigned long long)more);

@@ -16,21 +16,16 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-void sc_driver_refused(struct sc_ratelog *rl, const char *logctx, uint64_t conn_id,
+void sc_driver_refused(struct sr_ratelog *rl, const char *logctx, uint64_t conn_id,
 		       const char *peer, uint16_t port, int err)
 {
 	char pbuf[SR_ESC_SIZE(64)], more[64] = "";
-	uint64_t now = sr_now_us();
+	uint64_t n = 0;
 
-	if (rl->next_us && now < rl->next_us) {
-		rl->suppressed++;
+	if (!sr_ratelog_allow(rl, sr_now_us(), SC_DRIVER_LOG_PERIOD_US, &n))
 		return;
-	}
-	if (rl->suppressed)
-		snprintf(more, sizeof(more), "; %llu more since the last line",
-			 (unsigned long long)rl->suppressed);
-	rl->suppressed = 0;
-	rl->next_us = now + SC_DRIVER_LOG_PERIOD_US;
+	if (n)
+		snprintf(more, sizeof(more), "; %llu more since the last line", (unsigned long long)n);
 	SR_WARN(logctx,
 		"conn=%llu peer=%s: cannot connect to driver port %u: %s (is the driver "
 		"running with this lease's settings?)%s",
@@ -38,11 +33,12 @@ void sc_driver_refused(struct sc_ratelog *rl, const char *logctx, uint64_t conn_
 		strerror(err), more);
 }
 
-struct sr_bsock *sc_driver_connect(struct event_base *base, const struct tun_connect_req *req,
+struct sr_bsock *sc_driver_connect(struct tun_conn *c, struct event_base *base,
+				   const struct tun_connect_req *req,
 				   const struct sidecar_lease_info *lease, int leased_here,
-				   uint32_t connect_timeout_ms, struct sc_ratelog *rl,
-				   const char *logctx)
+				   uint32_t connect_timeout_ms, struct sr_ratelog *rl)
 {
+	const char *logctx = tun_conn_logctx(c);
 	char lbuf[SR_ESC_SIZE(TUN_CTL_LEASE_MAX)], pbuf[SR_ESC_SIZE(64)];
 	struct sockaddr_in sin;
 	struct sr_bsock *bev;
@@ -61,9 +57,9 @@ struct sr_bsock *sc_driver_connect(struct event_base *base, const struct tun_con
 	else if (!ok)
 		why = "not a port of this lease";
 	if (why) {
-		SR_WARN(logctx, "refused stream to port %u (lease %s): %s; peer %s",
-			req->port, sr_esc(req->lease, lbuf, sizeof(lbuf)), why,
-			sr_esc(req->peer, pbuf, sizeof(pbuf)));
+		tun_conn_log_refused(c, "refused stream to port %u (lease %s): %s; peer %s",
+				     req->port, sr_esc(req->lease, lbuf, sizeof(lbuf)), why,
+				     sr_esc(req->peer, pbuf, sizeof(pbuf)));
 		return NULL;
 	}
 	memset(&sin, 0, sizeof(sin));

@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/sr_log.h"
 #include "sidecar/sidecar.h"
 #include "tunnel/tun_conn.h"
 #include "tunnel/tun_group.h"
@@ -20,12 +21,6 @@ struct sr_bsock;
 struct event_base;
 
 /* sc_driver.c */
-/* A line for a repeated event at most once per period; the ones not logged
- * are counted and reported with the next. Zeroed: the first one is logged. */
-struct sc_ratelog {
-	uint64_t next_us;
-	uint64_t suppressed;
-};
 /* Lines about the driver refusing connections, at most one per this. */
 #define SC_DRIVER_LOG_PERIOD_US (10ull * 1000000)
 
@@ -33,16 +28,17 @@ struct sc_ratelog {
  * logged). Only when leased_here (the lease was granted on this tunnel),
  * req names that lease and one of its ports; the socket always goes to
  * 127.0.0.1. Sets *req->connected when connect() completed at once. A
- * driver that refuses is logged through rl (sc_driver_refused). */
-struct sr_bsock *sc_driver_connect(struct event_base *base, const struct tun_connect_req *req,
+ * driver that refuses is logged through rl (sc_driver_refused); a refused
+ * stream through tun_conn_log_refused (rate-limited per tunnel). */
+struct sr_bsock *sc_driver_connect(struct tun_conn *c, struct event_base *base,
+				   const struct tun_connect_req *req,
 				   const struct sidecar_lease_info *lease, int leased_here,
-				   uint32_t connect_timeout_ms, struct sc_ratelog *rl,
-				   const char *logctx);
+				   uint32_t connect_timeout_ms, struct sr_ratelog *rl);
 /* The driver did not take a connection for a stream (err: errno value):
  * the most common setup mistake (the driver not started, or started
  * without the lease's settings), so a WARN line at the default level, at
  * most one per SC_DRIVER_LOG_PERIOD_US with the count of the others. */
-void sc_driver_refused(struct sc_ratelog *rl, const char *logctx, uint64_t conn_id,
+void sc_driver_refused(struct sr_ratelog *rl, const char *logctx, uint64_t conn_id,
 		       const char *peer, uint16_t port, int err);
 
 /* sc_output.c */

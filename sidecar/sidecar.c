@@ -79,6 +79,7 @@ struct sc_slot {
 	int release_sent;
 	uint64_t tun_up_us; /* when this tunnel came up */
 	unsigned strikes;   /* tunnels the relay ended with a protocol error, see on_closed */
+	int drain_seen;     /* this tunnel's relay said it drains (logged once) */
 };
 
 struct sidecar {
@@ -99,7 +100,7 @@ struct sidecar {
 	struct sidecar_lease_info lease;
 	int shutting_down;
 	int join_unsupported; /* a relay answered a join as an unknown resume */
-	struct sc_ratelog rl_driver; /* "cannot connect to driver port" lines */
+	struct sr_ratelog rl_driver; /* "cannot connect to driver port" lines */
 	/* The lease whose settings were last written: what a running driver
 	 * may have bound (from the state file after a restart). */
 	struct sidecar_lease_info written;
@@ -566,7 +567,9 @@ static void on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void *arg)
 		tun_conn_close(c, 0);
 		break;
 	case TUN_CTL_DRAIN:
-		SR_INFO(tun_conn_logctx(c), "relay is draining; will reconnect when it closes");
+		if (!p->drain_seen) /* once: a relay may repeat it */
+			SR_INFO(tun_conn_logctx(c), "relay is draining; will reconnect when it closes");
+		p->drain_seen = 1;
 		break;
 	default:
 		snprintf(why, sizeof(why), "unexpected control message %s",
@@ -735,9 +738,8 @@ static struct sr_bsock *on_connect(struct tun_conn *c, const struct tun_connect_
 	struct sc_slot *p = arg;
 	struct sidecar *s = p->s;
 
-	return sc_driver_connect(s->base, req, &s->lease, p->tun_leased,
-				 s->o->driver_connect_timeout_ms, &s->rl_driver,
-				 tun_conn_logctx(c));
+	return sc_driver_connect(c, s->base, req, &s->lease, p->tun_leased,
+				 s->o->driver_connect_timeout_ms, &s->rl_driver);
 }
 
 static void on_connect_failed(struct tun_conn *c, uint64_t conn_id, uint16_t port,
@@ -792,7 +794,7 @@ static void on_up(struct tun_endpoint *ep, void *arg)
 	tun_conn_set_logctx(p->tun, ctx);
 	tun_conn_set_origin(p->tun, slot_origin(s, p->dial_peer));
 	SR_INFO(ctx, "connected (TLS 1.3, h2); registering app \"%s\"", s->o->app_name);
-	p->registered = p->tun_leased = p->release_sent = p->joining = 0;
+	p->registered = p->tun_leased = p->release_sent = p->joining = p->drain_seen = 0;
 	p->tun_up_us = sr_now_us();
 	p->state = SC_REGISTERING;
 	tv = sr_tv_ms(register_timeout_ms(s));

@@ -9,6 +9,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -661,6 +662,33 @@ static int parse_authority_port(const char *auth, uint16_t *port)
 
 /* Whether one more stream reset before its answer fits the sidecar's budget
  * (SC_EARLY_RST_*): a token bucket in thousandths of a token. */
+/* Streams the sidecar refuses. A legitimate relay opens none; a hostile one
+ * can open one per HEADERS frame of a few bytes, each a log line a dozen
+ * times its size, in a log nobody rotates. So the first
+ * TUN_REFUSED_LOG_BURST of a period are written, then none until the next,
+ * whose first line counts those left out. */
+#define TUN_REFUSED_LOG_BURST 20
+#define TUN_REFUSED_LOG_PERIOD_US (10ull * 1000000)
+
+void tun_conn_log_refused(struct tun_conn *c, const char *fmt, ...)
+{
+	char msg[512];
+	uint64_t more = 0;
+	va_list ap;
+
+	if (!sr_ratelog_allow_n(&c->rl_refused, sr_now_us(), TUN_REFUSED_LOG_PERIOD_US,
+				TUN_REFUSED_LOG_BURST, &more))
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (more)
+		SR_WARN(c->logctx, "%s (%llu more streams refused and not logged before this)",
+			msg, (unsigned long long)more);
+	else
+		SR_WARN(c->logctx, "%s", msg);
+}
+
 static int early_reset_allowed(struct tun_conn *c)
 {
 	const uint64_t cap = SC_EARLY_RST_BURST * 1000ull;
@@ -699,7 +727,7 @@ static int sidecar_on_resume(struct tun_conn *c, struct tun_stream **sp)
 	uint32_t rst = NGHTTP2_REFUSED_STREAM;
 
 	if (!c->group) {
-		SR_WARN(c->logctx, "stream %d refused: resumed before the lease", p->id);
+		tun_conn_log_refused(c, "stream %d refused: resumed before the lease", p->id);
 		return NGHTTP2_REFUSED_STREAM;
 	}
 	s = tun_group_take(c->group, c, p, &rst);
@@ -738,7 +766,7 @@ static int sidecar_on_request(struct tun_conn *c, struct tun_stream **sp)
 		return NGHTTP2_INTERNAL_ERROR; /* sidecar_header ran out of memory */
 	if (strcmp(r->method, "POST") == 0 && strcmp(r->path, TUN_CTL_PATH) == 0) {
 		if (c->ctl) {
-			SR_WARN(c->logctx, "second control stream refused");
+			tun_conn_log_refused(c, "stream %d refused: a second control stream", s->id);
 			return NGHTTP2_PROTOCOL_ERROR;
 		}
 		c->ctl = s;
@@ -753,21 +781,21 @@ static int sidecar_on_request(struct tun_conn *c, struct tun_stream **sp)
 	}
 	if (strcmp(r->method, "CONNECT") != 0 || !c->ctl) {
 		char mbuf[SR_ESC_SIZE(sizeof(r->method))];
-		SR_WARN(c->logctx, "stream %d refused: method \"%s\" %s", s->id,
+		tun_conn_log_refused(c, "stream %d refused: method \"%s\" %s", s->id,
 			sr_esc(r->method, mbuf, sizeof(mbuf)),
 			c->ctl ? "is not CONNECT" : "before the control stream");
 		return NGHTTP2_REFUSED_STREAM;
 	}
 	if (parse_authority_port(r->authority, &s->port) != 0) {
 		char abuf[SR_ESC_SIZE(sizeof(r->authority))];
-		SR_WARN(c->logctx, "stream %d refused: target \"%s\" is not 127.0.0.1:<port>",
+		tun_conn_log_refused(c, "stream %d refused: target \"%s\" is not 127.0.0.1:<port>",
 			s->id, sr_esc(r->authority, abuf, sizeof(abuf)));
 		return NGHTTP2_REFUSED_STREAM;
 	}
 	if (!s->bad_header && !(s->flags & TS_F_CONN_HDR))
 		s->bad_header = HDR_CONN;
 	if (s->bad_header) {
-		SR_WARN(c->logctx, "stream %d refused: %s header missing, repeated or malformed",
+		tun_conn_log_refused(c, "stream %d refused: %s header missing, repeated or malformed",
 			s->id, s->bad_header);
 		return NGHTTP2_REFUSED_STREAM;
 	}
@@ -879,8 +907,11 @@ static int h2_on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, voi
 	case NGHTTP2_GOAWAY:
 		if (c->st == TC_ST_OPEN)
 			tun_conn_go(c, TC_ST_GOAWAY);
-		SR_INFO(c->logctx, "peer sent GOAWAY (%s)",
-			nghttp2_http2_strerror(frame->goaway.error_code));
+		/* Logged once: a peer may send GOAWAY after GOAWAY. */
+		if (!c->peer_goaway)
+			SR_INFO(c->logctx, "peer sent GOAWAY (%s)",
+				nghttp2_http2_strerror(frame->goaway.error_code));
+		c->peer_goaway = 1;
 		break;
 	case NGHTTP2_RST_STREAM:
 		SR_DEBUG(c->logctx, "stream=%d: RST_STREAM received (%s)%s", frame->hd.stream_id,

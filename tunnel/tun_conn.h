@@ -192,6 +192,10 @@ void tun_conn_transport_failed(struct tun_conn *c, int err, const char *why);
 /* Replace the log context (e.g. once the lease is known). */
 void tun_conn_set_logctx(struct tun_conn *c, const char *logctx);
 const char *tun_conn_logctx(const struct tun_conn *c);
+/* A WARN line for a stream the sidecar refuses, rate-limited per session:
+ * a hostile relay can open streams faster than a log should grow. */
+void tun_conn_log_refused(struct tun_conn *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 /* 1 if every control message queued so far has gone out (a stream opened
  * now reaches the peer after them); else 0, and on_ctl_sent follows when

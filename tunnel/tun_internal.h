@@ -12,6 +12,7 @@
 #include <nghttp2/nghttp2.h>
 
 #include "common/sr_bsock.h"
+#include "common/sr_log.h"
 #include "tunnel/tun_conn.h"
 #include "tunnel/tun_group.h"
 
@@ -165,6 +166,8 @@ struct tun_conn {
 	size_t win_grown; /* sum of streams' win_extra: at most conn_window */
 	size_t in_buffered;    /* sum of the sockets' input (opts.sock_in_max set) */
 	int in_throttled;      /* over sock_in_max: sockets read TUN_SOCK_IN_FLOOR at most */
+	struct sr_ratelog rl_refused; /* sidecar: tun_conn_log_refused */
+	int peer_goaway;              /* a GOAWAY came (logged once) */
 	enum tc_state st;
 	struct tun_group *group; /* see tun_group.h; NULL: protocol v1 semantics */
 	struct tun_conn *gnext, *gprev; /* the other sessions carrying group */

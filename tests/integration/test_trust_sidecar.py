@@ -456,6 +456,38 @@ class RegisterTimeoutTest(TrustCase):
         self.assertEqual(end, "timeout", "the sidecar closed a leased tunnel")
 
 
+class RefusalLogTest(TrustCase):
+    """A relay can open a refused stream with every few bytes it sends, and
+    repeat GOAWAY and drain: the sidecar's log (which the notebook's start-up
+    script does not rotate) grows by a bounded number of lines, and the
+    tunnel keeps working."""
+    LEASE = "L-7-0a0a0a0a"
+
+    def test_a_flood_of_refused_streams_is_logged_a_few_lines(self):
+        drv, bm = self.listener(), self.listener()
+        s, reg = self.fr.session(15)
+        self.leased(s, FR.lease_msg(lease=self.LEASE,
+                                    ports={"driver": drv.port, "blockManager": bm.port}))
+        ids = [s.connect(drv.port, lease="L-8-0b0b0b0b") for _ in range(300)]
+        for sid in ids:
+            self.assertEqual(s.wait_stream(sid), ("reset", FR.REFUSED_STREAM))
+        self.assertEqual(s.wait_stream(s.connect(drv.port, lease=self.LEASE)), ("ok", None),
+                         "the tunnel stopped carrying streams after the refusals")
+        self.assertEqual(drv.settle(), 1)
+        lines = self.proc.grep("not the lease of this tunnel")
+        # 20 a period (10 s); the test takes far less than two periods
+        self.assertTrue(1 <= len(lines) <= 40, "%d lines for 300 refused streams" % len(lines))
+
+        for _ in range(50):
+            s.send_ctl({"v": 1, "type": "drain"})
+        for _ in range(50):
+            s.sendall(F.frame(F.GOAWAY, 0, 0, struct.pack("!II", 0, 0)))
+        self.assertTrue(X.wait_log(self.proc, "peer sent GOAWAY", 5))
+        s.wait_closed(1.0)  # read what comes meanwhile
+        self.assertEqual(len(self.proc.grep("relay is draining")), 1)
+        self.assertEqual(len(self.proc.grep("peer sent GOAWAY")), 1)
+
+
 class PlantedFileTest(TrustCase):
 
     def prepare(self):

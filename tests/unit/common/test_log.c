@@ -121,6 +121,48 @@ static void test_text_stays_one_escaped_line(void **st)
 	free(line);
 }
 
+static void test_ratelog_one_line_per_period(void **state)
+{
+	struct sr_ratelog rl;
+	uint64_t more = 99;
+
+	(void)state;
+	memset(&rl, 0, sizeof(rl));
+	assert_int_equal(sr_ratelog_allow(&rl, 1000, 500, &more), 1);
+	assert_int_equal(more, 0);
+	for (int i = 0; i < 1000; i++)
+		assert_int_equal(sr_ratelog_allow(&rl, 1000 + (uint64_t)i % 499, 500, &more),
+				 0);
+	/* The next line says how many were not logged, then counting starts again. */
+	assert_int_equal(sr_ratelog_allow(&rl, 1500, 500, &more), 1);
+	assert_int_equal(more, 1000);
+	assert_int_equal(sr_ratelog_allow(&rl, 1501, 500, &more), 0);
+	assert_int_equal(sr_ratelog_allow(&rl, 5000, 500, NULL), 1);
+	assert_int_equal(sr_ratelog_allow(&rl, 5600, 500, &more), 1);
+	assert_int_equal(more, 0);
+}
+
+/* Under a flood of one kind, the first burst lines of a period are written,
+ * then none until the next period, whose first line counts the rest. */
+static void test_ratelog_burst_per_period(void **state)
+{
+	struct sr_ratelog rl;
+	uint64_t more = 99;
+	int written = 0;
+
+	(void)state;
+	memset(&rl, 0, sizeof(rl));
+	for (int i = 0; i < 1000; i++)
+		written += sr_ratelog_allow_n(&rl, 1000 + (uint64_t)i % 500, 500, 20, &more);
+	assert_int_equal(written, 20);
+	assert_int_equal(more, 0); /* the first 20 follow each other: none left out */
+	assert_int_equal(sr_ratelog_allow_n(&rl, 1500, 500, 20, &more), 1);
+	assert_int_equal(more, 980);
+	for (int i = 0; i < 19; i++)
+		assert_int_equal(sr_ratelog_allow_n(&rl, 1600, 500, 20, &more), 1);
+	assert_int_equal(sr_ratelog_allow_n(&rl, 1999, 500, 20, &more), 0);
+}
+
 static void test_format_names(void **st)
 {
 	(void)st;
@@ -136,6 +178,8 @@ int main(void)
 	    cmocka_unit_test(test_json_fields_and_escapes),
 	    cmocka_unit_test(test_text_stays_one_escaped_line),
 	    cmocka_unit_test(test_format_names),
+	    cmocka_unit_test(test_ratelog_one_line_per_period),
+	    cmocka_unit_test(test_ratelog_burst_per_period),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -13,27 +13,6 @@
 #include "relay/relay_limits.h"
 #include "tests/support/ts_net.h"
 
-static void test_ratelog_one_line_per_period(void **state)
-{
-	struct relay_ratelog rl;
-	uint64_t more = 99;
-
-	(void)state;
-	memset(&rl, 0, sizeof(rl));
-	assert_int_equal(relay_ratelog_allow(&rl, 1000, 500, &more), 1);
-	assert_int_equal(more, 0);
-	for (int i = 0; i < 1000; i++)
-		assert_int_equal(relay_ratelog_allow(&rl, 1000 + (uint64_t)i % 499, 500, &more),
-				 0);
-	/* The next line says how many were not logged, then counting starts again. */
-	assert_int_equal(relay_ratelog_allow(&rl, 1500, 500, &more), 1);
-	assert_int_equal(more, 1000);
-	assert_int_equal(relay_ratelog_allow(&rl, 1501, 500, &more), 0);
-	assert_int_equal(relay_ratelog_allow(&rl, 5000, 500, NULL), 1);
-	assert_int_equal(relay_ratelog_allow(&rl, 5600, 500, &more), 1);
-	assert_int_equal(more, 0);
-}
-
 #define SA(x) ((const struct sockaddr *)&(x))
 
 static void test_same_source(void **state)
@@ -85,7 +64,6 @@ static void test_identity_key(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_ratelog_one_line_per_period),
 	    cmocka_unit_test(test_same_source),
 	    cmocka_unit_test(test_identity_key),
 	};
