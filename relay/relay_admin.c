@@ -404,7 +404,9 @@ static void render_metrics(struct relay *r, const struct relay_admin *admin,
 		   "Leases in grace ended for a new registration (relay.max_grace_leases).",
 		   st.leases_reclaimed);
 	metric_one(b, "sparkrelay_executor_buffered_bytes", "gauge",
-		   "Bytes read from executors, not yet sent to sidecars.", st.executor_buffered);
+		   "Bytes read from executors that sidecars have not acknowledged (unsent, or "
+		   "kept for a replay).",
+		   st.executor_buffered);
 	metric_one(b, "sparkrelay_tunnel_buffer_full_total", "counter",
 		   "Times a tunnel went over relay.max_tunnel_buffer.", st.buffer_throttled);
 	metric_one(b, "sparkrelay_leases_active", "gauge", "Port leases held now.",

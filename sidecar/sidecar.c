@@ -882,12 +882,16 @@ static void dial_next(struct sc_slot *p)
 			return;
 		}
 		/* Driver bytes a relay has not acknowledged, summed over the
-		 * tunnel's streams: over it each stream keeps at most 16 KiB
-		 * (tun_stream.c), so a relay that takes bytes and never
-		 * acknowledges them cannot fill the notebook's memory. An honest
-		 * relay holds at most its conn_window early; the same here. */
+		 * tunnel's streams: over it each stream keeps at most its
+		 * stream_window (tun_stream.c), so a relay that takes bytes and
+		 * never acknowledges them cannot make the sidecar keep a grown
+		 * window per stream. An honest relay leaves at most about three
+		 * conn_windows unacknowledged (credit paid early within
+		 * conn_window plus its growth, and as much again owed), so three
+		 * here. */
 		struct tun_conn_opts topts = s->o->tun;
-		topts.sock_in_max = topts.conn_window ? topts.conn_window : 64u << 20;
+		uint64_t cap = 3ull * (topts.conn_window ? topts.conn_window : 64u << 20);
+		topts.sock_in_max = cap > UINT32_MAX ? UINT32_MAX : (uint32_t)cap;
 		struct tun_endpoint_opts eo = {
 			.role = TUN_ROLE_SIDECAR,
 			.ssl = ssl,

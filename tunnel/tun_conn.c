@@ -660,8 +660,6 @@ static int parse_authority_port(const char *auth, uint16_t *port)
 	return 0;
 }
 
-/* Whether one more stream reset before its answer fits the sidecar's budget
- * (SC_EARLY_RST_*): a token bucket in thousandths of a token. */
 /* Streams the sidecar refuses. A legitimate relay opens none; a hostile one
  * can open one per HEADERS frame of a few bytes, each a log line a dozen
  * times its size, in a log nobody rotates. So the first
@@ -689,6 +687,8 @@ void tun_conn_log_refused(struct tun_conn *c, const char *fmt, ...)
 		SR_WARN(c->logctx, "%s", msg);
 }
 
+/* Whether one more stream reset before its answer fits the sidecar's budget
+ * (SC_EARLY_RST_*): a token bucket in thousandths of a token. */
 static int early_reset_allowed(struct tun_conn *c)
 {
 	const uint64_t cap = SC_EARLY_RST_BURST * 1000ull;

@@ -159,14 +159,21 @@ static uint32_t win_max(const struct tun_conn *c)
 	return m > c->opts.stream_window ? m : c->opts.stream_window;
 }
 
-/* The most bytes a stream keeps sent and unacknowledged (retained): a
- * window no peer of ours grants more of (the peer acknowledges as its
- * socket takes bytes, so it never has more than its window unacknowledged),
- * and TUN_SOCK_IN_FLOOR while the tunnel is over opts.sock_in_max, whose
- * count includes them. */
+/* The most bytes a stream keeps sent and unacknowledged (retained): the
+ * largest window a peer of ours grants (it acknowledges as its socket takes
+ * bytes, so it never has more than its window unacknowledged), and only
+ * stream_window while the tunnel is over opts.sock_in_max, whose count
+ * includes them: many streams then hold a window each, not a grown one.
+ * stream_window still lets an honest peer's acknowledgements (in half
+ * windows) come at its pace. At most half the cap, so that one grown stream
+ * alone never throttles its tunnel. */
 static size_t retain_max(const struct tun_conn *c)
 {
-	return c->in_throttled ? TUN_SOCK_IN_FLOOR : win_max(c);
+	size_t m = c->in_throttled ? c->opts.stream_window : win_max(c);
+
+	if (c->opts.sock_in_max && m > c->opts.sock_in_max / 2)
+		m = c->opts.sock_in_max / 2;
+	return m > TUN_SOCK_IN_FLOOR ? m : TUN_SOCK_IN_FLOOR;
 }
 
 /* s holds no more bytes for its session (unbound or its socket closed):
