@@ -57,6 +57,8 @@ enum {
 	TS_F_TOMB_DONE = 1u << 17,/* the peer has our reset (barrier, or it answered a resume) */
 	TS_F_ACK_IDLE = 1u << 18, /* its socket output drained with credit unreturned:
 				   * acknowledged by the conn's ack_ev (tun_stream.c) */
+	TS_F_KEEP_FULL = 1u << 19,/* DEFERRED for want of room to keep sent bytes
+				   * (retain_max): an acknowledgement resumes it */
 };
 
 /* Sidecar: a request's headers, bounded. An idle connection should not

@@ -77,12 +77,17 @@ static size_t unsent(const struct tun_stream *s)
 	return len > r ? len - r : 0;
 }
 
-/* The data provider of s may have stopped for want of room to keep sent
- * bytes (stream_read_cb): let it look again. */
+/* The data provider of s stopped for want of room to keep sent bytes
+ * (stream_read_cb): let it look again. Only then: a stream deferred for
+ * want of socket bytes is resumed by its socket's next read, and resuming
+ * it on every acknowledgement cost a flush pass per WINDOW_UPDATE. */
 static void resume_sending(struct tun_stream *s)
 {
 	struct tun_conn *c = s->conn;
 
+	if (!(s->flags & TS_F_KEEP_FULL))
+		return;
+	s->flags &= ~TS_F_KEEP_FULL;
 	if (c && c->h2 && s->id > 0 && (s->flags & TS_F_DEFERRED) &&
 	    !(s->flags & (TS_F_H2_CLOSED | TS_F_RESUMING))) {
 		s->flags &= ~TS_F_DEFERRED;
@@ -1049,9 +1054,10 @@ static ssize_t stream_read_cb(nghttp2_session *h2, int32_t id, uint8_t *buf, siz
 	 * byte the socket sends. */
 	keep = retain_max(s->conn);
 	if (retained(s) >= keep) {
-		s->flags |= TS_F_DEFERRED; /* tun_stream_on_ack resumes it */
+		s->flags |= TS_F_DEFERRED | TS_F_KEEP_FULL; /* tun_stream_on_ack resumes it */
 		return NGHTTP2_ERR_DEFERRED;
 	}
+	s->flags &= ~TS_F_KEEP_FULL;
 	if (avail > keep - retained(s))
 		avail = keep - retained(s);
 	/* length is at most h2.max_frame: nghttp2 asked h2_read_length_cb. */
