@@ -44,6 +44,14 @@
  * up within the same tunnel read as its CONNECT, or while the driver's accept
  * queue was full; a few a second at most. Past this budget the tunnel ends
  * as a protocol error (the sidecar then backs off harder each time). */
+/* A peer's SETTINGS frames: each INITIAL_WINDOW_SIZE entry costs a walk of
+ * every stream (nghttp2), so with thousands of streams a stream of SETTINGS
+ * frames would keep the event loop, every tunnel's, busy. A peer sends one
+ * when the session starts and rarely another; past this budget the tunnel
+ * ends as a protocol error. */
+#define TUN_SETTINGS_MAX 16   /* entries per frame */
+#define TUN_SETTINGS_BURST 32 /* frames */
+#define TUN_SETTINGS_RATE 1   /* per second */
 #define SC_EARLY_RST_BURST 200
 #define SC_EARLY_RST_RATE 20 /* per second */
 
@@ -687,22 +695,34 @@ void tun_conn_log_refused(struct tun_conn *c, const char *fmt, ...)
 		SR_WARN(c->logctx, "%s", msg);
 }
 
-/* Whether one more stream reset before its answer fits the sidecar's budget
- * (SC_EARLY_RST_*): a token bucket in thousandths of a token. */
-static int early_reset_allowed(struct tun_conn *c)
+/* One token from b, which holds at most burst and gains rate a second;
+ * 0 if it is empty. */
+static int bucket_take(struct tun_bucket *b, unsigned burst, unsigned rate)
 {
-	const uint64_t cap = SC_EARLY_RST_BURST * 1000ull;
+	const uint64_t cap = burst * 1000ull;
 	uint64_t now = sr_now_us();
-	uint64_t t = c->early_rst_mtokens + (now - c->early_rst_at_us) * SC_EARLY_RST_RATE / 1000u;
+	uint64_t t = b->mtokens + (now - b->at_us) * rate / 1000u;
 
-	c->early_rst_mtokens = t < cap ? t : cap;
-	c->early_rst_at_us = now;
-	if (c->early_rst_mtokens < 1000)
+	b->mtokens = t < cap ? t : cap;
+	b->at_us = now;
+	if (b->mtokens < 1000)
 		return 0;
-	c->early_rst_mtokens -= 1000;
+	b->mtokens -= 1000;
 	return 1;
 }
 
+static void bucket_fill(struct tun_bucket *b, unsigned burst, uint64_t now_us)
+{
+	b->mtokens = burst * 1000ull;
+	b->at_us = now_us;
+}
+
+/* Whether one more stream reset before its answer fits the sidecar's budget
+ * (SC_EARLY_RST_*). */
+static int early_reset_allowed(struct tun_conn *c)
+{
+	return bucket_take(&c->early_rst, SC_EARLY_RST_BURST, SC_EARLY_RST_RATE);
+}
 static ssize_t ctl_read_cb(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t length,
 			   uint32_t *data_flags, nghttp2_data_source *src, void *user)
 {
@@ -874,6 +894,12 @@ static int h2_on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, voi
 		}
 		break;
 	case NGHTTP2_SETTINGS:
+		if (!(frame->hd.flags & NGHTTP2_FLAG_ACK) &&
+		    !bucket_take(&c->settings_in, TUN_SETTINGS_BURST, TUN_SETTINGS_RATE)) {
+			conn_fail(c, SR_EPROTO, "protocol error: peer sends SETTINGS faster than "
+						"the tunnel allows (a SETTINGS flood)");
+			return NGHTTP2_ERR_CALLBACK_FAILURE; /* read no further */
+		}
 		if (!(frame->hd.flags & NGHTTP2_FLAG_ACK))
 			for (size_t i = 0; i < frame->settings.niv; i++)
 				if (frame->settings.iv[i].settings_id == TC_SETTINGS_WIN_GROWTH)
@@ -1298,8 +1324,8 @@ struct tun_conn *tun_conn_new(struct event_base *base, enum tun_role role,
 	c->arg = arg;
 	tun_conn_set_logctx(c, logctx);
 	c->last_recv_us = sr_now_us();
-	c->early_rst_mtokens = SC_EARLY_RST_BURST * 1000ull;
-	c->early_rst_at_us = c->last_recv_us;
+	bucket_fill(&c->early_rst, SC_EARLY_RST_BURST, c->last_recv_us);
+	bucket_fill(&c->settings_in, TUN_SETTINGS_BURST, c->last_recv_us);
 
 	c->ctl_in = evbuffer_new();
 	c->ctl_out = evbuffer_new();
@@ -1333,7 +1359,9 @@ struct tun_conn *tun_conn_new(struct event_base *base, enum tun_role role,
 		nghttp2_option_set_stream_reset_rate_limit(hopt, SC_RST_BURST, SC_RST_RATE);
 	else
 		nghttp2_option_set_stream_reset_rate_limit(hopt, 1u << 30, 1u << 30);
-	nghttp2_option_set_max_settings(hopt, 64);
+	/* Each INITIAL_WINDOW_SIZE entry walks every stream of the session:
+	 * few entries a frame (ours carry 5), few frames (TUN_SETTINGS_*). */
+	nghttp2_option_set_max_settings(hopt, TUN_SETTINGS_MAX);
 
 	if (role == TUN_ROLE_RELAY)
 		rv = nghttp2_session_client_new2(&c->h2, hcb, c, hopt);

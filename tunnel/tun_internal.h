@@ -34,6 +34,12 @@ enum ts_dir {
 	TS_DIR_DONE, /* down only: shutdown(SHUT_WR) done, after every byte */
 };
 
+/* A token bucket, in thousandths of a token (tun_bucket_take). */
+struct tun_bucket {
+	uint64_t mtokens;
+	uint64_t at_us;
+};
+
 /* Attributes and scheduling marks, not states. */
 enum {
 	TS_F_CTL = 1u << 0,       /* the control stream */
@@ -191,10 +197,10 @@ struct tun_conn {
 	int want_flush;
 	int data_held;  /* on_data took frames in this flush: on_output follows */
 	uint32_t goaway_sent_error; /* we ended the session for a peer's error */
-	/* Sidecar: token bucket of streams the relay reset before our answer
-	 * went out (tun_conn.c, "rapid reset"), in thousandths of a token. */
-	uint64_t early_rst_mtokens;
-	uint64_t early_rst_at_us;
+	/* Token buckets (tun_conn.c): sidecar, streams the relay reset before
+	 * our answer went out ("rapid reset"); both roles, the peer's SETTINGS
+	 * frames. */
+	struct tun_bucket early_rst, settings_in;
 	struct tun_conn_stats stats;
 };
 

@@ -2060,6 +2060,33 @@ static void test_unacknowledged_bytes_per_tunnel_are_bounded(void **state)
 	assert_int_equal(h->raw_err, 0);
 }
 
+/* Each INITIAL_WINDOW_SIZE entry of a SETTINGS frame walks every stream of
+ * the session: a peer gets a few frames (at most 16 entries each), not a
+ * stream of them, or one tunnel's peer keeps the whole event loop busy. */
+static void test_settings_flood_ends_the_tunnel(void **state)
+{
+	struct h *h = *state;
+	struct cfg cfg = {0};
+	nghttp2_settings_entry iv[2] = {{NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 70000},
+					{NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 80000}};
+	int32_t ctl;
+
+	cfg.raw_client = 1;
+	h_start(h, &cfg);
+	ctl = raw_ctl(h);
+	PUMP_UNTIL(h, h->ctl_open == 1 && h->raw_status[ctl] == 200, 2000);
+	/* a few are fine */
+	for (int i = 0; i < 10; i++)
+		assert_int_equal(nghttp2_submit_settings(h->raw, NGHTTP2_FLAG_NONE, iv, 2), 0);
+	pump_for(h, 100);
+	assert_int_equal(h->closed[1], 0);
+	/* a flood is not */
+	for (int i = 0; i < 200; i++)
+		assert_int_equal(nghttp2_submit_settings(h->raw, NGHTTP2_FLAG_NONE, iv, 2), 0);
+	PUMP_UNTIL(h, h->closed[1] == 1, 2000);
+	assert_int_equal(h->close_err[1], SR_EPROTO);
+}
+
 /* DATA frames in one direction of a tap's record (parsed from after the
  * client preface relay->sidecar, from the start the other way): the largest
  * payload, how many, and the bytes of the stream that carried the most. */
@@ -2248,6 +2275,7 @@ int main(void)
 	    T(test_window_growth_beyond_the_largest_window_is_refused),
 	    T(test_unacknowledged_bytes_per_stream_are_bounded),
 	    T(test_unacknowledged_bytes_per_tunnel_are_bounded),
+	    T(test_settings_flood_ends_the_tunnel),
 	    T(test_data_frames_of_max_frame_default),
 	    T(test_data_frames_of_the_smaller_max_frame),
 	    T(test_tls_data_frames_fill_their_records),
