@@ -214,7 +214,9 @@ void sr_http_reply_json(struct evhttp_request *req, int code, json_t *j)
 		evhttp_send_error(req, 500, NULL);
 		return;
 	}
-	s = json_dumps(j, JSON_INDENT(2) | JSON_ENCODE_ANY);
+	/* ASCII: peer text inside (an app name, a certificate's CN) may hold
+	 * characters a terminal acts on (U+009B), and curl prints the body. */
+	s = json_dumps(j, JSON_INDENT(2) | JSON_ENCODE_ANY | JSON_ENSURE_ASCII);
 	json_decref(j);
 	b = evbuffer_new();
 	if (!s || !b) {

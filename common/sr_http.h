@@ -68,8 +68,8 @@ void sr_http_reply(struct evhttp_request *req, int code, const char *ctype,
 		   struct evbuffer *body);
 /* A text/plain (UTF-8) answer. */
 void sr_http_reply_text(struct evhttp_request *req, int code, const char *text);
-/* j as indented JSON and a newline. Steals j; NULL (a failed construction)
- * answers 500. */
+/* j as indented JSON (ASCII, other characters as \u escapes) and a newline.
+ * Steals j; NULL (a failed construction) answers 500. */
 void sr_http_reply_json(struct evhttp_request *req, int code, json_t *j);
 /* {"error": msg} as sr_http_reply_json. */
 void sr_http_reply_error(struct evhttp_request *req, int code, const char *msg);

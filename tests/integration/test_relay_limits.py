@@ -490,6 +490,11 @@ class CtlTest(LimitsCase):
         self.assertEqual(rc, 0, err)
         self.assertEqual(json.loads(out)[0]["app"], ODD_APP)
         self.assertNotIn("\u00e9".encode("utf-8"), out, "non-ASCII must be escaped in JSON")
+        # The admin API's own answer, as curl would print it: ASCII too.
+        code, text = self.http("GET", "/v1/leases")
+        self.assertEqual(code, 200, text)
+        self.assertTrue(text.isascii(), "the admin API answered non-ASCII: %r" % text[:200])
+        self.assertEqual(json.loads(text)[0]["app"], ODD_APP)
         rc, out, err = self.ctl("sessions", env_extra=tok)
         self.assertEqual(rc, 0, err)
         # The relay log: one line, the quote escaped, so no forged field.
