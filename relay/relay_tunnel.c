@@ -647,9 +647,12 @@ static void on_register(struct relay_tunnel *t, const struct tun_ctl_msg *m)
 	if (tenant < 0)
 		return;
 	tname = relay_policy_tenant_name(r->pol->p, tenant);
-	if (r->fleet)
-		relay_fleet_register(r->fleet, t, m, tenant, tname, idkey);
-	else if (m->join[0]) {
+	if (r->fleet) {
+		/* Whether it grants, resumes or joins, a registration answered
+		 * here adds a tunnel to this relay: max_tunnels before etcd. */
+		if (!tunnels_full(t))
+			relay_fleet_register(r->fleet, t, m, tenant, tname, idkey);
+	} else if (m->join[0]) {
 		struct relay_lease *l = relay_find_id(r, m->join);
 		struct relay_lease_ext *lx = l ? relay_lease_data(l) : NULL;
 		relay_tunnel_join(t, lx, relay_join_proven(lx, m->resume), m, tname, idkey);

@@ -49,6 +49,7 @@ import urllib.request
 import etcd as E
 import fake_sidecar as F
 import harness as H
+import harness_extra as X
 from fleet_support import FleetCase, HOSTS, POOL, echo_exchange, wait_for  # noqa: F401
 from harness import MiB
 
@@ -102,6 +103,19 @@ class FleetTest(FleetCase):
             ok, why = echo_exchange(s, 7, 256 * 1024)
             s.close()
             self.assertTrue(ok, "through %s: %s" % (r.name, why))
+
+    def test_max_tunnels_holds_for_a_resume_in_a_fleet(self):
+        a = self.start_relay("relay-a", HOSTS[0], overrides={"relay": {"max_tunnels": 1}})
+        b = self.start_relay("relay-b", HOSTS[1])
+        s1 = self.start_sidecar("sc1", b)
+        self.lease_of(s1)
+        s2 = self.start_sidecar("sc2", a)
+        self.lease_of(s2)  # relay-a is full now
+        s1.kill()
+        self.start_sidecar("sc1-again", a, workdir=s1.workdir_)
+        self.assertTrue(X.wait_log(a, "registration refused: too_many_tunnels", 15),
+                        "a fleet relay resumed a lease past relay.max_tunnels")
+        self.assertFalse(a.grep("resumed in the fleet"))
 
     def test_waiting_executors_follow_the_tunnel(self):
         a = self.start_relay("relay-a", HOSTS[0])
