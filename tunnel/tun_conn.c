@@ -1256,6 +1256,17 @@ static void ping_cb(evutil_socket_t fd, short what, void *arg)
 		conn_fail(c, SR_ETIMEDOUT, why);
 		return;
 	}
+	/* A peer that sends frames but leaves our barrier PING unanswered
+	 * would keep every stream that ended since lingering (tun_conn.c,
+	 * "barrier"), memory that grows with its executors' connections. */
+	if (c->barrier_out && now - c->barrier_sent_us >= timeout) {
+		char why[96];
+		snprintf(why, sizeof(why), "protocol error: peer left a PING unanswered for %" PRIu64
+					   " ms",
+			 (now - c->barrier_sent_us) / 1000u);
+		conn_fail(c, SR_EPROTO, why);
+		return;
+	}
 	if (c->ping_sent_us && idle < interval)
 		c->ping_sent_us = 0; /* traffic arrived; a lost ACK is no failure */
 	if (idle >= interval && !c->ping_sent_us) {
@@ -1707,6 +1718,7 @@ static void barrier_send(struct tun_conn *c)
 	if (nghttp2_submit_ping(c->h2, NGHTTP2_FLAG_NONE, opaque) != 0)
 		return;
 	c->barrier_out = seq;
+	c->barrier_sent_us = sr_now_us();
 	c->want_barrier = 0;
 	if (c->confirm_wanted) {
 		c->confirm_wanted = 0;

@@ -186,6 +186,7 @@ struct tun_conn {
 	struct tun_stream *linger; /* ended streams waiting for a PING barrier */
 	uint64_t ping_seq;       /* last barrier PING's payload */
 	uint64_t barrier_out;    /* a barrier PING in flight, 0 if none */
+	uint64_t barrier_sent_us; /* when it was sent */
 	int want_barrier;        /* a stream lingers without a barrier yet */
 	int confirm_wanted;      /* tun_conn_confirm: the next barrier answers it */
 	uint64_t confirm_seq;    /* the barrier whose ACK calls on_confirmed, 0: none */

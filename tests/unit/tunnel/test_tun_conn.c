@@ -179,6 +179,7 @@ struct cfg {
 	struct tun_conn_opts ropts, sopts;
 	int bufsz;	/* >0: SO_SNDBUF and SO_RCVBUF of the test's TCP sockets */
 	int raw_client; /* a raw nghttp2 client instead of the relay conn */
+	int raw_no_ping_ack; /* it answers no PING */
 	int tap;	/* relay and sidecar through a recording tap */
 	int tap_delay_ms; /* the tap holds every byte this long each way (not recorded) */
 	int tls;	/* TLS between the endpoints (development certificates) */
@@ -513,7 +514,14 @@ static void raw_start(struct h *h, int fd)
 	nghttp2_session_callbacks_set_on_header_callback(cb, raw_on_header);
 	nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, raw_on_data);
 	nghttp2_session_callbacks_set_on_stream_close_callback(cb, raw_on_close);
-	assert_int_equal(nghttp2_session_client_new(&h->raw, cb, h), 0);
+	{
+		nghttp2_option *opt;
+		assert_int_equal(nghttp2_option_new(&opt), 0);
+		if (h->cfg.raw_no_ping_ack)
+			nghttp2_option_set_no_auto_ping_ack(opt, 1);
+		assert_int_equal(nghttp2_session_client_new2(&h->raw, cb, h, opt), 0);
+		nghttp2_option_del(opt);
+	}
 	nghttp2_session_callbacks_del(cb);
 	assert_int_equal(nghttp2_submit_settings(h->raw, NGHTTP2_FLAG_NONE, iv, 1), 0);
 }
@@ -2087,6 +2095,35 @@ static void test_settings_flood_ends_the_tunnel(void **state)
 	assert_int_equal(h->close_err[1], SR_EPROTO);
 }
 
+/* Ended streams linger, and a relay's lease waits for its confirmation,
+ * until a barrier PING comes back. A peer that sends frames but answers no
+ * PING would keep every stream that ended since: the tunnel ends once a
+ * barrier waits past ping_timeout_ms. */
+static void test_unanswered_barrier_ends_the_tunnel(void **state)
+{
+	struct h *h = *state;
+	struct cfg cfg = {0};
+	int32_t ctl;
+	uint64_t end;
+
+	cfg.raw_client = 1;
+	cfg.raw_no_ping_ack = 1;
+	cfg.sopts.ping_interval_ms = 200;
+	cfg.sopts.ping_timeout_ms = 800;
+	h_start(h, &cfg);
+	ctl = raw_ctl(h);
+	PUMP_UNTIL(h, h->ctl_open == 1 && h->raw_status[ctl] == 200, 2000);
+	tun_conn_confirm(h->sc); /* a barrier goes out */
+	/* the raw client stays chatty (the sidecar answers its PINGs) */
+	end = sr_now_us() + 2400 * 1000u;
+	while (!h->closed[1] && sr_now_us() < end) {
+		assert_int_equal(nghttp2_submit_ping(h->raw, NGHTTP2_FLAG_NONE, NULL), 0);
+		pump_for(h, 50);
+	}
+	assert_int_equal(h->closed[1], 1);
+	assert_int_equal(h->close_err[1], SR_EPROTO);
+}
+
 /* DATA frames in one direction of a tap's record (parsed from after the
  * client preface relay->sidecar, from the start the other way): the largest
  * payload, how many, and the bytes of the stream that carried the most. */
@@ -2276,6 +2313,7 @@ int main(void)
 	    T(test_unacknowledged_bytes_per_stream_are_bounded),
 	    T(test_unacknowledged_bytes_per_tunnel_are_bounded),
 	    T(test_settings_flood_ends_the_tunnel),
+	    T(test_unanswered_barrier_ends_the_tunnel),
 	    T(test_data_frames_of_max_frame_default),
 	    T(test_data_frames_of_the_smaller_max_frame),
 	    T(test_tls_data_frames_fill_their_records),
