@@ -1788,4 +1788,5 @@ void tun_conn_get_stats(const struct tun_conn *c, struct tun_conn_stats *st)
 	*st = c->stats;
 	st->streams_active = tun_conn_nstreams(c);
 	st->sock_in_buffered = c->in_buffered;
+	st->h2_queued = c->h2 ? nghttp2_session_get_outbound_queue_size(c->h2) : 0;
 }

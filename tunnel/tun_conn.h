@@ -152,6 +152,7 @@ struct tun_conn_stats {
 	uint64_t stream_window_max; /* largest receive window a stream reached */
 	uint64_t sock_in_buffered;  /* now; counted only when sock_in_max is set */
 	uint64_t sock_in_throttled; /* times the tunnel went over sock_in_max */
+	uint64_t h2_queued;         /* now: frames nghttp2 holds, not yet serialized */
 };
 
 /* logctx is copied and prefixes every log line ("lease=L-3 peer=10.0.0.3:5123").

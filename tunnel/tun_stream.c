@@ -294,6 +294,18 @@ static void ack_idle_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	if (!c->h2 || tun_conn_closing(c))
 		return;
+	/* The transport is backed up (the peer does not read): frames wait
+	 * in our output or, behind a DATA frame the transport would not take,
+	 * in nghttp2's queue. An update queued now would only wait too, and
+	 * returning credit lets the peer send more, which marks its stream
+	 * idle again: a peer that trickles bytes and never reads would grow
+	 * that queue without end. Look again later; the marks stay. */
+	if (evbuffer_get_length(c->out) >= c->opts.out_high ||
+	    nghttp2_session_get_outbound_queue_size(c->h2) > 0) {
+		struct timeval tv = sr_tv_ms(TS_ACK_IDLE_MS);
+		evtimer_add(c->ack_ev, &tv);
+		return;
+	}
 	for (struct tun_stream *s = c->streams; s; s = s->next) {
 		int32_t n;
 

@@ -235,6 +235,9 @@ struct h {
 	uint32_t raw_close_code[RAW_MAXID];
 	struct evbuffer *raw_data[RAW_MAXID];
 	int raw_err;
+	int raw_no_read;   /* the raw client stops reading its socket */
+	size_t raw_trickle; /* bytes the raw client may still send on raw_trickle_id */
+	int32_t raw_trickle_id;
 	char note[64]; /* printed when a wait times out */
 
 	/* tap (cfg.tap): relay <-> tap_fd[0] ... tap_fd[1] <-> sidecar */
@@ -497,6 +500,13 @@ static int raw_on_close(nghttp2_session *s, int32_t id, uint32_t code, void *use
 static ssize_t raw_deferred_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len,
 				 uint32_t *flags, nghttp2_data_source *src, void *user)
 {
+	struct h *h = user;
+
+	if (id == h->raw_trickle_id && h->raw_trickle > 0 && len > 0) {
+		h->raw_trickle--;
+		buf[0] = 'x';
+		return 1;
+	}
 	return NGHTTP2_ERR_DEFERRED; /* the control stream's request body stays open */
 }
 
@@ -530,7 +540,7 @@ static void raw_service(struct h *h)
 {
 	uint8_t buf[16384];
 
-	for (;;) {
+	for (; !h->raw_no_read;) {
 		ssize_t n = recv(h->raw_fd, buf, sizeof(buf), MSG_DONTWAIT);
 		if (n <= 0)
 			break;
@@ -2124,6 +2134,58 @@ static void test_unanswered_barrier_ends_the_tunnel(void **state)
 	assert_int_equal(h->close_err[1], SR_EPROTO);
 }
 
+/* A relay (or sidecar) peer that stops reading and trickles a byte now and
+ * then on a stream: each byte written to the socket would have its credit
+ * returned 20 ms later (ack_idle_cb), queued behind output that cannot go
+ * out, without end. While the output is backed up, no such update is
+ * queued. */
+static void test_trickle_into_a_peer_that_does_not_read(void **state)
+{
+	struct h *h = *state;
+	struct cfg cfg = {0};
+	nghttp2_settings_entry iv[] = {{NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 0x7fffffff}};
+	static uint8_t chunk[64 * KIB];
+	struct tun_conn_stats st;
+	char target[64];
+	int32_t ctl, id;
+	uint64_t end;
+
+	cfg.raw_client = 1;
+	cfg.sopts.ping_timeout_ms = 60000; /* not the subject here */
+	cfg.sopts.ping_interval_ms = 30000;
+	h_start(h, &cfg);
+	assert_int_equal(nghttp2_submit_settings(h->raw, NGHTTP2_FLAG_NONE, iv, 1), 0);
+	assert_int_equal(nghttp2_session_set_local_window_size(h->raw, NGHTTP2_FLAG_NONE, 0, 1 << 30),
+			 0);
+	ctl = raw_ctl(h);
+	PUMP_UNTIL(h, h->ctl_open == 1 && h->raw_status[ctl] == 200, 2000);
+	snprintf(target, sizeof(target), "127.0.0.1:%u", h->dport[0]);
+	id = raw_connect(h, target);
+	PUMP_UNTIL(h, h->raw_status[id] == 200 && h->norphans == 1, 3000);
+	/* The raw client stops reading; the driver's bytes fill the way. */
+	h->raw_no_read = 1;
+	end = sr_now_us() + 500 * 1000u;
+	while (sr_now_us() < end) {
+		(void)send(h->orphans[0], chunk, sizeof(chunk), MSG_DONTWAIT | MSG_NOSIGNAL);
+		pump_for(h, 5);
+	}
+	/* A byte every 10 ms for 1 s, each written to the driver. */
+	h->raw_trickle_id = id;
+	end = sr_now_us() + 1000 * 1000u;
+	while (sr_now_us() < end) {
+		h->raw_trickle = 1;
+		assert_int_equal(nghttp2_session_resume_data(h->raw, id), 0);
+		pump_for(h, 10);
+	}
+	conn_stats(h->sc, &st);
+	print_message("frames queued in the sidecar's session after 1 s of trickle: %llu; "
+		      "bytes written to the driver: %llu\n",
+		      (unsigned long long)st.h2_queued, (unsigned long long)st.bytes_from_tunnel);
+	assert_true(st.bytes_from_tunnel >= 20); /* the trickle got through */
+	assert_true(st.h2_queued < 10);
+	assert_int_equal(h->closed[1], 0);
+}
+
 /* DATA frames in one direction of a tap's record (parsed from after the
  * client preface relay->sidecar, from the start the other way): the largest
  * payload, how many, and the bytes of the stream that carried the most. */
@@ -2314,6 +2376,7 @@ int main(void)
 	    T(test_unacknowledged_bytes_per_tunnel_are_bounded),
 	    T(test_settings_flood_ends_the_tunnel),
 	    T(test_unanswered_barrier_ends_the_tunnel),
+	    T(test_trickle_into_a_peer_that_does_not_read),
 	    T(test_data_frames_of_max_frame_default),
 	    T(test_data_frames_of_the_smaller_max_frame),
 	    T(test_tls_data_frames_fill_their_records),
