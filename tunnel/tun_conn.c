@@ -44,6 +44,9 @@
  * up within the same tunnel read as its CONNECT, or while the driver's accept
  * queue was full; a few a second at most. Past this budget the tunnel ends
  * as a protocol error (the sidecar then backs off harder each time). */
+#define SC_EARLY_RST_BURST 200
+#define SC_EARLY_RST_RATE 20 /* per second */
+
 /* A peer's SETTINGS frames: each INITIAL_WINDOW_SIZE entry costs a walk of
  * every stream (nghttp2), so with thousands of streams a stream of SETTINGS
  * frames would keep the event loop, every tunnel's, busy. A peer sends one
@@ -52,8 +55,6 @@
 #define TUN_SETTINGS_MAX 16   /* entries per frame */
 #define TUN_SETTINGS_BURST 32 /* frames */
 #define TUN_SETTINGS_RATE 1   /* per second */
-#define SC_EARLY_RST_BURST 200
-#define SC_EARLY_RST_RATE 20 /* per second */
 
 /* The same values as the h2 table of conf/conf_table.c (tunnel/ does not
  * include conf/); tests/unit/conf/test_conf.c checks that they agree. */
@@ -723,6 +724,7 @@ static int early_reset_allowed(struct tun_conn *c)
 {
 	return bucket_take(&c->early_rst, SC_EARLY_RST_BURST, SC_EARLY_RST_RATE);
 }
+
 static ssize_t ctl_read_cb(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t length,
 			   uint32_t *data_flags, nghttp2_data_source *src, void *user)
 {
@@ -802,21 +804,21 @@ static int sidecar_on_request(struct tun_conn *c, struct tun_stream **sp)
 	if (strcmp(r->method, "CONNECT") != 0 || !c->ctl) {
 		char mbuf[SR_ESC_SIZE(sizeof(r->method))];
 		tun_conn_log_refused(c, "stream %d refused: method \"%s\" %s", s->id,
-			sr_esc(r->method, mbuf, sizeof(mbuf)),
-			c->ctl ? "is not CONNECT" : "before the control stream");
+				     sr_esc(r->method, mbuf, sizeof(mbuf)),
+				     c->ctl ? "is not CONNECT" : "before the control stream");
 		return NGHTTP2_REFUSED_STREAM;
 	}
 	if (parse_authority_port(r->authority, &s->port) != 0) {
 		char abuf[SR_ESC_SIZE(sizeof(r->authority))];
 		tun_conn_log_refused(c, "stream %d refused: target \"%s\" is not 127.0.0.1:<port>",
-			s->id, sr_esc(r->authority, abuf, sizeof(abuf)));
+				     s->id, sr_esc(r->authority, abuf, sizeof(abuf)));
 		return NGHTTP2_REFUSED_STREAM;
 	}
 	if (!s->bad_header && !(s->flags & TS_F_CONN_HDR))
 		s->bad_header = HDR_CONN;
 	if (s->bad_header) {
 		tun_conn_log_refused(c, "stream %d refused: %s header missing, repeated or malformed",
-			s->id, s->bad_header);
+				     s->id, s->bad_header);
 		return NGHTTP2_REFUSED_STREAM;
 	}
 	if (s->flags & TS_F_RESUME_HDR)
