@@ -23,9 +23,9 @@
 #include <event2/util.h>
 #include <openssl/ssl.h>
 
+#include "common/sr_log.h"
 #include "common/sr_util.h"
 #include "relay/relay.h"
-#include "common/sr_log.h"
 #include "relay/relay_limits.h"
 #include "tunnel/tun_endpoint.h"
 #include "tunnel/tun_group.h"

@@ -1,6 +1,7 @@
 /* Small pieces of the relay's defences against starvation, kept apart from
- * relay.c so that unit tests can drive them: what counts as "one source" for per-source limits, and the
- * identity a lease's resume is bound to. */
+ * relay.c so that unit tests can drive them: what counts as "one source" for
+ * per-source limits, and the identity a lease's resume is bound to. (The
+ * rate-limited log lines of refusals are common/sr_log.h's sr_ratelog.) */
 #ifndef RELAY_LIMITS_H
 #define RELAY_LIMITS_H
 

@@ -34,7 +34,7 @@ enum ts_dir {
 	TS_DIR_DONE, /* down only: shutdown(SHUT_WR) done, after every byte */
 };
 
-/* A token bucket, in thousandths of a token (tun_bucket_take). */
+/* A token bucket, in thousandths of a token (tun_conn.c, bucket_take). */
 struct tun_bucket {
 	uint64_t mtokens;
 	uint64_t at_us;
