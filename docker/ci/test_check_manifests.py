@@ -51,7 +51,7 @@ CASES = [
     ("docs sidecar as an ordinary init container", "docs/operations.md",
      r"      restartPolicy: Always .*\n", "", "has the in-pod sidecar example"),
     ("docs sidecar without resources", "docs/operations.md",
-     r"      resources:\n.*?limits: \{memory: 256Mi\}\n", "", "cpu/memory requests"),
+     r"      resources:\n.*?limits: \{memory: 512Mi\}\n", "", "cpu/memory requests"),
     ("docs sidecar without a startup probe", "docs/operations.md",
      r"      startupProbe:\n.*?failureThreshold: 150\n", "", "startupProbe runs"),
     ("docs sidecar on a writable root", "docs/operations.md",
