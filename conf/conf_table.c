@@ -734,9 +734,12 @@ static const struct conf_entry conf_tunnel[] = {
     U32(struct sidecar_opts, "connections", connections, 1, SIDECAR_MAX_CONNECTIONS, "1",
 	"Tunnels held for the one lease, each to a different relay where discovery gives "
 	"several (else to the same relay): the first registers, the others join its lease. "
-	"New executor connections use any live tunnel; when one is lost the others carry on "
-	"and a replacement is dialled. A relay that cannot join leases leaves the sidecar "
-	"with one tunnel (logged once)."),
+	"An executor connection goes over a live tunnel to the relay it reached; with "
+	"several there, the driver port's (heartbeats) over the oldest and the block "
+	"manager's and UI's (broadcasts) over the others, so that on a lossy link a "
+	"heartbeat does not wait behind a broadcast's lost packets (set 2 for that). When "
+	"one is lost the others carry on and a replacement is dialled. A relay that cannot "
+	"join leases leaves the sidecar with one tunnel (logged once)."),
     GROUP("h2", offsetof(struct sidecar_opts, tun), conf_h2_group),
     GROUP("admin", 0, conf_tunnel_admin_group),
 };

@@ -127,7 +127,7 @@ void relay_exec_flush_pending(struct relay *r, struct relay_lease_ext *lx)
 
 	struct relay_tunnel *t;
 
-	while (lx->pending && (t = relay_lease_pick_tunnel(lx)) != NULL) {
+	while (lx->pending && (t = relay_lease_pick_tunnel(lx, lx->pending->role)) != NULL) {
 		struct relay_pending *p = lx->pending;
 		int fd = p->fd;
 		lx->pending = p->next;
@@ -230,7 +230,7 @@ void relay_exec_accept(struct relay *r, struct relay_lease *l, enum tun_port_rol
 	/* Any open tunnel of the lease here; with none (all closing), the
 	 * executor waits for the sidecar's next tunnel like during grace. */
 	{
-		struct relay_tunnel *t = relay_lease_pick_tunnel(lx);
+		struct relay_tunnel *t = relay_lease_pick_tunnel(lx, role);
 		if (t) {
 			open_stream(r, lx, t, fd, role, conn_id, peer);
 			return;

@@ -345,7 +345,13 @@ int relay_join_proven(const struct relay_lease_ext *lx, const char *resume);
 /* Every tunnel of lx lets go of it and is closed; with code, after an error
  * message (code, text) on each. The lease is the caller's to end. */
 void relay_lease_end_tunnels(struct relay_lease_ext *lx, const char *code, const char *text);
-/* The open tunnel of lx with the fewest streams, or NULL. */
-struct relay_tunnel *relay_lease_pick_tunnel(const struct relay_lease_ext *lx);
+/* The open tunnel of lx that takes a new executor stream to the port of
+ * role, or NULL. With several, the oldest carries the driver port's streams
+ * (Spark's heartbeats, task launches and status updates) and the others,
+ * fewest streams first, those of the block manager and UI ports (broadcast
+ * pieces: bulk). Each tunnel is a TCP connection of its own, so a heartbeat
+ * does not wait behind a broadcast's lost packet (head-of-line blocking). */
+struct relay_tunnel *relay_lease_pick_tunnel(const struct relay_lease_ext *lx,
+					     enum tun_port_role role);
 
 #endif

@@ -56,15 +56,27 @@ void relay_lease_end_tunnels(struct relay_lease_ext *lx, const char *code, const
 	}
 }
 
-struct relay_tunnel *relay_lease_pick_tunnel(const struct relay_lease_ext *lx)
+static int tunnel_takes_streams(const struct relay_tunnel *t)
 {
-	struct relay_tunnel *best = NULL;
+	/* A tunnel that is closing (or got GOAWAY) takes no new streams. */
+	return t->conn && tun_conn_is_open(t->conn) && !t->open_after_lease;
+}
+
+struct relay_tunnel *relay_lease_pick_tunnel(const struct relay_lease_ext *lx,
+					     enum tun_port_role role)
+{
+	struct relay_tunnel *oldest = NULL, *best = NULL;
 	size_t least = 0;
 
-	/* A tunnel that is closing (or got GOAWAY) takes no new streams. */
+	/* Joins are prepended: the last open tunnel is the oldest. */
+	for (struct relay_tunnel *t = lx->tunnel; t; t = t->lnext)
+		if (tunnel_takes_streams(t))
+			oldest = t;
+	if (!oldest || role == TUN_PORT_DRIVER)
+		return oldest;
 	for (struct relay_tunnel *t = lx->tunnel; t; t = t->lnext) {
 		size_t n;
-		if (!t->conn || !tun_conn_is_open(t->conn) || t->open_after_lease)
+		if (t == oldest || !tunnel_takes_streams(t))
 			continue;
 		n = tun_conn_nstreams(t->conn);
 		if (!best || n < least) {
@@ -72,7 +84,7 @@ struct relay_tunnel *relay_lease_pick_tunnel(const struct relay_lease_ext *lx)
 			least = n;
 		}
 	}
-	return best;
+	return best ? best : oldest;
 }
 
 void relay_tunnel_free(struct relay_tunnel *t)

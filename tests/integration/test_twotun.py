@@ -179,6 +179,37 @@ class OneRelayTest(unittest.TestCase):
     def tunnels_of_lease(self):
         return relay_leases(self.relay)[self.stack.lease["lease"]]["tunnels"]
 
+    def lease_sessions(self, key="streams_active"):
+        sess = json.loads(admin_get(self.relay, "/v1/sessions"))
+        sess = sess["sessions"] if isinstance(sess, dict) else sess
+        return [x[key] for x in sess if x.get("lease") == self.stack.lease["lease"]]
+
+    def test_driver_port_streams_do_not_share_a_tunnel_with_block_manager_bulk(self):
+        """Spark's heartbeats travel on the driver port, broadcast pieces on
+        the block manager port. With two tunnels they must not share a TCP
+        connection: on a lossy link a heartbeat would wait for every lost
+        packet of the broadcast ahead of it (head-of-line blocking)."""
+        wait_for(lambda: self.tunnels_of_lease() == 2, 10, "the second tunnel joining")
+        self.stack.start_driver()
+        # Block manager connections first and in bulk, then one driver
+        # connection: by the count of streams alone it would join one of
+        # them.
+        bulk = [self.stack.executor("blockManager") for _ in range(2)]
+        for i, s in enumerate(bulk):
+            ok, why = echo_exchange(s, 40 + i, 4 * MiB, timeout=20.0)
+            self.assertTrue(ok, why)
+        rpc = self.stack.executor("driver")
+        for i in range(3):
+            ok, why = echo_exchange(rpc, 50 + i, 64, timeout=5.0)
+            self.assertTrue(ok, why)
+        both = sorted(zip(self.lease_sessions("streams_active"),
+                          self.lease_sessions("bytes_to_driver")))
+        self.assertEqual(len(both), 2, both)
+        (n_rpc, b_rpc), (n_bulk, b_bulk) = both
+        self.assertEqual((n_rpc, n_bulk), (1, 2), both)
+        self.assertLess(b_rpc, 64 * 1024, "the driver port's tunnel carried bulk: %s" % both)
+        self.assertGreaterEqual(b_bulk, 8 * MiB, both)
+
     def test_two_tunnels_one_lost_and_replaced(self):
         lease = self.stack.lease
         wait_for(lambda: self.tunnels_of_lease() == 2, 10, "the second tunnel joining")
@@ -187,16 +218,12 @@ class OneRelayTest(unittest.TestCase):
         st = json.loads(admin_get(self.sc, "/status"))
         self.assertEqual(st["tunnels"], 2, st)
         self.stack.start_driver()
-        socks = [self.stack.executor() for _ in range(8)]
+        socks = [self.stack.executor(port) for port in ("driver", "blockManager") * 4]
         load = EchoLoad(socks, 10).start()
         wait_for(lambda: min(load.rounds) >= 2, 20, "echo rounds on every connection")
-        # Both tunnels carry streams: the relay opens each on the one with
-        # fewer.
-        sess = json.loads(admin_get(self.relay, "/v1/sessions"))
-        sess = sess["sessions"] if isinstance(sess, dict) else sess
-        active = sorted(x["streams_active"] for x in sess if x.get("lease") == lease["lease"])
-        self.assertEqual(len(active), 2, sess)
-        self.assertGreaterEqual(active[0], 3, "streams spread over the tunnels: %s" % active)
+        # Both tunnels carry streams: the driver port's on the older tunnel,
+        # the block manager's on the other.
+        self.assertEqual(sorted(self.lease_sessions()), [4, 4])
 
         joins = H_count(self.relay, "joining lease=")
         resumed = H_count(self.relay, "resumed ")
