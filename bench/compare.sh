@@ -727,20 +727,56 @@ ll_rtt() { # ll_rtt NAME HOST:PORT SECONDS: 64-byte ping-pong from A
 	record_rc "$1" "$rc"
 }
 
-ll_bulk_and_rtt() { # ll_bulk_and_rtt DIR: sparkrelay stream + round trips beside it
-	local dir=$1 rtt_pid rc=0
-	# The round trips start after the bulk stream's first seconds (its
-	# slow start) and end before it does.
+ll_bulk_and_rtt() { # ll_bulk_and_rtt DIR [INFIX]: sparkrelay stream + round trips beside it
+	local dir=$1 x=${2:-} rtt_pid rc=0
+	# As in Spark: the bulk stream on the block manager port (broadcast
+	# pieces), the round trips on the driver port (heartbeats). The round
+	# trips start after the bulk stream's first seconds (its slow start)
+	# and end before it does.
 	(
 		sleep 2.5
-		ip netns exec "$NS_A" "$BENCH" rpc --label "$TOOL" --connect "127.0.0.1:$P2" --size 64 \
-			--seconds $((LL_S - 4)) --json "$RES/$TOOL.rtt_bulk_$dir.1.json" >>"$TMP/ll-rpc.log" 2>&1
+		ip netns exec "$NS_A" "$BENCH" rpc --label "$TOOL" --connect "127.0.0.1:$P1" --size 64 \
+			--seconds $((LL_S - 4)) --json "$RES/$TOOL.rtt_${x}bulk_$dir.1.json" >>"$TMP/ll-rpc.log" 2>&1
 	) &
 	rtt_pid=$!
 	PIDS+=("$rtt_pid")
-	ll_iperf "iperf_$dir.1" 127.0.0.1 "$P1" "$dir"
+	ll_iperf "iperf_$x$dir.1" 127.0.0.1 "$P2" "$dir"
 	wait "$rtt_pid" || rc=$?
-	record_rc "rtt_bulk_$dir.1" "$rc"
+	record_rc "rtt_${x}bulk_$dir.1" "$rc"
+}
+
+ll_sparkrelay() { # ll_sparkrelay DIR INFIX: relay in A, sidecar in B, the runs through them
+	local d=$1 x=$2 pids=() i
+	rm -f "$d/spark.json" "$d/state.json"
+	start ll-relay ip netns exec "$NS_A" "$SR" relay --config "$d/config.json"
+	pids+=("$LAST_PID")
+	if wait_listen 198.18.0.1:25443 10 "$NS_A"; then
+		start ll-sidecar ip netns exec "$NS_B" "$SR" tunnel --config "$d/config.json"
+		pids+=("$LAST_PID")
+		if wait_lease "$d"; then
+			# With several tunnels, the others join after the lease.
+			for ((i = 0; i < 100; i++)); do
+				[ "$(ip netns exec "$NS_B" ss -Htn state established dst 198.18.0.1 \
+					dport = :25443 | wc -l)" -ge "${SPARKRELAY_TUNNEL_CONNECTIONS:-1}" ] && break
+				sleep 0.1
+			done
+			start ll-server2 ip netns exec "$NS_B" "$BENCH" server --listen "127.0.0.1:$P1" --max-seconds 3600
+			pids+=("$LAST_PID")
+			if wait_listen "127.0.0.1:$P1" 10 "$NS_B"; then
+				if [ -z "$x" ]; then
+					ll_rtt "rtt_idle.1" "127.0.0.1:$P1" $((LL_S / 2))
+				fi
+				ll_bulk_and_rtt down "$x"
+				ll_bulk_and_rtt up "$x"
+			fi
+		else
+			cat "$TMP"/ll-relay.log "$TMP"/ll-sidecar.log >&2
+		fi
+	fi
+	if grep -qE ' (WARN|ERROR) ' "$TMP/ll-relay.log" "$TMP/ll-sidecar.log" 2>/dev/null; then
+		log "long link: the relay or sidecar logged warnings or errors (--keep keeps $TMP/ll-*.log)"
+	fi
+	stop_pids "${pids[@]}"
 }
 
 run_longlink() {
@@ -763,29 +799,13 @@ run_longlink() {
 		ll_iperf "iperf_up.1" 198.18.0.2 25001 up
 	fi
 
+	stop_pids "${ll_pids[@]}"
 	TOOL=llsparkrelay
 	sparkrelay_config "$d/config.json" 198.18.0.1:25443 127.0.0.1 25100 25107 198.18.0.1:25443 "$d"
-	start ll-relay ip netns exec "$NS_A" "$SR" relay --config "$d/config.json"
-	ll_pids+=("$LAST_PID")
-	if wait_listen 198.18.0.1:25443 10 "$NS_A"; then
-		start ll-sidecar ip netns exec "$NS_B" "$SR" tunnel --config "$d/config.json"
-		ll_pids+=("$LAST_PID")
-		if wait_lease "$d"; then
-			start ll-server2 ip netns exec "$NS_B" "$BENCH" server --listen "127.0.0.1:$P2" --max-seconds 3600
-			ll_pids+=("$LAST_PID")
-			if wait_listen "127.0.0.1:$P2" 10 "$NS_B"; then
-				ll_rtt "rtt_idle.1" "127.0.0.1:$P2" $((LL_S / 2))
-				ll_bulk_and_rtt down
-				ll_bulk_and_rtt up
-			fi
-		else
-			cat "$TMP"/ll-relay.log "$TMP"/ll-sidecar.log >&2
-		fi
-	fi
-	if grep -qE ' (WARN|ERROR) ' "$TMP/ll-relay.log" "$TMP/ll-sidecar.log" 2>/dev/null; then
-		log "long link: the relay or sidecar logged warnings or errors (--keep keeps $TMP/ll-*.log)"
-	fi
-	stop_pids "${ll_pids[@]}"
+	ll_sparkrelay "$d" ""
+	# The same with a second tunnel (TCP connection): the relay puts the
+	# driver port's streams on one and the block manager's on the other.
+	SPARKRELAY_TUNNEL_CONNECTIONS=2 ll_sparkrelay "$d" 2t_
 	bash "$ROOT/bench/netem/link.sh" down "$LINK_ST" || true
 	cp "$LINK_ST/netem.log" "$RES/longlink-netem.log" 2>/dev/null || true
 	sed 's/^/    /' "$LINK_ST/netem.log" >&2 || true

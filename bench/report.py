@@ -91,12 +91,26 @@ FIGURES = [
      "rtt_bulk_up", ["rtt_us", "p50"], 1),
     ("ll_rtt_bulk_up_p99", "long link: 64 B round trip beside bulk up, p99, ms",
      "rtt_bulk_up", ["rtt_us", "p99"], 1),
+    # The same with tunnel.connections 2: the round trips (driver port) and the
+    # bulk stream (block manager port) on tunnels of their own.
+    ("ll_2t_down_mib", "long link: 1 stream down, 2 tunnels, MiB/s", "iperf_2t_down",
+     ["mib_s"], 2),
+    ("ll_2t_up_mib", "long link: 1 stream up, 2 tunnels, MiB/s", "iperf_2t_up", ["mib_s"], 2),
+    ("ll_2t_rtt_bulk_down_p50", "long link: 64 B round trip beside bulk down, 2 tunnels, p50, ms",
+     "rtt_2t_bulk_down", ["rtt_us", "p50"], 1),
+    ("ll_2t_rtt_bulk_down_p99", "long link: 64 B round trip beside bulk down, 2 tunnels, p99, ms",
+     "rtt_2t_bulk_down", ["rtt_us", "p99"], 1),
+    ("ll_2t_rtt_bulk_up_p50", "long link: 64 B round trip beside bulk up, 2 tunnels, p50, ms",
+     "rtt_2t_bulk_up", ["rtt_us", "p50"], 1),
+    ("ll_2t_rtt_bulk_up_p99", "long link: 64 B round trip beside bulk up, 2 tunnels, p99, ms",
+     "rtt_2t_bulk_up", ["rtt_us", "p99"], 1),
 ]
 FIG = {f[0]: f for f in FIGURES}
 # Figures kept in microseconds by the bench and shown in milliseconds.
 MS_FIGURES = {"hb_p50_ms", "hb_p99_ms", "ll_rtt_idle_p50", "ll_rtt_idle_p99",
               "ll_rtt_bulk_down_p50", "ll_rtt_bulk_down_p99", "ll_rtt_bulk_up_p50",
-              "ll_rtt_bulk_up_p99"}
+              "ll_rtt_bulk_up_p99", "ll_2t_rtt_bulk_down_p50", "ll_2t_rtt_bulk_down_p99",
+              "ll_2t_rtt_bulk_up_p50", "ll_2t_rtt_bulk_up_p99"}
 LL_FIGURES = [f[0] for f in FIGURES if f[0].startswith("ll_")]
 LL_TOOLS = ["llplain", "llsparkrelay"]
 
@@ -124,6 +138,11 @@ TARGETS = [
     ("ll_down_mib", "llplain", ">=", 0.8), ("ll_up_mib", "llplain", ">=", 0.8),
     ("ll_rtt_bulk_down_p50", "llplain:ll_rtt_idle_p50", "<=", 1.5),
     ("ll_rtt_bulk_up_p50", "llplain:ll_rtt_idle_p50", "<=", 1.5),
+    # The same with tunnel.connections 2 (not the default; docs/benchmarks.md).
+    ("ll_2t_down_mib", "llplain:ll_down_mib", ">=", 0.8),
+    ("ll_2t_up_mib", "llplain:ll_up_mib", ">=", 0.8),
+    ("ll_2t_rtt_bulk_down_p50", "llplain:ll_rtt_idle_p50", "<=", 1.5),
+    ("ll_2t_rtt_bulk_up_p50", "llplain:ll_rtt_idle_p50", "<=", 1.5),
     # 5. Memory.
     ("idle_kib", "haproxy", "<=", 1.0),
     ("idle10k_alive", None, ">=", 10000),
