@@ -422,6 +422,10 @@ static int set_opts(struct sr_curl_req *r, const struct sr_curl_opts *o, char *e
 			       o->connect_timeout_ms > 0 ? o->connect_timeout_ms
 							 : DEFAULT_CONNECT_MS) == CURLE_OK;
 	ok &= curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L) == CURLE_OK;
+	/* Never a proxy from the environment (http_proxy, HTTPS_PROXY,
+	 * ALL_PROXY): it would see or steer the API server's and etcd's
+	 * traffic, and a plain-HTTP etcd's in clear. */
+	ok &= curl_easy_setopt(e, CURLOPT_PROXY, "") == CURLE_OK;
 	if (o->timeout_ms > 0)
 		ok &= curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, o->timeout_ms) == CURLE_OK;
 	if (r->hdrs)
@@ -432,8 +436,12 @@ static int set_opts(struct sr_curl_req *r, const struct sr_curl_opts *o, char *e
 	}
 	if (o->method)
 		ok &= curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, o->method) == CURLE_OK;
-	if (o->ca_file)
+	/* The configured CA alone: libcurl would also trust every CA of the
+	 * system's directory (its built-in CAPATH) beside it. */
+	if (o->ca_file) {
 		ok &= curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_file) == CURLE_OK;
+		ok &= curl_easy_setopt(e, CURLOPT_CAPATH, NULL) == CURLE_OK;
+	}
 	if (o->cert_file)
 		ok &= curl_easy_setopt(e, CURLOPT_SSLCERT, o->cert_file) == CURLE_OK;
 	if (o->key_file)

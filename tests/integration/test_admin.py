@@ -164,9 +164,9 @@ class AdminCase(X.XCase):
         except AssertionError as e:
             self.fail("malformed /metrics: %s\n%s" % (e, text[:2000]))
 
-    def ctl(self, *args, token=True, url=None, timeout=30):
+    def ctl(self, *args, token=True, url=None, timeout=30, env_extra=None):
         """Run `sparkrelay ctl`; returns (rc, stdout, stderr)."""
-        env = dict(os.environ)
+        env = dict(os.environ, **(env_extra or {}))
         env.pop("SPARKRELAY_ADMIN_TOKEN", None)
         env.pop("SPARKRELAY_ADMIN_URL", None)
         if token is True and self.admin_token:
@@ -442,6 +442,24 @@ class CtlTest(AdminCase):
         self.assertEqual(rc, 1)
         self.assertIn("no such lease", err)
         self.assertTrue(self.relay.alive())
+
+    def test_proxy_variables_are_not_used(self):
+        """A proxy named by the environment would get the admin token in clear
+        and could answer for the relay: ctl talks to the admin API itself."""
+        sink = socket.socket()
+        sink.bind(("127.0.0.1", 0))
+        sink.listen(8)
+        sink.setblocking(False)
+        proxy = "http://127.0.0.1:%d" % sink.getsockname()[1]
+        try:
+            rc, out, err = self.ctl("leases", timeout=20, env_extra={
+                v: proxy for v in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")})
+            with self.assertRaises(BlockingIOError, msg="the proxy got a connection"):
+                sink.accept()
+        finally:
+            sink.close()
+        self.assertEqual(rc, 0, err)
+        self.assertIn(self.stack.lease["lease"], out)
 
     def test_tables_and_json(self):
         mine = self.stack.lease

@@ -3,6 +3,7 @@
  * on: answers and statuses arrive whole, stream answers arrive in order and
  * split where the reader says, every bound (size, time) ends a request with
  * its own error, and a callback may cancel or start requests. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -205,6 +207,36 @@ static void test_get_and_post(void **state)
 	assert_int_equal(b.status, 200);
 	assert_string_equal(b.body, "POST hello payload");
 	assert_int_equal(sr_curl_pending(e->curl), 0);
+}
+
+/* A proxy named by the environment would see the API server's and etcd's
+ * requests (a plain-HTTP etcd's in clear) and could answer for them: the
+ * request goes to the server itself, and the "proxy" gets no connection. */
+static void test_proxy_from_the_environment_is_not_used(void **state)
+{
+	static const char *const vars[] = {"http_proxy", "https_proxy", "HTTPS_PROXY",
+					   "all_proxy", "ALL_PROXY"};
+	struct env *e = *state;
+	struct sr_curl_opts o = {.timeout_ms = 3000};
+	struct result r = {0};
+	char proxy[64];
+	uint16_t port;
+	int sink = ts_listen_loopback(0, 1, &port);
+
+	assert_true(sink >= 0);
+	snprintf(proxy, sizeof(proxy), "http://127.0.0.1:%u", port);
+	for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
+		assert_int_equal(setenv(vars[i], proxy, 1), 0);
+	start(e, "/echo", &o, &r);
+	assert_true(ts_loop_until(e->base, done_once, &r, 5000));
+	for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
+		unsetenv(vars[i]);
+	assert_int_equal(r.err, 0);
+	assert_int_equal(r.status, 200);
+	assert_string_equal(r.body, "GET - ");
+	assert_int_equal(accept(sink, NULL, NULL), -1);
+	assert_true(errno == EAGAIN || errno == EWOULDBLOCK);
+	close(sink);
 }
 
 static void test_status_is_not_an_error(void **state)
@@ -522,6 +554,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(test_get_and_post, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_proxy_from_the_environment_is_not_used, setup,
+					    teardown),
 	    cmocka_unit_test_setup_teardown(test_status_is_not_an_error, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_answer_over_max_body, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_timeout, setup, teardown),
