@@ -6,6 +6,7 @@
  * (warnings only). */
 #include "cmd/cmd.h"
 #include "common/sr_cidr.h"
+#include "common/sr_file.h"
 #include "common/sr_text.h"
 #include "relay/relay.h"
 #include "relay/relay_policy.h"
@@ -33,17 +34,11 @@ static const char *ssl_reason(char *buf, size_t len)
 	return buf;
 }
 
-/* Readable as a file? Fills why with the system's reason if not. */
+/* A regular file we can open, of a certificate's size? Fills why with the
+ * reason if not. A FIFO would block here (and the relay at start). */
 static int readable(const char *path, char *why, size_t len)
 {
-	FILE *f = fopen(path, "r");
-
-	if (!f) {
-		snprintf(why, len, "%s", strerror(errno));
-		return 0;
-	}
-	fclose(f);
-	return 1;
+	return sr_file_check(path, SR_FILE_PEM_MAX, why, len) == 0;
 }
 
 static void warn(cmd_warn_fn fn, void *arg, const char *fmt, ...)

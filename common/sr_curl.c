@@ -8,6 +8,7 @@
  * is only marked, and freed when dispatch ends. */
 #include "common/sr_curl.h"
 #include "common/sr_err.h"
+#include "common/sr_file.h"
 #include "common/sr_text.h"
 
 #include <stdio.h>
@@ -387,11 +388,27 @@ void sr_curl_free(struct sr_curl *c)
 	free(c);
 }
 
+/* libcurl opens these files by name while a request connects, on the event
+ * loop: a FIFO would block it there. */
+static int file_usable(const char *what, const char *path, char *err, size_t errlen)
+{
+	char why[128], esc[SR_ESC_SIZE(64)];
+
+	if (!path || sr_file_check(path, SR_FILE_PEM_MAX, why, sizeof(why)) == 0)
+		return 1;
+	sr_seterr(err, errlen, "the %s %s: %s", what, sr_esc_n(path, 64, esc, sizeof(esc)), why);
+	return 0;
+}
+
 static int set_opts(struct sr_curl_req *r, const struct sr_curl_opts *o, char *err, size_t errlen)
 {
 	CURL *e = r->easy;
 	int ok = 1;
 
+	if (!file_usable("CA file", o->ca_file, err, errlen) ||
+	    !file_usable("certificate file", o->cert_file, err, errlen) ||
+	    !file_usable("key file", o->key_file, err, errlen))
+		return SR_EINVAL;
 	if (o->body) {
 		r->body = malloc(o->body_len + 1);
 		if (!r->body)

@@ -1,4 +1,4 @@
-/* Files the daemon writes for others to read. */
+/* Files the daemon writes for others to read, and a check of files it reads. */
 #include "common/sr_file.h"
 #include "common/sr_err.h"
 #include "common/sr_util.h"
@@ -67,4 +67,28 @@ int sr_file_replace(const char *path, const void *data_, size_t len, mode_t mode
 		return SR_EIO;
 	}
 	return 0;
+}
+
+int sr_file_check(const char *path, size_t max, char *err, size_t errlen)
+{
+	struct stat st;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK), rv = 0;
+
+	if (fd < 0) {
+		sr_seterr(err, errlen, "%s", strerror(errno));
+		return SR_EIO;
+	}
+	if (fstat(fd, &st) != 0) {
+		sr_seterr(err, errlen, "%s", strerror(errno));
+		rv = SR_EIO;
+	} else if (!S_ISREG(st.st_mode)) {
+		sr_seterr(err, errlen, "not a regular file");
+		rv = SR_EINVAL;
+	} else if ((unsigned long long)st.st_size > max) {
+		sr_seterr(err, errlen, "too big: %lld bytes, the limit is %zu",
+			  (long long)st.st_size, max);
+		rv = SR_EINVAL;
+	}
+	close(fd);
+	return rv;
 }

@@ -1,4 +1,5 @@
-/* Files the daemon writes for others to read (state, Spark settings). */
+/* Files the daemon writes for others to read (state, Spark settings), and
+ * a check of the files it reads through libraries that take a path. */
 #ifndef SR_FILE_H
 #define SR_FILE_H
 
@@ -12,5 +13,15 @@
  * (naming the file) in err. */
 int sr_file_replace(const char *path, const void *data, size_t len, mode_t mode, char *err,
 		    size_t errlen);
+
+/* Certificates, keys and CA bundles are at most this big. */
+#define SR_FILE_PEM_MAX (4 * 1024 * 1024)
+
+/* 0 if path opens without blocking and is a regular file of at most max
+ * bytes; else SR_EINVAL (SR_EIO if it cannot be opened) with the reason in
+ * err, without the path ("not a regular file", "No such file or directory").
+ * For files a library (OpenSSL, libcurl) then reads by name: a FIFO would
+ * block the event loop in open() or read(), a device fill the memory. */
+int sr_file_check(const char *path, size_t max, char *err, size_t errlen);
 
 #endif

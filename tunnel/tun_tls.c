@@ -1,5 +1,6 @@
 #include "tunnel/tun_tls.h"
 #include "common/sr_err.h"
+#include "common/sr_file.h"
 #include "common/sr_log.h"
 #include "common/sr_text.h"
 
@@ -76,9 +77,24 @@ static SSL_CTX *ctx_common(const SSL_METHOD *m, char *err, size_t errlen)
 	return ctx;
 }
 
+/* OpenSSL opens the files by name, on the event loop when a relay reloads:
+ * a FIFO there would block it for every tunnel. */
+static int file_ok(const char *what, const char *path, char *err, size_t errlen)
+{
+	char why[128];
+
+	if (sr_file_check(path, SR_FILE_PEM_MAX, why, sizeof(why)) == 0)
+		return 1;
+	sr_seterr(err, errlen, "%s %s: %s", what, path, why);
+	return 0;
+}
+
 static int load_pair(SSL_CTX *ctx, const char *cert, const char *key, char *err,
 		     size_t errlen)
 {
+	if (!file_ok("cannot load certificate", cert, err, errlen) ||
+	    !file_ok("cannot load private key", key, err, errlen))
+		return SR_ETLS;
 	if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
 		set_err(err, errlen, "cannot load certificate", cert);
 		return SR_ETLS;
@@ -106,6 +122,8 @@ SSL_CTX *tun_tls_server_ctx(const char *cert_file, const char *key_file,
 	SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
 	if (client_ca && *client_ca) {
 		STACK_OF(X509_NAME) *names;
+		if (!file_ok("cannot load client CA", client_ca, err, errlen))
+			goto fail;
 		if (SSL_CTX_load_verify_locations(ctx, client_ca, NULL) != 1) {
 			set_err(err, errlen, "cannot load client CA", client_ca);
 			goto fail;
@@ -139,6 +157,8 @@ SSL_CTX *tun_tls_client_ctx(const char *ca_file, const char *cert_file, const ch
 	ctx = ctx_common(TLS_client_method(), err, errlen);
 	if (!ctx)
 		return NULL;
+	if (!file_ok("cannot load CA file", ca_file, err, errlen))
+		goto fail;
 	if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
 		set_err(err, errlen, "cannot load CA file", ca_file);
 		goto fail;

@@ -234,7 +234,15 @@ class CheckConfigTest(X.XCase):
         junk = os.path.join(self.stack.dir, "junk.pem")
         with open(junk, "w") as f:
             f.write("not a certificate\n")
+        # A FIFO (or a device) blocked check-config and the relay's start in
+        # open() for ever.
+        fifo = os.path.join(self.stack.dir, "fifo.pem")
+        os.mkfifo(fifo)
         cases = [
+            ("fifo as cert", {"cert": fifo},
+             "cannot load certificate %s (relay.tls.cert): not a regular file" % fifo),
+            ("fifo as client CA", {"client_ca": fifo},
+             "cannot load CA certificates %s (relay.tls.client_ca): not a regular file" % fifo),
             ("missing cert", {"cert": "/nonexistent/relay.pem"},
              "cannot load certificate /nonexistent/relay.pem (relay.tls.cert): No such file"),
             ("key as cert", {"cert": c.relay_key},

@@ -677,6 +677,27 @@ static void test_ca_file_alone_is_trusted(void **state)
 	assert_int_equal(f->api.requests, 0);
 }
 
+/* libcurl opens the CA file by name on the event loop: a FIFO there would
+ * block the whole sidecar in open(), past every timeout. Refused at once
+ * (alarm: a hang fails the test instead of stalling it). */
+static void test_ca_file_that_is_a_fifo_is_refused(void **state)
+{
+	struct fx *f = *state;
+	struct disc_k8s_opts o = kopts(f);
+	char err[256] = "", fifo[192];
+
+	ts_dir_file(&pki.dir, "ca-fifo", fifo, sizeof(fifo));
+	assert_int_equal(mkfifo(fifo, 0600), 0);
+	o.ca_file = fifo;
+	alarm(10);
+	assert_null(disc_k8s_fetch(f->base, f->curl, &o, on_fetch, f, err, sizeof(err)));
+	ts_loop_run_for(f->base, 100);
+	alarm(0);
+	assert_contains(err, "not a regular file");
+	assert_int_equal(f->got.calls, 0);
+	assert_int_equal(f->api.requests, 0);
+}
+
 static void test_token_file_problems(void **state)
 {
 	struct fx *f = *state;
@@ -1057,6 +1078,7 @@ int main(void)
 	    TEST(test_fetch_bad_answers),
 	    TEST(test_fetch_wrong_ca),
 	    TEST(test_ca_file_alone_is_trusted),
+	    TEST(test_ca_file_that_is_a_fifo_is_refused),
 	    TEST(test_token_file_problems),
 	    TEST(test_lookup_k8s_entry),
 	    TEST(test_lookup_keeps_last_answer),

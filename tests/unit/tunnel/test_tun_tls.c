@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -244,6 +245,30 @@ static void test_two_cns_are_refused(void **state)
 	assert_identity(cns, 2, SR_EINVAL, "");
 }
 
+/* OpenSSL opens these files by name, on the relay's event loop when it
+ * reloads: a FIFO blocked it there for every tunnel. Refused at once
+ * (alarm: a hang fails the test). */
+static void test_a_fifo_is_refused(void **state)
+{
+	char fifo[192], err[512];
+
+	(void)state;
+	ts_dir_file(&pki.f.dir, "fifo.pem", fifo, sizeof(fifo));
+	assert_int_equal(mkfifo(fifo, 0600), 0);
+	alarm(10);
+	assert_null(tun_tls_server_ctx(fifo, pki.f.relay_key, NULL, 0, err, sizeof(err)));
+	assert_non_null(strstr(err, "not a regular file"));
+	assert_null(tun_tls_server_ctx(pki.f.relay_pem, fifo, NULL, 0, err, sizeof(err)));
+	assert_non_null(strstr(err, "not a regular file"));
+	assert_null(tun_tls_server_ctx(pki.f.relay_pem, pki.f.relay_key, fifo, 1, err,
+				       sizeof(err)));
+	assert_non_null(strstr(err, "not a regular file"));
+	assert_null(tun_tls_client_ctx(fifo, NULL, NULL, err, sizeof(err)));
+	assert_non_null(strstr(err, "not a regular file"));
+	alarm(0);
+	unlink(fifo);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -254,6 +279,7 @@ int main(void)
 	    cmocka_unit_test(test_over_long_cn_is_refused),
 	    cmocka_unit_test(test_bmpstring_is_converted_to_utf8),
 	    cmocka_unit_test(test_two_cns_are_refused),
+	    cmocka_unit_test(test_a_fifo_is_refused),
 	};
 
 	if (!getenv("SR_TEST_LOG"))
