@@ -788,7 +788,9 @@ static int parse_output(struct ctl *c, const char *v)
 	else if (strcmp(v, "json") == 0)
 		c->out = OUT_JSON;
 	else {
-		fprintf(stderr, "sparkrelay ctl: -o takes table, wide or json (got \"%s\")\n", v);
+		char esc[SR_ESC_SIZE(32)];
+		fprintf(stderr, "sparkrelay ctl: -o takes table, wide or json (got \"%s\")\n",
+			sr_esc_n(v, 32, esc, sizeof(esc)));
 		return CTL_EUSAGE;
 	}
 	return CTL_OK;
@@ -951,7 +953,9 @@ static int run(struct ctl *c, int argc, char **argv)
 			return CTL_OK;
 		}
 		if (argc >= 2 && strcmp(argv[1], "--help") != 0 && strcmp(argv[1], "-h") != 0) {
-			fprintf(stderr, "sparkrelay ctl: no command \"%s\"\n\n", argv[1]);
+			char esc[SR_ESC_SIZE(32)];
+			fprintf(stderr, "sparkrelay ctl: no command \"%s\"\n\n",
+				sr_esc_n(argv[1], 32, esc, sizeof(esc)));
 			usage(stderr);
 			return CTL_EUSAGE;
 		}
@@ -959,7 +963,9 @@ static int run(struct ctl *c, int argc, char **argv)
 		return CTL_OK;
 	}
 	if (!cmd_help(cmd)) {
-		fprintf(stderr, "sparkrelay ctl: unknown command \"%s\"\n\n", cmd);
+		char esc[SR_ESC_SIZE(32)];
+		fprintf(stderr, "sparkrelay ctl: unknown command \"%s\"\n\n",
+			sr_esc_n(cmd, 32, esc, sizeof(esc)));
 		usage(stderr);
 		return CTL_EUSAGE;
 	}
@@ -1114,6 +1120,16 @@ int cmd_ctl(int argc, char **argv)
 			CTL_DEFAULT_URL);
 		rv = CTL_EUSAGE;
 		goto out;
+	}
+	/* It reaches the terminal in error messages: a URL is printable ASCII. */
+	for (const char *p = c.url_buf; *p; p++) {
+		if (*p <= ' ' || *p > '~') {
+			fprintf(stderr, "sparkrelay ctl: the admin URL (--admin or "
+					"SPARKRELAY_ADMIN_URL) has a byte that is not printable "
+					"ASCII\n");
+			rv = CTL_EUSAGE;
+			goto out;
+		}
 	}
 	c.url = c.url_buf;
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {

@@ -13,6 +13,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -75,6 +76,27 @@ class CliTest(X.XCase):
         self.assertEqual(run("config-docs", "extra").returncode, 2)
         r = run()
         self.assertEqual(r.returncode, 2)
+
+
+    def test_ctl_escapes_what_it_was_given(self):
+        """The admin URL and the arguments come from the environment and the
+        command line, and reach the terminal in error messages: no control
+        byte of theirs may (an escape sequence sets a terminal's title, its
+        colours, or worse)."""
+        evil = "\x1b]0;PWNED\x07\x1b[31m"
+        env = dict(os.environ, SPARKRELAY_ADMIN_URL="http://127.0.0.1:1/" + evil)
+        cases = [(("ctl", "health"), env, "not printable ASCII"),
+                 (("ctl", "--admin", "http://127.0.0.1:1/" + evil, "health"), None,
+                  "not printable ASCII"),
+                 (("ctl", evil), None, "unknown command"),
+                 (("ctl", "help", evil), None, "no command"),
+                 (("ctl", "-o", evil, "leases"), None, "-o takes")]
+        for args, e, want in cases:
+            r = run(*args, env=e)
+            self.assertEqual(r.returncode, 2, "%r: %s" % (args, r.stderr))
+            self.assertIn(want, r.stderr, args)
+            self.assertFalse(re.search(r"[\x00-\x09\x0b-\x1f\x7f]", r.stderr),
+                             "%r: a control byte reached the terminal: %r" % (args, r.stderr))
 
 
 class CtlTablesTest(A.AdminCase):
