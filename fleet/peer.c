@@ -695,22 +695,42 @@ static void peer_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struc
 	uint8_t family = 0, src[16];
 	uint16_t sport;
 	uint32_t same = 0;
+	struct peer_conn *oldest = NULL, *oldest_same = NULL;
 
 	sr_format_addr(sa, peer, sizeof(peer));
-	if (l->npending >= l->o.max_pending) {
-		peer_refuse(l, (int)fd, peer, FLEET_PEER_BUSY);
-		return;
-	}
-	/* One source must not hold every pending slot (and so shut the other
-	 * relays out) by connecting and sending nothing. A scan of at most
-	 * max_pending entries: a relay's own connections pass in one read. */
+	/* Full, for everyone or for this source: the oldest pending connection
+	 * goes, not the new one. A relay's header comes right behind its
+	 * connect and is read at once below, so a relay's connection is never
+	 * the oldest, and connections that send nothing cannot shut the relays
+	 * out however many sources they come from (refusing the newcomer did:
+	 * 16 sources held every slot). Pending is newest first. IPv6 sources
+	 * count by /64, as a host may hold a whole one. */
 	if (peer_addr_bytes(sa, &family, src, &sport) != 0)
 		memset(src, 0, sizeof(src));
-	for (struct peer_conn *o = l->pending; o; o = o->next)
-		same += o->src_family == family && memcmp(o->src, src, sizeof(src)) == 0;
+	if (family == 6)
+		memset(src + 8, 0, 8);
+	for (struct peer_conn *o = l->pending; o; o = o->next) {
+		oldest = o;
+		if (o->src_family == family && memcmp(o->src, src, sizeof(src)) == 0) {
+			same++;
+			oldest_same = o;
+		}
+	}
 	if (same >= l->o.max_pending_per_source) {
-		peer_refuse(l, (int)fd, peer, FLEET_PEER_BUSY_SOURCE);
-		return;
+		if (!oldest_same) {
+			peer_refuse(l, (int)fd, peer, FLEET_PEER_BUSY_SOURCE);
+			return;
+		}
+		if (oldest == oldest_same)
+			oldest = oldest_same->prev;
+		peer_conn_refuse(oldest_same, FLEET_PEER_BUSY_SOURCE);
+	}
+	if (l->npending >= l->o.max_pending) {
+		if (!oldest) {
+			peer_refuse(l, (int)fd, peer, FLEET_PEER_BUSY);
+			return;
+		}
+		peer_conn_refuse(oldest, FLEET_PEER_BUSY);
 	}
 	c = calloc(1, sizeof(*c));
 	if (c != NULL)

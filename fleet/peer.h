@@ -105,8 +105,8 @@ enum fleet_peer_status {
 	FLEET_PEER_TRUNCATED, /* closed before the header was complete */
 	FLEET_PEER_TIMEOUT,   /* header not complete within header_timeout_ms */
 	FLEET_PEER_IO,	      /* reset or socket error while reading the header */
-	FLEET_PEER_BUSY,      /* max_pending connections were already reading */
-	FLEET_PEER_BUSY_SOURCE, /* max_pending_per_source from its address were */
+	FLEET_PEER_BUSY,      /* the oldest reading when max_pending were */
+	FLEET_PEER_BUSY_SOURCE, /* its source's oldest when max_pending_per_source were */
 	FLEET_PEER_STATUS_MAX,
 };
 

@@ -668,12 +668,13 @@ static void test_listener_busy_and_free_resets_pending(void **state)
 	}
 	lt_wait_count(&t, FLEET_PEER_BUSY, 1, 2000);
 	assert_int_equal(fleet_peer_listener_npending(t.l), 2);
-	assert_true(saw_reset(c[2], 2000));
+	/* The oldest made room for the newest. */
+	assert_true(saw_reset(c[0], 2000));
 	/* Freeing the listener resets those still reading. */
 	fleet_peer_listener_free(t.l);
 	t.l = NULL;
-	assert_true(saw_reset(c[0], 2000));
 	assert_true(saw_reset(c[1], 2000));
+	assert_true(saw_reset(c[2], 2000));
 	for (int i = 0; i < 3; i++)
 		close(c[i]);
 	lt_close(&t);
@@ -721,29 +722,87 @@ static void test_listener_caps_pending_per_source(void **state)
 
 	(void)state;
 	lt_open(&t, &o);
-	/* One source opens connections and sends nothing: past its share it
-	 * is refused, while the listener still has room for other relays. */
+	/* One source opens connections and sends nothing: past its share its
+	 * oldest is reset, while the listener still has room for other relays. */
 	for (int i = 0; i < 4; i++) {
 		c[i] = ts_connect("127.0.0.1", t.port);
 		assert_true(c[i] >= 0);
 	}
 	lt_wait_count(&t, FLEET_PEER_BUSY_SOURCE, 1, 2000);
 	assert_int_equal(fleet_peer_listener_npending(t.l), 3);
-	assert_true(saw_reset(c[3], 2000));
+	assert_true(saw_reset(c[0], 2000));
 	other = connect_from("127.0.0.2", t.port);
 	lt_wait_npending(&t, 4);
 	assert_int_equal(fleet_peer_listener_count(t.l, FLEET_PEER_BUSY_SOURCE), 1);
 	assert_int_equal(fleet_peer_listener_count(t.l, FLEET_PEER_BUSY), 0);
 	/* A slot freed (the header deadline, or here a close) is usable again. */
-	close(c[0]);
+	close(c[1]);
 	lt_wait_count(&t, FLEET_PEER_TRUNCATED, 1, 2000);
+	close(c[0]);
 	c[0] = ts_connect("127.0.0.1", t.port);
 	assert_true(c[0] >= 0);
 	lt_wait_npending(&t, 4);
 	assert_int_equal(fleet_peer_listener_count(t.l, FLEET_PEER_BUSY_SOURCE), 1);
+	c[1] = -1;
+	for (int i = 0; i < 4; i++)
+		if (c[i] >= 0)
+			close(c[i]);
+	close(other);
+	lt_close(&t);
+	assert_int_equal(count_fds(), fds);
+}
+
+/* A relay's header, sent right behind its connect from src: accepted? */
+static void expect_header_accepted(struct lt *t, const char *src)
+{
+	static uint8_t n;
+	struct raw r;
+	int before = t->accepted;
+	int c = connect_from(src, t->port);
+
+	raw_make(&r, V, TUN_PORT_BLOCKMANAGER, 4, addr4, 40123, fleet_peer_now_ms(), LEASE,
+		 strlen(LEASE), NULL);
+	r.b[18] = ++n; /* a nonce of its own: not a replay */
+	raw_seal(&r, test_key);
+	send_all(c, r.b, r.len);
+	for (int i = 0; i < 100 && t->accepted == before; i++)
+		ts_loop_run_for(t->base, 20);
+	assert_int_equal(t->accepted, before + 1);
+	close(c);
+}
+
+/* Connections that send nothing, from as many sources as it takes to fill
+ * every slot, or from the very address a relay connects from (any process
+ * on its node has it): a relay's header still gets through, and the oldest
+ * idle connection makes room. Refusing the newcomer instead shut every
+ * carried executor connection out. */
+static void test_idle_connections_do_not_shut_out_a_relay(void **state)
+{
+	struct fleet_peer_opts o = {.max_pending = 4, .max_pending_per_source = 2};
+	const char *idle_src[4] = {"127.0.0.3", "127.0.0.3", "127.0.0.4", "127.0.0.4"};
+	int fds = count_fds();
+	struct lt t;
+	int c[4], d[2];
+
+	(void)state;
+	lt_open(&t, &o);
+	for (int i = 0; i < 4; i++)
+		c[i] = connect_from(idle_src[i], t.port);
+	lt_wait_npending(&t, 4);
+	expect_header_accepted(&t, "127.0.0.2");
+	assert_int_equal(fleet_peer_listener_count(t.l, FLEET_PEER_BUSY), 1);
+	assert_true(saw_reset(c[0], 2000));
+	/* Idle connections from the relay's own address. */
+	for (int i = 0; i < 2; i++)
+		d[i] = connect_from("127.0.0.2", t.port);
+	lt_wait_count(&t, FLEET_PEER_BUSY, 2, 2000);
+	expect_header_accepted(&t, "127.0.0.2");
+	assert_int_equal(fleet_peer_listener_count(t.l, FLEET_PEER_BUSY_SOURCE), 1);
+	assert_true(saw_reset(d[0], 2000));
 	for (int i = 0; i < 4; i++)
 		close(c[i]);
-	close(other);
+	for (int i = 0; i < 2; i++)
+		close(d[i]);
 	lt_close(&t);
 	assert_int_equal(count_fds(), fds);
 }
@@ -915,6 +974,7 @@ int main(void)
 	    cmocka_unit_test(test_listener_refusals_over_sockets),
 	    cmocka_unit_test(test_listener_slow_drip_hits_deadline),
 	    cmocka_unit_test(test_listener_busy_and_free_resets_pending),
+	    cmocka_unit_test(test_idle_connections_do_not_shut_out_a_relay),
 	    cmocka_unit_test(test_listener_caps_pending_per_source),
 	    cmocka_unit_test(test_listener_accepts_and_keeps_following_bytes),
 	    cmocka_unit_test(test_replay_memory_is_bounded_and_safe),
