@@ -26,6 +26,7 @@ struct relay_fleet_opts {
 	char *secret_file;    /* the fleet's HMAC secret (fleet/peer.h) */
 	uint32_t ttl_s;       /* the relay's registration TTL */
 	uint32_t register_wait_ms; /* a registration waits this long for etcd */
+	uint32_t watch_idle_ms;    /* a watch silent this long is started again */
 };
 
 struct relay_opts {

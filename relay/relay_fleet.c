@@ -144,6 +144,7 @@ struct relay_fleet {
 	char advertise[300];
 	uint32_t ttl_s;
 	uint32_t wait_ms;
+	uint32_t watch_idle_ms; /* opts.watch_idle_ms */
 	/* the relay's registration */
 	int64_t self_lease;
 	struct etcd_keeper *self_keeper;
@@ -860,6 +861,10 @@ static void sync_ranged(int err, const struct etcd_result *res, void *arg)
 	wo.key_len = f->plen;
 	wo.prefix = 1;
 	wo.start_revision = res->revision + 1;
+	/* A watch can go silent without breaking; etcd's progress
+	 * notifications keep a live one talking. */
+	wo.progress_notify = 1;
+	wo.idle_ms = f->watch_idle_ms;
 	wo.events = watch_events;
 	wo.compacted = watch_compacted;
 	wo.error = watch_error;
@@ -2000,6 +2005,7 @@ struct relay_fleet *relay_fleet_new(struct relay *r, int peer_fd, int taking, ch
 	f->base = r->base;
 	f->ttl_s = o->ttl_s ? o->ttl_s : 10;
 	f->wait_ms = o->register_wait_ms ? o->register_wait_ms : 5000;
+	f->watch_idle_ms = o->watch_idle_ms ? o->watch_idle_ms : 660000;
 	if (sr_random_bytes(&f->kseed, sizeof(f->kseed)) != 0)
 		f->kseed = (uint32_t)sr_now_us();
 	f->prefix = strdup(o->prefix ? o->prefix : "/sparkrelay/");

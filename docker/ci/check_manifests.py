@@ -457,7 +457,7 @@ def main(argv):
 # ---- the relay fleet: docker/k8s/fleet (a kustomize Component) and fleet/node-local ---
 
 FLEET_KEYS = {"etcd", "etcd_ca", "etcd_cert", "etcd_key", "prefix", "peer_listen",
-              "secret_file", "ttl_s"}
+              "secret_file", "ttl_s", "watch_idle_ms"}
 LINK_LOCAL = re.compile(r"169\.254\.([0-9]{1,3})\.([0-9]{1,3})")
 
 
@@ -640,6 +640,13 @@ def check_fleet(c, k8s, base):
             "etcd: cpu/memory requests and a memory limit")
     check_pod_refs(c, "etcd StatefulSet", spod, set(gen), claim_names(sts))
     fl = flags_of((ectr.get("command") or [])[1:] + (ectr.get("args") or []))
+    # A relay restarts a watch silent for watch_idle_ms: etcd must speak sooner.
+    m = re.fullmatch(r"([0-9]+)s", str(fl.get("experimental-watch-progress-notify-interval")))
+    idle = fleet.get("watch_idle_ms")
+    c.check(bool(m) and isinstance(idle, int) and idle >= 2000 * int(m.group(1)),
+            f"etcd --experimental-watch-progress-notify-interval "
+            f"({fl.get('experimental-watch-progress-notify-interval')}) is in seconds and "
+            f"at most half of relay.fleet.watch_idle_ms ({idle})")
     for flag in ("client-cert-auth", "peer-client-cert-auth"):
         c.check(fl.get(flag) in (True, "true"), f"etcd --{flag}: client certificates "
                 "required")

@@ -47,12 +47,13 @@ class FleetCase(unittest.TestCase):
     sanitizer lines). Subclasses start their sidecars."""
 
     ETCD_NAME = "fleet"
+    ETCD_PROGRESS = None  # etcd's watch progress notification interval ("1s"); None: its own
 
     def setUp(self):
         if not E.installed():
             self.fail("etcd is not installed: ./dev deps installs Debian's etcd-server")
         self.dir = H.new_dir(self.id())
-        self.etcd = E.Etcd(self.ETCD_NAME).start()
+        self.etcd = E.Etcd(self.ETCD_NAME, progress_interval=self.ETCD_PROGRESS).start()
         self.procs = []
         self.relays = {}
         self.secret = os.path.join(self.dir, "fleet.secret")
