@@ -28,7 +28,7 @@
 #define WATCH_BACKOFF_MIN_MS 100L
 #define WATCH_BACKOFF_MAX_MS 5000L
 #define KEEPER_MIN_INTERVAL_MS 200L
-#define KEEPER_MAX_RETRY_MS 1000L
+#define KEEPER_FIRST_RETRY_MS 1000L /* then doubled, up to the keepalive interval */
 
 static const char *const json_header[] = {"Content-Type: application/json"};
 
@@ -66,6 +66,8 @@ struct etcd_keeper {
 	struct etcd *c;
 	struct etcd_keeper *prev, *next;
 	int64_t lease, ttl;
+	int64_t granted;      /* the TTL asked for: what etcd answers is held to it */
+	long retry_ms;        /* the last retry's delay after failures; 0 after a success */
 	struct event *tick;   /* the next keepalive */
 	struct event *expire; /* the lease's end, as far as we know */
 	struct etcd_op *op;   /* the keepalive in flight */
@@ -512,16 +514,29 @@ static void keeper_answer(int err, const struct etcd_result *res, void *arg)
 		return;
 	}
 	if (err == 0) {
-		/* alive for ttl from when the keepalive left, at least */
-		int64_t left_ms =
-		    res->ttl * 1000 - (int64_t)((sr_now_us() - k->sent_us) / 1000);
-		k->ttl = res->ttl;
+		/* Alive for ttl from when the keepalive left, at least. A TTL
+		 * above the one granted (a faulty etcd, or anyone on the path to
+		 * an http:// endpoint) would push the next keepalive and the
+		 * expiry check out past the real lease's end: the relay would
+		 * never notice it lost its registration. */
+		int64_t ttl = res->ttl < k->granted ? res->ttl : k->granted;
+		int64_t left_ms = ttl * 1000 - (int64_t)((sr_now_us() - k->sent_us) / 1000);
+		k->ttl = ttl;
+		k->retry_ms = 0;
 		next = keeper_interval_ms(k);
 		arm(k->expire, left_ms > 0 ? (long)left_ms : 0);
 	} else {
+		/* Retries back off (1 s, doubled up to the interval, +-25 %):
+		 * every lease a relay holds has a keeper, and at a fixed second
+		 * they hit an etcd that is recovering a hundred times harder
+		 * than when it is well. */
+		long cap = next;
 		SR_DEBUG("etcd", "lease %lld keepalive: %s", (long long)k->lease, res->msg);
-		if (next > KEEPER_MAX_RETRY_MS)
-			next = KEEPER_MAX_RETRY_MS;
+		k->retry_ms = k->retry_ms ? k->retry_ms * 2 : KEEPER_FIRST_RETRY_MS;
+		if (k->retry_ms > cap)
+			k->retry_ms = cap;
+		next = k->retry_ms - k->retry_ms / 4 +
+		       (long)sr_rand_below((uint32_t)(k->retry_ms / 2 + 1));
 	}
 	arm(k->tick, next);
 }
@@ -567,7 +582,7 @@ struct etcd_keeper *etcd_keeper_new(struct etcd *c, int64_t lease, int64_t ttl,
 		return NULL;
 	k->c = c;
 	k->lease = lease;
-	k->ttl = ttl;
+	k->ttl = k->granted = ttl;
 	k->lost_cb = lost;
 	k->arg = arg;
 	k->tick = evtimer_new(c->base, keeper_tick, k);

@@ -857,6 +857,41 @@ static void test_keeper_unreachable_past_ttl(void **state)
 	etcd_keeper_free(k);
 }
 
+/* What etcd answers to a keepalive is held to the TTL granted: a TTL far
+ * above it (a faulty etcd, or anyone on the path to an http:// endpoint)
+ * pushed the next keepalive and the expiry check past the real lease's
+ * end, so the relay never saw its registration go. And while etcd fails,
+ * retries back off from 1 s instead of coming every second from every
+ * keeper a relay has (one per lease it holds). */
+static void test_keeper_holds_the_ttl_and_backs_off(void **state)
+{
+	struct env *e = *state;
+	struct lost_rec lost = {0};
+	struct etcd_keeper *k;
+
+	e->f.body = "{\"result\":{\"header\":{\"revision\":\"1\"},\"ID\":\"42\","
+		    "\"TTL\":\"1000000000000\"}}";
+	k = etcd_keeper_new(e->c, 42, 3, on_lost, &lost);
+	assert_non_null(k);
+	ts_loop_run_for(e->base, 3500);
+	/* every TTL/3 = 1 s: at 0, 1, 2 and 3 s */
+	assert_true(e->f.requests >= 3);
+	assert_int_equal(lost.calls, 0);
+	etcd_keeper_free(k);
+
+	e->f.requests = 0;
+	e->f.status = 503;
+	e->f.body = "{\"code\":14,\"error\":\"etcdserver: no leader\","
+		    "\"message\":\"etcdserver: no leader\"}";
+	k = etcd_keeper_new(e->c, 42, 300, on_lost, &lost);
+	assert_non_null(k);
+	ts_loop_run_for(e->base, 5000);
+	/* 0, then about 1, 2 and 4 s later (+-25 %): 3 or 4 in 5 s, not 6 */
+	assert_true(e->f.requests >= 2 && e->f.requests <= 4);
+	assert_int_equal(lost.calls, 0);
+	etcd_keeper_free(k);
+}
+
 static void test_cancel_and_free_call_nothing(void **state)
 {
 	struct env *e = *state;
@@ -976,6 +1011,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_watch_idle_restarts_a_silent_stream, setup,
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_keeper_unreachable_past_ttl, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_keeper_holds_the_ttl_and_backs_off, setup,
+					    teardown),
 	    cmocka_unit_test_setup_teardown(test_cancel_and_free_call_nothing, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
 	};
