@@ -29,6 +29,7 @@ struct disc_srv_query {
 	socklen_t nslen[NS_MAX];
 	int nns, tries, try_no, cur;
 	uint32_t try_ms;
+	uint64_t deadline_us; /* the whole query's: timeout_ms from its start */
 	uint16_t id;
 	uint8_t q[DISC_DNS_QUERY_MAX];
 	size_t qlen;
@@ -45,6 +46,17 @@ struct disc_srv_query {
 };
 
 static void try_next(struct disc_srv_query *q);
+
+/* A try's timer: try_ms, but never past the query's deadline (a TCP retry
+ * after a truncated answer, or try_ms raised to TRY_MIN_MS, would go past
+ * it). */
+static struct timeval try_tv(const struct disc_srv_query *q)
+{
+	uint64_t now = sr_now_us();
+	uint64_t left = now >= q->deadline_us ? 0 : (q->deadline_us - now + 999) / 1000;
+
+	return sr_tv_ms(left < q->try_ms ? (long)left : (long)q->try_ms);
+}
 
 static void close_try(struct disc_srv_query *q)
 {
@@ -145,7 +157,7 @@ static void tcp_event_cb(struct bufferevent *bev, short what, void *arg)
 
 static void start_tcp(struct disc_srv_query *q)
 {
-	struct timeval tv = sr_tv_ms(q->try_ms);
+	struct timeval tv = try_tv(q);
 	uint8_t len[2] = {(uint8_t)(q->qlen >> 8), (uint8_t)q->qlen};
 
 	close_try(q);
@@ -210,12 +222,16 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 
 static void try_next(struct disc_srv_query *q)
 {
-	struct timeval tv = sr_tv_ms(q->try_ms);
+	struct timeval tv;
 	const char *why;
 	uint16_t id;
 
 	close_try(q);
+	/* Out of time: no more tries, the last one's reason stands. */
+	if (q->try_no > 0 && sr_now_us() >= q->deadline_us)
+		q->try_no = q->tries;
 	for (; q->try_no < q->tries; q->try_no++) {
+		tv = try_tv(q);
 		q->cur = q->try_no % q->nns;
 		if (sr_random_bytes(&id, sizeof(id)) != 0) {
 			why = "no random bytes for the query id";
@@ -294,6 +310,7 @@ struct disc_srv_query *disc_srv_query_start(struct event_base *base, struct evdn
 		return NULL;
 	}
 	q->tries = q->nns * ROUNDS;
+	q->deadline_us = sr_now_us() + (uint64_t)timeout_ms * 1000u;
 	q->try_ms = timeout_ms / (uint32_t)q->tries;
 	if (q->try_ms < TRY_MIN_MS)
 		q->try_ms = TRY_MIN_MS;

@@ -443,6 +443,28 @@ static void test_silence_times_out(void **state)
 	assert_in_range(ms, 350, 1500);
 }
 
+/* timeout_ms bounds the whole query. With two silent nameservers and 100 ms,
+ * each try is raised to TRY_MIN_MS (50 ms), and four tries (two rounds)
+ * took 200 ms; a late truncated answer and a silent TCP retry doubled a
+ * try the same way. Only the tries that fit are made. */
+static void test_the_timeout_bounds_the_whole_query(void **state)
+{
+	struct fx *f = *state;
+	uint64_t t0, ms;
+
+	fake_start(&f->dns1, f->base, zone, SR_ARRAY_LEN(zone));
+	fake_start(&f->dns2, f->base, zone, SR_ARRAY_LEN(zone));
+	f->dns1.mode = f->dns2.mode = M_SILENT;
+	add_ns(f, &f->dns1);
+	add_ns(f, &f->dns2);
+	t0 = sr_now_us();
+	query(f, 100);
+	ms = (sr_now_us() - t0) / 1000;
+	assert_int_equal(f->got.err, SR_ETIMEDOUT);
+	assert_int_equal(f->dns1.srv_udp + f->dns2.srv_udp, 2);
+	assert_in_range(ms, 90, 1000);
+}
+
 static void test_failing_server_then_the_next(void **state)
 {
 	struct fx *f = *state;
@@ -921,6 +943,7 @@ int main(void)
 	    TEST(test_udp_answer),
 	    TEST(test_truncated_then_tcp),
 	    TEST(test_silence_times_out),
+	    TEST(test_the_timeout_bounds_the_whole_query),
 	    TEST(test_failing_server_then_the_next),
 	    TEST(test_stray_datagrams_are_ignored),
 	    TEST(test_malformed_answers_fail_cleanly),
