@@ -482,6 +482,11 @@ static void log_startup_summary(const struct run_ctx *rc, const struct sr_config
 	}
 }
 
+/* SSLKEYLOGFILE was set (and is now removed from the environment). */
+#define KEYLOG_IGNORED                                                                         \
+	"SSLKEYLOGFILE is set and ignored: it would write TLS session secrets to a file"
+static int keylog_ignored;
+
 static int run_role(int argc, char **argv, int is_relay)
 {
 	const char *cmd = is_relay ? "relay" : "tunnel";
@@ -522,6 +527,8 @@ static int run_role(int argc, char **argv, int is_relay)
 		goto out;
 	}
 	sr_log_set_role(cmd);
+	if (keylog_ignored)
+		SR_WARN("", "%s", KEYLOG_IGNORED);
 	rc.config = config;
 	rc.cfg = &cfg;
 	sr_raise_nofile();
@@ -857,6 +864,17 @@ int main(int argc, char **argv)
 {
 	const char *cmd = argc > 1 ? argv[1] : "";
 
+	/* libcurl writes the TLS secrets of every connection it makes (to the
+	 * Kubernetes API server, with the service account's token in it; to
+	 * etcd) to the file this names, readable by all. The daemons say so in
+	 * their log (run_role), the other commands here. */
+	if (getenv("SSLKEYLOGFILE")) {
+		unsetenv("SSLKEYLOGFILE");
+		keylog_ignored = 1;
+		if (strcmp(cmd, "relay") != 0 && strcmp(cmd, "tunnel") != 0)
+			fprintf(stderr, "sparkrelay: %s\n", KEYLOG_IGNORED);
+	}
+
 	if (argc < 2 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 ||
 	    strcmp(cmd, "help") == 0) {
 		usage(argc < 2 ? stderr : stdout);
@@ -882,7 +900,11 @@ int main(int argc, char **argv)
 		return cmd_gen_certs(argc - 1, argv + 1);
 	if (strcmp(cmd, "version") == 0)
 		return cmd_version(argc - 1, argv + 1);
-	fprintf(stderr, "sparkrelay: unknown command \"%s\"\n\n", cmd);
+	{
+		char esc[SR_ESC_SIZE(32)];
+		fprintf(stderr, "sparkrelay: unknown command \"%s\"\n\n",
+			sr_esc_n(cmd, 32, esc, sizeof(esc)));
+	}
 	usage(stderr);
 	return 2;
 }

@@ -224,6 +224,12 @@ class DiscoveryTest(H.ITCase):
             return
         else:
             self.tunnel_overrides = self.k8s_tunnel()
+        if name == "test_k8s_endpointslices_find_the_relay":
+            # libcurl would write the TLS secrets of the API server's
+            # connection (the token travels in it) to the file it names.
+            self.keylog = os.path.join(H.root_dir(), "keylog-%d" % os.getpid())
+            os.environ["SSLKEYLOGFILE"] = self.keylog
+            self.addCleanup(os.environ.pop, "SSLKEYLOGFILE", None)
         self.api.port_fn = self.dns.port_fn = lambda: self.stack.relay_port
         self.api.status = 200
         super().setUp()
@@ -238,6 +244,8 @@ class DiscoveryTest(H.ITCase):
     def test_k8s_endpointslices_find_the_relay(self):
         self.exchange()
         self.assertIn((PATH, "Bearer " + TOKEN), self.api.requests)
+        self.assertFalse(os.path.exists(self.keylog), "TLS secrets written to SSLKEYLOGFILE")
+        self.assertTrue(self.stack.tunnel.grep("SSLKEYLOGFILE is set and ignored"))
         log = self.stack.tunnel.log_text()
         self.assertIn("relay discovery k8s:sparkrelay/sparkrelay:tunnel: 1 address "
                       "(1 Ready endpoint), TLS name " + SERVICE_NAME, log)

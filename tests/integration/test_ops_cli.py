@@ -90,7 +90,8 @@ class CliTest(X.XCase):
                   "not printable ASCII"),
                  (("ctl", evil), None, "unknown command"),
                  (("ctl", "help", evil), None, "no command"),
-                 (("ctl", "-o", evil, "leases"), None, "-o takes")]
+                 (("ctl", "-o", evil, "leases"), None, "-o takes"),
+                 ((evil,), None, "unknown command")]
         for args, e, want in cases:
             r = run(*args, env=e)
             self.assertEqual(r.returncode, 2, "%r: %s" % (args, r.stderr))
