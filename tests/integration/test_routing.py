@@ -375,6 +375,12 @@ class ExecutorCidrTest(RoutingCase):
         self.assertTrue(lines, "relay did not log the CIDR refusal")
         self.assertTrue(any("peer=127.0.0.3:" in l for l in lines), lines)
         self.wait_refused(before, "cidr", 1)
+        # A scanner's burst: counted each, logged once per 10 s.
+        for _ in range(30):
+            refused_outcome(H.POOL_HOST, ports["driver"], src="127.0.0.3")
+        self.wait_refused(before, "cidr", 31)
+        lines = self.relay.grep("refused, address not in route a-any's executor_cidrs")
+        self.assertLessEqual(len(lines), 2, lines)
         time.sleep(0.3)
         self.assertEqual(len(drv.all_conns()), 1, "the refused executor reached the driver")
         after = self.metrics()
