@@ -137,6 +137,7 @@ struct fl_fwd {
 	struct fleet_peer_hdr h;
 	uint8_t hdr[FLEET_PEER_HDR_MAX];
 	size_t hlen;
+	int counted; /* in its lease's ncarried */
 };
 
 struct relay_fleet {
@@ -1856,10 +1857,31 @@ static int holder_next(struct relay_fleet *f, struct fl_fwd *w, struct sockaddr_
 	return -1;
 }
 
+/* w counts (on) or no longer counts (off) in its lease's ncarried, if the
+ * lease is still here. */
+static void fwd_count(struct fl_fwd *w, int on)
+{
+	struct relay_lease *l;
+	struct relay_lease_ext *lx;
+
+	if (w->counted == on)
+		return;
+	w->counted = on;
+	l = relay_find_id(w->f->r, w->lease);
+	lx = l ? relay_lease_data(l) : NULL;
+	if (!lx)
+		return;
+	if (on)
+		lx->ncarried++;
+	else if (lx->ncarried > 0)
+		lx->ncarried--;
+}
+
 static void fwd_free(struct fl_fwd *w)
 {
 	struct relay_fleet *f = w->f;
 
+	fwd_count(w, 0);
 	if (w->prev)
 		w->prev->next = w->next;
 	else
@@ -1903,6 +1925,7 @@ static void fwd_cb(struct fleet_splice *sp, enum fleet_splice_end end, int err, 
 	/* No relay holds a tunnel that answers: wait here as a relay alone
 	 * would, for the sidecar may come here. */
 	f->forward_failed++;
+	fwd_count(w, 0); /* counted again where it waits */
 	fd = fleet_splice_take(sp);
 	w->sp = NULL;
 	l = fd >= 0 ? relay_find_id(f->r, w->lease) : NULL;
@@ -1951,6 +1974,7 @@ int relay_fleet_forward(struct relay_fleet *f, struct relay_lease_ext *lx, int r
 		f->fwds->prev = w;
 	f->fwds = w;
 	f->forwarded++;
+	fwd_count(w, 1);
 	SR_DEBUG(FL_CTX, "lease=%s conn=%llu: carried to relay %s", w->lease,
 		 (unsigned long long)conn_id, w->tried[w->ntried - 1]);
 	return 1;
@@ -2180,6 +2204,7 @@ int relay_fleet_adopt_carried(struct relay_fleet *f, const char *lease, int role
 	if (f->fwds)
 		f->fwds->prev = w;
 	f->fwds = w;
+	fwd_count(w, 1);
 	return 0;
 }
 

@@ -117,6 +117,9 @@ struct relay_lease_ext {
 	 * order (Spark's first executor has waited longest) */
 	struct relay_pending *pending, *pending_tail;
 	unsigned npending;
+	/* executor connections of this relay carried to another relay (a
+	 * fleet): they count against the lease's and its tenant's limits here */
+	unsigned ncarried;
 	uint64_t conns_total;
 	uint64_t detached_us;  /* when the tunnel went (in grace), 0 while attached */
 	struct sr_ratelog rl_refused; /* executors over max_lease_connections */

@@ -25,10 +25,11 @@ void relay_tenant_limits(const struct relay *r, const struct relay_pol *pol,
 	}
 }
 
-/* Executor connections a lease holds: carried now, or waiting for a tunnel. */
+/* Executor connections a lease holds: carried now (through a tunnel here,
+ * or to another relay), or waiting for a tunnel. */
 uint64_t relay_lease_conns(const struct relay_lease_ext *lx)
 {
-	uint64_t n = lx->npending;
+	uint64_t n = (uint64_t)lx->npending + lx->ncarried;
 
 	for (const struct relay_tunnel *t = lx->tunnel; t; t = t->lnext)
 		if (t->conn)

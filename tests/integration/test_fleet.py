@@ -604,6 +604,44 @@ class FleetTest(FleetCase):
         self.assertLess(took, 1.0, "a change in etcd costs %.1f ms CPU with %d leases"
                         % (1000 * took / changes, n))
 
+    def test_carried_connections_count_against_the_lease_limit(self):
+        # Executor connections a relay carries to the relay that holds the
+        # tunnel used to count against none of its limits: relay-b let any
+        # number through, whatever its max_lease_connections said.
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1],
+                             overrides={"relay": {"max_lease_connections": 3}})
+        s1 = self.start_sidecar("sc1", a)
+        l1 = self.lease_of(s1)
+        port = int(l1["ports"]["driver"])
+        self.driver = H.Driver({"driver": port})
+        self.driver.start()
+        wait_for(lambda: b.grep("lease=%s: serving its ports here" % l1["lease"]), 10,
+                 "the lease on relay-b")
+        kept = []
+        for i in range(3):
+            s = H.connect(b.host, port)
+            kept.append(s)
+            ok, why = echo_exchange(s, 900 + i, 64 * 1024)
+            self.assertTrue(ok, "carried connection %d: %s" % (i, why))
+        for i in range(2):
+            s = H.connect(b.host, port)
+            kept.append(s)
+            ok, _ = echo_exchange(s, 950 + i, 1024, timeout=5.0)
+            self.assertFalse(ok, "a connection over relay-b's max_lease_connections was "
+                             "carried")
+        key = 'sparkrelay_refused_total{reason="lease_connection_limit"}'
+        wait_for(lambda: self.metrics(b).get(key) == 2, 5, "two refusals counted")
+        # One closed: room for another.
+        kept[0].close()
+        time.sleep(0.5)
+        s = H.connect(b.host, port)
+        kept.append(s)
+        ok, why = echo_exchange(s, 990, 64 * 1024)
+        self.assertTrue(ok, "a connection after one closed: %s" % why)
+        for s in kept:
+            s.close()
+
     def _foreign_leases(self, n):
         """n leases in etcd of a pool no relay here has; a relay started now."""
         for i in range(0, n, 100):
