@@ -41,6 +41,7 @@
 #include <openssl/sha.h>
 
 #define FL_RETRY_MS 1000
+#define FL_RETRY_MAX_MS 30000
 #define FL_MAX_GRANT_TRIES 8
 #define FL_MAX_TRIED 8
 #define FL_ID_MAX 64
@@ -100,6 +101,7 @@ struct fl_held {
 	 * again with the same id and ports, or ended here (held_reclaim). */
 	struct etcd_op *op;
 	struct event *retry;
+	long backoff_ms; /* retry_later's state for retry */
 	int64_t newgrace;
 	char *json;
 };
@@ -160,6 +162,7 @@ struct relay_fleet {
 	int64_t self_lease;
 	struct etcd_keeper *self_keeper;
 	struct event *self_retry;
+	long self_backoff_ms; /* retry_later's state for self_retry */
 	/* the mirror */
 	struct fl_kv *kvs;
 	size_t nkvs;
@@ -171,6 +174,7 @@ struct relay_fleet {
 	int synced;
 	struct etcd_watch *watch;
 	struct event *sync_retry;
+	long sync_backoff_ms; /* retry_later's state for sync_retry */
 	struct event *check_ev; /* deferred: held leases that lost their tunnel */
 	struct fl_held *held;
 	struct fleet_reg *regs;
@@ -804,9 +808,19 @@ static void sync_retry_cb(evutil_socket_t fd, short what, void *arg)
 	sync_start(arg);
 }
 
-static void retry_later(struct event *ev)
+/* Again later: 1 s, doubled at each failure in a row up to FL_RETRY_MAX_MS,
+ * +-25 % (*backoff_ms holds the last delay; 0 after a success). A fixed
+ * second had every relay of a fleet ask a struggling etcd again at once:
+ * past 64 MiB of keys, the whole table every second and a half. */
+static void retry_later(struct event *ev, long *backoff_ms)
 {
-	struct timeval tv = sr_tv_ms(FL_RETRY_MS);
+	long ms = *backoff_ms ? *backoff_ms * 2 : FL_RETRY_MS;
+	struct timeval tv;
+
+	if (ms > FL_RETRY_MAX_MS)
+		ms = FL_RETRY_MAX_MS;
+	*backoff_ms = ms;
+	tv = sr_tv_ms(ms - ms / 4 + (long)sr_rand_below((uint32_t)(ms / 2 + 1)));
 	evtimer_add(ev, &tv);
 }
 
@@ -859,7 +873,7 @@ static void sync_ranged(int err, const struct etcd_result *res, void *arg)
 	if (err) {
 		SR_WARN(FL_CTX, "cannot read the fleet's keys from etcd (%s): %s; retrying",
 			etcd_strerror(err), res->msg);
-		retry_later(f->sync_retry);
+		retry_later(f->sync_retry, &f->sync_backoff_ms);
 		return;
 	}
 	kv_clear(f);
@@ -868,7 +882,7 @@ static void sync_ranged(int err, const struct etcd_result *res, void *arg)
 			   res->kvs[i].value_len, res->kvs[i].lease,
 			   res->kvs[i].mod_revision) != 0) {
 			SR_WARN(FL_CTX, "out of memory for the mirror; retrying");
-			retry_later(f->sync_retry);
+			retry_later(f->sync_retry, &f->sync_backoff_ms);
 			return;
 		}
 	memset(&wo, 0, sizeof(wo));
@@ -887,13 +901,14 @@ static void sync_ranged(int err, const struct etcd_result *res, void *arg)
 	f->watch = etcd_watch_new(f->etcd, &wo, e, sizeof(e));
 	if (!f->watch) {
 		SR_WARN(FL_CTX, "cannot watch etcd: %s; retrying", e);
-		retry_later(f->sync_retry);
+		retry_later(f->sync_retry, &f->sync_backoff_ms);
 		return;
 	}
 	if (!f->synced)
 		SR_INFO(FL_CTX, "lease table read from etcd (%zu keys, revision %" PRId64 ")",
 			res->nkvs, res->revision);
 	f->synced = 1;
+	f->sync_backoff_ms = 0;
 	reconcile(f);
 	regs_wake(f);
 }
@@ -905,7 +920,7 @@ static void sync_start(struct relay_fleet *f)
 
 	if (!etcd_kv(f->etcd, &rq, sync_ranged, f, e, sizeof(e))) {
 		SR_WARN(FL_CTX, "cannot read etcd: %s", e);
-		retry_later(f->sync_retry);
+		retry_later(f->sync_retry, &f->sync_backoff_ms);
 	}
 }
 
@@ -957,15 +972,16 @@ static void self_put(int err, const struct etcd_result *res, void *arg)
 			etcd_strerror(err), res->msg);
 		fl_revoke(f, f->self_lease, "revoke unused relay lease");
 		f->self_lease = 0;
-		retry_later(f->self_retry);
+		retry_later(f->self_retry, &f->self_backoff_ms);
 		return;
 	}
 	f->self_keeper = etcd_keeper_new(f->etcd, f->self_lease, f->ttl_s, self_lost, f);
 	if (!f->self_keeper) {
 		f->self_lease = 0;
-		retry_later(f->self_retry);
+		retry_later(f->self_retry, &f->self_backoff_ms);
 		return;
 	}
+	f->self_backoff_ms = 0;
 	SR_INFO(FL_CTX, "registered in the fleet as %s (peer address %s)", f->id, f->advertise);
 	for (struct fl_held *h = f->held; h; h = h->next)
 		put_tunnel_key(f, h->id);
@@ -996,7 +1012,7 @@ static void self_old(int err, const struct etcd_result *res, void *arg)
 	rq.lease = f->self_lease;
 	if (!etcd_kv(f->etcd, &rq, self_put, f, e, sizeof(e))) {
 		SR_WARN(FL_CTX, "%s", e);
-		retry_later(f->self_retry);
+		retry_later(f->self_retry, &f->self_backoff_ms);
 	}
 }
 
@@ -1009,7 +1025,7 @@ static void self_granted(int err, const struct etcd_result *res, void *arg)
 	if (err) {
 		SR_WARN(FL_CTX, "cannot get an etcd lease for this relay (%s): %s; retrying",
 			etcd_strerror(err), res->msg);
-		retry_later(f->self_retry);
+		retry_later(f->self_retry, &f->self_backoff_ms);
 		return;
 	}
 	f->self_lease = res->lease;
@@ -1018,7 +1034,7 @@ static void self_granted(int err, const struct etcd_result *res, void *arg)
 	rq.key_len = strlen(key);
 	if (!etcd_kv(f->etcd, &rq, self_old, f, e, sizeof(e))) {
 		SR_WARN(FL_CTX, "%s", e);
-		retry_later(f->self_retry);
+		retry_later(f->self_retry, &f->self_backoff_ms);
 	}
 }
 
@@ -1030,7 +1046,7 @@ static void self_start(struct relay_fleet *f)
 		return;
 	if (!etcd_lease_grant(f->etcd, f->ttl_s, self_granted, f, e, sizeof(e))) {
 		SR_WARN(FL_CTX, "%s", e);
-		retry_later(f->self_retry);
+		retry_later(f->self_retry, &f->self_backoff_ms);
 	}
 }
 
@@ -1172,7 +1188,7 @@ static void reclaim_later(struct fl_held *h)
 	fl_revoke(h->f, h->newgrace, "revoke an unused grace lease");
 	h->newgrace = 0;
 	if (h->retry)
-		retry_later(h->retry);
+		retry_later(h->retry, &h->backoff_ms);
 }
 
 /* A failed reclaim's reads: leases/<id> is back and every port is id's. */
@@ -1213,6 +1229,7 @@ static void reclaim_done(int err, const struct etcd_result *res, void *arg)
 		etcd_keeper_free(h->k);
 		h->grace = res->ops[0].kvs[0].lease;
 		h->k = etcd_keeper_new(f->etcd, h->grace, ttl, grace_lost, h);
+		h->backoff_ms = 0;
 		SR_INFO(FL_CTX, "lease=%s: made again in etcd by another relay", h->id);
 		return;
 	}
@@ -1237,6 +1254,7 @@ static void reclaim_done(int err, const struct etcd_result *res, void *arg)
 	h->k = etcd_keeper_new(f->etcd, h->grace, ttl, grace_lost, h);
 	snprintf(key, sizeof(key), "%sleases/%s", f->prefix, h->id);
 	kv_put(f, key, strlen(key), h->json, strlen(h->json), h->grace, res->revision);
+	h->backoff_ms = 0;
 	SR_INFO(FL_CTX, "lease=%s: made again in etcd after etcd lost it", h->id);
 }
 

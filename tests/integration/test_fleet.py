@@ -642,6 +642,24 @@ class FleetTest(FleetCase):
         for s in kept:
             s.close()
 
+    def test_a_table_too_big_to_read_is_retried_with_backoff(self):
+        # Over 64 MiB under the prefix, the first read of the table fails
+        # (answer too large). It was asked again every second, by every
+        # relay of the fleet: etcd served 64 MiB to each about every 1.5 s.
+        # Retries back off now (1 s doubling, +-25 %).
+        junk = b"x" * (1024 * 1024 - 256)
+        for i in range(70):
+            self.etcd.put(b"/sparkrelay/other/junk-%d" % i, junk)
+        a = self.start_relay("relay-a", HOSTS[0], wait=False)
+        t0 = time.monotonic()
+        wait_for(lambda: a.grep("cannot read the fleet's keys"), 20, "the first read failing")
+        time.sleep(max(0.0, 12.0 - (time.monotonic() - t0)))
+        tries = len(a.grep("cannot read the fleet's keys"))
+        H.log("measured: %d reads of a table over 64 MiB failed in 12 s" % tries)
+        # 1 s, then about 2 and 4 s later: at most 5 in 12 s (it was 8-10)
+        self.assertLessEqual(tries, 5, a.grep("cannot read the fleet's keys"))
+        self.assertTrue(a.alive())
+
     def _foreign_leases(self, n):
         """n leases in etcd of a pool no relay here has; a relay started now."""
         for i in range(0, n, 100):
