@@ -244,6 +244,29 @@ static int walk_endpoints(struct walk *w, json_t *eps, size_t i, int family, uns
 	return 0;
 }
 
+/* Objects and arrays in body, counted outside strings (a cheap pass before
+ * the parse, whose memory goes with their number, not with the bytes). */
+static size_t count_containers(const char *body, size_t len)
+{
+	size_t n = 0;
+	int in_str = 0;
+
+	for (size_t i = 0; i < len; i++) {
+		char c = body[i];
+		if (in_str) {
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_str = 0;
+		} else if (c == '"') {
+			in_str = 1;
+		} else if (c == '{' || c == '[') {
+			n++;
+		}
+	}
+	return n;
+}
+
 int disc_k8s_parse(const char *body, size_t len, const char *port_name, struct disc_ep *out,
 		   size_t max, size_t *n, size_t *ready, uint32_t (*rand_below)(uint32_t),
 		   char *err, size_t errlen)
@@ -263,6 +286,11 @@ int disc_k8s_parse(const char *body, size_t len, const char *port_name, struct d
 	if (len > DISC_K8S_MAX_BODY) {
 		sr_seterr(err, errlen, "answer of %zu bytes is over %u", len,
 			  DISC_K8S_MAX_BODY);
+		return SR_ETOOBIG;
+	}
+	if (count_containers(body, len) > DISC_K8S_MAX_CONTAINERS) {
+		sr_seterr(err, errlen, "answer has over %u JSON objects and arrays",
+			  DISC_K8S_MAX_CONTAINERS);
 		return SR_ETOOBIG;
 	}
 	root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);

@@ -6,7 +6,8 @@
  *       ?labelSelector=kubernetes.io/service-name={service}
  *   Authorization: Bearer {token file}, verified against {ca file}
  *
- * The answer is untrusted input: at most DISC_K8S_MAX_BODY bytes, every
+ * The answer is untrusted input: at most DISC_K8S_MAX_BODY bytes and
+ * DISC_K8S_MAX_CONTAINERS objects and arrays, every
  * field read is checked for its type, an address must be a numeric IP of
  * the slice's address type and a port 1..65535; anything else refuses the
  * whole answer with the JSON path of the first bad field. */
@@ -22,6 +23,9 @@ struct sr_curl;
 struct disc_k8s_req;
 
 #define DISC_K8S_MAX_BODY (4u * 1024 * 1024)
+/* JSON objects and arrays in one answer: a real list has about four per
+ * endpoint; 4 MiB of "{}" would be 1.4 million, some 320 MiB once parsed. */
+#define DISC_K8S_MAX_CONTAINERS 200000u
 /* Ready endpoints kept from one answer (a uniform random sample when the
  * Service has more). */
 #define DISC_K8S_MAX_EPS 1024
