@@ -886,6 +886,15 @@ fleet_peer_listener_adopt(struct event_base *base, int fd, const struct fleet_se
 
 int fleet_peer_listener_enable(struct fleet_peer_listener *l, int on)
 {
+	/* Connections still reading their header stop too: one completed
+	 * while a handover has the relay frozen would reach a relay that has
+	 * passed its state on already. Their deadline keeps running. */
+	for (struct peer_conn *c = l->pending; c; c = c->next) {
+		if (on)
+			peer_conn_arm(c);
+		else
+			event_del(c->ev);
+	}
 	if (!on) {
 		evtimer_del(l->pause);
 		return evconnlistener_disable(l->lev) == 0 ? 0 : SR_ENOMEM;

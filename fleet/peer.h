@@ -188,7 +188,9 @@ struct fleet_peer_listener *
 fleet_peer_listener_adopt(struct event_base *base, int fd, const struct fleet_secret *sec,
 			  const char *self, const struct fleet_peer_opts *o, fleet_peer_cb cb,
 			  void *arg, char *err, size_t errlen);
-/* Accept (on) or not: connections wait in the backlog. 0, or SR_ENOMEM. */
+/* Accept and read headers (on) or not: new connections wait in the
+ * backlog, those reading a header wait unread (their deadline runs on).
+ * 0, or SR_ENOMEM. */
 int fleet_peer_listener_enable(struct fleet_peer_listener *l, int on);
 /* The listening socket (still the listener's), for passing to another
  * process. */

@@ -752,6 +752,38 @@ static void test_listener_caps_pending_per_source(void **state)
 	assert_int_equal(count_fds(), fds);
 }
 
+/* A handover freezes the relay: a header that completes meanwhile must not
+ * reach the frozen relay (it has passed its state on; the connection would
+ * be lost). Disabled, the listener reads no pending header; enabled again,
+ * it reads it. */
+static void test_disabled_listener_reads_no_header(void **state)
+{
+	int fds = count_fds();
+	struct lt t;
+	struct raw r;
+	int c;
+
+	(void)state;
+	lt_open(&t, NULL);
+	raw_good(&r, fleet_peer_now_ms());
+	c = ts_connect("127.0.0.1", t.port);
+	assert_true(c >= 0);
+	send_all(c, r.b, 10);
+	lt_wait_npending(&t, 1);
+	assert_int_equal(fleet_peer_listener_enable(t.l, 0), 0);
+	send_all(c, r.b + 10, r.len - 10);
+	ts_loop_run_for(t.base, 300);
+	assert_int_equal(t.accepted, 0);
+	assert_int_equal(fleet_peer_listener_npending(t.l), 1);
+	assert_int_equal(fleet_peer_listener_enable(t.l, 1), 0);
+	for (int i = 0; i < 100 && t.accepted == 0; i++)
+		ts_loop_run_for(t.base, 20);
+	assert_int_equal(t.accepted, 1);
+	close(c);
+	lt_close(&t);
+	assert_int_equal(count_fds(), fds);
+}
+
 /* A relay's header, sent right behind its connect from src: accepted? */
 static void expect_header_accepted(struct lt *t, const char *src)
 {
@@ -975,6 +1007,7 @@ int main(void)
 	    cmocka_unit_test(test_listener_slow_drip_hits_deadline),
 	    cmocka_unit_test(test_listener_busy_and_free_resets_pending),
 	    cmocka_unit_test(test_idle_connections_do_not_shut_out_a_relay),
+	    cmocka_unit_test(test_disabled_listener_reads_no_header),
 	    cmocka_unit_test(test_listener_caps_pending_per_source),
 	    cmocka_unit_test(test_listener_accepts_and_keeps_following_bytes),
 	    cmocka_unit_test(test_replay_memory_is_bounded_and_safe),
