@@ -686,6 +686,20 @@ static void peer_conn_read_cb(evutil_socket_t fd, short what, void *arg)
 	l->cb(&h, (int)fd, l->arg);
 }
 
+/* Room for one more connection: c, the oldest (of a source), is read once
+ * more first, for a relay's header may be in its socket by now (the relay
+ * sends it once its connect completes, which can come after the accept);
+ * if that does not take c out of the pending list, c is reset. */
+static void peer_make_room(struct fleet_peer_listener *l, struct peer_conn *c,
+			   enum fleet_peer_status why)
+{
+	unsigned before = l->npending;
+
+	peer_conn_read_cb(c->fd, EV_READ, c); /* may free c */
+	if (l->npending == before)
+		peer_conn_refuse(c, why);
+}
+
 static void peer_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
 			   int salen, void *arg)
 {
@@ -695,42 +709,36 @@ static void peer_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struc
 	uint8_t family = 0, src[16];
 	uint16_t sport;
 	uint32_t same = 0;
-	struct peer_conn *oldest = NULL, *oldest_same = NULL;
+	struct peer_conn *oldest = NULL;
 
 	sr_format_addr(sa, peer, sizeof(peer));
 	/* Full, for everyone or for this source: the oldest pending connection
-	 * goes, not the new one. A relay's header comes right behind its
-	 * connect and is read at once below, so a relay's connection is never
-	 * the oldest, and connections that send nothing cannot shut the relays
-	 * out however many sources they come from (refusing the newcomer did:
-	 * 16 sources held every slot). Pending is newest first. IPv6 sources
-	 * count by /64, as a host may hold a whole one. */
+	 * goes, not the new one (refusing the newcomer let connections that
+	 * send nothing, from 16 sources, shut every relay out). Sources count
+	 * by whole address: relays on one IPv6 /64 are still apart. */
 	if (peer_addr_bytes(sa, &family, src, &sport) != 0)
 		memset(src, 0, sizeof(src));
-	if (family == 6)
-		memset(src + 8, 0, 8);
-	for (struct peer_conn *o = l->pending; o; o = o->next) {
-		oldest = o;
+	for (struct peer_conn *o = l->pending; o; o = o->next)
 		if (o->src_family == family && memcmp(o->src, src, sizeof(src)) == 0) {
 			same++;
-			oldest_same = o;
+			oldest = o;
 		}
-	}
 	if (same >= l->o.max_pending_per_source) {
-		if (!oldest_same) {
+		if (!oldest) {
 			peer_refuse(l, (int)fd, peer, FLEET_PEER_BUSY_SOURCE);
 			return;
 		}
-		if (oldest == oldest_same)
-			oldest = oldest_same->prev;
-		peer_conn_refuse(oldest_same, FLEET_PEER_BUSY_SOURCE);
+		peer_make_room(l, oldest, FLEET_PEER_BUSY_SOURCE);
 	}
 	if (l->npending >= l->o.max_pending) {
+		oldest = l->pending;
+		while (oldest && oldest->next)
+			oldest = oldest->next;
 		if (!oldest) {
 			peer_refuse(l, (int)fd, peer, FLEET_PEER_BUSY);
 			return;
 		}
-		peer_conn_refuse(oldest, FLEET_PEER_BUSY);
+		peer_make_room(l, oldest, FLEET_PEER_BUSY);
 	}
 	c = calloc(1, sizeof(*c));
 	if (c != NULL)

@@ -752,6 +752,41 @@ static void test_listener_caps_pending_per_source(void **state)
 	assert_int_equal(count_fds(), fds);
 }
 
+/* A relay sends its header once its connect completes, which may be after
+ * the listener accepted it: the header can be waiting in the socket, unread,
+ * when the connection is the oldest and the slots are full. It is read
+ * before the connection is taken for an idle one. */
+static void test_a_header_waiting_unread_is_not_evicted(void **state)
+{
+	struct fleet_peer_opts o = {.max_pending = 2};
+	int fds = count_fds();
+	struct lt t;
+	struct raw r;
+	int a, b, c;
+
+	(void)state;
+	lt_open(&t, &o);
+	a = ts_connect("127.0.0.1", t.port);
+	assert_true(a >= 0);
+	lt_wait_npending(&t, 1);
+	/* Two more wait to be accepted, then a's header arrives: the loop
+	 * sees the listener ready first and accepts both in one go. */
+	b = ts_connect("127.0.0.1", t.port);
+	c = ts_connect("127.0.0.1", t.port);
+	assert_true(b >= 0 && c >= 0);
+	raw_good(&r, fleet_peer_now_ms());
+	send_all(a, r.b, r.len);
+	for (int i = 0; i < 50 && fleet_peer_listener_npending(t.l) < 2; i++)
+		ts_loop_run_for(t.base, 20);
+	assert_int_equal(t.accepted, 1);
+	assert_int_equal(fleet_peer_listener_count(t.l, FLEET_PEER_BUSY), 0);
+	close(a);
+	close(b);
+	close(c);
+	lt_close(&t);
+	assert_int_equal(count_fds(), fds);
+}
+
 /* A handover freezes the relay: a header that completes meanwhile must not
  * reach the frozen relay (it has passed its state on; the connection would
  * be lost). Disabled, the listener reads no pending header; enabled again,
@@ -1008,6 +1043,7 @@ int main(void)
 	    cmocka_unit_test(test_listener_busy_and_free_resets_pending),
 	    cmocka_unit_test(test_idle_connections_do_not_shut_out_a_relay),
 	    cmocka_unit_test(test_disabled_listener_reads_no_header),
+	    cmocka_unit_test(test_a_header_waiting_unread_is_not_evicted),
 	    cmocka_unit_test(test_listener_caps_pending_per_source),
 	    cmocka_unit_test(test_listener_accepts_and_keeps_following_bytes),
 	    cmocka_unit_test(test_replay_memory_is_bounded_and_safe),
