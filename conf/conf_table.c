@@ -522,13 +522,14 @@ static const struct conf_entry conf_relay_fleet[] = {
     U32(struct relay_opts, "register_wait_ms", fleet.register_wait_ms, 100, 60000, "5000",
 	"A registration that etcd cannot confirm within this is refused with the error "
 	"`fleet_unavailable`; existing leases and streams are not affected."),
-    U32(struct relay_opts, "watch_idle_ms", fleet.watch_idle_ms, 1000, 86400000, "660000",
+    U32(struct relay_opts, "watch_idle_ms", fleet.watch_idle_ms, 1000, 86400000, "1500000",
 	"The relay asks etcd for progress notifications on its watch of the lease table and "
 	"starts the watch again when it delivers nothing for this long: a watch that went "
 	"silent without breaking (an etcd member cut off from its cluster, a path that drops "
 	"packets) would leave leases granted elsewhere unserved here, and resumes here "
-	"answered `unknown_lease`. Keep it above etcd's "
-	"`--experimental-watch-progress-notify-interval` (10 min by default)."),
+	"answered `unknown_lease`. Keep it at least 2.5 times etcd's "
+	"`--experimental-watch-progress-notify-interval` (10 min by default): etcd skips "
+	"the notification after an event and adds up to 10 % to its interval."),
 };
 static const struct conf_group conf_relay_fleet_group = {
     conf_relay_fleet, N(conf_relay_fleet),

@@ -2069,7 +2069,7 @@ struct relay_fleet *relay_fleet_new(struct relay *r, int peer_fd, int taking, ch
 	f->base = r->base;
 	f->ttl_s = o->ttl_s ? o->ttl_s : 10;
 	f->wait_ms = o->register_wait_ms ? o->register_wait_ms : 5000;
-	f->watch_idle_ms = o->watch_idle_ms ? o->watch_idle_ms : 660000;
+	f->watch_idle_ms = o->watch_idle_ms ? o->watch_idle_ms : 1500000;
 	if (sr_random_bytes(&f->kseed, sizeof(f->kseed)) != 0)
 		f->kseed = (uint32_t)sr_now_us();
 	f->prefix = strdup(o->prefix ? o->prefix : "/sparkrelay/");

@@ -918,7 +918,9 @@ class WatchSilenceTest(FleetCase):
             "etcd": ["http://127.0.0.1:%d" % px.port], "watch_idle_ms": 3000}}})
         b = self.start_relay("relay-b", HOSTS[1])
         wait_for(lambda: px.watches, 10, "relay-a's watch")
-        time.sleep(1.5)  # progress notifications arrive: no restart while they do
+        # Longer than watch_idle_ms: the progress notifications keep a
+        # quiet watch from being taken for a silent one.
+        time.sleep(4.5)
         self.assertFalse(a.grep("watch stream was silent"), a.log_text()[-2000:])
         px.freeze_watches()
         t0 = time.monotonic()
