@@ -29,6 +29,7 @@
 #define WATCH_BACKOFF_MAX_MS 5000L
 #define KEEPER_MIN_INTERVAL_MS 200L
 #define KEEPER_FIRST_RETRY_MS 1000L /* then doubled, up to the keepalive interval */
+#define KEEPER_LAST_TRY_MS 200L     /* the shortest retry near the lease's end */
 
 static const char *const json_header[] = {"Content-Type: application/json"};
 
@@ -68,6 +69,7 @@ struct etcd_keeper {
 	int64_t lease, ttl;
 	int64_t granted;      /* the TTL asked for: what etcd answers is held to it */
 	long retry_ms;        /* the last retry's delay after failures; 0 after a success */
+	uint64_t expire_us;   /* when the expire timer fires */
 	struct event *tick;   /* the next keepalive */
 	struct event *expire; /* the lease's end, as far as we know */
 	struct etcd_op *op;   /* the keepalive in flight */
@@ -525,6 +527,7 @@ static void keeper_answer(int err, const struct etcd_result *res, void *arg)
 		k->retry_ms = 0;
 		next = keeper_interval_ms(k);
 		arm(k->expire, left_ms > 0 ? (long)left_ms : 0);
+		k->expire_us = sr_now_us() + (uint64_t)(left_ms > 0 ? left_ms : 0) * 1000u;
 	} else {
 		/* Retries back off (1 s, doubled up to the interval, +-25 %):
 		 * every lease a relay holds has a keeper, and at a fixed second
@@ -535,8 +538,14 @@ static void keeper_answer(int err, const struct etcd_result *res, void *arg)
 		k->retry_ms = k->retry_ms ? k->retry_ms * 2 : KEEPER_FIRST_RETRY_MS;
 		if (k->retry_ms > cap)
 			k->retry_ms = cap;
+		uint64_t now = sr_now_us();
+		long left_ms = k->expire_us > now ? (long)((k->expire_us - now) / 1000) : 0;
 		next = k->retry_ms - k->retry_ms / 4 +
 		       (long)sr_rand_below((uint32_t)(k->retry_ms / 2 + 1));
+		/* Never past half the time the lease has left: the tries close
+		 * in on its end, so an etcd back just before it still keeps it. */
+		if (next > left_ms / 2)
+			next = left_ms / 2 > KEEPER_LAST_TRY_MS ? left_ms / 2 : KEEPER_LAST_TRY_MS;
 	}
 	arm(k->tick, next);
 }
@@ -594,6 +603,7 @@ struct etcd_keeper *etcd_keeper_new(struct etcd *c, int64_t lease, int64_t ttl,
 	LIST_ADD(c->keepers, k);
 	arm(k->tick, 0);
 	arm(k->expire, (long)(ttl * 1000));
+	k->expire_us = sr_now_us() + (uint64_t)ttl * 1000000u;
 	return k;
 }
 

@@ -191,7 +191,8 @@ void etcd_cancel(struct etcd_op *op);
 /* Keeping a lease alive: a keepalive every ttl/3 (ttl as etcd last
  * answered, never above the one granted), each attempt bounded by that
  * interval; after a failed one the next goes 1 s later, doubled after each
- * failure up to the interval, +-25 %. lost is called once
+ * failure up to the interval, +-25 %, and never later than half the time
+ * the lease has left (200 ms at least). lost is called once
  * when the lease is gone: err SR_ENOTFOUND when etcd says so, SR_ETIMEDOUT
  * when no keepalive has succeeded for a whole TTL, counted from the start of
  * the last one that did (or from etcd_keeper_new). After lost the keeper
