@@ -388,8 +388,6 @@ void sr_curl_free(struct sr_curl *c)
 	free(c);
 }
 
-/* libcurl opens these files by name while a request connects, on the event
- * loop: a FIFO would block it there. */
 static int file_usable(const char *what, const char *path, char *err, size_t errlen)
 {
 	char why[128], esc[SR_ESC_SIZE(64)];
@@ -400,15 +398,21 @@ static int file_usable(const char *what, const char *path, char *err, size_t err
 	return 0;
 }
 
+int sr_curl_check_files(const char *ca_file, const char *cert_file, const char *key_file,
+			char *err, size_t errlen)
+{
+	return file_usable("CA file", ca_file, err, errlen) &&
+			       file_usable("certificate file", cert_file, err, errlen) &&
+			       file_usable("key file", key_file, err, errlen)
+		   ? 0
+		   : SR_EINVAL;
+}
+
 static int set_opts(struct sr_curl_req *r, const struct sr_curl_opts *o, char *err, size_t errlen)
 {
 	CURL *e = r->easy;
 	int ok = 1;
 
-	if (!file_usable("CA file", o->ca_file, err, errlen) ||
-	    !file_usable("certificate file", o->cert_file, err, errlen) ||
-	    !file_usable("key file", o->key_file, err, errlen))
-		return SR_EINVAL;
 	if (o->body) {
 		r->body = malloc(o->body_len + 1);
 		if (!r->body)

@@ -26,7 +26,9 @@ struct sr_curl_opts {
 	size_t body_len;
 	const char *const *headers; /* "Name: value"; CR or LF is refused */
 	size_t nheaders;
-	const char *ca_file;        /* NULL: the system's trust store */
+	/* libcurl opens these by name as a request connects, on the event
+	 * loop: check them first (sr_curl_check_files), where they are set. */
+	const char *ca_file;        /* NULL: the system's trust store; else the only CA */
 	const char *cert_file;      /* client certificate (PEM), or NULL */
 	const char *key_file;       /* its key, or NULL */
 	long connect_timeout_ms;    /* 0: 10 s */
@@ -38,6 +40,12 @@ struct sr_curl_opts {
 	 * (size_t)-1 to end the request (done is then called with err set). */
 	size_t (*on_data)(const char *p, size_t n, void *arg);
 };
+
+/* 0 if each file given (NULL: none) opens without blocking and is a
+ * regular file of a certificate's size; else SR_EINVAL with the reason, the
+ * file named, in err. A FIFO there would block the event loop in open(). */
+int sr_curl_check_files(const char *ca_file, const char *cert_file, const char *key_file,
+			char *err, size_t errlen);
 
 /* The request ended. err is 0 when an HTTP answer arrived (whatever its
  * status), or a negative SR_E* (SR_ETIMEDOUT, SR_ETOOBIG, SR_EIO, SR_ETLS,

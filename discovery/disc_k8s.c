@@ -572,6 +572,8 @@ struct disc_k8s_req *disc_k8s_fetch(struct event_base *base, struct sr_curl *c,
 		sr_seterr(err, errlen, "bad Kubernetes request options");
 		return NULL;
 	}
+	if (sr_curl_check_files(o->ca_file, NULL, NULL, err, errlen) != 0)
+		return NULL;
 	token = read_small(o->token_file, TOKEN_MAX, "token", err, errlen);
 	if (!token)
 		return NULL;

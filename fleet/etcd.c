@@ -192,6 +192,11 @@ struct etcd *etcd_new(struct event_base *base, const struct etcd_opts *o, char *
 		}
 		c->nep++;
 	}
+	/* Checked once, here: a keepalive must not fail for a descriptor. */
+	if (sr_curl_check_files(o->ca_file, o->cert_file, o->key_file, err, errlen) != 0) {
+		etcd_free(c);
+		return NULL;
+	}
 	c->ca_file = opt_dup(o->ca_file, &bad);
 	c->cert_file = opt_dup(o->cert_file, &bad);
 	c->key_file = opt_dup(o->key_file, &bad);

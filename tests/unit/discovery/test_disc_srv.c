@@ -461,7 +461,9 @@ static void test_the_timeout_bounds_the_whole_query(void **state)
 	query(f, 100);
 	ms = (sr_now_us() - t0) / 1000;
 	assert_int_equal(f->got.err, SR_ETIMEDOUT);
-	assert_int_equal(f->dns1.srv_udp + f->dns2.srv_udp, 2);
+	/* Two tries of 50 ms fit (one, if the loop came late to the first
+	 * timer); before, all four were made. */
+	assert_in_range(f->dns1.srv_udp + f->dns2.srv_udp, 1, 2);
 	assert_in_range(ms, 90, 1000);
 }
 
