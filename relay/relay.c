@@ -405,6 +405,7 @@ int relay_reload(struct relay *r, struct relay_opts *o, char *err, size_t errlen
 	r->st.last_reload_ok_unix_ms = wall_ms();
 	SR_INFO("", "configuration reloaded: %zu pools; live tunnels and streams untouched",
 		relay_policy_npools(np->p));
+	relay_fleet_reloaded(r->fleet);
 	return 0;
 }
 

@@ -2263,6 +2263,14 @@ void relay_fleet_freeze(struct relay_fleet *f, int on)
 		reconcile(f);
 }
 
+void relay_fleet_reloaded(struct relay_fleet *f)
+{
+	/* Leases skipped for a pool, route or tenant not configured here may
+	 * be served now (and skip_gen no longer matches for them). */
+	if (f && !f->frozen && f->synced)
+		reconcile(f);
+}
+
 void relay_fleet_free(struct relay_fleet *f)
 {
 	if (!f)

@@ -40,6 +40,8 @@ struct relay_fleet *relay_fleet_new(struct relay *r, int peer_fd, int taking, ch
 /* Stops everything: no callback runs after it. Keys stay in etcd until
  * their leases expire. NULL does nothing. */
 void relay_fleet_free(struct relay_fleet *f);
+/* The configuration was reloaded: leases in etcd are matched against it. */
+void relay_fleet_reloaded(struct relay_fleet *f);
 
 /* The relay drains: it withdraws from the fleet (its registration and
  * tunnels keys go at once), so other relays stop carrying executors here. */

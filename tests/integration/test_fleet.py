@@ -36,6 +36,7 @@
 Each measured number is logged with the prefix "measured:".
 """
 
+import json
 import os
 import re
 import select
@@ -664,6 +665,26 @@ class FleetTest(FleetCase):
         # 1 s, then about 2 and 4 s later: at most 5 in 12 s (it was 8-10)
         self.assertLessEqual(tries, 5, a.grep("cannot read the fleet's keys"))
         self.assertTrue(a.alive())
+
+    def test_a_reload_serves_the_leases_it_now_can(self):
+        # A lease of a route this relay does not have is not served here.
+        # A reload that adds the route serves it, with no change in etcd to
+        # prompt it (the relay matched leases only when etcd changed).
+        port = self.pool_base + 3
+        v = ('{"app":"x","tenant":"default","route":"r2","pool":"default","idkey":"k",'
+             '"roles":1,"ports":[%d,0,0],"resume":"%064x","prev":""}' % (port, 7))
+        self.etcd.put(b"/sparkrelay/leases/L-7-later", v.encode())
+        a = self.start_relay("relay-a", HOSTS[0])
+        wait_for(lambda: a.grep("lease=L-7-later: not served here"), 10, "the lease skipped")
+        path = os.path.join(self.dir, "relay-a.json")
+        with open(path) as f:
+            cfg = json.load(f)
+        cfg["relay"]["routes"] = [{"name": "default"}, {"name": "r2"}]
+        H.write_config(path, cfg)
+        os.kill(a.p.pid, signal.SIGHUP)
+        wait_for(lambda: a.grep("configuration reloaded"), 10, "the reload")
+        wait_for(lambda: a.grep("lease=L-7-later: serving its ports here"), 10,
+                 "the lease served after the reload")
 
     def _foreign_leases(self, n):
         """n leases in etcd of a pool no relay here has; a relay started now."""
