@@ -7,6 +7,13 @@
 #include <jansson.h>
 
 /* `sparkrelay demo`: argv[0] is "demo". Returns the exit status. */
+struct option;
+/* getopt_long for the commands: the same, but a bad option is reported by
+ * us, escaped ("sparkrelay WHO: bad option ..."), not by getopt, which
+ * would print its bytes as they are. Returns '?' for it. */
+int cmd_getopt(int argc, char **argv, const char *shortopts, const struct option *longopts,
+	       const char *who);
+
 int cmd_demo(int argc, char **argv);
 
 /* `sparkrelay ctl`: argv[0] is "ctl". Exit status 0 ok, 1 API or

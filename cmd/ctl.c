@@ -885,8 +885,7 @@ static int parse_sub(struct ctl *c, int argc, char **argv, int explain, struct s
 
 	memset(so, 0, sizeof(*so));
 	optind = 0; /* full re-initialisation of GNU getopt */
-	opterr = 1;
-	while ((ch = getopt_long(argc, argv, "+o:h", explain ? route : plain, NULL)) != -1) {
+	while ((ch = cmd_getopt(argc, argv, "+o:h", explain ? route : plain, "ctl")) != -1) {
 		switch (ch) {
 		case 'o':
 			if (parse_output(c, optarg))
@@ -1050,7 +1049,7 @@ int cmd_ctl(int argc, char **argv)
 	c.url = (env = getenv("SPARKRELAY_ADMIN_URL")) && *env ? env : CTL_DEFAULT_URL;
 	optind = 0;
 	/* "+": stop at the command word, whose own options follow it. */
-	while ((ch = getopt_long(argc, argv, "+o:hV", longopts, NULL)) != -1) {
+	while ((ch = cmd_getopt(argc, argv, "+o:hV", longopts, "ctl")) != -1) {
 		switch (ch) {
 		case 'T':
 			c.tenant = optarg;

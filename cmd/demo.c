@@ -468,7 +468,7 @@ int cmd_demo(int argc, char **argv)
 	d.bulk_bytes = 16u << 20;
 	sr_log_set_level(SR_LOG_WARN);
 	optind = 1;
-	while ((ch = getopt_long(argc, argv, "e:r:b:vh", longopts, NULL)) != -1) {
+	while ((ch = cmd_getopt(argc, argv, "e:r:b:vh", longopts, "demo")) != -1) {
 		switch (ch) {
 		case 'e':
 			d.executors = (unsigned)strtoul(optarg, NULL, 10);

@@ -27,6 +27,24 @@
 
 extern char **environ;
 
+
+int cmd_getopt(int argc, char **argv, const char *shortopts, const struct option *longopts,
+	       const char *who)
+{
+	char esc[SR_ESC_SIZE(48)];
+	int ch;
+
+	opterr = 0;
+	ch = getopt_long(argc, argv, shortopts, longopts, NULL);
+	if (ch == '?' || ch == ':') {
+		const char *arg = optind > 0 && optind <= argc ? argv[optind - 1] : "";
+		fprintf(stderr, "sparkrelay %s: bad option \"%s\" (unknown, or a value "
+				"missing)\n",
+			who, sr_esc_n(arg, 48, esc, sizeof(esc)));
+		return '?';
+	}
+	return ch;
+}
 static void usage(FILE *out)
 {
 	fprintf(out,
@@ -207,7 +225,7 @@ static int parse_common(int argc, char **argv, const char **config, const char *
 	int ch;
 
 	optind = 1;
-	while ((ch = getopt_long(argc, argv, "c:l:hV", longopts, NULL)) != -1) {
+	while ((ch = cmd_getopt(argc, argv, "c:l:hV", longopts, cmd)) != -1) {
 		switch (ch) {
 		case 'c':
 			*config = optarg;
@@ -232,8 +250,9 @@ static int parse_common(int argc, char **argv, const char **config, const char *
 			break;
 		case 'l':
 			if (sr_log_set_level_name(optarg) != 0) {
+				char esc[SR_ESC_SIZE(32)];
 				fprintf(stderr, "sparkrelay %s: unknown log level \"%s\"\n", cmd,
-					optarg);
+					sr_esc_n(optarg, 32, esc, sizeof(esc)));
 				return 2;
 			}
 			break;
@@ -681,7 +700,7 @@ static int cmd_check_config(int argc, char **argv)
 	const char *file;
 
 	optind = 1;
-	while ((ch = getopt_long(argc, argv, "pqh", longopts, NULL)) != -1) {
+	while ((ch = cmd_getopt(argc, argv, "pqh", longopts, "check-config")) != -1) {
 		switch (ch) {
 		case 'p':
 			print = 1;
@@ -772,7 +791,7 @@ static int cmd_gen_certs(int argc, char **argv)
 	int ch, rv;
 
 	optind = 1;
-	while ((ch = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+	while ((ch = cmd_getopt(argc, argv, "h", longopts, "config-docs")) != -1) {
 		switch (ch) {
 		case 'c':
 			client = optarg;
@@ -871,7 +890,7 @@ int main(int argc, char **argv)
 	if (getenv("SSLKEYLOGFILE")) {
 		unsetenv("SSLKEYLOGFILE");
 		keylog_ignored = 1;
-		if (strcmp(cmd, "relay") != 0 && strcmp(cmd, "tunnel") != 0)
+		if (strcmp(cmd, "ctl") == 0) /* the other one that uses libcurl */
 			fprintf(stderr, "sparkrelay: %s\n", KEYLOG_IGNORED);
 	}
 

@@ -137,7 +137,7 @@ int cmd_route(int argc, char **argv)
 	argc--;
 	argv++;
 	optind = 0;
-	while ((ch = getopt_long(argc, argv, "c:o:h", longopts, NULL)) != -1) {
+	while ((ch = cmd_getopt(argc, argv, "c:o:h", longopts, "route")) != -1) {
 		switch (ch) {
 		case 'c':
 			config = optarg;

@@ -20,6 +20,7 @@
 #include <openssl/hmac.h>
 
 #include "common/sr_err.h"
+#include "common/sr_file.h"
 #include "common/sr_log.h"
 #include "common/sr_text.h"
 #include "common/sr_util.h"
@@ -73,6 +74,16 @@ int fleet_secret_load(const char *path, struct fleet_secret **out, char *err, si
 
 	*out = NULL;
 	sr_esc_n(path, 64, epath, sizeof(epath));
+	{
+		/* A FIFO would hang the relay's start in open(). */
+		char why[128];
+		rc = sr_file_check(path, SR_FILE_PEM_MAX, why, sizeof(why));
+		if (rc != 0) {
+			sr_seterr(err, errlen, "fleet secret %s: %s%s", epath,
+				  rc == SR_EIO ? "cannot open: " : "", why);
+			return rc;
+		}
+	}
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
 	if (fd < 0) {
 		sr_seterr(err, errlen, "fleet secret %s: cannot open: %s", epath,

@@ -77,15 +77,15 @@ static SSL_CTX *ctx_common(const SSL_METHOD *m, char *err, size_t errlen)
 	return ctx;
 }
 
-/* OpenSSL opens the files by name, on the event loop when a relay reloads:
- * a FIFO there would block it for every tunnel. */
+/* OpenSSL opens the files by name as the relay or the sidecar starts: a
+ * FIFO there would hang it without a word, a device be read without end. */
 static int file_ok(const char *what, const char *path, char *err, size_t errlen)
 {
-	char why[128];
+	char why[128], esc[SR_ESC_SIZE(64)];
 
 	if (sr_file_check(path, SR_FILE_PEM_MAX, why, sizeof(why)) == 0)
 		return 1;
-	sr_seterr(err, errlen, "%s %s: %s", what, path, why);
+	sr_seterr(err, errlen, "%s %s: %s", what, sr_esc_n(path, 64, esc, sizeof(esc)), why);
 	return 0;
 }
 

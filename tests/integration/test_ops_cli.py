@@ -91,7 +91,9 @@ class CliTest(X.XCase):
                  (("ctl", evil), None, "unknown command"),
                  (("ctl", "help", evil), None, "no command"),
                  (("ctl", "-o", evil, "leases"), None, "-o takes"),
-                 ((evil,), None, "unknown command")]
+                 ((evil,), None, "unknown command"),
+                 (("ctl", "--bogus" + evil, "leases"), None, "bad option"),
+                 (("check-config", "-" + evil), None, "bad option")]
         for args, e, want in cases:
             r = run(*args, env=e)
             self.assertEqual(r.returncode, 2, "%r: %s" % (args, r.stderr))

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -352,6 +353,13 @@ static void test_secret_file(void **state)
 	ts_dir_file(&d, "missing", path, sizeof(path));
 	assert_int_equal(fleet_secret_load(path, &s, err, sizeof(err)), SR_EIO);
 	assert_contains(err, "cannot open");
+	/* A FIFO hung the relay's start in open() (alarm: a hang fails). */
+	ts_dir_file(&d, "fifo", path, sizeof(path));
+	assert_int_equal(mkfifo(path, 0600), 0);
+	alarm(10);
+	assert_int_equal(fleet_secret_load(path, &s, err, sizeof(err)), SR_EINVAL);
+	alarm(0);
+	assert_contains(err, "not a regular file");
 	fleet_secret_free(NULL);
 	ts_dir_remove(&d);
 }
