@@ -1876,7 +1876,9 @@ static int holder_next(struct relay_fleet *f, struct fl_fwd *w, struct sockaddr_
 }
 
 /* w counts (on) or no longer counts (off) in its lease's ncarried, if the
- * lease is still here. */
+ * lease is still here. By id: a lease dropped here and bound again from
+ * etcd is a new lease_ext, whose count then lags by this connection at most
+ * (it never goes below 0). */
 static void fwd_count(struct fl_fwd *w, int on)
 {
 	struct relay_lease *l;
