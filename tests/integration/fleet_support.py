@@ -2,6 +2,8 @@
 
 Standard library only, like the harness they build on."""
 import os
+import socket
+import threading
 import time
 import unittest
 
@@ -116,3 +118,85 @@ class FleetCase(unittest.TestCase):
             j = H.read_spark_json(sc.spark_json)
             return j if isinstance(j, dict) and j.get("lease") and "ports" in j else None
         return sc.wait_ready(ready, timeout, "lease")
+
+
+class FreezingProxy:
+    """TCP proxy 127.0.0.1:port -> target; freeze() stops every connection
+    through it now (nothing more read, written or closed either way): a
+    path that went silent, as a dead NAT entry or a cut cable leaves it.
+    Connections made later pass normally. With mark, connections whose
+    client sent those bytes are marked, and freeze(marked_only=True) stops
+    those alone (an etcd watch: "POST /v3/watch")."""
+
+    def __init__(self, target, mark=None):
+        self.target = target
+        self.mark = mark
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(16)
+        self.port = self.ls.getsockname()[1]
+        self.pairs = []
+        self.stop_ev = threading.Event()
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        self.ls.settimeout(0.2)
+        while not self.stop_ev.is_set():
+            try:
+                a, _ = self.ls.accept()
+            except OSError:
+                continue
+            try:
+                b = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                a.close()
+                continue
+            pair = {"socks": (a, b), "frozen": False, "marked": False}
+            with self.lock:
+                self.pairs.append(pair)
+            for src, dst in ((a, b), (b, a)):
+                threading.Thread(target=self._pump, args=(pair, src, dst), daemon=True).start()
+
+    def _pump(self, pair, src, dst):
+        src.settimeout(0.1)
+        while not self.stop_ev.is_set():
+            if pair["frozen"]:
+                time.sleep(0.1)
+                continue
+            try:
+                data = src.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                data = b""
+            if pair["frozen"]:
+                continue  # read before the freeze: dropped, as on a dead path
+            if self.mark and src is pair["socks"][0] and self.mark in data:
+                pair["marked"] = True
+            try:
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def freeze(self, marked_only=False):
+        with self.lock:
+            frozen = [p for p in self.pairs if p["marked"] or not marked_only]
+            for pair in frozen:
+                pair["frozen"] = True
+            return len(frozen)
+
+    def marked(self):
+        with self.lock:
+            return sum(1 for p in self.pairs if p["marked"])
+
+    def close(self):
+        self.stop_ev.set()
+        self.ls.close()
+        with self.lock:
+            for pair in self.pairs:
+                for x in pair["socks"]:
+                    x.close()

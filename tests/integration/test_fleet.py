@@ -39,7 +39,6 @@ Each measured number is logged with the prefix "measured:".
 import json
 import os
 import re
-import select
 import signal
 import socket
 import tempfile
@@ -52,7 +51,7 @@ import etcd as E
 import fake_sidecar as F
 import harness as H
 import harness_extra as X
-from fleet_support import FleetCase, HOSTS, POOL, echo_exchange, wait_for  # noqa: F401
+from fleet_support import FleetCase, FreezingProxy, HOSTS, POOL, echo_exchange, wait_for  # noqa: F401
 from harness import MiB
 
 
@@ -867,64 +866,6 @@ class FleetTest(FleetCase):
             return None
 
 
-class StallingProxy:
-    """A TCP proxy in front of etcd that can freeze the watch streams open
-    at that moment: their connections stay up and carry nothing, as with an
-    etcd member cut off from its cluster or a path that drops packets while
-    TCP keepalives pass. Connections made later pass."""
-
-    def __init__(self, target):
-        self.target = target
-        self.ls = socket.socket()
-        self.ls.bind(("127.0.0.1", 0))
-        self.ls.listen(64)
-        self.port = self.ls.getsockname()[1]
-        self.watches = []  # one Event per watch connection: set = frozen
-        self.stop_ev = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def freeze_watches(self):
-        for ev in self.watches:
-            ev.set()
-
-    def close(self):
-        self.stop_ev.set()
-        self.ls.close()
-
-    def _accept(self):
-        while not self.stop_ev.is_set():
-            try:
-                c, _ = self.ls.accept()
-                u = socket.create_connection(self.target)
-            except OSError:
-                return
-            threading.Thread(target=self._pump, args=(c, u), daemon=True).start()
-
-    def _pump(self, c, u):
-        frozen = None
-        try:
-            while not self.stop_ev.is_set():
-                if frozen is not None and frozen.is_set():
-                    time.sleep(0.1)  # both sockets open, nothing moves
-                    continue
-                r, _, _ = select.select([c, u], [], [], 0.1)
-                if frozen is not None and frozen.is_set():
-                    continue  # frozen while waiting: what came stays unread
-                for s in r:
-                    d = s.recv(65536)
-                    if not d:
-                        return
-                    if s is c and frozen is None and b"POST /v3/watch" in d:
-                        frozen = threading.Event()
-                        self.watches.append(frozen)
-                    (u if s is c else c).sendall(d)
-        except OSError:
-            pass
-        finally:
-            c.close()
-            u.close()
-
-
 class WatchSilenceTest(FleetCase):
     """etcd sends progress notifications every 500 ms, as
     --experimental-watch-progress-notify-interval makes it do."""
@@ -938,17 +879,17 @@ class WatchSilenceTest(FleetCase):
         # unknown_lease, ending the lease). With progress notifications, a
         # stream silent for watch_idle_ms is started again from the last
         # revision it delivered, and the lease is served.
-        px = StallingProxy(("127.0.0.1", self.etcd.port))
+        px = FreezingProxy(("127.0.0.1", self.etcd.port), mark=b"POST /v3/watch")
         self.addCleanup(px.close)
         a = self.start_relay("relay-a", HOSTS[0], overrides={"relay": {"fleet": {
             "etcd": ["http://127.0.0.1:%d" % px.port], "watch_idle_ms": 3000}}})
         b = self.start_relay("relay-b", HOSTS[1])
-        wait_for(lambda: px.watches, 10, "relay-a's watch")
+        wait_for(px.marked, 10, "relay-a's watch")
         # Longer than watch_idle_ms: the progress notifications keep a
         # quiet watch from being taken for a silent one.
         time.sleep(4.5)
         self.assertFalse(a.grep("watch stream was silent"), a.log_text()[-2000:])
-        px.freeze_watches()
+        self.assertEqual(px.freeze(marked_only=True), 1)
         t0 = time.monotonic()
         sc = FleetTest.start_sidecar(self, "sc", b)
         lease = self.lease_of(sc)

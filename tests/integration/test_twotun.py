@@ -55,7 +55,7 @@ import etcd as E
 import fake_relay as R
 import fake_sidecar as F
 import harness as H
-from fleet_support import FleetCase, HOSTS, POOL, echo_exchange, wait_for  # noqa: F401
+from fleet_support import FleetCase, FreezingProxy, HOSTS, POOL, echo_exchange, wait_for  # noqa: F401
 from harness import MiB
 
 
@@ -401,78 +401,6 @@ def sidecar_on_fake_relay(tc, name, connections):
 
 def H_count(proc, needle):
     return proc.log_text().count(needle)
-
-
-class FreezingProxy:
-    """TCP proxy 127.0.0.1:port -> target; freeze() stops every connection
-    through it now (nothing more read, written or closed either way): a
-    path that went silent, as a dead NAT entry or a cut cable leaves it.
-    Connections made later pass normally."""
-
-    def __init__(self, target):
-        self.target = target
-        self.ls = socket.socket()
-        self.ls.bind(("127.0.0.1", 0))
-        self.ls.listen(16)
-        self.port = self.ls.getsockname()[1]
-        self.pairs = []
-        self.stop_ev = threading.Event()
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        self.ls.settimeout(0.2)
-        while not self.stop_ev.is_set():
-            try:
-                a, _ = self.ls.accept()
-            except OSError:
-                continue
-            try:
-                b = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                a.close()
-                continue
-            pair = {"socks": (a, b), "frozen": False}
-            with self.lock:
-                self.pairs.append(pair)
-            for src, dst in ((a, b), (b, a)):
-                threading.Thread(target=self._pump, args=(pair, src, dst), daemon=True).start()
-
-    def _pump(self, pair, src, dst):
-        src.settimeout(0.1)
-        while not self.stop_ev.is_set():
-            if pair["frozen"]:
-                time.sleep(0.1)
-                continue
-            try:
-                data = src.recv(65536)
-            except socket.timeout:
-                continue
-            except OSError:
-                data = b""
-            if pair["frozen"]:
-                continue  # read before the freeze: dropped, as on a dead path
-            try:
-                if not data:
-                    dst.shutdown(socket.SHUT_WR)
-                    return
-                dst.sendall(data)
-            except OSError:
-                return
-
-    def freeze(self):
-        with self.lock:
-            for pair in self.pairs:
-                pair["frozen"] = True
-            return len(self.pairs)
-
-    def close(self):
-        self.stop_ev.set()
-        self.ls.close()
-        with self.lock:
-            for pair in self.pairs:
-                for x in pair["socks"]:
-                    x.close()
 
 
 class StaleTunnelTest(unittest.TestCase):
