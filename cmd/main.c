@@ -27,7 +27,6 @@
 
 extern char **environ;
 
-
 int cmd_getopt(int argc, char **argv, const char *shortopts, const struct option *longopts,
 	       const char *who)
 {
@@ -45,6 +44,7 @@ int cmd_getopt(int argc, char **argv, const char *shortopts, const struct option
 	}
 	return ch;
 }
+
 static void usage(FILE *out)
 {
 	fprintf(out,
@@ -791,7 +791,7 @@ static int cmd_gen_certs(int argc, char **argv)
 	int ch, rv;
 
 	optind = 1;
-	while ((ch = cmd_getopt(argc, argv, "h", longopts, "config-docs")) != -1) {
+	while ((ch = cmd_getopt(argc, argv, "h", longopts, "gen-certs")) != -1) {
 		switch (ch) {
 		case 'c':
 			client = optarg;
