@@ -205,6 +205,16 @@ int sr_random_hex(char *out, size_t nbytes)
 	return 0;
 }
 
+long sr_backoff(long *last_ms, long first_ms, long max_ms)
+{
+	long ms = *last_ms > 0 ? *last_ms * 2 : first_ms;
+
+	if (ms > max_ms)
+		ms = max_ms;
+	*last_ms = ms;
+	return ms - ms / 4 + (long)sr_rand_below((uint32_t)(ms / 2 + 1));
+}
+
 uint32_t sr_rand_below(uint32_t n)
 {
 	static uint64_t state;

@@ -58,6 +58,11 @@ int sr_random_bytes(void *buf, size_t len);
 int sr_random_hex(char *out, size_t nbytes);
 /* Uniform in [0, n) from a non-crypto generator (jitter). */
 uint32_t sr_rand_below(uint32_t n);
+/* The next delay of a retry that backs off: first_ms when *last_ms is 0,
+ * else twice *last_ms, at most max_ms; stored in *last_ms (set it to 0
+ * after a success) and returned +-25 %, so that peers that failed together
+ * do not come back together. */
+long sr_backoff(long *last_ms, long first_ms, long max_ms);
 
 /* Raise RLIMIT_NOFILE to its hard limit; returns the soft limit now in force. */
 long sr_raise_nofile(void);

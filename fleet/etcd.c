@@ -538,15 +538,10 @@ static void keeper_answer(int err, const struct etcd_result *res, void *arg)
 		 * every lease a relay holds has a keeper, and at a fixed second
 		 * they hit an etcd that is recovering a hundred times harder
 		 * than when it is well. */
-		long cap = next;
-		SR_DEBUG("etcd", "lease %lld keepalive: %s", (long long)k->lease, res->msg);
-		k->retry_ms = k->retry_ms ? k->retry_ms * 2 : KEEPER_FIRST_RETRY_MS;
-		if (k->retry_ms > cap)
-			k->retry_ms = cap;
 		uint64_t now = sr_now_us();
 		long left_ms = k->expire_us > now ? (long)((k->expire_us - now) / 1000) : 0;
-		next = k->retry_ms - k->retry_ms / 4 +
-		       (long)sr_rand_below((uint32_t)(k->retry_ms / 2 + 1));
+		SR_DEBUG("etcd", "lease %lld keepalive: %s", (long long)k->lease, res->msg);
+		next = sr_backoff(&k->retry_ms, KEEPER_FIRST_RETRY_MS, next);
 		/* Never past half the time the lease has left: the tries close
 		 * in on its end, so an etcd back just before it still keeps it. */
 		if (next > left_ms / 2)
@@ -655,6 +650,7 @@ static int guard_off(struct etcd_watch *w, const int *gone)
 static int watch_fail(struct etcd_watch *w, int err, const char *msg)
 {
 	struct etcd *c = w->c;
+	long delay;
 	int gone;
 
 	if (w->req) {
@@ -662,16 +658,11 @@ static int watch_fail(struct etcd_watch *w, int err, const char *msg)
 		w->req = NULL;
 	}
 	evtimer_del(w->idle);
+	delay = sr_backoff(&w->backoff_ms, WATCH_BACKOFF_MIN_MS, WATCH_BACKOFF_MAX_MS);
 	SR_DEBUG("etcd", "watch via %s: %s; again in %ld ms from revision %lld", c->ep[w->ep],
-		 msg, w->backoff_ms, (long long)w->next_rev);
+		 msg, delay, (long long)w->next_rev);
 	w->ep = (w->ep + 1) % c->nep;
-	arm(w->retry, w->backoff_ms);
-	/* +-25 % so that relays that lost etcd together do not return together */
-	w->backoff_ms = w->backoff_ms * 2 +
-			(long)(sr_now_us() % (uint64_t)(w->backoff_ms / 2 + 1)) -
-			w->backoff_ms / 4;
-	if (w->backoff_ms > WATCH_BACKOFF_MAX_MS)
-		w->backoff_ms = WATCH_BACKOFF_MAX_MS;
+	arm(w->retry, delay);
 	if (!w->o.error)
 		return 0;
 	guard_on(w, &gone);
@@ -724,7 +715,7 @@ static int watch_msg(struct etcd_watch *w, const char *p, size_t n)
 		return 1;
 	}
 	if (m.created) {
-		w->backoff_ms = WATCH_BACKOFF_MIN_MS;
+		w->backoff_ms = 0; /* sr_backoff starts over */
 		w->c->cur = w->ep;
 		if (w->next_rev == 0)
 			w->next_rev = m.revision + 1;
@@ -887,7 +878,6 @@ struct etcd_watch *etcd_watch_new(struct etcd *c, const struct etcd_watch_opts *
 	w->o.key = w->key;
 	w->next_rev = o->start_revision;
 	w->ep = c->cur;
-	w->backoff_ms = WATCH_BACKOFF_MIN_MS;
 	LIST_ADD(c->watches, w);
 	/* from the loop, so that no callback runs inside this call */
 	arm(w->retry, 0);

@@ -814,13 +814,8 @@ static void sync_retry_cb(evutil_socket_t fd, short what, void *arg)
  * past 64 MiB of keys, the whole table every second and a half. */
 static void retry_later(struct event *ev, long *backoff_ms)
 {
-	long ms = *backoff_ms ? *backoff_ms * 2 : FL_RETRY_MS;
-	struct timeval tv;
+	struct timeval tv = sr_tv_ms(sr_backoff(backoff_ms, FL_RETRY_MS, FL_RETRY_MAX_MS));
 
-	if (ms > FL_RETRY_MAX_MS)
-		ms = FL_RETRY_MAX_MS;
-	*backoff_ms = ms;
-	tv = sr_tv_ms(ms - ms / 4 + (long)sr_rand_below((uint32_t)(ms / 2 + 1)));
 	evtimer_add(ev, &tv);
 }
 

@@ -178,6 +178,26 @@ static void test_send_tail_to_closed_peer_fails(void **state)
 	close(sv[0]);
 }
 
+/* Retries towards etcd back off: 1 s, 2, 4, ... up to the cap, each +-25 %,
+ * and from the start again after a success. */
+static void test_backoff_doubles_to_its_cap_with_jitter(void **state)
+{
+	long last = 0, want = 1000;
+
+	(void)state;
+	for (int i = 0; i < 8; i++) {
+		long d = sr_backoff(&last, 1000, 10000);
+		assert_int_equal(last, want);
+		assert_in_range(d, want - want / 4, want + want / 4);
+		want = want * 2 > 10000 ? 10000 : want * 2;
+	}
+	last = 0;
+	assert_in_range(sr_backoff(&last, 1000, 10000), 750, 1250);
+	/* a cap below the first delay wins */
+	last = 0;
+	assert_in_range(sr_backoff(&last, 1000, 400), 300, 500);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -188,6 +208,7 @@ int main(void)
 	    cmocka_unit_test(test_send_tail_behind_every_chain),
 	    cmocka_unit_test(test_send_tail_partial_sends_keep_order),
 	    cmocka_unit_test(test_send_tail_to_closed_peer_fails),
+	    cmocka_unit_test(test_backoff_doubles_to_its_cap_with_jitter),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
