@@ -69,7 +69,7 @@ int sr_file_replace(const char *path, const void *data_, size_t len, mode_t mode
 	return 0;
 }
 
-int sr_file_check(const char *path, size_t max, char *err, size_t errlen)
+int sr_file_open(const char *path, size_t max, off_t *size, char *err, size_t errlen)
 {
 	struct stat st;
 	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK), rv = 0;
@@ -81,6 +81,9 @@ int sr_file_check(const char *path, size_t max, char *err, size_t errlen)
 	if (fstat(fd, &st) != 0) {
 		sr_seterr(err, errlen, "%s", strerror(errno));
 		rv = SR_EIO;
+	} else if (S_ISDIR(st.st_mode)) {
+		sr_seterr(err, errlen, "%s", strerror(EISDIR));
+		rv = SR_EINVAL;
 	} else if (!S_ISREG(st.st_mode)) {
 		sr_seterr(err, errlen, "not a regular file");
 		rv = SR_EINVAL;
@@ -89,6 +92,21 @@ int sr_file_check(const char *path, size_t max, char *err, size_t errlen)
 			  (long long)st.st_size, max);
 		rv = SR_EINVAL;
 	}
+	if (rv != 0) {
+		close(fd);
+		return rv;
+	}
+	if (size)
+		*size = st.st_size;
+	return fd;
+}
+
+int sr_file_check(const char *path, size_t max, char *err, size_t errlen)
+{
+	int fd = sr_file_open(path, max, NULL, err, errlen);
+
+	if (fd < 0)
+		return fd;
 	close(fd);
-	return rv;
+	return 0;
 }

@@ -17,11 +17,15 @@ int sr_file_replace(const char *path, const void *data, size_t len, mode_t mode,
 /* Certificates, keys and CA bundles are at most this big. */
 #define SR_FILE_PEM_MAX (4 * 1024 * 1024)
 
-/* 0 if path opens without blocking and is a regular file of at most max
- * bytes; else SR_EINVAL (SR_EIO if it cannot be opened) with the reason in
- * err, without the path ("not a regular file", "No such file or directory").
- * For files a library (OpenSSL, libcurl) then reads by name: a FIFO would
- * block the event loop in open() or read(), a device fill the memory. */
+/* path opened for reading without blocking, if it is a regular file of at
+ * most max bytes (its size in *size, may be NULL): the descriptor, or
+ * SR_EIO (it cannot be opened) / SR_EINVAL with the reason in err, without
+ * the path ("No such file or directory", "Is a directory", "not a regular
+ * file", "too big: N bytes, the limit is M"). A FIFO would block in open()
+ * or read(), a device fill the memory. */
+int sr_file_open(const char *path, size_t max, off_t *size, char *err, size_t errlen);
+/* The same, closed again: 0 or the error. For files a library (OpenSSL,
+ * libcurl) then reads by name. */
 int sr_file_check(const char *path, size_t max, char *err, size_t errlen);
 
 #endif

@@ -18,6 +18,7 @@
 #include <openssl/x509.h>
 
 #include "common/sr_err.h"
+#include "common/sr_file.h"
 #include "common/sr_util.h"
 #include "relay/relay_policy.h"
 
@@ -162,7 +163,7 @@ int conf_check_tunnel(const struct sidecar_opts *s, struct conf_ctx *ctx)
 /* ---- the sidecar's TLS files: conf_check_tunnel_files (conf.h) ---- */
 
 /* Larger PEM files are refused: a system CA bundle is about 200 KiB. */
-#define CONF_PEM_MAX (4 * 1024 * 1024)
+#define CONF_PEM_MAX SR_FILE_PEM_MAX
 
 /* What one file is, for messages: "cannot load CA /x (tunnel.tls.ca): why". */
 struct conf_pem {
@@ -201,42 +202,24 @@ static int conf_pem_fail_ssl(const struct conf_pem *f, char *err, size_t errlen,
 static BIO *conf_pem_read(const struct conf_pem *f, char *err, size_t errlen)
 {
 	char why[160];
-	struct stat st;
 	BIO *bio = NULL;
 	char *buf = NULL;
+	off_t size = 0;
 	ssize_t n;
 	size_t len = 0;
 	int fd;
 
-	fd = open(f->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+	fd = sr_file_open(f->path, CONF_PEM_MAX, &size, why, sizeof(why));
 	if (fd < 0) {
-		conf_pem_fail(f, err, errlen, strerror(errno));
+		conf_pem_fail(f, err, errlen, why);
 		return NULL;
 	}
-	if (fstat(fd, &st) != 0) {
-		conf_pem_fail(f, err, errlen, strerror(errno));
-		goto out;
-	}
-	if (S_ISDIR(st.st_mode)) {
-		conf_pem_fail(f, err, errlen, strerror(EISDIR));
-		goto out;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		conf_pem_fail(f, err, errlen, "not a regular file");
-		goto out;
-	}
-	if (st.st_size > CONF_PEM_MAX) {
-		snprintf(why, sizeof(why), "too big: %lld bytes, the limit is %d",
-			 (long long)st.st_size, CONF_PEM_MAX);
-		conf_pem_fail(f, err, errlen, why);
-		goto out;
-	}
-	if (!(buf = malloc((size_t)st.st_size + 1))) {
+	if (!(buf = malloc((size_t)size + 1))) {
 		conf_pem_fail(f, err, errlen, "out of memory");
 		goto out;
 	}
-	while (len <= (size_t)st.st_size &&
-	       (n = read(fd, buf + len, (size_t)st.st_size + 1 - len)) != 0) {
+	while (len <= (size_t)size &&
+	       (n = read(fd, buf + len, (size_t)size + 1 - len)) != 0) {
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;

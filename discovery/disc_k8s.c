@@ -1,6 +1,7 @@
 #include "discovery/disc_k8s.h"
 #include "common/sr_curl.h"
 #include "common/sr_err.h"
+#include "common/sr_file.h"
 #include "common/sr_text.h"
 #include "common/sr_util.h"
 
@@ -389,22 +390,21 @@ out:
 static char *read_small(const char *path, size_t max, const char *what, char *err,
 			size_t errlen)
 {
-	char esc[SR_ESC_SIZE(64)];
-	struct stat st;
+	char esc[SR_ESC_SIZE(64)], why[128];
 	char *buf = NULL, *s;
 	size_t got = 0, n;
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	int fd = sr_file_open(path, max, NULL, why, sizeof(why));
 
-	if (fd < 0) {
+	if (fd == SR_EIO) {
 		sr_seterr(err, errlen, "cannot open the %s file %s: %s", what,
-			  sr_esc_n(path, 64, esc, sizeof(esc)), strerror(errno));
+			  sr_esc_n(path, 64, esc, sizeof(esc)), why);
 		return NULL;
 	}
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (size_t)st.st_size > max) {
+	if (fd < 0) {
 		sr_seterr(err, errlen,
 			  "the %s file %s is not a regular file of at most %zu bytes", what,
 			  sr_esc_n(path, 64, esc, sizeof(esc)), max);
-		goto fail;
+		return NULL;
 	}
 	buf = malloc(max + 1);
 	if (!buf) {
