@@ -68,27 +68,18 @@ int fleet_secret_load(const char *path, struct fleet_secret **out, char *err, si
 {
 	/* One byte more than allowed, to tell "too long" from "exactly the max". */
 	uint8_t buf[FLEET_SECRET_MAX + 1];
-	char epath[SR_ESC_SIZE(64)];
+	char epath[SR_ESC_SIZE(64)], why[128];
 	size_t have = 0;
 	int fd, rc;
 
 	*out = NULL;
 	sr_esc_n(path, 64, epath, sizeof(epath));
-	{
-		/* A FIFO would hang the relay's start in open(). */
-		char why[128];
-		rc = sr_file_check(path, SR_FILE_PEM_MAX, why, sizeof(why));
-		if (rc != 0) {
-			sr_seterr(err, errlen, "fleet secret %s: %s%s", epath,
-				  rc == SR_EIO ? "cannot open: " : "", why);
-			return rc;
-		}
-	}
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	/* Not blocking, a regular file: a FIFO would hang the relay's start. */
+	fd = sr_file_open(path, SR_FILE_PEM_MAX, NULL, why, sizeof(why));
 	if (fd < 0) {
-		sr_seterr(err, errlen, "fleet secret %s: cannot open: %s", epath,
-			  strerror(errno));
-		return SR_EIO;
+		sr_seterr(err, errlen, "fleet secret %s: %s%s", epath,
+			  fd == SR_EIO ? "cannot open: " : "", why);
+		return fd;
 	}
 	while (have < sizeof(buf)) {
 		ssize_t n = read(fd, buf + have, sizeof(buf) - have);
