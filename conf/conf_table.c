@@ -526,8 +526,8 @@ static const struct conf_entry conf_relay_fleet[] = {
 	"The relay asks etcd for progress notifications on its watch of the lease table and "
 	"starts the watch again when it delivers nothing for this long: a watch that went "
 	"silent without breaking (an etcd member cut off from its cluster, a path that drops "
-	"packets) would leave leases granted elsewhere unserved here, and resumes here "
-	"answered `unknown_lease`. Keep it at least 2.5 times etcd's "
+	"packets) would leave leases granted elsewhere unserved here (a resume here asks etcd "
+	"and reads the table again on its own). Keep it at least 2.5 times etcd's "
 	"`--experimental-watch-progress-notify-interval` (10 min by default): etcd skips "
 	"the notification after an event and adds up to 10 % to its interval."),
 };

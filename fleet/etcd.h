@@ -97,6 +97,11 @@ struct etcd_req {
 	int64_t lease;	  /* put: attach the key to this lease (0: none) */
 	int64_t limit;	  /* range: at most this many keys (0: no limit) */
 	int64_t revision; /* range: as the store was at this revision (0: now) */
+	/* range: only keys last changed at or after this revision (0: any).
+	 * etcd filters before limit but counts before it: count is every key
+	 * in the range, nkvs the filtered ones up to limit. */
+	int64_t min_mod_revision;
+	int keys_only; /* range: keys and revisions, no values */
 };
 
 /* key and value are etcd's bytes, which may hold NUL bytes: use the

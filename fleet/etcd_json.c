@@ -259,7 +259,7 @@ static int check_req(const struct etcd_req *rq, char *err, size_t errlen)
 		sr_seterr(err, errlen, "a put names one key, not a prefix");
 		return -1;
 	}
-	if (rq->limit < 0 || rq->revision < 0 || rq->lease < 0) {
+	if (rq->limit < 0 || rq->revision < 0 || rq->lease < 0 || rq->min_mod_revision < 0) {
 		sr_seterr(err, errlen, "a negative limit, revision or lease");
 		return -1;
 	}
@@ -277,6 +277,10 @@ static void sb_req(struct sb *b, const struct etcd_req *rq)
 			sb_i64(b, 0, "limit", rq->limit);
 		if (rq->revision)
 			sb_i64(b, 0, "revision", rq->revision);
+		if (rq->min_mod_revision)
+			sb_i64(b, 0, "min_mod_revision", rq->min_mod_revision);
+		if (rq->keys_only)
+			sb_add(b, ",\"keys_only\":true");
 		break;
 	case ETCD_PUT:
 		sb_b64(b, 0, "value", rq->value, rq->value_len);

@@ -50,6 +50,13 @@
 #define FL_LOG_PERIOD_US (10 * 1000000ull)
 #define FL_GRACE_MIN_S 5 /* etcd raises tiny TTLs to its own minimum anyway */
 #define FL_CTX "fleet"
+/* A resume the mirror cannot find asks etcd whether the mirror is behind
+ * (stale_*): at most one such check per FL_STALE_GAP_MS, and a watch still
+ * behind after FL_STALE_LAG_MS is replaced by a full read, at most once per
+ * FL_STALE_RESYNC_MS. */
+#define FL_STALE_GAP_MS 100
+#define FL_STALE_LAG_MS 1000
+#define FL_STALE_RESYNC_MS 10000
 /* Keys mirrored at most (four per lease at most, plus one per relay): what
  * etcd holds beyond is not seen, and logged. */
 #define FL_MAX_KEYS 262144
@@ -106,7 +113,9 @@ struct fl_held {
 	char *json;
 };
 
-enum fl_phase { REG_WAIT = 0, REG_GRANT, REG_TXN, REG_RESUME };
+/* REG_STALE: a resume whose token the mirror does not know, waiting to
+ * learn whether the mirror is behind etcd. */
+enum fl_phase { REG_WAIT = 0, REG_GRANT, REG_TXN, REG_RESUME, REG_STALE };
 
 struct fleet_reg {
 	struct fleet_reg *next, *prev;
@@ -124,6 +133,12 @@ struct fleet_reg {
 	int tries;
 	uint64_t started_us;
 	char *json; /* resume: the value being put */
+	/* REG_STALE: the check it waits for (the stale_gen-th sent), then,
+	 * if that found the mirror behind, the revision the mirror must reach
+	 * before the token is looked up again (0: not known yet) */
+	uint64_t stale_gen;
+	int64_t stale_rev;
+	int stale_checked; /* a check after the last lookup found the mirror current */
 };
 
 struct fl_fwd {
@@ -172,12 +187,18 @@ struct relay_fleet {
 	int full_logged;
 	int nul_logged;
 	int synced;
+	int64_t seen_rev; /* the mirror holds every change up to this revision */
 	struct etcd_watch *watch;
 	struct event *sync_retry;
 	long sync_backoff_ms; /* retry_later's state for sync_retry */
 	struct event *check_ev; /* deferred: held leases that lost their tunnel */
 	struct fl_held *held;
 	struct fleet_reg *regs;
+	/* is the mirror behind etcd? (REG_STALE) */
+	struct etcd_op *stale_op; /* the check in flight */
+	uint64_t stale_gen;	  /* checks sent */
+	uint64_t stale_sent_us, stale_resync_us;
+	struct event *stale_gap_ev, *stale_lag_ev;
 	struct fl_fwd *fwds;
 	uint64_t forwarded, forward_failed;
 	int frozen;	 /* relay_fleet_freeze */
@@ -800,6 +821,7 @@ static void reconcile(struct relay_fleet *f)
 
 static void sync_start(struct relay_fleet *f);
 static void regs_wake(struct relay_fleet *f);
+static void stale_caught_up(struct relay_fleet *f);
 
 static void sync_retry_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -823,7 +845,12 @@ static void watch_events(const struct etcd_event *ev, size_t n, int64_t revision
 {
 	struct relay_fleet *f = arg;
 
-	(void)revision;
+	/* Events come whole and in revision order; a progress notification
+	 * (n 0) says every change up to revision has come. */
+	if (n && ev[n - 1].kv.mod_revision > f->seen_rev)
+		f->seen_rev = ev[n - 1].kv.mod_revision;
+	else if (!n && revision > f->seen_rev)
+		f->seen_rev = revision;
 	for (size_t i = 0; i < n; i++) {
 		const struct etcd_kv *kv = &ev[i].kv;
 		if (ev[i].type == ETCD_EV_PUT) {
@@ -839,6 +866,7 @@ static void watch_events(const struct etcd_event *ev, size_t n, int64_t revision
 	}
 	if (n)
 		reconcile(f);
+	stale_caught_up(f);
 }
 
 static void watch_compacted(int64_t rev, void *arg)
@@ -903,9 +931,11 @@ static void sync_ranged(int err, const struct etcd_result *res, void *arg)
 		SR_INFO(FL_CTX, "lease table read from etcd (%zu keys, revision %" PRId64 ")",
 			res->nkvs, res->revision);
 	f->synced = 1;
+	f->seen_rev = res->revision;
 	f->sync_backoff_ms = 0;
 	reconcile(f);
 	regs_wake(f);
+	stale_caught_up(f);
 }
 
 static void sync_start(struct relay_fleet *f)
@@ -1647,6 +1677,8 @@ static void reg_resume_done(int err, const struct etcd_result *res, void *arg)
 	relay_tunnel_attach(t, lx, 0);
 }
 
+static void stale_wait(struct fleet_reg *g);
+
 static void reg_resume(struct fleet_reg *g)
 {
 	struct relay_fleet *f = g->f;
@@ -1677,6 +1709,12 @@ static void reg_resume(struct fleet_reg *g)
 	if (found)
 		l = relay_find_id(r, found->key + 7);
 	lx = l ? relay_lease_data(l) : NULL;
+	if (!found && !g->stale_checked) {
+		/* The lease may have been made or resumed elsewhere after this
+		 * relay's watch last delivered; ask before answering. */
+		stale_wait(g);
+		return;
+	}
 	if (!lx || strcmp(lx->idkey, g->idkey) != 0 || strcmp(lx->tenant_name, g->tname) != 0) {
 		relay_refuse(r, RELAY_REFUSE_REG_RESUME);
 		reg_fail(g, "unknown_lease", "no lease for this resume token");
@@ -1714,6 +1752,177 @@ static void reg_resume(struct fleet_reg *g)
 	g->op = etcd_txn(f->etcd, &cmp, 1, &rq, 1, NULL, 0, reg_resume_done, g, e, sizeof(e));
 	if (!g->op)
 		reg_fail(g, "internal", e);
+}
+
+/* ---- a resume the mirror does not know -------------------------------------- */
+
+/* The mirror lags etcd by the watch's delay, and by much more when the watch
+ * stream stalls without breaking (until watch_idle_ms). A resume token it
+ * does not know may belong to a lease made or resumed on another relay in
+ * that time; answering unknown_lease would end a live lease (the sidecar
+ * starts afresh, with new ports). So a miss asks etcd for one lease key
+ * changed after the mirror's revision, without values:
+ *   - none: the mirror was current when etcd answered, and a second lookup
+ *     decides;
+ *   - one: the registration waits until the watch has delivered that
+ *     revision, then looks again (and may ask again). A watch still behind
+ *     after FL_STALE_LAG_MS is replaced by a full read.
+ * The registration's deadline bounds the whole wait: a sidecar then hears
+ * fleet_unavailable and keeps its token. Checks are shared by every miss
+ * that waits when one is sent, and sent at most once per FL_STALE_GAP_MS,
+ * so made-up tokens cost etcd a few keys-only reads a second. */
+
+static void stale_kick(struct relay_fleet *f);
+
+/* Regs waiting in REG_STALE that pass want(g); calls fn on the first, and
+ * again from the start after each call, which must move g out of the set. */
+static struct fleet_reg *stale_next(struct relay_fleet *f, int (*want)(const struct fleet_reg *,
+								       const struct relay_fleet *))
+{
+	for (struct fleet_reg *g = f->regs; g; g = g->next)
+		if (g->phase == REG_STALE && want(g, f))
+			return g;
+	return NULL;
+}
+
+static int stale_asked(const struct fleet_reg *g, const struct relay_fleet *f)
+{
+	return !g->stale_rev && g->stale_gen <= f->stale_gen; /* the check in flight */
+}
+
+static int stale_unasked(const struct fleet_reg *g, const struct relay_fleet *f)
+{
+	return !g->stale_rev && g->stale_gen > f->stale_gen;
+}
+
+static int stale_reached(const struct fleet_reg *g, const struct relay_fleet *f)
+{
+	return g->stale_rev && f->seen_rev >= g->stale_rev;
+}
+
+static int stale_behind(const struct fleet_reg *g, const struct relay_fleet *f)
+{
+	return g->stale_rev && f->seen_rev < g->stale_rev;
+}
+
+static void stale_wait(struct fleet_reg *g)
+{
+	struct relay_fleet *f = g->f;
+
+	g->phase = REG_STALE;
+	g->stale_rev = 0;
+	g->stale_gen = f->stale_gen + 1; /* a check sent after this lookup */
+	stale_kick(f);
+}
+
+/* The mirror has reached the revision some registrations waited for. */
+static void stale_caught_up(struct relay_fleet *f)
+{
+	struct fleet_reg *g;
+
+	while ((g = stale_next(f, stale_reached))) {
+		g->phase = REG_RESUME;
+		g->stale_rev = 0;
+		reg_resume(g); /* found, refused, or waiting again (unasked) */
+	}
+}
+
+static void stale_answered(int err, const struct etcd_result *res, void *arg)
+{
+	struct relay_fleet *f = arg;
+	struct fleet_reg *g;
+	char text[200];
+
+	f->stale_op = NULL;
+	if (err) {
+		snprintf(text, sizeof(text), "the fleet's lease table (etcd): %s", res->msg);
+		while ((g = stale_next(f, stale_asked)))
+			reg_fail(g, "fleet_unavailable", text);
+	} else if (res->nkvs == 0) {
+		/* Current: every lease etcd has, the mirror has as it is. */
+		while ((g = stale_next(f, stale_asked))) {
+			g->phase = REG_RESUME;
+			g->stale_checked = 1;
+			reg_resume(g);
+		}
+	} else {
+		int64_t rev = res->kvs[0].mod_revision > f->seen_rev ? res->kvs[0].mod_revision
+								      : f->seen_rev + 1;
+		struct timeval tv = sr_tv_ms(FL_STALE_LAG_MS);
+
+		SR_INFO(FL_CTX,
+			"a resume waits for the lease table here, which is behind etcd "
+			"(revision %" PRId64 " of at least %" PRId64 ")",
+			f->seen_rev, rev);
+		while ((g = stale_next(f, stale_asked)))
+			g->stale_rev = rev;
+		if (!evtimer_pending(f->stale_lag_ev, NULL))
+			evtimer_add(f->stale_lag_ev, &tv);
+		stale_caught_up(f);
+	}
+	stale_kick(f);
+}
+
+static void stale_kick(struct relay_fleet *f)
+{
+	struct etcd_req rq = {.type = ETCD_RANGE, .prefix = 1, .limit = 1, .keys_only = 1};
+	char key[FL_KEY_MAX], e[256];
+	uint64_t now = sr_now_us(), next = f->stale_sent_us + FL_STALE_GAP_MS * 1000ull;
+	struct fleet_reg *g;
+
+	if (f->stale_op || !stale_next(f, stale_unasked))
+		return;
+	if (f->stale_sent_us && now < next) {
+		struct timeval tv = sr_tv_ms((uint32_t)((next - now + 999) / 1000));
+
+		if (!evtimer_pending(f->stale_gap_ev, NULL))
+			evtimer_add(f->stale_gap_ev, &tv);
+		return;
+	}
+	mkkey(f, key, sizeof(key), "leases/");
+	rq.key = key;
+	rq.key_len = strlen(key);
+	rq.min_mod_revision = f->seen_rev + 1;
+	f->stale_gen++;
+	f->stale_sent_us = now;
+	f->stale_op = etcd_kv(f->etcd, &rq, stale_answered, f, e, sizeof(e));
+	if (!f->stale_op)
+		while ((g = stale_next(f, stale_asked)))
+			reg_fail(g, "internal", e);
+}
+
+static void stale_gap_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	stale_kick(arg);
+}
+
+/* A watch that has not delivered a revision etcd already has after
+ * FL_STALE_LAG_MS is stuck or far behind: read every key again. */
+static void stale_lag_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct relay_fleet *f = arg;
+	uint64_t now = sr_now_us();
+	struct timeval tv = sr_tv_ms(FL_STALE_LAG_MS);
+
+	(void)fd;
+	(void)what;
+	if (!stale_next(f, stale_behind))
+		return;
+	/* No watch: a full read is under way or waits for its retry. */
+	if (f->watch && (!f->stale_resync_us ||
+			 now - f->stale_resync_us >= FL_STALE_RESYNC_MS * 1000ull)) {
+		SR_WARN(FL_CTX,
+			"the etcd watch has not delivered revisions etcd has had for %u ms "
+			"(a resume waits for them); reading every key again",
+			FL_STALE_LAG_MS);
+		f->stale_resync_us = now;
+		etcd_watch_free(f->watch);
+		f->watch = NULL;
+		sync_start(f);
+	}
+	evtimer_add(f->stale_lag_ev, &tv);
 }
 
 /* A join checks its proof against the digests in the mirror (a relay
@@ -2153,7 +2362,10 @@ struct relay_fleet *relay_fleet_new(struct relay *r, int peer_fd, int taking, ch
 	f->self_retry = evtimer_new(f->base, self_retry_cb, f);
 	f->sync_retry = evtimer_new(f->base, sync_retry_cb, f);
 	f->check_ev = evtimer_new(f->base, check_cb, f);
-	if (!f->self_retry || !f->sync_retry || !f->check_ev)
+	f->stale_gap_ev = evtimer_new(f->base, stale_gap_cb, f);
+	f->stale_lag_ev = evtimer_new(f->base, stale_lag_cb, f);
+	if (!f->self_retry || !f->sync_retry || !f->check_ev || !f->stale_gap_ev ||
+	    !f->stale_lag_ev)
 		goto nomem;
 	if (!taking)
 		self_start(f);
@@ -2297,6 +2509,7 @@ void relay_fleet_free(struct relay_fleet *f)
 		free(h);
 	}
 	etcd_watch_free(f->watch);
+	etcd_cancel(f->stale_op);
 	etcd_keeper_free(f->self_keeper);
 	etcd_free(f->etcd);
 	fleet_peer_listener_free(f->peer);
@@ -2307,6 +2520,10 @@ void relay_fleet_free(struct relay_fleet *f)
 		event_free(f->sync_retry);
 	if (f->check_ev)
 		event_free(f->check_ev);
+	if (f->stale_gap_ev)
+		event_free(f->stale_gap_ev);
+	if (f->stale_lag_ev)
+		event_free(f->stale_lag_ev);
 	kv_clear(f);
 	free(f->prefix);
 	free(f);

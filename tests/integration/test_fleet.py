@@ -105,6 +105,71 @@ class FleetTest(FleetCase):
             s.close()
             self.assertTrue(ok, "through %s: %s" % (r.name, why))
 
+    def test_a_resume_on_a_relay_whose_watch_is_stuck_keeps_the_lease(self):
+        # relay-a's watch stream stalls without breaking, so its copy of
+        # the lease table misses a lease made on relay-b. A resume of that
+        # lease on relay-a was answered unknown_lease, and the sidecar
+        # started afresh with new ports: every executor of the app lost its
+        # driver. relay-a now asks etcd whether its copy is behind before it
+        # refuses, and reads the table again when the watch does not catch
+        # up.
+        px = FreezingProxy(("127.0.0.1", self.etcd.port), mark=b"POST /v3/watch")
+        self.addCleanup(px.close)
+        a = self.start_relay("relay-a", HOSTS[0], overrides={"relay": {"fleet": {
+            "etcd": ["http://127.0.0.1:%d" % px.port]}}})
+        b = self.start_relay("relay-b", HOSTS[1])
+        wait_for(px.marked, 10, "relay-a's watch")
+        self.assertEqual(px.freeze(marked_only=True), 1)
+        s1 = self.start_sidecar("sc1", b)
+        l1 = self.lease_of(s1)
+        s1.kill()
+        time.sleep(1.0)
+        self.assertFalse(a.grep("lease=%s" % l1["lease"]), "relay-a's watch is not stuck")
+        t0 = time.time()
+        s2 = self.start_sidecar("sc2", a, workdir=s1.workdir_)
+        l2 = self.lease_of(s2, not_before=t0)
+        H.log("measured: a resume on a relay whose etcd watch was stuck kept its lease, "
+              "%.2f s after the sidecar started" % (time.time() - t0))
+        self.assertEqual(l1["lease"], l2["lease"])
+        self.assertEqual(l1["ports"], l2["ports"])
+        self.assertTrue(a.grep("resumed in the fleet"), a.log_text()[-2000:])
+        self.assertTrue(a.grep("a resume waits for the lease table here"))
+        self.assertTrue(a.grep("reading every key again"))
+        self.assertFalse(a.grep("unknown_lease"))
+        self.driver = H.Driver({"driver": int(l2["ports"]["driver"])})
+        self.driver.start()
+        s = wait_for(lambda: self._try_connect(a.host, int(l2["ports"]["driver"])), 10,
+                     "connect via relay-a")
+        ok, why = echo_exchange(s, 5, 256 * 1024)
+        s.close()
+        self.assertTrue(ok, why)
+
+    def test_a_resume_while_etcd_is_stopped_keeps_the_token(self):
+        # A token relay-a does not know, while etcd does not answer: the
+        # relay cannot tell a made-up token from a lease it has not heard
+        # of yet, so the sidecar hears fleet_unavailable and keeps its
+        # lease, where it heard unknown_lease and lost it.
+        a = self.start_relay("relay-a", HOSTS[0])
+        self.etcd.pause()
+        try:
+            fs = F.FakeSidecar(a.port, H.certs().ca, host=a.host).connect().start_h2()
+            try:
+                fs.send_ctl(F.register_msg(resume="not-known-here-%s" % ("x" * 40)))
+                m = fs.read_ctl(15)
+            finally:
+                fs.close()
+        finally:
+            self.etcd.resume()
+        self.assertEqual((m or {}).get("code"), "fleet_unavailable", m)
+        # With etcd back, the same token is refused for what it is.
+        fs = F.FakeSidecar(a.port, H.certs().ca, host=a.host).connect().start_h2()
+        try:
+            fs.send_ctl(F.register_msg(resume="not-known-here-%s" % ("x" * 40)))
+            m = fs.read_ctl(15)
+        finally:
+            fs.close()
+        self.assertEqual((m or {}).get("code"), "unknown_lease", m)
+
     def test_max_tunnels_holds_for_a_resume_in_a_fleet(self):
         a = self.start_relay("relay-a", HOSTS[0], overrides={"relay": {"max_tunnels": 1}})
         b = self.start_relay("relay-b", HOSTS[1])

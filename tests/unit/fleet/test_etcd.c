@@ -320,6 +320,50 @@ static void test_put_range_delete_binary(void **state)
 	assert_true(r.revision >= g.revision);
 }
 
+/* The fleet asks whether its mirror is behind etcd with a range of the
+ * keys changed since the last revision it has, one key, no values. etcd
+ * filters by revision before the limit; its count is of the whole range. */
+static void test_range_of_keys_changed_since(void **state)
+{
+	struct env *e = *state;
+	struct got g;
+	int64_t seen;
+	struct etcd_req rq = {.type = ETCD_RANGE,
+			      .key = "chg/",
+			      .key_len = 4,
+			      .prefix = 1,
+			      .limit = 1,
+			      .keys_only = 1};
+
+	put(e, e->c, "chg/a", "old", 0, &g);
+	put(e, e->c, "chg/b", "old", 0, &g);
+	seen = g.revision;
+	put(e, e->c, "other", "x", 0, &g); /* outside the range */
+	rq.min_mod_revision = seen + 1;
+	kv(e, e->c, &rq, &g);
+	assert_int_equal(g.err, 0);
+	assert_int_equal(g.nkvs, 0);
+	assert_int_equal(g.count, 2);
+
+	put(e, e->c, "chg/c", "new value", 0, &g);
+	put(e, e->c, "chg/d", "new value", 0, &g);
+	kv(e, e->c, &rq, &g);
+	assert_int_equal(g.err, 0);
+	assert_int_equal(g.nkvs, 1);
+	assert_true(g.more);
+	assert_string_equal(g.kv[0].key, "chg/c");
+	assert_true(g.kv[0].mod > seen);
+	assert_int_equal(g.kv[0].value_len, 0); /* keys only */
+
+	rq.min_mod_revision = 0; /* every key */
+	kv(e, e->c, &rq, &g);
+	assert_int_equal(g.nkvs, 1);
+	assert_string_equal(g.kv[0].key, "chg/a");
+
+	rq.min_mod_revision = -1;
+	assert_null(etcd_kv(e->c, &rq, NULL, NULL, g.msg, sizeof(g.msg)));
+}
+
 static void test_prefix_range_limit_and_delete(void **state)
 {
 	struct env *e = *state;
@@ -1108,6 +1152,7 @@ int main(void)
 {
 	const struct CMUnitTest shared_tests[] = {
 	    cmocka_unit_test_setup_teardown(test_put_range_delete_binary, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_range_of_keys_changed_since, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_prefix_range_limit_and_delete, setup,
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_txn_create_if_absent_race, setup, teardown),
