@@ -841,9 +841,24 @@ static void retry_later(struct event *ev, long *backoff_ms)
 	evtimer_add(ev, &tv);
 }
 
+static void self_restore(struct relay_fleet *f);
+
+/* Is key (under the prefix) one this relay writes with its etcd lease:
+ * relays/<id> or tunnels/<lease>/<id>? */
+static int is_self_key(const struct relay_fleet *f, const char *key)
+{
+	size_t n = strlen(key), m = strlen(f->id);
+
+	if (strncmp(key, "relays/", 7) == 0)
+		return strcmp(key + 7, f->id) == 0;
+	return strncmp(key, "tunnels/", 8) == 0 && n > 8 + m + 1 &&
+	       key[n - m - 1] == '/' && strcmp(key + n - m, f->id) == 0;
+}
+
 static void watch_events(const struct etcd_event *ev, size_t n, int64_t revision, void *arg)
 {
 	struct relay_fleet *f = arg;
+	int self_deleted = 0;
 
 	/* Events come whole and in revision order; a progress notification
 	 * (n 0) says every change up to revision has come. */
@@ -858,12 +873,16 @@ static void watch_events(const struct etcd_event *ev, size_t n, int64_t revision
 				   kv->mod_revision) != 0)
 				SR_WARN(FL_CTX, "out of memory for the mirror");
 		} else if (kv->key_len > f->plen && memcmp(kv->key, f->prefix, f->plen) == 0) {
-			if (memchr(kv->key, '\0', kv->key_len))
+			if (memchr(kv->key, '\0', kv->key_len)) {
 				kv_nul_key(f);
-			else
+			} else {
 				kv_del(f, kv->key + f->plen);
+				self_deleted |= is_self_key(f, kv->key + f->plen);
+			}
 		}
 	}
+	if (self_deleted)
+		self_restore(f);
 	if (n)
 		reconcile(f);
 	stale_caught_up(f);
@@ -1012,11 +1031,53 @@ static void self_put(int err, const struct etcd_result *res, void *arg)
 		put_tunnel_key(f, h->id);
 }
 
+/* The put of relays/<id>: other relays read the peer address from it. */
+static void self_req(struct relay_fleet *f, struct etcd_req *rq, char key[FL_KEY_MAX],
+		     char val[600])
+{
+	mkkey(f, key, FL_KEY_MAX, "relays/%s", f->id);
+	snprintf(val, 600, "{\"peer\":\"%s\",\"tunnel\":\"%s\"}", f->advertise,
+		 f->r->o->listen);
+	*rq = (struct etcd_req){.type = ETCD_PUT,
+				.key = key,
+				.key_len = strlen(key),
+				.value = val,
+				.value_len = strlen(val),
+				.lease = f->self_lease};
+}
+
+/* relays/<id> or a tunnels/<lease>/<id> was deleted while the relay's etcd
+ * lease lives (an operator's etcdctl del, a clean-up script): other relays
+ * would carry no executor here (of that lease) until the relay registered
+ * again, which it does only when the lease ends. Write back what is
+ * missing. A delete that came from the lease's end makes these
+ * puts fail; the keeper then registers afresh. */
+static void self_restore(struct relay_fleet *f)
+{
+	char key[FL_KEY_MAX], val[600];
+	struct etcd_req rq;
+
+	if (!f->self_keeper || !f->self_lease || f->draining || f->frozen)
+		return;
+	snprintf(key, sizeof(key), "relays/%s", f->id);
+	if (!kv_find(f, key)) {
+		SR_WARN(FL_CTX, "this relay's registration (relays/%s) was deleted from etcd; "
+				"writing it again",
+			f->id);
+		self_req(f, &rq, key, val);
+		fire(f, &rq, "write this relay's registration again");
+	}
+	for (struct fl_held *h = f->held; h; h = h->next)
+		if (mkkey(f, key, sizeof(key), "tunnels/%s/%s", h->id, f->id) >= 0 &&
+		    !kv_find(f, key + f->plen))
+			put_tunnel_key(f, h->id);
+}
+
 static void self_old(int err, const struct etcd_result *res, void *arg)
 {
 	struct relay_fleet *f = arg;
 	char key[FL_KEY_MAX], e[256], val[600];
-	struct etcd_req rq = {.type = ETCD_PUT};
+	struct etcd_req rq;
 
 	if (err) {
 		self_put(err, res, f);
@@ -1027,14 +1088,7 @@ static void self_old(int err, const struct etcd_result *res, void *arg)
 		SR_INFO(FL_CTX, "replacing an earlier registration of %s", f->id);
 		fl_revoke(f, res->kvs[0].lease, "revoke the previous registration");
 	}
-	mkkey(f, key, sizeof(key), "relays/%s", f->id);
-	snprintf(val, sizeof(val), "{\"peer\":\"%s\",\"tunnel\":\"%s\"}", f->advertise,
-		 f->r->o->listen);
-	rq.key = key;
-	rq.key_len = strlen(key);
-	rq.value = val;
-	rq.value_len = strlen(val);
-	rq.lease = f->self_lease;
+	self_req(f, &rq, key, val);
 	if (!etcd_kv(f->etcd, &rq, self_put, f, e, sizeof(e))) {
 		SR_WARN(FL_CTX, "%s", e);
 		retry_later(f->self_retry, &f->self_backoff_ms);

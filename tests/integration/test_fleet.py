@@ -144,6 +144,37 @@ class FleetTest(FleetCase):
         s.close()
         self.assertTrue(ok, why)
 
+    def test_a_deleted_relay_registration_is_written_again(self):
+        # relays/<id> deleted by hand (etcdctl del, a clean-up script) while
+        # the relay's etcd lease lives: the other relays no longer knew
+        # where to carry executors of the relay's leases, until its lease
+        # ended, which it never does while it runs.
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        sc = self.start_sidecar("sc", a)
+        lease = self.lease_of(sc)
+        port = int(lease["ports"]["driver"])
+        key = b"/sparkrelay/relays/relay-a"
+        tkey = ("/sparkrelay/tunnels/%s/relay-a" % lease["lease"]).encode()
+        wait_for(lambda: self.etcd.get(tkey) is not None, 10, "relay-a's tunnels key")
+        value = self.etcd.get(key)
+        self.assertIsNotNone(value)
+        self.assertEqual(self.etcd.delete(key), 1)
+        self.assertEqual(self.etcd.delete(tkey), 1)
+        wait_for(lambda: self.etcd.get(key) is not None, 5, "relay-a's registration back")
+        wait_for(lambda: self.etcd.get(tkey) is not None, 5, "relay-a's tunnels key back")
+        self.assertEqual(self.etcd.get(key), value)
+        self.assertTrue(a.grep("registration (relays/relay-a) was deleted from etcd"))
+        # relay-b carries an executor of the lease to relay-a again.
+        self.driver = H.Driver({"driver": port})
+        self.driver.start()
+        wait_for(lambda: b.grep("serving its ports here"), 10, "the lease on relay-b")
+        s = wait_for(lambda: self._try_connect(b.host, port), 10, "connect via relay-b")
+        ok, why = echo_exchange(s, 9, 256 * 1024)
+        s.close()
+        self.assertTrue(ok, "carried by relay-b: %s" % why)
+        self.assertEqual(self.etcd.get(key), value)
+
     def test_a_resume_while_etcd_is_stopped_keeps_the_token(self):
         # A token relay-a does not know, while etcd does not answer: the
         # relay cannot tell a made-up token from a lease it has not heard
