@@ -31,7 +31,12 @@
 #define KEEPER_FIRST_RETRY_MS 1000L /* then doubled, up to the keepalive interval */
 #define KEEPER_LAST_TRY_MS 200L     /* the shortest retry near the lease's end */
 
-static const char *const json_header[] = {"Content-Type: application/json"};
+/* hasleader: a member without a leader refuses the request at once (code
+ * 14, so a repeatable one moves to the next endpoint) and ends a watch
+ * within about three election timeouts, instead of answering from a copy
+ * that no longer changes or holding the request until it times out. */
+static const char *const json_header[] = {"Content-Type: application/json",
+					  "Grpc-Metadata-Hasleader: true"};
 
 struct etcd {
 	struct event_base *base;
@@ -277,7 +282,7 @@ static struct sr_curl_req *post(struct etcd *c, size_t ep, const char *path, con
 	    .body = body,
 	    .body_len = body_len,
 	    .headers = json_header,
-	    .nheaders = 1,
+	    .nheaders = SR_ARRAY_LEN(json_header),
 	    .ca_file = c->ca_file,
 	    .cert_file = c->cert_file,
 	    .key_file = c->key_file,

@@ -124,6 +124,7 @@ class Etcd:
         self.client_cert = c.client_cert if tls else None
         self.client_key = c.client_key if tls else None
         self._ctx = None
+        self.initial_cluster = None  # EtcdCluster sets it: "name=peer,..."
 
     # ---- process ---------------------------------------------------------
 
@@ -136,7 +137,7 @@ class Etcd:
         argv = [ETCD_BIN, "--name=" + self.name, "--data-dir", self.data,
                 "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", "%s=%s" % (self.name, peer),
+                "--initial-cluster", self.initial_cluster or "%s=%s" % (self.name, peer),
                 "--logger=zap", "--log-outputs=stderr"]
         if self.tls:
             cert, key = server_cert()
@@ -170,7 +171,7 @@ class Etcd:
         raise H.HarnessError("%s at %s: not healthy within %.0f s" %
                              (self.name, self.url, HEALTHY_WITHIN))
 
-    def start(self):
+    def _prepare(self):
         if not installed():
             raise H.HarnessError("no %s in PATH: install Debian's etcd-server (./dev deps)"
                                  % ETCD_BIN)
@@ -179,6 +180,9 @@ class Etcd:
         self._reaper = subprocess.Popen([sys.executable, "-c", _REAPER, self.data],
                                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                         start_new_session=True)
+
+    def start(self):
+        self._prepare()
         # Free when picked; another test may take them before etcd binds,
         # which makes etcd exit: then another pair is tried.
         for _ in range(3):
@@ -339,3 +343,36 @@ class Etcd:
 
     def revoke(self, lease):
         self.call("/v3/lease/revoke", {"ID": str(lease)})
+
+
+class EtcdCluster:
+    """n members of one cluster on loopback (plain HTTP). members[i] is an
+    Etcd: pause(), resume(), url and the client calls work on each."""
+
+    def __init__(self, n=3, name="etcdc", progress_interval=None):
+        self.members = [Etcd("%s%d" % (name, i), progress_interval=progress_interval)
+                        for i in range(n)]
+
+    def start(self):
+        ports = set()
+        for m in self.members:
+            m._prepare()
+            while True:
+                m.port, m.peer_port = H.free_port(m.host), H.free_port(m.host)
+                if m.port != m.peer_port and not ports & {m.port, m.peer_port}:
+                    break
+            ports |= {m.port, m.peer_port}
+        cluster = ",".join("%s=http://%s:%d" % (m.name, m.host, m.peer_port)
+                           for m in self.members)
+        for m in self.members:
+            m.initial_cluster = cluster
+            m._spawn()
+        for m in self.members:
+            if not m._wait_healthy():
+                m.proc.dump()
+                raise H.HarnessError("%s exited before the cluster was healthy" % m.name)
+        return self
+
+    def stop(self):
+        for m in self.members:
+            m.stop()

@@ -962,6 +962,47 @@ class FleetTest(FleetCase):
             return None
 
 
+class EtcdLeaderTest(FleetCase):
+    """Relays on a three-member etcd cluster."""
+
+    def setUp(self):
+        super().setUp()
+        self.cluster = E.EtcdCluster(3).start()
+        self.addCleanup(self.cluster.stop)
+
+    def test_a_watch_through_a_member_without_a_leader_is_ended(self):
+        # relay-a watches through one member. When that member loses the
+        # cluster's leader (here: the two others stopped; in life, a member
+        # cut off from them), it keeps the watch open but delivers nothing
+        # more, and relay-a heard of no change until watch_idle_ms (25 min
+        # by default). The relay now asks etcd to end its watches and
+        # refuse its requests when the member has no leader, and watches
+        # again through the next endpoint.
+        m0, m1, m2 = self.cluster.members
+        a = self.start_relay("relay-a", HOSTS[0], overrides={"relay": {"fleet": {
+            "etcd": [m0.url]}}})
+        b = self.start_relay("relay-b", HOSTS[1], overrides={"relay": {"fleet": {
+            "etcd": [m1.url, m2.url]}}})
+        m1.pause()
+        m2.pause()
+        t0 = time.monotonic()
+        try:
+            wait_for(lambda: a.grep("etcd watch broke") and a.grep("no leader"), 30,
+                     "relay-a's watch ended by a member without a leader")
+            H.log("measured: a watch through a member without a leader ended %.1f s after "
+                  "the other two members stopped" % (time.monotonic() - t0))
+        finally:
+            m1.resume()
+            m2.resume()
+        # The cluster has a leader again: relay-a's watch goes on from where
+        # it stopped, and serves a lease granted on relay-b.
+        sc = FleetTest.start_sidecar(self, "sc", b)
+        lease = self.lease_of(sc, timeout=30)
+        wait_for(lambda: a.grep("lease=%s: serving its ports here" % lease["lease"]), 20,
+                 "relay-a serving the lease granted on relay-b")
+        self.assertTrue(a.alive() and b.alive())
+
+
 class WatchSilenceTest(FleetCase):
     """etcd sends progress notifications every 500 ms, as
     --experimental-watch-progress-notify-interval makes it do."""
