@@ -260,7 +260,7 @@ static int check_req(const struct etcd_req *rq, char *err, size_t errlen)
 		return -1;
 	}
 	if (rq->limit < 0 || rq->revision < 0 || rq->lease < 0 || rq->min_mod_revision < 0) {
-		sr_seterr(err, errlen, "a negative limit, revision or lease");
+		sr_seterr(err, errlen, "a negative limit, revision, min_mod_revision or lease");
 		return -1;
 	}
 	return 0;

@@ -51,10 +51,10 @@
 #define FL_GRACE_MIN_S 5 /* etcd raises tiny TTLs to its own minimum anyway */
 #define FL_CTX "fleet"
 /* A resume the mirror cannot find asks etcd whether the mirror is behind
- * (stale_*): at most one such check per FL_STALE_GAP_MS, and a watch still
- * behind after FL_STALE_LAG_MS is replaced by a full read, at most once per
- * FL_STALE_RESYNC_MS. */
-#define FL_STALE_GAP_MS 100
+ * (stale_*): at most FL_STALE_MAX such registrations wait at once, and a
+ * watch still behind one of them after FL_STALE_LAG_MS is replaced by a
+ * full read, at most once per FL_STALE_RESYNC_MS. */
+#define FL_STALE_MAX 32
 #define FL_STALE_LAG_MS 1000
 #define FL_STALE_RESYNC_MS 10000
 /* Keys mirrored at most (four per lease at most, plus one per relay): what
@@ -133,12 +133,12 @@ struct fleet_reg {
 	int tries;
 	uint64_t started_us;
 	char *json; /* resume: the value being put */
-	/* REG_STALE: the check it waits for (the stale_gen-th sent), then,
-	 * if that found the mirror behind, the revision the mirror must reach
-	 * before the token is looked up again (0: not known yet) */
-	uint64_t stale_gen;
+	/* REG_STALE: once etcd has answered (op done), the revision of the
+	 * lease's key the mirror must reach before the token is looked up
+	 * again, and since when it waits for it */
 	int64_t stale_rev;
-	int stale_checked; /* a check after the last lookup found the mirror current */
+	uint64_t stale_since_us;
+	int stale_checked; /* the mirror is known current for the lease: a miss is final */
 };
 
 struct fl_fwd {
@@ -195,10 +195,13 @@ struct relay_fleet {
 	struct fl_held *held;
 	struct fleet_reg *regs;
 	/* is the mirror behind etcd? (REG_STALE) */
-	struct etcd_op *stale_op; /* the check in flight */
-	uint64_t stale_gen;	  /* checks sent */
-	uint64_t stale_sent_us, stale_resync_us;
-	struct event *stale_gap_ev, *stale_lag_ev;
+	uint64_t stale_resync_us; /* the last full read it forced */
+	struct event *stale_lag_ev;
+	/* this relay's keys deleted by someone else: written back (restore_cb) */
+	struct etcd_op *restore_op;
+	struct event *restore_ev;
+	int restore_again;
+	long restore_backoff_ms;
 	struct fl_fwd *fwds;
 	uint64_t forwarded, forward_failed;
 	int frozen;	 /* relay_fleet_freeze */
@@ -855,6 +858,37 @@ static int is_self_key(const struct relay_fleet *f, const char *key)
 	       key[n - m - 1] == '/' && strcmp(key + n - m, f->id) == 0;
 }
 
+static struct fl_held *held_find(struct relay_fleet *f, const char *id);
+
+/* A tunnels/<lease>/<id> of this relay for a lease without a tunnel here:
+ * a put of it (a restore, or an attach) that etcd applied after the delete
+ * that followed it. Other relays would carry the lease's executors here
+ * for good: delete it. Not while a handover is under way (the keys are the
+ * other process's too). */
+static void drop_stray_tunnels_key(struct relay_fleet *f, const struct etcd_kv *kv)
+{
+	const char *k = kv->key + f->plen, *lease;
+	size_t n, m = strlen(f->id);
+	char id[TUN_CTL_LEASE_MAX];
+	struct etcd_req rq = {.type = ETCD_DELETE};
+
+	if (kv->key_len <= f->plen || memcmp(kv->key, f->prefix, f->plen) != 0 ||
+	    memchr(kv->key, '\0', kv->key_len) || strncmp(k, "tunnels/", 8) != 0 || !is_self_key(f, k) || f->frozen || f->draining ||
+	    !f->self_keeper)
+		return;
+	lease = k + 8;
+	n = strlen(lease) - m - 1;
+	if (n == 0 || n >= sizeof(id))
+		return;
+	memcpy(id, lease, n);
+	id[n] = '\0';
+	if (held_find(f, id))
+		return;
+	rq.key = kv->key;
+	rq.key_len = kv->key_len;
+	fire(f, &rq, "delete a stray tunnels key");
+}
+
 static void watch_events(const struct etcd_event *ev, size_t n, int64_t revision, void *arg)
 {
 	struct relay_fleet *f = arg;
@@ -872,6 +906,8 @@ static void watch_events(const struct etcd_event *ev, size_t n, int64_t revision
 			if (kv_put(f, kv->key, kv->key_len, kv->value, kv->value_len, kv->lease,
 				   kv->mod_revision) != 0)
 				SR_WARN(FL_CTX, "out of memory for the mirror");
+			else
+				drop_stray_tunnels_key(f, kv);
 		} else if (kv->key_len > f->plen && memcmp(kv->key, f->prefix, f->plen) == 0) {
 			if (memchr(kv->key, '\0', kv->key_len)) {
 				kv_nul_key(f);
@@ -1049,28 +1085,82 @@ static void self_req(struct relay_fleet *f, struct etcd_req *rq, char key[FL_KEY
 /* relays/<id> or a tunnels/<lease>/<id> was deleted while the relay's etcd
  * lease lives (an operator's etcdctl del, a clean-up script): other relays
  * would carry no executor here (of that lease) until the relay registered
- * again, which it does only when the lease ends. Write back what is
- * missing. A delete that came from the lease's end makes these
- * puts fail; the keeper then registers afresh. */
+ * again, which it does only when the lease ends. A pass writes back what
+ * the mirror lacks, in one transaction; one pass at a time, another after
+ * it if more went meanwhile, and a failed one is tried again later. A delete
+ * that came from the lease's end fails with NotFound: the keeper then
+ * registers afresh, and this gives up. */
+static void restore_done(int err, const struct etcd_result *res, void *arg)
+{
+	struct relay_fleet *f = arg;
+
+	f->restore_op = NULL;
+	if (err && res->code == 5) /* NotFound: this relay's etcd lease is gone */
+		return;
+	if (err) {
+		SR_WARN(FL_CTX, "cannot write this relay's keys back to etcd: %s; retrying",
+			res->msg);
+		retry_later(f->restore_ev, &f->restore_backoff_ms);
+		return;
+	}
+	f->restore_backoff_ms = 0;
+	if (f->restore_again) {
+		f->restore_again = 0;
+		event_active(f->restore_ev, EV_TIMEOUT, 0);
+	}
+}
+
+static void restore_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct relay_fleet *f = arg;
+	/* the registration, then tunnels keys; keys and values live until the
+	 * call returns (the request copies them) */
+	static char keys[ETCD_MAX_TXN_OPS][FL_KEY_MAX];
+	struct etcd_req rq[ETCD_MAX_TXN_OPS];
+	char val[600], e[256];
+	size_t n = 0, tunnels = 0;
+	int self_missing;
+
+	(void)fd;
+	(void)what;
+	if (!f->self_keeper || !f->self_lease || f->draining || f->frozen || f->restore_op)
+		return;
+	snprintf(keys[0], sizeof(keys[0]), "relays/%s", f->id);
+	self_missing = !kv_find(f, keys[0]);
+	if (self_missing) {
+		self_req(f, &rq[0], keys[0], val);
+		n = 1;
+	}
+	for (struct fl_held *h = f->held; h && n < ETCD_MAX_TXN_OPS; h = h->next) {
+		if (mkkey(f, keys[n], sizeof(keys[n]), "tunnels/%s/%s", h->id, f->id) < 0 ||
+		    kv_find(f, keys[n] + f->plen))
+			continue;
+		rq[n] = (struct etcd_req){.type = ETCD_PUT,
+					  .key = keys[n],
+					  .key_len = strlen(keys[n]),
+					  .value = "",
+					  .lease = f->self_lease};
+		n++;
+		tunnels++;
+	}
+	if (!n)
+		return;
+	SR_WARN(FL_CTX, "keys of this relay were deleted from etcd (%s%zu tunnels keys); "
+			"writing them again",
+		self_missing ? "its registration relays/<id>, " : "", tunnels);
+	f->restore_op = etcd_txn(f->etcd, NULL, 0, rq, n, NULL, 0, restore_done, f, e, sizeof(e));
+	if (!f->restore_op) {
+		SR_WARN(FL_CTX, "cannot write this relay's keys back to etcd: %s", e);
+		retry_later(f->restore_ev, &f->restore_backoff_ms);
+	}
+}
+
 static void self_restore(struct relay_fleet *f)
 {
-	char key[FL_KEY_MAX], val[600];
-	struct etcd_req rq;
-
-	if (!f->self_keeper || !f->self_lease || f->draining || f->frozen)
-		return;
-	snprintf(key, sizeof(key), "relays/%s", f->id);
-	if (!kv_find(f, key)) {
-		SR_WARN(FL_CTX, "this relay's registration (relays/%s) was deleted from etcd; "
-				"writing it again",
-			f->id);
-		self_req(f, &rq, key, val);
-		fire(f, &rq, "write this relay's registration again");
-	}
-	for (struct fl_held *h = f->held; h; h = h->next)
-		if (mkkey(f, key, sizeof(key), "tunnels/%s/%s", h->id, f->id) >= 0 &&
-		    !kv_find(f, key + f->plen))
-			put_tunnel_key(f, h->id);
+	if (f->restore_op)
+		f->restore_again = 1;
+	else if (!evtimer_pending(f->restore_ev, NULL))
+		event_active(f->restore_ev, EV_TIMEOUT, 0);
 }
 
 static void self_old(int err, const struct etcd_result *res, void *arg)
@@ -1731,7 +1821,7 @@ static void reg_resume_done(int err, const struct etcd_result *res, void *arg)
 	relay_tunnel_attach(t, lx, 0);
 }
 
-static void stale_wait(struct fleet_reg *g);
+static void stale_check(struct fleet_reg *g);
 
 static void reg_resume(struct fleet_reg *g)
 {
@@ -1763,10 +1853,10 @@ static void reg_resume(struct fleet_reg *g)
 	if (found)
 		l = relay_find_id(r, found->key + 7);
 	lx = l ? relay_lease_data(l) : NULL;
-	if (!found && !g->stale_checked) {
+	if (!found && !g->stale_checked && g->m.lease[0]) {
 		/* The lease may have been made or resumed elsewhere after this
 		 * relay's watch last delivered; ask before answering. */
-		stale_wait(g);
+		stale_check(g);
 		return;
 	}
 	if (!lx || strcmp(lx->idkey, g->idkey) != 0 || strcmp(lx->tenant_name, g->tname) != 0) {
@@ -1814,59 +1904,35 @@ static void reg_resume(struct fleet_reg *g)
  * stream stalls without breaking (until watch_idle_ms). A resume token it
  * does not know may belong to a lease made or resumed on another relay in
  * that time; answering unknown_lease would end a live lease (the sidecar
- * starts afresh, with new ports). So a miss asks etcd for one lease key
- * changed after the mirror's revision, without values:
- *   - none: the mirror was current when etcd answered, and a second lookup
- *     decides;
- *   - one: the registration waits until the watch has delivered that
- *     revision, then looks again (and may ask again). A watch still behind
- *     after FL_STALE_LAG_MS is replaced by a full read.
+ * starts afresh, with new ports). So a miss of a resume that names its
+ * lease (newer sidecars do) reads that one key from etcd, without its value:
+ *   - absent, or changed no later than the mirror's revision: the mirror
+ *     holds what etcd has for it, and a second lookup decides;
+ *   - changed later: the registration waits until the watch has delivered
+ *     that revision, then looks again; a watch still behind after
+ *     FL_STALE_LAG_MS is replaced by a full read.
  * The registration's deadline bounds the whole wait: a sidecar then hears
- * fleet_unavailable and keeps its token. Checks are shared by every miss
- * that waits when one is sent, and sent at most once per FL_STALE_GAP_MS,
- * so made-up tokens cost etcd a few keys-only reads a second. */
+ * fleet_unavailable and keeps its token, as it does when etcd does not
+ * answer. A read of one key costs etcd little; at most FL_STALE_MAX
+ * registrations wait at once (more hear fleet_unavailable), so made-up
+ * tokens can neither pile up nor hold the handshake slots. */
 
-static void stale_kick(struct relay_fleet *f);
+static int stale_waiting(const struct relay_fleet *f)
+{
+	int n = 0;
 
-/* Regs waiting in REG_STALE that pass want(g); calls fn on the first, and
- * again from the start after each call, which must move g out of the set. */
-static struct fleet_reg *stale_next(struct relay_fleet *f, int (*want)(const struct fleet_reg *,
-								       const struct relay_fleet *))
+	for (const struct fleet_reg *g = f->regs; g; g = g->next)
+		n += g->phase == REG_STALE;
+	return n;
+}
+
+/* The first registration that has what the mirror waited for, or NULL. */
+static struct fleet_reg *stale_reached(struct relay_fleet *f)
 {
 	for (struct fleet_reg *g = f->regs; g; g = g->next)
-		if (g->phase == REG_STALE && want(g, f))
+		if (g->phase == REG_STALE && !g->op && g->stale_rev && f->seen_rev >= g->stale_rev)
 			return g;
 	return NULL;
-}
-
-static int stale_asked(const struct fleet_reg *g, const struct relay_fleet *f)
-{
-	return !g->stale_rev && g->stale_gen <= f->stale_gen; /* the check in flight */
-}
-
-static int stale_unasked(const struct fleet_reg *g, const struct relay_fleet *f)
-{
-	return !g->stale_rev && g->stale_gen > f->stale_gen;
-}
-
-static int stale_reached(const struct fleet_reg *g, const struct relay_fleet *f)
-{
-	return g->stale_rev && f->seen_rev >= g->stale_rev;
-}
-
-static int stale_behind(const struct fleet_reg *g, const struct relay_fleet *f)
-{
-	return g->stale_rev && f->seen_rev < g->stale_rev;
-}
-
-static void stale_wait(struct fleet_reg *g)
-{
-	struct relay_fleet *f = g->f;
-
-	g->phase = REG_STALE;
-	g->stale_rev = 0;
-	g->stale_gen = f->stale_gen + 1; /* a check sent after this lookup */
-	stale_kick(f);
 }
 
 /* The mirror has reached the revision some registrations waited for. */
@@ -1874,99 +1940,91 @@ static void stale_caught_up(struct relay_fleet *f)
 {
 	struct fleet_reg *g;
 
-	while ((g = stale_next(f, stale_reached))) {
+	while ((g = stale_reached(f))) {
 		g->phase = REG_RESUME;
-		g->stale_rev = 0;
-		reg_resume(g); /* found, refused, or waiting again (unasked) */
+		g->stale_checked = 1;
+		reg_resume(g); /* found or refused: it leaves REG_STALE */
 	}
 }
 
 static void stale_answered(int err, const struct etcd_result *res, void *arg)
 {
-	struct relay_fleet *f = arg;
-	struct fleet_reg *g;
+	struct fleet_reg *g = arg;
+	struct relay_fleet *f = g->f;
 	char text[200];
 
-	f->stale_op = NULL;
+	g->op = NULL;
 	if (err) {
 		snprintf(text, sizeof(text), "the fleet's lease table (etcd): %s", res->msg);
-		while ((g = stale_next(f, stale_asked)))
-			reg_fail(g, "fleet_unavailable", text);
-	} else if (res->nkvs == 0) {
-		/* Current: every lease etcd has, the mirror has as it is. */
-		while ((g = stale_next(f, stale_asked))) {
-			g->phase = REG_RESUME;
-			g->stale_checked = 1;
-			reg_resume(g);
-		}
-	} else {
-		int64_t rev = res->kvs[0].mod_revision > f->seen_rev ? res->kvs[0].mod_revision
-								      : f->seen_rev + 1;
+		reg_fail(g, "fleet_unavailable", text);
+		return;
+	}
+	if (res->nkvs == 0 || res->kvs[0].mod_revision <= f->seen_rev) {
+		/* The mirror has the lease as etcd has it (or etcd has none). */
+		g->phase = REG_RESUME;
+		g->stale_checked = 1;
+		reg_resume(g);
+		return;
+	}
+	SR_INFO(FL_CTX,
+		"lease=%s: a resume waits for the lease table here, which is behind etcd "
+		"(revision %" PRId64 ", the lease changed at %" PRId64 ")",
+		g->m.lease, f->seen_rev, res->kvs[0].mod_revision);
+	g->stale_rev = res->kvs[0].mod_revision;
+	g->stale_since_us = sr_now_us();
+	if (!evtimer_pending(f->stale_lag_ev, NULL)) {
 		struct timeval tv = sr_tv_ms(FL_STALE_LAG_MS);
 
-		SR_INFO(FL_CTX,
-			"a resume waits for the lease table here, which is behind etcd "
-			"(revision %" PRId64 " of at least %" PRId64 ")",
-			f->seen_rev, rev);
-		while ((g = stale_next(f, stale_asked)))
-			g->stale_rev = rev;
-		if (!evtimer_pending(f->stale_lag_ev, NULL))
-			evtimer_add(f->stale_lag_ev, &tv);
-		stale_caught_up(f);
+		evtimer_add(f->stale_lag_ev, &tv);
 	}
-	stale_kick(f);
 }
 
-static void stale_kick(struct relay_fleet *f)
+static void stale_check(struct fleet_reg *g)
 {
-	struct etcd_req rq = {.type = ETCD_RANGE, .prefix = 1, .limit = 1, .keys_only = 1};
+	struct relay_fleet *f = g->f;
+	struct etcd_req rq = {.type = ETCD_RANGE, .keys_only = 1};
 	char key[FL_KEY_MAX], e[256];
-	uint64_t now = sr_now_us(), next = f->stale_sent_us + FL_STALE_GAP_MS * 1000ull;
-	struct fleet_reg *g;
 
-	if (f->stale_op || !stale_next(f, stale_unasked))
-		return;
-	if (f->stale_sent_us && now < next) {
-		struct timeval tv = sr_tv_ms((uint32_t)((next - now + 999) / 1000));
-
-		if (!evtimer_pending(f->stale_gap_ev, NULL))
-			evtimer_add(f->stale_gap_ev, &tv);
+	if (stale_waiting(f) >= FL_STALE_MAX) {
+		reg_fail(g, "fleet_unavailable",
+			 "too many resumes wait for the fleet's lease table; try again");
 		return;
 	}
-	mkkey(f, key, sizeof(key), "leases/");
+	if (mkkey(f, key, sizeof(key), "leases/%s", g->m.lease) < 0) {
+		reg_fail(g, "unknown_lease", "no lease for this resume token");
+		return;
+	}
 	rq.key = key;
 	rq.key_len = strlen(key);
-	rq.min_mod_revision = f->seen_rev + 1;
-	f->stale_gen++;
-	f->stale_sent_us = now;
-	f->stale_op = etcd_kv(f->etcd, &rq, stale_answered, f, e, sizeof(e));
-	if (!f->stale_op)
-		while ((g = stale_next(f, stale_asked)))
-			reg_fail(g, "internal", e);
+	g->phase = REG_STALE;
+	g->stale_rev = 0;
+	g->op = etcd_kv(f->etcd, &rq, stale_answered, g, e, sizeof(e));
+	if (!g->op)
+		reg_fail(g, "internal", e);
 }
 
-static void stale_gap_cb(evutil_socket_t fd, short what, void *arg)
-{
-	(void)fd;
-	(void)what;
-	stale_kick(arg);
-}
-
-/* A watch that has not delivered a revision etcd already has after
- * FL_STALE_LAG_MS is stuck or far behind: read every key again. */
+/* A watch that has not delivered, FL_STALE_LAG_MS after a registration
+ * began to wait for it, a revision etcd already had is stuck or far
+ * behind: read every key again. */
 static void stale_lag_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct relay_fleet *f = arg;
-	uint64_t now = sr_now_us();
-	struct timeval tv = sr_tv_ms(FL_STALE_LAG_MS);
+	uint64_t now = sr_now_us(), lag = FL_STALE_LAG_MS * 1000ull, next = 0;
+	int late = 0;
 
 	(void)fd;
 	(void)what;
-	if (!stale_next(f, stale_behind))
-		return;
+	for (struct fleet_reg *g = f->regs; g; g = g->next) {
+		if (g->phase != REG_STALE || g->op || !g->stale_rev || f->seen_rev >= g->stale_rev)
+			continue;
+		if (now - g->stale_since_us >= lag)
+			late = 1;
+		else if (!next || g->stale_since_us + lag < next)
+			next = g->stale_since_us + lag;
+	}
 	/* No watch: a full read is under way or waits for its retry. */
-	if (f->watch && (!f->stale_resync_us ||
-			 now - f->stale_resync_us >= FL_STALE_RESYNC_MS * 1000ull)) {
+	if (late && f->watch &&
+	    (!f->stale_resync_us || now - f->stale_resync_us >= FL_STALE_RESYNC_MS * 1000ull)) {
 		SR_WARN(FL_CTX,
 			"the etcd watch has not delivered revisions etcd has had for %u ms "
 			"(a resume waits for them); reading every key again",
@@ -1976,7 +2034,11 @@ static void stale_lag_cb(evutil_socket_t fd, short what, void *arg)
 		f->watch = NULL;
 		sync_start(f);
 	}
-	evtimer_add(f->stale_lag_ev, &tv);
+	if (late || next) {
+		struct timeval tv = sr_tv_ms(late ? FL_STALE_LAG_MS : (uint32_t)((next - now) / 1000 + 1));
+
+		evtimer_add(f->stale_lag_ev, &tv);
+	}
 }
 
 /* A join checks its proof against the digests in the mirror (a relay
@@ -2416,10 +2478,10 @@ struct relay_fleet *relay_fleet_new(struct relay *r, int peer_fd, int taking, ch
 	f->self_retry = evtimer_new(f->base, self_retry_cb, f);
 	f->sync_retry = evtimer_new(f->base, sync_retry_cb, f);
 	f->check_ev = evtimer_new(f->base, check_cb, f);
-	f->stale_gap_ev = evtimer_new(f->base, stale_gap_cb, f);
 	f->stale_lag_ev = evtimer_new(f->base, stale_lag_cb, f);
-	if (!f->self_retry || !f->sync_retry || !f->check_ev || !f->stale_gap_ev ||
-	    !f->stale_lag_ev)
+	f->restore_ev = evtimer_new(f->base, restore_cb, f);
+	if (!f->self_retry || !f->sync_retry || !f->check_ev || !f->stale_lag_ev ||
+	    !f->restore_ev)
 		goto nomem;
 	if (!taking)
 		self_start(f);
@@ -2563,7 +2625,7 @@ void relay_fleet_free(struct relay_fleet *f)
 		free(h);
 	}
 	etcd_watch_free(f->watch);
-	etcd_cancel(f->stale_op);
+	etcd_cancel(f->restore_op);
 	etcd_keeper_free(f->self_keeper);
 	etcd_free(f->etcd);
 	fleet_peer_listener_free(f->peer);
@@ -2574,10 +2636,10 @@ void relay_fleet_free(struct relay_fleet *f)
 		event_free(f->sync_retry);
 	if (f->check_ev)
 		event_free(f->check_ev);
-	if (f->stale_gap_ev)
-		event_free(f->stale_gap_ev);
 	if (f->stale_lag_ev)
 		event_free(f->stale_lag_ev);
+	if (f->restore_ev)
+		event_free(f->restore_ev);
 	kv_clear(f);
 	free(f->prefix);
 	free(f);

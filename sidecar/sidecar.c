@@ -212,7 +212,15 @@ static void send_register(struct tun_conn *c, void *arg)
 		tun_conn_close(c, 0);
 		return;
 	} else {
+		const char *id = s->lease.have_lease ? s->lease.lease
+				 : s->written.have_lease ? s->written.lease
+							 : "";
+
 		snprintf(m.resume, sizeof(m.resume), "%s", s->resume);
+		/* Which lease: a fleet relay whose copy of the lease table lags
+		 * asks etcd for this one key before it refuses the token. */
+		if (m.resume[0])
+			snprintf(m.lease, sizeof(m.lease), "%s", id);
 	}
 	p->sent_resume = !p->joining && s->resume[0] != '\0';
 	p->req_roles = m.roles;

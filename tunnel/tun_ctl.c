@@ -411,7 +411,14 @@ static int ctl_parse_obj(json_t *root, struct tun_ctl_msg *msg, char *err, size_
 		     ((rc = ctl_check_field("join", tun_ctl_valid_lease_id(msg->join), RULE_LEASE,
 					    err, errlen)) < 0 ||
 		      (rc = ctl_check_field("resume", tun_ctl_join_token(msg->resume) != NULL,
-					    RULE_JOIN, err, errlen)) < 0)))
+					    RULE_JOIN, err, errlen)) < 0)) ||
+		    /* a resume's lease id (newer sidecars): a relay whose copy
+		     * of a fleet's lease table lacks the token asks etcd for it */
+		    (rc = ctl_get_str(root, "lease", msg->lease, sizeof(msg->lease), 0, 0, err,
+				      errlen)) < 0 ||
+		    (msg->lease[0] &&
+		     (rc = ctl_check_field("lease", tun_ctl_valid_lease_id(msg->lease), RULE_LEASE,
+					   err, errlen)) < 0))
 			return rc;
 		break;
 	case TUN_CTL_LEASE:
@@ -535,7 +542,10 @@ static int ctl_build_register(const struct tun_ctl_msg *msg, json_t *root)
 	    (msg->resume[0] && !tun_ctl_valid_resume(msg->resume)) ||
 	    ctl_check_str(msg->join, sizeof(msg->join), 0) < 0 ||
 	    (msg->join[0] &&
-	     (!tun_ctl_valid_lease_id(msg->join) || !tun_ctl_join_token(msg->resume))))
+	     (!tun_ctl_valid_lease_id(msg->join) || !tun_ctl_join_token(msg->resume))) ||
+	    ctl_check_str(msg->lease, sizeof(msg->lease), 0) < 0 ||
+	    (msg->lease[0] && msg->resume[0] && !msg->join[0] &&
+	     !tun_ctl_valid_lease_id(msg->lease)))
 		return SR_EINVAL;
 	if ((rc = ctl_set_str(root, "app", msg->app)) < 0)
 		return rc;
@@ -553,6 +563,9 @@ static int ctl_build_register(const struct tun_ctl_msg *msg, json_t *root)
 	if (msg->resume[0] != '\0' && (rc = ctl_set_str(root, "resume", msg->resume)) < 0)
 		return rc;
 	if (msg->join[0] != '\0' && (rc = ctl_set_str(root, "join", msg->join)) < 0)
+		return rc;
+	if (msg->lease[0] != '\0' && msg->resume[0] != '\0' && msg->join[0] == '\0' &&
+	    (rc = ctl_set_str(root, "lease", msg->lease)) < 0)
 		return rc;
 	if (msg->replaces && (rc = ctl_set_int(root, "replaces", msg->replaces)) < 0)
 		return rc;

@@ -125,7 +125,8 @@ struct tun_ctl_msg {
 	char join[TUN_CTL_LEASE_MAX];    /* register: the lease to join, "" if none */
 	uint32_t replaces; /* register (a join): the tunnel it replaces, 0: none */
 	uint32_t tunnel;   /* lease: this tunnel's id at the relay, 0: none (older relay) */
-	/* lease */
+	/* lease; register with a resume (not a join): the lease it resumes, ""
+	 * if not known (older sidecars never send it) */
 	char lease[TUN_CTL_LEASE_MAX];
 	char host[TUN_CTL_HOST_MAX];
 	uint16_t ports[TUN_PORT_MAX]; /* by role; 0 = not granted */

@@ -157,14 +157,21 @@ class FleetTest(FleetCase):
         key = b"/sparkrelay/relays/relay-a"
         tkey = ("/sparkrelay/tunnels/%s/relay-a" % lease["lease"]).encode()
         wait_for(lambda: self.etcd.get(tkey) is not None, 10, "relay-a's tunnels key")
-        value = self.etcd.get(key)
+
+        def raw(k):
+            kvs = [kv for kk, _, kv in self.etcd.get_prefix(k) if kk == k]
+            return kvs[0] if kvs else None
+        value, own = self.etcd.get(key), raw(key)["lease"]
         self.assertIsNotNone(value)
         self.assertEqual(self.etcd.delete(key), 1)
         self.assertEqual(self.etcd.delete(tkey), 1)
         wait_for(lambda: self.etcd.get(key) is not None, 5, "relay-a's registration back")
         wait_for(lambda: self.etcd.get(tkey) is not None, 5, "relay-a's tunnels key back")
         self.assertEqual(self.etcd.get(key), value)
-        self.assertTrue(a.grep("registration (relays/relay-a) was deleted from etcd"))
+        # on relay-a's own etcd lease, so that they go when relay-a does
+        self.assertEqual(raw(key)["lease"], own)
+        self.assertEqual(raw(tkey)["lease"], own)
+        self.assertTrue(a.grep("keys of this relay were deleted from etcd"))
         # relay-b carries an executor of the lease to relay-a again.
         self.driver = H.Driver({"driver": port})
         self.driver.start()
@@ -175,31 +182,91 @@ class FleetTest(FleetCase):
         self.assertTrue(ok, "carried by relay-b: %s" % why)
         self.assertEqual(self.etcd.get(key), value)
 
+    def _resume_answer(self, relay, timeout=15, **extra):
+        fs = F.FakeSidecar(relay.port, H.certs().ca, host=relay.host).connect().start_h2()
+        try:
+            fs.send_ctl(F.register_msg(resume="not-known-here-%s" % ("x" * 40), **extra))
+            return fs.read_ctl(timeout) or {}
+        finally:
+            fs.close()
+
+    def test_a_stray_tunnels_key_of_a_relay_is_deleted(self):
+        # tunnels/<lease>/<id> says "relay <id> holds a tunnel of the lease":
+        # other relays carry the lease's executors there. One for a lease
+        # without a tunnel on that relay (a put that etcd applied after the
+        # delete that followed it) sent them there for good.
+        a = self.start_relay("relay-a", HOSTS[0])
+        stray = b"/sparkrelay/tunnels/L-5-feed/relay-a"
+        other = b"/sparkrelay/tunnels/L-5-feed/relay-z"
+        self.etcd.put(other, b"")
+        self.etcd.put(stray, b"")
+        wait_for(lambda: self.etcd.get(stray) is None, 5, "the stray key deleted")
+        self.assertTrue(a.alive())
+        self.assertIsNotNone(self.etcd.get(other), "another relay's key was deleted")
+
     def test_a_resume_while_etcd_is_stopped_keeps_the_token(self):
-        # A token relay-a does not know, while etcd does not answer: the
-        # relay cannot tell a made-up token from a lease it has not heard
-        # of yet, so the sidecar hears fleet_unavailable and keeps its
-        # lease, where it heard unknown_lease and lost it.
+        # A token relay-a does not know, for a lease it names, while etcd
+        # does not answer: the relay cannot tell a made-up token from a
+        # lease it has not heard of yet, so the sidecar hears
+        # fleet_unavailable and keeps its lease, where it heard
+        # unknown_lease and lost it.
         a = self.start_relay("relay-a", HOSTS[0])
         self.etcd.pause()
         try:
-            fs = F.FakeSidecar(a.port, H.certs().ca, host=a.host).connect().start_h2()
-            try:
-                fs.send_ctl(F.register_msg(resume="not-known-here-%s" % ("x" * 40)))
-                m = fs.read_ctl(15)
-            finally:
-                fs.close()
+            m = self._resume_answer(a, lease="L-9-0ddba11")
         finally:
             self.etcd.resume()
-        self.assertEqual((m or {}).get("code"), "fleet_unavailable", m)
-        # With etcd back, the same token is refused for what it is.
-        fs = F.FakeSidecar(a.port, H.certs().ca, host=a.host).connect().start_h2()
+        self.assertEqual(m.get("code"), "fleet_unavailable", m)
+        # With etcd back, the same token is refused for what it is; and
+        # at once for a sidecar that does not name its lease (older ones).
+        self.assertEqual(self._resume_answer(a, lease="L-9-0ddba11").get("code"),
+                         "unknown_lease")
+        self.etcd.pause()
         try:
-            fs.send_ctl(F.register_msg(resume="not-known-here-%s" % ("x" * 40)))
-            m = fs.read_ctl(15)
+            m = self._resume_answer(a, timeout=3)
         finally:
-            fs.close()
-        self.assertEqual((m or {}).get("code"), "unknown_lease", m)
+            self.etcd.resume()
+        self.assertEqual(m.get("code"), "unknown_lease", m)
+
+    def test_resumes_waiting_for_etcd_are_capped(self):
+        # Made-up tokens naming leases, while etcd is slow: at most 32 wait
+        # for it; the others hear fleet_unavailable at once instead of
+        # holding a handshake slot each (here for 10 s: etcd's answer).
+        # etcd's answer awaited for 10 s: the 32 keep waiting while the
+        # others connect, even on a slow machine
+        a = self.start_relay("relay-a", HOSTS[0], overrides={"relay": {
+            "max_handshakes_per_source": 64, "fleet": {"register_wait_ms": 20000}}})
+        self.etcd.pause()
+        fss = []
+        try:
+            for i in range(40):
+                fs = F.FakeSidecar(a.port, H.certs().ca, host=a.host).connect().start_h2()
+                fss.append(fs)
+                fs.send_ctl(F.register_msg(resume="made-up-%d-%s" % (i, "x" * 40),
+                                           lease="L-%d-0ddba11" % i))
+            # which 8 depends on the order the relay reads them in
+            answers, deadline = {}, time.monotonic() + 5.0
+            while time.monotonic() < deadline and len(answers) < 8:
+                for i, fs in enumerate(fss):
+                    if i not in answers:
+                        m = fs.read_ctl(0.05)
+                        if m:
+                            answers[i] = m
+            time.sleep(1.0)
+            for i, fs in enumerate(fss):
+                if i not in answers:
+                    m = fs.read_ctl(0.05)
+                    if m:
+                        answers[i] = m
+            self.assertEqual(len(answers), 8, answers)
+            for m in answers.values():
+                self.assertEqual(m.get("code"), "fleet_unavailable", m)
+                self.assertIn("too many resumes", m.get("message", ""))
+        finally:
+            self.etcd.resume()
+            for fs in fss:
+                fs.close()
+        self.assertTrue(a.alive())
 
     def test_max_tunnels_holds_for_a_resume_in_a_fleet(self):
         a = self.start_relay("relay-a", HOSTS[0], overrides={"relay": {"max_tunnels": 1}})
@@ -814,7 +881,9 @@ class FleetTest(FleetCase):
         for i in range(tries):
             fs = F.FakeSidecar(a.port, H.certs().ca, host=a.host).connect().start_h2()
             try:
-                fs.send_ctl(F.register_msg(resume="made-up-%d-%s" % (i, "x" * 40)))
+                # naming a lease that exists: the relay asks etcd about it
+                fs.send_ctl(F.register_msg(resume="made-up-%d-%s" % (i, "x" * 40),
+                                           lease="L-%d-many" % i))
                 m = fs.read_ctl(10)
             finally:
                 fs.close()

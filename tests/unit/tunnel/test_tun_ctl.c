@@ -124,6 +124,31 @@ static void test_round_trip_register(void **state)
 	assert_int_equal(out.v, TUN_CTL_VERSION);
 	json_decref(body);
 
+	/* A resume names its lease (newer sidecars); a bad id is refused both
+	 * ways, and no lease goes out without a resume. */
+	snprintf(in.lease, sizeof(in.lease), "L-3-5ca1ab1e");
+	body = round_trip(&in, &out);
+	assert_keys(body, (const char *const[]){"v", "type", "app", "roles", "token", "resume",
+						"lease", NULL});
+	assert_string_equal(out.lease, "L-3-5ca1ab1e");
+	json_decref(body);
+	snprintf(in.lease, sizeof(in.lease), "L-3/x");
+	{
+		struct evbuffer *b = evbuffer_new();
+		assert_int_equal(tun_ctl_encode(&in, b), SR_EINVAL);
+		evbuffer_free(b);
+	}
+	expect_fail("{\"v\":2,\"type\":\"register\",\"app\":\"a\",\"roles\":[\"driver\"],"
+		    "\"resume\":\"abc\",\"lease\":\"../x\"}",
+		    SR_EPROTO, "field \"lease\": not a lease id");
+	in.resume[0] = '\0';
+	snprintf(in.lease, sizeof(in.lease), "L-3-5ca1ab1e");
+	body = round_trip(&in, &out);
+	assert_null(json_object_get(body, "lease"));
+	json_decref(body);
+	snprintf(in.resume, sizeof(in.resume), "R-123");
+	in.lease[0] = '\0';
+
 	/* Without token and resume they are left out; junk of other types too. */
 	in.token[0] = in.resume[0] = '\0';
 	in.roles = TUN_ROLE_BIT(TUN_PORT_UI);
