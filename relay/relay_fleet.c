@@ -138,7 +138,9 @@ struct fleet_reg {
 	 * again, and since when it waits for it */
 	int64_t stale_rev;
 	uint64_t stale_since_us;
-	int stale_checked; /* the mirror is known current for the lease: a miss is final */
+	int stale_checked;  /* the mirror is known current for the lease: a miss is final */
+	int stale_conflict; /* a resume's write lost to a change the mirror lacked: once the
+			     * mirror has it, the answer is resume_conflict */
 };
 
 struct fl_fwd {
@@ -1786,6 +1788,8 @@ static void reg_new(struct fleet_reg *g)
 		reg_fail(g, "internal", e);
 }
 
+static void stale_wait_for(struct fleet_reg *g, int64_t rev);
+
 static void reg_resume_done(int err, const struct etcd_result *res, void *arg)
 {
 	struct fleet_reg *g = arg;
@@ -1802,9 +1806,22 @@ static void reg_resume_done(int err, const struct etcd_result *res, void *arg)
 	}
 	if (!res->succeeded) {
 		/* The lease changed in etcd since the token was checked: another
-		 * resume of it (on this relay or another) won. The sidecar keeps
-		 * its lease and token and tries again, which finds the winner's
-		 * change. */
+		 * resume of it (on this relay or another) won, or the mirror held
+		 * an old version of it. The sidecar keeps its lease and token and
+		 * tries again, which must find the change: when the mirror has
+		 * not got it yet, the answer waits for it (stale_caught_up). */
+		const struct etcd_result *cur = res->nops == 1 ? &res->ops[0] : NULL;
+
+		if (cur && cur->nkvs == 1 && cur->kvs[0].mod_revision > f->seen_rev) {
+			SR_INFO(FL_CTX,
+				"lease=%s: the lease table here is behind etcd (revision %" PRId64
+				", the lease changed at %" PRId64 "): a resume waits for it",
+				relay_lease_id(lx->lease), f->seen_rev, cur->kvs[0].mod_revision);
+			g->lx = NULL;
+			g->stale_conflict = 1;
+			stale_wait_for(g, cur->kvs[0].mod_revision);
+			return;
+		}
 		SR_INFO(FL_CTX, "lease=%s: resume lost to another resume of it at the same time",
 			relay_lease_id(lx->lease));
 		reg_fail(g, "resume_conflict",
@@ -1832,7 +1849,7 @@ static void reg_resume(struct fleet_reg *g)
 	struct relay_lease_state st;
 	struct relay_lease *l = NULL;
 	struct relay_lease_ext *lx = NULL;
-	struct etcd_req rq = {.type = ETCD_PUT};
+	struct etcd_req rq = {.type = ETCD_PUT}, cur = {.type = ETCD_RANGE};
 	struct etcd_cmp cmp;
 
 	memset(&cmp, 0, sizeof(cmp));
@@ -1893,7 +1910,12 @@ static void reg_resume(struct fleet_reg *g)
 	cmp.target = ETCD_CMP_MOD;
 	cmp.op = ETCD_EQ;
 	cmp.number = found->mod;
-	g->op = etcd_txn(f->etcd, &cmp, 1, &rq, 1, NULL, 0, reg_resume_done, g, e, sizeof(e));
+	/* If not: the lease's revision in etcd (is the mirror behind?). */
+	cur.type = ETCD_RANGE;
+	cur.key = key;
+	cur.key_len = strlen(key);
+	cur.keys_only = 1;
+	g->op = etcd_txn(f->etcd, &cmp, 1, &rq, 1, &cur, 1, reg_resume_done, g, e, sizeof(e));
 	if (!g->op)
 		reg_fail(g, "internal", e);
 }
@@ -1943,7 +1965,11 @@ static void stale_caught_up(struct relay_fleet *f)
 	while ((g = stale_reached(f))) {
 		g->phase = REG_RESUME;
 		g->stale_checked = 1;
-		reg_resume(g); /* found or refused: it leaves REG_STALE */
+		if (g->stale_conflict)
+			reg_fail(g, "resume_conflict",
+				 "the lease changed elsewhere; try again");
+		else
+			reg_resume(g); /* found or refused: it leaves REG_STALE */
 	}
 }
 
@@ -1970,7 +1996,16 @@ static void stale_answered(int err, const struct etcd_result *res, void *arg)
 		"lease=%s: a resume waits for the lease table here, which is behind etcd "
 		"(revision %" PRId64 ", the lease changed at %" PRId64 ")",
 		g->m.lease, f->seen_rev, res->kvs[0].mod_revision);
-	g->stale_rev = res->kvs[0].mod_revision;
+	stale_wait_for(g, res->kvs[0].mod_revision);
+}
+
+/* g waits until the mirror has rev (the lag timer watches the watch). */
+static void stale_wait_for(struct fleet_reg *g, int64_t rev)
+{
+	struct relay_fleet *f = g->f;
+
+	g->phase = REG_STALE;
+	g->stale_rev = rev;
 	g->stale_since_us = sr_now_us();
 	if (!evtimer_pending(f->stale_lag_ev, NULL)) {
 		struct timeval tv = sr_tv_ms(FL_STALE_LAG_MS);

@@ -144,6 +144,47 @@ class FleetTest(FleetCase):
         s.close()
         self.assertTrue(ok, why)
 
+    def test_a_resume_against_an_old_copy_of_its_lease_is_not_refused_for_good(self):
+        # relay-a's watch is stuck with an old version of a lease: the
+        # lease was resumed on relay-b since (its token T1 is now the
+        # previous one there, still good: the sidecar never read the new
+        # one). A resume of it with T1 on relay-a found T1 in the old
+        # version, lost its write to the newer one in etcd, and was answered
+        # resume_conflict, again on every try until the watch restarted
+        # (25 min by default), while the lease's grace ran out. Now the
+        # answer waits until relay-a has the newer version (here: a full
+        # read), and the next try resumes.
+        px = FreezingProxy(("127.0.0.1", self.etcd.port), mark=b"POST /v3/watch")
+        self.addCleanup(px.close)
+        a = self.start_relay("relay-a", HOSTS[0], overrides={"relay": {"fleet": {
+            "etcd": ["http://127.0.0.1:%d" % px.port]}}})
+        b = self.start_relay("relay-b", HOSTS[1])
+        wait_for(px.marked, 10, "relay-a's watch")
+        ca = H.certs().ca
+
+        def register(relay, **extra):
+            fs = F.FakeSidecar(relay.port, ca, host=relay.host).connect().start_h2()
+            try:
+                fs.send_ctl(F.register_msg(**extra))
+                return fs.read_ctl(15) or {}
+            finally:
+                fs.close()
+        m = register(b)
+        lease, t1 = m["lease"], m["resume"]
+        wait_for(lambda: a.grep("lease=%s: serving its ports here" % lease), 10,
+                 "relay-a serving the lease")
+        self.assertEqual(px.freeze(marked_only=True), 1)
+        m = register(b, resume=t1, lease=lease)  # its new token never read
+        self.assertEqual(m.get("type"), "lease", m)
+        self.assertNotEqual(m.get("resume"), t1)
+        m = register(a, resume=t1, lease=lease)
+        self.assertEqual(m.get("code"), "resume_conflict", m)
+        self.assertTrue(a.grep("the lease table here is behind etcd"), a.log_text()[-3000:])
+        m = register(a, resume=t1, lease=lease)
+        self.assertEqual(m.get("type"), "lease", m)
+        self.assertEqual(m.get("lease"), lease)
+        self.assertTrue(a.alive() and b.alive())
+
     def test_a_deleted_relay_registration_is_written_again(self):
         # relays/<id> deleted by hand (etcdctl del, a clean-up script) while
         # the relay's etcd lease lives: the other relays no longer knew
