@@ -875,8 +875,8 @@ static void drop_stray_tunnels_key(struct relay_fleet *f, const struct etcd_kv *
 	struct etcd_req rq = {.type = ETCD_DELETE};
 
 	if (kv->key_len <= f->plen || memcmp(kv->key, f->prefix, f->plen) != 0 ||
-	    memchr(kv->key, '\0', kv->key_len) || strncmp(k, "tunnels/", 8) != 0 || !is_self_key(f, k) || f->frozen || f->draining ||
-	    !f->self_keeper)
+	    memchr(kv->key, '\0', kv->key_len) || strncmp(k, "tunnels/", 8) != 0 ||
+	    !is_self_key(f, k) || f->frozen || f->draining || !f->self_keeper)
 		return;
 	lease = k + 8;
 	n = strlen(lease) - m - 1;
@@ -1911,7 +1911,6 @@ static void reg_resume(struct fleet_reg *g)
 	cmp.op = ETCD_EQ;
 	cmp.number = found->mod;
 	/* If not: the lease's revision in etcd (is the mirror behind?). */
-	cur.type = ETCD_RANGE;
 	cur.key = key;
 	cur.key_len = strlen(key);
 	cur.keys_only = 1;
@@ -1966,8 +1965,7 @@ static void stale_caught_up(struct relay_fleet *f)
 		g->phase = REG_RESUME;
 		g->stale_checked = 1;
 		if (g->stale_conflict)
-			reg_fail(g, "resume_conflict",
-				 "the lease changed elsewhere; try again");
+			reg_fail(g, "resume_conflict", "the lease changed elsewhere; try again");
 		else
 			reg_resume(g); /* found or refused: it leaves REG_STALE */
 	}
@@ -2070,7 +2068,8 @@ static void stale_lag_cb(evutil_socket_t fd, short what, void *arg)
 		sync_start(f);
 	}
 	if (late || next) {
-		struct timeval tv = sr_tv_ms(late ? FL_STALE_LAG_MS : (uint32_t)((next - now) / 1000 + 1));
+		uint32_t ms = late ? FL_STALE_LAG_MS : (uint32_t)((next - now) / 1000 + 1);
+		struct timeval tv = sr_tv_ms(ms);
 
 		evtimer_add(f->stale_lag_ev, &tv);
 	}
