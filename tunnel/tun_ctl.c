@@ -420,6 +420,8 @@ static int ctl_parse_obj(json_t *root, struct tun_ctl_msg *msg, char *err, size_
 		     (rc = ctl_check_field("lease", tun_ctl_valid_lease_id(msg->lease), RULE_LEASE,
 					   err, errlen)) < 0))
 			return rc;
+		if (!msg->resume[0] || msg->join[0])
+			msg->lease[0] = '\0'; /* it names a resume's lease only */
 		break;
 	case TUN_CTL_LEASE:
 		if ((rc = ctl_get_str(root, "lease", msg->lease, sizeof(msg->lease), 1, 1, err,

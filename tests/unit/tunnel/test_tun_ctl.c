@@ -146,6 +146,15 @@ static void test_round_trip_register(void **state)
 	body = round_trip(&in, &out);
 	assert_null(json_object_get(body, "lease"));
 	json_decref(body);
+	/* and none is read without a resume, or with a join (found by fuzz_ctl) */
+	expect_ok("{\"v\":2,\"type\":\"register\",\"app\":\"a\",\"roles\":[\"driver\"],"
+		  "\"lease\":\"L-3-5ca1ab1e\"}",
+		  &out);
+	assert_string_equal(out.lease, "");
+	expect_ok("{\"v\":2,\"type\":\"register\",\"app\":\"a\",\"roles\":[\"driver\"],"
+		  "\"join\":\"L-1-2\",\"resume\":\"join_abc\",\"lease\":\"L-3-5ca1ab1e\"}",
+		  &out);
+	assert_string_equal(out.lease, "");
 	snprintf(in.resume, sizeof(in.resume), "R-123");
 	in.lease[0] = '\0';
 
