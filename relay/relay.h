@@ -141,6 +141,7 @@ struct relay_stats {
 	uint64_t fleet_carried;      /* executor connections carried to another relay */
 	uint64_t fleet_carry_failed; /* of those, no relay with a tunnel answered: waited here */
 	uint64_t fleet_leases;       /* leases in the fleet's table, as this relay sees it */
+	uint64_t fleet_revision;     /* etcd's revision this relay's copy of it is complete to */
 	int ready;                      /* listeners up and configuration loaded */
 	int draining;
 };

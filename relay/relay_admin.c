@@ -431,6 +431,10 @@ static void render_metrics(struct relay *r, const struct relay_admin *admin,
 		metric_one(b, "sparkrelay_fleet_leases", "gauge",
 			   "Leases in the fleet's table in etcd, as this relay sees it.",
 			   st.fleet_leases);
+		metric_one(b, "sparkrelay_fleet_revision", "gauge",
+			   "etcd's revision this relay's copy of the fleet's table is complete to; "
+			   "a relay whose figure stays behind the others' has a stuck watch.",
+			   st.fleet_revision);
 		metric_one(b, "sparkrelay_fleet_carried_total", "counter",
 			   "Executor connections carried to a relay that holds the lease's tunnel.",
 			   st.fleet_carried);

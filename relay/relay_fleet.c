@@ -1272,6 +1272,7 @@ void relay_fleet_stats(const struct relay_fleet *f, struct relay_stats *st)
 	st->fleet_registered = f->self_keeper != NULL;
 	st->fleet_carried = f->forwarded;
 	st->fleet_carry_failed = f->forward_failed;
+	st->fleet_revision = f->seen_rev > 0 ? (uint64_t)f->seen_rev : 0;
 	st->fleet_leases = 0;
 	for (const struct fl_kv *kv = f->kvs; kv; kv = kv->next)
 		st->fleet_leases += strncmp(kv->key, "leases/", 7) == 0;
@@ -1595,6 +1596,19 @@ static void reg_fail(struct fleet_reg *g, const char *code, const char *text)
 	reg_free(g);
 }
 
+/* An etcd operation of g failed: g ends with fleet_unavailable (the sidecar
+ * keeps its lease and token and tries again). Returns 1 then. */
+static int reg_etcd_failed(struct fleet_reg *g, int err, const struct etcd_result *res)
+{
+	char text[200];
+
+	if (!err)
+		return 0;
+	snprintf(text, sizeof(text), "the fleet's lease table (etcd): %s", res->msg);
+	reg_fail(g, "fleet_unavailable", text);
+	return 1;
+}
+
 /* A registration that waits on etcd with lx ends when lx does: a resume's
  * lease can be released by its old tunnel, revoked by an operator or
  * dropped because etcd lost it before the write answers. */
@@ -1641,12 +1655,8 @@ static void reg_txn_done(int err, const struct etcd_result *res, void *arg)
 	char key[FL_KEY_MAX];
 
 	g->op = NULL;
-	if (err) {
-		char text[200];
-		snprintf(text, sizeof(text), "the fleet's lease table (etcd): %s", res->msg);
-		reg_fail(g, "fleet_unavailable", text);
+	if (reg_etcd_failed(g, err, res))
 		return;
-	}
 	if (!res->succeeded) {
 		/* Another relay took one of these ports (or the id) at the same
 		 * moment: try other ports. */
@@ -1750,14 +1760,10 @@ static void reg_txn(struct fleet_reg *g)
 static void reg_granted(int err, const struct etcd_result *res, void *arg)
 {
 	struct fleet_reg *g = arg;
-	char text[200];
 
 	g->op = NULL;
-	if (err) {
-		snprintf(text, sizeof(text), "the fleet's lease table (etcd): %s", res->msg);
-		reg_fail(g, "fleet_unavailable", text);
+	if (reg_etcd_failed(g, err, res))
 		return;
-	}
 	g->grace = res->lease;
 	reg_txn(g);
 }
@@ -1796,14 +1802,11 @@ static void reg_resume_done(int err, const struct etcd_result *res, void *arg)
 	struct relay_fleet *f = g->f;
 	struct relay_lease_ext *lx = g->lx;
 	struct relay_tunnel *t = g->t;
-	char key[FL_KEY_MAX], text[200];
+	char key[FL_KEY_MAX];
 
 	g->op = NULL;
-	if (err) {
-		snprintf(text, sizeof(text), "the fleet's lease table (etcd): %s", res->msg);
-		reg_fail(g, "fleet_unavailable", text);
+	if (reg_etcd_failed(g, err, res))
 		return;
-	}
 	if (!res->succeeded) {
 		/* The lease changed in etcd since the token was checked: another
 		 * resume of it (on this relay or another) won, or the mirror held
@@ -1975,14 +1978,10 @@ static void stale_answered(int err, const struct etcd_result *res, void *arg)
 {
 	struct fleet_reg *g = arg;
 	struct relay_fleet *f = g->f;
-	char text[200];
 
 	g->op = NULL;
-	if (err) {
-		snprintf(text, sizeof(text), "the fleet's lease table (etcd): %s", res->msg);
-		reg_fail(g, "fleet_unavailable", text);
+	if (reg_etcd_failed(g, err, res))
 		return;
-	}
 	if (res->nkvs == 0 || res->kvs[0].mod_revision <= f->seen_rev) {
 		/* The mirror has the lease as etcd has it (or etcd has none). */
 		g->phase = REG_RESUME;

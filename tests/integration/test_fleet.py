@@ -105,6 +105,17 @@ class FleetTest(FleetCase):
             s.close()
             self.assertTrue(ok, "through %s: %s" % (r.name, why))
 
+    def _relay_a_watching_through_a_proxy(self):
+        """relay-a, whose etcd watch goes through a FreezingProxy (the proxy's
+        freeze(marked_only=True) stalls it), and relay-b."""
+        px = FreezingProxy(("127.0.0.1", self.etcd.port), mark=b"POST /v3/watch")
+        self.addCleanup(px.close)
+        a = self.start_relay("relay-a", HOSTS[0], overrides={"relay": {"fleet": {
+            "etcd": ["http://127.0.0.1:%d" % px.port]}}})
+        b = self.start_relay("relay-b", HOSTS[1])
+        wait_for(px.marked, 10, "relay-a's watch")
+        return px, a, b
+
     def test_a_resume_on_a_relay_whose_watch_is_stuck_keeps_the_lease(self):
         # relay-a's watch stream stalls without breaking, so its copy of
         # the lease table misses a lease made on relay-b. A resume of that
@@ -113,18 +124,16 @@ class FleetTest(FleetCase):
         # driver. relay-a now asks etcd whether its copy is behind before it
         # refuses, and reads the table again when the watch does not catch
         # up.
-        px = FreezingProxy(("127.0.0.1", self.etcd.port), mark=b"POST /v3/watch")
-        self.addCleanup(px.close)
-        a = self.start_relay("relay-a", HOSTS[0], overrides={"relay": {"fleet": {
-            "etcd": ["http://127.0.0.1:%d" % px.port]}}})
-        b = self.start_relay("relay-b", HOSTS[1])
-        wait_for(px.marked, 10, "relay-a's watch")
+        px, a, b = self._relay_a_watching_through_a_proxy()
         self.assertEqual(px.freeze(marked_only=True), 1)
         s1 = self.start_sidecar("sc1", b)
         l1 = self.lease_of(s1)
         s1.kill()
         time.sleep(1.0)
         self.assertFalse(a.grep("lease=%s" % l1["lease"]), "relay-a's watch is not stuck")
+        # what an operator sees: relay-a's copy stays behind relay-b's
+        self.assertLess(self.metrics(a)["sparkrelay_fleet_revision"],
+                        self.metrics(b)["sparkrelay_fleet_revision"])
         t0 = time.time()
         s2 = self.start_sidecar("sc2", a, workdir=s1.workdir_)
         l2 = self.lease_of(s2, not_before=t0)
@@ -154,12 +163,7 @@ class FleetTest(FleetCase):
         # (25 min by default), while the lease's grace ran out. Now the
         # answer waits until relay-a has the newer version (here: a full
         # read), and the next try resumes.
-        px = FreezingProxy(("127.0.0.1", self.etcd.port), mark=b"POST /v3/watch")
-        self.addCleanup(px.close)
-        a = self.start_relay("relay-a", HOSTS[0], overrides={"relay": {"fleet": {
-            "etcd": ["http://127.0.0.1:%d" % px.port]}}})
-        b = self.start_relay("relay-b", HOSTS[1])
-        wait_for(px.marked, 10, "relay-a's watch")
+        px, a, b = self._relay_a_watching_through_a_proxy()
         ca = H.certs().ca
 
         def register(relay, **extra):

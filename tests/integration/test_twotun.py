@@ -551,6 +551,12 @@ class FleetTwoTunnelsTest(FleetCase):
         for r in (a, b, c):
             wait_for(lambda: all(relay_leases(r).get(l["lease"]) for l in leases.values()),
                      10, "both leases on %s" % r.fid)
+        # Every relay knows both holders of each lease: else one may carry
+        # an executor to relay-a alone, whose kill then ends it.
+        rev = self.etcd.revision()
+        for r in (a, b, c):
+            wait_for(lambda: metrics(r).get("sparkrelay_fleet_revision", 0) >= rev, 10,
+                     "%s's copy of the lease table at revision %d" % (r.fid, rev))
         conns = {}
         for sc in (s1, s2):
             for r in (a, b, c):
