@@ -99,10 +99,13 @@ void tun_group_finished(struct tun_group *g, struct tun_stream *s)
 }
 
 /* Held streams of origin (0: all) the other end does not know: finished if
- * they were complete, else lost. Returns how many were lost. */
-static size_t reset_unknown_from(struct tun_group *g, uint32_t origin)
+ * they were complete (the relay freed its side of a stream both ends had
+ * ended, and the tunnel died before our PING barrier freed ours: nothing is
+ * lost), else lost. why: what the other end said, for the log. Returns how
+ * many were lost. */
+static size_t reset_unknown_from(struct tun_group *g, uint32_t origin, const char *why)
 {
-	size_t n = 0;
+	size_t n = 0, unknown = tun_group_held_from(g, origin);
 
 	for (struct tun_stream *s = g->held, *nx; s; s = nx) {
 		nx = s->next;
@@ -114,8 +117,13 @@ static size_t reset_unknown_from(struct tun_group *g, uint32_t origin)
 		n++;
 	}
 	if (n)
-		SR_WARN(g->logctx, "%zu held streams reset (%s)", n,
-			tun_lost_name(TUN_LOST_UNKNOWN));
+		SR_WARN(g->logctx,
+			"%s; %zu held streams reset (%s): %zu held here were unknown to it, "
+			"%zu of them complete",
+			why, n, tun_lost_name(TUN_LOST_UNKNOWN), unknown, unknown - n);
+	else
+		SR_DEBUG(g->logctx, "%s; %zu held here are unknown to it, all complete: finished",
+			 why, unknown);
 	return n;
 }
 
@@ -282,17 +290,16 @@ void tun_group_answered(struct tun_group *g, struct tun_stream *s)
 
 void tun_group_count_resumed(struct tun_group *g, struct tun_conn *c)
 {
-	size_t unknown;
-
 	if (++c->resume_got < c->resume_expect)
 		return;
 	if (c->resume_got > c->resume_expect)
 		return; /* counted (and reported) once */
-	if ((unknown = tun_group_held_from(g, c->origin)) > 0) {
-		SR_WARN(g->logctx, "the relay resumed %" PRIu64 " streams; %zu held here are "
-				   "unknown to it",
-			c->resume_expect, unknown);
-		reset_unknown_from(g, c->origin);
+	if (tun_group_held_from(g, c->origin) > 0) {
+		char why[64];
+
+		snprintf(why, sizeof(why), "the relay resumed %" PRIu64 " streams",
+			 c->resume_expect);
+		reset_unknown_from(g, c->origin, why);
 	}
 	resume_report(g);
 }
@@ -306,11 +313,8 @@ void tun_group_expect_on(struct tun_group *g, struct tun_conn *c, uint64_t n)
 	c->resume_got = 0;
 	if (n || unknown)
 		g->st.resumes++;
-	if (n == 0 && unknown) {
-		SR_WARN(g->logctx, "the relay resumed no stream; %zu held here are unknown to it",
-			unknown);
-		reset_unknown_from(g, c->origin);
-	}
+	if (n == 0 && unknown)
+		reset_unknown_from(g, c->origin, "the relay resumed no stream");
 }
 
 /* The held stream s (NULL: none) for the resumed CONNECT p, or NULL after
