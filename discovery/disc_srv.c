@@ -37,6 +37,7 @@ struct disc_srv_query {
 	struct event *rd;
 	struct bufferevent *tcp;
 	struct event *timer; /* this try's deadline */
+	int last;	     /* this try's timer ends at the query's deadline */
 	struct event *fire;  /* the result goes out from here */
 	int err;
 	char msg[256];
@@ -50,12 +51,13 @@ static void try_next(struct disc_srv_query *q);
 /* A try's timer: try_ms, but never past the query's deadline (a TCP retry
  * after a truncated answer, or try_ms raised to TRY_MIN_MS, would go past
  * it). */
-static struct timeval try_tv(const struct disc_srv_query *q)
+static struct timeval try_tv(struct disc_srv_query *q)
 {
 	uint64_t now = sr_now_us();
 	uint64_t left = now >= q->deadline_us ? 0 : (q->deadline_us - now + 999) / 1000;
 
-	return sr_tv_ms(left < q->try_ms ? (long)left : (long)q->try_ms);
+	q->last = left <= q->try_ms;
+	return sr_tv_ms(q->last ? (long)left : (long)q->try_ms);
 }
 
 static void close_try(struct disc_srv_query *q)
@@ -216,6 +218,10 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct disc_srv_query *q = arg;
 
+	/* libevent may fire a little before the deadline by our clock: a
+	 * timer armed up to the deadline ends the query all the same */
+	if (q->last)
+		q->deadline_us = 0;
 	try_failed(q, SR_ETIMEDOUT,
 		   q->tcp ? "no answer over TCP in time" : "no answer in time");
 }
