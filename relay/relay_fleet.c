@@ -113,8 +113,8 @@ struct fl_held {
 	char *json;
 };
 
-/* REG_STALE: a resume whose token the mirror does not know, waiting to
- * learn whether the mirror is behind etcd. */
+/* REG_STALE: a resume or a join whose token the mirror does not know,
+ * waiting to learn whether the mirror is behind etcd. */
 enum fl_phase { REG_WAIT = 0, REG_GRANT, REG_TXN, REG_RESUME, REG_STALE };
 
 struct fleet_reg {
@@ -1842,6 +1842,7 @@ static void reg_resume_done(int err, const struct etcd_result *res, void *arg)
 }
 
 static void stale_check(struct fleet_reg *g);
+static void reg_join(struct fleet_reg *g);
 
 static void reg_resume(struct fleet_reg *g)
 {
@@ -1941,6 +1942,21 @@ static void reg_resume(struct fleet_reg *g)
  * registrations wait at once (more hear fleet_unavailable), so made-up
  * tokens can neither pile up nor hold the handshake slots. */
 
+/* The lease a registration in REG_STALE names. */
+static const char *stale_lease(const struct fleet_reg *g)
+{
+	return g->m.join[0] ? g->m.join : g->m.lease;
+}
+
+/* The mirror is known to hold what etcd has for the lease: look again. */
+static void stale_look_again(struct fleet_reg *g)
+{
+	if (g->m.join[0])
+		reg_join(g);
+	else
+		reg_resume(g);
+}
+
 static int stale_waiting(const struct relay_fleet *f)
 {
 	int n = 0;
@@ -1970,7 +1986,7 @@ static void stale_caught_up(struct relay_fleet *f)
 		if (g->stale_conflict)
 			reg_fail(g, "resume_conflict", "the lease changed elsewhere; try again");
 		else
-			reg_resume(g); /* found or refused: it leaves REG_STALE */
+			stale_look_again(g); /* found or refused: it leaves REG_STALE */
 	}
 }
 
@@ -1986,13 +2002,14 @@ static void stale_answered(int err, const struct etcd_result *res, void *arg)
 		/* The mirror has the lease as etcd has it (or etcd has none). */
 		g->phase = REG_RESUME;
 		g->stale_checked = 1;
-		reg_resume(g);
+		stale_look_again(g);
 		return;
 	}
 	SR_INFO(FL_CTX,
-		"lease=%s: a resume waits for the lease table here, which is behind etcd "
+		"lease=%s: a %s waits for the lease table here, which is behind etcd "
 		"(revision %" PRId64 ", the lease changed at %" PRId64 ")",
-		g->m.lease, f->seen_rev, res->kvs[0].mod_revision);
+		stale_lease(g), g->m.join[0] ? "join" : "resume", f->seen_rev,
+		res->kvs[0].mod_revision);
 	stale_wait_for(g, res->kvs[0].mod_revision);
 }
 
@@ -2019,11 +2036,11 @@ static void stale_check(struct fleet_reg *g)
 
 	if (stale_waiting(f) >= FL_STALE_MAX) {
 		reg_fail(g, "fleet_unavailable",
-			 "too many resumes wait for the fleet's lease table; try again");
+			 "too many registrations wait for the fleet's lease table; try again");
 		return;
 	}
-	if (mkkey(f, key, sizeof(key), "leases/%s", g->m.lease) < 0) {
-		reg_fail(g, "unknown_lease", "no lease for this resume token");
+	if (mkkey(f, key, sizeof(key), "leases/%s", stale_lease(g)) < 0) {
+		reg_fail(g, "internal", "lease id too long for an etcd key");
 		return;
 	}
 	rq.key = key;
@@ -2077,7 +2094,11 @@ static void stale_lag_cb(evutil_socket_t fd, short what, void *arg)
 /* A join checks its proof against the digests in the mirror (a relay
  * does not know the tokens of leases made elsewhere) and changes nothing
  * in etcd: the lease keeps its token; relay_fleet_attached puts
- * tunnels/<lease>/<self>. */
+ * tunnels/<lease>/<self>. A sidecar joins a second relay right after
+ * another granted or resumed its lease, often before this relay's watch
+ * has delivered that: a miss asks etcd first, as a resume's does
+ * (stale_check), or the tunnel would go to another relay than the
+ * sidecar chose, or to none. */
 static void reg_join(struct fleet_reg *g)
 {
 	struct relay_fleet *f = g->f;
@@ -2107,6 +2128,10 @@ static void reg_join(struct fleet_reg *g)
 		if (proven && !relay_find_id(r, g->m.join))
 			lease_bind(f, kv);
 		l = relay_find_id(r, g->m.join);
+	}
+	if (!proven && token && !g->stale_checked) {
+		stale_check(g);
+		return;
 	}
 	snprintf(tname, sizeof(tname), "%s", g->tname);
 	snprintf(idkey, sizeof(idkey), "%s", g->idkey);
