@@ -126,11 +126,15 @@ class FreezingProxy:
     path that went silent, as a dead NAT entry or a cut cable leaves it.
     Connections made later pass normally. With mark, connections whose
     client sent those bytes are marked, and freeze(marked_only=True) stops
-    those alone (an etcd watch: "POST /v3/watch")."""
+    those alone (an etcd watch: "POST /v3/watch"). fail_next(marker, n)
+    answers the next n requests whose bytes hold marker with etcd's error
+    for an unavailable server (HTTP 503, code 14) and closes that
+    connection, instead of passing them on."""
 
     def __init__(self, target, mark=None):
         self.target = target
         self.mark = mark
+        self.fail_marker, self.fail_left, self.failed = None, 0, 0
         self.ls = socket.socket()
         self.ls.bind(("127.0.0.1", 0))
         self.ls.listen(16)
@@ -159,7 +163,10 @@ class FreezingProxy:
                 threading.Thread(target=self._pump, args=(pair, src, dst), daemon=True).start()
 
     def _pump(self, pair, src, dst):
-        src.settimeout(0.1)
+        try:
+            src.settimeout(0.1)
+        except OSError:
+            return  # closed by the other direction (fail_next)
         while not self.stop_ev.is_set():
             if pair["frozen"]:
                 time.sleep(0.1)
@@ -174,6 +181,19 @@ class FreezingProxy:
                 continue  # read before the freeze: dropped, as on a dead path
             if self.mark and src is pair["socks"][0] and self.mark in data:
                 pair["marked"] = True
+            if src is pair["socks"][0] and self._fail(data):
+                body = (b'{"error":"etcdserver: unavailable (test)","code":14,'
+                        b'"message":"etcdserver: unavailable (test)"}')
+                try:
+                    src.sendall(b"HTTP/1.1 503 Service Unavailable\r\n"
+                                b"Content-Type: application/json\r\n"
+                                b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+                                + body)
+                except OSError:
+                    pass
+                for x in pair["socks"]:
+                    x.close()
+                return
             try:
                 if not data:
                     dst.shutdown(socket.SHUT_WR)
@@ -188,6 +208,18 @@ class FreezingProxy:
             for pair in frozen:
                 pair["frozen"] = True
             return len(frozen)
+
+    def fail_next(self, marker, n=1):
+        with self.lock:
+            self.fail_marker, self.fail_left = marker, n
+
+    def _fail(self, data):
+        with self.lock:
+            if not self.fail_left or self.fail_marker not in data:
+                return False
+            self.fail_left -= 1
+            self.failed += 1
+            return True
 
     def marked(self):
         with self.lock:

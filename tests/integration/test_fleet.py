@@ -265,6 +265,22 @@ class FleetTest(FleetCase):
         self.assertTrue(ok, "carried by relay-b: %s" % why)
         self.assertEqual(self.etcd.get(key), value)
 
+    def test_a_failed_write_back_of_deleted_keys_is_tried_again(self):
+        # The write-back is one transaction; when etcd refuses it (here:
+        # unavailable, twice), the relay tries again with backoff instead
+        # of leaving its registration gone until it restarts.
+        px, a, b = self._relay_a_watching_through_a_proxy()
+        key = b"/sparkrelay/relays/relay-a"
+        wait_for(lambda: self.etcd.get(key) is not None, 10, "relay-a's registration")
+        value = self.etcd.get(key)
+        px.fail_next(b"POST /v3/kv/txn", 2)
+        self.assertEqual(self.etcd.delete(key), 1)
+        wait_for(lambda: self.etcd.get(key) is not None, 15, "relay-a's registration back")
+        self.assertEqual(px.failed, 2, "the write-back never reached etcd through the proxy")
+        self.assertEqual(self.etcd.get(key), value)
+        self.assertGreaterEqual(len(a.grep("cannot write this relay's keys back to etcd")), 2)
+        self.assertTrue(a.alive())
+
     def _resume_answer(self, relay, timeout=15, **extra):
         fs = F.FakeSidecar(relay.port, H.certs().ca, host=relay.host).connect().start_h2()
         try:
