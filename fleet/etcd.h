@@ -102,6 +102,11 @@ struct etcd_req {
 	 * in the range, nkvs the filtered ones up to limit. */
 	int64_t min_mod_revision;
 	int keys_only; /* range: keys and revisions, no values */
+	/* range with prefix: begin at this key (which starts with key)
+	 * instead of at the prefix; the next page after a limit is the last
+	 * key answered with a NUL byte appended */
+	const void *from;
+	size_t from_len;
 };
 
 /* key and value are etcd's bytes, which may hold NUL bytes: use the

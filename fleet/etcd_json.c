@@ -208,19 +208,27 @@ static char *sb_done(struct sb *b, size_t *len, char *err, size_t errlen)
 /* "key":... and, for a prefix, "range_end":... . The end of the keys
  * starting with key is the key with its last byte that is not 0xff
  * incremented and the rest cut, or "\0" (no end) when there is no such
- * byte; an empty prefix is every key: key "\0" with range_end "\0". */
-static void sb_key(struct sb *b, const void *key, size_t n, int prefix)
+ * byte; an empty prefix is every key: key "\0" with range_end "\0".
+ * from (a prefix's range only): the range begins there instead. */
+static void sb_key(struct sb *b, const void *key, size_t n, int prefix, const void *from,
+		   size_t from_len)
 {
 	const unsigned char *k = key;
 	unsigned char *end;
 	size_t e = n;
 
 	if (prefix && n == 0) {
-		sb_b64(b, 1, "key", "", 1);
+		if (from)
+			sb_b64(b, 1, "key", from, from_len);
+		else
+			sb_b64(b, 1, "key", "", 1);
 		sb_b64(b, 0, "range_end", "", 1);
 		return;
 	}
-	sb_b64(b, 1, "key", key, n);
+	if (from)
+		sb_b64(b, 1, "key", from, from_len);
+	else
+		sb_b64(b, 1, "key", key, n);
 	if (!prefix)
 		return;
 	while (e > 0 && k[e - 1] == 0xff)
@@ -259,6 +267,12 @@ static int check_req(const struct etcd_req *rq, char *err, size_t errlen)
 		sr_seterr(err, errlen, "a put names one key, not a prefix");
 		return -1;
 	}
+	if (rq->from && (rq->type != ETCD_RANGE || !rq->prefix || !rq->from_len ||
+			 rq->from_len < rq->key_len ||
+			 (rq->key_len && memcmp(rq->from, rq->key, rq->key_len) != 0))) {
+		sr_seterr(err, errlen, "from: only in a prefix's range, and a key with the prefix");
+		return -1;
+	}
 	if (rq->limit < 0 || rq->revision < 0 || rq->lease < 0 || rq->min_mod_revision < 0) {
 		sr_seterr(err, errlen, "a negative limit, revision, min_mod_revision or lease");
 		return -1;
@@ -270,7 +284,7 @@ static int check_req(const struct etcd_req *rq, char *err, size_t errlen)
 static void sb_req(struct sb *b, const struct etcd_req *rq)
 {
 	sb_add(b, "{");
-	sb_key(b, rq->key, rq->key_len, rq->prefix);
+	sb_key(b, rq->key, rq->key_len, rq->prefix, rq->from, rq->from_len);
 	switch (rq->type) {
 	case ETCD_RANGE:
 		if (rq->limit)
@@ -433,7 +447,7 @@ char *etcd_json_watch(const void *key, size_t key_len, int prefix, int64_t start
 		return NULL;
 	}
 	sb_add(&b, "{\"create_request\":{");
-	sb_key(&b, key, key_len, prefix);
+	sb_key(&b, key, key_len, prefix, NULL, 0);
 	if (start)
 		sb_i64(&b, 0, "start_revision", start);
 	if (prev_kv)

@@ -61,6 +61,11 @@
  * etcd holds beyond is not seen, and logged. */
 #define FL_MAX_KEYS 262144
 #define FL_MAX_ANSWER (64u * 1024 * 1024)
+/* The table is read in pages of at most this many keys (about 0.5 MB of
+ * leases), all at the first page's revision; a page over FL_MAX_ANSWER is
+ * asked again at an eighth of the size (large values of other writers
+ * under the prefix). */
+#define FL_PAGE_KEYS 1000
 
 /* One key of the mirror (the prefix cut off): in the list f->kvs (for
  * scans) and in the hash f->kb by key (for lookups). */
@@ -159,6 +164,25 @@ struct fl_fwd {
 	int counted; /* in its lease's ncarried */
 };
 
+/* One key of a read in pages, copied (prefix included) until the last page
+ * has come: the mirror changes only then, so a read that fails half-way
+ * leaves the mirror as it was. */
+struct fl_rkv {
+	char *key, *val;
+	size_t klen, vlen;
+	int64_t lease, mod;
+};
+
+struct fl_read {
+	struct fl_rkv *kv;
+	size_t n, cap;
+	int64_t rev;	/* the first page's revision: every page is read at it */
+	int64_t limit;	/* keys per page */
+	unsigned pages;
+	char *next;	/* where the next page begins (the last key and a NUL) */
+	size_t next_len;
+};
+
 struct relay_fleet {
 	struct relay *r;
 	struct event_base *base;
@@ -190,6 +214,7 @@ struct relay_fleet {
 	int nul_logged;
 	int synced;
 	int64_t seen_rev; /* the mirror holds every change up to this revision */
+	struct fl_read rd; /* a read of every key, in pages, under way */
 	struct etcd_watch *watch;
 	struct event *sync_retry;
 	long sync_backoff_ms; /* retry_later's state for sync_retry */
@@ -944,24 +969,68 @@ static void watch_error(int err, const char *msg, void *arg)
 	SR_WARN(FL_CTX, "etcd watch broke (%s): %s; reconnecting", etcd_strerror(err), msg);
 }
 
-static void sync_ranged(int err, const struct etcd_result *res, void *arg)
+static void read_reset(struct fl_read *rd)
 {
-	struct relay_fleet *f = arg;
+	for (size_t i = 0; i < rd->n; i++) {
+		free(rd->kv[i].key);
+		free(rd->kv[i].val);
+	}
+	free(rd->kv);
+	free(rd->next);
+	memset(rd, 0, sizeof(*rd));
+}
+
+/* Copies a page's keys. Returns 0 or SR_ENOMEM. */
+static int read_keep(struct fl_read *rd, const struct etcd_result *res)
+{
+	for (size_t i = 0; i < res->nkvs && rd->n < FL_MAX_KEYS; i++) {
+		const struct etcd_kv *kv = &res->kvs[i];
+		struct fl_rkv *k;
+
+		if (rd->n == rd->cap) {
+			size_t cap = rd->cap ? 2 * rd->cap : 1024;
+			struct fl_rkv *nk = realloc(rd->kv, cap * sizeof(*nk));
+
+			if (!nk)
+				return SR_ENOMEM;
+			rd->kv = nk;
+			rd->cap = cap;
+		}
+		k = &rd->kv[rd->n];
+		k->key = malloc(kv->key_len + 1);
+		k->val = malloc(kv->value_len + 1);
+		if (!k->key || !k->val) {
+			free(k->key);
+			free(k->val);
+			return SR_ENOMEM;
+		}
+		memcpy(k->key, kv->key, kv->key_len);
+		memcpy(k->val, kv->value, kv->value_len);
+		k->klen = kv->key_len;
+		k->vlen = kv->value_len;
+		k->lease = kv->lease;
+		k->mod = kv->mod_revision;
+		rd->n++;
+	}
+	return 0;
+}
+
+static void sync_page(struct relay_fleet *f);
+
+/* The read is complete: the mirror becomes what it read, and a watch
+ * carries on from its revision. */
+static void sync_done(struct relay_fleet *f)
+{
+	struct fl_read *rd = &f->rd;
 	struct etcd_watch_opts wo;
 	char e[256];
 
-	if (err) {
-		SR_WARN(FL_CTX, "cannot read the fleet's keys from etcd (%s): %s; retrying",
-			etcd_strerror(err), res->msg);
-		retry_later(f->sync_retry, &f->sync_backoff_ms);
-		return;
-	}
 	kv_clear(f);
-	for (size_t i = 0; i < res->nkvs; i++)
-		if (kv_put(f, res->kvs[i].key, res->kvs[i].key_len, res->kvs[i].value,
-			   res->kvs[i].value_len, res->kvs[i].lease,
-			   res->kvs[i].mod_revision) != 0) {
+	for (size_t i = 0; i < rd->n; i++)
+		if (kv_put(f, rd->kv[i].key, rd->kv[i].klen, rd->kv[i].val, rd->kv[i].vlen,
+			   rd->kv[i].lease, rd->kv[i].mod) != 0) {
 			SR_WARN(FL_CTX, "out of memory for the mirror; retrying");
+			read_reset(rd);
 			retry_later(f->sync_retry, &f->sync_backoff_ms);
 			return;
 		}
@@ -969,7 +1038,7 @@ static void sync_ranged(int err, const struct etcd_result *res, void *arg)
 	wo.key = f->prefix;
 	wo.key_len = f->plen;
 	wo.prefix = 1;
-	wo.start_revision = res->revision + 1;
+	wo.start_revision = rd->rev + 1;
 	/* A watch can go silent without breaking; etcd's progress
 	 * notifications keep a live one talking. */
 	wo.progress_notify = 1;
@@ -981,29 +1050,106 @@ static void sync_ranged(int err, const struct etcd_result *res, void *arg)
 	f->watch = etcd_watch_new(f->etcd, &wo, e, sizeof(e));
 	if (!f->watch) {
 		SR_WARN(FL_CTX, "cannot watch etcd: %s; retrying", e);
+		read_reset(rd);
 		retry_later(f->sync_retry, &f->sync_backoff_ms);
 		return;
 	}
 	if (!f->synced)
-		SR_INFO(FL_CTX, "lease table read from etcd (%zu keys, revision %" PRId64 ")",
-			res->nkvs, res->revision);
+		SR_INFO(FL_CTX, "lease table read from etcd (%zu keys in %u page%s, revision %" PRId64 ")",
+			rd->n, rd->pages, rd->pages == 1 ? "" : "s", rd->rev);
 	f->synced = 1;
-	f->seen_rev = res->revision;
+	f->seen_rev = rd->rev;
 	f->sync_backoff_ms = 0;
+	read_reset(rd);
 	reconcile(f);
 	regs_wake(f);
 	stale_caught_up(f);
 }
 
-static void sync_start(struct relay_fleet *f)
+static void sync_ranged(int err, const struct etcd_result *res, void *arg)
 {
+	struct relay_fleet *f = arg;
+	struct fl_read *rd = &f->rd;
+	const struct etcd_kv *last;
+
+	if (err == SR_ETOOBIG && rd->limit > 1) {
+		/* Values of other writers under the prefix can be large. */
+		rd->limit = rd->limit > 8 ? rd->limit / 8 : 1;
+		SR_INFO(FL_CTX, "a page of the fleet's keys was over %u MiB; reading %" PRId64
+				" keys a page",
+			FL_MAX_ANSWER >> 20, rd->limit);
+		sync_page(f);
+		return;
+	}
+	if (err) {
+		/* An etcd that compacted the first page's revision meanwhile
+		 * answers an error too: the read begins again. */
+		SR_WARN(FL_CTX, "cannot read the fleet's keys from etcd (%s): %s; retrying",
+			etcd_strerror(err), res->msg);
+		read_reset(rd);
+		retry_later(f->sync_retry, &f->sync_backoff_ms);
+		return;
+	}
+	if (!rd->rev)
+		rd->rev = res->revision;
+	rd->pages++;
+	if (read_keep(rd, res) != 0) {
+		SR_WARN(FL_CTX, "out of memory for the mirror; retrying");
+		read_reset(rd);
+		retry_later(f->sync_retry, &f->sync_backoff_ms);
+		return;
+	}
+	if (!res->more || !res->nkvs) {
+		sync_done(f);
+		return;
+	}
+	if (rd->n >= FL_MAX_KEYS) {
+		if (!f->full_logged)
+			SR_WARN(FL_CTX, "more than %d keys under the fleet's prefix: the rest "
+					"are ignored",
+				FL_MAX_KEYS);
+		f->full_logged = 1;
+		sync_done(f);
+		return;
+	}
+	last = &res->kvs[res->nkvs - 1];
+	free(rd->next);
+	rd->next = malloc(last->key_len + 1);
+	if (!rd->next) {
+		SR_WARN(FL_CTX, "out of memory for the mirror; retrying");
+		read_reset(rd);
+		retry_later(f->sync_retry, &f->sync_backoff_ms);
+		return;
+	}
+	memcpy(rd->next, last->key, last->key_len);
+	rd->next[last->key_len] = '\0'; /* the first key after it */
+	rd->next_len = last->key_len + 1;
+	sync_page(f);
+}
+
+/* The next page of the read (the first: rd->rev 0, "now"). */
+static void sync_page(struct relay_fleet *f)
+{
+	struct fl_read *rd = &f->rd;
 	struct etcd_req rq = {.type = ETCD_RANGE, .key = f->prefix, .key_len = f->plen, .prefix = 1};
 	char e[256];
 
+	rq.limit = rd->limit;
+	rq.revision = rd->rev;
+	rq.from = rd->next;
+	rq.from_len = rd->next_len;
 	if (!etcd_kv(f->etcd, &rq, sync_ranged, f, e, sizeof(e))) {
 		SR_WARN(FL_CTX, "cannot read etcd: %s", e);
+		read_reset(rd);
 		retry_later(f->sync_retry, &f->sync_backoff_ms);
 	}
+}
+
+static void sync_start(struct relay_fleet *f)
+{
+	read_reset(&f->rd);
+	f->rd.limit = FL_PAGE_KEYS;
+	sync_page(f);
 }
 
 /* ---- the relay's own registration ------------------------------------------- */
@@ -2699,6 +2845,7 @@ void relay_fleet_free(struct relay_fleet *f)
 	if (f->restore_ev)
 		event_free(f->restore_ev);
 	kv_clear(f);
+	read_reset(&f->rd);
 	free(f->prefix);
 	free(f);
 }

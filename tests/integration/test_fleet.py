@@ -909,22 +909,48 @@ class FleetTest(FleetCase):
         for s in kept:
             s.close()
 
-    def test_a_table_too_big_to_read_is_retried_with_backoff(self):
-        # Over 64 MiB under the prefix, the first read of the table fails
-        # (answer too large). It was asked again every second, by every
-        # relay of the fleet: etcd served 64 MiB to each about every 1.5 s.
-        # Retries back off now (1 s doubling, +-25 %).
+    def test_a_table_over_64_mib_is_read_in_smaller_pages(self):
+        # The table is read in pages of 1,000 keys. Large values of other
+        # writers under the prefix (here 70 of almost 1 MiB) made the one
+        # read of the whole table fail for good (an answer over 64 MiB):
+        # a page too large is now asked again at an eighth of the size.
         junk = b"x" * (1024 * 1024 - 256)
         for i in range(70):
             self.etcd.put(b"/sparkrelay/other/junk-%d" % i, junk)
+        self.etcd.put(b"/sparkrelay/zz/after-the-junk", b"1")
         a = self.start_relay("relay-a", HOSTS[0], wait=False)
+        a.wait_ready(lambda: a.grep("lease table read from etcd"), 60, "the table read")
+        self.assertTrue(a.grep("a page of the fleet's keys was over 64 MiB"))
+        line = a.grep("lease table read from etcd")[0]
+        m = re.search(r"\((\d+) keys in (\d+) pages", line)
+        self.assertIsNotNone(m, line)
+        # 70 junk keys, the last one, and perhaps relay-a's own registration
+        self.assertIn(int(m.group(1)), (71, 72), line)
+        self.assertGreaterEqual(int(m.group(2)), 2, line)
+        # and the relay works: a sidecar gets a lease from it
+        sc = self.start_sidecar("sc", a)
+        self.assertTrue(self.lease_of(sc)["lease"])
+
+    def test_a_read_of_the_table_that_fails_is_retried_with_backoff(self):
+        # A read of the table that fails was asked again every second, by
+        # every relay of the fleet. Retries back off now (1 s doubling,
+        # +-25 %); once etcd answers, the relay reads the table.
+        px = FreezingProxy(("127.0.0.1", self.etcd.port))
+        self.addCleanup(px.close)
+        px.fail_next(b"POST /v3/kv/range", 1000)
+        a = self.start_relay("relay-a", HOSTS[0], wait=False, overrides={"relay": {"fleet": {
+            "etcd": ["http://127.0.0.1:%d" % px.port]}}})
         t0 = time.monotonic()
         wait_for(lambda: a.grep("cannot read the fleet's keys"), 20, "the first read failing")
         time.sleep(max(0.0, 12.0 - (time.monotonic() - t0)))
         tries = len(a.grep("cannot read the fleet's keys"))
-        H.log("measured: %d reads of a table over 64 MiB failed in 12 s" % tries)
+        H.log("measured: %d failed reads of the table in 12 s" % tries)
         # 1 s, then about 2 and 4 s later: at most 5 in 12 s (it was 8-10)
         self.assertLessEqual(tries, 5, a.grep("cannot read the fleet's keys"))
+        self.assertGreaterEqual(tries, 2, "the read was not tried again")
+        self.assertGreaterEqual(px.failed, tries)
+        px.fail_next(b"POST /v3/kv/range", 0)
+        a.wait_ready(lambda: a.grep("lease table read from etcd"), 30, "the table read")
         self.assertTrue(a.alive())
 
     def test_a_reload_serves_the_leases_it_now_can(self):

@@ -403,6 +403,63 @@ static void test_prefix_range_limit_and_delete(void **state)
 	}
 }
 
+/* The fleet reads its table in pages: each begins after the last key of the
+ * one before ("from": that key and a NUL byte), all at the first page's
+ * revision, so keys written in between are not seen and none is seen twice. */
+static void test_prefix_read_in_pages_at_one_revision(void **state)
+{
+	struct env *e = *state;
+	struct got g, w;
+	/* "pg/a\x01" sorts right after "pg/a": the next page must not skip it */
+	static const char *const keys[] = {"pg/a", "pg/a\x01", "pg/b", "pg/c", "pg/d"};
+	char from[64], seen[8][64];
+	size_t nseen = 0, pages = 0;
+	struct etcd_req rq = {.type = ETCD_RANGE, .key = "pg/", .key_len = 3, .prefix = 1,
+			      .limit = 2};
+	struct etcd_req del = {.type = ETCD_DELETE, .key = "pg/c", .key_len = 4};
+
+	for (size_t i = 0; i < 5; i++)
+		put(e, e->c, keys[i], "v", 0, &w);
+	put(e, e->c, "ph", "outside", 0, &w);
+	kv(e, e->c, &rq, &g);
+	assert_int_equal(g.err, 0);
+	rq.revision = g.revision;
+	for (;;) {
+		pages++;
+		for (size_t i = 0; i < g.nkvs && nseen < 8; i++)
+			snprintf(seen[nseen++], sizeof(seen[0]), "%s", g.kv[i].key);
+		if (!g.more)
+			break;
+		if (pages == 1) {
+			/* after the first page: a key added, one deleted */
+			put(e, e->c, "pg/bb", "new", 0, &w);
+			kv(e, e->c, &del, &w);
+			assert_int_equal(w.deleted, 1);
+		}
+		assert_true(g.kv[g.nkvs - 1].key_len < sizeof(from));
+		memcpy(from, g.kv[g.nkvs - 1].key, g.kv[g.nkvs - 1].key_len);
+		from[g.kv[g.nkvs - 1].key_len] = '\0';
+		rq.from = from;
+		rq.from_len = g.kv[g.nkvs - 1].key_len + 1;
+		kv(e, e->c, &rq, &g);
+		assert_int_equal(g.err, 0);
+		assert_true(pages < 5);
+	}
+	assert_int_equal(pages, 3);
+	assert_int_equal(nseen, 5);
+	for (size_t i = 0; i < 5; i++)
+		assert_string_equal(seen[i], keys[i]);
+
+	/* from must lie in the prefix, and only a prefix's range takes it */
+	rq.from = "ph";
+	rq.from_len = 2;
+	assert_null(etcd_kv(e->c, &rq, NULL, NULL, g.msg, sizeof(g.msg)));
+	rq.from = "pg/a";
+	rq.from_len = 4;
+	rq.prefix = 0;
+	assert_null(etcd_kv(e->c, &rq, NULL, NULL, g.msg, sizeof(g.msg)));
+}
+
 /* The fleet grants a port with this: create the key unless someone has. */
 struct racer {
 	struct got g;
@@ -1154,6 +1211,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_put_range_delete_binary, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_range_of_keys_changed_since, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_prefix_range_limit_and_delete, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(test_prefix_read_in_pages_at_one_revision, setup,
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_txn_create_if_absent_race, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_txn_compares, setup, teardown),
