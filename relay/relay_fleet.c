@@ -430,6 +430,15 @@ static void kv_nul_key(struct relay_fleet *f)
 	f->nul_logged = 1;
 }
 
+/* More keys than the mirror holds: logged once. */
+static void kv_full(struct relay_fleet *f)
+{
+	if (!f->full_logged)
+		SR_WARN(FL_CTX, "more than %d keys under the fleet's prefix: the rest are ignored",
+			FL_MAX_KEYS);
+	f->full_logged = 1;
+}
+
 static void kv_lease_digests(struct fl_kv *kv);
 
 /* Key and value of a full etcd key (prefix included). Returns 0 or SR_ENOMEM. */
@@ -463,11 +472,7 @@ static int kv_put(struct relay_fleet *f, const char *key, size_t klen, const cha
 		free(kv->val);
 	} else {
 		if (f->nkvs >= FL_MAX_KEYS) {
-			if (!f->full_logged)
-				SR_WARN(FL_CTX, "more than %d keys under the fleet's prefix: the rest "
-						"are ignored",
-					FL_MAX_KEYS);
-			f->full_logged = 1;
+			kv_full(f);
 			free(k);
 			free(v);
 			return 0;
@@ -1017,6 +1022,22 @@ static int read_keep(struct fl_read *rd, const struct etcd_result *res)
 
 static void sync_page(struct relay_fleet *f);
 
+/* The read failed (logged): it begins again later. */
+static void sync_failed(struct relay_fleet *f, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void sync_failed(struct relay_fleet *f, const char *fmt, ...)
+{
+	char why[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	SR_WARN(FL_CTX, "%s", why);
+	read_reset(&f->rd);
+	retry_later(f->sync_retry, &f->sync_backoff_ms);
+}
+
 /* The read is complete: the mirror becomes what it read, and a watch
  * carries on from its revision. */
 static void sync_done(struct relay_fleet *f)
@@ -1029,9 +1050,7 @@ static void sync_done(struct relay_fleet *f)
 	for (size_t i = 0; i < rd->n; i++)
 		if (kv_put(f, rd->kv[i].key, rd->kv[i].klen, rd->kv[i].val, rd->kv[i].vlen,
 			   rd->kv[i].lease, rd->kv[i].mod) != 0) {
-			SR_WARN(FL_CTX, "out of memory for the mirror; retrying");
-			read_reset(rd);
-			retry_later(f->sync_retry, &f->sync_backoff_ms);
+			sync_failed(f, "out of memory for the mirror; retrying");
 			return;
 		}
 	memset(&wo, 0, sizeof(wo));
@@ -1049,9 +1068,7 @@ static void sync_done(struct relay_fleet *f)
 	wo.arg = f;
 	f->watch = etcd_watch_new(f->etcd, &wo, e, sizeof(e));
 	if (!f->watch) {
-		SR_WARN(FL_CTX, "cannot watch etcd: %s; retrying", e);
-		read_reset(rd);
-		retry_later(f->sync_retry, &f->sync_backoff_ms);
+		sync_failed(f, "cannot watch etcd: %s; retrying", e);
 		return;
 	}
 	if (!f->synced)
@@ -1084,19 +1101,15 @@ static void sync_ranged(int err, const struct etcd_result *res, void *arg)
 	if (err) {
 		/* An etcd that compacted the first page's revision meanwhile
 		 * answers an error too: the read begins again. */
-		SR_WARN(FL_CTX, "cannot read the fleet's keys from etcd (%s): %s; retrying",
-			etcd_strerror(err), res->msg);
-		read_reset(rd);
-		retry_later(f->sync_retry, &f->sync_backoff_ms);
+		sync_failed(f, "cannot read the fleet's keys from etcd (%s): %s; retrying",
+			    etcd_strerror(err), res->msg);
 		return;
 	}
 	if (!rd->rev)
 		rd->rev = res->revision;
 	rd->pages++;
 	if (read_keep(rd, res) != 0) {
-		SR_WARN(FL_CTX, "out of memory for the mirror; retrying");
-		read_reset(rd);
-		retry_later(f->sync_retry, &f->sync_backoff_ms);
+		sync_failed(f, "out of memory for the mirror; retrying");
 		return;
 	}
 	if (!res->more || !res->nkvs) {
@@ -1104,11 +1117,7 @@ static void sync_ranged(int err, const struct etcd_result *res, void *arg)
 		return;
 	}
 	if (rd->n >= FL_MAX_KEYS) {
-		if (!f->full_logged)
-			SR_WARN(FL_CTX, "more than %d keys under the fleet's prefix: the rest "
-					"are ignored",
-				FL_MAX_KEYS);
-		f->full_logged = 1;
+		kv_full(f);
 		sync_done(f);
 		return;
 	}
@@ -1116,9 +1125,7 @@ static void sync_ranged(int err, const struct etcd_result *res, void *arg)
 	free(rd->next);
 	rd->next = malloc(last->key_len + 1);
 	if (!rd->next) {
-		SR_WARN(FL_CTX, "out of memory for the mirror; retrying");
-		read_reset(rd);
-		retry_later(f->sync_retry, &f->sync_backoff_ms);
+		sync_failed(f, "out of memory for the mirror; retrying");
 		return;
 	}
 	memcpy(rd->next, last->key, last->key_len);
@@ -1138,11 +1145,8 @@ static void sync_page(struct relay_fleet *f)
 	rq.revision = rd->rev;
 	rq.from = rd->next;
 	rq.from_len = rd->next_len;
-	if (!etcd_kv(f->etcd, &rq, sync_ranged, f, e, sizeof(e))) {
-		SR_WARN(FL_CTX, "cannot read etcd: %s", e);
-		read_reset(rd);
-		retry_later(f->sync_retry, &f->sync_backoff_ms);
-	}
+	if (!etcd_kv(f->etcd, &rq, sync_ranged, f, e, sizeof(e)))
+		sync_failed(f, "cannot read etcd: %s", e);
 }
 
 static void sync_start(struct relay_fleet *f)
