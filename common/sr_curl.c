@@ -553,6 +553,16 @@ int sr_curl_sent(const struct sr_curl_req *r)
 	return n > 0;
 }
 
+size_t sr_curl_received(const struct sr_curl_req *r)
+{
+	curl_off_t n = 0;
+
+	if (!r->easy || curl_easy_getinfo(r->easy, CURLINFO_SIZE_DOWNLOAD_T, &n) != CURLE_OK ||
+	    n < 0)
+		return 0;
+	return (size_t)n;
+}
+
 size_t sr_curl_pending(const struct sr_curl *c)
 {
 	return c->open;

@@ -69,6 +69,9 @@ struct sr_curl_req *sr_curl_start(struct sr_curl *c, const struct sr_curl_opts *
  * handshake failure). A request with 0 was certainly not acted on, so it
  * may be repeated elsewhere even if it is not idempotent. */
 int sr_curl_sent(const struct sr_curl_req *r);
+/* From inside r's own done callback only: bytes of the answer's body that
+ * had come (on a timeout: how much of it came in time). */
+size_t sr_curl_received(const struct sr_curl_req *r);
 /* End a request whose done callback has not run; it will not run. */
 void sr_curl_cancel(struct sr_curl_req *r);
 /* Requests open (for tests and metrics). */

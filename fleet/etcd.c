@@ -328,6 +328,7 @@ static void op_done(int err, long status, const char *body, size_t len, const ch
 	struct etcd *c = op->c;
 	struct etcd_answer a;
 	int sent = err ? sr_curl_sent(op->req) : 1;
+	size_t partial = err == SR_ETIMEDOUT ? sr_curl_received(op->req) : 0;
 
 	memset(&a, 0, sizeof(a));
 	op->req = NULL;
@@ -337,6 +338,7 @@ static void op_done(int err, long status, const char *body, size_t len, const ch
 			return;
 		snprintf(a.msg, sizeof(a.msg), "etcd %s: %s", c->ep[op->ep], cmsg);
 		a.res.msg = a.msg;
+		a.res.partial = partial;
 	} else {
 		c->cur = op->ep; /* it answered */
 		err = etcd_json_answer(op->kind, status, body, len, op->types, op->nsucc,

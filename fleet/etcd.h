@@ -125,6 +125,7 @@ struct etcd_kv {
 struct etcd_result {
 	int code;		   /* with err from etcd: its gRPC code; else 0 */
 	const char *msg;	   /* "" or one escaped line */
+	size_t partial;		   /* with err SR_ETIMEDOUT: bytes of the answer that came */
 	int64_t revision;	   /* the store's revision when etcd answered */
 	enum etcd_op_type type;	   /* key operations and each txn op: which one */
 	const struct etcd_kv *kvs; /* range: the keys, in key order */
@@ -139,7 +140,7 @@ struct etcd_result {
 	int64_t ttl;   /* grant: seconds granted; keepalive: left, 0 = the lease is gone */
 };
 
-/* res is never NULL; with err set only code and msg are meaningful. */
+/* res is never NULL; with err set only code, msg and partial are meaningful. */
 typedef void (*etcd_cb)(int err, const struct etcd_result *res, void *arg);
 
 /* Start one range, put or delete. Returns NULL on a bad argument or

@@ -64,7 +64,7 @@
 /* The table is read in pages of at most this many keys (about 0.5 MB of
  * leases), all at the first page's revision; a page over FL_MAX_ANSWER is
  * asked again at an eighth of the size (large values of other writers
- * under the prefix). */
+ * under the prefix), and later reads keep the smaller size. */
 #define FL_PAGE_KEYS 1000
 
 /* One key of the mirror (the prefix cut off): in the list f->kvs (for
@@ -78,6 +78,7 @@ struct fl_kv {
 	size_t vlen;
 	int64_t lease;
 	int64_t mod;
+	int sweep; /* sync_done: not in the read, and not newer than it */
 	int warned; /* leases/: a bind failure was logged */
 	/* leases/: not to be bound here (not a lease, or its pool, route or
 	 * tenant not configured) as long as the value and the configuration
@@ -215,6 +216,7 @@ struct relay_fleet {
 	int synced;
 	int64_t seen_rev; /* the mirror holds every change up to this revision */
 	struct fl_read rd; /* a read of every key, in pages, under way */
+	int64_t page_keys; /* keys a page: FL_PAGE_KEYS, less after a page too large */
 	struct etcd_watch *watch;
 	struct event *sync_retry;
 	long sync_backoff_ms; /* retry_later's state for sync_retry */
@@ -497,6 +499,7 @@ static int kv_put(struct relay_fleet *f, const char *key, size_t klen, const cha
 	kv->vlen = vlen;
 	kv->lease = lease;
 	kv->mod = mod;
+	kv->sweep = 0;
 	kv->skip_gen = 0;
 	if (strncmp(kv->key, "relays/", 7) == 0)
 		kv_relay_peer(kv);
@@ -1011,6 +1014,8 @@ static int read_keep(struct fl_read *rd, const struct etcd_result *res)
 		}
 		memcpy(k->key, kv->key, kv->key_len);
 		memcpy(k->val, kv->value, kv->value_len);
+		k->key[kv->key_len] = '\0';
+		k->val[kv->value_len] = '\0';
 		k->klen = kv->key_len;
 		k->vlen = kv->value_len;
 		k->lease = kv->lease;
@@ -1038,21 +1043,48 @@ static void sync_failed(struct relay_fleet *f, const char *fmt, ...)
 	retry_later(f->sync_retry, &f->sync_backoff_ms);
 }
 
-/* The read is complete: the mirror becomes what it read, and a watch
- * carries on from its revision. */
+/* The mirror becomes what the read found, except for keys this relay wrote
+ * itself after the read's revision (a lease granted or resumed meanwhile):
+ * those stay, as the watch that carries on from the read's revision brings
+ * them again anyway. A key the read found unchanged keeps its entry (and
+ * the digests and bind state read from it). Returns 0 or SR_ENOMEM, which
+ * leaves the mirror part old, part new, for the next read to mend. */
+static int sync_swap(struct relay_fleet *f)
+{
+	struct fl_read *rd = &f->rd;
+	struct fl_kv *kv, *next;
+
+	for (kv = f->kvs; kv; kv = kv->next)
+		kv->sweep = kv->mod <= rd->rev;
+	for (size_t i = 0; i < rd->n; i++) {
+		const struct fl_rkv *k = &rd->kv[i];
+		struct fl_kv *old = NULL;
+
+		if (k->klen > f->plen && !memchr(k->key, '\0', k->klen))
+			old = kv_find(f, k->key + f->plen);
+		if (old && old->mod >= k->mod) {
+			old->sweep = 0;
+			continue;
+		}
+		if (kv_put(f, k->key, k->klen, k->val, k->vlen, k->lease, k->mod) != 0)
+			return SR_ENOMEM;
+	}
+	for (kv = f->kvs; kv; kv = next) {
+		next = kv->next;
+		if (kv->sweep)
+			kv_free(f, kv);
+	}
+	return 0;
+}
+
+/* The read is complete: a watch carries on from its revision, and the
+ * mirror becomes what it read. */
 static void sync_done(struct relay_fleet *f)
 {
 	struct fl_read *rd = &f->rd;
 	struct etcd_watch_opts wo;
 	char e[256];
 
-	kv_clear(f);
-	for (size_t i = 0; i < rd->n; i++)
-		if (kv_put(f, rd->kv[i].key, rd->kv[i].klen, rd->kv[i].val, rd->kv[i].vlen,
-			   rd->kv[i].lease, rd->kv[i].mod) != 0) {
-			sync_failed(f, "out of memory for the mirror; retrying");
-			return;
-		}
 	memset(&wo, 0, sizeof(wo));
 	wo.key = f->prefix;
 	wo.key_len = f->plen;
@@ -1069,6 +1101,12 @@ static void sync_done(struct relay_fleet *f)
 	f->watch = etcd_watch_new(f->etcd, &wo, e, sizeof(e));
 	if (!f->watch) {
 		sync_failed(f, "cannot watch etcd: %s; retrying", e);
+		return;
+	}
+	if (sync_swap(f) != 0) {
+		etcd_watch_free(f->watch);
+		f->watch = NULL;
+		sync_failed(f, "out of memory for the mirror; retrying");
 		return;
 	}
 	if (!f->synced)
@@ -1088,13 +1126,23 @@ static void sync_ranged(int err, const struct etcd_result *res, void *arg)
 	struct relay_fleet *f = arg;
 	struct fl_read *rd = &f->rd;
 	const struct etcd_kv *last;
+	size_t had = rd->n;
 
-	if (err == SR_ETOOBIG && rd->limit > 1) {
-		/* Values of other writers under the prefix can be large. */
+	if ((err == SR_ETOOBIG || (err == SR_ETIMEDOUT && res->partial)) && rd->limit > 1) {
+		/* Values of other writers under the prefix can be large: too
+		 * large for an answer, or for the path to etcd to bring one
+		 * within the timeout (it timed out with part of it come; none:
+		 * etcd or the path is down, which a smaller page does not mend). */
 		rd->limit = rd->limit > 8 ? rd->limit / 8 : 1;
-		SR_INFO(FL_CTX, "a page of the fleet's keys was over %u MiB; reading %" PRId64
-				" keys a page",
-			FL_MAX_ANSWER >> 20, rd->limit);
+		f->page_keys = rd->limit; /* and for the reads after this one */
+		if (err == SR_ETOOBIG)
+			SR_INFO(FL_CTX, "a page of the fleet's keys was over %u MiB; reading %" PRId64
+					" keys a page",
+				FL_MAX_ANSWER >> 20, rd->limit);
+		else
+			SR_INFO(FL_CTX, "a page of the fleet's keys did not come whole in time (%zu "
+					"bytes did); reading %" PRId64 " keys a page",
+				res->partial, rd->limit);
 		sync_page(f);
 		return;
 	}
@@ -1112,12 +1160,12 @@ static void sync_ranged(int err, const struct etcd_result *res, void *arg)
 		sync_failed(f, "out of memory for the mirror; retrying");
 		return;
 	}
-	if (!res->more || !res->nkvs) {
+	if (rd->n - had < res->nkvs || (res->more && rd->n >= FL_MAX_KEYS)) {
+		kv_full(f); /* the rest are ignored */
 		sync_done(f);
 		return;
 	}
-	if (rd->n >= FL_MAX_KEYS) {
-		kv_full(f);
+	if (!res->more || !res->nkvs) {
 		sync_done(f);
 		return;
 	}
@@ -1152,7 +1200,7 @@ static void sync_page(struct relay_fleet *f)
 static void sync_start(struct relay_fleet *f)
 {
 	read_reset(&f->rd);
-	f->rd.limit = FL_PAGE_KEYS;
+	f->rd.limit = f->page_keys ? f->page_keys : FL_PAGE_KEYS;
 	sync_page(f);
 }
 
@@ -2226,7 +2274,7 @@ static void stale_lag_cb(evutil_socket_t fd, short what, void *arg)
 	    (!f->stale_resync_us || now - f->stale_resync_us >= FL_STALE_RESYNC_MS * 1000ull)) {
 		SR_WARN(FL_CTX,
 			"the etcd watch has not delivered revisions etcd has had for %u ms "
-			"(a resume waits for them); reading every key again",
+			"(a resume or join waits for them); reading every key again",
 			FL_STALE_LAG_MS);
 		f->stale_resync_us = now;
 		etcd_watch_free(f->watch);
@@ -2676,9 +2724,8 @@ struct relay_fleet *relay_fleet_new(struct relay *r, int peer_fd, int taking, ch
 	/* One attempt well inside a registration's wait, so that it can say
 	 * why before its deadline. */
 	eo.timeout_ms = f->wait_ms / 2 > 500 ? f->wait_ms / 2 : 500;
-	/* The first range reads the whole fleet in one answer: room for
-	 * tens of thousands of leases, not the client's 4 MiB default (about
-	 * 3,000), which would leave a large fleet's relays never ready. */
+	/* Room for a page of large values (FL_PAGE_KEYS), not the client's
+	 * 4 MiB default: a page over it is asked again smaller. */
 	eo.max_answer = FL_MAX_ANSWER;
 	f->etcd = etcd_new(f->base, &eo, err, errlen);
 	if (!f->etcd)

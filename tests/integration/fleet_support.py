@@ -129,12 +129,16 @@ class FreezingProxy:
     those alone (an etcd watch: "POST /v3/watch"). fail_next(marker, n)
     answers the next n requests whose bytes hold marker with etcd's error
     for an unavailable server (HTTP 503, code 14) and closes that
-    connection, instead of passing them on."""
+    connection, instead of passing them on. delay_next(marker, seconds)
+    passes the next request holding marker on after seconds (delaying()
+    is true meanwhile)."""
 
     def __init__(self, target, mark=None):
         self.target = target
         self.mark = mark
         self.fail_marker, self.fail_left, self.failed = None, 0, 0
+        self.delay_marker, self.delay_s, self.delayed = None, 0.0, 0
+        self.delay_busy = threading.Event()
         self.ls = socket.socket()
         self.ls.bind(("127.0.0.1", 0))
         self.ls.listen(16)
@@ -181,6 +185,10 @@ class FreezingProxy:
                 continue  # read before the freeze: dropped, as on a dead path
             if self.mark and src is pair["socks"][0] and self.mark in data:
                 pair["marked"] = True
+            if src is pair["socks"][0] and data and self._delay(data):
+                self.delay_busy.set()
+                time.sleep(self.delay_s)
+                self.delay_busy.clear()
             if src is pair["socks"][0] and self._fail(data):
                 body = (b'{"error":"etcdserver: unavailable (test)","code":14,'
                         b'"message":"etcdserver: unavailable (test)"}')
@@ -212,6 +220,21 @@ class FreezingProxy:
     def fail_next(self, marker, n=1):
         with self.lock:
             self.fail_marker, self.fail_left = marker, n
+
+    def delay_next(self, marker, seconds):
+        with self.lock:
+            self.delay_marker, self.delay_s = marker, seconds
+
+    def _delay(self, data):
+        with self.lock:
+            if self.delay_marker is None or self.delay_marker not in data:
+                return False
+            self.delay_marker = None
+            self.delayed += 1
+            return True
+
+    def delaying(self):
+        return self.delay_busy.is_set()
 
     def _fail(self, data):
         with self.lock:

@@ -227,6 +227,43 @@ class FleetTest(FleetCase):
         self.assertEqual((m.get("type"), m.get("code")), ("error", "join_refused"), m)
         self.assertTrue(a.alive() and b.alive())
 
+    def test_a_lease_granted_while_the_table_is_read_stays_in_the_copy(self):
+        # A full read makes relay-a's copy of the lease table what etcd held
+        # at the read's first page. A lease relay-a granted while the later
+        # pages came was dropped from the copy until the next watch brought
+        # it back, and relay-a took its own new lease for one etcd had lost
+        # and asked etcd to make it again.
+        px, a, b = self._relay_a_watching_through_a_proxy()
+        for i in range(0, 1100, 100):  # two pages: over 1,000 keys
+            self.etcd.call("/v3/kv/txn", {"success": [
+                {"request_put": {"key": E.b64(b"/sparkrelay/other/k-%04d" % j),
+                                 "value": E.b64(b"x")}} for j in range(i, i + 100)]})
+        self.assertEqual(px.freeze(marked_only=True), 1)
+        px.delay_next(b'"revision":', 2.0)  # the read's second page, inside the timeout
+        ca = H.certs().ca
+        first = F.FakeSidecar(b.port, ca, host=b.host).connect().start_h2()
+        self.addCleanup(first.close)
+        first.send_ctl(F.register_msg())
+        m = first.read_ctl(15) or {}
+        self.assertEqual(m.get("type"), "lease", m)
+        # a join relay-a's stuck watch does not bring makes it read the table
+        joiner = F.FakeSidecar(a.port, ca, host=a.host).connect().start_h2()
+        self.addCleanup(joiner.close)
+        joiner.send_ctl(F.register_msg(resume="join_" + m["resume"], join=m["lease"]))
+        wait_for(px.delaying, 15, "relay-a's read of the table at its second page")
+        new = F.FakeSidecar(a.port, ca, host=a.host).connect().start_h2()
+        self.addCleanup(new.close)
+        new.send_ctl(F.register_msg())
+        n = new.read_ctl(15) or {}
+        self.assertEqual(n.get("type"), "lease", n)
+        self.assertTrue(px.delaying(), "granted after the read had ended: no test")
+        m = joiner.read_ctl(20) or {}
+        self.assertEqual(m.get("type"), "lease", m)  # the read has ended
+        time.sleep(1.0)
+        self.assertFalse(a.grep("lease=%s: made again" % n["lease"]), a.log_text()[-3000:])
+        self.assertFalse(a.grep("lease=%s ended" % n["lease"]))
+        self.assertTrue(a.alive() and b.alive())
+
     def test_a_deleted_relay_registration_is_written_again(self):
         # relays/<id> deleted by hand (etcdctl del, a clean-up script) while
         # the relay's etcd lease lives: the other relays no longer knew
@@ -913,14 +950,20 @@ class FleetTest(FleetCase):
         # The table is read in pages of 1,000 keys. Large values of other
         # writers under the prefix (here 70 of almost 1 MiB) made the one
         # read of the whole table fail for good (an answer over 64 MiB):
-        # a page too large is now asked again at an eighth of the size.
+        # a page too large (over 64 MiB, or too slow to come through the
+        # proxy within the timeout) is now asked again at an eighth of the
+        # size, and the relay's later reads keep that size.
         junk = b"x" * (1024 * 1024 - 256)
         for i in range(70):
             self.etcd.put(b"/sparkrelay/other/junk-%d" % i, junk)
         self.etcd.put(b"/sparkrelay/zz/after-the-junk", b"1")
-        a = self.start_relay("relay-a", HOSTS[0], wait=False)
+        px = FreezingProxy(("127.0.0.1", self.etcd.port), mark=b"POST /v3/watch")
+        self.addCleanup(px.close)
+        a = self.start_relay("relay-a", HOSTS[0], wait=False, overrides={"relay": {"fleet": {
+            "etcd": ["http://127.0.0.1:%d" % px.port]}}})
         a.wait_ready(lambda: a.grep("lease table read from etcd"), 60, "the table read")
-        self.assertTrue(a.grep("a page of the fleet's keys was over 64 MiB"))
+        smaller = len(a.grep("a page of the fleet's keys"))
+        self.assertGreaterEqual(smaller, 1)
         line = a.grep("lease table read from etcd")[0]
         m = re.search(r"\((\d+) keys in (\d+) pages", line)
         self.assertIsNotNone(m, line)
@@ -930,6 +973,27 @@ class FleetTest(FleetCase):
         # and the relay works: a sidecar gets a lease from it
         sc = self.start_sidecar("sc", a)
         self.assertTrue(self.lease_of(sc)["lease"])
+        # A second read (a join its stuck watch does not bring) asks for
+        # small pages at once, not for 64 MiB again.
+        b = self.start_relay("relay-b", HOSTS[1], wait=False)
+        b.wait_ready(lambda: b.grep("lease table read from etcd"), 60, "relay-b's table read")
+        wait_for(px.marked, 10, "relay-a's watch")
+        self.assertEqual(px.freeze(marked_only=True), 1)
+        ca = H.certs().ca
+        first = F.FakeSidecar(b.port, ca, host=b.host).connect().start_h2()
+        self.addCleanup(first.close)
+        first.send_ctl(F.register_msg())
+        m = first.read_ctl(15) or {}
+        self.assertEqual(m.get("type"), "lease", m)
+        joiner = F.FakeSidecar(a.port, ca, host=a.host).connect().start_h2()
+        self.addCleanup(joiner.close)
+        joiner.send_ctl(F.register_msg(resume="join_" + m["resume"], join=m["lease"]))
+        # (the join may end first: 72 MiB through the proxy take about 5 s)
+        wait_for(lambda: a.grep("lease=%s: serving its ports here" % m["lease"]), 60,
+                 "relay-a's second read of the table")
+        self.assertTrue(a.grep("reading every key again"))
+        self.assertEqual(len(a.grep("a page of the fleet's keys")), smaller,
+                         a.log_text()[-3000:])
 
     def test_a_read_of_the_table_that_fails_is_retried_with_backoff(self):
         # A read of the table that fails was asked again every second, by
