@@ -116,6 +116,25 @@ class FleetTest(FleetCase):
         wait_for(px.marked, 10, "relay-a's watch")
         return px, a, b
 
+    def _lease_msg(self, relay):
+        """A FakeSidecar's lease granted by relay (kept until the test ends):
+        the lease message."""
+        sc = F.FakeSidecar(relay.port, H.certs().ca, host=relay.host).connect().start_h2()
+        self.addCleanup(sc.close)
+        sc.send_ctl(F.register_msg())
+        m = sc.read_ctl(15) or {}
+        self.assertEqual(m.get("type"), "lease", m)
+        return m
+
+    def _join_on_a_of_a_lease_of_b(self, a, b):
+        """A lease granted on relay-b, and a join of it sent to relay-a (its
+        answer not read): (relay-b's lease message, the joining FakeSidecar)."""
+        m = self._lease_msg(b)
+        joiner = F.FakeSidecar(a.port, H.certs().ca, host=a.host).connect().start_h2()
+        self.addCleanup(joiner.close)
+        joiner.send_ctl(F.register_msg(resume="join_" + m["resume"], join=m["lease"]))
+        return m, joiner
+
     def test_a_resume_on_a_relay_whose_watch_is_stuck_keeps_the_lease(self):
         # relay-a's watch stream stalls without breaking, so its copy of
         # the lease table misses a lease made on relay-b. A resume of that
@@ -200,11 +219,7 @@ class FleetTest(FleetCase):
         px, a, b = self._relay_a_watching_through_a_proxy()
         self.assertEqual(px.freeze(marked_only=True), 1)
         ca = H.certs().ca
-        first = F.FakeSidecar(b.port, ca, host=b.host).connect().start_h2()
-        self.addCleanup(first.close)
-        first.send_ctl(F.register_msg())
-        m = first.read_ctl(15) or {}
-        self.assertEqual(m.get("type"), "lease", m)
+        m = self._lease_msg(b)
         lease, token, ports = m["lease"], m["resume"], m.get("ports")
         time.sleep(0.5)
         self.assertFalse(a.grep("lease=%s" % lease), "relay-a's watch is not stuck")
@@ -240,22 +255,10 @@ class FleetTest(FleetCase):
                                  "value": E.b64(b"x")}} for j in range(i, i + 100)]})
         self.assertEqual(px.freeze(marked_only=True), 1)
         px.delay_next(b'"revision":', 2.0)  # the read's second page, inside the timeout
-        ca = H.certs().ca
-        first = F.FakeSidecar(b.port, ca, host=b.host).connect().start_h2()
-        self.addCleanup(first.close)
-        first.send_ctl(F.register_msg())
-        m = first.read_ctl(15) or {}
-        self.assertEqual(m.get("type"), "lease", m)
         # a join relay-a's stuck watch does not bring makes it read the table
-        joiner = F.FakeSidecar(a.port, ca, host=a.host).connect().start_h2()
-        self.addCleanup(joiner.close)
-        joiner.send_ctl(F.register_msg(resume="join_" + m["resume"], join=m["lease"]))
+        m, joiner = self._join_on_a_of_a_lease_of_b(a, b)
         wait_for(px.delaying, 15, "relay-a's read of the table at its second page")
-        new = F.FakeSidecar(a.port, ca, host=a.host).connect().start_h2()
-        self.addCleanup(new.close)
-        new.send_ctl(F.register_msg())
-        n = new.read_ctl(15) or {}
-        self.assertEqual(n.get("type"), "lease", n)
+        n = self._lease_msg(a)
         self.assertTrue(px.delaying(), "granted after the read had ended: no test")
         m = joiner.read_ctl(20) or {}
         self.assertEqual(m.get("type"), "lease", m)  # the read has ended
@@ -979,15 +982,7 @@ class FleetTest(FleetCase):
         b.wait_ready(lambda: b.grep("lease table read from etcd"), 60, "relay-b's table read")
         wait_for(px.marked, 10, "relay-a's watch")
         self.assertEqual(px.freeze(marked_only=True), 1)
-        ca = H.certs().ca
-        first = F.FakeSidecar(b.port, ca, host=b.host).connect().start_h2()
-        self.addCleanup(first.close)
-        first.send_ctl(F.register_msg())
-        m = first.read_ctl(15) or {}
-        self.assertEqual(m.get("type"), "lease", m)
-        joiner = F.FakeSidecar(a.port, ca, host=a.host).connect().start_h2()
-        self.addCleanup(joiner.close)
-        joiner.send_ctl(F.register_msg(resume="join_" + m["resume"], join=m["lease"]))
+        m, _ = self._join_on_a_of_a_lease_of_b(a, b)
         # (the join may end first: 72 MiB through the proxy take about 5 s)
         wait_for(lambda: a.grep("lease=%s: serving its ports here" % m["lease"]), 60,
                  "relay-a's second read of the table")
