@@ -773,7 +773,9 @@ void tun_stream_unbind(struct tun_stream *s)
 	s->next = s->prev = NULL;
 	if (s->id > 0 && c->h2)
 		nghttp2_session_set_stream_user_data(c->h2, s->id, NULL);
-	c->stats.streams_active--;
+	/* A dead one (a tombstone) was uncounted when it died. */
+	if (s->st < TS_ST_DEAD)
+		c->stats.streams_active--;
 }
 
 void tun_stream_bind(struct tun_stream *s, struct tun_conn *c)
@@ -787,7 +789,8 @@ void tun_stream_bind(struct tun_stream *s, struct tun_conn *c)
 	if (c->streams)
 		c->streams->prev = s;
 	c->streams = s;
-	c->stats.streams_active++;
+	if (s->st < TS_ST_DEAD) /* a tombstone, or one that died while held, is not active */
+		c->stats.streams_active++;
 	if (!s->sock)
 		return;
 	if (c->opts.sock_in_max && evbuffer_add_cb(sr_bsock_input(s->sock), sock_in_cb, s))
