@@ -823,27 +823,30 @@ static int is_ip_literal(const char *h)
 	return sr_parse_addr(h, 1, &ss, &len) == 0;
 }
 
-/* How much p wants the relay at address a, lower first: a relay that holds
- * waiting driver connections of ours (only it can resume them) and that no
- * other tunnel uses, then relays no other tunnel uses, the one this slot
- * just lost (it may be dead), and last the relays of the other tunnels
- * (with one relay only, every tunnel goes to it). One tunnel: discovery's
- * order, as it always was. */
-#define SC_RANKS 4
+/* How much p wants the relay at address a, lower first, among relays no
+ * other tunnel uses: the one this slot just lost if it holds waiting driver
+ * connections of ours (only it can resume them, and its tunnel was up a
+ * moment ago), then any other that holds some (lost earlier: perhaps dead
+ * or restarted), then those that hold none, the one this slot just lost
+ * last (it may be dead); and after all of them the relays of the other
+ * tunnels (with one relay only, every tunnel goes to it). One tunnel:
+ * discovery's order, as it always was. */
+#define SC_RANKS 5
 static int addr_rank(const struct sc_slot *p, const char *a)
 {
 	const struct sidecar *s = p->s;
+	int lost = strcmp(a, p->lost_peer) == 0;
 
 	if (s->nslots == 1)
 		return 0;
 	for (unsigned i = 0; i < s->nslots; i++) {
 		const struct sc_slot *q = &s->slots[i];
 		if (q != p && q->ep && strcmp(q->dial_peer, a) == 0)
-			return 3;
+			return 4;
 	}
 	if (tun_group_held_from(s->group, slot_origin(s, a)))
-		return 0;
-	return strcmp(a, p->lost_peer) == 0 ? 2 : 1;
+		return lost ? 0 : 1;
+	return lost ? 3 : 2;
 }
 
 static void dial_next(struct sc_slot *p)

@@ -163,13 +163,43 @@ void tun_group_reset(struct tun_group *g, enum tun_lost why)
 		SR_WARN(g->logctx, "%zu held streams reset (%s)", n, tun_lost_name(why));
 }
 
+/* A stream is held hold_ms from its own tunnel's loss: with several
+ * tunnels (a sidecar's tunnel.connections), streams of a tunnel lost later
+ * wait their full time, not what was left of the first loss's. */
 static void hold_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct tun_group *g = arg;
+	uint64_t now = sr_now_us(), hold = (uint64_t)g->opts.hold_ms * 1000u, next = 0;
+	size_t due = 0;
 
-	SR_WARN(g->logctx, "the tunnel stayed away %u s: resetting the %zu streams it held",
-		g->opts.hold_ms / 1000u, g->nheld);
-	tun_group_reset(g, TUN_LOST_HOLD);
+	(void)fd;
+	(void)what;
+	/* 1 ms early counts: libevent may fire a little before the time */
+	for (const struct tun_stream *s = g->held; s; s = s->next)
+		if (s->held_us + hold <= now + 1000)
+			due++;
+		else if (!next || s->held_us + hold < next)
+			next = s->held_us + hold;
+	if (due == g->nheld) {
+		SR_WARN(g->logctx, "the tunnel stayed away %u s: resetting the %zu streams it held",
+			g->opts.hold_ms / 1000u, g->nheld);
+		tun_group_reset(g, TUN_LOST_HOLD);
+		return;
+	}
+	SR_WARN(g->logctx,
+		"a tunnel stayed away %u s: resetting the %zu streams it held (%zu of a tunnel "
+		"lost later wait on)",
+		g->opts.hold_ms / 1000u, due, g->nheld - due);
+	for (struct tun_stream *s = g->held, *nx; s; s = nx) {
+		nx = s->next;
+		if (s->held_us + hold <= now + 1000)
+			tun_group_lose(g, s, TUN_LOST_HOLD);
+	}
+	{
+		struct timeval tv = sr_tv_ms((uint32_t)((next - now) / 1000u + 1));
+
+		evtimer_add(g->hold_ev, &tv);
+	}
 }
 
 void tun_group_hold(struct tun_group *g, struct tun_stream *s)
@@ -193,6 +223,7 @@ void tun_group_hold(struct tun_group *g, struct tun_stream *s)
 		      TS_F_ANSWERED | TS_F_CONN_HDR | TS_F_WRITEQ | TS_F_RESUMING |
 		      TS_F_RESUME_HDR | TS_F_LINGER | TS_F_READ_FULL | TS_F_ACK_IDLE);
 	s->linger_seq = 0;
+	s->held_us = sr_now_us();
 	s->flags |= TS_F_HELD;
 	s->prev = NULL;
 	s->next = g->held;

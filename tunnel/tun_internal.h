@@ -120,6 +120,9 @@ struct tun_stream {
 	int peer_fin;
 	int peer_rst;       /* the peer reset it while the tunnel was away */
 	uint64_t linger_seq; /* the barrier PING that releases it, 0: not yet sent */
+	/* held: when its tunnel went (0: handed over from another process,
+	 * whose group's first loss counts for it) */
+	uint64_t held_us;
 	char lease_id[TUN_CTL_LEASE_MAX]; /* relay: for a resumed CONNECT */
 	char peer[64]; /* the executor's address (sidecar: from its request) */
 	struct ts_req *req; /* sidecar: until its request is handled */

@@ -45,6 +45,7 @@ import json
 import os
 import re
 import socket
+import signal
 import subprocess
 import threading
 import time
@@ -665,6 +666,122 @@ class FleetTwoTunnelsTest(FleetCase):
         H.log("measured: streams resumed through a fleet resume %.2f s after the reset" % took)
         self.assertLess(took, 4.0, "the resumed streams waited for the sidecar's PING")
         for s in socks:
+            s.close()
+
+    def test_a_reset_tunnel_resumes_on_its_relay_while_another_relay_holds_streams(self):
+        """relay-a killed: the sidecar holds the streams it carried, and its
+        replacement tunnel goes to relay-c. relay-a is back, but nothing
+        dials it. Then the tunnel to relay-b is reset: its replacement must
+        go back to relay-b, whose executors wait, not to relay-a, which
+        also "holds" streams of ours (found by the fleet soak: the
+        replacement joined on relay-a and relay-b's connections were reset
+        when the hold ran out)."""
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        c = self.start_relay("relay-c", HOSTS[2])
+        sc = self.start_sidecar("sc1", (a, b, c))
+        lease = self.lease_of(sc)
+        port = int(lease["ports"]["driver"])
+        wait_for(lambda: sc.grep("joined the lease: 2 tunnels"), 15, "the second tunnel")
+        lid = lease["lease"]
+        for r in (a, b):
+            wait_for(lambda: relay_leases(r).get(lid, {}).get("tunnels") == 1, 10,
+                     "sc1's tunnel on %s" % r.fid)
+        self.driver = H.Driver({"driver": port})
+        self.driver.start()
+        via_a = [wait_for(lambda: try_connect(a.host, port), 10, "connect via relay-a")
+                 for _ in range(2)]
+        via_b = [wait_for(lambda: try_connect(b.host, port), 10, "connect via relay-b")
+                 for _ in range(2)]
+        for i, s in enumerate(via_a + via_b):
+            ok, why = echo_exchange(s, 500 + i, 64 * 1024)
+            self.assertTrue(ok, why)
+        joined = H_count(sc, "joined the lease")
+        a.kill()
+        wait_for(lambda: H_count(sc, "joined the lease") > joined, 15,
+                 "sc1's replacement for relay-a joining elsewhere")
+        wait_for(lambda: relay_leases(c).get(lid, {}).get("tunnels") == 1, 10,
+                 "sc1's replacement tunnel on relay-c")
+        a2 = self.start_relay("relay-a", HOSTS[0], port=a.port)
+        load = EchoLoad(via_b, 90).start()
+        try:
+            wait_for(lambda: min(load.rounds) >= 2 or load.errors, 20, "echo rounds via relay-b")
+            self.assertEqual(load.errors, [])
+            done = list(load.rounds)
+            out = subprocess.run(["ss", "-K", "dst", b.host, "dport", "=", ":%d" % b.port],
+                                 capture_output=True, text=True, timeout=10).stdout
+            self.assertIn("ESTAB", out)
+            t0 = time.monotonic()
+            wait_for(lambda: all(r >= d + 3 for r, d in zip(load.rounds, done)) or
+                     load.errors, 20, "echo rounds via relay-b after its tunnel's reset")
+            H.log("measured: connections via relay-b echoing again %.2f s after the reset, "
+                  "with streams held for relay-a" % (time.monotonic() - t0))
+        finally:
+            errors = load.finish()
+        self.assertEqual(errors, [])
+        self.assertTrue(re.search(r"resumed [1-9]\d* streams", b.log_text()),
+                        "relay-b resumed no stream")
+        self.assertTrue(a2.alive())
+        for s in via_a + via_b:
+            s.close()
+
+    def test_streams_of_a_tunnel_lost_later_are_held_their_full_time(self):
+        """The sidecar holds driver connections resume_hold_s from the loss of
+        their tunnel. With two tunnels, one lost hold time was kept for
+        every held stream: relay-b's streams, held seconds after relay-a's
+        (dead), were reset with those, before relay-b was back."""
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        c = self.start_relay("relay-c", HOSTS[2])
+        sc = self.start_sidecar("sc1", (a, b, c), more={"tunnel": {
+            "resume_hold_s": 8, "h2": {"ping_interval_ms": 500, "ping_timeout_ms": 1500}}})
+        lease = self.lease_of(sc)
+        port = int(lease["ports"]["driver"])
+        wait_for(lambda: sc.grep("joined the lease: 2 tunnels"), 15, "the second tunnel")
+        lid = lease["lease"]
+        for r in (a, b):
+            wait_for(lambda: relay_leases(r).get(lid, {}).get("tunnels") == 1, 10,
+                     "sc1's tunnel on %s" % r.fid)
+        self.driver = H.Driver({"driver": port})
+        self.driver.start()
+        via_a = [wait_for(lambda: try_connect(a.host, port), 10, "connect via relay-a")
+                 for _ in range(2)]
+        via_b = [wait_for(lambda: try_connect(b.host, port), 10, "connect via relay-b")
+                 for _ in range(2)]
+        for i, s in enumerate(via_a + via_b):
+            ok, why = echo_exchange(s, 600 + i, 64 * 1024)
+            self.assertTrue(ok, why)
+        joined = H_count(sc, "joined the lease")
+        a.kill()  # its 2 streams are held from now, in vain
+        t_kill = time.monotonic()
+        wait_for(lambda: H_count(sc, "joined the lease") > joined, 15,
+                 "sc1's replacement for relay-a joining elsewhere")
+        load = EchoLoad(via_b, 95).start()
+        try:
+            wait_for(lambda: min(load.rounds) >= 2 or load.errors, 20, "echo rounds via relay-b")
+            self.assertEqual(load.errors, [])
+            # relay-b stopped 5.5 s after the kill: the sidecar holds its
+            # tunnel's 2 streams after the PING timeout (about 1.5 s), before
+            # relay-a's end their 8 s, and dials relay-b (3 s at most while
+            # it holds streams); relay-b is back as soon as they have ended.
+            time.sleep(max(0.0, 5.5 - (time.monotonic() - t_kill)))
+            b.signal(signal.SIGSTOP)
+            try:
+                wait_for(lambda: sc.grep("stayed away 8 s"), 20, "relay-a's streams' hold ending")
+            finally:
+                b.signal(signal.SIGCONT)
+            done = list(load.rounds)
+            t0 = time.monotonic()
+            wait_for(lambda: all(r >= d + 2 for r, d in zip(load.rounds, done)) or
+                     load.errors, 20, "echo rounds via relay-b after it was back")
+            H.log("measured: connections via relay-b echoing %.2f s after it was back, "
+                  "past the hold time of the streams lost before" % (time.monotonic() - t0))
+        finally:
+            errors = load.finish()
+        self.assertEqual(errors, [])
+        self.assertTrue(sc.grep("resetting the 2 streams it held (2 of a tunnel lost later "
+                                "wait on)"), sc.log_text()[-3000:])
+        for s in via_a + via_b:
             s.close()
 
     def reset_and_resume(self, cut):
