@@ -1533,27 +1533,39 @@ class Soak:
                 lines.append("  %6d  %s" % (n, msg))
         lines.append("logs: %s" % ", ".join(p.log_path for p in self.procs))
         lines.append("timeline: %s" % self.timeline_path)
-        if self.failures:
-            lines.append("FAILED: %d failures" % len(self.failures))
-            for t, text, log in self.failures[:20]:
-                lines.append("  %s %s%s" % (self.ts(t), text, " [log %s]" % log if log else ""))
-        else:
-            lines.append("PASSED")
-        lines.append("=" * 72)
-        text = "\n".join(lines)
-        print(text)
-        self.timeline.write(text + "\n")
-        with open(os.path.join(self.dir, "summary.txt"), "w") as f:
-            f.write(text + "\n")
-        return 1 if self.failures else 0
+        return end_summary(self, lines)
 
 
-def watchdog(limit, soak):
+# Shared with fleet_soak.py: a soak object has dir, timeline, timeline_path,
+# failures [(t, text, log)], ts(t), fail(text) and summary().
+
+def end_summary(soak, lines):
+    """Add the failures and the verdict to the summary lines, print them and
+    write them to the timeline and summary.txt: the exit status (1: failures)."""
+    if soak.failures:
+        lines.append("FAILED: %d failures" % len(soak.failures))
+        for t, text, log in soak.failures[:25]:
+            lines.append("  %s %s%s" % (soak.ts(t), text, " [log %s]" % log if log else ""))
+    else:
+        lines.append("PASSED")
+    lines.append("=" * 72)
+    text = "\n".join(lines)
+    print(text)
+    soak.timeline.write(text + "\n")
+    with open(os.path.join(soak.dir, "summary.txt"), "w") as f:
+        f.write(text + "\n")
+    return 1 if soak.failures else 0
+
+
+def watchdog(limit, soak, name="soak"):
+    """Thread body: after limit seconds, dump every thread, write the summary and
+    exit 4 with every child killed."""
     time.sleep(limit)
-    sys.stderr.write("[soak] WATCHDOG: the run exceeded %.0f s; dumping and aborting\n" % limit)
+    sys.stderr.write("[%s] WATCHDOG: the run exceeded %.0f s; dumping and aborting\n" %
+                     (name, limit))
     faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
     try:
-        soak.timeline.write("WATCHDOG: the run exceeded %.0f s\n" % limit)
+        soak.fail("WATCHDOG: the run exceeded %.0f s" % limit)
         soak.summary()
     except Exception:
         pass
@@ -1561,6 +1573,17 @@ def watchdog(limit, soak):
     sys.stderr.flush()
     sys.stdout.flush()
     os._exit(4)
+
+
+def script_failed(soak):
+    """From an except block: the soak script itself failed. Exit status 3."""
+    traceback.print_exc()
+    soak.fail("soak script error: %s" % traceback.format_exc().strip().splitlines()[-1])
+    try:
+        soak.summary()
+    except Exception:
+        pass
+    return 3
 
 
 def main():
@@ -1581,13 +1604,7 @@ def main():
         sys.stderr.write("soak: setup failed: %s\n(logs in %s)\n" % (e, soak.dir))
         rc = 2
     except BaseException:
-        traceback.print_exc()
-        soak.fail("soak script error: %s" % traceback.format_exc().strip().splitlines()[-1])
-        try:
-            soak.summary()
-        except Exception:
-            pass
-        rc = 3
+        rc = script_failed(soak)
     H._kill_all_procs()
     sys.stdout.flush()
     sys.stderr.flush()
