@@ -668,18 +668,16 @@ class FleetTwoTunnelsTest(FleetCase):
         for s in socks:
             s.close()
 
-    def test_a_reset_tunnel_resumes_on_its_relay_while_another_relay_holds_streams(self):
-        """relay-a killed: the sidecar holds the streams it carried, and its
-        replacement tunnel goes to relay-c. relay-a is back, but nothing
-        dials it. Then the tunnel to relay-b is reset: its replacement must
-        go back to relay-b, whose executors wait, not to relay-a, which
-        also "holds" streams of ours (found by the fleet soak: the
-        replacement joined on relay-a and relay-b's connections were reset
-        when the hold ran out)."""
+    def two_tunnels_and_relay_a_killed(self, more=None):
+        """Relays a, b, c; sidecar sc1 (more: its configuration) with tunnels
+        on a and b, two echoing executor connections through each of them;
+        then relay-a killed, and sc1's replacement joined elsewhere (relay-c).
+        Returns a, b, c, sc1, its lease id, the connections via a and via b,
+        and when relay-a was killed (time.monotonic)."""
         a = self.start_relay("relay-a", HOSTS[0])
         b = self.start_relay("relay-b", HOSTS[1])
         c = self.start_relay("relay-c", HOSTS[2])
-        sc = self.start_sidecar("sc1", (a, b, c))
+        sc = self.start_sidecar("sc1", (a, b, c), more=more)
         lease = self.lease_of(sc)
         port = int(lease["ports"]["driver"])
         wait_for(lambda: sc.grep("joined the lease: 2 tunnels"), 15, "the second tunnel")
@@ -689,17 +687,27 @@ class FleetTwoTunnelsTest(FleetCase):
                      "sc1's tunnel on %s" % r.fid)
         self.driver = H.Driver({"driver": port})
         self.driver.start()
-        via_a = [wait_for(lambda: try_connect(a.host, port), 10, "connect via relay-a")
-                 for _ in range(2)]
-        via_b = [wait_for(lambda: try_connect(b.host, port), 10, "connect via relay-b")
-                 for _ in range(2)]
-        for i, s in enumerate(via_a + via_b):
+        via = {r.fid: [wait_for(lambda: try_connect(r.host, port), 10, "connect via %s" % r.fid)
+                       for _ in range(2)] for r in (a, b)}
+        for i, s in enumerate(via["relay-a"] + via["relay-b"]):
             ok, why = echo_exchange(s, 500 + i, 64 * 1024)
             self.assertTrue(ok, why)
         joined = H_count(sc, "joined the lease")
         a.kill()
+        t_kill = time.monotonic()
         wait_for(lambda: H_count(sc, "joined the lease") > joined, 15,
                  "sc1's replacement for relay-a joining elsewhere")
+        return a, b, c, sc, lid, via["relay-a"], via["relay-b"], t_kill
+
+    def test_a_reset_tunnel_resumes_on_its_relay_while_another_relay_holds_streams(self):
+        """relay-a killed: the sidecar holds the streams it carried, and its
+        replacement tunnel goes to relay-c. relay-a is back, but nothing
+        dials it. Then the tunnel to relay-b is reset: its replacement must
+        go back to relay-b, whose executors wait, not to relay-a, which
+        also "holds" streams of ours (found by the fleet soak: the
+        replacement joined on relay-a and relay-b's connections were reset
+        when the hold ran out)."""
+        a, b, c, sc, lid, via_a, via_b, _ = self.two_tunnels_and_relay_a_killed()
         wait_for(lambda: relay_leases(c).get(lid, {}).get("tunnels") == 1, 10,
                  "sc1's replacement tunnel on relay-c")
         a2 = self.start_relay("relay-a", HOSTS[0], port=a.port)
@@ -730,32 +738,10 @@ class FleetTwoTunnelsTest(FleetCase):
         their tunnel. With two tunnels, one lost hold time was kept for
         every held stream: relay-b's streams, held seconds after relay-a's
         (dead), were reset with those, before relay-b was back."""
-        a = self.start_relay("relay-a", HOSTS[0])
-        b = self.start_relay("relay-b", HOSTS[1])
-        c = self.start_relay("relay-c", HOSTS[2])
-        sc = self.start_sidecar("sc1", (a, b, c), more={"tunnel": {
-            "resume_hold_s": 8, "h2": {"ping_interval_ms": 500, "ping_timeout_ms": 1500}}})
-        lease = self.lease_of(sc)
-        port = int(lease["ports"]["driver"])
-        wait_for(lambda: sc.grep("joined the lease: 2 tunnels"), 15, "the second tunnel")
-        lid = lease["lease"]
-        for r in (a, b):
-            wait_for(lambda: relay_leases(r).get(lid, {}).get("tunnels") == 1, 10,
-                     "sc1's tunnel on %s" % r.fid)
-        self.driver = H.Driver({"driver": port})
-        self.driver.start()
-        via_a = [wait_for(lambda: try_connect(a.host, port), 10, "connect via relay-a")
-                 for _ in range(2)]
-        via_b = [wait_for(lambda: try_connect(b.host, port), 10, "connect via relay-b")
-                 for _ in range(2)]
-        for i, s in enumerate(via_a + via_b):
-            ok, why = echo_exchange(s, 600 + i, 64 * 1024)
-            self.assertTrue(ok, why)
-        joined = H_count(sc, "joined the lease")
-        a.kill()  # its 2 streams are held from now, in vain
-        t_kill = time.monotonic()
-        wait_for(lambda: H_count(sc, "joined the lease") > joined, 15,
-                 "sc1's replacement for relay-a joining elsewhere")
+        # relay-a's 2 streams are held from its kill (t_kill), in vain
+        a, b, c, sc, lid, via_a, via_b, t_kill = self.two_tunnels_and_relay_a_killed(
+            {"tunnel": {"resume_hold_s": 8,
+                        "h2": {"ping_interval_ms": 500, "ping_timeout_ms": 1500}}})
         load = EchoLoad(via_b, 95).start()
         try:
             wait_for(lambda: min(load.rounds) >= 2 or load.errors, 20, "echo rounds via relay-b")
