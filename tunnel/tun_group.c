@@ -195,6 +195,8 @@ static void hold_cb(evutil_socket_t fd, short what, void *arg)
 		if (s->held_us + hold <= now + 1000)
 			tun_group_lose(g, s, TUN_LOST_HOLD);
 	}
+	/* what is left went later: a handover passes on its hold time */
+	g->st.away_since_us = next - hold;
 	{
 		struct timeval tv = sr_tv_ms((uint32_t)((next - now) / 1000u + 1));
 
