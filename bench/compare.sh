@@ -106,7 +106,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 		{ $SUDO apt-get update >/dev/null &&
 			DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
 fi
-STUNNEL=$(command -v stunnel4 || command -v stunnel)
+STUNNEL=$(command -v stunnel4 || command -v stunnel || true) # only when the stunnel pair runs
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 SRB=(python3 "$ROOT/bench/srbench.py")
 

@@ -178,7 +178,6 @@ struct fl_read {
 	struct fl_rkv *kv;
 	size_t n, cap;
 	int64_t rev;	/* the first page's revision: every page is read at it */
-	int64_t limit;	/* keys per page */
 	unsigned pages;
 	char *next;	/* where the next page begins (the last key and a NUL) */
 	size_t next_len;
@@ -216,7 +215,7 @@ struct relay_fleet {
 	int synced;
 	int64_t seen_rev; /* the mirror holds every change up to this revision */
 	struct fl_read rd; /* a read of every key, in pages, under way */
-	int64_t page_keys; /* keys a page: FL_PAGE_KEYS, less after a page too large */
+	int64_t page_keys; /* keys a page: FL_PAGE_KEYS, less for good after a page too large */
 	struct etcd_watch *watch;
 	struct event *sync_retry;
 	long sync_backoff_ms; /* retry_later's state for sync_retry */
@@ -1128,21 +1127,20 @@ static void sync_ranged(int err, const struct etcd_result *res, void *arg)
 	const struct etcd_kv *last;
 	size_t had = rd->n;
 
-	if ((err == SR_ETOOBIG || (err == SR_ETIMEDOUT && res->partial)) && rd->limit > 1) {
+	if ((err == SR_ETOOBIG || (err == SR_ETIMEDOUT && res->partial)) && f->page_keys > 1) {
 		/* Values of other writers under the prefix can be large: too
 		 * large for an answer, or for the path to etcd to bring one
 		 * within the timeout (it timed out with part of it come; none:
 		 * etcd or the path is down, which a smaller page does not mend). */
-		rd->limit = rd->limit > 8 ? rd->limit / 8 : 1;
-		f->page_keys = rd->limit; /* and for the reads after this one */
+		f->page_keys = f->page_keys > 8 ? f->page_keys / 8 : 1;
 		if (err == SR_ETOOBIG)
 			SR_INFO(FL_CTX, "a page of the fleet's keys was over %u MiB; reading %" PRId64
 					" keys a page",
-				FL_MAX_ANSWER >> 20, rd->limit);
+				FL_MAX_ANSWER >> 20, f->page_keys);
 		else
 			SR_INFO(FL_CTX, "a page of the fleet's keys did not come whole in time (%zu "
 					"bytes did); reading %" PRId64 " keys a page",
-				res->partial, rd->limit);
+				res->partial, f->page_keys);
 		sync_page(f);
 		return;
 	}
@@ -1189,7 +1187,7 @@ static void sync_page(struct relay_fleet *f)
 	struct etcd_req rq = {.type = ETCD_RANGE, .key = f->prefix, .key_len = f->plen, .prefix = 1};
 	char e[256];
 
-	rq.limit = rd->limit;
+	rq.limit = f->page_keys;
 	rq.revision = rd->rev;
 	rq.from = rd->next;
 	rq.from_len = rd->next_len;
@@ -1200,7 +1198,6 @@ static void sync_page(struct relay_fleet *f)
 static void sync_start(struct relay_fleet *f)
 {
 	read_reset(&f->rd);
-	f->rd.limit = f->page_keys ? f->page_keys : FL_PAGE_KEYS;
 	sync_page(f);
 }
 
@@ -2731,6 +2728,7 @@ struct relay_fleet *relay_fleet_new(struct relay *r, int peer_fd, int taking, ch
 	if (!f->etcd)
 		goto fail;
 	f->self_retry = evtimer_new(f->base, self_retry_cb, f);
+	f->page_keys = FL_PAGE_KEYS;
 	f->sync_retry = evtimer_new(f->base, sync_retry_cb, f);
 	f->check_ev = evtimer_new(f->base, check_cb, f);
 	f->stale_lag_ev = evtimer_new(f->base, stale_lag_cb, f);

@@ -163,6 +163,13 @@ void tun_group_reset(struct tun_group *g, enum tun_lost why)
 		SR_WARN(g->logctx, "%zu held streams reset (%s)", n, tun_lost_name(why));
 }
 
+/* Has s been held its hold time at now? 1 ms early counts: libevent may
+ * fire a little before the time. */
+static int hold_over(const struct tun_group *g, const struct tun_stream *s, uint64_t now)
+{
+	return s->held_us + (uint64_t)g->opts.hold_ms * 1000u <= now + 1000;
+}
+
 /* A stream is held hold_ms from its own tunnel's loss: with several
  * tunnels (a sidecar's tunnel.connections), streams of a tunnel lost later
  * wait their full time, not what was left of the first loss's. */
@@ -174,9 +181,8 @@ static void hold_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	/* 1 ms early counts: libevent may fire a little before the time */
 	for (const struct tun_stream *s = g->held; s; s = s->next)
-		if (s->held_us + hold <= now + 1000)
+		if (hold_over(g, s, now))
 			due++;
 		else if (!next || s->held_us + hold < next)
 			next = s->held_us + hold;
@@ -192,7 +198,7 @@ static void hold_cb(evutil_socket_t fd, short what, void *arg)
 		g->opts.hold_ms / 1000u, due, g->nheld - due);
 	for (struct tun_stream *s = g->held, *nx; s; s = nx) {
 		nx = s->next;
-		if (s->held_us + hold <= now + 1000)
+		if (hold_over(g, s, now))
 			tun_group_lose(g, s, TUN_LOST_HOLD);
 	}
 	/* what is left went later: a handover passes on its hold time */
