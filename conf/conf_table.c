@@ -746,8 +746,11 @@ static const struct conf_entry conf_tunnel[] = {
 	"several there, the driver port's (heartbeats) over the oldest and the block "
 	"manager's and UI's (broadcasts) over the others, so that on a lossy link a "
 	"heartbeat does not wait behind a broadcast's lost packets (set 2 for that). When "
-	"one is lost the others carry on and a replacement is dialled. A relay that cannot "
-	"join leases leaves the sidecar with one tunnel (logged once)."),
+	"one is lost the others carry on and a replacement is dialled; one that gives up on "
+	"a relay holding driver connections of ours (3 s without an answer) leaves it to a "
+	"spare tunnel, one more, which dials that relay until they resume or their "
+	"resume_hold_s ends. A relay that cannot join leases leaves the sidecar with one "
+	"tunnel (logged once)."),
     GROUP("h2", offsetof(struct sidecar_opts, tun), conf_h2_group),
     GROUP("admin", 0, conf_tunnel_admin_group),
 };

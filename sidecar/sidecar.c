@@ -14,6 +14,12 @@
  * (tun_group.h). A relay that answers a join with "unknown_lease" predates
  * joins: the sidecar then keeps one tunnel.
  *
+ * With two or more tunnels there is one slot more, the spare: a slot that
+ * holds driver connections gives up on their relay after SC_HOLD_DIAL_MS and
+ * joins another, and the spare then dials only relays that hold connections
+ * of ours no tunnel serves, and joins the lease there so that they resume
+ * (spare_take). It stays a tunnel of the lease until it is lost.
+ *
  * The relay is trusted less than the notebook. tun_ctl has checked the shape
  * of every value it sends; here the order is checked too: one lease per
  * tunnel, only after our register, with exactly the roles we asked for (a
@@ -55,6 +61,7 @@ enum sc_state {
 struct sc_slot {
 	struct sidecar *s;
 	unsigned idx;
+	int spare; /* the slot past tunnel.connections (spare_take) */
 	enum sc_state state;
 	struct disc_lookup *resolve;
 	struct disc_addr *addrs;
@@ -90,8 +97,9 @@ struct sidecar {
 	sidecar_lease_cb on_lease;
 	void *arg;
 
-	struct sc_slot slots[SIDECAR_MAX_CONNECTIONS];
-	unsigned nslots;
+	/* tunnel.connections slots, then the spare if there are two or more */
+	struct sc_slot slots[SIDECAR_MAX_CONNECTIONS + 1];
+	unsigned nslots, nall;
 	struct event *release_timer;
 	/* The driver connections, which outlive a tunnel (tunnel/tun_group.h);
 	 * every tunnel of the lease carries them. */
@@ -125,6 +133,7 @@ struct sidecar {
 #define SC_STRIKES_FORGIVE_US (60ull * 1000000)
 
 static void sc_start(struct sc_slot *p);
+static int slot_may_dial(const struct sc_slot *p);
 static void dial_next(struct sc_slot *p);
 static void sc_stop(struct sidecar *s, const char *why);
 
@@ -133,7 +142,7 @@ static unsigned slots_leased(const struct sidecar *s, const struct sc_slot *exce
 {
 	unsigned n = 0;
 
-	for (unsigned i = 0; i < s->nslots; i++)
+	for (unsigned i = 0; i < s->nall; i++)
 		n += &s->slots[i] != except && s->slots[i].tun_leased;
 	return n;
 }
@@ -141,7 +150,7 @@ static unsigned slots_leased(const struct sidecar *s, const struct sc_slot *exce
 /* A slot (not except) whose register or resume waits for its answer. */
 static int slot_registering(const struct sidecar *s, const struct sc_slot *except)
 {
-	for (unsigned i = 0; i < s->nslots; i++) {
+	for (unsigned i = 0; i < s->nall; i++) {
 		const struct sc_slot *q = &s->slots[i];
 		if (q != except && q->registered && !q->tun_leased && !q->joining)
 			return 1;
@@ -191,6 +200,12 @@ static void send_register(struct tun_conn *c, void *arg)
 	if (s->o->token)
 		snprintf(m.token, sizeof(m.token), "%s", s->o->token);
 	p->joining = 0;
+	if (p->spare && !slot_may_dial(p)) {
+		/* it only joins, for held connections: none left, or no
+		 * tunnel holds the lease any more (slot 0 registers) */
+		tun_conn_close(c, 0);
+		return;
+	}
 	if (slots_leased(s, p) && s->lease.have_lease) {
 		/* Another tunnel holds the lease: join it. A token too long for
 		 * a proof cannot come from a relay (they make 64 digits). */
@@ -262,7 +277,7 @@ static void lease_lost(struct sidecar *s, const char *why)
 
 	s->resume[0] = '\0';
 	sc_state_clear(s->o->state_path);
-	for (unsigned i = 0; i < s->nslots; i++) {
+	for (unsigned i = 0; i < s->nall; i++) {
 		struct sc_slot *q = &s->slots[i];
 		q->attempt = 0;
 		/* Its other tunnels carry (or join) a lease that is gone: one on
@@ -364,6 +379,31 @@ static void kick_idle(struct sidecar *s)
 		}
 }
 
+/* Slot p, leased now on another relay than the one whose tunnel it lost,
+ * gave that relay up while it held driver connections of ours (SC_HOLD_DIAL_MS):
+ * no slot would dial it again, and they would be reset after resume_hold_s
+ * even if it came back within it. The spare takes it over (with the lost
+ * tunnel's id, for "replaces") and dials it until they resume or their hold
+ * ends. Busy with another relay, it finds this one on its next round
+ * (resolved_cb), without the id. */
+static void spare_take(struct sidecar *s, const struct sc_slot *p)
+{
+	struct sc_slot *sp = s->nall > s->nslots ? &s->slots[s->nslots] : NULL;
+
+	if (!sp || p == sp || !p->lost_peer[0] || strcmp(p->dial_peer, p->lost_peer) == 0 ||
+	    !tun_group_held_from(s->group, slot_origin(s, p->lost_peer)))
+		return;
+	if (sp->state != SC_IDLE)
+		return;
+	snprintf(sp->lost_peer, sizeof(sp->lost_peer), "%s", p->lost_peer);
+	sp->lost_tid = p->lost_tid;
+	sp->attempt = 0;
+	SR_INFO("", "driver connections held for relay %s, which no tunnel dials now: a spare "
+		    "tunnel dials it until they resume or their resume_hold_s ends",
+		p->lost_peer);
+	sc_start(sp);
+}
+
 /* The answer to a join: the very lease we hold, on one more tunnel. */
 static void on_joined(struct sidecar *s, struct sc_slot *p, struct tun_conn *c,
 		      const struct tun_ctl_msg *m)
@@ -377,6 +417,7 @@ static void on_joined(struct sidecar *s, struct sc_slot *p, struct tun_conn *c,
 		protocol_error(c, "the answer to a join is not the lease we hold");
 		return;
 	}
+	spare_take(s, p);
 	p->tun_leased = 1;
 	p->tid = m->tunnel;
 	p->lost_tid = 0;
@@ -388,7 +429,13 @@ static void on_joined(struct sidecar *s, struct sc_slot *p, struct tun_conn *c,
 	tun_conn_set_logctx(c, ctx);
 	tun_conn_set_group(c, s->group);
 	tun_group_expect_on(s->group, c, m->streams);
-	SR_INFO(ctx, "joined the lease: %u tunnels carry it now", s->lease.tunnels);
+	if (p->spare)
+		SR_INFO(ctx, "spare tunnel joined the lease, %llu held stream%s to resume: %u "
+			     "tunnels carry it now",
+			(unsigned long long)m->streams, m->streams == 1 ? "" : "s",
+			s->lease.tunnels);
+	else
+		SR_INFO(ctx, "joined the lease: %u tunnels carry it now", s->lease.tunnels);
 	kick_idle(s);
 }
 
@@ -440,6 +487,7 @@ static void on_lease(struct sidecar *s, struct sc_slot *p, struct tun_conn *c,
 	}
 	if (old.have_lease && strcmp(old.lease, m->lease) != 0)
 		tun_group_reset(s->group, TUN_LOST_ENDED); /* they were the old lease's */
+	spare_take(s, p);
 	p->tun_leased = 1;
 	p->tid = m->tunnel;
 	p->lost_tid = 0;
@@ -607,6 +655,9 @@ static int slot_may_dial(const struct sc_slot *p)
 {
 	const struct sidecar *s = p->s;
 
+	if (p->spare)
+		return slots_leased(s, p) && !s->join_unsupported && s->lease.have_lease &&
+		       tun_group_held(s->group);
 	if (slots_leased(s, p))
 		return !s->join_unsupported && s->lease.have_lease;
 	return p->idx == 0;
@@ -643,7 +694,8 @@ static void schedule_backoff(struct sc_slot *p)
 	p->state = SC_BACKOFF;
 	tv.tv_sec = (time_t)(delay / 1000);
 	tv.tv_usec = (suseconds_t)((delay % 1000) * 1000);
-	SR_INFO("", "%sreconnecting in %llu ms (attempt %u)", p->idx ? "tunnel 2+: " : "",
+	SR_INFO("", "%sreconnecting in %llu ms (attempt %u)",
+		p->spare ? "spare tunnel: " : p->idx ? "tunnel 2+: " : "",
 		(unsigned long long)delay, p->attempt);
 	evtimer_add(p->backoff_timer, &tv);
 }
@@ -665,8 +717,9 @@ static void on_closed(struct tun_endpoint *ep, int err, const char *why_ep, void
 	if (!was_up) {
 		char msg[256];
 
-		SR_WARN("", "cannot reach relay %s: %s%s", p->dial_peer,
-			err == SR_ETLS ? "TLS handshake failed: " : "", why);
+		/* the spare tries each second while connections are held */
+		SR_LOG(p->spare ? SR_LOG_INFO : SR_LOG_WARN, "", "cannot reach relay %s: %s%s",
+		       p->dial_peer, err == SR_ETLS ? "TLS handshake failed: " : "", why);
 		snprintf(msg, sizeof(msg), "cannot reach relay %s: %s%s", p->dial_peer,
 			 err == SR_ETLS ? "TLS handshake failed: " : "", why);
 		if (!s->shutting_down && !others)
@@ -839,7 +892,7 @@ static int addr_rank(const struct sc_slot *p, const char *a)
 
 	if (s->nslots == 1)
 		return 0;
-	for (unsigned i = 0; i < s->nslots; i++) {
+	for (unsigned i = 0; i < s->nall; i++) {
 		const struct sc_slot *q = &s->slots[i];
 		if (q != p && q->ep && strcmp(q->dial_peer, a) == 0)
 			return 4;
@@ -949,8 +1002,9 @@ static void resolved_cb(int err, const struct disc_addr *addrs, size_t n, void *
 		schedule_backoff(p);
 		return;
 	}
-	/* In discovery's order within each rank (addr_rank). */
-	for (int rank = 0; rank < SC_RANKS; rank++)
+	/* In discovery's order within each rank (addr_rank); the spare only
+	 * to relays that hold connections of ours no other tunnel serves. */
+	for (int rank = 0; rank < (p->spare ? 2 : SC_RANKS); rank++)
 		for (size_t i = 0; i < n; i++) {
 			char a[SR_ADDRSTRLEN];
 			sr_format_addr((const struct sockaddr *)&addrs[i].ss, a, sizeof(a));
@@ -958,6 +1012,10 @@ static void resolved_cb(int err, const struct disc_addr *addrs, size_t n, void *
 				p->addrs[k++] = addrs[i];
 		}
 	p->naddrs = k;
+	if (p->spare && k == 0) {
+		p->state = SC_IDLE;
+		return;
+	}
 	dial_next(p);
 }
 
@@ -1032,10 +1090,12 @@ struct sidecar *sidecar_new(struct event_base *base, const struct sidecar_opts *
 	s->nslots = opts->connections == 0 ? 1
 		    : opts->connections > SIDECAR_MAX_CONNECTIONS ? SIDECAR_MAX_CONNECTIONS
 								  : opts->connections;
-	for (unsigned i = 0; i < s->nslots; i++) {
+	s->nall = s->nslots + (s->nslots > 1);
+	for (unsigned i = 0; i < s->nall; i++) {
 		struct sc_slot *p = &s->slots[i];
 		p->s = s;
 		p->idx = i;
+		p->spare = i == s->nslots;
 		p->state = SC_IDLE;
 		p->backoff_timer = evtimer_new(base, backoff_cb, p);
 		p->register_timer = evtimer_new(base, register_timeout_cb, p);
@@ -1076,7 +1136,7 @@ void sidecar_free(struct sidecar *s)
 		return;
 	if (s->shutting_down)
 		sc_stop(s, "stopped");
-	for (unsigned i = 0; i < s->nslots; i++) {
+	for (unsigned i = 0; i < s->nall; i++) {
 		struct sc_slot *p = &s->slots[i];
 		disc_lookup_cancel(p->resolve);
 		tun_endpoint_free(p->ep); /* before the group: its session may carry it */
@@ -1103,12 +1163,12 @@ void sidecar_shutdown(struct sidecar *s)
 	if (s->shutting_down)
 		return;
 	s->shutting_down = 1;
-	for (unsigned i = 0; i < s->nslots && !rel; i++)
+	for (unsigned i = 0; i < s->nall && !rel; i++)
 		if (s->slots[i].tun && s->slots[i].state == SC_LEASED)
 			rel = &s->slots[i];
 	/* One tunnel carries the release; the others go now, so that none
 	 * of them ends the run before the relay's answer. */
-	for (unsigned i = 0; i < s->nslots; i++) {
+	for (unsigned i = 0; i < s->nall; i++) {
 		struct sc_slot *p = &s->slots[i];
 		if (p == rel)
 			continue;

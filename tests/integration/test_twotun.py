@@ -36,7 +36,9 @@
     both tunnels reset at once: each relay resumes its own streams (ids are
     per relay), none is lost; one tunnel (connections 1) reset: the streams
     a resume through etcd reopens leave at once, not with the sidecar's
-    next PING.
+    next PING; a relay stopped longer than a slot dials it while it holds
+    connections (3 s): a spare tunnel dials it until it returns, and its
+    held connections resume byte-exact.
 
 Each measured number is logged with the prefix "measured:"."""
 
@@ -153,6 +155,12 @@ class EchoLoad:
         except OSError as e:
             self.errors.append("conn %d round %d: %s" % (i, n, e))
 
+    def wait_more(self, done, n, timeout, what):
+        """Wait until every connection has echoed n rounds more than done
+        (a copy of rounds taken earlier), or an error came."""
+        wait_for(lambda: all(r >= d + n for r, d in zip(self.rounds, done)) or self.errors,
+                 timeout, what)
+
     def finish(self):
         self.stop_ev.set()
         for t in self.threads:
@@ -248,8 +256,7 @@ class OneRelayTest(unittest.TestCase):
               % (time.monotonic() - t0))
         wait_for(lambda: self.tunnels_of_lease() == 2, 10, "two tunnels again")
         done = list(load.rounds)
-        wait_for(lambda: all(r >= d + 2 for r, d in zip(load.rounds, done)) or load.errors,
-                 20, "echo rounds after the replacement")
+        load.wait_more(done, 2, 20, "echo rounds after the replacement")
         self.assertEqual(load.finish(), [])
         l2 = H.read_spark_json(self.stack.spark_json)
         self.assertEqual((l2["lease"], l2["ports"]), (lease["lease"], lease["ports"]))
@@ -436,8 +443,7 @@ class StaleTunnelTest(unittest.TestCase):
             t0 = time.monotonic()
             # every connection echoes again within 10 s (the relay's own
             # PING timeout is 30 s), byte-exact
-            wait_for(lambda: all(r >= d + 3 for r, d in zip(load.rounds, done)) or load.errors,
-                     10, "echo rounds on every connection after the path froze")
+            load.wait_more(done, 3, 10, "echo rounds on every connection after the path froze")
             self.assertEqual(load.errors, [])
             H.log("measured: every connection echoing again %.2f s after the path froze "
                   "(sidecar PING timeout 1.5 s)" % (time.monotonic() - t0))
@@ -656,8 +662,7 @@ class FleetTwoTunnelsTest(FleetCase):
                                  capture_output=True, text=True, timeout=10).stdout
             self.assertIn("ESTAB", out)
             t0 = time.monotonic()
-            wait_for(lambda: all(r >= d + 2 for r, d in zip(load.rounds, done)) or
-                     load.errors, 20, "echo rounds after the reset")
+            load.wait_more(done, 2, 20, "echo rounds after the reset")
             took = time.monotonic() - t0
         finally:
             errors = load.finish()
@@ -720,8 +725,7 @@ class FleetTwoTunnelsTest(FleetCase):
                                  capture_output=True, text=True, timeout=10).stdout
             self.assertIn("ESTAB", out)
             t0 = time.monotonic()
-            wait_for(lambda: all(r >= d + 3 for r, d in zip(load.rounds, done)) or
-                     load.errors, 20, "echo rounds via relay-b after its tunnel's reset")
+            load.wait_more(done, 3, 20, "echo rounds via relay-b after its tunnel's reset")
             H.log("measured: connections via relay-b echoing again %.2f s after the reset, "
                   "with streams held for relay-a" % (time.monotonic() - t0))
         finally:
@@ -758,8 +762,7 @@ class FleetTwoTunnelsTest(FleetCase):
                 b.signal(signal.SIGCONT)
             done = list(load.rounds)
             t0 = time.monotonic()
-            wait_for(lambda: all(r >= d + 2 for r, d in zip(load.rounds, done)) or
-                     load.errors, 20, "echo rounds via relay-b after it was back")
+            load.wait_more(done, 2, 20, "echo rounds via relay-b after it was back")
             H.log("measured: connections via relay-b echoing %.2f s after it was back, "
                   "past the hold time of the streams lost before" % (time.monotonic() - t0))
         finally:
@@ -768,6 +771,66 @@ class FleetTwoTunnelsTest(FleetCase):
         self.assertTrue(sc.grep("resetting the 2 streams it held (2 of a tunnel lost later "
                                 "wait on)"), sc.log_text()[-3000:])
         for s in via_a + via_b:
+            s.close()
+
+    def test_held_streams_resume_when_their_relay_returns_after_the_slot_gave_it_up(self):
+        """relay-b stopped (SIGSTOP) longer than a slot that holds driver
+        connections dials one relay (3 s): the slot joins relay-c instead,
+        and a spare tunnel keeps dialling relay-b; when it returns, well
+        within resume_hold_s, its executors' connections resume byte-exact.
+        Before, nothing dialled relay-b again and they were reset when the
+        hold ran out."""
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        c = self.start_relay("relay-c", HOSTS[2])
+        sc = self.start_sidecar("sc1", (a, b, c), more={"tunnel": {
+            "resume_hold_s": 30, "h2": {"ping_interval_ms": 500, "ping_timeout_ms": 1500}}})
+        lease = self.lease_of(sc)
+        port = int(lease["ports"]["driver"])
+        lid = lease["lease"]
+        wait_for(lambda: sc.grep("joined the lease: 2 tunnels"), 15, "the second tunnel")
+        for r in (a, b):
+            wait_for(lambda: relay_leases(r).get(lid, {}).get("tunnels") == 1, 10,
+                     "sc1's tunnel on %s" % r.fid)
+        self.driver = H.Driver({"driver": port})
+        self.driver.start()
+        socks = [wait_for(lambda: try_connect(r.host, port), 10, "connect via %s" % r.fid)
+                 for r in (a, a, b, b)]
+        load = EchoLoad(socks, 130).start()
+        try:
+            wait_for(lambda: min(load.rounds) >= 2 or load.errors, 20, "echo rounds")
+            self.assertEqual(load.errors, [])
+            joined = H_count(sc, "joined the lease")
+            b.signal(signal.SIGSTOP)
+            t_stop = time.monotonic()
+            try:
+                wait_for(lambda: H_count(sc, "joined the lease") > joined, 20,
+                         "the slot that lost relay-b joining elsewhere")
+                wait_for(lambda: sc.grep("a spare tunnel dials it"), 5,
+                         "a spare tunnel for relay-b's held connections")
+                # one more round of the spare's 3 s dial while relay-b is away
+                time.sleep(4.0)
+            finally:
+                b.signal(signal.SIGCONT)
+            away = time.monotonic() - t_stop
+            done = list(load.rounds)
+            t0 = time.monotonic()
+            load.wait_more(done, 2, 15, "echo rounds on every connection after relay-b returned")
+            H.log("measured: relay-b away %.1f s; its held connections echoing %.2f s after "
+                  "it returned" % (away, time.monotonic() - t0))
+        finally:
+            errors = load.finish()
+        self.assertEqual(errors, [])
+        self.assertTrue(re.search(r"spare tunnel joined the lease, 2 held streams",
+                                  sc.log_text()), sc.log_text()[-3000:])
+        self.assertTrue(re.search(r"resumed 2 streams", b.log_text()), b.log_text()[-3000:])
+        # the spare is a tunnel of the lease like the others: a new
+        # executor connection via relay-b is served
+        s = wait_for(lambda: try_connect(b.host, port), 10, "a new connection via relay-b")
+        ok, why = echo_exchange(s, 900, 256 * 1024)
+        self.assertTrue(ok, why)
+        self.assertEqual(relay_leases(b).get(lid, {}).get("tunnels"), 1)
+        for s in socks + [s]:
             s.close()
 
     def reset_and_resume(self, cut):
@@ -798,8 +861,7 @@ class FleetTwoTunnelsTest(FleetCase):
             out = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
             self.assertGreaterEqual(out.count("ESTAB"), len(cut), out)
             t0 = time.monotonic()
-            wait_for(lambda: all(r >= d + 3 for r, d in zip(load.rounds, done)) or
-                     load.errors, 20, "echo rounds on every connection after the reset")
+            load.wait_more(done, 3, 20, "echo rounds on every connection after the reset")
             self.assertEqual(load.errors, [])
             H.log("measured: every connection echoing again %.2f s after %d of two "
                   "tunnels were reset" % (time.monotonic() - t0, len(cut)))
