@@ -879,25 +879,34 @@ static int is_ip_literal(const char *h)
 /* How much p wants the relay at address a, lower first, among relays no
  * other tunnel uses: the one this slot just lost if it holds waiting driver
  * connections of ours (only it can resume them, and its tunnel was up a
- * moment ago), then any other that holds some (lost earlier: perhaps dead
- * or restarted), then those that hold none, the one this slot just lost
- * last (it may be dead); and after all of them the relays of the other
- * tunnels (with one relay only, every tunnel goes to it). One tunnel:
- * discovery's order, as it always was. */
+ * moment ago; also beside another live tunnel of ours there), then any other
+ * that holds some (lost earlier: perhaps dead or restarted), then those that
+ * hold none, the one this slot just lost last (it may be dead); and after
+ * all of them the relays of the other tunnels (with one relay only, every
+ * tunnel goes to it). One tunnel: discovery's order, as it always was. */
 #define SC_RANKS 5
 static int addr_rank(const struct sc_slot *p, const char *a)
 {
 	const struct sidecar *s = p->s;
 	int lost = strcmp(a, p->lost_peer) == 0;
+	int held = tun_group_held_from(s->group, slot_origin(s, a)) > 0;
 
 	if (s->nslots == 1)
 		return 0;
 	for (unsigned i = 0; i < s->nall; i++) {
 		const struct sc_slot *q = &s->slots[i];
-		if (q != p && q->ep && strcmp(q->dial_peer, a) == 0)
-			return 4;
+		if (q == p || !q->ep || strcmp(q->dial_peer, a) != 0)
+			continue;
+		/* Two tunnels of ours on one relay, one lost: its connections
+		 * resume only on a join there (the other tunnel's relay is
+		 * up, so it answers at once). Found by the fleet soak: the
+		 * replacement went to a relay no tunnel used, and they were
+		 * reset after resume_hold_s. */
+		if (lost && held && q->tun_leased)
+			return 0;
+		return 4;
 	}
-	if (tun_group_held_from(s->group, slot_origin(s, a)))
+	if (held)
 		return lost ? 0 : 1;
 	return lost ? 3 : 2;
 }

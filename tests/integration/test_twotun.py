@@ -833,6 +833,49 @@ class FleetTwoTunnelsTest(FleetCase):
         for s in socks + [s]:
             s.close()
 
+    def test_a_reset_tunnel_beside_another_on_its_relay_resumes_there(self):
+        """Two of the sidecar's three tunnels on relay-a (relay-c was down
+        when they were dialled), one of them reset: its replacement must go
+        back to relay-a, where its connections wait, although relay-c is up
+        now and no tunnel uses it (found by the fleet soak: the replacement
+        went to the unused relay and they were reset after resume_hold_s)."""
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        c_port = H.free_port(HOSTS[2])
+        c_addr = type("Addr", (), {"host": HOSTS[2], "port": c_port})
+        sc = self.start_sidecar("sc1", (a, b, c_addr), connections=3,
+                                more={"tunnel": {"resume_hold_s": 8}})
+        lease = self.lease_of(sc)
+        port = {r: int(lease["ports"][r]) for r in ("driver", "blockManager")}
+        wait_for(lambda: sc.grep("joined the lease: 3 tunnels"), 15, "the third tunnel")
+        wait_for(lambda: len(tunnel_ports(a.host, a.port)) == 2, 10, "two tunnels on relay-a")
+        c = self.start_relay("relay-c", HOSTS[2], port=c_port)
+        self.driver = H.Driver(port)
+        self.driver.start()
+        # the driver port's streams go over relay-a's older tunnel, the
+        # block manager's over the other: each tunnel there carries some
+        socks = [wait_for(lambda: try_connect(a.host, port[r]), 10, "connect via relay-a")
+                 for r in ("driver", "driver", "blockManager", "blockManager")]
+        load = EchoLoad(socks, 170).start()
+        try:
+            wait_for(lambda: min(load.rounds) >= 2 or load.errors, 20, "echo rounds")
+            self.assertEqual(load.errors, [])
+            done = list(load.rounds)
+            out = kill_tcp(tunnel_ports(a.host, a.port)[0], a.host, a.port)
+            self.assertIn("ESTAB", out)
+            t0 = time.monotonic()
+            load.wait_more(done, 2, 6, "echo rounds on every connection after the reset")
+            H.log("measured: a tunnel reset beside another on its relay: every connection "
+                  "echoing again %.2f s after" % (time.monotonic() - t0))
+        finally:
+            errors = load.finish()
+        self.assertEqual(errors, [])
+        self.assertTrue(re.search(r"resumed [1-9]\d* streams", a.log_text()), a.log_text()[-3000:])
+        self.assertEqual(len(tunnel_ports(a.host, a.port)), 2)
+        self.assertTrue(c.alive())
+        for s in socks:
+            s.close()
+
     def reset_and_resume(self, cut):
         a = self.start_relay("relay-a", HOSTS[0])
         b = self.start_relay("relay-b", HOSTS[1])
