@@ -18,7 +18,9 @@
  * holds driver connections gives up on their relay after SC_HOLD_DIAL_MS and
  * joins another, and the spare then dials only relays that hold connections
  * of ours no tunnel serves, and joins the lease there so that they resume
- * (spare_take). It stays a tunnel of the lease until it is lost.
+ * (spare_take). It stays a tunnel of the lease until it is lost; if another
+ * slot then cannot reach its own held connections' relay, the two swap
+ * roles (spare_swap), so that there is always one slot to dial for them.
  *
  * The relay is trusted less than the notebook. tun_ctl has checked the shape
  * of every value it sends; here the order is checked too: one lease per
@@ -97,9 +99,12 @@ struct sidecar {
 	sidecar_lease_cb on_lease;
 	void *arg;
 
-	/* tunnel.connections slots, then the spare if there are two or more */
+	/* tunnel.connections slots and, with two or more, the spare: first
+	 * the last of the array, then whichever slot took its place
+	 * (spare_swap) */
 	struct sc_slot slots[SIDECAR_MAX_CONNECTIONS + 1];
 	unsigned nslots, nall;
+	struct sc_slot *spare;
 	struct event *release_timer;
 	/* The driver connections, which outlive a tunnel (tunnel/tun_group.h);
 	 * every tunnel of the lease carries them. */
@@ -372,8 +377,8 @@ static void allowed_list(const struct sidecar *s, char *buf, size_t len)
  * sees one attempt. */
 static void kick_idle(struct sidecar *s)
 {
-	for (unsigned i = 0; i < s->nslots && !s->join_unsupported; i++)
-		if (s->slots[i].state == SC_IDLE) {
+	for (unsigned i = 0; i < s->nall && !s->join_unsupported; i++)
+		if (!s->slots[i].spare && s->slots[i].state == SC_IDLE) {
 			sc_start(&s->slots[i]);
 			return;
 		}
@@ -388,7 +393,7 @@ static void kick_idle(struct sidecar *s)
  * (resolved_cb), without the id. */
 static void spare_take(struct sidecar *s, const struct sc_slot *p)
 {
-	struct sc_slot *sp = s->nall > s->nslots ? &s->slots[s->nslots] : NULL;
+	struct sc_slot *sp = s->spare;
 
 	if (!sp || p == sp || !p->lost_peer[0] || strcmp(p->dial_peer, p->lost_peer) == 0 ||
 	    !tun_group_held_from(s->group, slot_origin(s, p->lost_peer)))
@@ -402,6 +407,34 @@ static void spare_take(struct sidecar *s, const struct sc_slot *p)
 		    "tunnel dials it until they resume or their resume_hold_s ends",
 		p->lost_peer);
 	sc_start(sp);
+}
+
+/* Slot p could not reach the relay it lost (SC_HOLD_DIAL_MS), where driver
+ * connections of ours wait, while the spare is a tunnel of the lease (it
+ * resumed what it was for). Rather than have p join another relay and leave
+ * those connections to nobody, the two swap: the spare's tunnel counts as one
+ * of tunnel.connections from now on, and p, the spare now, dials on for them.
+ * Returns whether they swapped. */
+static int spare_swap(struct sidecar *s, struct sc_slot *p)
+{
+	struct sc_slot *sp = s->spare;
+	unsigned idx;
+
+	if (!sp || p == sp || !sp->tun_leased || !p->lost_peer[0] ||
+	    strcmp(p->dial_peer, p->lost_peer) != 0 ||
+	    !tun_group_held_from(s->group, slot_origin(s, p->lost_peer)))
+		return 0;
+	idx = p->idx;
+	p->idx = sp->idx;
+	sp->idx = idx;
+	p->spare = 1;
+	sp->spare = 0;
+	s->spare = p;
+	SR_INFO("", "driver connections held for relay %s, which does not answer: the spare "
+		    "tunnel (relay %s) is one of tunnel.connections now, and this one dials %s "
+		    "until they resume or their resume_hold_s ends",
+		p->lost_peer, sp->dial_peer, p->lost_peer);
+	return 1;
 }
 
 /* The answer to a join: the very lease we hold, on one more tunnel. */
@@ -753,7 +786,10 @@ static void on_closed(struct tun_endpoint *ep, int err, const char *why_ep, void
 		p->tid = 0;
 	}
 	if (!was_up) {
-		dial_next(p);
+		if (!s->shutting_down && spare_swap(s, p))
+			schedule_backoff(p);
+		else
+			dial_next(p);
 		return;
 	}
 	if (s->shutting_down) {
@@ -789,8 +825,9 @@ static void on_closed(struct tun_endpoint *ep, int err, const char *why_ep, void
 	schedule_backoff(p);
 	/* The first slot rests while another tunnel holds the lease and
 	 * joins are refused; none holds it now. */
-	if (!others && p->idx != 0 && s->slots[0].state == SC_IDLE)
-		sc_start(&s->slots[0]);
+	for (unsigned i = 0; i < s->nall && !others && p->idx != 0; i++)
+		if (s->slots[i].idx == 0 && s->slots[i].state == SC_IDLE)
+			sc_start(&s->slots[i]);
 }
 
 static struct sr_bsock *on_connect(struct tun_conn *c, const struct tun_connect_req *req,
@@ -1105,6 +1142,8 @@ struct sidecar *sidecar_new(struct event_base *base, const struct sidecar_opts *
 		p->s = s;
 		p->idx = i;
 		p->spare = i == s->nslots;
+		if (p->spare)
+			s->spare = p;
 		p->state = SC_IDLE;
 		p->backoff_timer = evtimer_new(base, backoff_cb, p);
 		p->register_timer = evtimer_new(base, register_timeout_cb, p);

@@ -773,13 +773,39 @@ class FleetTwoTunnelsTest(FleetCase):
         for s in via_a + via_b:
             s.close()
 
+    def stop_past_the_dial(self, sc, r, loads):
+        """SIGSTOP relay r until the sidecar's slot has given it up (after
+        r's tunnel's PING timeout and 3 s of dialling) and 4 s more, one more
+        round of the spare's dial; then every connection of loads must echo
+        again within 15 s."""
+        gave_up = "cannot reach relay %s:%d" % (r.host, r.port)
+        n = H_count(sc, gave_up)
+        r.signal(signal.SIGSTOP)
+        t_stop = time.monotonic()
+        try:
+            wait_for(lambda: H_count(sc, gave_up) > n, 20,
+                     "the sidecar's slot giving %s up" % r.fid)
+            time.sleep(4.0)
+        finally:
+            r.signal(signal.SIGCONT)
+        away = time.monotonic() - t_stop
+        done = [list(load.rounds) for load in loads]
+        t0 = time.monotonic()
+        for load, d in zip(loads, done):
+            load.wait_more(d, 2, 15, "echo rounds after %s returned" % r.fid)
+            self.assertEqual(load.errors, [])
+        H.log("measured: %s away %.1f s; its held connections echoing %.2f s after it "
+              "returned" % (r.fid, away, time.monotonic() - t0))
+
     def test_held_streams_resume_when_their_relay_returns_after_the_slot_gave_it_up(self):
         """relay-b stopped (SIGSTOP) longer than a slot that holds driver
         connections dials one relay (3 s): the slot joins relay-c instead,
         and a spare tunnel keeps dialling relay-b; when it returns, well
         within resume_hold_s, its executors' connections resume byte-exact.
-        Before, nothing dialled relay-b again and they were reset when the
-        hold ran out."""
+        Then relay-c, where that slot went, stopped as long: the spare, a
+        tunnel of the lease by now, and that slot swap roles, and relay-c's
+        connections resume too. Before, nothing dialled the stopped relay
+        again and they were reset when the hold ran out."""
         a = self.start_relay("relay-a", HOSTS[0])
         b = self.start_relay("relay-b", HOSTS[1])
         c = self.start_relay("relay-c", HOSTS[2])
@@ -797,40 +823,39 @@ class FleetTwoTunnelsTest(FleetCase):
         socks = [wait_for(lambda: try_connect(r.host, port), 10, "connect via %s" % r.fid)
                  for r in (a, a, b, b)]
         load = EchoLoad(socks, 130).start()
+        loads = [load]
         try:
             wait_for(lambda: min(load.rounds) >= 2 or load.errors, 20, "echo rounds")
             self.assertEqual(load.errors, [])
-            joined = H_count(sc, "joined the lease")
-            b.signal(signal.SIGSTOP)
-            t_stop = time.monotonic()
-            try:
-                wait_for(lambda: H_count(sc, "joined the lease") > joined, 20,
-                         "the slot that lost relay-b joining elsewhere")
-                wait_for(lambda: sc.grep("a spare tunnel dials it"), 5,
-                         "a spare tunnel for relay-b's held connections")
-                # one more round of the spare's 3 s dial while relay-b is away
-                time.sleep(4.0)
-            finally:
-                b.signal(signal.SIGCONT)
-            away = time.monotonic() - t_stop
-            done = list(load.rounds)
-            t0 = time.monotonic()
-            load.wait_more(done, 2, 15, "echo rounds on every connection after relay-b returned")
-            H.log("measured: relay-b away %.1f s; its held connections echoing %.2f s after "
-                  "it returned" % (away, time.monotonic() - t0))
+            self.stop_past_the_dial(sc, b, loads)
+            self.assertTrue(re.search(r"spare tunnel joined the lease, 2 held streams",
+                                      sc.log_text()), sc.log_text()[-3000:])
+            self.assertTrue(re.search(r"resumed 2 streams", b.log_text()),
+                            b.log_text()[-3000:])
+            # the spare is a tunnel of the lease like the others: a new
+            # executor connection via relay-b is served
+            s = wait_for(lambda: try_connect(b.host, port), 10, "a new connection via relay-b")
+            ok, why = echo_exchange(s, 900, 256 * 1024)
+            self.assertTrue(ok, why)
+            s.close()
+            self.assertEqual(relay_leases(b).get(lid, {}).get("tunnels"), 1)
+            wait_for(lambda: relay_leases(c).get(lid, {}).get("tunnels") == 1, 10,
+                     "the slot's tunnel on relay-c")
+            socks_c = [wait_for(lambda: try_connect(c.host, port), 10, "connect via relay-c")
+                       for _ in range(2)]
+            loads.append(EchoLoad(socks_c, 150).start())
+            wait_for(lambda: min(loads[1].rounds) >= 2 or loads[1].errors, 20,
+                     "echo rounds via relay-c")
+            self.stop_past_the_dial(sc, c, loads)
+            self.assertTrue(sc.grep("the spare tunnel (relay %s:%d) is one of "
+                                    "tunnel.connections now" % (b.host, b.port)))
         finally:
-            errors = load.finish()
+            errors = [e for ld in loads for e in ld.finish()]
         self.assertEqual(errors, [])
-        self.assertTrue(re.search(r"spare tunnel joined the lease, 2 held streams",
-                                  sc.log_text()), sc.log_text()[-3000:])
-        self.assertTrue(re.search(r"resumed 2 streams", b.log_text()), b.log_text()[-3000:])
-        # the spare is a tunnel of the lease like the others: a new
-        # executor connection via relay-b is served
-        s = wait_for(lambda: try_connect(b.host, port), 10, "a new connection via relay-b")
-        ok, why = echo_exchange(s, 900, 256 * 1024)
-        self.assertTrue(ok, why)
-        self.assertEqual(relay_leases(b).get(lid, {}).get("tunnels"), 1)
-        for s in socks + [s]:
+        self.assertEqual(H_count(sc, "spare tunnel joined the lease, 2 held streams"), 2,
+                         sc.log_text()[-3000:])
+        self.assertTrue(re.search(r"resumed 2 streams", c.log_text()), c.log_text()[-3000:])
+        for s in socks + socks_c:
             s.close()
 
     def test_a_reset_tunnel_beside_another_on_its_relay_resumes_there(self):
