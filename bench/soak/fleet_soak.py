@@ -24,7 +24,7 @@ Cuts at seeded random intervals (--gap, default 3-8 s, so the fleet settles):
   kill     SIGKILL of one relay; new connections through the two others are
            probed at once; after 0.5-3 s the relay is restarted with the same
            id and address;
-  stop     SIGSTOP of one relay for 1-6 s, then SIGCONT;
+  stop     SIGSTOP of one relay for 1-6 s (--stop), then SIGCONT;
   ssk      `ss -K` of one tunnel TCP connection of one sidecar (its socket);
   delkey   deletion of /sparkrelay/relays/<id> in etcd: the relay must write
            it back within 5 s;
@@ -105,6 +105,9 @@ def parse_args(argv):
     ap.add_argument("--bulk-rate-mib", type=float, default=3.0, help="highest bulk rate, MiB/s (3)")
     ap.add_argument("--churn", type=int, default=2, help="short-connection workers (2)")
     ap.add_argument("--gap", default="3,8", help="seconds between cuts, min,max (3,8)")
+    ap.add_argument("--stop", default="1,6", help="seconds a stopped relay stays stopped, "
+                    "min,max (1,6); past about 6 (the sidecar's PING timeout and its 3 s "
+                    "dial) its sidecars' spare tunnel dials it for their held connections")
     ap.add_argument("--weights", default="kill=25,stop=20,ssk=25,delkey=15,etcdstop=15",
                     help="relative weights of the cut kinds")
     ap.add_argument("--probe-bound", type=float, default=5.0, help="a new connection must echo "
@@ -179,27 +182,12 @@ class Event:
             self.t_cut - 0.05 <= t_fail <= self.t_restore + HOLD_S + 30
 
 
-class FleetSoak:
+class FleetSoak(S.SoakRun):
+    NAME = "fleet-soak"
+
     def __init__(self, args):
-        self.args = args
-        self.seed = args.seed if args.seed is not None else random.randrange(1 << 31)
-        random.seed(self.seed)
-        self.rng = random.Random("fleet-cuts-%d" % self.seed)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        self.dir = os.path.abspath(args.dir or "/tmp/sr-fleet-soak-%s-seed%d" % (stamp,
-                                                                               self.seed))
-        os.makedirs(self.dir, exist_ok=True)
-        H._ROOT = self.dir
-        self.timeline_path = os.path.join(self.dir, "timeline.log")
-        self.timeline = open(self.timeline_path, "a", buffering=1)
+        super().__init__(args, "fleet-cuts")
         self.cuts_file = open(os.path.join(self.dir, "cuts.jsonl"), "a", buffering=1)
-        self.lock = threading.Lock()
-        self.failures = []
-        self.failed = threading.Event()
-        self.stop_load = threading.Event()
-        self.counts = collections.Counter()
-        self.bytes_checked = 0
-        self.tag_next = 1
         self.tags = {}            # tag -> {"path", "t_open", "kind", "abandoned"}
         self.pending = []         # unplanned connection ends, judged later
         self.events = []          # Event
@@ -217,35 +205,11 @@ class FleetSoak:
         self.threads = []
         self.cut_stats = []
         self.admin_ports = {}
-        self.t_start = time.time()
         self.rig = None
         self.driver = None
         self.stopped = None       # the relay Proc under SIGSTOP, if any
 
     # ------------------------------------------------------------ reporting
-    def say(self, msg):
-        self.timeline.write("%s +%7.2fs %s\n" % (time.strftime("%H:%M:%S"),
-                                                 time.time() - self.t_start, msg))
-
-    def out(self, msg):
-        self.say(msg)
-        sys.stdout.write("[fleet-soak %s] %s\n" % (time.strftime("%H:%M:%S"), msg))
-        sys.stdout.flush()
-
-    def fail(self, text, log=None):
-        with self.lock:
-            self.failures.append((time.time(), text, log))
-        self.failed.set()
-        self.out("FAILURE: " + text + (" [log %s]" % log if log else ""))
-
-    def inc(self, key, n=1):
-        with self.lock:
-            self.counts[key] += n
-
-    def add_bytes(self, n):
-        with self.lock:
-            self.bytes_checked += n
-
     def ts(self, t):
         if t is None or t == float("inf"):
             return str(t)
@@ -850,7 +814,7 @@ class FleetSoak:
             fid = self.rng.choice(FIDS)
             info["relay"] = fid
             p = self.relay(fid)
-            dur = self.rng.uniform(1.0, 6.0)
+            dur = self.rng.uniform(*(float(x) for x in self.args.stop.split(",")))
             info["freeze"] = dur
             ev = Event(kind, fid, holders)
             self.events.append(ev)

@@ -522,15 +522,20 @@ class KillEvent:
         self.t_bound = float("inf")  # connections opened before this may be reset
 
 
-class Soak:
-    def __init__(self, args):
+class SoakRun:
+    """What both soaks (this one and fleet_soak.py) share: the seed, the run
+    directory and its timeline, and the counts and failures their threads
+    report into."""
+    NAME = "soak"   # the run directory's and the console lines' prefix
+
+    def __init__(self, args, rng_name):
         self.args = args
         self.seed = args.seed if args.seed is not None else random.randrange(1 << 31)
         random.seed(self.seed)
-        self.rng = random.Random("cuts-%d" % self.seed)
-        self.flap_rng = random.Random("flap-%d" % self.seed)
+        self.rng = random.Random("%s-%d" % (rng_name, self.seed))
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        self.dir = os.path.abspath(args.dir or "/tmp/sr-soak-%s-seed%d" % (stamp, self.seed))
+        self.dir = os.path.abspath(args.dir or "/tmp/sr-%s-%s-seed%d" % (self.NAME, stamp,
+                                                                         self.seed))
         os.makedirs(self.dir, exist_ok=True)
         H._ROOT = self.dir
         self.timeline_path = os.path.join(self.dir, "timeline.log")
@@ -539,14 +544,44 @@ class Soak:
         self.failures = []          # (epoch, text, log)
         self.failed = threading.Event()
         self.stop_load = threading.Event()
+        self.counts = collections.Counter()
+        self.bytes_checked = 0
+        self.tag_next = 1
+        self.t_start = time.time()
+
+    def say(self, msg):
+        self.timeline.write("%s +%7.2fs %s\n" % (time.strftime("%H:%M:%S"),
+                                                 time.time() - self.t_start, msg))
+
+    def out(self, msg):
+        self.say(msg)
+        sys.stdout.write("[%s %s] %s\n" % (self.NAME, time.strftime("%H:%M:%S"), msg))
+        sys.stdout.flush()
+
+    def fail(self, text, log=None):
+        with self.lock:
+            self.failures.append((time.time(), text, log))
+        self.failed.set()
+        self.out("FAILURE: " + text + (" [log %s]" % log if log else ""))
+
+    def inc(self, key, n=1):
+        with self.lock:
+            self.counts[key] += n
+
+    def add_bytes(self, n):
+        with self.lock:
+            self.bytes_checked += n
+
+
+class Soak(SoakRun):
+    def __init__(self, args):
+        super().__init__(args, "cuts")
+        self.flap_rng = random.Random("flap-%d" % self.seed)
         self.kills = []
         self.aborts = []            # epochs of executor RSTs (churn)
         self.early_aborts = []      # ... of those sent before the echo came back
         self.pending = []           # deferred judgements: dicts
         self.excused = collections.Counter()
-        self.counts = collections.Counter()
-        self.bytes_checked = 0
-        self.tag_next = 1
         self.registry = {}          # tag/id -> DriverConn
         self.churn_aborted = set()
         self.procs = []             # every relay/sidecar Proc
@@ -560,35 +595,11 @@ class Soak:
         self.rpc_old = []
         self.threads = []
         self.incarnation = 1
-        self.t_start = time.time()
         self.worst_late = 0.0
         self.slow = 0
         self.lost_expected = collections.Counter()
 
     # ------------------------------------------------------------ reporting
-    def say(self, msg):
-        line = "%s +%7.2fs %s" % (time.strftime("%H:%M:%S"), time.time() - self.t_start, msg)
-        self.timeline.write(line + "\n")
-
-    def out(self, msg):
-        self.say(msg)
-        sys.stdout.write("[soak %s] %s\n" % (time.strftime("%H:%M:%S"), msg))
-        sys.stdout.flush()
-
-    def fail(self, text, log=None):
-        with self.lock:
-            self.failures.append((time.time(), text, log))
-        self.failed.set()
-        self.out("FAILURE: " + text)
-
-    def inc(self, key, n=1):
-        with self.lock:
-            self.counts[key] += n
-
-    def add_bytes(self, n):
-        with self.lock:
-            self.bytes_checked += n
-
     def new_tag(self):
         with self.lock:
             t = self.tag_next
