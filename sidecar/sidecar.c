@@ -20,7 +20,8 @@
  * of ours no tunnel serves, and joins the lease there so that they resume
  * (spare_take). It stays a tunnel of the lease until it is lost; if another
  * slot then cannot reach its own held connections' relay, the two swap
- * roles (spare_swap), so that there is always one slot to dial for them.
+ * roles (keep_lost_relay): a relay with held connections is given up only
+ * when another slot will dial it.
  *
  * The relay is trusted less than the notebook. tun_ctl has checked the shape
  * of every value it sends; here the order is checked too: one lease per
@@ -62,8 +63,11 @@ enum sc_state {
 /* One tunnel of the lease and its dial state machine. */
 struct sc_slot {
 	struct sidecar *s;
+	/* 0: the slot that registers while no tunnel holds the lease;
+	 * the spare's is always nslots (keep_lost_relay trades them) */
 	unsigned idx;
-	int spare; /* the slot past tunnel.connections (spare_take) */
+	int spare;         /* this slot is the spare (spare_take) */
+	int spare_refused; /* the spare's join was refused: no fast retries */
 	enum sc_state state;
 	struct disc_lookup *resolve;
 	struct disc_addr *addrs;
@@ -101,7 +105,7 @@ struct sidecar {
 
 	/* tunnel.connections slots and, with two or more, the spare: first
 	 * the last of the array, then whichever slot took its place
-	 * (spare_swap) */
+	 * (keep_lost_relay) */
 	struct sc_slot slots[SIDECAR_MAX_CONNECTIONS + 1];
 	unsigned nslots, nall;
 	struct sc_slot *spare;
@@ -382,6 +386,11 @@ static void kick_idle(struct sidecar *s)
 			sc_start(&s->slots[i]);
 			return;
 		}
+	/* The spare, idle while connections are held: when it last looked,
+	 * another slot was dialling their relay, which it may have given up
+	 * since (resolved_cb ranks the relays again). */
+	if (s->spare && s->spare->state == SC_IDLE && slot_may_dial(s->spare))
+		sc_start(s->spare);
 }
 
 /* Slot p, leased now on another relay than the one whose tunnel it lost,
@@ -403,31 +412,47 @@ static void spare_take(struct sidecar *s, const struct sc_slot *p)
 	snprintf(sp->lost_peer, sizeof(sp->lost_peer), "%s", p->lost_peer);
 	sp->lost_tid = p->lost_tid;
 	sp->attempt = 0;
+	sp->spare_refused = 0;
 	SR_INFO("", "driver connections held for relay %s, which no tunnel dials now: a spare "
 		    "tunnel dials it until they resume or their resume_hold_s ends",
 		p->lost_peer);
 	sc_start(sp);
 }
 
-/* Slot p could not reach the relay it lost (SC_HOLD_DIAL_MS), where driver
- * connections of ours wait, while the spare is a tunnel of the lease (it
- * resumed what it was for). Rather than have p join another relay and leave
- * those connections to nobody, the two swap: the spare's tunnel counts as one
- * of tunnel.connections from now on, and p, the spare now, dials on for them.
- * Returns whether they swapped. */
-static int spare_swap(struct sidecar *s, struct sc_slot *p)
+/* Slot p could not reach the relay it lost (within SC_HOLD_DIAL_MS, or
+ * refused at once), where driver connections of ours wait. It moves on to
+ * another relay only if someone will dial this one for them: the spare,
+ * idle (spare_take, once p is leased elsewhere). If the spare is a tunnel of
+ * the lease (it resumed what it was for), the two swap: the spare's tunnel
+ * counts as one of tunnel.connections from now on, and p, the spare now,
+ * dials on for them. If the spare dials for another relay, p dials its own
+ * again, and the lease has a tunnel less meanwhile: its connections matter
+ * more. Returns whether p keeps dialling the relay it lost. */
+static int keep_lost_relay(struct sidecar *s, struct sc_slot *p)
 {
 	struct sc_slot *sp = s->spare;
 	unsigned idx;
 
-	if (!sp || p == sp || !sp->tun_leased || !p->lost_peer[0] ||
+	if (!sp || p == sp || s->shutting_down || !p->lost_peer[0] ||
 	    strcmp(p->dial_peer, p->lost_peer) != 0 ||
 	    !tun_group_held_from(s->group, slot_origin(s, p->lost_peer)))
 		return 0;
+	/* idle: it takes the relay over once p is leased elsewhere; dialling
+	 * this very relay: two joins there would race for its connections */
+	if (sp->state == SC_IDLE || (sp->ep && !sp->tun_leased &&
+				     strcmp(sp->dial_peer, p->lost_peer) == 0))
+		return 0;
+	if (!sp->tun_leased) {
+		SR_INFO("", "driver connections held for relay %s, which does not answer; the "
+			    "spare tunnel dials for another relay's: dialling %s again",
+			p->lost_peer, p->lost_peer);
+		return 1;
+	}
 	idx = p->idx;
 	p->idx = sp->idx;
 	sp->idx = idx;
 	p->spare = 1;
+	p->spare_refused = 0;
 	sp->spare = 0;
 	s->spare = p;
 	SR_INFO("", "driver connections held for relay %s, which does not answer: the spare "
@@ -456,6 +481,7 @@ static void on_joined(struct sidecar *s, struct sc_slot *p, struct tun_conn *c,
 	p->lost_tid = 0;
 	p->state = SC_LEASED;
 	p->attempt = 0;
+	p->spare_refused = 0;
 	lease_links(s);
 	snprintf(ctx, sizeof(ctx), "lease=%s relay=%s", sr_esc(m->lease, lbuf, sizeof(lbuf)),
 		 p->dial_peer);
@@ -603,6 +629,8 @@ static void on_join_refused(struct sidecar *s, struct sc_slot *p, struct tun_con
 		SR_WARN(tun_conn_logctx(c), "relay refused to add this tunnel to the lease: %s: %s",
 			sr_esc(m->code, cbuf, sizeof(cbuf)), sr_esc(m->message, mbuf, sizeof(mbuf)));
 	}
+	if (p->spare)
+		p->spare_refused = 1; /* no retry each second for the hold's length */
 	tun_conn_close(c, SR_EDENIED);
 }
 
@@ -712,6 +740,8 @@ static void schedule_backoff(struct sc_slot *p)
 	/* Driver connections wait for this tunnel (resume_hold_s): try again
 	 * at once, then at least every second, so they resume within a second
 	 * of the path coming back. */
+	if (p->spare_refused)
+		holding = 0;
 	if (holding && max > SC_HOLD_RETRY_MS)
 		max = SC_HOLD_RETRY_MS;
 	for (unsigned i = 0; i < p->attempt && delay < max; i++)
@@ -786,7 +816,7 @@ static void on_closed(struct tun_endpoint *ep, int err, const char *why_ep, void
 		p->tid = 0;
 	}
 	if (!was_up) {
-		if (!s->shutting_down && spare_swap(s, p))
+		if (keep_lost_relay(s, p))
 			schedule_backoff(p);
 		else
 			dial_next(p);
@@ -803,14 +833,18 @@ static void on_closed(struct tun_endpoint *ep, int err, const char *why_ep, void
 	}
 	if (was_leased && s->lease.have_lease && !others)
 		s->lease.reconnects++;
-	{
+	if (p->spare && !was_leased) {
+		/* closed by us (nothing to resume), or its join refused */
+		SR_INFO("", "spare tunnel to relay %s closed%s%s", p->dial_peer, why[0] ? ": " : "",
+			why);
+	} else {
 		char msg[256];
 
 		if (was_leased && others) {
-			SR_WARN("", "tunnel to relay %s lost%s%s; %u other tunnel%s the lease; "
+			SR_WARN("", "%stunnel to relay %s lost%s%s; %u other tunnel%s the lease; "
 				    "dialling a replacement",
-				p->dial_peer, why[0] ? ": " : "", why, others,
-				others == 1 ? " carries" : "s carry");
+				p->spare ? "spare " : "", p->dial_peer, why[0] ? ": " : "", why,
+				others, others == 1 ? " carries" : "s carry");
 		} else if (!others) {
 			snprintf(msg, sizeof(msg), "tunnel to relay %s lost%s%s; reconnecting",
 				 p->dial_peer, why[0] ? ": " : "", why);
@@ -927,22 +961,23 @@ static int addr_rank(const struct sc_slot *p, const char *a)
 	const struct sidecar *s = p->s;
 	int lost = strcmp(a, p->lost_peer) == 0;
 	int held = tun_group_held_from(s->group, slot_origin(s, a)) > 0;
+	int used = 0, leased_there = 0;
 
 	if (s->nslots == 1)
 		return 0;
 	for (unsigned i = 0; i < s->nall; i++) {
 		const struct sc_slot *q = &s->slots[i];
-		if (q == p || !q->ep || strcmp(q->dial_peer, a) != 0)
-			continue;
-		/* Two tunnels of ours on one relay, one lost: its connections
-		 * resume only on a join there (the other tunnel's relay is
-		 * up, so it answers at once). Found by the fleet soak: the
-		 * replacement went to a relay no tunnel used, and they were
-		 * reset after resume_hold_s. */
-		if (lost && held && q->tun_leased)
-			return 0;
-		return 4;
+		if (q != p && q->ep && strcmp(q->dial_peer, a) == 0) {
+			used = 1;
+			leased_there |= q->tun_leased;
+		}
 	}
+	/* Two tunnels of ours on one relay, one lost: its connections resume
+	 * only on a join there (the other tunnel's relay is up, so it answers
+	 * at once). Found by the fleet soak: the replacement went to a relay
+	 * no tunnel used, and they were reset after resume_hold_s. */
+	if (used)
+		return lost && held && leased_there ? 0 : 4;
 	if (held)
 		return lost ? 0 : 1;
 	return lost ? 3 : 2;
@@ -988,7 +1023,10 @@ static void dial_next(struct sc_slot *p)
 			SR_WARN("", "cannot connect to relay %s: %s", p->dial_peer, strerror(errno));
 			SSL_free(ssl);
 			close(fd);
-			dial_next(p);
+			if (keep_lost_relay(s, p))
+				schedule_backoff(p);
+			else
+				dial_next(p);
 			return;
 		}
 		/* Driver bytes a relay has not acknowledged, summed over the

@@ -858,6 +858,72 @@ class FleetTwoTunnelsTest(FleetCase):
         for s in socks + socks_c:
             s.close()
 
+    def test_two_relays_away_at_once_each_keeps_a_dialler(self):
+        """relay-b stopped past a slot's dial: the slot joins relay-c and the
+        spare dials relay-b. Then relay-c stopped too while relay-b still is:
+        the slot cannot reach relay-c and the spare is busy, so the slot
+        dials relay-c again instead of joining relay-a (which would leave
+        relay-c's connections to nobody). Both relays come back within the
+        hold and every connection through them resumes byte-exact."""
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        c = self.start_relay("relay-c", HOSTS[2])
+        sc = self.start_sidecar("sc1", (a, b, c), more={"tunnel": {
+            "resume_hold_s": 40, "h2": {"ping_interval_ms": 500, "ping_timeout_ms": 1500}}})
+        lease = self.lease_of(sc)
+        port = int(lease["ports"]["driver"])
+        lid = lease["lease"]
+        wait_for(lambda: sc.grep("joined the lease: 2 tunnels"), 15, "the second tunnel")
+        for r in (a, b):
+            wait_for(lambda: relay_leases(r).get(lid, {}).get("tunnels") == 1, 10,
+                     "sc1's tunnel on %s" % r.fid)
+        self.driver = H.Driver({"driver": port})
+        self.driver.start()
+        socks = [wait_for(lambda: try_connect(r.host, port), 10, "connect via %s" % r.fid)
+                 for r in (a, b, b)]
+        loads = [EchoLoad(socks, 190).start()]
+        socks_c = []
+        stopped = []
+        try:
+            wait_for(lambda: min(loads[0].rounds) >= 2 or loads[0].errors, 20, "echo rounds")
+            self.assertEqual(loads[0].errors, [])
+            joined = H_count(sc, "joined the lease: 2 tunnels")
+            b.signal(signal.SIGSTOP)
+            stopped.append(b)
+            wait_for(lambda: H_count(sc, "joined the lease: 2 tunnels") > joined, 20,
+                     "the slot that lost relay-b joining elsewhere")
+            wait_for(lambda: relay_leases(c).get(lid, {}).get("tunnels") == 1, 10,
+                     "the slot's tunnel on relay-c")
+            socks_c = [wait_for(lambda: try_connect(c.host, port), 10, "connect via relay-c")
+                       for _ in range(2)]
+            loads.append(EchoLoad(socks_c, 210).start())
+            wait_for(lambda: min(loads[1].rounds) >= 2 or loads[1].errors, 20,
+                     "echo rounds via relay-c")
+            c.signal(signal.SIGSTOP)
+            stopped.append(c)
+            wait_for(lambda: sc.grep("the spare tunnel dials for another relay's: dialling "
+                                     "%s:%d again" % (c.host, c.port)), 20,
+                     "the slot keeping relay-c while the spare dials relay-b")
+            for r in (c, b):
+                r.signal(signal.SIGCONT)
+                stopped.remove(r)
+            done = [list(ld.rounds) for ld in loads]
+            t0 = time.monotonic()
+            for ld, d in zip(loads, done):
+                ld.wait_more(d, 2, 15, "echo rounds after both relays returned")
+                self.assertEqual(ld.errors, [])
+            H.log("measured: two relays away at once; every connection echoing %.2f s after "
+                  "they returned" % (time.monotonic() - t0))
+        finally:
+            for r in stopped:
+                r.signal(signal.SIGCONT)
+            errors = [e for ld in loads for e in ld.finish()]
+        self.assertEqual(errors, [])
+        self.assertFalse(relay_leases(a).get(lid, {}).get("tunnels", 0) > 1,
+                         "the slot gave relay-c up for relay-a")
+        for s in socks + socks_c:
+            s.close()
+
     def test_a_reset_tunnel_beside_another_on_its_relay_resumes_there(self):
         """Two of the sidecar's three tunnels on relay-a (relay-c was down
         when they were dialled), one of them reset: its replacement must go
