@@ -161,6 +161,10 @@ class EchoLoad:
         wait_for(lambda: all(r >= d + n for r, d in zip(self.rounds, done)) or self.errors,
                  timeout, what)
 
+    def close(self):
+        for s in self.socks:
+            s.close()
+
     def finish(self):
         self.stop_ev.set()
         for t in self.threads:
@@ -673,12 +677,10 @@ class FleetTwoTunnelsTest(FleetCase):
         for s in socks:
             s.close()
 
-    def two_tunnels_and_relay_a_killed(self, more=None):
-        """Relays a, b, c; sidecar sc1 (more: its configuration) with tunnels
-        on a and b, two echoing executor connections through each of them;
-        then relay-a killed, and sc1's replacement joined elsewhere (relay-c).
-        Returns a, b, c, sc1, its lease id, the connections via a and via b,
-        and when relay-a was killed (time.monotonic)."""
+    def sidecar_on_a_and_b(self, more=None):
+        """Relays a, b, c; sidecar sc1 (more: its configuration) with its two
+        tunnels on a and b, and the driver. Returns a, b, c, sc1, its lease
+        id and driver port."""
         a = self.start_relay("relay-a", HOSTS[0])
         b = self.start_relay("relay-b", HOSTS[1])
         c = self.start_relay("relay-c", HOSTS[2])
@@ -692,6 +694,26 @@ class FleetTwoTunnelsTest(FleetCase):
                      "sc1's tunnel on %s" % r.fid)
         self.driver = H.Driver({"driver": port})
         self.driver.start()
+        return a, b, c, sc, lid, port
+
+    def echo_via(self, r, lid, port, n, seed):
+        """Once sc1's lease has a tunnel on relay r: n executor connections
+        through r, echoing (an EchoLoad, started, two rounds done)."""
+        wait_for(lambda: relay_leases(r).get(lid, {}).get("tunnels") == 1, 10,
+                 "sc1's tunnel on %s" % r.fid)
+        socks = [wait_for(lambda: try_connect(r.host, port), 10, "connect via %s" % r.fid)
+                 for _ in range(n)]
+        load = EchoLoad(socks, seed).start()
+        wait_for(lambda: min(load.rounds) >= 2 or load.errors, 20, "echo rounds via %s" % r.fid)
+        return load
+
+    def two_tunnels_and_relay_a_killed(self, more=None):
+        """sidecar_on_a_and_b, two echoing executor connections through each
+        of a and b; then relay-a killed, and sc1's replacement joined
+        elsewhere (relay-c). Returns a, b, c, sc1, its lease id, the
+        connections via a and via b, and when relay-a was killed
+        (time.monotonic)."""
+        a, b, c, sc, lid, port = self.sidecar_on_a_and_b(more)
         via = {r.fid: [wait_for(lambda: try_connect(r.host, port), 10, "connect via %s" % r.fid)
                        for _ in range(2)] for r in (a, b)}
         for i, s in enumerate(via["relay-a"] + via["relay-b"]):
@@ -806,27 +828,12 @@ class FleetTwoTunnelsTest(FleetCase):
         tunnel of the lease by now, and that slot swap roles, and relay-c's
         connections resume too. Before, nothing dialled the stopped relay
         again and they were reset when the hold ran out."""
-        a = self.start_relay("relay-a", HOSTS[0])
-        b = self.start_relay("relay-b", HOSTS[1])
-        c = self.start_relay("relay-c", HOSTS[2])
-        sc = self.start_sidecar("sc1", (a, b, c), more={"tunnel": {
+        a, b, c, sc, lid, port = self.sidecar_on_a_and_b({"tunnel": {
             "resume_hold_s": 30, "h2": {"ping_interval_ms": 500, "ping_timeout_ms": 1500}}})
-        lease = self.lease_of(sc)
-        port = int(lease["ports"]["driver"])
-        lid = lease["lease"]
-        wait_for(lambda: sc.grep("joined the lease: 2 tunnels"), 15, "the second tunnel")
-        for r in (a, b):
-            wait_for(lambda: relay_leases(r).get(lid, {}).get("tunnels") == 1, 10,
-                     "sc1's tunnel on %s" % r.fid)
-        self.driver = H.Driver({"driver": port})
-        self.driver.start()
-        socks = [wait_for(lambda: try_connect(r.host, port), 10, "connect via %s" % r.fid)
-                 for r in (a, a, b, b)]
-        load = EchoLoad(socks, 130).start()
-        loads = [load]
+        loads = [self.echo_via(a, lid, port, 2, 130), self.echo_via(b, lid, port, 2, 140)]
         try:
-            wait_for(lambda: min(load.rounds) >= 2 or load.errors, 20, "echo rounds")
-            self.assertEqual(load.errors, [])
+            for load in loads:
+                self.assertEqual(load.errors, [])
             self.stop_past_the_dial(sc, b, loads)
             self.assertTrue(re.search(r"spare tunnel joined the lease, 2 held streams",
                                       sc.log_text()), sc.log_text()[-3000:])
@@ -839,13 +846,7 @@ class FleetTwoTunnelsTest(FleetCase):
             self.assertTrue(ok, why)
             s.close()
             self.assertEqual(relay_leases(b).get(lid, {}).get("tunnels"), 1)
-            wait_for(lambda: relay_leases(c).get(lid, {}).get("tunnels") == 1, 10,
-                     "the slot's tunnel on relay-c")
-            socks_c = [wait_for(lambda: try_connect(c.host, port), 10, "connect via relay-c")
-                       for _ in range(2)]
-            loads.append(EchoLoad(socks_c, 150).start())
-            wait_for(lambda: min(loads[1].rounds) >= 2 or loads[1].errors, 20,
-                     "echo rounds via relay-c")
+            loads.append(self.echo_via(c, lid, port, 2, 150))
             self.stop_past_the_dial(sc, c, loads)
             self.assertTrue(sc.grep("the spare tunnel (relay %s:%d) is one of "
                                     "tunnel.connections now" % (b.host, b.port)))
@@ -855,8 +856,8 @@ class FleetTwoTunnelsTest(FleetCase):
         self.assertEqual(H_count(sc, "spare tunnel joined the lease, 2 held streams"), 2,
                          sc.log_text()[-3000:])
         self.assertTrue(re.search(r"resumed 2 streams", c.log_text()), c.log_text()[-3000:])
-        for s in socks + socks_c:
-            s.close()
+        for load in loads:
+            load.close()
 
     def test_two_relays_away_at_once_each_keeps_a_dialler(self):
         """relay-b stopped past a slot's dial: the slot joins relay-c and the
@@ -865,40 +866,19 @@ class FleetTwoTunnelsTest(FleetCase):
         dials relay-c again instead of joining relay-a (which would leave
         relay-c's connections to nobody). Both relays come back within the
         hold and every connection through them resumes byte-exact."""
-        a = self.start_relay("relay-a", HOSTS[0])
-        b = self.start_relay("relay-b", HOSTS[1])
-        c = self.start_relay("relay-c", HOSTS[2])
-        sc = self.start_sidecar("sc1", (a, b, c), more={"tunnel": {
+        a, b, c, sc, lid, port = self.sidecar_on_a_and_b({"tunnel": {
             "resume_hold_s": 40, "h2": {"ping_interval_ms": 500, "ping_timeout_ms": 1500}}})
-        lease = self.lease_of(sc)
-        port = int(lease["ports"]["driver"])
-        lid = lease["lease"]
-        wait_for(lambda: sc.grep("joined the lease: 2 tunnels"), 15, "the second tunnel")
-        for r in (a, b):
-            wait_for(lambda: relay_leases(r).get(lid, {}).get("tunnels") == 1, 10,
-                     "sc1's tunnel on %s" % r.fid)
-        self.driver = H.Driver({"driver": port})
-        self.driver.start()
-        socks = [wait_for(lambda: try_connect(r.host, port), 10, "connect via %s" % r.fid)
-                 for r in (a, b, b)]
-        loads = [EchoLoad(socks, 190).start()]
-        socks_c = []
+        loads = [self.echo_via(a, lid, port, 1, 190), self.echo_via(b, lid, port, 2, 200)]
         stopped = []
         try:
-            wait_for(lambda: min(loads[0].rounds) >= 2 or loads[0].errors, 20, "echo rounds")
-            self.assertEqual(loads[0].errors, [])
+            for load in loads:
+                self.assertEqual(load.errors, [])
             joined = H_count(sc, "joined the lease: 2 tunnels")
             b.signal(signal.SIGSTOP)
             stopped.append(b)
             wait_for(lambda: H_count(sc, "joined the lease: 2 tunnels") > joined, 20,
                      "the slot that lost relay-b joining elsewhere")
-            wait_for(lambda: relay_leases(c).get(lid, {}).get("tunnels") == 1, 10,
-                     "the slot's tunnel on relay-c")
-            socks_c = [wait_for(lambda: try_connect(c.host, port), 10, "connect via relay-c")
-                       for _ in range(2)]
-            loads.append(EchoLoad(socks_c, 210).start())
-            wait_for(lambda: min(loads[1].rounds) >= 2 or loads[1].errors, 20,
-                     "echo rounds via relay-c")
+            loads.append(self.echo_via(c, lid, port, 2, 210))
             c.signal(signal.SIGSTOP)
             stopped.append(c)
             wait_for(lambda: sc.grep("the spare tunnel dials for another relay's: dialling "
@@ -921,8 +901,8 @@ class FleetTwoTunnelsTest(FleetCase):
         self.assertEqual(errors, [])
         self.assertFalse(relay_leases(a).get(lid, {}).get("tunnels", 0) > 1,
                          "the slot gave relay-c up for relay-a")
-        for s in socks + socks_c:
-            s.close()
+        for load in loads:
+            load.close()
 
     def test_a_reset_tunnel_beside_another_on_its_relay_resumes_there(self):
         """Two of the sidecar's three tunnels on relay-a (relay-c was down
