@@ -184,6 +184,7 @@ class Event:
 
 class FleetSoak(S.SoakRun):
     NAME = "fleet-soak"
+    DRIVER_IDLE = DRIVER_IDLE
 
     def __init__(self, args):
         super().__init__(args, "fleet-cuts")
@@ -453,27 +454,10 @@ class FleetSoak(S.SoakRun):
         else:
             dc.info["kind"] = "rpc"
             dc.sendall(tag)
-        while True:
-            b = dc.recv(64 * KiB)
-            if not b:
-                dc.end = "eof"
-                return
-            dc.sendall(b)
+        self.drv_echo(dc)
 
-    def drv_bulk(self, dc):
-        e, _, _, hdr = H.recv_exact(dc.sock, S.BULK_HDR.size, recv=dc.recv)
-        if e != "ok":
-            raise S.Ended(e, "bulk: ended within its header")
-        tag_up, tag_dn, n_up, n_dn, rate = S.BULK_HDR.unpack(hdr)
+    def bulk_started(self, dc, tag_up, tag_dn):
         dc.info["cid"] = tag_up
-        chk = S.StreamCheck(tag_up, n_up)
-        try:
-            S.duplex(dc.sock, b"", tag_dn, n_dn, rate, chk, n_up, idle=DRIVER_IDLE,
-                     what="bulk, at the driver")
-        finally:
-            self.add_bytes(chk.off)
-        S.recv_eof(dc.sock, recv=dc.recv, what="bulk executor->driver end")
-        dc.end = "eof"
 
     def judge_driver(self, final=False):
         for dc in self.driver.all_conns():

@@ -572,6 +572,39 @@ class SoakRun:
         with self.lock:
             self.bytes_checked += n
 
+    # The stand-in driver's end of the load both soaks send (the executor
+    # side opens each connection with a tag saying which kind it is).
+    DRIVER_IDLE = None  # a bulk transfer's idle limit at the driver (duplex)
+
+    def bulk_started(self, dc, tag_up, tag_dn):
+        """A bulk connection's header came (a subclass notes its tags)."""
+
+    def drv_echo(self, dc):
+        """Send back whatever comes, until EOF."""
+        while True:
+            b = dc.recv(64 * KiB)
+            if not b:
+                dc.end = "eof"
+                return
+            dc.sendall(b)
+
+    def drv_bulk(self, dc):
+        """A paced duplex transfer: the pattern down, every byte up checked,
+        then a clean end both ways."""
+        e, _, _, hdr = H.recv_exact(dc.sock, BULK_HDR.size, recv=dc.recv)
+        if e != "ok":
+            raise Ended(e, "bulk: ended within its header")
+        tag_up, tag_dn, n_up, n_dn, rate = BULK_HDR.unpack(hdr)
+        self.bulk_started(dc, tag_up, tag_dn)
+        chk = StreamCheck(tag_up, n_up)
+        try:
+            duplex(dc.sock, b"", tag_dn, n_dn, rate, chk, n_up, idle=self.DRIVER_IDLE,
+                   what="bulk, at the driver")
+        finally:
+            self.add_bytes(chk.off)
+        recv_eof(dc.sock, recv=dc.recv, what="bulk executor->driver end")
+        dc.end = "eof"
+
 
 class Soak(SoakRun):
     def __init__(self, args):
@@ -777,29 +810,13 @@ class Soak(SoakRun):
         dc.sendall(tag + rest)
         return self.drv_echo(dc)
 
-    def drv_echo(self, dc):
-        while True:
-            b = dc.recv(64 * KiB)
-            if not b:
-                dc.end = "eof"
-                return
-            dc.sendall(b)
-
-    def drv_bulk(self, dc):
-        e, _, _, hdr = H.recv_exact(dc.sock, BULK_HDR.size, recv=dc.recv)
-        if e != "ok":
-            raise Ended(e, "bulk: ended within its header")
-        tag_up, tag_dn, n_up, n_dn, rate = BULK_HDR.unpack(hdr)
+    def bulk_started(self, dc, tag_up, tag_dn):
         dc.info["tags"] = (tag_up, tag_dn)
         self.register(("bulk", tag_up), dc)
-        chk = StreamCheck(tag_up, n_up)
-        try:
-            duplex(dc.sock, b"", tag_dn, n_dn, rate, chk, n_up, what="bulk, at the driver")
-        finally:
-            self.add_bytes(chk.off)
-        recv_eof(dc.sock, recv=dc.recv, what="bulk executor->driver end")
+
+    def drv_bulk(self, dc):
+        super().drv_bulk(dc)
         dc.info["ok"] = True
-        dc.end = "eof"
 
     def drv_half(self, dc, tag):
         e, _, _, hdr = H.recv_exact(dc.sock, 8, recv=dc.recv)
