@@ -73,6 +73,15 @@ struct tun_conn_opts {
  * window already moves window/RTT (256 KiB / 1 ms = 256 MiB/s per stream),
  * and every byte of window is bulk that may queue ahead of a heartbeat. */
 #define TUN_WIN_GROW_MIN_RTT_US 1000
+/* Below that round trip a stream's window still grows while the stream is
+ * alone: no DATA arrived on another stream of the tunnel for TUN_COMPANY_US.
+ * Then nothing waits behind its bytes, and on a machine whose cores are busy
+ * the far end does not always return credit before a configured window is
+ * used up. Up to TUN_WIN_ALONE_MAX times stream_window; while another stream
+ * has DATA in flight, the credit of that growth is withheld, so the stream
+ * has its configured window again (tun_stream.c). */
+#define TUN_COMPANY_US (500u * 1000u)
+#define TUN_WIN_ALONE_MAX 8u
 
 /* Defaults used when a field is 0. */
 void tun_conn_opts_defaults(struct tun_conn_opts *o);

@@ -107,6 +107,8 @@ struct tun_stream {
 	uint64_t win_t0_us;
 	uint64_t win_rate;  /* bytes/s over the last window that grew it (and
 			     * took a round trip or more), 0: none */
+	uint32_t win_alone; /* of win_extra, grown below the growth RTT while
+			     * the stream was alone: withheld with company */
 	/* Sending side: window growth the peer announced and has not granted
 	 * yet; that much credit is no acknowledgement (tun_conn.c). */
 	uint64_t peer_grow;
@@ -175,6 +177,10 @@ struct tun_conn {
 	size_t early_buffered; /* sum of streams' early bytes; capped at conn_window
 				* plus win_grown */
 	size_t win_grown; /* sum of streams' win_extra: at most conn_window */
+	/* Company (tun_stream.c): the last stream DATA arrived on, and when
+	 * DATA last arrived on a stream other than the one before it. */
+	int32_t data_last_id;
+	uint64_t data_mixed_us;
 	size_t in_buffered;    /* sum of the sockets' input (opts.sock_in_max set) */
 	int in_throttled;      /* over sock_in_max: sockets read TUN_SOCK_IN_FLOOR at most */
 	struct sr_ratelog rl_refused; /* sidecar: tun_conn_log_refused */

@@ -146,7 +146,9 @@ void tun_stream_go(struct tun_stream *s, enum ts_state st, const char *why)
  * rate a quarter above that of the window before (the last growth paid),
  * the window is doubled, up to max_stream_window (and conn_window). It never
  * shrinks within a session; a stalled stream holds at most its window, at
- * most max_stream_window.
+ * most max_stream_window. On a short path (below TUN_WIN_GROW_MIN_RTT_US) a
+ * window grows only while its stream is alone on the tunnel, and the peer
+ * gets that growth only while it is (has_company, stream_credit).
  *
  * Stream credit is ours rather than nghttp2_session_consume's, so that it
  * is returned in steps of half the configured window whatever the window
@@ -190,6 +192,25 @@ static void win_release(struct tun_stream *s)
 	if (c)
 		c->win_grown -= s->win_extra < c->win_grown ? s->win_extra : c->win_grown;
 	s->win_extra = 0;
+	s->win_alone = 0;
+}
+
+/* DATA arrived on another stream of c within TUN_COMPANY_US: its bytes
+ * cross the tunnel in the same direction as those of a bulk stream here, and
+ * wait behind whatever that stream has in flight. */
+static int has_company(const struct tun_conn *c)
+{
+	return c->data_mixed_us && sr_now_us() - c->data_mixed_us < TUN_COMPANY_US;
+}
+
+/* Credit s withholds now: its window grown while alone, if it has company.
+ * With it withheld the peer has the configured window (plus growth for a
+ * long path) and no more; it comes back once the stream is alone again. The
+ * bytes it stands for are no loss on a resume, which replays from what this
+ * end says it received, not from what it credited. */
+static size_t credit_withheld(const struct tun_stream *s)
+{
+	return s->win_alone && has_company(s->conn) ? s->win_alone : 0;
 }
 
 static void win_reset(struct tun_stream *s, const struct tun_conn *c)
@@ -201,6 +222,7 @@ static void win_reset(struct tun_stream *s, const struct tun_conn *c)
 	 * come in one burst, whose rate says nothing. */
 	s->win_t0_us = sr_now_us();
 	s->win_rate = 0;
+	s->win_alone = 0;
 	s->peer_grow = 0; /* a new HTTP/2 stream: announcements were for the old */
 }
 
@@ -215,6 +237,7 @@ static void stream_credit(struct tun_stream *s)
 
 	if (s->id <= 0 || !c->h2)
 		return;
+	hold += credit_withheld(s);
 	ru = nghttp2_session_get_stream_effective_recv_data_length(c->h2, s->id);
 	if (ru <= 0 || (size_t)ru <= hold)
 		return;
@@ -230,6 +253,7 @@ static void win_consumed(struct tun_stream *s, size_t n)
 	struct tun_conn *c = s->conn;
 	uint32_t max = win_max(c);
 	uint64_t now, elapsed, rate, rtt = c->stats.min_rtt_us;
+	int far;
 
 	if (s->win >= max || (s->flags & TS_F_CTL) || !c->peer_reads_growth)
 		return;
@@ -244,9 +268,17 @@ static void win_consumed(struct tun_stream *s, size_t n)
 	/* Only while growing pays: a window-limited stream goes about twice as
 	 * fast with twice the window; one limited by its reader, the path or
 	 * the CPU does not, and more window would only be more bytes queued. */
-	if (rtt >= (c->opts.grow_min_rtt_us ? c->opts.grow_min_rtt_us : TUN_WIN_GROW_MIN_RTT_US) &&
-	    elapsed < TUN_WIN_GROW_RTTS * rtt &&
-	    rate * 4 > s->win_rate * 5) {
+	far = rtt >= (c->opts.grow_min_rtt_us ? c->opts.grow_min_rtt_us : TUN_WIN_GROW_MIN_RTT_US);
+	if (!far) {
+		/* A short path: only while alone, up to TUN_WIN_ALONE_MAX windows. */
+		uint64_t cap = (uint64_t)c->opts.stream_window * TUN_WIN_ALONE_MAX;
+
+		if (cap < max)
+			max = (uint32_t)cap;
+		if (s->win >= max || has_company(c))
+			goto next;
+	}
+	if (elapsed < TUN_WIN_GROW_RTTS * rtt && rate * 4 > s->win_rate * 5) {
 		uint32_t w = s->win > max / 2 ? max : s->win * 2;
 
 		if (c->win_grown + (w - s->win) > c->opts.conn_window)
@@ -262,6 +294,8 @@ static void win_consumed(struct tun_stream *s, size_t n)
 		if (tun_conn_grow_window(c, s, w) == 0) {
 			c->win_grown += w - s->win;
 			s->win_extra += w - s->win;
+			if (!far)
+				s->win_alone += w - s->win;
 			s->win = w;
 			/* A window taken within a round trip came in a burst
 			 * (it was in flight already): its rate is no measure. */
@@ -288,7 +322,7 @@ next:
 static void ack_idle_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct tun_conn *c = arg;
-	int sent = 0;
+	int sent = 0, again = 0;
 
 	(void)fd;
 	(void)what;
@@ -308,6 +342,7 @@ static void ack_idle_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	for (struct tun_stream *s = c->streams; s; s = s->next) {
 		int32_t n;
+		size_t keep;
 
 		if (!(s->flags & TS_F_ACK_IDLE))
 			continue;
@@ -319,8 +354,19 @@ static void ack_idle_cb(evutil_socket_t fd, short what, void *arg)
 		/* Everything received is consumed (unconsumed is 0): what
 		 * nghttp2 has not acknowledged yet is written to the socket. */
 		n = nghttp2_session_get_stream_effective_recv_data_length(c->h2, s->id);
+		keep = credit_withheld(s);
+		if (keep) {
+			/* the rest when the stream is alone again */
+			s->flags |= TS_F_ACK_IDLE;
+			again = 1;
+			n = n > 0 && (size_t)n > keep ? n - (int32_t)keep : 0;
+		}
 		if (n > 0 && nghttp2_submit_window_update(c->h2, NGHTTP2_FLAG_NONE, s->id, n) == 0)
 			sent = 1;
+	}
+	if (again) {
+		struct timeval tv = sr_tv_ms(TS_ACK_IDLE_MS);
+		evtimer_add(c->ack_ev, &tv);
 	}
 	if (sent)
 		tun_conn_flush(c);
@@ -969,6 +1015,11 @@ void tun_stream_on_data(struct tun_stream *s, const uint8_t *data, size_t len)
 	}
 	s->rx += len;
 	s->unconsumed += len;
+	if (s->id != s->conn->data_last_id) {
+		if (s->conn->data_last_id)
+			s->conn->data_mixed_us = sr_now_us();
+		s->conn->data_last_id = s->id;
+	}
 	if (s->win < win_max(s->conn) && s->conn->peer_reads_growth)
 		tun_conn_rtt_probe(s->conn);
 	if (s->conn->early_buffered + len <= s->conn->opts.conn_window + s->conn->win_grown) {

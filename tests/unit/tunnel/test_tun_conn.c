@@ -1927,6 +1927,60 @@ static void test_grown_streams_that_stall_leave_room(void **state)
 	assert_int_equal(h->closed[0] + h->closed[1], 0);
 }
 
+/* On a short path (here: below a growth RTT raised to 1 s for the test, so
+ * that the tap's 10 ms round trip counts as one) a stream's window grows only
+ * while the stream is alone on the tunnel, to at most TUN_WIN_ALONE_MAX
+ * windows; while another stream moves DATA the same way, the first has its
+ * configured window again (in flight: one window per stream), and once that
+ * stream is gone for TUN_COMPANY_US it has its grown window back. */
+static void test_window_grown_alone_is_withheld_with_company(void **state)
+{
+	struct h *h = *state;
+	struct cfg cfg;
+	struct tun_conn_stats ss;
+	struct slot *bulk, *other;
+	uint64_t max_alone = 0, max_company = 0, max_again = 0;
+	const uint32_t window = 16 * KIB;
+
+	aw_cfg(&cfg, window, 1 * MIB);
+	cfg.ropts.grow_min_rtt_us = cfg.sopts.grow_min_rtt_us = 1000 * 1000;
+	start_tunnel(h, &cfg);
+	bulk = slot_cfg(h, 0, 1024 * MIB, 1, 0, 1);
+	open_stream(h, 0, h->dport[0]);
+	AW_PUMP_UNTIL(h, (conn_stats(h->sc, &ss), ss.stream_window_max >= 8 * window), 20000,
+		      max_alone);
+	max_alone = 0;
+	AW_PUMP_UNTIL(h, 0, 300, max_alone);
+	conn_stats(h->sc, &ss);
+	assert_true(ss.min_rtt_us >= 10000 && ss.min_rtt_us < 1000 * 1000);
+	/* 16 KiB doubled to 128 KiB (TUN_WIN_ALONE_MAX windows), not to the 1 MiB maximum */
+	assert_int_equal(ss.stream_window_max, TUN_WIN_ALONE_MAX * window);
+	assert_int_equal(ss.window_grows, 3);
+	assert_true(max_alone > 4 * window);
+
+	other = slot_cfg(h, 1, 1 * MIB, 1, 0, 1);
+	open_stream(h, 1, h->dport[0]);
+	/* What the bulk stream had been granted before drains first. */
+	PUMP_UNTIL(h, other->dr.rx_off >= 128 * KIB, 20000);
+	AW_PUMP_UNTIL(h, slot_done(other), 30000, max_company);
+	assert_true(slot_done(other));
+	slot_assert_clean(other);
+
+	pump_for(h, (int)(TUN_COMPANY_US / 1000) + 200);
+	AW_PUMP_UNTIL(h, 0, 500, max_again);
+	conn_stats(h->sc, &ss);
+	print_message("in flight: %llu bytes alone, %llu with company, %llu alone again; "
+		      "%llu growths\n",
+		      (unsigned long long)max_alone, (unsigned long long)max_company,
+		      (unsigned long long)max_again, (unsigned long long)ss.window_grows);
+	assert_true(max_company <= 2 * window); /* a window each */
+	assert_true(max_company > window);      /* both did move */
+	assert_true(max_again > 4 * window);
+	assert_int_equal(ss.window_grows, 3); /* given back, not grown anew */
+	assert_true(bulk->dr.rx_bad < 0);
+	assert_int_equal(h->closed[0] + h->closed[1], 0);
+}
+
 /* A window growth announcement as tun_conn_grow_window sends it: a PING whose
  * payload is the bits 11, the stream id (31 bits), the growth (31 bits). */
 static void raw_grow(struct h *h, int32_t id, uint32_t grow)
@@ -2363,6 +2417,7 @@ int main(void)
 	    T(test_window_grows_for_a_fast_stream_up_to_max),
 	    T(test_window_stays_for_a_stalled_stream),
 	    T(test_grown_streams_that_stall_leave_room),
+	    T(test_window_grown_alone_is_withheld_with_company),
 	    T(test_window_growth_beyond_the_largest_window_is_refused),
 	    T(test_unacknowledged_bytes_per_stream_are_bounded),
 	    T(test_unacknowledged_bytes_per_tunnel_are_bounded),
