@@ -81,7 +81,9 @@ struct tun_conn_opts {
  * has DATA in flight, the credit of that growth is withheld, so the stream
  * has its configured window again (tun_stream.c). */
 #define TUN_COMPANY_US (500u * 1000u)
-#define TUN_WIN_ALONE_MAX 8u
+/* Plain literals, this and TUN_WIN_GROW_RTTS: the settings' text quotes them
+ * (conf_table.c, SR_XSTR). */
+#define TUN_WIN_ALONE_MAX 8
 
 /* Defaults used when a field is 0. */
 void tun_conn_opts_defaults(struct tun_conn_opts *o);
