@@ -228,7 +228,7 @@ static const struct conf_entry conf_h2[] = {
 	"of a heartbeat on the same tunnel. One stream moves at most window/RTT; on round "
 	"trips of 1 ms or more a stream that keeps up grows its window up to "
 	"max_stream_window, on shorter ones up to " SR_XSTR(TUN_WIN_ALONE_MAX) " windows while no other stream of the "
-	"tunnel moves data (see docs/architecture.md)."),
+	"tunnel has moved data for " SR_XSTR(TUN_COMPANY_S) " s (see docs/architecture.md)."),
     U32(struct tun_conn_opts, "max_stream_window", max_stream_window, 1024, 2147483647,
 	"16777216",
 	"Largest window a stream's receive window may grow to, bytes. A stream whose "

@@ -1791,4 +1791,7 @@ void tun_conn_get_stats(const struct tun_conn *c, struct tun_conn_stats *st)
 	st->streams_active = tun_conn_nstreams(c);
 	st->sock_in_buffered = c->in_buffered;
 	st->h2_queued = c->h2 ? nghttp2_session_get_outbound_queue_size(c->h2) : 0;
+	st->unacked = 0;
+	for (const struct tun_stream *s = c->streams; s; s = s->next)
+		st->unacked += s->tx_sent - s->tx_acked;
 }

@@ -45,6 +45,9 @@ struct tun_conn_opts {
 	/* Tests only (no configuration key): the round trip below which no
 	 * window grows, microseconds; 0 = TUN_WIN_GROW_MIN_RTT_US. */
 	uint32_t grow_min_rtt_us;
+	/* Tests only: how long DATA on another stream counts as company,
+	 * microseconds; 0 = TUN_COMPANY_US. */
+	uint32_t company_us;
 	uint32_t conn_window;      /* bytes, whole tunnel */
 	uint32_t ping_interval_ms; /* PING when nothing was received for this long */
 	uint32_t ping_timeout_ms;  /* peer is dead after this long without a frame */
@@ -78,11 +81,18 @@ struct tun_conn_opts {
  * Then nothing waits behind its bytes, and on a machine whose cores are busy
  * the far end does not always return credit before a configured window is
  * used up. Up to TUN_WIN_ALONE_MAX times stream_window; while another stream
- * has DATA in flight, the credit of that growth is withheld, so the stream
- * has its configured window again (tun_stream.c). */
-#define TUN_COMPANY_US (500u * 1000u)
-/* Plain literals, this and TUN_WIN_GROW_RTTS: the settings' text quotes them
- * (conf_table.c, SR_XSTR). */
+ * has had DATA within TUN_COMPANY_US, the credit of that growth is withheld,
+ * so the stream has its configured window again (tun_stream.c). 15 s: longer
+ * than the 10 s between a Spark executor's heartbeats, each of which would
+ * otherwise find the bulk stream alone and wait behind its grown window
+ * (with 0.5 s, a heartbeat every 0.6 s beside bulk on loopback: p50 3.1 ms,
+ * max 7.5; with 15 s: 1.4 and 3.4). The price: a stream that another one
+ * talked beside in the last 15 s (iperf3's control connection) does not grow
+ * (docs/benchmarks.md). */
+#define TUN_COMPANY_S 15
+#define TUN_COMPANY_US (TUN_COMPANY_S * 1000000u)
+/* TUN_COMPANY_S, TUN_WIN_ALONE_MAX and TUN_WIN_GROW_RTTS are plain literals:
+ * the settings' text quotes them (conf_table.c, SR_XSTR). */
 #define TUN_WIN_ALONE_MAX 8
 
 /* Defaults used when a field is 0. */
@@ -164,6 +174,7 @@ struct tun_conn_stats {
 	uint64_t sock_in_buffered;  /* now; counted only when sock_in_max is set */
 	uint64_t sock_in_throttled; /* times the tunnel went over sock_in_max */
 	uint64_t h2_queued;         /* now: frames nghttp2 holds, not yet serialized */
+	uint64_t unacked;           /* now: DATA bytes sent, not yet acknowledged (kept) */
 };
 
 /* logctx is copied and prefixes every log line ("lease=L-3 peer=10.0.0.3:5123").

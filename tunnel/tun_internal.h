@@ -165,6 +165,7 @@ struct tun_conn {
 	struct event *ping_ev;
 	struct event *close_ev; /* bounds the final flush */
 	struct event *ack_ev;   /* idle acknowledgements (tun_stream.c); made when first needed */
+	uint64_t ack_due_us;    /* when ack_ev fires, if pending (sr_now_us) */
 	struct event *barrier_ev; /* a barrier PING's short wait; made when first needed */
 	struct event *flush_ev;   /* tun_conn_flush_soon; made when first needed */
 	uint64_t last_recv_us;

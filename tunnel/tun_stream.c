@@ -197,10 +197,21 @@ static void win_release(struct tun_stream *s)
 
 /* DATA arrived on another stream of c within TUN_COMPANY_US: its bytes
  * cross the tunnel in the same direction as those of a bulk stream here, and
- * wait behind whatever that stream has in flight. */
+ * wait behind whatever that stream has in flight; so will the next ones. */
+static uint64_t company_left_us(const struct tun_conn *c)
+{
+	uint64_t span = c->opts.company_us ? c->opts.company_us : TUN_COMPANY_US;
+	uint64_t since;
+
+	if (!c->data_mixed_us)
+		return 0;
+	since = sr_now_us() - c->data_mixed_us;
+	return since < span ? span - since : 0;
+}
+
 static int has_company(const struct tun_conn *c)
 {
-	return c->data_mixed_us && sr_now_us() - c->data_mixed_us < TUN_COMPANY_US;
+	return company_left_us(c) > 0;
 }
 
 /* Credit s withholds now: its window grown while alone, if it has company.
@@ -311,6 +322,18 @@ next:
 	s->win_t0_us = now;
 }
 
+/* ack_ev fires in ms milliseconds, or sooner if it already would. */
+static void ack_arm(struct tun_conn *c, uint64_t ms)
+{
+	uint64_t due = sr_now_us() + ms * 1000;
+	struct timeval tv = sr_tv_ms(ms);
+
+	if (evtimer_pending(c->ack_ev, NULL) && c->ack_due_us <= due)
+		return;
+	c->ack_due_us = due;
+	evtimer_add(c->ack_ev, &tv);
+}
+
 /* nghttp2 returns stream credit only once half the window is consumed, so
  * the last bytes of an exchange stay unacknowledged for as long as the
  * stream is idle, and the sender keeps them (and the buffer chain holding
@@ -336,8 +359,7 @@ static void ack_idle_cb(evutil_socket_t fd, short what, void *arg)
 	 * that queue without end. Look again later; the marks stay. */
 	if (evbuffer_get_length(c->out) >= c->opts.out_high ||
 	    nghttp2_session_get_outbound_queue_size(c->h2) > 0) {
-		struct timeval tv = sr_tv_ms(TS_ACK_IDLE_MS);
-		evtimer_add(c->ack_ev, &tv);
+		ack_arm(c, TS_ACK_IDLE_MS);
 		return;
 	}
 	for (struct tun_stream *s = c->streams; s; s = s->next) {
@@ -365,8 +387,11 @@ static void ack_idle_cb(evutil_socket_t fd, short what, void *arg)
 			sent = 1;
 	}
 	if (again) {
-		struct timeval tv = sr_tv_ms(TS_ACK_IDLE_MS);
-		evtimer_add(c->ack_ev, &tv);
+		/* Withheld until the company is gone: look then (new company
+		 * moves that end; it is looked up again then). */
+		uint64_t ms = company_left_us(c) / 1000 + 1;
+
+		ack_arm(c, ms > TS_ACK_IDLE_MS ? ms : TS_ACK_IDLE_MS);
 	}
 	if (sent)
 		tun_conn_flush(c);
@@ -375,7 +400,6 @@ static void ack_idle_cb(evutil_socket_t fd, short what, void *arg)
 static void ack_when_idle(struct tun_stream *s)
 {
 	struct tun_conn *c = s->conn;
-	struct timeval tv = sr_tv_ms(TS_ACK_IDLE_MS);
 
 	if ((s->flags & TS_F_ACK_IDLE) || s->id <= 0 || !c->h2 ||
 	    nghttp2_session_get_stream_effective_recv_data_length(c->h2, s->id) <= 0)
@@ -383,8 +407,8 @@ static void ack_when_idle(struct tun_stream *s)
 	if (!c->ack_ev && !(c->ack_ev = evtimer_new(c->base, ack_idle_cb, c)))
 		return; /* out of memory: the bytes wait for nghttp2's own update */
 	s->flags |= TS_F_ACK_IDLE;
-	if (!evtimer_pending(c->ack_ev, NULL))
-		evtimer_add(c->ack_ev, &tv);
+	/* Sooner than a stream that waits for its company to leave. */
+	ack_arm(c, TS_ACK_IDLE_MS);
 }
 
 static void sock_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)

@@ -1932,7 +1932,8 @@ static void test_grown_streams_that_stall_leave_room(void **state)
  * while the stream is alone on the tunnel, to at most TUN_WIN_ALONE_MAX
  * windows; while another stream moves DATA the same way, the first has its
  * configured window again (in flight: one window per stream), and once that
- * stream is gone for TUN_COMPANY_US it has its grown window back. */
+ * stream is gone for TUN_COMPANY_US (cut to 0.5 s here) it has its grown
+ * window back. */
 static void test_window_grown_alone_is_withheld_with_company(void **state)
 {
 	struct h *h = *state;
@@ -1941,9 +1942,11 @@ static void test_window_grown_alone_is_withheld_with_company(void **state)
 	struct slot *bulk, *other;
 	uint64_t max_alone = 0, max_company = 0, max_again = 0, bulk_before;
 	const uint32_t window = 16 * KIB;
+	const int company_ms = 500; /* TUN_COMPANY_US is 15 s */
 
 	aw_cfg(&cfg, window, 1 * MIB);
 	cfg.ropts.grow_min_rtt_us = cfg.sopts.grow_min_rtt_us = 1000 * 1000;
+	cfg.ropts.company_us = cfg.sopts.company_us = company_ms * 1000;
 	start_tunnel(h, &cfg);
 	bulk = slot_cfg(h, 0, 1024 * MIB, 1, 0, 1);
 	open_stream(h, 0, h->dport[0]);
@@ -1967,7 +1970,7 @@ static void test_window_grown_alone_is_withheld_with_company(void **state)
 	assert_true(slot_done(other));
 	slot_assert_clean(other);
 
-	pump_for(h, (int)(TUN_COMPANY_US / 1000) + 200);
+	pump_for(h, company_ms + 200);
 	AW_PUMP_UNTIL(h, 0, 500, max_again);
 	conn_stats(h->sc, &ss);
 	print_message("in flight: %llu bytes alone, %llu with company, %llu alone again; "
@@ -1979,6 +1982,75 @@ static void test_window_grown_alone_is_withheld_with_company(void **state)
 	assert_true(max_again > 4 * window);
 	assert_int_equal(ss.window_grows, 3); /* given back, not grown anew */
 	assert_true(bulk->dr.rx_bad < 0);
+	assert_int_equal(h->closed[0] + h->closed[1], 0);
+}
+
+/* Credit a grown stream withholds while it has company waits for the company
+ * to leave, and is then returned although the stream is idle (no bytes come
+ * that would return it); meanwhile the idle acknowledgements of the other
+ * streams still go after TS_ACK_IDLE_MS, not when the withheld credit does. */
+static void test_withheld_credit_does_not_hold_back_idle_acks(void **state)
+{
+	struct h *h = *state;
+	struct cfg cfg;
+	struct tun_conn_stats ss, rs;
+	struct slot *bulk, *other;
+	uint64_t maxf = 0, t0, waited_ms;
+	const uint32_t window = 16 * KIB;
+	const int company_ms = 2000;
+
+	aw_cfg(&cfg, window, 1 * MIB);
+	cfg.ropts.grow_min_rtt_us = cfg.sopts.grow_min_rtt_us = 1000 * 1000;
+	cfg.ropts.company_us = cfg.sopts.company_us = company_ms * 1000;
+	start_tunnel(h, &cfg);
+	/* The executor sends, the sidecar's window grows; the stream stays open. */
+	bulk = slot_cfg(h, 0, 1 * MIB, 0, 0, 0);
+	open_stream(h, 0, h->dport[0]);
+	for (int i = 0; i < 64; i++) {
+		AW_PUMP_UNTIL(h, (conn_stats(h->sc, &ss), ss.stream_window_max >= 8 * window) ||
+				     bulk->dr.rx_off == bulk->ex.tx_total,
+			      20000, maxf);
+		if (ss.stream_window_max >= 8 * window)
+			break;
+		bulk->ex.tx_total += 1 * MIB;
+	}
+	assert_int_equal(ss.stream_window_max, 8 * window);
+
+	/* Another stream moves a little while the bulk stream still sends:
+	 * company. The bulk stream ends its bytes, idle now, and keeps its
+	 * grown credit back; the other's last bytes are acknowledged once its
+	 * socket has them, TS_ACK_IDLE_MS later. */
+	bulk->ex.tx_total += 1024 * MIB;
+	other = slot_cfg(h, 1, 4 * KIB, 0, 0, 0);
+	open_stream(h, 1, h->dport[0]);
+	PUMP_UNTIL(h, other->dr.rx_off == 4 * KIB, 5000);
+	/* The bulk stream's executor stops; what it wrote drains, with the
+	 * other stream's heartbeat every 0.2 s. */
+	bulk->ex.tx_total = bulk->ex.tx_off;
+	for (int i = 0; i < 100 && bulk->dr.rx_off < bulk->ex.tx_total; i++) {
+		other->ex.tx_total += 100;
+		pump_for(h, 200);
+	}
+	assert_int_equal(bulk->dr.rx_off, bulk->ex.tx_total);
+	/* Idle, the bulk stream has its idle acknowledgement looked at; it
+	 * withholds, to look again when the company leaves. */
+	pump_for(h, 100);
+	other->ex.tx_total += 100;
+	PUMP_UNTIL(h, other->dr.rx_off == other->ex.tx_total, 5000);
+	pump_for(h, 200);
+	conn_stats(h->relay, &rs);
+	print_message("unacknowledged with company: %llu bytes\n", (unsigned long long)rs.unacked);
+	assert_true(rs.unacked >= 4 * window);  /* the bulk stream's growth, withheld */
+	assert_true(rs.unacked <= 7 * window);  /* and nothing of the other stream */
+
+	/* The company leaves: the withheld credit comes without new bytes. */
+	t0 = sr_now_us();
+	PUMP_UNTIL(h, (conn_stats(h->relay, &rs), rs.unacked == 0), company_ms + 3000);
+	waited_ms = (sr_now_us() - t0) / 1000;
+	print_message("withheld credit returned %llu ms later\n", (unsigned long long)waited_ms);
+	assert_int_equal(rs.unacked, 0);
+	assert_true(waited_ms >= (uint64_t)company_ms / 2);
+	assert_true(bulk->dr.rx_bad < 0 && other->dr.rx_bad < 0);
 	assert_int_equal(h->closed[0] + h->closed[1], 0);
 }
 
@@ -2419,6 +2491,7 @@ int main(void)
 	    T(test_window_stays_for_a_stalled_stream),
 	    T(test_grown_streams_that_stall_leave_room),
 	    T(test_window_grown_alone_is_withheld_with_company),
+	    T(test_withheld_credit_does_not_hold_back_idle_acks),
 	    T(test_window_growth_beyond_the_largest_window_is_refused),
 	    T(test_unacknowledged_bytes_per_stream_are_bounded),
 	    T(test_unacknowledged_bytes_per_tunnel_are_bounded),
