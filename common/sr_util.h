@@ -8,7 +8,7 @@
 #include <sys/time.h>
 
 #define SR_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
-/* A macro's value as a string literal: SR_XSTR(TUN_WIN_ALONE_MAX) is "16". */
+/* A macro's value as a string literal: SR_XSTR(TUN_WIN_ALONE_MAX) is "8". */
 #define SR_STR(x) #x
 #define SR_XSTR(x) SR_STR(x)
 #define SR_ADDRSTRLEN 64 /* "[v6]:port" */

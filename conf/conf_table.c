@@ -227,15 +227,16 @@ static const struct conf_entry conf_h2[] = {
 	"connection may hold in memory, and what a bulk stream may have in flight ahead "
 	"of a heartbeat on the same tunnel. One stream moves at most window/RTT; on round "
 	"trips of 1 ms or more a stream that keeps up grows its window up to "
-	"max_stream_window, on shorter ones up to " SR_XSTR(TUN_WIN_ALONE_MAX) " windows while no other stream of the "
-	"tunnel has moved data for " SR_XSTR(TUN_COMPANY_S) " s (see docs/architecture.md)."),
+	"max_stream_window, on shorter ones up to " SR_XSTR(TUN_WIN_ALONE_MAX)
+	" windows while no other stream of the tunnel has moved data for "
+	SR_XSTR(TUN_COMPANY_S) " s (see docs/architecture.md)."),
     U32(struct tun_conn_opts, "max_stream_window", max_stream_window, 1024, 2147483647,
 	"16777216",
 	"Largest window a stream's receive window may grow to, bytes. A stream whose "
-	"socket takes a whole window within " SR_XSTR(TUN_WIN_GROW_RTTS) " of the tunnel's round trips (measured by "
-	"PING), faster than the window before, has its window doubled, so one bulk "
-	"stream fills a long path without a larger stream_window "
-	"for every stream; a stalled socket then holds at most this much. Capped at "
+	"socket takes a whole window within " SR_XSTR(TUN_WIN_GROW_RTTS)
+	" of the tunnel's round trips (measured by PING), faster than the window "
+	"before, has its window doubled, so one bulk stream fills a long path without a "
+	"larger stream_window for every stream; a stalled socket then holds at most this much. Capped at "
 	"conn_window; at most stream_window: no growth. Also the most a stream keeps "
 	"sent and not yet acknowledged by the peer (for a replay after a reconnect; "
 	"stream_window while the tunnel is over its buffer cap): give both ends the "
