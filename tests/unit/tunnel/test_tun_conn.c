@@ -1927,6 +1927,15 @@ static void test_grown_streams_that_stall_leave_room(void **state)
 	assert_int_equal(h->closed[0] + h->closed[1], 0);
 }
 
+/* A short path for growth (the growth RTT raised to 1 s, so that the tap's
+ * 10 ms round trip counts as one), with company lasting company_ms. */
+static void alone_cfg(struct cfg *cfg, uint32_t window, int company_ms)
+{
+	aw_cfg(cfg, window, 1 * MIB);
+	cfg->ropts.grow_min_rtt_us = cfg->sopts.grow_min_rtt_us = 1000 * 1000;
+	cfg->ropts.company_us = cfg->sopts.company_us = (uint32_t)company_ms * 1000;
+}
+
 /* On a short path (here: below a growth RTT raised to 1 s for the test, so
  * that the tap's 10 ms round trip counts as one) a stream's window grows only
  * while the stream is alone on the tunnel, to at most TUN_WIN_ALONE_MAX
@@ -1944,9 +1953,7 @@ static void test_window_grown_alone_is_withheld_with_company(void **state)
 	const uint32_t window = 16 * KIB;
 	const int company_ms = 500; /* TUN_COMPANY_US is 15 s */
 
-	aw_cfg(&cfg, window, 1 * MIB);
-	cfg.ropts.grow_min_rtt_us = cfg.sopts.grow_min_rtt_us = 1000 * 1000;
-	cfg.ropts.company_us = cfg.sopts.company_us = company_ms * 1000;
+	alone_cfg(&cfg, window, company_ms);
 	start_tunnel(h, &cfg);
 	bulk = slot_cfg(h, 0, 1024 * MIB, 1, 0, 1);
 	open_stream(h, 0, h->dport[0]);
@@ -1999,9 +2006,7 @@ static void test_withheld_credit_does_not_hold_back_idle_acks(void **state)
 	const uint32_t window = 16 * KIB;
 	const int company_ms = 2000;
 
-	aw_cfg(&cfg, window, 1 * MIB);
-	cfg.ropts.grow_min_rtt_us = cfg.sopts.grow_min_rtt_us = 1000 * 1000;
-	cfg.ropts.company_us = cfg.sopts.company_us = company_ms * 1000;
+	alone_cfg(&cfg, window, company_ms);
 	start_tunnel(h, &cfg);
 	/* The executor sends, the sidecar's window grows; the stream stays open. */
 	bulk = slot_cfg(h, 0, 1 * MIB, 0, 0, 0);
