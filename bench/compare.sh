@@ -636,9 +636,9 @@ run_tool() { # run_tool TOOL REP
 	fi
 	if want fairness; then
 		sbench "fairness.$rep" fairness --connect @F1 --bulk 1 --hb-ms 10 --seconds "$FAIR_S"
-		# One heartbeat every 0.6 s, as Spark's come after a quiet (10 s
-		# apart): each finds the bulk stream alone on its tunnel for over
-		# 0.5 s, its window grown (docs/architecture.md), not withheld.
+		# One heartbeat every 0.6 s, after a quiet spell as Spark's (10 s
+		# apart): whether it waits behind a window the bulk stream grew
+		# while alone (docs/architecture.md, "Receive window auto-tuning").
 		sbench "fairness_sparse.$rep" fairness --connect @F1 --bulk 1 --hb-ms 600 \
 			--seconds "$FAIR_SPARSE_S"
 	fi

@@ -65,8 +65,8 @@ FIGURES = [
     ("hb_p99_ms", "heartbeat p99 beside bulk (same tunnel), ms", "fairness",
      ["hb_rtt_us", "p99"], 2),
     ("fair_bulk_gbit", "bulk beside the heartbeat, Gbit/s", "fairness", ["bulk_gbit_s"], 2),
-    # A heartbeat every 0.6 s (Spark's: 10 s) finds the bulk stream alone
-    # and its window grown: what a real executor's heartbeat waits behind.
+    # A heartbeat every 0.6 s, after a quiet spell as Spark's (10 s apart):
+    # what a real executor's heartbeat waits behind.
     ("hbs_p50_ms", "heartbeat p50 beside bulk, one every 0.6 s, ms", "fairness_sparse",
      ["hb_rtt_us", "p50"], 2),
     ("hbs_max_ms", "heartbeat max beside bulk, one every 0.6 s, ms", "fairness_sparse",
@@ -113,7 +113,8 @@ FIGURES = [
 ]
 FIG = {f[0]: f for f in FIGURES}
 # Figures kept in microseconds by the bench and shown in milliseconds.
-MS_FIGURES = {"hb_p50_ms", "hb_p99_ms", "hbs_p50_ms", "hbs_max_ms", "ll_rtt_idle_p50", "ll_rtt_idle_p99",
+MS_FIGURES = {"hb_p50_ms", "hb_p99_ms", "hbs_p50_ms", "hbs_max_ms",
+              "ll_rtt_idle_p50", "ll_rtt_idle_p99",
               "ll_rtt_bulk_down_p50", "ll_rtt_bulk_down_p99", "ll_rtt_bulk_up_p50",
               "ll_rtt_bulk_up_p99", "ll_2t_rtt_bulk_down_p50", "ll_2t_rtt_bulk_down_p99",
               "ll_2t_rtt_bulk_up_p50", "ll_2t_rtt_bulk_up_p99"}
