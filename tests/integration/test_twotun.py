@@ -25,6 +25,9 @@
   - an older relay (played by a fake one that answers a join as an unknown
     resume token): the sidecar keeps its one tunnel, says so once and does
     not dial again;
+  - three fake relays, one of which stops answering while it holds driver
+    connections of ours: the spare tunnel, which rested while another slot
+    dialled that relay, dials it again as soon as that slot gives it up;
   - the fleet (three relays on one etcd), two sidecars with two tunnels
     each, executors connected through all three relays: kill -9 a relay
     that holds tunnels: executor connections through the other two
@@ -519,6 +522,91 @@ class RevokedOnOneTunnelTest(unittest.TestCase):
 
     def test_revoked_on_the_joined_tunnel(self):
         self.revoke_on("joined")
+
+
+class SpareAfterAnotherSlotTest(unittest.TestCase):
+    """The spare tunnel, idle because another slot was dialling the relay
+    that holds our driver connections, dials that relay again once the
+    other slot has given it up and joined elsewhere. Three fake relays
+    (A, B, C) make the order of events certain: B accepts TCP connections
+    but never the TLS handshake (a relay that does not answer), so every
+    dial to it lasts SC_HOLD_DIAL_MS (3 s)."""
+
+    LEASE = "L-1-0a1b2c3d"
+
+    def test_the_spare_dials_again_when_another_slot_gives_the_relay_up(self):
+        d = H.new_dir(self.id())
+        relays = [R.FakeRelay(H.certs()).start() for _ in range(3)]
+        a, b, c = relays
+        drv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        drv.bind((H.DRIVER_HOST, 0))
+        drv.listen(16)  # the driver: its connections stay open, never read
+        ports = {"driver": drv.getsockname()[1], "blockManager": H.free_port()}
+        cfg = H.tunnel_config(a.port, d, {"tunnel": {
+            "relays": ["127.0.0.1:%d" % r.port for r in relays], "server_name": "localhost",
+            "connections": 2, "resume_hold_s": 120, "backoff_initial_ms": 1000,
+            "release_timeout_ms": 300,
+            # the fake relays answer PINGs only while the test reads them
+            "h2": {"ping_interval_ms": 120000, "ping_timeout_ms": 240000}}})
+        path = H.write_config(os.path.join(d, "tunnel.json"), cfg)
+        sc = H.Proc("tunnel", [H.BIN, "tunnel", "--config", path], d).start()
+        try:
+            self.run_scenario(sc, a, b, c, ports)
+        finally:
+            problems = sc.stop_problems(10)
+            for r in relays:
+                r.stop()
+            drv.close()
+        self.assertEqual(problems, [])
+
+    def spare_backoffs(self, sc):
+        return [int(m) for m in re.findall(r"spare tunnel: reconnecting in (\d+) ms",
+                                           sc.log_text())]
+
+    def run_scenario(self, sc, a, b, c, ports):
+        # slot 0 gets the lease on A, slot 1 joins it on B
+        sa, reg = a.session(15)
+        self.assertNotIn("join", reg)
+        sa.send_ctl(R.lease_msg(lease=self.LEASE, ports=ports, resume="a" * 64, tunnel=1))
+        sb, reg = b.session(15)
+        self.assertEqual(reg.get("join"), self.LEASE, reg)
+        sb.send_ctl(R.lease_msg(lease=self.LEASE, ports=ports, resume="", tunnel=2))
+        wait_for(lambda: sc.grep("joined the lease: 2 tunnels"), 10, "the join on B")
+        for conn in ("1", "2"):
+            self.assertEqual(sb.wait_stream(sb.connect(ports["driver"], lease=self.LEASE,
+                                                       conn=conn)), ("ok", None))
+        # B goes away with two driver connections: held for it. Slot 1
+        # dials B for 3 s, joins C, and the spare dials B from then on.
+        sb.close()
+        sc_, reg = c.session(20)
+        self.assertEqual(reg.get("join"), self.LEASE, reg)
+        sc_.send_ctl(R.lease_msg(lease=self.LEASE, ports=ports, resume="", tunnel=3))
+        wait_for(lambda: sc.grep("a spare tunnel dials it"), 10, "the spare taking B over")
+        # The spare, between two dials of B (a backoff of 0.5 s or more):
+        # slot 0 loses A now, and having no connections held there it
+        # tries B first, which no tunnel dials at this moment. The spare,
+        # when it looks next, finds B dialled by slot 0 and rests.
+        seen = len(self.spare_backoffs(sc))
+        wait_for(lambda: [ms for ms in self.spare_backoffs(sc)[seen:] if ms >= 400], 20,
+                 "the spare waiting 0.4 s or more between dials of B")
+        sa.close()
+        t0 = time.monotonic()
+        # slot 0 gives B up after 3 s and joins again on A
+        sa2, reg = a.session(15)
+        waited = time.monotonic() - t0
+        self.assertEqual(reg.get("join"), self.LEASE, reg)
+        self.assertGreater(waited, 2.5, "slot 0 did not dial B first (%.2f s)" % waited)
+        sa2.send_ctl(R.lease_msg(lease=self.LEASE, ports=ports, resume="", tunnel=4))
+        # ... and nothing dials B for its held connections but the spare,
+        # which must start again now (before, it rested until they were
+        # reset at the end of resume_hold_s)
+        try:
+            sb2, reg = b.session(10)
+        except OSError:
+            self.fail("nothing dialled relay B again within 10 s after slot 0 gave it up")
+        self.assertEqual(reg.get("join"), self.LEASE, reg)
+        self.assertEqual(reg.get("replaces"), 2, reg)
+        self.assertTrue(sc.grep("driver connections held for relay 127.0.0.1:%d" % b.port))
 
 
 class FleetTwoTunnelsTest(FleetCase):
