@@ -16,7 +16,11 @@ handover socket, the sidecar reconnects and resumes, and nothing is lost.
   - a takeover with another relay.listen is refused: the old relay goes on;
   - a new process killed in the middle, or one that never commits: the old
     relay takes everything back and goes on serving, and a real takeover
-    works afterwards.
+    works afterwards;
+  - a relay started without --takeover where another one's handover socket
+    is (another relay.listen) leaves that socket alone, so the running one
+    can still be taken over; a file that is not a socket there is not
+    removed; both relays serve, live handover off in the second.
 """
 
 import json
@@ -24,6 +28,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -706,6 +711,56 @@ class TestHandoverFailures(HandoverCase):
         self.assertEqual(set(probes), {"accepted"}, probes)
         problems = [x for x in (c.finish() for c in rpcs) if x]
         self.assertFalse(problems, problems[:3])
+
+
+class TestHandoverSocketInTheWay(HandoverCase):
+    """What an operator may leave at relay.handover_socket is not taken over
+    by a relay started without --takeover: a running relay's socket (another
+    relay.listen, the same handover path) stays that relay's, so it can still
+    be taken over; a file that is not a socket stays as it was. Either way the
+    new relay serves, with live handover off, and says why."""
+
+    def start_second(self, name, handover_socket):
+        cfg = json.loads(json.dumps(self.stack.relay_cfg))
+        cfg["relay"]["listen"] = "127.0.0.1:%d" % H.free_port()
+        cfg["relay"]["handover_socket"] = handover_socket
+        base = H.pick_pool_base()
+        cfg["relay"]["pool"].update(port_min=base, port_max=base + H.POOL_SIZE - 1)
+        path = H.write_config(os.path.join(self.stack.dir, name + ".json"), cfg)
+        p = H.Proc(name, [H.BIN, "relay", "--config", path], self.stack.dir).start()
+        self.track(p)
+        self.assertTrue(X.wait_log(p, "listening for sidecars on", 10), p.tail())
+        return p
+
+    def stop_second(self, p):
+        self.assertEqual(p.stop_problems(10), [])
+        self.retire(p)
+
+    def test_a_running_relays_socket_stays_its_own(self):
+        st = self.stack
+        st.start_driver()
+        e = X.Echoer(st.exec_host, st.ports["driver"])
+        self.assertIsNone(e.check())
+        p = self.start_second("relay-other", self._ho_sock)
+        self.assertTrue(p.grep("a running relay answers there (start with --takeover"),
+                        p.tail())
+        self.stop_second(p)
+        # the first relay's socket is still there and still its own
+        self.assertTrue(stat.S_ISSOCK(os.lstat(self._ho_sock).st_mode))
+        self.takeover()
+        self.assertIsNone(e.check(), "executor connection after the takeover")
+        e.close()
+
+    def test_a_file_that_is_not_a_socket_is_left_alone(self):
+        path = os.path.join(handover_dir(), "handover.sock")
+        with open(path, "w") as f:
+            f.write("an operator's notes\n")
+        p = self.start_second("relay-file", path)
+        self.assertTrue(p.grep("a file that is not a socket is in the way; live handover "
+                               "is off"), p.tail())
+        self.stop_second(p)
+        with open(path) as f:
+            self.assertEqual(f.read(), "an operator's notes\n")
 
 
 if __name__ == "__main__":
