@@ -16,7 +16,12 @@
  * connection and closes no socket the other group still has.
  *
  * SR_HANDOVER_ITERS sets the number of iterations (default 300),
- * SR_HANDOVER_SEED the first seed; a failure names the seed. */
+ * SR_HANDOVER_SEED the first seed; a failure names the seed.
+ *
+ * And the new relay checks what it is handed: a stream description with a
+ * field missing, another lease, a malformed executor address or byte counts
+ * and states that cannot all be true is refused with its reason, nothing is
+ * held for it, its descriptor is closed and the connection left alone. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -77,8 +82,8 @@ struct h {
 	int closed[2];
 	struct tun_group *gr, *gs;
 	struct evbuffer *r2s, *s2r; /* bytes in flight */
-	int resuming;               /* the next register carries the resume token */
-	int leased;                 /* sidecar: lease seen on this tunnel */
+	int resuming;		    /* the next register carries the resume token */
+	int leased;		    /* sidecar: lease seen on this tunnel */
 	struct flow f[MAXF];
 	int nf;
 	int lfd;
@@ -161,7 +166,7 @@ static void sc_on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void *arg
 }
 
 static struct sr_bsock *sc_on_connect(struct tun_conn *c, const struct tun_connect_req *req,
-					 void *arg)
+				      void *arg)
 {
 	struct h *h = arg;
 	struct sr_bsock *bev;
@@ -236,7 +241,8 @@ static void deliver(struct h *h, size_t n)
 		struct tun_conn *to = dir ? h->relay : h->sc;
 		size_t left = n;
 		while (left > 0 && evbuffer_get_length(w) > 0) {
-			int k = evbuffer_remove(w, buf, left < sizeof(buf) ? left : sizeof(buf));
+			int k =
+			    evbuffer_remove(w, buf, left < sizeof(buf) ? left : sizeof(buf));
 			if (k <= 0)
 				break;
 			left -= (size_t)k;
@@ -275,7 +281,8 @@ static struct tun_group *hand_over(struct h *h, struct tun_group *old)
 	     s = tun_handover_next(old, s)) {
 		json_t *meta = tun_handover_stream_json(s), *back;
 		struct evbuffer *in = evbuffer_new(), *out = evbuffer_new();
-		struct evbuffer *sin = tun_handover_stream_in(s), *sout = tun_handover_stream_out(s);
+		struct evbuffer *sin = tun_handover_stream_in(s),
+				*sout = tun_handover_stream_out(s);
 		int fd = tun_handover_stream_fd(s);
 		assert_non_null(meta);
 		text = json_dumps(meta, JSON_COMPACT);
@@ -453,7 +460,9 @@ static void run_one(struct h *h, uint64_t seed)
 		deliver(h, 1 + rnd(70000));
 		service(h);
 		if (steps % 50 == 0 && getenv("SR_HANDOVER_TRACE"))
-			fprintf(stderr, "step %d cuts %llu wires %zu %zu\n", steps, (unsigned long long)h->cuts, evbuffer_get_length(h->r2s), evbuffer_get_length(h->s2r));
+			fprintf(stderr, "step %d cuts %llu wires %zu %zu\n", steps,
+				(unsigned long long)h->cuts, evbuffer_get_length(h->r2s),
+				evbuffer_get_length(h->s2r));
 		if (++steps > 20000) {
 			for (int i = 0; i < h->nf; i++)
 				ts_end_pair_print(&h->f[i].ex, &h->f[i].dr, i);
@@ -510,6 +519,121 @@ static void test_handover_at_every_cut_every_byte_exactly_once(void **state)
 	assert_true(h->moved_bytes > 0);
 }
 
+/* ---- adopting a description that does not fit ------------------------------ */
+
+/* A live stream as the old relay describes it: 10 bytes sent, 4 acknowledged,
+ * so the 6 retained are at the front of its 6 input bytes. */
+static json_t *good_meta(void)
+{
+	return json_pack("{sIsIsssssIsIsIsssssbsbsbsbsbsbsIsI}", "conn", (json_int_t)7, "port",
+			 (json_int_t)PORT, "lease", LEASE, "peer", "10.0.0.9:40000", "tx_sent",
+			 (json_int_t)10, "tx_acked", (json_int_t)4, "rx", (json_int_t)3, "up",
+			 "open", "down", "open", "live", 1, "fin_sent", 0, "answer_seen", 1,
+			 "rst_sent", 0, "tomb_done", 0, "finishing", 0, "in", (json_int_t)6,
+			 "out", (json_int_t)0);
+}
+
+/* Adopt meta with a duplicate of sp[0] (the other process keeps sp[0]) and
+ * 6 input bytes; returns adopt's result. */
+static int adopt_one(struct tun_group *g, const json_t *meta, int sp[2], int with_fd, char *err,
+		     size_t errlen, int *fd_out)
+{
+	struct evbuffer *in = evbuffer_new();
+	int fd = with_fd ? fcntl(sp[0], F_DUPFD_CLOEXEC, 0) : -1;
+	int rc;
+
+	assert_non_null(in);
+	assert_int_equal(evbuffer_add(in, "abcdef", 6), 0);
+	if (with_fd)
+		assert_true(fd >= 0);
+	rc = tun_handover_adopt(g, meta, fd, in, NULL, err, errlen);
+	evbuffer_free(in);
+	*fd_out = fd;
+	return rc;
+}
+
+/* The new relay validates each stream it is handed: a description whose
+ * fields are missing or whose byte counts and states cannot all be true
+ * (a resume from it could not be exact), or that names another lease or a
+ * malformed executor address (it goes into log lines and a header), is
+ * refused with a reason; nothing is held for it; the descriptor it was given
+ * is closed, and the connection itself, still the old relay's, is not
+ * touched. */
+static void test_adopt_refuses_what_does_not_fit(void **state)
+{
+	struct h *h = *state;
+	struct tun_group_opts go = {.hold_ms = 60000};
+	/* One change each to good_meta(): the field, its new value as JSON
+	 * (NULL: removed), the reason expected. The last round adopts it as it is. */
+	static const struct {
+		const char *key, *value, *why;
+		int no_fd;
+	} bad[] = {
+	    {"conn", NULL, "a field is missing", 0},
+	    {"tx_acked", "\"4\"", "a field is missing", 0},
+	    {"port", "65536", "a field is missing", 0},
+	    {"up", "\"done\"", "a field is missing", 0}, /* only the way down ends "done" */
+	    {"lease", "\"L-2-0123abcd\"", "another lease", 0},
+	    {"peer", "\"10.0.0.9:1\\nforged\"", "executor address is malformed", 0},
+	    {"tx_acked", "11", "do not fit together", 0},    /* more acknowledged than sent */
+	    {"tx_sent", "20", "do not fit together", 0},     /* 16 retained, 6 bytes of input */
+	    {"finishing", "true", "do not fit together", 0}, /* no FIN was sent */
+	    {"live", "true", "do not fit together", 1},	     /* live, and no socket */
+	};
+	const size_t n = sizeof(bad) / sizeof(bad[0]);
+	char err[256];
+	int sp[2], fd, rc;
+	struct tun_group_stats st;
+
+	h->base = event_base_new();
+	assert_non_null(h->base);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
+	for (size_t i = 0; i <= n; i++) {
+		struct tun_group *g = tun_group_new(h->base, TUN_ROLE_RELAY, &go, "t-adopt");
+		json_t *m = good_meta();
+
+		assert_non_null(g);
+		assert_non_null(m);
+		tun_group_set_lease(g, LEASE);
+		assert_int_equal(tun_group_freeze(g), 0);
+		if (i < n && !bad[i].value)
+			json_object_del(m, bad[i].key);
+		else if (i < n)
+			json_object_set_new(m, bad[i].key,
+					    json_loads(bad[i].value, JSON_DECODE_ANY, NULL));
+		rc = adopt_one(g, m, sp, i == n || !bad[i].no_fd, err, sizeof(err), &fd);
+		tun_group_get_stats(g, &st);
+		if (i == n) {
+			assert_int_equal(rc, 0);
+			assert_int_equal(st.held, 1);
+			assert_int_equal(st.held_bytes, 6);
+		} else {
+			if (rc != SR_EINVAL || !strstr(err, bad[i].why))
+				fail_msg("%s %s: rc %d, \"%s\"; want \"%s\"", bad[i].key,
+					 bad[i].value ? bad[i].value : "removed", rc,
+					 rc ? err : "", bad[i].why);
+			assert_non_null(strstr(err, bad[i].value ? "conn=7" : "conn=0"));
+			assert_int_equal(st.held, 0);
+			/* our duplicate is closed, not leaked */
+			if (!bad[i].no_fd)
+				assert_int_equal(fcntl(fd, F_GETFD), -1);
+		}
+		/* The connection is still the other process's: no EOF, no reset. */
+		{
+			char c;
+			ssize_t got = recv(sp[1], &c, 1, MSG_DONTWAIT);
+			assert_true(got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+		}
+		json_decref(m);
+		tun_group_forget(g);
+		tun_group_free(g);
+	}
+	close(sp[0]);
+	close(sp[1]);
+	event_base_free(h->base);
+	h->base = NULL;
+}
+
 static int setup(void **state)
 {
 	struct h *h = calloc(1, sizeof(*h));
@@ -537,7 +661,9 @@ int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test_setup_teardown(test_handover_at_every_cut_every_byte_exactly_once, setup,
+	    cmocka_unit_test_setup_teardown(test_handover_at_every_cut_every_byte_exactly_once,
+					    setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_adopt_refuses_what_does_not_fit, setup,
 					    teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
