@@ -876,6 +876,10 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
 	}
 	if (h->phase != HO_IDLE) {
 		int keep = h->fd;
+		char wb[64], wb2[64];
+
+		SR_WARN("", "takeover by %s refused: a handover to %s is under way already",
+			who(pid, wb, sizeof(wb)), who(h->peer_pid, wb2, sizeof(wb2)));
 		h->fd = fd;
 		refuse(h, "a handover is under way already");
 		h->fd = keep;
@@ -1652,6 +1656,43 @@ static int take_connect(struct take *tk, const char *path, int *none)
 	return 0;
 }
 
+/* The running relay's refusal, as our error (tk->err). */
+static int take_refused(struct take *tk, const json_t *j)
+{
+	const char *e = j_str(j, "error");
+	char eb[SR_ESC_SIZE(300)];
+
+	return take_fail(tk, "the running relay refused: %s",
+			 sr_esc_n(e ? e : "(no reason)", 300, eb, sizeof(eb)));
+}
+
+/* The connection ended before our greeting went out or an answer came: a
+ * relay that refuses at once (a handover is under way already) sends its
+ * reason and closes, and with our greeting unread there the close reaches us
+ * as a reset first, ahead of the reason still queued. Read what is queued;
+ * 1 if it was a refusal (tk->err says why). */
+static int take_refused_at_once(struct take *tk)
+{
+	for (int i = 0; i < 2; i++) {
+		int rc = ho_recv(tk->fd, &tk->m, 0);
+		json_t *j;
+
+		if (rc == SR_ECLOSED)
+			continue; /* the reset, read once; the queue is behind it */
+		if (rc)
+			return 0;
+		j = tk->m.type == HO_REFUSE ? ho_json(&tk->m) : NULL;
+		ho_msg_close_fds(&tk->m);
+		if (j) {
+			take_refused(tk, j);
+			json_decref(j);
+			return 1;
+		}
+		return 0;
+	}
+	return 0;
+}
+
 struct relay *relay_takeover(struct event_base *base, struct relay_opts *o, int *admin_fd,
 			     int *none, char *err, size_t errlen)
 {
@@ -1684,13 +1725,16 @@ struct relay *relay_takeover(struct event_base *base, struct relay_opts *o, int 
 				    "pid", (int)getpid(), "listen", o->listen),
 			  NULL, 0, tk->deadline_us);
 	if (rc) {
-		take_fail(tk, "cannot greet the running relay: %s", sr_strerror(rc));
+		if (rc != SR_ECLOSED || !take_refused_at_once(tk))
+			take_fail(tk, "cannot greet the running relay: %s", sr_strerror(rc));
 		goto out;
 	}
 	for (;;) {
 		const char *kind;
 		rc = ho_recv(tk->fd, &tk->m, tk->deadline_us);
 		if (rc) {
+			if (rc == SR_ECLOSED && first && take_refused_at_once(tk))
+				goto out;
 			take_fail(tk,
 				  rc == SR_ECLOSED ? "the running relay closed the connection"
 						   : "receiving its state: %s",
@@ -1699,10 +1743,7 @@ struct relay *relay_takeover(struct event_base *base, struct relay_opts *o, int 
 		}
 		j = ho_json(&tk->m);
 		if (tk->m.type == HO_REFUSE) {
-			const char *e = j_str(j, "error");
-			char eb[SR_ESC_SIZE(300)];
-			rc = take_fail(tk, "the running relay refused: %s",
-				       sr_esc_n(e ? e : "(no reason)", 300, eb, sizeof(eb)));
+			rc = take_refused(tk, j);
 			goto out;
 		}
 		kind = j_str(j, "kind");

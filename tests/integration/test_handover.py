@@ -222,6 +222,21 @@ class HandoverCase(X.XCase):
         self.stack.relay = p
         return p, took
 
+    def fake_new(self, name):
+        """A stand-in new relay (FAKE_NEW) that takes the state and never
+        commits; returned once it has the whole state."""
+        path = os.path.join(self.stack.dir, "fake_new.py")
+        with open(path, "w") as f:
+            f.write(FAKE_NEW)
+        out = open(os.path.join(self.stack.dir, name + ".out"), "w+")
+        p = subprocess.Popen([sys.executable, path, self._ho_sock,
+                              self.stack.relay_cfg["relay"]["listen"]],
+                             stdout=out, stderr=subprocess.STDOUT, preexec_fn=H._child_setup)
+        self.addCleanup(lambda: (p.kill(), p.wait(5), out.close()))
+        ok = X.wait_for(lambda: (out.seek(0), out.read())[1].startswith("GOT"), 15)
+        self.assertTrue(ok, "the stand-in never got the state: %r" % (out.seek(0), out.read())[1])
+        return p
+
     def handover_line(self, proc):
         """(ms, leases, conns, bytes, retained, waiting) of the old relay's summary line."""
         lines = proc.grep("handed over to pid")
@@ -653,18 +668,6 @@ class TestHandoverFailures(HandoverCase):
 
     extra_relay = {"relay": {"handover_timeout_ms": 1500}}
 
-    def fake_new(self, name):
-        path = os.path.join(self.stack.dir, "fake_new.py")
-        with open(path, "w") as f:
-            f.write(FAKE_NEW)
-        out = open(os.path.join(self.stack.dir, name + ".out"), "w+")
-        p = subprocess.Popen([sys.executable, path, self._ho_sock, self.stack.relay_cfg["relay"]["listen"]],
-                             stdout=out, stderr=subprocess.STDOUT, preexec_fn=H._child_setup)
-        self.addCleanup(lambda: (p.kill(), p.wait(5), out.close()))
-        ok = X.wait_for(lambda: (out.seek(0), out.read())[1].startswith("GOT"), 15)
-        self.assertTrue(ok, "the stand-in never got the state: %r" % (out.seek(0), out.read())[1])
-        return p
-
     def check_serving(self, rpcs, what, before):
         st = self.stack
         self.wait_resumed(before)
@@ -712,6 +715,35 @@ class TestHandoverFailures(HandoverCase):
         problems = [x for x in (c.finish() for c in rpcs) if x]
         self.assertFalse(problems, problems[:3])
 
+
+class TestHandoverOneAtATime(HandoverCase):
+    """Two takeovers at once (a restart that raced another): while one new
+    relay holds the state, a second is refused with the reason and exits
+    non-zero; the running relay goes on, takes back what the first one
+    abandoned, and a takeover afterwards works."""
+
+    def test_a_second_takeover_while_one_is_under_way_is_refused(self):
+        st = self.stack
+        st.start_driver()
+        e = X.Echoer(st.exec_host, st.ports["driver"])
+        self.assertIsNone(e.check())
+        fake = self.fake_new("fake-new")
+        p, rc = self.takeover(expect_ok=False, name="relay-second")
+        self.assertNotEqual(rc, 0)
+        self.assertTrue(p.grep("the running relay refused: a handover is under way "
+                               "already"), p.tail())
+        self.assertTrue(st.relay.grep("takeover by"), "the old relay logged no refusal")
+        self.assert_relay_alive()
+        # the first one goes away: everything is the old relay's again
+        before = self.resumed_count()
+        fake.kill()
+        fake.wait(5)
+        self.assertTrue(X.wait_log(st.relay, "abandoned: the new relay went away", 10))
+        self.wait_resumed(before)
+        self.assertIsNone(e.check(), "executor connection after the abandoned handover")
+        self.takeover()
+        self.assertIsNone(e.check(), "executor connection after the takeover")
+        e.close()
 
 class TestHandoverSocketInTheWay(HandoverCase):
     """What an operator may leave at relay.handover_socket is not taken over
