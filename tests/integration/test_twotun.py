@@ -22,6 +22,8 @@
   - a tunnel whose path goes silent: the sidecar's PING timeout fires first,
     its replacement joins naming the tunnel it replaces, the relay ends that
     one at once and its streams resume on the replacement byte-exact;
+  - a relay that answers a join with another lease or other ports (a fake
+    one): that tunnel ends, the lease and its settings stay as they were;
   - an older relay (played by a fake one that answers a join as an unknown
     resume token): the sidecar keeps its one tunnel, says so once and does
     not dial again;
@@ -487,6 +489,38 @@ class OldRelayTest(unittest.TestCase):
             j = H.read_spark_json(cfg["tunnel"]["spark_json"])
             self.assertEqual(j["lease"], "L-1-0a1b2c3d")
             self.assertEqual(s1.wait_closed(0.5)[0], "timeout", "the first tunnel closed")
+
+
+class JoinAnswerTest(unittest.TestCase):
+    """The relay answering a join must name the very lease we hold, with its
+    ports: another lease id or other ports would point new executor
+    connections at ports the notebook never agreed to. Such an answer ends
+    that tunnel as a protocol error; the lease, its settings and the first
+    tunnel stay as they were, and a right answer afterwards is taken."""
+
+    def test_an_answer_with_another_lease_or_other_ports_is_refused(self):
+        ports = {"driver": 40001, "blockManager": 40002}
+        with sidecar_on_fake_relay(self, self.id(), 2) as (fr, cfg, sc):
+            s1, reg = fr.session(15)
+            s1.send_ctl(R.lease_msg(ports=ports, resume="a" * 64, tunnel=1))
+            wrong = [("another lease", dict(lease="L-9-0a1b2c3d", ports=ports)),
+                     ("other ports", dict(ports={"driver": 40001, "blockManager": 40003}))]
+            for n, (what, kw) in enumerate(wrong, 1):
+                s, reg = fr.session(15)
+                self.assertEqual(reg.get("join"), "L-1-0a1b2c3d", reg)
+                s.send_ctl(R.lease_msg(resume="", tunnel=10 + n, **kw))
+                self.assertIn(s.wait_closed(5)[0], ("eof", "reset"),
+                              "%s: the tunnel stayed open" % what)
+                wait_for(lambda: H_count(sc, "the answer to a join is not the lease we "
+                                             "hold") == n, 5, "the refusal logged")
+            j = H.read_spark_json(cfg["tunnel"]["spark_json"])
+            self.assertEqual((j["lease"], j["ports"]), ("L-1-0a1b2c3d", ports))
+            self.assertFalse(sc.grep("joined the lease"))
+            self.assertEqual(s1.wait_closed(0.3)[0], "timeout", "the first tunnel closed")
+            # the right answer is taken
+            s, reg = fr.session(15)
+            s.send_ctl(R.lease_msg(ports=ports, resume="", tunnel=13))
+            wait_for(lambda: sc.grep("joined the lease: 2 tunnels"), 10, "the join")
 
 
 class RevokedOnOneTunnelTest(unittest.TestCase):
