@@ -31,7 +31,10 @@
     host) is never dialled, a lease's ports outside the pool are never
     bound, a key with a NUL byte does not act on the key before the NUL;
   - one resume token presented to two relays at the same moment resumes
-    the lease once: the other is told `resume_conflict`.
+    the lease once: the other is told `resume_conflict`;
+  - a watch stream that goes silent is started again from its last
+    revision; if etcd compacted that revision meanwhile, the relay reads
+    every key again and serves what it missed.
 
 Each measured number is logged with the prefix "measured:".
 """
@@ -1295,6 +1298,28 @@ class WatchSilenceTest(FleetCase):
         H.log("measured: a lease granted while relay-a's watch was frozen was served there "
               "%.1f s later (watch_idle_ms 3000)" % (time.monotonic() - t0))
         self.assertTrue(a.grep("watch stream was silent for 3000 ms"))
+        self.assertTrue(a.alive() and b.alive())
+
+    def test_a_watch_restarted_after_a_compaction_reads_every_key_again(self):
+        # As above, and etcd compacts its history while relay-a's watch is
+        # silent: the revision the watch starts again from is gone, etcd
+        # says so, and relay-a must read the whole table again instead of
+        # going on without the changes it missed.
+        px = FreezingProxy(("127.0.0.1", self.etcd.port), mark=b"POST /v3/watch")
+        self.addCleanup(px.close)
+        a = self.start_relay("relay-a", HOSTS[0], overrides={"relay": {"fleet": {
+            "etcd": ["http://127.0.0.1:%d" % px.port], "watch_idle_ms": 8000}}})
+        b = self.start_relay("relay-b", HOSTS[1])
+        wait_for(px.marked, 10, "relay-a's watch")
+        self.assertEqual(px.freeze(marked_only=True), 1)
+        sc = FleetTest.start_sidecar(self, "sc", b)
+        lease = self.lease_of(sc)
+        self.etcd.compact(self.etcd.revision())
+        self.assertFalse(a.grep("watch stream was silent"),
+                         "the watch started again before the compaction")
+        wait_for(lambda: a.grep("lease=%s: serving its ports here" % lease["lease"]), 30,
+                 "relay-a serving the lease granted on relay-b")
+        self.assertTrue(a.grep("watch fell behind etcd's compaction"), a.log_text()[-2000:])
         self.assertTrue(a.alive() and b.alive())
 
 
