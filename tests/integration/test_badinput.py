@@ -1,6 +1,6 @@
 """Bad input on the relay's tunnel port: plain TCP, random bytes, TLS without
 HTTP/2, silent TLS clients, and a hand-written sidecar (fake_sidecar.py) that
-sends malformed control messages. Each is closed (within the handshake
+sends malformed control messages or ones only a relay sends. Each is closed (within the handshake
 timeout where time matters) with a log line saying why, and never disturbs a
 real sidecar's tunnel: an echo through it works before and after, on a
 connection that stays open across the bad input and on a fresh one."""
@@ -211,6 +211,30 @@ class FakeSidecarTest(BadInputCase):
         self.assertIn("v2", m.get("message", ""))
         self.assertIn("v1", m.get("message", ""))
         self.assertEqual(len(self.relay.grep("granted")), 1, "relay granted a lease to v1")
+        self.after()
+
+    def test_a_message_only_a_relay_sends_is_closed(self):
+        """A sidecar that sends what only a relay sends (a lease, a release
+        confirmation), before or after its own lease, is ended as a protocol
+        error, with the message's type in the relay's log."""
+        msgs = [{"v": 2, "type": "released"},
+                {"v": 2, "type": "lease", "lease": "L-9-0a1b2c3d", "host": "127.0.0.2",
+                 "ports": {"driver": 40001, "blockManager": 40002}, "ttl": 300,
+                 "resume": "0123456789abcdef"}]
+        k = 0
+        for msg in msgs:
+            for registered in (False, True):
+                fs = self.fake().connect().start_h2()
+                if registered:
+                    fs.send_ctl(F.register_msg())
+                    self.assertEqual((fs.read_ctl(5) or {}).get("type"), "lease")
+                fs.send_ctl(msg)
+                how, _ = fs.wait_closed(3)
+                self.assertIn(how, ("eof", "reset"), "relay kept the tunnel open: %r" % msg)
+                k += 1
+                lines = X.wait_log(self.relay, "unexpected control message", 2, count=k)
+                self.assertTrue(lines, "no log line for %r (registered %s)" % (msg, registered))
+                self.assertIn("unexpected control message " + msg["type"], lines[k - 1])
         self.after()
 
     def test_many_bad_tunnels_in_a_row(self):
