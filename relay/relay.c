@@ -10,6 +10,7 @@
 #include "tunnel/tun_tls.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -363,6 +364,50 @@ void relay_free(struct relay *r)
 	free(r);
 }
 
+/* Settings a reload cannot change: the listeners are bound and the TLS
+ * context made once per process. The new options keep the running values
+ * (swapped, each string still owned once), so that r->o always says what this
+ * process uses: a takeover is refused unless its relay.listen is the listener
+ * passed on, and the fleet advertises relay.listen to the other relays. */
+static void keep_restart_only(struct relay_opts *run, struct relay_opts *o)
+{
+	static const struct {
+		const char *name;
+		size_t off;
+	} strs[] = {
+	    {"relay.listen", offsetof(struct relay_opts, listen)},
+	    {"relay.tls.cert", offsetof(struct relay_opts, cert_file)},
+	    {"relay.tls.key", offsetof(struct relay_opts, key_file)},
+	    {"relay.tls.client_ca", offsetof(struct relay_opts, client_ca_file)},
+	    {"relay.admin.listen", offsetof(struct relay_opts, admin_listen)},
+	    {"relay.metrics.listen", offsetof(struct relay_opts, metrics_listen)},
+	};
+	char names[256] = "";
+	size_t n = 0;
+
+	for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
+		char **a = (char **)((char *)run + strs[i].off);
+		char **b = (char **)((char *)o + strs[i].off);
+		char *t = *a;
+
+		if (!relay_str_eq(*a, *b) && n < sizeof(names))
+			n += (size_t)snprintf(names + n, sizeof(names) - n, "%s%s", n ? ", " : "",
+					      strs[i].name);
+		*a = *b;
+		*b = t;
+	}
+	if (o->require_client_cert != run->require_client_cert) {
+		if (n < sizeof(names))
+			n += (size_t)snprintf(names + n, sizeof(names) - n, "%s%s", n ? ", " : "",
+					      "relay.tls.require_client_cert");
+		o->require_client_cert = run->require_client_cert;
+	}
+	if (n)
+		SR_WARN("", "reload: %s changed; the running value stays until the next restart "
+			    "or takeover",
+			names);
+}
+
 int relay_reload(struct relay *r, struct relay_opts *o, char *err, size_t errlen)
 {
 	struct relay_pol *np;
@@ -388,13 +433,7 @@ int relay_reload(struct relay *r, struct relay_opts *o, char *err, size_t errlen
 		relay_count_reload_failure(r);
 		return SR_ENOMEM;
 	}
-	if (!relay_str_eq(o->listen, r->o->listen) || !relay_str_eq(o->cert_file, r->o->cert_file) ||
-	    !relay_str_eq(o->key_file, r->o->key_file) ||
-	    !relay_str_eq(o->client_ca_file, r->o->client_ca_file) ||
-	    o->require_client_cert != r->o->require_client_cert ||
-	    !relay_str_eq(o->admin_listen, r->o->admin_listen))
-		SR_WARN("", "reload: listen address, TLS and admin settings take effect at the "
-			    "next restart");
+	keep_restart_only(r->o, o);
 	relay_pol_unref(r->pol);
 	r->pol = np;
 	tmp = *r->o;

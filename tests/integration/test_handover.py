@@ -616,6 +616,31 @@ class TestHandoverConfig(HandoverCase):
         e.close()
 
 
+    def test_a_listen_changed_by_a_reload_is_still_refused(self):
+        """A reload cannot move the tunnel listener: it warns, and the relay
+        goes on saying (and handing over) the address it listens on, so a
+        takeover with the changed relay.listen is still refused. It used to
+        take the reloaded value as its own and pass the old listener on to
+        a process configured for another address."""
+        st = self.stack
+        st.start_driver()
+        cfg = json.loads(json.dumps(st.relay_cfg))
+        cfg["relay"]["listen"] = "127.0.0.1:%d" % H.free_port()
+        H.write_config(st.relay_cfg_path, cfg)
+        st.relay.p.send_signal(signal.SIGHUP)
+        lines = X.wait_log(st.relay, "reload: relay.listen changed; the running value stays", 10)
+        self.assertTrue(lines, st.relay.tail())
+        self.assertTrue(X.wait_log(st.relay, "configuration reloaded", 5))
+        p, rc = self.takeover(cfg, expect_ok=False)
+        self.assertNotEqual(rc, 0)
+        self.assertTrue(p.grep("relay.listen differs"), p.tail())
+        self.assert_relay_alive()
+        self.assertIsNone(X.echo_once(st.exec_host, st.ports["driver"], seed=8))
+        # the file as it was started: a takeover works
+        H.write_config(st.relay_cfg_path, st.relay_cfg)
+        self.takeover()
+        self.assertIsNone(X.echo_once(st.exec_host, st.ports["driver"], seed=9))
+
 class TestHandoverWithTheSidecarAway(HandoverCase):
 
     def test_lease_in_grace_and_waiting_executor_move(self):
