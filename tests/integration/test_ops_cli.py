@@ -78,6 +78,23 @@ class CliTest(X.XCase):
         self.assertEqual(r.returncode, 2)
 
 
+    def test_misused_options_exit_2_and_say_why(self):
+        """A wrong option exits 2 before anything starts, with one line on
+        stderr that names the option (escaped) and nothing on stdout."""
+        cases = [
+            (("tunnel", "--takeover"), "--takeover is a relay option"),
+            (("tunnel", "--wait-after-handover"), "--wait-after-handover is a relay option"),
+            (("relay", "--takeover=now"), '--takeover takes no value but "auto"'),
+            (("relay", "--log-level", "loud\x1b[31m"), 'unknown log level "loud\\x1b[31m"'),
+            (("tunnel", "--no-such-option"), "usage: sparkrelay tunnel [--config FILE]"),
+        ]
+        for args, want in cases:
+            r = run(*args, timeout=10)
+            self.assertEqual(r.returncode, 2, "%s: rc %d\n%s" % (args, r.returncode, r.stderr))
+            self.assertEqual(r.stdout, "", args)
+            self.assertIn(want, r.stderr, args)
+            self.assertNotIn("\x1b", r.stderr, args)
+
     def test_ctl_escapes_what_it_was_given(self):
         """The admin URL and the arguments come from the environment and the
         command line, and reach the terminal in error messages: no control
