@@ -80,9 +80,16 @@ static void check_validity(SSL_CTX *ctx, const char *key, const char *path, cmd_
 	}
 }
 
-/* Never prompt for a passphrase: an encrypted key is refused. */
+/* Never prompt for a passphrase: an encrypted key is refused, and *u says it
+ * was asked for (OpenSSL 3 reports that as a decoder error, not
+ * PEM_R_BAD_PASSWORD_READ). */
 static int no_passphrase(char *buf, int size, int rwflag, void *u)
 {
+	(void)buf;
+	(void)size;
+	(void)rwflag;
+	if (u)
+		*(int *)u = 1;
 	return -1;
 }
 
@@ -92,6 +99,7 @@ static void *read_pem(const char *path, int key, char *why, size_t len)
 {
 	BIO *b;
 	void *obj;
+	int encrypted = 0;
 
 	if (!readable(path, why, len))
 		return NULL;
@@ -101,18 +109,17 @@ static void *read_pem(const char *path, int key, char *why, size_t len)
 		ssl_reason(why, len);
 		return NULL;
 	}
-	obj = key ? (void *)PEM_read_bio_PrivateKey(b, NULL, no_passphrase, NULL)
+	obj = key ? (void *)PEM_read_bio_PrivateKey(b, NULL, no_passphrase, &encrypted)
 		  : (void *)PEM_read_bio_X509_AUX(b, NULL, no_passphrase, NULL);
 	BIO_free(b);
 	if (!obj) {
 		unsigned long e = ERR_peek_error();
-		if (ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE)
+		if (key && encrypted)
+			snprintf(why, len, "the key is encrypted; the relay needs it unencrypted");
+		else if (ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE)
 			snprintf(why, len, "no PEM %s in it",
 				 key ? "private key (\"-----BEGIN ... PRIVATE KEY-----\")"
 				     : "certificate (\"-----BEGIN CERTIFICATE-----\")");
-		else if (key && ERR_GET_LIB(e) == ERR_LIB_PEM &&
-			 ERR_GET_REASON(e) == PEM_R_BAD_PASSWORD_READ)
-			snprintf(why, len, "the key is encrypted; the relay needs it unencrypted");
 		else
 			ssl_reason(why, len);
 		ERR_clear_error();

@@ -238,7 +238,13 @@ class CheckConfigTest(X.XCase):
         # open() for ever.
         fifo = os.path.join(self.stack.dir, "fifo.pem")
         os.mkfifo(fifo)
+        enc = os.path.join(self.stack.dir, "encrypted.key")
+        H._openssl(["pkey", "-in", c.relay_key, "-aes256", "-passout", "pass:secret",
+                    "-out", enc], self.stack.dir)
         cases = [
+            ("encrypted key", {"key": enc},
+             "cannot load private key %s (relay.tls.key): the key is encrypted; the relay "
+             "needs it unencrypted" % enc),
             ("fifo as cert", {"cert": fifo},
              "cannot load certificate %s (relay.tls.cert): not a regular file" % fifo),
             ("fifo as client CA", {"client_ca": fifo},
