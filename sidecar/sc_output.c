@@ -405,9 +405,11 @@ void sc_state_load(const char *path, char *resume, size_t len, struct sidecar_le
 	if (json_is_string(v) && tun_ctl_valid_resume(json_string_value(v)) &&
 	    strlen(json_string_value(v)) < len) {
 		snprintf(resume, len, "%s", json_string_value(v));
-		SR_INFO("", "found resume token in %s: will ask for the same lease", path);
+		SR_INFO("", "found resume token in %s: will ask for the same lease",
+			sr_esc(path, epath, sizeof(epath)));
 	} else if (v) {
-		SR_WARN("", "ignoring state file %s: \"resume\" is not a resume token", path);
+		SR_WARN("", "ignoring state file %s: \"resume\" is not a resume token",
+			sr_esc(path, epath, sizeof(epath)));
 	}
 	/* The lease whose settings a driver may still use: only to tell, when
 	 * the next lease differs, that the driver must be restarted. */

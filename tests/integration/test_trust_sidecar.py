@@ -533,6 +533,35 @@ class PlantedFileTest(TrustCase):
         self.assertEqual(left, [])
 
 
+class StateFileTest(TrustCase):
+    """The state file is read back at start and its resume token sent to the
+    relay as it is: one that is not a token (a line break, a header's worth
+    of text) is not sent; the sidecar says why and asks for a new lease, and
+    writes a good state file once it has one."""
+
+    def prepare(self):
+        with open(self.state, "w") as f:
+            json.dump({"resume": "0123\r\nX-Injected: 1", "lease": "L-1-0a1b2c3d",
+                       "host": "127.0.0.2", "ports": {"driver": 40001,
+                                                       "blockManager": 40002}}, f)
+
+    def test_a_resume_that_is_not_a_token_is_not_sent(self):
+        s, reg = self.fr.session(15)
+        self.assertFalse(reg.get("resume"), reg)
+        self.assertTrue(self.proc.grep('"resume" is not a resume token'))
+        p1, p2 = two_ports()
+        self.leased(s, FR.lease_msg(lease="L-2-0a1b2c3d",
+                                    ports={"driver": p1, "blockManager": p2}))
+        self.assertTrue(X.wait_for(lambda: (lambda t: t and "L-2-0a1b2c3d" in t)(
+            open(self.state).read() if os.path.exists(self.state) else ""), 5))
+        with open(self.state) as f:
+            self.assertEqual(json.load(f)["resume"], "0123456789abcdef")
+        # the relay lost it: the new token is asked for, and only it
+        s.close()
+        s, reg = self.fr.session(15)
+        self.assertEqual(reg.get("resume"), "0123456789abcdef")
+
+
 class LogEscapeTest(TrustCase):
     RLO = "\u202e"  # right-to-left override: reorders what a terminal shows
 
