@@ -290,7 +290,9 @@ static const struct conf_group conf_relay_tls_group = {conf_relay_tls, N(conf_re
 #define F_POOL(x) pool.x
 #define POOL_KEYS(T, F)                                                                        \
 	STR(T, "bind", F(bind_address), 0, 1, CONF_HOST_MAX, "0.0.0.0", NULL,                  \
-	    &conf_fmt_numeric, "Address the lease ports bind to."),                            \
+	    &conf_fmt_numeric,                                                                 \
+	    "Address the lease ports bind to: one of the relay host's (checked at start and "  \
+	    "reload)."),                                                                       \
 	    STR(T, "advertise", F(advertise_host), CONF_NULLABLE, 1, CONF_HOST_MAX, NULL,      \
 		NULL, NULL,                                                                    \
 		"Host executors are told to connect to (spark.driver.host); null: chosen by "  \

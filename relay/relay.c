@@ -239,7 +239,7 @@ struct relay *relay_new_adopt(struct event_base *base, struct relay_opts *o,
 	r->pol->refs = 1;
 	r->pol->implicit_tenants = o->policy.ntenants == 0;
 	r->pol->p = relay_policy_new(&o->policy, &o->pool, err, errlen);
-	if (!r->pol->p)
+	if (!r->pol->p || relay_pools_check_bind(r->pol->p, err, errlen) != 0)
 		goto fail;
 	if (relay_pools_sync(r, r->pol->p) != 0) {
 		sr_seterr(err, errlen, "out of memory");
@@ -424,6 +424,11 @@ int relay_reload(struct relay *r, struct relay_opts *o, char *err, size_t errlen
 	np->p = relay_policy_new(&o->policy, &o->pool, err, errlen);
 	if (!np->p) {
 		free(np);
+		relay_count_reload_failure(r);
+		return SR_EINVAL;
+	}
+	if (relay_pools_check_bind(np->p, err, errlen) != 0) {
+		relay_pol_unref(np);
 		relay_count_reload_failure(r);
 		return SR_EINVAL;
 	}

@@ -235,6 +235,7 @@ void relay_pol_unref(struct relay_pol *pol);
 int relay_str_eq(const char *a, const char *b);
 /* Make the live pools match policy p: keep unchanged ones, retire changed
  * or removed ones, add new ones. Returns 0 or SR_ENOMEM (nothing changed). */
+int relay_pools_check_bind(const struct relay_policy *p, char *err, size_t errlen);
 int relay_pools_sync(struct relay *r, const struct relay_policy *p);
 struct relay_pool_rt *relay_pool_find(struct relay *r, const char *name);
 void relay_pool_free(struct relay_pool_rt *pr);

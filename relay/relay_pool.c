@@ -7,8 +7,12 @@
 #include "common/sr_text.h"
 #include "common/sr_util.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include <sys/socket.h>
 
 void relay_pol_unref(struct relay_pol *pol)
 {
@@ -69,6 +73,41 @@ struct relay_pool_rt *relay_pool_find(struct relay *r, const char *name)
 			return pr;
 	}
 	return NULL;
+}
+
+/* A lease port is bound only when a lease is granted: a pool whose
+ * pool.bind is not an address of this host would refuse every registration
+ * ("internal" to the sidecar). Found at start and at a reload instead, by
+ * binding a socket of that address to port 0. */
+int relay_pools_check_bind(const struct relay_policy *p, char *err, size_t errlen)
+{
+	size_t n = relay_policy_npools(p);
+
+	for (size_t i = 0; i < n; i++) {
+		const struct relay_pool_cfg *pc = relay_policy_pool(p, i);
+		const char *a = pc->pool.bind_address;
+		struct sockaddr_storage ss;
+		socklen_t len;
+		int fd, e = 0;
+
+		if (!a || sr_parse_addr(a, 0, &ss, &len) != 0)
+			continue; /* the configuration's own check names it */
+		fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0 || bind(fd, (struct sockaddr *)&ss, len) != 0)
+			e = errno;
+		if (fd >= 0)
+			close(fd);
+		if (e == EADDRNOTAVAIL || e == EAFNOSUPPORT) {
+			char eb[SR_ESC_SIZE(64)];
+
+			sr_seterr(err, errlen,
+				  "pool %s: pool.bind %s is not an address of this host (%s)",
+				  pc->name ? pc->name : "default", sr_esc_n(a, 64, eb, sizeof(eb)),
+				  strerror(e));
+			return SR_EINVAL;
+		}
+	}
+	return 0;
 }
 
 int relay_pools_sync(struct relay *r, const struct relay_policy *p)

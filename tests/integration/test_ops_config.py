@@ -338,6 +338,45 @@ class CheckConfigTest(X.XCase):
 # --------------------------------------------------------------------------
 # route explain on a file, and configured tenants' default limits.
 
+class PoolBindTest(X.XCase):
+    """pool.bind must be an address of this host: lease ports are bound only
+    when a lease is granted, so such a pool used to start fine and then
+    refuse every registration as "internal". The relay now refuses to start
+    with it, and a reload to it is refused (the running configuration
+    stays and goes on granting)."""
+
+    auto_tunnel = False
+    WANT = ("pool default: pool.bind 10.255.255.1 is not an address of this host "
+            "(Cannot assign requested address)")
+
+    def bad_cfg(self):
+        cfg = json.loads(json.dumps(self.stack.relay_cfg))
+        cfg["relay"]["pool"]["bind"] = "10.255.255.1"
+        return cfg
+
+    def test_a_relay_does_not_start_with_it(self):
+        cfg = self.bad_cfg()
+        cfg["relay"]["listen"] = "127.0.0.1:%d" % H.free_port()
+        path = H.write_config(os.path.join(self.stack.dir, "bad-bind.json"), cfg)
+        p = H.Proc("relay-bad", [H.BIN, "relay", "--config", path], self.stack.dir).start()
+        self.track(p)
+        X.wait_for(lambda: not p.alive(), 10)
+        self.assertEqual(p.p.returncode, 1)
+        self.retire(p)
+        self.assertTrue(p.grep("cannot start: " + self.WANT), p.log_text())
+        self.assertFalse(p.grep("listening for sidecars"))
+
+    def test_a_reload_to_it_is_refused(self):
+        st = self.stack
+        H.write_config(st.relay_cfg_path, self.bad_cfg())
+        st.relay.p.send_signal(signal.SIGHUP)
+        self.assertTrue(X.wait_log(st.relay, "reload refused, the running configuration "
+                                             "stays: " + self.WANT, 10), st.relay.tail())
+        st.start_tunnel()
+        self.track(st.tunnel)
+        self.assertEqual(st.lease["host"], "127.0.0.2")
+
+
 class RouteExplainFileTest(X.XCase):
     auto_tunnel = False
 
