@@ -233,9 +233,11 @@ const char *relay_log_word(const char *s, char *buf, size_t len);
 void relay_pol_unref(struct relay_pol *pol);
 /* NULL and "" both mean "unset". */
 int relay_str_eq(const char *a, const char *b);
+/* Each pool's bind address is one of this host's (bound to port 0 to see):
+ * 0, or SR_EINVAL with the pool and address named in err. */
+int relay_pools_check_bind(const struct relay_policy *p, char *err, size_t errlen);
 /* Make the live pools match policy p: keep unchanged ones, retire changed
  * or removed ones, add new ones. Returns 0 or SR_ENOMEM (nothing changed). */
-int relay_pools_check_bind(const struct relay_policy *p, char *err, size_t errlen);
 int relay_pools_sync(struct relay *r, const struct relay_policy *p);
 struct relay_pool_rt *relay_pool_find(struct relay *r, const char *name);
 void relay_pool_free(struct relay_pool_rt *pr);
