@@ -16,7 +16,11 @@
  * is back to 0 on both sides; ASan sees no leak.
  *
  * SR_RESUME_ITERS sets the number of iterations (default 600), SR_RESUME_SEED
- * the first seed; a failure names the seed that reproduces it. */
+ * the first seed; a failure names the seed that reproduces it.
+ *
+ * Then one idle stream, resumed without a replay; and resumed after one end's
+ * record of what it received was altered: the other end resets the stream
+ * instead of skipping or repeating bytes. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -43,6 +47,7 @@
 #include "tunnel/tun_conn.h"
 #include "tunnel/tun_ctl.h"
 #include "tunnel/tun_group.h"
+#include "tunnel/tun_internal.h" /* a held stream's record, altered */
 
 #define MAXF 6
 #define LEASE "L-1-0123abcd"
@@ -458,9 +463,10 @@ static void up(struct h *h)
  * told the bytes were delivered, so neither keeps them for a replay (nor the
  * buffer holding them: about 1 KiB per idle connection and side). nghttp2
  * alone acknowledges only once half a stream window is consumed. */
-static void test_idle_stream_keeps_nothing_for_replay(void **state)
+/* One stream (conn 7) that moved 16 bytes each way, idle, then the tunnel
+ * cut: held at both ends with nothing to replay. */
+static struct flow *one_idle_stream(struct h *h)
 {
-	struct h *h = *state;
 	struct tun_group_opts go = {.hold_ms = 60000};
 	struct tun_group_stats gr, gs;
 	struct flow *f = &h->f[0];
@@ -511,6 +517,33 @@ static void test_idle_stream_keeps_nothing_for_replay(void **state)
 	assert_int_equal(gs.held, 1);
 	assert_int_equal(gr.held_bytes, 0);
 	assert_int_equal(gs.held_bytes, 0);
+	return f;
+}
+
+static void free_all(struct h *h, struct flow *f)
+{
+	tun_conn_set_group(h->relay, NULL);
+	tun_conn_set_group(h->sc, NULL);
+	tun_conn_free(h->relay);
+	tun_conn_free(h->sc);
+	h->relay = h->sc = NULL;
+	tun_group_free(h->gr);
+	tun_group_free(h->gs);
+	if (f->ex.fd >= 0)
+		close(f->ex.fd);
+	if (f->dr.fd >= 0)
+		close(f->dr.fd);
+	evbuffer_free(h->r2s);
+	evbuffer_free(h->s2r);
+	event_base_free(h->base);
+	h->base = NULL;
+}
+
+static void test_idle_stream_keeps_nothing_for_replay(void **state)
+{
+	struct h *h = *state;
+	struct tun_group_stats gr, gs;
+	struct flow *f = one_idle_stream(h);
 
 	/* Resumed without a replay, and still carrying bytes both ways. */
 	up(h);
@@ -527,20 +560,56 @@ static void test_idle_stream_keeps_nothing_for_replay(void **state)
 	tun_group_get_stats(h->gs, &gs);
 	assert_int_equal(gr.resumed + gs.resumed, 2);
 	assert_int_equal(gr.replayed_bytes + gs.replayed_bytes, 0);
+	free_all(h, f);
+}
 
-	tun_conn_set_group(h->relay, NULL);
-	tun_conn_set_group(h->sc, NULL);
-	tun_conn_free(h->relay);
-	tun_conn_free(h->sc);
-	h->relay = h->sc = NULL;
-	tun_group_free(h->gr);
-	tun_group_free(h->gs);
-	close(f->ex.fd);
-	close(f->dr.fd);
-	evbuffer_free(h->r2s);
-	evbuffer_free(h->s2r);
-	event_base_free(h->base);
-	h->base = NULL;
+/* Each end checks the resume point the other names for a stream: what it
+ * says it received must lie between what was acknowledged and what was sent.
+ * A relay (trusted less than the notebook) or a sidecar that names another
+ * would have bytes skipped or sent twice; the stream is reset instead, at
+ * both ends, and counted as lost ("mismatch"). Here one end's own record of
+ * what it received is altered before the resume: 100 bytes more, or 1 less,
+ * than the other sent (16). */
+static void test_a_resume_point_that_cannot_be_true_resets_the_stream(void **state)
+{
+	struct h *h = *state;
+	static const struct {
+		int relay_lies; /* else the sidecar's record is altered */
+		int64_t delta;
+	} cases[] = {{1, 100}, {1, -1}, {0, 100}, {0, -1}};
+
+	for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+		struct flow *f = one_idle_stream(h);
+		struct tun_group *liar = cases[k].relay_lies ? h->gr : h->gs;
+		struct tun_group *judge = cases[k].relay_lies ? h->gs : h->gr;
+		struct tun_group_stats gr, gs, js;
+
+		assert_non_null(liar->held);
+		assert_int_equal(liar->held->rx, 16);
+		liar->held->rx = (uint64_t)((int64_t)liar->held->rx + cases[k].delta);
+		up(h);
+		f->ex.tx_total = 32;
+		f->dr.tx_total = 32;
+		for (int i = 0; i < 2000 && !(f->ex.err || f->ex.eof) + !(f->dr.err || f->dr.eof);
+		     i++) {
+			deliver(h, 1u << 20);
+			service(h);
+		}
+		if (!f->ex.err || !f->dr.err)
+			fail_msg("case %zu: executor err %d eof %d, driver err %d eof %d: want two "
+				 "resets",
+				 k, f->ex.err, f->ex.eof, f->dr.err, f->dr.eof);
+		/* nothing skipped or repeated reached either end */
+		assert_true(f->ex.bad < 0 && f->dr.bad < 0);
+		assert_true(f->ex.rx <= 32 && f->dr.rx <= 32);
+		tun_group_get_stats(judge, &js);
+		assert_int_equal(js.lost[TUN_LOST_MISMATCH], 1);
+		assert_int_equal(js.resumed, 0); /* the other end may count it before the verdict */
+		tun_group_get_stats(h->gr, &gr);
+		tun_group_get_stats(h->gs, &gs);
+		assert_int_equal(gr.held + gs.held, 0);
+		free_all(h, f);
+	}
 }
 
 static int setup(void **state)
@@ -574,6 +643,8 @@ int main(void)
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_idle_stream_keeps_nothing_for_replay, setup,
 					    teardown),
+	    cmocka_unit_test_setup_teardown(test_a_resume_point_that_cannot_be_true_resets_the_stream,
+					    setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
