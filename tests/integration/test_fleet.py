@@ -1272,6 +1272,16 @@ class WatchSilenceTest(FleetCase):
 
     ETCD_PROGRESS = "500ms"
 
+    def relays_a_watching_through_a_proxy(self, watch_idle_ms):
+        """relay-a, whose etcd watch goes through a FreezingProxy, and relay-b."""
+        px = FreezingProxy(("127.0.0.1", self.etcd.port), mark=b"POST /v3/watch")
+        self.addCleanup(px.close)
+        a = self.start_relay("relay-a", HOSTS[0], overrides={"relay": {"fleet": {
+            "etcd": ["http://127.0.0.1:%d" % px.port], "watch_idle_ms": watch_idle_ms}}})
+        b = self.start_relay("relay-b", HOSTS[1])
+        wait_for(px.marked, 10, "relay-a's watch")
+        return px, a, b
+
     def test_a_silent_watch_is_started_again(self):
         # relay-a's watch stream goes silent without breaking. It used to
         # stay so for good: a lease granted on relay-b was never served on
@@ -1279,12 +1289,7 @@ class WatchSilenceTest(FleetCase):
         # unknown_lease, ending the lease). With progress notifications, a
         # stream silent for watch_idle_ms is started again from the last
         # revision it delivered, and the lease is served.
-        px = FreezingProxy(("127.0.0.1", self.etcd.port), mark=b"POST /v3/watch")
-        self.addCleanup(px.close)
-        a = self.start_relay("relay-a", HOSTS[0], overrides={"relay": {"fleet": {
-            "etcd": ["http://127.0.0.1:%d" % px.port], "watch_idle_ms": 3000}}})
-        b = self.start_relay("relay-b", HOSTS[1])
-        wait_for(px.marked, 10, "relay-a's watch")
+        px, a, b = self.relays_a_watching_through_a_proxy(3000)
         # Longer than watch_idle_ms: the progress notifications keep a
         # quiet watch from being taken for a silent one.
         time.sleep(4.5)
@@ -1305,12 +1310,7 @@ class WatchSilenceTest(FleetCase):
         # silent: the revision the watch starts again from is gone, etcd
         # says so, and relay-a must read the whole table again instead of
         # going on without the changes it missed.
-        px = FreezingProxy(("127.0.0.1", self.etcd.port), mark=b"POST /v3/watch")
-        self.addCleanup(px.close)
-        a = self.start_relay("relay-a", HOSTS[0], overrides={"relay": {"fleet": {
-            "etcd": ["http://127.0.0.1:%d" % px.port], "watch_idle_ms": 8000}}})
-        b = self.start_relay("relay-b", HOSTS[1])
-        wait_for(px.marked, 10, "relay-a's watch")
+        px, a, b = self.relays_a_watching_through_a_proxy(8000)
         self.assertEqual(px.freeze(marked_only=True), 1)
         sc = FleetTest.start_sidecar(self, "sc", b)
         lease = self.lease_of(sc)

@@ -302,6 +302,26 @@ static int all_done(const struct h *h)
 
 /* ---- one iteration ------------------------------------------------------------ */
 
+/* Both sessions, groups and sockets of the flows, and the loop. */
+static void free_all(struct h *h)
+{
+	tun_conn_set_group(h->relay, NULL);
+	tun_conn_set_group(h->sc, NULL);
+	tun_conn_free(h->relay);
+	tun_conn_free(h->sc);
+	h->relay = h->sc = NULL;
+	tun_group_free(h->gr);
+	tun_group_free(h->gs);
+	for (int i = 0; i < h->nf; i++) {
+		ts_end_close(&h->f[i].ex);
+		ts_end_close(&h->f[i].dr);
+	}
+	evbuffer_free(h->r2s);
+	evbuffer_free(h->s2r);
+	event_base_free(h->base);
+	h->base = NULL;
+}
+
 static void run_one(struct h *h, uint64_t seed)
 {
 	struct tun_group_opts go = {.hold_ms = 60000};
@@ -399,21 +419,7 @@ static void run_one(struct h *h, uint64_t seed)
 			 tun_conn_nstreams(h->sc), (unsigned long long)h->cuts);
 
 	count_grows(h);
-	tun_conn_set_group(h->relay, NULL);
-	tun_conn_set_group(h->sc, NULL);
-	tun_conn_free(h->relay);
-	tun_conn_free(h->sc);
-	h->relay = h->sc = NULL;
-	tun_group_free(h->gr);
-	tun_group_free(h->gs);
-	for (int i = 0; i < h->nf; i++) {
-		ts_end_close(&h->f[i].ex);
-		ts_end_close(&h->f[i].dr);
-	}
-	evbuffer_free(h->r2s);
-	evbuffer_free(h->s2r);
-	event_base_free(h->base);
-	h->base = NULL;
+	free_all(h);
 }
 
 static void test_cut_anywhere_every_byte_exactly_once(void **state)
@@ -459,10 +465,6 @@ static void up(struct h *h)
 	assert_true(h->leased);
 }
 
-/* An idle connection after a small exchange: both senders must have been
- * told the bytes were delivered, so neither keeps them for a replay (nor the
- * buffer holding them: about 1 KiB per idle connection and side). nghttp2
- * alone acknowledges only once half a stream window is consumed. */
 /* One stream (conn 7) that moved 16 bytes each way, idle, then the tunnel
  * cut: held at both ends with nothing to replay. */
 static struct flow *one_idle_stream(struct h *h)
@@ -520,25 +522,10 @@ static struct flow *one_idle_stream(struct h *h)
 	return f;
 }
 
-static void free_all(struct h *h, struct flow *f)
-{
-	tun_conn_set_group(h->relay, NULL);
-	tun_conn_set_group(h->sc, NULL);
-	tun_conn_free(h->relay);
-	tun_conn_free(h->sc);
-	h->relay = h->sc = NULL;
-	tun_group_free(h->gr);
-	tun_group_free(h->gs);
-	if (f->ex.fd >= 0)
-		close(f->ex.fd);
-	if (f->dr.fd >= 0)
-		close(f->dr.fd);
-	evbuffer_free(h->r2s);
-	evbuffer_free(h->s2r);
-	event_base_free(h->base);
-	h->base = NULL;
-}
-
+/* An idle connection after a small exchange: both senders must have been
+ * told the bytes were delivered, so neither keeps them for a replay (nor the
+ * buffer holding them: about 1 KiB per idle connection and side). nghttp2
+ * alone acknowledges only once half a stream window is consumed. */
 static void test_idle_stream_keeps_nothing_for_replay(void **state)
 {
 	struct h *h = *state;
@@ -560,7 +547,7 @@ static void test_idle_stream_keeps_nothing_for_replay(void **state)
 	tun_group_get_stats(h->gs, &gs);
 	assert_int_equal(gr.resumed + gs.resumed, 2);
 	assert_int_equal(gr.replayed_bytes + gs.replayed_bytes, 0);
-	free_all(h, f);
+	free_all(h);
 }
 
 /* Each end checks the resume point the other names for a stream: what it
@@ -608,7 +595,7 @@ static void test_a_resume_point_that_cannot_be_true_resets_the_stream(void **sta
 		tun_group_get_stats(h->gr, &gr);
 		tun_group_get_stats(h->gs, &gs);
 		assert_int_equal(gr.held + gs.held, 0);
-		free_all(h, f);
+		free_all(h);
 	}
 }
 
