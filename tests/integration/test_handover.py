@@ -14,6 +14,9 @@ handover socket, the sidecar reconnects and resumes, and nothing is lost.
     while the old one still closes (its output stuck): the lease moves;
   - a new configuration with a changed route takes effect at the handover;
   - a takeover with another relay.listen is refused: the old relay goes on;
+    so is one whose relay.listen a reload of the running relay had changed
+    (a reload cannot move the listener);
+  - a second takeover while one holds the state is refused with its reason;
   - a new process killed in the middle, or one that never commits: the old
     relay takes everything back and goes on serving, and a real takeover
     works afterwards;
@@ -615,7 +618,6 @@ class TestHandoverConfig(HandoverCase):
         self.assertFalse(st.tunnel.grep("reconnecting"), "the sidecar lost its tunnel")
         e.close()
 
-
     def test_a_listen_changed_by_a_reload_is_still_refused(self):
         """A reload cannot move the tunnel listener: it warns, and the relay
         goes on saying (and handing over) the address it listens on, so a
@@ -640,6 +642,7 @@ class TestHandoverConfig(HandoverCase):
         H.write_config(st.relay_cfg_path, st.relay_cfg)
         self.takeover()
         self.assertIsNone(X.echo_once(st.exec_host, st.ports["driver"], seed=9))
+
 
 class TestHandoverWithTheSidecarAway(HandoverCase):
 
@@ -769,6 +772,7 @@ class TestHandoverOneAtATime(HandoverCase):
         self.takeover()
         self.assertIsNone(e.check(), "executor connection after the takeover")
         e.close()
+
 
 class TestHandoverSocketInTheWay(HandoverCase):
     """What an operator may leave at relay.handover_socket is not taken over

@@ -12,7 +12,8 @@ reach into the notebook nor forge what the notebook reads.
 - relay-chosen text is escaped in the sidecar's log;
 - streams reset before they are answered (rapid reset) are bounded, and so
   are resets in general;
-- a lease may grant only ports within tunnel.allowed_ports.
+- a lease may grant only ports within tunnel.allowed_ports;
+- a resume token read back from the state file is sent only if it is one.
 
 The notebook start-up script: test_notebook_script.py.
 """
