@@ -85,9 +85,6 @@ static void check_validity(SSL_CTX *ctx, const char *key, const char *path, cmd_
  * PEM_R_BAD_PASSWORD_READ). */
 static int no_passphrase(char *buf, int size, int rwflag, void *u)
 {
-	(void)buf;
-	(void)size;
-	(void)rwflag;
 	if (u)
 		*(int *)u = 1;
 	return -1;

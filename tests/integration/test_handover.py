@@ -760,7 +760,8 @@ class TestHandoverOneAtATime(HandoverCase):
         self.assertNotEqual(rc, 0)
         self.assertTrue(p.grep("the running relay refused: a handover is under way "
                                "already"), p.tail())
-        self.assertTrue(st.relay.grep("takeover by"), "the old relay logged no refusal")
+        self.assertTrue(st.relay.grep("refused: a handover to pid %d is under way already"
+                                      % fake.pid), "the old relay logged no refusal")
         self.assert_relay_alive()
         # the first one goes away: everything is the old relay's again
         before = self.resumed_count()
