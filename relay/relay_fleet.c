@@ -120,8 +120,10 @@ struct fl_held {
 };
 
 /* REG_STALE: a resume or a join whose token the mirror does not know,
- * waiting to learn whether the mirror is behind etcd. */
-enum fl_phase { REG_WAIT = 0, REG_GRANT, REG_TXN, REG_RESUME, REG_STALE };
+ * waiting to learn whether the mirror is behind etcd. REG_PORTS: a join
+ * of a lease whose port a new lease here holds until etcd answers its
+ * grant (which then fails: etcd has the port). */
+enum fl_phase { REG_WAIT = 0, REG_GRANT, REG_TXN, REG_RESUME, REG_STALE, REG_PORTS };
 
 struct fleet_reg {
 	struct fleet_reg *next, *prev;
@@ -147,6 +149,7 @@ struct fleet_reg {
 	int stale_checked;  /* the mirror is known current for the lease: a miss is final */
 	int stale_conflict; /* a resume's write lost to a change the mirror lacked: once the
 			     * mirror has it, the answer is resume_conflict */
+	int ports_again;    /* REG_PORTS: looked at again by this run of ports_cb */
 };
 
 struct fl_fwd {
@@ -220,6 +223,7 @@ struct relay_fleet {
 	struct event *sync_retry;
 	long sync_backoff_ms; /* retry_later's state for sync_retry */
 	struct event *check_ev; /* deferred: held leases that lost their tunnel */
+	struct event *ports_ev; /* deferred: REG_PORTS joins look again */
 	struct fl_held *held;
 	struct fleet_reg *regs;
 	/* is the mirror behind etcd? (REG_STALE) */
@@ -748,16 +752,31 @@ static struct etcd_op *lease_txn(struct relay_fleet *f, struct relay_lease_ext *
 static char *lease_json_now(struct relay_lease_ext *lx);
 static void held_reclaim(struct relay_fleet *f, const char *id);
 
+/* Ports here may have come free (a new lease dropped, or a registration
+ * ended): joins that waited for one look again, after this event. */
+static void ports_freed(struct relay_fleet *f)
+{
+	for (struct fleet_reg *g = f->regs; g; g = g->next)
+		if (g->phase == REG_PORTS) {
+			if (f->ports_ev)
+				event_active(f->ports_ev, EV_TIMEOUT, 0);
+			return;
+		}
+}
+
 /* Drop the local lease (no etcd change). */
 static void lease_drop_local(struct relay_lease_ext *lx)
 {
 	struct relay_lease *l = lx->lease;
+	struct relay_fleet *f = lx->relay ? lx->relay->fleet : NULL;
 
-	if (lx->relay && lx->relay->fleet)
-		regs_forget(lx->relay->fleet, lx);
+	if (f)
+		regs_forget(f, lx);
 	relay_lease_set_data(l, NULL);
 	relay_lease_ext_free(lx);
 	relay_lease_release(l);
+	if (f)
+		ports_freed(f);
 }
 
 static int reg_owns(struct relay_fleet *f, const struct relay_lease_ext *lx)
@@ -1763,6 +1782,9 @@ static void reg_free(struct fleet_reg *g)
 	if (g->deadline)
 		event_free(g->deadline);
 	free(g->json);
+	/* A grant that ended keeps its ports (the lease is etcd's now) or
+	 * dropped them: a join waiting for them has its answer. */
+	ports_freed(f);
 	/* g->m holds the sidecar's bearer token and resume token, idkey a
 	 * digest of the token. */
 	OPENSSL_cleanse(g, sizeof(*g));
@@ -2286,6 +2308,46 @@ static void stale_lag_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/* Does a new lease here whose grant etcd has not answered hold one of
+ * fl's ports? */
+static int ports_pending(const struct relay_fleet *f, const struct fl_lease *fl)
+{
+	for (const struct fleet_reg *g = f->regs; g; g = g->next) {
+		struct relay_lease_state st;
+
+		if (!g->lx || g->phase == REG_RESUME)
+			continue;
+		relay_lease_get_state(g->lx->lease, &st);
+		for (int i = 0; i < TUN_PORT_MAX; i++)
+			for (int k = 0; k < TUN_PORT_MAX; k++)
+				if ((fl->roles & (int)TUN_ROLE_BIT(i)) && st.ports[k] &&
+				    st.ports[k] == fl->ports[i])
+					return 1;
+	}
+	return 0;
+}
+
+/* ports_freed's event: every join that waited for a port looks again
+ * (once: one that waits on stays in REG_PORTS for the next). */
+static void ports_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct relay_fleet *f = arg;
+	struct fleet_reg *g;
+
+	(void)fd;
+	(void)what;
+	for (g = f->regs; g; g = g->next)
+		g->ports_again = g->phase == REG_PORTS;
+	for (;;) {
+		for (g = f->regs; g && !g->ports_again; g = g->next)
+			;
+		if (!g)
+			break;
+		g->ports_again = 0;
+		reg_join(g);
+	}
+}
+
 /* A join checks its proof against the digests in the mirror (a relay
  * does not know the tokens of leases made elsewhere) and changes nothing
  * in etcd: the lease keeps its token; relay_fleet_attached puts
@@ -2305,7 +2367,7 @@ static void reg_join(struct fleet_reg *g)
 	struct relay_lease *l = NULL;
 	struct fl_kv *kv;
 	struct fl_lease fl;
-	int proven = 0;
+	int proven = 0, waited = g->phase == REG_PORTS;
 	json_t *j;
 
 	g->phase = REG_RESUME; /* a failure drops no lease */
@@ -2323,6 +2385,18 @@ static void reg_join(struct fleet_reg *g)
 		if (proven && !relay_find_id(r, g->m.join))
 			lease_bind(f, kv);
 		l = relay_find_id(r, g->m.join);
+		/* Two relays granted the same port at once and the other's
+		 * grant won: ours holds the port here until etcd says so, a
+		 * few ms. The join waits for that, not refused meanwhile. */
+		if (proven && !l && ports_pending(f, &fl)) {
+			if (!waited)
+				SR_INFO(FL_CTX,
+					"lease=%s: a join waits for a grant here that holds one of "
+					"its ports (etcd gave the port to this lease)",
+					g->m.join);
+			g->phase = REG_PORTS;
+			return;
+		}
 	}
 	if (!proven && token && !g->stale_checked) {
 		stale_check(g);
@@ -2731,10 +2805,11 @@ struct relay_fleet *relay_fleet_new(struct relay *r, int peer_fd, int taking, ch
 	f->page_keys = FL_PAGE_KEYS;
 	f->sync_retry = evtimer_new(f->base, sync_retry_cb, f);
 	f->check_ev = evtimer_new(f->base, check_cb, f);
+	f->ports_ev = evtimer_new(f->base, ports_cb, f);
 	f->stale_lag_ev = evtimer_new(f->base, stale_lag_cb, f);
 	f->restore_ev = evtimer_new(f->base, restore_cb, f);
-	if (!f->self_retry || !f->sync_retry || !f->check_ev || !f->stale_lag_ev ||
-	    !f->restore_ev)
+	if (!f->self_retry || !f->sync_retry || !f->check_ev || !f->ports_ev ||
+	    !f->stale_lag_ev || !f->restore_ev)
 		goto nomem;
 	if (!taking)
 		self_start(f);
@@ -2889,6 +2964,8 @@ void relay_fleet_free(struct relay_fleet *f)
 		event_free(f->sync_retry);
 	if (f->check_ev)
 		event_free(f->check_ev);
+	if (f->ports_ev)
+		event_free(f->ports_ev);
 	if (f->stale_lag_ev)
 		event_free(f->stale_lag_ev);
 	if (f->restore_ev)
