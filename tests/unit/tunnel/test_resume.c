@@ -20,7 +20,9 @@
  *
  * Then one idle stream, resumed without a replay; and resumed after one end's
  * record of what it received was altered: the other end resets the stream
- * instead of skipping or repeating bytes. */
+ * instead of skipping or repeating bytes. And a stream whose executor (or
+ * driver) resets its connection during the outage, with bytes waiting for
+ * it: the stream is reset, and the resume resets the other end too. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -465,12 +467,10 @@ static void up(struct h *h)
 	assert_true(h->leased);
 }
 
-/* One stream (conn 7) that moved 16 bytes each way, idle, then the tunnel
- * cut: held at both ends with nothing to replay. */
-static struct flow *one_idle_stream(struct h *h)
+/* One stream (conn 7) that moved 16 bytes each way. */
+static struct flow *one_stream(struct h *h)
 {
 	struct tun_group_opts go = {.hold_ms = 60000};
-	struct tun_group_stats gr, gs;
 	struct flow *f = &h->f[0];
 	struct sr_bsock *bev;
 	int a, b;
@@ -510,6 +510,15 @@ static struct flow *one_idle_stream(struct h *h)
 		service(h);
 	}
 	assert_int_equal(f->ex.rx, 16);
+	return f;
+}
+
+/* One stream that moved 16 bytes each way, idle, then the tunnel cut: held
+ * at both ends with nothing to replay. */
+static struct flow *one_idle_stream(struct h *h)
+{
+	struct tun_group_stats gr, gs;
+	struct flow *f = one_stream(h);
 
 	run_for(h, 600); /* idle */
 	cut(h);
@@ -599,6 +608,74 @@ static void test_a_resume_point_that_cannot_be_true_resets_the_stream(void **sta
 	}
 }
 
+/* A held stream whose socket fails while the tunnel is away: the executor
+ * (or the driver) gave up and reset its connection while bytes for it wait
+ * in its output. That end finds out when the write fails: it resets the
+ * stream at once, counts it lost ("socket") and keeps a tombstone, so that
+ * the resume tells the other end, which resets its socket too, instead of
+ * resuming a stream nobody reads. */
+static void test_a_socket_that_fails_during_the_outage_resets_its_stream(void **state)
+{
+	struct h *h = *state;
+
+	for (int driver_fails = 0; driver_fails < 2; driver_fails++) {
+		struct flow *f = one_stream(h);
+		struct ts_end *gone = driver_fails ? &f->dr : &f->ex;
+		struct ts_end *sender = driver_fails ? &f->ex : &f->dr;
+		struct tun_group *mine = driver_fails ? h->gs : h->gr;
+		struct tun_group *theirs = driver_fails ? h->gr : h->gs;
+		struct tun_group_stats ms, ts;
+		uint64_t last = 0;
+
+		/* The sender sends until flow control stops it; the end that
+		 * will fail reads nothing, so bytes wait in its output. */
+		sender->tx_total = 16 + (64u << 20);
+		for (int i = 0, still = 0; i < 5000 && still < 100; i++) {
+			deliver(h, 1u << 20);
+			ts_end_service(sender);
+			event_base_loop(h->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+			still = sender->tx == last ? still + 1 : 0;
+			last = sender->tx;
+		}
+		assert_true(sender->tx > 16 && sender->tx < sender->tx_total);
+		cut(h);
+
+		sr_sock_set_reset_on_close(gone->fd);
+		close(gone->fd);
+		gone->fd = -1;
+		gone->reset_done = 1;
+		for (int i = 0; i < 500; i++) {
+			tun_group_get_stats(mine, &ms);
+			if (ms.lost[TUN_LOST_SOCKET])
+				break;
+			event_base_loop(h->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+			usleep(1000);
+		}
+		assert_int_equal(ms.lost[TUN_LOST_SOCKET], 1);
+		/* the other end still holds it: it cannot know before the resume */
+		tun_group_get_stats(theirs, &ts);
+		assert_int_equal(ts.held, 1);
+		assert_int_equal(sender->err, 0);
+
+		up(h);
+		for (int i = 0; i < 5000 && !sender->err; i++) {
+			deliver(h, 1u << 20);
+			service(h);
+		}
+		if (!sender->err)
+			fail_msg("the %s failed during the outage: the %s saw err %d eof %d, want a "
+				 "reset",
+				 driver_fails ? "driver" : "executor",
+				 driver_fails ? "executor" : "driver", sender->err, sender->eof);
+		assert_true(sender->bad < 0);
+		tun_group_get_stats(h->gr, &ms);
+		tun_group_get_stats(h->gs, &ts);
+		assert_int_equal(ms.held + ts.held, 0);
+		assert_int_equal(ms.resumed + ts.resumed, 0);
+		free_all(h);
+	}
+}
+
 static int setup(void **state)
 {
 	struct h *h = calloc(1, sizeof(*h));
@@ -631,6 +708,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_idle_stream_keeps_nothing_for_replay, setup,
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_a_resume_point_that_cannot_be_true_resets_the_stream,
+					    setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_a_socket_that_fails_during_the_outage_resets_its_stream,
 					    setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
