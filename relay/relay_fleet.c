@@ -120,9 +120,9 @@ struct fl_held {
 };
 
 /* REG_STALE: a resume or a join whose token the mirror does not know,
- * waiting to learn whether the mirror is behind etcd. REG_PORTS: a join
- * of a lease whose port a new lease here holds until etcd answers its
- * grant (which then fails: etcd has the port). */
+ * waiting to learn whether the mirror is behind etcd. REG_PORTS: a join or
+ * resume of a lease whose port a new lease here holds until etcd answers
+ * its grant (which then fails: etcd has the port). */
 enum fl_phase { REG_WAIT = 0, REG_GRANT, REG_TXN, REG_RESUME, REG_STALE, REG_PORTS };
 
 struct fleet_reg {
@@ -223,7 +223,7 @@ struct relay_fleet {
 	struct event *sync_retry;
 	long sync_backoff_ms; /* retry_later's state for sync_retry */
 	struct event *check_ev; /* deferred: held leases that lost their tunnel */
-	struct event *ports_ev; /* deferred: REG_PORTS joins look again */
+	struct event *ports_ev; /* deferred: REG_PORTS registrations look again */
 	struct fl_held *held;
 	struct fleet_reg *regs;
 	/* is the mirror behind etcd? (REG_STALE) */
@@ -613,6 +613,8 @@ static int bind_port(const struct relay_pool_rt *pr, int port)
 	return fd;
 }
 
+static int ports_pending(const struct relay_fleet *f, const struct fl_lease *fl);
+
 /* Make the local lease of leases/<id> (id = kv->key + 7): its ports bound
  * here, no tunnel, no local grace timer (etcd's grace lease rules). */
 static void lease_bind(struct relay_fleet *f, struct fl_kv *kv)
@@ -657,7 +659,13 @@ static void lease_bind(struct relay_fleet *f, struct fl_kv *kv)
 		for (int k = 0; k < i; k++)
 			dup |= (fl.roles & (int)TUN_ROLE_BIT(k)) && fl.ports[k] == fl.ports[i];
 		if (dup || !relay_lease_port_usable(pr->t, (uint32_t)fl.ports[i])) {
-			if (!kv->warned)
+			/* Two relays granted the port at once, and etcd gave it
+			 * to this lease: ours fails, then the lease is bound. */
+			if (!kv->warned && !dup && ports_pending(f, &fl))
+				SR_INFO(FL_CTX, "lease=%s: port %d is held here by a grant etcd "
+						"has not answered yet; served once it ends",
+					id, fl.ports[i]);
+			else if (!kv->warned)
 				SR_WARN(FL_CTX, "lease=%s: port %d is outside pool %s's range "
 						"(%u-%u), repeated, or held by another lease here; "
 						"not served here",
@@ -753,7 +761,7 @@ static char *lease_json_now(struct relay_lease_ext *lx);
 static void held_reclaim(struct relay_fleet *f, const char *id);
 
 /* Ports here may have come free (a new lease dropped, or a registration
- * ended): joins that waited for one look again, after this event. */
+ * ended): registrations that waited for one look again, after this event. */
 static void ports_freed(struct relay_fleet *f)
 {
 	for (struct fleet_reg *g = f->regs; g; g = g->next)
@@ -1783,7 +1791,7 @@ static void reg_free(struct fleet_reg *g)
 		event_free(g->deadline);
 	free(g->json);
 	/* A grant that ended keeps its ports (the lease is etcd's now) or
-	 * dropped them: a join waiting for them has its answer. */
+	 * dropped them: a registration waiting for them has its answer. */
 	ports_freed(f);
 	/* g->m holds the sidecar's bearer token and resume token, idkey a
 	 * digest of the token. */
@@ -2011,6 +2019,53 @@ static void reg_new(struct fleet_reg *g)
 		reg_fail(g, "internal", e);
 }
 
+/* Does a new lease here whose grant etcd has not answered hold one of
+ * fl's ports? */
+static int ports_pending(const struct relay_fleet *f, const struct fl_lease *fl)
+{
+	for (const struct fleet_reg *g = f->regs; g; g = g->next) {
+		struct relay_lease_state st;
+
+		if (!g->lx || g->phase == REG_RESUME)
+			continue;
+		relay_lease_get_state(g->lx->lease, &st);
+		for (int i = 0; i < TUN_PORT_MAX; i++)
+			for (int k = 0; k < TUN_PORT_MAX; k++)
+				if ((fl->roles & (int)TUN_ROLE_BIT(i)) && st.ports[k] &&
+				    st.ports[k] == fl->ports[i])
+					return 1;
+	}
+	return 0;
+}
+
+/* Two relays granted the same port at once and the other's grant won:
+ * ours holds the port here until etcd says so, a few ms, and the winner's
+ * lease (kv) cannot be served here meanwhile. A join or resume of it waits
+ * for that (REG_PORTS) instead of being refused: a refused resume would
+ * cost the sidecar its lease. Returns 1 if g waits. */
+static int ports_wait(struct fleet_reg *g, const struct fl_kv *kv, int waited)
+{
+	const char *id = kv->key + strlen("leases/");
+	struct fl_lease fl;
+	json_t *j;
+	int pending;
+
+	/* the id goes into the log line: etcd's text is checked first */
+	if (!tun_ctl_valid_lease_id(id) || lease_parse(kv, &fl, &j) != 0)
+		return 0;
+	pending = ports_pending(g->f, &fl);
+	json_decref(j);
+	if (!pending)
+		return 0;
+	if (!waited)
+		SR_INFO(FL_CTX,
+			"lease=%s: a %s waits for a grant here that holds one of its ports "
+			"(etcd gave the port to this lease)",
+			id, g->m.join[0] ? "join" : "resume");
+	g->phase = REG_PORTS;
+	return 1;
+}
+
 static void stale_wait_for(struct fleet_reg *g, int64_t rev);
 
 static void reg_resume_done(int err, const struct etcd_result *res, void *arg)
@@ -2072,8 +2127,10 @@ static void reg_resume(struct fleet_reg *g)
 	struct relay_lease_ext *lx = NULL;
 	struct etcd_req rq = {.type = ETCD_PUT}, cur = {.type = ETCD_RANGE};
 	struct etcd_cmp cmp;
+	int waited;
 
 	memset(&cmp, 0, sizeof(cmp));
+	waited = g->phase == REG_PORTS;
 	g->phase = REG_RESUME;
 	sha256_hex(g->m.resume, digest);
 	/* Every lease is compared, without an early exit; an absent digest
@@ -2090,6 +2147,8 @@ static void reg_resume(struct fleet_reg *g)
 		lease_bind(f, found);
 	if (found)
 		l = relay_find_id(r, found->key + 7);
+	if (found && !l && ports_wait(g, found, waited))
+		return;
 	lx = l ? relay_lease_data(l) : NULL;
 	if (!found && !g->stale_checked && g->m.lease[0]) {
 		/* The lease may have been made or resumed elsewhere after this
@@ -2308,27 +2367,8 @@ static void stale_lag_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
-/* Does a new lease here whose grant etcd has not answered hold one of
- * fl's ports? */
-static int ports_pending(const struct relay_fleet *f, const struct fl_lease *fl)
-{
-	for (const struct fleet_reg *g = f->regs; g; g = g->next) {
-		struct relay_lease_state st;
-
-		if (!g->lx || g->phase == REG_RESUME)
-			continue;
-		relay_lease_get_state(g->lx->lease, &st);
-		for (int i = 0; i < TUN_PORT_MAX; i++)
-			for (int k = 0; k < TUN_PORT_MAX; k++)
-				if ((fl->roles & (int)TUN_ROLE_BIT(i)) && st.ports[k] &&
-				    st.ports[k] == fl->ports[i])
-					return 1;
-	}
-	return 0;
-}
-
-/* ports_freed's event: every join that waited for a port looks again
- * (once: one that waits on stays in REG_PORTS for the next). */
+/* ports_freed's event: every registration that waited for a port looks
+ * again (once: one that waits on stays in REG_PORTS for the next). */
 static void ports_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct relay_fleet *f = arg;
@@ -2344,7 +2384,7 @@ static void ports_cb(evutil_socket_t fd, short what, void *arg)
 		if (!g)
 			break;
 		g->ports_again = 0;
-		reg_join(g);
+		stale_look_again(g);
 	}
 }
 
@@ -2385,18 +2425,8 @@ static void reg_join(struct fleet_reg *g)
 		if (proven && !relay_find_id(r, g->m.join))
 			lease_bind(f, kv);
 		l = relay_find_id(r, g->m.join);
-		/* Two relays granted the same port at once and the other's
-		 * grant won: ours holds the port here until etcd says so, a
-		 * few ms. The join waits for that, not refused meanwhile. */
-		if (proven && !l && ports_pending(f, &fl)) {
-			if (!waited)
-				SR_INFO(FL_CTX,
-					"lease=%s: a join waits for a grant here that holds one of "
-					"its ports (etcd gave the port to this lease)",
-					g->m.join);
-			g->phase = REG_PORTS;
+		if (proven && !l && ports_wait(g, kv, waited))
 			return;
-		}
 	}
 	if (!proven && token && !g->stale_checked) {
 		stale_check(g);

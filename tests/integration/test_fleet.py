@@ -3,9 +3,9 @@
   - a sidecar's lease lives in etcd: killed and replaced by one that dials
     another relay (same state file), it gets the same lease id and ports;
   - two relays granting at the same moment never give the same port
-    (registrations raced on both relays at once); a join of the winner's
-    lease on the loser, while the loser's grant still holds the port,
-    waits for it and joins instead of being refused;
+    (registrations raced on both relays at once); a join or a resume of
+    the winner's lease on the loser, while the loser's grant still holds
+    the port, waits for it instead of being refused;
   - three relays (127.0.0.2, .3, .4), one sidecar on the first: executors
     connect to the lease port on the other two and exchange bytes
     byte-exact with the driver through the relay-to-relay link; kill -9 one
@@ -247,13 +247,11 @@ class FleetTest(FleetCase):
         self.assertEqual((m.get("type"), m.get("code")), ("error", "join_refused"), m)
         self.assertTrue(a.alive() and b.alive())
 
-    def test_a_join_waits_while_a_grant_here_holds_its_port(self):
-        # Two relays granted the same port at once (each picks from the
-        # ports it holds). etcd gave it to relay-b's lease; relay-a's own
-        # new lease held it here until its etcd write failed, a few ms.
-        # A join of relay-b's lease on relay-a in that window was refused
-        # (join_refused) and the sidecar's second tunnel went to a third
-        # relay or to none. The join now waits for relay-a's grant.
+    def _while_a_grant_here_holds_its_port(self, kind, msg):
+        """relay-a's own new lease holds a port (its grant held at the etcd
+        proxy) that etcd has given to a lease of relay-b; then msg(lease,
+        token) is sent to relay-a. Returns (the answer, relay-b's lease
+        message)."""
         px, a, b = self._relay_a_watching_through_a_proxy()
         ca = H.certs().ca
         # relay-a's grant, held at the proxy (within the etcd client's 2.5 s timeout)
@@ -263,23 +261,45 @@ class FleetTest(FleetCase):
         x.send_ctl(F.register_msg(app="on-a"))
         wait_for(px.delaying, 10, "relay-a's grant on its way to etcd")
         m = self._lease_msg(b)
-        lease, token, ports = m["lease"], m["resume"], m.get("ports")
-        wait_for(lambda: a.grep("lease=%s: port" % lease), 10,
+        lease, ports = m["lease"], m.get("ports")
+        # what relay-a says of it: the race, not a misconfigured lease
+        wait_for(lambda: a.grep("lease=%s: port %d is held here by a grant etcd has not "
+                                "answered yet" % (lease, ports["driver"])), 10,
                  "relay-a's copy of relay-b's lease, its port held here")
-        joiner = F.FakeSidecar(a.port, ca, host=a.host).connect().start_h2()
-        self.addCleanup(joiner.close)
-        joiner.send_ctl(F.register_msg(resume="join_" + token, join=lease))
-        self.assertTrue(px.delaying(), "relay-a's grant answered before the join: no test")
-        j = joiner.read_ctl(15) or {}
-        self.assertEqual((j.get("type"), j.get("lease"), j.get("ports")), ("lease", lease, ports),
-                         a.log_text()[-3000:])
-        self.assertTrue(a.grep("lease=%s: a join waits for a grant here" % lease))
+        self.assertFalse(a.grep("lease=%s: port %d is outside" % (lease, ports["driver"])))
+        fs = F.FakeSidecar(a.port, ca, host=a.host).connect().start_h2()
+        self.addCleanup(fs.close)
+        fs.send_ctl(msg(lease, m["resume"]))
+        self.assertTrue(px.delaying(), "relay-a's grant answered first: no test")
+        got = fs.read_ctl(15) or {}
+        self.assertEqual((got.get("type"), got.get("lease"), got.get("ports")),
+                         ("lease", lease, ports), a.log_text()[-3000:])
+        self.assertTrue(a.grep("lease=%s: a %s waits for a grant here" % (lease, kind)))
         self.assertTrue(a.grep("granted elsewhere at the same time"))
         # relay-a's own registration ends with other ports
         n = x.read_ctl(15) or {}
         self.assertEqual(n.get("type"), "lease", n)
         self.assertFalse(set(n["ports"].values()) & set(ports.values()), (n, m))
         self.assertTrue(a.alive() and b.alive())
+        return got, m
+
+    def test_a_join_waits_while_a_grant_here_holds_its_port(self):
+        # Two relays granted the same port at once (each picks from the
+        # ports it holds). etcd gave it to relay-b's lease; relay-a's own
+        # new lease held it here until its etcd write failed, a few ms.
+        # A join of relay-b's lease on relay-a in that window was refused
+        # (join_refused) and the sidecar's second tunnel went to a third
+        # relay or to none. The join now waits for relay-a's grant.
+        self._while_a_grant_here_holds_its_port(
+            "join", lambda lease, token: F.register_msg(resume="join_" + token, join=lease))
+
+    def test_a_resume_waits_while_a_grant_here_holds_its_port(self):
+        # The same window for a resume (the sidecar's tunnel to relay-b
+        # died just after the grant): it was refused as unknown_lease and
+        # the sidecar started afresh on new ports, losing its executors.
+        got, m = self._while_a_grant_here_holds_its_port(
+            "resume", lambda lease, token: F.register_msg(resume=token, lease=lease))
+        self.assertNotEqual(got.get("resume"), m["resume"])
 
     def test_a_lease_granted_while_the_table_is_read_stays_in_the_copy(self):
         # A full read makes relay-a's copy of the lease table what etcd held
