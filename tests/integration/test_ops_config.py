@@ -12,10 +12,12 @@ a file.
     effective configuration only with --print; warnings for unreachable
     routes and CIDRs with host bits;
   - `sparkrelay route explain --config FILE` without a relay: exit status,
-    -o json, --san;
+    -o json, --san, --token (never printed); names with escape sequences
+    come out as visible text, not as control bytes;
   - configured tenants without limits get the default limits (follow-up 4).
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -447,6 +449,46 @@ class RouteExplainFileTest(X.XCase):
         env["SPARKRELAY_ADMIN_URL"] = "http://127.0.0.1:%d" % H.free_port()
         r = run("ctl", "route", "explain", "--config", self.path, "--cn", "nobody", env=env)
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+
+    def test_explain_prints_no_control_bytes_and_no_token(self):
+        # The question's names reach the terminal: an app name or a
+        # certificate name with an escape sequence (ESC, BEL, a C1 CSI in
+        # UTF-8) must come out as visible text, never as the bytes. A token
+        # picks its tenant by digest and is never printed.
+        token = "explain-token-%d" % os.getpid()
+        with open(self.path) as f:
+            cfg = json.loads(f.read())
+        cfg["relay"]["tenants"].append({"name": "by-token", "match": {
+            "token_sha256": [hashlib.sha256(token.encode()).hexdigest()]}})
+        path = H.write_config(os.path.join(self.stack.dir, "with-token.json"), cfg)
+        hostile = [b"--app", b"gpu-\x1b[31mred\xc2\x9b\x07", b"--cn", b"ops-\x1b]0;title\x07",
+                   b"--san", b"nb\x08.notebooks.example.com"]
+        r = subprocess.run([H.BIN, "route", "explain", "--config", path] + hostile,
+                           capture_output=True, timeout=30, env=clean_env(),
+                           stdin=subprocess.DEVNULL)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        bad = sorted({c for c in r.stdout if (c < 0x20 and c != 0x0a) or c >= 0x7f})
+        self.assertEqual(bad, [], r.stdout)
+        self.assertIn(b"red", r.stdout)  # the name is shown, made visible
+        self.assertIn(b'tenant "ds"', r.stdout)
+        r = subprocess.run([H.BIN, "route", "explain", "--config", path, "-o", "json"]
+                           + hostile, capture_output=True, timeout=30, env=clean_env(),
+                           stdin=subprocess.DEVNULL)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(sorted({c for c in r.stdout if c < 0x0a or 0x0a < c < 0x20
+                                 or c >= 0x7f}), [], r.stdout)
+        json.loads(r.stdout)
+        r = run("route", "explain", "--config", path, "--token", token, "--app", "x",
+                env=clean_env())
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)  # no route for tenant by-token
+        self.assertIn('tenant "by-token"', r.stdout)
+        self.assertNotIn(token, r.stdout + r.stderr)
+        r = run("route", "explain", "--config", path, "-o", "yaml", env=clean_env())
+        self.assertEqual((r.returncode, r.stdout), (2, ""))
+        self.assertIn("-o takes text or json", r.stderr)
+        r = run("route", "explain", "--help", env=clean_env())
+        self.assertEqual((r.returncode, r.stderr), (0, ""))
+        self.assertIn("usage: sparkrelay route explain", r.stdout)
 
     def test_configured_tenants_get_default_limits(self):
         r = run("check-config", "--print", self.path, env=clean_env())
