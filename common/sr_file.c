@@ -29,7 +29,9 @@ int sr_file_replace(const char *path, const void *data_, size_t len, mode_t mode
 			return SR_EIO;
 		}
 		if (snprintf(tmp, sizeof(tmp), "%s.tmp-%s", path, rnd) >= (int)sizeof(tmp)) {
-			sr_seterr(err, errlen, "%s: path too long", path);
+			/* the reason first: a long path would push it off the end */
+			sr_seterr(err, errlen, "path too long (%zu bytes): %.80s...", strlen(path),
+				  path);
 			return SR_EINVAL;
 		}
 		fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
