@@ -13,6 +13,9 @@ handover socket, the sidecar reconnects and resumes, and nothing is lost.
   - a handover right after a tunnel was replaced by a new one of its lease,
     while the old one still closes (its output stuck): the lease moves;
   - a new configuration with a changed route takes effect at the handover;
+    one that moved the pool to other ports leaves the lease taken over its
+    ports (open and new executor connections served) and gives a new
+    sidecar ports from the moved pool;
   - a takeover with another relay.listen is refused: the old relay goes on;
     so is one whose relay.listen a reload of the running relay had changed
     (a reload cannot move the listener);
@@ -597,6 +600,34 @@ class TestHandoverConfig(HandoverCase):
         self.assertTrue(X.wait_log(new, "keeps the rules it was made under", 5))
         # as after a reload that removed it: the lease keeps its route's CIDRs
         self.assertIsNone(X.echo_once(st.exec_host, st.ports["driver"], seed=5))
+        self.assertIsNone(e.check())
+        e.close()
+
+    def test_moved_pool_keeps_the_ports_of_its_leases(self):
+        # The new configuration moves the pool to other ports. The lease
+        # taken over keeps its ports (the old pool, kept for it alone and
+        # making no new leases), its open and new executor connections are
+        # served, and a new sidecar gets ports from the moved pool.
+        st = self.stack
+        st.start_driver()
+        e = X.Echoer(st.exec_host, st.ports["driver"])
+        self.assertIsNone(e.check())
+        cfg = json.loads(json.dumps(st.relay_cfg))
+        base = H.pick_pool_base(8)
+        cfg["relay"]["pool"]["port_min"], cfg["relay"]["pool"]["port_max"] = base, base + 7
+        new, _ = self.takeover(cfg)
+        self.assertTrue(X.wait_log(new, "kept with its old settings for the leases taken "
+                                   "over", 5), new.log_text()[-2000:])
+        self.assertTrue(X.wait_log(st.tunnel, "resumed ", 15, count=1))
+        self.assertIsNone(e.check(), "open executor connection after the handover")
+        self.assertIsNone(X.echo_once(st.exec_host, st.ports["driver"], seed=6),
+                          "a new executor of the lease on its old port")
+        fs = F.FakeSidecar(st.relay_port, H.certs().ca).connect().start_h2()
+        self.addCleanup(fs.close)
+        fs.send_ctl(F.register_msg(app="after-the-move"))
+        m = fs.read_ctl(10) or {}
+        self.assertEqual(m.get("type"), "lease", m)
+        self.assertTrue(all(base <= p <= base + 7 for p in m["ports"].values()), m)
         self.assertIsNone(e.check())
         e.close()
 
