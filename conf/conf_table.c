@@ -615,7 +615,8 @@ static const struct conf_group conf_tunnel_tls_group = {
 static const struct conf_entry conf_tunnel_admin[] = {
     STR(struct sidecar_opts, "listen", admin_listen, CONF_NULLABLE, 1, CONF_STR_MAX, NULL, NULL,
 	&conf_fmt_listen,
-	"Status HTTP listener (/healthz, /status: lease, ports, tunnel state); null: none. "
+	"Status HTTP listener (/healthz; /readyz: 200 with a lease and its tunnel up; "
+	"/status: lease, ports, tunnel state); null: none. "
 	"It shows no secret but names the relay: keep it on loopback."),
 };
 static const struct conf_group conf_tunnel_admin_group = {

@@ -259,6 +259,33 @@ class ProbesAndAuthTest(AdminCase):
         self.assertEqual(self.api("GET", "/healthz", token=None)[0], 200)
         self.assertEqual(self.api("GET", "/v1/leases")[0], 200)
 
+    def test_sidecar_readyz_follows_its_lease_and_tunnel(self):
+        # The sidecar's readiness probe: ready only with a lease and its
+        # tunnel up; while the tunnel is re-dialled the lease is kept and
+        # the probe says why it is not ready; before any lease, likewise.
+        self.assertEqual(self._readyz(self.status_url), (200, "ready"))
+        relay = self.stack.relay
+        relay.kill()
+        relay.p.wait(10)
+        self.retire(relay)
+        self.assertTrue(X.wait_for(lambda: self._readyz(self.status_url) ==
+                                   (503, "not ready: tunnel down"), 5),
+                        self._readyz(self.status_url))
+        other = H.free_port()
+        sc = self.sidecar("sc-no-relay", {"tunnel": {"admin": {
+            "listen": "127.0.0.1:%d" % other}}}).start()
+        url = "http://127.0.0.1:%d" % other
+        self.assertTrue(X.wait_for(lambda: self._readyz(url) == (503, "not ready: no lease"),
+                                   10), self._readyz(url))
+        self.assertTrue(sc.proc.alive())
+
+    def _readyz(self, base):
+        try:
+            code, _, text = http("GET", base + "/readyz", timeout=2)
+        except OSError as e:
+            return (None, str(e))
+        return (code, text.strip())
+
 
 class MetricsTest(AdminCase):
     extra_relay = {"relay": {"lease": {"pending_timeout_ms": 1000}}}
