@@ -12,6 +12,7 @@
 #include "cmd/cmd.h"
 #include "common/sr_devcert.h"
 #include "common/sr_log.h"
+#include "common/sr_text.h"
 #include "common/sr_util.h"
 #include "conf/conf.h"
 #include "relay/relay.h"
@@ -447,6 +448,25 @@ static void demo_rmdir(struct demo *d)
 	d->dir[0] = '\0';
 }
 
+/* A whole decimal number from lo to hi, or a message naming the option. */
+static int demo_num(const char *opt, const char *arg, unsigned long long lo,
+		    unsigned long long hi, unsigned long long *out)
+{
+	char esc[SR_ESC_SIZE(32)], *end = NULL;
+	unsigned long long v = 0;
+
+	errno = 0;
+	if (arg[0] >= '0' && arg[0] <= '9')
+		v = strtoull(arg, &end, 10);
+	if (!end || *end || errno || v < lo || v > hi) {
+		fprintf(stderr, "demo: --%s takes a number from %llu to %llu, not \"%s\"\n", opt,
+			lo, hi, sr_esc_n(arg, 32, esc, sizeof(esc)));
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
 int cmd_demo(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -460,6 +480,7 @@ int cmd_demo(int argc, char **argv)
 	struct demo d;
 	struct timeval tv = {DEMO_TIMEOUT_S, 0};
 	char err[512], json[4 * PATH_MAX];
+	unsigned long long v;
 	int ch;
 
 	memset(&d, 0, sizeof(d));
@@ -471,13 +492,19 @@ int cmd_demo(int argc, char **argv)
 	while ((ch = cmd_getopt(argc, argv, "e:r:b:vh", longopts, "demo")) != -1) {
 		switch (ch) {
 		case 'e':
-			d.executors = (unsigned)strtoul(optarg, NULL, 10);
+			if (demo_num("executors", optarg, 1, 500, &v) != 0)
+				return 2;
+			d.executors = (unsigned)v;
 			break;
 		case 'r':
-			d.rounds = (unsigned)strtoul(optarg, NULL, 10);
+			if (demo_num("rounds", optarg, 1, 100000, &v) != 0)
+				return 2;
+			d.rounds = (unsigned)v;
 			break;
 		case 'b':
-			d.bulk_bytes = (uint64_t)strtoull(optarg, NULL, 10) << 20;
+			if (demo_num("bulk-mib", optarg, 0, 4096, &v) != 0)
+				return 2;
+			d.bulk_bytes = (uint64_t)v << 20;
 			break;
 		case 'v':
 			sr_log_set_level(SR_LOG_INFO);
@@ -490,9 +517,8 @@ int cmd_demo(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (d.executors < 1 || d.executors > 500 || d.rounds < 1 || d.rounds > 100000 ||
-	    d.bulk_bytes > (1ull << 32)) {
-		fprintf(stderr, "demo: executors 1..500, rounds 1..100000, bulk-mib 0..4096\n");
+	if (optind != argc) {
+		fprintf(stderr, "demo: takes no arguments besides its options (see --help)\n");
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);

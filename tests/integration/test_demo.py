@@ -1,5 +1,5 @@
-"""`sparkrelay demo` works out of the box, and the sidecar's Spark settings
-files match its lease."""
+"""`sparkrelay demo` works out of the box, refuses bad options before it
+starts anything, and the sidecar's Spark settings files match its lease."""
 
 import os
 import re
@@ -46,6 +46,31 @@ class DemoTest(unittest.TestCase):
         self.assertEqual(sanitizer, [], "sanitizer report from the demo")
         self.assertIn("development certificates in %s/sparkrelay-demo-" % tmp, out)
         self.assertEqual(os.listdir(tmp), [], "the demo left its folder (with a CA key)")
+
+    def test_bad_options_are_refused_before_anything_starts(self):
+        # A value that is not a whole number in range (a wrap-around of a
+        # huge one included) is refused with the option's range; a name
+        # with an escape sequence is shown as text; nothing is made.
+        d = harness.new_dir("demo-args")
+        cases = [(["--executors", "0"], "--executors takes a number from 1 to 500"),
+                 (["--executors", "5x"], '"5x"'),
+                 (["--executors", "4294967297"], '"4294967297"'),
+                 (["--rounds", "-1"], "--rounds takes a number from 1 to 100000"),
+                 (["--bulk-mib", "17592186044416"], "--bulk-mib takes a number from 0 to 4096"),
+                 (["--executors", "\x1b[2J"], '"\\x1b[2J"'),
+                 (["extra"], "takes no arguments")]
+        for args, want in cases:
+            r = subprocess.run([harness.BIN, "demo"] + args, cwd=d, stdin=subprocess.DEVNULL,
+                               capture_output=True, timeout=10,
+                               env=dict(os.environ, TMPDIR=d), text=True)
+            self.assertEqual(r.returncode, 2, (args, r.stdout, r.stderr))
+            self.assertIn(want, r.stderr, args)
+            self.assertNotIn("\x1b", r.stderr, args)
+        self.assertEqual(os.listdir(d), [], "a refused demo made files")
+        r = subprocess.run([harness.BIN, "demo", "--help"], capture_output=True, timeout=10,
+                           text=True, stdin=subprocess.DEVNULL)
+        self.assertEqual((r.returncode, r.stderr), (0, ""))
+        self.assertIn("usage: sparkrelay demo", r.stdout)
 
     def test_interrupted_demo_removes_its_folder(self):
         """SIGINT or SIGTERM at any point: the folder holding the CA key goes."""
