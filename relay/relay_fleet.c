@@ -2156,7 +2156,7 @@ static void reg_resume(struct fleet_reg *g)
 		stale_check(g);
 		return;
 	}
-	if (!lx || strcmp(lx->idkey, g->idkey) != 0 || strcmp(lx->tenant_name, g->tname) != 0) {
+	if (!relay_lease_is_theirs(r, lx, g->tname, g->idkey)) {
 		relay_refuse(r, RELAY_REFUSE_REG_RESUME);
 		reg_fail(g, "unknown_lease", "no lease for this resume token");
 		return;

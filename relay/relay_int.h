@@ -348,6 +348,11 @@ void relay_tunnel_join(struct relay_tunnel *t, struct relay_lease_ext *lx, int p
 /* 1 if resume (a register's) is a join proof for lx's token, current or
  * previous; both compared in constant time. */
 int relay_join_proven(const struct relay_lease_ext *lx, const char *resume);
+/* 1 if a sidecar identified as idkey in tenant tname may resume or join lx:
+ * the same identity, and the lease's tenant, or the lease's tenant is gone
+ * from the configuration (the lease keeps the rules it was made under). */
+int relay_lease_is_theirs(const struct relay *r, const struct relay_lease_ext *lx,
+			  const char *tname, const char *idkey);
 /* Every tunnel of lx lets go of it and is closed; with code, after an error
  * message (code, text) on each. The lease is the caller's to end. */
 void relay_lease_end_tunnels(struct relay_lease_ext *lx, const char *code, const char *text);

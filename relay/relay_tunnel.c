@@ -393,7 +393,7 @@ static void reg_resume(struct relay_tunnel *t, const struct tun_ctl_msg *m, cons
 		l = lx ? lx->lease : NULL;
 		by_prev = lx != NULL;
 	}
-	if (!lx || strcmp(lx->idkey, idkey) != 0 || strcmp(lx->tenant_name, tname) != 0) {
+	if (!relay_lease_is_theirs(r, lx, tname, idkey)) {
 		/* Same answer for "no such lease" and "not yours": a resume
 		 * token must not reveal whether it exists. */
 		relay_refuse(r, RELAY_REFUSE_REG_RESUME);
@@ -421,6 +421,21 @@ static void reg_resume(struct relay_tunnel *t, const struct tun_ctl_msg *m, cons
 	relay_tunnel_attach(t, lx, 0);
 }
 
+int relay_lease_is_theirs(const struct relay *r, const struct relay_lease_ext *lx,
+			  const char *tname, const char *idkey)
+{
+	if (!lx || strcmp(lx->idkey, idkey) != 0)
+		return 0;
+	/* A reload or a takeover that dropped the lease's tenant leaves the
+	 * lease its old rules; its sidecar, the same identity (a certificate's
+	 * CN or a token's digest; an anonymous one's key names its tenant),
+	 * now counts as another tenant and must still get its lease back,
+	 * or a configuration change would cost every app of that tenant its
+	 * executors. A tenant that still exists keeps its leases to itself. */
+	return strcmp(lx->tenant_name, tname) == 0 ||
+	       relay_policy_tenant_find(r->pol->p, lx->tenant_name) < 0;
+}
+
 int relay_join_proven(const struct relay_lease_ext *lx, const char *resume)
 {
 	const char *token = tun_ctl_join_token(resume);
@@ -442,8 +457,7 @@ void relay_tunnel_join(struct relay_tunnel *t, struct relay_lease_ext *lx, int p
 	struct relay *r = t->relay;
 	struct relay_tunnel *old = NULL;
 
-	if (!lx || !proven || strcmp(lx->idkey, idkey) != 0 ||
-	    strcmp(lx->tenant_name, tname) != 0) {
+	if (!proven || !relay_lease_is_theirs(r, lx, tname, idkey)) {
 		/* One answer for "no such lease", "wrong token" and "not
 		 * yours", as for a resume. */
 		relay_refuse(r, RELAY_REFUSE_REG_RESUME);

@@ -15,7 +15,9 @@ handover socket, the sidecar reconnects and resumes, and nothing is lost.
   - a new configuration with a changed route takes effect at the handover;
     one that moved the pool to other ports leaves the lease taken over its
     ports (open and new executor connections served) and gives a new
-    sidecar ports from the moved pool;
+    sidecar ports from the moved pool; one that dropped the sidecar's tenant
+    leaves the lease its tenant's limits and lets the sidecar resume it, and
+    one that moved the sidecar's token to another tenant does not;
   - a takeover with another relay.listen is refused: the old relay goes on;
     so is one whose relay.listen a reload of the running relay had changed
     (a reload cannot move the listener);
@@ -29,6 +31,7 @@ handover socket, the sidecar reconnects and resumes, and nothing is lost.
     removed; both relays serve, live handover off in the second.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -125,7 +128,6 @@ class Throttled(threading.Thread):
         self.sha = None
 
     def run(self):
-        import hashlib
         h = hashlib.sha256()
         pat = H.Pattern(self.seed, self.n) if not self.read else None
         t0 = time.monotonic()
@@ -561,6 +563,58 @@ class TestHandoverKeepsTheAdminAPI(HandoverCase):
         self.assertRegex(body, r"(?m)^sparkrelay_leases_granted_total 1$")
         self.assertIsNone(e.check(), "the executor connection after two handovers")
         e.close()
+
+
+class TestHandoverTenant(HandoverCase):
+    """A lease made under a tenant matched by its token, with a limit of two
+    executor connections."""
+
+    TOKEN = "ho-tenant-" + os.urandom(8).hex()
+    extra_relay = {"relay": {"tenants": [{
+        "name": "team", "match": {"token_sha256": [hashlib.sha256(TOKEN.encode()).hexdigest()]},
+        "limits": {"connections": 2}}]}}
+    tunnel_overrides = {"tunnel": {"token": TOKEN}}
+
+    def test_removed_tenant_keeps_the_limits_of_its_leases(self):
+        # The new configuration has no tenants. The lease keeps the tenant
+        # and the limits it was made under, as after a reload that removed
+        # them: its two open connections go on, a third is still refused.
+        st = self.stack
+        st.start_driver()
+        es = [X.Echoer(st.exec_host, st.ports["driver"]) for _ in range(2)]
+        for e in es:
+            self.assertIsNone(e.check())
+        self.assertIsNotNone(X.echo_once(st.exec_host, st.ports["driver"], seed=7, timeout=5),
+                             "a third connection got through before the handover: no test")
+        cfg = json.loads(json.dumps(st.relay_cfg))
+        del cfg["relay"]["tenants"]
+        new, _ = self.takeover(cfg)
+        self.assertTrue(X.wait_log(new, "keeps the rules it was made under", 5),
+                        new.log_text()[-2000:])
+        self.assertTrue(X.wait_log(st.tunnel, "resumed ", 15, count=1))
+        for e in es:
+            self.assertIsNone(e.check(), "open executor connection after the handover")
+        self.assertIsNotNone(X.echo_once(st.exec_host, st.ports["driver"], seed=8, timeout=5),
+                             "the tenant's connection limit was lost in the handover")
+        self.assertTrue(X.wait_log(new, "tenant team is at its limit of 2 connections", 5))
+        for e in es:
+            self.assertIsNone(e.check())
+            e.close()
+
+    def test_a_tenant_that_remains_keeps_its_leases_to_itself(self):
+        # The tenant is still configured, but the sidecar's token now
+        # matches another one: the lease stays the old tenant's, and the
+        # sidecar's resume is refused (it registers afresh, on new ports).
+        st = self.stack
+        cfg = json.loads(json.dumps(st.relay_cfg))
+        cfg["relay"]["tenants"] = [
+            {"name": "team", "match": {"token_sha256": [hashlib.sha256(b"x").hexdigest()]}},
+            {"name": "moved", "match": {"token_sha256": [
+                hashlib.sha256(self.TOKEN.encode()).hexdigest()]}}]
+        new, _ = self.takeover(cfg)
+        self.assertTrue(X.wait_log(new, "registration refused: unknown_lease", 10),
+                        new.log_text()[-2000:])
+        self.assertTrue(X.wait_log(new, "tenant moved", 10), new.log_text()[-2000:])
 
 
 class TestHandoverConfig(HandoverCase):
