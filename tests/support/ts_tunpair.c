@@ -17,6 +17,7 @@
 #include "common/sr_bsock.h"
 #include "common/sr_err.h"
 #include "common/sr_log.h"
+#include "common/sr_util.h"
 #include "tests/support/ts_net.h"
 #include "tunnel/tun_conn.h"
 #include "tunnel/tun_ctl.h"
@@ -227,7 +228,9 @@ void ts_tp_service(struct ts_tp *h)
 
 void ts_tp_run_for(struct ts_tp *h, uint64_t ms)
 {
-	for (uint64_t waited = 0; waited < ms; waited += 2) {
+	uint64_t end = sr_now_us() + ms * 1000u;
+
+	while (sr_now_us() < end) {
 		ts_tp_deliver(h, 1u << 20);
 		ts_tp_service(h);
 		usleep(2000);
