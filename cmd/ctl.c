@@ -106,7 +106,8 @@ static const struct ctl_cmd_help cmd_helps[] = {
      "GET /healthz. Prints the answer; exits 0 iff it is 200 (the relay's loop runs).\n"},
     {"ready", "usage: sparkrelay ctl ready\n"
 	      "GET /readyz. Prints the answer; exits 0 iff the relay is ready (listeners up,\n"
-	      "configuration loaded, not draining), 1 otherwise with the reason.\n"},
+	      "configuration loaded, not draining, a fleet relay joined its fleet), 1\n"
+	      "otherwise with the reason.\n"},
     {"sessions", "usage: sparkrelay ctl sessions [-o table|wide|json] [--tenant T] [--app PATTERN]\n"
 		 "                               [--no-headers]\n"
 		 "GET /v1/sessions: one row per sidecar tunnel (peer address, certificate CN,\n"

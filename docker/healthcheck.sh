@@ -16,7 +16,7 @@
 # holds the listening socket on relay.listen (a relay that handed over to a new one,
 # or has not taken over yet, does not; the admin port alone cannot tell the two relay
 # pods of a rolling update apart, they share the node's loopback) and `sparkrelay ctl
-# ready` answers (listeners up, not draining).
+# ready` answers (listeners up, not draining, a fleet relay joined its fleet).
 #
 # The addresses come from `sparkrelay check-config`, so the config file named on PID
 # 1's command line and SPARKRELAY_* variables both count. SPARKRELAY_HEALTHCHECK_ADMIN

@@ -514,5 +514,10 @@ void relay_get_stats(const struct relay *r, struct relay_stats *st)
 	st->draining = r->draining;
 	if (r->fleet)
 		relay_fleet_stats(r->fleet, st);
-	st->ready = r->st.ready && !r->draining;
+	/* A fleet relay that has not joined yet cannot grant a lease (nor
+	 * tell the others that it holds a tunnel): not ready, so discovery
+	 * leaves it out. Once joined it stays ready through an etcd outage:
+	 * its tunnels and streams go on, and every relay would lose etcd at
+	 * once. */
+	st->ready = r->st.ready && !r->draining && (!st->fleet || st->fleet_joined);
 }

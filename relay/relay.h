@@ -138,11 +138,13 @@ struct relay_stats {
 	/* The fleet (relay.fleet); all 0 without it. */
 	int fleet;
 	int fleet_registered;        /* this relay's registration is in etcd now */
+	int fleet_table_read;        /* the lease table was read from etcd (once is enough) */
+	int fleet_joined;            /* that, and this relay was registered in etcd once */
 	uint64_t fleet_carried;      /* executor connections carried to another relay */
 	uint64_t fleet_carry_failed; /* of those, no relay with a tunnel answered: waited here */
 	uint64_t fleet_leases;       /* leases in the fleet's table, as this relay sees it */
 	uint64_t fleet_revision;     /* etcd's revision this relay's copy of it is complete to */
-	int ready;                      /* listeners up and configuration loaded */
+	int ready; /* listeners up, configuration loaded, not draining, the fleet joined */
 	int draining;
 };
 

@@ -107,6 +107,11 @@ static void readyz(struct relay *r, struct evhttp_request *req)
 	relay_get_stats(r, &st);
 	if (st.draining)
 		sr_http_reply_text(req, 503, "not ready: draining\n");
+	else if (st.fleet && !st.fleet_table_read)
+		sr_http_reply_text(req, 503, "not ready: the fleet's lease table not read from etcd "
+					     "yet\n");
+	else if (st.fleet && !st.fleet_joined)
+		sr_http_reply_text(req, 503, "not ready: not registered in the fleet (etcd) yet\n");
 	else if (!st.ready)
 		sr_http_reply_text(req, 503, "not ready: listeners or configuration not up yet\n");
 	else
@@ -382,7 +387,8 @@ static void render_metrics(struct relay *r, const struct relay_admin *admin,
 	metric_head(b, "sparkrelay_build_info", "gauge", "Version of the running relay.");
 	evbuffer_add_printf(b, "sparkrelay_build_info{version=\"%s\"} 1\n", SR_VERSION);
 	metric_one(b, "sparkrelay_ready", "gauge",
-		   "1 when listeners are up and the configuration is loaded.",
+		   "1 when /readyz answers 200: listeners up, configuration loaded, not draining and, "
+		   "with a fleet, joined it.",
 		   st.ready ? 1 : 0);
 	metric_one(b, "sparkrelay_draining", "gauge", "1 while the relay drains.",
 		   st.draining ? 1 : 0);

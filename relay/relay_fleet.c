@@ -207,6 +207,7 @@ struct relay_fleet {
 	struct etcd_keeper *self_keeper;
 	struct event *self_retry;
 	long self_backoff_ms; /* retry_later's state for self_retry */
+	int registered_once;  /* ready (relay_fleet_stats) from the first registration on */
 	/* the mirror */
 	struct fl_kv *kvs;
 	size_t nkvs;
@@ -1286,6 +1287,7 @@ static void self_put(int err, const struct etcd_result *res, void *arg)
 		return;
 	}
 	f->self_backoff_ms = 0;
+	f->registered_once = 1;
 	SR_INFO(FL_CTX, "registered in the fleet as %s (peer address %s)", f->id, f->advertise);
 	for (struct fl_held *h = f->held; h; h = h->next)
 		put_tunnel_key(f, h->id);
@@ -1492,6 +1494,8 @@ void relay_fleet_stats(const struct relay_fleet *f, struct relay_stats *st)
 {
 	st->fleet = 1;
 	st->fleet_registered = f->self_keeper != NULL;
+	st->fleet_table_read = f->synced;
+	st->fleet_joined = f->synced && f->registered_once;
 	st->fleet_carried = f->forwarded;
 	st->fleet_carry_failed = f->forward_failed;
 	st->fleet_revision = f->seen_rev > 0 ? (uint64_t)f->seen_rev : 0;

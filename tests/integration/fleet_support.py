@@ -2,10 +2,13 @@
 
 Standard library only, like the harness they build on."""
 import os
+import re
 import socket
 import threading
 import time
 import unittest
+import urllib.error
+import urllib.request
 
 import etcd as E
 import harness as H
@@ -41,6 +44,27 @@ def echo_exchange(s, seed, n, timeout=30.0):
         return False, "echo %s: %d of %d bytes, sha %s want %s" % (end, got, n, sha[:12],
                                                                    want[:12])
     return True, ""
+
+
+def admin_port(proc):
+    """The relay's admin API or the sidecar's status API, from its log."""
+    m = re.search(r"(?:admin|status) 127\.0\.0\.1:(\d+)\] (?:admin|status) API listening",
+                  proc.log_text())
+    return int(m.group(1)) if m else None
+
+
+def admin_get(proc, path):
+    port = admin_port(proc)
+    body = urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=5).read()
+    return body.decode()
+
+
+def readyz(proc):
+    """(status, text) of GET /readyz on proc's admin API."""
+    try:
+        return 200, admin_get(proc, "/readyz").strip()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode().strip()
 
 
 class FleetCase(unittest.TestCase):

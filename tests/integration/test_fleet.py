@@ -28,6 +28,11 @@
   - etcd stopped (SIGSTOP) for 10 s: streams undisturbed, a new
     registration fails with `fleet_unavailable` after its bound, and once
     etcd is back registrations succeed again;
+  - a relay that cannot read the lease table, or register itself, when it
+    starts answers /readyz with 503 and why (sparkrelay_ready 0), refuses
+    a registration with `fleet_unavailable` after its bound, and once etcd
+    answers turns ready and grants the lease; a relay taken over turns
+    ready again;
   - what etcd says is checked where it enters: a relay's peer address that
     is not a numeric IP:port one can dial (a wildcard would reach this very
     host) is never dialled, a lease's ports outside the pool are never
@@ -56,7 +61,8 @@ import etcd as E
 import fake_sidecar as F
 import harness as H
 import harness_extra as X
-from fleet_support import FleetCase, FreezingProxy, HOSTS, POOL, echo_exchange, wait_for  # noqa: F401
+from fleet_support import (FleetCase, FreezingProxy, HOSTS, POOL, admin_get,  # noqa: F401
+                           echo_exchange, readyz, wait_for)
 from harness import MiB
 
 
@@ -1054,6 +1060,43 @@ class FleetTest(FleetCase):
         self.assertTrue(all(n < min(sizes[:smaller]) for n in sizes[smaller:]),
                         "page sizes %s (the first read's: %s)" % (sizes, sizes[:smaller]))
 
+    def test_a_relay_is_ready_once_it_has_joined_the_fleet(self):
+        # A relay that cannot reach etcd at start cannot grant a lease: its
+        # /readyz says why with 503 (discovery then leaves it out), a
+        # registration sent to it anyway is refused within its bound, and
+        # once etcd answers it joins, turns ready and grants the lease the
+        # sidecar asks for again.
+        no_read = FreezingProxy(("127.0.0.1", self.etcd.port))
+        no_grant = FreezingProxy(("127.0.0.1", self.etcd.port))
+        for px in (no_read, no_grant):
+            self.addCleanup(px.close)
+        no_read.fail_next(b"POST /v3/kv/range", 10**6)
+        no_grant.fail_next(b"POST /v3/lease/grant", 10**6)
+        a = self.start_relay("relay-a", HOSTS[0], wait=False, overrides={"relay": {"fleet": {
+            "etcd": ["http://127.0.0.1:%d" % no_read.port], "register_wait_ms": 1500}}})
+        b = self.start_relay("relay-b", HOSTS[1], wait=False, overrides={"relay": {"fleet": {
+            "etcd": ["http://127.0.0.1:%d" % no_grant.port]}}})
+        wait_for(lambda: a.grep("cannot read the fleet's keys"), 20, "relay-a's read failing")
+        wait_for(lambda: b.grep("cannot get an etcd lease for this relay"), 20,
+                 "relay-b's registration failing")
+        wait_for(lambda: b.grep("lease table read from etcd"), 20, "relay-b's table read")
+        self.assertEqual(readyz(a), (503, "not ready: the fleet's lease table not read from "
+                                          "etcd yet"))
+        self.assertEqual(readyz(b), (503, "not ready: not registered in the fleet (etcd) yet"))
+        self.assertIn("\nsparkrelay_ready 0\n", admin_get(b, "/metrics"))
+        sc = self.start_sidecar("sc", a)
+        wait_for(lambda: a.grep("did not answer within 1500 ms"), 20, "the registration's bound")
+        self.assertFalse(os.path.exists(sc.spark_json), "a lease granted without etcd")
+        no_read.fail_next(b"POST /v3/kv/range", 0)
+        no_grant.fail_next(b"POST /v3/lease/grant", 0)
+        for r in (a, b):
+            wait_for(lambda: readyz(r) == (200, "ready"), 30, "%s ready" % r.fid)
+        lease = self.lease_of(sc, timeout=30)
+        self.assertIn(int(lease["ports"]["driver"]),
+                      range(self.pool_base, self.pool_base + POOL))
+        self.assertIn("\nsparkrelay_ready 1\n", admin_get(b, "/metrics"))
+        self.assertTrue(a.alive() and b.alive())
+
     def test_a_read_of_the_table_that_fails_is_retried_with_backoff(self):
         # A read of the table that fails was asked again every second, by
         # every relay of the fleet. Retries back off now (1 s doubling,
@@ -1223,6 +1266,8 @@ class FleetTest(FleetCase):
         tkey = ("/sparkrelay/tunnels/%s/relay-a" % l1["lease"]).encode()
         wait_for(lambda: self.etcd.get(b"/sparkrelay/relays/relay-a") and self.etcd.get(tkey)
                  is not None, 10, "relay-a's registration and tunnels key")
+        # the new process joined the fleet itself: ready (the readiness probe)
+        wait_for(lambda: readyz(new) == (200, "ready"), 10, "relay-a ready after the takeover")
         self.assertEqual((H.read_spark_json(s1.spark_json)["lease"],
                           H.read_spark_json(s1.spark_json)["ports"]), (l1["lease"], l1["ports"]))
         # past grace_s: leases are etcd's to end, not a local timer's

@@ -63,7 +63,8 @@ import etcd as E
 import fake_relay as R
 import fake_sidecar as F
 import harness as H
-from fleet_support import FleetCase, FreezingProxy, HOSTS, POOL, echo_exchange, wait_for  # noqa: F401
+from fleet_support import (FleetCase, FreezingProxy, HOSTS, POOL, admin_get, admin_port,  # noqa: F401
+                           echo_exchange, wait_for)
 from harness import MiB
 
 
@@ -77,19 +78,6 @@ def try_connect(host, port):
         return H.connect(host, port, timeout=2.0)
     except OSError:
         return None
-
-
-def admin_port(proc):
-    """The relay's admin API or the sidecar's status API, from its log."""
-    m = re.search(r"(?:admin|status) 127\.0\.0\.1:(\d+)\] (?:admin|status) API listening",
-                  proc.log_text())
-    return int(m.group(1)) if m else None
-
-
-def admin_get(proc, path):
-    port = admin_port(proc)
-    body = urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=5).read()
-    return body.decode()
 
 
 def relay_leases(relay):
