@@ -28,6 +28,12 @@
   - etcd stopped (SIGSTOP) for 10 s: streams undisturbed, a new
     registration fails with `fleet_unavailable` after its bound, and once
     etcd is back registrations succeed again;
+  - etcd stopped for longer than a lease's grace TTL: the relay says it
+    cannot keep the grace lease alive and keeps trying; streams go on and
+    the lease is in etcd again with the same ports afterwards; two of
+    three members stopped as long: etcd renews leases when a leader is
+    elected, and the relay's next keepalive holds the grace lease (never
+    deleted nor made again);
   - a relay that cannot read the lease table, or register itself, when it
     starts answers /readyz with 503 and why (sparkrelay_ready 0), refuses
     a registration with `fleet_unavailable` after its bound, and once etcd
@@ -713,6 +719,51 @@ class FleetTest(FleetCase):
         self.assertTrue(ok, "after etcd is back: %s" % why)
         s.close()
 
+    def test_a_lease_outlives_an_etcd_outage_longer_than_its_grace(self):
+        # etcd stopped for longer than the grace lease's TTL: the relay
+        # holding the tunnel cannot keep the grace lease alive, says so and
+        # keeps trying; the lease, its ports and its streams go on, and
+        # once etcd is back the lease is in etcd again, kept alive (still
+        # there past another TTL), and served by every relay.
+        grace = {"relay": {"lease": {"grace_s": 5}}}
+        a = self.start_relay("relay-a", HOSTS[0], overrides=grace)
+        c = self.start_relay("relay-c", HOSTS[2], overrides=grace)
+        sc = self.start_sidecar("sc", a)
+        lease = self.lease_of(sc)
+        port = int(lease["ports"]["driver"])
+        key = ("/sparkrelay/leases/%s" % lease["lease"]).encode()
+        self.driver = H.Driver({"driver": port})
+        self.driver.start()
+        wait_for(lambda: c.grep("serving its ports here"), 10, "the lease on relay-c")
+        conns = [wait_for(lambda: self._try_connect(r.host, port), 10, "connect via " + r.fid)
+                 for r in (a, c)]
+        self.etcd.pause()
+        try:
+            wait_for(lambda: a.grep("lease=%s: cannot keep its grace lease alive"
+                                    % lease["lease"]), 15, "the grace keepalive failing")
+            for i, s in enumerate(conns):
+                ok, why = echo_exchange(s, 40 + i, 1 * MiB)
+                self.assertTrue(ok, "while etcd is stopped: %s" % why)
+        finally:
+            self.etcd.resume()
+        wait_for(lambda: self.etcd.get(key), 20, "the lease in etcd after the outage")
+        time.sleep(7)  # past another grace TTL: the grace lease is kept alive again
+        self.assertIsNotNone(self.etcd.get(key), "the lease expired after the outage")
+        self.assertEqual(self.etcd.get(b"/sparkrelay/ports/%d" % port), lease["lease"].encode())
+        for i, s in enumerate(conns):
+            ok, why = echo_exchange(s, 50 + i, 1 * MiB)
+            self.assertTrue(ok, "after the outage: %s" % why)
+            s.close()
+        for r in (a, c):
+            s = wait_for(lambda: self._try_connect(r.host, port), 10, "a new connection via "
+                         + r.fid)
+            ok, why = echo_exchange(s, 60, 64 * 1024)
+            s.close()
+            self.assertTrue(ok, "a new connection via %s: %s" % (r.fid, why))
+        j = H.read_spark_json(sc.spark_json)
+        self.assertEqual((j["lease"], j["ports"]), (lease["lease"], lease["ports"]))
+        self.assertTrue(a.alive() and c.alive())
+
     def test_garbage_in_etcd_is_ignored(self):
         # Values in etcd are input too: a relay must neither crash nor bind
         # what a malformed key says.
@@ -1365,6 +1416,43 @@ class EtcdLeaderTest(FleetCase):
         wait_for(lambda: a.grep("lease=%s: serving its ports here" % lease["lease"]), 20,
                  "relay-a serving the lease granted on relay-b")
         self.assertTrue(a.alive() and b.alive())
+
+    def test_a_grace_lease_is_kept_through_a_loss_of_quorum(self):
+        # Two of three members stopped for longer than the grace lease's
+        # TTL: no keepalive succeeds, and the relay says so but keeps
+        # trying. etcd does not expire leases without a leader and gives
+        # every lease its whole TTL again when a leader is elected, so the
+        # relay's next keepalive holds it: the lease is never deleted nor
+        # made again, its streams go on, and it stays past another TTL.
+        m0, m1, m2 = self.cluster.members
+        a = self.start_relay("relay-a", HOSTS[0], overrides={"relay": {
+            "lease": {"grace_s": 5}, "fleet": {"etcd": [m.url for m in self.cluster.members]}}})
+        sc = FleetTest.start_sidecar(self, "sc", a)
+        lease = self.lease_of(sc)
+        port = int(lease["ports"]["driver"])
+        key = ("/sparkrelay/leases/%s" % lease["lease"]).encode()
+        before = m0.get(key)
+        self.driver = H.Driver({"driver": port})
+        self.driver.start()
+        s = wait_for(lambda: FleetTest._try_connect(a.host, port), 10, "connect via relay-a")
+        m1.pause()
+        m2.pause()
+        try:
+            wait_for(lambda: a.grep("lease=%s: cannot keep its grace lease alive"
+                                    % lease["lease"]), 20, "the grace keepalive failing")
+            ok, why = echo_exchange(s, 70, 1 * MiB)
+            self.assertTrue(ok, "without quorum: %s" % why)
+        finally:
+            m1.resume()
+            m2.resume()
+        time.sleep(8)  # past another grace TTL once the cluster has a leader again
+        self.assertEqual(m0.get(key), before, "the lease in etcd changed")
+        self.assertFalse(a.grep("grace lease is gone") or a.grep("made again in etcd"),
+                         "the grace lease expired: %s" % a.grep("lease="))
+        ok, why = echo_exchange(s, 71, 1 * MiB)
+        self.assertTrue(ok, "after the quorum is back: %s" % why)
+        s.close()
+        self.assertTrue(a.alive())
 
 
 class WatchSilenceTest(FleetCase):
