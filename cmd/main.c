@@ -8,6 +8,7 @@
 #include "common/sr_util.h"
 #include "common/sr_watch.h"
 #include "conf/conf.h"
+#include "fleet/peer.h"
 #include "relay/relay.h"
 #include "relay/relay_admin.h"
 #include "sidecar/sidecar.h"
@@ -672,15 +673,21 @@ static void check_warning(void *arg, const char *msg)
 	fprintf(stderr, "warning: %s\n", msg);
 }
 
-/* The relay section's checks beyond the loader's: TLS files, policy warnings. */
+/* The relay section's checks beyond the loader's: TLS files, the fleet's
+ * secret (read as the relay reads it at start), policy warnings. */
 static int check_config_relay(const struct sr_config *cfg, struct check_out *co)
 {
+	const struct relay_fleet_opts *fl = &cfg->relay.fleet;
+	struct fleet_secret *sec = NULL;
 	char err[1024];
 
-	if (cmd_check_relay_tls(&cfg->relay, check_warning, co, err, sizeof(err)) != 0) {
+	if (cmd_check_relay_tls(&cfg->relay, check_warning, co, err, sizeof(err)) != 0 ||
+	    (fl->netcd && fl->secret_file &&
+	     fleet_secret_load(fl->secret_file, &sec, err, sizeof(err)) != 0)) {
 		fprintf(stderr, "%s\n", err);
 		return -1;
 	}
+	fleet_secret_free(sec);
 	cmd_check_relay_policy(&cfg->relay, check_warning, co);
 	return 0;
 }

@@ -20,6 +20,7 @@
 #include "common/sr_err.h"
 #include "common/sr_file.h"
 #include "common/sr_util.h"
+#include "relay/relay_fleet.h"
 #include "relay/relay_policy.h"
 
 /* The key under "relay" of each list relay_policy checks. */
@@ -104,6 +105,22 @@ static int conf_check_metrics(const struct relay_opts *r, struct conf_ctx *ctx)
 			 q);
 }
 
+/* relay.fleet as the relay will take it (but the files: the relay loads the
+ * secret at start). A setting that is missing is located at relay.fleet. */
+static int conf_check_fleet(const struct relay_fleet_opts *o, struct conf_ctx *ctx)
+{
+	const char *key;
+	char why[512];
+
+	if (relay_fleet_check_opts(o, &key, why, sizeof(why)) == 0)
+		return 0;
+	if ((strcmp(key, "relay.fleet.peer_listen") == 0 && !o->peer_listen) ||
+	    (strcmp(key, "relay.fleet.secret_file") == 0 && !o->secret_file) ||
+	    (strcmp(key, "relay.fleet.peer_advertise") == 0 && !o->peer_advertise))
+		return conf_fail_at(ctx, key, "relay.fleet", "%s", why);
+	return conf_fail(ctx, key, "%s", why);
+}
+
 int conf_check_relay(const struct relay_opts *r, struct conf_ctx *ctx)
 {
 	char q[CONF_GOT_SIZE];
@@ -132,6 +149,8 @@ int conf_check_relay(const struct relay_opts *r, struct conf_ctx *ctx)
 				    q);
 	}
 	if ((rc = conf_check_metrics(r, ctx)) != 0)
+		return rc;
+	if ((rc = conf_check_fleet(&r->fleet, ctx)) != 0)
 		return rc;
 	/* pools, tenants and routes refer to each other: compile them as the
 	 * relay will, so that check-config catches what the relay would refuse */

@@ -271,6 +271,84 @@ static int valid_id(const char *s)
 	return 1;
 }
 
+static int fail_opt(const char **key, const char *which, char *why, size_t len,
+		    const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static int fail_opt(const char **key, const char *which, char *why, size_t len,
+		    const char *fmt, ...)
+{
+	va_list ap;
+
+	*key = which;
+	va_start(ap, fmt);
+	vsnprintf(why, len, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+/* 0.0.0.0 or ::, however written */
+static int addr_is_any(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET)
+		return ((const struct sockaddr_in *)ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+	return ss->ss_family == AF_INET6 &&
+	       IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)ss)->sin6_addr);
+}
+
+#define FL_ADDR_RULE                                                                           \
+	"must be a numeric IP:port other relays can dial (not a wildcard, multicast or "        \
+	"broadcast address, nor port 0)"
+
+int relay_fleet_check_opts(const struct relay_fleet_opts *o, const char **key, char *why,
+			   size_t len)
+{
+	char host[256], adv[FLEET_PEER_ADDR_MAX + 8], q[SR_ESC_SIZE(FLEET_PEER_ADDR_MAX)];
+	struct sockaddr_storage ss, as;
+	socklen_t sslen, al;
+	uint16_t port;
+
+	*key = NULL;
+	if (!o->netcd)
+		return 0;
+	if (!o->peer_listen)
+		return fail_opt(key, "relay.fleet.peer_listen", why, len,
+				"required with relay.fleet.etcd");
+	if (!o->secret_file)
+		return fail_opt(key, "relay.fleet.secret_file", why, len,
+				"required with relay.fleet.etcd");
+	if (o->id && !valid_id(o->id))
+		return fail_opt(key, "relay.fleet.id", why, len,
+				"must be 1-63 letters, digits, '.', '_' or '-' (got \"%s\")",
+				sr_esc_n(o->id, FL_ID_MAX, q, sizeof(q)));
+	if (sr_split_hostport(o->peer_listen, host, sizeof(host), &port, 0) != 0 ||
+	    sr_parse_addr(host, port, &ss, &sslen) != 0)
+		return fail_opt(key, "relay.fleet.peer_listen", why, len,
+				"must be a numeric host:port (got \"%s\")",
+				sr_esc_n(o->peer_listen, FLEET_PEER_ADDR_MAX, q, sizeof(q)));
+	if (o->peer_advertise) {
+		if (fleet_peer_addr_parse(o->peer_advertise, strlen(o->peer_advertise), &as, &al))
+			return fail_opt(key, "relay.fleet.peer_advertise", why, len,
+					FL_ADDR_RULE " (got \"%s\")",
+					sr_esc_n(o->peer_advertise, FLEET_PEER_ADDR_MAX, q,
+						 sizeof(q)));
+		return 0;
+	}
+	if (addr_is_any(&ss))
+		return fail_opt(key, "relay.fleet.peer_advertise", why, len,
+				"required when relay.fleet.peer_listen (\"%s\") is a wildcard "
+				"address",
+				sr_esc_n(o->peer_listen, FLEET_PEER_ADDR_MAX, q, sizeof(q)));
+	/* Port 0 takes a free port at start: the host alone is checked. */
+	snprintf(adv, sizeof(adv), ss.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host,
+		 port ? port : 1);
+	if (fleet_peer_addr_parse(adv, strlen(adv), &as, &al) != 0)
+		return fail_opt(key, "relay.fleet.peer_listen", why, len,
+				"with no relay.fleet.peer_advertise, other relays dial this address: "
+				"its host must be one they can dial (not multicast or broadcast) "
+				"(got \"%s\")",
+				sr_esc_n(o->peer_listen, FLEET_PEER_ADDR_MAX, q, sizeof(q)));
+	return 0;
+}
+
 static int mkkey(const struct relay_fleet *f, char *buf, size_t len, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 static int mkkey(const struct relay_fleet *f, char *buf, size_t len, const char *fmt, ...)
@@ -2738,7 +2816,8 @@ struct relay_fleet *relay_fleet_new(struct relay *r, int peer_fd, int taking, ch
 	struct etcd_opts eo;
 	struct sockaddr_storage ss;
 	socklen_t sslen;
-	char host[256];
+	char host[256], why[512];
+	const char *bad;
 	uint16_t port;
 
 	if (!f) {
@@ -2759,26 +2838,25 @@ struct relay_fleet *relay_fleet_new(struct relay *r, int peer_fd, int taking, ch
 	if (!f->prefix)
 		goto nomem;
 	f->plen = strlen(f->prefix);
+	if (relay_fleet_check_opts(o, &bad, why, sizeof(why)) != 0) {
+		sr_seterr(err, errlen, "%s: %s", bad, why);
+		goto fail;
+	}
 	if (o->id)
 		snprintf(f->id, sizeof(f->id), "%s", o->id);
 	else if (gethostname(f->id, sizeof(f->id) - 1) != 0)
 		f->id[0] = '\0';
 	if (!valid_id(f->id)) {
-		sr_seterr(err, errlen, "relay.fleet.id \"%s\" must be 1-63 letters, digits, '.', "
-				       "'_' or '-'",
-			  f->id);
-		goto fail;
-	}
-	if (!o->peer_listen || !o->secret_file) {
-		sr_seterr(err, errlen, "relay.fleet needs peer_listen and secret_file with etcd");
+		sr_seterr(err, errlen, "relay.fleet.id: null, and the host name \"%s\" is not 1-63 "
+				       "letters, digits, '.', '_' or '-': set relay.fleet.id",
+			  sr_esc_n(f->id, FL_ID_MAX, why, sizeof(why)));
 		goto fail;
 	}
 	if (fleet_secret_load(o->secret_file, &f->sec, err, errlen) != 0)
 		goto fail;
 	if (sr_split_hostport(o->peer_listen, host, sizeof(host), &port, 0) != 0 ||
-	    sr_parse_addr(host, port, &ss, &sslen) != 0) {
-		sr_seterr(err, errlen, "relay.fleet.peer_listen \"%s\" must be a numeric host:port",
-			  o->peer_listen);
+	    sr_parse_addr(host, port, &ss, &sslen) != 0) { /* checked above */
+		sr_seterr(err, errlen, "relay.fleet.peer_listen: cannot be parsed");
 		goto fail;
 	}
 	if (peer_fd >= 0) {
@@ -2795,31 +2873,13 @@ struct relay_fleet *relay_fleet_new(struct relay *r, int peer_fd, int taking, ch
 	}
 	if (!f->peer)
 		goto fail;
-	if (o->peer_advertise) {
+	/* Other relays check it as they read it from etcd: checked above. */
+	if (o->peer_advertise)
 		snprintf(f->advertise, sizeof(f->advertise), "%s", o->peer_advertise);
-	} else {
-		if (strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0) {
-			sr_seterr(err, errlen, "relay.fleet.peer_advertise is needed when "
-					       "peer_listen is a wildcard address");
-			goto fail;
-		}
-		snprintf(f->advertise, sizeof(f->advertise), ss.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u",
-			 host, fleet_peer_listener_port(f->peer));
-	}
-	{
-		/* Other relays check it as they read it from etcd; say so now. */
-		struct sockaddr_storage as;
-		socklen_t al;
-		char eadv[SR_ESC_SIZE(FLEET_PEER_ADDR_MAX)];
-		if (fleet_peer_addr_parse(f->advertise, strlen(f->advertise), &as, &al) != 0) {
-			sr_esc_n(f->advertise, FLEET_PEER_ADDR_MAX, eadv, sizeof(eadv));
-			sr_seterr(err, errlen, "relay.fleet.peer_advertise \"%s\" must be a numeric "
-					       "IP:port other relays can dial (not a wildcard, "
-					       "multicast or broadcast address, nor port 0)",
-				  eadv);
-			goto fail;
-		}
-	}
+	else
+		snprintf(f->advertise, sizeof(f->advertise),
+			 ss.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host,
+			 fleet_peer_listener_port(f->peer));
 	memset(&eo, 0, sizeof(eo));
 	eo.endpoints = (const char *const *)o->etcd;
 	eo.nendpoints = o->netcd;

@@ -29,6 +29,15 @@ struct relay_fleet;
 struct relay_tunnel;
 struct relay_lease_ext;
 
+struct relay_fleet_opts;
+/* The settings of o that need neither a file nor a socket, checked as
+ * relay_fleet_new will (check-config and the configuration loader run it):
+ * 0, or -1 with *key the setting to blame ("relay.fleet.id") and why its
+ * value is refused ("must be ... (got ...)", escaped). Nothing to check
+ * without an etcd endpoint. */
+int relay_fleet_check_opts(const struct relay_fleet_opts *o, const char **key, char *why,
+			   size_t len);
+
 /* Open the etcd client and the peer listener and start registering and
  * mirroring (in the background: etcd may be down). Reads r->o->fleet once;
  * a reload does not change it. Returns NULL with the reason in err.

@@ -8,7 +8,9 @@ a file.
     configuration kept); several writes in a burst make one reload; a
     rewrite with the same content makes none;
   - check-config loads the relay's certificate, key and client CA and names
-    the setting when one fails; the relay does the same at start; the
+    the setting when one fails; the relay does the same at start; fleet
+    settings the relay would refuse (id, peer addresses, missing settings,
+    a short secret) are refused by check-config as by the relay; the
     effective configuration only with --print; warnings for unreachable
     routes and CIDRs with host bits;
   - `sparkrelay route explain --config FILE` without a relay: exit status,
@@ -20,6 +22,7 @@ a file.
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -329,6 +332,80 @@ class CheckConfigTest(X.XCase):
         self.track(p)
         self.assertTrue(X.wait_log(p, "is never used", 10, count=2), p.log_text())
         self.assertTrue(X.wait_log(p, "listening for sidecars", 10))
+
+    def test_fleet_settings_the_relay_would_refuse_are_refused(self):
+        # check-config said "configuration OK" for fleet settings the relay
+        # then refused at start (or, a secret file too short, refused
+        # at start only): each is now named by check-config, with its place
+        # in the file, and the relay refuses it in the same words.
+        secret = os.path.join(self.stack.dir, "fleet.secret")
+        short = os.path.join(self.stack.dir, "short.secret")
+        for path, n in ((secret, 48), (short, 10)):
+            with open(path, "wb") as f:
+                f.write(os.urandom(n))
+            os.chmod(path, 0o600)
+        good = {"etcd": ["http://127.0.0.1:9"], "peer_listen": "127.0.0.2:0",
+                "secret_file": secret}
+        rule = ("must be a numeric IP:port other relays can dial (not a wildcard, multicast "
+                "or broadcast address, nor port 0)")
+        cases = [
+            ("id", {"id": "relay\x1b[2Ja"},
+             "relay.fleet.id: must be 1-63 letters, digits, '.', '_' or '-' "
+             "(got \"relay\\x1b[2Ja\")"),
+            ("no peer_listen", {"peer_listen": None},
+             "relay.fleet.peer_listen: required with relay.fleet.etcd"),
+            ("no secret_file", {"secret_file": None},
+             "relay.fleet.secret_file: required with relay.fleet.etcd"),
+            ("name as peer_listen", {"peer_listen": "localhost:8444"},
+             "relay.fleet.peer_listen: must be a numeric host:port (got \"localhost:8444\")"),
+            ("wildcard peer_listen", {"peer_listen": "0.0.0.0:8444"},
+             "relay.fleet.peer_advertise: required when relay.fleet.peer_listen "
+             "(\"0.0.0.0:8444\") is a wildcard address"),
+            ("v6 wildcard peer_listen", {"peer_listen": "[::]:8444"},
+             "relay.fleet.peer_advertise: required when relay.fleet.peer_listen "
+             "(\"[::]:8444\") is a wildcard address"),
+            ("multicast peer_listen", {"peer_listen": "224.0.0.1:0"},
+             "relay.fleet.peer_listen: with no relay.fleet.peer_advertise, other relays dial "
+             "this address"),
+            ("wildcard advertise", {"peer_advertise": "0.0.0.0:8444"},
+             "relay.fleet.peer_advertise: %s (got \"0.0.0.0:8444\")" % rule),
+            ("port 0 advertise", {"peer_advertise": "10.0.0.1:0"},
+             "relay.fleet.peer_advertise: %s (got \"10.0.0.1:0\")" % rule),
+            ("short secret", {"secret_file": short},
+             "fleet secret /tmp/"),  # long paths are cut
+        ]
+        for name, fleet, want in cases:
+            cfg = self.relay_cfg()
+            cfg["relay"]["fleet"] = dict(good, **fleet)
+            path = self.write("fleet-" + name.replace(" ", "_") + ".json", cfg)
+            r = run("check-config", path, env=clean_env())
+            self.assertEqual(r.returncode, 1, "%s: check-config rc %d\n%s" %
+                             (name, r.returncode, r.stderr))
+            self.assertIn(want, r.stderr, name)
+            if name == "short secret":
+                self.assertIn(": must hold 32 to 1024 bytes, it holds 10", r.stderr)
+            self.assertNotIn("\x1b", r.stderr, name)
+            if name != "short secret":  # a file: not the loader's, no place in the file
+                self.assertRegex(r.stderr, r"^%s:\d+:\d+: relay\.fleet\." % re.escape(path),
+                                 name)
+        cfg = self.relay_cfg()
+        cfg["relay"]["fleet"] = good
+        r = run("check-config", self.write("fleet-good.json", cfg), env=clean_env())
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # The relay refuses the same at start, in the same words.
+        for name, fleet, want in (cases[4], cases[-1]):
+            cfg = self.relay_cfg()
+            cfg["relay"]["listen"] = "127.0.0.1:%d" % H.free_port()
+            cfg["relay"]["fleet"] = dict(good, **fleet)
+            path = self.write("fleet-run-" + name.replace(" ", "_") + ".json", cfg)
+            p = H.Proc("relay-" + name.replace(" ", "-"), [H.BIN, "relay", "--config", path],
+                       self.stack.dir).start()
+            self.track(p)
+            X.wait_for(lambda: not p.alive(), 10)
+            self.assertEqual(p.p.returncode, 1, name)
+            self.retire(p)
+            self.assertTrue(p.grep(want), p.log_text())
+            self.assertFalse(p.grep("listening for sidecars"), name)
 
     def test_usage(self):
         r = run("check-config")
