@@ -21,6 +21,9 @@ handover socket, the sidecar reconnects and resumes, and nothing is lost.
   - a takeover with another relay.listen is refused: the old relay goes on;
     so is one whose relay.listen a reload of the running relay had changed
     (a reload cannot move the listener);
+  - a new relay speaking another handover protocol version is refused with
+    the version needed, and a draining relay refuses a takeover: the old
+    relay freezes nothing and goes on serving;
   - a second takeover while one holds the state is refused with its reason;
   - a new process killed in the middle, or one that never commits: the old
     relay takes everything back and goes on serving, and a real takeover
@@ -701,6 +704,44 @@ class TestHandoverConfig(HandoverCase):
         self.assertIsNone(e.check(), "executor connection after the refused takeover")
         self.assertIsNone(X.echo_once(st.exec_host, st.ports["driver"], seed=6))
         self.assertFalse(st.tunnel.grep("reconnecting"), "the sidecar lost its tunnel")
+        e.close()
+
+    def hello(self, v):
+        """A handover HELLO of protocol version v on the old relay's socket:
+        the old relay's answer (type byte, JSON)."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.settimeout(10)
+        try:
+            s.connect(self._ho_sock)
+            s.send(b"H" + json.dumps({"v": v, "version": "9.9.9", "pid": 0, "listen":
+                                      self.stack.relay_cfg["relay"]["listen"]}).encode())
+            msg = s.recv(70000)
+        finally:
+            s.close()
+        return msg[:1], json.loads(msg[1:] or b"null")
+
+    def test_another_protocol_version_and_a_draining_relay_are_refused(self):
+        # A rolling update to a release that speaks another handover
+        # protocol: the running relay refuses with the version it needs,
+        # freezes nothing, and goes on serving; so does a draining relay,
+        # whose streams are finishing and whose state is no longer whole.
+        st = self.stack
+        st.start_driver()
+        e = X.Echoer(st.exec_host, st.ports["driver"])
+        self.assertIsNone(e.check())
+        self.assertEqual(self.hello(2), (b"X", {"error": "handover protocol v1 is required"}))
+        self.assertTrue(X.wait_log(st.relay, "refused: handover protocol v1 is required", 5))
+        self.assertFalse(st.relay.grep("freezing"), "the old relay froze for a refused takeover")
+        self.assert_relay_alive()
+        self.assertIsNone(e.check(), "executor connection after the refused takeover")
+        self.assertFalse(st.tunnel.grep("reconnecting"), "the sidecar lost its tunnel")
+        st.relay.p.send_signal(signal.SIGTERM)  # drains: e's stream holds it open
+        self.assertTrue(X.wait_log(st.relay, "draining", 5))
+        p, rc = self.takeover(expect_ok=False, name="relay-late")
+        self.assertNotEqual(rc, 0)
+        self.assertTrue(p.grep("the running relay refused: this relay is draining"), p.tail())
+        self.assertTrue(st.relay.grep("refused: this relay is draining"), st.relay.tail())
+        self.assertIsNone(e.check(), "executor connection of the draining relay")
         e.close()
 
     def test_a_listen_changed_by_a_reload_is_still_refused(self):
