@@ -225,6 +225,11 @@ struct relay_fleet {
 	long sync_backoff_ms; /* retry_later's state for sync_retry */
 	struct event *check_ev; /* deferred: held leases that lost their tunnel */
 	struct event *ports_ev; /* deferred: REG_PORTS registrations look again */
+	/* a port of a lease made elsewhere that something else holds here:
+	 * looked at again with backoff, etcd may not change meanwhile */
+	struct event *bind_retry;
+	long bind_backoff_ms;
+	int bind_failed; /* since bind_retry_cb last ran */
 	struct fl_held *held;
 	struct fleet_reg *regs;
 	/* is the mirror behind etcd? (REG_STALE) */
@@ -693,6 +698,7 @@ static int bind_port(const struct relay_pool_rt *pr, int port)
 }
 
 static int ports_pending(const struct relay_fleet *f, const struct fl_lease *fl);
+static void retry_later(struct event *ev, long *backoff_ms);
 
 /* Make the local lease of leases/<id> (id = kv->key + 7): its ports bound
  * here, no tunnel, no local grace timer (etcd's grace lease rules). */
@@ -775,9 +781,13 @@ static void lease_bind(struct relay_fleet *f, struct fl_kv *kv)
 		st.fds[i] = bind_port(pr, fl.ports[i]);
 		if (st.fds[i] < 0) {
 			if (!kv->warned)
-				SR_WARN(FL_CTX, "lease=%s: cannot bind port %d here: %s", id,
-					fl.ports[i], strerror(errno));
+				SR_WARN(FL_CTX, "lease=%s: cannot bind port %d here: %s; trying "
+						"again",
+					id, fl.ports[i], strerror(errno));
 			kv->warned = 1;
+			f->bind_failed = 1;
+			if (!evtimer_pending(f->bind_retry, NULL))
+				retry_later(f->bind_retry, &f->bind_backoff_ms);
 			for (int k = 0; k < TUN_PORT_MAX; k++)
 				if (st.fds[k] >= 0)
 					close(st.fds[k]);
@@ -2451,6 +2461,21 @@ static void stale_lag_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ports_freed's event: every registration that waited for a port looks
  * again (once: one that waits on stays in REG_PORTS for the next). */
+/* Ports something else held: bound once it lets go (1 s, doubling up to
+ * FL_RETRY_MAX_MS), without waiting for the next change in etcd. */
+static void bind_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct relay_fleet *f = arg;
+
+	(void)fd;
+	(void)what;
+	f->bind_failed = 0;
+	if (f->synced && !f->frozen)
+		reconcile(f);
+	if (!f->bind_failed)
+		f->bind_backoff_ms = 0;
+}
+
 static void ports_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct relay_fleet *f = arg;
@@ -2900,9 +2925,10 @@ struct relay_fleet *relay_fleet_new(struct relay *r, int peer_fd, int taking, ch
 	f->sync_retry = evtimer_new(f->base, sync_retry_cb, f);
 	f->check_ev = evtimer_new(f->base, check_cb, f);
 	f->ports_ev = evtimer_new(f->base, ports_cb, f);
+	f->bind_retry = evtimer_new(f->base, bind_retry_cb, f);
 	f->stale_lag_ev = evtimer_new(f->base, stale_lag_cb, f);
 	f->restore_ev = evtimer_new(f->base, restore_cb, f);
-	if (!f->self_retry || !f->sync_retry || !f->check_ev || !f->ports_ev ||
+	if (!f->self_retry || !f->sync_retry || !f->check_ev || !f->ports_ev || !f->bind_retry ||
 	    !f->stale_lag_ev || !f->restore_ev)
 		goto nomem;
 	if (!taking)
@@ -3060,6 +3086,8 @@ void relay_fleet_free(struct relay_fleet *f)
 		event_free(f->check_ev);
 	if (f->ports_ev)
 		event_free(f->ports_ev);
+	if (f->bind_retry)
+		event_free(f->bind_retry);
 	if (f->stale_lag_ev)
 		event_free(f->stale_lag_ev);
 	if (f->restore_ev)

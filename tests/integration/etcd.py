@@ -373,6 +373,20 @@ class EtcdCluster:
                 raise H.HarnessError("%s exited before the cluster was healthy" % m.name)
         return self
 
+    def leader(self, timeout=10.0):
+        """The member that leads now (by /v3/maintenance/status)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for m in self.members:
+                try:
+                    st = m.call("/v3/maintenance/status", {})
+                except Exception:  # noqa: BLE001 (a member between states)
+                    continue
+                if st.get("leader") and st.get("leader") == st["header"].get("member_id"):
+                    return m
+            time.sleep(0.05)
+        raise H.HarnessError("no etcd leader within %.0f s" % timeout)
+
     def stop(self):
         for m in self.members:
             m.stop()
