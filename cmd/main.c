@@ -91,6 +91,14 @@ struct run_ctx {
 	struct relay_metrics *metrics;
 	struct sidecar_admin *sc_admin;
 	struct sr_watch *watch; /* relay.reload.watch */
+	/* relay.reload.watch on the TLS files too (a Secret renewed in place) */
+	struct tls_watch {
+		struct run_ctx *rc;
+		const char *setting; /* "relay.tls.cert" */
+		char *path;	     /* watched */
+		struct sr_watch *w;
+	} tls[3];
+	struct event *tls_rewatch; /* the paths may have changed: after a reload */
 	struct sr_config *cfg;
 	const char *config; /* file to re-read on reload, NULL = environment only */
 	int signals;
@@ -129,8 +137,10 @@ static int reload_relay(void *arg, char *err, size_t errlen)
 	int rv;
 
 	memset(&ncfg, 0, sizeof(ncfg));
-	/* Whatever started this reload, the watch has seen this content. */
+	/* Whatever started this reload, the watches have seen this content. */
 	sr_watch_sync(rc->watch);
+	for (size_t i = 0; i < SR_ARRAY_LEN(rc->tls); i++)
+		sr_watch_sync(rc->tls[i].w);
 	if (rc->config)
 		rv = conf_load_file_roles(rc->config, CONF_ROLE_RELAY, &ncfg, err, errlen);
 	else
@@ -141,11 +151,16 @@ static int reload_relay(void *arg, char *err, size_t errlen)
 			  rc->config ? rc->config : "the environment");
 		rv = SR_EINVAL;
 	}
+	/* The TLS files as at start: each failure names its setting. */
+	if (rv == 0 && cmd_check_relay_tls(&ncfg.relay, log_warning, NULL, err, errlen) != 0)
+		rv = SR_EINVAL;
 	if (rv != 0) {
 		relay_count_reload_failure(rc->relay);
 	} else {
 		cmd_check_relay_policy(&ncfg.relay, log_warning, NULL);
 		rv = relay_reload(rc->relay, &ncfg.relay, err, errlen);
+		if (rv == 0 && rc->tls_rewatch)
+			event_active(rc->tls_rewatch, EV_TIMEOUT, 0);
 		if (rv == 0 && ncfg.log_level && !rc->level_from_cli)
 			sr_log_set_level_name(ncfg.log_level);
 		if (rv == 0 && ncfg.log_format)
@@ -328,6 +343,71 @@ static void on_config_changed(void *arg)
 	relay_count_auto_reload(rc->relay, rv == 0);
 }
 
+/* relay.reload.watch: a TLS file changed (a certificate renewed in place). */
+static void on_tls_changed(void *arg)
+{
+	struct tls_watch *t = arg;
+	char err[1024], esc[SR_ESC_SIZE(200)];
+	int rv;
+
+	SR_INFO("", "%s %s changed: reloading (relay.reload.watch)", t->setting,
+		sr_esc_n(t->path, 200, esc, sizeof(esc)));
+	rv = reload_relay(t->rc, err, sizeof(err));
+	relay_count_auto_reload(t->rc->relay, rv == 0);
+}
+
+/* Watch the TLS files the relay uses now; those whose setting changed are
+ * watched afresh. Run from an event of its own, never from a watch's own
+ * callback (sr_watch_free). */
+static void watch_tls_files(evutil_socket_t fd, short what, void *arg)
+{
+	struct run_ctx *rc = arg;
+	const struct relay_opts *o = relay_get_opts(rc->relay);
+	const char *paths[3] = {o->cert_file, o->key_file, o->client_ca_file};
+	static const char *const settings[3] = {"relay.tls.cert", "relay.tls.key",
+						"relay.tls.client_ca"};
+	char err[512], esc[SR_ESC_SIZE(200)];
+
+	(void)fd;
+	(void)what;
+	for (size_t i = 0; i < SR_ARRAY_LEN(rc->tls); i++) {
+		struct tls_watch *t = &rc->tls[i];
+		if (t->path && paths[i] && strcmp(t->path, paths[i]) == 0)
+			continue;
+		sr_watch_free(t->w);
+		free(t->path);
+		t->w = NULL;
+		t->path = NULL;
+		t->rc = rc;
+		t->setting = settings[i];
+		if (!paths[i])
+			continue;
+		t->path = strdup(paths[i]);
+		if (t->path)
+			t->w = sr_watch_new(rc->base, t->path, rc->cfg->relay.watch_debounce_ms,
+					    on_tls_changed, t, err, sizeof(err));
+		if (!t->w)
+			SR_WARN("",
+				"cannot watch %s %s (%s); reload it with SIGHUP or `sparkrelay "
+				"ctl reload`",
+				settings[i], sr_esc_n(paths[i], 200, esc, sizeof(esc)),
+				t->path ? err : "out of memory");
+	}
+}
+
+static void unwatch_tls_files(struct run_ctx *rc)
+{
+	for (size_t i = 0; i < SR_ARRAY_LEN(rc->tls); i++) {
+		sr_watch_free(rc->tls[i].w);
+		free(rc->tls[i].path);
+		rc->tls[i].w = NULL;
+		rc->tls[i].path = NULL;
+	}
+	if (rc->tls_rewatch)
+		event_free(rc->tls_rewatch);
+	rc->tls_rewatch = NULL;
+}
+
 /* Before the relay binds anything: its TLS files load and the key fits,
  * or it does not start, with the setting named. */
 static int relay_preflight(const struct sr_config *cfg)
@@ -425,6 +505,11 @@ static int relay_start_extras(struct run_ctx *rc, const struct sr_config *cfg, i
 			SR_WARN("", "cannot watch the configuration file (%s); reload it with "
 				    "SIGHUP or `sparkrelay ctl reload`",
 				err);
+	}
+	if (cfg->relay.watch_config) {
+		rc->tls_rewatch = event_new(rc->base, -1, 0, watch_tls_files, rc);
+		if (rc->tls_rewatch)
+			watch_tls_files(-1, 0, rc);
 	}
 	return 0;
 }
@@ -612,6 +697,7 @@ static int run_role(int argc, char **argv, int is_relay)
 		/* Everything is the new relay's: only our descriptors close,
 		 * the metrics port among them (the new relay waits for it). */
 		sr_watch_free(rc.watch);
+		unwatch_tls_files(&rc);
 		relay_metrics_free(rc.metrics);
 		relay_admin_free(rc.admin);
 		relay_free(rc.relay);
@@ -638,6 +724,7 @@ out:
 	if (admin_fd >= 0)
 		close(admin_fd);
 	sr_watch_free(rc.watch);
+	unwatch_tls_files(&rc);
 	relay_metrics_free(rc.metrics);
 	relay_admin_free(rc.admin);
 	sidecar_admin_free(rc.sc_admin);

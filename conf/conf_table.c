@@ -272,12 +272,17 @@ static const struct conf_group conf_h2_group = {conf_h2, N(conf_h2),
 static const struct conf_entry conf_relay_tls[] = {
     STR(struct relay_opts, "cert", cert_file, CONF_REQUIRED, 1, CONF_STR_MAX, NULL,
 	"/etc/sparkrelay/relay.pem", NULL,
-	"PEM certificate chain the relay presents to sidecars."),
+	"PEM certificate chain the relay presents to sidecars. Read again at every reload "
+	"(and, with reload.watch, when the file changes): a renewed certificate serves the "
+	"tunnels that come next; tunnels up keep theirs."),
     STR(struct relay_opts, "key", key_file, CONF_REQUIRED, 1, CONF_STR_MAX, NULL,
-	"/etc/sparkrelay/relay.key", NULL, "PEM private key of that certificate."),
+	"/etc/sparkrelay/relay.key", NULL,
+	"PEM private key of that certificate (read again with it; a reload whose key does not "
+	"match the certificate is refused)."),
     STR(struct relay_opts, "client_ca", client_ca_file, CONF_NULLABLE, 1, CONF_STR_MAX, NULL,
 	NULL, NULL,
-	"CA bundle that verifies sidecar client certificates (mTLS); null: none asked."),
+	"CA bundle that verifies sidecar client certificates (mTLS); null: none asked. Read "
+	"again at every reload, for the tunnels that come next."),
     BOOL(struct relay_opts, "require_client_cert", require_client_cert, "false",
 	 "Refuse sidecars without a verified client certificate; needs client_ca."),
 };
@@ -451,7 +456,10 @@ static const struct conf_entry conf_relay_reload[] = {
 	 "refused and the running configuration stays). The file's directory is watched "
 	 "(inotify), so a Kubernetes ConfigMap update, which swaps a symbolic link, is seen "
 	 "too; a file whose content did not change is not reloaded. Counted as "
-	 "`sparkrelay_config_auto_reloads_total`. Read at start only."),
+	 "`sparkrelay_config_auto_reloads_total`. The TLS files (relay.tls.cert, key, "
+	 "client_ca) are watched the same way, so a certificate renewed in place (a "
+	 "Kubernetes Secret, cert-manager) is used for new tunnels without a restart. Read "
+	 "at start only."),
     U32(struct relay_opts, "debounce_ms", watch_debounce_ms, 10, 60000, "1000",
 	"Wait this long after the last change in the directory before reading the file, so "
 	"that an editor's or the kubelet's several steps make one reload."),

@@ -20,6 +20,11 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 
+#include <openssl/asn1.h>
+#include <openssl/bio.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
 /* The tunnel listener stops this long after accept() fails (EMFILE...). */
 #define ACCEPT_PAUSE_MS 500
 /* While draining, how often the relay looks whether every stream is done. */
@@ -196,6 +201,50 @@ void relay_drain(struct relay *r)
 	drain_check_cb(-1, 0, r);
 }
 
+/* The tunnel listener's TLS context from o's files, and the SHA-256 of its
+ * leaf certificate. */
+static SSL_CTX *tls_ctx(const struct relay_opts *o, unsigned char sha[32], char *err,
+			size_t errlen)
+{
+	SSL_CTX *ctx = tun_tls_server_ctx(o->cert_file, o->key_file, o->client_ca_file,
+					  o->require_client_cert, err, errlen);
+	X509 *x = ctx ? SSL_CTX_get0_certificate(ctx) : NULL;
+	unsigned int n = 32;
+
+	memset(sha, 0, 32);
+	if (x && X509_digest(x, EVP_sha256(), sha, &n) != 1)
+		memset(sha, 0, 32);
+	return ctx;
+}
+
+/* A reload's TLS context in force for new tunnels (those up keep theirs);
+ * a new certificate is logged with its subject and end of validity. */
+static void tls_swap(struct relay *r, SSL_CTX *ctx, const unsigned char sha[32])
+{
+	X509 *x = SSL_CTX_get0_certificate(ctx);
+	char subj[256] = "", esc[SR_ESC_SIZE(255)], until[64] = "", uesc[SR_ESC_SIZE(63)];
+	BIO *b;
+
+	if (memcmp(sha, r->cert_sha256, 32) != 0 && x) {
+		X509_NAME_oneline(X509_get_subject_name(x), subj, sizeof(subj));
+		if ((b = BIO_new(BIO_s_mem())) != NULL) {
+			int n = ASN1_TIME_print(b, X509_get0_notAfter(x)) == 1
+				    ? BIO_read(b, until, (int)sizeof(until) - 1)
+				    : 0;
+			until[n > 0 ? n : 0] = '\0';
+			BIO_free(b);
+		}
+		SR_INFO("",
+			"relay.tls.cert: a new certificate for new tunnels (%s, valid until "
+			"%s); tunnels up keep theirs",
+			sr_esc(subj, esc, sizeof(esc)),
+			until[0] ? sr_esc(until, uesc, sizeof(uesc)) : "?");
+	}
+	memcpy(r->cert_sha256, sha, 32);
+	SSL_CTX_free(r->ssl_ctx);
+	r->ssl_ctx = ctx;
+}
+
 struct relay *relay_new(struct event_base *base, struct relay_opts *o, char *err,
 			size_t errlen)
 {
@@ -227,8 +276,7 @@ struct relay *relay_new_adopt(struct event_base *base, struct relay_opts *o,
 			  o->listen ? o->listen : "");
 		goto fail;
 	}
-	r->ssl_ctx = tun_tls_server_ctx(o->cert_file, o->key_file, o->client_ca_file,
-					o->require_client_cert, err, errlen);
+	r->ssl_ctx = tls_ctx(o, r->cert_sha256, err, errlen);
 	if (!r->ssl_ctx)
 		goto fail;
 	r->pol = calloc(1, sizeof(*r->pol));
@@ -364,8 +412,9 @@ void relay_free(struct relay *r)
 	free(r);
 }
 
-/* Settings a reload cannot change: the listeners are bound and the TLS
- * context made once per process. The new options keep the running values
+/* Settings a reload cannot change: the listeners are bound once per
+ * process (the TLS files are read again: relay_reload). The new options
+ * keep the running values
  * (swapped, each string still owned once), so that r->o always says what this
  * process uses: a takeover is refused unless its relay.listen is the listener
  * passed on, and the fleet advertises relay.listen to the other relays. */
@@ -376,9 +425,6 @@ static void keep_restart_only(struct relay_opts *run, struct relay_opts *o)
 		size_t off;
 	} strs[] = {
 	    {"relay.listen", offsetof(struct relay_opts, listen)},
-	    {"relay.tls.cert", offsetof(struct relay_opts, cert_file)},
-	    {"relay.tls.key", offsetof(struct relay_opts, key_file)},
-	    {"relay.tls.client_ca", offsetof(struct relay_opts, client_ca_file)},
 	    {"relay.admin.listen", offsetof(struct relay_opts, admin_listen)},
 	    {"relay.metrics.listen", offsetof(struct relay_opts, metrics_listen)},
 	};
@@ -396,12 +442,6 @@ static void keep_restart_only(struct relay_opts *run, struct relay_opts *o)
 		*a = *b;
 		*b = t;
 	}
-	if (o->require_client_cert != run->require_client_cert) {
-		if (n < sizeof(names))
-			n += (size_t)snprintf(names + n, sizeof(names) - n, "%s%s", n ? ", " : "",
-					      "relay.tls.require_client_cert");
-		o->require_client_cert = run->require_client_cert;
-	}
 	if (n)
 		SR_WARN("", "reload: %s changed; the running value stays until the next restart "
 			    "or takeover",
@@ -412,10 +452,19 @@ int relay_reload(struct relay *r, struct relay_opts *o, char *err, size_t errlen
 {
 	struct relay_pol *np;
 	struct relay_opts tmp;
+	unsigned char sha[32];
+	/* Read again, so that a certificate renewed in place (a Kubernetes
+	 * Secret) is used by the tunnels that come next. */
+	SSL_CTX *ctx = tls_ctx(o, sha, err, errlen);
 
+	if (!ctx) {
+		relay_count_reload_failure(r);
+		return SR_EINVAL;
+	}
 	np = calloc(1, sizeof(*np));
 	if (!np) {
 		sr_seterr(err, errlen, "out of memory");
+		SSL_CTX_free(ctx);
 		relay_count_reload_failure(r);
 		return SR_ENOMEM;
 	}
@@ -424,21 +473,25 @@ int relay_reload(struct relay *r, struct relay_opts *o, char *err, size_t errlen
 	np->p = relay_policy_new(&o->policy, &o->pool, err, errlen);
 	if (!np->p) {
 		free(np);
+		SSL_CTX_free(ctx);
 		relay_count_reload_failure(r);
 		return SR_EINVAL;
 	}
 	if (relay_pools_check_bind(np->p, err, errlen) != 0) {
 		relay_pol_unref(np);
+		SSL_CTX_free(ctx);
 		relay_count_reload_failure(r);
 		return SR_EINVAL;
 	}
 	if (relay_pools_sync(r, np->p) != 0) {
 		sr_seterr(err, errlen, "out of memory");
 		relay_pol_unref(np);
+		SSL_CTX_free(ctx);
 		relay_count_reload_failure(r);
 		return SR_ENOMEM;
 	}
 	keep_restart_only(r->o, o);
+	tls_swap(r, ctx, sha);
 	relay_pol_unref(r->pol);
 	r->pol = np;
 	tmp = *r->o;

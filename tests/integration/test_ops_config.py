@@ -7,6 +7,11 @@ a file.
     without a signal; a bad file is refused as on SIGHUP (counted, old
     configuration kept); several writes in a burst make one reload; a
     rewrite with the same content makes none;
+  - the relay's certificate and key renewed in place in a Secret-like
+    folder: new tunnels get the new certificate (checked in a real TLS
+    handshake against the sidecars' CA), the tunnel up is untouched, one
+    reload for the pair; a key that does not match is refused and the
+    renewed certificate stays;
   - check-config loads the relay's certificate, key and client CA and names
     the setting when one fails; the relay does the same at start; fleet
     settings the relay would refuse (id, peer addresses, missing settings,
@@ -25,6 +30,8 @@ import os
 import re
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import time
 
@@ -204,6 +211,95 @@ class WatchConfigMapTest(WatchCase):
         ok = X.wait_for(lambda: self.auto(self.metrics(), "failed") == 1, 10)
         self.assertTrue(ok, "a bad ConfigMap update was not refused and counted")
         self.assertEqual(self.max_pending(), 202)
+
+
+class TlsWatchTest(WatchCase):
+    """The relay's certificate and key in a folder laid out as a Kubernetes
+    Secret volume: renewed in place (cert-manager), they are used for new
+    tunnels without a restart, and tunnels up are left alone."""
+
+    def prepare(self):
+        self.tls = os.path.join(self.stack.dir, "tls")
+        os.makedirs(self.tls)
+        self.tgen = 0
+        c = H.certs()
+        self.swap_tls(c.relay_cert, c.relay_key)
+        self.stack.relay_cfg["relay"]["tls"].update(
+            cert=os.path.join(self.tls, "tls.crt"), key=os.path.join(self.tls, "tls.key"))
+        super().prepare()
+
+    def swap_tls(self, cert, key):
+        """The kubelet's update of a Secret volume (see WatchCase.swap)."""
+        self.tgen += 1
+        d = "..2026_12_03_00_00_%02d.%d" % (self.tgen, os.getpid())
+        os.makedirs(os.path.join(self.tls, d))
+        shutil.copy(cert, os.path.join(self.tls, d, "tls.crt"))
+        shutil.copy(key, os.path.join(self.tls, d, "tls.key"))
+        link = os.path.join(self.tls, "..data")
+        old = os.path.realpath(link) if os.path.lexists(link) else None
+        os.symlink(d, link + "_tmp")
+        os.rename(link + "_tmp", link)
+        for name in ("tls.crt", "tls.key"):
+            if not os.path.lexists(os.path.join(self.tls, name)):
+                os.symlink("..data/" + name, os.path.join(self.tls, name))
+        if old:
+            shutil.rmtree(old)
+
+    def served_cert(self):
+        """The DER certificate the relay's tunnel listener presents, verified
+        against the sidecars' CA as a sidecar verifies it."""
+        ctx = ssl.create_default_context(cafile=H.certs().ca)
+        ctx.set_alpn_protocols(["h2"])
+        with socket.create_connection(("127.0.0.1", self.stack.relay_port), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                return s.getpeercert(binary_form=True)
+
+    @staticmethod
+    def der(path):
+        with open(path) as f:
+            return ssl.PEM_cert_to_DER_cert(f.read())
+
+    def test_a_renewed_certificate_is_used_for_new_tunnels(self):
+        st, c = self.stack, H.certs()
+        self.assertEqual(self.served_cert(), self.der(c.relay_cert))
+        st.start_tunnel()
+        self.track(st.tunnel)
+        st.start_driver()
+        e = X.Echoer(st.exec_host, st.ports["driver"])
+        self.assertIsNone(e.check())
+        new = os.path.join(self.stack.dir, "renewed")
+        os.makedirs(new)
+        H._make_leaf(new, "relay", "localhost", os.path.join(c.dir, "ca"),
+                     ["extendedKeyUsage=serverAuth",
+                      "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"])
+        renewed = os.path.join(new, "relay.pem"), os.path.join(new, "relay.key")
+        self.swap_tls(*renewed)
+        ok = X.wait_for(lambda: self.served_cert() == self.der(renewed[0]), 10)
+        self.assertTrue(ok, "the renewed certificate is not served")
+        self.assertTrue(X.wait_log(self.relay, "relay.tls.cert: a new certificate for new "
+                                               "tunnels (/CN=localhost, valid until", 5))
+        self.assertTrue(self.relay.grep("tls.crt changed: reloading (relay.reload.watch)") or
+                        self.relay.grep("tls.key changed: reloading (relay.reload.watch)"))
+        self.assertIsNone(e.check(), "the tunnel up was disturbed")
+        self.assertFalse(st.tunnel.grep("reconnecting"), "the sidecar lost its tunnel")
+        # cert and key change together: one reload that took, none refused
+        time.sleep(3 * self.DEBOUNCE_MS / 1000)
+        m = self.metrics()
+        self.assertEqual((self.auto(m, "ok"), self.auto(m, "failed")), (1, 0))
+        # A key that is not the certificate's: refused, the renewed one stays.
+        self.swap_tls(c.relay_cert, renewed[1])
+        ok = X.wait_for(lambda: self.auto(self.metrics(), "failed") >= 1, 10)
+        self.assertTrue(ok, "a mismatched key was not refused")
+        self.assertTrue(self.relay.grep("reload refused, the running configuration stays: "
+                                        "private key"), self.relay.tail())
+        self.assertEqual(self.served_cert(), self.der(renewed[0]))
+        self.assertEqual(A.metric(self.metrics(), "sparkrelay_config_last_reload_successful"), 0)
+        # A good pair again: taken.
+        self.swap_tls(c.relay_cert, c.relay_key)
+        ok = X.wait_for(lambda: self.served_cert() == self.der(c.relay_cert), 10)
+        self.assertTrue(ok, "the first certificate is not served again")
+        self.assertIsNone(e.check())
+        e.close()
 
 
 class NoWatchTest(WatchCase):
