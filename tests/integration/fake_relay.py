@@ -223,9 +223,10 @@ class FakeRelay:
     """A TLS 1.3 listener with the harness relay certificate (SAN 127.0.0.1,
     localhost), ALPN h2, on 127.0.0.1:<free port>."""
 
-    def __init__(self, certs, host="127.0.0.1"):
+    def __init__(self, certs, host="127.0.0.1", tls_max=None):
         self.certs = certs
         self.host = host
+        self.tls_max = tls_max  # e.g. ssl.TLSVersion.TLSv1_2: a relay of the wrong kind
         self.ls = None
         self.port = None
         self.sessions = []
@@ -233,6 +234,9 @@ class FakeRelay:
     def start(self):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        if self.tls_max is not None:
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.maximum_version = self.tls_max
         ctx.load_cert_chain(self.certs.relay_cert, self.certs.relay_key)
         ctx.set_alpn_protocols(["h2"])
         self.ctx = ctx

@@ -1,5 +1,5 @@
 """Bad input on the relay's tunnel port: plain TCP, random bytes, TLS without
-HTTP/2, silent TLS clients, and a hand-written sidecar (fake_sidecar.py) that
+HTTP/2, TLS 1.2, silent TLS clients, and a hand-written sidecar (fake_sidecar.py) that
 sends malformed control messages or ones only a relay sends. Each is closed (within the handshake
 timeout where time matters) with a log line saying why, and never disturbs a
 real sidecar's tunnel: an echo through it works before and after, on a
@@ -137,6 +137,25 @@ class TlsWithoutTunnelTest(BadInputCase):
             self.assertLessEqual(took, 1.5)
             self.assertFalse(any(f[0] == F.HEADERS for f in fs.frames))
         self.assertTrue(X.wait_log(self.relay, "TLS handshake failed", 3, count=failed + 1))
+        self.after()
+
+    def test_tls12_is_refused(self):
+        # A client that offers TLS 1.2 at most (right CA, h2 offered) fails
+        # the handshake: the relay speaks TLS 1.3 only.
+        failed = X.log_count(self.relay, "TLS handshake failed")
+        ctx = ssl.create_default_context(cafile=H.certs().ca)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_alpn_protocols(["h2"])
+        raw = self.raw()
+        with self.assertRaises(ssl.SSLError) as cm:
+            ctx.wrap_socket(raw, server_hostname="localhost")
+        self.assertIn("PROTOCOL_VERSION", str(cm.exception).upper().replace(" ", "_"))
+        lines = X.wait_log(self.relay, "TLS handshake failed", 3, count=failed + 1)
+        self.assertTrue(lines)
+        self.assertIn("protocol", lines[-1].lower(), lines[-1])
+        self.assertFalse(self.relay.grep("waiting for registration")[1:],
+                         "relay started a tunnel session for a TLS 1.2 client")
         self.after()
 
 

@@ -2,6 +2,7 @@
 sidecar trusts (a compromised relay, played by fake_relay.py) can neither
 reach into the notebook nor forge what the notebook reads.
 
+- a relay that speaks TLS 1.2 at most is refused in the handshake;
 - control values are refused at the door: a line break in the lease's host or
   lease id never becomes a Spark setting; nothing is written;
 - one lease per tunnel, only the roles asked for, distinct ports;
@@ -21,6 +22,7 @@ The notebook start-up script: test_notebook_script.py.
 import json
 import os
 import socket
+import ssl
 import stat
 import struct
 import sys
@@ -89,6 +91,7 @@ class TrustCase(unittest.TestCase):
     the log format."""
 
     tunnel_overrides = None
+    relay_tls_max = None  # FakeRelay(tls_max=)
 
     def setUp(self):
         if H.DIRECT:
@@ -96,7 +99,7 @@ class TrustCase(unittest.TestCase):
         if not H.BIN or not os.access(H.BIN, os.X_OK):
             raise H.HarnessError("SPARKRELAY_BIN is not set to an executable")
         self.dir = H.new_dir(self.id())
-        self.fr = FR.FakeRelay(H.certs()).start()
+        self.fr = FR.FakeRelay(H.certs(), tls_max=self.relay_tls_max).start()
         self.addCleanup(self.fr.stop)
         over = H.deep_merge({"tunnel": {"release_timeout_ms": 300}}, self.tunnel_overrides)
         cfg = H.tunnel_config(self.fr.port, self.dir, over)
@@ -175,6 +178,27 @@ def two_ports():
     while b == a:
         b = H.free_port()
     return a, b
+
+
+class Tls12RelayTest(TrustCase):
+    """A relay (or something in its place) that speaks TLS 1.2 at most, with
+    the right certificate: the sidecar speaks TLS 1.3 only."""
+
+    relay_tls_max = ssl.TLSVersion.TLSv1_2
+
+    def test_a_tls12_relay_is_refused(self):
+        self.fr.ls.settimeout(10)
+        raw, _ = self.fr.ls.accept()
+        raw.settimeout(5)
+        with self.assertRaises((ssl.SSLError, OSError)):
+            self.fr.ctx.wrap_socket(raw, server_side=True)
+        raw.close()
+        lines = X.wait_log(self.proc, "TLS", 5)
+        self.assertTrue(lines, self.proc.tail())
+        self.assertTrue(any("protocol" in l.lower() for l in lines), lines)
+        time.sleep(0.3)
+        self.assert_nothing_written()
+        self.assertTrue(self.proc.alive())
 
 
 class ControlValueTest(TrustCase):
