@@ -3,6 +3,8 @@ sidecar trusts (a compromised relay, played by fake_relay.py) can neither
 reach into the notebook nor forge what the notebook reads.
 
 - a relay that speaks TLS 1.2 at most is refused in the handshake;
+- a relay that breaks the protocol on every tunnel waits twice as long
+  before each next tunnel, a clean close in between notwithstanding;
 - control values are refused at the door: a line break in the lease's host or
   lease id never becomes a Spark setting; nothing is written;
 - one lease per tunnel, only the roles asked for, distinct ports;
@@ -21,6 +23,7 @@ The notebook start-up script: test_notebook_script.py.
 
 import json
 import os
+import re
 import socket
 import ssl
 import stat
@@ -199,6 +202,57 @@ class Tls12RelayTest(TrustCase):
         time.sleep(0.3)
         self.assert_nothing_written()
         self.assertTrue(self.proc.alive())
+
+
+class ProtocolBreakBackoffTest(TrustCase):
+    """A relay that breaks the protocol on every tunnel cannot replay an
+    attack every backoff_initial_ms: the k-th break in a row makes the next
+    reconnect wait backoff_initial_ms x 2^k (half of it fixed, half random),
+    and a tunnel that ends cleanly in between (up less than 60 s) does not
+    wipe the count."""
+
+    INITIAL = 50
+    tunnel_overrides = {"tunnel": {"backoff_initial_ms": INITIAL, "backoff_max_ms": 60000,
+                                   "allowed_ports": ["1024-65535"]}}
+    BAD = FR.lease_msg(host="relay.example\nspark.jars x")
+
+    def delays(self):
+        """(attempt, ms) of each "reconnecting in" line so far."""
+        return [(int(a), int(d)) for d, a in
+                re.findall(r"reconnecting in (\d+) ms \(attempt (\d+)\)", self.proc.log_text())]
+
+    def broken(self, s):
+        """Break session s; the next session and the seconds until it came."""
+        s.send_ctl(self.BAD)
+        self.assert_closed(s, "bad lease")
+        t0 = time.monotonic()
+        s, reg = self.fr.session(30)
+        return s, time.monotonic() - t0
+
+    def assert_delay(self, k, waited):
+        attempt, ms = self.delays()[-1]
+        base = self.INITIAL << k
+        self.assertEqual(attempt, k + 1, self.delays())
+        self.assertTrue(base // 2 <= ms <= base, "break %d: %d ms, base %d" % (k, ms, base))
+        self.assertGreaterEqual(waited, 0.9 * ms / 1000, "break %d: back after %.3f s, not %d "
+                                "ms" % (k, waited, ms))
+        self.assertTrue(self.proc.grep("the relay broke the protocol (%d time%s lately)" %
+                                       (k, "" if k == 1 else "s")))
+
+    def test_each_break_doubles_the_delay_and_a_clean_close_does_not_forgive(self):
+        s, reg = self.fr.session(30)
+        for k in range(1, 5):
+            s, waited = self.broken(s)
+            self.assert_delay(k, waited)
+        # A good lease, then the relay closes cleanly: a quick reconnect ...
+        self.leased(s, FR.lease_msg(ports={"driver": 40001, "blockManager": 40002}))
+        s.close()
+        s, reg = self.fr.session(30)
+        self.assertEqual(self.delays()[-1][0], 1, self.delays())
+        self.assertLessEqual(self.delays()[-1][1], self.INITIAL, self.delays())
+        # ... but the next break counts on from 4
+        s, waited = self.broken(s)
+        self.assert_delay(5, waited)
 
 
 class ControlValueTest(TrustCase):
