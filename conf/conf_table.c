@@ -618,7 +618,10 @@ static const struct conf_entry conf_tunnel_tls[] = {
 	"Private key of the client certificate."),
 };
 static const struct conf_group conf_tunnel_tls_group = {
-    conf_tunnel_tls, N(conf_tunnel_tls), "TLS towards the relay (TLS 1.3, always verified)."};
+    conf_tunnel_tls, N(conf_tunnel_tls),
+    "TLS towards the relay (TLS 1.3, always verified). The files are read again before a "
+    "tunnel is dialled when they changed (a CA or a short-lived client certificate renewed "
+    "in place): tunnels up keep what they were made with."};
 
 static const struct conf_entry conf_tunnel_admin[] = {
     STR(struct sidecar_opts, "listen", admin_listen, CONF_NULLABLE, 1, CONF_STR_MAX, NULL, NULL,

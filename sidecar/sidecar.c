@@ -41,6 +41,7 @@
 #include "tunnel/tun_endpoint.h"
 
 #include <errno.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,6 +101,14 @@ struct sidecar {
 	const struct sidecar_opts *o;
 	struct disc *disc;
 	SSL_CTX *ssl_ctx;
+	/* the TLS files as read into ssl_ctx (tls_refresh) */
+	struct sc_file_stamp {
+		dev_t dev;
+		ino_t ino;
+		off_t size;
+		struct timespec mtime;
+		int missing;
+	} tls_stamp[3];
 	sidecar_lease_cb on_lease;
 	void *arg;
 
@@ -854,7 +863,12 @@ static void on_closed(struct tun_endpoint *ep, int err, const char *why_ep, void
 				set_status(s, SC_STATUS_CONNECTING, msg);
 		}
 	}
-	if (tun_group_held(s->group) && !broke)
+	/* Held connections wait: a leased tunnel that broke is dialled again
+	 * at once. One that ended before its lease came (with TLS 1.3 a
+	 * relay refuses a client certificate only after the handshake)
+	 * backs off as usual, up to SC_HOLD_RETRY_MS: at once every time
+	 * would dial in a loop for as long as the relay refuses. */
+	if (tun_group_held(s->group) && !broke && was_leased)
 		p->attempt = 0;
 	schedule_backoff(p);
 	/* The first slot rests while another tunnel holds the lease and
@@ -983,6 +997,57 @@ static int addr_rank(const struct sc_slot *p, const char *a)
 	return lost ? 3 : 2;
 }
 
+/* The stat of each TLS file (CA, client certificate, key; NULL ones
+ * zero), followed through symbolic links as OpenSSL opens them. */
+static void tls_stamps(const struct sidecar_opts *o, struct sc_file_stamp st[3])
+{
+	const char *paths[3] = {o->ca_file, o->cert_file, o->key_file};
+
+	memset(st, 0, 3 * sizeof(*st));
+	for (int i = 0; i < 3; i++) {
+		struct stat sb;
+		if (!paths[i])
+			continue;
+		if (stat(paths[i], &sb) != 0) {
+			st[i].missing = 1;
+			continue;
+		}
+		st[i].dev = sb.st_dev;
+		st[i].ino = sb.st_ino;
+		st[i].size = sb.st_size;
+		st[i].mtime = sb.st_mtim;
+	}
+}
+
+/* Before each dial: TLS files that changed since they were read (a CA or
+ * a short-lived client certificate renewed in place, as a Kubernetes
+ * Secret is) are read again for this tunnel and the next ones; tunnels up
+ * keep theirs. Files that do not load (a certificate written before its
+ * key) leave the running context, once per change. */
+static void tls_refresh(struct sidecar *s)
+{
+	struct sc_file_stamp now[3];
+	char err[512];
+	SSL_CTX *ctx;
+
+	tls_stamps(s->o, now);
+	if (memcmp(now, s->tls_stamp, sizeof(now)) == 0)
+		return;
+	memcpy(s->tls_stamp, now, sizeof(now));
+	ctx = tun_tls_client_ctx(s->o->ca_file, s->o->cert_file, s->o->key_file, err,
+				 sizeof(err));
+	if (!ctx) {
+		SR_WARN("",
+			"tunnel.tls: the files changed but cannot be used (%s); the ones read "
+			"before stay",
+			err);
+		return;
+	}
+	SSL_CTX_free(s->ssl_ctx);
+	s->ssl_ctx = ctx;
+	SR_INFO("", "tunnel.tls: the files changed; this tunnel and the next use them");
+}
+
 static void dial_next(struct sc_slot *p)
 {
 	struct sidecar *s = p->s;
@@ -1001,6 +1066,7 @@ static void dial_next(struct sc_slot *p)
 	a = &p->addrs[p->next_addr++];
 	sr_format_addr((const struct sockaddr *)&a->ss, p->dial_peer, sizeof(p->dial_peer));
 	name = s->o->server_name ? s->o->server_name : a->host;
+	tls_refresh(s);
 	ssl = SSL_new(s->ssl_ctx);
 	if (!ssl)
 		goto fail;
@@ -1164,6 +1230,7 @@ struct sidecar *sidecar_new(struct event_base *base, const struct sidecar_opts *
 		}
 		s->nallowed++;
 	}
+	tls_stamps(opts, s->tls_stamp); /* before the read: a change meanwhile is seen */
 	s->ssl_ctx = tun_tls_client_ctx(opts->ca_file, opts->cert_file, opts->key_file, err,
 					errlen);
 	if (!s->ssl_ctx)
