@@ -1,6 +1,7 @@
 /* sparkrelay: one binary, several roles. This file only maps the command
  * line and the configuration onto each module's options and runs the loop. */
 #include "cmd/cmd.h"
+#include "common/sr_curl.h"
 #include "common/sr_devcert.h"
 #include "common/sr_err.h"
 #include "common/sr_log.h"
@@ -372,8 +373,8 @@ static void watch_tls_files(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	for (size_t i = 0; i < SR_ARRAY_LEN(rc->tls); i++) {
 		struct tls_watch *t = &rc->tls[i];
-		if (t->path && paths[i] && strcmp(t->path, paths[i]) == 0)
-			continue;
+		if (t->w && paths[i] && strcmp(t->path, paths[i]) == 0)
+			continue; /* a watch that failed is tried again */
 		sr_watch_free(t->w);
 		free(t->path);
 		t->w = NULL;
@@ -761,12 +762,15 @@ static void check_warning(void *arg, const char *msg)
 }
 
 /* The relay section's checks beyond the loader's: TLS files, the fleet's
- * secret (read as the relay reads it at start), policy warnings. */
+ * secret and etcd files (read as the relay reads them at start), policy
+ * warnings. */
 static int check_config_relay(const struct sr_config *cfg, struct check_out *co)
 {
 	const struct relay_fleet_opts *fl = &cfg->relay.fleet;
 	struct fleet_secret *sec = NULL;
 	char err[1024];
+
+	char why[900];
 
 	if (cmd_check_relay_tls(&cfg->relay, check_warning, co, err, sizeof(err)) != 0 ||
 	    (fl->netcd && fl->secret_file &&
@@ -775,6 +779,11 @@ static int check_config_relay(const struct sr_config *cfg, struct check_out *co)
 		return -1;
 	}
 	fleet_secret_free(sec);
+	if (fl->netcd && sr_curl_check_files(fl->etcd_ca, fl->etcd_cert, fl->etcd_key, why,
+					     sizeof(why)) != 0) {
+		fprintf(stderr, "relay.fleet.etcd_ca, etcd_cert, etcd_key: %s\n", why);
+		return -1;
+	}
 	cmd_check_relay_policy(&cfg->relay, check_warning, co);
 	return 0;
 }

@@ -150,6 +150,16 @@ static char *endpoint_dup(const char *s, char *err, size_t errlen)
 	return strndup(s, n);
 }
 
+int etcd_endpoint_check(const char *s, char *err, size_t errlen)
+{
+	char *d = endpoint_dup(s, err, errlen);
+
+	if (!d && err && errlen && !err[0])
+		sr_seterr(err, errlen, "out of memory");
+	free(d);
+	return d ? 0 : SR_EINVAL;
+}
+
 static char *opt_dup(const char *s, int *bad)
 {
 	char *d;

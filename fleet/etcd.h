@@ -62,6 +62,10 @@ struct etcd_opts {
 	size_t max_answer;     /* bytes of one answer, or of one watch message; 0: 4 MiB */
 };
 
+/* What etcd_new checks of one endpoint: 0, or SR_EINVAL with the reason
+ * (the endpoint escaped) in err. */
+int etcd_endpoint_check(const char *s, char *err, size_t errlen);
+
 /* Returns NULL on a bad option (reason in err) or allocation failure.
  * The client has its own sr_curl (its own connections). The process must
  * have called curl_global_init. */

@@ -314,6 +314,11 @@ int relay_fleet_check_opts(const struct relay_fleet_opts *o, const char **key, c
 	*key = NULL;
 	if (!o->netcd)
 		return 0;
+	for (unsigned i = 0; i < o->netcd; i++)
+		if (etcd_endpoint_check(o->etcd[i], why, len) != 0) {
+			*key = "relay.fleet.etcd";
+			return -1;
+		}
 	if (!o->peer_listen)
 		return fail_opt(key, "relay.fleet.peer_listen", why, len,
 				"required with relay.fleet.etcd");
@@ -785,9 +790,12 @@ static void lease_bind(struct relay_fleet *f, struct fl_kv *kv)
 						"again",
 					id, fl.ports[i], strerror(errno));
 			kv->warned = 1;
-			f->bind_failed = 1;
-			if (!evtimer_pending(f->bind_retry, NULL))
-				retry_later(f->bind_retry, &f->bind_backoff_ms);
+			/* another program holds the port: it may let go */
+			if (errno == EADDRINUSE) {
+				f->bind_failed = 1;
+				if (!evtimer_pending(f->bind_retry, NULL))
+					retry_later(f->bind_retry, &f->bind_backoff_ms);
+			}
 			for (int k = 0; k < TUN_PORT_MAX; k++)
 				if (st.fds[k] >= 0)
 					close(st.fds[k]);
@@ -2459,8 +2467,6 @@ static void stale_lag_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
-/* ports_freed's event: every registration that waited for a port looks
- * again (once: one that waits on stays in REG_PORTS for the next). */
 /* Ports something else held: bound once it lets go (1 s, doubling up to
  * FL_RETRY_MAX_MS), without waiting for the next change in etcd. */
 static void bind_retry_cb(evutil_socket_t fd, short what, void *arg)
@@ -2476,6 +2482,8 @@ static void bind_retry_cb(evutil_socket_t fd, short what, void *arg)
 		f->bind_backoff_ms = 0;
 }
 
+/* ports_freed's event: every registration that waited for a port looks
+ * again (once: one that waits on stays in REG_PORTS for the next). */
 static void ports_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct relay_fleet *f = arg;

@@ -35,11 +35,16 @@ char *tun_tls_errors(char *buf, size_t len)
 	return buf;
 }
 
+/* The path and OpenSSL's text (which may quote it) are escaped: both end
+ * up in the log and in the admin API's answer to a reload. */
 static void set_err(char *err, size_t errlen, const char *what, const char *file)
 {
-	char ssl[512];
-	sr_seterr(err, errlen, "%s%s%s: %s", what, file ? " " : "", file ? file : "",
-		  tun_tls_errors(ssl, sizeof(ssl)));
+	char ssl[512], essl[SR_ESC_SIZE(511)], esc[SR_ESC_SIZE(64)];
+
+	tun_tls_errors(ssl, sizeof(ssl));
+	sr_seterr(err, errlen, "%s%s%s: %s", what, file ? " " : "",
+		  file ? sr_esc_n(file, 64, esc, sizeof(esc)) : "",
+		  sr_esc(ssl, essl, sizeof(essl)));
 }
 
 static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,

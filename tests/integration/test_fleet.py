@@ -70,7 +70,7 @@ import fake_sidecar as F
 import harness as H
 import harness_extra as X
 from fleet_support import (FleetCase, FreezingProxy, HOSTS, POOL, admin_get,  # noqa: F401
-                           echo_exchange, readyz, wait_for)
+                           admin_port, echo_exchange, readyz, wait_for)
 from harness import MiB
 
 
@@ -1377,6 +1377,47 @@ class FleetTest(FleetCase):
         for s in conns.values():
             s.close()
         self.assertTrue(new.alive() and b.alive())
+
+    def test_a_relay_taken_over_during_an_etcd_outage_is_ready_once_etcd_is_back(self):
+        # A rolling update while etcd is down: the sidecars the new process
+        # took over cannot resume before etcd confirms it (another relay
+        # might hold the lease by then), so its executors wait. The new
+        # process is not ready meanwhile, which holds the rollout on this
+        # node instead of doing the same to every node. Once etcd is back
+        # it joins, turns ready, and the lease is resumed and served.
+        ho = os.path.join(tempfile.mkdtemp(prefix="ho-", dir=H.root_dir()), "ho.sock")
+        over = {"relay": {"handover_socket": ho, "handover_timeout_ms": 10000,
+                          "lease": {"pending_timeout_ms": 30000},
+                          "fleet": {"peer_listen": "%s:%d" % (HOSTS[0], H.free_port(HOSTS[0]))}}}
+        a = self.start_relay("relay-a", HOSTS[0], overrides=over)
+        sc = self.start_sidecar("sc", a)
+        lease = self.lease_of(sc)
+        port = int(lease["ports"]["driver"])
+        self.driver = H.Driver({"driver": port})
+        self.driver.start()
+        self.assertEqual(readyz(a), (200, "ready"))
+        self.etcd.pause()
+        try:
+            new = H.Proc("relay-a-new", [H.BIN, "relay", "--config",
+                                         os.path.join(self.dir, "relay-a.json"), "--takeover"],
+                         self.dir).start()
+            self.procs.append(new)
+            new.host, new.port, new.fid = a.host, a.port, "relay-a"
+            self.assertEqual(a.p.wait(20), 0, "the old relay-a did not hand over")
+            wait_for(lambda: admin_port(new), 10, "the new relay's admin API")
+            self.assertEqual(readyz(new)[0], 503)
+            s = wait_for(lambda: self._try_connect(a.host, port), 10, "connect to the lease")
+            time.sleep(2)
+            self.assertEqual(readyz(new)[0], 503)
+        finally:
+            self.etcd.resume()
+        # the executor that waited is served once the sidecar has resumed
+        ok, why = echo_exchange(s, 90, 256 * 1024)
+        s.close()
+        self.assertTrue(ok, "the executor that waited through the outage: %s" % why)
+        wait_for(lambda: readyz(new) == (200, "ready"), 30, "relay-a ready once etcd is back")
+        self.assertEqual(H.read_spark_json(sc.spark_json)["lease"], lease["lease"])
+        self.assertTrue(new.alive())
 
     def test_one_resume_token_on_two_relays_at_once_resumes_once(self):
         # Both relays check the token against the same revision of the

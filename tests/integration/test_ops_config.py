@@ -467,6 +467,14 @@ class CheckConfigTest(X.XCase):
              "relay.fleet.peer_advertise: %s (got \"0.0.0.0:8444\")" % rule),
             ("port 0 advertise", {"peer_advertise": "10.0.0.1:0"},
              "relay.fleet.peer_advertise: %s (got \"10.0.0.1:0\")" % rule),
+            ("etcd endpoint without a scheme", {"etcd": ["etcd-0:2379"]},
+             "relay.fleet.etcd: etcd endpoint \"etcd-0:2379\": want http://host:port or "
+             "https://host:port"),
+            ("etcd endpoint with a path", {"etcd": ["http://127.0.0.1:9", "https://e:2379/v3"]},
+             "relay.fleet.etcd: etcd endpoint \"https://e:2379/v3\": want http(s)://host:port "
+             "with no path or user"),
+            ("missing etcd CA", {"etcd_ca": "/nonexistent/etcd-ca.pem"},
+             "relay.fleet.etcd_ca, etcd_cert, etcd_key: the CA file /nonexistent/etcd-ca.pem"),
             ("short secret", {"secret_file": short},
              "fleet secret /tmp/"),  # long paths are cut
         ]
@@ -481,7 +489,7 @@ class CheckConfigTest(X.XCase):
             if name == "short secret":
                 self.assertIn(": must hold 32 to 1024 bytes, it holds 10", r.stderr)
             self.assertNotIn("\x1b", r.stderr, name)
-            if name != "short secret":  # a file: not the loader's, no place in the file
+            if name not in ("short secret", "missing etcd CA"):  # files: no place in the file
                 self.assertRegex(r.stderr, r"^%s:\d+:\d+: relay\.fleet\." % re.escape(path),
                                  name)
         cfg = self.relay_cfg()
@@ -489,7 +497,7 @@ class CheckConfigTest(X.XCase):
         r = run("check-config", self.write("fleet-good.json", cfg), env=clean_env())
         self.assertEqual(r.returncode, 0, r.stderr)
         # The relay refuses the same at start, in the same words.
-        for name, fleet, want in (cases[4], cases[-1]):
+        for name, fleet, want in (cases[4], cases[9], cases[-1]):
             cfg = self.relay_cfg()
             cfg["relay"]["listen"] = "127.0.0.1:%d" % H.free_port()
             cfg["relay"]["fleet"] = dict(good, **fleet)
