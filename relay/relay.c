@@ -217,6 +217,18 @@ static SSL_CTX *tls_ctx(const struct relay_opts *o, unsigned char sha[32], char 
 	return ctx;
 }
 
+/* When the certificate of ctx expires, seconds since the Unix epoch; 0 if
+ * unknown. */
+static int64_t cert_not_after(SSL_CTX *ctx)
+{
+	X509 *x = ctx ? SSL_CTX_get0_certificate(ctx) : NULL;
+	struct tm tm;
+
+	if (!x || ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) != 1)
+		return 0;
+	return (int64_t)timegm(&tm);
+}
+
 /* A reload's TLS context in force for new tunnels (those up keep theirs);
  * a new certificate is logged with its subject and end of validity. */
 static void tls_swap(struct relay *r, SSL_CTX *ctx, const unsigned char sha[32])
@@ -542,6 +554,7 @@ uint16_t relay_listen_port(const struct relay *r)
 void relay_get_stats(const struct relay *r, struct relay_stats *st)
 {
 	*st = r->st;
+	st->tls_cert_not_after = cert_not_after(r->ssl_ctx);
 	st->leases_active = 0;
 	for (struct relay_pool_rt *pr = r->pools; pr; pr = pr->next)
 		st->leases_active += relay_lease_count(pr->t);

@@ -133,6 +133,7 @@ struct relay_stats {
 	uint64_t auto_reloads_ok, auto_reloads_failed; /* of those, by the file watch */
 	int last_reload_ok;            /* the last reload (or the start) succeeded */
 	uint64_t last_reload_ok_unix_ms; /* wall clock of the start or last good reload */
+	int64_t tls_cert_not_after;      /* relay.tls.cert in use expires, Unix s; 0: unknown */
 	struct relay_hist tunnel_rtt;   /* PING round trips */
 	struct relay_hist pending_wait; /* executor wait for a tunnel that came back */
 	/* The fleet (relay.fleet); all 0 without it. */

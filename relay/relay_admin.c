@@ -540,6 +540,13 @@ static void render_metrics(struct relay *r, const struct relay_admin *admin,
 		    "When the configuration in force was loaded, seconds since the Unix epoch.");
 	evbuffer_add_printf(b, "sparkrelay_config_last_reload_success_timestamp_seconds %.3f\n",
 			    (double)st.last_reload_ok_unix_ms / 1e3);
+	if (st.tls_cert_not_after > 0) {
+		metric_head(b, "sparkrelay_tls_certificate_expiry_timestamp_seconds", "gauge",
+			    "When the certificate new tunnels get (relay.tls.cert) expires, seconds "
+			    "since the Unix epoch.");
+		evbuffer_add_printf(b, "sparkrelay_tls_certificate_expiry_timestamp_seconds %lld\n",
+				    (long long)st.tls_cert_not_after);
+	}
 
 	if (admin)
 		guard_metrics(b, "admin", "Admin API", "relay.admin.max_connections",

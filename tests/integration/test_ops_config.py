@@ -259,9 +259,19 @@ class TlsWatchTest(WatchCase):
         with open(path) as f:
             return ssl.PEM_cert_to_DER_cert(f.read())
 
+    @staticmethod
+    def not_after(path):
+        out = subprocess.run(["openssl", "x509", "-noout", "-enddate", "-in", path],
+                             capture_output=True, text=True, check=True).stdout
+        return int(ssl.cert_time_to_seconds(out.strip().split("=", 1)[1]))
+
+    def expiry_metric(self):
+        return A.metric(self.metrics(), "sparkrelay_tls_certificate_expiry_timestamp_seconds")
+
     def test_a_renewed_certificate_is_used_for_new_tunnels(self):
         st, c = self.stack, H.certs()
         self.assertEqual(self.served_cert(), self.der(c.relay_cert))
+        self.assertEqual(self.expiry_metric(), self.not_after(c.relay_cert))
         st.start_tunnel()
         self.track(st.tunnel)
         st.start_driver()
@@ -278,6 +288,7 @@ class TlsWatchTest(WatchCase):
         self.assertTrue(ok, "the renewed certificate is not served")
         self.assertTrue(X.wait_log(self.relay, "relay.tls.cert: a new certificate for new "
                                                "tunnels (/CN=localhost, valid until", 5))
+        self.assertEqual(self.expiry_metric(), self.not_after(renewed[0]))
         self.assertTrue(self.relay.grep("tls.crt changed: reloading (relay.reload.watch)") or
                         self.relay.grep("tls.key changed: reloading (relay.reload.watch)"))
         self.assertIsNone(e.check(), "the tunnel up was disturbed")
