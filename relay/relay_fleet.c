@@ -1600,6 +1600,11 @@ void relay_fleet_stats(const struct relay_fleet *f, struct relay_stats *st)
 		st->fleet_leases += strncmp(kv->key, "leases/", 7) == 0;
 }
 
+int relay_fleet_registered(const struct relay_fleet *f)
+{
+	return f->self_keeper != NULL;
+}
+
 int relay_fleet_withdrawing(const struct relay_fleet *f)
 {
 	return f->withdrawing;

@@ -787,6 +787,13 @@ static void on_hello(struct relay_handover *h, const json_t *j)
 			 r->o->listen, sr_esc_n(listen ? listen : "", 128, lb, sizeof(lb)));
 	} else if (r->draining) {
 		snprintf(why, sizeof(why), "this relay is draining");
+	} else if (r->fleet && !relay_fleet_registered(r->fleet)) {
+		/* A new process could not resume this relay's sidecars before
+		 * etcd confirms it: their executors would wait. Here they are
+		 * served meanwhile. */
+		snprintf(why, sizeof(why), "this relay is not registered in the fleet's etcd now "
+					   "(unreachable?); its sidecars could not resume on a "
+					   "new relay until it is");
 	} else {
 		why[0] = '\0';
 	}

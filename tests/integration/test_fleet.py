@@ -34,6 +34,10 @@
     three members stopped as long: etcd renews leases when a leader is
     elected, and the relay's next keepalive holds the grace lease (never
     deleted nor made again);
+  - a rolling update (live handover) while etcd is stopped: the new relay
+    is not ready until etcd is back, then serves the executor that waited;
+    once the relay's registration is lost, a takeover is refused and the
+    relay goes on serving;
   - a relay that cannot read the lease table, or register itself, when it
     starts answers /readyz with 503 and why (sparkrelay_ready 0), refuses
     a registration with `fleet_unavailable` after its bound, and once etcd
@@ -1418,6 +1422,47 @@ class FleetTest(FleetCase):
         wait_for(lambda: readyz(new) == (200, "ready"), 30, "relay-a ready once etcd is back")
         self.assertEqual(H.read_spark_json(sc.spark_json)["lease"], lease["lease"])
         self.assertTrue(new.alive())
+
+    def test_a_takeover_is_refused_while_the_relay_is_not_registered_in_etcd(self):
+        # etcd unreachable for longer than the relay's registration TTL: a
+        # new process could not resume the sidecars, so the running relay
+        # refuses the takeover and goes on serving; once it is registered
+        # again the takeover goes through.
+        ho = os.path.join(tempfile.mkdtemp(prefix="ho-", dir=H.root_dir()), "ho.sock")
+        over = {"relay": {"handover_socket": ho, "handover_timeout_ms": 10000,
+                          "fleet": {"ttl_s": 2,
+                                    "peer_listen": "%s:%d" % (HOSTS[0], H.free_port(HOSTS[0]))}}}
+        a = self.start_relay("relay-a", HOSTS[0], overrides=over)
+        sc = self.start_sidecar("sc", a)
+        lease = self.lease_of(sc)
+        port = int(lease["ports"]["driver"])
+        self.driver = H.Driver({"driver": port})
+        self.driver.start()
+        s = wait_for(lambda: self._try_connect(a.host, port), 10, "connect to the lease")
+        argv = [H.BIN, "relay", "--config", os.path.join(self.dir, "relay-a.json"), "--takeover"]
+        self.etcd.pause()
+        try:
+            wait_for(lambda: a.grep("this relay's registration in etcd is lost"), 15,
+                     "relay-a's registration lost")
+            late = H.Proc("relay-a-late", argv, self.dir).start()
+            self.procs.append(late)
+            self.assertNotEqual(late.p.wait(20), 0, "the takeover was not refused")
+            self.assertTrue(late.grep("this relay is not registered in the fleet's etcd now"),
+                            late.tail())
+            self.assertTrue(a.alive())
+            ok, why = echo_exchange(s, 95, 256 * 1024)
+            self.assertTrue(ok, "after the refused takeover: %s" % why)
+        finally:
+            self.etcd.resume()
+        wait_for(lambda: len(a.grep("registered in the fleet as relay-a")) >= 2, 30,
+                 "relay-a registered again")
+        new = H.Proc("relay-a-new", argv, self.dir).start()
+        self.procs.append(new)
+        new.host, new.port, new.fid = a.host, a.port, "relay-a"
+        self.assertEqual(a.p.wait(20), 0, "the takeover after etcd came back")
+        ok, why = echo_exchange(s, 96, 256 * 1024)
+        s.close()
+        self.assertTrue(ok, "after the takeover: %s" % why)
 
     def test_one_resume_token_on_two_relays_at_once_resumes_once(self):
         # Both relays check the token against the same revision of the
