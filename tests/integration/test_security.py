@@ -1,6 +1,10 @@
 """Security: the sidecar only trusts a relay its CA vouches for; the relay only
 grants leases to sidecars that prove who they are (client certificate, bearer
-token); and one identity can never resume another identity's lease."""
+token); and one identity can never resume another identity's lease. A client
+certificate renewed in place (same CN) is used at the next dial and resumes
+the lease; one from a rotated CA too, once the relay trusts that CA; a
+certificate written before its key leaves the pair read before in use; a
+sidecar the relay no longer trusts retries with backoff, not in a loop."""
 
 import json
 import os
@@ -144,6 +148,43 @@ class ClientCertRotationTest(SecCase):
         self.assertIsNone(X.echo_once(j["host"], sc.ports()["driver"], seed=5))
         e.close()
 
+
+    def test_files_that_do_not_load_leave_the_ones_read_before(self):
+        # A certificate written before its key (the pair does not match
+        # for a moment): the sidecar says so once and dials with what it
+        # read before; the whole pair then takes effect at the next dial.
+        c = H.certs()
+        files = os.path.join(self.stack.dir, "sc-tls")
+        os.makedirs(files)
+        cert, key = os.path.join(files, "tls.crt"), os.path.join(files, "tls.key")
+        shutil.copy(c.client_cert, cert)
+        shutil.copy(c.client_key, key)
+        sc = self.sidecar("sc", {"tunnel": {"tls": {"cert": cert, "key": key}}}).start()
+        j = sc.wait_lease(15)
+        renewed = os.path.join(self.stack.dir, "renewed")
+        os.makedirs(renewed)
+        H._make_leaf(renewed, "client", "sidecar-1", os.path.join(c.dir, "ca"),
+                     ["extendedKeyUsage=clientAuth"])  # the same CN: the same identity
+        new_cert, new_key = (os.path.join(renewed, "client.pem"),
+                             os.path.join(renewed, "client.key"))
+
+        def cut_and_resume():
+            n = X.log_count(sc.proc, "lease resumed")
+            r = subprocess.run(["ss", "-K", "dst", "127.0.0.1", "dport", "=",
+                                ":%d" % self.stack.relay_port], capture_output=True, text=True)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertTrue(X.wait_log(sc.proc, "lease resumed", 15, count=n + 1),
+                            sc.proc.tail())
+            self.assertEqual(sc.lease()["lease"], j["lease"])
+
+        shutil.copy(new_cert, cert)  # the key is still the old one
+        cut_and_resume()
+        self.assertTrue(sc.proc.grep("tunnel.tls: the files changed but cannot be used"),
+                        sc.proc.tail())
+        self.assertFalse(sc.proc.grep("this tunnel and the next use them"))
+        shutil.copy(new_key, key)
+        cut_and_resume()
+        self.assertEqual(len(sc.proc.grep("this tunnel and the next use them")), 1)
 
     def test_a_sidecar_the_relay_no_longer_trusts_retries_gently(self):
         # The relay's client CA changed, the sidecar's certificate did not.
