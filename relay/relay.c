@@ -425,11 +425,11 @@ void relay_free(struct relay *r)
 }
 
 /* Settings a reload cannot change: the listeners are bound once per
- * process (the TLS files are read again: relay_reload). The new options
- * keep the running values
- * (swapped, each string still owned once), so that r->o always says what this
- * process uses: a takeover is refused unless its relay.listen is the listener
- * passed on, and the fleet advertises relay.listen to the other relays. */
+ * process (the TLS files, though, are read again: relay_reload). The new
+ * options keep the running values (swapped, each string still owned once),
+ * so that r->o always says what this process uses: a takeover is refused
+ * unless its relay.listen is the listener passed on, and the fleet
+ * advertises relay.listen to the other relays. */
 static void keep_restart_only(struct relay_opts *run, struct relay_opts *o)
 {
 	static const struct {

@@ -696,7 +696,9 @@ static int bind_port(const struct relay_pool_rt *pr, int port)
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
 	    bind(fd, (struct sockaddr *)&ss, len) < 0 ||
 	    listen(fd, pr->opts.backlog ? (int)pr->opts.backlog : 1024) < 0) {
+		int e = errno; /* the caller tells EADDRINUSE apart */
 		close(fd);
+		errno = e;
 		return -1;
 	}
 	return fd;
@@ -785,13 +787,14 @@ static void lease_bind(struct relay_fleet *f, struct fl_kv *kv)
 		st.ports[i] = (uint16_t)fl.ports[i];
 		st.fds[i] = bind_port(pr, fl.ports[i]);
 		if (st.fds[i] < 0) {
-			if (!kv->warned)
-				SR_WARN(FL_CTX, "lease=%s: cannot bind port %d here: %s; trying "
-						"again",
-					id, fl.ports[i], strerror(errno));
-			kv->warned = 1;
 			/* another program holds the port: it may let go */
-			if (errno == EADDRINUSE) {
+			int busy = errno == EADDRINUSE;
+			if (!kv->warned)
+				SR_WARN(FL_CTX, "lease=%s: cannot bind port %d here: %s%s", id,
+					fl.ports[i], strerror(busy ? EADDRINUSE : errno),
+					busy ? "; trying again" : "");
+			kv->warned = 1;
+			if (busy) {
 				f->bind_failed = 1;
 				if (!evtimer_pending(f->bind_retry, NULL))
 					retry_later(f->bind_retry, &f->bind_backoff_ms);
