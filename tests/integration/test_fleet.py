@@ -100,6 +100,30 @@ class FleetTest(FleetCase):
         self.procs.append(p)
         return p
 
+    def handover_relay(self, fleet=None, lease=None):
+        """relay-a with a handover socket and a fixed peer port, a sidecar on it
+        and the driver of its lease: (relay, lease, driver port)."""
+        ho = os.path.join(tempfile.mkdtemp(prefix="ho-", dir=H.root_dir()), "ho.sock")
+        over = {"relay": {"handover_socket": ho, "handover_timeout_ms": 10000,
+                          "lease": dict(lease or {}),
+                          "fleet": dict(fleet or {}, peer_listen="%s:%d" % (
+                              HOSTS[0], H.free_port(HOSTS[0])))}}
+        a = self.start_relay("relay-a", HOSTS[0], overrides=over)
+        sc = self.start_sidecar("sc", a)
+        lease_msg = self.lease_of(sc)
+        port = int(lease_msg["ports"]["driver"])
+        self.driver = H.Driver({"driver": port})
+        self.driver.start()
+        return a, sc, lease_msg, port
+
+    def takeover_proc(self, name, a):
+        """A new relay process with --takeover on relay-a's configuration."""
+        p = H.Proc(name, [H.BIN, "relay", "--config", os.path.join(self.dir, "relay-a.json"),
+                          "--takeover"], self.dir).start()
+        self.procs.append(p)
+        p.host, p.port, p.fid = a.host, a.port, "relay-a"
+        return p
+
     # -- tests
 
     def test_resume_on_another_relay(self):
@@ -1389,24 +1413,11 @@ class FleetTest(FleetCase):
         # process is not ready meanwhile, which holds the rollout on this
         # node instead of doing the same to every node. Once etcd is back
         # it joins, turns ready, and the lease is resumed and served.
-        ho = os.path.join(tempfile.mkdtemp(prefix="ho-", dir=H.root_dir()), "ho.sock")
-        over = {"relay": {"handover_socket": ho, "handover_timeout_ms": 10000,
-                          "lease": {"pending_timeout_ms": 30000},
-                          "fleet": {"peer_listen": "%s:%d" % (HOSTS[0], H.free_port(HOSTS[0]))}}}
-        a = self.start_relay("relay-a", HOSTS[0], overrides=over)
-        sc = self.start_sidecar("sc", a)
-        lease = self.lease_of(sc)
-        port = int(lease["ports"]["driver"])
-        self.driver = H.Driver({"driver": port})
-        self.driver.start()
+        a, sc, lease, port = self.handover_relay(lease={"pending_timeout_ms": 30000})
         self.assertEqual(readyz(a), (200, "ready"))
         self.etcd.pause()
         try:
-            new = H.Proc("relay-a-new", [H.BIN, "relay", "--config",
-                                         os.path.join(self.dir, "relay-a.json"), "--takeover"],
-                         self.dir).start()
-            self.procs.append(new)
-            new.host, new.port, new.fid = a.host, a.port, "relay-a"
+            new = self.takeover_proc("relay-a-new", a)
             self.assertEqual(a.p.wait(20), 0, "the old relay-a did not hand over")
             wait_for(lambda: admin_port(new), 10, "the new relay's admin API")
             self.assertEqual(readyz(new)[0], 503)
@@ -1428,24 +1439,13 @@ class FleetTest(FleetCase):
         # new process could not resume the sidecars, so the running relay
         # refuses the takeover and goes on serving; once it is registered
         # again the takeover goes through.
-        ho = os.path.join(tempfile.mkdtemp(prefix="ho-", dir=H.root_dir()), "ho.sock")
-        over = {"relay": {"handover_socket": ho, "handover_timeout_ms": 10000,
-                          "fleet": {"ttl_s": 2,
-                                    "peer_listen": "%s:%d" % (HOSTS[0], H.free_port(HOSTS[0]))}}}
-        a = self.start_relay("relay-a", HOSTS[0], overrides=over)
-        sc = self.start_sidecar("sc", a)
-        lease = self.lease_of(sc)
-        port = int(lease["ports"]["driver"])
-        self.driver = H.Driver({"driver": port})
-        self.driver.start()
+        a, sc, lease, port = self.handover_relay(fleet={"ttl_s": 2})
         s = wait_for(lambda: self._try_connect(a.host, port), 10, "connect to the lease")
-        argv = [H.BIN, "relay", "--config", os.path.join(self.dir, "relay-a.json"), "--takeover"]
         self.etcd.pause()
         try:
             wait_for(lambda: a.grep("this relay's registration in etcd is lost"), 15,
                      "relay-a's registration lost")
-            late = H.Proc("relay-a-late", argv, self.dir).start()
-            self.procs.append(late)
+            late = self.takeover_proc("relay-a-late", a)
             self.assertNotEqual(late.p.wait(20), 0, "the takeover was not refused")
             self.assertTrue(late.grep("this relay is not registered in the fleet's etcd now"),
                             late.tail())
@@ -1456,9 +1456,7 @@ class FleetTest(FleetCase):
             self.etcd.resume()
         wait_for(lambda: len(a.grep("registered in the fleet as relay-a")) >= 2, 30,
                  "relay-a registered again")
-        new = H.Proc("relay-a-new", argv, self.dir).start()
-        self.procs.append(new)
-        new.host, new.port, new.fid = a.host, a.port, "relay-a"
+        self.takeover_proc("relay-a-new", a)
         self.assertEqual(a.p.wait(20), 0, "the takeover after etcd came back")
         ok, why = echo_exchange(s, 96, 256 * 1024)
         s.close()

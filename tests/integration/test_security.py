@@ -106,7 +106,10 @@ class ClientCertRotationTest(SecCase):
                                                   "require_client_cert": True}}}
         super().setUp()
 
-    def test_renewed_client_certificate_is_used_at_the_next_dial(self):
+    def sidecar_with_cert_files(self):
+        """A sidecar whose client certificate and key are copies in a folder of
+        their own (so the test can renew them), with its lease:
+        (sidecar, lease, cert path, key path)."""
         c = H.certs()
         files = os.path.join(self.stack.dir, "sc-tls")
         os.makedirs(files)
@@ -114,7 +117,10 @@ class ClientCertRotationTest(SecCase):
         shutil.copy(c.client_cert, cert)
         shutil.copy(c.client_key, key)
         sc = self.sidecar("sc", {"tunnel": {"tls": {"cert": cert, "key": key}}}).start()
-        j = sc.wait_lease(15)
+        return sc, sc.wait_lease(15), cert, key
+
+    def test_renewed_client_certificate_is_used_at_the_next_dial(self):
+        sc, j, cert, key = self.sidecar_with_cert_files()
         drv = H.Driver(sc.ports(), default=h_echo).start()
         self.addCleanup(drv.stop)
         e = X.Echoer(j["host"], sc.ports()["driver"])
@@ -154,13 +160,7 @@ class ClientCertRotationTest(SecCase):
         # for a moment): the sidecar says so once and dials with what it
         # read before; the whole pair then takes effect at the next dial.
         c = H.certs()
-        files = os.path.join(self.stack.dir, "sc-tls")
-        os.makedirs(files)
-        cert, key = os.path.join(files, "tls.crt"), os.path.join(files, "tls.key")
-        shutil.copy(c.client_cert, cert)
-        shutil.copy(c.client_key, key)
-        sc = self.sidecar("sc", {"tunnel": {"tls": {"cert": cert, "key": key}}}).start()
-        j = sc.wait_lease(15)
+        sc, j, cert, key = self.sidecar_with_cert_files()
         renewed = os.path.join(self.stack.dir, "renewed")
         os.makedirs(renewed)
         H._make_leaf(renewed, "client", "sidecar-1", os.path.join(c.dir, "ca"),
