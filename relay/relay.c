@@ -22,7 +22,6 @@
 
 #include <openssl/asn1.h>
 #include <openssl/bio.h>
-#include <openssl/evp.h>
 #include <openssl/x509.h>
 
 /* The tunnel listener stops this long after accept() fails (EMFILE...). */
@@ -201,20 +200,11 @@ void relay_drain(struct relay *r)
 	drain_check_cb(-1, 0, r);
 }
 
-/* The tunnel listener's TLS context from o's files, and the SHA-256 of its
- * leaf certificate. */
-static SSL_CTX *tls_ctx(const struct relay_opts *o, unsigned char sha[32], char *err,
-			size_t errlen)
+/* The tunnel listener's TLS context from o's files. */
+static SSL_CTX *tls_ctx(const struct relay_opts *o, char *err, size_t errlen)
 {
-	SSL_CTX *ctx = tun_tls_server_ctx(o->cert_file, o->key_file, o->client_ca_file,
-					  o->require_client_cert, err, errlen);
-	X509 *x = ctx ? SSL_CTX_get0_certificate(ctx) : NULL;
-	unsigned int n = 32;
-
-	memset(sha, 0, 32);
-	if (x && X509_digest(x, EVP_sha256(), sha, &n) != 1)
-		memset(sha, 0, 32);
-	return ctx;
+	return tun_tls_server_ctx(o->cert_file, o->key_file, o->client_ca_file,
+				  o->require_client_cert, err, errlen);
 }
 
 /* When the certificate of ctx expires, seconds since the Unix epoch; 0 if
@@ -231,13 +221,13 @@ static int64_t cert_not_after(SSL_CTX *ctx)
 
 /* A reload's TLS context in force for new tunnels (those up keep theirs);
  * a new certificate is logged with its subject and end of validity. */
-static void tls_swap(struct relay *r, SSL_CTX *ctx, const unsigned char sha[32])
+static void tls_swap(struct relay *r, SSL_CTX *ctx)
 {
-	X509 *x = SSL_CTX_get0_certificate(ctx);
+	X509 *x = SSL_CTX_get0_certificate(ctx), *old = SSL_CTX_get0_certificate(r->ssl_ctx);
 	char subj[256] = "", esc[SR_ESC_SIZE(255)], until[64] = "", uesc[SR_ESC_SIZE(63)];
 	BIO *b;
 
-	if (memcmp(sha, r->cert_sha256, 32) != 0 && x) {
+	if (x && (!old || X509_cmp(old, x) != 0)) {
 		X509_NAME_oneline(X509_get_subject_name(x), subj, sizeof(subj));
 		if ((b = BIO_new(BIO_s_mem())) != NULL) {
 			int n = ASN1_TIME_print(b, X509_get0_notAfter(x)) == 1
@@ -252,7 +242,6 @@ static void tls_swap(struct relay *r, SSL_CTX *ctx, const unsigned char sha[32])
 			sr_esc(subj, esc, sizeof(esc)),
 			until[0] ? sr_esc(until, uesc, sizeof(uesc)) : "?");
 	}
-	memcpy(r->cert_sha256, sha, 32);
 	SSL_CTX_free(r->ssl_ctx);
 	r->ssl_ctx = ctx;
 }
@@ -288,7 +277,7 @@ struct relay *relay_new_adopt(struct event_base *base, struct relay_opts *o,
 			  o->listen ? o->listen : "");
 		goto fail;
 	}
-	r->ssl_ctx = tls_ctx(o, r->cert_sha256, err, errlen);
+	r->ssl_ctx = tls_ctx(o, err, errlen);
 	if (!r->ssl_ctx)
 		goto fail;
 	r->pol = calloc(1, sizeof(*r->pol));
@@ -464,10 +453,9 @@ int relay_reload(struct relay *r, struct relay_opts *o, char *err, size_t errlen
 {
 	struct relay_pol *np;
 	struct relay_opts tmp;
-	unsigned char sha[32];
 	/* Read again, so that a certificate renewed in place (a Kubernetes
 	 * Secret) is used by the tunnels that come next. */
-	SSL_CTX *ctx = tls_ctx(o, sha, err, errlen);
+	SSL_CTX *ctx = tls_ctx(o, err, errlen);
 
 	if (!ctx) {
 		relay_count_reload_failure(r);
@@ -503,7 +491,7 @@ int relay_reload(struct relay *r, struct relay_opts *o, char *err, size_t errlen
 		return SR_ENOMEM;
 	}
 	keep_restart_only(r->o, o);
-	tls_swap(r, ctx, sha);
+	tls_swap(r, ctx);
 	relay_pol_unref(r->pol);
 	r->pol = np;
 	tmp = *r->o;

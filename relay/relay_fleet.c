@@ -229,7 +229,6 @@ struct relay_fleet {
 	 * looked at again with backoff, etcd may not change meanwhile */
 	struct event *bind_retry;
 	long bind_backoff_ms;
-	int bind_failed; /* since bind_retry_cb last ran */
 	struct fl_held *held;
 	struct fleet_reg *regs;
 	/* is the mirror behind etcd? (REG_STALE) */
@@ -794,11 +793,8 @@ static void lease_bind(struct relay_fleet *f, struct fl_kv *kv)
 					fl.ports[i], strerror(busy ? EADDRINUSE : errno),
 					busy ? "; trying again" : "");
 			kv->warned = 1;
-			if (busy) {
-				f->bind_failed = 1;
-				if (!evtimer_pending(f->bind_retry, NULL))
-					retry_later(f->bind_retry, &f->bind_backoff_ms);
-			}
+			if (busy && !evtimer_pending(f->bind_retry, NULL))
+				retry_later(f->bind_retry, &f->bind_backoff_ms);
 			for (int k = 0; k < TUN_PORT_MAX; k++)
 				if (st.fds[k] >= 0)
 					close(st.fds[k]);
@@ -2483,10 +2479,9 @@ static void bind_retry_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	f->bind_failed = 0;
 	if (f->synced && !f->frozen)
 		reconcile(f);
-	if (!f->bind_failed)
+	if (!evtimer_pending(f->bind_retry, NULL)) /* no port still busy re-armed it */
 		f->bind_backoff_ms = 0;
 }
 

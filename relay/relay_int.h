@@ -168,7 +168,6 @@ struct relay {
 	struct event_base *base;
 	struct relay_opts *o; /* the caller's struct; relay_reload swaps its content */
 	SSL_CTX *ssl_ctx;     /* for new tunnels; a reload may swap in another */
-	unsigned char cert_sha256[32]; /* of its leaf certificate */
 	struct evconnlistener *listener;
 	struct relay_pol *pol; /* current policy (one reference) */
 	struct relay_pool_rt *pools;

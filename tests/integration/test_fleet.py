@@ -1372,11 +1372,7 @@ class FleetTest(FleetCase):
             ok, why = echo_exchange(s, 700 + i, 256 * 1024)
             self.assertTrue(ok, "%s before the takeover: %s" % (name, why))
         t0 = time.monotonic()
-        new = H.Proc("relay-a-new", [H.BIN, "relay", "--config",
-                                     os.path.join(self.dir, "relay-a.json"), "--takeover"],
-                     self.dir).start()
-        self.procs.append(new)
-        new.host, new.port, new.fid = a.host, a.port, "relay-a"
+        new = self.takeover_proc("relay-a-new", a)
         rc = a.p.wait(20)
         self.assertEqual(rc, 0, "the old relay-a exited %s" % rc)
         wait_for(lambda: new.grep("resumed in the fleet"), 20, "the lease resumed on relay-a")
