@@ -30,7 +30,7 @@ struct sr_http_opts {
 	const char *listen;   /* "host:port" or "[v6]:port"; port 0 picks a free port */
 	size_t max_headers;   /* bytes; larger requests are refused by evhttp */
 	size_t max_body;      /* bytes */
-	unsigned max_conns;   /* open at once; more are closed on accept */
+	unsigned max_conns;   /* open at once; a new one closes the oldest */
 	unsigned deadline_ms; /* each connection is closed this long after its accept */
 	/* Not NULL: a listen host that is not loopback (sr_host_is_loopback) is
 	 * refused before anything is bound, with this advice after the reason. */

@@ -55,7 +55,8 @@ struct guard_conn {
 	struct event *timer;		 /* attach, then the deadline */
 	uint64_t t0_us;			 /* accepted at */
 	int attached;			 /* evhttp owns bev alone, closecb set */
-	int over_cap;			 /* accepted with max_conns already open */
+	int admitted;			 /* counted in active (attached, not refused) */
+	char src[64];			 /* the client's address, numeric */
 	struct guard_conn *prev, *next;
 };
 
@@ -63,7 +64,7 @@ struct sr_http_guard {
 	struct event_base *base;
 	unsigned max_conns;
 	unsigned deadline_ms;
-	int at_cap_logged; /* one warning per episode at the cap */
+	uint64_t warned_us; /* last warning about evictions */
 	struct guard_conn *conns;
 	struct guard_conn *closing; /* set while we ask evhttp to close it */
 	struct sr_http_guard_stats st;
@@ -80,12 +81,10 @@ static void conn_unlink(struct guard_conn *c)
 		g->conns = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
-	if (!c->over_cap && g->st.active > 0)
+	if (c->admitted && g->st.active > 0)
 		g->st.active--;
 	if (g->closing == c)
 		g->closing = NULL;
-	if (g->st.active < g->max_conns)
-		g->at_cap_logged = 0;
 }
 
 /* The record only; the bufferevent is evhttp's (or was released). May run
@@ -122,6 +121,71 @@ static void conn_close(struct guard_conn *c)
 	}
 }
 
+/* The oldest admitted connection, of source src (or of any when src is
+ * NULL), and how many there are. The list runs newest first. */
+static struct guard_conn *oldest_of(struct sr_http_guard *g, const char *src, unsigned *n)
+{
+	struct guard_conn *oldest = NULL;
+
+	*n = 0;
+	for (struct guard_conn *o = g->conns; o; o = o->next)
+		if (o->admitted && (!src || strcmp(o->src, src) == 0)) {
+			oldest = o;
+			(*n)++;
+		}
+	return oldest;
+}
+
+/* Close the oldest connection to make room for a new one; said at most
+ * every 10 s, with the count so far. */
+static void evict(struct sr_http_guard *g, struct guard_conn *victim, const char *why)
+{
+	uint64_t now = sr_now_us();
+
+	g->st.evicted++;
+	if (!g->warned_us || now - g->warned_us >= 10u * 1000000u) {
+		g->warned_us = now;
+		SR_WARN(g->ctx,
+			"%s: closing the oldest to make room (%llu closed so, counted as "
+			"evicted)",
+			why, (unsigned long long)g->st.evicted);
+	}
+	conn_close(victim);
+}
+
+/* A new connection is always let in: at the cap the oldest makes room, first
+ * of its own source when that source holds half the cap. Refusing the
+ * newcomer instead let a few connections that send nothing shut out every
+ * health probe and scrape for as long as they were renewed; now such a
+ * client has to open max_conns connections within the few milliseconds a
+ * probe takes to push it out, and one source cannot push out another's. */
+static void admit(struct sr_http_guard *g, struct guard_conn *c)
+{
+	unsigned per_src = g->max_conns > 1 ? g->max_conns / 2 : 1, n;
+	struct guard_conn *victim = oldest_of(g, c->src, &n);
+	char why[160];
+
+	if (victim && n >= per_src) {
+		snprintf(why, sizeof(why), "%u connections open from %s", n, c->src);
+		evict(g, victim, why);
+	}
+	victim = oldest_of(g, NULL, &n);
+	if (victim && n >= g->max_conns) {
+		snprintf(why, sizeof(why), "%u connections open", n);
+		evict(g, victim, why);
+	}
+	if (g->st.active >= g->max_conns) {
+		/* nothing could be closed (never seen: see conn_close) */
+		g->st.refused++;
+		SR_WARN(g->ctx, "%u connections open: a new one is closed", g->max_conns);
+		conn_close(c);
+		return;
+	}
+	c->admitted = 1;
+	g->st.active++;
+	g->st.accepted++;
+}
+
 static void attach(struct guard_conn *c)
 {
 	struct sr_http_guard *g = c->g;
@@ -129,6 +193,8 @@ static void attach(struct guard_conn *c)
 	void *cbarg = NULL;
 	uint64_t elapsed_ms;
 	struct timeval tv;
+	char *addr = NULL;
+	ev_uint16_t port = 0;
 
 	bufferevent_getcb(c->bev, NULL, NULL, &ecb, &cbarg);
 	if (!ecb || !cbarg) {
@@ -142,19 +208,12 @@ static void attach(struct guard_conn *c)
 	evhttp_connection_set_closecb(c->evcon, on_conn_close, c);
 	c->attached = 1;
 	bufferevent_decref(c->bev); /* evhttp holds its own */
-	if (c->over_cap) {
-		g->st.refused++;
-		if (!g->at_cap_logged) {
-			g->at_cap_logged = 1;
-			SR_WARN(
-			    g->ctx,
-			    "%u connections open: closing new ones until one ends (counted as "
-			    "refused)",
-			    g->max_conns);
-		}
-		conn_close(c);
-		return;
-	}
+	/* numeric (evhttp asks getnameinfo for NI_NUMERICHOST) */
+	evhttp_connection_get_peer(c->evcon, &addr, &port);
+	snprintf(c->src, sizeof(c->src), "%s", addr ? addr : "");
+	admit(g, c);
+	if (!c->admitted)
+		return; /* closed and freed */
 	elapsed_ms = (sr_now_us() - c->t0_us) / 1000u;
 	elapsed_ms = elapsed_ms < g->deadline_ms ? g->deadline_ms - elapsed_ms : 0;
 	tv = sr_tv_ms(elapsed_ms);
@@ -198,12 +257,6 @@ static struct bufferevent *guard_bevcb(struct event_base *base, void *arg)
 	}
 	bufferevent_incref(c->bev);
 	c->t0_us = sr_now_us();
-	if (g->st.active >= g->max_conns) {
-		c->over_cap = 1;
-	} else {
-		g->st.active++;
-		g->st.accepted++;
-	}
 	c->next = g->conns;
 	if (g->conns)
 		g->conns->prev = c;

@@ -4,9 +4,13 @@
  * (and a file descriptor) forever, and nothing bounded their number. Used by
  * the relay's admin API and the sidecar's status listener.
  *
- * A connection over the cap is closed as soon as it is accepted; every
- * connection is closed at its deadline, counted from its accept, whatever
- * it is doing then (reading the request, waiting, writing the answer). The
+ * A new connection is always let in: with max_conns open, the oldest is
+ * closed to make room, and the oldest of the newcomer's own address when
+ * that address holds half of max_conns (so that connections that send
+ * nothing cannot keep health probes out, and one client cannot push out
+ * another's). Every connection is closed at its deadline, counted from its
+ * accept, whatever it is doing then (reading the request, waiting, writing
+ * the answer). The
  * deadline bounds a request only if each connection carries one request:
  * the server should answer with "Connection: close" (evhttp's own error
  * pages do). Both kinds of close are counted. */
@@ -21,8 +25,9 @@ struct sr_http_guard;
 
 struct sr_http_guard_stats {
 	uint64_t active;    /* connections open now */
-	uint64_t accepted;  /* admitted under the cap, since the start */
-	uint64_t refused;   /* closed on accept: max_conns were open */
+	uint64_t accepted;  /* admitted, since the start */
+	uint64_t evicted;   /* closed to make room for a newer one */
+	uint64_t refused;   /* closed on accept: none could make room */
 	uint64_t timed_out; /* closed at their deadline */
 };
 

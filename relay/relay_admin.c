@@ -363,10 +363,15 @@ static void guard_metrics(struct evbuffer *b, const char *prefix, const char *wh
 	snprintf(help, sizeof(help), "%s connections open now.", what);
 	metric_one(b, name, "gauge", help, gst.active);
 	snprintf(name, sizeof(name), "sparkrelay_%s_connections_total", prefix);
-	snprintf(help, sizeof(help), "%s connections accepted under %s.", what, cap);
+	snprintf(help, sizeof(help), "%s connections accepted.", what);
 	metric_one(b, name, "counter", help, gst.accepted);
+	snprintf(name, sizeof(name), "sparkrelay_%s_connections_evicted_total", prefix);
+	snprintf(help, sizeof(help), "%s connections closed to make room for a newer one (%s).",
+		 what, cap);
+	metric_one(b, name, "counter", help, gst.evicted);
 	snprintf(name, sizeof(name), "sparkrelay_%s_connections_refused_total", prefix);
-	snprintf(help, sizeof(help), "%s connections closed on accept: %s were open.", what, cap);
+	snprintf(help, sizeof(help), "%s connections closed on accept: none could make room.",
+		 what);
 	metric_one(b, name, "counter", help, gst.refused);
 	snprintf(name, sizeof(name), "sparkrelay_%s_connections_timed_out_total", prefix);
 	snprintf(help, sizeof(help), "%s connections closed at their deadline.", what);

@@ -17,8 +17,8 @@
  * <token>" when a token is configured (401 otherwise). Unknown paths get
  * 404, known paths with another method 405 (with an Allow header). Request
  * headers and bodies are capped (RELAY_ADMIN_MAX_*). At most
- * relay.admin.max_connections connections are open at once (more are closed
- * on accept), and each carries one request (answers say "Connection:
+ * relay.admin.max_connections connections are open at once (a new one closes
+ * the oldest), and each carries one request (answers say "Connection:
  * close") and is closed relay.admin.request_timeout_ms after its accept,
  * however slowly it sends (sr_http_guard.h); both are counted in /metrics.
  * Error bodies are JSON {"error": ".."}. */

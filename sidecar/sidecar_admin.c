@@ -17,10 +17,11 @@
 /* Nothing the sidecar serves needs more; larger requests are refused. */
 #define SC_ADMIN_MAX_HEADERS (8 * 1024)
 #define SC_ADMIN_MAX_BODY 1024
-/* A probe or two and a person with curl: more connections than this at
- * once are closed on accept, and each is closed this long after its accept
+/* A probe or two and a person with curl: at most this many connections
+ * are open at once, and each is closed this long after its accept
  * however slowly it sends (one request per connection). Fixed, as the
- * listener serves nothing that would need more. */
+ * listener serves nothing that would need more. A new connection closes
+ * the oldest (sr_http_guard.h). */
 #define SC_ADMIN_MAX_CONNS 16
 #define SC_ADMIN_DEADLINE_MS 10000
 

@@ -9,7 +9,7 @@
  * needs no token; it should still stay on loopback, and a warning is logged
  * when it does not. Unknown paths get 404, other methods 405. Request
  * headers and bodies are capped; at most 16 connections are open at once
- * (more are closed on accept), and each carries one request and is closed
+ * (a new one closes the oldest), and each carries one request and is closed
  * 10 s after its accept however slowly it sends (sr_http_guard.h). */
 #ifndef SIDECAR_ADMIN_H
 #define SIDECAR_ADMIN_H

@@ -4,8 +4,10 @@ process's file descriptors, by opening connections or sending slowly.
 Before these limits, every accepted admin connection stayed open as long as
 it sent a byte within evhttp's 10 s inactivity timeout, and nothing bounded
 their number: a loop of idle sockets exhausted the relay's descriptors.
-Now at most relay.admin.max_connections are open at once (more are closed
-as soon as they are accepted), each connection carries one request and is
+Now at most relay.admin.max_connections are open at once (a new one closes
+the oldest, of its own address when that address holds half: refusing the
+newcomer instead let a few idle connections keep every health probe out),
+each connection carries one request and is
 closed relay.admin.request_timeout_ms after its accept however slowly it
 sends, and both closes are counted in /metrics. The sidecar's status
 listener has the same limits with fixed values (16 connections, 10 s).
@@ -47,12 +49,14 @@ def metric_value(text, name):
     raise AssertionError("no sample %s in the metrics" % name)
 
 
-def idle_conns(port, n):
-    """n connections that send nothing (all connected before returning)."""
+def idle_conns(port, n, src="127.0.0.1"):
+    """n connections from address src that send nothing (all connected
+    before returning)."""
     out = []
     try:
         for _ in range(n):
-            out.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            out.append(socket.create_connection(("127.0.0.1", port), timeout=5,
+                                                source_address=(src, 0)))
     except BaseException:
         for s in out:
             s.close()
@@ -125,46 +129,71 @@ class LimitsCase(X.XCase):
                       "%s: still open after %.1f s" % (what, within))
         return took
 
-    def cap_is_enforced(self, port, cap, what):
-        """cap idle connections stay open; every one beyond is closed at once,
-        while those cap stay open."""
+    def oldest_make_room(self, port, cap, what):
+        """Idle connections from one address: only the newest cap/2 stay
+        open, and a request still gets its answer at once, then again with
+        cap idle connections from two addresses."""
+        half = cap // 2
         self.socks = idle_conns(port, cap)
         time.sleep(0.3)  # let the server accept them all
+        ok = X.wait_for(lambda: not any(still_open(s) for s in self.socks[:half]), 2)
+        self.assertTrue(ok, "%s: %d idle connections from one address, the oldest %d not "
+                        "closed" % (what, cap, half))
+        for i, s in enumerate(self.socks[half:]):
+            self.assertTrue(still_open(s), "%s: connection %d of the newest %d was closed"
+                            % (what, i + 1, half))
+        base = "http://127.0.0.1:%d" % port
         for i in range(3):
-            extra = socket.create_connection(("127.0.0.1", port), timeout=5)
-            try:
-                took = self.assert_closed_soon(extra, 2.0, "%s: connection %d over the cap of %d"
-                                               % (what, i + 1, cap))
-            finally:
-                extra.close()
-            self.assertLess(took, 2.0)
-        for i, s in enumerate(self.socks):
-            self.assertTrue(still_open(s), "%s: connection %d under the cap was closed"
-                            % (what, i + 1))
+            t0 = time.monotonic()
+            self.assertTrue(self._healthz(base), "%s: /healthz %d with %d idle connections "
+                            "open from its address" % (what, i + 1, half))
+            self.assertLess(time.monotonic() - t0, 1.0)
+        self._close_socks()
+        time.sleep(0.3)  # let the server see them closed
+        self.socks = idle_conns(port, half, "127.0.0.2") + idle_conns(port, half, "127.0.0.3")
+        time.sleep(0.3)
+        self.assertTrue(all(still_open(s) for s in self.socks),
+                        "%s: %d idle connections from each of two addresses" % (what, half))
+        self.assertTrue(self._healthz(base), "%s: /healthz with %d idle connections open"
+                        % (what, cap))
+        self._close_socks()
+
+    def one_address_cannot_push_out_another(self, port, cap, what):
+        """cap/2 idle connections from one address, then many more from
+        another: the first address's all stay open."""
+        half = cap // 2
+        kept = idle_conns(port, half, "127.0.0.3")
+        self.socks = list(kept)
+        time.sleep(0.2)
+        for _ in range(3):
+            self.socks += idle_conns(port, cap, "127.0.0.2")
+            time.sleep(0.2)
+        for i, s in enumerate(kept):
+            self.assertTrue(still_open(s), "%s: connection %d from 127.0.0.3 was closed "
+                            "by 127.0.0.2's" % (what, i + 1))
         self._close_socks()
 
 
 class AdminCapTest(LimitsCase):
 
-    def test_connections_over_the_cap_are_closed_and_counted(self):
+    def test_a_new_connection_closes_the_oldest_and_is_counted(self):
         before = self.metrics()
-        self.cap_is_enforced(self.admin_port, self.max_conns, "admin API")
-        # Once those are gone the API serves again, and says what happened.
-        # (A probe sent before the relay saw them close is refused too.)
-        probes = []
-        ok = X.wait_for(lambda: probes.append(1) or self._healthz(self.url), 5)
-        self.assertTrue(ok, "admin API did not serve after the idle connections closed")
+        self.oldest_make_room(self.admin_port, self.max_conns, "admin API")
         after = self.metrics()
-        name = "sparkrelay_admin_connections_refused_total"
-        self.assertEqual(metric_value(after, name) - metric_value(before, name),
-                         3 + len(probes) - 1)
-        self.assertEqual(metric_value(after, "sparkrelay_admin_connections_active"), 1,
-                         "only the /metrics request itself should be open")
+        # 4 pushed out by the last 4 of 8 from one address, 1 by the first
+        # probe (the others find 3 open), 1 by the probe beside 4 + 4
+        name = "sparkrelay_admin_connections_evicted_total"
+        self.assertEqual(metric_value(after, name) - metric_value(before, name), 4 + 1 + 1,
+                         "evicted")
+        self.assertEqual(metric_value(after, "sparkrelay_admin_connections_refused_total"), 0)
         self.assertGreaterEqual(metric_value(after, "sparkrelay_admin_connections_total") -
                                 metric_value(before, "sparkrelay_admin_connections_total"),
-                                self.max_conns)
-        self.assertTrue(X.wait_log(self.relay, "connections open: closing new ones", 5),
+                                2 * self.max_conns + 3)
+        self.assertTrue(X.wait_log(self.relay, "closing the oldest to make room", 5),
                         "the relay did not log reaching the cap")
+
+    def test_one_address_cannot_push_out_another(self):
+        self.one_address_cannot_push_out_another(self.admin_port, self.max_conns, "admin API")
 
     def test_a_flood_of_idle_connections_does_not_hold_descriptors(self):
         pid = self.relay.p.pid
@@ -286,8 +315,9 @@ class ReloadErrorsDoNotQuoteSecretsTest(LimitsCase):
 
 class StatusListenerTest(LimitsCase):
 
-    def test_status_connections_over_16_are_closed(self):
-        self.cap_is_enforced(self.status_port, 16, "status listener")
+    def test_status_connections_over_16_close_the_oldest(self):
+        self.oldest_make_room(self.status_port, 16, "status listener")
+        self.one_address_cannot_push_out_another(self.status_port, 16, "status listener")
         ok = X.wait_for(lambda: self._healthz(self.status_url), 5)
         self.assertTrue(ok, "status listener did not serve after the idle connections closed")
         code, hdr, text = http("GET", self.status_url + "/status")
