@@ -54,6 +54,59 @@ const char *sr_mask_n(const char *s, size_t max_in, char *buf, size_t len)
 	return text_quote(s, max_in, buf, len, 1);
 }
 
+size_t sr_utf8_next(const unsigned char *s, uint32_t *cp)
+{
+	uint32_t v, min;
+	size_t n;
+
+	if (s[0] < 0x80) {
+		*cp = s[0];
+		return 1;
+	}
+	if (s[0] >= 0xc2 && s[0] <= 0xdf) {
+		n = 2, v = s[0] & 0x1fu, min = 0x80;
+	} else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+		n = 3, v = s[0] & 0x0fu, min = 0x800;
+	} else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+		n = 4, v = s[0] & 0x07u, min = 0x10000;
+	} else {
+		return 0;
+	}
+	for (size_t i = 1; i < n; i++) {
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+		v = v << 6 | (s[i] & 0x3fu);
+	}
+	if (v < min || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff))
+		return 0;
+	*cp = v;
+	return n;
+}
+
+void sr_mask_ctl(char *s)
+{
+	unsigned char *p = (unsigned char *)s;
+
+	while (p && *p) {
+		uint32_t cp;
+		size_t k = sr_utf8_next(p, &cp);
+
+		if (k == 0) {
+			*p++ = '?';
+		} else if (sr_is_ctl(cp)) {
+			memset(p, '?', k);
+			p += k;
+		} else {
+			p += k;
+		}
+	}
+}
+
+static int c1_trail(char c)
+{
+	return (unsigned char)c >= 0x80 && (unsigned char)c <= 0x9f;
+}
+
 size_t sr_esc_ctl(const char *in, size_t n, char *out, size_t outlen)
 {
 	size_t o = 0;
@@ -62,7 +115,12 @@ size_t sr_esc_ctl(const char *in, size_t n, char *out, size_t outlen)
 		return 0;
 	for (size_t i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)in[i];
-		if (c >= 0x20 && c != 0x7f) {
+		/* U+0080..U+009F (C1) too, both bytes of its UTF-8 (c2 80..9f):
+		 * a terminal may act on U+009B (CSI) as on ESC [ */
+		int c1 = (c == 0xc2 && i + 1 < n && c1_trail(in[i + 1])) ||
+			 (i > 0 && (unsigned char)in[i - 1] == 0xc2 && c1_trail(in[i]));
+
+		if (!c1 && c >= 0x20 && c != 0x7f) {
 			if (o + 1 >= outlen)
 				break;
 			out[o++] = (char)c;

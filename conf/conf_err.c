@@ -42,16 +42,13 @@ static size_t conf_split_path(const char *path, char *buf, size_t buflen, const 
 	return n;
 }
 
-/* A key from the file, for a JSON path in a message: control bytes shown
- * as '?' (a path is not quoted, so sr_esc's backslashes would read as part
- * of the key), cut to fit buf. */
+/* A key from the file, for a JSON path in a message: control characters
+ * shown as '?' (a path is not quoted, so sr_esc's backslashes would read as
+ * part of the key), cut to fit buf. */
 static const char *conf_key_text(const char *key, char *buf, size_t len)
 {
-	size_t i;
-
-	for (i = 0; key[i] && i + 1 < len; i++)
-		buf[i] = (unsigned char)key[i] < 0x20 || key[i] == 0x7f ? '?' : key[i];
-	buf[i] = '\0';
+	snprintf(buf, len, "%s", key);
+	sr_mask_ctl(buf);
 	return buf;
 }
 
@@ -271,11 +268,8 @@ int conf_fail_value(struct conf_ctx *ctx, const struct conf_entry *e, const char
  * a duplicate-key error, a name in a policy message). */
 void conf_err_one_line(char *err, size_t errlen)
 {
-	size_t i;
-
 	if (!err || errlen == 0)
 		return;
-	for (i = 0; i < errlen && err[i]; i++)
-		if ((unsigned char)err[i] < 0x20 || err[i] == 0x7f)
-			err[i] = '?';
+	err[errlen - 1] = '\0';
+	sr_mask_ctl(err);
 }

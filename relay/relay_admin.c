@@ -873,8 +873,11 @@ static void h_explain(struct relay_admin *a, struct evhttp_request *req, const c
 	id.token = token;
 	if (addr && *addr) {
 		if (sr_parse_addr(addr, 0, &ss, &sslen) != 0) {
+			char q[SR_ESC_SIZE(64)];
+
 			snprintf(msg, sizeof(msg),
-				 "addr: not a numeric IPv4 or IPv6 address: \"%.64s\"", addr);
+				 "addr: not a numeric IPv4 or IPv6 address: \"%s\"",
+				 sr_mask_n(addr, 64, q, sizeof(q)));
 			sr_http_reply_error(req, 400, msg);
 			goto out;
 		}

@@ -24,6 +24,7 @@
 
 #include "common/sr_cidr.h"
 #include "common/sr_err.h"
+#include "common/sr_text.h"
 #include "common/sr_util.h"
 
 #define RP_DEFAULT "default" /* the implicit tenant, route and single pool */
@@ -59,7 +60,9 @@ struct relay_policy {
 
 /* ---- small helpers ---- */
 
-/* s for a one-line message: control bytes as '?', long values cut. */
+/* s for a one-line message: control characters as '?', long values cut
+ * (a character cut in two as '?': the message must stay valid UTF-8 to be
+ * sent to the sidecar or put in JSON). */
 static const char *rp_q(const char *s, char *buf, size_t len)
 {
 	size_t i, o = 0;
@@ -69,13 +72,12 @@ static const char *rp_q(const char *s, char *buf, size_t len)
 	for (i = 0; s[i] && i < RP_QUOTE_MAX && o + 4 < len; i++) {
 		unsigned char c = (unsigned char)s[i];
 
-		buf[o++] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
-	}
-	if (s[i] && o + 4 < len) {
-		memcpy(buf + o, "...", 3);
-		o += 3;
+		buf[o++] = (char)c;
 	}
 	buf[o] = '\0';
+	sr_mask_ctl(buf);
+	if (s[i] && o + 4 < len)
+		memcpy(buf + o, "...", 4);
 	return buf;
 }
 

@@ -148,7 +148,11 @@ static void send_error_detail(struct relay_tunnel *t, const char *code, const ch
 	/* text may quote what the sidecar sent (its app name, say). */
 	SR_WARN(t->ctx, "registration refused: %s (%s%s%s)", code, sr_esc(text, esc, sizeof(esc)),
 		detail ? "; " : "", detail ? detail : "");
-	tun_conn_send_ctl(t->conn, &m);
+	if (tun_conn_send_ctl(t->conn, &m) != 0) {
+		/* text did not encode (not expected: peer text is masked) */
+		snprintf(m.message, sizeof(m.message), "registration refused: %s", code);
+		tun_conn_send_ctl(t->conn, &m);
+	}
 	tun_conn_close(t->conn, 0);
 }
 

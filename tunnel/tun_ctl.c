@@ -123,37 +123,6 @@ int tun_ctl_valid_code(const char *s)
 	return 1;
 }
 
-/* Length of the well-formed UTF-8 sequence at s (its code point in *cp), or 0
- * for an invalid one (overlong, surrogate, past U+10FFFF, cut by the NUL). */
-static size_t utf8_next(const unsigned char *s, uint32_t *cp)
-{
-	uint32_t v, min;
-	size_t n;
-
-	if (s[0] < 0x80) {
-		*cp = s[0];
-		return 1;
-	}
-	if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-		n = 2, v = s[0] & 0x1fu, min = 0x80;
-	} else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-		n = 3, v = s[0] & 0x0fu, min = 0x800;
-	} else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-		n = 4, v = s[0] & 0x07u, min = 0x10000;
-	} else {
-		return 0;
-	}
-	for (size_t i = 1; i < n; i++) {
-		if ((s[i] & 0xc0) != 0x80)
-			return 0;
-		v = v << 6 | (s[i] & 0x3fu);
-	}
-	if (v < min || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff))
-		return 0;
-	*cp = v;
-	return n;
-}
-
 int tun_ctl_valid_app(const char *s)
 {
 	const unsigned char *p = (const unsigned char *)s;
@@ -163,10 +132,10 @@ int tun_ctl_valid_app(const char *s)
 		return 0;
 	while (*p) {
 		uint32_t cp;
-		size_t k = utf8_next(p, &cp);
+		size_t k = sr_utf8_next(p, &cp);
 
 		/* C0, DEL and C1: C1 too, since a terminal may act on U+009B (CSI). */
-		if (k == 0 || cp < 0x20 || (cp >= 0x7f && cp <= 0x9f))
+		if (k == 0 || sr_is_ctl(cp))
 			return 0;
 		p += k;
 	}

@@ -246,9 +246,16 @@ static const char *cn_refusal(const X509_NAME *subj, int idx, unsigned char **ut
 	}
 	if (memchr(*utf8, '\0', (size_t)*n))
 		return "embedded NUL";
-	for (int i = 0; i < *n; i++)
-		if ((*utf8)[i] < 0x20 || (*utf8)[i] == 0x7f)
+	for (int i = 0; i < *n;) {
+		uint32_t cp;
+		size_t k = sr_utf8_next(*utf8 + i, &cp);
+
+		if (k == 0)
+			return "not UTF-8";
+		if (sr_is_ctl(cp))
 			return "control character";
+		i += (int)k;
+	}
 	return NULL;
 }
 

@@ -546,6 +546,37 @@ class RefusalEscapeTest(LimitsCase):
         self.assertIn('bad\\\" tenant=root', lines[0])
         self.assertNotIn('bad" tenant=root', lines[0])
 
+    def explain(self, body, accept="application/json"):
+        req = urllib.request.Request(self.url + "/v1/route/explain",
+                                     data=json.dumps(body).encode(), method="POST",
+                                     headers={"Authorization": "Bearer " + ADMIN_TOKEN,
+                                              "Accept": accept})
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(req, timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def test_a_long_non_ascii_app_is_refused_with_a_message(self):
+        # The quote of the app in the reason is cut at 80 bytes: cut inside
+        # the "é", it made the message invalid UTF-8, which the control
+        # channel cannot carry, and the sidecar saw only the close.
+        app = "x" * 79 + "\u00e9" + "y" * 10
+        fs, m = self.register(app=app)
+        self.assertEqual((m or {}).get("code"), "no_route", m)
+        self.assertIn("x" * 79 + "?", m.get("message", ""))
+        # The admin API explains it too, in JSON and in text.
+        for accept in ("application/json", "text/plain"):
+            code, text = self.explain({"app": app}, accept)
+            self.assertIn(code, (200, 403), text)
+            self.assertIn("x" * 79 + "?", text, accept)
+            self.assertNotIn("invalid utf-8", text, accept)
+        # A bad address quoted back is cut the same way: 400, not 500.
+        code, text = self.explain({"app": "ok-1", "addr": "1" * 63 + "\u00e9"})
+        self.assertEqual(code, 400, text)
+        self.assertIn("not a numeric IPv4 or IPv6 address", text)
+
 
 if __name__ == "__main__":
     H.main()

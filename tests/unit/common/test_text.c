@@ -56,6 +56,36 @@ static void test_esc_ctl_makes_one_line(void **st)
 	assert_string_equal(out, "x\\x0ay\\x00z");
 }
 
+static void test_esc_ctl_escapes_c1_too(void **st)
+{
+	char out[64];
+	/* U+009B (CSI) and U+0085 as UTF-8; U+00E9 and U+00A0 stay */
+	const char in[] = "a\xc2\x9b"
+			  "2J\xc3\xa9\xc2\x85\xc2\xa0";
+	(void)st;
+	sr_esc_ctl(in, sizeof(in) - 1, out, sizeof(out));
+	assert_string_equal(out, "a\\xc2\\x9b2J\xc3\xa9\\xc2\\x85\xc2\xa0");
+}
+
+static void test_mask_ctl_leaves_valid_one_line_utf8(void **st)
+{
+	char s1[] = "ok \xc3\xa9t\xc3\xa9";
+	char s2[] = "a\x1b[31m\xc2\x9b\x7f\n";
+	char s3[] = "cut \xc3";			 /* a character cut in two */
+	char s4[] = "\xff\xc0\xaf\xed\xa0\x80!"; /* not UTF-8, overlong, surrogate */
+	(void)st;
+	sr_mask_ctl(s1);
+	assert_string_equal(s1, "ok \xc3\xa9t\xc3\xa9");
+	sr_mask_ctl(s2);
+	assert_string_equal(s2, "a?[31m????");
+	sr_mask_ctl(s3);
+	assert_string_equal(s3, "cut ?");
+	sr_mask_ctl(s4);
+	assert_string_equal(s4, "??????"
+				"!");
+	sr_mask_ctl(NULL);
+}
+
 static void test_valid_host(void **st)
 {
 	(void)st;
@@ -90,12 +120,14 @@ static void test_valid_chars(void **st)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_esc_keeps_printable_and_escapes_the_rest),
-		cmocka_unit_test(test_esc_cuts_long_values_with_ellipsis),
-		cmocka_unit_test(test_mask_replaces_what_esc_escapes),
-		cmocka_unit_test(test_esc_ctl_makes_one_line),
-		cmocka_unit_test(test_valid_host),
-		cmocka_unit_test(test_valid_chars),
+	    cmocka_unit_test(test_esc_keeps_printable_and_escapes_the_rest),
+	    cmocka_unit_test(test_esc_cuts_long_values_with_ellipsis),
+	    cmocka_unit_test(test_mask_replaces_what_esc_escapes),
+	    cmocka_unit_test(test_esc_ctl_makes_one_line),
+	    cmocka_unit_test(test_esc_ctl_escapes_c1_too),
+	    cmocka_unit_test(test_mask_ctl_leaves_valid_one_line_utf8),
+	    cmocka_unit_test(test_valid_host),
+	    cmocka_unit_test(test_valid_chars),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

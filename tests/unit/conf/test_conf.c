@@ -925,6 +925,22 @@ static void test_bad_values_are_quoted_escaped(void **state)
 	assert_empty_cfg(&cfg);
 }
 
+/* An unknown key is shown in the path unquoted: its control characters as
+ * '?', C1 (U+009B is CSI) as well as C0. */
+static void test_unknown_keys_are_masked(void **state)
+{
+	struct sr_config cfg;
+	char err[ERRLEN] = "";
+
+	(void)state;
+	assert_int_equal(load("{\"relay\": {\"\\u001b[31mX\\u009b2J\": 1}}", &cfg, err),
+			 SR_EINVAL);
+	assert_contains(err, "relay.?[31mX??2J");
+	assert_null(strchr(err, '\x1b'));
+	assert_null(strstr(err, "\xc2\x9b"));
+	assert_empty_cfg(&cfg);
+}
+
 /* SPARKRELAY_<section>_* names of every length are checked: one too long to
  * be a setting is an error like any unknown name, quoted escaped and cut. */
 static void test_env_unknown_names_of_any_length(void **state)
@@ -1771,9 +1787,11 @@ int main(void)
 					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_syntax_error_does_not_quote_secrets, clear_env,
 					    clear_env),
-	    cmocka_unit_test_setup_teardown(test_numeric_secret_not_quoted, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_numeric_secret_not_quoted, clear_env,
+					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_bad_values_are_quoted_escaped, clear_env,
 					    clear_env),
+	    cmocka_unit_test_setup_teardown(test_unknown_keys_are_masked, clear_env, clear_env),
 	    cmocka_unit_test_setup_teardown(test_env_unknown_names_of_any_length, clear_env,
 					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_env_unknown_name_is_escaped, clear_env,
@@ -1783,7 +1801,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_file_is_directory, clear_env, clear_env),
 	    cmocka_unit_test_setup_teardown(test_env_overrides_file, clear_env, clear_env),
 	    cmocka_unit_test_setup_teardown(test_env_without_file, clear_env, clear_env),
-	    cmocka_unit_test_setup_teardown(test_env_other_role_is_ignored, clear_env, clear_env),
+	    cmocka_unit_test_setup_teardown(test_env_other_role_is_ignored, clear_env,
+					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_env_no_section_without_keys, clear_env,
 					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_env_bad_values, clear_env, clear_env),
