@@ -93,6 +93,7 @@ struct sc_slot {
 	int release_sent;
 	uint64_t tun_up_us; /* when this tunnel came up */
 	unsigned strikes;   /* tunnels the relay ended with a protocol error, see on_closed */
+	unsigned quick;	    /* leased tunnels in a row that ended within SC_QUICK_US */
 	int drain_seen;     /* this tunnel's relay said it drains (logged once) */
 };
 
@@ -127,6 +128,7 @@ struct sidecar {
 	int shutting_down;
 	int join_unsupported; /* a relay answered a join as an unknown resume */
 	struct sr_ratelog rl_driver; /* "cannot connect to driver port" lines */
+	struct tun_limits *limits;   /* every tunnel's flood budgets */
 	/* The lease whose settings were last written: what a running driver
 	 * may have bound (from the state file after a restart). */
 	struct sidecar_lease_info written;
@@ -149,6 +151,10 @@ struct sidecar {
 #define SC_HOLD_RETRY_MS 1000
 #define SC_HOLD_DIAL_MS 3000
 #define SC_STRIKES_FORGIVE_US (60ull * 1000000)
+/* A leased tunnel that ends this soon after it came up counts as quick; from
+ * the second quick one in a row the next dial backs off as after failed
+ * dials (see on_closed). */
+#define SC_QUICK_US (10ull * 1000000)
 
 static void sc_start(struct sc_slot *p);
 static int slot_may_dial(const struct sc_slot *p);
@@ -553,6 +559,13 @@ static void on_lease(struct sidecar *s, struct sc_slot *p, struct tun_conn *c,
 		protocol_error(c, "a different lease in answer to our resume");
 		return;
 	}
+	/* The same lease has the same ports (its host, the relay's advertised
+	 * name, may change with the relay that resumes it). */
+	if (p->sent_resume && old.have_lease &&
+	    memcmp(old.ports, m->ports, sizeof(old.ports)) != 0) {
+		protocol_error(c, "other ports for the same lease in answer to our resume");
+		return;
+	}
 	if (old.have_lease && strcmp(old.lease, m->lease) != 0)
 		tun_group_reset(s->group, TUN_LOST_ENDED); /* they were the old lease's */
 	spare_take(s, p);
@@ -814,6 +827,21 @@ static void on_closed(struct tun_endpoint *ep, int err, const char *why_ep, void
 		} else if (sr_now_us() - p->tun_up_us >= SC_STRIKES_FORGIVE_US) {
 			p->strikes = 0;
 		}
+		/* A relay that grants the lease and closes cleanly at once,
+		 * again and again, would have the sidecar dial, write its
+		 * state and log a few lines every backoff_initial_ms (and
+		 * rewrite the Spark settings each time the ports alternate). */
+		if (was_leased && !broke) {
+			if (sr_now_us() - p->tun_up_us >= SC_QUICK_US)
+				p->quick = 0;
+			else if (p->quick < SC_STRIKES_MAX && ++p->quick == 3)
+				SR_WARN(
+				    tun_conn_logctx(p->tun),
+				    "the relay ended the tunnel within %llu s of granting the "
+				    "lease, %u times in a row: dialling less often until one "
+				    "lasts",
+				    SC_QUICK_US / 1000000, p->quick);
+		}
 	}
 	tun_endpoint_free(ep);
 	p->ep = NULL;
@@ -870,6 +898,8 @@ static void on_closed(struct tun_endpoint *ep, int err, const char *why_ep, void
 	 * would dial in a loop for as long as the relay refuses. */
 	if (tun_group_held(s->group) && !broke && was_leased)
 		p->attempt = 0;
+	if (!broke && was_leased && p->quick > 1)
+		p->attempt = p->quick - 1;
 	schedule_backoff(p);
 	/* The first slot rests while another tunnel holds the lease and
 	 * joins are refused; none holds it now. */
@@ -1106,6 +1136,7 @@ static void dial_next(struct sc_slot *p)
 		struct tun_conn_opts topts = s->o->tun;
 		uint64_t cap = 3ull * (topts.conn_window ? topts.conn_window : 64u << 20);
 		topts.sock_in_max = cap > UINT32_MAX ? UINT32_MAX : (uint32_t)cap;
+		topts.limits = s->limits;
 		struct tun_endpoint_opts eo = {
 			.role = TUN_ROLE_SIDECAR,
 			.ssl = ssl,
@@ -1264,7 +1295,8 @@ struct sidecar *sidecar_new(struct event_base *base, const struct sidecar_opts *
 			go.hold_ms = 90000;
 		s->group = tun_group_new(base, TUN_ROLE_SIDECAR, &go, "");
 	}
-	if (!s->release_timer || !s->group) {
+	s->limits = tun_limits_new();
+	if (!s->release_timer || !s->group || !s->limits) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
@@ -1304,6 +1336,7 @@ void sidecar_free(struct sidecar *s)
 		event_free(s->release_timer);
 	disc_free(s->disc);
 	SSL_CTX_free(s->ssl_ctx);
+	tun_limits_free(s->limits);
 	free(s);
 }
 

@@ -683,7 +683,7 @@ void tun_conn_log_refused(struct tun_conn *c, const char *fmt, ...)
 	uint64_t more = 0;
 	va_list ap;
 
-	if (!sr_ratelog_allow_n(&c->rl_refused, sr_now_us(), TUN_REFUSED_LOG_PERIOD_US,
+	if (!sr_ratelog_allow_n(&c->lim->rl_refused, sr_now_us(), TUN_REFUSED_LOG_PERIOD_US,
 				TUN_REFUSED_LOG_BURST, &more))
 		return;
 	va_start(ap, fmt);
@@ -718,11 +718,34 @@ static void bucket_fill(struct tun_bucket *b, unsigned burst, uint64_t now_us)
 	b->at_us = now_us;
 }
 
+static void limits_fill(struct tun_limits *l)
+{
+	uint64_t now = sr_now_us();
+
+	memset(l, 0, sizeof(*l));
+	bucket_fill(&l->early_rst, SC_EARLY_RST_BURST, now);
+	bucket_fill(&l->settings_in, TUN_SETTINGS_BURST, now);
+}
+
+struct tun_limits *tun_limits_new(void)
+{
+	struct tun_limits *l = malloc(sizeof(*l));
+
+	if (l)
+		limits_fill(l);
+	return l;
+}
+
+void tun_limits_free(struct tun_limits *l)
+{
+	free(l);
+}
+
 /* Whether one more stream reset before its answer fits the sidecar's budget
  * (SC_EARLY_RST_*). */
 static int early_reset_allowed(struct tun_conn *c)
 {
-	return bucket_take(&c->early_rst, SC_EARLY_RST_BURST, SC_EARLY_RST_RATE);
+	return bucket_take(&c->lim->early_rst, SC_EARLY_RST_BURST, SC_EARLY_RST_RATE);
 }
 
 static ssize_t ctl_read_cb(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t length,
@@ -897,7 +920,7 @@ static int h2_on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, voi
 		break;
 	case NGHTTP2_SETTINGS:
 		if (!(frame->hd.flags & NGHTTP2_FLAG_ACK) &&
-		    !bucket_take(&c->settings_in, TUN_SETTINGS_BURST, TUN_SETTINGS_RATE)) {
+		    !bucket_take(&c->lim->settings_in, TUN_SETTINGS_BURST, TUN_SETTINGS_RATE)) {
 			conn_fail(c, SR_EPROTO, "protocol error: peer sends SETTINGS faster than "
 						"the tunnel allows (a SETTINGS flood)");
 			return NGHTTP2_ERR_CALLBACK_FAILURE; /* read no further */
@@ -1337,8 +1360,9 @@ struct tun_conn *tun_conn_new(struct event_base *base, enum tun_role role,
 	c->arg = arg;
 	tun_conn_set_logctx(c, logctx);
 	c->last_recv_us = sr_now_us();
-	bucket_fill(&c->early_rst, SC_EARLY_RST_BURST, c->last_recv_us);
-	bucket_fill(&c->settings_in, TUN_SETTINGS_BURST, c->last_recv_us);
+	c->lim = opts->limits ? opts->limits : &c->own_limits;
+	if (!opts->limits)
+		limits_fill(&c->own_limits);
 
 	c->ctl_in = evbuffer_new();
 	c->ctl_out = evbuffer_new();

@@ -61,7 +61,18 @@ struct tun_conn_opts {
 	 * reads only up to TUN_SOCK_IN_FLOOR bytes (TCP backpressure holds the
 	 * rest in the peers) until the sum is back under half of it. */
 	uint32_t sock_in_max;
+	/* Flood budgets that outlive this tunnel (tun_limits_new), or NULL:
+	 * its own, full at its start. */
+	struct tun_limits *limits;
 };
+/* The sidecar's budgets against a relay's floods (stream resets before
+ * their answer, SETTINGS, log lines of refused streams), kept across its
+ * tunnels: with each tunnel's own, a relay that grants the lease, spends a
+ * budget and closes cleanly got a full one again on the next tunnel, a
+ * tenth of a second later. */
+struct tun_limits;
+struct tun_limits *tun_limits_new(void); /* full; NULL if out of memory */
+void tun_limits_free(struct tun_limits *l);
 /* What each stream may still buffer while its tunnel is over sock_in_max:
  * enough for a heartbeat to pass a tunnel full of stalled streams. */
 #define TUN_SOCK_IN_FLOOR (16u << 10)

@@ -40,6 +40,12 @@ struct tun_bucket {
 	uint64_t at_us;
 };
 
+/* tun_conn.h, tun_limits_new */
+struct tun_limits {
+	struct tun_bucket early_rst, settings_in;
+	struct sr_ratelog rl_refused; /* sidecar: tun_conn_log_refused */
+};
+
 /* Attributes and scheduling marks, not states. */
 enum {
 	TS_F_CTL = 1u << 0,       /* the control stream */
@@ -184,7 +190,6 @@ struct tun_conn {
 	uint64_t data_mixed_us;
 	size_t in_buffered;    /* sum of the sockets' input (opts.sock_in_max set) */
 	int in_throttled;      /* over sock_in_max: sockets read TUN_SOCK_IN_FLOOR at most */
-	struct sr_ratelog rl_refused; /* sidecar: tun_conn_log_refused */
 	int peer_goaway;              /* a GOAWAY came (logged once) */
 	enum tc_state st;
 	struct tun_group *group; /* see tun_group.h; NULL: protocol v1 semantics */
@@ -211,7 +216,8 @@ struct tun_conn {
 	/* Token buckets (tun_conn.c): sidecar, streams the relay reset before
 	 * our answer went out ("rapid reset"); both roles, the peer's SETTINGS
 	 * frames. */
-	struct tun_bucket early_rst, settings_in;
+	struct tun_limits own_limits; /* unless opts.limits */
+	struct tun_limits *lim;	      /* one of the two */
 	struct tun_conn_stats stats;
 };
 

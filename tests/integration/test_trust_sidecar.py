@@ -343,6 +343,31 @@ class LeaseStateTest(TrustCase):
         s, reg = self.fr.session(15)
         self.assertEqual(reg.get("resume"), "0123456789abcdef")
 
+    def test_other_ports_for_the_same_lease_answering_a_resume_are_refused(self):
+        """A resumed lease keeps its ports: the same id with others would
+        point the driver's settings at ports nobody agreed to."""
+        p1, p2 = two_ports()
+        s, reg = self.fr.session(15)
+        self.leased(s, FR.lease_msg(lease="L-1-aaaaaaaa", ports={"driver": p1,
+                                                                  "blockManager": p2}))
+        s.close()
+        s, reg = self.fr.session(15)
+        self.assertEqual(reg.get("resume"), "0123456789abcdef")
+        s.send_ctl(FR.lease_msg(lease="L-1-aaaaaaaa", ports={"driver": p1 + 1,
+                                                              "blockManager": p2}))
+        self.assert_closed(s, "other ports for a resume")
+        self.assertTrue(X.wait_log(self.proc, "other ports for the same lease", 5))
+        j = H.read_spark_json(self.spark_json)
+        self.assertEqual(j["ports"], {"driver": p1, "blockManager": p2})
+        # the same ports and another host are a resume (the resuming relay
+        # advertises its own name)
+        s, reg = self.fr.session(15)
+        self.assertEqual(reg.get("resume"), "0123456789abcdef")
+        j = self.leased(s, FR.lease_msg(lease="L-1-aaaaaaaa", host="relay-2.example",
+                                        ports={"driver": p1, "blockManager": p2}))
+        self.assertEqual(X.wait_for(lambda: H.read_spark_json(self.spark_json)["host"] ==
+                                    "relay-2.example", 5), True)
+
     def test_released_without_release_is_refused(self):
         p1, p2 = two_ports()
         s, reg = self.fr.session(15)
@@ -716,6 +741,81 @@ class RapidResetTest(TrustCase):
             len(os.listdir("/proc/%d/fd" % pid))), 10)
         self.assertIsNotNone(fds, "the sidecar holds %d descriptors, %d before the attack" %
                              (len(os.listdir("/proc/%d/fd" % pid)), fds_before))
+
+
+class QuickCloseTest(TrustCase):
+    """A relay that grants the lease, spends the sidecar's flood budgets and
+    closes cleanly, over and over: the budgets are the sidecar's, not each
+    tunnel's, and from the second tunnel in a row that ends within 10 s of
+    its lease the sidecar dials less often (before: a fresh tunnel, with
+    fresh budgets, every backoff_initial_ms)."""
+
+    INITIAL = 50
+    tunnel_overrides = {"tunnel": {"backoff_initial_ms": INITIAL, "backoff_max_ms": 60000,
+                                   "allowed_ports": ["1024-65535"]}}
+
+    def test_refused_stream_lines_and_dials_are_bounded_across_tunnels(self):
+        drv = self.listener()
+        ports = {"driver": drv.port, "blockManager": H.free_port()}
+        cycles, refused = 0, 0
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 4.0:
+            try:
+                s, reg = self.fr.session(max(0.1, 4.0 - (time.monotonic() - t0)))
+            except Exception:
+                break  # the sidecar waits longer than the test
+            self.leased(s, FR.lease_msg(lease="L-1-0a0a0a0a", ports=ports))
+            ids = [s.connect(drv.port, lease="L-9-0b0b0b0b") for _ in range(25)]
+            for sid in ids:
+                self.assertEqual(s.wait_stream(sid), ("reset", FR.REFUSED_STREAM))
+            refused += len(ids)
+            s.close()
+            cycles += 1
+        sys.stderr.write("[it] quick closes: %d tunnels in 4 s, %d streams refused, %d "
+                         "lines\n" % (cycles, refused, len(self.proc.grep("not the lease of "
+                                                                          "this tunnel"))))
+        # delays 25-50, 50-100, 100-200, 200-400, 400-800, 800-1600 ms ...:
+        # at most 7 tunnels in 4 s (about 40 with a fresh start each time)
+        self.assertLessEqual(cycles, 8, "%d tunnels in 4 s" % cycles)
+        self.assertGreaterEqual(cycles, 3)
+        self.assertTrue(self.proc.grep("times in a row: dialling less often"), self.proc.tail())
+        # 20 lines a 10 s period for the sidecar, not for each tunnel
+        lines = self.proc.grep("not the lease of this tunnel")
+        self.assertLessEqual(len(lines), 21, "%d lines for %d refused streams on %d tunnels"
+                             % (len(lines), refused, cycles))
+
+    def test_rapid_reset_budget_is_not_renewed_by_a_new_tunnel(self):
+        drv = self.listener()
+        lease = "L-8-0c0c0c0c"
+        ports = {"driver": drv.port, "blockManager": H.free_port()}
+        rst = struct.pack("!I", FR.CANCEL)
+        pairs, tunnels = 0, 0
+        t0 = time.monotonic()
+        for _ in range(3):
+            s, reg = self.fr.session(15)
+            tunnels += 1
+            self.leased(s, FR.lease_msg(lease=lease, ports=ports))
+            block = s.connect_headers(drv.port, lease=lease, conn="1")
+            batch = []
+            for _ in range(150):  # under the budget of 200 a tunnel had
+                sid = s.new_stream_id()
+                batch.append(F.frame(F.HEADERS, F.FLAG_END_HEADERS, sid, block))
+                batch.append(F.frame(F.RST_STREAM, 0, sid, rst))
+            try:
+                s.sendall(b"".join(batch))
+            except OSError:
+                pass
+            pairs += 150
+            s.wait_closed(0.5)
+            s.close()
+        took = time.monotonic() - t0
+        connects = drv.settle(quiet=0.5)
+        sys.stderr.write("[it] rapid reset over %d tunnels: %d pairs in %.2f s made %d "
+                         "driver connects\n" % (tunnels, pairs, took, connects))
+        # SC_EARLY_RST_BURST + SC_EARLY_RST_RATE a second, with slack
+        self.assertLessEqual(connects, 200 + 20 * took + 20,
+                             "%d of %d reset streams reached the driver" % (connects, pairs))
+        self.assertTrue(X.wait_log(self.proc, "(rapid reset)", 5))
 
 
 class ResetFloodTest(TrustCase):
