@@ -213,8 +213,9 @@ class ClientCertRotationTest(SecCase):
         H.log("measured: %d reconnects in 4 s while the relay refused the certificate" % dials)
         self.assertGreaterEqual(dials, 3, "the sidecar stopped trying")
         self.assertLessEqual(dials, 12, "the sidecar dials in a loop")
-        self.reload(self.stack.relay_cfg)
+        # counted before the reload: the sidecar may resume right after it
         resumed = X.log_count(sc.proc, "resumed")
+        self.reload(self.stack.relay_cfg)
         self.assertTrue(X.wait_log(sc.proc, "resumed", 10, count=resumed + 1),
                         sc.proc.tail())
         self.assertEqual(sc.lease()["lease"], j["lease"])
