@@ -999,6 +999,11 @@ static int h2_on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, voi
 		if (c->role == TUN_ROLE_RELAY && frame->headers.cat == NGHTTP2_HCAT_RESPONSE &&
 		    relay_on_answer(c, s) != 0)
 			break;
+		if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && (s->flags & TS_F_CTL)) {
+			/* trailers ending it, as DATA with END_STREAM below */
+			conn_fail(c, SR_EPROTO, "control stream ended by peer");
+			return NGHTTP2_ERR_CALLBACK_FAILURE;
+		}
 		if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)
 			tun_stream_on_peer_eof(s);
 		break;

@@ -368,6 +368,18 @@ class LeaseStateTest(TrustCase):
         self.assertEqual(X.wait_for(lambda: H.read_spark_json(self.spark_json)["host"] ==
                                     "relay-2.example", 5), True)
 
+    def test_trailers_ending_the_control_stream_end_the_tunnel(self):
+        """Without a control stream the relay could send nothing more and a
+        release would wait for its timeout: trailers that end it end the
+        tunnel, as DATA with END_STREAM does."""
+        p1, p2 = two_ports()
+        s, reg = self.fr.session(15)
+        self.leased(s, FR.lease_msg(ports={"driver": p1, "blockManager": p2}))
+        s.sendall(F.frame(F.HEADERS, F.FLAG_END_HEADERS | F.FLAG_END_STREAM, F.CTL_STREAM,
+                          FR.header_block([("x-trailer", "1")])))
+        self.assert_closed(s, "trailers on the control stream")
+        self.assertTrue(X.wait_log(self.proc, "control stream ended by peer", 5))
+
     def test_released_without_release_is_refused(self):
         p1, p2 = two_ports()
         s, reg = self.fr.session(15)
