@@ -26,11 +26,12 @@ void sc_driver_refused(struct sr_ratelog *rl, const char *logctx, uint64_t conn_
 		return;
 	if (n)
 		snprintf(more, sizeof(more), "; %llu more since the last line", (unsigned long long)n);
-	SR_WARN(logctx,
-		"conn=%llu peer=%s: cannot connect to driver port %u: %s (is the driver "
-		"running with this lease's settings?)%s",
+	SR_WARN(logctx, "conn=%llu peer=%s: cannot connect to driver port %u: %s%s%s",
 		(unsigned long long)conn_id, sr_esc_n(peer, 64, pbuf, sizeof(pbuf)), port,
-		strerror(err), more);
+		strerror(err),
+		err == ECONNREFUSED ? " (is the driver running with this lease's settings?)"
+				    : "",
+		more);
 }
 
 struct sr_bsock *sc_driver_connect(struct tun_conn *c, struct event_base *base,
@@ -67,8 +68,11 @@ struct sr_bsock *sc_driver_connect(struct tun_conn *c, struct event_base *base,
 	sin.sin_port = htons(req->port);
 	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK); /* only ever the local driver */
 	fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0)
+	if (fd < 0) {
+		/* EMFILE: said like a refused connect (and as seldom) */
+		sc_driver_refused(rl, logctx, req->conn_id, req->peer, req->port, errno);
 		return NULL;
+	}
 	/* TCP_NODELAY is set once connected (tun_stream_connected). */
 	/* Connect ourselves: on loopback it usually completes (or is refused)
 	 * at once, and the stream can answer in this same loop iteration.

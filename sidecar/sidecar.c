@@ -1109,8 +1109,12 @@ static void dial_next(struct sc_slot *p)
 	{
 		int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 		if (fd < 0) {
+			/* EMFILE, say: as many driver connections as descriptors */
+			SR_ERROR("", "cannot dial relay %s: socket: %s", p->dial_peer,
+				 strerror(errno));
 			SSL_free(ssl);
-			goto fail;
+			schedule_backoff(p);
+			return;
 		}
 		sr_sock_nodelay(fd);
 		sr_sock_notsent_lowat(fd, 128 * 1024);

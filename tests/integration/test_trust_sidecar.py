@@ -830,6 +830,43 @@ class QuickCloseTest(TrustCase):
         self.assertTrue(X.wait_log(self.proc, "(rapid reset)", 5))
 
 
+class DescriptorLimitTest(TrustCase):
+    """A relay opens more streams than the sidecar has file descriptors
+    (here 48): the streams past it are refused, the log says why (not "out
+    of memory"), and the tunnel carries new streams once the others end."""
+
+    def prepare(self):
+        self.proc.argv = ["prlimit", "--nofile=48:48", "--"] + self.proc.argv
+
+    def test_streams_past_the_descriptor_limit_are_refused_and_said(self):
+        # a driver port that never accepts: each connection holds a descriptor
+        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(ls.close)
+        ls.bind((H.DRIVER_HOST, 0))
+        ls.listen(4096)
+        port = ls.getsockname()[1]
+        lease = "L-4-0d0d0d0d"
+        s, reg = self.fr.session(15)
+        self.leased(s, FR.lease_msg(lease=lease,
+                                    ports={"driver": port, "blockManager": H.free_port()}))
+        ids = [s.connect(port, lease=lease, conn=str(i + 1)) for i in range(80)]
+        got = [s.wait_stream(sid) for sid in ids]
+        ok = [sid for sid, g in zip(ids, got) if g == ("ok", None)]
+        refused = [g for g in got if g[0] == "reset"]
+        self.assertTrue(ok, got)
+        self.assertTrue(refused, "80 driver connections with 48 descriptors: none refused")
+        self.assertEqual(len(ok) + len(refused), 80, got)
+        self.assertTrue(X.wait_log(self.proc, "Too many open files", 5), self.proc.tail())
+        self.assertFalse(self.proc.grep("out of memory"))
+        self.assertFalse(self.proc.grep("is the driver running"))
+        for sid in ok:
+            s.reset(sid)
+        s.pump(0.5)
+        sid = s.connect(port, lease=lease, conn="1000")
+        self.assertEqual(s.wait_stream(sid), ("ok", None))
+        self.assertFalse(s.closed)
+
+
 class ResetFloodTest(TrustCase):
     # nghttp2's incoming-reset bucket on the sidecar (SC_RST_BURST) and a
     # margin for its refill while the flood is read.
