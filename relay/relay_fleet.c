@@ -60,6 +60,9 @@
 /* Keys mirrored at most (four per lease at most, plus one per relay): what
  * etcd holds beyond is not seen, and logged. */
 #define FL_MAX_KEYS 262144
+/* Our values are a few hundred bytes (a lease's JSON); a larger one under
+ * the prefix is another writer's and is not kept (kv_wanted). */
+#define FL_MAX_VALUE (64u * 1024)
 #define FL_MAX_ANSWER (64u * 1024 * 1024)
 /* The table is read in pages of at most this many keys (about 0.5 MB of
  * leases), all at the first page's revision; a page over FL_MAX_ANSWER is
@@ -182,6 +185,7 @@ struct fl_read {
 	size_t n, cap;
 	int64_t rev;	/* the first page's revision: every page is read at it */
 	unsigned pages;
+	size_t seen;	/* keys read, kept or not (kv_wanted) */
 	char *next;	/* where the next page begins (the last key and a NUL) */
 	size_t next_len;
 };
@@ -216,6 +220,7 @@ struct relay_fleet {
 	uint32_t kseed;
 	int full_logged;
 	int nul_logged;
+	int big_logged; /* kv_wanted */
 	int synced;
 	int64_t seen_rev; /* the mirror holds every change up to this revision */
 	struct fl_read rd; /* a read of every key, in pages, under way */
@@ -534,6 +539,36 @@ static void kv_full(struct relay_fleet *f)
 
 static void kv_lease_digests(struct fl_kv *kv);
 
+/* Whether the mirror keeps key (prefix included; the caller checked it is
+ * under the prefix) with a value of vlen bytes: only the four kinds the
+ * fleet writes (the header of this file), so that other writers under the
+ * prefix cost no memory, and values up to FL_MAX_VALUE (said once). */
+static int kv_wanted(struct relay_fleet *f, const char *key, size_t klen, size_t vlen)
+{
+	static const char *const kinds[] = {"relays/", "leases/", "ports/", "tunnels/"};
+	const char *k = key + f->plen;
+	size_t n = klen - f->plen;
+	int known = 0;
+
+	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
+		known |= n > strlen(kinds[i]) && memcmp(k, kinds[i], strlen(kinds[i])) == 0;
+	if (!known)
+		return 0;
+	if (vlen > FL_MAX_VALUE) {
+		char q[SR_ESC_SIZE(64)];
+
+		if (!f->big_logged)
+			SR_WARN(
+			    FL_CTX,
+			    "key %s holds %zu bytes, more than a fleet value has (%u): ignored "
+			    "(and any more such keys, without a line)",
+			    sr_esc_n(k, 64, q, sizeof(q)), vlen, FL_MAX_VALUE);
+		f->big_logged = 1;
+		return 0;
+	}
+	return 1;
+}
+
 /* Key and value of a full etcd key (prefix included). Returns 0 or SR_ENOMEM. */
 static int kv_put(struct relay_fleet *f, const char *key, size_t klen, const char *val,
 		  size_t vlen, int64_t lease, int64_t mod)
@@ -548,6 +583,15 @@ static int kv_put(struct relay_fleet *f, const char *key, size_t klen, const cha
 	 * leases/<id>). Values keep their length. */
 	if (memchr(key, '\0', klen)) {
 		kv_nul_key(f);
+		return 0;
+	}
+	if (!kv_wanted(f, key, klen, vlen)) {
+		/* as deleted: a key of ours that grew past the limit goes */
+		k = strndup(key + f->plen, klen - f->plen);
+		if (!k)
+			return SR_ENOMEM;
+		kv_del(f, k);
+		free(k);
 		return 0;
 	}
 	k = strndup(key + f->plen, klen - f->plen);
@@ -1110,13 +1154,20 @@ static void read_reset(struct fl_read *rd)
 	memset(rd, 0, sizeof(*rd));
 }
 
-/* Copies a page's keys. Returns 0 or SR_ENOMEM. */
-static int read_keep(struct fl_read *rd, const struct etcd_result *res)
+/* Copies the keys of a page that the mirror keeps (kv_wanted), counting
+ * every key read in rd->seen. Returns 0 or SR_ENOMEM. */
+static int read_keep(struct relay_fleet *f, const struct etcd_result *res)
 {
+	struct fl_read *rd = &f->rd;
+
 	for (size_t i = 0; i < res->nkvs && rd->n < FL_MAX_KEYS; i++) {
 		const struct etcd_kv *kv = &res->kvs[i];
 		struct fl_rkv *k;
 
+		rd->seen++;
+		if (kv->key_len <= f->plen || memcmp(kv->key, f->prefix, f->plen) != 0 ||
+		    !kv_wanted(f, kv->key, kv->key_len, kv->value_len))
+			continue;
 		if (rd->n == rd->cap) {
 			size_t cap = rd->cap ? 2 * rd->cap : 1024;
 			struct fl_rkv *nk = realloc(rd->kv, cap * sizeof(*nk));
@@ -1232,8 +1283,10 @@ static void sync_done(struct relay_fleet *f)
 		return;
 	}
 	if (!f->synced)
-		SR_INFO(FL_CTX, "lease table read from etcd (%zu keys in %u page%s, revision %" PRId64 ")",
-			rd->n, rd->pages, rd->pages == 1 ? "" : "s", rd->rev);
+		SR_INFO(FL_CTX,
+			"lease table read from etcd (%zu keys in %u page%s, revision %" PRId64
+			")",
+			rd->seen, rd->pages, rd->pages == 1 ? "" : "s", rd->rev);
 	f->synced = 1;
 	f->seen_rev = rd->rev;
 	f->sync_backoff_ms = 0;
@@ -1248,7 +1301,7 @@ static void sync_ranged(int err, const struct etcd_result *res, void *arg)
 	struct relay_fleet *f = arg;
 	struct fl_read *rd = &f->rd;
 	const struct etcd_kv *last;
-	size_t had = rd->n;
+	size_t had = rd->seen;
 
 	if ((err == SR_ETOOBIG || (err == SR_ETIMEDOUT && res->partial)) && f->page_keys > 1) {
 		/* Values of other writers under the prefix can be large: too
@@ -1277,11 +1330,11 @@ static void sync_ranged(int err, const struct etcd_result *res, void *arg)
 	if (!rd->rev)
 		rd->rev = res->revision;
 	rd->pages++;
-	if (read_keep(rd, res) != 0) {
+	if (read_keep(f, res) != 0) {
 		sync_failed(f, "out of memory for the mirror; retrying");
 		return;
 	}
-	if (rd->n - had < res->nkvs || (res->more && rd->n >= FL_MAX_KEYS)) {
+	if (rd->seen - had < res->nkvs || (res->more && rd->n >= FL_MAX_KEYS)) {
 		kv_full(f); /* the rest are ignored */
 		sync_done(f);
 		return;

@@ -798,6 +798,7 @@ class FleetTest(FleetCase):
         # Values in etcd are input too: a relay must neither crash nor bind
         # what a malformed key says.
         bad_port = self.pool_base + POOL - 1
+        big_port = self.pool_base + POOL - 2
         junk = {
             b"/sparkrelay/leases/L-1-aaaa": b"not json",
             b"/sparkrelay/leases/L-2-bbbb": (b'{"app":"x","tenant":"default","route":"default",'
@@ -810,6 +811,11 @@ class FleetTest(FleetCase):
                                              % (bad_port, bad_port, bad_port)),
             b"/sparkrelay/relays/relay-z": b'{"peer": 12}',
             b"/sparkrelay/tunnels/L-3-cccc/relay-z": b"",
+            # a well-formed lease, but larger than any the fleet writes
+            b"/sparkrelay/leases/L-4-dddd": (b'{"app":"x","tenant":"default","route":"default",'
+                                             b'"pool":"default","idkey":"k","roles":1,'
+                                             b'"ports":[%d,0,0],"resume":"","prev":"",'
+                                             b'"pad":"%s"}' % (big_port, b"x" * 70000)),
         }
         for k, v in junk.items():
             self.etcd.put(k, v)
@@ -821,6 +827,9 @@ class FleetTest(FleetCase):
         time.sleep(0.5)
         self.assertIsNone(self._try_connect(HOSTS[0], bad_port),
                           "a port bound for a malformed lease")
+        self.assertIsNone(self._try_connect(HOSTS[0], big_port),
+                          "a port bound for a lease of 70 KB")
+        self.assertTrue(a.grep("more than a fleet value has"))
         self.assertTrue(a.alive())
         self.driver = H.Driver({"driver": int(lease["ports"]["driver"])})
         self.driver.start()
