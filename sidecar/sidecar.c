@@ -280,6 +280,24 @@ static void protocol_error(struct tun_conn *c, const char *why)
 	tun_conn_close(c, SR_EPROTO);
 }
 
+/* A lease the relay granted and we cannot take (roles or ports we did not
+ * agree to): said released before the tunnel ends, so that the relay does
+ * not hold it, and its ports, for the grace period each time we dial
+ * again. Not for the lease we hold (a resume or a join answered wrongly):
+ * that one is still ours. */
+static void refuse_lease(struct sidecar *s, struct sc_slot *p, struct tun_conn *c,
+			 const struct tun_ctl_msg *m, const char *why)
+{
+	struct tun_ctl_msg rel;
+
+	if (!p->joining && !(s->lease.have_lease && strcmp(s->lease.lease, m->lease) == 0)) {
+		memset(&rel, 0, sizeof(rel));
+		rel.type = TUN_CTL_RELEASE;
+		(void)tun_conn_send_ctl(c, &rel);
+	}
+	protocol_error(c, why);
+}
+
 /* The status file follows the state; rewritten only when something in it
  * changed. */
 static void set_status(struct sidecar *s, enum sc_status st, const char *msg)
@@ -532,7 +550,7 @@ static void on_lease(struct sidecar *s, struct sc_slot *p, struct tun_conn *c,
 		role_list(p->req_roles, want, sizeof(want));
 		role_list(m->roles, got, sizeof(got));
 		snprintf(why, sizeof(why), "lease grants roles %s, registered for %s", got, want);
-		protocol_error(c, why);
+		refuse_lease(s, p, c, m, why);
 		return;
 	}
 	/* A relay chooses the ports the driver binds on the notebook: only
@@ -544,7 +562,7 @@ static void on_lease(struct sidecar *s, struct sc_slot *p, struct tun_conn *c,
 			snprintf(why, sizeof(why), "lease grants %s port %u, outside "
 						   "tunnel.allowed_ports (%s)",
 				 tun_port_role_name((enum tun_port_role)r), m->ports[r], want);
-			protocol_error(c, why);
+			refuse_lease(s, p, c, m, why);
 			return;
 		}
 	}
@@ -556,7 +574,7 @@ static void on_lease(struct sidecar *s, struct sc_slot *p, struct tun_conn *c,
 	 * different lease instead would point our driver's connections (held,
 	 * and new ones) at ports we never agreed to. */
 	if (p->sent_resume && old.have_lease && strcmp(old.lease, m->lease) != 0) {
-		protocol_error(c, "a different lease in answer to our resume");
+		refuse_lease(s, p, c, m, "a different lease in answer to our resume");
 		return;
 	}
 	/* The same lease has the same ports (its host, the relay's advertised

@@ -535,6 +535,21 @@ class CtlTest(LimitsCase):
         self.assertEqual(self.ctl("ready")[0], 0)
 
 
+class RefusedLeaseTest(LimitsCase):
+
+    def test_a_lease_the_sidecar_refuses_is_released_at_once(self):
+        # A sidecar whose tunnel.allowed_ports leave out the relay's pool
+        # refuses every lease; each one stayed on the relay for its grace
+        # period (300 s), two pool ports each, one more at every retry.
+        sc = self.sidecar("sc", {"tunnel": {"allowed_ports": ["1024-1030"],
+                                            "backoff_initial_ms": 50}}).start()
+        self.assertTrue(X.wait_log(sc.proc, "outside tunnel.allowed_ports", 10, count=3),
+                        sc.proc.tail())
+        self.assertTrue(X.wait_log(self.relay, "lease released by the sidecar", 5, count=3))
+        time.sleep(0.3)
+        self.assertEqual(self.leases(), [], "leases the sidecar refused are still held")
+
+
 class RefusalEscapeTest(LimitsCase):
     extra_relay = {"relay": {"routes": [{"name": "ok-only", "app": "ok-*"}]}}
 

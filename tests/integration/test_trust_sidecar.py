@@ -414,6 +414,8 @@ class AllowedPortsTest(TrustCase):
         for what, ports, log in cases:
             s, reg = self.fr.session(15)
             s.send_ctl(FR.lease_msg(ports=ports))
+            # said released first, so that the relay does not keep it
+            self.assertEqual((s.read_ctl(5) or {}).get("type"), "release", what)
             self.assert_closed(s, what)
             self.assertTrue(X.wait_log(self.proc, log, 5), "%s: no %r in the log" % (what, log))
         self.assert_nothing_written()
