@@ -16,6 +16,11 @@ int cmd_getopt(int argc, char **argv, const char *shortopts, const struct option
 
 int cmd_demo(int argc, char **argv);
 
+/* fprintf(stderr, ...) for a line that may quote a path, an argument or an
+ * error text: control characters (C1 too) are written as \xNN, so none
+ * reaches the terminal; the line ends with one newline. */
+void cmd_eprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /* `sparkrelay ctl`: argv[0] is "ctl". Exit status 0 ok, 1 API or
  * connection error, 2 usage error. */
 int cmd_ctl(int argc, char **argv);

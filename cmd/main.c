@@ -19,6 +19,7 @@
 #include <getopt.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +46,23 @@ int cmd_getopt(int argc, char **argv, const char *shortopts, const struct option
 		return '?';
 	}
 	return ch;
+}
+
+void cmd_eprintf(const char *fmt, ...)
+{
+	char line[4096], out[4 * sizeof(line)];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n >= sizeof(line))
+		n = sizeof(line) - 1;
+	sr_esc_ctl(line, (size_t)n, out, sizeof(out));
+	fprintf(stderr, "%s\n", out);
 }
 
 static void usage(FILE *out)
@@ -307,8 +325,8 @@ static int parse_common(int argc, char **argv, const char **config, const char *
 		}
 	}
 	if (optind < argc) {
-		fprintf(stderr, "sparkrelay %s: unexpected argument \"%s\" (--help: usage)\n", cmd,
-			argv[optind]);
+		cmd_eprintf("sparkrelay %s: unexpected argument \"%s\" (--help: usage)", cmd,
+			    argv[optind]);
 		return 2;
 	}
 	return 0;
@@ -324,7 +342,7 @@ static int load_config(const char *path, unsigned role, struct sr_config *cfg, c
 	else
 		rv = conf_load_string_roles("{}", "environment", role, cfg, err, sizeof(err));
 	if (rv != 0) {
-		fprintf(stderr, "sparkrelay %s: %s\n", cmd, err);
+		cmd_eprintf("sparkrelay %s: %s", cmd, err);
 		return 1;
 	}
 	return 0;
@@ -622,14 +640,14 @@ static int run_role(int argc, char **argv, int is_relay)
 	if (cfg.log_format)
 		sr_log_set_format_name(cfg.log_format);
 	if (is_relay ? !cfg.have_relay : !cfg.have_tunnel) {
-		fprintf(stderr, "sparkrelay %s: %s has no \"%s\" section\n", cmd,
-			config ? config : "the environment", cmd);
+		cmd_eprintf("sparkrelay %s: %s has no \"%s\" section", cmd,
+			    config ? config : "the environment", cmd);
 		goto out;
 	}
 	/* A TLS file the sidecar cannot use is a configuration mistake: say
 	 * which file and which key before anything starts. */
 	if (!is_relay && conf_check_tunnel_files(&cfg.tunnel, err, sizeof(err)) != 0) {
-		fprintf(stderr, "sparkrelay %s: %s\n", cmd, err);
+		cmd_eprintf("sparkrelay %s: %s", cmd, err);
 		goto out;
 	}
 	sr_log_set_role(cmd);
@@ -775,13 +793,13 @@ static int check_config_relay(const struct sr_config *cfg, struct check_out *co)
 	if (cmd_check_relay_tls(&cfg->relay, check_warning, co, err, sizeof(err)) != 0 ||
 	    (fl->netcd && fl->secret_file &&
 	     fleet_secret_load(fl->secret_file, &sec, err, sizeof(err)) != 0)) {
-		fprintf(stderr, "%s\n", err);
+		cmd_eprintf("%s", err);
 		return -1;
 	}
 	fleet_secret_free(sec);
 	if (fl->netcd && sr_curl_check_files(fl->etcd_ca, fl->etcd_cert, fl->etcd_key, why,
 					     sizeof(why)) != 0) {
-		fprintf(stderr, "relay.fleet.etcd_ca, etcd_cert, etcd_key: %s\n", why);
+		cmd_eprintf("relay.fleet.etcd_ca, etcd_cert, etcd_key: %s", why);
 		return -1;
 	}
 	cmd_check_relay_policy(&cfg->relay, check_warning, co);
@@ -826,11 +844,11 @@ static int cmd_check_config(int argc, char **argv)
 	file = argv[optind];
 	memset(&cfg, 0, sizeof(cfg));
 	if (conf_load_file_roles(file, CONF_ROLES_OF_FILE, &cfg, err, sizeof(err)) != 0) {
-		fprintf(stderr, "%s\n", err);
+		cmd_eprintf("%s", err);
 		return 1;
 	}
 	if (cfg.have_tunnel && conf_check_tunnel_files(&cfg.tunnel, err, sizeof(err)) != 0) {
-		fprintf(stderr, "%s: %s\n", file, err);
+		cmd_eprintf("%s: %s", file, err);
 		goto out;
 	}
 	if (cfg.have_relay && check_config_relay(&cfg, &co) != 0)
@@ -842,9 +860,10 @@ static int cmd_check_config(int argc, char **argv)
 		if (co.warnings)
 			snprintf(more, sizeof(more), ", %u warning%s", co.warnings,
 				 co.warnings == 1 ? "" : "s");
-		fprintf(stderr, "%s: configuration OK (%s%s%s)%s\n", file,
-			cfg.have_relay ? "relay" : "", cfg.have_relay && cfg.have_tunnel ? ", " : "",
-			cfg.have_tunnel ? "tunnel" : "", more);
+		cmd_eprintf("%s: configuration OK (%s%s%s)%s", file,
+			    cfg.have_relay ? "relay" : "",
+			    cfg.have_relay && cfg.have_tunnel ? ", " : "",
+			    cfg.have_tunnel ? "tunnel" : "", more);
 	}
 	rv = 0;
 out:
@@ -943,14 +962,24 @@ static int cmd_gen_certs(int argc, char **argv)
 					    sizeof(err));
 	}
 	if (rv != 0) {
-		fprintf(stderr, "sparkrelay gen-certs: %s\n", err);
+		cmd_eprintf("sparkrelay gen-certs: %s", err);
 		return 1;
 	}
-	if (client)
-		printf("wrote %s/client-%s.pem and .key (CN %s, valid 30 days)\n", dir, client,
-		       client);
-	else
-		printf("wrote development certificates to %s (valid 30 days)\n", dir);
+	{
+		char line[2048], out[4 * sizeof(line)];
+		int n =
+		    client
+			? snprintf(line, sizeof(line),
+				   "wrote %s/client-%s.pem and .key (CN %s, valid 30 days)",
+				   dir, client, client)
+			: snprintf(line, sizeof(line),
+				   "wrote development certificates to %s (valid 30 days)", dir);
+
+		if (n >= (int)sizeof(line))
+			n = sizeof(line) - 1;
+		sr_esc_ctl(line, n > 0 ? (size_t)n : 0, out, sizeof(out));
+		printf("%s\n", out); /* the path as given, control characters escaped */
+	}
 	return 0;
 }
 

@@ -14,6 +14,8 @@
 import json
 import os
 import re
+import shutil
+import tempfile
 import signal
 import socket
 import subprocess
@@ -94,6 +96,29 @@ class CliTest(X.XCase):
             self.assertEqual(r.stdout, "", args)
             self.assertIn(want, r.stderr, args)
             self.assertNotIn("\x1b", r.stderr, args)
+
+    def test_paths_and_arguments_are_escaped_in_messages(self):
+        """A config path, a stray argument or a gen-certs directory is
+        quoted back in errors and reports: its control characters (C1 too)
+        escaped, the message one line."""
+        d = tempfile.mkdtemp(prefix="sr-esc-")
+        self.addCleanup(shutil.rmtree, d, True)
+        evil = "\x1b[31mRED\n\rX\u009b2J"
+        cases = [(("relay", "--config", evil), 1, "cannot open"),
+                 (("tunnel", "--config", evil), 1, "cannot open"),
+                 (("check-config", evil), 1, "cannot open"),
+                 (("relay", evil), 2, "unexpected argument"),
+                 (("gen-certs", os.path.join(d, evil), "relay.example.com"), 0, "wrote"),
+                 (("gen-certs", os.path.join(d, "x"), "bad" + evil), 1, "extra name")]
+        for args, rc, want in cases:
+            r = run(*args, timeout=30)
+            self.assertEqual(r.returncode, rc, "%r: %s" % (args, r.stderr))
+            out = r.stdout + r.stderr
+            self.assertIn(want, out, args)
+            self.assertIn("\\x1b[31mRED\\x0a\\x0dX", out, args)
+            self.assertFalse(re.search("[\x00-\x09\x0b-\x1f\x7f\x80-\x9f]", out),
+                             "%r: a control character reached the terminal: %r" % (args, out))
+            self.assertEqual(out.count("\n"), 1, "%r: %r" % (args, out))
 
     def test_ctl_escapes_what_it_was_given(self):
         """The admin URL and the arguments come from the environment and the
