@@ -11,7 +11,9 @@
 #include <sys/socket.h>
 
 #include "common/sr_cidr.h"
+#include "common/sr_text.h"
 #include "common/sr_util.h"
+#include "tunnel/tun_ctl.h"
 
 _Static_assert(SR_ARRAY_LEN(((struct sidecar_opts *)0)->relays) == SIDECAR_MAX_RELAYS,
 	       "relays[] holds SIDECAR_MAX_RELAYS entries");
@@ -88,6 +90,18 @@ static int conf_check_listen(const char *s)
 		s = buf;
 	}
 	return conf_check_hostport(s);
+}
+
+/* A host executors or peers are told: a DNS name or an IP literal. */
+static int conf_check_host(const char *s)
+{
+	return sr_valid_host(s) ? 0 : -1;
+}
+
+/* What a registration may carry as the app (tun_ctl.h). */
+static int conf_check_app(const char *s)
+{
+	return tun_ctl_valid_app(s) ? 0 : -1;
 }
 
 /* A numeric IPv4 or IPv6 address: lease ports bind without DNS. */
@@ -172,6 +186,10 @@ static const struct conf_format conf_fmt_listen = {"host:port (port 0: any free 
 						   conf_check_listen};
 static const struct conf_format conf_fmt_numeric = {"a numeric IPv4 or IPv6 address",
 						    conf_check_numeric};
+static const struct conf_format conf_fmt_host = {
+    "a DNS name (letters, digits, '-' and '.') or an IPv4 or IPv6 address", conf_check_host};
+static const struct conf_format conf_fmt_app = {
+    "UTF-8 text of 1..127 bytes without control characters", conf_check_app};
 static const struct conf_format conf_fmt_name = {
     "a name of 1..63 letters, digits, '.', '_' or '-'", conf_check_name};
 static const struct conf_format conf_fmt_tenant_ref = {"a tenant name or \"*\"",
@@ -299,7 +317,7 @@ static const struct conf_group conf_relay_tls_group = {conf_relay_tls, N(conf_re
 	    "Address the lease ports bind to: one of the relay host's (checked at start and "  \
 	    "reload)."),                                                                       \
 	    STR(T, "advertise", F(advertise_host), CONF_NULLABLE, 1, CONF_HOST_MAX, NULL,      \
-		NULL, NULL,                                                                    \
+		NULL, &conf_fmt_host,                                                          \
 		"Host executors are told to connect to (spark.driver.host); null: chosen by "  \
 		"the relay."),                                                                 \
 	    U32(T, "port_min", F(port_min), 1, 65535, CONF_DEFAULT_POOL_MIN,                   \
@@ -687,7 +705,7 @@ static const struct conf_entry conf_tunnel[] = {
 	    "Service (docs/discovery.md)."},
     GROUP("discovery", offsetof(struct sidecar_opts, disc), conf_tunnel_discovery_group),
     STR(struct sidecar_opts, "server_name", server_name, CONF_NULLABLE, 1, CONF_HOST_MAX, NULL,
-	NULL, NULL,
+	NULL, &conf_fmt_host,
 	"Name verified in the relay certificate; null: the host of a `host:port` entry, the "
 	"DOMAIN of `srv:_SERVICE._tcp.DOMAIN`, SERVICE.NAMESPACE.svc for `k8s:`."),
     GROUP("tls", 0, conf_tunnel_tls_group),
@@ -695,7 +713,7 @@ static const struct conf_entry conf_tunnel[] = {
 	NULL, NULL, NULL,
 	"Bearer token sent when registering (at most 255 bytes, what a registration "
 	"carries); null: none."),
-    STR(struct sidecar_opts, "app", app_name, 0, 1, 127, "spark-notebook", NULL, NULL,
+    STR(struct sidecar_opts, "app", app_name, 0, 1, 127, "spark-notebook", NULL, &conf_fmt_app,
 	"Application name shown by the relay (logs, leases)."),
     BOOL(struct sidecar_opts, "ui_port", want_ui, "false",
 	 "Also lease a port for spark.ui.port."),
@@ -742,8 +760,7 @@ static const struct conf_entry conf_tunnel[] = {
 	"Longest reconnect delay; at least backoff_initial_ms."),
     U32(struct sidecar_opts, "dial_timeout_ms", dial_timeout_ms, 100, 600000, "10000",
 	"TCP connect plus TLS handshake to one relay."),
-    U32(struct sidecar_opts, "register_timeout_ms", register_timeout_ms, 1000, 600000,
-	"30000",
+    U32(struct sidecar_opts, "register_timeout_ms", register_timeout_ms, 1000, 600000, "30000",
 	"From the TLS handshake to the relay's answer granting, resuming or joining the "
 	"lease. A relay that does not answer in time (it answers PINGs but nothing else, "
 	"or ended the control stream) counts as one that broke the protocol: the tunnel "

@@ -417,11 +417,55 @@ static int conf_load_entry(const struct conf_entry *e, void *base, json_t *v, co
 	return SR_EINVAL;
 }
 
+/* Edits (insert, delete, replace a byte) between a and b, counted up to
+ * 64 bytes of each. */
+static size_t edit_distance(const char *a, const char *b)
+{
+	size_t na = strnlen(a, 64), nb = strnlen(b, 64), row[65];
+
+	for (size_t j = 0; j <= nb; j++)
+		row[j] = j;
+	for (size_t i = 1; i <= na; i++) {
+		size_t diag = row[0];
+
+		row[0] = i;
+		for (size_t j = 1; j <= nb; j++) {
+			size_t up = row[j], best = diag + (a[i - 1] != b[j - 1]);
+
+			if (up + 1 < best)
+				best = up + 1;
+			if (row[j - 1] + 1 < best)
+				best = row[j - 1] + 1;
+			diag = up;
+			row[j] = best;
+		}
+	}
+	return row[nb];
+}
+
+/* The key of g that key most likely meant (a typo: at most a third of its
+ * letters off, two at least), or NULL. */
+static const char *closest_key(const struct conf_group *g, const char *key)
+{
+	size_t n = strlen(key), best = (n / 3 > 2 ? n / 3 : 2) + 1;
+	const char *pick = NULL;
+
+	for (size_t i = 0; i < g->n; i++) {
+		size_t d = edit_distance(key, g->e[i].key);
+
+		if (d < best) {
+			best = d;
+			pick = g->e[i].key;
+		}
+	}
+	return pick;
+}
+
 int conf_load_group(const struct conf_group *g, void *base, json_t *obj, const char *path,
 		    struct conf_ctx *ctx)
 {
-	char sub[CONF_PATH_MAX], keys[256];
-	const char *key;
+	char sub[CONF_PATH_MAX], keys[900], hint[96];
+	const char *key, *near;
 	json_t *v;
 	size_t i, off;
 	int rc;
@@ -438,8 +482,13 @@ int conf_load_group(const struct conf_group *g, void *base, json_t *obj, const c
 				if (r > 0)
 					off += (size_t)r;
 			}
+			if (off >= sizeof(keys)) /* never with today's groups */
+				memcpy(keys + sizeof(keys) - 4, "...", 4);
+			hint[0] = '\0';
+			if ((near = closest_key(g, key)) != NULL)
+				snprintf(hint, sizeof(hint), "did you mean \"%s\"? ", near);
 			return conf_fail_key(ctx, path, key,
-					     "unknown key (expected one of: %s)", keys);
+					     "unknown key (%sexpected one of: %s)", hint, keys);
 		}
 		conf_join(sub, sizeof(sub), path, key);
 		if ((rc = conf_load_entry(e, base, v, sub, ctx)) != 0)

@@ -152,7 +152,8 @@ int disc_target_parse(const char *s, struct disc_target *t, char *err, size_t er
 				 t->ns);
 		return 0;
 	}
-	if (sr_split_hostport(s, host, sizeof(host), &port, 0) != 0 || port == 0) {
+	if (sr_split_hostport(s, host, sizeof(host), &port, 0) != 0 || port == 0 ||
+	    !sr_valid_host(host)) {
 		sr_seterr(err, errlen,
 			  "bad relay entry \"%s\" (want host:port with a port 1..65535, "
 			  "srv:_SERVICE._tcp.DOMAIN or k8s:[NAMESPACE/]SERVICE[:PORTNAME])",

@@ -202,6 +202,7 @@ static void attach_as(struct relay_tunnel *t, struct relay_lease_ext *lx, int fr
 {
 	struct relay *r = t->relay;
 	struct tun_ctl_msg m;
+	int err;
 	char app[SR_ESC_SIZE(LOG_APP_MAX)];
 
 	/* A resume replaces every tunnel of the lease (a join adds one):
@@ -246,19 +247,25 @@ static void attach_as(struct relay_tunnel *t, struct relay_lease_ext *lx, int fr
 		m.resume[0] = '\0';
 	m.tunnel = t->tid;
 	m.streams = (uint32_t)tun_group_held(lx->group);
-	if (tun_conn_send_ctl(t->conn, &m) != 0) {
+	if ((err = tun_conn_send_ctl(t->conn, &m)) != 0) {
+		/* Out of memory, or a value the message cannot carry (the
+		 * configuration's checks make that unexpected). */
 		if (fresh) {
 			/* Nobody could ever resume it: release it now rather than
 			 * hold its ports for the grace period. The sidecar dials
 			 * again and registers anew. */
-			SR_WARN(t->ctx, "cannot send the lease (out of memory); lease released, "
-					"closing the tunnel");
+			SR_WARN(t->ctx,
+				"cannot send the lease (%s); lease released, closing the "
+				"tunnel",
+				sr_strerror(err));
 			tun_conn_set_group(t->conn, NULL);
 			relay_tunnel_unlink_lease(t);
 			relay_release_lease(lx);
 		} else {
-			SR_WARN(t->ctx, "cannot send the lease (out of memory); closing the "
-					"tunnel, the lease waits for the sidecar to resume it");
+			SR_WARN(t->ctx,
+				"cannot send the lease (%s); closing the tunnel, the lease "
+				"waits for the sidecar to resume it",
+				sr_strerror(err));
 		}
 		tun_conn_close_hold(t->conn, SR_ENOMEM);
 		return;

@@ -400,15 +400,25 @@ static const struct err_case err_cases[] = {
     {"unknown top-level key",
      "{\"log\": {}, \"relya\": {}}",
      SR_EINVAL,
-     {"t.json:1:13: relya: unknown key", "log, relay, tunnel"}},
+     {"t.json:1:13: relya: unknown key (did you mean \"relay\"?", "log, relay, tunnel"}},
+    {"a typo gets the key it meant, even past the list's first 256 bytes",
+     "{\"relay\": {\"metrcs\": {}}}",
+     SR_EINVAL,
+     {"relay.metrcs: unknown key (did you mean \"metrics\"?", "reload, fleet)"}},
+    {"no hint for a key like none",
+     "{\"log\": {\"zzzzqq\": 1}}",
+     SR_EINVAL,
+     {"log.zzzzqq: unknown key (expected one of: level, format)"}},
     {"unknown key with a newline stays on one line",
      "{\"log\": {\"lev\\nel\": 1}}",
      SR_EINVAL,
-     {"t.json: log.lev?el: unknown key (expected one of: level, format)"}},
+     {"t.json: log.lev?el: unknown key (did you mean \"level\"? expected one of: level, "
+      "format)"}},
     {"unknown key with a DEL byte is not quoted raw",
      "{\"log\": {\"lev\\u007fel\": 1}}",
      SR_EINVAL,
-     {"t.json: log.lev?el: unknown key (expected one of: level, format)"}},
+     {"t.json: log.lev?el: unknown key (did you mean \"level\"? expected one of: level, "
+      "format)"}},
     {"duplicate key with a DEL byte is not quoted raw",
      "{\"log\": {\"a\x7f\": 1, \"a\x7f\": 2}}",
      SR_EINVAL,
@@ -497,7 +507,8 @@ static const struct err_case err_cases[] = {
     {"empty relay list",
      "{\"tunnel\": {\"relays\": []}}",
      SR_EINVAL,
-     {"tunnel.relays: must be a list of 1..16 strings, each host:port, srv:_SERVICE._tcp.DOMAIN or k8s:[NAMESPACE/]SERVICE[:PORTNAME] (got 0 items)"}},
+     {"tunnel.relays: must be a list of 1..16 strings, each host:port, "
+      "srv:_SERVICE._tcp.DOMAIN or k8s:[NAMESPACE/]SERVICE[:PORTNAME] (got 0 items)"}},
     {"too many relays",
      "{\"tunnel\": {\"relays\": "
      "[\"a:1\",\"a:1\",\"a:1\",\"a:1\",\"a:1\",\"a:1\",\"a:1\",\"a:1\","
@@ -507,15 +518,18 @@ static const struct err_case err_cases[] = {
     {"relay item without port, located",
      "{\n \"tunnel\": {\n  \"relays\": [\n   \"a:1\",\n   \"nohost\"\n  ]\n }\n}\n",
      SR_EINVAL,
-     {"t.json:5:4: tunnel.relays[1]: must be host:port, srv:_SERVICE._tcp.DOMAIN or k8s:[NAMESPACE/]SERVICE[:PORTNAME] (got \"nohost\")"}},
+     {"t.json:5:4: tunnel.relays[1]: must be host:port, srv:_SERVICE._tcp.DOMAIN or "
+      "k8s:[NAMESPACE/]SERVICE[:PORTNAME] (got \"nohost\")"}},
     {"relay item not a string",
      "{\"tunnel\": {\"relays\": [\"a:1\", 7]}}",
      SR_EINVAL,
-     {"tunnel.relays[1]: must be host:port, srv:_SERVICE._tcp.DOMAIN or k8s:[NAMESPACE/]SERVICE[:PORTNAME] (got 7)"}},
+     {"tunnel.relays[1]: must be host:port, srv:_SERVICE._tcp.DOMAIN or "
+      "k8s:[NAMESPACE/]SERVICE[:PORTNAME] (got 7)"}},
     {"relay item with bad port",
      "{\"tunnel\": {\"relays\": [\"a:99999\"]}}",
      SR_EINVAL,
-     {"tunnel.relays[0]: must be host:port, srv:_SERVICE._tcp.DOMAIN or k8s:[NAMESPACE/]SERVICE[:PORTNAME] (got \"a:99999\")"}},
+     {"tunnel.relays[0]: must be host:port, srv:_SERVICE._tcp.DOMAIN or "
+      "k8s:[NAMESPACE/]SERVICE[:PORTNAME] (got \"a:99999\")"}},
     {"srv entry without _service._proto",
      "{\"tunnel\": {\"relays\": [\"srv:relay.example.com\"]}}",
      SR_EINVAL,
@@ -535,12 +549,12 @@ static const struct err_case err_cases[] = {
     {"app empty",
      "{\"tunnel\": {\"app\": \"\"}}",
      SR_EINVAL,
-     {"tunnel.app: must be a string of 1..127 bytes (got \"\")"}},
+     {"tunnel.app: must be UTF-8 text of 1..127 bytes without control characters (got \"\")"}},
     {"app too long",
      "{\"tunnel\": {\"app\": \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
      "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}}",
      SR_EINVAL,
-     {"tunnel.app: must be a string of 1..127 bytes", "...\")"}},
+     {"tunnel.app: must be UTF-8 text of 1..127 bytes", "...\")"}},
     {"cross: port_min > port_max",
      "{\"relay\": {" RELAY_OK_TLS ",\n \"pool\": {\"port_min\": 41000, \"port_max\": 40000}}}",
      SR_EINVAL,
@@ -571,7 +585,8 @@ static const struct err_case err_cases[] = {
      SR_EINVAL,
      {"tunnel.h2.conn_window: must be at least tunnel.h2.stream_window (262144)"}},
     {"cross: tunnel ping",
-     "{\"tunnel\": {" TUNNEL_OK ", \"h2\": {\"ping_interval_ms\": 5000, \"ping_timeout_ms\": 5000}}}",
+     "{\"tunnel\": {" TUNNEL_OK
+     ", \"h2\": {\"ping_interval_ms\": 5000, \"ping_timeout_ms\": 5000}}}",
      SR_EINVAL,
      {"tunnel.h2.ping_timeout_ms: must be greater than tunnel.h2.ping_interval_ms"}},
     {"cross: tunnel cert without key",
@@ -635,7 +650,8 @@ static const struct err_case err_cases[] = {
      "{\"relay\": {\"routes\": [\n  {\"name\": \"r\"},\n  {\"name\": \"s\", \"pools\": "
      "\"x\"}\n]}}",
      SR_EINVAL,
-     {"t.json:3:17: relay.routes[1].pools: unknown key (expected one of: name, tenant, app, "
+     {"t.json:3:17: relay.routes[1].pools: unknown key (did you mean \"pool\"? expected one "
+      "of: name, tenant, app, "
       "sidecar_cidrs, pool, executor_cidrs)"}},
     {"array: bad value in a nested group of an element",
      "{\"relay\": {\"tenants\": [{\"name\": \"t\", \"match\": {\"cn\": [\"x\"]},\n"
@@ -923,6 +939,56 @@ static void test_bad_values_are_quoted_escaped(void **state)
 	assert_contains(err, "env SPARKRELAY_RELAY_LISTEN: relay.listen: must be host:port");
 	assert_contains(err, "(got \"x\\x09y\")");
 	assert_empty_cfg(&cfg);
+}
+
+/* Values that the relay or the sidecar could not send in a message, or
+ * that name no host, are refused when the file is read: a bad advertise
+ * made every registration fail with "out of memory"; an app with a control
+ * character, and a relay entry whose host is no host name, passed
+ * check-config and then failed at every dial. */
+static void test_hosts_and_app_are_checked_at_load(void **state)
+{
+	static const struct {
+		const char *json, *want;
+	} cases[] = {
+	    {"{\"relay\": {\"pool\": {\"advertise\": \"evil\\nspark.x=1\"}}}",
+	     "relay.pool.advertise: must be a DNS name"},
+	    {"{\"relay\": {\"pool\": {\"advertise\": \"not a host!\"}}}",
+	     "relay.pool.advertise: must be a DNS name"},
+	    {"{\"relay\": {\"pools\": [{\"name\": \"p\", \"advertise\": \"a b\"}]}}",
+	     "advertise: must be a DNS name"},
+	    {"{\"tunnel\": {\"relays\": [\"r:1\"], \"tls\": {\"ca\": \"c\"}, \"app\": "
+	     "\"nb\\u001b[31m\"}}",
+	     "tunnel.app: must be UTF-8 text"},
+	    {"{\"tunnel\": {\"relays\": [\"a\\u001b[31m:1\"], \"tls\": {\"ca\": \"c\"}}}",
+	     "tunnel.relays"},
+	    {"{\"tunnel\": {\"relays\": [\"r:1\"], \"tls\": {\"ca\": \"c\"}, "
+	     "\"server_name\": \"x y\"}}",
+	     "tunnel.server_name: must be a DNS name"},
+	};
+	struct sr_config cfg;
+	char err[ERRLEN];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		err[0] = '\0';
+		if (load(cases[i].json, &cfg, err) != SR_EINVAL)
+			fail_msg("case %zu accepted: %s", i, cases[i].json);
+		assert_contains(err, cases[i].want);
+		assert_null(strchr(err, '\x1b'));
+		assert_empty_cfg(&cfg);
+	}
+	/* and good ones still pass */
+	assert_int_equal(load("{\"relay\": {\"tls\": {\"cert\": \"c\", \"key\": \"k\"}, "
+			      "\"pool\": {\"advertise\": \"relay.example.com\"}}}",
+			      &cfg, err),
+			 0);
+	conf_free(&cfg);
+	assert_int_equal(load("{\"tunnel\": {\"relays\": [\"r:1\"], \"tls\": {\"ca\": \"c\"}, "
+			      "\"app\": \"n\u00e9-1\"}}",
+			      &cfg, err),
+			 0);
+	conf_free(&cfg);
 }
 
 /* An unknown key is shown in the path unquoted: its control characters as
@@ -1790,6 +1856,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_numeric_secret_not_quoted, clear_env,
 					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_bad_values_are_quoted_escaped, clear_env,
+					    clear_env),
+	    cmocka_unit_test_setup_teardown(test_hosts_and_app_are_checked_at_load, clear_env,
 					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_unknown_keys_are_masked, clear_env, clear_env),
 	    cmocka_unit_test_setup_teardown(test_env_unknown_names_of_any_length, clear_env,
