@@ -380,16 +380,20 @@ static struct tun_stream *take_held(struct tun_group *g, struct tun_conn *c,
 			tun_stream_free_reset(s);
 		return NULL;
 	}
+	if (!tun_stream_peer_rx_valid(s, p->peer_rx, p->peer_fin)) {
+		/* Checked before s takes p's id: the reset then ends p as
+		 * any refused stream (killing s after, p stayed listed
+		 * until the tunnel ended, its id naming s). */
+		*rst = NGHTTP2_CONNECT_ERROR;
+		g->st.lost[TUN_LOST_MISMATCH]++;
+		tun_stream_free_reset(s);
+		return NULL;
+	}
 	s->peer_rx = p->peer_rx;
 	s->peer_fin = p->peer_fin;
 	tun_conn_adopt(c, s, p->id);
 	s->flags |= TS_F_RESUME_HDR | TS_F_CONN_HDR;
-	if (tun_stream_apply_peer_rx(s) != 0) {
-		*rst = NGHTTP2_CONNECT_ERROR;
-		g->st.lost[TUN_LOST_MISMATCH]++;
-		tun_stream_kill(s, 1);
-		return NULL;
-	}
+	tun_stream_apply_peer_rx(s); /* valid: checked above */
 	g->st.resumed++;
 	return s;
 }

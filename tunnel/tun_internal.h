@@ -266,6 +266,9 @@ void tun_group_answered(struct tun_group *g, struct tun_stream *s);
 /* Apply the peer's rx to s: drop what it has, resend the rest. 0 or -1 when
  * the counts cannot both be true. */
 int tun_stream_apply_peer_rx(struct tun_stream *s);
+/* Whether the peer's count peer_rx (and its end, peer_fin) can be true of
+ * what s sent: between what it acknowledged and what was sent. */
+int tun_stream_peer_rx_valid(const struct tun_stream *s, uint64_t peer_rx, int peer_fin);
 /* A stream the peer no longer has but that was complete at both ends
  * (END_STREAM each way): deliver what is left and end cleanly. 1 if s was
  * complete (and is now the group's to finish), 0 if it is a loss. */

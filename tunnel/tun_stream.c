@@ -108,12 +108,17 @@ void tun_stream_on_ack(struct tun_stream *s, uint32_t n)
 	resume_sending(s);
 }
 
+int tun_stream_peer_rx_valid(const struct tun_stream *s, uint64_t peer_rx, int peer_fin)
+{
+	return peer_rx >= s->tx_acked && peer_rx <= s->tx_sent &&
+	       !(peer_fin && s->up == TS_DIR_OPEN);
+}
+
 int tun_stream_apply_peer_rx(struct tun_stream *s)
 {
 	uint64_t drop;
 
-	if (s->peer_rx < s->tx_acked || s->peer_rx > s->tx_sent ||
-	    (s->peer_fin && s->up == TS_DIR_OPEN))
+	if (!tun_stream_peer_rx_valid(s, s->peer_rx, s->peer_fin))
 		return -1;
 	drop = s->peer_rx - s->tx_acked;
 	if (drop && s->sock)

@@ -187,6 +187,20 @@ static void test_a_resume_point_that_cannot_be_true_resets_the_stream(void **sta
 		tun_group_get_stats(h->gr, &gr);
 		tun_group_get_stats(h->gs, &gs);
 		assert_int_equal(gr.held + gs.held, 0);
+		/* nothing of the refused stream is left on the tunnel (the
+		 * sidecar used to keep the stream its CONNECT came as) */
+		for (int i = 0; i < 100; i++) {
+			ts_tp_deliver(h, 1u << 20);
+			ts_tp_service(h);
+		}
+		for (int end = 0; end < 2; end++) {
+			struct tun_conn_stats cs;
+
+			tun_conn_get_stats(end ? h->sc : h->relay, &cs);
+			if (cs.streams_active != 0)
+				fail_msg("case %zu: %s: %zu streams active after the reset", k,
+					 end ? "sidecar" : "relay", cs.streams_active);
+		}
 		ts_tp_end(h);
 	}
 }
