@@ -129,6 +129,7 @@ struct sidecar {
 	int join_unsupported; /* a relay answered a join as an unknown resume */
 	struct sr_ratelog rl_driver; /* "cannot connect to driver port" lines */
 	struct tun_limits *limits;   /* every tunnel's flood budgets */
+	int cert_hint_given;	     /* on_closed: said once */
 	/* The lease whose settings were last written: what a running driver
 	 * may have bound (from the state file after a restart). */
 	struct sidecar_lease_info written;
@@ -690,8 +691,14 @@ static void on_ctl(struct tun_conn *c, const struct tun_ctl_msg *m, void *arg)
 			on_join_refused(s, p, c, m);
 			break;
 		}
-		SR_ERROR(tun_conn_logctx(c), "relay refused registration: %s: %s",
-			 sr_esc(m->code, cbuf, sizeof(cbuf)), sr_esc(m->message, mbuf, sizeof(mbuf)));
+		/* A resume the relay no longer knows (it restarted without a
+		 * handover, or the grace period ran out) is expected now and then:
+		 * a warning, and lease_lost says what it means for the driver. */
+		SR_LOG(p->sent_resume && strcmp(m->code, "unknown_lease") == 0 ? SR_LOG_WARN
+									       : SR_LOG_ERROR,
+		       tun_conn_logctx(c), "relay refused registration: %s: %s",
+		       sr_esc(m->code, cbuf, sizeof(cbuf)),
+		       sr_esc(m->message, mbuf, sizeof(mbuf)));
 		if ((p->sent_resume && strcmp(m->code, "unknown_lease") == 0) ||
 		    strcmp(m->code, "revoked") == 0) {
 			/* The lease is gone (expired, revoked, or another relay):
@@ -813,6 +820,13 @@ static void on_closed(struct tun_endpoint *ep, int err, const char *why_ep, void
 	unsigned others;
 
 	snprintf(why, sizeof(why), "%s", why_ep ? why_ep : "");
+	/* OpenSSL's words for the relay's "certificate_required" alert */
+	if (!s->o->cert_file && strstr(why, "certificate required") && !s->cert_hint_given) {
+		s->cert_hint_given = 1;
+		SR_WARN("",
+			"the relay asks for a client certificate and none is configured: set "
+			"tunnel.tls.cert and tunnel.tls.key (docs/security.md)");
+	}
 	evtimer_del(p->register_timer);
 	p->registered = p->tun_leased = p->release_sent = p->joining = 0;
 	lease_links(s);
@@ -1183,6 +1197,21 @@ fail:
 	schedule_backoff(p);
 }
 
+/* a is among the n of list already, with the same name to verify (a name
+ * listed twice in /etc/hosts, say): dialled once. */
+static int addr_listed(const struct disc_addr *list, size_t n, const struct disc_addr *a)
+{
+	char x[SR_ADDRSTRLEN], y[SR_ADDRSTRLEN];
+
+	sr_format_addr((const struct sockaddr *)&a->ss, x, sizeof(x));
+	for (size_t i = 0; i < n; i++) {
+		sr_format_addr((const struct sockaddr *)&list[i].ss, y, sizeof(y));
+		if (strcmp(x, y) == 0 && strcmp(list[i].host, a->host) == 0)
+			return 1;
+	}
+	return 0;
+}
+
 static void resolved_cb(int err, const struct disc_addr *addrs, size_t n, void *arg)
 {
 	struct sc_slot *p = arg;
@@ -1211,7 +1240,7 @@ static void resolved_cb(int err, const struct disc_addr *addrs, size_t n, void *
 		for (size_t i = 0; i < n; i++) {
 			char a[SR_ADDRSTRLEN];
 			sr_format_addr((const struct sockaddr *)&addrs[i].ss, a, sizeof(a));
-			if (addr_rank(p, a) == rank)
+			if (addr_rank(p, a) == rank && !addr_listed(p->addrs, k, &addrs[i]))
 				p->addrs[k++] = addrs[i];
 		}
 	p->naddrs = k;

@@ -83,6 +83,10 @@ class MutualTLSTest(SecCase):
                         "relay log has no 'TLS handshake failed: ... peer did not return a "
                         "certificate'")
         self.assertFalse(self.relay.grep("waiting for registration"))
+        # the sidecar says what to set, once
+        self.assertTrue(X.wait_log(sc.proc, "set tunnel.tls.cert and tunnel.tls.key", 5),
+                        sc.proc.tail())
+        self.assertEqual(len(sc.proc.grep("asks for a client certificate")), 1)
 
     def test_right_client_cert_gets_a_lease(self):
         c = H.certs()
