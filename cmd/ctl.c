@@ -7,6 +7,7 @@
 #include "common/sr_text.h"
 #include "common/sr_util.h"
 
+#include <errno.h>
 #include <fnmatch.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -834,10 +835,17 @@ static int read_token_file(struct ctl *c, const char *path)
 
 	sr_esc_n(path, 200, esc, sizeof(esc));
 	if (!f) {
-		fprintf(stderr, "sparkrelay ctl: cannot read the token file %s\n", esc);
+		fprintf(stderr, "sparkrelay ctl: cannot read the token file %s: %s\n", esc,
+			strerror(errno));
 		return CTL_EUSAGE;
 	}
 	n = fread(buf, 1, sizeof(buf) - 1, f);
+	if (ferror(f)) { /* a directory, say */
+		fprintf(stderr, "sparkrelay ctl: cannot read the token file %s: %s\n", esc,
+			strerror(errno));
+		fclose(f);
+		return CTL_EUSAGE;
+	}
 	fclose(f);
 	buf[n] = '\0';
 	/* One trailing line end or blank run is how files are written. */
@@ -1069,17 +1077,24 @@ int cmd_ctl(int argc, char **argv)
 			c.url = optarg;
 			break;
 		case 't':
+		case 'f':
+			if (c.token_given) {
+				fprintf(stderr, "sparkrelay ctl: give one of --token and "
+						"--token-file, once\n");
+				rv = CTL_EUSAGE;
+				goto out;
+			}
 			c.token_given = 1;
+			if (ch == 'f') {
+				if ((rv = read_token_file(&c, optarg)) != CTL_OK)
+					goto out;
+				break;
+			}
 			if (!*optarg) {
 				c.token = NULL; /* --token "": explicitly none */
 				break;
 			}
 			if ((rv = set_token(&c, optarg, "--token")) != CTL_OK)
-				goto out;
-			break;
-		case 'f':
-			c.token_given = 1;
-			if ((rv = read_token_file(&c, optarg)) != CTL_OK)
 				goto out;
 			break;
 		case 'o':

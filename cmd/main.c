@@ -163,8 +163,7 @@ static int reload_relay(void *arg, char *err, size_t errlen)
 	if (rc->config)
 		rv = conf_load_file_roles(rc->config, CONF_ROLE_RELAY, &ncfg, err, errlen);
 	else
-		rv = conf_load_string_roles("{}", "environment", CONF_ROLE_RELAY, &ncfg, err,
-					    errlen);
+		rv = conf_load_env_roles(CONF_ROLE_RELAY, &ncfg, err, errlen);
 	if (rv == 0 && !ncfg.have_relay) {
 		sr_seterr(err, errlen, "%s has no \"relay\" section",
 			  rc->config ? rc->config : "the environment");
@@ -313,6 +312,9 @@ static int parse_common(int argc, char **argv, const char **config, const char *
 				       "  SIGTERM or SIGINT before exiting 0 (a container that must not "
 				       "restart).\n"
 				       "SIGTERM still drains (docs/operations.md).\n");
+			printf("\nExit status: 0 once stopped by SIGTERM or SIGINT (%s), 1 on "
+			       "a\nconfiguration or start error, 2 on a usage error.\n",
+			       rf ? "drained" : "the lease released");
 			return 1;
 		case 'V':
 			print_version();
@@ -340,7 +342,7 @@ static int load_config(const char *path, unsigned role, struct sr_config *cfg, c
 	if (path)
 		rv = conf_load_file_roles(path, role, cfg, err, sizeof(err));
 	else
-		rv = conf_load_string_roles("{}", "environment", role, cfg, err, sizeof(err));
+		rv = conf_load_env_roles(role, cfg, err, sizeof(err));
 	if (rv != 0) {
 		cmd_eprintf("sparkrelay %s: %s", cmd, err);
 		return 1;
@@ -640,8 +642,14 @@ static int run_role(int argc, char **argv, int is_relay)
 	if (cfg.log_format)
 		sr_log_set_format_name(cfg.log_format);
 	if (is_relay ? !cfg.have_relay : !cfg.have_tunnel) {
-		cmd_eprintf("sparkrelay %s: %s has no \"%s\" section", cmd,
-			    config ? config : "the environment", cmd);
+		if (config)
+			cmd_eprintf("sparkrelay %s: %s has no \"%s\" section", cmd, config,
+				    cmd);
+		else
+			cmd_eprintf("sparkrelay %s: no configuration: give --config FILE (a "
+				    "\"%s\" section), or set SPARKRELAY_%s_* variables "
+				    "(docs/configuration.md)",
+				    cmd, cmd, is_relay ? "RELAY" : "TUNNEL");
 		goto out;
 	}
 	/* A TLS file the sidecar cannot use is a configuration mistake: say
@@ -838,6 +846,8 @@ static int cmd_check_config(int argc, char **argv)
 		}
 	}
 	if (optind + 1 != argc) {
+		fprintf(stderr, "sparkrelay check-config: %s\n",
+			optind >= argc ? "FILE is required" : "one FILE only");
 		fputs(check_config_usage, stderr);
 		return 2;
 	}
@@ -846,6 +856,11 @@ static int cmd_check_config(int argc, char **argv)
 	if (conf_load_file_roles(file, CONF_ROLES_OF_FILE, &cfg, err, sizeof(err)) != 0) {
 		cmd_eprintf("%s", err);
 		return 1;
+	}
+	if (!cfg.have_relay && !cfg.have_tunnel) {
+		/* both commands would refuse it */
+		cmd_eprintf("%s: neither a \"relay\" nor a \"tunnel\" section", file);
+		goto out;
 	}
 	if (cfg.have_tunnel && conf_check_tunnel_files(&cfg.tunnel, err, sizeof(err)) != 0) {
 		cmd_eprintf("%s: %s", file, err);
@@ -910,6 +925,7 @@ static int cmd_gen_certs(int argc, char **argv)
 	const char *dir;
 	unsigned nsans = 0;
 	char err[512];
+	int kept = 0;
 	int ch, rv;
 
 	optind = 1;
@@ -928,20 +944,22 @@ static int cmd_gen_certs(int argc, char **argv)
 			break;
 		case 'h':
 		default:
-			fprintf(ch == 'h' ? stdout : stderr,
-				"usage: sparkrelay gen-certs DIR [NAME...]\n"
-				"       sparkrelay gen-certs DIR --client NAME [--san SAN]...\n"
-				"Writes a development CA (ca.pem/.key), relay.pem/.key and "
-				"sidecar.pem/.key\n"
-				"into DIR (created, mode 0700, if missing). NAMEs (DNS names or "
-				"IPs) are added\n"
-				"to the relay certificate. With --client, issues client-NAME.pem/.key"
-				" instead:\n"
-				"a client certificate with CN NAME from the CA already in DIR, for "
-				"an mTLS\n"
-				"tenant (relay.tenants[].match.cn); each --san adds a DNS name, IP or "
-				"URI\n"
-				"(match.san).\n");
+			fprintf(
+			    ch == 'h' ? stdout : stderr,
+			    "usage: sparkrelay gen-certs DIR [NAME...]\n"
+			    "       sparkrelay gen-certs DIR --client NAME [--san SAN]...\n"
+			    "Writes a development CA (ca.pem/.key), relay.pem/.key and "
+			    "sidecar.pem/.key\n"
+			    "into DIR (created, mode 0700, if missing). NAMEs (DNS names or "
+			    "IPs) are added\n"
+			    "to the relay certificate. A CA already in DIR is kept and signs "
+			    "them (remove\n"
+			    "ca.pem and ca.key for a new one).\n"
+			    "With --client, issues client-NAME.pem/.key instead: a client "
+			    "certificate with\n"
+			    "CN NAME from the CA already in DIR, for an mTLS tenant\n"
+			    "(relay.tenants[].match.cn); each --san adds a DNS name, IP or URI "
+			    "(match.san).\n");
 			return ch == 'h' ? 0 : 2;
 		}
 	}
@@ -958,8 +976,8 @@ static int cmd_gen_certs(int argc, char **argv)
 	} else {
 		rv = make_dirs(dir, err, sizeof(err)) != 0
 			 ? SR_EIO
-			 : sr_devcert_write(dir, (const char *const *)argv + optind + 1, 30, err,
-					    sizeof(err));
+			 : sr_devcert_write_keep_ca(dir, (const char *const *)argv + optind + 1,
+						    30, &kept, err, sizeof(err));
 	}
 	if (rv != 0) {
 		cmd_eprintf("sparkrelay gen-certs: %s", err);
@@ -967,13 +985,14 @@ static int cmd_gen_certs(int argc, char **argv)
 	}
 	{
 		char line[2048], out[4 * sizeof(line)];
-		int n =
-		    client
-			? snprintf(line, sizeof(line),
-				   "wrote %s/client-%s.pem and .key (CN %s, valid 30 days)",
-				   dir, client, client)
-			: snprintf(line, sizeof(line),
-				   "wrote development certificates to %s (valid 30 days)", dir);
+		int n = client
+			    ? snprintf(line, sizeof(line),
+				       "wrote %s/client-%s.pem and .key (CN %s, valid 30 days)",
+				       dir, client, client)
+			    : snprintf(
+				  line, sizeof(line),
+				  "wrote development certificates to %s (valid 30 days)%s", dir,
+				  kept ? "; kept the CA already there, which signed them" : "");
 
 		if (n >= (int)sizeof(line))
 			n = sizeof(line) - 1;
@@ -1007,6 +1026,11 @@ static int cmd_version(int argc, char **argv)
 		printf("usage: sparkrelay version (or sparkrelay -V, --version)\n"
 		       "Prints the version and the tunnel protocol version.\n");
 		return 0;
+	}
+	if (argc >= 2) {
+		cmd_eprintf("sparkrelay version: unexpected argument \"%s\" (--help: usage)",
+			    argv[1]);
+		return 2;
 	}
 	return print_version();
 }

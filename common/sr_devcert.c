@@ -344,8 +344,12 @@ static int devcert_check_dir(const char *dir, char *err, size_t errlen)
 	return 0;
 }
 
-int sr_devcert_write(const char *dir, const char *const *extra_names, unsigned days, char *err,
-		     size_t errlen)
+static void *devcert_read(const char *dir, const char *name, enum devcert_kind kind, int *rc,
+			  char *err, size_t errlen);
+
+/* sr_devcert_write, or with kept not NULL sr_devcert_write_keep_ca. */
+static int devcert_write(const char *dir, const char *const *extra_names, unsigned days,
+			 int *kept, char *err, size_t errlen)
 {
 	static const struct devcert_ext ca_exts[] = {
 	    {NID_basic_constraints, "critical,CA:TRUE"},
@@ -382,14 +386,43 @@ int sr_devcert_write(const char *dir, const char *const *extra_names, unsigned d
 	relay_exts[3].value = san;
 
 	ERR_clear_error();
-	ca_key = EVP_EC_gen("P-256");
+	if (kept) {
+		/* The CA already there signs the new certificates: a new one
+		 * would make every certificate it issued stop verifying. */
+		*kept = 0;
+		ca_key = devcert_read(dir, "ca.key", DEVCERT_KEY, &rc, err, errlen);
+		if (ca_key) {
+			if (!(ca = devcert_read(dir, "ca.pem", DEVCERT_CERT, &rc, err, errlen)))
+				goto out;
+			if (X509_check_private_key(ca, ca_key) != 1) {
+				rc = devcert_ssl_err(err, errlen,
+						     "ca.pem and ca.key are not a pair");
+				goto out;
+			}
+			if (X509_cmp_current_time(X509_get0_notAfter(ca)) <= 0) {
+				sr_seterr(err, errlen,
+					  "%s/ca.pem: the development CA there has expired; "
+					  "remove ca.pem and ca.key for a new one",
+					  dir);
+				rc = SR_EINVAL;
+				goto out;
+			}
+			*kept = 1;
+		} else if (rc != SR_ENOTFOUND) {
+			goto out;
+		}
+		ERR_clear_error();
+	}
+	if (!ca_key)
+		ca_key = EVP_EC_gen("P-256");
 	relay_key = EVP_EC_gen("P-256");
 	sidecar_key = EVP_EC_gen("P-256");
 	if (ca_key == NULL || relay_key == NULL || sidecar_key == NULL) {
 		rc = devcert_ssl_err(err, errlen, "generating P-256 key");
 		goto out;
 	}
-	ca = devcert_make(ca_key, "sparkrelay-dev-ca", NULL, NULL, days, ca_exts);
+	if (!ca)
+		ca = devcert_make(ca_key, "sparkrelay-dev-ca", NULL, NULL, days, ca_exts);
 	if (ca == NULL) {
 		rc = devcert_ssl_err(err, errlen, "making CA certificate");
 		goto out;
@@ -417,7 +450,16 @@ int sr_devcert_write(const char *dir, const char *const *extra_names, unsigned d
 		    {"sidecar.pem", DEVCERT_CERT, sidecar, ""},
 		};
 
-		rc = devcert_write_all(dir, out, sizeof(out) / sizeof(out[0]), err, errlen);
+		size_t n = sizeof(out) / sizeof(out[0]);
+
+		if (kept && *kept) { /* the leaves only */
+			out[0] = out[1];
+			out[1] = out[2];
+			out[2] = out[4];
+			out[3] = out[5];
+			n = 4;
+		}
+		rc = devcert_write_all(dir, out, n, err, errlen);
 	}
 out:
 	X509_free(sidecar);
@@ -428,6 +470,18 @@ out:
 	EVP_PKEY_free(ca_key);
 	free(san);
 	return rc;
+}
+
+int sr_devcert_write(const char *dir, const char *const *extra_names, unsigned days, char *err,
+		     size_t errlen)
+{
+	return devcert_write(dir, extra_names, days, NULL, err, errlen);
+}
+
+int sr_devcert_write_keep_ca(const char *dir, const char *const *extra_names, unsigned days,
+			     int *kept, char *err, size_t errlen)
+{
+	return devcert_write(dir, extra_names, days, kept, err, errlen);
 }
 
 /* ---- client certificates from the development CA ----------------------- */

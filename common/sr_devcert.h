@@ -16,6 +16,12 @@
  * (may be NULL). Returns 0 or a negative SR_E* with a reason in err. */
 int sr_devcert_write(const char *dir, const char *const *extra_names, unsigned days,
 		     char *err, size_t errlen);
+/* The same, but a CA already in dir (ca.pem and ca.key, a pair) is kept and
+ * signs the new relay and sidecar certificates (*kept set to 1), so that
+ * what it issued before goes on verifying; without one, a new CA is made
+ * (*kept 0). `sparkrelay gen-certs`. */
+int sr_devcert_write_keep_ca(const char *dir, const char *const *extra_names, unsigned days,
+			     int *kept, char *err, size_t errlen);
 
 /* Issue a client certificate (mTLS tenants) signed by the development CA in
  * dir (ca.pem and ca.key, as sr_devcert_write made them): subject CN cn,

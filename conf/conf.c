@@ -70,10 +70,20 @@ static unsigned conf_roles_present(const struct sr_config *cfg)
 	return roles ? roles : CONF_ROLES_ALL;
 }
 
-static int conf_load_text(const char *text, size_t len, const char *origin, unsigned roles,
-			  struct sr_config *cfg, char *err, size_t errlen)
+/* Nothing but JSON's white space (an empty file). */
+static int conf_blank(const char *text, size_t len)
 {
-	struct conf_ctx ctx = {.origin = origin, .err = err, .errlen = errlen, .roles = roles};
+	for (size_t i = 0; i < len; i++)
+		if (!strchr(" \t\r\n", text[i]) || !text[i])
+			return 0;
+	return 1;
+}
+
+static int conf_load_text(const char *text, size_t len, const char *origin, unsigned roles,
+			  int no_file, struct sr_config *cfg, char *err, size_t errlen)
+{
+	struct conf_ctx ctx = {
+	    .origin = origin, .err = err, .errlen = errlen, .roles = roles, .no_file = no_file};
 	char got[CONF_GOT_SIZE];
 	json_error_t jerr;
 	json_t *root = NULL;
@@ -89,6 +99,20 @@ static int conf_load_text(const char *text, size_t len, const char *origin, unsi
 	}
 	if (conf_group_defaults(&conf_root_group, cfg) != 0 || !(cfg->path = strdup(origin))) {
 		rc = conf_nomem(&ctx);
+		goto fail;
+	}
+	if (len >= 3 && memcmp(text, "\xef\xbb\xbf", 3) == 0) {
+		sr_seterr(err, errlen,
+			  "%s: starts with a byte order mark (EF BB BF), which JSON "
+			  "does not allow: save it as UTF-8 without one",
+			  origin);
+		rc = SR_EINVAL;
+		goto fail;
+	}
+	if (conf_blank(text, len)) {
+		sr_seterr(err, errlen,
+			  "%s: empty: want a JSON object such as {\"relay\": {...}}", origin);
+		rc = SR_EINVAL;
 		goto fail;
 	}
 	root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
@@ -137,6 +161,7 @@ static int conf_load_text(const char *text, size_t len, const char *origin, unsi
 	if ((rc = conf_env_check_unknown(&ctx)) != 0 ||
 	    (rc = conf_env_group(&conf_root_group, cfg, "", NULL, &ctx)) != 0)
 		goto fail;
+	ctx.env_applied = 1;
 	if (cfg->have_relay && (rc = conf_check_relay(&cfg->relay, &ctx)) != 0)
 		goto fail;
 	if (cfg->have_tunnel && (rc = conf_check_tunnel(&cfg->tunnel, &ctx)) != 0)
@@ -152,8 +177,13 @@ fail:
 int conf_load_string_roles(const char *json, const char *origin, unsigned roles,
 			   struct sr_config *cfg, char *err, size_t errlen)
 {
-	return conf_load_text(json, strlen(json), origin ? origin : "config", roles, cfg, err,
-			      errlen);
+	return conf_load_text(json, strlen(json), origin ? origin : "config", roles, 0, cfg,
+			      err, errlen);
+}
+
+int conf_load_env_roles(unsigned roles, struct sr_config *cfg, char *err, size_t errlen)
+{
+	return conf_load_text("{}", 2, "environment", roles, 1, cfg, err, errlen);
 }
 
 int conf_load_string(const char *json, const char *origin, struct sr_config *cfg, char *err,
@@ -213,7 +243,7 @@ int conf_load_file_roles(const char *path, unsigned roles, struct sr_config *cfg
 		rc = SR_ETOOBIG;
 		goto out;
 	}
-	rc = conf_load_text(buf, n, path, roles, cfg, err, errlen);
+	rc = conf_load_text(buf, n, path, roles, 0, cfg, err, errlen);
 out:
 	free(buf);
 	fclose(f);

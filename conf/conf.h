@@ -81,6 +81,9 @@ enum conf_roles {
  * always applies. */
 int conf_load_file_roles(const char *path, unsigned roles, struct sr_config *cfg, char *err,
 			 size_t errlen);
+/* No file: the defaults and the environment's SPARKRELAY_* variables (the
+ * origin of its messages is "environment"). */
+int conf_load_env_roles(unsigned roles, struct sr_config *cfg, char *err, size_t errlen);
 int conf_load_string_roles(const char *json, const char *origin, unsigned roles,
 			   struct sr_config *cfg, char *err, size_t errlen);
 

@@ -8,6 +8,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/sr_err.h"
@@ -52,6 +53,21 @@ static const char *conf_key_text(const char *key, char *buf, size_t len)
 	return buf;
 }
 
+/* The variable that set the setting at path (it overrides the file), if one
+ * did: its name in buf. Only variables of the sections that applied. */
+static const char *conf_env_that_set(const struct conf_ctx *ctx, const char *path, char *buf,
+				     size_t len)
+{
+	unsigned role = strncmp(path, "relay.", 6) == 0	   ? CONF_ROLE_RELAY
+			: strncmp(path, "tunnel.", 7) == 0 ? CONF_ROLE_TUNNEL
+							   : 0;
+
+	if (role && !(ctx->roles & role))
+		return NULL;
+	conf_env_name(path, buf, len);
+	return getenv(buf) ? buf : NULL;
+}
+
 /* Write "origin[:line:col]: path[.rawkey]: <message>" into ctx->err.
  * rawkey, if not NULL, is a key found in the file under path (an unknown
  * key): its own position is reported. locpath, if not NULL, is located
@@ -64,14 +80,20 @@ static int conf_vfail(struct conf_ctx *ctx, const char *path, const char *locpat
 		      const char *rawkey, const char *fmt, va_list ap)
 {
 	char segbuf[CONF_PATH_MAX + 8], keybuf[64], at[32] = "", what[CONF_PATH_MAX + 72] = "";
-	char msg[CONF_MSG_MAX];
-	const char *segs[CONF_MAX_DEPTH];
+	char msg[CONF_MSG_MAX], envbuf[CONF_PATH_MAX + 16];
+	const char *segs[CONF_MAX_DEPTH], *env = NULL;
 	size_t nsegs = 0;
 	int line = 0, col = 0;
 
 	if (!ctx->err || ctx->errlen == 0)
 		return SR_EINVAL;
-	if (!ctx->env) {
+	if (!ctx->env && ctx->env_applied)
+		env = conf_env_that_set(ctx, path, envbuf, sizeof(envbuf));
+	if (!env && !ctx->env && ctx->env_applied && locpath)
+		env = conf_env_that_set(ctx, locpath, envbuf, sizeof(envbuf));
+	if (env) {
+		/* a check after loading, of a value a variable gave */
+	} else if (!ctx->env) {
 		const char *lp = locpath ? locpath : path;
 
 		if (ctx->text && lp) {
@@ -89,8 +111,10 @@ static int conf_vfail(struct conf_ctx *ctx, const char *path, const char *locpat
 		snprintf(what, sizeof(what), "%s%s%s: ", path, *path && rawkey ? "." : "",
 			 rawkey ? conf_key_text(rawkey, keybuf, sizeof(keybuf)) : "");
 	vsnprintf(msg, sizeof(msg), fmt, ap);
-	sr_seterr(ctx->err, ctx->errlen, "%s%s%s: %s%s", ctx->env ? "env " : "",
-		  ctx->env ? ctx->env : ctx->origin, at, what, msg);
+	if (!env)
+		env = ctx->env;
+	sr_seterr(ctx->err, ctx->errlen, "%s%s%s: %s%s", env ? "env " : "",
+		  env ? env : ctx->origin, at, what, msg);
 	return SR_EINVAL;
 }
 
@@ -182,8 +206,8 @@ void conf_describe_json(const json_t *v, int secret, char *buf, size_t len)
 	case JSON_REAL:
 		if (secret)
 			snprintf(buf, len, "a number");
-		else
-			snprintf(buf, len, "%g", json_real_value(v));
+		else /* "a real number 1000": 1e3 or 1000.0 in the file, not an integer */
+			snprintf(buf, len, "a real number %g", json_real_value(v));
 		break;
 	case JSON_TRUE:
 		snprintf(buf, len, "true");

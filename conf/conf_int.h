@@ -100,6 +100,8 @@ struct conf_ctx {
 	size_t textlen;
 	const char *env; /* while applying this variable, else NULL */
 	unsigned roles;	 /* CONF_ROLE_* bits: the sections whose variables apply */
+	int no_file;	 /* conf_load_env_roles: the environment alone */
+	int env_applied; /* the checks after loading run: a variable set won */
 	char *err;
 	size_t errlen;
 	/* ARRAY entries and GROUP entries with excl that the file or the

@@ -175,7 +175,7 @@ static int conf_check_port_range(const char *s)
 }
 
 static const struct conf_format conf_fmt_port_range = {
-    "a port or a range of ports N-M within 1..65535", conf_check_port_range};
+    "a port or a range of ports N-M (N <= M) within 1..65535", conf_check_port_range};
 static const struct conf_format conf_fmt_relay_entry = {
     "host:port, srv:_SERVICE._tcp.DOMAIN or k8s:[NAMESPACE/]SERVICE[:PORTNAME]",
     conf_check_relay_entry};

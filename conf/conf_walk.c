@@ -573,6 +573,11 @@ int conf_check_required(const struct conf_group *g, const void *base, const char
 		if (elem)
 			return conf_fail_at(ctx, sub, elem, "required, but not set");
 		conf_env_name(sub, name, sizeof(name));
+		if (ctx->no_file)
+			return conf_fail(ctx, sub,
+					 "required, but not set (set %s, or give "
+					 "--config FILE)",
+					 name);
 		return conf_fail(ctx, sub, "required, but not set (set it in the file or %s)",
 				 name);
 	}

@@ -500,8 +500,8 @@ int relay_reload(struct relay *r, struct relay_opts *o, char *err, size_t errlen
 	r->st.reloads_ok++;
 	r->st.last_reload_ok = 1;
 	r->st.last_reload_ok_unix_ms = wall_ms();
-	SR_INFO("", "configuration reloaded: %zu pools; live tunnels and streams untouched",
-		relay_policy_npools(np->p));
+	SR_INFO("", "configuration reloaded: %zu pool%s; live tunnels and streams untouched",
+		relay_policy_npools(np->p), relay_policy_npools(np->p) == 1 ? "" : "s");
 	relay_fleet_reloaded(r->fleet);
 	return 0;
 }

@@ -76,6 +76,13 @@ class CliTest(X.XCase):
         self.assertEqual(run("ctl", "help", "frobnicate").returncode, 2)
         self.assertEqual(run("relay", "extra-argument").returncode, 2)
         self.assertEqual(run("config-docs", "extra").returncode, 2)
+        self.assertEqual(run("version", "extra").returncode, 2)
+        for args, why in ((("check-config",), "FILE is required"),
+                          (("check-config", "a", "b"), "one FILE only")):
+            r = run(*args)
+            self.assertEqual(r.returncode, 2, args)
+            self.assertIn(why, r.stderr, args)
+            self.assertIn("usage: sparkrelay check-config", r.stderr, args)
         r = run()
         self.assertEqual(r.returncode, 2)
 
@@ -119,6 +126,50 @@ class CliTest(X.XCase):
             self.assertFalse(re.search("[\x00-\x09\x0b-\x1f\x7f\x80-\x9f]", out),
                              "%r: a control character reached the terminal: %r" % (args, out))
             self.assertEqual(out.count("\n"), 1, "%r: %r" % (args, out))
+
+    def test_a_first_run_without_configuration_says_what_to_give(self):
+        """No file and no variables, only variables, a file with no
+        section: each says what is missing and how to give it, exit 1."""
+        bare = {k: v for k, v in os.environ.items()
+                if not k.startswith("SPARKRELAY_") or k.startswith("SPARKRELAY_BIN")}
+        for cmd, var in (("relay", "SPARKRELAY_RELAY_*"), ("tunnel", "SPARKRELAY_TUNNEL_*")):
+            r = run(cmd, env=bare)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("no configuration: give --config FILE", r.stderr)
+            self.assertIn(var, r.stderr)
+        r = run("relay", env=dict(bare, SPARKRELAY_RELAY_LISTEN="127.0.0.1:1"))
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("relay.tls.cert: required, but not set (set SPARKRELAY_RELAY_TLS_CERT, "
+                      "or give --config FILE)", r.stderr)
+        d = tempfile.mkdtemp(prefix="sr-empty-")
+        self.addCleanup(shutil.rmtree, d, True)
+        path = os.path.join(d, "empty.json")
+        with open(path, "w") as f:
+            f.write("{}\n")
+        r = run("check-config", path)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn('neither a "relay" nor a "tunnel" section', r.stderr)
+
+    def test_a_relay_name_that_resolves_twice_is_dialled_once(self):
+        """"localhost" comes back twice as 127.0.0.1 here (libevent's own
+        answer and /etc/hosts): each round dialled it twice and said so
+        twice."""
+        d = tempfile.mkdtemp(prefix="sr-lh-")
+        self.addCleanup(shutil.rmtree, d, True)
+        port = H.free_port()
+        cfg = H.tunnel_config(port, d, {"tunnel": {"relays": ["localhost:%d" % port],
+                                                   "backoff_initial_ms": 200}})
+        path = H.write_config(os.path.join(d, "tunnel.json"), cfg) or os.path.join(
+            d, "tunnel.json")
+        p = subprocess.Popen([H.BIN, "tunnel", "--config", path], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        p.terminate()
+        _, err = p.communicate(timeout=15)
+        rounds = err.count("reconnecting in")
+        dials = err.count("cannot reach relay 127.0.0.1:%d" % port)
+        self.assertGreaterEqual(rounds, 2, err)
+        self.assertIn(dials, (rounds, rounds + 1), err)
 
     def test_ctl_escapes_what_it_was_given(self):
         """The admin URL and the arguments come from the environment and the

@@ -527,6 +527,16 @@ class CtlTest(LimitsCase):
         rc, out, err = self.ctl("--token-file", path, "leases")
         self.assertEqual(rc, 1)
         self.assertIn(("--token-file %s" % path).encode(), err)
+        # a file that cannot be read says why; two sources are one too many
+        for bad, why in ((path + ".missing", b"No such file or directory"),
+                         (self.stack.dir, b"Is a directory")):
+            rc, out, err = self.ctl("--token-file", bad, "leases")
+            self.assertEqual(rc, 2, err)
+            self.assertIn(b"cannot read the token file", err)
+            self.assertIn(why, err)
+        rc, out, err = self.ctl("--token", ADMIN_TOKEN, "--token-file", path, "leases")
+        self.assertEqual(rc, 2, err)
+        self.assertIn(b"give one of --token and --token-file", err)
         rc, out, err = self.ctl("leases")
         self.assertEqual(rc, 1)
         self.assertIn(b"no token", err)

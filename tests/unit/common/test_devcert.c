@@ -394,6 +394,69 @@ static void test_devcert_client(void **state)
 	dir_remove(&d);
 }
 
+/* gen-certs run again in the same folder (to add a name, say) keeps the CA
+ * there: a client certificate it issued before still verifies, and so do
+ * the new relay and sidecar certificates. A CA key of another CA is
+ * refused, and nothing is replaced. */
+static void test_devcert_keep_ca(void **state)
+{
+	static const char *const more[] = {"relay-2.example", NULL};
+	struct ts_dir d;
+	char err[256] = "", p[192];
+	X509 *ca, *ca2, *cert;
+	int kept = -1;
+
+	(void)state;
+	ts_dir_make(&d, "devcert");
+	assert_int_equal(sr_devcert_write_keep_ca(d.path, NULL, 1, &kept, err, sizeof(err)), 0);
+	assert_int_equal(kept, 0);
+	assert_int_equal(sr_devcert_write_client(d.path, "alice", NULL, 1, err, sizeof(err)),
+			 0);
+	ca = load_cert(&d, "ca.pem");
+	if (sr_devcert_write_keep_ca(d.path, more, 1, &kept, err, sizeof(err)) != 0)
+		fail_msg("again: %s", err);
+	assert_int_equal(kept, 1);
+	ca2 = load_cert(&d, "ca.pem");
+	assert_int_equal(X509_cmp(ca, ca2), 0);
+	cert = load_cert(&d, "client-alice.pem");
+	assert_int_equal(verify(ca2, cert, X509_PURPOSE_SSL_CLIENT), X509_V_OK);
+	X509_free(cert);
+	cert = load_cert(&d, "relay.pem");
+	assert_int_equal(verify(ca2, cert, X509_PURPOSE_SSL_SERVER), X509_V_OK);
+	assert_int_equal(X509_check_host(cert, "relay-2.example", 0, 0, NULL), 1);
+	X509_free(cert);
+	cert = load_cert(&d, "sidecar.pem");
+	assert_int_equal(verify(ca2, cert, X509_PURPOSE_SSL_CLIENT), X509_V_OK);
+	X509_free(cert);
+	X509_free(ca2);
+	/* the CA key of another CA next to ca.pem: refused, nothing changed */
+	{
+		struct ts_dir other;
+		char q[192];
+
+		ts_dir_make(&other, "devcert-other");
+		assert_int_equal(sr_devcert_write(other.path, NULL, 1, err, sizeof(err)), 0);
+		ts_dir_file(&other, "ca.key", q, sizeof(q));
+		ts_dir_file(&d, "ca.key", p, sizeof(p));
+		assert_int_equal(rename(q, p), 0);
+		dir_remove(&other);
+	}
+	assert_true(sr_devcert_write_keep_ca(d.path, NULL, 1, &kept, err, sizeof(err)) < 0);
+	assert_non_null(strstr(err, "not a pair"));
+	ca2 = load_cert(&d, "ca.pem");
+	assert_int_equal(X509_cmp(ca, ca2), 0);
+	X509_free(ca2);
+	X509_free(ca);
+	ERR_clear_error();
+	for (const char *const *n =
+		 (const char *const[]){"client-alice.pem", "client-alice.key", NULL};
+	     *n; n++) {
+		ts_dir_file(&d, *n, p, sizeof(p));
+		assert_int_equal(unlink(p), 0);
+	}
+	dir_remove(&d);
+}
+
 /* A name that could leave the folder, smuggle a SAN entry or start an
  * option is refused, and nothing is written; so is a CA key that is not
  * the CA's. */
@@ -444,6 +507,7 @@ int main(void)
 	    cmocka_unit_test(test_devcert_unwritable_dir),
 	    cmocka_unit_test(test_devcert_bad_arguments),
 	    cmocka_unit_test(test_devcert_client),
+	    cmocka_unit_test(test_devcert_keep_ca),
 	    cmocka_unit_test(test_devcert_client_refusals),
 	};
 

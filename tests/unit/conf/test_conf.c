@@ -397,6 +397,11 @@ static const struct err_case err_cases[] = {
      "{\n  \"relay\": {\n    \"tls\": {\"certt\": \"a\"}\n  }\n}\n",
      SR_EINVAL,
      {"t.json:3:13: relay.tls.certt: unknown key", "cert, key, client_ca"}},
+    {"an empty file says so", "  \n", SR_EINVAL, {"t.json: empty: want a JSON object"}},
+    {"a byte order mark says so",
+     "\xef\xbb\xbf{}",
+     SR_EINVAL,
+     {"t.json: starts with a byte order mark"}},
     {"unknown top-level key",
      "{\"log\": {}, \"relya\": {}}",
      SR_EINVAL,
@@ -434,7 +439,11 @@ static const struct err_case err_cases[] = {
     {"wrong type: real for integer",
      "{\"relay\": {\"max_tunnels\": 1.5}}",
      SR_EINVAL,
-     {"relay.max_tunnels: must be an integer 1..1000000 (got 1.5)"}},
+     {"relay.max_tunnels: must be an integer 1..1000000 (got a real number 1.5)"}},
+    {"a whole number in exponent form is a real number too",
+     "{\"relay\": {\"max_tunnels\": 1e3}}",
+     SR_EINVAL,
+     {"relay.max_tunnels: must be an integer 1..1000000 (got a real number 1000)"}},
     {"wrong type: integer for boolean",
      "{\"tunnel\": {\"ui_port\": 1}}",
      SR_EINVAL,
@@ -601,7 +610,8 @@ static const struct err_case err_cases[] = {
     {"tunnel: allowed_ports range reversed",
      "{\"tunnel\": {" TUNNEL_OK ", \"allowed_ports\": [\"26000-26999\", \"27005-27000\"]}}",
      SR_EINVAL,
-     {"tunnel.allowed_ports[1]: must be a port or a range of ports N-M within 1..65535 "
+     {"tunnel.allowed_ports[1]: must be a port or a range of ports N-M (N <= M) within "
+      "1..65535 "
       "(got \"27005-27000\")"}},
     {"tunnel: allowed_ports port 0",
      "{\"tunnel\": {" TUNNEL_OK ", \"allowed_ports\": [\"0-100\"]}}",
@@ -989,6 +999,39 @@ static void test_hosts_and_app_are_checked_at_load(void **state)
 			      &cfg, err),
 			 0);
 	conf_free(&cfg);
+}
+
+/* A check across settings (port_min <= port_max, a token for a non-loopback
+ * admin listener) that fails because of a variable names the variable, not
+ * the file's line of the value the variable replaced. */
+static void test_cross_checks_name_the_variable(void **state)
+{
+	static const char *const json =
+	    "{\"relay\": {\"tls\": {\"cert\": \"c\", \"key\": \"k\"},\n"
+	    " \"pool\": {\"port_min\": 24100, \"port_max\": 24119},\n"
+	    " \"admin\": {\"listen\": \"127.0.0.1:24093\"}}}";
+	struct sr_config cfg;
+	char err[ERRLEN] = "";
+
+	(void)state;
+	assert_int_equal(load(json, &cfg, err), 0);
+	conf_free(&cfg);
+	setenv("SPARKRELAY_RELAY_POOL_PORT_MIN", "30000", 1);
+	assert_int_equal(load(json, &cfg, err), SR_EINVAL);
+	unsetenv("SPARKRELAY_RELAY_POOL_PORT_MIN");
+	assert_contains(err, "env SPARKRELAY_RELAY_POOL_PORT_MIN: relay.pool.port_min: must be "
+			     "at most relay.pool.port_max (24119) (got 30000)");
+	setenv("SPARKRELAY_RELAY_ADMIN_LISTEN", "0.0.0.0:24093", 1);
+	assert_int_equal(load(json, &cfg, err), SR_EINVAL);
+	unsetenv("SPARKRELAY_RELAY_ADMIN_LISTEN");
+	assert_contains(err, "env SPARKRELAY_RELAY_ADMIN_LISTEN: relay.admin.token: required");
+	/* from the file, the file's line */
+	assert_int_equal(load("{\"relay\": {\"tls\": {\"cert\": \"c\", \"key\": \"k\"},\n"
+			      " \"pool\": {\"port_min\": 30000, \"port_max\": 24119}}}",
+			      &cfg, err),
+			 SR_EINVAL);
+	assert_contains(err, "t.json:2:");
+	assert_empty_cfg(&cfg);
 }
 
 /* An unknown key is shown in the path unquoted: its control characters as
@@ -1858,6 +1901,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_bad_values_are_quoted_escaped, clear_env,
 					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_hosts_and_app_are_checked_at_load, clear_env,
+					    clear_env),
+	    cmocka_unit_test_setup_teardown(test_cross_checks_name_the_variable, clear_env,
 					    clear_env),
 	    cmocka_unit_test_setup_teardown(test_unknown_keys_are_masked, clear_env, clear_env),
 	    cmocka_unit_test_setup_teardown(test_env_unknown_names_of_any_length, clear_env,
