@@ -89,7 +89,9 @@ int conf_load_string_roles(const char *json, const char *origin, unsigned roles,
 
 /* The files the sidecar reads when it starts, read as it will read them:
  * the CA bundle (tunnel.tls.ca) holds a PEM certificate, the client
- * certificate and key (tunnel.tls.cert, .key) load and are a pair. For
+ * certificate and key (tunnel.tls.cert, .key) load and are a pair; the
+ * folders of the files it writes (spark_conf, spark_json, spark_defaults,
+ * status_file, state_file) exist. For
  * `sparkrelay tunnel` before it starts and for `check-config`, so a bad
  * file is one line naming the file and the key, e.g.
  *   "cannot load CA /nope/ca.pem (tunnel.tls.ca): No such file or directory"

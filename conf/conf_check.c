@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -336,13 +337,53 @@ out:
 	return rc;
 }
 
+/* The folder a file the sidecar writes goes into exists: it makes none, and
+ * found out only at the first lease ("cannot write Spark settings: <its
+ * temporary file>: No such file or directory"). */
+static int conf_check_out_dir(const char *path, const char *key, char *err, size_t errlen)
+{
+	char dir[PATH_MAX], esc[SR_ESC_SIZE(200)];
+	const char *slash = strrchr(path, '/');
+	struct stat st;
+	size_t n = !slash ? 1 : slash == path ? 1 : (size_t)(slash - path);
+
+	if (n >= sizeof(dir))
+		return 0; /* the write says what is wrong */
+	memcpy(dir, slash ? path : ".", n);
+	dir[n] = '\0';
+	if (stat(dir, &st) != 0) {
+		sr_seterr(err, errlen, "the folder of %s (%s) %s: %s",
+			  sr_esc_n(path, 200, esc, sizeof(esc)), key,
+			  errno == ENOENT ? "does not exist" : "cannot be read",
+			  strerror(errno));
+		return SR_EINVAL;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		sr_seterr(err, errlen, "the folder of %s (%s) is not a folder",
+			  sr_esc_n(path, 200, esc, sizeof(esc)), key);
+		return SR_EINVAL;
+	}
+	return 0;
+}
+
 int conf_check_tunnel_files(const struct sidecar_opts *s, char *err, size_t errlen)
 {
 	const struct conf_pem ca = {"CA", s->ca_file, "tunnel.tls.ca"};
 	const struct conf_pem cert = {"certificate", s->cert_file, "tunnel.tls.cert"};
 	const struct conf_pem key = {"key", s->key_file, "tunnel.tls.key"};
+	const struct {
+		const char *path, *key;
+	} outs[] = {{s->spark_conf_path, "tunnel.spark_conf"},
+		    {s->spark_json_path, "tunnel.spark_json"},
+		    {s->spark_defaults_path, "tunnel.spark_defaults"},
+		    {s->status_path, "tunnel.status_file"},
+		    {s->state_path, "tunnel.state_file"}};
 	int rc;
 
+	for (size_t i = 0; i < sizeof(outs) / sizeof(outs[0]); i++)
+		if (outs[i].path && *outs[i].path &&
+		    (rc = conf_check_out_dir(outs[i].path, outs[i].key, err, errlen)) != 0)
+			return rc;
 	if (s->ca_file && (rc = conf_check_ca(&ca, err, errlen)) != 0)
 		return rc;
 	if (s->cert_file && s->key_file)

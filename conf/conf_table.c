@@ -731,7 +731,8 @@ static const struct conf_entry conf_tunnel[] = {
 	    "is the relays' default pool; set it when the relay's pool differs."},
     STR(struct sidecar_opts, "spark_conf", spark_conf_path, CONF_NULLABLE, 1, CONF_STR_MAX,
 	"spark-defaults.conf", NULL, NULL,
-	"spark-defaults.conf fragment written when a lease is granted; null: not written."),
+	"spark-defaults.conf fragment written when a lease is granted (its folder must "
+	"exist, as for the other files the sidecar writes); null: not written."),
     STR(struct sidecar_opts, "spark_json", spark_json_path, CONF_NULLABLE, 1, CONF_STR_MAX,
 	"spark.json", NULL, NULL, "The same Spark settings as JSON; null: not written."),
     STR(struct sidecar_opts, "spark_defaults", spark_defaults_path, CONF_NULLABLE, 1,

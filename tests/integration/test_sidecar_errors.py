@@ -93,6 +93,22 @@ class SidecarStartErrorTest(unittest.TestCase):
         r = self.run_bin(["check-config", cfg], env)
         self.assert_refused(r, "cannot load CA /nope/ca.pem (tunnel.tls.ca)", "check-config")
 
+    def test_folders_of_the_files_it_writes_must_exist(self):
+        # It makes none: a missing folder was found at the first lease, with
+        # the name of a temporary file, and the sidecar went on without
+        # writing the driver's settings.
+        f = self.path("a-file", "x")
+        for key, path, want in (
+                ("spark_conf", "/nope/dir/spark-defaults.conf", "does not exist"),
+                ("spark_json", "/nope/spark.json", "does not exist"),
+                ("status_file", os.path.join(f, "status.json"), "is not a folder"),
+                ("state_file", "/nope/state.json", "does not exist"),
+                ("spark_defaults", "/nope/conf/spark-defaults.conf", "does not exist")):
+            cfg = H.tunnel_config(H.free_port(), self.dir, {"tunnel": {
+                "tls": {"ca": self.c.ca}, key: path}})
+            p = H.write_config(self.path(key + ".json"), cfg)
+            self.check_both(key, p, "the folder of %s (tunnel.%s) %s" % (path, key, want))
+
     def test_bad_ca_files(self):
         d = self.path("a-directory")
         os.mkdir(d)
