@@ -218,6 +218,26 @@ void cmd_check_relay_policy(const struct relay_opts *o, cmd_warn_fn fn, void *ar
 {
 	const struct relay_policy_opts *po = &o->policy;
 
+	/* A warning, not an error: check-config may run on another machine
+	 * (CI) than the relay. */
+	for (unsigned i = 0; i < (po->npools ? po->npools : 1); i++) {
+		const char *a =
+		    po->npools ? po->pools[i].pool.bind_address : o->pool.bind_address;
+		int e = relay_bind_addr_missing(a);
+		char q[SR_ESC_SIZE(64)], key[32];
+
+		if (!e)
+			continue;
+		if (po->npools)
+			snprintf(key, sizeof(key), "relay.pools[%u].bind", i);
+		else
+			snprintf(key, sizeof(key), "relay.pool.bind");
+		warn(fn, arg,
+		     "%s %s is not an address of this host (%s): the relay refuses to start "
+		     "with it here",
+		     key, sr_esc_n(a, 64, q, sizeof(q)), strerror(e));
+	}
+
 	for (unsigned i = 0; i < po->nroutes; i++) {
 		const struct relay_route_cfg *ri = &po->routes[i];
 		const char *ti = ri->tenant ? ri->tenant : "*";

@@ -168,9 +168,17 @@ void relay_get_stats(const struct relay *r, struct relay_stats *st);
  * relay takes ownership of *o (the caller gets the previous options back in
  * *o to free). Live tunnels and streams are untouched; new limits apply to
  * new work; a pool that shrinks or goes away keeps its existing leases
- * until they end. The tunnel listener, TLS files and admin listener are
- * re-read only at restart (a change is reported as a warning). */
+ * until they end. The TLS files are read again (new tunnels get the new
+ * certificate; a pair that does not load refuses the reload). The tunnel
+ * and admin listeners change only at restart (a change is reported as a
+ * warning). */
 int relay_reload(struct relay *r, struct relay_opts *o, char *err, size_t errlen);
+
+/* A pool.bind address that is not one of this host's: the errno binding
+ * it gives (EADDRNOTAVAIL), else 0 (also for a wildcard or a malformed
+ * one). The relay refuses such a pool at start and reload; check-config
+ * warns. */
+int relay_bind_addr_missing(const char *addr);
 /* Count a reload that failed before relay_reload (e.g. a bad file). */
 void relay_count_reload_failure(struct relay *r);
 /* Count a reload (already counted above) as one the file watch started. */

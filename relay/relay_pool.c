@@ -79,6 +79,22 @@ struct relay_pool_rt *relay_pool_find(struct relay *r, const char *name)
  * pool.bind is not an address of this host would refuse every registration
  * ("internal" to the sidecar). Found at start and at a reload instead, by
  * binding a socket of that address to port 0. */
+int relay_bind_addr_missing(const char *a)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	int fd, e = 0;
+
+	if (!a || sr_parse_addr(a, 0, &ss, &len) != 0)
+		return 0; /* the configuration's own check names it */
+	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || bind(fd, (struct sockaddr *)&ss, len) != 0)
+		e = errno;
+	if (fd >= 0)
+		close(fd);
+	return e == EADDRNOTAVAIL || e == EAFNOSUPPORT ? e : 0;
+}
+
 int relay_pools_check_bind(const struct relay_policy *p, char *err, size_t errlen)
 {
 	size_t n = relay_policy_npools(p);
@@ -86,18 +102,9 @@ int relay_pools_check_bind(const struct relay_policy *p, char *err, size_t errle
 	for (size_t i = 0; i < n; i++) {
 		const struct relay_pool_cfg *pc = relay_policy_pool(p, i);
 		const char *a = pc->pool.bind_address;
-		struct sockaddr_storage ss;
-		socklen_t len;
-		int fd, e = 0;
+		int e = relay_bind_addr_missing(a);
 
-		if (!a || sr_parse_addr(a, 0, &ss, &len) != 0)
-			continue; /* the configuration's own check names it */
-		fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (fd < 0 || bind(fd, (struct sockaddr *)&ss, len) != 0)
-			e = errno;
-		if (fd >= 0)
-			close(fd);
-		if (e == EADDRNOTAVAIL || e == EAFNOSUPPORT) {
+		if (e) {
 			char eb[SR_ESC_SIZE(64)];
 
 			sr_seterr(err, errlen,

@@ -432,6 +432,19 @@ class CheckConfigTest(X.XCase):
         self.assertEqual(len(warnings), 5, text)
         self.assertNotIn("executor_cidrs[0]", text)
         self.assertTrue(r.stderr.endswith("configuration OK (relay), 5 warnings\n"), r.stderr)
+        # A pool bound to an address this host does not have: a warning (the
+        # check may run elsewhere), which the relay makes an error at start.
+        other = self.relay_cfg()
+        other["relay"].pop("pool", None)
+        other["relay"]["pools"] = [{"name": "a", "bind": "127.0.0.1", "port_min": 41500,
+                                    "port_max": 41509},
+                                   {"name": "b", "bind": "192.0.2.1", "port_min": 41510,
+                                    "port_max": 41519}]
+        r = run("check-config", self.write("bind.json", other))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("warning: relay.pools[1].bind 192.0.2.1 is not an address of this host",
+                      r.stderr)
+        self.assertNotIn("pools[0]", r.stderr)
         # The relay says the same at start.
         cfg["relay"]["listen"] = "127.0.0.1:%d" % H.free_port()
         path = self.write("warn-run.json", cfg)
