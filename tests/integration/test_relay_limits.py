@@ -113,9 +113,13 @@ class LimitsCase(X.XCase):
         except OSError:
             return None
 
-    def http(self, method, path, token=ADMIN_TOKEN):
-        req = urllib.request.Request(self.url + path, method=method, headers=(
-            {"Authorization": "Bearer " + token} if token else {}))
+    def http(self, method, path, token=ADMIN_TOKEN, body=None, accept=None):
+        headers = {"Authorization": "Bearer " + token} if token else {}
+        if accept:
+            headers["Accept"] = accept
+        req = urllib.request.Request(self.url + path, method=method, headers=headers,
+                                     data=json.dumps(body).encode() if body is not None
+                                     else None)
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
             with opener.open(req, timeout=10) as r:
@@ -572,16 +576,7 @@ class RefusalEscapeTest(LimitsCase):
         self.assertNotIn('bad" tenant=root', lines[0])
 
     def explain(self, body, accept="application/json"):
-        req = urllib.request.Request(self.url + "/v1/route/explain",
-                                     data=json.dumps(body).encode(), method="POST",
-                                     headers={"Authorization": "Bearer " + ADMIN_TOKEN,
-                                              "Accept": accept})
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        try:
-            with opener.open(req, timeout=10) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
+        return self.http("POST", "/v1/route/explain", body=body, accept=accept)
 
     def test_a_long_non_ascii_app_is_refused_with_a_message(self):
         # The quote of the app in the reason is cut at 80 bytes: cut inside

@@ -321,10 +321,9 @@ class LeaseStateTest(TrustCase):
         self.assertIn("spark.driver.port %d\n" % p1, conf)
         self.assertNotIn("127.0.0.3", conf)
 
-    def test_another_lease_answering_a_resume_is_refused(self):
-        """A relay answers a resume it cannot honour with unknown_lease; another
-        lease instead would move the driver's connections to ports nobody agreed
-        to (follow-up 1 of the security review)."""
+    def leased_then_resuming(self):
+        """Lease L-1-aaaaaaaa on two free ports, then the next tunnel, which
+        asks to resume it: (driver port, blockManager port, that session)."""
         p1, p2 = two_ports()
         s, reg = self.fr.session(15)
         self.leased(s, FR.lease_msg(lease="L-1-aaaaaaaa", ports={"driver": p1,
@@ -332,6 +331,13 @@ class LeaseStateTest(TrustCase):
         s.close()
         s, reg = self.fr.session(15)
         self.assertEqual(reg.get("resume"), "0123456789abcdef")
+        return p1, p2, s
+
+    def test_another_lease_answering_a_resume_is_refused(self):
+        """A relay answers a resume it cannot honour with unknown_lease; another
+        lease instead would move the driver's connections to ports nobody agreed
+        to (follow-up 1 of the security review)."""
+        p1, p2, s = self.leased_then_resuming()
         s.send_ctl(FR.lease_msg(lease="L-2-bbbbbbbb", ports={"driver": p1 + 1,
                                                               "blockManager": p2 + 1}))
         self.assert_closed(s, "another lease for a resume")
@@ -346,13 +352,7 @@ class LeaseStateTest(TrustCase):
     def test_other_ports_for_the_same_lease_answering_a_resume_are_refused(self):
         """A resumed lease keeps its ports: the same id with others would
         point the driver's settings at ports nobody agreed to."""
-        p1, p2 = two_ports()
-        s, reg = self.fr.session(15)
-        self.leased(s, FR.lease_msg(lease="L-1-aaaaaaaa", ports={"driver": p1,
-                                                                  "blockManager": p2}))
-        s.close()
-        s, reg = self.fr.session(15)
-        self.assertEqual(reg.get("resume"), "0123456789abcdef")
+        p1, p2, s = self.leased_then_resuming()
         s.send_ctl(FR.lease_msg(lease="L-1-aaaaaaaa", ports={"driver": p1 + 1,
                                                               "blockManager": p2}))
         self.assert_closed(s, "other ports for a resume")
