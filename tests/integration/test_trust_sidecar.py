@@ -175,6 +175,22 @@ class TrustCase(unittest.TestCase):
         return out
 
 
+def send_reset_pairs(s, block, n):
+    """n CONNECT streams (header block `block`) each reset at once, in one
+    write: the rapid-reset attack. False if the sidecar closed the tunnel."""
+    rst = struct.pack("!I", FR.CANCEL)
+    batch = []
+    for _ in range(n):
+        sid = s.new_stream_id()
+        batch.append(F.frame(F.HEADERS, F.FLAG_END_HEADERS, sid, block))
+        batch.append(F.frame(F.RST_STREAM, 0, sid, rst))
+    try:
+        s.sendall(b"".join(batch))
+    except OSError:
+        return False
+    return True
+
+
 def two_ports():
     a = H.free_port()
     b = H.free_port()
@@ -726,18 +742,10 @@ class RapidResetTest(TrustCase):
         pid = self.proc.p.pid
         fds_before = len(os.listdir("/proc/%d/fd" % pid))
         block = s.connect_headers(drv.port, lease=lease, conn="1")
-        rst = struct.pack("!I", FR.CANCEL)
         pairs = 0
         t0 = time.monotonic()
         while time.monotonic() - t0 < self.SECONDS and not s.closed:
-            batch = []
-            for _ in range(self.BATCH):
-                sid = s.new_stream_id()
-                batch.append(F.frame(F.HEADERS, F.FLAG_END_HEADERS, sid, block))
-                batch.append(F.frame(F.RST_STREAM, 0, sid, rst))
-            try:
-                s.sendall(b"".join(batch))
-            except OSError:
+            if not send_reset_pairs(s, block, self.BATCH):
                 break
             pairs += self.BATCH
             s.pump(0)
@@ -802,7 +810,6 @@ class QuickCloseTest(TrustCase):
         drv = self.listener()
         lease = "L-8-0c0c0c0c"
         ports = {"driver": drv.port, "blockManager": H.free_port()}
-        rst = struct.pack("!I", FR.CANCEL)
         pairs, tunnels = 0, 0
         t0 = time.monotonic()
         for _ in range(3):
@@ -810,15 +817,7 @@ class QuickCloseTest(TrustCase):
             tunnels += 1
             self.leased(s, FR.lease_msg(lease=lease, ports=ports))
             block = s.connect_headers(drv.port, lease=lease, conn="1")
-            batch = []
-            for _ in range(150):  # under the budget of 200 a tunnel had
-                sid = s.new_stream_id()
-                batch.append(F.frame(F.HEADERS, F.FLAG_END_HEADERS, sid, block))
-                batch.append(F.frame(F.RST_STREAM, 0, sid, rst))
-            try:
-                s.sendall(b"".join(batch))
-            except OSError:
-                pass
+            send_reset_pairs(s, block, 150)  # under the budget of 200 a tunnel had
             pairs += 150
             s.wait_closed(0.5)
             s.close()
