@@ -952,8 +952,10 @@ static int cmd_gen_certs(int argc, char **argv)
 			    "sidecar.pem/.key\n"
 			    "into DIR (created, mode 0700, if missing). NAMEs (DNS names or "
 			    "IPs) are added\n"
-			    "to the relay certificate. A CA already in DIR is kept and signs "
-			    "them (remove\n"
+			    "to the relay certificate: those are valid 30 days, the CA a year. "
+			    "A CA\n"
+			    "already in DIR is kept and signs them, unless it would expire "
+			    "first (remove\n"
 			    "ca.pem and ca.key for a new one).\n"
 			    "With --client, issues client-NAME.pem/.key instead: a client "
 			    "certificate with\n"
@@ -985,14 +987,20 @@ static int cmd_gen_certs(int argc, char **argv)
 	}
 	{
 		char line[2048], out[4 * sizeof(line)];
-		int n = client
-			    ? snprintf(line, sizeof(line),
-				       "wrote %s/client-%s.pem and .key (CN %s, valid 30 days)",
-				       dir, client, client)
-			    : snprintf(
-				  line, sizeof(line),
-				  "wrote development certificates to %s (valid 30 days)%s", dir,
-				  kept ? "; kept the CA already there, which signed them" : "");
+		int n =
+		    client
+			? snprintf(line, sizeof(line),
+				   "wrote %s/client-%s.pem and .key (CN %s, valid 30 days)",
+				   dir, client, client)
+			: snprintf(
+			      line, sizeof(line),
+			      "wrote development certificates to %s (valid 30 days)%s", dir,
+			      kept == 1 ? "; kept the CA already there, which signed them"
+			      : kept == 2
+				  ? "; the CA there would have expired before them: made a "
+				    "new one (give the sidecars the new ca.pem, issue client "
+				    "certificates again)"
+				  : "");
 
 		if (n >= (int)sizeof(line))
 			n = sizeof(line) - 1;

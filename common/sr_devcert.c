@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/bn.h>
@@ -29,6 +30,9 @@
 #include "common/sr_err.h"
 
 #define DEVCERT_MAX_DAYS 3650
+/* sr_devcert_write_keep_ca: a new CA lives this long, so that running it
+ * again renews the relay and sidecar certificates under the same CA. */
+#define DEVCERT_KEPT_CA_DAYS 365
 #define DEVCERT_SERIAL_LEN 16
 #define DEVCERT_SAN_BASE "DNS:localhost,IP:127.0.0.1,IP:127.0.0.2,IP:127.0.0.3,IP:::1"
 #define DEVCERT_NAME_MAX 253 /* longest DNS name */
@@ -392,22 +396,34 @@ static int devcert_write(const char *dir, const char *const *extra_names, unsign
 		*kept = 0;
 		ca_key = devcert_read(dir, "ca.key", DEVCERT_KEY, &rc, err, errlen);
 		if (ca_key) {
-			if (!(ca = devcert_read(dir, "ca.pem", DEVCERT_CERT, &rc, err, errlen)))
+			time_t end = time(NULL) + (time_t)days * 86400;
+
+			if (!(ca = devcert_read(dir, "ca.pem", DEVCERT_CERT, &rc, err,
+						errlen))) {
+				if (rc == SR_ENOTFOUND)
+					sr_seterr(
+					    err, errlen,
+					    "%s/ca.key is there without its ca.pem: remove "
+					    "ca.key for a new CA",
+					    dir);
 				goto out;
+			}
 			if (X509_check_private_key(ca, ca_key) != 1) {
 				rc = devcert_ssl_err(err, errlen,
 						     "ca.pem and ca.key are not a pair");
 				goto out;
 			}
-			if (X509_cmp_current_time(X509_get0_notAfter(ca)) <= 0) {
-				sr_seterr(err, errlen,
-					  "%s/ca.pem: the development CA there has expired; "
-					  "remove ca.pem and ca.key for a new one",
-					  dir);
-				rc = SR_EINVAL;
-				goto out;
+			if (X509_cmp_time(X509_get0_notAfter(ca), &end) > 0) {
+				*kept = 1;
+			} else {
+				/* it would expire before the new certificates: a
+				 * new one, which the caller says */
+				*kept = 2;
+				X509_free(ca);
+				EVP_PKEY_free(ca_key);
+				ca = NULL;
+				ca_key = NULL;
 			}
-			*kept = 1;
 		} else if (rc != SR_ENOTFOUND) {
 			goto out;
 		}
@@ -422,7 +438,8 @@ static int devcert_write(const char *dir, const char *const *extra_names, unsign
 		goto out;
 	}
 	if (!ca)
-		ca = devcert_make(ca_key, "sparkrelay-dev-ca", NULL, NULL, days, ca_exts);
+		ca = devcert_make(ca_key, "sparkrelay-dev-ca", NULL, NULL,
+				  kept ? DEVCERT_KEPT_CA_DAYS : days, ca_exts);
 	if (ca == NULL) {
 		rc = devcert_ssl_err(err, errlen, "making CA certificate");
 		goto out;
@@ -452,7 +469,7 @@ static int devcert_write(const char *dir, const char *const *extra_names, unsign
 
 		size_t n = sizeof(out) / sizeof(out[0]);
 
-		if (kept && *kept) { /* the leaves only */
+		if (kept && *kept == 1) { /* the leaves only */
 			out[0] = out[1];
 			out[1] = out[2];
 			out[2] = out[4];

@@ -18,8 +18,10 @@ int sr_devcert_write(const char *dir, const char *const *extra_names, unsigned d
 		     char *err, size_t errlen);
 /* The same, but a CA already in dir (ca.pem and ca.key, a pair) is kept and
  * signs the new relay and sidecar certificates (*kept set to 1), so that
- * what it issued before goes on verifying; without one, a new CA is made
- * (*kept 0). `sparkrelay gen-certs`. */
+ * what it issued before goes on verifying, as long as it outlives them;
+ * one that would not is replaced (*kept 2); without one, a new CA is made
+ * (*kept 0). A new CA is valid 365 days, so that running this again renews
+ * the other certificates under it. `sparkrelay gen-certs`. */
 int sr_devcert_write_keep_ca(const char *dir, const char *const *extra_names, unsigned days,
 			     int *kept, char *err, size_t errlen);
 

@@ -153,13 +153,14 @@ static void evict(struct sr_http_guard *g, struct guard_conn *victim, const char
 	conn_close(victim);
 }
 
-/* A new connection is always let in: at the cap the oldest makes room, first
+/* Returns 1 if c is admitted, 0 if it was closed (and freed).
+ * A new connection is always let in: at the cap the oldest makes room, first
  * of its own source when that source holds half the cap. Refusing the
  * newcomer instead let a few connections that send nothing shut out every
  * health probe and scrape for as long as they were renewed; now such a
  * client has to open max_conns connections within the few milliseconds a
  * probe takes to push it out, and one source cannot push out another's. */
-static void admit(struct sr_http_guard *g, struct guard_conn *c)
+static int admit(struct sr_http_guard *g, struct guard_conn *c)
 {
 	unsigned per_src = g->max_conns > 1 ? g->max_conns / 2 : 1, n;
 	struct guard_conn *victim = oldest_of(g, c->src, &n);
@@ -178,12 +179,13 @@ static void admit(struct sr_http_guard *g, struct guard_conn *c)
 		/* nothing could be closed (never seen: see conn_close) */
 		g->st.refused++;
 		SR_WARN(g->ctx, "%u connections open: a new one is closed", g->max_conns);
-		conn_close(c);
-		return;
+		conn_close(c); /* frees c */
+		return 0;
 	}
 	c->admitted = 1;
 	g->st.active++;
 	g->st.accepted++;
+	return 1;
 }
 
 static void attach(struct guard_conn *c)
@@ -211,8 +213,7 @@ static void attach(struct guard_conn *c)
 	/* numeric (evhttp asks getnameinfo for NI_NUMERICHOST) */
 	evhttp_connection_get_peer(c->evcon, &addr, &port);
 	snprintf(c->src, sizeof(c->src), "%s", addr ? addr : "");
-	admit(g, c);
-	if (!c->admitted)
+	if (!admit(g, c))
 		return; /* closed and freed */
 	elapsed_ms = (sr_now_us() - c->t0_us) / 1000u;
 	elapsed_ms = elapsed_ms < g->deadline_ms ? g->deadline_ms - elapsed_ms : 0;

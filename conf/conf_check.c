@@ -132,10 +132,19 @@ int conf_check_relay(const struct relay_opts *r, struct conf_ctx *ctx)
 	if ((rc = conf_check_required(&conf_relay_group, r, "relay", NULL, ctx)) != 0 ||
 	    (rc = conf_check_excl(&conf_relay_group, r, "relay", ctx)) != 0)
 		return rc;
-	if (r->pool.port_min > r->pool.port_max)
+	if (r->pool.port_min > r->pool.port_max) {
+		char v[CONF_PATH_MAX + 16];
+
+		/* blamed on the one a variable set, if only one was */
+		if (conf_env_that_set(ctx, "relay.pool.port_max", v, sizeof(v)) &&
+		    !conf_env_that_set(ctx, "relay.pool.port_min", v, sizeof(v)))
+			return conf_fail(ctx, "relay.pool.port_max",
+					 "must be at least relay.pool.port_min (%u) (got %u)",
+					 r->pool.port_min, r->pool.port_max);
 		return conf_fail(ctx, "relay.pool.port_min",
 				 "must be at most relay.pool.port_max (%u) (got %u)",
 				 r->pool.port_max, r->pool.port_min);
+	}
 	if (r->require_client_cert && !r->client_ca_file)
 		return conf_fail(
 		    ctx, "relay.tls.require_client_cert",

@@ -53,10 +53,8 @@ static const char *conf_key_text(const char *key, char *buf, size_t len)
 	return buf;
 }
 
-/* The variable that set the setting at path (it overrides the file), if one
- * did: its name in buf. Only variables of the sections that applied. */
-static const char *conf_env_that_set(const struct conf_ctx *ctx, const char *path, char *buf,
-				     size_t len)
+const char *conf_env_that_set(const struct conf_ctx *ctx, const char *path, char *buf,
+			      size_t len)
 {
 	unsigned role = strncmp(path, "relay.", 6) == 0	   ? CONF_ROLE_RELAY
 			: strncmp(path, "tunnel.", 7) == 0 ? CONF_ROLE_TUNNEL

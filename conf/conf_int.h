@@ -158,6 +158,11 @@ const struct conf_entry *conf_find(const struct conf_group *g, const char *key);
 
 /* Fill buf with "SPARKRELAY_" + path upper-cased, dots as underscores. */
 void conf_env_name(const char *path, char *buf, size_t len);
+/* The variable that set the setting at path (it overrides the file), if one
+ * did: its name in buf, else NULL. Only variables of the sections that
+ * applied (ctx->roles). */
+const char *conf_env_that_set(const struct conf_ctx *ctx, const char *path, char *buf,
+			      size_t len);
 /* Apply SPARKRELAY_* for every leaf of g at base (path: g's JSON path); a
  * variable inside a role section marks it present, and a hit below sets
  * *present when not NULL. The variables of a section not in ctx->roles are

@@ -447,13 +447,13 @@ static size_t edit_distance(const char *a, const char *b)
  * letters off, two at least), or NULL. */
 static const char *closest_key(const struct conf_group *g, const char *key)
 {
-	size_t n = strlen(key), best = (n / 3 > 2 ? n / 3 : 2) + 1;
+	size_t n = strnlen(key, 64), best = (n / 3 > 2 ? n / 3 : 2) + 1;
 	const char *pick = NULL;
 
 	for (size_t i = 0; i < g->n; i++) {
 		size_t d = edit_distance(key, g->e[i].key);
 
-		if (d < best) {
+		if (d < best && d < n) { /* not all of a short key replaced */
 			best = d;
 			pick = g->e[i].key;
 		}

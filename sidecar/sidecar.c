@@ -94,6 +94,7 @@ struct sc_slot {
 	uint64_t tun_up_us; /* when this tunnel came up */
 	unsigned strikes;   /* tunnels the relay ended with a protocol error, see on_closed */
 	unsigned quick;	    /* leased tunnels in a row that ended within SC_QUICK_US */
+	struct tun_limits *limits; /* flood budgets its tunnels use, one after another */
 	int drain_seen;     /* this tunnel's relay said it drains (logged once) */
 };
 
@@ -128,7 +129,6 @@ struct sidecar {
 	int shutting_down;
 	int join_unsupported; /* a relay answered a join as an unknown resume */
 	struct sr_ratelog rl_driver; /* "cannot connect to driver port" lines */
-	struct tun_limits *limits;   /* every tunnel's flood budgets */
 	int cert_hint_given;	     /* on_closed: said once */
 	/* The lease whose settings were last written: what a running driver
 	 * may have bound (from the state file after a restart). */
@@ -1172,7 +1172,7 @@ static void dial_next(struct sc_slot *p)
 		struct tun_conn_opts topts = s->o->tun;
 		uint64_t cap = 3ull * (topts.conn_window ? topts.conn_window : 64u << 20);
 		topts.sock_in_max = cap > UINT32_MAX ? UINT32_MAX : (uint32_t)cap;
-		topts.limits = s->limits;
+		topts.limits = p->limits;
 		struct tun_endpoint_opts eo = {
 			.role = TUN_ROLE_SIDECAR,
 			.ssl = ssl,
@@ -1334,7 +1334,8 @@ struct sidecar *sidecar_new(struct event_base *base, const struct sidecar_opts *
 		p->state = SC_IDLE;
 		p->backoff_timer = evtimer_new(base, backoff_cb, p);
 		p->register_timer = evtimer_new(base, register_timeout_cb, p);
-		if (!p->backoff_timer || !p->register_timer) {
+		p->limits = tun_limits_new();
+		if (!p->backoff_timer || !p->register_timer || !p->limits) {
 			snprintf(err, errlen, "out of memory");
 			goto fail;
 		}
@@ -1346,8 +1347,7 @@ struct sidecar *sidecar_new(struct event_base *base, const struct sidecar_opts *
 			go.hold_ms = 90000;
 		s->group = tun_group_new(base, TUN_ROLE_SIDECAR, &go, "");
 	}
-	s->limits = tun_limits_new();
-	if (!s->release_timer || !s->group || !s->limits) {
+	if (!s->release_timer || !s->group) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
@@ -1380,6 +1380,7 @@ void sidecar_free(struct sidecar *s)
 			event_free(p->backoff_timer);
 		if (p->register_timer)
 			event_free(p->register_timer);
+		tun_limits_free(p->limits); /* after its tunnel */
 		free(p->addrs);
 	}
 	tun_group_free(s->group);
@@ -1387,7 +1388,6 @@ void sidecar_free(struct sidecar *s)
 		event_free(s->release_timer);
 	disc_free(s->disc);
 	SSL_CTX_free(s->ssl_ctx);
-	tun_limits_free(s->limits);
 	free(s);
 }
 

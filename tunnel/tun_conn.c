@@ -724,7 +724,6 @@ static void limits_fill(struct tun_limits *l)
 
 	memset(l, 0, sizeof(*l));
 	bucket_fill(&l->early_rst, SC_EARLY_RST_BURST, now);
-	bucket_fill(&l->settings_in, TUN_SETTINGS_BURST, now);
 }
 
 struct tun_limits *tun_limits_new(void)
@@ -920,7 +919,7 @@ static int h2_on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, voi
 		break;
 	case NGHTTP2_SETTINGS:
 		if (!(frame->hd.flags & NGHTTP2_FLAG_ACK) &&
-		    !bucket_take(&c->lim->settings_in, TUN_SETTINGS_BURST, TUN_SETTINGS_RATE)) {
+		    !bucket_take(&c->settings_in, TUN_SETTINGS_BURST, TUN_SETTINGS_RATE)) {
 			conn_fail(c, SR_EPROTO, "protocol error: peer sends SETTINGS faster than "
 						"the tunnel allows (a SETTINGS flood)");
 			return NGHTTP2_ERR_CALLBACK_FAILURE; /* read no further */
@@ -1365,6 +1364,7 @@ struct tun_conn *tun_conn_new(struct event_base *base, enum tun_role role,
 	c->arg = arg;
 	tun_conn_set_logctx(c, logctx);
 	c->last_recv_us = sr_now_us();
+	bucket_fill(&c->settings_in, TUN_SETTINGS_BURST, c->last_recv_us);
 	c->lim = opts->limits ? opts->limits : &c->own_limits;
 	if (!opts->limits)
 		limits_fill(&c->own_limits);

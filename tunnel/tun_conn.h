@@ -65,11 +65,14 @@ struct tun_conn_opts {
 	 * its own, full at its start. */
 	struct tun_limits *limits;
 };
-/* The sidecar's budgets against a relay's floods (stream resets before
- * their answer, SETTINGS, log lines of refused streams), kept across its
- * tunnels: with each tunnel's own, a relay that grants the lease, spends a
- * budget and closes cleanly got a full one again on the next tunnel, a
- * tenth of a second later. */
+/* The sidecar's budgets against a relay's floods that a new tunnel must
+ * not renew (stream resets before their answer, log lines of refused
+ * streams): kept by each of its tunnel slots across its reconnects. With
+ * each tunnel's own, a relay that grants the lease, spends a budget and
+ * closes cleanly got a full one again on the next tunnel, a tenth of a
+ * second later. The SETTINGS budget stays each tunnel's: a tunnel opens
+ * with one, and a slot may dial every second while driver connections
+ * wait. */
 struct tun_limits;
 struct tun_limits *tun_limits_new(void); /* full; NULL if out of memory */
 void tun_limits_free(struct tun_limits *l);

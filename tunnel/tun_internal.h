@@ -42,7 +42,7 @@ struct tun_bucket {
 
 /* tun_conn.h, tun_limits_new */
 struct tun_limits {
-	struct tun_bucket early_rst, settings_in;
+	struct tun_bucket early_rst;
 	struct sr_ratelog rl_refused; /* sidecar: tun_conn_log_refused */
 };
 
@@ -216,7 +216,8 @@ struct tun_conn {
 	/* Token buckets (tun_conn.c): sidecar, streams the relay reset before
 	 * our answer went out ("rapid reset"); both roles, the peer's SETTINGS
 	 * frames. */
-	struct tun_limits own_limits; /* unless opts.limits */
+	struct tun_bucket settings_in; /* each tunnel's own: one SETTINGS opens it */
+	struct tun_limits own_limits;  /* unless opts.limits */
 	struct tun_limits *lim;	      /* one of the two */
 	struct tun_conn_stats stats;
 };

@@ -143,7 +143,9 @@ seed_conf_dir() {
 choose_conf_dir() {
 	local want fallback=$SR_HOME/spark-conf
 	want=$(spark_conf_dir)
-	if [ -n "$want" ] && writable_dir "$want"; then
+	# A symlinked spark-defaults.conf is never written through (the sidecar
+	# refuses it, as it could point anywhere): like a read-only folder.
+	if [ -n "$want" ] && writable_dir "$want" && [ ! -L "$want/spark-defaults.conf" ]; then
 		echo "$want"
 		return 0
 	fi
@@ -152,7 +154,9 @@ choose_conf_dir() {
 		return 1
 	fi
 	if [ -n "$want" ]; then
-		say "$want is not writable: the Spark settings go to $fallback instead" \
+		local why="$want is not writable"
+		[ -L "$want/spark-defaults.conf" ] && why="$want/spark-defaults.conf is a symbolic link"
+		say "$why: the Spark settings go to $fallback instead" \
 			"(seeded from $want; new kernels get SPARK_CONF_DIR=$fallback)"
 		seed_conf_dir "$want" "$fallback"
 	fi
@@ -184,7 +188,8 @@ remove_block() {
 # value a single token or escaped text). Empty when missing.
 status_field() {
 	[ -s "$STATUS_JSON" ] || return 0
-	sed -n 's/^  "'"$1"'": "\{0,1\}\([^"]*\)"\{0,1\},\{0,1\}$/\1/p' "$STATUS_JSON" | head -n 1
+	sed -n 's/^  "'"$1"'": "\{0,1\}\([^"]*\)"\{0,1\},\{0,1\}$/\1/p' "$STATUS_JSON" | head -n 1 |
+		sed 's/^null$//' # a JSON null (no lease yet) is "missing", not the text "null"
 }
 
 # py_str S: S as a Python string literal; fails for control characters.

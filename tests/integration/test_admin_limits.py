@@ -129,7 +129,7 @@ class LimitsCase(X.XCase):
                       "%s: still open after %.1f s" % (what, within))
         return took
 
-    def oldest_make_room(self, port, cap, what):
+    def oldest_make_room(self, port, cap, what, settled=None):
         """Idle connections from one address: only the newest cap/2 stay
         open, and a request still gets its answer at once, then again with
         cap idle connections from two addresses."""
@@ -149,7 +149,13 @@ class LimitsCase(X.XCase):
                             "open from its address" % (what, i + 1, half))
             self.assertLess(time.monotonic() - t0, 1.0)
         self._close_socks()
-        time.sleep(0.3)  # let the server see them closed
+        # the server must have seen them closed, or the next connections
+        # would push out their stale records
+        if settled:
+            self.assertTrue(X.wait_for(settled, 5), "%s: closed connections still counted"
+                            % what)
+        else:
+            time.sleep(0.3)
         self.socks = idle_conns(port, half, "127.0.0.2") + idle_conns(port, half, "127.0.0.3")
         time.sleep(0.3)
         self.assertTrue(all(still_open(s) for s in self.socks),
@@ -178,7 +184,9 @@ class AdminCapTest(LimitsCase):
 
     def test_a_new_connection_closes_the_oldest_and_is_counted(self):
         before = self.metrics()
-        self.oldest_make_room(self.admin_port, self.max_conns, "admin API")
+        self.oldest_make_room(self.admin_port, self.max_conns, "admin API", settled=lambda:
+                              metric_value(self.metrics(),
+                                           "sparkrelay_admin_connections_active") == 1)
         after = self.metrics()
         # 4 pushed out by the last 4 of 8 from one address, 1 by the first
         # probe (the others find 3 open), 1 by the probe beside 4 + 4

@@ -151,9 +151,10 @@ class CliTest(X.XCase):
         self.assertIn('neither a "relay" nor a "tunnel" section', r.stderr)
 
     def test_a_relay_name_that_resolves_twice_is_dialled_once(self):
-        """"localhost" comes back twice as 127.0.0.1 here (libevent's own
-        answer and /etc/hosts): each round dialled it twice and said so
-        twice."""
+        """"localhost" came back twice as 127.0.0.1 on the machine this was
+        found on (libevent's own answer and /etc/hosts): each round dialled it
+        twice and said so twice. Where it resolves once, this passes either
+        way."""
         d = tempfile.mkdtemp(prefix="sr-lh-")
         self.addCleanup(shutil.rmtree, d, True)
         port = H.free_port()

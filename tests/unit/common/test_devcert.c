@@ -447,6 +447,24 @@ static void test_devcert_keep_ca(void **state)
 	assert_int_equal(X509_cmp(ca, ca2), 0);
 	X509_free(ca2);
 	X509_free(ca);
+	/* a key without its certificate says what to remove */
+	ts_dir_file(&d, "ca.pem", p, sizeof(p));
+	assert_int_equal(unlink(p), 0);
+	assert_true(sr_devcert_write_keep_ca(d.path, NULL, 1, &kept, err, sizeof(err)) < 0);
+	assert_non_null(strstr(err, "ca.key is there without its ca.pem: remove ca.key"));
+	/* a CA that would expire before the new certificates is replaced */
+	assert_int_equal(sr_devcert_write(d.path, NULL, 1, err, sizeof(err)), 0);
+	ca = load_cert(&d, "ca.pem");
+	if (sr_devcert_write_keep_ca(d.path, NULL, 30, &kept, err, sizeof(err)) != 0)
+		fail_msg("short-lived CA: %s", err);
+	assert_int_equal(kept, 2);
+	ca2 = load_cert(&d, "ca.pem");
+	assert_int_not_equal(X509_cmp(ca, ca2), 0);
+	cert = load_cert(&d, "relay.pem");
+	assert_int_equal(verify(ca2, cert, X509_PURPOSE_SSL_SERVER), X509_V_OK);
+	X509_free(cert);
+	X509_free(ca2);
+	X509_free(ca);
 	ERR_clear_error();
 	for (const char *const *n =
 		 (const char *const[]){"client-alice.pem", "client-alice.key", NULL};

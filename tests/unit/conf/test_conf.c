@@ -1021,6 +1021,11 @@ static void test_cross_checks_name_the_variable(void **state)
 	unsetenv("SPARKRELAY_RELAY_POOL_PORT_MIN");
 	assert_contains(err, "env SPARKRELAY_RELAY_POOL_PORT_MIN: relay.pool.port_min: must be "
 			     "at most relay.pool.port_max (24119) (got 30000)");
+	setenv("SPARKRELAY_RELAY_POOL_PORT_MAX", "24000", 1);
+	assert_int_equal(load(json, &cfg, err), SR_EINVAL);
+	unsetenv("SPARKRELAY_RELAY_POOL_PORT_MAX");
+	assert_contains(err, "env SPARKRELAY_RELAY_POOL_PORT_MAX: relay.pool.port_max: must be "
+			     "at least relay.pool.port_min (24100) (got 24000)");
 	setenv("SPARKRELAY_RELAY_ADMIN_LISTEN", "0.0.0.0:24093", 1);
 	assert_int_equal(load(json, &cfg, err), SR_EINVAL);
 	unsetenv("SPARKRELAY_RELAY_ADMIN_LISTEN");
