@@ -40,7 +40,10 @@
 #include "tunnel/tun_tls.h"
 #include "tunnel/tun_endpoint.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -286,15 +289,24 @@ static void protocol_error(struct tun_conn *c, const char *why)
  * not hold it, and its ports, for the grace period each time we dial
  * again. Not for the lease we hold (a resume or a join answered wrongly):
  * that one is still ours. */
+static void set_status(struct sidecar *s, enum sc_status st, const char *msg);
+
 static void refuse_lease(struct sidecar *s, struct sc_slot *p, struct tun_conn *c,
 			 const struct tun_ctl_msg *m, const char *why)
 {
 	struct tun_ctl_msg rel;
+	char msg[256];
 
 	if (!p->joining && !(s->lease.have_lease && strcmp(s->lease.lease, m->lease) == 0)) {
 		memset(&rel, 0, sizeof(rel));
 		rel.type = TUN_CTL_RELEASE;
 		(void)tun_conn_send_ctl(c, &rel);
+	}
+	/* Most often our own tunnel.allowed_ports against the relay's pool:
+	 * the notebook's status says so, not just "reconnecting". */
+	if (!s->lease.have_lease) {
+		snprintf(msg, sizeof(msg), "refused the relay's lease: %s", why);
+		set_status(s, SC_STATUS_NO_LEASE, msg);
 	}
 	protocol_error(c, why);
 }
@@ -532,6 +544,35 @@ static void on_joined(struct sidecar *s, struct sc_slot *p, struct tun_conn *c,
 	kick_idle(s);
 }
 
+/* New lease ports on which something already listens on this loopback,
+ * before the driver could have bound them: most likely the relay itself,
+ * run on this machine with its pool on 0.0.0.0 or 127.0.0.1, so that each
+ * executor connection the sidecar passes on comes back to the relay as a
+ * new one, 8,192 deep. Said, not refused: a leftover driver is possible. */
+static void warn_ports_taken(const char *ctx, const struct sidecar_lease_info *l)
+{
+	for (int r = 0; r < TUN_PORT_MAX; r++) {
+		struct sockaddr_in sin = {.sin_family = AF_INET,
+					  .sin_port = htons(l->ports[r]),
+					  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+		int fd, taken;
+
+		if (!l->ports[r] || (fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+			continue;
+		/* on loopback a connect is answered at once */
+		taken = connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0;
+		close(fd);
+		if (taken)
+			SR_WARN(
+			    ctx,
+			    "something already listens on 127.0.0.1:%u, the %s port of the new "
+			    "lease: the driver cannot bind it, and if it is the relay (run on "
+			    "this machine with its pool on 0.0.0.0 or 127.0.0.1), executor "
+			    "connections loop back to it; bind the relay's pool to 127.0.0.2",
+			    l->ports[r], tun_port_role_name((enum tun_port_role)r));
+	}
+}
+
 static void on_lease(struct sidecar *s, struct sc_slot *p, struct tun_conn *c,
 		     const struct tun_ctl_msg *m)
 {
@@ -635,6 +676,9 @@ static void on_lease(struct sidecar *s, struct sc_slot *p, struct tun_conn *c,
 		m->ports[TUN_PORT_DRIVER], m->ports[TUN_PORT_BLOCKMANAGER],
 		sr_esc(m->host, hbuf, sizeof(hbuf)), m->ttl_s);
 	sc_state_save(s->o->state_path, s->resume, &s->lease);
+	if (!s->written.have_lease ||
+	    memcmp(s->written.ports, s->lease.ports, sizeof(s->lease.ports)) != 0)
+		warn_ports_taken(ctx, &s->lease);
 	if (changed || !s->written.have_lease) {
 		if (sc_settings_write(s->o, &s->lease, err, sizeof(err)) != 0)
 			SR_ERROR(ctx, "cannot write Spark settings: %s", err);

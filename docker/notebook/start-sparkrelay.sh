@@ -188,8 +188,11 @@ remove_block() {
 # value a single token or escaped text). Empty when missing.
 status_field() {
 	[ -s "$STATUS_JSON" ] || return 0
-	sed -n 's/^  "'"$1"'": "\{0,1\}\([^"]*\)"\{0,1\},\{0,1\}$/\1/p' "$STATUS_JSON" | head -n 1 |
-		sed 's/^null$//' # a JSON null (no lease yet) is "missing", not the text "null"
+	# a string, or a bare token (a number; null, before the first lease, is
+	# "missing" rather than the text "null")
+	sed -n -e 's/^  "'"$1"'": "\([^"]*\)",\{0,1\}$/\1/p' \
+		-e 's/^  "'"$1"'": \([^",]*\),\{0,1\}$/\1/p' "$STATUS_JSON" | head -n 1 |
+		sed 's/^null$//'
 }
 
 # py_str S: S as a Python string literal; fails for control characters.
@@ -255,9 +258,14 @@ def _sparkrelay_install(status_path):
         if pid > 0 and state != "stopped":
             try:
                 os.kill(pid, 0)
+                # a zombie answers kill 0 until reaped, which a container
+                # whose PID 1 reaps nothing never does
+                with open("/proc/%d/stat" % pid) as f:
+                    if f.read().rsplit(")", 1)[-1].split()[0] == "Z":
+                        state = "dead"
             except ProcessLookupError:
                 state = "dead"
-            except OSError:
+            except (OSError, IndexError):
                 pass
         ports = st.get("ports") if isinstance(st.get("ports"), dict) else {}
         lease = (tok(st.get("lease") or ""), tok(st.get("host") or ""),

@@ -268,6 +268,66 @@ class SettingsFollowTheLeaseTest(NotebookScriptCase):
         self.assertFalse(os.path.exists(self.spark_json))
 
 
+class ConfFolderTest(NotebookScriptCase):
+
+    def test_a_symlinked_spark_defaults_sends_the_settings_to_the_fallback(self):
+        """The sidecar never writes through a symbolic link: start used to
+        choose the folder anyway, wait its whole time and fail, while the
+        sidecar ran leased and every status said ready."""
+        target = os.path.join(self.dir, "elsewhere.conf")
+        os.replace(self.conf, target)
+        os.symlink(target, self.conf)
+        s, err = self.start_leased(FR.lease_msg(ports={"driver": 41001, "blockManager": 41002}))
+        self.assertIn("spark-defaults.conf is a symbolic link: the Spark settings go to", err)
+        with open(os.path.join(self.sr_home, "spark-conf", "spark-defaults.conf")) as f:
+            text = f.read()
+        self.assertIn("# sparkrelay begin", text)
+        self.assertIn("spark.executor.memory 4g\n", text)  # seeded from the link's file
+        with open(target) as f:
+            self.assertEqual(f.read(), ORIGINAL, "the file behind the link was changed")
+
+    def test_status_before_any_lease_names_none(self):
+        # nothing listens there: relay_unreachable, with no lease yet
+        env = dict(self.env, SPARKRELAY_WAIT_S="1",
+                   SPARKRELAY_TUNNEL_RELAYS="127.0.0.1:%d" % H.free_port())
+        r = subprocess.run(["bash", START_SCRIPT, "start"], env=env, capture_output=True,
+                           text=True, timeout=40, stdin=subprocess.DEVNULL)
+        self.assertNotEqual(r.returncode, 0, "no relay answered, yet start succeeded")
+        self.wait_state("relay_unreachable")
+        r = subprocess.run(["bash", START_SCRIPT, "status"], env=env, capture_output=True,
+                           text=True, timeout=40, stdin=subprocess.DEVNULL)
+        self.assertIn("relay unreachable", r.stdout)
+        self.assertNotIn("null", r.stdout + r.stderr)
+        self.assertNotIn("(lease", r.stdout)
+
+
+class RefusedLeaseStatusTest(NotebookScriptCase):
+
+    def test_a_lease_outside_allowed_ports_is_said_in_the_status(self):
+        """The sidecar refuses a lease on ports its tunnel.allowed_ports
+        leave out (its own configuration against the relay's pool): the
+        status said only "reconnecting", which the hook does not report."""
+        self.env.update(SPARKRELAY_TUNNEL_ALLOWED_PORTS="27000-27009", SPARKRELAY_WAIT_S="3")
+        p = subprocess.Popen(["bash", START_SCRIPT, "start"], env=self.env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             stdin=subprocess.DEVNULL)
+        try:
+            s, reg = self.fr.session(20)
+            s.send_ctl(FR.lease_msg(ports={"driver": 41001, "blockManager": 41002}))
+            p.communicate(timeout=40)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+        self.wait_state("no_lease")
+        with open(self.status_json) as f:
+            msg = json.load(f).get("message", "")
+        self.assertIn("refused the relay's lease: lease grants driver port 41001, outside "
+                      "tunnel.allowed_ports (27000-27009)", msg)
+        r = self.script("status")
+        self.assertIn("outside tunnel.allowed_ports", r.stdout)
+
+
 class RestartTest(NotebookScriptCase):
 
     def test_restarted_sidecar_whose_lease_is_gone(self):

@@ -868,6 +868,26 @@ class DescriptorLimitTest(TrustCase):
         self.assertFalse(s.closed)
 
 
+class PortsTakenTest(TrustCase):
+
+    def test_a_lease_port_something_listens_on_is_said(self):
+        """Relay and sidecar on one machine with the pool on 0.0.0.0: the
+        sidecar's connections to 127.0.0.1:<lease port> reach the relay's
+        own lease port, and each executor connection came back as a new one,
+        8,192 deep, with nothing said. Something listening on a new lease's
+        port before the driver started is now said."""
+        busy = self.listener()
+        free = H.free_port()
+        s, reg = self.fr.session(15)
+        self.leased(s, FR.lease_msg(ports={"driver": busy.port, "blockManager": free}))
+        lines = X.wait_log(self.proc, "something already listens on 127.0.0.1:%d" % busy.port,
+                           5)
+        self.assertTrue(lines, self.proc.tail())
+        self.assertIn("the driver port of the new lease", lines[0])
+        self.assertIn("bind the relay's pool to 127.0.0.2", lines[0])
+        self.assertFalse(self.proc.grep("127.0.0.1:%d, the" % free))
+
+
 class ResetFloodTest(TrustCase):
     # nghttp2's incoming-reset bucket on the sidecar (SC_RST_BURST) and a
     # margin for its refill while the flood is read.
