@@ -555,12 +555,16 @@ static void warn_ports_taken(const char *ctx, const struct sidecar_lease_info *l
 		struct sockaddr_in sin = {.sin_family = AF_INET,
 					  .sin_port = htons(l->ports[r]),
 					  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-		int fd, taken;
+		int fd, taken, one = 1;
 
 		if (!l->ports[r] || (fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
 			continue;
-		/* on loopback a connect is answered at once */
-		taken = connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0;
+		/* A bind, not a connect, which a listener there (the relay, or a
+		 * driver) would see as a connection. SO_REUSEADDR, as the
+		 * driver's: only a listener makes it fail, not TIME_WAIT. */
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		taken =
+		    bind(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0 && errno == EADDRINUSE;
 		close(fd);
 		if (taken)
 			SR_WARN(
