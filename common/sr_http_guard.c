@@ -146,7 +146,7 @@ static void evict(struct sr_http_guard *g, struct guard_conn *victim, const char
 	if (!g->warned_us || now - g->warned_us >= 10u * 1000000u) {
 		g->warned_us = now;
 		SR_WARN(g->ctx,
-			"%s: closing the oldest to make room (%llu closed so, counted as "
+			"%s: closing the oldest to make room (%llu so far, counted as "
 			"evicted)",
 			why, (unsigned long long)g->st.evicted);
 	}
