@@ -56,10 +56,13 @@ static const char *conf_key_text(const char *key, char *buf, size_t len)
 const char *conf_env_that_set(const struct conf_ctx *ctx, const char *path, char *buf,
 			      size_t len)
 {
-	unsigned role = strncmp(path, "relay.", 6) == 0	   ? CONF_ROLE_RELAY
-			: strncmp(path, "tunnel.", 7) == 0 ? CONF_ROLE_TUNNEL
-							   : 0;
+	unsigned role;
 
+	if (!path || !*path)
+		return NULL;
+	role = strncmp(path, "relay.", 6) == 0	  ? CONF_ROLE_RELAY
+	       : strncmp(path, "tunnel.", 7) == 0 ? CONF_ROLE_TUNNEL
+						  : 0;
 	if (role && !(ctx->roles & role))
 		return NULL;
 	conf_env_name(path, buf, len);
