@@ -20,6 +20,8 @@ int cmd_demo(int argc, char **argv);
  * error text: control characters (C1 too) are written as \xNN, so none
  * reaches the terminal; the line ends with one newline. */
 void cmd_eprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The same on stdout (a report that quotes a path). */
+void cmd_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* `sparkrelay ctl`: argv[0] is "ctl". Exit status 0 ok, 1 API or
  * connection error, 2 usage error. */

@@ -48,21 +48,35 @@ int cmd_getopt(int argc, char **argv, const char *shortopts, const struct option
 	return ch;
 }
 
-void cmd_eprintf(const char *fmt, ...)
+static void vprint_line(FILE *f, const char *fmt, va_list ap)
 {
 	char line[4096], out[4 * sizeof(line)];
-	va_list ap;
-	int n;
+	int n = vsnprintf(line, sizeof(line), fmt, ap);
 
-	va_start(ap, fmt);
-	n = vsnprintf(line, sizeof(line), fmt, ap);
-	va_end(ap);
 	if (n < 0)
 		return;
 	if ((size_t)n >= sizeof(line))
 		n = sizeof(line) - 1;
 	sr_esc_ctl(line, (size_t)n, out, sizeof(out));
-	fprintf(stderr, "%s\n", out);
+	fprintf(f, "%s\n", out);
+}
+
+void cmd_eprintf(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vprint_line(stderr, fmt, ap);
+	va_end(ap);
+}
+
+void cmd_printf(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vprint_line(stdout, fmt, ap);
+	va_end(ap);
 }
 
 static void usage(FILE *out)
@@ -985,28 +999,17 @@ static int cmd_gen_certs(int argc, char **argv)
 		cmd_eprintf("sparkrelay gen-certs: %s", err);
 		return 1;
 	}
-	{
-		char line[2048], out[4 * sizeof(line)];
-		int n =
-		    client
-			? snprintf(line, sizeof(line),
-				   "wrote %s/client-%s.pem and .key (CN %s, valid 30 days)",
-				   dir, client, client)
-			: snprintf(
-			      line, sizeof(line),
-			      "wrote development certificates to %s (valid 30 days)%s", dir,
-			      kept == 1 ? "; kept the CA already there, which signed them"
-			      : kept == 2
-				  ? "; the CA there would have expired before them: made a "
-				    "new one (give the sidecars the new ca.pem, issue client "
-				    "certificates again)"
-				  : "");
-
-		if (n >= (int)sizeof(line))
-			n = sizeof(line) - 1;
-		sr_esc_ctl(line, n > 0 ? (size_t)n : 0, out, sizeof(out));
-		printf("%s\n", out); /* the path as given, control characters escaped */
-	}
+	if (client)
+		cmd_printf("wrote %s/client-%s.pem and .key (CN %s, valid 30 days)", dir,
+			   client, client);
+	else
+		cmd_printf("wrote development certificates to %s (valid 30 days)%s", dir,
+			   kept == 1 ? "; kept the CA already there, which signed them"
+			   : kept == 2
+			       ? "; the CA there would have expired before them: made a "
+				 "new one (give the sidecars the new ca.pem, issue client "
+				 "certificates again)"
+			       : "");
 	return 0;
 }
 

@@ -83,6 +83,23 @@ size_t sr_utf8_next(const unsigned char *s, uint32_t *cp)
 	return n;
 }
 
+const char *sr_text_problem(const char *s)
+{
+	const unsigned char *p = (const unsigned char *)s;
+
+	while (*p) {
+		uint32_t cp;
+		size_t k = sr_utf8_next(p, &cp);
+
+		if (k == 0)
+			return "not UTF-8";
+		if (sr_is_ctl(cp))
+			return "control character";
+		p += k;
+	}
+	return NULL;
+}
+
 void sr_mask_ctl(char *s)
 {
 	unsigned char *p = (unsigned char *)s;

@@ -35,6 +35,9 @@ size_t sr_utf8_next(const unsigned char *s, uint32_t *cp);
 /* A code point a terminal may act on: C0, DEL or C1 (U+0080..U+009F; U+009B
  * is CSI). */
 #define sr_is_ctl(cp) ((cp) < 0x20 || ((cp) >= 0x7f && (cp) <= 0x9f))
+/* Why the NUL-terminated s is not one line of text a peer may send (not
+ * well-formed UTF-8, or a control character per sr_is_ctl), or NULL. */
+const char *sr_text_problem(const char *s);
 /* In place, for one line of valid UTF-8: every byte of a control character
  * (sr_is_ctl) and every byte that is not part of well-formed UTF-8 (a
  * sequence cut short, say) becomes '?'. The length does not change. NULL is

@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -351,16 +352,12 @@ out:
  * temporary file>: No such file or directory"). */
 static int conf_check_out_dir(const char *path, const char *key, char *err, size_t errlen)
 {
-	char dir[PATH_MAX], esc[SR_ESC_SIZE(200)];
-	const char *slash = strrchr(path, '/');
+	char copy[PATH_MAX], esc[SR_ESC_SIZE(200)];
 	struct stat st;
-	size_t n = !slash ? 1 : slash == path ? 1 : (size_t)(slash - path);
 
-	if (n >= sizeof(dir))
+	if ((size_t)snprintf(copy, sizeof(copy), "%s", path) >= sizeof(copy))
 		return 0; /* the write says what is wrong */
-	memcpy(dir, slash ? path : ".", n);
-	dir[n] = '\0';
-	if (stat(dir, &st) != 0) {
+	if (stat(dirname(copy), &st) != 0) {
 		sr_seterr(err, errlen, "the folder of %s (%s) %s: %s",
 			  sr_esc_n(path, 200, esc, sizeof(esc)), key,
 			  errno == ENOENT ? "does not exist" : "cannot be read",

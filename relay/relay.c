@@ -451,44 +451,31 @@ static void keep_restart_only(struct relay_opts *run, struct relay_opts *o)
 
 int relay_reload(struct relay *r, struct relay_opts *o, char *err, size_t errlen)
 {
-	struct relay_pol *np;
+	struct relay_pol *np = NULL;
 	struct relay_opts tmp;
+	int rc = SR_EINVAL;
 	/* Read again, so that a certificate renewed in place (a Kubernetes
-	 * Secret) is used by the tunnels that come next. */
+	 * Secret) is used by the tunnels that come next. Before the pools
+	 * change: a bad pair refuses the whole reload. */
 	SSL_CTX *ctx = tls_ctx(o, err, errlen);
 
-	if (!ctx) {
-		relay_count_reload_failure(r);
-		return SR_EINVAL;
-	}
+	if (!ctx)
+		goto fail;
 	np = calloc(1, sizeof(*np));
 	if (!np) {
+		rc = SR_ENOMEM;
 		sr_seterr(err, errlen, "out of memory");
-		SSL_CTX_free(ctx);
-		relay_count_reload_failure(r);
-		return SR_ENOMEM;
+		goto fail;
 	}
 	np->refs = 1;
 	np->implicit_tenants = o->policy.ntenants == 0;
 	np->p = relay_policy_new(&o->policy, &o->pool, err, errlen);
-	if (!np->p) {
-		free(np);
-		SSL_CTX_free(ctx);
-		relay_count_reload_failure(r);
-		return SR_EINVAL;
-	}
-	if (relay_pools_check_bind(np->p, err, errlen) != 0) {
-		relay_pol_unref(np);
-		SSL_CTX_free(ctx);
-		relay_count_reload_failure(r);
-		return SR_EINVAL;
-	}
+	if (!np->p || relay_pools_check_bind(np->p, err, errlen) != 0)
+		goto fail;
 	if (relay_pools_sync(r, np->p) != 0) {
+		rc = SR_ENOMEM;
 		sr_seterr(err, errlen, "out of memory");
-		relay_pol_unref(np);
-		SSL_CTX_free(ctx);
-		relay_count_reload_failure(r);
-		return SR_ENOMEM;
+		goto fail;
 	}
 	keep_restart_only(r->o, o);
 	tls_swap(r, ctx);
@@ -504,6 +491,11 @@ int relay_reload(struct relay *r, struct relay_opts *o, char *err, size_t errlen
 		relay_policy_npools(np->p), relay_policy_npools(np->p) == 1 ? "" : "s");
 	relay_fleet_reloaded(r->fleet);
 	return 0;
+fail:
+	relay_pol_unref(np);
+	SSL_CTX_free(ctx);
+	relay_count_reload_failure(r);
+	return rc;
 }
 
 void relay_count_reload_failure(struct relay *r)

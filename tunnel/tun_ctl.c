@@ -125,21 +125,10 @@ int tun_ctl_valid_code(const char *s)
 
 int tun_ctl_valid_app(const char *s)
 {
-	const unsigned char *p = (const unsigned char *)s;
 	size_t n;
 
-	if (s == NULL || (n = strlen(s)) == 0 || n >= TUN_CTL_APP_MAX)
-		return 0;
-	while (*p) {
-		uint32_t cp;
-		size_t k = sr_utf8_next(p, &cp);
-
-		/* C0, DEL and C1: C1 too, since a terminal may act on U+009B (CSI). */
-		if (k == 0 || sr_is_ctl(cp))
-			return 0;
-		p += k;
-	}
-	return 1;
+	/* C0, DEL and C1: C1 too, since a terminal may act on U+009B (CSI). */
+	return s != NULL && (n = strlen(s)) != 0 && n < TUN_CTL_APP_MAX && !sr_text_problem(s);
 }
 
 /* The contract check of a string field the parser has read: 0, or SR_EPROTO

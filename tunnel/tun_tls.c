@@ -246,17 +246,7 @@ static const char *cn_refusal(const X509_NAME *subj, int idx, unsigned char **ut
 	}
 	if (memchr(*utf8, '\0', (size_t)*n))
 		return "embedded NUL";
-	for (int i = 0; i < *n;) {
-		uint32_t cp;
-		size_t k = sr_utf8_next(*utf8 + i, &cp);
-
-		if (k == 0)
-			return "not UTF-8";
-		if (sr_is_ctl(cp))
-			return "control character";
-		i += (int)k;
-	}
-	return NULL;
+	return sr_text_problem((const char *)*utf8); /* ASN1_STRING_to_UTF8 ends it */
 }
 
 int tun_tls_peer_name(SSL *ssl, char *buf, size_t len)

@@ -84,6 +84,11 @@ static void test_mask_ctl_leaves_valid_one_line_utf8(void **st)
 	assert_string_equal(s4, "??????"
 				"!");
 	sr_mask_ctl(NULL);
+	/* the same rule, as a verdict */
+	assert_null(sr_text_problem("ok \xc3\xa9t\xc3\xa9"));
+	assert_string_equal(sr_text_problem("a\xc2\x9b"), "control character");
+	assert_string_equal(sr_text_problem("a\x7f"), "control character");
+	assert_string_equal(sr_text_problem("cut \xc3"), "not UTF-8");
 }
 
 static void test_valid_host(void **st)
