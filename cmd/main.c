@@ -49,6 +49,8 @@ int cmd_getopt(int argc, char **argv, const char *shortopts, const struct option
 }
 
 static void vprint_line(FILE *f, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+static void vprint_line(FILE *f, const char *fmt, va_list ap)
 {
 	char line[4096], out[4 * sizeof(line)];
 	int n = vsnprintf(line, sizeof(line), fmt, ap);
