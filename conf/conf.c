@@ -5,12 +5,18 @@
 #include "conf/conf_int.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/sr_err.h"
+#include "common/sr_util.h"
 
 void conf_init(struct sr_config *cfg)
 {
@@ -197,43 +203,89 @@ int conf_load_file(const char *path, struct sr_config *cfg, char *err, size_t er
 	return conf_load_file_roles(path, CONF_ROLES_ALL, cfg, err, errlen);
 }
 
+/* Up to max + 1 bytes of fd into buf: the count, or -1 with errno (ETIMEDOUT
+ * when a pipe's writer neither wrote nor closed in time). */
+static ssize_t conf_read_all(int fd, char *buf, size_t max, bool is_reg)
+{
+	uint64_t deadline = sr_now_us() / 1000u + CONF_PIPE_WAIT_MS;
+	size_t n = 0;
+
+	while (n <= max) {
+		ssize_t r = read(fd, buf + n, max + 1 - n);
+
+		if (r > 0) {
+			n += (size_t)r;
+			continue;
+		}
+		if (r == 0)
+			return (ssize_t)n;
+		if (errno == EINTR)
+			continue;
+		if (is_reg || errno != EAGAIN)
+			return -1;
+		uint64_t now = sr_now_us() / 1000u;
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+
+		if (now >= deadline || poll(&p, 1, (int)(deadline - now)) == 0) {
+			errno = ETIMEDOUT;
+			return -1;
+		}
+	}
+	return (ssize_t)n;
+}
+
 int conf_load_file_roles(const char *path, unsigned roles, struct sr_config *cfg, char *err,
 			 size_t errlen)
 {
 	struct stat st;
 	char *buf = NULL;
-	size_t n;
-	FILE *f;
-	int rc, e;
+	ssize_t n;
+	int fd, rc, e;
 
 	memset(cfg, 0, sizeof(*cfg));
-	if (!(f = fopen(path, "rb"))) {
+	/* O_NONBLOCK: open() of a FIFO without a writer would wait for one */
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)) < 0) {
 		e = errno;
 		sr_seterr(err, errlen, "%s: cannot open: %s", path, strerror(e));
 		return e == ENOENT ? SR_ENOTFOUND : SR_EIO;
 	}
-	if (fstat(fileno(f), &st) == 0) {
-		if (S_ISDIR(st.st_mode)) {
-			sr_seterr(err, errlen, "%s: cannot read: is a directory", path);
-			rc = SR_EIO;
-			goto out;
-		}
-		/* refuse before reading; non-regular files are bounded by the read */
-		if (S_ISREG(st.st_mode) && st.st_size > CONF_MAX_FILE_SIZE) {
-			sr_seterr(err, errlen, "%s: too big: %lld bytes, the limit is %d bytes",
-				  path, (long long)st.st_size, CONF_MAX_FILE_SIZE);
-			rc = SR_ETOOBIG;
-			goto out;
-		}
+	if (fstat(fd, &st) != 0) {
+		sr_seterr(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+		rc = SR_EIO;
+		goto out;
+	}
+	if (S_ISDIR(st.st_mode)) {
+		sr_seterr(err, errlen, "%s: cannot read: is a directory", path);
+		rc = SR_EIO;
+		goto out;
+	}
+	/* refuse before reading; non-regular files are bounded by the read */
+	if (S_ISREG(st.st_mode) && st.st_size > CONF_MAX_FILE_SIZE) {
+		sr_seterr(err, errlen, "%s: too big: %lld bytes, the limit is %d bytes", path,
+			  (long long)st.st_size, CONF_MAX_FILE_SIZE);
+		rc = SR_ETOOBIG;
+		goto out;
 	}
 	if (!(buf = malloc(CONF_MAX_FILE_SIZE + 1))) {
 		sr_seterr(err, errlen, "%s: out of memory", path);
 		rc = SR_ENOMEM;
 		goto out;
 	}
-	n = fread(buf, 1, CONF_MAX_FILE_SIZE + 1, f);
-	if (ferror(f)) {
-		sr_seterr(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+	if ((n = conf_read_all(fd, buf, CONF_MAX_FILE_SIZE, S_ISREG(st.st_mode))) < 0) {
+		if (errno == ETIMEDOUT)
+			sr_seterr(err, errlen,
+				  "%s: cannot read: not a regular file, and nothing came to "
+				  "read within %d ms (a FIFO nobody writes to?)",
+				  path, CONF_PIPE_WAIT_MS);
+		else
+			sr_seterr(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+		rc = SR_EIO;
+		goto out;
+	}
+	if (n == 0 && !S_ISREG(st.st_mode)) {
+		sr_seterr(err, errlen,
+			  "%s: cannot read: not a regular file, and it gave nothing%s", path,
+			  S_ISFIFO(st.st_mode) ? " (a FIFO with no writer yet?)" : "");
 		rc = SR_EIO;
 		goto out;
 	}
@@ -243,9 +295,9 @@ int conf_load_file_roles(const char *path, unsigned roles, struct sr_config *cfg
 		rc = SR_ETOOBIG;
 		goto out;
 	}
-	rc = conf_load_text(buf, n, path, roles, 0, cfg, err, errlen);
+	rc = conf_load_text(buf, (size_t)n, path, roles, 0, cfg, err, errlen);
 out:
 	free(buf);
-	fclose(f);
+	close(fd);
 	return rc;
 }

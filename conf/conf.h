@@ -22,6 +22,10 @@
 
 /* Files over this size are refused before parsing. */
 #define CONF_MAX_FILE_SIZE (1024 * 1024)
+/* A pipe or FIFO is read until its writer closes it, for at most this long:
+ * `--config <(envsubst < tpl)` works, a FIFO nobody writes to does not hang
+ * check-config, the start or a reload on the relay's event loop. */
+#define CONF_PIPE_WAIT_MS 5000
 /* Prefix of every environment override: SPARKRELAY_<JSON path, upper-cased,
  * dots as underscores>, e.g. SPARKRELAY_RELAY_POOL_PORT_MIN. */
 #define CONF_ENV_PREFIX "SPARKRELAY_"

@@ -219,14 +219,17 @@ int conf_write_docs(FILE *out)
 	    "and column when known, the JSON path and the rule broken, for example\n"
 	    "`relay.json:7:17: relay.pool.port_min: must be an integer 1..65535 (got 0)`.\n",
 	    out);
-	fprintf(out,
-		"Files over %d bytes are refused. Check a file, environment included, without\n"
-		"starting anything:\n"
-		"\n"
-		"```sh\n"
-		"sparkrelay check-config FILE\n"
-		"```\n",
-		CONF_MAX_FILE_SIZE);
+	fprintf(
+	    out,
+	    "Files over %d bytes are refused. The file may be a pipe, as in\n"
+	    "`--config <(envsubst < relay.json.in)`: it is read until its writer closes it,\n"
+	    "for at most %d s (a FIFO nobody writes to is an error, not a hang). Check a\n"
+	    "file, environment included, without starting anything:\n"
+	    "\n"
+	    "```sh\n"
+	    "sparkrelay check-config FILE\n"
+	    "```\n",
+	    CONF_MAX_FILE_SIZE, CONF_PIPE_WAIT_MS / 1000);
 	fputs("\n"
 	      "Rules that span several keys: `relay.pool.port_min` <= `relay.pool.port_max`;\n"
 	      "`relay.tls.require_client_cert` needs `relay.tls.client_ca`;\n"

@@ -391,6 +391,37 @@ class CheckConfigTest(X.XCase):
         self.assertTrue(p.grep("cannot start: private key %s (relay.tls.key) does not match" %
                                c.client_key), p.log_text())
 
+    def test_config_from_a_fifo_or_a_pipe(self):
+        # The configuration itself as a FIFO nobody writes to blocked
+        # check-config (and the relay's start) in open() for ever.
+        fifo = os.path.join(self.stack.dir, "config-fifo.json")
+        os.mkfifo(fifo)
+        t0 = time.monotonic()
+        r = run("check-config", fifo)
+        self.assertLess(time.monotonic() - t0, 5)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("%s: cannot read: not a regular file, and it gave nothing (a FIFO "
+                      "with no writer yet?)" % fifo, r.stderr)
+        # A pipe whose writer holds it open and writes nothing: a deadline.
+        stdin_r, stdin_w = os.pipe()
+        try:
+            t0 = time.monotonic()
+            r = subprocess.run([H.BIN, "check-config", "/dev/stdin"], stdin=stdin_r,
+                               capture_output=True, text=True, timeout=30)
+            self.assertLess(time.monotonic() - t0, 15)
+        finally:
+            os.close(stdin_r)
+            os.close(stdin_w)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("/dev/stdin: cannot read: not a regular file, and nothing came to read "
+                      "within 5000 ms", r.stderr)
+        # A pipe that carries a configuration is read to its end, as
+        # `--config <(envsubst < template)` needs.
+        text = json.dumps(self.relay_cfg())
+        r = subprocess.run([H.BIN, "check-config", "/dev/stdin"], input=text,
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual((r.returncode, r.stderr), (0, "/dev/stdin: configuration OK (relay)\n"))
+
     def test_quiet_by_default_print_on_request_and_warnings(self):
         good = self.write("good.json", self.relay_cfg(client_ca=H.certs().ca))
         r = run("check-config", good)
