@@ -4,6 +4,7 @@
  * accepted (so it can skip without validating). */
 #include "conf/conf_int.h"
 
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -93,6 +94,29 @@ static int conf_skip_value(struct conf_scan *s)
 	return 0;
 }
 
+/* Does the key between the quotes, raw as written, name seg? A key with
+ * escapes ("por\u0074_min") is decoded by jansson, which accepted it. */
+static int conf_key_is(const char *raw, size_t rawlen, int escaped, const char *seg)
+{
+	json_t *key;
+	char *quoted;
+	int same;
+
+	if (!escaped)
+		return rawlen == strlen(seg) && memcmp(raw, seg, rawlen) == 0;
+	if (!(quoted = malloc(rawlen + 2)))
+		return 0;
+	quoted[0] = '"';
+	memcpy(quoted + 1, raw, rawlen);
+	quoted[rawlen + 1] = '"';
+	key = json_loadb(quoted, rawlen + 2, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+	free(quoted);
+	same = json_is_string(key) && json_string_length(key) == strlen(seg) &&
+	       memcmp(json_string_value(key), seg, json_string_length(key)) == 0;
+	json_decref(key);
+	return same;
+}
+
 static int conf_scan_find(struct conf_scan *s, const char *const *segs, size_t nsegs,
 			  int want_key)
 {
@@ -117,8 +141,7 @@ static int conf_scan_find(struct conf_scan *s, const char *const *segs, size_t n
 			if (s->p >= s->end || *s->p != ':')
 				return -1;
 			conf_adv(s);
-			if (!esc && rawlen == strlen(segs[0]) &&
-			    memcmp(raw, segs[0], rawlen) == 0) {
+			if (conf_key_is(raw, rawlen, esc, segs[0])) {
 				if (nsegs == 1 && want_key) {
 					s->line = kline;
 					s->col = kcol;

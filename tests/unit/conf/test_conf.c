@@ -417,12 +417,12 @@ static const struct err_case err_cases[] = {
     {"unknown key with a newline stays on one line",
      "{\"log\": {\"lev\\nel\": 1}}",
      SR_EINVAL,
-     {"t.json: log.lev?el: unknown key (did you mean \"level\"? expected one of: level, "
+     {"t.json:1:10: log.lev?el: unknown key (did you mean \"level\"? expected one of: level, "
       "format)"}},
     {"unknown key with a DEL byte is not quoted raw",
      "{\"log\": {\"lev\\u007fel\": 1}}",
      SR_EINVAL,
-     {"t.json: log.lev?el: unknown key (did you mean \"level\"? expected one of: level, "
+     {"t.json:1:10: log.lev?el: unknown key (did you mean \"level\"? expected one of: level, "
       "format)"}},
     {"duplicate key with a DEL byte is not quoted raw",
      "{\"log\": {\"a\x7f\": 1, \"a\x7f\": 2}}",
@@ -529,6 +529,10 @@ static const struct err_case err_cases[] = {
      SR_EINVAL,
      {"t.json:5:4: tunnel.relays[1]: must be host:port, srv:_SERVICE._tcp.DOMAIN or "
       "k8s:[NAMESPACE/]SERVICE[:PORTNAME] (got \"nohost\")"}},
+    {"keys written with escapes are located too",
+     "{\"tunnel\": {\n  \"r\\u0065lays\": [\"a:1\", \"nohost\"]}}",
+     SR_EINVAL,
+     {"t.json:2:26: tunnel.relays[1]: must be host:port"}},
     {"relay item not a string",
      "{\"tunnel\": {\"relays\": [\"a:1\", 7]}}",
      SR_EINVAL,
