@@ -165,3 +165,23 @@ int sr_host_is_loopback(const char *host)
 	return sr_parse_addr(host, 0, &ss, &len) == 0 &&
 	       sr_addr_is_loopback((const struct sockaddr *)&ss);
 }
+
+char *sr_source_key(const char *addr, char *buf, size_t len)
+{
+	struct in6_addr a6;
+	char text[INET6_ADDRSTRLEN];
+
+	if (inet_pton(AF_INET6, addr, &a6) != 1) {
+		snprintf(buf, len, "%s", addr);
+		return buf;
+	}
+	if (IN6_IS_ADDR_V4MAPPED(&a6)) {
+		inet_ntop(AF_INET, a6.s6_addr + 12, text, sizeof(text));
+		snprintf(buf, len, "%s", text);
+		return buf;
+	}
+	memset(a6.s6_addr + 8, 0, 8);
+	inet_ntop(AF_INET6, &a6, text, sizeof(text));
+	snprintf(buf, len, "%s/64", text);
+	return buf;
+}

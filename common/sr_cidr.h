@@ -51,4 +51,10 @@ int sr_addr_is_loopback(const struct sockaddr *addr);
  * resolves to now ("localhost." and "x.localhost" included). NULL is not. */
 int sr_host_is_loopback(const char *host);
 
+/* The source a per-source limit counts, from a numeric address: an IPv4
+ * address as it is, an IPv6 one by its /64 ("2001:db8:1:2::/64"), since one
+ * host usually holds a whole /64 (the tunnel listener's rule); IPv4-mapped
+ * IPv6 as IPv4. Anything else is copied as it is. Into buf; returns buf. */
+char *sr_source_key(const char *addr, char *buf, size_t len);
+
 #endif

@@ -37,6 +37,7 @@
  * accepting and closing at once keeps the refusal visible to both sides. */
 #include "common/sr_http_guard.h"
 
+#include "common/sr_cidr.h"
 #include "common/sr_log.h"
 #include "common/sr_util.h"
 
@@ -56,7 +57,7 @@ struct guard_conn {
 	uint64_t t0_us;			 /* accepted at */
 	int attached;			 /* evhttp owns bev alone, closecb set */
 	int admitted;			 /* counted in active (attached, not refused) */
-	char src[64];			 /* the client's address, numeric */
+	char src[64];			 /* its source: sr_source_key() */
 	struct guard_conn *prev, *next;
 };
 
@@ -212,7 +213,7 @@ static void attach(struct guard_conn *c)
 	bufferevent_decref(c->bev); /* evhttp holds its own */
 	/* numeric (evhttp asks getnameinfo for NI_NUMERICHOST) */
 	evhttp_connection_get_peer(c->evcon, &addr, &port);
-	snprintf(c->src, sizeof(c->src), "%s", addr ? addr : "");
+	sr_source_key(addr ? addr : "", c->src, sizeof(c->src));
 	if (!admit(g, c))
 		return; /* closed and freed */
 	elapsed_ms = (sr_now_us() - c->t0_us) / 1000u;

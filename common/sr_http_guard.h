@@ -5,8 +5,9 @@
  * the relay's admin API and the sidecar's status listener.
  *
  * A new connection is always let in: with max_conns open, the oldest is
- * closed to make room, and the oldest of the newcomer's own address when
- * that address holds half of max_conns (so that connections that send
+ * closed to make room, and the oldest of the newcomer's own source (an
+ * IPv4 address, an IPv6 /64) when that source holds half of max_conns (so
+ * that connections that send
  * nothing cannot keep health probes out, and one client cannot push out
  * another's). Every connection is closed at its deadline, counted from its
  * accept, whatever it is doing then (reading the request, waiting, writing

@@ -449,7 +449,8 @@ static const struct conf_entry conf_relay_admin[] = {
 	"when listen is not a loopback address."),
     U32(struct relay_opts, "max_connections", admin_max_conns, 1, 65536, "64",
 	"Admin connections open at once; a new one over it closes the oldest (of its own "
-	"address when that address holds half of them), so idle connections cannot keep "
+	"source, an address or IPv6 /64, when that source holds half of them), so idle "
+	"connections cannot keep "
 	"probes out (`sparkrelay_admin_connections_evicted_total`)."),
     U32(struct relay_opts, "request_timeout_ms", admin_request_timeout_ms, 100, 600000, "10000",
 	"An admin connection is closed this long after it was accepted, however slowly it "

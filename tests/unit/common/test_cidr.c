@@ -227,6 +227,32 @@ static void test_host_loopback(void **state)
 	assert_false(sr_host_is_loopback(NULL));
 }
 
+/* Per-source limits of the HTTP listeners count an IPv6 host by its /64, as
+ * the tunnel listener does: a client with a /64 cannot take a slot per
+ * address and push everyone else out. */
+static void test_source_key(void **state)
+{
+	static const struct {
+		const char *addr, *key;
+	} cases[] = {
+	    {"10.1.2.3", "10.1.2.3"},
+	    {"2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"},
+	    {"2001:db8:1:2::1", "2001:db8:1:2::/64"},
+	    {"2001:db8:1:3::1", "2001:db8:1:3::/64"},
+	    {"::1", "::/64"},
+	    {"::ffff:192.0.2.7", "192.0.2.7"},
+	    {"", ""},
+	    {"not an address", "not an address"},
+	};
+	char buf[64];
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		assert_string_equal(sr_source_key(cases[i].addr, buf, sizeof(buf)),
+				    cases[i].key);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -240,6 +266,7 @@ int main(void)
 	    cmocka_unit_test(test_match_other_family_and_null),
 	    cmocka_unit_test(test_loopback),
 	    cmocka_unit_test(test_host_loopback),
+	    cmocka_unit_test(test_source_key),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
