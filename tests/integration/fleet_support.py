@@ -143,6 +143,13 @@ class FleetCase(unittest.TestCase):
             return j if isinstance(j, dict) and j.get("lease") and "ports" in j else None
         return sc.wait_ready(ready, timeout, "lease")
 
+    def start_driver(self, lease):
+        """A driver on the driver port of lease (a Spark JSON): the port."""
+        port = int(lease["ports"]["driver"])
+        self.driver = H.Driver({"driver": port})
+        self.driver.start()
+        return port
+
 
 class FreezingProxy:
     """TCP proxy 127.0.0.1:port -> target; freeze() stops every connection

@@ -111,9 +111,7 @@ class FleetTest(FleetCase):
         a = self.start_relay("relay-a", HOSTS[0], overrides=over)
         sc = self.start_sidecar("sc", a)
         lease_msg = self.lease_of(sc)
-        port = int(lease_msg["ports"]["driver"])
-        self.driver = H.Driver({"driver": port})
-        self.driver.start()
+        port = self.start_driver(lease_msg)
         return a, sc, lease_msg, port
 
     def takeover_proc(self, name, a):
@@ -144,8 +142,7 @@ class FleetTest(FleetCase):
         self.assertTrue(b.grep("resumed in the fleet"), "relay-b did not resume the lease")
         # The lease's ports answer on both relays; the one without the
         # tunnel carries the connection to the one with it.
-        self.driver = H.Driver({"driver": int(l2["ports"]["driver"])})
-        self.driver.start()
+        self.start_driver(l2)
         for r in (a, b):
             s = H.connect(r.host, int(l2["ports"]["driver"]))
             ok, why = echo_exchange(s, 7, 256 * 1024)
@@ -211,8 +208,7 @@ class FleetTest(FleetCase):
         self.assertTrue(a.grep("a resume waits for the lease table here"))
         self.assertTrue(a.grep("reading every key again"))
         self.assertFalse(a.grep("unknown_lease"))
-        self.driver = H.Driver({"driver": int(l2["ports"]["driver"])})
-        self.driver.start()
+        self.start_driver(l2)
         s = wait_for(lambda: self._try_connect(a.host, int(l2["ports"]["driver"])), 10,
                      "connect via relay-a")
         ok, why = echo_exchange(s, 5, 256 * 1024)
@@ -397,8 +393,7 @@ class FleetTest(FleetCase):
         self.assertEqual(raw(tkey)["lease"], own)
         self.assertTrue(a.grep("keys of this relay were deleted from etcd"))
         # relay-b carries an executor of the lease to relay-a again.
-        self.driver = H.Driver({"driver": port})
-        self.driver.start()
+        self.start_driver(lease)
         wait_for(lambda: b.grep("serving its ports here"), 10, "the lease on relay-b")
         s = wait_for(lambda: self._try_connect(b.host, port), 10, "connect via relay-b")
         ok, why = echo_exchange(s, 9, 256 * 1024)
@@ -527,9 +522,7 @@ class FleetTest(FleetCase):
         c = self.start_relay("relay-c", HOSTS[2])
         s1 = self.start_sidecar("sc1", a)
         l1 = self.lease_of(s1)
-        port = int(l1["ports"]["driver"])
-        self.driver = H.Driver({"driver": port})
-        self.driver.start()
+        port = self.start_driver(l1)
         wait_for(lambda: c.grep("serving its ports here"), 10, "the lease on relay-c")
         s1.kill()
         # relay-a notices the tunnel is gone and withdraws its tunnels key
@@ -559,9 +552,7 @@ class FleetTest(FleetCase):
         c = self.start_relay("relay-c", HOSTS[2], overrides=over)
         s1 = self.start_sidecar("sc1", a)
         l1 = self.lease_of(s1)
-        port = int(l1["ports"]["driver"])
-        self.driver = H.Driver({"driver": port})
-        self.driver.start()
+        port = self.start_driver(l1)
         wait_for(lambda: b.grep("serving its ports here"), 10, "the lease on relay-b")
         tkey = ("/sparkrelay/tunnels/%s/relay-a" % l1["lease"]).encode()
         # relay-a dies with the only tunnel: its keys stay in etcd until
@@ -639,9 +630,7 @@ class FleetTest(FleetCase):
         c = self.start_relay("relay-c", HOSTS[2])
         sc = self.start_sidecar("sc", a)
         lease = self.lease_of(sc)
-        port = int(lease["ports"]["driver"])
-        self.driver = H.Driver({"driver": port})
-        self.driver.start()
+        port = self.start_driver(lease)
         # b and c learn the tunnels key through their watch
         wait_for(lambda: b.grep("serving its ports here") and c.grep("serving its ports here"),
                  10, "the lease's ports on relay-b and relay-c")
@@ -696,9 +685,7 @@ class FleetTest(FleetCase):
         c = self.start_relay("relay-c", HOSTS[2])
         sc = self.start_sidecar("sc", a, more=(b,))
         lease = self.lease_of(sc)
-        port = int(lease["ports"]["driver"])
-        self.driver = H.Driver({"driver": port})
-        self.driver.start()
+        port = self.start_driver(lease)
         wait_for(lambda: c.grep("serving its ports here"), 10, "the lease on relay-c")
         s = wait_for(lambda: self._try_connect(c.host, port), 10, "connect via relay-c")
         ok, why = echo_exchange(s, 1, 1 * MiB)
@@ -724,9 +711,7 @@ class FleetTest(FleetCase):
         c = self.start_relay("relay-c", HOSTS[2])
         sc = self.start_sidecar("sc", a)
         lease = self.lease_of(sc)
-        port = int(lease["ports"]["driver"])
-        self.driver = H.Driver({"driver": port})
-        self.driver.start()
+        port = self.start_driver(lease)
         wait_for(lambda: c.grep("serving its ports here"), 10, "the lease on relay-c")
         s = wait_for(lambda: self._try_connect(c.host, port), 10, "connect via relay-c")
         ok, why = echo_exchange(s, 1, 1 * MiB)
@@ -762,8 +747,7 @@ class FleetTest(FleetCase):
         lease = self.lease_of(sc)
         port = int(lease["ports"]["driver"])
         key = ("/sparkrelay/leases/%s" % lease["lease"]).encode()
-        self.driver = H.Driver({"driver": port})
-        self.driver.start()
+        self.start_driver(lease)
         wait_for(lambda: c.grep("serving its ports here"), 10, "the lease on relay-c")
         conns = [wait_for(lambda: self._try_connect(r.host, port), 10, "connect via " + r.fid)
                  for r in (a, c)]
@@ -831,8 +815,7 @@ class FleetTest(FleetCase):
                           "a port bound for a lease of 70 KB")
         self.assertTrue(a.grep("more than a fleet value has"))
         self.assertTrue(a.alive())
-        self.driver = H.Driver({"driver": int(lease["ports"]["driver"])})
-        self.driver.start()
+        self.start_driver(lease)
         s = H.connect(a.host, int(lease["ports"]["driver"]))
         ok, why = echo_exchange(s, 5, 64 * 1024)
         s.close()
@@ -924,8 +907,7 @@ class FleetTest(FleetCase):
         finally:
             for s in squat:
                 s.close()
-        self.driver = H.Driver({"driver": port})
-        self.driver.start()
+        self.start_driver(lease)
         t0 = time.monotonic()
         wait_for(lambda: c.grep("lease=%s: serving its ports here" % lease["lease"]), 10,
                  "relay-c serving the lease once its ports are free")
@@ -1113,9 +1095,7 @@ class FleetTest(FleetCase):
                              overrides={"relay": {"max_lease_connections": 3}})
         s1 = self.start_sidecar("sc1", a)
         l1 = self.lease_of(s1)
-        port = int(l1["ports"]["driver"])
-        self.driver = H.Driver({"driver": port})
-        self.driver.start()
+        port = self.start_driver(l1)
         wait_for(lambda: b.grep("lease=%s: serving its ports here" % l1["lease"]), 10,
                  "the lease on relay-b")
         kept = []
@@ -1570,8 +1550,7 @@ class EtcdLeaderTest(FleetCase):
         port = int(lease["ports"]["driver"])
         key = ("/sparkrelay/leases/%s" % lease["lease"]).encode()
         before = m0.get(key)  # any member answers with the cluster's data
-        self.driver = H.Driver({"driver": port})
-        self.driver.start()
+        self.start_driver(lease)
         s = wait_for(lambda: FleetTest._try_connect(a.host, port), 10, "connect via relay-a")
         lead = self.cluster.leader()
         followers = [m for m in self.cluster.members if m is not lead]
