@@ -655,20 +655,24 @@ static int lease_parse(const struct fl_kv *kv, struct fl_lease *fl, json_t **roo
 {
 	json_error_t je;
 	json_t *j = json_loadb(kv->val, kv->vlen, 0, &je), *ports;
+	json_int_t roles;
 
 	memset(fl, 0, sizeof(*fl));
 	if (!j)
 		return SR_EPROTO;
 	fl->prev = "";
-	if (json_unpack(j, "{s:s, s:s, s:s, s:s, s:s, s:i, s:o, s:s, s?s}", "app", &fl->app,
+	/* roles as json_int_t: "i" would cut 2^32 + 1 to 1 */
+	if (json_unpack(j, "{s:s, s:s, s:s, s:s, s:s, s:I, s:o, s:s, s?s}", "app", &fl->app,
 			"tenant", &fl->tenant, "route", &fl->route, "pool", &fl->pool, "idkey",
-			&fl->idkey, "roles", &fl->roles, "ports", &ports, "resume", &fl->resume,
+			&fl->idkey, "roles", &roles, "ports", &ports, "resume", &fl->resume,
 			"prev", &fl->prev) != 0 ||
-	    !json_is_array(ports) || json_array_size(ports) != TUN_PORT_MAX || fl->roles <= 0 ||
-	    fl->roles >= (int)TUN_ROLE_BIT(TUN_PORT_MAX) || strlen(fl->app) >= TUN_CTL_APP_MAX) {
+	    !json_is_array(ports) || json_array_size(ports) != TUN_PORT_MAX || roles <= 0 ||
+	    roles >= (json_int_t)TUN_ROLE_BIT(TUN_PORT_MAX) ||
+	    strlen(fl->app) >= TUN_CTL_APP_MAX) {
 		json_decref(j);
 		return SR_EPROTO;
 	}
+	fl->roles = (int)roles;
 	for (int i = 0; i < TUN_PORT_MAX; i++) {
 		json_t *p = json_array_get(ports, (size_t)i);
 		if (!json_is_integer(p) || json_integer_value(p) < 0 ||

@@ -783,6 +783,7 @@ class FleetTest(FleetCase):
         # what a malformed key says.
         bad_port = self.pool_base + POOL - 1
         big_port = self.pool_base + POOL - 2
+        wide_port = self.pool_base + POOL - 3
         junk = {
             b"/sparkrelay/leases/L-1-aaaa": b"not json",
             b"/sparkrelay/leases/L-2-bbbb": (b'{"app":"x","tenant":"default","route":"default",'
@@ -800,6 +801,11 @@ class FleetTest(FleetCase):
                                              b'"pool":"default","idkey":"k","roles":1,'
                                              b'"ports":[%d,0,0],"resume":"","prev":"",'
                                              b'"pad":"%s"}' % (big_port, b"x" * 70000)),
+            # roles 2^32 + 1 was read as an int: 1, the driver port alone
+            b"/sparkrelay/leases/L-5-eeee": (b'{"app":"x","tenant":"default","route":"default",'
+                                             b'"pool":"default","idkey":"k","roles":4294967297,'
+                                             b'"ports":[%d,0,0],"resume":"","prev":""}'
+                                             % wide_port),
         }
         for k, v in junk.items():
             self.etcd.put(k, v)
@@ -813,6 +819,8 @@ class FleetTest(FleetCase):
                           "a port bound for a malformed lease")
         self.assertIsNone(self._try_connect(HOSTS[0], big_port),
                           "a port bound for a lease of 70 KB")
+        self.assertIsNone(self._try_connect(HOSTS[0], wide_port),
+                          "a port bound for a lease whose roles are out of range")
         self.assertTrue(a.grep("more than a fleet value has"))
         self.assertTrue(a.alive())
         self.start_driver(lease)
