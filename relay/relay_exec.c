@@ -154,8 +154,28 @@ void relay_exec_on_accept(struct relay_lease *l, enum tun_port_role role, int fd
 	relay_exec_accept(arg, l, role, fd, sa, 0);
 }
 
+/* A new connection (conn_id 0: numbered, counted, waiting from now), or one
+ * back from a carry that failed (see relay_exec_wait_again). */
+static void exec_accept(struct relay *r, struct relay_lease *l, enum tun_port_role role, int fd,
+			const struct sockaddr *sa, int from_peer, uint64_t again_id,
+			uint64_t since_us);
+
 void relay_exec_accept(struct relay *r, struct relay_lease *l, enum tun_port_role role, int fd,
 		       const struct sockaddr *sa, int from_peer)
+{
+	exec_accept(r, l, role, fd, sa, from_peer, 0, 0);
+}
+
+void relay_exec_wait_again(struct relay *r, struct relay_lease *l, enum tun_port_role role,
+			   int fd, const struct sockaddr *sa, uint64_t conn_id,
+			   uint64_t since_us)
+{
+	exec_accept(r, l, role, fd, sa, RELAY_EXEC_LOCAL, conn_id, since_us);
+}
+
+static void exec_accept(struct relay *r, struct relay_lease *l, enum tun_port_role role, int fd,
+			const struct sockaddr *sa, int from_peer, uint64_t again_id,
+			uint64_t since_us)
 {
 	struct relay_lease_ext *lx = relay_lease_data(l);
 	const struct relay_pol *tpol;
@@ -163,13 +183,17 @@ void relay_exec_accept(struct relay *r, struct relay_lease *l, enum tun_port_rol
 	struct relay_tenant_limits tl;
 	struct relay_pending *p;
 	char peer[SR_ADDRSTRLEN], ctx[RELAY_LEASE_CTX_MAX];
-	uint64_t conn_id = ++r->next_conn_id, more = 0;
+	uint64_t conn_id = again_id ? again_id : ++r->next_conn_id, more = 0;
+	uint64_t now = sr_now_us(), timeout_us = (uint64_t)r->o->pending_timeout_ms * 1000u;
 	int cur, route;
 	unsigned max_pending = r->o->max_pending;
 	struct timeval tv;
 
 	sr_format_addr(sa, peer, sizeof(peer));
-	r->st.executor_conns++;
+	if (!again_id) {
+		r->st.executor_conns++;
+		since_us = now;
+	}
 	if (!lx || r->draining) {
 		reset_fd(fd);
 		refuse(r, lx, RELAY_REFUSE_DRAINING);
@@ -236,10 +260,24 @@ void relay_exec_accept(struct relay *r, struct relay_lease *l, enum tun_port_rol
 			return;
 		}
 	}
-	/* No tunnel here: a relay of the fleet that holds one carries it. */
-	if (from_peer == RELAY_EXEC_LOCAL && r->fleet &&
-	    relay_fleet_forward(r->fleet, lx, role, fd, sa, conn_id))
+	/* No tunnel here: a relay of the fleet that holds one carries it
+	 * (not one that every relay just failed to carry). */
+	if (from_peer == RELAY_EXEC_LOCAL && !again_id && r->fleet &&
+	    relay_fleet_forward(r->fleet, lx, role, fd, sa, conn_id, since_us))
 		return;
+	/* Its wait is over already: every carry failed until the deadline
+	 * (holders that etcd lists but nobody reaches, tried at each change). */
+	if (now - since_us >= timeout_us) {
+		if (refusal_log_allowed(lx, RELAY_RL_WAIT_TIMEOUT, &more))
+			SR_WARN(relay_lease_ctx(lx, l, ctx, sizeof(ctx)),
+				"conn=%llu peer=%s: closed after waiting %u ms for the tunnel "
+				"(%llu more since the last line)",
+				(unsigned long long)conn_id, peer, r->o->pending_timeout_ms,
+				(unsigned long long)more);
+		reset_fd(fd);
+		refuse(r, lx, RELAY_REFUSE_PENDING_TIMEOUT);
+		return;
+	}
 	if (tl.pending)
 		max_pending = tl.pending;
 	if (lx->npending >= max_pending) {
@@ -264,10 +302,10 @@ void relay_exec_accept(struct relay *r, struct relay_lease *l, enum tun_port_rol
 	p->fd = fd;
 	p->role = role;
 	p->conn_id = conn_id;
-	p->since_us = sr_now_us();
+	p->since_us = since_us;
 	p->from_peer = from_peer == RELAY_EXEC_FROM_PEER;
 	snprintf(p->peer, sizeof(p->peer), "%s", peer);
-	tv = sr_tv_ms(r->o->pending_timeout_ms);
+	tv = sr_tv_ms((timeout_us - (now - since_us) + 999u) / 1000u);
 	evtimer_add(p->timer, &tv);
 	if (lx->pending_tail)
 		lx->pending_tail->next = p;
@@ -275,9 +313,10 @@ void relay_exec_accept(struct relay *r, struct relay_lease *l, enum tun_port_rol
 		lx->pending = p;
 	lx->pending_tail = p;
 	lx->npending++;
-	SR_INFO(relay_lease_ctx(lx, l, ctx, sizeof(ctx)),
-		"conn=%llu peer=%s: waiting for the tunnel (up to %u ms)",
-		(unsigned long long)conn_id, peer, r->o->pending_timeout_ms);
+	if (!again_id)
+		SR_INFO(relay_lease_ctx(lx, l, ctx, sizeof(ctx)),
+			"conn=%llu peer=%s: waiting for the tunnel (up to %u ms)",
+			(unsigned long long)conn_id, peer, r->o->pending_timeout_ms);
 }
 
 void relay_lease_ext_free(struct relay_lease_ext *lx)

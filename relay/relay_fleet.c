@@ -162,7 +162,7 @@ struct fl_fwd {
 	char lease[TUN_CTL_LEASE_MAX];
 	int role;
 	struct sockaddr_storage exec;
-	uint64_t conn_id;
+	uint64_t conn_id, since_us; /* the executor connection, and when it came */
 	char tried[FL_MAX_TRIED][FL_ID_MAX];
 	int ntried;
 	struct fleet_peer_hdr h;
@@ -2802,8 +2802,8 @@ static void fwd_cb(struct fleet_splice *sp, enum fleet_splice_end end, int err, 
 	w->sp = NULL;
 	l = fd >= 0 ? relay_find_id(f->r, w->lease) : NULL;
 	if (l && relay_lease_data(l))
-		relay_exec_accept(f->r, l, (enum tun_port_role)w->role, fd,
-				  (struct sockaddr *)&w->exec, RELAY_EXEC_UNCARRIED);
+		relay_exec_wait_again(f->r, l, (enum tun_port_role)w->role, fd,
+				      (struct sockaddr *)&w->exec, w->conn_id, w->since_us);
 	else if (fd >= 0) {
 		sr_sock_set_reset_on_close(fd);
 		close(fd);
@@ -2812,7 +2812,7 @@ static void fwd_cb(struct fleet_splice *sp, enum fleet_splice_end end, int err, 
 }
 
 int relay_fleet_forward(struct relay_fleet *f, struct relay_lease_ext *lx, int role, int fd,
-			const struct sockaddr *exec, uint64_t conn_id)
+			const struct sockaddr *exec, uint64_t conn_id, uint64_t since_us)
 {
 	struct sockaddr_storage sa;
 	socklen_t salen;
@@ -2823,6 +2823,7 @@ int relay_fleet_forward(struct relay_fleet *f, struct relay_lease_ext *lx, int r
 	w->f = f;
 	w->role = role;
 	w->conn_id = conn_id;
+	w->since_us = since_us;
 	snprintf(w->lease, sizeof(w->lease), "%s", relay_lease_id(lx->lease));
 	memcpy(&w->exec, exec, exec->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
 							    : sizeof(struct sockaddr_in));
@@ -2868,7 +2869,8 @@ static void forward_waiting(struct relay_fleet *f, struct relay_lease_ext *lx)
 			pp = &p->next;
 			continue;
 		}
-		if (!relay_fleet_forward(f, lx, p->role, p->fd, (struct sockaddr *)&ss, p->conn_id))
+		if (!relay_fleet_forward(f, lx, p->role, p->fd, (struct sockaddr *)&ss,
+					 p->conn_id, p->since_us))
 			return;
 		*pp = p->next;
 		if (lx->pending_tail == p)
@@ -3052,6 +3054,7 @@ int relay_fleet_adopt_carried(struct relay_fleet *f, const char *lease, int role
 	w->f = f;
 	w->role = role;
 	w->conn_id = conn_id;
+	w->since_us = sr_now_us(); /* never waits again: see run.moved */
 	snprintf(w->lease, sizeof(w->lease), "%s", lease);
 	w->ntried = FL_MAX_TRIED; /* it runs: never dialled again */
 	w->sp = fleet_splice_adopt(f->base, &run, f->frozen, NULL, fwd_cb, w);

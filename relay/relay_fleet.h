@@ -78,11 +78,13 @@ void relay_fleet_tunnel_gone(struct relay_fleet *f, struct relay_tunnel *t);
 void relay_fleet_attached(struct relay_fleet *f, struct relay_lease_ext *lx);
 void relay_fleet_detached(struct relay_fleet *f, struct relay_lease_ext *lx);
 void relay_fleet_released(struct relay_fleet *f, struct relay_lease_ext *lx);
-/* lx has no tunnel here: carry fd to a relay that holds one. Returns 1 if
- * it took fd (it then owns it whatever happens), 0 if no relay holds a
- * tunnel of lx (fd stays the caller's). */
+/* lx has no tunnel here: carry fd (executor connection conn_id, which came
+ * at since_us) to a relay that holds one. Returns 1 if it took fd (it then
+ * owns it whatever happens), 0 if no relay holds a tunnel of lx (fd stays
+ * the caller's). If none can be reached, fd waits here again until its
+ * first wait's deadline. */
 int relay_fleet_forward(struct relay_fleet *f, struct relay_lease_ext *lx, int role, int fd,
-			const struct sockaddr *exec, uint64_t conn_id);
+			const struct sockaddr *exec, uint64_t conn_id, uint64_t since_us);
 
 /* Live handover. The peer listener's socket, to pass on. */
 int relay_fleet_peer_fd(const struct relay_fleet *f);

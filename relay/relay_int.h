@@ -290,13 +290,17 @@ void relay_exec_on_accept(struct relay_lease *l, enum tun_port_role role, int fd
 			  const struct sockaddr *sa, int salen, void *arg);
 /* The same; from_peer: RELAY_EXEC_FROM_PEER: another relay of the fleet
  * carried it here, so it is never carried on to a third (no forwarding
- * loops); RELAY_EXEC_UNCARRIED: carrying it just failed on every relay, so
- * it waits here now and follows a tunnel that comes up elsewhere later. */
+ * loops). */
 #define RELAY_EXEC_LOCAL 0
 #define RELAY_EXEC_FROM_PEER 1
-#define RELAY_EXEC_UNCARRIED 2
 void relay_exec_accept(struct relay *r, struct relay_lease *l, enum tun_port_role role, int fd,
 		       const struct sockaddr *sa, int from_peer);
+/* An executor connection that waited here since since_us (as conn_id) and
+ * that no relay of the fleet could carry: it waits again, for what is left
+ * of relay.lease.pending_timeout_ms, and is not counted or logged anew. */
+void relay_exec_wait_again(struct relay *r, struct relay_lease *l, enum tun_port_role role,
+			   int fd, const struct sockaddr *sa, uint64_t conn_id,
+			   uint64_t since_us);
 void relay_exec_on_expire(struct relay_lease *l, void *arg);
 /* The lease's tunnel is back: waiting executors become streams, in order. */
 void relay_exec_flush_pending(struct relay *r, struct relay_lease_ext *lx);

@@ -1489,6 +1489,56 @@ class FleetTest(FleetCase):
         return {l.split()[0]: float(l.split()[1]) for l in body.splitlines()
                 if l and not l.startswith("#")}
 
+    def test_an_executor_no_relay_can_carry_waits_no_longer_than_pending_timeout(self):
+        # etcd lists a holder of the lease's tunnel that nobody reaches (its
+        # peer address is wrong, or the key outlived the relay). Each change
+        # in etcd tries it again; a failed try used to queue the executor as
+        # a new connection with a fresh pending_timeout_ms, so while etcd
+        # kept changing the executor waited for ever.
+        a = self.start_relay("relay-a", HOSTS[0],
+                             overrides={"relay": {"lease": {"pending_timeout_ms": 2000}}})
+        P = self.pool_base
+        lease = {"app": "x", "tenant": "default", "route": "default", "pool": "default",
+                 "idkey": "k", "roles": 7, "ports": [P, P + 1, P + 2], "resume": "0" * 64,
+                 "prev": ""}
+        self.etcd.put(b"/sparkrelay/relays/ghost",
+                      json.dumps({"peer": "127.0.0.1:1", "tunnel": "x"}).encode())
+        self.etcd.put(b"/sparkrelay/tunnels/L-ghost1/ghost", b"")
+        self.etcd.put(b"/sparkrelay/leases/L-ghost1", json.dumps(lease).encode())
+        wait_for(lambda: a.grep("lease=L-ghost1: serving its ports here"), 10, "the lease")
+        stop = threading.Event()
+
+        def churn():
+            i = 0
+            while not stop.wait(0.3):
+                self.etcd.put(b"/sparkrelay/churn", str(i).encode())
+                i += 1
+        th = threading.Thread(target=churn)
+        th.start()
+        try:
+            s = socket.create_connection((a.host, P), timeout=5)
+            t0 = time.monotonic()
+            s.settimeout(10)
+            try:
+                got = s.recv(1)
+            except socket.timeout:
+                self.fail("the executor still waits 10 s after it connected")
+            except OSError:
+                got = b""
+            waited = time.monotonic() - t0
+            s.close()
+        finally:
+            stop.set()
+            th.join()
+        self.assertEqual(got, b"")
+        self.assertLess(waited, 4.0)
+        self.assertGreater(waited, 1.5)
+        # It counts as one connection, refused once, for its wait.
+        m = self.metrics(a)
+        self.assertEqual(m["sparkrelay_executor_connections_total"], 1)
+        self.assertEqual(m['sparkrelay_refused_total{reason="pending_timeout"}'], 1)
+        self.assertGreaterEqual(m["sparkrelay_fleet_carry_failed_total"], 2)
+
     @staticmethod
     def _try_connect(host, port):
         try:
