@@ -31,6 +31,11 @@ uint16_t sr_addr_port(const struct sockaddr *sa);
 
 /* TCP_NODELAY on; every socket of ours carries latency-sensitive RPC. */
 void sr_sock_nodelay(int fd);
+/* TCP keepalive on: after idle_s without a segment, a probe every intvl_s;
+ * cnt unanswered probes end the connection (ETIMEDOUT). For hops with no
+ * protocol of their own to notice a peer that vanished without a FIN or
+ * RST (a node powered off, a partition). */
+void sr_sock_keepalive(int fd, int idle_s, int intvl_s, int cnt);
 /* Keep at most `bytes` of unsent data in the kernel for this socket (tunnel
  * sockets): the rest waits in user space, where HTTP/2 can still put a
  * heartbeat ahead of bulk data instead of behind megabytes of send buffer. */

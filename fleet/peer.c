@@ -1,5 +1,6 @@
 /* See peer.h. */
 #include "fleet/peer.h"
+#include "fleet/splice.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -752,6 +753,8 @@ static void peer_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struc
 	}
 	c->l = l;
 	c->fd = (int)fd;
+	sr_sock_keepalive(c->fd, FLEET_SPLICE_KEEPIDLE_S, FLEET_SPLICE_KEEPINTVL_S,
+			  FLEET_SPLICE_KEEPCNT);
 	c->need = FLEET_PEER_HDR_FIXED;
 	c->src_family = family;
 	memcpy(c->src, src, sizeof(src));

@@ -367,6 +367,8 @@ int fleet_splice_connect(struct fleet_splice *sp, const struct sockaddr *peer, s
 		sp->connect_err = SR_EIO;
 	} else {
 		sr_sock_nodelay(fd);
+		sr_sock_keepalive(fd, FLEET_SPLICE_KEEPIDLE_S, FLEET_SPLICE_KEEPINTVL_S,
+				  FLEET_SPLICE_KEEPCNT);
 		if (connect(fd, peer, len) != 0 && errno != EINPROGRESS) {
 			sp_close_b(sp, 0);
 			sp->connect_err = SR_EIO;

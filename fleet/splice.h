@@ -53,6 +53,15 @@ enum fleet_splice_end {
 	FLEET_SPLICE_RESET,
 };
 
+/* TCP keepalive of the socket fleet_splice_connect dials (the listener
+ * that accepts it sets the same, fleet/peer.c): a relay whose node vanished
+ * without a FIN or RST is noticed after 30 s idle + 3 x 10 s
+ * (sr_sock_keepalive), instead of the pair holding the carried executor's
+ * connection, six descriptors and its lease's connection slot for ever. */
+#define FLEET_SPLICE_KEEPIDLE_S 30
+#define FLEET_SPLICE_KEEPINTVL_S 10
+#define FLEET_SPLICE_KEEPCNT 3
+
 struct fleet_splice_opts {
 	uint32_t connect_timeout_ms; /* 0: FLEET_SPLICE_CONNECT_TIMEOUT_MS */
 	uint32_t pipe_bytes;	     /* per direction; 0: FLEET_SPLICE_PIPE_BYTES */
@@ -74,7 +83,7 @@ struct fleet_splice *fleet_splice_new(struct event_base *base, int a,
 				      const struct fleet_splice_opts *o, fleet_splice_cb cb,
 				      void *arg);
 
-/* Dial peer (non-blocking, TCP_NODELAY, at most connect_timeout_ms), write
+/* Dial peer (non-blocking, TCP_NODELAY, keepalive, at most connect_timeout_ms), write
  * prefix[0..plen) (copied; may be empty) and splice. The outcome comes to
  * the callback. Returns 0, or SR_EINVAL (plen over FLEET_SPLICE_PREFIX_MAX,
  * or the pair is not idle: it was started or is connecting). */

@@ -63,6 +63,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -148,6 +149,38 @@ class FleetTest(FleetCase):
             ok, why = echo_exchange(s, 7, 256 * 1024)
             s.close()
             self.assertTrue(ok, "through %s: %s" % (r.name, why))
+
+    def test_the_relay_to_relay_hop_keeps_tcp_keepalive_on_both_ends(self):
+        # Nothing else watches the hop: a relay whose node vanished without a
+        # FIN or RST would leave the carried executor's connection open on
+        # the other relay for ever. The kernel's keepalive notices it.
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        sc = self.start_sidecar("sc", b)
+        lease = self.lease_of(sc)
+        port = self.start_driver(lease)
+        peer = re.search(r"registered in the fleet as relay-b \(peer address ([\d.]+):(\d+)\)",
+                         b.log_text())
+        self.assertIsNotNone(peer, "relay-b's peer address in its log")
+        s = H.connect(a.host, port)  # relay-a carries it to relay-b
+        self.addCleanup(s.close)
+        ok, why = echo_exchange(s, 3, 4096)
+        self.assertTrue(ok, why)
+
+        def timers(which):
+            return subprocess.run(["ss", "-tnoH", "state", "established", which,
+                                   "%s:%s" % peer.groups()], capture_output=True, text=True,
+                                  timeout=10).stdout.splitlines()
+        dialled, accepted = timers("dst"), timers("src")
+        self.assertEqual(len(dialled), 1, dialled)
+        self.assertEqual(len(accepted), 1, accepted)
+        # libevent's listeners turn keepalive on with the kernel's 2 hours;
+        # the hop's is 30 s.
+        for side, lines in (("relay-a's dialled socket", dialled),
+                            ("relay-b's accepted socket", accepted)):
+            m = re.search(r"timer:\(keepalive,(\d+)sec", lines[0])
+            self.assertIsNotNone(m, "%s: no keepalive timer in seconds: %s" % (side, lines[0]))
+            self.assertLessEqual(int(m.group(1)), 30, lines[0])
 
     def _relay_a_watching_through_a_proxy(self):
         """relay-a, whose etcd watch goes through a FreezingProxy (the proxy's
