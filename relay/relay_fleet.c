@@ -1023,6 +1023,16 @@ static void reconcile(struct relay_fleet *f)
 		for (struct relay_lease_ext *lx = a->leases; lx; lx = lx->tnext)
 			if (lx->pending && !lx->tunnel)
 				forward_waiting(f, lx);
+	/* A lease whose grace lease etcd lost (no keeper here now) but that
+	 * this copy never showed gone, a delete and a put seen together:
+	 * another relay made it again, on a grace lease to keep from now on. */
+	for (struct fl_held *h = f->held; h; h = h->next) {
+		char key[FL_KEY_MAX];
+
+		snprintf(key, sizeof(key), "leases/%s", h->id);
+		if (!h->k && !h->op && kv_find(f, key))
+			held_reclaim(f, h->id);
+	}
 }
 
 /* ---- range + watch --------------------------------------------------------- */
@@ -1837,18 +1847,43 @@ static void reclaim_granted(int err, const struct etcd_result *res, void *arg)
 		reclaim_later(h);
 }
 
+/* h keeps grace alive: the grace lease leases/<id> is on now. */
+static void held_keep(struct relay_fleet *f, struct fl_held *h, int64_t grace)
+{
+	uint32_t ttl =
+	    f->r->o->lease_grace_s > FL_GRACE_MIN_S ? f->r->o->lease_grace_s : FL_GRACE_MIN_S;
+
+	if (h->k && h->grace == grace)
+		return;
+	etcd_keeper_free(h->k);
+	h->grace = grace;
+	h->k = grace ? etcd_keeper_new(f->etcd, grace, ttl, grace_lost, h) : NULL;
+}
+
 /* etcd lost lease id while a tunnel holds it here: make its keys again on
- * a new grace lease, only if none of them exists meanwhile. */
+ * a new grace lease, only if none of them exists meanwhile. If another
+ * relay with a tunnel of it made it again first (and this one's copy never
+ * showed the key gone), keep that grace lease alive instead: with the old
+ * one dead, nothing here would, and the lease would expire when that relay
+ * goes. */
 static void held_reclaim(struct relay_fleet *f, const char *id)
 {
 	struct fl_held *h = held_find(f, id);
 	char key[FL_KEY_MAX], e[256];
 	uint32_t ttl = f->r->o->lease_grace_s > FL_GRACE_MIN_S ? f->r->o->lease_grace_s
 							       : FL_GRACE_MIN_S;
+	struct fl_kv *kv;
 
 	snprintf(key, sizeof(key), "leases/%s", id);
-	if (!h || h->op || kv_find(f, key) || !f->synced)
+	if (!h || h->op || !f->synced)
 		return;
+	if ((kv = kv_find(f, key))) {
+		if (kv->lease > 0 && kv->lease != h->grace) {
+			SR_INFO(FL_CTX, "lease=%s: made again in etcd by another relay", id);
+			held_keep(f, h, kv->lease);
+		}
+		return;
+	}
 	if (!h->retry && !(h->retry = evtimer_new(f->base, reclaim_retry_cb, h)))
 		return;
 	evtimer_del(h->retry);
@@ -1861,8 +1896,7 @@ void relay_fleet_attached(struct relay_fleet *f, struct relay_lease_ext *lx)
 {
 	const char *id = relay_lease_id(lx->lease);
 	struct fl_held *h = held_find(f, id);
-	uint32_t ttl = f->r->o->lease_grace_s > FL_GRACE_MIN_S ? f->r->o->lease_grace_s
-								: FL_GRACE_MIN_S;
+	int64_t grace;
 
 	if (!h) {
 		h = calloc(1, sizeof(*h));
@@ -1874,10 +1908,10 @@ void relay_fleet_attached(struct relay_fleet *f, struct relay_lease_ext *lx)
 		f->held = h;
 		put_tunnel_key(f, id);
 	}
-	if (!h->grace)
-		h->grace = lease_grace_of(f, id);
-	if (!h->k && h->grace)
-		h->k = etcd_keeper_new(f->etcd, h->grace, ttl, grace_lost, h);
+	/* the grace lease etcd has now: another relay may have made the
+	 * lease again on a new one while this relay's keeper was gone */
+	grace = lease_grace_of(f, id);
+	held_keep(f, h, grace ? grace : h->grace);
 }
 
 /* Deferred so that a tunnel replaced by another on this relay (unlink,

@@ -248,6 +248,17 @@ class FreezingProxy:
                 pair["frozen"] = True
             return len(frozen)
 
+    def cut(self, marked_only=False):
+        """Close the connections freeze() would stop (the client sees its
+        connection end); the number closed."""
+        with self.lock:
+            cut = [p for p in self.pairs if p["marked"] or not marked_only]
+            for pair in cut:
+                pair["frozen"] = True
+                for x in pair["socks"]:
+                    x.close()
+            return len(cut)
+
     def fail_next(self, marker, n=1):
         with self.lock:
             self.fail_marker, self.fail_left = marker, n

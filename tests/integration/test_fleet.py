@@ -182,14 +182,15 @@ class FleetTest(FleetCase):
             self.assertIsNotNone(m, "%s: no keepalive timer in seconds: %s" % (side, lines[0]))
             self.assertLessEqual(int(m.group(1)), 30, lines[0])
 
-    def _relay_a_watching_through_a_proxy(self):
+    def _relay_a_watching_through_a_proxy(self, overrides=None):
         """relay-a, whose etcd watch goes through a FreezingProxy (the proxy's
         freeze(marked_only=True) stalls it), and relay-b."""
         px = FreezingProxy(("127.0.0.1", self.etcd.port), mark=b"POST /v3/watch")
         self.addCleanup(px.close)
-        a = self.start_relay("relay-a", HOSTS[0], overrides={"relay": {"fleet": {
-            "etcd": ["http://127.0.0.1:%d" % px.port]}}})
-        b = self.start_relay("relay-b", HOSTS[1])
+        over = {"relay": {"fleet": {"etcd": ["http://127.0.0.1:%d" % px.port]}}}
+        H.deep_merge(over, overrides or {})
+        a = self.start_relay("relay-a", HOSTS[0], overrides=over)
+        b = self.start_relay("relay-b", HOSTS[1], overrides=overrides)
         wait_for(px.marked, 10, "relay-a's watch")
         return px, a, b
 
@@ -999,6 +1000,48 @@ class FleetTest(FleetCase):
             self.assertIsNone(m, "a tunnel was told %r" % (m,))
         self.assertTrue(a.alive() and b.alive())
         self.assertTrue(a.grep("made again in etcd") and b.grep("made again in etcd"))
+
+    def test_a_grace_lease_made_again_elsewhere_is_kept_alive_here_too(self):
+        # Tunnels of the lease on relay-a and relay-b; etcd loses its grace
+        # lease. relay-b makes the lease again on a new grace lease, and
+        # relay-a's copy of the table gets the delete and the put together
+        # (its watch was stuck), so it never saw the lease gone: it kept no
+        # grace lease alive at all, and when relay-b died the lease expired
+        # under relay-a's tunnel. relay-a now keeps the new one.
+        grace_s = 5
+        px, a, b = self._relay_a_watching_through_a_proxy(
+            {"relay": {"lease": {"grace_s": grace_s}}})
+        fs1, lease, key, grace = self._fake_lease(b)
+        fs2 = F.FakeSidecar(a.port, H.certs().ca, host=a.host).connect().start_h2()
+        self.addCleanup(fs2.close)
+        fs2.send_ctl(F.register_msg(resume=lease["resume"]))
+        m = fs2.read_ctl(10)
+        self.assertEqual((m or {}).get("type"), "lease", m)
+        wait_for(lambda: len(self.etcd.get_prefix(
+            b"/sparkrelay/tunnels/" + lease["lease"].encode() + b"/")) == 2, 10,
+            "tunnels keys of both relays")
+        self.assertEqual(px.freeze(marked_only=True), 1)
+
+        def grace_now():
+            kvs = [kv for k, _, kv in self.etcd.get_prefix(key) if k == key]
+            return int(kvs[0]["lease"]) if kvs else None
+        self.etcd.revoke(grace)
+        remade = wait_for(lambda: grace_now() not in (None, grace) and grace_now(), 10,
+                          "relay-b making the lease again")
+        wait_for(lambda: a.grep("lease=%s: its grace lease is gone" % lease["lease"]), 15,
+                 "relay-a's keeper finding its grace lease gone")
+        rev = self.etcd.revision()
+        self.assertEqual(px.cut(marked_only=True), 1)  # relay-a watches again
+        wait_for(lambda: self.metrics(a)["sparkrelay_fleet_revision"] >= rev, 15,
+                 "relay-a's copy catching up")
+        self.assertFalse(a.grep("lease=%s: made again in etcd after" % lease["lease"]),
+                         "relay-a saw the lease gone: not the case under test")
+        b.kill()
+        time.sleep(grace_s + 4)
+        self.assertEqual(grace_now(), remade,
+                         "the lease's grace lease expired with relay-b (now %s)" % grace_now())
+        self.assertIsNone(fs2.read_ctl(0.5))
+        self.assertTrue(a.alive())
 
     def test_a_lease_etcd_lost_whose_port_went_elsewhere_ends(self):
         # Its driver port taken by another lease before the relay could make
