@@ -317,6 +317,15 @@ static void exec_accept(struct relay *r, struct relay_lease *l, enum tun_port_ro
 		SR_INFO(relay_lease_ctx(lx, l, ctx, sizeof(ctx)),
 			"conn=%llu peer=%s: waiting for the tunnel (up to %u ms)",
 			(unsigned long long)conn_id, peer, r->o->pending_timeout_ms);
+	else if (refusal_log_allowed(lx, RELAY_RL_UNCARRIED, &more))
+		/* tried again at each change in etcd: one line a period */
+		SR_INFO(
+		    relay_lease_ctx(lx, l, ctx, sizeof(ctx)),
+		    "conn=%llu peer=%s: no relay carried it; waiting for the tunnel here (%llu "
+		    "ms left; %llu more since the last line)",
+		    (unsigned long long)conn_id, peer,
+		    (unsigned long long)((timeout_us - (now - since_us)) / 1000u),
+		    (unsigned long long)more);
 }
 
 void relay_lease_ext_free(struct relay_lease_ext *lx)

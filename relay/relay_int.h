@@ -49,6 +49,7 @@ enum relay_rl_exec {
 	RELAY_RL_TENANT,
 	RELAY_RL_QUEUE_FULL,
 	RELAY_RL_WAIT_TIMEOUT,
+	RELAY_RL_UNCARRIED, /* waits again: no relay of the fleet carried it */
 	RELAY_RL_EXEC_MAX,
 };
 
