@@ -867,6 +867,13 @@ static int sidecar_on_request(struct tun_conn *c, struct tun_stream **sp)
 static int relay_on_answer(struct tun_conn *c, struct tun_stream *s)
 {
 	s->flags |= TS_F_ANSWER_SEEN;
+	if (s->flags & TS_F_RST_LATER) {
+		/* the executor went before the answer: the reset goes now */
+		s->flags &= ~TS_F_RST_LATER;
+		nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, s->id,
+					  NGHTTP2_CONNECT_ERROR);
+		return -1;
+	}
 	if (!(s->flags & TS_F_RESUMING))
 		return 0;
 	s->flags &= ~TS_F_RESUMING;
@@ -1338,8 +1345,21 @@ int tun_conn_submit_response(struct tun_conn *c, struct tun_stream *s)
 void tun_conn_reset_stream(struct tun_conn *c, struct tun_stream *s, uint32_t code)
 {
 	s->flags |= TS_F_RST_SENT;
-	if (s->id > 0 && !(s->flags & TS_F_H2_CLOSED))
-		nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, s->id, code);
+	if (s->id <= 0 || (s->flags & TS_F_H2_CLOSED))
+		return;
+	/* Relay: a stream the sidecar has not answered yet is reset once it
+	 * has. A sidecar ends a tunnel whose relay resets streams before their
+	 * answer faster than SC_EARLY_RST_RATE (a rapid-reset attack costs it a
+	 * connect() to the driver each), and executors that give up at once
+	 * (a crash loop, a scanner, a client's own timeout) would do just that
+	 * through an honest relay. The sidecar connects to the driver either
+	 * way; the reset reaches it a round trip later. */
+	if (c->role == TUN_ROLE_RELAY &&
+	    !(s->flags & (TS_F_CTL | TS_F_ANSWER_SEEN | TS_F_RESUMING))) {
+		s->flags |= TS_F_RST_LATER;
+		return;
+	}
+	nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, s->id, code);
 }
 
 struct tun_conn *tun_conn_new(struct event_base *base, enum tun_role role,

@@ -71,6 +71,8 @@ enum {
 				   * acknowledged by the conn's ack_ev (tun_stream.c) */
 	TS_F_KEEP_FULL = 1u << 19,/* DEFERRED for want of room to keep sent bytes
 				   * (retain_max): an acknowledgement resumes it */
+	TS_F_RST_LATER = 1u << 20,/* relay: reset (RST_SENT) before the sidecar's
+				   * answer; its RST_STREAM goes once that came */
 };
 
 /* Sidecar: a request's headers, bounded. An idle connection should not

@@ -1127,9 +1127,10 @@ static ssize_t stream_read_cb(nghttp2_session *h2, int32_t id, uint8_t *buf, siz
 	struct tun_stream *s = src->ptr;
 	size_t avail = 0, total, keep;
 
-	/* A held stream's old DATA item, or a resumed one whose answer (and
-	 * the sidecar's rx) has not come yet: nothing to send here. */
-	if (s->conn != user || (s->flags & TS_F_RESUMING)) {
+	/* A held stream's old DATA item, a resumed one whose answer (and the
+	 * sidecar's rx) has not come yet, or one reset before its answer (the
+	 * reset follows the answer): nothing to send here. */
+	if (s->conn != user || (s->flags & (TS_F_RESUMING | TS_F_RST_LATER))) {
 		s->flags |= TS_F_DEFERRED;
 		return NGHTTP2_ERR_DEFERRED;
 	}

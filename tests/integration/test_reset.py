@@ -113,6 +113,38 @@ class ResetTest(harness.ITCase):
         self.assertEqual(bad, set(), "driver handlers ended abnormally: %s" % ends)
         self.echo()
 
+    def test_executors_that_reset_at_once_do_not_end_the_tunnel(self):
+        # An executor that resets its connection the moment it is accepted
+        # (a crash loop, a port scanner, a client's own timeout) made the
+        # relay reset the stream before the sidecar had answered it. The
+        # sidecar takes resets before the answer faster than 20/s (after a
+        # burst of 200) for a rapid-reset attack, and ended the whole tunnel:
+        # anyone who could reach a lease port cut every executor's
+        # connection, over and over. The relay now holds such a reset until
+        # the answer has come.
+        k = 600
+        t0 = time.monotonic()
+        for _ in range(k // 50):
+            # in batches, so that resets come while answers are on the way
+            batch = [self.stack.executor("blockManager", timeout=10) for _ in range(50)]
+            for s in batch:
+                s.sendall(b"x" * 32)
+            for s in batch:
+                harness.abort(s)
+                self.stack.execs.remove(s)
+        took = time.monotonic() - t0
+        self.assertGreater(k / took, 40, "resets too slow to test the limit (%.0f/s)" %
+                           (k / took))
+        churned = [dc for dc in self.drv.all_conns() if dc.port_name == "blockManager"][1:]
+        left = self.drv.wait_all_done(15, churned)
+        self.assertEqual(len(left), 0, "%d driver connections still open 15 s after their "
+                         "executors reset" % len(left))
+        self.echo()
+        self.assertFalse(self.stack.tunnel.grep("rapid reset"),
+                         "the sidecar took the executors' resets for an attack")
+        self.assertFalse(self.stack.tunnel.grep("tunnel closed"), "the tunnel ended")
+        self.assertTrue(self.stack.relay.alive() and self.stack.tunnel.alive())
+
 
 if __name__ == "__main__":
     harness.main()
