@@ -267,7 +267,7 @@ static void exec_accept(struct relay *r, struct relay_lease *l, enum tun_port_ro
 		return;
 	/* Its wait is over already: every carry failed until the deadline
 	 * (holders that etcd lists but nobody reaches, tried at each change). */
-	if (now - since_us >= timeout_us) {
+	if (again_id && now - since_us >= timeout_us) {
 		if (refusal_log_allowed(lx, RELAY_RL_WAIT_TIMEOUT, &more))
 			SR_WARN(relay_lease_ctx(lx, l, ctx, sizeof(ctx)),
 				"conn=%llu peer=%s: closed after waiting %u ms for the tunnel "
