@@ -113,16 +113,20 @@ static size_t reset_unknown_from(struct tun_group *g, uint32_t origin, const cha
 			continue;
 		if (tun_group_finish(g, s))
 			continue;
+		/* A tombstone (reset here, the peer forgot it because it had
+		 * the reset) is not lost: tun_group_lose counts live ones only. */
+		n += s->st < TS_ST_DEAD;
 		tun_group_lose(g, s, TUN_LOST_UNKNOWN);
-		n++;
 	}
 	if (n)
 		SR_WARN(g->logctx,
 			"%s; %zu held streams reset (%s): %zu held here were unknown to it, "
-			"%zu of them complete",
+			"%zu of them complete or reset already",
 			why, n, tun_lost_name(TUN_LOST_UNKNOWN), unknown, unknown - n);
 	else
-		SR_DEBUG(g->logctx, "%s; %zu held here are unknown to it, all complete: finished",
+		SR_DEBUG(g->logctx,
+			 "%s; %zu held here are unknown to it, all complete or reset already: "
+			 "finished",
 			 why, unknown);
 	return n;
 }
