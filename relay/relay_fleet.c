@@ -1908,10 +1908,13 @@ void relay_fleet_attached(struct relay_fleet *f, struct relay_lease_ext *lx)
 		f->held = h;
 		put_tunnel_key(f, id);
 	}
-	/* the grace lease etcd has now: another relay may have made the
-	 * lease again on a new one while this relay's keeper was gone */
-	grace = lease_grace_of(f, id);
-	held_keep(f, h, grace ? grace : h->grace);
+	/* Without a keeper, the grace lease this copy shows now: another
+	 * relay may have made the lease again on a new one meanwhile. (A
+	 * running keeper stays: this copy may be older than what it keeps.) */
+	if (!h->k) {
+		grace = lease_grace_of(f, id);
+		held_keep(f, h, grace ? grace : h->grace);
+	}
 }
 
 /* Deferred so that a tunnel replaced by another on this relay (unlink,
