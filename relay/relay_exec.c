@@ -57,21 +57,29 @@ static void refuse(struct relay *r, struct relay_lease_ext *lx, enum relay_refus
 	relay_refuse_at(r, why, lx ? lx->tenant_name : "", lx && lx->pool ? lx->pool->name : "");
 }
 
-static void pending_timeout_cb(evutil_socket_t fd, short what, void *arg)
+/* Executor conn_id waited relay.lease.pending_timeout_ms in vain: logged
+ * (a line a period) and counted; the caller closes it. */
+static void wait_timed_out(struct relay_lease_ext *lx, uint64_t conn_id, const char *peer)
 {
-	struct relay_pending *p = arg;
-	struct relay_lease_ext *lx = p->owner;
 	struct relay *r = lx->relay;
 	char ctx[RELAY_LEASE_CTX_MAX];
 	uint64_t more = 0;
 
 	if (refusal_log_allowed(lx, RELAY_RL_WAIT_TIMEOUT, &more))
-		SR_WARN(relay_lease_ctx(lx, lx->lease, ctx, sizeof(ctx)),
-			"conn=%llu peer=%s: closed after waiting %u ms for the tunnel (%llu more "
-			"since the last line)",
-			(unsigned long long)p->conn_id, p->peer, r->o->pending_timeout_ms,
-			(unsigned long long)more);
+		SR_WARN(
+		    relay_lease_ctx(lx, lx->lease, ctx, sizeof(ctx)),
+		    "conn=%llu peer=%s: closed after waiting %u ms for the tunnel (%llu more "
+		    "since the last line)",
+		    (unsigned long long)conn_id, peer, r->o->pending_timeout_ms,
+		    (unsigned long long)more);
 	refuse(r, lx, RELAY_REFUSE_PENDING_TIMEOUT);
+}
+
+static void pending_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct relay_pending *p = arg;
+
+	wait_timed_out(p->owner, p->conn_id, p->peer);
 	pending_unlink(p);
 	pending_free(p, 1);
 }
@@ -268,14 +276,8 @@ static void exec_accept(struct relay *r, struct relay_lease *l, enum tun_port_ro
 	/* Its wait is over already: every carry failed until the deadline
 	 * (holders that etcd lists but nobody reaches, tried at each change). */
 	if (again_id && now - since_us >= timeout_us) {
-		if (refusal_log_allowed(lx, RELAY_RL_WAIT_TIMEOUT, &more))
-			SR_WARN(relay_lease_ctx(lx, l, ctx, sizeof(ctx)),
-				"conn=%llu peer=%s: closed after waiting %u ms for the tunnel "
-				"(%llu more since the last line)",
-				(unsigned long long)conn_id, peer, r->o->pending_timeout_ms,
-				(unsigned long long)more);
+		wait_timed_out(lx, conn_id, peer);
 		reset_fd(fd);
-		refuse(r, lx, RELAY_REFUSE_PENDING_TIMEOUT);
 		return;
 	}
 	if (tl.pending)
