@@ -1116,8 +1116,8 @@ static int h2_on_frame_send(nghttp2_session *h2, const nghttp2_frame *frame, voi
 	if (frame->hd.stream_id > 0 &&
 	    (frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA)) {
 		struct tun_stream *s = nghttp2_session_get_stream_user_data(h2, frame->hd.stream_id);
-		if (s && frame->hd.type == NGHTTP2_HEADERS && c->role == TUN_ROLE_SIDECAR)
-			s->flags |= TS_F_ANSWERED;
+		if (s && frame->hd.type == NGHTTP2_HEADERS)
+			s->flags |= c->role == TUN_ROLE_SIDECAR ? TS_F_ANSWERED : TS_F_REQ_SENT;
 		if (s && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
 			s->flags |= TS_F_FIN_SENT;
 			SR_DEBUG(c->logctx, "conn=%llu stream=%d: END_STREAM sent",
@@ -1347,14 +1347,16 @@ void tun_conn_reset_stream(struct tun_conn *c, struct tun_stream *s, uint32_t co
 	s->flags |= TS_F_RST_SENT;
 	if (s->id <= 0 || (s->flags & TS_F_H2_CLOSED))
 		return;
-	/* Relay: a stream the sidecar has not answered yet is reset once it
-	 * has. A sidecar ends a tunnel whose relay resets streams before their
-	 * answer faster than SC_EARLY_RST_RATE (a rapid-reset attack costs it a
-	 * connect() to the driver each), and executors that give up at once
-	 * (a crash loop, a scanner, a client's own timeout) would do just that
-	 * through an honest relay. The sidecar connects to the driver either
-	 * way; the reset reaches it a round trip later. */
-	if (c->role == TUN_ROLE_RELAY &&
+	/* Relay: a stream the sidecar has, and has not answered yet, is reset
+	 * once it has answered. A sidecar ends a tunnel whose relay resets
+	 * streams before their answer faster than SC_EARLY_RST_RATE (a
+	 * rapid-reset attack costs it a connect() to the driver each), and
+	 * executors that give up at once (a crash loop, a scanner, a client's
+	 * own timeout) would do just that through an honest relay. The
+	 * sidecar is connecting to the driver anyway; the reset reaches it a
+	 * round trip later. A CONNECT still queued here is cancelled by the
+	 * reset instead (nghttp2 drops the HEADERS): the sidecar never sees it. */
+	if (c->role == TUN_ROLE_RELAY && (s->flags & TS_F_REQ_SENT) &&
 	    !(s->flags & (TS_F_CTL | TS_F_ANSWER_SEEN | TS_F_RESUMING))) {
 		s->flags |= TS_F_RST_LATER;
 		return;

@@ -73,6 +73,7 @@ enum {
 				   * (retain_max): an acknowledgement resumes it */
 	TS_F_RST_LATER = 1u << 20,/* relay: reset (RST_SENT) before the sidecar's
 				   * answer; its RST_STREAM goes once that came */
+	TS_F_REQ_SENT = 1u << 21, /* relay: the CONNECT's HEADERS went out */
 };
 
 /* Sidecar: a request's headers, bounded. An idle connection should not
