@@ -177,7 +177,8 @@ static int reload_relay(void *arg, char *err, size_t errlen)
 	for (size_t i = 0; i < SR_ARRAY_LEN(rc->tls); i++)
 		sr_watch_sync(rc->tls[i].w);
 	if (rc->config)
-		rv = conf_load_file_roles(rc->config, CONF_ROLE_RELAY, &ncfg, err, errlen);
+		rv = conf_load_file_waiting(rc->config, CONF_ROLE_RELAY,
+					    CONF_PIPE_WAIT_RELOAD_MS, &ncfg, err, errlen);
 	else
 		rv = conf_load_env_roles(CONF_ROLE_RELAY, &ncfg, err, errlen);
 	if (rv == 0 && !ncfg.have_relay) {

@@ -203,18 +203,22 @@ int conf_load_file(const char *path, struct sr_config *cfg, char *err, size_t er
 	return conf_load_file_roles(path, CONF_ROLES_ALL, cfg, err, errlen);
 }
 
-/* Up to max + 1 bytes of fd into buf: the count, or -1 with errno (ETIMEDOUT
- * when a pipe's writer neither wrote nor closed in time). */
-static ssize_t conf_read_all(int fd, char *buf, size_t max, bool is_reg)
+/* Up to max + 1 bytes of fd into buf: the count, or -1 with errno
+ * (ETIMEDOUT when a pipe's writer neither wrote nor closed for wait_ms; *got
+ * says how much came before). */
+static ssize_t conf_read_all(int fd, char *buf, size_t max, bool is_reg, unsigned wait_ms,
+			     size_t *got)
 {
-	uint64_t deadline = sr_now_us() / 1000u + CONF_PIPE_WAIT_MS;
+	uint64_t deadline = sr_now_us() / 1000u + wait_ms;
 	size_t n = 0;
 
 	while (n <= max) {
 		ssize_t r = read(fd, buf + n, max + 1 - n);
 
+		*got = n;
 		if (r > 0) {
 			n += (size_t)r;
+			deadline = sr_now_us() / 1000u + wait_ms; /* the writer is there */
 			continue;
 		}
 		if (r == 0)
@@ -237,9 +241,16 @@ static ssize_t conf_read_all(int fd, char *buf, size_t max, bool is_reg)
 int conf_load_file_roles(const char *path, unsigned roles, struct sr_config *cfg, char *err,
 			 size_t errlen)
 {
+	return conf_load_file_waiting(path, roles, CONF_PIPE_WAIT_MS, cfg, err, errlen);
+}
+
+int conf_load_file_waiting(const char *path, unsigned roles, unsigned pipe_wait_ms,
+			   struct sr_config *cfg, char *err, size_t errlen)
+{
 	struct stat st;
 	char *buf = NULL;
 	ssize_t n;
+	size_t got = 0;
 	int fd, rc, e;
 
 	memset(cfg, 0, sizeof(*cfg));
@@ -271,12 +282,19 @@ int conf_load_file_roles(const char *path, unsigned roles, struct sr_config *cfg
 		rc = SR_ENOMEM;
 		goto out;
 	}
-	if ((n = conf_read_all(fd, buf, CONF_MAX_FILE_SIZE, S_ISREG(st.st_mode))) < 0) {
-		if (errno == ETIMEDOUT)
+	n = conf_read_all(fd, buf, CONF_MAX_FILE_SIZE, S_ISREG(st.st_mode), pipe_wait_ms, &got);
+	if (n < 0) {
+		if (errno == ETIMEDOUT && got == 0)
 			sr_seterr(err, errlen,
 				  "%s: cannot read: not a regular file, and nothing came to "
-				  "read within %d ms (a FIFO nobody writes to?)",
-				  path, CONF_PIPE_WAIT_MS);
+				  "read within %u ms (a FIFO nobody writes to?)",
+				  path, pipe_wait_ms);
+		else if (errno == ETIMEDOUT)
+			sr_seterr(
+			    err, errlen,
+			    "%s: cannot read: not a regular file, and its writer sent %zu "
+			    "bytes, then nothing more for %u ms without closing it",
+			    path, got, pipe_wait_ms);
 		else
 			sr_seterr(err, errlen, "%s: cannot read: %s", path, strerror(errno));
 		rc = SR_EIO;

@@ -22,10 +22,13 @@
 
 /* Files over this size are refused before parsing. */
 #define CONF_MAX_FILE_SIZE (1024 * 1024)
-/* A pipe or FIFO is read until its writer closes it, for at most this long:
- * `--config <(envsubst < tpl)` works, a FIFO nobody writes to does not hang
- * check-config, the start or a reload on the relay's event loop. */
-#define CONF_PIPE_WAIT_MS 5000
+/* A pipe or FIFO is read until its writer closes it, as long as the writer
+ * sends something within this long of the start or of its last bytes:
+ * `--config <(vault read ...)` works, a FIFO nobody writes to does not hang
+ * check-config or the start. A reload runs on the relay's event loop, where
+ * every tunnel waits meanwhile: it waits CONF_PIPE_WAIT_RELOAD_MS. */
+#define CONF_PIPE_WAIT_MS 10000
+#define CONF_PIPE_WAIT_RELOAD_MS 1000
 /* Prefix of every environment override: SPARKRELAY_<JSON path, upper-cased,
  * dots as underscores>, e.g. SPARKRELAY_RELAY_POOL_PORT_MIN. */
 #define CONF_ENV_PREFIX "SPARKRELAY_"
@@ -85,6 +88,9 @@ enum conf_roles {
  * always applies. */
 int conf_load_file_roles(const char *path, unsigned roles, struct sr_config *cfg, char *err,
 			 size_t errlen);
+/* The same, a pipe's writer given pipe_wait_ms instead of CONF_PIPE_WAIT_MS. */
+int conf_load_file_waiting(const char *path, unsigned roles, unsigned pipe_wait_ms,
+			   struct sr_config *cfg, char *err, size_t errlen);
 /* No file: the defaults and the environment's SPARKRELAY_* variables (the
  * origin of its messages is "environment"). */
 int conf_load_env_roles(unsigned roles, struct sr_config *cfg, char *err, size_t errlen);

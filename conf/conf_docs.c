@@ -223,13 +223,17 @@ int conf_write_docs(FILE *out)
 	    out,
 	    "Files over %d bytes are refused. The file may be a pipe, as in\n"
 	    "`--config <(envsubst < relay.json.in)`: it is read until its writer closes it,\n"
-	    "for at most %d s (a FIFO nobody writes to is an error, not a hang). Check a\n"
-	    "file, environment included, without starting anything:\n"
+	    "as long as the writer sends something within %d s of the start and of its\n"
+	    "last bytes (a FIFO nobody writes to is an error, not a hang; a FIFO must\n"
+	    "have its writer before the read). A reload waits %d ms only, since every\n"
+	    "tunnel of the relay waits for it; a pipe read at the start is at its end\n"
+	    "then anyway, so reloads want a regular file. Check a file, environment\n"
+	    "included, without starting anything:\n"
 	    "\n"
 	    "```sh\n"
 	    "sparkrelay check-config FILE\n"
 	    "```\n",
-	    CONF_MAX_FILE_SIZE, CONF_PIPE_WAIT_MS / 1000);
+	    CONF_MAX_FILE_SIZE, CONF_PIPE_WAIT_MS / 1000, CONF_PIPE_WAIT_RELOAD_MS);
 	fputs("\n"
 	      "Rules that span several keys: `relay.pool.port_min` <= `relay.pool.port_max`;\n"
 	      "`relay.tls.require_client_cert` needs `relay.tls.client_ca`;\n"

@@ -33,6 +33,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 
 import harness as H
@@ -407,17 +408,31 @@ class CheckConfigTest(X.XCase):
         try:
             t0 = time.monotonic()
             r = subprocess.run([H.BIN, "check-config", "/dev/stdin"], stdin=stdin_r,
-                               capture_output=True, text=True, timeout=30)
-            self.assertLess(time.monotonic() - t0, 15)
+                               capture_output=True, text=True, timeout=40)
+            self.assertLess(time.monotonic() - t0, 25)
         finally:
             os.close(stdin_r)
             os.close(stdin_w)
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertIn("/dev/stdin: cannot read: not a regular file, and nothing came to read "
-                      "within 5000 ms", r.stderr)
-        # A pipe that carries a configuration is read to its end, as
-        # `--config <(envsubst < template)` needs.
+                      "within 10000 ms", r.stderr)
+        # A writer that is slow, as `<(vault read ...)` can be, is waited
+        # for as long as it keeps sending: three parts 6 s apart, 12 s in all
+        # (the first version gave a pipe 5 s in all).
         text = json.dumps(self.relay_cfg())
+        writer = ("import sys, time; t = sys.argv[1]\n"
+                  "for part in (t[:20], t[20:40], t[40:]):\n"
+                  "    sys.stdout.write(part); sys.stdout.flush(); time.sleep(6)\n")
+        w = subprocess.Popen([sys.executable, "-c", writer, text], stdout=subprocess.PIPE)
+        try:
+            r = subprocess.run([H.BIN, "check-config", "/dev/stdin"], stdin=w.stdout,
+                               capture_output=True, text=True, timeout=40)
+        finally:
+            w.stdout.close()
+            w.wait(10)
+        self.assertEqual((r.returncode, r.stderr), (0, "/dev/stdin: configuration OK (relay)\n"))
+        # A pipe that carries a configuration at once is read to its end, as
+        # `--config <(envsubst < template)` needs.
         r = subprocess.run([H.BIN, "check-config", "/dev/stdin"], input=text,
                            capture_output=True, text=True, timeout=30)
         self.assertEqual((r.returncode, r.stderr), (0, "/dev/stdin: configuration OK (relay)\n"))
