@@ -2801,6 +2801,16 @@ static void fwd_free(struct fl_fwd *w)
 	free(w);
 }
 
+/* Whether an executor connection that came at since_us has time left for
+ * one more try to carry it (a connect may take FLEET_SPLICE_CONNECT_TIMEOUT_MS)
+ * within its relay.lease.pending_timeout_ms. */
+static int fwd_time_left(const struct relay_fleet *f, uint64_t since_us)
+{
+	uint64_t waited_ms = (sr_now_us() - since_us) / 1000u;
+
+	return waited_ms + FLEET_SPLICE_CONNECT_TIMEOUT_MS <= f->r->o->pending_timeout_ms;
+}
+
 static void fwd_cb(struct fleet_splice *sp, enum fleet_splice_end end, int err, void *arg)
 {
 	struct fl_fwd *w = arg;
@@ -2825,14 +2835,15 @@ static void fwd_cb(struct fleet_splice *sp, enum fleet_splice_end end, int err, 
 				w->lease, (unsigned long long)w->conn_id, w->tried[w->ntried - 1],
 				sr_strerror(err), (unsigned long long)more);
 	}
-	if (holder_next(f, w, &sa, &salen) == 0 &&
+	if (fwd_time_left(f, w->since_us) && holder_next(f, w, &sa, &salen) == 0 &&
 	    fleet_splice_connect(sp, (struct sockaddr *)&sa, salen, w->hdr, w->hlen) == 0) {
 		SR_DEBUG(FL_CTX, "lease=%s conn=%llu: carried to relay %s", w->lease,
 			 (unsigned long long)w->conn_id, w->tried[w->ntried - 1]);
 		return;
 	}
-	/* No relay holds a tunnel that answers: wait here as a relay alone
-	 * would, for the sidecar may come here. */
+	/* No relay holds a tunnel that answers (or its wait has no time left
+	 * for another try): wait here as a relay alone would, for the sidecar
+	 * may come here. */
 	f->forward_failed++;
 	fwd_count(w, 0); /* counted again where it waits */
 	fd = fleet_splice_take(sp);
@@ -2901,7 +2912,9 @@ static void forward_waiting(struct relay_fleet *f, struct relay_lease_ext *lx)
 		struct sockaddr_storage ss;
 		socklen_t sl = sizeof(ss);
 
-		if (p->from_peer || getpeername(p->fd, (struct sockaddr *)&ss, &sl) != 0) {
+		/* (one whose wait ends before a connect could fail stays) */
+		if (p->from_peer || !fwd_time_left(f, p->since_us) ||
+		    getpeername(p->fd, (struct sockaddr *)&ss, &sl) != 0) {
 			prev = p;
 			pp = &p->next;
 			continue;

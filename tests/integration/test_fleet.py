@@ -1615,6 +1615,51 @@ class FleetTest(FleetCase):
         self.assertEqual(m['sparkrelay_refused_total{reason="pending_timeout"}'], 1)
         self.assertGreaterEqual(m["sparkrelay_fleet_carry_failed_total"], 2)
 
+    def test_carrying_an_executor_stops_where_its_wait_ends(self):
+        # Holders etcd lists whose peer ports drop the connection attempt (a
+        # firewall, a node gone): each try takes the 1 s connect timeout.
+        # Tried one after the other, five of them kept an executor with a
+        # 3 s wait for 5 s; a try starts now only with a connect timeout
+        # left in the wait.
+        a = self.start_relay("relay-a", HOSTS[0],
+                             overrides={"relay": {"lease": {"pending_timeout_ms": 3000}}})
+        P = self.pool_base
+        lease = {"app": "x", "tenant": "default", "route": "default", "pool": "default",
+                 "idkey": "k", "roles": 7, "ports": [P, P + 1, P + 2], "resume": "0" * 64,
+                 "prev": ""}
+        holes = []
+        for i in range(5):
+            ls = socket.socket()
+            ls.bind(("127.0.0.1", 0))
+            ls.listen(0)
+            held = socket.create_connection(ls.getsockname())  # the backlog is full
+            holes += [ls, held]
+            self.etcd.put(b"/sparkrelay/relays/hole%d" % i, json.dumps(
+                {"peer": "127.0.0.1:%d" % ls.getsockname()[1], "tunnel": "x"}).encode())
+            self.etcd.put(b"/sparkrelay/tunnels/L-hole1/hole%d" % i, b"")
+        for x in holes:
+            self.addCleanup(x.close)
+        self.etcd.put(b"/sparkrelay/leases/L-hole1", json.dumps(lease).encode())
+        wait_for(lambda: a.grep("lease=L-hole1: serving its ports here"), 10, "the lease")
+        s = socket.create_connection((a.host, P), timeout=5)
+        t0 = time.monotonic()
+        s.settimeout(15)
+        try:
+            got = s.recv(1)
+        except socket.timeout:
+            self.fail("the executor still waits 15 s after it connected")
+        except OSError:
+            got = b""
+        waited = time.monotonic() - t0
+        s.close()
+        self.assertEqual(got, b"")
+        H.log("measured: an executor with a 3 s wait and 5 unreachable holders closed "
+              "after %.2f s" % waited)
+        self.assertLess(waited, 4.0)
+        self.assertGreater(waited, 2.5)
+        m = self.metrics(a)
+        self.assertEqual(m['sparkrelay_refused_total{reason="pending_timeout"}'], 1)
+
     @staticmethod
     def _try_connect(host, port):
         try:
