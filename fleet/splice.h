@@ -55,9 +55,13 @@ enum fleet_splice_end {
 
 /* TCP keepalive of the socket fleet_splice_connect dials (the listener
  * that accepts it sets the same, fleet/peer.c): a relay whose node vanished
- * without a FIN or RST is noticed after 30 s idle + 3 x 10 s
- * (sr_sock_keepalive), instead of the pair holding the carried executor's
- * connection, six descriptors and its lease's connection slot for ever. */
+ * without a FIN or RST while the hop was idle is noticed after 30 s idle +
+ * 3 x 10 s (sr_sock_keepalive), instead of the pair holding the carried
+ * executor's connection, six descriptors and its lease's connection slot
+ * for ever. With bytes in flight, TCP's retransmission limit ends it instead
+ * (net.ipv4.tcp_retries2: about 15 minutes by default). No TCP_USER_TIMEOUT:
+ * it would also end a hop whose receiver keeps its window shut that long (a
+ * driver in a long GC pause), which is alive. */
 #define FLEET_SPLICE_KEEPIDLE_S 30
 #define FLEET_SPLICE_KEEPINTVL_S 10
 #define FLEET_SPLICE_KEEPCNT 3
