@@ -170,8 +170,15 @@ char *sr_source_key(const char *addr, char *buf, size_t len)
 {
 	struct in6_addr a6;
 	char text[INET6_ADDRSTRLEN];
+	size_t n = strcspn(addr, "%"); /* fe80::1%eth0: the zone is not the host */
 
-	if (inet_pton(AF_INET6, addr, &a6) != 1) {
+	if (n >= sizeof(text)) {
+		snprintf(buf, len, "%s", addr);
+		return buf;
+	}
+	memcpy(text, addr, n);
+	text[n] = '\0';
+	if (inet_pton(AF_INET6, text, &a6) != 1) {
 		snprintf(buf, len, "%s", addr);
 		return buf;
 	}

@@ -54,7 +54,9 @@ int sr_host_is_loopback(const char *host);
 /* The source a per-source limit counts, from a numeric address: an IPv4
  * address as it is, an IPv6 one by its /64 ("2001:db8:1:2::/64"), since one
  * host usually holds a whole /64 (the tunnel listener's rule); IPv4-mapped
- * IPv6 as IPv4. Anything else is copied as it is. Into buf; returns buf. */
+ * IPv6 as IPv4; a zone ("%eth0") is left out. Clients that share a /64 (the
+ * pods of one node in an IPv6 cluster) count as one. Anything else is copied
+ * as it is. Into buf; returns buf. */
 char *sr_source_key(const char *addr, char *buf, size_t len);
 
 #endif

@@ -241,6 +241,8 @@ static void test_source_key(void **state)
 	    {"2001:db8:1:3::1", "2001:db8:1:3::/64"},
 	    {"::1", "::/64"},
 	    {"::ffff:192.0.2.7", "192.0.2.7"},
+	    {"fe80::1%eth0", "fe80::/64"},
+	    {"fe80::2%eth1", "fe80::/64"},
 	    {"", ""},
 	    {"not an address", "not an address"},
 	};
