@@ -144,14 +144,13 @@ size_t tun_group_held_from(const struct tun_group *g, uint32_t origin)
 
 void tun_group_reset(struct tun_group *g, enum tun_lost why)
 {
-	size_t n = g->nheld;
+	size_t n = 0;
 
 	while (g->held) {
 		struct tun_stream *s = g->held;
-		if (why == TUN_LOST_UNKNOWN && tun_group_finish(g, s)) {
-			n--;
+		if (why == TUN_LOST_UNKNOWN && tun_group_finish(g, s))
 			continue;
-		}
+		n += s->st < TS_ST_DEAD; /* as tun_group_lose counts: tombstones were reset */
 		tun_group_lose(g, s, why);
 	}
 	if (why != TUN_LOST_UNKNOWN) {
