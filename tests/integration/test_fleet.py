@@ -1565,6 +1565,39 @@ class FleetTest(FleetCase):
         return {l.split()[0]: float(l.split()[1]) for l in body.splitlines()
                 if l and not l.startswith("#")}
 
+    def _lease_held_by(self, relay, lease_id, peers):
+        """A lease in etcd whose tunnels, etcd says, are on relays at peers
+        (host:port each, none of them a relay); waits for relay to serve it:
+        its driver port."""
+        P = self.pool_base
+        lease = {"app": "x", "tenant": "default", "route": "default", "pool": "default",
+                 "idkey": "k", "roles": 7, "ports": [P, P + 1, P + 2], "resume": "0" * 64,
+                 "prev": ""}
+        for i, peer in enumerate(peers):
+            self.etcd.put(b"/sparkrelay/relays/ghost%d" % i,
+                          json.dumps({"peer": peer, "tunnel": "x"}).encode())
+            self.etcd.put(b"/sparkrelay/tunnels/%s/ghost%d" % (lease_id.encode(), i), b"")
+        self.etcd.put(b"/sparkrelay/leases/" + lease_id.encode(), json.dumps(lease).encode())
+        wait_for(lambda: relay.grep("lease=%s: serving its ports here" % lease_id), 10,
+                 "the lease")
+        return P
+
+    def _executor_waits(self, host, port, limit):
+        """Connect an executor that sends nothing: (seconds until the relay
+        closed it, the bytes it got)."""
+        s = socket.create_connection((host, port), timeout=5)
+        t0 = time.monotonic()
+        s.settimeout(limit)
+        try:
+            got = s.recv(1)
+        except socket.timeout:
+            self.fail("the executor still waits %d s after it connected" % limit)
+        except OSError:
+            got = b""
+        finally:
+            s.close()
+        return time.monotonic() - t0, got
+
     def test_an_executor_no_relay_can_carry_waits_no_longer_than_pending_timeout(self):
         # etcd lists a holder of the lease's tunnel that nobody reaches (its
         # peer address is wrong, or the key outlived the relay). Each change
@@ -1573,15 +1606,7 @@ class FleetTest(FleetCase):
         # kept changing the executor waited for ever.
         a = self.start_relay("relay-a", HOSTS[0],
                              overrides={"relay": {"lease": {"pending_timeout_ms": 2000}}})
-        P = self.pool_base
-        lease = {"app": "x", "tenant": "default", "route": "default", "pool": "default",
-                 "idkey": "k", "roles": 7, "ports": [P, P + 1, P + 2], "resume": "0" * 64,
-                 "prev": ""}
-        self.etcd.put(b"/sparkrelay/relays/ghost",
-                      json.dumps({"peer": "127.0.0.1:1", "tunnel": "x"}).encode())
-        self.etcd.put(b"/sparkrelay/tunnels/L-ghost1/ghost", b"")
-        self.etcd.put(b"/sparkrelay/leases/L-ghost1", json.dumps(lease).encode())
-        wait_for(lambda: a.grep("lease=L-ghost1: serving its ports here"), 10, "the lease")
+        port = self._lease_held_by(a, "L-ghost1", ["127.0.0.1:1"])
         stop = threading.Event()
 
         def churn():
@@ -1592,17 +1617,7 @@ class FleetTest(FleetCase):
         th = threading.Thread(target=churn)
         th.start()
         try:
-            s = socket.create_connection((a.host, P), timeout=5)
-            t0 = time.monotonic()
-            s.settimeout(10)
-            try:
-                got = s.recv(1)
-            except socket.timeout:
-                self.fail("the executor still waits 10 s after it connected")
-            except OSError:
-                got = b""
-            waited = time.monotonic() - t0
-            s.close()
+            waited, got = self._executor_waits(a.host, port, 10)
         finally:
             stop.set()
             th.join()
@@ -1623,35 +1638,17 @@ class FleetTest(FleetCase):
         # left in the wait.
         a = self.start_relay("relay-a", HOSTS[0],
                              overrides={"relay": {"lease": {"pending_timeout_ms": 3000}}})
-        P = self.pool_base
-        lease = {"app": "x", "tenant": "default", "route": "default", "pool": "default",
-                 "idkey": "k", "roles": 7, "ports": [P, P + 1, P + 2], "resume": "0" * 64,
-                 "prev": ""}
-        holes = []
-        for i in range(5):
+        peers = []
+        for _ in range(5):
             ls = socket.socket()
+            self.addCleanup(ls.close)
             ls.bind(("127.0.0.1", 0))
             ls.listen(0)
             held = socket.create_connection(ls.getsockname())  # the backlog is full
-            holes += [ls, held]
-            self.etcd.put(b"/sparkrelay/relays/hole%d" % i, json.dumps(
-                {"peer": "127.0.0.1:%d" % ls.getsockname()[1], "tunnel": "x"}).encode())
-            self.etcd.put(b"/sparkrelay/tunnels/L-hole1/hole%d" % i, b"")
-        for x in holes:
-            self.addCleanup(x.close)
-        self.etcd.put(b"/sparkrelay/leases/L-hole1", json.dumps(lease).encode())
-        wait_for(lambda: a.grep("lease=L-hole1: serving its ports here"), 10, "the lease")
-        s = socket.create_connection((a.host, P), timeout=5)
-        t0 = time.monotonic()
-        s.settimeout(15)
-        try:
-            got = s.recv(1)
-        except socket.timeout:
-            self.fail("the executor still waits 15 s after it connected")
-        except OSError:
-            got = b""
-        waited = time.monotonic() - t0
-        s.close()
+            self.addCleanup(held.close)
+            peers.append("127.0.0.1:%d" % ls.getsockname()[1])
+        port = self._lease_held_by(a, "L-hole1", peers)
+        waited, got = self._executor_waits(a.host, port, 15)
         self.assertEqual(got, b"")
         H.log("measured: an executor with a 3 s wait and 5 unreachable holders closed "
               "after %.2f s" % waited)
