@@ -977,8 +977,8 @@ static int h2_on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, voi
 		    frame->rst_stream.error_code == NGHTTP2_REFUSED_STREAM &&
 		    !(s->flags & (TS_F_CTL | TS_F_ANSWER_SEEN | TS_F_RESUMING)))
 			c->cbs.on_refused(c, s->conn_id, s->port, c->arg);
-		if (c->role == TUN_ROLE_SIDECAR && s && !(s->flags & (TS_F_CTL | TS_F_ANSWERED)) &&
-		    !early_reset_allowed(c)) {
+		if (c->role == TUN_ROLE_SIDECAR && s &&
+		    !(s->flags & (TS_F_CTL | TS_F_HDRS_SENT)) && !early_reset_allowed(c)) {
 			char why[160];
 			snprintf(why, sizeof(why),
 				 "protocol error: relay resets streams before they are answered "
@@ -1117,7 +1117,7 @@ static int h2_on_frame_send(nghttp2_session *h2, const nghttp2_frame *frame, voi
 	    (frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA)) {
 		struct tun_stream *s = nghttp2_session_get_stream_user_data(h2, frame->hd.stream_id);
 		if (s && frame->hd.type == NGHTTP2_HEADERS)
-			s->flags |= c->role == TUN_ROLE_SIDECAR ? TS_F_ANSWERED : TS_F_REQ_SENT;
+			s->flags |= TS_F_HDRS_SENT;
 		if (s && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
 			s->flags |= TS_F_FIN_SENT;
 			SR_DEBUG(c->logctx, "conn=%llu stream=%d: END_STREAM sent",
@@ -1356,7 +1356,7 @@ void tun_conn_reset_stream(struct tun_conn *c, struct tun_stream *s, uint32_t co
 	 * sidecar is connecting to the driver anyway; the reset reaches it a
 	 * round trip later. A CONNECT still queued here is cancelled by the
 	 * reset instead (nghttp2 drops the HEADERS): the sidecar never sees it. */
-	if (c->role == TUN_ROLE_RELAY && (s->flags & TS_F_REQ_SENT) &&
+	if (c->role == TUN_ROLE_RELAY && (s->flags & TS_F_HDRS_SENT) &&
 	    !(s->flags & (TS_F_CTL | TS_F_ANSWER_SEEN | TS_F_RESUMING))) {
 		s->flags |= TS_F_RST_LATER;
 		return;

@@ -231,9 +231,9 @@ void tun_group_hold(struct tun_group *g, struct tun_stream *s)
 	 * and FIN_SENT (our END_STREAM went out once) stay: they decide what a
 	 * peer that no longer has the stream means (tun_group_finish). */
 	s->flags &=
-	    ~(TS_F_DEFERRED | TS_F_KEEP_FULL | TS_F_H2_CLOSED | TS_F_RESPONDED | TS_F_ANSWERED |
-	      TS_F_CONN_HDR | TS_F_WRITEQ | TS_F_RESUMING | TS_F_RESUME_HDR | TS_F_LINGER |
-	      TS_F_READ_FULL | TS_F_ACK_IDLE | TS_F_RST_LATER | TS_F_REQ_SENT);
+	    ~(TS_F_DEFERRED | TS_F_KEEP_FULL | TS_F_H2_CLOSED | TS_F_RESPONDED |
+	      TS_F_HDRS_SENT | TS_F_CONN_HDR | TS_F_WRITEQ | TS_F_RESUMING | TS_F_RESUME_HDR |
+	      TS_F_LINGER | TS_F_READ_FULL | TS_F_ACK_IDLE | TS_F_RST_LATER);
 	s->linger_seq = 0;
 	s->held_us = sr_now_us();
 	s->flags |= TS_F_HELD;

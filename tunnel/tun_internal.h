@@ -53,7 +53,8 @@ enum {
 	TS_F_H2_CLOSED = 1u << 2, /* nghttp2 closed the stream (h2_error says how) */
 	TS_F_RESET = 1u << 3,     /* close the socket with RST */
 	TS_F_RESPONDED = 1u << 4, /* sidecar: response HEADERS submitted */
-	TS_F_ANSWERED = 1u << 5,  /* sidecar: the response HEADERS went out */
+	TS_F_HDRS_SENT = 1u << 5, /* our HEADERS went out (sidecar: the answer;
+				   * relay: the CONNECT) */
 	TS_F_CONN_HDR = 1u << 6,  /* sidecar: the sparkrelay-conn header was seen */
 	TS_F_WRITEQ = 1u << 7,    /* on conn->writeq: write its socket at once */
 	TS_F_RESUMING = 1u << 8,  /* relay: reopened after a resume, waiting for the
@@ -73,7 +74,6 @@ enum {
 				   * (retain_max): an acknowledgement resumes it */
 	TS_F_RST_LATER = 1u << 20,/* relay: reset (RST_SENT) before the sidecar's
 				   * answer; its RST_STREAM goes once that came */
-	TS_F_REQ_SENT = 1u << 21, /* relay: the CONNECT's HEADERS went out */
 };
 
 /* Sidecar: a request's headers, bounded. An idle connection should not
