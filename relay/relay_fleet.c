@@ -754,6 +754,16 @@ static int bind_port(const struct relay_pool_rt *pr, int port)
 static int ports_pending(const struct relay_fleet *f, const struct fl_lease *fl);
 static void retry_later(struct event *ev, long *backoff_ms);
 
+/* Connections of lease id carried from here now (see fwd_count). */
+static unsigned fwds_counted(const struct relay_fleet *f, const char *id)
+{
+	unsigned n = 0;
+
+	for (const struct fl_fwd *w = f->fwds; w; w = w->next)
+		n += w->counted && strcmp(w->lease, id) == 0;
+	return n;
+}
+
 /* Make the local lease of leases/<id> (id = kv->key + 7): its ports bound
  * here, no tunnel, no local grace timer (etcd's grace lease rules). */
 static void lease_bind(struct relay_fleet *f, struct fl_kv *kv)
@@ -883,6 +893,7 @@ static void lease_bind(struct relay_fleet *f, struct fl_kv *kv)
 	snprintf(lx->tenant_name, sizeof(lx->tenant_name), "%s", fl.tenant);
 	snprintf(lx->route_name, sizeof(lx->route_name), "%s", fl.route);
 	snprintf(lx->idkey, sizeof(lx->idkey), "%s", fl.idkey);
+	lx->ncarried = fwds_counted(f, id);
 	relay_lease_set_data(l, lx);
 	json_decref(j);
 	if (relay_tenant_add(r, lx) != 0) {
@@ -2766,8 +2777,7 @@ static int holder_next(struct relay_fleet *f, struct fl_fwd *w, struct sockaddr_
 
 /* w counts (on) or no longer counts (off) in its lease's ncarried, if the
  * lease is still here. By id: a lease dropped here and bound again from
- * etcd is a new lease_ext, whose count then lags by this connection at most
- * (it never goes below 0). */
+ * etcd is a new lease_ext, which starts from fwds_counted. */
 static void fwd_count(struct fl_fwd *w, int on)
 {
 	struct relay_lease *l;

@@ -1211,6 +1211,44 @@ class FleetTest(FleetCase):
         for s in kept:
             s.close()
 
+    def test_carried_connections_still_count_once_the_lease_is_bound_again(self):
+        # etcd loses the lease's grace lease: relay-b drops its copy of the
+        # lease while it carries connections of it, and binds it again when
+        # relay-a makes it again. The connections it carries meanwhile used
+        # to count against the old copy only, so the new one let
+        # max_lease_connections more through.
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1],
+                             overrides={"relay": {"max_lease_connections": 2}})
+        s1 = self.start_sidecar("sc1", a)
+        l1 = self.lease_of(s1)
+        port = self.start_driver(l1)
+        served = "lease=%s: serving its ports here" % l1["lease"]
+        wait_for(lambda: b.grep(served), 10, "the lease on relay-b")
+        kept = []
+        for i in range(2):
+            s = H.connect(b.host, port)
+            kept.append(s)
+            ok, why = echo_exchange(s, 1200 + i, 64 * 1024)
+            self.assertTrue(ok, "carried connection %d: %s" % (i, why))
+        key = b"/sparkrelay/leases/" + l1["lease"].encode()
+        grace = int([kv for k, _, kv in self.etcd.get_prefix(key) if k == key][0]["lease"])
+        self.etcd.revoke(grace)
+        wait_for(lambda: len(b.grep(served)) >= 2, 15, "relay-b serving the lease again")
+        for i, s in enumerate(kept):
+            ok, why = echo_exchange(s, 1300 + i, 4096)
+            self.assertTrue(ok, "carried connection %d after the lease came back: %s" % (i, why))
+        try:
+            s = H.connect(b.host, port)
+            kept.append(s)
+            ok = echo_exchange(s, 1400, 1024, timeout=5.0)[0]
+        except OSError:
+            ok = False  # reset at once
+        self.assertFalse(ok, "a third connection was carried past relay-b's "
+                         "max_lease_connections of 2")
+        for s in kept:
+            s.close()
+
     def test_a_table_over_64_mib_is_read_in_smaller_pages(self):
         # The table is read in pages of 1,000 keys. Large values of other
         # writers under the prefix (here 70 of almost 1 MiB) made the one
