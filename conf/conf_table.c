@@ -279,8 +279,13 @@ static const struct conf_entry conf_h2[] = {
 	"sent are at most 1 MiB whatever this says (each tunnel keeps a buffer of one), "
 	"and the largest sent is 9 bytes short of a multiple of 16 KiB, so that with its "
 	"header it fills whole TLS records: 65527 bytes for 65536."),
-    U32(struct tun_conn_opts, "max_streams", max_streams, 1, 1000000, "100000",
-	"Concurrent streams (executor connections) on one tunnel."),
+    U32(struct tun_conn_opts, "max_streams", max_streams, 1, 1000000, "16384",
+	"Concurrent streams (executor connections, plus the control stream) on one tunnel. The "
+	"sidecar's is the limit: it tells the relay, an honest relay keeps executor "
+	"connections past it waiting (and says so in its log), and a relay that opens more "
+	"breaks the protocol and the tunnel ends. Each stream is a connection to the "
+	"driver and a file descriptor on the notebook. The relay's is assumed until the "
+	"sidecar's comes. Keep the sidecar's above relay.max_lease_connections."),
 };
 static const struct conf_group conf_h2_group = {conf_h2, N(conf_h2),
 						"HTTP/2 tuning of the tunnel connection."};

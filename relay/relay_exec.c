@@ -106,6 +106,19 @@ static void open_stream(struct relay *r, struct relay_lease_ext *lx, struct rela
 	lx->conns_total++;
 	SR_DEBUG(t->ctx, "conn=%llu peer=%s port=%u: stream opened",
 		 (unsigned long long)conn_id, peer, relay_lease_port(lx->lease, role));
+	/* nghttp2 holds the stream until one ends: the executor connection
+	 * waits, which nothing else would show. */
+	if (tun_conn_nstreams(t->conn) + 1 > tun_conn_peer_max_streams(t->conn)) {
+		uint64_t more = 0;
+		if (sr_ratelog_allow(&lx->rl_streams, sr_now_us(), REFUSAL_LOG_PERIOD_US,
+				     &more))
+			SR_WARN(t->ctx,
+				"conn=%llu peer=%s: waits for a stream: the sidecar takes %u "
+				"at once, the control stream included (its "
+				"tunnel.h2.max_streams) (%llu more since the last line)",
+				(unsigned long long)conn_id, peer,
+				tun_conn_peer_max_streams(t->conn), (unsigned long long)more);
+	}
 }
 
 /* The sidecar reset a stream before answering: almost always nothing

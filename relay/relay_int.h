@@ -126,6 +126,7 @@ struct relay_lease_ext {
 	struct sr_ratelog rl_refused; /* executors over max_lease_connections */
 	uint64_t driver_refused;         /* streams the sidecar refused (no driver) */
 	struct sr_ratelog rl_driver;  /* their log lines */
+	struct sr_ratelog rl_streams; /* executors waiting for the sidecar's stream limit */
 	/* The other executor refusals, one log line per kind and period. */
 	struct sr_ratelog rl_exec[RELAY_RL_EXEC_MAX];
 	/* Who created it (relay_identity_key): only that identity may resume. */

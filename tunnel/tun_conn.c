@@ -77,7 +77,7 @@ void tun_conn_opts_defaults(struct tun_conn_opts *o)
 	if (!o->sock_read_high)
 		o->sock_read_high = 256u << 10;
 	if (!o->max_streams)
-		o->max_streams = 100000;
+		o->max_streams = 16384;
 	if (!o->max_frame)
 		o->max_frame = 65536;
 }
@@ -358,18 +358,21 @@ void tun_conn_flush(struct tun_conn *c)
 	 * HTTP/2 (a flood, the reset rate limit). No new stream is taken after
 	 * it, so a tunnel kept open would strand the executors still to come. */
 	if (!tun_conn_closing(c) && c->role == TUN_ROLE_SIDECAR && c->goaway_sent_error) {
-		char why[128];
-		snprintf(why, sizeof(why), "protocol error: relay broke HTTP/2 (sent GOAWAY %s)",
-			 nghttp2_http2_strerror(c->goaway_sent_error));
+		char why[192];
+		snprintf(why, sizeof(why),
+			 "protocol error: relay broke HTTP/2 (sent GOAWAY %s%s%s)",
+			 nghttp2_http2_strerror(c->goaway_sent_error),
+			 c->goaway_sent_why[0] ? ": " : "", c->goaway_sent_why);
 		conn_fail(c, SR_EPROTO, why);
 		return;
 	}
 	if (!tun_conn_closing(c) && !nghttp2_session_want_read(c->h2) &&
 	    !nghttp2_session_want_write(c->h2)) {
-		char why[128];
+		char why[192];
 		if (c->goaway_sent_error)
-			snprintf(why, sizeof(why), "protocol error: peer broke HTTP/2 (%s)",
-				 nghttp2_http2_strerror(c->goaway_sent_error));
+			snprintf(why, sizeof(why), "protocol error: peer broke HTTP/2 (%s%s%s)",
+				 nghttp2_http2_strerror(c->goaway_sent_error),
+				 c->goaway_sent_why[0] ? ": " : "", c->goaway_sent_why);
 		else
 			snprintf(why, sizeof(why), "HTTP/2 session finished");
 		conn_fail(c, c->goaway_sent_error ? SR_EPROTO : 0, why);
@@ -1127,8 +1130,19 @@ static int h2_on_frame_send(nghttp2_session *h2, const nghttp2_frame *frame, voi
 	if (frame->hd.type == NGHTTP2_RST_STREAM)
 		SR_DEBUG(c->logctx, "stream=%d: RST_STREAM sent (%s)", frame->hd.stream_id,
 			 nghttp2_http2_strerror(frame->rst_stream.error_code));
-	if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR)
+	if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR &&
+	    !c->goaway_sent_error) {
+		char raw[sizeof(c->goaway_sent_why)];
+		size_t n = frame->goaway.opaque_data_len;
+
 		c->goaway_sent_error = frame->goaway.error_code; /* tun_conn_flush acts on it */
+		if (n > sizeof(raw) - 1)
+			n = sizeof(raw) - 1;
+		if (n)
+			memcpy(raw, frame->goaway.opaque_data, n);
+		raw[n] = '\0'; /* not NUL-terminated in the frame */
+		sr_mask_n(raw, 0, c->goaway_sent_why, sizeof(c->goaway_sent_why));
+	}
 	return 0;
 }
 
@@ -1834,6 +1848,13 @@ size_t tun_conn_nstreams(const struct tun_conn *c)
 {
 	size_t n = c->stats.streams_active;
 	return c->ctl && c->ctl->st < TS_ST_DEAD ? n - 1 : n;
+}
+
+uint32_t tun_conn_peer_max_streams(const struct tun_conn *c)
+{
+	return c->h2 ? nghttp2_session_get_remote_settings(
+			   c->h2, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
+		     : c->opts.max_streams;
 }
 
 void tun_conn_get_stats(const struct tun_conn *c, struct tun_conn_stats *st)

@@ -263,6 +263,10 @@ void tun_conn_close(struct tun_conn *c, int err);
 void tun_conn_close_hold(struct tun_conn *c, int err);
 
 size_t tun_conn_nstreams(const struct tun_conn *c);
+/* The most streams the peer takes at once, the control stream included (its
+ * SETTINGS_MAX_CONCURRENT_STREAMS; before its SETTINGS came, ours). Past it
+ * nghttp2 keeps new streams queued until one ends. */
+uint32_t tun_conn_peer_max_streams(const struct tun_conn *c);
 /* Whether new streams can still be opened (not closing, no GOAWAY). */
 int tun_conn_is_open(const struct tun_conn *c);
 void tun_conn_get_stats(const struct tun_conn *c, struct tun_conn_stats *st);

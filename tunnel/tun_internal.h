@@ -216,6 +216,7 @@ struct tun_conn {
 	int want_flush;
 	int data_held;  /* on_data took frames in this flush: on_output follows */
 	uint32_t goaway_sent_error; /* we ended the session for a peer's error */
+	char goaway_sent_why[80];   /* nghttp2's words for it (GOAWAY debug data) */
 	/* Token buckets (tun_conn.c): sidecar, streams the relay reset before
 	 * our answer went out ("rapid reset"); both roles, the peer's SETTINGS
 	 * frames. */

@@ -4,6 +4,7 @@ import selectors
 import time
 
 import harness
+import harness_extra as X
 from harness import KiB, h_echo
 
 
@@ -108,6 +109,49 @@ class ConcurrencyTest(harness.ITCase):
         s.close()
         harness.log("%d connections: connected in %.2f s, all echoed at %.2f s" %
                     (N, t_conn, t_echo))
+
+
+
+class SidecarStreamLimitTest(harness.ITCase):
+    """The sidecar takes at most tunnel.h2.max_streams streams at once (the
+    control stream is one): executor connections past it wait in the relay,
+    which says so, and go through, exact, once another ends."""
+
+    LIMIT = 5
+    tunnel_overrides = {"tunnel": {"h2": {"max_streams": LIMIT}}}
+
+    def echo(self, s, i):
+        m = harness.message(i, MSG, seed=9)
+        s.sendall(m)
+        return harness.recv_exact(s, MSG)[3] == m
+
+    def test_connections_past_the_limit_wait_and_then_go_through(self):
+        drv = self.stack.start_driver(default=h_echo)
+        socks = [self.stack.executor("driver", timeout=10) for _ in range(self.LIMIT - 1)]
+        for i, s in enumerate(socks):
+            self.assertTrue(self.echo(s, i), "connection %d within the limit" % i)
+        late = self.stack.executor("driver", timeout=10)
+        m = harness.message(99, MSG, seed=9)
+        late.sendall(m)  # sent before its stream is open: kept, not lost
+        self.assertTrue(X.wait_log(self.stack.relay, "waits for a stream: the "
+                                           "sidecar takes %d at once" % self.LIMIT, 5),
+                        "the relay did not say why the connection waits")
+        late.settimeout(0.5)
+        try:
+            early = late.recv(1)
+        except OSError:
+            early = None
+        self.assertIsNone(early, "a connection past the sidecar's stream limit was carried")
+        self.assertEqual(len(drv.all_conns()), self.LIMIT - 1)
+        socks.pop(0).close()
+        late.settimeout(10)
+        end, got, digest, data = harness.recv_exact(late, MSG)
+        self.assertEqual((end, data), ("ok", m), "the waiting connection, once one ended")
+        for i, s in enumerate(socks):
+            self.assertTrue(self.echo(s, 10 + i), "connection %d afterwards" % i)
+        late.close()
+        for s in socks:
+            s.close()
 
 
 if __name__ == "__main__":

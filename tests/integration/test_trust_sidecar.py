@@ -191,6 +191,15 @@ def send_reset_pairs(s, block, n):
     return True
 
 
+def driver_conns(port, since=None):
+    """Connections to 127.0.0.1:port the kernel completed (established or
+    closing, in the listener's backlog or accepted), from /proc/net/tcp."""
+    with open("/proc/net/tcp") as f:
+        lines = f.read().splitlines()[1:]
+    n = sum(1 for line in lines if line.split()[2] == "0100007F:%04X" % port)
+    return n if since is None else n - since
+
+
 def two_ports():
     a = H.free_port()
     b = H.free_port()
@@ -866,6 +875,45 @@ class DescriptorLimitTest(TrustCase):
         sid = s.connect(port, lease=lease, conn="1000")
         self.assertEqual(s.wait_stream(sid), ("ok", None))
         self.assertFalse(s.closed)
+
+
+class StreamLimitTest(TrustCase):
+    """A relay that opens more streams at once than the sidecar's
+    tunnel.h2.max_streams (each a connection to the driver and a descriptor
+    on the notebook) breaks the protocol: the tunnel ends, the driver saw no
+    more connections than the limit, and the next tunnel waits longer (R6)."""
+
+    LIMIT = 20
+    tunnel_overrides = {"tunnel": {"h2": {"max_streams": LIMIT}}}
+
+    def test_streams_past_max_streams_end_the_tunnel(self):
+        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(ls.close)
+        ls.bind((H.DRIVER_HOST, 0))
+        ls.listen(4096)  # never accepts: each connection stays open
+        port = ls.getsockname()[1]
+        lease = "L-4-0e0e0e0e"
+        s, reg = self.fr.session(15)
+        self.leased(s, FR.lease_msg(lease=lease,
+                                    ports={"driver": port, "blockManager": H.free_port()}))
+        # the control stream is one of the LIMIT
+        ids = [s.connect(port, lease=lease, conn=str(i + 1)) for i in range(self.LIMIT - 1)]
+        got = [s.wait_stream(sid) for sid in ids]
+        self.assertEqual(got, [("ok", None)] * len(ids), "streams within the limit")
+        self.assertFalse(s.closed)
+        before = driver_conns(port)
+        self.assertEqual(before, self.LIMIT - 1)
+        try:
+            for i in range(10):
+                s.connect(port, lease=lease, conn=str(100 + i))
+        except OSError:
+            pass  # the tunnel ended under the first ones
+        self.assert_closed(s, "streams past tunnel.h2.max_streams")
+        self.assertTrue(X.wait_log(self.proc, "max concurrent streams exceeded", 5),
+                        self.proc.tail())
+        self.assertTrue(self.proc.grep("the relay broke the protocol (1 time lately)"))
+        # connect() to the driver is never called for the streams past it
+        self.assertLessEqual(driver_conns(port, since=before), 0)
 
 
 class PortsTakenTest(TrustCase):

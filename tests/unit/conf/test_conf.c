@@ -79,7 +79,7 @@ static void check_h2_defaults(const struct tun_conn_opts *t)
 	assert_int_equal(t->ctl_max, 65536);
 	assert_int_equal(t->out_high, 65536);
 	assert_int_equal(t->sock_read_high, 262144);
-	assert_int_equal(t->max_streams, 100000);
+	assert_int_equal(t->max_streams, 16384);
 }
 
 static void check_tunnel_defaults(const struct sidecar_opts *s)
@@ -1214,7 +1214,7 @@ static void test_env_overrides_file(void **state)
 	assert_int_equal(cfg.relay.require_client_cert, 0);
 	assert_null(cfg.relay.auth_token);
 	assert_int_equal(cfg.relay.tun.max_streams, 77);
-	assert_int_equal(cfg.tunnel.tun.max_streams, 100000); /* the other section's h2 */
+	assert_int_equal(cfg.tunnel.tun.max_streams, 16384); /* the other section's h2 */
 	assert_string_equal(cfg.log_level, "debug");
 	assert_int_equal(cfg.have_tunnel, 0);
 	conf_free(&cfg);
