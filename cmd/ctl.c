@@ -74,8 +74,10 @@ static void usage(FILE *f)
 	       "  config                      print the effective configuration (secrets "
 	       "redacted)\n"
 	       "  route explain [--cn CN] [--san SAN]... [--token T] [--app APP] [--addr IP]\n"
+	       "                [-o text|json] [--config FILE]\n"
 	       "                              which tenant and route a sidecar would get, and "
 	       "why\n"
+	       "                              (with --config: from FILE, without a relay)\n"
 	       "  help [COMMAND]              this text, or a command's\n"
 	       "\n"
 	       "options:\n"
@@ -91,6 +93,7 @@ static void usage(FILE *f)
 	       "  --app PATTERN      sessions, leases: only apps that match (* and ?)\n"
 	       "  --no-headers       tables without their header line\n"
 	       "  -h, --help         this help; `sparkrelay ctl COMMAND --help` for a command\n"
+	       "  -V, --version      print the version\n"
 	       "\n"
 	       "exit status: 0 ok, 1 API or connection error, 2 usage error\n"
 	       "(route explain: 0 a route, 1 refused, 2 usage error, 3 other errors)\n");
