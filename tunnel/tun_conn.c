@@ -848,6 +848,19 @@ static int sidecar_on_request(struct tun_conn *c, struct tun_stream **sp)
 	}
 	if (s->flags & TS_F_RESUME_HDR)
 		return sidecar_on_resume(c, sp);
+	/* Streams held for a resume keep their driver connections: they count
+	 * against max_streams with those open (s and the control stream
+	 * included), or a relay that opens streams and drops the tunnel, again
+	 * and again, would hold max_streams more each time for hold_ms. */
+	if (c->group &&
+	    tun_group_held(c->group) + tun_conn_nstreams(c) + 1 > c->opts.max_streams) {
+		tun_conn_log_refused(c,
+				     "stream %d refused: %zu streams held for a resume and %zu open "
+				     "reach tunnel.h2.max_streams (%u)",
+				     s->id, tun_group_held(c->group), tun_conn_nstreams(c),
+				     c->opts.max_streams);
+		return NGHTTP2_REFUSED_STREAM;
+	}
 	req.port = s->port;
 	req.lease = r->lease;
 	req.conn_id = s->conn_id;

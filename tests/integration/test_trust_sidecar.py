@@ -916,6 +916,45 @@ class StreamLimitTest(TrustCase):
         self.assertLessEqual(driver_conns(port, since=before), 0)
 
 
+class HeldStreamsLimitTest(TrustCase):
+    """Streams held for a resume keep their driver connections, so they
+    count against tunnel.h2.max_streams: a relay that opens streams, drops
+    the tunnel and announces a resume it never sends cannot hold the limit
+    again on each new tunnel."""
+
+    LIMIT = 10
+    tunnel_overrides = {"tunnel": {"h2": {"max_streams": LIMIT}, "backoff_initial_ms": 50}}
+
+    def test_held_streams_count_against_max_streams(self):
+        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(ls.close)
+        ls.bind((H.DRIVER_HOST, 0))
+        ls.listen(4096)  # never accepts: each connection stays open
+        port = ls.getsockname()[1]
+        lease = FR.lease_msg(lease="L-4-0f0f0f0f",
+                             ports={"driver": port, "blockManager": H.free_port()})
+        s, reg = self.fr.session(15)
+        self.leased(s, lease)
+        conn = iter(range(1, 1000))
+        for cycle in range(3):
+            if cycle:
+                s, reg = self.fr.session(15)
+                self.assertEqual(reg.get("resume"), lease["resume"], reg)
+                # announces more streams than it will ever resume: none of
+                # the held ones is reset as unknown
+                s.send_ctl(dict(lease, streams=1000000))
+            ids = [s.connect(port, lease=lease["lease"], conn=str(next(conn)))
+                   for _ in range(self.LIMIT - 1)]
+            got = [s.wait_stream(sid) for sid in ids]
+            want = ("ok", None) if cycle == 0 else ("reset", FR.REFUSED_STREAM)
+            self.assertEqual(got, [want] * len(ids), "tunnel %d" % (cycle + 1))
+            self.assertEqual(driver_conns(port), self.LIMIT - 1, "tunnel %d" % (cycle + 1))
+            s.sock.close()  # no close_notify: the streams are held
+            s.closed = "local"
+        self.assertTrue(X.wait_log(self.proc, "refused: 9 streams held for a resume and 1 open "
+                                   "reach tunnel.h2.max_streams (10)", 5), self.proc.tail())
+
+
 class PortsTakenTest(TrustCase):
 
     def test_a_lease_port_something_listens_on_is_said(self):
