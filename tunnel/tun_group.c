@@ -393,6 +393,25 @@ static struct tun_stream *take_held(struct tun_group *g, struct tun_conn *c,
 		tun_stream_free_reset(s);
 		return NULL;
 	}
+	if (s->stale_out && c->stale_adopted + s->stale_out >
+				(uint64_t)TUN_STALE_CONN_WINDOWS * c->opts.conn_window) {
+		/* Each session grants every stream a fresh window, whatever
+		 * its socket has not taken yet: a relay that fills the windows
+		 * of a driver that does not read, drops the tunnel and resumes,
+		 * again and again, would grow those bytes without a bound. */
+		if (!c->stale_said) {
+			c->stale_said = 1;
+			SR_WARN(c->logctx,
+				"resumed streams bring more than %u x tunnel.h2.conn_window "
+				"(%u) not yet written to the driver: those past it are reset",
+				TUN_STALE_CONN_WINDOWS, c->opts.conn_window);
+		}
+		*rst = NGHTTP2_CONNECT_ERROR;
+		g->st.lost[TUN_LOST_SOCKET]++;
+		tun_stream_free_reset(s);
+		return NULL;
+	}
+	c->stale_adopted += s->stale_out;
 	s->peer_rx = p->peer_rx;
 	s->peer_fin = p->peer_fin;
 	tun_conn_adopt(c, s, p->id);

@@ -16,6 +16,12 @@
 #include "tunnel/tun_conn.h"
 #include "tunnel/tun_group.h"
 
+/* A sidecar session adopts resumed streams with at most this many
+ * conn_windows of bytes not yet written to the driver (tun_group.c). In
+ * steady state a tunnel leaves at most three unwritten: the window, and
+ * the early credit with the grown windows. */
+#define TUN_STALE_CONN_WINDOWS 4u
+
 /* Where a stream's socket side is. Changed only through tun_stream_go(),
  * which logs every transition at debug level. */
 enum ts_state {
@@ -184,6 +190,12 @@ struct tun_conn {
 	uint64_t probe_at_us;    /* when the last probe was sent */
 	int peer_reads_growth;   /* the peer's SETTINGS say it reads growth PINGs */
 
+	/* Sidecar: bytes for the driver that resumed streams brought along
+	 * unwritten from earlier sessions (stale_out), owed to no flow
+	 * control of this one; capped at TUN_STALE_CONN_WINDOWS x conn_window
+	 * (tun_group.c, take_held). */
+	uint64_t stale_adopted;
+	int stale_said;	       /* the cap's warning was logged on this session */
 	size_t early_buffered; /* sum of streams' early bytes; capped at conn_window
 				* plus win_grown */
 	size_t win_grown; /* sum of streams' win_extra: at most conn_window */

@@ -59,7 +59,7 @@ void ts_end_service(struct ts_end *e)
 		shutdown(e->fd, SHUT_WR);
 		e->shut_done = 1;
 	}
-	while (!e->eof && !e->err) {
+	while (!e->eof && !e->err && !e->no_read) {
 		ssize_t r = recv(e->fd, buf, sizeof(buf), MSG_DONTWAIT);
 		if (r > 0) {
 			long i =

@@ -26,6 +26,7 @@ struct ts_end {
 	uint64_t rx;  /* bytes received */
 	int64_t bad;  /* offset of the first wrong byte received, -1: none */
 	int eof, err; /* FIN received; errno of the socket's first error */
+	int no_read;  /* reads nothing (a driver that stopped reading) */
 };
 
 /* All zero, no socket, no wrong byte. */

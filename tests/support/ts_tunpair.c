@@ -11,6 +11,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sys/socket.h>
+
 #include <event2/buffer.h>
 #include <event2/event.h>
 
@@ -128,6 +130,11 @@ static struct sr_bsock *sc_on_connect(struct tun_conn *c, const struct tun_conne
 		assert_false(f->dialled); /* a held stream is never dialled twice */
 		f->dialled = 1;
 		ts_end_tcp_pair(h->lfd, h->lport, &a, &b);
+		if (h->small_bufs) {
+			int one = 1; /* the kernel's minimum */
+			setsockopt(a, SOL_SOCKET, SO_RCVBUF, &one, sizeof(one));
+			setsockopt(b, SOL_SOCKET, SO_SNDBUF, &one, sizeof(one));
+		}
 		f->dr.fd = a;
 		bev = sr_bsock_new(h->base, b);
 		assert_non_null(bev);

@@ -47,6 +47,7 @@ struct ts_tp {
 	uint64_t rng;
 	uint64_t cuts;	/* this iteration */
 	uint64_t grows; /* receive window growths, every session since ts_tp_new */
+	int small_bufs; /* the driver sockets' kernel buffers as small as can be */
 };
 
 /* A harness with its listener, nothing running; ts_tp_free ends it. */

@@ -273,12 +273,75 @@ static void test_a_socket_that_fails_during_the_outage_resets_its_stream(void **
 	}
 }
 
+/* A driver that reads nothing, and a relay that fills its streams' windows,
+ * cuts the tunnel and resumes, again and again: each session grants every
+ * stream a fresh window, so what the sidecar keeps for the driver used to
+ * grow by a window per stream and resume, without a bound. A session now
+ * adopts at most TUN_STALE_CONN_WINDOWS x conn_window of it (1 MiB here);
+ * streams past it are reset, counted as lost ("socket"). */
+static void test_resumes_into_a_driver_that_reads_nothing_are_bounded(void **state)
+{
+	struct ts_tp *h = *state;
+	const uint64_t conn_window = 1u << 20;
+	/* adopted, plus what one session can add: its window and the early
+	 * credit with grown windows */
+	const uint64_t bound = (TUN_STALE_CONN_WINDOWS + 3) * conn_window;
+	struct tun_group_stats gs;
+	uint64_t most = 0;
+	int cycle;
+
+	ts_tp_seed(h, 5);
+	ts_tp_begin(h);
+	h->small_bufs = 1;
+	ts_tp_up(h);
+	h->nf = TS_TP_MAXF;
+	for (int i = 0; i < h->nf; i++) {
+		struct ts_flow *f = &h->f[i];
+		memset(f, 0, sizeof(*f));
+		ts_end_init(&f->ex);
+		ts_end_init(&f->dr);
+		f->conn_id = 100 + (uint64_t)i;
+		f->ex.tx_seed = f->dr.rx_seed = 21 + (uint32_t)i;
+		f->dr.tx_seed = f->ex.rx_seed = 41 + (uint32_t)i;
+		f->ex.tx_total = 1ull << 30;
+		f->dr.no_read = 1;
+		ts_tp_open_flow(h, i);
+	}
+	for (cycle = 0; cycle < 300; cycle++) {
+		for (int k = 0; k < 40; k++) {
+			ts_tp_deliver(h, 1u << 20);
+			ts_tp_service(h);
+		}
+		ts_tp_cut(h);
+		tun_group_get_stats(h->gs, &gs);
+		if (gs.held_bytes > most)
+			most = gs.held_bytes;
+		assert_true(gs.held_bytes <= bound);
+		ts_tp_up(h);
+		for (int k = 0; k < 20; k++) { /* the resumes */
+			ts_tp_deliver(h, 1u << 20);
+			ts_tp_service(h);
+		}
+		tun_group_get_stats(h->gs, &gs);
+		if (gs.lost[TUN_LOST_SOCKET])
+			break;
+	}
+	print_message("%d resumes; the most kept for the drivers: %llu bytes (bound %llu)\n",
+		      cycle, (unsigned long long)most, (unsigned long long)bound);
+	assert_true(cycle < 300); /* the cap was reached, and streams reset */
+	assert_true(most > TUN_STALE_CONN_WINDOWS * conn_window / 2);
+	ts_tp_end(h);
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(test_cut_anywhere_every_byte_exactly_once,
 					    ts_tp_setup, ts_tp_teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_resumes_into_a_driver_that_reads_nothing_are_bounded, ts_tp_setup,
+		ts_tp_teardown),
 	    cmocka_unit_test_setup_teardown(test_idle_stream_keeps_nothing_for_replay,
 					    ts_tp_setup, ts_tp_teardown),
 	    cmocka_unit_test_setup_teardown(
