@@ -848,18 +848,22 @@ static int sidecar_on_request(struct tun_conn *c, struct tun_stream **sp)
 	}
 	if (s->flags & TS_F_RESUME_HDR)
 		return sidecar_on_resume(c, sp);
-	/* Streams held for a resume keep their driver connections: they count
-	 * against max_streams with those open (s and the control stream
-	 * included), or a relay that opens streams and drops the tunnel, again
-	 * and again, would hold max_streams more each time for hold_ms. */
-	if (c->group &&
-	    tun_group_held(c->group) + tun_conn_nstreams(c) + 1 > c->opts.max_streams) {
-		tun_conn_log_refused(c,
-				     "stream %d refused: %zu streams held for a resume and %zu open "
-				     "reach tunnel.h2.max_streams (%u)",
-				     s->id, tun_group_held(c->group), tun_conn_nstreams(c),
-				     c->opts.max_streams);
-		return NGHTTP2_REFUSED_STREAM;
+	/* Streams held for a resume by this relay keep their driver
+	 * connections: they count against max_streams with those open (s and
+	 * the control stream included), or a relay that opens streams and drops
+	 * the tunnel, again and again, would hold max_streams more each time for
+	 * hold_ms. (Those of another relay, with tunnel.connections 2, are that
+	 * relay's to resume, on a tunnel of their own.) */
+	if (c->group) {
+		size_t held = tun_group_held_from(c->group, c->origin);
+		if (held && held + tun_conn_nstreams(c) + 1 > c->opts.max_streams) {
+			tun_conn_log_refused(
+			    c,
+			    "stream %d refused: %zu streams held for a resume and "
+			    "%zu open reach tunnel.h2.max_streams (%u)",
+			    s->id, held, tun_conn_nstreams(c), c->opts.max_streams);
+			return NGHTTP2_REFUSED_STREAM;
+		}
 	}
 	req.port = s->port;
 	req.lease = r->lease;
