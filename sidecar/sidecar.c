@@ -1049,6 +1049,7 @@ static void on_up(struct tun_endpoint *ep, void *arg)
 	p->tun = tun_endpoint_conn(ep);
 	tun_conn_set_logctx(p->tun, ctx);
 	tun_conn_set_origin(p->tun, slot_origin(s, p->dial_peer));
+	tun_conn_set_slot(p->tun, (unsigned)(p - s->slots));
 	SR_INFO(ctx, "connected (TLS 1.3, h2); registering app \"%s\"", s->o->app_name);
 	p->registered = p->tun_leased = p->release_sent = p->joining = p->drain_seen = 0;
 	p->tun_up_us = sr_now_us();

@@ -848,14 +848,14 @@ static int sidecar_on_request(struct tun_conn *c, struct tun_stream **sp)
 	}
 	if (s->flags & TS_F_RESUME_HDR)
 		return sidecar_on_resume(c, sp);
-	/* Streams held for a resume by this relay keep their driver
-	 * connections: they count against max_streams with those open (s and
-	 * the control stream included), or a relay that opens streams and drops
-	 * the tunnel, again and again, would hold max_streams more each time for
-	 * hold_ms. (Those of another relay, with tunnel.connections 2, are that
-	 * relay's to resume, on a tunnel of their own.) */
+	/* Streams held for a resume keep their driver connections: those lost
+	 * from this tunnel slot count against max_streams with those open (s
+	 * and the control stream included), or a relay that opens streams and
+	 * drops the tunnel, again and again, would hold max_streams more each
+	 * time for hold_ms. (Those of another slot, with tunnel.connections 2,
+	 * count on that slot's next tunnel, which resumes them.) */
 	if (c->group) {
-		size_t held = tun_group_held_from(c->group, c->origin);
+		size_t held = tun_group_held_slot(c->group, c->slot);
 		if (held && held + tun_conn_nstreams(c) + 1 > c->opts.max_streams) {
 			tun_conn_log_refused(
 			    c,
@@ -1538,6 +1538,11 @@ void tun_conn_start(struct tun_conn *c)
 void tun_conn_set_origin(struct tun_conn *c, uint32_t origin)
 {
 	c->origin = origin;
+}
+
+void tun_conn_set_slot(struct tun_conn *c, unsigned slot)
+{
+	c->slot = slot < TUN_GROUP_SLOTS ? slot : TUN_GROUP_SLOTS - 1;
 }
 
 /* c off its group's list of sessions (c->group stays). */

@@ -29,6 +29,8 @@ static void held_unlink(struct tun_group *g, struct tun_stream *s)
 	s->next = s->prev = NULL;
 	s->flags &= ~TS_F_HELD;
 	g->nheld--;
+	if (g->nheld_slot[s->slot])
+		g->nheld_slot[s->slot]--;
 	if (g->nheld == 0) {
 		evtimer_del(g->hold_ev);
 		g->st.away_since_us = 0;
@@ -243,11 +245,17 @@ void tun_group_hold(struct tun_group *g, struct tun_stream *s)
 		g->held->prev = s;
 	g->held = s;
 	g->nheld++;
+	g->nheld_slot[s->slot]++;
 }
 
 size_t tun_group_held(const struct tun_group *g)
 {
 	return g->nheld;
+}
+
+size_t tun_group_held_slot(const struct tun_group *g, unsigned slot)
+{
+	return slot < TUN_GROUP_SLOTS ? g->nheld_slot[slot] : 0;
 }
 
 /* ---- relay: reopen held streams ------------------------------------------- */
@@ -393,7 +401,9 @@ static struct tun_stream *take_held(struct tun_group *g, struct tun_conn *c,
 		tun_stream_free_reset(s);
 		return NULL;
 	}
-	if (s->stale_out && c->stale_adopted + s->stale_out >
+	/* s->slot: the slot whose tunnel lost it (a tunnel may adopt streams
+	 * of two lost ones, each with its own unwritten bytes). */
+	if (s->stale_out && c->stale_adopted[s->slot] + s->stale_out >
 				(uint64_t)TUN_STALE_CONN_WINDOWS * c->opts.conn_window) {
 		/* Each session grants every stream a fresh window, whatever
 		 * its socket has not taken yet: a relay that fills the windows
@@ -411,7 +421,7 @@ static struct tun_stream *take_held(struct tun_group *g, struct tun_conn *c,
 		tun_stream_free_reset(s);
 		return NULL;
 	}
-	c->stale_adopted += s->stale_out;
+	c->stale_adopted[s->slot] += s->stale_out;
 	s->peer_rx = p->peer_rx;
 	s->peer_fin = p->peer_fin;
 	tun_conn_adopt(c, s, p->id);

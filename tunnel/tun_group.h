@@ -81,6 +81,9 @@ void tun_conn_set_group(struct tun_conn *c, struct tun_group *g);
 
 /* Streams held now, waiting for a tunnel. */
 size_t tun_group_held(const struct tun_group *g);
+/* Held streams lost from sessions of this slot (tun_conn_set_slot). */
+#define TUN_GROUP_SLOTS 8u
+size_t tun_group_held_slot(const struct tun_group *g, unsigned slot);
 /* Relay: reopen every held stream on c (call after queueing the lease that
  * announces tun_group_held() streams). Returns how many were reopened. */
 size_t tun_group_resume(struct tun_group *g, struct tun_conn *c);
@@ -95,6 +98,10 @@ size_t tun_group_held_from(const struct tun_group *g, uint32_t origin);
 /* Streams that c opens or accepts from now on carry origin (sidecar: which
  * relay they came through); a held stream keeps it. 0: none. */
 void tun_conn_set_origin(struct tun_conn *c, uint32_t origin);
+/* Sidecar: which of its tunnel slots c is (0..TUN_GROUP_SLOTS-1; 0 by
+ * default). Streams held after c is lost count against the stream limit of
+ * that slot's next tunnel only (tun_group_held_slot). */
+void tun_conn_set_slot(struct tun_conn *c, unsigned slot);
 /* Reset every held stream now. */
 void tun_group_reset(struct tun_group *g, enum tun_lost why);
 void tun_group_get_stats(const struct tun_group *g, struct tun_group_stats *st);

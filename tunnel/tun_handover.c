@@ -359,6 +359,7 @@ void tun_group_forget(struct tun_group *g)
 		tun_stream_forget(s);
 	}
 	g->nheld = 0;
+	memset(g->nheld_slot, 0, sizeof(g->nheld_slot));
 	g->frozen = 0;
 	g->hold_left_ms = 0;
 	g->st.away_since_us = 0;

@@ -106,6 +106,7 @@ struct tun_stream {
 	uint32_t pass_out;  /* bytes queued to the socket during this parse (tun_stream.c) */
 	uint64_t conn_id;
 	uint32_t origin; /* its session's origin when bound (tun_conn_set_origin) */
+	unsigned slot;	 /* its session's slot when bound (tun_conn_set_slot) */
 	/* Credit accounting for DATA received into this stream's socket output
 	 * (see tun_stream.c): stream credit is owed for every such byte until
 	 * it is written; connection credit was either returned on arrival
@@ -192,9 +193,9 @@ struct tun_conn {
 
 	/* Sidecar: bytes for the driver that resumed streams brought along
 	 * unwritten from earlier sessions (stale_out), owed to no flow
-	 * control of this one; capped at TUN_STALE_CONN_WINDOWS x conn_window
-	 * (tun_group.c, take_held). */
-	uint64_t stale_adopted;
+	 * control of this one, by the slot that lost them; capped at
+	 * TUN_STALE_CONN_WINDOWS x conn_window each (tun_group.c, take_held). */
+	uint64_t stale_adopted[TUN_GROUP_SLOTS];
 	int stale_said;	       /* the cap's warning was logged on this session */
 	size_t early_buffered; /* sum of streams' early bytes; capped at conn_window
 				* plus win_grown */
@@ -210,6 +211,7 @@ struct tun_conn {
 	struct tun_group *group; /* see tun_group.h; NULL: protocol v1 semantics */
 	struct tun_conn *gnext, *gprev; /* the other sessions carrying group */
 	uint32_t origin;                /* tun_conn_set_origin; 0: none */
+	unsigned slot;			/* tun_conn_set_slot; below TUN_GROUP_SLOTS */
 	/* Sidecar: resumed CONNECTs the lease on this session announced, and
 	 * those come so far (tun_group_expect_on). */
 	uint64_t resume_expect, resume_got;
@@ -249,6 +251,7 @@ struct tun_group {
 	struct tun_conn *conn;
 	struct tun_stream *held;  /* streams waiting for a tunnel */
 	size_t nheld;
+	size_t nheld_slot[TUN_GROUP_SLOTS]; /* of them, by the slot they were lost from */
 	/* Streams complete at both ends when the tunnel died (the peer has
 	 * forgotten them): their sockets get what is left, then a clean end. */
 	struct tun_stream *finishing;

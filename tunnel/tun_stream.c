@@ -729,6 +729,7 @@ struct tun_stream *tun_stream_new(struct tun_conn *c, struct sr_bsock *sock)
 	s->conn = c;
 	s->group = c->group;
 	s->origin = c->origin;
+	s->slot = c->slot;
 	win_reset(s, c);
 	if (sock) {
 		if (tun_stream_attach(s, sock) != 0) {
@@ -858,6 +859,7 @@ void tun_stream_bind(struct tun_stream *s, struct tun_conn *c)
 	s->conn = c;
 	s->group = c->group;
 	s->origin = c->origin;
+	s->slot = c->slot;
 	win_reset(s, c);
 	s->next = c->streams;
 	s->prev = NULL;

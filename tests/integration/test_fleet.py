@@ -1246,6 +1246,8 @@ class FleetTest(FleetCase):
             ok = False  # reset at once
         self.assertFalse(ok, "a third connection was carried past relay-b's "
                          "max_lease_connections of 2")
+        key = 'sparkrelay_refused_total{reason="lease_connection_limit"}'
+        wait_for(lambda: self.metrics(b).get(key) == 1, 5, "the refusal counted")
         for s in kept:
             s.close()
 

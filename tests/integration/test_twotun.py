@@ -1104,5 +1104,65 @@ class FleetTwoTunnelsTest(FleetCase):
             s.close()
 
 
+class HeldElsewhereLimitTest(unittest.TestCase):
+    """Streams held for a resume count against tunnel.h2.max_streams on the
+    tunnel slot that lost them only. With two tunnels to one relay and one
+    of them lost, the other carries new executor connections up to the
+    limit while the lost one's streams wait for its replacement (they used
+    to count on it too: the relay, within the sidecar's SETTINGS, saw its
+    new streams refused)."""
+
+    def setUp(self):
+        self.stack = H.Stack(self.id(), tunnel_overrides={"tunnel": {
+            "connections": 2, "admin": {"listen": "127.0.0.1:0"},
+            "h2": {"max_streams": 9}}})
+        self.stack.start()
+        self.relay = self.stack.relay
+        self.sc = self.stack.tunnel
+
+    tearDown = OneRelayTest.tearDown
+    tunnels_of_lease = OneRelayTest.tunnels_of_lease
+    lease_sessions = OneRelayTest.lease_sessions
+
+    def test_streams_held_from_one_tunnel_do_not_limit_the_other(self):
+        if os.geteuid() != 0:
+            self.skipTest("needs root (iptables)")
+        wait_for(lambda: self.tunnels_of_lease() == 2, 10, "the second tunnel joining")
+        self.stack.start_driver()
+        socks = [self.stack.executor(port) for port in ("driver", "blockManager") * 4]
+        load = EchoLoad(socks, 10).start()
+        wait_for(lambda: min(load.rounds) >= 2, 20, "echo rounds on every connection")
+        self.assertEqual(sorted(self.lease_sessions()), [4, 4])
+        ports = tunnel_ports("127.0.0.1", self.stack.relay_port)
+        # The relay takes no new tunnel for a while, so the lost tunnel's
+        # replacement waits (on a real network: its dial and TLS handshake).
+        rule = ["INPUT", "-p", "tcp", "-d", "127.0.0.1", "--dport",
+                str(self.stack.relay_port), "--syn", "-j", "DROP"]
+        subprocess.run(["iptables", "-I"] + rule, check=True)
+        dropped = [True]
+
+        def undrop():
+            if dropped[0]:
+                dropped[0] = False
+                subprocess.run(["iptables", "-D"] + rule, check=True)
+        self.addCleanup(undrop)
+        self.assertIn("ESTAB", kill_tcp(ports[0], "127.0.0.1", self.stack.relay_port))
+        wait_for(lambda: self.tunnels_of_lease() == 1, 10, "the relay seeing one tunnel go")
+        fails = []
+        for i in range(3):  # 4 + 3 streams and the control stream: within 9
+            try:
+                s = self.stack.executor("driver", timeout=2.0)
+                socks.append(s)
+                ok, why = echo_exchange(s, 77 + i, 1024, timeout=5.0)
+            except OSError as e:
+                ok, why = False, str(e)
+            if not ok:
+                fails.append(why)
+        undrop()
+        self.assertEqual(fails, [], "new connections on the surviving tunnel")
+        self.assertFalse(self.sc.grep("held for a resume"), "a stream was refused")
+        load.finish()
+
+
 if __name__ == "__main__":
     H.main()
