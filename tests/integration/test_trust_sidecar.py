@@ -144,6 +144,15 @@ class TrustCase(unittest.TestCase):
         self.listeners.append(l)
         return l
 
+    def unaccepting_port(self):
+        """A driver port on 127.0.0.1 that never accepts: each connection
+        stays open (in its backlog), holding a descriptor at the sidecar."""
+        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(ls.close)
+        ls.bind((H.DRIVER_HOST, 0))
+        ls.listen(4096)
+        return ls.getsockname()[1]
+
     def leased(self, s, msg, timeout=10):
         """Send a lease; wait until the sidecar wrote it to spark_json."""
         s.send_ctl(msg)
@@ -849,12 +858,7 @@ class DescriptorLimitTest(TrustCase):
         self.proc.argv = ["prlimit", "--nofile=48:48", "--"] + self.proc.argv
 
     def test_streams_past_the_descriptor_limit_are_refused_and_said(self):
-        # a driver port that never accepts: each connection holds a descriptor
-        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.addCleanup(ls.close)
-        ls.bind((H.DRIVER_HOST, 0))
-        ls.listen(4096)
-        port = ls.getsockname()[1]
+        port = self.unaccepting_port()
         lease = "L-4-0d0d0d0d"
         s, reg = self.fr.session(15)
         self.leased(s, FR.lease_msg(lease=lease,
@@ -887,11 +891,7 @@ class StreamLimitTest(TrustCase):
     tunnel_overrides = {"tunnel": {"h2": {"max_streams": LIMIT}}}
 
     def test_streams_past_max_streams_end_the_tunnel(self):
-        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.addCleanup(ls.close)
-        ls.bind((H.DRIVER_HOST, 0))
-        ls.listen(4096)  # never accepts: each connection stays open
-        port = ls.getsockname()[1]
+        port = self.unaccepting_port()
         lease = "L-4-0e0e0e0e"
         s, reg = self.fr.session(15)
         self.leased(s, FR.lease_msg(lease=lease,
@@ -926,11 +926,7 @@ class HeldStreamsLimitTest(TrustCase):
     tunnel_overrides = {"tunnel": {"h2": {"max_streams": LIMIT}, "backoff_initial_ms": 50}}
 
     def test_held_streams_count_against_max_streams(self):
-        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.addCleanup(ls.close)
-        ls.bind((H.DRIVER_HOST, 0))
-        ls.listen(4096)  # never accepts: each connection stays open
-        port = ls.getsockname()[1]
+        port = self.unaccepting_port()
         lease = FR.lease_msg(lease="L-4-0f0f0f0f",
                              ports={"driver": port, "blockManager": H.free_port()})
         s, reg = self.fr.session(15)
