@@ -1079,7 +1079,8 @@ static int is_ip_literal(const char *h)
  * that holds some (lost earlier: perhaps dead or restarted), then those that
  * hold none, the one this slot just lost last (it may be dead); and after
  * all of them the relays of the other tunnels (with one relay only, every
- * tunnel goes to it). One tunnel: discovery's order, as it always was. */
+ * tunnel goes to it). One tunnel: discovery's order, but the relay it just
+ * lost first while it holds connections. */
 #define SC_RANKS 5
 static int addr_rank(const struct sc_slot *p, const char *a)
 {
@@ -1088,8 +1089,12 @@ static int addr_rank(const struct sc_slot *p, const char *a)
 	int held = tun_group_held_from(s->group, slot_origin(s, a)) > 0;
 	int used = 0, leased_there = 0;
 
+	/* One tunnel: discovery's order, but the relay it lost first while it
+	 * holds connections (only there can they resume: the fleet chaos test
+	 * cut a tunnel whose lease had moved to the second relay listed, and
+	 * the resume on the first lost every stream). */
 	if (s->nslots == 1)
-		return 0;
+		return held && !lost ? 1 : 0;
 	for (unsigned i = 0; i < s->nall; i++) {
 		const struct sc_slot *q = &s->slots[i];
 		if (q != p && q->ep && strcmp(q->dial_peer, a) == 0) {

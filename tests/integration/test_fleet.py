@@ -740,6 +740,33 @@ class FleetTest(FleetCase):
         l2 = H.read_spark_json(sc.spark_json)
         self.assertEqual((lease["lease"], lease["ports"]), (l2["lease"], l2["ports"]))
 
+    def test_a_cut_tunnel_resumes_on_the_relay_that_holds_its_connections(self):
+        # One tunnel, relays [a, b]; the lease moved to relay-b (relay-a
+        # died) and relay-a is back. When the tunnel's TCP connection is
+        # reset the sidecar must dial relay-b again, where its executor
+        # connections wait: it dialled relay-a, first in its list, resumed
+        # the lease there and lost every stream (found by the fleet chaos
+        # test).
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        sc = self.start_sidecar("sc", a, more=(b,))
+        lease = self.lease_of(sc)
+        port = self.start_driver(lease)
+        a.kill()
+        wait_for(lambda: b.grep("resumed in the fleet"), 20, "the lease resumed on relay-b")
+        a = self.start_relay("relay-a", HOSTS[0], port=a.port)
+        s = H.connect(b.host, port)
+        ok, why = echo_exchange(s, 3, 64 * 1024)
+        self.assertTrue(ok, why)
+        out = subprocess.run(["ss", "-K", "state", "established", "dst", b.host, "dport", "=",
+                              ":%d" % b.port], capture_output=True, text=True, timeout=10).stdout
+        self.assertIn(str(b.port), out, "no tunnel connection to relay-b to reset")
+        ok, why = echo_exchange(s, 4, 64 * 1024, timeout=10.0)
+        self.assertTrue(ok, "the executor connection after the tunnel's reset: %s" % why)
+        s.close()
+        self.assertEqual(len(b.grep("resumed in the fleet")), 2, "relay-b resumed it again")
+        self.assertFalse(sc.grep("held streams reset"))
+
     def test_etcd_stopped(self):
         a = self.start_relay("relay-a", HOSTS[0])
         c = self.start_relay("relay-c", HOSTS[2])
