@@ -1682,6 +1682,15 @@ int relay_fleet_registered(const struct relay_fleet *f)
 	return f->self_keeper != NULL;
 }
 
+size_t relay_fleet_carrying(const struct relay_fleet *f)
+{
+	size_t n = 0;
+
+	for (const struct fl_fwd *w = f->fwds; w; w = w->next)
+		n++;
+	return n;
+}
+
 int relay_fleet_withdrawing(const struct relay_fleet *f)
 {
 	return f->withdrawing;

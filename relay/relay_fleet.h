@@ -58,6 +58,8 @@ void relay_fleet_drain(struct relay_fleet *f);
 /* The withdrawal is still on its way to etcd (a drain waits for it, within
  * its own deadline). */
 int relay_fleet_withdrawing(const struct relay_fleet *f);
+/* Executor connections this relay carries to others now (or tries to). */
+size_t relay_fleet_carrying(const struct relay_fleet *f);
 /* Is this relay's registration alive in etcd now? It is not while etcd has
  * been unreachable for the registration's TTL (relay.fleet.ttl_s). */
 int relay_fleet_registered(const struct relay_fleet *f);

@@ -641,6 +641,29 @@ class FleetTest(FleetCase):
         wait_for(lambda: b.grep("resumed in the fleet"), 20, "the lease resumed on relay-b")
         self.assertEqual(H.read_spark_json(sc.spark_json)["lease"], lease["lease"])
 
+    def test_a_draining_relay_gives_its_carried_connections_time_to_finish(self):
+        # relay-b carries an executor connection to relay-a, which holds the
+        # tunnel. On SIGTERM relay-b drains: the carried connection has
+        # drain_timeout_ms too, as a stream would (it was reset at once).
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1],
+                             overrides={"relay": {"drain_timeout_ms": 8000}})
+        sc = self.start_sidecar("sc", a)
+        lease = self.lease_of(sc)
+        port = self.start_driver(lease)
+        wait_for(lambda: b.grep("lease=%s: serving its ports here" % lease["lease"]), 10,
+                 "the lease on relay-b")
+        s = H.connect(b.host, port)
+        ok, why = echo_exchange(s, 5, 64 * 1024)
+        self.assertTrue(ok, why)
+        b.signal(signal.SIGTERM)
+        time.sleep(1.0)
+        ok, why = echo_exchange(s, 6, 64 * 1024, timeout=5.0)
+        self.assertTrue(ok, "the carried connection 1 s into relay-b's drain: %s" % why)
+        self.assertTrue(b.alive())
+        s.close()
+        wait_for(lambda: b.grep("drained: no open streams; exiting"), 10, "relay-b drained")
+
     def test_concurrent_grants_never_share_a_port(self):
         a = self.start_relay("relay-a", HOSTS[0])
         b = self.start_relay("relay-b", HOSTS[1])
