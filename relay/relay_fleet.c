@@ -120,6 +120,10 @@ struct fl_held {
 	long backoff_ms; /* retry_later's state for retry */
 	int64_t newgrace;
 	char *json;
+	/* The lease's resume and prev digests as etcd last showed them ("":
+	 * never seen): made again, the lease keeps the token its sidecar has,
+	 * which this relay may not (a join's relay has a token of its own). */
+	char dig[2 * FL_DIGEST_HEX];
 };
 
 /* REG_STALE: a resume or a join whose token the mirror does not know,
@@ -538,6 +542,7 @@ static void kv_full(struct relay_fleet *f)
 }
 
 static void kv_lease_digests(struct fl_kv *kv);
+static struct fl_held *held_find(struct relay_fleet *f, const char *id);
 
 /* Whether the mirror keeps key (prefix included; the caller checked it is
  * under the prefix) with a value of vlen bytes: only the four kinds the
@@ -638,8 +643,12 @@ static int kv_put(struct relay_fleet *f, const char *key, size_t klen, const cha
 	kv->skip_gen = 0;
 	if (strncmp(kv->key, "relays/", 7) == 0)
 		kv_relay_peer(kv);
-	if (strncmp(kv->key, "leases/", 7) == 0)
+	if (strncmp(kv->key, "leases/", 7) == 0) {
+		struct fl_held *h;
 		kv_lease_digests(kv);
+		if (kv->dig && (h = held_find(f, kv->key + 7)) != NULL)
+			memcpy(h->dig, kv->dig, sizeof(h->dig));
+	}
 	return 0;
 }
 
@@ -913,6 +922,7 @@ static struct etcd_op *lease_txn(struct relay_fleet *f, struct relay_lease_ext *
 				 int64_t grace, const char *json, int read_on_fail, etcd_cb cb,
 				 void *arg, char *e, size_t elen);
 static char *lease_json_now(struct relay_lease_ext *lx);
+static char *lease_json_remade(struct relay_lease_ext *lx, const struct fl_held *h);
 static void held_reclaim(struct relay_fleet *f, const char *id);
 
 /* Ports here may have come free (a new lease dropped, or a registration
@@ -1860,7 +1870,7 @@ static void reclaim_granted(int err, const struct etcd_result *res, void *arg)
 	}
 	h->newgrace = res->lease;
 	free(h->json);
-	h->json = lx && lx->tunnel ? lease_json_now(lx) : NULL;
+	h->json = lx && lx->tunnel ? lease_json_remade(lx, h) : NULL;
 	if (h->json)
 		h->op = lease_txn(f, lx, h->newgrace, h->json, 1, reclaim_done, h, e, sizeof(e));
 	if (!h->op)
@@ -1922,8 +1932,14 @@ void relay_fleet_attached(struct relay_fleet *f, struct relay_lease_ext *lx)
 		h = calloc(1, sizeof(*h));
 		if (!h)
 			return;
+		char key[FL_KEY_MAX];
+		struct fl_kv *kv;
+
 		h->f = f;
 		snprintf(h->id, sizeof(h->id), "%s", id);
+		snprintf(key, sizeof(key), "leases/%s", id);
+		if ((kv = kv_find(f, key)) != NULL && kv->dig)
+			memcpy(h->dig, kv->dig, sizeof(h->dig));
 		h->next = f->held;
 		f->held = h;
 		put_tunnel_key(f, id);
@@ -2170,6 +2186,23 @@ static struct etcd_op *lease_txn(struct relay_fleet *f, struct relay_lease_ext *
 					     .key_len = strlen(keys[i])};
 	return etcd_txn(f->etcd, cmp, n, ops, n, read_on_fail ? reads : NULL,
 			read_on_fail ? n : 0, cb, arg, e, elen);
+}
+
+/* The value of leases/<id> for lx made again after etcd lost it: the resume
+ * digest etcd last showed (the token the sidecar has), and this relay's
+ * own token as the previous one when it differs (a resume here that the
+ * mirror had not shown yet). Without a digest seen: this relay's token. */
+static char *lease_json_remade(struct relay_lease_ext *lx, const struct fl_held *h)
+{
+	struct relay_lease_state st;
+	char local[FL_DIGEST_HEX];
+
+	if (!h->dig[0])
+		return lease_json_now(lx);
+	relay_lease_get_state(lx->lease, &st);
+	sha256_hex(st.resume, local);
+	return lease_json(lx, h->dig,
+			  strcmp(local, h->dig) != 0 ? local : h->dig + FL_DIGEST_HEX);
 }
 
 /* The value of leases/<id> for lx, its resume token being the current one. */

@@ -650,6 +650,39 @@ class FleetTwoTunnelsTest(FleetCase):
         self.procs.append(p)
         return p
 
+    def test_a_lease_made_again_by_relays_with_joins_only_keeps_its_token(self):
+        # relay-a granted the lease and died: the sidecar's tunnels are joins
+        # on relay-b and relay-c, whose own tokens for the lease are random.
+        # etcd loses the lease; the one that made it again wrote the digest
+        # of its random token, so when both tunnels went every resume and
+        # join was refused and the lease ended (found by the fleet chaos
+        # test). It now keeps the digest etcd showed.
+        a = self.start_relay("relay-a", HOSTS[0])
+        b = self.start_relay("relay-b", HOSTS[1])
+        c = self.start_relay("relay-c", HOSTS[2])
+        sc = self.start_sidecar("sc", (a, b, c))
+        lease = self.lease_of(sc)
+        lid = lease["lease"]
+        wait_for(lambda: sc.grep("joined the lease: 2 tunnels"), 15, "the second tunnel")
+        a.kill()
+        wait_for(lambda: all(relay_leases(r).get(lid, {}).get("tunnels") == 1 for r in (b, c)),
+                 20, "the sidecar's tunnels on relay-b and relay-c")
+        key = b"/sparkrelay/leases/" + lid.encode()
+        kvs = wait_for(lambda: [kv for k, _, kv in self.etcd.get_prefix(key) if k == key], 10,
+                       "the lease in etcd")
+        self.etcd.revoke(int(kvs[0]["lease"]))
+        wait_for(lambda: any(r.grep("lease=%s: made again in etcd after etcd lost it" % lid)
+                             for r in (b, c)), 15, "the lease made again")
+        for r in (b, c):
+            subprocess.run(["ss", "-K", "state", "established", "dst", r.host, "dport", "=",
+                            ":%d" % r.port], capture_output=True, timeout=10)
+        wait_for(lambda: any(r.grep("lease=%s resumed in the fleet" % lid) for r in (b, c)) or
+                 sc.grep("unknown_lease"), 20, "the lease resumed (or refused)")
+        self.assertFalse(sc.grep("unknown_lease"), "the resume was refused")
+        wait_for(lambda: H_count(sc, "joined the lease") >= 3, 20, "the second tunnel again")
+        self.assertEqual(H.read_spark_json(sc.spark_json)["lease"], lid)
+        self.assertEqual(H.read_spark_json(sc.spark_json)["ports"], lease["ports"])
+
     def test_two_sidecars_two_tunnels_survive_a_relay_kill(self):
         a = self.start_relay("relay-a", HOSTS[0])
         b = self.start_relay("relay-b", HOSTS[1])
